@@ -1,0 +1,38 @@
+# Developer entry points. `make demo` runs the main job, `make test` the whole test suite; each sets
+# itself up first (system packages, virtual environment, native build).
+PYTHON ?= python3
+VENV ?= .venv
+PY = $(VENV)/bin/python
+STAMP = $(VENV)/.installed
+
+.PHONY: setup system native demo test test-native test-python bench clean
+
+setup: $(STAMP)
+
+system:
+	@scripts/bootstrap-system.sh
+
+$(STAMP): pyproject.toml setup.py native/build_native.py $(wildcard native/src/*.c native/include/*.h)
+	@scripts/bootstrap-system.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+# Rebuild only the C extension in place after editing native/ (faster than reinstalling).
+native: setup
+	$(PY) setup.py -q build_ext --inplace
+
+demo: setup
+	$(PY) -m qkdd.demo
+
+test-native:
+	$(MAKE) -C native test test-asan
+
+test-python: setup
+	$(PY) -m pytest -q
+
+test: setup test-native test-python
+
+clean:
+	rm -rf $(VENV) build native/build qkdd/_native*.so *.egg-info

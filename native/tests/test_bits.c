@@ -1,0 +1,82 @@
+/* test_bits.c - bit-array primitives against a byte-per-bit reference. */
+#include "check.h"
+#include "qkd_bits.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t lcg(uint64_t *state)
+{
+    *state = *state * 6364136223846793005ull + 1442695040888963407ull;
+    return *state >> 33;
+}
+
+static void test_pack_unpack_roundtrip(void)
+{
+    uint64_t rng = 1;
+    for (size_t nbits = 0; nbits < 300; nbits += 7) {
+        uint8_t bits[300], back[300];
+        uint64_t words[5] = {~0ull, ~0ull, ~0ull, ~0ull, ~0ull};
+        for (size_t i = 0; i < nbits; i++)
+            bits[i] = (uint8_t)(lcg(&rng) & 1);
+        CHECK_EQ(qkd_bits_pack(bits, nbits, words, 5), QKD_OK);
+        if (nbits % 64)
+            CHECK_EQ(words[nbits / 64] >> (nbits % 64), 0u); /* tail bits zeroed */
+        CHECK_EQ(qkd_bits_unpack(words, 5, nbits, back, sizeof back), QKD_OK);
+        CHECK(memcmp(bits, back, nbits) == 0);
+    }
+    uint64_t one[1];
+    uint8_t bits[65] = {0};
+    CHECK_EQ(qkd_bits_pack(bits, 65, one, 1), QKD_ENOMEM);
+    CHECK_EQ(qkd_bits_unpack(one, 1, 65, bits, sizeof bits), QKD_ERANGE);
+}
+
+static void test_ranges_against_reference(void)
+{
+    enum { NBITS = 1000 };
+    uint8_t bits[NBITS];
+    uint64_t words[16];
+    uint64_t rng = 7;
+    for (size_t i = 0; i < NBITS; i++)
+        bits[i] = (uint8_t)(lcg(&rng) & 1);
+    qkd_bits_pack(bits, NBITS, words, 16);
+    for (int trial = 0; trial < 2000; trial++) {
+        size_t a = lcg(&rng) % (NBITS + 1), b = lcg(&rng) % (NBITS + 1);
+        size_t start = a < b ? a : b, stop = a < b ? b : a;
+        int64_t ones = 0;
+        for (size_t i = start; i < stop; i++)
+            ones += bits[i];
+        CHECK_EQ(qkd_bits_popcount_range(words, 16, start, stop), ones);
+        CHECK_EQ(qkd_bits_parity_range(words, 16, start, stop), (int)(ones & 1));
+    }
+    CHECK_EQ(qkd_bits_popcount_range(words, 16, 5, 4), QKD_EINVAL);
+    CHECK_EQ(qkd_bits_popcount_range(words, 16, 0, 16 * 64 + 1), QKD_ERANGE);
+    CHECK_EQ(qkd_bits_parity_range(words, 16, 0, 16 * 64 + 1), QKD_ERANGE);
+}
+
+static void test_xor_and_gather(void)
+{
+    uint64_t a[3] = {0xF0F0, 0x1, 0xFFFF}, b[3] = {0xFF00, 0x1, 0x0};
+    qkd_bits_xor(a, b, 3);
+    CHECK_EQ(a[0], 0x0FF0u);
+    CHECK_EQ(a[1], 0u);
+    CHECK_EQ(a[2], 0xFFFFu);
+
+    uint64_t src[2] = {0, 0};
+    qkd_bit_set(src, 3, 1);
+    qkd_bit_set(src, 70, 1);
+    uint64_t index[4] = {70, 0, 3, 127};
+    uint64_t out[1];
+    CHECK_EQ(qkd_bits_gather(src, 2, 128, index, 4, out, 1), QKD_OK);
+    CHECK_EQ(out[0], 0x5u); /* bits 0 (from 70) and 2 (from 3) */
+    index[3] = 128;
+    CHECK_EQ(qkd_bits_gather(src, 2, 128, index, 4, out, 1), QKD_ERANGE);
+}
+
+int main(void)
+{
+    test_pack_unpack_roundtrip();
+    test_ranges_against_reference();
+    test_xor_and_gather();
+    return check_report("test_bits");
+}

@@ -1,0 +1,80 @@
+"""Bit-packed arrays: bit i in word i // 64 at position i % 64, uint64 little-endian (see qkd_bits.h)."""
+from __future__ import annotations
+
+import numpy as np
+
+from qkdd._native import lib
+from qkdd.bindings import as_words, check, ptr, wptr
+
+
+def words_for_bits(nbits: int) -> int:
+    """Number of uint64 words that hold `nbits` bits."""
+    if nbits < 0:
+        raise ValueError("nbits must be non-negative")
+    return (nbits + 63) // 64
+
+
+def pack(bits: np.ndarray) -> np.ndarray:
+    """Pack a vector of 0/1 values (any integer or bool dtype) into uint64 words."""
+    bits = np.ascontiguousarray(bits, dtype=np.uint8)
+    if bits.ndim != 1:
+        raise ValueError("bits must be a 1-D array")
+    out = np.empty(words_for_bits(bits.size), dtype=np.uint64)
+    check(lib.qkd_bits_pack(ptr("uint8_t *", bits), bits.size, wptr("uint64_t *", out), out.size), "pack")
+    return out
+
+
+def unpack(words: np.ndarray, nbits: int) -> np.ndarray:
+    """Unpack the first `nbits` bits of `words` into a uint8 vector of 0/1."""
+    as_words(words, "words")
+    if nbits < 0:
+        raise ValueError("nbits must be non-negative")
+    out = np.empty(nbits, dtype=np.uint8)
+    check(lib.qkd_bits_unpack(ptr("uint64_t *", words), words.size, nbits, wptr("uint8_t *", out), out.size),
+          "unpack")
+    return out
+
+
+def xor_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """dst ^= src, word by word; both must have the same length."""
+    as_words(dst, "dst", writable=True)
+    as_words(src, "src")
+    if dst.size != src.size:
+        raise ValueError(f"xor of {dst.size} words with {src.size} words")
+    check(lib.qkd_bits_xor(wptr("uint64_t *", dst), ptr("uint64_t *", src), dst.size), "xor")
+
+
+def popcount(words: np.ndarray, start: int = 0, stop: int | None = None) -> int:
+    """Number of one bits in [start, stop)."""
+    as_words(words, "words")
+    stop = words.size * 64 if stop is None else stop
+    if start < 0 or stop < 0:
+        raise ValueError("start and stop must be non-negative")
+    return check(lib.qkd_bits_popcount_range(ptr("uint64_t *", words), words.size, start, stop), "popcount")
+
+
+def parity(words: np.ndarray, start: int = 0, stop: int | None = None) -> int:
+    """XOR of the bits in [start, stop)."""
+    as_words(words, "words")
+    stop = words.size * 64 if stop is None else stop
+    if start < 0 or stop < 0:
+        raise ValueError("start and stop must be non-negative")
+    return check(lib.qkd_bits_parity_range(ptr("uint64_t *", words), words.size, start, stop), "parity")
+
+
+def gather(words: np.ndarray, nbits: int, index: np.ndarray) -> np.ndarray:
+    """Bits of `words` at positions `index` (each < nbits), packed in index order."""
+    as_words(words, "words")
+    index = np.ascontiguousarray(index, dtype=np.uint64)
+    out = np.empty(words_for_bits(index.size), dtype=np.uint64)
+    check(lib.qkd_bits_gather(ptr("uint64_t *", words), words.size, nbits, ptr("uint64_t *", index), index.size,
+                              wptr("uint64_t *", out), out.size), "gather")
+    return out
+
+
+def cpu_features() -> set[str]:
+    """Instruction-set extensions the running CPU offers to kernels that select at run time."""
+    flags = lib.qkd_cpu_features()
+    names = {"popcnt": lib.QKD_CPU_POPCNT, "avx2": lib.QKD_CPU_AVX2, "avx512f": lib.QKD_CPU_AVX512F,
+             "pclmul": lib.QKD_CPU_PCLMUL, "vpclmul": lib.QKD_CPU_VPCLMUL}
+    return {name for name, bit in names.items() if flags & bit}

@@ -1,0 +1,113 @@
+"""What handlers see and return: requests, responses, errors, the peer certificate, listener settings.
+
+This is the contract between the HTTP server (server.py) and everything that serves routes (api/).
+Handlers are `async def handler(request: Request) -> Response`; they raise HTTPError for client errors.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Literal
+
+
+@dataclass(frozen=True)
+class PeerCertificate:
+    """The verified client certificate of a TLS peer."""
+
+    subject: str                      # RFC 4514 string, e.g. "CN=sae-a,O=Example"
+    common_name: str | None
+    san_uris: tuple[str, ...]
+    san_dns: tuple[str, ...]
+    sha256_fingerprint: str           # lowercase hex of SHA-256 over the DER certificate
+
+
+@dataclass
+class Request:
+    method: str                       # upper case, e.g. "GET"
+    path: str                         # percent-decoded path without the query string
+    query: dict[str, list[str]]
+    headers: list[tuple[str, str]]    # names lower case, in arrival order
+    body: bytes
+    request_id: str
+    client: tuple[str, int] | None = None
+    peer_cert: PeerCertificate | None = None
+    path_params: dict[str, str] = field(default_factory=dict)
+
+    def header(self, name: str) -> str | None:
+        """First value of header `name` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def json(self) -> Any:
+        """The body parsed as JSON; 415 for another content type, 400 for malformed JSON."""
+        content_type = (self.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise HTTPError(415, "request body must be application/json",
+                            [f"content-type was {content_type or 'missing'}"])
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise HTTPError(400, "request body is not valid JSON", [str(exc)]) from None
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, payload: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> "Response":
+        return cls(status, json.dumps(payload, separators=(",", ":")).encode(), "application/json",
+                   list(headers or []))
+
+    @classmethod
+    def text(cls, text: str, status: int = 200, content_type: str = "text/plain; charset=utf-8") -> "Response":
+        return cls(status, text.encode(), content_type)
+
+
+class HTTPError(Exception):
+    """A client-visible error; rendered as JSON {"message": ..., "details": [...]} with `status`."""
+
+    def __init__(self, status: int, message: str, details: list[Any] | None = None,
+                 headers: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = list(details or [])
+        self.headers = list(headers or [])
+
+    def to_response(self) -> Response:
+        return Response.json({"message": self.message, "details": self.details}, self.status, self.headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+ClientCertMode = Literal["none", "optional", "required"]
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    client_cert: ClientCertMode = "none"
+
+
+@dataclass(frozen=True)
+class HTTPLimits:
+    """Per-listener limits; the defaults are safe for a key-delivery API on an appliance."""
+
+    max_header_bytes: int = 16 * 1024          # 431 beyond
+    max_body_bytes: int = 1024 * 1024          # 413 beyond
+    header_timeout_s: float = 10.0             # time to receive the full header block
+    body_timeout_s: float = 30.0               # time to receive the full body
+    keepalive_timeout_s: float = 60.0          # idle time between requests
+    max_requests_per_connection: int = 1000
+    max_connections: int = 1024                # excess connections are refused at once
+    handler_timeout_s: float = 30.0            # a handler taking longer yields 503
+    shutdown_grace_s: float = 10.0             # in-flight requests get this long on shutdown
