@@ -1,15 +1,25 @@
-"""`qkdctl` command line: operator tools (PKI, simulator)."""
+"""`qkdctl` command line: operator tools. Each command group lives in its own module and registers
+its subcommands here through `register(subparsers)`; a subcommand sets `func(args) -> int`."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkdctl", description="qkdd operator tools")
-    parser.add_subparsers(dest="command", required=True)
-    parser.parse_args(argv)
-    return 0
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sim = commands.add_parser("sim", help="QKD simulator: analytic key rates and Monte Carlo runs")
+    sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
+    # Command groups register here, one line each:
+    del sim_commands  # (until the first sim command registers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":
