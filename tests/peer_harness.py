@@ -98,7 +98,7 @@ async def frame_rewriting_proxy(target_port: int, tamper: Tamper, *, task_status
 
                 nursery.start_soon(dialer_to_listener)
                 nursery.start_soon(listener_to_dialer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             await trio.aclose_forcefully(upstream)
@@ -134,7 +134,7 @@ class CiphertextFlipper:
 
                     nursery.start_soon(forward, downstream, upstream, True)
                     nursery.start_soon(forward, upstream, downstream, False)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except* (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
                 await trio.aclose_forcefully(upstream)

@@ -158,7 +158,7 @@ class PeerConnector:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._drive, session, nursery.cancel_scope)
-                nursery.start_soon(self._handle, session, nursery.cancel_scope)
+                nursery.start_soon(self._handle, session)
         finally:
             if self._live is session:
                 self._live = None
@@ -175,15 +175,13 @@ class PeerConnector:
         finally:
             scope.cancel()
 
-    async def _handle(self, session: PeerSession, scope: trio.CancelScope) -> None:
+    async def _handle(self, session: PeerSession) -> None:
+        """Run the application's handler; the driver ends the session's scope (and logs why)."""
         try:
             await self._on_session(session)
         except SessionClosedError:
-            pass  # the driver logs why
-        else:
-            await session.aclose()
-        finally:
-            scope.cancel()
+            return
+        await session.aclose()
 
 
 def _address_of(stream: trio.SocketStream) -> str:
@@ -196,8 +194,9 @@ def _address_of(stream: trio.SocketStream) -> str:
 
 def _describe(exc: BaseException) -> str:
     """One line naming the failure; exceptions here never carry key material."""
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, (OSError, trio.BrokenResourceError)) and not isinstance(exc, PeerError):
-        cause = exc.__cause__
-        text = f"{type(exc).__name__}: {text}" + (f" ({type(cause).__name__}: {cause})" if cause else "")
+    if isinstance(exc, PeerError):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        text += f" ({type(exc.__cause__).__name__}: {exc.__cause__})"
     return text

@@ -77,7 +77,7 @@ class PeerSession:
             while not handshake.established:
                 frame = decoder.next_frame()
                 if frame is None:
-                    data = await _receive_some(stream, "during the handshake")
+                    data = await _receive_some(stream, " during the handshake")
                     if not data:
                         raise SessionTruncatedError(
                             f"{peer_address} closed the connection during the handshake"
@@ -148,10 +148,10 @@ class PeerSession:
                     self._teardown(SessionTruncatedError(f"connection broken: {type(exc).__name__}"))
                 self._teardown(None)
         finally:
-            self._teardown(None)
+            with trio.CancelScope(shield=True):
+                await self.aclose()  # a local shutdown (cancellation) still ends with a CLOSE record
             self._to_app.close()
             self.ended.set()
-            await trio.aclose_forcefully(self._stream)
         if self._error is not None:
             raise self._error
 
@@ -222,6 +222,6 @@ async def _receive_some(stream: trio.abc.Stream, when: str) -> bytes:
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__
         detail = f"{type(cause).__name__}: {cause}" if cause is not None else "broken"
-        raise SessionTruncatedError(f"connection broken {when}: {detail}".replace("  ", " ")) from None
+        raise SessionTruncatedError(f"connection broken{when}: {detail}") from None
 
 
