@@ -63,7 +63,8 @@ Tamper = Callable[[Frame], "list[bytes] | None"]
 async def frame_rewriting_proxy(target_port: int, tamper: Tamper, *, task_status=trio.TASK_STATUS_IGNORED):
     """A TLS-terminating man in the middle (the peers do not check TLS certificates, so it can be one).
     Frames from the dialer to the listener pass through `tamper`, which returns the bytes to forward
-    instead (a list) or None to end both connections cleanly at the TLS level. Listener-to-dialer bytes
+    instead (a list; a None in it, or None instead of the list, ends both connections cleanly at the TLS
+    level). Listener-to-dialer bytes
     pass unchanged."""
     server_context = tls.server_context()
     client_context = tls.client_context()
@@ -82,12 +83,12 @@ async def frame_rewriting_proxy(target_port: int, tamper: Tamper, *, task_status
                         decoder.receive_data(data)
                         while (frame := decoder.next_frame()) is not None:
                             forward = tamper(frame)
-                            if forward is None:
-                                await upstream.aclose()  # clean TLS close_notify, no CLOSE record
-                                await downstream.aclose()
-                                nursery.cancel_scope.cancel()
-                                return
-                            for chunk in forward:
+                            for chunk in [None] if forward is None else forward:
+                                if chunk is None:
+                                    await upstream.aclose()  # clean TLS close_notify, no CLOSE record
+                                    await downstream.aclose()
+                                    nursery.cancel_scope.cancel()
+                                    return
                                 await upstream.send_all(chunk)
                     nursery.cancel_scope.cancel()
 

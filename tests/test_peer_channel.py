@@ -7,7 +7,7 @@ import logging
 import pytest
 import trio
 
-from qkdd.peer import generate_identity
+from qkdd.peer import SessionClosedError, generate_identity
 from qkdd.peer.framing import Frame, FrameType, encode_header
 
 from peer_harness import CiphertextFlipper, Endpoint, fast_settings, frame_rewriting_proxy
@@ -78,6 +78,7 @@ def test_records_flow_both_ways_in_order_on_many_channels(peer_log):
     ("replay", "replayed, expected"),
     ("reorder", "out of order"),
     ("truncate", "connection ended without the peer's authenticated close"),
+    ("cut-mid-record", "stream ended inside a frame"),
     ("oversize", "exceeds the cap"),
     ("unknown-type", "unknown frame type 0x7f"),
 ])
@@ -105,6 +106,8 @@ def test_man_in_the_middle_attack_is_rejected_logged_and_the_session_recovers(pe
             return [frame.to_bytes(), held[0].to_bytes()]
         if attack == "truncate":
             return None
+        if attack == "cut-mid-record":
+            return [frame.to_bytes()[:25], None]  # half a record, then a clean TLS close
         if attack == "oversize":
             return [encode_header(FrameType.DATA, (64 << 20) + 1)]  # and never a body
         return [encode_header(FrameType.DATA, 0)[:5] + b"\x7f" + encode_header(FrameType.DATA, 0)[6:]]
@@ -291,7 +294,7 @@ def test_silent_and_garbage_peers_are_dropped_without_a_hang(peer_log):
             nursery.cancel_scope.cancel()
     trio.run(main)
     text = log_text(peer_log)
-    assert text.count("handshake not finished within 0.5 s") == 2
+    assert text.count("not finished within 0.5 s") == 2
     assert "bad magic" in text and "exceeds the cap" in text
     assert "DATA frame before the handshake completed" in text
     assert "SSLError" in text  # the plain-text HTTP request failed TLS
@@ -316,4 +319,69 @@ def test_dialer_gives_up_on_a_silent_listener_and_retries(peer_log):
             assert alice.connector.session is None
             nursery.cancel_scope.cancel()
     trio.run(main)
-    assert "no session with 127.0.0.1" in log_text(peer_log) and "within 0.3 s" in log_text(peer_log)
+    assert "handshake with 127.0.0.1" in log_text(peer_log) and "not finished within 0.3 s" in log_text(peer_log)
+
+
+def test_a_peer_that_stops_sending_is_dropped_at_the_idle_timeout(peer_log):
+    """Heartbeats keep a healthy session alive; a peer that goes silent (host gone, no FIN) is dropped."""
+    from qkdd.peer import PeerSession, Role
+    from qkdd.peer import tls
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            _, bob, port = await start_pair(nursery, listen_settings=fast_settings(
+                listen=("127.0.0.1", 0), heartbeat_interval_s=0.1, idle_timeout_s=0.5))
+            stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), tls.client_context(),
+                                    server_hostname=None)
+            await stream.do_handshake()
+            await PeerSession.establish(stream, Role.INITIATOR, fast_settings(dial=("x", 1)), ALICE,
+                                        BOB.public_key())
+            session = await bob.next_session()
+            with trio.fail_after(3):
+                await session.ended.wait()
+            assert bob.connector.session is None
+            await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert "torn down: no record from the peer for 0.5 s" in log_text(peer_log)
+
+
+def test_listener_bounds_concurrent_handshakes(peer_log):
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, port = await start_pair(nursery, listen_settings=fast_settings(
+                listen=("127.0.0.1", 0), max_pending_handshakes=2, handshake_timeout_s=1.0))
+            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+            await trio.sleep(0.1)
+            third = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(0.5):  # closed at once, not at the handshake timeout
+                assert await third.receive_some(10) == b""
+            # once the silent ones time out, a real peer gets in
+            await start_alice(nursery, alice, port)
+            assert (await bob.next_session()).epoch == 1
+            assert await exchange(alice, bob, b"in") == (1, 1)
+            for stream in silent + [third]:
+                await trio.aclose_forcefully(stream)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert "2 handshakes already pending" in log_text(peer_log)
+
+
+def test_application_can_wait_for_the_next_session_and_closes_cleanly():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, port = await start_pair(nursery)
+            await start_alice(nursery, alice, port)
+            with trio.fail_after(5):
+                first = await alice.connector.wait_session()
+            assert first.epoch == 1 and first is alice.connector.session
+            await first.aclose()  # an authenticated CLOSE: bob sees a clean end, both come back
+            with trio.fail_after(5):
+                second = await alice.connector.wait_session(after_epoch=1)
+            assert second.epoch == 2
+            with pytest.raises(SessionClosedError):
+                await first.send(1, b"late")
+            with pytest.raises(ValueError, match="exceeds the record cap"):
+                await second.send(1, bytes(second.max_payload_bytes + 1))
+            nursery.cancel_scope.cancel()
+    trio.run(main)

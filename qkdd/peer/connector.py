@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from . import tls
 from .backoff import Backoff
-from .errors import PeerError, PeerTimeoutError, SessionClosedError
+from .errors import PeerError, PeerTimeoutError, SessionClosedError, SessionTruncatedError
 from .handshake import Role
 from .session import PeerSession
 from .settings import PeerSettings
@@ -50,7 +50,8 @@ class PeerConnector:
     @property
     def session(self) -> PeerSession | None:
         """The live session, if any."""
-        return self._live
+        live = self._live
+        return live if live is not None and not live.closed else None
 
     async def wait_session(self, after_epoch: int = 0) -> PeerSession:
         """Wait for a live session with epoch > after_epoch."""
@@ -88,19 +89,29 @@ class PeerConnector:
 
     async def _dial_once(self, context: ssl.SSLContext, host: str, port: int) -> PeerSession:
         address = f"{host}:{port}"
+
+        async def connect() -> trio.abc.Stream:
+            tcp = await trio.open_tcp_stream(host, port)
+            return trio.SSLStream(tcp, context, server_hostname=None)
+
+        return await self._open_session(connect, Role.INITIATOR, address)
+
+    async def _open_session(self, connect, role: Role, address: str) -> PeerSession:
+        """TCP connect (dialling end), TLS handshake and authenticated handshake, all within
+        handshake_timeout_s. Every failure comes out as a PeerError (or OSError from connecting)."""
         stream: trio.abc.Stream | None = None
         try:
-            with trio.fail_after(self.settings.handshake_timeout_s):
-                stream = await trio.open_tcp_stream(host, port)
-                stream = trio.SSLStream(stream, context, server_hostname=None)
-                await stream.do_handshake()
-                return await PeerSession.establish(stream, Role.INITIATOR, self.settings, self._signing_key,
-                                                   self._pinned, address)
-        except trio.TooSlowError:
-            if stream is not None:
-                await trio.aclose_forcefully(stream)
-            raise PeerTimeoutError(
-                f"no session with {address} within {self.settings.handshake_timeout_s:g} s") from None
+            try:
+                with trio.fail_after(self.settings.handshake_timeout_s):
+                    stream = await connect()
+                    await stream.do_handshake()
+                    return await PeerSession.establish(stream, role, self.settings, self._signing_key,
+                                                       self._pinned, address)
+            except trio.TooSlowError:
+                raise PeerTimeoutError(f"handshake with {address} not finished within "
+                                       f"{self.settings.handshake_timeout_s:g} s") from None
+            except trio.BrokenResourceError as exc:
+                raise SessionTruncatedError(f"TLS with {address} failed: {_describe(exc)}") from None
         except BaseException:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
@@ -124,17 +135,12 @@ class PeerConnector:
             await trio.aclose_forcefully(tcp)
             return
         self._pending_handshakes += 1
-        stream = trio.SSLStream(tcp, context, server_side=True)
         try:
-            with trio.fail_after(self.settings.handshake_timeout_s):
-                await stream.do_handshake()
-                session = await PeerSession.establish(stream, Role.RESPONDER, self.settings, self._signing_key,
-                                                      self._pinned, address)
-        except (OSError, PeerError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-            if isinstance(exc, trio.TooSlowError):
-                exc = PeerTimeoutError(f"handshake not finished within {self.settings.handshake_timeout_s:g} s")
+            session = await self._open_session(_ready(trio.SSLStream(tcp, context, server_side=True)),
+                                               Role.RESPONDER, address)
+        except (OSError, PeerError) as exc:
             log.warning("link %s: refused connection from %s: %s", self.settings.link_id, address, _describe(exc))
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(tcp)
             return
         finally:
             self._pending_handshakes -= 1
@@ -182,6 +188,12 @@ class PeerConnector:
         except SessionClosedError:
             return
         await session.aclose()
+
+
+def _ready(stream: trio.abc.Stream):
+    async def connect() -> trio.abc.Stream:
+        return stream
+    return connect
 
 
 def _address_of(stream: trio.SocketStream) -> str:
