@@ -100,7 +100,8 @@ class FrameDecoder:
         if self._pending is not None:
             frame_type, length = self._pending
             if len(self._buffer) >= HEADER_BYTES + length:
-                body = bytes(self._buffer[HEADER_BYTES:HEADER_BYTES + length])
+                with memoryview(self._buffer) as view:  # one copy out of the buffer, not two
+                    body = bytes(view[HEADER_BYTES:HEADER_BYTES + length])
                 del self._buffer[:HEADER_BYTES + length]
                 self._pending = None
                 self._parse_header()

@@ -42,8 +42,10 @@ class Record:
     payload: bytes = b""
 
 
-def _mac(key: bytes, header: bytes, content: bytes) -> bytes:
-    return hmac.new(key, header + content, hashlib.sha256).digest()
+def _mac(key: bytes, header: bytes, content: bytes | memoryview) -> bytes:
+    mac = hmac.new(key, header, hashlib.sha256)
+    mac.update(content)
+    return mac.digest()
 
 
 class RecordSealer:
@@ -109,7 +111,7 @@ class RecordOpener:
             minimum = SEQ.size + MAC_BYTES
         else:
             raise FrameError(f"{frame.type.name} frame where a record was expected")
-        body = frame.body
+        body = memoryview(frame.body)  # slices without copying (records reach tens of MiB)
         if len(body) < minimum:
             raise FrameError(f"{frame.type.name} record of {len(body)} bytes is shorter than {minimum}")
         content, tag = body[:-MAC_BYTES], body[-MAC_BYTES:]
@@ -129,5 +131,5 @@ class RecordOpener:
         self.expected_seq += 1
         if frame.type == FrameType.DATA:
             (channel,) = CHANNEL.unpack_from(content, SEQ.size)
-            return Record(frame.type, seq, channel, content[SEQ.size + CHANNEL.size:])
+            return Record(frame.type, seq, channel, bytes(content[SEQ.size + CHANNEL.size:]))
         return Record(frame.type, seq)
