@@ -385,3 +385,35 @@ def test_application_can_wait_for_the_next_session_and_closes_cleanly():
                 await second.send(1, bytes(second.max_payload_bytes + 1))
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_after_a_clean_close_a_slow_handler_still_gets_every_message_sent_before_it():
+    from qkdd.peer import PeerConnector
+
+    async def main():
+        received, ends = [], []
+
+        async def slow_handler(session):
+            try:
+                while True:
+                    channel, payload = await session.receive()
+                    await trio.sleep(0.005)  # the application takes its time with each message
+                    received.append((session.epoch, payload))
+            except SessionClosedError:
+                ends.append(session.epoch)
+                raise
+
+        async with trio.open_nursery() as nursery:
+            bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key(), slow_handler)
+            port = await nursery.start(bob.run)
+            alice = Endpoint()
+            await start_alice(nursery, alice, port)
+            session = await alice.next_session()
+            for i in range(40):
+                await session.send(4, b"last words %d" % i)
+            await session.aclose()
+            with trio.fail_after(5):
+                await bob.wait_session(after_epoch=1)
+            assert received == [(1, b"last words %d" % i) for i in range(40)] and ends == [1]
+            nursery.cancel_scope.cancel()
+    trio.run(main)

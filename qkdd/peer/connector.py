@@ -3,9 +3,10 @@
 The application hands the connector an `on_session(session)` coroutine function. It is called once per
 established session (session.epoch counts them), which is how the application learns that a session
 (re)started and must resynchronise; it runs while the session lives and is cancelled when the session
-is torn down. If it returns, the session is closed cleanly. Either way the connector then brings up the
-next session by itself: the dialling end redials with exponential backoff and jitter, the listening end
-waits for the next connection. A newly authenticated connection replaces the live one (the peer
+is torn down. After a clean close by the peer it first gets every message sent before the close, then
+SessionClosedError from receive(). If the handler returns, the session is closed cleanly. Either way
+the connector then brings up the next session by itself: the dialling end redials with exponential
+backoff and jitter, the listening end waits for the next connection. A newly authenticated connection replaces the live one (the peer
 restarted and its old connection may not have died yet), so at most one session per link is live and
 no restart needs a manual step.
 """
@@ -27,6 +28,8 @@ from .session import PeerSession
 from .settings import PeerSettings
 
 log = logging.getLogger("qkdd.peer")
+
+DRAIN_AFTER_CLOSE_S = 5.0  # after a clean close, how long the handler may take to read what is queued
 
 SessionHandler = Callable[[PeerSession], Awaitable[None]]
 
@@ -162,9 +165,10 @@ class PeerConnector:
             self._session_changed.set()
             self._session_changed = trio.Event()
         try:
+            handler_done = trio.Event()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._drive, session, nursery.cancel_scope)
-                nursery.start_soon(self._handle, session)
+                nursery.start_soon(self._drive, session, nursery.cancel_scope, handler_done)
+                nursery.start_soon(self._handle, session, handler_done)
         finally:
             if self._live is session:
                 self._live = None
@@ -172,22 +176,30 @@ class PeerConnector:
                 await session.aclose()  # no-op on a session already torn down
             done.set()
 
-    async def _drive(self, session: PeerSession, scope: trio.CancelScope) -> None:
+    async def _drive(self, session: PeerSession, scope: trio.CancelScope, handler_done: trio.Event) -> None:
+        """Run the session; when it ends, end the handler too (and log why)."""
         try:
             await session.run()
         except PeerError as exc:
             log.warning("link %s: session %s with %s torn down: %s", self.settings.link_id, session.session_id,
                         session.peer_address, _describe(exc))
+        else:
+            # A clean close: the handler may still take what the peer sent before its CLOSE record
+            # (receive() then raises SessionClosedError and a receiving handler returns).
+            with trio.move_on_after(DRAIN_AFTER_CLOSE_S):
+                await handler_done.wait()
         finally:
             scope.cancel()
 
-    async def _handle(self, session: PeerSession) -> None:
-        """Run the application's handler; the driver ends the session's scope (and logs why)."""
+    async def _handle(self, session: PeerSession, handler_done: trio.Event) -> None:
         try:
             await self._on_session(session)
         except SessionClosedError:
             return
-        await session.aclose()
+        else:
+            await session.aclose()
+        finally:
+            handler_done.set()
 
 
 def _ready(stream: trio.abc.Stream):
