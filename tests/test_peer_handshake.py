@@ -191,7 +191,8 @@ def test_malformed_hello_is_a_decode_error(body):
 def test_out_of_order_messages_are_refused():
     initiator, responder = pair()
     responder.start()
-    with pytest.raises(HandshakeError, match="unexpected INITIATOR_FINISH in state await-initiator-hello") as error:
+    with pytest.raises(HandshakeError,
+                       match="unexpected INITIATOR_FINISH in state await-initiator-hello") as error:
         responder.receive(Frame(FrameType.INITIATOR_FINISH, b""))
     assert error.value.alert == Alert.UNEXPECTED_MESSAGE
     initiator.start()

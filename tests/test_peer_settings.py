@@ -45,4 +45,5 @@ def test_bad_settings_are_refused_with_the_field_named(kwargs, error):
 def test_settings_address_and_defaults():
     settings = PeerSettings("link-ab", listen=("0.0.0.0", 7100))
     assert settings.address == ("0.0.0.0", 7100)
-    assert settings.max_record_bytes == 64 * 1024 * 1024 and settings.idle_timeout_s > settings.heartbeat_interval_s
+    assert settings.max_record_bytes == 64 * 1024 * 1024
+    assert settings.idle_timeout_s > settings.heartbeat_interval_s

@@ -6,9 +6,9 @@ established session (session.epoch counts them), which is how the application le
 is torn down. After a clean close by the peer it first gets every message sent before the close, then
 SessionClosedError from receive(). If the handler returns, the session is closed cleanly. Either way
 the connector then brings up the next session by itself: the dialling end redials with exponential
-backoff and jitter, the listening end waits for the next connection. A newly authenticated connection replaces the live one (the peer
-restarted and its old connection may not have died yet), so at most one session per link is live and
-no restart needs a manual step.
+backoff and jitter, the listening end waits for the next connection. A newly authenticated connection
+replaces the live one (the peer restarted and its old connection may not have died yet), so at most one
+session per link is live and no restart needs a manual step.
 """
 from __future__ import annotations
 

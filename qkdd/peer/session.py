@@ -79,9 +79,10 @@ class PeerSession:
                 if frame is None:
                     data = await _receive_some(stream, " during the handshake")
                     if not data:
+                        partial = decoder.buffered_bytes
                         raise SessionTruncatedError(
                             f"{peer_address} closed the connection during the handshake"
-                            + (f" ({decoder.buffered_bytes} bytes of a partial frame)" if decoder.buffered_bytes else ""))
+                            + (f" ({partial} bytes of a partial frame)" if partial else ""))
                     decoder.receive_data(data)
                     continue
                 if frame.type not in HANDSHAKE_TYPES:
@@ -97,7 +98,8 @@ class PeerSession:
             raise
         session = cls(stream, decoder, handshake, settings, peer_address)
         log.info("link %s: session %s established with %s as %s (peer key %s)", settings.link_id,
-                 session.session_id, peer_address, role.value, format_fingerprint(key_fingerprint(pinned_peer_key)))
+                 session.session_id, peer_address, role.value,
+                 format_fingerprint(key_fingerprint(pinned_peer_key)))
         return session
 
     # -- application API ---------------------------------------------------------------------------
