@@ -1,7 +1,8 @@
-"""Classical-channel throughput: one-way records over loopback TCP + TLS 1.3 with the MACed record layer,
-and the cost of one authenticated handshake. Prints one JSON object per configuration.
+"""Classical channel: cost of one authenticated handshake, round-trip latency of small records, and
+one-way record throughput over loopback TCP + TLS 1.3 with the MACed record layer. Prints one JSON
+object per configuration.
 
-    python -m bench.peer [--seconds 3] [--sizes 1024,65536,1048576]
+    python -m bench.peer [--seconds 3] [--sizes 1024,65536,1048576] [--rounds 2000]
 """
 from __future__ import annotations
 
@@ -65,13 +66,51 @@ async def throughput(payload_bytes: int, seconds: float) -> dict:
     return result
 
 
+async def round_trip(payload_bytes: int, rounds: int) -> dict:
+    """Ping-pong of small records: the latency an interactive protocol (Cascade) pays per round."""
+    alice, bob = generate_identity(), generate_identity()
+    result = {}
+
+    async def echo(session):
+        while True:
+            channel, payload = await session.receive()
+            await session.send(channel, payload)
+
+    async def ping(session):
+        payload = bytes(payload_bytes)
+        samples_us = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            await session.send(2, payload)
+            await session.receive()
+            samples_us.append((time.perf_counter() - start) * 1e6)
+        samples_us.sort()
+        result.update(rtt_median_us=round(samples_us[len(samples_us) // 2], 1),
+                      rtt_p99_us=round(samples_us[int(len(samples_us) * 0.99)], 1))
+        done.set()
+        await trio.sleep_forever()
+
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        listener = PeerConnector(PeerSettings("bench", listen=("127.0.0.1", 0)), bob, alice.public_key(), echo)
+        port = await nursery.start(listener.run)
+        dialer = PeerConnector(PeerSettings("bench", dial=("127.0.0.1", port)), alice, bob.public_key(), ping)
+        await nursery.start(dialer.run)
+        await done.wait()
+        nursery.cancel_scope.cancel()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--sizes", default="1024,65536,1048576")
     parser.add_argument("--handshakes", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2000, help="ping-pong rounds for the latency figure")
     args = parser.parse_args()
     print(json.dumps({"config": "handshake_in_memory", "handshake_ms": round(handshake_ms(args.handshakes), 2)}))
+    print(json.dumps({"config": "round_trip_tls_loopback", "payload_bytes": 64,
+                      **trio.run(round_trip, 64, args.rounds)}))
     for size in (int(s) for s in args.sizes.split(",")):
         stats = trio.run(throughput, size, args.seconds)
         print(json.dumps({"config": "records_tls_loopback", "payload_bytes": size, **stats}))

@@ -74,12 +74,13 @@ class FrameDecoder:
             raise ValueError("max_record_bytes must be positive")
         self.max_record_bytes = max_record_bytes
         self._buffer = bytearray()
+        self._start = 0  # frames before this offset were taken; compacted on the next receive_data
         self._pending: tuple[FrameType, int] | None = None  # header parsed, body awaited
         self._eof = False
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._start
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the stream; b"" means end of stream."""
@@ -88,39 +89,47 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
+        if self._start:
+            # Drop taken frames once per chunk, not once per frame (which would be quadratic in the
+            # number of small frames per chunk).
+            del self._buffer[:self._start]
+            self._start = 0
         self._buffer += data
-        if self._pending is None:
-            self._parse_header()
+        self._parse_header()
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None if more bytes are needed. At end of stream with a partial
         frame in the buffer, raises FrameError (truncated frame)."""
-        if self._pending is None:
-            self._parse_header()
+        self._parse_header()
         if self._pending is not None:
             frame_type, length = self._pending
-            if len(self._buffer) >= HEADER_BYTES + length:
+            if self.buffered_bytes >= HEADER_BYTES + length:
+                body_start = self._start + HEADER_BYTES
                 with memoryview(self._buffer) as view:  # one copy out of the buffer, not two
-                    body = bytes(view[HEADER_BYTES:HEADER_BYTES + length])
-                del self._buffer[:HEADER_BYTES + length]
+                    body = bytes(view[body_start:body_start + length])
+                self._start = body_start + length
                 self._pending = None
                 self._parse_header()
                 return Frame(frame_type, body)
-        if self._eof and self._buffer:
-            raise FrameError(f"stream ended inside a frame ({len(self._buffer)} bytes of a partial frame)")
+        if self._eof and self.buffered_bytes:
+            raise FrameError(f"stream ended inside a frame ({self.buffered_bytes} bytes of a partial frame)")
         return None
 
     @property
     def at_eof(self) -> bool:
         """True once the stream ended and every complete frame was taken."""
-        return self._eof and not self._buffer
+        return self._eof and not self.buffered_bytes
 
     def _parse_header(self) -> None:
-        if self._pending is not None or len(self._buffer) < HEADER_BYTES:
-            if self._buffer[:4] and not MAGIC.startswith(bytes(self._buffer[:4])):
+        """Check the next header as soon as its bytes are in (the magic even byte by byte)."""
+        if self._pending is not None:
+            return
+        if self.buffered_bytes < HEADER_BYTES:
+            prefix = bytes(self._buffer[self._start:self._start + len(MAGIC)])
+            if not MAGIC.startswith(prefix):
                 raise FrameError("bad magic: the stream is not qkdd peer framing")
             return
-        magic, version, type_code, length = HEADER.unpack_from(self._buffer)
+        magic, version, type_code, length = HEADER.unpack_from(self._buffer, self._start)
         if magic != MAGIC:
             raise FrameError("bad magic: the stream is not qkdd peer framing")
         if version != FRAME_VERSION:
