@@ -2,6 +2,7 @@
 a man in the middle, replay/reorder/truncation, restarts of either end, timeouts and garbage."""
 from __future__ import annotations
 
+import base64
 import logging
 
 import pytest
@@ -68,9 +69,18 @@ def test_records_flow_both_ways_in_order_on_many_channels(peer_log):
             assert await alice.next_message() == (1, 2, b"reply")
             await trio.sleep(1.0)  # several heartbeats (0.3 s) pass without disturbing the session
             assert alice.connector.session is a_session and bob.connector.session is b_session
+            keys.extend([a_session._sealer._key, a_session._opener._key])
+            assert b_session._opener._key == keys[0] and b_session._sealer._key == keys[1]
+            assert keys[0] not in repr(a_session).encode() and "_key" not in repr(a_session._sealer)
             nursery.cancel_scope.cancel()
+
+    keys: list[bytes] = []
+    peer_log.set_level(logging.DEBUG)
     trio.run(main)
-    assert "established" in log_text(peer_log)
+    text = log_text(peer_log)
+    assert "established" in text
+    for key in keys:  # session keys never reach a log line, in any encoding
+        assert key.hex() not in text and base64.b64encode(key).decode() not in text
 
 
 @pytest.mark.parametrize("attack, expected_log", [
