@@ -427,3 +427,24 @@ def test_after_a_clean_close_a_slow_handler_still_gets_every_message_sent_before
             assert received == [(1, b"last words %d" % i) for i in range(40)] and ends == [1]
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_concurrent_senders_keep_their_own_order():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, port = await start_pair(nursery)
+            await start_alice(nursery, alice, port)
+            session = await alice.next_session()
+
+            async def sender(channel):
+                for i in range(30):
+                    await session.send(channel, b"%d" % i)
+
+            async with trio.open_nursery() as senders:
+                for channel in range(4):
+                    senders.start_soon(sender, channel)
+            got = [await bob.next_message() for _ in range(120)]
+            for channel in range(4):
+                assert [p for _, c, p in got if c == channel] == [b"%d" % i for i in range(30)]
+            nursery.cancel_scope.cancel()
+    trio.run(main)

@@ -229,7 +229,7 @@ class Handshake:
                                  Alert.UNEXPECTED_MESSAGE)
         if frame.type == FrameType.ALERT:
             self.state = State.FAILED
-            raise PeerRefusedError(f"peer aborted the handshake: {_alert_name(frame.body)}",
+            raise PeerRefusedError(f"peer aborted the handshake: {alert_name(frame.body)}",
                                    Alert.INTERNAL_ERROR)
         try:
             handler = self._HANDLERS.get(frame.type)
@@ -379,7 +379,7 @@ class Handshake:
     }
 
 
-def _alert_name(body: bytes) -> str:
+def alert_name(body: bytes) -> str:
     if len(body) != 1:
         return "malformed alert"
     try:

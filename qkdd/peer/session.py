@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 from .errors import (FrameError, HandshakeError, PeerError, PeerRefusedError, PeerTimeoutError,
                      SessionClosedError, SessionTruncatedError)
 from .framing import Frame, FrameDecoder, FrameType, HANDSHAKE_TYPES
-from .handshake import Alert, Handshake, Role, alert_frame
+from .handshake import Alert, Handshake, Role, alert_frame, alert_name
 from .identity import format_fingerprint, key_fingerprint
 from .records import RECORD_OVERHEAD_BYTES, RecordOpener, RecordSealer
 from .settings import PeerSettings
@@ -165,6 +165,9 @@ class PeerSession:
                     raise SessionTruncatedError("connection ended without the peer's authenticated close")
                 self._decoder.receive_data(await self._receive_with_idle_timeout())
                 continue
+            if frame.type == FrameType.ALERT:  # e.g. the initiator failed our key confirmation
+                raise PeerRefusedError(f"peer aborted the session: {alert_name(frame.body)}",
+                                       Alert.INTERNAL_ERROR)
             record = self._opener.open(frame)
             if record.type == FrameType.DATA:
                 await self._to_app.send((record.channel, record.payload))
