@@ -31,6 +31,15 @@ qkdd.protocols.bb84_finite      THE key length: Lim-Curty-Walenta-Xu-Zbinden 201
         .key_length_bits, .abort, .abort_reason, .y1_lower, .e1_upper, .phase_error_upper, .s_x1_lower, ...
     expected_counts(channel, settings, pulses_sent), pulses_for_block(channel, settings, n_x)
 
+qkdd.protocols.e91              E91/BBM92 with a CHSH test (settings in the module docstring)
+    Correlation(agree, disagree); E91Counts(chsh=(4 x Correlation in CHSH_TERMS order), key_z, key_x,
+                                            pairs_emitted); E91Counts.from_mapping({...})
+    ALICE_ANGLES_DEG, BOB_ANGLES_DEG, CHSH_TERMS, KEY_PAIRS   the settings the simulator must use
+    chsh_estimate(counts, eps_pe) -> ChshEstimate(s, sigma, s_lower)
+    e91_key_length(counts, eps_sec, eps_cor, eps_pe, f_ec, ec_leak_bits, device_independent) -> E91Result
+        .key_length_bits, .abort, .abort_reason, .chsh_s, .chsh_s_lower, .qber_z, .qber_x, ...
+    werner_statistics(V) -> (S, QBER), shor_preskill_rate(Q), device_independent_rate(S, Q)
+
 qkdd.protocols.entropy
     binary_entropy(p), secure_fraction_asymptotic(qber) = max(0, 1 - 2h(Q))  (the seed's metric only)
 """
