@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
-
 from qkdd.protocols.channel import (
     DARK_COUNT_ERROR_RATE,
     ChannelParams,
@@ -26,6 +24,7 @@ from qkdd.protocols.channel import (
     yield_n,
 )
 from qkdd.protocols.entropy import binary_entropy, capped_entropy, secure_fraction_asymptotic
+from qkdd.protocols.optimize import maximize_scalar
 
 DECOY_METHODS = ("none", "vacuum-weak", "infinite")
 
@@ -153,34 +152,6 @@ def _raw_rate(channel: ChannelParams, decoy: str) -> float:
     bounds = single_photon_bounds(channel, decoy)
     return gllp_key_rate(q=channel.q, f_ec=channel.f_ec, gain_signal=gain(channel, channel.mu),
                          qber_signal=qber(channel, channel.mu), q1=bounds.q1_lower, e1=bounds.e1_upper)
-
-
-def maximize_scalar(objective: Callable[[float], float], low: float, high: float, *,
-                    log_scale: bool = True, grid_points: int = 48, tolerance: float = 1e-6) -> float:
-    """Argmax of a function on [low, high]: a coarse grid, then golden-section search around the best point.
-
-    The grid guards against the plateaus of zero key rate where a plain golden section would stall.
-    """
-    to_x = (lambda t: math.exp(t)) if log_scale else (lambda t: t)
-    a, b = (math.log(low), math.log(high)) if log_scale else (low, high)
-    grid = [a + (b - a) * i / (grid_points - 1) for i in range(grid_points)]
-    values = [objective(to_x(t)) for t in grid]
-    best = max(range(grid_points), key=values.__getitem__)
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, grid_points - 1)]
-    golden = (math.sqrt(5.0) - 1.0) / 2.0
-    c, d = hi - golden * (hi - lo), lo + golden * (hi - lo)
-    fc, fd = objective(to_x(c)), objective(to_x(d))
-    while hi - lo > tolerance:
-        if fc > fd:
-            hi, d, fd = d, c, fc
-            c = hi - golden * (hi - lo)
-            fc = objective(to_x(c))
-        else:
-            lo, c, fc = c, d, fd
-            d = lo + golden * (hi - lo)
-            fd = objective(to_x(d))
-    candidates = [(values[best], grid[best]), (fc, c), (fd, d)]
-    return to_x(max(candidates)[1])
 
 
 def optimize_mu(channel: ChannelParams, decoy: str, *, mu_max: float = 1.0) -> AsymptoticRate:

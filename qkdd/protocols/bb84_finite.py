@@ -197,7 +197,10 @@ def single_photon_lower(settings: DecoySettings, tallies: tuple[Tally, Tally, Ta
     tau0 = settings.photon_number_probability(0)
     tau1 = settings.photon_number_probability(1)
     numerator = n2_minus - n3_plus - (mu2 ** 2 - mu3 ** 2) / mu1 ** 2 * (n1_plus - s0_lower / tau0)
-    denominator = mu1 * (mu2 - mu3) - mu2 ** 2 + mu3 ** 2
+    # mu1 (mu2 - mu3) - mu2^2 + mu3^2 = (mu2 - mu3)(mu1 - mu2 - mu3) > 0 by the intensity constraints
+    denominator = (mu2 - mu3) * (mu1 - mu2 - mu3)
+    if denominator <= 0.0:
+        return 0.0
     return max(tau1 * mu1 * numerator / denominator, 0.0)
 
 
