@@ -160,3 +160,14 @@ def test_empty_block_aborts_without_crashing():
     zero = (Tally(0, 0),) * 3
     result = finite_key_length(DecoyCounts(pulses_sent=0, x=zero, z=zero), SETTINGS)
     assert result.abort and result.key_length_bits == 0 and "no sifted detections" in result.abort_reason
+
+
+def test_observed_statistics_recover_the_channel_gains():
+    from qkdd.protocols.bb84_finite import observed_statistics
+    from qkdd.protocols.channel import gain, qber
+    channel = LIM.replace(distance_km=40.0)
+    stats = observed_statistics(expected_counts(channel, SETTINGS, 1e9), SETTINGS)
+    for basis in ("X", "Z"):
+        for name, k in zip(("signal", "decoy", "vacuum"), SETTINGS.intensities):
+            assert stats[basis][name]["gain"] == pytest.approx(gain(channel, k))
+            assert stats[basis][name]["qber"] == pytest.approx(qber(channel, k))
