@@ -71,3 +71,10 @@ def test_bad_parameters_give_one_error_line_and_exit_2(args, fragment):
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("qkdctl sim rate: error:") and fragment in lines[0]
+
+
+def test_cvqkd_rate():
+    report = json.loads(qkdctl("--protocol", "cvqkd", "--distance-km", "25", "--json").stdout)
+    assert report["key_rate_per_symbol"] > 0 and report["holevo_bound"] > 0
+    done = qkdctl("--protocol", "cvqkd", "--distance-km", "25", "--beta", "1.5")
+    assert done.returncode == 2 and "beta" in done.stderr

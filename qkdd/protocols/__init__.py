@@ -46,6 +46,12 @@ qkdd.protocols.e91              E91/BBM92 with a CHSH test (settings in the modu
         .key_length_bits, .abort, .abort_reason, .chsh_s, .chsh_s_lower, .qber_z, .qber_x, ...
     werner_statistics(V) -> (S, QBER), shor_preskill_rate(Q), device_independent_rate(S, Q)
 
+qkdd.protocols.cvqkd            GG02, reverse reconciliation, collective attacks (asymptotic)
+    CvParams(modulation_variance, distance_km, alpha_db_per_km, excess_noise, eta_det, electronic_noise,
+             beta, detection) ; gg02_key_rate(params) -> CvRate(mutual_information, holevo_bound, ...)
+
+qkdd.protocols.cli              `qkdctl sim rate` (registered in qkdd/ctl.py)
+
 qkdd.protocols.entropy
     binary_entropy(p), secure_fraction_asymptotic(qber) = max(0, 1 - 2h(Q))  (the seed's metric only)
 """
