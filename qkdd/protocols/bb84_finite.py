@@ -128,7 +128,7 @@ class DecoyCounts:
                 for basis in ("X", "Z")
             }
             return cls(pulses_sent=float(data["pulses_sent"]), x=tallies["X"], z=tallies["Z"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"decoy counts: missing or malformed field {exc}") from None
 
     def as_mapping(self) -> dict[str, object]:
