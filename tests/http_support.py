@@ -60,7 +60,15 @@ def make_router(signals: Signals | None = None) -> Router:
                             headers=[("WWW-Authenticate", "Bearer")])
         return Response.json({"ok": True})
 
+    async def header_injection(request: Request) -> Response:
+        return Response.json({}, headers=[("X-Echo", "a\r\nSet-Cookie: injected=1")])
+
+    async def no_content(request: Request) -> Response:
+        return Response(204, b"")
+
     router.get("/hello", hello)
+    router.get("/header-injection", header_injection)
+    router.route("DELETE", "/hello", no_content)
     router.get("/v1/links/{link_id}", link)
     router.route("DELETE", "/v1/links/{link_id}", link)
     router.post("/echo", echo)
@@ -149,3 +157,13 @@ def is_closed(sock: socket.socket, timeout_s: float) -> bool:
         return True
     except (TimeoutError, socket.timeout):
         return False
+
+
+def wait_for(predicate, timeout_s: float = 3.0) -> bool:
+    """Poll `predicate` until it is true (the server logs a request just after the client has its answer)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -5,7 +5,7 @@ import re
 import httpx
 import pytest
 
-from http_support import INTERNAL_SECRET, connect, exchange, make_router, read_response, ResponseReader
+from http_support import INTERNAL_SECRET, connect, exchange, make_router, read_response, ResponseReader, wait_for
 from qkdd.http import HTTPLimits
 
 
@@ -168,8 +168,13 @@ def test_request_log_line_without_secrets(server, caplog):
                               headers={"authorization": "Bearer auth-secret-99"})
         assert response.status_code == 200
         httpx.get(server.url("/nope"))
-    request_id = response.headers["x-request-id"]
-    lines = [record.getMessage() for record in caplog.records if record.name == "qkdd.http"]
+        request_id = response.headers["x-request-id"]
+
+        def lines():
+            return [record.getMessage() for record in caplog.records if record.name == "qkdd.http"]
+
+        assert wait_for(lambda: sum("status=" in line for line in lines()) == 2)
+    lines = lines()
     [line] = [line for line in lines if request_id in line]
     assert f"id={request_id}" in line and "method=POST" in line and "path=/echo " in line
     assert "status=200" in line and "duration_ms=" in line and "client=127.0.0.1:" in line
@@ -177,3 +182,18 @@ def test_request_log_line_without_secrets(server, caplog):
     everything = "\n".join(lines + [caplog.text])
     for secret in ["query-secret-55", "body-secret-77", "auth-secret-99", "token="]:
         assert secret not in everything
+
+
+def test_invalid_response_header_from_handler_becomes_500(server):
+    response = exchange(server.address, b"GET /header-injection HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 500 and response.getheader("set-cookie") is None
+    assert response.json == {"message": "internal server error", "details": []}
+
+
+def test_204_has_no_body_and_keeps_the_connection(server):
+    with connect(server.address) as sock:
+        reader = ResponseReader(sock)
+        sock.sendall(b"DELETE /hello HTTP/1.1\r\nHost: x\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+        no_content = reader.read()
+        assert no_content.status == 204 and no_content.getheader("content-length") is None
+        assert reader.read().json == {"hello": "world"}

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from http_support import connect, is_closed, make_router, read_response, read_until_closed
+from http_support import connect, is_closed, make_router, read_response, read_until_closed, wait_for
 from qkdd.http import HTTPLimits, TLSSettings
 from qkdd.pki import init_pki
 
@@ -82,7 +82,7 @@ def test_required_client_cert_missing_is_refused_quietly(http_server, dev_pki, c
     server = http_server(make_router(), tls=_tls(dev_pki, "required"))
     with caplog.at_level(logging.INFO, logger="qkdd.http"):
         assert _no_http_answer(server, _client_context(dev_pki, maximum_version=maximum_version))
-        time.sleep(0.1)
+        assert wait_for(lambda: _handshake_log_records(caplog))
     [record] = _handshake_log_records(caplog)
     assert "failed" in record.getMessage() and record.exc_info is None
     # And a client with a certificate is still served afterwards.
@@ -120,7 +120,7 @@ def test_garbage_and_plain_http_to_tls_port_close_with_one_log_line(http_server,
         with connect(server.address) as sock:
             sock.sendall(garbage)
             received, elapsed_s = read_until_closed(sock, 5.0)
-        time.sleep(0.1)
+        assert wait_for(lambda: _handshake_log_records(caplog))
     assert b"HTTP/1.1" not in received and elapsed_s < 2.0
     [record] = _handshake_log_records(caplog)
     assert record.exc_info is None and "Traceback" not in caplog.text
