@@ -111,6 +111,14 @@ def test_conflicting_or_ambiguous_content_length_400(server):
         assert response.json["message"] == "malformed HTTP request"
 
 
+def test_protocol_error_details_do_not_quote_the_request(server):
+    for raw in [b"GET /hello?token=s3cr3t HTTP/1.1\r\nHost: x\r\nBad Header s3cr3t\r\n\r\n",
+                b"GET /hello?token=s3cr3t HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\ns3cr3t\r\n"]:
+        response = exchange(server.address, raw)
+        assert response.status == 400 and b"s3cr3t" not in response.body, response.body
+
+
 def test_unsupported_transfer_coding_501(server):
     response = exchange(server.address, b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
     assert response.status == 501 and set(response.json) == {"message", "details"}
