@@ -63,6 +63,13 @@ def test_post_json_echo_and_bad_json_400_and_wrong_type_415(server):
     assert "application/json" in body["message"]
 
 
+def test_hostile_json_is_400_not_500(http_server):
+    server = http_server(make_router(), limits=HTTPLimits(max_body_bytes=200_000))
+    for body in [b"[" * 100_000 + b"]" * 100_000, b"1" * 5000, b"\xff\xfe", b'{"a": NaN}', b"[Infinity]"]:
+        response = httpx.post(server.url("/echo"), content=body, headers={"content-type": "application/json"})
+        _assert_error(response, 400)
+
+
 def test_handler_http_error_401_keeps_its_headers(server):
     response = httpx.get(server.url("/private"))
     _assert_error(response, 401)
