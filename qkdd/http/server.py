@@ -48,7 +48,12 @@ class HTTPServer:
         self._refusing = 0
 
     @property
+    def uses_tls(self) -> bool:
+        return self._context.ssl_context is not None
+
+    @property
     def connection_count(self) -> int:
+        """Connections being served now (refused ones are not counted)."""
         return len(self._connections)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
