@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from http_support import ResponseReader, connect, is_closed, make_router, read_response, read_until_closed, wait_for
 from qkdd.http import HTTPLimits, TLSSettings
 from qkdd.http.tls import server_context
-from qkdd.pki import init_pki
+from qkdd.pki import init_pki, issue_sae_certificate, load_ca, write_issued
 
 GET_WHOAMI = b"GET /whoami HTTP/1.1\r\nHost: kme-a\r\n\r\n"
 
@@ -61,6 +61,16 @@ def test_required_client_cert_peer_details_reach_the_handler(http_server, dev_pk
     expected_fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(sae.cert_file.read_text())).hexdigest()
     assert cert == {"subject": "CN=sae-a", "common_name": "sae-a", "san_uris": [], "san_dns": [],
                     "sha256_fingerprint": expected_fingerprint}
+
+
+def test_san_uris_reach_the_handler(http_server, dev_pki, tmp_path):
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"))
+    ca_cert, ca_key = load_ca(dev_pki)
+    uris = ("spiffe://qkd.example/sae/sae-u", "urn:etsi:qkd:sae:sae-u")
+    sae = write_issued(tmp_path, "sae-u", *issue_sae_certificate(ca_cert, ca_key, "sae-u", san_uris=uris))
+    with httpx.Client(verify=_client_context(dev_pki, sae)) as client:
+        cert = client.get(server.url("/whoami")).json()["peer_cert"]
+    assert cert["san_uris"] == list(uris) and cert["common_name"] == "sae-u" and cert["san_dns"] == []
 
 
 def test_kme_certificate_as_client_shows_san_dns(http_server, dev_pki):
