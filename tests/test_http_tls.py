@@ -178,3 +178,15 @@ def test_limits_and_keep_alive_apply_over_tls(http_server, dev_pki):
             assert reader.read().json["peer_cert"]["common_name"] == "sae-a"
         tls.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n")
         assert reader.read().status == 413
+
+
+def test_excess_tls_connection_is_closed_at_once(http_server, dev_pki):
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"), limits=HTTPLimits(max_connections=1))
+    context = _client_context(dev_pki, dev_pki.saes["sae-a"])
+    with _tls_connect(server, context) as held:
+        started = time.monotonic()
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            _tls_connect(server, context)
+        assert time.monotonic() - started < 1.0
+        held.sendall(GET_WHOAMI)
+        assert read_response(held).json["peer_cert"]["common_name"] == "sae-a"
