@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qkdd.peer import keycli as peer_key_commands
+from qkdd import pki_cli
+from qkdd.peer import keycli as peer_key_cli
+from qkdd.protocols import cli as protocols_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("sim", help="QKD simulator: analytic key rates and Monte Carlo runs")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     # Command groups register here, one line each:
-    peer_key_commands.register(commands)
-    del sim_commands  # (until the first sim command registers)
+    pki_cli.register(commands)
+    protocols_cli.register(sim_commands)
+    peer_key_cli.register(commands)
     return parser
 
 
