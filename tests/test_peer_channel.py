@@ -448,3 +448,41 @@ def test_concurrent_senders_keep_their_own_order():
                 assert [p for _, c, p in got if c == channel] == [b"%d" % i for i in range(30)]
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_a_dialer_process_killed_with_sigkill_is_replaced_by_its_restart(peer_log, tmp_path):
+    """A real second process dials with its identity files; kill -9 it mid-session and start it again:
+    the listener notices, and the restarted process gets a new session with no manual step."""
+    import os
+    import signal
+    import sys
+    from functools import partial
+    from pathlib import Path
+
+    from qkdd.peer import save_private_key, save_public_key
+
+    save_private_key(ALICE, tmp_path / "alice.key")
+    save_public_key(BOB.public_key(), tmp_path / "bob.pub")
+    script = Path(__file__).with_name("peer_dialer_process.py")
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            bob = Endpoint()
+            port = await bob.start(nursery, fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key())
+            command = [sys.executable, str(script), str(port), str(tmp_path / "alice.key"),
+                       str(tmp_path / "bob.pub")]
+            for round_number in (1, 2):
+                process = await nursery.start(partial(trio.run_process, command, check=False))
+                session = await bob.next_session()
+                assert session.epoch == round_number
+                assert await bob.next_message() == (round_number, 1, b"hello from pid %d" % process.pid)
+                await session.send(3, b"echo %d" % round_number)
+                assert await bob.next_message() == (round_number, 3, b"echo %d" % round_number)
+                os.kill(process.pid, signal.SIGKILL)
+                with trio.fail_after(10):
+                    await process.wait()
+                    await session.ended.wait()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert "torn down" in log_text(peer_log)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from typing import Awaitable, Callable
 
 import trio
@@ -84,9 +83,9 @@ class PeerConnector:
                             self.settings.link_id, host, port, _describe(exc), delay_s)
                 await trio.sleep(delay_s)
                 continue
-            started = time.monotonic()
+            started = trio.current_time()
             await self._serve(session)
-            if time.monotonic() - started >= self.settings.backoff_max_s:
+            if trio.current_time() - started >= self.settings.backoff_max_s:
                 backoff.reset()
             await trio.sleep(backoff.next_delay_s())
 
