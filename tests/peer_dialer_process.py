@@ -18,8 +18,8 @@ async def main(port: int, key_file: str, peer_key_file: str) -> None:
             channel, payload = await session.receive()
             await session.send(channel, payload)
 
-    settings = PeerSettings("link-ab", dial=("127.0.0.1", port), handshake_timeout_s=2.0,
-                            heartbeat_interval_s=0.3, idle_timeout_s=3.0, backoff_initial_s=0.05, backoff_max_s=0.2)
+    settings = PeerSettings("link-ab", dial=("127.0.0.1", port), handshake_timeout_s=2.0, heartbeat_interval_s=0.3,
+                            idle_timeout_s=3.0, backoff_initial_s=0.05, backoff_max_s=0.2)
     connector = PeerConnector(settings, load_private_key(key_file), load_public_key(peer_key_file), on_session)
     await connector.run()
 
