@@ -18,8 +18,8 @@ from .session import PeerSession
 from .settings import PeerSettings
 
 __all__ = [
-    "ChannelMux", "MuxStream", "FrameError", "HandshakeError", "IdentityError", "PeerAuthenticationError", "PeerConnector", "PeerError",
-    "PeerRefusedError", "PeerSession", "PeerSettings", "PeerTimeoutError", "RecordError", "Role",
-    "SessionClosedError", "SessionTruncatedError", "generate_identity", "key_fingerprint", "load_private_key",
-    "load_public_key", "save_private_key", "save_public_key",
+    "ChannelMux", "FrameError", "HandshakeError", "IdentityError", "MuxStream", "PeerAuthenticationError",
+    "PeerConnector", "PeerError", "PeerRefusedError", "PeerSession", "PeerSettings", "PeerTimeoutError",
+    "RecordError", "Role", "SessionClosedError", "SessionTruncatedError", "generate_identity", "key_fingerprint",
+    "load_private_key", "load_public_key", "save_private_key", "save_public_key",
 ]
