@@ -11,7 +11,7 @@ import trio
 from qkdd.peer import SessionClosedError, generate_identity
 from qkdd.peer.framing import FRAME_VERSION, HEADER, MAGIC, Frame, FrameType, encode_header
 
-from peer_harness import CiphertextFlipper, Endpoint, fast_settings, frame_rewriting_proxy
+from peer_harness import WAIT_S, CiphertextFlipper, Endpoint, fast_settings, frame_rewriting_proxy
 
 ALICE, BOB, MALLORY = generate_identity(), generate_identity(), generate_identity()
 SECRET_MARK = b"classical-payload-that-must-not-be-logged"
@@ -187,7 +187,9 @@ def test_a_restarted_end_resumes_without_manual_steps(peer_log, restarted):
             assert await exchange(alice, bob, b"one") == (1, 1)
             if restarted == "listener":
                 bob.scope.cancel()
-                await trio.sleep(0.3)  # the dialer finds nobody for a few backoff rounds
+                with trio.fail_after(WAIT_S):  # the dialer finds nobody for a while
+                    while "cannot establish a session" not in log_text(peer_log):
+                        await trio.sleep(0.02)
                 bob = Endpoint()
                 await bob.start(nursery, fast_settings(listen=("127.0.0.1", port)), BOB, ALICE.public_key())
                 expected = (2, 1)
