@@ -271,12 +271,14 @@ def test_silent_and_garbage_peers_are_dropped_without_a_hang(peer_log):
                 nursery, listen_settings=fast_settings(listen=("127.0.0.1", 0), handshake_timeout_s=0.5))
 
             async def closed_by_listener(stream, within_s):
-                with trio.fail_after(within_s):
-                    try:
+                try:
+                    with trio.fail_after(within_s):
                         while await stream.receive_some(4096):
                             pass
-                    except trio.BrokenResourceError:
-                        pass
+                except trio.BrokenResourceError:
+                    pass
+                finally:
+                    await trio.aclose_forcefully(stream)
 
             # 1. silent at the TCP level (never starts TLS): dropped at the handshake timeout
             silent = await trio.open_tcp_stream("127.0.0.1", port)
