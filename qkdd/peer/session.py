@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from .errors import (FrameError, HandshakeError, PeerError, PeerRefusedError, PeerTimeoutError,
                      SessionClosedError, SessionTruncatedError)
-from .framing import Frame, FrameDecoder, FrameType, HANDSHAKE_TYPES
+from .framing import Frame, FrameDecoder, FrameType
 from .handshake import Alert, Handshake, Role, alert_frame, alert_name
 from .identity import format_fingerprint, key_fingerprint
 from .records import RECORD_OVERHEAD_BYTES, RecordOpener, RecordSealer
@@ -70,7 +70,7 @@ class PeerSession:
                         peer_address: str = "?") -> "PeerSession":
         """Run the authenticated handshake over `stream`. No timeout here: the caller bounds it.
         Raises HandshakeError / FrameError / SessionTruncatedError; the caller closes the stream."""
-        decoder = FrameDecoder(settings.max_record_bytes)
+        decoder = FrameDecoder(settings.max_record_bytes, accept_records=False)
         handshake = Handshake(role, settings.link_id, signing_key, pinned_peer_key)
         try:
             await _send_frames(stream, handshake.start())
@@ -85,9 +85,6 @@ class PeerSession:
                             + (f" ({partial} bytes of a partial frame)" if partial else ""))
                     decoder.receive_data(data)
                     continue
-                if frame.type not in HANDSHAKE_TYPES:
-                    raise HandshakeError(f"{frame.type.name} frame before the handshake completed",
-                                         Alert.UNEXPECTED_MESSAGE)
                 await _send_frames(stream, handshake.receive(frame))
         except HandshakeError as exc:
             if not isinstance(exc, PeerRefusedError):
@@ -96,6 +93,7 @@ class PeerSession:
         except FrameError:
             await _send_alert(stream, Alert.DECODE_ERROR)
             raise
+        decoder.accept_records = True
         session = cls(stream, decoder, handshake, settings, peer_address)
         log.info("link %s: session %s established with %s as %s (peer key %s)", settings.link_id,
                  session.session_id, peer_address, role.value,
