@@ -21,9 +21,10 @@ from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, m
 from qkdd.http.messages import HTTPLimits, TLSSettings
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress",
-           "ListenerConfig", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
+           "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
+LISTENERS = ("api", "health")                            # 8071 and 8072
 CREDENTIAL_KMS_CLIENT_SECRET = "kms-client-secret"     # file name under $CREDENTIALS_DIRECTORY
 
 # BB84's QBER limit for secure key extraction with one-way post-processing: the key fraction
@@ -220,6 +221,12 @@ class Config:
         if api.port != 0 and api.port == health.port and (
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):
             raise ConfigError("health.listen", f"{health} overlaps api.listen {api}")
+
+    def listener(self, name: str) -> ListenerConfig:
+        """The listener named in LISTENERS ("api" or "health")."""
+        if name not in LISTENERS:
+            raise KeyError(name)
+        return getattr(self, name)
 
     def link(self, link_id: str) -> LinkConfig | None:
         return next((link for link in self.links if link.link_id == link_id), None)
