@@ -32,6 +32,7 @@ class Request:
     client: tuple[str, int] | None = None
     peer_cert: PeerCertificate | None = None
     path_params: dict[str, str] = field(default_factory=dict)
+    raw_path: str = ""                # the path as sent (percent-encoded), without the query string
 
     def header(self, name: str) -> str | None:
         """First value of header `name` (case-insensitive), or None."""
@@ -111,3 +112,5 @@ class HTTPLimits:
     max_connections: int = 1024                # excess connections are refused at once
     handler_timeout_s: float = 30.0            # a handler taking longer yields 503
     shutdown_grace_s: float = 10.0             # in-flight requests get this long on shutdown
+    tls_handshake_timeout_s: float = 10.0      # time to finish the TLS handshake
+    send_timeout_s: float = 30.0               # time to hand a response to a client that reads slowly
