@@ -151,8 +151,6 @@ class HealthListenerConfig(ListenerConfig):
 class DaemonConfig:
     state_dir: str = field(default="/var/lib/qkdd", metadata=meta(check=_non_empty))
     log_level: LogLevel = "info"
-    # Test-only slow route on the API listener (GET /debug/sleep?seconds=S); never enable in production.
-    debug_routes: bool = False
 
 
 @dataclass(frozen=True)

@@ -28,35 +28,34 @@ EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 
 
-# ---- running ---------------------------------------------------------------------------------------
-
 async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     app = App.create(config)
     routers = build_routers(app)
-    servers = {}
-    for name in LISTENERS:
-        listener = config.listener(name)
-        servers[name] = HTTPServer(name, listener.listen.host, listener.listen.port, routers[name],
-                                   tls=listener.tls, limits=listener.limits,
-                                   logger=logging.getLogger(f"qkdd.http.{name}"))
+    try:
+        servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
+    except StartupError as exc:
+        log.error(f"cannot start: {exc}", extra={"key": exc.what})
+        return EXIT_STARTUP_FAILED
     failure: StartupError | None = None
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            bound = {}
-            for name in ("health", "api"):
-                try:
-                    bound[name] = await nursery.start(servers[name].run)
-                except OSError as exc:
-                    failure = StartupError(f"{name}.listen", _bind_problem(config.listener(name), exc))
-                except ssl.SSLError as exc:
-                    failure = StartupError(f"{name}.tls", f"TLS set-up failed ({exc.reason or exc})")
-                if failure:
-                    nursery.cancel_scope.cancel()
-                    break
-            else:
-                await _serve_until_signal(app, servers, bound, signals, notifier, nursery)
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as root:
+            async with trio.open_nursery() as listeners:
+                bound = {}
+                for name in ("health", "api"):
+                    try:
+                        bound[name] = await listeners.start(servers[name].run)
+                    except OSError as exc:
+                        failure = StartupError(f"{name}.listen", _bind_problem(config.listener(name), exc))
+                        listeners.cancel_scope.cancel()
+                        break
+                else:
+                    _announce_ready(app, bound, notifier)
+                    root.start_soon(notifier.run_watchdog)
+                    root.start_soon(_report_status_changes, app, notifier)
+                    root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
+            # Both listeners have returned: drained after a stop signal, or a start-up failure.
+            root.cancel_scope.cancel()
     if failure:
         log.error(f"cannot start: {failure}", extra={"key": failure.what})
         return EXIT_STARTUP_FAILED
@@ -64,41 +63,43 @@ async def serve(config: Config, notifier: Notifier) -> int:
     return EXIT_OK
 
 
-async def _serve_until_signal(app: App, servers: dict[str, HTTPServer], bound: dict[str, tuple[str, int]],
-                              signals, notifier: Notifier, nursery: trio.Nursery) -> None:
+def _make_server(config: Config, name: str, router) -> HTTPServer:
+    listener = config.listener(name)
+    try:
+        return HTTPServer(name, listener.listen.host, listener.listen.port, router, tls=listener.tls,
+                          limits=listener.limits, logger=logging.getLogger(f"qkdd.http.{name}"))
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise StartupError(f"{name}.tls", f"TLS set-up failed: {getattr(exc, 'reason', None) or exc}") from None
+
+
+def _announce_ready(app: App, bound: dict[str, tuple[str, int]], notifier: Notifier) -> None:
+    """Mark the daemon serving, log the bound addresses (tests and operators read this line), READY=1."""
     config = app.config
     app.health.set_daemon_state("serving")
-    addresses = {f"{name}_address": _format_address(bound[name]) for name in LISTENERS}
-    log.info("ready", extra={**addresses, "links": len(config.links), "pid": os.getpid(),
+    addresses = {name: _format_address(bound[name]) for name in LISTENERS}
+    log.info("ready", extra={"api_address": addresses["api"], "health_address": addresses["health"],
+                             "links": len(config.links), "pid": os.getpid(),
                              "watchdog_interval_s": notifier.watchdog_interval_s or 0})
     if config.api.tls is None and not _is_loopback(bound["api"][0]):
         log.warning("api listener has no TLS; configure [api.tls] before delivering keys",
-                    extra={"api_address": addresses["api_address"]})
-    notifier.ready(f"{app.health.status_line()}; api {addresses['api_address']}, "
-                   f"health {addresses['health_address']}")
-    nursery.start_soon(notifier.run_watchdog)
-    nursery.start_soon(_report_status_changes, app, notifier)
+                    extra={"api_address": addresses["api"]})
+    notifier.ready(f"{app.health.status_line()}; api {addresses['api']}, health {addresses['health']}")
 
+
+async def _stop_on_signals(app: App, servers: dict[str, HTTPServer], signals, notifier: Notifier,
+                           listeners_scope: trio.CancelScope) -> None:
+    """First SIGTERM/SIGINT: drain (servers stop accepting, finish requests within their grace).
+    A second signal: cancel the listeners at once."""
     signum = await signals.__anext__()
-    log.info("stop signal received, finishing requests in flight", extra={"signal": signal.Signals(signum).name})
+    name = signal.Signals(signum).name
+    log.info("stop signal received, finishing requests in flight", extra={"signal": name})
     app.health.set_daemon_state("stopping")
-    notifier.stopping(f"stopping on {signal.Signals(signum).name}")
-    grace_s = max(config.listener(name).limits.shutdown_grace_s for name in LISTENERS)
-    with trio.move_on_after(grace_s + 1.0) as deadline:
-        async with trio.open_nursery() as stopping:
-            stopping.start_soon(_cut_short_on_second_signal, signals, stopping.cancel_scope)
-            async with trio.open_nursery() as shutdowns:
-                for server in servers.values():
-                    shutdowns.start_soon(server.shutdown)
-            stopping.cancel_scope.cancel()
-    if deadline.cancelled_caught:
-        log.warning("shutdown grace period exceeded; closing remaining connections")
-
-
-async def _cut_short_on_second_signal(signals, scope: trio.CancelScope) -> None:
+    notifier.stopping(f"stopping on {name}")
+    for server in servers.values():
+        server.shutdown()
     signum = await signals.__anext__()
     log.warning("second stop signal: closing connections now", extra={"signal": signal.Signals(signum).name})
-    scope.cancel()
+    listeners_scope.cancel()
 
 
 async def _report_status_changes(app: App, notifier: Notifier) -> None:
