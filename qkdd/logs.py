@@ -46,7 +46,7 @@ class LogfmtFormatter(logging.Formatter):
 
 
 def _quote(value: object) -> str:
-    text = str(value)
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
     if text and all(c.isalnum() or c in "-._:/@[]+,%" for c in text):
         return text
     escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
