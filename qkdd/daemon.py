@@ -92,11 +92,11 @@ async def _stop_on_signals(app: App, servers: dict[str, HTTPServer], signals, no
     A second signal: cancel the listeners at once."""
     signum = await signals.__anext__()
     name = signal.Signals(signum).name
-    log.info("stop signal received, finishing requests in flight", extra={"signal": name})
     app.health.set_daemon_state("stopping")
-    notifier.stopping(f"stopping on {name}")
     for server in servers.values():
-        server.shutdown()
+        server.shutdown()                  # listening sockets close now; run() returns once drained
+    log.info("stop signal received, finishing requests in flight", extra={"signal": name})
+    notifier.stopping(f"stopping on {name}")
     signum = await signals.__anext__()
     log.warning("second stop signal: closing connections now", extra={"signal": signal.Signals(signum).name})
     listeners_scope.cancel()

@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics,
                                generate_latest)
 
 __all__ = ["Metrics", "LinkMetrics", "CONTENT_TYPE", "SEVERITIES", "PUSH_STATUSES"]
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST          # "text/plain; version=0.0.4; charset=utf-8"
+# The text format generate_latest writes (names here need no escaping), as Prometheus 2.x expects it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEVERITIES = ("warning", "critical")
 PUSH_STATUSES = ("success", "failure")
 PROTOCOLS = ("bb84", "e91", "cvqkd")
