@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -45,7 +46,7 @@ class ListenerContext:
     router: Router
     limits: HTTPLimits
     logger: logging.Logger
-    ssl_context: object | None     # ssl.SSLContext for TLS listeners
+    ssl_context: ssl.SSLContext | None     # None for plain HTTP
 
 
 class _CloseQuietly(Exception):
@@ -102,9 +103,15 @@ class HTTPConnection:
         except Exception:
             self._log.exception("%s connection from %s failed", self._context.name, self.client_text)
         finally:
-            # Shielded so a connection cancelled at the end of the shutdown grace still closes cleanly.
-            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_S):
+            await self._close()
+
+    async def _close(self) -> None:
+        # Shielded so a connection cancelled at the end of the shutdown grace still closes cleanly.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_S):
+            try:
                 await self._stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     # -- TLS -------------------------------------------------------------------------------------
 
@@ -273,9 +280,9 @@ class HTTPConnection:
                               request.method, request.raw_path, self._limits.handler_timeout_s,
                               request.request_id)
             raise errors.handler_timeout(RETRY_AFTER_S)
-        if not isinstance(response, Response):
-            self._log.error("%s handler for %s %s returned %s, not a Response", self._context.name,
-                            request.method, request.raw_path, type(response).__name__)
+        if not isinstance(response, Response) or not isinstance(response.body, bytes):
+            self._log.error("%s handler for %s %s returned %s, not a Response with a bytes body",
+                            self._context.name, request.method, request.raw_path, type(response).__name__)
             raise errors.internal_error()
         return response
 
@@ -285,6 +292,26 @@ class HTTPConnection:
         if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             raise _CloseQuietly()
         self._requests_served += 1
+        try:
+            head = self._response_head(exchange, response)
+        except (h11.LocalProtocolError, TypeError, ValueError):
+            # A handler's status or header cannot go on the wire (a newline in a value, say).
+            self._log.error("%s handler for %s %s returned an invalid status or header (request id %s)",
+                            self._context.name, exchange.method, exchange.raw_path, exchange.request_id)
+            response = errors.internal_error().to_response()
+            head = self._response_head(exchange, response)
+        body = b"" if response.status in _NO_BODY_STATUSES else response.body
+        data = self._h11.send(head)
+        if exchange.method != "HEAD" and body:
+            data += self._h11.send(h11.Data(data=body))
+        data += self._h11.send(h11.EndOfMessage())
+        try:
+            await self._send_bytes(data)
+        finally:
+            self._log_exchange(exchange, response.status)
+
+    def _response_head(self, exchange: _Exchange, response: Response) -> h11.Response:
+        """The response head (validated by h11 on construction: LocalProtocolError for bad headers)."""
         body = b"" if response.status in _NO_BODY_STATUSES else response.body
         headers = [
             ("Date", formatdate(usegmt=True)),
@@ -300,19 +327,7 @@ class HTTPConnection:
         if (self._draining or not client_done
                 or self._requests_served >= self._limits.max_requests_per_connection):
             headers.append(("Connection", "close"))
-        try:
-            data = self._h11.send(h11.Response(status_code=response.status, headers=headers,
-                                               reason=_reason_phrase(response.status)))
-            if exchange.method != "HEAD" and body:
-                data += self._h11.send(h11.Data(data=body))
-            data += self._h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            self._log.exception("%s could not encode a %d response", self._context.name, response.status)
-            raise _CloseQuietly() from None
-        try:
-            await self._send_bytes(data)
-        finally:
-            self._log_exchange(exchange, response.status)
+        return h11.Response(status_code=response.status, headers=headers, reason=_reason_phrase(response.status))
 
     async def _send_bytes(self, data: bytes) -> None:
         with trio.move_on_after(self._limits.send_timeout_s) as scope:
