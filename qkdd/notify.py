@@ -19,8 +19,8 @@ _VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
-    def __init__(self, environ: MutableMapping[str, str] | None = None):
-        environ = os.environ if environ is None else environ
+    def __init__(self) -> None:
+        environ = os.environ                     # sdnotify reads NOTIFY_SOCKET from here too
         self.socket_path = environ.get("NOTIFY_SOCKET") or None
         self.watchdog_interval_s = _watchdog_interval_s(environ)
         self._notifier = sdnotify.SystemdNotifier() if self.socket_path else None
