@@ -9,6 +9,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -318,3 +319,15 @@ def test_key_that_does_not_match_the_certificate_exits_1(tmp_path, pki):
     assert daemon.wait() == 1
     [line] = error_lines(daemon.log)
     assert "cannot start: api.tls.key_file: certificate and key do not load" in line
+
+
+# ---- make demo -----------------------------------------------------------------------------------
+
+def test_demo_runs_the_example_config_and_stops_cleanly():
+    result = subprocess.run([sys.executable, "-m", "qkdd.demo"], capture_output=True, text=True, timeout=60,
+                            env=clean_env())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "READY=1, STATUS=serving; links: 1 configured" in result.stdout
+    assert '"status": "ok"' in result.stdout and '"link_id": "sim-1"' in result.stdout
+    assert 'qkd_keys_generated_total{link_id="sim-1",protocol="bb84"} 0.0' in result.stdout
+    assert result.stdout.rstrip().endswith("qkdd stopped with exit status 0")
