@@ -153,6 +153,12 @@ class DaemonConfig:
     log_level: LogLevel = "info"
 
 
+# The seed's QKD_DRIVER examples name vendors; their devices sit behind an ETSI GS QKD 014 KME.
+_VENDOR_DRIVER_HINTS = {vendor: f'{name} devices are driven through their ETSI 014 KME: driver = "etsi014"'
+                        for vendor, name in (("idq", "IDQ"), ("toshiba", "Toshiba"),
+                                             ("qlabs", "QuintessenceLabs"))}
+
+
 @dataclass(frozen=True)
 class LinkConfig:
     """One QKD link: this end's role and device, the protocol, the peer's classical channel.
@@ -164,7 +170,7 @@ class LinkConfig:
                                        "must be 1-64 characters of A-Z a-z 0-9 . _ - (starting with a "
                                        f"letter or digit), got {v!r}"))
     role: Role
-    driver: Driver
+    driver: Driver = field(metadata=meta(hints=_VENDOR_DRIVER_HINTS))
     protocol: Protocol = "bb84"
     device_addr: str = ""            # sim: unused; etsi014: KME host:port or URL; serial: device path
     peer_addr: str = field(default="", metadata=meta(check=_peer_address_check))   # peer qkdd host:port

@@ -68,9 +68,11 @@ class FromEnv:
     variable: str
 
 
-def meta(*, check: Check | None = None, secret: bool = False, doc: str = "") -> dict[str, Any]:
-    """Field metadata for the schema: a range/format check, whether the value is secret, a doc line."""
-    return {"check": check, "secret": secret, "doc": doc}
+def meta(*, check: Check | None = None, secret: bool = False, hints: dict[str, str] | None = None
+         ) -> dict[str, Any]:
+    """Field metadata for the schema: a range/format check, whether the value is secret, and hints
+    added to the error when a rejected value is one users are known to try (value -> advice)."""
+    return {"check": check, "secret": secret, "hints": hints or {}}
 
 
 # Checks and parsers for types this module does not own.
@@ -146,7 +148,13 @@ def build(cls: type, table: Any, key: str) -> Any:
             if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
                 raise ConfigError(field_key, "required key is missing")
             continue
-        value = convert(hints[name], table[name], field_key)
+        try:
+            value = convert(hints[name], table[name], field_key)
+        except ConfigError as exc:
+            advice = spec.metadata.get("hints", {}).get(_raw_text(table[name]))
+            if advice:
+                raise ConfigError(exc.key, f"{exc.problem}; {advice}") from None
+            raise
         check = spec.metadata.get("check") or _FIELD_CHECKS.get((cls, name))
         if check is not None and value is not None:
             problem = check(value)
@@ -256,6 +264,12 @@ def _text(raw: Any, key: str) -> str:
     if not isinstance(raw, str):
         raise ConfigError(key, f"must be a string, got {_kind(raw)}")
     return raw
+
+
+def _raw_text(raw: Any) -> str | None:
+    if isinstance(raw, FromEnv):
+        return raw.text
+    return raw if isinstance(raw, str) else None
 
 
 def _name(key: str, raw: Any) -> str:

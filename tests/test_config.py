@@ -33,7 +33,10 @@ BAD_CONFIGS = [
     ("negative limit", "[api.limits]\nheader_timeout_s = -1.5\n", {},
      "config error: api.limits.header_timeout_s: must be in (0, inf], got -1.5"),
     ("unknown driver", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "idq"\n', {},
-     "config error: links[0].driver: must be one of sim, etsi014, serial, sdk; got 'idq'"),
+     "config error: links[0].driver: must be one of sim, etsi014, serial, sdk; got 'idq'; IDQ devices are "
+     'driven through their ETSI 014 KME: driver = "etsi014"'),
+    ("unknown protocol", LINK + 'protocol = "bb48"\n', {},
+     "config error: links[0].protocol: must be one of bb84, e91, cvqkd; got 'bb48' (did you mean \"bb84\"?)"),
     ("duplicate link id", LINK + LINK.replace("alice", "bob"), {},
      "config error: links[1].link_id: duplicate link_id 'sim-1' (also links[0])"),
     ("garbage threshold from environment", LINK, {"QKD_QBER_THRESHOLD": "eight percent"},
