@@ -94,8 +94,8 @@ def _integer_at_least_one(value: int) -> str | None:
     return None if value >= 1 else f"must be at least 1, got {value}"
 
 
-# Every limit must be positive, except those below where zero means "none": fields the HTTP server
-# adds later are covered without a change here.
+# Every limit must be positive unless listed here (zero body bytes and zero grace are allowed); limits
+# the HTTP server adds later are covered without a change here.
 _LIMIT_CHECKS = {
     "max_header_bytes": in_range(1024, 1 << 20),
     "max_body_bytes": in_range(0, 1 << 30),
@@ -103,7 +103,8 @@ _LIMIT_CHECKS = {
     "max_connections": in_range(1, 1 << 20),
     "shutdown_grace_s": non_negative,
 }
-register_checks(HTTPLimits, **{f.name: _LIMIT_CHECKS.get(f.name, positive) for f in dataclasses.fields(HTTPLimits)})
+register_checks(HTTPLimits, **{limit.name: _LIMIT_CHECKS.get(limit.name, positive)
+                               for limit in dataclasses.fields(HTTPLimits)})
 
 
 def _non_empty(value: str) -> str | None:
@@ -190,7 +191,7 @@ class KMSConfig:
     enabled: bool = False
     url: str = ""
     client_id: str = ""
-    client_secret: Secret | None = field(default=None, metadata=meta(secret=True))
+    client_secret: Secret | None = None
     project: str = "qkd-keys"
     environment: str = "production"
 

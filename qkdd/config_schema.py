@@ -68,11 +68,10 @@ class FromEnv:
     variable: str
 
 
-def meta(*, check: Check | None = None, secret: bool = False, hints: dict[str, str] | None = None
-         ) -> dict[str, Any]:
-    """Field metadata for the schema: a range/format check, whether the value is secret, and hints
-    added to the error when a rejected value is one users are known to try (value -> advice)."""
-    return {"check": check, "secret": secret, "hints": hints or {}}
+def meta(*, check: Check | None = None, hints: dict[str, str] | None = None) -> dict[str, Any]:
+    """Field metadata for the schema: a range/format check, and hints added to the error when a
+    rejected value is one users are known to try (value -> advice). Secrets are typed `Secret`."""
+    return {"check": check, "hints": hints or {}}
 
 
 # Checks and parsers for types this module does not own.

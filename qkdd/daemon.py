@@ -136,4 +136,8 @@ def run(config: Config) -> int:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
     notifier = Notifier()
-    return trio.run(serve, config, notifier)
+    try:
+        return trio.run(serve, config, notifier)
+    except KeyboardInterrupt:              # SIGINT before the signal receiver was installed
+        log.info("interrupted during start-up")
+        return 130
