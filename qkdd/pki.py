@@ -123,11 +123,29 @@ def issue_kme_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePri
 
 
 def issue_sae_certificate(ca_cert: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, name: str,
-                          valid_days: int = DEFAULT_VALID_DAYS
+                          valid_days: int = DEFAULT_VALID_DAYS, san_uris: tuple[str, ...] = ()
                           ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Client certificate identifying an SAE: subject CN = SAE name, clientAuth only."""
+    """Client certificate identifying an SAE: subject CN = SAE name, clientAuth only, optional SAN URIs."""
     check_name(name, "SAE")
-    return _issue(ca_cert, ca_key, name, [ExtendedKeyUsageOID.CLIENT_AUTH], [], valid_days)
+    san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri) for uri in san_uris]
+    return _issue(ca_cert, ca_key, name, [ExtendedKeyUsageOID.CLIENT_AUTH], san, valid_days)
+
+
+def load_ca(pki: DevPKI) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The CA certificate and key init_pki wrote, to issue more certificates from it."""
+    certificate = x509.load_pem_x509_certificate(pki.ca_cert_file.read_bytes())
+    key = serialization.load_pem_private_key(pki.ca_key_file.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{pki.ca_key_file} is not an EC private key")
+    return certificate, key
+
+
+def write_issued(directory: Path, stem: str, certificate: x509.Certificate,
+                 key: ec.EllipticCurvePrivateKey) -> Issued:
+    """Write a certificate and key as STEM.pem and STEM.key (0600) into `directory`."""
+    issued = Issued(stem, Path(directory) / f"{stem}.pem", Path(directory) / f"{stem}.key")
+    _write_pair(issued.cert_file, issued.key_file, certificate, key)
+    return issued
 
 
 def pki_paths(directory: Path, kme_names: list[str], sae_names: list[str]) -> DevPKI:

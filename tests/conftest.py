@@ -36,7 +36,7 @@ class RunningServer:
         return (self.host, self.port)
 
     def url(self, path: str = "/", scheme: str | None = None) -> str:
-        scheme = scheme or ("https" if self.server._context.ssl_context else "http")
+        scheme = scheme or ("https" if self.server.uses_tls else "http")
         return f"{scheme}://{self.host}:{self.port}{path}"
 
     def shutdown(self) -> None:

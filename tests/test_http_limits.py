@@ -46,7 +46,8 @@ def test_slow_loris_is_cut_off_at_header_timeout_while_others_are_served(http_se
     assert outcome["received"].startswith(b"HTTP/1.1 408 ")
     assert json.loads(outcome["received"].split(b"\r\n\r\n", 1)[1])["message"] == "request timeout"
     assert 0.9 < outcome["elapsed_s"] < 3.0
-    assert len(latencies) >= 5 and max(latencies) < 0.5
+    # Served throughout, each well inside the slow client's header timeout.
+    assert len(latencies) >= 5 and max(latencies) < 1.0
 
 
 def test_body_timeout_408(http_server):
@@ -108,14 +109,16 @@ def test_excess_connections_are_refused_at_once_with_503(http_server):
         with connect(server.address) as excess:
             started = time.monotonic()
             received, _ = read_until_closed(excess, 5.0)
-            assert time.monotonic() - started < 0.5
+            assert time.monotonic() - started < 1.0
         head, body = received.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in head
         assert json.loads(body) == {"message": "service unavailable",
                                     "details": ["too many connections; try again later"]}
-        for sock in held[:1]:
-            sock.sendall(GET_HELLO)
-            assert read_response(sock).status == 200          # the held ones are served normally
+        # A client that sends its request straight away still reads the 503 (no reset).
+        refused = httpx.get(server.url("/hello"))
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        held[0].sendall(GET_HELLO)
+        assert read_response(held[0]).status == 200          # the held ones are served normally
     finally:
         for sock in held:
             sock.close()

@@ -63,6 +63,13 @@ def test_post_json_echo_and_bad_json_400_and_wrong_type_415(server):
     assert "application/json" in body["message"]
 
 
+def test_hostile_json_is_400_not_500(http_server):
+    server = http_server(make_router(), limits=HTTPLimits(max_body_bytes=200_000))
+    for body in [b"[" * 100_000 + b"]" * 100_000, b"1" * 5000, b"\xff\xfe", b'{"a": NaN}', b"[Infinity]"]:
+        response = httpx.post(server.url("/echo"), content=body, headers={"content-type": "application/json"})
+        _assert_error(response, 400)
+
+
 def test_handler_http_error_401_keeps_its_headers(server):
     response = httpx.get(server.url("/private"))
     _assert_error(response, 401)
@@ -109,6 +116,14 @@ def test_conflicting_or_ambiguous_content_length_400(server):
         response = exchange(server.address, b"POST /upload HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\nabc")
         assert response.status == 400, framing
         assert response.json["message"] == "malformed HTTP request"
+
+
+def test_protocol_error_details_do_not_quote_the_request(server):
+    for raw in [b"GET /hello?token=s3cr3t HTTP/1.1\r\nHost: x\r\nBad Header s3cr3t\r\n\r\n",
+                b"GET /hello?token=s3cr3t HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+                b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\ns3cr3t\r\n"]:
+        response = exchange(server.address, raw)
+        assert response.status == 400 and b"s3cr3t" not in response.body, response.body
 
 
 def test_unsupported_transfer_coding_501(server):

@@ -7,10 +7,12 @@ import time
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 
-from http_support import connect, is_closed, make_router, read_response, read_until_closed, wait_for
+from http_support import ResponseReader, connect, is_closed, make_router, read_response, read_until_closed, wait_for
 from qkdd.http import HTTPLimits, TLSSettings
-from qkdd.pki import init_pki
+from qkdd.http.tls import server_context
+from qkdd.pki import init_pki, issue_sae_certificate, load_ca, write_issued
 
 GET_WHOAMI = b"GET /whoami HTTP/1.1\r\nHost: kme-a\r\n\r\n"
 
@@ -59,6 +61,16 @@ def test_required_client_cert_peer_details_reach_the_handler(http_server, dev_pk
     expected_fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(sae.cert_file.read_text())).hexdigest()
     assert cert == {"subject": "CN=sae-a", "common_name": "sae-a", "san_uris": [], "san_dns": [],
                     "sha256_fingerprint": expected_fingerprint}
+
+
+def test_san_uris_reach_the_handler(http_server, dev_pki, tmp_path):
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"))
+    ca_cert, ca_key = load_ca(dev_pki)
+    uris = ("spiffe://qkd.example/sae/sae-u", "urn:etsi:qkd:sae:sae-u")
+    sae = write_issued(tmp_path, "sae-u", *issue_sae_certificate(ca_cert, ca_key, "sae-u", san_uris=uris))
+    with httpx.Client(verify=_client_context(dev_pki, sae)) as client:
+        cert = client.get(server.url("/whoami")).json()["peer_cert"]
+    assert cert["san_uris"] == list(uris) and cert["common_name"] == "sae-u" and cert["san_dns"] == []
 
 
 def test_kme_certificate_as_client_shows_san_dns(http_server, dev_pki):
@@ -137,7 +149,6 @@ def test_silent_client_hits_handshake_timeout(http_server, dev_pki):
 
 
 def test_inconsistent_tls_settings_are_rejected(dev_pki):
-    from qkdd.http.tls import server_context
     kme = dev_pki.kmes["kme-a"]
     with pytest.raises(ValueError, match="client_ca_file"):
         server_context(TLSSettings(str(kme.cert_file), str(kme.key_file), None, "required"))
@@ -147,3 +158,35 @@ def test_inconsistent_tls_settings_are_rejected(dev_pki):
         server_context(TLSSettings(str(kme.cert_file), str(dev_pki.kmes["kme-b"].key_file)))
     context = server_context(TLSSettings(str(kme.cert_file), str(kme.key_file)))
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_encrypted_key_is_an_error_not_a_password_prompt(dev_pki, tmp_path):
+    key = serialization.load_pem_private_key(dev_pki.kmes["kme-a"].key_file.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"pass phrase")))
+    with pytest.raises(ValueError, match="encrypted"):
+        server_context(TLSSettings(str(dev_pki.kmes["kme-a"].cert_file), str(encrypted)))
+
+
+def test_limits_and_keep_alive_apply_over_tls(http_server, dev_pki):
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"), limits=HTTPLimits(max_body_bytes=100))
+    with _tls_connect(server, _client_context(dev_pki, dev_pki.saes["sae-a"])) as tls:
+        reader = ResponseReader(tls)
+        for _ in range(3):
+            tls.sendall(GET_WHOAMI)
+            assert reader.read().json["peer_cert"]["common_name"] == "sae-a"
+        tls.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n")
+        assert reader.read().status == 413
+
+
+def test_excess_tls_connection_is_closed_at_once(http_server, dev_pki):
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"), limits=HTTPLimits(max_connections=1))
+    context = _client_context(dev_pki, dev_pki.saes["sae-a"])
+    with _tls_connect(server, context) as held:
+        started = time.monotonic()
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            _tls_connect(server, context)
+        assert time.monotonic() - started < 1.0
+        held.sendall(GET_WHOAMI)
+        assert read_response(held).json["peer_cert"]["common_name"] == "sae-a"

@@ -14,8 +14,6 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from urllib.parse import parse_qs
 
 import h11
@@ -23,6 +21,7 @@ import trio
 
 from . import errors
 from .messages import HTTPError, HTTPLimits, PeerCertificate, Request, Response
+from .response_head import response_body, response_head
 from .router import Router, decode_path
 from .tls import handshake_failure_reason, peer_certificate
 
@@ -32,10 +31,6 @@ LINGER_S = 1.0                # after an error response, read and drop input thi
 LINGER_BYTES = 256 * 1024     # ...or this many bytes, so the client sees the response rather than a reset
 MAX_QUERY_FIELDS = 100
 CLOSE_S = 1.0                 # time allowed for a TLS close_notify when closing
-_NO_BODY_STATUSES = {204, 304}
-# Headers the server owns; a handler's own values for these are dropped.
-_SERVER_HEADERS = {"content-length", "transfer-encoding", "connection", "date", "server", "x-request-id",
-                   "content-type", "cache-control", "keep-alive", "upgrade"}
 
 
 @dataclass(frozen=True)
@@ -137,7 +132,13 @@ class HTTPConnection:
                 self._log.info("%s TLS handshake from %s timed out", self._context.name, self.client_text)
             return False
         self._stream = ssl_stream
-        self._peer_cert = peer_certificate(ssl_stream)
+        try:
+            self._peer_cert = peer_certificate(ssl_stream)
+        except ValueError as exc:
+            # OpenSSL accepted it but it is not well-formed X.509: do not serve an identity we cannot read.
+            self._log.warning("%s client certificate from %s is unreadable: %s", self._context.name,
+                              self.client_text, type(exc).__name__)
+            return False
         return True
 
     # -- one request/response exchange ------------------------------------------------------------
@@ -300,7 +301,7 @@ class HTTPConnection:
                             self._context.name, exchange.method, exchange.raw_path, exchange.request_id)
             response = errors.internal_error().to_response()
             head = self._response_head(exchange, response)
-        body = b"" if response.status in _NO_BODY_STATUSES else response.body
+        body = response_body(response)
         data = self._h11.send(head)
         if exchange.method != "HEAD" and body:
             data += self._h11.send(h11.Data(data=body))
@@ -311,23 +312,10 @@ class HTTPConnection:
             self._log_exchange(exchange, response.status)
 
     def _response_head(self, exchange: _Exchange, response: Response) -> h11.Response:
-        """The response head (validated by h11 on construction: LocalProtocolError for bad headers)."""
-        body = b"" if response.status in _NO_BODY_STATUSES else response.body
-        headers = [
-            ("Date", formatdate(usegmt=True)),
-            ("Server", "qkdd"),
-            ("Cache-Control", "no-store"),
-            ("X-Content-Type-Options", "nosniff"),
-            ("X-Request-Id", exchange.request_id),
-        ]
-        if response.status not in _NO_BODY_STATUSES:
-            headers += [("Content-Type", response.content_type), ("Content-Length", str(len(body)))]
-        headers += [(name, value) for name, value in response.headers if name.lower() not in _SERVER_HEADERS]
         client_done = self._h11.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
-        if (self._draining or not client_done
-                or self._requests_served >= self._limits.max_requests_per_connection):
-            headers.append(("Connection", "close"))
-        return h11.Response(status_code=response.status, headers=headers, reason=_reason_phrase(response.status))
+        close = (self._draining or not client_done
+                 or self._requests_served >= self._limits.max_requests_per_connection)
+        return response_head(response, exchange.request_id, close)
 
     async def _send_bytes(self, data: bytes) -> None:
         with trio.move_on_after(self._limits.send_timeout_s) as scope:
@@ -358,9 +346,3 @@ class HTTPConnection:
                    "http_path": exchange.raw_path, "http_status": status, "duration_ms": duration_ms,
                    "client_addr": self.client_text, "listener": self._context.name})
 
-
-def _reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""

@@ -5,10 +5,13 @@ may hold a secret in its query string) and never carry exception text from handl
 """
 from __future__ import annotations
 
+import re
+
 import h11
 
 from .messages import HTTPError
 
+_QUOTED_BYTES_RE = re.compile(r"\s*:?\s*(?:b['\"]|bytearray\()")
 _PROTOCOL_MESSAGES = {
     400: "malformed HTTP request",
     431: "request header fields too large",
@@ -20,7 +23,7 @@ def protocol_error(exc: h11.RemoteProtocolError) -> HTTPError:
     """The HTTPError for a request h11 could not parse (400, 431 or 501)."""
     status = exc.error_status_hint if exc.error_status_hint in _PROTOCOL_MESSAGES else 400
     # h11 messages look like "illegal request line: b'...'": keep the part before the quoted bytes.
-    detail = str(exc).split(":", 1)[0].strip()[:120] or "unparseable request"
+    detail = _QUOTED_BYTES_RE.split(str(exc), 1)[0].strip()[:120] or "unparseable request"
     return HTTPError(status, _PROTOCOL_MESSAGES[status], [detail])
 
 

@@ -49,9 +49,22 @@ class Request:
             raise HTTPError(415, "request body must be application/json",
                             [f"content-type was {content_type or 'missing'}"])
         try:
-            return json.loads(self.body.decode("utf-8"))
+            return json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HTTPError(400, "request body is not valid JSON", [str(exc)]) from None
+        except RecursionError:
+            raise HTTPError(400, "request body is not valid JSON", ["nested too deeply"]) from None
+        except ValueError as exc:  # NaN/Infinity, or an integer beyond Python's digit limit
+            detail = str(exc) if isinstance(exc, _NotJSON) else "a number is too large"
+            raise HTTPError(400, "request body is not valid JSON", [detail]) from None
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not JSON (RFC 8259)")
 
 
 @dataclass

@@ -19,7 +19,9 @@ from .router import Router
 from .tls import server_context
 
 REFUSE_RETRY_AFTER_S = 1
-REFUSE_SEND_TIMEOUT_S = 0.1
+REFUSE_LINGER_S = 0.5          # a refused client gets this long to read its 503...
+REFUSE_LINGER_BYTES = 64 * 1024
+REFUSE_MAX_PENDING = 256       # ...unless this many refusals are pending already: then just close
 REFUSE_LOG_INTERVAL_S = 10.0
 # accept() errors that mean "out of resources, try again shortly" rather than "listener broken".
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -43,9 +45,15 @@ class HTTPServer:
         self._shutdown_requested = False
         self._refused_since_log = 0
         self._refuse_logged_at = float("-inf")
+        self._refusing = 0
+
+    @property
+    def uses_tls(self) -> bool:
+        return self._context.ssl_context is not None
 
     @property
     def connection_count(self) -> int:
+        """Connections being served now (refused ones are not counted)."""
         return len(self._connections)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
@@ -108,7 +116,7 @@ class HTTPServer:
                 await trio.sleep(0.1)
                 continue
             if len(self._connections) >= self.limits.max_connections:
-                await self._refuse(stream)
+                await self._refuse(stream, connections)
                 continue
             client = _peer_address(stream)
             connection = HTTPConnection(stream, client, self._context)
@@ -121,8 +129,8 @@ class HTTPServer:
         finally:
             self._connections.discard(connection)
 
-    async def _refuse(self, stream: trio.SocketStream) -> None:
-        """Turn away a connection over the limit without reading from it: 503 on plain HTTP, close on TLS."""
+    async def _refuse(self, stream: trio.SocketStream, connections: trio.Nursery) -> None:
+        """Turn away a connection over the limit without serving it: 503 on plain HTTP, close on TLS."""
         self._refused_since_log += 1
         now = time.monotonic()
         if now - self._refuse_logged_at >= REFUSE_LOG_INTERVAL_S:
@@ -130,19 +138,35 @@ class HTTPServer:
                               self._refused_since_log, len(self._connections), self.limits.max_connections)
             self._refused_since_log = 0
             self._refuse_logged_at = now
-        if self._context.ssl_context is None:
-            response = errors.too_many_connections(REFUSE_RETRY_AFTER_S).to_response()
-            head = (f"HTTP/1.1 {response.status} Service Unavailable\r\n"
-                    f"Server: qkdd\r\nContent-Type: {response.content_type}\r\n"
-                    f"Content-Length: {len(response.body)}\r\nCache-Control: no-store\r\n"
-                    + "".join(f"{name}: {value}\r\n" for name, value in response.headers)
-                    + "Connection: close\r\n\r\n").encode("ascii")
-            with trio.move_on_after(REFUSE_SEND_TIMEOUT_S):
-                try:
-                    await stream.send_all(head + response.body)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-        await trio.aclose_forcefully(stream)
+        if self._context.ssl_context is not None or self._refusing >= REFUSE_MAX_PENDING:
+            await trio.aclose_forcefully(stream)
+            return
+        self._refusing += 1
+        connections.start_soon(self._send_refusal, stream)
+
+    async def _send_refusal(self, stream: trio.SocketStream) -> None:
+        """Send the 503, then drop (briefly) whatever the client sent, so it reads the 503 rather than a reset."""
+        response = errors.too_many_connections(REFUSE_RETRY_AFTER_S).to_response()
+        head = (f"HTTP/1.1 {response.status} Service Unavailable\r\n"
+                f"Server: qkdd\r\nContent-Type: {response.content_type}\r\n"
+                f"Content-Length: {len(response.body)}\r\nCache-Control: no-store\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in response.headers)
+                + "Connection: close\r\n\r\n").encode("ascii")
+        try:
+            with trio.move_on_after(REFUSE_LINGER_S):
+                await stream.send_all(head + response.body)
+                await stream.send_eof()
+                dropped_bytes = 0
+                while dropped_bytes < REFUSE_LINGER_BYTES:
+                    data = await stream.receive_some(16384)
+                    if not data:
+                        break
+                    dropped_bytes += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
 
 
 def _peer_address(stream: trio.SocketStream) -> tuple[str, int] | None:

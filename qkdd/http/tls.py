@@ -29,11 +29,16 @@ def server_context(settings: TLSSettings) -> ssl.SSLContext:
     context.set_ciphers(_TLS12_CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
-    context.load_cert_chain(settings.cert_file, settings.key_file)
+    # Without a password callback OpenSSL would prompt on the terminal for an encrypted key and hang the daemon.
+    context.load_cert_chain(settings.cert_file, settings.key_file, password=_refuse_encrypted_key)
     if settings.client_cert != "none":
         context.load_verify_locations(cafile=settings.client_ca_file)
     context.verify_mode = _VERIFY_MODES[settings.client_cert]
     return context
+
+
+def _refuse_encrypted_key() -> bytes:
+    raise ValueError("the TLS private key is encrypted; give qkdd an unencrypted key file (mode 0600)")
 
 
 def peer_certificate(ssl_object: ssl.SSLObject) -> PeerCertificate | None:
