@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import pki_cli
+from qkdd import pki_cli
+from qkdd.protocols import cli as protocols_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     # Command groups register here, one line each:
     pki_cli.register(commands)
+    protocols_cli.register(sim_commands)
     del sim_commands  # (until the first sim command registers)
     return parser
 
