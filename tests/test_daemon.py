@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_support import Daemon, base_config, clean_env
@@ -334,3 +335,16 @@ def test_demo_runs_the_example_config_and_stops_cleanly():
     assert '"status": "ok"' in result.stdout and '"link_id": "sim-1"' in result.stdout
     assert 'qkd_keys_generated_total{link_id="sim-1",protocol="bb84"} 0.0' in result.stdout
     assert result.stdout.rstrip().endswith("qkdd stopped with exit status 0")
+
+
+def test_encrypted_tls_key_exits_1_without_prompting(tmp_path, pki):
+    kme = pki.kmes["kme-a"]
+    key = serialization.load_pem_private_key(kme.key_file.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"passphrase")))
+    api_tls = f'[api.tls]\ncert_file = "{kme.cert_file}"\nkey_file = "{encrypted}"\n'
+    daemon = Daemon(base_config(tmp_path / "state", api_extra=api_tls), tmp_path).start(wait_ready=False)
+    assert daemon.wait(timeout_s=15) == 1
+    [line] = error_lines(daemon.log)
+    assert "cannot start: api.tls.key_file: the private key is encrypted" in line
