@@ -4,6 +4,7 @@ request in flight, and start-up failures that exit 1 with one line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -348,3 +349,20 @@ def test_encrypted_tls_key_exits_1_without_prompting(tmp_path, pki):
     assert daemon.wait(timeout_s=15) == 1
     [line] = error_lines(daemon.log)
     assert "cannot start: api.tls.key_file: the private key is encrypted" in line
+
+
+def test_logs_carry_syslog_priorities_under_journald(tmp_path):
+    """JOURNAL_STREAM names our stderr (as systemd sets it): lines start with <N>, no timestamp."""
+    config = tmp_path / "qkdd.toml"
+    config.write_text(base_config(tmp_path / "state", api_extra='[api.tls]\ncert_file = "/nonexistent.pem"\n'
+                                                                'key_file = "/nonexistent.key"\n'))
+    read_end, write_end = os.pipe()
+    info = os.fstat(write_end)
+    env = clean_env(JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}")
+    with os.fdopen(read_end) as reader:
+        process = subprocess.Popen([sys.executable, "-m", "qkdd", "run", "--config", str(config)],
+                                   stderr=write_end, stdout=subprocess.DEVNULL, env=env)
+        os.close(write_end)
+        output = reader.read()
+    assert process.wait(15) == 1
+    assert output.startswith("<3>level=error logger=qkdd.daemon msg=\"cannot start: api.tls.cert_file: "), output
