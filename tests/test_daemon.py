@@ -366,3 +366,45 @@ def test_logs_carry_syslog_priorities_under_journald(tmp_path):
         output = reader.read()
     assert process.wait(15) == 1
     assert output.startswith("<3>level=error logger=qkdd.daemon msg=\"cannot start: api.tls.cert_file: "), output
+
+
+# ---- shutdown is bounded -------------------------------------------------------------------------
+
+def _stalled_request(daemon: Daemon) -> socket.socket:
+    """A request whose body never comes: it stays in flight until the daemon gives up on it."""
+    connection = socket.create_connection(daemon.api_address, timeout=10)
+    connection.sendall(b"GET /v1/links HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    time.sleep(0.3)
+    return connection
+
+
+def test_shutdown_grace_bounds_a_request_that_never_completes(tmp_path):
+    config = base_config(tmp_path / "state", api_extra="[api.limits]\nshutdown_grace_s = 0.5\n")
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        stalled = _stalled_request(daemon)
+        started = time.monotonic()
+        assert daemon.stop(timeout_s=10) == 0, daemon.log
+        assert time.monotonic() - started < 5.0
+        assert stalled.recv(65536) == b""                  # closed, not answered
+        stalled.close()
+    finally:
+        daemon.kill()
+
+
+def test_second_signal_cuts_the_grace_period_short(tmp_path):
+    config = base_config(tmp_path / "state", api_extra="[api.limits]\nshutdown_grace_s = 60\n")
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        stalled = _stalled_request(daemon)
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.wait_for("stop signal received")
+        time.sleep(0.3)
+        assert daemon.process.poll() is None               # still waiting for the stalled request
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGINT, timeout_s=10) == 0, daemon.log
+        assert time.monotonic() - started < 5.0
+        assert "second stop signal" in daemon.log
+        stalled.close()
+    finally:
+        daemon.kill()
