@@ -25,7 +25,11 @@ __all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
 LISTENERS = ("api", "health")                            # 8071 and 8072
-CREDENTIAL_KMS_CLIENT_SECRET = "kms-client-secret"     # file name under $CREDENTIALS_DIRECTORY
+CREDENTIAL_KMS_CLIENT_SECRET = "kms-client-secret"     # credential name under $CREDENTIALS_DIRECTORY
+# Credential ids systemd gives it: `LoadCredential=kms-client-secret:PATH` loads it under its own name;
+# the packaged unit loads the directory /etc/qkdd/credentials as `LoadCredential=qkdd:DIR`, which
+# prefixes each file name with "qkdd_".
+CREDENTIAL_KMS_CLIENT_SECRET_IDS = (CREDENTIAL_KMS_CLIENT_SECRET, f"qkdd_{CREDENTIAL_KMS_CLIENT_SECRET}")
 
 # BB84's QBER limit for secure key extraction with one-way post-processing: the key fraction
 # 1 - 2 h(Q) (Shor & Preskill, PRL 85, 441 (2000), Eq. 1) reaches zero at Q ≈ 11.0 %.
@@ -266,21 +270,28 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
     raw = read_toml(path or DEFAULT_CONFIG_PATH, required=path is not None)
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
-        secret_path = os.path.join(credentials, CREDENTIAL_KMS_CLIENT_SECRET)
-        try:
-            with open(secret_path, encoding="utf-8") as handle:
-                secret = handle.read().rstrip("\r\n")
-        except FileNotFoundError:
-            pass
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(secret_path, f"cannot read credential: {type(exc).__name__}") from None
-        else:
+        secret = read_credential(credentials, CREDENTIAL_KMS_CLIENT_SECRET_IDS)
+        if secret is not None:
             _put(raw, ("kms", "client_secret"), FromEnv(secret, f"credential {CREDENTIAL_KMS_CLIENT_SECRET}"))
     for variable, target in ENV_VARIABLES.items():
         value = environ.get(variable, "")
         if value != "":
             _put(raw, target, FromEnv(value, variable))
     return build(Config, raw, "")
+
+
+def read_credential(directory: str, ids: tuple[str, ...]) -> str | None:
+    """The first credential of `ids` present in `directory` (trailing newline removed), or None."""
+    for credential_id in ids:
+        path = os.path.join(directory, credential_id)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().rstrip("\r\n")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(path, f"cannot read credential: {type(exc).__name__}") from None
+    return None
 
 
 def read_toml(path: str, *, required: bool) -> dict[str, Any]:

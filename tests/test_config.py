@@ -140,6 +140,10 @@ def test_secret_precedence_file_then_credential_then_environment(tmp_path):
     (credentials / "kms-client-secret").write_text("from-credential\n")
     environ = {"CREDENTIALS_DIRECTORY": str(credentials)}
     assert load_config(str(path), environ).kms.client_secret == Secret("from-credential")
+    (credentials / "kms-client-secret").unlink()
+    # The packaged unit loads a directory of credentials, which systemd prefixes with "qkdd_".
+    (credentials / "qkdd_kms-client-secret").write_text("from-directory-credential")
+    assert load_config(str(path), environ).kms.client_secret == Secret("from-directory-credential")
     environ["KMS_CLIENT_SECRET"] = "from-env"
     config = load_config(str(path), environ)
     assert config.kms.client_secret.reveal() == "from-env"
