@@ -17,7 +17,6 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups register here, one line each:
     pki_cli.register(commands)
     protocols_cli.register(sim_commands)
-    del sim_commands  # (until the first sim command registers)
     return parser
 
 
