@@ -21,27 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_support import Daemon, base_config, clean_env
+from seed_metrics import ACCEPTED_LINT, SEED_FAMILIES
 from qkdd.pki import init_pki
-
-# The seed's families (HIP-0071 "Prometheus Metrics"): name -> (type, label names).
-SEED_FAMILIES = {
-    "qkd_keys_generated": ("counter", {"link_id", "protocol"}),
-    "qkd_key_bits_generated": ("counter", {"link_id"}),
-    "qkd_secure_key_rate_bps": ("gauge", {"link_id"}),
-    "qkd_raw_key_rate_bps": ("gauge", {"link_id"}),
-    "qkd_qber": ("gauge", {"link_id"}),
-    "qkd_channel_loss_db": ("gauge", {"link_id"}),
-    "qkd_photon_rate_hz": ("gauge", {"link_id"}),
-    "qkd_visibility": ("gauge", {"link_id"}),
-    "qkd_qber_threshold_exceeded": ("counter", {"link_id", "severity"}),
-    "qkd_key_generation_halted": ("counter", {"link_id"}),
-    "qkd_device_temperature_celsius": ("gauge", {"link_id"}),
-    "qkd_device_uptime_seconds": ("gauge", {"link_id"}),
-    "qkd_kms_key_push": ("counter", {"link_id", "status"}),
-    "qkd_kms_key_push_latency_seconds": ("histogram", {"link_id"}),
-}
-# promtool's linter prefers "bytes" to "bits"; the seed fixes this name, so this is the one finding allowed.
-ACCEPTED_LINT = {'qkd_key_bits_generated_total use base unit "bytes" instead of "bits"'}
 
 
 # ---- one daemon for the module: mTLS required on the API, plain health listener ------------------

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 
@@ -16,6 +18,7 @@ from qkdd.health import LINK_STATES, Health
 from qkdd.logs import LogfmtFormatter
 from qkdd.metrics import Metrics
 from qkdd.notify import Notifier
+from seed_metrics import ACCEPTED_LINT, SEED_FAMILIES
 
 
 def serving_health() -> Health:
@@ -107,6 +110,27 @@ def test_link_metrics_report_under_the_seed_names():
     assert ("qkd_photon_rate_hz", (("link_id", "hk-lk-1"),)) not in samples      # never measured
     with pytest.raises(ValueError):
         link.qber_alarm("mild")
+
+
+def test_every_family_with_samples_passes_promtool():
+    metrics = Metrics()
+    link = metrics.link("sim-1", "cvqkd", kms=True)
+    link.key_stored(4096)
+    link.rates(raw_bps=1.2e6, secure_bps=2.5e5)
+    link.channel(qber=0.031, loss_db=10.0, photon_rate_hz=4.0e5, visibility=0.97)
+    link.qber_alarm("warning")
+    link.halted()
+    link.device(temperature_celsius=-40.5, uptime_s=86400)
+    link.kms_push(ok=True, latency_s=0.02)
+    text = metrics.exposition().decode()
+    families = {family.name for family in text_string_to_metric_families(text)}
+    assert {name for name in families if name.startswith("qkd_")} == set(SEED_FAMILIES)
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                           timeout=30)
+    findings = {line.strip() for line in (check.stdout + check.stderr).splitlines() if line.strip()}
+    assert check.returncode in (0, 3) and findings <= ACCEPTED_LINT, findings
 
 
 def test_notifier_sends_datagrams_and_honours_watchdog_pid(monkeypatch):
