@@ -42,13 +42,14 @@
 #define QKD_SIM_ATTACK_PNS 2
 #define QKD_SIM_ATTACK_BLINDING 3
 
-/* E91 measurement settings (basis codes in the records), Acin et al., PRL 98, 230501 (2007):
- * Alice A0 (key, = B1), A1, A2; Bob B1, B2. Key slots are those with equal codes (A0 with B1). */
-#define QKD_SIM_E91_A0 0
-#define QKD_SIM_E91_A1 1
-#define QKD_SIM_E91_A2 2
-#define QKD_SIM_E91_B1 0
-#define QKD_SIM_E91_B2 3
+/* E91 analyser angles as basis codes in the records (settings of qkdd.protocols.e91, after Acin et al.,
+ * PRL 98, 230501 (2007), with a second key basis as in BBM92): Alice uses codes 0, 1 (A0 = 0 deg,
+ * A1 = 45 deg); Bob codes 2, 3, 0, 1 (B0 = 22.5 deg, B1 = -22.5 deg, B2 = 0 deg, B3 = 45 deg).
+ * Equal codes are the key pairs (Z: 0 deg, X: 45 deg); CHSH uses Alice {0, 1} x Bob {2, 3}. */
+#define QKD_SIM_E91_DEG_0 0
+#define QKD_SIM_E91_DEG_45 1
+#define QKD_SIM_E91_DEG_22_5 2
+#define QKD_SIM_E91_DEG_MINUS_22_5 3
 
 typedef struct qkd_sim_params {
     int protocol;                  /* QKD_SIM_BB84 or QKD_SIM_E91 */
@@ -60,8 +61,8 @@ typedef struct qkd_sim_params {
     /* source, E91: SPDC polarisation-entangled pairs, thermal statistics */
     double pair_mean;              /* mean pair number per slot (mu = 2 lambda) */
     double source_position_km;     /* distance of the source from Alice along the fiber */
-    double e91_alice_prob[3];      /* probabilities of A0, A1, A2 */
-    double e91_bob_prob[2];        /* probabilities of B1, B2 */
+    double e91_alice_prob[2];      /* probabilities of A0 (0 deg), A1 (45 deg) */
+    double e91_bob_prob[4];        /* probabilities of B0 (22.5), B1 (-22.5), B2 (0), B3 (45 deg) */
     /* fiber */
     double fiber_loss_db_per_km;
     double distance_km;

@@ -90,12 +90,18 @@ int qkd_sim_check_params(const qkd_sim_params *p)
             !(p->blinding_power_w >= 0 && p->blinding_power_w < 10))
             return QKD_EINVAL;
     } else {
-        double sa = p->e91_alice_prob[0] + p->e91_alice_prob[1] + p->e91_alice_prob[2];
-        double sb = p->e91_bob_prob[0] + p->e91_bob_prob[1];
-        for (int i = 0; i < 3; i++)
+        double sa = 0, sb = 0;
+        for (int i = 0; i < 2; i++) {
             if (!prob_ok(p->e91_alice_prob[i]))
                 return QKD_EINVAL;
-        if (!prob_ok(p->e91_bob_prob[0]) || !prob_ok(p->e91_bob_prob[1]) || fabs(sa - 1) > 1e-9 || fabs(sb - 1) > 1e-9)
+            sa += p->e91_alice_prob[i];
+        }
+        for (int i = 0; i < 4; i++) {
+            if (!prob_ok(p->e91_bob_prob[i]))
+                return QKD_EINVAL;
+            sb += p->e91_bob_prob[i];
+        }
+        if (fabs(sa - 1) > 1e-9 || fabs(sb - 1) > 1e-9)
             return QKD_EINVAL;
         if (!(p->pair_mean > 0 && p->pair_mean <= 10) ||
             !(p->source_position_km >= 0 && p->source_position_km <= p->distance_km))
@@ -368,8 +374,10 @@ static int build_bb84(const qkd_sim_params *p, qkd_sim_table *t)
  * P(equal outcomes) = F (1 + (1 - 2 e_d) cos 2(theta_A - theta_B)) / 2 + (1 - F) / 2, which gives
  * visibility V = F (1 - 2 e_d), S = 2 sqrt(2) V, QBER = (1 - V) / 2 (the approximation: the exact
  * multi-pair correlations at non-matching angles are replaced by white noise). */
-static const double E91_ALICE_ANGLE[3] = {M_PI / 8, 0, M_PI / 4};      /* A0, A1, A2 */
-static const double E91_BOB_ANGLE[2] = {M_PI / 8, -M_PI / 8};          /* B1, B2 */
+static const double E91_CODE_ANGLE[4] = {0, M_PI / 4, M_PI / 8, -M_PI / 8};  /* by basis code */
+static const uint8_t E91_ALICE_CODE[2] = {QKD_SIM_E91_DEG_0, QKD_SIM_E91_DEG_45};
+static const uint8_t E91_BOB_CODE[4] = {QKD_SIM_E91_DEG_22_5, QKD_SIM_E91_DEG_MINUS_22_5, QKD_SIM_E91_DEG_0,
+                                        QKD_SIM_E91_DEG_45};
 
 static int build_e91(const qkd_sim_params *p, qkd_sim_table *t)
 {
@@ -386,12 +394,12 @@ static int build_e91(const qkd_sim_params *p, qkd_sim_table *t)
     double correlated = 2 * eta_a * eta_b * lambda * (1 + lambda) / (da * db * dab);
     double fraction = gain > 0 ? correlated / gain : 0;
     t->n = 0;
-    for (int a = 0; a < 3; a++) {
-        for (int b = 0; b < 2; b++) {
+    for (int a = 0; a < 2; a++) {
+        for (int b = 0; b < 4; b++) {
             double prior = p->e91_alice_prob[a] * p->e91_bob_prob[b];
             if (prior <= 0)
                 continue;
-            double delta = E91_ALICE_ANGLE[a] - E91_BOB_ANGLE[b];
+            double delta = E91_CODE_ANGLE[E91_ALICE_CODE[a]] - E91_CODE_ANGLE[E91_BOB_CODE[b]];
             double p_equal = fraction * (1 + (1 - 2 * e_mis) * cos(2 * delta)) / 2 + (1 - fraction) / 2;
             qkd_sim_type *ty = &t->type[t->n++];
             ty->prior = prior;
@@ -400,8 +408,8 @@ static int build_e91(const qkd_sim_params *p, qkd_sim_table *t)
             ty->other = gain * (1 - p_equal);
             ty->both = 0;
             ty->cls = 0;
-            ty->alice_basis = (uint8_t)a;
-            ty->bob_basis = (uint8_t)(b == 0 ? QKD_SIM_E91_B1 : QKD_SIM_E91_B2);
+            ty->alice_basis = E91_ALICE_CODE[a];
+            ty->bob_basis = E91_BOB_CODE[b];
         }
     }
     t->afterpulse_prob = 0;
