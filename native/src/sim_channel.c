@@ -256,15 +256,23 @@ static void finish_table(qkd_sim_table *t, const qkd_sim_params *p)
         no_click_total += ty->prior * ty->none;
     }
     double acc = 0;
+    int last_positive = 0;
     for (int i = 0; i < t->n; i++) {
         const qkd_sim_type *ty = &t->type[i];
-        acc += ty->prior * (1 - ty->none);
-        t->cum_posterior[i] = click > 0 ? acc / click : 1;
+        const double outcome[3] = {ty->same, ty->other, ty->both};
+        for (int o = 0; o < 3; o++) {
+            acc += ty->prior * outcome[o];
+            t->cum_posterior[3 * i + o] = click > 0 ? acc / click : 1;
+            if (ty->prior * outcome[o] > 0)
+                last_positive = 3 * i + o;
+        }
         prior += ty->prior;
         t->cum_prior[i] = prior;
     }
     if (t->n > 0) {
-        t->cum_posterior[t->n - 1] = 1;
+        /* the last entry with non-zero weight closes the distribution against rounding */
+        for (int j = last_positive; j < 3 * t->n; j++)
+            t->cum_posterior[j] = 1;
         t->cum_prior[t->n - 1] = 1;
     }
     for (int k = 0; k < QKD_SIM_CLASSES; k++)

@@ -5,11 +5,14 @@
 #include "qkd_sim.h"
 
 /* ChaCha20 keystream (Bernstein's original layout: 64-bit block counter, 64-bit stream id). */
+#define QKD_CHACHA_LANES 4
+#define QKD_CHACHA_WORDS (8 * QKD_CHACHA_LANES)
+
 typedef struct qkd_chacha {
     uint32_t key[8];
     uint64_t counter;
     uint64_t stream;
-    uint64_t block[8];
+    uint64_t block[QKD_CHACHA_WORDS];
     unsigned used;                 /* words of `block` already handed out */
 } qkd_chacha;
 
@@ -33,7 +36,7 @@ typedef struct qkd_sim_type {
 typedef struct qkd_sim_table {
     int n;
     qkd_sim_type type[QKD_SIM_MAX_TYPES];
-    double cum_posterior[QKD_SIM_MAX_TYPES];  /* cumulative prior*click/P */
+    double cum_posterior[3 * QKD_SIM_MAX_TYPES];  /* cumulative P(type, outcome | click): same, other, both */
     double cum_prior[QKD_SIM_MAX_TYPES];
     double gap_weight[QKD_SIM_CLASSES];       /* class distribution of slots without a click */
     double click_prob;                        /* P */

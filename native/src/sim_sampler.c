@@ -144,6 +144,20 @@ static unsigned draw_outcome(double none, double same, double other, double u, u
     return 3u;
 }
 
+static unsigned joint_outcome(int category, uint64_t bits, uint8_t alice_bit, uint8_t *bob_outcome)
+{
+    if (category == 0) {
+        *bob_outcome = alice_bit;
+        return 1u << alice_bit;
+    }
+    if (category == 1) {
+        *bob_outcome = alice_bit ^ 1u;
+        return 1u << (alice_bit ^ 1u);
+    }
+    *bob_outcome = (uint8_t)((bits >> 1) & 1u);   /* double click: squashed to a random bit */
+    return 3u;
+}
+
 static void write_record(const qkd_sim_records *out, size_t i, uint64_t slot, const qkd_sim_type *ty,
                          uint8_t alice_bit, uint8_t bob_outcome)
 {
@@ -209,13 +223,14 @@ int qkd_sim_run(qkd_sim *sim, uint64_t n_slots, const qkd_sim_records *out, size
         }
         gap_slots += sim->next_click - pos;
         pos = sim->next_click;
-        const qkd_sim_type *ty = &t->type[pick(t->cum_posterior, t->n, qkd_unit_from_u64(qkd_chacha_u64(&sim->record_rng)))];
+        /* one uniform picks type and outcome together (high 53 bits); the low bits give Alice's bit
+         * and the random bit of a double click */
         uint64_t bits = qkd_chacha_u64(&sim->record_rng);
+        int joint = pick(t->cum_posterior, 3 * t->n, qkd_unit_from_u64(bits));
+        const qkd_sim_type *ty = &t->type[joint / 3];
         uint8_t alice_bit = (uint8_t)(bits & 1u);
-        double click = 1 - ty->none;
         uint8_t outcome;
-        unsigned detectors = draw_outcome(ty->none, ty->same, ty->other, qkd_unit_from_u64(bits) * click, bits,
-                                          alice_bit, &outcome);
+        unsigned detectors = joint_outcome(joint % 3, bits, alice_bit, &outcome);
         write_record(out, n++, pos, ty, alice_bit, outcome);
         pulses[ty->cls]++;
         pos++;
