@@ -370,10 +370,11 @@ static int build_bb84(const qkd_sim_params *p, qkd_sim_table *t)
 
 /* E91 with an SPDC source of polarisation-entangled pairs (thermal pair statistics
  * P(n) = (n+1) lambda^n / (1+lambda)^(n+2), mean 2 lambda): Ma, Fung, Lo, PRA 76, 012307 (2007),
- * Sec. III. Coincidence gain (their Eq. (9)):
+ * Sec. III (gain and QBER of the entanglement PDC source). Coincidence gain (two threshold detectors per
+ * side, Y0 = 1 - (1 - p_dark)^2; follows from summing (n+1) x^n with x = lambda/(1+lambda)):
  *   Q = 1 - (1-Y0A)/(1+eta_A lambda)^2 - (1-Y0B)/(1+eta_B lambda)^2
  *         + (1-Y0A)(1-Y0B)/(1 + eta_A lambda + eta_B lambda - eta_A eta_B lambda)^2
- * and QBER in matching bases (their Eq. (10)), with e0 = 1/2:
+ * and QBER in matching bases, with e0 = 1/2:
  *   E Q = e0 Q - 2 (e0 - e_d) eta_A eta_B lambda (1+lambda) / [(1+eta_A lambda)(1+eta_B lambda)
  *         (1 + eta_A lambda + eta_B lambda - eta_A eta_B lambda)].
  * This is E = 1/2 - F (1/2 - e_d): a fraction F of coincidences behaves as one pair with misalignment
