@@ -191,6 +191,75 @@ static void test_rejects_bad_parameters(void)
     free(sim);
 }
 
+static void test_e91_settings_and_gain(void)
+{
+    qkd_sim_params p = gys_params(10);
+    p.protocol = QKD_SIM_E91;
+    p.detector_efficiency = 0.2;
+    p.pair_mean = 0.05;
+    p.source_position_km = 5;
+    p.e91_alice_prob[0] = p.e91_alice_prob[1] = 0.5;
+    for (int i = 0; i < 4; i++)
+        p.e91_bob_prob[i] = 0.25;
+    qkd_sim *sim = malloc(qkd_sim_size());
+    CHECK_EQ(qkd_sim_init(sim, &p, SEED), QKD_OK);
+    qkd_sim_model m;
+    CHECK_EQ(qkd_sim_model_of(sim, &m), QKD_OK);
+    CHECK_EQ(m.n_types, 8);
+    size_t cap = 1 << 16, n;
+    uint64_t done, pulses[3];
+    qkd_sim_records rec = {malloc(cap * 8), malloc(cap), malloc(cap), malloc(cap), malloc(cap), malloc(cap)};
+    CHECK_EQ(qkd_sim_run(sim, 50000000ull, &rec, cap, &n, &done, pulses), QKD_OK);
+    CHECK(n > 1000);
+    uint64_t key = 0, key_err = 0;
+    for (size_t i = 0; i < n; i++) {
+        CHECK(rec.alice_basis[i] <= QKD_SIM_E91_DEG_45);
+        CHECK(rec.bob_basis[i] <= QKD_SIM_E91_DEG_MINUS_22_5);
+        CHECK_EQ(rec.intensity[i], 0);
+        if (rec.alice_basis[i] == rec.bob_basis[i]) {
+            key++;
+            key_err += rec.alice_bit[i] != rec.bob_outcome[i];
+        }
+    }
+    CHECK_EQ(pulses[0], done);
+    CHECK(within_sigma((double)n, (double)done, m.click_prob, 5) || n == cap);
+    CHECK(key > 0 && (double)key_err / (double)key < 0.1);
+    p.attack = QKD_SIM_ATTACK_PNS;   /* no attacks on the pair source */
+    CHECK_EQ(qkd_sim_configure(sim, &p), QKD_EINVAL);
+    free(rec.slot); free(rec.alice_bit); free(rec.alice_basis); free(rec.intensity); free(rec.bob_basis);
+    free(rec.bob_outcome);
+    free(sim);
+}
+
+static void test_attacks_keep_the_signal_gain(void)
+{
+    qkd_sim_params p = gys_params(60);
+    p.detector_efficiency = 0.1;
+    qkd_sim *sim = malloc(qkd_sim_size());
+    CHECK_EQ(qkd_sim_init(sim, &p, SEED), QKD_OK);
+    qkd_sim_model honest, attacked;
+    qkd_sim_model_of(sim, &honest);
+    int attacks[] = {QKD_SIM_ATTACK_INTERCEPT_RESEND, QKD_SIM_ATTACK_PNS, QKD_SIM_ATTACK_BLINDING};
+    for (int i = 0; i < 3; i++) {
+        p.attack = attacks[i];
+        p.attack_fraction = 1;
+        p.blinding_power_w = 1e-3;
+        CHECK_EQ(qkd_sim_configure(sim, &p), QKD_OK);
+        qkd_sim_model_of(sim, &attacked);
+        CHECK(fabs(attacked.class_gain[0] / honest.class_gain[0] - 1) < 1e-6);
+        if (attacks[i] == QKD_SIM_ATTACK_PNS)
+            CHECK(attacked.class_gain[1] < 0.5 * honest.class_gain[1]);   /* decoys starve */
+        if (attacks[i] == QKD_SIM_ATTACK_BLINDING) {
+            CHECK(attacked.monitor_power_w > 1e-4);
+            CHECK(fabs(attacked.class_error[0] - honest.class_error[0]) < 0.1 * honest.class_error[0]);
+        }
+        if (attacks[i] == QKD_SIM_ATTACK_INTERCEPT_RESEND)
+            CHECK(attacked.class_error[0] > 0.25);
+    }
+    CHECK(honest.monitor_power_w < 1e-9);
+    free(sim);
+}
+
 int main(void)
 {
     test_chacha_rfc8439_block();
@@ -198,5 +267,7 @@ int main(void)
     test_intercept_resend_qber();
     test_reproducible_and_chunk_independent();
     test_rejects_bad_parameters();
+    test_e91_settings_and_gain();
+    test_attacks_keep_the_signal_gain();
     return check_report("test_sim");
 }
