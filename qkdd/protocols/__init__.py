@@ -30,6 +30,12 @@ qkdd.protocols.bb84_finite      THE key length: Lim-Curty-Walenta-Xu-Zbinden 201
                       phase_error_tolerance=0.5) -> FiniteKeyResult
         .key_length_bits, .abort, .abort_reason, .y1_lower, .e1_upper, .phase_error_upper, .s_x1_lower, ...
     expected_counts(channel, settings, pulses_sent), pulses_for_block(channel, settings, n_x)
+    observed_statistics(counts, settings) -> {"X"|"Z": {"signal"|"decoy"|"vacuum": {gain, qber, ...}}}
+
+qkdd.protocols.bb84_design      choosing decoy settings for a link (Lim Sec. IV evaluation)
+    expected_finite_rate(channel, settings, n_x, eps_sec | kappa) -> FiniteRate
+    optimize_settings(channel, n_x, mu_vacuum, eps_sec | kappa) -> FiniteRate (optimal settings)
+    max_distance_km_finite(channel, n_x, ...)
 
 qkdd.protocols.e91              E91/BBM92 with a CHSH test (settings in the module docstring)
     Correlation(agree, disagree); E91Counts(chsh=(4 x Correlation in CHSH_TERMS order), key_z, key_x,
@@ -39,6 +45,12 @@ qkdd.protocols.e91              E91/BBM92 with a CHSH test (settings in the modu
     e91_key_length(counts, eps_sec, eps_cor, eps_pe, f_ec, ec_leak_bits, device_independent) -> E91Result
         .key_length_bits, .abort, .abort_reason, .chsh_s, .chsh_s_lower, .qber_z, .qber_x, ...
     werner_statistics(V) -> (S, QBER), shor_preskill_rate(Q), device_independent_rate(S, Q)
+
+qkdd.protocols.cvqkd            GG02, reverse reconciliation, collective attacks (asymptotic)
+    CvParams(modulation_variance, distance_km, alpha_db_per_km, excess_noise, eta_det, electronic_noise,
+             beta, detection) ; gg02_key_rate(params) -> CvRate(mutual_information, holevo_bound, ...)
+
+qkdd.protocols.cli              `qkdctl sim rate` (registered in qkdd/ctl.py)
 
 qkdd.protocols.entropy
     binary_entropy(p), secure_fraction_asymptotic(qber) = max(0, 1 - 2h(Q))  (the seed's metric only)

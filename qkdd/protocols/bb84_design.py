@@ -126,18 +126,19 @@ def optimize_settings(channel: ChannelParams, n_x: float, *, mu_vacuum: float = 
 
 
 def max_distance_km_finite(channel: ChannelParams, n_x: float, *, mu_vacuum: float = 0.0,
-                           eps_sec: float | None = 1e-10, kappa: float | None = None,
+                           eps_sec: float | None = 1e-10, kappa: float | None = None, lower_km: float = 0.0,
                            upper_km: float = 300.0, tolerance_km: float = 0.5) -> float:
-    """Largest fibre length at which optimised settings still give a positive finite key (bisection)."""
+    """Largest fibre length in [lower_km, upper_km] at which optimised settings still give a positive
+    finite key (bisection; returns lower_km when even that length gives none)."""
 
     def positive(distance_km: float) -> bool:
         rate = optimize_settings(channel.replace(distance_km=distance_km), n_x, mu_vacuum=mu_vacuum,
                                  eps_sec=eps_sec, kappa=kappa)
         return rate.result.key_length_bits > 0
 
-    if not positive(0.0):
-        return 0.0
-    low, high = 0.0, upper_km
+    if not positive(lower_km):
+        return lower_km
+    low, high = lower_km, upper_km
     while high - low > tolerance_km:
         mid = 0.5 * (low + high)
         low, high = (mid, high) if positive(mid) else (low, mid)

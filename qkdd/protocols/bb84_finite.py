@@ -128,7 +128,7 @@ class DecoyCounts:
                 for basis in ("X", "Z")
             }
             return cls(pulses_sent=float(data["pulses_sent"]), x=tallies["X"], z=tallies["Z"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"decoy counts: missing or malformed field {exc}") from None
 
     def as_mapping(self) -> dict[str, object]:
@@ -324,3 +324,22 @@ def pulses_for_block(channel: ChannelParams, settings: DecoySettings, n_x: float
     per_pulse = settings.q_x ** 2 * sum(p * gain(channel, k)
                                         for k, p in zip(settings.intensities, settings.probabilities))
     return n_x / per_pulse
+
+
+def observed_statistics(counts: DecoyCounts, settings: DecoySettings) -> dict[str, dict[str, dict[str, float]]]:
+    """Measured gain and QBER per basis and intensity class, as `qkdctl sim run` reports them.
+
+    gain = sifted detections / pulses sent in that class with both parties in that basis
+    (pulses_sent * p_k * q_B^2, Bob's basis choice being independent of Alice's).
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for basis, tallies, q_b in (("X", counts.x, settings.q_x), ("Z", counts.z, 1.0 - settings.q_x)):
+        out[basis] = {}
+        for name, tally, p in zip(INTENSITY_CLASSES, tallies, settings.probabilities):
+            sent = counts.pulses_sent * p * q_b ** 2
+            out[basis][name] = {
+                "detections": tally.detections, "errors": tally.errors,
+                "gain": tally.detections / sent if sent > 0 else 0.0,
+                "qber": tally.errors / tally.detections if tally.detections > 0 else 0.0,
+            }
+    return out

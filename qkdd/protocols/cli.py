@@ -1,5 +1,5 @@
-"""`qkdctl sim rate`: analytic key rates of decoy-state BB84 (asymptotic or Lim et al. finite-key) and
-E91 (Shor-Preskill or device-independent), as JSON (--json) or text."""
+"""`qkdctl sim rate`: analytic key rates of decoy-state BB84 (asymptotic or Lim et al. finite-key),
+E91 (Shor-Preskill or device-independent) and GG02 CV-QKD, as JSON (--json) or text."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import math
 import sys
 from typing import Any, NoReturn
 
-from qkdd.protocols import bb84, e91
+from qkdd.protocols import bb84, cvqkd, e91
 from qkdd.protocols.bb84_design import expected_finite_rate, optimize_settings
 from qkdd.protocols.bb84_finite import DecoySettings
 from qkdd.protocols.channel import ChannelParams, gain, qber
@@ -24,7 +24,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
         description="Analytic key rate per pulse from the channel model. BB84: asymptotic GLLP with "
                     "infinite, vacuum+weak or no decoys; --finite uses the three-intensity finite-key bound of "
                     "Lim et al. (PRA 89, 022307, 2014). E91: Shor-Preskill or the device-independent bound.")
-    rate.add_argument("--protocol", choices=("bb84", "e91"), default="bb84")
+    rate.add_argument("--protocol", choices=("bb84", "e91", "cvqkd"), default="bb84")
     rate.add_argument("--decoy", choices=bb84.DECOY_METHODS, default="vacuum-weak")
     rate.add_argument("--distance-km", type=float, default=None, help="fibre length (BB84, required)")
     defaults = ChannelParams()
@@ -51,6 +51,14 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     rate.add_argument("--coincidences", type=float, default=None,
                       help="E91: coincidences per setting pair for a finite-key estimate")
     rate.add_argument("--device-independent", action="store_true", help="E91: Acin et al. DI bound")
+    cv = cvqkd.CvParams()
+    rate.add_argument("--modulation-variance", type=float, default=cv.modulation_variance,
+                      help="CV-QKD: Alice's modulation variance V_A (shot-noise units)")
+    rate.add_argument("--excess-noise", type=float, default=cv.excess_noise, help="CV-QKD: xi (SNU)")
+    rate.add_argument("--eta-det", type=float, default=cv.eta_det, help="CV-QKD: detector efficiency")
+    rate.add_argument("--electronic-noise", type=float, default=cv.electronic_noise, help="CV-QKD: v_el (SNU)")
+    rate.add_argument("--beta", type=float, default=cv.beta, help="CV-QKD: reconciliation efficiency")
+    rate.add_argument("--detection", choices=cvqkd.DETECTIONS, default=cv.detection)
     rate.add_argument("--json", action="store_true", help="print one JSON object")
     rate.set_defaults(func=run)
 
@@ -63,7 +71,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        report = e91_report(args) if args.protocol == "e91" else bb84_report(args)
+        report = {"bb84": bb84_report, "e91": e91_report, "cvqkd": cvqkd_report}[args.protocol](args)
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -142,6 +150,16 @@ def e91_report(args: argparse.Namespace) -> dict[str, Any]:
                       abort=result.abort, abort_reason=result.abort_reason,
                       key_rate_per_sifted_bit=result.key_length_bits / args.coincidences)
     return report
+
+
+def cvqkd_report(args: argparse.Namespace) -> dict[str, Any]:
+    if args.distance_km is None:
+        raise ValueError("--distance-km is required for CV-QKD")
+    params = cvqkd.CvParams(modulation_variance=args.modulation_variance, distance_km=args.distance_km,
+                            alpha_db_per_km=args.alpha, excess_noise=args.excess_noise, eta_det=args.eta_det,
+                            electronic_noise=args.electronic_noise, beta=args.beta, detection=args.detection)
+    return {"protocol": "cvqkd", "distance_km": params.distance_km, "detection": params.detection,
+            **cvqkd.gg02_key_rate(params).as_dict()}
 
 
 def render_text(report: dict[str, Any]) -> str:

@@ -79,7 +79,7 @@ class E91Counts:
             return cls(chsh=tuple(corr(c) for c in data["chsh"]),  # type: ignore[arg-type, union-attr]
                        key_z=corr(data["key_z"]), key_x=corr(data["key_x"]),  # type: ignore[arg-type]
                        pairs_emitted=float(data.get("pairs_emitted", 0.0)))  # type: ignore[arg-type]
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"E91 counts: missing or malformed field {exc}") from None
 
 
