@@ -284,6 +284,42 @@ static void finish_table(qkd_sim_table *t, const qkd_sim_params *p)
     (void)p;
 }
 
+/* Walker's alias method (A. J. Walker, ACM TOMS 3, 253 (1977)), built in Vose's stable order
+ * (M. D. Vose, IEEE TSE 17, 972 (1991)): entry j is kept with probability keep[j], else replaced by
+ * other[j]; one uniform draw then costs O(1) instead of a binary search. */
+static void build_alias(qkd_sim_table *t)
+{
+    int k = 3 * t->n;
+    double scaled[3 * QKD_SIM_MAX_TYPES];
+    int small[3 * QKD_SIM_MAX_TYPES], large[3 * QKD_SIM_MAX_TYPES];
+    int n_small = 0, n_large = 0;
+    double previous = 0;
+    for (int j = 0; j < k; j++) {
+        scaled[j] = (t->cum_posterior[j] - previous) * k;
+        previous = t->cum_posterior[j];
+        t->alias_other[j] = (uint8_t)j;
+        if (scaled[j] < 1)
+            small[n_small++] = j;
+        else
+            large[n_large++] = j;
+    }
+    while (n_small > 0 && n_large > 0) {
+        int s = small[--n_small], l = large[--n_large];
+        t->alias_keep[s] = scaled[s];
+        t->alias_other[s] = (uint8_t)l;
+        scaled[l] -= 1 - scaled[s];
+        if (scaled[l] < 1)
+            small[n_small++] = l;
+        else
+            large[n_large++] = l;
+    }
+    /* what is left holds probability 1 up to rounding */
+    while (n_large > 0)
+        t->alias_keep[large[--n_large]] = 1;
+    while (n_small > 0)
+        t->alias_keep[small[--n_small]] = 1;
+}
+
 static void class_model(qkd_sim_table *t)
 {
     for (int k = 0; k < QKD_SIM_CLASSES; k++) {
@@ -445,6 +481,7 @@ int qkd_sim_build_table(const qkd_sim_params *p, qkd_sim_table *t)
         ty->none = clamp01(1 - ty->same - ty->other - ty->both);
     }
     finish_table(t, p);
+    build_alias(t);
     class_model(t);
     return QKD_OK;
 }

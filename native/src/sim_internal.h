@@ -37,6 +37,8 @@ typedef struct qkd_sim_table {
     int n;
     qkd_sim_type type[QKD_SIM_MAX_TYPES];
     double cum_posterior[3 * QKD_SIM_MAX_TYPES];  /* cumulative P(type, outcome | click): same, other, both */
+    double alias_keep[3 * QKD_SIM_MAX_TYPES];     /* the same distribution as a Walker alias table */
+    uint8_t alias_other[3 * QKD_SIM_MAX_TYPES];
     double cum_prior[QKD_SIM_MAX_TYPES];
     double gap_weight[QKD_SIM_CLASSES];       /* class distribution of slots without a click */
     double click_prob;                        /* P */

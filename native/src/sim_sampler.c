@@ -80,6 +80,18 @@ static int pick(const double *cumulative, int n, double u)
     return lo;
 }
 
+/* Type and outcome of a detected slot from the high 53 bits of `bits` through the alias table: the
+ * integer part of u * K picks the column, the fraction decides between it and its alias. */
+static inline int pick_alias(const qkd_sim_table *t, uint64_t bits)
+{
+    int k = 3 * t->n;
+    double x = (double)(bits >> 11) * 0x1.0p-53 * k;
+    int column = (int)x;
+    if (column >= k)
+        column = k - 1;
+    return x - column < t->alias_keep[column] ? column : t->alias_other[column];
+}
+
 /* Binomial(n, p) for the pulse totals of slots without a click. Exact (sum of geometric gaps, cost
  * O(n min(p, 1-p))) while n min(p, 1-p) <= 1000; beyond that the normal approximation with continuity
  * rounding, whose distribution error is O(1/sqrt(n p (1-p))) < 3 % of one standard deviation of a count
@@ -226,7 +238,7 @@ int qkd_sim_run(qkd_sim *sim, uint64_t n_slots, const qkd_sim_records *out, size
         /* one uniform picks type and outcome together (high 53 bits); the low bits give Alice's bit
          * and the random bit of a double click */
         uint64_t bits = qkd_chacha_u64(&sim->record_rng);
-        int joint = pick(t->cum_posterior, 3 * t->n, qkd_unit_from_u64(bits));
+        int joint = pick_alias(t, bits);
         const qkd_sim_type *ty = &t->type[joint / 3];
         uint8_t alice_bit = (uint8_t)(bits & 1u);
         uint8_t outcome;

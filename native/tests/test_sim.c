@@ -260,9 +260,34 @@ static void test_attacks_keep_the_signal_gain(void)
     free(sim);
 }
 
+static void test_alias_table_equals_posterior(void)
+{
+    int attacks[] = {QKD_SIM_ATTACK_NONE, QKD_SIM_ATTACK_INTERCEPT_RESEND, QKD_SIM_ATTACK_PNS, QKD_SIM_ATTACK_BLINDING};
+    for (int a = 0; a < 4; a++) {
+        qkd_sim_params p = gys_params(30);
+        p.attack = attacks[a];
+        p.attack_fraction = 0.3;
+        qkd_sim_table t;
+        CHECK_EQ(qkd_sim_build_table(&p, &t), QKD_OK);
+        int k = 3 * t.n;
+        double mass[3 * QKD_SIM_MAX_TYPES] = {0};
+        for (int j = 0; j < k; j++) {
+            CHECK(t.alias_keep[j] >= 0 && t.alias_keep[j] <= 1 + 1e-12 && t.alias_other[j] < k);
+            mass[j] += t.alias_keep[j] / k;
+            mass[t.alias_other[j]] += (1 - t.alias_keep[j]) / k;
+        }
+        double previous = 0;
+        for (int j = 0; j < k; j++) {
+            CHECK(fabs(mass[j] - (t.cum_posterior[j] - previous)) < 1e-12);
+            previous = t.cum_posterior[j];
+        }
+    }
+}
+
 int main(void)
 {
     test_chacha_rfc8439_block();
+    test_alias_table_equals_posterior();
     test_gain_matches_closed_form();
     test_intercept_resend_qber();
     test_reproducible_and_chunk_independent();
