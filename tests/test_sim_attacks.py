@@ -1,7 +1,7 @@
 """Attacks of the literature on the simulated link, judged by the protocol engines.
 
 Intercept-resend on a fraction p of pulses adds p/4 to the QBER (Gisin, Ribordy, Tittel, Zbinden,
-RMP 74, 145 (2002), Sec. II.C); photon-number splitting (Brassard, Lutkenhaus, Mor, Sanders, PRL 85, 1330
+RMP 74, 145 (2002)); photon-number splitting (Brassard, Lutkenhaus, Mor, Sanders, PRL 85, 1330
 (2000)) keeps the signal gain and QBER but starves the weaker decoy pulses (Hwang, PRL 91, 057901 (2003));
 detector blinding (Lydersen et al., Nature Photonics 4, 686 (2010)) is invisible in gain and QBER and
 caught only by the receiver's photocurrent monitor.

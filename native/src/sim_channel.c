@@ -23,9 +23,9 @@ static joint joint_independent(double click_same, double click_other)
 
 /* Phase-randomised coherent light with mean photon numbers m_same, m_other at the two detectors (a
  * beam-split coherent state is a product of coherent states, so the detectors click independently):
- * P(click) = 1 - (1 - p_dark) exp(-m). Lo, Ma, Chen, PRL 94, 230504 (2005); Ma, Qi, Zhao, Lo,
- * PRA 72, 012326 (2005), Eqs. (1)-(3): summed over both detectors, Q = 1 - (1 - Y0) exp(-eta mu) with
- * Y0 = 1 - (1 - p_dark)^2. */
+ * P(click) = 1 - (1 - p_dark) exp(-m). Summed over both detectors this is the gain of the channel model
+ * of Lo, Ma, Chen, PRL 94, 230504 (2005) and Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005),
+ * Q = 1 - (1 - Y0) exp(-eta mu) with Y0 = 1 - (1 - p_dark)^2. */
 static joint joint_coherent(double m_same, double m_other, double p_dark)
 {
     return joint_independent(1 - (1 - p_dark) * exp(-m_same), 1 - (1 - p_dark) * exp(-m_other));
@@ -117,7 +117,7 @@ int qkd_sim_check_params(const qkd_sim_params *p)
  * photons, all prepared in her result, into the fiber. Bob's photon-number statistics (hence every gain)
  * are unchanged; the Poisson mixture of resent Fock states again gives independent detectors. With
  * matching bases, e != a gives a random result: QBER = p/4 for fraction p (Bennett, Brassard, Ekert,
- * Sci. Am. 267, 50 (1992); Gisin et al., RMP 74, 145 (2002), Sec. II.C). */
+ * Sci. Am. 267, 50 (1992); Gisin, Ribordy, Tittel, Zbinden, RMP 74, 145 (2002)). */
 static joint joint_intercept_resend(double mean_at_bob, int alice_basis, int bob_basis, double e_mis, double p_dark)
 {
     joint acc = {0, 0, 0, 0};

@@ -119,7 +119,7 @@ static void test_gain_matches_closed_form(void)
         CHECK_EQ(total, 20000000ull);
         double eta = pow(10, -0.021 * distances[d]) * 0.045, y0 = 1 - (1 - 1e-5) * (1 - 1e-5);
         for (int k = 0; k < 3; k++) {
-            /* Ma, Qi, Zhao, Lo 2005, Eq. (1): Q = 1 - (1 - Y0) exp(-eta mu) */
+            /* gain of Lo, Ma, Chen 2005 / Ma, Qi, Zhao, Lo 2005: Q = 1 - (1 - Y0) exp(-eta mu) */
             double gain = 1 - (1 - y0) * exp(-eta * p.intensity[k]);
             CHECK(within_sigma((double)r.clicks[k], (double)r.pulses[k], gain, 5));
             CHECK(within_sigma((double)r.pulses[k], 2e7, p.class_prob[k], 5));
