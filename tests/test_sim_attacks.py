@@ -88,5 +88,7 @@ def test_attack_and_drift_switch_at_run_time():
     sim.drift = Drift(misalignment=0.04)
     assert abs(qber_of_next(10 ** 8) - 0.04) < 0.005
     before = sim.expected()["click_prob"]
-    sim.drift = Drift(extra_loss_db=3.0)
+    sim.drift = Drift(extra_loss_db=3.0, misalignment=0.04)
     assert abs(sim.expected()["click_prob"] / before - 10 ** -0.3) < 0.01
+    assert sim.realign() == Drift(extra_loss_db=3.0)
+    assert qber_of_next(10 ** 8) < 0.005
