@@ -37,6 +37,9 @@
 #define QKD_SIM_BB84 0
 #define QKD_SIM_E91 1
 
+#define QKD_SIM_PAIRS_THERMAL 0   /* single-mode SPDC: two-mode squeezed vacuum */
+#define QKD_SIM_PAIRS_POISSON 1   /* many modes per gate: independent pairs */
+
 #define QKD_SIM_ATTACK_NONE 0
 #define QKD_SIM_ATTACK_INTERCEPT_RESEND 1
 #define QKD_SIM_ATTACK_PNS 2
@@ -60,6 +63,7 @@ typedef struct qkd_sim_params {
     double bob_z_prob;
     /* source, E91: SPDC polarisation-entangled pairs, thermal statistics */
     double pair_mean;              /* mean pair number per slot (mu = 2 lambda) */
+    int pair_statistics;           /* QKD_SIM_PAIRS_THERMAL or QKD_SIM_PAIRS_POISSON */
     double source_position_km;     /* distance of the source from Alice along the fiber */
     double e91_alice_prob[2];      /* probabilities of A0 (0 deg), A1 (45 deg) */
     double e91_bob_prob[4];        /* probabilities of B0 (22.5), B1 (-22.5), B2 (0), B3 (45 deg) */

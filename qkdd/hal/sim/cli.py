@@ -71,6 +71,8 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--extra-loss-db", type=float, default=0.0, help="loss drift, dB")
     run.add_argument("--misalignment-drift", type=float, default=0.0, help="added to --e-det")
     run.add_argument("--pair-mean", type=float, default=d.pair_mean, help="E91: mean pairs per slot")
+    run.add_argument("--pair-statistics", choices=("thermal", "poisson"), default=d.pair_statistics,
+                     help="E91: thermal (single-mode SPDC) or Poisson (many modes) pair numbers")
     run.add_argument("--source-km", type=float, default=None, help="E91: source distance from Alice (midpoint)")
     run.add_argument("--device-independent", action="store_true", help="E91: Acin et al. DI key length")
     run.add_argument("--f-ec", type=float, default=1.16)
@@ -97,7 +99,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         detector_efficiency=args.eta_bob, dark_count_prob=args.dark_count, misalignment=args.e_det,
         afterpulse_prob=args.afterpulse, clock_hz=args.clock_hz, decoy=args.decoy, mu_signal=args.mu,
         mu_decoy=args.nu, mu_vacuum=args.mu_vacuum, p_signal=args.p_signal, p_decoy=args.p_decoy, q_x=args.q_x,
-        pair_mean=args.pair_mean, source_position_km=args.source_km)
+        pair_mean=args.pair_mean, pair_statistics=args.pair_statistics, source_position_km=args.source_km)
     attack = Attack.parse(args.attack)
     if attack.kind == "blinding":
         attack = Attack("blinding", blinding_power_w=args.blinding_power_w)

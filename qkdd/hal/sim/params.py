@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 ATTACK_KINDS = ("none", "intercept-resend", "pns", "blinding")
 PROTOCOLS = ("bb84", "e91")
 DECOY_MODES = ("vacuum-weak", "none")
+PAIR_STATISTICS = ("thermal", "poisson")
 
 
 def _number(name: str, value: object) -> float:
@@ -97,6 +98,7 @@ class SimParams:
     q_x: float = 0.9                         # probability of the key basis X, for Alice and Bob
     # E91 source
     pair_mean: float = 0.01                  # mean pair number per slot (2 lambda)
+    pair_statistics: str = "thermal"         # thermal: single-mode SPDC; poisson: many modes per gate
     source_position_km: float | None = None  # from Alice; None: midpoint
     e91_alice_prob: tuple[float, float] = (0.5, 0.5)
     e91_bob_prob: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
@@ -129,6 +131,9 @@ class SimParams:
                 raise ValueError(f"p_signal, p_decoy: need p_signal > 0, p_decoy > 0 and p_signal + p_decoy < 1, "
                                  f"got {self.p_signal!r}, {self.p_decoy!r}")
         if self.protocol == "e91":
+            if self.pair_statistics not in PAIR_STATISTICS:
+                raise ValueError(f"pair_statistics: must be one of {', '.join(PAIR_STATISTICS)}, "
+                                 f"got {self.pair_statistics!r}")
             if not 0 < _number("pair_mean", self.pair_mean) <= 10:
                 raise ValueError(f"pair_mean: must be in (0, 10], got {self.pair_mean!r}")
             if self.source_position_km is not None:
@@ -164,6 +169,7 @@ class SimParams:
         return {
             "protocol": self.protocol, "intensity": self.intensities, "class_prob": self.class_probabilities,
             "alice_z_prob": z_prob, "bob_z_prob": z_prob, "pair_mean": self.pair_mean,
+            "pair_statistics": self.pair_statistics,
             "source_position_km": source, "e91_alice_prob": self.e91_alice_prob,
             "e91_bob_prob": self.e91_bob_prob, "fiber_loss_db_per_km": self.fiber_loss_db_per_km,
             "distance_km": self.distance_km, "detector_efficiency": self.detector_efficiency,
