@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qkdd import pki_cli
 from qkdd.hal.sim import cli as sim_cli
 from qkdd.protocols import cli as protocols_cli
 
@@ -15,9 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("sim", help="QKD simulator: analytic key rates and Monte Carlo runs")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     # Command groups register here, one line each:
+    pki_cli.register(commands)
     protocols_cli.register(sim_commands)
     sim_cli.register(sim_commands)
-    del sim_commands  # (until the first sim command registers)
     return parser
 
 
