@@ -77,6 +77,12 @@ def test_handler_http_error_401_keeps_its_headers(server):
     assert httpx.get(server.url("/private"), headers={"authorization": "Bearer let-me-in"}).json() == {"ok": True}
 
 
+def test_http_error_raised_inside_a_handler_nursery_keeps_its_status(server):
+    response = httpx.get(server.url("/nursery-error"))
+    _assert_error(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
 def test_handler_exception_is_500_without_internals(server, caplog):
     with caplog.at_level(logging.ERROR, logger="qkdd.http"):
         response = httpx.get(server.url("/boom"))

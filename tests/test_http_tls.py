@@ -190,3 +190,17 @@ def test_excess_tls_connection_is_closed_at_once(http_server, dev_pki):
         assert time.monotonic() - started < 1.0
         held.sendall(GET_WHOAMI)
         assert read_response(held).json["peer_cert"]["common_name"] == "sae-a"
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_tls_below_1_2_is_refused(http_server, dev_pki):
+    server = http_server(make_router(), tls=_tls(dev_pki, "none"))
+    context = _client_context(dev_pki)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")     # let the client offer TLS 1.1 at all
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        _tls_connect(server, context)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with _tls_connect(server, context) as tls:
+        assert tls.version() == "TLSv1.2"

@@ -271,7 +271,10 @@ class HTTPConnection:
                 response = await handler(request)
         except HTTPError:
             raise
-        except Exception:
+        except Exception as exc:
+            client_error = _only_http_error(exc)
+            if client_error is not None:
+                raise client_error from None
             # The traceback stays in the server log; the client learns nothing about internals.
             self._log.exception("%s handler for %s %s failed (request id %s)", self._context.name,
                                 request.method, request.raw_path, request.request_id)
@@ -346,3 +349,19 @@ class HTTPConnection:
                    "http_path": exchange.raw_path, "http_status": status, "duration_ms": duration_ms,
                    "client_addr": self.client_text, "listener": self._context.name})
 
+
+def _only_http_error(exc: Exception) -> HTTPError | None:
+    """The HTTPError a handler raised from inside a nursery (an ExceptionGroup of nothing but HTTPErrors)."""
+    if not isinstance(exc, ExceptionGroup):
+        return None
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    if leaves and all(isinstance(leaf, HTTPError) for leaf in leaves):
+        return leaves[-1]
+    return None
