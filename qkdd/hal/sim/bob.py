@@ -148,6 +148,12 @@ class SimBobDevice(Device):
                 await trio.sleep(self._backoff.next_delay_s())
                 log.info("sim: handshake with Alice's device failed", extra={"reason": str(exc)})
                 continue
+            except wire.WireError as exc:
+                self._last_error = str(exc)
+                log.error("sim: bad hello on the quantum channel", extra={"reason": str(exc)})
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                raise
             except BaseException:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()

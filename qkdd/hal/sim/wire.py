@@ -175,6 +175,10 @@ class Receiver:
             return max(1, HEADER.size - len(self._buffer))
         return max(1, self._header[1] - len(self._buffer))
 
+    def bytes_buffered(self) -> int:
+        """Bytes of a message received but not yet consumed (header included)."""
+        return len(self._buffer) + (HEADER.size if self._header is not None else 0)
+
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
