@@ -47,7 +47,7 @@ async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle
     started = receiver.bytes_buffered() > 0
     with trio.move_on_after(message_timeout_s if started else idle_timeout_s) as scope:
         while (message := receiver.next_message()) is None:
-            data = await stream.receive_some(max(RECEIVE_BYTES, min(receiver.bytes_wanted(), 1 << 24)))
+            data = await stream.receive_some(max(RECEIVE_BYTES, min(receiver.bytes_wanted(), 1 << 20)))
             if not data:
                 if started:
                     raise wire.WireError(f"quantum channel: connection closed mid-message "
@@ -69,7 +69,7 @@ class SimAliceDevice(Device):
                  frame_slots: int = 1 << 28, max_detections: int = 1 << 22, realtime: bool = True,
                  seed: int | bytes | None = None, attack: Attack | None = None, drift: Drift | None = None,
                  temperature_c: float = 22.0, first_frame_id: int | None = None,
-                 hello_timeout_s: float = 5.0, ack_timeout_s: float = 60.0):
+                 hello_timeout_s: float = 5.0, ack_timeout_s: float = 60.0, prefetch: bool = True):
         if params.protocol not in wire.PROTOCOL_CODES:
             raise DeviceError(f"sim: protocol {params.protocol!r} is not simulated (bb84 or e91)")
         if not 1 <= frame_slots <= wire.Receiver("bob").max_slots:
@@ -81,6 +81,8 @@ class SimAliceDevice(Device):
         self.max_detections = int(max_detections)
         self.hello_timeout_s = hello_timeout_s
         self.ack_timeout_s = ack_timeout_s
+        self.prefetch = prefetch
+        self._prefetched: tuple[Frame, tuple[Attack, Drift, int]] | None = None
         self.temperature_base_c = temperature_c
         self._simulator = Simulator(params, seed=seed, attack=attack, drift=drift)
         self._attack = self._simulator.attack
@@ -190,36 +192,63 @@ class SimAliceDevice(Device):
     # ---- frames -------------------------------------------------------------------------------
 
     async def next_frame(self) -> RawFrame:
-        """Alice's part of the next frame Bob's device acknowledged (waits for Bob when none is connected)."""
+        """Alice's part of the next frame Bob's device acknowledged (waits for Bob when none is connected).
+
+        While frame N is handed over, frame N+1 is simulated in a worker thread (`prefetch`); it is used
+        only if no control (attack, drift, realignment) changed meanwhile, else simulated afresh."""
         async with self._lock:
             while True:
                 stream = await self._connection()
-                self._apply_controls()
-                frame = await trio.to_thread.run_sync(self._simulator.run, self.frame_slots, self.max_detections)
+                frame, controls = await self._take_frame()
                 frame_id = self._next_frame_id
                 self._next_frame_id += 1
+                self._calibration_seq = controls[2]
                 await trio.sleep_until(self._pacer.frame_done_s(frame.slots, trio.current_time()))
                 message = self._message(frame, frame_id)
                 try:
-                    await self._hand_over(stream, message)
-                except (ConnectionLost, wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError,
-                        OSError) as exc:
-                    self.stats["frames_dropped"] += 1
-                    log.warning("sim: receiver connection lost; frame dropped",
-                                extra={"frame_id": frame_id, "reason": str(exc)})
-                    await self._drop_connection()
-                    continue
+                    async with trio.open_nursery() as nursery:
+                        if self.prefetch:
+                            nursery.start_soon(self._prefetch)
+                        error = await self._try_hand_over(stream, message)
                 except BaseException:
                     await self._drop_connection()     # cancelled mid-frame: the stream is out of step
                     raise
+                if error is not None:
+                    self.stats["frames_dropped"] += 1
+                    log.warning("sim: receiver connection lost; frame dropped",
+                                extra={"frame_id": frame_id, "reason": str(error)})
+                    await self._drop_connection()
+                    continue
                 return self._account(frame, frame_id, message)
 
-    def _apply_controls(self) -> None:
-        if self._simulator.attack != self._attack:
-            self._simulator.attack = self._attack
-        if self._simulator.drift != self._drift:
-            self._simulator.drift = self._drift
-        self._calibration_seq = self._pending_calibration_seq
+    def _controls(self) -> tuple[Attack, Drift, int]:
+        return (self._attack, self._drift, self._pending_calibration_seq)
+
+    async def _generate(self) -> tuple[Frame, tuple[Attack, Drift, int]]:
+        controls = self._controls()
+        if self._simulator.attack != controls[0]:
+            self._simulator.attack = controls[0]
+        if self._simulator.drift != controls[1]:
+            self._simulator.drift = controls[1]
+        frame = await trio.to_thread.run_sync(self._simulator.run, self.frame_slots, self.max_detections)
+        return frame, controls
+
+    async def _prefetch(self) -> None:
+        self._prefetched = await self._generate()
+
+    async def _take_frame(self) -> tuple[Frame, tuple[Attack, Drift, int]]:
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[1] == self._controls():
+            return prefetched
+        return await self._generate()
+
+    async def _try_hand_over(self, stream: trio.SocketStream, message: wire.FrameMessage) -> Exception | None:
+        try:
+            await self._hand_over(stream, message)
+        except (ConnectionLost, wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError,
+                OSError) as exc:
+            return exc
+        return None
 
     def _message(self, frame: Frame, frame_id: int) -> wire.FrameMessage:
         qber = ambient.frame_qber(frame)

@@ -128,16 +128,19 @@ def encode_realign(request_seq: int) -> bytes:
     return _header(REALIGN, _REALIGN.size) + _REALIGN.pack(request_seq)
 
 
-def encode_frame(frame: FrameMessage) -> list[bytes]:
+def _column_bytes(column: np.ndarray, dtype: str) -> memoryview:
+    """A column as a flat byte view (no copy when it already has the wire's layout)."""
+    return memoryview(np.ascontiguousarray(column, dtype=dtype)).cast("B")
+
+
+def encode_frame(frame: FrameMessage) -> list[bytes | memoryview]:
     """The FRAME message as a list of buffers (header, fixed part, then the three columns)."""
     n = int(frame.slots.size)
     head = _FRAME_HEAD.pack(frame.frame_id, frame.slot_count, n, frame.calibration_seq, frame.link_loss_db,
                             frame.monitor_power_w, frame.qber, frame.visibility)
     body_bytes = len(head) + n * BYTES_PER_DETECTION
-    return [_header(FRAME, body_bytes) + head,
-            np.ascontiguousarray(frame.slots, dtype="<u8").tobytes(),
-            np.ascontiguousarray(frame.bases, dtype=np.uint8).tobytes(),
-            np.ascontiguousarray(frame.outcomes, dtype=np.uint8).tobytes()]
+    return [_header(FRAME, body_bytes) + head, _column_bytes(frame.slots, "<u8"),
+            _column_bytes(frame.bases, "u1"), _column_bytes(frame.outcomes, "u1")]
 
 
 class Receiver:
@@ -192,8 +195,11 @@ class Receiver:
         kind, body_bytes = self._header
         if len(self._buffer) < body_bytes:
             return None
-        body = bytes(self._buffer[:body_bytes])
-        del self._buffer[:body_bytes]
+        if len(self._buffer) == body_bytes:          # the usual case for a large frame: no copy
+            body, self._buffer = self._buffer, bytearray()
+        else:
+            body = self._buffer[:body_bytes]
+            del self._buffer[:body_bytes]
         self._header = None
         message = self._parse(kind, body)
         self.state = TRANSITIONS[(self.role, self.state)][kind]
@@ -218,7 +224,7 @@ class Receiver:
                             f"({'must be' if exact else 'cap'} {cap})")
         return kind, body_bytes
 
-    def _parse(self, kind: int, body: bytes) -> Message:
+    def _parse(self, kind: int, body: bytearray) -> Message:
         if kind == ALICE_HELLO:
             code, clock_hz, max_slots = _ALICE_HELLO.unpack(body)
             protocol = next((name for name, c in PROTOCOL_CODES.items() if c == code), None)
@@ -236,7 +242,7 @@ class Receiver:
             return Realign(_REALIGN.unpack(body)[0])
         return self._parse_frame(body)
 
-    def _parse_frame(self, body: bytes) -> FrameMessage:
+    def _parse_frame(self, body: bytearray) -> FrameMessage:
         (frame_id, slot_count, n, calibration_seq, loss_db, power_w, qber,
          visibility) = _FRAME_HEAD.unpack_from(body)
         where = f"quantum channel: frame {frame_id}"
@@ -258,7 +264,8 @@ class Receiver:
         if not (math.isnan(visibility) or -1.0 <= visibility <= 1.0):
             raise WireError(f"{where}: visibility must be in [-1, 1] or NaN, got {visibility!r}")
         offset = _FRAME_HEAD.size
-        slots = np.frombuffer(body, dtype="<u8", count=n, offset=offset).astype(np.uint64)
+        slots = np.frombuffer(body, dtype="<u8", count=n, offset=offset).astype(np.uint64)   # copies: the
+        # columns must not pin the receive buffer
         bases = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 8 * n).copy()
         outcomes = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 9 * n).copy()
         if n:
