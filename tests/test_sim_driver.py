@@ -397,3 +397,44 @@ def test_default_system_yields_finite_key_at_25_km_where_gys_yields_none():
                                    eps_cor=1e-15, f_ec=1.16)
     assert gys_result.key_length_bits == 0
     assert math.isfinite(tally.error_rate("X", 0)) and tally.error_rate("X", 0) < 0.02
+
+
+def test_alice_refuses_a_stray_connection_and_serves_the_real_receiver():
+    async def main():
+        alice = make_alice(hello_timeout_s=0.5)
+        await alice.init()
+        stray = await trio.open_tcp_stream(*alice.address)
+        await stray.send_all(b"GET / HTTP/1.1\r\n\r\n")
+        silent = await trio.open_tcp_stream(*alice.address)          # says nothing: hello timeout
+        bob = make_bob(alice)
+        try:
+            a, b = await one_pair(alice, bob)
+        finally:
+            await stray.aclose()
+            await silent.aclose()
+            await bob.close()
+            await alice.close()
+        assert a.frame_id == b.frame_id == 1000 and alice.stats["connections"] == 1
+
+    run(main)
+
+
+def test_e91_pair_carries_bob_analyser_codes_and_visibility_from_chsh():
+    async def main():
+        params = SimConfig(distance_km=10, pair_mean=0.05).params("e91")
+        alice = make_alice(params=params, frame_slots=20_000_000)
+        await alice.init()
+        host, port = alice.address
+        bob = SimBobDevice(host=host, port=port, protocol="e91")
+        try:
+            a, b = await one_pair(alice, bob)
+        finally:
+            await bob.close()
+            await alice.close()
+        assert a.frame_id == b.frame_id and np.array_equal(a.alice.slots, b.bob.slots)
+        assert set(np.unique(a.alice.bases)) <= {0, 1} and set(np.unique(b.bob.bases)) == {0, 1, 2, 3}
+        status = await bob.channel_status()
+        # Werner state: S = 2 sqrt(2) V (qkdd.protocols.e91); multi-pair emission lowers V below 1
+        assert 0.7 < status.visibility < 1.0
+
+    run(main)
