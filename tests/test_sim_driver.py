@@ -438,3 +438,31 @@ def test_e91_pair_carries_bob_analyser_codes_and_visibility_from_chsh():
         assert 0.7 < status.visibility < 1.0
 
     run(main)
+
+
+def test_close_ends_a_waiting_next_frame_with_a_device_error():
+    async def main():
+        alice = make_alice()
+        await alice.init()
+        host, port = alice.address
+        errors = []
+
+        async def wait_for_frame(device):
+            try:
+                await device.next_frame()
+            except DeviceError as exc:
+                errors.append(str(exc))
+
+        with trio.fail_after(TIMEOUT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_for_frame, alice)          # no Bob: waits in accept
+                await trio.sleep(0.05)
+                await alice.close()
+            bob = SimBobDevice(host=host, port=port, backoff_initial_s=0.01, backoff_max_s=0.02)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait_for_frame, bob)            # no Alice: retries with backoff
+                await trio.sleep(0.05)
+                await bob.close()
+        assert errors == ["sim: device closed", "sim: device closed"]
+
+    run(main)

@@ -296,7 +296,10 @@ class SimAliceDevice(Device):
         if self._listener is None:
             raise DeviceError("sim: device not initialised (call init())")
         while self._stream is None:
-            stream = await self._listener.accept()
+            try:
+                stream = await self._listener.accept()
+            except trio.ClosedResourceError:
+                raise DeviceError("sim: device closed") from None
             self._receiver.reset()
             try:
                 hello = await read_message(stream, self._receiver, idle_timeout_s=self.hello_timeout_s,

@@ -46,6 +46,7 @@ class SimBobDevice(Device):
         self._receiver = wire.Receiver("bob", protocol=protocol, max_detections=max_detections)
         self._stream: trio.SocketStream | None = None
         self._hello: wire.AliceHello | None = None
+        self._closed = False
         self._lock = trio.Lock()
         self._send_lock = trio.Lock()
         self._started_s = time.monotonic()
@@ -61,8 +62,10 @@ class SimBobDevice(Device):
 
     async def init(self) -> None:
         """Nothing to open yet: the first next_frame() connects (Alice's device may start later)."""
+        self._closed = False
 
     async def close(self) -> None:
+        self._closed = True
         await self._drop_connection()
 
     def set_monitor(self, enabled: bool, threshold_w: float | None = None) -> None:
@@ -129,6 +132,8 @@ class SimBobDevice(Device):
 
     async def _connection(self) -> trio.SocketStream:
         while self._stream is None:
+            if self._closed:
+                raise DeviceError("sim: device closed")
             try:
                 with trio.fail_after(self.connect_timeout_s):
                     stream = await trio.open_tcp_stream(self.host, self.port)
