@@ -72,7 +72,7 @@ class SimAliceDevice(Device):
                  hello_timeout_s: float = 5.0, ack_timeout_s: float = 60.0, prefetch: bool = True):
         if params.protocol not in wire.PROTOCOL_CODES:
             raise DeviceError(f"sim: protocol {params.protocol!r} is not simulated (bb84 or e91)")
-        if not 1 <= frame_slots <= wire.Receiver("bob").max_slots:
+        if not 1 <= frame_slots <= wire.MAX_SLOTS:
             raise DeviceError(f"sim: frame_slots must be in [1, 2^40], got {frame_slots}")
         self.params = params
         self.listen_host = listen_host
@@ -306,7 +306,7 @@ class SimAliceDevice(Device):
                                            message_timeout_s=self.hello_timeout_s)
                 assert isinstance(hello, wire.BobHello)
                 await stream.send_all(wire.encode_alice_hello(wire.AliceHello(
-                    self.params.protocol, self.params.clock_hz, wire.Receiver("bob").max_slots)))
+                    self.params.protocol, self.params.clock_hz, wire.MAX_SLOTS)))
             except (ConnectionLost, wire.WireError, trio.BrokenResourceError, OSError) as exc:
                 log.warning("sim: refused a receiver connection", extra={"reason": str(exc)})
                 await stream.aclose()

@@ -28,7 +28,7 @@ MODERN_SYSTEM = dict(fiber_loss_db_per_km=0.2, detector_efficiency=0.1, dark_cou
 OPTIMISED_SOURCE = dict(mu_signal=0.43, mu_decoy=0.20, mu_vacuum=0.0, p_signal=0.20, p_decoy=0.55, q_x=0.78)
 DEFAULT_FRAME_SLOTS = 1 << 28
 DEFAULT_MAX_DETECTIONS = 1 << 22
-MAX_FRAME_SLOTS = 1 << 40
+MAX_FRAME_SLOTS = 1 << 40                # qkdd.hal.sim.wire.MAX_SLOTS
 DEFAULT_DEVICE_ADDR = "127.0.0.1:7081"
 DEFAULT_MONITOR_THRESHOLD_W = 1e-9      # as qkdd.hal.sim.montecarlo.MONITOR_THRESHOLD_W
 

@@ -58,6 +58,7 @@ _FRAME_HEAD = struct.Struct("<QQIIdddd")
 _ACK = struct.Struct("<Q")
 _REALIGN = struct.Struct("<I")
 BYTES_PER_DETECTION = 10                 # slot u64 + basis u8 + outcome u8
+MAX_SLOTS = 1 << 40                      # largest frame in pulse slots (18 min at 1 GHz)
 
 HELLO, FRAMES, RUNNING = "HELLO", "FRAMES", "RUNNING"
 TRANSITIONS = {("bob", HELLO): {ALICE_HELLO: FRAMES}, ("bob", FRAMES): {FRAME: FRAMES},
@@ -151,7 +152,7 @@ class Receiver:
     """
 
     def __init__(self, role: str, *, protocol: str = "bb84", max_detections: int = 1 << 22,
-                 max_slots: int = 1 << 40):
+                 max_slots: int = MAX_SLOTS):
         if role not in ("alice", "bob"):
             raise ValueError(f"role: alice or bob, got {role!r}")
         self.role = role
