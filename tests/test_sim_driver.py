@@ -466,3 +466,70 @@ def test_close_ends_a_waiting_next_frame_with_a_device_error():
         assert errors == ["sim: device closed", "sim: device closed"]
 
     run(main)
+
+
+def test_bob_process_killed_and_restarted_resumes_with_later_frame_ids():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    helper = os.path.join(os.path.dirname(__file__), "sim_bob_process.py")
+
+    async def read_lines(process, into, count):
+        buffer = b""
+        while len(into) < count:
+            chunk = await process.stdout.receive_some(4096)
+            if not chunk:
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            into.extend(tuple(int(x) for x in line.split()) for line in lines)
+
+    async def main():
+        alice = make_alice()
+        await alice.init()
+        host, port = alice.address
+        yielded = []
+        seen = [[], []]
+        try:
+            for generation in range(2):
+                process = await trio.lowlevel.open_process([sys.executable, helper, host, str(port)],
+                                                           stdout=subprocess.PIPE)
+                with trio.fail_after(TIMEOUT_S):
+                    for _ in range(3):
+                        yielded.append((generation, (await alice.next_frame()).frame_id))
+                    await read_lines(process, seen[generation], 3)
+                os.kill(process.pid, signal.SIGKILL)            # Bob's daemon dies without a word
+                await process.wait()
+                await process.stdout.aclose()
+        finally:
+            await alice.close()
+        first = [frame_id for g, frame_id in yielded if g == 0]
+        second = [frame_id for g, frame_id in yielded if g == 1]
+        assert [frame_id for frame_id, _ in seen[0][:3]] == first
+        assert [frame_id for frame_id, _ in seen[1][:3]] == second
+        assert min(second) > max(first)
+        assert alice.stats["connections"] == 2
+
+    run(main)
+
+
+def test_alice_restart_keeps_frame_ids_increasing_at_bob():
+    async def main():
+        first = make_alice(first_frame_id=None)              # ids from the wall clock in microseconds
+        await first.init()
+        host, port = first.address
+        bob = SimBobDevice(host=host, port=port, backoff_initial_s=0.01, backoff_max_s=0.05)
+        try:
+            before, _ = await one_pair(first, bob)
+            await first.close()
+            second = make_alice(first_frame_id=None, listen_port=port, seed=8)
+            await second.init()
+            after, after_bob = await one_pair(second, bob)
+            await second.close()
+        finally:
+            await bob.close()
+        assert after.frame_id == after_bob.frame_id > before.frame_id
+
+    run(main)
