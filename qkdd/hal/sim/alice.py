@@ -27,41 +27,10 @@ from qkdd.hal.sim.pacing import Pacer
 from qkdd.hal.sim.params import Attack, Drift, SimParams
 from qkdd.hal.sim.records import Frame
 from qkdd.hal.sim.simulator import Simulator
+from qkdd.hal.sim.stream import ConnectionLost, read_message
 from qkdd.protocols.bb84_finite import DecoySettings
 
 log = logging.getLogger("qkdd.hal.sim")
-
-RECEIVE_BYTES = 1 << 16
-
-
-class ConnectionLost(Exception):
-    """The quantum-channel connection ended or stalled; the device reconnects."""
-
-
-async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle_timeout_s: float,
-                       message_timeout_s: float) -> wire.Message:
-    """The next message: its first byte within idle_timeout_s, the rest within message_timeout_s.
-
-    A connection that ends or idles between messages is ConnectionLost (reconnect quietly); one that ends
-    or stalls in the middle of a message is a WireError (truncated data is reported)."""
-    started = receiver.bytes_buffered() > 0
-    with trio.move_on_after(message_timeout_s if started else idle_timeout_s) as scope:
-        while (message := receiver.next_message()) is None:
-            data = await stream.receive_some(max(RECEIVE_BYTES, min(receiver.bytes_wanted(), 1 << 20)))
-            if not data:
-                if started:
-                    raise wire.WireError(f"quantum channel: connection closed mid-message "
-                                         f"(truncated after {receiver.bytes_buffered()} bytes)")
-                raise ConnectionLost("the other end closed the connection")
-            if not started:
-                started = True
-                scope.deadline = trio.current_time() + message_timeout_s
-            receiver.receive_data(data)
-        return message
-    if started:
-        raise wire.WireError(f"quantum channel: message stalled for {message_timeout_s:g} s "
-                             f"after {receiver.bytes_buffered()} bytes")
-    raise ConnectionLost(f"no message for {idle_timeout_s:g} s")
 
 
 class SimAliceDevice(Device):

@@ -18,8 +18,8 @@ import trio
 
 from qkdd.hal.base import BobDetections, ChannelMetrics, Device, DeviceError, DeviceHealth, RawFrame
 from qkdd.hal.sim import ambient, wire
-from qkdd.hal.sim.alice import ConnectionLost, read_message
 from qkdd.hal.sim.settings import DEFAULT_MONITOR_THRESHOLD_W
+from qkdd.hal.sim.stream import ConnectionLost, read_message
 from qkdd.peer.backoff import Backoff
 
 log = logging.getLogger("qkdd.hal.sim")
