@@ -533,3 +533,31 @@ def test_alice_restart_keeps_frame_ids_increasing_at_bob():
         assert after.frame_id == after_bob.frame_id > before.frame_id
 
     run(main)
+
+
+def test_channel_status_takes_the_engines_qber_and_the_temperature_drifts_slowly():
+    from qkdd.hal.sim import ambient
+
+    async def main():
+        alice = make_alice()
+        await alice.init()
+        bob = make_bob(alice)
+        try:
+            await one_pair(alice, bob)
+            measured = (await alice.channel_status()).qber
+            for device in (alice, bob):
+                device.update_estimates(qber=0.042, key_rate_bps=1.5e5)
+                status = await device.channel_status()
+                assert (status.qber, status.key_rate_bps) == (0.042, 1.5e5)
+                assert status.visibility == pytest.approx(1 - 2 * 0.042)
+                assert status.uptime_s > 0 and abs(status.temperature_c - 22.0) <= ambient.TEMPERATURE_SWING_C
+        finally:
+            await bob.close()
+            await alice.close()
+        assert 0 < measured < 0.03
+        assert status.as_json()["link_loss"] == pytest.approx(5.0)
+
+    run(main)
+    samples = [ambient.temperature_c(22.0, t) for t in range(0, 7200, 60)]
+    assert max(samples) - min(samples) == pytest.approx(2 * ambient.TEMPERATURE_SWING_C, abs=0.01)
+    assert max(abs(a - b) for a, b in zip(samples, samples[1:])) < 0.06     # < 0.06 degC per minute
