@@ -123,6 +123,7 @@ class HTTPConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._log.info("%s TLS handshake from %s failed: %s", self._context.name, self.client_text,
                            handshake_failure_reason(exc))
+            await self._send_pending_alert(ssl_stream)
             return False
         finally:
             self._idle = False
@@ -140,6 +141,23 @@ class HTTPConnection:
                               self.client_text, type(exc).__name__)
             return False
         return True
+
+    async def _send_pending_alert(self, ssl_stream: trio.SSLStream) -> None:
+        """Send the TLS alert OpenSSL wrote for a failed handshake (CERTIFICATE_REQUIRED, UNKNOWN_CA...).
+
+        trio.SSLStream marks itself broken on an SSLError without flushing its outgoing buffer, so the
+        client would otherwise see end-of-stream instead of the reason. The buffer is a private attribute
+        of trio (0.35); if it moves, the client just sees end-of-stream as before.
+        """
+        outgoing = getattr(ssl_stream, "_outgoing", None)
+        if not isinstance(outgoing, ssl.MemoryBIO) or not outgoing.pending:
+            return
+        alert_bytes = outgoing.read()
+        with trio.move_on_after(CLOSE_S):
+            try:
+                await self._stream.send_all(alert_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     # -- one request/response exchange ------------------------------------------------------------
 
