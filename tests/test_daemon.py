@@ -92,7 +92,7 @@ def _raw_tls_request(address, context: ssl.SSLContext) -> bytes:
 
 def test_api_refuses_client_without_certificate(daemon, pki):
     # TLS 1.3: the client finishes its side of the handshake before the server checks for a
-    # certificate; the server then closes the connection instead of answering.
+    # certificate; the server then answers with the CERTIFICATE_REQUIRED alert instead of a response.
     assert _raw_tls_request(daemon.api_address, client_context(pki, with_certificate=False)) == b""
     daemon.wait_for("api TLS handshake from .* failed: PEER_DID_NOT_RETURN_A_CERTIFICATE", timeout_s=5)
     with httpx.Client(verify=client_context(pki, with_certificate=False), timeout=5) as client:

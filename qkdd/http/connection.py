@@ -359,13 +359,10 @@ class HTTPConnection:
 
     def _log_exchange(self, exchange: _Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - exchange.started_s) * 1000.0
-        self._log.info(
-            "%s request id=%s method=%s path=%s status=%d duration_ms=%.1f client=%s",
-            self._context.name, exchange.request_id, exchange.method, exchange.raw_path, status,
-            duration_ms, self.client_text,
-            extra={"request_id": exchange.request_id, "http_method": exchange.method,
-                   "http_path": exchange.raw_path, "http_status": status, "duration_ms": duration_ms,
-                   "client_addr": self.client_text, "listener": self._context.name})
+        self._log.info("request", extra={
+            "listener": self._context.name, "request_id": exchange.request_id, "method": exchange.method,
+            "path": exchange.raw_path, "status": status, "duration_ms": round(duration_ms, 1),
+            "client": self.client_text})
 
 
 def _only_http_error(exc: Exception) -> HTTPError | None:
