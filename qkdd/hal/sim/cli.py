@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from qkdd.hal.sim import montecarlo
 from qkdd.hal.sim.params import Attack, Drift, SimParams
+from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report
 
 PROG = "qkdctl sim run"
 MAX_PULSES = 10 ** 15
@@ -81,11 +81,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=main)
 
-    def one_line_error(message: str) -> NoReturn:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    run.error = one_line_error  # type: ignore[method-assign]
+    one_line_usage_errors(run, PROG)
 
 
 def _check_eps(name: str, value: float) -> None:
@@ -116,26 +112,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        result = report(args)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(_finite(result), sort_keys=True))
-    else:
-        print(render_text(result))
-    return 0
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    return print_report(PROG, lambda: report(args), args.json, render_text)
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -144,6 +121,6 @@ def render_text(result: dict[str, Any]) -> str:
         if isinstance(value, float):
             value = f"{value:.6g}"
         elif isinstance(value, (dict, list)):
-            value = json.dumps(_finite(value), sort_keys=True)
+            value = json.dumps(finite_or_null(value), sort_keys=True)
         lines.append(f"{key.replace('_', ' ')}: {value}")
     return "\n".join(lines)
