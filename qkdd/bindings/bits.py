@@ -46,20 +46,23 @@ def xor_into(dst: np.ndarray, src: np.ndarray) -> None:
 
 def popcount(words: np.ndarray, start: int = 0, stop: int | None = None) -> int:
     """Number of one bits in [start, stop)."""
-    as_words(words, "words")
-    stop = words.size * 64 if stop is None else stop
-    if start < 0 or stop < 0:
-        raise ValueError("start and stop must be non-negative")
+    start, stop = _bit_range(words, start, stop)
     return check(lib.qkd_bits_popcount_range(ptr("uint64_t *", words), words.size, start, stop), "popcount")
 
 
 def parity(words: np.ndarray, start: int = 0, stop: int | None = None) -> int:
     """XOR of the bits in [start, stop)."""
+    start, stop = _bit_range(words, start, stop)
+    return check(lib.qkd_bits_parity_range(ptr("uint64_t *", words), words.size, start, stop), "parity")
+
+
+def _bit_range(words: np.ndarray, start: int, stop: int | None) -> tuple[int, int]:
+    """Check `words` and resolve [start, stop) (stop defaults to every bit); the C side checks the bounds."""
     as_words(words, "words")
     stop = words.size * 64 if stop is None else stop
     if start < 0 or stop < 0:
         raise ValueError("start and stop must be non-negative")
-    return check(lib.qkd_bits_parity_range(ptr("uint64_t *", words), words.size, start, stop), "parity")
+    return start, stop
 
 
 def gather(words: np.ndarray, nbits: int, index: np.ndarray) -> np.ndarray:
