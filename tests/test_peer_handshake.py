@@ -239,3 +239,21 @@ def test_key_schedule_is_rfc5869_hkdf_sha384_over_the_hybrid_secret():
 
     assert derived[Role.INITIATOR].send_key == reference(LABEL_I_TO_R) == derived[Role.RESPONDER].receive_key
     assert derived[Role.RESPONDER].send_key == reference(LABEL_R_TO_I) == derived[Role.INITIATOR].receive_key
+
+
+@pytest.mark.parametrize("failure", ["peer-alert", "bad-confirmation"])
+def test_a_failed_handshake_holds_no_secret(failure):
+    initiator, responder = pair()
+    responder.start()
+    finish = deliver(deliver(initiator.start(), responder), initiator)   # initiator has derived its keys
+    assert initiator._keys is not None and initiator._confirm
+    if failure == "peer-alert":
+        with pytest.raises(PeerRefusedError):
+            initiator.receive(alert_frame(Alert.BAD_SIGNATURE))
+    else:
+        [confirmation] = deliver(finish, responder)
+        with pytest.raises(HandshakeError, match="key confirmation failed"):
+            initiator.receive(Frame(confirmation.type, confirmation.body[:-1] + bytes([confirmation.body[-1] ^ 1])))
+    assert initiator.state is State.FAILED and initiator.keys is None
+    assert (initiator._keys, initiator._confirm, initiator._shared, initiator._mlkem, initiator._x25519) == \
+        (None, b"", None, None, None)

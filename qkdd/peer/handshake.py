@@ -229,7 +229,7 @@ class Handshake:
             raise HandshakeError(f"handshake frame {frame.type.name} in state {self.state.value}",
                                  Alert.UNEXPECTED_MESSAGE)
         if frame.type == FrameType.ALERT:
-            self.state = State.FAILED
+            self._fail()
             raise PeerRefusedError(f"peer aborted the handshake: {alert_name(frame.body)}",
                                    Alert.INTERNAL_ERROR)
         try:
@@ -237,8 +237,7 @@ class Handshake:
             self._advance(frame.type)
             return handler(self, frame)
         except HandshakeError:
-            self.state = State.FAILED
-            self._forget_secrets()
+            self._fail()
             raise
 
     # -- internals ---------------------------------------------------------------------------------
@@ -346,7 +345,6 @@ class Handshake:
     def _on_responder_finish(self, frame: Frame) -> list[Frame]:
         (tag,) = _unpack(frame.body, (CONFIRM_BYTES,), "RESPONDER_FINISH")
         if not hmac.compare_digest(tag, self._confirm):
-            self._keys = None
             raise HandshakeError("RESPONDER_FINISH: key confirmation failed", Alert.BAD_CONFIRMATION)
         self._confirm = b""
         return []
@@ -366,6 +364,13 @@ class Handshake:
             self._keys = SessionKeys(r_to_i, i_to_r, session_id)
         self._forget_secrets()
         return confirm
+
+    def _fail(self) -> None:
+        """FAILED, holding no secret: no hybrid secret, ephemeral key, session key or confirmation tag."""
+        self.state = State.FAILED
+        self._keys = None
+        self._confirm = b""
+        self._forget_secrets()
 
     def _forget_secrets(self) -> None:
         self._shared = None
