@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
 MLDSA65_PUBLIC_KEY_BYTES = 1952
+MAX_KEY_FILE_BYTES = 64 * 1024      # PEM of an ML-DSA-65 key is a few kilobytes
 
 
 class IdentityError(ValueError):
@@ -60,11 +61,7 @@ def save_public_key(public_key: mldsa.MLDSA65PublicKey, path: str | os.PathLike,
 def load_private_key(path: str | os.PathLike) -> mldsa.MLDSA65PrivateKey:
     """Load a PEM PKCS#8 ML-DSA-65 private key; refuses files that group or others can access."""
     path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IdentityError(f"cannot read peer private key {path}: {exc.strerror}") from None
+    data, mode = _read_key_file(path, "peer private key")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(
             f"peer private key {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
@@ -85,10 +82,7 @@ def load_public_key(value: str | os.PathLike | bytes) -> mldsa.MLDSA65PublicKey:
         source = "pinned key"
     elif isinstance(value, os.PathLike) or (isinstance(value, str) and _looks_like_path(value)):
         path = Path(value)
-        try:
-            text = path.read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            raise IdentityError(f"cannot read pinned peer key {path}: {exc.strerror}") from None
+        text = _read_key_file(path, "pinned peer key")[0].decode("ascii", errors="replace")
         source = f"pinned peer key file {path}"
     else:
         text = value
@@ -113,6 +107,28 @@ def load_public_key(value: str | os.PathLike | bytes) -> mldsa.MLDSA65PublicKey:
         return mldsa.MLDSA65PublicKey.from_public_bytes(raw)
     except ValueError:
         raise IdentityError(f"{source} is not a valid ML-DSA-65 public key") from None
+
+
+def _read_key_file(path: Path, what: str) -> tuple[bytes, int]:
+    """Contents and mode of a key file. Only a regular file of at most MAX_KEY_FILE_BYTES is read: a
+    FIFO or device named by mistake would otherwise block start-up or be read without end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)   # O_NONBLOCK: opening a FIFO
+    except OSError as exc:
+        raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IdentityError(f"{what} {path} is not a regular file")
+        if info.st_size > MAX_KEY_FILE_BYTES:
+            raise IdentityError(f"{what} {path} has {info.st_size} bytes; a key file has at most "
+                                f"{MAX_KEY_FILE_BYTES}")
+        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    return data, info.st_mode
 
 
 def _looks_like_path(value: str) -> bool:
