@@ -175,3 +175,11 @@ def test_log_lines_are_single_line_logfmt():
     assert ' level=warning logger=qkdd.test msg="odd \\"value\\"\\nnext" link_id=sim-1 duration_ms=1.23457 ' \
            'exc="ValueError: boom" traceback=' in line
     assert LogfmtFormatter(journal=True).format(record).startswith("<4>level=warning ")
+
+
+def test_log_values_cannot_carry_control_characters():
+    record = logging.LogRecord("qkdd.test", logging.INFO, __file__, 1, "request", None, None)
+    record.path = "/x\x1b[31mred\x00\x85\u2028end\\"
+    line = LogfmtFormatter(journal=True).format(record)
+    assert line == '<6>level=info logger=qkdd.test msg=request path="/x\\x1b[31mred\\x00\\x85\\u2028end\\\\"'
+    assert line.isprintable()
