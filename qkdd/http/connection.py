@@ -346,14 +346,9 @@ class HTTPConnection:
 
     async def _linger(self) -> None:
         """Read and drop what the client is still sending, briefly, so it can read our response."""
-        dropped_bytes = 0
         with trio.move_on_after(LINGER_S):
             try:
-                while dropped_bytes < LINGER_BYTES:
-                    data = await self._stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        break
-                    dropped_bytes += len(data)
+                await discard_input(self._stream, LINGER_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
@@ -363,6 +358,16 @@ class HTTPConnection:
             "listener": self._context.name, "request_id": exchange.request_id, "method": exchange.method,
             "path": exchange.raw_path, "status": status, "duration_ms": round(duration_ms, 1),
             "client": self.client_text})
+
+
+async def discard_input(stream: trio.abc.ReceiveStream, max_bytes: int) -> None:
+    """Read and drop what the client is still sending, until it stops or `max_bytes` went by."""
+    dropped_bytes = 0
+    while dropped_bytes < max_bytes:
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            return
+        dropped_bytes += len(data)
 
 
 def _only_http_error(exc: Exception) -> HTTPError | None:
