@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from qkdd._native import lib
-from qkdd.bindings import as_words, check, ptr, wptr
+from qkdd.bindings import NativeRangeError, as_words, check, ptr, wptr
 
 
 def words_for_bits(nbits: int) -> int:
@@ -29,6 +29,8 @@ def unpack(words: np.ndarray, nbits: int) -> np.ndarray:
     as_words(words, "words")
     if nbits < 0:
         raise ValueError("nbits must be non-negative")
+    if nbits > words.size * 64:   # checked before the output is allocated: nbits may come from a peer
+        raise NativeRangeError(f"unpack: {nbits} bits asked of {words.size} words")
     out = np.empty(nbits, dtype=np.uint8)
     check(lib.qkd_bits_unpack(ptr("uint64_t *", words), words.size, nbits, wptr("uint8_t *", out), out.size),
           "unpack")
@@ -68,6 +70,8 @@ def _bit_range(words: np.ndarray, start: int, stop: int | None) -> tuple[int, in
 def gather(words: np.ndarray, nbits: int, index: np.ndarray) -> np.ndarray:
     """Bits of `words` at positions `index` (each < nbits), packed in index order."""
     as_words(words, "words")
+    if nbits < 0:
+        raise ValueError("nbits must be non-negative")
     index = np.ascontiguousarray(index, dtype=np.uint64)
     out = np.empty(words_for_bits(index.size), dtype=np.uint64)
     check(lib.qkd_bits_gather(ptr("uint64_t *", words), words.size, nbits, ptr("uint64_t *", index), index.size,
