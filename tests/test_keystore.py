@@ -215,3 +215,20 @@ def test_kill_9_leaves_whole_frames_and_durable_deliveries(tmp_path, kek, delay_
         with pytest.raises(KeyAlreadyDelivered):
             store.deliver("L", key_id)
     store.close()
+
+
+def test_kek_path_that_is_a_fifo_symlink_or_large_file_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "kek.fifo"
+    os.mkfifo(fifo, 0o600)                      # nobody writes to it: a blocking open would hang
+    with pytest.raises(KeyStoreError, match="is not a regular file"):
+        load_kek(str(fifo))
+    real = tmp_path / "kek"
+    create_kek(str(real))
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(KeyStoreError, match="key-encryption key"):
+        load_kek(str(tmp_path / "link"))
+    large = tmp_path / "large"
+    large.write_bytes(b"0" * 4096)
+    large.chmod(0o600)
+    with pytest.raises(KeyStoreError, match="more than the 256"):
+        load_kek(str(large))

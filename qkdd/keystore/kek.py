@@ -8,27 +8,24 @@ from __future__ import annotations
 import os
 import stat
 
+from qkdd.keyfile import KeyFileError, read_key_file
 from qkdd.keystore.model import KeyStoreError
 
 KEK_BYTES = 32
+MAX_KEK_FILE_BYTES = 256         # raw or hex KEK with a newline; anything longer is not a KEK file
 
 
 def load_kek(path: str) -> bytes:
     """Read the KEK from `path`, refusing files readable by group or others."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        raw, mode = read_key_file(path, MAX_KEK_FILE_BYTES, follow_symlinks=False)
     except OSError as exc:
         raise KeyStoreError(f"key-encryption key {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyStoreError(f"key-encryption key {path}: not a regular file")
-        if info.st_mode & 0o077:
-            raise KeyStoreError(f"key-encryption key {path}: mode {stat.S_IMODE(info.st_mode):04o} lets group or "
-                                "others read it; chmod 0600")
-        raw = os.read(fd, 256)
-    finally:
-        os.close(fd)
+    except KeyFileError as exc:
+        raise KeyStoreError(f"key-encryption key {path} {exc}") from None
+    if mode & 0o077:
+        raise KeyStoreError(f"key-encryption key {path}: mode {stat.S_IMODE(mode):04o} lets group or "
+                            "others read it; chmod 0600")
     return _decode(raw, path)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
+from qkdd.keyfile import KeyFileError, read_key_file
+
 MLDSA65_PUBLIC_KEY_BYTES = 1952
 MAX_KEY_FILE_BYTES = 64 * 1024      # PEM of an ML-DSA-65 key is a few kilobytes
 
@@ -110,25 +112,13 @@ def load_public_key(value: str | os.PathLike | bytes) -> mldsa.MLDSA65PublicKey:
 
 
 def _read_key_file(path: Path, what: str) -> tuple[bytes, int]:
-    """Contents and mode of a key file. Only a regular file of at most MAX_KEY_FILE_BYTES is read: a
-    FIFO or device named by mistake would otherwise block start-up or be read without end."""
+    """Contents and mode of a key file (a regular file of at most MAX_KEY_FILE_BYTES)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)   # O_NONBLOCK: opening a FIFO
+        return read_key_file(path, MAX_KEY_FILE_BYTES)
     except OSError as exc:
         raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise IdentityError(f"{what} {path} is not a regular file")
-        if info.st_size > MAX_KEY_FILE_BYTES:
-            raise IdentityError(f"{what} {path} has {info.st_size} bytes; a key file has at most "
-                                f"{MAX_KEY_FILE_BYTES}")
-        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    except OSError as exc:
-        raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    return data, info.st_mode
+    except KeyFileError as exc:
+        raise IdentityError(f"{what} {path} {exc}") from None
 
 
 def _looks_like_path(value: str) -> bool:
