@@ -95,6 +95,11 @@ def test_api_refuses_client_without_certificate(daemon, pki):
     # certificate; the server then answers with the CERTIFICATE_REQUIRED alert instead of a response.
     assert _raw_tls_request(daemon.api_address, client_context(pki, with_certificate=False)) == b""
     daemon.wait_for("api TLS handshake from .* failed: PEER_DID_NOT_RETURN_A_CERTIFICATE", timeout_s=5)
+    with socket.create_connection(daemon.api_address, timeout=5) as raw:
+        with client_context(pki, with_certificate=False).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /v1/links HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+                tls.recv(65536)
     with httpx.Client(verify=client_context(pki, with_certificate=False), timeout=5) as client:
         with pytest.raises(httpx.TransportError):
             client.get(f"{daemon.api_url}/v1/links")
