@@ -5,6 +5,8 @@
  *   GF2X_NAME(x)  the name of function x in this instance (e.g. x##_pclmul)
  *   GF2X_ATTR     function attributes (a target attribute for the SIMD instance, or nothing)
  *   GF2X_CLMUL    void (uint64_t a, uint64_t b, uint64_t *lo, uint64_t *hi)
+ *   GF2X_BASEMUL  optional: a faster schoolbook void (uint64_t *r, const uint64_t *a, const uint64_t *b,
+ *                 size_t n) for n <= GF2X_BASE, used instead of the generic one below
  * Polynomials are little-endian word arrays (coefficient of x^i is bit i % 64 of word i / 64).
  * The product of an n-word and an n-word polynomial has 2n words. Nothing is allocated: the caller
  * passes scratch of gf2x_kara_scratch_words(n) words (see toeplitz.c).
@@ -14,9 +16,10 @@
 #include <string.h>
 
 #ifndef GF2X_BASE
-#define GF2X_BASE 12 /* schoolbook at or below this many words; measured best on x86-64 with PCLMUL */
+#error "define GF2X_BASE (schoolbook threshold in words) before including gf2x_impl.h"
 #endif
 
+#ifndef GF2X_BASEMUL
 /* r[0, 2n) = a * b, schoolbook. */
 GF2X_ATTR static void GF2X_NAME(gf2x_base)(uint64_t *r, const uint64_t *a, const uint64_t *b, size_t n)
 {
@@ -33,6 +36,8 @@ GF2X_ATTR static void GF2X_NAME(gf2x_base)(uint64_t *r, const uint64_t *a, const
         r[i + n] ^= carry;
     }
 }
+#define GF2X_BASEMUL GF2X_NAME(gf2x_base)
+#endif
 
 /* r[0, 2n) = a * b, Karatsuba: (a0 + a1 X)(b0 + b1 X) = a0b0 + ((a0+a1)(b0+b1) + a0b0 + a1b1) X + a1b1 X^2
  * with X = x^(64h), h = ceil(n/2). Scratch: 4h words here plus what the half-size call needs. */
@@ -40,7 +45,7 @@ GF2X_ATTR static void GF2X_NAME(gf2x_kara)(uint64_t *r, const uint64_t *a, const
                                            uint64_t *scratch)
 {
     if (n <= GF2X_BASE) {
-        GF2X_NAME(gf2x_base)(r, a, b, n);
+        GF2X_BASEMUL(r, a, b, n);
         return;
     }
     size_t h = (n + 1) / 2, l = n - h;
