@@ -119,3 +119,12 @@ class Sequencer:
             wanted = "nothing" if expected_kind is None else kind_names.get(expected_kind, str(expected_kind))
             raise PeerMessageError(f"unexpected {got} in state {state}, expected {wanted}")
         self.next_seq += 1
+
+
+def encode_parts(kind: int, frame_id: int, seq: int, parts: list) -> bytes:
+    """Like encode(), with the payload given as a list of buffers (bytes, numpy arrays), copied once."""
+    views = [memoryview(p).cast("B") for p in parts]
+    length = sum(len(v) for v in views)
+    if length > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload of {length} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    return b"".join([HEADER.pack(MAGIC, VERSION, kind, 0, frame_id, seq, length), *views])
