@@ -11,6 +11,7 @@
  * at most qkd_sift_key_words(count, n_classes) words.
  * Counts: counts[g * QKD_SIFT_NCOUNTS + field], with the basis in g being Bob's for DETECTED (he knows
  * it) and the common basis for MATCHED; SENT (Alice's basis) comes from qkd_sift_sent_counts.
+ * features: qkd_cpu_features() or a subset (0 = portable code; AVX2 + BMI2 speed up the gather).
  * On a refused input, *bad_index (if not NULL) names the first offending record.
  */
 #ifndef QKD_SIFT_H
@@ -44,7 +45,7 @@ int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slot
                    size_t bob_basis_words, size_t count, unsigned n_classes, uint64_t *match, size_t match_words,
                    uint8_t *classes, size_t classes_len, uint64_t *counts, size_t counts_len, uint64_t *key,
                    size_t key_words, uint64_t *group_bits, size_t groups_len, uint8_t *scratch,
-                   size_t scratch_len, size_t *bad_index);
+                   size_t scratch_len, size_t *bad_index, uint32_t features);
 
 /* Bob: from his bases and outcomes and Alice's answer (match bits, classes) fill the DETECTED and
  * MATCHED counts and his sifted bits. QKD_EPROTO: a class >= n_classes in Alice's answer;
@@ -52,7 +53,7 @@ int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slot
 int qkd_sift_bob(const uint8_t *basis, const uint8_t *outcome, size_t count, const uint64_t *match,
                  size_t match_words, const uint8_t *classes, unsigned n_classes, uint64_t *counts,
                  size_t counts_len, uint64_t *key, size_t key_words, uint64_t *group_bits, size_t groups_len,
-                 uint8_t *scratch, size_t scratch_len, size_t *bad_index);
+                 uint8_t *scratch, size_t scratch_len, size_t *bad_index, uint32_t features);
 /* cffi:end */
 
 #endif

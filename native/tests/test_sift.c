@@ -19,7 +19,7 @@ static uint64_t next_u64(void)
 
 enum { N_SLOTS = 20000, N_CLASSES = 3, N_GROUPS = 2 * N_CLASSES };
 
-int main(void)
+static int run(uint32_t features)
 {
     static uint8_t states[N_SLOTS], basis[N_SLOTS], outcome[N_SLOTS], classes[N_SLOTS], scratch[N_SLOTS];
     static uint64_t slots[N_SLOTS], bob_basis[N_SLOTS / 64 + 1], match[N_SLOTS / 64 + 1];
@@ -49,9 +49,9 @@ int main(void)
     CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_OK);
     CHECK_EQ(qkd_sift_alice(states, N_SLOTS, slots, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
                             sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
-                            bits_a, N_GROUPS, scratch, N_SLOTS, &bad), QKD_OK);
+                            bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_OK);
     CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
-                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad), QKD_OK);
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_OK);
 
     /* reference */
     uint64_t sent[N_GROUPS] = {0}, det[N_GROUPS] = {0}, mat[N_GROUPS] = {0}, errors = 0, sifted = 0;
@@ -103,25 +103,33 @@ int main(void)
     CHECK_EQ(qkd_sift_check_slots(bad_slots, 4, 13, &bad), QKD_OK);
     classes[5] = N_CLASSES;
     CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
-                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad), QKD_EPROTO);
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EPROTO);
     CHECK_EQ(bad, 5);
     classes[5] = 0;
     outcome[7] = 2;
     CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
-                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad), QKD_EINVAL);
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EINVAL);
     CHECK_EQ(bad, 7);
     CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
-                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw - 1, bits_b, N_GROUPS, scratch, N_SLOTS, &bad),
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw - 1, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features),
              QKD_ENOMEM);
     states[slots[4]] = 0x40;
     CHECK_EQ(qkd_sift_alice(states, N_SLOTS, slots, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
                             sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
-                            bits_a, N_GROUPS, scratch, N_SLOTS, &bad), QKD_EINVAL);
+                            bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EINVAL);
     CHECK_EQ(bad, 4);
     CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad),
              QKD_EINVAL);
     CHECK_EQ(bad, slots[4]);
     CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, 0, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_EINVAL);
     CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, QKD_SIFT_MAX_CLASSES + 1, counts_a, 1000, &bad), QKD_EINVAL);
+    return 0;
+}
+
+int main(void)
+{
+    run(0);
+    rng_state = 777;
+    run(qkd_cpu_features());
     return check_report("test_sift");
 }

@@ -17,6 +17,7 @@ MAX_CLASSES = int(lib.QKD_SIFT_MAX_CLASSES)
 SENT, DETECTED, MATCHED = int(lib.QKD_SIFT_SENT), int(lib.QKD_SIFT_DETECTED), int(lib.QKD_SIFT_MATCHED)
 NCOUNTS = int(lib.QKD_SIFT_NCOUNTS)
 CLASS_SHIFT = int(lib.QKD_SIFT_STATE_CLASS_SHIFT)
+_FEATURES = lib.qkd_cpu_features()
 
 
 def _u8(array: np.ndarray, name: str) -> np.ndarray:
@@ -81,8 +82,12 @@ def _outputs(count: int, n_classes: int):
     return counts, key, group_bits, scratch
 
 
-def alice(states: np.ndarray, slots: np.ndarray, bob_basis: np.ndarray, n_classes: int) -> Sifted:
-    """Alice's side: match Bob's (slots, bit-packed bases) against her states."""
+def alice(states: np.ndarray, slots: np.ndarray, bob_basis: np.ndarray, n_classes: int, *,
+          portable: bool = False) -> Sifted:
+    """Alice's side: match Bob's (slots, bit-packed bases) against her states.
+
+    `portable=True` forces the code path without AVX2/BMI2 (for tests; same result).
+    """
     _u8(states, "states")
     as_words(slots, "slots")
     as_words(bob_basis, "bob_basis")
@@ -99,7 +104,7 @@ def alice(states: np.ndarray, slots: np.ndarray, bob_basis: np.ndarray, n_classe
                               wptr("uint64_t *", match), match.size, wptr("uint8_t *", classes), classes.size,
                               wptr("uint64_t *", counts), counts.size, wptr("uint64_t *", key), key.size,
                               wptr("uint64_t *", group_bits), group_bits.size, wptr("uint8_t *", scratch),
-                              scratch.size, bad)
+                              scratch.size, bad, _FEATURES if not portable else 0)
     if code in (lib.QKD_ERANGE, lib.QKD_EPROTO):
         check_slots(slots, states.size)  # raises the precise error
     if code == lib.QKD_EINVAL:
@@ -109,7 +114,8 @@ def alice(states: np.ndarray, slots: np.ndarray, bob_basis: np.ndarray, n_classe
     return Sifted(match, classes, counts, key, group_bits)
 
 
-def bob(basis: np.ndarray, outcome: np.ndarray, match: np.ndarray, classes: np.ndarray, n_classes: int) -> Sifted:
+def bob(basis: np.ndarray, outcome: np.ndarray, match: np.ndarray, classes: np.ndarray, n_classes: int, *,
+        portable: bool = False) -> Sifted:
     """Bob's side: apply Alice's answer (match bits, class per detection) to his detections."""
     _u8(basis, "basis")
     _u8(outcome, "outcome")
@@ -126,7 +132,7 @@ def bob(basis: np.ndarray, outcome: np.ndarray, match: np.ndarray, classes: np.n
     code = lib.qkd_sift_bob(ptr("uint8_t *", basis), ptr("uint8_t *", outcome), count, ptr("uint64_t *", match),
                             match.size, ptr("uint8_t *", classes), n_classes, wptr("uint64_t *", counts), counts.size,
                             wptr("uint64_t *", key), key.size, wptr("uint64_t *", group_bits), group_bits.size,
-                            wptr("uint8_t *", scratch), scratch.size, bad)
+                            wptr("uint8_t *", scratch), scratch.size, bad, _FEATURES if not portable else 0)
     if code == lib.QKD_EPROTO:
         raise NativeProtocolError(f"intensity class {int(classes[bad[0]])} of detection {bad[0]} "
                                   f"is not below {n_classes}")
