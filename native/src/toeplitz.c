@@ -19,9 +19,28 @@
 #define GF2X_BASE 16 /* schoolbook at or below this many words: 12..24 measure alike at n = 2^20, 6 and 32 slower */
 #endif
 
+/* Portable schoolbook: one product table per word of a, reused across the words of b. */
+static void gf2x_base_soft(uint64_t *r, const uint64_t *a, const uint64_t *b, size_t n)
+{
+    memset(r, 0, 2 * n * sizeof(uint64_t));
+    for (size_t i = 0; i < n; i++) {
+        struct qkd_clmul_table t;
+        qkd_clmul_table_init(&t, a[i]);
+        uint64_t carry = 0;
+        for (size_t j = 0; j < n; j++) {
+            uint64_t lo, hi;
+            qkd_clmul64_table(&t, b[j], &lo, &hi);
+            r[i + j] ^= lo ^ carry;
+            carry = hi;
+        }
+        r[i + n] ^= carry;
+    }
+}
+
 #define GF2X_NAME(x) x##_soft
 #define GF2X_ATTR
 #define GF2X_CLMUL qkd_clmul64_soft
+#define GF2X_BASEMUL gf2x_base_soft
 #include "gf2x_impl.h"
 #undef GF2X_NAME
 #undef GF2X_ATTR

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkdd.bindings import NativeError, as_words
+from qkdd.bindings import NativeError, NativeProtocolError, NativeRangeError, as_words
 from qkdd.bindings import sift as kernel
 from qkdd.bindings.bits import words_for_bits
 from qkdd.postprocess import wire
@@ -285,10 +285,9 @@ class Sifting:
         if not _tail_clear(bases, count):
             raise PeerMessageError("DETECTIONS: basis bits set past the last detection")
         try:
-            kernel.check_slots(slots, n_slots)
-        except NativeError as exc:
+            sifted = kernel.alice(records.states, slots, bases, self._n_classes)  # checks the slots too
+        except (NativeRangeError, NativeProtocolError) as exc:
             raise PeerMessageError(f"DETECTIONS: {exc}") from None
-        sifted = kernel.alice(records.states, slots, bases, self._n_classes)
         sent = kernel.sent_counts(records.states, self._n_classes)
         self._advance(DETECTIONS)
         mask = sum(1 << c for c in self._revealed)
