@@ -123,7 +123,10 @@ def test_bad_messages_raise_clear_errors():
         good.receive(announce)
     with pytest.raises(PeerMessageError, match="match flag"):
         announcer.receive(result[:-8] + b"\x02" + bytes(7))
-    announcer.receive(result)
+    # a bad peer message ends the exchange: the frame is discarded, later messages are refused
+    assert announcer.state == ver.FAILED
+    with pytest.raises(PeerMessageError, match="already failed: RESULT: malformed match flag"):
+        announcer.receive(result)
     with pytest.raises(ver.VerificationStateError):
         announcer.start()
     with pytest.raises(ver.VerificationStateError):

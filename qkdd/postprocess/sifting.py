@@ -16,6 +16,7 @@ States and transitions (one object per frame and end):
     bob    AWAIT_ANSWER     receive(ANSWER)     DONE             REPORT
     alice  AWAIT_DETECTIONS receive(DETECTIONS) AWAIT_REPORT     ANSWER
     alice  AWAIT_REPORT     receive(REPORT)     DONE             -
+    (any)  (any)            bad peer message    FAILED           -  (the frame is discarded)
 Anything else raises PeerMessageError (peer message) or SiftingStateError (local call).
 
 Messages (wire.py header, then little-endian payload; "words" are uint64, bit i of a packed
@@ -48,8 +49,8 @@ KIND_NAMES = {DETECTIONS: "DETECTIONS", ANSWER: "ANSWER", REPORT: "REPORT"}
 BASIS_Z, BASIS_X = 0, 1
 MAX_CLASSES = kernel.MAX_CLASSES
 
-START, AWAIT_ANSWER, AWAIT_DETECTIONS, AWAIT_REPORT, DONE = (
-    "START", "AWAIT_ANSWER", "AWAIT_DETECTIONS", "AWAIT_REPORT", "DONE")
+START, AWAIT_ANSWER, AWAIT_DETECTIONS, AWAIT_REPORT, DONE, FAILED = (
+    "START", "AWAIT_ANSWER", "AWAIT_DETECTIONS", "AWAIT_REPORT", "DONE", "FAILED")
 ALICE, BOB = "alice", "bob"
 TRANSITIONS = {
     (BOB, START, "start"): AWAIT_ANSWER,
@@ -190,6 +191,7 @@ class Sifting:
         self._n_classes = n_classes
         self._revealed = tuple(sorted(set(revealed_classes)))
         self._seq = wire.Sequencer(frame_id)
+        self._failure = ""
         self._sent_seq = 0
         self._result: SiftResult | None = None
         self._pending = None
@@ -329,7 +331,19 @@ class Sifting:
 
     # common ----------------------------------------------------------------------------------
     def receive(self, message: bytes) -> list[bytes]:
-        """Feed one peer message; returns the messages to send back."""
+        """Feed one peer message; returns the messages to send back.
+
+        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
+        """
+        if self.state == FAILED:
+            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
+        try:
+            return self._receive(message)
+        except PeerMessageError as exc:
+            self.state, self._failure = FAILED, str(exc)
+            raise
+
+    def _receive(self, message: bytes) -> list[bytes]:
         header, payload = wire.decode(message, max_payload_bytes=self._max_payload_bytes())
         self._seq.accept(header, _EXPECTED.get(self.state), KIND_NAMES, self.state)
         handler = {ANSWER: self._on_answer, DETECTIONS: self._on_detections, REPORT: self._on_report}[header.kind]
