@@ -69,8 +69,10 @@ def test_portable_and_simd_kernels_agree():
     bases = np.zeros((det.slots.size + 63) // 64, np.uint64)
     packed = np.packbits(det.basis, bitorder="little")
     bases.view(np.uint8)[:packed.size] = packed
-    fast = kernel.alice(records.states, det.slots, bases, N_CLASSES)
-    slow = kernel.alice(records.states, det.slots, bases, N_CLASSES, portable=True)
+    code = kernel.encode_slots(det.slots, det.n_slots)
+    assert np.array_equal(kernel.decode_slots(code, det.slots.size, det.n_slots), det.slots)
+    fast = kernel.alice(records.states, code, det.slots.size, bases, N_CLASSES)
+    slow = kernel.alice(records.states, code, det.slots.size, bases, N_CLASSES, portable=True)
     for name in ("match", "classes", "counts", "key", "group_bits"):
         assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
     fast_b = kernel.bob(det.basis, det.outcome, fast.match, fast.classes, N_CLASSES)
@@ -109,11 +111,36 @@ def test_bad_local_records_are_refused():
         kernel.bob(np.zeros(2, np.int8), np.zeros(2, np.uint8), np.zeros(1, np.uint64), np.zeros(2, np.uint8), 3)
 
 
-def _detections_message(n_slots, slots, frame_id=11, seq=0, bases=None):
-    slots = np.asarray(slots, dtype="<u8")
-    words = np.zeros((slots.size + 63) // 64, "<u8") if bases is None else bases
-    payload = np.array([n_slots, slots.size], "<u8").tobytes() + slots.tobytes() + words.tobytes()
+def _varint(value):
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _detections_message(n_slots, gaps, frame_id=11, seq=0, bases=None, count=None, code=None, pad=None):
+    """A DETECTIONS message written by hand: `gaps` are the stream values (first slot, then gap - 1)."""
+    code = b"".join(_varint(g) for g in gaps) if code is None else code
+    count = len(gaps) if count is None else count
+    words = np.zeros((count + 63) // 64, "<u8") if bases is None else bases
+    pad = bytes(-len(code) % 8) if pad is None else pad
+    payload = np.array([n_slots, count, len(code)], "<u8").tobytes() + code + pad + words.tobytes()
     return wire.encode(sf.DETECTIONS, frame_id, seq, payload)
+
+
+def test_hand_written_stream_is_read_as_documented():
+    _, records, _ = _frame(n_slots=200)
+    alice = sf.Sifting(sf.ALICE, 11, records, N_CLASSES)
+    bob_basis = np.array([0b101], "<u8")  # detections 0 and 2 measured in X
+    [answer] = alice.receive(_detections_message(200, [3, 0, 150], bases=bob_basis))  # slots 3, 4, 155
+    states = records.states[[3, 4, 155]]
+    match = np.frombuffer(answer, "<u8", count=1, offset=wire.HEADER_BYTES + 24 + 16 * N_CLASSES)[0]
+    expected = sum(1 << i for i, b in enumerate([1, 0, 1]) if (states[i] >> 1 & 1) == b)
+    assert int(match) == expected
+    assert list(np.frombuffer(answer, np.uint8, count=3, offset=wire.HEADER_BYTES + 32 + 16 * N_CLASSES)) == \
+        list(states >> 2)
 
 
 def test_bad_detections_messages_raise_clear_errors():
@@ -130,14 +157,19 @@ def test_bad_detections_messages_raise_clear_errors():
         (_detections_message(2000, [1, 2], frame_id=12), "frame 12, this exchange is frame 11"),
         (_detections_message(2000, [1, 2], seq=1), "out-of-order"),
         (wire.encode(sf.REPORT, 11, 0, bytes(8)), "unexpected REPORT in state AWAIT_DETECTIONS"),
-        (_detections_message(2000, [3, 1]), "unsorted slot 1 at index 1"),
-        (_detections_message(2000, [3, 3]), "duplicate slot 3 at index 1"),
-        (_detections_message(2000, [3, 2000]), "slot 2000 at index 1 is outside the frame"),
+        (_detections_message(2000, [3, 1996]), "slot of detection 1 is outside the frame of 2000"),
+        (_detections_message(2000, [2000]), "slot of detection 0 is outside the frame"),
+        (_detections_message(2000, [3, 2], count=3), "cannot hold 3 slots"),
+        (_detections_message(2000, [3, 2, 1], count=2), "bytes after the last of its 2 detections"),
+        (_detections_message(2000, [], count=2, code=b"\x81\x82"), "truncated or with an overlong varint at "
+                                                                     "detection 0"),
+        (_detections_message(2000, [], count=1, code=b"\xff" * 9 + b"\x02"), "overlong varint"),
+        (_detections_message(2000, [3], pad=b"\x01" + bytes(6)), "padding not zero"),
         (_detections_message(1999, [3]), "frame of 1999 slots"),
         (_detections_message(2000, [3], bases=np.array([2], "<u8")), "basis bits set past the last"),
-        (wire.encode(sf.DETECTIONS, 11, 0, bytes(16 + 8 * 2000 + 8 * 32 + 8)), "oversized"),
-        (wire.encode(sf.DETECTIONS, 11, 0, np.array([2000, 3000], "<u8").tobytes()), "3000 detections in 2000"),
-        (wire.encode(sf.DETECTIONS, 11, 0, np.array([2000, 5], "<u8").tobytes()), "payload too short"),
+        (wire.encode(sf.DETECTIONS, 11, 0, bytes(24 + 8 * 2500 + 8 * 32 + 8)), "oversized"),
+        (wire.encode(sf.DETECTIONS, 11, 0, np.array([2000, 3000, 0], "<u8").tobytes()), "3000 detections in 2000"),
+        (wire.encode(sf.DETECTIONS, 11, 0, np.array([2000, 5, 5], "<u8").tobytes()), "payload too short"),
     ]
     for message, reason in cases:
         end = alice()
@@ -185,7 +217,7 @@ def test_bad_answer_and_report_messages_raise_clear_errors():
     with pytest.raises(PeerMessageError, match="unexpected DETECTIONS in state AWAIT_ANSWER"):
         bob.receive(_detections_message(3000, [1]))
     with pytest.raises(PeerMessageError, match="oversized"):
-        bob_after_start().receive(announce)
+        bob_after_start().receive(wire.encode(sf.ANSWER, 11, 0, bytes(100_000)))
 
     alice = sf.Sifting(sf.ALICE, 11, records, N_CLASSES, revealed_classes=(1, 2))
     alice.receive(announce)
