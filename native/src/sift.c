@@ -50,14 +50,20 @@ size_t qkd_sift_slot_code_bound(size_t count)
 int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots, uint8_t *out, size_t out_len,
                           size_t *used, size_t *bad_index)
 {
-    int rc = qkd_sift_check_slots(slots, count, n_slots, bad_index);
-    if (rc != QKD_OK)
-        return rc;
     size_t pos = 0;
     uint64_t next = 0; /* smallest slot the next detection may have */
     for (size_t i = 0; i < count; i++) {
-        uint64_t v = slots[i] - next;
-        next = slots[i] + 1;
+        uint64_t s = slots[i];
+        if (s >= n_slots || (i > 0 && s < next)) {
+            set_bad(bad_index, i);
+            return s >= n_slots ? QKD_ERANGE : QKD_EPROTO;
+        }
+        uint64_t v = s - next;
+        next = s + 1;
+        if (out_len - pos >= QKD_SIFT_MAX_VARINT_BYTES && v < 0x80) { /* the common one-byte gap */
+            out[pos++] = (uint8_t)v;
+            continue;
+        }
         while (v >= 0x80) {
             if (pos >= out_len)
                 return QKD_ENOMEM;
