@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qkdd.bindings import NativeError, NativeProtocolError, NativeRangeError, as_words
+from qkdd.bindings import bits
 from qkdd.bindings import sift as kernel
 from qkdd.bindings.bits import words_for_bits
 from qkdd.postprocess import wire
@@ -268,8 +269,7 @@ class Sifting:
                 if not _tail_clear(alice_bits, n_bits):
                     raise PeerMessageError("ANSWER: revealed bits set past their length")
                 own = sifted.key[offsets[g]:offsets[g + 1]]
-                errors[c, basis] = int(np.bitwise_count(alice_bits ^ own).sum()) if hasattr(np, "bitwise_count") \
-                    else int(np.unpackbits((alice_bits ^ own).view(np.uint8)).sum())
+                errors[c, basis] = bits.popcount(alice_bits ^ own)
         reader.finish()
         self._advance(ANSWER)
         counts = SiftCounts(sent=sent.astype(np.uint64), detected=sifted.counts[:, :, kernel.DETECTED].copy(),
