@@ -57,8 +57,9 @@ def sent_counts(states: np.ndarray, n_classes: int) -> np.ndarray:
     code = lib.qkd_sift_sent_counts(ptr("uint8_t *", states), states.size, n_classes, wptr("uint64_t *", counts),
                                     counts.size, bad)
     if code == lib.QKD_EINVAL:
-        raise NativeBufferError(f"malformed state byte {int(states[bad[0]]):#04x} at slot {bad[0]} "
-                                f"(expected value | basis << 1 | class << 2, class < {n_classes})")
+        # the byte itself holds a key bit: name the slot and the rule, never the value
+        raise NativeBufferError(f"malformed state at slot {bad[0]} (expected value | basis << 1 | class << 2 "
+                                f"with class < {n_classes} and bits 6-7 clear)")
     check(code, "sent counts")
     return counts[:, :, SENT].copy()
 
@@ -145,7 +146,7 @@ def alice(states: np.ndarray, slot_code: np.ndarray, count: int, bob_basis: np.n
     _stream_error(code, bad[0], count, states.size)
     if code == lib.QKD_EINVAL:
         slot = int(decode_slots(slot_code, count, states.size)[bad[0]])
-        raise NativeBufferError(f"malformed state byte {int(states[slot]):#04x} at slot {slot}")
+        raise NativeBufferError(f"malformed state at slot {slot} (class >= {n_classes} or bits 6-7 set)")
     check(code, "sift (alice)")
     return Sifted(match, classes, counts, key, group_bits)
 
@@ -174,6 +175,7 @@ def bob(basis: np.ndarray, outcome: np.ndarray, match: np.ndarray, classes: np.n
                                   f"is not below {n_classes}")
     if code == lib.QKD_EINVAL:
         i = bad[0]
-        raise NativeBufferError(f"detection {i}: basis {int(basis[i])} / outcome {int(outcome[i])} must be 0 or 1")
+        what = "basis" if basis[i] > 1 else "outcome"  # a valid outcome is a key bit: never print it
+        raise NativeBufferError(f"detection {i}: {what} must be 0 or 1")
     check(code, "sift (bob)")
     return Sifted(match, classes, counts, key, group_bits)
