@@ -6,7 +6,7 @@ from galois import GF2
 from randextract import ToeplitzHashing
 
 from qkdd.bindings import bits
-from qkdd.bindings.toeplitz import seed_bits_for, toeplitz_hash
+from qkdd.bindings.toeplitz import CPU_FEATURES, PCLMUL, seed_bits_for, toeplitz_hash
 from qkdd.postprocess import amplification as pa
 from qkdd.postprocess import wire
 from qkdd.postprocess.wire import PeerMessageError
@@ -21,9 +21,10 @@ def test_bit_exact_with_randextract(n, m):
     x = rng.integers(0, 2, n, dtype=np.uint8)
     seed = rng.integers(0, 2, seed_bits_for(n, m), dtype=np.uint8)
     expected = np.asarray(ToeplitzHashing(n, m).extract(x, seed), dtype=np.uint8)
-    for portable in (False, True):
-        ours = bits.unpack(toeplitz_hash(bits.pack(seed), bits.pack(x), n, m, portable=portable), m)
-        assert np.array_equal(ours, expected), (n, m, portable)
+    # every code path the CPU offers: portable C, PCLMULQDQ, and all features (VPCLMULQDQ if present)
+    for features in (0, PCLMUL, CPU_FEATURES):
+        ours = bits.unpack(toeplitz_hash(bits.pack(seed), bits.pack(x), n, m, cpu_features=features), m)
+        assert np.array_equal(ours, expected), (n, m, features)
 
 
 def test_matches_randextract_matrix_definition():
