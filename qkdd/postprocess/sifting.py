@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkdd.bindings import NativeError, NativeProtocolError, NativeRangeError, as_words
+from qkdd.bindings import NativeProtocolError, NativeRangeError, as_words
 from qkdd.bindings import bits
 from qkdd.bindings import sift as kernel
 from qkdd.bindings.bits import words_for_bits
@@ -252,10 +252,8 @@ class Sifting:
         classes = np.frombuffer(classes_bytes[:count], dtype=np.uint8)
         try:
             sifted = kernel.bob(det.basis, det.outcome, match, classes, n_classes)
-        except NativeError as exc:
-            if isinstance(exc, ValueError) and "intensity class" in str(exc):
-                raise PeerMessageError(f"ANSWER: {exc}") from None
-            raise
+        except NativeProtocolError as exc:  # a class out of range in Alice's answer
+            raise PeerMessageError(f"ANSWER: {exc}") from None
         errors = np.zeros((n_classes, 2), dtype=np.uint64)
         offsets = np.concatenate([[0], np.cumsum([words_for_bits(int(b)) for b in sifted.group_bits])]).astype(int)
         for c in revealed:
