@@ -75,6 +75,15 @@ def test_portable_and_simd_kernels_agree():
     slow = kernel.alice(records.states, code, det.slots.size, bases, N_CLASSES, portable=True)
     for name in ("match", "classes", "counts", "key", "group_bits"):
         assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+    for n_classes in (1, 4, 5, 16):  # SIMD path up to four classes, histogram above
+        states = np.random.default_rng(n_classes).integers(0, 4 * n_classes, 100_003, dtype=np.uint8)
+        reference = np.bincount(states >> 1, minlength=2 * n_classes).reshape(n_classes, 2)
+        assert np.array_equal(kernel.sent_counts(states, n_classes), reference)
+        assert np.array_equal(kernel.sent_counts(states, n_classes, portable=True), reference)
+        states[77_777] = 4 * n_classes  # a class too many, found by both paths
+        for portable in (False, True):
+            with pytest.raises(NativeBufferError, match="malformed state at slot 77777"):
+                kernel.sent_counts(states, n_classes, portable=portable)
     fast_b = kernel.bob(det.basis, det.outcome, fast.match, fast.classes, N_CLASSES)
     slow_b = kernel.bob(det.basis, det.outcome, fast.match, fast.classes, N_CLASSES, portable=True)
     assert np.array_equal(fast_b.key, slow_b.key) and np.array_equal(fast_b.counts, slow_b.counts)

@@ -38,7 +38,7 @@ int qkd_sift_check_slots(const uint64_t *slots, size_t count, uint64_t n_slots, 
 
 /* counts[g * NCOUNTS + SENT] += pulses of class/basis g. QKD_EINVAL: a state byte is malformed. */
 int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
-                         size_t counts_len, size_t *bad_index);
+                         size_t counts_len, size_t *bad_index, uint32_t features);
 
 /* Slot stream (Bob's announcement): LEB128 varints, 7 bits per byte, least significant group first,
  * high bit set on all but the last byte of each: the first slot, then for each further detection

@@ -140,13 +140,82 @@ int qkd_sift_decode_slots(const uint8_t *code, size_t code_len, size_t count, ui
     return QKD_OK;
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define AVX2_GROUPS 8
+/* Pulses per group g = state >> 1 for up to AVX2_GROUPS groups (four classes), 32 slots a step:
+ * each group's byte counters subtract the compare mask (-1 per match) and are widened with SAD every
+ * 255 steps. Returns the slots done (a multiple of 32); *largest is the largest state byte seen,
+ * which the caller checks (a state of a larger class or with bits 6-7 set is malformed). */
+__attribute__((target("avx2"))) static size_t sent_counts_avx2(const uint8_t *states, size_t n_slots,
+                                                               uint64_t *group_total, unsigned *largest)
+{
+    const __m256i zero = _mm256_setzero_si256(), low7 = _mm256_set1_epi8(0x7F);
+    __m256i top = zero, wide[AVX2_GROUPS];
+    for (unsigned g = 0; g < AVX2_GROUPS; g++)
+        wide[g] = zero;
+    size_t i = 0;
+    while (n_slots - i >= 32) {
+        size_t steps = (n_slots - i) / 32 < 255 ? (n_slots - i) / 32 : 255;
+        __m256i acc[AVX2_GROUPS];
+        for (unsigned g = 0; g < AVX2_GROUPS; g++)
+            acc[g] = zero;
+        for (size_t t = 0; t < steps; t++, i += 32) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(states + i));
+            top = _mm256_max_epu8(top, v);
+            __m256i group = _mm256_and_si256(_mm256_srli_epi16(v, 1), low7);
+            for (unsigned g = 0; g < AVX2_GROUPS; g++)
+                acc[g] = _mm256_sub_epi8(acc[g], _mm256_cmpeq_epi8(group, _mm256_set1_epi8((char)g)));
+        }
+        for (unsigned g = 0; g < AVX2_GROUPS; g++)
+            wide[g] = _mm256_add_epi64(wide[g], _mm256_sad_epu8(acc[g], zero));
+    }
+    for (unsigned g = 0; g < AVX2_GROUPS; g++) {
+        uint64_t lanes[4];
+        _mm256_storeu_si256((__m256i *)lanes, wide[g]);
+        group_total[g] += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    }
+    uint8_t bytes[32];
+    _mm256_storeu_si256((__m256i *)bytes, top);
+    for (unsigned k = 0; k < 32; k++)
+        *largest = bytes[k] > *largest ? bytes[k] : *largest;
+    return i;
+}
+#endif
+
+static int find_bad_state(const uint8_t *states, size_t n_slots, unsigned n_classes, size_t *bad_index)
+{
+    for (size_t j = 0; j < n_slots; j++)
+        if (states[j] >= 4 * n_classes) {
+            set_bad(bad_index, j);
+            break;
+        }
+    return QKD_EINVAL;
+}
+
 int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
-                         size_t counts_len, size_t *bad_index)
+                         size_t counts_len, size_t *bad_index, uint32_t features)
 {
     if (n_classes == 0 || n_classes > QKD_SIFT_MAX_CLASSES)
         return QKD_EINVAL;
     if (counts_len < 2 * (size_t)n_classes * QKD_SIFT_NCOUNTS)
         return QKD_ENOMEM;
+#if defined(__x86_64__)
+    if ((features & QKD_CPU_AVX2) && 2 * n_classes <= AVX2_GROUPS) {
+        uint64_t group_total[AVX2_GROUPS] = {0};
+        unsigned largest = 0;
+        size_t done = sent_counts_avx2(states, n_slots, group_total, &largest);
+        for (size_t j = done; j < n_slots; j++) {
+            largest = states[j] > largest ? states[j] : largest;
+            group_total[(states[j] >> 1) & 0x7F]++;
+        }
+        if (largest >= 4 * n_classes)
+            return find_bad_state(states, n_slots, n_classes, bad_index);
+        for (unsigned g = 0; g < 2 * n_classes; g++)
+            counts[g * QKD_SIFT_NCOUNTS + QKD_SIFT_SENT] += group_total[g];
+        return QKD_OK;
+    }
+#endif
     /* Four interleaved histograms of the state byte's low 6 bits hide the store-to-load dependency;
      * 32-bit bins are flushed every 2^31 slots. */
     uint64_t total[64] = {0};
@@ -167,14 +236,8 @@ int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_class
             uint64_t n = (uint64_t)hist[0][v] + hist[1][v] + hist[2][v] + hist[3][v];
             if (n == 0)
                 continue;
-            if (v >= 64 || (v >> QKD_SIFT_STATE_CLASS_SHIFT) >= n_classes) {
-                for (size_t j = 0; j < n_slots; j++)
-                    if (states[j] == v) {
-                        set_bad(bad_index, j);
-                        break;
-                    }
-                return QKD_EINVAL;
-            }
+            if (v >= 4 * n_classes)
+                return find_bad_state(states, n_slots, n_classes, bad_index);
             total[v] += n;
         }
     }

@@ -52,7 +52,7 @@ static int run(uint32_t features)
     CHECK_EQ(qkd_sift_decode_slots(code, code_len, count, N_SLOTS, decoded, N_SLOTS, &bad), QKD_OK);
     CHECK(memcmp(decoded, slots, count * 8) == 0);
     CHECK(kw <= sizeof key_a / 8);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_OK);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad, features), QKD_OK);
     CHECK_EQ(qkd_sift_alice(states, N_SLOTS, code, code_len, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
                             sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
                             bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_OK);
@@ -151,11 +151,11 @@ static int run(uint32_t features)
                             sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
                             bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EINVAL);
     CHECK_EQ(bad, 4);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad),
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad, features),
              QKD_EINVAL);
     CHECK_EQ(bad, slots[4]);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, 0, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_EINVAL);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, QKD_SIFT_MAX_CLASSES + 1, counts_a, 1000, &bad), QKD_EINVAL);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, 0, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad, features), QKD_EINVAL);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, QKD_SIFT_MAX_CLASSES + 1, counts_a, 1000, &bad, features), QKD_EINVAL);
     return 0;
 }
 

@@ -48,14 +48,14 @@ def check_slots(slots: np.ndarray, n_slots: int) -> None:
     check(code, "check slots")
 
 
-def sent_counts(states: np.ndarray, n_classes: int) -> np.ndarray:
+def sent_counts(states: np.ndarray, n_classes: int, *, portable: bool = False) -> np.ndarray:
     """Pulses sent per [class, basis] (Alice's basis), shape (n_classes, 2), uint64."""
     _u8(states, "states")
     _classes_ok(n_classes)
     counts = np.zeros((n_classes, 2, NCOUNTS), dtype=np.uint64)
     bad = ffi.new("size_t *")
     code = lib.qkd_sift_sent_counts(ptr("uint8_t *", states), states.size, n_classes, wptr("uint64_t *", counts),
-                                    counts.size, bad)
+                                    counts.size, bad, 0 if portable else _FEATURES)
     if code == lib.QKD_EINVAL:
         # the byte itself holds a key bit: name the slot and the rule, never the value
         raise NativeBufferError(f"malformed state at slot {bad[0]} (expected value | basis << 1 | class << 2 "
