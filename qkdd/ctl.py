@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from qkdd import pki_cli
+from qkdd.peer import keycli as peer_key_cli
 from qkdd.protocols import cli as protocols_cli
 
 
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups register here, one line each:
     pki_cli.register(commands)
     protocols_cli.register(sim_commands)
+    peer_key_cli.register(commands)
     return parser
 
 
