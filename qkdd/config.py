@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping
 from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
                                 positive, register_checks, register_parser, register_validator, to_plain)
 from qkdd.http.messages import HTTPLimits, TLSSettings
+from qkdd.kme.config import Etsi014Config
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress",
            "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
@@ -218,6 +219,7 @@ class Config:
     health: HealthListenerConfig = field(default_factory=HealthListenerConfig)
     kms: KMSConfig = field(default_factory=KMSConfig)
     links: tuple[LinkConfig, ...] = ()
+    etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
 
     def validate(self, key: str) -> None:
         seen: dict[str, int] = {}

@@ -150,6 +150,32 @@ class KeyStore:
                            [(KeyState.RESERVED.value, holder, key_id) for key_id in ids])
             return ids
 
+    def reserve_bits(self, link_id: str, min_total_bits: int, holder: str) -> list[tuple[str, int]]:
+        """Reserve the oldest allocatable AVAILABLE keys until they hold at least `min_total_bits` together.
+
+        Returns (key_id, bits) in reservation order. All or nothing: KeyUnavailable when the link holds
+        fewer bits. (For consumers that cut keys of their own length out of stored keys, e.g. ETSI 014.)
+        """
+        if min_total_bits <= 0:
+            raise KeyStoreError("min_total_bits must be positive")
+        with self._tx() as db:
+            rows = db.execute("SELECT key_id, bits FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1"
+                              " AND expires_at > ? ORDER BY created_at, rowid",
+                              (link_id, KeyState.AVAILABLE.value, self._clock()))
+            chosen: list[tuple[str, int]] = []
+            total_bits = 0
+            for key_id, bits in rows:
+                if total_bits >= min_total_bits:
+                    break
+                chosen.append((key_id, bits))
+                total_bits += bits
+            rows.close()
+            if total_bits < min_total_bits:
+                raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_total_bits} requested")
+            db.executemany("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
+                           [(KeyState.RESERVED.value, holder, key_id) for key_id, _ in chosen])
+            return chosen
+
     def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> None:
         """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
         with self._tx() as db:

@@ -1,0 +1,229 @@
+"""The KME of one qkdd: Get status, Get key (master's end) and Get key with key IDs (slave's end) of
+ETSI GS QKD 014 over the daemon's key store, the reservation ledger and each link's classical channel.
+
+Get key reserves stored keys of the link (only from this end's allocatable share, so the two ends never
+hand out the same stored key), cuts the requested keys out of them, has the slave's KME record the
+reservation (reservation.py) and only after its ACCEPT erases its own copies and answers. The slave's
+KME keeps the stored keys reserved until each named slave SAE has fetched the keys once, then erases them.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import trio
+
+from qkdd.http.messages import HTTPError
+from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
+from qkdd.keystore.model import KeyAlreadyDelivered, KeyNotFound
+from qkdd.kme.config import Etsi014Config
+from qkdd.kme.container import assemble, plan_keys
+from qkdd.kme.identity import SaeRegistry, unauthorized
+from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
+from qkdd.kme.ledger import AlreadyDelivered, Ledger, LedgerError
+from qkdd.peer.errors import SessionClosedError
+from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
+                                  ReservationEndpoint, ReservationProtocolError, ReservationReceived,
+                                  ReservationRefused)
+
+log = logging.getLogger("qkdd.etsi014")
+
+HOLDER_PREFIX = "etsi014:"
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.accepted = False
+        self.detail = ""
+
+
+def _unavailable(detail: str) -> HTTPError:
+    return HTTPError(503, "keys are not available", [{"reason": detail}], headers=[("Retry-After", "1")])
+
+
+class KmeService:
+    def __init__(self, config: Etsi014Config, keystore: KeyStore, ledger: Ledger) -> None:
+        self.config = config
+        self.registry = SaeRegistry(config)
+        self.keystore = keystore
+        self.ledger = ledger
+        self._endpoints = {peer.link_id: ReservationEndpoint() for peer in config.peers}
+        self._streams: dict[str, object] = {}
+        self._pending: dict[str, _Pending] = {}
+
+    # -- the classical channel -------------------------------------------------------------------------
+    async def serve_channel(self, link_id: str, stream) -> None:
+        """Run the reservation exchange over one session's stream (`send(bytes)`, `receive() -> bytes`)
+        until the session ends. Whoever owns the link's session calls this once per session."""
+        endpoint = self._endpoints[link_id]
+        self._streams[link_id] = stream
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    try:
+                        payload = await stream.receive()
+                    except SessionClosedError:
+                        nursery.cancel_scope.cancel()
+                        return
+                    try:
+                        events = endpoint.receive(payload)
+                    except ReservationProtocolError as exc:
+                        log.warning("link %s: dropped a reservation message: %s", link_id, exc)
+                        continue
+                    for event in events:
+                        if isinstance(event, ReservationReceived):
+                            nursery.start_soon(self._record, link_id, stream, event.reservation)
+                        elif isinstance(event, (ReservationAccepted, ReservationRefused)):
+                            pending = self._pending.get(event.request_id)
+                            if pending is not None:
+                                pending.accepted = isinstance(event, ReservationAccepted)
+                                pending.detail = getattr(event, "text", "")
+                                pending.done.set()
+                        elif isinstance(event, LateAnswer):
+                            log.warning("link %s: late answer to abandoned request %s (accepted=%s); its keys "
+                                        "at the peer stay reserved until they expire", link_id,
+                                        event.request_id, event.accepted)
+        finally:
+            if self._streams.get(link_id) is stream:
+                del self._streams[link_id]
+
+    async def _record(self, link_id: str, stream, reservation: Reservation) -> None:
+        """Slave's end: record the reservation durably, then ACCEPT (or REFUSE and record nothing)."""
+        endpoint = self._endpoints[link_id]
+        peer_kme = next(peer.kme_id for peer in self.config.peers if peer.link_id == link_id)
+        if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
+            answer = endpoint.refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE, "a slave SAE is not served here")
+        elif self.registry.kme_of(reservation.master_sae_id) != peer_kme:
+            answer = endpoint.refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE,
+                                     "the master SAE is not served by the peer KME")
+        else:
+            try:
+                await trio.to_thread.run_sync(self._store_reservation, link_id, reservation)
+                answer = endpoint.accept(reservation.request_id)
+            except KeyStoreError as exc:
+                answer = endpoint.refuse(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
+            except LedgerError as exc:
+                answer = endpoint.refuse(reservation.request_id, RefuseReason.STORE_FAILURE, str(exc))
+        try:
+            await stream.send(answer)
+        except SessionClosedError:
+            log.warning("link %s: session ended before the answer to reservation %s went out",
+                        link_id, reservation.request_id)
+
+    def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
+        self.keystore.reserve_ids(link_id, reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id)
+        self.ledger.record(link_id, reservation)
+
+    # -- Get status ----------------------------------------------------------------------------------------
+    async def status(self, master_sae_id: str, slave_sae_id: str) -> dict:
+        route = self.registry.route_to(slave_sae_id)
+        available_bits = await trio.to_thread.run_sync(self.keystore.available_bits, route.link_id)
+        config = self.config
+        return {
+            "source_KME_ID": config.kme_id,
+            "target_KME_ID": route.peer_kme_id,
+            "master_SAE_ID": master_sae_id,
+            "slave_SAE_ID": slave_sae_id,
+            "key_size": config.key_size_bits,
+            "stored_key_count": min(available_bits // config.key_size_bits, config.max_key_count),
+            "max_key_count": config.max_key_count,
+            "max_key_per_request": config.max_key_per_request,
+            "max_key_size": config.max_key_size_bits,
+            "min_key_size": config.min_key_size_bits,
+            "max_SAE_ID_count": config.max_sae_id_count,
+        }
+
+    # -- Get key (master's end) -------------------------------------------------------------------------
+    async def get_keys(self, master_sae_id: str, slave_sae_id: str, request: KeyRequest) -> list[tuple[str, bytes]]:
+        route = self.registry.route_to(slave_sae_id)
+        link_id = route.link_id
+        request_id = str(uuid.uuid4())
+        holder = HOLDER_PREFIX + request_id
+        try:
+            stored = await trio.to_thread.run_sync(self.keystore.reserve_bits, link_id,
+                                                   request.number * request.size_bits, holder)
+        except KeyUnavailable:
+            raise _unavailable("not enough key material stored for this slave SAE") from None
+        stored_ids = [key_id for key_id, _ in stored]
+        keys = plan_keys(stored, request.number, request.size_bits)
+        reservation = Reservation(request_id, master_sae_id, (slave_sae_id, *request.additional_slave_sae_ids),
+                                  request.size_bits, keys)
+        stream = self._streams.get(link_id)
+        if stream is None:
+            await trio.to_thread.run_sync(self.keystore.release, link_id, stored_ids)
+            raise _unavailable("the slave SAE's KME is not reachable")
+        endpoint = self._endpoints[link_id]
+        pending = self._pending[request_id] = _Pending()
+        try:
+            await stream.send(endpoint.reserve(reservation))
+            with trio.move_on_after(self.config.reservation_timeout_s):
+                await pending.done.wait()
+        except Exception as exc:   # the session ended while sending: the peer may or may not have it
+            log.warning("link %s: reservation %s not sent: %s", link_id, request_id, type(exc).__name__)
+        finally:
+            del self._pending[request_id]
+        if not pending.done.is_set():
+            if endpoint.state("master", request_id) is not None:
+                endpoint.abandon(request_id)
+            # The peer may have recorded it: never hand these stored keys to anyone else.
+            await trio.to_thread.run_sync(self._erase, link_id, stored_ids, holder)
+            raise _unavailable("the slave SAE's KME did not confirm the reservation in time")
+        if not pending.accepted:
+            await trio.to_thread.run_sync(self.keystore.release, link_id, stored_ids)
+            raise _unavailable(f"the slave SAE's KME refused the reservation: {pending.detail}")
+        materials = await trio.to_thread.run_sync(self._erase, link_id, stored_ids, holder)
+        return [(key.key_id, assemble(key, materials)) for key in keys]
+
+    def _erase(self, link_id: str, stored_ids: list[str], holder: str | None) -> dict[str, bytes]:
+        """Deliver (erase) stored keys at this end; returns their material."""
+        materials = {}
+        for stored_id in stored_ids:
+            try:
+                materials[stored_id] = self.keystore.deliver(link_id, stored_id, holder=holder).material
+            except (KeyAlreadyDelivered, KeyNotFound):
+                continue
+        return materials
+
+    # -- Get key with key IDs (slave's end) -------------------------------------------------------------
+    async def keys_by_id(self, slave_sae_id: str, master_sae_id: str, key_ids: list[str]) -> list[tuple[str, bytes]]:
+        entries = await trio.to_thread.run_sync(self.ledger.lookup, key_ids)
+        missing = [key_id for key_id in key_ids
+                   if key_id not in entries or entries[key_id].master_sae_id != master_sae_id]
+        if missing:
+            raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id} for key_id in missing])
+        if any(slave_sae_id not in entries[key_id].recipients for key_id in key_ids):
+            raise unauthorized("one or more keys were not requested for this SAE")
+        delivered = [key_id for key_id in key_ids if entries[key_id].recipients[slave_sae_id] is not None]
+        if delivered:
+            raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id, "reason": "delivered before"}
+                                                  for key_id in delivered])
+        try:
+            return await trio.to_thread.run_sync(self._deliver_to_slave, slave_sae_id, key_ids, entries)
+        except (KeyStoreError, AlreadyDelivered):
+            raise HTTPError(400, KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
+
+    def _deliver_to_slave(self, slave_sae_id: str, key_ids: list[str], entries) -> list[tuple[str, bytes]]:
+        materials: dict[str, bytes] = {}
+        for key_id in key_ids:
+            entry = entries[key_id]
+            for segment in entry.key.segments:
+                if segment.stored_key_id not in materials:
+                    materials[segment.stored_key_id] = self.keystore.peek(entry.link_id, segment.stored_key_id).material
+        keys = [(key_id, assemble(entries[key_id].key, materials)) for key_id in key_ids]
+        self.ledger.mark_delivered(key_ids, slave_sae_id)
+        self.erase_spent()
+        return keys
+
+    def erase_spent(self) -> int:
+        """Erase stored keys whose every key reached every slave (after delivery, and at start-up to finish
+        what a crash interrupted). Blocking; returns how many were erased."""
+        spent = self.ledger.spent_stored_keys()
+        for link_id, stored_id in spent:
+            try:
+                self.keystore.deliver(link_id, stored_id)
+            except (KeyAlreadyDelivered, KeyNotFound):
+                pass
+        if spent:
+            self.ledger.mark_erased([stored_id for _, stored_id in spent])
+        return len(spent)
