@@ -58,6 +58,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
                 else:
                     _announce_ready(app, bound, notifier)
                     root.start_soon(notifier.run_watchdog)
+                    if app.kme is not None:
+                        root.start_soon(app.kme.run)
                     for connector in kme_channels(app):
                         await root.start(connector.run)
                     root.start_soon(_report_status_changes, app, notifier)

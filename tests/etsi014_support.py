@@ -8,8 +8,12 @@ allocate the even-numbered keys and KME B the odd ones (the key store's `allocat
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
+import subprocess
+import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +59,13 @@ class KmePair:
     state_dirs: dict[str, Path] = field(default_factory=dict)
     config_texts: dict[str, str] = field(default_factory=dict)
 
-    def start(self, name: str) -> Daemon:
-        daemon = Daemon(self.config_texts[name], self.root / name, clean_env(), api_tls=True).start()
+    def start(self, name: str, *, log_to_file: bool = False) -> "Daemon | FileLoggedDaemon":
+        """Start a daemon; with `log_to_file` its log goes to a file rather than a pipe read by a thread of
+        this process (benchmarks: a busy load generator must not stall the daemon's log writes)."""
+        if log_to_file:
+            daemon = FileLoggedDaemon(self.config_texts[name], self.root / name).start()
+        else:
+            daemon = Daemon(self.config_texts[name], self.root / name, clean_env(), api_tls=True).start()
         self.daemons[name] = daemon
         return daemon
 
@@ -110,3 +119,41 @@ def make_pair(root: Path, *, stored_keys: int = 400, etsi_extra: str = "") -> tu
                 f'peer_public_key_file = "{root / peer / "identity.pub"}"\n{channel}\n')
         pair.config_texts[name] = base_config(pair.state_dirs[name], api_extra=api_tls, links="") + "\n" + etsi
     return pair, keys
+
+
+class FileLoggedDaemon:
+    """`qkdd run` with stderr in a file (the subset of tests.daemon_support.Daemon the benchmark uses)."""
+
+    def __init__(self, config_text: str, workdir: Path) -> None:
+        self.config_path = workdir / "qkdd.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = workdir / "qkdd.log"
+        self.process: subprocess.Popen | None = None
+        self.api_address: tuple[str, int] | None = None
+
+    def start(self) -> "FileLoggedDaemon":
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "qkdd", "run", "--config", str(self.config_path)],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                            env=clean_env())
+        line = self.wait_for(r"msg=ready ")
+        match = re.search(r"api_address=(\S+):(\d+)", line)
+        self.api_address = (match.group(1), int(match.group(2)))
+        return self
+
+    def wait_for(self, pattern: str, timeout_s: float = 30.0) -> str:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text().splitlines():
+                if regex.search(line):
+                    return line
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -66,7 +66,8 @@ class KeyStore:
         self.path = path
         self._aead = AESGCM(kek)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0                     # > 0 inside batch(): methods run in savepoints of one transaction
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -298,14 +299,38 @@ class KeyStore:
     # -- internals -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the methods called from this thread inside the block share one transaction (one
+        fsync). Each method stays atomic on its own (a savepoint): one that raises leaves no trace and
+        the others still commit at the end of the block."""
+        with self._tx():
+            yield
+
+    @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                self._db.execute("SAVEPOINT method")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK TO method")
+                    self._db.execute("RELEASE method")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._db.execute("RELEASE method")
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
 
     def _check_meta(self, db: sqlite3.Connection) -> None:

@@ -68,7 +68,8 @@ class Ledger:
     def __init__(self, path: str, *, clock=time.time) -> None:
         self.path = path
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,14 +158,36 @@ class Ledger:
                                         "WHERE delivered_at IS NULL").fetchone()[0])
 
     @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit, as KeyStore.batch(): methods inside share one transaction, each in a savepoint."""
+        with self._tx():
+            yield
+
+    @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                self._db.execute("SAVEPOINT method")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK TO method")
+                    self._db.execute("RELEASE method")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._db.execute("RELEASE method")
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
 
 

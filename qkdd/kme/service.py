@@ -8,6 +8,7 @@ KME keeps the stored keys reserved until each named slave SAE has fetched the ke
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 
@@ -18,6 +19,7 @@ from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.keystore.model import KeyAlreadyDelivered, KeyNotFound
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.container import assemble, plan_keys
+from qkdd.kme.group_commit import GroupCommitter
 from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import AlreadyDelivered, Ledger, LedgerError
@@ -51,6 +53,17 @@ class KmeService:
         self._endpoints = {peer.link_id: ReservationEndpoint() for peer in config.peers}
         self._streams: dict[str, object] = {}
         self._pending: dict[str, _Pending] = {}
+        self._store = GroupCommitter(self._open_batch)
+
+    def _open_batch(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.keystore.batch())
+        stack.enter_context(self.ledger.batch())
+        return stack
+
+    async def run(self) -> None:
+        """The service's own task (group commit of store writes); runs in the daemon's nursery."""
+        await self._store.run()
 
     # -- the classical channel -------------------------------------------------------------------------
     async def serve_channel(self, link_id: str, stream) -> None:
@@ -99,7 +112,7 @@ class KmeService:
                                      "the master SAE is not served by the peer KME")
         else:
             try:
-                await trio.to_thread.run_sync(self._store_reservation, link_id, reservation)
+                await self._store.call(self._store_reservation, link_id, reservation)
                 answer = endpoint.accept(reservation.request_id)
             except KeyStoreError as exc:
                 answer = endpoint.refuse(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
@@ -139,19 +152,18 @@ class KmeService:
         route = self.registry.route_to(slave_sae_id)
         link_id = route.link_id
         request_id = str(uuid.uuid4())
-        holder = HOLDER_PREFIX + request_id
         try:
-            stored = await trio.to_thread.run_sync(self.keystore.reserve_bits, link_id,
-                                                   request.number * request.size_bits, holder)
+            # Reserve and read this end's copies in one step (one commit on the answer's path): from here
+            # on they exist only in memory, and are lost rather than reused if the peer refuses.
+            materials = await self._store.call(self._take, link_id, request.number * request.size_bits)
         except KeyUnavailable:
             raise _unavailable("not enough key material stored for this slave SAE") from None
-        stored_ids = [key_id for key_id, _ in stored]
+        stored = [(stored_id, len(material) * 8) for stored_id, material in materials.items()]
         keys = plan_keys(stored, request.number, request.size_bits)
         reservation = Reservation(request_id, master_sae_id, (slave_sae_id, *request.additional_slave_sae_ids),
                                   request.size_bits, keys)
         stream = self._streams.get(link_id)
         if stream is None:
-            await trio.to_thread.run_sync(self.keystore.release, link_id, stored_ids)
             raise _unavailable("the slave SAE's KME is not reachable")
         endpoint = self._endpoints[link_id]
         pending = self._pending[request_id] = _Pending()
@@ -166,24 +178,19 @@ class KmeService:
         if not pending.done.is_set():
             if endpoint.state("master", request_id) is not None:
                 endpoint.abandon(request_id)
-            # The peer may have recorded it: never hand these stored keys to anyone else.
-            await trio.to_thread.run_sync(self._erase, link_id, stored_ids, holder)
             raise _unavailable("the slave SAE's KME did not confirm the reservation in time")
         if not pending.accepted:
-            await trio.to_thread.run_sync(self.keystore.release, link_id, stored_ids)
             raise _unavailable(f"the slave SAE's KME refused the reservation: {pending.detail}")
-        materials = await trio.to_thread.run_sync(self._erase, link_id, stored_ids, holder)
         return [(key.key_id, assemble(key, materials)) for key in keys]
 
-    def _erase(self, link_id: str, stored_ids: list[str], holder: str | None) -> dict[str, bytes]:
-        """Deliver (erase) stored keys at this end; returns their material."""
-        materials = {}
-        for stored_id in stored_ids:
-            try:
-                materials[stored_id] = self.keystore.deliver(link_id, stored_id, holder=holder).material
-            except (KeyAlreadyDelivered, KeyNotFound):
-                continue
-        return materials
+    def _take(self, link_id: str, bits: int) -> dict[str, bytes]:
+        """Reserve stored keys holding at least `bits` from this end's share, and erase them, returning
+        their material in reservation order (run inside a group-commit batch: one transaction)."""
+        holder = HOLDER_PREFIX + "master"
+        with self.keystore.batch():          # all or nothing (a savepoint inside the batch)
+            stored = self.keystore.reserve_bits(link_id, bits, holder)
+            return {stored_id: self.keystore.deliver(link_id, stored_id, holder=holder).material
+                    for stored_id, _ in stored}
 
     # -- Get key with key IDs (slave's end) -------------------------------------------------------------
     async def keys_by_id(self, slave_sae_id: str, master_sae_id: str, key_ids: list[str]) -> list[tuple[str, bytes]]:
@@ -199,7 +206,7 @@ class KmeService:
             raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id, "reason": "delivered before"}
                                                   for key_id in delivered])
         try:
-            return await trio.to_thread.run_sync(self._deliver_to_slave, slave_sae_id, key_ids, entries)
+            return await self._store.call(self._deliver_to_slave, slave_sae_id, key_ids, entries)
         except (KeyStoreError, AlreadyDelivered):
             raise HTTPError(400, KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
 
