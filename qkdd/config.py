@@ -352,9 +352,12 @@ def to_toml(config: Config) -> str:
     def table(name: str, data: dict[str, Any], header: str) -> None:
         lines.append(f"\n{header}")
         nested = []
+        arrays = []
         for key, value in data.items():
             if isinstance(value, dict):
                 nested.append((key, value))
+            elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                arrays.append((key, value))
             elif value is None:
                 lines.append(f"# {key} = (unset)")
             elif isinstance(value, list):
@@ -363,10 +366,15 @@ def to_toml(config: Config) -> str:
                 lines.append(f"{key} = {scalar(value)}")
         for key, value in nested:
             table(f"{name}.{key}", value, f"[{name}.{key}]")
+        for key, items in arrays:
+            for item in items:
+                table(f"{name}.{key}", item, f"[[{name}.{key}]]")
 
     plain = config.to_dict(redact=True)
     for name, value in plain.items():
-        if name == "links":
+        if value is None:
+            lines.append(f"\n# [{name}] (unset)")
+        elif name == "links":
             for link in value:
                 table(name, link, f"[[{name}]]")
         else:
