@@ -232,3 +232,11 @@ def test_slave_kme_killed_between_enc_keys_and_dec_keys_still_delivers_exactly_o
     assert fetched.status_code == 200, fetched.text
     assert fetched.json()["keys"] == keys
     assert dec_keys(kmes, [keys[0]["key_ID"]]).status_code == 400
+
+
+def test_head_never_hands_out_keys(kmes):
+    with kmes.client("sae-a") as client:
+        before = client.get(kmes.url("kme-a", "/api/v1/keys/sae-b/status")).json()["stored_key_count"]
+        assert client.head(kmes.url("kme-a", "/api/v1/keys/sae-b/enc_keys")).status_code == 405
+        after = client.get(kmes.url("kme-a", "/api/v1/keys/sae-b/status")).json()["stored_key_count"]
+    assert after == before

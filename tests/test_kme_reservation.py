@@ -146,3 +146,15 @@ def test_key_store_batch_commits_once_and_keeps_each_method_atomic(tmp_path):
             store.reserve_bits("a-b", 256, "h3")
             raise RuntimeError("the whole batch rolls back")
     assert store.counts("a-b")[KeyState.AVAILABLE] == 2
+
+
+def test_sae_id_from_certificate_cn_or_san_uri():
+    from qkdd.http.messages import PeerCertificate
+    from qkdd.kme.config import Etsi014Config
+    from qkdd.kme.identity import sae_id_of
+    cert = PeerCertificate("CN=sae-a", "sae-a", ("urn:sae:alpha", "https://other"), (), "00")
+    assert sae_id_of(cert, Etsi014Config(kme_id="kme-a")) == "sae-a"
+    by_uri = Etsi014Config(kme_id="kme-a", sae_id_from="san_uri", san_uri_prefix="urn:sae:")
+    assert sae_id_of(cert, by_uri) == "urn:sae:alpha"
+    assert sae_id_of(PeerCertificate("CN=x", "x", (), (), "00"), by_uri) is None
+    assert sae_id_of(None, by_uri) is None

@@ -15,10 +15,20 @@ from qkdd.kme.service import KmeService
 log = logging.getLogger("qkdd.etsi014")
 
 
-def open_kme(config: Etsi014Config, state_dir: str) -> KmeService:
-    """Open the key store (until the link engine opens it for the daemon) and the ledger; erase what a
-    crash left undeleted. Raises KeyStoreError / LedgerError / OSError with a readable message."""
-    kek = None
+def open_kme(config: Etsi014Config, state_dir: str, keystore: KeyStore | None = None) -> KmeService:
+    """The KME over the daemon's key store (`keystore`; opened here while no link engine opens it) and
+    its ledger; erases what a crash left undeleted. Raises KeyStoreError / LedgerError / OSError."""
+    if keystore is None:
+        keystore = _open_key_store(config, state_dir)
+    ledger = Ledger(config.ledger_file or os.path.join(state_dir, "etsi014.db"))
+    service = KmeService(config, keystore, ledger)
+    erased = service.erase_spent()
+    if erased:
+        log.info("erased %d stored keys delivered before a restart", erased)
+    return service
+
+
+def _open_key_store(config: Etsi014Config, state_dir: str) -> KeyStore:
     if config.kek_file:
         kek = load_kek(config.kek_file)
     else:
@@ -26,13 +36,7 @@ def open_kme(config: Etsi014Config, state_dir: str) -> KmeService:
         if kek is None:
             path = os.path.join(state_dir, "kek")
             kek = load_kek(path) if os.path.exists(path) else create_kek(path)
-    keystore = KeyStore(config.key_store_file or os.path.join(state_dir, "keys.db"), kek)
-    ledger = Ledger(config.ledger_file or os.path.join(state_dir, "etsi014.db"))
-    service = KmeService(config, keystore, ledger)
-    erased = service.erase_spent()
-    if erased:
-        log.info("erased %d stored keys delivered before a restart", erased)
-    return service
+    return KeyStore(config.key_store_file or os.path.join(state_dir, "keys.db"), kek)
 
 
 __all__ = ["Etsi014Config", "KmeService", "open_kme"]

@@ -152,6 +152,8 @@ class KmeService:
         route = self.registry.route_to(slave_sae_id)
         link_id = route.link_id
         request_id = str(uuid.uuid4())
+        if link_id not in self._streams:          # checked again below; this spares keys while the peer is away
+            raise _unavailable("the slave SAE's KME is not reachable")
         try:
             # Reserve and read this end's copies in one step (one commit on the answer's path): from here
             # on they exist only in memory, and are lost rather than reused if the peer refuses.
