@@ -57,9 +57,9 @@ class PeerConnector:
 
     async def wait_session(self, after_epoch: int = 0) -> PeerSession:
         """Wait for a live session with epoch > after_epoch."""
-        while self._live is None or self._live.epoch <= after_epoch:
+        while (live := self.session) is None or live.epoch <= after_epoch:
             await self._session_changed.wait()
-        return self._live
+        return live
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. With `nursery.start`, returns once dialling began / the port listens."""

@@ -1,0 +1,1 @@
+"""Device abstraction layer: drivers that yield raw detection records or finished keys (sim: physics)."""
