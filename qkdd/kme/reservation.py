@@ -162,6 +162,11 @@ class ReservationEndpoint:
     def abandon(self, request_id: str) -> None:
         self._step("master", request_id, "abandon")
 
+    def forget_abandoned(self) -> None:
+        """Drop abandoned requests once no answer can arrive any more (their session ended)."""
+        for key in [key for key, state in self._states.items() if state is State.ABANDONED]:
+            del self._states[key]
+
     # -- slave's end ---------------------------------------------------------------------------------
     def accept(self, request_id: str) -> bytes:
         self._step("slave", request_id, "accept")

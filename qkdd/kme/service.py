@@ -34,10 +34,18 @@ HOLDER_PREFIX = "etsi014:"
 
 
 class _Pending:
-    def __init__(self) -> None:
+    """A Get key waiting for the slave's KME: outcome "accepted", "refused", or "lost" (session ended)."""
+
+    def __init__(self, link_id: str) -> None:
+        self.link_id = link_id
         self.done = trio.Event()
-        self.accepted = False
+        self.outcome = ""
         self.detail = ""
+
+    def finish(self, outcome: str, detail: str = "") -> None:
+        if not self.done.is_set():
+            self.outcome, self.detail = outcome, detail
+            self.done.set()
 
 
 def _unavailable(detail: str) -> HTTPError:
@@ -52,6 +60,7 @@ class KmeService:
         self.ledger = ledger
         self._endpoints = {peer.link_id: ReservationEndpoint() for peer in config.peers}
         self._streams: dict[str, object] = {}
+        self._outboxes: dict[str, _Outbox] = {}
         self._pending: dict[str, _Pending] = {}
         self._store = GroupCommitter(self._open_batch)
 
@@ -70,9 +79,12 @@ class KmeService:
         """Run the reservation exchange over one session's stream (`send(bytes)`, `receive() -> bytes`)
         until the session ends. Whoever owns the link's session calls this once per session."""
         endpoint = self._endpoints[link_id]
+        outbox = _Outbox(stream)
         self._streams[link_id] = stream
+        self._outboxes[link_id] = outbox
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(outbox.run, nursery.cancel_scope)
                 while True:
                     try:
                         payload = await stream.receive()
@@ -86,13 +98,13 @@ class KmeService:
                         continue
                     for event in events:
                         if isinstance(event, ReservationReceived):
-                            nursery.start_soon(self._record, link_id, stream, event.reservation)
+                            nursery.start_soon(self._record, link_id, outbox, event.reservation)
                         elif isinstance(event, (ReservationAccepted, ReservationRefused)):
                             pending = self._pending.get(event.request_id)
-                            if pending is not None:
-                                pending.accepted = isinstance(event, ReservationAccepted)
-                                pending.detail = getattr(event, "text", "")
-                                pending.done.set()
+                            if pending is not None and isinstance(event, ReservationAccepted):
+                                pending.finish("accepted")
+                            elif pending is not None:
+                                pending.finish("refused", event.text)
                         elif isinstance(event, LateAnswer):
                             log.warning("link %s: late answer to abandoned request %s (accepted=%s); its keys "
                                         "at the peer stay reserved until they expire", link_id,
@@ -100,8 +112,13 @@ class KmeService:
         finally:
             if self._streams.get(link_id) is stream:
                 del self._streams[link_id]
+                del self._outboxes[link_id]
+            for pending in self._pending.values():    # their answers can no longer arrive
+                if pending.link_id == link_id:
+                    pending.finish("lost", "the session with the slave SAE's KME ended")
+            endpoint.forget_abandoned()
 
-    async def _record(self, link_id: str, stream, reservation: Reservation) -> None:
+    async def _record(self, link_id: str, outbox: "_Outbox", reservation: Reservation) -> None:
         """Slave's end: record the reservation durably, then ACCEPT (or REFUSE and record nothing)."""
         endpoint = self._endpoints[link_id]
         peer_kme = next(peer.kme_id for peer in self.config.peers if peer.link_id == link_id)
@@ -118,11 +135,7 @@ class KmeService:
                 answer = endpoint.refuse(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
             except LedgerError as exc:
                 answer = endpoint.refuse(reservation.request_id, RefuseReason.STORE_FAILURE, str(exc))
-        try:
-            await stream.send(answer)
-        except SessionClosedError:
-            log.warning("link %s: session ended before the answer to reservation %s went out",
-                        link_id, reservation.request_id)
+        outbox.put(answer)
 
     def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
         self.keystore.reserve_ids(link_id, reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id)
@@ -164,25 +177,23 @@ class KmeService:
         keys = plan_keys(stored, request.number, request.size_bits)
         reservation = Reservation(request_id, master_sae_id, (slave_sae_id, *request.additional_slave_sae_ids),
                                   request.size_bits, keys)
-        stream = self._streams.get(link_id)
-        if stream is None:
+        outbox = self._outboxes.get(link_id)
+        if outbox is None:
             raise _unavailable("the slave SAE's KME is not reachable")
         endpoint = self._endpoints[link_id]
-        pending = self._pending[request_id] = _Pending()
+        pending = self._pending[request_id] = _Pending(link_id)
         try:
-            await stream.send(endpoint.reserve(reservation))
+            outbox.put(endpoint.reserve(reservation))
             with trio.move_on_after(self.config.reservation_timeout_s):
                 await pending.done.wait()
-        except Exception as exc:   # the session ended while sending: the peer may or may not have it
-            log.warning("link %s: reservation %s not sent: %s", link_id, request_id, type(exc).__name__)
         finally:
             del self._pending[request_id]
-        if not pending.done.is_set():
+        if pending.outcome == "refused":
+            raise _unavailable(f"the slave SAE's KME refused the reservation: {pending.detail}")
+        if pending.outcome != "accepted":           # timed out or lost: the peer may have recorded it
             if endpoint.state("master", request_id) is not None:
                 endpoint.abandon(request_id)
-            raise _unavailable("the slave SAE's KME did not confirm the reservation in time")
-        if not pending.accepted:
-            raise _unavailable(f"the slave SAE's KME refused the reservation: {pending.detail}")
+            raise _unavailable(pending.detail or "the slave SAE's KME did not confirm the reservation in time")
         return [(key.key_id, assemble(key, materials)) for key in keys]
 
     def _take(self, link_id: str, bits: int) -> dict[str, bytes]:
@@ -236,3 +247,33 @@ class KmeService:
         if spent:
             self.ledger.mark_erased([stored_id for _, stored_id in spent])
         return len(spent)
+
+
+class _Outbox:
+    """Messages to the peer KME, written by one task: whatever queued while the previous write was on
+    its way goes out in one `send_many` (one lock, one TLS write) instead of one send per request."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._queue: list[bytes] = []
+        self._wakeup = trio.Event()
+
+    def put(self, payload: bytes) -> None:
+        self._queue.append(payload)
+        self._wakeup.set()
+
+    async def run(self, session_scope: trio.CancelScope) -> None:
+        session = getattr(self._stream, "session", None)
+        channel = getattr(self._stream, "channel", None)
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                batch, self._queue = self._queue, []
+                if session is not None and channel is not None:
+                    await session.send_many([(channel, payload) for payload in batch])
+                else:
+                    for payload in batch:
+                        await self._stream.send(payload)
+        except SessionClosedError:
+            session_scope.cancel()
