@@ -111,6 +111,18 @@ async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients
             "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
 
 
+def wait_for_channel(host: str, port: int, context: ssl.SSLContext, timeout_s: float = 30.0) -> None:
+    """Until KME A hands out a key (its classical channel to KME B is up)."""
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(verify=context) as client:
+        while time.monotonic() < deadline:
+            if client.get(f"https://{host}:{port}/api/v1/keys/sae-b/enc_keys").status_code == 200:
+                return
+            time.sleep(0.2)
+    raise RuntimeError("KME A did not reach KME B")
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU time of process `pid` so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as handle:
@@ -133,6 +145,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--log-level", default="info", choices=["info", "warning"],
+                        help="daemon log level; info writes an access log line per request (the default)")
     parser.add_argument("--stored-keys", type=int, default=0,
                         help="keys seeded per end (default: enough for 2000 requests/s)")
     args = parser.parse_args(argv)
@@ -143,11 +157,11 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as directory:
         pair, _ = make_pair(Path(directory), stored_keys=stored)
         try:
-            pair.start("kme-b", log_to_file=True)
-            pair.start("kme-a", log_to_file=True)
-            pair.wait_channel("kme-a")
+            pair.start("kme-b", log_to_file=True, log_level=args.log_level)
+            pair.start("kme-a", log_to_file=True, log_level=args.log_level)
             host, port = pair.daemons["kme-a"].api_address
             context = client_context(pair.pki)
+            wait_for_channel(host, port, context)
             pids = [pair.daemons[name].process.pid for name in ("kme-a", "kme-b")]
             cpu_before = [cpu_s(pid) for pid in pids]
             kme = trio.run(load, host, port, "/api/v1/keys/sae-b/enc_keys", context, args.clients, args.seconds)
@@ -167,7 +181,7 @@ def main(argv=None) -> None:
         finally:
             ceiling_server.stdin.close()
             ceiling_server.wait(timeout=30)
-    result = {"bench": "etsi014", "clients": args.clients, "seconds": args.seconds,
+    result = {"bench": "etsi014", "clients": args.clients, "seconds": args.seconds, "log_level": args.log_level,
               "req_per_s": kme["req_per_s"], "p50_ms": kme["p50_ms"], "p99_ms": kme["p99_ms"],
               "failures": kme["failures"], "ceiling_req_per_s": ceiling["req_per_s"],
               "ceiling_p50_ms": ceiling["p50_ms"], "ceiling_p99_ms": ceiling["p99_ms"],

@@ -59,11 +59,13 @@ class KmePair:
     state_dirs: dict[str, Path] = field(default_factory=dict)
     config_texts: dict[str, str] = field(default_factory=dict)
 
-    def start(self, name: str, *, log_to_file: bool = False) -> "Daemon | FileLoggedDaemon":
+    def start(self, name: str, *, log_to_file: bool = False, log_level: str = "info") -> "Daemon | FileLoggedDaemon":
         """Start a daemon; with `log_to_file` its log goes to a file rather than a pipe read by a thread of
-        this process (benchmarks: a busy load generator must not stall the daemon's log writes)."""
+        this process (benchmarks: a busy load generator must not stall the daemon's log writes), and
+        `log_level` may be raised above info (no access log line per request)."""
         if log_to_file:
-            daemon = FileLoggedDaemon(self.config_texts[name], self.root / name).start()
+            config = self.config_texts[name].replace('log_level = "info"', f'log_level = "{log_level}"')
+            daemon = FileLoggedDaemon(config, self.root / name, quiet=log_level != "info").start()
         else:
             daemon = Daemon(self.config_texts[name], self.root / name, clean_env(), api_tls=True).start()
         self.daemons[name] = daemon
@@ -124,9 +126,11 @@ def make_pair(root: Path, *, stored_keys: int = 400, etsi_extra: str = "") -> tu
 class FileLoggedDaemon:
     """`qkdd run` with stderr in a file (the subset of tests.daemon_support.Daemon the benchmark uses)."""
 
-    def __init__(self, config_text: str, workdir: Path) -> None:
+    def __init__(self, config_text: str, workdir: Path, *, quiet: bool = False) -> None:
+        self.quiet = quiet          # no info lines: readiness is learnt by connecting to a fixed port
+        self.api_port = free_port() if quiet else 0
         self.config_path = workdir / "qkdd.toml"
-        self.config_path.write_text(config_text)
+        self.config_path.write_text(config_text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{self.api_port}"', 1))
         self.log_path = workdir / "qkdd.log"
         self.process: subprocess.Popen | None = None
         self.api_address: tuple[str, int] | None = None
@@ -136,6 +140,16 @@ class FileLoggedDaemon:
             self.process = subprocess.Popen([sys.executable, "-m", "qkdd", "run", "--config", str(self.config_path)],
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                             env=clean_env())
+        if self.quiet:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", self.api_port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            self.api_address = ("127.0.0.1", self.api_port)
+            return self
         line = self.wait_for(r"msg=ready ")
         match = re.search(r"api_address=(\S+):(\d+)", line)
         self.api_address = (match.group(1), int(match.group(2)))
