@@ -21,6 +21,7 @@ from qkdd.config import LISTENERS, Config, ListenerConfig
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
 from qkdd.kme.ledger import LedgerError
+from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
 
@@ -34,7 +35,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     try:
         app = App.create(config)
-    except (KeyStoreError, LedgerError, OSError) as exc:
+        channels = kme_channels(app)
+    except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014"})
         return EXIT_STARTUP_FAILED
     routers = build_routers(app)
@@ -60,7 +62,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
                     root.start_soon(notifier.run_watchdog)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
-                    for connector in kme_channels(app):
+                    for connector in channels:
                         await root.start(connector.run)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)

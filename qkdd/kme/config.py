@@ -54,6 +54,12 @@ class ChannelConfig:
     def validate(self, key: str) -> None:
         if bool(self.dial) == bool(self.listen):
             raise ConfigError(key, "set exactly one of dial and listen")
+        from qkdd.config import parse_host_port      # qkdd.config imports this module
+        name = "dial" if self.dial else "listen"
+        try:
+            parse_host_port(getattr(self, name), allow_port_zero=name == "listen")
+        except ValueError as exc:
+            raise ConfigError(f"{key}.{name}", str(exc)) from None
 
 
 @dataclass(frozen=True)
