@@ -158,3 +158,23 @@ def test_sae_id_from_certificate_cn_or_san_uri():
     assert sae_id_of(cert, by_uri) == "urn:sae:alpha"
     assert sae_id_of(PeerCertificate("CN=x", "x", (), (), "00"), by_uri) is None
     assert sae_id_of(None, by_uri) is None
+
+
+def test_arbitrary_peer_bytes_give_a_protocol_error_or_a_valid_event():
+    from hypothesis import given, settings, strategies as st
+
+    request, _ = reservation(number=2, size_bits=128)
+    valid = encode_reserve(request)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=200),
+                     st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)).map(
+                         lambda edit: valid[:edit[0]] + bytes([edit[1]]) + valid[edit[0] + 1:])))
+    def check(payload):
+        try:
+            events = ReservationEndpoint().receive(payload)
+        except ReservationProtocolError:
+            return
+        assert len(events) == 1 and isinstance(events[0], ReservationReceived)
+
+    check()
