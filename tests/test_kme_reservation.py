@@ -178,3 +178,16 @@ def test_arbitrary_peer_bytes_give_a_protocol_error_or_a_valid_event():
         assert len(events) == 1 and isinstance(events[0], ReservationReceived)
 
     check()
+
+
+def test_a_new_session_forgets_every_request():
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    request, _ = reservation()
+    slave.receive(master.reserve(request))
+    master.end_session()
+    slave.end_session()
+    assert master.state("master", request.request_id) is None
+    with pytest.raises(ReservationProtocolError):
+        master.receive(encode_reserve(request)[:2] + bytes(16))        # truncated: still checked
+    with pytest.raises(ReservationProtocolError):
+        slave.accept(request.request_id)                                 # nothing left to answer

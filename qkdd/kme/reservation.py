@@ -20,7 +20,8 @@ Per request id, the states and every legal transition (anything else is a Reserv
                                      RECEIVED --refuse--> REFUSED
 
 Finished requests are forgotten (the slave's durable record is the ledger, not this object), so a
-retransmitted RESERVE is a new RECEIVED request; the ledger makes recording it idempotent.
+retransmitted RESERVE is a new RECEIVED request; the ledger makes recording it idempotent. When the
+session ends, `end_session()` forgets every request: answers never cross sessions.
 
 Wire layout, version 1 (big-endian; strings are UTF-8 with a u16 length):
 
@@ -162,10 +163,10 @@ class ReservationEndpoint:
     def abandon(self, request_id: str) -> None:
         self._step("master", request_id, "abandon")
 
-    def forget_abandoned(self) -> None:
-        """Drop abandoned requests once no answer can arrive any more (their session ended)."""
-        for key in [key for key, state in self._states.items() if state is State.ABANDONED]:
-            del self._states[key]
+    def end_session(self) -> None:
+        """The session carrying the exchange ended: no answer to anything sent or received on it can
+        arrive or go out any more, so every request is forgotten (the caller fails the waiting ones)."""
+        self._states.clear()
 
     # -- slave's end ---------------------------------------------------------------------------------
     def accept(self, request_id: str) -> bytes:

@@ -116,7 +116,7 @@ class KmeService:
             for pending in self._pending.values():    # their answers can no longer arrive
                 if pending.link_id == link_id:
                     pending.finish("lost", "the session with the slave SAE's KME ended")
-            endpoint.forget_abandoned()
+            endpoint.end_session()
 
     async def _record(self, link_id: str, outbox: "_Outbox", reservation: Reservation) -> None:
         """Slave's end: record the reservation durably, then ACCEPT (or REFUSE and record nothing)."""
