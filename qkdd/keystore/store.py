@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 CREATE INDEX IF NOT EXISTS keys_by_link_state ON keys (link_id, state, created_at);
 CREATE INDEX IF NOT EXISTS keys_by_frame ON keys (link_id, frame_id);
+-- This end's share in age order: without `allocatable` in the index, every reservation would step over
+-- all of the other end's (never locally allocated) available keys first, a cost growing with use.
+CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable, created_at);
 """
 
 
