@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS stored_keys (
     erased_at REAL                    -- set once the key store erased it
 );
 CREATE INDEX IF NOT EXISTS reserved_keys_by_request ON reserved_keys (request_id);
+CREATE INDEX IF NOT EXISTS stored_keys_not_erased ON stored_keys (stored_key_id) WHERE erased_at IS NULL;
 """
 
 
@@ -151,11 +152,6 @@ class Ledger:
         with self._tx() as db:
             db.executemany("UPDATE stored_keys SET erased_at = ? WHERE stored_key_id = ?",
                            [(now, stored_key_id) for stored_key_id in stored_key_ids])
-
-    def undelivered_key_count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(DISTINCT key_id) FROM recipients "
-                                        "WHERE delivered_at IS NULL").fetchone()[0])
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
