@@ -170,6 +170,9 @@ def test_bad_key_requests_are_400_with_an_error_body(kmes, body, message):
     "/api/v1/keys//status", "/api/v1/keys//enc_keys", "/api/v1/keys//dec_keys?key_ID=" + str(uuid.uuid4()),
     "/api/v1/keys/sae%20b/status", "/api/v1/keys/%3Csae%3E/enc_keys",
     "/api/v1/keys/sae-a/status", "/api/v1/keys/sae-a/enc_keys",               # naming itself as the peer
+    "/api/v1/keys/sae-a/dec_keys?key_ID=" + str(uuid.uuid4()),
+    "/api/v1/keys/sae-b/dec_keys", "/api/v1/keys/sae-b/dec_keys?key_ID=x",   # no or a malformed key_ID
+    "/api/v1/keys/sae-b/dec_keys?key_ID=" + str(uuid.uuid4()) + "&key_ID=" + str(uuid.uuid4()),
     "/api/v1/keys/sae-c/status",                                                # unknown SAE
     "/api/v1/keys/sae-b/enc_keys?number=x", "/api/v1/keys/sae-b/enc_keys?size=12",
     "/api/v1/keys/sae-b/enc_keys?colour=red",
