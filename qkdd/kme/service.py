@@ -62,7 +62,8 @@ class KmeService:
         self._streams: dict[str, object] = {}
         self._outboxes: dict[str, _Outbox] = {}
         self._pending: dict[str, _Pending] = {}
-        self._store = GroupCommitter(self._open_batch)
+        self._store = GroupCommitter(self._open_batch)            # slave's end: key store and ledger
+        self._takes = GroupCommitter(self.keystore.batch)         # master's end: the key store only
 
     def _open_batch(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -72,7 +73,9 @@ class KmeService:
 
     async def run(self) -> None:
         """The service's own task (group commit of store writes); runs in the daemon's nursery."""
-        await self._store.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._store.run)
+            nursery.start_soon(self._takes.run)
 
     # -- the classical channel -------------------------------------------------------------------------
     async def serve_channel(self, link_id: str, stream) -> None:
@@ -170,7 +173,7 @@ class KmeService:
         try:
             # Reserve and read this end's copies in one step (one commit on the answer's path): from here
             # on they exist only in memory, and are lost rather than reused if the peer refuses.
-            materials = await self._store.call(self._take, link_id, request.number * request.size_bits)
+            materials = await self._takes.call(self._take, link_id, request.number * request.size_bits)
         except KeyUnavailable:
             raise _unavailable("not enough key material stored for this slave SAE") from None
         stored = [(stored_id, len(material) * 8) for stored_id, material in materials.items()]
