@@ -1,6 +1,6 @@
 """ETSI 014 Get key (`enc_keys`) throughput and latency against one qkdd KME, next to its ceiling.
 
-    python -m bench.etsi014 [--clients 50] [--seconds 20]
+    python -m bench.etsi014 [--clients 50] [--seconds 20] [--log-level info|warning]   # from the repository root
 
 Starts KME A and KME B (two `qkdd run` processes joined by the classical channel, key stores seeded with
 identical keys as in tests/etsi014_support.py), then `--clients` keep-alive mTLS connections each send
