@@ -20,6 +20,7 @@ from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, m
                                 positive, register_checks, register_parser, register_validator, to_plain)
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
+from qkdd.kme.config import Etsi014Config
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress",
            "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
@@ -242,6 +243,7 @@ class Config:
     health: HealthListenerConfig = field(default_factory=HealthListenerConfig)
     kms: KMSConfig = field(default_factory=KMSConfig)
     links: tuple[LinkConfig, ...] = ()
+    etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
 
     def validate(self, key: str) -> None:
         seen: dict[str, int] = {}
@@ -374,9 +376,12 @@ def to_toml(config: Config) -> str:
     def table(name: str, data: dict[str, Any], header: str) -> None:
         lines.append(f"\n{header}")
         nested = []
+        arrays = []
         for key, value in data.items():
             if isinstance(value, dict):
                 nested.append((key, value))
+            elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                arrays.append((key, value))
             elif value is None:
                 lines.append(f"# {key} = (unset)")
             elif isinstance(value, list):
@@ -385,10 +390,15 @@ def to_toml(config: Config) -> str:
                 lines.append(f"{key} = {scalar(value)}")
         for key, value in nested:
             table(f"{name}.{key}", value, f"[{name}.{key}]")
+        for key, items in arrays:
+            for item in items:
+                table(f"{name}.{key}", item, f"[[{name}.{key}]]")
 
     plain = config.to_dict(redact=True)
     for name, value in plain.items():
-        if name == "links":
+        if value is None:
+            lines.append(f"\n# [{name}] (unset)")
+        elif name == "links":
             for link in value:
                 table(name, link, f"[[{name}]]")
         else:
