@@ -7,6 +7,8 @@
  * X_b = x[j0, j0 + B) and W_b[k] = u[k + n - j0 - B] for k in [0, B + m - 1) (zero below u[0]).
  * Each block product is a Karatsuba multiplication (gf2x_impl.h). Cost: (n/B) products of about
  * 2B x B bits, which for B ~ m is far less than the full (n+m) x n product when m << n.
+ * The multiply is chosen per call from the caller's feature bits: AVX-512 VPCLMULQDQ (four 64-bit
+ * carry-less products per instruction), 128-bit PCLMULQDQ, or portable C with product tables.
  */
 #include "qkd_toeplitz.h"
 
