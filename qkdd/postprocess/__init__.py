@@ -1,0 +1,1 @@
+"""Post-processing of sifted keys: sans-IO protocol objects (reconciliation, verification, amplification)."""
