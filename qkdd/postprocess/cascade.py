@@ -102,8 +102,10 @@ def encode(msg_type: MessageType, frame_id: int, seq: int, payload: bytes) -> by
     return HEADER.pack(MAGIC, VERSION, msg_type, frame_id, seq, len(payload)) + payload
 
 
-def decode_header(message: bytes, frame_id: int, max_payload_bytes: int) -> tuple[MessageType, int, memoryview]:
-    """Check the header of `message`; return (type, sequence number, payload)."""
+def decode_header(message: bytes, frame_id: int, limits: dict[MessageType, int],
+                  where: str) -> tuple[MessageType, int, memoryview]:
+    """Check the header of `message` against the types expected now and their payload limits in bytes;
+    return (type, sequence number, payload). `where` names the receiving end and state for errors."""
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise CascadeMessageError(f"Cascade message must be bytes, not {type(message).__name__}")
     if len(message) < HEADER_BYTES:
@@ -119,6 +121,9 @@ def decode_header(message: bytes, frame_id: int, max_payload_bytes: int) -> tupl
         raise CascadeMessageError(f"unknown Cascade message type {msg_type}") from None
     if msg_frame != frame_id:
         raise CascadeFrameError(f"Cascade message for frame {msg_frame}, this is frame {frame_id}")
+    if msg_type not in limits:
+        raise CascadeStateError(f"{where}: a {msg_type.name} message not allowed")
+    max_payload_bytes = limits[msg_type]
     if length > max_payload_bytes:
         raise CascadeMessageError(f"oversized Cascade {msg_type.name}: payload of {length} bytes, "
                                   f"at most {max_payload_bytes} allowed")
@@ -158,8 +163,11 @@ class _End:
         self._kernel: CascadeKernel | None = None
         self.round_trips = 0
 
+    def _where(self) -> str:
+        return f"Cascade {self.role} in state {self.state.value}"
+
     def _illegal(self, what: str) -> CascadeStateError:
-        return CascadeStateError(f"Cascade {self.role} in state {self.state.value}: {what} not allowed")
+        return CascadeStateError(f"{self._where()}: {what} not allowed")
 
     @property
     def done(self) -> bool:
@@ -205,10 +213,8 @@ class CascadeBob(_End):
         """Take Alice's PARITIES; return the next QUESTIONS, or DONE when the key is reconciled."""
         if self.state is not State.AWAIT_PARITIES:
             raise self._illegal("receiving a message")
-        limit = parities_bytes(self._kernel.top_blocks)
-        msg_type, seq, payload = decode_header(message, self.frame_id, limit)
-        if msg_type is not MessageType.PARITIES:
-            raise self._illegal(f"a {msg_type.name} message")
+        limits = {MessageType.PARITIES: parities_bytes(self._kernel.top_blocks)}
+        msg_type, seq, payload = decode_header(message, self.frame_id, limits, self._where())
         if seq != self._seq:
             kind = "replayed" if seq < self._seq else "out-of-order"
             raise CascadeSequenceError(f"{kind} PARITIES: sequence {seq}, expected {self._seq}")
@@ -243,17 +249,15 @@ class CascadeAlice(_End):
     def receive(self, message: bytes) -> list[bytes]:
         """Take START, QUESTIONS or DONE; return the PARITIES reply (nothing after DONE)."""
         if self.state is State.AWAIT_START:
-            msg_type, seq, payload = decode_header(message, self.frame_id, MAX_START_PAYLOAD_BYTES)
-            if msg_type is not MessageType.START:
-                raise self._illegal(f"a {msg_type.name} message")
+            limits = {MessageType.START: MAX_START_PAYLOAD_BYTES}
+            msg_type, seq, payload = decode_header(message, self.frame_id, limits, self._where())
             self._check_seq(seq, msg_type)
             return self._on_start(payload)
         if self.state is not State.ANSWERING:
             raise self._illegal("receiving a message")
-        limit = max(4 + QUESTION_BYTES * self._kernel.top_blocks, _DONE.size)
-        msg_type, seq, payload = decode_header(message, self.frame_id, limit)
-        if msg_type not in (MessageType.QUESTIONS, MessageType.DONE):
-            raise self._illegal(f"a {msg_type.name} message")
+        limits = {MessageType.QUESTIONS: 4 + QUESTION_BYTES * self._kernel.top_blocks,
+                  MessageType.DONE: _DONE.size}
+        msg_type, seq, payload = decode_header(message, self.frame_id, limits, self._where())
         self._check_seq(seq, msg_type)
         if msg_type is MessageType.DONE:
             return self._on_done(payload)
