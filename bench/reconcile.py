@@ -44,9 +44,9 @@ def noisy_pair(rng: np.random.Generator, n: int, qber: float, noise: str) -> tup
     return alice, bob
 
 
-def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None):
+def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=None):
     """Run one frame through both ends; return (bob, alice) after DONE."""
-    bob = CascadeBob(bob_key, n, frame_id, qber, schedule=algo, seed=seed)
+    bob = CascadeBob(bob_key, n, frame_id, qber, schedule=algo, seed=seed, lookahead=lookahead)
     alice = CascadeAlice(alice_key, n, frame_id)
     to_alice = [bob.start()]
     while to_alice:
@@ -57,7 +57,7 @@ def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None):
     return bob, alice
 
 
-def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int) -> dict:
+def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, lookahead=None) -> dict:
     rng = np.random.default_rng(seed)
     frame_errors = 0
     disclosed = 0
@@ -67,12 +67,13 @@ def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int) -> d
         alice_key, bob_key = noisy_pair(rng, n, qber, noise)
         shuffle_seed = os.urandom(32)
         t0 = time.perf_counter()
-        bob, alice = reconcile(alice_key, bob_key, n, qber, algo, frame, shuffle_seed)
+        bob, alice = reconcile(alice_key, bob_key, n, qber, algo, frame, shuffle_seed, lookahead)
         elapsed_s += time.perf_counter() - t0
         frame_errors += int(not np.array_equal(alice_key, bob_key))
         disclosed += bob.disclosed_bits
         round_trips += bob.round_trips
-    return {"algo": algo, "n": n, "qber": qber, "frames": frames, "frame_errors": frame_errors,
+    name = algo if lookahead is None else f"{algo}+lookahead{lookahead[0]}:{lookahead[1]}"
+    return {"algo": name, "n": n, "qber": qber, "frames": frames, "frame_errors": frame_errors,
             "efficiency": round(disclosed / (frames * n * binary_entropy(qber)), 4),
             "round_trips": round(round_trips / frames, 1),
             "mbit_per_s": round(frames * n / elapsed_s / 1e6, 2)}
@@ -87,11 +88,14 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--noise", choices=["exact", "bernoulli"], default="exact")
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulated keys and noise")
+    parser.add_argument("--lookahead", metavar="FEW:LEVELS",
+                        help="ask LEVELS tree levels per round once at most FEW searches are open")
     args = parser.parse_args(argv)
+    lookahead = tuple(int(v) for v in args.lookahead.split(":")) if args.lookahead else None
     for algo in args.algo or sorted(SCHEDULES):
         for n in args.n or [1_000_000]:
             for qber in args.qber or [0.02]:
-                print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed)), flush=True)
+                print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed, lookahead)), flush=True)
 
 
 if __name__ == "__main__":

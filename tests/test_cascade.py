@@ -236,3 +236,19 @@ def test_schedules_follow_the_papers():
     assert [k for _, k in schedule("yan", 0.02, 10 ** 6)][:2] == [40, 200]
     efficient = schedule("efficient", 0.02, 10 ** 6)
     assert len(efficient) == 14 and [k for _, k in efficient][:2] == [64, 512]
+
+
+def test_lookahead_trades_parities_for_round_trips():
+    n, qber = 100_000, 0.04
+    results = {}
+    for lookahead in (None, (64, 3)):
+        rng = np.random.default_rng(21)
+        alice_key, bob_key = noisy_pair(rng, n, qber, "exact")
+        bob, alice = reconcile(alice_key, bob_key, n, qber, "efficient", 4, seed=SEED, lookahead=lookahead)
+        assert np.array_equal(alice_key, bob_key)
+        assert bob.disclosed_bits == alice.disclosed_bits
+        results[lookahead] = bob
+    assert results[(64, 3)].round_trips < results[None].round_trips
+    assert results[(64, 3)].disclosed_bits > results[None].disclosed_bits
+    with pytest.raises(ValueError, match="levels must be"):
+        CascadeBob(np.zeros(2, dtype=np.uint64), 100, 0, 0.02, lookahead=(8, 9))

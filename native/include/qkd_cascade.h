@@ -29,6 +29,8 @@
 #define QKD_CASCADE_MAX_PASSES 64
 #define QKD_CASCADE_MAX_BITS 1073741824
 #define QKD_CASCADE_QUESTION_BYTES 9
+#define QKD_CASCADE_MAX_LOOKAHEAD 3
+#define QKD_CASCADE_MAX_FEW_SEARCHES 64
 
 typedef struct qkd_cascade qkd_cascade;
 
@@ -50,6 +52,7 @@ int64_t qkd_cascade_alice_top_parities(qkd_cascade *c, uint8_t *out, size_t out_
 int64_t qkd_cascade_alice_answer(qkd_cascade *c, const uint8_t *questions, size_t questions_len,
                                  uint8_t *out, size_t out_len);
 int qkd_cascade_bob_set_top_parities(qkd_cascade *c, const uint8_t *payload, size_t payload_len);
+int qkd_cascade_bob_set_lookahead(qkd_cascade *c, uint32_t few_searches, uint32_t levels);
 int64_t qkd_cascade_bob_next_questions(qkd_cascade *c, uint8_t *out, size_t out_len);
 int qkd_cascade_bob_apply_answers(qkd_cascade *c, const uint8_t *payload, size_t payload_len);
 int qkd_cascade_get_stats(const qkd_cascade *c, qkd_cascade_stats *out);

@@ -51,6 +51,7 @@ struct qkd_cascade {
     int have_top;
     size_t started;      /* passes [0, started) have begun */
     size_t outstanding;  /* questions sent and not yet answered */
+    uint32_t few_searches, lookahead_levels;
     uint64_t *alice_top, *mismatch, *searching, *pending_bit;
     uint32_t *search_of, *pending, *free_slots, *active;
     size_t npending, nfree, nactive;
@@ -416,6 +417,7 @@ int qkd_cascade_new(qkd_cascade **out, int role, uint64_t *key, size_t key_words
             return rc;
         }
     }
+    c->lookahead_levels = 1;
     if (role == QKD_CASCADE_BOB) {
         c->nfree = c->total_blocks;
         for (size_t s = 0; s < c->total_blocks; s++)
@@ -443,13 +445,6 @@ int64_t qkd_cascade_parities_bytes(size_t count)
     if (count > UINT32_MAX)
         return QKD_ERANGE;
     return 4 + (int64_t)((count + 7) / 8);
-}
-
-int64_t qkd_cascade_question_capacity_bytes(const qkd_cascade *c)
-{
-    if (c == NULL)
-        return QKD_EINVAL;
-    return 4 + (int64_t)c->total_blocks * QKD_CASCADE_QUESTION_BYTES;
 }
 
 int qkd_cascade_get_stats(const qkd_cascade *c, qkd_cascade_stats *out)
@@ -601,8 +596,7 @@ static void resolve(qkd_cascade *c, struct search *s)
             descend(c, s, bit_get(p->value, left));
             continue;
         }
-        s->asked = 1;
-        return;
+        return; /* left child unknown: next_questions asks */
     }
 }
 
@@ -713,6 +707,85 @@ int qkd_cascade_bob_set_top_parities(qkd_cascade *c, const uint8_t *payload, siz
     return QKD_OK;
 }
 
+/* Questions per round. When few searches remain, the rounds rather than the parities are the cost;
+ * Bob may then let each search ask for `lookahead_levels` levels of its halving tree at once
+ * (2^levels - 1 parities for that many rounds of descent). Off (one level) unless Bob asks for it. */
+#define TREE_QUEUE ((1u << QKD_CASCADE_MAX_LOOKAHEAD) - 1)
+
+static size_t max_questions(const qkd_cascade *c)
+{
+    size_t few = (size_t)QKD_CASCADE_MAX_FEW_SEARCHES * TREE_QUEUE;
+    return c->total_blocks > few ? c->total_blocks : few;
+}
+
+int64_t qkd_cascade_question_capacity_bytes(const qkd_cascade *c)
+{
+    if (c == NULL)
+        return QKD_EINVAL;
+    return 4 + (int64_t)max_questions(c) * QKD_CASCADE_QUESTION_BYTES;
+}
+
+int qkd_cascade_bob_set_lookahead(qkd_cascade *c, uint32_t few_searches, uint32_t levels)
+{
+    if (c == NULL || c->role != QKD_CASCADE_BOB || few_searches > QKD_CASCADE_MAX_FEW_SEARCHES || levels < 1 ||
+        levels > QKD_CASCADE_MAX_LOOKAHEAD)
+        return QKD_EINVAL;
+    c->few_searches = few_searches;
+    c->lookahead_levels = levels;
+    return QKD_OK;
+}
+
+struct tree_node {
+    uint32_t node, lo, hi;
+    uint8_t depth, parity;
+};
+
+/* Walk the top `levels` levels of s's halving tree breadth first, in the same order when asking and
+ * when taking answers. Asking (answers == NULL): write a question for every node whose left child's
+ * parity is unknown. Answering: record those parities (and, by difference, the right child's). */
+static size_t walk_tree(qkd_cascade *c, const struct search *s, unsigned levels, uint8_t *questions,
+                        const uint8_t *answers, size_t answer_index, size_t answer_count)
+{
+    const struct pass *p = &c->passes[s->pass];
+    struct tree_node queue[TREE_QUEUE];
+    size_t head = 0, tail = 0, count = 0;
+    queue[tail++] = (struct tree_node){.node = s->node, .lo = s->lo, .hi = s->hi, .depth = 0, .parity = s->pa};
+    while (head < tail) {
+        struct tree_node t = queue[head++];
+        if (t.hi - t.lo < 2)
+            continue;
+        uint32_t mid = t.lo + (t.hi - t.lo + 1) / 2;
+        uint64_t left = (uint64_t)s->block * p->nodes_per_block + 2 * (uint64_t)t.node;
+        if (!bit_get(p->known, left)) {
+            if (answers == NULL) {
+                uint8_t *q = questions + (size_t)count * QKD_CASCADE_QUESTION_BYTES;
+                q[0] = s->pass;
+                wr_le32(q + 1, t.lo);
+                wr_le32(q + 5, mid - t.lo);
+            } else {
+                size_t k = answer_index + count;
+                if (k >= answer_count)
+                    return count + 1; /* more questions than were asked: caller reports EPROTO */
+                int answer = (answers[k >> 3] >> (k & 7)) & 1;
+                bit_set1(p->known, left);
+                bit_set1(p->known, left + 1);
+                if (answer)
+                    bit_set1(p->value, left);
+                if (answer ^ t.parity)
+                    bit_set1(p->value, left + 1);
+            }
+            count++;
+        }
+        if (t.depth + 1u < levels) {
+            /* Children's parities are known once this node's left child is (asked above or cached). */
+            uint8_t pl = (uint8_t)bit_get(p->value, left), pr = (uint8_t)bit_get(p->value, left + 1);
+            queue[tail++] = (struct tree_node){2 * t.node, t.lo, mid, (uint8_t)(t.depth + 1), pl};
+            queue[tail++] = (struct tree_node){2 * t.node + 1, mid, t.hi, (uint8_t)(t.depth + 1), pr};
+        }
+    }
+    return count;
+}
+
 int64_t qkd_cascade_bob_next_questions(qkd_cascade *c, uint8_t *out, size_t out_len)
 {
     if (c == NULL || c->role != QKD_CASCADE_BOB || out == NULL)
@@ -727,21 +800,19 @@ int64_t qkd_cascade_bob_next_questions(qkd_cascade *c, uint8_t *out, size_t out_
             return 0; /* every pass done: Bob's key is reconciled */
         begin_pass(c, c->started);
     }
-    uint64_t need = 4 + (uint64_t)c->nactive * QKD_CASCADE_QUESTION_BYTES;
-    if (out_len < need)
+    unsigned levels = c->nactive <= c->few_searches ? c->lookahead_levels : 1;
+    if (out_len < 4 + max_questions(c) * QKD_CASCADE_QUESTION_BYTES)
         return QKD_ENOMEM;
-    wr_le32(out, (uint32_t)c->nactive);
-    uint8_t *q = out + 4;
-    for (size_t k = 0; k < c->nactive; k++, q += QKD_CASCADE_QUESTION_BYTES) {
-        const struct search *s = &c->slots[c->active[k]];
-        uint32_t mid = s->lo + (s->hi - s->lo + 1) / 2;
-        q[0] = s->pass;
-        wr_le32(q + 1, s->lo);
-        wr_le32(q + 5, mid - s->lo);
+    size_t count = 0;
+    for (size_t k = 0; k < c->nactive; k++) {
+        struct search *s = &c->slots[c->active[k]];
+        s->asked = (uint8_t)levels;
+        count += walk_tree(c, s, levels, out + 4 + count * QKD_CASCADE_QUESTION_BYTES, NULL, 0, 0);
     }
-    c->outstanding = c->nactive;
+    wr_le32(out, (uint32_t)count);
+    c->outstanding = count;
     c->stats.question_rounds++;
-    return (int64_t)need;
+    return (int64_t)(4 + count * QKD_CASCADE_QUESTION_BYTES);
 }
 
 int qkd_cascade_bob_apply_answers(qkd_cascade *c, const uint8_t *payload, size_t payload_len)
@@ -755,21 +826,14 @@ int qkd_cascade_bob_apply_answers(qkd_cascade *c, const uint8_t *payload, size_t
         return QKD_EPROTO;
     if (count % 8 && (payload[4 + count / 8] >> (count % 8)) != 0)
         return QKD_EPROTO;
-    for (size_t k = 0; k < count; k++) {
+    /* Record the answers; the searches descend through them in the next settle(). */
+    size_t used = 0;
+    for (size_t k = 0; k < c->nactive; k++) {
         struct search *s = &c->slots[c->active[k]];
-        const struct pass *p = &c->passes[s->pass];
-        int answer = (payload[4 + (k >> 3)] >> (k & 7)) & 1;
-        uint64_t left = (uint64_t)s->block * p->nodes_per_block + 2 * (uint64_t)s->node;
-        bit_set1(p->known, left);
-        bit_set1(p->known, left + 1);
-        if (answer)
-            bit_set1(p->value, left);
-        if (answer ^ s->pa)
-            bit_set1(p->value, left + 1);
+        used += walk_tree(c, s, s->asked, NULL, payload + 4, used, count);
         s->asked = 0;
-        descend(c, s, answer);
     }
     c->outstanding = 0;
     c->stats.disclosed_bits += count;
-    return QKD_OK;
+    return used == count ? QKD_OK : QKD_EPROTO;
 }

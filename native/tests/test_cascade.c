@@ -69,14 +69,17 @@ static void free_frame(struct frame *f)
 }
 
 /* Run one frame; returns 1 when Bob's key equals Alice's afterwards. */
-static int reconcile(struct frame *f, const uint32_t *kind, const uint32_t *block, size_t npasses,
-                     qkd_cascade_stats *alice_stats, qkd_cascade_stats *bob_stats)
+static int reconcile_lookahead(struct frame *f, const uint32_t *kind, const uint32_t *block, size_t npasses,
+                               qkd_cascade_stats *alice_stats, qkd_cascade_stats *bob_stats, uint32_t levels)
 {
     qkd_cascade *alice, *bob;
     CHECK_EQ(qkd_cascade_new(&alice, QKD_CASCADE_ALICE, f->alice_key, f->nwords, f->n, SEED, 32, kind, block,
                              npasses), QKD_OK);
     CHECK_EQ(qkd_cascade_new(&bob, QKD_CASCADE_BOB, f->bob_key, f->nwords, f->n, SEED, 32, kind, block, npasses),
              QKD_OK);
+    CHECK_EQ(qkd_cascade_bob_set_lookahead(bob, QKD_CASCADE_MAX_FEW_SEARCHES, levels), QKD_OK);
+    CHECK_EQ(qkd_cascade_bob_set_lookahead(alice, 4, 2), QKD_EINVAL);
+    CHECK_EQ(qkd_cascade_bob_set_lookahead(bob, 4, QKD_CASCADE_MAX_LOOKAHEAD + 1), QKD_EINVAL);
     size_t cap = (size_t)qkd_cascade_question_capacity_bytes(bob);
     uint8_t *questions = malloc(cap), *answers = malloc(cap);
     int64_t len = qkd_cascade_alice_top_parities(alice, answers, cap);
@@ -100,6 +103,32 @@ static int reconcile(struct frame *f, const uint32_t *kind, const uint32_t *bloc
     free(questions);
     free(answers);
     return memcmp(f->alice_key, f->bob_key, f->nwords * 8) == 0;
+}
+
+static int reconcile(struct frame *f, const uint32_t *kind, const uint32_t *block, size_t npasses,
+                     qkd_cascade_stats *alice_stats, qkd_cascade_stats *bob_stats)
+{
+    return reconcile_lookahead(f, kind, block, npasses, alice_stats, bob_stats, 1);
+}
+
+static void test_lookahead(void)
+{
+    uint32_t kind[8] = {QKD_CASCADE_PASS_CONTIGUOUS, QKD_CASCADE_PASS_SHUFFLED}, block[8] = {16, 128};
+    for (int i = 2; i < 8; i++)
+        kind[i] = QKD_CASCADE_PASS_HALVES;
+    for (uint32_t levels = 1; levels <= QKD_CASCADE_MAX_LOOKAHEAD; levels++) {
+        qkd_cascade_stats one_a, one_b, many_a, many_b;
+        struct frame f1 = make_frame(30000, 0.06, 50), f2 = make_frame(30000, 0.06, 50);
+        CHECK(reconcile(&f1, kind, block, 8, &one_a, &one_b));
+        CHECK(reconcile_lookahead(&f2, kind, block, 8, &many_a, &many_b, levels));
+        CHECK_EQ(one_b.corrected_bits, f1.errors);
+        CHECK_EQ(many_b.corrected_bits, f2.errors);
+        CHECK_EQ(many_a.disclosed_bits, many_b.disclosed_bits);
+        if (levels > 1) /* fewer rounds for more parities */
+            CHECK(many_b.question_rounds < one_b.question_rounds && many_b.disclosed_bits > one_b.disclosed_bits);
+        free_frame(&f1);
+        free_frame(&f2);
+    }
 }
 
 static void test_reconcile_schedules(void)
@@ -225,6 +254,7 @@ int main(void)
     test_prng();
     test_reconcile_schedules();
     test_deterministic();
+    test_lookahead();
     test_bad_input();
     return check_report("test_cascade");
 }

@@ -16,6 +16,8 @@ MAX_PASSES = lib.QKD_CASCADE_MAX_PASSES
 MAX_BITS = lib.QKD_CASCADE_MAX_BITS
 SEED_BYTES = lib.QKD_PRNG_SEED_BYTES
 QUESTION_BYTES = lib.QKD_CASCADE_QUESTION_BYTES
+MAX_LOOKAHEAD = lib.QKD_CASCADE_MAX_LOOKAHEAD
+MAX_FEW_SEARCHES = lib.QKD_CASCADE_MAX_FEW_SEARCHES
 
 
 def parities_bytes(count: int) -> int:
@@ -80,6 +82,13 @@ class CascadeKernel:
 
     def bob_set_top_parities(self, payload: bytes) -> None:
         check(lib.qkd_cascade_bob_set_top_parities(self._c, _in(payload), len(payload)), "top parities")
+
+    def bob_set_lookahead(self, few_searches: int, levels: int) -> None:
+        """Bob: once at most `few_searches` searches are open, ask `levels` tree levels per round."""
+        if not 0 <= few_searches <= MAX_FEW_SEARCHES or not 1 <= levels <= MAX_LOOKAHEAD:
+            raise ValueError(f"lookahead of {levels} levels below {few_searches} searches: levels must be 1 to "
+                             f"{MAX_LOOKAHEAD}, searches 0 to {MAX_FEW_SEARCHES}")
+        check(lib.qkd_cascade_bob_set_lookahead(self._c, few_searches, levels), "lookahead")
 
     def bob_next_questions(self) -> bytes | None:
         """Bob: the next questions payload, or None once every pass is done."""

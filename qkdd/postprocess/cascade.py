@@ -184,7 +184,11 @@ class CascadeBob(_End):
     role = "Bob"
 
     def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, qber_estimate: float,
-                 schedule: str = "efficient", seed: bytes | None = None):
+                 schedule: str = "efficient", seed: bytes | None = None,
+                 lookahead: tuple[int, int] | None = None):
+        """`lookahead` = (few, levels): once at most `few` binary searches remain open, each asks for
+        `levels` levels of its halving tree per round, trading some disclosed parities for fewer
+        round trips in the tail of the cascade. None: one level, fewest disclosed bits."""
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
             raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
@@ -192,6 +196,8 @@ class CascadeBob(_End):
         self.passes = make_schedule(schedule, qber_estimate, n_bits)
         self.seed = os.urandom(SEED_BYTES) if seed is None else bytes(seed)
         self._kernel = CascadeKernel(BOB, key, n_bits, self.seed, self.passes)
+        if lookahead is not None:
+            self._kernel.bob_set_lookahead(*lookahead)
         self.key = key
         self.state = State.IDLE
         self._seq = 0
@@ -255,7 +261,7 @@ class CascadeAlice(_End):
             return self._on_start(payload)
         if self.state is not State.ANSWERING:
             raise self._illegal("receiving a message")
-        limits = {MessageType.QUESTIONS: 4 + QUESTION_BYTES * self._kernel.top_blocks,
+        limits = {MessageType.QUESTIONS: self._kernel.question_capacity_bytes,
                   MessageType.DONE: _DONE.size}
         msg_type, seq, payload = decode_header(message, self.frame_id, limits, self._where())
         self._check_seq(seq, msg_type)
