@@ -71,14 +71,10 @@ class CascadeKernel:
                                   "top parities"))
 
     def alice_answer(self, questions: bytes) -> bytes:
-        """Alice: the parities payload answering a questions payload."""
-        count_max = (len(questions) - 4) // QUESTION_BYTES if len(questions) >= 4 else 0
-        need = parities_bytes(count_max)
-        out = self._out if need <= len(self._out) else bytearray(need)
-        out_c = self._out_c if out is self._out else ffi.from_buffer("uint8_t[]", out)
-        length = check(lib.qkd_cascade_alice_answer(self._c, _in(questions), len(questions), out_c, len(out)),
-                       "questions")
-        return bytes(out[:length])
+        """Alice: the parities payload answering a questions payload (at most the question capacity)."""
+        length = check(lib.qkd_cascade_alice_answer(self._c, _in(questions), len(questions), self._out_c,
+                                                    len(self._out)), "questions")
+        return self._result(length)
 
     def bob_set_top_parities(self, payload: bytes) -> None:
         check(lib.qkd_cascade_bob_set_top_parities(self._c, _in(payload), len(payload)), "top parities")

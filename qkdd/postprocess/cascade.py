@@ -102,10 +102,13 @@ def encode(msg_type: MessageType, frame_id: int, seq: int, payload: bytes) -> by
     return HEADER.pack(MAGIC, VERSION, msg_type, frame_id, seq, len(payload)) + payload
 
 
+_TYPES = {int(t): t for t in MessageType}
+
+
 def decode_header(message: bytes, frame_id: int, limits: dict[MessageType, int],
-                  where: str) -> tuple[MessageType, int, memoryview]:
-    """Check the header of `message` against the types expected now and their payload limits in bytes;
-    return (type, sequence number, payload). `where` names the receiving end and state for errors."""
+                  end: "_End") -> tuple[MessageType, int, memoryview]:
+    """Check the header of `message` against the types `end` expects now and their payload limits in
+    bytes; return (type, sequence number, payload)."""
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise CascadeMessageError(f"Cascade message must be bytes, not {type(message).__name__}")
     if len(message) < HEADER_BYTES:
@@ -115,14 +118,13 @@ def decode_header(message: bytes, frame_id: int, limits: dict[MessageType, int],
         raise CascadeMessageError("not a Cascade message (bad magic)")
     if version != VERSION:
         raise CascadeMessageError(f"Cascade message version {version}, this end speaks {VERSION}")
-    try:
-        msg_type = MessageType(msg_type)
-    except ValueError:
-        raise CascadeMessageError(f"unknown Cascade message type {msg_type}") from None
+    if msg_type not in _TYPES:
+        raise CascadeMessageError(f"unknown Cascade message type {msg_type}")
+    msg_type = _TYPES[msg_type]
     if msg_frame != frame_id:
         raise CascadeFrameError(f"Cascade message for frame {msg_frame}, this is frame {frame_id}")
     if msg_type not in limits:
-        raise CascadeStateError(f"{where}: a {msg_type.name} message not allowed")
+        raise end._illegal(f"a {msg_type.name} message")
     max_payload_bytes = limits[msg_type]
     if length > max_payload_bytes:
         raise CascadeMessageError(f"oversized Cascade {msg_type.name}: payload of {length} bytes, "
@@ -201,6 +203,7 @@ class CascadeBob(_End):
         self.key = key
         self.state = State.IDLE
         self._seq = 0
+        self._limits = {MessageType.PARITIES: parities_bytes(self._kernel.top_blocks)}
 
     @property
     def corrected_bits(self) -> int:
@@ -219,8 +222,7 @@ class CascadeBob(_End):
         """Take Alice's PARITIES; return the next QUESTIONS, or DONE when the key is reconciled."""
         if self.state is not State.AWAIT_PARITIES:
             raise self._illegal("receiving a message")
-        limits = {MessageType.PARITIES: parities_bytes(self._kernel.top_blocks)}
-        msg_type, seq, payload = decode_header(message, self.frame_id, limits, self._where())
+        msg_type, seq, payload = decode_header(message, self.frame_id, self._limits, self)
         if seq != self._seq:
             kind = "replayed" if seq < self._seq else "out-of-order"
             raise CascadeSequenceError(f"{kind} PARITIES: sequence {seq}, expected {self._seq}")
@@ -256,14 +258,12 @@ class CascadeAlice(_End):
         """Take START, QUESTIONS or DONE; return the PARITIES reply (nothing after DONE)."""
         if self.state is State.AWAIT_START:
             limits = {MessageType.START: MAX_START_PAYLOAD_BYTES}
-            msg_type, seq, payload = decode_header(message, self.frame_id, limits, self._where())
+            msg_type, seq, payload = decode_header(message, self.frame_id, limits, self)
             self._check_seq(seq, msg_type)
             return self._on_start(payload)
         if self.state is not State.ANSWERING:
             raise self._illegal("receiving a message")
-        limits = {MessageType.QUESTIONS: self._kernel.question_capacity_bytes,
-                  MessageType.DONE: _DONE.size}
-        msg_type, seq, payload = decode_header(message, self.frame_id, limits, self._where())
+        msg_type, seq, payload = decode_header(message, self.frame_id, self._limits, self)
         self._check_seq(seq, msg_type)
         if msg_type is MessageType.DONE:
             return self._on_done(payload)
@@ -295,6 +295,7 @@ class CascadeAlice(_End):
         kernel = _native("START", CascadeKernel, ALICE, self.key, self.n_bits, seed, passes)
         parities = kernel.alice_top_parities()
         self._kernel = kernel
+        self._limits = {MessageType.QUESTIONS: kernel.question_capacity_bytes, MessageType.DONE: _DONE.size}
         self.passes = passes
         self.state = State.ANSWERING
         self._next_seq = 1
