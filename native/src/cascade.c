@@ -82,6 +82,16 @@ static inline void bit_toggle(uint64_t *w, uint64_t i)
     w[i >> 6] ^= (uint64_t)1 << (i & 63);
 }
 
+/* Branch-free population count: the portable build has no POPCNT, and libgcc's fallback is a
+ * table loop (Hacker's Delight, 2nd ed., sec. 5-1). */
+static inline unsigned popcount64(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (unsigned)((x * 0x0101010101010101ull) >> 56);
+}
+
 static inline uint64_t mask_from(unsigned lo)
 {
     return ~(uint64_t)0 << lo;
@@ -158,7 +168,7 @@ static inline void block_range(const qkd_cascade *c, const struct pass *p, size_
 
 static inline uint32_t rank1(const struct pass *p, size_t x)
 {
-    return p->rank[x >> 6] + (uint32_t)__builtin_popcountll(p->mask[x >> 6] & mask_below((unsigned)(x & 63)));
+    return p->rank[x >> 6] + (uint32_t)popcount64(p->mask[x >> 6] & mask_below((unsigned)(x & 63)));
 }
 
 /* Position of key bit x in the order of pass p. */
@@ -321,27 +331,11 @@ static int build_pass(qkd_cascade *c, size_t i, const uint8_t *seed)
     uint32_t count = 0;
     for (size_t w = 0; w < c->nwords; w++) {
         p->rank[w] = count;
-        count += (uint32_t)__builtin_popcountll(p->mask[w]);
+        count += (uint32_t)popcount64(p->mask[w]);
     }
     p->rank[c->nwords] = count;
-    if (count != p->half0)
-        return QKD_EINVAL; /* cannot happen: half0 was counted from the same stream */
+    p->half0 = count;
     return QKD_OK;
-}
-
-/* Members of the first half of HALVES pass i, computed before layout to size the pass. */
-static uint32_t count_half0(const qkd_cascade *c, size_t i, const uint8_t *seed)
-{
-    qkd_prng g;
-    qkd_prng_init(&g, seed, QKD_PRNG_SEED_BYTES, (uint64_t)i);
-    uint64_t count = 0;
-    for (size_t w = 0; w < c->nwords; w++) {
-        uint64_t word = qkd_prng_next(&g);
-        if (w == c->nwords - 1 && c->n % 64)
-            word &= mask_below((unsigned)(c->n % 64));
-        count += (uint64_t)__builtin_popcountll(word);
-    }
-    return (uint32_t)count;
 }
 
 int qkd_cascade_new(qkd_cascade **out, int role, uint64_t *key, size_t key_words, size_t n_bits,
@@ -376,8 +370,7 @@ int qkd_cascade_new(qkd_cascade **out, int role, uint64_t *key, size_t key_words
         uint64_t longest;
         if (p->kind == QKD_CASCADE_PASS_HALVES) {
             p->nblocks = 2;
-            p->half0 = count_half0(c, i, seed);
-            longest = p->half0 > n_bits - p->half0 ? p->half0 : n_bits - p->half0;
+            longest = n_bits; /* a half can, in principle, hold every bit */
         } else if (p->kind == QKD_CASCADE_PASS_CONTIGUOUS || p->kind == QKD_CASCADE_PASS_SHUFFLED) {
             if (p->block_bits == 0) {
                 free(c);

@@ -33,6 +33,19 @@ static void test_prng(void)
             ok = 0;
     }
     CHECK(ok);
+    /* The batched shuffle equals textbook Fisher-Yates drawing one partner at a time. */
+    uint32_t reference[N];
+    qkd_prng_init(&a, SEED, 32, 3);
+    qkd_prng_init(&b, SEED, 32, 3);
+    qkd_prng_permutation(&a, perm, N);
+    for (uint32_t i = 0; i < N; i++)
+        reference[i] = i;
+    for (uint32_t i = N; i > 1; i--) {
+        uint32_t j = qkd_prng_below(&b, i), t = reference[i - 1];
+        reference[i - 1] = reference[j];
+        reference[j] = t;
+    }
+    CHECK_EQ(memcmp(perm, reference, sizeof perm), 0);
 }
 
 struct frame {
