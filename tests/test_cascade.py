@@ -20,13 +20,15 @@ def test_efficient_schedule_corrects_every_error(n, qber):
     rng = np.random.default_rng(int(n * qber * 1000))
     alice_key, bob_key = noisy_pair(rng, n, qber, "exact")
     errors = round(qber * n)
-    bob, alice = reconcile(alice_key, bob_key, n, qber, "efficient", frame_id=7)
+    bob, alice = reconcile(alice_key, bob_key, n, qber, "efficient", frame_id=7, seed=SEED)
     assert np.array_equal(alice_key, bob_key)
     assert bob.corrected_bits == errors == alice.corrected_bits
     assert bob.disclosed_bits == alice.disclosed_bits
     assert bob.round_trips == alice.round_trips
-    # Cascade cannot beat the Shannon limit, and the efficient schedule stays near it.
-    assert n * binary_entropy(qber) < bob.disclosed_bits < 1.2 * n * binary_entropy(qber)
+    # Cascade cannot beat the Shannon limit, and the efficient schedule stays near it (the fixed
+    # cost of the top-level parities weighs more in small frames with few errors).
+    limit = 1.1 if n * binary_entropy(qber) > 10_000 else 1.3
+    assert n * binary_entropy(qber) < bob.disclosed_bits < limit * n * binary_entropy(qber)
 
 
 @pytest.mark.parametrize("algo", ["original", "yan"])
