@@ -52,7 +52,7 @@ struct qkd_cascade {
     size_t started;      /* passes [0, started) have begun */
     size_t outstanding;  /* questions sent and not yet answered */
     uint32_t few_searches, lookahead_levels;
-    uint64_t *alice_top, *mismatch, *searching, *pending_bit;
+    uint64_t *alice_top, *mismatch, *searching, *pending_bit, *visited;
     uint32_t *search_of, *pending, *free_slots, *active;
     size_t npending, nfree, nactive;
     struct search *slots;
@@ -293,6 +293,7 @@ static void layout(qkd_cascade *c, struct arena *a)
         c->mismatch = carve(a, bw, sizeof(uint64_t));
         c->searching = carve(a, bw, sizeof(uint64_t));
         c->pending_bit = carve(a, bw, sizeof(uint64_t));
+        c->visited = carve(a, bw, sizeof(uint64_t));
         c->search_of = carve(a, c->total_blocks, sizeof(uint32_t));
         c->pending = carve(a, c->total_blocks, sizeof(uint32_t));
         c->free_slots = carve(a, c->total_blocks, sizeof(uint32_t));
@@ -537,8 +538,8 @@ static void flip(qkd_cascade *c, size_t x)
             struct search *s = &c->slots[c->search_of[g]];
             if (j >= s->lo && j < s->hi)
                 s->mis ^= 1;
-        } else if (bit_get(c->mismatch, g)) {
-            push_pending(c, g);
+        } else if (bit_get(c->mismatch, g) || (p->kind != QKD_CASCADE_PASS_HALVES && bit_get(c->visited, g))) {
+            push_pending(c, g); /* odd again, or an even block whose revealed sub-blocks may now be odd */
         }
     }
 }
@@ -548,7 +549,7 @@ static void end_search(qkd_cascade *c, struct search *s)
     size_t g = c->passes[s->pass].block_base + s->block;
     s->live = 0;
     bit_clear(c->searching, g);
-    if (bit_get(c->mismatch, g))
+    if (bit_get(c->mismatch, g) || c->passes[s->pass].kind != QKD_CASCADE_PASS_HALVES)
         push_pending(c, g);
 }
 
@@ -601,26 +602,72 @@ static size_t pass_of_block(const qkd_cascade *c, size_t g)
     return i;
 }
 
+/* In an even block, find a node of the halving tree whose parity Alice has revealed and whose
+ * mismatch is odd: flips since it was revealed can leave one behind even though the block as a
+ * whole is even. Searching from there finds an error with no new block parity (it uses all known
+ * parities, as block parity inference does, Martinez-Mateo et al., arXiv:1407.3257, sec. 4). */
+static int find_odd_node(const qkd_cascade *c, const struct pass *p, size_t b, struct search *out)
+{
+    struct tree_walk {
+        uint32_t node, lo, hi;
+        uint8_t parity;
+    } stack[2 * 33];
+    size_t top = 0;
+    uint32_t lo, hi;
+    block_range(c, p, b, &lo, &hi);
+    uint64_t base = (uint64_t)b * p->nodes_per_block;
+    if (hi - lo >= 2 && bit_get(p->known, base + 2)) {
+        uint32_t mid = lo + (hi - lo + 1) / 2;
+        stack[top++] = (struct tree_walk){3, mid, hi, (uint8_t)bit_get(p->value, base + 3)};
+        stack[top++] = (struct tree_walk){2, lo, mid, (uint8_t)bit_get(p->value, base + 2)};
+    }
+    while (top > 0) {
+        struct tree_walk t = stack[--top];
+        if (pass_parity(c, p, c->key, t.lo, t.hi) != t.parity) {
+            out->node = t.node;
+            out->lo = t.lo;
+            out->hi = t.hi;
+            out->pa = t.parity;
+            return 1;
+        }
+        uint64_t left = base + 2 * (uint64_t)t.node;
+        if (t.hi - t.lo >= 2 && bit_get(p->known, left)) {
+            uint32_t mid = t.lo + (t.hi - t.lo + 1) / 2;
+            stack[top++] = (struct tree_walk){2 * t.node + 1, mid, t.hi, (uint8_t)bit_get(p->value, left + 1)};
+            stack[top++] = (struct tree_walk){2 * t.node, t.lo, mid, (uint8_t)bit_get(p->value, left)};
+        }
+    }
+    return 0;
+}
+
 static void start_pending(qkd_cascade *c)
 {
     while (c->npending > 0) {
         size_t g = c->pending[--c->npending];
         bit_clear(c->pending_bit, g);
-        if (!bit_get(c->mismatch, g) || bit_get(c->searching, g))
+        if (bit_get(c->searching, g))
             continue;
         size_t i = pass_of_block(c, g);
         const struct pass *p = &c->passes[i];
+        size_t b = g - p->block_base;
+        struct search found;
+        if (bit_get(c->mismatch, g)) {
+            block_range(c, p, b, &found.lo, &found.hi);
+            found.node = 1;
+            found.pa = (uint8_t)bit_get(c->alice_top, g);
+        } else if (p->kind == QKD_CASCADE_PASS_HALVES || !bit_get(c->visited, g) || !find_odd_node(c, p, b, &found)) {
+            continue;
+        }
         uint32_t slot = c->free_slots[--c->nfree];
         struct search *s = &c->slots[slot];
+        *s = found;
         s->pass = (uint8_t)i;
-        s->block = (uint32_t)(g - p->block_base);
-        block_range(c, p, s->block, &s->lo, &s->hi);
-        s->node = 1;
-        s->pa = (uint8_t)bit_get(c->alice_top, g);
+        s->block = (uint32_t)b;
         s->mis = 1;
         s->asked = 0;
         s->live = 1;
         bit_set1(c->searching, g);
+        bit_set1(c->visited, g);
         c->search_of[g] = slot;
         c->active[c->nactive++] = slot;
     }
