@@ -254,3 +254,24 @@ def test_lookahead_trades_parities_for_round_trips():
     assert results[(64, 3)].disclosed_bits > results[None].disclosed_bits
     with pytest.raises(ValueError, match="levels must be"):
         CascadeBob(np.zeros(2, dtype=np.uint64), 100, 0, 0.02, lookahead=(8, 9))
+
+
+def test_alice_caps_what_she_discloses():
+    n = 4096
+    key = np.zeros(n // 64, dtype=np.uint64)
+    # A START whose block parities alone would reveal the whole key (blocks of one bit) is refused.
+    greedy = proto.encode(proto.MessageType.START, 5, 0, struct.pack("<Q32sH", n, SEED, 1) + struct.pack("<BI", 0, 1))
+    alice = CascadeAlice(key, n, 5)
+    with pytest.raises(CascadeMessageError, match="4096 block parities"):
+        alice.receive(greedy)
+    assert alice.state is proto.State.AWAIT_START
+    # Questions past the cap are refused before any is answered.
+    rng = np.random.default_rng(6)
+    alice_key, bob_key = noisy_pair(rng, n, 0.05, "exact")
+    bob = CascadeBob(bob_key, n, 5, 0.05, seed=SEED)
+    alice = CascadeAlice(alice_key, n, 5, max_disclosed_bits=900)
+    questions = bob.receive(alice.receive(bob.start())[0])[0]
+    with pytest.raises(CascadeMessageError, match="more than the 900 allowed"):
+        while True:
+            questions = bob.receive(alice.receive(questions)[0])[0]
+    assert alice.disclosed_bits <= 900

@@ -246,9 +246,14 @@ class CascadeAlice(_End):
 
     role = "Alice"
 
-    def __init__(self, key: np.ndarray, n_bits: int, frame_id: int):
+    def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, max_disclosed_bits: int | None = None):
+        """`max_disclosed_bits` caps the parities Alice reveals in this frame; a START or QUESTIONS that
+        would exceed it is refused. The default, 3/4 of the frame, is above what Cascade needs at any
+        QBER that still leaves a key (about 0.6 n at 11 %, where h(Q) = 1/2) and stops a peer from
+        asking for the whole key parity by parity."""
         _check_key(key, n_bits)
         super().__init__(frame_id, n_bits)
+        self.max_disclosed_bits = 3 * n_bits // 4 if max_disclosed_bits is None else max_disclosed_bits
         self.key = key
         self.state = State.AWAIT_START
         self._next_seq = 0
@@ -267,6 +272,12 @@ class CascadeAlice(_End):
         self._check_seq(seq, msg_type)
         if msg_type is MessageType.DONE:
             return self._on_done(payload)
+        if len(payload) >= 4:
+            asked = int.from_bytes(payload[:4], "little")
+            disclosed = self._kernel.stats()["disclosed_bits"]
+            if disclosed + asked > self.max_disclosed_bits:
+                raise CascadeMessageError(f"QUESTIONS for {asked} parities would disclose {disclosed + asked} bits, "
+                                          f"more than the {self.max_disclosed_bits} allowed in this frame")
         answers = _native("questions", self._kernel.alice_answer, payload)
         self._next_seq += 1
         self.round_trips += 1
@@ -293,6 +304,9 @@ class CascadeAlice(_End):
             if kind not in PASS_KINDS:
                 raise CascadeMessageError(f"START announces unknown pass kind {kind}")
         kernel = _native("START", CascadeKernel, ALICE, self.key, self.n_bits, seed, passes)
+        if kernel.top_blocks > self.max_disclosed_bits:
+            raise CascadeMessageError(f"START asks for {kernel.top_blocks} block parities, more than the "
+                                      f"{self.max_disclosed_bits} bits Alice may disclose in this frame")
         parities = kernel.alice_top_parities()
         self._kernel = kernel
         self._limits = {MessageType.QUESTIONS: kernel.question_capacity_bytes, MessageType.DONE: _DONE.size}
