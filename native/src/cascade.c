@@ -37,7 +37,9 @@ struct search {
     uint32_t lo, hi;   /* range in pass order; Bob's parity differs from Alice's when mis = 1 */
     uint32_t node;     /* heap index of the range in its block's halving tree (root = 1) */
     uint32_t block;
-    uint8_t pass, pa, mis, asked, live;
+    uint8_t pass, pa, mis, live;
+    uint8_t ready;     /* waiting for an answer, nothing changed since it asked */
+    uint8_t asked;     /* tree levels asked in the outstanding round */
 };
 
 struct qkd_cascade {
@@ -302,6 +304,22 @@ static void layout(qkd_cascade *c, struct arena *a)
     }
 }
 
+/* p->copy = the key in the order of SHUFFLED pass p (ones scattered to their positions). */
+static void permute_key(qkd_cascade *c, struct pass *p)
+{
+    memset(p->copy, 0, c->nwords * sizeof(uint64_t));
+    for (size_t w = 0; w < c->nwords; w++) {
+        uint64_t word = c->key[w];
+        if (w == c->nwords - 1 && c->n % 64)
+            word &= mask_below((unsigned)(c->n % 64));
+        while (word) {
+            size_t x = w * 64 + (size_t)__builtin_ctzll(word);
+            word &= word - 1;
+            bit_set1(p->copy, p->pos[x]);
+        }
+    }
+}
+
 /* Derive the seeded structure of pass i (stream i of the seed). */
 static int build_pass(qkd_cascade *c, size_t i, const uint8_t *seed)
 {
@@ -316,12 +334,8 @@ static int build_pass(qkd_cascade *c, size_t i, const uint8_t *seed)
         if (p->perm)
             for (size_t x = 0; x < c->n; x++)
                 p->perm[p->pos[x]] = (uint32_t)x;
-        if (c->role == QKD_CASCADE_ALICE) {
-            memset(p->copy, 0, c->nwords * sizeof(uint64_t));
-            for (size_t x = 0; x < c->n; x++)
-                if (bit_get(c->key, x))
-                    bit_set1(p->copy, p->pos[x]);
-        }
+        if (c->role == QKD_CASCADE_ALICE)
+            permute_key(c, p);
         return QKD_OK;
     }
     /* HALVES: each key bit joins the first half with probability 1/2. */
@@ -536,8 +550,10 @@ static void flip(qkd_cascade *c, size_t x)
         bit_toggle(c->mismatch, g);
         if (bit_get(c->searching, g)) {
             struct search *s = &c->slots[c->search_of[g]];
-            if (j >= s->lo && j < s->hi)
+            if (j >= s->lo && j < s->hi) {
                 s->mis ^= 1;
+                s->ready = 0; /* resolve it again */
+            }
         } else if (bit_get(c->mismatch, g) || (p->kind != QKD_CASCADE_PASS_HALVES && bit_get(c->visited, g))) {
             push_pending(c, g); /* odd again, or an even block whose revealed sub-blocks may now be odd */
         }
@@ -590,6 +606,7 @@ static void resolve(qkd_cascade *c, struct search *s)
             descend(c, s, bit_get(p->value, left));
             continue;
         }
+        s->ready = 1;
         return; /* left child unknown: next_questions asks */
     }
 }
@@ -665,6 +682,7 @@ static void start_pending(qkd_cascade *c)
         s->block = (uint32_t)b;
         s->mis = 1;
         s->asked = 0;
+        s->ready = 0;
         s->live = 1;
         bit_set1(c->searching, g);
         bit_set1(c->visited, g);
@@ -681,7 +699,7 @@ static void settle(qkd_cascade *c)
         uint64_t flips_before = c->stats.corrected_bits;
         for (size_t k = 0; k < c->nactive; k++) {
             struct search *s = &c->slots[c->active[k]];
-            if (s->live)
+            if (s->live && !s->ready)
                 resolve(c, s);
         }
         size_t kept = 0;
@@ -701,19 +719,8 @@ static void settle(qkd_cascade *c)
 static void begin_pass(qkd_cascade *c, size_t i)
 {
     struct pass *p = &c->passes[i];
-    if (p->kind == QKD_CASCADE_PASS_SHUFFLED) {
-        memset(p->copy, 0, c->nwords * sizeof(uint64_t));
-        for (size_t w = 0; w < c->nwords; w++) {
-            uint64_t word = c->key[w];
-            if (w == c->nwords - 1 && c->n % 64)
-                word &= mask_below((unsigned)(c->n % 64));
-            while (word) {
-                size_t x = w * 64 + (size_t)__builtin_ctzll(word);
-                word &= word - 1;
-                bit_set1(p->copy, p->pos[x]);
-            }
-        }
-    }
+    if (p->kind == QKD_CASCADE_PASS_SHUFFLED)
+        permute_key(c, p);
     c->started = i + 1;
     for (size_t b = 0; b < p->nblocks; b++) {
         uint32_t lo, hi;
@@ -872,6 +879,7 @@ int qkd_cascade_bob_apply_answers(qkd_cascade *c, const uint8_t *payload, size_t
         struct search *s = &c->slots[c->active[k]];
         used += walk_tree(c, s, s->asked, NULL, payload + 4, used, count);
         s->asked = 0;
+        s->ready = 0;
     }
     c->outstanding = 0;
     c->stats.disclosed_bits += count;
