@@ -9,9 +9,11 @@ block of every pass at once (those parities are disclosed in every run anyway). 
 works pass by pass: every block whose parity differs from Alice's is binary-searched, all blocks in
 parallel, every open search contributing one question to a single QUESTIONS message per round; each
 error found is flipped and re-opens the blocks containing it in earlier passes (the cascade effect),
-whose searches join the same rounds. When no question is left in the last pass Bob sends DONE with
-his counts, which Alice checks against hers. The heavy work is in C (qkd_cascade.h); this module only
-frames, checks and sequences messages.
+whose searches join the same rounds. Every parity Alice reveals is kept, so later searches start
+from the smallest revealed sub-block that is known to hold an odd number of errors. When no question
+is left in the last pass Bob sends DONE with his counts, which Alice checks against hers. Alice
+answers any well-formed question but refuses to disclose more than a cap per frame. The heavy work
+is in C (qkd_cascade.h); this module only frames, checks and sequences messages.
 
 Message layout (version 1, little-endian), identical in both directions::
 
