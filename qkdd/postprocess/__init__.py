@@ -1,1 +1,1 @@
-"""Post-processing of sifted keys: sans-IO protocol objects (reconciliation, verification, amplification)."""
+"""Post-processing pipeline steps as sans-IO two-party objects over the native kernels."""
