@@ -7,6 +7,7 @@ import pytest
 
 from bench.reconcile import binary_entropy, noisy_pair, reconcile
 from qkdd.postprocess import cascade as proto
+from qkdd.postprocess import wire
 from qkdd.postprocess.cascade import (CascadeAlice, CascadeBob, CascadeFrameError, CascadeMessageError,
                                       CascadeSequenceError, CascadeStateError)
 from qkdd.postprocess.cascade_schedules import schedule
@@ -119,11 +120,12 @@ def _finish(alice, bob, questions):
 
 
 def _reheader(message, **fields):
-    magic, version, msg_type, frame, seq, length = proto.HEADER.unpack_from(message)
-    values = dict(magic=magic, version=version, msg_type=msg_type, frame=frame, seq=seq, length=length)
+    magic, version, msg_type, reserved, frame, seq, length = wire.HEADER.unpack_from(message)
+    values = dict(magic=magic, version=version, msg_type=msg_type, reserved=reserved, frame=frame, seq=seq,
+                  length=length)
     values.update(fields)
-    return proto.HEADER.pack(values["magic"], values["version"], values["msg_type"], values["frame"],
-                             values["seq"], values["length"]) + message[proto.HEADER_BYTES:]
+    return wire.HEADER.pack(values["magic"], values["version"], values["msg_type"], values["reserved"],
+                            values["frame"], values["seq"], values["length"]) + message[wire.HEADER_BYTES:]
 
 
 def test_bad_messages_raise_and_change_nothing(pair):
@@ -131,11 +133,12 @@ def test_bad_messages_raise_and_change_nothing(pair):
     answers = alice.receive(questions)[0]
     bad_for_bob = {
         CascadeMessageError: [answers[:10], answers[:-1], answers + b"\0", _reheader(answers, version=2),
-                              _reheader(answers, magic=b"XX"), _reheader(answers, msg_type=99),
-                              _reheader(answers, length=2 ** 32 - 1), b"", "not bytes"],
+                              _reheader(answers, magic=b"XXXX"), _reheader(answers, msg_type=0x99),
+                              _reheader(answers, reserved=1), _reheader(answers, length=2 ** 32 - 1),
+                              questions, b"", "not bytes"],
         CascadeFrameError: [_reheader(answers, frame=43)],
         CascadeSequenceError: [parities, _reheader(answers, seq=5)],
-        CascadeStateError: [questions],
+        CascadeStateError: [proto.encode(proto.MessageType.DONE, 42, 1, bytes(20))],
     }
     for error, messages in bad_for_bob.items():
         for message in messages:
@@ -197,7 +200,7 @@ def test_start_and_done_are_checked():
     with pytest.raises(CascadeMessageError, match="unknown pass kind"):
         CascadeAlice(key[:16], 1000, 3).receive(proto.encode(proto.MessageType.START, 3, 0, bytes(body)))
     with pytest.raises(CascadeMessageError, match="does not hold"):
-        CascadeAlice(key, 1000, 3).receive(proto.encode(proto.MessageType.START, 3, 0, start[20:-1]))
+        CascadeAlice(key, 1000, 3).receive(proto.encode(proto.MessageType.START, 3, 0, start[wire.HEADER_BYTES:-1]))
     # A DONE whose counts disagree with Alice's is refused.
     alice_key = np.zeros(16, dtype=np.uint64)
     alice = CascadeAlice(alice_key, 1000, 3)
