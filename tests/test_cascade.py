@@ -278,3 +278,31 @@ def test_alice_caps_what_she_discloses():
         while True:
             questions = bob.receive(alice.receive(questions)[0])[0]
     assert alice.disclosed_bits <= 900
+
+
+def test_mutated_messages_are_refused_or_harmless():
+    # Flip random bytes of real messages: each end either refuses with a CascadeError or, when the
+    # mutation leaves a well-formed message (say, a different parity bit), carries on; nothing crashes.
+    rng = np.random.default_rng(77)
+    n = 20_000
+    for trial in range(150):
+        alice_key, bob_key = noisy_pair(rng, n, 0.03, "exact")
+        bob = CascadeBob(bob_key, n, 1, 0.03, seed=SEED)
+        alice = CascadeAlice(alice_key, n, 1)
+        message, to_alice = bob.start(), True
+        target = int(rng.integers(0, 6))
+        for step in range(40):
+            if step == target:
+                mutated = bytearray(message)
+                for _ in range(int(rng.integers(1, 4))):
+                    mutated[int(rng.integers(0, len(mutated)))] ^= int(rng.integers(1, 256))
+                if rng.random() < 0.3:
+                    mutated = mutated[:int(rng.integers(0, len(mutated)))]
+                message = bytes(mutated)
+            try:
+                replies = alice.receive(message) if to_alice else bob.receive(message)
+            except proto.CascadeError:
+                break
+            if not replies:
+                break
+            message, to_alice = replies[0], not to_alice

@@ -55,6 +55,8 @@ struct qkd_cascade {
     size_t outstanding;  /* questions sent and not yet answered */
     uint32_t few_searches, lookahead_levels;
     uint64_t *alice_top, *mismatch, *searching, *pending_bit, *visited;
+    uint64_t *flipped;   /* key bits Bob has corrected: honest parities never flip a bit twice */
+    int inconsistent;    /* the peer's parities contradict each other: the frame is lost */
     uint32_t *search_of, *pending, *free_slots, *active;
     size_t npending, nfree, nactive;
     struct search *slots;
@@ -296,6 +298,7 @@ static void layout(qkd_cascade *c, struct arena *a)
         c->searching = carve(a, bw, sizeof(uint64_t));
         c->pending_bit = carve(a, bw, sizeof(uint64_t));
         c->visited = carve(a, bw, sizeof(uint64_t));
+        c->flipped = carve(a, c->nwords, sizeof(uint64_t));
         c->search_of = carve(a, c->total_blocks, sizeof(uint32_t));
         c->pending = carve(a, c->total_blocks, sizeof(uint32_t));
         c->free_slots = carve(a, c->total_blocks, sizeof(uint32_t));
@@ -539,6 +542,13 @@ static void push_pending(qkd_cascade *c, size_t g)
 /* Bob corrects key bit x; every started pass sees the parity of the block holding x change. */
 static void flip(qkd_cascade *c, size_t x)
 {
+    /* Every flip corrects a bit that differs from Alice's, so no bit flips twice unless Alice's
+     * parities contradict each other (a corrupted or hostile peer); stop rather than loop. */
+    if (bit_get(c->flipped, x)) {
+        c->inconsistent = 1;
+        return;
+    }
+    bit_set1(c->flipped, x);
     qkd_bit_flip(c->key, x);
     c->stats.corrected_bits++;
     for (size_t i = 0; i < c->started; i++) {
@@ -711,6 +721,8 @@ static void settle(qkd_cascade *c)
                 c->free_slots[c->nfree++] = slot;
         }
         c->nactive = kept;
+        if (c->inconsistent)
+            return;
         if (c->stats.corrected_bits == flips_before && c->npending == 0)
             return;
     }
@@ -837,10 +849,12 @@ int64_t qkd_cascade_bob_next_questions(qkd_cascade *c, uint8_t *out, size_t out_
 {
     if (c == NULL || c->role != QKD_CASCADE_BOB || out == NULL)
         return QKD_EINVAL;
-    if (!c->have_top || c->outstanding)
+    if (!c->have_top || c->outstanding || c->inconsistent)
         return QKD_EPROTO;
     for (;;) {
         settle(c);
+        if (c->inconsistent)
+            return QKD_EPROTO;
         if (c->nactive > 0)
             break;
         if (c->started == c->npasses)

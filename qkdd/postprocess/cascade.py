@@ -26,12 +26,14 @@ carries the number of the message it answers. Payloads (little-endian)::
                of that pass's order
     DONE       u64 disclosed bits, u64 corrected bits, u32 round trips (Bob's counts)
 
-States and transitions (anything else raises CascadeStateError; a rejected message changes nothing)::
+States and transitions (anything else raises CascadeStateError; a rejected message changes nothing,
+except that answers which contradict earlier ones fail Bob's frame for good)::
 
     role   state            event (message or call)   action                           next state
     Bob    IDLE             start()                   send START (seq 0)               AWAIT_PARITIES
     Bob    AWAIT_PARITIES   PARITIES seq == sent      correct; send QUESTIONS (seq+1)  AWAIT_PARITIES
                                                       or, no question left, DONE       DONE
+                                                      or, parities contradict: raise   FAILED
     Alice  AWAIT_START      START seq 0               send PARITIES (all top blocks)   ANSWERING
     Alice  ANSWERING        QUESTIONS seq == next     send PARITIES (answers)          ANSWERING
     Alice  ANSWERING        DONE seq == next          check counts                     DONE
@@ -71,6 +73,7 @@ class State(enum.Enum):
     AWAIT_START = "AWAIT_START"
     ANSWERING = "ANSWERING"
     DONE = "DONE"
+    FAILED = "FAILED"
 
 
 class CascadeError(PeerMessageError):
@@ -220,7 +223,12 @@ class CascadeBob(_End):
             _native("answers", self._kernel.bob_apply_answers, payload)
         self.round_trips += 1
         self._seq += 1
-        questions = self._kernel.bob_next_questions()
+        try:
+            questions = self._kernel.bob_next_questions()
+        except NativeError:
+            self.state = State.FAILED
+            raise CascadeMessageError("Alice's parities contradict each other (a bit would be corrected twice): "
+                                      "frame lost") from None
         if questions is None:
             self.state = State.DONE
             stats = self._kernel.stats()
