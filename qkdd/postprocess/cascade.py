@@ -47,7 +47,7 @@ import struct
 import numpy as np
 
 from qkdd.bindings import NativeError
-from qkdd.bindings.cascade import (ALICE, BOB, MAX_BITS, MAX_PASSES, PASS_KINDS, QUESTION_BYTES, SEED_BYTES,
+from qkdd.bindings.cascade import (ALICE, BOB, MAX_BITS, MAX_PASSES, PASS_KINDS, SEED_BYTES,
                                    CascadeKernel, parities_bytes)
 from qkdd.postprocess import wire
 from qkdd.postprocess.cascade_schedules import schedule as make_schedule
