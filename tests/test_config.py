@@ -121,12 +121,12 @@ def test_environment_overrides_win_over_the_file(tmp_path):
     result = run_qkdd("check-config", "--config", str(path), "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
-    assert effective["daemon"] == {"state_dir": "/srv/env", "log_level": "info"}   # empty = unset
+    assert effective["daemon"] == {"state_dir": "/srv/env", "log_level": "info", "kek_file": ""}   # empty = unset
     assert effective["api"]["listen"] == "[::1]:9071"
     assert effective["links"] == [{
         "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
         "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
-        "key_rotation_interval_s": 900.0}]
+        "key_rotation_interval_s": 900.0, "peer_listen": "", "identity_key_file": "", "peer_public_key": ""}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------
