@@ -18,6 +18,7 @@ import trio
 from qkdd.api import build_routers
 from qkdd.app import App
 from qkdd.config import LISTENERS, Config, ListenerConfig
+from qkdd.consumers.service import run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
@@ -54,6 +55,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
                     root.start_soon(notifier.run_watchdog)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
+                    root.start_soon(run_wireguard, app)
             # Both listeners have returned: drained after a stop signal, or a start-up failure.
             root.cancel_scope.cancel()
     if failure:

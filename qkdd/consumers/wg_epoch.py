@@ -17,6 +17,7 @@ end back in step in one round. The machine neither reads keys nor touches WireGu
     leader    PROPOSED   ACK(same epoch, same key)      -> IDLE       Agreed (caller installs at `at`)
     leader    PROPOSED   NACK(same epoch)               -> IDLE       Refused (caller drops the key)
     leader    PROPOSED   abandon()                      -> IDLE       -
+    leader    any        late ACK (not pending/current) -> same       ResyncNeeded (caller proposes)
     leader    any        HELLO(epoch, key) != current   -> same       ResyncNeeded (caller proposes)
     follower  any        PROPOSE(epoch > current)       -> same       Proposed (caller: accept/refuse)
     follower  any        PROPOSE(current epoch and key) -> same       ACK again (a lost ACK)
@@ -222,7 +223,10 @@ class EpochAgreement:
         if kind in (MessageType.ACK, MessageType.NACK):
             if self.state is not State.PROPOSED or self.pending is None or epoch.number != self.pending.number \
                     or epoch.key_id != self.pending.key_id:
-                return [], []                      # an answer to a proposal given up on: ignore
+                # An answer to a proposal given up on: a late ACK means the follower switched to a key
+                # this end dropped, so both must move to a fresh epoch.
+                late_ack = kind is MessageType.ACK and epoch != self.current
+                return ([ResyncNeeded(epoch)] if late_ack else []), []
             answered, self.pending = self.pending, None
             self.state = State.IDLE
             if kind is MessageType.ACK:
