@@ -1,0 +1,256 @@
+"""WireGuard PSK rotation on real tunnels: two namespaces, wireguard-go and wg in each, two qkdd daemons
+(alice leads, bob follows) talking over the veth pair's classical channel, each driving its own interface.
+
+Keys: the link engine does not run inside the daemon yet, so each test seeds both daemons' key stores
+with the same keys (same ids, same material; alice's copies allocatable, bob's only by id) through the
+real KeyStore API into each daemon's own SQLite file before starting it. Rotations are triggered with
+SIGUSR1 ("rotate now") because the configured interval cannot go below 30 s.
+Needs root and /dev/net/tun (skips otherwise).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from qkdd.keystore import KeyStore, create_kek
+from qkdd.peer import generate_identity, save_private_key, save_public_key
+
+from tests.wireguard_support import (CmdlineWatcher, QkddInNetns, WgPair, files_containing, missing_requirements,
+                                     new_key_ids, parse_metric, wait_for)
+
+pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
+
+LINK_ID = "wg-link"
+TUNNEL = "site-a-b"
+PEER_PORT = 7443
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    wg_pair = WgPair(tmp_path_factory.mktemp("wg")).up()
+    try:
+        assert wg_pair.a.ping(), "the tunnel without PSK does not carry traffic"
+        yield wg_pair
+    finally:
+        wg_pair.down()
+
+
+@pytest.fixture
+def fresh_pair(pair):
+    """The module's tunnel with both PSKs removed and sessions dropped."""
+    for end in (pair.a, pair.b):
+        end.ns("wg", "set", end.interface, "peer", end.peer.public_key, "remove")
+        end.add_peer(end.peer)
+    yield pair
+    for end in (pair.a, pair.b):     # a test that moved a control socket away puts it back
+        held = end.socket_path.with_suffix(".held")
+        if held.exists():
+            os.replace(held, end.socket_path)
+
+
+class Site:
+    def __init__(self, root: Path, name: str, end, role: str):
+        self.dir = root / name
+        self.state_dir = self.dir / "state"
+        self.state_dir.mkdir(parents=True)
+        self.end = end
+        self.role = role
+        self.kek_path = self.dir / "kek"
+        self.kek = create_kek(str(self.kek_path))
+        self.identity = generate_identity()
+        save_private_key(self.identity, self.dir / "identity.pem")
+        save_public_key(self.identity.public_key(), self.dir / "identity.pub")
+        self.daemon: QkddInNetns | None = None
+
+    def seed(self, keys: list[tuple[str, bytes]]) -> None:
+        store = KeyStore(str(self.state_dir / "keys.sqlite"), self.kek)
+        try:
+            store.put_pending(LINK_ID, 1, keys, expires_at=time.time() + 3600,
+                              allocatable=[self.role == "alice"] * len(keys))
+            store.commit_frame(LINK_ID, 1)
+        finally:
+            store.close()
+
+    def write_config(self, other: "Site", *, expiry_s: float, policy: str) -> Path:
+        if self.role == "alice":
+            channel = f'peer_listen = "{self.end.veth_ip}:{PEER_PORT}"'
+        else:
+            channel = f'peer_addr = "{other.end.veth_ip}:{PEER_PORT}"'
+        text = f'''
+[daemon]
+state_dir = "{self.state_dir}"
+log_level = "debug"
+kek_file = "{self.kek_path}"
+
+[api]
+listen = "127.0.0.1:0"
+
+[health]
+listen = "127.0.0.1:0"
+
+[[links]]
+link_id = "{LINK_ID}"
+role = "{self.role}"
+driver = "sim"
+{channel}
+identity_key_file = "{self.dir / 'identity.pem'}"
+peer_public_key = "{other.dir / 'identity.pub'}"
+
+[[wireguard]]
+name = "{TUNNEL}"
+link_id = "{LINK_ID}"
+interface = "{self.end.interface}"
+peer_public_key = "{self.end.peer.public_key}"
+expiry_s = {expiry_s}
+on_exhausted = "{policy}"
+activation_delay_s = 1.0
+retry_interval_s = 0.3
+'''
+        path = self.dir / "qkdd.toml"
+        path.write_text(text)
+        return path
+
+    def start(self, other: "Site", **kwargs) -> QkddInNetns:
+        self.daemon = QkddInNetns(self.end.netns, self.write_config(other, **kwargs), self.dir / "qkdd.log").start()
+        return self.daemon
+
+    def metrics(self) -> str:
+        match = re.findall(r"health_address=(\S+)", self.daemon.log())
+        host_port = match[-1].strip('"')
+        return self.end.ns("python3", "-c", f"import urllib.request;print(urllib.request.urlopen("
+                                            f"'http://{host_port}/metrics', timeout=5).read().decode())")
+
+
+def start_sites(tmp_path, pair, key_count: int, **kwargs):
+    keys = [(key_id, os.urandom(32)) for key_id in new_key_ids(key_count)]
+    alice = Site(tmp_path, "alice", pair.a, "alice")
+    bob = Site(tmp_path, "bob", pair.b, "bob")
+    for site in (alice, bob):
+        site.seed(keys)
+    alice.start(bob, **kwargs)
+    bob.start(alice, **kwargs)
+    return alice, bob, keys
+
+
+def stop_sites(*sites):
+    for site in sites:
+        if site.daemon is not None:
+            site.daemon.stop()
+
+
+def agreed_psk(pair, previous: str | None = None) -> str:
+    """Wait until both ends hold the same PSK (different from `previous`) and return it."""
+    def same():
+        a, b = pair.a.psk(), pair.b.psk()
+        return a if a == b and a != "(none)" and a != previous else None
+    return wait_for("both ends to hold the same new PSK", same)
+
+
+def handshake_works(pair) -> bool:
+    """Force a fresh handshake (the peer's sessions are dropped first), then ping through the tunnel."""
+    pair.a.force_handshake()
+    return pair.a.ping(count=2, wait_s=2) and pair.a.latest_handshake() > 0
+
+
+def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_path):
+    pair = fresh_pair
+    alice = bob = None
+    keys = [(key_id, os.urandom(32)) for key_id in new_key_ids(6)]
+    with CmdlineWatcher([material for _, material in keys]) as watcher:
+        try:
+            alice = Site(tmp_path, "alice", pair.a, "alice")
+            bob = Site(tmp_path, "bob", pair.b, "bob")
+            for site in (alice, bob):
+                site.seed(keys)
+            alice.start(bob, expiry_s=3600, policy="clear")
+            bob.start(alice, expiry_s=3600, policy="clear")
+            seen = [agreed_psk(pair)]                      # epoch 1 comes at start
+            assert handshake_works(pair)
+            for _ in range(3):
+                alice.daemon.rotate_now()
+                seen.append(agreed_psk(pair, previous=seen[-1]))
+                assert handshake_works(pair), f"no traffic after rotation {len(seen) - 1}"
+            assert len(set(seen)) == len(seen) == 4
+            materials = {base64.b64encode(m).decode() for _, m in keys}
+            assert set(seen) <= materials                   # every PSK was one of the QKD keys
+            metrics = alice.metrics()
+            assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL, result="success") == 4
+            assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is not None
+        finally:
+            stop_sites(alice, bob)
+    assert watcher.scans > 10
+    assert watcher.hits == []
+    secrets = [material for _, material in keys]
+    for site in (alice, bob):
+        assert "epoch 4 installed" in site.daemon.log()
+    assert files_containing(tmp_path, secrets) == []       # the logs, state files, configs and the key stores
+    assert files_containing(Path("/var/run/wireguard"), secrets) == []
+
+
+def test_a_held_back_end_breaks_the_next_handshake_until_it_catches_up(fresh_pair, tmp_path):
+    pair = fresh_pair
+    alice, bob, _ = start_sites(tmp_path, pair, 4, expiry_s=3600, policy="clear")
+    try:
+        first = agreed_psk(pair)
+        assert handshake_works(pair)
+        # Hold bob back: his `wg set` cannot reach wireguard-go while its control socket is moved away.
+        held = pair.b.socket_path.with_suffix(".held")
+        os.replace(pair.b.socket_path, held)
+        alice.daemon.rotate_now()
+        wait_for("alice to install the new PSK", lambda: pair.a.psk() != first)
+        wait_for("bob's failed install to be retried",
+                 lambda: bob.daemon.log().count("installing epoch 2 failed") >= 2)
+        assert not handshake_works(pair), "the handshake succeeded with different PSKs"
+        os.replace(held, pair.b.socket_path)
+        agreed_psk(pair, previous=first)
+        time.sleep(1.1)
+        assert wait_for("the tunnel to recover", lambda: handshake_works(pair), timeout_s=10, interval_s=0.5)
+        assert parse_metric(bob.metrics(), "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
+                            result="install_failed") >= 2
+    finally:
+        stop_sites(alice, bob)
+
+
+def test_a_restarted_end_reapplies_the_current_key(fresh_pair, tmp_path):
+    pair = fresh_pair
+    alice, bob, _ = start_sites(tmp_path, pair, 3, expiry_s=3600, policy="clear")
+    try:
+        current = agreed_psk(pair)
+        bob.daemon.stop(signal.SIGKILL)
+        pair.b.add_peer(pair.a)                   # the interface forgot its PSK meanwhile
+        assert pair.b.psk() == "(none)"
+        bob.daemon.start()
+        assert wait_for("bob to re-apply the PSK", lambda: pair.b.psk() == current)
+        assert handshake_works(pair)
+    finally:
+        stop_sites(alice, bob)
+
+
+@pytest.mark.parametrize("policy", ["clear", "random"])
+def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
+    pair = fresh_pair
+    alice, bob, _ = start_sites(tmp_path, pair, 1, expiry_s=3, policy=policy)   # one key: no rotation after it
+    try:
+        qkd_psk = agreed_psk(pair)
+        assert handshake_works(pair)
+        for site in (alice, bob):
+            wait_for(f"{site.role}'s fallback", lambda: f"fallback {policy} applied" in site.daemon.log())
+        psk_a, psk_b = pair.a.psk(), pair.b.psk()
+        if policy == "clear":
+            assert psk_a == psk_b == "(none)"
+            assert handshake_works(pair), "Curve25519-only fallback must keep the tunnel up"
+        else:
+            assert "(none)" not in (psk_a, psk_b) and qkd_psk not in (psk_a, psk_b) and psk_a != psk_b
+            assert not handshake_works(pair), "a random PSK must make the tunnel fail closed"
+        metrics = alice.metrics()
+        assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
+                            result=f"expired_{policy}") == 1
+        assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is None
+    finally:
+        stop_sites(alice, bob)
