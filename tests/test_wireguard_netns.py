@@ -21,7 +21,7 @@ import pytest
 from qkdd.keystore import KeyStore, create_kek
 from qkdd.peer import generate_identity, save_private_key, save_public_key
 
-from tests.wireguard_support import (CmdlineWatcher, QkddInNetns, WgPair, files_containing, missing_requirements,
+from wireguard_support import (CmdlineWatcher, QkddInNetns, WgPair, files_containing, missing_requirements,
                                      new_key_ids, parse_metric, wait_for)
 
 pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
