@@ -18,8 +18,15 @@ from pathlib import Path
 
 import pytest
 
+import trio
+
+from qkdd.config import WireGuardConfig
+from qkdd.consumers.wg_epoch import MessageType, decode
+from qkdd.consumers.wg_tool import WgTool
+from qkdd.consumers.wireguard import TunnelRotation, WireGuardChannel
 from qkdd.keystore import KeyStore, create_kek
-from qkdd.peer import generate_identity, save_private_key, save_public_key
+from qkdd.metrics import Metrics
+from qkdd.peer import SessionClosedError, generate_identity, save_private_key, save_public_key
 
 from wireguard_support import (CmdlineWatcher, QkddInNetns, WgPair, files_containing, missing_requirements,
                                      new_key_ids, parse_metric, wait_for)
@@ -254,3 +261,98 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
         assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is None
     finally:
         stop_sites(alice, bob)
+
+
+# ---- the rotation timer and a lost session, in process ---------------------------------------------
+# Two TunnelRotation objects in this process drive the same two wireguard-go interfaces through real
+# `wg` (wireguard-go's control sockets are reachable from any namespace). The classical channel between
+# them is an in-memory pair of streams standing in for a peer session (the real one is used above):
+# that lets the test cut the session at a chosen moment and run the timer below the 30 s config floor.
+
+class MemoryStream:
+    def __init__(self, outgoing, incoming):
+        self.session = type("Session", (), {"link_id": LINK_ID})()
+        self._outgoing, self._incoming = outgoing, incoming
+        self.cut_before_ack = None          # a callable: the next ACK is swallowed and the session cut
+
+    async def send(self, payload: bytes) -> None:
+        if self.cut_before_ack is not None and decode(payload, TUNNEL).type is MessageType.ACK:
+            self.cut_before_ack()
+            await trio.sleep_forever()
+        try:
+            await self._outgoing.send(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise SessionClosedError("memory session closed") from None
+
+    async def receive(self) -> bytes:
+        try:
+            return await self._incoming.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise SessionClosedError("memory session closed") from None
+
+
+def stream_pair():
+    a_out, b_in = trio.open_memory_channel(16)
+    b_out, a_in = trio.open_memory_channel(16)
+    return MemoryStream(a_out, a_in), MemoryStream(b_out, b_in)
+
+
+def make_rotation(tmp_path, end, role: str, keys, interval_s: float) -> TunnelRotation:
+    state_dir = tmp_path / role
+    state_dir.mkdir()
+    store = KeyStore(str(state_dir / "keys.sqlite"), os.urandom(32))
+    store.put_pending(LINK_ID, 1, keys, expires_at=time.time() + 3600, allocatable=[role == "alice"] * len(keys))
+    store.commit_frame(LINK_ID, 1)
+    config = WireGuardConfig(name=TUNNEL, link_id=LINK_ID, interface=end.interface,
+                             peer_public_key=end.peer.public_key, activation_delay_s=0.3, retry_interval_s=0.2)
+    return TunnelRotation(config, leader=role == "alice", store=store, wg=WgTool(end.interface, end.peer.public_key),
+                          metrics=Metrics().tunnel(TUNNEL, end.interface, end.peer.public_key),
+                          state_dir=str(state_dir), rotation_interval_s=interval_s)
+
+
+def test_the_interval_drives_rotation_and_a_lost_ack_is_resynchronised(fresh_pair, tmp_path):
+    pair = fresh_pair
+    keys = [(key_id, os.urandom(32)) for key_id in new_key_ids(12)]
+    alice = make_rotation(tmp_path, pair.a, "alice", keys, interval_s=1.5)
+    bob = make_rotation(tmp_path, pair.b, "bob", keys, interval_s=1.5)
+
+    async def session(a_stream, b_stream, *, task_status=trio.TASK_STATUS_IGNORED):
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(WireGuardChannel([alice]).serve, a_stream)
+                nursery.start_soon(WireGuardChannel([bob]).serve, b_stream)
+
+    async def until(what, predicate, timeout_s=15):
+        with trio.fail_after(timeout_s):
+            while not predicate():
+                await trio.sleep(0.05)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(alice.run)
+            nursery.start_soon(bob.run)
+            a_stream, b_stream = stream_pair()
+            scope = await nursery.start(session, a_stream, b_stream)
+            # epoch 1 at once, then one per 1.5 s from the timer alone
+            await until("epoch 3", lambda: bob.state.epoch.number >= 3 and alice.state.epoch == bob.state.epoch)
+            assert await trio.to_thread.run_sync(pair.a.psk) == await trio.to_thread.run_sync(pair.b.psk)
+            # The next ACK is lost with the session: bob agreed to an epoch alice never hears of.
+            lost_at = bob.agreement.current.number
+            b_stream.cut_before_ack = scope.cancel
+            await until("the cut", lambda: bob.agreement.current.number == lost_at + 1 and alice._stream is None)
+            assert alice.agreement.current.number == lost_at
+            # A new session: the HELLOs differ, alice proposes above both, both end on the same epoch.
+            a_stream, b_stream = stream_pair()
+            await nursery.start(session, a_stream, b_stream)
+            await until("resynchronised", lambda: bob.state.epoch.number >= lost_at + 2
+                        and alice.state.epoch == bob.state.epoch)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert pair.a.psk() == pair.b.psk() != "(none)"
+    assert handshake_works(pair)
+    # Only the key in use is still held at either end; every earlier one is erased (never reused).
+    for rotation in (alice, bob):
+        reserved = [key_id for key_id, state in rotation.store.inventory(LINK_ID).items() if state.value == "reserved"]
+        assert reserved == [rotation.state.epoch.key_id]

@@ -158,10 +158,11 @@ class TunnelRotation:
             self.metrics.rotation("refused")
             await self._send(self.agreement.refuse(NackReason.KEY_UNKNOWN))
             return
-        await self._send(self.agreement.accept())
+        ack = self.agreement.accept()
+        self._set_target(epoch)              # agreed here from now on, even if the ACK is lost with the session
         log.info("tunnel %s: agreed epoch %d (key %s), activation in %.1f s", self.name, epoch.number,
                  epoch.key_id, epoch.activate_at - self._clock())
-        self._set_target(epoch)
+        await self._send(ack)
 
     # -- leader ------------------------------------------------------------------------------------
     async def _leader_loop(self) -> None:
