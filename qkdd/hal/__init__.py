@@ -1,1 +1,1 @@
-"""Device abstraction layer: drivers that yield raw detection records or finished keys (sim: physics)."""
+"""Hardware abstraction layer: the device interface (base.py) and its drivers (sim: physics; etsi014, serial, sdk), yielding raw detection records or finished keys."""
