@@ -189,6 +189,12 @@ def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_pa
             metrics = alice.metrics()
             assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL, result="success") == 4
             assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is not None
+            handshake_age = wait_for("the handshake-age gauge", lambda: parse_metric(
+                alice.metrics(), "qkd_wireguard_handshake_age_seconds", tunnel=TUNNEL, interface=pair.a.interface,
+                peer=pair.b.public_key) is not None, timeout_s=12, interval_s=0.5)
+            assert handshake_age
+            age_s = parse_metric(alice.metrics(), "qkd_wireguard_handshake_age_seconds", tunnel=TUNNEL)
+            assert 0 <= age_s < 30
         finally:
             stop_sites(alice, bob)
     assert watcher.scans > 10
