@@ -7,18 +7,14 @@ carry wg's own message (which never echoes the key) and the exit status. Only CA
 from __future__ import annotations
 
 import base64
-import logging
 import re
-import subprocess
 
 import trio
-
-log = logging.getLogger("qkdd.wireguard")
 
 PSK_BYTES = 32
 WG_TIMEOUT_S = 10.0
 _PUBLIC_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
-_INTERFACE = re.compile(r"[A-Za-z0-9_.=+-]{1,15}")
+_INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,14}")
 
 
 class WgError(Exception):
