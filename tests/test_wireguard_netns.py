@@ -10,6 +10,7 @@ Needs root and /dev/net/tun (skips otherwise).
 from __future__ import annotations
 
 import base64
+import datetime
 import os
 import re
 import signal
@@ -159,6 +160,14 @@ def agreed_psk(pair, previous: str | None = None) -> str:
     return wait_for("both ends to hold the same new PSK", same)
 
 
+def install_times(log: str) -> dict[int, float]:
+    """Epoch number -> Unix time of its "epoch N installed" log line."""
+    times = {}
+    for stamp, epoch in re.findall(r'ts=(\S+) .*msg="tunnel [^:]+: epoch (\d+) installed', log):
+        times[int(epoch)] = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return times
+
+
 def handshake_works(pair) -> bool:
     """Force a fresh handshake (the peer's sessions are dropped first), then ping through the tunnel."""
     pair.a.force_handshake()
@@ -200,8 +209,10 @@ def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_pa
     assert watcher.scans > 10
     assert watcher.hits == []
     secrets = [material for _, material in keys]
-    for site in (alice, bob):
-        assert "epoch 4 installed" in site.daemon.log()
+    installed = [install_times(site.daemon.log()) for site in (alice, bob)]
+    assert sorted(installed[0]) == sorted(installed[1]) == [1, 2, 3, 4]
+    for epoch in range(1, 5):                      # both ends switch within moments of each other
+        assert abs(installed[0][epoch] - installed[1][epoch]) < 1.0, (epoch, installed)
     assert files_containing(tmp_path, secrets) == []       # the logs, state files, configs and the key stores
     assert files_containing(Path("/var/run/wireguard"), secrets) == []
 
