@@ -76,12 +76,13 @@ class Site:
         save_public_key(self.identity.public_key(), self.dir / "identity.pub")
         self.daemon: QkddInNetns | None = None
 
-    def seed(self, keys: list[tuple[str, bytes]]) -> None:
+    def seed(self, keys: list[tuple[str, bytes]], frame_id: int = 1) -> None:
+        """Store `keys` as one committed frame (also while the daemon runs: SQLite WAL, one writer at a time)."""
         store = KeyStore(str(self.state_dir / "keys.sqlite"), self.kek)
         try:
-            store.put_pending(LINK_ID, 1, keys, expires_at=time.time() + 3600,
+            store.put_pending(LINK_ID, frame_id, keys, expires_at=time.time() + 3600,
                               allocatable=[self.role == "alice"] * len(keys))
-            store.commit_frame(LINK_ID, 1)
+            store.commit_frame(LINK_ID, frame_id)
         finally:
             store.close()
 
@@ -276,6 +277,16 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
         assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
                             result=f"expired_{policy}") == 1
         assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is None
+        wait_for("the leader to look for a fresh key", lambda: parse_metric(
+            alice.metrics(), "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL, result="no_key") >= 1,
+            timeout_s=10, interval_s=0.3)
+        if policy == "random":
+            # Keys flow again: the leader's next attempt (every few seconds) takes one, the tunnel comes back.
+            fresh = [(key_id, os.urandom(32)) for key_id in new_key_ids(1)]
+            for site in (alice, bob):
+                site.seed(fresh, frame_id=2)
+            assert agreed_psk(pair) == base64.b64encode(fresh[0][1]).decode()
+            assert handshake_works(pair)
     finally:
         stop_sites(alice, bob)
 

@@ -323,6 +323,7 @@ class TunnelRotation:
         self._target = None if self._target == epoch else self._target
         self._save(TunnelState(epoch, self.state.installed_at, policy))
         self.metrics.psk_age(None)
+        self._rotate_now.set()                   # leader: look for a fresh key from now on, not at the interval
         if again:
             return
         self.metrics.rotation(f"expired_{policy}")
