@@ -250,9 +250,21 @@ def test_a_restarted_end_reapplies_the_current_key(fresh_pair, tmp_path):
         bob.daemon.stop(signal.SIGKILL)
         pair.b.add_peer(pair.a)                   # the interface forgot its PSK meanwhile
         assert pair.b.psk() == "(none)"
+        # a proposal bob agreed to just before he died, never installed: erased at start, never reused
+        store = KeyStore(str(bob.state_dir / "keys.sqlite"), bob.kek)
+        in_use = store.reserved_for(LINK_ID, f"wireguard:{TUNNEL}")
+        stale = [key_id for key_id, state in store.inventory(LINK_ID).items() if state.value == "available"][0]
+        store.reserve_ids(LINK_ID, [stale], f"wireguard:{TUNNEL}")
+        store.close()
         bob.daemon.start()
         assert wait_for("bob to re-apply the PSK", lambda: pair.b.psk() == current)
         assert handshake_works(pair)
+        store = KeyStore(str(bob.state_dir / "keys.sqlite"), bob.kek)
+        try:
+            assert store.state(LINK_ID, stale).value == "delivered"
+            assert store.reserved_for(LINK_ID, f"wireguard:{TUNNEL}") == in_use
+        finally:
+            store.close()
     finally:
         stop_sites(alice, bob)
 

@@ -98,6 +98,7 @@ class TunnelRotation:
         self._rotate_now.set()
 
     async def run(self) -> None:
+        await self._erase_stale_reservations()
         if self.state.fallback:
             log.info("tunnel %s: re-applying the %s fallback after a restart", self.name, self.state.fallback)
             await self._apply_fallback(self.state.epoch, again=True)
@@ -329,6 +330,16 @@ class TunnelRotation:
         self.metrics.rotation(f"expired_{policy}")
         log.warning("tunnel %s: no fresh QKD key; fallback %s applied (%s)", self.name, policy,
                     "Curve25519 only" if policy == "clear" else "random PSK, the tunnel fails closed")
+
+    async def _erase_stale_reservations(self) -> None:
+        """Keys this tunnel reserved before a restart but never installed (a proposal cut short) are
+        erased: the other end may hold them too, so they must never serve anyone else."""
+        keep = self.state.epoch.key_id if self.state.epoch.number and not self.state.fallback else None
+        reserved = await trio.to_thread.run_sync(self.store.reserved_for, self.config.link_id, self.holder)
+        for key_id in reserved:
+            if key_id != keep:
+                log.info("tunnel %s: erasing key %s, reserved before the restart and never used", self.name, key_id)
+                await self._erase(key_id)
 
     async def _poll_handshakes(self) -> None:
         while True:
