@@ -182,9 +182,6 @@ class HealthListenerConfig(ListenerConfig):
 class DaemonConfig:
     state_dir: str = field(default="/var/lib/qkdd", metadata=meta(check=_non_empty))
     log_level: LogLevel = "info"
-    # The key store's key-encryption key: this file (0600), else the systemd credential "kek",
-    # else <state_dir>/kek (created 0600 at first start).
-    kek_file: str = ""
 
 
 # The seed's QKD_DRIVER examples name vendors; their devices sit behind an ETSI GS QKD 014 KME.
@@ -213,9 +210,9 @@ class LinkConfig:
     key_rotation_interval_s: float = field(default=3600.0, metadata=meta(
         check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
     # Classical channel: this end dials peer_addr, or listens on peer_listen; messages are signed with
-    # the ML-DSA-65 key in identity_key_file and checked against the pinned peer_public_key (file or base64).
+    # the ML-DSA-65 key in peer_key_file and checked against the pinned peer_public_key (file or base64).
     peer_listen: str = field(default="", metadata=meta(check=_peer_listen_check))
-    identity_key_file: str = ""
+    peer_key_file: str = ""
     peer_public_key: str = ""
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
 
@@ -235,7 +232,7 @@ class LinkConfig:
     @property
     def has_peer_channel(self) -> bool:
         """Enough is configured for the daemon to run the classical channel itself."""
-        return bool((self.peer_addr or self.peer_listen) and self.identity_key_file and self.peer_public_key)
+        return bool((self.peer_addr or self.peer_listen) and self.peer_key_file and self.peer_public_key)
 
 
 PskPolicy = Literal["clear", "random"]
@@ -322,7 +319,7 @@ class Config:
             if not self.links[seen[tunnel.link_id]].has_peer_channel:
                 raise ConfigError(f"wireguard[{index}].link_id",
                                   f"link {tunnel.link_id!r} has no classical channel (peer_addr or peer_listen, "
-                                  "identity_key_file and peer_public_key)")
+                                  "peer_key_file and peer_public_key)")
             if tunnel.name in names:
                 raise ConfigError(f"wireguard[{index}].name", f"duplicate tunnel name {tunnel.name!r}")
             names[tunnel.name] = index

@@ -37,7 +37,7 @@ class LinkChannel:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Keep the session to the other end up and serve the registered handlers; raises IdentityError
         (before `started`) when the key files are unusable."""
-        signing_key = load_private_key(self.link.identity_key_file)
+        signing_key = load_private_key(self.link.peer_key_file)
         pinned = load_public_key(self.link.peer_public_key)
         connector = PeerConnector(self.settings, signing_key, pinned, self._on_session)
         await connector.run(task_status=task_status)

@@ -121,12 +121,12 @@ def test_environment_overrides_win_over_the_file(tmp_path):
     result = run_qkdd("check-config", "--config", str(path), "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
-    assert effective["daemon"] == {"state_dir": "/srv/env", "log_level": "info", "kek_file": ""}   # empty = unset
+    assert effective["daemon"] == {"state_dir": "/srv/env", "log_level": "info"}   # empty = unset
     assert effective["api"]["listen"] == "[::1]:9071"
     assert effective["links"] == [{
         "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
         "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
-        "key_rotation_interval_s": 900.0, "peer_listen": "", "identity_key_file": "", "peer_public_key": "",
+        "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
         "sim": None}]
 
 
@@ -186,7 +186,7 @@ WG_PUBLIC_KEY = "HTJCFVji7BIGv9iSV/M7VuLj7iiBuVTXa/LbKmfCKFA="
 
 
 def _wireguard_config(tmp_path, tunnel: str, link_extra: str = 'peer_listen = "0.0.0.0:7071"\n'
-                      'identity_key_file = "/x/id.pem"\npeer_public_key = "/x/peer.pub"\n'):
+                      'peer_key_file = "/x/id.pem"\npeer_public_key = "/x/peer.pub"\n'):
     path = tmp_path / "qkdd.toml"
     path.write_text('[[links]]\nlink_id = "l1"\nrole = "alice"\ndriver = "sim"\nkey_rotation_interval_s = 600\n'
                     + link_extra + "\n[[wireguard]]\n" + tunnel)

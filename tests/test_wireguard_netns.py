@@ -69,7 +69,7 @@ class Site:
         self.state_dir.mkdir(parents=True)
         self.end = end
         self.role = role
-        self.kek_path = self.dir / "kek"
+        self.kek_path = self.state_dir / "kek"         # where the daemon looks for its key-encryption key
         self.kek = create_kek(str(self.kek_path))
         self.identity = generate_identity()
         save_private_key(self.identity, self.dir / "identity.pem")
@@ -78,7 +78,7 @@ class Site:
 
     def seed(self, keys: list[tuple[str, bytes]], frame_id: int = 1) -> None:
         """Store `keys` as one committed frame (also while the daemon runs: SQLite WAL, one writer at a time)."""
-        store = KeyStore(str(self.state_dir / "keys.sqlite"), self.kek)
+        store = KeyStore(str(self.state_dir / "keys.sqlite3"), self.kek)
         try:
             store.put_pending(LINK_ID, frame_id, keys, expires_at=time.time() + 3600,
                               allocatable=[self.role == "alice"] * len(keys))
@@ -95,7 +95,6 @@ class Site:
 [daemon]
 state_dir = "{self.state_dir}"
 log_level = "debug"
-kek_file = "{self.kek_path}"
 
 [api]
 listen = "127.0.0.1:0"
@@ -108,7 +107,7 @@ link_id = "{LINK_ID}"
 role = "{self.role}"
 driver = "sim"
 {channel}
-identity_key_file = "{self.dir / 'identity.pem'}"
+peer_key_file = "{self.dir / 'identity.pem'}"
 peer_public_key = "{other.dir / 'identity.pub'}"
 
 [[wireguard]]
@@ -251,7 +250,7 @@ def test_a_restarted_end_reapplies_the_current_key(fresh_pair, tmp_path):
         pair.b.add_peer(pair.a)                   # the interface forgot its PSK meanwhile
         assert pair.b.psk() == "(none)"
         # a proposal bob agreed to just before he died, never installed: erased at start, never reused
-        store = KeyStore(str(bob.state_dir / "keys.sqlite"), bob.kek)
+        store = KeyStore(str(bob.state_dir / "keys.sqlite3"), bob.kek)
         in_use = store.reserved_for(LINK_ID, f"wireguard:{TUNNEL}")
         stale = [key_id for key_id, state in store.inventory(LINK_ID).items() if state.value == "available"][0]
         store.reserve_ids(LINK_ID, [stale], f"wireguard:{TUNNEL}")
@@ -259,7 +258,7 @@ def test_a_restarted_end_reapplies_the_current_key(fresh_pair, tmp_path):
         bob.daemon.start()
         assert wait_for("bob to re-apply the PSK", lambda: pair.b.psk() == current)
         assert handshake_works(pair)
-        store = KeyStore(str(bob.state_dir / "keys.sqlite"), bob.kek)
+        store = KeyStore(str(bob.state_dir / "keys.sqlite3"), bob.kek)
         try:
             assert store.state(LINK_ID, stale).value == "delivered"
             assert store.reserved_for(LINK_ID, f"wireguard:{TUNNEL}") == in_use
@@ -340,7 +339,7 @@ def stream_pair():
 def make_rotation(tmp_path, end, role: str, keys, interval_s: float) -> TunnelRotation:
     state_dir = tmp_path / role
     state_dir.mkdir()
-    store = KeyStore(str(state_dir / "keys.sqlite"), os.urandom(32))
+    store = KeyStore(str(state_dir / "keys.sqlite3"), os.urandom(32))
     store.put_pending(LINK_ID, 1, keys, expires_at=time.time() + 3600, allocatable=[role == "alice"] * len(keys))
     store.commit_frame(LINK_ID, 1)
     config = WireGuardConfig(name=TUNNEL, link_id=LINK_ID, interface=end.interface,

@@ -1,5 +1,11 @@
-"""Starts the WireGuard tunnels of the config under the daemon's nursery: opens the key store, runs the
-classical channel of each link a tunnel uses, and rotates on SIGUSR1 ("rotate now", leaders only)."""
+"""Starts the WireGuard tunnels of the config under the daemon's nursery and rotates on SIGUSR1
+("rotate now", leaders only).
+
+Key store and classical channel: the daemon's own when it has them (`app.keystore`, and a link engine
+in `app.links` offering `register_channel(channel, handler)`); until the link engine runs in the daemon,
+this module opens the key store (same file and KEK rules as the link engine) and runs the link's
+classical channel itself (qkdd.link_channel). Start-up problems are logged; the daemon stays up.
+"""
 from __future__ import annotations
 
 import logging
@@ -18,33 +24,34 @@ from qkdd.peer import IdentityError
 
 log = logging.getLogger("qkdd.wireguard")
 
-KEY_STORE_FILE = "keys.sqlite"
+KEY_STORE_FILE = "keys.sqlite3"     # the link engine's file name (qkdd.link.service)
+KEK_FILE = "kek"
 
 
 def open_key_store(config: Config) -> KeyStore:
-    """The daemon's key store in the state directory, under the KEK from daemon.kek_file, the systemd
-    credential "kek", or <state_dir>/kek (created 0600 on first start)."""
+    """The key store in the state directory under the KEK from the systemd credential "kek", else
+    <state_dir>/kek (created 0600 on first start)."""
     state_dir = config.daemon.state_dir
-    if config.daemon.kek_file:
-        kek = load_kek(config.daemon.kek_file)
-    else:
-        kek = kek_from_credentials()
-        if kek is None:
-            path = os.path.join(state_dir, "kek")
-            kek = load_kek(path) if os.path.exists(path) else create_kek(path)
+    kek = kek_from_credentials()
+    if kek is None:
+        path = os.path.join(state_dir, KEK_FILE)
+        kek = load_kek(path) if os.path.exists(path) else create_kek(path)
     return KeyStore(os.path.join(state_dir, KEY_STORE_FILE), kek)
 
 
 async def run_wireguard(app: App) -> None:
-    """Run every `[[wireguard]]` tunnel until cancelled; a start-up problem is logged, the daemon stays up."""
+    """Run every `[[wireguard]]` tunnel until cancelled."""
     config = app.config
     if not config.wireguard:
         return
-    try:
-        store = open_key_store(config)
-    except KeyStoreError as exc:
-        log.error("wireguard: cannot open the key store: %s", exc)
-        return
+    store = getattr(app, "keystore", None)
+    own_store = store is None
+    if own_store:
+        try:
+            store = open_key_store(config)
+        except KeyStoreError as exc:
+            log.error("wireguard: cannot open the key store: %s", exc)
+            return
     try:
         tunnels: dict[str, list[TunnelRotation]] = {}
         for tunnel_config in config.wireguard:
@@ -59,13 +66,18 @@ async def run_wireguard(app: App) -> None:
         with trio.open_signal_receiver(signal.SIGUSR1) as rotate_signals:
             async with trio.open_nursery() as nursery:
                 for link_id, link_tunnels in tunnels.items():
-                    channel = LinkChannel(config.link(link_id))
-                    channel.register(WIREGUARD_CHANNEL, WireGuardChannel(link_tunnels).serve)
-                    try:
-                        await nursery.start(channel.run)
-                    except (IdentityError, OSError) as exc:
-                        log.error("wireguard: link %s: cannot run the classical channel: %s", link_id, exc)
-                        continue
+                    serve = WireGuardChannel(link_tunnels).serve
+                    engine = (getattr(app, "links", None) or {}).get(link_id)
+                    if engine is not None and hasattr(engine, "register_channel"):
+                        engine.register_channel(WIREGUARD_CHANNEL, serve)     # the link engine's session
+                    else:
+                        channel = LinkChannel(config.link(link_id))
+                        channel.register(WIREGUARD_CHANNEL, serve)
+                        try:
+                            await nursery.start(channel.run)
+                        except (IdentityError, OSError) as exc:
+                            log.error("wireguard: link %s: cannot run the classical channel: %s", link_id, exc)
+                            continue
                     for tunnel in link_tunnels:
                         nursery.start_soon(tunnel.run)
                 async for _ in rotate_signals:
@@ -74,4 +86,5 @@ async def run_wireguard(app: App) -> None:
                     for tunnel in leaders:
                         tunnel.rotate_now()
     finally:
-        store.close()
+        if own_store:
+            store.close()
