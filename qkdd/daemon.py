@@ -18,6 +18,7 @@ import trio
 from qkdd.api import build_routers
 from qkdd.app import App
 from qkdd.config import LISTENERS, Config, ListenerConfig
+from qkdd.consumers.service import run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
 from qkdd.kme.ledger import LedgerError
@@ -66,6 +67,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
                         await root.start(connector.run)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
+                    root.start_soon(run_wireguard, app)
             # Both listeners have returned: drained after a stop signal, or a start-up failure.
             root.cancel_scope.cancel()
     if failure:

@@ -277,6 +277,13 @@ class KeyStore:
                 (link_id, KeyState.AVAILABLE.value, self._clock())).fetchone()
         return int(row[0])
 
+    def reserved_for(self, link_id: str, holder: str) -> list[str]:
+        """Ids of the keys RESERVED for `holder` (a consumer finding its own after a restart)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute(
+                "SELECT key_id FROM keys WHERE link_id = ? AND state = ? AND holder = ? ORDER BY created_at, rowid",
+                (link_id, KeyState.RESERVED.value, holder))]
+
     def inventory(self, link_id: str) -> dict[str, KeyState]:
         """Every key id of the link with its state (tombstones included), for resynchronisation."""
         with self._lock:
