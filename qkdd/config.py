@@ -483,8 +483,7 @@ def to_toml(config: Config) -> str:
     for name, value in plain.items():
         if value is None:
             lines.append(f"\n# [{name}] (unset)")
-        elif name == "links":
-        if name in ("links", "wireguard"):
+        elif name in ("links", "wireguard"):
             for link in value:
                 table(name, link, f"[[{name}]]")
         else:
