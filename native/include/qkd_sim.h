@@ -15,7 +15,8 @@
  * photons and dark counts. The gate after a detection is thus a mixture: with no afterpulse (probability
  * (1 - p_ap) per clicked detector) it is an ordinary slot, so gap sampling resumes at it; with one it is
  * a click whatever the photons do, and its type, Alice's bit and the photon clicks are drawn in full and
- * OR'ed with the afterpulses. Exact for this one-gate model at the cost of one uniform per detection.
+ * OR'ed with the afterpulses. Exact for this one-gate model; the uniform that decides it also draws the
+ * next gap when no afterpulse fires, so afterpulses cost extra work only for the clicks they cause.
  *
  * Records: one per detected slot; columns slot (uint64, strictly increasing), alice_bit, alice_basis,
  * intensity (class index), bob_basis, bob_outcome (uint8). Pulses emitted per intensity class are
