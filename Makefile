@@ -50,7 +50,7 @@ deb:
 rpm:
 	rm -rf build/rpm && mkdir -p build/rpm/SOURCES
 	tar -c $(PKG_SOURCE_EXCLUDES) --transform 's,^\.,qkdd,' . | gzip -1 >build/rpm/SOURCES/qkdd.tar.gz
-	rpmbuild -bb --define "_topdir $(CURDIR)/build/rpm" packaging/rpm/qkdd.spec
+	rpmbuild -bb --nodeps --define "_topdir $(CURDIR)/build/rpm" packaging/rpm/qkdd.spec
 
 clean:
 	rm -rf $(VENV) build native/build qkdd/_native*.so *.egg-info
