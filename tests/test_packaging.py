@@ -34,6 +34,12 @@ CACHE_MAX_AGE_S = 7 * 24 * 3600  # the cached root's apt lists and debs follow t
 # and `systemd-analyze verify --root` needs its units (sysinit.target, ...).
 ROOT_EXTRA_PACKAGES = ["systemd"]
 EXPOSURE_MAX = 2.0
+# The kernel's W^X lock (prctl PR_SET_MDWE = 65, PR_MDWE_REFUSE_EXEC_GAIN = 1; Linux >= 6.3), kept
+# across execve: the rule the unit's MemoryDenyWriteExecute= enforces (systemd 252 does it with
+# seccomp). Running the packaged code under it shows cffi, numpy and cryptography need no W+X memory.
+MDWE_EXEC = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True);"
+             "assert libc.prctl(65, 1, 0, 0, 0) == 0, os.strerror(ctypes.get_errno());"
+             "os.execv(sys.argv[1], sys.argv[1:])")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="packaging tests need root (chroot, mounts, dpkg)")
@@ -289,9 +295,15 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
     security = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager",
                                "qkdd.service"], capture_output=True, text=True, timeout=60)
     assert _exposure(security.stdout) <= EXPOSURE_MAX
-    # The private environment: compiled native library and every dependency import as the qkdd user.
+    # The private environment: the compiled native library and every dependency load as the qkdd user,
+    # with only CAP_NET_ADMIN, no new privileges, and (where the kernel has it) no W+X memory.
     as_qkdd = ["setpriv", "--reuid=qkdd", "--regid=qkdd", "--init-groups", "--no-new-privs",
                "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin"]
+    if _kernel_has_mdwe():
+        as_qkdd += ["/usr/lib/qkdd/bin/python", "-c", MDWE_EXEC]
+        refused = _in_root(root, *as_qkdd, "/usr/lib/qkdd/bin/python", "-c",
+                           "import mmap; mmap.mmap(-1, 4096, prot=7)", check=False)
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused.stderr
     imports = _in_root(root, *as_qkdd, "/usr/lib/qkdd/bin/python", "-c",
                        "import numpy, cryptography, trio, h11, httpx, serial, prometheus_client, sdnotify;"
                        "from qkdd import _native; print(_native.lib.qkd_cpu_features() >= 0)")
@@ -319,6 +331,11 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
     leftovers = _in_root(root, "find", "/", "-xdev", "(", "-name", "*qkdd*", "-o", "-uid", str(uid),
                          "-o", "-gid", str(gid), ")", "-not", "-path", "/tmp/*", "-not", "-path", "/proc/*").stdout
     assert leftovers.split() == []
+
+
+def _kernel_has_mdwe() -> bool:
+    probe = subprocess.run(["python3", "-c", MDWE_EXEC, "/bin/true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
 
 
 def _check_config_and_run(root: Path, as_qkdd: list[str]) -> None:
