@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qkdd import pki_cli
+from qkdd.protocols import cli as protocols_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkdctl", description="qkdd operator tools")
@@ -12,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("sim", help="QKD simulator: analytic key rates and Monte Carlo runs")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     # Command groups register here, one line each:
-    del sim_commands  # (until the first sim command registers)
+    pki_cli.register(commands)
+    protocols_cli.register(sim_commands)
     return parser
 
 

@@ -1,0 +1,28 @@
+"""The key store: both ends of a link hold the same keys under the same UUIDs, encrypted at rest.
+
+Public names: KeyStore (store.py), KeyState, StoredKey, the errors (model.py), load_kek / create_kek
+(kek.py) and the resynchronisation plan (resync.py).
+"""
+from qkdd.keystore.kek import create_kek, kek_from_credentials, load_kek
+from qkdd.keystore.model import (
+    KeyAlreadyDelivered,
+    KeyNotFound,
+    KeyState,
+    KeyStoreError,
+    KeyUnavailable,
+    StoredKey,
+)
+from qkdd.keystore.store import KeyStore
+
+__all__ = [
+    "KeyAlreadyDelivered",
+    "KeyNotFound",
+    "KeyState",
+    "KeyStore",
+    "KeyStoreError",
+    "KeyUnavailable",
+    "StoredKey",
+    "create_kek",
+    "kek_from_credentials",
+    "load_kek",
+]

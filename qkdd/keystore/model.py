@@ -1,0 +1,90 @@
+"""Key states, their legal transitions, the stored-key record and the key store's errors.
+
+Theory of operation
+-------------------
+A frame's keys enter the store as PENDING at both ends. The end that finishes last tells the other, and
+both mark them AVAILABLE; after a crash the resynchronisation (resync.py) promotes what both ends hold
+and discards what only one holds, so a key is usable only when both ends have it durably.
+AVAILABLE keys are RESERVED for a consumer (an SAE pair, a WireGuard epoch, a /v1 request), then
+DELIVERED to it. DELIVERED and EXPIRED are terminal: the material is erased, the row stays as a
+tombstone so the same key id can never be handed out again.
+"""
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+
+
+class KeyState(enum.Enum):
+    PENDING = "pending"
+    AVAILABLE = "available"
+    RESERVED = "reserved"
+    DELIVERED = "delivered"
+    EXPIRED = "expired"
+
+    @property
+    def holds_material(self) -> bool:
+        return self in (KeyState.PENDING, KeyState.AVAILABLE, KeyState.RESERVED)
+
+
+# Every legal transition, and nothing else (store.py checks each change against this table).
+TRANSITIONS: dict[KeyState, frozenset[KeyState]] = {
+    KeyState.PENDING: frozenset({KeyState.AVAILABLE, KeyState.EXPIRED}),
+    KeyState.AVAILABLE: frozenset({KeyState.RESERVED, KeyState.DELIVERED, KeyState.EXPIRED}),
+    KeyState.RESERVED: frozenset({KeyState.AVAILABLE, KeyState.DELIVERED, KeyState.EXPIRED}),
+    KeyState.DELIVERED: frozenset(),
+    KeyState.EXPIRED: frozenset(),
+}
+
+
+class KeyStoreError(Exception):
+    """The key store cannot do what was asked; the message never contains key material."""
+
+
+class KeyNotFound(KeyStoreError):
+    """No key with this id is stored for this link."""
+
+
+class KeyAlreadyDelivered(KeyStoreError):
+    """The key was delivered before (or expired): it is erased and will never be handed out again."""
+
+
+class KeyUnavailable(KeyStoreError):
+    """Not enough keys in the state the request needs."""
+
+
+class IllegalTransition(KeyStoreError):
+    def __init__(self, key_id: str, current: KeyState, wanted: KeyState):
+        super().__init__(f"key {key_id}: cannot go from {current.value} to {wanted.value}")
+        self.key_id = key_id
+        self.current = current
+        self.wanted = wanted
+
+
+def canonical_key_id(key_id: str) -> str:
+    """The lowercase canonical UUID form of `key_id` (hex digits of either case accepted); KeyStoreError
+    if it is not a UUID in the 8-4-4-4-12 form."""
+    try:
+        parsed = uuid.UUID(key_id)
+    except (ValueError, AttributeError, TypeError):
+        raise KeyStoreError(f"key id {key_id!r:.60} is not a UUID") from None
+    if str(parsed) != key_id.lower():
+        raise KeyStoreError(f"key id {key_id!r:.60} is not in canonical UUID form")
+    return str(parsed)
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A key as handed to a consumer. `material` is secret: it is excluded from repr()."""
+
+    key_id: str
+    link_id: str
+    bits: int
+    created_at: float
+    expires_at: float
+    material: bytes = b""
+
+    def __repr__(self) -> str:
+        return (f"StoredKey(key_id={self.key_id!r}, link_id={self.link_id!r}, bits={self.bits}, "
+                f"created_at={self.created_at}, expires_at={self.expires_at}, material=<redacted>)")

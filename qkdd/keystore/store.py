@@ -1,0 +1,326 @@
+"""SQLite key store (WAL, synchronous=FULL): key rows, their states and AES-256-GCM-sealed material.
+
+Every method is one transaction, so a crash (kill -9 at any moment) leaves each frame either wholly
+stored or not at all, and each key in exactly one state. Methods are blocking and thread-safe; the
+daemon calls them through trio.to_thread. Material is sealed with AES-256-GCM under the KEK with the
+key's id, link and length as associated data, so a row cannot be moved to another key id undetected.
+Delivered and expired keys lose their material (secure_delete zeroes the freed pages) and keep a
+tombstone row, so no key id is ever handed out twice.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from qkdd.keystore.kek import KEK_BYTES
+from qkdd.keystore.model import (
+    TRANSITIONS,
+    IllegalTransition,
+    KeyAlreadyDelivered,
+    KeyNotFound,
+    KeyState,
+    KeyStoreError,
+    KeyUnavailable,
+    StoredKey,
+    canonical_key_id,
+)
+
+SCHEMA_VERSION = 1
+_NONCE_BYTES = 12
+_VERIFIER_PLAINTEXT = b"qkdd key store v1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    link_id TEXT NOT NULL,
+    frame_id INTEGER NOT NULL,
+    bits INTEGER NOT NULL CHECK (bits > 0),
+    state TEXT NOT NULL,
+    allocatable INTEGER NOT NULL,       -- 1: this end may reserve it on its own, 0: only by id
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    holder TEXT,                        -- reservation: opaque text naming who may receive it
+    delivered_at REAL,
+    nonce BLOB,
+    sealed BLOB
+);
+CREATE INDEX IF NOT EXISTS keys_by_link_state ON keys (link_id, state, created_at);
+CREATE INDEX IF NOT EXISTS keys_by_frame ON keys (link_id, frame_id);
+"""
+
+
+class KeyStore:
+    """The keys of every link of this daemon, in one SQLite file."""
+
+    def __init__(self, path: str, kek: bytes, *, clock=time.time):
+        if len(kek) != KEK_BYTES:
+            raise KeyStoreError(f"key-encryption key must be {KEK_BYTES} bytes")
+        self.path = path
+        self._aead = AESGCM(kek)
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._tx() as db:
+                for statement in _SCHEMA.split(";"):  # executescript() would commit the transaction
+                    if statement.strip():
+                        db.execute(statement)
+                self._check_meta(db)
+        except sqlite3.DatabaseError as exc:
+            raise KeyStoreError(f"key store {path}: {exc}") from None
+        os.chmod(path, 0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writing a frame's keys ------------------------------------------------------------------
+
+    def put_pending(self, link_id: str, frame_id: int, keys: Sequence[tuple[str, bytes]], *,
+                    expires_at: float, allocatable: Iterable[bool] | None = None,
+                    created_at: float | None = None) -> None:
+        """Store one frame's keys as PENDING (all or none). `keys` are (key_id, material) pairs."""
+        created = self._clock() if created_at is None else created_at
+        flags = list(allocatable) if allocatable is not None else [True] * len(keys)
+        if len(flags) != len(keys):
+            raise KeyStoreError("allocatable flags and keys differ in number")
+        rows = []
+        for (key_id, material), flag in zip(keys, flags):
+            key_id = canonical_key_id(key_id)
+            if not material:
+                raise KeyStoreError(f"key {key_id}: empty key material")
+            bits = len(material) * 8
+            nonce = os.urandom(_NONCE_BYTES)
+            sealed = self._aead.encrypt(nonce, bytes(material), _associated_data(key_id, link_id, bits))
+            rows.append((key_id, link_id, frame_id, bits, KeyState.PENDING.value, int(flag), created, expires_at,
+                         nonce, sealed))
+        with self._tx() as db:
+            try:
+                db.executemany(
+                    "INSERT INTO keys (key_id, link_id, frame_id, bits, state, allocatable, created_at, expires_at,"
+                    " nonce, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            except sqlite3.IntegrityError:
+                raise KeyStoreError(f"link {link_id} frame {frame_id}: a key id is already stored") from None
+
+    def commit_frame(self, link_id: str, frame_id: int) -> int:
+        """PENDING → AVAILABLE for every key of the frame; returns how many changed (0 when done before)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE keys SET state = ? WHERE link_id = ? AND frame_id = ? AND state = ?",
+                             (KeyState.AVAILABLE.value, link_id, frame_id, KeyState.PENDING.value))
+            return cur.rowcount
+
+    def discard_frame(self, link_id: str, frame_id: int) -> int:
+        """Delete a frame's PENDING keys (the other end never stored them); returns how many."""
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM keys WHERE link_id = ? AND frame_id = ? AND state = ?",
+                             (link_id, frame_id, KeyState.PENDING.value))
+            return cur.rowcount
+
+    # -- reserving and delivering ----------------------------------------------------------------
+
+    def reserve_available(self, link_id: str, count: int, holder: str, *, bits: int | None = None) -> list[str]:
+        """Reserve the `count` oldest allocatable AVAILABLE keys (of `bits` length if given) for `holder`.
+
+        All or nothing: KeyUnavailable when fewer are stored.
+        """
+        if count <= 0:
+            raise KeyStoreError("count must be positive")
+        query = ("SELECT key_id FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1 AND expires_at > ?"
+                 + (" AND bits = ?" if bits is not None else "") + " ORDER BY created_at, rowid LIMIT ?")
+        with self._tx() as db:
+            params: list = [link_id, KeyState.AVAILABLE.value, self._clock()]
+            if bits is not None:
+                params.append(bits)
+            ids = [row[0] for row in db.execute(query, (*params, count))]
+            if len(ids) < count:
+                raise KeyUnavailable(f"link {link_id}: {len(ids)} keys available, {count} requested")
+            db.executemany("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
+                           [(KeyState.RESERVED.value, holder, key_id) for key_id in ids])
+            return ids
+
+    def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> None:
+        """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
+        with self._tx() as db:
+            for key_id in key_ids:
+                state, current_holder = self._state_of(db, link_id, canonical_key_id(key_id))
+                if state is KeyState.RESERVED and current_holder == holder:
+                    continue
+                self._check_transition(key_id, state, KeyState.RESERVED)
+                db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
+                           (KeyState.RESERVED.value, holder, key_id))
+
+    def release(self, link_id: str, key_ids: Sequence[str]) -> None:
+        """Cancel reservations: RESERVED → AVAILABLE."""
+        with self._tx() as db:
+            for key_id in key_ids:
+                state, _ = self._state_of(db, link_id, canonical_key_id(key_id))
+                self._check_transition(key_id, state, KeyState.AVAILABLE)
+                db.execute("UPDATE keys SET state = ?, holder = NULL WHERE key_id = ?",
+                           (KeyState.AVAILABLE.value, key_id))
+
+    def deliver(self, link_id: str, key_id: str, *, holder: str | None = None) -> StoredKey:
+        """Hand out one key exactly once: return its material, erase it, leave a tombstone.
+
+        With `holder`, the key must be reserved for that holder (or be available); without, it must be
+        available or reserved. A delivered or expired key raises KeyAlreadyDelivered.
+        """
+        key_id = canonical_key_id(key_id)
+        with self._tx() as db:
+            row = db.execute("SELECT state, holder, bits, created_at, expires_at, nonce, sealed FROM keys "
+                             "WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
+            if row is None:
+                raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
+            state = KeyState(row[0])
+            if not state.holds_material:
+                raise KeyAlreadyDelivered(f"key {key_id} was {state.value} before")
+            if state is KeyState.PENDING:
+                raise KeyUnavailable(f"key {key_id} is not yet confirmed by the other end")
+            if holder is not None and state is KeyState.RESERVED and row[1] != holder:
+                raise KeyUnavailable(f"key {key_id} is reserved for another holder")
+            if row[4] <= self._clock():
+                self._erase(db, key_id, KeyState.EXPIRED)   # committed; the caller is told below
+                expired = True
+            else:
+                expired = False
+                material = self._open(key_id, link_id, row[2], row[5], row[6])
+                self._erase(db, key_id, KeyState.DELIVERED)
+        if expired:
+            raise KeyAlreadyDelivered(f"key {key_id} has expired")
+        return StoredKey(key_id, link_id, row[2], row[3], row[4], material)
+
+    def peek(self, link_id: str, key_id: str) -> StoredKey:
+        """A key's record and material without changing its state (for tests and resync checks)."""
+        key_id = canonical_key_id(key_id)
+        with self._lock:
+            row = self._db.execute("SELECT state, bits, created_at, expires_at, nonce, sealed FROM keys "
+                                   "WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
+        if row is None:
+            raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
+        if not KeyState(row[0]).holds_material:
+            raise KeyAlreadyDelivered(f"key {key_id} was {row[0]} before")
+        return StoredKey(key_id, link_id, row[1], row[2], row[3], self._open(key_id, link_id, row[1], row[4], row[5]))
+
+    # -- housekeeping and inventory --------------------------------------------------------------
+
+    def expire(self, now: float | None = None) -> int:
+        """Erase every key past its expiry time; returns how many."""
+        now = self._clock() if now is None else now
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT key_id FROM keys WHERE expires_at <= ? AND state IN (?, ?, ?)",
+                (now, KeyState.PENDING.value, KeyState.AVAILABLE.value, KeyState.RESERVED.value))]
+            for key_id in ids:
+                self._erase(db, key_id, KeyState.EXPIRED)
+            return len(ids)
+
+    def state(self, link_id: str, key_id: str) -> KeyState:
+        with self._lock:
+            state, _ = self._state_of(self._db, link_id, canonical_key_id(key_id))
+        return state
+
+    def counts(self, link_id: str) -> dict[KeyState, int]:
+        """Number of keys per state for one link."""
+        counts = dict.fromkeys(KeyState, 0)
+        with self._lock:
+            for state, n in self._db.execute("SELECT state, COUNT(*) FROM keys WHERE link_id = ? GROUP BY state",
+                                             (link_id,)):
+                counts[KeyState(state)] = n
+        return counts
+
+    def available_bits(self, link_id: str, *, allocatable_only: bool = True) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(bits), 0) FROM keys WHERE link_id = ? AND state = ? AND expires_at > ?"
+                + (" AND allocatable = 1" if allocatable_only else ""),
+                (link_id, KeyState.AVAILABLE.value, self._clock())).fetchone()
+        return int(row[0])
+
+    def inventory(self, link_id: str) -> dict[str, KeyState]:
+        """Every key id of the link with its state (tombstones included), for resynchronisation."""
+        with self._lock:
+            return {key_id: KeyState(state) for key_id, state in
+                    self._db.execute("SELECT key_id, state FROM keys WHERE link_id = ?", (link_id,))}
+
+    def apply_resync(self, link_id: str, promote: Iterable[str], discard: Iterable[str],
+                     expire: Iterable[str]) -> None:
+        """Carry out a resynchronisation plan (resync.py) in one transaction."""
+        with self._tx() as db:
+            for key_id in promote:
+                db.execute("UPDATE keys SET state = ? WHERE key_id = ? AND link_id = ? AND state = ?",
+                           (KeyState.AVAILABLE.value, key_id, link_id, KeyState.PENDING.value))
+            for key_id in discard:
+                db.execute("DELETE FROM keys WHERE key_id = ? AND link_id = ? AND state IN (?, ?, ?)",
+                           (key_id, link_id, KeyState.PENDING.value, KeyState.AVAILABLE.value,
+                            KeyState.RESERVED.value))
+            for key_id in expire:
+                state, _ = self._state_of(db, link_id, key_id)
+                if state.holds_material:
+                    self._erase(db, key_id, KeyState.EXPIRED)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _check_meta(self, db: sqlite3.Connection) -> None:
+        row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        if row is None:
+            nonce = os.urandom(_NONCE_BYTES)
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            db.execute("INSERT INTO meta VALUES ('kek_verifier', ?)",
+                       (nonce + self._aead.encrypt(nonce, _VERIFIER_PLAINTEXT, b"verifier"),))
+            return
+        if int(row[0]) != SCHEMA_VERSION:
+            raise KeyStoreError(f"key store {self.path}: schema version {row[0]}, this qkdd reads {SCHEMA_VERSION}")
+        verifier = db.execute("SELECT value FROM meta WHERE name = 'kek_verifier'").fetchone()[0]
+        try:
+            self._aead.decrypt(verifier[:_NONCE_BYTES], verifier[_NONCE_BYTES:], b"verifier")
+        except InvalidTag:
+            raise KeyStoreError(f"key store {self.path}: the key-encryption key does not match this store") from None
+
+    def _state_of(self, db: sqlite3.Connection, link_id: str, key_id: str) -> tuple[KeyState, str | None]:
+        row = db.execute("SELECT state, holder FROM keys WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
+        if row is None:
+            raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
+        return KeyState(row[0]), row[1]
+
+    @staticmethod
+    def _check_transition(key_id: str, current: KeyState, wanted: KeyState) -> None:
+        if wanted not in TRANSITIONS[current]:
+            if current in (KeyState.DELIVERED, KeyState.EXPIRED):
+                raise KeyAlreadyDelivered(f"key {key_id} was {current.value} before")
+            raise IllegalTransition(key_id, current, wanted)
+
+    def _erase(self, db: sqlite3.Connection, key_id: str, final: KeyState) -> None:
+        db.execute("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? WHERE key_id = ?",
+                   (final.value, self._clock(), key_id))
+
+    def _open(self, key_id: str, link_id: str, bits: int, nonce: bytes, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(nonce, sealed, _associated_data(key_id, link_id, bits))
+        except InvalidTag:
+            raise KeyStoreError(f"key {key_id}: stored material fails authentication (tampered or wrong KEK)") from None
+
+
+def _associated_data(key_id: str, link_id: str, bits: int) -> bytes:
+    return f"qkdd-key-v1|{key_id}|{link_id}|{bits}".encode()

@@ -1,0 +1,217 @@
+"""Key store on a real SQLite file: states, at-rest encryption, expiry, and crash safety under kill -9."""
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from qkdd.keystore import (
+    KeyAlreadyDelivered,
+    KeyNotFound,
+    KeyState,
+    KeyStore,
+    KeyStoreError,
+    KeyUnavailable,
+    create_kek,
+    kek_from_credentials,
+    load_kek,
+)
+
+LINK = "link-ab"
+
+
+def new_keys(n, nbytes=32):
+    return [(str(uuid.uuid4()), os.urandom(nbytes)) for _ in range(n)]
+
+
+@pytest.fixture
+def kek(tmp_path):
+    return create_kek(str(tmp_path / "kek"))
+
+
+@pytest.fixture
+def store(tmp_path, kek):
+    s = KeyStore(str(tmp_path / "keys.db"), kek)
+    yield s
+    s.close()
+
+
+def test_frame_lifecycle_and_single_delivery(store):
+    keys = new_keys(4)
+    store.put_pending(LINK, 1, keys, expires_at=time.time() + 3600)
+    assert store.counts(LINK)[KeyState.PENDING] == 4
+    with pytest.raises(KeyUnavailable):
+        store.deliver(LINK, keys[0][0])          # not usable before the other end confirms
+    assert store.commit_frame(LINK, 1) == 4
+    assert store.commit_frame(LINK, 1) == 0      # idempotent
+    assert store.available_bits(LINK) == 4 * 256
+
+    reserved = store.reserve_available(LINK, 2, holder="sae-a>sae-b")
+    assert reserved == [keys[0][0], keys[1][0]]     # oldest first, in the frame's order
+    delivered = store.deliver(LINK, reserved[0], holder="sae-a>sae-b")
+    assert delivered.material == dict(keys)[reserved[0]]
+    assert "redacted" in repr(delivered) and delivered.material.hex() not in repr(delivered)
+    with pytest.raises(KeyAlreadyDelivered):
+        store.deliver(LINK, reserved[0])
+    with pytest.raises(KeyUnavailable):
+        store.deliver(LINK, reserved[1], holder="someone-else")
+    store.release(LINK, [reserved[1]])
+    assert store.state(LINK, reserved[1]) is KeyState.AVAILABLE
+    with pytest.raises(KeyUnavailable):
+        store.reserve_available(LINK, 4, holder="x")   # all or nothing: 3 left
+    assert store.counts(LINK)[KeyState.AVAILABLE] == 3
+
+
+def test_reserve_by_id_and_allocatable_partition(store):
+    keys = new_keys(4)
+    store.put_pending(LINK, 7, keys, expires_at=time.time() + 3600, allocatable=[True, False, True, False])
+    store.commit_frame(LINK, 7)
+    assert store.available_bits(LINK) == 2 * 256
+    got = store.reserve_available(LINK, 2, holder="h")
+    assert set(got) == {keys[0][0], keys[2][0]}
+    with pytest.raises(KeyUnavailable):
+        store.reserve_available(LINK, 1, holder="h")
+    store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1")
+    store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1")   # idempotent
+    assert store.deliver(LINK, keys[1][0], holder="peer-request-1").material == keys[1][1]
+    with pytest.raises(KeyAlreadyDelivered):
+        store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1")
+
+
+def test_bad_ids_and_unknown_keys(store):
+    with pytest.raises(KeyStoreError, match="not a UUID"):
+        store.put_pending(LINK, 1, [("not-a-uuid", b"k")], expires_at=time.time() + 10)
+    with pytest.raises(KeyStoreError, match="canonical"):
+        store.deliver(LINK, "{" + str(uuid.uuid4()) + "}")
+    with pytest.raises(KeyNotFound):
+        store.deliver(LINK, str(uuid.uuid4()))
+    keys = new_keys(1)
+    store.put_pending(LINK, 1, keys, expires_at=time.time() + 10)
+    with pytest.raises(KeyNotFound):
+        store.deliver("other-link", keys[0][0])
+    with pytest.raises(KeyStoreError, match="already stored"):
+        store.put_pending(LINK, 2, keys, expires_at=time.time() + 10)
+    assert store.counts(LINK)[KeyState.PENDING] == 1       # the failed frame left nothing behind
+
+
+def test_expiry_erases(store):
+    keys = new_keys(3)
+    store.put_pending(LINK, 1, keys, expires_at=time.time() + 0.2)
+    store.commit_frame(LINK, 1)
+    time.sleep(0.3)
+    with pytest.raises(KeyAlreadyDelivered, match="expired"):
+        store.deliver(LINK, keys[0][0])
+    assert store.expire() == 2
+    assert store.counts(LINK)[KeyState.EXPIRED] == 3
+    with pytest.raises(KeyUnavailable):
+        store.reserve_available(LINK, 1, holder="h")
+
+
+def test_material_is_encrypted_at_rest_and_erased(tmp_path, kek):
+    path = str(tmp_path / "keys.db")
+    store = KeyStore(path, kek)
+    keys = new_keys(50)
+    store.put_pending(LINK, 1, keys, expires_at=time.time() + 3600)
+    store.commit_frame(LINK, 1)
+    delivered = store.deliver(LINK, keys[0][0])
+    store.close()
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    on_disk = b"".join(open(p, "rb").read() for p in (path, path + "-wal") if os.path.exists(p))
+    for _, material in keys:
+        assert material not in on_disk
+    # The delivered row keeps no material at all (tombstone).
+    row = sqlite3.connect(path).execute("SELECT state, nonce, sealed FROM keys WHERE key_id = ?",
+                                        (delivered.key_id,)).fetchone()
+    assert row == ("delivered", None, None)
+
+
+def test_wrong_kek_and_tampered_rows_are_refused(tmp_path, kek):
+    path = str(tmp_path / "keys.db")
+    store = KeyStore(path, kek)
+    keys = new_keys(2)
+    store.put_pending(LINK, 1, keys, expires_at=time.time() + 3600)
+    store.commit_frame(LINK, 1)
+    store.close()
+    with pytest.raises(KeyStoreError, match="does not match"):
+        KeyStore(path, os.urandom(32))
+    db = sqlite3.connect(path)     # move key 0's sealed material under key 1's id
+    sealed, nonce = db.execute("SELECT sealed, nonce FROM keys WHERE key_id = ?", (keys[0][0],)).fetchone()
+    db.execute("UPDATE keys SET sealed = ?, nonce = ? WHERE key_id = ?", (sealed, nonce, keys[1][0]))
+    db.commit()
+    db.close()
+    store = KeyStore(path, kek)
+    with pytest.raises(KeyStoreError, match="fails authentication") as info:
+        store.deliver(LINK, keys[1][0])
+    assert keys[0][1].hex() not in str(info.value)
+    store.close()
+
+
+def test_kek_files(tmp_path, monkeypatch):
+    path = tmp_path / "kek"
+    key = create_kek(str(path))
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert load_kek(str(path)) == key
+    with pytest.raises(KeyStoreError, match="already exists"):
+        create_kek(str(path))
+    path.chmod(0o644)
+    with pytest.raises(KeyStoreError, match="chmod 0600"):
+        load_kek(str(path))
+    raw = tmp_path / "raw"
+    raw.write_bytes(b"\x01" * 32)
+    raw.chmod(0o600)
+    assert load_kek(str(raw)) == b"\x01" * 32
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    short.chmod(0o600)
+    with pytest.raises(KeyStoreError, match="expected 32 raw bytes"):
+        load_kek(str(short))
+    with pytest.raises(KeyStoreError, match="No such file"):
+        load_kek(str(tmp_path / "missing"))
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert kek_from_credentials("raw") == b"\x01" * 32
+    assert kek_from_credentials("absent") is None
+
+
+_WRITER = textwrap.dedent("""
+    import os, sys, time, uuid
+    from qkdd.keystore import KeyStore, KeyAlreadyDelivered
+    store = KeyStore(sys.argv[1], bytes.fromhex(sys.argv[2]))
+    frame = 0
+    while True:
+        frame += 1
+        keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(8)]
+        store.put_pending("L", frame, keys, expires_at=time.time() + 3600)
+        store.commit_frame("L", frame)
+        for key_id in store.reserve_available("L", 2, holder="h"):
+            store.deliver("L", key_id)
+            print(key_id, flush=True)
+""")
+
+
+@pytest.mark.parametrize("delay_s", [0.05, 0.2, 0.45])
+def test_kill_9_leaves_whole_frames_and_durable_deliveries(tmp_path, kek, delay_s):
+    path = str(tmp_path / "keys.db")
+    KeyStore(path, kek).close()
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, path, kek.hex()], stdout=subprocess.PIPE, text=True)
+    first = proc.stdout.readline().split()      # the writer is running; now kill it mid-stream
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    printed = first + proc.stdout.read().split()
+    proc.wait()
+    assert len(printed) > 1
+
+    store = KeyStore(path, kek)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    for frame_id, n in db.execute("SELECT frame_id, COUNT(*) FROM keys GROUP BY frame_id"):
+        assert n == 8, f"frame {frame_id} half stored"
+    for key_id in printed:                 # every delivery the writer reported is durable
+        assert store.state("L", key_id) is KeyState.DELIVERED
+        with pytest.raises(KeyAlreadyDelivered):
+            store.deliver("L", key_id)
+    store.close()

@@ -1,0 +1,106 @@
+"""Resynchronisation of two key stores after a crash: plans, messages, and convergence."""
+import os
+import struct
+import time
+import uuid
+
+import pytest
+
+from qkdd.keystore import KeyAlreadyDelivered, KeyState, KeyStore, create_kek
+from qkdd.keystore.resync import ResyncMessageError, decode_inventory, encode_inventory, plan_resync
+
+LINK = "link-ab"
+
+
+def keys(n):
+    return [(str(uuid.uuid4()), os.urandom(32)) for _ in range(n)]
+
+
+@pytest.fixture
+def ends(tmp_path):
+    alice = KeyStore(str(tmp_path / "a.db"), create_kek(str(tmp_path / "a.kek")))
+    bob = KeyStore(str(tmp_path / "b.db"), create_kek(str(tmp_path / "b.kek")))
+    yield alice, bob
+    alice.close()
+    bob.close()
+
+
+def resync(alice, bob):
+    """Both ends exchange inventories through the wire format and apply their own plans."""
+    msg_a = encode_inventory(LINK, alice.inventory(LINK))
+    msg_b = encode_inventory(LINK, bob.inventory(LINK))
+    for store, remote in ((alice, decode_inventory(msg_b, LINK)), (bob, decode_inventory(msg_a, LINK))):
+        plan = plan_resync(store.inventory(LINK), remote)
+        store.apply_resync(LINK, plan.promote, plan.discard, plan.expire)
+
+
+def usable(store):
+    return {k for k, s in store.inventory(LINK).items() if s.holds_material and s is not KeyState.PENDING}
+
+
+def test_crash_between_store_and_commit_converges(ends):
+    alice, bob = ends
+    expiry = time.time() + 3600
+    f1, f2, f3, f4 = keys(4), keys(4), keys(4), keys(4)
+    for store in (alice, bob):                       # frame 1: done at both ends
+        store.put_pending(LINK, 1, f1, expires_at=expiry)
+        store.commit_frame(LINK, 1)
+    alice.put_pending(LINK, 2, f2, expires_at=expiry)   # frame 2: Alice committed, Bob crashed before commit
+    alice.commit_frame(LINK, 2)
+    bob.put_pending(LINK, 2, f2, expires_at=expiry)
+    alice.put_pending(LINK, 3, f3, expires_at=expiry)   # frame 3: Bob never stored it
+    bob.put_pending(LINK, 4, f4, expires_at=expiry)     # frame 4: Alice never stored it
+    delivered = alice.deliver(LINK, f1[0][0])           # delivered at Alice before the crash
+
+    resync(alice, bob)
+
+    ids = lambda frame: {k for k, _ in frame}  # noqa: E731
+    assert usable(alice) == ids(f1[1:]) | ids(f2)
+    assert usable(bob) == ids(f1) | ids(f2)              # nothing lost that the other end kept
+    assert not ({k for k, _ in f3 + f4} & (usable(alice) | usable(bob)))
+    with pytest.raises(KeyAlreadyDelivered):            # never handed out twice at the same end
+        alice.deliver(LINK, delivered.key_id)
+    assert bob.deliver(LINK, delivered.key_id).material == delivered.material   # the other SAE's copy
+    for key_id, material in f2:
+        assert alice.peek(LINK, key_id).material == bob.peek(LINK, key_id).material == material
+    resync(alice, bob)                                  # idempotent
+    assert {k for k, _ in f2} <= usable(alice) & usable(bob)
+
+
+def test_expiry_at_one_end_erases_at_both(ends):
+    alice, bob = ends
+    f1 = keys(2)
+    alice.put_pending(LINK, 1, f1, expires_at=time.time() + 0.1)
+    bob.put_pending(LINK, 1, f1, expires_at=time.time() + 3600)   # clocks disagree
+    for store in (alice, bob):
+        store.commit_frame(LINK, 1)
+    time.sleep(0.15)
+    alice.expire()
+    resync(alice, bob)
+    assert bob.counts(LINK)[KeyState.EXPIRED] == 2
+
+
+def test_plan_table():
+    a, b, c, d = (str(uuid.uuid4()) for _ in range(4))
+    plan = plan_resync({a: KeyState.PENDING, b: KeyState.AVAILABLE, c: KeyState.RESERVED, d: KeyState.DELIVERED},
+                       {a: KeyState.DELIVERED, c: KeyState.EXPIRED})
+    assert plan.promote == [a] and plan.discard == [b] and plan.expire == [c]
+
+
+def test_inventory_messages_reject_bad_input():
+    k = str(uuid.uuid4())
+    msg = encode_inventory(LINK, {k: KeyState.AVAILABLE})
+    assert decode_inventory(msg, LINK) == {k: KeyState.AVAILABLE}
+    cases = {
+        "truncated in its header": msg[:3],
+        "not an inventory": b"XXXX" + msg[4:],
+        "version 9": msg[:4] + b"\x09" + msg[5:],
+        "does not match": msg[:-1],
+        "expected": encode_inventory("other", {}),
+        "unknown state code": msg[:-1] + b"\x63",
+        "twice": msg[:-21] + struct.pack(">I", 2) + msg[-17:] * 2,
+        "more than": msg[:7 + len(LINK)] + struct.pack(">I", 0xFFFFFFFF),
+    }
+    for expected, bad in cases.items():
+        with pytest.raises(ResyncMessageError, match=expected):
+            decode_inventory(bad, LINK)
