@@ -265,9 +265,8 @@ def test_deb_layout(deb_path):
     assert not any("__pycache__" in path for path in paths), "bytecode is compiled in postinst, not shipped"
     control = _run(["dpkg-deb", "--field", str(deb_path), "Depends"], timeout_s=30).stdout
     assert re.search(r"\bpython3\.\d+\b", control) and "adduser" in control
-    if (REPO / "etc" / "qkdd" / "qkdd.toml").exists():
-        conffiles = _run(["dpkg-deb", "--info", str(deb_path), "conffiles"], timeout_s=30).stdout
-        assert conffiles and "/etc/qkdd/qkdd.toml" in conffiles.split()
+    conffiles = _run(["dpkg-deb", "--info", str(deb_path), "conffiles"], timeout_s=30).stdout
+    assert "/etc/qkdd/qkdd.toml" in conffiles.split()
 
 
 @pytest.mark.slow
@@ -309,12 +308,7 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
                        "from qkdd import _native; print(_native.lib.qkd_cpu_features() >= 0)")
     assert imports.stdout.strip() == "True"
 
-    if (root / "etc/qkdd/qkdd.toml").exists():
-        _check_config_and_run(root, as_qkdd)
-    else:
-        # Until `qkdd run` and etc/qkdd/qkdd.toml land, the installed CLI is all there is to run.
-        _in_root(root, "/usr/bin/qkdd", "--help")
-        _in_root(root, "/usr/bin/qkdctl", "--help")
+    _check_config_and_run(root, as_qkdd)
 
     # Upgrade path (prerm upgrade, postinst configure <old version>): user, state and config survive.
     (root / "var/lib/qkdd/marker").write_text("kept")
@@ -385,8 +379,7 @@ def test_rpm_layout_scriptlets_and_requires(rpm_path):
                      "/usr/lib/systemd/system/qkdd.service", "/etc/qkdd/credentials"):
         assert expected in files, expected
     assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in files)
-    if (REPO / "etc" / "qkdd" / "qkdd.toml").exists():
-        assert "/etc/qkdd/qkdd.toml" in set(query("--configfiles").split())
+    assert "/etc/qkdd/qkdd.toml" in set(query("--configfiles").split())
 
     scripts = query("--scripts")
     sections = dict(re.findall(r"^(\w+) scriptlet .*?:\n(.*?)(?=^\w+ scriptlet |\Z)", scripts, re.M | re.S))
