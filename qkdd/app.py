@@ -4,9 +4,10 @@ Later parts (key store, link engines, relay) become fields here; the daemon buil
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qkdd.config import Config
+from qkdd.hal.base import Device
 from qkdd.health import Health
 from qkdd.metrics import Metrics
 
@@ -16,6 +17,7 @@ class App:
     config: Config
     health: Health
     metrics: Metrics
+    devices: dict[str, Device] = field(default_factory=dict)   # link_id -> this end's device, once opened
 
     @classmethod
     def create(cls, config: Config) -> "App":

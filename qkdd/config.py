@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 
 from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
                                 positive, register_checks, register_parser, register_validator, to_plain)
+from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress",
@@ -127,6 +128,18 @@ def _validate_tls(tls: TLSSettings, key: str) -> None:
 register_validator(TLSSettings, _validate_tls)
 
 
+ADMIN_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _admin_clients_check(entries: tuple[str, ...]) -> str | None:
+    for index, entry in enumerate(entries):
+        if ADMIN_FINGERPRINT_PATTERN.fullmatch(entry) or (entry.startswith("cn:") and entry[3:].strip()):
+            continue
+        return (f"entry {index} must be \"sha256:<64 lowercase hex digits>\" or \"cn:<common name>\", "
+                f"got {entry!r}")
+    return None
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """One HTTP listener: address, optional TLS (client certificates none/optional/required), limits."""
@@ -138,9 +151,11 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class ApiListenerConfig(ListenerConfig):
-    """Port 8071: /v1, ETSI 014/004."""
+    """Port 8071: /v1, ETSI 014/004. `admin_clients`: the client certificates allowed on admin routes
+    (sim control), each "sha256:<hex fingerprint of the DER certificate>" or "cn:<common name>"."""
 
     listen: ListenAddress = ListenAddress("0.0.0.0", 8071)
+    admin_clients: tuple[str, ...] = field(default=(), metadata=meta(check=lambda v: _admin_clients_check(v)))
 
 
 @dataclass(frozen=True)
@@ -177,14 +192,23 @@ class LinkConfig:
     role: Role
     driver: Driver = field(metadata=meta(hints=_VENDOR_DRIVER_HINTS))
     protocol: Protocol = "bb84"
-    device_addr: str = ""            # sim: unused; etsi014: KME host:port or URL; serial: device path
+    device_addr: str = ""            # sim: Alice listens, Bob connects (host:port, default 127.0.0.1:7081);
+                                     # etsi014: KME host:port or URL; serial: device path
     peer_addr: str = field(default="", metadata=meta(check=_peer_address_check))   # peer qkdd host:port
     qber_threshold: float = field(default=0.08, metadata=meta(check=in_range(0, QBER_LIMIT, low_open=True)))
     key_rotation_interval_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
 
     def validate(self, key: str) -> None:
         if self.driver != "sim" and not self.device_addr:
             raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
+        if self.sim is not None and self.driver != "sim":
+            raise ConfigError(f"{key}.sim", f'only for driver "sim", this link uses "{self.driver}"')
+        if self.driver == "sim" and self.device_addr:
+            try:
+                parse_host_port(self.device_addr, allow_port_zero=True)
+            except ValueError as exc:
+                raise ConfigError(f"{key}.device_addr", str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from qkdd import pki_cli
+from qkdd.hal.sim import cli as sim_cli
+from qkdd.peer import keycli as peer_key_cli
 from qkdd.protocols import cli as protocols_cli
 
 
@@ -17,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups register here, one line each:
     pki_cli.register(commands)
     protocols_cli.register(sim_commands)
+    sim_cli.register(sim_commands)
+    peer_key_cli.register(commands)
     return parser
 
 

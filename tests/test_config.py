@@ -126,7 +126,7 @@ def test_environment_overrides_win_over_the_file(tmp_path):
     assert effective["links"] == [{
         "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
         "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
-        "key_rotation_interval_s": 900.0}]
+        "key_rotation_interval_s": 900.0, "sim": None}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------

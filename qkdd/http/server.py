@@ -96,6 +96,10 @@ class HTTPServer:
             return
         self._shutdown_requested = True
         self._close_listeners()
+        # Mark connections now, so a response finishing in this same scheduler step already says
+        # `Connection: close`.
+        for connection in list(self._connections):
+            connection.begin_shutdown()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
 

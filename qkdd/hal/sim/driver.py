@@ -1,0 +1,43 @@
+"""The sim driver as a pair of devices: `device_for(link)` builds Alice's (source, fiber, listener on the
+device address) or Bob's (receiver, connects to that address) from a link's config.
+
+    SimAliceDevice   qkdd.hal.sim.alice   runs the Simulator; set_attack, set_drift, calibrate (realign)
+    SimBobDevice     qkdd.hal.sim.bob     receives its detections; set_monitor, calibrate (asks Alice)
+
+The TCP link between them is the simulated quantum channel (qkdd.hal.sim.wire), not the authenticated
+classical channel; see wire.py for what it carries.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qkdd.hal.base import DeviceError
+from qkdd.hal.sim.alice import SimAliceDevice
+from qkdd.hal.sim.bob import SimBobDevice
+from qkdd.hal.sim.settings import DEFAULT_DEVICE_ADDR, SimConfig
+
+if TYPE_CHECKING:
+    from qkdd.config import LinkConfig
+
+__all__ = ["SimAliceDevice", "SimBobDevice", "device_for"]
+
+
+def device_for(link: "LinkConfig") -> SimAliceDevice | SimBobDevice:
+    """The sim device of this end of `link` (driver "sim"); DeviceError for what the sim cannot run."""
+    from qkdd.config import parse_host_port
+
+    if link.driver != "sim":
+        raise DeviceError(f"link {link.link_id}: driver {link.driver!r} is not the simulator")
+    if link.protocol not in ("bb84", "e91"):
+        raise DeviceError(f"link {link.link_id}: the simulator runs bb84 or e91, not {link.protocol!r}")
+    sim = link.sim or SimConfig()
+    host, port = parse_host_port(link.device_addr or DEFAULT_DEVICE_ADDR, allow_port_zero=True)
+    if link.role == "alice":
+        return SimAliceDevice(sim.params(link.protocol), listen_host=host, listen_port=port,
+                              frame_slots=sim.frame_slots, max_detections=sim.max_detections_per_frame,
+                              realtime=sim.realtime, seed=sim.seed,
+                              attack=sim.initial_attack() if link.protocol == "bb84" else None,
+                              drift=sim.initial_drift(), temperature_c=sim.temperature_c)
+    return SimBobDevice(host=host, port=port, protocol=link.protocol, max_detections=sim.max_detections_per_frame,
+                        monitor=sim.monitor, monitor_threshold_w=sim.monitor_threshold_w,
+                        temperature_c=sim.temperature_c)
