@@ -291,7 +291,8 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
     assert os.readlink(wants) == "/lib/systemd/system/qkdd.service"
     # The unit against the installed tree: ExecStart exists, every directive is understood.
     _require("systemd-analyze")
-    _run(["systemd-analyze", "verify", f"--root={root}", "qkdd.service"], timeout_s=120)
+    verify = _run(["systemd-analyze", "verify", f"--root={root}", "qkdd.service"], timeout_s=120)
+    assert "qkdd" not in verify.stdout + verify.stderr, verify.stdout + verify.stderr  # no warning either
     security = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager",
                                "qkdd.service"], capture_output=True, text=True, timeout=60)
     assert _exposure(security.stdout) <= EXPOSURE_MAX
