@@ -291,7 +291,9 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
     assert os.readlink(wants) == "/lib/systemd/system/qkdd.service"
     # The unit against the installed tree: ExecStart exists, every directive is understood.
     _require("systemd-analyze")
-    verify = _run(["systemd-analyze", "verify", f"--root={root}", "qkdd.service"], timeout_s=120)
+    # --man=no: verify would run the host's man(1) for Documentation=man:qkdd(8), and the page is
+    # installed in the root, not on the host.
+    verify = _run(["systemd-analyze", "verify", "--man=no", f"--root={root}", "qkdd.service"], timeout_s=120)
     assert "qkdd" not in verify.stdout + verify.stderr, verify.stdout + verify.stderr  # no warning either
     security = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager",
                                "qkdd.service"], capture_output=True, text=True, timeout=60)
@@ -495,6 +497,9 @@ def test_rpm_layout_scriptlets_and_requires(rpm_path):
         assert expected in files, expected
     assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in files)
     assert "/etc/qkdd/qkdd.toml" in set(query("--configfiles").split())
+    modes = {line.split()[-1]: line.split()[:4] for line in query("--list", "-v").splitlines()}
+    assert modes["/var/lib/qkdd"][0] == "drwx------" and modes["/var/lib/qkdd"][2:4] == ["qkdd", "qkdd"]
+    assert modes["/etc/qkdd/credentials"][0] == "drwx------" and modes["/etc/qkdd/credentials"][2] == "root"
 
     scripts = query("--scripts")
     sections = dict(re.findall(r"^(\w+) scriptlet .*?:\n(.*?)(?=^\w+ scriptlet |\Z)", scripts, re.M | re.S))
