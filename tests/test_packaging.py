@@ -42,7 +42,7 @@ MDWE_EXEC = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True);"
              "os.execv(sys.argv[1], sys.argv[1:])")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="packaging tests need root (chroot, mounts, dpkg)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="package builds and the Debian root need root (chroot, mounts)")
 
 
 def _require(*tools: str) -> None:
@@ -255,6 +255,8 @@ def test_unit_keeps_only_cap_net_admin_and_notify_contract():
 
 
 @pytest.mark.slow
+@pytest.mark.root
+@needs_root
 def test_deb_layout(deb_path):
     listing = _run(["dpkg-deb", "--contents", str(deb_path)], timeout_s=60).stdout
     paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
@@ -271,6 +273,8 @@ def test_deb_layout(deb_path):
 
 
 @pytest.mark.slow
+@pytest.mark.root
+@needs_root
 def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root):
     root = bookworm_root
     shutil.copy(deb_path, root / "tmp" / "package.deb")
@@ -487,6 +491,8 @@ def _service_main_pid(container_pid: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.root
+@needs_root
 def test_rpm_layout_scriptlets_and_requires(rpm_path):
     def query(*flags: str) -> str:
         return _run(["rpm", "-qp", *flags, str(rpm_path)], timeout_s=120).stdout
