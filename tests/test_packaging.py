@@ -388,7 +388,7 @@ def _boot_with_systemd_and_check_service(root: Path, uid: int) -> None:
     dropin.parent.mkdir(parents=True)
     # Test ports, and a short watchdog so that pings are seen within seconds (and missing ones kill it).
     dropin.write_text(f"[Service]\nEnvironment=QKD_API_LISTEN=127.0.0.1:{api_port} "
-                      f"QKD_HEALTH_LISTEN=127.0.0.1:{health_port}\nWatchdogSec=2s\n")
+                      f"QKD_HEALTH_LISTEN=127.0.0.1:{health_port}\nWatchdogSec=4s\n")
     secret = root / "etc/qkdd/credentials/kms-client-secret"
     secret.write_text("test-kms-secret\n")
     secret.chmod(0o600)
@@ -417,7 +417,7 @@ def _boot_with_systemd_and_check_service(root: Path, uid: int) -> None:
         assert state["NRestarts"] == "0" and state["UnitFileState"] == "enabled", state
         assert state["StatusText"].startswith("serving"), state
         first_ping = int(show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"])
-        time.sleep(3)
+        time.sleep(5)  # two or three pings at WatchdogSec/2
         second = show("WatchdogTimestampMonotonic", "NRestarts")
         assert int(second["WatchdogTimestampMonotonic"]) > first_ping and second["NRestarts"] == "0", second
 
