@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from qkdd.config import Config
 from qkdd.hal.base import Device
 from qkdd.health import Health
+from qkdd.kme import KmeService, open_kme
 from qkdd.metrics import Metrics
 
 
@@ -18,11 +19,14 @@ class App:
     health: Health
     metrics: Metrics
     devices: dict[str, Device] = field(default_factory=dict)   # link_id -> this end's device, once opened
+    kme: KmeService | None = None
 
     @classmethod
     def create(cls, config: Config) -> "App":
         """Health and metrics with every configured link registered (state "configured")."""
         app = cls(config, Health(), Metrics())
+        if config.etsi014 is not None:
+            app.kme = open_kme(config.etsi014, config.daemon.state_dir)
         for link in config.links:
             app.health.register_link(
                 link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')

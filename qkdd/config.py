@@ -20,8 +20,9 @@ from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, m
                                 positive, register_checks, register_parser, register_validator, to_plain)
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
+from qkdd.kme.config import Etsi014Config
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress",
+__all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress", "WireGuardConfig",
            "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
@@ -35,6 +36,7 @@ CREDENTIAL_KMS_CLIENT_SECRET_IDS = (CREDENTIAL_KMS_CLIENT_SECRET, f"qkdd_{CREDEN
 # BB84's QBER limit for secure key extraction with one-way post-processing: the key fraction
 # 1 - 2 h(Q) (Shor & Preskill, PRL 85, 441 (2000), Eq. 1) reaches zero at Q ≈ 11.0 %.
 QBER_LIMIT = 0.11
+MIN_ROTATION_INTERVAL_S = 30.0
 LINK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Role = Literal["alice", "bob"]
@@ -78,6 +80,16 @@ def parse_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, i
                                               r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*", host):
             raise ValueError(f"not an IP address or host name: {host!r}") from None
     return host, port
+
+
+def _peer_listen_check(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_host_port(value, allow_port_zero=True)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _peer_address_check(value: str) -> str | None:
@@ -196,7 +208,13 @@ class LinkConfig:
                                      # etsi014: KME host:port or URL; serial: device path
     peer_addr: str = field(default="", metadata=meta(check=_peer_address_check))   # peer qkdd host:port
     qber_threshold: float = field(default=0.08, metadata=meta(check=in_range(0, QBER_LIMIT, low_open=True)))
-    key_rotation_interval_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    key_rotation_interval_s: float = field(default=3600.0, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    # Classical channel: this end dials peer_addr, or listens on peer_listen; messages are signed with
+    # the ML-DSA-65 key in peer_key_file and checked against the pinned peer_public_key (file or base64).
+    peer_listen: str = field(default="", metadata=meta(check=_peer_listen_check))
+    peer_key_file: str = ""
+    peer_public_key: str = ""
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
 
     def validate(self, key: str) -> None:
@@ -209,6 +227,49 @@ class LinkConfig:
                 parse_host_port(self.device_addr, allow_port_zero=True)
             except ValueError as exc:
                 raise ConfigError(f"{key}.device_addr", str(exc)) from None
+        if self.peer_addr and self.peer_listen:
+            raise ConfigError(f"{key}.peer_listen", "set peer_addr (this end dials) or peer_listen, not both")
+
+    @property
+    def has_peer_channel(self) -> bool:
+        """Enough is configured for the daemon to run the classical channel itself."""
+        return bool((self.peer_addr or self.peer_listen) and self.peer_key_file and self.peer_public_key)
+
+
+PskPolicy = Literal["clear", "random"]
+
+
+def _public_key_check(value: str) -> str | None:
+    from qkdd.consumers.wg_tool import check_public_key
+    return check_public_key(value)
+
+
+def _interface_check(value: str) -> str | None:
+    from qkdd.consumers.wg_tool import check_interface
+    return check_interface(value)
+
+
+@dataclass(frozen=True)
+class WireGuardConfig:
+    """One WireGuard tunnel whose pre-shared key follows QKD keys of `link_id` (`[[wireguard]]`).
+
+    Both ends name the tunnel alike; the link's alice leads the rotation. `rotation_interval_s` defaults
+    to the link's key_rotation_interval_s (QKD_KEY_ROTATION_INTERVAL). When no key came for `expiry_s`,
+    `on_exhausted` applies: "clear" removes the PSK (Curve25519 only, the seed's fallback), "random"
+    installs a random PSK so the tunnel fails closed.
+    """
+
+    name: str = field(metadata=meta(check=lambda v: None if LINK_ID_PATTERN.fullmatch(v) else
+                                    f"must be 1-64 characters of A-Z a-z 0-9 . _ -, got {v!r}"))
+    link_id: str
+    interface: str = field(metadata=meta(check=_interface_check))
+    peer_public_key: str = field(metadata=meta(check=_public_key_check))
+    rotation_interval_s: float | None = field(default=None, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    on_exhausted: PskPolicy = "clear"
+    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
+    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
 
 
 @dataclass(frozen=True)
@@ -242,6 +303,8 @@ class Config:
     health: HealthListenerConfig = field(default_factory=HealthListenerConfig)
     kms: KMSConfig = field(default_factory=KMSConfig)
     links: tuple[LinkConfig, ...] = ()
+    etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
+    wireguard: tuple[WireGuardConfig, ...] = ()
 
     def validate(self, key: str) -> None:
         seen: dict[str, int] = {}
@@ -250,6 +313,23 @@ class Config:
                 raise ConfigError(f"links[{index}].link_id",
                                   f"duplicate link_id {link.link_id!r} (also links[{seen[link.link_id]}])")
             seen[link.link_id] = index
+        names: dict[str, int] = {}
+        peers: dict[tuple[str, str], int] = {}
+        for index, tunnel in enumerate(self.wireguard):
+            if tunnel.link_id not in seen:
+                raise ConfigError(f"wireguard[{index}].link_id", f"no link {tunnel.link_id!r} in [[links]]")
+            if not self.links[seen[tunnel.link_id]].has_peer_channel:
+                raise ConfigError(f"wireguard[{index}].link_id",
+                                  f"link {tunnel.link_id!r} has no classical channel (peer_addr or peer_listen, "
+                                  "peer_key_file and peer_public_key)")
+            if tunnel.name in names:
+                raise ConfigError(f"wireguard[{index}].name", f"duplicate tunnel name {tunnel.name!r}")
+            names[tunnel.name] = index
+            if (tunnel.interface, tunnel.peer_public_key) in peers:
+                raise ConfigError(f"wireguard[{index}].peer_public_key",
+                                  f"this peer of {tunnel.interface} is already driven by wireguard"
+                                  f"[{peers[(tunnel.interface, tunnel.peer_public_key)]}]")
+            peers[(tunnel.interface, tunnel.peer_public_key)] = index
         api, health = self.api.listen, self.health.listen
         if api.port != 0 and api.port == health.port and (
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):
@@ -260,6 +340,13 @@ class Config:
         if name not in LISTENERS:
             raise KeyError(name)
         return getattr(self, name)
+
+    def rotation_interval_s(self, tunnel: WireGuardConfig) -> float:
+        """The tunnel's own interval, else its link's key_rotation_interval_s."""
+        if tunnel.rotation_interval_s is not None:
+            return tunnel.rotation_interval_s
+        link = self.link(tunnel.link_id)
+        return link.key_rotation_interval_s if link else 3600.0
 
     def link(self, link_id: str) -> LinkConfig | None:
         return next((link for link in self.links if link.link_id == link_id), None)
@@ -374,9 +461,12 @@ def to_toml(config: Config) -> str:
     def table(name: str, data: dict[str, Any], header: str) -> None:
         lines.append(f"\n{header}")
         nested = []
+        arrays = []
         for key, value in data.items():
             if isinstance(value, dict):
                 nested.append((key, value))
+            elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                arrays.append((key, value))
             elif value is None:
                 lines.append(f"# {key} = (unset)")
             elif isinstance(value, list):
@@ -385,10 +475,15 @@ def to_toml(config: Config) -> str:
                 lines.append(f"{key} = {scalar(value)}")
         for key, value in nested:
             table(f"{name}.{key}", value, f"[{name}.{key}]")
+        for key, items in arrays:
+            for item in items:
+                table(f"{name}.{key}", item, f"[[{name}.{key}]]")
 
     plain = config.to_dict(redact=True)
     for name, value in plain.items():
-        if name == "links":
+        if value is None:
+            lines.append(f"\n# [{name}] (unset)")
+        elif name in ("links", "wireguard"):
             for link in value:
                 table(name, link, f"[[{name}]]")
         else:

@@ -215,3 +215,16 @@ def test_kill_9_leaves_whole_frames_and_durable_deliveries(tmp_path, kek, delay_
         with pytest.raises(KeyAlreadyDelivered):
             store.deliver("L", key_id)
     store.close()
+
+
+def test_reserved_for_lists_one_holders_reservations(tmp_path):
+    store = KeyStore(str(tmp_path / "k.sqlite"), bytes(32))
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    store.put_pending("l1", 1, [(key_id, b"\x01" * 32) for key_id in ids], expires_at=time.time() + 60)
+    store.commit_frame("l1", 1)
+    mine = store.reserve_available("l1", 2, "wireguard:t1")
+    store.reserve_ids("l1", [ids[2]], "sae:other")
+    assert store.reserved_for("l1", "wireguard:t1") == mine
+    assert store.reserved_for("l1", "sae:other") == [ids[2]]
+    store.deliver("l1", mine[0], holder="wireguard:t1")
+    assert store.reserved_for("l1", "wireguard:t1") == [mine[1]]
