@@ -455,11 +455,23 @@ def _boot_with_systemd_and_check_service(root: Path, uid: int) -> None:
         raise
     finally:
         if container.poll() is None:
-            container.kill()
-            container.wait(timeout=30)
+            _kill_container(container)
         log.close()
         shutil.rmtree(dropin.parent)
         secret.unlink(missing_ok=True)
+
+
+def _kill_container(container: subprocess.Popen) -> None:
+    """SIGKILL the container's init (PID 1 of its namespace, which takes every process in it along),
+    then nspawn itself: killing only nspawn would leave the booted system running."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and _parent_pid(int(entry.name)) == container.pid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, AttributeError):
+            continue
+    container.kill()
+    container.wait(timeout=30)
 
 
 def _parent_pid(pid: int) -> int:
