@@ -30,14 +30,19 @@ def load_kek(path: str) -> bytes:
 
 
 def kek_from_credentials(name: str = "kek") -> bytes | None:
-    """The KEK passed by systemd's LoadCredential= as `name`, or None outside systemd."""
+    """The KEK passed by systemd as credential `name`, or None outside systemd.
+
+    The unit loads the directory /etc/qkdd/credentials as credential `qkdd` (LoadCredential=qkdd:DIR),
+    which systemd presents file by file as `qkdd_<file>`; a credential loaded on its own keeps `name`.
+    """
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
-    path = os.path.join(directory, name)
-    if not os.path.exists(path):
-        return None
-    return load_kek(path)
+    for candidate in (name, f"qkdd_{name}"):
+        path = os.path.join(directory, candidate)
+        if os.path.exists(path):
+            return load_kek(path)
+    return None
 
 
 def create_kek(path: str) -> bytes:
