@@ -175,8 +175,11 @@ def test_kek_files(tmp_path, monkeypatch):
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     assert kek_from_credentials("raw") == b"\x01" * 32
     assert kek_from_credentials("absent") is None
-    (tmp_path / "qkdd_kek").write_bytes(b"\x02" * 32)     # as systemd names files of LoadCredential=qkdd:DIR
-    (tmp_path / "qkdd_kek").chmod(0o400)
+    unit_credentials = tmp_path / "credentials"      # as systemd names files of LoadCredential=qkdd:DIR
+    unit_credentials.mkdir()
+    (unit_credentials / "qkdd_kek").write_bytes(b"\x02" * 32)
+    (unit_credentials / "qkdd_kek").chmod(0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(unit_credentials))
     assert kek_from_credentials("kek") == b"\x02" * 32
 
 
