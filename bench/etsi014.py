@@ -38,7 +38,8 @@ async def main():
     router = Router()
     router.get("/api/v1/keys/{slave_SAE_ID}/enc_keys", enc_keys)
     tls = TLSSettings(sys.argv[1], sys.argv[2], sys.argv[3], "optional")
-    server = HTTPServer("ceiling", "127.0.0.1", 0, router, tls=tls, limits=HTTPLimits(max_connections=4096))
+    server = HTTPServer("ceiling", "127.0.0.1", 0, router, tls=tls, limits=HTTPLimits(max_connections=4096,
+                                                                                  max_requests_per_connection=10**9))
     async with trio.open_nursery() as nursery:
         _, port = await nursery.start(server.run)
         print(port, flush=True)
@@ -54,8 +55,8 @@ def percentile_ms(samples_s: list[float], fraction: float) -> float:
     return round(1000.0 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
 
-async def _read_response(stream: trio.SSLStream, buffer: bytearray) -> int:
-    """Read one response (Content-Length framed); returns the status code."""
+async def _read_response(stream: trio.SSLStream, buffer: bytearray) -> tuple[int, bool]:
+    """Read one response (Content-Length framed); returns the status code and whether the server closes."""
     while b"\r\n\r\n" not in buffer:
         data = await stream.receive_some(65536)
         if not data:
@@ -65,17 +66,20 @@ async def _read_response(stream: trio.SSLStream, buffer: bytearray) -> int:
     head = bytes(buffer[:head_end]).decode("latin-1")
     status = int(head.split(" ", 2)[1])
     length = 0
+    closing = False
     for line in head.split("\r\n")[1:]:
         name, _, value = line.partition(":")
         if name.strip().lower() == "content-length":
             length = int(value)
+        elif name.strip().lower() == "connection":
+            closing = value.strip().lower() == "close"
     while len(buffer) < head_end + length:
         data = await stream.receive_some(65536)
         if not data:
             raise ConnectionError("server closed the connection")
         buffer += data
     del buffer[:head_end + length]
-    return status
+    return status, closing
 
 
 async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float) -> dict:
@@ -83,20 +87,27 @@ async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients
     latencies_s: list[float] = []
     failures = {"count": 0}
 
-    async def client(deadline: float) -> None:
-        tcp = await trio.open_tcp_stream(host, port)
-        stream = trio.SSLStream(tcp, context, server_hostname=host)
+    async def connect() -> trio.SSLStream:
+        stream = trio.SSLStream(await trio.open_tcp_stream(host, port), context, server_hostname=host)
         await stream.do_handshake()
+        return stream
+
+    async def client(deadline: float) -> None:
+        stream = await connect()
         buffer = bytearray()
         try:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 await stream.send_all(request)
-                status = await _read_response(stream, buffer)
+                status, closing = await _read_response(stream, buffer)
                 if status == 200:
                     latencies_s.append(time.perf_counter() - started)
                 else:
                     failures["count"] += 1
+                if closing:      # the server's requests-per-connection limit: open a new connection
+                    await trio.aclose_forcefully(stream)
+                    buffer.clear()
+                    stream = await connect()
         finally:
             await trio.aclose_forcefully(stream)
 
