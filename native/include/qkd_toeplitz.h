@@ -27,6 +27,14 @@ size_t qkd_toeplitz_scratch_words(size_t n_bits, size_t m_bits);
 int qkd_toeplitz_hash(const uint64_t *seed, size_t seed_words, const uint64_t *input, size_t input_words,
                       size_t n_bits, size_t m_bits, uint64_t *out, size_t out_words, uint64_t *scratch,
                       size_t scratch_words, uint32_t features);
+/* The same hash by number-theoretic transforms mod p = 15*2^27 + 1 (O(n log n), see toeplitz.c),
+ * bit-exact with qkd_toeplitz_hash. Not yet dispatched: scalar code, slower than the carry-less
+ * Karatsuba path at every size measured so far. Needs m <= QKD_TOEPLITZ_NTT_MAX_OUT_BITS. */
+#define QKD_TOEPLITZ_NTT_MAX_OUT_BITS 67108864 /* 2^26 */
+size_t qkd_toeplitz_ntt_scratch_words(size_t n_bits, size_t m_bits);
+int qkd_toeplitz_hash_ntt(const uint64_t *seed, size_t seed_words, const uint64_t *input, size_t input_words,
+                          size_t n_bits, size_t m_bits, uint64_t *out, size_t out_words, uint64_t *scratch,
+                          size_t scratch_words);
 /* cffi:end */
 
 #endif

@@ -251,6 +251,22 @@ static void xor_bits(uint64_t *dst, size_t dst_bits, const uint64_t *src, size_t
     }
 }
 
+/* u[0, L) = s rotated left by m: u[0, n-1) = s[m, L), u[n-1, L) = s[0, m). */
+static void rotate_seed(uint64_t *u, const uint64_t *seed, size_t n_bits, size_t m_bits)
+{
+    size_t l_bits = n_bits + m_bits - 1;
+    copy_bits(u, l_bits, seed, l_bits, (int64_t)m_bits);
+    for (size_t w = 0; w < qkd_words_for_bits(m_bits); w++) {
+        uint64_t v = load_bits64(seed, m_bits, (int64_t)(w * 64));
+        /* place s[64w, 64w + 64) at u bit n - 1 + 64w */
+        size_t at = n_bits - 1 + w * 64, aw = at >> 6;
+        unsigned sh = (unsigned)(at & 63);
+        u[aw] |= v << sh;
+        if (sh && aw + 1 < qkd_words_for_bits(l_bits))
+            u[aw + 1] |= v >> (64 - sh);
+    }
+}
+
 typedef void (*gf2x_mul_fn)(uint64_t *, const uint64_t *, size_t, const uint64_t *, size_t, uint64_t *);
 
 int qkd_toeplitz_hash(const uint64_t *seed, size_t seed_words, const uint64_t *input, size_t input_words,
@@ -276,17 +292,7 @@ int qkd_toeplitz_hash(const uint64_t *seed, size_t seed_words, const uint64_t *i
     uint64_t *u = scratch + lay.u_off, *x = scratch + lay.x_off, *win = scratch + lay.w_off;
     uint64_t *prod = scratch + lay.p_off, *mul_scratch = scratch + lay.mul_off;
 
-    /* u = s rotated left by m: u[0, n-1) = s[m, L), u[n-1, L) = s[0, m). */
-    copy_bits(u, l_bits, seed, l_bits, (int64_t)m_bits);
-    for (size_t w = 0; w < qkd_words_for_bits(m_bits); w++) {
-        uint64_t v = load_bits64(seed, m_bits, (int64_t)(w * 64));
-        /* place s[64w, 64w + 64) at u bit n - 1 + 64w */
-        size_t at = n_bits - 1 + w * 64, aw = at >> 6;
-        unsigned sh = (unsigned)(at & 63);
-        u[aw] |= v << sh;
-        if (sh && aw + 1 < qkd_words_for_bits(l_bits))
-            u[aw + 1] |= v >> (64 - sh);
-    }
+    rotate_seed(u, seed, n_bits, m_bits);
     /* x zero-padded to whole blocks. */
     copy_bits(x, lay.blocks * lay.block_w * 64, input, n_bits, 0);
 
@@ -298,6 +304,138 @@ int qkd_toeplitz_hash(const uint64_t *seed, size_t seed_words, const uint64_t *i
         copy_bits(win, lay.window_bits, u, l_bits, start);
         mul(prod, win, lay.window_w, x + b * lay.block_w, lay.block_w, mul_scratch);
         xor_bits(out, m_bits, prod, lay.prod_w * 64, (int64_t)(bbits - 1));
+    }
+    return QKD_OK;
+}
+
+/* Number-theoretic path. Each block's middle product is taken from a cyclic convolution of length
+ * N >= B + m - 1 over Z_p, p = 15*2^27 + 1 (primitive root 31, so N up to 2^27): wrap-around lands
+ * only on coefficients below B - 1, which the middle product discards (the "transposed
+ * multiplication" trick, Hanrot, Quercia and Zimmermann, "The middle product algorithm I", AAECC
+ * 14 (2004), sec. 3). With 0/1 coefficients each output coefficient is a count <= B < p, so its
+ * parity is the GF(2) coefficient. Block size B = N - m + 1 rounded down to whole words, N the
+ * smallest power of two >= 2m (capped at 2^27). */
+#define NTT_P 2013265921u
+#define NTT_G 31u
+#define NTT_MAX_LOG 27
+
+static inline uint32_t mulmod_p(uint32_t a, uint32_t b)
+{
+    return (uint32_t)((uint64_t)a * b % NTT_P);
+}
+
+static uint32_t powmod_p(uint32_t a, uint64_t e)
+{
+    uint32_t r = 1;
+    for (; e; e >>= 1, a = mulmod_p(a, a))
+        if (e & 1)
+            r = mulmod_p(r, a);
+    return r;
+}
+
+struct ntt_layout {
+    size_t len, block_bits, blocks, total;
+};
+
+static int ntt_plan(size_t n_bits, size_t m_bits, struct ntt_layout *lay)
+{
+    if (n_bits == 0 || m_bits == 0 || m_bits > n_bits || n_bits > (size_t)QKD_TOEPLITZ_MAX_BITS ||
+        m_bits > (size_t)QKD_TOEPLITZ_NTT_MAX_OUT_BITS)
+        return QKD_EINVAL;
+    size_t len = 128;
+    while (len < 2 * m_bits && len < ((size_t)1 << NTT_MAX_LOG))
+        len *= 2;
+    size_t b = (len - m_bits + 1) / 64 * 64;
+    lay->len = len;
+    lay->block_bits = b;
+    lay->blocks = (n_bits + b - 1) / b;
+    /* three uint32 arrays of len (window, block, roots), as uint64 words */
+    lay->total = qkd_words_for_bits(n_bits + m_bits - 1) + 3 * len / 2;
+    return QKD_OK;
+}
+
+size_t qkd_toeplitz_ntt_scratch_words(size_t n_bits, size_t m_bits)
+{
+    struct ntt_layout lay;
+    return ntt_plan(n_bits, m_bits, &lay) == QKD_OK ? lay.total : 0;
+}
+
+/* In-place cyclic NTT of a[0, len) with roots[k] = w^k (k < len/2), w of order len: iterative
+ * radix-2 decimation in time after a bit-reversal permutation. */
+static void ntt(uint32_t *a, size_t len, const uint32_t *roots)
+{
+    for (size_t i = 1, j = 0; i < len; i++) {
+        size_t bit = len >> 1;
+        for (; j & bit; bit >>= 1)
+            j ^= bit;
+        j |= bit;
+        if (i < j) {
+            uint32_t t = a[i];
+            a[i] = a[j];
+            a[j] = t;
+        }
+    }
+    for (size_t half = 1; half < len; half *= 2) {
+        size_t step = len / (2 * half);
+        for (size_t start = 0; start < len; start += 2 * half)
+            for (size_t k = 0; k < half; k++) {
+                uint32_t u = a[start + k], v = mulmod_p(a[start + k + half], roots[k * step]);
+                uint32_t s = u + v, d = u + NTT_P - v;
+                a[start + k] = s >= NTT_P ? s - NTT_P : s;
+                a[start + k + half] = d >= NTT_P ? d - NTT_P : d;
+            }
+    }
+}
+
+static void bits_to_coeffs(uint32_t *dst, size_t len, const uint64_t *src, size_t src_bits, int64_t pos,
+                           size_t count)
+{
+    memset(dst, 0, len * sizeof(uint32_t));
+    for (size_t w = 0; w * 64 < count; w++) {
+        uint64_t v = load_bits64(src, src_bits, pos + (int64_t)(w * 64));
+        for (size_t k = 0; k < 64 && w * 64 + k < count; k++)
+            dst[w * 64 + k] = (uint32_t)((v >> k) & 1);
+    }
+}
+
+int qkd_toeplitz_hash_ntt(const uint64_t *seed, size_t seed_words, const uint64_t *input, size_t input_words,
+                          size_t n_bits, size_t m_bits, uint64_t *out, size_t out_words, uint64_t *scratch,
+                          size_t scratch_words)
+{
+    struct ntt_layout lay;
+    if (ntt_plan(n_bits, m_bits, &lay) != QKD_OK)
+        return QKD_EINVAL;
+    size_t l_bits = n_bits + m_bits - 1, len = lay.len, b_bits = lay.block_bits;
+    if (seed_words < qkd_words_for_bits(l_bits) || input_words < qkd_words_for_bits(n_bits))
+        return QKD_ERANGE;
+    if (out_words < qkd_words_for_bits(m_bits) || scratch_words < lay.total)
+        return QKD_ENOMEM;
+    uint64_t *u = scratch;
+    uint32_t *win = (uint32_t *)(scratch + qkd_words_for_bits(l_bits)), *blk = win + len, *roots = blk + len;
+    rotate_seed(u, seed, n_bits, m_bits);
+
+    uint32_t w = powmod_p(NTT_G, (NTT_P - 1) / len), w_inv = powmod_p(w, NTT_P - 2);
+    uint32_t len_inv = powmod_p((uint32_t)len, NTT_P - 2);
+    memset(out, 0, out_words * sizeof(uint64_t));
+    for (size_t b = 0; b < lay.blocks; b++) {
+        size_t j0 = b * b_bits;
+        int64_t start = (int64_t)n_bits - (int64_t)j0 - (int64_t)b_bits;
+        roots[0] = 1;
+        for (size_t k = 1; k < len / 2; k++)
+            roots[k] = mulmod_p(roots[k - 1], w);
+        bits_to_coeffs(win, len, u, l_bits, start, b_bits + m_bits - 1);
+        /* window bits below u[0] (start < 0) must read as zero: load_bits64 does that */
+        bits_to_coeffs(blk, len, input, n_bits, (int64_t)j0, j0 + b_bits <= n_bits ? b_bits : n_bits - j0);
+        ntt(win, len, roots);
+        ntt(blk, len, roots);
+        for (size_t k = 0; k < len; k++)
+            win[k] = mulmod_p(mulmod_p(win[k], blk[k]), len_inv);
+        roots[0] = 1;
+        for (size_t k = 1; k < len / 2; k++)
+            roots[k] = mulmod_p(roots[k - 1], w_inv);
+        ntt(win, len, roots);
+        for (size_t i = 0; i < m_bits; i++)
+            out[i >> 6] ^= (uint64_t)(win[b_bits - 1 + i] & 1) << (i & 63);
     }
     return QKD_OK;
 }

@@ -54,6 +54,19 @@ static void check_size(size_t n, size_t m, uint32_t features)
     if (!same)
         fprintf(stderr, "mismatch n=%zu m=%zu features=%u\n", n, m, features);
     CHECK(same);
+    if (features == 0) {
+        /* the number-theoretic path gives the same bits */
+        size_t ntt_words = qkd_toeplitz_ntt_scratch_words(n, m);
+        CHECK(ntt_words > 0);
+        uint64_t *ntt_scratch = malloc(ntt_words * 8);
+        memset(y, 0xA5, yw * 8);
+        CHECK_EQ(qkd_toeplitz_hash_ntt(s, sw, x, xw, n, m, y, yw, ntt_scratch, ntt_words), QKD_OK);
+        same = memcmp(y, ref, yw * 8) == 0;
+        if (!same)
+            fprintf(stderr, "NTT mismatch n=%zu m=%zu\n", n, m);
+        CHECK(same);
+        free(ntt_scratch);
+    }
     free(s), free(x), free(y), free(ref), free(scratch);
 }
 
@@ -89,5 +102,10 @@ int main(void)
     CHECK_EQ(qkd_toeplitz_hash(w, 4, w, 1, 100, 50, w, 4, scratch, 4096, 0), QKD_ERANGE);
     CHECK_EQ(qkd_toeplitz_hash(w, 4, w, 4, 100, 80, w, 1, scratch, 4096, 0), QKD_ENOMEM);
     CHECK_EQ(qkd_toeplitz_hash(w, 4, w, 4, 100, 50, w, 4, scratch, 1, 0), QKD_ENOMEM);
+    CHECK_EQ(qkd_toeplitz_ntt_scratch_words(10, 11), 0);
+    CHECK_EQ(qkd_toeplitz_ntt_scratch_words(1u << 28, (size_t)QKD_TOEPLITZ_NTT_MAX_OUT_BITS + 1), 0);
+    CHECK_EQ(qkd_toeplitz_hash_ntt(w, 4, w, 4, 10, 11, w, 4, scratch, 4096), QKD_EINVAL);
+    CHECK_EQ(qkd_toeplitz_hash_ntt(w, 1, w, 4, 100, 50, w, 4, scratch, 4096), QKD_ERANGE);
+    CHECK_EQ(qkd_toeplitz_hash_ntt(w, 4, w, 4, 100, 50, w, 4, scratch, 1), QKD_ENOMEM);
     return check_report("test_toeplitz");
 }
