@@ -25,6 +25,16 @@ def test_bit_exact_with_randextract(n, m):
     for features in (0, PCLMUL, CPU_FEATURES):
         ours = bits.unpack(toeplitz_hash(bits.pack(seed), bits.pack(x), n, m, cpu_features=features), m)
         assert np.array_equal(ours, expected), (n, m, features)
+    ours = bits.unpack(toeplitz_hash(bits.pack(seed), bits.pack(x), n, m, ntt=True), m)
+    assert np.array_equal(ours, expected), (n, m, "ntt")
+
+
+@pytest.mark.parametrize("n,m", [(1 << 20, 1 << 19), (1 << 20, 3), (1_000_003, 999_983)])
+def test_ntt_path_matches_carry_less_path_on_large_blocks(n, m):
+    # randextract takes minutes here; the carry-less path (checked against it above) is the oracle
+    rng = np.random.default_rng(n + m)
+    x, seed = bits.pack(rng.integers(0, 2, n)), bits.pack(rng.integers(0, 2, n + m - 1))
+    assert np.array_equal(toeplitz_hash(seed, x, n, m, ntt=True), toeplitz_hash(seed, x, n, m))
 
 
 def test_matches_randextract_matrix_definition():

@@ -14,6 +14,7 @@ from qkdd.bindings.bits import words_for_bits
 MAX_INPUT_BITS = int(lib.QKD_TOEPLITZ_MAX_BITS)
 CPU_FEATURES = int(lib.qkd_cpu_features())
 PCLMUL = int(lib.QKD_CPU_PCLMUL)
+NTT_MAX_OUTPUT_BITS = int(lib.QKD_TOEPLITZ_NTT_MAX_OUT_BITS)
 
 
 def seed_bits_for(n_bits: int, m_bits: int) -> int:
@@ -30,11 +31,13 @@ def _check_sizes(n_bits: int, m_bits: int) -> None:
 
 
 def toeplitz_hash(seed: np.ndarray, key: np.ndarray, n_bits: int, m_bits: int, *,
-                  cpu_features: int | None = None) -> np.ndarray:
+                  cpu_features: int | None = None, ntt: bool = False) -> np.ndarray:
     """The m-bit Toeplitz hash of the first n bits of `key` under `seed` (n + m - 1 bits), packed.
 
     `cpu_features` restricts the instruction sets the kernel may use (a subset of CPU_FEATURES;
     0 = portable C, PCLMUL = no AVX-512 VPCLMULQDQ); the result is the same on every path.
+    `ntt=True` takes the number-theoretic path instead (m <= NTT_MAX_OUTPUT_BITS; not the default
+    anywhere yet: it is slower than the carry-less path at every size measured, see toeplitz.c).
     """
     _check_sizes(n_bits, m_bits)
     as_words(seed, "seed")
@@ -45,6 +48,14 @@ def toeplitz_hash(seed: np.ndarray, key: np.ndarray, n_bits: int, m_bits: int, *
     if key.size < words_for_bits(n_bits):
         raise ValueError(f"input has {key.size} words, needs {words_for_bits(n_bits)} for {n_bits} bits")
     out = np.empty(words_for_bits(m_bits), dtype=np.uint64)
+    if ntt:
+        if m_bits > NTT_MAX_OUTPUT_BITS:
+            raise ValueError(f"the NTT path takes at most {NTT_MAX_OUTPUT_BITS} output bits, got {m_bits}")
+        scratch = np.empty(lib.qkd_toeplitz_ntt_scratch_words(n_bits, m_bits), dtype=np.uint64)
+        check(lib.qkd_toeplitz_hash_ntt(ptr("uint64_t *", seed), seed.size, ptr("uint64_t *", key), key.size, n_bits,
+                                        m_bits, wptr("uint64_t *", out), out.size, wptr("uint64_t *", scratch),
+                                        scratch.size), "toeplitz hash (NTT)")
+        return out
     scratch = np.empty(lib.qkd_toeplitz_scratch_words(n_bits, m_bits), dtype=np.uint64)
     features = CPU_FEATURES if cpu_features is None else CPU_FEATURES & cpu_features
     check(lib.qkd_toeplitz_hash(ptr("uint64_t *", seed), seed.size, ptr("uint64_t *", key), key.size, n_bits, m_bits,
