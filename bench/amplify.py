@@ -1,11 +1,13 @@
 """Privacy amplification speed: one Toeplitz hash of n bits to m bits, per block, on one thread.
 
-    python -m bench.amplify --n 1048576 --m 524288 --reps 20 [--no-reference]
+    python -m bench.amplify --n 1048576 --m 524288 --reps 20 [--no-reference] [--ntt]
 
 ms_per_block is the median wall time over --reps of qkdd's kernel (bit-packed in and out, run-time
 CPU dispatch), cpu_ms_per_block its CPU time (telling on a shared, loaded machine);
 pclmul_ms_per_block the same restricted to 128-bit PCLMULQDQ (no AVX-512), and
-portable_ms_per_block one run of the portable C path (n <= 2^22 only). Unless --no-reference is
+portable_ms_per_block one run of the portable C path (n <= 2^22 only); with --ntt,
+ntt_ms_per_block / ntt_cpu_ms_per_block one run of the number-theoretic path, checked against the
+carry-less result (ntt_bit_exact). Unless --no-reference is
 given, the same input is also hashed once with randextract's ToeplitzHashing (the FFT reference) in
 the same run, checked bit for bit, and its time reported with the speed ratio.
 """
@@ -39,6 +41,7 @@ def main(argv=None) -> None:
     parser.add_argument("--m", type=int, default=1 << 19)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--no-reference", action="store_true", help="skip randextract")
+    parser.add_argument("--ntt", action="store_true", help="also time the number-theoretic path once")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(1)
     x_bits = rng.integers(0, 2, args.n, dtype=np.uint8)
@@ -54,6 +57,11 @@ def main(argv=None) -> None:
     if args.n <= 1 << 22:  # the portable path is for correctness on other CPUs, not for huge blocks
         portable_ms, _ = _median_ms(lambda: toeplitz_hash(seed, x, args.n, args.m, cpu_features=0), 1)
         result["portable_ms_per_block"] = round(portable_ms, 3)
+    if args.ntt:
+        got = []
+        ntt_ms, ntt_cpu_ms = _median_ms(lambda: got.append(toeplitz_hash(seed, x, args.n, args.m, ntt=True)), 1)
+        result.update({"ntt_ms_per_block": round(ntt_ms, 3), "ntt_cpu_ms_per_block": round(ntt_cpu_ms, 3),
+                       "ntt_bit_exact": bool(np.array_equal(got[0], toeplitz_hash(seed, x, args.n, args.m)))})
     if not args.no_reference:
         from randextract import ToeplitzHashing
         start = time.perf_counter()

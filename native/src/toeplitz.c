@@ -324,6 +324,21 @@ static inline uint32_t mulmod_p(uint32_t a, uint32_t b)
     return (uint32_t)((uint64_t)a * b % NTT_P);
 }
 
+/* Montgomery multiplication with R = 2^32 (Montgomery, Math. Comp. 44 (1985) 519): a * b / R mod p
+ * for a, b < p. The butterflies multiply by twiddles stored as w * R, so data stay in the ordinary
+ * representation. */
+#define NTT_NEG_P_INV 0x77ffffffu /* -p^-1 mod 2^32 */
+#define NTT_R_MOD_P 268435454u    /* 2^32 mod p */
+#define NTT_R2_MOD_P 1172168163u  /* 2^64 mod p */
+
+static inline uint32_t mont_mul(uint32_t a, uint32_t b)
+{
+    uint64_t t = (uint64_t)a * b;
+    uint32_t q = (uint32_t)t * NTT_NEG_P_INV;
+    uint32_t r = (uint32_t)((t + (uint64_t)q * NTT_P) >> 32);
+    return r >= NTT_P ? r - NTT_P : r;
+}
+
 static uint32_t powmod_p(uint32_t a, uint64_t e)
 {
     uint32_t r = 1;
@@ -360,7 +375,7 @@ size_t qkd_toeplitz_ntt_scratch_words(size_t n_bits, size_t m_bits)
     return ntt_plan(n_bits, m_bits, &lay) == QKD_OK ? lay.total : 0;
 }
 
-/* In-place cyclic NTT of a[0, len) with roots[k] = w^k (k < len/2), w of order len: iterative
+/* In-place cyclic NTT of a[0, len) with roots[k] = w^k R mod p (k < len/2), w of order len: iterative
  * radix-2 decimation in time after a bit-reversal permutation. */
 static void ntt(uint32_t *a, size_t len, const uint32_t *roots)
 {
@@ -379,7 +394,7 @@ static void ntt(uint32_t *a, size_t len, const uint32_t *roots)
         size_t step = len / (2 * half);
         for (size_t start = 0; start < len; start += 2 * half)
             for (size_t k = 0; k < half; k++) {
-                uint32_t u = a[start + k], v = mulmod_p(a[start + k + half], roots[k * step]);
+                uint32_t u = a[start + k], v = mont_mul(a[start + k + half], roots[k * step]);
                 uint32_t s = u + v, d = u + NTT_P - v;
                 a[start + k] = s >= NTT_P ? s - NTT_P : s;
                 a[start + k + half] = d >= NTT_P ? d - NTT_P : d;
@@ -415,12 +430,13 @@ int qkd_toeplitz_hash_ntt(const uint64_t *seed, size_t seed_words, const uint64_
     rotate_seed(u, seed, n_bits, m_bits);
 
     uint32_t w = powmod_p(NTT_G, (NTT_P - 1) / len), w_inv = powmod_p(w, NTT_P - 2);
-    uint32_t len_inv = powmod_p((uint32_t)len, NTT_P - 2);
+    /* len^-1 R^2: two Montgomery products by it scale win * blk by len^-1 */
+    uint32_t len_inv_r2 = mulmod_p(powmod_p((uint32_t)len, NTT_P - 2), NTT_R2_MOD_P);
     memset(out, 0, out_words * sizeof(uint64_t));
     for (size_t b = 0; b < lay.blocks; b++) {
         size_t j0 = b * b_bits;
         int64_t start = (int64_t)n_bits - (int64_t)j0 - (int64_t)b_bits;
-        roots[0] = 1;
+        roots[0] = NTT_R_MOD_P;
         for (size_t k = 1; k < len / 2; k++)
             roots[k] = mulmod_p(roots[k - 1], w);
         bits_to_coeffs(win, len, u, l_bits, start, b_bits + m_bits - 1);
@@ -429,8 +445,8 @@ int qkd_toeplitz_hash_ntt(const uint64_t *seed, size_t seed_words, const uint64_
         ntt(win, len, roots);
         ntt(blk, len, roots);
         for (size_t k = 0; k < len; k++)
-            win[k] = mulmod_p(mulmod_p(win[k], blk[k]), len_inv);
-        roots[0] = 1;
+            win[k] = mont_mul(mont_mul(win[k], blk[k]), len_inv_r2);
+        roots[0] = NTT_R_MOD_P;
         for (size_t k = 1; k < len / 2; k++)
             roots[k] = mulmod_p(roots[k - 1], w_inv);
         ntt(win, len, roots);
