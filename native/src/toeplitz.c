@@ -384,29 +384,39 @@ size_t qkd_toeplitz_ntt_scratch_words(size_t n_bits, size_t m_bits)
     return ntt_plan(n_bits, m_bits, &lay) == QKD_OK ? lay.total : 0;
 }
 
-/* In-place cyclic NTT of a[0, len) with roots[k] = w^k R mod p (k < len/2), w of order len: iterative
- * radix-2 decimation in time after a bit-reversal permutation. */
-static void ntt(uint32_t *a, size_t len, const uint32_t *roots)
+static inline uint32_t add_p(uint32_t a, uint32_t b)
 {
-    for (size_t i = 1, j = 0; i < len; i++) {
-        size_t bit = len >> 1;
-        for (; j & bit; bit >>= 1)
-            j ^= bit;
-        j |= bit;
-        if (i < j) {
-            uint32_t t = a[i];
-            a[i] = a[j];
-            a[j] = t;
-        }
+    uint32_t s = a + b;
+    return s >= NTT_P ? s - NTT_P : s;
+}
+
+/* Forward cyclic NTT of a[0, len) in place, output in bit-reversed order (Gentleman-Sande
+ * decimation in frequency), roots[k] = w^k R mod p for k < len/2, w of order len. */
+static void ntt_forward(uint32_t *a, size_t len, const uint32_t *roots)
+{
+    for (size_t half = len / 2; half >= 1; half /= 2) {
+        size_t step = len / (2 * half);
+        for (size_t start = 0; start < len; start += 2 * half)
+            for (size_t k = 0; k < half; k++) {
+                uint32_t u = a[start + k], v = a[start + k + half];
+                a[start + k] = add_p(u, v);
+                a[start + k + half] = mont_mul(u + NTT_P - v, roots[k * step]);
+            }
     }
+}
+
+/* The transform of a[0, len) given in bit-reversed order, output in natural order (Cooley-Tukey
+ * decimation in time without the permutation); with inverse roots it undoes ntt_forward up to a
+ * factor len. Skipping both permutations is fine because the pointwise product ignores order. */
+static void ntt_from_bitrev(uint32_t *a, size_t len, const uint32_t *roots)
+{
     for (size_t half = 1; half < len; half *= 2) {
         size_t step = len / (2 * half);
         for (size_t start = 0; start < len; start += 2 * half)
             for (size_t k = 0; k < half; k++) {
                 uint32_t u = a[start + k], v = mont_mul(a[start + k + half], roots[k * step]);
-                uint32_t s = u + v, d = u + NTT_P - v;
-                a[start + k] = s >= NTT_P ? s - NTT_P : s;
-                a[start + k + half] = d >= NTT_P ? d - NTT_P : d;
+                a[start + k] = add_p(u, v);
+                a[start + k + half] = add_p(u, NTT_P - v);
             }
     }
 }
@@ -451,14 +461,14 @@ int qkd_toeplitz_hash_ntt(const uint64_t *seed, size_t seed_words, const uint64_
         bits_to_coeffs(win, len, u, l_bits, start, b_bits + m_bits - 1);
         /* window bits below u[0] (start < 0) must read as zero: load_bits64 does that */
         bits_to_coeffs(blk, len, input, n_bits, (int64_t)j0, j0 + b_bits <= n_bits ? b_bits : n_bits - j0);
-        ntt(win, len, roots);
-        ntt(blk, len, roots);
+        ntt_forward(win, len, roots);
+        ntt_forward(blk, len, roots);
         for (size_t k = 0; k < len; k++)
             win[k] = mont_mul(mont_mul(win[k], blk[k]), len_inv_r2);
         roots[0] = NTT_R_MOD_P;
         for (size_t k = 1; k < len / 2; k++)
             roots[k] = mulmod_p(roots[k - 1], w_inv);
-        ntt(win, len, roots);
+        ntt_from_bitrev(win, len, roots);
         for (size_t i = 0; i < m_bits; i++)
             out[i >> 6] ^= (uint64_t)(win[b_bits - 1 + i] & 1) << (i & 63);
     }
