@@ -318,12 +318,12 @@ int qkd_toeplitz_hash(const uint64_t *seed, size_t seed_words, const uint64_t *i
  * One prime suffices: neither a second prime (CRT) nor a larger 2-adic order is needed once the
  * transform computes the middle product rather than the full product.
  * Not dispatched: this is scalar radix-2 code on one bit per 32-bit coefficient, and measured
- * against the carry-less Karatsuba path it is far slower at every size in range (CPU time, AMD EPYC
- * Zen 4, n -> n/2 bits: 2^20 450 ms against 8 ms, 2^22 2.4 s against 71 ms, 2^24 10.8 s against
- * 0.65 s, 2^27 111 s against 18.5 s, all bit-exact; the ratio halves per factor 4 in n, which puts
- * the crossover near n = 2^32, beyond QKD_TOEPLITZ_MAX_BITS' 2^31). Closing the
- * gap needs a vectorised (AVX-512, 16 lanes), cache-blocked transform; until then the number-
- * theoretic path is a tested alternative (qkd_toeplitz_hash_ntt), never chosen automatically. */
+ * against the carry-less Karatsuba path it is slower at every size in range (CPU time, AMD EPYC
+ * Zen 4, n -> n/2 bits, same run, bit-exact: 2^20 175 ms against 8.3 ms, 2^22 0.93 s against
+ * 80 ms, 2^27 66 s against 18.4 s; the ratio falls about 1.6-fold per factor 4 in n, which puts
+ * the crossover near n = 2^32, beyond QKD_TOEPLITZ_MAX_BITS). Closing the gap needs a vectorised
+ * (AVX-512, 16 lanes), cache-blocked transform; until then the number-theoretic path is a tested
+ * alternative (qkd_toeplitz_hash_ntt), never chosen automatically. */
 #define NTT_P 2013265921u
 #define NTT_G 31u
 #define NTT_MAX_LOG 27
