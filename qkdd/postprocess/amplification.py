@@ -67,7 +67,7 @@ def _mask_tail(words: np.ndarray, n_bits: int) -> np.ndarray:
     return words
 
 
-class Amplification:
+class Amplification(wire.FrameExchange):
     """One end of privacy amplification of one frame's n_bits-long key."""
 
     def __init__(self, role: str, frame_id: int, key: np.ndarray, n_bits: int):
@@ -112,19 +112,6 @@ class Amplification:
         payload = (self._n_bits.to_bytes(8, "little") + m_bits.to_bytes(8, "little") + bytes([seed_mode])
                    + bytes(7) + seed_bytes)
         return [self._send(ANNOUNCE, payload)]
-
-    def receive(self, message: bytes) -> list[bytes]:
-        """Feed one peer message; returns the messages to send back.
-
-        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
-        """
-        if self.state == FAILED:
-            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
-        try:
-            return self._receive(message)
-        except PeerMessageError as exc:
-            self.state, self._failure = FAILED, str(exc)
-            raise
 
     def _receive(self, message: bytes) -> list[bytes]:
         header, payload = wire.decode(message, max_payload_bytes=_max_payload_bytes(self._n_bits))

@@ -176,7 +176,7 @@ class SiftResult:
         return 2 * intensity_class + basis
 
 
-class Sifting:
+class Sifting(wire.FrameExchange):
     """One end of sifting of one frame. Alice is built with AliceRecords, Bob with BobDetections."""
 
     def __init__(self, role: str, frame_id: int, records: AliceRecords | BobDetections, n_classes: int,
@@ -340,19 +340,6 @@ class Sifting:
         return []
 
     # common ----------------------------------------------------------------------------------
-    def receive(self, message: bytes) -> list[bytes]:
-        """Feed one peer message; returns the messages to send back.
-
-        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
-        """
-        if self.state == FAILED:
-            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
-        try:
-            return self._receive(message)
-        except PeerMessageError as exc:
-            self.state, self._failure = FAILED, str(exc)
-            raise
-
     def _receive(self, message: bytes) -> list[bytes]:
         header, payload = wire.decode(message, max_payload_bytes=self._max_payload_bytes())
         self._seq.accept(header, _EXPECTED.get(self.state), KIND_NAMES, self.state)

@@ -85,7 +85,7 @@ class VerificationResult:
     epsilon_cor: float
 
 
-class Verification:
+class Verification(wire.FrameExchange):
     """One end of the verification of one frame. `role` is ANNOUNCER or CHECKER."""
 
     def __init__(self, role: str, frame_id: int, frame: np.ndarray, n_bits: int, nkeys: int = 1):
@@ -119,19 +119,6 @@ class Verification:
         payload = (self._n_bits.to_bytes(8, "little") + bytes([self._nkeys]) + bytes(7)
                    + keys.astype("<u8").tobytes() + self._tags.astype("<u8").tobytes())
         return [self._send(ANNOUNCE, payload)]
-
-    def receive(self, message: bytes) -> list[bytes]:
-        """Feed one peer message; returns the messages to send back.
-
-        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
-        """
-        if self.state == FAILED:
-            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
-        try:
-            return self._receive(message)
-        except PeerMessageError as exc:
-            self.state, self._failure = FAILED, str(exc)
-            raise
 
     def _receive(self, message: bytes) -> list[bytes]:
         header, payload = wire.decode(message, max_payload_bytes=_MAX_PAYLOAD_BYTES)

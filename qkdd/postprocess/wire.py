@@ -128,3 +128,31 @@ def encode_parts(kind: int, frame_id: int, seq: int, parts: list) -> bytes:
     if length > MAX_PAYLOAD_BYTES:
         raise ValueError(f"payload of {length} bytes exceeds {MAX_PAYLOAD_BYTES}")
     return b"".join([HEADER.pack(MAGIC, VERSION, kind, 0, frame_id, seq, length), *views])
+
+
+class FrameExchange:
+    """Base of the per-frame two-party exchanges (sifting, verification, amplification).
+
+    Subclasses implement `_receive`; a peer message that fails its checks (PeerMessageError) fails the
+    frame for good: the object moves to "FAILED" and refuses every later message.
+    """
+
+    state: str
+    frame_id: int
+    _failure: str = ""
+
+    def receive(self, message: bytes) -> list[bytes]:
+        """Feed one peer message; returns the messages to send back.
+
+        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
+        """
+        if self.state == "FAILED":
+            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
+        try:
+            return self._receive(message)
+        except PeerMessageError as exc:
+            self.state, self._failure = "FAILED", str(exc)
+            raise
+
+    def _receive(self, message: bytes) -> list[bytes]:
+        raise NotImplementedError
