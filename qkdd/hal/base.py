@@ -1,0 +1,124 @@
+"""The device interface every HAL driver implements, and the seed's records (HIP-0071, "Why a HAL").
+
+Two kinds of device sit behind it. Devices that post-process themselves (commercial systems behind an
+ETSI 014 KME) hand out finished `KeyBlock`s through `request_key`. Devices whose detections qkdd
+post-processes hand out `RawFrame`s through `next_frame`: on the Alice side the prepared states of the
+slots Bob detected, on the Bob side his detections. A driver declares which it is with `yields_raw_frames`.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class KeyBlock:
+    """Finished key material from a device (seed: KeyBlock). `material` is secret and kept out of repr."""
+
+    key_id: str
+    material: bytes = field(repr=False)
+    bits: int
+    qber: float
+    key_rate_bps: float
+    protocol: str
+    timestamp_s: float
+
+
+@dataclass(frozen=True)
+class ChannelMetrics:
+    """Channel quality as the device sees it (seed: ChannelMetrics)."""
+
+    qber: float
+    key_rate_bps: float
+    photon_rate_hz: float
+    visibility: float
+    link_loss_db: float
+    temperature_c: float
+    uptime_s: float
+
+    def as_json(self) -> dict[str, float]:
+        return {"qber": self.qber, "key_rate": self.key_rate_bps, "photon_rate": self.photon_rate_hz,
+                "visibility": self.visibility, "link_loss": self.link_loss_db,
+                "temperature": self.temperature_c, "uptime": self.uptime_s}
+
+
+@dataclass(frozen=True)
+class DeviceHealth:
+    """Device health and diagnostics (seed: DeviceHealth)."""
+
+    ok: bool
+    detail: str
+    temperature_c: float
+    uptime_s: float
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AliceRecords:
+    """Alice's prepared states for the slots of one frame that Bob may have detected (columnar, slot-sorted)."""
+
+    slots: np.ndarray          # uint64, strictly increasing
+    bits: np.ndarray           # uint8 0/1
+    bases: np.ndarray          # uint8 0 = Z (rectilinear), 1 = X (diagonal)
+    intensities: np.ndarray    # uint8 intensity class: 0 signal, 1 decoy, 2 vacuum
+
+
+@dataclass(frozen=True)
+class BobDetections:
+    """Bob's detections of one frame (columnar, slot-sorted)."""
+
+    slots: np.ndarray          # uint64, strictly increasing
+    bases: np.ndarray          # uint8 measurement basis
+    outcomes: np.ndarray       # uint8 0/1
+
+
+@dataclass(frozen=True)
+class RawFrame:
+    """One frame of raw data: exactly one of `alice` / `bob` is set, by the device's side."""
+
+    frame_id: int
+    slot_count: int                                 # pulse slots the frame spans
+    alice: AliceRecords | None = None
+    bob: BobDetections | None = None
+    pulses_per_intensity: tuple[int, ...] = ()      # Alice side: pulses sent per intensity class
+    monitor_alarm: bool = False                     # Bob side: photocurrent monitor saw bright light
+
+
+class DeviceError(Exception):
+    """The device failed or sent data that cannot be used; the message names the problem."""
+
+
+class Device(abc.ABC):
+    """One QKD device end (seed: QKDDevice). Methods are async: drivers do I/O."""
+
+    yields_raw_frames: bool = True
+
+    @abc.abstractmethod
+    async def init(self) -> None:
+        """Open the device and check that it answers."""
+
+    async def request_key(self, bits: int) -> KeyBlock:
+        """Finished key of `bits` bits, for devices that post-process themselves."""
+        raise DeviceError(f"{type(self).__name__} yields raw frames; keys come from the qkdd pipeline")
+
+    async def next_frame(self) -> RawFrame:
+        """The next raw frame, for devices whose detections qkdd post-processes."""
+        raise DeviceError(f"{type(self).__name__} yields finished keys, not raw frames")
+
+    @abc.abstractmethod
+    async def channel_status(self) -> ChannelMetrics:
+        """Current channel quality."""
+
+    @abc.abstractmethod
+    async def health(self) -> DeviceHealth:
+        """Device health and diagnostics."""
+
+    async def calibrate(self) -> dict[str, Any]:
+        """Run a calibration (e.g. realign polarisation) and report what changed."""
+        raise DeviceError(f"{type(self).__name__} does not support calibration")
+
+    async def close(self) -> None:
+        """Release the device."""
