@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qkdd.protocols import cli as protocols_cli
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkdctl", description="qkdd operator tools")
@@ -12,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("sim", help="QKD simulator: analytic key rates and Monte Carlo runs")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     # Command groups register here, one line each:
+    protocols_cli.register(sim_commands)
     del sim_commands  # (until the first sim command registers)
     return parser
 
