@@ -22,6 +22,7 @@
 #define QKD_CPU_AVX512F 4
 #define QKD_CPU_PCLMUL 8
 #define QKD_CPU_VPCLMUL 16
+#define QKD_CPU_BMI2 32
 
 size_t qkd_words_for_bits(size_t nbits);
 uint32_t qkd_cpu_features(void);

@@ -23,6 +23,8 @@ uint32_t qkd_cpu_features(void)
         features |= QKD_CPU_AVX2;
     if (__builtin_cpu_supports("avx512f"))
         features |= QKD_CPU_AVX512F;
+    if (__builtin_cpu_supports("bmi2"))
+        features |= QKD_CPU_BMI2;
     unsigned a, b, c, d;
     if (__get_cpuid(1, &a, &b, &c, &d) && (c & bit_PCLMUL))
         features |= QKD_CPU_PCLMUL;

@@ -76,5 +76,5 @@ def cpu_features() -> set[str]:
     """Instruction-set extensions the running CPU offers to kernels that select at run time."""
     flags = lib.qkd_cpu_features()
     names = {"popcnt": lib.QKD_CPU_POPCNT, "avx2": lib.QKD_CPU_AVX2, "avx512f": lib.QKD_CPU_AVX512F,
-             "pclmul": lib.QKD_CPU_PCLMUL, "vpclmul": lib.QKD_CPU_VPCLMUL}
+             "pclmul": lib.QKD_CPU_PCLMUL, "vpclmul": lib.QKD_CPU_VPCLMUL, "bmi2": lib.QKD_CPU_BMI2}
     return {name for name, bit in names.items() if flags & bit}

@@ -1,0 +1,59 @@
+/* qkd_sift.h - BB84 sifting: match Bob's detections against Alice's prepared states, count what the
+ * decoy-state estimate needs, and gather the sifted bits per (intensity class, basis).
+ *
+ * Records (all per frame, slots numbered from 0):
+ *   Alice: one state byte per slot: bit 0 the bit value, bit 1 the basis (0 = Z, 1 = X), bits 2..5
+ *          the intensity class (0 = signal, then decoys), bits 6..7 zero.
+ *   Bob:   detections as three columns: slots (uint64, strictly increasing, < n_slots), basis (0/1)
+ *          and outcome (0/1), one uint8 each (Alice receives Bob's bases bit-packed instead).
+ * Groups: g = class * 2 + basis. Sifted bits of group g (in slot order) start at word key_offset[g]
+ * of the key buffer, key_offset[g] = sum over h < g of ceil(group_bits[h] / 64); the key buffer needs
+ * at most qkd_sift_key_words(count, n_classes) words.
+ * Counts: counts[g * QKD_SIFT_NCOUNTS + field], with the basis in g being Bob's for DETECTED (he knows
+ * it) and the common basis for MATCHED; SENT (Alice's basis) comes from qkd_sift_sent_counts.
+ * features: qkd_cpu_features() or a subset (0 = portable code; AVX2 + BMI2 speed up the gather).
+ * On a refused input, *bad_index (if not NULL) names the first offending record.
+ */
+#ifndef QKD_SIFT_H
+#define QKD_SIFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* cffi:begin */
+#define QKD_SIFT_MAX_CLASSES 16
+#define QKD_SIFT_STATE_VALUE 1
+#define QKD_SIFT_STATE_BASIS 2
+#define QKD_SIFT_STATE_CLASS_SHIFT 2
+#define QKD_SIFT_SENT 0
+#define QKD_SIFT_DETECTED 1
+#define QKD_SIFT_MATCHED 2
+#define QKD_SIFT_NCOUNTS 3
+
+size_t qkd_sift_key_words(size_t count, unsigned n_classes);
+
+/* QKD_ERANGE: a slot >= n_slots; QKD_EPROTO: slots not strictly increasing (unsorted or duplicate). */
+int qkd_sift_check_slots(const uint64_t *slots, size_t count, uint64_t n_slots, size_t *bad_index);
+
+/* counts[g * NCOUNTS + SENT] += pulses of class/basis g. QKD_EINVAL: a state byte is malformed. */
+int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
+                         size_t counts_len, size_t *bad_index);
+
+/* Alice: from her states and Bob's (slots, packed bases) fill the match bits, the class of every
+ * detection, the DETECTED and MATCHED counts, and her sifted bits. scratch: count bytes. */
+int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slots, const uint64_t *bob_basis,
+                   size_t bob_basis_words, size_t count, unsigned n_classes, uint64_t *match, size_t match_words,
+                   uint8_t *classes, size_t classes_len, uint64_t *counts, size_t counts_len, uint64_t *key,
+                   size_t key_words, uint64_t *group_bits, size_t groups_len, uint8_t *scratch,
+                   size_t scratch_len, size_t *bad_index, uint32_t features);
+
+/* Bob: from his bases and outcomes and Alice's answer (match bits, classes) fill the DETECTED and
+ * MATCHED counts and his sifted bits. QKD_EPROTO: a class >= n_classes in Alice's answer;
+ * QKD_EINVAL: a basis or outcome that is not 0/1. scratch: count bytes. */
+int qkd_sift_bob(const uint8_t *basis, const uint8_t *outcome, size_t count, const uint64_t *match,
+                 size_t match_words, const uint8_t *classes, unsigned n_classes, uint64_t *counts,
+                 size_t counts_len, uint64_t *key, size_t key_words, uint64_t *group_bits, size_t groups_len,
+                 uint8_t *scratch, size_t scratch_len, size_t *bad_index, uint32_t features);
+/* cffi:end */
+
+#endif

@@ -1,0 +1,373 @@
+/* sift.c - BB84 sifting kernels: slot checks, per-class counts, match and gather of sifted bits.
+ *
+ * Both ends work in two passes over the detections: the first classifies each detection into a
+ * code byte (class << 2 | basis << 1 | bit, or UNMATCHED) and counts, the second scatters the bits
+ * of matched detections into their group's run of the key buffer (whose offsets the counts give).
+ */
+#include "qkd_sift.h"
+
+#include "qkd_bits.h"
+
+#include <string.h>
+
+#define UNMATCHED 0x80u
+#define NGROUPS_MAX (2 * QKD_SIFT_MAX_CLASSES)
+
+size_t qkd_sift_key_words(size_t count, unsigned n_classes)
+{
+    return qkd_words_for_bits(count) + 2 * (size_t)n_classes;
+}
+
+static void set_bad(size_t *bad_index, size_t i)
+{
+    if (bad_index)
+        *bad_index = i;
+}
+
+int qkd_sift_check_slots(const uint64_t *slots, size_t count, uint64_t n_slots, size_t *bad_index)
+{
+    uint64_t prev = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t s = slots[i];
+        if (s >= n_slots) {
+            set_bad(bad_index, i);
+            return QKD_ERANGE;
+        }
+        if (i > 0 && s <= prev) {
+            set_bad(bad_index, i);
+            return QKD_EPROTO;
+        }
+        prev = s;
+    }
+    return QKD_OK;
+}
+
+int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
+                         size_t counts_len, size_t *bad_index)
+{
+    if (n_classes == 0 || n_classes > QKD_SIFT_MAX_CLASSES)
+        return QKD_EINVAL;
+    if (counts_len < 2 * (size_t)n_classes * QKD_SIFT_NCOUNTS)
+        return QKD_ENOMEM;
+    /* Four interleaved histograms of the state byte's low 6 bits hide the store-to-load dependency;
+     * 32-bit bins are flushed every 2^31 slots. */
+    uint64_t total[64] = {0};
+    uint32_t hist[4][256];
+    size_t i = 0;
+    while (i < n_slots) {
+        size_t chunk_end = n_slots - i > ((size_t)1 << 31) ? i + ((size_t)1 << 31) : n_slots;
+        memset(hist, 0, sizeof hist);
+        for (; i + 4 <= chunk_end; i += 4) {
+            hist[0][states[i]]++;
+            hist[1][states[i + 1]]++;
+            hist[2][states[i + 2]]++;
+            hist[3][states[i + 3]]++;
+        }
+        for (; i < chunk_end; i++)
+            hist[0][states[i]]++;
+        for (unsigned v = 0; v < 256; v++) {
+            uint64_t n = (uint64_t)hist[0][v] + hist[1][v] + hist[2][v] + hist[3][v];
+            if (n == 0)
+                continue;
+            if (v >= 64 || (v >> QKD_SIFT_STATE_CLASS_SHIFT) >= n_classes) {
+                for (size_t j = 0; j < n_slots; j++)
+                    if (states[j] == v) {
+                        set_bad(bad_index, j);
+                        break;
+                    }
+                return QKD_EINVAL;
+            }
+            total[v] += n;
+        }
+    }
+    for (unsigned v = 0; v < 64; v++) {
+        unsigned g = (v >> QKD_SIFT_STATE_CLASS_SHIFT) * 2 + ((v & QKD_SIFT_STATE_BASIS) ? 1 : 0);
+        if (total[v])
+            counts[g * QKD_SIFT_NCOUNTS + QKD_SIFT_SENT] += total[v];
+    }
+    return QKD_OK;
+}
+
+/* Counts from the code bytes: DETECTED by (code & 0x7F) >> 1, MATCHED by code >> 1 for matched codes.
+ * Four interleaved 256-bin histograms hide the increment dependency; bins flushed every 2^31 codes. */
+static void tally(const uint8_t *codes, size_t count, unsigned n_groups, uint64_t *counts, uint64_t *group_bits)
+{
+    uint64_t total[256] = {0};
+    uint32_t hist[4][256];
+    size_t i = 0;
+    while (i < count) {
+        size_t end = count - i > ((size_t)1 << 31) ? i + ((size_t)1 << 31) : count;
+        memset(hist, 0, sizeof hist);
+        for (; i + 4 <= end; i += 4) {
+            hist[0][codes[i]]++;
+            hist[1][codes[i + 1]]++;
+            hist[2][codes[i + 2]]++;
+            hist[3][codes[i + 3]]++;
+        }
+        for (; i < end; i++)
+            hist[0][codes[i]]++;
+        for (unsigned v = 0; v < 256; v++)
+            total[v] += (uint64_t)hist[0][v] + hist[1][v] + hist[2][v] + hist[3][v];
+    }
+    for (unsigned g = 0; g < n_groups; g++) {
+        uint64_t matched = total[2 * g] + total[2 * g + 1];
+        uint64_t unmatched = total[UNMATCHED | (2 * g)] + total[UNMATCHED | (2 * g + 1)];
+        counts[g * QKD_SIFT_NCOUNTS + QKD_SIFT_DETECTED] = matched + unmatched;
+        counts[g * QKD_SIFT_NCOUNTS + QKD_SIFT_MATCHED] = matched;
+        group_bits[g] = matched;
+    }
+}
+
+/* Per-group bit writers: append n (<= 64) bits to group g's run. */
+struct writers {
+    uint64_t *out[NGROUPS_MAX];
+    uint64_t acc[NGROUPS_MAX];
+    unsigned fill[NGROUPS_MAX];
+};
+
+static inline void append_bits(struct writers *w, unsigned g, uint64_t bits, unsigned n)
+{
+    if (n == 0)
+        return;
+    unsigned f = w->fill[g];
+    w->acc[g] |= bits << f;
+    if (f + n >= 64) {
+        *w->out[g]++ = w->acc[g];
+        w->acc[g] = f ? bits >> (64 - f) : 0;
+        w->fill[g] = f + n - 64;
+    } else {
+        w->fill[g] = f + n;
+    }
+}
+
+static size_t writers_init(struct writers *w, unsigned n_groups, uint64_t *key, const uint64_t *group_bits)
+{
+    size_t offset = 0;
+    for (unsigned g = 0; g < n_groups; g++) {
+        w->out[g] = key + offset;
+        w->acc[g] = 0;
+        w->fill[g] = 0;
+        offset += qkd_words_for_bits((size_t)group_bits[g]);
+    }
+    return offset;
+}
+
+static void writers_flush(struct writers *w, unsigned n_groups)
+{
+    for (unsigned g = 0; g < n_groups; g++)
+        if (w->fill[g])
+            *w->out[g] = w->acc[g];
+}
+
+static void scatter_codes_scalar(struct writers *w, const uint8_t *codes, size_t from, size_t count)
+{
+    for (size_t i = from; i < count; i++) {
+        unsigned c = codes[i];
+        if (!(c & UNMATCHED))
+            append_bits(w, c >> 1, c & 1u, 1);
+    }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* 64 codes at a time: a bit plane of the values, and per group a mask of its matched codes (codes
+ * & 0xFE == 2g; unmatched codes have bit 7 set and never match); pext packs the group's values. */
+__attribute__((target("avx2,bmi2,popcnt"))) static void scatter_codes_avx2(struct writers *w, const uint8_t *codes,
+                                                                           size_t count, unsigned n_groups,
+                                                                           const uint64_t *group_bits)
+{
+    const __m256i even = _mm256_set1_epi8((char)0xFE);
+    unsigned active[NGROUPS_MAX], n_active = 0;
+    for (unsigned g = 0; g < n_groups; g++)
+        if (group_bits[g])
+            active[n_active++] = g;
+    size_t i = 0;
+    for (; i + 64 <= count; i += 64) {
+        __m256i c0 = _mm256_loadu_si256((const __m256i *)(codes + i));
+        __m256i c1 = _mm256_loadu_si256((const __m256i *)(codes + i + 32));
+        uint64_t values = (uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(c0, 7)) |
+                          (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_slli_epi16(c1, 7)) << 32;
+        __m256i k0 = _mm256_and_si256(c0, even), k1 = _mm256_and_si256(c1, even);
+        for (unsigned a = 0; a < n_active; a++) {
+            unsigned g = active[a];
+            __m256i want = _mm256_set1_epi8((char)(2 * g));
+            uint64_t mask = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(k0, want)) |
+                            (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(k1, want)) << 32;
+            append_bits(w, g, _pext_u64(values, mask), (unsigned)__builtin_popcountll(mask));
+        }
+    }
+    scatter_codes_scalar(w, codes, i, count);
+}
+#endif
+
+/* Second pass: bits of matched detections, by group, into key at word offsets from group_bits. */
+static int scatter(const uint8_t *codes, size_t count, unsigned n_groups, uint64_t *key, size_t key_words,
+                   const uint64_t *group_bits, uint32_t features)
+{
+    struct writers w;
+    size_t used = writers_init(&w, n_groups, key, group_bits);
+    if (used > key_words)
+        return QKD_ENOMEM;
+#if defined(__x86_64__)
+    if ((features & QKD_CPU_AVX2) && (features & QKD_CPU_BMI2))
+        scatter_codes_avx2(&w, codes, count, n_groups, group_bits);
+    else
+#endif
+        scatter_codes_scalar(&w, codes, 0, count);
+    writers_flush(&w, n_groups);
+    memset(key + used, 0, (key_words - used) * sizeof(uint64_t));
+    return QKD_OK;
+}
+
+static int check_common(size_t count, unsigned n_classes, size_t match_words, size_t counts_len, size_t key_words,
+                        size_t groups_len, size_t scratch_len)
+{
+    if (n_classes == 0 || n_classes > QKD_SIFT_MAX_CLASSES)
+        return QKD_EINVAL;
+    if (match_words < qkd_words_for_bits(count) || counts_len < 2 * (size_t)n_classes * QKD_SIFT_NCOUNTS ||
+        key_words < qkd_sift_key_words(count, n_classes) || groups_len < 2 * (size_t)n_classes ||
+        scratch_len < count)
+        return QKD_ENOMEM;
+    return QKD_OK;
+}
+
+/* Alice's classification of 64 detections with gathered state bytes st[] and Bob's bases (bits of bb):
+ * returns the match bits, writes classes and codes, raises *largest to the largest state byte.
+ * A matched code is the state byte itself; an unmatched one flips the basis to Bob's, clears the
+ * value and sets UNMATCHED: st ^ (UNMATCHED | 2 | (st & 1)). Branch-free: matches are coin flips. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+static inline uint64_t classify64(const uint8_t *st, uint64_t bb, uint8_t *classes, uint8_t *codes,
+                                  unsigned *largest)
+{
+    const __m128i one = _mm_set1_epi8(1), low6 = _mm_set1_epi8(0x3F), flip = _mm_set1_epi8((char)(UNMATCHED | 2u));
+    const __m128i bitsel = _mm_set_epi8((char)0x80, 0x40, 0x20, 0x10, 8, 4, 2, 1, (char)0x80, 0x40, 0x20, 0x10, 8,
+                                        4, 2, 1);
+    __m128i top = _mm_setzero_si128();
+    uint64_t m = 0;
+    for (unsigned q = 0; q < 4; q++) {
+        __m128i s = _mm_loadu_si128((const __m128i *)(st + 16 * q));
+        /* Bob's 16 basis bits to 16 bytes of 0/1: replicate each byte of bits 8 times, select bit k. */
+        uint16_t bits16 = (uint16_t)(bb >> (16 * q));
+        __m128i rep = _mm_unpacklo_epi64(_mm_set1_epi8((char)(bits16 & 0xFF)), _mm_set1_epi8((char)(bits16 >> 8)));
+        __m128i b = _mm_min_epu8(_mm_and_si128(rep, bitsel), one);
+        __m128i differ = _mm_and_si128(_mm_xor_si128(_mm_srli_epi16(s, 1), b), one);
+        __m128i dm = _mm_cmpeq_epi8(differ, one);
+        __m128i code = _mm_xor_si128(s, _mm_and_si128(dm, _mm_or_si128(flip, _mm_and_si128(s, one))));
+        _mm_storeu_si128((__m128i *)(codes + 16 * q), code);
+        _mm_storeu_si128((__m128i *)(classes + 16 * q), _mm_and_si128(_mm_srli_epi16(s, 2), low6));
+        m |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(differ, _mm_setzero_si128())) << (16 * q);
+        top = _mm_max_epu8(top, s);
+    }
+    uint8_t lanes[16];
+    _mm_storeu_si128((__m128i *)lanes, top);
+    for (unsigned i = 0; i < 16; i++)
+        *largest = lanes[i] > *largest ? lanes[i] : *largest;
+    return m;
+}
+#else
+static inline uint64_t classify64(const uint8_t *st, uint64_t bb, uint8_t *classes, uint8_t *codes,
+                                  unsigned *largest)
+{
+    uint64_t m = 0;
+    for (unsigned j = 0; j < 64; j++) {
+        unsigned s = st[j], differ = ((s >> 1) ^ (unsigned)(bb >> j)) & 1u;
+        *largest = s > *largest ? s : *largest;
+        m |= (uint64_t)(differ ^ 1u) << j;
+        classes[j] = (uint8_t)(s >> QKD_SIFT_STATE_CLASS_SHIFT);
+        codes[j] = (uint8_t)(s ^ ((0u - differ) & (UNMATCHED | 2u | (s & 1u))));
+    }
+    return m;
+}
+#endif
+
+int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slots, const uint64_t *bob_basis,
+                   size_t bob_basis_words, size_t count, unsigned n_classes, uint64_t *match, size_t match_words,
+                   uint8_t *classes, size_t classes_len, uint64_t *counts, size_t counts_len, uint64_t *key,
+                   size_t key_words, uint64_t *group_bits, size_t groups_len, uint8_t *scratch,
+                   size_t scratch_len, size_t *bad_index, uint32_t features)
+{
+    int rc = check_common(count, n_classes, match_words, counts_len, key_words, groups_len, scratch_len);
+    if (rc != QKD_OK)
+        return rc;
+    if (bob_basis_words < qkd_words_for_bits(count) || classes_len < count)
+        return QKD_ENOMEM;
+    rc = qkd_sift_check_slots(slots, count, n_slots, bad_index);
+    if (rc != QKD_OK)
+        return rc;
+    /* A matched detection's code is the state byte itself (class << 2 | basis << 1 | value); an
+     * unmatched one is UNMATCHED | class << 2 | bob basis << 1. Malformed states are found after the
+     * loop from the largest state seen (valid ones are < 4 * n_classes). */
+    uint8_t *codes = scratch;
+    unsigned largest = 0;
+    size_t words = qkd_words_for_bits(count);
+    for (size_t w = 0; w < words; w++) {
+        size_t base = w * 64, n = count - base < 64 ? count - base : 64;
+        uint64_t bb = bob_basis[w];
+        if (n == 64) {
+            uint8_t gathered[64];
+            for (size_t j = 0; j < 64; j++)
+                gathered[j] = states[slots[base + j]];
+            match[w] = classify64(gathered, bb, classes + base, codes + base, &largest);
+            continue;
+        }
+        uint64_t m = 0;
+        for (size_t j = 0; j < n; j++) {
+            unsigned st = states[slots[base + j]];
+            unsigned differ = ((st >> 1) ^ (unsigned)(bb >> j)) & 1u;
+            largest = st > largest ? st : largest;
+            m |= (uint64_t)(differ ^ 1u) << j;
+            classes[base + j] = (uint8_t)(st >> QKD_SIFT_STATE_CLASS_SHIFT);
+            codes[base + j] = (uint8_t)(st ^ ((0u - differ) & (UNMATCHED | 2u | (st & 1u))));
+        }
+        match[w] = m;
+    }
+    if (largest >= 4 * n_classes) {
+        for (size_t i = 0; i < count; i++)
+            if (states[slots[i]] >= 4 * n_classes) {
+                set_bad(bad_index, i);
+                break;
+            }
+        return QKD_EINVAL;
+    }
+    for (size_t w = words; w < match_words; w++)
+        match[w] = 0;
+    unsigned n_groups = 2 * n_classes;
+    tally(codes, count, n_groups, counts, group_bits);
+    return scatter(codes, count, n_groups, key, key_words, group_bits, features);
+}
+
+int qkd_sift_bob(const uint8_t *basis, const uint8_t *outcome, size_t count, const uint64_t *match,
+                 size_t match_words, const uint8_t *classes, unsigned n_classes, uint64_t *counts,
+                 size_t counts_len, uint64_t *key, size_t key_words, uint64_t *group_bits, size_t groups_len,
+                 uint8_t *scratch, size_t scratch_len, size_t *bad_index, uint32_t features)
+{
+    int rc = check_common(count, n_classes, match_words, counts_len, key_words, groups_len, scratch_len);
+    if (rc != QKD_OK)
+        return rc;
+    uint8_t *codes = scratch;
+    unsigned flags = 0, largest_class = 0;
+    for (size_t i = 0; i < count; i++) {
+        unsigned b = basis[i], o = outcome[i], cls = classes[i];
+        unsigned same = (unsigned)(match[i >> 6] >> (i & 63)) & 1u;
+        flags |= b | o;
+        largest_class = cls > largest_class ? cls : largest_class;
+        unsigned code = (cls << 2) | (b << 1);
+        codes[i] = (uint8_t)(same ? code | o : UNMATCHED | code);
+    }
+    if (flags > 1 || largest_class >= n_classes) {
+        for (size_t i = 0; i < count; i++) {
+            if (basis[i] > 1 || outcome[i] > 1) {
+                set_bad(bad_index, i);
+                return QKD_EINVAL;
+            }
+            if (classes[i] >= n_classes) {
+                set_bad(bad_index, i);
+                return QKD_EPROTO;
+            }
+        }
+    }
+    unsigned n_groups = 2 * n_classes;
+    tally(codes, count, n_groups, counts, group_bits);
+    return scatter(codes, count, n_groups, key, key_words, group_bits, features);
+}

@@ -1,0 +1,135 @@
+/* test_sift.c - sifting kernels against a direct per-detection reference: both ends agree on match,
+ * counts and group lengths, sifted bits equal the reference, and bad records are refused by index. */
+#include "check.h"
+#include "qkd_bits.h"
+#include "qkd_sift.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng_state = 777;
+
+static uint64_t next_u64(void)
+{
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+enum { N_SLOTS = 20000, N_CLASSES = 3, N_GROUPS = 2 * N_CLASSES };
+
+static int run(uint32_t features)
+{
+    static uint8_t states[N_SLOTS], basis[N_SLOTS], outcome[N_SLOTS], classes[N_SLOTS], scratch[N_SLOTS];
+    static uint64_t slots[N_SLOTS], bob_basis[N_SLOTS / 64 + 1], match[N_SLOTS / 64 + 1];
+    static uint64_t key_a[N_SLOTS / 64 + 1 + N_GROUPS], key_b[N_SLOTS / 64 + 1 + N_GROUPS];
+    uint64_t counts_a[N_GROUPS * QKD_SIFT_NCOUNTS] = {0}, counts_b[N_GROUPS * QKD_SIFT_NCOUNTS] = {0};
+    uint64_t bits_a[N_GROUPS], bits_b[N_GROUPS];
+    for (size_t s = 0; s < N_SLOTS; s++) {
+        uint64_t r = next_u64();
+        states[s] = (uint8_t)((r & 3) | ((r >> 8) % N_CLASSES) << QKD_SIFT_STATE_CLASS_SHIFT);
+    }
+    size_t count = 0;
+    for (size_t s = 0; s < N_SLOTS; s++) {
+        uint64_t r = next_u64();
+        if (r % 7 != 0)
+            continue;
+        slots[count] = s;
+        basis[count] = (uint8_t)((r >> 8) & 1);
+        /* outcome equals Alice's bit in the matched basis except one in 16 */
+        outcome[count] = (uint8_t)((states[s] & 1) ^ (((r >> 12) & 15) == 0));
+        count++;
+    }
+    memset(bob_basis, 0, sizeof bob_basis);
+    for (size_t i = 0; i < count; i++)
+        bob_basis[i / 64] |= (uint64_t)basis[i] << (i % 64);
+    size_t kw = qkd_sift_key_words(count, N_CLASSES), bad = 0;
+    CHECK(kw <= sizeof key_a / 8);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_OK);
+    CHECK_EQ(qkd_sift_alice(states, N_SLOTS, slots, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
+                            sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
+                            bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_OK);
+    CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_OK);
+
+    /* reference */
+    uint64_t sent[N_GROUPS] = {0}, det[N_GROUPS] = {0}, mat[N_GROUPS] = {0}, errors = 0, sifted = 0;
+    for (size_t s = 0; s < N_SLOTS; s++)
+        sent[(states[s] >> 2) * 2 + ((states[s] >> 1) & 1)]++;
+    size_t pos[N_GROUPS] = {0}, off[N_GROUPS];
+    size_t o = 0;
+    for (int g = 0; g < N_GROUPS; g++) {
+        off[g] = o;
+        o += qkd_words_for_bits(bits_a[g]);
+    }
+    int bits_ok = 1;
+    for (size_t i = 0; i < count; i++) {
+        uint8_t st = states[slots[i]];
+        int g = (st >> 2) * 2 + basis[i];
+        CHECK_EQ(classes[i], st >> 2);
+        det[g]++;
+        int same = ((st >> 1) & 1) == basis[i];
+        CHECK_EQ((int)((match[i / 64] >> (i % 64)) & 1), same);
+        if (!same)
+            continue;
+        mat[g]++;
+        size_t at = off[g] * 64 + pos[g]++;
+        bits_ok &= qkd_bit_get(key_a, at) == (st & 1) && qkd_bit_get(key_b, at) == outcome[i];
+        errors += (st & 1) != outcome[i];
+        sifted++;
+    }
+    CHECK(bits_ok);
+    CHECK(errors > 0 && errors < sifted / 8);
+    for (int g = 0; g < N_GROUPS; g++) {
+        CHECK_EQ(counts_a[g * QKD_SIFT_NCOUNTS + QKD_SIFT_SENT], sent[g]);
+        CHECK_EQ(counts_a[g * QKD_SIFT_NCOUNTS + QKD_SIFT_DETECTED], det[g]);
+        CHECK_EQ(counts_b[g * QKD_SIFT_NCOUNTS + QKD_SIFT_DETECTED], det[g]);
+        CHECK_EQ(counts_a[g * QKD_SIFT_NCOUNTS + QKD_SIFT_MATCHED], mat[g]);
+        CHECK_EQ(counts_b[g * QKD_SIFT_NCOUNTS + QKD_SIFT_MATCHED], mat[g]);
+        CHECK_EQ(bits_a[g], mat[g]);
+        CHECK_EQ(bits_b[g], mat[g]);
+    }
+
+    /* refusals, each naming the record */
+    uint64_t bad_slots[4] = {3, 9, 9, 12};
+    CHECK_EQ(qkd_sift_check_slots(bad_slots, 4, 100, &bad), QKD_EPROTO);
+    CHECK_EQ(bad, 2);
+    bad_slots[2] = 5;
+    CHECK_EQ(qkd_sift_check_slots(bad_slots, 4, 100, &bad), QKD_EPROTO);
+    bad_slots[2] = 10;
+    CHECK_EQ(qkd_sift_check_slots(bad_slots, 4, 12, &bad), QKD_ERANGE);
+    CHECK_EQ(bad, 3);
+    CHECK_EQ(qkd_sift_check_slots(bad_slots, 4, 13, &bad), QKD_OK);
+    classes[5] = N_CLASSES;
+    CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EPROTO);
+    CHECK_EQ(bad, 5);
+    classes[5] = 0;
+    outcome[7] = 2;
+    CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EINVAL);
+    CHECK_EQ(bad, 7);
+    CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
+                          N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw - 1, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features),
+             QKD_ENOMEM);
+    states[slots[4]] = 0x40;
+    CHECK_EQ(qkd_sift_alice(states, N_SLOTS, slots, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
+                            sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
+                            bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EINVAL);
+    CHECK_EQ(bad, 4);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad),
+             QKD_EINVAL);
+    CHECK_EQ(bad, slots[4]);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, 0, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_EINVAL);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, QKD_SIFT_MAX_CLASSES + 1, counts_a, 1000, &bad), QKD_EINVAL);
+    return 0;
+}
+
+int main(void)
+{
+    run(0);
+    rng_state = 777;
+    run(qkd_cpu_features());
+    return check_report("test_sift");
+}

@@ -1,0 +1,143 @@
+"""Sifting kernels (native/src/sift.c): slot checks, per-class counts, match and gather of sifted bits.
+
+Layouts (see native/include/qkd_sift.h): Alice holds one state byte per slot (bit 0 value, bit 1
+basis, bits 2..5 intensity class); Bob holds sorted uint64 slots and uint8 basis/outcome columns.
+Sifted bits come out grouped by g = class * 2 + basis, each group starting on a word boundary.
+Counts come out as an array of shape (n_classes, 2, 3): [class, basis, SENT | DETECTED | MATCHED].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from qkdd._native import ffi, lib
+from qkdd.bindings import NativeBufferError, NativeProtocolError, NativeRangeError, as_words, check, ptr, wptr
+from qkdd.bindings.bits import words_for_bits
+
+MAX_CLASSES = int(lib.QKD_SIFT_MAX_CLASSES)
+SENT, DETECTED, MATCHED = int(lib.QKD_SIFT_SENT), int(lib.QKD_SIFT_DETECTED), int(lib.QKD_SIFT_MATCHED)
+NCOUNTS = int(lib.QKD_SIFT_NCOUNTS)
+CLASS_SHIFT = int(lib.QKD_SIFT_STATE_CLASS_SHIFT)
+_FEATURES = lib.qkd_cpu_features()
+
+
+def _u8(array: np.ndarray, name: str) -> np.ndarray:
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 1:
+        raise TypeError(f"{name} must be a 1-D numpy array of uint8")
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    return array
+
+
+def _classes_ok(n_classes: int) -> None:
+    if not 1 <= n_classes <= MAX_CLASSES:
+        raise ValueError(f"number of intensity classes must be in [1, {MAX_CLASSES}], got {n_classes}")
+
+
+def check_slots(slots: np.ndarray, n_slots: int) -> None:
+    """Raise unless slots are strictly increasing and below n_slots, naming the first bad one."""
+    as_words(slots, "slots")
+    bad = ffi.new("size_t *")
+    code = lib.qkd_sift_check_slots(ptr("uint64_t *", slots), slots.size, n_slots, bad)
+    if code == lib.QKD_ERANGE:
+        raise NativeRangeError(f"slot {int(slots[bad[0]])} at index {bad[0]} is outside the frame of {n_slots} slots")
+    if code == lib.QKD_EPROTO:
+        i = bad[0]
+        what = "duplicate" if slots[i] == slots[i - 1] else "unsorted"
+        raise NativeProtocolError(f"slots must be strictly increasing: {what} slot {int(slots[i])} at index {i}")
+    check(code, "check slots")
+
+
+def sent_counts(states: np.ndarray, n_classes: int) -> np.ndarray:
+    """Pulses sent per [class, basis] (Alice's basis), shape (n_classes, 2), uint64."""
+    _u8(states, "states")
+    _classes_ok(n_classes)
+    counts = np.zeros((n_classes, 2, NCOUNTS), dtype=np.uint64)
+    bad = ffi.new("size_t *")
+    code = lib.qkd_sift_sent_counts(ptr("uint8_t *", states), states.size, n_classes, wptr("uint64_t *", counts),
+                                    counts.size, bad)
+    if code == lib.QKD_EINVAL:
+        raise NativeBufferError(f"malformed state byte {int(states[bad[0]]):#04x} at slot {bad[0]} "
+                                f"(expected value | basis << 1 | class << 2, class < {n_classes})")
+    check(code, "sent counts")
+    return counts[:, :, SENT].copy()
+
+
+class Sifted:
+    """One end's kernel output: match bits, classes, counts (n_classes, 2, 3), grouped key, group lengths."""
+
+    def __init__(self, match: np.ndarray, classes: np.ndarray, counts: np.ndarray, key: np.ndarray,
+                 group_bits: np.ndarray):
+        self.match = match
+        self.classes = classes
+        self.counts = counts
+        self.key = key
+        self.group_bits = group_bits
+
+
+def _outputs(count: int, n_classes: int):
+    counts = np.zeros((n_classes, 2, NCOUNTS), dtype=np.uint64)
+    key = np.empty(lib.qkd_sift_key_words(count, n_classes), dtype=np.uint64)
+    group_bits = np.empty(2 * n_classes, dtype=np.uint64)
+    scratch = np.empty(count, dtype=np.uint8)
+    return counts, key, group_bits, scratch
+
+
+def alice(states: np.ndarray, slots: np.ndarray, bob_basis: np.ndarray, n_classes: int, *,
+          portable: bool = False) -> Sifted:
+    """Alice's side: match Bob's (slots, bit-packed bases) against her states.
+
+    `portable=True` forces the code path without AVX2/BMI2 (for tests; same result).
+    """
+    _u8(states, "states")
+    as_words(slots, "slots")
+    as_words(bob_basis, "bob_basis")
+    _classes_ok(n_classes)
+    count = slots.size
+    if bob_basis.size != words_for_bits(count):
+        raise NativeBufferError(f"{bob_basis.size} basis words for {count} detections")
+    match = np.empty(words_for_bits(count), dtype=np.uint64)
+    classes = np.empty(count, dtype=np.uint8)
+    counts, key, group_bits, scratch = _outputs(count, n_classes)
+    bad = ffi.new("size_t *")
+    code = lib.qkd_sift_alice(ptr("uint8_t *", states), states.size, ptr("uint64_t *", slots),
+                              ptr("uint64_t *", bob_basis), bob_basis.size, count, n_classes,
+                              wptr("uint64_t *", match), match.size, wptr("uint8_t *", classes), classes.size,
+                              wptr("uint64_t *", counts), counts.size, wptr("uint64_t *", key), key.size,
+                              wptr("uint64_t *", group_bits), group_bits.size, wptr("uint8_t *", scratch),
+                              scratch.size, bad, _FEATURES if not portable else 0)
+    if code in (lib.QKD_ERANGE, lib.QKD_EPROTO):
+        check_slots(slots, states.size)  # raises the precise error
+    if code == lib.QKD_EINVAL:
+        slot = int(slots[bad[0]])
+        raise NativeBufferError(f"malformed state byte {int(states[slot]):#04x} at slot {slot}")
+    check(code, "sift (alice)")
+    return Sifted(match, classes, counts, key, group_bits)
+
+
+def bob(basis: np.ndarray, outcome: np.ndarray, match: np.ndarray, classes: np.ndarray, n_classes: int, *,
+        portable: bool = False) -> Sifted:
+    """Bob's side: apply Alice's answer (match bits, class per detection) to his detections."""
+    _u8(basis, "basis")
+    _u8(outcome, "outcome")
+    _u8(classes, "classes")
+    as_words(match, "match")
+    _classes_ok(n_classes)
+    count = basis.size
+    if outcome.size != count or classes.size != count:
+        raise NativeBufferError(f"{count} bases, {outcome.size} outcomes and {classes.size} classes differ in length")
+    if match.size != words_for_bits(count):
+        raise NativeBufferError(f"{match.size} match words for {count} detections")
+    counts, key, group_bits, scratch = _outputs(count, n_classes)
+    bad = ffi.new("size_t *")
+    code = lib.qkd_sift_bob(ptr("uint8_t *", basis), ptr("uint8_t *", outcome), count, ptr("uint64_t *", match),
+                            match.size, ptr("uint8_t *", classes), n_classes, wptr("uint64_t *", counts), counts.size,
+                            wptr("uint64_t *", key), key.size, wptr("uint64_t *", group_bits), group_bits.size,
+                            wptr("uint8_t *", scratch), scratch.size, bad, _FEATURES if not portable else 0)
+    if code == lib.QKD_EPROTO:
+        raise NativeProtocolError(f"intensity class {int(classes[bad[0]])} of detection {bad[0]} "
+                                  f"is not below {n_classes}")
+    if code == lib.QKD_EINVAL:
+        i = bad[0]
+        raise NativeBufferError(f"detection {i}: basis {int(basis[i])} / outcome {int(outcome[i])} must be 0 or 1")
+    check(code, "sift (bob)")
+    return Sifted(match, classes, counts, key, group_bits)
