@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qkdd.hal.sim import cli as sim_cli
 from qkdd.protocols import cli as protocols_cli
 
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     # Command groups register here, one line each:
     protocols_cli.register(sim_commands)
+    sim_cli.register(sim_commands)
     del sim_commands  # (until the first sim command registers)
     return parser
 

@@ -1,0 +1,77 @@
+"""E91 on the simulated SPDC link: coincidence gain of the thermal pair source, CHSH S = 2 sqrt(2) V and
+QBER = (1 - V)/2 for visibility V, and no key when S <= 2.
+
+Gain of a polarisation-entangled PDC source with thermal pair statistics P(n) = (n+1) l^n / (1+l)^(n+2)
+and threshold detectors (Ma, Fung, Lo, PRA 76, 012307 (2007), Sec. III):
+    Q = 1 - (1-Y0)/(1+eta_A l)^2 - (1-Y0)/(1+eta_B l)^2 + (1-Y0)^2/(1 + eta_A l + eta_B l - eta_A eta_B l)^2
+and in matching bases E Q = Q/2 - 2 (1/2 - e_d) eta_A eta_B l (1+l) / [(1+eta_A l)(1+eta_B l)(1+...)],
+so V = 1 - 2E. With the Werner-state correlator E(a, b) = V cos 2(a - b) the CHSH settings of
+qkdd.protocols.e91 give S = 2 sqrt(2) V (Clauser, Horne, Shimony, Holt, PRL 23, 880 (1969)).
+"""
+import math
+
+from qkdd.hal.sim import SimParams
+from qkdd.hal.sim.montecarlo import run
+
+DARK = 1e-6
+
+
+def _mfl(params: SimParams) -> tuple[float, float]:
+    """(coincidence gain per slot, visibility) from the formulas above."""
+    lam = params.pair_mean / 2
+    to_alice = params.distance_km / 2 if params.source_position_km is None else params.source_position_km
+    to_bob = params.distance_km - to_alice
+    eta_a = params.detector_efficiency * 10 ** (-params.fiber_loss_db_per_km * to_alice / 10)
+    eta_b = params.detector_efficiency * 10 ** (-params.fiber_loss_db_per_km * to_bob / 10)
+    y0 = 1 - (1 - DARK) ** 2
+    da, db = 1 + eta_a * lam, 1 + eta_b * lam
+    dab = 1 + eta_a * lam + eta_b * lam - eta_a * eta_b * lam
+    q = 1 - (1 - y0) / da ** 2 - (1 - y0) / db ** 2 + (1 - y0) ** 2 / dab ** 2
+    eq = q / 2 - 2 * (0.5 - params.misalignment) * eta_a * eta_b * lam * (1 + lam) / (da * db * dab)
+    return q, 1 - 2 * eq / q
+
+
+def _params(misalignment: float) -> SimParams:
+    return SimParams(protocol="e91", distance_km=10, detector_efficiency=0.2, dark_count_prob=DARK,
+                     misalignment=misalignment, pair_mean=0.01)
+
+
+def test_coincidence_gain_chsh_and_qber_follow_visibility():
+    params = _params(0.02)
+    pulses = 4 * 10 ** 8
+    report = run(params, pulses, seed=21)
+    gain, visibility = _mfl(params)
+    n = report["coincidences"]
+    assert abs(n - pulses * gain) <= 5 * math.sqrt(pulses * gain)
+    assert 0.9 < visibility < 0.97
+    pairs = min(c["pairs"] for c in report["chsh"])
+    assert abs(report["chsh_s"] - 2 * math.sqrt(2) * visibility) <= 5 * report["chsh_sigma"]
+    n_z = report["sifted_bits_z"]
+    e = (1 - visibility) / 2
+    assert abs(report["qber_z"] - e) <= 5 * math.sqrt(e * (1 - e) / n_z)
+    assert abs(report["qber_x"] - e) <= 5 * math.sqrt(e * (1 - e) / n_z)
+    assert pairs > 10_000
+    assert not report["abort"] and report["key_length_bits"] > 0
+
+
+def test_no_key_when_s_is_not_above_2():
+    # e_d = 0.17: V ~ 0.66 < 1/sqrt(2), so S ~ 1.87 <= 2
+    params = _params(0.17)
+    report = run(params, 4 * 10 ** 8, seed=22)
+    _, visibility = _mfl(params)
+    assert 2 * math.sqrt(2) * visibility < 2
+    assert report["chsh_s"] < 2
+    assert report["abort"] and report["key_length_bits"] == 0
+    assert "CHSH" in report["abort_reason"]
+
+
+def test_source_at_alice_follows_the_asymmetric_gain():
+    params = SimParams(protocol="e91", distance_km=40, detector_efficiency=0.2, dark_count_prob=DARK,
+                       misalignment=0.02, pair_mean=0.2, source_position_km=0.0)
+    pulses = 10 ** 8
+    report = run(params, pulses, seed=23)
+    gain, visibility = _mfl(params)
+    assert abs(report["coincidences"] - pulses * gain) <= 5 * math.sqrt(pulses * gain)
+    e = (1 - visibility) / 2
+    n_z = report["sifted_bits_z"]
+    assert abs(report["qber_z"] - e) <= 5 * math.sqrt(e * (1 - e) / n_z)
