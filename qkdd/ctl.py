@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from qkdd.hal.sim import cli as sim_cli
+from qkdd.peer import keycli as peer_key_commands
 from qkdd.protocols import cli as protocols_cli
 
 
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Command groups register here, one line each:
     protocols_cli.register(sim_commands)
     sim_cli.register(sim_commands)
+    peer_key_commands.register(commands)
     del sim_commands  # (until the first sim command registers)
     return parser
 

@@ -1,0 +1,226 @@
+"""Keeps one authenticated session per link alive: dials with backoff, or accepts; replaces a stale session.
+
+The application hands the connector an `on_session(session)` coroutine function. It is called once per
+established session (session.epoch counts them), which is how the application learns that a session
+(re)started and must resynchronise; it runs while the session lives and is cancelled when the session
+is torn down. After a clean close by the peer it first gets every message sent before the close, then
+SessionClosedError from receive(). If the handler returns, the session is closed cleanly. Either way
+the connector then brings up the next session by itself: the dialling end redials with exponential
+backoff and jitter, the listening end waits for the next connection. A newly authenticated connection
+replaces the live one (the peer restarted and its old connection may not have died yet), so at most one
+session per link is live and no restart needs a manual step.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from typing import Awaitable, Callable
+
+import trio
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
+from . import tls
+from .backoff import Backoff
+from .errors import PeerError, PeerTimeoutError, SessionClosedError, SessionTruncatedError
+from .handshake import Role
+from .session import PeerSession
+from .settings import PeerSettings
+
+log = logging.getLogger("qkdd.peer")
+
+DRAIN_AFTER_CLOSE_S = 5.0  # after a clean close, how long the handler may take to read what is queued
+
+SessionHandler = Callable[[PeerSession], Awaitable[None]]
+
+
+class PeerConnector:
+    def __init__(self, settings: PeerSettings, signing_key: mldsa.MLDSA65PrivateKey,
+                 pinned_peer_key: mldsa.MLDSA65PublicKey, on_session: SessionHandler) -> None:
+        self.settings = settings
+        self.role = Role.INITIATOR if settings.dial is not None else Role.RESPONDER
+        self.epoch = 0
+        self.listen_port: int | None = None
+        self._signing_key = signing_key
+        self._pinned = pinned_peer_key
+        self._on_session = on_session
+        self._live: PeerSession | None = None
+        self._live_done: trio.Event | None = None
+        self._install_lock = trio.Lock()
+        self._pending_handshakes = 0
+        self._session_changed = trio.Event()
+
+    @property
+    def session(self) -> PeerSession | None:
+        """The live session, if any."""
+        live = self._live
+        return live if live is not None and not live.closed else None
+
+    async def wait_session(self, after_epoch: int = 0) -> PeerSession:
+        """Wait for a live session with epoch > after_epoch."""
+        while self._live is None or self._live.epoch <= after_epoch:
+            await self._session_changed.wait()
+        return self._live
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. With `nursery.start`, returns once dialling began / the port listens."""
+        if self.role is Role.INITIATOR:
+            await self._dial_forever(task_status)
+        else:
+            await self._listen_forever(task_status)
+
+    # -- dialling end -------------------------------------------------------------------------------
+    async def _dial_forever(self, task_status) -> None:
+        context = tls.client_context()
+        backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        host, port = self.settings.dial
+        task_status.started()
+        while True:
+            try:
+                session = await self._dial_once(context, host, port)
+            except (OSError, PeerError) as exc:
+                delay_s = backoff.next_delay_s()
+                log.warning("link %s: cannot establish a session with %s:%d: %s; retrying in %.2f s",
+                            self.settings.link_id, host, port, _describe(exc), delay_s)
+                await trio.sleep(delay_s)
+                continue
+            started = time.monotonic()
+            await self._serve(session)
+            if time.monotonic() - started >= self.settings.backoff_max_s:
+                backoff.reset()
+            await trio.sleep(backoff.next_delay_s())
+
+    async def _dial_once(self, context: ssl.SSLContext, host: str, port: int) -> PeerSession:
+        address = f"{host}:{port}"
+
+        async def connect() -> trio.abc.Stream:
+            tcp = await trio.open_tcp_stream(host, port)
+            return trio.SSLStream(tcp, context, server_hostname=None)
+
+        return await self._open_session(connect, Role.INITIATOR, address)
+
+    async def _open_session(self, connect, role: Role, address: str) -> PeerSession:
+        """TCP connect (dialling end), TLS handshake and authenticated handshake, all within
+        handshake_timeout_s. Every failure comes out as a PeerError (or OSError from connecting)."""
+        stream: trio.abc.Stream | None = None
+        try:
+            try:
+                with trio.fail_after(self.settings.handshake_timeout_s):
+                    stream = await connect()
+                    await stream.do_handshake()
+                    return await PeerSession.establish(stream, role, self.settings, self._signing_key,
+                                                       self._pinned, address)
+            except trio.TooSlowError:
+                raise PeerTimeoutError(f"handshake with {address} not finished within "
+                                       f"{self.settings.handshake_timeout_s:g} s") from None
+            except trio.BrokenResourceError as exc:
+                raise SessionTruncatedError(f"TLS with {address} failed: {_describe(exc)}") from None
+        except BaseException:
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+            raise
+
+    # -- listening end ------------------------------------------------------------------------------
+    async def _listen_forever(self, task_status) -> None:
+        host, port = self.settings.listen
+        context = tls.server_context(self.settings.tls_cert_file, self.settings.tls_key_file)
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
+        self.listen_port = listeners[0].socket.getsockname()[1]
+        log.info("link %s: listening for the peer on %s:%d", self.settings.link_id, host, self.listen_port)
+        task_status.started(self.listen_port)
+        await trio.serve_listeners(lambda tcp: self._accept(tcp, context), listeners)
+
+    async def _accept(self, tcp: trio.SocketStream, context: ssl.SSLContext) -> None:
+        address = _address_of(tcp)
+        if self._pending_handshakes >= self.settings.max_pending_handshakes:
+            log.warning("link %s: refusing connection from %s: %d handshakes already pending",
+                        self.settings.link_id, address, self._pending_handshakes)
+            await trio.aclose_forcefully(tcp)
+            return
+        self._pending_handshakes += 1
+        try:
+            session = await self._open_session(_ready(trio.SSLStream(tcp, context, server_side=True)),
+                                               Role.RESPONDER, address)
+        except (OSError, PeerError) as exc:
+            log.warning("link %s: refused connection from %s: %s", self.settings.link_id, address, _describe(exc))
+            await trio.aclose_forcefully(tcp)
+            return
+        finally:
+            self._pending_handshakes -= 1
+        await self._serve(session)
+
+    # -- both ends ----------------------------------------------------------------------------------
+    async def _serve(self, session: PeerSession) -> None:
+        """Make `session` the live one (replacing any other), run it and the handler until it ends."""
+        done = trio.Event()
+        async with self._install_lock:
+            if self._live is not None:
+                log.info("link %s: session %s replaces session %s", self.settings.link_id, session.session_id,
+                         self._live.session_id)
+                await self._live.aclose()
+                await self._live_done.wait()
+            self.epoch += 1
+            session.epoch = self.epoch
+            self._live, self._live_done = session, done
+            self._session_changed.set()
+            self._session_changed = trio.Event()
+        try:
+            handler_done = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._drive, session, nursery.cancel_scope, handler_done)
+                nursery.start_soon(self._handle, session, handler_done)
+        finally:
+            if self._live is session:
+                self._live = None
+            with trio.CancelScope(shield=True):
+                await session.aclose()  # no-op on a session already torn down
+            done.set()
+
+    async def _drive(self, session: PeerSession, scope: trio.CancelScope, handler_done: trio.Event) -> None:
+        """Run the session; when it ends, end the handler too (and log why)."""
+        try:
+            await session.run()
+        except PeerError as exc:
+            log.warning("link %s: session %s with %s torn down: %s", self.settings.link_id, session.session_id,
+                        session.peer_address, _describe(exc))
+        else:
+            # A clean close: the handler may still take what the peer sent before its CLOSE record
+            # (receive() then raises SessionClosedError and a receiving handler returns).
+            with trio.move_on_after(DRAIN_AFTER_CLOSE_S):
+                await handler_done.wait()
+        finally:
+            scope.cancel()
+
+    async def _handle(self, session: PeerSession, handler_done: trio.Event) -> None:
+        try:
+            await self._on_session(session)
+        except SessionClosedError:
+            return
+        else:
+            await session.aclose()
+        finally:
+            handler_done.set()
+
+
+def _ready(stream: trio.abc.Stream):
+    async def connect() -> trio.abc.Stream:
+        return stream
+    return connect
+
+
+def _address_of(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"
+
+
+def _describe(exc: BaseException) -> str:
+    """One line naming the failure; exceptions here never carry key material."""
+    if isinstance(exc, PeerError):
+        return str(exc)
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
+        text += f" ({type(exc.__cause__).__name__}: {exc.__cause__})"
+    return text

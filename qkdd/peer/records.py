@@ -1,0 +1,135 @@
+"""Authenticated records after the handshake (sans-IO): sequence number + HMAC-SHA-256 per record.
+
+Body of a record frame (big-endian):
+
+    seq     8 bytes   records sent in this direction before this one (starts at 0)
+    channel 2 bytes   DATA only: the purpose the payload belongs to (link engine's multiplexing)
+    payload ...       DATA only
+    mac     32 bytes  HMAC-SHA-256(direction key, frame header || seq || channel || payload)
+
+Why HMAC and not AES-GCM: the channel needs integrity, not secrecy (TLS 1.3 already hides metadata),
+HMAC-SHA-256 (RFC 2104, FIPS 198-1) is a PRF with no nonce to manage, and an explicit sequence number
+checked for equality with the expected one rejects replay, reordering and deletion at once (the same
+construction as the TLS 1.2 record MAC, RFC 5246 §6.2.3.1, with the sequence number sent explicitly so
+the receiver can say which check failed). The MAC covers the frame header, so a changed type or length
+fails too. Each direction has its own key (handshake.py), so a record cannot be reflected back.
+Truncation: the sender ends with a CLOSE record, which is MACed like any other; an end of stream
+without it is an error (SessionTruncatedError, raised by the session).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from dataclasses import dataclass
+
+from .errors import FrameError, RecordError
+from .framing import Frame, FrameType, encode_header
+
+SEQ = struct.Struct(">Q")
+CHANNEL = struct.Struct(">H")
+MAC_BYTES = 32
+MAX_CHANNEL = 0xFFFF
+# seq + channel + MAC: what a DATA record adds to its payload
+RECORD_OVERHEAD_BYTES = SEQ.size + CHANNEL.size + MAC_BYTES
+
+
+@dataclass(frozen=True)
+class Record:
+    type: FrameType  # DATA, PING or CLOSE
+    seq: int
+    channel: int = 0
+    payload: bytes = b""
+
+
+def _mac(key: bytes, header: bytes, content: bytes | memoryview) -> bytes:
+    mac = hmac.new(key, header, hashlib.sha256)
+    mac.update(content)
+    return mac.digest()
+
+
+class RecordSealer:
+    """Outgoing direction: numbers and MACs records under this direction's key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("record key must be 32 bytes")
+        self._key = key
+        self.next_seq = 0
+
+    def __repr__(self) -> str:  # never show the key
+        return f"RecordSealer(next_seq={self.next_seq})"
+
+    def data(self, channel: int, payload: bytes) -> Frame:
+        if not 0 <= channel <= MAX_CHANNEL:
+            raise ValueError(f"channel {channel} outside 0..{MAX_CHANNEL}")
+        return self._seal(FrameType.DATA, CHANNEL.pack(channel) + bytes(payload))
+
+    def ping(self) -> Frame:
+        return self._seal(FrameType.PING, b"")
+
+    def close(self) -> Frame:
+        return self._seal(FrameType.CLOSE, b"")
+
+    def _seal(self, frame_type: FrameType, rest: bytes) -> Frame:
+        content = SEQ.pack(self.next_seq) + rest
+        header = encode_header(frame_type, len(content) + MAC_BYTES)
+        self.next_seq += 1
+        return Frame(frame_type, content + _mac(self._key, header, content))
+
+
+class RecordOpener:
+    """Incoming direction: checks MAC and sequence number of each record, in order.
+
+    Any failure raises RecordError and leaves the opener unusable (the session must be torn down):
+    after a rejected record the stream position is no longer trustworthy.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("record key must be 32 bytes")
+        self._key = key
+        self.expected_seq = 0
+        self._failed = False
+
+    def __repr__(self) -> str:  # never show the key
+        return f"RecordOpener(expected_seq={self.expected_seq})"
+
+    def open(self, frame: Frame) -> Record:
+        if self._failed:
+            raise RecordError("record stream already failed")
+        try:
+            return self._open(frame)
+        except (RecordError, FrameError):
+            self._failed = True
+            raise
+
+    def _open(self, frame: Frame) -> Record:
+        if frame.type == FrameType.DATA:
+            minimum = SEQ.size + CHANNEL.size + MAC_BYTES
+        elif frame.type in (FrameType.PING, FrameType.CLOSE):
+            minimum = SEQ.size + MAC_BYTES
+        else:
+            raise FrameError(f"{frame.type.name} frame where a record was expected")
+        body = memoryview(frame.body)  # slices without copying (records reach tens of MiB)
+        if len(body) < minimum:
+            raise FrameError(f"{frame.type.name} record of {len(body)} bytes is shorter than {minimum}")
+        content, tag = body[:-MAC_BYTES], body[-MAC_BYTES:]
+        if frame.type != FrameType.DATA and len(content) != SEQ.size:
+            raise FrameError(f"{frame.type.name} record carries {len(content) - SEQ.size} unexpected bytes")
+        (seq,) = SEQ.unpack_from(content)
+        if not hmac.compare_digest(tag, _mac(self._key, frame.header(), content)):
+            raise RecordError(
+                f"{frame.type.name} record rejected: MAC check failed "
+                f"(claimed seq {seq}, expected {self.expected_seq}, {len(body)} bytes)"
+            )
+        if seq != self.expected_seq:
+            what = "replayed" if seq < self.expected_seq else "out of order (records missing)"
+            raise RecordError(
+                f"{frame.type.name} record rejected: sequence number {seq} {what}, expected {self.expected_seq}"
+            )
+        self.expected_seq += 1
+        if frame.type == FrameType.DATA:
+            (channel,) = CHANNEL.unpack_from(content, SEQ.size)
+            return Record(frame.type, seq, channel, bytes(content[SEQ.size + CHANNEL.size:]))
+        return Record(frame.type, seq)

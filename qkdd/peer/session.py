@@ -1,0 +1,229 @@
+"""One authenticated session over one connection: runs the handshake, then carries MACed records.
+
+`PeerSession.establish(stream, ...)` drives handshake.py over any trio stream (TLS in production) and
+returns the session; `run()` is its reader and heartbeat (the connector runs it in a nursery), while the
+application calls `send(channel, payload)` and `receive() -> (channel, payload)` from its own tasks. Any
+failure (bad MAC, replay, framing error, idle timeout, end of stream without a CLOSE record) tears the
+whole session down: `run()` raises the PeerError and every later send/receive raises SessionClosedError.
+"""
+from __future__ import annotations
+
+import logging
+
+import trio
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
+from .errors import (FrameError, HandshakeError, PeerError, PeerRefusedError, PeerTimeoutError,
+                     SessionClosedError, SessionTruncatedError)
+from .framing import Frame, FrameDecoder, FrameType, HANDSHAKE_TYPES
+from .handshake import Alert, Handshake, Role, alert_frame
+from .identity import format_fingerprint, key_fingerprint
+from .records import RECORD_OVERHEAD_BYTES, RecordOpener, RecordSealer
+from .settings import PeerSettings
+
+log = logging.getLogger("qkdd.peer")
+
+RECEIVE_CHUNK_BYTES = 256 * 1024
+ALERT_SEND_TIMEOUT_S = 1.0
+CLOSE_SEND_TIMEOUT_S = 2.0
+
+
+async def _send_alert(stream: trio.abc.Stream, code: int) -> None:
+    """Best effort: tell the peer why the handshake stops (it may already be gone)."""
+    with trio.move_on_after(ALERT_SEND_TIMEOUT_S):
+        try:
+            await stream.send_all(alert_frame(code).to_bytes())
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+class PeerSession:
+    def __init__(self, stream: trio.abc.Stream, decoder: FrameDecoder, handshake: Handshake,
+                 settings: PeerSettings, peer_address: str) -> None:
+        keys = handshake.keys
+        assert keys is not None
+        self.link_id = settings.link_id
+        self.role = handshake.role
+        self.session_id = keys.session_id
+        self.peer_address = peer_address
+        self.epoch = 0  # set by the connector: 1 for its first session, +1 per new session
+        self.max_payload_bytes = settings.max_record_bytes - RECORD_OVERHEAD_BYTES
+        self._settings = settings
+        self._stream = stream
+        self._decoder = decoder
+        self._sealer = RecordSealer(keys.send_key)
+        self._opener = RecordOpener(keys.receive_key)
+        self._send_lock = trio.Lock()
+        self._to_app, self._from_peer = trio.open_memory_channel[tuple[int, bytes]](settings.receive_queue_records)
+        self._scope: trio.CancelScope | None = None
+        self._error: PeerError | None = None
+        self._closed = False
+        self.ended = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"PeerSession(link={self.link_id!r}, id={self.session_id}, {self.role.value}, epoch={self.epoch})"
+
+    # -- establishment -----------------------------------------------------------------------------
+    @classmethod
+    async def establish(cls, stream: trio.abc.Stream, role: Role, settings: PeerSettings,
+                        signing_key: mldsa.MLDSA65PrivateKey, pinned_peer_key: mldsa.MLDSA65PublicKey,
+                        peer_address: str = "?") -> "PeerSession":
+        """Run the authenticated handshake over `stream`. No timeout here: the caller bounds it.
+        Raises HandshakeError / FrameError / SessionTruncatedError; the caller closes the stream."""
+        decoder = FrameDecoder(settings.max_record_bytes)
+        handshake = Handshake(role, settings.link_id, signing_key, pinned_peer_key)
+        try:
+            await _send_frames(stream, handshake.start())
+            while not handshake.established:
+                frame = decoder.next_frame()
+                if frame is None:
+                    data = await _receive_some(stream, " during the handshake")
+                    if not data:
+                        partial = decoder.buffered_bytes
+                        raise SessionTruncatedError(
+                            f"{peer_address} closed the connection during the handshake"
+                            + (f" ({partial} bytes of a partial frame)" if partial else ""))
+                    decoder.receive_data(data)
+                    continue
+                if frame.type not in HANDSHAKE_TYPES:
+                    raise HandshakeError(f"{frame.type.name} frame before the handshake completed",
+                                         Alert.UNEXPECTED_MESSAGE)
+                await _send_frames(stream, handshake.receive(frame))
+        except HandshakeError as exc:
+            if not isinstance(exc, PeerRefusedError):
+                await _send_alert(stream, exc.alert)
+            raise
+        except FrameError:
+            await _send_alert(stream, Alert.DECODE_ERROR)
+            raise
+        session = cls(stream, decoder, handshake, settings, peer_address)
+        log.info("link %s: session %s established with %s as %s (peer key %s)", settings.link_id,
+                 session.session_id, peer_address, role.value,
+                 format_fingerprint(key_fingerprint(pinned_peer_key)))
+        return session
+
+    # -- application API ---------------------------------------------------------------------------
+    async def send(self, channel: int, payload: bytes) -> None:
+        """Send `payload` on `channel` (0..65535). Raises SessionClosedError if the session is over."""
+        if len(payload) > self.max_payload_bytes:
+            raise ValueError(f"payload of {len(payload)} bytes exceeds the record cap of {self.max_payload_bytes}")
+        await self._send_record(lambda: self._sealer.data(channel, payload))
+
+    async def receive(self) -> tuple[int, bytes]:
+        """The next (channel, payload) from the peer, in order. Raises SessionClosedError at the end."""
+        try:
+            return await self._from_peer.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise SessionClosedError(self._end_message()) from None
+
+    async def aclose(self) -> None:
+        """End the session cleanly: an authenticated CLOSE record, then close the connection."""
+        if not self._closed:
+            with trio.move_on_after(CLOSE_SEND_TIMEOUT_S):
+                try:
+                    await self._send_record(self._sealer.close)
+                except SessionClosedError:
+                    pass
+        self._teardown(None)
+        await trio.aclose_forcefully(self._stream)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- driver (run by the connector) --------------------------------------------------------------
+    async def run(self) -> None:
+        """Read records and send heartbeats until the session ends. Returns after the peer's CLOSE or a
+        local aclose(); raises the PeerError that tore the session down otherwise."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                if self._closed:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._heartbeat)
+                try:
+                    await self._read_loop()
+                    log.info("link %s: session %s closed by the peer", self.link_id, self.session_id)
+                except PeerError as exc:
+                    self._teardown(exc)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    self._teardown(SessionTruncatedError(f"connection broken: {type(exc).__name__}"))
+                self._teardown(None)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.aclose()  # a local shutdown (cancellation) still ends with a CLOSE record
+            self._to_app.close()
+            self.ended.set()
+        if self._error is not None:
+            raise self._error
+
+    async def _read_loop(self) -> None:
+        while True:
+            frame = self._decoder.next_frame()
+            if frame is None:
+                if self._decoder.at_eof:
+                    raise SessionTruncatedError("connection ended without the peer's authenticated close")
+                self._decoder.receive_data(await self._receive_with_idle_timeout())
+                continue
+            record = self._opener.open(frame)
+            if record.type == FrameType.DATA:
+                await self._to_app.send((record.channel, record.payload))
+            elif record.type == FrameType.CLOSE:
+                return
+
+    async def _receive_with_idle_timeout(self) -> bytes:
+        with trio.move_on_after(self._settings.idle_timeout_s):
+            return await _receive_some(self._stream, "")
+        raise PeerTimeoutError(f"no record from the peer for {self._settings.idle_timeout_s:g} s")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self._settings.heartbeat_interval_s)
+            try:
+                await self._send_record(self._sealer.ping)
+            except SessionClosedError:
+                return
+
+    async def _send_record(self, seal) -> None:
+        async with self._send_lock:
+            if self._closed:
+                raise SessionClosedError(self._end_message())
+            frame: Frame = seal()  # sealed under the lock: sequence numbers go out in order
+            sent = False
+            try:
+                await self._stream.send_all(frame.to_bytes())
+                sent = True
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._teardown(SessionTruncatedError(f"connection broken while sending: {type(exc).__name__}"))
+                raise SessionClosedError(self._end_message()) from None
+            finally:
+                if not sent and not self._closed:
+                    # A send cut short (cancelled) leaves a partial frame on the wire: the stream is unusable.
+                    self._teardown(SessionTruncatedError("a send was interrupted mid-record"))
+
+    def _teardown(self, error: PeerError | None) -> None:
+        if error is not None and self._error is None and not self._closed:
+            self._error = error
+        self._closed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _end_message(self) -> str:
+        reason = str(self._error) if self._error is not None else "closed"
+        return f"link {self.link_id}: session {self.session_id} is over ({reason})"
+
+
+async def _send_frames(stream: trio.abc.Stream, frames: list[Frame]) -> None:
+    if frames:
+        await stream.send_all(b"".join(frame.to_bytes() for frame in frames))
+
+
+async def _receive_some(stream: trio.abc.Stream, when: str) -> bytes:
+    try:
+        return await stream.receive_some(RECEIVE_CHUNK_BYTES)
+    except trio.BrokenResourceError as exc:
+        cause = exc.__cause__
+        detail = f"{type(cause).__name__}: {cause}" if cause is not None else "broken"
+        raise SessionTruncatedError(f"connection broken{when}: {detail}") from None
+
+

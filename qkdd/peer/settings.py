@@ -1,0 +1,50 @@
+"""Settings of one link's classical channel (who dials, timeouts, caps), checked when built."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .framing import DEFAULT_MAX_RECORD_BYTES, MAX_HANDSHAKE_BODY_BYTES
+
+
+@dataclass(frozen=True)
+class PeerSettings:
+    """Exactly one of `dial` (this end connects, the handshake INITIATOR) and `listen` (this end
+    accepts, the RESPONDER) is set, as (host, port); port 0 lets the system choose a listening port."""
+
+    link_id: str
+    dial: tuple[str, int] | None = None
+    listen: tuple[str, int] | None = None
+    handshake_timeout_s: float = 10.0  # TCP connect + TLS + authenticated handshake
+    heartbeat_interval_s: float = 5.0  # a PING record at least this often
+    idle_timeout_s: float = 20.0  # no record for this long: the peer is gone
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # cap on a record frame body
+    receive_queue_records: int = 64  # records buffered for the application before backpressure
+    backoff_initial_s: float = 0.5  # first redial delay; doubles per failure (with jitter)
+    backoff_max_s: float = 30.0  # redial delay ceiling; a session that lived this long resets it
+    max_pending_handshakes: int = 8  # listener: connections still handshaking at once
+    tls_cert_file: str | None = None  # optional; otherwise an ephemeral self-signed certificate
+    tls_key_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.dial is None) == (self.listen is None):
+            raise ValueError(f"link {self.link_id!r}: set exactly one of peer dial and listen addresses")
+        if not 1 <= len(self.link_id.encode()) <= 255:
+            raise ValueError("link id must be 1..255 bytes of UTF-8")
+        for name in ("handshake_timeout_s", "heartbeat_interval_s", "idle_timeout_s",
+                     "backoff_initial_s", "backoff_max_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"link {self.link_id!r}: peer {name} must be positive")
+        if self.idle_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError(f"link {self.link_id!r}: peer idle_timeout_s must exceed heartbeat_interval_s")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"link {self.link_id!r}: peer backoff_max_s must be >= backoff_initial_s")
+        if self.max_record_bytes < MAX_HANDSHAKE_BODY_BYTES:
+            raise ValueError(f"link {self.link_id!r}: peer max_record_bytes must be >= {MAX_HANDSHAKE_BODY_BYTES}")
+        if self.receive_queue_records < 1 or self.max_pending_handshakes < 1:
+            raise ValueError(f"link {self.link_id!r}: peer queue and pending-handshake limits must be >= 1")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError(f"link {self.link_id!r}: set both or neither of peer tls_cert_file and tls_key_file")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.dial if self.dial is not None else self.listen

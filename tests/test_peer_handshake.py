@@ -1,0 +1,215 @@
+"""The classical-channel handshake, sans-IO: both ends in memory, byte for byte, and its refusals."""
+from __future__ import annotations
+
+import pytest
+
+from qkdd.peer import generate_identity
+from qkdd.peer.errors import HandshakeError, PeerAuthenticationError, PeerRefusedError
+from qkdd.peer.framing import Frame, FrameDecoder, FrameType
+from qkdd.peer.handshake import Alert, Handshake, Role, State, TRANSITIONS, alert_frame
+from qkdd.peer.identity import key_fingerprint
+
+ALICE, BOB, MALLORY = generate_identity(), generate_identity(), generate_identity()
+
+
+def pair(link_i="link-ab", link_r="link-ab", i_pins=None, r_pins=None):
+    initiator = Handshake(Role.INITIATOR, link_i, ALICE, i_pins or BOB.public_key())
+    responder = Handshake(Role.RESPONDER, link_r, BOB, r_pins or ALICE.public_key())
+    return initiator, responder
+
+
+def over_the_wire(frames: list[Frame]) -> list[Frame]:
+    """Serialise frames to bytes and parse them back one byte at a time, as a stream would deliver."""
+    decoder = FrameDecoder()
+    received = []
+    for byte in b"".join(frame.to_bytes() for frame in frames):
+        decoder.receive_data(bytes([byte]))
+        while (frame := decoder.next_frame()) is not None:
+            received.append(frame)
+    return received
+
+
+def deliver(frames, to: Handshake) -> list[Frame]:
+    out = []
+    for frame in over_the_wire(frames):
+        out += to.receive(frame)
+    return out
+
+
+def run_to_completion(initiator, responder, rewrite=lambda frame: frame):
+    assert responder.start() == []
+    to_responder = initiator.start()
+    flights = []
+    while to_responder:
+        flights.append([f.type for f in to_responder])
+        to_initiator = deliver([rewrite(f) for f in to_responder], responder)
+        flights.append([f.type for f in to_initiator])
+        to_responder = deliver([rewrite(f) for f in to_initiator], initiator)
+    return flights
+
+
+def test_both_ends_agree_on_direction_keys_byte_for_byte():
+    initiator, responder = pair()
+    flights = run_to_completion(initiator, responder)
+    assert flights == [[FrameType.INITIATOR_HELLO], [FrameType.RESPONDER_HELLO],
+                       [FrameType.INITIATOR_FINISH], [FrameType.RESPONDER_FINISH]]
+    assert initiator.state is State.ESTABLISHED and responder.state is State.ESTABLISHED
+    i_keys, r_keys = initiator.keys, responder.keys
+    assert i_keys.send_key == r_keys.receive_key and i_keys.receive_key == r_keys.send_key
+    assert i_keys.send_key != i_keys.receive_key and len(i_keys.send_key) == 32
+    assert i_keys.session_id == r_keys.session_id
+    assert "send_key" not in repr(i_keys) and i_keys.send_key.hex() not in repr(i_keys)
+
+
+def test_every_session_has_fresh_keys():
+    first, second = pair(), pair()
+    run_to_completion(*first)
+    run_to_completion(*second)
+    assert first[0].keys.send_key != second[0].keys.send_key
+    assert first[0].keys.session_id != second[0].keys.session_id
+
+
+def test_transition_table_covers_both_roles_to_established():
+    for role in Role:
+        state, steps = State.IDLE, 0
+        while state is not State.ESTABLISHED:
+            (event, state), = [(e, s) for (r, st, e), s in TRANSITIONS.items() if r is role and st is state]
+            steps += 1
+        assert steps == 3
+
+
+def test_initiator_refuses_a_responder_that_is_not_the_pinned_key():
+    initiator, responder = pair(i_pins=MALLORY.public_key())
+    initiator_hello = initiator.start()
+    responder.start()
+    reply = deliver(initiator_hello, responder)
+    with pytest.raises(PeerAuthenticationError) as refused:
+        deliver(reply, initiator)
+    assert refused.value.alert == Alert.UNKNOWN_KEY
+    assert "pins sha256:" in str(refused.value) and "peer refused" in str(refused.value)
+    assert initiator.state is State.FAILED and initiator.keys is None
+    # The responder hears the alert and fails too, naming the reason.
+    with pytest.raises(PeerRefusedError, match="unknown key"):
+        deliver([alert_frame(refused.value.alert)], responder)
+    assert responder.keys is None
+
+
+def test_responder_refuses_an_initiator_that_is_not_the_pinned_key():
+    initiator, responder = pair(r_pins=MALLORY.public_key())
+    responder.start()
+    with pytest.raises(PeerAuthenticationError, match="peer refused") as refused:
+        deliver(initiator.start(), responder)
+    assert refused.value.alert == Alert.UNKNOWN_KEY
+    with pytest.raises(PeerRefusedError, match="unknown key"):
+        deliver([alert_frame(refused.value.alert)], initiator)
+
+
+def impostor(role: Role, victim) -> Handshake:
+    """Mallory claims the victim's fingerprint but can only sign with her own key."""
+    peer_key = BOB.public_key() if role is Role.INITIATOR else ALICE.public_key()
+    handshake = Handshake(role, "link-ab", MALLORY, peer_key)
+    handshake._own_fp = key_fingerprint(victim.public_key())
+    return handshake
+
+
+def test_impostor_with_the_pinned_fingerprint_fails_the_signature_check_on_both_sides():
+    responder = Handshake(Role.RESPONDER, "link-ab", BOB, ALICE.public_key())
+    responder.start()
+    fake_alice = impostor(Role.INITIATOR, ALICE)
+    reply = deliver(fake_alice.start(), responder)
+    finish = deliver(reply, fake_alice)
+    with pytest.raises(PeerAuthenticationError, match="signature does not verify") as refused:
+        deliver(finish, responder)
+    assert refused.value.alert == Alert.BAD_SIGNATURE and responder.keys is None
+
+    initiator = Handshake(Role.INITIATOR, "link-ab", ALICE, BOB.public_key())
+    fake_bob = impostor(Role.RESPONDER, BOB)
+    fake_bob.start()
+    reply = deliver(initiator.start(), fake_bob)
+    with pytest.raises(PeerAuthenticationError, match="signature does not verify"):
+        deliver(reply, initiator)
+
+
+def flip_byte_in(frame_type: FrameType, offset_from_end: int):
+    def rewrite(frame: Frame) -> Frame:
+        if frame.type is not frame_type:
+            return frame
+        body = bytearray(frame.body)
+        body[-offset_from_end] ^= 0x01
+        return Frame(frame.type, bytes(body))
+    return rewrite
+
+
+@pytest.mark.parametrize("frame_type, offset_from_end, error", [
+    # the initiator's ML-KEM key, as the responder sees it: the responder signs the altered transcript
+    (FrameType.INITIATOR_HELLO, 5, "RESPONDER_HELLO: signature does not verify"),
+    # the initiator's X25519 share
+    (FrameType.INITIATOR_HELLO, 1184 + 2 + 10, "RESPONDER_HELLO: signature does not verify"),
+    # the responder's ML-KEM ciphertext
+    (FrameType.RESPONDER_HELLO, 3309 + 2 + 20, "RESPONDER_HELLO: signature does not verify"),
+    # the responder's signature itself
+    (FrameType.RESPONDER_HELLO, 100, "RESPONDER_HELLO: signature does not verify"),
+    # the initiator's signature
+    (FrameType.INITIATOR_FINISH, 7, "INITIATOR_FINISH: signature does not verify"),
+    # the key confirmation
+    (FrameType.RESPONDER_FINISH, 1, "RESPONDER_FINISH: key confirmation failed"),
+])
+def test_tampered_transcript_is_refused(frame_type, offset_from_end, error):
+    initiator, responder = pair()
+    with pytest.raises(HandshakeError, match=error):
+        run_to_completion(initiator, responder, flip_byte_in(frame_type, offset_from_end))
+    assert initiator.keys is None or responder.keys is None
+    assert State.FAILED in (initiator.state, responder.state)
+
+
+def test_wrong_link_and_version_are_refused_with_their_alerts():
+    initiator, responder = pair(link_i="link-ab", link_r="link-ac")
+    responder.start()
+    with pytest.raises(HandshakeError, match="link 'link-ab'.*link-ac") as wrong_link:
+        deliver(initiator.start(), responder)
+    assert wrong_link.value.alert == Alert.WRONG_LINK
+
+    initiator, responder = pair()
+    responder.start()
+    hello = initiator.start()[0]
+    body = bytearray(hello.body)
+    body[2] = 2  # the version field (after its 2-byte length)
+    with pytest.raises(HandshakeError, match="protocol version 2") as wrong_version:
+        responder.receive(Frame(hello.type, bytes(body)))
+    assert wrong_version.value.alert == Alert.UNSUPPORTED_VERSION
+
+
+@pytest.mark.parametrize("body", [b"", b"\x00\x01", b"\x00\x01\x01" + b"\x00" * 10, b"\xff" * 40])
+def test_malformed_hello_is_a_decode_error(body):
+    responder = Handshake(Role.RESPONDER, "link-ab", BOB, ALICE.public_key())
+    responder.start()
+    with pytest.raises(HandshakeError) as error:
+        responder.receive(Frame(FrameType.INITIATOR_HELLO, body))
+    assert error.value.alert == Alert.DECODE_ERROR and responder.state is State.FAILED
+
+
+def test_out_of_order_messages_are_refused():
+    initiator, responder = pair()
+    responder.start()
+    with pytest.raises(HandshakeError,
+                       match="unexpected INITIATOR_FINISH in state await-initiator-hello") as error:
+        responder.receive(Frame(FrameType.INITIATOR_FINISH, b""))
+    assert error.value.alert == Alert.UNEXPECTED_MESSAGE
+    initiator.start()
+    with pytest.raises(HandshakeError, match="unexpected INITIATOR_HELLO"):
+        initiator.receive(Frame(FrameType.INITIATOR_HELLO, b""))
+    with pytest.raises(HandshakeError, match="in state failed"):
+        initiator.receive(Frame(FrameType.RESPONDER_HELLO, b""))
+    established = pair()
+    run_to_completion(*established)
+    with pytest.raises(HandshakeError, match="in state established"):
+        established[1].receive(Frame(FrameType.INITIATOR_HELLO, b""))
+
+
+def test_reflected_hello_is_refused():
+    """A responder's own hello sent back to it, or an initiator's to itself, never verifies."""
+    initiator, responder = pair()
+    responder.start()
+    hello = initiator.start()
+    with pytest.raises(HandshakeError, match="unexpected INITIATOR_HELLO"):
+        deliver(hello, initiator)
