@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qkdd import pki_cli
 from qkdd.hal.sim import cli as sim_cli
 from qkdd.peer import keycli as peer_key_commands
 from qkdd.protocols import cli as protocols_cli
@@ -16,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim = commands.add_parser("sim", help="QKD simulator: analytic key rates and Monte Carlo runs")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     # Command groups register here, one line each:
+    pki_cli.register(commands)
     protocols_cli.register(sim_commands)
     sim_cli.register(sim_commands)
     peer_key_commands.register(commands)

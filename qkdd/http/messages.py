@@ -32,6 +32,7 @@ class Request:
     client: tuple[str, int] | None = None
     peer_cert: PeerCertificate | None = None
     path_params: dict[str, str] = field(default_factory=dict)
+    raw_path: str = ""                # the path as sent (percent-encoded), without the query string
 
     def header(self, name: str) -> str | None:
         """First value of header `name` (case-insensitive), or None."""
@@ -48,9 +49,22 @@ class Request:
             raise HTTPError(415, "request body must be application/json",
                             [f"content-type was {content_type or 'missing'}"])
         try:
-            return json.loads(self.body.decode("utf-8"))
+            return json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HTTPError(400, "request body is not valid JSON", [str(exc)]) from None
+        except RecursionError:
+            raise HTTPError(400, "request body is not valid JSON", ["nested too deeply"]) from None
+        except ValueError as exc:  # NaN/Infinity, or an integer beyond Python's digit limit
+            detail = str(exc) if isinstance(exc, _NotJSON) else "a number is too large"
+            raise HTTPError(400, "request body is not valid JSON", [detail]) from None
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJSON(f"{name} is not JSON (RFC 8259)")
 
 
 @dataclass
@@ -111,3 +125,5 @@ class HTTPLimits:
     max_connections: int = 1024                # excess connections are refused at once
     handler_timeout_s: float = 30.0            # a handler taking longer yields 503
     shutdown_grace_s: float = 10.0             # in-flight requests get this long on shutdown
+    tls_handshake_timeout_s: float = 10.0      # time to finish the TLS handshake
+    send_timeout_s: float = 30.0               # time to hand a response to a client that reads slowly

@@ -1,0 +1,28 @@
+"""The daemon's shared state that handlers, links and consumers reach: config, health, metrics.
+
+Later parts (key store, link engines, relay) become fields here; the daemon builds one App at start.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qkdd.config import Config
+from qkdd.health import Health
+from qkdd.metrics import Metrics
+
+
+@dataclass
+class App:
+    config: Config
+    health: Health
+    metrics: Metrics
+
+    @classmethod
+    def create(cls, config: Config) -> "App":
+        """Health and metrics with every configured link registered (state "configured")."""
+        app = cls(config, Health(), Metrics())
+        for link in config.links:
+            app.health.register_link(
+                link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')
+            app.metrics.link(link.link_id, link.protocol, kms=config.kms.enabled)
+        return app

@@ -1,0 +1,361 @@
+"""The daemon's configuration: TOML file (default /etc/qkdd/qkdd.toml), then environment overrides,
+validated into frozen dataclasses. A problem is one ConfigError naming the dotted key (or variable).
+
+Precedence, lowest to highest: field defaults < TOML file < systemd credential (kms client secret) <
+environment. Empty environment variables count as unset. The link variables (QKD_LINK_ID, QKD_DRIVER,
+...) override the first entry of `[[links]]`, or create it when the file has none (container style).
+To add a setting, add a field to the dataclass below (config_schema reads the fields as the schema).
+"""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
+                                positive, register_checks, register_parser, register_validator, to_plain)
+from qkdd.http.messages import HTTPLimits, TLSSettings
+
+__all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress",
+           "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
+
+DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
+LISTENERS = ("api", "health")                            # 8071 and 8072
+CREDENTIAL_KMS_CLIENT_SECRET = "kms-client-secret"     # file name under $CREDENTIALS_DIRECTORY
+
+# BB84's QBER limit for secure key extraction with one-way post-processing: the key fraction
+# 1 - 2 h(Q) (Shor & Preskill, PRL 85, 441 (2000), Eq. 1) reaches zero at Q ≈ 11.0 %.
+QBER_LIMIT = 0.11
+LINK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+Role = Literal["alice", "bob"]
+Driver = Literal["sim", "etsi014", "serial", "sdk"]
+Protocol = Literal["bb84", "e91", "cvqkd"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+# ---- addresses ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """`host:port` (IPv6 as `[::1]:8071`); port 0 asks the kernel for a free port (tests)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> "ListenAddress":
+        host, port = parse_host_port(text, allow_port_zero=True)
+        return cls(host, port)
+
+
+def parse_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split `host:port`; ValueError with a readable reason on anything else."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text.strip())
+    if not match:
+        raise ValueError(f"expected host:port (IPv6 as [addr]:port), got {text!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    low = 0 if allow_port_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port must be in [{low}, 65535], got {port}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if match.group(1) or not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                                              r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*", host):
+            raise ValueError(f"not an IP address or host name: {host!r}") from None
+    return host, port
+
+
+def _peer_address_check(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_host_port(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+register_parser(ListenAddress, ListenAddress.parse)
+
+
+# ---- listeners ------------------------------------------------------------------------------------
+
+def _integer_at_least_one(value: int) -> str | None:
+    return None if value >= 1 else f"must be at least 1, got {value}"
+
+
+# Every limit must be positive unless listed here (zero body bytes and zero grace are allowed); limits
+# the HTTP server adds later are covered without a change here.
+_LIMIT_CHECKS = {
+    "max_header_bytes": in_range(1024, 1 << 20),
+    "max_body_bytes": in_range(0, 1 << 30),
+    "max_requests_per_connection": _integer_at_least_one,
+    "max_connections": in_range(1, 1 << 20),
+    "shutdown_grace_s": non_negative,
+}
+register_checks(HTTPLimits, **{limit.name: _LIMIT_CHECKS.get(limit.name, positive)
+                               for limit in dataclasses.fields(HTTPLimits)})
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+register_checks(TLSSettings, cert_file=_non_empty, key_file=_non_empty)
+
+
+def _validate_tls(tls: TLSSettings, key: str) -> None:
+    if tls.client_cert != "none" and not tls.client_ca_file:
+        raise ConfigError(f"{key}.client_ca_file",
+                          f'required when client_cert = "{tls.client_cert}" (the CA that signs client certificates)')
+
+
+register_validator(TLSSettings, _validate_tls)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One HTTP listener: address, optional TLS (client certificates none/optional/required), limits."""
+
+    listen: ListenAddress
+    tls: TLSSettings | None = None
+    limits: HTTPLimits = field(default_factory=HTTPLimits)
+
+
+@dataclass(frozen=True)
+class ApiListenerConfig(ListenerConfig):
+    """Port 8071: /v1, ETSI 014/004."""
+
+    listen: ListenAddress = ListenAddress("0.0.0.0", 8071)
+
+
+@dataclass(frozen=True)
+class HealthListenerConfig(ListenerConfig):
+    """Port 8072: /healthz and /metrics, plain HTTP unless tls is set."""
+
+    listen: ListenAddress = ListenAddress("0.0.0.0", 8072)
+
+
+# ---- daemon, links, KMS ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: str = field(default="/var/lib/qkdd", metadata=meta(check=_non_empty))
+    log_level: LogLevel = "info"
+
+
+# The seed's QKD_DRIVER examples name vendors; their devices sit behind an ETSI GS QKD 014 KME.
+_VENDOR_DRIVER_HINTS = {vendor: f'{name} devices are driven through their ETSI 014 KME: driver = "etsi014"'
+                        for vendor, name in (("idq", "IDQ"), ("toshiba", "Toshiba"),
+                                             ("qlabs", "QuintessenceLabs"))}
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """One QKD link: this end's role and device, the protocol, the peer's classical channel.
+
+    The link engine extends this with driver and protocol sections (e.g. `[links.sim]`) as fields.
+    """
+
+    link_id: str = field(metadata=meta(check=lambda v: None if LINK_ID_PATTERN.fullmatch(v) else
+                                       "must be 1-64 characters of A-Z a-z 0-9 . _ - (starting with a "
+                                       f"letter or digit), got {v!r}"))
+    role: Role
+    driver: Driver = field(metadata=meta(hints=_VENDOR_DRIVER_HINTS))
+    protocol: Protocol = "bb84"
+    device_addr: str = ""            # sim: unused; etsi014: KME host:port or URL; serial: device path
+    peer_addr: str = field(default="", metadata=meta(check=_peer_address_check))   # peer qkdd host:port
+    qber_threshold: float = field(default=0.08, metadata=meta(check=in_range(0, QBER_LIMIT, low_open=True)))
+    key_rotation_interval_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
+
+    def validate(self, key: str) -> None:
+        if self.driver != "sim" and not self.device_addr:
+            raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
+
+
+@dataclass(frozen=True)
+class KMSConfig:
+    """HIP-0027 KMS push (Universal Auth). The client secret may come from the systemd credential
+    `kms-client-secret` or KMS_CLIENT_SECRET instead of the file."""
+
+    enabled: bool = False
+    url: str = ""
+    client_id: str = ""
+    client_secret: Secret | None = None
+    project: str = "qkd-keys"
+    environment: str = "production"
+
+    def validate(self, key: str) -> None:
+        if not self.enabled:
+            return
+        if not re.match(r"https?://[^/\s]+", self.url):
+            raise ConfigError(f"{key}.url", f"must be an http(s) URL when kms is enabled, got {self.url!r}")
+        if not self.client_id:
+            raise ConfigError(f"{key}.client_id", "required when kms is enabled (or set KMS_CLIENT_ID)")
+        if not self.client_secret:
+            raise ConfigError(f"{key}.client_secret", "required when kms is enabled (or set KMS_CLIENT_SECRET "
+                                                      f"or the credential {CREDENTIAL_KMS_CLIENT_SECRET})")
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    api: ApiListenerConfig = field(default_factory=ApiListenerConfig)
+    health: HealthListenerConfig = field(default_factory=HealthListenerConfig)
+    kms: KMSConfig = field(default_factory=KMSConfig)
+    links: tuple[LinkConfig, ...] = ()
+
+    def validate(self, key: str) -> None:
+        seen: dict[str, int] = {}
+        for index, link in enumerate(self.links):
+            if link.link_id in seen:
+                raise ConfigError(f"links[{index}].link_id",
+                                  f"duplicate link_id {link.link_id!r} (also links[{seen[link.link_id]}])")
+            seen[link.link_id] = index
+        api, health = self.api.listen, self.health.listen
+        if api.port != 0 and api.port == health.port and (
+                api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):
+            raise ConfigError("health.listen", f"{health} overlaps api.listen {api}")
+
+    def listener(self, name: str) -> ListenerConfig:
+        """The listener named in LISTENERS ("api" or "health")."""
+        if name not in LISTENERS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def link(self, link_id: str) -> LinkConfig | None:
+        return next((link for link in self.links if link.link_id == link_id), None)
+
+    def to_dict(self, *, redact: bool = True) -> dict[str, Any]:
+        return to_plain(self, redact=redact)
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+# variable -> path into the raw TOML tree; "links.0" is the first link.
+ENV_VARIABLES: dict[str, tuple[str, ...]] = {
+    "QKD_API_LISTEN": ("api", "listen"),
+    "QKD_HEALTH_LISTEN": ("health", "listen"),
+    "QKD_STATE_DIR": ("daemon", "state_dir"),
+    "QKD_LOG_LEVEL": ("daemon", "log_level"),
+    "KMS_CLIENT_ID": ("kms", "client_id"),
+    "KMS_CLIENT_SECRET": ("kms", "client_secret"),
+    "QKD_LINK_ID": ("links", "0", "link_id"),
+    "QKD_LINK_ROLE": ("links", "0", "role"),
+    "QKD_DRIVER": ("links", "0", "driver"),
+    "QKD_DEVICE_ADDR": ("links", "0", "device_addr"),
+    "QKD_PROTOCOL": ("links", "0", "protocol"),
+    "QKD_QBER_THRESHOLD": ("links", "0", "qber_threshold"),
+    "QKD_KEY_ROTATION_INTERVAL": ("links", "0", "key_rotation_interval_s"),
+}
+
+
+def load_config(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (or the default file, which may be absent), apply credentials and environment."""
+    environ = os.environ if environ is None else environ
+    raw = read_toml(path or DEFAULT_CONFIG_PATH, required=path is not None)
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
+    if credentials:
+        secret_path = os.path.join(credentials, CREDENTIAL_KMS_CLIENT_SECRET)
+        try:
+            with open(secret_path, encoding="utf-8") as handle:
+                secret = handle.read().rstrip("\r\n")
+        except FileNotFoundError:
+            pass
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(secret_path, f"cannot read credential: {type(exc).__name__}") from None
+        else:
+            _put(raw, ("kms", "client_secret"), FromEnv(secret, f"credential {CREDENTIAL_KMS_CLIENT_SECRET}"))
+    for variable, target in ENV_VARIABLES.items():
+        value = environ.get(variable, "")
+        if value != "":
+            _put(raw, target, FromEnv(value, variable))
+    return build(Config, raw, "")
+
+
+def read_toml(path: str, *, required: bool) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(path, "no such file") from None
+        return {}
+    except IsADirectoryError:
+        raise ConfigError(path, "is a directory, not a file") from None
+    except PermissionError:
+        raise ConfigError(path, "permission denied") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(path, "not valid UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"invalid TOML: {exc}") from None
+
+
+def _put(raw: dict[str, Any], target: tuple[str, ...], value: FromEnv) -> None:
+    """Place an override into the raw tree, creating tables on the way; leaves malformed trees alone
+    (build() then reports the malformed key)."""
+    node: Any = raw
+    for part in target[:-1]:
+        if part.isdigit():
+            if not isinstance(node, list):
+                return
+            if not node:
+                node.append({})
+            node = node[int(part)]
+        else:
+            if not isinstance(node, dict):
+                return
+            node = node.setdefault(part, [] if part == "links" else {})
+    if isinstance(node, dict):
+        node[target[-1]] = value
+
+
+# ---- printing ---------------------------------------------------------------------------------------
+
+def to_toml(config: Config) -> str:
+    """The effective config as TOML, secrets as "***"; unset optional keys appear as comments."""
+    lines: list[str] = []
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, (int, float)):
+            return repr(value)
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{text}"'
+
+    def table(name: str, data: dict[str, Any], header: str) -> None:
+        lines.append(f"\n{header}")
+        nested = []
+        for key, value in data.items():
+            if isinstance(value, dict):
+                nested.append((key, value))
+            elif value is None:
+                lines.append(f"# {key} = (unset)")
+            elif isinstance(value, list):
+                lines.append(f"{key} = [{', '.join(scalar(v) for v in value)}]")
+            else:
+                lines.append(f"{key} = {scalar(value)}")
+        for key, value in nested:
+            table(f"{name}.{key}", value, f"[{name}.{key}]")
+
+    plain = config.to_dict(redact=True)
+    for name, value in plain.items():
+        if name == "links":
+            for link in value:
+                table(name, link, f"[[{name}]]")
+        else:
+            table(name, value, f"[{name}]")
+    return "\n".join(lines).lstrip("\n") + "\n"

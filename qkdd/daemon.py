@@ -1,0 +1,143 @@
+"""`qkdd run`: the daemon's root nursery -- both HTTP listeners, systemd notify and watchdog, signals.
+
+Lifetime: preflight (state dir, TLS files, file-descriptor limit) -> bind health then API listener ->
+READY=1 -> serve until SIGTERM/SIGINT -> STOPPING=1, listeners stop accepting and finish requests in
+flight (bounded by each listener's shutdown_grace_s; a second signal cuts that short) -> exit 0.
+Start-up problems (unreadable TLS file, port in use, ...) are one log line and exit status 1.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import ssl
+
+import trio
+
+from qkdd.api import build_routers
+from qkdd.app import App
+from qkdd.config import LISTENERS, Config, ListenerConfig
+from qkdd.http.server import HTTPServer
+from qkdd.notify import Notifier
+from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
+
+log = logging.getLogger("qkdd.daemon")
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 1
+
+
+async def serve(config: Config, notifier: Notifier) -> int:
+    """Run until a stop signal; returns the exit status."""
+    app = App.create(config)
+    routers = build_routers(app)
+    try:
+        servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
+    except StartupError as exc:
+        log.error(f"cannot start: {exc}", extra={"key": exc.what})
+        return EXIT_STARTUP_FAILED
+    failure: StartupError | None = None
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as root:
+            async with trio.open_nursery() as listeners:
+                bound = {}
+                for name in ("health", "api"):
+                    try:
+                        bound[name] = await listeners.start(servers[name].run)
+                    except OSError as exc:
+                        failure = StartupError(f"{name}.listen", _bind_problem(config.listener(name), exc))
+                        listeners.cancel_scope.cancel()
+                        break
+                else:
+                    _announce_ready(app, bound, notifier)
+                    root.start_soon(notifier.run_watchdog)
+                    root.start_soon(_report_status_changes, app, notifier)
+                    root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
+            # Both listeners have returned: drained after a stop signal, or a start-up failure.
+            root.cancel_scope.cancel()
+    if failure:
+        log.error(f"cannot start: {failure}", extra={"key": failure.what})
+        return EXIT_STARTUP_FAILED
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _make_server(config: Config, name: str, router) -> HTTPServer:
+    listener = config.listener(name)
+    try:
+        return HTTPServer(name, listener.listen.host, listener.listen.port, router, tls=listener.tls,
+                          limits=listener.limits, logger=logging.getLogger(f"qkdd.http.{name}"))
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        raise StartupError(f"{name}.tls", f"TLS set-up failed: {getattr(exc, 'reason', None) or exc}") from None
+
+
+def _announce_ready(app: App, bound: dict[str, tuple[str, int]], notifier: Notifier) -> None:
+    """Mark the daemon serving, log the bound addresses (tests and operators read this line), READY=1."""
+    config = app.config
+    app.health.set_daemon_state("serving")
+    addresses = {name: _format_address(bound[name]) for name in LISTENERS}
+    log.info("ready", extra={"api_address": addresses["api"], "health_address": addresses["health"],
+                             "links": len(config.links), "pid": os.getpid(),
+                             "watchdog_interval_s": notifier.watchdog_interval_s or 0})
+    if config.api.tls is None and not _is_loopback(bound["api"][0]):
+        log.warning("api listener has no TLS; configure [api.tls] before delivering keys",
+                    extra={"api_address": addresses["api"]})
+    notifier.ready(f"{app.health.status_line()}; api {addresses['api']}, health {addresses['health']}")
+
+
+async def _stop_on_signals(app: App, servers: dict[str, HTTPServer], signals, notifier: Notifier,
+                           listeners_scope: trio.CancelScope) -> None:
+    """First SIGTERM/SIGINT: drain (servers stop accepting, finish requests within their grace).
+    A second signal: cancel the listeners at once."""
+    signum = await signals.__anext__()
+    name = signal.Signals(signum).name
+    app.health.set_daemon_state("stopping")
+    for server in servers.values():
+        server.shutdown()                  # listening sockets close now; run() returns once drained
+    log.info("stop signal received, finishing requests in flight", extra={"signal": name})
+    notifier.stopping(f"stopping on {name}")
+    signum = await signals.__anext__()
+    log.warning("second stop signal: closing connections now", extra={"signal": signal.Signals(signum).name})
+    listeners_scope.cancel()
+
+
+async def _report_status_changes(app: App, notifier: Notifier) -> None:
+    version = app.health.version
+    while True:
+        version = await app.health.wait_changed(version)
+        line = app.health.status_line()
+        notifier.status(line)
+        log.info("state changed", extra={"status": line})
+
+
+def _bind_problem(listener: ListenerConfig, exc: OSError) -> str:
+    reason = {errno.EADDRINUSE: "address already in use", errno.EACCES: "permission denied",
+              errno.EADDRNOTAVAIL: "address not available on this host"}.get(exc.errno, exc.strerror or str(exc))
+    return f"cannot listen on {listener.listen}: {reason}"
+
+
+def _format_address(address: tuple[str, int]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def run(config: Config) -> int:
+    """Entry for `qkdd run` after the config is loaded and logging configured."""
+    try:
+        prepare_state_dir(config.daemon.state_dir)
+        check_tls_files(config)
+        raise_fd_limit(config)
+    except StartupError as exc:
+        log.error(f"cannot start: {exc}", extra={"key": exc.what})
+        return EXIT_STARTUP_FAILED
+    notifier = Notifier()
+    try:
+        return trio.run(serve, config, notifier)
+    except KeyboardInterrupt:              # SIGINT before the signal receiver was installed
+        log.info("interrupted during start-up")
+        return 130

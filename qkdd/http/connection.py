@@ -1,0 +1,348 @@
+"""One client connection: TLS handshake, then HTTP/1.1 requests parsed by h11 under the listener's limits,
+dispatched through the router, answered and logged.
+
+A connection is a loop of exchanges. Each exchange waits for a request head (keep-alive idle timeout for
+the first byte, then `header_timeout_s` for the whole head), reads the body (`body_timeout_s`,
+`max_body_bytes` counted while it streams in), runs the handler (`handler_timeout_s`) and sends the
+response. Any error that leaves the request stream in an unknown state ends the connection after the
+error response; timeouts with nothing received end it silently.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+import h11
+import trio
+
+from . import errors
+from .messages import HTTPError, HTTPLimits, PeerCertificate, Request, Response
+from .response_head import response_body, response_head
+from .router import Router, decode_path
+from .tls import handshake_failure_reason, peer_certificate
+
+RECEIVE_BYTES = 16 * 1024
+RETRY_AFTER_S = 5             # advertised after a handler timeout
+LINGER_S = 1.0                # after an error response, read and drop input this long before closing...
+LINGER_BYTES = 256 * 1024     # ...or this many bytes, so the client sees the response rather than a reset
+MAX_QUERY_FIELDS = 100
+CLOSE_S = 1.0                 # time allowed for a TLS close_notify when closing
+
+
+@dataclass(frozen=True)
+class ListenerContext:
+    """What every connection of one listener shares."""
+
+    name: str
+    router: Router
+    limits: HTTPLimits
+    logger: logging.Logger
+    ssl_context: ssl.SSLContext | None     # None for plain HTTP
+
+
+class _CloseQuietly(Exception):
+    """The connection is over and there is nothing left to tell the client."""
+
+
+@dataclass
+class _Exchange:
+    """The request being served, for the response headers and the log line."""
+
+    request_id: str
+    started_s: float
+    method: str = "-"
+    raw_path: str = "-"
+
+
+class HTTPConnection:
+    """Serves one accepted stream until the client leaves, a limit ends it, or the server drains."""
+
+    def __init__(self, stream: trio.abc.Stream, client: tuple[str, int] | None, context: ListenerContext):
+        self._stream = stream
+        self._client = client
+        self._context = context
+        self._limits = context.limits
+        self._log = context.logger
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=context.limits.max_header_bytes)
+        self._peer_cert: PeerCertificate | None = None
+        self._requests_served = 0
+        self._draining = False
+        self._idle = False
+        self._idle_scope: trio.CancelScope | None = None
+
+    @property
+    def client_text(self) -> str:
+        return f"{self._client[0]}:{self._client[1]}" if self._client else "-"
+
+    def begin_shutdown(self) -> None:
+        """Finish the request in progress (answered with `Connection: close`); close at once when idle."""
+        self._draining = True
+        if self._idle and self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    async def serve(self) -> None:
+        try:
+            if self._context.ssl_context is not None and not await self._handshake():
+                return
+            while await self._serve_exchange():
+                pass
+        except _CloseQuietly:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._log.debug("%s connection from %s lost: %s", self._context.name, self.client_text,
+                            handshake_failure_reason(exc))
+        except Exception:
+            self._log.exception("%s connection from %s failed", self._context.name, self.client_text)
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        # Shielded so a connection cancelled at the end of the shutdown grace still closes cleanly.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_S):
+            try:
+                await self._stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    # -- TLS -------------------------------------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        ssl_stream = trio.SSLStream(self._stream, self._context.ssl_context, server_side=True,
+                                    https_compatible=True)
+        self._idle = True
+        try:
+            with trio.move_on_after(self._limits.tls_handshake_timeout_s) as scope:
+                self._idle_scope = scope
+                if self._draining:
+                    scope.cancel()
+                await ssl_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._log.info("%s TLS handshake from %s failed: %s", self._context.name, self.client_text,
+                           handshake_failure_reason(exc))
+            return False
+        finally:
+            self._idle = False
+            self._idle_scope = None
+        if scope.cancelled_caught:
+            if not self._draining:
+                self._log.info("%s TLS handshake from %s timed out", self._context.name, self.client_text)
+            return False
+        self._stream = ssl_stream
+        try:
+            self._peer_cert = peer_certificate(ssl_stream)
+        except ValueError as exc:
+            # OpenSSL accepted it but it is not well-formed X.509: do not serve an identity we cannot read.
+            self._log.warning("%s client certificate from %s is unreadable: %s", self._context.name,
+                              self.client_text, type(exc).__name__)
+            return False
+        return True
+
+    # -- one request/response exchange ------------------------------------------------------------
+
+    async def _serve_exchange(self) -> bool:
+        """Serve one request; True when the connection stays open for the next one."""
+        exchange = _Exchange(request_id=secrets.token_hex(8), started_s=time.perf_counter())
+        try:
+            request = await self._receive_request(exchange)
+            response = await self._dispatch(request)
+        except HTTPError as error:
+            response = error.to_response()
+        await self._send_response(exchange, response)
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+            return True
+        if self._h11.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+            await self._linger()
+        return False
+
+    async def _receive_request(self, exchange: _Exchange) -> Request:
+        event = await self._receive_head()
+        exchange.started_s = time.perf_counter()
+        exchange.method = event.method.decode("ascii")
+        target = event.target.decode("ascii")
+        exchange.raw_path = target.split("?", 1)[0]
+        headers = self._check_head(event)
+        body = await self._receive_body(headers)
+        raw_path, _, query_text = target.partition("?")
+        try:
+            query = parse_qs(query_text, keep_blank_values=True, errors="strict",
+                             max_num_fields=MAX_QUERY_FIELDS)
+        except (UnicodeDecodeError, ValueError):
+            raise errors.bad_query() from None
+        return Request(method=exchange.method, path=decode_path(raw_path), query=query, headers=headers,
+                       body=body, request_id=exchange.request_id, client=self._client,
+                       peer_cert=self._peer_cert, raw_path=raw_path)
+
+    async def _receive_head(self) -> h11.Request:
+        first_request = self._requests_served == 0
+        idle_timeout_s = self._limits.header_timeout_s if first_request else self._limits.keepalive_timeout_s
+        waited_s = await self._wait_for_first_byte(idle_timeout_s)
+        remaining_s = self._limits.header_timeout_s - (waited_s if first_request else 0.0)
+        with trio.move_on_after(max(remaining_s, 0.0)) as scope:
+            event = await self._next_event()
+        if scope.cancelled_caught:
+            raise errors.request_timeout("request head")
+        if isinstance(event, h11.ConnectionClosed):
+            raise _CloseQuietly()
+        assert isinstance(event, h11.Request), event
+        return event
+
+    async def _wait_for_first_byte(self, timeout_s: float) -> float:
+        """Wait while the connection is idle (nothing of the next request received); seconds waited."""
+        started = trio.current_time()
+        if self._h11.trailing_data[0] or self._h11.trailing_data[1]:
+            return 0.0
+        self._idle = True
+        try:
+            with trio.move_on_after(timeout_s) as scope:
+                self._idle_scope = scope
+                if self._draining:
+                    scope.cancel()
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+        finally:
+            self._idle = False
+            self._idle_scope = None
+        if scope.cancelled_caught or not data:
+            raise _CloseQuietly()     # idle timeout, shutdown, or the client left between requests
+        self._h11.receive_data(data)
+        return trio.current_time() - started
+
+    async def _next_event(self) -> object:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise errors.protocol_error(exc) from None
+            if event is not h11.NEED_DATA:
+                return event
+            self._h11.receive_data(await self._stream.receive_some(RECEIVE_BYTES))
+
+    def _check_head(self, event: h11.Request) -> list[tuple[str, str]]:
+        """Header size, encoding and framing checks h11 leaves to us; the decoded header list."""
+        head_bytes = len(event.method) + len(event.target) + 12
+        headers = []
+        for name, value in event.headers:
+            head_bytes += len(name) + len(value) + 4
+            try:
+                headers.append((name.decode("ascii"), value.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise HTTPError(400, "malformed HTTP request",
+                                [f"header {name.decode('ascii')} is not valid UTF-8"]) from None
+        if head_bytes > self._limits.max_header_bytes:
+            raise errors.header_too_large(self._limits.max_header_bytes)
+        names = {name for name, _ in headers}
+        if "content-length" in names and "transfer-encoding" in names:
+            raise errors.ambiguous_framing()
+        return headers
+
+    async def _receive_body(self, headers: list[tuple[str, str]]) -> bytes:
+        limit = self._limits.max_body_bytes
+        for name, value in headers:
+            if name == "content-length" and int(value) > limit:
+                raise errors.body_too_large(limit)
+        if self._h11.they_are_waiting_for_100_continue:
+            await self._send_bytes(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
+        chunks = []
+        received_bytes = 0
+        with trio.move_on_after(self._limits.body_timeout_s) as scope:
+            while True:
+                event = await self._next_event()
+                if isinstance(event, h11.Data):
+                    received_bytes += len(event.data)
+                    if received_bytes > limit:
+                        raise errors.body_too_large(limit)
+                    chunks.append(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                else:
+                    raise _CloseQuietly()
+        if scope.cancelled_caught:
+            raise errors.request_timeout("request body")
+        return b"".join(chunks)
+
+    async def _dispatch(self, request: Request) -> Response:
+        handler, request.path_params = self._context.router.resolve(request.method, request.raw_path)
+        try:
+            with trio.move_on_after(self._limits.handler_timeout_s) as scope:
+                response = await handler(request)
+        except HTTPError:
+            raise
+        except Exception:
+            # The traceback stays in the server log; the client learns nothing about internals.
+            self._log.exception("%s handler for %s %s failed (request id %s)", self._context.name,
+                                request.method, request.raw_path, request.request_id)
+            raise errors.internal_error() from None
+        if scope.cancelled_caught:
+            self._log.warning("%s handler for %s %s exceeded %.1f s (request id %s)", self._context.name,
+                              request.method, request.raw_path, self._limits.handler_timeout_s,
+                              request.request_id)
+            raise errors.handler_timeout(RETRY_AFTER_S)
+        if not isinstance(response, Response) or not isinstance(response.body, bytes):
+            self._log.error("%s handler for %s %s returned %s, not a Response with a bytes body",
+                            self._context.name, request.method, request.raw_path, type(response).__name__)
+            raise errors.internal_error()
+        return response
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    async def _send_response(self, exchange: _Exchange, response: Response) -> None:
+        if self._h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            raise _CloseQuietly()
+        self._requests_served += 1
+        try:
+            head = self._response_head(exchange, response)
+        except (h11.LocalProtocolError, TypeError, ValueError):
+            # A handler's status or header cannot go on the wire (a newline in a value, say).
+            self._log.error("%s handler for %s %s returned an invalid status or header (request id %s)",
+                            self._context.name, exchange.method, exchange.raw_path, exchange.request_id)
+            response = errors.internal_error().to_response()
+            head = self._response_head(exchange, response)
+        body = response_body(response)
+        data = self._h11.send(head)
+        if exchange.method != "HEAD" and body:
+            data += self._h11.send(h11.Data(data=body))
+        data += self._h11.send(h11.EndOfMessage())
+        try:
+            await self._send_bytes(data)
+        finally:
+            self._log_exchange(exchange, response.status)
+
+    def _response_head(self, exchange: _Exchange, response: Response) -> h11.Response:
+        client_done = self._h11.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+        close = (self._draining or not client_done
+                 or self._requests_served >= self._limits.max_requests_per_connection)
+        return response_head(response, exchange.request_id, close)
+
+    async def _send_bytes(self, data: bytes) -> None:
+        with trio.move_on_after(self._limits.send_timeout_s) as scope:
+            await self._stream.send_all(data)
+        if scope.cancelled_caught:
+            raise _CloseQuietly()
+
+    async def _linger(self) -> None:
+        """Read and drop what the client is still sending, briefly, so it can read our response."""
+        dropped_bytes = 0
+        with trio.move_on_after(LINGER_S):
+            try:
+                while dropped_bytes < LINGER_BYTES:
+                    data = await self._stream.receive_some(RECEIVE_BYTES)
+                    if not data:
+                        break
+                    dropped_bytes += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _log_exchange(self, exchange: _Exchange, status: int) -> None:
+        duration_ms = (time.perf_counter() - exchange.started_s) * 1000.0
+        self._log.info(
+            "%s request id=%s method=%s path=%s status=%d duration_ms=%.1f client=%s",
+            self._context.name, exchange.request_id, exchange.method, exchange.raw_path, status,
+            duration_ms, self.client_text,
+            extra={"request_id": exchange.request_id, "http_method": exchange.method,
+                   "http_path": exchange.raw_path, "http_status": status, "duration_ms": duration_ms,
+                   "client_addr": self.client_text, "listener": self._context.name})
+

@@ -1,0 +1,155 @@
+"""Map (method, path) to a handler: literal segments and `{name}` parameters, nothing else.
+
+Matching works on the raw (still percent-encoded) request path, one segment at a time, and decodes
+each segment on its own. Paths that could mean two things are rejected before any route is tried:
+a percent-encoded slash (`%2F`), a dot segment (`.`, `..`, also encoded), a NUL or control
+character, or bytes that are not UTF-8 give 400. Empty segments (`//`, a trailing `/`) are kept and
+never match a parameter, so `/v1/links/` and `/v1//links` are simply 404.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from .messages import Handler, HTTPError
+
+_PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+_LITERAL_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]+$")
+_METHOD_RE = re.compile(r"^[A-Z]+$")
+
+
+@dataclass(frozen=True)
+class _Segment:
+    text: str          # the literal, or the parameter name
+    is_param: bool
+
+
+@dataclass
+class _Route:
+    pattern: str
+    segments: tuple[_Segment, ...]
+    handlers: dict[str, Handler]
+
+    def match(self, segments: list[str]) -> dict[str, str] | None:
+        if len(segments) != len(self.segments):
+            return None
+        params: dict[str, str] = {}
+        for wanted, got in zip(self.segments, segments):
+            if wanted.is_param:
+                if not got:
+                    return None
+                params[wanted.text] = got
+            elif wanted.text != got:
+                return None
+        return params
+
+    def specificity(self) -> tuple[int, ...]:
+        """Sorts literal segments before parameters, position by position (lower is more specific)."""
+        return tuple(int(segment.is_param) for segment in self.segments)
+
+
+def _parse_pattern(pattern: str) -> tuple[_Segment, ...]:
+    if not pattern.startswith("/"):
+        raise ValueError(f"route pattern must start with '/': {pattern!r}")
+    segments = []
+    names = set()
+    for part in pattern[1:].split("/"):
+        param = _PARAM_RE.match(part)
+        if param:
+            name = param.group(1)
+            if name in names:
+                raise ValueError(f"route pattern {pattern!r} repeats parameter {name!r}")
+            names.add(name)
+            segments.append(_Segment(name, True))
+        elif _LITERAL_RE.match(part) and part not in (".", ".."):
+            segments.append(_Segment(part, False))
+        else:
+            raise ValueError(f"route pattern {pattern!r} has an invalid segment {part!r}")
+    return tuple(segments)
+
+
+def split_path(raw_path: str) -> list[str]:
+    """The decoded segments of a raw request path; HTTPError 400 for an ambiguous or malformed path."""
+    if not raw_path.startswith("/"):
+        raise HTTPError(400, "malformed request path", ["the path must start with '/'"])
+    segments = []
+    for raw_segment in raw_path[1:].split("/"):
+        if "%" in raw_segment and not re.fullmatch(r"(?:[^%]|%[0-9A-Fa-f]{2})*", raw_segment):
+            raise HTTPError(400, "malformed request path", ["invalid percent-encoding"])
+        try:
+            segment = unquote_to_bytes(raw_segment).decode("utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, "malformed request path", ["path is not UTF-8"]) from None
+        if "/" in segment:
+            raise HTTPError(400, "malformed request path", ["encoded '/' (%2F) is not allowed in a path segment"])
+        if segment in (".", ".."):
+            raise HTTPError(400, "malformed request path", ["dot segments ('.', '..') are not allowed"])
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in segment):
+            raise HTTPError(400, "malformed request path", ["control characters are not allowed"])
+        segments.append(segment)
+    return segments
+
+
+def decode_path(raw_path: str) -> str:
+    """The percent-decoded form of a raw path that split_path accepted."""
+    return "/" + "/".join(split_path(raw_path))
+
+
+class Router:
+    """Routes requests to handlers. HEAD is served by the GET handler unless HEAD has its own."""
+
+    def __init__(self) -> None:
+        self._routes: list[_Route] = []
+
+    def route(self, method: str, pattern: str, handler: Handler) -> None:
+        method = method.upper()
+        if not _METHOD_RE.match(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+        segments = _parse_pattern(pattern)
+        for existing in self._routes:
+            if existing.segments == segments:
+                if method in existing.handlers:
+                    raise ValueError(f"route {method} {pattern} is already registered")
+                existing.handlers[method] = handler
+                return
+        self._routes.append(_Route(pattern, segments, {method: handler}))
+
+    def get(self, pattern: str, handler: Handler) -> None:
+        self.route("GET", pattern, handler)
+
+    def post(self, pattern: str, handler: Handler) -> None:
+        self.route("POST", pattern, handler)
+
+    def routes(self) -> list[tuple[str, str]]:
+        """(method, pattern) of every registered route, in registration order."""
+        return [(method, route.pattern) for route in self._routes for method in route.handlers]
+
+    def resolve(self, method: str, raw_path: str) -> tuple[Handler, dict[str, str]]:
+        """The handler and path parameters for a request.
+
+        `raw_path` is the request target's path as sent (percent-encoded, without the query string).
+        Raises HTTPError 400 (ambiguous path), 404 (no route) or 405 with an `Allow` header.
+        """
+        segments = split_path(raw_path)
+        matches = []
+        for route in self._routes:
+            params = route.match(segments)
+            if params is not None:
+                matches.append((route.specificity(), route, params))
+        if not matches:
+            raise HTTPError(404, "not found", [f"no route for {raw_path}"])
+        matches.sort(key=lambda match: match[0])
+        wanted = [method] + (["GET"] if method == "HEAD" else [])
+        for candidate in wanted:
+            for _, route, params in matches:
+                if candidate in route.handlers:
+                    return route.handlers[candidate], params
+        allowed = set()
+        for _, route, _ in matches:
+            allowed.update(route.handlers)
+        if "GET" in allowed:
+            allowed.add("HEAD")
+        allow = ", ".join(sorted(allowed))
+        raise HTTPError(405, "method not allowed", [f"{method} is not allowed here; allowed: {allow}"],
+                        headers=[("Allow", allow)])

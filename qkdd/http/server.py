@@ -1,0 +1,177 @@
+"""One HTTP listener: binds, accepts, enforces the connection limit, and drains on shutdown.
+
+`HTTPServer.run()` lives in the caller's nursery; each accepted connection is a task in the server's
+own nursery (connection.py serves it). `shutdown()` closes the listening socket at once, closes idle
+connections, lets requests in progress finish within `limits.shutdown_grace_s`, then cancels the rest.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import time
+
+import trio
+
+from . import errors
+from .connection import HTTPConnection, ListenerContext
+from .messages import HTTPLimits, TLSSettings
+from .router import Router
+from .tls import server_context
+
+REFUSE_RETRY_AFTER_S = 1
+REFUSE_LINGER_S = 0.5          # a refused client gets this long to read its 503...
+REFUSE_LINGER_BYTES = 64 * 1024
+REFUSE_MAX_PENDING = 256       # ...unless this many refusals are pending already: then just close
+REFUSE_LOG_INTERVAL_S = 10.0
+# accept() errors that mean "out of resources, try again shortly" rather than "listener broken".
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+class HTTPServer:
+    """An HTTP/1.1 listener on (host, port) serving `router`, over TLS when `tls` is given."""
+
+    def __init__(self, name: str, host: str, port: int, router: Router, *, tls: TLSSettings | None = None,
+                 limits: HTTPLimits = HTTPLimits(), logger: logging.Logger | None = None):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.limits = limits
+        self._log = logger or logging.getLogger("qkdd.http")
+        # Built here so bad certificate files fail at start-up, not at the first client.
+        self._context = ListenerContext(name, router, limits, self._log, server_context(tls) if tls else None)
+        self._listeners: list[trio.SocketListener] = []
+        self._connections: set[HTTPConnection] = set()
+        self._accept_scope: trio.CancelScope | None = None
+        self._shutdown_requested = False
+        self._refused_since_log = 0
+        self._refuse_logged_at = float("-inf")
+        self._refusing = 0
+
+    @property
+    def uses_tls(self) -> bool:
+        return self._context.ssl_context is not None
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served now (refused ones are not counted)."""
+        return len(self._connections)
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until shutdown() completes or the caller cancels; reports (host, port) when bound."""
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
+        if self.port == 0 and len(listeners) > 1:
+            # Each address would get its own ephemeral port; serve the first so the port is unambiguous.
+            for extra in listeners[1:]:
+                await extra.aclose()
+            listeners = listeners[:1]
+        self._listeners = listeners
+        bound_port = listeners[0].socket.getsockname()[1]
+        self._log.info("%s listening on %s:%d (%s)", self.name, self.host, bound_port,
+                       "TLS" if self._context.ssl_context else "plain HTTP")
+        task_status.started((self.host, bound_port))
+        try:
+            async with trio.open_nursery() as connections:
+                with trio.CancelScope() as accept_scope:
+                    self._accept_scope = accept_scope
+                    if self._shutdown_requested:
+                        accept_scope.cancel()
+                    async with trio.open_nursery() as acceptors:
+                        for listener in listeners:
+                            acceptors.start_soon(self._accept_loop, listener, connections)
+                # Shutting down: idle connections close now, busy ones get the grace period.
+                self._close_listeners()
+                for connection in list(self._connections):
+                    connection.begin_shutdown()
+                connections.cancel_scope.deadline = trio.current_time() + self.limits.shutdown_grace_s
+        finally:
+            self._close_listeners()
+        self._log.info("%s stopped", self.name)
+
+    def shutdown(self) -> None:
+        """Stop accepting now and drain; run() returns once in-flight requests are done or the grace ends.
+
+        Call from the trio thread running the server (from another thread: trio.from_thread.run_sync).
+        """
+        if self._shutdown_requested:
+            return
+        self._shutdown_requested = True
+        self._close_listeners()
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.socket.close()
+
+    async def _accept_loop(self, listener: trio.SocketListener, connections: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except trio.ClosedResourceError:
+                return
+            except OSError as exc:
+                if exc.errno not in _RESOURCE_ERRNOS:
+                    raise
+                self._log.warning("%s cannot accept: %s", self.name, exc.strerror)
+                await trio.sleep(0.1)
+                continue
+            if len(self._connections) >= self.limits.max_connections:
+                await self._refuse(stream, connections)
+                continue
+            client = _peer_address(stream)
+            connection = HTTPConnection(stream, client, self._context)
+            self._connections.add(connection)
+            connections.start_soon(self._serve, connection)
+
+    async def _serve(self, connection: HTTPConnection) -> None:
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
+
+    async def _refuse(self, stream: trio.SocketStream, connections: trio.Nursery) -> None:
+        """Turn away a connection over the limit without serving it: 503 on plain HTTP, close on TLS."""
+        self._refused_since_log += 1
+        now = time.monotonic()
+        if now - self._refuse_logged_at >= REFUSE_LOG_INTERVAL_S:
+            self._log.warning("%s refused %d connection(s): %d open, max_connections=%d", self.name,
+                              self._refused_since_log, len(self._connections), self.limits.max_connections)
+            self._refused_since_log = 0
+            self._refuse_logged_at = now
+        if self._context.ssl_context is not None or self._refusing >= REFUSE_MAX_PENDING:
+            await trio.aclose_forcefully(stream)
+            return
+        self._refusing += 1
+        connections.start_soon(self._send_refusal, stream)
+
+    async def _send_refusal(self, stream: trio.SocketStream) -> None:
+        """Send the 503, then drop (briefly) whatever the client sent, so it reads the 503 rather than a reset."""
+        response = errors.too_many_connections(REFUSE_RETRY_AFTER_S).to_response()
+        head = (f"HTTP/1.1 {response.status} Service Unavailable\r\n"
+                f"Server: qkdd\r\nContent-Type: {response.content_type}\r\n"
+                f"Content-Length: {len(response.body)}\r\nCache-Control: no-store\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in response.headers)
+                + "Connection: close\r\n\r\n").encode("ascii")
+        try:
+            with trio.move_on_after(REFUSE_LINGER_S):
+                await stream.send_all(head + response.body)
+                await stream.send_eof()
+                dropped_bytes = 0
+                while dropped_bytes < REFUSE_LINGER_BYTES:
+                    data = await stream.receive_some(16384)
+                    if not data:
+                        break
+                    dropped_bytes += len(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self._refusing -= 1
+            await trio.aclose_forcefully(stream)
+
+
+def _peer_address(stream: trio.SocketStream) -> tuple[str, int] | None:
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        return None
+    return (address[0], address[1])

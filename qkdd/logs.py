@@ -1,0 +1,78 @@
+"""Structured single-line logs on stderr: `level=info logger=qkdd.daemon msg="..." key=value ...`.
+
+Extra fields come from `logger.info("msg", extra={...})`. Under journald (JOURNAL_STREAM names our
+stderr) each line starts with the sd-daemon(3) priority prefix `<N>` and carries no timestamp (the
+journal adds one); elsewhere it starts with an ISO-8601 UTC timestamp. Exceptions are folded into the
+line (`exc=`, `traceback=`), so one event is always one line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import IO
+
+_STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                    logging.CRITICAL: 2}
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class LogfmtFormatter(logging.Formatter):
+    def __init__(self, *, journal: bool):
+        super().__init__()
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = []
+        if self.journal:
+            prefix = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
+        else:
+            prefix = ""
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            parts.append(f"ts={stamp}.{int(record.msecs):03d}Z")
+        parts += [f"level={record.levelname.lower()}", f"logger={record.name}",
+                  f"msg={_quote(record.getMessage())}"]
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+                parts.append(f"{key}={_quote(value)}")
+        if record.exc_info and record.exc_info[0] is not None:
+            exc_type, exc, tb = record.exc_info
+            parts.append(f"exc={_quote(f'{exc_type.__name__}: {exc}')}")
+            parts.append(f"traceback={_quote(''.join(traceback.format_tb(tb)))}")
+        return prefix + " ".join(parts)
+
+
+def _quote(value: object) -> str:
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    if text and all(c.isalnum() or c in "-._:/@[]+,%" for c in text):
+        return text
+    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+               .replace("\r", "\\r").replace("\t", "\\t"))
+    return f'"{escaped}"'
+
+
+def stream_is_journal(stream: IO[str]) -> bool:
+    """True when `stream` is the journald stream systemd connected us to (JOURNAL_STREAM=dev:inode)."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{info.st_dev}:{info.st_ino}"
+
+
+def configure(level: str = "info", stream: IO[str] | None = None) -> logging.Logger:
+    """Route the `qkdd` logger tree to `stream` (stderr) at `level`; returns the `qkdd` logger."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(LogfmtFormatter(journal=stream_is_journal(stream)))
+    root = logging.getLogger("qkdd")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    root.propagate = False
+    return root

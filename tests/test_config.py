@@ -1,0 +1,175 @@
+"""Configuration: `qkdd check-config` as a real subprocess (exit status, one-line errors, redaction),
+and load_config precedence (file < credential < environment) in process."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from daemon_support import clean_env, run_qkdd
+from qkdd.config import ConfigError, Secret, load_config
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "etc" / "qkdd" / "qkdd.toml"
+
+LINK = '[[links]]\nlink_id = "sim-1"\nrole = "alice"\ndriver = "sim"\n'
+
+# (name, config text, environment, the exact stderr line)
+BAD_CONFIGS = [
+    ("typo", '[api]\nlisen = "127.0.0.1:8071"\n', {},
+     'config error: api.lisen: unknown key (did you mean "listen"?)'),
+    ("top-level typo", '[helth]\nlisten = "127.0.0.1:8072"\n', {},
+     'config error: helth: unknown key (did you mean "health"?)'),
+    ("wrong type", '[api.limits]\nmax_connections = "many"\n', {},
+     "config error: api.limits.max_connections: must be an integer, got a string ('many')"),
+    ("threshold zero", LINK + "qber_threshold = 0\n", {},
+     "config error: links[0].qber_threshold: must be in (0, 0.11], got 0.0"),
+    ("threshold above 11 %", LINK + "qber_threshold = 0.12\n", {},
+     "config error: links[0].qber_threshold: must be in (0, 0.11], got 0.12"),
+    ("listen without port", '[api]\nlisten = "localhost"\n', {},
+     "config error: api.listen: expected host:port (IPv6 as [addr]:port), got 'localhost'"),
+    ("port out of range", '[health]\nlisten = "127.0.0.1:65536"\n', {},
+     "config error: health.listen: port must be in [0, 65535], got 65536"),
+    ("negative limit", "[api.limits]\nheader_timeout_s = -1.5\n", {},
+     "config error: api.limits.header_timeout_s: must be in (0, inf], got -1.5"),
+    ("unknown driver", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "idq"\n', {},
+     "config error: links[0].driver: must be one of sim, etsi014, serial, sdk; got 'idq'; IDQ devices are "
+     'driven through their ETSI 014 KME: driver = "etsi014"'),
+    ("unknown protocol", LINK + 'protocol = "bb48"\n', {},
+     "config error: links[0].protocol: must be one of bb84, e91, cvqkd; got 'bb48' (did you mean \"bb84\"?)"),
+    ("duplicate link id", LINK + LINK.replace("alice", "bob"), {},
+     "config error: links[1].link_id: duplicate link_id 'sim-1' (also links[0])"),
+    ("garbage threshold from environment", LINK, {"QKD_QBER_THRESHOLD": "eight percent"},
+     "config error: QKD_QBER_THRESHOLD (links[0].qber_threshold): must be a number, got 'eight percent'"),
+    ("garbage listen from environment", "", {"QKD_HEALTH_LISTEN": "0.0.0.0:http"},
+     "config error: QKD_HEALTH_LISTEN (health.listen): expected host:port (IPv6 as [addr]:port), got '0.0.0.0:http'"),
+    ("TOML syntax", "[api\nlisten = 1\n", {},
+     "config error: {path}: invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 5)"),
+    ("client certificates without a CA",
+     '[api.tls]\ncert_file = "/x.pem"\nkey_file = "/x.key"\nclient_cert = "required"\n', {},
+     'config error: api.tls.client_ca_file: required when client_cert = "required" '
+     "(the CA that signs client certificates)"),
+    ("missing role", '[[links]]\nlink_id = "l1"\ndriver = "sim"\n', {},
+     "config error: links[0].role: required key is missing"),
+    ("bad link id", '[[links]]\nlink_id = "../etc"\nrole = "alice"\ndriver = "sim"\n', {},
+     "config error: links[0].link_id: must be 1-64 characters of A-Z a-z 0-9 . _ - (starting with a letter "
+     "or digit), got '../etc'"),
+    ("device address missing for a hardware driver", '[[links]]\nlink_id = "l1"\nrole = "alice"\n'
+     'driver = "etsi014"\n', {}, 'config error: links[0].device_addr: required for driver "etsi014"'),
+    ("kms enabled without secret", '[kms]\nenabled = true\nurl = "https://kms.example"\nclient_id = "c"\n', {},
+     "config error: kms.client_secret: required when kms is enabled (or set KMS_CLIENT_SECRET or the "
+     "credential kms-client-secret)"),
+    ("same port twice", '[api]\nlisten = "0.0.0.0:9000"\n[health]\nlisten = "127.0.0.1:9000"\n', {},
+     "config error: health.listen: 127.0.0.1:9000 overlaps api.listen 0.0.0.0:9000"),
+    ("unreadable TLS file", '[api.tls]\ncert_file = "/nonexistent/kme.pem"\nkey_file = "/nonexistent/kme.key"\n',
+     {}, "config error: api.tls.cert_file: cannot read /nonexistent/kme.pem: No such file or directory"),
+]
+
+
+@pytest.mark.parametrize("name,text,env,expected", BAD_CONFIGS, ids=[case[0] for case in BAD_CONFIGS])
+def test_bad_config_is_one_precise_line_and_exit_2(tmp_path, name, text, env, expected):
+    path = tmp_path / "qkdd.toml"
+    path.write_text(text)
+    result = run_qkdd("check-config", "--config", str(path), env=clean_env(**env))
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    assert result.stderr == expected.format(path=path) + "\n"
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "absent.toml"
+    result = run_qkdd("check-config", "--config", str(missing))
+    assert (result.returncode, result.stderr) == (2, f"config error: {missing}: no such file\n")
+
+
+def test_run_with_bad_config_exits_2_before_binding(tmp_path):
+    path = tmp_path / "qkdd.toml"
+    path.write_text(LINK + "qber_threshold = 0.2\n")
+    result = run_qkdd("run", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr == "config error: links[0].qber_threshold: must be in (0, 0.11], got 0.2\n"
+
+
+def test_example_config_checks_and_secrets_are_redacted(tmp_path):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "kms-client-secret").write_text("credential-secret-4711\n")
+    env = clean_env(KMS_CLIENT_ID="qkd-agent", CREDENTIALS_DIRECTORY=str(credentials))
+    result = run_qkdd("check-config", "--config", str(EXAMPLE), env=env)
+    assert result.returncode == 0, result.stderr
+    assert 'client_secret = "***"' in result.stdout
+    assert "credential-secret-4711" not in result.stdout + result.stderr
+    assert '[[links]]\nlink_id = "sim-1"' in result.stdout
+
+    env["KMS_CLIENT_SECRET"] = "environment-secret-0815"
+    result = run_qkdd("check-config", "--config", str(EXAMPLE), "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["kms"]["client_secret"] == "***"
+    assert effective["kms"]["client_id"] == "qkd-agent"
+    assert "environment-secret-0815" not in result.stdout + result.stderr
+
+
+def test_environment_overrides_win_over_the_file(tmp_path):
+    path = tmp_path / "qkdd.toml"
+    path.write_text('[daemon]\nstate_dir = "/srv/file"\n[api]\nlisten = "127.0.0.1:8071"\n'
+                    '[[links]]\nlink_id = "from-file"\nrole = "alice"\ndriver = "sim"\nqber_threshold = 0.05\n'
+                    'key_rotation_interval_s = 60\n')
+    env = clean_env(QKD_STATE_DIR="/srv/env", QKD_API_LISTEN="[::1]:9071", QKD_LINK_ID="from-env",
+                    QKD_QBER_THRESHOLD="0.07", QKD_KEY_ROTATION_INTERVAL="900", QKD_PROTOCOL="e91",
+                    QKD_DRIVER="etsi014", QKD_DEVICE_ADDR="192.168.100.10:8443", QKD_LOG_LEVEL="")
+    result = run_qkdd("check-config", "--config", str(path), "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["daemon"] == {"state_dir": "/srv/env", "log_level": "info"}   # empty = unset
+    assert effective["api"]["listen"] == "[::1]:9071"
+    assert effective["links"] == [{
+        "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
+        "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
+        "key_rotation_interval_s": 900.0}]
+
+
+# ---- in process: precedence details --------------------------------------------------------------
+
+def test_secret_precedence_file_then_credential_then_environment(tmp_path):
+    path = tmp_path / "qkdd.toml"
+    path.write_text('[kms]\nclient_secret = "from-file"\n')
+    assert load_config(str(path), {}).kms.client_secret == Secret("from-file")
+    credentials = tmp_path / "cred"
+    credentials.mkdir()
+    (credentials / "kms-client-secret").write_text("from-credential\n")
+    environ = {"CREDENTIALS_DIRECTORY": str(credentials)}
+    assert load_config(str(path), environ).kms.client_secret == Secret("from-credential")
+    environ["KMS_CLIENT_SECRET"] = "from-env"
+    config = load_config(str(path), environ)
+    assert config.kms.client_secret.reveal() == "from-env"
+    assert "from-env" not in repr(config) and "from-env" not in str(config.to_dict())
+
+
+def test_environment_alone_creates_the_link(tmp_path):
+    environ = {"QKD_LINK_ID": "hanzo-lux-1", "QKD_LINK_ROLE": "bob", "QKD_DRIVER": "sim"}
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    config = load_config(str(path), environ)
+    assert [(link.link_id, link.role, link.driver, link.protocol) for link in config.links] == [
+        ("hanzo-lux-1", "bob", "sim", "bb84")]
+    with pytest.raises(ConfigError) as error:
+        load_config(str(path), {"QKD_LINK_ID": "x", "QKD_DRIVER": "sim"})
+    assert (error.value.key, error.value.problem) == ("links[0].role", "required key is missing")
+
+
+def test_environment_overrides_only_the_first_of_several_links(tmp_path):
+    path = tmp_path / "relay.toml"
+    path.write_text(LINK + LINK.replace("sim-1", "sim-2").replace("alice", "bob"))
+    config = load_config(str(path), {"QKD_PROTOCOL": "cvqkd"})
+    assert [(link.link_id, link.protocol) for link in config.links] == [("sim-1", "cvqkd"), ("sim-2", "bb84")]
+
+
+def test_boundaries_accepted(tmp_path):
+    path = tmp_path / "edge.toml"
+    path.write_text(LINK + 'qber_threshold = 0.11\n[api]\nlisten = "[::]:0"\n[health.limits]\n'
+                    'shutdown_grace_s = 0\nmax_body_bytes = 0\n')
+    config = load_config(str(path), {})
+    assert config.links[0].qber_threshold == 0.11
+    assert (config.api.listen.host, config.api.listen.port) == ("::", 0)
+    assert config.health.limits.shutdown_grace_s == 0.0

@@ -1,0 +1,153 @@
+"""Health model (states, healthy rule, change notification), link metrics, sd_notify parsing and the
+log format -- in process, against the real objects."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import tempfile
+
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from qkdd.health import LINK_STATES, Health
+from qkdd.logs import LogfmtFormatter
+from qkdd.metrics import Metrics
+from qkdd.notify import Notifier
+
+
+def serving_health() -> Health:
+    health = Health(clock=lambda: 1_700_000_000.0)
+    health.register_link("a")
+    health.register_link("b")
+    health.set_daemon_state("serving")
+    return health
+
+
+def test_configured_and_starting_links_are_healthy():
+    health = serving_health()
+    health.set_link_state("b", "starting", "device coming up")
+    assert health.healthy()
+    report = health.report()
+    assert report["status"] == "ok"
+    assert [(link["link_id"], link["state"], link["detail"]) for link in report["links"]] == [
+        ("a", "configured", LINK_STATES["configured"][1]), ("b", "starting", "device coming up")]
+    assert report["links"][0]["since"] == "2023-11-14T22:13:20Z"
+    assert health.status_line() == "serving; links: 1 configured, 1 starting"
+
+
+@pytest.mark.parametrize("state", ["suspended", "halted", "failed"])
+def test_an_alarmed_link_makes_the_daemon_unhealthy(state):
+    health = serving_health()
+    health.set_link_state("a", state)
+    assert not health.healthy()
+    assert health.report()["status"] == "unhealthy"
+    health.set_link_state("a", "running")
+    assert health.healthy()
+
+
+def test_daemon_not_serving_is_unhealthy_and_bad_input_is_refused():
+    health = Health()
+    assert not health.healthy()                        # starting
+    health.set_daemon_state("serving")
+    assert health.healthy()                            # no links at all is fine
+    health.set_daemon_state("stopping")
+    assert not health.healthy()
+    with pytest.raises(KeyError):
+        health.set_link_state("nope", "running")
+    health.register_link("x")
+    with pytest.raises(ValueError):
+        health.set_link_state("x", "exploded")
+    with pytest.raises(ValueError):
+        health.register_link("x")
+
+
+def test_watchers_wake_on_change_only():
+    health = serving_health()
+
+    async def main():
+        seen = health.version
+        woke = []
+
+        async def watcher():
+            woke.append(await health.wait_changed(seen))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watcher)
+            await trio.sleep(0.01)
+            health.set_link_state("a", "configured")     # same state and detail: no change
+            await trio.sleep(0.01)
+            assert woke == []
+            health.set_link_state("a", "running")
+        assert woke == [seen + 1]
+
+    trio.run(main)
+
+
+def test_link_metrics_report_under_the_seed_names():
+    metrics = Metrics()
+    link = metrics.link("hk-lk-1", "bb84", kms=True)
+    link.key_stored(256)
+    link.key_stored(256)
+    link.channel(qber=0.023, loss_db=10.5)
+    link.qber_alarm("critical")
+    link.kms_push(ok=False, latency_s=0.2)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics.exposition().decode())
+               for s in family.samples if s.name.startswith("qkd_")}
+    assert samples[("qkd_keys_generated_total", (("link_id", "hk-lk-1"), ("protocol", "bb84")))] == 2
+    assert samples[("qkd_key_bits_generated_total", (("link_id", "hk-lk-1"),))] == 512
+    assert samples[("qkd_qber", (("link_id", "hk-lk-1"),))] == 0.023
+    assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "critical")))] == 1
+    assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "warning")))] == 0
+    assert samples[("qkd_kms_key_push_total", (("link_id", "hk-lk-1"), ("status", "failure")))] == 1
+    assert samples[("qkd_kms_key_push_latency_seconds_count", (("link_id", "hk-lk-1"),))] == 1
+    assert ("qkd_photon_rate_hz", (("link_id", "hk-lk-1"),)) not in samples      # never measured
+    with pytest.raises(ValueError):
+        link.qber_alarm("mild")
+
+
+def test_notifier_sends_datagrams_and_honours_watchdog_pid(monkeypatch):
+    def notifier_for(**variables: str) -> Notifier:
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        return Notifier()
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(path)
+            receiver.settimeout(2)
+            notifier = notifier_for(NOTIFY_SOCKET=path, WATCHDOG_USEC="3000000", WATCHDOG_PID=str(os.getpid()))
+            assert notifier.watchdog_interval_s == 1.5
+            assert "NOTIFY_SOCKET" not in os.environ and "WATCHDOG_USEC" not in os.environ   # not inherited
+            notifier.ready("serving\nnow")
+            assert receiver.recv(512).decode() == f"READY=1\nSTATUS=serving now\nMAINPID={os.getpid()}"
+            notifier.watchdog()
+            assert receiver.recv(512).decode() == "WATCHDOG=1"
+            notifier.stopping()
+            assert receiver.recv(512).decode() == "STOPPING=1\nSTATUS=stopping"
+        assert notifier_for(NOTIFY_SOCKET=path, WATCHDOG_USEC="3000000", WATCHDOG_PID="1").watchdog_interval_s is None
+    assert notifier_for(WATCHDOG_USEC="junk").watchdog_interval_s is None
+    silent = notifier_for()
+    assert not silent.enabled
+    silent.ready("x")                                  # no socket: nothing happens, nothing raises
+
+
+def test_log_lines_are_single_line_logfmt():
+    record = logging.LogRecord("qkdd.test", logging.WARNING, __file__, 1, 'odd "value"\nnext', None, None)
+    record.link_id = "sim-1"
+    record.duration_ms = 1.23456789
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record.exc_info = sys.exc_info()
+    line = LogfmtFormatter(journal=False).format(record)
+    assert "\n" not in line
+    assert ' level=warning logger=qkdd.test msg="odd \\"value\\"\\nnext" link_id=sim-1 duration_ms=1.23457 ' \
+           'exc="ValueError: boom" traceback=' in line
+    assert LogfmtFormatter(journal=True).format(record).startswith("<4>level=warning ")
