@@ -4,7 +4,8 @@ Later parts (key store, link engines, relay) become fields here; the daemon buil
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from qkdd.config import Config
 from qkdd.health import Health
@@ -16,6 +17,8 @@ class App:
     config: Config
     health: Health
     metrics: Metrics
+    links: dict[str, Any] = field(default_factory=dict)      # link id -> qkdd.link.engine.LinkEngine
+    keystore: Any = None
 
     @classmethod
     def create(cls, config: Config) -> "App":

@@ -160,6 +160,35 @@ _VENDOR_DRIVER_HINTS = {vendor: f'{name} devices are driven through their ETSI 0
                                              ("qlabs", "QuintessenceLabs"))}
 
 
+def _optional_address_check(value: str) -> str | None:
+    return _peer_address_check(value)
+
+
+@dataclass(frozen=True)
+class SimLinkConfig:
+    """`[links.sim]`: the simulated device pair. Alice's end runs the source and fiber and listens on
+    `quantum_listen`; Bob's end connects to `quantum_addr`. Attacks and drifts also change at run time
+    (POST /v1/links/{id}/sim, loopback only)."""
+
+    distance_km: float = field(default=25.0, metadata=meta(check=in_range(0, 500)))
+    fiber_loss_db_per_km: float = field(default=0.21, metadata=meta(check=in_range(0, 10)))
+    clock_hz: float = field(default=1e9, metadata=meta(check=positive))
+    quantum_listen: str = field(default="127.0.0.1:7171", metadata=meta(check=_optional_address_check))
+    quantum_addr: str = field(default="127.0.0.1:7171", metadata=meta(check=_optional_address_check))
+    seed: int = 0                                  # 0: fresh randomness; otherwise reproducible runs
+    attack: str = "none"                           # none | intercept-resend[:P] | pns | blinding
+    extra_loss_db: float = field(default=0.0, metadata=meta(check=non_negative))
+    misalignment_drift: float = field(default=0.0, metadata=meta(check=in_range(0, 0.5)))
+    realtime: bool = False                         # pace frames to the simulated clock
+    monitor: bool = False                          # Bob's photocurrent monitor (detects blinding)
+    decoy: Literal["optimize", "fixed"] = "optimize"   # optimise Lim et al. settings for the frame size
+    mu_signal: float = 0.40
+    mu_decoy: float = 0.13
+    p_signal: float = 0.08
+    p_decoy: float = 0.56
+    q_x: float = 0.63
+
+
 @dataclass(frozen=True)
 class LinkConfig:
     """One QKD link: this end's role and device, the protocol, the peer's classical channel.
@@ -177,10 +206,23 @@ class LinkConfig:
     peer_addr: str = field(default="", metadata=meta(check=_peer_address_check))   # peer qkdd host:port
     qber_threshold: float = field(default=0.08, metadata=meta(check=in_range(0, QBER_LIMIT, low_open=True)))
     key_rotation_interval_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    # classical channel: dial peer_addr, or accept on peer_listen (exactly one); ML-DSA-65 identities
+    peer_listen: str = field(default="", metadata=meta(check=_peer_address_check))
+    peer_key_file: str = ""          # this end's private key (qkdctl peer-key generate)
+    peer_public_key: str = ""        # the peer's pinned public key: PEM file path or base64
+    # pipeline
+    frame_detections: int = field(default=1 << 20, metadata=meta(check=in_range(1000, 1 << 24)))
+    frames_in_flight: int = field(default=4, metadata=meta(check=in_range(1, 64)))
+    key_bits: int = field(default=256, metadata=meta(check=lambda v: None if v % 64 == 0 and 64 <= v <= 8192
+                                                     else f"must be a multiple of 64 in [64, 8192], got {v}"))
+    key_expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    sim: SimLinkConfig = field(default_factory=SimLinkConfig)
 
     def validate(self, key: str) -> None:
         if self.driver != "sim" and not self.device_addr:
             raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
+        if self.peer_addr and self.peer_listen:
+            raise ConfigError(f"{key}.peer_listen", "set only one of peer_addr (dial) and peer_listen (accept)")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from qkdd.api import build_routers
 from qkdd.app import App
 from qkdd.config import LISTENERS, Config, ListenerConfig
 from qkdd.http.server import HTTPServer
+from qkdd.keystore import KeyStoreError
+from qkdd.link.service import build_engines, open_keystore, run_engines
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
 
@@ -31,6 +33,14 @@ EXIT_STARTUP_FAILED = 1
 async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     app = App.create(config)
+    try:
+        if config.links:
+            app.keystore = open_keystore(config.daemon.state_dir)
+            app.links = build_engines(config, app.keystore, app.metrics, app.health)
+    except (StartupError, KeyStoreError, OSError, ValueError) as exc:
+        what = exc.what if isinstance(exc, StartupError) else "daemon.state_dir"
+        log.error(f"cannot start: {exc}", extra={"key": what})
+        return EXIT_STARTUP_FAILED
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
@@ -51,6 +61,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
                         break
                 else:
                     _announce_ready(app, bound, notifier)
+                    root.start_soon(run_engines, app.links)
                     root.start_soon(notifier.run_watchdog)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)

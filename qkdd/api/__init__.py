@@ -4,7 +4,7 @@ by adding one line below (e.g. `etsi014.register(api, app)`).
 """
 from __future__ import annotations
 
-from qkdd.api import health, v1
+from qkdd.api import health, keys, v1
 from qkdd.app import App
 from qkdd.config import LISTENERS
 from qkdd.http.router import Router
@@ -15,5 +15,6 @@ __all__ = ["LISTENERS", "build_routers"]
 def build_routers(app: App) -> dict[str, Router]:
     api, health_router = Router(), Router()
     v1.register(api, app)
+    keys.register(api, app)
     health.register(health_router, app)
     return {"api": api, "health": health_router}

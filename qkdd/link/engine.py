@@ -132,9 +132,13 @@ class LinkEngine:
             self._set_state_from_gate()
             log.info("link %s: session %s ready (epoch %d)", self.link_id, session.session_id, session.epoch)
             self._slots = trio.Semaphore(self.frames_in_flight)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._route, session, nursery)
-                nursery.start_soon(self._pump_bob if self.role == BOB else self._pump_alice, session, nursery)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._route, session, nursery)
+                    nursery.start_soon(self._pump_bob if self.role == BOB else self._pump_alice, session, nursery)
+            except* PeerError as group:
+                log.info("link %s: session %s over: %s", self.link_id, session.session_id,
+                         "; ".join(str(e) for e in group.exceptions)[:300])
         finally:
             self.session = None
             self._inboxes.clear()
@@ -152,7 +156,10 @@ class LinkEngine:
         channel, payload = await session.receive()
         if channel != CH_INVENTORY:
             raise PeerError(f"expected the peer's key inventory first, got channel {channel}")
-        remote = decode_inventory(payload, self.link_id)
+        try:
+            remote = decode_inventory(payload, self.link_id)
+        except KeyStoreError as exc:
+            raise PeerError(f"peer inventory refused: {exc}") from None
         plan = plan_resync(local, remote)
         await trio.to_thread.run_sync(self.store.apply_resync, self.link_id, plan.promote, plan.discard, plan.expire)
         log.info("link %s: key store resynchronised", self.link_id,
