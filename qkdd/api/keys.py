@@ -117,8 +117,8 @@ def register(router: Router, app: App) -> None:
                 buckets.setdefault(int(s.time_s // step), []).append(s.qber)
             points = [{"time": k * step, "qber": sum(v) / len(v), "frames": len(v)} for k, v in sorted(buckets.items())]
         else:
-            points = [{"time": s.time_s, "qber": s.qber, "qber_estimate": s.qber_estimate, "frame_id": s.frame_id}
-                      for s in samples]
+            points = [{"time": s.time_s, "qber": s.qber, "qber_estimate": s.qber_estimate, "frame_id": s.frame_id,
+                       "secret_bits": s.secret_bits} for s in samples]
         return Response.json({"link_id": engine.link_id, "since": since, "step": step, "points": points})
 
     async def calibrate(request: Request) -> Response:
