@@ -102,7 +102,8 @@ def register(router: Router, app: App) -> None:
         return Response.json({"link_id": engine.link_id, "state": engine.state, **device,
                               "raw_key_rate": sifted_bps, "frames": engine.frames_done,
                               "frames_aborted": engine.frames_aborted, "keys_generated": engine.totals["keys"],
-                              "key_bits_generated": engine.totals["secret_bits"], "keys_stored": counts})
+                              "key_bits_generated": engine.totals["secret_bits"],
+                              "sifted_bits_total": engine.totals["sifted_bits"], "keys_stored": counts})
 
     async def link_qber(request: Request) -> Response:
         engine = engine_of(request.path_params["link_id"])

@@ -39,6 +39,10 @@ def build_engines(config: Config, store: KeyStore, metrics=None, health=None) ->
             log.warning("link %s: driver %s / protocol %s has no link engine yet", link.link_id, link.driver,
                         link.protocol)
             continue
+        if not link.peer_key_file or not link.peer_public_key:
+            log.warning("link %s: not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
+                        link.link_id)
+            continue
         engines[link.link_id] = _build(link, key, store, metrics, health)
     return engines
 
