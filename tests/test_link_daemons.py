@@ -170,7 +170,11 @@ class FlippingProxy:
     def _accept(self):
         while True:
             client, _ = self._server.accept()
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:          # Alice not listening yet: Bob redials
+                client.close()
+                continue
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
