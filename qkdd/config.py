@@ -211,7 +211,7 @@ class LinkConfig:
     peer_key_file: str = ""          # this end's private key (qkdctl peer-key generate)
     peer_public_key: str = ""        # the peer's pinned public key: PEM file path or base64
     # pipeline
-    frame_detections: int = field(default=1 << 20, metadata=meta(check=in_range(1000, 1 << 24)))
+    frame_detections: int = field(default=1 << 20, metadata=meta(check=in_range(1000, 1 << 22)))
     frames_in_flight: int = field(default=4, metadata=meta(check=in_range(1, 64)))
     key_bits: int = field(default=256, metadata=meta(check=lambda v: None if v % 64 == 0 and 64 <= v <= 8192
                                                      else f"must be a multiple of 64 in [64, 8192], got {v}"))

@@ -96,8 +96,8 @@ def register(router: Router, app: App) -> None:
         except DeviceError as exc:
             raise HTTPError(503, "device not answering", [str(exc)]) from None
         qber = last_qber(engine)
-        device.update(qber=qber if qber is not None else device["qber"], key_rate=secret_bps,
-                      visibility=max(0.0, 1 - 2 * qber) if qber is not None else device["visibility"])
+        # QBER and visibility are what the last frames measured (None before the first frame)
+        device.update(qber=qber, key_rate=secret_bps, visibility=max(0.0, 1 - 2 * qber) if qber is not None else None)
         counts = await _counts(engine)
         return Response.json({"link_id": engine.link_id, "state": engine.state, **device,
                               "raw_key_rate": sifted_bps, "frames": engine.frames_done,

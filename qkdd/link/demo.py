@@ -19,7 +19,7 @@ def status_line(pair: LinkPair) -> str:
     parts = []
     for role in ("alice", "bob"):
         m = pair.metrics(role)
-        qber = f"{m['qber'] * 100:5.2f} %" if m.get("qber") is not None else "  -  "
+        qber = f"{m['qber'] * 100:5.2f} %" if m.get("qber") is not None else "   -   "
         stored = m["keys_stored"].get("available", 0)
         parts.append(f"{role:5s} {m['state']:9s} QBER {qber}  secure {m['key_rate'] / 1e3:8.1f} kbit/s  "
                      f"keys stored {stored:6d}")
@@ -43,8 +43,12 @@ def main(argv: list[str] | None = None) -> int:
                     line = status_line(pair)
                 except httpx.HTTPError:
                     line = "waiting for the daemons ..."
-                print("\r" + line, end="", flush=True)
-                time.sleep(0.5)
+                if sys.stdout.isatty():
+                    print("\r" + line, end="", flush=True)
+                    time.sleep(0.5)
+                else:
+                    print(line, flush=True)
+                    time.sleep(1.0)
             print()
             alice, bob = pair.ends["alice"], pair.ends["bob"]
             body = {"bits": 256, "link_id": LINK_ID}

@@ -383,15 +383,9 @@ class LinkEngine:
                 if state in (KeyState.DELIVERED, KeyState.EXPIRED):
                     return self.store.deliver(self.link_id, key_id)   # raises KeyAlreadyDelivered
                 raise KeyUnavailable(f"key {key_id} was not handed out at the other end")
-            holder = self._holder_of(key_id)
+            holder = self.store.holder_of(self.link_id, key_id) or ""
             return _truncate(self.store.deliver(self.link_id, key_id, holder=holder), _bits_of(holder))
         return await trio.to_thread.run_sync(deliver)
-
-    def _holder_of(self, key_id: str) -> str:
-        with self.store._lock:
-            row = self.store._db.execute("SELECT holder FROM keys WHERE key_id = ? AND link_id = ?",
-                                         (key_id, self.link_id)).fetchone()
-        return row[0] if row and row[0] else ""
 
     async def _ask_peer(self, session: PeerSession, message: dict) -> dict:
         self._next_request += 1

@@ -2,7 +2,8 @@
 
 Layouts (little-endian, inside an envelope part; see envelope.py):
 
-    SLOTS     u64 count | count x u64 slot numbers (strictly increasing)
+    SLOTS     u64 count | u8 width (4 or 8) | 7 zero bytes | count gaps of `width` bytes: the first slot,
+              then the differences (slot numbers strictly increasing)
     REVEAL    (ESTIMATE step, Alice) 6 x f64 decoy settings (mu signal, decoy, vacuum; p signal, decoy;
               q_x) | u64 pulses sent | f64 eps_sec | f64 eps_cor | then per intensity class (signal,
               decoy, vacuum): u64 bit count | ceil(count/64) words of her sifted test-basis (Z) bits
@@ -54,20 +55,28 @@ def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]
 
 
 def encode_slots(slots: np.ndarray) -> bytes:
-    return struct.pack("<Q", slots.size) + slots.astype("<u8", copy=False).tobytes()
+    """Slot numbers as gaps (first slot, then differences), 4 bytes each when every gap fits, else 8."""
+    gaps = np.diff(slots.astype(np.uint64), prepend=np.uint64(0))
+    width = 4 if slots.size == 0 or int(gaps.max()) < 2 ** 32 else 8
+    return struct.pack("<QB7x", slots.size, width) + gaps.astype("<u4" if width == 4 else "<u8").tobytes()
 
 
 def decode_slots(view, max_count: int) -> np.ndarray:
-    if len(view) < 8:
+    if len(view) < 16:
         raise LinkMessageError("SLOTS: truncated")
-    (count,) = struct.unpack_from("<Q", view)
+    count, width = struct.unpack_from("<QB", view)
     if count > max_count:
         raise LinkMessageError(f"SLOTS: {count} detections, this end holds at most {max_count}")
-    if len(view) != 8 + 8 * count:
+    if width not in (4, 8) or bytes(view[9:16]) != bytes(7):
+        raise LinkMessageError("SLOTS: malformed header")
+    if len(view) != 16 + width * count:
         raise LinkMessageError(f"SLOTS: {len(view)} bytes do not hold {count} slots")
-    slots, _ = _words(view, count, 8, "SLOTS")
-    if count > 1 and not bool(np.all(slots[1:] > slots[:-1])):
+    gaps = np.frombuffer(view[16:], dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
+    if count > 1 and not bool(np.all(gaps[1:] > 0)):
         raise LinkMessageError("SLOTS: slot numbers are not strictly increasing")
+    slots = np.cumsum(gaps, dtype=np.uint64)
+    if count and slots[-1] < gaps[-1]:
+        raise LinkMessageError("SLOTS: slot numbers overflow")
     return slots
 
 

@@ -319,10 +319,14 @@ class FramePipeline:
     def _alice_await_detect(self, slots_part, detections) -> list[Action]:
         records = self.frame.alice
         slots = linkmsg.decode_slots(slots_part, records.slots.size)
-        positions = np.searchsorted(records.slots, slots)
-        inside = positions < records.slots.size
-        if not bool(np.all(inside)) or not np.array_equal(records.slots[positions], slots):
-            raise LinkMessageError("SLOTS names a slot this end has no prepared state for")
+        if np.array_equal(records.slots, slots):          # the usual case: a record per detected slot
+            positions = np.arange(slots.size)
+        else:
+            positions = np.searchsorted(records.slots, slots)
+            inside = positions < records.slots.size
+            if not bool(np.all(inside)) or not np.array_equal(records.slots[positions[inside]], slots[inside]) \
+                    or not bool(np.all(inside)):
+                raise LinkMessageError("SLOTS names a slot this end has no prepared state for")
         self.outcome.detections = int(slots.size)
         compact = sifting.AliceRecords.from_columns(records.bits[positions], records.bases[positions],
                                                     records.intensities[positions], CLASSES)
