@@ -5,7 +5,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: setup system native demo demo-single test test-native test-python bench clean
+.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm
 
 setup: $(STAMP)
 
@@ -37,6 +37,24 @@ test-python: setup
 	$(PY) -m pytest -q
 
 test: setup test-native test-python
+
+# Distribution packages, built from a clean copy of the source tree in build/ (the tree itself stays
+# untouched). Output: build/deb/qkdd_*.deb and build/rpm/RPMS/*/qkdd-*.rpm.
+PKG_SOURCE_EXCLUDES = --exclude-vcs --exclude=./.venv --exclude=./build --exclude='*.so' \
+	--exclude='__pycache__' --exclude='*.egg-info' --exclude=./native/build --exclude=./.pytest_cache \
+	--exclude=./.hypothesis
+
+deb:
+	rm -rf build/deb && mkdir -p build/deb/qkdd
+	tar -c $(PKG_SOURCE_EXCLUDES) . | tar -x -C build/deb/qkdd
+	cp -r packaging/debian build/deb/qkdd/debian
+	cd build/deb/qkdd && dpkg-buildpackage --build=binary --no-sign
+	lintian --fail-on error,warning build/deb/qkdd_*.changes
+
+rpm:
+	rm -rf build/rpm && mkdir -p build/rpm/SOURCES
+	tar -c $(PKG_SOURCE_EXCLUDES) --transform 's,^\.,qkdd,' . | gzip -1 >build/rpm/SOURCES/qkdd.tar.gz
+	rpmbuild -bb --nodeps --define "_topdir $(CURDIR)/build/rpm" packaging/rpm/qkdd.spec
 
 clean:
 	rm -rf $(VENV) build native/build qkdd/_native*.so *.egg-info

@@ -30,7 +30,7 @@ def handshake_ms(rounds: int) -> float:
     return (time.perf_counter() - start) / rounds * 1e3
 
 
-async def throughput(payload_bytes: int, seconds: float) -> dict:
+async def throughput(payload_bytes: int, seconds: float, batch: int = 1) -> dict:
     alice, bob = generate_identity(), generate_identity()
     result = {}
 
@@ -53,7 +53,10 @@ async def throughput(payload_bytes: int, seconds: float) -> dict:
     async def sender(session):
         payload = bytes(payload_bytes)
         while True:
-            await session.send(1, payload)
+            if batch == 1:
+                await session.send(1, payload)
+            else:
+                await session.send_many([(1, payload)] * batch)
 
     done = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -114,6 +117,9 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         stats = trio.run(throughput, size, args.seconds)
         print(json.dumps({"config": "records_tls_loopback", "payload_bytes": size, **stats}))
+        if size <= 4096:
+            stats = trio.run(throughput, size, args.seconds, 64)
+            print(json.dumps({"config": "records_tls_loopback_send_many_64", "payload_bytes": size, **stats}))
 
 
 if __name__ == "__main__":

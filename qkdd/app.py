@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qkdd.config import Config
+from qkdd.hal.base import Device
 from qkdd.health import Health
+from qkdd.kme import KmeService, open_kme
 from qkdd.metrics import Metrics
 
 
@@ -17,13 +19,21 @@ class App:
     config: Config
     health: Health
     metrics: Metrics
+    devices: dict[str, Device] = field(default_factory=dict)   # link_id -> this end's device, once opened
+    kme: KmeService | None = None
     links: dict[str, Any] = field(default_factory=dict)      # link id -> qkdd.link.engine.LinkEngine
-    keystore: Any = None
+    keystore: Any = None             # the daemon's one KeyStore (link engines, KME, WireGuard), once opened
 
     @classmethod
     def create(cls, config: Config) -> "App":
-        """Health and metrics with every configured link registered (state "configured")."""
+        """Health and metrics with every configured link registered (state "configured"); the key store
+        when links are configured (shared by the link engines, the KME and WireGuard) and the KME."""
         app = cls(config, Health(), Metrics())
+        if config.links:
+            from qkdd.link.service import open_keystore
+            app.keystore = open_keystore(config.daemon.state_dir)
+        if config.etsi014 is not None:
+            app.kme = open_kme(config.etsi014, config.daemon.state_dir, keystore=app.keystore)
         for link in config.links:
             app.health.register_link(
                 link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from qkdd import __version__
@@ -54,7 +55,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(config.to_dict(redact=True), indent=2))
     else:
-        print(f"# effective configuration: {args.config or DEFAULT_CONFIG_PATH} + environment")
+        source = args.config or DEFAULT_CONFIG_PATH
+        if not os.path.exists(source):
+            source += " (absent: defaults)"
+        print(f"# effective configuration: {source} + environment")
         print(to_toml(config), end="")
     return 0
 

@@ -18,18 +18,25 @@ from typing import Any, Literal, Mapping
 
 from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
                                 positive, register_checks, register_parser, register_validator, to_plain)
+from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
+from qkdd.kme.config import Etsi014Config
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress",
+__all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress", "WireGuardConfig",
            "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
 LISTENERS = ("api", "health")                            # 8071 and 8072
-CREDENTIAL_KMS_CLIENT_SECRET = "kms-client-secret"     # file name under $CREDENTIALS_DIRECTORY
+CREDENTIAL_KMS_CLIENT_SECRET = "kms-client-secret"     # credential name under $CREDENTIALS_DIRECTORY
+# Credential ids systemd gives it: `LoadCredential=kms-client-secret:PATH` loads it under its own name;
+# the packaged unit loads the directory /etc/qkdd/credentials as `LoadCredential=qkdd:DIR`, which
+# prefixes each file name with "qkdd_".
+CREDENTIAL_KMS_CLIENT_SECRET_IDS = (CREDENTIAL_KMS_CLIENT_SECRET, f"qkdd_{CREDENTIAL_KMS_CLIENT_SECRET}")
 
 # BB84's QBER limit for secure key extraction with one-way post-processing: the key fraction
 # 1 - 2 h(Q) (Shor & Preskill, PRL 85, 441 (2000), Eq. 1) reaches zero at Q ≈ 11.0 %.
 QBER_LIMIT = 0.11
+MIN_ROTATION_INTERVAL_S = 30.0
 LINK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Role = Literal["alice", "bob"]
@@ -73,6 +80,16 @@ def parse_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, i
                                               r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*", host):
             raise ValueError(f"not an IP address or host name: {host!r}") from None
     return host, port
+
+
+def _peer_listen_check(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_host_port(value, allow_port_zero=True)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _peer_address_check(value: str) -> str | None:
@@ -123,6 +140,18 @@ def _validate_tls(tls: TLSSettings, key: str) -> None:
 register_validator(TLSSettings, _validate_tls)
 
 
+ADMIN_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _admin_clients_check(entries: tuple[str, ...]) -> str | None:
+    for index, entry in enumerate(entries):
+        if ADMIN_FINGERPRINT_PATTERN.fullmatch(entry) or (entry.startswith("cn:") and entry[3:].strip()):
+            continue
+        return (f"entry {index} must be \"sha256:<64 lowercase hex digits>\" or \"cn:<common name>\", "
+                f"got {entry!r}")
+    return None
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     """One HTTP listener: address, optional TLS (client certificates none/optional/required), limits."""
@@ -134,9 +163,11 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class ApiListenerConfig(ListenerConfig):
-    """Port 8071: /v1, ETSI 014/004."""
+    """Port 8071: /v1, ETSI 014/004. `admin_clients`: the client certificates allowed on admin routes
+    (sim control), each "sha256:<hex fingerprint of the DER certificate>" or "cn:<common name>"."""
 
     listen: ListenAddress = ListenAddress("0.0.0.0", 8071)
+    admin_clients: tuple[str, ...] = field(default=(), metadata=meta(check=lambda v: _admin_clients_check(v)))
 
 
 @dataclass(frozen=True)
@@ -160,35 +191,6 @@ _VENDOR_DRIVER_HINTS = {vendor: f'{name} devices are driven through their ETSI 0
                                              ("qlabs", "QuintessenceLabs"))}
 
 
-def _optional_address_check(value: str) -> str | None:
-    return _peer_address_check(value)
-
-
-@dataclass(frozen=True)
-class SimLinkConfig:
-    """`[links.sim]`: the simulated device pair. Alice's end runs the source and fiber and listens on
-    `quantum_listen`; Bob's end connects to `quantum_addr`. Attacks and drifts also change at run time
-    (POST /v1/links/{id}/sim, loopback only)."""
-
-    distance_km: float = field(default=25.0, metadata=meta(check=in_range(0, 500)))
-    fiber_loss_db_per_km: float = field(default=0.21, metadata=meta(check=in_range(0, 10)))
-    clock_hz: float = field(default=1e9, metadata=meta(check=positive))
-    quantum_listen: str = field(default="127.0.0.1:7171", metadata=meta(check=_optional_address_check))
-    quantum_addr: str = field(default="127.0.0.1:7171", metadata=meta(check=_optional_address_check))
-    seed: int = 0                                  # 0: fresh randomness; otherwise reproducible runs
-    attack: str = "none"                           # none | intercept-resend[:P] | pns | blinding
-    extra_loss_db: float = field(default=0.0, metadata=meta(check=non_negative))
-    misalignment_drift: float = field(default=0.0, metadata=meta(check=in_range(0, 0.5)))
-    realtime: bool = False                         # pace frames to the simulated clock
-    monitor: bool = False                          # Bob's photocurrent monitor (detects blinding)
-    decoy: Literal["optimize", "fixed"] = "optimize"   # optimise Lim et al. settings for the frame size
-    mu_signal: float = 0.40
-    mu_decoy: float = 0.13
-    p_signal: float = 0.08
-    p_decoy: float = 0.56
-    q_x: float = 0.63
-
-
 @dataclass(frozen=True)
 class LinkConfig:
     """One QKD link: this end's role and device, the protocol, the peer's classical channel.
@@ -202,27 +204,77 @@ class LinkConfig:
     role: Role
     driver: Driver = field(metadata=meta(hints=_VENDOR_DRIVER_HINTS))
     protocol: Protocol = "bb84"
-    device_addr: str = ""            # sim: unused; etsi014: KME host:port or URL; serial: device path
+    device_addr: str = ""            # sim: Alice listens, Bob connects (host:port, default 127.0.0.1:7081);
+                                     # etsi014: KME host:port or URL; serial: device path
     peer_addr: str = field(default="", metadata=meta(check=_peer_address_check))   # peer qkdd host:port
     qber_threshold: float = field(default=0.08, metadata=meta(check=in_range(0, QBER_LIMIT, low_open=True)))
-    key_rotation_interval_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
-    # classical channel: dial peer_addr, or accept on peer_listen (exactly one); ML-DSA-65 identities
-    peer_listen: str = field(default="", metadata=meta(check=_peer_address_check))
-    peer_key_file: str = ""          # this end's private key (qkdctl peer-key generate)
-    peer_public_key: str = ""        # the peer's pinned public key: PEM file path or base64
-    # pipeline
-    frame_detections: int = field(default=1 << 20, metadata=meta(check=in_range(1000, 1 << 22)))
+    key_rotation_interval_s: float = field(default=3600.0, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    # Classical channel: this end dials peer_addr, or listens on peer_listen; messages are signed with
+    # the ML-DSA-65 key in peer_key_file and checked against the pinned peer_public_key (file or base64).
+    peer_listen: str = field(default="", metadata=meta(check=_peer_listen_check))
+    peer_key_file: str = ""
+    peer_public_key: str = ""
+    # The link engine's pipeline: frames post-processed at once (bounds memory), stored key length, expiry.
     frames_in_flight: int = field(default=4, metadata=meta(check=in_range(1, 64)))
     key_bits: int = field(default=256, metadata=meta(check=lambda v: None if v % 64 == 0 and 64 <= v <= 8192
                                                      else f"must be a multiple of 64 in [64, 8192], got {v}"))
     key_expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
-    sim: SimLinkConfig = field(default_factory=SimLinkConfig)
+    sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
 
     def validate(self, key: str) -> None:
         if self.driver != "sim" and not self.device_addr:
             raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
+        if self.sim is not None and self.driver != "sim":
+            raise ConfigError(f"{key}.sim", f'only for driver "sim", this link uses "{self.driver}"')
+        if self.driver == "sim" and self.device_addr:
+            try:
+                parse_host_port(self.device_addr, allow_port_zero=True)
+            except ValueError as exc:
+                raise ConfigError(f"{key}.device_addr", str(exc)) from None
         if self.peer_addr and self.peer_listen:
-            raise ConfigError(f"{key}.peer_listen", "set only one of peer_addr (dial) and peer_listen (accept)")
+            raise ConfigError(f"{key}.peer_listen", "set peer_addr (this end dials) or peer_listen, not both")
+
+    @property
+    def has_peer_channel(self) -> bool:
+        """Enough is configured for the daemon to run the classical channel itself."""
+        return bool((self.peer_addr or self.peer_listen) and self.peer_key_file and self.peer_public_key)
+
+
+PskPolicy = Literal["clear", "random"]
+
+
+def _public_key_check(value: str) -> str | None:
+    from qkdd.consumers.wg_tool import check_public_key
+    return check_public_key(value)
+
+
+def _interface_check(value: str) -> str | None:
+    from qkdd.consumers.wg_tool import check_interface
+    return check_interface(value)
+
+
+@dataclass(frozen=True)
+class WireGuardConfig:
+    """One WireGuard tunnel whose pre-shared key follows QKD keys of `link_id` (`[[wireguard]]`).
+
+    Both ends name the tunnel alike; the link's alice leads the rotation. `rotation_interval_s` defaults
+    to the link's key_rotation_interval_s (QKD_KEY_ROTATION_INTERVAL). When no key came for `expiry_s`,
+    `on_exhausted` applies: "clear" removes the PSK (Curve25519 only, the seed's fallback), "random"
+    installs a random PSK so the tunnel fails closed.
+    """
+
+    name: str = field(metadata=meta(check=lambda v: None if LINK_ID_PATTERN.fullmatch(v) else
+                                    f"must be 1-64 characters of A-Z a-z 0-9 . _ -, got {v!r}"))
+    link_id: str
+    interface: str = field(metadata=meta(check=_interface_check))
+    peer_public_key: str = field(metadata=meta(check=_public_key_check))
+    rotation_interval_s: float | None = field(default=None, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    on_exhausted: PskPolicy = "clear"
+    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
+    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
 
 
 @dataclass(frozen=True)
@@ -256,6 +308,8 @@ class Config:
     health: HealthListenerConfig = field(default_factory=HealthListenerConfig)
     kms: KMSConfig = field(default_factory=KMSConfig)
     links: tuple[LinkConfig, ...] = ()
+    etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
+    wireguard: tuple[WireGuardConfig, ...] = ()
 
     def validate(self, key: str) -> None:
         seen: dict[str, int] = {}
@@ -264,6 +318,23 @@ class Config:
                 raise ConfigError(f"links[{index}].link_id",
                                   f"duplicate link_id {link.link_id!r} (also links[{seen[link.link_id]}])")
             seen[link.link_id] = index
+        names: dict[str, int] = {}
+        peers: dict[tuple[str, str], int] = {}
+        for index, tunnel in enumerate(self.wireguard):
+            if tunnel.link_id not in seen:
+                raise ConfigError(f"wireguard[{index}].link_id", f"no link {tunnel.link_id!r} in [[links]]")
+            if not self.links[seen[tunnel.link_id]].has_peer_channel:
+                raise ConfigError(f"wireguard[{index}].link_id",
+                                  f"link {tunnel.link_id!r} has no classical channel (peer_addr or peer_listen, "
+                                  "peer_key_file and peer_public_key)")
+            if tunnel.name in names:
+                raise ConfigError(f"wireguard[{index}].name", f"duplicate tunnel name {tunnel.name!r}")
+            names[tunnel.name] = index
+            if (tunnel.interface, tunnel.peer_public_key) in peers:
+                raise ConfigError(f"wireguard[{index}].peer_public_key",
+                                  f"this peer of {tunnel.interface} is already driven by wireguard"
+                                  f"[{peers[(tunnel.interface, tunnel.peer_public_key)]}]")
+            peers[(tunnel.interface, tunnel.peer_public_key)] = index
         api, health = self.api.listen, self.health.listen
         if api.port != 0 and api.port == health.port and (
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):
@@ -274,6 +345,13 @@ class Config:
         if name not in LISTENERS:
             raise KeyError(name)
         return getattr(self, name)
+
+    def rotation_interval_s(self, tunnel: WireGuardConfig) -> float:
+        """The tunnel's own interval, else its link's key_rotation_interval_s."""
+        if tunnel.rotation_interval_s is not None:
+            return tunnel.rotation_interval_s
+        link = self.link(tunnel.link_id)
+        return link.key_rotation_interval_s if link else 3600.0
 
     def link(self, link_id: str) -> LinkConfig | None:
         return next((link for link in self.links if link.link_id == link_id), None)
@@ -308,21 +386,28 @@ def load_config(path: str | None = None, environ: Mapping[str, str] | None = Non
     raw = read_toml(path or DEFAULT_CONFIG_PATH, required=path is not None)
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
-        secret_path = os.path.join(credentials, CREDENTIAL_KMS_CLIENT_SECRET)
-        try:
-            with open(secret_path, encoding="utf-8") as handle:
-                secret = handle.read().rstrip("\r\n")
-        except FileNotFoundError:
-            pass
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(secret_path, f"cannot read credential: {type(exc).__name__}") from None
-        else:
+        secret = read_credential(credentials, CREDENTIAL_KMS_CLIENT_SECRET_IDS)
+        if secret is not None:
             _put(raw, ("kms", "client_secret"), FromEnv(secret, f"credential {CREDENTIAL_KMS_CLIENT_SECRET}"))
     for variable, target in ENV_VARIABLES.items():
         value = environ.get(variable, "")
         if value != "":
             _put(raw, target, FromEnv(value, variable))
     return build(Config, raw, "")
+
+
+def read_credential(directory: str, ids: tuple[str, ...]) -> str | None:
+    """The first credential of `ids` present in `directory` (trailing newline removed), or None."""
+    for credential_id in ids:
+        path = os.path.join(directory, credential_id)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().rstrip("\r\n")
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(path, f"cannot read credential: {type(exc).__name__}") from None
+    return None
 
 
 def read_toml(path: str, *, required: bool) -> dict[str, Any]:
@@ -381,9 +466,12 @@ def to_toml(config: Config) -> str:
     def table(name: str, data: dict[str, Any], header: str) -> None:
         lines.append(f"\n{header}")
         nested = []
+        arrays = []
         for key, value in data.items():
             if isinstance(value, dict):
                 nested.append((key, value))
+            elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+                arrays.append((key, value))
             elif value is None:
                 lines.append(f"# {key} = (unset)")
             elif isinstance(value, list):
@@ -392,10 +480,15 @@ def to_toml(config: Config) -> str:
                 lines.append(f"{key} = {scalar(value)}")
         for key, value in nested:
             table(f"{name}.{key}", value, f"[{name}.{key}]")
+        for key, items in arrays:
+            for item in items:
+                table(f"{name}.{key}", item, f"[[{name}.{key}]]")
 
     plain = config.to_dict(redact=True)
     for name, value in plain.items():
-        if name == "links":
+        if value is None:
+            lines.append(f"\n# [{name}] (unset)")
+        elif name in ("links", "wireguard"):
             for link in value:
                 table(name, link, f"[[{name}]]")
         else:

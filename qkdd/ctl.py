@@ -7,7 +7,7 @@ import sys
 
 from qkdd import pki_cli
 from qkdd.hal.sim import cli as sim_cli
-from qkdd.peer import keycli as peer_key_commands
+from qkdd.peer import keycli as peer_key_cli
 from qkdd.protocols import cli as protocols_cli
 
 
@@ -20,8 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     pki_cli.register(commands)
     protocols_cli.register(sim_commands)
     sim_cli.register(sim_commands)
-    peer_key_commands.register(commands)
-    del sim_commands  # (until the first sim command registers)
+    peer_key_cli.register(commands)
     return parser
 
 

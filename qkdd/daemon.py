@@ -18,9 +18,12 @@ import trio
 from qkdd.api import build_routers
 from qkdd.app import App
 from qkdd.config import LISTENERS, Config, ListenerConfig
+from qkdd.consumers.service import run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
-from qkdd.link.service import build_engines, open_keystore, run_engines
+from qkdd.kme.ledger import LedgerError
+from qkdd.link.service import build_engines, run_engines
+from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
 
@@ -32,15 +35,18 @@ EXIT_STARTUP_FAILED = 1
 
 async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
-    app = App.create(config)
     try:
-        if config.links:
-            app.keystore = open_keystore(config.daemon.state_dir)
-            app.links = build_engines(config, app.keystore, app.metrics, app.health)
-    except (StartupError, KeyStoreError, OSError, ValueError) as exc:
-        what = exc.what if isinstance(exc, StartupError) else "daemon.state_dir"
-        log.error(f"cannot start: {exc}", extra={"key": what})
+        app = App.create(config)
+        channels = kme_channels(app)
+    except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
+        log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
         return EXIT_STARTUP_FAILED
+    try:
+        app.links = build_engines(config, app.keystore, app.metrics, app.health)
+    except StartupError as exc:
+        log.error(f"cannot start: {exc}", extra={"key": exc.what})
+        return EXIT_STARTUP_FAILED
+    app.devices.update({link_id: engine.device for link_id, engine in app.links.items()})
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
@@ -61,10 +67,15 @@ async def serve(config: Config, notifier: Notifier) -> int:
                         break
                 else:
                     _announce_ready(app, bound, notifier)
-                    root.start_soon(run_engines, app.links)
                     root.start_soon(notifier.run_watchdog)
+                    root.start_soon(run_engines, app.links)
+                    if app.kme is not None:
+                        root.start_soon(app.kme.run)
+                    for connector in channels:
+                        await root.start(connector.run)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
+                    root.start_soon(run_wireguard, app)
             # Both listeners have returned: drained after a stop signal, or a start-up failure.
             root.cancel_scope.cancel()
     if failure:
@@ -72,6 +83,14 @@ async def serve(config: Config, notifier: Notifier) -> int:
         return EXIT_STARTUP_FAILED
     log.info("stopped")
     return EXIT_OK
+
+
+def kme_channels(app: App) -> list:
+    """The ETSI 014 KME's own classical channels (only while no link engine runs the links' sessions)."""
+    if app.kme is None:
+        return []
+    from qkdd.kme.channel import connector_for
+    return [connector_for(app.kme, peer) for peer in app.config.etsi014.peers if peer.channel is not None]
 
 
 def _make_server(config: Config, name: str, router) -> HTTPServer:

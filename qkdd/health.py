@@ -93,10 +93,6 @@ class Health:
     def link_state(self, link_id: str) -> StateRecord:
         return self._links[link_id]
 
-    @property
-    def daemon_state(self) -> StateRecord:
-        return self._daemon
-
     def healthy(self) -> bool:
         return DAEMON_STATES[self._daemon.state][0] and all(
             LINK_STATES[record.state][0] for record in self._links.values())

@@ -17,6 +17,12 @@ from typing import IO
 _STANDARD_ATTRIBUTES = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
                     logging.CRITICAL: 2}
+# Inside quotes: backslash and quote escaped, and every control character (C0, DEL, C1, the Unicode line
+# separators) written as an escape, so a client-supplied value can neither split the line nor reach a
+# terminal as a control sequence.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7f, 0xa0))}
+_ESCAPES.update({ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                 0x2028: "\\u2028", 0x2029: "\\u2029"})
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -49,9 +55,7 @@ def _quote(value: object) -> str:
     text = f"{value:.6g}" if isinstance(value, float) else str(value)
     if text and all(c.isalnum() or c in "-._:/@[]+,%" for c in text):
         return text
-    escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-               .replace("\r", "\\r").replace("\t", "\\t"))
-    return f'"{escaped}"'
+    return '"' + text.translate(_ESCAPES) + '"'
 
 
 def stream_is_journal(stream: IO[str]) -> bool:

@@ -16,13 +16,17 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics,
                                generate_latest)
 
-__all__ = ["Metrics", "LinkMetrics", "CONTENT_TYPE", "SEVERITIES", "PUSH_STATUSES"]
+__all__ = ["Metrics", "LinkMetrics", "TunnelMetrics", "CONTENT_TYPE", "SEVERITIES", "PUSH_STATUSES",
+           "ROTATION_RESULTS"]
 
 # The text format generate_latest writes (names here need no escaping), as Prometheus 2.x expects it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEVERITIES = ("warning", "critical")
 PUSH_STATUSES = ("success", "failure")
 PROTOCOLS = ("bb84", "e91", "cvqkd")
+# WireGuard PSK rotations by outcome: installed; the peer refused or never answered; no QKD key was
+# available; `wg` failed (retried); the PSK expired and the fallback policy ran (clear or random).
+ROTATION_RESULTS = ("success", "refused", "no_key", "install_failed", "expired_clear", "expired_random")
 # KMS pushes are HTTPS round trips: 5 ms .. 30 s.
 KMS_PUSH_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -74,7 +78,18 @@ class Metrics:
         self.kms_key_push_latency_seconds = Histogram(
             "qkd_kms_key_push_latency_seconds", "Time to push one key to the KMS", ["link_id"],
             buckets=KMS_PUSH_LATENCY_BUCKETS_S, registry=r)
+        # WireGuard PSK rotation (not in the seed; qkdd's own, same prefix)
+        self.wireguard_rotations = Counter(
+            "qkd_wireguard_psk_rotations_total", "WireGuard pre-shared-key rotations by result",
+            ["tunnel", "result"], registry=r)
+        self.wireguard_psk_age_seconds = Gauge(
+            "qkd_wireguard_psk_age_seconds", "Seconds since the current QKD pre-shared key was installed",
+            ["tunnel"], registry=r)
+        self.wireguard_handshake_age_seconds = Gauge(
+            "qkd_wireguard_handshake_age_seconds", "Seconds since the last WireGuard handshake with the peer "
+            "(from wg show latest-handshakes)", ["tunnel", "interface", "peer"], registry=r)
         self._links: dict[str, LinkMetrics] = {}
+        self._tunnels: dict[str, TunnelMetrics] = {}
 
     def link(self, link_id: str, protocol: str = "bb84", *, kms: bool = False) -> "LinkMetrics":
         """The metrics of one link. Counters start at zero for a configured link (so rates work from
@@ -92,6 +107,14 @@ class Metrics:
                     self.kms_key_push.labels(link_id, status)
             self._links[link_id] = LinkMetrics(self, link_id, protocol)
         return self._links[link_id]
+
+    def tunnel(self, tunnel: str, interface: str, peer_public_key: str) -> "TunnelMetrics":
+        """The metrics of one WireGuard tunnel; every rotation result starts at zero."""
+        if tunnel not in self._tunnels:
+            for result in ROTATION_RESULTS:
+                self.wireguard_rotations.labels(tunnel, result)
+            self._tunnels[tunnel] = TunnelMetrics(self, tunnel, interface, peer_public_key)
+        return self._tunnels[tunnel]
 
     def exposition(self) -> bytes:
         """The text exposition format (version 0.0.4) of everything registered."""
@@ -140,3 +163,32 @@ class LinkMetrics:
     def kms_push(self, *, ok: bool, latency_s: float) -> None:
         self.metrics.kms_key_push.labels(self.link_id, "success" if ok else "failure").inc()
         self.metrics.kms_key_push_latency_seconds.labels(self.link_id).observe(latency_s)
+
+
+@dataclass(frozen=True)
+class TunnelMetrics:
+    """What the WireGuard consumer reports for one tunnel (labels: names and a public key, never a PSK)."""
+
+    metrics: Metrics
+    tunnel: str
+    interface: str
+    peer_public_key: str
+
+    def rotation(self, result: str) -> None:
+        if result not in ROTATION_RESULTS:
+            raise ValueError(f"unknown rotation result {result!r}")
+        self.metrics.wireguard_rotations.labels(self.tunnel, result).inc()
+
+    def psk_age(self, age_s: float | None) -> None:
+        gauge = self.metrics.wireguard_psk_age_seconds
+        if age_s is None:                 # no QKD key installed (fallback): the series disappears
+            try:
+                gauge.remove(self.tunnel)
+            except KeyError:
+                pass
+        else:
+            gauge.labels(self.tunnel).set(age_s)
+
+    def handshake_age(self, age_s: float) -> None:
+        self.metrics.wireguard_handshake_age_seconds.labels(self.tunnel, self.interface,
+                                                           self.peer_public_key).set(age_s)

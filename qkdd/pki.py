@@ -179,8 +179,8 @@ def init_pki(directory: str | os.PathLike, kme_names: list[str], sae_names: list
             check_name(name, what)
         if len(set(names)) != len(names):
             raise PKIError(f"{what} names repeat: {', '.join(sorted(names))}")
-    if valid_days < 1:
-        raise PKIError("validity must be at least one day")
+    if not 1 <= valid_days <= CA_VALID_DAYS:
+        raise PKIError(f"validity must be 1 to {CA_VALID_DAYS} days (the CA's own), got {valid_days}")
     pki = pki_paths(Path(directory), list(kme_names), list(sae_names))
     if pki.directory.exists() and not pki.directory.is_dir():
         raise PKIError(f"{pki.directory} exists and is not a directory")

@@ -42,7 +42,11 @@ def check_tls_files(config: Config) -> None:
                 raise StartupError(f"{key}.{field_name}", f"cannot read {path}: {exc.strerror}") from None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+            # The callback keeps OpenSSL from prompting on the terminal for an encrypted key.
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_encrypted_key)
+        except _EncryptedKey:
+            raise StartupError(f"{key}.key_file", "the private key is encrypted; qkdd needs an unencrypted key "
+                                                  "file (mode 0600)") from None
         except ssl.SSLError as exc:
             raise StartupError(f"{key}.key_file", f"certificate and key do not load ({exc.reason or exc})") from None
         if tls.client_ca_file:
@@ -50,6 +54,14 @@ def check_tls_files(config: Config) -> None:
                 context.load_verify_locations(cafile=tls.client_ca_file)
             except ssl.SSLError as exc:
                 raise StartupError(f"{key}.client_ca_file", f"not a PEM CA certificate ({exc.reason or exc})") from None
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _refuse_encrypted_key() -> bytes:
+    raise _EncryptedKey()
 
 
 def prepare_state_dir(path: str) -> None:

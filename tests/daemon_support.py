@@ -51,6 +51,7 @@ class Daemon:
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process: subprocess.Popen | None = None
+        self._eof = False                     # stderr closed: the process has exited
         self.api_address: tuple[str, int] | None = None
         self.health_address: tuple[str, int] | None = None
 
@@ -110,8 +111,6 @@ class Daemon:
                 if remaining <= 0 or (self.process.poll() is not None and self._eof):
                     raise AssertionError(f"no log line matching {pattern!r}; log:\n{''.join(self.lines)}")
                 self._changed.wait(min(remaining, 0.1))
-
-    _eof = False
 
     def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None

@@ -66,7 +66,13 @@ def make_router(signals: Signals | None = None) -> Router:
     async def no_content(request: Request) -> Response:
         return Response(204, b"")
 
+    async def error_in_nursery(request: Request) -> Response:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(private, request)       # raises HTTPError 401 inside the nursery
+        return Response.json({})
+
     router.get("/hello", hello)
+    router.get("/nursery-error", error_in_nursery)
     router.get("/header-injection", header_injection)
     router.route("DELETE", "/hello", no_content)
     router.get("/v1/links/{link_id}", link)

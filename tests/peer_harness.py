@@ -3,7 +3,7 @@ proxies over real TCP (a TLS-terminating one that rewrites frames, a raw one tha
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -58,56 +58,74 @@ class Endpoint:
 
 
 Tamper = Callable[[Frame], "list[bytes] | None"]
+Direction = Callable[[trio.abc.Stream, trio.abc.Stream], Awaitable[None]]
+
+
+async def _copy(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+    while data := await source.receive_some(65536):
+        await sink.send_all(data)
+
+
+async def _relay(downstream: trio.abc.Stream, upstream: trio.abc.Stream, dialer_to_listener: Direction,
+                 listener_to_dialer: Direction = _copy, *, setup: Callable[[], Awaitable[None]] | None = None):
+    """Run `setup`, then both directions until either ends; a broken stream just ends the relay. Both
+    streams are closed afterwards."""
+    try:
+        if setup is not None:
+            await setup()
+        async with trio.open_nursery() as nursery:
+            async def run(direction: Direction, source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+                await direction(source, sink)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run, dialer_to_listener, downstream, upstream)
+            nursery.start_soon(run, listener_to_dialer, upstream, downstream)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(upstream)
+        await trio.aclose_forcefully(downstream)
+
+
+async def _serve_on_ephemeral_port(handle, task_status) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handle, listeners)
 
 
 async def frame_rewriting_proxy(target_port: int, tamper: Tamper, *, task_status=trio.TASK_STATUS_IGNORED):
     """A TLS-terminating man in the middle (the peers do not check TLS certificates, so it can be one).
     Frames from the dialer to the listener pass through `tamper`, which returns the bytes to forward
     instead (a list; a None in it, or None instead of the list, ends both connections cleanly at the TLS
-    level). Listener-to-dialer bytes
-    pass unchanged."""
+    level). Listener-to-dialer bytes pass unchanged."""
     server_context = tls.server_context()
     client_context = tls.client_context()
+
+    async def rewrite_frames(downstream: trio.abc.Stream, upstream: trio.abc.Stream) -> None:
+        decoder = FrameDecoder(max_record_bytes=2**31)
+        while data := await downstream.receive_some(65536):
+            decoder.receive_data(data)
+            while (frame := decoder.next_frame()) is not None:
+                forward = tamper(frame)
+                for chunk in [None] if forward is None else forward:
+                    if chunk is None:
+                        await upstream.aclose()  # clean TLS close_notify, no CLOSE record
+                        await downstream.aclose()
+                        return
+                    await upstream.send_all(chunk)
 
     async def handle(downstream_tcp):
         downstream = trio.SSLStream(downstream_tcp, server_context, server_side=True)
         upstream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", target_port), client_context,
                                   server_hostname=None)
-        try:
+
+        async def handshakes() -> None:
             await downstream.do_handshake()
             await upstream.do_handshake()
-            async with trio.open_nursery() as nursery:
-                async def dialer_to_listener():
-                    decoder = FrameDecoder(max_record_bytes=2**31)
-                    while data := await downstream.receive_some(65536):
-                        decoder.receive_data(data)
-                        while (frame := decoder.next_frame()) is not None:
-                            forward = tamper(frame)
-                            for chunk in [None] if forward is None else forward:
-                                if chunk is None:
-                                    await upstream.aclose()  # clean TLS close_notify, no CLOSE record
-                                    await downstream.aclose()
-                                    nursery.cancel_scope.cancel()
-                                    return
-                                await upstream.send_all(chunk)
-                    nursery.cancel_scope.cancel()
 
-                async def listener_to_dialer():
-                    while data := await upstream.receive_some(65536):
-                        await downstream.send_all(data)
-                    nursery.cancel_scope.cancel()
+        await _relay(downstream, upstream, rewrite_frames, setup=handshakes)
 
-                nursery.start_soon(dialer_to_listener)
-                nursery.start_soon(listener_to_dialer)
-        except* (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await trio.aclose_forcefully(upstream)
-            await trio.aclose_forcefully(downstream)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(handle, listeners)
+    await _serve_on_ephemeral_port(handle, task_status)
 
 
 class CiphertextFlipper:
@@ -120,27 +138,16 @@ class CiphertextFlipper:
         self.flipped = 0
 
     async def run(self, task_status=trio.TASK_STATUS_IGNORED):
+        async def flip_once(source: trio.abc.Stream, sink: trio.abc.Stream) -> None:
+            while data := await source.receive_some(65536):
+                if self.armed:
+                    self.armed = False
+                    self.flipped += 1
+                    data = data[:-1] + bytes([data[-1] ^ 0x01])
+                await sink.send_all(data)
+
         async def handle(downstream):
             upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
-            try:
-                async with trio.open_nursery() as nursery:
-                    async def forward(source, sink, flip):
-                        while data := await source.receive_some(65536):
-                            if flip and self.armed:
-                                self.armed = False
-                                self.flipped += 1
-                                data = data[:-1] + bytes([data[-1] ^ 0x01])
-                            await sink.send_all(data)
-                        nursery.cancel_scope.cancel()
+            await _relay(downstream, upstream, flip_once)
 
-                    nursery.start_soon(forward, downstream, upstream, True)
-                    nursery.start_soon(forward, upstream, downstream, False)
-            except* (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            finally:
-                await trio.aclose_forcefully(upstream)
-                await trio.aclose_forcefully(downstream)
-
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(handle, listeners)
+        await _serve_on_ephemeral_port(handle, task_status)

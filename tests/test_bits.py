@@ -47,3 +47,12 @@ def test_bad_buffers_raise_clear_errors():
         bits.xor_into(np.zeros(2, np.uint64), np.zeros(3, np.uint64))
     with pytest.raises(ValueError):
         bits.unpack(words, -1)
+    with pytest.raises(ValueError):
+        bits.gather(words, -1, np.array([0], np.uint64))
+
+
+def test_unpack_beyond_the_words_is_refused_before_allocating():
+    words = bits.pack(np.ones(10, np.uint8))
+    with pytest.raises(NativeRangeError):
+        bits.unpack(words, 1 << 50)           # would be a petabyte if allocated first
+    assert bits.unpack(words, 64).sum() == 10

@@ -7,6 +7,7 @@ import pytest
 
 from bench.reconcile import binary_entropy, noisy_pair, reconcile
 from qkdd.postprocess import cascade as proto
+from qkdd.postprocess import wire
 from qkdd.postprocess.cascade import (CascadeAlice, CascadeBob, CascadeFrameError, CascadeMessageError,
                                       CascadeSequenceError, CascadeStateError)
 from qkdd.postprocess.cascade_schedules import schedule
@@ -20,13 +21,15 @@ def test_efficient_schedule_corrects_every_error(n, qber):
     rng = np.random.default_rng(int(n * qber * 1000))
     alice_key, bob_key = noisy_pair(rng, n, qber, "exact")
     errors = round(qber * n)
-    bob, alice = reconcile(alice_key, bob_key, n, qber, "efficient", frame_id=7)
+    bob, alice = reconcile(alice_key, bob_key, n, qber, "efficient", frame_id=7, seed=SEED)
     assert np.array_equal(alice_key, bob_key)
     assert bob.corrected_bits == errors == alice.corrected_bits
     assert bob.disclosed_bits == alice.disclosed_bits
     assert bob.round_trips == alice.round_trips
-    # Cascade cannot beat the Shannon limit, and the efficient schedule stays near it.
-    assert n * binary_entropy(qber) < bob.disclosed_bits < 1.2 * n * binary_entropy(qber)
+    # Cascade cannot beat the Shannon limit, and the efficient schedule stays near it (the fixed
+    # cost of the top-level parities weighs more in small frames with few errors).
+    limit = 1.1 if n * binary_entropy(qber) > 10_000 else 1.3
+    assert n * binary_entropy(qber) < bob.disclosed_bits < limit * n * binary_entropy(qber)
 
 
 @pytest.mark.parametrize("algo", ["original", "yan"])
@@ -117,11 +120,12 @@ def _finish(alice, bob, questions):
 
 
 def _reheader(message, **fields):
-    magic, version, msg_type, frame, seq, length = proto.HEADER.unpack_from(message)
-    values = dict(magic=magic, version=version, msg_type=msg_type, frame=frame, seq=seq, length=length)
+    magic, version, msg_type, reserved, frame, seq, length = wire.HEADER.unpack_from(message)
+    values = dict(magic=magic, version=version, msg_type=msg_type, reserved=reserved, frame=frame, seq=seq,
+                  length=length)
     values.update(fields)
-    return proto.HEADER.pack(values["magic"], values["version"], values["msg_type"], values["frame"],
-                             values["seq"], values["length"]) + message[proto.HEADER_BYTES:]
+    return wire.HEADER.pack(values["magic"], values["version"], values["msg_type"], values["reserved"],
+                            values["frame"], values["seq"], values["length"]) + message[wire.HEADER_BYTES:]
 
 
 def test_bad_messages_raise_and_change_nothing(pair):
@@ -129,11 +133,12 @@ def test_bad_messages_raise_and_change_nothing(pair):
     answers = alice.receive(questions)[0]
     bad_for_bob = {
         CascadeMessageError: [answers[:10], answers[:-1], answers + b"\0", _reheader(answers, version=2),
-                              _reheader(answers, magic=b"XX"), _reheader(answers, msg_type=99),
-                              _reheader(answers, length=2 ** 32 - 1), b"", "not bytes"],
+                              _reheader(answers, magic=b"XXXX"), _reheader(answers, msg_type=0x99),
+                              _reheader(answers, reserved=1), _reheader(answers, length=2 ** 32 - 1),
+                              questions, b"", "not bytes"],
         CascadeFrameError: [_reheader(answers, frame=43)],
         CascadeSequenceError: [parities, _reheader(answers, seq=5)],
-        CascadeStateError: [questions],
+        CascadeStateError: [proto.encode(proto.MessageType.DONE, 42, 1, bytes(20))],
     }
     for error, messages in bad_for_bob.items():
         for message in messages:
@@ -195,7 +200,7 @@ def test_start_and_done_are_checked():
     with pytest.raises(CascadeMessageError, match="unknown pass kind"):
         CascadeAlice(key[:16], 1000, 3).receive(proto.encode(proto.MessageType.START, 3, 0, bytes(body)))
     with pytest.raises(CascadeMessageError, match="does not hold"):
-        CascadeAlice(key, 1000, 3).receive(proto.encode(proto.MessageType.START, 3, 0, start[20:-1]))
+        CascadeAlice(key, 1000, 3).receive(proto.encode(proto.MessageType.START, 3, 0, start[wire.HEADER_BYTES:-1]))
     # A DONE whose counts disagree with Alice's is refused.
     alice_key = np.zeros(16, dtype=np.uint64)
     alice = CascadeAlice(alice_key, 1000, 3)
@@ -252,3 +257,52 @@ def test_lookahead_trades_parities_for_round_trips():
     assert results[(64, 3)].disclosed_bits > results[None].disclosed_bits
     with pytest.raises(ValueError, match="levels must be"):
         CascadeBob(np.zeros(2, dtype=np.uint64), 100, 0, 0.02, lookahead=(8, 9))
+
+
+def test_alice_caps_what_she_discloses():
+    n = 4096
+    key = np.zeros(n // 64, dtype=np.uint64)
+    # A START whose block parities alone would reveal the whole key (blocks of one bit) is refused.
+    greedy = proto.encode(proto.MessageType.START, 5, 0, struct.pack("<Q32sH", n, SEED, 1) + struct.pack("<BI", 0, 1))
+    alice = CascadeAlice(key, n, 5)
+    with pytest.raises(CascadeMessageError, match="4096 block parities"):
+        alice.receive(greedy)
+    assert alice.state is proto.State.AWAIT_START
+    # Questions past the cap are refused before any is answered.
+    rng = np.random.default_rng(6)
+    alice_key, bob_key = noisy_pair(rng, n, 0.05, "exact")
+    bob = CascadeBob(bob_key, n, 5, 0.05, seed=SEED)
+    alice = CascadeAlice(alice_key, n, 5, max_disclosed_bits=900)
+    questions = bob.receive(alice.receive(bob.start())[0])[0]
+    with pytest.raises(CascadeMessageError, match="more than the 900 allowed"):
+        while True:
+            questions = bob.receive(alice.receive(questions)[0])[0]
+    assert alice.disclosed_bits <= 900
+
+
+def test_mutated_messages_are_refused_or_harmless():
+    # Flip random bytes of real messages: each end either refuses with a CascadeError or, when the
+    # mutation leaves a well-formed message (say, a different parity bit), carries on; nothing crashes.
+    rng = np.random.default_rng(77)
+    n = 20_000
+    for trial in range(150):
+        alice_key, bob_key = noisy_pair(rng, n, 0.03, "exact")
+        bob = CascadeBob(bob_key, n, 1, 0.03, seed=SEED)
+        alice = CascadeAlice(alice_key, n, 1)
+        message, to_alice = bob.start(), True
+        target = int(rng.integers(0, 6))
+        for step in range(40):
+            if step == target:
+                mutated = bytearray(message)
+                for _ in range(int(rng.integers(1, 4))):
+                    mutated[int(rng.integers(0, len(mutated)))] ^= int(rng.integers(1, 256))
+                if rng.random() < 0.3:
+                    mutated = mutated[:int(rng.integers(0, len(mutated)))]
+                message = bytes(mutated)
+            try:
+                replies = alice.receive(message) if to_alice else bob.receive(message)
+            except proto.CascadeError:
+                break
+            if not replies:
+                break
+            message, to_alice = replies[0], not to_alice

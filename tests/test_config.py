@@ -123,11 +123,11 @@ def test_environment_overrides_win_over_the_file(tmp_path):
     effective = json.loads(result.stdout)
     assert effective["daemon"] == {"state_dir": "/srv/env", "log_level": "info"}   # empty = unset
     assert effective["api"]["listen"] == "[::1]:9071"
-    expected = {"link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
-                "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
-                "key_rotation_interval_s": 900.0}
-    assert len(effective["links"]) == 1      # (the link engine's own keys follow with their defaults)
-    assert {key: effective["links"][0][key] for key in expected} == expected
+    assert effective["links"] == [{
+        "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
+        "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
+        "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
+        "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "sim": None}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------
@@ -141,6 +141,10 @@ def test_secret_precedence_file_then_credential_then_environment(tmp_path):
     (credentials / "kms-client-secret").write_text("from-credential\n")
     environ = {"CREDENTIALS_DIRECTORY": str(credentials)}
     assert load_config(str(path), environ).kms.client_secret == Secret("from-credential")
+    (credentials / "kms-client-secret").unlink()
+    # The packaged unit loads a directory of credentials, which systemd prefixes with "qkdd_".
+    (credentials / "qkdd_kms-client-secret").write_text("from-directory-credential")
+    assert load_config(str(path), environ).kms.client_secret == Secret("from-directory-credential")
     environ["KMS_CLIENT_SECRET"] = "from-env"
     config = load_config(str(path), environ)
     assert config.kms.client_secret.reveal() == "from-env"
@@ -174,3 +178,50 @@ def test_boundaries_accepted(tmp_path):
     assert config.links[0].qber_threshold == 0.11
     assert (config.api.listen.host, config.api.listen.port) == ("::", 0)
     assert config.health.limits.shutdown_grace_s == 0.0
+
+
+# ---- [[wireguard]] tunnels ---------------------------------------------------------------------
+
+WG_PUBLIC_KEY = "HTJCFVji7BIGv9iSV/M7VuLj7iiBuVTXa/LbKmfCKFA="
+
+
+def _wireguard_config(tmp_path, tunnel: str, link_extra: str = 'peer_listen = "0.0.0.0:7071"\n'
+                      'peer_key_file = "/x/id.pem"\npeer_public_key = "/x/peer.pub"\n'):
+    path = tmp_path / "qkdd.toml"
+    path.write_text('[[links]]\nlink_id = "l1"\nrole = "alice"\ndriver = "sim"\nkey_rotation_interval_s = 600\n'
+                    + link_extra + "\n[[wireguard]]\n" + tunnel)
+    return path
+
+
+def test_wireguard_tunnel_defaults_and_interval_from_the_link(tmp_path):
+    path = _wireguard_config(tmp_path, f'name = "t1"\nlink_id = "l1"\ninterface = "wg0"\n'
+                                       f'peer_public_key = "{WG_PUBLIC_KEY}"\n')
+    config = load_config(str(path), environ={})
+    tunnel = config.wireguard[0]
+    assert (tunnel.expiry_s, tunnel.on_exhausted, tunnel.rotation_interval_s) == (86400.0, "clear", None)
+    assert config.rotation_interval_s(tunnel) == 600.0
+    config = load_config(str(path), environ={"QKD_KEY_ROTATION_INTERVAL": "45"})
+    assert config.rotation_interval_s(config.wireguard[0]) == 45.0
+
+
+@pytest.mark.parametrize("tunnel, link_extra, problem", [
+    ('rotation_interval_s = 29', None, "wireguard[0].rotation_interval_s: must be in [30.0"),
+    ('on_exhausted = "drop"', None, "wireguard[0].on_exhausted: must be one of clear, random"),
+    ('', 'peer_addr = "10.0.0.2:7071"\n', "has no classical channel"),
+], ids=["interval below 30 s", "unknown policy", "link without channel"])
+def test_wireguard_tunnel_errors(tmp_path, tunnel, link_extra, problem):
+    text = f'name = "t1"\nlink_id = "l1"\ninterface = "wg0"\npeer_public_key = "{WG_PUBLIC_KEY}"\n{tunnel}\n'
+    path = _wireguard_config(tmp_path, text) if link_extra is None else _wireguard_config(tmp_path, text, link_extra)
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), environ={})
+    assert problem in str(info.value)
+
+
+def test_wireguard_peer_key_and_link_are_checked(tmp_path):
+    path = _wireguard_config(tmp_path, 'name = "t1"\nlink_id = "l2"\ninterface = "wg0"\npeer_public_key = "abc"\n')
+    with pytest.raises(ConfigError, match="wireguard\\[0\\].peer_public_key: must be a WireGuard public key"):
+        load_config(str(path), environ={})
+    path = _wireguard_config(tmp_path, f'name = "t1"\nlink_id = "l2"\ninterface = "wg0"\n'
+                                       f'peer_public_key = "{WG_PUBLIC_KEY}"\n')
+    with pytest.raises(ConfigError, match="no link 'l2'"):
+        load_config(str(path), environ={})

@@ -4,6 +4,7 @@ request in flight, and start-up failures that exit 1 with one line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -16,30 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_support import Daemon, base_config, clean_env
+from seed_metrics import ACCEPTED_LINT, SEED_FAMILIES
 from qkdd.pki import init_pki
-
-# The seed's families (HIP-0071 "Prometheus Metrics"): name -> (type, label names).
-SEED_FAMILIES = {
-    "qkd_keys_generated": ("counter", {"link_id", "protocol"}),
-    "qkd_key_bits_generated": ("counter", {"link_id"}),
-    "qkd_secure_key_rate_bps": ("gauge", {"link_id"}),
-    "qkd_raw_key_rate_bps": ("gauge", {"link_id"}),
-    "qkd_qber": ("gauge", {"link_id"}),
-    "qkd_channel_loss_db": ("gauge", {"link_id"}),
-    "qkd_photon_rate_hz": ("gauge", {"link_id"}),
-    "qkd_visibility": ("gauge", {"link_id"}),
-    "qkd_qber_threshold_exceeded": ("counter", {"link_id", "severity"}),
-    "qkd_key_generation_halted": ("counter", {"link_id"}),
-    "qkd_device_temperature_celsius": ("gauge", {"link_id"}),
-    "qkd_device_uptime_seconds": ("gauge", {"link_id"}),
-    "qkd_kms_key_push": ("counter", {"link_id", "status"}),
-    "qkd_kms_key_push_latency_seconds": ("histogram", {"link_id"}),
-}
-# promtool's linter prefers "bytes" to "bits"; the seed fixes this name, so this is the one finding allowed.
-ACCEPTED_LINT = {'qkd_key_bits_generated_total use base unit "bytes" instead of "bits"'}
 
 
 # ---- one daemon for the module: mTLS required on the API, plain health listener ------------------
@@ -109,9 +92,14 @@ def _raw_tls_request(address, context: ssl.SSLContext) -> bytes:
 
 def test_api_refuses_client_without_certificate(daemon, pki):
     # TLS 1.3: the client finishes its side of the handshake before the server checks for a
-    # certificate; the server then closes the connection instead of answering.
+    # certificate; the server then answers with the CERTIFICATE_REQUIRED alert instead of a response.
     assert _raw_tls_request(daemon.api_address, client_context(pki, with_certificate=False)) == b""
     daemon.wait_for("api TLS handshake from .* failed: PEER_DID_NOT_RETURN_A_CERTIFICATE", timeout_s=5)
+    with socket.create_connection(daemon.api_address, timeout=5) as raw:
+        with client_context(pki, with_certificate=False).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET /v1/links HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            with pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"):
+                tls.recv(65536)
     with httpx.Client(verify=client_context(pki, with_certificate=False), timeout=5) as client:
         with pytest.raises(httpx.TransportError):
             client.get(f"{daemon.api_url}/v1/links")
@@ -334,3 +322,75 @@ def test_demo_runs_the_example_config_and_stops_cleanly():
     assert '"status": "ok"' in result.stdout and '"link_id": "sim-1"' in result.stdout
     assert 'qkd_keys_generated_total{link_id="sim-1",protocol="bb84"} 0.0' in result.stdout
     assert result.stdout.rstrip().endswith("qkdd stopped with exit status 0")
+
+
+def test_encrypted_tls_key_exits_1_without_prompting(tmp_path, pki):
+    kme = pki.kmes["kme-a"]
+    key = serialization.load_pem_private_key(kme.key_file.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"passphrase")))
+    api_tls = f'[api.tls]\ncert_file = "{kme.cert_file}"\nkey_file = "{encrypted}"\n'
+    daemon = Daemon(base_config(tmp_path / "state", api_extra=api_tls), tmp_path).start(wait_ready=False)
+    assert daemon.wait(timeout_s=15) == 1
+    [line] = error_lines(daemon.log)
+    assert "cannot start: api.tls.key_file: the private key is encrypted" in line
+
+
+def test_logs_carry_syslog_priorities_under_journald(tmp_path):
+    """JOURNAL_STREAM names our stderr (as systemd sets it): lines start with <N>, no timestamp."""
+    config = tmp_path / "qkdd.toml"
+    config.write_text(base_config(tmp_path / "state", api_extra='[api.tls]\ncert_file = "/nonexistent.pem"\n'
+                                                                'key_file = "/nonexistent.key"\n'))
+    read_end, write_end = os.pipe()
+    info = os.fstat(write_end)
+    env = clean_env(JOURNAL_STREAM=f"{info.st_dev}:{info.st_ino}")
+    with os.fdopen(read_end) as reader:
+        process = subprocess.Popen([sys.executable, "-m", "qkdd", "run", "--config", str(config)],
+                                   stderr=write_end, stdout=subprocess.DEVNULL, env=env)
+        os.close(write_end)
+        output = reader.read()
+    assert process.wait(15) == 1
+    assert output.startswith("<3>level=error logger=qkdd.daemon msg=\"cannot start: api.tls.cert_file: "), output
+
+
+# ---- shutdown is bounded -------------------------------------------------------------------------
+
+def _stalled_request(daemon: Daemon) -> socket.socket:
+    """A request whose body never comes: it stays in flight until the daemon gives up on it."""
+    connection = socket.create_connection(daemon.api_address, timeout=10)
+    connection.sendall(b"GET /v1/links HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+    time.sleep(0.3)
+    return connection
+
+
+def test_shutdown_grace_bounds_a_request_that_never_completes(tmp_path):
+    config = base_config(tmp_path / "state", api_extra="[api.limits]\nshutdown_grace_s = 0.5\n")
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        stalled = _stalled_request(daemon)
+        started = time.monotonic()
+        assert daemon.stop(timeout_s=10) == 0, daemon.log
+        assert time.monotonic() - started < 5.0
+        assert stalled.recv(65536) == b""                  # closed, not answered
+        stalled.close()
+    finally:
+        daemon.kill()
+
+
+def test_second_signal_cuts_the_grace_period_short(tmp_path):
+    config = base_config(tmp_path / "state", api_extra="[api.limits]\nshutdown_grace_s = 60\n")
+    daemon = Daemon(config, tmp_path).start()
+    try:
+        stalled = _stalled_request(daemon)
+        daemon.process.send_signal(signal.SIGTERM)
+        daemon.wait_for("stop signal received")
+        time.sleep(0.3)
+        assert daemon.process.poll() is None               # still waiting for the stalled request
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGINT, timeout_s=10) == 0, daemon.log
+        assert time.monotonic() - started < 5.0
+        assert "second stop signal" in daemon.log
+        stalled.close()
+    finally:
+        daemon.kill()

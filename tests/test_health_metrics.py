@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 
@@ -16,6 +18,7 @@ from qkdd.health import LINK_STATES, Health
 from qkdd.logs import LogfmtFormatter
 from qkdd.metrics import Metrics
 from qkdd.notify import Notifier
+from seed_metrics import ACCEPTED_LINT, SEED_FAMILIES
 
 
 def serving_health() -> Health:
@@ -109,6 +112,33 @@ def test_link_metrics_report_under_the_seed_names():
         link.qber_alarm("mild")
 
 
+def test_every_family_with_samples_passes_promtool():
+    metrics = Metrics()
+    link = metrics.link("sim-1", "cvqkd", kms=True)
+    link.key_stored(4096)
+    link.rates(raw_bps=1.2e6, secure_bps=2.5e5)
+    link.channel(qber=0.031, loss_db=10.0, photon_rate_hz=4.0e5, visibility=0.97)
+    link.qber_alarm("warning")
+    link.halted()
+    link.device(temperature_celsius=-40.5, uptime_s=86400)
+    link.kms_push(ok=True, latency_s=0.02)
+    tunnel = metrics.tunnel("site-a-b", "wg0", "HTJCFVji7BIGv9iSV/M7VuLj7iiBuVTXa/LbKmfCKFA=")
+    tunnel.rotation("success")
+    tunnel.psk_age(12.5)
+    tunnel.handshake_age(3.0)
+    text = metrics.exposition().decode()
+    families = {family.name for family in text_string_to_metric_families(text)}
+    wireguard_families = {"qkd_wireguard_psk_rotations", "qkd_wireguard_psk_age_seconds",
+                          "qkd_wireguard_handshake_age_seconds"}      # qkdd's own, beyond the seed
+    assert {name for name in families if name.startswith("qkd_")} == set(SEED_FAMILIES) | wireguard_families
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                           timeout=30)
+    findings = {line.strip() for line in (check.stdout + check.stderr).splitlines() if line.strip()}
+    assert check.returncode in (0, 3) and findings <= ACCEPTED_LINT, findings
+
+
 def test_notifier_sends_datagrams_and_honours_watchdog_pid(monkeypatch):
     def notifier_for(**variables: str) -> Notifier:
         for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
@@ -151,3 +181,11 @@ def test_log_lines_are_single_line_logfmt():
     assert ' level=warning logger=qkdd.test msg="odd \\"value\\"\\nnext" link_id=sim-1 duration_ms=1.23457 ' \
            'exc="ValueError: boom" traceback=' in line
     assert LogfmtFormatter(journal=True).format(record).startswith("<4>level=warning ")
+
+
+def test_log_values_cannot_carry_control_characters():
+    record = logging.LogRecord("qkdd.test", logging.INFO, __file__, 1, "request", None, None)
+    record.path = "/x\x1b[31mred\x00\x85\u2028end\\"
+    line = LogfmtFormatter(journal=True).format(record)
+    assert line == '<6>level=info logger=qkdd.test msg=request path="/x\\x1b[31mred\\x00\\x85\\u2028end\\\\"'
+    assert line.isprintable()

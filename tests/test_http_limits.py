@@ -75,7 +75,6 @@ def test_keepalive_idle_timeout_closes(http_server):
         for _ in range(2):
             sock.sendall(GET_HELLO)
             assert reader.read().status == 200
-        started = time.monotonic()
         received, elapsed_s = read_until_closed(sock, 5.0)
     assert received == b"" and 0.4 < elapsed_s < 2.0
 

@@ -75,3 +75,16 @@ def test_bad_patterns_and_duplicates_are_rejected():
     for pattern in ["v1/x", "/v1/{a}/{a}", "/v1/{1x}", "/v1/../x", "/v1/a b"]:
         with pytest.raises(ValueError):
             router.get(pattern, _handler_a)
+
+
+def test_repr_of_request_and_response_carries_no_credentials_or_keys():
+    from qkdd.http import Request
+
+    request = Request(method="POST", path="/v1/keys", query={"token": ["query-secret-1"]},
+                      headers=[("authorization", "Bearer auth-secret-2")], body=b'{"psk": "body-secret-3"}',
+                      request_id="r1")
+    response = Response.json({"keys": [{"key": "a2V5LXNlY3JldC00"}]})
+    text = repr(request) + repr(response) + str(request) + str(response)
+    assert "POST" in text and "/v1/keys" in text and "status=200" in text
+    for secret in ("query-secret-1", "auth-secret-2", "body-secret-3", "a2V5LXNlY3JldC00"):
+        assert secret not in text

@@ -7,6 +7,7 @@ import pytest
 
 from http_support import INTERNAL_SECRET, connect, exchange, make_router, read_response, ResponseReader, wait_for
 from qkdd.http import HTTPLimits
+from qkdd.logs import LogfmtFormatter
 
 
 @pytest.fixture
@@ -75,6 +76,12 @@ def test_handler_http_error_401_keeps_its_headers(server):
     _assert_error(response, 401)
     assert response.headers["www-authenticate"] == "Bearer"
     assert httpx.get(server.url("/private"), headers={"authorization": "Bearer let-me-in"}).json() == {"ok": True}
+
+
+def test_http_error_raised_inside_a_handler_nursery_keeps_its_status(server):
+    response = httpx.get(server.url("/nursery-error"))
+    _assert_error(response, 401)
+    assert response.headers["www-authenticate"] == "Bearer"
 
 
 def test_handler_exception_is_500_without_internals(server, caplog):
@@ -178,6 +185,7 @@ def test_query_is_parsed_and_bad_query_is_400(server):
 
 
 def test_request_log_line_without_secrets(server, caplog):
+    formatter = LogfmtFormatter(journal=True)
     with caplog.at_level(logging.INFO, logger="qkdd.http"):
         response = httpx.post(server.url("/echo?token=query-secret-55"), json={"key": "body-secret-77"},
                               headers={"authorization": "Bearer auth-secret-99"})
@@ -186,14 +194,16 @@ def test_request_log_line_without_secrets(server, caplog):
         request_id = response.headers["x-request-id"]
 
         def lines():
-            return [record.getMessage() for record in caplog.records if record.name == "qkdd.http"]
+            return [formatter.format(record) for record in caplog.records if record.name == "qkdd.http"]
 
-        assert wait_for(lambda: sum("status=" in line for line in lines()) == 2)
+        assert wait_for(lambda: sum(" status=" in line for line in lines()) == 2)
     lines = lines()
     [line] = [line for line in lines if request_id in line]
-    assert f"id={request_id}" in line and "method=POST" in line and "path=/echo " in line
-    assert "status=200" in line and "duration_ms=" in line and "client=127.0.0.1:" in line
-    assert any("path=/nope" in line and "status=404" in line for line in lines)
+    # One logfmt line, each field once: the message does not repeat the fields.
+    assert line.count(request_id) == 1 and line.count("status=") == 1 and " msg=request " in line
+    assert f" request_id={request_id} " in line and " method=POST " in line and " path=/echo " in line
+    assert " status=200 " in line and " duration_ms=" in line and " client=127.0.0.1:" in line
+    assert any(" path=/nope " in line and " status=404 " in line for line in lines)
     everything = "\n".join(lines + [caplog.text])
     for secret in ["query-secret-55", "body-secret-77", "auth-secret-99", "token="]:
         assert secret not in everything

@@ -102,6 +102,24 @@ def test_required_client_cert_missing_is_refused_quietly(http_server, dev_pki, c
         assert client.get(server.url("/whoami")).json()["peer_cert"]["common_name"] == "sae-b"
 
 
+def _refusal_reason(server, context):
+    """The OpenSSL reason of the alert a client receives when the server refuses its handshake."""
+    with pytest.raises(ssl.SSLError) as refused:
+        with _tls_connect(server, context) as tls:
+            tls.sendall(GET_WHOAMI)
+            tls.recv(1024)       # TLS 1.3: the server judges the client certificate after our Finished
+    return refused.value.reason
+
+
+def test_missing_client_cert_gets_the_tls_alert_not_end_of_stream(http_server, dev_pki, tmp_path):
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"))
+    assert _refusal_reason(server, _client_context(dev_pki)) == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    tls12 = _client_context(dev_pki, maximum_version=ssl.TLSVersion.TLSv1_2)
+    assert _refusal_reason(server, tls12) == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+    rogue = init_pki(tmp_path / "rogue", [], ["sae-a"])
+    assert _refusal_reason(server, _client_context(dev_pki, rogue.saes["sae-a"])) == "TLSV1_ALERT_UNKNOWN_CA"
+
+
 def test_client_cert_from_another_ca_is_refused(http_server, dev_pki, tmp_path):
     server = http_server(make_router(), tls=_tls(dev_pki, "required"))
     rogue = init_pki(tmp_path / "rogue", [], ["sae-a"])
@@ -190,3 +208,17 @@ def test_excess_tls_connection_is_closed_at_once(http_server, dev_pki):
         assert time.monotonic() - started < 1.0
         held.sendall(GET_WHOAMI)
         assert read_response(held).json["peer_cert"]["common_name"] == "sae-a"
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_tls_below_1_2_is_refused(http_server, dev_pki):
+    server = http_server(make_router(), tls=_tls(dev_pki, "none"))
+    context = _client_context(dev_pki)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")     # let the client offer TLS 1.1 at all
+    context.minimum_version = ssl.TLSVersion.TLSv1
+    context.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.raises((ssl.SSLError, ConnectionResetError)):
+        _tls_connect(server, context)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with _tls_connect(server, context) as tls:
+        assert tls.version() == "TLSv1.2"

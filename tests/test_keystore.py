@@ -175,6 +175,12 @@ def test_kek_files(tmp_path, monkeypatch):
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     assert kek_from_credentials("raw") == b"\x01" * 32
     assert kek_from_credentials("absent") is None
+    unit_credentials = tmp_path / "credentials"      # as systemd names files of LoadCredential=qkdd:DIR
+    unit_credentials.mkdir()
+    (unit_credentials / "qkdd_kek").write_bytes(b"\x02" * 32)
+    (unit_credentials / "qkdd_kek").chmod(0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(unit_credentials))
+    assert kek_from_credentials("kek") == b"\x02" * 32
 
 
 _WRITER = textwrap.dedent("""
@@ -215,3 +221,33 @@ def test_kill_9_leaves_whole_frames_and_durable_deliveries(tmp_path, kek, delay_
         with pytest.raises(KeyAlreadyDelivered):
             store.deliver("L", key_id)
     store.close()
+
+
+def test_reserved_for_lists_one_holders_reservations(tmp_path):
+    store = KeyStore(str(tmp_path / "k.sqlite"), bytes(32))
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    store.put_pending("l1", 1, [(key_id, b"\x01" * 32) for key_id in ids], expires_at=time.time() + 60)
+    store.commit_frame("l1", 1)
+    mine = store.reserve_available("l1", 2, "wireguard:t1")
+    store.reserve_ids("l1", [ids[2]], "sae:other")
+    assert store.reserved_for("l1", "wireguard:t1") == mine
+    assert store.reserved_for("l1", "sae:other") == [ids[2]]
+    store.deliver("l1", mine[0], holder="wireguard:t1")
+    assert store.reserved_for("l1", "wireguard:t1") == [mine[1]]
+
+
+def test_kek_path_that_is_a_fifo_symlink_or_large_file_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "kek.fifo"
+    os.mkfifo(fifo, 0o600)                      # nobody writes to it: a blocking open would hang
+    with pytest.raises(KeyStoreError, match="is not a regular file"):
+        load_kek(str(fifo))
+    real = tmp_path / "kek"
+    create_kek(str(real))
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(KeyStoreError, match="key-encryption key"):
+        load_kek(str(tmp_path / "link"))
+    large = tmp_path / "large"
+    large.write_bytes(b"0" * 4096)
+    large.chmod(0o600)
+    with pytest.raises(KeyStoreError, match="more than the 256"):
+        load_kek(str(large))

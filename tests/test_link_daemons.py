@@ -1,6 +1,7 @@
 """Two real qkdd daemon processes joined by a simulated 25 km link over loopback (real TLS peer channel,
 real TCP quantum channel, real SQLite key stores): keys match across ends, attacks halt the link, bad
-requests get the right errors, wrong pinned keys are refused, and kill -9 leaves both stores consistent."""
+requests get the right errors, wrong pinned keys are refused, and kill -9 leaves both stores consistent.
+The shared pair's API runs mTLS so that its admin client certificate may switch the simulator's attack."""
 from __future__ import annotations
 
 import base64
@@ -37,17 +38,17 @@ def available(pair, role):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    link_pair = LinkPair(tmp_path_factory.mktemp("pair"), frame_detections=FRAME_DETECTIONS)
+    link_pair = LinkPair(tmp_path_factory.mktemp("pair"), frame_detections=FRAME_DETECTIONS, admin_tls=True)
     with link_pair:
         yield link_pair
 
 
 def request(pair, role, bits=256):
-    return httpx.post(pair.ends[role].url("/v1/keys/request"), json={"bits": bits, "link_id": LINK_ID}, timeout=10)
+    return pair.http.post(pair.ends[role].url("/v1/keys/request"), json={"bits": bits, "link_id": LINK_ID}, timeout=10)
 
 
 def fetch(pair, role, key_id, **params):
-    return httpx.get(pair.ends[role].url(f"/v1/keys/{key_id}"), params=params, timeout=10)
+    return pair.http.get(pair.ends[role].url(f"/v1/keys/{key_id}"), params=params, timeout=10)
 
 
 def test_a_hundred_keys_requested_at_one_end_match_at_the_other(pair):
@@ -69,17 +70,17 @@ def test_a_hundred_keys_requested_at_one_end_match_at_the_other(pair):
 def test_bad_requests_get_clear_4xx_errors(pair):
     url = pair.ends["alice"].url("/v1/keys/request")
     cases = [
-        (httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400),
-        (httpx.post(url, json={"link_id": LINK_ID}), 400),
-        (httpx.post(url, json={"bits": -8, "link_id": LINK_ID}), 400),
-        (httpx.post(url, json={"bits": 12, "link_id": LINK_ID}), 400),
-        (httpx.post(url, json={"bits": 1 << 20, "link_id": LINK_ID}), 400),
-        (httpx.post(url, json={"bits": 256, "link_id": "nope"}), 404),
+        (pair.http.post(url, content=b"{not json", headers={"content-type": "application/json"}), 400),
+        (pair.http.post(url, json={"link_id": LINK_ID}), 400),
+        (pair.http.post(url, json={"bits": -8, "link_id": LINK_ID}), 400),
+        (pair.http.post(url, json={"bits": 12, "link_id": LINK_ID}), 400),
+        (pair.http.post(url, json={"bits": 1 << 20, "link_id": LINK_ID}), 400),
+        (pair.http.post(url, json={"bits": 256, "link_id": "nope"}), 404),
         (fetch(pair, "bob", str(uuid.uuid4())), 404),
         (fetch(pair, "bob", "not-a-uuid"), 400),
         (fetch(pair, "bob", str(uuid.uuid4()), link_id="other-link"), 404),
-        (httpx.get(pair.ends["alice"].url("/v1/links/nope/metrics")), 404),
-        (httpx.get(pair.ends["alice"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": "x"}), 400),
+        (pair.http.get(pair.ends["alice"].url("/v1/links/nope/metrics")), 404),
+        (pair.http.get(pair.ends["alice"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": "x"}), 400),
     ]
     for response, status in cases:
         assert response.status_code == status, response.text
@@ -96,44 +97,47 @@ def test_metrics_qber_series_and_prometheus(pair):
     for field in ("qber", "key_rate", "photon_rate", "visibility", "link_loss", "temperature", "uptime"):
         assert field in metrics
     assert 0 < metrics["qber"] < 0.08 and metrics["link_loss"] == pytest.approx(25 * 0.21)
-    series = httpx.get(pair.ends["bob"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": 0, "step": 1}).json()
+    series = pair.http.get(pair.ends["bob"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": 0, "step": 1}).json()
     assert series["points"] and all(0 < p["qber"] < 0.1 for p in series["points"])
-    text = httpx.get(f"http://{pair.ends['alice'].health}/metrics").text
+    text = pair.http.get(f"http://{pair.ends['alice'].health}/metrics").text
     generated = [line for line in text.splitlines() if line.startswith("qkd_keys_generated_total{")]
     assert generated and float(generated[0].split()[-1]) > 0
     assert any(line.startswith("qkd_device_temperature_celsius{") for line in text.splitlines())
 
 
 def test_intercept_resend_halts_within_a_frame_and_resumes(pair):
-    sim = pair.ends["alice"].url(f"/v1/links/{LINK_ID}/sim")
+    sim = pair.ends["alice"].url(f"/v1/links/{LINK_ID}/sim/attack")
     state = lambda role: pair.metrics(role)["state"]  # noqa: E731
     wait_until(lambda: state("alice") in ("running", "degraded"), what="link running")
     switched = time.time()
-    assert httpx.post(sim, json={"attack": "intercept-resend:1"}).json()["sim"]["attack"] == "intercept-resend"
+    assert pair.http.post(sim, json={"attack": "intercept-resend:1"}).json()["attack"].startswith("intercept-resend")
     wait_until(lambda: state("alice") == "halted" and state("bob") == "halted", timeout_s=30, what="halt")
-    series = httpx.get(pair.ends["alice"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": switched}).json()
+    series = pair.http.get(pair.ends["alice"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": switched}).json()
     attacked = [p for p in series["points"] if p["qber_estimate"] and p["qber_estimate"] > 0.15]
     assert attacked and all(p["secret_bits"] == 0 for p in attacked)     # no key from attacked frames
-    text = httpx.get(f"http://{pair.ends['alice'].health}/metrics").text
+    text = pair.http.get(f"http://{pair.ends['alice'].health}/metrics").text
     assert any(line.startswith("qkd_key_generation_halted_total{") and float(line.split()[-1]) >= 1
                for line in text.splitlines())
-    assert httpx.get(f"http://{pair.ends['alice'].health}/healthz").status_code == 503
+    assert pair.http.get(f"http://{pair.ends['alice'].health}/healthz").status_code == 503
     time.sleep(2.0)                     # frames generated before the switch finish their processing
     keys_before = pair.metrics("alice")["keys_generated"]
     time.sleep(1.5)
     assert pair.metrics("alice")["keys_generated"] == keys_before        # nothing stored while attacked
-    httpx.post(sim, json={"attack": "none"})
+    pair.http.post(sim, json={"attack": "none"})
     wait_until(lambda: state("alice") in ("running", "degraded") and pair.metrics("alice")["keys_generated"] > keys_before,
                timeout_s=60, what="resume")
 
 
 def test_sim_control_rejects_bad_settings(pair):
     sim = pair.ends["alice"].url(f"/v1/links/{LINK_ID}/sim")
-    assert httpx.post(sim, json={"attack": "teleport"}).status_code == 400
-    assert httpx.post(sim, json={"misalignment_drift": 0.9}).status_code == 400
-    assert httpx.post(pair.ends["bob"].url(f"/v1/links/{LINK_ID}/sim"), json={"attack": "none"}).status_code == 409
-    calibrated = httpx.post(pair.ends["alice"].url(f"/v1/links/{LINK_ID}/calibrate")).json()
-    assert calibrated["calibration"]["realigned"] is True
+    assert pair.http.post(f"{sim}/attack", json={"attack": "teleport"}).status_code == 400
+    assert pair.http.post(f"{sim}/drift", json={"misalignment": 0.9}).status_code == 400
+    assert pair.http.post(pair.ends["bob"].url(f"/v1/links/{LINK_ID}/sim/attack"),
+                          json={"attack": "none"}).status_code == 409
+    # without the admin certificate the route refuses (the API is mTLS with optional client certificates)
+    assert httpx.post(f"{sim}/attack", json={"attack": "none"}, verify=False).status_code == 401
+    calibrated = pair.http.post(pair.ends["alice"].url(f"/v1/links/{LINK_ID}/calibrate")).json()
+    assert calibrated["calibration"]["action"] == "realign"
 
 
 def test_a_wrong_pinned_key_is_refused(tmp_path):

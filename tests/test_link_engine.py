@@ -3,7 +3,8 @@ source and detector over a real TCP quantum channel, SQLite key stores in a temp
 import trio
 
 from qkdd.hal.sim import Attack, SimParams
-from qkdd.hal.sim.driver import SimDetector, SimSource
+from qkdd.hal.sim.driver import SimAliceDevice, SimBobDevice
+from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
 from qkdd.keystore import KeyState, KeyStore
 from qkdd.link.engine import LinkEngine
 from qkdd.peer import PeerConnector, generate_identity
@@ -15,8 +16,8 @@ LINK = "link-ab"
 
 async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DETECTIONS):
     alice_id, bob_id = generate_identity(), generate_identity()
-    source = SimSource(SimParams(distance_km=distance_km, **TEST_SOURCE), ("127.0.0.1", 0),
-                       frame_detections=detections, seed=11)
+    source = SimAliceDevice(SimParams(distance_km=distance_km, **TEST_SOURCE), listen_port=0,
+                            frame_slots=MAX_FRAME_SLOTS, max_detections=detections, realtime=False, seed=11)
     stores = {}
     for role in ("alice", "bob"):
         stores[role] = KeyStore(str(tmp_path / f"{role}.db"), bytes(32))
@@ -26,13 +27,13 @@ async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DET
 
     alice = LinkEngine(LINK, "alice", source, stores["alice"], connector_factory=alice_connector)
     await nursery.start(alice.run)          # also starts the source's quantum-channel listener
-    peer_port, quantum_port = alice.connector.listen_port, source.listen_port
+    peer_port, quantum_port = alice.connector.listen_port, source.address[1]
 
     def bob_connector(on_session):
         return PeerConnector(fast_settings(LINK, dial=("127.0.0.1", peer_port)), bob_id, alice_id.public_key(),
                              on_session)
 
-    bob = LinkEngine(LINK, "bob", SimDetector(("127.0.0.1", quantum_port)), stores["bob"],
+    bob = LinkEngine(LINK, "bob", SimBobDevice(host="127.0.0.1", port=quantum_port), stores["bob"],
                      connector_factory=bob_connector)
     await nursery.start(bob.run)
     return alice, bob, source, stores

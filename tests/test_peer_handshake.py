@@ -213,3 +213,47 @@ def test_reflected_hello_is_refused():
     hello = initiator.start()
     with pytest.raises(HandshakeError, match="unexpected INITIATOR_HELLO"):
         deliver(hello, initiator)
+
+
+def test_key_schedule_is_rfc5869_hkdf_sha384_over_the_hybrid_secret():
+    """The session keys equal HKDF-SHA-384 (cryptography's RFC 5869 implementation as the reference)
+    with salt = transcript hash and IKM = ss_MLKEM || ss_X25519; directions get different labels."""
+    import hashlib
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from qkdd.peer.handshake import LABEL_I_TO_R, LABEL_R_TO_I
+
+    ss_mlkem, ss_x25519 = bytes(range(32)), bytes(range(100, 132))
+    transcript = [b"initiator hello", b"responder hello", b"initiator finish"]
+    derived = {}
+    for role in Role:
+        handshake = Handshake(role, "link-ab", ALICE, BOB.public_key())
+        handshake._shared, handshake._transcript = ss_mlkem + ss_x25519, list(transcript)
+        handshake._derive()
+        handshake.state = State.ESTABLISHED
+        derived[role] = handshake.keys
+    salt = hashlib.sha384(b"".join(transcript)).digest()
+
+    def reference(label):
+        return HKDF(hashes.SHA384(), 32, salt=salt, info=label).derive(ss_mlkem + ss_x25519)
+
+    assert derived[Role.INITIATOR].send_key == reference(LABEL_I_TO_R) == derived[Role.RESPONDER].receive_key
+    assert derived[Role.RESPONDER].send_key == reference(LABEL_R_TO_I) == derived[Role.INITIATOR].receive_key
+
+
+@pytest.mark.parametrize("failure", ["peer-alert", "bad-confirmation"])
+def test_a_failed_handshake_holds_no_secret(failure):
+    initiator, responder = pair()
+    responder.start()
+    finish = deliver(deliver(initiator.start(), responder), initiator)   # initiator has derived its keys
+    assert initiator._keys is not None and initiator._confirm
+    if failure == "peer-alert":
+        with pytest.raises(PeerRefusedError):
+            initiator.receive(alert_frame(Alert.BAD_SIGNATURE))
+    else:
+        [confirmation] = deliver(finish, responder)
+        with pytest.raises(HandshakeError, match="key confirmation failed"):
+            initiator.receive(Frame(confirmation.type, confirmation.body[:-1] + bytes([confirmation.body[-1] ^ 1])))
+    assert initiator.state is State.FAILED and initiator.keys is None
+    assert (initiator._keys, initiator._confirm, initiator._shared, initiator._mlkem, initiator._x25519) == \
+        (None, b"", None, None, None)

@@ -98,3 +98,16 @@ def test_qkdctl_peer_key_generate_and_show(tmp_path):
     again = subprocess.run(run + ["generate", "--out", str(tmp_path), "--name", "site-b"],
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "use --force" in again.stderr
+
+
+def test_fifo_directory_or_oversized_key_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "peer.key"
+    os.mkfifo(fifo, 0o600)                      # nobody writes to it: a blocking read would hang
+    with pytest.raises(IdentityError, match="not a regular file"):
+        load_private_key(fifo)
+    with pytest.raises(IdentityError, match="not a regular file"):
+        load_public_key(str(tmp_path))
+    huge = tmp_path / "huge.pub"
+    huge.write_bytes(b"A" * (1024 * 1024))
+    with pytest.raises(IdentityError, match="more than the 65536 a key file may have"):
+        load_public_key(str(huge))

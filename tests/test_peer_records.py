@@ -141,3 +141,19 @@ def test_record_type_and_length_are_covered_by_the_mac():
         RecordOpener(KEY).open(Frame(FrameType.RESPONDER_HELLO, ping.body))
     with pytest.raises(FrameError, match="shorter than"):
         RecordOpener(KEY).open(Frame(FrameType.DATA, b"\x00" * 10))
+
+
+def test_while_handshaking_a_record_header_is_refused_before_its_body():
+    decoder = FrameDecoder(accept_records=False)
+    hello = Frame(FrameType.INITIATOR_HELLO, b"h" * 10).to_bytes()
+    data = encode_header(FrameType.DATA, 50 << 20)  # a 50 MiB record announced by an unauthenticated peer
+    decoder.receive_data(hello)
+    assert decoder.next_frame().type is FrameType.INITIATOR_HELLO
+    with pytest.raises(FrameError, match="DATA frame before the handshake completed"):
+        decoder.receive_data(data)
+    # a record right behind the last handshake frame, in the same chunk, is fine once records are on
+    decoder = FrameDecoder(accept_records=False)
+    decoder.receive_data(hello + Frame(FrameType.PING, b"p" * 40).to_bytes())
+    assert decoder.next_frame().type is FrameType.INITIATOR_HELLO
+    decoder.accept_records = True
+    assert decoder.next_frame().type is FrameType.PING

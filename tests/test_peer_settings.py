@@ -28,6 +28,9 @@ def test_backoff_doubles_with_jitter_up_to_the_ceiling_and_resets():
 @pytest.mark.parametrize("kwargs, error", [
     (dict(), "exactly one of peer dial and listen"),
     (dict(dial=("a", 1), listen=("b", 2)), "exactly one of peer dial and listen"),
+    (dict(dial=("a", 0)), r"port 1\.\.65535"),
+    (dict(listen=("a", 70000)), r"port 0\.\.65535"),
+    (dict(dial=("a", "7100")), "peer address must be"),
     (dict(dial=("a", 1), handshake_timeout_s=0), "handshake_timeout_s must be positive"),
     (dict(dial=("a", 1), heartbeat_interval_s=5, idle_timeout_s=5), "idle_timeout_s must exceed"),
     (dict(dial=("a", 1), backoff_initial_s=5, backoff_max_s=1), "backoff_max_s must be >="),

@@ -86,3 +86,11 @@ def test_invalid_names_are_rejected(tmp_path, name):
 def test_repeated_names_are_rejected(tmp_path):
     with pytest.raises(PKIError, match="repeat"):
         init_pki(tmp_path, ["kme-a", "kme-a"], [])
+
+
+@pytest.mark.parametrize("days", ["0", "3651", "999999999"])
+def test_validity_outside_the_cas_is_one_line_and_writes_nothing(tmp_path, days):
+    result = _qkdctl("pki", "init", str(tmp_path / "pki"), "--kme=kme-a", f"--days={days}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr == f"qkdctl pki init: validity must be 1 to 3650 days (the CA's own), got {days}\n"
+    assert not (tmp_path / "pki").exists()

@@ -78,3 +78,23 @@ def test_cvqkd_rate():
     assert report["key_rate_per_symbol"] > 0 and report["holevo_bound"] > 0
     done = qkdctl("--protocol", "cvqkd", "--distance-km", "25", "--beta", "1.5")
     assert done.returncode == 2 and "beta" in done.stderr
+
+
+def test_report_json_is_strict_json_with_null_for_non_finite_numbers(capsys):
+    from qkdd.protocols.cli_output import print_report
+
+    report = {"e1": float("inf"), "terms": {"h": float("nan"), "ok": 0.5}, "bounds": (1.0, float("-inf"))}
+    assert print_report("qkdctl sim rate", lambda: report, True, str) == 0
+    text = capsys.readouterr().out
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"non-JSON token {name}")) == \
+        {"e1": None, "terms": {"h": None, "ok": 0.5}, "bounds": [1.0, None]}
+
+
+def test_report_bad_parameter_is_one_line_and_status_2(capsys):
+    from qkdd.protocols.cli_output import print_report
+
+    def build():
+        raise ValueError("mu: must be > nu")
+
+    assert print_report("qkdctl sim rate", build, True, str) == 2
+    assert capsys.readouterr().err == "qkdctl sim rate: error: mu: must be > nu\n"

@@ -1,7 +1,7 @@
 """Attacks of the literature on the simulated link, judged by the protocol engines.
 
 Intercept-resend on a fraction p of pulses adds p/4 to the QBER (Gisin, Ribordy, Tittel, Zbinden,
-RMP 74, 145 (2002), Sec. II.C); photon-number splitting (Brassard, Lutkenhaus, Mor, Sanders, PRL 85, 1330
+RMP 74, 145 (2002)); photon-number splitting (Brassard, Lutkenhaus, Mor, Sanders, PRL 85, 1330
 (2000)) keeps the signal gain and QBER but starves the weaker decoy pulses (Hwang, PRL 91, 057901 (2003));
 detector blinding (Lydersen et al., Nature Photonics 4, 686 (2010)) is invisible in gain and QBER and
 caught only by the receiver's photocurrent monitor.
@@ -88,5 +88,7 @@ def test_attack_and_drift_switch_at_run_time():
     sim.drift = Drift(misalignment=0.04)
     assert abs(qber_of_next(10 ** 8) - 0.04) < 0.005
     before = sim.expected()["click_prob"]
-    sim.drift = Drift(extra_loss_db=3.0)
+    sim.drift = Drift(extra_loss_db=3.0, misalignment=0.04)
     assert abs(sim.expected()["click_prob"] / before - 10 ** -0.3) < 0.01
+    assert sim.realign() == Drift(extra_loss_db=3.0)
+    assert qber_of_next(10 ** 8) < 0.005

@@ -10,6 +10,10 @@
  *   parities:  u32 count, then ceil(count/8) bytes of bits, bit i in byte i/8 at position i%8.
  *   questions: u32 count, then count entries of 9 bytes: u8 pass, u32 start, u32 length, asking for
  *              the parity of positions [start, start+length) of that pass's shuffled order.
+ * Bob batches one question per open search per round; with qkd_cascade_bob_set_lookahead he may ask for
+ * several levels of a search's halving tree at once when few searches remain (fewer rounds, more
+ * parities). Capacities: qkd_cascade_question_capacity_bytes bounds any questions payload either end
+ * must handle.
  * Coordinates of a pass: CONTIGUOUS - the key order, blocks of block_bits; SHUFFLED - the order of a
  * seeded random permutation, blocks of block_bits; HALVES - a seeded random subset (each bit in it
  * with probability 1/2) followed by its complement, both in key order, as two blocks.

@@ -5,7 +5,8 @@
  *   Alice: one state byte per slot: bit 0 the bit value, bit 1 the basis (0 = Z, 1 = X), bits 2..5
  *          the intensity class (0 = signal, then decoys), bits 6..7 zero.
  *   Bob:   detections as three columns: slots (uint64, strictly increasing, < n_slots), basis (0/1)
- *          and outcome (0/1), one uint8 each (Alice receives Bob's bases bit-packed instead).
+ *          and outcome (0/1), one uint8 each. Alice receives the slots as a varint stream (below)
+ *          and Bob's bases bit-packed.
  * Groups: g = class * 2 + basis. Sifted bits of group g (in slot order) start at word key_offset[g]
  * of the key buffer, key_offset[g] = sum over h < g of ceil(group_bits[h] / 64); the key buffer needs
  * at most qkd_sift_key_words(count, n_classes) words.
@@ -37,12 +38,25 @@ int qkd_sift_check_slots(const uint64_t *slots, size_t count, uint64_t n_slots, 
 
 /* counts[g * NCOUNTS + SENT] += pulses of class/basis g. QKD_EINVAL: a state byte is malformed. */
 int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
-                         size_t counts_len, size_t *bad_index);
+                         size_t counts_len, size_t *bad_index, uint32_t features);
 
-/* Alice: from her states and Bob's (slots, packed bases) fill the match bits, the class of every
+/* Slot stream (Bob's announcement): LEB128 varints, 7 bits per byte, least significant group first,
+ * high bit set on all but the last byte of each: the first slot, then for each further detection
+ * its gap to the previous one minus one (slot - previous - 1). Unsorted or duplicate slots cannot be
+ * written; a stream that is truncated, has an overlong (> 64-bit) varint or trailing bytes is
+ * QKD_EPROTO, a slot >= n_slots QKD_ERANGE. qkd_sift_slot_code_bound: bytes the encoder may need
+ * (0 on overflow). */
+#define QKD_SIFT_MAX_VARINT_BYTES 10
+size_t qkd_sift_slot_code_bound(size_t count);
+int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots, uint8_t *out, size_t out_len,
+                          size_t *used, size_t *bad_index);
+int qkd_sift_decode_slots(const uint8_t *code, size_t code_len, size_t count, uint64_t n_slots, uint64_t *slots,
+                          size_t slots_len, size_t *bad_index);
+
+/* Alice: from her states and Bob's (slot stream, packed bases) fill the match bits, the class of every
  * detection, the DETECTED and MATCHED counts, and her sifted bits. scratch: count bytes. */
-int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slots, const uint64_t *bob_basis,
-                   size_t bob_basis_words, size_t count, unsigned n_classes, uint64_t *match, size_t match_words,
+int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint8_t *slot_code, size_t slot_code_len,
+                   const uint64_t *bob_basis, size_t bob_basis_words, size_t count, unsigned n_classes, uint64_t *match, size_t match_words,
                    uint8_t *classes, size_t classes_len, uint64_t *counts, size_t counts_len, uint64_t *key,
                    size_t key_words, uint64_t *group_bits, size_t groups_len, uint8_t *scratch,
                    size_t scratch_len, size_t *bad_index, uint32_t features);

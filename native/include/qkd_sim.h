@@ -10,9 +10,13 @@
  * (sim_sampler.c) jumps from detection to detection, draws the slot type from its posterior
  * prior_t * click_t / P and the outcome from the type's joint distribution. Cost: O(detections).
  *
- * Afterpulses: a click raises the click probability of the same detector in the next gate only
- * (probability afterpulse_prob). The gate after each detection is therefore sampled explicitly;
- * gap sampling resumes after the first gate without a click. Exact for this one-gate model.
+ * Afterpulses: a click raises the click probability of the same detector in the next gate only: each
+ * detector that clicked fires again there with probability afterpulse_prob, independently of that gate's
+ * photons and dark counts. The gate after a detection is thus a mixture: with no afterpulse (probability
+ * (1 - p_ap) per clicked detector) it is an ordinary slot, so gap sampling resumes at it; with one it is
+ * a click whatever the photons do, and its type, Alice's bit and the photon clicks are drawn in full and
+ * OR'ed with the afterpulses. Exact for this one-gate model; the uniform that decides it also draws the
+ * next gap when no afterpulse fires, so afterpulses cost extra work only for the clicks they cause.
  *
  * Records: one per detected slot; columns slot (uint64, strictly increasing), alice_bit, alice_basis,
  * intensity (class index), bob_basis, bob_outcome (uint8). Pulses emitted per intensity class are
@@ -37,6 +41,9 @@
 #define QKD_SIM_BB84 0
 #define QKD_SIM_E91 1
 
+#define QKD_SIM_PAIRS_THERMAL 0   /* single-mode SPDC: two-mode squeezed vacuum */
+#define QKD_SIM_PAIRS_POISSON 1   /* many modes per gate: independent pairs */
+
 #define QKD_SIM_ATTACK_NONE 0
 #define QKD_SIM_ATTACK_INTERCEPT_RESEND 1
 #define QKD_SIM_ATTACK_PNS 2
@@ -60,6 +67,7 @@ typedef struct qkd_sim_params {
     double bob_z_prob;
     /* source, E91: SPDC polarisation-entangled pairs, thermal statistics */
     double pair_mean;              /* mean pair number per slot (mu = 2 lambda) */
+    int pair_statistics;           /* QKD_SIM_PAIRS_THERMAL or QKD_SIM_PAIRS_POISSON */
     double source_position_km;     /* distance of the source from Alice along the fiber */
     double e91_alice_prob[2];      /* probabilities of A0 (0 deg), A1 (45 deg) */
     double e91_bob_prob[4];        /* probabilities of B0 (22.5), B1 (-22.5), B2 (0), B3 (45 deg) */

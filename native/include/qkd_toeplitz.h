@@ -1,5 +1,6 @@
 /* qkd_toeplitz.h - Toeplitz hashing for privacy amplification, in O(n^1.58) by carry-less
- * (GF(2)[x]) Karatsuba multiplication, PCLMULQDQ when the CPU has it.
+ * (GF(2)[x]) Karatsuba multiplication: AVX-512 VPCLMULQDQ or PCLMULQDQ when the CPU has them,
+ * portable C otherwise (the caller passes the feature bits, see qkd_cpu_features()).
  *
  * Convention (bit-exact with randextract's ToeplitzHashing, seed_mode="default"): for input bits
  * x[0..n), seed bits s[0..n+m-1) and output bits y[0..m),

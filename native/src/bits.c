@@ -88,43 +88,61 @@ static inline uint64_t mask_below(unsigned hi)
     return hi == 64 ? ~(uint64_t)0 : (((uint64_t)1 << hi) - 1);
 }
 
-int64_t qkd_bits_popcount_range(const uint64_t *words, size_t nwords, size_t start, size_t stop)
+/* The words of a non-empty bit range [start, stop): first..last, and the masks that keep the range's
+ * bits in the end words (when first == last, first_mask alone covers the range). */
+struct word_span {
+    size_t first, last;
+    uint64_t first_mask, last_mask;
+};
+
+/* QKD_OK when [start, stop) is a range of the nwords-word buffer, else QKD_EINVAL or QKD_ERANGE. */
+static int check_bit_range(size_t nwords, size_t start, size_t stop)
 {
     if (start > stop)
         return QKD_EINVAL;
     if (stop > nwords * 64)
         return QKD_ERANGE;
-    if (start == stop)
-        return 0;
-    size_t first = start >> 6, last = (stop - 1) >> 6;
-    if (first == last) {
-        uint64_t m = mask_from((unsigned)(start & 63)) & mask_below((unsigned)((stop - 1) & 63) + 1);
-        return __builtin_popcountll(words[first] & m);
-    }
-    int64_t count = __builtin_popcountll(words[first] & mask_from((unsigned)(start & 63)));
-    for (size_t w = first + 1; w < last; w++)
+    return QKD_OK;
+}
+
+static struct word_span span_of(size_t start, size_t stop)
+{
+    struct word_span span = {
+        .first = start >> 6,
+        .last = (stop - 1) >> 6,
+        .first_mask = mask_from((unsigned)(start & 63)),
+        .last_mask = mask_below((unsigned)((stop - 1) & 63) + 1),
+    };
+    if (span.first == span.last)
+        span.first_mask &= span.last_mask;
+    return span;
+}
+
+int64_t qkd_bits_popcount_range(const uint64_t *words, size_t nwords, size_t start, size_t stop)
+{
+    int rc = check_bit_range(nwords, start, stop);
+    if (rc != QKD_OK || start == stop)
+        return rc;
+    struct word_span span = span_of(start, stop);
+    int64_t count = __builtin_popcountll(words[span.first] & span.first_mask);
+    if (span.first == span.last)
+        return count;
+    for (size_t w = span.first + 1; w < span.last; w++)
         count += __builtin_popcountll(words[w]);
-    count += __builtin_popcountll(words[last] & mask_below((unsigned)((stop - 1) & 63) + 1));
-    return count;
+    return count + __builtin_popcountll(words[span.last] & span.last_mask);
 }
 
 int qkd_bits_parity_range(const uint64_t *words, size_t nwords, size_t start, size_t stop)
 {
-    if (start > stop)
-        return QKD_EINVAL;
-    if (stop > nwords * 64)
-        return QKD_ERANGE;
-    if (start == stop)
-        return 0;
-    size_t first = start >> 6, last = (stop - 1) >> 6;
-    uint64_t acc;
-    if (first == last) {
-        acc = words[first] & mask_from((unsigned)(start & 63)) & mask_below((unsigned)((stop - 1) & 63) + 1);
-    } else {
-        acc = words[first] & mask_from((unsigned)(start & 63));
-        for (size_t w = first + 1; w < last; w++)
+    int rc = check_bit_range(nwords, start, stop);
+    if (rc != QKD_OK || start == stop)
+        return rc;
+    struct word_span span = span_of(start, stop);
+    uint64_t acc = words[span.first] & span.first_mask;
+    if (span.first != span.last) {
+        for (size_t w = span.first + 1; w < span.last; w++)
             acc ^= words[w];
-        acc ^= words[last] & mask_below((unsigned)((stop - 1) & 63) + 1);
+        acc ^= words[span.last] & span.last_mask;
     }
     return __builtin_parityll(acc);
 }

@@ -37,7 +37,9 @@ struct search {
     uint32_t lo, hi;   /* range in pass order; Bob's parity differs from Alice's when mis = 1 */
     uint32_t node;     /* heap index of the range in its block's halving tree (root = 1) */
     uint32_t block;
-    uint8_t pass, pa, mis, asked, live;
+    uint8_t pass, pa, mis, live;
+    uint8_t ready;     /* waiting for an answer, nothing changed since it asked */
+    uint8_t asked;     /* tree levels asked in the outstanding round */
 };
 
 struct qkd_cascade {
@@ -52,7 +54,9 @@ struct qkd_cascade {
     size_t started;      /* passes [0, started) have begun */
     size_t outstanding;  /* questions sent and not yet answered */
     uint32_t few_searches, lookahead_levels;
-    uint64_t *alice_top, *mismatch, *searching, *pending_bit;
+    uint64_t *alice_top, *mismatch, *searching, *pending_bit, *visited;
+    uint64_t *flipped;   /* key bits Bob has corrected: honest parities never flip a bit twice */
+    int inconsistent;    /* the peer's parities contradict each other: the frame is lost */
     uint32_t *search_of, *pending, *free_slots, *active;
     size_t npending, nfree, nactive;
     struct search *slots;
@@ -80,6 +84,16 @@ static inline void bit_clear(uint64_t *w, uint64_t i)
 static inline void bit_toggle(uint64_t *w, uint64_t i)
 {
     w[i >> 6] ^= (uint64_t)1 << (i & 63);
+}
+
+/* Branch-free population count: the portable build has no POPCNT, and libgcc's fallback is a
+ * table loop (Hacker's Delight, 2nd ed., sec. 5-1). */
+static inline unsigned popcount64(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (unsigned)((x * 0x0101010101010101ull) >> 56);
 }
 
 static inline uint64_t mask_from(unsigned lo)
@@ -158,7 +172,7 @@ static inline void block_range(const qkd_cascade *c, const struct pass *p, size_
 
 static inline uint32_t rank1(const struct pass *p, size_t x)
 {
-    return p->rank[x >> 6] + (uint32_t)__builtin_popcountll(p->mask[x >> 6] & mask_below((unsigned)(x & 63)));
+    return p->rank[x >> 6] + (uint32_t)popcount64(p->mask[x >> 6] & mask_below((unsigned)(x & 63)));
 }
 
 /* Position of key bit x in the order of pass p. */
@@ -283,11 +297,29 @@ static void layout(qkd_cascade *c, struct arena *a)
         c->mismatch = carve(a, bw, sizeof(uint64_t));
         c->searching = carve(a, bw, sizeof(uint64_t));
         c->pending_bit = carve(a, bw, sizeof(uint64_t));
+        c->visited = carve(a, bw, sizeof(uint64_t));
+        c->flipped = carve(a, c->nwords, sizeof(uint64_t));
         c->search_of = carve(a, c->total_blocks, sizeof(uint32_t));
         c->pending = carve(a, c->total_blocks, sizeof(uint32_t));
         c->free_slots = carve(a, c->total_blocks, sizeof(uint32_t));
         c->active = carve(a, c->total_blocks, sizeof(uint32_t));
         c->slots = carve(a, c->total_blocks, sizeof(struct search));
+    }
+}
+
+/* p->copy = the key in the order of SHUFFLED pass p (ones scattered to their positions). */
+static void permute_key(qkd_cascade *c, struct pass *p)
+{
+    memset(p->copy, 0, c->nwords * sizeof(uint64_t));
+    for (size_t w = 0; w < c->nwords; w++) {
+        uint64_t word = c->key[w];
+        if (w == c->nwords - 1 && c->n % 64)
+            word &= mask_below((unsigned)(c->n % 64));
+        while (word) {
+            size_t x = w * 64 + (size_t)__builtin_ctzll(word);
+            word &= word - 1;
+            bit_set1(p->copy, p->pos[x]);
+        }
     }
 }
 
@@ -305,12 +337,8 @@ static int build_pass(qkd_cascade *c, size_t i, const uint8_t *seed)
         if (p->perm)
             for (size_t x = 0; x < c->n; x++)
                 p->perm[p->pos[x]] = (uint32_t)x;
-        if (c->role == QKD_CASCADE_ALICE) {
-            memset(p->copy, 0, c->nwords * sizeof(uint64_t));
-            for (size_t x = 0; x < c->n; x++)
-                if (bit_get(c->key, x))
-                    bit_set1(p->copy, p->pos[x]);
-        }
+        if (c->role == QKD_CASCADE_ALICE)
+            permute_key(c, p);
         return QKD_OK;
     }
     /* HALVES: each key bit joins the first half with probability 1/2. */
@@ -321,27 +349,11 @@ static int build_pass(qkd_cascade *c, size_t i, const uint8_t *seed)
     uint32_t count = 0;
     for (size_t w = 0; w < c->nwords; w++) {
         p->rank[w] = count;
-        count += (uint32_t)__builtin_popcountll(p->mask[w]);
+        count += (uint32_t)popcount64(p->mask[w]);
     }
     p->rank[c->nwords] = count;
-    if (count != p->half0)
-        return QKD_EINVAL; /* cannot happen: half0 was counted from the same stream */
+    p->half0 = count;
     return QKD_OK;
-}
-
-/* Members of the first half of HALVES pass i, computed before layout to size the pass. */
-static uint32_t count_half0(const qkd_cascade *c, size_t i, const uint8_t *seed)
-{
-    qkd_prng g;
-    qkd_prng_init(&g, seed, QKD_PRNG_SEED_BYTES, (uint64_t)i);
-    uint64_t count = 0;
-    for (size_t w = 0; w < c->nwords; w++) {
-        uint64_t word = qkd_prng_next(&g);
-        if (w == c->nwords - 1 && c->n % 64)
-            word &= mask_below((unsigned)(c->n % 64));
-        count += (uint64_t)__builtin_popcountll(word);
-    }
-    return (uint32_t)count;
 }
 
 int qkd_cascade_new(qkd_cascade **out, int role, uint64_t *key, size_t key_words, size_t n_bits,
@@ -376,8 +388,7 @@ int qkd_cascade_new(qkd_cascade **out, int role, uint64_t *key, size_t key_words
         uint64_t longest;
         if (p->kind == QKD_CASCADE_PASS_HALVES) {
             p->nblocks = 2;
-            p->half0 = count_half0(c, i, seed);
-            longest = p->half0 > n_bits - p->half0 ? p->half0 : n_bits - p->half0;
+            longest = n_bits; /* a half can, in principle, hold every bit */
         } else if (p->kind == QKD_CASCADE_PASS_CONTIGUOUS || p->kind == QKD_CASCADE_PASS_SHUFFLED) {
             if (p->block_bits == 0) {
                 free(c);
@@ -531,6 +542,13 @@ static void push_pending(qkd_cascade *c, size_t g)
 /* Bob corrects key bit x; every started pass sees the parity of the block holding x change. */
 static void flip(qkd_cascade *c, size_t x)
 {
+    /* Every flip corrects a bit that differs from Alice's, so no bit flips twice unless Alice's
+     * parities contradict each other (a corrupted or hostile peer); stop rather than loop. */
+    if (bit_get(c->flipped, x)) {
+        c->inconsistent = 1;
+        return;
+    }
+    bit_set1(c->flipped, x);
     qkd_bit_flip(c->key, x);
     c->stats.corrected_bits++;
     for (size_t i = 0; i < c->started; i++) {
@@ -542,10 +560,12 @@ static void flip(qkd_cascade *c, size_t x)
         bit_toggle(c->mismatch, g);
         if (bit_get(c->searching, g)) {
             struct search *s = &c->slots[c->search_of[g]];
-            if (j >= s->lo && j < s->hi)
+            if (j >= s->lo && j < s->hi) {
                 s->mis ^= 1;
-        } else if (bit_get(c->mismatch, g)) {
-            push_pending(c, g);
+                s->ready = 0; /* resolve it again */
+            }
+        } else if (bit_get(c->mismatch, g) || (p->kind != QKD_CASCADE_PASS_HALVES && bit_get(c->visited, g))) {
+            push_pending(c, g); /* odd again, or an even block whose revealed sub-blocks may now be odd */
         }
     }
 }
@@ -555,7 +575,7 @@ static void end_search(qkd_cascade *c, struct search *s)
     size_t g = c->passes[s->pass].block_base + s->block;
     s->live = 0;
     bit_clear(c->searching, g);
-    if (bit_get(c->mismatch, g))
+    if (bit_get(c->mismatch, g) || c->passes[s->pass].kind != QKD_CASCADE_PASS_HALVES)
         push_pending(c, g);
 }
 
@@ -596,6 +616,7 @@ static void resolve(qkd_cascade *c, struct search *s)
             descend(c, s, bit_get(p->value, left));
             continue;
         }
+        s->ready = 1;
         return; /* left child unknown: next_questions asks */
     }
 }
@@ -608,26 +629,73 @@ static size_t pass_of_block(const qkd_cascade *c, size_t g)
     return i;
 }
 
+/* In an even block, find a node of the halving tree whose parity Alice has revealed and whose
+ * mismatch is odd: flips since it was revealed can leave one behind even though the block as a
+ * whole is even. Searching from there finds an error with no new block parity (it uses all known
+ * parities, as block parity inference does, Martinez-Mateo et al., arXiv:1407.3257, sec. 4). */
+static int find_odd_node(const qkd_cascade *c, const struct pass *p, size_t b, struct search *out)
+{
+    struct tree_walk {
+        uint32_t node, lo, hi;
+        uint8_t parity;
+    } stack[2 * 33];
+    size_t top = 0;
+    uint32_t lo, hi;
+    block_range(c, p, b, &lo, &hi);
+    uint64_t base = (uint64_t)b * p->nodes_per_block;
+    if (hi - lo >= 2 && bit_get(p->known, base + 2)) {
+        uint32_t mid = lo + (hi - lo + 1) / 2;
+        stack[top++] = (struct tree_walk){3, mid, hi, (uint8_t)bit_get(p->value, base + 3)};
+        stack[top++] = (struct tree_walk){2, lo, mid, (uint8_t)bit_get(p->value, base + 2)};
+    }
+    while (top > 0) {
+        struct tree_walk t = stack[--top];
+        if (pass_parity(c, p, c->key, t.lo, t.hi) != t.parity) {
+            out->node = t.node;
+            out->lo = t.lo;
+            out->hi = t.hi;
+            out->pa = t.parity;
+            return 1;
+        }
+        uint64_t left = base + 2 * (uint64_t)t.node;
+        if (t.hi - t.lo >= 2 && bit_get(p->known, left)) {
+            uint32_t mid = t.lo + (t.hi - t.lo + 1) / 2;
+            stack[top++] = (struct tree_walk){2 * t.node + 1, mid, t.hi, (uint8_t)bit_get(p->value, left + 1)};
+            stack[top++] = (struct tree_walk){2 * t.node, t.lo, mid, (uint8_t)bit_get(p->value, left)};
+        }
+    }
+    return 0;
+}
+
 static void start_pending(qkd_cascade *c)
 {
     while (c->npending > 0) {
         size_t g = c->pending[--c->npending];
         bit_clear(c->pending_bit, g);
-        if (!bit_get(c->mismatch, g) || bit_get(c->searching, g))
+        if (bit_get(c->searching, g))
             continue;
         size_t i = pass_of_block(c, g);
         const struct pass *p = &c->passes[i];
+        size_t b = g - p->block_base;
+        struct search found;
+        if (bit_get(c->mismatch, g)) {
+            block_range(c, p, b, &found.lo, &found.hi);
+            found.node = 1;
+            found.pa = (uint8_t)bit_get(c->alice_top, g);
+        } else if (p->kind == QKD_CASCADE_PASS_HALVES || !bit_get(c->visited, g) || !find_odd_node(c, p, b, &found)) {
+            continue;
+        }
         uint32_t slot = c->free_slots[--c->nfree];
         struct search *s = &c->slots[slot];
+        *s = found;
         s->pass = (uint8_t)i;
-        s->block = (uint32_t)(g - p->block_base);
-        block_range(c, p, s->block, &s->lo, &s->hi);
-        s->node = 1;
-        s->pa = (uint8_t)bit_get(c->alice_top, g);
+        s->block = (uint32_t)b;
         s->mis = 1;
         s->asked = 0;
+        s->ready = 0;
         s->live = 1;
         bit_set1(c->searching, g);
+        bit_set1(c->visited, g);
         c->search_of[g] = slot;
         c->active[c->nactive++] = slot;
     }
@@ -641,7 +709,7 @@ static void settle(qkd_cascade *c)
         uint64_t flips_before = c->stats.corrected_bits;
         for (size_t k = 0; k < c->nactive; k++) {
             struct search *s = &c->slots[c->active[k]];
-            if (s->live)
+            if (s->live && !s->ready)
                 resolve(c, s);
         }
         size_t kept = 0;
@@ -653,6 +721,8 @@ static void settle(qkd_cascade *c)
                 c->free_slots[c->nfree++] = slot;
         }
         c->nactive = kept;
+        if (c->inconsistent)
+            return;
         if (c->stats.corrected_bits == flips_before && c->npending == 0)
             return;
     }
@@ -661,19 +731,8 @@ static void settle(qkd_cascade *c)
 static void begin_pass(qkd_cascade *c, size_t i)
 {
     struct pass *p = &c->passes[i];
-    if (p->kind == QKD_CASCADE_PASS_SHUFFLED) {
-        memset(p->copy, 0, c->nwords * sizeof(uint64_t));
-        for (size_t w = 0; w < c->nwords; w++) {
-            uint64_t word = c->key[w];
-            if (w == c->nwords - 1 && c->n % 64)
-                word &= mask_below((unsigned)(c->n % 64));
-            while (word) {
-                size_t x = w * 64 + (size_t)__builtin_ctzll(word);
-                word &= word - 1;
-                bit_set1(p->copy, p->pos[x]);
-            }
-        }
-    }
+    if (p->kind == QKD_CASCADE_PASS_SHUFFLED)
+        permute_key(c, p);
     c->started = i + 1;
     for (size_t b = 0; b < p->nblocks; b++) {
         uint32_t lo, hi;
@@ -790,10 +849,12 @@ int64_t qkd_cascade_bob_next_questions(qkd_cascade *c, uint8_t *out, size_t out_
 {
     if (c == NULL || c->role != QKD_CASCADE_BOB || out == NULL)
         return QKD_EINVAL;
-    if (!c->have_top || c->outstanding)
+    if (!c->have_top || c->outstanding || c->inconsistent)
         return QKD_EPROTO;
     for (;;) {
         settle(c);
+        if (c->inconsistent)
+            return QKD_EPROTO;
         if (c->nactive > 0)
             break;
         if (c->started == c->npasses)
@@ -832,6 +893,7 @@ int qkd_cascade_bob_apply_answers(qkd_cascade *c, const uint8_t *payload, size_t
         struct search *s = &c->slots[c->active[k]];
         used += walk_tree(c, s, s->asked, NULL, payload + 4, used, count);
         s->asked = 0;
+        s->ready = 0;
     }
     c->outstanding = 0;
     c->stats.disclosed_bits += count;

@@ -14,34 +14,43 @@
 #include <immintrin.h>
 #endif
 
-/* Portable carry-less product of a and b: bits [0,64) in *lo, [64,128) in *hi. A 4-bit window
- * over b (16-entry table of multiples of a), then a fix-up for the top 3 bits of a lost by shifting. */
-static inline void qkd_clmul64_soft(uint64_t a, uint64_t b, uint64_t *lo, uint64_t *hi)
+/* Portable carry-less multiply by a fixed a: the 16 products a * w for 4-bit w, each up to 67 bits
+ * (lo word, hi word). Build once per a, then qkd_clmul64_table per b: 16 windows of 4 bits. */
+struct qkd_clmul_table {
+    uint64_t lo[16], hi[16];
+};
+
+static inline void qkd_clmul_table_init(struct qkd_clmul_table *t, uint64_t a)
 {
-    uint64_t table[16];
-    table[0] = 0;
-    for (unsigned i = 1; i < 16; i++)
-        table[i] = (i & 1 ? table[i - 1] ^ a : table[i >> 1] << 1);
-    /* table[i] is the low 64 bits of a * i; table[i] for odd i built from table[i-1] = a*(i-1). */
-    uint64_t l = 0, h = 0;
-    for (int shift = 60; shift >= 0; shift -= 4) {
-        h = (h << 4) | (l >> 60);
-        l <<= 4;
-        l ^= table[(b >> shift) & 15];
+    t->lo[0] = t->hi[0] = 0;
+    t->lo[1] = a;
+    t->hi[1] = 0;
+    for (unsigned w = 2; w < 16; w += 2) {
+        t->lo[w] = t->lo[w / 2] << 1;
+        t->hi[w] = (t->hi[w / 2] << 1) | (t->lo[w / 2] >> 63);
+        t->lo[w + 1] = t->lo[w] ^ a;
+        t->hi[w + 1] = t->hi[w];
     }
-    /* Bits of a*i that overflowed 64 bits inside the table (a's top 3 bits times i's high bits). */
-    for (unsigned bit = 1; bit < 4; bit++) {
-        if (!((a >> (64 - bit)) & 1))
-            continue;
-        /* a has bit (64-bit) set: for every window value with bit `bit` or higher set, the product
-         * spills; recompute the spill directly: sum over b's bits j with (j % 4) >= bit of
-         * 2^(64-bit+j) contributes to hi at j - bit. */
-        for (unsigned j = bit; j < 64; j++)
-            if ((j & 3) >= bit && ((b >> j) & 1))
-                h ^= (uint64_t)1 << (j - bit);
+}
+
+static inline void qkd_clmul64_table(const struct qkd_clmul_table *t, uint64_t b, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t l = t->lo[b & 15], h = t->hi[b & 15];
+    for (unsigned k = 4; k < 64; k += 4) {
+        unsigned w = (unsigned)(b >> k) & 15u;
+        l ^= t->lo[w] << k;
+        h ^= (t->lo[w] >> (64 - k)) ^ (t->hi[w] << k);
     }
     *lo = l;
     *hi = h;
+}
+
+/* Portable carry-less product of a and b: bits [0,64) in *lo, [64,128) in *hi. */
+static inline void qkd_clmul64_soft(uint64_t a, uint64_t b, uint64_t *lo, uint64_t *hi)
+{
+    struct qkd_clmul_table t;
+    qkd_clmul_table_init(&t, a);
+    qkd_clmul64_table(&t, b, lo, hi);
 }
 
 #ifdef QKD_HAVE_X86

@@ -74,12 +74,23 @@ int qkd_prng_permutation(qkd_prng *g, uint32_t *out, size_t n)
         return QKD_EINVAL;
     for (size_t i = 0; i < n; i++)
         out[i] = (uint32_t)i;
-    /* Fisher-Yates (Durstenfeld): every permutation equally likely. */
-    for (size_t i = n; i > 1; i--) {
-        uint32_t j = qkd_prng_below(g, (uint32_t)i);
-        uint32_t t = out[i - 1];
-        out[i - 1] = out[j];
-        out[j] = t;
+    /* Fisher-Yates (Durstenfeld): every permutation equally likely. The swap partners of a batch of
+     * steps depend only on the generator, so they are drawn first and their cache lines prefetched;
+     * the result is the same as drawing them one at a time. */
+    enum { BATCH = 32 };
+    uint32_t partner[BATCH];
+    size_t i = n;
+    while (i > 1) {
+        size_t steps = i - 1 < BATCH ? i - 1 : BATCH;
+        for (size_t k = 0; k < steps; k++) {
+            partner[k] = qkd_prng_below(g, (uint32_t)(i - k));
+            __builtin_prefetch(&out[partner[k]], 1);
+        }
+        for (size_t k = 0; k < steps; k++, i--) {
+            uint32_t t = out[i - 1];
+            out[i - 1] = out[partner[k]];
+            out[partner[k]] = t;
+        }
     }
     return QKD_OK;
 }

@@ -42,13 +42,180 @@ int qkd_sift_check_slots(const uint64_t *slots, size_t count, uint64_t n_slots, 
     return QKD_OK;
 }
 
+size_t qkd_sift_slot_code_bound(size_t count)
+{
+    return count > SIZE_MAX / QKD_SIFT_MAX_VARINT_BYTES ? 0 : count * QKD_SIFT_MAX_VARINT_BYTES;
+}
+
+int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots, uint8_t *out, size_t out_len,
+                          size_t *used, size_t *bad_index)
+{
+    size_t pos = 0;
+    uint64_t next = 0; /* smallest slot the next detection may have */
+    for (size_t i = 0; i < count; i++) {
+        uint64_t s = slots[i];
+        if (s >= n_slots || (i > 0 && s < next)) {
+            set_bad(bad_index, i);
+            return s >= n_slots ? QKD_ERANGE : QKD_EPROTO;
+        }
+        uint64_t v = s - next;
+        next = s + 1;
+        if (out_len - pos >= QKD_SIFT_MAX_VARINT_BYTES && v < 0x80) { /* the common one-byte gap */
+            out[pos++] = (uint8_t)v;
+            continue;
+        }
+        while (v >= 0x80) {
+            if (pos >= out_len)
+                return QKD_ENOMEM;
+            out[pos++] = (uint8_t)(v | 0x80);
+            v >>= 7;
+        }
+        if (pos >= out_len)
+            return QKD_ENOMEM;
+        out[pos++] = (uint8_t)v;
+    }
+    *used = pos;
+    return QKD_OK;
+}
+
+/* Next varint of the slot stream into *v. QKD_EPROTO if truncated or longer than 64 bits. */
+static inline int read_varint(const uint8_t *code, size_t len, size_t *pos, uint64_t *v)
+{
+    size_t p = *pos;
+    if (p < len && code[p] < 0x80) { /* the common one-byte gap */
+        *v = code[p];
+        *pos = p + 1;
+        return QKD_OK;
+    }
+    uint64_t value = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (p >= len)
+            return QKD_EPROTO;
+        uint8_t byte = code[p++];
+        if (shift == 63 && byte > 1)
+            return QKD_EPROTO;
+        value |= (uint64_t)(byte & 0x7F) << shift;
+        if (!(byte & 0x80)) {
+            *v = value;
+            *pos = p;
+            return QKD_OK;
+        }
+    }
+    return QKD_EPROTO;
+}
+
+/* Slot of the next detection: *next is the smallest slot allowed; QKD_ERANGE past the frame. */
+static inline int next_slot(const uint8_t *code, size_t len, size_t *pos, uint64_t *next, uint64_t n_slots,
+                            uint64_t *slot)
+{
+    uint64_t gap;
+    int rc = read_varint(code, len, pos, &gap);
+    if (rc != QKD_OK)
+        return rc;
+    if (*next >= n_slots || gap > n_slots - 1 - *next)
+        return QKD_ERANGE;
+    *slot = *next + gap;
+    *next = *slot + 1;
+    return QKD_OK;
+}
+
+int qkd_sift_decode_slots(const uint8_t *code, size_t code_len, size_t count, uint64_t n_slots, uint64_t *slots,
+                          size_t slots_len, size_t *bad_index)
+{
+    if (slots_len < count)
+        return QKD_ENOMEM;
+    size_t pos = 0;
+    uint64_t next = 0;
+    for (size_t i = 0; i < count; i++) {
+        int rc = next_slot(code, code_len, &pos, &next, n_slots, &slots[i]);
+        if (rc != QKD_OK) {
+            set_bad(bad_index, i);
+            return rc;
+        }
+    }
+    if (pos != code_len) {
+        set_bad(bad_index, count);
+        return QKD_EPROTO;
+    }
+    return QKD_OK;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define AVX2_GROUPS 8
+/* Pulses per group g = state >> 1 for up to AVX2_GROUPS groups (four classes), 32 slots a step:
+ * each group's byte counters subtract the compare mask (-1 per match) and are widened with SAD every
+ * 255 steps. Returns the slots done (a multiple of 32); *largest is the largest state byte seen,
+ * which the caller checks (a state of a larger class or with bits 6-7 set is malformed). */
+__attribute__((target("avx2"))) static size_t sent_counts_avx2(const uint8_t *states, size_t n_slots,
+                                                               uint64_t *group_total, unsigned *largest)
+{
+    const __m256i zero = _mm256_setzero_si256(), low7 = _mm256_set1_epi8(0x7F);
+    __m256i top = zero, wide[AVX2_GROUPS];
+    for (unsigned g = 0; g < AVX2_GROUPS; g++)
+        wide[g] = zero;
+    size_t i = 0;
+    while (n_slots - i >= 32) {
+        size_t steps = (n_slots - i) / 32 < 255 ? (n_slots - i) / 32 : 255;
+        __m256i acc[AVX2_GROUPS];
+        for (unsigned g = 0; g < AVX2_GROUPS; g++)
+            acc[g] = zero;
+        for (size_t t = 0; t < steps; t++, i += 32) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(states + i));
+            top = _mm256_max_epu8(top, v);
+            __m256i group = _mm256_and_si256(_mm256_srli_epi16(v, 1), low7);
+            for (unsigned g = 0; g < AVX2_GROUPS; g++)
+                acc[g] = _mm256_sub_epi8(acc[g], _mm256_cmpeq_epi8(group, _mm256_set1_epi8((char)g)));
+        }
+        for (unsigned g = 0; g < AVX2_GROUPS; g++)
+            wide[g] = _mm256_add_epi64(wide[g], _mm256_sad_epu8(acc[g], zero));
+    }
+    for (unsigned g = 0; g < AVX2_GROUPS; g++) {
+        uint64_t lanes[4];
+        _mm256_storeu_si256((__m256i *)lanes, wide[g]);
+        group_total[g] += lanes[0] + lanes[1] + lanes[2] + lanes[3];
+    }
+    uint8_t bytes[32];
+    _mm256_storeu_si256((__m256i *)bytes, top);
+    for (unsigned k = 0; k < 32; k++)
+        *largest = bytes[k] > *largest ? bytes[k] : *largest;
+    return i;
+}
+#endif
+
+static int find_bad_state(const uint8_t *states, size_t n_slots, unsigned n_classes, size_t *bad_index)
+{
+    for (size_t j = 0; j < n_slots; j++)
+        if (states[j] >= 4 * n_classes) {
+            set_bad(bad_index, j);
+            break;
+        }
+    return QKD_EINVAL;
+}
+
 int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
-                         size_t counts_len, size_t *bad_index)
+                         size_t counts_len, size_t *bad_index, uint32_t features)
 {
     if (n_classes == 0 || n_classes > QKD_SIFT_MAX_CLASSES)
         return QKD_EINVAL;
     if (counts_len < 2 * (size_t)n_classes * QKD_SIFT_NCOUNTS)
         return QKD_ENOMEM;
+#if defined(__x86_64__)
+    if ((features & QKD_CPU_AVX2) && 2 * n_classes <= AVX2_GROUPS) {
+        uint64_t group_total[AVX2_GROUPS] = {0};
+        unsigned largest = 0;
+        size_t done = sent_counts_avx2(states, n_slots, group_total, &largest);
+        for (size_t j = done; j < n_slots; j++) {
+            largest = states[j] > largest ? states[j] : largest;
+            group_total[(states[j] >> 1) & 0x7F]++;
+        }
+        if (largest >= 4 * n_classes)
+            return find_bad_state(states, n_slots, n_classes, bad_index);
+        for (unsigned g = 0; g < 2 * n_classes; g++)
+            counts[g * QKD_SIFT_NCOUNTS + QKD_SIFT_SENT] += group_total[g];
+        return QKD_OK;
+    }
+#endif
     /* Four interleaved histograms of the state byte's low 6 bits hide the store-to-load dependency;
      * 32-bit bins are flushed every 2^31 slots. */
     uint64_t total[64] = {0};
@@ -69,14 +236,8 @@ int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_class
             uint64_t n = (uint64_t)hist[0][v] + hist[1][v] + hist[2][v] + hist[3][v];
             if (n == 0)
                 continue;
-            if (v >= 64 || (v >> QKD_SIFT_STATE_CLASS_SHIFT) >= n_classes) {
-                for (size_t j = 0; j < n_slots; j++)
-                    if (states[j] == v) {
-                        set_bad(bad_index, j);
-                        break;
-                    }
-                return QKD_EINVAL;
-            }
+            if (v >= 4 * n_classes)
+                return find_bad_state(states, n_slots, n_classes, bad_index);
             total[v] += n;
         }
     }
@@ -281,8 +442,8 @@ static inline uint64_t classify64(const uint8_t *st, uint64_t bb, uint8_t *class
 }
 #endif
 
-int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slots, const uint64_t *bob_basis,
-                   size_t bob_basis_words, size_t count, unsigned n_classes, uint64_t *match, size_t match_words,
+int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint8_t *slot_code, size_t slot_code_len,
+                   const uint64_t *bob_basis, size_t bob_basis_words, size_t count, unsigned n_classes, uint64_t *match, size_t match_words,
                    uint8_t *classes, size_t classes_len, uint64_t *counts, size_t counts_len, uint64_t *key,
                    size_t key_words, uint64_t *group_bits, size_t groups_len, uint8_t *scratch,
                    size_t scratch_len, size_t *bad_index, uint32_t features)
@@ -292,28 +453,33 @@ int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slot
         return rc;
     if (bob_basis_words < qkd_words_for_bits(count) || classes_len < count)
         return QKD_ENOMEM;
-    rc = qkd_sift_check_slots(slots, count, n_slots, bad_index);
-    if (rc != QKD_OK)
-        return rc;
     /* A matched detection's code is the state byte itself (class << 2 | basis << 1 | value); an
      * unmatched one is UNMATCHED | class << 2 | bob basis << 1. Malformed states are found after the
      * loop from the largest state seen (valid ones are < 4 * n_classes). */
     uint8_t *codes = scratch;
     unsigned largest = 0;
-    size_t words = qkd_words_for_bits(count);
+    size_t words = qkd_words_for_bits(count), pos = 0;
+    uint64_t next = 0;
     for (size_t w = 0; w < words; w++) {
         size_t base = w * 64, n = count - base < 64 ? count - base : 64;
+        uint8_t gathered[64];
+        for (size_t j = 0; j < n; j++) {
+            uint64_t slot;
+            rc = next_slot(slot_code, slot_code_len, &pos, &next, n_slots, &slot);
+            if (rc != QKD_OK) {
+                set_bad(bad_index, base + j);
+                return rc;
+            }
+            gathered[j] = states[slot];
+        }
         uint64_t bb = bob_basis[w];
         if (n == 64) {
-            uint8_t gathered[64];
-            for (size_t j = 0; j < 64; j++)
-                gathered[j] = states[slots[base + j]];
             match[w] = classify64(gathered, bb, classes + base, codes + base, &largest);
             continue;
         }
         uint64_t m = 0;
         for (size_t j = 0; j < n; j++) {
-            unsigned st = states[slots[base + j]];
+            unsigned st = gathered[j];
             unsigned differ = ((st >> 1) ^ (unsigned)(bb >> j)) & 1u;
             largest = st > largest ? st : largest;
             m |= (uint64_t)(differ ^ 1u) << j;
@@ -322,12 +488,21 @@ int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slot
         }
         match[w] = m;
     }
+    if (pos != slot_code_len) {
+        set_bad(bad_index, count);
+        return QKD_EPROTO;
+    }
     if (largest >= 4 * n_classes) {
-        for (size_t i = 0; i < count; i++)
-            if (states[slots[i]] >= 4 * n_classes) {
+        pos = 0;
+        next = 0;
+        for (size_t i = 0; i < count; i++) {
+            uint64_t slot = 0; /* the stream decoded once already: no error here */
+            next_slot(slot_code, slot_code_len, &pos, &next, n_slots, &slot);
+            if (states[slot] >= 4 * n_classes) {
                 set_bad(bad_index, i);
                 break;
             }
+        }
         return QKD_EINVAL;
     }
     for (size_t w = words; w < match_words; w++)
@@ -336,6 +511,41 @@ int qkd_sift_alice(const uint8_t *states, uint64_t n_slots, const uint64_t *slot
     tally(codes, count, n_groups, counts, group_bits);
     return scatter(codes, count, n_groups, key, key_words, group_bits, features);
 }
+
+#if defined(__SSE2__)
+/* Bob's classification of 64 detections: code = class << 2 | basis << 1 | (matched ? outcome : UNMATCHED).
+ * *flags collects basis | outcome (valid records keep it <= 1), *largest_class the largest class. */
+static inline void classify64_bob(const uint8_t *basis, const uint8_t *outcome, const uint8_t *classes,
+                                  uint64_t match, uint8_t *codes, unsigned *flags, unsigned *largest_class)
+{
+    const __m128i one = _mm_set1_epi8(1), unmatched = _mm_set1_epi8((char)UNMATCHED);
+    const __m128i bitsel = _mm_set_epi8((char)0x80, 0x40, 0x20, 0x10, 8, 4, 2, 1, (char)0x80, 0x40, 0x20, 0x10, 8,
+                                        4, 2, 1);
+    __m128i any = _mm_setzero_si128(), top = _mm_setzero_si128();
+    for (unsigned q = 0; q < 4; q++) {
+        __m128i b = _mm_loadu_si128((const __m128i *)(basis + 16 * q));
+        __m128i o = _mm_loadu_si128((const __m128i *)(outcome + 16 * q));
+        __m128i c = _mm_loadu_si128((const __m128i *)(classes + 16 * q));
+        uint16_t bits16 = (uint16_t)(match >> (16 * q));
+        __m128i rep = _mm_unpacklo_epi64(_mm_set1_epi8((char)(bits16 & 0xFF)), _mm_set1_epi8((char)(bits16 >> 8)));
+        __m128i same = _mm_cmpeq_epi8(_mm_min_epu8(_mm_and_si128(rep, bitsel), one), one);
+        __m128i low = _mm_or_si128(_mm_and_si128(same, o), _mm_andnot_si128(same, unmatched));
+        /* class << 2 and basis << 1 within bytes: add doubles without crossing bytes for small values */
+        __m128i c4 = _mm_add_epi8(_mm_add_epi8(c, c), _mm_add_epi8(c, c));
+        __m128i code = _mm_or_si128(_mm_or_si128(c4, _mm_add_epi8(b, b)), low);
+        _mm_storeu_si128((__m128i *)(codes + 16 * q), code);
+        any = _mm_or_si128(any, _mm_or_si128(b, o));
+        top = _mm_max_epu8(top, c);
+    }
+    uint8_t lanes_any[16], lanes_top[16];
+    _mm_storeu_si128((__m128i *)lanes_any, any);
+    _mm_storeu_si128((__m128i *)lanes_top, top);
+    for (unsigned k = 0; k < 16; k++) {
+        *flags |= lanes_any[k];
+        *largest_class = lanes_top[k] > *largest_class ? lanes_top[k] : *largest_class;
+    }
+}
+#endif
 
 int qkd_sift_bob(const uint8_t *basis, const uint8_t *outcome, size_t count, const uint64_t *match,
                  size_t match_words, const uint8_t *classes, unsigned n_classes, uint64_t *counts,
@@ -347,7 +557,12 @@ int qkd_sift_bob(const uint8_t *basis, const uint8_t *outcome, size_t count, con
         return rc;
     uint8_t *codes = scratch;
     unsigned flags = 0, largest_class = 0;
-    for (size_t i = 0; i < count; i++) {
+    size_t i = 0;
+#if defined(__SSE2__)
+    for (; i + 64 <= count; i += 64)
+        classify64_bob(basis + i, outcome + i, classes + i, match[i >> 6], codes + i, &flags, &largest_class);
+#endif
+    for (; i < count; i++) {
         unsigned b = basis[i], o = outcome[i], cls = classes[i];
         unsigned same = (unsigned)(match[i >> 6] >> (i & 63)) & 1u;
         flags |= b | o;

@@ -23,9 +23,9 @@ static joint joint_independent(double click_same, double click_other)
 
 /* Phase-randomised coherent light with mean photon numbers m_same, m_other at the two detectors (a
  * beam-split coherent state is a product of coherent states, so the detectors click independently):
- * P(click) = 1 - (1 - p_dark) exp(-m). Lo, Ma, Chen, PRL 94, 230504 (2005); Ma, Qi, Zhao, Lo,
- * PRA 72, 012326 (2005), Eqs. (1)-(3): summed over both detectors, Q = 1 - (1 - Y0) exp(-eta mu) with
- * Y0 = 1 - (1 - p_dark)^2. */
+ * P(click) = 1 - (1 - p_dark) exp(-m). Summed over both detectors this is the gain of the channel model
+ * of Lo, Ma, Chen, PRL 94, 230504 (2005) and Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005),
+ * Q = 1 - (1 - Y0) exp(-eta mu) with Y0 = 1 - (1 - p_dark)^2. */
 static joint joint_coherent(double m_same, double m_other, double p_dark)
 {
     return joint_independent(1 - (1 - p_dark) * exp(-m_same), 1 - (1 - p_dark) * exp(-m_other));
@@ -103,6 +103,8 @@ int qkd_sim_check_params(const qkd_sim_params *p)
         }
         if (fabs(sa - 1) > 1e-9 || fabs(sb - 1) > 1e-9)
             return QKD_EINVAL;
+        if (p->pair_statistics != QKD_SIM_PAIRS_THERMAL && p->pair_statistics != QKD_SIM_PAIRS_POISSON)
+            return QKD_EINVAL;
         if (!(p->pair_mean > 0 && p->pair_mean <= 10) ||
             !(p->source_position_km >= 0 && p->source_position_km <= p->distance_km))
             return QKD_EINVAL;
@@ -117,7 +119,7 @@ int qkd_sim_check_params(const qkd_sim_params *p)
  * photons, all prepared in her result, into the fiber. Bob's photon-number statistics (hence every gain)
  * are unchanged; the Poisson mixture of resent Fock states again gives independent detectors. With
  * matching bases, e != a gives a random result: QBER = p/4 for fraction p (Bennett, Brassard, Ekert,
- * Sci. Am. 267, 50 (1992); Gisin et al., RMP 74, 145 (2002), Sec. II.C). */
+ * Sci. Am. 267, 50 (1992); Gisin, Ribordy, Tittel, Zbinden, RMP 74, 145 (2002)). */
 static joint joint_intercept_resend(double mean_at_bob, int alice_basis, int bob_basis, double e_mis, double p_dark)
 {
     joint acc = {0, 0, 0, 0};
@@ -284,6 +286,42 @@ static void finish_table(qkd_sim_table *t, const qkd_sim_params *p)
     (void)p;
 }
 
+/* Walker's alias method (A. J. Walker, ACM TOMS 3, 253 (1977)), built in Vose's stable order
+ * (M. D. Vose, IEEE TSE 17, 972 (1991)): entry j is kept with probability keep[j], else replaced by
+ * other[j]; one uniform draw then costs O(1) instead of a binary search. */
+static void build_alias(qkd_sim_table *t)
+{
+    int k = 3 * t->n;
+    double scaled[3 * QKD_SIM_MAX_TYPES];
+    int small[3 * QKD_SIM_MAX_TYPES], large[3 * QKD_SIM_MAX_TYPES];
+    int n_small = 0, n_large = 0;
+    double previous = 0;
+    for (int j = 0; j < k; j++) {
+        scaled[j] = (t->cum_posterior[j] - previous) * k;
+        previous = t->cum_posterior[j];
+        t->alias_other[j] = (uint8_t)j;
+        if (scaled[j] < 1)
+            small[n_small++] = j;
+        else
+            large[n_large++] = j;
+    }
+    while (n_small > 0 && n_large > 0) {
+        int s = small[--n_small], l = large[--n_large];
+        t->alias_keep[s] = scaled[s];
+        t->alias_other[s] = (uint8_t)l;
+        scaled[l] -= 1 - scaled[s];
+        if (scaled[l] < 1)
+            small[n_small++] = l;
+        else
+            large[n_large++] = l;
+    }
+    /* what is left holds probability 1 up to rounding */
+    while (n_large > 0)
+        t->alias_keep[large[--n_large]] = 1;
+    while (n_small > 0)
+        t->alias_keep[small[--n_small]] = 1;
+}
+
 static void class_model(qkd_sim_table *t)
 {
     for (int k = 0; k < QKD_SIM_CLASSES; k++) {
@@ -382,11 +420,57 @@ static int build_bb84(const qkd_sim_params *p, qkd_sim_table *t)
  * white noise. We extend that to every pair of analyser angles as a Werner state,
  * P(equal outcomes) = F (1 + (1 - 2 e_d) cos 2(theta_A - theta_B)) / 2 + (1 - F) / 2, which gives
  * visibility V = F (1 - 2 e_d), S = 2 sqrt(2) V, QBER = (1 - V) / 2 (the approximation: the exact
- * multi-pair correlations at non-matching angles are replaced by white noise). */
+ * multi-pair correlations at non-matching angles are replaced by white noise). With Poisson pair
+ * statistics (pair_statistics = QKD_SIM_PAIRS_POISSON) the outcome distribution is exact instead, see
+ * poisson_pairs() below. */
 static const double E91_CODE_ANGLE[4] = {0, M_PI / 4, M_PI / 8, -M_PI / 8};  /* by basis code */
 static const uint8_t E91_ALICE_CODE[2] = {QKD_SIM_E91_DEG_0, QKD_SIM_E91_DEG_45};
 static const uint8_t E91_BOB_CODE[4] = {QKD_SIM_E91_DEG_22_5, QKD_SIM_E91_DEG_MINUS_22_5, QKD_SIM_E91_DEG_0,
                                         QKD_SIM_E91_DEG_45};
+
+/* Poisson pair statistics (a source with many modes per gate: independent pairs, number ~ Poisson(mu)).
+ * By Poisson thinning the pairs with both photons detected, with only Alice's and with only Bob's are
+ * independent Poisson numbers of means mu eta_A eta_B, mu eta_A (1 - eta_B), mu eta_B (1 - eta_A). Each
+ * pair gives Alice a uniform value c and Bob c XOR f, P(f = 1) = q (the single-pair error at the two
+ * analyser angles); a lone photon a uniform value. N(U_A, U_B), the probability that no detector of the
+ * sets U_A, U_B fires, is then a product of exponentials (E[x^K] = exp(-m (1 - x)) for K ~ Poisson(m))
+ * times the dark-count factors, and inclusion-exclusion gives the exact probability of every pattern of
+ * lit detectors; double clicks are squashed to a random bit. Exact at any angles, no white-noise model. */
+static double unlit(unsigned ua, unsigned ub, double m_ab, double m_a, double m_b, double p_dark, double q)
+{
+    double avoid = 0;   /* probability that one detected pair lights nothing in U_A and U_B */
+    for (unsigned c = 0; c < 2; c++)
+        for (unsigned f = 0; f < 2; f++)
+            if (!((ua >> c) & 1u) && !((ub >> (c ^ f)) & 1u))
+                avoid += 0.5 * (f ? q : 1 - q);
+    int na = __builtin_popcount(ua), nb = __builtin_popcount(ub);
+    return exp(-m_ab * (1 - avoid) - m_a * na / 2.0 - m_b * nb / 2.0) * pow(1 - p_dark, na + nb);
+}
+
+static void poisson_pairs(double m_ab, double m_a, double m_b, double p_dark, double q, double *gain,
+                          double *equal)
+{
+    *gain = 0;
+    *equal = 0;
+    for (unsigned sa = 1; sa < 4; sa++) {
+        for (unsigned sb = 1; sb < 4; sb++) {
+            double exactly = 0;   /* P(lit detectors are exactly sa at Alice and sb at Bob) */
+            for (unsigned ta = 0; ta < 4; ta++) {
+                if (ta & ~sa)
+                    continue;
+                for (unsigned tb = 0; tb < 4; tb++) {
+                    if (tb & ~sb)
+                        continue;
+                    int sign = (__builtin_popcount(ta) + __builtin_popcount(tb)) & 1 ? -1 : 1;
+                    exactly += sign * unlit((3u & ~sa) | ta, (3u & ~sb) | tb, m_ab, m_a, m_b, p_dark, q);
+                }
+            }
+            double agree = sa == 3 || sb == 3 ? 0.5 : sa == sb ? 1.0 : 0.0;
+            *gain += exactly;
+            *equal += exactly * agree;
+        }
+    }
+}
 
 static int build_e91(const qkd_sim_params *p, qkd_sim_table *t)
 {
@@ -409,12 +493,20 @@ static int build_e91(const qkd_sim_params *p, qkd_sim_table *t)
             if (prior <= 0)
                 continue;
             double delta = E91_CODE_ANGLE[E91_ALICE_CODE[a]] - E91_CODE_ANGLE[E91_BOB_CODE[b]];
-            double p_equal = fraction * (1 + (1 - 2 * e_mis) * cos(2 * delta)) / 2 + (1 - fraction) / 2;
+            double single_equal = (1 + (1 - 2 * e_mis) * cos(2 * delta)) / 2;   /* one pair, these angles */
+            double coincidence = gain, both_equal;
+            if (p->pair_statistics == QKD_SIM_PAIRS_POISSON) {
+                double mu = p->pair_mean;
+                poisson_pairs(mu * eta_a * eta_b, mu * eta_a * (1 - eta_b), mu * eta_b * (1 - eta_a), p->dark_count_prob,
+                              1 - single_equal, &coincidence, &both_equal);
+            } else {
+                both_equal = gain * (fraction * single_equal + (1 - fraction) / 2);
+            }
             qkd_sim_type *ty = &t->type[t->n++];
             ty->prior = prior;
-            ty->none = 1 - gain;
-            ty->same = gain * p_equal;
-            ty->other = gain * (1 - p_equal);
+            ty->none = 1 - coincidence;
+            ty->same = both_equal;
+            ty->other = coincidence - both_equal;
             ty->both = 0;
             ty->cls = 0;
             ty->alice_basis = E91_ALICE_CODE[a];
@@ -445,6 +537,7 @@ int qkd_sim_build_table(const qkd_sim_params *p, qkd_sim_table *t)
         ty->none = clamp01(1 - ty->same - ty->other - ty->both);
     }
     finish_table(t, p);
+    build_alias(t);
     class_model(t);
     return QKD_OK;
 }

@@ -5,8 +5,7 @@
 #include "qkd_sim.h"
 
 /* ChaCha20 keystream (Bernstein's original layout: 64-bit block counter, 64-bit stream id). */
-#define QKD_CHACHA_LANES 4
-#define QKD_CHACHA_WORDS (8 * QKD_CHACHA_LANES)
+#define QKD_CHACHA_WORDS 64     /* up to eight blocks per refill */
 
 typedef struct qkd_chacha {
     uint32_t key[8];
@@ -14,10 +13,19 @@ typedef struct qkd_chacha {
     uint64_t stream;
     uint64_t block[QKD_CHACHA_WORDS];
     unsigned used;                 /* words of `block` already handed out */
+    unsigned avail;                /* words of `block` filled */
+    int wide;                      /* refill eight blocks at a time (AVX2) */
 } qkd_chacha;
 
 void qkd_chacha_init(qkd_chacha *rng, const uint8_t seed[32], uint64_t stream);
-uint64_t qkd_chacha_u64(qkd_chacha *rng);
+void qkd_chacha_refill(qkd_chacha *rng);
+
+static inline uint64_t qkd_chacha_u64(qkd_chacha *rng)
+{
+    if (rng->used == rng->avail)
+        qkd_chacha_refill(rng);
+    return rng->block[rng->used++];
+}
 
 /* Uniform double in (0, 1], 53 random bits: never 0, so log() is safe. */
 static inline double qkd_unit_from_u64(uint64_t x)
@@ -37,6 +45,8 @@ typedef struct qkd_sim_table {
     int n;
     qkd_sim_type type[QKD_SIM_MAX_TYPES];
     double cum_posterior[3 * QKD_SIM_MAX_TYPES];  /* cumulative P(type, outcome | click): same, other, both */
+    double alias_keep[3 * QKD_SIM_MAX_TYPES];     /* the same distribution as a Walker alias table */
+    uint8_t alias_other[3 * QKD_SIM_MAX_TYPES];
     double cum_prior[QKD_SIM_MAX_TYPES];
     double gap_weight[QKD_SIM_CLASSES];       /* class distribution of slots without a click */
     double click_prob;                        /* P */

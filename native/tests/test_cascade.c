@@ -33,6 +33,19 @@ static void test_prng(void)
             ok = 0;
     }
     CHECK(ok);
+    /* The batched shuffle equals textbook Fisher-Yates drawing one partner at a time. */
+    uint32_t reference[N];
+    qkd_prng_init(&a, SEED, 32, 3);
+    qkd_prng_init(&b, SEED, 32, 3);
+    qkd_prng_permutation(&a, perm, N);
+    for (uint32_t i = 0; i < N; i++)
+        reference[i] = i;
+    for (uint32_t i = N; i > 1; i--) {
+        uint32_t j = qkd_prng_below(&b, i), t = reference[i - 1];
+        reference[i - 1] = reference[j];
+        reference[j] = t;
+    }
+    CHECK_EQ(memcmp(perm, reference, sizeof perm), 0);
 }
 
 struct frame {
@@ -181,6 +194,53 @@ static void test_deterministic(void)
     free_frame(&f2);
 }
 
+/* Answers with random parity bits flipped: Bob must end (done or refusing), never loop. */
+static void test_lying_alice(void)
+{
+    uint32_t kind[6] = {QKD_CASCADE_PASS_CONTIGUOUS, QKD_CASCADE_PASS_SHUFFLED}, block[6] = {16, 128};
+    for (int i = 2; i < 6; i++)
+        kind[i] = QKD_CASCADE_PASS_HALVES;
+    int refused = 0;
+    for (int trial = 0; trial < 40; trial++) {
+        struct frame f = make_frame(20000, 0.05, 300 + (uint64_t)trial);
+        qkd_cascade *alice, *bob;
+        qkd_cascade_new(&alice, QKD_CASCADE_ALICE, f.alice_key, f.nwords, f.n, SEED, 32, kind, block, 6);
+        qkd_cascade_new(&bob, QKD_CASCADE_BOB, f.bob_key, f.nwords, f.n, SEED, 32, kind, block, 6);
+        size_t cap = (size_t)qkd_cascade_question_capacity_bytes(bob);
+        uint8_t *questions = malloc(cap), *answers = malloc(cap);
+        int64_t len = qkd_cascade_alice_top_parities(alice, answers, cap);
+        qkd_cascade_bob_set_top_parities(bob, answers, (size_t)len);
+        qkd_prng g;
+        qkd_prng_init(&g, SEED, 32, 900 + (uint64_t)trial);
+        int rounds = 0;
+        int64_t outcome;
+        for (;; rounds++) {
+            int64_t qlen = outcome = qkd_cascade_bob_next_questions(bob, questions, cap);
+            if (qlen == QKD_EPROTO) {
+                refused++;
+                break;
+            }
+            CHECK(qlen >= 0);
+            if (qlen <= 0)
+                break;
+            int64_t alen = qkd_cascade_alice_answer(alice, questions, (size_t)qlen, answers, cap);
+            uint32_t count = (uint32_t)answers[0] | (uint32_t)answers[1] << 8 | (uint32_t)answers[2] << 16;
+            uint32_t lie = qkd_prng_below(&g, count);
+            if (qkd_prng_below(&g, 4) == 0) /* one round in four carries a wrong parity */
+                answers[4 + lie / 8] ^= (uint8_t)(1u << (lie % 8));
+            CHECK_EQ(qkd_cascade_bob_apply_answers(bob, answers, (size_t)alen), QKD_OK);
+        }
+        CHECK(rounds < 100000);
+        CHECK_EQ(qkd_cascade_bob_next_questions(bob, questions, cap), outcome); /* stays refused, or done */
+        qkd_cascade_free(alice);
+        qkd_cascade_free(bob);
+        free(questions);
+        free(answers);
+        free_frame(&f);
+    }
+    CHECK(refused > 0); /* contradictions are noticed, not just survived */
+}
+
 static void test_bad_input(void)
 {
     uint64_t key[4] = {0x0123456789abcdefull, 0, ~0ull, 5};
@@ -255,6 +315,7 @@ int main(void)
     test_reconcile_schedules();
     test_deterministic();
     test_lookahead();
+    test_lying_alice();
     test_bad_input();
     return check_report("test_cascade");
 }

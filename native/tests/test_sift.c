@@ -22,6 +22,8 @@ enum { N_SLOTS = 20000, N_CLASSES = 3, N_GROUPS = 2 * N_CLASSES };
 static int run(uint32_t features)
 {
     static uint8_t states[N_SLOTS], basis[N_SLOTS], outcome[N_SLOTS], classes[N_SLOTS], scratch[N_SLOTS];
+    static uint8_t code[N_SLOTS * QKD_SIFT_MAX_VARINT_BYTES];
+    static uint64_t decoded[N_SLOTS];
     static uint64_t slots[N_SLOTS], bob_basis[N_SLOTS / 64 + 1], match[N_SLOTS / 64 + 1];
     static uint64_t key_a[N_SLOTS / 64 + 1 + N_GROUPS], key_b[N_SLOTS / 64 + 1 + N_GROUPS];
     uint64_t counts_a[N_GROUPS * QKD_SIFT_NCOUNTS] = {0}, counts_b[N_GROUPS * QKD_SIFT_NCOUNTS] = {0};
@@ -44,10 +46,14 @@ static int run(uint32_t features)
     memset(bob_basis, 0, sizeof bob_basis);
     for (size_t i = 0; i < count; i++)
         bob_basis[i / 64] |= (uint64_t)basis[i] << (i % 64);
-    size_t kw = qkd_sift_key_words(count, N_CLASSES), bad = 0;
+    size_t kw = qkd_sift_key_words(count, N_CLASSES), bad = 0, code_len = 0;
+    CHECK_EQ(qkd_sift_encode_slots(slots, count, N_SLOTS, code, sizeof code, &code_len, &bad), QKD_OK);
+    CHECK(code_len >= count && code_len < 2 * count);
+    CHECK_EQ(qkd_sift_decode_slots(code, code_len, count, N_SLOTS, decoded, N_SLOTS, &bad), QKD_OK);
+    CHECK(memcmp(decoded, slots, count * 8) == 0);
     CHECK(kw <= sizeof key_a / 8);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_OK);
-    CHECK_EQ(qkd_sift_alice(states, N_SLOTS, slots, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad, features), QKD_OK);
+    CHECK_EQ(qkd_sift_alice(states, N_SLOTS, code, code_len, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
                             sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
                             bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_OK);
     CHECK_EQ(qkd_sift_bob(basis, outcome, count, match, sizeof match / 8, classes, N_CLASSES, counts_b,
@@ -91,6 +97,33 @@ static int run(uint32_t features)
         CHECK_EQ(bits_b[g], mat[g]);
     }
 
+    /* varint stream: big gaps, and malformed streams */
+    uint64_t wide[3] = {0, (uint64_t)1 << 40, UINT64_MAX - 1};
+    uint64_t back[3];
+    uint8_t wcode[30];
+    size_t wlen = 0;
+    CHECK_EQ(qkd_sift_encode_slots(wide, 3, UINT64_MAX, wcode, sizeof wcode, &wlen, &bad), QKD_OK);
+    CHECK_EQ(qkd_sift_decode_slots(wcode, wlen, 3, UINT64_MAX, back, 3, &bad), QKD_OK);
+    CHECK(memcmp(back, wide, sizeof wide) == 0);
+    CHECK_EQ(qkd_sift_encode_slots(wide, 3, UINT64_MAX, wcode, 8, &wlen, &bad), QKD_ENOMEM);
+    CHECK_EQ(qkd_sift_decode_slots(wcode, 7, 3, UINT64_MAX, back, 3, &bad), QKD_EPROTO); /* truncated */
+    CHECK_EQ(bad, 2);
+    CHECK_EQ(qkd_sift_decode_slots(wcode, wlen, 3, (uint64_t)1 << 41, back, 3, &bad), QKD_ERANGE);
+    CHECK_EQ(bad, 2);
+    CHECK_EQ(qkd_sift_decode_slots(wcode, wlen, 2, UINT64_MAX, back, 3, &bad), QKD_EPROTO); /* trailing */
+    CHECK_EQ(bad, 2);
+    uint8_t overlong[11] = {0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02, 0};
+    CHECK_EQ(qkd_sift_decode_slots(overlong, 10, 1, UINT64_MAX, back, 3, &bad), QKD_EPROTO);
+    uint8_t eleven[11] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0};
+    CHECK_EQ(qkd_sift_decode_slots(eleven, 11, 1, UINT64_MAX, back, 3, &bad), QKD_EPROTO);
+    uint8_t two_zero[2] = {5, 0}; /* slot 5, then slot 6 */
+    CHECK_EQ(qkd_sift_decode_slots(two_zero, 2, 2, 7, back, 3, &bad), QKD_OK);
+    CHECK(back[0] == 5 && back[1] == 6);
+    CHECK_EQ(qkd_sift_decode_slots(two_zero, 2, 2, 6, back, 3, &bad), QKD_ERANGE);
+    CHECK_EQ(qkd_sift_alice(states, N_SLOTS, code, code_len - 1, bob_basis, sizeof bob_basis / 8, count, N_CLASSES,
+                            match, sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a,
+                            kw, bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EPROTO);
+
     /* refusals, each naming the record */
     uint64_t bad_slots[4] = {3, 9, 9, 12};
     CHECK_EQ(qkd_sift_check_slots(bad_slots, 4, 100, &bad), QKD_EPROTO);
@@ -114,15 +147,15 @@ static int run(uint32_t features)
                           N_GROUPS * QKD_SIFT_NCOUNTS, key_b, kw - 1, bits_b, N_GROUPS, scratch, N_SLOTS, &bad, features),
              QKD_ENOMEM);
     states[slots[4]] = 0x40;
-    CHECK_EQ(qkd_sift_alice(states, N_SLOTS, slots, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
+    CHECK_EQ(qkd_sift_alice(states, N_SLOTS, code, code_len, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
                             sizeof match / 8, classes, N_SLOTS, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, key_a, kw,
                             bits_a, N_GROUPS, scratch, N_SLOTS, &bad, features), QKD_EINVAL);
     CHECK_EQ(bad, 4);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad),
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad, features),
              QKD_EINVAL);
     CHECK_EQ(bad, slots[4]);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, 0, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad), QKD_EINVAL);
-    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, QKD_SIFT_MAX_CLASSES + 1, counts_a, 1000, &bad), QKD_EINVAL);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, 0, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad, features), QKD_EINVAL);
+    CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, QKD_SIFT_MAX_CLASSES + 1, counts_a, 1000, &bad, features), QKD_EINVAL);
     return 0;
 }
 

@@ -24,6 +24,20 @@ static void test_chacha_rfc8439_block(void)
     CHECK_EQ(w1, 0xc47120a31fdd0f50ull);
 }
 
+static void test_chacha_wide_and_narrow_agree(void)
+{
+    /* the AVX2 path (when the CPU has it) and the baseline path give one keystream */
+    uint8_t key[32] = {9, 8, 7};
+    qkd_chacha narrow, wide;
+    qkd_chacha_init(&narrow, key, 5);
+    qkd_chacha_init(&wide, key, 5);
+    narrow.wide = 0;
+    int same = 1;
+    for (int i = 0; i < 1000; i++)
+        same &= qkd_chacha_u64(&narrow) == qkd_chacha_u64(&wide);
+    CHECK(same);
+}
+
 static qkd_sim_params gys_params(double distance_km)
 {
     /* GYS experiment parameters as used by Ma, Qi, Zhao, Lo, PRA 72, 012326 (2005), Table I:
@@ -119,7 +133,7 @@ static void test_gain_matches_closed_form(void)
         CHECK_EQ(total, 20000000ull);
         double eta = pow(10, -0.021 * distances[d]) * 0.045, y0 = 1 - (1 - 1e-5) * (1 - 1e-5);
         for (int k = 0; k < 3; k++) {
-            /* Ma, Qi, Zhao, Lo 2005, Eq. (1): Q = 1 - (1 - Y0) exp(-eta mu) */
+            /* gain of Lo, Ma, Chen 2005 / Ma, Qi, Zhao, Lo 2005: Q = 1 - (1 - Y0) exp(-eta mu) */
             double gain = 1 - (1 - y0) * exp(-eta * p.intensity[k]);
             CHECK(within_sigma((double)r.clicks[k], (double)r.pulses[k], gain, 5));
             CHECK(within_sigma((double)r.pulses[k], 2e7, p.class_prob[k], 5));
@@ -260,9 +274,35 @@ static void test_attacks_keep_the_signal_gain(void)
     free(sim);
 }
 
+static void test_alias_table_equals_posterior(void)
+{
+    int attacks[] = {QKD_SIM_ATTACK_NONE, QKD_SIM_ATTACK_INTERCEPT_RESEND, QKD_SIM_ATTACK_PNS, QKD_SIM_ATTACK_BLINDING};
+    for (int a = 0; a < 4; a++) {
+        qkd_sim_params p = gys_params(30);
+        p.attack = attacks[a];
+        p.attack_fraction = 0.3;
+        qkd_sim_table t;
+        CHECK_EQ(qkd_sim_build_table(&p, &t), QKD_OK);
+        int k = 3 * t.n;
+        double mass[3 * QKD_SIM_MAX_TYPES] = {0};
+        for (int j = 0; j < k; j++) {
+            CHECK(t.alias_keep[j] >= 0 && t.alias_keep[j] <= 1 + 1e-12 && t.alias_other[j] < k);
+            mass[j] += t.alias_keep[j] / k;
+            mass[t.alias_other[j]] += (1 - t.alias_keep[j]) / k;
+        }
+        double previous = 0;
+        for (int j = 0; j < k; j++) {
+            CHECK(fabs(mass[j] - (t.cum_posterior[j] - previous)) < 1e-12);
+            previous = t.cum_posterior[j];
+        }
+    }
+}
+
 int main(void)
 {
     test_chacha_rfc8439_block();
+    test_chacha_wide_and_narrow_agree();
+    test_alias_table_equals_posterior();
     test_gain_matches_closed_form();
     test_intercept_resend_qber();
     test_reproducible_and_chunk_independent();

@@ -5,8 +5,8 @@
     GET  /v1/links/{id}/metrics                 -> the seed's ChannelMetrics fields and counters
     GET  /v1/links/{id}/qber?since=&step=       -> QBER time series (Unix seconds; step buckets, mean)
     POST /v1/links/{id}/calibrate               -> calibration report of the device
-    POST /v1/links/{id}/sim                     -> switch the simulator's attack and drifts (admin:
-                                                   loopback clients only)
+
+The simulator's attacks and drifts are switched through the admin routes of qkdd/api/sim_control.py.
 
 Errors are JSON {"message","details"}: unknown link or key 404, bad input 400, key already delivered
 410, no key available 503 with Retry-After. Key material appears only in the 200 body.
@@ -14,13 +14,11 @@ Errors are JSON {"message","details"}: unknown link or key 404, bad input 400, k
 from __future__ import annotations
 
 import base64
-import ipaddress
 import math
 import time
 
 from qkdd.app import App
 from qkdd.hal.base import DeviceError
-from qkdd.hal.sim import Attack, Drift
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
 from qkdd.keystore import KeyAlreadyDelivered, KeyNotFound, KeyStoreError, KeyUnavailable
@@ -130,35 +128,11 @@ def register(router: Router, app: App) -> None:
             raise HTTPError(409, "calibration not possible", [str(exc)]) from None
         return Response.json({"link_id": engine.link_id, "calibration": report})
 
-    async def sim_control(request: Request) -> Response:
-        if not _is_loopback(request):
-            raise HTTPError(403, "sim control is for administrators", ["allowed from loopback clients only"])
-        engine = engine_of(request.path_params["link_id"])
-        device = engine.device
-        if not hasattr(device, "set_attack"):
-            raise HTTPError(409, "this end does not run the simulated source")
-        body = request.json()
-        if not isinstance(body, dict) or set(body) - {"attack", "extra_loss_db", "misalignment_drift"}:
-            raise HTTPError(400, "expected {attack?, extra_loss_db?, misalignment_drift?}")
-        try:
-            if "attack" in body:
-                if not isinstance(body["attack"], str):
-                    raise ValueError("attack must be a string")
-                device.set_attack(Attack.parse(body["attack"]))
-            if "extra_loss_db" in body or "misalignment_drift" in body:
-                status = device.status()
-                device.set_drift(Drift(extra_loss_db=body.get("extra_loss_db", status["extra_loss_db"]),
-                                       misalignment=body.get("misalignment_drift", status["misalignment_drift"])))
-        except (ValueError, TypeError) as exc:
-            raise HTTPError(400, "invalid sim setting", [str(exc)]) from None
-        return Response.json({"link_id": engine.link_id, "sim": device.status()})
-
     router.route("POST", "/v1/keys/request", request_key)
     router.route("GET", "/v1/keys/{key_id}", get_key)
     router.route("GET", "/v1/links/{link_id}/metrics", link_metrics)
     router.route("GET", "/v1/links/{link_id}/qber", link_qber)
     router.route("POST", "/v1/links/{link_id}/calibrate", calibrate)
-    router.route("POST", "/v1/links/{link_id}/sim", sim_control)
 
 
 async def _counts(engine) -> dict[str, int]:
@@ -179,11 +153,3 @@ def _number(request: Request, name: str, default: float) -> float:
         raise HTTPError(400, f"{name} must be finite")
     return value
 
-
-def _is_loopback(request: Request) -> bool:
-    if request.client is None:
-        return False
-    try:
-        return ipaddress.ip_address(request.client[0]).is_loopback
-    except ValueError:
-        return False

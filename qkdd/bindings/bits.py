@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from qkdd._native import lib
-from qkdd.bindings import as_words, check, ptr, wptr
+from qkdd.bindings import NativeRangeError, as_words, check, ptr, wptr
 
 
 def words_for_bits(nbits: int) -> int:
@@ -29,6 +29,8 @@ def unpack(words: np.ndarray, nbits: int) -> np.ndarray:
     as_words(words, "words")
     if nbits < 0:
         raise ValueError("nbits must be non-negative")
+    if nbits > words.size * 64:   # checked before the output is allocated: nbits may come from a peer
+        raise NativeRangeError(f"unpack: {nbits} bits asked of {words.size} words")
     out = np.empty(nbits, dtype=np.uint8)
     check(lib.qkd_bits_unpack(ptr("uint64_t *", words), words.size, nbits, wptr("uint8_t *", out), out.size),
           "unpack")
@@ -46,25 +48,30 @@ def xor_into(dst: np.ndarray, src: np.ndarray) -> None:
 
 def popcount(words: np.ndarray, start: int = 0, stop: int | None = None) -> int:
     """Number of one bits in [start, stop)."""
-    as_words(words, "words")
-    stop = words.size * 64 if stop is None else stop
-    if start < 0 or stop < 0:
-        raise ValueError("start and stop must be non-negative")
+    start, stop = _bit_range(words, start, stop)
     return check(lib.qkd_bits_popcount_range(ptr("uint64_t *", words), words.size, start, stop), "popcount")
 
 
 def parity(words: np.ndarray, start: int = 0, stop: int | None = None) -> int:
     """XOR of the bits in [start, stop)."""
+    start, stop = _bit_range(words, start, stop)
+    return check(lib.qkd_bits_parity_range(ptr("uint64_t *", words), words.size, start, stop), "parity")
+
+
+def _bit_range(words: np.ndarray, start: int, stop: int | None) -> tuple[int, int]:
+    """Check `words` and resolve [start, stop) (stop defaults to every bit); the C side checks the bounds."""
     as_words(words, "words")
     stop = words.size * 64 if stop is None else stop
     if start < 0 or stop < 0:
         raise ValueError("start and stop must be non-negative")
-    return check(lib.qkd_bits_parity_range(ptr("uint64_t *", words), words.size, start, stop), "parity")
+    return start, stop
 
 
 def gather(words: np.ndarray, nbits: int, index: np.ndarray) -> np.ndarray:
     """Bits of `words` at positions `index` (each < nbits), packed in index order."""
     as_words(words, "words")
+    if nbits < 0:
+        raise ValueError("nbits must be non-negative")
     index = np.ascontiguousarray(index, dtype=np.uint64)
     out = np.empty(words_for_bits(index.size), dtype=np.uint64)
     check(lib.qkd_bits_gather(ptr("uint64_t *", words), words.size, nbits, ptr("uint64_t *", index), index.size,

@@ -9,7 +9,6 @@ from qkdd.bindings.bits import words_for_bits
 
 MAX_KEYS = int(lib.QKD_HASH_MAX_KEYS)
 _FEATURES = lib.qkd_cpu_features()
-_PCLMUL = int(lib.QKD_CPU_PCLMUL)
 
 
 def poly64_tags(frame: np.ndarray, n_bits: int, keys: np.ndarray, *, portable: bool = False) -> np.ndarray:
@@ -23,7 +22,7 @@ def poly64_tags(frame: np.ndarray, n_bits: int, keys: np.ndarray, *, portable: b
     if not 1 <= keys.size <= MAX_KEYS:
         raise ValueError(f"between 1 and {MAX_KEYS} hash keys, got {keys.size}")
     tags = np.empty(keys.size, dtype=np.uint64)
-    features = _FEATURES & ~_PCLMUL if portable else _FEATURES
+    features = 0 if portable else _FEATURES
     check(lib.qkd_hash_poly64(ptr("uint64_t *", frame), frame.size, n_bits, ptr("uint64_t *", keys), keys.size,
                               wptr("uint64_t *", tags), tags.size, features), "polynomial hash")
     return tags
@@ -31,4 +30,4 @@ def poly64_tags(frame: np.ndarray, n_bits: int, keys: np.ndarray, *, portable: b
 
 def gf64_mul(a: int, b: int, *, portable: bool = False) -> int:
     """a * b in GF(2^64) modulo x^64 + x^4 + x^3 + x + 1."""
-    return int(lib.qkd_gf64_mul(a, b, _FEATURES & ~_PCLMUL if portable else _FEATURES))
+    return int(lib.qkd_gf64_mul(a, b, 0 if portable else _FEATURES))

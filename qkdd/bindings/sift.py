@@ -17,6 +17,7 @@ MAX_CLASSES = int(lib.QKD_SIFT_MAX_CLASSES)
 SENT, DETECTED, MATCHED = int(lib.QKD_SIFT_SENT), int(lib.QKD_SIFT_DETECTED), int(lib.QKD_SIFT_MATCHED)
 NCOUNTS = int(lib.QKD_SIFT_NCOUNTS)
 CLASS_SHIFT = int(lib.QKD_SIFT_STATE_CLASS_SHIFT)
+MAX_VARINT_BYTES = int(lib.QKD_SIFT_MAX_VARINT_BYTES)
 _FEATURES = lib.qkd_cpu_features()
 
 
@@ -47,17 +48,18 @@ def check_slots(slots: np.ndarray, n_slots: int) -> None:
     check(code, "check slots")
 
 
-def sent_counts(states: np.ndarray, n_classes: int) -> np.ndarray:
+def sent_counts(states: np.ndarray, n_classes: int, *, portable: bool = False) -> np.ndarray:
     """Pulses sent per [class, basis] (Alice's basis), shape (n_classes, 2), uint64."""
     _u8(states, "states")
     _classes_ok(n_classes)
     counts = np.zeros((n_classes, 2, NCOUNTS), dtype=np.uint64)
     bad = ffi.new("size_t *")
     code = lib.qkd_sift_sent_counts(ptr("uint8_t *", states), states.size, n_classes, wptr("uint64_t *", counts),
-                                    counts.size, bad)
+                                    counts.size, bad, 0 if portable else _FEATURES)
     if code == lib.QKD_EINVAL:
-        raise NativeBufferError(f"malformed state byte {int(states[bad[0]]):#04x} at slot {bad[0]} "
-                                f"(expected value | basis << 1 | class << 2, class < {n_classes})")
+        # the byte itself holds a key bit: name the slot and the rule, never the value
+        raise NativeBufferError(f"malformed state at slot {bad[0]} (expected value | basis << 1 | class << 2 "
+                                f"with class < {n_classes} and bits 6-7 clear)")
     check(code, "sent counts")
     return counts[:, :, SENT].copy()
 
@@ -82,34 +84,69 @@ def _outputs(count: int, n_classes: int):
     return counts, key, group_bits, scratch
 
 
-def alice(states: np.ndarray, slots: np.ndarray, bob_basis: np.ndarray, n_classes: int, *,
+def encode_slots(slots: np.ndarray, n_slots: int) -> np.ndarray:
+    """Bob's slots as the varint stream of qkd_sift.h (first slot, then gaps minus one), uint8."""
+    as_words(slots, "slots")
+    bound = lib.qkd_sift_slot_code_bound(slots.size)
+    if bound == 0 and slots.size:
+        raise NativeBufferError(f"{slots.size} slots overflow the stream length")
+    out = np.empty(bound, dtype=np.uint8)
+    used, bad = ffi.new("size_t *"), ffi.new("size_t *")
+    code = lib.qkd_sift_encode_slots(ptr("uint64_t *", slots), slots.size, n_slots, wptr("uint8_t *", out), out.size,
+                                     used, bad)
+    if code in (lib.QKD_ERANGE, lib.QKD_EPROTO):
+        check_slots(slots, n_slots)  # raises the precise error
+    check(code, "encode slots")
+    return out[:used[0]]
+
+
+def _stream_error(code: int, bad: int, count: int, n_slots: int) -> None:
+    if code == lib.QKD_ERANGE:
+        raise NativeRangeError(f"slot of detection {bad} is outside the frame of {n_slots} slots")
+    if code == lib.QKD_EPROTO and bad >= count:
+        raise NativeProtocolError(f"slot stream has bytes after the last of its {count} detections")
+    if code == lib.QKD_EPROTO:
+        raise NativeProtocolError(f"slot stream truncated or with an overlong varint at detection {bad}")
+
+
+def decode_slots(code: np.ndarray, count: int, n_slots: int) -> np.ndarray:
+    """The count slots of a varint stream, checked (see encode_slots)."""
+    _u8(code, "code")
+    slots = np.empty(count, dtype=np.uint64)
+    bad = ffi.new("size_t *")
+    rc = lib.qkd_sift_decode_slots(ptr("uint8_t *", code), code.size, count, n_slots, wptr("uint64_t *", slots),
+                                   slots.size, bad)
+    _stream_error(rc, bad[0], count, n_slots)
+    check(rc, "decode slots")
+    return slots
+
+
+def alice(states: np.ndarray, slot_code: np.ndarray, count: int, bob_basis: np.ndarray, n_classes: int, *,
           portable: bool = False) -> Sifted:
-    """Alice's side: match Bob's (slots, bit-packed bases) against her states.
+    """Alice's side: match Bob's detections (varint slot stream, bit-packed bases) against her states.
 
     `portable=True` forces the code path without AVX2/BMI2 (for tests; same result).
     """
     _u8(states, "states")
-    as_words(slots, "slots")
+    _u8(slot_code, "slot_code")
     as_words(bob_basis, "bob_basis")
     _classes_ok(n_classes)
-    count = slots.size
     if bob_basis.size != words_for_bits(count):
         raise NativeBufferError(f"{bob_basis.size} basis words for {count} detections")
     match = np.empty(words_for_bits(count), dtype=np.uint64)
     classes = np.empty(count, dtype=np.uint8)
     counts, key, group_bits, scratch = _outputs(count, n_classes)
     bad = ffi.new("size_t *")
-    code = lib.qkd_sift_alice(ptr("uint8_t *", states), states.size, ptr("uint64_t *", slots),
+    code = lib.qkd_sift_alice(ptr("uint8_t *", states), states.size, ptr("uint8_t *", slot_code), slot_code.size,
                               ptr("uint64_t *", bob_basis), bob_basis.size, count, n_classes,
                               wptr("uint64_t *", match), match.size, wptr("uint8_t *", classes), classes.size,
                               wptr("uint64_t *", counts), counts.size, wptr("uint64_t *", key), key.size,
                               wptr("uint64_t *", group_bits), group_bits.size, wptr("uint8_t *", scratch),
                               scratch.size, bad, _FEATURES if not portable else 0)
-    if code in (lib.QKD_ERANGE, lib.QKD_EPROTO):
-        check_slots(slots, states.size)  # raises the precise error
+    _stream_error(code, bad[0], count, states.size)
     if code == lib.QKD_EINVAL:
-        slot = int(slots[bad[0]])
-        raise NativeBufferError(f"malformed state byte {int(states[slot]):#04x} at slot {slot}")
+        slot = int(decode_slots(slot_code, count, states.size)[bad[0]])
+        raise NativeBufferError(f"malformed state at slot {slot} (class >= {n_classes} or bits 6-7 set)")
     check(code, "sift (alice)")
     return Sifted(match, classes, counts, key, group_bits)
 
@@ -138,6 +175,7 @@ def bob(basis: np.ndarray, outcome: np.ndarray, match: np.ndarray, classes: np.n
                                   f"is not below {n_classes}")
     if code == lib.QKD_EINVAL:
         i = bad[0]
-        raise NativeBufferError(f"detection {i}: basis {int(basis[i])} / outcome {int(outcome[i])} must be 0 or 1")
+        what = "basis" if basis[i] > 1 else "outcome"  # a valid outcome is a key bit: never print it
+        raise NativeBufferError(f"detection {i}: {what} must be 0 or 1")
     check(code, "sift (bob)")
     return Sifted(match, classes, counts, key, group_bits)

@@ -14,6 +14,7 @@ from qkdd.bindings import check, wptr
 
 CLASSES = lib.QKD_SIM_CLASSES
 PROTOCOLS = {"bb84": lib.QKD_SIM_BB84, "e91": lib.QKD_SIM_E91}
+PAIR_STATISTICS = {"thermal": lib.QKD_SIM_PAIRS_THERMAL, "poisson": lib.QKD_SIM_PAIRS_POISSON}
 ATTACKS = {"none": lib.QKD_SIM_ATTACK_NONE, "intercept-resend": lib.QKD_SIM_ATTACK_INTERCEPT_RESEND,
            "pns": lib.QKD_SIM_ATTACK_PNS, "blinding": lib.QKD_SIM_ATTACK_BLINDING}
 SEED_BYTES = 32
@@ -27,6 +28,8 @@ def _params_struct(params: dict):
             struct.protocol = PROTOCOLS[value]
         elif name == "attack":
             struct.attack = ATTACKS[value]
+        elif name == "pair_statistics":
+            struct.pair_statistics = PAIR_STATISTICS[value]
         elif isinstance(value, (tuple, list)):
             field = getattr(struct, name)
             if len(value) != len(field):

@@ -12,8 +12,8 @@ from qkdd.bindings import as_words, check, ptr, wptr
 from qkdd.bindings.bits import words_for_bits
 
 MAX_INPUT_BITS = int(lib.QKD_TOEPLITZ_MAX_BITS)
-_FEATURES = lib.qkd_cpu_features()
-_PCLMUL = int(lib.QKD_CPU_PCLMUL)
+CPU_FEATURES = int(lib.qkd_cpu_features())
+PCLMUL = int(lib.QKD_CPU_PCLMUL)
 
 
 def seed_bits_for(n_bits: int, m_bits: int) -> int:
@@ -29,10 +29,12 @@ def _check_sizes(n_bits: int, m_bits: int) -> None:
         raise ValueError(f"output length must be in [1, {n_bits}] bits, got {m_bits}")
 
 
-def toeplitz_hash(seed: np.ndarray, key: np.ndarray, n_bits: int, m_bits: int, *, portable: bool = False) -> np.ndarray:
+def toeplitz_hash(seed: np.ndarray, key: np.ndarray, n_bits: int, m_bits: int, *,
+                  cpu_features: int | None = None) -> np.ndarray:
     """The m-bit Toeplitz hash of the first n bits of `key` under `seed` (n + m - 1 bits), packed.
 
-    `portable=True` forces the code path without PCLMULQDQ (for tests; same result).
+    `cpu_features` restricts the instruction sets the kernel may use (a subset of CPU_FEATURES;
+    0 = portable C, PCLMUL = no AVX-512 VPCLMULQDQ); the result is the same on every path.
     """
     _check_sizes(n_bits, m_bits)
     as_words(seed, "seed")
@@ -44,7 +46,7 @@ def toeplitz_hash(seed: np.ndarray, key: np.ndarray, n_bits: int, m_bits: int, *
         raise ValueError(f"input has {key.size} words, needs {words_for_bits(n_bits)} for {n_bits} bits")
     out = np.empty(words_for_bits(m_bits), dtype=np.uint64)
     scratch = np.empty(lib.qkd_toeplitz_scratch_words(n_bits, m_bits), dtype=np.uint64)
-    features = _FEATURES & ~_PCLMUL if portable else _FEATURES
+    features = CPU_FEATURES if cpu_features is None else CPU_FEATURES & cpu_features
     check(lib.qkd_toeplitz_hash(ptr("uint64_t *", seed), seed.size, ptr("uint64_t *", key), key.size, n_bits, m_bits,
                                 wptr("uint64_t *", out), out.size, wptr("uint64_t *", scratch), scratch.size,
                                 features), "toeplitz hash")

@@ -123,6 +123,7 @@ class HTTPConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._log.info("%s TLS handshake from %s failed: %s", self._context.name, self.client_text,
                            handshake_failure_reason(exc))
+            await self._send_pending_alert(ssl_stream)
             return False
         finally:
             self._idle = False
@@ -140,6 +141,23 @@ class HTTPConnection:
                               self.client_text, type(exc).__name__)
             return False
         return True
+
+    async def _send_pending_alert(self, ssl_stream: trio.SSLStream) -> None:
+        """Send the TLS alert OpenSSL wrote for a failed handshake (CERTIFICATE_REQUIRED, UNKNOWN_CA...).
+
+        trio.SSLStream marks itself broken on an SSLError without flushing its outgoing buffer, so the
+        client would otherwise see end-of-stream instead of the reason. The buffer is a private attribute
+        of trio (0.35); if it moves, the client just sees end-of-stream as before.
+        """
+        outgoing = getattr(ssl_stream, "_outgoing", None)
+        if not isinstance(outgoing, ssl.MemoryBIO) or not outgoing.pending:
+            return
+        alert_bytes = outgoing.read()
+        with trio.move_on_after(CLOSE_S):
+            try:
+                await self._stream.send_all(alert_bytes)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     # -- one request/response exchange ------------------------------------------------------------
 
@@ -271,7 +289,10 @@ class HTTPConnection:
                 response = await handler(request)
         except HTTPError:
             raise
-        except Exception:
+        except Exception as exc:
+            client_error = _only_http_error(exc)
+            if client_error is not None:
+                raise client_error from None
             # The traceback stays in the server log; the client learns nothing about internals.
             self._log.exception("%s handler for %s %s failed (request id %s)", self._context.name,
                                 request.method, request.raw_path, request.request_id)
@@ -325,24 +346,42 @@ class HTTPConnection:
 
     async def _linger(self) -> None:
         """Read and drop what the client is still sending, briefly, so it can read our response."""
-        dropped_bytes = 0
         with trio.move_on_after(LINGER_S):
             try:
-                while dropped_bytes < LINGER_BYTES:
-                    data = await self._stream.receive_some(RECEIVE_BYTES)
-                    if not data:
-                        break
-                    dropped_bytes += len(data)
+                await discard_input(self._stream, LINGER_BYTES)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
 
     def _log_exchange(self, exchange: _Exchange, status: int) -> None:
         duration_ms = (time.perf_counter() - exchange.started_s) * 1000.0
-        self._log.info(
-            "%s request id=%s method=%s path=%s status=%d duration_ms=%.1f client=%s",
-            self._context.name, exchange.request_id, exchange.method, exchange.raw_path, status,
-            duration_ms, self.client_text,
-            extra={"request_id": exchange.request_id, "http_method": exchange.method,
-                   "http_path": exchange.raw_path, "http_status": status, "duration_ms": duration_ms,
-                   "client_addr": self.client_text, "listener": self._context.name})
+        self._log.info("request", extra={
+            "listener": self._context.name, "request_id": exchange.request_id, "method": exchange.method,
+            "path": exchange.raw_path, "status": status, "duration_ms": round(duration_ms, 1),
+            "client": self.client_text})
 
+
+async def discard_input(stream: trio.abc.ReceiveStream, max_bytes: int) -> None:
+    """Read and drop what the client is still sending, until it stops or `max_bytes` went by."""
+    dropped_bytes = 0
+    while dropped_bytes < max_bytes:
+        data = await stream.receive_some(RECEIVE_BYTES)
+        if not data:
+            return
+        dropped_bytes += len(data)
+
+
+def _only_http_error(exc: Exception) -> HTTPError | None:
+    """The HTTPError a handler raised from inside a nursery (an ExceptionGroup of nothing but HTTPErrors)."""
+    if not isinstance(exc, ExceptionGroup):
+        return None
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    if leaves and all(isinstance(leaf, HTTPError) for leaf in leaves):
+        return leaves[-1]
+    return None

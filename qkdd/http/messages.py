@@ -23,11 +23,14 @@ class PeerCertificate:
 
 @dataclass
 class Request:
+    """One parsed request. Query, headers (Authorization) and body are left out of repr(): a repr in a
+    log line or traceback must not carry credentials or key material."""
+
     method: str                       # upper case, e.g. "GET"
     path: str                         # percent-decoded path without the query string
-    query: dict[str, list[str]]
-    headers: list[tuple[str, str]]    # names lower case, in arrival order
-    body: bytes
+    query: dict[str, list[str]] = field(repr=False)
+    headers: list[tuple[str, str]] = field(repr=False)    # names lower case, in arrival order
+    body: bytes = field(repr=False)
     request_id: str
     client: tuple[str, int] | None = None
     peer_cert: PeerCertificate | None = None
@@ -69,8 +72,10 @@ def _reject_constant(name: str) -> Any:
 
 @dataclass
 class Response:
+    """What a handler returns. The body (keys, for the key-delivery routes) is left out of repr()."""
+
     status: int = 200
-    body: bytes = b""
+    body: bytes = field(default=b"", repr=False)
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
 

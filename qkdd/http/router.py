@@ -4,7 +4,8 @@ Matching works on the raw (still percent-encoded) request path, one segment at a
 each segment on its own. Paths that could mean two things are rejected before any route is tried:
 a percent-encoded slash (`%2F`), a dot segment (`.`, `..`, also encoded), a NUL or control
 character, or bytes that are not UTF-8 give 400. Empty segments (`//`, a trailing `/`) are kept and
-never match a parameter, so `/v1/links/` and `/v1//links` are simply 404.
+never match a parameter (unless the route opts in with `empty_params`), so `/v1/links/` and
+`/v1//links` are simply 404.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class _Route:
     pattern: str
     segments: tuple[_Segment, ...]
     handlers: dict[str, Handler]
+    empty_params: bool = False     # a blank parameter matches (the handler answers 400 rather than 404)
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.segments):
@@ -37,7 +39,7 @@ class _Route:
         params: dict[str, str] = {}
         for wanted, got in zip(self.segments, segments):
             if wanted.is_param:
-                if not got:
+                if not got and not self.empty_params:
                     return None
                 params[wanted.text] = got
             elif wanted.text != got:
@@ -102,18 +104,22 @@ class Router:
     def __init__(self) -> None:
         self._routes: list[_Route] = []
 
-    def route(self, method: str, pattern: str, handler: Handler) -> None:
+    def route(self, method: str, pattern: str, handler: Handler, *, empty_params: bool = False) -> None:
+        """Serve `method` on `pattern`. With `empty_params`, a blank `{name}` segment matches too (APIs
+        whose specification makes a blank identifier a 400, such as ETSI GS QKD 014)."""
         method = method.upper()
         if not _METHOD_RE.match(method):
             raise ValueError(f"invalid HTTP method {method!r}")
         segments = _parse_pattern(pattern)
         for existing in self._routes:
             if existing.segments == segments:
+                if existing.empty_params != empty_params:
+                    raise ValueError(f"route {pattern} is registered with another empty_params setting")
                 if method in existing.handlers:
                     raise ValueError(f"route {method} {pattern} is already registered")
                 existing.handlers[method] = handler
                 return
-        self._routes.append(_Route(pattern, segments, {method: handler}))
+        self._routes.append(_Route(pattern, segments, {method: handler}, empty_params))
 
     def get(self, pattern: str, handler: Handler) -> None:
         self.route("GET", pattern, handler)

@@ -13,7 +13,7 @@ import time
 import trio
 
 from . import errors
-from .connection import HTTPConnection, ListenerContext
+from .connection import HTTPConnection, ListenerContext, discard_input
 from .messages import HTTPLimits, TLSSettings
 from .router import Router
 from .tls import server_context
@@ -96,6 +96,10 @@ class HTTPServer:
             return
         self._shutdown_requested = True
         self._close_listeners()
+        # Mark connections now, so a response finishing in this same scheduler step already says
+        # `Connection: close`.
+        for connection in list(self._connections):
+            connection.begin_shutdown()
         if self._accept_scope is not None:
             self._accept_scope.cancel()
 
@@ -156,12 +160,7 @@ class HTTPServer:
             with trio.move_on_after(REFUSE_LINGER_S):
                 await stream.send_all(head + response.body)
                 await stream.send_eof()
-                dropped_bytes = 0
-                while dropped_bytes < REFUSE_LINGER_BYTES:
-                    data = await stream.receive_some(16384)
-                    if not data:
-                        break
-                    dropped_bytes += len(data)
+                await discard_input(stream, REFUSE_LINGER_BYTES)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -8,39 +8,41 @@ from __future__ import annotations
 import os
 import stat
 
+from qkdd.keyfile import KeyFileError, read_key_file
 from qkdd.keystore.model import KeyStoreError
 
 KEK_BYTES = 32
+MAX_KEK_FILE_BYTES = 256         # raw or hex KEK with a newline; anything longer is not a KEK file
 
 
 def load_kek(path: str) -> bytes:
     """Read the KEK from `path`, refusing files readable by group or others."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        raw, mode = read_key_file(path, MAX_KEK_FILE_BYTES, follow_symlinks=False)
     except OSError as exc:
         raise KeyStoreError(f"key-encryption key {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyStoreError(f"key-encryption key {path}: not a regular file")
-        if info.st_mode & 0o077:
-            raise KeyStoreError(f"key-encryption key {path}: mode {stat.S_IMODE(info.st_mode):04o} lets group or "
-                                "others read it; chmod 0600")
-        raw = os.read(fd, 256)
-    finally:
-        os.close(fd)
+    except KeyFileError as exc:
+        raise KeyStoreError(f"key-encryption key {path} {exc}") from None
+    if mode & 0o077:
+        raise KeyStoreError(f"key-encryption key {path}: mode {stat.S_IMODE(mode):04o} lets group or "
+                            "others read it; chmod 0600")
     return _decode(raw, path)
 
 
 def kek_from_credentials(name: str = "kek") -> bytes | None:
-    """The KEK passed by systemd's LoadCredential= as `name`, or None outside systemd."""
+    """The KEK passed by systemd as credential `name`, or None outside systemd.
+
+    The unit loads the directory /etc/qkdd/credentials as credential `qkdd` (LoadCredential=qkdd:DIR),
+    which systemd presents file by file as `qkdd_<file>`; a credential loaded on its own keeps `name`.
+    """
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
-    path = os.path.join(directory, name)
-    if not os.path.exists(path):
-        return None
-    return load_kek(path)
+    for candidate in (name, f"qkdd_{name}"):
+        path = os.path.join(directory, candidate)
+        if os.path.exists(path):
+            return load_kek(path)
+    return None
 
 
 def create_kek(path: str) -> bytes:

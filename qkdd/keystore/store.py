@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 CREATE INDEX IF NOT EXISTS keys_by_link_state ON keys (link_id, state, created_at);
 CREATE INDEX IF NOT EXISTS keys_by_frame ON keys (link_id, frame_id);
+-- This end's share in age order: without `allocatable` in the index, every reservation would step over
+-- all of the other end's (never locally allocated) available keys first, a cost growing with use.
+CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable, created_at);
 """
 
 
@@ -66,7 +69,8 @@ class KeyStore:
         self.path = path
         self._aead = AESGCM(kek)
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._depth = 0                     # > 0 inside batch(): methods run in savepoints of one transaction
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -149,6 +153,32 @@ class KeyStore:
             db.executemany("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
                            [(KeyState.RESERVED.value, holder, key_id) for key_id in ids])
             return ids
+
+    def reserve_bits(self, link_id: str, min_total_bits: int, holder: str) -> list[tuple[str, int]]:
+        """Reserve the oldest allocatable AVAILABLE keys until they hold at least `min_total_bits` together.
+
+        Returns (key_id, bits) in reservation order. All or nothing: KeyUnavailable when the link holds
+        fewer bits. (For consumers that cut keys of their own length out of stored keys, e.g. ETSI 014.)
+        """
+        if min_total_bits <= 0:
+            raise KeyStoreError("min_total_bits must be positive")
+        with self._tx() as db:
+            rows = db.execute("SELECT key_id, bits FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1"
+                              " AND expires_at > ? ORDER BY created_at, rowid",
+                              (link_id, KeyState.AVAILABLE.value, self._clock()))
+            chosen: list[tuple[str, int]] = []
+            total_bits = 0
+            for key_id, bits in rows:
+                if total_bits >= min_total_bits:
+                    break
+                chosen.append((key_id, bits))
+                total_bits += bits
+            rows.close()
+            if total_bits < min_total_bits:
+                raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_total_bits} requested")
+            db.executemany("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
+                           [(KeyState.RESERVED.value, holder, key_id) for key_id, _ in chosen])
+            return chosen
 
     def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> None:
         """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
@@ -253,6 +283,13 @@ class KeyStore:
                 (link_id, KeyState.AVAILABLE.value, self._clock())).fetchone()
         return int(row[0])
 
+    def reserved_for(self, link_id: str, holder: str) -> list[str]:
+        """Ids of the keys RESERVED for `holder` (a consumer finding its own after a restart)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute(
+                "SELECT key_id FROM keys WHERE link_id = ? AND state = ? AND holder = ? ORDER BY created_at, rowid",
+                (link_id, KeyState.RESERVED.value, holder))]
+
     def inventory(self, link_id: str) -> dict[str, KeyState]:
         """Every key id of the link with its state (tombstones included), for resynchronisation."""
         with self._lock:
@@ -278,14 +315,38 @@ class KeyStore:
     # -- internals -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: the methods called from this thread inside the block share one transaction (one
+        fsync). Each method stays atomic on its own (a savepoint): one that raises leaves no trace and
+        the others still commit at the end of the block."""
+        with self._tx():
+            yield
+
+    @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                self._db.execute("SAVEPOINT method")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK TO method")
+                    self._db.execute("RELEASE method")
+                    raise
+                finally:
+                    self._depth -= 1
+                self._db.execute("RELEASE method")
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._depth = 0
             self._db.execute("COMMIT")
 
     def _check_meta(self, db: sqlite3.Connection) -> None:

@@ -174,7 +174,7 @@ class LinkEngine:
             self._open_inbox(frame.frame_id, nursery, pipeline, session, start=True)
 
     async def _pump_alice(self, session: PeerSession, nursery: trio.Nursery) -> None:
-        decoy = self.device.decoy
+        decoy = self.device.decoy_settings()
         self._decoy = decoy
         while True:
             acquired = False

@@ -15,9 +15,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ssl
+
 import httpx
 
+from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
 from qkdd.peer import generate_identity, save_private_key, save_public_key
+from qkdd.pki import init_pki
 
 LINK_ID = "sim-1"
 
@@ -37,20 +41,24 @@ class End:
     state_dir: Path
     log_path: Path
     process: subprocess.Popen | None = None
+    tls: bool = False
 
     def url(self, path: str) -> str:
-        return f"http://{self.api}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.api}{path}"
 
 
 @dataclass
 class LinkPair:
     workdir: Path
     distance_km: float = 25.0
-    frame_detections: int = 1 << 20
+    frame_detections: int = 1 << 20     # a frame ends at this many detections at Bob
     frames_in_flight: int = 4
+    realtime: bool = False              # pace the simulated source at its clock (false: flat out)
+    admin_tls: bool = False             # API over mTLS with an "admin" client certificate (sim control)
     extra_link: dict = field(default_factory=dict)
     extra_sim: dict = field(default_factory=dict)
     ends: dict[str, End] = field(default_factory=dict)
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10.0))
 
     def write(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +67,16 @@ class LinkPair:
             save_private_key(identity, self.workdir / f"{role}.key", overwrite=True)
             save_public_key(identity.public_key(), self.workdir / f"{role}.pub", overwrite=True)
         peer_port, quantum_port = free_port(), free_port()
+        api_tls = ""
+        if self.admin_tls:
+            pki = init_pki(self.workdir / "pki", ["localhost"], ["admin"])
+            server = pki.kmes["localhost"]
+            api_tls = (f'admin_clients = ["cn:admin"]\n[api.tls]\ncert_file = "{server.cert_file}"\n'
+                       f'key_file = "{server.key_file}"\nclient_ca_file = "{pki.ca_cert_file}"\n'
+                       'client_cert = "optional"\n')
+            context = ssl.create_default_context(cafile=str(pki.ca_cert_file))
+            context.load_cert_chain(str(pki.saes["admin"].cert_file), str(pki.saes["admin"].key_file))
+            self.http = httpx.Client(verify=context, timeout=10.0)
         for role, other in (("alice", "bob"), ("bob", "alice")):
             api, health = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
             state_dir = self.workdir / f"state-{role}"
@@ -72,7 +90,7 @@ log_level = "info"
 
 [api]
 listen = "{api}"
-
+{api_tls}
 [health]
 listen = "{health}"
 
@@ -83,17 +101,19 @@ driver = "sim"
 {peer}
 peer_key_file = "{self.workdir / f'{role}.key'}"
 peer_public_key = "{self.workdir / f'{other}.pub'}"
-frame_detections = {self.frame_detections}
+device_addr = "127.0.0.1:{quantum_port}"
 frames_in_flight = {self.frames_in_flight}
 {link_extra}
 [links.sim]
 distance_km = {self.distance_km}
-quantum_listen = "127.0.0.1:{quantum_port}"
-quantum_addr = "127.0.0.1:{quantum_port}"
+frame_slots = {MAX_FRAME_SLOTS}
+max_detections_per_frame = {self.frame_detections}
+realtime = {_toml(self.realtime)}
 {sim_extra}"""
             path = self.workdir / f"{role}.toml"
             path.write_text(text)
-            self.ends[role] = End(role, path, api, health, state_dir, self.workdir / f"{role}.log")
+            self.ends[role] = End(role, path, api, health, state_dir, self.workdir / f"{role}.log",
+                                  tls=self.admin_tls)
 
     def start(self, role: str) -> End:
         end = self.ends[role]
@@ -144,7 +164,7 @@ quantum_addr = "127.0.0.1:{quantum_port}"
                 end.process.wait()
 
     def metrics(self, role: str) -> dict:
-        return httpx.get(self.ends[role].url(f"/v1/links/{LINK_ID}/metrics"), timeout=5.0).json()
+        return self.http.get(self.ends[role].url(f"/v1/links/{LINK_ID}/metrics"), timeout=5.0).json()
 
     def __enter__(self) -> "LinkPair":
         self.start_both()

@@ -7,15 +7,15 @@ import os
 
 import trio
 
-from qkdd.config import Config, LinkConfig, parse_host_port
-from qkdd.hal.sim import Attack, Drift, SimParams
-from qkdd.hal.sim.driver import SimDetector, SimSource
+from qkdd.config import Config, LinkConfig
+from qkdd.hal.base import DeviceError
+from qkdd.hal.sim.driver import device_for
 from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
 from qkdd.link.engine import LinkEngine
 from qkdd.link.pipeline import PipelineSettings
-from qkdd.peer import IdentityError, PeerConnector, PeerSettings, load_private_key, load_public_key
+from qkdd.link_channel import peer_settings
+from qkdd.peer import IdentityError, PeerConnector, load_private_key, load_public_key
 from qkdd.preflight import StartupError
-from qkdd.protocols.channel import ChannelParams
 
 log = logging.getLogger("qkdd.link")
 
@@ -58,9 +58,11 @@ def _build(link: LinkConfig, key: str, store: KeyStore, metrics, health) -> Link
         raise StartupError(f"{key}.peer_public_key", str(exc)) from None
     if bool(link.peer_addr) == bool(link.peer_listen):
         raise StartupError(f"{key}.peer_addr", "set exactly one of peer_addr (dial) and peer_listen (accept)")
-    peer = (PeerSettings(link.link_id, dial=parse_host_port(link.peer_addr)) if link.peer_addr else
-            PeerSettings(link.link_id, listen=parse_host_port(link.peer_listen, allow_port_zero=True)))
-    device = _sim_device(link, key)
+    try:
+        device = device_for(link)
+    except (DeviceError, ValueError) as exc:
+        raise StartupError(f"{key}.sim", str(exc)) from None
+    peer = peer_settings(link)
 
     def connector(on_session):
         return PeerConnector(peer, signing_key, pinned, on_session)
@@ -70,38 +72,6 @@ def _build(link: LinkConfig, key: str, store: KeyStore, metrics, health) -> Link
                       key_expiry_s=link.key_expiry_s, qber_threshold=link.qber_threshold,
                       metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
                       health=health, protocol=link.protocol)
-
-
-def _sim_device(link: LinkConfig, key: str):
-    sim = link.sim
-    if link.role == "bob":
-        params = SimParams(distance_km=sim.distance_km, fiber_loss_db_per_km=sim.fiber_loss_db_per_km,
-                           clock_hz=sim.clock_hz)
-        return SimDetector(parse_host_port(sim.quantum_addr), params=params)
-    try:
-        source = dict(mu_signal=sim.mu_signal, mu_decoy=sim.mu_decoy, mu_vacuum=0.0, p_signal=sim.p_signal,
-                      p_decoy=sim.p_decoy, q_x=sim.q_x)
-        if sim.decoy == "optimize":
-            source = _optimised_source(sim.distance_km, sim.fiber_loss_db_per_km, link.frame_detections)
-        params = SimParams(distance_km=sim.distance_km, fiber_loss_db_per_km=sim.fiber_loss_db_per_km,
-                           clock_hz=sim.clock_hz, **source)
-        attack = Attack.parse(sim.attack)
-        drift = Drift(extra_loss_db=sim.extra_loss_db, misalignment=sim.misalignment_drift)
-    except ValueError as exc:
-        raise StartupError(f"{key}.sim", str(exc)) from None
-    return SimSource(params, parse_host_port(sim.quantum_listen, allow_port_zero=True),
-                     frame_detections=link.frame_detections, seed=sim.seed or None, attack=attack, drift=drift,
-                     realtime=sim.realtime, monitor=sim.monitor)
-
-
-def _optimised_source(distance_km: float, alpha_db_per_km: float, frame_detections: int) -> dict:
-    """Lim et al. settings that maximise the finite-key rate for this link and frame size
-    (qkdd.protocols.bb84_design, Lim Sec. IV), with the vacuum decoy mu3 = 0."""
-    from qkdd.protocols.bb84_design import optimize_settings
-    channel = ChannelParams(distance_km=distance_km, alpha_db_per_km=alpha_db_per_km)
-    best = optimize_settings(channel, 0.55 * frame_detections).settings
-    return dict(mu_signal=best.mu_signal, mu_decoy=best.mu_decoy, mu_vacuum=0.0, p_signal=best.p_signal,
-                p_decoy=best.p_decoy, q_x=best.q_x)
 
 
 async def run_engines(engines: dict[str, LinkEngine]) -> None:

@@ -5,6 +5,7 @@ sessions, and the connector that keeps one session per link alive.
     await nursery.start(connector.run)
     # on_session(session) runs once per (re)established session:
     #     await session.send(channel, payload); channel, payload = await session.receive()
+    #     or per-purpose streams: ChannelMux(session, [SIFTING, ...]).stream(SIFTING)
 """
 from .connector import PeerConnector
 from .errors import (FrameError, HandshakeError, PeerAuthenticationError, PeerError, PeerRefusedError,
@@ -12,12 +13,13 @@ from .errors import (FrameError, HandshakeError, PeerAuthenticationError, PeerEr
 from .handshake import Role
 from .identity import (IdentityError, generate_identity, key_fingerprint, load_private_key, load_public_key,
                        save_private_key, save_public_key)
+from .mux import ChannelMux, MuxStream
 from .session import PeerSession
 from .settings import PeerSettings
 
 __all__ = [
-    "FrameError", "HandshakeError", "IdentityError", "PeerAuthenticationError", "PeerConnector", "PeerError",
-    "PeerRefusedError", "PeerSession", "PeerSettings", "PeerTimeoutError", "RecordError", "Role",
-    "SessionClosedError", "SessionTruncatedError", "generate_identity", "key_fingerprint", "load_private_key",
-    "load_public_key", "save_private_key", "save_public_key",
+    "ChannelMux", "FrameError", "HandshakeError", "IdentityError", "MuxStream", "PeerAuthenticationError",
+    "PeerConnector", "PeerError", "PeerRefusedError", "PeerSession", "PeerSettings", "PeerTimeoutError",
+    "RecordError", "Role", "SessionClosedError", "SessionTruncatedError", "generate_identity", "key_fingerprint",
+    "load_private_key", "load_public_key", "save_private_key", "save_public_key",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from typing import Awaitable, Callable
 
 import trio
@@ -58,9 +57,9 @@ class PeerConnector:
 
     async def wait_session(self, after_epoch: int = 0) -> PeerSession:
         """Wait for a live session with epoch > after_epoch."""
-        while self._live is None or self._live.epoch <= after_epoch:
+        while (live := self.session) is None or live.epoch <= after_epoch:
             await self._session_changed.wait()
-        return self._live
+        return live
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. With `nursery.start`, returns once dialling began / the port listens."""
@@ -84,9 +83,9 @@ class PeerConnector:
                             self.settings.link_id, host, port, _describe(exc), delay_s)
                 await trio.sleep(delay_s)
                 continue
-            started = time.monotonic()
+            started = trio.current_time()
             await self._serve(session)
-            if time.monotonic() - started >= self.settings.backoff_max_s:
+            if trio.current_time() - started >= self.settings.backoff_max_s:
                 backoff.reset()
             await trio.sleep(backoff.next_delay_s())
 

@@ -69,10 +69,13 @@ class FrameDecoder:
     After a FrameError the stream is unusable: the caller closes the connection.
     """
 
-    def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+    def __init__(self, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES, *, accept_records: bool = True) -> None:
         if max_record_bytes <= 0:
             raise ValueError("max_record_bytes must be positive")
         self.max_record_bytes = max_record_bytes
+        # False while handshaking: a record header is refused at once, so an unauthenticated peer
+        # cannot make this end buffer a record-sized body.
+        self.accept_records = accept_records
         self._buffer = bytearray()
         self._start = 0  # frames before this offset were taken; compacted on the next receive_data
         self._pending: tuple[FrameType, int] | None = None  # header parsed, body awaited
@@ -108,8 +111,7 @@ class FrameDecoder:
                 with memoryview(self._buffer) as view:  # one copy out of the buffer, not two
                     body = bytes(view[body_start:body_start + length])
                 self._start = body_start + length
-                self._pending = None
-                self._parse_header()
+                self._pending = None  # the next header is checked on the next call (accept_records may change)
                 return Frame(frame_type, body)
         if self._eof and self.buffered_bytes:
             raise FrameError(f"stream ended inside a frame ({self.buffered_bytes} bytes of a partial frame)")
@@ -138,6 +140,8 @@ class FrameDecoder:
             frame_type = FrameType(type_code)
         except ValueError:
             raise FrameError(f"unknown frame type 0x{type_code:02x}") from None
+        if frame_type in RECORD_TYPES and not self.accept_records:
+            raise FrameError(f"{frame_type.name} frame before the handshake completed")
         cap = MAX_HANDSHAKE_BODY_BYTES if frame_type in HANDSHAKE_TYPES else self.max_record_bytes
         if length > cap:
             raise FrameError(f"{frame_type.name} frame of {length} bytes exceeds the cap of {cap} bytes")

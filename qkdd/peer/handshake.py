@@ -10,13 +10,13 @@ unauthenticated and only hides metadata, so everything rests on this exchange:
                                fresh ML-KEM-768 encapsulation key ek_I
     RESPONDER_HELLO   R -> I   version, link id, nonce_R, fingerprint of R's key, X25519 share X_R,
                                ML-KEM ciphertext ct = Encaps(ek_I), and
-                               sig_R = ML-DSA-65.Sign(sk_R, SHA-384(T1 || R_HELLO without sig_R),
+                               sig_R = ML-DSA-65.Sign(sk_R, SHA-384(T1 || R_HELLO body before sig_R),
                                                       ctx="qkdd-peer/1 responder")
     INITIATOR_FINISH  I -> R   sig_I = ML-DSA-65.Sign(sk_I, SHA-384(T1 || R_HELLO), ctx="qkdd-peer/1 initiator")
     RESPONDER_FINISH  R -> I   HMAC-SHA-384(confirm key, TH) (key confirmation: R derived the same keys)
 
 T1 is the INITIATOR_HELLO frame and TH = SHA-384(INITIATOR_HELLO || RESPONDER_HELLO || INITIATOR_FINISH),
-each as the exact frame bytes (header included, so the frame types, which name the roles, are signed).
+each as the exact frame bytes (header included, so the frame types, which name the roles, are bound).
 Each signature covers both nonces, the link id, the versions and both key shares, so a signature cannot
 be replayed into another session, link or role (the two contexts differ); a key share changed in
 flight breaks the other end's signature check. A signature that does not verify under the pinned key
@@ -24,11 +24,12 @@ refuses the peer (PeerAuthenticationError) with the fingerprints in the message,
 
 Key schedule (RFC 5869 HKDF with SHA-384):
 
-    ss   = ss_MLKEM || ss_X25519                      (hybrid concatenation: draft-ietf-tls-hybrid-design
-                                                       §3.3; order as X25519MLKEM768 in
-                                                       draft-kwiatkowski-tls-ecdhe-mlkem §3)
+    ss   = ss_MLKEM || ss_X25519                      (concatenation as in draft-ietf-tls-hybrid-design,
+                                                       "Shared secret calculation"; ML-KEM first as in
+                                                       X25519MLKEM768, draft-ietf-tls-ecdhe-mlkem)
     prk  = HKDF-Extract(salt=TH, ikm=ss)              (TH binds ek_I, ct, X_I, X_R into the keys, as the
-                                                       X-Wing combiner does: draft-connolly-cfrg-xwing-kem §5.3)
+                                                       X-Wing combiner hashes ct_X and pk_X with the two
+                                                       secrets: draft-connolly-cfrg-xwing-kem, "Combiner")
     k_IR = HKDF-Expand(prk, "qkdd-peer/1 initiator->responder", 32)   records I -> R
     k_RI = HKDF-Expand(prk, "qkdd-peer/1 responder->initiator", 32)   records R -> I
     k_C  = HKDF-Expand(prk, "qkdd-peer/1 responder finish", 48)       RESPONDER_FINISH
@@ -228,16 +229,15 @@ class Handshake:
             raise HandshakeError(f"handshake frame {frame.type.name} in state {self.state.value}",
                                  Alert.UNEXPECTED_MESSAGE)
         if frame.type == FrameType.ALERT:
-            self.state = State.FAILED
-            raise PeerRefusedError(f"peer aborted the handshake: {_alert_name(frame.body)}",
+            self._fail()
+            raise PeerRefusedError(f"peer aborted the handshake: {alert_name(frame.body)}",
                                    Alert.INTERNAL_ERROR)
         try:
             handler = self._HANDLERS.get(frame.type)
             self._advance(frame.type)
             return handler(self, frame)
         except HandshakeError:
-            self.state = State.FAILED
-            self._forget_secrets()
+            self._fail()
             raise
 
     # -- internals ---------------------------------------------------------------------------------
@@ -345,7 +345,6 @@ class Handshake:
     def _on_responder_finish(self, frame: Frame) -> list[Frame]:
         (tag,) = _unpack(frame.body, (CONFIRM_BYTES,), "RESPONDER_FINISH")
         if not hmac.compare_digest(tag, self._confirm):
-            self._keys = None
             raise HandshakeError("RESPONDER_FINISH: key confirmation failed", Alert.BAD_CONFIRMATION)
         self._confirm = b""
         return []
@@ -366,6 +365,13 @@ class Handshake:
         self._forget_secrets()
         return confirm
 
+    def _fail(self) -> None:
+        """FAILED, holding no secret: no hybrid secret, ephemeral key, session key or confirmation tag."""
+        self.state = State.FAILED
+        self._keys = None
+        self._confirm = b""
+        self._forget_secrets()
+
     def _forget_secrets(self) -> None:
         self._shared = None
         self._x25519 = None
@@ -379,7 +385,7 @@ class Handshake:
     }
 
 
-def _alert_name(body: bytes) -> str:
+def alert_name(body: bytes) -> str:
     if len(body) != 1:
         return "malformed alert"
     try:

@@ -15,7 +15,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
+from qkdd.keyfile import KeyFileError, read_key_file
+
 MLDSA65_PUBLIC_KEY_BYTES = 1952
+MAX_KEY_FILE_BYTES = 64 * 1024      # PEM of an ML-DSA-65 key is a few kilobytes
 
 
 class IdentityError(ValueError):
@@ -60,11 +63,7 @@ def save_public_key(public_key: mldsa.MLDSA65PublicKey, path: str | os.PathLike,
 def load_private_key(path: str | os.PathLike) -> mldsa.MLDSA65PrivateKey:
     """Load a PEM PKCS#8 ML-DSA-65 private key; refuses files that group or others can access."""
     path = Path(path)
-    try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IdentityError(f"cannot read peer private key {path}: {exc.strerror}") from None
+    data, mode = _read_key_file(path, "peer private key")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise IdentityError(
             f"peer private key {path} is accessible by group or others (mode {stat.S_IMODE(mode):04o}); "
@@ -85,10 +84,7 @@ def load_public_key(value: str | os.PathLike | bytes) -> mldsa.MLDSA65PublicKey:
         source = "pinned key"
     elif isinstance(value, os.PathLike) or (isinstance(value, str) and _looks_like_path(value)):
         path = Path(value)
-        try:
-            text = path.read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            raise IdentityError(f"cannot read pinned peer key {path}: {exc.strerror}") from None
+        text = _read_key_file(path, "pinned peer key")[0].decode("ascii", errors="replace")
         source = f"pinned peer key file {path}"
     else:
         text = value
@@ -113,6 +109,16 @@ def load_public_key(value: str | os.PathLike | bytes) -> mldsa.MLDSA65PublicKey:
         return mldsa.MLDSA65PublicKey.from_public_bytes(raw)
     except ValueError:
         raise IdentityError(f"{source} is not a valid ML-DSA-65 public key") from None
+
+
+def _read_key_file(path: Path, what: str) -> tuple[bytes, int]:
+    """Contents and mode of a key file (a regular file of at most MAX_KEY_FILE_BYTES)."""
+    try:
+        return read_key_file(path, MAX_KEY_FILE_BYTES)
+    except OSError as exc:
+        raise IdentityError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except KeyFileError as exc:
+        raise IdentityError(f"{what} {path} {exc}") from None
 
 
 def _looks_like_path(value: str) -> bool:

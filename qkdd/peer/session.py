@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from .errors import (FrameError, HandshakeError, PeerError, PeerRefusedError, PeerTimeoutError,
                      SessionClosedError, SessionTruncatedError)
-from .framing import Frame, FrameDecoder, FrameType, HANDSHAKE_TYPES
-from .handshake import Alert, Handshake, Role, alert_frame
+from .framing import Frame, FrameDecoder, FrameType
+from .handshake import Alert, Handshake, Role, alert_frame, alert_name
 from .identity import format_fingerprint, key_fingerprint
 from .records import RECORD_OVERHEAD_BYTES, RecordOpener, RecordSealer
 from .settings import PeerSettings
@@ -70,7 +70,7 @@ class PeerSession:
                         peer_address: str = "?") -> "PeerSession":
         """Run the authenticated handshake over `stream`. No timeout here: the caller bounds it.
         Raises HandshakeError / FrameError / SessionTruncatedError; the caller closes the stream."""
-        decoder = FrameDecoder(settings.max_record_bytes)
+        decoder = FrameDecoder(settings.max_record_bytes, accept_records=False)
         handshake = Handshake(role, settings.link_id, signing_key, pinned_peer_key)
         try:
             await _send_frames(stream, handshake.start())
@@ -85,9 +85,6 @@ class PeerSession:
                             + (f" ({partial} bytes of a partial frame)" if partial else ""))
                     decoder.receive_data(data)
                     continue
-                if frame.type not in HANDSHAKE_TYPES:
-                    raise HandshakeError(f"{frame.type.name} frame before the handshake completed",
-                                         Alert.UNEXPECTED_MESSAGE)
                 await _send_frames(stream, handshake.receive(frame))
         except HandshakeError as exc:
             if not isinstance(exc, PeerRefusedError):
@@ -96,6 +93,7 @@ class PeerSession:
         except FrameError:
             await _send_alert(stream, Alert.DECODE_ERROR)
             raise
+        decoder.accept_records = True
         session = cls(stream, decoder, handshake, settings, peer_address)
         log.info("link %s: session %s established with %s as %s (peer key %s)", settings.link_id,
                  session.session_id, peer_address, role.value,
@@ -105,9 +103,17 @@ class PeerSession:
     # -- application API ---------------------------------------------------------------------------
     async def send(self, channel: int, payload: bytes) -> None:
         """Send `payload` on `channel` (0..65535). Raises SessionClosedError if the session is over."""
-        if len(payload) > self.max_payload_bytes:
-            raise ValueError(f"payload of {len(payload)} bytes exceeds the record cap of {self.max_payload_bytes}")
-        await self._send_record(lambda: self._sealer.data(channel, payload))
+        await self.send_many([(channel, payload)])
+
+    async def send_many(self, messages: list[tuple[int, bytes]]) -> None:
+        """Send several (channel, payload) records in one write: same records as separate send() calls,
+        a fraction of the per-call cost for many small messages (e.g. a round of parities)."""
+        for _, payload in messages:
+            if len(payload) > self.max_payload_bytes:
+                raise ValueError(
+                    f"payload of {len(payload)} bytes exceeds the record cap of {self.max_payload_bytes}")
+        if messages:
+            await self._send_record(lambda: [self._sealer.data(channel, payload) for channel, payload in messages])
 
     async def receive(self) -> tuple[int, bytes]:
         """The next (channel, payload) from the peer, in order. Raises SessionClosedError at the end."""
@@ -165,6 +171,9 @@ class PeerSession:
                     raise SessionTruncatedError("connection ended without the peer's authenticated close")
                 self._decoder.receive_data(await self._receive_with_idle_timeout())
                 continue
+            if frame.type == FrameType.ALERT:  # e.g. the initiator failed our key confirmation
+                raise PeerRefusedError(f"peer aborted the session: {alert_name(frame.body)}",
+                                       Alert.INTERNAL_ERROR)
             record = self._opener.open(frame)
             if record.type == FrameType.DATA:
                 await self._to_app.send((record.channel, record.payload))
@@ -188,10 +197,11 @@ class PeerSession:
         async with self._send_lock:
             if self._closed:
                 raise SessionClosedError(self._end_message())
-            frame: Frame = seal()  # sealed under the lock: sequence numbers go out in order
+            sealed = seal()  # sealed under the lock: sequence numbers go out in order
+            frames: list[Frame] = sealed if isinstance(sealed, list) else [sealed]
             sent = False
             try:
-                await self._stream.send_all(frame.to_bytes())
+                await self._stream.send_all(b"".join(frame.to_bytes() for frame in frames))
                 sent = True
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._teardown(SessionTruncatedError(f"connection broken while sending: {type(exc).__name__}"))

@@ -28,6 +28,10 @@ class PeerSettings:
     def __post_init__(self) -> None:
         if (self.dial is None) == (self.listen is None):
             raise ValueError(f"link {self.link_id!r}: set exactly one of peer dial and listen addresses")
+        host, port = self.address
+        lowest_port = 1 if self.dial is not None else 0
+        if not isinstance(host, str) or not isinstance(port, int) or not lowest_port <= port <= 65535:
+            raise ValueError(f"link {self.link_id!r}: peer address must be (host, port {lowest_port}..65535)")
         if not 1 <= len(self.link_id.encode()) <= 255:
             raise ValueError("link id must be 1..255 bytes of UTF-8")
         for name in ("handshake_timeout_s", "heartbeat_interval_s", "idle_timeout_s",

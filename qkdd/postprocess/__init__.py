@@ -1,1 +1,1 @@
-"""Post-processing pipeline steps as sans-IO two-party objects over the native kernels (sifting, reconciliation, verification, amplification)."""
+"""Post-processing pipeline steps as sans-IO two-party objects over the native kernels."""

@@ -19,6 +19,7 @@ States and transitions (one object per frame and end):
     announcer  START         start(m)          AWAIT_ACK   ANNOUNCE(n, m, seed)
     announcer  AWAIT_ACK     receive(ACK)      DONE        -
     receiver   AWAIT_SEED    receive(ANNOUNCE) DONE        ACK(n, m)
+    (any)      (any)         bad peer message  FAILED      -  (the frame is discarded)
 Anything else raises PeerMessageError (peer message) or AmplificationStateError (local call).
 
 Messages (wire.py header, then little-endian payload):
@@ -43,7 +44,7 @@ KIND_NAMES = {ANNOUNCE: "ANNOUNCE", ACK: "ACK"}
 SEED_INLINE, SEED_SHAKE256 = 0, 1
 SEED_LABEL = b"qkdd/toeplitz-seed"
 
-START, AWAIT_ACK, AWAIT_SEED, DONE = "START", "AWAIT_ACK", "AWAIT_SEED", "DONE"
+START, AWAIT_ACK, AWAIT_SEED, DONE, FAILED = "START", "AWAIT_ACK", "AWAIT_SEED", "DONE", "FAILED"
 ANNOUNCER, RECEIVER = "announcer", "receiver"
 TRANSITIONS = {
     (ANNOUNCER, START, "start"): AWAIT_ACK,
@@ -83,6 +84,7 @@ class Amplification:
         self._n_bits = n_bits
         self._m_bits = 0
         self._seq = wire.Sequencer(frame_id)
+        self._failure = ""
         self._sent = 0
         self._output: np.ndarray | None = None
         self._pending: np.ndarray | None = None
@@ -112,7 +114,19 @@ class Amplification:
         return [self._send(ANNOUNCE, payload)]
 
     def receive(self, message: bytes) -> list[bytes]:
-        """Feed one peer message; returns the messages to send back."""
+        """Feed one peer message; returns the messages to send back.
+
+        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
+        """
+        if self.state == FAILED:
+            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
+        try:
+            return self._receive(message)
+        except PeerMessageError as exc:
+            self.state, self._failure = FAILED, str(exc)
+            raise
+
+    def _receive(self, message: bytes) -> list[bytes]:
         header, payload = wire.decode(message, max_payload_bytes=_max_payload_bytes(self._n_bits))
         expected = {AWAIT_ACK: ACK, AWAIT_SEED: ANNOUNCE}.get(self.state)
         self._seq.accept(header, expected, KIND_NAMES, self.state)

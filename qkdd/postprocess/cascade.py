@@ -9,33 +9,31 @@ block of every pass at once (those parities are disclosed in every run anyway). 
 works pass by pass: every block whose parity differs from Alice's is binary-searched, all blocks in
 parallel, every open search contributing one question to a single QUESTIONS message per round; each
 error found is flipped and re-opens the blocks containing it in earlier passes (the cascade effect),
-whose searches join the same rounds. When no question is left in the last pass Bob sends DONE with
-his counts, which Alice checks against hers. The heavy work is in C (qkd_cascade.h); this module only
-frames, checks and sequences messages.
+whose searches join the same rounds. Every parity Alice reveals is kept, so later searches start
+from the smallest revealed sub-block that is known to hold an odd number of errors. When no question
+is left in the last pass Bob sends DONE with his counts, which Alice checks against hers. Alice
+answers any well-formed question but refuses to disclose more than a cap per frame. The heavy work
+is in C (qkd_cascade.h); this module only frames, checks and sequences messages.
 
-Message layout (version 1, little-endian), identical in both directions::
+Messages use the post-processing header of wire.py (magic b"QKPP", version 1, kind, frame id,
+sequence number, payload length; 24 bytes, little-endian). Cascade's kinds are 0x41 START,
+0x42 PARITIES, 0x43 QUESTIONS, 0x44 DONE. Bob numbers his messages 0, 1, 2, ...; Alice's PARITIES
+carries the number of the message it answers. Payloads (little-endian)::
 
-    offset  size  field
-    0       2     magic b"QC"
-    2       1     version (1)
-    3       1     type: 1 START, 2 PARITIES, 3 QUESTIONS, 4 DONE
-    4       8     frame id
-    12      4     sequence number: Bob numbers his messages 0, 1, 2, ...; Alice's PARITIES carries
-                  the number of the message it answers
-    16      4     payload length in bytes
-    20      ...   payload
     START      u64 n_bits, 32-byte seed, u16 passes, then per pass u8 kind, u32 block bits
     PARITIES   u32 count, ceil(count/8) bytes of parity bits (bit i: byte i/8, bit i%8; padding zero)
     QUESTIONS  u32 count, count x (u8 pass, u32 start, u32 length): parity of [start, start+length)
                of that pass's order
     DONE       u64 disclosed bits, u64 corrected bits, u32 round trips (Bob's counts)
 
-States and transitions (anything else raises CascadeStateError; a rejected message changes nothing)::
+States and transitions (anything else raises CascadeStateError; a rejected message changes nothing,
+except that answers which contradict earlier ones fail Bob's frame for good)::
 
     role   state            event (message or call)   action                           next state
     Bob    IDLE             start()                   send START (seq 0)               AWAIT_PARITIES
     Bob    AWAIT_PARITIES   PARITIES seq == sent      correct; send QUESTIONS (seq+1)  AWAIT_PARITIES
                                                       or, no question left, DONE       DONE
+                                                      or, parities contradict: raise   FAILED
     Alice  AWAIT_START      START seq 0               send PARITIES (all top blocks)   ANSWERING
     Alice  ANSWERING        QUESTIONS seq == next     send PARITIES (answers)          ANSWERING
     Alice  ANSWERING        DONE seq == next          check counts                     DONE
@@ -49,14 +47,13 @@ import struct
 import numpy as np
 
 from qkdd.bindings import NativeError
-from qkdd.bindings.cascade import (ALICE, BOB, MAX_BITS, MAX_PASSES, PASS_KINDS, QUESTION_BYTES, SEED_BYTES,
+from qkdd.bindings.cascade import (ALICE, BOB, MAX_BITS, MAX_PASSES, PASS_KINDS, SEED_BYTES,
                                    CascadeKernel, parities_bytes)
+from qkdd.postprocess import wire
 from qkdd.postprocess.cascade_schedules import schedule as make_schedule
+from qkdd.postprocess.wire import PeerMessageError
 
-MAGIC = b"QC"
-VERSION = 1
-HEADER = struct.Struct("<2sBBQII")
-HEADER_BYTES = HEADER.size
+HEADER_BYTES = wire.HEADER_BYTES
 _START_FIXED = struct.Struct(f"<Q{SEED_BYTES}sH")
 _START_PASS = struct.Struct("<BI")
 _DONE = struct.Struct("<QQI")
@@ -64,10 +61,10 @@ MAX_START_PAYLOAD_BYTES = _START_FIXED.size + MAX_PASSES * _START_PASS.size
 
 
 class MessageType(enum.IntEnum):
-    START = 1
-    PARITIES = 2
-    QUESTIONS = 3
-    DONE = 4
+    START = 0x41
+    PARITIES = 0x42
+    QUESTIONS = 0x43
+    DONE = 0x44
 
 
 class State(enum.Enum):
@@ -76,9 +73,10 @@ class State(enum.Enum):
     AWAIT_START = "AWAIT_START"
     ANSWERING = "ANSWERING"
     DONE = "DONE"
+    FAILED = "FAILED"
 
 
-class CascadeError(ValueError):
+class CascadeError(PeerMessageError):
     """A Cascade message or call was refused; the protocol object is unchanged."""
 
 
@@ -99,7 +97,7 @@ class CascadeStateError(CascadeError):
 
 
 def encode(msg_type: MessageType, frame_id: int, seq: int, payload: bytes) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, msg_type, frame_id, seq, len(payload)) + payload
+    return wire.encode(msg_type, frame_id, seq, payload)
 
 
 _TYPES = {int(t): t for t in MessageType}
@@ -107,32 +105,25 @@ _TYPES = {int(t): t for t in MessageType}
 
 def decode_header(message: bytes, frame_id: int, limits: dict[MessageType, int],
                   end: "_End") -> tuple[MessageType, int, memoryview]:
-    """Check the header of `message` against the types `end` expects now and their payload limits in
-    bytes; return (type, sequence number, payload)."""
+    """Check `message` against the kinds `end` expects now (and their payload limits in bytes);
+    return (type, sequence number, payload)."""
     if not isinstance(message, (bytes, bytearray, memoryview)):
         raise CascadeMessageError(f"Cascade message must be bytes, not {type(message).__name__}")
-    if len(message) < HEADER_BYTES:
-        raise CascadeMessageError(f"truncated Cascade message: {len(message)} bytes, header needs {HEADER_BYTES}")
-    magic, version, msg_type, msg_frame, seq, length = HEADER.unpack_from(message)
-    if magic != MAGIC:
-        raise CascadeMessageError("not a Cascade message (bad magic)")
-    if version != VERSION:
-        raise CascadeMessageError(f"Cascade message version {version}, this end speaks {VERSION}")
-    if msg_type not in _TYPES:
-        raise CascadeMessageError(f"unknown Cascade message type {msg_type}")
-    msg_type = _TYPES[msg_type]
-    if msg_frame != frame_id:
-        raise CascadeFrameError(f"Cascade message for frame {msg_frame}, this is frame {frame_id}")
+    try:
+        header, payload = wire.decode(message, max_payload_bytes=max(limits.values()))
+    except PeerMessageError as exc:
+        raise CascadeMessageError(f"Cascade message refused: {exc}") from None
+    msg_type = _TYPES.get(header.kind)
+    if msg_type is None:
+        raise CascadeMessageError(f"unknown Cascade message kind {header.kind:#x}")
+    if header.frame_id != frame_id:
+        raise CascadeFrameError(f"Cascade message for frame {header.frame_id}, this is frame {frame_id}")
     if msg_type not in limits:
         raise end._illegal(f"a {msg_type.name} message")
-    max_payload_bytes = limits[msg_type]
-    if length > max_payload_bytes:
-        raise CascadeMessageError(f"oversized Cascade {msg_type.name}: payload of {length} bytes, "
-                                  f"at most {max_payload_bytes} allowed")
-    if len(message) != HEADER_BYTES + length:
-        raise CascadeMessageError(f"Cascade {msg_type.name} is {len(message)} bytes, header says "
-                                  f"{HEADER_BYTES + length} (truncated or trailing data)")
-    return msg_type, seq, memoryview(message)[HEADER_BYTES:]
+    if header.payload_bytes > limits[msg_type]:
+        raise CascadeMessageError(f"oversized Cascade {msg_type.name}: payload of {header.payload_bytes} "
+                                  f"bytes, at most {limits[msg_type]} allowed")
+    return msg_type, header.seq, payload
 
 
 def _check_key(key: np.ndarray, n_bits: int) -> None:
@@ -232,7 +223,12 @@ class CascadeBob(_End):
             _native("answers", self._kernel.bob_apply_answers, payload)
         self.round_trips += 1
         self._seq += 1
-        questions = self._kernel.bob_next_questions()
+        try:
+            questions = self._kernel.bob_next_questions()
+        except NativeError:
+            self.state = State.FAILED
+            raise CascadeMessageError("Alice's parities contradict each other (a bit would be corrected twice): "
+                                      "frame lost") from None
         if questions is None:
             self.state = State.DONE
             stats = self._kernel.stats()
@@ -246,9 +242,14 @@ class CascadeAlice(_End):
 
     role = "Alice"
 
-    def __init__(self, key: np.ndarray, n_bits: int, frame_id: int):
+    def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, max_disclosed_bits: int | None = None):
+        """`max_disclosed_bits` caps the parities Alice reveals in this frame; a START or QUESTIONS that
+        would exceed it is refused. The default, 3/4 of the frame, is above what Cascade needs at any
+        QBER that still leaves a key (about 0.6 n at 11 %, where h(Q) = 1/2) and stops a peer from
+        asking for the whole key parity by parity."""
         _check_key(key, n_bits)
         super().__init__(frame_id, n_bits)
+        self.max_disclosed_bits = 3 * n_bits // 4 if max_disclosed_bits is None else max_disclosed_bits
         self.key = key
         self.state = State.AWAIT_START
         self._next_seq = 0
@@ -267,6 +268,12 @@ class CascadeAlice(_End):
         self._check_seq(seq, msg_type)
         if msg_type is MessageType.DONE:
             return self._on_done(payload)
+        if len(payload) >= 4:
+            asked = int.from_bytes(payload[:4], "little")
+            disclosed = self._kernel.stats()["disclosed_bits"]
+            if disclosed + asked > self.max_disclosed_bits:
+                raise CascadeMessageError(f"QUESTIONS for {asked} parities would disclose {disclosed + asked} bits, "
+                                          f"more than the {self.max_disclosed_bits} allowed in this frame")
         answers = _native("questions", self._kernel.alice_answer, payload)
         self._next_seq += 1
         self.round_trips += 1
@@ -293,6 +300,9 @@ class CascadeAlice(_End):
             if kind not in PASS_KINDS:
                 raise CascadeMessageError(f"START announces unknown pass kind {kind}")
         kernel = _native("START", CascadeKernel, ALICE, self.key, self.n_bits, seed, passes)
+        if kernel.top_blocks > self.max_disclosed_bits:
+            raise CascadeMessageError(f"START asks for {kernel.top_blocks} block parities, more than the "
+                                      f"{self.max_disclosed_bits} bits Alice may disclose in this frame")
         parities = kernel.alice_top_parities()
         self._kernel = kernel
         self._limits = {MessageType.QUESTIONS: kernel.question_capacity_bytes, MessageType.DONE: _DONE.size}

@@ -34,8 +34,9 @@ def original(qber: float, n_bits: int) -> list[tuple[int, int]]:
 
 
 def yan(qber: float, n_bits: int, passes: int = 14) -> list[tuple[int, int]]:
-    """Yan et al.'s block sizes as studied by Martinez-Mateo, Pacher et al. (arXiv:1407.3257, sec. 5):
-    k1 = 0.8/Q, k2 = 5 k1, then blocks of n/2 (random halves) for the remaining passes."""
+    """Yan et al.'s first two block sizes as discussed by Martinez-Mateo, Pacher et al.
+    (arXiv:1407.3257): k1 = ceil(0.8/Q), k2 = 5 k1; then blocks of n/2 (random halves) for the
+    remaining passes."""
     q = _clamp_qber(qber)
     k1 = math.ceil(0.8 / q)
     return ([(PASS_CONTIGUOUS, _block(k1, n_bits)), (PASS_SHUFFLED, _block(5 * k1, n_bits))]
@@ -43,11 +44,13 @@ def yan(qber: float, n_bits: int, passes: int = 14) -> list[tuple[int, int]]:
 
 
 def efficient(qber: float, n_bits: int, passes: int = 14) -> list[tuple[int, int]]:
-    """High-efficiency schedule after Martinez-Mateo, Pacher et al. (arXiv:1407.3257, sec. 5):
-    block sizes are powers of two (binary searches split evenly, no wasted parity), k1 = 2^ceil(a)
-    and k2 = 2^ceil((a + 12) / 2) with a = log2(1/Q) - 1/2, then random halves (blocks of n/2) for the
-    remaining passes, which catch the rare leftover errors; 14 passes in all. Together with the reuse
-    of every revealed sub-block parity (done in C) this is their most efficient variant."""
+    """High-efficiency schedule following the findings of Martinez-Mateo, Pacher et al.
+    (arXiv:1407.3257, secs. 4-5): block sizes are powers of two (every binary search splits evenly,
+    no parity wasted on an uneven split), the first two passes do almost all the work, and every
+    later pass takes blocks of n/2 (random halves) to catch the rare leftovers, 14 passes in all.
+    The two first block sizes, k1 = 2^ceil(a) and k2 = 2^ceil((a + 12) / 2) with a = log2(1/Q) - 1/2,
+    were tuned by measurement (bench.reconcile) together with the kernel's reuse of every revealed
+    sub-block parity."""
     q = _clamp_qber(qber)
     a = math.log2(1.0 / q) - 0.5
     k1 = 2 ** math.ceil(a)

@@ -16,12 +16,17 @@ States and transitions (one object per frame and end):
     bob    AWAIT_ANSWER     receive(ANSWER)     DONE             REPORT
     alice  AWAIT_DETECTIONS receive(DETECTIONS) AWAIT_REPORT     ANSWER
     alice  AWAIT_REPORT     receive(REPORT)     DONE             -
+    (any)  (any)            bad peer message    FAILED           -  (the frame is discarded)
 Anything else raises PeerMessageError (peer message) or SiftingStateError (local call).
 
 Messages (wire.py header, then little-endian payload; "words" are uint64, bit i of a packed
 array in word i // 64 at position i % 64):
-    DETECTIONS (kind 0x11, Bob):  n_slots u64 | count u64 | slots count x u64 (strictly increasing,
-                                  < n_slots) | bases ceil(count/64) words
+    DETECTIONS (kind 0x11, Bob):  n_slots u64 | count u64 | code_bytes u64 | slot stream, code_bytes
+                                  bytes zero-padded to a multiple of 8 | bases ceil(count/64) words
+        The slot stream (native/include/qkd_sift.h) is LEB128 varints: the first slot, then each
+        gap to the previous slot minus one, so slots are strictly increasing by construction; a
+        slot past n_slots, a truncated stream, an overlong varint or trailing bytes are refused.
+        Typical detections cost 1 to 3 bytes instead of 8.
     ANSWER     (kind 0x12, Alice): count u64 | n_classes u8 | 7 zero bytes | revealed-class mask u64 |
                                   sent n_classes*2 x u64 ([class][basis]) | match ceil(count/64) words |
                                   class per detection, count bytes, zero-padded to a multiple of 8 |
@@ -37,7 +42,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkdd.bindings import NativeError, as_words
+from qkdd.bindings import NativeProtocolError, NativeRangeError, as_words
+from qkdd.bindings import bits
 from qkdd.bindings import sift as kernel
 from qkdd.bindings.bits import words_for_bits
 from qkdd.postprocess import wire
@@ -48,8 +54,8 @@ KIND_NAMES = {DETECTIONS: "DETECTIONS", ANSWER: "ANSWER", REPORT: "REPORT"}
 BASIS_Z, BASIS_X = 0, 1
 MAX_CLASSES = kernel.MAX_CLASSES
 
-START, AWAIT_ANSWER, AWAIT_DETECTIONS, AWAIT_REPORT, DONE = (
-    "START", "AWAIT_ANSWER", "AWAIT_DETECTIONS", "AWAIT_REPORT", "DONE")
+START, AWAIT_ANSWER, AWAIT_DETECTIONS, AWAIT_REPORT, DONE, FAILED = (
+    "START", "AWAIT_ANSWER", "AWAIT_DETECTIONS", "AWAIT_REPORT", "DONE", "FAILED")
 ALICE, BOB = "alice", "bob"
 TRANSITIONS = {
     (BOB, START, "start"): AWAIT_ANSWER,
@@ -136,8 +142,9 @@ class SiftCounts:
 class SiftResult:
     """What one end holds after sifting: its own sifted bits per group, and the shared tables."""
 
-    def __init__(self, role: str, sifted: kernel.Sifted, slots: np.ndarray, bob_basis: np.ndarray,
+    def __init__(self, role: str, sifted: kernel.Sifted, slots, bob_basis: np.ndarray,
                  counts: SiftCounts, n_classes: int):
+        """`slots`: the detected slots, or a callable that decodes them when first asked for."""
         self.role = role
         self.counts = counts
         self.n_classes = n_classes
@@ -156,6 +163,8 @@ class SiftResult:
     def sifted_slots(self, intensity_class: int, basis: int) -> np.ndarray:
         """Slots of the sifted bits of one class and basis (identical on both ends)."""
         self._group(intensity_class, basis)
+        if callable(self._slots):
+            self._slots = self._slots()
         count = self._slots.size
         match = np.unpackbits(self._sifted.match.view(np.uint8), bitorder="little", count=count).astype(bool)
         keep = match & (self._sifted.classes == intensity_class) & (self._bob_basis == basis)
@@ -190,6 +199,7 @@ class Sifting:
         self._n_classes = n_classes
         self._revealed = tuple(sorted(set(revealed_classes)))
         self._seq = wire.Sequencer(frame_id)
+        self._failure = ""
         self._sent_seq = 0
         self._result: SiftResult | None = None
         self._pending = None
@@ -213,8 +223,9 @@ class Sifting:
         bases = np.zeros(words_for_bits(count), dtype=np.uint64)
         packed = np.packbits(det.basis, bitorder="little")
         bases.view(np.uint8)[:packed.size] = packed
-        header = np.array([det.n_slots, count], dtype="<u8")
-        return [self._send(DETECTIONS, [header, det.slots.astype("<u8", copy=False), bases])]
+        code = kernel.encode_slots(det.slots, det.n_slots)
+        header = np.array([det.n_slots, count, code.size], dtype="<u8")
+        return [self._send(DETECTIONS, [header, code, bytes(-code.size % 8), bases])]
 
     def _on_answer(self, payload) -> list[bytes]:
         det = self._records
@@ -241,10 +252,8 @@ class Sifting:
         classes = np.frombuffer(classes_bytes[:count], dtype=np.uint8)
         try:
             sifted = kernel.bob(det.basis, det.outcome, match, classes, n_classes)
-        except NativeError as exc:
-            if isinstance(exc, ValueError) and "intensity class" in str(exc):
-                raise PeerMessageError(f"ANSWER: {exc}") from None
-            raise
+        except NativeProtocolError as exc:  # a class out of range in Alice's answer
+            raise PeerMessageError(f"ANSWER: {exc}") from None
         errors = np.zeros((n_classes, 2), dtype=np.uint64)
         offsets = np.concatenate([[0], np.cumsum([words_for_bits(int(b)) for b in sifted.group_bits])]).astype(int)
         for c in revealed:
@@ -258,8 +267,7 @@ class Sifting:
                 if not _tail_clear(alice_bits, n_bits):
                     raise PeerMessageError("ANSWER: revealed bits set past their length")
                 own = sifted.key[offsets[g]:offsets[g + 1]]
-                errors[c, basis] = int(np.bitwise_count(alice_bits ^ own).sum()) if hasattr(np, "bitwise_count") \
-                    else int(np.unpackbits((alice_bits ^ own).view(np.uint8)).sum())
+                errors[c, basis] = bits.popcount(alice_bits ^ own)
         reader.finish()
         self._advance(ANSWER)
         counts = SiftCounts(sent=sent.astype(np.uint64), detected=sifted.counts[:, :, kernel.DETECTED].copy(),
@@ -274,21 +282,24 @@ class Sifting:
     def _on_detections(self, payload) -> list[bytes]:
         records = self._records
         reader = wire.Reader(payload, "DETECTIONS")
-        n_slots, count = reader.u64(), reader.u64()
+        n_slots, count, code_bytes = reader.u64(), reader.u64(), reader.u64()
         if n_slots != records.n_slots:
             raise PeerMessageError(f"DETECTIONS for a frame of {n_slots} slots, this frame has {records.n_slots}")
         if count > n_slots:
             raise PeerMessageError(f"DETECTIONS: {count} detections in {n_slots} slots")
-        slots = _le_words(reader.words(count))
+        if code_bytes < count:
+            raise PeerMessageError(f"DETECTIONS: {code_bytes} stream bytes cannot hold {count} slots")
+        code = np.frombuffer(reader.take(code_bytes), dtype=np.uint8)
+        if any(bytes(reader.take(-code_bytes % 8))):
+            raise PeerMessageError("DETECTIONS: slot stream padding not zero")
         bases = _le_words(reader.words(words_for_bits(count)))
         reader.finish()
         if not _tail_clear(bases, count):
             raise PeerMessageError("DETECTIONS: basis bits set past the last detection")
         try:
-            kernel.check_slots(slots, n_slots)
-        except NativeError as exc:
+            sifted = kernel.alice(records.states, code, count, bases, self._n_classes)  # checks the stream too
+        except (NativeRangeError, NativeProtocolError) as exc:
             raise PeerMessageError(f"DETECTIONS: {exc}") from None
-        sifted = kernel.alice(records.states, slots, bases, self._n_classes)
         sent = kernel.sent_counts(records.states, self._n_classes)
         self._advance(DETECTIONS)
         mask = sum(1 << c for c in self._revealed)
@@ -303,7 +314,7 @@ class Sifting:
                 parts.append(np.array([sifted.group_bits[g]], dtype="<u8"))
                 parts.append(sifted.key[offsets[g]:offsets[g + 1]])
         bob_basis = np.unpackbits(bases.view(np.uint8), bitorder="little", count=count)
-        self._pending = (sifted, slots, bob_basis, sent)
+        self._pending = (sifted, lambda: kernel.decode_slots(code, count, n_slots), bob_basis, sent)
         return [self._send(ANSWER, parts)]
 
     def _on_report(self, payload) -> list[bytes]:
@@ -330,7 +341,19 @@ class Sifting:
 
     # common ----------------------------------------------------------------------------------
     def receive(self, message: bytes) -> list[bytes]:
-        """Feed one peer message; returns the messages to send back."""
+        """Feed one peer message; returns the messages to send back.
+
+        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
+        """
+        if self.state == FAILED:
+            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
+        try:
+            return self._receive(message)
+        except PeerMessageError as exc:
+            self.state, self._failure = FAILED, str(exc)
+            raise
+
+    def _receive(self, message: bytes) -> list[bytes]:
         header, payload = wire.decode(message, max_payload_bytes=self._max_payload_bytes())
         self._seq.accept(header, _EXPECTED.get(self.state), KIND_NAMES, self.state)
         handler = {ANSWER: self._on_answer, DETECTIONS: self._on_detections, REPORT: self._on_report}[header.kind]
@@ -339,7 +362,7 @@ class Sifting:
     def _max_payload_bytes(self) -> int:
         if self.role == ALICE:
             n = self._records.n_slots
-            return 16 + 8 * n + 8 * words_for_bits(n)
+            return 24 + 8 * words_for_bits(kernel.MAX_VARINT_BYTES * n) + 8 * words_for_bits(n)
         count = self._records.slots.size
         k = self._n_classes
         return 24 + 16 * k + 8 * words_for_bits(count) + count + 8 + 2 * k * 8 + 8 * (words_for_bits(count) + 2 * k)

@@ -21,6 +21,7 @@ States and transitions (one object per frame and end):
     announcer  START           start()                   AWAIT_RESULT    ANNOUNCE(keys, tags)
     announcer  AWAIT_RESULT    receive(RESULT)           DONE            -
     checker    AWAIT_ANNOUNCE  receive(ANNOUNCE)         DONE            RESULT(match)
+    (any)      (any)           bad peer message          FAILED          -  (the frame is discarded)
 Anything else raises PeerMessageError (from a peer message) or VerificationStateError (a local call).
 
 Messages (wire.py header, then little-endian payload):
@@ -46,7 +47,7 @@ KIND_NAMES = {ANNOUNCE: "ANNOUNCE", RESULT: "RESULT"}
 TAG_BITS_PER_KEY = 64
 _MAX_PAYLOAD_BYTES = 16 + 16 * MAX_KEYS
 
-START, AWAIT_RESULT, AWAIT_ANNOUNCE, DONE = "START", "AWAIT_RESULT", "AWAIT_ANNOUNCE", "DONE"
+START, AWAIT_RESULT, AWAIT_ANNOUNCE, DONE, FAILED = "START", "AWAIT_RESULT", "AWAIT_ANNOUNCE", "DONE", "FAILED"
 ANNOUNCER, CHECKER = "announcer", "checker"
 TRANSITIONS = {
     (ANNOUNCER, START, "start"): AWAIT_RESULT,
@@ -102,6 +103,7 @@ class Verification:
         self._nkeys = nkeys
         self._tags: np.ndarray | None = None
         self._seq = wire.Sequencer(frame_id)
+        self._failure = ""
         self._sent = 0
         self._result: VerificationResult | None = None
 
@@ -119,7 +121,19 @@ class Verification:
         return [self._send(ANNOUNCE, payload)]
 
     def receive(self, message: bytes) -> list[bytes]:
-        """Feed one peer message; returns the messages to send back."""
+        """Feed one peer message; returns the messages to send back.
+
+        A PeerMessageError ends the exchange: the frame is discarded and the object stays FAILED.
+        """
+        if self.state == FAILED:
+            raise PeerMessageError(f"exchange for frame {self.frame_id} already failed: {self._failure}")
+        try:
+            return self._receive(message)
+        except PeerMessageError as exc:
+            self.state, self._failure = FAILED, str(exc)
+            raise
+
+    def _receive(self, message: bytes) -> list[bytes]:
         header, payload = wire.decode(message, max_payload_bytes=_MAX_PAYLOAD_BYTES)
         expected = {AWAIT_RESULT: RESULT, AWAIT_ANNOUNCE: ANNOUNCE}.get(self.state)
         self._seq.accept(header, expected, KIND_NAMES, self.state)

@@ -35,29 +35,28 @@ def _require(condition: bool, name: str, message: str) -> None:
         raise ValueError(f"{name}: {message}")
 
 
-def _finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: must be a number, got {value!r}")
-    value = float(value)
-    _require(math.isfinite(value), name, f"must be finite, got {value!r}")
-    return value
+def check_finite(name: str, value: object) -> float:
+    """The value as float; ValueError naming the parameter unless it is a finite real number (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {value!r}")
+    return float(value)
 
 
-def check_probability(name: str, value: float, *, open_low: bool = False, open_high: bool = False) -> float:
+def check_probability(name: str, value: object, *, open_low: bool = False, open_high: bool = False) -> float:
     """Validate a probability and return it as float; the error names the parameter."""
-    value = _finite(name, value)
-    low_ok = value > 0.0 if open_low else value >= 0.0
-    high_ok = value < 1.0 if open_high else value <= 1.0
+    number = check_finite(name, value)
+    low_ok = number > 0.0 if open_low else number >= 0.0
+    high_ok = number < 1.0 if open_high else number <= 1.0
     lo = "(0" if open_low else "[0"
     hi = "1)" if open_high else "1]"
     _require(low_ok and high_ok, name, f"must be a probability in {lo}, {hi}, got {value!r}")
-    return value
+    return number
 
 
-def check_non_negative(name: str, value: float) -> float:
-    value = _finite(name, value)
-    _require(value >= 0.0, name, f"must be >= 0, got {value!r}")
-    return value
+def check_non_negative(name: str, value: object) -> float:
+    number = check_finite(name, value)
+    _require(number >= 0.0, name, f"must be >= 0, got {value!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -90,10 +89,10 @@ class ChannelParams:
         check_probability("y0", self.y0, open_high=True)
         check_probability("e_det", self.e_det)
         _require(self.e_det <= 0.5, "e_det", f"misalignment error must be <= 0.5, got {self.e_det!r}")
-        _require(_finite("f_ec", self.f_ec) >= 1.0, "f_ec",
+        _require(check_finite("f_ec", self.f_ec) >= 1.0, "f_ec",
                  f"error-correction efficiency must be >= 1 (Shannon limit), got {self.f_ec!r}")
         check_probability("q", self.q, open_low=True)
-        _require(_finite("mu", self.mu) > 0.0, "mu", f"signal intensity must be > 0, got {self.mu!r}")
+        _require(check_finite("mu", self.mu) > 0.0, "mu", f"signal intensity must be > 0, got {self.mu!r}")
         check_non_negative("nu", self.nu)
         _require(self.mu > self.nu, "mu", f"signal intensity mu={self.mu!r} must exceed decoy intensity "
                  f"nu={self.nu!r}")

@@ -3,15 +3,13 @@ E91 (Shor-Preskill or device-independent) and GG02 CV-QKD, as JSON (--json) or t
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from qkdd.protocols import bb84, cvqkd, e91
 from qkdd.protocols.bb84_design import expected_finite_rate, optimize_settings
 from qkdd.protocols.bb84_finite import DecoySettings
 from qkdd.protocols.channel import ChannelParams, gain, qber
+from qkdd.protocols.cli_output import one_line_usage_errors, print_report
 from qkdd.protocols.entropy import secure_fraction_asymptotic
 
 PROG = "qkdctl sim rate"
@@ -62,30 +60,12 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     rate.add_argument("--json", action="store_true", help="print one JSON object")
     rate.set_defaults(func=run)
 
-    def one_line_error(message: str) -> NoReturn:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    rate.error = one_line_error  # type: ignore[method-assign]
+    one_line_usage_errors(rate, PROG)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        report = {"bb84": bb84_report, "e91": e91_report, "cvqkd": cvqkd_report}[args.protocol](args)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(report, sort_keys=True, default=_json_default))
-    else:
-        print(render_text(report))
-    return 0
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {value!r}")
+    build = {"bb84": bb84_report, "e91": e91_report, "cvqkd": cvqkd_report}[args.protocol]
+    return print_report(PROG, lambda: build(args), args.json, render_text)
 
 
 def _channel(args: argparse.Namespace) -> ChannelParams:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 from qkdd.hal.sim import montecarlo
 from qkdd.hal.sim.params import Attack, Drift, SimParams
+from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report
 
 PROG = "qkdctl sim run"
 MAX_PULSES = 10 ** 15
@@ -71,6 +71,8 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--extra-loss-db", type=float, default=0.0, help="loss drift, dB")
     run.add_argument("--misalignment-drift", type=float, default=0.0, help="added to --e-det")
     run.add_argument("--pair-mean", type=float, default=d.pair_mean, help="E91: mean pairs per slot")
+    run.add_argument("--pair-statistics", choices=("thermal", "poisson"), default=d.pair_statistics,
+                     help="E91: thermal (single-mode SPDC) or Poisson (many modes) pair numbers")
     run.add_argument("--source-km", type=float, default=None, help="E91: source distance from Alice (midpoint)")
     run.add_argument("--device-independent", action="store_true", help="E91: Acin et al. DI key length")
     run.add_argument("--f-ec", type=float, default=1.16)
@@ -79,11 +81,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=main)
 
-    def one_line_error(message: str) -> NoReturn:
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    run.error = one_line_error  # type: ignore[method-assign]
+    one_line_usage_errors(run, PROG)
 
 
 def _check_eps(name: str, value: float) -> None:
@@ -97,7 +95,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         detector_efficiency=args.eta_bob, dark_count_prob=args.dark_count, misalignment=args.e_det,
         afterpulse_prob=args.afterpulse, clock_hz=args.clock_hz, decoy=args.decoy, mu_signal=args.mu,
         mu_decoy=args.nu, mu_vacuum=args.mu_vacuum, p_signal=args.p_signal, p_decoy=args.p_decoy, q_x=args.q_x,
-        pair_mean=args.pair_mean, source_position_km=args.source_km)
+        pair_mean=args.pair_mean, pair_statistics=args.pair_statistics, source_position_km=args.source_km)
     attack = Attack.parse(args.attack)
     if attack.kind == "blinding":
         attack = Attack("blinding", blinding_power_w=args.blinding_power_w)
@@ -114,26 +112,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        result = report(args)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(_finite(result), sort_keys=True))
-    else:
-        print(render_text(result))
-    return 0
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+    return print_report(PROG, lambda: report(args), args.json, render_text)
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -142,6 +121,6 @@ def render_text(result: dict[str, Any]) -> str:
         if isinstance(value, float):
             value = f"{value:.6g}"
         elif isinstance(value, (dict, list)):
-            value = json.dumps(_finite(value), sort_keys=True)
+            value = json.dumps(finite_or_null(value), sort_keys=True)
         lines.append(f"{key.replace('_', ' ')}: {value}")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from qkdd.hal.sim.records import INTENSITY_CLASSES
 from qkdd.hal.sim.simulator import Simulator
 from qkdd.hal.sim.tally import Bb84Tally, E91Tally
 from qkdd.protocols import bb84, e91
-from qkdd.protocols.bb84_finite import DecoySettings, finite_key_length
+from qkdd.protocols.bb84_finite import DecoySettings, finite_key_length, observed_statistics
 from qkdd.protocols.entropy import secure_fraction_asymptotic
 
 MONITOR_THRESHOLD_W = 1e-9
@@ -45,7 +45,8 @@ def run(params: SimParams, pulses: int, *, attack: Attack | None = None, drift: 
         tally.add(frame)
         monitor_power_w = max(monitor_power_w, frame.monitor_power_w)
     seconds = time.perf_counter() - started
-    expected = sim.expected()
+    # what the untouched channel (with its drifts) would show: the reference an operator compares against
+    expected = Simulator(params, seed=bytes(32), drift=drift).expected()
     report: dict[str, Any] = {
         "protocol": params.protocol, "pulses": pulses, "distance_km": params.distance_km,
         "attack": attack.kind if attack.kind != "intercept-resend" else f"intercept-resend:{attack.fraction:g}",
@@ -90,6 +91,7 @@ def _bb84_report(params: SimParams, tally: Bb84Tally, expected: dict, f_ec: floa
         settings = DecoySettings(mu_signal=params.mu_signal, mu_decoy=params.mu_decoy, mu_vacuum=params.mu_vacuum,
                                  p_signal=params.p_signal, p_decoy=params.p_decoy, q_x=params.q_x)
         result = finite_key_length(counts, settings, eps_sec=eps_sec, eps_cor=eps_cor, f_ec=f_ec)
+        report["per_basis"] = observed_statistics(counts, settings)
         report.update(y1_lower=result.y1_lower, e1_upper=result.e1_upper, s_x1_lower=result.s_x1_lower,
                       phase_error_upper=result.phase_error_upper, key_length_bits=result.key_length_bits,
                       key_rate_per_pulse=result.key_rate_per_pulse, abort=result.abort,

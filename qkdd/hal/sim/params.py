@@ -6,32 +6,14 @@ a 1 GHz clock.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
+
+from qkdd.protocols.channel import check_finite, check_non_negative, check_probability
 
 ATTACK_KINDS = ("none", "intercept-resend", "pns", "blinding")
 PROTOCOLS = ("bb84", "e91")
 DECOY_MODES = ("vacuum-weak", "none")
-
-
-def _number(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name}: must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _probability(name: str, value: object) -> float:
-    v = _number(name, value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name}: must be a probability in [0, 1], got {value!r}")
-    return v
-
-
-def _non_negative(name: str, value: object) -> float:
-    v = _number(name, value)
-    if v < 0.0:
-        raise ValueError(f"{name}: must be >= 0, got {value!r}")
-    return v
+PAIR_STATISTICS = ("thermal", "poisson")
 
 
 @dataclass(frozen=True)
@@ -45,8 +27,8 @@ class Attack:
     def __post_init__(self) -> None:
         if self.kind not in ATTACK_KINDS:
             raise ValueError(f"attack: must be one of {', '.join(ATTACK_KINDS)}, got {self.kind!r}")
-        _probability("attack fraction", self.fraction)
-        _non_negative("blinding_power_w", self.blinding_power_w)
+        check_probability("attack fraction", self.fraction)
+        check_non_negative("blinding_power_w", self.blinding_power_w)
 
     @classmethod
     def parse(cls, text: str) -> "Attack":
@@ -71,8 +53,8 @@ class Drift:
     misalignment: float = 0.0
 
     def __post_init__(self) -> None:
-        _non_negative("extra_loss_db", self.extra_loss_db)
-        v = _non_negative("misalignment drift", self.misalignment)
+        check_non_negative("extra_loss_db", self.extra_loss_db)
+        v = check_non_negative("misalignment drift", self.misalignment)
         if v > 0.5:
             raise ValueError(f"misalignment drift: must be <= 0.5, got {self.misalignment!r}")
 
@@ -97,6 +79,7 @@ class SimParams:
     q_x: float = 0.9                         # probability of the key basis X, for Alice and Bob
     # E91 source
     pair_mean: float = 0.01                  # mean pair number per slot (2 lambda)
+    pair_statistics: str = "thermal"         # thermal: single-mode SPDC; poisson: many modes per gate
     source_position_km: float | None = None  # from Alice; None: midpoint
     e91_alice_prob: tuple[float, float] = (0.5, 0.5)
     e91_bob_prob: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
@@ -106,16 +89,16 @@ class SimParams:
             raise ValueError(f"protocol: must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.decoy not in DECOY_MODES:
             raise ValueError(f"decoy: must be one of {', '.join(DECOY_MODES)}, got {self.decoy!r}")
-        _non_negative("distance_km", self.distance_km)
-        _non_negative("fiber_loss_db_per_km", self.fiber_loss_db_per_km)
+        check_non_negative("distance_km", self.distance_km)
+        check_non_negative("fiber_loss_db_per_km", self.fiber_loss_db_per_km)
         for name in ("detector_efficiency", "dark_count_prob", "afterpulse_prob", "q_x", "p_signal", "p_decoy"):
-            _probability(name, getattr(self, name))
-        if _probability("misalignment", self.misalignment) > 0.5:
+            check_probability(name, getattr(self, name))
+        if check_probability("misalignment", self.misalignment) > 0.5:
             raise ValueError(f"misalignment: must be <= 0.5, got {self.misalignment!r}")
-        if _number("clock_hz", self.clock_hz) <= 0:
+        if check_finite("clock_hz", self.clock_hz) <= 0:
             raise ValueError(f"clock_hz: must be > 0, got {self.clock_hz!r}")
         for name in ("mu_signal", "mu_decoy", "mu_vacuum"):
-            if _non_negative(name, getattr(self, name)) > 10:
+            if check_non_negative(name, getattr(self, name)) > 10:
                 raise ValueError(f"{name}: mean photon number above 10 is not a weak pulse, got {getattr(self, name)!r}")
         if self.mu_signal <= 0:
             raise ValueError(f"mu_signal: must be > 0, got {self.mu_signal!r}")
@@ -129,14 +112,17 @@ class SimParams:
                 raise ValueError(f"p_signal, p_decoy: need p_signal > 0, p_decoy > 0 and p_signal + p_decoy < 1, "
                                  f"got {self.p_signal!r}, {self.p_decoy!r}")
         if self.protocol == "e91":
-            if not 0 < _number("pair_mean", self.pair_mean) <= 10:
+            if self.pair_statistics not in PAIR_STATISTICS:
+                raise ValueError(f"pair_statistics: must be one of {', '.join(PAIR_STATISTICS)}, "
+                                 f"got {self.pair_statistics!r}")
+            if not 0 < check_finite("pair_mean", self.pair_mean) <= 10:
                 raise ValueError(f"pair_mean: must be in (0, 10], got {self.pair_mean!r}")
             if self.source_position_km is not None:
-                pos = _non_negative("source_position_km", self.source_position_km)
+                pos = check_non_negative("source_position_km", self.source_position_km)
                 if pos > self.distance_km:
                     raise ValueError(f"source_position_km: must lie on the fiber, 0..{self.distance_km}, got {pos}")
             for name, probs, n in (("e91_alice_prob", self.e91_alice_prob, 2), ("e91_bob_prob", self.e91_bob_prob, 4)):
-                if len(probs) != n or abs(sum(_probability(name, p) for p in probs) - 1.0) > 1e-9:
+                if len(probs) != n or abs(sum(check_probability(name, p) for p in probs) - 1.0) > 1e-9:
                     raise ValueError(f"{name}: need {n} probabilities summing to 1, got {probs!r}")
 
     def replace(self, **changes: object) -> "SimParams":
@@ -164,6 +150,7 @@ class SimParams:
         return {
             "protocol": self.protocol, "intensity": self.intensities, "class_prob": self.class_probabilities,
             "alice_z_prob": z_prob, "bob_z_prob": z_prob, "pair_mean": self.pair_mean,
+            "pair_statistics": self.pair_statistics,
             "source_position_km": source, "e91_alice_prob": self.e91_alice_prob,
             "e91_bob_prob": self.e91_bob_prob, "fiber_loss_db_per_km": self.fiber_loss_db_per_km,
             "distance_km": self.distance_km, "detector_efficiency": self.detector_efficiency,

@@ -43,9 +43,6 @@ class BobDetections:
     def __len__(self) -> int:
         return int(self.slot.size)
 
-    def packed_outcomes(self) -> np.ndarray:
-        return bits.pack(self.outcome)
-
 
 @dataclass(frozen=True)
 class Frame:

@@ -55,6 +55,11 @@ class Simulator:
         self._kernel.configure(self._params.native(self._attack, drift))
         self._drift = drift
 
+    def realign(self) -> Drift:
+        """Calibration: the polarisation controller removes the misalignment drift; extra loss stays."""
+        self.drift = Drift(extra_loss_db=self._drift.extra_loss_db)
+        return self._drift
+
     @property
     def position(self) -> int:
         """Next slot number."""

@@ -1,0 +1,196 @@
+"""ETSI 014 Get key (`enc_keys`) throughput and latency against one qkdd KME, next to its ceiling.
+
+    python -m bench.etsi014 [--clients 50] [--seconds 20] [--log-level info|warning]   # from the repository root
+
+Starts KME A and KME B (two `qkdd run` processes joined by the classical channel, key stores seeded with
+identical keys as in tests/etsi014_support.py), then `--clients` keep-alive mTLS connections each send
+`GET /api/v1/keys/sae-b/enc_keys` back to back for `--seconds`: every request reserves a key, records the
+reservation at KME B over the classical channel and erases KME A's copy before the answer. In the same
+run the same load goes to the ceiling: a minimal server on the same stack (qkdd.http: h11 over trio TLS,
+client certificates required) answering a key-container-sized JSON at once. The load generator is one
+trio process speaking raw HTTP/1.1, so its own cost is small and equal for both. Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+CEILING_SERVER = """
+import sys, trio
+from qkdd.http import HTTPLimits, HTTPServer, Response, Router, TLSSettings
+
+BODY = {"keys": [{"key_ID": "bc490419-7d60-487f-adc1-4ddcc177c139",
+                  "key": "wHHVxRwDJs3/bXd38GHP3oe4svTuRpZS0yCC7x4Ly+s="}]}
+
+async def enc_keys(request):
+    return Response.json(BODY, headers=[("Cache-Control", "no-store")])
+
+async def main():
+    router = Router()
+    router.get("/api/v1/keys/{slave_SAE_ID}/enc_keys", enc_keys)
+    tls = TLSSettings(sys.argv[1], sys.argv[2], sys.argv[3], "optional")
+    server = HTTPServer("ceiling", "127.0.0.1", 0, router, tls=tls, limits=HTTPLimits(max_connections=4096))
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(server.run)
+        print(port, flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)   # until the parent closes stdin
+        server.shutdown()
+
+trio.run(main)
+"""
+
+
+def percentile_ms(samples_s: list[float], fraction: float) -> float:
+    ordered = sorted(samples_s)
+    return round(1000.0 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
+
+
+async def _read_response(stream: trio.SSLStream, buffer: bytearray) -> int:
+    """Read one response (Content-Length framed); returns the status code."""
+    while b"\r\n\r\n" not in buffer:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        buffer += data
+    head_end = buffer.index(b"\r\n\r\n") + 4
+    head = bytes(buffer[:head_end]).decode("latin-1")
+    status = int(head.split(" ", 2)[1])
+    length = 0
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    while len(buffer) < head_end + length:
+        data = await stream.receive_some(65536)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        buffer += data
+    del buffer[:head_end + length]
+    return status
+
+
+async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float) -> dict:
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n").encode()
+    latencies_s: list[float] = []
+    failures = {"count": 0}
+
+    async def client(deadline: float) -> None:
+        tcp = await trio.open_tcp_stream(host, port)
+        stream = trio.SSLStream(tcp, context, server_hostname=host)
+        await stream.do_handshake()
+        buffer = bytearray()
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                await stream.send_all(request)
+                status = await _read_response(stream, buffer)
+                if status == 200:
+                    latencies_s.append(time.perf_counter() - started)
+                else:
+                    failures["count"] += 1
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(client, started + seconds)
+    elapsed_s = time.perf_counter() - started
+    return {"requests": len(latencies_s), "failures": failures["count"],
+            "req_per_s": round(len(latencies_s) / elapsed_s, 1),
+            "p50_ms": percentile_ms(latencies_s, 0.5) if latencies_s else None,
+            "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
+
+
+def wait_for_channel(host: str, port: int, context: ssl.SSLContext, timeout_s: float = 30.0) -> None:
+    """Until KME A hands out a key (its classical channel to KME B is up)."""
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(verify=context) as client:
+        while time.monotonic() < deadline:
+            if client.get(f"https://{host}:{port}/api/v1/keys/sae-b/enc_keys").status_code == 200:
+                return
+            time.sleep(0.2)
+    raise RuntimeError("KME A did not reach KME B")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_context(pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca_cert_file))
+    sae = pki.saes["sae-a"]
+    context.load_cert_chain(str(sae.cert_file), str(sae.key_file))
+    return context
+
+
+def _per_request_ms(cpu_seconds: float, requests: int) -> float | None:
+    return round(1000.0 * cpu_seconds / requests, 3) if requests else None
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--log-level", default="info", choices=["info", "warning"],
+                        help="daemon log level; info writes an access log line per request (the default)")
+    parser.add_argument("--stored-keys", type=int, default=0,
+                        help="keys seeded per end (default: enough for 2000 requests/s)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, os.getcwd())
+    from tests.etsi014_support import make_pair
+
+    stored = args.stored_keys or int(2 * 2000 * args.seconds) + 1000
+    with tempfile.TemporaryDirectory() as directory:
+        pair, _ = make_pair(Path(directory), stored_keys=stored)
+        try:
+            pair.start("kme-b", log_to_file=True, log_level=args.log_level)
+            pair.start("kme-a", log_to_file=True, log_level=args.log_level)
+            host, port = pair.daemons["kme-a"].api_address
+            context = client_context(pair.pki)
+            wait_for_channel(host, port, context)
+            pids = [pair.daemons[name].process.pid for name in ("kme-a", "kme-b")]
+            cpu_before = [cpu_s(pid) for pid in pids]
+            kme = trio.run(load, host, port, "/api/v1/keys/sae-b/enc_keys", context, args.clients, args.seconds)
+            kme_cpu_s = [cpu_s(pid) - before for pid, before in zip(pids, cpu_before)]
+        finally:
+            pair.stop_all()
+        issued = pair.pki.kmes["kme-a"]
+        ceiling_server = subprocess.Popen(
+            [sys.executable, "-c", CEILING_SERVER, str(issued.cert_file), str(issued.key_file),
+             str(pair.pki.ca_cert_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            ceiling_port = int(ceiling_server.stdout.readline())
+            ceiling_cpu_before = cpu_s(ceiling_server.pid)
+            ceiling = trio.run(load, "127.0.0.1", ceiling_port, "/api/v1/keys/sae-b/enc_keys", context,
+                               args.clients, args.seconds)
+            ceiling_cpu_s = cpu_s(ceiling_server.pid) - ceiling_cpu_before
+        finally:
+            ceiling_server.stdin.close()
+            ceiling_server.wait(timeout=30)
+    result = {"bench": "etsi014", "clients": args.clients, "seconds": args.seconds, "log_level": args.log_level,
+              "req_per_s": kme["req_per_s"], "p50_ms": kme["p50_ms"], "p99_ms": kme["p99_ms"],
+              "failures": kme["failures"], "ceiling_req_per_s": ceiling["req_per_s"],
+              "ceiling_p50_ms": ceiling["p50_ms"], "ceiling_p99_ms": ceiling["p99_ms"],
+              "cpu_ms_per_request_kme_a": _per_request_ms(kme_cpu_s[0], kme["requests"]),
+              "cpu_ms_per_request_kme_b": _per_request_ms(kme_cpu_s[1], kme["requests"]),
+              "cpu_ms_per_request_ceiling": _per_request_ms(ceiling_cpu_s, ceiling["requests"]),
+              "ratio_to_ceiling": round(kme["req_per_s"] / ceiling["req_per_s"], 3) if ceiling["req_per_s"] else None}
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

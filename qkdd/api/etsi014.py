@@ -1,0 +1,74 @@
+"""ETSI GS QKD 014 key delivery on port 8071 under /api/v1/keys/ (§5, Table 2): Get status, Get key
+(`enc_keys`, POST or GET) and Get key with key IDs (`dec_keys`, POST or GET). The caller is the SAE its
+verified client certificate names; the KME logic lives in qkdd/kme/."""
+from __future__ import annotations
+
+from qkdd.http.messages import HTTPError, Request, Response
+from qkdd.http.router import Router
+from qkdd.kme.container import key_container
+from qkdd.kme.identity import check_path_sae_id
+from qkdd.kme.key_request import bad, parse_key_ids, parse_key_request
+from qkdd.kme.service import KmeService
+
+PREFIX = "/api/v1/keys"
+
+
+def register(router: Router, kme: KmeService) -> None:
+    registry = kme.registry
+
+    def slave_route(caller: str, slave_sae_id: str):
+        check_path_sae_id(slave_sae_id, "slave_SAE_ID")
+        if slave_sae_id == caller:
+            raise bad("slave_SAE_ID", "names the calling SAE itself")
+        if registry.kme_of(slave_sae_id) is None:
+            raise bad("slave_SAE_ID", "is not an SAE of this QKD network")
+        route = registry.route_to(slave_sae_id)
+        if route is None:
+            raise bad("slave_SAE_ID", "is served by this KME; keys are shared with SAEs behind a peer KME")
+        return route
+
+    async def status(request: Request) -> Response:
+        caller = registry.caller(request.peer_cert)
+        slave = request.path_params["slave_SAE_ID"]
+        slave_route(caller, slave)
+        if request.query:
+            raise bad("query", "Get status takes no parameters")
+        return Response.json(await kme.status(caller, slave))
+
+    async def enc_keys(request: Request) -> Response:
+        caller = registry.caller(request.peer_cert)
+        slave = request.path_params["slave_SAE_ID"]
+        route = slave_route(caller, slave)
+        key_request, _ignored_optional = parse_key_request(request, kme.config)
+        for sae_id in key_request.additional_slave_sae_ids:
+            if sae_id in (caller, slave):
+                raise bad("additional_slave_SAE_IDs", "names the master or the slave SAE")
+            other = registry.route_to(sae_id)
+            if other is None or other.peer_kme_id != route.peer_kme_id:
+                raise bad("additional_slave_SAE_IDs", f"{sae_id} is not an SAE behind the slave SAE's KME")
+        keys = await kme.get_keys(caller, slave, key_request)
+        return Response.json(key_container(keys), headers=[("Cache-Control", "no-store")])
+
+    async def dec_keys(request: Request) -> Response:
+        caller = registry.caller(request.peer_cert)
+        master = check_path_sae_id(request.path_params["master_SAE_ID"], "master_SAE_ID")
+        if master == caller:
+            raise bad("master_SAE_ID", "names the calling SAE itself")
+        if registry.kme_of(master) is None:
+            raise bad("master_SAE_ID", "is not an SAE of this QKD network")
+        key_ids = parse_key_ids(request, kme.config)
+        keys = await kme.keys_by_id(caller, master, key_ids)
+        return Response.json(key_container(keys), headers=[("Cache-Control", "no-store")])
+
+    async def no_head(request: Request) -> Response:
+        # HEAD would run the GET handler and drop the body: keys handed out to nobody.
+        raise HTTPError(405, "method not allowed", [{"method": "HEAD would discard the keys; use GET or POST"}],
+                        headers=[("Allow", "GET, POST")])
+
+    router.route("GET", PREFIX + "/{slave_SAE_ID}/status", status, empty_params=True)
+    for method in ("GET", "POST"):
+        router.route(method, PREFIX + "/{slave_SAE_ID}/enc_keys", enc_keys, empty_params=True)
+        router.route(method, PREFIX + "/{master_SAE_ID}/dec_keys", dec_keys, empty_params=True)
+    router.route("HEAD", PREFIX + "/{slave_SAE_ID}/enc_keys", no_head, empty_params=True)
+    router.route("HEAD", PREFIX + "/{master_SAE_ID}/dec_keys", no_head, empty_params=True)
+

@@ -1,0 +1,126 @@
+"""Admin-only run-time control of simulated links on port 8071 (attacks, drifts, Bob's monitor).
+
+    GET  /v1/links/{link_id}/sim           attack, drift, frames (Alice) or monitor (Bob)
+    POST /v1/links/{link_id}/sim/attack    {"attack": "none" | "intercept-resend[:P]" | "pns" | "blinding",
+                                            "blinding_power_w": W (optional)}            Alice's end
+    POST /v1/links/{link_id}/sim/drift     {"extra_loss_db": dB, "misalignment": e} (either; the other
+                                            keeps its value)                              Alice's end
+    POST /v1/links/{link_id}/sim/monitor   {"enabled": bool, "threshold_w": W (optional)} Bob's end
+
+Admin means: the request came over TLS with a verified client certificate whose SHA-256 fingerprint
+("sha256:<hex>") or common name ("cn:<name>") is listed in `api.admin_clients`. Anything else gets 401
+(no certificate) or 403 (certificate not listed) before the link is even looked up; with an empty list
+or a listener without client certificates, the routes refuse everyone. The device objects come from
+`app.devices` (link_id -> Device).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from qkdd.app import App
+from qkdd.hal.sim.alice import SimAliceDevice
+from qkdd.hal.sim.bob import SimBobDevice
+from qkdd.hal.sim.params import Attack, Drift
+from qkdd.http.messages import HTTPError, Request, Response
+from qkdd.http.router import Router
+
+
+def admin_identity(request: Request, admin_clients: tuple[str, ...]) -> str:
+    """The matching admin entry for the request's client certificate; HTTPError 401/403 otherwise."""
+    cert = request.peer_cert
+    if cert is None:
+        raise HTTPError(401, "admin route: a client certificate listed in api.admin_clients is required")
+    candidates = {f"sha256:{cert.sha256_fingerprint.lower()}"}
+    if cert.common_name:
+        candidates.add(f"cn:{cert.common_name}")
+    for entry in admin_clients:
+        if entry in candidates:
+            return entry
+    raise HTTPError(403, "admin route: this client certificate is not an admin",
+                    [f"subject {cert.subject} is not listed in api.admin_clients"])
+
+
+def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
+    body = request.json()
+    if not isinstance(body, dict):
+        raise HTTPError(400, "request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise HTTPError(400, "unknown fields", [f"allowed: {', '.join(sorted(allowed))}; got {', '.join(unknown)}"])
+    return body
+
+
+def _number(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise HTTPError(400, f"{name} must be a finite number", [f"got {value!r}"])
+    return float(value)
+
+
+def register(router: Router, app: App) -> None:
+    def device_of(request: Request, kind: type | None = None):
+        admin_identity(request, app.config.api.admin_clients)
+        link_id = request.path_params["link_id"]
+        link = app.config.link(link_id)
+        if link is None:
+            raise HTTPError(404, f"unknown link {link_id!r}")
+        device = app.devices.get(link_id)
+        if not isinstance(device, (SimAliceDevice, SimBobDevice)):
+            raise HTTPError(409, f"link {link_id!r} has no simulated device running",
+                            [f'driver "{link.driver}", role {link.role}'])
+        if kind is not None and not isinstance(device, kind):
+            end = "Alice's" if kind is SimAliceDevice else "Bob's"
+            raise HTTPError(409, f"this control acts on {end} end of the link; this end is {link.role}")
+        return device
+
+    async def status(request: Request) -> Response:
+        device = device_of(request)
+        return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
+
+    async def set_attack(request: Request) -> Response:
+        device = device_of(request, SimAliceDevice)
+        body = _body(request, {"attack", "blinding_power_w"})
+        text = body.get("attack")
+        if not isinstance(text, str):
+            raise HTTPError(400, "attack must be a string", ["none | intercept-resend[:P] | pns | blinding"])
+        try:
+            attack = Attack.parse(text)
+            power_w = _number(body, "blinding_power_w")
+            if power_w is not None:
+                attack = Attack(attack.kind, attack.fraction, power_w)
+            device.set_attack(attack)
+        except ValueError as exc:
+            raise HTTPError(400, "invalid attack", [str(exc)]) from None
+        return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
+
+    async def set_drift(request: Request) -> Response:
+        device = device_of(request, SimAliceDevice)
+        body = _body(request, {"extra_loss_db", "misalignment"})
+        loss_db, misalignment = _number(body, "extra_loss_db"), _number(body, "misalignment")
+        current = device.drift
+        try:
+            device.set_drift(Drift(extra_loss_db=current.extra_loss_db if loss_db is None else loss_db,
+                                   misalignment=current.misalignment if misalignment is None else misalignment))
+        except ValueError as exc:
+            raise HTTPError(400, "invalid drift", [str(exc)]) from None
+        return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
+
+    async def set_monitor(request: Request) -> Response:
+        device = device_of(request, SimBobDevice)
+        body = _body(request, {"enabled", "threshold_w"})
+        enabled = body.get("enabled")
+        if not isinstance(enabled, bool):
+            raise HTTPError(400, "enabled must be true or false")
+        try:
+            device.set_monitor(enabled, _number(body, "threshold_w"))
+        except ValueError as exc:
+            raise HTTPError(400, "invalid monitor setting", [str(exc)]) from None
+        return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
+
+    router.route("GET", "/v1/links/{link_id}/sim", status)
+    router.route("POST", "/v1/links/{link_id}/sim/attack", set_attack)
+    router.route("POST", "/v1/links/{link_id}/sim/drift", set_drift)
+    router.route("POST", "/v1/links/{link_id}/sim/monitor", set_monitor)

@@ -1,0 +1,90 @@
+"""Starts the WireGuard tunnels of the config under the daemon's nursery and rotates on SIGUSR1
+("rotate now", leaders only).
+
+Key store and classical channel: the daemon's own when it has them (`app.keystore`, and a link engine
+in `app.links` offering `register_channel(channel, handler)`); until the link engine runs in the daemon,
+this module opens the key store (same file and KEK rules as the link engine) and runs the link's
+classical channel itself (qkdd.link_channel). Start-up problems are logged; the daemon stays up.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import trio
+
+from qkdd.app import App
+from qkdd.config import Config
+from qkdd.consumers.wg_tool import WgTool
+from qkdd.consumers.wireguard import TunnelRotation, WireGuardChannel
+from qkdd.keystore import KeyStore, KeyStoreError, create_kek, kek_from_credentials, load_kek
+from qkdd.link_channel import WIREGUARD_CHANNEL, LinkChannel
+from qkdd.peer import IdentityError
+
+log = logging.getLogger("qkdd.wireguard")
+
+KEY_STORE_FILE = "keys.sqlite3"     # the link engine's file name (qkdd.link.service)
+KEK_FILE = "kek"
+
+
+def open_key_store(config: Config) -> KeyStore:
+    """The key store in the state directory under the KEK from the systemd credential "kek", else
+    <state_dir>/kek (created 0600 on first start)."""
+    state_dir = config.daemon.state_dir
+    kek = kek_from_credentials()
+    if kek is None:
+        path = os.path.join(state_dir, KEK_FILE)
+        kek = load_kek(path) if os.path.exists(path) else create_kek(path)
+    return KeyStore(os.path.join(state_dir, KEY_STORE_FILE), kek)
+
+
+async def run_wireguard(app: App) -> None:
+    """Run every `[[wireguard]]` tunnel until cancelled."""
+    config = app.config
+    if not config.wireguard:
+        return
+    store = getattr(app, "keystore", None)
+    own_store = store is None
+    if own_store:
+        try:
+            store = open_key_store(config)
+        except KeyStoreError as exc:
+            log.error("wireguard: cannot open the key store: %s", exc)
+            return
+    try:
+        tunnels: dict[str, list[TunnelRotation]] = {}
+        for tunnel_config in config.wireguard:
+            link = config.link(tunnel_config.link_id)
+            tunnel = TunnelRotation(
+                tunnel_config, leader=link.role == "alice", store=store,
+                wg=WgTool(tunnel_config.interface, tunnel_config.peer_public_key),
+                metrics=app.metrics.tunnel(tunnel_config.name, tunnel_config.interface,
+                                           tunnel_config.peer_public_key),
+                state_dir=config.daemon.state_dir, rotation_interval_s=config.rotation_interval_s(tunnel_config))
+            tunnels.setdefault(link.link_id, []).append(tunnel)
+        with trio.open_signal_receiver(signal.SIGUSR1) as rotate_signals:
+            async with trio.open_nursery() as nursery:
+                for link_id, link_tunnels in tunnels.items():
+                    serve = WireGuardChannel(link_tunnels).serve
+                    engine = (getattr(app, "links", None) or {}).get(link_id)
+                    if engine is not None and hasattr(engine, "register_channel"):
+                        engine.register_channel(WIREGUARD_CHANNEL, serve)     # the link engine's session
+                    else:
+                        channel = LinkChannel(config.link(link_id))
+                        channel.register(WIREGUARD_CHANNEL, serve)
+                        try:
+                            await nursery.start(channel.run)
+                        except (IdentityError, OSError) as exc:
+                            log.error("wireguard: link %s: cannot run the classical channel: %s", link_id, exc)
+                            continue
+                    for tunnel in link_tunnels:
+                        nursery.start_soon(tunnel.run)
+                async for _ in rotate_signals:
+                    leaders = [t for ts in tunnels.values() for t in ts if t.leader]
+                    log.info("SIGUSR1: rotating %d tunnel(s) now", len(leaders))
+                    for tunnel in leaders:
+                        tunnel.rotate_now()
+    finally:
+        if own_store:
+            store.close()

@@ -1,0 +1,42 @@
+"""The ETSI GS QKD 014 KME of a qkdd: SAE identity and registry (identity.py), request checks
+(key_request.py), keys cut from stored keys (container.py), the reservation exchange between KMEs
+(reservation.py, sans-IO), the slave's delivery ledger (ledger.py) and the service tying them to the key
+store (service.py). Routes: qkdd/api/etsi014.py."""
+from __future__ import annotations
+
+import logging
+import os
+
+from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
+from qkdd.kme.config import Etsi014Config
+from qkdd.kme.ledger import Ledger
+from qkdd.kme.service import KmeService
+
+log = logging.getLogger("qkdd.etsi014")
+
+
+def open_kme(config: Etsi014Config, state_dir: str, keystore: KeyStore | None = None) -> KmeService:
+    """The KME over the daemon's key store (`keystore`; opened here while no link engine opens it) and
+    its ledger; erases what a crash left undeleted. Raises KeyStoreError / LedgerError / OSError."""
+    if keystore is None:
+        keystore = _open_key_store(config, state_dir)
+    ledger = Ledger(config.ledger_file or os.path.join(state_dir, "etsi014.db"))
+    service = KmeService(config, keystore, ledger)
+    erased = service.erase_spent()
+    if erased:
+        log.info("erased %d stored keys delivered before a restart", erased)
+    return service
+
+
+def _open_key_store(config: Etsi014Config, state_dir: str) -> KeyStore:
+    if config.kek_file:
+        kek = load_kek(config.kek_file)
+    else:
+        kek = kek_from_credentials("kek")
+        if kek is None:
+            path = os.path.join(state_dir, "kek")
+            kek = load_kek(path) if os.path.exists(path) else create_kek(path)
+    return KeyStore(config.key_store_file or os.path.join(state_dir, "keys.db"), kek)
+
+
+__all__ = ["Etsi014Config", "KmeService", "open_kme"]

@@ -1,0 +1,352 @@
+"""The ETSI 014 reservation exchange between two KMEs (sans-IO): the master's KME records a key
+reservation at the slave's KME over the classical channel before it answers its SAE.
+
+Theory of operation
+-------------------
+One `ReservationEndpoint` runs at each end of a link; both ends can be the master's KME (SAEs sit on
+both sides), so each endpoint plays both roles and the role of a request follows from who sent RESERVE.
+The master's end calls `reserve(reservation)` and sends the bytes; the slave's end gets a
+`ReservationReceived` event from `receive()`, records the reservation durably, and answers with
+`accept(request_id)` or `refuse(request_id, reason, text)`. The master's end gets `ReservationAccepted`
+or `ReservationRefused` and only then answers its SAE. A master that gives up waiting calls
+`abandon(request_id)`; a late answer for it is then reported as `LateAnswer`, never as an acceptance.
+
+Per request id, the states and every legal transition (anything else is a ReservationProtocolError):
+
+    master end:  (none) --reserve--> SENT --ACCEPT--> ACCEPTED
+                                     SENT --REFUSE--> REFUSED
+                                     SENT --abandon--> ABANDONED
+    slave end:   (none) --RESERVE--> RECEIVED --accept--> ACCEPTED
+                                     RECEIVED --refuse--> REFUSED
+
+Finished requests are forgotten (the slave's durable record is the ledger, not this object), so a
+retransmitted RESERVE is a new RECEIVED request; the ledger makes recording it idempotent. When the
+session ends, `end_session()` forgets every request: answers never cross sessions.
+
+Wire layout, version 1 (big-endian; strings are UTF-8 with a u16 length):
+
+    version u8 (=1) | type u8 | request_id 16 bytes (UUID)
+    RESERVE: size_bits u32 | master_sae str | slave count u8, slave str...  (first = the slave)
+             key count u16, per key: key_id 16 bytes | segment count u16,
+                        per segment: stored key_id 16 bytes | offset_bytes u32 | length_bytes u32
+    ACCEPT:  (nothing)
+    REFUSE:  reason u8 | text str
+"""
+from __future__ import annotations
+
+import enum
+import struct
+import uuid
+from dataclasses import dataclass
+
+WIRE_VERSION = 1
+MAX_SLAVES = 255
+MAX_KEYS = 65535
+MAX_SEGMENTS_PER_KEY = 65535
+MAX_TEXT_BYTES = 1024
+
+
+class MessageType(enum.IntEnum):
+    RESERVE = 1
+    ACCEPT = 2
+    REFUSE = 3
+
+
+class RefuseReason(enum.IntEnum):
+    KEYS_UNAVAILABLE = 1     # a named stored key is missing, pending, or already used at this end
+    UNKNOWN_SAE = 2          # a named slave SAE is not served by this KME
+    STORE_FAILURE = 3        # the ledger or key store could not record the reservation
+    MALFORMED = 4            # the request could not be decoded
+
+
+class State(enum.Enum):
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    REFUSED = "refused"
+    ABANDONED = "abandoned"
+    RECEIVED = "received"
+
+
+# (role, current state or None, what happens) -> next state
+TRANSITIONS: dict[tuple[str, State | None, str], State] = {
+    ("master", None, "reserve"): State.SENT,
+    ("master", State.SENT, "ACCEPT"): State.ACCEPTED,
+    ("master", State.SENT, "REFUSE"): State.REFUSED,
+    ("master", State.SENT, "abandon"): State.ABANDONED,
+    ("slave", None, "RESERVE"): State.RECEIVED,
+    ("slave", State.RECEIVED, "accept"): State.ACCEPTED,
+    ("slave", State.RECEIVED, "refuse"): State.REFUSED,
+}
+_FINAL = {State.ACCEPTED, State.REFUSED}
+
+
+class ReservationProtocolError(Exception):
+    """A message that is malformed or illegal in the current state; names the state and event."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`length_bytes` bytes of stored key `stored_key_id`, starting at `offset_bytes`."""
+
+    stored_key_id: str
+    offset_bytes: int
+    length_bytes: int
+
+
+@dataclass(frozen=True)
+class ReservedKey:
+    key_id: str                       # the ETSI key_ID (lowercase canonical UUID)
+    segments: tuple[Segment, ...]     # concatenated in order they form the key
+
+
+@dataclass(frozen=True)
+class Reservation:
+    request_id: str
+    master_sae_id: str
+    slave_sae_ids: tuple[str, ...]    # the slave first, then the additional slaves
+    size_bits: int
+    keys: tuple[ReservedKey, ...]
+
+    def stored_key_ids(self) -> list[str]:
+        """Every stored key the reservation uses, once each, in order of first use."""
+        seen: dict[str, None] = {}
+        for key in self.keys:
+            for segment in key.segments:
+                seen.setdefault(segment.stored_key_id, None)
+        return list(seen)
+
+
+# -- events returned by receive() ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReservationReceived:
+    reservation: Reservation
+
+
+@dataclass(frozen=True)
+class ReservationAccepted:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class ReservationRefused:
+    request_id: str
+    reason: RefuseReason
+    text: str
+
+
+@dataclass(frozen=True)
+class LateAnswer:
+    """An answer to a request this end abandoned (timed out): the caller cleans up, nothing else."""
+
+    request_id: str
+    accepted: bool
+
+
+Event = ReservationReceived | ReservationAccepted | ReservationRefused | LateAnswer
+
+
+class ReservationEndpoint:
+    """One end of the exchange: encodes what this end sends, decodes and checks what it receives."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str], State] = {}   # (role, request_id) -> state
+
+    def state(self, role: str, request_id: str) -> State | None:
+        return self._states.get((role, request_id))
+
+    # -- master's end --------------------------------------------------------------------------------
+    def reserve(self, reservation: Reservation) -> bytes:
+        self._step("master", reservation.request_id, "reserve")
+        return encode_reserve(reservation)
+
+    def abandon(self, request_id: str) -> None:
+        self._step("master", request_id, "abandon")
+
+    def end_session(self) -> None:
+        """The session carrying the exchange ended: no answer to anything sent or received on it can
+        arrive or go out any more, so every request is forgotten (the caller fails the waiting ones)."""
+        self._states.clear()
+
+    # -- slave's end ---------------------------------------------------------------------------------
+    def accept(self, request_id: str) -> bytes:
+        self._step("slave", request_id, "accept")
+        return _header(MessageType.ACCEPT, request_id)
+
+    def refuse(self, request_id: str, reason: RefuseReason, text: str) -> bytes:
+        self._step("slave", request_id, "refuse")
+        return encode_refuse(request_id, reason, text)
+
+    # -- both ----------------------------------------------------------------------------------------
+    def receive(self, payload: bytes) -> list[Event]:
+        """Decode one message from the peer. Raises ReservationProtocolError for a malformed message or
+        one that is illegal now (e.g. ACCEPT for a request never sent)."""
+        message_type, request_id, reader = _read_header(payload)
+        if message_type is MessageType.RESERVE:
+            reservation = _decode_reserve(request_id, reader)
+            self._step("slave", request_id, "RESERVE")
+            return [ReservationReceived(reservation)]
+        if message_type is MessageType.ACCEPT:
+            reader.end()
+            if self._states.get(("master", request_id)) is State.ABANDONED:
+                del self._states[("master", request_id)]
+                return [LateAnswer(request_id, True)]
+            self._step("master", request_id, "ACCEPT")
+            return [ReservationAccepted(request_id)]
+        reason_code = reader.u8()
+        text = reader.text()
+        reader.end()
+        try:
+            reason = RefuseReason(reason_code)
+        except ValueError:
+            raise ReservationProtocolError(f"REFUSE with unknown reason {reason_code}") from None
+        if self._states.get(("master", request_id)) is State.ABANDONED:
+            del self._states[("master", request_id)]
+            return [LateAnswer(request_id, False)]
+        self._step("master", request_id, "REFUSE")
+        return [ReservationRefused(request_id, reason, text)]
+
+    def _step(self, role: str, request_id: str, event: str) -> None:
+        key = (role, request_id)
+        current = self._states.get(key)
+        following = TRANSITIONS.get((role, current, event))
+        if following is None:
+            state = current.value if current else "no request"
+            raise ReservationProtocolError(f"{event} is illegal for {role} request {request_id} in state {state}")
+        if following in _FINAL:
+            self._states.pop(key, None)
+        else:
+            self._states[key] = following
+
+
+# -- encoding ------------------------------------------------------------------------------------------
+
+def _header(message_type: MessageType, request_id: str) -> bytes:
+    return struct.pack(">BB", WIRE_VERSION, message_type) + uuid.UUID(request_id).bytes
+
+
+def _text(value: str) -> bytes:
+    data = value.encode("utf-8")
+    if len(data) > MAX_TEXT_BYTES:
+        raise ValueError(f"text of {len(data)} bytes exceeds {MAX_TEXT_BYTES}")
+    return struct.pack(">H", len(data)) + data
+
+
+def encode_reserve(reservation: Reservation) -> bytes:
+    if not 1 <= len(reservation.slave_sae_ids) <= MAX_SLAVES:
+        raise ValueError("a reservation names 1..255 slave SAEs")
+    if not 1 <= len(reservation.keys) <= MAX_KEYS:
+        raise ValueError("a reservation holds 1..65535 keys")
+    parts = [_header(MessageType.RESERVE, reservation.request_id), struct.pack(">I", reservation.size_bits),
+             _text(reservation.master_sae_id), struct.pack(">B", len(reservation.slave_sae_ids))]
+    parts += [_text(sae_id) for sae_id in reservation.slave_sae_ids]
+    parts.append(struct.pack(">H", len(reservation.keys)))
+    for key in reservation.keys:
+        if not 1 <= len(key.segments) <= MAX_SEGMENTS_PER_KEY:
+            raise ValueError("a key is made of 1..65535 segments")
+        parts.append(uuid.UUID(key.key_id).bytes + struct.pack(">H", len(key.segments)))
+        for segment in key.segments:
+            parts.append(uuid.UUID(segment.stored_key_id).bytes
+                         + struct.pack(">II", segment.offset_bytes, segment.length_bytes))
+    return b"".join(parts)
+
+
+def encode_refuse(request_id: str, reason: RefuseReason, text: str) -> bytes:
+    return _header(MessageType.REFUSE, request_id) + struct.pack(">B", reason) + _text(text[:200])
+
+
+# -- decoding ------------------------------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._at = 0
+
+    def take(self, count: int) -> bytes:
+        if self._at + count > len(self._data):
+            raise ReservationProtocolError(f"message truncated at byte {self._at} (wanted {count} more)")
+        chunk = bytes(self._data[self._at:self._at + count])
+        self._at += count
+        return chunk
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return struct.unpack(">H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack(">I", self.take(4))[0]
+
+    def uuid(self) -> str:
+        return str(uuid.UUID(bytes=self.take(16)))
+
+    def text(self) -> str:
+        length = self.u16()
+        if length > MAX_TEXT_BYTES:
+            raise ReservationProtocolError(f"string of {length} bytes exceeds {MAX_TEXT_BYTES}")
+        try:
+            return self.take(length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ReservationProtocolError("string is not UTF-8") from None
+
+    def end(self) -> None:
+        if self._at != len(self._data):
+            raise ReservationProtocolError(f"{len(self._data) - self._at} trailing bytes after the message")
+
+
+def _read_header(payload: bytes) -> tuple[MessageType, str, _Reader]:
+    reader = _Reader(payload)
+    version = reader.u8()
+    if version != WIRE_VERSION:
+        raise ReservationProtocolError(f"wire version {version}, this KME speaks {WIRE_VERSION}")
+    code = reader.u8()
+    try:
+        message_type = MessageType(code)
+    except ValueError:
+        raise ReservationProtocolError(f"unknown message type {code}") from None
+    return message_type, reader.uuid(), reader
+
+
+def _decode_reserve(request_id: str, reader: _Reader) -> Reservation:
+    size_bits = reader.u32()
+    master = reader.text()
+    slaves = tuple(reader.text() for _ in range(reader.u8()))
+    keys = []
+    for _ in range(reader.u16()):
+        key_id = reader.uuid()
+        segments = tuple(Segment(reader.uuid(), reader.u32(), reader.u32()) for _ in range(reader.u16()))
+        keys.append(ReservedKey(key_id, segments))
+    reader.end()
+    reservation = Reservation(request_id, master, slaves, size_bits, tuple(keys))
+    check_reservation(reservation)
+    return reservation
+
+
+def check_reservation(reservation: Reservation) -> None:
+    """The invariants a well-formed reservation keeps; ReservationProtocolError names the broken one."""
+    if reservation.size_bits <= 0 or reservation.size_bits % 8:
+        raise ReservationProtocolError(f"size of {reservation.size_bits} bits is not a positive multiple of 8")
+    if not reservation.master_sae_id or not reservation.slave_sae_ids or not all(reservation.slave_sae_ids):
+        raise ReservationProtocolError("a reservation names a master and at least one slave")
+    if not reservation.keys:
+        raise ReservationProtocolError("a reservation holds at least one key")
+    key_ids = [key.key_id for key in reservation.keys]
+    if len(set(key_ids)) != len(key_ids):
+        raise ReservationProtocolError("a key id appears twice")
+    ranges: dict[str, list[tuple[int, int]]] = {}
+    for key in reservation.keys:
+        if not key.segments:
+            raise ReservationProtocolError(f"key {key.key_id} has no segments")
+        if sum(segment.length_bytes for segment in key.segments) * 8 != reservation.size_bits:
+            raise ReservationProtocolError(f"key {key.key_id}: segments do not add up to {reservation.size_bits} bits")
+        for segment in key.segments:
+            if segment.length_bytes == 0:
+                raise ReservationProtocolError(f"key {key.key_id}: empty segment")
+            ranges.setdefault(segment.stored_key_id, []).append(
+                (segment.offset_bytes, segment.offset_bytes + segment.length_bytes))
+    for stored_key_id, spans in ranges.items():
+        spans.sort()
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                raise ReservationProtocolError(f"stored key {stored_key_id}: bytes used by two segments")

@@ -1,0 +1,282 @@
+"""The KME of one qkdd: Get status, Get key (master's end) and Get key with key IDs (slave's end) of
+ETSI GS QKD 014 over the daemon's key store, the reservation ledger and each link's classical channel.
+
+Get key reserves stored keys of the link (only from this end's allocatable share, so the two ends never
+hand out the same stored key), cuts the requested keys out of them, has the slave's KME record the
+reservation (reservation.py) and only after its ACCEPT erases its own copies and answers. The slave's
+KME keeps the stored keys reserved until each named slave SAE has fetched the keys once, then erases them.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+
+import trio
+
+from qkdd.http.messages import HTTPError
+from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
+from qkdd.keystore.model import KeyAlreadyDelivered, KeyNotFound
+from qkdd.kme.config import Etsi014Config
+from qkdd.kme.container import assemble, plan_keys
+from qkdd.kme.group_commit import GroupCommitter
+from qkdd.kme.identity import SaeRegistry, unauthorized
+from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
+from qkdd.kme.ledger import AlreadyDelivered, Ledger, LedgerError
+from qkdd.peer.errors import SessionClosedError
+from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
+                                  ReservationEndpoint, ReservationProtocolError, ReservationReceived,
+                                  ReservationRefused)
+
+log = logging.getLogger("qkdd.etsi014")
+
+HOLDER_PREFIX = "etsi014:"
+
+
+class _Pending:
+    """A Get key waiting for the slave's KME: outcome "accepted", "refused", or "lost" (session ended)."""
+
+    def __init__(self, link_id: str) -> None:
+        self.link_id = link_id
+        self.done = trio.Event()
+        self.outcome = ""
+        self.detail = ""
+
+    def finish(self, outcome: str, detail: str = "") -> None:
+        if not self.done.is_set():
+            self.outcome, self.detail = outcome, detail
+            self.done.set()
+
+
+def _unavailable(detail: str) -> HTTPError:
+    return HTTPError(503, "keys are not available", [{"reason": detail}], headers=[("Retry-After", "1")])
+
+
+class KmeService:
+    def __init__(self, config: Etsi014Config, keystore: KeyStore, ledger: Ledger) -> None:
+        self.config = config
+        self.registry = SaeRegistry(config)
+        self.keystore = keystore
+        self.ledger = ledger
+        self._endpoints = {peer.link_id: ReservationEndpoint() for peer in config.peers}
+        self._streams: dict[str, object] = {}
+        self._outboxes: dict[str, _Outbox] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._store = GroupCommitter(self._open_batch)            # slave's end: key store and ledger
+        self._takes = GroupCommitter(self.keystore.batch)         # master's end: the key store only
+
+    def _open_batch(self) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.keystore.batch())
+        stack.enter_context(self.ledger.batch())
+        return stack
+
+    async def run(self) -> None:
+        """The service's own task (group commit of store writes); runs in the daemon's nursery."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._store.run)
+            nursery.start_soon(self._takes.run)
+
+    # -- the classical channel -------------------------------------------------------------------------
+    async def serve_channel(self, link_id: str, stream) -> None:
+        """Run the reservation exchange over one session's stream (`send(bytes)`, `receive() -> bytes`)
+        until the session ends. Whoever owns the link's session calls this once per session."""
+        endpoint = self._endpoints[link_id]
+        outbox = _Outbox(stream)
+        self._streams[link_id] = stream
+        self._outboxes[link_id] = outbox
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(outbox.run, nursery.cancel_scope)
+                while True:
+                    try:
+                        payload = await stream.receive()
+                    except SessionClosedError:
+                        nursery.cancel_scope.cancel()
+                        return
+                    try:
+                        events = endpoint.receive(payload)
+                    except ReservationProtocolError as exc:
+                        log.warning("link %s: dropped a reservation message: %s", link_id, exc)
+                        continue
+                    for event in events:
+                        if isinstance(event, ReservationReceived):
+                            nursery.start_soon(self._record, link_id, outbox, event.reservation)
+                        elif isinstance(event, (ReservationAccepted, ReservationRefused)):
+                            pending = self._pending.get(event.request_id)
+                            if pending is not None and isinstance(event, ReservationAccepted):
+                                pending.finish("accepted")
+                            elif pending is not None:
+                                pending.finish("refused", event.text)
+                        elif isinstance(event, LateAnswer):
+                            log.warning("link %s: late answer to abandoned request %s (accepted=%s); its keys "
+                                        "at the peer stay reserved until they expire", link_id,
+                                        event.request_id, event.accepted)
+        finally:
+            if self._streams.get(link_id) is stream:
+                del self._streams[link_id]
+                del self._outboxes[link_id]
+            for pending in self._pending.values():    # their answers can no longer arrive
+                if pending.link_id == link_id:
+                    pending.finish("lost", "the session with the slave SAE's KME ended")
+            endpoint.end_session()
+
+    async def _record(self, link_id: str, outbox: "_Outbox", reservation: Reservation) -> None:
+        """Slave's end: record the reservation durably, then ACCEPT (or REFUSE and record nothing)."""
+        endpoint = self._endpoints[link_id]
+        peer_kme = next(peer.kme_id for peer in self.config.peers if peer.link_id == link_id)
+        if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
+            answer = endpoint.refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE, "a slave SAE is not served here")
+        elif self.registry.kme_of(reservation.master_sae_id) != peer_kme:
+            answer = endpoint.refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE,
+                                     "the master SAE is not served by the peer KME")
+        else:
+            try:
+                await self._store.call(self._store_reservation, link_id, reservation)
+                answer = endpoint.accept(reservation.request_id)
+            except KeyStoreError as exc:
+                answer = endpoint.refuse(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
+            except LedgerError as exc:
+                answer = endpoint.refuse(reservation.request_id, RefuseReason.STORE_FAILURE, str(exc))
+        outbox.put(answer)
+
+    def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
+        self.keystore.reserve_ids(link_id, reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id)
+        self.ledger.record(link_id, reservation)
+
+    # -- Get status ----------------------------------------------------------------------------------------
+    async def status(self, master_sae_id: str, slave_sae_id: str) -> dict:
+        route = self.registry.route_to(slave_sae_id)
+        available_bits = await trio.to_thread.run_sync(self.keystore.available_bits, route.link_id)
+        config = self.config
+        return {
+            "source_KME_ID": config.kme_id,
+            "target_KME_ID": route.peer_kme_id,
+            "master_SAE_ID": master_sae_id,
+            "slave_SAE_ID": slave_sae_id,
+            "key_size": config.key_size_bits,
+            "stored_key_count": min(available_bits // config.key_size_bits, config.max_key_count),
+            "max_key_count": config.max_key_count,
+            "max_key_per_request": config.max_key_per_request,
+            "max_key_size": config.max_key_size_bits,
+            "min_key_size": config.min_key_size_bits,
+            "max_SAE_ID_count": config.max_sae_id_count,
+        }
+
+    # -- Get key (master's end) -------------------------------------------------------------------------
+    async def get_keys(self, master_sae_id: str, slave_sae_id: str, request: KeyRequest) -> list[tuple[str, bytes]]:
+        route = self.registry.route_to(slave_sae_id)
+        link_id = route.link_id
+        request_id = str(uuid.uuid4())
+        if link_id not in self._streams:          # checked again below; this spares keys while the peer is away
+            raise _unavailable("the slave SAE's KME is not reachable")
+        try:
+            # Reserve and read this end's copies in one step (one commit on the answer's path): from here
+            # on they exist only in memory, and are lost rather than reused if the peer refuses.
+            materials = await self._takes.call(self._take, link_id, request.number * request.size_bits)
+        except KeyUnavailable:
+            raise _unavailable("not enough key material stored for this slave SAE") from None
+        stored = [(stored_id, len(material) * 8) for stored_id, material in materials.items()]
+        keys = plan_keys(stored, request.number, request.size_bits)
+        reservation = Reservation(request_id, master_sae_id, (slave_sae_id, *request.additional_slave_sae_ids),
+                                  request.size_bits, keys)
+        outbox = self._outboxes.get(link_id)
+        if outbox is None:
+            raise _unavailable("the slave SAE's KME is not reachable")
+        endpoint = self._endpoints[link_id]
+        pending = self._pending[request_id] = _Pending(link_id)
+        try:
+            outbox.put(endpoint.reserve(reservation))
+            with trio.move_on_after(self.config.reservation_timeout_s):
+                await pending.done.wait()
+        finally:
+            del self._pending[request_id]
+        if pending.outcome == "refused":
+            raise _unavailable(f"the slave SAE's KME refused the reservation: {pending.detail}")
+        if pending.outcome != "accepted":           # timed out or lost: the peer may have recorded it
+            if endpoint.state("master", request_id) is not None:
+                endpoint.abandon(request_id)
+            raise _unavailable(pending.detail or "the slave SAE's KME did not confirm the reservation in time")
+        return [(key.key_id, assemble(key, materials)) for key in keys]
+
+    def _take(self, link_id: str, bits: int) -> dict[str, bytes]:
+        """Reserve stored keys holding at least `bits` from this end's share, and erase them, returning
+        their material in reservation order (run inside a group-commit batch: one transaction)."""
+        holder = HOLDER_PREFIX + "master"
+        with self.keystore.batch():          # all or nothing (a savepoint inside the batch)
+            stored = self.keystore.reserve_bits(link_id, bits, holder)
+            return {stored_id: self.keystore.deliver(link_id, stored_id, holder=holder).material
+                    for stored_id, _ in stored}
+
+    # -- Get key with key IDs (slave's end) -------------------------------------------------------------
+    async def keys_by_id(self, slave_sae_id: str, master_sae_id: str, key_ids: list[str]) -> list[tuple[str, bytes]]:
+        entries = await trio.to_thread.run_sync(self.ledger.lookup, key_ids)
+        missing = [key_id for key_id in key_ids
+                   if key_id not in entries or entries[key_id].master_sae_id != master_sae_id]
+        if missing:
+            raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id} for key_id in missing])
+        if any(slave_sae_id not in entries[key_id].recipients for key_id in key_ids):
+            raise unauthorized("one or more keys were not requested for this SAE")
+        delivered = [key_id for key_id in key_ids if entries[key_id].recipients[slave_sae_id] is not None]
+        if delivered:
+            raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id, "reason": "delivered before"}
+                                                  for key_id in delivered])
+        try:
+            return await self._store.call(self._deliver_to_slave, slave_sae_id, key_ids, entries)
+        except (KeyStoreError, AlreadyDelivered):
+            raise HTTPError(400, KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
+
+    def _deliver_to_slave(self, slave_sae_id: str, key_ids: list[str], entries) -> list[tuple[str, bytes]]:
+        materials: dict[str, bytes] = {}
+        for key_id in key_ids:
+            entry = entries[key_id]
+            for segment in entry.key.segments:
+                if segment.stored_key_id not in materials:
+                    materials[segment.stored_key_id] = self.keystore.peek(entry.link_id, segment.stored_key_id).material
+        keys = [(key_id, assemble(entries[key_id].key, materials)) for key_id in key_ids]
+        self.ledger.mark_delivered(key_ids, slave_sae_id)
+        self.erase_spent()
+        return keys
+
+    def erase_spent(self) -> int:
+        """Erase stored keys whose every key reached every slave (after delivery, and at start-up to finish
+        what a crash interrupted). Blocking; returns how many were erased."""
+        spent = self.ledger.spent_stored_keys()
+        for link_id, stored_id in spent:
+            try:
+                self.keystore.deliver(link_id, stored_id)
+            except (KeyAlreadyDelivered, KeyNotFound):
+                pass
+        if spent:
+            self.ledger.mark_erased([stored_id for _, stored_id in spent])
+        return len(spent)
+
+
+class _Outbox:
+    """Messages to the peer KME, written by one task: whatever queued while the previous write was on
+    its way goes out in one `send_many` (one lock, one TLS write) instead of one send per request."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._queue: list[bytes] = []
+        self._wakeup = trio.Event()
+
+    def put(self, payload: bytes) -> None:
+        self._queue.append(payload)
+        self._wakeup.set()
+
+    async def run(self, session_scope: trio.CancelScope) -> None:
+        session = getattr(self._stream, "session", None)
+        channel = getattr(self._stream, "channel", None)
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup = trio.Event()
+                batch, self._queue = self._queue, []
+                if session is not None and channel is not None:
+                    await session.send_many([(channel, payload) for payload in batch])
+                else:
+                    for payload in batch:
+                        await self._stream.send(payload)
+        except SessionClosedError:
+            session_scope.cancel()

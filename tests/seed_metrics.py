@@ -1,0 +1,20 @@
+"""The metric families the seed requires (HIP-0071 "Prometheus Metrics"): name -> (type, label names)."""
+
+SEED_FAMILIES = {
+    "qkd_keys_generated": ("counter", {"link_id", "protocol"}),
+    "qkd_key_bits_generated": ("counter", {"link_id"}),
+    "qkd_secure_key_rate_bps": ("gauge", {"link_id"}),
+    "qkd_raw_key_rate_bps": ("gauge", {"link_id"}),
+    "qkd_qber": ("gauge", {"link_id"}),
+    "qkd_channel_loss_db": ("gauge", {"link_id"}),
+    "qkd_photon_rate_hz": ("gauge", {"link_id"}),
+    "qkd_visibility": ("gauge", {"link_id"}),
+    "qkd_qber_threshold_exceeded": ("counter", {"link_id", "severity"}),
+    "qkd_key_generation_halted": ("counter", {"link_id"}),
+    "qkd_device_temperature_celsius": ("gauge", {"link_id"}),
+    "qkd_device_uptime_seconds": ("gauge", {"link_id"}),
+    "qkd_kms_key_push": ("counter", {"link_id", "status"}),
+    "qkd_kms_key_push_latency_seconds": ("histogram", {"link_id"}),
+}
+# promtool's linter prefers "bytes" to "bits"; the seed fixes this name, so this is the one finding allowed.
+ACCEPTED_LINT = {'qkd_key_bits_generated_total use base unit "bytes" instead of "bits"'}

@@ -1,0 +1,245 @@
+"""ETSI GS QKD 014 against two real qkdd daemons (KME A serves sae-a and sae-e, KME B serves sae-b and
+sae-d) joined by the authenticated classical channel, over real mTLS. A third-party client
+(`etsi-qkd-014-client` from PyPI) and raw httpx requests drive them.
+
+The key stores are seeded by the fixture through the real KeyStore API into each daemon's SQLite file
+(no link engine runs yet; see tests/etsi014_support.py).
+"""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import signal
+import uuid
+
+import pytest
+from etsi_qkd_014_client import QKD014Client
+
+from tests.etsi014_support import STORED_KEY_BITS, make_pair
+
+STORED_KEYS = 400
+
+
+@pytest.fixture(scope="module")
+def kmes(tmp_path_factory):
+    pair, _ = make_pair(tmp_path_factory.mktemp("etsi014"), stored_keys=STORED_KEYS)
+    pair.start("kme-b")
+    pair.start("kme-a")
+    pair.wait_channel("kme-a")
+    pair.wait_channel("kme-b")
+    yield pair
+    pair.stop_all()
+
+
+def third_party_client(kmes, kme: str, sae: str) -> QKD014Client:
+    issued = kmes.pki.saes[sae]
+    return QKD014Client(kmes.hostname(kme), str(issued.cert_file), str(issued.key_file), str(kmes.pki.ca_cert_file))
+
+
+def enc_keys(kmes, body=None, *, sae="sae-a", slave="sae-b", kme="kme-a"):
+    with kmes.client(sae) as client:
+        url = kmes.url(kme, f"/api/v1/keys/{slave}/enc_keys")
+        return client.post(url, json=body) if body is not None else client.get(url)
+
+
+def dec_keys(kmes, key_ids, *, sae="sae-b", master="sae-a", kme="kme-b"):
+    with kmes.client(sae) as client:
+        return client.post(kmes.url(kme, f"/api/v1/keys/{master}/dec_keys"),
+                           json={"key_IDs": [{"key_ID": key_id} for key_id in key_ids]})
+
+
+def test_third_party_client_master_and_slave_get_the_same_key(kmes):
+    master = third_party_client(kmes, "kme-a", "sae-a")
+    slave = third_party_client(kmes, "kme-b", "sae-b")
+    code, status = master.get_status("sae-b")
+    assert code == 200
+    assert (status.source_kme_id, status.target_kme_id) == ("kme-a", "kme-b")
+    assert (status.master_sae_id, status.slave_sae_id) == ("sae-a", "sae-b")
+    assert (status.key_size, status.max_sae_id_count, status.max_key_per_request) == (256, 4, 128)
+    before = status.stored_key_count
+    assert 0 < before <= STORED_KEYS // 2 * STORED_KEY_BITS // status.key_size
+
+    code, container = master.get_key("sae-b")
+    assert code == 200, container
+    [master_key] = container.keys
+    assert master_key.key_id == str(uuid.UUID(master_key.key_id))          # lowercase canonical UUID
+    assert len(base64.b64decode(master_key.key, validate=True)) == 32
+
+    code, after = master.get_status("sae-b")
+    assert after.stored_key_count == before - 1                             # true count, not a constant
+
+    code, container = slave.get_key_with_key_IDs("sae-a", [master_key.key_id])
+    assert code == 200, container
+    [slave_key] = container.keys
+    assert (slave_key.key_id, slave_key.key) == (master_key.key_id, master_key.key)
+
+    code, error = slave.get_key_with_key_IDs("sae-a", [master_key.key_id])  # delivered once, then erased
+    assert code == 400 and error.message == "one or more keys specified are not found on KME"
+
+
+def test_third_party_client_post_with_number_and_size(kmes):
+    master = third_party_client(kmes, "kme-a", "sae-a")
+    slave = third_party_client(kmes, "kme-b", "sae-b")
+    for number, size in ((3, 512), (5, 64), (2, 1000 * 8)):                  # assembled, cut, spanning many
+        code, container = master.get_key("sae-b", number=number, size=size)
+        assert code == 200, container
+        assert len(container.keys) == number
+        assert all(len(base64.b64decode(key.key)) == size // 8 for key in container.keys)
+        code, fetched = slave.get_key_with_key_IDs("sae-a", [key.key_id for key in container.keys])
+        assert code == 200, fetched
+        assert [(k.key_id, k.key) for k in fetched.keys] == [(k.key_id, k.key) for k in container.keys]
+
+
+def test_key_multicast_to_an_additional_slave_once_each(kmes):
+    response = enc_keys(kmes, {"number": 2, "additional_slave_SAE_IDs": ["sae-d"]})
+    assert response.status_code == 200, response.text
+    keys = response.json()["keys"]
+    ids = [key["key_ID"] for key in keys]
+    for slave in ("sae-b", "sae-d"):
+        fetched = dec_keys(kmes, ids, sae=slave)
+        assert fetched.status_code == 200, fetched.text
+        assert fetched.json()["keys"] == keys
+        again = dec_keys(kmes, ids, sae=slave)
+        assert again.status_code == 400
+
+
+def test_both_ends_can_be_master_and_concurrent_masters_never_share_a_key(kmes):
+    def one(args):
+        sae, slave, kme = args
+        response = enc_keys(kmes, {"number": 2}, sae=sae, slave=slave, kme=kme)
+        assert response.status_code == 200, response.text
+        return response.json()["keys"]
+
+    jobs = [("sae-a", "sae-b", "kme-a"), ("sae-e", "sae-d", "kme-a"), ("sae-b", "sae-a", "kme-b"),
+            ("sae-d", "sae-e", "kme-b")] * 6
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, jobs))
+    keys = [key for batch in results for key in batch]
+    assert len({key["key_ID"] for key in keys}) == len(keys)
+    assert len({key["key"] for key in keys}) == len(keys)
+    # a key that B's master got is fetched at A by the slave there
+    sample = results[2]
+    fetched = dec_keys(kmes, [key["key_ID"] for key in sample], sae="sae-a", master="sae-b", kme="kme-a")
+    assert fetched.status_code == 200 and fetched.json()["keys"] == sample
+
+
+def test_unknown_or_missing_certificate_and_keys_for_someone_else_are_401(kmes):
+    key_id = enc_keys(kmes).json()["keys"][0]["key_ID"]
+    for sae in ("sae-c", None):                                        # a third SAE; no certificate
+        for response in (
+                kmes.client(sae).get(kmes.url("kme-a", "/api/v1/keys/sae-b/status")),
+                kmes.client(sae).post(kmes.url("kme-a", "/api/v1/keys/sae-b/enc_keys"), json={}),
+                kmes.client(sae).get(kmes.url("kme-b", f"/api/v1/keys/sae-a/dec_keys?key_ID={key_id}"))):
+            assert response.status_code == 401, response.text
+            assert set(response.json()) == {"message", "details"}
+    # sae-e is a registered SAE, but served by KME A: KME B refuses it
+    assert dec_keys(kmes, [key_id], sae="sae-e").status_code == 401
+    # sae-d is served by KME B, but the key was requested for sae-b only
+    response = dec_keys(kmes, [key_id], sae="sae-d")
+    assert response.status_code == 401
+    assert dec_keys(kmes, [key_id]).status_code == 200                # still there for sae-b
+
+
+BAD_ENC_KEYS = [
+    ({"number": 0}, None), ({"number": -1}, None), ({"number": 1.5}, None), ({"number": "2"}, None),
+    ({"number": 10 ** 30}, None), ({"number": 129}, None), ({"number": True}, None),
+    ({"size": 0}, None), ({"size": -8}, None), ({"size": 12}, "size shall be a multiple of 8"),
+    ({"size": 8}, None), ({"size": 10 ** 9}, None), ({"size": "256"}, None),
+    ({"additional_slave_SAE_IDs": []}, None), ({"additional_slave_SAE_IDs": [" "]}, None),
+    ({"additional_slave_SAE_IDs": ["sae-d", "sae-d"]}, None), ({"additional_slave_SAE_IDs": ["sae-a"]}, None),
+    ({"additional_slave_SAE_IDs": ["sae-b"]}, None), ({"additional_slave_SAE_IDs": ["sae-c"]}, None),
+    ({"additional_slave_SAE_IDs": ["sae-e"]}, None), ({"additional_slave_SAE_IDs": "sae-d"}, None),
+    ({"additional_slave_SAE_IDs": ["s1", "s2", "s3", "s4", "s5"]}, None),
+    ({"extension_mandatory": [{"abc_route_type": "direct"}]},
+     "not all extension_mandatory parameters are supported"),
+    ({"extension_mandatory": "abc"}, None), ({"unknown_item": 1}, None), ([1, 2], None),
+]
+
+
+@pytest.mark.parametrize("body, message", BAD_ENC_KEYS, ids=[str(case[0])[:40] for case in BAD_ENC_KEYS])
+def test_bad_key_requests_are_400_with_an_error_body(kmes, body, message):
+    response = enc_keys(kmes, body)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert set(error) == {"message", "details"} and error["details"]
+    if message:
+        assert error["message"] == message
+
+
+@pytest.mark.parametrize("path", [
+    "/api/v1/keys//status", "/api/v1/keys//enc_keys", "/api/v1/keys//dec_keys?key_ID=" + str(uuid.uuid4()),
+    "/api/v1/keys/sae%20b/status", "/api/v1/keys/%3Csae%3E/enc_keys",
+    "/api/v1/keys/sae-a/status", "/api/v1/keys/sae-a/enc_keys",               # naming itself as the peer
+    "/api/v1/keys/sae-a/dec_keys?key_ID=" + str(uuid.uuid4()),
+    "/api/v1/keys/sae-b/dec_keys", "/api/v1/keys/sae-b/dec_keys?key_ID=x",   # no or a malformed key_ID
+    "/api/v1/keys/sae-b/dec_keys?key_ID=" + str(uuid.uuid4()) + "&key_ID=" + str(uuid.uuid4()),
+    "/api/v1/keys/sae-c/status",                                                # unknown SAE
+    "/api/v1/keys/sae-b/enc_keys?number=x", "/api/v1/keys/sae-b/enc_keys?size=12",
+    "/api/v1/keys/sae-b/enc_keys?colour=red",
+])
+def test_bad_paths_and_queries_are_400(kmes, path):
+    with kmes.client("sae-a") as client:
+        response = client.get(kmes.url("kme-a", path))
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"message", "details"}
+
+
+@pytest.mark.parametrize("body", [
+    {"key_IDs": []}, {"key_IDs": [{"key_ID": "not-a-uuid"}]}, {"key_IDs": [{"key_ID": 7}]},
+    {"key_IDs": [{}]}, {"key_IDs": "x"}, {}, {"key_IDs": [{"key_ID": "{" + str(uuid.uuid4()) + "}"}]},
+    {"key_IDs": [{"key_ID": str(uuid.uuid4())}] * 2},
+])
+def test_bad_key_ids_are_400(kmes, body):
+    with kmes.client("sae-b") as client:
+        response = client.post(kmes.url("kme-b", "/api/v1/keys/sae-a/dec_keys"), json=body)
+    assert response.status_code == 400, response.text
+
+
+def test_unknown_key_id_has_the_spec_message(kmes):
+    response = dec_keys(kmes, [str(uuid.uuid4())])
+    assert response.status_code == 400
+    assert response.json()["message"] == "one or more keys specified are not found on KME"
+    with kmes.client("sae-b") as client:   # the master named in the path must be the key's master
+        key_id = enc_keys(kmes).json()["keys"][0]["key_ID"]
+        wrong_master = client.get(kmes.url("kme-b", f"/api/v1/keys/sae-e/dec_keys?key_ID={key_id}"))
+        assert wrong_master.status_code == 400
+        upper = client.get(kmes.url("kme-b", f"/api/v1/keys/sae-a/dec_keys?key_ID={key_id.upper()}"))
+        assert upper.status_code == 200 and upper.json()["keys"][0]["key_ID"] == key_id
+
+
+def test_empty_post_means_defaults_and_optional_extensions_are_ignored(kmes):
+    with kmes.client("sae-a") as client:
+        response = client.post(kmes.url("kme-a", "/api/v1/keys/sae-b/enc_keys"), content=b"")
+    assert response.status_code == 200, response.text
+    assert len(response.json()["keys"]) == 1
+    assert len(base64.b64decode(response.json()["keys"][0]["key"])) == 32
+    response = enc_keys(kmes, {"extension_optional": [{"abc_max_age": 30000}], "extension_mandatory": []})
+    assert response.status_code == 200, response.text
+
+
+def test_not_enough_key_is_503(kmes):
+    response = enc_keys(kmes, {"number": 128, "size": 8192})
+    assert response.status_code == 503, response.text
+    assert set(response.json()) == {"message", "details"}
+    assert enc_keys(kmes).status_code == 200                 # nothing was consumed by the refused request
+
+
+def test_slave_kme_killed_between_enc_keys_and_dec_keys_still_delivers_exactly_once(kmes):
+    keys = enc_keys(kmes, {"number": 3}).json()["keys"]
+    kmes.daemons["kme-b"].stop(signal.SIGKILL)
+    response = enc_keys(kmes)
+    assert response.status_code == 503                       # the slave's KME is gone: no key handed out
+    kmes.start("kme-b")
+    kmes.wait_channel("kme-b")
+    fetched = dec_keys(kmes, [key["key_ID"] for key in keys])
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json()["keys"] == keys
+    assert dec_keys(kmes, [keys[0]["key_ID"]]).status_code == 400
+
+
+def test_head_never_hands_out_keys(kmes):
+    with kmes.client("sae-a") as client:
+        before = client.get(kmes.url("kme-a", "/api/v1/keys/sae-b/status")).json()["stored_key_count"]
+        assert client.head(kmes.url("kme-a", "/api/v1/keys/sae-b/enc_keys")).status_code == 405
+        after = client.get(kmes.url("kme-a", "/api/v1/keys/sae-b/status")).json()["stored_key_count"]
+    assert after == before

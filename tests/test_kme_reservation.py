@@ -1,0 +1,193 @@
+"""The ETSI 014 pieces without sockets: the reservation exchange (both ends in memory, byte for byte),
+keys cut from stored keys, the slave's ledger and the key store's group commit (real SQLite files)."""
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import uuid
+
+import pytest
+
+from qkdd.keystore import KeyState, KeyStore, KeyUnavailable
+from qkdd.kme.container import assemble, key_container, plan_keys
+from qkdd.kme.ledger import AlreadyDelivered, Ledger, LedgerError
+from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted, ReservationEndpoint,
+                                  ReservationProtocolError, ReservationReceived, ReservationRefused, State,
+                                  encode_reserve)
+
+
+def stored_keys(count: int, bits: int = 256) -> list[tuple[str, bytes]]:
+    return [(str(uuid.uuid4()), os.urandom(bits // 8)) for _ in range(count)]
+
+
+def reservation(number: int = 3, size_bits: int = 512, slaves=("sae-b",)) -> tuple[Reservation, dict[str, bytes]]:
+    stored = stored_keys(number * size_bits // 256 + 1)
+    keys = plan_keys([(key_id, len(material) * 8) for key_id, material in stored], number, size_bits)
+    return Reservation(str(uuid.uuid4()), "sae-a", tuple(slaves), size_bits, keys), dict(stored)
+
+
+def test_both_ends_in_memory_accept():
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    request, _ = reservation(slaves=("sae-b", "sae-d"))
+    [received] = slave.receive(master.reserve(request))
+    assert received == ReservationReceived(request)                       # decoded exactly
+    assert master.state("master", request.request_id) is State.SENT
+    assert master.receive(slave.accept(request.request_id)) == [ReservationAccepted(request.request_id)]
+    assert master.state("master", request.request_id) is None             # finished requests are forgotten
+
+
+def test_refusal_and_late_answers():
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    request, _ = reservation()
+    slave.receive(master.reserve(request))
+    [refused] = master.receive(slave.refuse(request.request_id, RefuseReason.KEYS_UNAVAILABLE, "key gone"))
+    assert refused == ReservationRefused(request.request_id, RefuseReason.KEYS_UNAVAILABLE, "key gone")
+    late, _ = reservation()
+    slave.receive(master.reserve(late))
+    master.abandon(late.request_id)
+    assert master.receive(slave.accept(late.request_id)) == [LateAnswer(late.request_id, True)]
+
+
+def test_wire_layout_version_1_is_fixed():
+    request = Reservation("00000000-0000-4000-8000-000000000001", "m", ("s",), 16,
+                          plan_keys([("00000000-0000-4000-8000-0000000000aa", 16)], 1, 16,
+                                    lambda: "00000000-0000-4000-8000-0000000000bb"))
+    expected = (bytes([1, 1]) + uuid.UUID(request.request_id).bytes + struct.pack(">I", 16)
+                + b"\x00\x01m" + b"\x01" + b"\x00\x01s" + b"\x00\x01"
+                + uuid.UUID("00000000-0000-4000-8000-0000000000bb").bytes + b"\x00\x01"
+                + uuid.UUID("00000000-0000-4000-8000-0000000000aa").bytes + struct.pack(">II", 0, 2))
+    assert encode_reserve(request) == expected
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda data: data[:-1],                           # truncated
+    lambda data: data + b"\x00",                      # trailing byte
+    lambda data: b"\x02" + data[1:],                  # unknown version
+    lambda data: data[:1] + b"\x09" + data[2:],       # unknown type
+])
+def test_malformed_messages_are_protocol_errors(mutate):
+    request, _ = reservation()
+    with pytest.raises(ReservationProtocolError):
+        ReservationEndpoint().receive(mutate(encode_reserve(request)))
+
+
+def test_answers_to_requests_never_sent_are_illegal():
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    request, _ = reservation()
+    slave.receive(master.reserve(request))
+    with pytest.raises(ReservationProtocolError, match="no request"):
+        ReservationEndpoint().receive(slave.accept(request.request_id))
+    with pytest.raises(ReservationProtocolError):
+        slave.accept(request.request_id)                                   # answered twice
+
+
+def test_overlapping_segments_are_refused():
+    request, _ = reservation(number=2, size_bits=128)
+    first = request.keys[0]
+    doubled = Reservation(request.request_id, "sae-a", ("sae-b",), 128, (first, type(first)(str(uuid.uuid4()),
+                                                                                      first.segments)))
+    with pytest.raises(ReservationProtocolError, match="two segments"):
+        ReservationEndpoint().receive(encode_reserve(doubled))
+
+
+@pytest.mark.parametrize("number, size_bits", [(1, 256), (4, 64), (3, 512), (2, 200), (5, 8)])
+def test_keys_cut_from_and_assembled_out_of_stored_keys(number, size_bits):
+    stored = stored_keys(8)
+    keys = plan_keys([(key_id, 256) for key_id, _ in stored], number, size_bits)
+    stream = b"".join(material for _, material in stored)
+    materials = dict(stored)
+    assert [assemble(key, materials) for key in keys] == [
+        stream[i * size_bits // 8:(i + 1) * size_bits // 8] for i in range(number)]
+    container = key_container([(key.key_id, assemble(key, materials)) for key in keys])
+    for item, key in zip(container["keys"], keys):                       # standard, padded base64 (RFC 4648 §4)
+        assert len(item["key"]) % 4 == 0
+        assert base64.b64decode(item["key"], validate=True) == assemble(key, materials)
+    with pytest.raises(ValueError):
+        plan_keys([(stored[0][0], 256)], 2, 256)
+
+
+def test_ledger_delivers_once_per_recipient_and_survives_reopening(tmp_path):
+    request, _ = reservation(number=2, size_bits=256, slaves=("sae-b", "sae-d"))
+    ledger = Ledger(str(tmp_path / "etsi014.db"))
+    assert ledger.record("a-b", request) is True
+    assert ledger.record("a-b", request) is False                         # a resend records nothing twice
+    key_ids = [key.key_id for key in request.keys]
+    ledger.mark_delivered(key_ids, "sae-b")
+    with pytest.raises(AlreadyDelivered):
+        ledger.mark_delivered(key_ids, "sae-b")
+    assert ledger.spent_stored_keys() == []                                # sae-d has not fetched yet
+    ledger.close()
+    reopened = Ledger(str(tmp_path / "etsi014.db"))
+    assert reopened.lookup(key_ids)[key_ids[0]].recipients["sae-b"] is not None
+    reopened.mark_delivered(key_ids, "sae-d")
+    assert sorted(stored for _, stored in reopened.spent_stored_keys()) == sorted(request.stored_key_ids())
+    other = Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, request.keys[:1])
+    with pytest.raises(LedgerError):
+        reopened.record("a-b", other)                                     # a key id is never reused
+
+
+def test_key_store_batch_commits_once_and_keeps_each_method_atomic(tmp_path):
+    store = KeyStore(str(tmp_path / "keys.db"), os.urandom(32))
+    keys = stored_keys(4)
+    store.put_pending("a-b", 0, keys, expires_at=4e9)
+    store.commit_frame("a-b", 0)
+    with store.batch():
+        taken = store.reserve_bits("a-b", 300, "h1")                      # two 256-bit keys
+        with pytest.raises(KeyUnavailable):
+            store.reserve_bits("a-b", 10_000, "h2")                       # fails alone, leaves no trace
+        store.deliver("a-b", taken[0][0], holder="h1")
+    assert [bits for _, bits in taken] == [256, 256]
+    assert store.counts("a-b")[KeyState.DELIVERED] == 1
+    assert store.counts("a-b")[KeyState.RESERVED] == 1
+    assert store.counts("a-b")[KeyState.AVAILABLE] == 2
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            store.reserve_bits("a-b", 256, "h3")
+            raise RuntimeError("the whole batch rolls back")
+    assert store.counts("a-b")[KeyState.AVAILABLE] == 2
+
+
+def test_sae_id_from_certificate_cn_or_san_uri():
+    from qkdd.http.messages import PeerCertificate
+    from qkdd.kme.config import Etsi014Config
+    from qkdd.kme.identity import sae_id_of
+    cert = PeerCertificate("CN=sae-a", "sae-a", ("urn:sae:alpha", "https://other"), (), "00")
+    assert sae_id_of(cert, Etsi014Config(kme_id="kme-a")) == "sae-a"
+    by_uri = Etsi014Config(kme_id="kme-a", sae_id_from="san_uri", san_uri_prefix="urn:sae:")
+    assert sae_id_of(cert, by_uri) == "urn:sae:alpha"
+    assert sae_id_of(PeerCertificate("CN=x", "x", (), (), "00"), by_uri) is None
+    assert sae_id_of(None, by_uri) is None
+
+
+def test_arbitrary_peer_bytes_give_a_protocol_error_or_a_valid_event():
+    from hypothesis import given, settings, strategies as st
+
+    request, _ = reservation(number=2, size_bits=128)
+    valid = encode_reserve(request)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=200),
+                     st.tuples(st.integers(0, len(valid) - 1), st.integers(0, 255)).map(
+                         lambda edit: valid[:edit[0]] + bytes([edit[1]]) + valid[edit[0] + 1:])))
+    def check(payload):
+        try:
+            events = ReservationEndpoint().receive(payload)
+        except ReservationProtocolError:
+            return
+        assert len(events) == 1 and isinstance(events[0], ReservationReceived)
+
+    check()
+
+
+def test_a_new_session_forgets_every_request():
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    request, _ = reservation()
+    slave.receive(master.reserve(request))
+    master.end_session()
+    slave.end_session()
+    assert master.state("master", request.request_id) is None
+    with pytest.raises(ReservationProtocolError):
+        master.receive(encode_reserve(request)[:2] + bytes(16))        # truncated: still checked
+    with pytest.raises(ReservationProtocolError):
+        slave.accept(request.request_id)                                 # nothing left to answer

@@ -1,0 +1,536 @@
+"""Packaging: the .deb installs, runs and purges cleanly in a fresh Debian 12 root, the .rpm has the
+same layout and scriptlets, and the systemd unit is valid and hardened.
+
+Everything here is real: `make deb` / `make rpm` with Debian's and RPM's own tools, debootstrap from
+the mirror apt uses on this machine, apt resolving the package's dependencies, `qkdd run` as the qkdd
+user with the unit's single capability, `/healthz` over a real socket, `systemd-analyze` on the unit.
+These tests need root (chroot, mounts) and the tools in scripts/system-packages.txt; CI has both.
+The Debian root is cached in /var/cache/qkdd-test/ (see `bookworm_root`).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+UNIT = REPO / "systemd" / "qkdd.service"
+SUITE = "bookworm"
+CACHE_DIR = Path("/var/cache/qkdd-test")
+CACHE_MAX_AGE_S = 7 * 24 * 3600  # the cached root's apt lists and debs follow the mirror weekly
+# Installed into the cached root beyond minbase: every Debian 12 host that runs qkdd has systemd,
+# and `systemd-analyze verify --root` needs its units (sysinit.target, ...).
+ROOT_EXTRA_PACKAGES = ["systemd"]
+EXPOSURE_MAX = 2.0
+# The kernel's W^X lock (prctl PR_SET_MDWE = 65, PR_MDWE_REFUSE_EXEC_GAIN = 1; Linux >= 6.3), kept
+# across execve: the rule the unit's MemoryDenyWriteExecute= enforces (systemd 252 does it with
+# seccomp). Running the packaged code under it shows cffi, numpy and cryptography need no W+X memory.
+MDWE_EXEC = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True);"
+             "assert libc.prctl(65, 1, 0, 0, 0) == 0, os.strerror(ctypes.get_errno());"
+             "os.execv(sys.argv[1], sys.argv[1:])")
+APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="package builds and the Debian root need root (chroot, mounts)")
+
+
+def _require(*tools: str) -> None:
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"missing tools {missing}: install scripts/system-packages.txt (scripts/bootstrap-system.sh)")
+
+
+def _run(cmd: list[str], timeout_s: float, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+            f"--- stdout (tail)\n{result.stdout[-4000:]}\n--- stderr (tail)\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def _in_root(root: Path, *cmd: str, timeout_s: float = 300, check: bool = True,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` chrooted into `root` with /proc mounted in a private mount namespace: the mount
+    disappears with the process, so nothing is left mounted whatever happens to the test."""
+    argv = _chroot_argv(root, *cmd)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
+                            env={**APT_ENV, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"in root: {' '.join(cmd)} exited {result.returncode}\n"
+            f"--- stdout (tail)\n{result.stdout[-4000:]}\n--- stderr (tail)\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def _chroot_argv(root: Path, *cmd: str) -> list[str]:
+    script = 'mount -t proc proc "$1/proc" && exec chroot "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(root), *cmd]
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the packages (once per module)
+
+
+@pytest.fixture(scope="module")
+def deb_path() -> Path:
+    _require("dpkg-buildpackage", "dh", "lintian", "make")
+    result = _run(["make", "-C", str(REPO), "deb"], timeout_s=900)
+    # `make deb` fails on any lintian error or warning; check that lintian really ran and said nothing.
+    assert "lintian --fail-on error,warning" in result.stdout
+    lintian_tags = [line for line in result.stdout.splitlines() if re.match(r"^[EW]: qkdd", line)]
+    assert lintian_tags == []
+    (deb,) = glob.glob(str(REPO / "build" / "deb" / "qkdd_*.deb"))
+    return Path(deb)
+
+
+@pytest.fixture(scope="module")
+def rpm_path() -> Path:
+    _require("rpmbuild", "rpm", "make")
+    _run(["make", "-C", str(REPO), "rpm"], timeout_s=900)
+    (rpm,) = glob.glob(str(REPO / "build" / "rpm" / "RPMS" / "*" / "qkdd-*.rpm"))
+    return Path(rpm)
+
+
+# --------------------------------------------------------------------------------------------------
+# A clean Debian 12 root, cached
+
+
+def _apt_mirror() -> str:
+    """The Debian mirror apt uses on this machine (deb822 .sources or one-line .list entries)."""
+    candidates = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in candidates:
+        if not path.is_file() or path.suffix not in ("", ".list", ".sources"):
+            continue
+        text = path.read_text(errors="replace")
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                uris = re.search(r"^URIs:\s*(.+)$", stanza, re.M)
+                suites = re.search(r"^Suites:\s*(.+)$", stanza, re.M)
+                if uris and suites and SUITE in suites.group(1).split():
+                    return uris.group(1).split()[0]
+        else:
+            for line in text.splitlines():
+                fields = line.split()
+                if len(fields) >= 3 and fields[0] == "deb" and not fields[1].startswith("["):
+                    if fields[2] == SUITE:
+                        return fields[1]
+    return "http://deb.debian.org/debian"
+
+
+def _deb_depends(deb: Path) -> list[str]:
+    """Package names in the .deb's Depends (first of each alternative), for pre-fetching."""
+    field = _run(["dpkg-deb", "--field", str(deb), "Depends"], timeout_s=30).stdout
+    return sorted({re.split(r"[\s(:]", alternative.split("|")[0].strip())[0] for alternative in field.split(",")})
+
+
+def _build_root_tarball(tarball: Path, mirror: str, prefetch: list[str]) -> None:
+    staging = Path(str(tarball) + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    _run(["debootstrap", "--variant=minbase", SUITE, str(staging), mirror], timeout_s=900)
+    shutil.copy("/etc/resolv.conf", staging / "etc" / "resolv.conf")
+    _in_root(staging, "apt-get", "install", "-y", "-q", "--no-install-recommends", *ROOT_EXTRA_PACKAGES)
+    _in_root(staging, "apt-get", "clean")
+    # The package's dependencies are downloaded, not installed: apt still has to resolve them when it
+    # installs the .deb, but need not fetch them again on every run.
+    _in_root(staging, "apt-get", "install", "-y", "-q", "--no-install-recommends", "--download-only", *prefetch)
+    partial = tarball.with_suffix(".partial")
+    _run(["tar", "-C", str(staging), "-cf", str(partial), "."], timeout_s=300)
+    partial.rename(tarball)
+    shutil.rmtree(staging)
+
+
+@pytest.fixture(scope="module")
+def bookworm_root(tmp_path_factory, deb_path) -> Path:
+    """A fresh Debian 12 minbase root (+ systemd), extracted from a cached tarball made with debootstrap
+    from apt's mirror. The cache is keyed by mirror, suite, debootstrap version and package lists."""
+    _require("debootstrap", "unshare", "chroot", "tar")
+    mirror = _apt_mirror()
+    prefetch = _deb_depends(deb_path)
+    debootstrap_version = _run(["dpkg-query", "-W", "-f=${Version}", "debootstrap"], timeout_s=30).stdout
+    key_source = json.dumps([SUITE, "minbase", mirror, debootstrap_version, ROOT_EXTRA_PACKAGES, prefetch])
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    tarball = CACHE_DIR / f"{SUITE}-minbase-{key}.tar"
+    if tarball.exists() and time.time() - tarball.stat().st_mtime > CACHE_MAX_AGE_S:
+        tarball.unlink()
+    if not tarball.exists():
+        for stale in CACHE_DIR.glob(f"{SUITE}-minbase-*.tar"):
+            stale.unlink()
+        _build_root_tarball(tarball, mirror, prefetch)
+    root = tmp_path_factory.mktemp("bookworm") / "root"
+    root.mkdir()
+    _run(["tar", "-C", str(root), "-xf", str(tarball)], timeout_s=300)
+    shutil.copy("/etc/resolv.conf", root / "etc" / "resolv.conf")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url: str, timeout_s: float) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:  # 503 while a link is not up is still an answer
+        return error.code, json.loads(error.read())
+
+
+def _wait_for_json(url: str, process: subprocess.Popen, deadline_s: float) -> tuple[int, dict]:
+    end = time.monotonic() + deadline_s
+    while True:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"qkdd exited {process.returncode} before answering {url}:\n{output[-3000:]}")
+        try:
+            return _get_json(url, timeout_s=2)
+        except (ConnectionError, urllib.error.URLError, TimeoutError):
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+
+
+def _notifications(sock: socket.socket, want: set[str], deadline_s: float) -> list[str]:
+    """Datagrams on the NOTIFY_SOCKET until every variable in `want` (e.g. "READY=1") was seen."""
+    seen: list[str] = []
+    end = time.monotonic() + deadline_s
+    while not want.issubset(seen):
+        sock.settimeout(max(0.05, end - time.monotonic()))
+        try:
+            seen.extend(sock.recv(4096).decode().splitlines())
+        except TimeoutError:
+            break
+    return seen
+
+
+# --------------------------------------------------------------------------------------------------
+# The unit
+
+
+def _exposure(output: str) -> float:
+    match = re.search(r"Overall exposure level for qkdd\.service: (\d+(?:\.\d+)?)", output)
+    assert match, output[-2000:]
+    return float(match.group(1))
+
+
+def test_unit_exposure_within_bound():
+    _require("systemd-analyze")
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(UNIT)],
+                            capture_output=True, text=True, timeout=60)
+    assert _exposure(result.stdout) <= EXPOSURE_MAX, result.stdout
+
+
+def test_unit_keeps_only_cap_net_admin_and_notify_contract():
+    settings: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";")):
+            name, value = line.split("=", 1)
+            settings.setdefault(name.strip(), []).append(value.strip())
+    assert settings["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
+    assert settings["AmbientCapabilities"] == ["CAP_NET_ADMIN"]
+    assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
+    assert settings["User"] == ["qkdd"] and settings["StateDirectory"] == ["qkdd"]
+    assert settings["StateDirectoryMode"] == ["0700"] and "WatchdogSec" in settings
+
+
+# --------------------------------------------------------------------------------------------------
+# The Debian package in a clean Debian 12 root
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@needs_root
+def test_deb_layout(deb_path):
+    listing = _run(["dpkg-deb", "--contents", str(deb_path)], timeout_s=60).stdout
+    paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
+    for expected in ("/usr/lib/qkdd/bin/python3", "/usr/lib/qkdd/pyvenv.cfg", "/lib/systemd/system/qkdd.service",
+                     "/usr/bin/qkdd", "/usr/bin/qkdctl", "/etc/qkdd/credentials/",
+                     "/usr/share/doc/qkdd/examples/serial-device.conf"):
+        assert expected in paths, expected
+    assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in paths)
+    assert not any("__pycache__" in path for path in paths), "bytecode is compiled in postinst, not shipped"
+    control = _run(["dpkg-deb", "--field", str(deb_path), "Depends"], timeout_s=30).stdout
+    assert re.search(r"\bpython3\.\d+\b", control) and "adduser" in control
+    conffiles = _run(["dpkg-deb", "--info", str(deb_path), "conffiles"], timeout_s=30).stdout
+    assert "/etc/qkdd/qkdd.toml" in conffiles.split()
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@needs_root
+def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root):
+    root = bookworm_root
+    shutil.copy(deb_path, root / "tmp" / "package.deb")
+    _in_root(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", "/tmp/package.deb")
+
+    # Layout and scriptlet effects.
+    assert (root / "usr/bin/qkdd").resolve() == (root / "usr/lib/qkdd/bin/qkdd")
+    shebang = (root / "usr/lib/qkdd/bin/qkdd").read_text().splitlines()[0]
+    assert shebang == "#!/usr/lib/qkdd/bin/python", shebang
+    passwd = _in_root(root, "getent", "passwd", "qkdd").stdout.split(":")
+    assert passwd[5] == "/var/lib/qkdd" and passwd[6].strip() == "/usr/sbin/nologin"
+    uid, gid = int(passwd[2]), int(passwd[3])
+    state = (root / "var/lib/qkdd").stat()
+    assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (uid, gid, 0o700)
+    assert ((root / "etc/qkdd/credentials").stat().st_mode & 0o777) == 0o700
+    # dh_installsystemd enabled the unit (systemd is not running in the root, so nothing started).
+    wants = root / "etc/systemd/system/multi-user.target.wants/qkdd.service"
+    assert os.readlink(wants) == "/lib/systemd/system/qkdd.service"
+    # The unit against the installed tree: ExecStart exists, every directive is understood.
+    _require("systemd-analyze")
+    # --man=no: verify would run the host's man(1) for Documentation=man:qkdd(8), and the page is
+    # installed in the root, not on the host.
+    verify = _run(["systemd-analyze", "verify", "--man=no", f"--root={root}", "qkdd.service"], timeout_s=120)
+    assert "qkdd" not in verify.stdout + verify.stderr, verify.stdout + verify.stderr  # no warning either
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager",
+                               "qkdd.service"], capture_output=True, text=True, timeout=60)
+    assert _exposure(security.stdout) <= EXPOSURE_MAX
+    # The private environment: the compiled native library and every dependency load as the qkdd user,
+    # with only CAP_NET_ADMIN, no new privileges, and (where the kernel has it) no W+X memory.
+    as_qkdd = ["setpriv", "--reuid=qkdd", "--regid=qkdd", "--init-groups", "--no-new-privs",
+               "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin", "--bounding-set=-all,+net_admin"]
+    if _kernel_has_mdwe():
+        as_qkdd += ["/usr/lib/qkdd/bin/python", "-c", MDWE_EXEC]
+        refused = _in_root(root, *as_qkdd, "/usr/lib/qkdd/bin/python", "-c",
+                           "import mmap; mmap.mmap(-1, 4096, prot=7)", check=False)
+        assert refused.returncode != 0 and "Permission denied" in refused.stderr, refused.stderr
+    imports = _in_root(root, *as_qkdd, "/usr/lib/qkdd/bin/python", "-c",
+                       "import numpy, cryptography, trio, h11, httpx, serial, prometheus_client, sdnotify;"
+                       "from qkdd import _native; print(_native.lib.qkd_cpu_features() >= 0)")
+    assert imports.stdout.strip() == "True"
+
+    _check_config_and_run(root, as_qkdd)
+    _boot_with_systemd_and_check_service(root, uid)
+
+    # Upgrade path (prerm upgrade, postinst configure <old version>): user, state and config survive.
+    (root / "var/lib/qkdd/marker").write_text("kept")
+    _in_root(root, "dpkg", "-i", "/tmp/package.deb")
+    assert (root / "var/lib/qkdd/marker").read_text() == "kept"
+    assert int(_in_root(root, "id", "-u", "qkdd").stdout) == uid
+
+    # Plain removal keeps state; purge removes every trace: files, unit links, user, group, state.
+    _in_root(root, "apt-get", "remove", "-y", "-q", "qkdd")
+    assert (root / "var/lib/qkdd/marker").exists() and not (root / "usr/lib/qkdd").exists()
+    _in_root(root, "apt-get", "purge", "-y", "-q", "qkdd")
+    assert _in_root(root, "getent", "passwd", "qkdd", check=False).returncode == 2
+    assert _in_root(root, "getent", "group", "qkdd", check=False).returncode == 2
+    leftovers = _in_root(root, "find", "/", "-xdev", "(", "-name", "*qkdd*", "-o", "-uid", str(uid),
+                         "-o", "-gid", str(gid), ")", "-not", "-path", "/tmp/*", "-not", "-path", "/proc/*").stdout
+    assert leftovers.split() == []
+
+
+def _kernel_has_mdwe() -> bool:
+    probe = subprocess.run(["python3", "-c", MDWE_EXEC, "/bin/true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def _check_config_and_run(root: Path, as_qkdd: list[str]) -> None:
+    """`qkdd check-config`, then `qkdd run` as the qkdd user with the unit's capability and state
+    directory: READY=1 and WATCHDOG=1 on NOTIFY_SOCKET, /healthz answers, SIGTERM exits 0."""
+    check = _in_root(root, *as_qkdd, "/usr/bin/qkdd", "check-config", check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    api_port, health_port = _free_port(), _free_port()
+    notify_path = root / "run" / "qkdd-test-notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    os.chmod(notify_path, 0o666)  # the daemon writes to it as the qkdd user
+    env = {**APT_ENV, "QKD_API_LISTEN": f"127.0.0.1:{api_port}", "QKD_HEALTH_LISTEN": f"127.0.0.1:{health_port}",
+           "QKD_STATE_DIR": "/var/lib/qkdd", "NOTIFY_SOCKET": "/run/qkdd-test-notify.sock",
+           "WATCHDOG_USEC": "2000000"}
+    # `env -i` inside the root, so nothing from this process's environment leaks into the daemon.
+    command = _chroot_argv(root, *as_qkdd, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                           "/usr/bin/qkdd", "run", "--config", "/etc/qkdd/qkdd.toml")
+    daemon = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status, body = _wait_for_json(f"http://127.0.0.1:{health_port}/healthz", daemon, deadline_s=60)
+        # Configured links that no engine runs yet count as healthy (README, "Configure").
+        assert status == 200 and body["status"] == "ok", (status, body)
+        seen = _notifications(notify, {"READY=1", "WATCHDOG=1"}, deadline_s=5)
+        assert "READY=1" in seen and "WATCHDOG=1" in seen, seen
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait(timeout=10)
+        notify.close()
+        notify_path.unlink(missing_ok=True)
+
+
+CAP_NET_ADMIN_MASK = f"{1 << 12:016x}"  # capability number 12, as /proc/PID/status prints sets
+
+
+def _boot_with_systemd_and_check_service(root: Path, uid: int) -> None:
+    """Boot the root with systemd as PID 1 (systemd-nspawn) and check the packaged unit as systemd runs
+    it: enabled by the package, READY=1 reached, watchdog pinged, only CAP_NET_ADMIN, seccomp on, the
+    file system read-only but for the state, credentials loaded (a missing one not fatal), clean stop."""
+    _require("systemd-nspawn", "nsenter")
+    api_port, health_port = _free_port(), _free_port()
+    dropin = root / "etc/systemd/system/qkdd.service.d/test-ports.conf"
+    dropin.parent.mkdir(parents=True)
+    # Test ports, and a short watchdog so that pings are seen within seconds (and missing ones kill it).
+    dropin.write_text(f"[Service]\nEnvironment=QKD_API_LISTEN=127.0.0.1:{api_port} "
+                      f"QKD_HEALTH_LISTEN=127.0.0.1:{health_port}\nWatchdogSec=4s\n")
+    secret = root / "etc/qkdd/credentials/kms-client-secret"
+    secret.write_text("test-kms-secret\n")
+    secret.chmod(0o600)
+    log = open(root.parent / "nspawn.log", "w+")
+    # --keep-unit/--register=no: no systemd on the host to register with; CAP_NET_ADMIN is kept in the
+    # container's bounding set only when asked for (nspawn drops it without a private network).
+    container = subprocess.Popen(["systemd-nspawn", "--quiet", "--boot", "--keep-unit", "--register=no",
+                                  "--capability=CAP_NET_ADMIN", "--console=pipe", "-D", str(root)],
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        status, body = _wait_for_json(f"http://127.0.0.1:{health_port}/healthz", container, deadline_s=120)
+        assert status == 200 and body["status"] == "ok", (status, body)
+        main_pid = _service_main_pid(container.pid)
+        init_pid = _parent_pid(main_pid)
+
+        def systemctl(*args: str) -> str:
+            return _run(["nsenter", f"--target={init_pid}", "--mount", "--pid", "--", "systemctl", *args],
+                        timeout_s=60).stdout
+
+        def show(*names: str) -> dict[str, str]:
+            lines = systemctl("show", "qkdd.service", *(f"--property={name}" for name in names)).splitlines()
+            return dict(line.split("=", 1) for line in lines if "=" in line)
+
+        state = show("ActiveState", "SubState", "NRestarts", "StatusText", "UnitFileState")
+        assert state["ActiveState"] == "active" and state["SubState"] == "running", state
+        assert state["NRestarts"] == "0" and state["UnitFileState"] == "enabled", state
+        assert state["StatusText"].startswith("serving"), state
+        first_ping = int(show("WatchdogTimestampMonotonic")["WatchdogTimestampMonotonic"])
+        time.sleep(5)  # two or three pings at WatchdogSec/2
+        second = show("WatchdogTimestampMonotonic", "NRestarts")
+        assert int(second["WatchdogTimestampMonotonic"]) > first_ping and second["NRestarts"] == "0", second
+
+        status_lines = dict(line.split(":", 1) for line in Path(f"/proc/{main_pid}/status").read_text().splitlines())
+        assert int(status_lines["Uid"].split()[0]) == uid
+        for capability_set in ("CapEff", "CapPrm", "CapAmb", "CapBnd"):
+            assert status_lines[capability_set].strip() == CAP_NET_ADMIN_MASK, (capability_set, status_lines)
+        assert status_lines["NoNewPrivs"].strip() == "1" and status_lines["Seccomp"].strip() == "2"
+
+        mounts = {}
+        for line in Path(f"/proc/{main_pid}/mountinfo").read_text().splitlines():
+            fields = line.split()
+            mounts[fields[4]] = fields[5].split(",")
+        def options_at(path: str) -> list[str]:  # of the innermost mount holding `path`
+            point = max((m for m in mounts if path == m or path.startswith(m.rstrip("/") + "/")), key=len)
+            return mounts[point]
+
+        assert "ro" in options_at("/usr/lib/qkdd") and "ro" in options_at("/etc/qkdd"), mounts
+        assert "rw" in options_at("/var/lib/qkdd"), mounts
+
+        credentials = Path(f"/proc/{main_pid}/root/run/credentials/qkdd.service")
+        assert (credentials / "qkdd_kms-client-secret").read_text() == "test-kms-secret\n"
+        assert not (credentials / "qkdd_kek").exists()  # absent file, and the service started anyway
+
+        systemctl("stop", "qkdd.service")
+        stopped = show("ActiveState", "Result", "ExecMainStatus")
+        assert stopped == {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, stopped
+        # The connection may drop as the manager goes down; the container's exit is what counts.
+        subprocess.run(["nsenter", f"--target={init_pid}", "--mount", "--pid", "--", "systemctl", "poweroff"],
+                       capture_output=True, timeout=60)
+        assert container.wait(timeout=90) == 0
+    except BaseException:
+        log.seek(0)
+        print("--- container console (tail)\n" + log.read()[-4000:])
+        raise
+    finally:
+        if container.poll() is None:
+            _kill_container(container)
+        log.close()
+        shutil.rmtree(dropin.parent)
+        secret.unlink(missing_ok=True)
+
+
+def _kill_container(container: subprocess.Popen) -> None:
+    """SIGKILL the container's init (PID 1 of its namespace, which takes every process in it along),
+    then nspawn itself: killing only nspawn would leave the booted system running."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and _parent_pid(int(entry.name)) == container.pid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, AttributeError):
+            continue
+    container.kill()
+    container.wait(timeout=30)
+
+
+def _parent_pid(pid: int) -> int:
+    return int(re.search(r"^PPid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))
+
+
+def _service_main_pid(container_pid: int) -> int:
+    """The host PID of `qkdd run` started by the container's systemd: a descendant of systemd-nspawn.
+    (Its /proc/PID/root cannot tell: it reads "/" from inside the service's own mount namespace.)"""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"/usr/bin/qkdd" not in command or b"run" not in command:
+                continue
+            ancestor = int(entry.name)
+            while ancestor > 1:
+                ancestor = _parent_pid(ancestor)
+                if ancestor == container_pid:
+                    return int(entry.name)
+        except (OSError, AttributeError):
+            continue
+    raise AssertionError("no qkdd run process in the container")
+
+
+# --------------------------------------------------------------------------------------------------
+# The RPM
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@needs_root
+def test_rpm_layout_scriptlets_and_requires(rpm_path):
+    def query(*flags: str) -> str:
+        return _run(["rpm", "-qp", *flags, str(rpm_path)], timeout_s=120).stdout
+
+    files = set(query("--list").split())
+    for expected in ("/usr/lib/qkdd/bin/python3", "/usr/lib/qkdd/pyvenv.cfg", "/usr/bin/qkdd", "/usr/bin/qkdctl",
+                     "/usr/lib/systemd/system/qkdd.service", "/etc/qkdd/credentials"):
+        assert expected in files, expected
+    assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in files)
+    assert "/etc/qkdd/qkdd.toml" in set(query("--configfiles").split())
+    modes = {line.split()[-1]: line.split()[:4] for line in query("--list", "-v").splitlines()}
+    assert modes["/var/lib/qkdd"][0] == "drwx------" and modes["/var/lib/qkdd"][2:4] == ["qkdd", "qkdd"]
+    assert modes["/etc/qkdd/credentials"][0] == "drwx------" and modes["/etc/qkdd/credentials"][2] == "root"
+
+    scripts = query("--scripts")
+    sections = dict(re.findall(r"^(\w+) scriptlet .*?:\n(.*?)(?=^\w+ scriptlet |\Z)", scripts, re.M | re.S))
+    assert "useradd" in sections["preinstall"] and "qkdd" in sections["preinstall"]
+    assert "systemctl" in sections["postinstall"] and "preset" in sections["postinstall"]
+    assert "systemctl" in sections["preuninstall"] and "disable" in sections["preuninstall"]
+    # %postun: restart on upgrade ($1 >= 1), remove state and user only on erase ($1 == 0).
+    postun = sections["postuninstall"]
+    assert "try-restart" in postun and "/var/lib/qkdd" in postun and "userdel" in postun
+
+    requires = query("--requires")
+    assert re.search(r"^python\(abi\) = 3\.\d+$", requires, re.M), requires
+    assert re.search(r"^shadow-utils", requires, re.M) and "systemd" in requires
+    # The bundled wheels' libraries are private: nothing under /usr/lib/qkdd is offered to other packages.
+    provides = query("--provides")
+    assert not re.search(r"\.so", provides), provides
