@@ -15,6 +15,7 @@ import uuid
 import httpx
 import pytest
 
+from qkdd.hal.sim.settings import SimConfig
 from qkdd.link.pair import LINK_ID, LinkPair, free_port
 
 FRAME_DETECTIONS = 250_000
@@ -96,7 +97,7 @@ def test_metrics_qber_series_and_prometheus(pair):
     metrics = pair.metrics("alice")
     for field in ("qber", "key_rate", "photon_rate", "visibility", "link_loss", "temperature", "uptime"):
         assert field in metrics
-    assert 0 < metrics["qber"] < 0.08 and metrics["link_loss"] == pytest.approx(25 * 0.21)
+    assert 0 < metrics["qber"] < 0.08 and metrics["link_loss"] == pytest.approx(25 * SimConfig().fiber_loss_db_per_km)
     series = pair.http.get(pair.ends["bob"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": 0, "step": 1}).json()
     assert series["points"] and all(0 < p["qber"] < 0.1 for p in series["points"])
     text = pair.http.get(f"http://{pair.ends['alice'].health}/metrics").text
@@ -119,7 +120,13 @@ def test_intercept_resend_halts_within_a_frame_and_resumes(pair):
     assert any(line.startswith("qkd_key_generation_halted_total{") and float(line.split()[-1]) >= 1
                for line in text.splitlines())
     assert pair.http.get(f"http://{pair.ends['alice'].health}/healthz").status_code == 503
-    time.sleep(2.0)                     # frames generated before the switch finish their processing
+    # Frames generated before the switch (at most the buffers and frames in flight) may still finish and
+    # store keys; after them nothing is stored while the attack lasts.
+    def no_new_keys_for(seconds):
+        before = pair.metrics("alice")["keys_generated"]
+        time.sleep(seconds)
+        return pair.metrics("alice")["keys_generated"] == before
+    wait_until(lambda: no_new_keys_for(1.5), timeout_s=30, what="generation stopped while attacked")
     keys_before = pair.metrics("alice")["keys_generated"]
     time.sleep(1.5)
     assert pair.metrics("alice")["keys_generated"] == keys_before        # nothing stored while attacked

@@ -99,7 +99,8 @@ def register(router: Router, app: App) -> None:
         counts = await _counts(engine)
         return Response.json({"link_id": engine.link_id, "state": engine.state, **device,
                               "raw_key_rate": sifted_bps, "frames": engine.frames_done,
-                              "frames_aborted": engine.frames_aborted, "keys_generated": engine.totals["keys"],
+                              "frames_aborted": engine.frames_aborted, "frames_unpaired": engine.frames_unpaired,
+                              "keys_generated": engine.totals["keys"],
                               "key_bits_generated": engine.totals["secret_bits"],
                               "sifted_bits_total": engine.totals["sifted_bits"], "keys_stored": counts})
 

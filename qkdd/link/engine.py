@@ -2,19 +2,29 @@
 
 Theory of operation
 -------------------
-The engine is a nursery: the device's own task (if any), the peer connector, and per peer session a
-resynchronisation, a frame pump and a record router. At each session (re)start both ends first
-exchange key-store inventories and apply the same plan (qkdd.keystore.resync), so no frame of an
-earlier session stays half stored. Bob's pump takes frames from his device and starts a pipeline per
-frame (at most `frames_in_flight` at once, which bounds memory); Alice's pump keeps at most that many
-of her frames ready and starts her pipeline when Bob's first record for a frame arrives (frames are
-matched by frame id, which her source assigns). Each frame runs in its own task; its CPU work (sifting,
+The engine is a nursery: the device intake, the peer connector, and per peer session a
+resynchronisation, a frame pump and a record router. The intake task drains the device continuously into
+a small bounded buffer, independent of the pipelines, so the device pair never waits for a free pipeline
+slot (the sim's Alice device yields frame N only once Bob's device acknowledged it). Bob's buffer holds
+BOB_BUFFER_FRAMES and his intake waits when it is full; Alice's buffer holds what Bob may still ask for
+(his buffer plus his frames in flight, and a margin) and drops its oldest frame when full, or frames not
+asked for within UNSTARTED_FRAME_TTL_S.
+
+At each session (re)start both ends first exchange key-store inventories and apply the same plan
+(qkdd.keystore.resync), so no frame of an earlier session stays half stored. Bob's pump takes frames
+from his buffer, oldest first, and starts a pipeline per frame (at most `frames_in_flight` at once);
+Alice starts her pipeline for a frame when Bob's first record for it arrives (frames are paired by frame
+id, which her device assigns), waiting up to FRAME_ARRIVAL_WAIT_S for a frame her device has not
+delivered yet. A frame one end lacks is aborted at both ends (Alice answers UNKNOWN_FRAME, Bob discards
+it): no key ever comes from an unpaired frame. Each frame runs in its own task; its CPU work (sifting,
 Cascade, hashing, Toeplitz) runs in `trio.to_thread` worker threads, and its actions run in order,
 the key-store writes included (also in worker threads), so a store always precedes the next send.
 
 Channels on the peer session: PIPELINE (envelope.py records), INVENTORY (resync), CONTROL (JSON key
 reservations: one end reserves a key it may allocate, asks the other to reserve the same key id for
-the same holder, and hands the key out only after the other end said yes).
+the same holder, and hands the key out only after the other end said yes)).
+Other parts of the daemon (WireGuard epochs) add their own channels with `register_channel`; each of
+their handlers gets a MuxStream-like stream per session (qkdd.link_channel's interface).
 """
 from __future__ import annotations
 
@@ -37,13 +47,17 @@ from qkdd.link.linkmsg import AbortReason
 from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, FrameOutcome, FramePipeline,
                                 PipelineSettings, Send, StorePending)
 from qkdd.link.qber_gate import Band, LinkState, QberGate, band_of
-from qkdd.peer import PeerConnector, PeerError, PeerSession
+from qkdd.peer import MuxStream, PeerConnector, PeerError, PeerSession
 
 log = logging.getLogger("qkdd.link")
 
 CH_PIPELINE, CH_INVENTORY, CH_CONTROL = 1, 2, 3
 RESERVE_TIMEOUT_S = 5.0
-UNSTARTED_FRAME_TTL_S = 10.0
+UNSTARTED_FRAME_TTL_S = 30.0
+FRAME_ARRIVAL_WAIT_S = 5.0
+BOB_BUFFER_FRAMES = 2
+DEVICE_RETRY_S = 1.0
+CONSUMER_QUEUE_RECORDS = 64
 RATE_WINDOW_S = 10.0
 HEALTH_POLL_S = 2.0
 HOLDER_PREFIX = "v1:"
@@ -105,9 +119,19 @@ class LinkEngine:
         self.totals = {"secret_bits": 0, "sifted_bits": 0, "keys": 0}
         self.last_outcome: FrameOutcome | None = None
         self._rate_window: deque[tuple[float, int, int]] = deque()
-        self._frames: dict[int, tuple[RawFrame, float]] = {}        # Alice: ready frames
+        self.frames_unpaired = 0                                     # device frames never paired
+        # Bob: device frames waiting for a pipeline slot (the intake waits while it is full)
+        self._bob_frames_in, self._bob_frames_out = trio.open_memory_channel[RawFrame](BOB_BUFFER_FRAMES)
+        # Alice: device frames Bob may still ask for, by id, with the time they arrived
+        self._frames: dict[int, tuple[RawFrame, float]] = {}
+        self._frames_capacity = BOB_BUFFER_FRAMES + frames_in_flight + 2
+        self._newest_frame_id = -1
+        self._frame_arrived = trio.Event()
+        self._decoy = None
         self._inboxes: dict[int, trio.MemorySendChannel] = {}
-        self._slots: trio.Semaphore | None = None
+        self._consumers: dict[int, Any] = {}                        # channel -> handler(stream)
+        self._consumer_queues: dict[int, trio.MemorySendChannel] = {}
+        self._session_nursery: trio.Nursery | None = None
         self._pending_reservations: dict[int, tuple[trio.Event, dict]] = {}
         self._next_request = 0
         self._resynced = trio.Event()
@@ -116,12 +140,45 @@ class LinkEngine:
     # -- lifetime -------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         await self.device.init()
-        async with trio.open_nursery() as nursery:
-            if hasattr(self.device, "run"):
-                await nursery.start(self.device.run)
-            await nursery.start(self.connector.run)
-            nursery.start_soon(self._watch_device)
-            task_status.started()
+        if self.role == ALICE:
+            self._decoy = self.device.decoy_settings()
+        try:
+            async with trio.open_nursery() as nursery:
+                if hasattr(self.device, "run"):
+                    await nursery.start(self.device.run)
+                await nursery.start(self.connector.run)
+                nursery.start_soon(self._intake)
+                nursery.start_soon(self._watch_device)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.device.close()
+
+    def register_channel(self, channel: int, handler) -> None:
+        """Serve `handler(stream)` on every peer session of this link: `stream.send(payload)` and
+        `await stream.receive()` (SessionClosedError once the session is over), as qkdd.link_channel's
+        MuxStream. Records for it are queued (CONSUMER_QUEUE_RECORDS; beyond that dropped with a warning)."""
+        if channel in (CH_PIPELINE, CH_INVENTORY, CH_CONTROL) or not 0 <= channel <= 0xFFFF:
+            raise ValueError(f"link {self.link_id}: channel {channel} is the engine's own or out of range")
+        if channel in self._consumers:
+            raise ValueError(f"link {self.link_id}: channel {channel} registered twice")
+        self._consumers[channel] = handler
+        if self.session is not None and self._session_nursery is not None:
+            self._start_consumer(channel, handler, self.session, self._session_nursery)
+
+    def _start_consumer(self, channel: int, handler, session: PeerSession, nursery: trio.Nursery) -> None:
+        send, receive = trio.open_memory_channel[bytes](CONSUMER_QUEUE_RECORDS)
+        self._consumer_queues[channel] = send
+        nursery.start_soon(self._serve_consumer, handler, MuxStream(session, channel, receive))
+
+    async def _serve_consumer(self, handler, stream: MuxStream) -> None:
+        try:
+            await handler(stream)
+        except PeerError:
+            pass                                   # the session is over; the next one serves it again
+        except Exception:
+            log.exception("link %s: channel %d handler failed; key generation goes on", self.link_id,
+                          stream.channel)
 
     async def _on_session(self, session: PeerSession) -> None:
         self.session = session
@@ -131,9 +188,11 @@ class LinkEngine:
             self._resynced.set()
             self._set_state_from_gate()
             log.info("link %s: session %s ready (epoch %d)", self.link_id, session.session_id, session.epoch)
-            self._slots = trio.Semaphore(self.frames_in_flight)
             try:
                 async with trio.open_nursery() as nursery:
+                    self._session_nursery = nursery
+                    for channel, handler in self._consumers.items():
+                        self._start_consumer(channel, handler, session, nursery)
                     nursery.start_soon(self._route, session, nursery)
                     nursery.start_soon(self._pump_bob if self.role == BOB else self._pump_alice, session, nursery)
             except* PeerError as group:
@@ -141,13 +200,15 @@ class LinkEngine:
                          "; ".join(str(e) for e in group.exceptions)[:300])
         finally:
             self.session = None
+            self._session_nursery = None
             self._inboxes.clear()
+            for queue in self._consumer_queues.values():
+                queue.close()
+            self._consumer_queues.clear()
             for event, reply in self._pending_reservations.values():
                 reply.setdefault("ok", False)
                 reply.setdefault("error", "peer session ended")
                 event.set()
-            if self.role == ALICE:
-                self._frames.clear()
             self._set_state("failed", "peer session lost; reconnecting")
 
     async def _resync(self, session: PeerSession) -> None:
@@ -166,43 +227,85 @@ class LinkEngine:
                  extra={"promoted": len(plan.promote), "discarded": len(plan.discard), "expired": len(plan.expire)})
 
     # -- frames ---------------------------------------------------------------------------------
-    async def _pump_bob(self, session: PeerSession, nursery: trio.Nursery) -> None:
+    async def _intake(self) -> None:
+        """Drain the device into this end's frame buffer, whatever the pipelines are doing."""
         while True:
-            await self._slots.acquire()
-            frame = await self.device.next_frame()
+            try:
+                frame = await self.device.next_frame()
+            except DeviceError as exc:
+                log.warning("link %s: device frame lost: %s", self.link_id, exc)
+                await trio.sleep(DEVICE_RETRY_S)
+                continue
+            if self.role == BOB:
+                await self._bob_frames_in.send(frame)
+            else:
+                self._keep_alice_frame(frame)
+
+    def _keep_alice_frame(self, frame: RawFrame) -> None:
+        now = time.monotonic()
+        self._frames[frame.frame_id] = (frame, now)
+        self._newest_frame_id = max(self._newest_frame_id, frame.frame_id)
+        for frame_id, (_, ready_s) in list(self._frames.items()):
+            if now - ready_s > UNSTARTED_FRAME_TTL_S:
+                self._drop_alice_frame(frame_id)
+        while len(self._frames) > self._frames_capacity:
+            self._drop_alice_frame(min(self._frames))
+        self._frame_arrived.set()
+        self._frame_arrived = trio.Event()
+
+    def _drop_alice_frame(self, frame_id: int) -> None:
+        del self._frames[frame_id]
+        self.frames_unpaired += 1
+        log.debug("link %s: frame %d dropped: Bob did not start it in time", self.link_id, frame_id)
+
+    async def _pump_bob(self, session: PeerSession, nursery: trio.Nursery) -> None:
+        slots = trio.Semaphore(self.frames_in_flight)
+        while True:
+            await slots.acquire()
+            frame = await self._bob_frames_out.receive()
             pipeline = FramePipeline(BOB, frame, self.settings, gate=self.gate)
-            self._open_inbox(frame.frame_id, nursery, pipeline, session, start=True)
+            nursery.start_soon(self._run_frame, pipeline, self._open_inbox(frame.frame_id), session, True,
+                               slots.release)
 
     async def _pump_alice(self, session: PeerSession, nursery: trio.Nursery) -> None:
-        decoy = self.device.decoy_settings()
-        self._decoy = decoy
-        while True:
-            acquired = False
-            with trio.move_on_after(1.0):
-                await self._slots.acquire()
-                acquired = True
-            if acquired:
-                frame = await self.device.next_frame()
-                self._frames[frame.frame_id] = (frame, time.monotonic())
-                continue
-            now = time.monotonic()
-            for frame_id, (_, ready_s) in list(self._frames.items()):
-                if now - ready_s > UNSTARTED_FRAME_TTL_S:
-                    del self._frames[frame_id]
-                    self._slots.release()
+        """Alice's frames start from Bob's records (`_route`); nothing to pump."""
+        await trio.sleep_forever()
 
-    def _open_inbox(self, frame_id: int, nursery: trio.Nursery, pipeline: FramePipeline, session: PeerSession,
-                    start: bool = False) -> trio.MemorySendChannel:
+    def _open_inbox(self, frame_id: int) -> trio.MemoryReceiveChannel:
         send, receive = trio.open_memory_channel[bytes](math.inf)
         self._inboxes[frame_id] = send
-        nursery.start_soon(self._run_frame, pipeline, receive, session, start)
-        return send
+        return receive
+
+    async def _start_alice_frame(self, frame_id: int, inbox: trio.MemoryReceiveChannel,
+                                 session: PeerSession) -> None:
+        """Pair Bob's frame with hers (waiting briefly for her device to deliver it) and run it."""
+        ready = self._frames.pop(frame_id, None)
+        with trio.move_on_after(FRAME_ARRIVAL_WAIT_S):
+            while ready is None and frame_id > self._newest_frame_id:
+                await self._frame_arrived.wait()
+                ready = self._frames.pop(frame_id, None)
+        if ready is None:
+            self._inboxes.pop(frame_id, None)
+            self.frames_unpaired += 1
+            await session.send(CH_PIPELINE, envelope.encode(frame_id, [(
+                envelope.Step.ABORT, linkmsg.encode_abort(AbortReason.UNKNOWN_FRAME, "no such frame at Alice"))]))
+            return
+        pipeline = FramePipeline(ALICE, ready[0], self.settings, gate=self.gate, decoy=self._decoy)
+        await self._run_frame(pipeline, inbox, session, False)
 
     async def _route(self, session: PeerSession, nursery: trio.Nursery) -> None:
         while True:
             channel, payload = await session.receive()
             if channel == CH_CONTROL:
                 nursery.start_soon(self._on_control, session, payload)
+                continue
+            if channel in self._consumer_queues:
+                try:
+                    self._consumer_queues[channel].send_nowait(payload)
+                except trio.WouldBlock:
+                    log.warning("link %s: channel %d handler is not reading; record dropped", self.link_id, channel)
+                except trio.BrokenResourceError:
+                    pass                           # its handler returned
                 continue
             if channel != CH_PIPELINE:
                 log.warning("link %s: record on unknown channel %d dropped", self.link_id, channel)
@@ -213,23 +316,24 @@ class LinkEngine:
                 log.warning("link %s: malformed pipeline record dropped: %s", self.link_id, exc)
                 continue
             inbox = self._inboxes.get(frame_id)
-            if inbox is None and self.role == ALICE:
-                ready = self._frames.pop(frame_id, None)
-                if ready is None:
-                    if not _is_abort(payload):
-                        await session.send(CH_PIPELINE, envelope.encode(frame_id, [(
-                            envelope.Step.ABORT, linkmsg.encode_abort(AbortReason.UNKNOWN_FRAME,
-                                                                      "no such frame at Alice"))]))
+            if inbox is None and self.role == ALICE and not _is_abort(payload):
+                known = frame_id in self._frames or frame_id > self._newest_frame_id
+                if not known or len(self._inboxes) >= 2 * self.frames_in_flight:
+                    self.frames_unpaired += 1
+                    reason = "no such frame at Alice" if not known else "Alice has too many frames in flight"
+                    await session.send(CH_PIPELINE, envelope.encode(frame_id, [(
+                        envelope.Step.ABORT, linkmsg.encode_abort(AbortReason.UNKNOWN_FRAME, reason))]))
                     continue
-                pipeline = FramePipeline(ALICE, ready[0], self.settings, gate=self.gate, decoy=self._decoy)
-                inbox = self._open_inbox(frame_id, nursery, pipeline, session)
+                receive = self._open_inbox(frame_id)
+                nursery.start_soon(self._start_alice_frame, frame_id, receive, session)
+                inbox = self._inboxes[frame_id]
             if inbox is None:
                 log.debug("link %s: record for finished frame %d dropped", self.link_id, frame_id)
                 continue
             inbox.send_nowait(payload)
 
     async def _run_frame(self, pipeline: FramePipeline, inbox: trio.MemoryReceiveChannel, session: PeerSession,
-                         start: bool) -> None:
+                         start: bool, on_done=None) -> None:
         try:
             if start:
                 await self._execute(pipeline, await trio.to_thread.run_sync(pipeline.start), session)
@@ -240,7 +344,8 @@ class LinkEngine:
                     break
         finally:
             self._inboxes.pop(pipeline.frame_id, None)
-            self._slots.release()
+            if on_done is not None:
+                on_done()
 
     async def _execute(self, pipeline: FramePipeline, actions, session: PeerSession) -> None:
         for action in actions:
