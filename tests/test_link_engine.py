@@ -87,3 +87,43 @@ def test_intercept_resend_halts_and_recovery_resumes(tmp_path):
             await wait_for(lambda: alice.state in ("running", "degraded") and alice.totals["keys"] > keys_during_attack)
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_registered_channels_share_the_engines_peer_session(tmp_path):
+    """A consumer (as WireGuard's epoch channel) gets a stream per session on the engine's own session:
+    registered before the session on one end and after it is up on the other; records travel both ways."""
+    from qkdd.link_channel import WIREGUARD_CHANNEL
+
+    async def main():
+        got = {"alice": [], "bob": []}
+
+        def handler(role):
+            async def serve(stream):
+                async def hello_until_heard():       # records sent before the peer registered are lost
+                    while not (got["alice"] and got["bob"]):
+                        await stream.send(f"hello from {role}".encode())
+                        await trio.sleep(0.2)
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(hello_until_heard)
+                    while True:
+                        got[role].append((stream.session.link_id, await stream.receive()))
+            return serve
+
+        async with trio.open_nursery() as nursery:
+            alice, bob, source, stores = await start_pair(nursery, tmp_path)
+            alice.register_channel(WIREGUARD_CHANNEL, handler("alice"))
+            await wait_for(lambda: bob.session is not None)
+            bob.register_channel(WIREGUARD_CHANNEL, handler("bob"))
+            await wait_for(lambda: got["alice"] and got["bob"], timeout_s=20)
+            assert got["alice"][0] == (LINK, b"hello from bob")
+            assert got["bob"][0] == (LINK, b"hello from alice")
+            for channel in (1, WIREGUARD_CHANNEL):          # the engine's own channel, or twice
+                try:
+                    alice.register_channel(channel, handler("alice"))
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError(f"channel {channel} accepted")
+            await wait_for(lambda: alice.totals["keys"] > 0)   # key generation goes on alongside
+            nursery.cancel_scope.cancel()
+    trio.run(main)

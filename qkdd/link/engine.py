@@ -157,7 +157,8 @@ class LinkEngine:
     def register_channel(self, channel: int, handler) -> None:
         """Serve `handler(stream)` on every peer session of this link: `stream.send(payload)` and
         `await stream.receive()` (SessionClosedError once the session is over), as qkdd.link_channel's
-        MuxStream. Records for it are queued (CONSUMER_QUEUE_RECORDS; beyond that dropped with a warning)."""
+        MuxStream. Records for it are queued (CONSUMER_QUEUE_RECORDS; beyond that dropped with a warning);
+        records that arrive before it is registered are dropped, so its protocol retries (as WireGuard's)."""
         if channel in (CH_PIPELINE, CH_INVENTORY, CH_CONTROL) or not 0 <= channel <= 0xFFFF:
             raise ValueError(f"link {self.link_id}: channel {channel} is the engine's own or out of range")
         if channel in self._consumers:
