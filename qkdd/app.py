@@ -25,13 +25,10 @@ class App:
     keystore: Any = None             # the daemon's one KeyStore (link engines, KME, WireGuard), once opened
 
     @classmethod
-    def create(cls, config: Config) -> "App":
-        """Health and metrics with every configured link registered (state "configured"); the key store
-        when links are configured (shared by the link engines, the KME and WireGuard) and the KME."""
-        app = cls(config, Health(), Metrics())
-        if config.links:
-            from qkdd.link.service import open_keystore
-            app.keystore = open_keystore(config.daemon.state_dir)
+    def create(cls, config: Config, keystore: Any = None) -> "App":
+        """Health and metrics with every configured link registered (state "configured"), and the KME over
+        `keystore` (the daemon's one key store, shared by the link engines, the KME and WireGuard)."""
+        app = cls(config, Health(), Metrics(), keystore=keystore)
         if config.etsi014 is not None:
             app.kme = open_kme(config.etsi014, config.daemon.state_dir, keystore=app.keystore)
         for link in config.links:

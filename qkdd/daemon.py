@@ -22,7 +22,7 @@ from qkdd.consumers.service import run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
 from qkdd.kme.ledger import LedgerError
-from qkdd.link.service import build_engines, run_engines
+from qkdd.link.service import build_engines, open_keystore, run_engines
 from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
@@ -36,7 +36,8 @@ EXIT_STARTUP_FAILED = 1
 async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     try:
-        app = App.create(config)
+        keystore = open_keystore(config.daemon.state_dir) if config.links else None
+        app = App.create(config, keystore=keystore)
         channels = kme_channels(app)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
