@@ -36,6 +36,7 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
             "sifted_bits_per_s": round((end["sifted_bits_total"] - start["sifted_bits_total"]) / span),
             "qber": end["qber"], "frames": end["frames"] - start["frames"],
             "frames_aborted": end["frames_aborted"] - start["frames_aborted"],
+            "frames_unpaired": end["frames_unpaired"] - start["frames_unpaired"],
             "frame_detections": frame_detections, "frames_in_flight": frames_in_flight}
 
 

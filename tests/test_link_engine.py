@@ -6,7 +6,7 @@ from qkdd.hal.sim import Attack, SimParams
 from qkdd.hal.sim.driver import SimAliceDevice, SimBobDevice
 from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
 from qkdd.keystore import KeyState, KeyStore
-from qkdd.link.engine import LinkEngine
+from qkdd.link.engine import BOB_BUFFER_FRAMES, LinkEngine
 from qkdd.peer import PeerConnector, generate_identity
 from tests.link_support import TEST_DETECTIONS, TEST_SOURCE
 from tests.peer_harness import fast_settings
@@ -49,8 +49,18 @@ def test_two_engines_store_the_same_keys_and_deliver_across(tmp_path):
     async def main():
         async with trio.open_nursery() as nursery:
             alice, bob, source, stores = await start_pair(nursery, tmp_path)
+            peak = {"alice": 0, "bob": 0}
+
+            async def watch_buffers():               # both ends' frame buffers stay bounded
+                while True:
+                    peak["alice"] = max(peak["alice"], len(alice._frames))
+                    peak["bob"] = max(peak["bob"], bob._bob_frames_out.statistics().current_buffer_used)
+                    await trio.sleep(0.01)
+            nursery.start_soon(watch_buffers)
             await wait_for(lambda: alice.totals["keys"] >= 100 and bob.totals["keys"] >= 100)
             await wait_for(lambda: alice.frames_done >= 2)
+            assert 0 < peak["alice"] <= alice._frames_capacity and peak["bob"] <= BOB_BUFFER_FRAMES
+            assert alice.frames_unpaired <= 1        # device frames are paired, none stall and age out
             # every key either end committed is stored identically at the other end
             a_inv, b_inv = stores["alice"].inventory(LINK), stores["bob"].inventory(LINK)
             committed = [k for k, s in a_inv.items() if s is KeyState.AVAILABLE]
