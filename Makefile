@@ -5,7 +5,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: setup system native demo test test-native test-python bench clean deb rpm
+.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ native: setup
 	$(PY) setup.py -q build_ext --inplace
 
 demo: setup
+	$(PY) -m qkdd.link.demo
+
+# One daemon with the example configuration: health, links and metrics endpoints.
+demo-single: setup
 	$(PY) -m qkdd.demo
 
 test-native:

@@ -5,6 +5,7 @@ Later parts (key store, link engines, relay) become fields here; the daemon buil
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from qkdd.config import Config
 from qkdd.hal.base import Device
@@ -20,13 +21,16 @@ class App:
     metrics: Metrics
     devices: dict[str, Device] = field(default_factory=dict)   # link_id -> this end's device, once opened
     kme: KmeService | None = None
+    links: dict[str, Any] = field(default_factory=dict)      # link id -> qkdd.link.engine.LinkEngine
+    keystore: Any = None             # the daemon's one KeyStore (link engines, KME, WireGuard), once opened
 
     @classmethod
-    def create(cls, config: Config) -> "App":
-        """Health and metrics with every configured link registered (state "configured")."""
-        app = cls(config, Health(), Metrics())
+    def create(cls, config: Config, keystore: Any = None) -> "App":
+        """Health and metrics with every configured link registered (state "configured"), and the KME over
+        `keystore` (the daemon's one key store, shared by the link engines, the KME and WireGuard)."""
+        app = cls(config, Health(), Metrics(), keystore=keystore)
         if config.etsi014 is not None:
-            app.kme = open_kme(config.etsi014, config.daemon.state_dir)
+            app.kme = open_kme(config.etsi014, config.daemon.state_dir, keystore=app.keystore)
         for link in config.links:
             app.health.register_link(
                 link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')

@@ -215,6 +215,11 @@ class LinkConfig:
     peer_listen: str = field(default="", metadata=meta(check=_peer_listen_check))
     peer_key_file: str = ""
     peer_public_key: str = ""
+    # The link engine's pipeline: frames post-processed at once (bounds memory), stored key length, expiry.
+    frames_in_flight: int = field(default=4, metadata=meta(check=in_range(1, 64)))
+    key_bits: int = field(default=256, metadata=meta(check=lambda v: None if v % 64 == 0 and 64 <= v <= 8192
+                                                     else f"must be a multiple of 64 in [64, 8192], got {v}"))
+    key_expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
 
     def validate(self, key: str) -> None:

@@ -22,6 +22,7 @@ from qkdd.consumers.service import run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
 from qkdd.kme.ledger import LedgerError
+from qkdd.link.service import build_engines, open_keystore, run_engines
 from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
@@ -35,11 +36,18 @@ EXIT_STARTUP_FAILED = 1
 async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     try:
-        app = App.create(config)
+        keystore = open_keystore(config.daemon.state_dir) if config.links else None
+        app = App.create(config, keystore=keystore)
         channels = kme_channels(app)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
-        log.error(f"cannot start: {exc}", extra={"key": "etsi014"})
+        log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
         return EXIT_STARTUP_FAILED
+    try:
+        app.links = build_engines(config, app.keystore, app.metrics, app.health)
+    except StartupError as exc:
+        log.error(f"cannot start: {exc}", extra={"key": exc.what})
+        return EXIT_STARTUP_FAILED
+    app.devices.update({link_id: engine.device for link_id, engine in app.links.items()})
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
@@ -61,6 +69,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
                 else:
                     _announce_ready(app, bound, notifier)
                     root.start_soon(notifier.run_watchdog)
+                    root.start_soon(run_engines, app.links)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
                     for connector in channels:

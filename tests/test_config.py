@@ -127,7 +127,7 @@ def test_environment_overrides_win_over_the_file(tmp_path):
         "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
         "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
         "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
-        "sim": None}]
+        "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "sim": None}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------

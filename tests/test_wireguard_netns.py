@@ -1,7 +1,8 @@
 """WireGuard PSK rotation on real tunnels: two namespaces, wireguard-go and wg in each, two qkdd daemons
 (alice leads, bob follows) talking over the veth pair's classical channel, each driving its own interface.
 
-Keys: the link engine does not run inside the daemon yet, so each test seeds both daemons' key stores
+Keys: the daemons run the link engine (whose peer session carries the WireGuard channel), but their
+simulated devices sit in different namespaces and never reach each other, so each test seeds both daemons' key stores
 with the same keys (same ids, same material; alice's copies allocatable, bob's only by id) through the
 real KeyStore API into each daemon's own SQLite file before starting it. Rotations are triggered with
 SIGUSR1 ("rotate now") because the configured interval cannot go below 30 s.

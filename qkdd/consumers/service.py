@@ -1,10 +1,11 @@
 """Starts the WireGuard tunnels of the config under the daemon's nursery and rotates on SIGUSR1
 ("rotate now", leaders only).
 
-Key store and classical channel: the daemon's own when it has them (`app.keystore`, and a link engine
-in `app.links` offering `register_channel(channel, handler)`); until the link engine runs in the daemon,
-this module opens the key store (same file and KEK rules as the link engine) and runs the link's
-classical channel itself (qkdd.link_channel). Start-up problems are logged; the daemon stays up.
+Key store and classical channel: the daemon's own (`app.keystore`, and the link engine in `app.links`
+with `register_channel(channel, handler)`, whose one peer session carries the WireGuard records); for a
+link no engine runs (a driver without one), this module runs the link's classical channel itself
+(qkdd.link_channel), and opens the key store (same file and KEK rules as the link engine) when the daemon
+has none. Start-up problems are logged; the daemon stays up.
 """
 from __future__ import annotations
 

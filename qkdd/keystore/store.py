@@ -260,6 +260,12 @@ class KeyStore:
             state, _ = self._state_of(self._db, link_id, canonical_key_id(key_id))
         return state
 
+    def holder_of(self, link_id: str, key_id: str) -> str | None:
+        """Who a key is reserved for (None when not reserved); KeyNotFound for an unknown key."""
+        with self._lock:
+            _, holder = self._state_of(self._db, link_id, canonical_key_id(key_id))
+        return holder
+
     def counts(self, link_id: str) -> dict[KeyState, int]:
         """Number of keys per state for one link."""
         counts = dict.fromkeys(KeyState, 0)

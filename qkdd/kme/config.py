@@ -84,7 +84,9 @@ class Etsi014Config:
     max_sae_id_count: int = field(default=4, metadata=meta(check=in_range(0, 254)))
     reservation_timeout_s: float = field(default=5.0, metadata=meta(check=positive))
     ledger_file: str = ""               # default: <state_dir>/etsi014.db
-    key_store_file: str = ""            # default: <state_dir>/keys.db (the daemon's key store)
+    # Both only for a daemon without [[links]]: with links, the KME uses the link engines' key store
+    # (<state_dir>/keys.sqlite3, one per daemon).
+    key_store_file: str = ""            # default: <state_dir>/keys.db
     kek_file: str = ""                  # default: systemd credential "kek", else <state_dir>/kek
     saes: tuple[SaeConfig, ...] = ()
     peers: tuple[PeerKmeConfig, ...] = ()

@@ -1,0 +1,168 @@
+"""The link pipeline's own small messages (parameter estimation, key ids, abort) and key-id derivation.
+
+Layouts (little-endian, inside an envelope part; see envelope.py):
+
+    SLOTS     u64 count | u8 width (4 or 8) | 7 zero bytes | count gaps of `width` bytes: the first slot,
+              then the differences (slot numbers strictly increasing)
+    REVEAL    (ESTIMATE step, Alice) 6 x f64 decoy settings (mu signal, decoy, vacuum; p signal, decoy;
+              q_x) | u64 pulses sent | f64 eps_sec | f64 eps_cor | then per intensity class (signal,
+              decoy, vacuum): u64 bit count | ceil(count/64) words of her sifted test-basis (Z) bits
+    ERRORS    (ESTIMATE step, Bob) 3 x u64 test-basis errors per intensity class
+    KEYS      32-byte key-id seed | u32 key count | u32 bits per key
+    ABORT     u8 reason code | u16 text length | UTF-8 text (a short sentence, never key material)
+    COMMIT    empty
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+import uuid
+
+import numpy as np
+
+from qkdd.bindings.bits import words_for_bits
+from qkdd.protocols.bb84_finite import DecoySettings
+
+CLASSES = 3
+KEY_ID_SEED_BYTES = 32
+_SETTINGS = struct.Struct("<6dQdd")
+_KEYS = struct.Struct(f"<{KEY_ID_SEED_BYTES}sII")
+_ABORT = struct.Struct("<BH")
+MAX_ABORT_TEXT_BYTES = 400
+KEY_ID_LABEL = b"qkdd/key-ids\x00"
+
+
+class LinkMessageError(ValueError):
+    """A link pipeline message is malformed."""
+
+
+class AbortReason(enum.IntEnum):
+    PROTOCOL = 1          # a peer message was refused
+    QBER = 2              # the QBER gate refused the frame
+    ESTIMATION = 3        # decoy/finite-key analysis aborts (no single photons, phase error, l <= 0)
+    VERIFICATION = 4      # the corrected keys differ
+    NO_KEY = 5            # too short for one key
+    UNKNOWN_FRAME = 6     # this end has no such frame (dropped, restarted)
+    SHUTDOWN = 7
+
+
+def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]:
+    end = offset + 8 * n_words
+    if end > len(view):
+        raise LinkMessageError(f"{what}: truncated")
+    return np.frombuffer(view[offset:end], dtype="<u8").astype(np.uint64), end
+
+
+def encode_slots(slots: np.ndarray) -> bytes:
+    """Slot numbers as gaps (first slot, then differences), 4 bytes each when every gap fits, else 8."""
+    gaps = np.diff(slots.astype(np.uint64), prepend=np.uint64(0))
+    width = 4 if slots.size == 0 or int(gaps.max()) < 2 ** 32 else 8
+    return struct.pack("<QB7x", slots.size, width) + gaps.astype("<u4" if width == 4 else "<u8").tobytes()
+
+
+def decode_slots(view, max_count: int) -> np.ndarray:
+    if len(view) < 16:
+        raise LinkMessageError("SLOTS: truncated")
+    count, width = struct.unpack_from("<QB", view)
+    if count > max_count:
+        raise LinkMessageError(f"SLOTS: {count} detections, this end holds at most {max_count}")
+    if width not in (4, 8) or bytes(view[9:16]) != bytes(7):
+        raise LinkMessageError("SLOTS: malformed header")
+    if len(view) != 16 + width * count:
+        raise LinkMessageError(f"SLOTS: {len(view)} bytes do not hold {count} slots")
+    gaps = np.frombuffer(view[16:], dtype="<u4" if width == 4 else "<u8").astype(np.uint64)
+    if count > 1 and not bool(np.all(gaps[1:] > 0)):
+        raise LinkMessageError("SLOTS: slot numbers are not strictly increasing")
+    slots = np.cumsum(gaps, dtype=np.uint64)
+    if count and slots[-1] < gaps[-1]:
+        raise LinkMessageError("SLOTS: slot numbers overflow")
+    return slots
+
+
+def encode_reveal(settings: DecoySettings, pulses_sent: int, eps_sec: float, eps_cor: float,
+                  test_bits: list[tuple[np.ndarray, int]]) -> bytes:
+    parts = [_SETTINGS.pack(settings.mu_signal, settings.mu_decoy, settings.mu_vacuum, settings.p_signal,
+                            settings.p_decoy, settings.q_x, pulses_sent, eps_sec, eps_cor)]
+    for words, n_bits in test_bits:
+        parts.append(struct.pack("<Q", n_bits))
+        parts.append(words[:words_for_bits(n_bits)].astype("<u8").tobytes())
+    return b"".join(parts)
+
+
+def decode_reveal(view, expected_bits: list[int]):
+    """(settings, pulses_sent, eps_sec, eps_cor, [(words, n_bits)] per class); the bit counts must be
+    the ones this end's sifting gave."""
+    if len(view) < _SETTINGS.size:
+        raise LinkMessageError("REVEAL: truncated")
+    *numbers, pulses, eps_sec, eps_cor = _SETTINGS.unpack_from(view)
+    try:
+        settings = DecoySettings(*numbers)
+    except ValueError as exc:
+        raise LinkMessageError(f"REVEAL: decoy settings refused: {exc}") from None
+    if not (0 < eps_sec < 1 and 0 < eps_cor < 1):
+        raise LinkMessageError("REVEAL: security parameters outside (0, 1)")
+    offset = _SETTINGS.size
+    revealed = []
+    for c, expected in enumerate(expected_bits):
+        if offset + 8 > len(view):
+            raise LinkMessageError("REVEAL: truncated")
+        (n_bits,) = struct.unpack_from("<Q", view, offset)
+        if n_bits != expected:
+            raise LinkMessageError(f"REVEAL: class {c} has {n_bits} test bits, sifting gave {expected}")
+        words, offset = _words(view, words_for_bits(n_bits), offset + 8, "REVEAL")
+        if n_bits % 64 and words.size and int(words[-1]) >> (n_bits % 64):
+            raise LinkMessageError("REVEAL: bits set past the end")
+        revealed.append((words, n_bits))
+    if offset != len(view):
+        raise LinkMessageError("REVEAL: trailing bytes")
+    return settings, pulses, eps_sec, eps_cor, revealed
+
+
+def encode_errors(errors: list[int]) -> bytes:
+    return struct.pack(f"<{CLASSES}Q", *errors)
+
+
+def decode_errors(view, bits_per_class: list[int]) -> list[int]:
+    if len(view) != 8 * CLASSES:
+        raise LinkMessageError(f"ERRORS: {len(view)} bytes, expected {8 * CLASSES}")
+    errors = list(struct.unpack(f"<{CLASSES}Q", view))
+    for c, (e, n) in enumerate(zip(errors, bits_per_class)):
+        if e > n:
+            raise LinkMessageError(f"ERRORS: {e} errors among {n} test bits of class {c}")
+    return errors
+
+
+def encode_keys(seed: bytes, count: int, key_bits: int) -> bytes:
+    return _KEYS.pack(seed, count, key_bits)
+
+
+def decode_keys(view) -> tuple[bytes, int, int]:
+    if len(view) != _KEYS.size:
+        raise LinkMessageError(f"KEYS: {len(view)} bytes, expected {_KEYS.size}")
+    seed, count, key_bits = _KEYS.unpack(view)
+    return seed, count, key_bits
+
+
+def encode_abort(reason: AbortReason, text: str) -> bytes:
+    body = text.encode()[:MAX_ABORT_TEXT_BYTES]
+    return _ABORT.pack(int(reason), len(body)) + body
+
+
+def decode_abort(view) -> tuple[int, str]:
+    if len(view) < _ABORT.size:
+        raise LinkMessageError("ABORT: truncated")
+    code, length = _ABORT.unpack_from(view)
+    if length > MAX_ABORT_TEXT_BYTES or len(view) != _ABORT.size + length:
+        raise LinkMessageError("ABORT: malformed text length")
+    return code, bytes(view[_ABORT.size:]).decode("utf-8", "replace")
+
+
+def derive_key_ids(seed: bytes, count: int) -> list[str]:
+    """`count` UUIDs (version 4 layout) from an announced seed: SHAKE256(label || seed), 16 bytes each.
+
+    Both ends derive the same ids; the seed comes fresh from the OS CSPRNG, so ids never repeat."""
+    if len(seed) != KEY_ID_SEED_BYTES:
+        raise ValueError(f"key-id seed must be {KEY_ID_SEED_BYTES} bytes")
+    stream = hashlib.shake_256(KEY_ID_LABEL + seed).digest(16 * count)
+    return [str(uuid.UUID(bytes=stream[16 * i:16 * i + 16], version=4)) for i in range(count)]

@@ -1,0 +1,477 @@
+"""One frame's post-processing at one end of a link, as a sans-IO state machine (both roles, one class).
+
+Theory of operation
+-------------------
+Raw frame in (Alice: her prepared states of the detected slots; Bob: his detections), link records out
+and in (envelope.py), and finally *actions* for the caller: store keys PENDING, commit them, discard
+them, report the outcome. The caller executes the actions in order (a store before the next send), so
+the two-phase store holds at every crash point: Bob stores PENDING before he acknowledges the
+amplification seed; Alice stores and commits only after that acknowledgement and then tells Bob to
+commit. After a crash, the key store's resynchronisation (qkdd.keystore.resync) promotes keys that
+both ends hold and drops keys only one end holds.
+
+Steps (Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), Sec. II "protocol"):
+ 1. Sifting (qkdd.postprocess.sifting) on the frame's detections, indexed in Bob's detection order;
+    Bob also sends the slot numbers (SLOTS) so Alice can pick her records of those slots.
+ 2. Estimation: Alice reveals all her sifted test-basis (Z) bits, Bob counts the errors per intensity
+    class; both build the same decoy counts. X (the key basis, all intensities) is never revealed.
+    Both ends run the finite-key bound (qkdd.protocols.bb84_finite) with the error-correction leakage
+    estimated from the Z error rate, and the QBER gate on the Z error rate; either end may abort.
+ 3. Cascade (qkdd.postprocess.cascade) on the X-basis sifted bits; Bob corrects his copy. The exact
+    X error rate is the number of corrected bits over the X length.
+ 4. Verification (qkdd.postprocess.verification): Bob announces a polynomial hash, Alice checks.
+ 5. Alice computes the key length with Lim's bound, the leakage being the parities Cascade actually
+    disclosed plus the verification tag, rounds it down to whole keys, and announces a fresh Toeplitz
+    seed (qkdd.postprocess.amplification) and a fresh key-id seed (KEYS). Both split the output into
+    keys and derive the same key ids (linkmsg.derive_key_ids). Even-numbered keys are Alice's to
+    hand out on her own, odd-numbered ones Bob's (the key store's `allocatable` partition).
+
+States and transitions (anything else aborts the frame with PROTOCOL; an ABORT part from the peer
+ends it at once):
+
+    role   state          event / parts received            actions                        next
+    bob    START          start()                           send SLOTS+SIFT(DETECTIONS)   SIFTING
+    bob    SIFTING        SIFT(ANSWER)                      send SIFT(REPORT)             AWAIT_REVEAL
+    bob    AWAIT_REVEAL   ESTIMATE(REVEAL)                  send ESTIMATE(ERRORS)+CASCADE(START)
+                                                            (or +ABORT)                    RECONCILING
+    bob    RECONCILING    CASCADE(PARITIES)                 send CASCADE(QUESTIONS), or
+                                                            CASCADE(DONE)+VERIFY(ANNOUNCE) AWAIT_SEED
+    bob    AWAIT_SEED     VERIFY(RESULT)+AMPLIFY+KEYS       store PENDING; send AMPLIFY(ACK) AWAIT_COMMIT
+    bob    AWAIT_COMMIT   COMMIT                            commit; finished               DONE
+    alice  AWAIT_DETECT   SLOTS+SIFT(DETECTIONS)            send SIFT(ANSWER)             AWAIT_REPORT
+    alice  AWAIT_REPORT   SIFT(REPORT)                      send ESTIMATE(REVEAL)         AWAIT_ERRORS
+    alice  AWAIT_ERRORS   ESTIMATE(ERRORS)+CASCADE(START)   send CASCADE(PARITIES)        RECONCILING
+    alice  RECONCILING    CASCADE(QUESTIONS)                send CASCADE(PARITIES)        RECONCILING
+    alice  RECONCILING    CASCADE(DONE)+VERIFY(ANNOUNCE)    send VERIFY(RESULT)+AMPLIFY+KEYS AWAIT_ACK
+    alice  AWAIT_ACK      AMPLIFY(ACK)                      store PENDING, commit; send COMMIT;
+                                                            finished                       DONE
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from qkdd.bindings import NativeError
+from qkdd.bindings import bits as bitops
+from qkdd.hal.base import RawFrame
+from qkdd.link import envelope, linkmsg
+from qkdd.link.envelope import EnvelopeError, Step
+from qkdd.link.linkmsg import AbortReason, LinkMessageError
+from qkdd.postprocess import amplification, randomness, sifting, verification
+from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
+from qkdd.postprocess.wire import PeerMessageError
+from qkdd.protocols.bb84_finite import DecoyCounts, DecoySettings, Tally, finite_key_length
+from qkdd.protocols.entropy import binary_entropy
+
+ALICE, BOB = "alice", "bob"
+CLASSES = linkmsg.CLASSES
+Z, X = sifting.BASIS_Z, sifting.BASIS_X
+
+START, SIFTING, AWAIT_REVEAL, RECONCILING, AWAIT_SEED, AWAIT_COMMIT = (
+    "START", "SIFTING", "AWAIT_REVEAL", "RECONCILING", "AWAIT_SEED", "AWAIT_COMMIT")
+AWAIT_DETECT, AWAIT_REPORT, AWAIT_ERRORS, AWAIT_ACK, DONE = (
+    "AWAIT_DETECT", "AWAIT_REPORT", "AWAIT_ERRORS", "AWAIT_ACK", "DONE")
+
+# (role, state) -> the steps the next record must carry, in order (a trailing ABORT is always allowed
+# in place of the last one).
+EXPECTED: dict[tuple[str, str], tuple[tuple[Step, ...], ...]] = {
+    (BOB, SIFTING): ((Step.SIFT,),),
+    (BOB, AWAIT_REVEAL): ((Step.ESTIMATE,),),
+    (BOB, RECONCILING): ((Step.CASCADE,),),
+    (BOB, AWAIT_SEED): ((Step.VERIFY, Step.AMPLIFY, Step.KEYS),),
+    (BOB, AWAIT_COMMIT): ((Step.COMMIT,),),
+    (ALICE, AWAIT_DETECT): ((Step.SLOTS, Step.SIFT),),
+    (ALICE, AWAIT_REPORT): ((Step.SIFT,),),
+    (ALICE, AWAIT_ERRORS): ((Step.ESTIMATE, Step.CASCADE),),
+    (ALICE, RECONCILING): ((Step.CASCADE,), (Step.CASCADE, Step.VERIFY)),
+    (ALICE, AWAIT_ACK): ((Step.AMPLIFY,),),
+}
+
+_PEER_ERRORS = (PeerMessageError, CascadeError, LinkMessageError, EnvelopeError, NativeError,
+                sifting.SiftingStateError, verification.VerificationStateError,
+                amplification.AmplificationStateError)
+
+Gate = Callable[[float], "str | None"]   # frame QBER estimate -> refusal reason, or None to go on
+
+
+def threshold_gate(threshold: float = 0.11) -> Gate:
+    """A gate that refuses frames at or above a fixed QBER (tests; the daemon uses qber_gate.QberGate)."""
+    return lambda qber: None if qber < threshold else f"QBER {qber:.4f} at or above {threshold}"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    key_bits: int = 256                     # length of each stored key
+    eps_sec: float = 1e-10                  # Lim's secrecy parameter
+    eps_cor: float = 1e-15                  # correctness: verification tag and Lim's log2(2/eps_cor)
+    f_ec_estimate: float = 1.16             # leakage estimate for the early abort check only
+    cascade_schedule: str = "yan"            # ~190 round trips per frame at f ~ 1.06 ("efficient": ~1000 at 1.04)
+    min_qber_estimate: float = 0.005        # floor for Cascade's block sizes
+    max_key_bits_per_key: int = 8192
+    max_cascade_round_trips: int = 3000     # a Cascade that asks more is refused (inconsistent answers)
+
+    def __post_init__(self) -> None:
+        if self.key_bits % 64 or not 64 <= self.key_bits <= self.max_key_bits_per_key:
+            raise ValueError(f"key_bits must be a multiple of 64 in [64, {self.max_key_bits_per_key}]")
+        if not (0 < self.eps_sec < 1 and 0 < self.eps_cor < 1):
+            raise ValueError("eps_sec and eps_cor must lie in (0, 1)")
+
+
+# -- actions for the caller -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Send:
+    record: bytes
+
+
+@dataclass(frozen=True)
+class StorePending:
+    frame_id: int
+    keys: list[tuple[str, bytes]] = field(repr=False)
+    allocatable: list[bool] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Commit:
+    frame_id: int
+
+
+@dataclass(frozen=True)
+class Discard:
+    frame_id: int
+
+
+@dataclass
+class FrameOutcome:
+    """What one frame gave at this end (numbers only, never key material)."""
+
+    frame_id: int
+    role: str
+    detections: int = 0
+    sifted_bits: int = 0                # both bases
+    sifted_key_bits: int = 0            # X basis, the reconciled length
+    pulses_sent: int = 0
+    qber_estimate: float | None = None  # Z basis, all intensities
+    qber: float | None = None           # exact X error rate after Cascade
+    disclosed_bits: int = 0
+    key_length_bits: int = 0            # Lim's bound with the actual leakage
+    secret_bits: int = 0                # stored (whole keys)
+    keys: int = 0
+    aborted: str | None = None
+    abort_code: int | None = None
+    aborted_by_peer: bool = False
+    gate_refused: bool = False
+
+
+@dataclass(frozen=True)
+class Finished:
+    outcome: FrameOutcome
+
+
+Action = Send | StorePending | Commit | Discard | Finished
+
+
+class FramePipeline:
+    """One end of one frame's post-processing. Alice needs the decoy settings of her source."""
+
+    def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
+                 gate: Gate | None = None, decoy: DecoySettings | None = None):
+        if role not in (ALICE, BOB):
+            raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
+        if role == ALICE and (frame.alice is None or decoy is None):
+            raise ValueError("alice needs a frame with Alice's records and the decoy settings")
+        if role == BOB and frame.bob is None:
+            raise ValueError("bob needs a frame with Bob's detections")
+        self.role = role
+        self.frame = frame
+        self.frame_id = frame.frame_id
+        self.settings = settings
+        self.state = START if role == BOB else AWAIT_DETECT
+        self.outcome = FrameOutcome(frame.frame_id, role)
+        self._gate = gate or threshold_gate()
+        self._decoy = decoy
+        self._sift: sifting.Sifting | None = None
+        self._counts: DecoyCounts | None = None
+        self._refusal: tuple[AbortReason, str] | None = None
+        self._key: np.ndarray | None = None
+        self._n_key_bits = 0
+        self._cascade = None
+        self._verify: verification.Verification | None = None
+        self._amp: amplification.Amplification | None = None
+        self._keys: tuple[bytes, int, int] | None = None
+        self._stored = False
+
+    @property
+    def done(self) -> bool:
+        return self.state == DONE
+
+    # -- entry points ---------------------------------------------------------------------------
+    def start(self) -> list[Action]:
+        """Bob: announce the frame's detections."""
+        if self.role != BOB or self.state != START:
+            raise RuntimeError(f"start() not allowed for {self.role} in state {self.state}")
+        det = self.frame.bob
+        count = int(det.slots.size)
+        self.outcome.detections = count
+        try:
+            local = sifting.BobDetections(n_slots=count, slots=np.arange(count, dtype=np.uint64),
+                                          basis=np.ascontiguousarray(det.bases, dtype=np.uint8),
+                                          outcome=np.ascontiguousarray(det.outcomes, dtype=np.uint8))
+            self._sift = sifting.Sifting(sifting.BOB, self.frame_id, local, CLASSES)
+            (detections,) = self._sift.start()
+        except (ValueError, NativeError) as exc:
+            return self._abort(AbortReason.PROTOCOL, f"device frame refused: {exc}")
+        self.state = SIFTING
+        return [self._send((Step.SLOTS, linkmsg.encode_slots(det.slots)), (Step.SIFT, detections))]
+
+    def receive(self, record: bytes) -> list[Action]:
+        """Take one record from the peer; returns the actions (sends, stores, outcome) in order."""
+        if self.state == DONE:
+            return []
+        try:
+            frame_id, parts = envelope.decode(record)
+            if frame_id != self.frame_id:
+                raise LinkMessageError(f"record for frame {frame_id} given to frame {self.frame_id}")
+            steps = tuple(step for step, _ in parts)
+            if steps and steps[-1] == Step.ABORT:
+                return self._peer_abort(parts)
+            if steps not in EXPECTED.get((self.role, self.state), ()):
+                raise LinkMessageError(f"{self.role} in state {self.state} cannot take "
+                                       f"{'+'.join(s.name for s in steps)}")
+            handler = getattr(self, f"_{self.role}_{self.state.lower()}")
+            return handler(*[body for _, body in parts])
+        except _PEER_ERRORS as exc:
+            return self._abort(AbortReason.PROTOCOL, f"peer message refused: {exc}")
+
+    def abort(self, reason: AbortReason, text: str) -> list[Action]:
+        """Local decision to drop the frame (shutdown, timeout): tells the peer, discards pending keys."""
+        if self.state == DONE:
+            return []
+        return self._abort(reason, text)
+
+    # -- Bob ------------------------------------------------------------------------------------
+    def _bob_sifting(self, answer) -> list[Action]:
+        (report,) = self._sift.receive(bytes(answer))
+        self.state = AWAIT_REVEAL
+        return [self._send((Step.SIFT, report))]
+
+    def _bob_await_reveal(self, reveal) -> list[Action]:
+        result = self._sift.result
+        own = [result.key_bits(c, Z) for c in range(CLASSES)]
+        decoy, pulses, eps_sec, eps_cor, revealed = linkmsg.decode_reveal(reveal, [n for _, n in own])
+        self._decoy = decoy
+        self.settings = PipelineSettings(**{**self.settings.__dict__, "eps_sec": eps_sec, "eps_cor": eps_cor})
+        errors = [bitops.popcount(np.bitwise_xor(a[:bitops.words_for_bits(n)], b[:bitops.words_for_bits(n)]))
+                  if n else 0 for (a, n), (b, _) in zip(revealed, own)]
+        self.outcome.pulses_sent = int(pulses)
+        self._estimate(errors)
+        parts: list[tuple[Step, bytes]] = [(Step.ESTIMATE, linkmsg.encode_errors(errors))]
+        if self._refusal is not None:
+            reason, text = self._refusal
+            return self._abort(reason, text, before=parts)
+        self._cascade = CascadeBob(self._key, self._n_key_bits, self.frame_id,
+                                   max(self.outcome.qber_estimate, self.settings.min_qber_estimate),
+                                   schedule=self.settings.cascade_schedule)
+        parts.append((Step.CASCADE, self._cascade.start()))
+        self.state = RECONCILING
+        return [self._send(*parts)]
+
+    def _bob_reconciling(self, parities) -> list[Action]:
+        (reply,) = self._cascade.receive(bytes(parities))
+        if self._cascade.round_trips > self.settings.max_cascade_round_trips:
+            raise LinkMessageError(f"Cascade still asking after {self._cascade.round_trips} round trips "
+                                   "(inconsistent parities)")
+        if not self._cascade.done:
+            return [self._send((Step.CASCADE, reply))]
+        self.outcome.disclosed_bits = self._cascade.disclosed_bits
+        self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
+        nkeys = verification.keys_for(self.settings.eps_cor, self._n_key_bits)
+        self._verify = verification.Verification(verification.ANNOUNCER, self.frame_id, self._key,
+                                                 self._n_key_bits, nkeys)
+        (announce,) = self._verify.start()
+        self.state = AWAIT_SEED
+        return [self._send((Step.CASCADE, reply), (Step.VERIFY, announce))]
+
+    def _bob_await_seed(self, result, seed_announce, keys) -> list[Action]:
+        self._verify.receive(bytes(result))
+        if not self._verify.result.matched:
+            raise LinkMessageError("verification failed but the peer went on")
+        seed, count, key_bits = linkmsg.decode_keys(keys)
+        self._amp = amplification.Amplification(amplification.RECEIVER, self.frame_id, self._key,
+                                                 self._n_key_bits)
+        (ack,) = self._amp.receive(bytes(seed_announce))
+        m_bits = self._amp.output_bits
+        if key_bits % 64 or not 64 <= key_bits <= self.settings.max_key_bits_per_key or count * key_bits != m_bits:
+            raise LinkMessageError(f"KEYS: {count} keys of {key_bits} bits do not split {m_bits} output bits")
+        keys_out = self._split(seed, count, key_bits)
+        self._stored = True
+        self.state = AWAIT_COMMIT
+        return [StorePending(self.frame_id, keys_out, [i % 2 == 1 for i in range(count)]),
+                self._send((Step.AMPLIFY, ack))]
+
+    def _bob_await_commit(self, _commit) -> list[Action]:
+        self.state = DONE
+        return [Commit(self.frame_id), Finished(self.outcome)]
+
+    # -- Alice ----------------------------------------------------------------------------------
+    def _alice_await_detect(self, slots_part, detections) -> list[Action]:
+        records = self.frame.alice
+        slots = linkmsg.decode_slots(slots_part, records.slots.size)
+        if np.array_equal(records.slots, slots):          # the usual case: a record per detected slot
+            positions = np.arange(slots.size)
+        else:
+            positions = np.searchsorted(records.slots, slots)
+            inside = positions < records.slots.size
+            if not bool(np.all(inside)) or not np.array_equal(records.slots[positions[inside]], slots[inside]) \
+                    or not bool(np.all(inside)):
+                raise LinkMessageError("SLOTS names a slot this end has no prepared state for")
+        self.outcome.detections = int(slots.size)
+        compact = sifting.AliceRecords.from_columns(records.bits[positions], records.bases[positions],
+                                                    records.intensities[positions], CLASSES)
+        self._sift = sifting.Sifting(sifting.ALICE, self.frame_id, compact, CLASSES)
+        (answer,) = self._sift.receive(bytes(detections))
+        self.state = AWAIT_REPORT
+        return [self._send((Step.SIFT, answer))]
+
+    def _alice_await_report(self, report) -> list[Action]:
+        self._sift.receive(bytes(report))
+        result = self._sift.result
+        self.outcome.pulses_sent = int(sum(self.frame.pulses_per_intensity))
+        reveal = linkmsg.encode_reveal(self._decoy, self.outcome.pulses_sent, self.settings.eps_sec,
+                                       self.settings.eps_cor, [result.key_bits(c, Z) for c in range(CLASSES)])
+        self.state = AWAIT_ERRORS
+        return [self._send((Step.ESTIMATE, reveal))]
+
+    def _alice_await_errors(self, errors_part, cascade_start) -> list[Action]:
+        result = self._sift.result
+        n_z = [int(result.counts.matched[c, Z]) for c in range(CLASSES)]
+        self._estimate(linkmsg.decode_errors(errors_part, n_z))
+        if self._refusal is not None:
+            return self._abort(*self._refusal)
+        self._cascade = CascadeAlice(self._key, self._n_key_bits, self.frame_id)
+        (parities,) = self._cascade.receive(bytes(cascade_start))
+        self.state = RECONCILING
+        return [self._send((Step.CASCADE, parities))]
+
+    def _alice_reconciling(self, cascade_part, announce=None) -> list[Action]:
+        replies = self._cascade.receive(bytes(cascade_part))
+        if announce is None:
+            if self._cascade.done:
+                raise LinkMessageError("Cascade finished without a verification announcement")
+            return [self._send((Step.CASCADE, replies[0]))]
+        if not self._cascade.done:
+            raise LinkMessageError("verification announced before Cascade finished")
+        self.outcome.disclosed_bits = self._cascade.disclosed_bits
+        self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
+        self._verify = verification.Verification(verification.CHECKER, self.frame_id, self._key, self._n_key_bits)
+        (result_msg,) = self._verify.receive(bytes(announce))
+        checked = self._verify.result
+        if not checked.matched:
+            return self._abort(AbortReason.VERIFICATION, "verification hashes differ: frame discarded",
+                               before=[(Step.VERIFY, result_msg)])
+        leak_bits = self.outcome.disclosed_bits + checked.leaked_bits
+        bound = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
+                                  eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)
+        self.outcome.key_length_bits = bound.key_length_bits
+        key_bits = self.settings.key_bits
+        count = min(bound.key_length_bits, self._n_key_bits) // key_bits
+        if bound.abort or count == 0:
+            text = bound.abort_reason or f"key length {bound.key_length_bits} bits is less than one key"
+            return self._abort(AbortReason.NO_KEY, text, before=[(Step.VERIFY, result_msg)])
+        self._amp = amplification.Amplification(amplification.ANNOUNCER, self.frame_id, self._key, self._n_key_bits)
+        (seed_announce,) = self._amp.start(count * key_bits, amplification.SEED_SHAKE256)
+        self._keys = (randomness.fresh_bytes(linkmsg.KEY_ID_SEED_BYTES), count, key_bits)
+        self.state = AWAIT_ACK
+        return [self._send((Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce),
+                           (Step.KEYS, linkmsg.encode_keys(*self._keys)))]
+
+    def _alice_await_ack(self, ack) -> list[Action]:
+        self._amp.receive(bytes(ack))
+        seed, count, key_bits = self._keys
+        keys_out = self._split(seed, count, key_bits)
+        self._stored = True
+        self.state = DONE
+        return [StorePending(self.frame_id, keys_out, [i % 2 == 0 for i in range(count)]),
+                Commit(self.frame_id), self._send((Step.COMMIT, b"")), Finished(self.outcome)]
+
+    # -- shared ---------------------------------------------------------------------------------
+    def _estimate(self, z_errors: list[int]) -> None:
+        """Decoy counts from the sifting tables and the Z errors; the early abort and gate decisions."""
+        result = self._sift.result
+        matched = result.counts.matched
+        x = tuple(Tally(float(matched[c, X]), 0.0) for c in range(CLASSES))
+        z = tuple(Tally(float(matched[c, Z]), float(z_errors[c])) for c in range(CLASSES))
+        self._counts = DecoyCounts(pulses_sent=float(self.outcome.pulses_sent), x=x, z=z)
+        n_x = int(sum(matched[c, X] for c in range(CLASSES)))
+        n_z = int(sum(matched[c, Z] for c in range(CLASSES)))
+        self.outcome.sifted_key_bits = n_x
+        self.outcome.sifted_bits = n_x + n_z
+        if n_z == 0 or n_x == 0:
+            self._refusal = (AbortReason.ESTIMATION, "no sifted bits in the key or the test basis")
+            return
+        qber = sum(z_errors) / n_z
+        self.outcome.qber_estimate = qber
+        refusal = self._gate(qber)
+        if refusal is not None:
+            self.outcome.gate_refused = True
+            self._refusal = (AbortReason.QBER, refusal)
+            return
+        estimate = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
+                                     eps_cor=self.settings.eps_cor,
+                                     ec_leak_bits=self.settings.f_ec_estimate * n_x * binary_entropy(min(qber, 0.5)))
+        if estimate.abort:
+            self._refusal = (AbortReason.ESTIMATION, estimate.abort_reason or "finite-key bound aborts")
+            return
+        self._key, self._n_key_bits = _concatenate([result.key_bits(c, X) for c in range(CLASSES)])
+
+    def _split(self, seed: bytes, count: int, key_bits: int) -> list[tuple[str, bytes]]:
+        output = self._amp.output
+        words_per_key = key_bits // 64
+        raw = output[:count * words_per_key].astype("<u8").tobytes()
+        step = key_bits // 8
+        ids = linkmsg.derive_key_ids(seed, count)
+        self.outcome.keys = count
+        self.outcome.secret_bits = count * key_bits
+        return [(ids[i], raw[i * step:(i + 1) * step]) for i in range(count)]
+
+    def _send(self, *parts: tuple[Step, bytes]) -> Send:
+        return Send(envelope.encode(self.frame_id, list(parts)))
+
+    def _abort(self, reason: AbortReason, text: str, before: list[tuple[Step, bytes]] | None = None) -> list[Action]:
+        self.state = DONE
+        self.outcome.aborted = text
+        self.outcome.abort_code = int(reason)
+        actions: list[Action] = [self._send(*(before or []), (Step.ABORT, linkmsg.encode_abort(reason, text)))]
+        if self._stored:
+            actions.append(Discard(self.frame_id))
+        actions.append(Finished(self.outcome))
+        return actions
+
+    def _peer_abort(self, parts) -> list[Action]:
+        code, text = linkmsg.decode_abort(parts[-1][1])
+        # The peer may send its last step's message before the ABORT; what it says still counts
+        # towards this end's view of the frame (the QBER of an aborted frame is still observed).
+        if (self.role, self.state) == (ALICE, AWAIT_ERRORS) and parts[0][0] == Step.ESTIMATE:
+            result = self._sift.result
+            self._estimate(linkmsg.decode_errors(parts[0][1], [int(result.counts.matched[c, Z])
+                                                               for c in range(CLASSES)]))
+        if (self.role, self.state) == (BOB, AWAIT_SEED) and parts[0][0] == Step.VERIFY:
+            self._verify.receive(bytes(parts[0][1]))
+        self.state = DONE
+        self.outcome.aborted = f"peer aborted: {text}"
+        self.outcome.abort_code = code
+        self.outcome.aborted_by_peer = True
+        actions: list[Action] = [Discard(self.frame_id)] if self._stored else []
+        actions.append(Finished(self.outcome))
+        return actions
+
+
+def _concatenate(groups: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
+    """Bit-packed concatenation of several bit-packed strings."""
+    total = sum(n for _, n in groups)
+    if total == 0:
+        return np.zeros(0, dtype=np.uint64), 0
+    unpacked = np.concatenate([bitops.unpack(np.ascontiguousarray(w), n) for w, n in groups if n])
+    return bitops.pack(unpacked), total

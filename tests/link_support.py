@@ -1,0 +1,53 @@
+"""Helpers for link tests: simulated frames with decoy settings that leave key at small block sizes,
+and a driver that runs both pipeline ends against each other in memory."""
+from __future__ import annotations
+
+from qkdd.hal.sim import Attack, SimParams, Simulator
+from qkdd.hal.sim.frames import decoy_settings, raw_frames
+from qkdd.link.pipeline import ALICE, BOB, Commit, Discard, Finished, FramePipeline, Send, StorePending
+
+# Lim et al. settings optimised (qkdd.protocols.bb84_design.optimize_settings) for n_X = 1e5 at 10-25 km.
+TEST_SOURCE = dict(mu_signal=0.40, mu_decoy=0.13, mu_vacuum=0.0, p_signal=0.08, p_decoy=0.56, q_x=0.63)
+TEST_DETECTIONS = 250_000
+
+
+def simulator(distance_km: float = 25.0, seed: int = 1, attack: Attack | None = None) -> Simulator:
+    return Simulator(SimParams(distance_km=distance_km, **TEST_SOURCE), seed=seed, attack=attack)
+
+
+def frame_pair(sim: Simulator, frame_id: int, detections: int = TEST_DETECTIONS):
+    frame = sim.run(10 ** 13, detections)
+    alice, bob = raw_frames(frame, frame_id)
+    return alice, bob, decoy_settings(sim.params)
+
+
+class Ends:
+    """Both ends of one frame wired back to back; records every action and every record's bytes."""
+
+    def __init__(self, alice_frame, bob_frame, decoy, settings=None, alice_gate=None, bob_gate=None):
+        kwargs = {} if settings is None else {"settings": settings}
+        self.alice = FramePipeline(ALICE, alice_frame, gate=alice_gate, decoy=decoy, **kwargs)
+        self.bob = FramePipeline(BOB, bob_frame, gate=bob_gate, **kwargs)
+        self.actions = {ALICE: [], BOB: []}
+        self.records = []     # (sender role, bytes)
+
+    def run(self, tamper=None):
+        """Drive to completion; `tamper(role, record) -> record` may alter records in flight."""
+        queue = [(BOB, a) for a in self.bob.start()]
+        while queue:
+            role, action = queue.pop(0)
+            self.actions[role].append(action)
+            if isinstance(action, Send):
+                record = action.record if tamper is None else tamper(role, action.record)
+                self.records.append((role, record))
+                peer_role = ALICE if role == BOB else BOB
+                peer = self.alice if role == BOB else self.bob
+                queue.extend((peer_role, a) for a in peer.receive(record))
+        return self
+
+    def of(self, role, kind):
+        return [a for a in self.actions[role] if isinstance(a, kind)]
+
+    def outcome(self, role):
+        (finished,) = self.of(role, Finished)
+        return finished.outcome

@@ -1,0 +1,140 @@
+"""Both ends of the link pipeline against each other in memory, on real simulator frames."""
+import numpy as np
+import pytest
+
+from qkdd.hal.sim import Attack
+from qkdd.link import envelope, linkmsg
+from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, PipelineSettings, Send, StorePending,
+                                threshold_gate)
+from tests.link_support import Ends, frame_pair, simulator
+
+
+def test_both_ends_store_identical_keys_under_identical_ids():
+    sim = simulator(25.0, seed=7)
+    alice, bob, decoy = frame_pair(sim, 1000)
+    ends = Ends(alice, bob, decoy).run()
+    (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+    assert a_store.keys == b_store.keys
+    assert len(a_store.keys) > 10 and all(len(m) == 32 for _, m in a_store.keys)
+    assert len({k for k, _ in a_store.keys}) == len(a_store.keys)
+    # disjoint allocation partitions: each key may be handed out on its own by exactly one end
+    assert all(x != y for x, y in zip(a_store.allocatable, b_store.allocatable))
+    assert ends.of(ALICE, Commit) and ends.of(BOB, Commit)
+    a, b = ends.outcome(ALICE), ends.outcome(BOB)
+    assert a.aborted is None and b.aborted is None
+    assert a.secret_bits == b.secret_bits == 256 * len(a_store.keys)
+    assert a.qber == b.qber and 0.01 < a.qber < 0.06
+    assert a.qber_estimate == b.qber_estimate
+    assert a.disclosed_bits == b.disclosed_bits > 0
+    # the finite-key bound is what limits the output, and it is well below the sifted length
+    assert a.secret_bits <= a.key_length_bits < a.sifted_key_bits
+
+
+def test_bob_stores_before_he_acknowledges_and_alice_commits_only_after():
+    sim = simulator(25.0, seed=8)
+    ends = Ends(*frame_pair(sim, 5)).run()
+    bob_kinds = [type(a).__name__ for a in ends.actions[BOB]]
+    # Bob: StorePending comes right before the Send carrying the amplification ACK
+    i = bob_kinds.index("StorePending")
+    assert bob_kinds[i + 1] == "Send"
+    _, parts = envelope.decode(ends.actions[BOB][i + 1].record)
+    assert [s for s, _ in parts] == [envelope.Step.AMPLIFY]
+    alice_kinds = [type(a).__name__ for a in ends.actions[ALICE]]
+    assert alice_kinds[-4:] == ["StorePending", "Commit", "Send", "Finished"]
+
+
+def test_records_are_deterministic_bytes_on_the_wire():
+    """What one end sends is exactly what the other parses: replaying Bob's recorded bytes into a fresh
+    Alice reproduces Alice's first answer byte for byte."""
+    sim = simulator(25.0, seed=9)
+    alice_frame, bob_frame, decoy = frame_pair(sim, 77)
+    ends = Ends(alice_frame, bob_frame, decoy).run()
+    from qkdd.link.pipeline import FramePipeline
+    fresh = FramePipeline(ALICE, alice_frame, decoy=decoy)
+    first_bob = ends.records[0][1]
+    (answer,) = fresh.receive(first_bob)
+    assert answer.record == ends.records[1][1]
+
+
+def test_intercept_resend_frame_is_refused_by_the_gate_and_stores_nothing():
+    sim = simulator(25.0, seed=3, attack=Attack("intercept-resend", 1.0))
+    ends = Ends(*frame_pair(sim, 9), alice_gate=threshold_gate(0.08), bob_gate=threshold_gate(0.08)).run()
+    assert not ends.of(ALICE, StorePending) and not ends.of(BOB, StorePending)
+    a, b = ends.outcome(ALICE), ends.outcome(BOB)
+    assert a.qber_estimate == b.qber_estimate and 0.2 < a.qber_estimate < 0.3
+    assert b.gate_refused and a.gate_refused
+    assert a.aborted_by_peer and a.abort_code == linkmsg.AbortReason.QBER
+
+
+def test_alice_alone_can_veto_a_frame():
+    sim = simulator(25.0, seed=4)
+    ends = Ends(*frame_pair(sim, 11), alice_gate=lambda q: "operator says no").run()
+    assert not ends.of(BOB, StorePending)
+    assert ends.outcome(BOB).aborted_by_peer and ends.outcome(BOB).abort_code == linkmsg.AbortReason.QBER
+
+
+def test_a_verification_tag_that_differs_discards_the_frame_at_both_ends():
+    """Bob's hash announcement altered in flight: Alice's check fails, neither end stores a key."""
+    sim = simulator(25.0, seed=5)
+    seen = []
+
+    def tamper(role, record):
+        frame_id, parts = envelope.decode(record)
+        steps = [s for s, _ in parts]
+        if role == BOB and envelope.Step.VERIFY in steps:
+            seen.append(frame_id)
+            body = bytearray(parts[-1][1])
+            body[-1] ^= 0x01                      # last byte of the tag
+            return envelope.encode(frame_id, parts[:-1] + [(envelope.Step.VERIFY, bytes(body))])
+        return record
+
+    ends = Ends(*frame_pair(sim, 12)).run(tamper)
+    assert seen == [12]
+    assert not ends.of(ALICE, StorePending) and not ends.of(BOB, StorePending)
+    assert ends.outcome(ALICE).abort_code == linkmsg.AbortReason.VERIFICATION
+    assert ends.outcome(BOB).aborted_by_peer
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda r: r[:-1],                       # truncated
+    lambda r: b"XXXX" + r[4:],              # bad magic
+    lambda r: r + b"\x00",                  # trailing byte
+    lambda r: r[:8] + (99).to_bytes(8, "little") + r[16:],   # another frame
+])
+def test_malformed_records_abort_the_frame_with_a_reason(mangle):
+    sim = simulator(25.0, seed=6)
+    alice_frame, bob_frame, decoy = frame_pair(sim, 13)
+    from qkdd.link.pipeline import FramePipeline
+    bob = FramePipeline(BOB, bob_frame)
+    alice = FramePipeline(ALICE, alice_frame, decoy=decoy)
+    (first,) = bob.start()
+    actions = alice.receive(mangle(first.record))
+    assert isinstance(actions[0], Send) and isinstance(actions[-1], Finished)
+    _, parts = envelope.decode(actions[0].record)
+    assert parts[-1][0] == envelope.Step.ABORT
+    code, text = linkmsg.decode_abort(parts[-1][1])
+    assert code == linkmsg.AbortReason.PROTOCOL and "refused" in text
+    assert actions[-1].outcome.aborted
+    # Bob takes the ABORT and ends the frame too
+    (finished,) = bob.receive(actions[0].record)
+    assert finished.outcome.aborted_by_peer
+
+
+def test_slots_alice_has_no_record_of_are_refused():
+    sim = simulator(25.0, seed=10)
+    alice_frame, bob_frame, decoy = frame_pair(sim, 14)
+    from dataclasses import replace
+    from qkdd.link.pipeline import FramePipeline
+    shifted = replace(bob_frame, bob=replace(bob_frame.bob, slots=bob_frame.bob.slots + np.uint64(1)))
+    bob = FramePipeline(BOB, shifted)
+    alice = FramePipeline(ALICE, alice_frame, decoy=decoy)
+    (first,) = bob.start()
+    actions = alice.receive(first.record)
+    assert "no prepared state" in actions[-1].outcome.aborted
+
+
+def test_key_ids_derive_identically_and_never_collide():
+    ids = linkmsg.derive_key_ids(bytes(32), 1000)
+    assert ids == linkmsg.derive_key_ids(bytes(32), 1000)
+    assert len(set(ids)) == 1000 and all(i[14] == "4" for i in ids)
+    assert set(ids).isdisjoint(linkmsg.derive_key_ids(b"\x01" * 32, 1000))
