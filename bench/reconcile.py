@@ -1,6 +1,7 @@
 """Reconciliation benchmark: both ends in one process and one thread, messages serialized as bytes.
 
     python -m bench.reconcile --algo efficient --n 1000000 --qber 0.02 --frames 20 --noise exact
+    python -m bench.reconcile --algo efficient --biconf 0 --biconf 4    # side by side, with BICONF
 
 Prints {"algo","n","qber","frames","frame_errors","efficiency","round_trips","mbit_per_s"} per
 configuration. efficiency = disclosed bits / (n h(Q)) (ratio to the Shannon limit, as in
@@ -45,9 +46,10 @@ def noisy_pair(rng: np.random.Generator, n: int, qber: float, noise: str) -> tup
     return alice, bob
 
 
-def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=None):
+def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=None, biconf_rounds=0):
     """Run one frame through both ends; return (bob, alice) after DONE."""
-    bob = CascadeBob(bob_key, n, frame_id, qber, schedule=algo, seed=seed, lookahead=lookahead)
+    bob = CascadeBob(bob_key, n, frame_id, qber, schedule=algo, seed=seed, lookahead=lookahead,
+                     biconf_rounds=biconf_rounds)
     alice = CascadeAlice(alice_key, n, frame_id)
     to_alice = [bob.start()]
     while to_alice:
@@ -58,7 +60,8 @@ def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=
     return bob, alice
 
 
-def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, lookahead=None) -> dict:
+def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, lookahead=None,
+        biconf_rounds: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     frame_errors = 0
     disclosed = 0
@@ -69,13 +72,14 @@ def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, look
         alice_key, bob_key = noisy_pair(rng, n, qber, noise)
         shuffle_seed = os.urandom(32)
         t0, c0 = time.perf_counter(), time.thread_time()
-        bob, alice = reconcile(alice_key, bob_key, n, qber, algo, frame, shuffle_seed, lookahead)
+        bob, alice = reconcile(alice_key, bob_key, n, qber, algo, frame, shuffle_seed, lookahead, biconf_rounds)
         elapsed_s += time.perf_counter() - t0
         cpu_s += time.thread_time() - c0
         frame_errors += int(not np.array_equal(alice_key, bob_key))
         disclosed += bob.disclosed_bits
         round_trips += bob.round_trips
     name = algo if lookahead is None else f"{algo}+lookahead{lookahead[0]}:{lookahead[1]}"
+    name += f"+biconf{biconf_rounds}" if biconf_rounds else ""
     return {"algo": name, "n": n, "qber": qber, "frames": frames, "frame_errors": frame_errors,
             "efficiency": round(disclosed / (frames * n * binary_entropy(qber)), 4),
             "round_trips": round(round_trips / frames, 1),
@@ -94,12 +98,16 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulated keys and noise")
     parser.add_argument("--lookahead", metavar="FEW:LEVELS",
                         help="ask LEVELS tree levels per round once at most FEW searches are open")
+    parser.add_argument("--biconf", type=int, action="append", metavar="ROUNDS",
+                        help="BICONF rounds after the schedule's passes (repeatable; default: 0)")
     args = parser.parse_args(argv)
     lookahead = tuple(int(v) for v in args.lookahead.split(":")) if args.lookahead else None
     for algo in args.algo or sorted(SCHEDULES):
         for n in args.n or [1_000_000]:
             for qber in args.qber or [0.02]:
-                print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed, lookahead)), flush=True)
+                for rounds in args.biconf or [0]:
+                    print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed, lookahead, rounds)),
+                          flush=True)
 
 
 if __name__ == "__main__":

@@ -309,6 +309,29 @@ static void test_bad_input(void)
     qkd_cascade_free(NULL);
 }
 
+/* BICONF rounds (HALVES passes after the configured ones) find errors the configured passes cannot
+ * see: two errors in one block of a single contiguous pass leave its parity even. Each round splits
+ * them with probability 1/2; then both halves are odd and searched, and the corrections cascade
+ * back into pass 0. */
+static void test_biconf_fixes_residual_errors(void)
+{
+    enum { ROUNDS = 24 };
+    uint32_t kind[1 + ROUNDS] = {QKD_CASCADE_PASS_CONTIGUOUS}, block[1 + ROUNDS] = {4096};
+    for (int i = 1; i <= ROUNDS; i++)
+        kind[i] = QKD_CASCADE_PASS_HALVES;
+    qkd_cascade_stats as, bs, as0, bs0;
+    struct frame f = make_frame(4096, 0.0, 60);
+    qkd_bit_flip(f.bob_key, 100);
+    qkd_bit_flip(f.bob_key, 3000);
+    CHECK(!reconcile(&f, kind, block, 1, &as0, &bs0)); /* without BICONF: both errors stay */
+    CHECK_EQ(bs0.corrected_bits, 0u);
+    CHECK(reconcile(&f, kind, block, 1 + ROUNDS, &as, &bs));
+    CHECK_EQ(bs.corrected_bits, 2u);
+    CHECK_EQ(as.disclosed_bits, bs.disclosed_bits);
+    CHECK(bs.disclosed_bits >= bs0.disclosed_bits + 2 * ROUNDS); /* subset and complement per round */
+    free_frame(&f);
+}
+
 int main(void)
 {
     test_prng();
@@ -317,5 +340,6 @@ int main(void)
     test_lookahead();
     test_lying_alice();
     test_bad_input();
+    test_biconf_fixes_residual_errors();
     return check_report("test_cascade");
 }

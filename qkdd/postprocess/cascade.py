@@ -11,7 +11,9 @@ parallel, every open search contributing one question to a single QUESTIONS mess
 error found is flipped and re-opens the blocks containing it in earlier passes (the cascade effect),
 whose searches join the same rounds. Every parity Alice reveals is kept, so later searches start
 from the smallest revealed sub-block that is known to hold an odd number of errors. When no question
-is left in the last pass Bob sends DONE with his counts, which Alice checks against hers. Alice
+is left in the last pass Bob sends DONE with his counts, which Alice checks against hers. Optional
+BICONF rounds (`biconf_rounds`, off by default) are extra HALVES passes after the schedule's own,
+announced in the same START and searched like any pass (see cascade_schedules.py). Alice
 answers any well-formed question but refuses to disclose more than a cap per frame. The heavy work
 is in C (qkd_cascade.h); this module only frames, checks and sequences messages.
 
@@ -178,15 +180,18 @@ class CascadeBob(_End):
 
     def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, qber_estimate: float,
                  schedule: str = "efficient", seed: bytes | None = None,
-                 lookahead: tuple[int, int] | None = None):
+                 lookahead: tuple[int, int] | None = None, biconf_rounds: int = 0):
         """`lookahead` = (few, levels): once at most `few` binary searches remain open, each asks for
         `levels` levels of its halving tree per round, trading some disclosed parities for fewer
-        round trips in the tail of the cascade. None: one level, fewest disclosed bits."""
+        round trips in the tail of the cascade. None: one level, fewest disclosed bits.
+        `biconf_rounds`: BICONF rounds after the schedule's passes (cascade_schedules.py); 0, the
+        default, turns BICONF off."""
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
             raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
         super().__init__(frame_id, n_bits)
-        self.passes = make_schedule(schedule, qber_estimate, n_bits)
+        self.passes = make_schedule(schedule, qber_estimate, n_bits, biconf_rounds)
+        self.biconf_rounds = biconf_rounds
         self.seed = os.urandom(SEED_BYTES) if seed is None else bytes(seed)
         self._kernel = CascadeKernel(BOB, key, n_bits, self.seed, self.passes)
         if lookahead is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from qkdd.bindings.cascade import PASS_CONTIGUOUS, PASS_HALVES, PASS_SHUFFLED
+from qkdd.bindings.cascade import MAX_PASSES, PASS_CONTIGUOUS, PASS_HALVES, PASS_SHUFFLED
 
 # Below this the block-size formulas blow up; a frame with almost no errors still gets sane blocks.
 MIN_QBER = 1e-4
@@ -62,10 +62,21 @@ def efficient(qber: float, n_bits: int, passes: int = 14) -> list[tuple[int, int
 SCHEDULES = {"original": original, "yan": yan, "efficient": efficient}
 
 
-def schedule(name: str, qber: float, n_bits: int) -> list[tuple[int, int]]:
-    """The passes of schedule `name` for a frame of n_bits with estimated error rate qber."""
+def with_biconf(passes: list[tuple[int, int]], biconf_rounds: int) -> list[tuple[int, int]]:
+    """`passes` followed by `biconf_rounds` BICONF rounds (random half and its complement each)."""
+    if not isinstance(biconf_rounds, int) or isinstance(biconf_rounds, bool) or biconf_rounds < 0:
+        raise ValueError(f"biconf_rounds must be a non-negative integer, not {biconf_rounds!r}")
+    if len(passes) + biconf_rounds > MAX_PASSES:
+        raise ValueError(f"{len(passes)} passes + {biconf_rounds} BICONF rounds exceed the "
+                         f"{MAX_PASSES} passes a frame may have")
+    return passes + [(PASS_HALVES, 0)] * biconf_rounds
+
+
+def schedule(name: str, qber: float, n_bits: int, biconf_rounds: int = 0) -> list[tuple[int, int]]:
+    """The passes of schedule `name` for a frame of n_bits with estimated error rate qber, then
+    `biconf_rounds` BICONF rounds (none by default)."""
     try:
         make = SCHEDULES[name]
     except KeyError:
         raise ValueError(f"unknown Cascade schedule {name!r}; known: {', '.join(SCHEDULES)}") from None
-    return make(qber, n_bits)
+    return with_biconf(make(qber, n_bits), biconf_rounds)
