@@ -9,12 +9,10 @@ tombstone row, so no key id is ever handed out twice.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -31,6 +29,7 @@ from qkdd.keystore.model import (
     StoredKey,
     canonical_key_id,
 )
+from qkdd.sqlite_batch import SavepointTransactions
 
 SCHEMA_VERSION = 1
 _NONCE_BYTES = 12
@@ -60,7 +59,7 @@ CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable
 """
 
 
-class KeyStore:
+class KeyStore(SavepointTransactions):
     """The keys of every link of this daemon, in one SQLite file."""
 
     def __init__(self, path: str, kek: bytes, *, clock=time.time):
@@ -69,8 +68,7 @@ class KeyStore:
         self.path = path
         self._aead = AESGCM(kek)
         self._clock = clock
-        self._lock = threading.RLock()
-        self._depth = 0                     # > 0 inside batch(): methods run in savepoints of one transaction
+        self._init_transactions()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -314,40 +312,6 @@ class KeyStore:
 
     # -- internals -------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Group commit: the methods called from this thread inside the block share one transaction (one
-        fsync). Each method stays atomic on its own (a savepoint): one that raises leaves no trace and
-        the others still commit at the end of the block."""
-        with self._tx():
-            yield
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                self._db.execute("SAVEPOINT method")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK TO method")
-                    self._db.execute("RELEASE method")
-                    raise
-                finally:
-                    self._depth -= 1
-                self._db.execute("RELEASE method")
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth = 0
-            self._db.execute("COMMIT")
 
     def _check_meta(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()

@@ -8,16 +8,15 @@ crash (kill -9) and restart.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qkdd.kme.reservation import Reservation, ReservedKey, Segment
+from qkdd.sqlite_batch import SavepointTransactions
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reserved_keys (
@@ -65,12 +64,11 @@ class LedgerEntry:
     recipients: dict[str, float | None]      # sae_id -> delivered_at
 
 
-class Ledger:
+class Ledger(SavepointTransactions):
     def __init__(self, path: str, *, clock=time.time) -> None:
         self.path = path
         self._clock = clock
-        self._lock = threading.RLock()
-        self._depth = 0
+        self._init_transactions()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -153,38 +151,6 @@ class Ledger:
             db.executemany("UPDATE stored_keys SET erased_at = ? WHERE stored_key_id = ?",
                            [(now, stored_key_id) for stored_key_id in stored_key_ids])
 
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Group commit, as KeyStore.batch(): methods inside share one transaction, each in a savepoint."""
-        with self._tx():
-            yield
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                self._db.execute("SAVEPOINT method")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK TO method")
-                    self._db.execute("RELEASE method")
-                    raise
-                finally:
-                    self._depth -= 1
-                self._db.execute("RELEASE method")
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth = 0
-            self._db.execute("COMMIT")
 
 
 class AlreadyDelivered(LedgerError):
