@@ -12,6 +12,24 @@ import threading
 from collections.abc import Iterator
 
 
+def connect(path: str, *, secure_delete: bool = False) -> sqlite3.Connection:
+    """A connection for SavepointTransactions: autocommit mode, WAL, synchronous=FULL, foreign keys."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    if secure_delete:
+        db.execute("PRAGMA secure_delete=ON")     # freed pages are zeroed
+    db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+def create_schema(db: sqlite3.Connection, schema: str) -> None:
+    """Run each statement of `schema` (executescript() would commit an open transaction)."""
+    for statement in schema.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 class SavepointTransactions:
     """Mixin: subclasses set `self._db` (isolation_level=None) and call `_init_transactions()`."""
 
@@ -20,6 +38,10 @@ class SavepointTransactions:
     def _init_transactions(self) -> None:
         self._lock = threading.RLock()
         self._depth = 0                     # > 0 inside batch(): methods run in savepoints of one transaction
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:

@@ -29,7 +29,7 @@ from qkdd.keystore.model import (
     StoredKey,
     canonical_key_id,
 )
-from qkdd.sqlite_batch import SavepointTransactions
+from qkdd.sqlite_batch import SavepointTransactions, connect, create_schema
 
 SCHEMA_VERSION = 1
 _NONCE_BYTES = 12
@@ -70,23 +70,13 @@ class KeyStore(SavepointTransactions):
         self._clock = clock
         self._init_transactions()
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db = connect(path, secure_delete=True)
             with self._tx() as db:
-                for statement in _SCHEMA.split(";"):  # executescript() would commit the transaction
-                    if statement.strip():
-                        db.execute(statement)
+                create_schema(db, _SCHEMA)
                 self._check_meta(db)
         except sqlite3.DatabaseError as exc:
             raise KeyStoreError(f"key store {path}: {exc}") from None
         os.chmod(path, 0o600)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     # -- writing a frame's keys ------------------------------------------------------------------
 

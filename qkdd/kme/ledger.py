@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from qkdd.kme.reservation import Reservation, ReservedKey, Segment
-from qkdd.sqlite_batch import SavepointTransactions
+from qkdd.sqlite_batch import SavepointTransactions, connect, create_schema
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reserved_keys (
@@ -70,21 +70,12 @@ class Ledger(SavepointTransactions):
         self._clock = clock
         self._init_transactions()
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db = connect(path)
             with self._tx() as db:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                create_schema(db, _SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"ETSI 014 ledger {path}: {exc}") from None
         os.chmod(path, 0o600)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     def record(self, link_id: str, reservation: Reservation) -> bool:
         """Record a reservation (all keys, all recipients); False if it was recorded before (a resend).
