@@ -4,13 +4,12 @@
 Key store and classical channel: the daemon's own (`app.keystore`, and the link engine in `app.links`
 with `register_channel(channel, handler)`, whose one peer session carries the WireGuard records); for a
 link no engine runs (a driver without one), this module runs the link's classical channel itself
-(qkdd.link_channel), and opens the key store (same file and KEK rules as the link engine) when the daemon
+(qkdd.link_channel), and opens the key store (qkdd.link.service.open_keystore) when the daemon
 has none. Start-up problems are logged; the daemon stays up.
 """
 from __future__ import annotations
 
 import logging
-import os
 import signal
 
 import trio
@@ -19,26 +18,12 @@ from qkdd.app import App
 from qkdd.config import Config
 from qkdd.consumers.wg_tool import WgTool
 from qkdd.consumers.wireguard import TunnelRotation, WireGuardChannel
-from qkdd.keystore import KeyStore, KeyStoreError, create_kek, kek_from_credentials, load_kek
+from qkdd.keystore import KeyStoreError
+from qkdd.link.service import open_keystore
 from qkdd.link_channel import WIREGUARD_CHANNEL, LinkChannel
 from qkdd.peer import IdentityError
 
 log = logging.getLogger("qkdd.wireguard")
-
-KEY_STORE_FILE = "keys.sqlite3"     # the link engine's file name (qkdd.link.service)
-KEK_FILE = "kek"
-
-
-def open_key_store(config: Config) -> KeyStore:
-    """The key store in the state directory under the KEK from the systemd credential "kek", else
-    <state_dir>/kek (created 0600 on first start)."""
-    state_dir = config.daemon.state_dir
-    kek = kek_from_credentials()
-    if kek is None:
-        path = os.path.join(state_dir, KEK_FILE)
-        kek = load_kek(path) if os.path.exists(path) else create_kek(path)
-    return KeyStore(os.path.join(state_dir, KEY_STORE_FILE), kek)
-
 
 async def run_wireguard(app: App) -> None:
     """Run every `[[wireguard]]` tunnel until cancelled."""
@@ -49,7 +34,7 @@ async def run_wireguard(app: App) -> None:
     own_store = store is None
     if own_store:
         try:
-            store = open_key_store(config)
+            store = open_keystore(config.daemon.state_dir)
         except KeyStoreError as exc:
             log.error("wireguard: cannot open the key store: %s", exc)
             return

@@ -24,6 +24,8 @@ KEK_FILE = "kek"
 
 
 def open_keystore(state_dir: str) -> KeyStore:
+    """The key store in the state directory under the KEK from the systemd credential "kek", else
+    <state_dir>/kek (created 0600 on first start)."""
     kek = kek_from_credentials()
     if kek is None:
         path = os.path.join(state_dir, KEK_FILE)
