@@ -44,7 +44,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distance-km", type=float, action="append")
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--frame-detections", type=int, default=1 << 20)
+    parser.add_argument("--frame-detections", type=int, default=1 << 21)  # 2 M: measured 1.15e6 vs 7.9e5 bit/s at 1 M (10 km)
     parser.add_argument("--frames-in-flight", type=int, default=4)
     args = parser.parse_args()
     for distance in args.distance_km or [10.0]:

@@ -51,7 +51,7 @@ class End:
 class LinkPair:
     workdir: Path
     distance_km: float = 25.0
-    frame_detections: int = 1 << 20     # a frame ends at this many detections at Bob
+    frame_detections: int = 1 << 21     # a frame ends at this many detections at Bob
     frames_in_flight: int = 4
     realtime: bool = False              # pace the simulated source at its clock (false: flat out)
     admin_tls: bool = False             # API over mTLS with an "admin" client certificate (sim control)
