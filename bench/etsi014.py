@@ -24,6 +24,8 @@ from pathlib import Path
 
 import trio
 
+from bench.http_server import percentile_ms
+
 CEILING_SERVER = """
 import sys, trio
 from qkdd.http import HTTPLimits, HTTPServer, Response, Router, TLSSettings
@@ -48,11 +50,6 @@ async def main():
 
 trio.run(main)
 """
-
-
-def percentile_ms(samples_s: list[float], fraction: float) -> float:
-    ordered = sorted(samples_s)
-    return round(1000.0 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
 
 async def _read_response(stream: trio.SSLStream, buffer: bytearray) -> tuple[int, bool]:

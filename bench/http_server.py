@@ -46,7 +46,7 @@ trio.run(main)
 """
 
 
-def _percentile_ms(samples_s: list[float], fraction: float) -> float:
+def percentile_ms(samples_s: list[float], fraction: float) -> float:
     ordered = sorted(samples_s)
     return round(1000.0 * ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
 
@@ -103,7 +103,7 @@ def run_configuration(pki, use_tls: bool, idle_count: int, requests: int, client
             connect_s.append(time.perf_counter() - begin)
         return {"bench": "http_server", "tls": use_tls, "idle_connections": idle_count, "clients": clients,
                 "requests": len(latencies_s), "requests_per_s": round(len(latencies_s) / elapsed_s, 1),
-                "p50_ms": _percentile_ms(latencies_s, 0.5), "p99_ms": _percentile_ms(latencies_s, 0.99),
+                "p50_ms": percentile_ms(latencies_s, 0.5), "p99_ms": percentile_ms(latencies_s, 0.99),
                 "new_connection_p50_ms": round(1000.0 * statistics.median(connect_s), 3)}
     finally:
         for sock in idle:
