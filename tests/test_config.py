@@ -61,6 +61,9 @@ BAD_CONFIGS = [
      "credential kms-client-secret)"),
     ("same port twice", '[api]\nlisten = "0.0.0.0:9000"\n[health]\nlisten = "127.0.0.1:9000"\n', {},
      "config error: health.listen: 127.0.0.1:9000 overlaps api.listen 0.0.0.0:9000"),
+    ("simulator seed without the testing opt-in", LINK + "[links.sim]\nseed = 7\n", {},
+     "config error: links[0].sim.seed: makes the simulated source reproducible, so anyone who knows the seed "
+     "knows the keys; only for tests: set allow_insecure_seed = true in the same table"),
     ("unreadable TLS file", '[api.tls]\ncert_file = "/nonexistent/kme.pem"\nkey_file = "/nonexistent/kme.key"\n',
      {}, "config error: api.tls.cert_file: cannot read /nonexistent/kme.pem: No such file or directory"),
 ]
@@ -88,6 +91,17 @@ def test_run_with_bad_config_exits_2_before_binding(tmp_path):
     result = run_qkdd("run", "--config", str(path))
     assert result.returncode == 2
     assert result.stderr == "config error: links[0].qber_threshold: must be in (0, 0.11], got 0.2\n"
+
+
+def test_run_refuses_a_simulator_seed_and_check_config_takes_it_with_the_opt_in(tmp_path):
+    path = tmp_path / "qkdd.toml"
+    path.write_text(LINK + "[links.sim]\nseed = 7\n")
+    result = run_qkdd("run", "--config", str(path))
+    assert result.returncode == 2 and result.stderr.startswith("config error: links[0].sim.seed: "), result
+    path.write_text(LINK + "[links.sim]\nseed = 7\nallow_insecure_seed = true\n")
+    result = run_qkdd("check-config", "--config", str(path), env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert "allow_insecure_seed = true" in result.stdout
 
 
 def test_example_config_checks_and_secrets_are_redacted(tmp_path):

@@ -348,6 +348,7 @@ def test_device_for_builds_both_ends_from_the_link_config(tmp_path):
     path = tmp_path / "qkdd.toml"
     path.write_text('[[links]]\nlink_id = "a"\nrole = "alice"\ndriver = "sim"\ndevice_addr = "127.0.0.1:0"\n'
                     '[links.sim]\ndistance_km = 10\nframe_slots = 100000\nrealtime = false\nseed = 3\n'
+                    'allow_insecure_seed = true\n'
                     'attack = "intercept-resend:0.5"\nmisalignment_drift = 0.02\n'
                     '[[links]]\nlink_id = "b"\nrole = "bob"\ndriver = "sim"\ndevice_addr = "127.0.0.1:7081"\n'
                     '[links.sim]\nmonitor = true\n')
@@ -361,6 +362,8 @@ def test_device_for_builds_both_ends_from_the_link_config(tmp_path):
 
 @pytest.mark.parametrize("toml, key", [
     ('[links.sim]\nattack = "eavesdrop"\n', "links[0].sim.attack"),
+    ('[links.sim]\nseed = 3\n', "links[0].sim.seed"),              # predictable keys unless allowed
+    ('[links.sim]\nseed = 3\nallow_insecure_seed = false\n', "links[0].sim.seed"),
     ('[links.sim]\nmu_signal = 0.1\nmu_decoy = 0.2\n', "links[0].sim.mu_signal"),
     ('[links.sim]\nframe_slots = 0\n', "links[0].sim.frame_slots"),
     ('[links.sim]\ndistnce_km = 3\n', "links[0].sim.distnce_km"),

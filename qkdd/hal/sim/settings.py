@@ -4,6 +4,8 @@ Names follow SimParams (qkdd.hal.sim.params). Both ends read the same section: A
 source and fiber with the physics fields, frame size, pacing, attack, drifts and seed; Bob's device uses
 `protocol` (from the link), `max_detections_per_frame` and its photocurrent monitor (`monitor`,
 `monitor_threshold_w`).
+A `seed` makes every frame, hence every key, reproducible by whoever knows it: it is refused unless the
+same table also sets `allow_insecure_seed = true` (tests and benchmarks).
 
 Defaults are a modern system, not the GYS link of SimParams: with GYS (eta_Bob 4.5 %, e_det 3.3 %)
 Lim's finite-key bound leaves no key even for 10^9-pulse blocks. The detector and fiber numbers are
@@ -67,7 +69,8 @@ class SimConfig:
     blinding_power_w: float = field(default=1e-3, metadata=meta(check=positive))
     extra_loss_db: float = field(default=0.0, metadata=meta(check=in_range(0, 100)))
     misalignment_drift: float = field(default=0.0, metadata=meta(check=in_range(0, 0.5)))
-    seed: int | None = None
+    seed: int | None = None                 # reproducible frames: predictable keys, so refused unless
+    allow_insecure_seed: bool = False       # this is true (tests and benchmarks only)
     monitor: bool = False                   # Bob's photocurrent monitor
     monitor_threshold_w: float = field(default=DEFAULT_MONITOR_THRESHOLD_W, metadata=meta(check=positive))
     temperature_c: float = field(default=22.0, metadata=meta(check=in_range(-60, 80)))
@@ -81,6 +84,9 @@ class SimConfig:
             raise ConfigError(f"{key}.{known}" if known else key, str(exc)) from None
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"{key}.seed", f"must be >= 0, got {self.seed}")
+        if self.seed is not None and not self.allow_insecure_seed:
+            raise ConfigError(f"{key}.seed", "makes the simulated source reproducible, so anyone who knows the "
+                              "seed knows the keys; only for tests: set allow_insecure_seed = true in the same table")
 
     def params(self, protocol: str) -> SimParams:
         """The simulator parameters of this section for `protocol` (bb84 or e91)."""
