@@ -157,6 +157,30 @@ def test_garbage_and_plain_http_to_tls_port_close_with_one_log_line(http_server,
     assert all(record.levelno < logging.ERROR for record in caplog.records)
 
 
+def test_a_flood_of_failed_tls_handshakes_is_rate_limited_in_the_log(http_server, dev_pki, caplog):
+    from qkdd.log_limit import DEFAULT_BURST, DEFAULT_PER_S
+
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"))
+    flood = 60
+    with caplog.at_level(logging.INFO, logger="qkdd.http"):
+        started_s = time.monotonic()
+        for _ in range(flood):
+            with connect(server.address) as sock:
+                sock.sendall(b"\x00" * 64)
+                read_until_closed(sock, 5.0)
+        elapsed_s = time.monotonic() - started_s
+        assert wait_for(lambda: len(_handshake_log_records(caplog)) >= DEFAULT_BURST)
+        time.sleep(0.2)                                 # the last connections' log calls have run
+        logged = len(_handshake_log_records(caplog))
+        assert DEFAULT_BURST <= logged <= DEFAULT_BURST + elapsed_s * DEFAULT_PER_S + 1
+        time.sleep(1.5 / DEFAULT_PER_S)
+        with connect(server.address) as sock:
+            sock.sendall(b"\x00" * 64)
+            read_until_closed(sock, 5.0)
+        assert wait_for(lambda: len(_handshake_log_records(caplog)) == logged + 1)
+    assert f"{flood - logged} similar messages suppressed (tls-handshake-failed)" in caplog.text
+
+
 def test_silent_client_hits_handshake_timeout(http_server, dev_pki):
     server = http_server(make_router(), tls=_tls(dev_pki, "required"),
                          limits=HTTPLimits(tls_handshake_timeout_s=0.5))

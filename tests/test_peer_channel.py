@@ -319,6 +319,45 @@ def test_silent_and_garbage_peers_are_dropped_without_a_hang(peer_log):
     assert "SSLError" in text  # the plain-text HTTP request failed TLS
 
 
+def test_a_flood_of_refused_connections_costs_a_few_log_lines_not_one_each(peer_log):
+    from qkdd.log_limit import DEFAULT_BURST, DEFAULT_PER_S
+    from qkdd.peer import tls
+
+    flood = 60
+
+    async def garbage_inside_tls(port):
+        stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), tls.client_context(),
+                                server_hostname=None)
+        try:
+            await stream.send_all(b"hello?\n")
+            with trio.fail_after(2.0):
+                while await stream.receive_some(4096):
+                    pass
+        except trio.BrokenResourceError:
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            _, _, port = await start_pair(nursery)
+            started_s = trio.current_time()
+            for _ in range(flood):
+                await garbage_inside_tls(port)
+            elapsed_s = trio.current_time() - started_s
+            refused = log_text(peer_log).count("refused connection from")
+            assert DEFAULT_BURST <= refused <= DEFAULT_BURST + elapsed_s * DEFAULT_PER_S + 1
+            await trio.sleep(1.5 / DEFAULT_PER_S)          # a token again: the next refusal is logged...
+            await garbage_inside_tls(port)
+            nursery.cancel_scope.cancel()
+            return refused
+    refused = trio.run(main)
+    text = log_text(peer_log)
+    # ...preceded by the count of those held back, so the flood's size is still on record
+    assert f"{flood - refused} similar messages suppressed (peer-refused)" in text
+    assert text.count("refused connection from") == refused + 1
+
+
 def test_dialer_gives_up_on_a_silent_listener_and_retries(peer_log):
     async def main():
         accepted = []

@@ -19,6 +19,8 @@ from urllib.parse import parse_qs
 import h11
 import trio
 
+from qkdd.log_limit import RateLimitedLog
+
 from . import errors
 from .messages import HTTPError, HTTPLimits, PeerCertificate, Request, Response
 from .response_head import response_body, response_head
@@ -42,6 +44,7 @@ class ListenerContext:
     limits: HTTPLimits
     logger: logging.Logger
     ssl_context: ssl.SSLContext | None     # None for plain HTTP
+    refusals: RateLimitedLog               # failed TLS handshakes: any client can cause them at will
 
 
 class _CloseQuietly(Exception):
@@ -121,8 +124,8 @@ class HTTPConnection:
                     scope.cancel()
                 await ssl_stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._log.info("%s TLS handshake from %s failed: %s", self._context.name, self.client_text,
-                           handshake_failure_reason(exc))
+            self._context.refusals.log(logging.INFO, "tls-handshake-failed", "%s TLS handshake from %s failed: %s",
+                                       self._context.name, self.client_text, handshake_failure_reason(exc))
             await self._send_pending_alert(ssl_stream)
             return False
         finally:
@@ -130,15 +133,17 @@ class HTTPConnection:
             self._idle_scope = None
         if scope.cancelled_caught:
             if not self._draining:
-                self._log.info("%s TLS handshake from %s timed out", self._context.name, self.client_text)
+                self._context.refusals.log(logging.INFO, "tls-handshake-timeout", "%s TLS handshake from %s timed out",
+                                           self._context.name, self.client_text)
             return False
         self._stream = ssl_stream
         try:
             self._peer_cert = peer_certificate(ssl_stream)
         except ValueError as exc:
             # OpenSSL accepted it but it is not well-formed X.509: do not serve an identity we cannot read.
-            self._log.warning("%s client certificate from %s is unreadable: %s", self._context.name,
-                              self.client_text, type(exc).__name__)
+            self._context.refusals.log(logging.WARNING, "client-certificate-unreadable",
+                                       "%s client certificate from %s is unreadable: %s", self._context.name,
+                                       self.client_text, type(exc).__name__)
             return False
         return True
 

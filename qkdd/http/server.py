@@ -12,6 +12,8 @@ import time
 
 import trio
 
+from qkdd.log_limit import RateLimitedLog
+
 from . import errors
 from .connection import HTTPConnection, ListenerContext, discard_input
 from .messages import HTTPLimits, TLSSettings
@@ -38,7 +40,8 @@ class HTTPServer:
         self.limits = limits
         self._log = logger or logging.getLogger("qkdd.http")
         # Built here so bad certificate files fail at start-up, not at the first client.
-        self._context = ListenerContext(name, router, limits, self._log, server_context(tls) if tls else None)
+        self._context = ListenerContext(name, router, limits, self._log, server_context(tls) if tls else None,
+                                        RateLimitedLog(self._log))
         self._listeners: list[trio.SocketListener] = []
         self._connections: set[HTTPConnection] = set()
         self._accept_scope: trio.CancelScope | None = None

@@ -19,6 +19,8 @@ from typing import Awaitable, Callable
 import trio
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
+from qkdd.log_limit import RateLimitedLog
+
 from . import tls
 from .backoff import Backoff
 from .errors import PeerError, PeerTimeoutError, SessionClosedError, SessionTruncatedError
@@ -48,6 +50,7 @@ class PeerConnector:
         self._install_lock = trio.Lock()
         self._pending_handshakes = 0
         self._session_changed = trio.Event()
+        self._refusals = RateLimitedLog(log)   # anyone who can reach the port can make these at will
 
     @property
     def session(self) -> PeerSession | None:
@@ -132,8 +135,9 @@ class PeerConnector:
     async def _accept(self, tcp: trio.SocketStream, context: ssl.SSLContext) -> None:
         address = _address_of(tcp)
         if self._pending_handshakes >= self.settings.max_pending_handshakes:
-            log.warning("link %s: refusing connection from %s: %d handshakes already pending",
-                        self.settings.link_id, address, self._pending_handshakes)
+            self._refusals.log(logging.WARNING, "peer-handshakes-pending",
+                               "link %s: refusing connection from %s: %d handshakes already pending",
+                               self.settings.link_id, address, self._pending_handshakes)
             await trio.aclose_forcefully(tcp)
             return
         self._pending_handshakes += 1
@@ -141,7 +145,8 @@ class PeerConnector:
             session = await self._open_session(_ready(trio.SSLStream(tcp, context, server_side=True)),
                                                Role.RESPONDER, address)
         except (OSError, PeerError) as exc:
-            log.warning("link %s: refused connection from %s: %s", self.settings.link_id, address, _describe(exc))
+            self._refusals.log(logging.WARNING, "peer-refused", "link %s: refused connection from %s: %s",
+                               self.settings.link_id, address, _describe(exc))
             await trio.aclose_forcefully(tcp)
             return
         finally:

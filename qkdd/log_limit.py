@@ -1,0 +1,60 @@
+"""Rate-limited logging for events a remote party can trigger at will (refused handshakes, refused connections).
+
+Each kind of message has a token bucket: `burst` messages pass at once, then `per_s` a second. What the
+bucket holds back is counted, and the next message of that kind that passes is preceded by one line
+"N similar messages suppressed (kind)", so a flood costs a few lines, not one per connection, and the
+count is not lost. Kinds are a small fixed set chosen by the caller (never an address or other
+peer-chosen text), so the buckets cannot grow without bound.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+DEFAULT_BURST = 10
+DEFAULT_PER_S = 1.0
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated_s: float
+    suppressed: int = 0
+
+
+class RateLimitedLog:
+    """`log(level, kind, msg, *args)` as Logger.log, but at most `burst` then `per_s` a second per kind."""
+
+    def __init__(self, logger: logging.Logger, *, burst: int = DEFAULT_BURST, per_s: float = DEFAULT_PER_S,
+                 clock=time.monotonic) -> None:
+        if burst < 1 or not per_s > 0:
+            raise ValueError("burst must be >= 1 and per_s positive")
+        self.logger = logger
+        self.burst = burst
+        self.per_s = per_s
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def log(self, level: int, kind: str, msg: str, *args, **kwargs) -> bool:
+        """Log unless `kind` is over its rate; returns whether the message was written."""
+        now = self._clock()
+        bucket = self._buckets.get(kind)
+        if bucket is None:
+            bucket = self._buckets[kind] = _Bucket(float(self.burst), now)
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated_s) * self.per_s)
+        bucket.updated_s = now
+        if bucket.tokens < 1.0:
+            bucket.suppressed += 1
+            return False
+        bucket.tokens -= 1.0
+        if bucket.suppressed:
+            self.logger.log(level, "%d similar messages suppressed (%s)", bucket.suppressed, kind)
+            bucket.suppressed = 0
+        self.logger.log(level, msg, *args, **kwargs)
+        return True
+
+    def suppressed(self, kind: str) -> int:
+        """Messages of `kind` held back since the last one written."""
+        bucket = self._buckets.get(kind)
+        return bucket.suppressed if bucket is not None else 0
