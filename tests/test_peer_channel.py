@@ -263,6 +263,18 @@ def test_wrong_pinned_key_refuses_the_peer_with_a_clear_log_line(peer_log, pinne
     assert "established" not in text
 
 
+async def closed_by_listener(stream, within_s):
+    """Read until the listener closes `stream` (failing after `within_s`), then close our end."""
+    try:
+        with trio.fail_after(within_s):
+            while await stream.receive_some(4096):
+                pass
+    except trio.BrokenResourceError:
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
 def test_silent_and_garbage_peers_are_dropped_without_a_hang(peer_log):
     from qkdd.peer import tls
 
@@ -270,16 +282,6 @@ def test_silent_and_garbage_peers_are_dropped_without_a_hang(peer_log):
         async with trio.open_nursery() as nursery:
             alice, bob, port = await start_pair(
                 nursery, listen_settings=fast_settings(listen=("127.0.0.1", 0), handshake_timeout_s=0.5))
-
-            async def closed_by_listener(stream, within_s):
-                try:
-                    with trio.fail_after(within_s):
-                        while await stream.receive_some(4096):
-                            pass
-                except trio.BrokenResourceError:
-                    pass
-                finally:
-                    await trio.aclose_forcefully(stream)
 
             # 1. silent at the TCP level (never starts TLS): dropped at the handshake timeout
             silent = await trio.open_tcp_stream("127.0.0.1", port)
@@ -328,15 +330,8 @@ def test_a_flood_of_refused_connections_costs_a_few_log_lines_not_one_each(peer_
     async def garbage_inside_tls(port):
         stream = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", port), tls.client_context(),
                                 server_hostname=None)
-        try:
-            await stream.send_all(b"hello?\n")
-            with trio.fail_after(2.0):
-                while await stream.receive_some(4096):
-                    pass
-        except trio.BrokenResourceError:
-            pass
-        finally:
-            await trio.aclose_forcefully(stream)
+        await stream.send_all(b"hello?\n")
+        await closed_by_listener(stream, 2.0)
 
     async def main():
         async with trio.open_nursery() as nursery:
