@@ -83,4 +83,67 @@ def test_mux_refuses_bad_registrations():
     with pytest.raises(ValueError, match="out of range"):
         ChannelMux(None, [70000])
     with pytest.raises(KeyError, match="not registered"):
-        ChannelMux(None, [1]).stream(2)
+        ChannelMux(None, [1], queue_bytes=1 << 20).stream(2)     # no session needed to refuse a channel
+
+
+RECORD_BYTES = 1 << 20
+RECORDS = 40                    # 40 MiB: without a byte cap all of it fits the 64-record queues
+QUEUE_BYTES = 4 * RECORD_BYTES
+
+
+@pytest.mark.parametrize("through_mux", [False, True], ids=["session queue", "mux queues"])
+def test_receive_queues_are_bounded_by_bytes_with_backpressure_not_drops(through_mux):
+    """A reader that does not read makes the sender wait once about QUEUE_BYTES are queued (plus what
+    TCP and TLS buffer); when it reads again every record arrives, in order."""
+
+    async def main():
+        state = {"sent": 0}
+        bob_ready, reading, done = trio.Event(), trio.Event(), trio.Event()
+
+        async def bob_session(session):
+            mux = ChannelMux(session, [CASCADE]) if through_mux else None
+            state["queued"] = (lambda: mux.queued_bytes) if through_mux else (lambda: session.queued_bytes)
+            async with trio.open_nursery() as nursery:
+                if mux is not None:
+                    nursery.start_soon(mux.run)
+                bob_ready.set()
+                await reading.wait()
+                receive = mux.stream(CASCADE).receive if mux is not None else session.receive
+                got = [await receive() for _ in range(RECORDS)]
+                state["got"] = [payload if through_mux else payload[1] for payload in got]
+                done.set()
+                nursery.cancel_scope.cancel()
+
+        async def alice_session(session):
+            for i in range(RECORDS):
+                await session.send(CASCADE, i.to_bytes(4, "big") * (RECORD_BYTES // 4))
+                state["sent"] = i + 1
+            await trio.sleep_forever()
+
+        settings = dict(receive_queue_bytes=QUEUE_BYTES, idle_timeout_s=30.0)
+        async with trio.open_nursery() as nursery:
+            bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0), **settings), BOB, ALICE.public_key(),
+                                bob_session)
+            port = await nursery.start(bob.run)
+            alice = PeerConnector(fast_settings(dial=("127.0.0.1", port), **settings), ALICE, BOB.public_key(),
+                                  alice_session)
+            await nursery.start(alice.run)
+            with trio.fail_after(10):
+                await bob_ready.wait()
+                while True:                                  # until the sender is stuck
+                    before = state["sent"]
+                    await trio.sleep(0.5)
+                    if state["sent"] == before:
+                        break
+            stuck_at, queued = state["sent"], state["queued"]()
+            reading.set()
+            with trio.fail_after(10):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        return stuck_at, queued, state
+
+    stuck_at, queued, state = trio.run(main)
+    assert queued <= QUEUE_BYTES
+    assert stuck_at < RECORDS // 2                           # the sender waited: backpressure
+    assert state["sent"] == RECORDS                          # nothing was dropped...
+    assert state["got"] == [i.to_bytes(4, "big") * (RECORD_BYTES // 4) for i in range(RECORDS)]  # ...in order

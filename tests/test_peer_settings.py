@@ -37,6 +37,7 @@ def test_backoff_doubles_with_jitter_up_to_the_ceiling_and_resets():
     (dict(dial=("a", 1), max_record_bytes=100), "max_record_bytes must be >="),
     (dict(dial=("a", 1), tls_cert_file="c.pem"), "both or neither"),
     (dict(dial=("a", 1), receive_queue_records=0), "must be >= 1"),
+    (dict(dial=("a", 1), receive_queue_bytes=0), "must be >= 1"),
 ])
 def test_bad_settings_are_refused_with_the_field_named(kwargs, error):
     with pytest.raises(ValueError, match=error):

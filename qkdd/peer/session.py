@@ -5,6 +5,8 @@ returns the session; `run()` is its reader and heartbeat (the connector runs it 
 application calls `send(channel, payload)` and `receive() -> (channel, payload)` from its own tasks. Any
 failure (bad MAC, replay, framing error, idle timeout, end of stream without a CLOSE record) tears the
 whole session down: `run()` raises the PeerError and every later send/receive raises SessionClosedError.
+Received records wait for the application in a queue bounded by records and by bytes (budget.py); when
+it is full the reader stops reading, so the peer is slowed by TCP flow control, never dropped.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import logging
 import trio
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
+from .budget import ByteBudget
 from .errors import (FrameError, HandshakeError, PeerError, PeerRefusedError, PeerTimeoutError,
                      SessionClosedError, SessionTruncatedError)
 from .framing import Frame, FrameDecoder, FrameType
@@ -55,6 +58,8 @@ class PeerSession:
         self._opener = RecordOpener(keys.receive_key)
         self._send_lock = trio.Lock()
         self._to_app, self._from_peer = trio.open_memory_channel[tuple[int, bytes]](settings.receive_queue_records)
+        self.receive_queue_bytes = settings.receive_queue_bytes
+        self._queued = ByteBudget(settings.receive_queue_bytes)   # payload bytes in _to_app
         self._scope: trio.CancelScope | None = None
         self._error: PeerError | None = None
         self._closed = False
@@ -118,9 +123,11 @@ class PeerSession:
     async def receive(self) -> tuple[int, bytes]:
         """The next (channel, payload) from the peer, in order. Raises SessionClosedError at the end."""
         try:
-            return await self._from_peer.receive()
+            channel, payload = await self._from_peer.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise SessionClosedError(self._end_message()) from None
+        self._queued.release(len(payload))
+        return channel, payload
 
     async def aclose(self) -> None:
         """End the session cleanly: an authenticated CLOSE record, then close the connection."""
@@ -132,6 +139,11 @@ class PeerSession:
                     pass
         self._teardown(None)
         await trio.aclose_forcefully(self._stream)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes received and not yet taken by the application."""
+        return self._queued.held_bytes
 
     @property
     def closed(self) -> bool:
@@ -176,7 +188,8 @@ class PeerSession:
                                        Alert.INTERNAL_ERROR)
             record = self._opener.open(frame)
             if record.type == FrameType.DATA:
-                await self._to_app.send((record.channel, record.payload))
+                await self._queued.acquire(len(record.payload))   # backpressure by bytes...
+                await self._to_app.send((record.channel, record.payload))   # ...and by records
             elif record.type == FrameType.CLOSE:
                 return
 

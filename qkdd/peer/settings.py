@@ -5,6 +5,10 @@ from dataclasses import dataclass
 
 from .framing import DEFAULT_MAX_RECORD_BYTES, MAX_HANDSHAKE_BODY_BYTES
 
+# Payload bytes queued for the application per session (and again per ChannelMux) before the reader waits:
+# a few of the largest pipeline records (a 4 M-detection SLOTS message is 16 MiB), not 64 × 64 MiB.
+DEFAULT_RECEIVE_QUEUE_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class PeerSettings:
@@ -19,6 +23,7 @@ class PeerSettings:
     idle_timeout_s: float = 20.0  # no record for this long: the peer is gone
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES  # cap on a record frame body
     receive_queue_records: int = 64  # records buffered for the application before backpressure
+    receive_queue_bytes: int = DEFAULT_RECEIVE_QUEUE_BYTES  # ...and bytes (one record always fits)
     backoff_initial_s: float = 0.5  # first redial delay; doubles per failure (with jitter)
     backoff_max_s: float = 30.0  # redial delay ceiling; a session that lived this long resets it
     max_pending_handshakes: int = 8  # listener: connections still handshaking at once
@@ -44,7 +49,7 @@ class PeerSettings:
             raise ValueError(f"link {self.link_id!r}: peer backoff_max_s must be >= backoff_initial_s")
         if self.max_record_bytes < MAX_HANDSHAKE_BODY_BYTES:
             raise ValueError(f"link {self.link_id!r}: peer max_record_bytes must be >= {MAX_HANDSHAKE_BODY_BYTES}")
-        if self.receive_queue_records < 1 or self.max_pending_handshakes < 1:
+        if self.receive_queue_records < 1 or self.receive_queue_bytes < 1 or self.max_pending_handshakes < 1:
             raise ValueError(f"link {self.link_id!r}: peer queue and pending-handshake limits must be >= 1")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError(f"link {self.link_id!r}: set both or neither of peer tls_cert_file and tls_key_file")
