@@ -21,6 +21,7 @@ from qkdd.config import LISTENERS, Config, ListenerConfig
 from qkdd.consumers.service import run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
+from qkdd.keystore.housekeeping import run_housekeeping
 from qkdd.kme.ledger import LedgerError
 from qkdd.link.service import build_engines, open_keystore, run_engines
 from qkdd.peer import IdentityError
@@ -70,6 +71,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
                     _announce_ready(app, bound, notifier)
                     root.start_soon(notifier.run_watchdog)
                     root.start_soon(run_engines, app.links)
+                    if app.keystore is not None:
+                        root.start_soon(run_housekeeping, app.keystore)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
                     for connector in channels:

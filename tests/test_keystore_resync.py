@@ -27,8 +27,8 @@ def ends(tmp_path):
 
 def resync(alice, bob):
     """Both ends exchange inventories through the wire format and apply their own plans."""
-    msg_a = encode_inventory(LINK, alice.inventory(LINK))
-    msg_b = encode_inventory(LINK, bob.inventory(LINK))
+    msg_a = encode_inventory(LINK, alice.inventory(LINK), 1024)    # several messages each
+    msg_b = encode_inventory(LINK, bob.inventory(LINK), 1024)
     for store, remote in ((alice, decode_inventory(msg_b, LINK)), (bob, decode_inventory(msg_a, LINK))):
         plan = plan_resync(store.inventory(LINK), remote)
         store.apply_resync(LINK, plan.promote, plan.discard, plan.expire)
@@ -89,18 +89,69 @@ def test_plan_table():
 
 def test_inventory_messages_reject_bad_input():
     k = str(uuid.uuid4())
-    msg = encode_inventory(LINK, {k: KeyState.AVAILABLE})
-    assert decode_inventory(msg, LINK) == {k: KeyState.AVAILABLE}
+    [msg] = encode_inventory(LINK, {k: KeyState.AVAILABLE})
+    assert decode_inventory([msg], LINK) == {k: KeyState.AVAILABLE}
+    fixed = 7 + len(LINK)                       # magic, version, link id length, link id
     cases = {
         "truncated in its header": msg[:3],
         "not an inventory": b"XXXX" + msg[4:],
         "version 9": msg[:4] + b"\x09" + msg[5:],
         "does not match": msg[:-1],
-        "expected": encode_inventory("other", {}),
+        "expected": encode_inventory("other", {})[0],
         "unknown state code": msg[:-1] + b"\x63",
         "twice": msg[:-21] + struct.pack(">I", 2) + msg[-17:] * 2,
-        "more than": msg[:7 + len(LINK)] + struct.pack(">I", 0xFFFFFFFF),
+        "more than": msg[:fixed + 1] + struct.pack(">I", 0xFFFFFFFF),
+        "last-message flag": msg[:fixed] + b"\x07" + msg[fixed + 1:],
     }
     for expected, bad in cases.items():
         with pytest.raises(ResyncMessageError, match=expected):
-            decode_inventory(bad, LINK)
+            decode_inventory([bad], LINK)
+    with pytest.raises(ResyncMessageError, match="after the last"):
+        decode_inventory([msg, msg], LINK)
+    not_last = msg[:fixed] + b"\x00" + msg[fixed + 1:]
+    with pytest.raises(ResyncMessageError, match="without its last"):
+        decode_inventory([not_last], LINK)
+    with pytest.raises(ResyncMessageError, match="twice"):          # across messages too
+        decode_inventory([not_last, msg], LINK)
+
+
+def test_a_large_inventory_goes_out_in_messages_that_each_fit_the_record_cap():
+    inventory = {str(uuid.uuid4()): state for state in KeyState for _ in range(2000)}
+    cap_bytes = 16 * 1024                        # the smallest record cap the peer channel allows
+    messages = encode_inventory(LINK, inventory, cap_bytes)
+    assert len(messages) == -(-len(inventory) // ((cap_bytes - 12 - len(LINK)) // 17)) > 1
+    assert all(len(message) <= cap_bytes for message in messages)
+    assert decode_inventory(messages, LINK) == inventory
+    assert [message[7 + len(LINK)] for message in messages] == [0] * (len(messages) - 1) + [1]
+    # the default fits one default peer record (64 MiB less the record's own 42 bytes)
+    from qkdd.peer.framing import DEFAULT_MAX_RECORD_BYTES
+    from qkdd.peer.records import RECORD_OVERHEAD_BYTES
+    from qkdd.keystore.resync import DEFAULT_MAX_MESSAGE_BYTES
+    assert DEFAULT_MAX_MESSAGE_BYTES == DEFAULT_MAX_RECORD_BYTES - RECORD_OVERHEAD_BYTES
+    assert encode_inventory(LINK, {}) != [] and decode_inventory(encode_inventory(LINK, {}), LINK) == {}
+    with pytest.raises(ResyncMessageError, match="cannot hold one key"):
+        encode_inventory(LINK, inventory, 20)
+
+
+def test_tombstones_are_purged_only_past_expiry_plus_grace_and_resync_still_converges(ends):
+    from qkdd.keystore.resync import TOMBSTONE_GRACE_S
+
+    alice, bob = ends
+    now = time.time()
+    old, young = keys(3), keys(3)
+    for frame, batch, expires_at in ((1, old, now - TOMBSTONE_GRACE_S - 1), (2, young, now + 3600)):
+        for store in ends:
+            store.put_pending(LINK, frame, batch, expires_at=expires_at, created_at=now - 7200)
+            store.commit_frame(LINK, frame)
+    # Alice delivered one old and one young key; Bob still holds them (say, for his SAE)
+    alice.deliver(LINK, young[0][0])
+    alice.expire()                               # the old keys are past expiry: tombstones at Alice
+    assert alice.purge_tombstones() == 3         # only the old ones: the young tombstone is still needed
+    assert set(alice.inventory(LINK)) == {k for k, _ in young}
+    assert alice.state(LINK, young[0][0]) is KeyState.DELIVERED
+    resync(alice, bob)
+    # Bob keeps what Alice still holds, drops the delivered-and-purged old keys (expired anyway), and the
+    # young delivered key stays usable at Bob: its tombstone at Alice was kept for exactly this
+    assert usable(bob) == {k for k, _ in young}
+    assert not {k for k, _ in old} & set(bob.inventory(LINK))
+    assert alice.purge_tombstones() == 0

@@ -14,23 +14,26 @@ from tests.peer_harness import fast_settings
 LINK = "link-ab"
 
 
-async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DETECTIONS):
+async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DETECTIONS, before_start=None,
+                     **peer_settings):
     alice_id, bob_id = generate_identity(), generate_identity()
     source = SimAliceDevice(SimParams(distance_km=distance_km, **TEST_SOURCE), listen_port=0,
                             frame_slots=MAX_FRAME_SLOTS, max_detections=detections, realtime=False, seed=11)
     stores = {}
     for role in ("alice", "bob"):
         stores[role] = KeyStore(str(tmp_path / f"{role}.db"), bytes(32))
+    if before_start is not None:
+        before_start(stores)
 
     def alice_connector(on_session):
-        return PeerConnector(fast_settings(LINK, listen=("127.0.0.1", 0)), alice_id, bob_id.public_key(), on_session)
+        return PeerConnector(fast_settings(LINK, listen=("127.0.0.1", 0), **peer_settings), alice_id, bob_id.public_key(), on_session)
 
     alice = LinkEngine(LINK, "alice", source, stores["alice"], connector_factory=alice_connector)
     await nursery.start(alice.run)          # also starts the source's quantum-channel listener
     peer_port, quantum_port = alice.connector.listen_port, source.address[1]
 
     def bob_connector(on_session):
-        return PeerConnector(fast_settings(LINK, dial=("127.0.0.1", peer_port)), bob_id, alice_id.public_key(),
+        return PeerConnector(fast_settings(LINK, dial=("127.0.0.1", peer_port), **peer_settings), bob_id, alice_id.public_key(),
                              on_session)
 
     bob = LinkEngine(LINK, "bob", SimBobDevice(host="127.0.0.1", port=quantum_port), stores["bob"],
@@ -79,6 +82,32 @@ def test_two_engines_store_the_same_keys_and_deliver_across(tmp_path):
             key = await bob.request_key(256)
             assert (await alice.fetch_key(key.key_id)).material == key.material
             assert len(set(got)) == 3
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+def test_resync_of_an_inventory_larger_than_one_record_converges(tmp_path):
+    """20 000 keys are 340 kB of inventory, more than a 256 KiB record (which still holds the largest
+    pipeline message of 2^15-detection frames): the inventory goes in several messages."""
+    import os
+    import time
+    import uuid
+
+    ids = [str(uuid.uuid4()) for _ in range(20_000)]
+
+    def half_committed(stores):                  # both stored the frame, only Alice heard it was done
+        keys = [(key_id, os.urandom(32)) for key_id in ids]
+        for store in stores.values():
+            store.put_pending(LINK, 1, keys, expires_at=time.time() + 3600)
+        stores["alice"].commit_frame(LINK, 1)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, _, stores = await start_pair(nursery, tmp_path, before_start=half_committed,
+                                                     detections=1 << 15, max_record_bytes=256 * 1024)
+            await wait_for(lambda: alice._resynced.is_set() and bob._resynced.is_set(), 30)
+            assert stores["bob"].counts(LINK)[KeyState.AVAILABLE] >= len(ids)
+            assert all(stores["bob"].state(LINK, key_id) is KeyState.AVAILABLE for key_id in ids[::100])
             nursery.cancel_scope.cancel()
     trio.run(main)
 

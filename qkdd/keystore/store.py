@@ -5,7 +5,8 @@ stored or not at all, and each key in exactly one state. Methods are blocking an
 daemon calls them through trio.to_thread. Material is sealed with AES-256-GCM under the KEK with the
 key's id, link and length as associated data, so a row cannot be moved to another key id undetected.
 Delivered and expired keys lose their material (secure_delete zeroes the freed pages) and keep a
-tombstone row, so no key id is ever handed out twice.
+tombstone row, so no key id is handed out twice, until purge_tombstones() deletes it once the other
+end cannot need it any more (resync.py says when).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from qkdd.keystore.model import (
     StoredKey,
     canonical_key_id,
 )
+from qkdd.keystore.resync import TOMBSTONE_GRACE_S
 from qkdd.sqlite_batch import SavepointTransactions, connect, create_schema
 
 SCHEMA_VERSION = 1
@@ -242,6 +244,14 @@ class KeyStore(SavepointTransactions):
             for key_id in ids:
                 self._erase(db, key_id, KeyState.EXPIRED)
             return len(ids)
+
+    def purge_tombstones(self, now: float | None = None, grace_s: float = TOMBSTONE_GRACE_S) -> int:
+        """Delete the rows of delivered and expired keys whose expiry is more than `grace_s` past (the rule
+        and why it is safe: resync.py); returns how many."""
+        now = self._clock() if now is None else now
+        with self._tx() as db:
+            return db.execute("DELETE FROM keys WHERE expires_at <= ? AND state IN (?, ?)",
+                              (now - grace_s, KeyState.DELIVERED.value, KeyState.EXPIRED.value)).rowcount
 
     def state(self, link_id: str, key_id: str) -> KeyState:
         with self._lock:

@@ -41,7 +41,7 @@ import trio
 
 from qkdd.hal.base import Device, DeviceError, RawFrame
 from qkdd.keystore import KeyStore, KeyState, KeyStoreError, KeyUnavailable, StoredKey
-from qkdd.keystore.resync import decode_inventory, encode_inventory, plan_resync
+from qkdd.keystore.resync import InventoryAssembler, encode_inventory, plan_resync
 from qkdd.link import envelope, linkmsg
 from qkdd.link.linkmsg import AbortReason
 from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, FrameOutcome, FramePipeline,
@@ -214,18 +214,40 @@ class LinkEngine:
 
     async def _resync(self, session: PeerSession) -> None:
         local = await trio.to_thread.run_sync(self.store.inventory, self.link_id)
-        await session.send(CH_INVENTORY, encode_inventory(self.link_id, local))
-        channel, payload = await session.receive()
-        if channel != CH_INVENTORY:
-            raise PeerError(f"expected the peer's key inventory first, got channel {channel}")
         try:
-            remote = decode_inventory(payload, self.link_id)
+            messages = await trio.to_thread.run_sync(encode_inventory, self.link_id, local, session.max_payload_bytes)
         except KeyStoreError as exc:
-            raise PeerError(f"peer inventory refused: {exc}") from None
+            raise PeerError(f"cannot send this end's key inventory: {exc}") from None
+        assembler = InventoryAssembler(self.link_id)
+        failures: list[PeerError] = []
+        async with trio.open_nursery() as nursery:
+            async def guarded(step) -> None:          # the first failure ends both, re-raised below as is
+                try:
+                    await step()
+                except PeerError as exc:
+                    failures.append(exc)
+                    nursery.cancel_scope.cancel()
+            # sent while the peer's messages are read: two large inventories must not wait on each other
+            nursery.start_soon(guarded, lambda: session.send_many([(CH_INVENTORY, m) for m in messages]))
+            await guarded(lambda: self._receive_inventory(session, assembler))
+        if failures:
+            raise failures[0]
+        remote = assembler.inventory
         plan = plan_resync(local, remote)
         await trio.to_thread.run_sync(self.store.apply_resync, self.link_id, plan.promote, plan.discard, plan.expire)
         log.info("link %s: key store resynchronised", self.link_id,
                  extra={"promoted": len(plan.promote), "discarded": len(plan.discard), "expired": len(plan.expire)})
+
+    @staticmethod
+    async def _receive_inventory(session: PeerSession, assembler: InventoryAssembler) -> None:
+        while not assembler.complete:
+            channel, payload = await session.receive()
+            if channel != CH_INVENTORY:
+                raise PeerError(f"expected the peer's key inventory first, got channel {channel}")
+            try:
+                assembler.add(payload)
+            except KeyStoreError as exc:
+                raise PeerError(f"peer inventory refused: {exc}") from None
 
     # -- frames ---------------------------------------------------------------------------------
     async def _intake(self) -> None:
