@@ -65,6 +65,7 @@ def test_a_hundred_keys_requested_at_one_end_match_at_the_other(pair):
         other = fetch(pair, fetcher, key["key_id"])
         assert other.status_code == 200, other.text
         assert other.json()["key"] == key["key"]
+        assert other.json()["qber"] == key["qber"]              # the key's own frame, agreed by both ends
         assert fetch(pair, fetcher, key["key_id"]).status_code == 410      # once only
 
 

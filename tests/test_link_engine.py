@@ -77,6 +77,11 @@ def test_two_engines_store_the_same_keys_and_deliver_across(tmp_path):
                 key = await alice.request_key(bits)
                 fetched = await bob.fetch_key(key.key_id)
                 assert key.material == fetched.material and len(key.material) == bits // 8
+                # both report the QBER of the key's own frame, not of whichever frame each finished last
+                frame_qber = {s.frame_id: s.qber for s in alice.qber_history}
+                frame_id = stores["alice"].frame_of(LINK, key.key_id)
+                assert await alice.qber_of_key(key.key_id) == await bob.qber_of_key(key.key_id) \
+                    == frame_qber[frame_id] > 0
                 got.append(key.key_id)
             # and the other way round: Bob allocates from his own partition
             key = await bob.request_key(256)

@@ -10,6 +10,8 @@ The simulator's attacks and drifts are switched through the admin routes of qkdd
 
 Errors are JSON {"message","details"}: unknown link or key 404, bad input 400, key already delivered
 410, no key available 503 with Retry-After. Key material appears only in the 200 body.
+A key's `qber` is that of the frame it came from (the X-basis error rate both ends found after Cascade),
+so both ends report the same value; null for a frame this daemon did not process since it started.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def register(router: Router, app: App) -> None:
         except KeyUnavailable as exc:
             raise HTTPError(503, "no key available", [str(exc)],
                             headers=[("Retry-After", str(RETRY_AFTER_S))]) from None
-        return Response.json(key_json(key, last_qber(engine)))
+        return Response.json(key_json(key, await engine.qber_of_key(key.key_id)))
 
     async def get_key(request: Request) -> Response:
         raw_id = request.path_params["key_id"]
@@ -82,7 +84,7 @@ def register(router: Router, app: App) -> None:
                 raise HTTPError(410, "key already delivered", [f"key {key_id} was handed out before"]) from None
             except KeyUnavailable as exc:
                 raise HTTPError(409, "key not handed out at the other end", [str(exc)]) from None
-            return Response.json(key_json(key, last_qber(engine)))
+            return Response.json(key_json(key, await engine.qber_of_key(key.key_id)))
         raise HTTPError(404, "unknown key", [f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")])
 
     async def link_metrics(request: Request) -> Response:

@@ -258,6 +258,15 @@ class KeyStore(SavepointTransactions):
             state, _ = self._state_of(self._db, link_id, canonical_key_id(key_id))
         return state
 
+    def frame_of(self, link_id: str, key_id: str) -> int:
+        """The frame a key came from (tombstones included); KeyNotFound for an unknown key."""
+        with self._lock:
+            row = self._db.execute("SELECT frame_id FROM keys WHERE key_id = ? AND link_id = ?",
+                                   (canonical_key_id(key_id), link_id)).fetchone()
+        if row is None:
+            raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
+        return int(row[0])
+
     def holder_of(self, link_id: str, key_id: str) -> str | None:
         """Who a key is reserved for (None when not reserved); KeyNotFound for an unknown key."""
         with self._lock:

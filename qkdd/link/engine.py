@@ -61,6 +61,7 @@ CONSUMER_QUEUE_RECORDS = 64
 RATE_WINDOW_S = 10.0
 HEALTH_POLL_S = 2.0
 HOLDER_PREFIX = "v1:"
+FRAME_QBER_FRAMES = 200_000     # frames whose agreed QBER is remembered for their keys (about 20 MB)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class LinkEngine:
         self.connector: PeerConnector = connector_factory(self._on_session)
         self.session: PeerSession | None = None
         self.qber_history: deque[QberSample] = deque(maxlen=100_000)
+        self._frame_qber: dict[int, float] = {}                    # frame id -> QBER both ends agreed on
         self.frames_done = 0
         self.frames_aborted = 0
         self.totals = {"secret_bits": 0, "sifted_bits": 0, "keys": 0}
@@ -375,6 +377,7 @@ class LinkEngine:
             if isinstance(action, Send):
                 await session.send(CH_PIPELINE, action.record)
             elif isinstance(action, StorePending):
+                self._remember_qber(action.frame_id, pipeline.outcome.qber)
                 await trio.to_thread.run_sync(
                     lambda: self.store.put_pending(self.link_id, action.frame_id, action.keys,
                                                    expires_at=time.time() + self.key_expiry_s,
@@ -386,6 +389,24 @@ class LinkEngine:
             elif isinstance(action, Finished):
                 self._record(action.outcome)
         self._drain_gate()
+
+    def _remember_qber(self, frame_id: int, qber: float | None) -> None:
+        """The frame's X-basis error rate after Cascade: both ends count the same corrected bits over the
+        same length, so both report the same value for the frame's keys (the last frame's QBER differs)."""
+        if qber is None:
+            return
+        self._frame_qber[frame_id] = qber
+        if len(self._frame_qber) > FRAME_QBER_FRAMES:
+            del self._frame_qber[next(iter(self._frame_qber))]     # the oldest frame
+
+    async def qber_of_key(self, key_id: str) -> float | None:
+        """The QBER of the frame `key_id` came from, the same at both ends; None when not known (a frame
+        from before this daemon started, or older than the last FRAME_QBER_FRAMES)."""
+        try:
+            frame_id = await trio.to_thread.run_sync(self.store.frame_of, self.link_id, key_id)
+        except KeyStoreError:
+            return None
+        return self._frame_qber.get(frame_id)
 
     # -- metrics and state ------------------------------------------------------------------------
     def _record(self, outcome: FrameOutcome) -> None:
