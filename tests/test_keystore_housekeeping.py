@@ -40,3 +40,34 @@ def test_housekeeping_expires_keys_and_purges_old_tombstones_on_its_schedule(tmp
                                      ids[3]: KeyState.DELIVERED}
     assert any(getattr(r, "tombstones_purged", 0) == 1 for r in caplog.records)
     store.close()
+
+
+def test_the_daemon_runs_housekeeping_on_its_key_store(tmp_path):
+    """`qkdd run` as a real process: at start it erases the expired key and deletes the old tombstone."""
+    from daemon_support import Daemon, base_config
+    from qkdd.link.service import open_keystore
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    store = open_keystore(str(state_dir))
+    now = time.time()
+    stale, live = str(uuid.uuid4()), str(uuid.uuid4())
+    store.put_pending("sim-1", 1, [(stale, os.urandom(32))], expires_at=now - 60)
+    store.put_pending("sim-1", 2, [(live, os.urandom(32))], expires_at=now + 3600)
+    old_tombstone = str(uuid.uuid4())
+    store.put_pending("sim-1", 3, [(old_tombstone, os.urandom(32))], expires_at=now + 3600)
+    for frame in (1, 2, 3):
+        store.commit_frame("sim-1", frame)
+    store.deliver("sim-1", old_tombstone)
+    # the delivered key's expiry lies more than the grace in the past, as after a long run (aged on disk)
+    store._db.execute("UPDATE keys SET expires_at = ? WHERE key_id = ?", (now - TOMBSTONE_GRACE_S - 60, old_tombstone))
+    store.close()
+    daemon = Daemon(base_config(state_dir), tmp_path).start()
+    try:
+        line = daemon.wait_for("key store housekeeping")
+        assert "expired=1" in line and "tombstones_purged=1" in line, line
+    finally:
+        assert daemon.stop() == 0
+    store = open_keystore(str(state_dir))
+    assert store.inventory("sim-1") == {stale: KeyState.EXPIRED, live: KeyState.AVAILABLE}
+    store.close()
