@@ -113,6 +113,10 @@ def test_inventory_messages_reject_bad_input():
         decode_inventory([not_last], LINK)
     with pytest.raises(ResyncMessageError, match="twice"):          # across messages too
         decode_inventory([not_last, msg], LINK)
+    [fixed_empty] = encode_inventory(LINK, {})
+    empty_not_last = fixed_empty[:fixed] + b"\x00" + fixed_empty[fixed + 1:]
+    with pytest.raises(ResyncMessageError, match="empty inventory message"):   # no endless empty stream
+        decode_inventory([empty_not_last], LINK)
 
 
 def test_a_large_inventory_goes_out_in_messages_that_each_fit_the_record_cap():

@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 When the peer session (re)starts, each end sends its inventory of the link (every key id and state,
-tombstones included; in as many messages as the peer channel's record cap needs) and applies `plan_resync(local, remote)` to its own store. The rule is the same
-at both ends, so they converge without further messages:
+tombstones included; in as many messages as the peer channel's record cap needs) and applies
+`plan_resync(local, remote)` to its own store. The rule is the same at both ends, so they converge
+without further messages:
 
     local \\ remote          absent        pending/available/reserved   delivered     expired
     pending                 discard       promote                      promote       expire
@@ -37,7 +38,7 @@ VERSION = 2                   # 2: an inventory spans messages that each fit one
 MAX_KEYS = 4_000_000          # an inventory above this (in all its messages) is refused before it is parsed
 # The peer channel's default record cap less the record overhead (qkdd.peer.records): 4 M keys are 68 MB,
 # more than one 64 MiB record, so an inventory goes out in as many messages as it needs.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024 - 42
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024 - (8 + 2 + 32)      # record cap less seq, channel, MAC
 _HEADER = struct.Struct(">4sBH")  # magic, version, link id length
 _LAST = struct.Struct(">B")       # 1 on the inventory's last message
 _COUNT = struct.Struct(">I")
@@ -156,6 +157,8 @@ def _decode_message(message: bytes, expected_link_id: str, room: int) -> tuple[l
         raise ResyncMessageError(f"inventory last-message flag {last}")
     (count,) = _COUNT.unpack_from(message, offset)
     offset += _COUNT.size
+    if count == 0 and not last:
+        raise ResyncMessageError("empty inventory message before the last one")
     if count > room:
         raise ResyncMessageError(f"inventory claims {count} more keys, more than {MAX_KEYS} in all")
     if len(message) != offset + count * _ENTRY.size:
