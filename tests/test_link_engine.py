@@ -26,15 +26,16 @@ async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DET
         before_start(stores)
 
     def alice_connector(on_session):
-        return PeerConnector(fast_settings(LINK, listen=("127.0.0.1", 0), **peer_settings), alice_id, bob_id.public_key(), on_session)
+        return PeerConnector(fast_settings(LINK, listen=("127.0.0.1", 0), **peer_settings), alice_id,
+                             bob_id.public_key(), on_session)
 
     alice = LinkEngine(LINK, "alice", source, stores["alice"], connector_factory=alice_connector)
     await nursery.start(alice.run)          # also starts the source's quantum-channel listener
     peer_port, quantum_port = alice.connector.listen_port, source.address[1]
 
     def bob_connector(on_session):
-        return PeerConnector(fast_settings(LINK, dial=("127.0.0.1", peer_port), **peer_settings), bob_id, alice_id.public_key(),
-                             on_session)
+        return PeerConnector(fast_settings(LINK, dial=("127.0.0.1", peer_port), **peer_settings), bob_id,
+                             alice_id.public_key(), on_session)
 
     bob = LinkEngine(LINK, "bob", SimBobDevice(host="127.0.0.1", port=quantum_port), stores["bob"],
                      connector_factory=bob_connector)
