@@ -402,6 +402,7 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
 # `wg` (wireguard-go's control sockets are reachable from any namespace). The classical channel between
 # them is an in-memory pair of streams standing in for a peer session (the real one is used above):
 # that lets the test cut the session at a chosen moment and run the timer below the 30 s config floor.
+# Each holds its own SQLite key store with the same keys stored directly (no link engine runs here).
 
 class MemoryStream:
     def __init__(self, outgoing, incoming):
