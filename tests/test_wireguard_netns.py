@@ -177,12 +177,15 @@ retry_interval_s = 0.3
         """The daemon's own key store file, opened beside it (SQLite WAL: readers do not block it)."""
         return KeyStore(str(self.state_dir / "keys.sqlite3"), self.kek)
 
-    def key_in_use(self) -> tuple[str, bytes]:
-        """The key id reserved for the tunnel and its material, from this site's key store."""
+    def key_in_use(self) -> tuple[str, bytes] | None:
+        """The key id reserved for the tunnel and its material, from this site's key store; None while
+        it holds more than one (the previous key is erased just after the next one is installed)."""
         store = self.store()
         try:
-            (key_id,) = store.reserved_for(LINK_ID, HOLDER)
-            return key_id, store.peek(LINK_ID, key_id).material
+            reserved = store.reserved_for(LINK_ID, HOLDER)
+            if len(reserved) != 1:
+                return None
+            return reserved[0], store.peek(LINK_ID, reserved[0]).material
         finally:
             store.close()
 
@@ -213,14 +216,15 @@ def agreed_psk(pair, previous: str | None = None, timeout_s: float = 20.0) -> st
     return wait_for("both ends to hold the same new PSK", same, timeout_s=timeout_s)
 
 
-def assert_from_the_link(psk: str, *sites: Site) -> bytes:
+def assert_from_the_link(psk: str, *sites: Site) -> tuple[str, bytes]:
     """The installed PSK is the key both stores hold reserved for the tunnel (same id, same material)."""
-    in_use = [site.key_in_use() for site in sites]
+    in_use = [wait_for(f"{site.role} to hold one key for the tunnel", site.key_in_use, timeout_s=5)
+              for site in sites]
     assert len({key_id for key_id, _ in in_use}) == 1, [key_id for key_id, _ in in_use]
     material = in_use[0][1]
     assert all(m == material for _, m in in_use)
     assert base64.b64encode(material).decode() == psk
-    return material
+    return in_use[0]
 
 
 def install_times(log: str) -> dict[int, float]:
@@ -240,17 +244,17 @@ def handshake_works(pair) -> bool:
 def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_path):
     pair = fresh_pair
     alice = bob = None
-    secrets: list[bytes] = []
+    used: list[tuple[str, bytes]] = []          # (key id, material) of every PSK installed
     with CmdlineWatcher() as watcher:
         try:
             alice, bob = start_sites(tmp_path, pair, expiry_s=3600, policy="clear")
             seen = [agreed_psk(pair)]                      # epoch 1 comes once keys flow
-            secrets.append(assert_from_the_link(seen[-1], alice, bob))
+            used.append(assert_from_the_link(seen[-1], alice, bob))
             assert handshake_works(pair)
             for _ in range(3):
                 alice.daemon.rotate_now()
                 seen.append(agreed_psk(pair, previous=seen[-1]))
-                secrets.append(assert_from_the_link(seen[-1], alice, bob))
+                used.append(assert_from_the_link(seen[-1], alice, bob))
                 assert handshake_works(pair), f"no traffic after rotation {len(seen) - 1}"
             assert len(set(seen)) == len(seen) == 4
             metrics = alice.metrics()
@@ -266,12 +270,14 @@ def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_pa
             for site in (alice, bob):
                 store = site.store()
                 try:
-                    assert store.reserved_for(LINK_ID, HOLDER) == [site.key_in_use()[0]]
+                    assert store.reserved_for(LINK_ID, HOLDER) == [used[-1][0]]
+                    assert [store.state(LINK_ID, key_id).value for key_id, _ in used[:-1]] == ["delivered"] * 3
                 finally:
                     store.close()
         finally:
             stop_sites(alice, bob)
     assert watcher.scans > 10
+    secrets = [material for _, material in used]
     assert watcher.hits(secrets) == []
     installed = [install_times(site.daemon.log()) for site in (alice, bob)]
     assert sorted(installed[0]) == sorted(installed[1]) == [1, 2, 3, 4]
