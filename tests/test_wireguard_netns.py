@@ -145,8 +145,8 @@ retry_interval_s = 0.3
         return path
 
     def start(self, other: "Site", **kwargs) -> QkddInNetns:
-        self.daemon = QkddInNetns(self.end.netns, self.write_config(other, **kwargs), self.dir / "qkdd.log").start()
-        return self.daemon
+        self.daemon = QkddInNetns(self.end.netns, self.write_config(other, **kwargs), self.dir / "qkdd.log")
+        return self.daemon.start()           # assigned first: a daemon that never gets ready is still stopped
 
     def _address(self, name: str) -> str:
         return re.findall(rf"{name}_address=(\S+)", self.daemon.log())[-1].strip('"')
@@ -194,11 +194,15 @@ def start_sites(tmp_path, pair, **kwargs):
     """Both daemons on the live link; returns once alice's store holds keys the link produced."""
     alice = Site(tmp_path, "alice", pair.a, "alice")
     bob = Site(tmp_path, "bob", pair.b, "bob")
-    alice.start(bob, **kwargs)
-    bob.start(alice, **kwargs)
-    wait_for("keys from the live link at both ends", lambda: all(
-        site.link_metrics()["keys_stored"].get("available", 0) > 0 for site in (alice, bob)),
-        timeout_s=KEY_WAIT_S, interval_s=0.3)
+    try:
+        alice.start(bob, **kwargs)
+        bob.start(alice, **kwargs)
+        wait_for("keys from the live link at both ends", lambda: all(
+            site.link_metrics()["keys_stored"].get("available", 0) > 0 for site in (alice, bob)),
+            timeout_s=KEY_WAIT_S, interval_s=0.3)
+    except BaseException:
+        stop_sites(alice, bob)                 # the caller never gets them to stop
+        raise
     return alice, bob
 
 
