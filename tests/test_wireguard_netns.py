@@ -1,21 +1,26 @@
-"""WireGuard PSK rotation on real tunnels: two namespaces, wireguard-go and wg in each, two qkdd daemons
-(alice leads, bob follows) talking over the veth pair's classical channel, each driving its own interface.
+"""WireGuard PSK rotation on real tunnels: two namespaces joined by a veth pair, wireguard-go and wg in
+each, and two qkdd daemons on a live simulated link, each driving its own interface.
 
-Keys: the daemons run the link engine (whose peer session carries the WireGuard channel), but their
-simulated devices sit in different namespaces and never reach each other, so each test seeds both daemons' key stores
-with the same keys (same ids, same material; alice's copies allocatable, bob's only by id) through the
-real KeyStore API into each daemon's own SQLite file before starting it. Rotations are triggered with
-SIGUSR1 ("rotate now") because the configured interval cannot go below 30 s.
+The link is a real `[[links]]` entry with `driver = "sim"` at both ends: alice (source) runs the simulated
+device's quantum channel on her veth address (`device_addr`), bob (detector) connects to it, and the
+classical peer channel (alice `peer_listen`, bob `peer_addr`, ML-DSA-65 identities pinned both ways) runs
+over the veth pair too; its peer session carries the WireGuard epoch records next to the link engine's
+own. Frames are small and unpaced, so keys flow within seconds; every PSK the tests see installed is a key
+the link produced (checked against both key stores). Key production is stopped for real through alice's
+admin sim-control API (intercept-resend pushes the QBER past the threshold, the link halts). Rotations
+are triggered with SIGUSR1 ("rotate now") because the configured interval cannot go below 30 s.
 Needs root and /dev/net/tun (skips otherwise).
 """
 from __future__ import annotations
 
 import base64
 import datetime
+import json
 import os
 import re
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,18 +31,24 @@ from qkdd.config import WireGuardConfig
 from qkdd.consumers.wg_epoch import MessageType, decode
 from qkdd.consumers.wg_tool import WgTool
 from qkdd.consumers.wireguard import TunnelRotation, WireGuardChannel
+from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
 from qkdd.keystore import KeyStore, create_kek
 from qkdd.metrics import Metrics
 from qkdd.peer import SessionClosedError, generate_identity, save_private_key, save_public_key
+from qkdd.pki import init_pki
 
-from wireguard_support import (CmdlineWatcher, QkddInNetns, WgPair, files_containing, missing_requirements,
-                                     new_key_ids, parse_metric, wait_for)
+from wireguard_support import (CmdlineWatcher, QkddInNetns, WgPair, files_containing, http_in_netns,
+                               missing_requirements, parse_metric, wait_for)
 
 pytestmark = pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")
 
 LINK_ID = "wg-link"
 TUNNEL = "site-a-b"
-PEER_PORT = 7443
+HOLDER = f"wireguard:{TUNNEL}"
+PEER_PORT = 7443          # classical channel, on alice's veth address
+QUANTUM_PORT = 7081       # the simulated devices' quantum channel, on alice's veth address
+FRAME_DETECTIONS = 250_000      # as the link daemon tests: the smallest frames that yield key (finite-key bound)
+KEY_WAIT_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -64,34 +75,33 @@ def fresh_pair(pair):
 
 
 class Site:
+    """One daemon's directory, identity, config and API (alice's API is mTLS with an admin client)."""
+
     def __init__(self, root: Path, name: str, end, role: str):
         self.dir = root / name
         self.state_dir = self.dir / "state"
         self.state_dir.mkdir(parents=True)
         self.end = end
         self.role = role
-        self.kek_path = self.state_dir / "kek"         # where the daemon looks for its key-encryption key
-        self.kek = create_kek(str(self.kek_path))
-        self.identity = generate_identity()
-        save_private_key(self.identity, self.dir / "identity.pem")
-        save_public_key(self.identity.public_key(), self.dir / "identity.pub")
+        self.kek = create_kek(str(self.state_dir / "kek"))   # where the daemon looks for its key-encryption key
+        identity = generate_identity()
+        save_private_key(identity, self.dir / "identity.pem")
+        save_public_key(identity.public_key(), self.dir / "identity.pub")
+        self.pki = init_pki(self.dir / "pki", ["localhost"], ["admin"]) if role == "alice" else None
         self.daemon: QkddInNetns | None = None
 
-    def seed(self, keys: list[tuple[str, bytes]], frame_id: int = 1) -> None:
-        """Store `keys` as one committed frame (also while the daemon runs: SQLite WAL, one writer at a time)."""
-        store = KeyStore(str(self.state_dir / "keys.sqlite3"), self.kek)
-        try:
-            store.put_pending(LINK_ID, frame_id, keys, expires_at=time.time() + 3600,
-                              allocatable=[self.role == "alice"] * len(keys))
-            store.commit_frame(LINK_ID, frame_id)
-        finally:
-            store.close()
-
-    def write_config(self, other: "Site", *, expiry_s: float, policy: str) -> Path:
+    def write_config(self, other: "Site", *, expiry_s: float, policy: str, key_expiry_s: float = 3600) -> Path:
+        alice = self if self.role == "alice" else other
         if self.role == "alice":
             channel = f'peer_listen = "{self.end.veth_ip}:{PEER_PORT}"'
         else:
             channel = f'peer_addr = "{other.end.veth_ip}:{PEER_PORT}"'
+        api_tls = ""
+        if self.pki is not None:
+            server = self.pki.kmes["localhost"]
+            api_tls = (f'admin_clients = ["cn:admin"]\n[api.tls]\ncert_file = "{server.cert_file}"\n'
+                       f'key_file = "{server.key_file}"\nclient_ca_file = "{self.pki.ca_cert_file}"\n'
+                       'client_cert = "optional"\n')
         text = f'''
 [daemon]
 state_dir = "{self.state_dir}"
@@ -99,7 +109,7 @@ log_level = "debug"
 
 [api]
 listen = "127.0.0.1:0"
-
+{api_tls}
 [health]
 listen = "127.0.0.1:0"
 
@@ -110,6 +120,15 @@ driver = "sim"
 {channel}
 peer_key_file = "{self.dir / 'identity.pem'}"
 peer_public_key = "{other.dir / 'identity.pub'}"
+device_addr = "{alice.end.veth_ip}:{QUANTUM_PORT}"
+key_expiry_s = {key_expiry_s}
+frames_in_flight = 2
+
+[links.sim]
+distance_km = 25.0
+frame_slots = {MAX_FRAME_SLOTS}
+max_detections_per_frame = {FRAME_DETECTIONS}
+realtime = false
 
 [[wireguard]]
 name = "{TUNNEL}"
@@ -126,39 +145,90 @@ retry_interval_s = 0.3
         return path
 
     def start(self, other: "Site", **kwargs) -> QkddInNetns:
-        self.daemon = QkddInNetns(self.end.netns, self.write_config(other, **kwargs), self.dir / "qkdd.log").start()
-        return self.daemon
+        self.daemon = QkddInNetns(self.end.netns, self.write_config(other, **kwargs), self.dir / "qkdd.log")
+        return self.daemon.start()           # assigned first: a daemon that never gets ready is still stopped
+
+    def _address(self, name: str) -> str:
+        return re.findall(rf"{name}_address=(\S+)", self.daemon.log())[-1].strip('"')
 
     def metrics(self) -> str:
-        match = re.findall(r"health_address=(\S+)", self.daemon.log())
-        host_port = match[-1].strip('"')
-        return self.end.ns("python3", "-c", f"import urllib.request;print(urllib.request.urlopen("
-                                            f"'http://{host_port}/metrics', timeout=5).read().decode())")
+        status, text = http_in_netns(self.end.netns, "GET", f"http://{self._address('health')}/metrics")
+        assert status == 200, text
+        return text
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        """The daemon's API from inside its namespace (alice's over TLS with the admin certificate)."""
+        host_port = self._address("api")
+        if self.pki is None:
+            status, text = http_in_netns(self.end.netns, method, f"http://{host_port}{path}", body)
+        else:
+            admin = self.pki.saes["admin"]
+            port = host_port.rsplit(":", 1)[1]
+            status, text = http_in_netns(self.end.netns, method, f"https://localhost:{port}{path}", body,
+                                         cafile=str(self.pki.ca_cert_file), cert=str(admin.cert_file),
+                                         key=str(admin.key_file))
+        assert status == 200, (status, text)
+        return json.loads(text)
+
+    def link_metrics(self) -> dict:
+        return self.api("GET", f"/v1/links/{LINK_ID}/metrics")
+
+    def store(self) -> KeyStore:
+        """The daemon's own key store file, opened beside it (SQLite WAL: readers do not block it)."""
+        return KeyStore(str(self.state_dir / "keys.sqlite3"), self.kek)
+
+    def key_in_use(self) -> tuple[str, bytes] | None:
+        """The key id reserved for the tunnel and its material, from this site's key store; None while
+        it holds more than one (the previous key is erased just after the next one is installed)."""
+        store = self.store()
+        try:
+            reserved = store.reserved_for(LINK_ID, HOLDER)
+            if len(reserved) != 1:
+                return None
+            return reserved[0], store.peek(LINK_ID, reserved[0]).material
+        finally:
+            store.close()
 
 
-def start_sites(tmp_path, pair, key_count: int, **kwargs):
-    keys = [(key_id, os.urandom(32)) for key_id in new_key_ids(key_count)]
+def start_sites(tmp_path, pair, **kwargs):
+    """Both daemons on the live link; returns once alice's store holds keys the link produced."""
     alice = Site(tmp_path, "alice", pair.a, "alice")
     bob = Site(tmp_path, "bob", pair.b, "bob")
-    for site in (alice, bob):
-        site.seed(keys)
-    alice.start(bob, **kwargs)
-    bob.start(alice, **kwargs)
-    return alice, bob, keys
+    try:
+        alice.start(bob, **kwargs)
+        bob.start(alice, **kwargs)
+        wait_for("keys from the live link at both ends", lambda: all(
+            site.link_metrics()["keys_stored"].get("available", 0) > 0 for site in (alice, bob)),
+            timeout_s=KEY_WAIT_S, interval_s=0.3)
+    except BaseException:
+        stop_sites(alice, bob)                 # the caller never gets them to stop
+        raise
+    return alice, bob
 
 
 def stop_sites(*sites):
     for site in sites:
-        if site.daemon is not None:
+        if site is not None and site.daemon is not None:
             site.daemon.stop()
 
 
-def agreed_psk(pair, previous: str | None = None) -> str:
+def agreed_psk(pair, previous: str | None = None, timeout_s: float = 20.0) -> str:
     """Wait until both ends hold the same PSK (different from `previous`) and return it."""
     def same():
         a, b = pair.a.psk(), pair.b.psk()
         return a if a == b and a != "(none)" and a != previous else None
-    return wait_for("both ends to hold the same new PSK", same)
+    return wait_for("both ends to hold the same new PSK", same, timeout_s=timeout_s)
+
+
+def assert_from_the_link(psk: str, *sites: Site) -> tuple[str, bytes]:
+    """The installed PSK is the key both stores hold reserved for the tunnel (same id, same material)."""
+    in_use = [wait_for(f"{site.role} to hold one key for the tunnel", site.key_in_use, timeout_s=5)
+              for site in sites]
+    assert len({key_id for key_id, _ in in_use}) == 1, [key_id for key_id, _ in in_use]
+    material = in_use[0][1]
+    assert all(m == material for _, m in in_use)
+    assert base64.b64encode(material).decode() == psk
+    return in_use[0]
 
 
 def install_times(log: str) -> dict[int, float]:
@@ -178,24 +248,19 @@ def handshake_works(pair) -> bool:
 def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_path):
     pair = fresh_pair
     alice = bob = None
-    keys = [(key_id, os.urandom(32)) for key_id in new_key_ids(6)]
-    with CmdlineWatcher([material for _, material in keys]) as watcher:
+    used: list[tuple[str, bytes]] = []          # (key id, material) of every PSK installed
+    with CmdlineWatcher() as watcher:
         try:
-            alice = Site(tmp_path, "alice", pair.a, "alice")
-            bob = Site(tmp_path, "bob", pair.b, "bob")
-            for site in (alice, bob):
-                site.seed(keys)
-            alice.start(bob, expiry_s=3600, policy="clear")
-            bob.start(alice, expiry_s=3600, policy="clear")
-            seen = [agreed_psk(pair)]                      # epoch 1 comes at start
+            alice, bob = start_sites(tmp_path, pair, expiry_s=3600, policy="clear")
+            seen = [agreed_psk(pair)]                      # epoch 1 comes once keys flow
+            used.append(assert_from_the_link(seen[-1], alice, bob))
             assert handshake_works(pair)
             for _ in range(3):
                 alice.daemon.rotate_now()
                 seen.append(agreed_psk(pair, previous=seen[-1]))
+                used.append(assert_from_the_link(seen[-1], alice, bob))
                 assert handshake_works(pair), f"no traffic after rotation {len(seen) - 1}"
             assert len(set(seen)) == len(seen) == 4
-            materials = {base64.b64encode(m).decode() for _, m in keys}
-            assert set(seen) <= materials                   # every PSK was one of the QKD keys
             metrics = alice.metrics()
             assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL, result="success") == 4
             assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is not None
@@ -205,11 +270,19 @@ def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_pa
             assert handshake_age
             age_s = parse_metric(alice.metrics(), "qkd_wireguard_handshake_age_seconds", tunnel=TUNNEL)
             assert 0 <= age_s < 30
+            # every earlier PSK is erased from both stores (delivered to nobody), only the current one is held
+            for site in (alice, bob):
+                store = site.store()
+                try:
+                    assert store.reserved_for(LINK_ID, HOLDER) == [used[-1][0]]
+                    assert [store.state(LINK_ID, key_id).value for key_id, _ in used[:-1]] == ["delivered"] * 3
+                finally:
+                    store.close()
         finally:
             stop_sites(alice, bob)
     assert watcher.scans > 10
-    assert watcher.hits == []
-    secrets = [material for _, material in keys]
+    secrets = [material for _, material in used]
+    assert watcher.hits(secrets) == []
     installed = [install_times(site.daemon.log()) for site in (alice, bob)]
     assert sorted(installed[0]) == sorted(installed[1]) == [1, 2, 3, 4]
     for epoch in range(1, 5):                      # both ends switch within moments of each other
@@ -220,8 +293,9 @@ def test_rotations_keep_the_tunnel_up_and_the_key_never_leaks(fresh_pair, tmp_pa
 
 def test_a_held_back_end_breaks_the_next_handshake_until_it_catches_up(fresh_pair, tmp_path):
     pair = fresh_pair
-    alice, bob, _ = start_sites(tmp_path, pair, 4, expiry_s=3600, policy="clear")
+    alice = bob = None
     try:
+        alice, bob = start_sites(tmp_path, pair, expiry_s=3600, policy="clear")
         first = agreed_psk(pair)
         assert handshake_works(pair)
         # Hold bob back: his `wg set` cannot reach wireguard-go while its control socket is moved away.
@@ -233,7 +307,7 @@ def test_a_held_back_end_breaks_the_next_handshake_until_it_catches_up(fresh_pai
                  lambda: bob.daemon.log().count("installing epoch 2 failed") >= 2)
         assert not handshake_works(pair), "the handshake succeeded with different PSKs"
         os.replace(held, pair.b.socket_path)
-        agreed_psk(pair, previous=first)
+        assert_from_the_link(agreed_psk(pair, previous=first), alice, bob)
         time.sleep(1.1)
         assert wait_for("the tunnel to recover", lambda: handshake_works(pair), timeout_s=10, interval_s=0.5)
         assert parse_metric(bob.metrics(), "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
@@ -244,40 +318,67 @@ def test_a_held_back_end_breaks_the_next_handshake_until_it_catches_up(fresh_pai
 
 def test_a_restarted_end_reapplies_the_current_key(fresh_pair, tmp_path):
     pair = fresh_pair
-    alice, bob, _ = start_sites(tmp_path, pair, 3, expiry_s=3600, policy="clear")
+    alice = bob = None
     try:
+        alice, bob = start_sites(tmp_path, pair, expiry_s=3600, policy="clear")
         current = agreed_psk(pair)
         bob.daemon.stop(signal.SIGKILL)
         pair.b.add_peer(pair.a)                   # the interface forgot its PSK meanwhile
         assert pair.b.psk() == "(none)"
         # a proposal bob agreed to just before he died, never installed: erased at start, never reused
-        store = KeyStore(str(bob.state_dir / "keys.sqlite3"), bob.kek)
-        in_use = store.reserved_for(LINK_ID, f"wireguard:{TUNNEL}")
+        store = bob.store()
+        in_use = store.reserved_for(LINK_ID, HOLDER)
         stale = [key_id for key_id, state in store.inventory(LINK_ID).items() if state.value == "available"][0]
-        store.reserve_ids(LINK_ID, [stale], f"wireguard:{TUNNEL}")
+        store.reserve_ids(LINK_ID, [stale], HOLDER)
         store.close()
         bob.daemon.start()
         assert wait_for("bob to re-apply the PSK", lambda: pair.b.psk() == current)
         assert handshake_works(pair)
-        store = KeyStore(str(bob.state_dir / "keys.sqlite3"), bob.kek)
+        assert_from_the_link(current, alice, bob)
+        store = bob.store()
         try:
             assert store.state(LINK_ID, stale).value == "delivered"
-            assert store.reserved_for(LINK_ID, f"wireguard:{TUNNEL}") == in_use
+            assert store.reserved_for(LINK_ID, HOLDER) == in_use
         finally:
             store.close()
+        # the link itself came back with him: keys flow again at both ends
+        generated = alice.link_metrics()["keys_generated"]
+        wait_for("new keys after bob's restart", lambda: alice.link_metrics()["keys_generated"] > generated,
+                 timeout_s=KEY_WAIT_S, interval_s=0.5)
     finally:
         stop_sites(alice, bob)
 
 
 @pytest.mark.parametrize("policy", ["clear", "random"])
 def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
+    """Key production stops for real (intercept-resend on the link: the QBER passes the threshold and the
+    link halts); the keys stored before expire after `key_expiry_s`, the PSK in use after `psk_expiry_s`.
+    Frames started before the attack may still finish after the halt and store a key: the leader then
+    rightly takes it when the PSK expires, so the test waits for the fallback that finds no key left."""
+    key_expiry_s, psk_expiry_s = 2, 8
     pair = fresh_pair
-    alice, bob, _ = start_sites(tmp_path, pair, 1, expiry_s=3, policy=policy)   # one key: no rotation after it
+    alice = bob = None
+
+    def no_key_count() -> float:
+        return parse_metric(alice.metrics(), "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
+                            result="no_key") or 0
+
+    def fell_back(site: Site) -> bool:         # the fallback came after the last epoch it installed
+        log = site.daemon.log()
+        return log.rfind(f"fallback {policy} applied") > log.rfind(" installed on ")
+
     try:
+        alice, bob = start_sites(tmp_path, pair, expiry_s=psk_expiry_s, policy=policy, key_expiry_s=key_expiry_s)
         qkd_psk = agreed_psk(pair)
+        no_key_before = no_key_count()          # the leader tried before keys flowed at start
         assert handshake_works(pair)
-        for site in (alice, bob):
-            wait_for(f"{site.role}'s fallback", lambda: f"fallback {policy} applied" in site.daemon.log())
+        attack = alice.api("POST", f"/v1/links/{LINK_ID}/sim/attack", {"attack": "intercept-resend:1"})
+        assert attack["attack"].startswith("intercept-resend")
+        wait_for("the attacked link to halt", lambda: alice.link_metrics()["state"] == "halted",
+                 timeout_s=20, interval_s=0.3)
+        wait_for("the fallback with no key left", lambda: fell_back(alice) and fell_back(bob)
+                 and no_key_count() > no_key_before, timeout_s=4 * psk_expiry_s, interval_s=0.3)
+        epochs = len(install_times(alice.daemon.log()))
         psk_a, psk_b = pair.a.psk(), pair.b.psk()
         if policy == "clear":
             assert psk_a == psk_b == "(none)"
@@ -287,17 +388,16 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
             assert not handshake_works(pair), "a random PSK must make the tunnel fail closed"
         metrics = alice.metrics()
         assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
-                            result=f"expired_{policy}") == 1
+                            result=f"expired_{policy}") == epochs
         assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is None
-        wait_for("the leader to look for a fresh key", lambda: parse_metric(
-            alice.metrics(), "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL, result="no_key") >= 1,
-            timeout_s=10, interval_s=0.3)
+        assert alice.link_metrics()["state"] == "halted"
+        assert pair.a.psk() == psk_a and pair.b.psk() == psk_b        # the fallback stays while no key comes
         if policy == "random":
             # Keys flow again: the leader's next attempt (every few seconds) takes one, the tunnel comes back.
-            fresh = [(key_id, os.urandom(32)) for key_id in new_key_ids(1)]
-            for site in (alice, bob):
-                site.seed(fresh, frame_id=2)
-            assert agreed_psk(pair) == base64.b64encode(fresh[0][1]).decode()
+            alice.api("POST", f"/v1/links/{LINK_ID}/sim/attack", {"attack": "none"})
+            fresh = agreed_psk(pair, previous=psk_a, timeout_s=KEY_WAIT_S)
+            assert fresh != qkd_psk
+            assert_from_the_link(fresh, alice, bob)
             assert handshake_works(pair)
     finally:
         stop_sites(alice, bob)
@@ -308,6 +408,7 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
 # `wg` (wireguard-go's control sockets are reachable from any namespace). The classical channel between
 # them is an in-memory pair of streams standing in for a peer session (the real one is used above):
 # that lets the test cut the session at a chosen moment and run the timer below the 30 s config floor.
+# Each holds its own SQLite key store with the same keys stored directly (no link engine runs here).
 
 class MemoryStream:
     def __init__(self, outgoing, incoming):
@@ -352,7 +453,7 @@ def make_rotation(tmp_path, end, role: str, keys, interval_s: float) -> TunnelRo
 
 def test_the_interval_drives_rotation_and_a_lost_ack_is_resynchronised(fresh_pair, tmp_path):
     pair = fresh_pair
-    keys = [(key_id, os.urandom(32)) for key_id in new_key_ids(12)]
+    keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(12)]
     alice = make_rotation(tmp_path, pair.a, "alice", keys, interval_s=1.5)
     bob = make_rotation(tmp_path, pair.b, "bob", keys, interval_s=1.5)
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 WG_RUN_DIR = Path("/var/run/wireguard")
@@ -209,11 +208,11 @@ def key_forms(material: bytes) -> list[bytes]:
 
 
 class CmdlineWatcher:
-    """Reads every /proc/*/cmdline and environ continuously in a thread and records any that holds a key."""
+    """Reads every /proc/*/cmdline and environ continuously in a thread and keeps each distinct content,
+    so that keys known only afterwards (they come from the live link) can be looked for in all of them."""
 
-    def __init__(self, secrets: list[bytes]):
-        self.secrets = [form for secret in secrets for form in key_forms(secret)]
-        self.hits: list[str] = []
+    def __init__(self):
+        self.seen: set[bytes] = set()
         self.scans = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -234,13 +233,15 @@ class CmdlineWatcher:
                 for name in ("cmdline", "environ"):
                     try:
                         with open(f"/proc/{pid}/{name}", "rb") as handle:
-                            data = handle.read()
+                            self.seen.add(handle.read())
                     except OSError:
                         continue
-                    if any(secret in data for secret in self.secrets):
-                        self.hits.append(f"/proc/{pid}/{name}: {data[:200]!r}")
             self.scans += 1
             time.sleep(0.01)
+
+    def hits(self, secrets: list[bytes]) -> list[bytes]:
+        forms = [form for secret in secrets for form in key_forms(secret)]
+        return [data[:200] for data in self.seen if any(form in data for form in forms)]
 
 
 def files_containing(root: Path, secrets: list[bytes]) -> list[str]:
@@ -257,10 +258,6 @@ def files_containing(root: Path, secrets: list[bytes]) -> list[str]:
     return found
 
 
-def new_key_ids(count: int) -> list[str]:
-    return [str(uuid.uuid4()) for _ in range(count)]
-
-
 def parse_metric(text: str, name: str, **labels: str) -> float | None:
     for line in text.splitlines():
         if not line.startswith(name):
@@ -269,3 +266,33 @@ def parse_metric(text: str, name: str, **labels: str) -> float | None:
         if match and match.group(1) == name and all(f'{k}="{v}"' in (match.group(2) or "") for k, v in labels.items()):
             return float(match.group(3))
     return None
+
+
+_HTTP_SNIPPET = """
+import json, ssl, sys, urllib.error, urllib.request
+method, url, body, cafile, cert, key = sys.argv[1:7]
+context = None
+if cafile:
+    context = ssl.create_default_context(cafile=cafile)
+    if cert:
+        context.load_cert_chain(cert, key)
+request = urllib.request.Request(url, method=method, data=body.encode() if body else None,
+                                 headers={"content-type": "application/json"} if body else {})
+try:
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:
+        status, text = response.status, response.read().decode()
+except urllib.error.HTTPError as exc:
+    status, text = exc.code, exc.read().decode()
+print(json.dumps({"status": status, "body": text}))
+"""
+
+
+def http_in_netns(netns: str, method: str, url: str, body: dict | None = None, *, cafile: str = "",
+                  cert: str = "", key: str = "") -> tuple[int, str]:
+    """One HTTP(S) request made from inside `netns` (the daemons listen on the namespace's loopback):
+    (status, body text). `cafile` verifies the server, `cert`/`key` present a client certificate."""
+    import json
+    out = run("ip", "netns", "exec", netns, sys.executable, "-c", _HTTP_SNIPPET, method, url,
+              json.dumps(body) if body is not None else "", cafile, cert, key)
+    answer = json.loads(out)
+    return answer["status"], answer["body"]
