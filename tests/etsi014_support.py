@@ -90,15 +90,16 @@ class KmePair:
         """How many peer sessions the daemon has had ready so far (live link; from its log)."""
         return sum(1 for line in self.daemons[name].log.splitlines() if re.search(r"session \S+ ready", line))
 
-    def wait_for_keys(self, timeout_s: float = 60.0) -> None:
-        """Until each KME's Get status reports stored keys for the other end's SAE (live link)."""
+    def wait_for_keys(self, minimum: int = 1, timeout_s: float = 60.0) -> None:
+        """Until each KME's Get status reports at least `minimum` stored keys for the other end's SAE
+        (live link: keys keep arriving)."""
         deadline = time.monotonic() + timeout_s
         for kme, master, slave in (("kme-a", "sae-a", "sae-b"), ("kme-b", "sae-b", "sae-a")):
             with self.client(master) as client:
                 while True:
                     response = client.get(self.url(kme, f"/api/v1/keys/{slave}/status"))
                     assert response.status_code == 200, response.text
-                    if response.json()["stored_key_count"] > 0:
+                    if response.json()["stored_key_count"] >= minimum:
                         break
                     assert time.monotonic() < deadline, f"no keys at {kme} within {timeout_s} s"
                     time.sleep(0.2)
