@@ -61,6 +61,10 @@ BAD_CONFIGS = [
      "credential kms-client-secret)"),
     ("same port twice", '[api]\nlisten = "0.0.0.0:9000"\n[health]\nlisten = "127.0.0.1:9000"\n', {},
      "config error: health.listen: 127.0.0.1:9000 overlaps api.listen 0.0.0.0:9000"),
+    ("ETSI 014 peer that nothing reaches", '[etsi014]\nkme_id = "kme-a"\n[[etsi014.peers]]\nkme_id = "kme-b"\n'
+     'link_id = "sim-9"\n', {},
+     "config error: etsi014.peers[0].link_id: no link 'sim-9' with a classical channel in [[links]] (peer_addr or "
+     "peer_listen, peer_key_file and peer_public_key), and no [etsi014.peers.channel]"),
     ("unreadable TLS file", '[api.tls]\ncert_file = "/nonexistent/kme.pem"\nkey_file = "/nonexistent/kme.key"\n',
      {}, "config error: api.tls.cert_file: cannot read /nonexistent/kme.pem: No such file or directory"),
 ]
