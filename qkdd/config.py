@@ -335,6 +335,12 @@ class Config:
                                   f"this peer of {tunnel.interface} is already driven by wireguard"
                                   f"[{peers[(tunnel.interface, tunnel.peer_public_key)]}]")
             peers[(tunnel.interface, tunnel.peer_public_key)] = index
+        for index, peer in enumerate(self.etsi014.peers if self.etsi014 else ()):
+            link = self.links[seen[peer.link_id]] if peer.link_id in seen else None
+            if peer.channel is None and (link is None or not link.has_peer_channel):
+                raise ConfigError(f"etsi014.peers[{index}].link_id",
+                                  f"no link {peer.link_id!r} with a classical channel in [[links]] (peer_addr or "
+                                  "peer_listen, peer_key_file and peer_public_key), and no [etsi014.peers.channel]")
         api, health = self.api.listen, self.health.listen
         if api.port != 0 and api.port == health.port and (
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):

@@ -49,6 +49,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
     app.devices.update({link_id: engine.device for link_id, engine in app.links.items()})
+    serve_kme_on_engines(app)
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
@@ -90,11 +91,21 @@ async def serve(config: Config, notifier: Notifier) -> int:
 
 
 def kme_channels(app: App) -> list:
-    """The ETSI 014 KME's own classical channels (only while no link engine runs the links' sessions)."""
+    """The ETSI 014 KME's own classical channels (peers with an `[etsi014.peers.channel]` table)."""
     if app.kme is None:
         return []
     from qkdd.kme.channel import connector_for
     return [connector_for(app.kme, peer) for peer in app.config.etsi014.peers if peer.channel is not None]
+
+
+def serve_kme_on_engines(app: App) -> None:
+    """The KME's reservation exchange on the link engines' peer sessions (peers without a channel table)."""
+    if app.kme is None:
+        return
+    from qkdd.kme.channel import register_on_engines
+    for link_id in register_on_engines(app.kme, app.config.etsi014.peers, app.links):
+        log.warning("etsi014: no link engine runs link %s and its peer has no channel table; Get key for "
+                    "its SAEs answers 503", link_id, extra={"key": "etsi014.peers"})
 
 
 def _make_server(config: Config, name: str, router) -> HTTPServer:

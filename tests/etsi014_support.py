@@ -1,9 +1,14 @@
-"""Two real qkdd daemons (KME A and KME B) joined by the authenticated classical channel, with mTLS
-ETSI 014 listeners, for the ETSI 014 tests and benchmark.
+"""Two real qkdd daemons (KME A and KME B) with mTLS ETSI 014 listeners, for the ETSI 014 tests and benchmark.
 
-No link engine runs yet, so the two key stores are seeded with identical keys under identical ids by
-writing through the real KeyStore API into each daemon's real SQLite file before it starts; KME A may
-allocate the even-numbered keys and KME B the odd ones (the key store's `allocatable` partition).
+Two set-ups:
+- live (`make_pair(..., live_link=True)`): the daemons run the two ends of a simulated link (KME A is
+  Alice, KME B is Bob; unpaced small frames, so keys flow within seconds) and share its key store and
+  its peer session, which carries the KMEs' reservation exchange. Wait for keys with `wait_for_keys`.
+- seeded (the default, used by bench/etsi014.py): no link engine runs; the two key stores are seeded
+  with identical keys under identical ids through the real KeyStore API into each daemon's real SQLite
+  file before it starts (KME A may allocate the even-numbered keys and KME B the odd ones, the key
+  store's `allocatable` partition), and the KMEs talk over a classical channel of their own
+  (`[etsi014.peers.channel]`). A fixed store suits the benchmark and the tests that need a known count.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
+
 from qkdd.keystore import KeyStore, create_kek, load_kek
 from qkdd.peer import generate_identity, save_private_key, save_public_key
 from qkdd.pki import DevPKI, init_pki
@@ -27,6 +34,7 @@ from tests.daemon_support import Daemon, base_config, clean_env
 
 LINK_ID = "a-b"
 STORED_KEY_BITS = 256
+LIVE_FRAME_DETECTIONS = 250_000     # a frame ends at this many detections at Bob (small: keys in seconds)
 SAES = {"sae-a": "kme-a", "sae-b": "kme-b", "sae-d": "kme-b", "sae-e": "kme-a"}   # sae-c is unknown
 
 
@@ -55,6 +63,7 @@ class KmePair:
     root: Path
     pki: DevPKI
     channel_port: int
+    live_link: bool = False
     daemons: dict[str, Daemon] = field(default_factory=dict)
     state_dirs: dict[str, Path] = field(default_factory=dict)
     config_texts: dict[str, str] = field(default_factory=dict)
@@ -72,7 +81,28 @@ class KmePair:
         return daemon
 
     def wait_channel(self, name: str) -> None:
-        self.daemons[name].wait_for(r"session \S+ established", timeout_s=30)
+        """Until the daemon's KME can reach the peer KME (live: the link's session is resynchronised and
+        serves the KME's channel; seeded: the KME's own channel is up)."""
+        pattern = r"session \S+ ready" if self.live_link else r"session \S+ established"
+        self.daemons[name].wait_for(pattern, timeout_s=30)
+
+    def sessions_ready(self, name: str) -> int:
+        """How many peer sessions the daemon has had ready so far (live link; from its log)."""
+        return sum(1 for line in self.daemons[name].log.splitlines() if re.search(r"session \S+ ready", line))
+
+    def wait_for_keys(self, minimum: int = 1, timeout_s: float = 60.0) -> None:
+        """Until each KME's Get status reports at least `minimum` stored keys for the other end's SAE
+        (live link: keys keep arriving)."""
+        deadline = time.monotonic() + timeout_s
+        for kme, master, slave in (("kme-a", "sae-a", "sae-b"), ("kme-b", "sae-b", "sae-a")):
+            with self.client(master) as client:
+                while True:
+                    response = client.get(self.url(kme, f"/api/v1/keys/{slave}/status"))
+                    assert response.status_code == 200, response.text
+                    if response.json()["stored_key_count"] >= minimum:
+                        break
+                    assert time.monotonic() < deadline, f"no keys at {kme} within {timeout_s} s"
+                    time.sleep(0.2)
 
     def url(self, name: str, path: str) -> str:
         host, port = self.daemons[name].api_address
@@ -95,9 +125,12 @@ class KmePair:
             daemon.kill()
 
 
-def make_pair(root: Path, *, stored_keys: int = 400, etsi_extra: str = "") -> tuple[KmePair, list]:
+def make_pair(root: Path, *, stored_keys: int = 400, etsi_extra: str = "",
+              live_link: bool = False) -> tuple[KmePair, list]:
+    """The two daemons' configurations (not started). Seeded: `stored_keys` keys in each store, returned
+    as (key_id, material) pairs. Live link: nothing seeded, an empty list returned."""
     pki = init_pki(root / "pki", ["kme-a", "kme-b"], [*SAES, "sae-c"])
-    pair = KmePair(root, pki, free_port())
+    pair = KmePair(root, pki, free_port(), live_link=live_link)
     identities = {}
     for name in ("kme-a", "kme-b"):
         (root / name).mkdir()
@@ -108,7 +141,8 @@ def make_pair(root: Path, *, stored_keys: int = 400, etsi_extra: str = "") -> tu
         save_private_key(identity, root / name / "identity.key")
         save_public_key(identity.public_key(), root / name / "identity.pub")
         identities[name] = identity
-    keys = seed_key_stores(pair.state_dirs, stored_keys)
+    keys = [] if live_link else seed_key_stores(pair.state_dirs, stored_keys)
+    device_port = free_port()
     saes = "".join(f'[[etsi014.saes]]\nsae_id = "{sae}"\nkme_id = "{kme}"\n' for sae, kme in SAES.items())
     for name, peer, channel in (("kme-a", "kme-b", f'dial = "127.0.0.1:{pair.channel_port}"'),
                                 ("kme-b", "kme-a", f'listen = "127.0.0.1:{pair.channel_port}"')):
@@ -116,11 +150,28 @@ def make_pair(root: Path, *, stored_keys: int = 400, etsi_extra: str = "") -> tu
         api_tls = (f'[api.tls]\ncert_file = "{issued.cert_file}"\nkey_file = "{issued.key_file}"\n'
                    f'client_ca_file = "{pki.ca_cert_file}"\nclient_cert = "optional"\n')
         etsi = (f'[etsi014]\nkme_id = "{name}"\n{etsi_extra}\n{saes}'
-                f'[[etsi014.peers]]\nkme_id = "{peer}"\nlink_id = "{LINK_ID}"\n'
-                f'[etsi014.peers.channel]\nidentity_key_file = "{root / name / "identity.key"}"\n'
-                f'peer_public_key_file = "{root / peer / "identity.pub"}"\n{channel}\n')
-        pair.config_texts[name] = base_config(pair.state_dirs[name], api_extra=api_tls, links="") + "\n" + etsi
+                f'[[etsi014.peers]]\nkme_id = "{peer}"\nlink_id = "{LINK_ID}"\n')
+        if live_link:
+            links = live_link_config(name, peer, root, pair.channel_port, device_port)
+        else:
+            links = ""
+            etsi += (f'[etsi014.peers.channel]\nidentity_key_file = "{root / name / "identity.key"}"\n'
+                     f'peer_public_key_file = "{root / peer / "identity.pub"}"\n{channel}\n')
+        pair.config_texts[name] = (base_config(pair.state_dirs[name], api_extra=api_tls, links=links)
+                                   + "\n" + etsi)
     return pair, keys
+
+
+def live_link_config(name: str, peer: str, root: Path, peer_port: int, device_port: int) -> str:
+    """`[[links]]` for one end of the simulated link: KME A is Alice (accepts the peer session, her
+    simulated source listens on `device_port`), KME B is Bob (dials both)."""
+    alice = name == "kme-a"
+    session = f'peer_listen = "127.0.0.1:{peer_port}"' if alice else f'peer_addr = "127.0.0.1:{peer_port}"'
+    return (f'[[links]]\nlink_id = "{LINK_ID}"\nrole = "{"alice" if alice else "bob"}"\ndriver = "sim"\n'
+            f'{session}\npeer_key_file = "{root / name / "identity.key"}"\n'
+            f'peer_public_key = "{root / peer / "identity.pub"}"\ndevice_addr = "127.0.0.1:{device_port}"\n'
+            f'[links.sim]\nframe_slots = {MAX_FRAME_SLOTS}\nmax_detections_per_frame = {LIVE_FRAME_DETECTIONS}\n'
+            'realtime = false\n')
 
 
 class FileLoggedDaemon:

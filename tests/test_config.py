@@ -64,6 +64,10 @@ BAD_CONFIGS = [
     ("simulator seed without the testing opt-in", LINK + "[links.sim]\nseed = 7\n", {},
      "config error: links[0].sim.seed: makes the simulated source reproducible, so anyone who knows the seed "
      "knows the keys; only for tests: set allow_insecure_seed = true in the same table"),
+    ("ETSI 014 peer that nothing reaches", '[etsi014]\nkme_id = "kme-a"\n[[etsi014.peers]]\nkme_id = "kme-b"\n'
+     'link_id = "sim-9"\n', {},
+     "config error: etsi014.peers[0].link_id: no link 'sim-9' with a classical channel in [[links]] (peer_addr or "
+     "peer_listen, peer_key_file and peer_public_key), and no [etsi014.peers.channel]"),
     ("unreadable TLS file", '[api.tls]\ncert_file = "/nonexistent/kme.pem"\nkey_file = "/nonexistent/kme.key"\n',
      {}, "config error: api.tls.cert_file: cannot read /nonexistent/kme.pem: No such file or directory"),
 ]

@@ -1,8 +1,14 @@
-"""The classical channel to each peer KME while no link engine runs the link's session: one
-PeerConnector per `[[etsi014.peers]]` entry with a `channel` table, carrying the reservation exchange on
-its own mux channel. Once the link engine owns the session it calls `KmeService.serve_channel` with a
-stream of its ChannelMux on ETSI014_CHANNEL instead, and this module goes away."""
+"""The classical channel that carries the reservation exchange to each peer KME, on its own channel
+number (ETSI014_CHANNEL) of a peer session:
+
+- a peer whose `link_id` is one of this daemon's `[[links]]` with a running link engine: the engine's
+  peer session (`register_on_engines`; the engine hands `KmeService.serve_channel` a stream per session,
+  after the key stores' resynchronisation);
+- a peer with its own `[etsi014.peers.channel]` table (a daemon without a link engine for that link, as
+  when the key store is filled by other means): one PeerConnector of its own (`connector_for`)."""
 from __future__ import annotations
+
+from functools import partial
 
 import trio
 
@@ -12,6 +18,21 @@ from qkdd.kme.service import KmeService
 from qkdd.peer import ChannelMux, PeerConnector, PeerSettings, load_private_key, load_public_key
 
 ETSI014_CHANNEL = 0x0E14      # the mux channel of the reservation exchange
+
+
+def register_on_engines(service: KmeService, peers, engines: dict) -> list[str]:
+    """Serve the reservation exchange on the peer session of each peer's link engine (peers with their own
+    channel table excepted); returns the link ids of peers that have neither (no Get key reaches them)."""
+    unreached = []
+    for peer in peers:
+        if peer.channel is not None:
+            continue
+        engine = engines.get(peer.link_id)
+        if engine is None:
+            unreached.append(peer.link_id)
+            continue
+        engine.register_channel(ETSI014_CHANNEL, partial(service.serve_channel, peer.link_id))
+    return unreached
 
 
 def connector_for(service: KmeService, peer: PeerKmeConfig) -> PeerConnector:

@@ -42,9 +42,9 @@ class SaeConfig:
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    """The classical channel to a peer KME while no link engine runs the link's session (it then owns the
-    session and this table goes away): exactly one of dial / listen, this end's ML-DSA-65 identity, the
-    peer's pinned public key."""
+    """The KME's own classical channel to a peer KME whose link runs no link engine in this daemon (with
+    one, the reservation exchange uses the engine's peer session and this table is not needed): exactly
+    one of dial / listen, this end's ML-DSA-65 identity, the peer's pinned public key."""
 
     identity_key_file: str
     peer_public_key_file: str

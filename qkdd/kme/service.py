@@ -16,7 +16,7 @@ import trio
 
 from qkdd.http.messages import HTTPError
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
-from qkdd.keystore.model import KeyAlreadyDelivered, KeyNotFound
+from qkdd.keystore.model import IllegalTransition, KeyAlreadyDelivered, KeyNotFound, KeyState
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.container import assemble, plan_keys
 from qkdd.kme.group_commit import GroupCommitter
@@ -141,7 +141,17 @@ class KmeService:
         outbox.put(answer)
 
     def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
-        self.keystore.reserve_ids(link_id, reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id)
+        stored_ids, holder = reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id
+        try:
+            self.keystore.reserve_ids(link_id, stored_ids, holder)
+        except IllegalTransition as exc:
+            if exc.current is not KeyState.PENDING:
+                raise
+            # On a live link Alice commits a frame before she tells Bob to: the master's KME took these
+            # keys, so their frame committed there and Bob's COMMIT is on its way. Promote them here as the
+            # key stores' resynchronisation would (qkdd.keystore.resync: pending vs delivered).
+            self.keystore.apply_resync(link_id, stored_ids, [], [])
+            self.keystore.reserve_ids(link_id, stored_ids, holder)
         self.ledger.record(link_id, reservation)
 
     # -- Get status ----------------------------------------------------------------------------------------

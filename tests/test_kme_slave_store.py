@@ -1,0 +1,91 @@
+"""The slave's KME recording reservations over a stream (real SQLite key store and ledger, the master's
+end a sans-IO ReservationEndpoint in memory): on a live link Alice commits a frame before she tells Bob
+to, so a master at Alice may reserve keys that Bob still holds PENDING."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import trio
+
+from qkdd.keystore import KeyState, KeyStore, create_kek
+from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
+from qkdd.kme.container import plan_keys
+from qkdd.kme.ledger import Ledger
+from qkdd.kme.reservation import Reservation, ReservationAccepted, ReservationEndpoint, ReservationRefused
+from qkdd.kme.service import KmeService
+from qkdd.peer.errors import SessionClosedError
+
+LINK = "a-b"
+
+
+class MemoryStream:
+    """One end of an in-memory session: send / receive, SessionClosedError once the other end closed."""
+
+    def __init__(self, inbound: trio.MemoryReceiveChannel, outbound: trio.MemorySendChannel) -> None:
+        self.inbound, self.outbound = inbound, outbound
+
+    async def send(self, payload: bytes) -> None:
+        await self.outbound.send(payload)
+
+    async def receive(self) -> bytes:
+        try:
+            return await self.inbound.receive()
+        except trio.EndOfChannel:
+            raise SessionClosedError("the master's end closed") from None
+
+
+def slave_kme(tmp_path) -> tuple[KmeService, KeyStore]:
+    config = Etsi014Config(kme_id="kme-b", saes=(SaeConfig("sae-a", "kme-a"), SaeConfig("sae-b", "kme-b")),
+                           peers=(PeerKmeConfig("kme-a", LINK),))
+    store = KeyStore(str(tmp_path / "keys.sqlite3"), create_kek(str(tmp_path / "kek")))
+    return KmeService(config, store, Ledger(str(tmp_path / "etsi014.db"))), store
+
+
+def exchange(service: KmeService, reservation: Reservation) -> list:
+    """Send `reservation` from the master's end; the slave KME's answer events."""
+    async def run() -> list:
+        to_slave, slave_in = trio.open_memory_channel[bytes](4)
+        slave_out, from_slave = trio.open_memory_channel[bytes](4)
+        master = ReservationEndpoint()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            nursery.start_soon(service.serve_channel, LINK, MemoryStream(slave_in, slave_out))
+            await to_slave.send(master.reserve(reservation))
+            with trio.fail_after(10):
+                events = master.receive(await from_slave.receive())
+            nursery.cancel_scope.cancel()
+        return events
+    return trio.run(run)
+
+
+def reservation_of(stored: list[tuple[str, bytes]]) -> Reservation:
+    keys = plan_keys([(key_id, len(material) * 8) for key_id, material in stored], 2, 256)
+    return Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, keys)
+
+
+def test_keys_still_pending_at_the_slave_are_promoted_and_reserved(tmp_path):
+    service, store = slave_kme(tmp_path)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
+    store.put_pending(LINK, 7, stored, expires_at=4e9, allocatable=[False, False])     # Alice's COMMIT not here yet
+    reservation = reservation_of(stored)
+    [event] = exchange(service, reservation)
+    assert isinstance(event, ReservationAccepted)
+    assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.RESERVED] * 2
+    assert store.commit_frame(LINK, 7) == 0                          # the late COMMIT changes nothing
+    assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.RESERVED] * 2
+    assert set(service.ledger.lookup([key.key_id for key in reservation.keys])) == {
+        key.key_id for key in reservation.keys}
+
+
+def test_a_delivered_key_is_refused_and_nothing_is_recorded(tmp_path):
+    service, store = slave_kme(tmp_path)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
+    store.put_pending(LINK, 7, stored, expires_at=4e9, allocatable=[False, False])
+    store.commit_frame(LINK, 7)
+    store.deliver(LINK, stored[1][0])                                 # handed out here already
+    reservation = reservation_of(stored)
+    [event] = exchange(service, reservation)
+    assert isinstance(event, ReservationRefused)
+    assert store.state(LINK, stored[0][0]) is KeyState.AVAILABLE
+    assert service.ledger.lookup([key.key_id for key in reservation.keys]) == {}
