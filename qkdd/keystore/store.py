@@ -172,7 +172,13 @@ class KeyStore(SavepointTransactions):
         """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
         with self._tx() as db:
             for key_id in key_ids:
-                state, current_holder = self._state_of(db, link_id, canonical_key_id(key_id))
+                key_id = canonical_key_id(key_id)
+                # The common case in one statement: an available key becomes reserved.
+                if db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ?",
+                              (KeyState.RESERVED.value, holder, key_id, link_id,
+                               KeyState.AVAILABLE.value)).rowcount == 1:
+                    continue
+                state, current_holder = self._state_of(db, link_id, key_id)
                 if state is KeyState.RESERVED and current_holder == holder:
                     continue
                 self._check_transition(key_id, state, KeyState.RESERVED)
