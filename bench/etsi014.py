@@ -224,7 +224,7 @@ def main(argv=None) -> None:
     parser.add_argument("--paced-fraction", type=float, default=PACED_FRACTION,
                         help="paced phase: offered load as a fraction of the ceiling's saturated rate")
     parser.add_argument("--paced-seconds", type=float, default=0.0,
-                        help="length of each paced phase (default: --seconds / 2; 0 and below skips them)")
+                        help="length of each paced phase (default: --seconds / 2; a negative value skips them)")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.getcwd())
     from tests.etsi014_support import make_pair
