@@ -231,20 +231,10 @@ class KmeService:
         return taken
 
     def _take_block(self, link_id: str, min_bits: int) -> list[tuple[str, bytes, float]]:
-        """Reserve stored keys from this end's share, a block (or at least `min_bits`), and erase them,
-        returning (id, material, expires_at) in reservation order (in a group-commit batch: one
-        transaction, all or nothing)."""
-        holder = HOLDER_PREFIX + "master"
-        with self.keystore.batch():          # all or nothing (a savepoint inside the batch)
-            try:
-                stored = self.keystore.reserve_bits(link_id, max(min_bits, self._take_block_bits), holder)
-            except KeyUnavailable:
-                stored = self.keystore.reserve_bits(link_id, min_bits, holder)
-            taken = []
-            for stored_id, _ in stored:
-                key = self.keystore.deliver(link_id, stored_id, holder=holder)
-                taken.append((stored_id, key.material, key.expires_at))
-            return taken
+        """Deliver and erase stored keys from this end's share, a block (or at least `min_bits`), returning
+        (id, material, expires_at) in age order (in a group-commit batch: one transaction, all or nothing)."""
+        keys = self.keystore.take_bits(link_id, min_bits, self._take_block_bits)
+        return [(key.key_id, key.material, key.expires_at) for key in keys]
 
     # -- Get key with key IDs (slave's end) -------------------------------------------------------------
     async def keys_by_id(self, slave_sae_id: str, master_sae_id: str, key_ids: list[str]) -> list[tuple[str, bytes]]:
