@@ -9,6 +9,18 @@ reservation at KME B over the classical channel and erases KME A's copy before t
 run the same load goes to the ceiling: a minimal server on the same stack (qkdd.http: h11 over trio TLS,
 client certificates required) answering a key-container-sized JSON at once. The load generator is one
 trio process speaking raw HTTP/1.1, so its own cost is small and equal for both. Prints one JSON object.
+
+Two phases per server. Saturation (closed loop, what the issue's ratio is about): each client sends its
+next request as soon as the previous answer is in, so the servers run flat out; `req_per_s` is the
+throughput, and the latencies are queueing at saturation. By Little's law mean latency = clients /
+throughput there, so with 50 clients a p99 below 20 ms needs well over 2500 requests/s, more than even
+the ceiling reaches on a small shared machine: a saturated p99 measures the machine, not the daemon.
+Paced (open loop, `paced_*` and `ceiling_paced_*`): the same clients together offer a fixed load,
+`--paced-fraction` of the ceiling's saturated rate (stated in `paced_offered_req_per_s`), each on a fixed
+schedule; latency runs from the scheduled send time, so time a request spends waiting behind a slow one
+is counted rather than hidden. This is the latency an SAE sees when the KME is not overloaded, at an
+equal offered load for the KME and the ceiling. Order: ceiling saturated, KME saturated, KME paced,
+ceiling paced. CPU figures are for the saturated phases (from /proc, per request answered).
 """
 from __future__ import annotations
 
@@ -25,6 +37,8 @@ from pathlib import Path
 import trio
 
 from bench.http_server import percentile_ms
+
+PACED_FRACTION = 0.5
 
 CEILING_SERVER = """
 import sys, trio
@@ -119,6 +133,56 @@ async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients
             "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
 
 
+async def paced_load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float,
+                     rate: float) -> dict:
+    """Open loop: `clients` keep-alive connections together send `rate` requests/s on a fixed schedule
+    (client i sends at t0 + (i + k * clients) / rate). Latency runs from the scheduled send time, so a
+    request that waits for a slow predecessor on its connection counts its wait (no coordinated omission)."""
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n").encode()
+    latencies_s: list[float] = []
+    failures = {"count": 0}
+    interval_s = clients / rate
+
+    async def connect() -> trio.SSLStream:
+        stream = trio.SSLStream(await trio.open_tcp_stream(host, port), context, server_hostname=host)
+        await stream.do_handshake()
+        return stream
+
+    async def client(index: int, streams: list, start_s: float, deadline: float) -> None:
+        stream = streams[index]
+        buffer = bytearray()
+        scheduled = start_s + index / rate
+        try:
+            while scheduled < deadline:
+                now = time.perf_counter()
+                if scheduled > now:
+                    await trio.sleep(scheduled - now)
+                await stream.send_all(request)
+                status, closing = await _read_response(stream, buffer)
+                if status == 200:
+                    latencies_s.append(time.perf_counter() - scheduled)
+                else:
+                    failures["count"] += 1
+                if closing:
+                    await trio.aclose_forcefully(stream)
+                    buffer.clear()
+                    stream = await connect()
+                scheduled += interval_s
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    streams = [await connect() for _ in range(clients)]       # handshakes outside the schedule
+    start_s = time.perf_counter() + 0.05
+    async with trio.open_nursery() as nursery:
+        for index in range(clients):
+            nursery.start_soon(client, index, streams, start_s, start_s + seconds)
+    elapsed_s = time.perf_counter() - start_s
+    return {"requests": len(latencies_s), "failures": failures["count"],
+            "req_per_s": round(len(latencies_s) / elapsed_s, 1),
+            "p50_ms": percentile_ms(latencies_s, 0.5) if latencies_s else None,
+            "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
+
+
 def wait_for_channel(host: str, port: int, context: ssl.SSLContext, timeout_s: float = 30.0) -> None:
     """Until KME A hands out a key (its classical channel to KME B is up)."""
     import httpx
@@ -157,35 +221,47 @@ def main(argv=None) -> None:
                         help="daemon log level; info writes an access log line per request (the default)")
     parser.add_argument("--stored-keys", type=int, default=0,
                         help="keys seeded per end (default: enough for 2000 requests/s)")
+    parser.add_argument("--paced-fraction", type=float, default=PACED_FRACTION,
+                        help="paced phase: offered load as a fraction of the ceiling's saturated rate")
+    parser.add_argument("--paced-seconds", type=float, default=0.0,
+                        help="length of each paced phase (default: --seconds / 2; a negative value skips them)")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.getcwd())
     from tests.etsi014_support import make_pair
 
-    stored = args.stored_keys or int(2 * 2000 * args.seconds) + 1000
+    paced_seconds = args.paced_seconds or args.seconds / 2
+    stored = args.stored_keys or int(2 * 2000 * (args.seconds + max(paced_seconds, 0))) + 1000
+    path = "/api/v1/keys/sae-b/enc_keys"
     with tempfile.TemporaryDirectory() as directory:
         pair, _ = make_pair(Path(directory), stored_keys=stored)
-        try:
-            pair.start("kme-b", log_to_file=True, log_level=args.log_level)
-            pair.start("kme-a", log_to_file=True, log_level=args.log_level)
-            host, port = pair.daemons["kme-a"].api_address
-            context = client_context(pair.pki)
-            wait_for_channel(host, port, context)
-            pids = [pair.daemons[name].process.pid for name in ("kme-a", "kme-b")]
-            cpu_before = [cpu_s(pid) for pid in pids]
-            kme = trio.run(load, host, port, "/api/v1/keys/sae-b/enc_keys", context, args.clients, args.seconds)
-            kme_cpu_s = [cpu_s(pid) - before for pid, before in zip(pids, cpu_before)]
-        finally:
-            pair.stop_all()
         issued = pair.pki.kmes["kme-a"]
+        context = client_context(pair.pki)
         ceiling_server = subprocess.Popen(
             [sys.executable, "-c", CEILING_SERVER, str(issued.cert_file), str(issued.key_file),
              str(pair.pki.ca_cert_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             ceiling_port = int(ceiling_server.stdout.readline())
             ceiling_cpu_before = cpu_s(ceiling_server.pid)
-            ceiling = trio.run(load, "127.0.0.1", ceiling_port, "/api/v1/keys/sae-b/enc_keys", context,
-                               args.clients, args.seconds)
+            ceiling = trio.run(load, "127.0.0.1", ceiling_port, path, context, args.clients, args.seconds)
             ceiling_cpu_s = cpu_s(ceiling_server.pid) - ceiling_cpu_before
+            paced_rate = round(args.paced_fraction * ceiling["req_per_s"], 1)
+            try:
+                pair.start("kme-b", log_to_file=True, log_level=args.log_level)
+                pair.start("kme-a", log_to_file=True, log_level=args.log_level)
+                host, port = pair.daemons["kme-a"].api_address
+                wait_for_channel(host, port, context)
+                pids = [pair.daemons[name].process.pid for name in ("kme-a", "kme-b")]
+                cpu_before = [cpu_s(pid) for pid in pids]
+                kme = trio.run(load, host, port, path, context, args.clients, args.seconds)
+                kme_cpu_s = [cpu_s(pid) - before for pid, before in zip(pids, cpu_before)]
+                if paced_seconds > 0 and paced_rate > 0:
+                    kme_paced = trio.run(paced_load, host, port, path, context, args.clients, paced_seconds,
+                                         paced_rate)
+            finally:
+                pair.stop_all()
+            if paced_seconds > 0 and paced_rate > 0:
+                ceiling_paced = trio.run(paced_load, "127.0.0.1", ceiling_port, path, context, args.clients,
+                                         paced_seconds, paced_rate)
         finally:
             ceiling_server.stdin.close()
             ceiling_server.wait(timeout=30)
@@ -197,6 +273,13 @@ def main(argv=None) -> None:
               "cpu_ms_per_request_kme_b": _per_request_ms(kme_cpu_s[1], kme["requests"]),
               "cpu_ms_per_request_ceiling": _per_request_ms(ceiling_cpu_s, ceiling["requests"]),
               "ratio_to_ceiling": round(kme["req_per_s"] / ceiling["req_per_s"], 3) if ceiling["req_per_s"] else None}
+    if paced_seconds > 0 and paced_rate > 0:
+        result.update({"paced_seconds": paced_seconds, "paced_offered_req_per_s": paced_rate,
+                       "paced_req_per_s": kme_paced["req_per_s"], "paced_p50_ms": kme_paced["p50_ms"],
+                       "paced_p99_ms": kme_paced["p99_ms"], "paced_failures": kme_paced["failures"],
+                       "ceiling_paced_req_per_s": ceiling_paced["req_per_s"],
+                       "ceiling_paced_p50_ms": ceiling_paced["p50_ms"],
+                       "ceiling_paced_p99_ms": ceiling_paced["p99_ms"]})
     print(json.dumps(result), flush=True)
 
 

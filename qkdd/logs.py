@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -23,6 +24,7 @@ _SYSLOG_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, loggi
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7f, 0xa0))}
 _ESCAPES.update({ord("\\"): "\\\\", ord('"'): '\\"', ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
                  0x2028: "\\u2028", 0x2029: "\\u2029"})
+_PLAIN = re.compile(r"[-._:/@\[\]+,%0-9A-Za-z]+")      # written without quotes (ASCII; the rest is quoted)
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -30,6 +32,8 @@ class LogfmtFormatter(logging.Formatter):
     def __init__(self, *, journal: bool):
         super().__init__()
         self.journal = journal
+        self._second = -1                 # the timestamp of the last line, down to the second
+        self._second_text = ""
 
     def format(self, record: logging.LogRecord) -> str:
         parts = []
@@ -37,12 +41,15 @@ class LogfmtFormatter(logging.Formatter):
             prefix = f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>"
         else:
             prefix = ""
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            parts.append(f"ts={stamp}.{int(record.msecs):03d}Z")
+            second = int(record.created)
+            if second != self._second:        # strftime once a second, not once a line
+                self._second = second
+                self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            parts.append(f"ts={self._second_text}.{int(record.msecs):03d}Z")
         parts += [f"level={record.levelname.lower()}", f"logger={record.name}",
                   f"msg={_quote(record.getMessage())}"]
-        for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRIBUTES and key[:1] != "_":
                 parts.append(f"{key}={_quote(value)}")
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, exc, tb = record.exc_info
@@ -53,7 +60,7 @@ class LogfmtFormatter(logging.Formatter):
 
 def _quote(value: object) -> str:
     text = f"{value:.6g}" if isinstance(value, float) else str(value)
-    if text and all(c.isalnum() or c in "-._:/@[]+,%" for c in text):
+    if _PLAIN.fullmatch(text):
         return text
     return '"' + text.translate(_ESCAPES) + '"'
 
@@ -69,7 +76,14 @@ def stream_is_journal(stream: IO[str]) -> bool:
 
 
 def configure(level: str = "info", stream: IO[str] | None = None) -> logging.Logger:
-    """Route the `qkdd` logger tree to `stream` (stderr) at `level`; returns the `qkdd` logger."""
+    """Route the `qkdd` logger tree to `stream` (stderr) at `level`; returns the `qkdd` logger.
+
+    Lines name no source file, thread or process, so records skip finding them (the stack walk and
+    system calls per record: the logging HOWTO's "Optimization" section)."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
     handler.setFormatter(LogfmtFormatter(journal=stream_is_journal(stream)))

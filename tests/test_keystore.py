@@ -251,3 +251,20 @@ def test_kek_path_that_is_a_fifo_symlink_or_large_file_is_refused_at_once(tmp_pa
     large.chmod(0o600)
     with pytest.raises(KeyStoreError, match="more than the 256"):
         load_kek(str(large))
+
+
+def test_take_bits_delivers_the_oldest_allocatable_keys_once_in_one_step(store):
+    keys = new_keys(6)
+    store.put_pending(LINK, 0, keys, expires_at=time.time() + 3600, allocatable=[True, False, True, True, True, True])
+    store.commit_frame(LINK, 0)
+    taken = store.take_bits(LINK, 256, want_bits=3 * 256)          # a block of 3, skipping the other end's key
+    assert [(key.key_id, key.material) for key in taken] == [keys[0], keys[2], keys[3]]
+    assert [store.state(LINK, key_id) for key_id, _ in keys] == [
+        KeyState.DELIVERED, KeyState.AVAILABLE, KeyState.DELIVERED, KeyState.DELIVERED, KeyState.AVAILABLE,
+        KeyState.AVAILABLE]
+    with pytest.raises(KeyAlreadyDelivered):
+        store.deliver(LINK, keys[0][0])                                 # erased: never handed out twice
+    with pytest.raises(KeyUnavailable):
+        store.take_bits(LINK, 3 * 256)                                  # 2 allocatable left: nothing taken
+    assert store.state(LINK, keys[4][0]) is KeyState.AVAILABLE
+    assert [key.key_id for key in store.take_bits(LINK, 256, want_bits=10 * 256)] == [keys[4][0], keys[5][0]]

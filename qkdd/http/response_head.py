@@ -2,6 +2,7 @@
 server owns (Date, Server, Content-Type/Length, Cache-Control: no-store, X-Request-Id, Connection)."""
 from __future__ import annotations
 
+import time
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -24,7 +25,7 @@ def response_head(response: Response, request_id: str, close: bool) -> h11.Respo
     """The h11 response event; h11 validates it on construction (LocalProtocolError for a bad header or
     status, TypeError for a header that is not a string)."""
     headers = [
-        ("Date", formatdate(usegmt=True)),
+        ("Date", _http_date()),
         ("Server", "qkdd"),
         ("Cache-Control", "no-store"),
         ("X-Content-Type-Options", "nosniff"),
@@ -38,8 +39,18 @@ def response_head(response: Response, request_id: str, close: bool) -> h11.Respo
     return h11.Response(status_code=response.status, headers=headers, reason=reason_phrase(response.status))
 
 
+_date_cache = [-1, ""]      # [second, its IMF-fixdate text]: formatted once a second, not per response
+
+
+def _http_date() -> str:
+    second = int(time.time())
+    if second != _date_cache[0]:
+        _date_cache[:] = [second, formatdate(second, usegmt=True)]
+    return _date_cache[1]
+
+
+_PHRASES = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+
+
 def reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
+    return _PHRASES.get(status, b"")

@@ -12,6 +12,7 @@ tombstone so the same key id can never be handed out again.
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -62,9 +63,14 @@ class IllegalTransition(KeyStoreError):
         self.wanted = wanted
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def canonical_key_id(key_id: str) -> str:
     """The lowercase canonical UUID form of `key_id` (hex digits of either case accepted); KeyStoreError
     if it is not a UUID in the 8-4-4-4-12 form."""
+    if isinstance(key_id, str) and _CANONICAL_UUID.fullmatch(key_id):     # already canonical: the usual case
+        return key_id
     try:
         parsed = uuid.UUID(key_id)
     except (ValueError, AttributeError, TypeError):

@@ -170,11 +170,49 @@ class KeyStore(SavepointTransactions):
                            [(KeyState.RESERVED.value, holder, key_id) for key_id, _ in chosen])
             return chosen
 
+    def take_bits(self, link_id: str, min_total_bits: int, want_bits: int | None = None) -> list[StoredKey]:
+        """Deliver (hand out once and erase) the oldest allocatable AVAILABLE keys until they hold
+        `want_bits` together, or at least `min_total_bits` when fewer are stored; one transaction.
+
+        Returns the keys with their material in age order. KeyUnavailable, delivering nothing, when the
+        link holds fewer than `min_total_bits`. (A consumer keeping a pool of this end's share in memory.)
+        """
+        if min_total_bits <= 0:
+            raise KeyStoreError("requested bits must be positive")
+        want_bits = max(want_bits or 0, min_total_bits)
+        now = self._clock()
+        with self._tx() as db:
+            rows = db.execute("SELECT key_id, bits, created_at, expires_at, nonce, sealed FROM keys WHERE link_id = ?"
+                              " AND state = ? AND allocatable = 1 AND expires_at > ? ORDER BY created_at, rowid",
+                              (link_id, KeyState.AVAILABLE.value, now))
+            chosen = []
+            total_bits = 0
+            for row in rows:
+                if total_bits >= want_bits:
+                    break
+                chosen.append(row)
+                total_bits += row[1]
+            rows.close()
+            if total_bits < min_total_bits:
+                raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_total_bits} requested")
+            taken = [StoredKey(key_id, link_id, bits, created_at, expires_at,
+                               self._open(key_id, link_id, bits, nonce, sealed))
+                     for key_id, bits, created_at, expires_at, nonce, sealed in chosen]
+            db.executemany("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? WHERE key_id = ?",
+                           [(KeyState.DELIVERED.value, now, row[0]) for row in chosen])
+            return taken
+
     def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> None:
         """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
         with self._tx() as db:
             for key_id in key_ids:
-                state, current_holder = self._state_of(db, link_id, canonical_key_id(key_id))
+                key_id = canonical_key_id(key_id)
+                # The common case in one statement: an available key becomes reserved.
+                if db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ?",
+                              (KeyState.RESERVED.value, holder, key_id, link_id,
+                               KeyState.AVAILABLE.value)).rowcount == 1:
+                    continue
+                state, current_holder = self._state_of(db, link_id, key_id)
                 if state is KeyState.RESERVED and current_holder == holder:
                     continue
                 self._check_transition(key_id, state, KeyState.RESERVED)

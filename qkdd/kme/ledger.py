@@ -81,25 +81,28 @@ class Ledger(SavepointTransactions):
         """Record a reservation (all keys, all recipients); False if it was recorded before (a resend).
         LedgerError if a key id is already taken by another request."""
         now = self._clock()
-        with self._tx() as db:
-            first = reservation.keys[0].key_id
-            row = db.execute("SELECT request_id FROM reserved_keys WHERE key_id = ?", (first,)).fetchone()
-            if row is not None and row[0] == reservation.request_id:
-                return False
-            try:
-                for key in reservation.keys:
-                    db.execute("INSERT INTO reserved_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (key.key_id, reservation.request_id, link_id, reservation.master_sae_id,
-                                reservation.size_bits, _segments_json(key), now))
-                    db.executemany("INSERT INTO recipients (key_id, sae_id) VALUES (?, ?)",
-                                   [(key.key_id, sae_id) for sae_id in reservation.slave_sae_ids])
-                    db.executemany("INSERT OR IGNORE INTO sources VALUES (?, ?)",
-                                   [(segment.stored_key_id, key.key_id) for segment in key.segments])
+        try:
+            with self._tx() as db:
+                db.executemany("INSERT INTO reserved_keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               [(key.key_id, reservation.request_id, link_id, reservation.master_sae_id,
+                                 reservation.size_bits, _segments_json(key), now) for key in reservation.keys])
+                db.executemany("INSERT INTO recipients (key_id, sae_id) VALUES (?, ?)",
+                               [(key.key_id, sae_id) for key in reservation.keys
+                                for sae_id in reservation.slave_sae_ids])
+                db.executemany("INSERT OR IGNORE INTO sources VALUES (?, ?)",
+                               [(segment.stored_key_id, key.key_id) for key in reservation.keys
+                                for segment in key.segments])
                 db.executemany("INSERT OR IGNORE INTO stored_keys (stored_key_id, link_id) VALUES (?, ?)",
                                [(stored_key_id, link_id) for stored_key_id in reservation.stored_key_ids()])
-            except sqlite3.IntegrityError:
-                raise LedgerError(f"request {reservation.request_id}: a key id is already recorded") from None
             return True
+        except sqlite3.IntegrityError:     # rolled back; a resend of this request, or a key id taken
+            pass
+        with self._lock:
+            row = self._db.execute("SELECT request_id FROM reserved_keys WHERE key_id = ?",
+                                   (reservation.keys[0].key_id,)).fetchone()
+        if row is not None and row[0] == reservation.request_id:
+            return False
+        raise LedgerError(f"request {reservation.request_id}: a key id is already recorded")
 
     def lookup(self, key_ids: Sequence[str]) -> dict[str, LedgerEntry]:
         """The entries of the key ids that are recorded (missing ids are absent from the result)."""

@@ -257,29 +257,39 @@ def encode_refuse(request_id: str, reason: RefuseReason, text: str) -> bytes:
 
 # -- decoding ------------------------------------------------------------------------------------------
 
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
 class _Reader:
     def __init__(self, data: bytes) -> None:
-        self._data = memoryview(data)
+        self._data = bytes(data)
         self._at = 0
 
+    def _need(self, count: int) -> int:
+        at = self._at
+        if at + count > len(self._data):
+            raise ReservationProtocolError(f"message truncated at byte {at} (wanted {count} more)")
+        self._at = at + count
+        return at
+
     def take(self, count: int) -> bytes:
-        if self._at + count > len(self._data):
-            raise ReservationProtocolError(f"message truncated at byte {self._at} (wanted {count} more)")
-        chunk = bytes(self._data[self._at:self._at + count])
-        self._at += count
-        return chunk
+        at = self._need(count)
+        return self._data[at:at + count]
 
     def u8(self) -> int:
-        return self.take(1)[0]
+        return self._data[self._need(1)]
 
     def u16(self) -> int:
-        return struct.unpack(">H", self.take(2))[0]
+        return _U16.unpack_from(self._data, self._need(2))[0]
 
     def u32(self) -> int:
-        return struct.unpack(">I", self.take(4))[0]
+        return _U32.unpack_from(self._data, self._need(4))[0]
 
     def uuid(self) -> str:
-        return str(uuid.UUID(bytes=self.take(16)))
+        """The 16 bytes as a lowercase canonical UUID (what str(uuid.UUID(bytes=...)) gives)."""
+        text = self.take(16).hex()
+        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
     def text(self) -> str:
         length = self.u16()

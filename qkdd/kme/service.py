@@ -1,15 +1,17 @@
 """The KME of one qkdd: Get status, Get key (master's end) and Get key with key IDs (slave's end) of
 ETSI GS QKD 014 over the daemon's key store, the reservation ledger and each link's classical channel.
 
-Get key reserves stored keys of the link (only from this end's allocatable share, so the two ends never
-hand out the same stored key), cuts the requested keys out of them, has the slave's KME record the
-reservation (reservation.py) and only after its ACCEPT erases its own copies and answers. The slave's
+Get key takes stored keys of the link (only from this end's allocatable share, so the two ends never
+hand out the same stored key; reserved and erased in the key store a block at a time, taken_keys.py),
+cuts the requested keys out of them, has the slave's KME record the reservation (reservation.py) and
+only after its ACCEPT answers; refused or unconfirmed keys are dropped, never reused. The slave's
 KME keeps the stored keys reserved until each named slave SAE has fetched the keys once, then erases them.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 
 import trio
@@ -23,6 +25,7 @@ from qkdd.kme.group_commit import GroupCommitter
 from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import AlreadyDelivered, Ledger, LedgerError
+from qkdd.kme.taken_keys import TakenKeys
 from qkdd.peer.errors import SessionClosedError
 from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
                                   ReservationEndpoint, ReservationProtocolError, ReservationReceived,
@@ -31,6 +34,9 @@ from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, Reserva
 log = logging.getLogger("qkdd.etsi014")
 
 HOLDER_PREFIX = "etsi014:"
+# Stored key bits the master's end takes out of the key store at once (64 stored keys of 256 bits): at
+# most this much is lost, never reused, when the daemon stops or crashes (taken_keys.py).
+TAKE_BLOCK_BITS = 64 * 256
 
 
 class _Pending:
@@ -53,7 +59,8 @@ def _unavailable(detail: str) -> HTTPError:
 
 
 class KmeService:
-    def __init__(self, config: Etsi014Config, keystore: KeyStore, ledger: Ledger) -> None:
+    def __init__(self, config: Etsi014Config, keystore: KeyStore, ledger: Ledger, *,
+                 take_block_bits: int = TAKE_BLOCK_BITS, clock=time.time) -> None:
         self.config = config
         self.registry = SaeRegistry(config)
         self.keystore = keystore
@@ -64,6 +71,10 @@ class KmeService:
         self._pending: dict[str, _Pending] = {}
         self._store = GroupCommitter(self._open_batch)            # slave's end: key store and ledger
         self._takes = GroupCommitter(self.keystore.batch)         # master's end: the key store only
+        self._taken = {peer.link_id: TakenKeys() for peer in config.peers}
+        self._refills = {peer.link_id: trio.Lock() for peer in config.peers}
+        self._take_block_bits = take_block_bits
+        self._clock = clock
 
     def _open_batch(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -158,6 +169,7 @@ class KmeService:
     async def status(self, master_sae_id: str, slave_sae_id: str) -> dict:
         route = self.registry.route_to(slave_sae_id)
         available_bits = await trio.to_thread.run_sync(self.keystore.available_bits, route.link_id)
+        available_bits += self._taken[route.link_id].bits(self._clock())
         config = self.config
         return {
             "source_KME_ID": config.kme_id,
@@ -181,9 +193,9 @@ class KmeService:
         if link_id not in self._streams:          # checked again below; this spares keys while the peer is away
             raise _unavailable("the slave SAE's KME is not reachable")
         try:
-            # Reserve and read this end's copies in one step (one commit on the answer's path): from here
-            # on they exist only in memory, and are lost rather than reused if the peer refuses.
-            materials = await self._takes.call(self._take, link_id, request.number * request.size_bits)
+            # This end's copies, already reserved and erased in the key store: from here on they exist
+            # only in memory, and are lost rather than reused if the peer refuses.
+            materials = await self._take_keys(link_id, request.number * request.size_bits)
         except KeyUnavailable:
             raise _unavailable("not enough key material stored for this slave SAE") from None
         stored = [(stored_id, len(material) * 8) for stored_id, material in materials.items()]
@@ -209,14 +221,30 @@ class KmeService:
             raise _unavailable(pending.detail or "the slave SAE's KME did not confirm the reservation in time")
         return [(key.key_id, assemble(key, materials)) for key in keys]
 
-    def _take(self, link_id: str, bits: int) -> dict[str, bytes]:
-        """Reserve stored keys holding at least `bits` from this end's share, and erase them, returning
-        their material in reservation order (run inside a group-commit batch: one transaction)."""
-        holder = HOLDER_PREFIX + "master"
-        with self.keystore.batch():          # all or nothing (a savepoint inside the batch)
-            stored = self.keystore.reserve_bits(link_id, bits, holder)
-            return {stored_id: self.keystore.deliver(link_id, stored_id, holder=holder).material
-                    for stored_id, _ in stored}
+    async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
+        """Stored keys holding at least `bits` from this end's share, out of the link's pool of taken
+        keys, refilled from the key store a block at a time (one transaction). KeyUnavailable if the
+        key store and the pool together hold too few."""
+        pool = self._taken[link_id]
+        taken = pool.take(bits, self._clock())
+        if taken is not None:
+            return taken
+        async with self._refills[link_id]:          # one refill at a time; the others then use its block
+            taken = pool.take(bits, self._clock())
+            if taken is not None:
+                return taken
+            missing = bits - pool.bits(self._clock())
+            pool.add(await self._takes.call(self._take_block, link_id, missing))
+            taken = pool.take(bits, self._clock())
+        if taken is None:          # the fresh block expired on the way (clock jumps): no keys for now
+            raise KeyUnavailable(f"link {link_id}: the stored keys taken have expired")
+        return taken
+
+    def _take_block(self, link_id: str, min_bits: int) -> list[tuple[str, bytes, float]]:
+        """Deliver and erase stored keys from this end's share, a block (or at least `min_bits`), returning
+        (id, material, expires_at) in age order (in a group-commit batch: one transaction, all or nothing)."""
+        keys = self.keystore.take_bits(link_id, min_bits, self._take_block_bits)
+        return [(key.key_id, key.material, key.expires_at) for key in keys]
 
     # -- Get key with key IDs (slave's end) -------------------------------------------------------------
     async def keys_by_id(self, slave_sae_id: str, master_sae_id: str, key_ids: list[str]) -> list[tuple[str, bytes]]:

@@ -1,0 +1,59 @@
+"""The master KME takes stored keys a block at a time (real SQLite key store and ledger): the block is
+erased in the key store at once, `stored_key_count` counts what the pool still holds, and a restart loses
+the rest of the block rather than handing any of it out again."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import trio
+
+from qkdd.keystore import KeyState, KeyStore
+from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
+from qkdd.kme.ledger import Ledger
+from qkdd.kme.service import KmeService
+
+LINK = "a-b"
+CONFIG = Etsi014Config(kme_id="kme-a", saes=(SaeConfig("sae-a", "kme-a"), SaeConfig("sae-b", "kme-b")),
+                       peers=(PeerKmeConfig(kme_id="kme-b", link_id=LINK),))
+
+
+def seeded_store(tmp_path, count: int) -> tuple[KeyStore, list[str]]:
+    store = KeyStore(str(tmp_path / "keys.db"), os.urandom(32))
+    keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(count)]
+    store.put_pending(LINK, 0, keys, expires_at=4e9)
+    store.commit_frame(LINK, 0)
+    return store, [key_id for key_id, _ in keys]
+
+
+def take(service: KmeService, bits: int) -> dict[str, bytes]:
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            taken = await service._take_keys(LINK, bits)
+            status = await service.status("sae-a", "sae-b")
+            nursery.cancel_scope.cancel()
+        return taken, status["stored_key_count"]
+    return trio.run(main)
+
+
+def test_a_block_is_erased_at_once_counted_while_pooled_and_lost_on_restart(tmp_path):
+    store, ids = seeded_store(tmp_path, 20)
+    service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+    taken, count = take(service, 256)
+    assert list(taken) == ids[:1]
+    assert [store.state(LINK, key_id) for key_id in ids[:8]] == [KeyState.DELIVERED] * 8   # the whole block
+    assert store.state(LINK, ids[8]) is KeyState.AVAILABLE
+    assert count == 19                                      # 7 pooled + 12 stored
+
+    restarted = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+    taken, count = take(restarted, 2 * 256)
+    assert list(taken) == ids[8:10]                         # the old block's 7 are gone, never reused
+    assert count == 10                                      # 6 pooled + 4 stored
+
+
+def test_a_request_larger_than_a_block_and_a_store_smaller_than_a_block(tmp_path):
+    store, ids = seeded_store(tmp_path, 5)
+    service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+    taken, count = take(service, 3 * 256)                   # only 5 stored: takes what the request needs
+    assert list(taken) == ids[:3] and count == 2
