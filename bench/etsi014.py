@@ -93,18 +93,20 @@ async def _read_response(stream: trio.SSLStream, buffer: bytearray) -> tuple[int
     return status, closing
 
 
+async def open_client(host: str, port: int, context: ssl.SSLContext) -> trio.SSLStream:
+    """One keep-alive mTLS connection, handshake done."""
+    stream = trio.SSLStream(await trio.open_tcp_stream(host, port), context, server_hostname=host)
+    await stream.do_handshake()
+    return stream
+
+
 async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float) -> dict:
     request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n").encode()
     latencies_s: list[float] = []
     failures = {"count": 0}
 
-    async def connect() -> trio.SSLStream:
-        stream = trio.SSLStream(await trio.open_tcp_stream(host, port), context, server_hostname=host)
-        await stream.do_handshake()
-        return stream
-
     async def client(deadline: float) -> None:
-        stream = await connect()
+        stream = await open_client(host, port, context)
         buffer = bytearray()
         try:
             while time.perf_counter() < deadline:
@@ -118,7 +120,7 @@ async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients
                 if closing:      # the server's requests-per-connection limit: open a new connection
                     await trio.aclose_forcefully(stream)
                     buffer.clear()
-                    stream = await connect()
+                    stream = await open_client(host, port, context)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -143,11 +145,6 @@ async def paced_load(host: str, port: int, path: str, context: ssl.SSLContext, c
     failures = {"count": 0}
     interval_s = clients / rate
 
-    async def connect() -> trio.SSLStream:
-        stream = trio.SSLStream(await trio.open_tcp_stream(host, port), context, server_hostname=host)
-        await stream.do_handshake()
-        return stream
-
     async def client(index: int, streams: list, start_s: float, deadline: float) -> None:
         stream = streams[index]
         buffer = bytearray()
@@ -166,12 +163,12 @@ async def paced_load(host: str, port: int, path: str, context: ssl.SSLContext, c
                 if closing:
                     await trio.aclose_forcefully(stream)
                     buffer.clear()
-                    stream = await connect()
+                    stream = await open_client(host, port, context)
                 scheduled += interval_s
         finally:
             await trio.aclose_forcefully(stream)
 
-    streams = [await connect() for _ in range(clients)]       # handshakes outside the schedule
+    streams = [await open_client(host, port, context) for _ in range(clients)]       # handshakes outside the schedule
     start_s = time.perf_counter() + 0.05
     async with trio.open_nursery() as nursery:
         for index in range(clients):
