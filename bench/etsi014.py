@@ -100,39 +100,74 @@ async def open_client(host: str, port: int, context: ssl.SSLContext) -> trio.SSL
     return stream
 
 
+class _Connection:
+    """One keep-alive connection sending the same GET, reopened when the server closes it (its
+    requests-per-connection limit)."""
+
+    def __init__(self, host: str, port: int, path: str, context: ssl.SSLContext) -> None:
+        self.address = (host, port, context)
+        self.request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n".encode()
+        self.stream: trio.SSLStream | None = None
+        self.buffer = bytearray()
+
+    async def open(self) -> None:
+        self.stream = await open_client(*self.address)
+        self.buffer.clear()
+
+    async def exchange(self) -> int:
+        """Send the request and read its answer; returns the status code."""
+        await self.stream.send_all(self.request)
+        status, closing = await _read_response(self.stream, self.buffer)
+        if closing:
+            await trio.aclose_forcefully(self.stream)
+            await self.open()
+        return status
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await trio.aclose_forcefully(self.stream)
+
+
+class _Tally:
+    """Latencies of the answered requests, and how many failed."""
+
+    def __init__(self) -> None:
+        self.latencies_s: list[float] = []
+        self.failures = 0
+
+    def count(self, status: int, since: float) -> None:
+        if status == 200:
+            self.latencies_s.append(time.perf_counter() - since)
+        else:
+            self.failures += 1
+
+    def result(self, elapsed_s: float) -> dict:
+        latencies_s = self.latencies_s
+        return {"requests": len(latencies_s), "failures": self.failures,
+                "req_per_s": round(len(latencies_s) / elapsed_s, 1),
+                "p50_ms": percentile_ms(latencies_s, 0.5) if latencies_s else None,
+                "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
+
+
 async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float) -> dict:
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n").encode()
-    latencies_s: list[float] = []
-    failures = {"count": 0}
+    """Closed loop: `clients` keep-alive connections each send the next request when the last is answered."""
+    tally = _Tally()
 
     async def client(deadline: float) -> None:
-        stream = await open_client(host, port, context)
-        buffer = bytearray()
+        connection = _Connection(host, port, path, context)
         try:
+            await connection.open()
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
-                await stream.send_all(request)
-                status, closing = await _read_response(stream, buffer)
-                if status == 200:
-                    latencies_s.append(time.perf_counter() - started)
-                else:
-                    failures["count"] += 1
-                if closing:      # the server's requests-per-connection limit: open a new connection
-                    await trio.aclose_forcefully(stream)
-                    buffer.clear()
-                    stream = await open_client(host, port, context)
+                tally.count(await connection.exchange(), started)
         finally:
-            await trio.aclose_forcefully(stream)
+            await connection.aclose()
 
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for _ in range(clients):
             nursery.start_soon(client, started + seconds)
-    elapsed_s = time.perf_counter() - started
-    return {"requests": len(latencies_s), "failures": failures["count"],
-            "req_per_s": round(len(latencies_s) / elapsed_s, 1),
-            "p50_ms": percentile_ms(latencies_s, 0.5) if latencies_s else None,
-            "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
+    return tally.result(time.perf_counter() - started)
 
 
 async def paced_load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float,
@@ -140,44 +175,28 @@ async def paced_load(host: str, port: int, path: str, context: ssl.SSLContext, c
     """Open loop: `clients` keep-alive connections together send `rate` requests/s on a fixed schedule
     (client i sends at t0 + (i + k * clients) / rate). Latency runs from the scheduled send time, so a
     request that waits for a slow predecessor on its connection counts its wait (no coordinated omission)."""
-    request = (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n").encode()
-    latencies_s: list[float] = []
-    failures = {"count": 0}
+    tally = _Tally()
     interval_s = clients / rate
 
-    async def client(index: int, streams: list, start_s: float, deadline: float) -> None:
-        stream = streams[index]
-        buffer = bytearray()
-        scheduled = start_s + index / rate
+    async def client(connection: _Connection, scheduled: float, deadline: float) -> None:
         try:
             while scheduled < deadline:
                 now = time.perf_counter()
                 if scheduled > now:
                     await trio.sleep(scheduled - now)
-                await stream.send_all(request)
-                status, closing = await _read_response(stream, buffer)
-                if status == 200:
-                    latencies_s.append(time.perf_counter() - scheduled)
-                else:
-                    failures["count"] += 1
-                if closing:
-                    await trio.aclose_forcefully(stream)
-                    buffer.clear()
-                    stream = await open_client(host, port, context)
+                tally.count(await connection.exchange(), scheduled)
                 scheduled += interval_s
         finally:
-            await trio.aclose_forcefully(stream)
+            await connection.aclose()
 
-    streams = [await open_client(host, port, context) for _ in range(clients)]       # handshakes outside the schedule
+    connections = [_Connection(host, port, path, context) for _ in range(clients)]
+    for connection in connections:                       # handshakes outside the schedule
+        await connection.open()
     start_s = time.perf_counter() + 0.05
     async with trio.open_nursery() as nursery:
-        for index in range(clients):
-            nursery.start_soon(client, index, streams, start_s, start_s + seconds)
-    elapsed_s = time.perf_counter() - start_s
-    return {"requests": len(latencies_s), "failures": failures["count"],
-            "req_per_s": round(len(latencies_s) / elapsed_s, 1),
-            "p50_ms": percentile_ms(latencies_s, 0.5) if latencies_s else None,
-            "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
+        for index, connection in enumerate(connections):
+            nursery.start_soon(client, connection, start_s + index / rate, start_s + seconds)
+    return tally.result(time.perf_counter() - start_s)
 
 
 def wait_for_channel(host: str, port: int, context: ssl.SSLContext, timeout_s: float = 30.0) -> None:

@@ -28,31 +28,29 @@ STORED_KEYS = 400
 POOL_KEYS = TAKE_BLOCK_BITS // STORED_KEY_BITS     # at most one taken block in KME A's memory
 
 
-@pytest.fixture(scope="module")
-def kmes(tmp_path_factory):
-    pair, _ = make_pair(tmp_path_factory.mktemp("etsi014-live"), live_link=True)
+def running(pair, order, then=lambda: None):
+    """Start both KMEs in `order`, wait for their classical channel (and `then`), yield the pair, stop both."""
     try:
-        pair.start("kme-a")
-        pair.start("kme-b")
-        pair.wait_channel("kme-a")
-        pair.wait_channel("kme-b")
-        pair.wait_for_keys()
+        for name in order:
+            pair.start(name)
+        for name in ("kme-a", "kme-b"):
+            pair.wait_channel(name)
+        then()
         yield pair
     finally:
         pair.stop_all()
+
+
+@pytest.fixture(scope="module")
+def kmes(tmp_path_factory):
+    pair, _ = make_pair(tmp_path_factory.mktemp("etsi014-live"), live_link=True)
+    yield from running(pair, ("kme-a", "kme-b"), then=pair.wait_for_keys)
 
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
     pair, _ = make_pair(tmp_path_factory.mktemp("etsi014-seeded"), stored_keys=STORED_KEYS)
-    try:
-        pair.start("kme-b")
-        pair.start("kme-a")
-        pair.wait_channel("kme-a")
-        pair.wait_channel("kme-b")
-        yield pair
-    finally:
-        pair.stop_all()
+    yield from running(pair, ("kme-b", "kme-a"))
 
 
 def stored_keys_in_store(kmes, name: str) -> int:
