@@ -153,19 +153,7 @@ class KeyStore(SavepointTransactions):
         if min_total_bits <= 0:
             raise KeyStoreError("min_total_bits must be positive")
         with self._tx() as db:
-            rows = db.execute("SELECT key_id, bits FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1"
-                              " AND expires_at > ? ORDER BY created_at, rowid",
-                              (link_id, KeyState.AVAILABLE.value, self._clock()))
-            chosen: list[tuple[str, int]] = []
-            total_bits = 0
-            for key_id, bits in rows:
-                if total_bits >= min_total_bits:
-                    break
-                chosen.append((key_id, bits))
-                total_bits += bits
-            rows.close()
-            if total_bits < min_total_bits:
-                raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_total_bits} requested")
+            chosen = self._oldest_allocatable(db, link_id, min_total_bits, min_total_bits, "key_id, bits")
             db.executemany("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
                            [(KeyState.RESERVED.value, holder, key_id) for key_id, _ in chosen])
             return chosen
@@ -180,27 +168,33 @@ class KeyStore(SavepointTransactions):
         if min_total_bits <= 0:
             raise KeyStoreError("requested bits must be positive")
         want_bits = max(want_bits or 0, min_total_bits)
-        now = self._clock()
         with self._tx() as db:
-            rows = db.execute("SELECT key_id, bits, created_at, expires_at, nonce, sealed FROM keys WHERE link_id = ?"
-                              " AND state = ? AND allocatable = 1 AND expires_at > ? ORDER BY created_at, rowid",
-                              (link_id, KeyState.AVAILABLE.value, now))
-            chosen = []
-            total_bits = 0
-            for row in rows:
-                if total_bits >= want_bits:
-                    break
-                chosen.append(row)
-                total_bits += row[1]
-            rows.close()
-            if total_bits < min_total_bits:
-                raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_total_bits} requested")
+            chosen = self._oldest_allocatable(db, link_id, min_total_bits, want_bits,
+                                              "key_id, bits, created_at, expires_at, nonce, sealed")
             taken = [StoredKey(key_id, link_id, bits, created_at, expires_at,
                                self._open(key_id, link_id, bits, nonce, sealed))
                      for key_id, bits, created_at, expires_at, nonce, sealed in chosen]
-            db.executemany("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? WHERE key_id = ?",
-                           [(KeyState.DELIVERED.value, now, row[0]) for row in chosen])
+            self._erase(db, [row[0] for row in chosen], KeyState.DELIVERED)
             return taken
+
+    def _oldest_allocatable(self, db: sqlite3.Connection, link_id: str, min_bits: int, want_bits: int,
+                            columns: str) -> list[tuple]:
+        """`columns` (key_id, bits first) of the oldest allocatable AVAILABLE unexpired keys of the link until
+        they hold `want_bits` together, or all of them if fewer; KeyUnavailable below `min_bits`."""
+        rows = db.execute(f"SELECT {columns} FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1"
+                          " AND expires_at > ? ORDER BY created_at, rowid",
+                          (link_id, KeyState.AVAILABLE.value, self._clock()))
+        chosen = []
+        total_bits = 0
+        for row in rows:
+            if total_bits >= want_bits:
+                break
+            chosen.append(row)
+            total_bits += row[1]
+        rows.close()
+        if total_bits < min_bits:
+            raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_bits} requested")
+        return chosen
 
     def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> None:
         """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
@@ -248,12 +242,12 @@ class KeyStore(SavepointTransactions):
             if holder is not None and state is KeyState.RESERVED and row[1] != holder:
                 raise KeyUnavailable(f"key {key_id} is reserved for another holder")
             if row[4] <= self._clock():
-                self._erase(db, key_id, KeyState.EXPIRED)   # committed; the caller is told below
+                self._erase(db, [key_id], KeyState.EXPIRED)   # committed; the caller is told below
                 expired = True
             else:
                 expired = False
                 material = self._open(key_id, link_id, row[2], row[5], row[6])
-                self._erase(db, key_id, KeyState.DELIVERED)
+                self._erase(db, [key_id], KeyState.DELIVERED)
         if expired:
             raise KeyAlreadyDelivered(f"key {key_id} has expired")
         return StoredKey(key_id, link_id, row[2], row[3], row[4], material)
@@ -279,8 +273,7 @@ class KeyStore(SavepointTransactions):
             ids = [r[0] for r in db.execute(
                 "SELECT key_id FROM keys WHERE expires_at <= ? AND state IN (?, ?, ?)",
                 (now, KeyState.PENDING.value, KeyState.AVAILABLE.value, KeyState.RESERVED.value))]
-            for key_id in ids:
-                self._erase(db, key_id, KeyState.EXPIRED)
+            self._erase(db, ids, KeyState.EXPIRED)
             return len(ids)
 
     def purge_tombstones(self, now: float | None = None, grace_s: float = TOMBSTONE_GRACE_S) -> int:
@@ -355,7 +348,7 @@ class KeyStore(SavepointTransactions):
             for key_id in expire:
                 state, _ = self._state_of(db, link_id, key_id)
                 if state.holds_material:
-                    self._erase(db, key_id, KeyState.EXPIRED)
+                    self._erase(db, [key_id], KeyState.EXPIRED)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -389,9 +382,10 @@ class KeyStore(SavepointTransactions):
                 raise KeyAlreadyDelivered(f"key {key_id} was {current.value} before")
             raise IllegalTransition(key_id, current, wanted)
 
-    def _erase(self, db: sqlite3.Connection, key_id: str, final: KeyState) -> None:
-        db.execute("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? WHERE key_id = ?",
-                   (final.value, self._clock(), key_id))
+    def _erase(self, db: sqlite3.Connection, key_ids: Sequence[str], final: KeyState) -> None:
+        now = self._clock()
+        db.executemany("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? WHERE key_id = ?",
+                       [(final.value, now, key_id) for key_id in key_ids])
 
     def _open(self, key_id: str, link_id: str, bits: int, nonce: bytes, sealed: bytes) -> bytes:
         try:
