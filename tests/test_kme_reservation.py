@@ -49,21 +49,61 @@ def test_refusal_and_late_answers():
     assert master.receive(slave.accept(late.request_id)) == [LateAnswer(late.request_id, True)]
 
 
-def test_wire_layout_version_1_is_fixed():
+def test_wire_layout_version_2_is_fixed():
     request = Reservation("00000000-0000-4000-8000-000000000001", "m", ("s",), 16,
                           plan_keys([("00000000-0000-4000-8000-0000000000aa", 16)], 1, 16,
                                     lambda: "00000000-0000-4000-8000-0000000000bb"))
-    expected = (bytes([1, 1]) + uuid.UUID(request.request_id).bytes + struct.pack(">I", 16)
-                + b"\x00\x01m" + b"\x01" + b"\x00\x01s" + b"\x00\x01"
-                + uuid.UUID("00000000-0000-4000-8000-0000000000bb").bytes + b"\x00\x01"
-                + uuid.UUID("00000000-0000-4000-8000-0000000000aa").bytes + struct.pack(">II", 0, 2))
+    body = (struct.pack(">I", 16) + b"\x00\x01m" + b"\x01" + b"\x00\x01s" + b"\x00\x01"
+            + uuid.UUID("00000000-0000-4000-8000-0000000000bb").bytes + b"\x00\x01"
+            + uuid.UUID("00000000-0000-4000-8000-0000000000aa").bytes + struct.pack(">II", 0, 2))
+    expected = bytes([2, 1]) + uuid.UUID(request.request_id).bytes + struct.pack(">I", len(body)) + body
     assert encode_reserve(request) == expected
+    accept = ReservationEndpoint()
+    accept.receive(expected)
+    assert accept.accept(request.request_id) == bytes([2, 2]) + uuid.UUID(request.request_id).bytes + bytes(4)
+
+
+def test_a_payload_of_several_messages_gives_their_events_in_order():
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    requests = [reservation()[0] for _ in range(3)]
+    received = slave.receive(b"".join(master.reserve(request) for request in requests))
+    assert received == [ReservationReceived(request) for request in requests]
+    answers = (slave.accept(requests[0].request_id)
+               + slave.refuse(requests[1].request_id, RefuseReason.STORE_FAILURE, "disk full")
+               + slave.accept(requests[2].request_id))
+    assert master.receive(answers) == [ReservationAccepted(requests[0].request_id),
+                                       ReservationRefused(requests[1].request_id, RefuseReason.STORE_FAILURE,
+                                                          "disk full"),
+                                       ReservationAccepted(requests[2].request_id)]
+
+
+def test_one_bad_message_rejects_its_payload_and_changes_nothing():
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    first, second = reservation()[0], reservation()[0]
+    slave.receive(master.reserve(first) + master.reserve(second))
+    never_sent = reservation()[0]
+    answers = slave.accept(first.request_id) + _accept_message(never_sent.request_id)
+    with pytest.raises(ReservationProtocolError, match="no request"):
+        master.receive(answers)                                            # the second answers nothing sent
+    assert master.state("master", first.request_id) is State.SENT          # the first was not applied either
+    accept_second = slave.accept(second.request_id)
+    with pytest.raises(ReservationProtocolError, match="truncated"):
+        master.receive(accept_second + accept_second[:-1])
+    assert master.state("master", second.request_id) is State.SENT
+    assert master.receive(accept_second) == [ReservationAccepted(second.request_id)]
+
+
+def _accept_message(request_id: str) -> bytes:
+    other = ReservationEndpoint()
+    other.receive(ReservationEndpoint().reserve(Reservation(request_id, "m", ("s",), 256, plan_keys(
+        [(str(uuid.uuid4()), 256)], 1, 256))))
+    return other.accept(request_id)
 
 
 @pytest.mark.parametrize("mutate", [
     lambda data: data[:-1],                           # truncated
     lambda data: data + b"\x00",                      # trailing byte
-    lambda data: b"\x02" + data[1:],                  # unknown version
+    lambda data: b"\x01" + data[1:],                  # another version (1: one message per payload)
     lambda data: data[:1] + b"\x09" + data[2:],       # unknown type
 ])
 def test_malformed_messages_are_protocol_errors(mutate):
@@ -175,7 +215,7 @@ def test_arbitrary_peer_bytes_give_a_protocol_error_or_a_valid_event():
             events = ReservationEndpoint().receive(payload)
         except ReservationProtocolError:
             return
-        assert len(events) == 1 and isinstance(events[0], ReservationReceived)
+        assert events and all(isinstance(event, ReservationReceived) for event in events)
 
     check()
 

@@ -23,14 +23,19 @@ Finished requests are forgotten (the slave's durable record is the ledger, not t
 retransmitted RESERVE is a new RECEIVED request; the ledger makes recording it idempotent. When the
 session ends, `end_session()` forgets every request: answers never cross sessions.
 
-Wire layout, version 1 (big-endian; strings are UTF-8 with a u16 length):
+Wire layout, version 2 (big-endian; strings are UTF-8 with a u16 length). A payload on the channel is
+one or more messages back to back; each end sends whatever queued while its previous write was on the
+way in one payload, so a busy link carries one record per burst instead of one per request:
 
-    version u8 (=1) | type u8 | request_id 16 bytes (UUID)
-    RESERVE: size_bits u32 | master_sae str | slave count u8, slave str...  (first = the slave)
-             key count u16, per key: key_id 16 bytes | segment count u16,
-                        per segment: stored key_id 16 bytes | offset_bytes u32 | length_bytes u32
-    ACCEPT:  (nothing)
-    REFUSE:  reason u8 | text str
+    message: version u8 (=2) | type u8 | request_id 16 bytes (UUID) | body length u32 | body
+    RESERVE body: size_bits u32 | master_sae str | slave count u8, slave str...  (first = the slave)
+                  key count u16, per key: key_id 16 bytes | segment count u16,
+                             per segment: stored key_id 16 bytes | offset_bytes u32 | length_bytes u32
+    ACCEPT body:  (empty)
+    REFUSE body:  reason u8 | text str
+
+A payload is decoded whole before any of it is applied: one malformed or illegal message rejects the
+payload and changes no request's state.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_SLAVES = 255
 MAX_KEYS = 65535
 MAX_SEGMENTS_PER_KEY = 65535
@@ -171,7 +176,7 @@ class ReservationEndpoint:
     # -- slave's end ---------------------------------------------------------------------------------
     def accept(self, request_id: str) -> bytes:
         self._step("slave", request_id, "accept")
-        return _header(MessageType.ACCEPT, request_id)
+        return _message(MessageType.ACCEPT, request_id)
 
     def refuse(self, request_id: str, reason: RefuseReason, text: str) -> bytes:
         self._step("slave", request_id, "refuse")
@@ -179,32 +184,30 @@ class ReservationEndpoint:
 
     # -- both ----------------------------------------------------------------------------------------
     def receive(self, payload: bytes) -> list[Event]:
-        """Decode one message from the peer. Raises ReservationProtocolError for a malformed message or
-        one that is illegal now (e.g. ACCEPT for a request never sent)."""
-        message_type, request_id, reader = _read_header(payload)
-        if message_type is MessageType.RESERVE:
-            reservation = _decode_reserve(request_id, reader)
-            self._step("slave", request_id, "RESERVE")
-            return [ReservationReceived(reservation)]
-        if message_type is MessageType.ACCEPT:
-            reader.end()
-            if self._states.get(("master", request_id)) is State.ABANDONED:
-                del self._states[("master", request_id)]
-                return [LateAnswer(request_id, True)]
-            self._step("master", request_id, "ACCEPT")
-            return [ReservationAccepted(request_id)]
-        reason_code = reader.u8()
-        text = reader.text()
-        reader.end()
+        """Decode a payload of one or more messages from the peer, one event per message. Raises
+        ReservationProtocolError, changing nothing, if a message is malformed or illegal now (e.g. ACCEPT
+        for a request never sent)."""
+        messages = _decode_payload(payload)
+        states = dict(self._states)
         try:
-            reason = RefuseReason(reason_code)
-        except ValueError:
-            raise ReservationProtocolError(f"REFUSE with unknown reason {reason_code}") from None
+            return [self._apply(*message) for message in messages]
+        except ReservationProtocolError:
+            self._states = states
+            raise
+
+    def _apply(self, message_type: "MessageType", request_id: str, decoded) -> Event:
+        if message_type is MessageType.RESERVE:
+            self._step("slave", request_id, "RESERVE")
+            return ReservationReceived(decoded)
         if self._states.get(("master", request_id)) is State.ABANDONED:
             del self._states[("master", request_id)]
-            return [LateAnswer(request_id, False)]
+            return LateAnswer(request_id, message_type is MessageType.ACCEPT)
+        if message_type is MessageType.ACCEPT:
+            self._step("master", request_id, "ACCEPT")
+            return ReservationAccepted(request_id)
         self._step("master", request_id, "REFUSE")
-        return [ReservationRefused(request_id, reason, text)]
+        reason, text = decoded
+        return ReservationRefused(request_id, reason, text)
 
     def _step(self, role: str, request_id: str, event: str) -> None:
         key = (role, request_id)
@@ -221,8 +224,9 @@ class ReservationEndpoint:
 
 # -- encoding ------------------------------------------------------------------------------------------
 
-def _header(message_type: MessageType, request_id: str) -> bytes:
-    return struct.pack(">BB", WIRE_VERSION, message_type) + uuid.UUID(request_id).bytes
+def _message(message_type: MessageType, request_id: str, body: bytes = b"") -> bytes:
+    return (struct.pack(">BB", WIRE_VERSION, message_type) + uuid.UUID(request_id).bytes
+            + struct.pack(">I", len(body)) + body)
 
 
 def _text(value: str) -> bytes:
@@ -237,7 +241,7 @@ def encode_reserve(reservation: Reservation) -> bytes:
         raise ValueError("a reservation names 1..255 slave SAEs")
     if not 1 <= len(reservation.keys) <= MAX_KEYS:
         raise ValueError("a reservation holds 1..65535 keys")
-    parts = [_header(MessageType.RESERVE, reservation.request_id), struct.pack(">I", reservation.size_bits),
+    parts = [struct.pack(">I", reservation.size_bits),
              _text(reservation.master_sae_id), struct.pack(">B", len(reservation.slave_sae_ids))]
     parts += [_text(sae_id) for sae_id in reservation.slave_sae_ids]
     parts.append(struct.pack(">H", len(reservation.keys)))
@@ -248,11 +252,11 @@ def encode_reserve(reservation: Reservation) -> bytes:
         for segment in key.segments:
             parts.append(uuid.UUID(segment.stored_key_id).bytes
                          + struct.pack(">II", segment.offset_bytes, segment.length_bytes))
-    return b"".join(parts)
+    return _message(MessageType.RESERVE, reservation.request_id, b"".join(parts))
 
 
 def encode_refuse(request_id: str, reason: RefuseReason, text: str) -> bytes:
-    return _header(MessageType.REFUSE, request_id) + struct.pack(">B", reason) + _text(text[:200])
+    return _message(MessageType.REFUSE, request_id, struct.pack(">B", reason) + _text(text[:200]))
 
 
 # -- decoding ------------------------------------------------------------------------------------------
@@ -262,13 +266,14 @@ _U32 = struct.Struct(">I")
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self._data = bytes(data)
-        self._at = 0
+    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
+        self._data = data
+        self._at = start
+        self._end = len(data) if end is None else end
 
     def _need(self, count: int) -> int:
         at = self._at
-        if at + count > len(self._data):
+        if at + count > self._end:
             raise ReservationProtocolError(f"message truncated at byte {at} (wanted {count} more)")
         self._at = at + count
         return at
@@ -300,22 +305,54 @@ class _Reader:
         except UnicodeDecodeError:
             raise ReservationProtocolError("string is not UTF-8") from None
 
+    def at_end(self) -> bool:
+        return self._at == self._end
+
+    def body(self, length: int) -> "_Reader":
+        """A reader of the next `length` bytes; this reader moves past them."""
+        at = self._need(length)
+        return _Reader(self._data, at, at + length)
+
     def end(self) -> None:
-        if self._at != len(self._data):
-            raise ReservationProtocolError(f"{len(self._data) - self._at} trailing bytes after the message")
+        if self._at != self._end:
+            raise ReservationProtocolError(f"{self._end - self._at} trailing bytes after the message")
 
 
-def _read_header(payload: bytes) -> tuple[MessageType, str, _Reader]:
-    reader = _Reader(payload)
-    version = reader.u8()
-    if version != WIRE_VERSION:
-        raise ReservationProtocolError(f"wire version {version}, this KME speaks {WIRE_VERSION}")
-    code = reader.u8()
+def _decode_payload(payload: bytes) -> list[tuple[MessageType, str, object]]:
+    """Every message of a payload as (type, request_id, decoded body): a Reservation for RESERVE, None for
+    ACCEPT, (reason, text) for REFUSE."""
+    reader = _Reader(bytes(payload))
+    messages = []
+    while True:
+        version = reader.u8()
+        if version != WIRE_VERSION:
+            raise ReservationProtocolError(f"wire version {version}, this KME speaks {WIRE_VERSION}")
+        code = reader.u8()
+        try:
+            message_type = MessageType(code)
+        except ValueError:
+            raise ReservationProtocolError(f"unknown message type {code}") from None
+        request_id = reader.uuid()
+        body = reader.body(reader.u32())
+        if message_type is MessageType.RESERVE:
+            decoded: object = _decode_reserve(request_id, body)
+        elif message_type is MessageType.ACCEPT:
+            decoded = None
+        else:
+            decoded = _decode_refuse(body)
+        body.end()
+        messages.append((message_type, request_id, decoded))
+        if reader.at_end():
+            return messages
+
+
+def _decode_refuse(reader: _Reader) -> tuple[RefuseReason, str]:
+    reason_code = reader.u8()
+    text = reader.text()
     try:
-        message_type = MessageType(code)
+        return RefuseReason(reason_code), text
     except ValueError:
-        raise ReservationProtocolError(f"unknown message type {code}") from None
-    return message_type, reader.uuid(), reader
+        raise ReservationProtocolError(f"REFUSE with unknown reason {reason_code}") from None
 
 
 def _decode_reserve(request_id: str, reader: _Reader) -> Reservation:

@@ -110,9 +110,10 @@ class KmeService:
                     except ReservationProtocolError as exc:
                         log.warning("link %s: dropped a reservation message: %s", link_id, exc)
                         continue
+                    received = []
                     for event in events:
                         if isinstance(event, ReservationReceived):
-                            nursery.start_soon(self._record, link_id, outbox, event.reservation)
+                            received.append(event.reservation)
                         elif isinstance(event, (ReservationAccepted, ReservationRefused)):
                             pending = self._pending.get(event.request_id)
                             if pending is not None and isinstance(event, ReservationAccepted):
@@ -123,6 +124,8 @@ class KmeService:
                             log.warning("link %s: late answer to abandoned request %s (accepted=%s); its keys "
                                         "at the peer stay reserved until they expire", link_id,
                                         event.request_id, event.accepted)
+                    if received:
+                        nursery.start_soon(self._record, link_id, outbox, received)
         finally:
             if self._streams.get(link_id) is stream:
                 del self._streams[link_id]
@@ -132,24 +135,50 @@ class KmeService:
                     pending.finish("lost", "the session with the slave SAE's KME ended")
             endpoint.end_session()
 
-    async def _record(self, link_id: str, outbox: "_Outbox", reservation: Reservation) -> None:
-        """Slave's end: record the reservation durably, then ACCEPT (or REFUSE and record nothing)."""
+    async def _record(self, link_id: str, outbox: "_Outbox", reservations: list[Reservation]) -> None:
+        """Slave's end: record the reservations of one payload durably (one group commit), then ACCEPT
+        each, or REFUSE one and record nothing of it."""
         endpoint = self._endpoints[link_id]
         peer_kme = next(peer.kme_id for peer in self.config.peers if peer.link_id == link_id)
-        if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
-            answer = endpoint.refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE, "a slave SAE is not served here")
-        elif self.registry.kme_of(reservation.master_sae_id) != peer_kme:
-            answer = endpoint.refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE,
-                                     "the master SAE is not served by the peer KME")
-        else:
+        answers: dict[str, bytes] = {}
+        valid = []
+        for reservation in reservations:
+            if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
+                answers[reservation.request_id] = endpoint.refuse(
+                    reservation.request_id, RefuseReason.UNKNOWN_SAE, "a slave SAE is not served here")
+            elif self.registry.kme_of(reservation.master_sae_id) != peer_kme:
+                answers[reservation.request_id] = endpoint.refuse(
+                    reservation.request_id, RefuseReason.UNKNOWN_SAE, "the master SAE is not served by the peer KME")
+            else:
+                valid.append(reservation)
+        if valid:
             try:
-                await self._store.call(self._store_reservation, link_id, reservation)
-                answer = endpoint.accept(reservation.request_id)
-            except KeyStoreError as exc:
-                answer = endpoint.refuse(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
-            except LedgerError as exc:
-                answer = endpoint.refuse(reservation.request_id, RefuseReason.STORE_FAILURE, str(exc))
-        outbox.put(answer)
+                errors = await self._store.call(self._store_reservations, link_id, valid)
+            except (KeyStoreError, LedgerError) as exc:       # the commit itself failed: nothing is recorded
+                errors = [exc] * len(valid)
+            for reservation, error in zip(valid, errors):
+                request_id = reservation.request_id
+                if error is None:
+                    answers[request_id] = endpoint.accept(request_id)
+                elif isinstance(error, LedgerError):
+                    answers[request_id] = endpoint.refuse(request_id, RefuseReason.STORE_FAILURE, str(error))
+                else:
+                    answers[request_id] = endpoint.refuse(request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))
+        for reservation in reservations:        # in the order they came
+            outbox.put(answers[reservation.request_id])
+
+    def _store_reservations(self, link_id: str, reservations: list[Reservation]) -> list[Exception | None]:
+        """Reserve each reservation's stored keys and record it in the ledger, each all or nothing (a
+        savepoint of the group's transaction); the error of each one that failed, else None."""
+        errors: list[Exception | None] = []
+        for reservation in reservations:
+            try:
+                with self.keystore.batch():
+                    self._store_reservation(link_id, reservation)
+                errors.append(None)
+            except (KeyStoreError, LedgerError) as exc:
+                errors.append(exc)
+        return errors
 
     def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
         stored_ids, holder = reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id
@@ -292,29 +321,43 @@ class KmeService:
 
 class _Outbox:
     """Messages to the peer KME, written by one task: whatever queued while the previous write was on
-    its way goes out in one `send_many` (one lock, one TLS write) instead of one send per request."""
+    its way goes out as one payload (reservation.py: messages back to back), up to MAX_PAYLOAD_BYTES
+    each, so a burst of requests costs one record, not one per request."""
+
+    MAX_PAYLOAD_BYTES = 1 << 20
 
     def __init__(self, stream) -> None:
         self._stream = stream
         self._queue: list[bytes] = []
         self._wakeup = trio.Event()
 
-    def put(self, payload: bytes) -> None:
-        self._queue.append(payload)
+    def put(self, message: bytes) -> None:
+        self._queue.append(message)
         self._wakeup.set()
 
     async def run(self, session_scope: trio.CancelScope) -> None:
-        session = getattr(self._stream, "session", None)
-        channel = getattr(self._stream, "channel", None)
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                batch, self._queue = self._queue, []
-                if session is not None and channel is not None:
-                    await session.send_many([(channel, payload) for payload in batch])
-                else:
-                    for payload in batch:
-                        await self._stream.send(payload)
+                queued, self._queue = self._queue, []
+                for payload in _payloads(queued, self.MAX_PAYLOAD_BYTES):
+                    await self._stream.send(payload)
         except SessionClosedError:
             session_scope.cancel()
+
+
+def _payloads(messages: list[bytes], max_bytes: int) -> list[bytes]:
+    """`messages` joined into payloads of at most `max_bytes` (a larger message goes alone)."""
+    payloads: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for message in messages:
+        if group and size + len(message) > max_bytes:
+            payloads.append(b"".join(group))
+            group, size = [], 0
+        group.append(message)
+        size += len(message)
+    if group:
+        payloads.append(b"".join(group))
+    return payloads
