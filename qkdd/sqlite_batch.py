@@ -30,48 +30,69 @@ def create_schema(db: sqlite3.Connection, schema: str) -> None:
             db.execute(statement)
 
 
-class SavepointTransactions:
-    """Mixin: subclasses set `self._db` (isolation_level=None) and call `_init_transactions()`."""
+class Database:
+    """One SQLite connection (see connect()), its lock and its transaction depth. Several stores may share
+    one (the ETSI 014 ledger lives in the key store's file): then a batch() of either groups both."""
 
-    _db: sqlite3.Connection
-
-    def _init_transactions(self) -> None:
-        self._lock = threading.RLock()
-        self._depth = 0                     # > 0 inside batch(): methods run in savepoints of one transaction
+    def __init__(self, path: str, *, secure_delete: bool = False) -> None:
+        self.path = path
+        self.connection = connect(path, secure_delete=secure_delete)
+        self.lock = threading.RLock()
+        self.depth = 0                      # > 0 inside a transaction: methods run in savepoints of it
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self.lock:
+            self.connection.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A transaction, or a savepoint of the one this thread has open."""
+        with self.lock:
+            db = self.connection
+            if self.depth:
+                self.depth += 1
+                db.execute("SAVEPOINT method")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK TO method")
+                    db.execute("RELEASE method")
+                    raise
+                finally:
+                    self.depth -= 1
+                db.execute("RELEASE method")
+                return
+            db.execute("BEGIN IMMEDIATE")
+            self.depth = 1
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                self.depth = 0
+            db.execute("COMMIT")
+
+
+class SavepointTransactions:
+    """Mixin: subclasses call `_init_transactions(database)` and then use `self._db` (the connection,
+    under `self._lock`) and `self._tx()`."""
+
+    database: Database
+
+    def _init_transactions(self, database: Database) -> None:
+        self.database = database
+        self._db = database.connection
+        self._lock = database.lock
+
+    def close(self) -> None:
+        self.database.close()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group commit: the methods called from this thread inside the block share one transaction."""
-        with self._tx():
+        with self.database.transaction():
             yield
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._depth:
-                self._depth += 1
-                self._db.execute("SAVEPOINT method")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK TO method")
-                    self._db.execute("RELEASE method")
-                    raise
-                finally:
-                    self._depth -= 1
-                self._db.execute("RELEASE method")
-                return
-            self._db.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._depth = 0
-            self._db.execute("COMMIT")
+    def _tx(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self.database.transaction()

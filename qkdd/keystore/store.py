@@ -31,7 +31,7 @@ from qkdd.keystore.model import (
     canonical_key_id,
 )
 from qkdd.keystore.resync import TOMBSTONE_GRACE_S
-from qkdd.sqlite_batch import SavepointTransactions, connect, create_schema
+from qkdd.sqlite_batch import Database, SavepointTransactions, create_schema
 
 SCHEMA_VERSION = 1
 _NONCE_BYTES = 12
@@ -70,9 +70,8 @@ class KeyStore(SavepointTransactions):
         self.path = path
         self._aead = AESGCM(kek)
         self._clock = clock
-        self._init_transactions()
         try:
-            self._db = connect(path, secure_delete=True)
+            self._init_transactions(Database(path, secure_delete=True))
             with self._tx() as db:
                 create_schema(db, _SCHEMA)
                 self._check_meta(db)

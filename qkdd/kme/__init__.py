@@ -20,12 +20,25 @@ def open_kme(config: Etsi014Config, state_dir: str, keystore: KeyStore | None = 
     its ledger; erases what a crash left undeleted. Raises KeyStoreError / LedgerError / OSError."""
     if keystore is None:
         keystore = _open_key_store(config, state_dir)
-    ledger = Ledger(config.ledger_file or os.path.join(state_dir, "etsi014.db"))
+    ledger = _open_ledger(config, state_dir, keystore)
     service = KmeService(config, keystore, ledger)
     erased = service.erase_spent()
     if erased:
         log.info("erased %d stored keys delivered before a restart", erased)
     return service
+
+
+def _open_ledger(config: Etsi014Config, state_dir: str, keystore: KeyStore) -> Ledger:
+    """The ledger in `ledger_file` if set; else in the key store's file (one transaction and fsync for
+    both), unless a ledger file of an earlier version is still at its old default place."""
+    if config.ledger_file:
+        return Ledger(config.ledger_file)
+    earlier = os.path.join(state_dir, "etsi014.db")
+    if os.path.exists(earlier):
+        log.warning("keeping the ETSI 014 ledger in %s, where an earlier version put it; the current default "
+                    "is the key store's file", earlier)
+        return Ledger(earlier)
+    return Ledger(database=keystore.database)
 
 
 def _open_key_store(config: Etsi014Config, state_dir: str) -> KeyStore:

@@ -83,7 +83,7 @@ class Etsi014Config:
     max_key_count: int = field(default=100000, metadata=meta(check=in_range(1, 1 << 40)))
     max_sae_id_count: int = field(default=4, metadata=meta(check=in_range(0, 254)))
     reservation_timeout_s: float = field(default=5.0, metadata=meta(check=positive))
-    ledger_file: str = ""               # default: <state_dir>/etsi014.db
+    ledger_file: str = ""               # default: tables in the key store's file
     # Both only for a daemon without [[links]]: with links, the KME uses the link engines' key store
     # (<state_dir>/keys.sqlite3, one per daemon).
     key_store_file: str = ""            # default: <state_dir>/keys.db

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 import uuid
 
@@ -18,6 +19,7 @@ import trio
 
 from qkdd.http.messages import HTTPError
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
+from qkdd.keystore.housekeeping import HOUSEKEEPING_INTERVAL_S
 from qkdd.keystore.model import IllegalTransition, KeyAlreadyDelivered, KeyNotFound, KeyState
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.container import assemble, plan_keys
@@ -83,10 +85,24 @@ class KmeService:
         return stack
 
     async def run(self) -> None:
-        """The service's own task (group commit of store writes); runs in the daemon's nursery."""
+        """The service's own tasks (group commit of store writes, ledger housekeeping); runs in the
+        daemon's nursery."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._store.run)
             nursery.start_soon(self._takes.run)
+            nursery.start_soon(self._purge_delivered)
+
+    async def _purge_delivered(self) -> None:
+        """Forget fully delivered keys once their grace is over (ledger.py), every HOUSEKEEPING_INTERVAL_S."""
+        while True:
+            await trio.sleep(HOUSEKEEPING_INTERVAL_S)
+            try:
+                purged = await self._store.call(self.ledger.purge_delivered)
+            except (LedgerError, sqlite3.Error) as exc:
+                log.warning("ETSI 014 ledger housekeeping failed: %s", exc)
+            else:
+                if purged:
+                    log.info("ETSI 014 ledger housekeeping", extra={"delivered_keys_purged": purged})
 
     # -- the classical channel -------------------------------------------------------------------------
     async def serve_channel(self, link_id: str, stream) -> None:
