@@ -231,3 +231,12 @@ def test_a_new_session_forgets_every_request():
         master.receive(encode_reserve(request)[:2] + bytes(16))        # truncated: still checked
     with pytest.raises(ReservationProtocolError):
         slave.accept(request.request_id)                                 # nothing left to answer
+
+
+def test_random_uuids_are_canonical_version_4():
+    from qkdd.kme.container import random_uuid
+    ids = [random_uuid() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -9,20 +9,31 @@ derive identical keys from the same plan).
 from __future__ import annotations
 
 import base64
-import uuid
+import os
 from collections.abc import Callable, Sequence
 
 from qkdd.kme.reservation import ReservedKey, Segment
 
 
+def random_uuid() -> str:
+    """A random UUID (version 4, RFC 9562 §5.4) in lowercase canonical form: what str(uuid.uuid4())
+    gives, without building a UUID object (two per Get key)."""
+    octets = bytearray(os.urandom(16))
+    octets[6] = (octets[6] & 0x0F) | 0x40          # version 4
+    octets[8] = (octets[8] & 0x3F) | 0x80          # variant 10 (RFC 9562 §4.1)
+    text = octets.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def plan_keys(stored: Sequence[tuple[str, int]], number: int, size_bits: int,
-              new_key_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> tuple[ReservedKey, ...]:
+              new_key_id: Callable[[], str] | None = None) -> tuple[ReservedKey, ...]:
     """Cut `number` keys of `size_bits` out of `stored` ((stored_key_id, bits) pairs, bits a multiple of 8).
 
     ValueError if the stored keys hold too few bits or size_bits is not a positive multiple of 8.
     """
     if size_bits <= 0 or size_bits % 8:
         raise ValueError("size must be a positive multiple of 8 bits")
+    new_key_id = new_key_id or random_uuid
     wanted_bytes = size_bits // 8
     keys = []
     source = iter(stored)

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import sqlite3
 import time
-import uuid
 
 import trio
 
@@ -22,7 +21,7 @@ from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.keystore.housekeeping import HOUSEKEEPING_INTERVAL_S
 from qkdd.keystore.model import IllegalTransition, KeyAlreadyDelivered, KeyNotFound, KeyState
 from qkdd.kme.config import Etsi014Config
-from qkdd.kme.container import assemble, plan_keys
+from qkdd.kme.container import assemble, plan_keys, random_uuid
 from qkdd.kme.group_commit import GroupCommitter
 from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
@@ -76,6 +75,7 @@ class KmeService:
         self._taken = {peer.link_id: TakenKeys() for peer in config.peers}
         self._refills = {peer.link_id: trio.Lock() for peer in config.peers}
         self._take_block_bits = take_block_bits
+        self._nursery: trio.Nursery | None = None        # run()'s, for refills ahead of need
         self._clock = clock
 
     def _open_batch(self) -> contextlib.ExitStack:
@@ -88,6 +88,7 @@ class KmeService:
         """The service's own tasks (group commit of store writes, ledger housekeeping); runs in the
         daemon's nursery."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._store.run)
             nursery.start_soon(self._takes.run)
             nursery.start_soon(self._purge_delivered)
@@ -234,7 +235,7 @@ class KmeService:
     async def get_keys(self, master_sae_id: str, slave_sae_id: str, request: KeyRequest) -> list[tuple[str, bytes]]:
         route = self.registry.route_to(slave_sae_id)
         link_id = route.link_id
-        request_id = str(uuid.uuid4())
+        request_id = random_uuid()
         if link_id not in self._streams:          # checked again below; this spares keys while the peer is away
             raise _unavailable("the slave SAE's KME is not reachable")
         try:
@@ -268,22 +269,36 @@ class KmeService:
 
     async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
         """Stored keys holding at least `bits` from this end's share, out of the link's pool of taken
-        keys, refilled from the key store a block at a time (one transaction). KeyUnavailable if the
-        key store and the pool together hold too few."""
+        keys, refilled from the key store a block at a time (one transaction): ahead of need, once the
+        pool is down to half a block, so requests rarely wait for a refill. KeyUnavailable if the key
+        store and the pool together hold too few."""
         pool = self._taken[link_id]
         taken = pool.take(bits, self._clock())
-        if taken is not None:
-            return taken
-        async with self._refills[link_id]:          # one refill at a time; the others then use its block
-            taken = pool.take(bits, self._clock())
-            if taken is not None:
-                return taken
-            missing = bits - pool.bits(self._clock())
-            pool.add(await self._takes.call(self._take_block, link_id, missing))
-            taken = pool.take(bits, self._clock())
-        if taken is None:          # the fresh block expired on the way (clock jumps): no keys for now
-            raise KeyUnavailable(f"link {link_id}: the stored keys taken have expired")
+        if taken is None:
+            async with self._refills[link_id]:      # one refill at a time; the others then use its block
+                taken = pool.take(bits, self._clock())
+                if taken is None:
+                    await self._refill(link_id, bits - pool.bits(self._clock()))
+                    taken = pool.take(bits, self._clock())
+            if taken is None:      # the fresh block expired on the way (clock jumps): no keys for now
+                raise KeyUnavailable(f"link {link_id}: the stored keys taken have expired")
+        if (self._nursery is not None and pool.bits(self._clock()) < self._take_block_bits // 2
+                and not self._refills[link_id].locked()):
+            self._nursery.start_soon(self._refill_ahead, link_id)
         return taken
+
+    async def _refill(self, link_id: str, min_bits: int) -> None:
+        self._taken[link_id].add(await self._takes.call(self._take_block, link_id, min_bits))
+
+    async def _refill_ahead(self, link_id: str) -> None:
+        """A block into the pool before it runs dry; a store without enough keys leaves it as it is (the
+        request that then finds the pool short gets the 503)."""
+        lock = self._refills[link_id]
+        if lock.locked():
+            return
+        async with lock:
+            with contextlib.suppress(KeyStoreError):
+                await self._refill(link_id, 1)
 
     def _take_block(self, link_id: str, min_bits: int) -> list[tuple[str, bytes, float]]:
         """Deliver and erase stored keys from this end's share, a block (or at least `min_bits`), returning
@@ -355,6 +370,7 @@ class _Outbox:
         try:
             while True:
                 await self._wakeup.wait()
+                await trio.sleep(0)         # the requests runnable now queue theirs first: one write for all
                 self._wakeup = trio.Event()
                 queued, self._queue = self._queue, []
                 for payload in _payloads(queued, self.MAX_PAYLOAD_BYTES):
