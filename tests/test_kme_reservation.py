@@ -240,3 +240,61 @@ def test_random_uuids_are_canonical_version_4():
     for text in ids:
         parsed = uuid.UUID(text)
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_ledger_forgets_erased_stored_keys_and_delivered_keys_after_their_grace(tmp_path):
+    now = [1000.0]
+    ledger = Ledger(str(tmp_path / "etsi014.db"), clock=lambda: now[0])
+    done, _ = reservation(number=2, size_bits=256)
+    waiting, _ = reservation(number=1, size_bits=256)
+    ledger.record("a-b", done)
+    ledger.record("a-b", waiting)
+    ledger.mark_delivered([key.key_id for key in done.keys], "sae-b")
+    spent = ledger.spent_stored_keys()
+    assert sorted(stored for _, stored in spent) == sorted(done.stored_key_ids())
+    ledger.mark_erased([stored for _, stored in spent])
+    assert ledger.spent_stored_keys() == []
+    assert ledger._db.execute("SELECT COUNT(*) FROM etsi014_stored_keys").fetchone()[0] == len(
+        waiting.stored_key_ids())                                       # only the waiting key's remain
+    assert ledger.purge_delivered(now=1000.0 + 3599) == 0               # within the grace: still answers
+    assert ledger.purge_delivered(now=1000.0 + 3601) == 2
+    assert set(ledger.lookup([key.key_id for key in done.keys + waiting.keys])) == {waiting.keys[0].key_id}
+
+
+def test_ledger_imports_the_rows_of_its_earlier_layout(tmp_path):
+    import json
+    import sqlite3
+    path = str(tmp_path / "etsi014.db")
+    request, _ = reservation(number=2, size_bits=256, slaves=("sae-b", "sae-d"))
+    old = sqlite3.connect(path)
+    old.executescript("""
+        CREATE TABLE reserved_keys (key_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, link_id TEXT NOT NULL,
+            master_sae_id TEXT NOT NULL, size_bits INTEGER NOT NULL, segments TEXT NOT NULL, created_at REAL NOT NULL);
+        CREATE TABLE recipients (key_id TEXT NOT NULL, sae_id TEXT NOT NULL, delivered_at REAL,
+            PRIMARY KEY (key_id, sae_id));
+        CREATE TABLE sources (stored_key_id TEXT NOT NULL, key_id TEXT NOT NULL, PRIMARY KEY (stored_key_id, key_id));
+        CREATE TABLE stored_keys (stored_key_id TEXT PRIMARY KEY, link_id TEXT NOT NULL, erased_at REAL);
+    """)
+    for key in request.keys:
+        segments = json.dumps([[s.stored_key_id, s.offset_bytes, s.length_bytes] for s in key.segments])
+        old.execute("INSERT INTO reserved_keys VALUES (?, ?, 'a-b', 'sae-a', 256, ?, 5.0)",
+                    (key.key_id, request.request_id, segments))
+        old.execute("INSERT INTO recipients VALUES (?, 'sae-b', 7.0)", (key.key_id,))      # sae-b has it
+        old.execute("INSERT INTO recipients VALUES (?, 'sae-d', NULL)", (key.key_id,))
+        for segment in key.segments:
+            old.execute("INSERT OR IGNORE INTO sources VALUES (?, ?)", (segment.stored_key_id, key.key_id))
+            old.execute("INSERT OR IGNORE INTO stored_keys VALUES (?, 'a-b', NULL)", (segment.stored_key_id,))
+    old.commit()
+    old.close()
+    ledger = Ledger(path)
+    key_ids = [key.key_id for key in request.keys]
+    entries = ledger.lookup(key_ids)
+    assert [entries[key_id].recipients for key_id in key_ids] == [{"sae-b": 7.0, "sae-d": None}] * 2
+    assert entries[key_ids[0]].key == request.keys[0]
+    with pytest.raises(AlreadyDelivered):
+        ledger.mark_delivered(key_ids, "sae-b")
+    assert ledger.spent_stored_keys() == []
+    ledger.mark_delivered(key_ids, "sae-d")
+    assert sorted(stored for _, stored in ledger.spent_stored_keys()) == sorted(request.stored_key_ids())
+    tables = {row[0] for row in ledger._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"etsi014_keys", "etsi014_stored_keys"}

@@ -35,25 +35,29 @@ class MemoryStream:
             raise SessionClosedError("the master's end closed") from None
 
 
-def slave_kme(tmp_path) -> tuple[KmeService, KeyStore]:
+def slave_kme(tmp_path, *, ledger_file: bool = True) -> tuple[KmeService, KeyStore]:
+    """The slave's KME; its ledger in a file of its own, or (the daemon's default) in the key store's."""
     config = Etsi014Config(kme_id="kme-b", saes=(SaeConfig("sae-a", "kme-a"), SaeConfig("sae-b", "kme-b")),
                            peers=(PeerKmeConfig("kme-a", LINK),))
     store = KeyStore(str(tmp_path / "keys.sqlite3"), create_kek(str(tmp_path / "kek")))
-    return KmeService(config, store, Ledger(str(tmp_path / "etsi014.db"))), store
+    ledger = Ledger(str(tmp_path / "etsi014.db")) if ledger_file else Ledger(database=store.database)
+    return KmeService(config, store, ledger), store
 
 
-def exchange(service: KmeService, reservation: Reservation) -> list:
-    """Send `reservation` from the master's end; the slave KME's answer events."""
+def exchange(service: KmeService, *reservations: Reservation) -> list:
+    """Send `reservations` from the master's end in one payload; the slave KME's answer events."""
     async def run() -> list:
         to_slave, slave_in = trio.open_memory_channel[bytes](4)
         slave_out, from_slave = trio.open_memory_channel[bytes](4)
         master = ReservationEndpoint()
+        events: list = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
             nursery.start_soon(service.serve_channel, LINK, MemoryStream(slave_in, slave_out))
-            await to_slave.send(master.reserve(reservation))
+            await to_slave.send(b"".join(master.reserve(reservation) for reservation in reservations))
             with trio.fail_after(10):
-                events = master.receive(await from_slave.receive())
+                while len(events) < len(reservations):
+                    events += master.receive(await from_slave.receive())
             nursery.cancel_scope.cancel()
         return events
     return trio.run(run)
@@ -89,3 +93,37 @@ def test_a_delivered_key_is_refused_and_nothing_is_recorded(tmp_path):
     assert isinstance(event, ReservationRefused)
     assert store.state(LINK, stored[0][0]) is KeyState.AVAILABLE
     assert service.ledger.lookup([key.key_id for key in reservation.keys]) == {}
+
+
+def test_one_payload_of_reservations_is_answered_each_on_its_own(tmp_path):
+    service, store = slave_kme(tmp_path, ledger_file=False)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(6)]
+    store.put_pending(LINK, 7, stored, expires_at=4e9, allocatable=[False] * 6)
+    store.commit_frame(LINK, 7)
+    store.deliver(LINK, stored[3][0])                                 # the second request's key is gone
+    first, second, third = (reservation_of(stored[i:i + 2]) for i in (0, 2, 4))
+    stranger = Reservation(str(uuid.uuid4()), "sae-a", ("sae-x",), 256, first.keys)     # not served here
+    events = exchange(service, first, second, stranger, third)
+    assert [type(event) for event in events] == [ReservationAccepted, ReservationRefused, ReservationRefused,
+                                                 ReservationAccepted]
+    assert [event.request_id for event in events] == [r.request_id for r in (first, second, stranger, third)]
+    assert [store.state(LINK, key_id) for key_id, _ in stored] == [
+        KeyState.RESERVED, KeyState.RESERVED, KeyState.AVAILABLE, KeyState.DELIVERED, KeyState.RESERVED,
+        KeyState.RESERVED]
+    assert set(service.ledger.lookup([key.key_id for r in (first, second, third) for key in r.keys])) == {
+        key.key_id for r in (first, third) for key in r.keys}
+
+
+def test_a_reservation_the_ledger_refuses_leaves_its_stored_keys_available(tmp_path):
+    service, store = slave_kme(tmp_path, ledger_file=False)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(4)]
+    store.put_pending(LINK, 7, stored, expires_at=4e9, allocatable=[False] * 4)
+    store.commit_frame(LINK, 7)
+    first = reservation_of(stored[:2])
+    reused_ids = Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, tuple(
+        type(key)(key.key_id, tuple(type(s)(stored[2 + i][0], 0, 32) for s in key.segments))
+        for i, key in enumerate(first.keys)))                        # other stored keys, the same key ids
+    events = exchange(service, first, reused_ids)
+    assert [type(event) for event in events] == [ReservationAccepted, ReservationRefused]
+    # the key store's reservation and the ledger's record commit together, or neither does
+    assert [store.state(LINK, key_id) for key_id, _ in stored[2:]] == [KeyState.AVAILABLE] * 2

@@ -7,6 +7,7 @@ import os
 import uuid
 
 import trio
+import trio.testing
 
 from qkdd.keystore import KeyState, KeyStore
 from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
@@ -57,3 +58,38 @@ def test_a_request_larger_than_a_block_and_a_store_smaller_than_a_block(tmp_path
     service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
     taken, count = take(service, 3 * 256)                   # only 5 stored: takes what the request needs
     assert list(taken) == ids[:3] and count == 2
+
+
+def test_the_pool_is_refilled_in_the_background_once_down_to_half_a_block(tmp_path):
+    store, ids = seeded_store(tmp_path, 20)
+    service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            first = await service._take_keys(LINK, 4 * 256)          # 4 of 8 left: not yet below half
+            await trio.testing.wait_all_tasks_blocked()
+            assert [store.state(LINK, key_id) for key_id in ids[8:9]] == [KeyState.AVAILABLE]
+            second = await service._take_keys(LINK, 256)             # 3 left: the next block comes ahead
+            with trio.fail_after(10):
+                while store.state(LINK, ids[15]) is not KeyState.DELIVERED:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        return list(first) + list(second)
+
+    assert trio.run(main) == ids[:5]
+    assert [store.state(LINK, key_id) for key_id in ids[:16]] == [KeyState.DELIVERED] * 16
+    assert [store.state(LINK, key_id) for key_id in ids[16:]] == [KeyState.AVAILABLE] * 4
+
+
+def test_the_ledger_lives_in_the_key_store_file_unless_an_earlier_one_exists(tmp_path):
+    from qkdd.kme import open_kme
+    fresh, earlier = tmp_path / "fresh", tmp_path / "earlier"
+    for state_dir in (fresh, earlier):
+        state_dir.mkdir()
+    Ledger(str(earlier / "etsi014.db")).close()
+    for state_dir, ledger_path in ((fresh, fresh / "keys.db"), (earlier, earlier / "etsi014.db")):
+        store = KeyStore(str(state_dir / "keys.db"), os.urandom(32))
+        service = open_kme(CONFIG, str(state_dir), store)
+        assert service.ledger.path == str(ledger_path)
+    assert not (fresh / "etsi014.db").exists()
