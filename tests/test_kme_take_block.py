@@ -93,3 +93,43 @@ def test_the_ledger_lives_in_the_key_store_file_unless_an_earlier_one_exists(tmp
         service = open_kme(CONFIG, str(state_dir), store)
         assert service.ledger.path == str(ledger_path)
     assert not (fresh / "etsi014.db").exists()
+
+
+def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer_changes_nothing(tmp_path, caplog):
+    from dataclasses import replace
+
+    import pytest
+
+    from qkdd.http.messages import HTTPError
+    from qkdd.kme.key_request import KeyRequest
+    from qkdd.kme.reservation import ReservationEndpoint
+    from tests.test_kme_slave_store import MemoryStream
+
+    store, ids = seeded_store(tmp_path, 20)
+    service = KmeService(replace(CONFIG, reservation_timeout_s=0.4), store, Ledger(str(tmp_path / "ledger.db")),
+                         take_block_bits=8 * 256)
+
+    async def main():
+        to_master, master_in = trio.open_memory_channel[bytes](4)
+        master_out, from_master = trio.open_memory_channel[bytes](4)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+            await trio.testing.wait_all_tasks_blocked()
+            started = trio.current_time()
+            with pytest.raises(HTTPError) as refused:
+                await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))
+            waited = trio.current_time() - started
+            slave = ReservationEndpoint()
+            [received] = slave.receive(await from_master.receive())        # it did go out, unanswered
+            await to_master.send(slave.accept(received.reservation.request_id))   # too late
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        return refused.value, waited, received.reservation
+
+    error, waited, reservation = trio.run(main)
+    assert error.status == 503 and "did not confirm" in str(error.details)
+    assert 0.4 <= waited < 1.5
+    assert reservation.stored_key_ids() == ids[:1]
+    assert store.state(LINK, ids[0]) is KeyState.DELIVERED                # erased here, never handed out again
+    assert "late answer to abandoned request" in caplog.text

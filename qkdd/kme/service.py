@@ -41,10 +41,12 @@ TAKE_BLOCK_BITS = 64 * 256
 
 
 class _Pending:
-    """A Get key waiting for the slave's KME: outcome "accepted", "refused", or "lost" (session ended)."""
+    """A Get key waiting for the slave's KME until `deadline` (trio clock): outcome "accepted", "refused",
+    "lost" (session ended) or "timeout"."""
 
-    def __init__(self, link_id: str) -> None:
+    def __init__(self, link_id: str, deadline: float) -> None:
         self.link_id = link_id
+        self.deadline = deadline
         self.done = trio.Event()
         self.outcome = ""
         self.detail = ""
@@ -92,6 +94,18 @@ class KmeService:
             nursery.start_soon(self._store.run)
             nursery.start_soon(self._takes.run)
             nursery.start_soon(self._purge_delivered)
+            nursery.start_soon(self._expire_pending)
+
+    async def _expire_pending(self) -> None:
+        """End the Get key requests whose reservation is unanswered past its deadline, a few times per
+        timeout (one sweep for all instead of a cancel scope and deadline per request)."""
+        interval = min(0.25, self.config.reservation_timeout_s / 4)
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for pending in list(self._pending.values()):
+                if pending.deadline <= now:
+                    pending.finish("timeout", "the slave SAE's KME did not confirm the reservation in time")
 
     async def _purge_delivered(self) -> None:
         """Forget fully delivered keys once their grace is over (ledger.py), every HOUSEKEEPING_INTERVAL_S."""
@@ -252,11 +266,10 @@ class KmeService:
         if outbox is None:
             raise _unavailable("the slave SAE's KME is not reachable")
         endpoint = self._endpoints[link_id]
-        pending = self._pending[request_id] = _Pending(link_id)
+        pending = self._pending[request_id] = _Pending(link_id, trio.current_time() + self.config.reservation_timeout_s)
         try:
             outbox.put(endpoint.reserve(reservation))
-            with trio.move_on_after(self.config.reservation_timeout_s):
-                await pending.done.wait()
+            await pending.done.wait()              # _expire_pending ends the wait at the deadline
         finally:
             del self._pending[request_id]
         if pending.outcome == "refused":
