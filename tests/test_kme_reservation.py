@@ -169,6 +169,7 @@ def test_ledger_delivers_once_per_recipient_and_survives_reopening(tmp_path):
 
 def test_key_store_batch_commits_once_and_keeps_each_method_atomic(tmp_path):
     store = KeyStore(str(tmp_path / "keys.db"), os.urandom(32))
+    assert store._db.execute("PRAGMA temp_store").fetchone()[0] == 2      # savepoint journals in memory
     keys = stored_keys(4)
     store.put_pending("a-b", 0, keys, expires_at=4e9)
     store.commit_frame("a-b", 0)
