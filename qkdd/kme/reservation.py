@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import enum
 import struct
-import uuid
 from dataclasses import dataclass
 
 WIRE_VERSION = 2
@@ -187,36 +186,45 @@ class ReservationEndpoint:
         """Decode a payload of one or more messages from the peer, one event per message. Raises
         ReservationProtocolError, changing nothing, if a message is malformed or illegal now (e.g. ACCEPT
         for a request never sent)."""
-        messages = _decode_payload(payload)
-        states = dict(self._states)
-        try:
-            return [self._apply(*message) for message in messages]
-        except ReservationProtocolError:
-            self._states = states
-            raise
+        changes: dict[tuple[str, str], State | None] = {}      # what the payload's messages do, applied last
+        events = [self._apply(message_type, request_id, decoded, changes)
+                  for message_type, request_id, decoded in _decode_payload(payload)]
+        for key, state in changes.items():
+            if state is None:
+                self._states.pop(key, None)
+            else:
+                self._states[key] = state
+        return events
 
-    def _apply(self, message_type: "MessageType", request_id: str, decoded) -> Event:
+    def _apply(self, message_type: "MessageType", request_id: str, decoded,
+               changes: dict[tuple[str, str], "State | None"]) -> Event:
         if message_type is MessageType.RESERVE:
-            self._step("slave", request_id, "RESERVE")
+            self._step("slave", request_id, "RESERVE", changes)
             return ReservationReceived(decoded)
-        if self._states.get(("master", request_id)) is State.ABANDONED:
-            del self._states[("master", request_id)]
+        key = ("master", request_id)
+        if (changes[key] if key in changes else self._states.get(key)) is State.ABANDONED:
+            changes[key] = None
             return LateAnswer(request_id, message_type is MessageType.ACCEPT)
         if message_type is MessageType.ACCEPT:
-            self._step("master", request_id, "ACCEPT")
+            self._step("master", request_id, "ACCEPT", changes)
             return ReservationAccepted(request_id)
-        self._step("master", request_id, "REFUSE")
+        self._step("master", request_id, "REFUSE", changes)
         reason, text = decoded
         return ReservationRefused(request_id, reason, text)
 
-    def _step(self, role: str, request_id: str, event: str) -> None:
+    def _step(self, role: str, request_id: str, event: str,
+              changes: dict[tuple[str, str], "State | None"] | None = None) -> None:
+        """Take one transition; into `changes` instead of the states when given (receive())."""
         key = (role, request_id)
-        current = self._states.get(key)
+        current = changes[key] if changes is not None and key in changes else self._states.get(key)
         following = TRANSITIONS.get((role, current, event))
         if following is None:
             state = current.value if current else "no request"
             raise ReservationProtocolError(f"{event} is illegal for {role} request {request_id} in state {state}")
-        if following in _FINAL:
+        following = None if following in _FINAL else following
+        if changes is not None:
+            changes[key] = following
+        elif following is None:
             self._states.pop(key, None)
         else:
             self._states[key] = following
@@ -224,9 +232,21 @@ class ReservationEndpoint:
 
 # -- encoding ------------------------------------------------------------------------------------------
 
+_MESSAGE_HEAD = struct.Struct(">BB16sI")
+_KEY_HEAD = struct.Struct(">16sH")
+_SEGMENT = struct.Struct(">16sII")
+
+
+def _uuid_bytes(text: str) -> bytes:
+    """The 16 bytes of a canonical UUID string (as uuid.UUID(text).bytes, without building the object)."""
+    raw = bytes.fromhex(text.replace("-", "")) if len(text) == 36 else b""
+    if len(raw) != 16:
+        raise ValueError(f"not a canonical UUID: {text!r}")
+    return raw
+
+
 def _message(message_type: MessageType, request_id: str, body: bytes = b"") -> bytes:
-    return (struct.pack(">BB", WIRE_VERSION, message_type) + uuid.UUID(request_id).bytes
-            + struct.pack(">I", len(body)) + body)
+    return _MESSAGE_HEAD.pack(WIRE_VERSION, message_type, _uuid_bytes(request_id), len(body)) + body
 
 
 def _text(value: str) -> bytes:
@@ -248,10 +268,9 @@ def encode_reserve(reservation: Reservation) -> bytes:
     for key in reservation.keys:
         if not 1 <= len(key.segments) <= MAX_SEGMENTS_PER_KEY:
             raise ValueError("a key is made of 1..65535 segments")
-        parts.append(uuid.UUID(key.key_id).bytes + struct.pack(">H", len(key.segments)))
+        parts.append(_KEY_HEAD.pack(_uuid_bytes(key.key_id), len(key.segments)))
         for segment in key.segments:
-            parts.append(uuid.UUID(segment.stored_key_id).bytes
-                         + struct.pack(">II", segment.offset_bytes, segment.length_bytes))
+            parts.append(_SEGMENT.pack(_uuid_bytes(segment.stored_key_id), segment.offset_bytes, segment.length_bytes))
     return _message(MessageType.RESERVE, reservation.request_id, b"".join(parts))
 
 
@@ -263,6 +282,12 @@ def encode_refuse(request_id: str, reason: RefuseReason, text: str) -> bytes:
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+
+
+def _canonical(raw: bytes) -> str:
+    """16 bytes as a lowercase canonical UUID (what str(uuid.UUID(bytes=raw)) gives)."""
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class _Reader:
@@ -292,9 +317,11 @@ class _Reader:
         return _U32.unpack_from(self._data, self._need(4))[0]
 
     def uuid(self) -> str:
-        """The 16 bytes as a lowercase canonical UUID (what str(uuid.UUID(bytes=...)) gives)."""
-        text = self.take(16).hex()
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        return _canonical(self.take(16))
+
+    def record(self, layout: struct.Struct) -> tuple:
+        """The fields of one fixed-size `layout`."""
+        return layout.unpack_from(self._data, self._need(layout.size))
 
     def text(self) -> str:
         length = self.u16()
@@ -361,9 +388,12 @@ def _decode_reserve(request_id: str, reader: _Reader) -> Reservation:
     slaves = tuple(reader.text() for _ in range(reader.u8()))
     keys = []
     for _ in range(reader.u16()):
-        key_id = reader.uuid()
-        segments = tuple(Segment(reader.uuid(), reader.u32(), reader.u32()) for _ in range(reader.u16()))
-        keys.append(ReservedKey(key_id, segments))
+        key_id, segment_count = reader.record(_KEY_HEAD)
+        segments = []
+        for _ in range(segment_count):
+            stored_key_id, offset, length = reader.record(_SEGMENT)
+            segments.append(Segment(_canonical(stored_key_id), offset, length))
+        keys.append(ReservedKey(_canonical(key_id), tuple(segments)))
     reader.end()
     reservation = Reservation(request_id, master, slaves, size_bits, tuple(keys))
     check_reservation(reservation)
