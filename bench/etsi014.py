@@ -1,10 +1,10 @@
 """ETSI 014 Get key (`enc_keys`) throughput and latency against one qkdd KME, next to its ceiling.
 
-    python -m bench.etsi014 [--clients 50] [--seconds 20] [--log-level info|warning]   # from the repository root
+    python -m bench.etsi014 [--clients 50] [--seconds 20] [--rounds 4] [--log-level info|warning]   # from the repo root
 
 Starts KME A and KME B (two `qkdd run` processes joined by the classical channel, key stores seeded with
 identical keys as in tests/etsi014_support.py), then `--clients` keep-alive mTLS connections each send
-`GET /api/v1/keys/sae-b/enc_keys` back to back for `--seconds`: every request reserves a key, records the
+`GET /api/v1/keys/sae-b/enc_keys` back to back for `--seconds` in all: every request reserves a key, records the
 reservation at KME B over the classical channel and erases KME A's copy before the answer. In the same
 run the same load goes to the ceiling: a minimal server on the same stack (qkdd.http: h11 over trio TLS,
 client certificates required) answering a key-container-sized JSON at once. The load generator is one
@@ -19,8 +19,11 @@ Paced (open loop, `paced_*` and `ceiling_paced_*`): the same clients together of
 `--paced-fraction` of the ceiling's saturated rate (stated in `paced_offered_req_per_s`), each on a fixed
 schedule; latency runs from the scheduled send time, so time a request spends waiting behind a slow one
 is counted rather than hidden. This is the latency an SAE sees when the KME is not overloaded, at an
-equal offered load for the KME and the ceiling. Order: ceiling saturated, KME saturated, KME paced,
-ceiling paced. CPU figures are for the saturated phases (from /proc, per request answered).
+equal offered load for the KME and the ceiling. Order: the saturated phase in `--rounds` rounds of
+`--seconds / --rounds` alternating ceiling and KME (the KMEs idle while the ceiling runs and the other
+way round), so that a change in the machine's other load falls on both alike; then KME paced, ceiling
+paced. Connections are opened before each round's clock starts. CPU figures are for the saturated
+phase (from /proc, per request answered).
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ import trio
 from bench.http_server import percentile_ms
 
 PACED_FRACTION = 0.5
+ROUNDS = 4
 
 CEILING_SERVER = """
 import sys, trio
@@ -134,6 +138,7 @@ class _Tally:
     def __init__(self) -> None:
         self.latencies_s: list[float] = []
         self.failures = 0
+        self.elapsed_s = 0.0
 
     def count(self, status: int, since: float) -> None:
         if status == 200:
@@ -141,7 +146,8 @@ class _Tally:
         else:
             self.failures += 1
 
-    def result(self, elapsed_s: float) -> dict:
+    def result(self, elapsed_s: float | None = None) -> dict:
+        elapsed_s = self.elapsed_s if elapsed_s is None else elapsed_s
         latencies_s = self.latencies_s
         return {"requests": len(latencies_s), "failures": self.failures,
                 "req_per_s": round(len(latencies_s) / elapsed_s, 1),
@@ -149,25 +155,30 @@ class _Tally:
                 "p99_ms": percentile_ms(latencies_s, 0.99) if latencies_s else None}
 
 
-async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float) -> dict:
-    """Closed loop: `clients` keep-alive connections each send the next request when the last is answered."""
-    tally = _Tally()
-
-    async def client(deadline: float) -> None:
-        connection = _Connection(host, port, path, context)
-        try:
+async def load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float,
+               tally: "_Tally | None" = None) -> "_Tally":
+    """Closed loop: `clients` keep-alive connections (their handshakes before the clock starts) each send
+    the next request when the last is answered. Adds to `tally`, if given, and returns it."""
+    tally = tally if tally is not None else _Tally()
+    connections = [_Connection(host, port, path, context) for _ in range(clients)]
+    try:
+        for connection in connections:
             await connection.open()
+
+        async def client(connection: _Connection, deadline: float) -> None:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 tally.count(await connection.exchange(), started)
-        finally:
-            await connection.aclose()
 
-    started = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(clients):
-            nursery.start_soon(client, started + seconds)
-    return tally.result(time.perf_counter() - started)
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for connection in connections:
+                nursery.start_soon(client, connection, started + seconds)
+        tally.elapsed_s += time.perf_counter() - started
+    finally:
+        for connection in connections:
+            await connection.aclose()
+    return tally
 
 
 async def paced_load(host: str, port: int, path: str, context: ssl.SSLContext, clients: int, seconds: float,
@@ -237,15 +248,20 @@ def main(argv=None) -> None:
                         help="daemon log level; info writes an access log line per request (the default)")
     parser.add_argument("--stored-keys", type=int, default=0,
                         help="keys seeded per end (default: enough for 2000 requests/s)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help="saturated phase: alternate ceiling and KME this many times, --seconds in all each")
     parser.add_argument("--paced-fraction", type=float, default=PACED_FRACTION,
                         help="paced phase: offered load as a fraction of the ceiling's saturated rate")
     parser.add_argument("--paced-seconds", type=float, default=0.0,
                         help="length of each paced phase (default: --seconds / 2; a negative value skips them)")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.seconds <= 0:
+        parser.error("--rounds must be at least 1 and --seconds positive")
     sys.path.insert(0, os.getcwd())
     from tests.etsi014_support import make_pair
 
     paced_seconds = args.paced_seconds or args.seconds / 2
+    round_s = args.seconds / args.rounds
     stored = args.stored_keys or int(2 * 2000 * (args.seconds + max(paced_seconds, 0))) + 1000
     path = "/api/v1/keys/sae-b/enc_keys"
     with tempfile.TemporaryDirectory() as directory:
@@ -257,19 +273,25 @@ def main(argv=None) -> None:
              str(pair.pki.ca_cert_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             ceiling_port = int(ceiling_server.stdout.readline())
-            ceiling_cpu_before = cpu_s(ceiling_server.pid)
-            ceiling = trio.run(load, "127.0.0.1", ceiling_port, path, context, args.clients, args.seconds)
-            ceiling_cpu_s = cpu_s(ceiling_server.pid) - ceiling_cpu_before
-            paced_rate = round(args.paced_fraction * ceiling["req_per_s"], 1)
             try:
                 pair.start("kme-b", log_to_file=True, log_level=args.log_level)
                 pair.start("kme-a", log_to_file=True, log_level=args.log_level)
                 host, port = pair.daemons["kme-a"].api_address
                 wait_for_channel(host, port, context)
                 pids = [pair.daemons[name].process.pid for name in ("kme-a", "kme-b")]
-                cpu_before = [cpu_s(pid) for pid in pids]
-                kme = trio.run(load, host, port, path, context, args.clients, args.seconds)
-                kme_cpu_s = [cpu_s(pid) - before for pid, before in zip(pids, cpu_before)]
+                # Saturated: rounds alternating between the ceiling and the KME, so a change in the
+                # machine's other load during the run falls on both alike.
+                ceiling, kme = _Tally(), _Tally()
+                ceiling_cpu_s, kme_cpu_s = 0.0, [0.0, 0.0]
+                for _ in range(args.rounds):
+                    before = cpu_s(ceiling_server.pid)
+                    trio.run(load, "127.0.0.1", ceiling_port, path, context, args.clients, round_s, ceiling)
+                    ceiling_cpu_s += cpu_s(ceiling_server.pid) - before
+                    before_kme = [cpu_s(pid) for pid in pids]
+                    trio.run(load, host, port, path, context, args.clients, round_s, kme)
+                    kme_cpu_s = [total + cpu_s(pid) - before for total, pid, before in zip(kme_cpu_s, pids, before_kme)]
+                ceiling, kme = ceiling.result(), kme.result()
+                paced_rate = round(args.paced_fraction * ceiling["req_per_s"], 1)
                 if paced_seconds > 0 and paced_rate > 0:
                     kme_paced = trio.run(paced_load, host, port, path, context, args.clients, paced_seconds,
                                          paced_rate)
@@ -281,7 +303,8 @@ def main(argv=None) -> None:
         finally:
             ceiling_server.stdin.close()
             ceiling_server.wait(timeout=30)
-    result = {"bench": "etsi014", "clients": args.clients, "seconds": args.seconds, "log_level": args.log_level,
+    result = {"bench": "etsi014", "clients": args.clients, "seconds": args.seconds, "rounds": args.rounds,
+              "log_level": args.log_level,
               "req_per_s": kme["req_per_s"], "p50_ms": kme["p50_ms"], "p99_ms": kme["p99_ms"],
               "failures": kme["failures"], "ceiling_req_per_s": ceiling["req_per_s"],
               "ceiling_p50_ms": ceiling["p50_ms"], "ceiling_p99_ms": ceiling["p99_ms"],
