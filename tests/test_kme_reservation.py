@@ -299,3 +299,11 @@ def test_ledger_imports_the_rows_of_its_earlier_layout(tmp_path):
     assert sorted(stored for _, stored in ledger.spent_stored_keys()) == sorted(request.stored_key_ids())
     tables = {row[0] for row in ledger._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert tables == {"etsi014_keys", "etsi014_stored_keys"}
+
+
+def test_queued_messages_go_out_in_payloads_of_bounded_size():
+    from qkdd.kme.service import _payloads
+    messages = [bytes([n]) * size for n, size in enumerate([10, 20, 30, 100, 5])]
+    assert _payloads(messages, 60) == [messages[0] + messages[1] + messages[2], messages[3], messages[4]]
+    assert b"".join(_payloads(messages, 10**6)) == b"".join(messages)
+    assert _payloads([], 60) == []

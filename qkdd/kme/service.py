@@ -78,6 +78,7 @@ class KmeService:
         self._refills = {peer.link_id: trio.Lock() for peer in config.peers}
         self._take_block_bits = take_block_bits
         self._nursery: trio.Nursery | None = None        # run()'s, for refills ahead of need
+        self._refilling_ahead: set[str] = set()           # links with such a refill under way
         self._clock = clock
 
     def _open_batch(self) -> contextlib.ExitStack:
@@ -295,8 +296,9 @@ class KmeService:
                     taken = pool.take(bits, self._clock())
             if taken is None:      # the fresh block expired on the way (clock jumps): no keys for now
                 raise KeyUnavailable(f"link {link_id}: the stored keys taken have expired")
-        if (self._nursery is not None and pool.bits(self._clock()) < self._take_block_bits // 2
-                and not self._refills[link_id].locked()):
+        if (self._nursery is not None and link_id not in self._refilling_ahead
+                and pool.bits(self._clock()) < self._take_block_bits // 2):
+            self._refilling_ahead.add(link_id)
             self._nursery.start_soon(self._refill_ahead, link_id)
         return taken
 
@@ -306,12 +308,13 @@ class KmeService:
     async def _refill_ahead(self, link_id: str) -> None:
         """A block into the pool before it runs dry; a store without enough keys leaves it as it is (the
         request that then finds the pool short gets the 503)."""
-        lock = self._refills[link_id]
-        if lock.locked():
-            return
-        async with lock:
-            with contextlib.suppress(KeyStoreError):
-                await self._refill(link_id, 1)
+        try:
+            async with self._refills[link_id]:
+                if self._taken[link_id].bits(self._clock()) < self._take_block_bits // 2:
+                    with contextlib.suppress(KeyStoreError):
+                        await self._refill(link_id, 1)
+        finally:
+            self._refilling_ahead.discard(link_id)
 
     def _take_block(self, link_id: str, min_bits: int) -> list[tuple[str, bytes, float]]:
         """Deliver and erase stored keys from this end's share, a block (or at least `min_bits`), returning
