@@ -127,3 +127,27 @@ def test_a_reservation_the_ledger_refuses_leaves_its_stored_keys_available(tmp_p
     assert [type(event) for event in events] == [ReservationAccepted, ReservationRefused]
     # the key store's reservation and the ledger's record commit together, or neither does
     assert [store.state(LINK, key_id) for key_id, _ in stored[2:]] == [KeyState.AVAILABLE] * 2
+
+
+def test_housekeeping_forgets_reservations_whose_stored_keys_expired_before_anyone_fetched_them(tmp_path):
+    import time
+
+    from qkdd.kme.ledger import DELIVERED_GRACE_S
+
+    service, store = slave_kme(tmp_path, ledger_file=False)
+    soon, later = time.time() + 60, time.time() + 10 * DELIVERED_GRACE_S
+    short = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
+    long = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
+    store.put_pending(LINK, 7, short, expires_at=soon, allocatable=[False] * 2)
+    store.put_pending(LINK, 8, long, expires_at=later, allocatable=[False] * 2)
+    for frame in (7, 8):
+        store.commit_frame(LINK, frame)
+    expiring, lasting = reservation_of(short), reservation_of(long)
+    assert [type(event) for event in exchange(service, expiring, lasting)] == [ReservationAccepted] * 2
+    past_grace = time.time() + DELIVERED_GRACE_S + 1
+    assert service.purge_ledger(now=past_grace) == (0, 0)             # nothing expired yet
+    assert store.expire(now=soon + 1) == 2                            # the short-lived keys expire unfetched
+    assert service.purge_ledger(now=past_grace) == (0, 2)
+    all_ids = [key.key_id for key in expiring.keys + lasting.keys]
+    assert set(service.ledger.lookup(all_ids)) == {key.key_id for key in lasting.keys}
+    assert service.ledger._db.execute("SELECT COUNT(*) FROM etsi014_stored_keys").fetchone()[0] == 2

@@ -163,6 +163,23 @@ class Ledger(SavepointTransactions):
             db.executemany("DELETE FROM etsi014_stored_keys WHERE stored_key_id = ? AND undelivered = 0",
                            [(stored_key_id,) for stored_key_id in stored_key_ids])
 
+    def waiting_keys(self, created_before: float) -> list[tuple[str, str, list[str]]]:
+        """(key_id, link_id, stored key ids) of keys some recipient has not fetched, recorded before
+        `created_before` (housekeeping: those whose stored keys expired can never be delivered)."""
+        with self._lock:
+            rows = self._db.execute("SELECT key_id, link_id, segments FROM etsi014_keys "
+                                    "WHERE undelivered > 0 AND created_at < ?", (created_before,)).fetchall()
+        return [(key_id, link_id, list(dict.fromkeys(segment[0] for segment in json.loads(segments))))
+                for key_id, link_id, segments in rows]
+
+    def forget(self, key_ids: Sequence[str], stored_key_ids: Sequence[str]) -> None:
+        """Drop keys that can never be delivered and the stored keys they were cut from (gone from the key
+        store): nothing is left to erase, and a dec_keys for them answers "not found"."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM etsi014_keys WHERE key_id = ?", [(key_id,) for key_id in key_ids])
+            db.executemany("DELETE FROM etsi014_stored_keys WHERE stored_key_id = ?",
+                           [(stored_key_id,) for stored_key_id in stored_key_ids])
+
     def purge_delivered(self, now: float | None = None, grace_s: float = DELIVERED_GRACE_S) -> int:
         """Forget keys every recipient fetched, recorded more than `grace_s` before `now`; how many."""
         cutoff = (self._clock() if now is None else now) - grace_s

@@ -25,7 +25,7 @@ from qkdd.kme.container import assemble, plan_keys, random_uuid
 from qkdd.kme.group_commit import GroupCommitter
 from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
-from qkdd.kme.ledger import AlreadyDelivered, Ledger, LedgerError
+from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerError
 from qkdd.kme.taken_keys import TakenKeys
 from qkdd.peer.errors import SessionClosedError
 from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
@@ -94,7 +94,7 @@ class KmeService:
             self._nursery = nursery
             nursery.start_soon(self._store.run)
             nursery.start_soon(self._takes.run)
-            nursery.start_soon(self._purge_delivered)
+            nursery.start_soon(self._housekeeping)
             nursery.start_soon(self._expire_pending)
 
     async def _expire_pending(self) -> None:
@@ -108,17 +108,41 @@ class KmeService:
                 if pending.deadline <= now:
                     pending.finish("timeout", "the slave SAE's KME did not confirm the reservation in time")
 
-    async def _purge_delivered(self) -> None:
-        """Forget fully delivered keys once their grace is over (ledger.py), every HOUSEKEEPING_INTERVAL_S."""
+    async def _housekeeping(self) -> None:
+        """Every HOUSEKEEPING_INTERVAL_S, the ledger forgets what no one needs any more (`purge_ledger`)."""
         while True:
             await trio.sleep(HOUSEKEEPING_INTERVAL_S)
             try:
-                purged = await self._store.call(self.ledger.purge_delivered)
-            except (LedgerError, sqlite3.Error) as exc:
+                delivered, undeliverable = await self._store.call(self.purge_ledger)
+            except (KeyStoreError, LedgerError, sqlite3.Error) as exc:
                 log.warning("ETSI 014 ledger housekeeping failed: %s", exc)
             else:
-                if purged:
-                    log.info("ETSI 014 ledger housekeeping", extra={"delivered_keys_purged": purged})
+                if delivered or undeliverable:
+                    log.info("ETSI 014 ledger housekeeping", extra={"delivered_keys_purged": delivered,
+                                                                    "undeliverable_keys_purged": undeliverable})
+
+    def purge_ledger(self, now: float | None = None) -> tuple[int, int]:
+        """Blocking. Forget fully delivered keys past DELIVERED_GRACE_S, and keys still waiting for a
+        recipient, recorded more than DELIVERED_GRACE_S ago, one of whose stored keys the key store no
+        longer holds reserved (expired there: no recipient can get them any more). Returns (delivered,
+        undeliverable) keys forgotten."""
+        now = self._clock() if now is None else now
+        delivered = self.ledger.purge_delivered(now)
+        undeliverable, gone = [], set()
+        for key_id, link_id, stored_ids in self.ledger.waiting_keys(created_before=now - DELIVERED_GRACE_S):
+            missing = [stored_id for stored_id in stored_ids if not self._still_reserved(link_id, stored_id)]
+            if missing:
+                undeliverable.append(key_id)
+                gone.update(missing)
+        if undeliverable:
+            self.ledger.forget(undeliverable, sorted(gone))
+        return delivered, len(undeliverable)
+
+    def _still_reserved(self, link_id: str, stored_key_id: str) -> bool:
+        try:
+            return self.keystore.state(link_id, stored_key_id) is KeyState.RESERVED
+        except KeyNotFound:
+            return False
 
     # -- the classical channel -------------------------------------------------------------------------
     async def serve_channel(self, link_id: str, stream) -> None:
