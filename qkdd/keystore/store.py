@@ -58,6 +58,9 @@ CREATE INDEX IF NOT EXISTS keys_by_frame ON keys (link_id, frame_id);
 -- This end's share in age order: without `allocatable` in the index, every reservation would step over
 -- all of the other end's (never locally allocated) available keys first, a cost growing with use.
 CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable, created_at);
+-- Housekeeping (expire, purge_tombstones) by expiry time, the state tested in the index, not the row. Not
+-- (state, expires_at): the planner would take that for the allocation queries too and sort their rows.
+CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires_at, state);
 """
 
 
