@@ -38,6 +38,7 @@ neither of which waits for the peer: the waiting cannot close a cycle between th
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -419,14 +420,10 @@ class LinkEngine:
         if len(self._frame_qber) > FRAME_QBER_FRAMES:
             del self._frame_qber[next(iter(self._frame_qber))]     # the oldest frame
 
-    async def qber_of_key(self, key_id: str) -> float | None:
-        """The QBER of the frame `key_id` came from, the same at both ends; None when not known (a frame
+    def qber_of(self, key: StoredKey) -> float | None:
+        """The QBER of the frame `key` came from, the same at both ends; None when not known (a frame
         from before this daemon started, or older than the last FRAME_QBER_FRAMES)."""
-        try:
-            frame_id = await trio.to_thread.run_sync(self.store.frame_of, self.link_id, key_id)
-        except KeyStoreError:
-            return None
-        return self._frame_qber.get(frame_id)
+        return self._frame_qber.get(key.frame_id)
 
     # -- metrics and state ------------------------------------------------------------------------
     def _record(self, outcome: FrameOutcome) -> None:
@@ -626,4 +623,4 @@ def _bits_of(holder: str) -> int:
 def _truncate(key: StoredKey, bits: int) -> StoredKey:
     if not 0 < bits < key.bits:
         return key
-    return StoredKey(key.key_id, key.link_id, bits, key.created_at, key.expires_at, key.material[:bits // 8])
+    return dataclasses.replace(key, bits=bits, material=key.material[:bits // 8])
