@@ -1,6 +1,7 @@
 """Flow control between a link engine's record router and its readers, against an authenticated peer that
 sends what it likes: a real engine (sim source, SQLite store, TLS peer channel with ML-DSA-65 pinned keys)
 and, at the other end, a bare PeerSession that answers the key-store resync and then floods."""
+import json
 import math
 
 import trio
@@ -12,7 +13,8 @@ from qkdd.keystore import KeyStore
 from qkdd.keystore.resync import InventoryAssembler, encode_inventory
 from qkdd.kme.channel import ETSI014_CHANNEL
 from qkdd.link import envelope, linkmsg
-from qkdd.link.engine import CH_INVENTORY, CH_PIPELINE, ROUTED_QUEUE_RECORDS, LinkEngine
+from qkdd.link.engine import (CH_CONTROL, CH_INVENTORY, CH_PIPELINE, CONTROL_IN_FLIGHT, ROUTED_QUEUE_RECORDS,
+                              LinkEngine)
 from qkdd.peer import PeerConnector, generate_identity
 from tests.link_support import TEST_SOURCE
 from tests.peer_harness import fast_settings
@@ -169,5 +171,45 @@ def test_a_returned_channel_handler_does_not_stall_the_router(tmp_path):
                     await trio.sleep(0.01)
             assert got == [bytes(3000), b"still routed"]
             assert alice.routed_bytes == 0
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+def test_a_flood_of_control_messages_is_handled_a_bounded_number_at_a_time(tmp_path):
+    """Thousands of reservation requests at once: each is answered, but the engine handles at most
+    CONTROL_IN_FLIGHT at a time (not one task per message), and an overlong message is dropped."""
+    requests = 2000
+
+    async def main():
+        answers = {}
+        async with trio.open_nursery() as nursery:
+            alice, session = await engine_and_raw_peer(nursery, tmp_path, receive_queue_bytes=64 * 1024)
+            session_tasks = alice._session_nursery
+            baseline, peak = len(session_tasks.child_tasks), {"tasks": 0}
+
+            async def watch():
+                while True:
+                    peak["tasks"] = max(peak["tasks"], len(session_tasks.child_tasks))
+                    await trio.sleep(0)
+            nursery.start_soon(watch)
+
+            async def read_answers():
+                while True:
+                    channel, payload = await session.receive()
+                    assert channel == CH_CONTROL
+                    answer = json.loads(payload)
+                    answers[answer["request"]] = answer
+            nursery.start_soon(read_answers)
+            overlong = {"type": "reserve", "request": -1, "key_id": "x" * 5000, "holder": "v1:256"}
+            await session.send(CH_CONTROL, json.dumps(overlong).encode())
+            await session.send_many([(CH_CONTROL, json.dumps({"type": "reserve", "request": i, "key_id": "no-such-key",
+                                                              "holder": "v1:256"}).encode()) for i in range(requests)])
+            with trio.fail_after(30):
+                while len(answers) < requests:
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)
+            assert sorted(answers) == list(range(requests))
+            assert not any(answer["ok"] for answer in answers.values())
+            assert CONTROL_IN_FLIGHT // 2 <= peak["tasks"] - baseline <= CONTROL_IN_FLIGHT, (peak, baseline)
             nursery.cancel_scope.cancel()
     trio.run(main)

@@ -34,7 +34,9 @@ a reader is still to read is dropped, and a flooding peer cannot make this end h
 twice receive_queue_bytes (the session's queue and the routed ones). Every registered handler must
 therefore keep reading its stream, as with ChannelMux. Frames are lock-step (one record each way per
 step), so a frame's inbox holds a record only while its task computes or waits for its device frame,
-neither of which waits for the peer: the waiting cannot close a cycle between the two ends.
+neither of which waits for the peer: the waiting cannot close a cycle between the two ends. CONTROL
+messages (a few hundred bytes of JSON; longer ones are dropped with a warning) are handled at most
+CONTROL_IN_FLIGHT at once, the router waiting for a free slot beyond that.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ FRAME_ARRIVAL_WAIT_S = 5.0
 BOB_BUFFER_FRAMES = 2
 DEVICE_RETRY_S = 1.0
 ROUTED_QUEUE_RECORDS = 64       # records per frame inbox or channel queue (and bytes: see routed.py)
+CONTROL_IN_FLIGHT = 64          # the peer's CONTROL messages handled at once
+CONTROL_MAX_BYTES = 4096        # a reservation or its answer is far shorter
 RATE_WINDOW_S = 10.0
 HEALTH_POLL_S = 2.0
 HOLDER_PREFIX = "v1:"
@@ -345,10 +349,16 @@ class LinkEngine:
         await self._run_frame(pipeline, inbox, session, False)
 
     async def _route(self, session: PeerSession, nursery: trio.Nursery) -> None:
+        control_slots = trio.Semaphore(CONTROL_IN_FLIGHT)
         while True:
             channel, payload = await session.receive()
             if channel == CH_CONTROL:
-                nursery.start_soon(self._on_control, session, payload)
+                if len(payload) > CONTROL_MAX_BYTES:
+                    log.warning("link %s: control message of %d bytes dropped (at most %d)", self.link_id,
+                                len(payload), CONTROL_MAX_BYTES)
+                    continue
+                await control_slots.acquire()                   # waits while CONTROL_IN_FLIGHT are handled
+                nursery.start_soon(self._handle_control, session, payload, control_slots)
                 continue
             if channel in self._consumer_queues:
                 if not await self._consumer_queues[channel].put(payload):      # waits while it is full
@@ -566,6 +576,12 @@ class LinkEngine:
             return {"ok": False, "error": "timeout"}
         finally:
             self._pending_reservations.pop(request_id, None)
+
+    async def _handle_control(self, session: PeerSession, payload: bytes, slots: trio.Semaphore) -> None:
+        try:
+            await self._on_control(session, payload)
+        finally:
+            slots.release()
 
     async def _on_control(self, session: PeerSession, payload: bytes) -> None:
         try:
