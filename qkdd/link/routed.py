@@ -46,10 +46,6 @@ class RoutedQueue:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
 
-    @property
-    def queued_records(self) -> int:
-        return self.receive_channel.statistics().current_buffer_used
-
     def close(self) -> None:
         """The reader is done: release what it left unread and refuse further records."""
         while True:
