@@ -181,6 +181,24 @@ def test_a_flood_of_failed_tls_handshakes_is_rate_limited_in_the_log(http_server
     assert f"{flood - logged} similar messages suppressed (tls-handshake-failed)" in caplog.text
 
 
+def test_the_suppressed_count_of_a_flood_is_logged_though_no_further_handshake_fails(http_server, dev_pki, caplog,
+                                                                                    monkeypatch):
+    from qkdd import log_limit
+
+    monkeypatch.setattr(log_limit, "SUMMARY_INTERVAL_S", 0.3)
+    server = http_server(make_router(), tls=_tls(dev_pki, "required"))
+    flood = log_limit.DEFAULT_BURST + 15
+    with caplog.at_level(logging.INFO, logger="qkdd.http"):
+        for _ in range(flood):
+            with connect(server.address) as sock:
+                sock.sendall(b"\x00" * 64)
+                read_until_closed(sock, 5.0)
+        summaries = lambda: [r.getMessage() for r in caplog.records if "similar messages suppressed" in r.getMessage()]  # noqa: E731
+        assert wait_for(lambda: sum(int(text.split()[0]) for text in summaries())
+                        + len(_handshake_log_records(caplog)) == flood)
+        assert summaries() and all(text.endswith("(tls-handshake-failed)") for text in summaries())
+
+
 def test_silent_client_hits_handshake_timeout(http_server, dev_pki):
     server = http_server(make_router(), tls=_tls(dev_pki, "required"),
                          limits=HTTPLimits(tls_handshake_timeout_s=0.5))

@@ -268,3 +268,18 @@ def test_take_bits_delivers_the_oldest_allocatable_keys_once_in_one_step(store):
         store.take_bits(LINK, 3 * 256)                                  # 2 allocatable left: nothing taken
     assert store.state(LINK, keys[4][0]) is KeyState.AVAILABLE
     assert [key.key_id for key in store.take_bits(LINK, 256, want_bits=10 * 256)] == [keys[4][0], keys[5][0]]
+
+
+def test_keys_come_out_with_the_frame_they_were_stored_from(store):
+    """deliver, peek and take_bits read the key's frame in the same statement as the key itself."""
+    frames = {7: new_keys(2), 2 ** 40 + 3: new_keys(2)}
+    for frame_id, keys in frames.items():
+        store.put_pending(LINK, frame_id, keys, expires_at=time.time() + 3600)
+        store.commit_frame(LINK, frame_id)
+    (first, _), (second, _) = frames[7]
+    (third, _), (fourth, _) = frames[2 ** 40 + 3]
+    assert store.peek(LINK, third).frame_id == 2 ** 40 + 3
+    assert store.deliver(LINK, second).frame_id == 7
+    assert [(key.key_id, key.frame_id) for key in store.take_bits(LINK, 256, want_bits=2 * 256)] == [
+        (first, 7), (third, 2 ** 40 + 3)]
+    assert f"frame_id={2 ** 40 + 3}" in repr(store.deliver(LINK, fourth))

@@ -71,3 +71,40 @@ def test_the_daemon_runs_housekeeping_on_its_key_store(tmp_path):
     store = open_keystore(str(state_dir))
     assert store.inventory("sim-1") == {stale: KeyState.EXPIRED, live: KeyState.AVAILABLE}
     store.close()
+
+
+def test_expire_and_purge_search_the_expiry_index_also_in_a_file_made_without_it(tmp_path):
+    """The statements expire() and purge_tombstones() really run (as SQLite traces them) use the expiry
+    index, in a store file written before the index existed; the allocation queries keep their own."""
+    import sqlite3
+
+    path = str(tmp_path / "keys.db")
+    store = KeyStore(path, bytes(32))
+    now = time.time()
+    for frame in range(20):
+        store.put_pending(LINK, frame, [(str(uuid.uuid4()), os.urandom(32)) for _ in range(50)],
+                          expires_at=now + (frame - 10) * 600 + 300)
+        store.commit_frame(LINK, frame)
+    store.close()
+    with sqlite3.connect(path) as old:
+        old.execute("DROP INDEX IF EXISTS keys_by_expiry")
+    store = KeyStore(path, bytes(32))
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    assert store.expire() == 500
+    assert store.purge_tombstones() == 4 * 50            # expired more than an hour ago: frames 0..3
+    store._db.set_trace_callback(None)
+    housekeeping = [s for s in statements if "expires_at" in s]
+    assert len(housekeeping) == 2, statements
+    for statement in housekeeping:
+        plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement))
+        assert "USING INDEX keys_by_expiry (expires_at<?)" in plan, (statement, plan)
+    # the new index does not draw the allocation queries away from theirs (they would need a sort)
+    statements.clear()
+    store._db.set_trace_callback(statements.append)
+    store.reserve_bits(LINK, 256, "holder")
+    store._db.set_trace_callback(None)
+    [allocation] = [s for s in statements if "expires_at" in s]
+    plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + allocation))
+    assert "keys_allocatable" in plan and "TEMP B-TREE" not in plan, plan
+    store.close()

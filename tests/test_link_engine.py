@@ -1,5 +1,7 @@
 """Two link engines in one process over real parts: TLS peer channel with ML-DSA-65 pinned keys, the sim
 source and detector over a real TCP quantum channel, SQLite key stores in a temporary directory."""
+import sqlite3
+
 import trio
 
 from qkdd.hal.sim import Attack, SimParams
@@ -43,6 +45,11 @@ async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DET
     return alice, bob, source, stores
 
 
+def frame_in_file(store, key_id):
+    with sqlite3.connect(store.path) as db:
+        return db.execute("SELECT frame_id FROM keys WHERE key_id = ?", (key_id,)).fetchone()[0]
+
+
 async def wait_for(predicate, timeout_s=60.0):
     with trio.fail_after(timeout_s):
         while not predicate():
@@ -80,9 +87,8 @@ def test_two_engines_store_the_same_keys_and_deliver_across(tmp_path):
                 assert key.material == fetched.material and len(key.material) == bits // 8
                 # both report the QBER of the key's own frame, not of whichever frame each finished last
                 frame_qber = {s.frame_id: s.qber for s in alice.qber_history}
-                frame_id = stores["alice"].frame_of(LINK, key.key_id)
-                assert await alice.qber_of_key(key.key_id) == await bob.qber_of_key(key.key_id) \
-                    == frame_qber[frame_id] > 0
+                assert key.frame_id == fetched.frame_id == frame_in_file(stores["bob"], key.key_id)
+                assert alice.qber_of(key) == bob.qber_of(fetched) == frame_qber[key.frame_id] > 0
                 got.append(key.key_id)
             # and the other way round: Bob allocates from his own partition
             key = await bob.request_key(256)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import trio
 
 from qkdd.log_limit import RateLimitedLog
 
@@ -60,3 +61,38 @@ def test_bad_limits_are_refused():
         RateLimitedLog(logging.getLogger("x"), burst=0)
     with pytest.raises(ValueError):
         RateLimitedLog(logging.getLogger("x"), per_s=0)
+
+
+def test_flush_writes_the_count_of_a_flood_that_no_further_message_follows(records):
+    clock = Clock()
+    limited = RateLimitedLog(logging.getLogger("qkdd.test.limit"), burst=2, per_s=1.0, clock=clock)
+    for i in range(7):
+        limited.log(logging.WARNING, "refused", "refused connection %d", i)
+    limited.log(logging.INFO, "tls", "tls failed")
+    assert "similar messages suppressed" not in records.text
+    limited.flush()
+    assert messages(records)[3:] == ["5 similar messages suppressed (refused)"]
+    assert records.records[3].levelno == logging.WARNING and limited.suppressed("refused") == 0
+    limited.flush()                                          # written once, not again
+    clock.now_s += 10.0
+    assert limited.log(logging.WARNING, "refused", "refused connection %d", 7)
+    assert messages(records)[3:] == ["5 similar messages suppressed (refused)", "refused connection 7"]
+
+
+def test_run_writes_the_summary_after_the_interval_without_further_messages(records):
+    from trio.testing import MockClock
+
+    async def main():
+        limited = RateLimitedLog(logging.getLogger("qkdd.test.limit"), burst=1, per_s=0.01, clock=trio.current_time)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(limited.run, 5.0)
+            for _ in range(4):
+                limited.log(logging.INFO, "peer", "peer refused")
+            await trio.sleep(4.9)
+            assert messages(records) == ["peer refused"]
+            await trio.sleep(0.2)
+            assert messages(records) == ["peer refused", "3 similar messages suppressed (peer)"]
+            await trio.sleep(60.0)                           # nothing new held back: nothing more written
+            assert len(messages(records)) == 2
+            nursery.cancel_scope.cancel()
+    trio.run(main, clock=MockClock(autojump_threshold=0))

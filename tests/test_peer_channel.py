@@ -263,6 +263,35 @@ def test_wrong_pinned_key_refuses_the_peer_with_a_clear_log_line(peer_log, pinne
     assert "established" not in text
 
 
+def test_the_count_of_refused_connections_is_logged_though_no_further_one_comes(peer_log, monkeypatch):
+    """Garbage instead of TLS from more clients than the log's burst: the refusals held back are counted
+    in a summary line within the summary interval, without waiting for another refusal."""
+    from qkdd import log_limit
+
+    monkeypatch.setattr(log_limit, "SUMMARY_INTERVAL_S", 0.2)
+    flood = log_limit.DEFAULT_BURST + 5
+
+    def accounted(text: str) -> int:
+        lines = text.splitlines()
+        return (sum("refused connection from" in line for line in lines)
+                + sum(int(line.split()[0]) for line in lines if line.endswith("similar messages suppressed (peer-refused)")))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            _, _, port = await start_pair(nursery)
+            for _ in range(flood):
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.send_all(b"\x00" * 64)
+                await closed_by_listener(stream, WAIT_S)
+            with trio.fail_after(WAIT_S):
+                while accounted(log_text(peer_log)) < flood:
+                    await trio.sleep(0.05)
+            assert accounted(log_text(peer_log)) == flood
+            assert "similar messages suppressed (peer-refused)" in log_text(peer_log)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
 async def closed_by_listener(stream, within_s):
     """Read until the listener closes `stream` (failing after `within_s`), then close our end."""
     try:

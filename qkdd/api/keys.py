@@ -65,7 +65,7 @@ def register(router: Router, app: App) -> None:
         except KeyUnavailable as exc:
             raise HTTPError(503, "no key available", [str(exc)],
                             headers=[("Retry-After", str(RETRY_AFTER_S))]) from None
-        return Response.json(key_json(key, await engine.qber_of_key(key.key_id)))
+        return Response.json(key_json(key, engine.qber_of(key)))
 
     async def get_key(request: Request) -> Response:
         raw_id = request.path_params["key_id"]
@@ -84,7 +84,7 @@ def register(router: Router, app: App) -> None:
                 raise HTTPError(410, "key already delivered", [f"key {key_id} was handed out before"]) from None
             except KeyUnavailable as exc:
                 raise HTTPError(409, "key not handed out at the other end", [str(exc)]) from None
-            return Response.json(key_json(key, await engine.qber_of_key(key.key_id)))
+            return Response.json(key_json(key, engine.qber_of(key)))
         raise HTTPError(404, "unknown key", [f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")])
 
     async def link_metrics(request: Request) -> Response:

@@ -79,6 +79,7 @@ class HTTPServer:
                     if self._shutdown_requested:
                         accept_scope.cancel()
                     async with trio.open_nursery() as acceptors:
+                        acceptors.start_soon(self._context.refusals.run)    # summaries of held-back lines
                         for listener in listeners:
                             acceptors.start_soon(self._accept_loop, listener, connections)
                 # Shutting down: idle connections close now, busy ones get the grace period.
@@ -88,6 +89,7 @@ class HTTPServer:
                 connections.cancel_scope.deadline = trio.current_time() + self.limits.shutdown_grace_s
         finally:
             self._close_listeners()
+            self._context.refusals.flush()
         self._log.info("%s stopped", self.name)
 
     def shutdown(self) -> None:

@@ -82,15 +82,18 @@ def canonical_key_id(key_id: str) -> str:
 
 @dataclass(frozen=True)
 class StoredKey:
-    """A key as handed to a consumer. `material` is secret: it is excluded from repr()."""
+    """A key as handed to a consumer, with the frame it came from. `material` is secret: it is excluded
+    from repr()."""
 
     key_id: str
     link_id: str
     bits: int
     created_at: float
     expires_at: float
-    material: bytes = b""
+    material: bytes
+    frame_id: int
 
     def __repr__(self) -> str:
         return (f"StoredKey(key_id={self.key_id!r}, link_id={self.link_id!r}, bits={self.bits}, "
-                f"created_at={self.created_at}, expires_at={self.expires_at}, material=<redacted>)")
+                f"created_at={self.created_at}, expires_at={self.expires_at}, frame_id={self.frame_id}, "
+                f"material=<redacted>)")

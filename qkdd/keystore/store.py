@@ -58,6 +58,9 @@ CREATE INDEX IF NOT EXISTS keys_by_frame ON keys (link_id, frame_id);
 -- This end's share in age order: without `allocatable` in the index, every reservation would step over
 -- all of the other end's (never locally allocated) available keys first, a cost growing with use.
 CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable, created_at);
+-- Housekeeping (expire, purge_tombstones) by expiry time, the state tested in the index, not the row. Not
+-- (state, expires_at): the planner would take that for the allocation queries too and sort their rows.
+CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires_at, state);
 """
 
 
@@ -169,10 +172,10 @@ class KeyStore(SavepointTransactions):
         want_bits = max(want_bits or 0, min_total_bits)
         with self._tx() as db:
             chosen = self._oldest_allocatable(db, link_id, min_total_bits, want_bits,
-                                              "key_id, bits, created_at, expires_at, nonce, sealed")
+                                              "key_id, bits, created_at, expires_at, nonce, sealed, frame_id")
             taken = [StoredKey(key_id, link_id, bits, created_at, expires_at,
-                               self._open(key_id, link_id, bits, nonce, sealed))
-                     for key_id, bits, created_at, expires_at, nonce, sealed in chosen]
+                               self._open(key_id, link_id, bits, nonce, sealed), frame_id)
+                     for key_id, bits, created_at, expires_at, nonce, sealed, frame_id in chosen]
             self._erase(db, [row[0] for row in chosen], KeyState.DELIVERED)
             return taken
 
@@ -229,7 +232,7 @@ class KeyStore(SavepointTransactions):
         """
         key_id = canonical_key_id(key_id)
         with self._tx() as db:
-            row = db.execute("SELECT state, holder, bits, created_at, expires_at, nonce, sealed FROM keys "
+            row = db.execute("SELECT state, holder, bits, created_at, expires_at, nonce, sealed, frame_id FROM keys "
                              "WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
             if row is None:
                 raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
@@ -249,19 +252,20 @@ class KeyStore(SavepointTransactions):
                 self._erase(db, [key_id], KeyState.DELIVERED)
         if expired:
             raise KeyAlreadyDelivered(f"key {key_id} has expired")
-        return StoredKey(key_id, link_id, row[2], row[3], row[4], material)
+        return StoredKey(key_id, link_id, row[2], row[3], row[4], material, row[7])
 
     def peek(self, link_id: str, key_id: str) -> StoredKey:
         """A key's record and material without changing its state (for tests and resync checks)."""
         key_id = canonical_key_id(key_id)
         with self._lock:
-            row = self._db.execute("SELECT state, bits, created_at, expires_at, nonce, sealed FROM keys "
+            row = self._db.execute("SELECT state, bits, created_at, expires_at, nonce, sealed, frame_id FROM keys "
                                    "WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
         if row is None:
             raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
         if not KeyState(row[0]).holds_material:
             raise KeyAlreadyDelivered(f"key {key_id} was {row[0]} before")
-        return StoredKey(key_id, link_id, row[1], row[2], row[3], self._open(key_id, link_id, row[1], row[4], row[5]))
+        return StoredKey(key_id, link_id, row[1], row[2], row[3], self._open(key_id, link_id, row[1], row[4], row[5]),
+                         row[6])
 
     # -- housekeeping and inventory --------------------------------------------------------------
 
@@ -287,15 +291,6 @@ class KeyStore(SavepointTransactions):
         with self._lock:
             state, _ = self._state_of(self._db, link_id, canonical_key_id(key_id))
         return state
-
-    def frame_of(self, link_id: str, key_id: str) -> int:
-        """The frame a key came from (tombstones included); KeyNotFound for an unknown key."""
-        with self._lock:
-            row = self._db.execute("SELECT frame_id FROM keys WHERE key_id = ? AND link_id = ?",
-                                   (canonical_key_id(key_id), link_id)).fetchone()
-        if row is None:
-            raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
-        return int(row[0])
 
     def holder_of(self, link_id: str, key_id: str) -> str | None:
         """Who a key is reserved for (None when not reserved); KeyNotFound for an unknown key."""

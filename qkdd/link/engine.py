@@ -23,14 +23,26 @@ the key-store writes included (also in worker threads), so a store always preced
 Channels on the peer session: PIPELINE (envelope.py records), INVENTORY (resync), CONTROL (JSON key
 reservations: one end reserves a key it may allocate, asks the other to reserve the same key id for
 the same holder, and hands the key out only after the other end said yes)).
-Other parts of the daemon (WireGuard epochs) add their own channels with `register_channel`; each of
-their handlers gets a MuxStream-like stream per session (qkdd.link_channel's interface).
+Other parts of the daemon (WireGuard epochs, the ETSI 014 reservation exchange) add their own channels
+with `register_channel`; each of their handlers gets a MuxStream-like stream per session
+(qkdd.link_channel's interface).
+
+The router hands each record to its frame's inbox or its channel's queue (routed.py): bounded by
+ROUTED_QUEUE_RECORDS each and by the session's receive_queue_bytes over all of them, so when a reader
+falls behind the router waits, the session's reader stops and TCP flow control slows the peer. Nothing
+a reader is still to read is dropped, and a flooding peer cannot make this end hold more than about
+twice receive_queue_bytes (the session's queue and the routed ones). Every registered handler must
+therefore keep reading its stream, as with ChannelMux. Frames are lock-step (one record each way per
+step), so a frame's inbox holds a record only while its task computes or waits for its device frame,
+neither of which waits for the peer: the waiting cannot close a cycle between the two ends. CONTROL
+messages (a few hundred bytes of JSON; longer ones are dropped with a warning) are handled at most
+CONTROL_IN_FLIGHT at once, the router waiting for a free slot beyond that.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -47,7 +59,9 @@ from qkdd.link.linkmsg import AbortReason
 from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, FrameOutcome, FramePipeline,
                                 PipelineSettings, Send, StorePending)
 from qkdd.link.qber_gate import Band, LinkState, QberGate, band_of
+from qkdd.link.routed import RoutedQueue
 from qkdd.peer import MuxStream, PeerConnector, PeerError, PeerSession
+from qkdd.peer.budget import ByteBudget
 
 log = logging.getLogger("qkdd.link")
 
@@ -57,7 +71,9 @@ UNSTARTED_FRAME_TTL_S = 30.0
 FRAME_ARRIVAL_WAIT_S = 5.0
 BOB_BUFFER_FRAMES = 2
 DEVICE_RETRY_S = 1.0
-CONSUMER_QUEUE_RECORDS = 64
+ROUTED_QUEUE_RECORDS = 64       # records per frame inbox or channel queue (and bytes: see routed.py)
+CONTROL_IN_FLIGHT = 64          # the peer's CONTROL messages handled at once
+CONTROL_MAX_BYTES = 4096        # a reservation or its answer is far shorter
 RATE_WINDOW_S = 10.0
 HEALTH_POLL_S = 2.0
 HOLDER_PREFIX = "v1:"
@@ -130,9 +146,10 @@ class LinkEngine:
         self._newest_frame_id = -1
         self._frame_arrived = trio.Event()
         self._decoy = None
-        self._inboxes: dict[int, trio.MemorySendChannel] = {}
+        self._inboxes: dict[int, RoutedQueue] = {}                  # frame id -> its records from the peer
         self._consumers: dict[int, Any] = {}                        # channel -> handler(stream)
-        self._consumer_queues: dict[int, trio.MemorySendChannel] = {}
+        self._consumer_queues: dict[int, RoutedQueue] = {}
+        self._routed: ByteBudget | None = None                      # bytes in both, per session
         self._session_nursery: trio.Nursery | None = None
         self._pending_reservations: dict[int, tuple[trio.Event, dict]] = {}
         self._next_request = 0
@@ -159,8 +176,10 @@ class LinkEngine:
     def register_channel(self, channel: int, handler) -> None:
         """Serve `handler(stream)` on every peer session of this link: `stream.send(payload)` and
         `await stream.receive()` (SessionClosedError once the session is over), as qkdd.link_channel's
-        MuxStream. Records for it are queued (CONSUMER_QUEUE_RECORDS; beyond that dropped with a warning);
-        records that arrive before it is registered are dropped, so its protocol retries (as WireGuard's)."""
+        MuxStream. Records for it wait in a queue bounded by records and bytes (routed.py); when the
+        handler falls behind, the whole session waits for it (backpressure, nothing dropped), so it must
+        keep reading. Records that arrive before it is registered, or after it returned, are dropped with
+        a warning, so its protocol retries (as WireGuard's)."""
         if channel in (CH_PIPELINE, CH_INVENTORY, CH_CONTROL) or not 0 <= channel <= 0xFFFF:
             raise ValueError(f"link {self.link_id}: channel {channel} is the engine's own or out of range")
         if channel in self._consumers:
@@ -170,11 +189,13 @@ class LinkEngine:
             self._start_consumer(channel, handler, self.session, self._session_nursery)
 
     def _start_consumer(self, channel: int, handler, session: PeerSession, nursery: trio.Nursery) -> None:
-        send, receive = trio.open_memory_channel[bytes](CONSUMER_QUEUE_RECORDS)
-        self._consumer_queues[channel] = send
-        nursery.start_soon(self._serve_consumer, handler, MuxStream(session, channel, receive))
+        assert self._routed is not None
+        queue = RoutedQueue(self._routed, ROUTED_QUEUE_RECORDS)
+        self._consumer_queues[channel] = queue
+        nursery.start_soon(self._serve_consumer, handler,
+                           MuxStream(session, channel, queue.receive_channel, queue.budget), queue)
 
-    async def _serve_consumer(self, handler, stream: MuxStream) -> None:
+    async def _serve_consumer(self, handler, stream: MuxStream, queue: RoutedQueue) -> None:
         try:
             await handler(stream)
         except PeerError:
@@ -182,10 +203,13 @@ class LinkEngine:
         except Exception:
             log.exception("link %s: channel %d handler failed; key generation goes on", self.link_id,
                           stream.channel)
+        finally:
+            queue.close()                          # nobody reads it any more: the router must not wait on it
 
     async def _on_session(self, session: PeerSession) -> None:
         self.session = session
         self._resynced = trio.Event()
+        self._routed = ByteBudget(session.receive_queue_bytes)
         try:
             await self._resync(session)
             self._resynced.set()
@@ -208,6 +232,7 @@ class LinkEngine:
             for queue in self._consumer_queues.values():
                 queue.close()
             self._consumer_queues.clear()
+            self._routed = None
             for event, reply in self._pending_reservations.values():
                 reply.setdefault("ok", False)
                 reply.setdefault("error", "peer session ended")
@@ -296,13 +321,17 @@ class LinkEngine:
         """Alice's frames start from Bob's records (`_route`); nothing to pump."""
         await trio.sleep_forever()
 
-    def _open_inbox(self, frame_id: int) -> trio.MemoryReceiveChannel:
-        send, receive = trio.open_memory_channel[bytes](math.inf)
-        self._inboxes[frame_id] = send
-        return receive
+    def _open_inbox(self, frame_id: int) -> RoutedQueue:
+        assert self._routed is not None
+        inbox = self._inboxes[frame_id] = RoutedQueue(self._routed, ROUTED_QUEUE_RECORDS)
+        return inbox
 
-    async def _start_alice_frame(self, frame_id: int, inbox: trio.MemoryReceiveChannel,
-                                 session: PeerSession) -> None:
+    @property
+    def routed_bytes(self) -> int:
+        """Payload bytes from the peer waiting in frame inboxes and channel queues (this session)."""
+        return self._routed.held_bytes if self._routed is not None else 0
+
+    async def _start_alice_frame(self, frame_id: int, inbox: RoutedQueue, session: PeerSession) -> None:
         """Pair Bob's frame with hers (waiting briefly for her device to deliver it) and run it."""
         ready = self._frames.pop(frame_id, None)
         with trio.move_on_after(FRAME_ARRIVAL_WAIT_S):
@@ -311,6 +340,7 @@ class LinkEngine:
                 ready = self._frames.pop(frame_id, None)
         if ready is None:
             self._inboxes.pop(frame_id, None)
+            inbox.close()
             self.frames_unpaired += 1
             await session.send(CH_PIPELINE, envelope.encode(frame_id, [(
                 envelope.Step.ABORT, linkmsg.encode_abort(AbortReason.UNKNOWN_FRAME, "no such frame at Alice"))]))
@@ -319,18 +349,20 @@ class LinkEngine:
         await self._run_frame(pipeline, inbox, session, False)
 
     async def _route(self, session: PeerSession, nursery: trio.Nursery) -> None:
+        control_slots = trio.Semaphore(CONTROL_IN_FLIGHT)
         while True:
             channel, payload = await session.receive()
             if channel == CH_CONTROL:
-                nursery.start_soon(self._on_control, session, payload)
+                if len(payload) > CONTROL_MAX_BYTES:
+                    log.warning("link %s: control message of %d bytes dropped (at most %d)", self.link_id,
+                                len(payload), CONTROL_MAX_BYTES)
+                    continue
+                await control_slots.acquire()                   # waits while CONTROL_IN_FLIGHT are handled
+                nursery.start_soon(self._handle_control, session, payload, control_slots)
                 continue
             if channel in self._consumer_queues:
-                try:
-                    self._consumer_queues[channel].send_nowait(payload)
-                except trio.WouldBlock:
-                    log.warning("link %s: channel %d handler is not reading; record dropped", self.link_id, channel)
-                except trio.BrokenResourceError:
-                    pass                           # its handler returned
+                if not await self._consumer_queues[channel].put(payload):      # waits while it is full
+                    log.warning("link %s: channel %d handler has returned; record dropped", self.link_id, channel)
                 continue
             if channel != CH_PIPELINE:
                 log.warning("link %s: record on unknown channel %d dropped", self.link_id, channel)
@@ -349,15 +381,12 @@ class LinkEngine:
                     await session.send(CH_PIPELINE, envelope.encode(frame_id, [(
                         envelope.Step.ABORT, linkmsg.encode_abort(AbortReason.UNKNOWN_FRAME, reason))]))
                     continue
-                receive = self._open_inbox(frame_id)
-                nursery.start_soon(self._start_alice_frame, frame_id, receive, session)
-                inbox = self._inboxes[frame_id]
-            if inbox is None:
+                inbox = self._open_inbox(frame_id)
+                nursery.start_soon(self._start_alice_frame, frame_id, inbox, session)
+            if inbox is None or not await inbox.put(payload):       # waits while it is full
                 log.debug("link %s: record for finished frame %d dropped", self.link_id, frame_id)
-                continue
-            inbox.send_nowait(payload)
 
-    async def _run_frame(self, pipeline: FramePipeline, inbox: trio.MemoryReceiveChannel, session: PeerSession,
+    async def _run_frame(self, pipeline: FramePipeline, inbox: RoutedQueue, session: PeerSession,
                          start: bool, on_done=None) -> None:
         try:
             if start:
@@ -368,7 +397,9 @@ class LinkEngine:
                 if pipeline.done:
                     break
         finally:
-            self._inboxes.pop(pipeline.frame_id, None)
+            if self._inboxes.get(pipeline.frame_id) is inbox:
+                del self._inboxes[pipeline.frame_id]
+            inbox.close()
             if on_done is not None:
                 on_done()
 
@@ -399,14 +430,10 @@ class LinkEngine:
         if len(self._frame_qber) > FRAME_QBER_FRAMES:
             del self._frame_qber[next(iter(self._frame_qber))]     # the oldest frame
 
-    async def qber_of_key(self, key_id: str) -> float | None:
-        """The QBER of the frame `key_id` came from, the same at both ends; None when not known (a frame
+    def qber_of(self, key: StoredKey) -> float | None:
+        """The QBER of the frame `key` came from, the same at both ends; None when not known (a frame
         from before this daemon started, or older than the last FRAME_QBER_FRAMES)."""
-        try:
-            frame_id = await trio.to_thread.run_sync(self.store.frame_of, self.link_id, key_id)
-        except KeyStoreError:
-            return None
-        return self._frame_qber.get(frame_id)
+        return self._frame_qber.get(key.frame_id)
 
     # -- metrics and state ------------------------------------------------------------------------
     def _record(self, outcome: FrameOutcome) -> None:
@@ -550,6 +577,12 @@ class LinkEngine:
         finally:
             self._pending_reservations.pop(request_id, None)
 
+    async def _handle_control(self, session: PeerSession, payload: bytes, slots: trio.Semaphore) -> None:
+        try:
+            await self._on_control(session, payload)
+        finally:
+            slots.release()
+
     async def _on_control(self, session: PeerSession, payload: bytes) -> None:
         try:
             message = json.loads(payload)
@@ -606,4 +639,4 @@ def _bits_of(holder: str) -> int:
 def _truncate(key: StoredKey, bits: int) -> StoredKey:
     if not 0 < bits < key.bits:
         return key
-    return StoredKey(key.key_id, key.link_id, bits, key.created_at, key.expires_at, key.material[:bits // 8])
+    return dataclasses.replace(key, bits=bits, material=key.material[:bits // 8])

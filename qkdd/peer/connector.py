@@ -130,7 +130,12 @@ class PeerConnector:
         self.listen_port = listeners[0].socket.getsockname()[1]
         log.info("link %s: listening for the peer on %s:%d", self.settings.link_id, host, self.listen_port)
         task_status.started(self.listen_port)
-        await trio.serve_listeners(lambda tcp: self._accept(tcp, context), listeners)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refusals.run)        # summaries of held-back lines
+                await trio.serve_listeners(lambda tcp: self._accept(tcp, context), listeners)
+        finally:
+            self._refusals.flush()
 
     async def _accept(self, tcp: trio.SocketStream, context: ssl.SSLContext) -> None:
         address = _address_of(tcp)
