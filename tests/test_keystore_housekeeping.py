@@ -87,7 +87,7 @@ def test_expire_and_purge_search_the_expiry_index_also_in_a_file_made_without_it
         store.commit_frame(LINK, frame)
     store.close()
     with sqlite3.connect(path) as old:
-        old.execute("DROP INDEX IF EXISTS keys_by_expiry")
+        old.execute("DROP INDEX IF EXISTS keys_by_expires_at")
     store = KeyStore(path, bytes(32))
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
@@ -98,7 +98,7 @@ def test_expire_and_purge_search_the_expiry_index_also_in_a_file_made_without_it
     assert len(housekeeping) == 2, statements
     for statement in housekeeping:
         plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement))
-        assert "USING INDEX keys_by_expiry (expires_at<?)" in plan, (statement, plan)
+        assert "USING INDEX keys_by_expires_at (expires_at<?)" in plan, (statement, plan)
     # the new index does not draw the allocation queries away from theirs (they would need a sort)
     statements.clear()
     store._db.set_trace_callback(statements.append)

@@ -53,14 +53,17 @@ CREATE TABLE IF NOT EXISTS keys (
     nonce BLOB,
     sealed BLOB
 );
-CREATE INDEX IF NOT EXISTS keys_by_link_state ON keys (link_id, state, created_at);
 CREATE INDEX IF NOT EXISTS keys_by_frame ON keys (link_id, frame_id);
 -- This end's share in age order: without `allocatable` in the index, every reservation would step over
--- all of the other end's (never locally allocated) available keys first, a cost growing with use.
+-- all of the other end's (never locally allocated) available keys first, a cost growing with use. Its
+-- (link_id, state) prefix also serves the per-state counts and sums.
 CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable, created_at);
--- Housekeeping (expire, purge_tombstones) by expiry time, the state tested in the index, not the row. Not
--- (state, expires_at): the planner would take that for the allocation queries too and sort their rows.
-CREATE INDEX IF NOT EXISTS keys_by_expiry ON keys (expires_at, state);
+-- Housekeeping (expire, purge_tombstones) by expiry time. Every index that holds `state` is rewritten
+-- at each state change (reserve, deliver, commit), so this one does not: the few expired rows it finds
+-- are checked in the table. For the same reason there is no second index on (link_id, state, ...).
+CREATE INDEX IF NOT EXISTS keys_by_expires_at ON keys (expires_at);
+DROP INDEX IF EXISTS keys_by_expiry;
+DROP INDEX IF EXISTS keys_by_link_state;
 """
 
 
