@@ -64,8 +64,21 @@ def test_head_is_served_by_get():
     "/v1/links/%ff", "/v1/links/%zz", "/v1/links/%4", "v1/links",
 ])
 def test_misleading_paths_are_400(path):
-    error = _status(_router(), "GET", path)
-    assert error.status == 400 and error.message == "malformed request path"
+    for _ in range(2):                  # the second time too: a refused path is never remembered as split
+        error = _status(_router(), "GET", path)
+        assert error.status == 400 and error.message == "malformed request path"
+
+
+def test_paths_resolve_the_same_when_remembered_or_too_long_to_be():
+    from qkdd.http.router import decode_path
+    router = _router()
+    for link_id in ("a%20b", "x" * 300, "%E2%82%AC" * 40):
+        path = f"/v1/links/{link_id}"
+        for _ in range(2):
+            handler, params = router.resolve("GET", path)
+            assert handler is _handler_a and decode_path(path) == "/v1/links/" + params["link_id"]
+    assert router.resolve("GET", "/v1/links/a%20b")[1] == {"link_id": "a b"}
+    assert router.resolve("GET", "/v1/keys/sae-b/enc_keys")[0] is _handler_b
 
 
 def test_bad_patterns_and_duplicates_are_rejected():

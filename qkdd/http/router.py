@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from .messages import Handler, HTTPError
@@ -18,6 +19,8 @@ from .messages import Handler, HTTPError
 _PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _LITERAL_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]+$")
 _METHOD_RE = re.compile(r"^[A-Z]+$")
+_PERCENT_ENCODED_RE = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class _Route:
     handlers: dict[str, Handler]
     empty_params: bool = False     # a blank parameter matches (the handler answers 400 rather than 404)
 
-    def match(self, segments: list[str]) -> dict[str, str] | None:
+    def match(self, segments: tuple[str, ...]) -> dict[str, str] | None:
         if len(segments) != len(self.segments):
             return None
         params: dict[str, str] = {}
@@ -71,26 +74,41 @@ def _parse_pattern(pattern: str) -> tuple[_Segment, ...]:
     return tuple(segments)
 
 
-def split_path(raw_path: str) -> list[str]:
+def split_path(raw_path: str) -> tuple[str, ...]:
     """The decoded segments of a raw request path; HTTPError 400 for an ambiguous or malformed path."""
     if not raw_path.startswith("/"):
         raise HTTPError(400, "malformed request path", ["the path must start with '/'"])
+    return _split_remembered(raw_path) if len(raw_path) <= _REMEMBERED_PATH_CHARS else _split(raw_path)
+
+
+# Clients repeat their paths and each request splits its path twice (its decoded path, its route), so
+# the splits of recent short paths are remembered (at most 1024 x 256 characters; errors never are).
+_REMEMBERED_PATH_CHARS = 256
+
+
+def _split(raw_path: str) -> tuple[str, ...]:
     segments = []
     for raw_segment in raw_path[1:].split("/"):
-        if "%" in raw_segment and not re.fullmatch(r"(?:[^%]|%[0-9A-Fa-f]{2})*", raw_segment):
-            raise HTTPError(400, "malformed request path", ["invalid percent-encoding"])
-        try:
-            segment = unquote_to_bytes(raw_segment).decode("utf-8")
-        except UnicodeDecodeError:
-            raise HTTPError(400, "malformed request path", ["path is not UTF-8"]) from None
+        if "%" in raw_segment:
+            if not _PERCENT_ENCODED_RE.fullmatch(raw_segment):
+                raise HTTPError(400, "malformed request path", ["invalid percent-encoding"])
+            try:
+                segment = unquote_to_bytes(raw_segment).decode("utf-8")
+            except UnicodeDecodeError:
+                raise HTTPError(400, "malformed request path", ["path is not UTF-8"]) from None
+        else:
+            segment = raw_segment
         if "/" in segment:
             raise HTTPError(400, "malformed request path", ["encoded '/' (%2F) is not allowed in a path segment"])
         if segment in (".", ".."):
             raise HTTPError(400, "malformed request path", ["dot segments ('.', '..') are not allowed"])
-        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in segment):
+        if _CONTROL_RE.search(segment):
             raise HTTPError(400, "malformed request path", ["control characters are not allowed"])
         segments.append(segment)
-    return segments
+    return tuple(segments)
+
+
+_split_remembered = lru_cache(maxsize=1024)(_split)
 
 
 def decode_path(raw_path: str) -> str:
@@ -103,6 +121,7 @@ class Router:
 
     def __init__(self) -> None:
         self._routes: list[_Route] = []
+        self._by_length: dict[int, list[_Route]] = {}      # routes by their number of segments
 
     def route(self, method: str, pattern: str, handler: Handler, *, empty_params: bool = False) -> None:
         """Serve `method` on `pattern`. With `empty_params`, a blank `{name}` segment matches too (APIs
@@ -119,7 +138,9 @@ class Router:
                     raise ValueError(f"route {method} {pattern} is already registered")
                 existing.handlers[method] = handler
                 return
-        self._routes.append(_Route(pattern, segments, {method: handler}, empty_params))
+        route = _Route(pattern, segments, {method: handler}, empty_params)
+        self._routes.append(route)
+        self._by_length.setdefault(len(segments), []).append(route)
 
     def get(self, pattern: str, handler: Handler) -> None:
         self.route("GET", pattern, handler)
@@ -139,7 +160,7 @@ class Router:
         """
         segments = split_path(raw_path)
         matches = []
-        for route in self._routes:
+        for route in self._by_length.get(len(segments), ()):
             params = route.match(segments)
             if params is not None:
                 matches.append((route.specificity(), route, params))
