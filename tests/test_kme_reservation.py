@@ -153,15 +153,16 @@ def test_ledger_delivers_once_per_recipient_and_survives_reopening(tmp_path):
     assert ledger.record("a-b", request) is True
     assert ledger.record("a-b", request) is False                         # a resend records nothing twice
     key_ids = [key.key_id for key in request.keys]
-    ledger.mark_delivered(key_ids, "sae-b")
+    assert ledger.mark_delivered(key_ids, "sae-b") == []                  # sae-d has not fetched yet
     with pytest.raises(AlreadyDelivered):
         ledger.mark_delivered(key_ids, "sae-b")
-    assert ledger.spent_stored_keys() == []                                # sae-d has not fetched yet
+    assert ledger.spent_stored_keys() == []
     ledger.close()
     reopened = Ledger(str(tmp_path / "etsi014.db"))
     assert reopened.lookup(key_ids)[key_ids[0]].recipients["sae-b"] is not None
-    reopened.mark_delivered(key_ids, "sae-d")
-    assert sorted(stored for _, stored in reopened.spent_stored_keys()) == sorted(request.stored_key_ids())
+    spent = reopened.mark_delivered(key_ids, "sae-d")
+    assert sorted(stored for _, stored in spent) == sorted(request.stored_key_ids())
+    assert sorted(reopened.spent_stored_keys()) == sorted(spent)
     other = Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, request.keys[:1])
     with pytest.raises(LedgerError):
         reopened.record("a-b", other)                                     # a key id is never reused
@@ -243,23 +244,31 @@ def test_random_uuids_are_canonical_version_4():
         assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
-def test_ledger_forgets_erased_stored_keys_and_delivered_keys_after_their_grace(tmp_path):
+def test_ledger_forgets_delivered_keys_after_their_grace(tmp_path):
     now = [1000.0]
     ledger = Ledger(str(tmp_path / "etsi014.db"), clock=lambda: now[0])
     done, _ = reservation(number=2, size_bits=256)
     waiting, _ = reservation(number=1, size_bits=256)
     ledger.record("a-b", done)
     ledger.record("a-b", waiting)
-    ledger.mark_delivered([key.key_id for key in done.keys], "sae-b")
-    spent = ledger.spent_stored_keys()
+    spent = ledger.mark_delivered([key.key_id for key in done.keys], "sae-b")
     assert sorted(stored for _, stored in spent) == sorted(done.stored_key_ids())
-    ledger.mark_erased([stored for _, stored in spent])
-    assert ledger.spent_stored_keys() == []
-    assert ledger._db.execute("SELECT COUNT(*) FROM etsi014_stored_keys").fetchone()[0] == len(
-        waiting.stored_key_ids())                                       # only the waiting key's remain
     assert ledger.purge_delivered(now=1000.0 + 3599) == 0               # within the grace: still answers
     assert ledger.purge_delivered(now=1000.0 + 3601) == 2
     assert set(ledger.lookup([key.key_id for key in done.keys + waiting.keys])) == {waiting.keys[0].key_id}
+
+
+def test_a_stored_key_feeding_several_keys_is_spent_when_the_last_of_them_is_delivered(tmp_path):
+    ledger = Ledger(str(tmp_path / "etsi014.db"))
+    request, _ = reservation(number=4, size_bits=64)          # four 64-bit keys out of one 256-bit stored key
+    shared = request.keys[0].segments[0].stored_key_id
+    assert {key.segments[0].stored_key_id for key in request.keys} == {shared}
+    ledger.record("a-b", request)
+    key_ids = [key.key_id for key in request.keys]
+    assert ledger.mark_delivered(key_ids[:3], "sae-b") == []             # the fourth still needs it
+    assert ledger.spent_stored_keys() == []
+    assert ledger.mark_delivered(key_ids[3:], "sae-b") == [("a-b", shared)]
+    assert ledger.spent_stored_keys() == [("a-b", shared)]                # what a restart would erase again
 
 
 def test_ledger_imports_the_rows_of_its_earlier_layout(tmp_path):
@@ -295,10 +304,10 @@ def test_ledger_imports_the_rows_of_its_earlier_layout(tmp_path):
     with pytest.raises(AlreadyDelivered):
         ledger.mark_delivered(key_ids, "sae-b")
     assert ledger.spent_stored_keys() == []
-    ledger.mark_delivered(key_ids, "sae-d")
-    assert sorted(stored for _, stored in ledger.spent_stored_keys()) == sorted(request.stored_key_ids())
+    spent = ledger.mark_delivered(key_ids, "sae-d")
+    assert sorted(stored for _, stored in spent) == sorted(request.stored_key_ids())
     tables = {row[0] for row in ledger._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"etsi014_keys", "etsi014_stored_keys"}
+    assert tables == {"etsi014_keys"}
 
 
 def test_queued_messages_go_out_in_payloads_of_bounded_size():

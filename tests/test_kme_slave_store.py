@@ -150,4 +150,3 @@ def test_housekeeping_forgets_reservations_whose_stored_keys_expired_before_anyo
     assert service.purge_ledger(now=past_grace) == (0, 2)
     all_ids = [key.key_id for key in expiring.keys + lasting.keys]
     assert set(service.ledger.lookup(all_ids)) == {key.key_id for key in lasting.keys}
-    assert service.ledger._db.execute("SELECT COUNT(*) FROM etsi014_stored_keys").fetchone()[0] == 2

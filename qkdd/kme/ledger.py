@@ -6,11 +6,13 @@ until every slave has its copy; then the stored keys are erased. A recipient's d
 in one transaction for the whole request, so no key reaches the same SAE twice, also across a crash
 (kill -9) and restart.
 
-By default the ledger's tables live in the key store's own file and connection (`Ledger(database=
+By default the ledger's table lives in the key store's own file and connection (`Ledger(database=
 store.database)`): a reservation and the key-store reservation of its stored keys then commit together,
-with one fsync. Two tables, one row per key and one per stored key in use, so recording a reservation
-writes few pages: the recipients of a key are a JSON object in its row, and each stored key counts the
-deliveries still due from it (`undelivered`); at 0 it may be erased, and its row then goes.
+with one fsync. One row per key, so recording a reservation writes few pages: the recipients of a key
+are a JSON object in its row, with a count of those still to fetch it (`undelivered`). A stored key
+belongs to one reservation only (the key store reserves it for that request's holder), so it is spent
+once every key of that reservation cut from it has reached every recipient: each row names the keys of
+its reservation that share a stored key with it (`shares`, usually none).
 """
 from __future__ import annotations
 
@@ -18,7 +20,6 @@ import json
 import os
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,15 +39,10 @@ CREATE TABLE IF NOT EXISTS etsi014_keys (
     segments TEXT NOT NULL,           -- JSON [[stored_key_id, offset_bytes, length_bytes], ...]
     recipients TEXT NOT NULL,         -- JSON {sae_id: delivered_at or null}, the slave first
     undelivered INTEGER NOT NULL,     -- recipients that have not fetched the key yet
+    shares TEXT NOT NULL,             -- JSON [key_id, ...] of its request's keys cut from a stored key it uses
     created_at REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS etsi014_stored_keys (
-    stored_key_id TEXT PRIMARY KEY,
-    link_id TEXT NOT NULL,
-    undelivered INTEGER NOT NULL      -- (key, recipient) deliveries still due from it, 0: erase it
-) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS etsi014_keys_delivered ON etsi014_keys (created_at) WHERE undelivered = 0;
-CREATE INDEX IF NOT EXISTS etsi014_stored_keys_spent ON etsi014_stored_keys (stored_key_id) WHERE undelivered = 0;
 """
 
 
@@ -95,19 +91,17 @@ class Ledger(SavepointTransactions):
         now = self._clock()
         slaves = reservation.slave_sae_ids
         recipients = json.dumps(dict.fromkeys(slaves))
-        due: Counter[str] = Counter()
+        users: dict[str, list[str]] = {}
         for key in reservation.keys:
             for stored_key_id in {segment.stored_key_id for segment in key.segments}:
-                due[stored_key_id] += len(slaves)
+                users.setdefault(stored_key_id, []).append(key.key_id)
         try:
             with self._tx() as db:
-                db.executemany("INSERT INTO etsi014_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                db.executemany("INSERT INTO etsi014_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                [(key.key_id, reservation.request_id, link_id, reservation.master_sae_id,
-                                 reservation.size_bits, _segments_json(key), recipients, len(slaves), now)
+                                 reservation.size_bits, _segments_json(key), recipients, len(slaves),
+                                 _shares_json(key, users), now)
                                 for key in reservation.keys])
-                db.executemany("INSERT INTO etsi014_stored_keys VALUES (?, ?, ?) ON CONFLICT (stored_key_id) "
-                               "DO UPDATE SET undelivered = undelivered + excluded.undelivered",
-                               [(stored_key_id, link_id, count) for stored_key_id, count in due.items()])
             return True
         except sqlite3.IntegrityError:     # rolled back; a resend of this request, or a key id taken
             pass
@@ -130,16 +124,18 @@ class Ledger(SavepointTransactions):
                                                   _key_from_json(key_id, row[4]), json.loads(row[5]))
         return entries
 
-    def mark_delivered(self, key_ids: Sequence[str], sae_id: str) -> None:
-        """Mark the keys delivered to `sae_id`, all or none; AlreadyDelivered if any reached it before."""
+    def mark_delivered(self, key_ids: Sequence[str], sae_id: str) -> list[tuple[str, str]]:
+        """Mark the keys delivered to `sae_id`, all or none; AlreadyDelivered if any reached it before.
+        Returns (link_id, stored_key_id) of the stored keys this spent: the key store may erase them."""
         now = self._clock()
         with self._tx() as db:
+            done = []
             for key_id in key_ids:
-                row = db.execute("SELECT segments, recipients FROM etsi014_keys WHERE key_id = ?",
+                row = db.execute("SELECT recipients, undelivered FROM etsi014_keys WHERE key_id = ?",
                                  (key_id,)).fetchone()
                 if row is None:
                     raise LedgerError(f"key {key_id} is not recorded")
-                recipients = json.loads(row[1])
+                recipients = json.loads(row[0])
                 if sae_id not in recipients:
                     raise LedgerError(f"key {key_id} was not reserved for this SAE")
                 if recipients[sae_id] is not None:
@@ -147,21 +143,18 @@ class Ledger(SavepointTransactions):
                 recipients[sae_id] = now
                 db.execute("UPDATE etsi014_keys SET recipients = ?, undelivered = undelivered - 1 WHERE key_id = ?",
                            (json.dumps(recipients), key_id))
-                db.executemany("UPDATE etsi014_stored_keys SET undelivered = undelivered - 1 WHERE stored_key_id = ?",
-                               [(stored_key_id,) for stored_key_id in {segment[0] for segment in json.loads(row[0])}])
+                if row[1] == 1:
+                    done.append(key_id)
+            return _spent_by(db, done)
 
     def spent_stored_keys(self) -> list[tuple[str, str]]:
-        """(link_id, stored_key_id) of stored keys not yet erased whose every key has reached every
-        recipient: the key store may erase them now."""
+        """(link_id, stored_key_id) of the stored keys of fully delivered keys that no waiting key shares:
+        the key store may erase them. For start-up, to finish what a crash between the ledger's and the key
+        store's commits left undone when the ledger has a file of its own; stored keys erased before come
+        back too (until their keys are purged), and the caller skips them."""
         with self._lock:
-            return self._db.execute("SELECT link_id, stored_key_id FROM etsi014_stored_keys "
-                                    "WHERE undelivered = 0 ORDER BY stored_key_id").fetchall()
-
-    def mark_erased(self, stored_key_ids: Sequence[str]) -> None:
-        """The key store erased these spent stored keys: the ledger forgets them."""
-        with self._tx() as db:
-            db.executemany("DELETE FROM etsi014_stored_keys WHERE stored_key_id = ? AND undelivered = 0",
-                           [(stored_key_id,) for stored_key_id in stored_key_ids])
+            done = [row[0] for row in self._db.execute("SELECT key_id FROM etsi014_keys WHERE undelivered = 0")]
+            return _spent_by(self._db, done)
 
     def waiting_keys(self, created_before: float) -> list[tuple[str, str, list[str]]]:
         """(key_id, link_id, stored key ids) of keys some recipient has not fetched, recorded before
@@ -172,13 +165,11 @@ class Ledger(SavepointTransactions):
         return [(key_id, link_id, list(dict.fromkeys(segment[0] for segment in json.loads(segments))))
                 for key_id, link_id, segments in rows]
 
-    def forget(self, key_ids: Sequence[str], stored_key_ids: Sequence[str]) -> None:
-        """Drop keys that can never be delivered and the stored keys they were cut from (gone from the key
-        store): nothing is left to erase, and a dec_keys for them answers "not found"."""
+    def forget(self, key_ids: Sequence[str]) -> None:
+        """Drop keys that can never be delivered (their stored keys are gone from the key store): a
+        dec_keys for them then answers "not found"."""
         with self._tx() as db:
             db.executemany("DELETE FROM etsi014_keys WHERE key_id = ?", [(key_id,) for key_id in key_ids])
-            db.executemany("DELETE FROM etsi014_stored_keys WHERE stored_key_id = ?",
-                           [(stored_key_id,) for stored_key_id in stored_key_ids])
 
     def purge_delivered(self, now: float | None = None, grace_s: float = DELIVERED_GRACE_S) -> int:
         """Forget keys every recipient fetched, recorded more than `grace_s` before `now`; how many."""
@@ -191,6 +182,29 @@ class AlreadyDelivered(LedgerError):
     """A key was delivered to this SAE before."""
 
 
+def _spent_by(db: sqlite3.Connection, done_key_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """The stored keys of the fully delivered `done_key_ids` that no key sharing them still waits for."""
+    spent: dict[tuple[str, str], None] = {}
+    for key_id in done_key_ids:
+        link_id, segments, shares = db.execute("SELECT link_id, segments, shares FROM etsi014_keys WHERE key_id = ?",
+                                               (key_id,)).fetchone()
+        waiting: set[str] = set()          # stored keys a sharing key still needs
+        for other in json.loads(shares):
+            row = db.execute("SELECT segments, undelivered FROM etsi014_keys WHERE key_id = ?", (other,)).fetchone()
+            if row is not None and row[1] > 0:
+                waiting.update(segment[0] for segment in json.loads(row[0]))
+        for segment in json.loads(segments):
+            if segment[0] not in waiting:
+                spent[(link_id, segment[0])] = None
+    return list(spent)
+
+
+def _shares_json(key: ReservedKey, users: dict[str, list[str]]) -> str:
+    """The other keys of the reservation cut from a stored key `key` uses (`users`: stored key -> keys)."""
+    others = {other for segment in key.segments for other in users[segment.stored_key_id] if other != key.key_id}
+    return json.dumps(sorted(others))
+
+
 def _segments_json(key: ReservedKey) -> str:
     return json.dumps([[s.stored_key_id, s.offset_bytes, s.length_bytes] for s in key.segments])
 
@@ -201,7 +215,7 @@ def _key_from_json(key_id: str, text: str) -> ReservedKey:
 
 def _import_version_1(db: sqlite3.Connection) -> None:
     """Move the rows of an earlier layout (tables reserved_keys, recipients, sources, stored_keys, one
-    row per key, recipient and source) into the current tables, in the caller's transaction."""
+    row per key, recipient and source) into the current table, in the caller's transaction."""
     if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reserved_keys'").fetchone() is None:
         return
     for key_id, request_id, link_id, master, size_bits, segments, created_at in db.execute(
@@ -210,12 +224,12 @@ def _import_version_1(db: sqlite3.Connection) -> None:
         recipients = dict(db.execute("SELECT sae_id, delivered_at FROM recipients WHERE key_id = ? ORDER BY rowid",
                                      (key_id,)).fetchall())
         undelivered = sum(1 for delivered_at in recipients.values() if delivered_at is None)
-        db.execute("INSERT INTO etsi014_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        shares = sorted(row[0] for row in db.execute(
+            "SELECT DISTINCT other.key_id FROM sources mine JOIN sources other "
+            "ON other.stored_key_id = mine.stored_key_id WHERE mine.key_id = ? AND other.key_id != ?",
+            (key_id, key_id)))
+        db.execute("INSERT INTO etsi014_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (key_id, request_id, link_id, master, size_bits, segments, json.dumps(recipients),
-                    undelivered, created_at))
-    db.execute("INSERT INTO etsi014_stored_keys SELECT st.stored_key_id, st.link_id, "
-               "(SELECT COUNT(*) FROM sources so JOIN recipients r ON r.key_id = so.key_id "
-               " WHERE so.stored_key_id = st.stored_key_id AND r.delivered_at IS NULL) "
-               "FROM stored_keys st WHERE st.erased_at IS NULL")
+                    undelivered, json.dumps(shares), created_at))
     for table in ("sources", "recipients", "stored_keys", "reserved_keys"):
         db.execute(f"DROP TABLE {table}")

@@ -128,14 +128,11 @@ class KmeService:
         undeliverable) keys forgotten."""
         now = self._clock() if now is None else now
         delivered = self.ledger.purge_delivered(now)
-        undeliverable, gone = [], set()
-        for key_id, link_id, stored_ids in self.ledger.waiting_keys(created_before=now - DELIVERED_GRACE_S):
-            missing = [stored_id for stored_id in stored_ids if not self._still_reserved(link_id, stored_id)]
-            if missing:
-                undeliverable.append(key_id)
-                gone.update(missing)
+        undeliverable = [key_id for key_id, link_id, stored_ids
+                         in self.ledger.waiting_keys(created_before=now - DELIVERED_GRACE_S)
+                         if not all(self._still_reserved(link_id, stored_id) for stored_id in stored_ids)]
         if undeliverable:
-            self.ledger.forget(undeliverable, sorted(gone))
+            self.ledger.forget(undeliverable)
         return delivered, len(undeliverable)
 
     def _still_reserved(self, link_id: str, stored_key_id: str) -> bool:
@@ -372,22 +369,23 @@ class KmeService:
                 if segment.stored_key_id not in materials:
                     materials[segment.stored_key_id] = self.keystore.peek(entry.link_id, segment.stored_key_id).material
         keys = [(key_id, assemble(entries[key_id].key, materials)) for key_id in key_ids]
-        self.ledger.mark_delivered(key_ids, slave_sae_id)
-        self.erase_spent()
+        self._erase(self.ledger.mark_delivered(key_ids, slave_sae_id))
         return keys
 
     def erase_spent(self) -> int:
-        """Erase stored keys whose every key reached every slave (after delivery, and at start-up to finish
-        what a crash interrupted). Blocking; returns how many were erased."""
-        spent = self.ledger.spent_stored_keys()
+        """Erase the stored keys whose every key reached every slave that a crash left in the key store
+        (start-up; with the ledger in the key store's file there are none). Blocking; how many."""
+        return self._erase(self.ledger.spent_stored_keys())
+
+    def _erase(self, spent: list[tuple[str, str]]) -> int:
+        erased = 0
         for link_id, stored_id in spent:
             try:
                 self.keystore.deliver(link_id, stored_id)
+                erased += 1
             except (KeyAlreadyDelivered, KeyNotFound):
-                pass
-        if spent:
-            self.ledger.mark_erased([stored_id for _, stored_id in spent])
-        return len(spent)
+                pass                                 # erased before
+        return erased
 
 
 class _Outbox:
