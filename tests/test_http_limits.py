@@ -1,5 +1,6 @@
 """Connection-level limits over real sockets: slow clients, idle and excess connections, graceful shutdown."""
 import json
+import logging
 import resource
 import select
 import socket
@@ -9,7 +10,8 @@ import time
 import httpx
 import pytest
 
-from http_support import ResponseReader, Signals, connect, is_closed, make_router, read_response, read_until_closed
+from http_support import (ResponseReader, Signals, connect, is_closed, make_router, read_response, read_until_closed,
+                          wait_for)
 from qkdd.http import HTTPLimits
 
 GET_HELLO = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -125,6 +127,37 @@ def test_excess_connections_are_refused_at_once_with_503(http_server):
     while server.server.connection_count and time.monotonic() < deadline:
         time.sleep(0.05)
     assert httpx.get(server.url("/hello")).status_code == 200   # slots free again once they close
+
+
+def test_refused_connections_are_logged_rate_limited_and_counted_without_a_further_refusal(http_server, caplog,
+                                                                                          monkeypatch):
+    from qkdd import log_limit
+
+    monkeypatch.setattr(log_limit, "SUMMARY_INTERVAL_S", 0.3)
+    server = http_server(make_router(), limits=HTTPLimits(max_connections=1))
+    flood = log_limit.DEFAULT_BURST + 15
+    held = connect(server.address)
+    try:
+        held.sendall(GET_HELLO)
+        assert read_response(held).status == 200                  # accepted: the one allowed connection
+        with caplog.at_level(logging.INFO, logger="qkdd.http"):
+            for _ in range(flood):
+                with connect(server.address) as excess:
+                    read_until_closed(excess, 5.0)
+
+            def refusals() -> list[str]:
+                return [r.getMessage() for r in caplog.records if "refused a connection" in r.getMessage()]
+
+            def summaries() -> list[str]:
+                return [r.getMessage() for r in caplog.records if "similar messages suppressed" in r.getMessage()]
+
+            # every refusal is either a line of its own or counted in a summary, with no further refusal
+            assert wait_for(lambda: len(refusals()) + sum(int(text.split()[0]) for text in summaries()) == flood)
+        assert log_limit.DEFAULT_BURST <= len(refusals()) < flood
+        assert all(text.endswith("(connection-limit)") for text in summaries())
+        assert "1 open, max_connections=1" in refusals()[0]
+    finally:
+        held.close()
 
 
 def test_500_idle_connections_while_requests_are_answered(http_server):

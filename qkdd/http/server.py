@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
 
 import trio
 
@@ -24,7 +23,6 @@ REFUSE_RETRY_AFTER_S = 1
 REFUSE_LINGER_S = 0.5          # a refused client gets this long to read its 503...
 REFUSE_LINGER_BYTES = 64 * 1024
 REFUSE_MAX_PENDING = 256       # ...unless this many refusals are pending already: then just close
-REFUSE_LOG_INTERVAL_S = 10.0
 # accept() errors that mean "out of resources, try again shortly" rather than "listener broken".
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -46,8 +44,6 @@ class HTTPServer:
         self._connections: set[HTTPConnection] = set()
         self._accept_scope: trio.CancelScope | None = None
         self._shutdown_requested = False
-        self._refused_since_log = 0
-        self._refuse_logged_at = float("-inf")
         self._refusing = 0
 
     @property
@@ -140,13 +136,9 @@ class HTTPServer:
 
     async def _refuse(self, stream: trio.SocketStream, connections: trio.Nursery) -> None:
         """Turn away a connection over the limit without serving it: 503 on plain HTTP, close on TLS."""
-        self._refused_since_log += 1
-        now = time.monotonic()
-        if now - self._refuse_logged_at >= REFUSE_LOG_INTERVAL_S:
-            self._log.warning("%s refused %d connection(s): %d open, max_connections=%d", self.name,
-                              self._refused_since_log, len(self._connections), self.limits.max_connections)
-            self._refused_since_log = 0
-            self._refuse_logged_at = now
+        self._context.refusals.log(logging.WARNING, "connection-limit",
+                                   "%s refused a connection: %d open, max_connections=%d", self.name,
+                                   len(self._connections), self.limits.max_connections)
         if self._context.ssl_context is not None or self._refusing >= REFUSE_MAX_PENDING:
             await trio.aclose_forcefully(stream)
             return
