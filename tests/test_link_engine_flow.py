@@ -66,6 +66,20 @@ def watch_peak(nursery, engine, peak: dict) -> None:
     nursery.start_soon(watch)
 
 
+def read_channel(nursery, engine, got: list, pause_s: float = 0.0) -> dict:
+    """Register a handler appending every payload of ETSI014_CHANNEL to `got` (pausing `pause_s` after
+    each); returns the peak of the engine's routed bytes, kept up to date."""
+    async def reader(stream):
+        while True:
+            got.append(await stream.receive())
+            if pause_s:
+                await trio.sleep(pause_s)
+    engine.register_channel(ETSI014_CHANNEL, reader)
+    peak = {"routed": 0}
+    watch_peak(nursery, engine, peak)
+    return peak
+
+
 def test_a_slow_channel_reader_gets_every_record_of_a_flood_in_order(tmp_path):
     """Five times the records a channel queue holds, sent in one write, to a handler that reads one
     record every 2 ms: the router waits for it instead of dropping, and holds at most the byte budget."""
@@ -75,14 +89,7 @@ def test_a_slow_channel_reader_gets_every_record_of_a_flood_in_order(tmp_path):
         got = []
         async with trio.open_nursery() as nursery:
             alice, session = await engine_and_raw_peer(nursery, tmp_path, receive_queue_bytes=budget_bytes)
-
-            async def slow_reader(stream):
-                while True:
-                    got.append(await stream.receive())
-                    await trio.sleep(0.002)
-            alice.register_channel(ETSI014_CHANNEL, slow_reader)
-            peak = {"routed": 0}
-            watch_peak(nursery, alice, peak)
+            peak = read_channel(nursery, alice, got, pause_s=0.002)
             sent = [i.to_bytes(4, "big") * (record_bytes // 4) for i in range(records)]
             await session.send_many([(ETSI014_CHANNEL, payload) for payload in sent])
             with trio.fail_after(20):
@@ -106,13 +113,7 @@ def test_a_peer_flooding_one_frame_is_held_to_the_byte_budget(tmp_path, monkeypa
         got = []
         async with trio.open_nursery() as nursery:
             alice, session = await engine_and_raw_peer(nursery, tmp_path, receive_queue_bytes=budget_bytes)
-
-            async def reader(stream):
-                while True:
-                    got.append(await stream.receive())
-            alice.register_channel(ETSI014_CHANNEL, reader)
-            peak = {"routed": 0}
-            watch_peak(nursery, alice, peak)
+            peak = read_channel(nursery, alice, got)
             aborts = []
 
             async def read_aborts():
