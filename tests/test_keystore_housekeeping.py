@@ -100,11 +100,12 @@ def test_expire_and_purge_search_the_expiry_index_also_in_a_file_made_without_it
         plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement))
         assert "USING INDEX keys_by_expires_at (expires_at<?)" in plan, (statement, plan)
     # the new index does not draw the allocation queries away from theirs (they would need a sort)
-    statements.clear()
-    store._db.set_trace_callback(statements.append)
-    store.reserve_bits(LINK, 256, "holder")
-    store._db.set_trace_callback(None)
-    [allocation] = [s for s in statements if "expires_at" in s]
-    plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + allocation))
-    assert "keys_allocatable" in plan and "TEMP B-TREE" not in plan, plan
+    for allocate in (lambda: store.reserve_available(LINK, 1, "holder"), lambda: store.take_bits(LINK, 256)):
+        statements.clear()
+        store._db.set_trace_callback(statements.append)
+        allocate()
+        store._db.set_trace_callback(None)
+        [allocation] = [s for s in statements if "expires_at" in s]
+        plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + allocation))
+        assert "keys_allocatable" in plan and "TEMP B-TREE" not in plan, plan
     store.close()

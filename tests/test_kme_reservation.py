@@ -175,17 +175,17 @@ def test_key_store_batch_commits_once_and_keeps_each_method_atomic(tmp_path):
     store.put_pending("a-b", 0, keys, expires_at=4e9)
     store.commit_frame("a-b", 0)
     with store.batch():
-        taken = store.reserve_bits("a-b", 300, "h1")                      # two 256-bit keys
+        taken = store.reserve_available("a-b", 2, "h1", bits=256)         # two 256-bit keys
         with pytest.raises(KeyUnavailable):
-            store.reserve_bits("a-b", 10_000, "h2")                       # fails alone, leaves no trace
-        store.deliver("a-b", taken[0][0], holder="h1")
-    assert [bits for _, bits in taken] == [256, 256]
+            store.reserve_available("a-b", 40, "h2")                      # fails alone, leaves no trace
+        store.deliver("a-b", taken[0], holder="h1")
+    assert [store.peek("a-b", key_id).bits for key_id in taken[1:]] == [256]
     assert store.counts("a-b")[KeyState.DELIVERED] == 1
     assert store.counts("a-b")[KeyState.RESERVED] == 1
     assert store.counts("a-b")[KeyState.AVAILABLE] == 2
     with pytest.raises(RuntimeError):
         with store.batch():
-            store.reserve_bits("a-b", 256, "h3")
+            store.reserve_available("a-b", 1, "h3")
             raise RuntimeError("the whole batch rolls back")
     assert store.counts("a-b")[KeyState.AVAILABLE] == 2
 

@@ -149,20 +149,6 @@ class KeyStore(SavepointTransactions):
                            [(KeyState.RESERVED.value, holder, key_id) for key_id in ids])
             return ids
 
-    def reserve_bits(self, link_id: str, min_total_bits: int, holder: str) -> list[tuple[str, int]]:
-        """Reserve the oldest allocatable AVAILABLE keys until they hold at least `min_total_bits` together.
-
-        Returns (key_id, bits) in reservation order. All or nothing: KeyUnavailable when the link holds
-        fewer bits. (For consumers that cut keys of their own length out of stored keys, e.g. ETSI 014.)
-        """
-        if min_total_bits <= 0:
-            raise KeyStoreError("min_total_bits must be positive")
-        with self._tx() as db:
-            chosen = self._oldest_allocatable(db, link_id, min_total_bits, min_total_bits, "key_id, bits")
-            db.executemany("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
-                           [(KeyState.RESERVED.value, holder, key_id) for key_id, _ in chosen])
-            return chosen
-
     def take_bits(self, link_id: str, min_total_bits: int, want_bits: int | None = None) -> list[StoredKey]:
         """Deliver (hand out once and erase) the oldest allocatable AVAILABLE keys until they hold
         `want_bits` together, or at least `min_total_bits` when fewer are stored; one transaction.
@@ -174,32 +160,24 @@ class KeyStore(SavepointTransactions):
             raise KeyStoreError("requested bits must be positive")
         want_bits = max(want_bits or 0, min_total_bits)
         with self._tx() as db:
-            chosen = self._oldest_allocatable(db, link_id, min_total_bits, want_bits,
-                                              "key_id, bits, created_at, expires_at, nonce, sealed, frame_id")
+            rows = db.execute("SELECT key_id, bits, created_at, expires_at, nonce, sealed, frame_id FROM keys "
+                              "WHERE link_id = ? AND state = ? AND allocatable = 1 AND expires_at > ? "
+                              "ORDER BY created_at, rowid", (link_id, KeyState.AVAILABLE.value, self._clock()))
+            chosen = []
+            total_bits = 0
+            for row in rows:
+                if total_bits >= want_bits:
+                    break
+                chosen.append(row)
+                total_bits += row[1]
+            rows.close()
+            if total_bits < min_total_bits:
+                raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_total_bits} requested")
             taken = [StoredKey(key_id, link_id, bits, created_at, expires_at,
                                self._open(key_id, link_id, bits, nonce, sealed), frame_id)
                      for key_id, bits, created_at, expires_at, nonce, sealed, frame_id in chosen]
             self._erase(db, [row[0] for row in chosen], KeyState.DELIVERED)
             return taken
-
-    def _oldest_allocatable(self, db: sqlite3.Connection, link_id: str, min_bits: int, want_bits: int,
-                            columns: str) -> list[tuple]:
-        """`columns` (key_id, bits first) of the oldest allocatable AVAILABLE unexpired keys of the link until
-        they hold `want_bits` together, or all of them if fewer; KeyUnavailable below `min_bits`."""
-        rows = db.execute(f"SELECT {columns} FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1"
-                          " AND expires_at > ? ORDER BY created_at, rowid",
-                          (link_id, KeyState.AVAILABLE.value, self._clock()))
-        chosen = []
-        total_bits = 0
-        for row in rows:
-            if total_bits >= want_bits:
-                break
-            chosen.append(row)
-            total_bits += row[1]
-        rows.close()
-        if total_bits < min_bits:
-            raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_bits} requested")
-        return chosen
 
     def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> None:
         """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
