@@ -31,3 +31,12 @@ def test_expired_keys_are_dropped_never_handed_out():
     assert pool.bits(9.9) == 3 * 256
     assert pool.take(256, 10.0) == {"late": b"\xff" * 32}
     assert pool.bits(10.0) == 0 and pool.take(8, 10.0) is None
+
+
+def test_its_repr_shows_no_material():
+    pool = TakenKeys()
+    secret = bytes(range(32))
+    pool.add([("k0", secret, 100.0)])
+    text = repr(pool)
+    assert text == "TakenKeys(entries=1, bits=256)"
+    assert secret.hex() not in text and repr(secret) not in text

@@ -162,8 +162,7 @@ class Ledger(SavepointTransactions):
         with self._lock:
             rows = self._db.execute("SELECT key_id, link_id, segments FROM etsi014_keys "
                                     "WHERE undelivered > 0 AND created_at < ?", (created_before,)).fetchall()
-        return [(key_id, link_id, list(dict.fromkeys(segment[0] for segment in json.loads(segments))))
-                for key_id, link_id, segments in rows]
+        return [(key_id, link_id, _stored_key_ids(segments)) for key_id, link_id, segments in rows]
 
     def forget(self, key_ids: Sequence[str]) -> None:
         """Drop keys that can never be delivered (their stored keys are gone from the key store): a
@@ -192,11 +191,16 @@ def _spent_by(db: sqlite3.Connection, done_key_ids: Sequence[str]) -> list[tuple
         for other in json.loads(shares):
             row = db.execute("SELECT segments, undelivered FROM etsi014_keys WHERE key_id = ?", (other,)).fetchone()
             if row is not None and row[1] > 0:
-                waiting.update(segment[0] for segment in json.loads(row[0]))
-        for segment in json.loads(segments):
-            if segment[0] not in waiting:
-                spent[(link_id, segment[0])] = None
+                waiting.update(_stored_key_ids(row[0]))
+        for stored_key_id in _stored_key_ids(segments):
+            if stored_key_id not in waiting:
+                spent[(link_id, stored_key_id)] = None
     return list(spent)
+
+
+def _stored_key_ids(segments_json: str) -> list[str]:
+    """The stored keys a key's `segments` column names, once each, in order of first use."""
+    return list(dict.fromkeys(segment[0] for segment in json.loads(segments_json)))
 
 
 def _shares_json(key: ReservedKey, users: dict[str, list[str]]) -> str:

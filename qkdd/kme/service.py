@@ -317,11 +317,14 @@ class KmeService:
                     taken = pool.take(bits, self._clock())
             if taken is None:      # the fresh block expired on the way (clock jumps): no keys for now
                 raise KeyUnavailable(f"link {link_id}: the stored keys taken have expired")
-        if (self._nursery is not None and link_id not in self._refilling_ahead
-                and pool.bits(self._clock()) < self._take_block_bits // 2):
+        if self._nursery is not None and link_id not in self._refilling_ahead and self._pool_low(link_id):
             self._refilling_ahead.add(link_id)
             self._nursery.start_soon(self._refill_ahead, link_id)
         return taken
+
+    def _pool_low(self, link_id: str) -> bool:
+        """Down to half a block: time to fetch the next one."""
+        return self._taken[link_id].bits(self._clock()) < self._take_block_bits // 2
 
     async def _refill(self, link_id: str, min_bits: int) -> None:
         self._taken[link_id].add(await self._takes.call(self._take_block, link_id, min_bits))
@@ -331,7 +334,7 @@ class KmeService:
         request that then finds the pool short gets the 503)."""
         try:
             async with self._refills[link_id]:
-                if self._taken[link_id].bits(self._clock()) < self._take_block_bits // 2:
+                if self._pool_low(link_id):
                     with contextlib.suppress(KeyStoreError):
                         await self._refill(link_id, 1)
         finally:

@@ -21,6 +21,9 @@ class TakenKeys:
         self._bits = 0
         self._earliest_expiry = float("inf")
 
+    def __repr__(self) -> str:  # never show the material
+        return f"TakenKeys(entries={len(self._entries)}, bits={self._bits})"
+
     def add(self, entries: Iterable[tuple[str, bytes, float]]) -> None:
         for entry in entries:
             self._entries.append(entry)
