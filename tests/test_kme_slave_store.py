@@ -150,3 +150,54 @@ def test_housekeeping_forgets_reservations_whose_stored_keys_expired_before_anyo
     assert service.purge_ledger(now=past_grace) == (0, 2)
     all_ids = [key.key_id for key in expiring.keys + lasting.keys]
     assert set(service.ledger.lookup(all_ids)) == {key.key_id for key in lasting.keys}
+
+
+def test_a_peer_sending_faster_than_the_store_records_is_slowed_not_queued_without_end(tmp_path, monkeypatch):
+    """With the store stalled, the slave's end takes reservations up to MAX_RECORDING (here 3) and then
+    stops reading its stream, so the master's sends wait; once the store moves, every one is accepted."""
+    import threading
+
+    from qkdd.kme import service as service_module
+    monkeypatch.setattr(service_module, "MAX_RECORDING", 3)
+    service, store = slave_kme(tmp_path)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(10)]
+    store.put_pending(LINK, 1, stored, expires_at=4e9, allocatable=[False] * 10)
+    store.commit_frame(LINK, 1)
+    reservations = [reservation_of(stored[2 * i:2 * i + 2]) for i in range(5)]
+    store_moves = threading.Event()
+    record = service._store_reservations
+
+    def stalled_store(link_id, batch):         # the real store, once the test lets it go on
+        store_moves.wait(10)
+        return record(link_id, batch)
+
+    monkeypatch.setattr(service, "_store_reservations", stalled_store)
+    master = ReservationEndpoint()
+
+    async def run() -> tuple[bool, list]:
+        to_slave, slave_in = trio.open_memory_channel[bytes](0)
+        slave_out, from_slave = trio.open_memory_channel[bytes](16)
+        events: list = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            nursery.start_soon(service.serve_channel, LINK, MemoryStream(slave_in, slave_out))
+            await to_slave.send(b"".join(master.reserve(r) for r in reservations[:3]))   # fills the budget
+            await to_slave.send(master.reserve(reservations[3]))     # taken, waits for room
+            last = master.reserve(reservations[4])
+            with trio.move_on_after(0.5):
+                await to_slave.send(last)                             # not read while it waits
+                store_moves.set()
+                nursery.cancel_scope.cancel()
+                return False, events
+            store_moves.set()
+            with trio.fail_after(10):
+                await to_slave.send(last)
+                while len(events) < 5:
+                    events += master.receive(await from_slave.receive())
+            nursery.cancel_scope.cancel()
+        return True, events
+
+    slowed, events = trio.run(run)
+    assert slowed, "the slave's end kept reading while its store was stalled past MAX_RECORDING"
+    assert all(isinstance(event, ReservationAccepted) for event in events)
+    assert {event.request_id for event in events} == {r.request_id for r in reservations}

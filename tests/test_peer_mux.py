@@ -147,3 +147,78 @@ def test_receive_queues_are_bounded_by_bytes_with_backpressure_not_drops(through
     assert stuck_at < RECORDS // 2                           # the sender waited: backpressure
     assert state["sent"] == RECORDS                          # nothing was dropped...
     assert state["got"] == [i.to_bytes(4, "big") * (RECORD_BYTES // 4) for i in range(RECORDS)]  # ...in order
+
+
+ROUTED, QUEUED = 0x0E14, 3
+
+
+def test_a_routed_channel_reaches_its_handler_from_the_first_record_and_the_others_still_queue():
+    """The dialer sends on the routed channel the moment its session is up; the listener routes the
+    channel in its handler's first step, so no record of it reaches receive(), and every one arrives
+    in order (with a handler that takes its time: the reader waits for it)."""
+
+    async def main():
+        routed, queued = [], []
+        done = trio.Event()
+
+        async def bob_session(session):
+            async def handler(payload):
+                await trio.sleep(0.001 if len(routed) % 10 == 0 else 0)
+                routed.append(payload)
+
+            session.route_channel(ROUTED, handler)
+            try:
+                while True:
+                    queued.append(await session.receive())
+            except SessionClosedError:
+                done.set()
+
+        async def alice_session(session):
+            for i in range(50):
+                await session.send(ROUTED, b"reserve %d" % i)
+                if i % 10 == 0:
+                    await session.send(QUEUED, b"other %d" % i)
+            await session.aclose()
+
+        async with trio.open_nursery() as nursery:
+            bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key(), bob_session)
+            port = await nursery.start(bob.run)
+            alice = PeerConnector(fast_settings(dial=("127.0.0.1", port)), ALICE, BOB.public_key(), alice_session)
+            await nursery.start(alice.run)
+            with trio.fail_after(10):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        return routed, queued
+
+    routed, queued = trio.run(main)
+    assert routed == [b"reserve %d" % i for i in range(50)]
+    assert queued == [(QUEUED, b"other %d" % i) for i in range(0, 50, 10)]
+
+
+def test_a_channel_cannot_be_routed_once_the_session_reads():
+    async def main():
+        outcome = {}
+
+        async def bob_session(session):
+            await trio.sleep(0.2)                   # the reader has started by now
+            try:
+                session.route_channel(ROUTED, None)
+            except RuntimeError as exc:
+                outcome["error"] = str(exc)
+            outcome["done"] = True
+
+        async def alice_session(session):
+            await trio.sleep_forever()
+
+        async with trio.open_nursery() as nursery:
+            bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key(), bob_session)
+            port = await nursery.start(bob.run)
+            alice = PeerConnector(fast_settings(dial=("127.0.0.1", port)), ALICE, BOB.public_key(), alice_session)
+            await nursery.start(alice.run)
+            with trio.fail_after(10):
+                while "done" not in outcome:
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        return outcome
+
+    assert "routed after the session began reading" in trio.run(main)["error"]

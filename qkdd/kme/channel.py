@@ -5,17 +5,16 @@ number (ETSI014_CHANNEL) of a peer session:
   peer session (`register_on_engines`; the engine hands `KmeService.serve_channel` a stream per session,
   after the key stores' resynchronisation);
 - a peer with its own `[etsi014.peers.channel]` table (a daemon without a link engine for that link, as
-  when the key store is filled by other means): one PeerConnector of its own (`connector_for`)."""
+  when the key store is filled by other means): one PeerConnector of its own (`connector_for`),
+  whose sessions hand the channel's records straight to `KmeService.serve_session`."""
 from __future__ import annotations
 
 from functools import partial
 
-import trio
-
 from qkdd.config import parse_host_port
 from qkdd.kme.config import PeerKmeConfig
 from qkdd.kme.service import KmeService
-from qkdd.peer import ChannelMux, PeerConnector, PeerSettings, load_private_key, load_public_key
+from qkdd.peer import PeerConnector, PeerSettings, load_private_key, load_public_key
 
 ETSI014_CHANNEL = 0x0E14      # the mux channel of the reservation exchange
 
@@ -44,11 +43,7 @@ def connector_for(service: KmeService, peer: PeerKmeConfig) -> PeerConnector:
         listen=parse_host_port(channel.listen, allow_port_zero=True) if channel.listen else None)
 
     async def on_session(session) -> None:
-        mux = ChannelMux(session, [ETSI014_CHANNEL])
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(mux.run)
-            await service.serve_channel(peer.link_id, mux.stream(ETSI014_CHANNEL))
-            nursery.cancel_scope.cancel()
+        await service.serve_session(peer.link_id, session, ETSI014_CHANNEL)
 
     return PeerConnector(settings, load_private_key(channel.identity_key_file),
                          load_public_key(channel.peer_public_key_file), on_session)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+from functools import partial
 
 import trio
 
@@ -27,6 +28,7 @@ from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerError
 from qkdd.kme.taken_keys import TakenKeys
+from qkdd.peer.budget import ByteBudget
 from qkdd.peer.errors import SessionClosedError
 from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
                                   ReservationEndpoint, ReservationProtocolError, ReservationReceived,
@@ -38,6 +40,9 @@ HOLDER_PREFIX = "etsi014:"
 # Stored key bits the master's end takes out of the key store at once (64 stored keys of 256 bits): at
 # most this much is lost, never reused, when the daemon stops or crashes (taken_keys.py).
 TAKE_BLOCK_BITS = 64 * 256
+# Reservations from the peer being recorded at once (slave's end); past this the session's reader waits,
+# so a peer that sends faster than this end's store can record is slowed down, never queued without end.
+MAX_RECORDING = 4096
 
 
 class _Pending:
@@ -69,8 +74,7 @@ class KmeService:
         self.keystore = keystore
         self.ledger = ledger
         self._endpoints = {peer.link_id: ReservationEndpoint() for peer in config.peers}
-        self._streams: dict[str, object] = {}
-        self._outboxes: dict[str, _Outbox] = {}
+        self._outboxes: dict[str, _Outbox] = {}          # link -> the writer to its current session
         self._pending: dict[str, _Pending] = {}
         self._store = GroupCommitter(self._open_batch)            # slave's end: key store and ledger
         self._takes = GroupCommitter(self.keystore.batch)         # master's end: the key store only
@@ -144,53 +148,88 @@ class KmeService:
     # -- the classical channel -------------------------------------------------------------------------
     async def serve_channel(self, link_id: str, stream) -> None:
         """Run the reservation exchange over one session's stream (`send(bytes)`, `receive() -> bytes`)
-        until the session ends. Whoever owns the link's session calls this once per session."""
-        endpoint = self._endpoints[link_id]
-        outbox = _Outbox(stream)
-        self._streams[link_id] = stream
-        self._outboxes[link_id] = outbox
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(outbox.run, nursery.cancel_scope)
+        until the session ends. Whoever owns the link's session calls this once per session (the link
+        engine, whose router task feeds the stream)."""
+        async with trio.open_nursery() as nursery:
+            with self._channel_end(link_id, stream.send, nursery) as on_payload:
                 while True:
                     try:
                         payload = await stream.receive()
                     except SessionClosedError:
-                        nursery.cancel_scope.cancel()
-                        return
-                    try:
-                        events = endpoint.receive(payload)
-                    except ReservationProtocolError as exc:
-                        log.warning("link %s: dropped a reservation message: %s", link_id, exc)
-                        continue
-                    received = []
-                    for event in events:
-                        if isinstance(event, ReservationReceived):
-                            received.append(event.reservation)
-                        elif isinstance(event, (ReservationAccepted, ReservationRefused)):
-                            pending = self._pending.get(event.request_id)
-                            if pending is not None and isinstance(event, ReservationAccepted):
-                                pending.finish("accepted")
-                            elif pending is not None:
-                                pending.finish("refused", event.text)
-                        elif isinstance(event, LateAnswer):
-                            log.warning("link %s: late answer to abandoned request %s (accepted=%s); its keys "
-                                        "at the peer stay reserved until they expire", link_id,
-                                        event.request_id, event.accepted)
-                    if received:
-                        nursery.start_soon(self._record, link_id, outbox, received)
+                        break
+                    await on_payload(payload)
+            nursery.cancel_scope.cancel()
+
+    async def serve_session(self, link_id: str, session, channel: int) -> None:
+        """Run the reservation exchange on `channel` of a session of its own (a peer with its own channel
+        table) until the session ends: the session's reader hands each payload straight to the exchange
+        (PeerSession.route_channel), with no task switch on the way. Call it before the session's reader
+        reads its first record (PeerConnector calls on_session first); it routes the channel before its
+        own first checkpoint."""
+        async with trio.open_nursery() as nursery:        # entering a nursery is not a checkpoint
+            with self._channel_end(link_id, partial(session.send, channel), nursery) as on_payload:
+                session.route_channel(channel, on_payload)
+                await session.ended.wait()
+            nursery.cancel_scope.cancel()
+
+    @contextlib.contextmanager
+    def _channel_end(self, link_id: str, send, nursery: trio.Nursery):
+        """This end of one session's exchange, for as long as the block runs: the outbox (its writer
+        task in `nursery`, which it cancels when a write finds the session closed) and the handler of
+        each payload from the peer (yielded). On the way out, the Get key requests waiting on this
+        session fail and the endpoint forgets its requests (answers never cross sessions)."""
+        endpoint = self._endpoints[link_id]
+        outbox = _Outbox(send)
+        recording = ByteBudget(MAX_RECORDING)      # counted in reservations, not bytes
+
+        async def on_payload(payload: bytes) -> None:
+            try:
+                events = endpoint.receive(payload)
+            except ReservationProtocolError as exc:
+                log.warning("link %s: dropped a reservation message: %s", link_id, exc)
+                return
+            received = []
+            for event in events:
+                if isinstance(event, ReservationReceived):
+                    received.append(event.reservation)
+                elif isinstance(event, (ReservationAccepted, ReservationRefused)):
+                    pending = self._pending.get(event.request_id)
+                    if pending is not None and isinstance(event, ReservationAccepted):
+                        pending.finish("accepted")
+                    elif pending is not None:
+                        pending.finish("refused", event.text)
+                elif isinstance(event, LateAnswer):
+                    log.warning("link %s: late answer to abandoned request %s (accepted=%s); its keys "
+                                "at the peer stay reserved until they expire", link_id,
+                                event.request_id, event.accepted)
+            if received:
+                # Recorded beside the reader, so that reservations arriving during a commit join the
+                # next one; a peer sending faster than this end records waits here (backpressure).
+                await recording.acquire(len(received))
+                nursery.start_soon(self._record, link_id, outbox, received, recording)
+
+        nursery.start_soon(outbox.run, nursery.cancel_scope)
+        self._outboxes[link_id] = outbox
+        try:
+            yield on_payload
         finally:
-            if self._streams.get(link_id) is stream:
-                del self._streams[link_id]
+            if self._outboxes.get(link_id) is outbox:
                 del self._outboxes[link_id]
             for pending in self._pending.values():    # their answers can no longer arrive
                 if pending.link_id == link_id:
                     pending.finish("lost", "the session with the slave SAE's KME ended")
             endpoint.end_session()
 
-    async def _record(self, link_id: str, outbox: "_Outbox", reservations: list[Reservation]) -> None:
+    async def _record(self, link_id: str, outbox: "_Outbox", reservations: list[Reservation],
+                      recording: ByteBudget) -> None:
         """Slave's end: record the reservations of one payload durably (one group commit), then ACCEPT
-        each, or REFUSE one and record nothing of it."""
+        each, or REFUSE one and record nothing of it; gives their room in `recording` back."""
+        try:
+            await self._record_payload(link_id, outbox, reservations)
+        finally:
+            recording.release(len(reservations))
+
+    async def _record_payload(self, link_id: str, outbox: "_Outbox", reservations: list[Reservation]) -> None:
         endpoint = self._endpoints[link_id]
         peer_kme = next(peer.kme_id for peer in self.config.peers if peer.link_id == link_id)
         answers: dict[str, bytes] = {}
@@ -272,7 +311,7 @@ class KmeService:
         route = self.registry.route_to(slave_sae_id)
         link_id = route.link_id
         request_id = random_uuid()
-        if link_id not in self._streams:          # checked again below; this spares keys while the peer is away
+        if link_id not in self._outboxes:          # checked again below; this spares keys while the peer is away
             raise _unavailable("the slave SAE's KME is not reachable")
         try:
             # This end's copies, already reserved and erased in the key store: from here on they exist
@@ -398,8 +437,8 @@ class _Outbox:
 
     MAX_PAYLOAD_BYTES = 1 << 20
 
-    def __init__(self, stream) -> None:
-        self._stream = stream
+    def __init__(self, send) -> None:
+        self._send = send                   # async send(payload) of the session's stream
         self._queue: list[bytes] = []
         self._wakeup = trio.Event()
 
@@ -415,7 +454,7 @@ class _Outbox:
                 self._wakeup = trio.Event()
                 queued, self._queue = self._queue, []
                 for payload in _payloads(queued, self.MAX_PAYLOAD_BYTES):
-                    await self._stream.send(payload)
+                    await self._send(payload)
         except SessionClosedError:
             session_scope.cancel()
 

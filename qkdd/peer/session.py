@@ -11,6 +11,7 @@ it is full the reader stops reading, so the peer is slowed by TCP flow control, 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import mldsa
@@ -60,6 +61,8 @@ class PeerSession:
         self._to_app, self._from_peer = trio.open_memory_channel[tuple[int, bytes]](settings.receive_queue_records)
         self.receive_queue_bytes = settings.receive_queue_bytes
         self._queued = ByteBudget(settings.receive_queue_bytes)   # payload bytes in _to_app
+        self._routes: dict[int, Callable[[bytes], Awaitable[None]]] = {}   # channel -> handler (route_channel)
+        self._reading = False
         self._scope: trio.CancelScope | None = None
         self._error: PeerError | None = None
         self._closed = False
@@ -120,6 +123,16 @@ class PeerSession:
         if messages:
             await self._send_record(lambda: [self._sealer.data(channel, payload) for channel, payload in messages])
 
+    def route_channel(self, channel: int, handler: Callable[[bytes], Awaitable[None]]) -> None:
+        """Hand each record of `channel` to `await handler(payload)` from the reader, in order, instead of
+        queueing it for receive(): no task switch between the connection and the protocol. The reader
+        waits while the handler runs, so the handler returns promptly (waiting only to slow the peer)
+        and raises nothing. Only before the reader starts (run()), so no record of
+        the channel can have gone to the queue."""
+        if self._reading:
+            raise RuntimeError(f"link {self.link_id}: channel {channel} routed after the session began reading")
+        self._routes[channel] = handler
+
     async def receive(self) -> tuple[int, bytes]:
         """The next (channel, payload) from the peer, in order. Raises SessionClosedError at the end."""
         try:
@@ -176,6 +189,7 @@ class PeerSession:
             raise self._error
 
     async def _read_loop(self) -> None:
+        self._reading = True
         while True:
             frame = self._decoder.next_frame()
             if frame is None:
@@ -187,7 +201,9 @@ class PeerSession:
                 raise PeerRefusedError(f"peer aborted the session: {alert_name(frame.body)}",
                                        Alert.INTERNAL_ERROR)
             record = self._opener.open(frame)
-            if record.type == FrameType.DATA:
+            if record.type == FrameType.DATA and record.channel in self._routes:
+                await self._routes[record.channel](record.payload)
+            elif record.type == FrameType.DATA:
                 await self._queued.acquire(len(record.payload))   # backpressure by bytes...
                 await self._to_app.send((record.channel, record.payload))   # ...and by records
             elif record.type == FrameType.CLOSE:
