@@ -235,13 +235,20 @@ def test_a_new_session_forgets_every_request():
         slave.accept(request.request_id)                                 # nothing left to answer
 
 
-def test_random_uuids_are_canonical_version_4():
-    from qkdd.kme.container import random_uuid
-    ids = [random_uuid() for _ in range(2000)]
+def test_key_ids_are_canonical_version_7_uuids_in_time_order():
+    """RFC 9562 §5.7: unix_ts_ms in the first 48 bits, version 7, variant 10, the rest random."""
+    from qkdd.kme.container import time_ordered_uuid
+    ids = [time_ordered_uuid() for _ in range(2000)]
     assert len(set(ids)) == len(ids)
     for text in ids:
         parsed = uuid.UUID(text)
-        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    # RFC 9562 Appendix A.6 test vector time: 2022-02-22 19:22:22 UTC = 0x017F22E279B0 ms
+    fixed = time_ordered_uuid(lambda: 1645557742000 * 1_000_000)
+    assert fixed.startswith("017f22e2-79b0-7") and fixed[19] in "89ab"
+    later = [time_ordered_uuid(lambda ms=ms: ms * 1_000_000) for ms in (1645557742000, 1645557742001, 1645557743000)]
+    assert later == sorted(later)
+    assert len({time_ordered_uuid(lambda: 0)[14:] for _ in range(100)}) == 100      # 74 random bits
 
 
 def test_ledger_forgets_delivered_keys_after_their_grace(tmp_path):

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from collections.abc import Callable, Sequence
 
 from qkdd.kme.reservation import ReservedKey, Segment
 
 
-def random_uuid() -> str:
-    """A random UUID (version 4, RFC 9562 §5.4) in lowercase canonical form: what str(uuid.uuid4())
-    gives, without building a UUID object (two per Get key)."""
-    octets = bytearray(os.urandom(16))
-    octets[6] = (octets[6] & 0x0F) | 0x40          # version 4
+def time_ordered_uuid(clock_ns: Callable[[], int] = time.time_ns) -> str:
+    """A UUID version 7 (RFC 9562 §5.7) in lowercase canonical form: the Unix time in milliseconds in its
+    first 48 bits, then 74 random bits (version and variant in the other 6).
+
+    The ETSI key_IDs and request ids. Keys are looked up by key_ID in B-tree indexes (the slave's ledger);
+    random (version 4) ids land each insert on a random page, so a group commit of n reservations wrote
+    about n pages, while ids in time order fill the last pages, a few per commit (bench.kme_store: a
+    third less store time per reservation). The price is that a key_ID shows when its key was handed
+    out, to the millisecond: a client already knows that, and the 74 random bits still make ids
+    unguessable (nothing is granted for knowing one: dec_keys checks the caller's certificate)."""
+    octets = bytearray((clock_ns() // 1_000_000 % (1 << 48)).to_bytes(6, "big") + os.urandom(10))
+    octets[6] = (octets[6] & 0x0F) | 0x70          # version 7
     octets[8] = (octets[8] & 0x3F) | 0x80          # variant 10 (RFC 9562 §4.1)
     text = octets.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
@@ -33,7 +41,7 @@ def plan_keys(stored: Sequence[tuple[str, int]], number: int, size_bits: int,
     """
     if size_bits <= 0 or size_bits % 8:
         raise ValueError("size must be a positive multiple of 8 bits")
-    new_key_id = new_key_id or random_uuid
+    new_key_id = new_key_id or time_ordered_uuid
     wanted_bytes = size_bits // 8
     keys = []
     source = iter(stored)

@@ -22,7 +22,7 @@ from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.keystore.housekeeping import HOUSEKEEPING_INTERVAL_S
 from qkdd.keystore.model import IllegalTransition, KeyAlreadyDelivered, KeyNotFound, KeyState
 from qkdd.kme.config import Etsi014Config
-from qkdd.kme.container import assemble, plan_keys, random_uuid
+from qkdd.kme.container import assemble, plan_keys, time_ordered_uuid
 from qkdd.kme.group_commit import GroupCommitter
 from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
@@ -310,7 +310,7 @@ class KmeService:
     async def get_keys(self, master_sae_id: str, slave_sae_id: str, request: KeyRequest) -> list[tuple[str, bytes]]:
         route = self.registry.route_to(slave_sae_id)
         link_id = route.link_id
-        request_id = random_uuid()
+        request_id = time_ordered_uuid()
         if link_id not in self._outboxes:          # checked again below; this spares keys while the peer is away
             raise _unavailable("the slave SAE's KME is not reachable")
         try:
