@@ -16,6 +16,19 @@ ALICE, BOB = generate_identity(), generate_identity()
 SIFTING, CASCADE, KEYSTORE_SYNC = 1, 2, 7
 
 
+async def run_pair(bob_session, alice_session, finished) -> None:
+    """Bob listening and Alice dialling over real TLS, each with its session handler, until
+    `await finished()` returns (10 s at most)."""
+    async with trio.open_nursery() as nursery:
+        bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key(), bob_session)
+        port = await nursery.start(bob.run)
+        alice = PeerConnector(fast_settings(dial=("127.0.0.1", port)), ALICE, BOB.public_key(), alice_session)
+        await nursery.start(alice.run)
+        with trio.fail_after(10):
+            await finished()
+        nursery.cancel_scope.cancel()
+
+
 def test_channels_are_demultiplexed_in_order_and_end_with_the_session(caplog):
     caplog.set_level(logging.INFO, logger="qkdd.peer")
 
@@ -58,14 +71,7 @@ def test_channels_are_demultiplexed_in_order_and_end_with_the_session(caplog):
                 nursery.cancel_scope.cancel()
             await session.aclose()
 
-        async with trio.open_nursery() as nursery:
-            bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key(), bob_session)
-            port = await nursery.start(bob.run)
-            alice = PeerConnector(fast_settings(dial=("127.0.0.1", port)), ALICE, BOB.public_key(), alice_session)
-            await nursery.start(alice.run)
-            with trio.fail_after(10):
-                await ready.wait()
-            nursery.cancel_scope.cancel()
+        await run_pair(bob_session, alice_session, ready.wait)
         return results
 
     results = trio.run(main)
@@ -180,14 +186,7 @@ def test_a_routed_channel_reaches_its_handler_from_the_first_record_and_the_othe
                     await session.send(QUEUED, b"other %d" % i)
             await session.aclose()
 
-        async with trio.open_nursery() as nursery:
-            bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key(), bob_session)
-            port = await nursery.start(bob.run)
-            alice = PeerConnector(fast_settings(dial=("127.0.0.1", port)), ALICE, BOB.public_key(), alice_session)
-            await nursery.start(alice.run)
-            with trio.fail_after(10):
-                await done.wait()
-            nursery.cancel_scope.cancel()
+        await run_pair(bob_session, alice_session, done.wait)
         return routed, queued
 
     routed, queued = trio.run(main)
@@ -210,15 +209,11 @@ def test_a_channel_cannot_be_routed_once_the_session_reads():
         async def alice_session(session):
             await trio.sleep_forever()
 
-        async with trio.open_nursery() as nursery:
-            bob = PeerConnector(fast_settings(listen=("127.0.0.1", 0)), BOB, ALICE.public_key(), bob_session)
-            port = await nursery.start(bob.run)
-            alice = PeerConnector(fast_settings(dial=("127.0.0.1", port)), ALICE, BOB.public_key(), alice_session)
-            await nursery.start(alice.run)
-            with trio.fail_after(10):
-                while "done" not in outcome:
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
+        async def finished():
+            while "done" not in outcome:
+                await trio.sleep(0.05)
+
+        await run_pair(bob_session, alice_session, finished)
         return outcome
 
     assert "routed after the session began reading" in trio.run(main)["error"]
