@@ -206,13 +206,18 @@ class KmeService:
                 # Recorded beside the reader, so that reservations arriving during a commit join the
                 # next one; a peer sending faster than this end records waits here (backpressure).
                 await recording.acquire(len(received))
+                if closed:                              # the session ended while this waited for room
+                    recording.release(len(received))
+                    return
                 nursery.start_soon(self._record, link_id, outbox, received, recording)
 
+        closed = False
         nursery.start_soon(outbox.run, nursery.cancel_scope)
         self._outboxes[link_id] = outbox
         try:
             yield on_payload
         finally:
+            closed = True
             if self._outboxes.get(link_id) is outbox:
                 del self._outboxes[link_id]
             for pending in self._pending.values():    # their answers can no longer arrive
