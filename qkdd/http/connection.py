@@ -22,6 +22,7 @@ import trio
 from qkdd.log_limit import RateLimitedLog
 
 from . import errors
+from .access_log import AccessLog
 from .messages import HTTPError, HTTPLimits, PeerCertificate, Request, Response
 from .response_head import response_body, response_head
 from .router import Router, decode_path
@@ -45,6 +46,7 @@ class ListenerContext:
     logger: logging.Logger
     ssl_context: ssl.SSLContext | None     # None for plain HTTP
     refusals: RateLimitedLog               # failed TLS handshakes: any client can cause them at will
+    access_log: AccessLog                  # a line per exchange, written in the loop's idle moments
 
 
 class _CloseQuietly(Exception):
@@ -358,11 +360,8 @@ class HTTPConnection:
                 pass
 
     def _log_exchange(self, exchange: _Exchange, status: int) -> None:
-        duration_ms = (time.perf_counter() - exchange.started_s) * 1000.0
-        self._log.info("request", extra={
-            "listener": self._context.name, "request_id": exchange.request_id, "method": exchange.method,
-            "path": exchange.raw_path, "status": status, "duration_ms": round(duration_ms, 1),
-            "client": self.client_text})
+        self._context.access_log.note(exchange.request_id, exchange.method, exchange.raw_path, status,
+                                      (time.perf_counter() - exchange.started_s) * 1000.0, self.client_text)
 
 
 async def discard_input(stream: trio.abc.ReceiveStream, max_bytes: int) -> None:

@@ -14,6 +14,7 @@ import trio
 from qkdd.log_limit import RateLimitedLog
 
 from . import errors
+from .access_log import AccessLog
 from .connection import HTTPConnection, ListenerContext, discard_input
 from .messages import HTTPLimits, TLSSettings
 from .router import Router
@@ -39,7 +40,7 @@ class HTTPServer:
         self._log = logger or logging.getLogger("qkdd.http")
         # Built here so bad certificate files fail at start-up, not at the first client.
         self._context = ListenerContext(name, router, limits, self._log, server_context(tls) if tls else None,
-                                        RateLimitedLog(self._log))
+                                        RateLimitedLog(self._log), AccessLog(self._log, name))
         self._listeners: list[trio.SocketListener] = []
         self._connections: set[HTTPConnection] = set()
         self._accept_scope: trio.CancelScope | None = None
@@ -76,6 +77,7 @@ class HTTPServer:
                         accept_scope.cancel()
                     async with trio.open_nursery() as acceptors:
                         acceptors.start_soon(self._context.refusals.run)    # summaries of held-back lines
+                        acceptors.start_soon(self._context.access_log.run)
                         for listener in listeners:
                             acceptors.start_soon(self._accept_loop, listener, connections)
                 # Shutting down: idle connections close now, busy ones get the grace period.
@@ -86,6 +88,7 @@ class HTTPServer:
         finally:
             self._close_listeners()
             self._context.refusals.flush()
+            self._context.access_log.flush()
         self._log.info("%s stopped", self.name)
 
     def shutdown(self) -> None:
