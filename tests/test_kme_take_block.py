@@ -32,6 +32,9 @@ def take(service: KmeService, bits: int) -> dict[str, bytes]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
             taken = await service._take_keys(LINK, bits)
+            with trio.fail_after(10):
+                while service._refilling_ahead:                # the next block, fetched in the background
+                    await trio.sleep(0.01)
             status = await service.status("sae-a", "sae-b")
             nursery.cancel_scope.cancel()
         return taken, status["stored_key_count"]
@@ -43,14 +46,15 @@ def test_a_block_is_erased_at_once_counted_while_pooled_and_lost_on_restart(tmp_
     service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
     taken, count = take(service, 256)
     assert list(taken) == ids[:1]
-    assert [store.state(LINK, key_id) for key_id in ids[:8]] == [KeyState.DELIVERED] * 8   # the whole block
-    assert store.state(LINK, ids[8]) is KeyState.AVAILABLE
-    assert count == 19                                      # 7 pooled + 12 stored
+    # the whole block, and the next one since the pool then held less than a block
+    assert [store.state(LINK, key_id) for key_id in ids[:16]] == [KeyState.DELIVERED] * 16
+    assert store.state(LINK, ids[16]) is KeyState.AVAILABLE
+    assert count == 19                                      # 15 pooled + 4 stored
 
     restarted = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
     taken, count = take(restarted, 2 * 256)
-    assert list(taken) == ids[8:10]                         # the old block's 7 are gone, never reused
-    assert count == 10                                      # 6 pooled + 4 stored
+    assert list(taken) == ids[16:18]                        # the old pool's 15 are gone, never reused
+    assert count == 2                                       # 2 pooled, none stored
 
 
 def test_a_request_larger_than_a_block_and_a_store_smaller_than_a_block(tmp_path):
@@ -60,26 +64,30 @@ def test_a_request_larger_than_a_block_and_a_store_smaller_than_a_block(tmp_path
     assert list(taken) == ids[:3] and count == 2
 
 
-def test_the_pool_is_refilled_in_the_background_once_down_to_half_a_block(tmp_path):
+def test_the_pool_is_refilled_in_the_background_once_it_holds_less_than_a_block(tmp_path):
     store, ids = seeded_store(tmp_path, 20)
     service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+
+    async def wait_delivered(key_id: str) -> None:
+        with trio.fail_after(10):
+            while store.state(LINK, key_id) is not KeyState.DELIVERED:
+                await trio.sleep(0.01)
 
     async def main():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
-            first = await service._take_keys(LINK, 4 * 256)          # 4 of 8 left: not yet below half
+            first = await service._take_keys(LINK, 4 * 256)          # a block of 8, 4 left: the next comes ahead
+            await wait_delivered(ids[15])
+            second = await service._take_keys(LINK, 256)             # 11 left: no refill
             await trio.testing.wait_all_tasks_blocked()
-            assert [store.state(LINK, key_id) for key_id in ids[8:9]] == [KeyState.AVAILABLE]
-            second = await service._take_keys(LINK, 256)             # 3 left: the next block comes ahead
-            with trio.fail_after(10):
-                while store.state(LINK, ids[15]) is not KeyState.DELIVERED:
-                    await trio.sleep(0.01)
+            assert store.state(LINK, ids[16]) is KeyState.AVAILABLE
+            third = await service._take_keys(LINK, 4 * 256)          # 7 left: the rest of the store comes
+            await wait_delivered(ids[19])
             nursery.cancel_scope.cancel()
-        return list(first) + list(second)
+        return list(first) + list(second) + list(third)
 
-    assert trio.run(main) == ids[:5]
-    assert [store.state(LINK, key_id) for key_id in ids[:16]] == [KeyState.DELIVERED] * 16
-    assert [store.state(LINK, key_id) for key_id in ids[16:]] == [KeyState.AVAILABLE] * 4
+    assert trio.run(main) == ids[:9]
+    assert [store.state(LINK, key_id) for key_id in ids] == [KeyState.DELIVERED] * 20
 
 
 def test_the_ledger_lives_in_the_key_store_file_unless_an_earlier_one_exists(tmp_path):

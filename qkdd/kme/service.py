@@ -37,8 +37,10 @@ from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, Reserva
 log = logging.getLogger("qkdd.etsi014")
 
 HOLDER_PREFIX = "etsi014:"
-# Stored key bits the master's end takes out of the key store at once (64 stored keys of 256 bits): at
-# most this much is lost, never reused, when the daemon stops or crashes (taken_keys.py).
+# Stored key bits the master's end takes out of the key store at once (64 stored keys of 256 bits). Its
+# pool holds one to two blocks (the next is fetched once it holds less than one, so that a burst of
+# requests finds keys in memory); at most two blocks are lost, never reused, when the daemon stops or
+# crashes (taken_keys.py).
 TAKE_BLOCK_BITS = 64 * 256
 # Reservations from the peer being recorded at once (slave's end); past this the session's reader waits,
 # so a peer that sends faster than this end's store can record is slowed down, never queued without end.
@@ -349,7 +351,7 @@ class KmeService:
     async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
         """Stored keys holding at least `bits` from this end's share, out of the link's pool of taken
         keys, refilled from the key store a block at a time (one transaction): ahead of need, once the
-        pool is down to half a block, so requests rarely wait for a refill. KeyUnavailable if the key
+        pool holds less than a block, so requests rarely wait for a refill. KeyUnavailable if the key
         store and the pool together hold too few."""
         pool = self._taken[link_id]
         taken = pool.take(bits, self._clock())
@@ -367,8 +369,9 @@ class KmeService:
         return taken
 
     def _pool_low(self, link_id: str) -> bool:
-        """Down to half a block: time to fetch the next one."""
-        return self._taken[link_id].bits(self._clock()) < self._take_block_bits // 2
+        """Less than a block left: time to fetch the next one (50 clients' requests taken in one
+        scheduler pass emptied a pool refilled at half a block, and waited for the refill)."""
+        return self._taken[link_id].bits(self._clock()) < self._take_block_bits
 
     async def _refill(self, link_id: str, min_bits: int) -> None:
         self._taken[link_id].add(await self._takes.call(self._take_block, link_id, min_bits))
