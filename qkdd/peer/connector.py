@@ -4,8 +4,9 @@ The application hands the connector an `on_session(session)` coroutine function.
 established session (session.epoch counts them), which is how the application learns that a session
 (re)started and must resynchronise; it runs while the session lives and is cancelled when the session
 is torn down. The session reads its first record only after the handler ran up to its first
-checkpoint, so the handler may route channels to itself there (PeerSession.route_channel). After a clean close by the peer it first gets every message sent before the close, then
-SessionClosedError from receive(). If the handler returns, the session is closed cleanly. Either way
+checkpoint, so the handler may route channels to itself there (PeerSession.route_channel). After a
+clean close by the peer it first gets every message sent before the close, then SessionClosedError
+from receive(). If the handler returns, the session is closed cleanly. Either way
 the connector then brings up the next session by itself: the dialling end redials with exponential
 backoff and jitter, the listening end waits for the next connection. A newly authenticated connection
 replaces the live one (the peer restarted and its old connection may not have died yet), so at most one

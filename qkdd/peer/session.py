@@ -6,7 +6,8 @@ application calls `send(channel, payload)` and `receive() -> (channel, payload)`
 failure (bad MAC, replay, framing error, idle timeout, end of stream without a CLOSE record) tears the
 whole session down: `run()` raises the PeerError and every later send/receive raises SessionClosedError.
 Received records wait for the application in a queue bounded by records and by bytes (budget.py); when
-it is full the reader stops reading, so the peer is slowed by TCP flow control, never dropped.
+it is full the reader stops reading, so the peer is slowed by TCP flow control, never dropped. The
+records of a channel routed with `route_channel` go straight from the reader to its handler instead.
 """
 from __future__ import annotations
 
@@ -127,8 +128,8 @@ class PeerSession:
         """Hand each record of `channel` to `await handler(payload)` from the reader, in order, instead of
         queueing it for receive(): no task switch between the connection and the protocol. The reader
         waits while the handler runs, so the handler returns promptly (waiting only to slow the peer)
-        and raises nothing. Only before the reader starts (run()), so no record of
-        the channel can have gone to the queue."""
+        and raises nothing. Only before the reader starts (run()), so that no record of the channel
+        can have gone to the queue."""
         if self._reading:
             raise RuntimeError(f"link {self.link_id}: channel {channel} routed after the session began reading")
         self._routes[channel] = handler
