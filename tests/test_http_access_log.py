@@ -30,23 +30,35 @@ def logger_with_lines(level: int = logging.INFO) -> tuple[logging.Logger, Lines]
     return logger, lines
 
 
+async def wait_until(condition) -> None:
+    with trio.fail_after(5):
+        while not condition():
+            await trio.sleep(0.001)
+
+
+def run_beside_writer(log: AccessLog, body):
+    """trio.run of `await body(nursery)` with the log's writer running in that nursery; body's result."""
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log.run)
+            result = await body(nursery)
+            nursery.cancel_scope.cancel()
+        return result
+    return trio.run(main)
+
+
 def test_lines_wait_for_an_idle_moment_and_carry_the_exchange_end_time():
     logger, lines = logger_with_lines()
     log = AccessLog(logger, "api")
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(log.run)
-            noted_at = time.time()
-            log.note("ab12", "GET", "/api/v1/keys/sae-b/enc_keys", 200, 1.26, "127.0.0.1:5555")
-            assert lines.records == []                  # not written while the caller runs
-            with trio.fail_after(5):
-                while not lines.records:
-                    await trio.sleep(0.001)
-            nursery.cancel_scope.cancel()
+    async def body(nursery):
+        noted_at = time.time()
+        log.note("ab12", "GET", "/api/v1/keys/sae-b/enc_keys", 200, 1.26, "127.0.0.1:5555")
+        assert lines.records == []                      # not written while the caller runs
+        await wait_until(lambda: lines.records)
         return noted_at
 
-    noted_at = trio.run(main)
+    noted_at = run_beside_writer(log, body)
     [record] = lines.records
     assert record.getMessage() == "request" and record.levelno == logging.INFO
     assert (record.listener, record.request_id, record.method, record.path, record.status, record.duration_ms,
@@ -58,27 +70,20 @@ def test_a_loop_that_never_idles_still_gets_its_lines_within_the_delay():
     logger, lines = logger_with_lines()
     log = AccessLog(logger, "api")
 
-    async def main():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(log.run)
+    async def busy():                                   # always runnable: the loop never idles
+        while True:
+            await trio.sleep(0)
 
-            async def busy():                           # always runnable: the loop never idles
-                while True:
-                    await trio.sleep(0)
+    async def body(nursery):
+        nursery.start_soon(busy)
+        await trio.sleep(0.01)
+        for number in range(40):
+            log.note(f"id{number}", "GET", "/x", 200, 0.1, "client")
+        noted = trio.current_time()
+        await wait_until(lambda: len(lines.records) == 40)
+        return trio.current_time() - noted
 
-            nursery.start_soon(busy)
-            await trio.sleep(0.01)
-            for number in range(40):
-                log.note(f"id{number}", "GET", "/x", 200, 0.1, "client")
-            noted = trio.current_time()
-            with trio.fail_after(5):
-                while len(lines.records) < 40:
-                    await trio.sleep(0.005)
-            waited = trio.current_time() - noted
-            nursery.cancel_scope.cancel()
-        return waited
-
-    waited = trio.run(main)
+    waited = run_beside_writer(log, body)
     assert access_log.MAX_DELAY_S * 0.5 <= waited <= access_log.MAX_DELAY_S + 0.5
     assert [record.request_id for record in lines.records] == [f"id{number}" for number in range(40)]
 
