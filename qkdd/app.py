@@ -30,7 +30,7 @@ class App:
         `keystore` (the daemon's one key store, shared by the link engines, the KME and WireGuard)."""
         app = cls(config, Health(), Metrics(), keystore=keystore)
         if config.etsi014 is not None:
-            app.kme = open_kme(config.etsi014, config.daemon.state_dir, keystore=app.keystore)
+            app.kme = open_kme(config.etsi014, config.daemon.state_dir, keystore=app.keystore, metrics=app.metrics)
         for link in config.links:
             app.health.register_link(
                 link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')

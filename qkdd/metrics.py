@@ -1,7 +1,7 @@
 """Every Prometheus metric qkdd exports, in one place, on one dedicated registry.
 
 The families and labels are exactly those of the seed (HIP-0071 "Prometheus Metrics"); process and
-platform collectors come on top. One seed name breaks a Prometheus naming convention: promtool's
+platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`). One seed name breaks a Prometheus naming convention: promtool's
 linter asks for `bytes` instead of `bits` in `qkd_key_bits_generated_total`; the name stays as specified,
 because dashboards and alerts are written against it. Label values are link ids from the validated config and fixed words
 (protocol, severity, status) -- never anything derived from key material. Code that measures something
@@ -16,8 +16,8 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics,
                                generate_latest)
 
-__all__ = ["Metrics", "LinkMetrics", "TunnelMetrics", "CONTENT_TYPE", "SEVERITIES", "PUSH_STATUSES",
-           "ROTATION_RESULTS"]
+__all__ = ["Metrics", "LinkMetrics", "TunnelMetrics", "KmeLinkMetrics", "CONTENT_TYPE", "SEVERITIES",
+           "PUSH_STATUSES", "ROTATION_RESULTS", "KME_UNAVAILABLE_REASONS"]
 
 # The text format generate_latest writes (names here need no escaping), as Prometheus 2.x expects it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,6 +27,11 @@ PROTOCOLS = ("bb84", "e91", "cvqkd")
 # WireGuard PSK rotations by outcome: installed; the peer refused or never answered; no QKD key was
 # available; `wg` failed (retried); the PSK expired and the fallback policy ran (clear or random).
 ROTATION_RESULTS = ("success", "refused", "no_key", "install_failed", "expired_clear", "expired_random")
+# ETSI 014 Get key requests answered 503: not enough key stored; the slave SAE's KME not connected, refusing
+# the reservation, or not confirming it in time (or its session ending first).
+KME_UNAVAILABLE_REASONS = ("no_key", "peer_unreachable", "peer_refused", "peer_timeout")
+# A reservation is a round trip to the peer KME and one group commit there: 1 ms .. 10 s.
+RESERVATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 # KMS pushes are HTTPS round trips: 5 ms .. 30 s.
 KMS_PUSH_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -88,8 +93,20 @@ class Metrics:
         self.wireguard_handshake_age_seconds = Gauge(
             "qkd_wireguard_handshake_age_seconds", "Seconds since the last WireGuard handshake with the peer "
             "(from wg show latest-handshakes)", ["tunnel", "interface", "peer"], registry=r)
+        # ETSI GS QKD 014 KME
+        self.etsi014_keys = Counter(
+            "qkd_etsi014_keys_total", "Keys handed to SAEs over ETSI GS QKD 014: by the master SAE's KME "
+            "(Get key, end=master) or the slave SAE's (Get key with key IDs, end=slave)", ["link_id", "end"],
+            registry=r)
+        self.etsi014_unavailable = Counter(
+            "qkd_etsi014_unavailable_total", "ETSI 014 Get key requests answered 503, by cause",
+            ["link_id", "reason"], registry=r)
+        self.etsi014_reservation_seconds = Histogram(
+            "qkd_etsi014_reservation_seconds", "Time from sending a reservation to the slave SAE's KME to "
+            "its confirmation", ["link_id"], buckets=RESERVATION_BUCKETS_S, registry=r)
         self._links: dict[str, LinkMetrics] = {}
         self._tunnels: dict[str, TunnelMetrics] = {}
+        self._kme_links: dict[str, KmeLinkMetrics] = {}
 
     def link(self, link_id: str, protocol: str = "bb84", *, kms: bool = False) -> "LinkMetrics":
         """The metrics of one link. Counters start at zero for a configured link (so rates work from
@@ -115,6 +132,15 @@ class Metrics:
                 self.wireguard_rotations.labels(tunnel, result)
             self._tunnels[tunnel] = TunnelMetrics(self, tunnel, interface, peer_public_key)
         return self._tunnels[tunnel]
+
+    def kme_link(self, link_id: str) -> "KmeLinkMetrics":
+        """The ETSI 014 KME's metrics for the peer KME reached over `link_id`; every series starts at zero."""
+        if link_id not in self._kme_links:
+            self._kme_links[link_id] = KmeLinkMetrics(
+                self.etsi014_keys.labels(link_id, "master"), self.etsi014_keys.labels(link_id, "slave"),
+                {reason: self.etsi014_unavailable.labels(link_id, reason) for reason in KME_UNAVAILABLE_REASONS},
+                self.etsi014_reservation_seconds.labels(link_id))
+        return self._kme_links[link_id]
 
     def exposition(self) -> bytes:
         """The text exposition format (version 0.0.4) of everything registered."""
@@ -192,3 +218,22 @@ class TunnelMetrics:
     def handshake_age(self, age_s: float) -> None:
         self.metrics.wireguard_handshake_age_seconds.labels(self.tunnel, self.interface,
                                                            self.peer_public_key).set(age_s)
+
+
+@dataclass(frozen=True)
+class KmeLinkMetrics:
+    """What the ETSI 014 KME reports for one peer KME (series bound once: a Get key costs no label lookup)."""
+
+    keys_master: Counter
+    keys_slave: Counter
+    unavailable_by_reason: dict[str, Counter]
+    reservation_seconds: Histogram
+
+    def keys_handed(self, end: Literal["master", "slave"], count: int) -> None:
+        (self.keys_master if end == "master" else self.keys_slave).inc(count)
+
+    def unavailable(self, reason: str) -> None:
+        self.unavailable_by_reason[reason].inc()
+
+    def reservation_confirmed(self, seconds: float) -> None:
+        self.reservation_seconds.observe(seconds)

@@ -126,11 +126,17 @@ def test_every_family_with_samples_passes_promtool():
     tunnel.rotation("success")
     tunnel.psk_age(12.5)
     tunnel.handshake_age(3.0)
+    kme = metrics.kme_link("sim-1")
+    kme.keys_handed("master", 2)
+    kme.unavailable("no_key")
+    kme.reservation_confirmed(0.004)
     text = metrics.exposition().decode()
     families = {family.name for family in text_string_to_metric_families(text)}
     wireguard_families = {"qkd_wireguard_psk_rotations", "qkd_wireguard_psk_age_seconds",
                           "qkd_wireguard_handshake_age_seconds"}      # qkdd's own, beyond the seed
-    assert {name for name in families if name.startswith("qkd_")} == set(SEED_FAMILIES) | wireguard_families
+    kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
+    assert ({name for name in families if name.startswith("qkd_")}
+            == set(SEED_FAMILIES) | wireguard_families | kme_families)
     if shutil.which("promtool") is None:
         pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,

@@ -141,3 +141,59 @@ def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer
     assert reservation.stored_key_ids() == ids[:1]
     assert store.state(LINK, ids[0]) is KeyState.DELIVERED                # erased here, never handed out again
     assert "late answer to abandoned request" in caplog.text
+
+
+def test_get_key_outcomes_are_counted_in_the_metrics(tmp_path):
+    """A confirmed Get key counts its keys and the reservation's round trip; a request with no peer
+    session, and one the store cannot serve, count as 503s by cause (real key store, in-memory peer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from qkdd.http.messages import HTTPError
+    from qkdd.kme.key_request import KeyRequest
+    from qkdd.kme.reservation import ReservationEndpoint
+    from qkdd.metrics import Metrics
+    from tests.test_kme_slave_store import MemoryStream
+
+    store, _ = seeded_store(tmp_path, 3)
+    metrics = Metrics()
+    service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256,
+                         metrics=metrics)
+
+    async def main():
+        to_master, master_in = trio.open_memory_channel[bytes](4)
+        master_out, from_master = trio.open_memory_channel[bytes](4)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            try:
+                await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))    # no session yet
+            except HTTPError:
+                pass
+            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+
+            async def slave():
+                endpoint = ReservationEndpoint()
+                while True:
+                    events = endpoint.receive(await from_master.receive())
+                    await to_master.send(b"".join(endpoint.accept(event.reservation.request_id)
+                                                  for event in events))
+
+            nursery.start_soon(slave)
+            await trio.testing.wait_all_tasks_blocked()
+            keys = await service.get_keys("sae-a", "sae-b", KeyRequest(2, 256, ()))
+            try:
+                await service.get_keys("sae-a", "sae-b", KeyRequest(2, 256, ()))    # one stored key left
+            except HTTPError:
+                pass
+            nursery.cancel_scope.cancel()
+        return keys
+
+    assert len(trio.run(main)) == 2
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(metrics.exposition().decode())
+               for s in family.samples if s.name.startswith("qkd_etsi014")}
+    assert samples[("qkd_etsi014_keys_total", (("end", "master"), ("link_id", LINK)))] == 2
+    assert samples[("qkd_etsi014_keys_total", (("end", "slave"), ("link_id", LINK)))] == 0
+    assert samples[("qkd_etsi014_reservation_seconds_count", (("link_id", LINK),))] == 1
+    unavailable = {dict(labels)["reason"]: value for (name, labels), value in samples.items()
+                   if name == "qkd_etsi014_unavailable_total"}
+    assert unavailable == {"peer_unreachable": 1, "no_key": 1, "peer_refused": 0, "peer_timeout": 0}

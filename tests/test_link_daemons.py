@@ -95,6 +95,7 @@ def test_bad_requests_get_clear_4xx_errors(pair):
 
 
 def test_metrics_qber_series_and_prometheus(pair):
+    wait_until(lambda: available(pair, "alice") > 0, what="keys at Alice")    # a frame done (when run alone)
     metrics = pair.metrics("alice")
     for field in ("qber", "key_rate", "photon_rate", "visibility", "link_loss", "temperature", "uptime"):
         assert field in metrics

@@ -11,17 +11,20 @@ from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.ledger import Ledger
 from qkdd.kme.service import KmeService
+from qkdd.metrics import Metrics
 
 log = logging.getLogger("qkdd.etsi014")
 
 
-def open_kme(config: Etsi014Config, state_dir: str, keystore: KeyStore | None = None) -> KmeService:
+def open_kme(config: Etsi014Config, state_dir: str, keystore: KeyStore | None = None,
+             metrics: Metrics | None = None) -> KmeService:
     """The KME over the daemon's key store (`keystore`; opened here while no link engine opens it) and
-    its ledger; erases what a crash left undeleted. Raises KeyStoreError / LedgerError / OSError."""
+    its ledger, reporting to `metrics`; erases what a crash left undeleted. Raises KeyStoreError /
+    LedgerError / OSError."""
     if keystore is None:
         keystore = _open_key_store(config, state_dir)
     ledger = _open_ledger(config, state_dir, keystore)
-    service = KmeService(config, keystore, ledger)
+    service = KmeService(config, keystore, ledger, metrics=metrics)
     erased = service.erase_spent()
     if erased:
         log.info("erased %d stored keys delivered before a restart", erased)

@@ -28,6 +28,7 @@ from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerError
 from qkdd.kme.taken_keys import TakenKeys
+from qkdd.metrics import Metrics
 from qkdd.peer.budget import ByteBudget
 from qkdd.peer.errors import SessionClosedError
 from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
@@ -70,7 +71,7 @@ def _unavailable(detail: str) -> HTTPError:
 
 class KmeService:
     def __init__(self, config: Etsi014Config, keystore: KeyStore, ledger: Ledger, *,
-                 take_block_bits: int = TAKE_BLOCK_BITS, clock=time.time) -> None:
+                 take_block_bits: int = TAKE_BLOCK_BITS, clock=time.time, metrics: Metrics | None = None) -> None:
         self.config = config
         self.registry = SaeRegistry(config)
         self.keystore = keystore
@@ -86,6 +87,9 @@ class KmeService:
         self._nursery: trio.Nursery | None = None        # run()'s, for refills ahead of need
         self._refilling_ahead: set[str] = set()           # links with such a refill under way
         self._clock = clock
+        self._metrics = metrics if metrics is not None else Metrics()    # (tests: a registry of their own)
+        for peer in config.peers:
+            self._metrics.kme_link(peer.link_id)           # every series at zero from the first scrape
 
     def _open_batch(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -318,13 +322,16 @@ class KmeService:
         route = self.registry.route_to(slave_sae_id)
         link_id = route.link_id
         request_id = time_ordered_uuid()
+        metrics = self._metrics.kme_link(link_id)
         if link_id not in self._outboxes:          # checked again below; this spares keys while the peer is away
+            metrics.unavailable("peer_unreachable")
             raise _unavailable("the slave SAE's KME is not reachable")
         try:
             # This end's copies, already reserved and erased in the key store: from here on they exist
             # only in memory, and are lost rather than reused if the peer refuses.
             materials = await self._take_keys(link_id, request.number * request.size_bits)
         except KeyUnavailable:
+            metrics.unavailable("no_key")
             raise _unavailable("not enough key material stored for this slave SAE") from None
         stored = [(stored_id, len(material) * 8) for stored_id, material in materials.items()]
         keys = plan_keys(stored, request.number, request.size_bits)
@@ -332,20 +339,26 @@ class KmeService:
                                   request.size_bits, keys)
         outbox = self._outboxes.get(link_id)
         if outbox is None:
+            metrics.unavailable("peer_unreachable")
             raise _unavailable("the slave SAE's KME is not reachable")
         endpoint = self._endpoints[link_id]
         pending = self._pending[request_id] = _Pending(link_id, trio.current_time() + self.config.reservation_timeout_s)
+        sent = trio.current_time()
         try:
             outbox.put(endpoint.reserve(reservation))
             await pending.done.wait()              # _expire_pending ends the wait at the deadline
         finally:
             del self._pending[request_id]
         if pending.outcome == "refused":
+            metrics.unavailable("peer_refused")
             raise _unavailable(f"the slave SAE's KME refused the reservation: {pending.detail}")
         if pending.outcome != "accepted":           # timed out or lost: the peer may have recorded it
             if endpoint.state("master", request_id) is not None:
                 endpoint.abandon(request_id)
+            metrics.unavailable("peer_timeout")
             raise _unavailable(pending.detail or "the slave SAE's KME did not confirm the reservation in time")
+        metrics.reservation_confirmed(trio.current_time() - sent)
+        metrics.keys_handed("master", len(keys))
         return [(key.key_id, assemble(key, materials)) for key in keys]
 
     async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
@@ -407,9 +420,12 @@ class KmeService:
             raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id, "reason": "delivered before"}
                                                   for key_id in delivered])
         try:
-            return await self._store.call(self._deliver_to_slave, slave_sae_id, key_ids, entries)
+            keys = await self._store.call(self._deliver_to_slave, slave_sae_id, key_ids, entries)
         except (KeyStoreError, AlreadyDelivered):
             raise HTTPError(400, KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
+        for key_id in key_ids:
+            self._metrics.kme_link(entries[key_id].link_id).keys_handed("slave", 1)
+        return keys
 
     def _deliver_to_slave(self, slave_sae_id: str, key_ids: list[str], entries) -> list[tuple[str, bytes]]:
         materials: dict[str, bytes] = {}
