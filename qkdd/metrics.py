@@ -9,12 +9,16 @@ calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it never touche
 """
 from __future__ import annotations
 
+import bisect
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics,
                                generate_latest)
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["Metrics", "LinkMetrics", "TunnelMetrics", "KmeLinkMetrics", "CONTENT_TYPE", "SEVERITIES",
            "PUSH_STATUSES", "ROTATION_RESULTS", "KME_UNAVAILABLE_REASONS"]
@@ -93,20 +97,11 @@ class Metrics:
         self.wireguard_handshake_age_seconds = Gauge(
             "qkd_wireguard_handshake_age_seconds", "Seconds since the last WireGuard handshake with the peer "
             "(from wg show latest-handshakes)", ["tunnel", "interface", "peer"], registry=r)
-        # ETSI GS QKD 014 KME
-        self.etsi014_keys = Counter(
-            "qkd_etsi014_keys_total", "Keys handed to SAEs over ETSI GS QKD 014: by the master SAE's KME "
-            "(Get key, end=master) or the slave SAE's (Get key with key IDs, end=slave)", ["link_id", "end"],
-            registry=r)
-        self.etsi014_unavailable = Counter(
-            "qkd_etsi014_unavailable_total", "ETSI 014 Get key requests answered 503, by cause",
-            ["link_id", "reason"], registry=r)
-        self.etsi014_reservation_seconds = Histogram(
-            "qkd_etsi014_reservation_seconds", "Time from sending a reservation to the slave SAE's KME to "
-            "its confirmation", ["link_id"], buckets=RESERVATION_BUCKETS_S, registry=r)
         self._links: dict[str, LinkMetrics] = {}
         self._tunnels: dict[str, TunnelMetrics] = {}
+        # ETSI GS QKD 014 KME: plain counts per peer link, read at each scrape (_KmeCollector)
         self._kme_links: dict[str, KmeLinkMetrics] = {}
+        r.register(_KmeCollector(self._kme_links))
 
     def link(self, link_id: str, protocol: str = "bb84", *, kms: bool = False) -> "LinkMetrics":
         """The metrics of one link. Counters start at zero for a configured link (so rates work from
@@ -136,10 +131,7 @@ class Metrics:
     def kme_link(self, link_id: str) -> "KmeLinkMetrics":
         """The ETSI 014 KME's metrics for the peer KME reached over `link_id`; every series starts at zero."""
         if link_id not in self._kme_links:
-            self._kme_links[link_id] = KmeLinkMetrics(
-                self.etsi014_keys.labels(link_id, "master"), self.etsi014_keys.labels(link_id, "slave"),
-                {reason: self.etsi014_unavailable.labels(link_id, reason) for reason in KME_UNAVAILABLE_REASONS},
-                self.etsi014_reservation_seconds.labels(link_id))
+            self._kme_links[link_id] = KmeLinkMetrics(link_id)
         return self._kme_links[link_id]
 
     def exposition(self) -> bytes:
@@ -220,20 +212,53 @@ class TunnelMetrics:
                                                            self.peer_public_key).set(age_s)
 
 
-@dataclass(frozen=True)
 class KmeLinkMetrics:
-    """What the ETSI 014 KME reports for one peer KME (series bound once: a Get key costs no label lookup)."""
+    """What the ETSI 014 KME reports for one peer KME. Plain counts, added to by the KME and read by the
+    registry at each scrape, both in the daemon's trio thread: a Get key costs a few additions, not a
+    locked update per series (prometheus_client's documented custom-collector pattern)."""
 
-    keys_master: Counter
-    keys_slave: Counter
-    unavailable_by_reason: dict[str, Counter]
-    reservation_seconds: Histogram
+    def __init__(self, link_id: str) -> None:
+        self.link_id = link_id
+        self.keys = {"master": 0, "slave": 0}
+        self.unavailable_by_reason = dict.fromkeys(KME_UNAVAILABLE_REASONS, 0)
+        self.reservation_buckets = [0] * (len(RESERVATION_BUCKETS_S) + 1)     # per bucket, +Inf last
+        self.reservation_sum_s = 0.0
 
     def keys_handed(self, end: Literal["master", "slave"], count: int) -> None:
-        (self.keys_master if end == "master" else self.keys_slave).inc(count)
+        self.keys[end] += count
 
     def unavailable(self, reason: str) -> None:
-        self.unavailable_by_reason[reason].inc()
+        if reason not in self.unavailable_by_reason:
+            raise ValueError(f"unknown reason {reason!r}")
+        self.unavailable_by_reason[reason] += 1
 
     def reservation_confirmed(self, seconds: float) -> None:
-        self.reservation_seconds.observe(seconds)
+        self.reservation_buckets[bisect.bisect_left(RESERVATION_BUCKETS_S, seconds)] += 1
+        self.reservation_sum_s += seconds
+
+
+class _KmeCollector:
+    """The `qkd_etsi014_*` families from every KmeLinkMetrics, built at each scrape."""
+
+    def __init__(self, links: dict[str, KmeLinkMetrics]) -> None:
+        self._links = links
+
+    def collect(self):
+        keys = CounterMetricFamily(
+            "qkd_etsi014_keys", "Keys handed to SAEs over ETSI GS QKD 014: by the master SAE's KME (Get key, "
+            "end=master) or the slave SAE's (Get key with key IDs, end=slave)", labels=["link_id", "end"])
+        unavailable = CounterMetricFamily(
+            "qkd_etsi014_unavailable", "ETSI 014 Get key requests answered 503, by cause",
+            labels=["link_id", "reason"])
+        reservation = HistogramMetricFamily(
+            "qkd_etsi014_reservation_seconds", "Time from sending a reservation to the slave SAE's KME to its "
+            "confirmation", labels=["link_id"])
+        for link in self._links.values():
+            for end, count in link.keys.items():
+                keys.add_metric([link.link_id, end], count)
+            for reason, count in link.unavailable_by_reason.items():
+                unavailable.add_metric([link.link_id, reason], count)
+            cumulative = list(itertools.accumulate(link.reservation_buckets))
+            bounds = [floatToGoString(bound) for bound in RESERVATION_BUCKETS_S] + ["+Inf"]
+            reservation.add_metric([link.link_id], list(zip(bounds, cumulative)), link.reservation_sum_s)
+        yield from (keys, unavailable, reservation)
