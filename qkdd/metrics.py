@@ -1,8 +1,8 @@
 """Every Prometheus metric qkdd exports, in one place, on one dedicated registry.
 
 The families and labels are exactly those of the seed (HIP-0071 "Prometheus Metrics"); process and
-platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`). One seed name breaks a Prometheus naming convention: promtool's
-linter asks for `bytes` instead of `bits` in `qkd_key_bits_generated_total`; the name stays as specified,
+platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`). One
+seed name breaks a Prometheus naming convention: promtool's linter asks for `bytes` instead of `bits` in `qkd_key_bits_generated_total`; the name stays as specified,
 because dashboards and alerts are written against it. Label values are link ids from the validated config and fixed words
 (protocol, severity, status) -- never anything derived from key material. Code that measures something
 calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it never touches the families directly.
@@ -36,6 +36,7 @@ ROTATION_RESULTS = ("success", "refused", "no_key", "install_failed", "expired_c
 KME_UNAVAILABLE_REASONS = ("no_key", "peer_unreachable", "peer_refused", "peer_timeout")
 # A reservation is a round trip to the peer KME and one group commit there: 1 ms .. 10 s.
 RESERVATION_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_RESERVATION_BUCKET_LABELS = [floatToGoString(bound) for bound in RESERVATION_BUCKETS_S] + ["+Inf"]
 # KMS pushes are HTTPS round trips: 5 ms .. 30 s.
 KMS_PUSH_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -258,7 +259,7 @@ class _KmeCollector:
                 keys.add_metric([link.link_id, end], count)
             for reason, count in link.unavailable_by_reason.items():
                 unavailable.add_metric([link.link_id, reason], count)
-            cumulative = list(itertools.accumulate(link.reservation_buckets))
-            bounds = [floatToGoString(bound) for bound in RESERVATION_BUCKETS_S] + ["+Inf"]
-            reservation.add_metric([link.link_id], list(zip(bounds, cumulative)), link.reservation_sum_s)
+            cumulative = itertools.accumulate(link.reservation_buckets)
+            reservation.add_metric([link.link_id], list(zip(_RESERVATION_BUCKET_LABELS, cumulative)),
+                                   link.reservation_sum_s)
         yield from (keys, unavailable, reservation)

@@ -342,8 +342,8 @@ class KmeService:
             metrics.unavailable("peer_unreachable")
             raise _unavailable("the slave SAE's KME is not reachable")
         endpoint = self._endpoints[link_id]
-        pending = self._pending[request_id] = _Pending(link_id, trio.current_time() + self.config.reservation_timeout_s)
         sent = trio.current_time()
+        pending = self._pending[request_id] = _Pending(link_id, sent + self.config.reservation_timeout_s)
         try:
             outbox.put(endpoint.reserve(reservation))
             await pending.done.wait()              # _expire_pending ends the wait at the deadline

@@ -202,11 +202,13 @@ class PeerSession:
                 raise PeerRefusedError(f"peer aborted the session: {alert_name(frame.body)}",
                                        Alert.INTERNAL_ERROR)
             record = self._opener.open(frame)
-            if record.type == FrameType.DATA and record.channel in self._routes:
-                await self._routes[record.channel](record.payload)
-            elif record.type == FrameType.DATA:
-                await self._queued.acquire(len(record.payload))   # backpressure by bytes...
-                await self._to_app.send((record.channel, record.payload))   # ...and by records
+            if record.type == FrameType.DATA:
+                handler = self._routes.get(record.channel)
+                if handler is not None:
+                    await handler(record.payload)
+                else:
+                    await self._queued.acquire(len(record.payload))   # backpressure by bytes...
+                    await self._to_app.send((record.channel, record.payload))   # ...and by records
             elif record.type == FrameType.CLOSE:
                 return
 
