@@ -1,6 +1,10 @@
 """`make demo`: an Alice and a Bob daemon on loopback with a 25 km simulated link. Prints a live status
-line (QBER, secure key rate, keys stored) at both ends, then requests a key on Alice over /v1 and fetches
-it by id on Bob, showing the same bytes, and stops both daemons."""
+line (QBER, secure key rate, keys stored) at both ends, then hands out keys the two ways applications
+take them, each time showing the same bytes at both ends and that a key is delivered only once:
+- `/v1`: a key requested at Alice, fetched by id at Bob;
+- ETSI GS QKD 014 over mutual TLS: SAE `sae-a` gets a key from Alice's KME (`enc_keys`), SAE `sae-b` the
+  same key by its key_ID from Bob's KME (`dec_keys`).
+Exit status 0 when both ends agreed both times."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +16,9 @@ from pathlib import Path
 
 import httpx
 
-from qkdd.link.pair import LINK_ID, LinkPair
+from qkdd.link.pair import LINK_ID, SAE_OF_ROLE, LinkPair
+
+KEY_WAIT_S = 30.0           # for the first keys, once the status line has run
 
 
 def status_line(pair: LinkPair) -> str:
@@ -26,50 +32,101 @@ def status_line(pair: LinkPair) -> str:
     return " | ".join(parts)
 
 
+def show_status(pair: LinkPair, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            line = status_line(pair)
+        except httpx.HTTPError:
+            line = "waiting for the daemons ..."
+        if sys.stdout.isatty():
+            print("\r" + line, end="", flush=True)
+            time.sleep(0.5)
+        else:
+            print(line, flush=True)
+            time.sleep(1.0)
+    print()
+
+
+def until_not_503(send) -> httpx.Response:
+    """`send()` again while the daemon has no key yet (503), for up to KEY_WAIT_S."""
+    deadline = time.monotonic() + KEY_WAIT_S
+    while True:
+        response = send()
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        time.sleep(1.0)
+
+
+def show(command: str, response: httpx.Response) -> None:
+    print(f"\n$ {command}\n{response.status_code} {json.dumps(response.json(), indent=2)}")
+
+
+def v1_exchange(pair: LinkPair) -> bool:
+    """A key requested over /v1 at Alice and fetched by its id at Bob, then once more (refused)."""
+    alice, bob = pair.ends["alice"], pair.ends["bob"]
+    body = {"bits": 256, "link_id": LINK_ID}
+    tls = f"--cacert {pair.pki.ca_cert_file}"
+    with pair.mtls_client(None) as client:
+        got = until_not_503(lambda: client.post(alice.url("/v1/keys/request"), json=body))
+        show(f"curl {tls} -X POST {alice.url('/v1/keys/request')} -d '{json.dumps(body)}'", got)
+        if got.status_code != 200:
+            return False
+        key_id = got.json()["key_id"]
+        fetched = client.get(bob.url(f"/v1/keys/{key_id}"))
+        show(f"curl {tls} {bob.url(f'/v1/keys/{key_id}')}", fetched)
+        same = fetched.status_code == 200 and fetched.json()["key"] == got.json()["key"]
+        print(f"\nsame key at both ends: {'yes' if same else 'NO'}")
+        again = client.get(bob.url(f"/v1/keys/{key_id}"))
+        print(f"fetching it a second time: {again.status_code} {again.json()['message']}")
+    return same
+
+
+def etsi014_exchange(pair: LinkPair) -> bool:
+    """ETSI 014 Get key at Alice's KME for sae-a, Get key with key IDs at Bob's KME for sae-b, then the
+    same key_ID once more (refused)."""
+    master, slave = SAE_OF_ROLE["alice"], SAE_OF_ROLE["bob"]
+    alice, bob = pair.ends["alice"], pair.ends["bob"]
+    with pair.mtls_client(master) as master_client, pair.mtls_client(slave) as slave_client:
+        enc_url = alice.url(f"/api/v1/keys/{slave}/enc_keys")
+        got = until_not_503(lambda: master_client.get(enc_url))
+        show(f"curl {_curl_tls(pair, master)} {enc_url}", got)
+        if got.status_code != 200:
+            return False
+        key = got.json()["keys"][0]
+        dec_url = bob.url(f"/api/v1/keys/{master}/dec_keys")
+        fetched = slave_client.get(dec_url, params={"key_ID": key["key_ID"]})
+        show(f"curl {_curl_tls(pair, slave)} '{dec_url}?key_ID={key['key_ID']}'", fetched)
+        same = fetched.status_code == 200 and fetched.json()["keys"] == [key]
+        print(f"\nsame key for {master} and {slave}: {'yes' if same else 'NO'}")
+        again = slave_client.get(dec_url, params={"key_ID": key["key_ID"]})
+        print(f"fetching it a second time: {again.status_code} {again.json()['message']}")
+    return same
+
+
+def _curl_tls(pair: LinkPair, sae: str) -> str:
+    issued = pair.pki.saes[sae]
+    return f"--cacert {pair.pki.ca_cert_file} --cert {issued.cert_file} --key {issued.key_file}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qkdd.link.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--distance-km", type=float, default=25.0)
     parser.add_argument("--seconds", type=float, default=12.0, help="how long to show the status line")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="qkdd-link-demo-") as workdir:
-        pair = LinkPair(Path(workdir), distance_km=args.distance_km)
+        pair = LinkPair(Path(workdir), distance_km=args.distance_km, etsi014=True)
         print(f"starting Alice and Bob (qkdd run x 2) with a {args.distance_km:g} km simulated link in {workdir}")
         try:
             pair.start_both()
-            print(f"alice: api http://{pair.ends['alice'].api}   bob: api http://{pair.ends['bob'].api}\n")
-            end = time.monotonic() + args.seconds
-            while time.monotonic() < end:
-                try:
-                    line = status_line(pair)
-                except httpx.HTTPError:
-                    line = "waiting for the daemons ..."
-                if sys.stdout.isatty():
-                    print("\r" + line, end="", flush=True)
-                    time.sleep(0.5)
-                else:
-                    print(line, flush=True)
-                    time.sleep(1.0)
-            print()
-            alice, bob = pair.ends["alice"], pair.ends["bob"]
-            body = {"bits": 256, "link_id": LINK_ID}
-            print(f"\n$ curl -X POST http://{alice.api}/v1/keys/request -d '{json.dumps(body)}'")
-            for _ in range(30):
-                got = httpx.post(alice.url("/v1/keys/request"), json=body, timeout=10)
-                if got.status_code != 503:
-                    break
-                time.sleep(1)
-            print(f"{got.status_code} {json.dumps(got.json(), indent=2)}")
-            if got.status_code != 200:
-                return 1
-            key_id = got.json()["key_id"]
-            print(f"\n$ curl http://{bob.api}/v1/keys/{key_id}")
-            fetched = httpx.get(bob.url(f"/v1/keys/{key_id}"), timeout=10)
-            print(f"{fetched.status_code} {json.dumps(fetched.json(), indent=2)}")
-            same = fetched.status_code == 200 and fetched.json()["key"] == got.json()["key"]
-            print(f"\nsame key at both ends: {'yes' if same else 'NO'}")
-            again = httpx.get(bob.url(f"/v1/keys/{key_id}"), timeout=10)
-            print(f"fetching it a second time: {again.status_code} {again.json()['message']}")
-            return 0 if same else 1
+            print(f"alice: api {pair.ends['alice'].url('')}   bob: api {pair.ends['bob'].url('')}"
+                  f"   (mutual TLS, development PKI in {pair.pki.directory})\n")
+            show_status(pair, args.seconds)
+            print("\n-- the project's own API: /v1 --")
+            v1_same = v1_exchange(pair)
+            print("\n-- ETSI GS QKD 014: Get key at Alice's KME, Get key with key IDs at Bob's KME --")
+            etsi_same = etsi014_exchange(pair)
+            return 0 if v1_same and etsi_same else 1
         finally:
             pair.stop()
 

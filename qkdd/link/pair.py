@@ -3,27 +3,35 @@
 Writes peer identities and one config per end into a working directory, picks free loopback ports,
 starts `python -m qkdd run` twice and waits until both answer. Used by `make demo`, `bench.link` and
 the two-daemon tests.
+
+With `admin_tls` or `etsi014` the API listeners run mTLS with certificates from a development PKI in the
+working directory (qkdd.pki): Alice's end is KME `kme-a`, Bob's `kme-b`. `etsi014` adds the ETSI GS QKD
+014 KMEs: SAE `sae-a` connects to Alice's KME and `sae-b` to Bob's, and the KMEs record reservations over
+the link's own peer session. `mtls_client(name)` is an HTTP client presenting an SAE's (or the admin's)
+certificate, or none.
 """
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ssl
-
 import httpx
 
 from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
 from qkdd.peer import generate_identity, save_private_key, save_public_key
-from qkdd.pki import init_pki
+from qkdd.pki import DevPKI, init_pki
 
 LINK_ID = "sim-1"
+KME_OF_ROLE = {"alice": "kme-a", "bob": "kme-b"}
+SAE_OF_ROLE = {"alice": "sae-a", "bob": "sae-b"}
+ADMIN_CLIENT = "admin"          # the client certificate allowed on the admin routes (sim control)
 
 
 def free_port() -> int:
@@ -55,10 +63,12 @@ class LinkPair:
     frames_in_flight: int = 4
     realtime: bool = False              # pace the simulated source at its clock (false: flat out)
     admin_tls: bool = False             # API over mTLS with an "admin" client certificate (sim control)
+    etsi014: bool = False               # ETSI 014 KMEs at both ends (API over mTLS, SAEs sae-a and sae-b)
     extra_link: dict = field(default_factory=dict)
     extra_sim: dict = field(default_factory=dict)
     ends: dict[str, End] = field(default_factory=dict)
     http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10.0))
+    pki: DevPKI | None = None
 
     def write(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -67,21 +77,17 @@ class LinkPair:
             save_private_key(identity, self.workdir / f"{role}.key", overwrite=True)
             save_public_key(identity.public_key(), self.workdir / f"{role}.pub", overwrite=True)
         peer_port, quantum_port = free_port(), free_port()
-        api_tls = ""
-        if self.admin_tls:
-            pki = init_pki(self.workdir / "pki", ["localhost"], ["admin"])
-            server = pki.kmes["localhost"]
-            api_tls = (f'admin_clients = ["cn:admin"]\n[api.tls]\ncert_file = "{server.cert_file}"\n'
-                       f'key_file = "{server.key_file}"\nclient_ca_file = "{pki.ca_cert_file}"\n'
-                       'client_cert = "optional"\n')
-            context = ssl.create_default_context(cafile=str(pki.ca_cert_file))
-            context.load_cert_chain(str(pki.saes["admin"].cert_file), str(pki.saes["admin"].key_file))
-            self.http = httpx.Client(verify=context, timeout=10.0)
+        tls = self.admin_tls or self.etsi014
+        if tls:
+            self.pki = init_pki(self.workdir / "pki", list(KME_OF_ROLE.values()),
+                                [ADMIN_CLIENT, *SAE_OF_ROLE.values()], force=True)
+            self.http = self.mtls_client(ADMIN_CLIENT)
         for role, other in (("alice", "bob"), ("bob", "alice")):
             api, health = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
             state_dir = self.workdir / f"state-{role}"
             peer = (f'peer_listen = "127.0.0.1:{peer_port}"' if role == "alice"
                     else f'peer_addr = "127.0.0.1:{peer_port}"')
+            api_tls = self._api_tls(role) if tls else ""
             link_extra = "".join(f"{k} = {_toml(v)}\n" for k, v in self.extra_link.items())
             sim_extra = "".join(f"{k} = {_toml(v)}\n" for k, v in self.extra_sim.items())
             text = f"""[daemon]
@@ -110,10 +116,26 @@ frame_slots = {MAX_FRAME_SLOTS}
 max_detections_per_frame = {self.frame_detections}
 realtime = {_toml(self.realtime)}
 {sim_extra}"""
+            if self.etsi014:
+                text += _etsi014_config(role, other)
             path = self.workdir / f"{role}.toml"
             path.write_text(text)
-            self.ends[role] = End(role, path, api, health, state_dir, self.workdir / f"{role}.log",
-                                  tls=self.admin_tls)
+            self.ends[role] = End(role, path, api, health, state_dir, self.workdir / f"{role}.log", tls=tls)
+
+    def _api_tls(self, role: str) -> str:
+        server = self.pki.kmes[KME_OF_ROLE[role]]
+        return (f'admin_clients = ["cn:{ADMIN_CLIENT}"]\n[api.tls]\ncert_file = "{server.cert_file}"\n'
+                f'key_file = "{server.key_file}"\nclient_ca_file = "{self.pki.ca_cert_file}"\n'
+                'client_cert = "optional"\n')
+
+    def mtls_client(self, client: str | None) -> httpx.Client:
+        """An HTTP client for the TLS API presenting `client`'s certificate (an SAE or ADMIN_CLIENT; None:
+        no certificate, as the /v1 routes allow)."""
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert_file))
+        if client is not None:
+            issued = self.pki.saes[client]
+            context.load_cert_chain(str(issued.cert_file), str(issued.key_file))
+        return httpx.Client(verify=context, timeout=10.0)
 
     def start(self, role: str) -> End:
         end = self.ends[role]
@@ -172,6 +194,14 @@ realtime = {_toml(self.realtime)}
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _etsi014_config(role: str, other: str) -> str:
+    """`[etsi014]` for one end: its KME, both SAEs, and the other KME reached over this link."""
+    saes = "".join(f'[[etsi014.saes]]\nsae_id = "{SAE_OF_ROLE[end]}"\nkme_id = "{KME_OF_ROLE[end]}"\n'
+                   for end in ("alice", "bob"))
+    return (f'\n[etsi014]\nkme_id = "{KME_OF_ROLE[role]}"\n{saes}'
+            f'[[etsi014.peers]]\nkme_id = "{KME_OF_ROLE[other]}"\nlink_id = "{LINK_ID}"\n')
 
 
 def _toml(value) -> str:
