@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import signal
 import sqlite3
 import time
@@ -256,6 +257,24 @@ def test_empty_post_means_defaults_and_optional_extensions_are_ignored(kmes):
     assert len(base64.b64decode(response.json()["keys"][0]["key"])) == 32
     response = enc_keys(kmes, {"extension_optional": [{"abc_max_age": 30000}], "extension_mandatory": []})
     assert response.status_code == 200, response.text
+
+
+def test_json_bodies_are_read_whatever_content_type_they_declare(kmes):
+    """§5.1 fixes the format as JSON. libcurl sends CURLOPT_POSTFIELDS as application/x-www-form-urlencoded
+    unless told otherwise, and C clients built on it (the QURSA ETSI 014 wrapper under strongSwan's qkd
+    plugin and the QKD-KEM OpenSSL provider) POST their Key IDs that way."""
+    with kmes.client("sae-a") as client:
+        response = client.post(kmes.url("kme-a", "/api/v1/keys/sae-b/enc_keys"), content=b'{"number": 2}',
+                               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 200, response.text
+    keys = response.json()["keys"]
+    assert len(keys) == 2
+    body = json.dumps({"key_IDs": [{"key_ID": key["key_ID"]} for key in keys]}).encode()
+    with kmes.client("sae-b") as client:
+        response = client.post(kmes.url("kme-b", "/api/v1/keys/sae-a/dec_keys"), content=body,
+                               headers={"Content-Type": "text/plain"})
+    assert response.status_code == 200, response.text
+    assert response.json()["keys"] == keys
 
 
 def test_not_enough_key_is_503(seeded):
