@@ -277,6 +277,22 @@ def test_json_bodies_are_read_whatever_content_type_they_declare(kmes):
     assert response.json()["keys"] == keys
 
 
+def test_get_with_a_body_is_400_not_a_default_request(kmes):
+    """§6.2 and §6.4: GET carries no body. Answering the query alone would hand out keys the body did not
+    ask for (here one key of 256 bits instead of three of 512)."""
+    with kmes.client("sae-a") as client:
+        response = client.request("GET", kmes.url("kme-a", "/api/v1/keys/sae-b/enc_keys"),
+                                  json={"number": 3, "size": 512})
+    assert response.status_code == 400, response.text
+    assert response.json()["details"] == [{"body": "a GET request carries no body; use POST"}]
+    key_id = enc_keys(kmes).json()["keys"][0]["key_ID"]
+    with kmes.client("sae-b") as client:
+        url = kmes.url("kme-b", f"/api/v1/keys/sae-a/dec_keys?key_ID={key_id}")
+        response = client.request("GET", url, json={"key_IDs": [{"key_ID": str(uuid.uuid4())}]})
+        assert response.status_code == 400, response.text
+        assert client.get(url).status_code == 200                    # the key was not handed out
+
+
 def test_not_enough_key_is_503(seeded):
     """Seeded: a live link could hold the 1 Mbit asked for by the time the request arrives."""
     response = enc_keys(seeded, {"number": 128, "size": 8192})

@@ -52,6 +52,13 @@ def _body_object(request: Request, what: str) -> dict[str, Any] | None:
     return payload
 
 
+def _check_no_body(request: Request) -> None:
+    """§6.2 and §6.4: a GET request has no body; one that has is refused rather than served from its
+    query alone, which would hand out keys the body did not ask for."""
+    if request.body.strip():
+        raise bad("body", "a GET request carries no body; use POST")
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(name)
 
@@ -95,6 +102,7 @@ def parse_key_request(request: Request, config: Etsi014Config) -> tuple[KeyReque
         _check_mandatory_extensions(body.get("extension_mandatory"))
         ignored_optional = _extension_list(body.get("extension_optional"), "extension_optional")
     else:
+        _check_no_body(request)
         unknown = sorted(set(request.query) - {"number", "size"})
         if unknown:
             raise bad(unknown[0], "only number and size may be given as query parameters (§6.2)")
@@ -182,6 +190,7 @@ def parse_key_ids(request: Request, config: Etsi014Config) -> list[str]:
                 raise bad(extra[0], "is not a key_IDs entry item")
             key_ids.append(canonical_key_id(entry["key_ID"]))
     else:
+        _check_no_body(request)
         unknown = sorted(set(request.query) - {"key_ID"})
         if unknown:
             raise bad(unknown[0], "only key_ID may be given as a query parameter (§6.4)")
