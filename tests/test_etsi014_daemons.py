@@ -293,6 +293,21 @@ def test_get_with_a_body_is_400_not_a_default_request(kmes):
         assert client.get(url).status_code == 200                    # the key was not handed out
 
 
+@pytest.mark.parametrize("path, sae, kme, body", [
+    ("/api/v1/keys/sae-b/enc_keys", "sae-a", "kme-a", b'{"number": 1, "number": 2}'),
+    ("/api/v1/keys/sae-b/enc_keys", "sae-a", "kme-a", b'{"extension_optional": [{"abc_x": 1, "abc_x": 2}]}'),
+    ("/api/v1/keys/sae-a/dec_keys", "sae-b", "kme-b",
+     b'{"key_IDs": [{"key_ID": "%s", "key_ID": "%s"}]}' % (str(uuid.uuid4()).encode(), str(uuid.uuid4()).encode())),
+])
+def test_a_name_twice_in_one_json_object_is_400(kmes, path, sae, kme, body):
+    """RFC 8259 §4 leaves the meaning of a repeated name to each parser (first wins, last wins, error): a
+    request that two parsers on its way could read differently is refused, not read as Python's last wins."""
+    with kmes.client(sae) as client:
+        response = client.post(kmes.url(kme, path), content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["message"] == "bad request format"
+
+
 def test_not_enough_key_is_503(seeded):
     """Seeded: a live link could hold the 1 Mbit asked for by the time the request arrives."""
     response = enc_keys(seeded, {"number": 128, "size": 8192})

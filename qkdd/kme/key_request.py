@@ -7,6 +7,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from qkdd.http.messages import HTTPError, Request
@@ -44,7 +45,8 @@ def _body_object(request: Request, what: str) -> dict[str, Any] | None:
     if not request.body.strip():
         return None
     try:
-        payload = json.loads(request.body.decode("utf-8"), parse_constant=_no_constant)
+        payload = json.loads(request.body.decode("utf-8"), parse_constant=_no_constant,
+                             object_pairs_hook=partial(_unique_names, what))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise bad("body", f"{what} is not valid JSON") from None
     if not isinstance(payload, dict):
@@ -57,6 +59,15 @@ def _check_no_body(request: Request) -> None:
     query alone, which would hand out keys the body did not ask for."""
     if request.body.strip():
         raise bad("body", "a GET request carries no body; use POST")
+
+
+def _unique_names(what: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict; 400 if it names an item twice (RFC 8259 §4 leaves the meaning to each
+    parser, so a proxy and this KME could read different requests from the same bytes)."""
+    names = {name for name, _ in pairs}
+    if len(names) != len(pairs):
+        raise bad("body", f"{what} has an object that names an item twice")
+    return dict(pairs)
 
 
 def _no_constant(name: str) -> Any:
