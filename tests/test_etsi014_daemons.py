@@ -308,6 +308,27 @@ def test_a_name_twice_in_one_json_object_is_400(kmes, path, sae, kme, body):
     assert response.json()["message"] == "bad request format"
 
 
+@pytest.mark.parametrize("method, path, body, status", [
+    ("GET", "/api/v1/keys/sae-b/status/", None, 404), ("GET", "/api/v1/keys/sae-b/keys", None, 404),
+    ("GET", "/api/v1/keys/", None, 404), ("PUT", "/api/v1/keys/sae-b/status", None, 405),
+    ("DELETE", "/api/v1/keys/sae-b/enc_keys", None, 405), ("HEAD", "/api/v1/keys/sae-b/enc_keys", None, 405),
+    ("GET", "/api/v1/keys/sae%2Fb/status", None, 400), ("GET", "/api/v1/keys/sae-b/enc_keys?number=%FF", None, 400),
+    ("POST", "/api/v1/keys/sae-b/enc_keys", b" " * (1024 * 1024 + 1), 413),
+])
+def test_every_error_under_the_prefix_has_the_error_data_format(kmes, method, path, body, status):
+    """§6.5: message a string, details (optional) an array of objects (name/value pairs), also for the
+    errors the HTTP server answers before any ETSI 014 handler runs."""
+    with kmes.client("sae-a") as client:
+        response = client.request(method, kmes.url("kme-a", path), content=body)
+    assert response.status_code == status, response.text
+    if method == "HEAD":
+        return
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()
+    assert set(error) <= {"message", "details"} and isinstance(error["message"], str)
+    assert all(isinstance(detail, dict) for detail in error.get("details", [])), error
+
+
 def test_not_enough_key_is_503(seeded):
     """Seeded: a live link could hold the 1 Mbit asked for by the time the request arrives."""
     response = enc_keys(seeded, {"number": 128, "size": 8192})

@@ -114,7 +114,7 @@ def test_excess_connections_are_refused_at_once_with_503(http_server):
         head, body = received.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in head
         assert json.loads(body) == {"message": "service unavailable",
-                                    "details": ["too many connections; try again later"]}
+                                    "details": [{"reason": "too many connections; try again later"}]}
         # A client that sends its request straight away still reads the 503 (no reset).
         refused = httpx.get(server.url("/hello"))
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"

@@ -256,7 +256,7 @@ class HTTPConnection:
                 headers.append((name.decode("ascii"), value.decode("utf-8")))
             except UnicodeDecodeError:
                 raise HTTPError(400, "malformed HTTP request",
-                                [f"header {name.decode('ascii')} is not valid UTF-8"]) from None
+                                [{"headers": f"header {name.decode('ascii')} is not valid UTF-8"}]) from None
         if head_bytes > self._limits.max_header_bytes:
             raise errors.header_too_large(self._limits.max_header_bytes)
         names = {name for name, _ in headers}

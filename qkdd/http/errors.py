@@ -1,6 +1,7 @@
 """Every error the server itself produces, as the JSON responses clients see.
 
-Bodies are `{"message": ..., "details": [...]}`. Details never quote request bytes back (a request line
+Bodies are `{"message": ..., "details": [...]}`, each detail a name/value object: the Error data format of
+ETSI GS QKD 014 §6.5, which the API listener serves. Details never quote request bytes back (a request line
 may hold a secret in its query string) and never carry exception text from handlers.
 """
 from __future__ import annotations
@@ -24,27 +25,28 @@ def protocol_error(exc: h11.RemoteProtocolError) -> HTTPError:
     status = exc.error_status_hint if exc.error_status_hint in _PROTOCOL_MESSAGES else 400
     # h11 messages look like "illegal request line: b'...'": keep the part before the quoted bytes.
     detail = _QUOTED_BYTES_RE.split(str(exc), 1)[0].strip()[:120] or "unparseable request"
-    return HTTPError(status, _PROTOCOL_MESSAGES[status], [detail])
+    return HTTPError(status, _PROTOCOL_MESSAGES[status], [{"request": detail}])
 
 
 def header_too_large(limit_bytes: int) -> HTTPError:
-    return HTTPError(431, _PROTOCOL_MESSAGES[431], [f"the request head must not exceed {limit_bytes} bytes"])
+    return HTTPError(431, _PROTOCOL_MESSAGES[431],
+                     [{"headers": f"the request head must not exceed {limit_bytes} bytes"}])
 
 
 def body_too_large(limit_bytes: int) -> HTTPError:
-    return HTTPError(413, "request body too large", [f"the request body must not exceed {limit_bytes} bytes"])
+    return HTTPError(413, "request body too large", [{"body": f"the request body must not exceed {limit_bytes} bytes"}])
 
 
 def request_timeout(what: str) -> HTTPError:
-    return HTTPError(408, "request timeout", [f"the {what} did not arrive in time"])
+    return HTTPError(408, "request timeout", [{"request": f"the {what} did not arrive in time"}])
 
 
 def ambiguous_framing() -> HTTPError:
-    return HTTPError(400, "malformed HTTP request", ["Content-Length and Transfer-Encoding are both set"])
+    return HTTPError(400, "malformed HTTP request", [{"headers": "Content-Length and Transfer-Encoding are both set"}])
 
 
 def bad_query() -> HTTPError:
-    return HTTPError(400, "malformed query string", ["the query string is not valid UTF-8 form data"])
+    return HTTPError(400, "malformed query string", [{"query": "the query string is not valid UTF-8 form data"}])
 
 
 def internal_error() -> HTTPError:
@@ -52,10 +54,10 @@ def internal_error() -> HTTPError:
 
 
 def handler_timeout(retry_after_s: int) -> HTTPError:
-    return HTTPError(503, "service unavailable", ["the request took too long; try again later"],
+    return HTTPError(503, "service unavailable", [{"reason": "the request took too long; try again later"}],
                      headers=[("Retry-After", str(retry_after_s))])
 
 
 def too_many_connections(retry_after_s: int) -> HTTPError:
-    return HTTPError(503, "service unavailable", ["too many connections; try again later"],
+    return HTTPError(503, "service unavailable", [{"reason": "too many connections; try again later"}],
                      headers=[("Retry-After", str(retry_after_s))])

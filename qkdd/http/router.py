@@ -77,7 +77,7 @@ def _parse_pattern(pattern: str) -> tuple[_Segment, ...]:
 def split_path(raw_path: str) -> tuple[str, ...]:
     """The decoded segments of a raw request path; HTTPError 400 for an ambiguous or malformed path."""
     if not raw_path.startswith("/"):
-        raise HTTPError(400, "malformed request path", ["the path must start with '/'"])
+        raise HTTPError(400, "malformed request path", [{"path": "must start with '/'"}])
     return _split_remembered(raw_path) if len(raw_path) <= _REMEMBERED_PATH_CHARS else _split(raw_path)
 
 
@@ -91,19 +91,20 @@ def _split(raw_path: str) -> tuple[str, ...]:
     for raw_segment in raw_path[1:].split("/"):
         if "%" in raw_segment:
             if not _PERCENT_ENCODED_RE.fullmatch(raw_segment):
-                raise HTTPError(400, "malformed request path", ["invalid percent-encoding"])
+                raise HTTPError(400, "malformed request path", [{"path": "invalid percent-encoding"}])
             try:
                 segment = unquote_to_bytes(raw_segment).decode("utf-8")
             except UnicodeDecodeError:
-                raise HTTPError(400, "malformed request path", ["path is not UTF-8"]) from None
+                raise HTTPError(400, "malformed request path", [{"path": "is not UTF-8"}]) from None
         else:
             segment = raw_segment
         if "/" in segment:
-            raise HTTPError(400, "malformed request path", ["encoded '/' (%2F) is not allowed in a path segment"])
+            raise HTTPError(400, "malformed request path",
+                            [{"path": "encoded '/' (%2F) is not allowed in a path segment"}])
         if segment in (".", ".."):
-            raise HTTPError(400, "malformed request path", ["dot segments ('.', '..') are not allowed"])
+            raise HTTPError(400, "malformed request path", [{"path": "dot segments ('.', '..') are not allowed"}])
         if _CONTROL_RE.search(segment):
-            raise HTTPError(400, "malformed request path", ["control characters are not allowed"])
+            raise HTTPError(400, "malformed request path", [{"path": "control characters are not allowed"}])
         segments.append(segment)
     return tuple(segments)
 
@@ -165,7 +166,7 @@ class Router:
             if params is not None:
                 matches.append((route.specificity(), route, params))
         if not matches:
-            raise HTTPError(404, "not found", [f"no route for {raw_path}"])
+            raise HTTPError(404, "not found", [{"path": f"no route for {raw_path}"}])
         matches.sort(key=lambda match: match[0])
         wanted = [method] + (["GET"] if method == "HEAD" else [])
         for candidate in wanted:
@@ -178,5 +179,5 @@ class Router:
         if "GET" in allowed:
             allowed.add("HEAD")
         allow = ", ".join(sorted(allowed))
-        raise HTTPError(405, "method not allowed", [f"{method} is not allowed here; allowed: {allow}"],
+        raise HTTPError(405, "method not allowed", [{"method": f"{method} is not allowed here; allowed: {allow}"}],
                         headers=[("Allow", allow)])
