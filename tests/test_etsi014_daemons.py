@@ -321,6 +321,8 @@ def test_every_error_under_the_prefix_has_the_error_data_format(kmes, method, pa
     with kmes.client("sae-a") as client:
         response = client.request(method, kmes.url("kme-a", path), content=body)
     assert response.status_code == status, response.text
+    if status == 405:       # RFC 9110 §10.2.1: the methods the resource supports, HEAD only where it is served
+        assert response.headers["allow"] == ("GET, HEAD" if path.endswith("/status") else "GET, POST")
     if method == "HEAD":
         return
     assert response.headers["content-type"] == "application/json"

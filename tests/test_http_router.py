@@ -58,6 +58,17 @@ def test_head_is_served_by_get():
     assert handler is _handler_a and params == {"link_id": "x"}
 
 
+def test_a_route_without_head_refuses_it_and_never_advertises_it():
+    router = Router()
+    router.route("GET", "/v1/keys/{sae_id}/enc_keys", _handler_a, head=False)
+    router.route("POST", "/v1/keys/{sae_id}/enc_keys", _handler_b, head=False)
+    for method in ("HEAD", "DELETE"):
+        error = _status(router, method, "/v1/keys/sae-b/enc_keys")
+        assert error.status == 405 and dict(error.headers)["Allow"] == "GET, POST"
+    with pytest.raises(ValueError):
+        router.route("HEAD", "/v1/keys/{sae_id}/enc_keys", _handler_a, head=False)
+
+
 @pytest.mark.parametrize("path", [
     "/v1/links/..", "/v1/links/%2e%2E", "/v1/links/.", "/v1/links/../links",
     "/v1/links/a%2Fb", "/v1/links/a%2fb", "/v1/links/a%00b", "/v1/links/a%0Ab",

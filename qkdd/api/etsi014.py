@@ -3,7 +3,7 @@
 verified client certificate names; the KME logic lives in qkdd/kme/."""
 from __future__ import annotations
 
-from qkdd.http.messages import HTTPError, Request, Response
+from qkdd.http.messages import Request, Response
 from qkdd.http.router import Router
 from qkdd.kme.container import key_container
 from qkdd.kme.identity import check_path_sae_id
@@ -60,15 +60,9 @@ def register(router: Router, kme: KmeService) -> None:
         keys = await kme.keys_by_id(caller, master, key_ids)
         return Response.json(key_container(keys), headers=[("Cache-Control", "no-store")])
 
-    async def no_head(request: Request) -> Response:
-        # HEAD would run the GET handler and drop the body: keys handed out to nobody.
-        raise HTTPError(405, "method not allowed", [{"method": "HEAD would discard the keys; use GET or POST"}],
-                        headers=[("Allow", "GET, POST")])
-
     router.route("GET", PREFIX + "/{slave_SAE_ID}/status", status, empty_params=True)
+    # head=False: HEAD would run the GET handler and drop the body, keys handed out to nobody.
     for method in ("GET", "POST"):
-        router.route(method, PREFIX + "/{slave_SAE_ID}/enc_keys", enc_keys, empty_params=True)
-        router.route(method, PREFIX + "/{master_SAE_ID}/dec_keys", dec_keys, empty_params=True)
-    router.route("HEAD", PREFIX + "/{slave_SAE_ID}/enc_keys", no_head, empty_params=True)
-    router.route("HEAD", PREFIX + "/{master_SAE_ID}/dec_keys", no_head, empty_params=True)
+        router.route(method, PREFIX + "/{slave_SAE_ID}/enc_keys", enc_keys, empty_params=True, head=False)
+        router.route(method, PREFIX + "/{master_SAE_ID}/dec_keys", dec_keys, empty_params=True, head=False)
 

@@ -35,6 +35,7 @@ class _Route:
     segments: tuple[_Segment, ...]
     handlers: dict[str, Handler]
     empty_params: bool = False     # a blank parameter matches (the handler answers 400 rather than 404)
+    head: bool = True              # HEAD is served by the GET handler; False: refused (405), never advertised
 
     def match(self, segments: tuple[str, ...]) -> dict[str, str] | None:
         if len(segments) != len(self.segments):
@@ -118,28 +119,34 @@ def decode_path(raw_path: str) -> str:
 
 
 class Router:
-    """Routes requests to handlers. HEAD is served by the GET handler unless HEAD has its own."""
+    """Routes requests to handlers. HEAD is served by the GET handler unless HEAD has its own, or the
+    route is registered with `head=False`."""
 
     def __init__(self) -> None:
         self._routes: list[_Route] = []
         self._by_length: dict[int, list[_Route]] = {}      # routes by their number of segments
 
-    def route(self, method: str, pattern: str, handler: Handler, *, empty_params: bool = False) -> None:
+    def route(self, method: str, pattern: str, handler: Handler, *, empty_params: bool = False,
+              head: bool = True) -> None:
         """Serve `method` on `pattern`. With `empty_params`, a blank `{name}` segment matches too (APIs
-        whose specification makes a blank identifier a 400, such as ETSI GS QKD 014)."""
+        whose specification makes a blank identifier a 400, such as ETSI GS QKD 014). With `head=False`,
+        HEAD is refused with 405 and left out of Allow (a GET that takes something away, such as an ETSI
+        014 Get key, must not run for a response whose body is dropped)."""
         method = method.upper()
         if not _METHOD_RE.match(method):
             raise ValueError(f"invalid HTTP method {method!r}")
+        if method == "HEAD" and not head:
+            raise ValueError(f"route HEAD {pattern} is registered with head=False")
         segments = _parse_pattern(pattern)
         for existing in self._routes:
             if existing.segments == segments:
-                if existing.empty_params != empty_params:
-                    raise ValueError(f"route {pattern} is registered with another empty_params setting")
+                if (existing.empty_params, existing.head) != (empty_params, head):
+                    raise ValueError(f"route {pattern} is registered with other empty_params or head settings")
                 if method in existing.handlers:
                     raise ValueError(f"route {method} {pattern} is already registered")
                 existing.handlers[method] = handler
                 return
-        route = _Route(pattern, segments, {method: handler}, empty_params)
+        route = _Route(pattern, segments, {method: handler}, empty_params, head)
         self._routes.append(route)
         self._by_length.setdefault(len(segments), []).append(route)
 
@@ -171,13 +178,13 @@ class Router:
         wanted = [method] + (["GET"] if method == "HEAD" else [])
         for candidate in wanted:
             for _, route, params in matches:
-                if candidate in route.handlers:
+                if candidate in route.handlers and (candidate == method or route.head):
                     return route.handlers[candidate], params
         allowed = set()
         for _, route, _ in matches:
             allowed.update(route.handlers)
-        if "GET" in allowed:
-            allowed.add("HEAD")
+            if "GET" in route.handlers and route.head:
+                allowed.add("HEAD")
         allow = ", ".join(sorted(allowed))
         raise HTTPError(405, "method not allowed", [{"method": f"{method} is not allowed here; allowed: {allow}"}],
                         headers=[("Allow", allow)])
