@@ -201,3 +201,48 @@ def test_a_peer_sending_faster_than_the_store_records_is_slowed_not_queued_witho
     assert slowed, "the slave's end kept reading while its store was stalled past MAX_RECORDING"
     assert all(isinstance(event, ReservationAccepted) for event in events)
     assert {event.request_id for event in events} == {r.request_id for r in reservations}
+
+
+def test_a_session_ending_as_the_store_records_ends_the_exchange_quietly(tmp_path, monkeypatch):
+    """The store's answer can reach the recording task in the same scheduler pass as the session's end
+    (modelled here by a shielded store call): the endpoint has forgotten the request by then, so no
+    answer goes out, and the exchange ends without an error."""
+    import threading
+
+    service, store = slave_kme(tmp_path)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
+    store.put_pending(LINK, 1, stored, expires_at=4e9, allocatable=[False] * 2)
+    store.commit_frame(LINK, 1)
+    store_moves = threading.Event()
+    record = service._store_reservations
+
+    def stalled_store(link_id, batch):
+        store_moves.wait(10)
+        return record(link_id, batch)
+
+    monkeypatch.setattr(service, "_store_reservations", stalled_store)
+    call = service._store.call
+
+    async def answer_already_delivered(*args):
+        with trio.CancelScope(shield=True):
+            return await call(*args)
+
+    monkeypatch.setattr(service._store, "call", answer_already_delivered)
+
+    async def run() -> None:
+        to_slave, slave_in = trio.open_memory_channel[bytes](1)
+        slave_out, _from_slave = trio.open_memory_channel[bytes](16)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            with trio.fail_after(10):
+                async with trio.open_nursery() as session:
+                    session.start_soon(service.serve_channel, LINK, MemoryStream(slave_in, slave_out))
+                    await to_slave.send(ReservationEndpoint().reserve(reservation_of(stored)))
+                    await trio.sleep(0.1)                      # the store is recording it
+                    await to_slave.aclose()                    # the session ends
+                    await trio.sleep(0.1)
+                    store_moves.set()
+            nursery.cancel_scope.cancel()
+
+    trio.run(run)
+    assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.RESERVED] * 2

@@ -261,6 +261,8 @@ class KmeService:
                 errors = [exc] * len(valid)
             for reservation, error in zip(valid, errors):
                 request_id = reservation.request_id
+                if endpoint.state("slave", request_id) is None:
+                    continue        # the session ended while the store recorded: no answer can reach the peer
                 if error is None:
                     answers[request_id] = endpoint.accept(request_id)
                 elif isinstance(error, LedgerError):
@@ -268,7 +270,8 @@ class KmeService:
                 else:
                     answers[request_id] = endpoint.refuse(request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))
         for reservation in reservations:        # in the order they came
-            outbox.put(answers[reservation.request_id])
+            if reservation.request_id in answers:
+                outbox.put(answers[reservation.request_id])
 
     def _store_reservations(self, link_id: str, reservations: list[Reservation]) -> list[Exception | None]:
         """Reserve each reservation's stored keys and record it in the ledger, each all or nothing (a
