@@ -131,6 +131,14 @@ def test_overlapping_segments_are_refused():
         ReservationEndpoint().receive(encode_reserve(doubled))
 
 
+def test_a_slave_sae_named_twice_is_refused():
+    """The ledger counts the recipients still to fetch a key by the names in the reservation: a name
+    given twice would leave the stored keys reserved, never erased, after its one SAE fetched them."""
+    request, _ = reservation(slaves=("sae-b", "sae-d", "sae-b"))
+    with pytest.raises(ReservationProtocolError, match="twice"):
+        ReservationEndpoint().receive(encode_reserve(request))
+
+
 @pytest.mark.parametrize("number, size_bits", [(1, 256), (4, 64), (3, 512), (2, 200), (5, 8)])
 def test_keys_cut_from_and_assembled_out_of_stored_keys(number, size_bits):
     stored = stored_keys(8)

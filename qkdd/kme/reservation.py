@@ -406,6 +406,8 @@ def check_reservation(reservation: Reservation) -> None:
         raise ReservationProtocolError(f"size of {reservation.size_bits} bits is not a positive multiple of 8")
     if not reservation.master_sae_id or not reservation.slave_sae_ids or not all(reservation.slave_sae_ids):
         raise ReservationProtocolError("a reservation names a master and at least one slave")
+    if len(set(reservation.slave_sae_ids)) != len(reservation.slave_sae_ids):
+        raise ReservationProtocolError("a slave SAE is named twice")
     if not reservation.keys:
         raise ReservationProtocolError("a reservation holds at least one key")
     key_ids = [key.key_id for key in reservation.keys]
