@@ -76,8 +76,8 @@ def test_reserve_by_id_and_allocatable_partition(store):
     assert set(got) == {keys[0][0], keys[2][0]}
     with pytest.raises(KeyUnavailable):
         store.reserve_available(LINK, 1, holder="h")
-    store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1")
-    store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1")   # idempotent
+    assert store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1") == {keys[1][0]: 256}
+    assert store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1") == {keys[1][0]: 256}   # idempotent
     assert store.deliver(LINK, keys[1][0], holder="peer-request-1").material == keys[1][1]
     with pytest.raises(KeyAlreadyDelivered):
         store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1")

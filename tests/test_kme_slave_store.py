@@ -246,3 +246,21 @@ def test_a_session_ending_as_the_store_records_ends_the_exchange_quietly(tmp_pat
 
     trio.run(run)
     assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.RESERVED] * 2
+
+
+def test_a_segment_past_the_end_of_its_stored_key_is_refused_and_nothing_is_recorded(tmp_path):
+    """Accepted, such a key could never be delivered (the slave SAE's Get key with key IDs would fail
+    each time) while the master's SAE already holds its copy."""
+    from qkdd.kme.reservation import ReservedKey, Segment
+
+    service, store = slave_kme(tmp_path, ledger_file=False)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
+    store.put_pending(LINK, 7, stored, expires_at=4e9, allocatable=[False, False])
+    store.commit_frame(LINK, 7)
+    inside = ReservedKey(str(uuid.uuid4()), (Segment(stored[0][0], 0, 32),))
+    beyond = ReservedKey(str(uuid.uuid4()), (Segment(stored[1][0], 16, 32),))     # 48 bytes of a 32-byte key
+    reservation = Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, (inside, beyond))
+    [event] = exchange(service, reservation)
+    assert isinstance(event, ReservationRefused) and stored[1][0] in event.text
+    assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.AVAILABLE] * 2
+    assert service.ledger.lookup([inside.key_id, beyond.key_id]) == {}

@@ -179,22 +179,26 @@ class KeyStore(SavepointTransactions):
             self._erase(db, [row[0] for row in chosen], KeyState.DELIVERED)
             return taken
 
-    def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> None:
-        """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same holder."""
+    def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> dict[str, int]:
+        """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same
+        holder. Returns each key's length in bits, by canonical key id."""
+        bits: dict[str, int] = {}
         with self._tx() as db:
             for key_id in key_ids:
                 key_id = canonical_key_id(key_id)
                 # The common case in one statement: an available key becomes reserved.
-                if db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ?",
-                              (KeyState.RESERVED.value, holder, key_id, link_id,
-                               KeyState.AVAILABLE.value)).rowcount == 1:
-                    continue
-                state, current_holder = self._state_of(db, link_id, key_id)
-                if state is KeyState.RESERVED and current_holder == holder:
-                    continue
-                self._check_transition(key_id, state, KeyState.RESERVED)
-                db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
-                           (KeyState.RESERVED.value, holder, key_id))
+                rows = db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ? "
+                                  "RETURNING bits", (KeyState.RESERVED.value, holder, key_id, link_id,
+                                                     KeyState.AVAILABLE.value)).fetchall()
+                if not rows:
+                    state, current_holder = self._state_of(db, link_id, key_id)
+                    if state is not KeyState.RESERVED or current_holder != holder:
+                        self._check_transition(key_id, state, KeyState.RESERVED)
+                        db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
+                                   (KeyState.RESERVED.value, holder, key_id))
+                    rows = db.execute("SELECT bits FROM keys WHERE key_id = ?", (key_id,)).fetchall()
+                bits[key_id] = rows[0][0]
+        return bits
 
     def release(self, link_id: str, key_ids: Sequence[str]) -> None:
         """Cancel reservations: RESERVED → AVAILABLE."""

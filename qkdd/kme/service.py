@@ -289,7 +289,7 @@ class KmeService:
     def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
         stored_ids, holder = reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id
         try:
-            self.keystore.reserve_ids(link_id, stored_ids, holder)
+            stored_bits = self.keystore.reserve_ids(link_id, stored_ids, holder)
         except IllegalTransition as exc:
             if exc.current is not KeyState.PENDING:
                 raise
@@ -297,7 +297,8 @@ class KmeService:
             # keys, so their frame committed there and Bob's COMMIT is on its way. Promote them here as the
             # key stores' resynchronisation would (qkdd.keystore.resync: pending vs delivered).
             self.keystore.apply_resync(link_id, stored_ids, [], [])
-            self.keystore.reserve_ids(link_id, stored_ids, holder)
+            stored_bits = self.keystore.reserve_ids(link_id, stored_ids, holder)
+        _check_segments_fit(reservation, stored_bits)
         self.ledger.record(link_id, reservation)
 
     # -- Get status ----------------------------------------------------------------------------------------
@@ -455,6 +456,17 @@ class KmeService:
             except (KeyAlreadyDelivered, KeyNotFound):
                 pass                                 # erased before
         return erased
+
+
+def _check_segments_fit(reservation: Reservation, stored_bits: dict[str, int]) -> None:
+    """KeyUnavailable if a segment reads past the end of its stored key (`stored_bits`: id -> length):
+    such a key could never be assembled for the slave SAE."""
+    for key in reservation.keys:
+        for segment in key.segments:
+            bits = stored_bits[segment.stored_key_id]
+            if (segment.offset_bytes + segment.length_bytes) * 8 > bits:
+                raise KeyUnavailable(f"stored key {segment.stored_key_id} holds {bits} bits; key {key.key_id} "
+                                     f"reads to byte {segment.offset_bytes + segment.length_bytes}")
 
 
 class _Outbox:
