@@ -331,3 +331,61 @@ def test_queued_messages_go_out_in_payloads_of_bounded_size():
     assert _payloads(messages, 60) == [messages[0] + messages[1] + messages[2], messages[3], messages[4]]
     assert b"".join(_payloads(messages, 10**6)) == b"".join(messages)
     assert _payloads([], 60) == []
+
+
+def test_reservations_round_trip_and_any_edit_of_an_answer_payload_is_an_event_or_an_error_changing_nothing():
+    """Any reservation the master's end can send decodes to itself at the slave's end; and a payload of
+    answers from the peer, however cut, padded or edited, gives events of the documented kinds or one
+    ReservationProtocolError that leaves every request's state as it was."""
+    import copy
+
+    from hypothesis import given, settings, strategies as st
+
+    sae_ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40).filter(
+        lambda text: len(text.encode()) <= 1024)
+
+    @st.composite
+    def reservations(draw):
+        size_bits = draw(st.integers(1, 64)) * 8
+        number = draw(st.integers(1, 8))
+        stored_bits = draw(st.lists(st.integers(1, 64).map(lambda n: n * 8), min_size=1, max_size=6))
+        stored = [(str(uuid.uuid4()), bits) for bits in stored_bits + [number * size_bits]]     # enough
+        slaves = tuple(draw(st.lists(sae_ids, min_size=1, max_size=4, unique=True)))
+        return Reservation(str(uuid.uuid4()), draw(sae_ids), slaves, size_bits, plan_keys(stored, number, size_bits))
+
+    @settings(max_examples=100, deadline=None)
+    @given(reservations())
+    def round_trip(request):
+        assert ReservationEndpoint().receive(encode_reserve(request)) == [ReservationReceived(request)]
+
+    round_trip()
+
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    requests = [reservation(number=1, size_bits=128)[0] for _ in range(3)]
+    slave.receive(b"".join(master.reserve(request) for request in requests))
+    master.abandon(requests[2].request_id)
+    answers = (slave.accept(requests[0].request_id)
+               + slave.refuse(requests[1].request_id, RefuseReason.STORE_FAILURE, "disque plein ✗")
+               + slave.accept(requests[2].request_id))
+    before = {request.request_id: master.state("master", request.request_id) for request in requests}
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(
+        st.tuples(st.integers(0, len(answers) - 1), st.integers(0, 255)).map(
+            lambda edit: answers[:edit[0]] + bytes([edit[1]]) + answers[edit[0] + 1:]),
+        st.integers(0, len(answers)).map(lambda cut: answers[:cut]),
+        st.tuples(st.integers(0, len(answers)), st.binary(min_size=1, max_size=8)).map(
+            lambda edit: answers[:edit[0]] + edit[1] + answers[edit[0]:]),
+        st.tuples(st.integers(0, len(answers)), st.integers(1, 8)).map(
+            lambda edit: answers[:edit[0]] + answers[edit[0] + edit[1]:])))
+    def check(payload):
+        endpoint = copy.deepcopy(master)
+        try:
+            events = endpoint.receive(payload)
+        except ReservationProtocolError:
+            assert {request_id: endpoint.state("master", request_id) for request_id in before} == before
+            return
+        assert events and all(isinstance(event, (ReservationReceived, ReservationAccepted, ReservationRefused,
+                                                 LateAnswer)) for event in events)
+
+    check()
