@@ -157,3 +157,35 @@ def test_while_handshaking_a_record_header_is_refused_before_its_body():
     assert decoder.next_frame().type is FrameType.INITIATOR_HELLO
     decoder.accept_records = True
     assert decoder.next_frame().type is FrameType.PING
+
+
+def test_any_edit_cut_or_split_of_a_record_stream_gives_records_or_a_channel_error():
+    """Whatever bytes arrive, in whatever chunks: whole frames and opened records, or FrameError /
+    RecordError, never another exception, and never more buffered than was received."""
+    from hypothesis import given, settings, strategies as st
+
+    sealer = RecordSealer(KEY)
+    wire = b"".join(frame.to_bytes() for frame in (sealer.data(3, b"abc" * 10), sealer.ping(),
+                                                   sealer.data(0, b""), sealer.close()))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.one_of(st.binary(max_size=200),
+                     st.tuples(st.integers(0, len(wire) - 1), st.integers(0, 255)).map(
+                         lambda edit: wire[:edit[0]] + bytes([edit[1]]) + wire[edit[0] + 1:]),
+                     st.integers(0, len(wire)).map(lambda cut: wire[:cut]),
+                     st.integers(0, len(wire)).map(lambda cut: wire[cut:])),
+           st.lists(st.integers(1, 50), max_size=8), st.booleans())
+    def check(data, chunk_sizes, end_of_stream):
+        decoder, opener = FrameDecoder(max_record_bytes=1 << 16), RecordOpener(KEY)
+        starts = [sum(chunk_sizes[:i]) for i in range(len(chunk_sizes) + 1)]
+        chunks = [data[start:end] for start, end in zip(starts, starts[1:] + [len(data)])]
+        try:
+            for chunk in [chunk for chunk in chunks if chunk] + ([b""] if end_of_stream else []):
+                decoder.receive_data(chunk)                # b"": the end of the stream
+                while (frame := decoder.next_frame()) is not None:
+                    opener.open(frame)
+                assert decoder.buffered_bytes <= len(data)
+        except (FrameError, RecordError):
+            pass
+
+    check()
