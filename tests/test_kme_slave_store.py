@@ -264,3 +264,22 @@ def test_a_segment_past_the_end_of_its_stored_key_is_refused_and_nothing_is_reco
     assert isinstance(event, ReservationRefused) and stored[1][0] in event.text
     assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.AVAILABLE] * 2
     assert service.ledger.lookup([inside.key_id, beyond.key_id]) == {}
+
+
+def test_a_store_that_fails_in_sqlite_refuses_the_reservation_and_the_exchange_goes_on(tmp_path, monkeypatch):
+    import sqlite3
+
+    from qkdd.kme.reservation import RefuseReason
+
+    service, store = slave_kme(tmp_path, ledger_file=False)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
+    store.put_pending(LINK, 7, stored, expires_at=4e9, allocatable=[False, False])
+    store.commit_frame(LINK, 7)
+
+    def failing_record(link_id, reservation):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(service.ledger, "record", failing_record)
+    [event] = exchange(service, reservation_of(stored))
+    assert isinstance(event, ReservationRefused) and event.reason is RefuseReason.STORE_FAILURE
+    assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.AVAILABLE] * 2

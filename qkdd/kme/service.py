@@ -257,7 +257,7 @@ class KmeService:
         if valid:
             try:
                 errors = await self._store.call(self._store_reservations, link_id, valid)
-            except (KeyStoreError, LedgerError) as exc:       # the commit itself failed: nothing is recorded
+            except (KeyStoreError, LedgerError, sqlite3.Error) as exc:   # the commit failed: nothing is recorded
                 errors = [exc] * len(valid)
             for reservation, error in zip(valid, errors):
                 request_id = reservation.request_id
@@ -265,7 +265,7 @@ class KmeService:
                     continue        # the session ended while the store recorded: no answer can reach the peer
                 if error is None:
                     answers[request_id] = endpoint.accept(request_id)
-                elif isinstance(error, LedgerError):
+                elif isinstance(error, (LedgerError, sqlite3.Error)):
                     answers[request_id] = endpoint.refuse(request_id, RefuseReason.STORE_FAILURE, str(error))
                 else:
                     answers[request_id] = endpoint.refuse(request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))
@@ -282,7 +282,7 @@ class KmeService:
                 with self.keystore.batch():
                     self._store_reservation(link_id, reservation)
                 errors.append(None)
-            except (KeyStoreError, LedgerError) as exc:
+            except (KeyStoreError, LedgerError, sqlite3.Error) as exc:
                 errors.append(exc)
         return errors
 
