@@ -68,6 +68,10 @@ BAD_CONFIGS = [
      'link_id = "sim-9"\n', {},
      "config error: etsi014.peers[0].link_id: no link 'sim-9' with a classical channel in [[links]] (peer_addr or "
      "peer_listen, peer_key_file and peer_public_key), and no [etsi014.peers.channel]"),
+    ("ETSI 014 requests of more than 1 MiB of key", '[etsi014]\nkme_id = "kme-a"\nmax_key_size_bits = 1048576\n'
+     'max_key_per_request = 9\n', {},
+     "config error: etsi014.max_key_per_request: times max_key_size_bits is 9437184 bits; one request may take "
+     "at most 8388608 (1 MiB of key)"),
     ("unreadable TLS file", '[api.tls]\ncert_file = "/nonexistent/kme.pem"\nkey_file = "/nonexistent/kme.key"\n',
      {}, "config error: api.tls.cert_file: cannot read /nonexistent/kme.pem: No such file or directory"),
 ]

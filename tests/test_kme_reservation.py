@@ -326,11 +326,42 @@ def test_ledger_imports_the_rows_of_its_earlier_layout(tmp_path):
 
 
 def test_queued_messages_go_out_in_payloads_of_bounded_size():
-    from qkdd.kme.service import _payloads
+    from qkdd.kme.reservation import pack_payloads
     messages = [bytes([n]) * size for n, size in enumerate([10, 20, 30, 100, 5])]
-    assert _payloads(messages, 60) == [messages[0] + messages[1] + messages[2], messages[3], messages[4]]
-    assert b"".join(_payloads(messages, 10**6)) == b"".join(messages)
-    assert _payloads([], 60) == []
+    assert pack_payloads(messages, 60) == [messages[0] + messages[1] + messages[2], messages[3], messages[4]]
+    assert b"".join(pack_payloads(messages, 10**6)) == b"".join(messages)
+    assert pack_payloads([]) == []
+
+
+def test_a_payload_over_the_packing_size_is_decoded_only_as_one_message_within_the_cap():
+    """Back-to-back messages fill at most MAX_PACKED_BYTES of a payload and one message is at most
+    MAX_MESSAGE_BYTES: the receiver refuses anything else before decoding it, so a peer cannot keep the
+    event loop decoding a huge record; `reserve` refuses to build a message over the cap."""
+    import time
+
+    from qkdd.kme.reservation import MAX_MESSAGE_BYTES, MAX_PACKED_BYTES, ReservedKey, Segment, pack_payloads
+
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    small = [master.reserve(reservation(1, 256)[0]) for _ in range(20_000)]
+    packed = pack_payloads(small)
+    assert len(packed) > 1 and all(len(payload) <= MAX_PACKED_BYTES for payload in packed)
+    assert sum(len(slave.receive(payload)) for payload in packed) == len(small)
+
+    flood = b"".join(small)                       # what a peer that ignores the packing size would send
+    assert MAX_PACKED_BYTES < len(flood) <= MAX_MESSAGE_BYTES
+    started = time.process_time()
+    with pytest.raises(ReservationProtocolError, match="more than one message"):
+        ReservationEndpoint().receive(flood)
+    assert time.process_time() - started < 0.05    # refused from the first head, nothing decoded
+    with pytest.raises(ReservationProtocolError, match="exceeds"):
+        ReservationEndpoint().receive(flood + flood + flood + flood)
+
+    byte_by_byte = tuple(Segment(str(uuid.uuid4()), 0, 1) for _ in range(128))   # stored keys of 8 bits
+    keys = tuple(ReservedKey(str(uuid.uuid4()), byte_by_byte) for _ in range(2000))
+    one_big = Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 1024, keys)
+    with pytest.raises(ValueError, match="exceeds"):
+        master.reserve(one_big)
+    assert master.state("master", one_big.request_id) is None          # nothing changed
 
 
 def test_reservations_round_trip_and_any_edit_of_an_answer_payload_is_an_event_or_an_error_changing_nothing():

@@ -95,6 +95,24 @@ def test_a_delivered_key_is_refused_and_nothing_is_recorded(tmp_path):
     assert service.ledger.lookup([key.key_id for key in reservation.keys]) == {}
 
 
+def test_a_key_of_the_slaves_own_share_is_refused_and_stays_its_to_hand_out(tmp_path):
+    """Each end hands out its own share of the stored keys (`allocatable`); a peer naming a key of this
+    end's share, and one still pending here, is refused and changes nothing."""
+    from qkdd.kme.reservation import RefuseReason
+
+    service, store = slave_kme(tmp_path)
+    stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(4)]
+    store.put_pending(LINK, 7, stored[:2], expires_at=4e9, allocatable=[False, True])
+    store.commit_frame(LINK, 7)
+    store.put_pending(LINK, 8, stored[2:], expires_at=4e9, allocatable=[True, False])     # still pending
+    committed, pending = reservation_of(stored[:2]), reservation_of(stored[2:])
+    events = exchange(service, committed, pending)
+    assert [type(event) for event in events] == [ReservationRefused, ReservationRefused]
+    assert {event.reason for event in events} == {RefuseReason.KEYS_UNAVAILABLE}
+    assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.AVAILABLE] * 2 + [KeyState.PENDING] * 2
+    assert service.ledger.lookup([key.key_id for key in committed.keys + pending.keys]) == {}
+
+
 def test_one_payload_of_reservations_is_answered_each_on_its_own(tmp_path):
     service, store = slave_kme(tmp_path, ledger_file=False)
     stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(6)]

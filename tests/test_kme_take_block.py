@@ -197,3 +197,90 @@ def test_get_key_outcomes_are_counted_in_the_metrics(tmp_path):
     unavailable = {dict(labels)["reason"]: value for (name, labels), value in samples.items()
                    if name == "qkd_etsi014_unavailable_total"}
     assert unavailable == {"peer_unreachable": 1, "no_key": 1, "peer_refused": 0, "peer_timeout": 0}
+
+
+def test_a_refusal_reaches_the_sae_as_its_reason_in_fixed_words_and_the_peer_text_only_the_log(tmp_path, caplog):
+    """The slave's KME refuses (its text naming a stored key): the master's SAE gets a 503 saying why in
+    the KME's own words, never the peer's text; the peer's text is in this daemon's log."""
+    import pytest
+
+    from qkdd.http.messages import HTTPError
+    from qkdd.kme.key_request import KeyRequest
+    from qkdd.kme.reservation import RefuseReason, ReservationEndpoint
+    from tests.test_kme_slave_store import MemoryStream
+
+    store, ids = seeded_store(tmp_path, 4)
+    service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+    peer_text = f"stored key {ids[0]} is gone"
+
+    async def main():
+        to_master, master_in = trio.open_memory_channel[bytes](4)
+        master_out, from_master = trio.open_memory_channel[bytes](4)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+
+            async def refusing_slave():
+                endpoint = ReservationEndpoint()
+                [event] = endpoint.receive(await from_master.receive())
+                await to_master.send(endpoint.refuse(event.reservation.request_id, RefuseReason.KEYS_UNAVAILABLE,
+                                                     peer_text))
+
+            nursery.start_soon(refusing_slave)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(HTTPError) as refused:
+                await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))
+            nursery.cancel_scope.cancel()
+        return refused.value
+
+    error = trio.run(main)
+    assert error.status == 503
+    assert error.details == [{"reason": "the slave SAE's KME refused the reservation: the stored keys are not "
+                                        "available there"}]
+    assert peer_text in caplog.text and "KEYS_UNAVAILABLE" in caplog.text
+
+
+def test_a_request_too_fragmented_for_one_reservation_message_is_a_503_not_a_crash(tmp_path):
+    """Stored keys of 8 bits (a device with tiny keys; a link stores 64 or more): one key of 70 000 bytes
+    would need 70 000 segments, more than a RESERVE message describes. The SAE gets a 503 saying so; the
+    KME goes on serving (a smaller request succeeds)."""
+    from dataclasses import replace
+
+    import pytest
+
+    from qkdd.http.messages import HTTPError
+    from qkdd.kme.key_request import KeyRequest
+    from qkdd.kme.reservation import ReservationEndpoint
+    from tests.test_kme_slave_store import MemoryStream
+
+    store = KeyStore(str(tmp_path / "keys.db"), os.urandom(32))
+    store.put_pending(LINK, 0, [(str(uuid.uuid4()), os.urandom(1)) for _ in range(70_010)], expires_at=4e9)
+    store.commit_frame(LINK, 0)
+    config = replace(CONFIG, max_key_size_bits=70_000 * 8, max_key_per_request=1)
+    service = KmeService(config, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+
+    async def main():
+        to_master, master_in = trio.open_memory_channel[bytes](4)
+        master_out, from_master = trio.open_memory_channel[bytes](4)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+
+            async def slave():
+                endpoint = ReservationEndpoint()
+                while True:
+                    events = endpoint.receive(await from_master.receive())
+                    await to_master.send(b"".join(endpoint.accept(event.reservation.request_id)
+                                                  for event in events))
+
+            nursery.start_soon(slave)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(HTTPError) as refused:
+                await service.get_keys("sae-a", "sae-b", KeyRequest(1, 70_000 * 8, ()))
+            keys = await service.get_keys("sae-a", "sae-b", KeyRequest(1, 16, ()))
+            nursery.cancel_scope.cancel()
+        return refused.value, keys
+
+    error, keys = trio.run(main)
+    assert error.status == 503 and "too fragmented" in str(error.details)
+    assert len(keys) == 1 and len(keys[0][1]) == 2

@@ -179,19 +179,26 @@ class KeyStore(SavepointTransactions):
             self._erase(db, [row[0] for row in chosen], KeyState.DELIVERED)
             return taken
 
-    def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str) -> dict[str, int]:
+    def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str, *,
+                    peer_share_only: bool = False) -> dict[str, int]:
         """Reserve the named keys for `holder` (the other end reserved them first). Idempotent for the same
-        holder. Returns each key's length in bits, by canonical key id."""
+        holder. Returns each key's length in bits, by canonical key id. With `peer_share_only`, a key of
+        this end's own share (`allocatable`: this end hands it out on its own) is KeyUnavailable: the
+        other end names only keys of its share."""
         bits: dict[str, int] = {}
+        own_share = " AND allocatable = 0" if peer_share_only else ""
         with self._tx() as db:
             for key_id in key_ids:
                 key_id = canonical_key_id(key_id)
                 # The common case in one statement: an available key becomes reserved.
-                rows = db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ? "
-                                  "RETURNING bits", (KeyState.RESERVED.value, holder, key_id, link_id,
-                                                     KeyState.AVAILABLE.value)).fetchall()
+                rows = db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ?"
+                                  + own_share + " RETURNING bits", (KeyState.RESERVED.value, holder, key_id, link_id,
+                                                                    KeyState.AVAILABLE.value)).fetchall()
                 if not rows:
                     state, current_holder = self._state_of(db, link_id, key_id)
+                    if peer_share_only and db.execute("SELECT allocatable FROM keys WHERE key_id = ?",
+                                                      (key_id,)).fetchone()[0]:
+                        raise KeyUnavailable(f"key {key_id} is this end's to hand out, not the other end's")
                     if state is not KeyState.RESERVED or current_holder != holder:
                         self._check_transition(key_id, state, KeyState.RESERVED)
                         db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",

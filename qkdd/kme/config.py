@@ -71,6 +71,11 @@ class PeerKmeConfig:
     channel: ChannelConfig | None = None
 
 
+# Key handed out by one Get key at most (number × size): 1 MiB. It bounds the RESERVE message that records
+# the request at the peer KME (qkdd.kme.reservation MAX_MESSAGE_BYTES) and the memory one request holds.
+MAX_REQUEST_KEY_BITS = 1 << 23
+
+
 @dataclass(frozen=True)
 class Etsi014Config:
     kme_id: str = field(metadata=meta(check=_id_check))
@@ -97,6 +102,10 @@ class Etsi014Config:
                 raise ConfigError(f"{key}.{name}", "must be a multiple of 8")
         if not self.min_key_size_bits <= self.key_size_bits <= self.max_key_size_bits:
             raise ConfigError(f"{key}.key_size_bits", "must lie within [min_key_size_bits, max_key_size_bits]")
+        if self.max_key_per_request * self.max_key_size_bits > MAX_REQUEST_KEY_BITS:
+            raise ConfigError(f"{key}.max_key_per_request",
+                              f"times max_key_size_bits is {self.max_key_per_request * self.max_key_size_bits} "
+                              f"bits; one request may take at most {MAX_REQUEST_KEY_BITS} (1 MiB of key)")
         seen_saes: set[str] = set()
         for index, sae in enumerate(self.saes):
             if sae.sae_id in seen_saes:

@@ -36,6 +36,11 @@ way in one payload, so a busy link carries one record per burst instead of one p
 
 A payload is decoded whole before any of it is applied: one malformed or illegal message rejects the
 payload and changes no request's state.
+
+Sizes: messages back to back fill at most MAX_PACKED_BYTES of a payload (`pack_payloads`); a larger
+payload is one message alone, of at most MAX_MESSAGE_BYTES. The receiver holds the peer to both before
+decoding, so a peer cannot keep the event loop decoding for long: the largest payload it accepts is one
+RESERVE of 4 MiB, or 1 MiB of small messages.
 """
 from __future__ import annotations
 
@@ -48,6 +53,12 @@ MAX_SLAVES = 255
 MAX_KEYS = 65535
 MAX_SEGMENTS_PER_KEY = 65535
 MAX_TEXT_BYTES = 1024
+MAX_PACKED_BYTES = 1 << 20
+# The largest message. The KME's configuration caps a Get key at 1 MiB of key (qkdd.kme.config
+# MAX_REQUEST_KEY_BITS) and a stored key holds at least 64 bits on a link (a segment each 8 bytes, plus
+# one per key), so a RESERVE holds at most 131 072 + 4096 segments of 24 bytes plus 4096 key heads:
+# under 3.3 MB.
+MAX_MESSAGE_BYTES = 4 << 20
 
 
 class MessageType(enum.IntEnum):
@@ -161,8 +172,11 @@ class ReservationEndpoint:
 
     # -- master's end --------------------------------------------------------------------------------
     def reserve(self, reservation: Reservation) -> bytes:
+        """The RESERVE message; ValueError, changing nothing, if the reservation cannot be encoded (or
+        would exceed MAX_MESSAGE_BYTES)."""
+        message = encode_reserve(reservation)
         self._step("master", reservation.request_id, "reserve")
-        return encode_reserve(reservation)
+        return message
 
     def abandon(self, request_id: str) -> None:
         self._step("master", request_id, "abandon")
@@ -271,7 +285,26 @@ def encode_reserve(reservation: Reservation) -> bytes:
         parts.append(_KEY_HEAD.pack(_uuid_bytes(key.key_id), len(key.segments)))
         for segment in key.segments:
             parts.append(_SEGMENT.pack(_uuid_bytes(segment.stored_key_id), segment.offset_bytes, segment.length_bytes))
-    return _message(MessageType.RESERVE, reservation.request_id, b"".join(parts))
+    message = _message(MessageType.RESERVE, reservation.request_id, b"".join(parts))
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"a RESERVE of {len(message)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    return message
+
+
+def pack_payloads(messages: list[bytes], max_bytes: int = MAX_PACKED_BYTES) -> list[bytes]:
+    """`messages` back to back in payloads of at most `max_bytes` each (a larger message alone)."""
+    payloads: list[bytes] = []
+    group: list[bytes] = []
+    size = 0
+    for message in messages:
+        if group and size + len(message) > max_bytes:
+            payloads.append(b"".join(group))
+            group, size = [], 0
+        group.append(message)
+        size += len(message)
+    if group:
+        payloads.append(b"".join(group))
+    return payloads
 
 
 def encode_refuse(request_id: str, reason: RefuseReason, text: str) -> bytes:
@@ -348,6 +381,7 @@ class _Reader:
 def _decode_payload(payload: bytes) -> list[tuple[MessageType, str, object]]:
     """Every message of a payload as (type, request_id, decoded body): a Reservation for RESERVE, None for
     ACCEPT, (reason, text) for REFUSE."""
+    _check_payload_size(payload)
     reader = _Reader(bytes(payload))
     messages = []
     while True:
@@ -371,6 +405,21 @@ def _decode_payload(payload: bytes) -> list[tuple[MessageType, str, object]]:
         messages.append((message_type, request_id, decoded))
         if reader.at_end():
             return messages
+
+
+def _check_payload_size(payload: bytes) -> None:
+    """A payload over MAX_PACKED_BYTES must be one message of at most MAX_MESSAGE_BYTES (`pack_payloads`):
+    checked from the first message's head, before anything is decoded."""
+    if len(payload) <= MAX_PACKED_BYTES:
+        return
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ReservationProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(payload) < _MESSAGE_HEAD.size:
+        return
+    *_, body_length = _MESSAGE_HEAD.unpack_from(payload)
+    if _MESSAGE_HEAD.size + body_length != len(payload):
+        raise ReservationProtocolError(f"payload of {len(payload)} bytes holds more than one message; "
+                                       f"messages back to back fill at most {MAX_PACKED_BYTES}")
 
 
 def _decode_refuse(reader: _Reader) -> tuple[RefuseReason, str]:

@@ -28,12 +28,13 @@ from qkdd.kme.identity import SaeRegistry, unauthorized
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerError
 from qkdd.kme.taken_keys import TakenKeys
+from qkdd.log_limit import RateLimitedLog
 from qkdd.metrics import Metrics
 from qkdd.peer.budget import ByteBudget
 from qkdd.peer.errors import SessionClosedError
 from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
                                   ReservationEndpoint, ReservationProtocolError, ReservationReceived,
-                                  ReservationRefused)
+                                  ReservationRefused, pack_payloads)
 
 log = logging.getLogger("qkdd.etsi014")
 
@@ -65,6 +66,16 @@ class _Pending:
             self.done.set()
 
 
+# What the master's SAE learns of a refusal: the reason, in fixed words. The peer's own text (which may name
+# stored keys) goes to this daemon's log only.
+_REFUSED_BECAUSE = {
+    RefuseReason.KEYS_UNAVAILABLE: "the stored keys are not available there",
+    RefuseReason.UNKNOWN_SAE: "it does not serve the SAEs named",
+    RefuseReason.STORE_FAILURE: "it could not record the reservation",
+    RefuseReason.MALFORMED: "it could not read the reservation",
+}
+
+
 def _unavailable(detail: str) -> HTTPError:
     return HTTPError(503, "keys are not available", [{"reason": detail}], headers=[("Retry-After", "1")])
 
@@ -88,6 +99,7 @@ class KmeService:
         self._refilling_ahead: set[str] = set()           # links with such a refill under way
         self._clock = clock
         self._metrics = metrics if metrics is not None else Metrics()    # (tests: a registry of their own)
+        self._peer_log = RateLimitedLog(log)     # what a peer's messages cause: at most a few lines a second
         for peer in config.peers:
             self._metrics.kme_link(peer.link_id)           # every series at zero from the first scrape
 
@@ -106,6 +118,7 @@ class KmeService:
             nursery.start_soon(self._takes.run)
             nursery.start_soon(self._housekeeping)
             nursery.start_soon(self._expire_pending)
+            nursery.start_soon(self._peer_log.run)
 
     async def _expire_pending(self) -> None:
         """End the Get key requests whose reservation is unanswered past its deadline, a few times per
@@ -192,7 +205,8 @@ class KmeService:
             try:
                 events = endpoint.receive(payload)
             except ReservationProtocolError as exc:
-                log.warning("link %s: dropped a reservation message: %s", link_id, exc)
+                self._peer_log.log(logging.WARNING, "reservation-malformed",
+                                   "link %s: dropped a reservation payload from the peer KME: %s", link_id, exc)
                 return
             received = []
             for event in events:
@@ -203,11 +217,15 @@ class KmeService:
                     if pending is not None and isinstance(event, ReservationAccepted):
                         pending.finish("accepted")
                     elif pending is not None:
-                        pending.finish("refused", event.text)
+                        self._peer_log.log(logging.WARNING, "reservation-refused",
+                                           "link %s: the peer KME refused reservation %s (%s): %s", link_id,
+                                           event.request_id, event.reason.name, event.text)
+                        pending.finish("refused", _REFUSED_BECAUSE[event.reason])
                 elif isinstance(event, LateAnswer):
-                    log.warning("link %s: late answer to abandoned request %s (accepted=%s); its keys "
-                                "at the peer stay reserved until they expire", link_id,
-                                event.request_id, event.accepted)
+                    self._peer_log.log(logging.WARNING, "reservation-late-answer",
+                                       "link %s: late answer to abandoned request %s (accepted=%s); its keys at "
+                                       "the peer stay reserved until they expire", link_id, event.request_id,
+                                       event.accepted)
             if received:
                 # Recorded beside the reader, so that reservations arriving during a commit join the
                 # next one; a peer sending faster than this end records waits here (backpressure).
@@ -244,14 +262,18 @@ class KmeService:
         endpoint = self._endpoints[link_id]
         peer_kme = next(peer.kme_id for peer in self.config.peers if peer.link_id == link_id)
         answers: dict[str, bytes] = {}
+
+        def refuse(request_id: str, reason: RefuseReason, text: str) -> None:
+            self._peer_log.log(logging.WARNING, "reservation-refusing", "link %s: refused reservation %s from "
+                               "the peer KME (%s): %s", link_id, request_id, reason.name, text)
+            answers[request_id] = endpoint.refuse(request_id, reason, text)
+
         valid = []
         for reservation in reservations:
             if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
-                answers[reservation.request_id] = endpoint.refuse(
-                    reservation.request_id, RefuseReason.UNKNOWN_SAE, "a slave SAE is not served here")
+                refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE, "a slave SAE is not served here")
             elif self.registry.kme_of(reservation.master_sae_id) != peer_kme:
-                answers[reservation.request_id] = endpoint.refuse(
-                    reservation.request_id, RefuseReason.UNKNOWN_SAE, "the master SAE is not served by the peer KME")
+                refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE, "the master SAE is not served by the peer KME")
             else:
                 valid.append(reservation)
         if valid:
@@ -266,9 +288,9 @@ class KmeService:
                 if error is None:
                     answers[request_id] = endpoint.accept(request_id)
                 elif isinstance(error, (LedgerError, sqlite3.Error)):
-                    answers[request_id] = endpoint.refuse(request_id, RefuseReason.STORE_FAILURE, str(error))
+                    refuse(request_id, RefuseReason.STORE_FAILURE, str(error))
                 else:
-                    answers[request_id] = endpoint.refuse(request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))
+                    refuse(request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))
         for reservation in reservations:        # in the order they came
             if reservation.request_id in answers:
                 outbox.put(answers[reservation.request_id])
@@ -289,7 +311,7 @@ class KmeService:
     def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
         stored_ids, holder = reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id
         try:
-            stored_bits = self.keystore.reserve_ids(link_id, stored_ids, holder)
+            stored_bits = self.keystore.reserve_ids(link_id, stored_ids, holder, peer_share_only=True)
         except IllegalTransition as exc:
             if exc.current is not KeyState.PENDING:
                 raise
@@ -297,7 +319,7 @@ class KmeService:
             # keys, so their frame committed there and Bob's COMMIT is on its way. Promote them here as the
             # key stores' resynchronisation would (qkdd.keystore.resync: pending vs delivered).
             self.keystore.apply_resync(link_id, stored_ids, [], [])
-            stored_bits = self.keystore.reserve_ids(link_id, stored_ids, holder)
+            stored_bits = self.keystore.reserve_ids(link_id, stored_ids, holder, peer_share_only=True)
         _check_segments_fit(reservation, stored_bits)
         self.ledger.record(link_id, reservation)
 
@@ -346,10 +368,20 @@ class KmeService:
             metrics.unavailable("peer_unreachable")
             raise _unavailable("the slave SAE's KME is not reachable")
         endpoint = self._endpoints[link_id]
+        try:
+            message = endpoint.reserve(reservation)
+        except ValueError as exc:
+            # Stored keys too short to describe the request in one RESERVE (on a link they hold 64 bits or
+            # more, and the config caps a request at 1 MiB of key, so this takes a device with tiny keys).
+            log.error("link %s: a Get key of %d keys of %d bits cannot be reserved in one message: %s",
+                      link_id, request.number, request.size_bits, exc)
+            metrics.unavailable("no_key")
+            raise _unavailable("the stored keys are too fragmented to reserve this many at once; "
+                               "ask for fewer or larger keys") from None
         sent = trio.current_time()
         pending = self._pending[request_id] = _Pending(link_id, sent + self.config.reservation_timeout_s)
         try:
-            outbox.put(endpoint.reserve(reservation))
+            outbox.put(message)
             await pending.done.wait()              # _expire_pending ends the wait at the deadline
         finally:
             del self._pending[request_id]
@@ -471,10 +503,8 @@ def _check_segments_fit(reservation: Reservation, stored_bits: dict[str, int]) -
 
 class _Outbox:
     """Messages to the peer KME, written by one task: whatever queued while the previous write was on
-    its way goes out as one payload (reservation.py: messages back to back), up to MAX_PAYLOAD_BYTES
-    each, so a burst of requests costs one record, not one per request."""
-
-    MAX_PAYLOAD_BYTES = 1 << 20
+    its way goes out as one payload (reservation.py: messages back to back, `pack_payloads`), so a burst
+    of requests costs one record, not one per request."""
 
     def __init__(self, send) -> None:
         self._send = send                   # async send(payload) of the session's stream
@@ -492,23 +522,7 @@ class _Outbox:
                 await trio.sleep(0)         # the requests runnable now queue theirs first: one write for all
                 self._wakeup = trio.Event()
                 queued, self._queue = self._queue, []
-                for payload in _payloads(queued, self.MAX_PAYLOAD_BYTES):
+                for payload in pack_payloads(queued):
                     await self._send(payload)
         except SessionClosedError:
             session_scope.cancel()
-
-
-def _payloads(messages: list[bytes], max_bytes: int) -> list[bytes]:
-    """`messages` joined into payloads of at most `max_bytes` (a larger message goes alone)."""
-    payloads: list[bytes] = []
-    group: list[bytes] = []
-    size = 0
-    for message in messages:
-        if group and size + len(message) > max_bytes:
-            payloads.append(b"".join(group))
-            group, size = [], 0
-        group.append(message)
-        size += len(message)
-    if group:
-        payloads.append(b"".join(group))
-    return payloads
