@@ -12,7 +12,9 @@ import trio.testing
 from qkdd.keystore import KeyState, KeyStore
 from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
 from qkdd.kme.ledger import Ledger
+from qkdd.kme.reservation import ReservationEndpoint
 from qkdd.kme.service import KmeService
+from tests.test_kme_slave_store import MemoryStream
 
 LINK = "a-b"
 CONFIG = Etsi014Config(kme_id="kme-a", saes=(SaeConfig("sae-a", "kme-a"), SaeConfig("sae-b", "kme-b")),
@@ -25,6 +27,24 @@ def seeded_store(tmp_path, count: int) -> tuple[KeyStore, list[str]]:
     store.put_pending(LINK, 0, keys, expires_at=4e9)
     store.commit_frame(LINK, 0)
     return store, [key_id for key_id, _ in keys]
+
+
+def connect_in_memory(service: KmeService, nursery: trio.Nursery) -> tuple[trio.MemorySendChannel,
+                                                                          trio.MemoryReceiveChannel]:
+    """Start the service's exchange over an in-memory session; the slave's end of it: (to the master,
+    from the master)."""
+    to_master, master_in = trio.open_memory_channel[bytes](4)
+    master_out, from_master = trio.open_memory_channel[bytes](4)
+    nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+    return to_master, from_master
+
+
+async def accept_everything(to_master: trio.MemorySendChannel, from_master: trio.MemoryReceiveChannel) -> None:
+    """The slave's end in memory: ACCEPT every reservation, one answer payload per payload."""
+    endpoint = ReservationEndpoint()
+    while True:
+        events = endpoint.receive(await from_master.receive())
+        await to_master.send(b"".join(endpoint.accept(event.reservation.request_id) for event in events))
 
 
 def take(service: KmeService, bits: int) -> dict[str, bytes]:
@@ -110,19 +130,15 @@ def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer
 
     from qkdd.http.messages import HTTPError
     from qkdd.kme.key_request import KeyRequest
-    from qkdd.kme.reservation import ReservationEndpoint
-    from tests.test_kme_slave_store import MemoryStream
 
     store, ids = seeded_store(tmp_path, 20)
     service = KmeService(replace(CONFIG, reservation_timeout_s=0.4), store, Ledger(str(tmp_path / "ledger.db")),
                          take_block_bits=8 * 256)
 
     async def main():
-        to_master, master_in = trio.open_memory_channel[bytes](4)
-        master_out, from_master = trio.open_memory_channel[bytes](4)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
-            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+            to_master, from_master = connect_in_memory(service, nursery)
             await trio.testing.wait_all_tasks_blocked()
             started = trio.current_time()
             with pytest.raises(HTTPError) as refused:
@@ -150,9 +166,7 @@ def test_get_key_outcomes_are_counted_in_the_metrics(tmp_path):
 
     from qkdd.http.messages import HTTPError
     from qkdd.kme.key_request import KeyRequest
-    from qkdd.kme.reservation import ReservationEndpoint
     from qkdd.metrics import Metrics
-    from tests.test_kme_slave_store import MemoryStream
 
     store, _ = seeded_store(tmp_path, 3)
     metrics = Metrics()
@@ -160,24 +174,13 @@ def test_get_key_outcomes_are_counted_in_the_metrics(tmp_path):
                          metrics=metrics)
 
     async def main():
-        to_master, master_in = trio.open_memory_channel[bytes](4)
-        master_out, from_master = trio.open_memory_channel[bytes](4)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
             try:
                 await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))    # no session yet
             except HTTPError:
                 pass
-            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
-
-            async def slave():
-                endpoint = ReservationEndpoint()
-                while True:
-                    events = endpoint.receive(await from_master.receive())
-                    await to_master.send(b"".join(endpoint.accept(event.reservation.request_id)
-                                                  for event in events))
-
-            nursery.start_soon(slave)
+            nursery.start_soon(accept_everything, *connect_in_memory(service, nursery))
             await trio.testing.wait_all_tasks_blocked()
             keys = await service.get_keys("sae-a", "sae-b", KeyRequest(2, 256, ()))
             try:
@@ -206,19 +209,16 @@ def test_a_refusal_reaches_the_sae_as_its_reason_in_fixed_words_and_the_peer_tex
 
     from qkdd.http.messages import HTTPError
     from qkdd.kme.key_request import KeyRequest
-    from qkdd.kme.reservation import RefuseReason, ReservationEndpoint
-    from tests.test_kme_slave_store import MemoryStream
+    from qkdd.kme.reservation import RefuseReason
 
     store, ids = seeded_store(tmp_path, 4)
     service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
     peer_text = f"stored key {ids[0]} is gone"
 
     async def main():
-        to_master, master_in = trio.open_memory_channel[bytes](4)
-        master_out, from_master = trio.open_memory_channel[bytes](4)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
-            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+            to_master, from_master = connect_in_memory(service, nursery)
 
             async def refusing_slave():
                 endpoint = ReservationEndpoint()
@@ -250,8 +250,6 @@ def test_a_request_too_fragmented_for_one_reservation_message_is_a_503_not_a_cra
 
     from qkdd.http.messages import HTTPError
     from qkdd.kme.key_request import KeyRequest
-    from qkdd.kme.reservation import ReservationEndpoint
-    from tests.test_kme_slave_store import MemoryStream
 
     store = KeyStore(str(tmp_path / "keys.db"), os.urandom(32))
     store.put_pending(LINK, 0, [(str(uuid.uuid4()), os.urandom(1)) for _ in range(70_010)], expires_at=4e9)
@@ -260,20 +258,9 @@ def test_a_request_too_fragmented_for_one_reservation_message_is_a_503_not_a_cra
     service = KmeService(config, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
 
     async def main():
-        to_master, master_in = trio.open_memory_channel[bytes](4)
-        master_out, from_master = trio.open_memory_channel[bytes](4)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
-            nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
-
-            async def slave():
-                endpoint = ReservationEndpoint()
-                while True:
-                    events = endpoint.receive(await from_master.receive())
-                    await to_master.send(b"".join(endpoint.accept(event.reservation.request_id)
-                                                  for event in events))
-
-            nursery.start_soon(slave)
+            nursery.start_soon(accept_everything, *connect_in_memory(service, nursery))
             await trio.testing.wait_all_tasks_blocked()
             with pytest.raises(HTTPError) as refused:
                 await service.get_keys("sae-a", "sae-b", KeyRequest(1, 70_000 * 8, ()))
