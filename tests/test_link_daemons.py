@@ -86,7 +86,9 @@ def test_bad_requests_get_clear_4xx_errors(pair):
     ]
     for response, status in cases:
         assert response.status_code == status, response.text
-        assert "message" in response.json()
+        body = response.json()
+        assert isinstance(body["message"], str) and body["details"]
+        assert all(isinstance(detail, dict) and detail for detail in body["details"]), body   # one error shape
     # a key id that exists at the other end but was never handed out there is refused too
     wait_until(lambda: available(pair, "bob") > 0, what="keys at Bob")
     inventory = sqlite3.connect(pair.ends["bob"].state_dir / "keys.sqlite3").execute(

@@ -33,9 +33,9 @@ def register(router: Router, app: App) -> None:
     def engine_of(link_id: object):
         if not isinstance(link_id, str) or link_id not in app.links:
             if isinstance(link_id, str) and app.config.link(link_id) is not None:
-                raise HTTPError(503, "link has no running engine", [f"link {link_id!r} is not generating keys"],
+                raise HTTPError(503, "link has no running engine", [{"link_id": f"{link_id!r} is not generating keys"}],
                                 headers=[("Retry-After", str(RETRY_AFTER_S))])
-            raise HTTPError(404, "unknown link", [f"no link {str(link_id)[:64]!r} on this daemon"])
+            raise HTTPError(404, "unknown link", [{"link_id": f"no link {str(link_id)[:64]!r} on this daemon"}])
         return app.links[link_id]
 
     def key_json(key, qber: float | None) -> dict:
@@ -52,18 +52,18 @@ def register(router: Router, app: App) -> None:
             raise HTTPError(400, "request body must be a JSON object")
         missing = [name for name in ("bits", "link_id") if name not in body]
         if missing:
-            raise HTTPError(400, "missing fields", [f"{name} is required" for name in missing])
+            raise HTTPError(400, "missing fields", [{name: "is required"} for name in missing])
         bits, link_id = body["bits"], body["link_id"]
         if not isinstance(link_id, str):
             raise HTTPError(400, "link_id must be a string")
         engine = engine_of(link_id)
         limit = engine.settings.key_bits
         if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8 or bits > limit:
-            raise HTTPError(400, "invalid bits", [f"bits must be a positive multiple of 8, at most {limit}"])
+            raise HTTPError(400, "invalid bits", [{"bits": f"must be a positive multiple of 8, at most {limit}"}])
         try:
             key = await engine.request_key(bits)
         except KeyUnavailable as exc:
-            raise HTTPError(503, "no key available", [str(exc)],
+            raise HTTPError(503, "no key available", [{"reason": str(exc)}],
                             headers=[("Retry-After", str(RETRY_AFTER_S))]) from None
         return Response.json(key_json(key, engine.qber_of(key)))
 
@@ -72,7 +72,7 @@ def register(router: Router, app: App) -> None:
         try:
             key_id = canonical_key_id(raw_id)
         except KeyStoreError:
-            raise HTTPError(400, "key id is not a UUID", [f"{raw_id[:64]!r}"]) from None
+            raise HTTPError(400, "key id is not a UUID", [{"key_id": f"{raw_id[:64]!r}"}]) from None
         wanted = request.query.get("link_id", [None])[0]
         engines = [engine_of(wanted)] if wanted is not None else list(app.links.values())
         for engine in engines:
@@ -81,11 +81,11 @@ def register(router: Router, app: App) -> None:
             except KeyNotFound:
                 continue
             except KeyAlreadyDelivered:
-                raise HTTPError(410, "key already delivered", [f"key {key_id} was handed out before"]) from None
+                raise HTTPError(410, "key already delivered", [{"key_id": f"{key_id} was handed out before"}]) from None
             except KeyUnavailable as exc:
-                raise HTTPError(409, "key not handed out at the other end", [str(exc)]) from None
+                raise HTTPError(409, "key not handed out at the other end", [{"reason": str(exc)}]) from None
             return Response.json(key_json(key, engine.qber_of(key)))
-        raise HTTPError(404, "unknown key", [f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")])
+        raise HTTPError(404, "unknown key", [{"key_id": f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")}])
 
     async def link_metrics(request: Request) -> Response:
         engine = engine_of(request.path_params["link_id"])
@@ -94,7 +94,7 @@ def register(router: Router, app: App) -> None:
             channel = await engine.device.channel_status()
             device = channel.as_json()
         except DeviceError as exc:
-            raise HTTPError(503, "device not answering", [str(exc)]) from None
+            raise HTTPError(503, "device not answering", [{"device": str(exc)}]) from None
         qber = last_qber(engine)
         # QBER and visibility are what the last frames measured (None before the first frame)
         device.update(qber=qber, key_rate=secret_bps, visibility=max(0.0, 1 - 2 * qber) if qber is not None else None)
@@ -128,7 +128,7 @@ def register(router: Router, app: App) -> None:
         try:
             report = await engine.device.calibrate()
         except DeviceError as exc:
-            raise HTTPError(409, "calibration not possible", [str(exc)]) from None
+            raise HTTPError(409, "calibration not possible", [{"device": str(exc)}]) from None
         return Response.json({"link_id": engine.link_id, "calibration": report})
 
     router.route("POST", "/v1/keys/request", request_key)
@@ -151,7 +151,7 @@ def _number(request: Request, name: str, default: float) -> float:
     try:
         value = float(values[0])
     except ValueError:
-        raise HTTPError(400, f"{name} must be a number", [values[0][:64]]) from None
+        raise HTTPError(400, f"{name} must be a number", [{name: "is not a number"}]) from None
     if not math.isfinite(value):
         raise HTTPError(400, f"{name} must be finite")
     return value

@@ -38,7 +38,7 @@ def admin_identity(request: Request, admin_clients: tuple[str, ...]) -> str:
         if entry in candidates:
             return entry
     raise HTTPError(403, "admin route: this client certificate is not an admin",
-                    [f"subject {cert.subject} is not listed in api.admin_clients"])
+                    [{"certificate": f"subject {cert.subject} is not listed in api.admin_clients"}])
 
 
 def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
         raise HTTPError(400, "request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise HTTPError(400, "unknown fields", [f"allowed: {', '.join(sorted(allowed))}; got {', '.join(unknown)}"])
+        raise HTTPError(400, "unknown fields", [{"fields": f"allowed: {', '.join(sorted(allowed))}; got {', '.join(unknown)}"}])
     return body
 
 
@@ -56,7 +56,7 @@ def _number(body: dict[str, Any], name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise HTTPError(400, f"{name} must be a finite number", [f"got {value!r}"])
+        raise HTTPError(400, f"{name} must be a finite number", [{name: f"got {value!r}"}])
     return float(value)
 
 
@@ -70,7 +70,7 @@ def register(router: Router, app: App) -> None:
         device = app.devices.get(link_id)
         if not isinstance(device, (SimAliceDevice, SimBobDevice)):
             raise HTTPError(409, f"link {link_id!r} has no simulated device running",
-                            [f'driver "{link.driver}", role {link.role}'])
+                            [{"link_id": f'driver "{link.driver}", role {link.role}'}])
         if kind is not None and not isinstance(device, kind):
             end = "Alice's" if kind is SimAliceDevice else "Bob's"
             raise HTTPError(409, f"this control acts on {end} end of the link; this end is {link.role}")
@@ -85,7 +85,7 @@ def register(router: Router, app: App) -> None:
         body = _body(request, {"attack", "blinding_power_w"})
         text = body.get("attack")
         if not isinstance(text, str):
-            raise HTTPError(400, "attack must be a string", ["none | intercept-resend[:P] | pns | blinding"])
+            raise HTTPError(400, "attack must be a string", [{"attack": "none | intercept-resend[:P] | pns | blinding"}])
         try:
             attack = Attack.parse(text)
             power_w = _number(body, "blinding_power_w")
@@ -93,7 +93,7 @@ def register(router: Router, app: App) -> None:
                 attack = Attack(attack.kind, attack.fraction, power_w)
             device.set_attack(attack)
         except ValueError as exc:
-            raise HTTPError(400, "invalid attack", [str(exc)]) from None
+            raise HTTPError(400, "invalid attack", [{"attack": str(exc)}]) from None
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
 
     async def set_drift(request: Request) -> Response:
@@ -105,7 +105,7 @@ def register(router: Router, app: App) -> None:
             device.set_drift(Drift(extra_loss_db=current.extra_loss_db if loss_db is None else loss_db,
                                    misalignment=current.misalignment if misalignment is None else misalignment))
         except ValueError as exc:
-            raise HTTPError(400, "invalid drift", [str(exc)]) from None
+            raise HTTPError(400, "invalid drift", [{"drift": str(exc)}]) from None
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
 
     async def set_monitor(request: Request) -> Response:
@@ -117,7 +117,7 @@ def register(router: Router, app: App) -> None:
         try:
             device.set_monitor(enabled, _number(body, "threshold_w"))
         except ValueError as exc:
-            raise HTTPError(400, "invalid monitor setting", [str(exc)]) from None
+            raise HTTPError(400, "invalid monitor setting", [{"monitor": str(exc)}]) from None
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
 
     router.route("GET", "/v1/links/{link_id}/sim", status)

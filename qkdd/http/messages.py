@@ -50,16 +50,16 @@ class Request:
         content_type = (self.header("content-type") or "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise HTTPError(415, "request body must be application/json",
-                            [f"content-type was {content_type or 'missing'}"])
+                            [{"content-type": f"was {content_type or 'missing'}"}])
         try:
             return json.loads(self.body.decode("utf-8"), parse_constant=_reject_constant)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HTTPError(400, "request body is not valid JSON", [str(exc)]) from None
+            raise HTTPError(400, "request body is not valid JSON", [{"body": str(exc)}]) from None
         except RecursionError:
-            raise HTTPError(400, "request body is not valid JSON", ["nested too deeply"]) from None
+            raise HTTPError(400, "request body is not valid JSON", [{"body": "nested too deeply"}]) from None
         except ValueError as exc:  # NaN/Infinity, or an integer beyond Python's digit limit
             detail = str(exc) if isinstance(exc, _NotJSON) else "a number is too large"
-            raise HTTPError(400, "request body is not valid JSON", [detail]) from None
+            raise HTTPError(400, "request body is not valid JSON", [{"body": detail}]) from None
 
 
 class _NotJSON(ValueError):
@@ -90,9 +90,11 @@ class Response:
 
 
 class HTTPError(Exception):
-    """A client-visible error; rendered as JSON {"message": ..., "details": [...]} with `status`."""
+    """A client-visible error; rendered as JSON {"message": ..., "details": [...]} with `status`. Each
+    detail is an object naming what it is about ({"bits": "must be ..."}), as in the Error data format of
+    ETSI GS QKD 014 §6.5, so every route of the listener answers errors of one shape."""
 
-    def __init__(self, status: int, message: str, details: list[Any] | None = None,
+    def __init__(self, status: int, message: str, details: list[dict[str, Any]] | None = None,
                  headers: list[tuple[str, str]] | None = None):
         super().__init__(message)
         self.status = status
