@@ -420,3 +420,25 @@ def test_reservations_round_trip_and_any_edit_of_an_answer_payload_is_an_event_o
                                                  LateAnswer)) for event in events)
 
     check()
+
+
+def test_only_the_newest_abandoned_requests_are_remembered_for_a_late_answer(monkeypatch):
+    """A peer that stops answering on a session that lasts: each Get key abandons its request at the
+    deadline; the endpoint remembers the newest MAX_ABANDONED of them, so its memory stays bounded."""
+    import qkdd.kme.reservation as wire
+
+    monkeypatch.setattr(wire, "MAX_ABANDONED", 4)
+    master, slave = ReservationEndpoint(), ReservationEndpoint()
+    requests = [reservation(1, 256)[0] for _ in range(6)]
+    for request in requests:
+        slave.receive(master.reserve(request))
+        master.abandon(request.request_id)
+    assert [master.state("master", r.request_id) for r in requests] == [None] * 2 + [State.ABANDONED] * 4
+    assert master.receive(slave.accept(requests[-1].request_id)) == [LateAnswer(requests[-1].request_id, True)]
+    with pytest.raises(ReservationProtocolError, match="no request"):
+        master.receive(slave.accept(requests[0].request_id))          # forgotten: an answer to nothing
+    for _ in range(3):                                                # more abandoned ones push the rest out
+        request = reservation(1, 256)[0]
+        master.reserve(request)
+        master.abandon(request.request_id)
+    assert len(master._states) == 4

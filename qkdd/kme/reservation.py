@@ -20,8 +20,11 @@ Per request id, the states and every legal transition (anything else is a Reserv
                                      RECEIVED --refuse--> REFUSED
 
 Finished requests are forgotten (the slave's durable record is the ledger, not this object), so a
-retransmitted RESERVE is a new RECEIVED request; the ledger makes recording it idempotent. When the
-session ends, `end_session()` forgets every request: answers never cross sessions.
+retransmitted RESERVE is a new RECEIVED request; the ledger makes recording it idempotent. Abandoned
+requests are remembered for their late answers, the newest MAX_ABANDONED of them: past that the oldest is
+forgotten, and an answer to it is then an answer to no request (so a peer that stops answering, on a
+session that lasts, cannot grow this end's memory without bound). When the session ends, `end_session()`
+forgets every request: answers never cross sessions.
 
 Wire layout, version 2 (big-endian; strings are UTF-8 with a u16 length). A payload on the channel is
 one or more messages back to back; each end sends whatever queued while its previous write was on the
@@ -54,6 +57,7 @@ MAX_KEYS = 65535
 MAX_SEGMENTS_PER_KEY = 65535
 MAX_TEXT_BYTES = 1024
 MAX_PACKED_BYTES = 1 << 20
+MAX_ABANDONED = 1 << 16        # abandoned requests remembered for a late answer (the newest)
 # The largest message. The KME's configuration caps a Get key at 1 MiB of key (qkdd.kme.config
 # MAX_REQUEST_KEY_BITS) and a stored key holds at least 64 bits on a link (a segment each 8 bytes, plus
 # one per key), so a RESERVE holds at most 131 072 + 4096 segments of 24 bytes plus 4096 key heads:
@@ -166,6 +170,7 @@ class ReservationEndpoint:
 
     def __init__(self) -> None:
         self._states: dict[tuple[str, str], State] = {}   # (role, request_id) -> state
+        self._abandoned: dict[str, None] = {}        # abandoned requests' ids, oldest first
 
     def state(self, role: str, request_id: str) -> State | None:
         return self._states.get((role, request_id))
@@ -180,11 +185,16 @@ class ReservationEndpoint:
 
     def abandon(self, request_id: str) -> None:
         self._step("master", request_id, "abandon")
+        self._abandoned[request_id] = None
+        if len(self._abandoned) > MAX_ABANDONED:
+            oldest = next(iter(self._abandoned))
+            del self._abandoned[oldest], self._states[("master", oldest)]
 
     def end_session(self) -> None:
         """The session carrying the exchange ended: no answer to anything sent or received on it can
         arrive or go out any more, so every request is forgotten (the caller fails the waiting ones)."""
         self._states.clear()
+        self._abandoned.clear()
 
     # -- slave's end ---------------------------------------------------------------------------------
     def accept(self, request_id: str) -> bytes:
@@ -206,6 +216,8 @@ class ReservationEndpoint:
         for key, state in changes.items():
             if state is None:
                 self._states.pop(key, None)
+                if key[0] == "master":
+                    self._abandoned.pop(key[1], None)      # (a late answer's request)
             else:
                 self._states[key] = state
         return events
