@@ -247,3 +247,29 @@ def test_wireguard_peer_key_and_link_are_checked(tmp_path):
                                        f'peer_public_key = "{WG_PUBLIC_KEY}"\n')
     with pytest.raises(ConfigError, match="no link 'l2'"):
         load_config(str(path), environ={})
+
+
+def test_the_example_config_names_every_key_the_daemon_accepts():
+    """etc/qkdd/qkdd.toml is "the commented example with every key" (README): each field of every config
+    section appears in it as `name =`, set or commented out."""
+    import dataclasses
+    import re
+    import typing
+
+    from qkdd.config import Config, ListenAddress
+
+    text = EXAMPLE.read_text()
+    written = set(re.findall(r"^#?\s*([a-z_0-9]+)\s*=", text, re.M))
+
+    def fields_of(section: type, path: str):
+        hints = typing.get_type_hints(section)
+        for item in dataclasses.fields(section):
+            inner = [arg for arg in typing.get_args(hints[item.name]) if dataclasses.is_dataclass(arg)]
+            target = hints[item.name] if dataclasses.is_dataclass(hints[item.name]) else (inner[0] if inner else None)
+            if target is not None and target is not ListenAddress:        # (a "host:port" string)
+                yield from fields_of(target, f"{path}{item.name}.")
+            else:
+                yield f"{path}{item.name}", item.name
+
+    missing = sorted(path for path, name in fields_of(Config, "") if name not in written)
+    assert missing == []
