@@ -143,7 +143,7 @@ register_validator(TLSSettings, _validate_tls)
 ADMIN_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def _admin_clients_check(entries: tuple[str, ...]) -> str | None:
+def _client_list_check(entries: tuple[str, ...]) -> str | None:
     for index, entry in enumerate(entries):
         if ADMIN_FINGERPRINT_PATTERN.fullmatch(entry) or (entry.startswith("cn:") and entry[3:].strip()):
             continue
@@ -164,10 +164,12 @@ class ListenerConfig:
 @dataclass(frozen=True)
 class ApiListenerConfig(ListenerConfig):
     """Port 8071: /v1, ETSI 014/004. `admin_clients`: the client certificates allowed on admin routes
-    (sim control), each "sha256:<hex fingerprint of the DER certificate>" or "cn:<common name>"."""
+    (sim control); `key_clients`: those allowed on the /v1 key routes (empty: loopback clients only); each
+    "sha256:<hex fingerprint of the DER certificate>" or "cn:<common name>" (qkdd.api.callers)."""
 
     listen: ListenAddress = ListenAddress("0.0.0.0", 8071)
-    admin_clients: tuple[str, ...] = field(default=(), metadata=meta(check=lambda v: _admin_clients_check(v)))
+    admin_clients: tuple[str, ...] = field(default=(), metadata=meta(check=lambda v: _client_list_check(v)))
+    key_clients: tuple[str, ...] = field(default=(), metadata=meta(check=lambda v: _client_list_check(v)))
 
 
 @dataclass(frozen=True)

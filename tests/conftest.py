@@ -52,8 +52,8 @@ class RunningServer:
 
 
 def start_server_thread(router: Router, *, tls: TLSSettings | None = None,
-                        limits: HTTPLimits = HTTPLimits(), name: str = "test") -> RunningServer:
-    server = HTTPServer(name, "127.0.0.1", 0, router, tls=tls, limits=limits)
+                        limits: HTTPLimits = HTTPLimits(), name: str = "test", host: str = "127.0.0.1") -> RunningServer:
+    server = HTTPServer(name, host, 0, router, tls=tls, limits=limits)
     started: queue.Queue = queue.Queue()
     errors: list[BaseException] = []
 

@@ -8,6 +8,8 @@
 
 The simulator's attacks and drifts are switched through the admin routes of qkdd/api/sim_control.py.
 
+The two key routes answer only the callers `api.key_clients` lists by client certificate, or with that
+list empty, clients on this host (qkdd.api.callers): 401 without a certificate, 403 otherwise.
 Errors are JSON {"message","details"}: unknown link or key 404, bad input 400, key already delivered
 410, no key available 503 with Retry-After. Key material appears only in the 200 body.
 A key's `qber` is that of the frame it came from (the X-basis error rate both ends found after Cascade),
@@ -19,6 +21,7 @@ import base64
 import math
 import time
 
+from qkdd.api.callers import require_key_client
 from qkdd.app import App
 from qkdd.hal.base import DeviceError
 from qkdd.http.messages import HTTPError, Request, Response
@@ -47,6 +50,7 @@ def register(router: Router, app: App) -> None:
         return engine.qber_history[-1].qber if engine.qber_history else None
 
     async def request_key(request: Request) -> Response:
+        require_key_client(request, app.config.api.key_clients)
         body = request.json()
         if not isinstance(body, dict):
             raise HTTPError(400, "request body must be a JSON object")
@@ -68,6 +72,7 @@ def register(router: Router, app: App) -> None:
         return Response.json(key_json(key, engine.qber_of(key)))
 
     async def get_key(request: Request) -> Response:
+        require_key_client(request, app.config.api.key_clients)
         raw_id = request.path_params["key_id"]
         try:
             key_id = canonical_key_id(raw_id)

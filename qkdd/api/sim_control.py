@@ -18,27 +18,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qkdd.api.callers import require_listed
 from qkdd.app import App
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
 from qkdd.hal.sim.params import Attack, Drift
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
-
-
-def admin_identity(request: Request, admin_clients: tuple[str, ...]) -> str:
-    """The matching admin entry for the request's client certificate; HTTPError 401/403 otherwise."""
-    cert = request.peer_cert
-    if cert is None:
-        raise HTTPError(401, "admin route: a client certificate listed in api.admin_clients is required")
-    candidates = {f"sha256:{cert.sha256_fingerprint.lower()}"}
-    if cert.common_name:
-        candidates.add(f"cn:{cert.common_name}")
-    for entry in admin_clients:
-        if entry in candidates:
-            return entry
-    raise HTTPError(403, "admin route: this client certificate is not an admin",
-                    [{"certificate": f"subject {cert.subject} is not listed in api.admin_clients"}])
 
 
 def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
@@ -62,7 +48,7 @@ def _number(body: dict[str, Any], name: str) -> float | None:
 
 def register(router: Router, app: App) -> None:
     def device_of(request: Request, kind: type | None = None):
-        admin_identity(request, app.config.api.admin_clients)
+        require_listed(request, app.config.api.admin_clients, "admin route", "api.admin_clients")
         link_id = request.path_params["link_id"]
         link = app.config.link(link_id)
         if link is None:

@@ -69,7 +69,8 @@ def v1_exchange(pair: LinkPair) -> bool:
     tls = f"--cacert {pair.pki.ca_cert_file}"
     with pair.mtls_client(None) as client:
         got = until_not_503(lambda: client.post(alice.url("/v1/keys/request"), json=body))
-        show(f"curl {tls} -X POST {alice.url('/v1/keys/request')} -d '{json.dumps(body)}'", got)
+        show(f"curl {tls} -H 'content-type: application/json' -X POST {alice.url('/v1/keys/request')} "
+             f"-d '{json.dumps(body)}'", got)
         if got.status_code != 200:
             return False
         key_id = got.json()["key_id"]
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             pair.start_both()
             print(f"alice: api {pair.ends['alice'].url('')}   bob: api {pair.ends['bob'].url('')}"
-                  f"   (mutual TLS, development PKI in {pair.pki.directory})\n")
+                  f"   (TLS; development PKI in {pair.pki.directory})\n")
             show_status(pair, args.seconds)
             print("\n-- the project's own API: /v1 --")
             v1_same = v1_exchange(pair)
