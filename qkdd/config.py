@@ -343,6 +343,10 @@ class Config:
                 raise ConfigError(f"etsi014.peers[{index}].link_id",
                                   f"no link {peer.link_id!r} with a classical channel in [[links]] (peer_addr or "
                                   "peer_listen, peer_key_file and peer_public_key), and no [etsi014.peers.channel]")
+        if self.etsi014 is not None and (self.api.tls is None or self.api.tls.client_cert == "none"):
+            # ETSI GS QKD 014 §5.1: the KME identifies each SAE by its TLS client certificate.
+            raise ConfigError("etsi014", 'needs [api.tls] with client_cert = "optional" or "required": the KME '
+                              "knows each SAE by its client certificate")
         api, health = self.api.listen, self.health.listen
         if api.port != 0 and api.port == health.port and (
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):

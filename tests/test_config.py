@@ -68,6 +68,9 @@ BAD_CONFIGS = [
      'link_id = "sim-9"\n', {},
      "config error: etsi014.peers[0].link_id: no link 'sim-9' with a classical channel in [[links]] (peer_addr or "
      "peer_listen, peer_key_file and peer_public_key), and no [etsi014.peers.channel]"),
+    ("ETSI 014 without client certificates", '[etsi014]\nkme_id = "kme-a"\n', {},
+     'config error: etsi014: needs [api.tls] with client_cert = "optional" or "required": the KME knows each SAE '
+     "by its client certificate"),
     ("ETSI 014 requests of more than 1 MiB of key", '[etsi014]\nkme_id = "kme-a"\nmax_key_size_bits = 1048576\n'
      'max_key_per_request = 9\n', {},
      "config error: etsi014.max_key_per_request: times max_key_size_bits is 9437184 bits; one request may take "
