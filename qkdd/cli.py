@@ -52,6 +52,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except StartupError as exc:
         print(f"config error: {exc.what}: {exc.problem}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    from qkdd.link.service import not_started_because
+    for index, link in enumerate(config.links):
+        reason = not_started_because(link)
+        if reason is not None:             # valid, but the daemon will not run it: say so, exit 0
+            print(f"warning: links[{index}] ({link.link_id}): {reason}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(config.to_dict(redact=True), indent=2))
     else:

@@ -276,3 +276,19 @@ def test_the_example_config_names_every_key_the_daemon_accepts():
 
     missing = sorted(path for path, name in fields_of(Config, "") if name not in written)
     assert missing == []
+
+
+def test_check_config_warns_of_links_the_daemon_will_not_run(tmp_path):
+    """Valid but not run: a driver without a link engine, and a link without peer identities. check-config
+    still exits 0 and prints the configuration, and says so on stderr, one line per link."""
+    path = tmp_path / "qkdd.toml"
+    path.write_text('[[links]]\nlink_id = "dev-1"\nrole = "alice"\ndriver = "serial"\ndevice_addr = "/dev/ttyUSB0"\n'
+                    'peer_addr = "192.0.2.9:7071"\n'
+                    '[[links]]\nlink_id = "sim-2"\nrole = "bob"\ndriver = "sim"\npeer_addr = "192.0.2.9:7072"\n')
+    result = run_qkdd("check-config", "--config", str(path))
+    assert result.returncode == 0 and 'link_id = "dev-1"' in result.stdout
+    assert result.stderr.splitlines() == [
+        'warning: links[0] (dev-1): driver serial / protocol bb84 has no link engine yet (the daemon runs driver '
+        '"sim" with protocol "bb84")',
+        "warning: links[1] (sim-2): not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
+    ]

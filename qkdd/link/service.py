@@ -33,19 +33,24 @@ def open_keystore(state_dir: str) -> KeyStore:
     return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek)
 
 
+def not_started_because(link: LinkConfig) -> str | None:
+    """Why the daemon will not run `link`'s engine (it stays "configured"), or None if it will."""
+    if link.driver != "sim" or link.protocol != "bb84":
+        return (f"driver {link.driver} / protocol {link.protocol} has no link engine yet (the daemon runs "
+                'driver "sim" with protocol "bb84")')
+    if not link.peer_key_file or not link.peer_public_key:
+        return "not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)"
+    return None
+
+
 def build_engines(config: Config, store: KeyStore, metrics=None, health=None) -> dict[str, LinkEngine]:
     engines = {}
     for index, link in enumerate(config.links):
-        key = f"links[{index}]"
-        if link.driver != "sim" or link.protocol != "bb84":
-            log.warning("link %s: driver %s / protocol %s has no link engine yet", link.link_id, link.driver,
-                        link.protocol)
+        reason = not_started_because(link)
+        if reason is not None:
+            log.warning("link %s: %s", link.link_id, reason)
             continue
-        if not link.peer_key_file or not link.peer_public_key:
-            log.warning("link %s: not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
-                        link.link_id)
-            continue
-        engines[link.link_id] = _build(link, key, store, metrics, health)
+        engines[link.link_id] = _build(link, f"links[{index}]", store, metrics, health)
     return engines
 
 
