@@ -55,14 +55,17 @@ def test_corrects_when_estimate_is_off(true_qber, estimate):
 
 
 def test_frame_error_rate_over_1000_frames():
-    # 1000 frames of 10^4 bits at 3 % (Bernoulli noise), random shuffle seeds from os.urandom.
+    # 1000 frames of 10^4 bits at 3 % (Bernoulli noise), each with its own shuffle seed. Noise and seeds come
+    # from one seeded generator, so the count is the same on every run: with seeds from os.urandom the
+    # count itself is random (about 0.4 failed frames per 1000 here), and a bound of 1 in 1000 failed about
+    # one run in twenty.
     n, qber, frames = 10_000, 0.03, 1000
     rng = np.random.default_rng(2024)
     failures = 0
     disclosed = 0
     for frame in range(frames):
         alice_key, bob_key = noisy_pair(rng, n, qber, "bernoulli")
-        bob, _ = reconcile(alice_key, bob_key, n, qber, "efficient", frame_id=frame)
+        bob, _ = reconcile(alice_key, bob_key, n, qber, "efficient", frame_id=frame, seed=rng.bytes(32))
         failures += not np.array_equal(alice_key, bob_key)
         disclosed += bob.disclosed_bits
     assert failures / frames <= 1 / 1000, f"frame error rate {failures / frames}"
