@@ -173,6 +173,7 @@ MALFORMED = {
                                     struct.pack("<QQIIdddd", 1, 10, 2, 0, 0.0, 0.0, 0.0, 0.0) + bytes(10),
                                     "does not hold 2 detections"),
     "stalled mid-frame": (HELLO + frame_bytes()[:-5], "stalled"),
+    "frame shorter than its fixed part": (HELLO + header(wire.FRAME, 3) + b"abc", "FRAME body of 3 bytes"),
 }
 
 
@@ -218,6 +219,15 @@ def test_receiver_refuses_an_oversized_frame_before_buffering_its_body():
     assert isinstance(receiver.next_message(), wire.AliceHello)
     receiver.receive_data(header(wire.FRAME, 56 + 101 * 10))
     with pytest.raises(wire.WireError, match="cap 1056"):
+        receiver.next_message()
+
+
+def test_receiver_refuses_a_frame_too_short_for_its_fixed_part_before_parsing_it():
+    receiver = wire.Receiver("bob")
+    receiver.receive_data(HELLO)
+    assert isinstance(receiver.next_message(), wire.AliceHello)
+    receiver.receive_data(header(wire.FRAME, 55))
+    with pytest.raises(wire.WireError, match="FRAME body of 55 bytes"):
         receiver.next_message()
 
 

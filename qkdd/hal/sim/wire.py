@@ -31,9 +31,10 @@ States (each receiver; anything else is a WireError naming state and message):
     alice     HELLO       BOB_HELLO     RUNNING
     alice     RUNNING     ACK, REALIGN  RUNNING
 
-A header is checked (magic, version, type, length cap) before its body is buffered, so a peer cannot
-make the receiver hold more than one capped message. Frame checks: slots strictly increasing and below
-slot_count, bases in range for the protocol, outcomes 0/1, finite loss and power, qber in [0, 1] or NaN.
+A header is checked (magic, version, type, length cap; a FRAME at least its fixed part) before its body is
+buffered, so a peer cannot make the receiver hold more than one capped message. Frame checks: slots strictly
+increasing and below slot_count, bases in range for the protocol, outcomes 0/1, finite loss and power, qber in
+[0, 1] or NaN.
 """
 from __future__ import annotations
 
@@ -223,6 +224,9 @@ class Receiver:
         if body_bytes > cap or (exact and body_bytes != cap):
             raise WireError(f"quantum channel: {TYPE_NAMES[kind]} body of {body_bytes} bytes "
                             f"({'must be' if exact else 'cap'} {cap})")
+        if kind == FRAME and body_bytes < _FRAME_HEAD.size:
+            raise WireError(f"quantum channel: FRAME body of {body_bytes} bytes is shorter than its "
+                            f"{_FRAME_HEAD.size}-byte fixed part")
         return kind, body_bytes
 
     def _parse(self, kind: int, body: bytearray) -> Message:

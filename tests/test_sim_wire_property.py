@@ -1,0 +1,78 @@
+"""The simulated quantum channel's parser on arbitrary bytes: valid streams with bytes flipped, cut, inserted or
+replaced, in random chunks. Every outcome is a checked message, a wait for more bytes, or a WireError."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from qkdd.hal.sim import wire
+
+HELLO = wire.encode_alice_hello(wire.AliceHello("bb84", 1e9, 1 << 40))
+
+
+def frame(frame_id: int, n: int) -> bytes:
+    slots = np.arange(1, 3 * n + 1, 3, dtype=np.uint64)
+    message = wire.FrameMessage(frame_id, 3 * n + 5, 0, 5.0, 1e-12, 0.02, 0.96, slots,
+                                (slots % 2).astype(np.uint8), (slots % 3 == 1).astype(np.uint8))
+    return b"".join(bytes(part) for part in wire.encode_frame(message))
+
+
+VALID = {
+    "bob": HELLO + frame(7, 0) + frame(8, 5) + frame(9, 2),
+    "alice": wire.encode_bob_hello() + wire.encode_ack(7) + wire.encode_realign(3) + wire.encode_ack(8),
+}
+
+
+@st.composite
+def mangled(draw, role):
+    data = bytearray(VALID[role])
+    for _ in range(draw(st.integers(1, 4))):
+        at = draw(st.integers(0, len(data)))
+        edit = draw(st.sampled_from(["flip", "cut", "insert", "replace"]))
+        if edit == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif edit == "cut":
+            del data[at:at + draw(st.integers(1, 64))]
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=16))
+        else:
+            data[at:at + 8] = draw(st.sampled_from([bytes(8), b"\xff" * 8, (2**63).to_bytes(8, "little"),
+                                                    np.float64(np.nan).tobytes(), np.float64(-np.inf).tobytes()]))
+    return bytes(data)
+
+
+def feed(role: str, data: bytes, chunk_bytes: int) -> list:
+    receiver = wire.Receiver(role, max_detections=64)
+    messages = []
+    try:
+        for start in range(0, len(data), chunk_bytes):
+            receiver.receive_data(data[start:start + chunk_bytes])
+            while (message := receiver.next_message()) is not None:
+                messages.append(message)
+    except wire.WireError:
+        pass
+    return messages
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["bob", "alice"]).flatmap(lambda role: st.tuples(st.just(role), mangled(role))),
+       st.integers(1, 97))
+def test_mangled_streams_give_checked_messages_or_a_wire_error(role_and_data, chunk_bytes):
+    role, data = role_and_data
+    for message in feed(role, data, chunk_bytes):
+        if isinstance(message, wire.FrameMessage):
+            slots = message.slots
+            assert slots.size == message.bases.size == message.outcomes.size <= 64
+            assert np.all(slots[1:] > slots[:-1]) and (slots.size == 0 or int(slots[-1]) < message.slot_count)
+            assert np.all(message.outcomes <= 1) and np.all(message.bases <= 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["bob", "alice"]), st.binary(max_size=200), st.integers(1, 97))
+def test_random_bytes_after_a_valid_hello_give_a_wire_error_or_wait(role, tail, chunk_bytes):
+    hello = VALID[role][:wire.HEADER.size + (24 if role == "bob" else 0)]
+    feed(role, hello + tail, chunk_bytes)
+    # a header naming FRAME with any body length is the interesting case for Bob
+    for body_bytes in (0, 1, 55, 56, 57):
+        feed("bob", HELLO + wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.FRAME, 0, body_bytes) + tail,
+             chunk_bytes)
