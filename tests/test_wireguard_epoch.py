@@ -5,6 +5,7 @@ import struct
 import uuid
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from qkdd.consumers.wg_epoch import (MESSAGE_BYTES, NO_EPOCH, Agreed, Epoch, EpochAgreement, EpochMessageError,
                                      EpochStateError, Message, MessageType, NackReason, Proposed, Refused,
@@ -120,3 +121,42 @@ def test_a_message_for_the_wrong_role_is_an_error_not_a_crash():
     other_leader = EpochAgreement(TUNNEL, True)
     with pytest.raises(EpochMessageError, match="both ends lead"):
         leader.receive(other_leader.propose(key(), 1.0))
+
+
+def test_an_epoch_number_with_no_successor_is_refused_so_the_leader_can_always_propose_above():
+    """A peer's epoch sets the floor of the leader's next proposal, which must still fit its u64 field."""
+    leader, _ = ends()
+    hello = EpochAgreement(TUNNEL, False, Epoch(5, key(), 0.5)).hello()
+    with pytest.raises(EpochMessageError, match="epoch number"):
+        leader.receive(hello[:8] + struct.pack(">Q", 2**64 - 1) + hello[16:])
+    events, _ = leader.receive(hello[:8] + struct.pack(">Q", 2**64 - 2) + hello[16:])
+    proposal = leader.propose(key(), 2.0, above=events[0].peer_epoch.number)
+    assert len(proposal) == MESSAGE_BYTES
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(), st.sampled_from(["flip", "field", "random"]), st.integers(0, MESSAGE_BYTES - 1),
+       st.integers(0, 7), st.binary(min_size=MESSAGE_BYTES, max_size=MESSAGE_BYTES),
+       st.sampled_from([0, 1, 2**63, 2**64 - 2, 2**64 - 1]), st.binary(max_size=60))
+def test_any_peer_bytes_give_events_or_an_epoch_message_error(leader_receives, how, at, bit, noise, number, short):
+    """Mutated and random messages, to either role: an EpochMessageError or events the caller can act on (a
+    leader asked to resync can always propose above the peer's epoch)."""
+    leader, follower = ends(Epoch(3, key(), 1.0), Epoch(3, key(), 1.0))
+    data = bytearray(follower.hello() if leader_receives else leader.propose(key(), 5.0))
+    if how == "flip":
+        data[at] ^= 1 << bit
+    elif how == "field":
+        data[8:16] = struct.pack(">Q", number)
+    else:
+        data = bytearray(noise if at % 2 else short)
+    receiver = leader if leader_receives else follower
+    try:
+        events, replies = receiver.receive(bytes(data))
+    except EpochMessageError:
+        return
+    assert all(len(reply) == MESSAGE_BYTES for reply in replies)
+    for event in events:
+        if isinstance(event, ResyncNeeded):
+            assert len(leader.propose(key(), 6.0, above=event.peer_epoch.number)) == MESSAGE_BYTES
+        elif isinstance(event, Proposed):
+            assert len(follower.accept()) == MESSAGE_BYTES

@@ -32,7 +32,7 @@ Wire layout (version 1, big-endian), every message 48 bytes::
     5      1    type: 1 HELLO, 2 PROPOSE, 3 ACK, 4 NACK
     6      1    NACK reason (0 otherwise)
     7      1    zero
-    8      8    epoch number (0: none yet)
+    8      8    epoch number (0: none yet; 2^64 - 1 is refused, so that an epoch above any peer's fits)
     16     16   key id (UUID bytes; zero when epoch is 0)
     32     8    activation time, Unix seconds as IEEE-754 double (PROPOSE; 0 otherwise)
     40     8    tunnel name hash: first 8 bytes of SHA-256 of the tunnel name (both ends share the name)
@@ -50,6 +50,7 @@ MAGIC = b"QKWG"
 VERSION = 1
 _LAYOUT = struct.Struct(">4sBBBxQ16sd8s")
 MESSAGE_BYTES = _LAYOUT.size
+MAX_EPOCH = 2**64 - 2        # a peer's epoch number the leader can still propose one above
 
 
 class EpochMessageError(ValueError):
@@ -150,6 +151,8 @@ def decode(data: bytes, tunnel: str) -> Message:
         reason = NackReason(reason_code)
     except ValueError:
         raise EpochMessageError(f"epoch message has unknown type {type_code} or reason {reason_code}") from None
+    if number > MAX_EPOCH:
+        raise EpochMessageError(f"epoch number {number} leaves no room for a next epoch")
     if not math.isfinite(activate_at) or activate_at < 0:
         raise EpochMessageError("epoch message activation time is not a finite non-negative number")
     if number == 0:
