@@ -75,7 +75,7 @@ def decode_slots(view, max_count: int) -> np.ndarray:
     if count > 1 and not bool(np.all(gaps[1:] > 0)):
         raise LinkMessageError("SLOTS: slot numbers are not strictly increasing")
     slots = np.cumsum(gaps, dtype=np.uint64)
-    if count and slots[-1] < gaps[-1]:
+    if count > 1 and not bool(np.all(slots[1:] > slots[:-1])):     # the sum wrapped past 2^64 somewhere
         raise LinkMessageError("SLOTS: slot numbers overflow")
     return slots
 
