@@ -214,3 +214,26 @@ def test_a_flood_of_control_messages_is_handled_a_bounded_number_at_a_time(tmp_p
             assert CONTROL_IN_FLIGHT // 2 <= peak["tasks"] - baseline <= CONTROL_IN_FLIGHT, (peak, baseline)
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_malformed_control_messages_are_dropped_and_the_session_goes_on(tmp_path):
+    """Control messages that are not JSON objects with an integer request id (non-UTF-8, a list, a float
+    too large for an int, NaN, a string) are dropped with a warning; the next valid one is answered."""
+    malformed = [b"\xff\xfe", b"[1, 2]", b'{"type": "reserve"}', b'{"type": "reserve", "request": 1e999}',
+                 b'{"type": "reserve", "request": NaN}', b'{"type": "reserve", "request": "x"}',
+                 b'{"type": "reserved", "request": -1e400}']
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, session = await engine_and_raw_peer(nursery, tmp_path, receive_queue_bytes=64 * 1024)
+            await session.send_many([(CH_CONTROL, message) for message in malformed])
+            await session.send(CH_CONTROL, json.dumps({"type": "reserve", "request": 7, "key_id": "no-such-key",
+                                                       "holder": "v1:256"}).encode())
+            with trio.fail_after(10):
+                channel, payload = await session.receive()
+            assert channel == CH_CONTROL
+            answer = json.loads(payload)
+            assert answer["request"] == 7 and answer["ok"] is False
+            assert alice.session is not None
+            nursery.cancel_scope.cancel()
+    trio.run(main)

@@ -587,7 +587,7 @@ class LinkEngine:
         try:
             message = json.loads(payload)
             kind, request_id = message["type"], int(message["request"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, OverflowError):    # OverflowError: a request id of 1e999
             log.warning("link %s: malformed control message dropped", self.link_id)
             return
         if kind == "reserved":
