@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from qkdd.peer import generate_identity
-from qkdd.peer.errors import HandshakeError, PeerAuthenticationError, PeerRefusedError
+from qkdd.peer.errors import FrameError, HandshakeError, PeerAuthenticationError, PeerRefusedError
 from qkdd.peer.framing import Frame, FrameDecoder, FrameType
 from qkdd.peer.handshake import Alert, Handshake, Role, State, TRANSITIONS, alert_frame
 from qkdd.peer.identity import key_fingerprint
@@ -257,3 +258,79 @@ def test_a_failed_handshake_holds_no_secret(failure):
     assert initiator.state is State.FAILED and initiator.keys is None
     assert (initiator._keys, initiator._confirm, initiator._shared, initiator._mlkem, initiator._x25519) == \
         (None, b"", None, None, None)
+
+
+# ---- any network client: arbitrary frames before authentication ----------------------------------------
+
+def ends_awaiting(frame_type: FrameType) -> tuple[Handshake, Frame]:
+    """A fresh pair run up to the end that expects `frame_type`, and the genuine frame of that type."""
+    initiator, responder = pair()
+    responder.start()
+    flight = initiator.start()
+    receiver = responder
+    while flight[0].type != frame_type:
+        flight = receiver.receive(flight[0])
+        receiver = initiator if receiver is responder else responder
+    return receiver, flight[0]
+
+
+@st.composite
+def mangled_body(draw, body: bytes) -> bytes:
+    data = bytearray(body)
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(data)))
+        edit = draw(st.sampled_from(["flip", "cut", "insert", "length"]))
+        if edit == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif edit == "cut":
+            del data[at:at + draw(st.integers(1, 2000))]
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        else:                                    # a field length prefix set to an edge value
+            data[at:at + 2] = draw(st.sampled_from([0, 1, 255, 256, 0xFFFF])).to_bytes(2, "big")
+    return bytes(data)
+
+
+HANDSHAKE_FRAMES = [FrameType.INITIATOR_HELLO, FrameType.RESPONDER_HELLO, FrameType.INITIATOR_FINISH,
+                    FrameType.RESPONDER_FINISH]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(HANDSHAKE_FRAMES), st.data())
+def test_a_mangled_handshake_frame_fails_the_handshake_with_an_alert_and_no_secret(frame_type, data):
+    receiver, genuine = ends_awaiting(frame_type)
+    body = data.draw(st.one_of(mangled_body(genuine.body), st.binary(max_size=300)))
+    sent_type = data.draw(st.sampled_from([frame_type] * 3 + HANDSHAKE_FRAMES + [FrameType.ALERT]))
+    try:
+        replies = receiver.receive(Frame(sent_type, body))
+    except HandshakeError as error:
+        assert error.alert in set(Alert) and receiver.state is State.FAILED and receiver.keys is None
+        assert (receiver._shared, receiver._mlkem, receiver._x25519, receiver._confirm) == (None, None, None, b"")
+        return
+    # besides the genuine frame, only a change that no check here can see passes: in the nonce or a key share
+    # of the (unsigned) INITIATOR_HELLO, which the initiator's signature check refuses later
+    assert sent_type == frame_type
+    assert body == genuine.body or (frame_type == FrameType.INITIATOR_HELLO and len(body) == len(genuine.body))
+    assert receiver.state in (State.AWAIT_INITIATOR_FINISH, State.AWAIT_RESPONDER_FINISH, State.ESTABLISHED)
+    assert len(replies) <= 1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=64), st.sampled_from(HANDSHAKE_FRAMES + [FrameType.ALERT, FrameType.DATA]),
+       st.integers(0, 20_000), st.integers(1, 4096))
+def test_any_bytes_a_client_sends_the_responder_end_in_a_frame_or_handshake_error(junk, frame_type, length,
+                                                                                   chunk_bytes):
+    """What session.establish does with the bytes of an unauthenticated client, over a header that names any
+    frame type and length followed by junk: a FrameError or HandshakeError, never another exception."""
+    header = b"QKDP" + bytes([1, int(frame_type)]) + length.to_bytes(4, "big")
+    for stream in (junk, header + junk, header + bytes(min(length, 17_000)) + junk):
+        decoder = FrameDecoder(accept_records=False)
+        responder = Handshake(Role.RESPONDER, "link-ab", BOB, ALICE.public_key())
+        responder.start()
+        try:
+            for start in range(0, len(stream), chunk_bytes):
+                decoder.receive_data(stream[start:start + chunk_bytes])
+                while (frame := decoder.next_frame()) is not None:
+                    responder.receive(frame)
+        except (FrameError, HandshakeError):
+            continue
