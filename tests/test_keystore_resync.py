@@ -5,9 +5,11 @@ import time
 import uuid
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from qkdd.keystore import KeyAlreadyDelivered, KeyState, KeyStore, create_kek
-from qkdd.keystore.resync import ResyncMessageError, decode_inventory, encode_inventory, plan_resync
+from qkdd.keystore.resync import (InventoryAssembler, ResyncMessageError, decode_inventory, encode_inventory,
+                                  plan_resync)
 
 LINK = "link-ab"
 
@@ -159,3 +161,47 @@ def test_tombstones_are_purged_only_past_expiry_plus_grace_and_resync_still_conv
     assert usable(bob) == {k for k, _ in young}
     assert not {k for k, _ in old} & set(bob.inventory(LINK))
     assert alice.purge_tombstones() == 0
+
+
+_INVENTORY = {str(uuid.UUID(int=i * 0x1F3D5B79 + 7, version=4)): state
+              for i, state in enumerate(list(KeyState) * 3)}
+_MESSAGES = encode_inventory(LINK, _INVENTORY, 7 + len(LINK) + 5 + 17 * 4)       # 4 keys per message
+
+
+@st.composite
+def mangled_inventory(draw) -> list[bytes]:
+    messages = [bytearray(m) for m in _MESSAGES]
+    for _ in range(draw(st.integers(1, 3))):
+        which = draw(st.integers(0, len(messages) - 1))
+        data = messages[which]
+        at = draw(st.integers(0, len(data)))
+        edit = draw(st.sampled_from(["flip", "cut", "insert", "count", "drop", "repeat", "random"]))
+        if edit == "flip" and at < len(data):
+            data[at] ^= 1 << draw(st.integers(0, 7))
+        elif edit == "cut":
+            del data[at:]
+        elif edit == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=17))
+        elif edit == "count":
+            data[at:at + 4] = draw(st.sampled_from([0, 1, 2**31, 2**32 - 1])).to_bytes(4, "big")
+        elif edit == "drop" and len(messages) > 1:
+            del messages[which]
+        elif edit == "repeat":
+            messages.insert(which, bytearray(data))
+        else:
+            messages[which] = bytearray(draw(st.binary(max_size=40)))
+    return [bytes(m) for m in messages]
+
+
+@settings(max_examples=300, deadline=None)
+@given(mangled_inventory())
+def test_a_mangled_inventory_is_refused_or_lists_only_well_formed_keys(messages):
+    assembler = InventoryAssembler(LINK)
+    try:
+        for message in messages:
+            assembler.add(message)
+    except ResyncMessageError:
+        return
+    assert len(assembler.inventory) <= len(_INVENTORY) + 4 * len(messages)
+    assert all(str(uuid.UUID(key_id)) == key_id and isinstance(state, KeyState)
+               for key_id, state in assembler.inventory.items())
