@@ -1,4 +1,6 @@
 """Both ends of the link pipeline against each other in memory, on real simulator frames."""
+import struct
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,29 @@ def test_key_ids_derive_identically_and_never_collide():
     assert ids == linkmsg.derive_key_ids(bytes(32), 1000)
     assert len(set(ids)) == 1000 and all(i[14] == "4" for i in ids)
     assert set(ids).isdisjoint(linkmsg.derive_key_ids(b"\x01" * 32, 1000))
+
+
+def _reveal_rewriter(fields: dict[int, float]):
+    """A tamper function that sets f64 fields (by index: 0-5 decoy settings, 7 eps_sec, 8 eps_cor) of
+    Alice's REVEAL."""
+    def tamper(role, record):
+        frame_id, parts = envelope.decode(record)
+        if role != ALICE or parts[0][0] != envelope.Step.ESTIMATE:
+            return record
+        body = bytearray(parts[0][1])
+        for index, value in fields.items():
+            body[8 * index:8 * index + 8] = struct.pack("<d", value)
+        return envelope.encode(frame_id, [(parts[0][0], bytes(body))] + [(s, bytes(b)) for s, b in parts[1:]])
+    return tamper
+
+
+@pytest.mark.parametrize("fields", [
+    {0: 1000.0, 3: 1e-20, 4: 1e-100},                # valid decoy settings the analysis overflows on
+    {2: 5e-324, 4: 5e-324, 5: 5e-324},               # ... or gets NaN from
+])
+def test_announced_decoy_settings_the_analysis_cannot_handle_abort_the_frame(fields):
+    ends = Ends(*frame_pair(simulator(25.0, seed=11), 15)).run(_reveal_rewriter(fields))
+    assert not ends.of(ALICE, StorePending) and not ends.of(BOB, StorePending)
+    bob = ends.outcome(BOB)
+    assert bob.abort_code == linkmsg.AbortReason.PROTOCOL and "decoy analysis" in bob.aborted
+    assert ends.outcome(ALICE).aborted_by_peer

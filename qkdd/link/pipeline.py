@@ -418,9 +418,12 @@ class FramePipeline:
             self.outcome.gate_refused = True
             self._refusal = (AbortReason.QBER, refusal)
             return
-        estimate = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
-                                     eps_cor=self.settings.eps_cor,
-                                     ec_leak_bits=self.settings.f_ec_estimate * n_x * binary_entropy(min(qber, 0.5)))
+        leak_bits = self.settings.f_ec_estimate * n_x * binary_entropy(min(qber, 0.5))
+        try:
+            estimate = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
+                                         eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)
+        except (ArithmeticError, ValueError) as exc:    # at Bob, decoy settings Alice announced (REVEAL)
+            raise LinkMessageError(f"decoy analysis failed on the announced settings: {exc}") from None
         if estimate.abort:
             self._refusal = (AbortReason.ESTIMATION, estimate.abort_reason or "finite-key bound aborts")
             return
