@@ -94,7 +94,8 @@ def test_pipeline_messages_decode_or_are_a_link_message_error(kind_and_data):
         return
     if kind == "reveal":
         _, _, eps_sec, eps_cor, revealed = decoded
-        assert 0 < eps_sec < 1 and 0 < eps_cor < 1 and [n for _, n in revealed] == REVEAL_BITS
+        assert linkmsg.MIN_EPS <= eps_sec < 1 and linkmsg.MIN_EPS <= eps_cor < 1
+        assert [n for _, n in revealed] == REVEAL_BITS
     elif kind == "errors":
         assert all(e <= n for e, n in zip(decoded, [70, 0, 5]))
     elif kind == "abort":

@@ -166,3 +166,13 @@ def test_announced_decoy_settings_the_analysis_cannot_handle_abort_the_frame(fie
     bob = ends.outcome(BOB)
     assert bob.abort_code == linkmsg.AbortReason.PROTOCOL and "decoy analysis" in bob.aborted
     assert ends.outcome(ALICE).aborted_by_peer
+
+
+@pytest.mark.parametrize("fields", [{8: 1e-100}, {8: 5e-324}, {7: 1e-300}, {7: 5e-324}])
+def test_security_parameters_too_small_to_honour_abort_the_frame(fields):
+    """eps_cor so small that no number of verification tags reaches it, or an eps_sec the analysis cannot
+    evaluate: Bob refuses the REVEAL."""
+    ends = Ends(*frame_pair(simulator(25.0, seed=11), 16)).run(_reveal_rewriter(fields))
+    assert not ends.of(ALICE, StorePending) and not ends.of(BOB, StorePending)
+    bob = ends.outcome(BOB)
+    assert bob.abort_code == linkmsg.AbortReason.PROTOCOL and "security parameters" in bob.aborted

@@ -5,8 +5,9 @@ Layouts (little-endian, inside an envelope part; see envelope.py):
     SLOTS     u64 count | u8 width (4 or 8) | 7 zero bytes | count gaps of `width` bytes: the first slot,
               then the differences (slot numbers strictly increasing)
     REVEAL    (ESTIMATE step, Alice) 6 x f64 decoy settings (mu signal, decoy, vacuum; p signal, decoy;
-              q_x) | u64 pulses sent | f64 eps_sec | f64 eps_cor | then per intensity class (signal,
-              decoy, vacuum): u64 bit count | ceil(count/64) words of her sifted test-basis (Z) bits
+              q_x) | u64 pulses sent | f64 eps_sec | f64 eps_cor (both in [MIN_EPS, 1)) | then per
+              intensity class (signal, decoy, vacuum): u64 bit count | ceil(count/64) words of her sifted
+              test-basis (Z) bits
     ERRORS    (ESTIMATE step, Bob) 3 x u64 test-basis errors per intensity class
     KEYS      32-byte key-id seed | u32 key count | u32 bits per key
     ABORT     u8 reason code | u16 text length | UTF-8 text (a short sentence, never key material)
@@ -31,6 +32,9 @@ _KEYS = struct.Struct(f"<{KEY_ID_SEED_BYTES}sII")
 _ABORT = struct.Struct("<BH")
 MAX_ABORT_TEXT_BYTES = 400
 KEY_ID_LABEL = b"qkdd/key-ids\x00"
+# The smallest eps_sec and eps_cor a REVEAL may announce: verification's at most 4 tags of 64 bits reach an
+# eps_cor of ((2^24 + 2) / 2^64)^4 ~ 7e-49 on a frame of 2^30 bits, and the finite-key analysis stays in range.
+MIN_EPS = 1e-40
 
 
 class LinkMessageError(ValueError):
@@ -100,8 +104,8 @@ def decode_reveal(view, expected_bits: list[int]):
         settings = DecoySettings(*numbers)
     except ValueError as exc:
         raise LinkMessageError(f"REVEAL: decoy settings refused: {exc}") from None
-    if not (0 < eps_sec < 1 and 0 < eps_cor < 1):
-        raise LinkMessageError("REVEAL: security parameters outside (0, 1)")
+    if not (MIN_EPS <= eps_sec < 1 and MIN_EPS <= eps_cor < 1):
+        raise LinkMessageError(f"REVEAL: security parameters outside [{MIN_EPS:g}, 1)")
     offset = _SETTINGS.size
     revealed = []
     for c, expected in enumerate(expected_bits):
