@@ -216,6 +216,18 @@ def test_start_and_done_are_checked():
     assert alice.receive(done) == [] and alice.done
 
 
+def test_done_reporting_more_corrected_bits_than_the_frame_holds_is_refused():
+    """Alice reports the frame's QBER from Bob's corrected count: it cannot exceed the frame's length."""
+    key = np.zeros(16, dtype=np.uint64)
+    bob, alice = CascadeBob(key.copy(), 1000, 3, 0.02, seed=SEED), CascadeAlice(key, 1000, 3)
+    (done,) = bob.receive(alice.receive(bob.start())[0])
+    disclosed, _, round_trips = struct.unpack("<QQI", done[proto.HEADER_BYTES:])
+    forged = done[:proto.HEADER_BYTES] + struct.pack("<QQI", disclosed, 2**64 - 1, round_trips)
+    with pytest.raises(CascadeMessageError, match="corrected"):
+        alice.receive(forged)
+    assert not alice.done and alice.receive(done) == [] and alice.corrected_bits == 0
+
+
 def test_wrong_buffers_raise():
     with pytest.raises(ValueError, match="needs 2"):
         CascadeBob(np.zeros(3, dtype=np.uint64), 100, 0, 0.02)

@@ -26,7 +26,7 @@ carries the number of the message it answers. Payloads (little-endian)::
     PARITIES   u32 count, ceil(count/8) bytes of parity bits (bit i: byte i/8, bit i%8; padding zero)
     QUESTIONS  u32 count, count x (u8 pass, u32 start, u32 length): parity of [start, start+length)
                of that pass's order
-    DONE       u64 disclosed bits, u64 corrected bits, u32 round trips (Bob's counts)
+    DONE       u64 disclosed bits, u64 corrected bits (at most n_bits), u32 round trips (Bob's counts)
 
 States and transitions (anything else raises CascadeStateError; a rejected message changes nothing,
 except that answers which contradict earlier ones fail Bob's frame for good)::
@@ -325,6 +325,8 @@ class CascadeAlice(_End):
         if disclosed != mine or round_trips != self.round_trips:
             raise CascadeMessageError(f"DONE reports {disclosed} disclosed bits in {round_trips} round trips; "
                                       f"Alice counted {mine} in {self.round_trips}")
+        if corrected > self.n_bits:
+            raise CascadeMessageError(f"DONE reports {corrected} corrected bits in a {self.n_bits}-bit frame")
         self.corrected_bits = corrected
         self.state = State.DONE
         return []
