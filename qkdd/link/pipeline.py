@@ -115,8 +115,9 @@ class PipelineSettings:
     def __post_init__(self) -> None:
         if self.key_bits % 64 or not 64 <= self.key_bits <= self.max_key_bits_per_key:
             raise ValueError(f"key_bits must be a multiple of 64 in [64, {self.max_key_bits_per_key}]")
-        if not (0 < self.eps_sec < 1 and 0 < self.eps_cor < 1):
-            raise ValueError("eps_sec and eps_cor must lie in (0, 1)")
+        if not (linkmsg.MIN_EPS <= self.eps_sec < 1 and linkmsg.MIN_EPS <= self.eps_cor < 1):
+            # the peer refuses a REVEAL announcing less (linkmsg.MIN_EPS): every frame would abort
+            raise ValueError(f"eps_sec and eps_cor must lie in [{linkmsg.MIN_EPS:g}, 1)")
 
 
 # -- actions for the caller -----------------------------------------------------------------------
