@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from qkdd.link import envelope, linkmsg
 from qkdd.protocols.bb84_finite import DecoySettings
+from tests.mutations import edited, fields
 
 DECOY = DecoySettings(mu_signal=0.4, mu_decoy=0.13, mu_vacuum=0.0, p_signal=0.08, p_decoy=0.56, q_x=0.63)
 U64_EDGES = [0, 1, 2**32 - 1, 2**32, 2**63, 2**64 - 1]
@@ -28,21 +29,8 @@ def test_slot_numbers_that_wrap_past_2_64_are_refused_wherever_they_wrap():
     assert top.tolist() == [2**64 - 2, 2**64 - 1]
 
 
-@st.composite
-def mutated(draw, valid: bytes) -> bytes:
-    data = bytearray(valid)
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(data)))
-        edit = draw(st.sampled_from(["flip", "cut", "insert", "u64"]))
-        if edit == "flip" and at < len(data):
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif edit == "cut":
-            del data[at:]
-        elif edit == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=9))
-        else:
-            data[at:at + 8] = draw(st.sampled_from(U64_EDGES)).to_bytes(8, "little")
-    return bytes(data)
+def mutated(valid: bytes):
+    return edited(valid, overwrites=fields(U64_EDGES, 8, "little"))
 
 
 def _slots(seed: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from qkdd.bindings import bits
 from qkdd.postprocess import amplification, sifting, verification
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
 from qkdd.postprocess.wire import PeerMessageError
+from tests.mutations import edited, fields
 
 FRAME_ID = 9
 _rng = np.random.default_rng(4)
@@ -25,20 +26,8 @@ U64_EDGES = [0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1]
 
 @st.composite
 def mangled(draw, message: bytes) -> bytes:
-    data = bytearray(message)
-    for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(data)))
-        edit = draw(st.sampled_from(["flip", "cut", "insert", "u64", "random"]))
-        if edit == "flip" and at < len(data):
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif edit == "cut":
-            del data[at:]
-        elif edit == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=9))
-        elif edit == "u64":
-            data[at:at + 8] = draw(st.sampled_from(U64_EDGES)).to_bytes(8, "little")
-        else:
-            data = bytearray(draw(st.binary(max_size=64)))
+    data = bytearray(draw(st.one_of(edited(message, overwrites=fields(U64_EDGES, 8, "little")),
+                                    st.binary(max_size=64))))
     if len(data) >= 24 and draw(st.booleans()):        # keep the header's payload length consistent
         data[20:24] = (len(data) - 24).to_bytes(4, "little")
     return bytes(data)

@@ -6,6 +6,7 @@ import numpy as np
 from hypothesis import given, settings, strategies as st
 
 from qkdd.hal.sim import wire
+from tests.mutations import edited
 
 HELLO = wire.encode_alice_hello(wire.AliceHello("bb84", 1e9, 1 << 40))
 
@@ -23,22 +24,10 @@ VALID = {
 }
 
 
-@st.composite
-def mangled(draw, role):
-    data = bytearray(VALID[role])
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(data)))
-        edit = draw(st.sampled_from(["flip", "cut", "insert", "replace"]))
-        if edit == "flip" and at < len(data):
-            data[at] ^= 1 << draw(st.integers(0, 7))
-        elif edit == "cut":
-            del data[at:at + draw(st.integers(1, 64))]
-        elif edit == "insert":
-            data[at:at] = draw(st.binary(min_size=1, max_size=16))
-        else:
-            data[at:at + 8] = draw(st.sampled_from([bytes(8), b"\xff" * 8, (2**63).to_bytes(8, "little"),
-                                                    np.float64(np.nan).tobytes(), np.float64(-np.inf).tobytes()]))
-    return bytes(data)
+def mangled(role: str):
+    edges = [bytes(8), b"\xff" * 8, (2**63).to_bytes(8, "little"), np.float64(np.nan).tobytes(),
+             np.float64(-np.inf).tobytes()]
+    return edited(VALID[role], edits=4, max_cut=64, max_insert=16, overwrites=edges)
 
 
 def feed(role: str, data: bytes, chunk_bytes: int) -> list:
