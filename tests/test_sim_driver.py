@@ -588,3 +588,50 @@ def test_channel_status_takes_the_engines_qber_and_the_temperature_drifts_slowly
     samples = [ambient.temperature_c(22.0, t) for t in range(0, 7200, 60)]
     assert max(samples) - min(samples) == pytest.approx(2 * ambient.TEMPERATURE_SWING_C, abs=0.01)
     assert max(abs(a - b) for a, b in zip(samples, samples[1:])) < 0.06     # < 0.06 degC per minute
+
+
+def test_a_receiver_that_only_realigns_cannot_keep_alice_waiting_for_an_ack():
+    """A receiver that answers each frame with REALIGNs and never an ACK: Alice drops the frame and the
+    connection once ack_timeout_s has passed since she handed the frame over, then serves a real Bob."""
+    async def main():
+        alice = make_alice(ack_timeout_s=0.5)
+        await alice.init()
+        stalling = await trio.open_tcp_stream(*alice.address)
+        await stalling.send_all(wire.encode_bob_hello())
+
+        async def realign_for_ever():
+            seq = 0
+            while True:
+                with trio.move_on_after(0.02):
+                    if not await stalling.receive_some(1 << 16):
+                        return                                        # Alice hung up
+                seq += 1
+                try:
+                    await stalling.send_all(wire.encode_realign(seq))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(realign_for_ever)
+            taken = trio.Event()
+
+            async def take():
+                await alice.next_frame()
+                taken.set()
+
+            nursery.start_soon(take)
+            with trio.fail_after(TIMEOUT_S):
+                while alice.stats["frames_dropped"] == 0:
+                    await trio.sleep(0.05)
+            bob = make_bob(alice)
+            try:
+                with trio.fail_after(TIMEOUT_S):
+                    await bob.next_frame()
+                    await taken.wait()
+            finally:
+                await bob.close()
+                await stalling.aclose()
+                await alice.close()
+        assert alice.stats["frames_dropped"] >= 1
+
+    run(main)

@@ -231,16 +231,20 @@ class SimAliceDevice(Device):
     async def _hand_over(self, stream: trio.SocketStream, message: wire.FrameMessage) -> None:
         for buffer in wire.encode_frame(message):
             await stream.send_all(buffer)
-        while True:
-            reply = await read_message(stream, self._receiver, idle_timeout_s=self.ack_timeout_s,
-                                       message_timeout_s=self.hello_timeout_s)
-            if isinstance(reply, wire.Realign):
-                self.realign("bob", reply.request_seq)
-            elif isinstance(reply, wire.Ack):
-                if reply.frame_id != message.frame_id:
-                    raise wire.WireError(f"quantum channel: ACK for frame {reply.frame_id}, "
-                                         f"expected {message.frame_id}")
-                return
+        # One deadline for the ACK: REALIGNs from Bob on the way do not extend it (a Bob that sent
+        # nothing else would otherwise keep this frame waiting for ever).
+        with trio.move_on_after(self.ack_timeout_s):
+            while True:
+                reply = await read_message(stream, self._receiver, idle_timeout_s=self.ack_timeout_s,
+                                           message_timeout_s=self.hello_timeout_s)
+                if isinstance(reply, wire.Realign):
+                    self.realign("bob", reply.request_seq)
+                elif isinstance(reply, wire.Ack):
+                    if reply.frame_id != message.frame_id:
+                        raise wire.WireError(f"quantum channel: ACK for frame {reply.frame_id}, "
+                                             f"expected {message.frame_id}")
+                    return
+        raise ConnectionLost(f"no ACK for frame {message.frame_id} within {self.ack_timeout_s:g} s")
 
     def _account(self, frame: Frame, frame_id: int, message: wire.FrameMessage) -> RawFrame:
         self.stats["frames"] += 1
