@@ -371,3 +371,29 @@ def test_head_never_hands_out_keys_and_each_get_key_counts(seeded):
         assert client.get(status).json()["stored_key_count"] == before
         assert client.get(seeded.url("kme-a", "/api/v1/keys/sae-b/enc_keys")).status_code == 200
         assert client.get(status).json()["stored_key_count"] == before - 1
+
+
+def test_no_key_material_reaches_the_logs_or_the_metrics(kmes):
+    """Keys handed out by both KMEs as master, a multicast, and refused second fetches: neither daemon's log
+    nor /metrics holds any of them, in base64 or hex (key_IDs may appear; they grant nothing)."""
+    import httpx
+
+    handed = []
+    for master, slave, kme_m, kme_s, body in (("sae-a", "sae-b", "kme-a", "kme-b", {"number": 3, "size": 512}),
+                                              ("sae-b", "sae-a", "kme-b", "kme-a", None),
+                                              ("sae-a", "sae-b", "kme-a", "kme-b",
+                                               {"number": 1, "additional_slave_SAE_IDs": ["sae-d"]})):
+        got = enc_keys(kmes, body, sae=master, slave=slave, kme=kme_m)
+        assert got.status_code == 200, got.text
+        keys = got.json()["keys"]
+        ids = [key["key_ID"] for key in keys]
+        fetched = dec_keys(kmes, ids, sae=slave, master=master, kme=kme_s)
+        assert fetched.json()["keys"] == keys
+        assert dec_keys(kmes, ids, sae=slave, master=master, kme=kme_s).status_code == 400     # once only
+        handed += [base64.b64decode(key["key"]) for key in keys]
+    texts = {name: daemon.log + httpx.get(daemon.health_url + "/metrics").text
+             for name, daemon in kmes.daemons.items()}
+    for material in handed:
+        for form in (base64.b64encode(material).decode(), material.hex(), material.hex().upper(),
+                     base64.b64encode(material[:12]).decode()):
+            assert all(form not in text for text in texts.values())
