@@ -186,25 +186,24 @@ class KeyStore(SavepointTransactions):
         this end's own share (`allocatable`: this end hands it out on its own) is KeyUnavailable: the
         other end names only keys of its share."""
         bits: dict[str, int] = {}
-        own_share = " AND allocatable = 0" if peer_share_only else ""
+        peer_share = " AND allocatable = 0" if peer_share_only else ""
         with self._tx() as db:
             for key_id in key_ids:
                 key_id = canonical_key_id(key_id)
                 # The common case in one statement: an available key becomes reserved.
-                rows = db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ?"
-                                  + own_share + " RETURNING bits", (KeyState.RESERVED.value, holder, key_id, link_id,
-                                                                    KeyState.AVAILABLE.value)).fetchall()
-                if not rows:
-                    state, current_holder = self._state_of(db, link_id, key_id)
-                    if peer_share_only and db.execute("SELECT allocatable FROM keys WHERE key_id = ?",
-                                                      (key_id,)).fetchone()[0]:
-                        raise KeyUnavailable(f"key {key_id} is this end's to hand out, not the other end's")
-                    if state is not KeyState.RESERVED or current_holder != holder:
-                        self._check_transition(key_id, state, KeyState.RESERVED)
-                        db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
-                                   (KeyState.RESERVED.value, holder, key_id))
-                    rows = db.execute("SELECT bits FROM keys WHERE key_id = ?", (key_id,)).fetchall()
-                bits[key_id] = rows[0][0]
+                row = db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ? AND link_id = ? AND state = ?"
+                                 + peer_share + " RETURNING bits", (KeyState.RESERVED.value, holder, key_id, link_id,
+                                                                    KeyState.AVAILABLE.value)).fetchone()
+                if row is not None:
+                    bits[key_id] = row[0]
+                    continue
+                state, current_holder, bits[key_id], allocatable = self._row_of(db, link_id, key_id)
+                if peer_share_only and allocatable:
+                    raise KeyUnavailable(f"key {key_id} is this end's to hand out, not the other end's")
+                if state is not KeyState.RESERVED or current_holder != holder:
+                    self._check_transition(key_id, state, KeyState.RESERVED)
+                    db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
+                               (KeyState.RESERVED.value, holder, key_id))
         return bits
 
     def release(self, link_id: str, key_ids: Sequence[str]) -> None:
@@ -356,10 +355,16 @@ class KeyStore(SavepointTransactions):
             raise KeyStoreError(f"key store {self.path}: the key-encryption key does not match this store") from None
 
     def _state_of(self, db: sqlite3.Connection, link_id: str, key_id: str) -> tuple[KeyState, str | None]:
-        row = db.execute("SELECT state, holder FROM keys WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
+        return self._row_of(db, link_id, key_id)[:2]
+
+    def _row_of(self, db: sqlite3.Connection, link_id: str,
+                key_id: str) -> tuple[KeyState, str | None, int, bool]:
+        """(state, holder, bits, allocatable) of a stored key; KeyNotFound if the link holds no such key."""
+        row = db.execute("SELECT state, holder, bits, allocatable FROM keys WHERE key_id = ? AND link_id = ?",
+                         (key_id, link_id)).fetchone()
         if row is None:
             raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
-        return KeyState(row[0]), row[1]
+        return KeyState(row[0]), row[1], row[2], bool(row[3])
 
     @staticmethod
     def _check_transition(key_id: str, current: KeyState, wanted: KeyState) -> None:
