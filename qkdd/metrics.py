@@ -2,9 +2,10 @@
 
 The families and labels are exactly those of the seed (HIP-0071 "Prometheus Metrics"); process and
 platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`). One
-seed name breaks a Prometheus naming convention: promtool's linter asks for `bytes` instead of `bits` in `qkd_key_bits_generated_total`; the name stays as specified,
-because dashboards and alerts are written against it. Label values are link ids from the validated config and fixed words
-(protocol, severity, status) -- never anything derived from key material. Code that measures something
+seed name breaks a Prometheus naming convention: promtool's linter asks for `bytes` instead of `bits` in
+`qkd_key_bits_generated_total`; the name stays as specified, because dashboards and alerts are written
+against it. Label values are link ids from the validated config and fixed words (protocol, severity,
+status) -- never anything derived from key material. Code that measures something
 calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it never touches the families directly.
 """
 from __future__ import annotations

@@ -51,8 +51,8 @@ class RunningServer:
         return not self.thread.is_alive()
 
 
-def start_server_thread(router: Router, *, tls: TLSSettings | None = None,
-                        limits: HTTPLimits = HTTPLimits(), name: str = "test", host: str = "127.0.0.1") -> RunningServer:
+def start_server_thread(router: Router, *, tls: TLSSettings | None = None, limits: HTTPLimits = HTTPLimits(),
+                        name: str = "test", host: str = "127.0.0.1") -> RunningServer:
     server = HTTPServer(name, host, 0, router, tls=tls, limits=limits)
     started: queue.Queue = queue.Queue()
     errors: list[BaseException] = []

@@ -90,7 +90,8 @@ def register(router: Router, app: App) -> None:
             except KeyUnavailable as exc:
                 raise HTTPError(409, "key not handed out at the other end", [{"reason": str(exc)}]) from None
             return Response.json(key_json(key, engine.qber_of(key)))
-        raise HTTPError(404, "unknown key", [{"key_id": f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")}])
+        raise HTTPError(404, "unknown key",
+                        [{"key_id": f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")}])
 
     async def link_metrics(request: Request) -> Response:
         engine = engine_of(request.path_params["link_id"])

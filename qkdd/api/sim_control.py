@@ -33,7 +33,8 @@ def _body(request: Request, allowed: set[str]) -> dict[str, Any]:
         raise HTTPError(400, "request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise HTTPError(400, "unknown fields", [{"fields": f"allowed: {', '.join(sorted(allowed))}; got {', '.join(unknown)}"}])
+        raise HTTPError(400, "unknown fields",
+                        [{"fields": f"allowed: {', '.join(sorted(allowed))}; got {', '.join(unknown)}"}])
     return body
 
 
@@ -71,7 +72,8 @@ def register(router: Router, app: App) -> None:
         body = _body(request, {"attack", "blinding_power_w"})
         text = body.get("attack")
         if not isinstance(text, str):
-            raise HTTPError(400, "attack must be a string", [{"attack": "none | intercept-resend[:P] | pns | blinding"}])
+            raise HTTPError(400, "attack must be a string",
+                            [{"attack": "none | intercept-resend[:P] | pns | blinding"}])
         try:
             attack = Attack.parse(text)
             power_w = _number(body, "blinding_power_w")

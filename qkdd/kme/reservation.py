@@ -426,8 +426,6 @@ def _check_payload_size(payload: bytes) -> None:
         return
     if len(payload) > MAX_MESSAGE_BYTES:
         raise ReservationProtocolError(f"payload of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    if len(payload) < _MESSAGE_HEAD.size:
-        return
     *_, body_length = _MESSAGE_HEAD.unpack_from(payload)
     if _MESSAGE_HEAD.size + body_length != len(payload):
         raise ReservationProtocolError(f"payload of {len(payload)} bytes holds more than one message; "
