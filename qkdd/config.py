@@ -140,12 +140,12 @@ def _validate_tls(tls: TLSSettings, key: str) -> None:
 register_validator(TLSSettings, _validate_tls)
 
 
-ADMIN_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
+CLIENT_FINGERPRINT_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _client_list_check(entries: tuple[str, ...]) -> str | None:
     for index, entry in enumerate(entries):
-        if ADMIN_FINGERPRINT_PATTERN.fullmatch(entry) or (entry.startswith("cn:") and entry[3:].strip()):
+        if CLIENT_FINGERPRINT_PATTERN.fullmatch(entry) or (entry.startswith("cn:") and entry[3:].strip()):
             continue
         return (f"entry {index} must be \"sha256:<64 lowercase hex digits>\" or \"cn:<common name>\", "
                 f"got {entry!r}")
