@@ -336,6 +336,7 @@ def test_not_enough_key_is_503(seeded):
     response = enc_keys(seeded, {"number": 128, "size": 8192})
     assert response.status_code == 503, response.text
     assert set(response.json()) == {"message", "details"}
+    assert response.json()["message"] == "keys are not available" and response.headers["retry-after"] == "1"
     assert enc_keys(seeded).status_code == 200               # nothing was consumed by the refused request
 
 

@@ -128,7 +128,7 @@ def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer
 
     import pytest
 
-    from qkdd.http.messages import HTTPError
+    from qkdd.kme.errors import KeysUnavailable
     from qkdd.kme.key_request import KeyRequest
 
     store, ids = seeded_store(tmp_path, 20)
@@ -141,7 +141,7 @@ def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer
             to_master, from_master = connect_in_memory(service, nursery)
             await trio.testing.wait_all_tasks_blocked()
             started = trio.current_time()
-            with pytest.raises(HTTPError) as refused:
+            with pytest.raises(KeysUnavailable) as refused:
                 await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))
             waited = trio.current_time() - started
             slave = ReservationEndpoint()
@@ -152,7 +152,7 @@ def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer
         return refused.value, waited, received.reservation
 
     error, waited, reservation = trio.run(main)
-    assert error.status == 503 and "did not confirm" in str(error.details)
+    assert "did not confirm" in str(error.details)
     assert 0.4 <= waited < 1.5
     assert reservation.stored_key_ids() == ids[:1]
     assert store.state(LINK, ids[0]) is KeyState.DELIVERED                # erased here, never handed out again
@@ -164,7 +164,7 @@ def test_get_key_outcomes_are_counted_in_the_metrics(tmp_path):
     session, and one the store cannot serve, count as 503s by cause (real key store, in-memory peer)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from qkdd.http.messages import HTTPError
+    from qkdd.kme.errors import KeysUnavailable
     from qkdd.kme.key_request import KeyRequest
     from qkdd.metrics import Metrics
 
@@ -178,14 +178,14 @@ def test_get_key_outcomes_are_counted_in_the_metrics(tmp_path):
             nursery.start_soon(service.run)
             try:
                 await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))    # no session yet
-            except HTTPError:
+            except KeysUnavailable:
                 pass
             nursery.start_soon(accept_everything, *connect_in_memory(service, nursery))
             await trio.testing.wait_all_tasks_blocked()
             keys = await service.get_keys("sae-a", "sae-b", KeyRequest(2, 256, ()))
             try:
                 await service.get_keys("sae-a", "sae-b", KeyRequest(2, 256, ()))    # one stored key left
-            except HTTPError:
+            except KeysUnavailable:
                 pass
             nursery.cancel_scope.cancel()
         return keys
@@ -207,7 +207,7 @@ def test_a_refusal_reaches_the_sae_as_its_reason_in_fixed_words_and_the_peer_tex
     the KME's own words, never the peer's text; the peer's text is in this daemon's log."""
     import pytest
 
-    from qkdd.http.messages import HTTPError
+    from qkdd.kme.errors import KeysUnavailable
     from qkdd.kme.key_request import KeyRequest
     from qkdd.kme.reservation import RefuseReason
 
@@ -228,13 +228,13 @@ def test_a_refusal_reaches_the_sae_as_its_reason_in_fixed_words_and_the_peer_tex
 
             nursery.start_soon(refusing_slave)
             await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(HTTPError) as refused:
+            with pytest.raises(KeysUnavailable) as refused:
                 await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))
             nursery.cancel_scope.cancel()
         return refused.value
 
     error = trio.run(main)
-    assert error.status == 503
+    assert error.message == "keys are not available" and error.retry_after_s == 1
     assert error.details == [{"reason": "the slave SAE's KME refused the reservation: the stored keys are not "
                                         "available there"}]
     assert peer_text in caplog.text and "KEYS_UNAVAILABLE" in caplog.text
@@ -248,7 +248,7 @@ def test_a_request_too_fragmented_for_one_reservation_message_is_a_503_not_a_cra
 
     import pytest
 
-    from qkdd.http.messages import HTTPError
+    from qkdd.kme.errors import KeysUnavailable
     from qkdd.kme.key_request import KeyRequest
 
     store = KeyStore(str(tmp_path / "keys.db"), os.urandom(32))
@@ -262,12 +262,12 @@ def test_a_request_too_fragmented_for_one_reservation_message_is_a_503_not_a_cra
             nursery.start_soon(service.run)
             nursery.start_soon(accept_everything, *connect_in_memory(service, nursery))
             await trio.testing.wait_all_tasks_blocked()
-            with pytest.raises(HTTPError) as refused:
+            with pytest.raises(KeysUnavailable) as refused:
                 await service.get_keys("sae-a", "sae-b", KeyRequest(1, 70_000 * 8, ()))
             keys = await service.get_keys("sae-a", "sae-b", KeyRequest(1, 16, ()))
             nursery.cancel_scope.cancel()
         return refused.value, keys
 
     error, keys = trio.run(main)
-    assert error.status == 503 and "too fragmented" in str(error.details)
+    assert "too fragmented" in str(error.details)
     assert len(keys) == 1 and len(keys[0][1]) == 2

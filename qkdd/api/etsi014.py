@@ -1,16 +1,47 @@
 """ETSI GS QKD 014 key delivery on port 8071 under /api/v1/keys/ (§5, Table 2): Get status, Get key
 (`enc_keys`, POST or GET) and Get key with key IDs (`dec_keys`, POST or GET). The caller is the SAE its
-verified client certificate names; the KME logic lives in qkdd/kme/."""
+verified client certificate names; the KME logic lives in qkdd/kme/, and this module alone turns its
+refusals (qkdd/kme/errors.py) into HTTP answers."""
 from __future__ import annotations
 
-from qkdd.http.messages import Request, Response
+from functools import wraps
+
+from qkdd.http.messages import Handler, HTTPError, Request, Response
 from qkdd.http.router import Router
 from qkdd.kme.container import key_container
+from qkdd.kme.errors import BadRequest, KeysUnavailable, KmeError, Unauthorized
 from qkdd.kme.identity import check_path_sae_id
 from qkdd.kme.key_request import bad, parse_key_ids, parse_key_request
 from qkdd.kme.service import KmeService
 
 PREFIX = "/api/v1/keys"
+
+# The HTTP status of each kind of refusal (§5.1, Table 2). A KmeError of no kind here is a bug: the
+# listener answers it 500 and logs it.
+_STATUS_OF: dict[type[KmeError], int] = {BadRequest: 400, Unauthorized: 401, KeysUnavailable: 503}
+
+
+def http_error(error: KmeError) -> HTTPError | None:
+    """The answer to a refusal: its status, the Error data format (§6.5) and, when it passes, Retry-After;
+    None for an error of no known kind."""
+    status = next((_STATUS_OF[kind] for kind in type(error).__mro__ if kind in _STATUS_OF), None)
+    if status is None:
+        return None
+    headers = [("Retry-After", str(error.retry_after_s))] if isinstance(error, KeysUnavailable) else []
+    return HTTPError(status, error.message, error.details, headers=headers)
+
+
+def _answering_refusals(handler: Handler) -> Handler:
+    @wraps(handler)
+    async def answer(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except KmeError as error:
+            refusal = http_error(error)
+            if refusal is None:
+                raise
+            raise refusal from None
+    return answer
 
 
 def register(router: Router, kme: KmeService) -> None:
@@ -60,6 +91,7 @@ def register(router: Router, kme: KmeService) -> None:
         keys = await kme.keys_by_id(caller, master, key_ids)
         return Response.json(key_container(keys), headers=[("Cache-Control", "no-store")])
 
+    status, enc_keys, dec_keys = map(_answering_refusals, (status, enc_keys, dec_keys))
     router.route("GET", PREFIX + "/{slave_SAE_ID}/status", status, empty_params=True)
     # head=False: HEAD would run the GET handler and drop the body, keys handed out to nobody.
     for method in ("GET", "POST"):

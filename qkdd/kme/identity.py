@@ -3,12 +3,23 @@ which KME serves each SAE (the registry built from `[etsi014]`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from qkdd.http.messages import HTTPError, PeerCertificate
 from qkdd.kme.config import ID_PATTERN, Etsi014Config
+from qkdd.kme.errors import BadRequest, Unauthorized
 
 
-def sae_id_of(certificate: PeerCertificate | None, config: Etsi014Config) -> str | None:
+class ClientCertificate(Protocol):
+    """What the KME reads of the caller's verified TLS client certificate (the listener's PeerCertificate)."""
+
+    @property
+    def common_name(self) -> str | None: ...
+
+    @property
+    def san_uris(self) -> tuple[str, ...]: ...
+
+
+def sae_id_of(certificate: ClientCertificate | None, config: Etsi014Config) -> str | None:
     """The SAE ID the certificate names (subject CN, or the SAN URI with the configured prefix), or None."""
     if certificate is None:
         return None
@@ -16,10 +27,6 @@ def sae_id_of(certificate: PeerCertificate | None, config: Etsi014Config) -> str
         return certificate.common_name or None
     matching = [uri for uri in certificate.san_uris if uri.startswith(config.san_uri_prefix)]
     return matching[0] if len(matching) == 1 else None
-
-
-def unauthorized(detail: str) -> HTTPError:
-    return HTTPError(401, "unauthorized", [{"reason": detail}])
 
 
 @dataclass(frozen=True)
@@ -37,15 +44,15 @@ class SaeRegistry:
         self._link_to = {peer.kme_id: peer.link_id for peer in config.peers}
         self._config = config
 
-    def caller(self, certificate: PeerCertificate | None) -> str:
-        """The calling SAE, which this KME must serve; HTTPError 401 otherwise."""
+    def caller(self, certificate: ClientCertificate | None) -> str:
+        """The calling SAE, which this KME must serve; Unauthorized otherwise."""
         if certificate is None:
-            raise unauthorized("a client certificate is required")
+            raise Unauthorized("a client certificate is required")
         sae_id = sae_id_of(certificate, self._config)
         if sae_id is None:
-            raise unauthorized("the client certificate names no SAE ID")
+            raise Unauthorized("the client certificate names no SAE ID")
         if self._kme_of.get(sae_id) != self.kme_id:
-            raise unauthorized("this KME does not serve the SAE of the client certificate")
+            raise Unauthorized("this KME does not serve the SAE of the client certificate")
         return sae_id
 
     def kme_of(self, sae_id: str) -> str | None:
@@ -62,9 +69,9 @@ class SaeRegistry:
 
 
 def check_path_sae_id(value: str, what: str) -> str:
-    """A SAE ID from the URL path; 400 when blank or malformed (never 404: the route exists)."""
+    """A SAE ID from the URL path; BadRequest when blank or malformed (never "not found": the route exists)."""
     if not value.strip():
-        raise HTTPError(400, "bad request format", [{what: "the SAE ID in the path is blank"}])
+        raise BadRequest("bad request format", [{what: "the SAE ID in the path is blank"}])
     if not ID_PATTERN.fullmatch(value):
-        raise HTTPError(400, "bad request format", [{what: "the SAE ID in the path is malformed"}])
+        raise BadRequest("bad request format", [{what: "the SAE ID in the path is malformed"}])
     return value

@@ -1,6 +1,6 @@
 """Reads and checks what an SAE sends: Key request (ETSI GS QKD 014 §6.2, POST body or GET query of
-`enc_keys`) and Key IDs (§6.4, POST body or the `key_ID` query of `dec_keys`). Every problem is an
-HTTPError 400 whose body follows the Error data format (§6.5); messages the spec words are used verbatim."""
+`enc_keys`) and Key IDs (§6.4, POST body or the `key_ID` query of `dec_keys`). Every problem is a
+BadRequest in the Error data format (§6.5); messages the spec words are used verbatim."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ import re
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-from qkdd.http.messages import HTTPError, Request
 from qkdd.kme.config import ID_PATTERN, Etsi014Config
+from qkdd.kme.errors import BadRequest
 
 # §6.2 and §6.4: the messages a KME returns in these cases.
 SIZE_NOT_MULTIPLE_OF_8 = "size shall be a multiple of 8"
@@ -25,8 +25,21 @@ _UUID_FORM = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-
 SUPPORTED_MANDATORY_EXTENSIONS: frozenset[str] = frozenset()
 
 
-def bad(field: str, problem: str, message: str = BAD_REQUEST) -> HTTPError:
-    return HTTPError(400, message, [{field: problem}])
+class Request(Protocol):
+    """What these checks read of an SAE's HTTP request (the listener's Request)."""
+
+    @property
+    def method(self) -> str: ...                      # upper case
+
+    @property
+    def query(self) -> dict[str, list[str]]: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+
+def bad(field: str, problem: str, message: str = BAD_REQUEST) -> BadRequest:
+    return BadRequest(message, [{field: problem}])
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,7 @@ def _check_no_body(request: Request) -> None:
 
 
 def _unique_names(what: str, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object as a dict; 400 if it names an item twice (RFC 8259 §4 leaves the meaning to each
+    """A JSON object as a dict; BadRequest if it names an item twice (RFC 8259 §4 leaves the meaning to each
     parser, so a proxy and this KME could read different requests from the same bytes)."""
     names = {name for name, _ in pairs}
     if len(names) != len(pairs):
@@ -167,12 +180,12 @@ def _check_mandatory_extensions(value: Any) -> None:
     unsupported = [name for item in _extension_list(value, "extension_mandatory") for name in item
                    if name not in SUPPORTED_MANDATORY_EXTENSIONS]
     if unsupported:
-        raise HTTPError(400, EXTENSION_MANDATORY_UNSUPPORTED,
-                        [{"extension_mandatory_unsupported": f"{name} is not supported"} for name in unsupported])
+        raise BadRequest(EXTENSION_MANDATORY_UNSUPPORTED,
+                         [{"extension_mandatory_unsupported": f"{name} is not supported"} for name in unsupported])
 
 
 def canonical_key_id(value: Any, field: str = "key_ID") -> str:
-    """A key ID in the 8-4-4-4-12 UUID form (either case), as lowercase canonical UUID; 400 otherwise."""
+    """A key ID in the 8-4-4-4-12 UUID form (either case), as lowercase canonical UUID; BadRequest otherwise."""
     if not isinstance(value, str) or not _UUID_FORM.fullmatch(value):
         raise bad(field, "must be a UUID (8-4-4-4-12 hexadecimal digits)")
     return str(uuid.UUID(value))

@@ -17,14 +17,14 @@ from functools import partial
 
 import trio
 
-from qkdd.http.messages import HTTPError
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.keystore.housekeeping import HOUSEKEEPING_INTERVAL_S
 from qkdd.keystore.model import IllegalTransition, KeyAlreadyDelivered, KeyNotFound, KeyState
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.container import assemble, plan_keys, time_ordered_uuid
+from qkdd.kme.errors import BadRequest, KeysUnavailable, Unauthorized
 from qkdd.kme.group_commit import GroupCommitter
-from qkdd.kme.identity import SaeRegistry, unauthorized
+from qkdd.kme.identity import SaeRegistry
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerError
 from qkdd.kme.taken_keys import TakenKeys
@@ -76,8 +76,8 @@ _REFUSED_BECAUSE = {
 }
 
 
-def _unavailable(detail: str) -> HTTPError:
-    return HTTPError(503, "keys are not available", [{"reason": detail}], headers=[("Retry-After", "1")])
+def _unavailable(detail: str) -> KeysUnavailable:
+    return KeysUnavailable(detail)
 
 
 class KmeService:
@@ -448,17 +448,17 @@ class KmeService:
         missing = [key_id for key_id in key_ids
                    if key_id not in entries or entries[key_id].master_sae_id != master_sae_id]
         if missing:
-            raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id} for key_id in missing])
+            raise BadRequest(KEYS_NOT_FOUND, [{"key_ID": key_id} for key_id in missing])
         if any(slave_sae_id not in entries[key_id].recipients for key_id in key_ids):
-            raise unauthorized("one or more keys were not requested for this SAE")
+            raise Unauthorized("one or more keys were not requested for this SAE")
         delivered = [key_id for key_id in key_ids if entries[key_id].recipients[slave_sae_id] is not None]
         if delivered:
-            raise HTTPError(400, KEYS_NOT_FOUND, [{"key_ID": key_id, "reason": "delivered before"}
-                                                  for key_id in delivered])
+            raise BadRequest(KEYS_NOT_FOUND, [{"key_ID": key_id, "reason": "delivered before"}
+                                              for key_id in delivered])
         try:
             keys = await self._store.call(self._deliver_to_slave, slave_sae_id, key_ids, entries)
         except (KeyStoreError, AlreadyDelivered):
-            raise HTTPError(400, KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
+            raise BadRequest(KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
         for key_id in key_ids:
             self._metrics.kme_link(entries[key_id].link_id).keys_handed("slave", 1)
         return keys
