@@ -22,7 +22,7 @@ from qkdd.keystore import KeyStore
 from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
 from qkdd.kme.container import plan_keys
 from qkdd.kme.ledger import Ledger
-from qkdd.kme.reservation import Reservation
+from qkdd.reservation.protocol import Etsi014Reservation
 from qkdd.kme.service import KmeService
 
 LINK = "a-b"
@@ -38,7 +38,7 @@ def measure(directory: str, keys: int, group: int, ledger_kind: str) -> dict:
     ledger = (Ledger(database=store.database) if ledger_kind == "shared"
               else Ledger(os.path.join(directory, "etsi014.db")))
     service = KmeService(CONFIG, store, ledger)
-    reservations = [Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, plan_keys([(key_id, 256)], 1, 256))
+    reservations = [Etsi014Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, plan_keys([(key_id, 256)], 1, 256))
                     for key_id, _ in stored]
     before, started = os.times(), time.perf_counter()
     for first in range(0, keys, group):

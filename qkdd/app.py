@@ -22,6 +22,8 @@ class App:
     devices: dict[str, Device] = field(default_factory=dict)   # link_id -> this end's device, once opened
     kme: KmeService | None = None
     links: dict[str, Any] = field(default_factory=dict)      # link id -> qkdd.link.engine.LinkEngine
+    key_requests: dict[str, Any] = field(default_factory=dict)   # link id -> qkdd.link.key_requests.KeyRequests
+    reservations: dict[str, Any] = field(default_factory=dict)   # link id -> qkdd.reservation ReservationService
     keystore: Any = None             # the daemon's one KeyStore (link engines, KME, WireGuard), once opened
 
     @classmethod

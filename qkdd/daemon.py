@@ -18,12 +18,12 @@ import trio
 from qkdd.api import build_routers
 from qkdd.app import App
 from qkdd.config import LISTENERS, Config, ListenerConfig
-from qkdd.consumers.service import run_wireguard
+from qkdd.consumers.service import build_wireguard, run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
 from qkdd.keystore.housekeeping import run_housekeeping
 from qkdd.kme.ledger import LedgerError
-from qkdd.link.service import build_engines, open_keystore, run_engines
+from qkdd.link.service import Links, build_links, open_keystore, run_links
 from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
@@ -39,17 +39,18 @@ async def serve(config: Config, notifier: Notifier) -> int:
     try:
         keystore = open_keystore(config.daemon.state_dir) if config.links else None
         app = App.create(config, keystore=keystore)
-        channels = kme_channels(app)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
         return EXIT_STARTUP_FAILED
     try:
-        app.links = build_engines(config, app.keystore, app.metrics, app.health)
+        links = build_links(config, app.keystore, app.metrics, app.health)
+        attach_kme(app, links)
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
+    app.links, app.key_requests, app.reservations = links.engines, links.key_requests, links.reservations
     app.devices.update({link_id: engine.device for link_id, engine in app.links.items()})
-    serve_kme_on_engines(app)
+    wireguard = build_wireguard(app)        # registers on the links' reservation services before they run
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
@@ -71,16 +72,14 @@ async def serve(config: Config, notifier: Notifier) -> int:
                 else:
                     _announce_ready(app, bound, notifier)
                     root.start_soon(notifier.run_watchdog)
-                    root.start_soon(run_engines, app.links)
                     if app.keystore is not None:
                         root.start_soon(run_housekeeping, app.keystore)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
-                    for connector in channels:
-                        await root.start(connector.run)
+                    root.start_soon(run_links, links)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
-                    root.start_soon(run_wireguard, app)
+                    root.start_soon(run_wireguard, wireguard)
             # Both listeners have returned: drained after a stop signal, or a start-up failure.
             root.cancel_scope.cancel()
     if failure:
@@ -90,22 +89,14 @@ async def serve(config: Config, notifier: Notifier) -> int:
     return EXIT_OK
 
 
-def kme_channels(app: App) -> list:
-    """The ETSI 014 KME's own classical channels (peers with an `[etsi014.peers.channel]` table)."""
-    if app.kme is None:
-        return []
-    from qkdd.kme.channel import connector_for
-    return [connector_for(app.kme, peer) for peer in app.config.etsi014.peers if peer.channel is not None]
-
-
-def serve_kme_on_engines(app: App) -> None:
-    """The KME's reservation exchange on the link engines' peer sessions (peers without a channel table)."""
+def attach_kme(app: App, links: Links) -> None:
+    """The KME's reservations on the classical channel of each peer KME's link."""
     if app.kme is None:
         return
-    from qkdd.kme.channel import register_on_engines
-    for link_id in register_on_engines(app.kme, app.config.etsi014.peers, app.links):
-        log.warning("etsi014: no link engine runs link %s and its peer has no channel table; Get key for "
-                    "its SAEs answers 503", link_id, extra={"key": "etsi014.peers"})
+    from qkdd.kme.channel import attach_kme as attach
+    for link_id in attach(app.kme, app.config.etsi014.peers, links):
+        log.warning("etsi014: link %s has no classical channel (no [[links]] entry with a peer identity, no "
+                    "channel table); Get key for its SAEs answers 503", link_id, extra={"key": "etsi014.peers"})
 
 
 def _make_server(config: Config, name: str, router) -> HTTPServer:

@@ -51,3 +51,27 @@ class Ends:
     def outcome(self, role):
         (finished,) = self.of(role, Finished)
         return finished.outcome
+
+
+class LinkEnd:
+    """One daemon's link end as the daemon builds it (qkdd.link.service): its LinkChannel (the one owner
+    of the peer session), the reservation service on it, the engine and the /v1 key requests."""
+
+    def __init__(self, link_id, role, device, store, peer_settings, identity, peer_public_key, **engine_options):
+        from qkdd.link.engine import LinkEngine
+        from qkdd.link.key_requests import KeyRequests
+        from qkdd.link_channel import LinkChannel
+        from qkdd.reservation.service import ReservationService
+        self.channel = LinkChannel(link_id, peer_settings, identity, peer_public_key)
+        self.reservations = ReservationService(link_id, self.channel)
+        self.engine = LinkEngine(link_id, role, device, store, self.channel, **engine_options)
+        self.keys = KeyRequests(link_id, store, self.reservations, key_bits=self.engine.settings.key_bits)
+        self.status = self.engine.status
+
+    async def start(self, nursery) -> None:
+        await nursery.start(self.engine.run)
+        await nursery.start(self.channel.run)
+
+    @property
+    def listen_port(self) -> int:
+        return self.channel.connector.listen_port

@@ -12,8 +12,9 @@ from qkdd.keystore import KeyState, KeyStore, create_kek
 from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
 from qkdd.kme.container import plan_keys
 from qkdd.kme.ledger import Ledger
-from qkdd.kme.reservation import Reservation, ReservationAccepted, ReservationEndpoint, ReservationRefused
+from qkdd.reservation.protocol import Etsi014Reservation, ReservationAccepted, ReservationEndpoint, ReservationRefused
 from qkdd.kme.service import KmeService
+from tests.reservation_support import serve_kme
 from qkdd.peer.errors import SessionClosedError
 
 LINK = "a-b"
@@ -44,7 +45,7 @@ def slave_kme(tmp_path, *, ledger_file: bool = True) -> tuple[KmeService, KeySto
     return KmeService(config, store, ledger), store
 
 
-def exchange(service: KmeService, *reservations: Reservation) -> list:
+def exchange(service: KmeService, *reservations: Etsi014Reservation) -> list:
     """Send `reservations` from the master's end in one payload; the slave KME's answer events."""
     async def run() -> list:
         to_slave, slave_in = trio.open_memory_channel[bytes](4)
@@ -53,7 +54,7 @@ def exchange(service: KmeService, *reservations: Reservation) -> list:
         events: list = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
-            nursery.start_soon(service.serve_channel, LINK, MemoryStream(slave_in, slave_out))
+            nursery.start_soon(serve_kme, service, LINK, MemoryStream(slave_in, slave_out))
             await to_slave.send(b"".join(master.reserve(reservation) for reservation in reservations))
             with trio.fail_after(10):
                 while len(events) < len(reservations):
@@ -63,9 +64,9 @@ def exchange(service: KmeService, *reservations: Reservation) -> list:
     return trio.run(run)
 
 
-def reservation_of(stored: list[tuple[str, bytes]]) -> Reservation:
+def reservation_of(stored: list[tuple[str, bytes]]) -> Etsi014Reservation:
     keys = plan_keys([(key_id, len(material) * 8) for key_id, material in stored], 2, 256)
-    return Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, keys)
+    return Etsi014Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, keys)
 
 
 def test_keys_still_pending_at_the_slave_are_promoted_and_reserved(tmp_path):
@@ -98,7 +99,7 @@ def test_a_delivered_key_is_refused_and_nothing_is_recorded(tmp_path):
 def test_a_key_of_the_slaves_own_share_is_refused_and_stays_its_to_hand_out(tmp_path):
     """Each end hands out its own share of the stored keys (`allocatable`); a peer naming a key of this
     end's share, and one still pending here, is refused and changes nothing."""
-    from qkdd.kme.reservation import RefuseReason
+    from qkdd.reservation.protocol import RefuseReason
 
     service, store = slave_kme(tmp_path)
     stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(4)]
@@ -120,7 +121,7 @@ def test_one_payload_of_reservations_is_answered_each_on_its_own(tmp_path):
     store.commit_frame(LINK, 7)
     store.deliver(LINK, stored[3][0])                                 # the second request's key is gone
     first, second, third = (reservation_of(stored[i:i + 2]) for i in (0, 2, 4))
-    stranger = Reservation(str(uuid.uuid4()), "sae-a", ("sae-x",), 256, first.keys)     # not served here
+    stranger = Etsi014Reservation(str(uuid.uuid4()), "sae-a", ("sae-x",), 256, first.keys)     # not served here
     events = exchange(service, first, second, stranger, third)
     assert [type(event) for event in events] == [ReservationAccepted, ReservationRefused, ReservationRefused,
                                                  ReservationAccepted]
@@ -138,7 +139,7 @@ def test_a_reservation_the_ledger_refuses_leaves_its_stored_keys_available(tmp_p
     store.put_pending(LINK, 7, stored, expires_at=4e9, allocatable=[False] * 4)
     store.commit_frame(LINK, 7)
     first = reservation_of(stored[:2])
-    reused_ids = Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, tuple(
+    reused_ids = Etsi014Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, tuple(
         type(key)(key.key_id, tuple(type(s)(stored[2 + i][0], 0, 32) for s in key.segments))
         for i, key in enumerate(first.keys)))                        # other stored keys, the same key ids
     events = exchange(service, first, reused_ids)
@@ -175,7 +176,7 @@ def test_a_peer_sending_faster_than_the_store_records_is_slowed_not_queued_witho
     stops reading its stream, so the master's sends wait; once the store moves, every one is accepted."""
     import threading
 
-    from qkdd.kme import service as service_module
+    from qkdd.reservation import service as service_module
     monkeypatch.setattr(service_module, "MAX_RECORDING", 3)
     service, store = slave_kme(tmp_path)
     stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(10)]
@@ -198,7 +199,7 @@ def test_a_peer_sending_faster_than_the_store_records_is_slowed_not_queued_witho
         events: list = []
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
-            nursery.start_soon(service.serve_channel, LINK, MemoryStream(slave_in, slave_out))
+            nursery.start_soon(serve_kme, service, LINK, MemoryStream(slave_in, slave_out))
             await to_slave.send(b"".join(master.reserve(r) for r in reservations[:3]))   # fills the budget
             await to_slave.send(master.reserve(reservations[3]))     # taken, waits for room
             last = master.reserve(reservations[4])
@@ -254,7 +255,7 @@ def test_a_session_ending_as_the_store_records_ends_the_exchange_quietly(tmp_pat
             nursery.start_soon(service.run)
             with trio.fail_after(10):
                 async with trio.open_nursery() as session:
-                    session.start_soon(service.serve_channel, LINK, MemoryStream(slave_in, slave_out))
+                    session.start_soon(serve_kme, service, LINK, MemoryStream(slave_in, slave_out))
                     await to_slave.send(ReservationEndpoint().reserve(reservation_of(stored)))
                     await trio.sleep(0.1)                      # the store is recording it
                     await to_slave.aclose()                    # the session ends
@@ -269,7 +270,7 @@ def test_a_session_ending_as_the_store_records_ends_the_exchange_quietly(tmp_pat
 def test_a_segment_past_the_end_of_its_stored_key_is_refused_and_nothing_is_recorded(tmp_path):
     """Accepted, such a key could never be delivered (the slave SAE's Get key with key IDs would fail
     each time) while the master's SAE already holds its copy."""
-    from qkdd.kme.reservation import ReservedKey, Segment
+    from qkdd.reservation.protocol import ReservedKey, Segment
 
     service, store = slave_kme(tmp_path, ledger_file=False)
     stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]
@@ -277,7 +278,7 @@ def test_a_segment_past_the_end_of_its_stored_key_is_refused_and_nothing_is_reco
     store.commit_frame(LINK, 7)
     inside = ReservedKey(str(uuid.uuid4()), (Segment(stored[0][0], 0, 32),))
     beyond = ReservedKey(str(uuid.uuid4()), (Segment(stored[1][0], 16, 32),))     # 48 bytes of a 32-byte key
-    reservation = Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, (inside, beyond))
+    reservation = Etsi014Reservation(str(uuid.uuid4()), "sae-a", ("sae-b",), 256, (inside, beyond))
     [event] = exchange(service, reservation)
     assert isinstance(event, ReservationRefused) and stored[1][0] in event.text
     assert [store.state(LINK, key_id) for key_id, _ in stored] == [KeyState.AVAILABLE] * 2
@@ -287,7 +288,7 @@ def test_a_segment_past_the_end_of_its_stored_key_is_refused_and_nothing_is_reco
 def test_a_store_that_fails_in_sqlite_refuses_the_reservation_and_the_exchange_goes_on(tmp_path, monkeypatch):
     import sqlite3
 
-    from qkdd.kme.reservation import RefuseReason
+    from qkdd.reservation.protocol import RefuseReason
 
     service, store = slave_kme(tmp_path, ledger_file=False)
     stored = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2)]

@@ -12,8 +12,9 @@ import trio.testing
 from qkdd.keystore import KeyState, KeyStore
 from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
 from qkdd.kme.ledger import Ledger
-from qkdd.kme.reservation import ReservationEndpoint
+from qkdd.reservation.protocol import ReservationEndpoint
 from qkdd.kme.service import KmeService
+from tests.reservation_support import serve_kme
 from tests.test_kme_slave_store import MemoryStream
 
 LINK = "a-b"
@@ -35,7 +36,7 @@ def connect_in_memory(service: KmeService, nursery: trio.Nursery) -> tuple[trio.
     from the master)."""
     to_master, master_in = trio.open_memory_channel[bytes](4)
     master_out, from_master = trio.open_memory_channel[bytes](4)
-    nursery.start_soon(service.serve_channel, LINK, MemoryStream(master_in, master_out))
+    nursery.start_soon(serve_kme, service, LINK, MemoryStream(master_in, master_out))
     return to_master, from_master
 
 
@@ -156,7 +157,7 @@ def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer
     assert 0.4 <= waited < 1.5
     assert reservation.stored_key_ids() == ids[:1]
     assert store.state(LINK, ids[0]) is KeyState.DELIVERED                # erased here, never handed out again
-    assert "late answer to abandoned request" in caplog.text
+    assert "late answer to abandoned ETSI014 request" in caplog.text
 
 
 def test_get_key_outcomes_are_counted_in_the_metrics(tmp_path):
@@ -209,7 +210,7 @@ def test_a_refusal_reaches_the_sae_as_its_reason_in_fixed_words_and_the_peer_tex
 
     from qkdd.kme.errors import KeysUnavailable
     from qkdd.kme.key_request import KeyRequest
-    from qkdd.kme.reservation import RefuseReason
+    from qkdd.reservation.protocol import RefuseReason
 
     store, ids = seeded_store(tmp_path, 4)
     service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)

@@ -80,7 +80,7 @@ def test_channels_are_demultiplexed_in_order_and_end_with_the_session(caplog):
     assert results[KEYSTORE_SYNC] == [b"sync %d" % i for i in range(0, 20, 5)]
     assert results["replies"] == [b"parity for block %d" % i for i in range(20)]
     assert results["dropped"] == 1
-    assert "dropped a 27-byte record on unregistered channel 99" in caplog.text
+    assert "dropped a 27-byte record on channel 99 (no reader registered)" in caplog.text
 
 
 def test_mux_refuses_bad_registrations():
@@ -158,26 +158,35 @@ def test_receive_queues_are_bounded_by_bytes_with_backpressure_not_drops(through
 ROUTED, QUEUED = 0x0E14, 3
 
 
-def test_a_routed_channel_reaches_its_handler_from_the_first_record_and_the_others_still_queue():
-    """The dialer sends on the routed channel the moment its session is up; the listener routes the
-    channel in its handler's first step, so no record of it reaches receive(), and every one arrives
-    in order (with a handler that takes its time: the reader waits for it)."""
+def test_an_attached_mux_gets_every_record_from_the_first_one_with_no_session_queue():
+    """The dialer sends the moment its session is up; the listener attaches its mux in its handler's
+    first step (as LinkChannel does), so the reader dispatches every record straight into the channel
+    queues, in order per channel, with a reader that takes its time; the session's own queue stays
+    unused."""
 
     async def main():
-        routed, queued = [], []
+        got = {ROUTED: [], QUEUED: []}
         done = trio.Event()
 
         async def bob_session(session):
-            async def handler(payload):
-                await trio.sleep(0.001 if len(routed) % 10 == 0 else 0)
-                routed.append(payload)
+            mux = ChannelMux(session, [ROUTED, QUEUED])
+            mux.attach()
 
-            session.route_channel(ROUTED, handler)
-            try:
-                while True:
-                    queued.append(await session.receive())
-            except SessionClosedError:
-                done.set()
+            async def read(channel):
+                stream = mux.stream(channel)
+                try:
+                    while True:
+                        got[channel].append(await stream.receive())
+                        await trio.sleep(0.001 if len(got[channel]) % 10 == 0 else 0)
+                        assert session.queued_bytes == 0
+                except SessionClosedError:
+                    pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, ROUTED)
+                nursery.start_soon(read, QUEUED)
+                await session.ended.wait()
+                mux.end()
+            done.set()
 
         async def alice_session(session):
             for i in range(50):
@@ -187,21 +196,21 @@ def test_a_routed_channel_reaches_its_handler_from_the_first_record_and_the_othe
             await session.aclose()
 
         await run_pair(bob_session, alice_session, done.wait)
-        return routed, queued
+        return got
 
-    routed, queued = trio.run(main)
-    assert routed == [b"reserve %d" % i for i in range(50)]
-    assert queued == [(QUEUED, b"other %d" % i) for i in range(0, 50, 10)]
+    got = trio.run(main)
+    assert got[ROUTED] == [b"reserve %d" % i for i in range(50)]
+    assert got[QUEUED] == [b"other %d" % i for i in range(0, 50, 10)]
 
 
-def test_a_channel_cannot_be_routed_once_the_session_reads():
+def test_a_session_cannot_be_routed_once_it_reads():
     async def main():
         outcome = {}
 
         async def bob_session(session):
             await trio.sleep(0.2)                   # the reader has started by now
             try:
-                session.route_channel(ROUTED, None)
+                session.route_all(None)
             except RuntimeError as exc:
                 outcome["error"] = str(exc)
             outcome["done"] = True
@@ -216,4 +225,4 @@ def test_a_channel_cannot_be_routed_once_the_session_reads():
         await run_pair(bob_session, alice_session, finished)
         return outcome
 
-    assert "routed after the session began reading" in trio.run(main)["error"]
+    assert "routed after it began reading" in trio.run(main)["error"]

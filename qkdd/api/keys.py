@@ -46,9 +46,6 @@ def register(router: Router, app: App) -> None:
                 "link_id": key.link_id,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created_at))}
 
-    def last_qber(engine) -> float | None:
-        return engine.qber_history[-1].qber if engine.qber_history else None
-
     async def request_key(request: Request) -> Response:
         require_key_client(request, app.config.api.key_clients)
         body = request.json()
@@ -65,11 +62,11 @@ def register(router: Router, app: App) -> None:
         if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8 or bits > limit:
             raise HTTPError(400, "invalid bits", [{"bits": f"must be a positive multiple of 8, at most {limit}"}])
         try:
-            key = await engine.request_key(bits)
+            key = await app.key_requests[link_id].request_key(bits)
         except KeyUnavailable as exc:
             raise HTTPError(503, "no key available", [{"reason": str(exc)}],
                             headers=[("Retry-After", str(RETRY_AFTER_S))]) from None
-        return Response.json(key_json(key, engine.qber_of(key)))
+        return Response.json(key_json(key, engine.status.qber_of(key)))
 
     async def get_key(request: Request) -> Response:
         require_key_client(request, app.config.api.key_clients)
@@ -82,35 +79,36 @@ def register(router: Router, app: App) -> None:
         engines = [engine_of(wanted)] if wanted is not None else list(app.links.values())
         for engine in engines:
             try:
-                key = await engine.fetch_key(key_id)
+                key = await app.key_requests[engine.link_id].fetch_key(key_id)
             except KeyNotFound:
                 continue
             except KeyAlreadyDelivered:
                 raise HTTPError(410, "key already delivered", [{"key_id": f"{key_id} was handed out before"}]) from None
             except KeyUnavailable as exc:
                 raise HTTPError(409, "key not handed out at the other end", [{"reason": str(exc)}]) from None
-            return Response.json(key_json(key, engine.qber_of(key)))
+            return Response.json(key_json(key, engine.status.qber_of(key)))
         raise HTTPError(404, "unknown key",
                         [{"key_id": f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")}])
 
     async def link_metrics(request: Request) -> Response:
         engine = engine_of(request.path_params["link_id"])
-        secret_bps, sifted_bps = engine.rates()
+        status = engine.status
+        secret_bps, sifted_bps = status.rates()
         try:
             channel = await engine.device.channel_status()
             device = channel.as_json()
         except DeviceError as exc:
             raise HTTPError(503, "device not answering", [{"device": str(exc)}]) from None
-        qber = last_qber(engine)
+        qber = status.last_qber
         # QBER and visibility are what the last frames measured (None before the first frame)
         device.update(qber=qber, key_rate=secret_bps, visibility=max(0.0, 1 - 2 * qber) if qber is not None else None)
         counts = await _counts(engine)
-        return Response.json({"link_id": engine.link_id, "state": engine.state, **device,
-                              "raw_key_rate": sifted_bps, "frames": engine.frames_done,
-                              "frames_aborted": engine.frames_aborted, "frames_unpaired": engine.frames_unpaired,
-                              "keys_generated": engine.totals["keys"],
-                              "key_bits_generated": engine.totals["secret_bits"],
-                              "sifted_bits_total": engine.totals["sifted_bits"], "keys_stored": counts})
+        return Response.json({"link_id": engine.link_id, "state": status.state, **device,
+                              "raw_key_rate": sifted_bps, "frames": status.frames_done,
+                              "frames_aborted": status.frames_aborted, "frames_unpaired": status.frames_unpaired,
+                              "keys_generated": status.totals["keys"],
+                              "key_bits_generated": status.totals["secret_bits"],
+                              "sifted_bits_total": status.totals["sifted_bits"], "keys_stored": counts})
 
     async def link_qber(request: Request) -> Response:
         engine = engine_of(request.path_params["link_id"])
@@ -118,7 +116,7 @@ def register(router: Router, app: App) -> None:
         step = _number(request, "step", 0.0)
         if step < 0:
             raise HTTPError(400, "step must be >= 0")
-        samples = [s for s in engine.qber_history if s.time_s >= since]
+        samples = [s for s in engine.status.qber_history if s.time_s >= since]
         if step > 0:
             buckets: dict[int, list] = {}
             for s in samples:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import trio
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,15 @@ class Device(abc.ABC):
     async def calibrate(self) -> dict[str, Any]:
         """Run a calibration (e.g. realign polarisation) and report what changed."""
         raise DeviceError(f"{type(self).__name__} does not support calibration")
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The device's own background work while its link runs (none by default): calls
+        `task_status.started()` once it serves, and runs until cancelled or returns."""
+        task_status.started()
+
+    def decoy_settings(self):
+        """Alice's decoy-state settings (intensities and probabilities), for devices that send them."""
+        raise DeviceError(f"{type(self).__name__} has no decoy-state settings")
 
     async def close(self) -> None:
         """Release the device."""

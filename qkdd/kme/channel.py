@@ -1,49 +1,49 @@
-"""The classical channel that carries the reservation exchange to each peer KME, on its own channel
-number (ETSI014_CHANNEL) of a peer session:
-
-- a peer whose `link_id` is one of this daemon's `[[links]]` with a running link engine: the engine's
-  peer session (`register_on_engines`; the engine hands `KmeService.serve_channel` a stream per session,
-  after the key stores' resynchronisation);
-- a peer with its own `[etsi014.peers.channel]` table (a daemon without a link engine for that link, as
-  when the key store is filled by other means): one PeerConnector of its own (`connector_for`),
-  whose sessions hand the channel's records straight to `KmeService.serve_session`."""
+"""Which classical channel carries the KME's reservations to each peer KME: the link's own LinkChannel
+when the peer's `link_id` is one of this daemon's `[[links]]` with a peer identity, otherwise the channel
+its `[etsi014.peers.channel]` table describes (a daemon whose key store is filled by other means). Either
+way it is the one LinkChannel of that link, whose reservation service the KME attaches to."""
 from __future__ import annotations
-
-from functools import partial
 
 from qkdd.config import parse_host_port
 from qkdd.kme.config import PeerKmeConfig
 from qkdd.kme.service import KmeService
-from qkdd.peer import PeerConnector, PeerSettings, load_private_key, load_public_key
-
-ETSI014_CHANNEL = 0x0E14      # the mux channel of the reservation exchange
-
-
-def register_on_engines(service: KmeService, peers, engines: dict) -> list[str]:
-    """Serve the reservation exchange on the peer session of each peer's link engine (peers with their own
-    channel table excepted); returns the link ids of peers that have neither (no Get key reaches them)."""
-    unreached = []
-    for peer in peers:
-        if peer.channel is not None:
-            continue
-        engine = engines.get(peer.link_id)
-        if engine is None:
-            unreached.append(peer.link_id)
-            continue
-        engine.register_channel(ETSI014_CHANNEL, partial(service.serve_channel, peer.link_id))
-    return unreached
+from qkdd.link.service import Links
+from qkdd.link_channel import LinkChannel
+from qkdd.peer import IdentityError, PeerSettings, load_private_key, load_public_key
+from qkdd.preflight import StartupError
 
 
-def connector_for(service: KmeService, peer: PeerKmeConfig) -> PeerConnector:
-    channel = peer.channel
-    assert channel is not None
+def channel_of_table(peer: PeerKmeConfig) -> LinkChannel:
+    """The LinkChannel a peer's channel table describes; IdentityError or OSError when its key files are
+    unusable."""
+    table = peer.channel
+    assert table is not None
     settings = PeerSettings(
         link_id=peer.link_id,
-        dial=parse_host_port(channel.dial) if channel.dial else None,
-        listen=parse_host_port(channel.listen, allow_port_zero=True) if channel.listen else None)
+        dial=parse_host_port(table.dial) if table.dial else None,
+        listen=parse_host_port(table.listen, allow_port_zero=True) if table.listen else None)
+    return LinkChannel(peer.link_id, settings, load_private_key(table.identity_key_file),
+                       load_public_key(table.peer_public_key_file))
 
-    async def on_session(session) -> None:
-        await service.serve_session(peer.link_id, session, ETSI014_CHANNEL)
 
-    return PeerConnector(settings, load_private_key(channel.identity_key_file),
-                         load_public_key(channel.peer_public_key_file), on_session)
+def attach_kme(kme: KmeService, peers, links: Links) -> list[str]:
+    """Attach the KME to the reservation service of each peer KME's link, opening the channel of a peer's
+    table first; returns the link ids of peers with neither (no Get key reaches them). StartupError for
+    a table whose key files are unusable, or for a link that has a channel of its own already."""
+    unreached = []
+    for index, peer in enumerate(peers):
+        if peer.channel is not None:
+            key = f"etsi014.peers[{index}].channel"
+            if peer.link_id in links.channels:
+                raise StartupError(key, f"link {peer.link_id} has its classical channel already (a [[links]] entry "
+                                        "with a peer identity, or an earlier table): remove this table")
+            try:
+                links.add_channel(channel_of_table(peer))
+            except (IdentityError, OSError) as exc:
+                raise StartupError(key, str(exc)) from None
+        service = links.reservations.get(peer.link_id)
+        if service is None:
+            unreached.append(peer.link_id)
+        elif not kme.attached(peer.link_id):
+            kme.attach(peer.link_id, service)
+    return unreached

@@ -72,7 +72,7 @@ class PeerKmeConfig:
 
 
 # Key handed out by one Get key at most (number × size): 1 MiB. It bounds the RESERVE message that records
-# the request at the peer KME (qkdd.kme.reservation MAX_MESSAGE_BYTES) and the memory one request holds.
+# the request at the peer KME (qkdd.reservation.protocol MAX_MESSAGE_BYTES) and the memory one request holds.
 MAX_REQUEST_KEY_BITS = 1 << 23
 
 

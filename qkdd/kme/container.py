@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from qkdd.kme.reservation import ReservedKey, Segment
+from qkdd.reservation.protocol import ReservedKey, Segment
 
 
 def time_ordered_uuid(clock_ns: Callable[[], int] = time.time_ns) -> str:

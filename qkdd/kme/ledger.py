@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qkdd.kme.reservation import Reservation, ReservedKey, Segment
+from qkdd.reservation.protocol import Etsi014Reservation, ReservedKey, Segment
 from qkdd.sqlite_batch import Database, SavepointTransactions, create_schema
 
 # Fully delivered keys stay this long (answering a second dec_keys "delivered before"), then go.
@@ -85,7 +85,7 @@ class Ledger(SavepointTransactions):
         if self._owns_database:
             super().close()
 
-    def record(self, link_id: str, reservation: Reservation) -> bool:
+    def record(self, link_id: str, reservation: Etsi014Reservation) -> bool:
         """Record a reservation (all keys, all recipients); False if it was recorded before (a resend).
         LedgerError if a key id is already taken by another request."""
         now = self._clock()

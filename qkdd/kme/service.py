@@ -3,9 +3,10 @@ ETSI GS QKD 014 over the daemon's key store, the reservation ledger and each lin
 
 Get key takes stored keys of the link (only from this end's allocatable share, so the two ends never
 hand out the same stored key; reserved and erased in the key store a block at a time, taken_keys.py),
-cuts the requested keys out of them, has the slave's KME record the reservation (reservation.py) and
-only after its ACCEPT answers; refused or unconfirmed keys are dropped, never reused. The slave's
-KME keeps the stored keys reserved until each named slave SAE has fetched the keys once, then erases them.
+cuts the requested keys out of them, has the slave's KME record the reservation (the link's reservation
+service, qkdd.reservation, purpose ETSI014) and only after its ACCEPT answers; refused or unconfirmed
+keys are dropped, never reused. The slave's KME keeps the stored keys reserved until each named slave SAE
+has fetched the keys once, then erases them.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import contextlib
 import logging
 import sqlite3
 import time
-from functools import partial
 
 import trio
 
@@ -28,13 +28,9 @@ from qkdd.kme.identity import SaeRegistry
 from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerError
 from qkdd.kme.taken_keys import TakenKeys
-from qkdd.log_limit import RateLimitedLog
 from qkdd.metrics import Metrics
-from qkdd.peer.budget import ByteBudget
-from qkdd.peer.errors import SessionClosedError
-from qkdd.kme.reservation import (LateAnswer, RefuseReason, Reservation, ReservationAccepted,
-                                  ReservationEndpoint, ReservationProtocolError, ReservationReceived,
-                                  ReservationRefused, pack_payloads)
+from qkdd.reservation.protocol import Etsi014Reservation, Purpose, RefuseReason
+from qkdd.reservation.service import Answer, ReservationService
 
 log = logging.getLogger("qkdd.etsi014")
 
@@ -44,26 +40,6 @@ HOLDER_PREFIX = "etsi014:"
 # requests finds keys in memory); at most two blocks are lost, never reused, when the daemon stops or
 # crashes (taken_keys.py).
 TAKE_BLOCK_BITS = 64 * 256
-# Reservations from the peer being recorded at once (slave's end); past this the session's reader waits,
-# so a peer that sends faster than this end's store can record is slowed down, never queued without end.
-MAX_RECORDING = 4096
-
-
-class _Pending:
-    """A Get key waiting for the slave's KME until `deadline` (trio clock): outcome "accepted", "refused",
-    "lost" (session ended) or "timeout"."""
-
-    def __init__(self, link_id: str, deadline: float) -> None:
-        self.link_id = link_id
-        self.deadline = deadline
-        self.done = trio.Event()
-        self.outcome = ""
-        self.detail = ""
-
-    def finish(self, outcome: str, detail: str = "") -> None:
-        if not self.done.is_set():
-            self.outcome, self.detail = outcome, detail
-            self.done.set()
 
 
 # What the master's SAE learns of a refusal: the reason, in fixed words. The peer's own text (which may name
@@ -87,9 +63,7 @@ class KmeService:
         self.registry = SaeRegistry(config)
         self.keystore = keystore
         self.ledger = ledger
-        self._endpoints = {peer.link_id: ReservationEndpoint() for peer in config.peers}
-        self._outboxes: dict[str, _Outbox] = {}          # link -> the writer to its current session
-        self._pending: dict[str, _Pending] = {}
+        self._links: dict[str, ReservationService] = {}   # link -> its reservation service (attach)
         self._store = GroupCommitter(self._open_batch)            # slave's end: key store and ledger
         self._takes = GroupCommitter(self.keystore.batch)         # master's end: the key store only
         self._taken = {peer.link_id: TakenKeys() for peer in config.peers}
@@ -99,7 +73,6 @@ class KmeService:
         self._refilling_ahead: set[str] = set()           # links with such a refill under way
         self._clock = clock
         self._metrics = metrics if metrics is not None else Metrics()    # (tests: a registry of their own)
-        self._peer_log = RateLimitedLog(log)     # what a peer's messages cause: at most a few lines a second
         for peer in config.peers:
             self._metrics.kme_link(peer.link_id)           # every series at zero from the first scrape
 
@@ -117,19 +90,15 @@ class KmeService:
             nursery.start_soon(self._store.run)
             nursery.start_soon(self._takes.run)
             nursery.start_soon(self._housekeeping)
-            nursery.start_soon(self._expire_pending)
-            nursery.start_soon(self._peer_log.run)
 
-    async def _expire_pending(self) -> None:
-        """End the Get key requests whose reservation is unanswered past its deadline, a few times per
-        timeout (one sweep for all instead of a cancel scope and deadline per request)."""
-        interval = min(0.25, self.config.reservation_timeout_s / 4)
-        while True:
-            await trio.sleep(interval)
-            now = trio.current_time()
-            for pending in list(self._pending.values()):
-                if pending.deadline <= now:
-                    pending.finish("timeout", "the slave SAE's KME did not confirm the reservation in time")
+    def attach(self, link_id: str, reservations: ReservationService) -> None:
+        """Serve the ETSI 014 reservations of the peer KME behind `link_id` over that link's reservation
+        service (qkdd.reservation), which carries them on the link's one classical channel."""
+        self._links[link_id] = reservations
+        reservations.add_purpose(Purpose.ETSI014, self)
+
+    def attached(self, link_id: str) -> bool:
+        return link_id in self._links
 
     async def _housekeeping(self) -> None:
         """Every HOUSEKEEPING_INTERVAL_S, the ledger forgets what no one needs any more (`purge_ledger`)."""
@@ -164,116 +133,20 @@ class KmeService:
         except KeyNotFound:
             return False
 
-    # -- the classical channel -------------------------------------------------------------------------
-    async def serve_channel(self, link_id: str, stream) -> None:
-        """Run the reservation exchange over one session's stream (`send(bytes)`, `receive() -> bytes`)
-        until the session ends. Whoever owns the link's session calls this once per session (the link
-        engine, whose router task feeds the stream)."""
-        async with trio.open_nursery() as nursery:
-            with self._channel_end(link_id, stream.send, nursery) as on_payload:
-                while True:
-                    try:
-                        payload = await stream.receive()
-                    except SessionClosedError:
-                        break
-                    await on_payload(payload)
-            nursery.cancel_scope.cancel()
-
-    async def serve_session(self, link_id: str, session, channel: int) -> None:
-        """Run the reservation exchange on `channel` of a session of its own (a peer with its own channel
-        table) until the session ends: the session's reader hands each payload straight to the exchange
-        (PeerSession.route_channel), with no task switch on the way. Call it before the session's reader
-        reads its first record (PeerConnector calls on_session first); it routes the channel before its
-        own first checkpoint."""
-        async with trio.open_nursery() as nursery:        # entering a nursery is not a checkpoint
-            with self._channel_end(link_id, partial(session.send, channel), nursery) as on_payload:
-                session.route_channel(channel, on_payload)
-                await session.ended.wait()
-            nursery.cancel_scope.cancel()
-
-    @contextlib.contextmanager
-    def _channel_end(self, link_id: str, send, nursery: trio.Nursery):
-        """This end of one session's exchange, for as long as the block runs: the outbox (its writer
-        task in `nursery`, which it cancels when a write finds the session closed) and the handler of
-        each payload from the peer (yielded). On the way out, the Get key requests waiting on this
-        session fail and the endpoint forgets its requests (answers never cross sessions)."""
-        endpoint = self._endpoints[link_id]
-        outbox = _Outbox(send)
-        recording = ByteBudget(MAX_RECORDING)      # counted in reservations, not bytes
-
-        async def on_payload(payload: bytes) -> None:
-            try:
-                events = endpoint.receive(payload)
-            except ReservationProtocolError as exc:
-                self._peer_log.log(logging.WARNING, "reservation-malformed",
-                                   "link %s: dropped a reservation payload from the peer KME: %s", link_id, exc)
-                return
-            received = []
-            for event in events:
-                if isinstance(event, ReservationReceived):
-                    received.append(event.reservation)
-                elif isinstance(event, (ReservationAccepted, ReservationRefused)):
-                    pending = self._pending.get(event.request_id)
-                    if pending is not None and isinstance(event, ReservationAccepted):
-                        pending.finish("accepted")
-                    elif pending is not None:
-                        self._peer_log.log(logging.WARNING, "reservation-refused",
-                                           "link %s: the peer KME refused reservation %s (%s): %s", link_id,
-                                           event.request_id, event.reason.name, event.text)
-                        pending.finish("refused", _REFUSED_BECAUSE[event.reason])
-                elif isinstance(event, LateAnswer):
-                    self._peer_log.log(logging.WARNING, "reservation-late-answer",
-                                       "link %s: late answer to abandoned request %s (accepted=%s); its keys at "
-                                       "the peer stay reserved until they expire", link_id, event.request_id,
-                                       event.accepted)
-            if received:
-                # Recorded beside the reader, so that reservations arriving during a commit join the
-                # next one; a peer sending faster than this end records waits here (backpressure).
-                await recording.acquire(len(received))
-                if closed:                              # the session ended while this waited for room
-                    recording.release(len(received))
-                    return
-                nursery.start_soon(self._record, link_id, outbox, received, recording)
-
-        closed = False
-        nursery.start_soon(outbox.run, nursery.cancel_scope)
-        self._outboxes[link_id] = outbox
-        try:
-            yield on_payload
-        finally:
-            closed = True
-            if self._outboxes.get(link_id) is outbox:
-                del self._outboxes[link_id]
-            for pending in self._pending.values():    # their answers can no longer arrive
-                if pending.link_id == link_id:
-                    pending.finish("lost", "the session with the slave SAE's KME ended")
-            endpoint.end_session()
-
-    async def _record(self, link_id: str, outbox: "_Outbox", reservations: list[Reservation],
-                      recording: ByteBudget) -> None:
-        """Slave's end: record the reservations of one payload durably (one group commit), then ACCEPT
-        each, or REFUSE one and record nothing of it; gives their room in `recording` back."""
-        try:
-            await self._record_payload(link_id, outbox, reservations)
-        finally:
-            recording.release(len(reservations))
-
-    async def _record_payload(self, link_id: str, outbox: "_Outbox", reservations: list[Reservation]) -> None:
-        endpoint = self._endpoints[link_id]
+    # -- the slave's end of the reservation exchange ----------------------------------------------------
+    async def on_reservations(self, link_id: str, reservations: list[Etsi014Reservation]) -> list[Answer]:
+        """Record the reservations of one payload from the peer KME durably (one group commit), each all
+        or nothing: accepted, or refused with nothing of it recorded."""
         peer_kme = next(peer.kme_id for peer in self.config.peers if peer.link_id == link_id)
-        answers: dict[str, bytes] = {}
-
-        def refuse(request_id: str, reason: RefuseReason, text: str) -> None:
-            self._peer_log.log(logging.WARNING, "reservation-refusing", "link %s: refused reservation %s from "
-                               "the peer KME (%s): %s", link_id, request_id, reason.name, text)
-            answers[request_id] = endpoint.refuse(request_id, reason, text)
-
+        answers: dict[str, Answer] = {}
         valid = []
         for reservation in reservations:
             if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
-                refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE, "a slave SAE is not served here")
+                answers[reservation.request_id] = Answer(reservation.request_id, False, RefuseReason.UNKNOWN_SAE,
+                                                         "a slave SAE is not served here")
             elif self.registry.kme_of(reservation.master_sae_id) != peer_kme:
-                refuse(reservation.request_id, RefuseReason.UNKNOWN_SAE, "the master SAE is not served by the peer KME")
+                answers[reservation.request_id] = Answer(reservation.request_id, False, RefuseReason.UNKNOWN_SAE,
+                                                         "the master SAE is not served by the peer KME")
             else:
                 valid.append(reservation)
         if valid:
@@ -282,20 +155,16 @@ class KmeService:
             except (KeyStoreError, LedgerError, sqlite3.Error) as exc:   # the commit failed: nothing is recorded
                 errors = [exc] * len(valid)
             for reservation, error in zip(valid, errors):
-                request_id = reservation.request_id
-                if endpoint.state("slave", request_id) is None:
-                    continue        # the session ended while the store recorded: no answer can reach the peer
                 if error is None:
-                    answers[request_id] = endpoint.accept(request_id)
+                    answer = Answer(reservation.request_id, True)
                 elif isinstance(error, (LedgerError, sqlite3.Error)):
-                    refuse(request_id, RefuseReason.STORE_FAILURE, str(error))
+                    answer = Answer(reservation.request_id, False, RefuseReason.STORE_FAILURE, str(error))
                 else:
-                    refuse(request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))
-        for reservation in reservations:        # in the order they came
-            if reservation.request_id in answers:
-                outbox.put(answers[reservation.request_id])
+                    answer = Answer(reservation.request_id, False, RefuseReason.KEYS_UNAVAILABLE, str(error))
+                answers[reservation.request_id] = answer
+        return [answers[reservation.request_id] for reservation in reservations]      # in the order they came
 
-    def _store_reservations(self, link_id: str, reservations: list[Reservation]) -> list[Exception | None]:
+    def _store_reservations(self, link_id: str, reservations: list[Etsi014Reservation]) -> list[Exception | None]:
         """Reserve each reservation's stored keys and record it in the ledger, each all or nothing (a
         savepoint of the group's transaction); the error of each one that failed, else None."""
         errors: list[Exception | None] = []
@@ -308,7 +177,7 @@ class KmeService:
                 errors.append(exc)
         return errors
 
-    def _store_reservation(self, link_id: str, reservation: Reservation) -> None:
+    def _store_reservation(self, link_id: str, reservation: Etsi014Reservation) -> None:
         stored_ids, holder = reservation.stored_key_ids(), HOLDER_PREFIX + reservation.request_id
         try:
             stored_bits = self.keystore.reserve_ids(link_id, stored_ids, holder, peer_share_only=True)
@@ -349,7 +218,8 @@ class KmeService:
         link_id = route.link_id
         request_id = time_ordered_uuid()
         metrics = self._metrics.kme_link(link_id)
-        if link_id not in self._outboxes:          # checked again below; this spares keys while the peer is away
+        service = self._links.get(link_id)
+        if service is None or not service.connected:   # checked again below; this spares keys while it is away
             metrics.unavailable("peer_unreachable")
             raise _unavailable("the slave SAE's KME is not reachable")
         try:
@@ -361,15 +231,14 @@ class KmeService:
             raise _unavailable("not enough key material stored for this slave SAE") from None
         stored = [(stored_id, len(material) * 8) for stored_id, material in materials.items()]
         keys = plan_keys(stored, request.number, request.size_bits)
-        reservation = Reservation(request_id, master_sae_id, (slave_sae_id, *request.additional_slave_sae_ids),
-                                  request.size_bits, keys)
-        outbox = self._outboxes.get(link_id)
-        if outbox is None:
+        reservation = Etsi014Reservation(request_id, master_sae_id,
+                                         (slave_sae_id, *request.additional_slave_sae_ids), request.size_bits, keys)
+        if not service.connected:
             metrics.unavailable("peer_unreachable")
             raise _unavailable("the slave SAE's KME is not reachable")
-        endpoint = self._endpoints[link_id]
+        sent = trio.current_time()
         try:
-            message = endpoint.reserve(reservation)
+            outcome = await service.request(reservation, self.config.reservation_timeout_s)
         except ValueError as exc:
             # Stored keys too short to describe the request in one RESERVE (on a link they hold 64 bits or
             # more, and the config caps a request at 1 MiB of key, so this takes a device with tiny keys).
@@ -378,21 +247,16 @@ class KmeService:
             metrics.unavailable("no_key")
             raise _unavailable("the stored keys are too fragmented to reserve this many at once; "
                                "ask for fewer or larger keys") from None
-        sent = trio.current_time()
-        pending = self._pending[request_id] = _Pending(link_id, sent + self.config.reservation_timeout_s)
-        try:
-            outbox.put(message)
-            await pending.done.wait()              # _expire_pending ends the wait at the deadline
-        finally:
-            del self._pending[request_id]
-        if pending.outcome == "refused":
+        if outcome.status == "refused":
             metrics.unavailable("peer_refused")
-            raise _unavailable(f"the slave SAE's KME refused the reservation: {pending.detail}")
-        if pending.outcome != "accepted":           # timed out or lost: the peer may have recorded it
-            if endpoint.state("master", request_id) is not None:
-                endpoint.abandon(request_id)
+            raise _unavailable("the slave SAE's KME refused the reservation: "
+                               + _REFUSED_BECAUSE.get(outcome.reason, "it refused"))
+        if outcome.status == "lost":               # the peer may have recorded it
             metrics.unavailable("peer_timeout")
-            raise _unavailable(pending.detail or "the slave SAE's KME did not confirm the reservation in time")
+            raise _unavailable("the session with the slave SAE's KME ended")
+        if not outcome.accepted:
+            metrics.unavailable("peer_timeout")
+            raise _unavailable("the slave SAE's KME did not confirm the reservation in time")
         metrics.reservation_confirmed(trio.current_time() - sent)
         metrics.keys_handed("master", len(keys))
         return [(key.key_id, assemble(key, materials)) for key in keys]
@@ -490,7 +354,7 @@ class KmeService:
         return erased
 
 
-def _check_segments_fit(reservation: Reservation, stored_bits: dict[str, int]) -> None:
+def _check_segments_fit(reservation: Etsi014Reservation, stored_bits: dict[str, int]) -> None:
     """KeyUnavailable if a segment reads past the end of its stored key (`stored_bits`: id -> length):
     such a key could never be assembled for the slave SAE."""
     for key in reservation.keys:
@@ -499,30 +363,3 @@ def _check_segments_fit(reservation: Reservation, stored_bits: dict[str, int]) -
             if (segment.offset_bytes + segment.length_bytes) * 8 > bits:
                 raise KeyUnavailable(f"stored key {segment.stored_key_id} holds {bits} bits; key {key.key_id} "
                                      f"reads to byte {segment.offset_bytes + segment.length_bytes}")
-
-
-class _Outbox:
-    """Messages to the peer KME, written by one task: whatever queued while the previous write was on
-    its way goes out as one payload (reservation.py: messages back to back, `pack_payloads`), so a burst
-    of requests costs one record, not one per request."""
-
-    def __init__(self, send) -> None:
-        self._send = send                   # async send(payload) of the session's stream
-        self._queue: list[bytes] = []
-        self._wakeup = trio.Event()
-
-    def put(self, message: bytes) -> None:
-        self._queue.append(message)
-        self._wakeup.set()
-
-    async def run(self, session_scope: trio.CancelScope) -> None:
-        try:
-            while True:
-                await self._wakeup.wait()
-                await trio.sleep(0)         # the requests runnable now queue theirs first: one write for all
-                self._wakeup = trio.Event()
-                queued, self._queue = self._queue, []
-                for payload in pack_payloads(queued):
-                    await self._send(payload)
-        except SessionClosedError:
-            session_scope.cancel()

@@ -1,26 +1,44 @@
-"""Builds the daemon's link engines from the configuration (device driver, key store, peer channel) and
-runs them in the daemon's nursery. Problems found while building are StartupErrors naming the key."""
+"""Builds the daemon's links from the configuration: one LinkChannel per link (the one owner of its peer
+session), the reservation service on it, the link engine (device driver, key store) where the daemon
+runs one, and the /v1 key requests. Problems found while building are StartupErrors naming the key."""
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 
 import trio
 
-from qkdd.config import Config, LinkConfig
+from qkdd.config import Config, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.driver import device_for
 from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
 from qkdd.link.engine import LinkEngine
+from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
-from qkdd.link_channel import peer_settings
-from qkdd.peer import IdentityError, PeerConnector, load_private_key, load_public_key
+from qkdd.link_channel import LinkChannel
+from qkdd.peer import IdentityError, PeerSettings, load_private_key, load_public_key
 from qkdd.preflight import StartupError
+from qkdd.reservation.service import ReservationService
 
 log = logging.getLogger("qkdd.link")
 
 KEYSTORE_FILE = "keys.sqlite3"
 KEK_FILE = "kek"
+
+
+@dataclass
+class Links:
+    """Every link of the daemon, by link id."""
+
+    channels: dict[str, LinkChannel] = field(default_factory=dict)
+    reservations: dict[str, ReservationService] = field(default_factory=dict)
+    engines: dict[str, LinkEngine] = field(default_factory=dict)
+    key_requests: dict[str, KeyRequests] = field(default_factory=dict)
+
+    def add_channel(self, channel: LinkChannel) -> None:
+        self.channels[channel.link_id] = channel
+        self.reservations[channel.link_id] = ReservationService(channel.link_id, channel)
 
 
 def open_keystore(state_dir: str) -> KeyStore:
@@ -43,18 +61,28 @@ def not_started_because(link: LinkConfig) -> str | None:
     return None
 
 
-def build_engines(config: Config, store: KeyStore, metrics=None, health=None) -> dict[str, LinkEngine]:
-    engines = {}
+def build_links(config: Config, store: KeyStore | None, metrics=None, health=None) -> Links:
+    """The channel of every link with a peer identity, and the engine of every link the daemon runs."""
+    links = Links()
+    for index, link in enumerate(config.links):
+        if link.peer_key_file and link.peer_public_key:
+            links.add_channel(_channel(link, f"links[{index}]"))
     for index, link in enumerate(config.links):
         reason = not_started_because(link)
         if reason is not None:
             log.warning("link %s: %s", link.link_id, reason)
             continue
-        engines[link.link_id] = _build(link, f"links[{index}]", store, metrics, health)
-    return engines
+        assert store is not None
+        engine = _engine(link, f"links[{index}]", store, links.channels[link.link_id], metrics, health)
+        links.engines[link.link_id] = engine
+        links.key_requests[link.link_id] = KeyRequests(link.link_id, store, links.reservations[link.link_id],
+                                                       key_bits=link.key_bits)
+    return links
 
 
-def _build(link: LinkConfig, key: str, store: KeyStore, metrics, health) -> LinkEngine:
+def _channel(link: LinkConfig, key: str) -> LinkChannel:
+    if bool(link.peer_addr) == bool(link.peer_listen):
+        raise StartupError(f"{key}.peer_addr", "set exactly one of peer_addr (dial) and peer_listen (accept)")
     try:
         signing_key = load_private_key(link.peer_key_file)
     except (IdentityError, OSError) as exc:
@@ -63,25 +91,31 @@ def _build(link: LinkConfig, key: str, store: KeyStore, metrics, health) -> Link
         pinned = load_public_key(link.peer_public_key)
     except (IdentityError, OSError) as exc:
         raise StartupError(f"{key}.peer_public_key", str(exc)) from None
-    if bool(link.peer_addr) == bool(link.peer_listen):
-        raise StartupError(f"{key}.peer_addr", "set exactly one of peer_addr (dial) and peer_listen (accept)")
+    return LinkChannel(link.link_id, peer_settings(link), signing_key, pinned)
+
+
+def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, metrics, health) -> LinkEngine:
     try:
         device = device_for(link)
     except (DeviceError, ValueError) as exc:
         raise StartupError(f"{key}.sim", str(exc)) from None
-    peer = peer_settings(link)
-
-    def connector(on_session):
-        return PeerConnector(peer, signing_key, pinned, on_session)
-
-    return LinkEngine(link.link_id, link.role, device, store, connector_factory=connector,
+    return LinkEngine(link.link_id, link.role, device, store, channel,
                       settings=PipelineSettings(key_bits=link.key_bits), frames_in_flight=link.frames_in_flight,
                       key_expiry_s=link.key_expiry_s, qber_threshold=link.qber_threshold,
                       metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
                       health=health, protocol=link.protocol)
 
 
-async def run_engines(engines: dict[str, LinkEngine]) -> None:
+def peer_settings(link: LinkConfig) -> PeerSettings:
+    if link.peer_addr:
+        return PeerSettings(link.link_id, dial=parse_host_port(link.peer_addr))
+    return PeerSettings(link.link_id, listen=parse_host_port(link.peer_listen, allow_port_zero=True))
+
+
+async def run_links(links: Links) -> None:
+    """The engines' devices first, then every link's classical channel, until cancelled."""
     async with trio.open_nursery() as nursery:
-        for engine in engines.values():
+        for engine in links.engines.values():
             await nursery.start(engine.run)
+        for channel in links.channels.values():
+            await nursery.start(channel.run)

@@ -4,7 +4,7 @@ The application hands the connector an `on_session(session)` coroutine function.
 established session (session.epoch counts them), which is how the application learns that a session
 (re)started and must resynchronise; it runs while the session lives and is cancelled when the session
 is torn down. The session reads its first record only after the handler ran up to its first
-checkpoint, so the handler may route channels to itself there (PeerSession.route_channel). After a
+checkpoint, so the handler may route the session to itself there (PeerSession.route_all). After a
 clean close by the peer it first gets every message sent before the close, then SessionClosedError
 from receive(). If the handler returns, the session is closed cleanly. Either way
 the connector then brings up the next session by itself: the dialling end redials with exponential
@@ -191,7 +191,7 @@ class PeerConnector:
         """Run the session; when it ends, end the handler too (and log why)."""
         try:
             # on_session, started beside this task, runs up to its first checkpoint before the session
-            # reads a record: it may route channels (PeerSession.route_channel) there.
+            # reads a record: it may route the session (PeerSession.route_all) there.
             await trio.lowlevel.checkpoint()
             await session.run()
         except PeerError as exc:

@@ -1,15 +1,18 @@
-"""Per-purpose streams over one session: each registered channel (sifting, reconciliation, key-store
-resync, ...) gets its own in-order queue, so each protocol reads only its own messages.
+"""The one multiplexer of a peer session: each channel kind (frames, key-store inventory, reservations, ...)
+gets its own in-order queue, so each protocol reads only its own messages.
 
-    mux = ChannelMux(session, [SIFTING, CASCADE, KEYSTORE_SYNC])
-    nursery.start_soon(mux.run)             # dispatches until the session ends
-    cascade = mux.stream(CASCADE)
-    await cascade.send(payload); payload = await cascade.receive()
+    mux = ChannelMux(session, [PIPELINE, INVENTORY, RESERVATION])
+    mux.attach()                            # before the session reads: its reader dispatches into the queues
+    stream = mux.stream(RESERVATION)
+    await stream.send(payload); payload = await stream.receive()
 
-Queues are bounded, by records per channel and by bytes over all channels (the session's
-receive_queue_bytes, budget.py); when one is full, dispatch waits (backpressure on the whole session), so a protocol
-that stops reading its channel eventually stalls the others: every registered channel must be read.
-A record on a channel nobody registered is logged and dropped (a peer with a newer purpose).
+Flow control, in one place: every queue is bounded by records and all of a session's queues together by
+bytes (the session's receive_queue_bytes, budget.py), frame inboxes made with `stream.subqueue()`
+included. When a queue or the budget is full the session's reader waits, so TCP flow control slows the
+peer: an authenticated peer that floods cannot make this end hold more than about the byte budget, and
+nothing a reader is still to read is dropped. Every registered channel must therefore keep being read (a
+reader that is done closes its queue, which gives its bytes back). A record on a channel nobody
+registered, or whose reader is done, is logged and dropped (a peer with a newer purpose).
 """
 from __future__ import annotations
 
@@ -18,77 +21,148 @@ from typing import Iterable
 
 import trio
 
+from qkdd.log_limit import RateLimitedLog
+
 from .budget import ByteBudget
 from .errors import SessionClosedError
 from .session import PeerSession
 
 log = logging.getLogger("qkdd.peer")
 
+QUEUE_RECORDS = 64       # records per channel queue or frame inbox
+
+
+class BoundedQueue:
+    """Records for one reader, bounded by `max_records` and by a byte budget shared with other queues."""
+
+    def __init__(self, budget: ByteBudget, max_records: int = QUEUE_RECORDS) -> None:
+        self.budget = budget
+        self._send, self._receive = trio.open_memory_channel[bytes](max_records)
+
+    async def put(self, payload: bytes) -> bool:
+        """Queue `payload`, waiting while the queue or the budget is full; False if the reader is gone."""
+        await self.budget.acquire(len(payload))
+        try:
+            await self._send.send(payload)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.budget.release(len(payload))
+            return False
+        except BaseException:                       # cancelled while waiting for room
+            self.budget.release(len(payload))
+            raise
+        return True
+
+    async def get(self) -> bytes:
+        """The next record, in order; trio.EndOfChannel or ClosedResourceError once closed."""
+        payload = await self._receive.receive()
+        self.budget.release(len(payload))
+        return payload
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.get()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    def end(self) -> None:
+        """No more records will come (the session is over): the reader gets what is queued, then the end."""
+        self._send.close()
+
+    def close(self) -> None:
+        """The reader is done: release what it left unread and refuse further records."""
+        while True:
+            try:
+                payload = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            self.budget.release(len(payload))
+        self._receive.close()
+
 
 class MuxStream:
     """One channel of a session: send and receive payloads of this purpose only."""
 
-    def __init__(self, session: PeerSession, channel: int, receive_channel: trio.MemoryReceiveChannel,
-                 budget: ByteBudget | None = None) -> None:
+    def __init__(self, session: PeerSession, channel: int, queue: BoundedQueue) -> None:
         self.session = session
         self.channel = channel
-        self._incoming = receive_channel
-        self._budget = budget
+        self.queue = queue
 
     async def send(self, payload: bytes) -> None:
         await self.session.send(self.channel, payload)
 
+    async def send_many(self, payloads: list[bytes]) -> None:
+        """Several payloads of this channel in one write."""
+        await self.session.send_many([(self.channel, payload) for payload in payloads])
+
     async def receive(self) -> bytes:
         """The next payload on this channel. Raises SessionClosedError once the session is over."""
         try:
-            payload = await self._incoming.receive()
+            return await self.queue.get()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise SessionClosedError(f"link {self.session.link_id}: session {self.session.session_id} "
                                      f"is over (channel {self.channel})") from None
-        if self._budget is not None:
-            self._budget.release(len(payload))
-        return payload
+
+    def subqueue(self, max_records: int = QUEUE_RECORDS) -> BoundedQueue:
+        """A further queue (a frame's inbox) under the same byte budget as every queue of the session."""
+        return BoundedQueue(self.queue.budget, max_records)
 
 
 class ChannelMux:
-    def __init__(self, session: PeerSession, channels: Iterable[int], queue_records: int = 64,
+    def __init__(self, session: PeerSession, channels: Iterable[int], queue_records: int = QUEUE_RECORDS,
                  queue_bytes: int | None = None) -> None:
-        self.session = session
-        self._queues: dict[int, tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel]] = {}
-        for channel in channels:
-            if not 0 <= channel <= 0xFFFF or channel in self._queues:
+        channels = list(channels)
+        for index, channel in enumerate(channels):
+            if not 0 <= channel <= 0xFFFF or channel in channels[:index]:
                 raise ValueError(f"channel {channel} is out of range or registered twice")
-            self._queues[channel] = trio.open_memory_channel[bytes](queue_records)
-        # one budget for all channels: what the mux holds for this peer, as the session's own queue
-        self._budget = ByteBudget(session.receive_queue_bytes if queue_bytes is None else queue_bytes)
+        self.session = session
+        # one budget for all channels: what this end holds for the peer
+        self.budget = ByteBudget(session.receive_queue_bytes if queue_bytes is None else queue_bytes)
+        self._queues = {channel: BoundedQueue(self.budget, queue_records) for channel in channels}
         self.dropped_records = 0
+        self._drops = RateLimitedLog(log)
 
     @property
     def queued_bytes(self) -> int:
-        """Payload bytes dispatched to channel queues and not yet received from them."""
-        return self._budget.held_bytes
+        """Payload bytes dispatched to queues (channels and subqueues) and not yet taken from them."""
+        return self.budget.held_bytes
 
     def stream(self, channel: int) -> MuxStream:
         if channel not in self._queues:
             raise KeyError(f"channel {channel} is not registered with this mux")
-        return MuxStream(self.session, channel, self._queues[channel][1], self._budget)
+        return MuxStream(self.session, channel, self._queues[channel])
+
+    def attach(self) -> None:
+        """Have the session's reader hand every record to `dispatch` (call before the session reads)."""
+        self.session.route_all(self.dispatch)
+
+    async def dispatch(self, channel: int, payload: bytes) -> None:
+        """Queue one record for its channel's reader, waiting while there is no room (backpressure)."""
+        queue = self._queues.get(channel)
+        if queue is not None and await queue.put(payload):
+            return
+        self.dropped_records += 1
+        self._drops.log(logging.WARNING, "mux-unregistered" if queue is None else "mux-reader-done",
+                        "link %s: session %s: dropped a %d-byte record on channel %d (%s)",
+                        self.session.link_id, self.session.session_id, len(payload), channel,
+                        "no reader registered" if queue is None else "its reader is done")
 
     async def run(self) -> None:
-        """Dispatch incoming records to their channel's queue until the session ends."""
+        """Dispatch what `session.receive()` yields until the session ends (for a session not attached)."""
         try:
             while True:
                 try:
                     channel, payload = await self.session.receive()
                 except SessionClosedError:
                     return
-                queue = self._queues.get(channel)
-                if queue is None:
-                    self.dropped_records += 1
-                    log.warning("link %s: session %s: dropped a %d-byte record on unregistered channel %d",
-                                self.session.link_id, self.session.session_id, len(payload), channel)
-                    continue
-                await self._budget.acquire(len(payload))
-                await queue[0].send(payload)
+                await self.dispatch(channel, payload)
         finally:
-            for send_channel, _ in self._queues.values():
-                send_channel.close()
+            self.end()
+
+    def end(self) -> None:
+        """The session is over: readers get what is queued, then SessionClosedError."""
+        for queue in self._queues.values():
+            queue.end()
+        self._drops.flush()

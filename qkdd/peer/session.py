@@ -6,8 +6,9 @@ application calls `send(channel, payload)` and `receive() -> (channel, payload)`
 failure (bad MAC, replay, framing error, idle timeout, end of stream without a CLOSE record) tears the
 whole session down: `run()` raises the PeerError and every later send/receive raises SessionClosedError.
 Received records wait for the application in a queue bounded by records and by bytes (budget.py); when
-it is full the reader stops reading, so the peer is slowed by TCP flow control, never dropped. The
-records of a channel routed with `route_channel` go straight from the reader to its handler instead.
+it is full the reader stops reading, so the peer is slowed by TCP flow control, never dropped. A session
+routed with `route_all` hands every record straight from the reader to its dispatcher instead (the
+link's channel multiplexer, qkdd.peer.mux).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class PeerSession:
         self._to_app, self._from_peer = trio.open_memory_channel[tuple[int, bytes]](settings.receive_queue_records)
         self.receive_queue_bytes = settings.receive_queue_bytes
         self._queued = ByteBudget(settings.receive_queue_bytes)   # payload bytes in _to_app
-        self._routes: dict[int, Callable[[bytes], Awaitable[None]]] = {}   # channel -> handler (route_channel)
+        self._dispatch: Callable[[int, bytes], Awaitable[None]] | None = None   # route_all
         self._reading = False
         self._scope: trio.CancelScope | None = None
         self._error: PeerError | None = None
@@ -124,15 +125,14 @@ class PeerSession:
         if messages:
             await self._send_record(lambda: [self._sealer.data(channel, payload) for channel, payload in messages])
 
-    def route_channel(self, channel: int, handler: Callable[[bytes], Awaitable[None]]) -> None:
-        """Hand each record of `channel` to `await handler(payload)` from the reader, in order, instead of
-        queueing it for receive(): no task switch between the connection and the protocol. The reader
-        waits while the handler runs, so the handler returns promptly (waiting only to slow the peer)
-        and raises nothing. Only before the reader starts (run()), so that no record of the channel
-        can have gone to the queue."""
+    def route_all(self, dispatch: Callable[[int, bytes], Awaitable[None]]) -> None:
+        """Hand each record to `await dispatch(channel, payload)` from the reader, in order, instead of
+        queueing it for receive(). The reader waits while dispatch runs (that is the backpressure), so
+        dispatch raises nothing. Only before the reader starts (run()), so that no record can have gone
+        to the queue."""
         if self._reading:
-            raise RuntimeError(f"link {self.link_id}: channel {channel} routed after the session began reading")
-        self._routes[channel] = handler
+            raise RuntimeError(f"link {self.link_id}: session routed after it began reading")
+        self._dispatch = dispatch
 
     async def receive(self) -> tuple[int, bytes]:
         """The next (channel, payload) from the peer, in order. Raises SessionClosedError at the end."""
@@ -203,9 +203,8 @@ class PeerSession:
                                        Alert.INTERNAL_ERROR)
             record = self._opener.open(frame)
             if record.type == FrameType.DATA:
-                handler = self._routes.get(record.channel)
-                if handler is not None:
-                    await handler(record.payload)
+                if self._dispatch is not None:
+                    await self._dispatch(record.channel, record.payload)
                 else:
                     await self._queued.acquire(len(record.payload))   # backpressure by bytes...
                     await self._to_app.send((record.channel, record.payload))   # ...and by records

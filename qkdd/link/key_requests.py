@@ -1,0 +1,108 @@
+"""`/v1` key requests of one link over the reservation protocol (purpose KEY): the requesting end reserves
+a stored key of its own allocatable share, has the peer reserve the same key id for the same holder,
+and hands the key out only after the peer said yes; the peer's consumer then fetches it once by id.
+
+A refusal saying the key is gone at the peer (delivered or unknown there) erases this end's copy too,
+so it can never be handed out twice; a request the peer did not answer in time, or whose session ended,
+keeps this end's copy reserved (the peer may hold it reserved: neither end hands it out again, and it
+expires with its frame).
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import trio
+
+from qkdd.keystore import KeyStore, KeyStoreError, KeyState, KeyUnavailable, StoredKey
+from qkdd.reservation.protocol import KeyReservation, Purpose, RefuseReason
+from qkdd.reservation.service import Answer, ReservationService
+
+RESERVE_TIMEOUT_S = 5.0
+HOLDER_PREFIX = "v1:"
+ATTEMPTS = 3                      # stored keys tried per request when the peer no longer holds one
+
+
+class KeyRequests:
+    def __init__(self, link_id: str, store: KeyStore, reservations: ReservationService, *, key_bits: int) -> None:
+        self.link_id = link_id
+        self.store = store
+        self.key_bits = key_bits
+        self._reservations = reservations
+        reservations.add_purpose(Purpose.KEY, self)
+
+    # -- requesting end -------------------------------------------------------------------------
+    async def request_key(self, bits: int) -> StoredKey:
+        """A key of `bits` bits both ends hold reserved for a /v1 consumer, delivered here.
+        KeyUnavailable when no key is stored or the peer is unreachable or refuses."""
+        if not self._reservations.connected:
+            raise KeyUnavailable("the peer is not connected")
+        holder = f"{HOLDER_PREFIX}{bits}"
+        for _ in range(ATTEMPTS):
+            (key_id,) = await trio.to_thread.run_sync(
+                lambda: self.store.reserve_available(self.link_id, 1, holder, bits=self.key_bits))
+            outcome = await self._reservations.request(KeyReservation(str(uuid.uuid4()), key_id, holder),
+                                                       RESERVE_TIMEOUT_S)
+            if outcome.accepted:
+                key = await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
+                return _truncate(key, bits)
+            if outcome.status == "refused" and outcome.reason is RefuseReason.KEYS_GONE:
+                # the peer delivered or lost it: this copy must never be handed out either
+                await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
+                continue
+            if outcome.status == "timeout":
+                raise KeyUnavailable("the peer did not confirm the reservation in time")
+            if outcome.status == "lost":
+                raise KeyUnavailable("the session with the peer ended before it confirmed the reservation")
+            await trio.to_thread.run_sync(self.store.release, self.link_id, [key_id])
+            raise KeyUnavailable(f"the peer refused the reservation: {outcome.reason.name.lower()}")
+        raise KeyUnavailable("no key both ends hold")
+
+    async def fetch_key(self, key_id: str) -> StoredKey:
+        """Deliver a key the peer reserved for a /v1 consumer (once). KeyStoreError subclasses otherwise."""
+        def deliver() -> StoredKey:
+            state = self.store.state(self.link_id, key_id)
+            if state is not KeyState.RESERVED:
+                if state in (KeyState.DELIVERED, KeyState.EXPIRED):
+                    return self.store.deliver(self.link_id, key_id)   # raises KeyAlreadyDelivered
+                raise KeyUnavailable(f"key {key_id} was not handed out at the other end")
+            holder = self.store.holder_of(self.link_id, key_id) or ""
+            if not holder.startswith(HOLDER_PREFIX):
+                raise KeyUnavailable(f"key {key_id} is reserved for another consumer")
+            return _truncate(self.store.deliver(self.link_id, key_id, holder=holder), _bits_of(holder))
+        return await trio.to_thread.run_sync(deliver)
+
+    # -- receiving end --------------------------------------------------------------------------
+    async def on_reservations(self, link_id: str, reservations: list[KeyReservation]) -> list[Answer]:
+        return [await self._reserve(reservation) for reservation in reservations]
+
+    async def _reserve(self, reservation: KeyReservation) -> Answer:
+        key_id, holder = reservation.key_id, reservation.holder
+        if not holder.startswith(HOLDER_PREFIX) or _bits_of(holder) <= 0:
+            return Answer(reservation.request_id, False, RefuseReason.MALFORMED, "unknown holder")
+
+        def reserve() -> None:
+            if self.store.state(self.link_id, key_id) is KeyState.PENDING:
+                # the peer holds it AVAILABLE, so its frame committed there: promote it here too
+                self.store.apply_resync(self.link_id, [key_id], [], [])
+            self.store.reserve_ids(self.link_id, [key_id], holder)
+        try:
+            await trio.to_thread.run_sync(reserve)
+        except KeyStoreError as exc:
+            gone = type(exc).__name__ in ("KeyAlreadyDelivered", "KeyNotFound")
+            return Answer(reservation.request_id, False,
+                          RefuseReason.KEYS_GONE if gone else RefuseReason.KEYS_UNAVAILABLE, type(exc).__name__)
+        return Answer(reservation.request_id, True)
+
+
+def _bits_of(holder: str) -> int:
+    try:
+        return int(holder[len(HOLDER_PREFIX):])
+    except ValueError:
+        return 0
+
+
+def _truncate(key: StoredKey, bits: int) -> StoredKey:
+    if not 0 < bits < key.bits:
+        return key
+    return dataclasses.replace(key, bits=bits, material=key.material[:bits // 8])
