@@ -1,78 +1,64 @@
-"""WireGuard epoch agreement: the two ends of a tunnel agree on which QKD key is the PSK from when (sans-IO).
+"""WireGuard epoch agreement: the two ends of a tunnel agree on which QKD key is the PSK from when (sans-IO),
+as the WG_EPOCH purpose of the link's reservation protocol (qkdd.reservation.protocol).
 
 Theory of operation
 -------------------
 An epoch is (number, key id, activation time). The leading end (the link's alice) reserves a 256-bit key
-in its store and PROPOSEs the next epoch; the follower reserves the same key id in its own store and
-ACKs, or NACKs with a reason (key unknown, stale epoch). Both ends install the key at the activation time
-the leader chose (a couple of seconds ahead, so both switch within moments of each other, far inside
-WireGuard's 120 s rekey window). Without an ACK the leader never switches, so a lost proposal costs one
-key, never the tunnel. When a session (re)starts both ends say HELLO with their current epoch; on any
-difference the leader proposes a fresh epoch numbered above both, which brings a restarted or lagging
-end back in step in one round. The machine neither reads keys nor touches WireGuard: the caller does
-(reserve, install) and feeds the outcome back.
+in its store and proposes the next epoch: an `EpochReservation` under a fresh request id, which the
+caller sends with the link's `ReservationEndpoint.reserve`. The follower checks that the key is in its
+own store and reserves it there too, then accepts; or refuses with a reason (KEYS_UNAVAILABLE: the key is
+not here or not free; STALE: the epoch is not newer than its own). Both ends install the key at the
+activation time the leader chose (a couple of seconds ahead, so both switch within moments of each other,
+far inside WireGuard's 120 s rekey window). Without an acceptance the leader never switches, so a lost
+proposal costs one key, never the tunnel. A leader that waits too long abandons the proposal (and the
+caller abandons its request at the endpoint); if the acceptance comes after all (`LateAnswer`), the
+follower switched to a key this end dropped, so the leader proposes a fresh epoch. Every proposal is
+numbered above every earlier one of this leader, so an epoch the follower took without the leader
+knowing never makes the next proposal stale.
 
-    role      state      event                          -> state      output
-    leader    IDLE       propose(epoch, key, at)        -> PROPOSED   PROPOSE
-    leader    PROPOSED   ACK(same epoch, same key)      -> IDLE       Agreed (caller installs at `at`)
-    leader    PROPOSED   NACK(same epoch)               -> IDLE       Refused (caller drops the key)
-    leader    PROPOSED   abandon()                      -> IDLE       -
-    leader    any        late ACK (not pending/current) -> same       ResyncNeeded (caller proposes)
-    leader    any        HELLO(epoch, key) != current   -> same       ResyncNeeded (caller proposes)
-    follower  any        PROPOSE(epoch > current)       -> same       Proposed (caller: accept/refuse)
-    follower  any        PROPOSE(current epoch and key) -> same       ACK again (a lost ACK)
-    follower  any        PROPOSE(epoch <= current)      -> same       NACK stale
-    both      any        session start                  -> same       HELLO
+When a session (re)starts both ends announce their current epoch (`EpochAnnouncement`); on any
+difference the leader proposes a fresh epoch numbered above both, which brings a restarted or lagging end
+back in step in one round. The machine neither reads keys nor touches WireGuard nor encodes bytes: the
+caller does (reserve keys, install, the endpoint's messages) and feeds the endpoint's events in.
 
-Wire layout (version 1, big-endian), every message 48 bytes::
+    role      state      event                                   -> state      output
+    leader    IDLE       propose(key, at)                        -> PROPOSED   EpochReservation
+    leader    PROPOSED   ReservationAccepted(the proposal)       -> IDLE       Agreed (caller installs at `at`)
+    leader    PROPOSED   ReservationRefused(the proposal)        -> IDLE       Refused (caller drops the key)
+    leader    PROPOSED   abandon()                               -> IDLE       (the dropped EpochReservation)
+    leader    any        LateAnswer(an abandoned one, accepted)  -> same       ResyncNeeded (caller proposes)
+    leader    any        AnnouncementReceived(epoch != current)  -> same       ResyncNeeded (caller proposes)
+    follower  any        ReservationReceived(epoch > current)    -> same       Proposed (caller: accept/refuse)
+    follower  any        ReservationReceived(current epoch)      -> same       Answer: accept again (a lost one)
+    follower  any        ReservationReceived(epoch <= current)   -> same       Answer: refuse STALE
+    both      any        session start: hello()                  -> same       EpochAnnouncement
 
-    offset size field
-    0      4    magic b"QKWG"
-    4      1    version (1)
-    5      1    type: 1 HELLO, 2 PROPOSE, 3 ACK, 4 NACK
-    6      1    NACK reason (0 otherwise)
-    7      1    zero
-    8      8    epoch number (0: none yet; 2^64 - 1 is refused, so that an epoch above any peer's fits)
-    16     16   key id (UUID bytes; zero when epoch is 0)
-    32     8    activation time, Unix seconds as IEEE-754 double (PROPOSE; 0 otherwise)
-    40     8    tunnel name hash: first 8 bytes of SHA-256 of the tunnel name (both ends share the name)
+A proposal that reaches the leader (both ends lead) or names another tunnel is refused MALFORMED; an
+announcement for another tunnel, or of an epoch with no room above it, is an EpochMessageError. Answers to
+requests this tunnel did not send are ignored, so a caller may offer them to every tunnel of the link.
 """
 from __future__ import annotations
 
 import enum
 import hashlib
-import math
-import struct
 import uuid
 from dataclasses import dataclass
 
-MAGIC = b"QKWG"
-VERSION = 1
-_LAYOUT = struct.Struct(">4sBBBxQ16sd8s")
-MESSAGE_BYTES = _LAYOUT.size
-MAX_EPOCH = 2**64 - 2        # a peer's epoch number the leader can still propose one above
+from qkdd.reservation.protocol import (MAX_EPOCH, AnnouncementReceived, EpochAnnouncement, EpochReservation,
+                                       LateAnswer, Purpose, RefuseReason, ReservationAccepted, ReservationEndpoint,
+                                       ReservationProtocolError, ReservationReceived, ReservationRefused,
+                                       check_reservation)
+from qkdd.reservation.protocol import Event as ReservationEvent
+
+MAX_ABANDONED_PROPOSALS = 64     # abandoned proposals remembered per tunnel for a late answer (the newest)
 
 
 class EpochMessageError(ValueError):
-    """A peer's epoch message is malformed or for another tunnel."""
+    """A peer's epoch message is for another tunnel or leaves no room for a next epoch."""
 
 
 class EpochStateError(RuntimeError):
     """The local caller asked for something the current state does not allow."""
-
-
-class MessageType(enum.IntEnum):
-    HELLO = 1
-    PROPOSE = 2
-    ACK = 3
-    NACK = 4
-
-
-class NackReason(enum.IntEnum):
-    NONE = 0
-    KEY_UNKNOWN = 1      # the follower does not hold the key (or not as AVAILABLE)
-    STALE = 2            # the epoch is not newer than the follower's
-    INSTALL_FAILED = 3   # reserved for a follower that cannot install at all
 
 
 class State(enum.Enum):
@@ -89,15 +75,31 @@ class Epoch:
     def __repr__(self) -> str:
         return f"Epoch({self.number}, {self.key_id}, at={self.activate_at:.3f})"
 
+    @classmethod
+    def of(cls, message: EpochReservation | EpochAnnouncement) -> "Epoch":
+        return NO_EPOCH if message.number == 0 else cls(message.number, message.key_id, message.activate_at)
+
 
 NO_EPOCH = Epoch(0, "", 0.0)
 
 
 @dataclass(frozen=True)
-class Message:
-    type: MessageType
-    epoch: Epoch
-    reason: NackReason = NackReason.NONE
+class Answer:
+    """The follower's answer to one proposal: accept (`reason` None) or refuse; `encode` it at the endpoint."""
+
+    request_id: str
+    reason: RefuseReason | None = None
+    text: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+    def encode(self, endpoint: ReservationEndpoint) -> bytes:
+        """The ACCEPT or REFUSE message of this answer (the endpoint records that the request is answered)."""
+        if self.reason is None:
+            return endpoint.accept(self.request_id)
+        return endpoint.refuse(self.request_id, self.reason, self.text)
 
 
 # Events for the caller.
@@ -109,12 +111,13 @@ class Agreed:
 @dataclass(frozen=True)
 class Refused:
     epoch: Epoch
-    reason: NackReason
+    reason: RefuseReason
 
 
 @dataclass(frozen=True)
 class Proposed:
     epoch: Epoch
+    request_id: str          # what the caller passes to accept() or refuse()
 
 
 @dataclass(frozen=True)
@@ -126,42 +129,8 @@ Event = Agreed | Refused | Proposed | ResyncNeeded
 
 
 def tunnel_tag(tunnel: str) -> bytes:
+    """8 bytes naming a tunnel on the wire (both ends share its name)."""
     return hashlib.sha256(b"qkdd/wireguard-tunnel\x00" + tunnel.encode()).digest()[:8]
-
-
-def encode(message: Message, tunnel: str) -> bytes:
-    epoch = message.epoch
-    key_bytes = uuid.UUID(epoch.key_id).bytes if epoch.number else bytes(16)
-    return _LAYOUT.pack(MAGIC, VERSION, int(message.type), int(message.reason), epoch.number, key_bytes,
-                        epoch.activate_at, tunnel_tag(tunnel))
-
-
-def decode(data: bytes, tunnel: str) -> Message:
-    if len(data) != MESSAGE_BYTES:
-        raise EpochMessageError(f"epoch message of {len(data)} bytes, expected {MESSAGE_BYTES}")
-    magic, version, type_code, reason_code, number, key_bytes, activate_at, tag = _LAYOUT.unpack(data)
-    if magic != MAGIC:
-        raise EpochMessageError("not a WireGuard epoch message")
-    if version != VERSION:
-        raise EpochMessageError(f"epoch message version {version}, expected {VERSION}")
-    if tag != tunnel_tag(tunnel):
-        raise EpochMessageError(f"epoch message is for another tunnel than {tunnel!r}")
-    try:
-        message_type = MessageType(type_code)
-        reason = NackReason(reason_code)
-    except ValueError:
-        raise EpochMessageError(f"epoch message has unknown type {type_code} or reason {reason_code}") from None
-    if number > MAX_EPOCH:
-        raise EpochMessageError(f"epoch number {number} leaves no room for a next epoch")
-    if not math.isfinite(activate_at) or activate_at < 0:
-        raise EpochMessageError("epoch message activation time is not a finite non-negative number")
-    if number == 0:
-        if key_bytes != bytes(16):
-            raise EpochMessageError("epoch 0 carries a key id")
-        return Message(message_type, NO_EPOCH, reason)
-    if message_type is MessageType.PROPOSE and activate_at == 0:
-        raise EpochMessageError("a proposal needs an activation time")
-    return Message(message_type, Epoch(number, str(uuid.UUID(bytes=key_bytes)), activate_at), reason)
 
 
 class EpochAgreement:
@@ -169,87 +138,137 @@ class EpochAgreement:
 
     def __init__(self, tunnel: str, leader: bool, current: Epoch = NO_EPOCH) -> None:
         self.tunnel = tunnel
+        self.tag = tunnel_tag(tunnel)
         self.leader = leader
         self.current = current
         self.state = State.IDLE
-        self.pending: Epoch | None = None        # leader: proposal awaiting an answer; follower: awaiting accept
+        self.proposal: EpochReservation | None = None   # leader: awaiting an answer; follower: awaiting accept
+        self._highest_proposed = current.number
+        self._abandoned: dict[str, Epoch] = {}          # leader: abandoned proposals by request id, oldest first
+
+    @property
+    def pending(self) -> Epoch | None:
+        """The epoch of the proposal in flight (leader) or under consideration (follower)."""
+        return Epoch.of(self.proposal) if self.proposal else None
+
+    def owns(self, request_id: str) -> bool:
+        """Whether `request_id` is a proposal of this tunnel an answer may still come for (routing)."""
+        return (self.proposal is not None and self.proposal.request_id == request_id) or request_id in self._abandoned
 
     # -- local actions -----------------------------------------------------------------------------
-    def hello(self) -> bytes:
-        """The first message of every session."""
-        return self._out(MessageType.HELLO, self.current)
+    def hello(self) -> EpochAnnouncement:
+        """What this end announces at the start of every session."""
+        return EpochAnnouncement(self.tag, self.current.number, self.current.key_id, self.current.activate_at)
 
-    def propose(self, key_id: str, activate_at: float, *, above: int = 0) -> bytes:
-        """Leader: propose `key_id` as the next epoch (numbered above `above` too)."""
+    def propose(self, key_id: str, activate_at: float, *, above: int = 0) -> EpochReservation:
+        """Leader: propose `key_id` as the next epoch, numbered above the current epoch, every earlier
+        proposal and `above` (a peer's epoch)."""
         if not self.leader:
             raise EpochStateError(f"tunnel {self.tunnel}: only the leader proposes")
         if self.state is not State.IDLE:
             raise EpochStateError(f"tunnel {self.tunnel}: propose in state {self.state.value}")
-        self.pending = Epoch(max(self.current.number, above) + 1, str(uuid.UUID(key_id)), activate_at)
+        number = max(self.current.number, self._highest_proposed, above) + 1
+        if number > MAX_EPOCH:
+            raise EpochStateError(f"tunnel {self.tunnel}: no epoch number above {number - 1}")
+        proposal = EpochReservation(str(uuid.uuid4()), self.tag, number, str(uuid.UUID(key_id)), activate_at)
+        try:
+            check_reservation(proposal)
+        except ReservationProtocolError as exc:
+            raise ValueError(f"tunnel {self.tunnel}: {exc}") from None
+        self.proposal = proposal
+        self._highest_proposed = number
         self.state = State.PROPOSED
-        return self._out(MessageType.PROPOSE, self.pending)
+        return self.proposal
 
-    def abandon(self) -> Epoch | None:
-        """Leader: give up waiting for an answer (timeout, session lost); returns the dropped proposal."""
-        dropped, self.pending = self.pending, None
+    def abandon(self) -> EpochReservation | None:
+        """Leader: give up waiting for an answer (timeout, session lost); returns the dropped proposal,
+        whose request the caller abandons at the endpoint too."""
+        dropped, self.proposal = self.proposal, None
         self.state = State.IDLE
+        if dropped is not None:
+            self._abandoned[dropped.request_id] = Epoch.of(dropped)
+            if len(self._abandoned) > MAX_ABANDONED_PROPOSALS:
+                del self._abandoned[next(iter(self._abandoned))]
         return dropped
 
-    def accept(self) -> bytes:
+    def accept(self, request_id: str) -> Answer:
         """Follower: the proposed key is reserved here; agree to it."""
-        if self.leader or self.pending is None:
-            raise EpochStateError(f"tunnel {self.tunnel}: nothing to accept")
-        self.current, self.pending = self.pending, None
-        return self._out(MessageType.ACK, self.current)
+        proposal = self._considered(request_id)
+        self.current, self.proposal = Epoch.of(proposal), None
+        return Answer(request_id)
 
-    def refuse(self, reason: NackReason) -> bytes:
+    def refuse(self, request_id: str, reason: RefuseReason, text: str = "") -> Answer:
         """Follower: the proposed key cannot be used here."""
-        if self.leader or self.pending is None:
-            raise EpochStateError(f"tunnel {self.tunnel}: nothing to refuse")
-        refused, self.pending = self.pending, None
-        return self._out(MessageType.NACK, refused, reason)
+        self._considered(request_id)
+        self.proposal = None
+        return Answer(request_id, RefuseReason(reason), text)
 
-    # -- messages from the peer --------------------------------------------------------------------
-    def receive(self, data: bytes) -> tuple[list[Event], list[bytes]]:
-        """Feed one peer message; returns (events for the caller, messages to send back)."""
-        message = decode(data, self.tunnel)
-        if self.leader:
-            return self._leader_receive(message)
-        return self._follower_receive(message)
+    def _considered(self, request_id: str) -> EpochReservation:
+        if self.leader or self.proposal is None or self.proposal.request_id != request_id:
+            raise EpochStateError(f"tunnel {self.tunnel}: no proposal {request_id} to answer")
+        return self.proposal
 
-    def _leader_receive(self, message: Message) -> tuple[list[Event], list[bytes]]:
-        kind, epoch = message.type, message.epoch
-        if kind is MessageType.HELLO:
-            if epoch != self.current:
-                return [ResyncNeeded(epoch)], []
-            return [], []
-        if kind in (MessageType.ACK, MessageType.NACK):
-            if self.state is not State.PROPOSED or self.pending is None or epoch.number != self.pending.number \
-                    or epoch.key_id != self.pending.key_id:
-                # An answer to a proposal given up on: a late ACK means the follower switched to a key
-                # this end dropped, so both must move to a fresh epoch.
-                late_ack = kind is MessageType.ACK and epoch != self.current
-                return ([ResyncNeeded(epoch)] if late_ack else []), []
-            answered, self.pending = self.pending, None
-            self.state = State.IDLE
-            if kind is MessageType.ACK:
-                self.current = answered
-                return [Agreed(answered)], []
-            return [Refused(answered, message.reason)], []
-        raise EpochMessageError(f"tunnel {self.tunnel}: the leader got a {kind.name} (both ends lead?)")
+    # -- events from the link's reservation endpoint -----------------------------------------------
+    def receive(self, event: ReservationEvent) -> tuple[list[Event], list[Answer]]:
+        """Feed one event of the endpoint (of purpose WG_EPOCH); returns (events for the caller, answers
+        to send back)."""
+        if isinstance(event, AnnouncementReceived):
+            return self._announced(event.announcement), []
+        if isinstance(event, ReservationReceived):
+            if not isinstance(event.reservation, EpochReservation):
+                raise EpochStateError(f"tunnel {self.tunnel}: a {type(event.reservation).__name__} is no epoch")
+            return self._proposed(event.reservation)
+        if getattr(event, "purpose", None) is not Purpose.WG_EPOCH:
+            raise EpochStateError(f"tunnel {self.tunnel}: {event!r} is no epoch event")
+        if isinstance(event, LateAnswer):
+            epoch = self._abandoned.pop(event.request_id, None)
+            if epoch is None or not event.accepted or epoch == self.current:
+                return [], []
+            # the follower switched to a key this end dropped: both must move to a fresh epoch
+            return [ResyncNeeded(epoch)], []
+        if isinstance(event, (ReservationAccepted, ReservationRefused)):
+            return self._answered(event), []
+        raise EpochStateError(f"tunnel {self.tunnel}: {event!r} is no epoch event")
 
-    def _follower_receive(self, message: Message) -> tuple[list[Event], list[bytes]]:
-        kind, epoch = message.type, message.epoch
-        if kind is MessageType.HELLO:
-            return [], []                          # the leader decides; our HELLO went out at session start
-        if kind is not MessageType.PROPOSE:
-            raise EpochMessageError(f"tunnel {self.tunnel}: the follower got a {kind.name} (both ends follow?)")
+    def _announced(self, announcement: EpochAnnouncement) -> list[Event]:
+        if announcement.tunnel_tag != self.tag:
+            raise EpochMessageError(f"an epoch announcement is for another tunnel than {self.tunnel!r}")
+        if not self.leader:
+            return []                              # the leader decides; this end's HELLO went out at session start
+        epoch = Epoch.of(announcement)
         if epoch == self.current:
-            return [], [self._out(MessageType.ACK, epoch)]
-        if epoch.number <= self.current.number:
-            return [], [self._out(MessageType.NACK, epoch, NackReason.STALE)]
-        self.pending = epoch
-        return [Proposed(epoch)], []
+            return []
+        if epoch.number >= MAX_EPOCH:
+            raise EpochMessageError(f"tunnel {self.tunnel}: the peer's epoch number {epoch.number} leaves no room "
+                                    f"for a next epoch")
+        return [ResyncNeeded(epoch)]
 
-    def _out(self, kind: MessageType, epoch: Epoch, reason: NackReason = NackReason.NONE) -> bytes:
-        return encode(Message(kind, epoch, reason), self.tunnel)
+    def _answered(self, event: ReservationAccepted | ReservationRefused) -> list[Event]:
+        if self.proposal is None or self.proposal.request_id != event.request_id:
+            if isinstance(event, ReservationAccepted) and event.request_id in self._abandoned:
+                return [ResyncNeeded(self._abandoned.pop(event.request_id))]     # (not abandoned at the endpoint)
+            self._abandoned.pop(event.request_id, None)
+            return []                              # another tunnel's request
+        answered, self.proposal = Epoch.of(self.proposal), None
+        self.state = State.IDLE
+        if isinstance(event, ReservationAccepted):
+            self.current = answered
+            return [Agreed(answered)]
+        return [Refused(answered, event.reason)]
+
+    def _proposed(self, proposal: EpochReservation) -> tuple[list[Event], list[Answer]]:
+        request_id = proposal.request_id
+        if proposal.tunnel_tag != self.tag:
+            return [], [Answer(request_id, RefuseReason.MALFORMED, f"not tunnel {self.tunnel}")]
+        if self.leader:
+            return [], [Answer(request_id, RefuseReason.MALFORMED, f"tunnel {self.tunnel}: both ends lead")]
+        epoch = Epoch.of(proposal)
+        if epoch == self.current:
+            return [], [Answer(request_id)]         # an acceptance was lost: the same answer again
+        if epoch.number <= self.current.number:
+            return [], [Answer(request_id, RefuseReason.STALE, f"epoch {self.current.number} here")]
+        answers = []
+        if self.proposal is not None:              # a newer proposal supersedes one still being considered
+            answers.append(Answer(self.proposal.request_id, RefuseReason.STALE, f"superseded by epoch {epoch.number}"))
+        self.proposal = proposal
+        return [Proposed(epoch, request_id)], answers
