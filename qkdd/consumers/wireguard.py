@@ -21,12 +21,16 @@ from dataclasses import dataclass
 import trio
 
 from qkdd.config import WireGuardConfig
-from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Epoch, EpochAgreement, EpochMessageError, NackReason,
-                                     Proposed, Refused, ResyncNeeded, tunnel_tag)
+from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Answer, Epoch, EpochAgreement, EpochMessageError,
+                                     EpochStateError, Proposed, Refused, ResyncNeeded, tunnel_tag)
 from qkdd.consumers.wg_tool import PSK_BYTES, WgError, WgTool
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.metrics import TunnelMetrics
-from qkdd.peer import MuxStream, SessionClosedError
+from qkdd.reservation.protocol import (AnnouncementReceived, EpochAnnouncement, EpochReservation, LateAnswer,
+                                       Purpose, RefuseReason, ReservationAccepted, ReservationReceived,
+                                       ReservationRefused)
+from qkdd.reservation.service import Answer as ServiceAnswer
+from qkdd.reservation.service import ReservationService
 
 log = logging.getLogger("qkdd.wireguard")
 
@@ -83,10 +87,8 @@ class TunnelRotation:
                                       else None)
         self._applied_since_start = False       # a (re)started daemon installs its current key once
         self._target_changed = trio.Event()
-        self._stream: MuxStream | None = None
+        self._service: ReservationService | None = None      # the live session's reservation service
         self._session_changed = trio.Event()
-        self._answer: trio.Event | None = None
-        self._answer_event: Agreed | Refused | None = None
         self._rotate_now = trio.Event()
         self._resync_above = 0
         self.installed = trio.Event()           # set (and replaced) after every successful install
@@ -112,43 +114,47 @@ class TunnelRotation:
             if self.leader:
                 nursery.start_soon(self._leader_loop)
 
-    async def attach(self, stream: MuxStream) -> None:
-        """A session started: say HELLO with the current epoch."""
-        self._stream = stream
+    def attach(self, service: ReservationService) -> None:
+        """A session started: announce the current epoch (HELLO)."""
+        self._service = service
         self._session_changed.set()
         self._session_changed = trio.Event()
-        await stream.send(self.agreement.hello())
+        service.announce(self.agreement.hello())
 
-    def detach(self, stream: MuxStream) -> None:
-        if self._stream is stream:
-            self._stream = None
-            if self._answer is not None:
-                self._answer.set()                  # the proposal in flight gets no answer now
+    def detach(self, service: ReservationService) -> None:
+        if self._service is service:
+            self._service = None
 
-    async def receive(self, data: bytes) -> None:
-        """One epoch message from the other end of this tunnel."""
+    def receive(self, event) -> None:
+        """An announcement or a late answer from the other end of this tunnel (endpoint events)."""
         try:
-            events, replies = self.agreement.receive(data)
+            events, _ = self.agreement.receive(event)
         except EpochMessageError as exc:
             log.warning("tunnel %s: refused an epoch message: %s", self.name, exc)
             return
-        for reply in replies:
-            await self._send(reply)
-        for event in events:
-            if isinstance(event, (Agreed, Refused)):
-                self._answer_event = event
-                if self._answer is not None:
-                    self._answer.set()
-            elif isinstance(event, ResyncNeeded):
+        for resync in events:
+            if isinstance(resync, ResyncNeeded):
                 log.info("tunnel %s: the other end is at epoch %d, this end at %d: proposing a fresh epoch",
-                         self.name, event.peer_epoch.number, self.agreement.current.number)
-                self._resync_above = max(self._resync_above, event.peer_epoch.number)
+                         self.name, resync.peer_epoch.number, self.agreement.current.number)
+                self._resync_above = max(self._resync_above, resync.peer_epoch.number)
                 self._rotate_now.set()
-            elif isinstance(event, Proposed):
-                await self._consider(event.epoch)
 
     # -- follower ----------------------------------------------------------------------------------
-    async def _consider(self, epoch: Epoch) -> None:
+    async def answer(self, proposal: EpochReservation) -> list[Answer]:
+        """The answers to a proposal from the leader (and to one it supersedes, if any)."""
+        try:
+            events, answers = self.agreement.receive(ReservationReceived(proposal))
+        except EpochMessageError as exc:
+            return [Answer(proposal.request_id, RefuseReason.MALFORMED, str(exc))]
+        for event in events:
+            if isinstance(event, Proposed):
+                answer = await self._consider(event)
+                if answer is not None:
+                    answers.append(answer)
+        return answers
+
+    async def _consider(self, proposed: Proposed) -> Answer | None:
+        epoch = proposed.epoch
         try:
             key = await trio.to_thread.run_sync(self.store.peek, self.config.link_id, epoch.key_id)
             if key.bits != PSK_BITS:
@@ -157,13 +163,19 @@ class TunnelRotation:
         except KeyStoreError as exc:
             log.warning("tunnel %s: refusing epoch %d: %s", self.name, epoch.number, exc)
             self.metrics.rotation("refused")
-            await self._send(self.agreement.refuse(NackReason.KEY_UNKNOWN))
-            return
-        ack = self.agreement.accept()
+            try:
+                return self.agreement.refuse(proposed.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
+            except EpochStateError:
+                return None                        # superseded meanwhile: answered STALE already
+        try:
+            answer = self.agreement.accept(proposed.request_id)
+        except EpochStateError:                    # superseded while the key was reserved: give it back
+            await trio.to_thread.run_sync(self.store.release, self.config.link_id, [epoch.key_id])
+            return None
         self._set_target(epoch)              # agreed here from now on, even if the ACK is lost with the session
         log.info("tunnel %s: agreed epoch %d (key %s), activation in %.1f s", self.name, epoch.number,
                  epoch.key_id, epoch.activate_at - self._clock())
-        await self._send(ack)
+        return answer
 
     # -- leader ------------------------------------------------------------------------------------
     async def _leader_loop(self) -> None:
@@ -175,9 +187,9 @@ class TunnelRotation:
             with trio.move_on_after(max(0.0, due - self._clock())):
                 await self._rotate_now.wait()
             self._rotate_now = trio.Event()
-            while self._stream is None:
+            while self._service is None:
                 await self._session_changed.wait()
-            outcome = await self._rotate_once()
+            outcome = await self._rotate_once(self._service)
             if outcome in ("no_key", "refused"):
                 with trio.move_on_after(NO_KEY_RETRY_S):
                     await self._rotate_now.wait()
@@ -185,7 +197,7 @@ class TunnelRotation:
                 # wait until the new key is in use before the interval starts counting again
                 await self._wait_installed()
 
-    async def _rotate_once(self) -> str:
+    async def _rotate_once(self, service: ReservationService) -> str:
         link_id = self.config.link_id
         try:
             (key_id,) = await trio.to_thread.run_sync(
@@ -197,16 +209,15 @@ class TunnelRotation:
             return "no_key"
         above, self._resync_above = self._resync_above, 0
         activate_at = self._clock() + self.config.activation_delay_s
-        message = self.agreement.propose(key_id, activate_at, above=above)
-        proposal = self.agreement.pending
-        self._answer, self._answer_event = trio.Event(), None
-        try:
-            await self._send(message, required=True)
-            with trio.move_on_after(ANSWER_TIMEOUT_S):
-                await self._answer.wait()
-        except SessionClosedError:
-            pass
-        answer, self._answer = self._answer_event, None
+        proposal = self.agreement.propose(key_id, activate_at, above=above)
+        outcome = await service.request(proposal, ANSWER_TIMEOUT_S)
+        events: list = []
+        if outcome.status == "accepted":
+            events, _ = self.agreement.receive(ReservationAccepted(proposal.request_id, Purpose.WG_EPOCH))
+        elif outcome.status == "refused":
+            events, _ = self.agreement.receive(ReservationRefused(proposal.request_id, Purpose.WG_EPOCH,
+                                                                  outcome.reason, outcome.text))
+        answer = events[0] if events else None
         if isinstance(answer, Agreed):
             log.info("tunnel %s: agreed epoch %d (key %s), activation in %.1f s", self.name, proposal.number,
                      key_id, activate_at - self._clock())
@@ -220,8 +231,8 @@ class TunnelRotation:
         else:
             # No answer: the other end may hold the key reserved, so it must never serve anyone else.
             self.agreement.abandon()
-            log.warning("tunnel %s: no answer to epoch %d within %g s; key %s discarded", self.name,
-                        proposal.number, ANSWER_TIMEOUT_S, key_id)
+            log.warning("tunnel %s: no answer to epoch %d within %g s (%s); key %s discarded", self.name,
+                        proposal.number, ANSWER_TIMEOUT_S, outcome.status, key_id)
             await self._erase(key_id)
         return "refused"
 
@@ -361,18 +372,6 @@ class TunnelRotation:
         except KeyStoreError:
             pass                                   # already gone (expired or erased before)
 
-    async def _send(self, message: bytes, *, required: bool = False) -> None:
-        stream = self._stream
-        if stream is None:
-            if required:
-                raise SessionClosedError(f"tunnel {self.name}: no session")
-            return
-        try:
-            await stream.send(message)
-        except SessionClosedError:
-            if required:
-                raise
-
     def _load_state(self) -> TunnelState:
         try:
             with open(self._state_path, encoding="utf-8") as handle:
@@ -394,23 +393,44 @@ class TunnelRotation:
 
 
 class WireGuardChannel:
-    """The WireGuard channel of one link's classical channel: routes epoch messages to their tunnel."""
+    """The WireGuard purpose of one link's reservation service: routes epoch messages to their tunnel."""
 
     def __init__(self, tunnels: list[TunnelRotation]) -> None:
         self.tunnels = {tunnel.tag: tunnel for tunnel in tunnels}
 
-    async def serve(self, stream: MuxStream) -> None:
+    def attach_to(self, service: ReservationService) -> None:
+        service.add_purpose(Purpose.WG_EPOCH, self)
+
+    async def on_session(self, service: ReservationService) -> None:
+        """Per session: every tunnel announces its epoch; detached when the session ends."""
         try:
             for tunnel in self.tunnels.values():
-                await tunnel.attach(stream)
-            while True:
-                data = await stream.receive()
-                tunnel = self.tunnels.get(bytes(data[40:48])) if len(data) >= 48 else None
-                if tunnel is None:
-                    log.warning("link %s: dropped a WireGuard epoch message for an unknown tunnel",
-                                stream.session.link_id)
-                    continue
-                await tunnel.receive(bytes(data))
+                tunnel.attach(service)
+            await trio.sleep_forever()
         finally:
             for tunnel in self.tunnels.values():
-                tunnel.detach(stream)
+                tunnel.detach(service)
+
+    async def on_reservations(self, link_id: str, proposals: list[EpochReservation]) -> list[ServiceAnswer]:
+        answers = []
+        for proposal in proposals:
+            tunnel = self.tunnels.get(proposal.tunnel_tag)
+            if tunnel is None:
+                answers.append(Answer(proposal.request_id, RefuseReason.MALFORMED, "no such tunnel here"))
+            else:
+                answers += await tunnel.answer(proposal)
+        return [ServiceAnswer(answer.request_id, answer.accepted,
+                              answer.reason if answer.reason is not None else RefuseReason.MALFORMED, answer.text)
+                for answer in answers]
+
+    async def on_announcement(self, link_id: str, announcement: EpochAnnouncement) -> None:
+        tunnel = self.tunnels.get(announcement.tunnel_tag)
+        if tunnel is None:
+            log.warning("link %s: dropped a WireGuard epoch announcement for an unknown tunnel", link_id)
+            return
+        tunnel.receive(AnnouncementReceived(announcement))
+
+    async def on_late_answer(self, link_id: str, event: LateAnswer) -> None:
+        for tunnel in self.tunnels.values():
+            if tunnel.agreement.owns(event.request_id):
+                tunnel.receive(event)
