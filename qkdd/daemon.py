@@ -37,8 +37,9 @@ EXIT_STARTUP_FAILED = 1
 async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     try:
-        keystore = open_keystore(config.daemon.state_dir) if config.links else None
-        app = App.create(config, keystore=keystore)
+        # Opening the stores creates files and runs SQLite's recovery: in worker threads, not on the loop.
+        keystore = await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir) if config.links else None
+        app = await App.open(config, keystore=keystore)
         channels = kme_channels(app)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})

@@ -34,7 +34,7 @@ async def run_wireguard(app: App) -> None:
     own_store = store is None
     if own_store:
         try:
-            store = open_keystore(config.daemon.state_dir)
+            store = await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir)
         except KeyStoreError as exc:
             log.error("wireguard: cannot open the key store: %s", exc)
             return
@@ -42,7 +42,7 @@ async def run_wireguard(app: App) -> None:
         tunnels: dict[str, list[TunnelRotation]] = {}
         for tunnel_config in config.wireguard:
             link = config.link(tunnel_config.link_id)
-            tunnel = TunnelRotation(
+            tunnel = await TunnelRotation.open(
                 tunnel_config, leader=link.role == "alice", store=store,
                 wg=WgTool(tunnel_config.interface, tunnel_config.peer_public_key),
                 metrics=app.metrics.tunnel(tunnel_config.name, tunnel_config.interface,
