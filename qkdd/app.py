@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import trio
+
 from qkdd.config import Config
 from qkdd.hal.base import Device
 from qkdd.health import Health
@@ -29,12 +31,30 @@ class App:
     @classmethod
     def create(cls, config: Config, keystore: Any = None) -> "App":
         """Health and metrics with every configured link registered (state "configured"), and the KME over
-        `keystore` (the daemon's one key store, shared by the link engines, the KME and WireGuard)."""
+        `keystore` (the daemon's one key store, shared by the link engines, the KME and WireGuard). Blocking
+        (the KME opens its files): on the event loop, use `await App.open(...)`."""
         app = cls(config, Health(), Metrics(), keystore=keystore)
         if config.etsi014 is not None:
-            app.kme = open_kme(config.etsi014, config.daemon.state_dir, keystore=app.keystore, metrics=app.metrics)
-        for link in config.links:
-            app.health.register_link(
-                link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')
-            app.metrics.link(link.link_id, link.protocol, kms=config.kms.enabled)
+            app.kme = app._open_kme()
+        app._register_links()
         return app
+
+    @classmethod
+    async def open(cls, config: Config, keystore: Any = None) -> "App":
+        """create(), with the KME's key store and ledger opened in a worker thread."""
+        app = cls(config, Health(), Metrics(), keystore=keystore)
+        if config.etsi014 is not None:
+            app.kme = await trio.to_thread.run_sync(app._open_kme)
+        app._register_links()
+        return app
+
+    def _open_kme(self) -> KmeService:
+        """Blocking. Raises KeyStoreError / LedgerError / OSError."""
+        return open_kme(self.config.etsi014, self.config.daemon.state_dir, keystore=self.keystore,
+                        metrics=self.metrics)
+
+    def _register_links(self) -> None:
+        for link in self.config.links:
+            self.health.register_link(
+                link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')
+            self.metrics.link(link.link_id, link.protocol, kms=self.config.kms.enabled)

@@ -9,7 +9,6 @@ To add a setting, add a field to the dataclass below (config_schema reads the fi
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 import tomllib
@@ -17,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
-                                positive, register_checks, register_parser, register_validator, to_plain)
+                                parse_host_port, positive, register_checks, register_parser, register_validator,
+                                to_plain)
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
 from qkdd.kme.config import Etsi014Config
@@ -61,25 +61,6 @@ class ListenAddress:
     def parse(cls, text: str) -> "ListenAddress":
         host, port = parse_host_port(text, allow_port_zero=True)
         return cls(host, port)
-
-
-def parse_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
-    """Split `host:port`; ValueError with a readable reason on anything else."""
-    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text.strip())
-    if not match:
-        raise ValueError(f"expected host:port (IPv6 as [addr]:port), got {text!r}")
-    host = match.group(1) or match.group(3)
-    port = int(match.group(2) or match.group(4))
-    low = 0 if allow_port_zero else 1
-    if not low <= port <= 65535:
-        raise ValueError(f"port must be in [{low}, 65535], got {port}")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        if match.group(1) or not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
-                                              r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*", host):
-            raise ValueError(f"not an IP address or host name: {host!r}") from None
-    return host, port
 
 
 def _peer_listen_check(value: str) -> str | None:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hmac
+import ipaddress
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -125,6 +127,25 @@ def one_of_hint(value: str, choices: typing.Iterable[str]) -> str:
     """' (did you mean "x"?)' when `value` is close to one of `choices`, else ''."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def parse_host_port(text: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split `host:port` (IPv6 as `[addr]:port`); ValueError with a readable reason on anything else."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^\s:\[\]]+):(\d{1,5})", text.strip())
+    if not match:
+        raise ValueError(f"expected host:port (IPv6 as [addr]:port), got {text!r}")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    low = 0 if allow_port_zero else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port must be in [{low}, 65535], got {port}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if match.group(1) or not re.fullmatch(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?"
+                                              r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*", host):
+            raise ValueError(f"not an IP address or host name: {host!r}") from None
+    return host, port
 
 
 # ---- building ------------------------------------------------------------------------------------

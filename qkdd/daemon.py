@@ -37,8 +37,9 @@ EXIT_STARTUP_FAILED = 1
 async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     try:
-        keystore = open_keystore(config.daemon.state_dir) if config.links else None
-        app = App.create(config, keystore=keystore)
+        # Opening the stores creates files and runs SQLite's recovery: in worker threads, not on the loop.
+        keystore = await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir) if config.links else None
+        app = await App.open(config, keystore=keystore)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
         return EXIT_STARTUP_FAILED
@@ -50,7 +51,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
         return EXIT_STARTUP_FAILED
     app.links, app.key_requests, app.reservations = links.engines, links.key_requests, links.reservations
     app.devices.update({link_id: engine.device for link_id, engine in app.links.items()})
-    wireguard = build_wireguard(app)        # registers on the links' reservation services before they run
+    wireguard = await build_wireguard(app)  # registers on the links' reservation services before they run
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}

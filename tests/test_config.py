@@ -3,6 +3,7 @@ and load_config precedence (file < credential < environment) in process."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,27 @@ def test_check_config_warns_of_links_the_daemon_will_not_run(tmp_path):
         '"sim" with protocol "bb84")',
         "warning: links[1] (sim-2): not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
     ]
+
+
+def test_the_kme_config_loads_without_the_daemon_config_and_both_parse_addresses_alike():
+    """No import cycle: qkdd.kme.config (which qkdd.config imports) takes address parsing from
+    qkdd.config_schema, in a fresh interpreter that never loads qkdd.config."""
+    import subprocess
+    import sys
+
+    from qkdd import config, config_schema
+
+    code = ("import sys; from qkdd.kme.config import ChannelConfig; "
+            "from qkdd.config_schema import parse_host_port; "
+            "ChannelConfig('id.key', 'peer.pub', dial='kme-b.example:9000').validate('etsi014.peers[0].channel'); "
+            "assert 'qkdd.config' not in sys.modules, 'qkdd.config was imported'; "
+            "print(parse_host_port('[::1]:8071'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "('::1', 8071)"
+    assert config.parse_host_port is config_schema.parse_host_port            # old callers keep working
+    assert config_schema.parse_host_port("kme-b.example:0", allow_port_zero=True) == ("kme-b.example", 0)
+    for bad, problem in [("kme-b.example:0", "port must be in [1, 65535]"), ("kme_b:8071", "not an IP address or host name"),
+                         ("no-port", "expected host:port")]:
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            config_schema.parse_host_port(bad)

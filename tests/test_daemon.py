@@ -394,3 +394,46 @@ def test_second_signal_cuts_the_grace_period_short(tmp_path):
         stalled.close()
     finally:
         daemon.kill()
+
+
+def test_the_stores_open_in_worker_threads_and_a_broken_ledger_still_exits_1(tmp_path, monkeypatch, caplog):
+    """daemon.serve in process: the key store and the ETSI 014 KME (its ledger) open off the event loop's
+    thread; the ledger file is not a database, so start-up ends with one "cannot start" line and status 1."""
+    import threading
+
+    import trio
+
+    import qkdd.app
+    import qkdd.daemon
+    from qkdd.config import load_config
+    from qkdd.notify import Notifier
+
+    opened_on: dict[str, bool] = {}
+
+    def spy(name, real):
+        def opener(*args, **kwargs):
+            opened_on[name] = threading.current_thread() is threading.main_thread()
+            return real(*args, **kwargs)
+        return opener
+
+    monkeypatch.setattr(qkdd.daemon, "open_keystore", spy("key store", qkdd.daemon.open_keystore))
+    monkeypatch.setattr(qkdd.app, "open_kme", spy("kme", qkdd.app.open_kme))
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    ledger = state_dir / "ledger.db"
+    ledger.write_bytes(os.urandom(4096))
+    api_tls = ('[api.tls]\ncert_file = "/nonexistent/cert.pem"\nkey_file = "/nonexistent/key.pem"\n'
+               'client_ca_file = "/nonexistent/ca.pem"\nclient_cert = "optional"\n')
+    etsi = (f'[etsi014]\nkme_id = "kme-a"\nledger_file = "{ledger}"\n'
+            '[[etsi014.saes]]\nsae_id = "sae-a"\nkme_id = "kme-a"\n'
+            '[[etsi014.saes]]\nsae_id = "sae-b"\nkme_id = "kme-b"\n'
+            '[[etsi014.peers]]\nkme_id = "kme-b"\nlink_id = "sim-1"\n[etsi014.peers.channel]\n'
+            'identity_key_file = "/nonexistent/id.key"\npeer_public_key_file = "/nonexistent/peer.pub"\n'
+            'dial = "127.0.0.1:9"\n')
+    (tmp_path / "qkdd.toml").write_text(base_config(state_dir, api_extra=api_tls) + "\n" + etsi)
+    config = load_config(str(tmp_path / "qkdd.toml"), {})
+    with caplog.at_level("ERROR", logger="qkdd.daemon"):
+        assert trio.run(qkdd.daemon.serve, config, Notifier()) == 1
+    assert opened_on == {"key store": False, "kme": False}
+    [record] = [record for record in caplog.records if record.name == "qkdd.daemon"]
+    assert record.getMessage() == f"cannot start: ETSI 014 ledger {ledger}: opening failed: file is not a database"

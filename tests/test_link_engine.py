@@ -28,8 +28,8 @@ async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DET
     if before_start is not None:
         before_start(stores)
 
-    alice = LinkEnd(LINK, "alice", source, stores["alice"], fast_settings(LINK, listen=("127.0.0.1", 0), **peer_settings),
-                    alice_id, bob_id.public_key())
+    alice = LinkEnd(LINK, "alice", source, stores["alice"],
+                    fast_settings(LINK, listen=("127.0.0.1", 0), **peer_settings), alice_id, bob_id.public_key())
     if before_run is not None:
         before_run("alice", alice)
     await alice.start(nursery)              # the engine also starts the source's quantum-channel listener
@@ -134,7 +134,8 @@ def test_intercept_resend_halts_and_recovery_resumes(tmp_path):
             attacked = [s for s in alice.status.qber_history if s.qber > 0.15]
             assert attacked and all(s.secret_bits == 0 for s in attacked), list(alice.status.qber_history)[-5:]
             source.set_attack(Attack())
-            await wait_for(lambda: alice.status.state in ("running", "degraded") and alice.status.totals["keys"] > keys_during_attack)
+            await wait_for(lambda: alice.status.state in ("running", "degraded")
+                           and alice.status.totals["keys"] > keys_during_attack)
             nursery.cancel_scope.cancel()
     trio.run(main)
 

@@ -30,8 +30,9 @@ class Tunnels:
         return [tunnel for tunnels in self.by_link.values() for tunnel in tunnels]
 
 
-def build_wireguard(app: App) -> Tunnels:
-    """Every `[[wireguard]]` tunnel whose link has a classical channel, registered on it."""
+async def build_wireguard(app: App) -> Tunnels:
+    """Every `[[wireguard]]` tunnel whose link has a classical channel, registered on it (their state
+    files read in worker threads)."""
     config = app.config
     tunnels = Tunnels()
     for tunnel_config in config.wireguard:
@@ -40,7 +41,7 @@ def build_wireguard(app: App) -> Tunnels:
             log.error("wireguard: tunnel %s: link %s has no classical channel (set peer_key_file, peer_public_key "
                       "and peer_addr or peer_listen); the tunnel is not rotated", tunnel_config.name, link.link_id)
             continue
-        tunnel = TunnelRotation(
+        tunnel = await TunnelRotation.open(
             tunnel_config, leader=link.role == "alice", store=app.keystore,
             wg=WgTool(tunnel_config.interface, tunnel_config.peer_public_key),
             metrics=app.metrics.tunnel(tunnel_config.name, tunnel_config.interface, tunnel_config.peer_public_key),

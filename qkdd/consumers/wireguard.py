@@ -8,7 +8,7 @@ when the next one is installed or when it expires. Fallback (HIP-0071 "Fallback 
 key comes the current PSK stays; once it is older than `expiry_s` the policy applies ("clear": no PSK,
 Curve25519 alone; "random": a random PSK, the tunnel fails closed); when keys flow again rotation resumes.
 A small JSON file per tunnel in the state directory records the epoch (number, key id, times, fallback):
-never key material.
+never key material. It is read and written (with fsync) in worker threads, never on the event loop.
 """
 from __future__ import annotations
 
@@ -68,8 +68,12 @@ class TunnelState:
 
 
 class TunnelRotation:
+    """One tunnel's rotation. In the daemon, `await TunnelRotation.open(...)` reads the state file in a
+    worker thread; the constructor given no `state` reads it itself (blocking: outside the event loop)."""
+
     def __init__(self, config: WireGuardConfig, *, leader: bool, store: KeyStore, wg: WgTool,
-                 metrics: TunnelMetrics, state_dir: str, rotation_interval_s: float, clock=time.time) -> None:
+                 metrics: TunnelMetrics, state_dir: str, rotation_interval_s: float, clock=time.time,
+                 state: TunnelState | None = None) -> None:
         self.config = config
         self.name = config.name
         self.leader = leader
@@ -80,8 +84,9 @@ class TunnelRotation:
         self.holder = f"wireguard:{config.name}"
         self.tag = tunnel_tag(config.name)
         self._clock = clock
-        self._state_path = os.path.join(state_dir, f"wireguard-{config.name}.json")
-        self.state = self._load_state()
+        self._state_path = _state_path(state_dir, config.name)
+        self.state = state if state is not None else _load_state(self._state_path, config.name)
+        self._saving = trio.Lock()              # one state-file write at a time
         self.agreement = EpochAgreement(config.name, leader, self.state.epoch)
         self._target: Epoch | None = (self.state.epoch if self.state.epoch.number and not self.state.fallback
                                       else None)
@@ -93,6 +98,13 @@ class TunnelRotation:
         self._resync_above = 0
         self.installed = trio.Event()           # set (and replaced) after every successful install
         self._discard_soon: list[str] = []
+
+    @classmethod
+    async def open(cls, config: WireGuardConfig, *, state_dir: str, **kwargs) -> "TunnelRotation":
+        """A tunnel's rotation with its state file read in a worker thread (keyword arguments: __init__'s)."""
+        path = _state_path(state_dir, config.name)
+        state = await trio.to_thread.run_sync(_load_state, path, config.name)
+        return cls(config, state_dir=state_dir, state=state, **kwargs)
 
     # -- public ------------------------------------------------------------------------------------
     def rotate_now(self) -> None:
@@ -288,7 +300,7 @@ class TunnelRotation:
         previous = self.state
         reapplied = previous.epoch == target and previous.installed_at > 0 and not previous.fallback
         self._applied_since_start = True
-        self._save(TunnelState(target, previous.installed_at if reapplied else self._clock(), None))
+        await self._save(TunnelState(target, previous.installed_at if reapplied else self._clock(), None))
         if previous.epoch.number and previous.epoch.key_id != target.key_id:
             await self._erase(previous.epoch.key_id)
         if not reapplied:
@@ -333,7 +345,7 @@ class TunnelRotation:
         if epoch.number:
             await self._erase(epoch.key_id)
         self._target = None if self._target == epoch else self._target
-        self._save(TunnelState(epoch, self.state.installed_at, policy))
+        await self._save(TunnelState(epoch, self.state.installed_at, policy))
         self.metrics.psk_age(None)
         self._rotate_now.set()                   # leader: look for a fresh key from now on, not at the interval
         if again:
@@ -372,24 +384,38 @@ class TunnelRotation:
         except KeyStoreError:
             pass                                   # already gone (expired or erased before)
 
-    def _load_state(self) -> TunnelState:
-        try:
-            with open(self._state_path, encoding="utf-8") as handle:
-                return TunnelState.from_json(handle.read())
-        except FileNotFoundError:
-            return TunnelState()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("tunnel %s: ignoring unreadable state file %s: %s", self.name, self._state_path, exc)
-            return TunnelState()
-
-    def _save(self, state: TunnelState) -> None:
+    async def _save(self, state: TunnelState) -> None:
+        """`state` is this tunnel's state from now on; the file follows in a worker thread. Saves queue up,
+        and each writes the state current when its turn comes, so the file ends with the latest."""
         self.state = state
-        temporary = self._state_path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(state.to_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self._state_path)
+        async with self._saving:
+            await trio.to_thread.run_sync(_write_state, self._state_path, self.state)
+
+
+def _state_path(state_dir: str, name: str) -> str:
+    return os.path.join(state_dir, f"wireguard-{name}.json")
+
+
+def _load_state(path: str, name: str) -> TunnelState:
+    """Blocking: the state in the file at `path`; a fresh state when there is none or it is unreadable."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return TunnelState.from_json(handle.read())
+    except FileNotFoundError:
+        return TunnelState()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("tunnel %s: ignoring unreadable state file %s: %s", name, path, exc)
+        return TunnelState()
+
+
+def _write_state(path: str, state: TunnelState) -> None:
+    """Blocking: replace the file at `path` with `state`, durably (fsync before the rename)."""
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(state.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 class WireGuardChannel:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from qkdd.config_schema import ConfigError, in_range, meta, positive
+from qkdd.config_schema import ConfigError, in_range, meta, parse_host_port, positive
 
 # SAE and KME IDs: the spec leaves the format open (§4); ours travel in URL path segments, so no '/'.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@+=-]{0,127}")
@@ -54,7 +54,6 @@ class ChannelConfig:
     def validate(self, key: str) -> None:
         if bool(self.dial) == bool(self.listen):
             raise ConfigError(key, "set exactly one of dial and listen")
-        from qkdd.config import parse_host_port      # qkdd.config imports this module
         name = "dial" if self.dial else "listen"
         try:
             parse_host_port(getattr(self, name), allow_port_zero=name == "listen")

@@ -13,15 +13,20 @@ are a JSON object in its row, with a count of those still to fetch it (`undelive
 belongs to one reservation only (the key store reserves it for that request's holder), so it is spent
 once every key of that reservation cut from it has reached every recipient: each row names the keys of
 its reservation that share a stored key with it (`shares`, usually none).
+
+Every SQLite error out of a Ledger method is a LedgerError naming the ledger's file and what failed.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from qkdd.reservation.protocol import Etsi014Reservation, ReservedKey, Segment
 from qkdd.sqlite_batch import Database, SavepointTransactions, create_schema
@@ -50,6 +55,22 @@ class LedgerError(Exception):
     """The ledger cannot do what was asked (never carries key material, which it never holds)."""
 
 
+_Method = TypeVar("_Method", bound=Callable)
+
+
+def _failing_as(what: str) -> Callable[[_Method], _Method]:
+    """Decorator of a Ledger method: an sqlite3.Error out of it becomes a LedgerError saying `what` failed."""
+    def decorate(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def wrapper(self: "Ledger", *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise self._error(what, exc) from exc
+        return wrapper  # type: ignore[return-value]
+    return decorate
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     key_id: str
@@ -75,16 +96,40 @@ class Ledger(SavepointTransactions):
             with self._tx() as db:
                 create_schema(db, _SCHEMA)
                 _import_version_1(db)
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"ETSI 014 ledger {self.path}: {exc}") from None
+        except sqlite3.Error as exc:
+            raise self._error("opening", exc) from None
         if path is not None:
             os.chmod(path, 0o600)
 
+    def _error(self, what: str, exc: sqlite3.Error) -> LedgerError:
+        return LedgerError(f"ETSI 014 ledger {self.path}: {what} failed: {exc}")
+
+    @_failing_as("closing")
     def close(self) -> None:
         """Close the ledger's own file (a shared database is its owner's to close)."""
         if self._owns_database:
             super().close()
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit (SavepointTransactions.batch). A failure of the batch's own BEGIN, COMMIT or
+        ROLLBACK is a LedgerError; whatever the block raises (a key store's sqlite3.Error too) passes as is."""
+        entered, raised = False, None
+        try:
+            with self.database.transaction():
+                entered = True
+                try:
+                    yield
+                except BaseException as exc:
+                    raised = exc
+                    raise
+        except sqlite3.Error as exc:
+            if exc is raised:
+                raise
+            what = "starting" if not entered else "rolling back" if raised is not None else "committing"
+            raise self._error(f"{what} a batch", exc) from exc
+
+    @_failing_as("recording a reservation")
     def record(self, link_id: str, reservation: Etsi014Reservation) -> bool:
         """Record a reservation (all keys, all recipients); False if it was recorded before (a resend).
         LedgerError if a key id is already taken by another request."""
@@ -112,6 +157,7 @@ class Ledger(SavepointTransactions):
             return False
         raise LedgerError(f"request {reservation.request_id}: a key id is already recorded")
 
+    @_failing_as("looking up keys")
     def lookup(self, key_ids: Sequence[str]) -> dict[str, LedgerEntry]:
         """The entries of the key ids that are recorded (missing ids are absent from the result)."""
         entries: dict[str, LedgerEntry] = {}
@@ -124,6 +170,7 @@ class Ledger(SavepointTransactions):
                                                   _key_from_json(key_id, row[4]), json.loads(row[5]))
         return entries
 
+    @_failing_as("marking keys delivered")
     def mark_delivered(self, key_ids: Sequence[str], sae_id: str) -> list[tuple[str, str]]:
         """Mark the keys delivered to `sae_id`, all or none; AlreadyDelivered if any reached it before.
         Returns (link_id, stored_key_id) of the stored keys this spent: the key store may erase them."""
@@ -147,6 +194,7 @@ class Ledger(SavepointTransactions):
                     done.append(key_id)
             return _spent_by(db, done)
 
+    @_failing_as("listing spent stored keys")
     def spent_stored_keys(self) -> list[tuple[str, str]]:
         """(link_id, stored_key_id) of the stored keys of fully delivered keys that no waiting key shares:
         the key store may erase them. For start-up, to finish what a crash between the ledger's and the key
@@ -156,6 +204,7 @@ class Ledger(SavepointTransactions):
             done = [row[0] for row in self._db.execute("SELECT key_id FROM etsi014_keys WHERE undelivered = 0")]
             return _spent_by(self._db, done)
 
+    @_failing_as("listing waiting keys")
     def waiting_keys(self, created_before: float) -> list[tuple[str, str, list[str]]]:
         """(key_id, link_id, stored key ids) of keys some recipient has not fetched, recorded before
         `created_before` (housekeeping: those whose stored keys expired can never be delivered)."""
@@ -164,12 +213,14 @@ class Ledger(SavepointTransactions):
                                     "WHERE undelivered > 0 AND created_at < ?", (created_before,)).fetchall()
         return [(key_id, link_id, _stored_key_ids(segments)) for key_id, link_id, segments in rows]
 
+    @_failing_as("forgetting keys")
     def forget(self, key_ids: Sequence[str]) -> None:
         """Drop keys that can never be delivered (their stored keys are gone from the key store): a
         dec_keys for them then answers "not found"."""
         with self._tx() as db:
             db.executemany("DELETE FROM etsi014_keys WHERE key_id = ?", [(key_id,) for key_id in key_ids])
 
+    @_failing_as("purging delivered keys")
     def purge_delivered(self, now: float | None = None, grace_s: float = DELIVERED_GRACE_S) -> int:
         """Forget keys every recipient fetched, recorded more than `grace_s` before `now`; how many."""
         cutoff = (self._clock() if now is None else now) - grace_s

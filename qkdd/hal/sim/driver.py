@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from qkdd.config_schema import parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
@@ -24,8 +25,6 @@ __all__ = ["SimAliceDevice", "SimBobDevice", "device_for"]
 
 def device_for(link: "LinkConfig") -> SimAliceDevice | SimBobDevice:
     """The sim device of this end of `link` (driver "sim"); DeviceError for what the sim cannot run."""
-    from qkdd.config import parse_host_port
-
     if link.driver != "sim":
         raise DeviceError(f"link {link.link_id}: driver {link.driver!r} is not the simulator")
     if link.protocol not in ("bb84", "e91"):
