@@ -6,11 +6,11 @@ established session (session.epoch counts them), which is how the application le
 is torn down. The session reads its first record only after the handler ran up to its first
 checkpoint, so the handler may route the session to itself there (PeerSession.route_all). After a
 clean close by the peer it first gets every message sent before the close, then SessionClosedError
-from receive(). If the handler returns, the session is closed cleanly. Either way
-the connector then brings up the next session by itself: the dialling end redials with exponential
-backoff and jitter, the listening end waits for the next connection. A newly authenticated connection
-replaces the live one (the peer restarted and its old connection may not have died yet), so at most one
-session per link is live and no restart needs a manual step.
+from receive(). If the handler returns, the session is closed cleanly. Either way the connector then
+brings up the next session by itself: the dialling end redials with exponential backoff and jitter
+(reset by every completed handshake), the listening end waits for the next connection. A newly
+authenticated connection replaces the live one (the peer restarted and its old connection may not
+have died yet), so at most one session per link is live and no restart needs a manual step.
 """
 from __future__ import annotations
 
@@ -88,10 +88,10 @@ class PeerConnector:
                             self.settings.link_id, host, port, _describe(exc), delay_s)
                 await trio.sleep(delay_s)
                 continue
-            started = trio.current_time()
+            # The peer answered: whatever failed before is over. A peer that restarts twice in a row
+            # is redialled after backoff_initial_s, not after the delay its first absence built up.
+            backoff.reset()
             await self._serve(session)
-            if trio.current_time() - started >= self.settings.backoff_max_s:
-                backoff.reset()
             await trio.sleep(backoff.next_delay_s())
 
     async def _dial_once(self, context: ssl.SSLContext, host: str, port: int) -> PeerSession:

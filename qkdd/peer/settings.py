@@ -25,7 +25,7 @@ class PeerSettings:
     receive_queue_records: int = 64  # records buffered for the application before backpressure
     receive_queue_bytes: int = DEFAULT_RECEIVE_QUEUE_BYTES  # ...and bytes (one record always fits)
     backoff_initial_s: float = 0.5  # first redial delay; doubles per failure (with jitter)
-    backoff_max_s: float = 30.0  # redial delay ceiling; a session that lived this long resets it
+    backoff_max_s: float = 30.0  # redial delay ceiling; a completed handshake resets the backoff
     max_pending_handshakes: int = 8  # listener: connections still handshaking at once
     tls_cert_file: str | None = None  # optional; otherwise an ephemeral self-signed certificate
     tls_key_file: str | None = None
