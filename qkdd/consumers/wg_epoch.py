@@ -44,10 +44,9 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 
-from qkdd.reservation.protocol import (MAX_EPOCH, AnnouncementReceived, EpochAnnouncement, EpochReservation,
-                                       LateAnswer, Purpose, RefuseReason, ReservationAccepted, ReservationEndpoint,
-                                       ReservationProtocolError, ReservationReceived, ReservationRefused,
-                                       check_reservation)
+from qkdd.reservation.protocol import (MAX_EPOCH, AnnouncementReceived, Answer, EpochAnnouncement, EpochReservation,
+                                       LateAnswer, Purpose, RefuseReason, ReservationAccepted, ReservationProtocolError,
+                                       ReservationReceived, ReservationRefused, check_reservation)
 from qkdd.reservation.protocol import Event as ReservationEvent
 
 MAX_ABANDONED_PROPOSALS = 64     # abandoned proposals remembered per tunnel for a late answer (the newest)
@@ -81,25 +80,6 @@ class Epoch:
 
 
 NO_EPOCH = Epoch(0, "", 0.0)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The follower's answer to one proposal: accept (`reason` None) or refuse; `encode` it at the endpoint."""
-
-    request_id: str
-    reason: RefuseReason | None = None
-    text: str = ""
-
-    @property
-    def accepted(self) -> bool:
-        return self.reason is None
-
-    def encode(self, endpoint: ReservationEndpoint) -> bytes:
-        """The ACCEPT or REFUSE message of this answer (the endpoint records that the request is answered)."""
-        if self.reason is None:
-            return endpoint.accept(self.request_id)
-        return endpoint.refuse(self.request_id, self.reason, self.text)
 
 
 # Events for the caller.

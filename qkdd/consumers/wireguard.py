@@ -21,15 +21,14 @@ from dataclasses import dataclass
 import trio
 
 from qkdd.config import WireGuardConfig
-from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Answer, Epoch, EpochAgreement, EpochMessageError,
+from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Epoch, EpochAgreement, EpochMessageError,
                                      EpochStateError, Proposed, Refused, ResyncNeeded, tunnel_tag)
 from qkdd.consumers.wg_tool import PSK_BYTES, WgError, WgTool
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.metrics import TunnelMetrics
-from qkdd.reservation.protocol import (AnnouncementReceived, EpochAnnouncement, EpochReservation, LateAnswer,
+from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, EpochReservation, LateAnswer,
                                        Purpose, RefuseReason, ReservationAccepted, ReservationReceived,
                                        ReservationRefused)
-from qkdd.reservation.service import Answer as ServiceAnswer
 from qkdd.reservation.service import ReservationService
 
 log = logging.getLogger("qkdd.wireguard")
@@ -437,7 +436,7 @@ class WireGuardChannel:
             for tunnel in self.tunnels.values():
                 tunnel.detach(service)
 
-    async def on_reservations(self, link_id: str, proposals: list[EpochReservation]) -> list[ServiceAnswer]:
+    async def on_reservations(self, link_id: str, proposals: list[EpochReservation]) -> list[Answer]:
         answers = []
         for proposal in proposals:
             tunnel = self.tunnels.get(proposal.tunnel_tag)
@@ -445,9 +444,7 @@ class WireGuardChannel:
                 answers.append(Answer(proposal.request_id, RefuseReason.MALFORMED, "no such tunnel here"))
             else:
                 answers += await tunnel.answer(proposal)
-        return [ServiceAnswer(answer.request_id, answer.accepted,
-                              answer.reason if answer.reason is not None else RefuseReason.MALFORMED, answer.text)
-                for answer in answers]
+        return answers
 
     async def on_announcement(self, link_id: str, announcement: EpochAnnouncement) -> None:
         tunnel = self.tunnels.get(announcement.tunnel_tag)

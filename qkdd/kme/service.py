@@ -30,7 +30,8 @@ from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerE
 from qkdd.kme.taken_keys import TakenKeys
 from qkdd.metrics import Metrics
 from qkdd.reservation.protocol import Etsi014Reservation, Purpose, RefuseReason
-from qkdd.reservation.service import Answer, ReservationService
+from qkdd.reservation.protocol import Answer
+from qkdd.reservation.service import ReservationService
 
 log = logging.getLogger("qkdd.etsi014")
 
@@ -142,10 +143,10 @@ class KmeService:
         valid = []
         for reservation in reservations:
             if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
-                answers[reservation.request_id] = Answer(reservation.request_id, False, RefuseReason.UNKNOWN_SAE,
+                answers[reservation.request_id] = Answer(reservation.request_id, RefuseReason.UNKNOWN_SAE,
                                                          "a slave SAE is not served here")
             elif self.registry.kme_of(reservation.master_sae_id) != peer_kme:
-                answers[reservation.request_id] = Answer(reservation.request_id, False, RefuseReason.UNKNOWN_SAE,
+                answers[reservation.request_id] = Answer(reservation.request_id, RefuseReason.UNKNOWN_SAE,
                                                          "the master SAE is not served by the peer KME")
             else:
                 valid.append(reservation)
@@ -156,11 +157,11 @@ class KmeService:
                 errors = [exc] * len(valid)
             for reservation, error in zip(valid, errors):
                 if error is None:
-                    answer = Answer(reservation.request_id, True)
+                    answer = Answer(reservation.request_id)
                 elif isinstance(error, (LedgerError, sqlite3.Error)):
-                    answer = Answer(reservation.request_id, False, RefuseReason.STORE_FAILURE, str(error))
+                    answer = Answer(reservation.request_id, RefuseReason.STORE_FAILURE, str(error))
                 else:
-                    answer = Answer(reservation.request_id, False, RefuseReason.KEYS_UNAVAILABLE, str(error))
+                    answer = Answer(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))
                 answers[reservation.request_id] = answer
         return [answers[reservation.request_id] for reservation in reservations]      # in the order they came
 

@@ -16,7 +16,8 @@ import trio
 
 from qkdd.keystore import KeyStore, KeyStoreError, KeyState, KeyUnavailable, StoredKey
 from qkdd.reservation.protocol import KeyReservation, Purpose, RefuseReason
-from qkdd.reservation.service import Answer, ReservationService
+from qkdd.reservation.protocol import Answer
+from qkdd.reservation.service import ReservationService
 
 RESERVE_TIMEOUT_S = 5.0
 HOLDER_PREFIX = "v1:"
@@ -79,7 +80,7 @@ class KeyRequests:
     async def _reserve(self, reservation: KeyReservation) -> Answer:
         key_id, holder = reservation.key_id, reservation.holder
         if not holder.startswith(HOLDER_PREFIX) or _bits_of(holder) <= 0:
-            return Answer(reservation.request_id, False, RefuseReason.MALFORMED, "unknown holder")
+            return Answer(reservation.request_id, RefuseReason.MALFORMED, "unknown holder")
 
         def reserve() -> None:
             if self.store.state(self.link_id, key_id) is KeyState.PENDING:
@@ -90,9 +91,9 @@ class KeyRequests:
             await trio.to_thread.run_sync(reserve)
         except KeyStoreError as exc:
             gone = type(exc).__name__ in ("KeyAlreadyDelivered", "KeyNotFound")
-            return Answer(reservation.request_id, False,
-                          RefuseReason.KEYS_GONE if gone else RefuseReason.KEYS_UNAVAILABLE, type(exc).__name__)
-        return Answer(reservation.request_id, True)
+            return Answer(reservation.request_id, RefuseReason.KEYS_GONE if gone else RefuseReason.KEYS_UNAVAILABLE,
+                          type(exc).__name__)
+        return Answer(reservation.request_id)
 
 
 def _bits_of(holder: str) -> int:

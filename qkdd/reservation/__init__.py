@@ -3,7 +3,7 @@ ETSI 014 keys, /v1 keys and WireGuard epochs share, so that a key leaves a store
 reservation both ends recorded."""
 from qkdd.reservation.protocol import (MAX_ABANDONED, MAX_EPOCH, MAX_HOLDER_BYTES, MAX_MESSAGE_BYTES,
                                        MAX_PACKED_BYTES, NO_REQUEST, TRANSITIONS, WIRE_VERSION,
-                                       AnnouncementReceived, EpochAnnouncement, EpochReservation,
+                                       AnnouncementReceived, Answer, EpochAnnouncement, EpochReservation,
                                        Etsi014Reservation, Event, KeyReservation, LateAnswer, MessageType, Purpose,
                                        RefuseReason, Reservation, ReservationAccepted, ReservationEndpoint,
                                        ReservationProtocolError, ReservationReceived, ReservationRefused,
@@ -11,7 +11,7 @@ from qkdd.reservation.protocol import (MAX_ABANDONED, MAX_EPOCH, MAX_HOLDER_BYTE
                                        encode_reserve, pack_payloads)
 
 __all__ = ["MAX_ABANDONED", "MAX_EPOCH", "MAX_HOLDER_BYTES", "MAX_MESSAGE_BYTES", "MAX_PACKED_BYTES", "NO_REQUEST",
-           "TRANSITIONS", "WIRE_VERSION", "AnnouncementReceived", "EpochAnnouncement", "EpochReservation",
+           "TRANSITIONS", "WIRE_VERSION", "AnnouncementReceived", "Answer", "EpochAnnouncement", "EpochReservation",
            "Etsi014Reservation", "Event", "KeyReservation", "LateAnswer", "MessageType", "Purpose", "RefuseReason",
            "Reservation", "ReservationAccepted", "ReservationEndpoint", "ReservationProtocolError",
            "ReservationReceived", "ReservationRefused", "ReservedKey", "Segment", "State", "check_announcement",

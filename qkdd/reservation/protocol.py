@@ -254,6 +254,25 @@ class AnnouncementReceived:
 Event = ReservationReceived | ReservationAccepted | ReservationRefused | LateAnswer | AnnouncementReceived
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A receiving end's decision on one reservation: accept (`reason` None) or refuse; `encode` it at the
+    endpoint (which records that the request is answered)."""
+
+    request_id: str
+    reason: RefuseReason | None = None
+    text: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.reason is None
+
+    def encode(self, endpoint: "ReservationEndpoint") -> bytes:
+        if self.reason is None:
+            return endpoint.accept(self.request_id)
+        return endpoint.refuse(self.request_id, self.reason, self.text)
+
+
 class _Request(NamedTuple):
     state: State
     purpose: Purpose

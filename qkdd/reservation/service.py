@@ -27,8 +27,8 @@ from qkdd.link_channel import RESERVATION_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError
 from qkdd.peer.budget import ByteBudget
-from qkdd.reservation.protocol import (AnnouncementReceived, EpochAnnouncement, LateAnswer, Purpose, RefuseReason,
-                                       Reservation, ReservationAccepted, ReservationEndpoint,
+from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, LateAnswer, Purpose,
+                                       RefuseReason, Reservation, ReservationAccepted, ReservationEndpoint,
                                        ReservationProtocolError, ReservationReceived, ReservationRefused,
                                        pack_payloads)
 
@@ -49,16 +49,6 @@ class Outcome:
     @property
     def accepted(self) -> bool:
         return self.status == "accepted"
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A purpose handler's decision on one received reservation."""
-
-    request_id: str
-    accepted: bool
-    reason: RefuseReason = RefuseReason.STORE_FAILURE
-    text: str = ""
 
 
 class PurposeHandler(Protocol):
@@ -210,20 +200,18 @@ class ReservationService:
         try:
             handler = self._purposes.get(purpose)
             if handler is None:
-                answers = [Answer(r.request_id, False, RefuseReason.MALFORMED,
+                answers = [Answer(r.request_id, RefuseReason.MALFORMED,
                                   f"this end serves no {purpose.name} reservations") for r in reservations]
             else:
                 answers = await handler.on_reservations(self.link_id, reservations)
             for answer in answers:
                 if endpoint.state("slave", answer.request_id) is None:
                     continue        # the session ended while the handler decided: no answer can reach the peer
-                if answer.accepted:
-                    outbox.put(endpoint.accept(answer.request_id))
-                else:
+                if not answer.accepted:
                     self._peer_log.log(logging.WARNING, "reservation-refusing", "link %s: refused %s reservation "
                                        "%s from the peer (%s): %s", self.link_id, purpose.name, answer.request_id,
                                        answer.reason.name, answer.text)
-                    outbox.put(endpoint.refuse(answer.request_id, answer.reason, answer.text))
+                outbox.put(answer.encode(endpoint))
         finally:
             recording.release(len(reservations))
 
