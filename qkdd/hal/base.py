@@ -4,6 +4,9 @@ Two kinds of device sit behind it. Devices that post-process themselves (commerc
 ETSI 014 KME) hand out finished `KeyBlock`s through `request_key`. Devices whose detections qkdd
 post-processes hand out `RawFrame`s through `next_frame`: on the Alice side the prepared states of the
 slots Bob detected, on the Bob side his detections. A driver declares which it is with `yields_raw_frames`.
+
+`Device` declares everything the link engine and the API call on a device: a driver overrides what it
+supports, and the documented defaults cover the rest (no probing for methods with hasattr).
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import trio
+
+from qkdd.protocols.bb84_finite import DecoySettings
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,12 @@ class Device(abc.ABC):
     async def init(self) -> None:
         """Open the device and check that it answers."""
 
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work the device needs while its link runs; the link engine starts it in the link's
+        nursery after init() (`nursery.start`) and cancels it when the link stops. The default has none: it
+        reports started and returns."""
+        task_status.started()
+
     async def request_key(self, bits: int) -> KeyBlock:
         """Finished key of `bits` bits, for devices that post-process themselves."""
         raise DeviceError(f"{type(self).__name__} yields raw frames; keys come from the qkdd pipeline")
@@ -119,6 +131,16 @@ class Device(abc.ABC):
     async def calibrate(self) -> dict[str, Any]:
         """Run a calibration (e.g. realign polarisation) and report what changed."""
         raise DeviceError(f"{type(self).__name__} does not support calibration")
+
+    def decoy_settings(self) -> DecoySettings:
+        """The source's decoy-state intensities and probabilities (Alice's side of decoy-state BB84), which
+        the link engine's estimation uses; DeviceError for a device that has no such source."""
+        raise DeviceError(f"{type(self).__name__} has no decoy-state source")
+
+    def update_estimates(self, *, qber: float | None = None, key_rate_bps: float | None = None) -> None:
+        """The link engine's measurements after each frame (QBER, secure key rate in bits per second; None:
+        not measured this time). A device that reports them in channel_status() keeps them; the default,
+        for devices that measure their channel themselves, ignores them."""
 
     async def close(self) -> None:
         """Release the device."""

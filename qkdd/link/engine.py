@@ -163,8 +163,7 @@ class LinkEngine:
             self._decoy = self.device.decoy_settings()
         try:
             async with trio.open_nursery() as nursery:
-                if hasattr(self.device, "run"):
-                    await nursery.start(self.device.run)
+                await nursery.start(self.device.run)
                 await nursery.start(self.connector.run)
                 nursery.start_soon(self._intake)
                 nursery.start_soon(self._watch_device)
