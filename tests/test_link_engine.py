@@ -70,6 +70,9 @@ def test_two_engines_store_the_same_keys_and_deliver_across(tmp_path):
             nursery.start_soon(watch_buffers)
             await wait_for(lambda: alice.totals["keys"] >= 100 and bob.totals["keys"] >= 100)
             await wait_for(lambda: alice.frames_done >= 2)
+            for engine in (alice, bob):              # each device reports what its engine measured
+                status = await engine.device.channel_status()
+                assert status.key_rate_bps > 0 and status.qber == engine.qber_history[-1].qber
             assert 0 < peak["alice"] <= alice._frames_capacity and peak["bob"] <= BOB_BUFFER_FRAMES
             assert alice.frames_unpaired <= 1        # device frames are paired, none stall and age out
             # every key either end committed is stored identically at the other end

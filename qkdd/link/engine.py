@@ -452,6 +452,7 @@ class LinkEngine:
         self._rate_window.append((now, outcome.secret_bits, outcome.sifted_bits))
         while self._rate_window and now - self._rate_window[0][0] > RATE_WINDOW_S:
             self._rate_window.popleft()
+        self.device.update_estimates(qber=qber, key_rate_bps=self.rates()[0])     # its channel_status reports them
         if self.metrics is None:
             return
         for _ in range(outcome.keys):
