@@ -69,6 +69,9 @@ def test_two_engines_store_the_same_keys_and_deliver_across(tmp_path):
             await wait_for(lambda: alice.status.frames_done >= 2)
             assert 0 < peak["alice"] <= alice.engine._frames_capacity and peak["bob"] <= BOB_BUFFER_FRAMES
             assert alice.status.frames_unpaired <= 1        # device frames are paired, none stall and age out
+            for end in (alice, bob):                 # each device reports what its engine measured
+                status = await end.engine.device.channel_status()
+                assert status.key_rate_bps > 0 and status.qber == end.status.qber_history[-1].qber
             # every key either end committed is stored identically at the other end
             a_inv, b_inv = stores["alice"].inventory(LINK), stores["bob"].inventory(LINK)
             committed = [k for k, s in a_inv.items() if s is KeyState.AVAILABLE]

@@ -4,6 +4,9 @@ Two kinds of device sit behind it. Devices that post-process themselves (commerc
 ETSI 014 KME) hand out finished `KeyBlock`s through `request_key`. Devices whose detections qkdd
 post-processes hand out `RawFrame`s through `next_frame`: on the Alice side the prepared states of the
 slots Bob detected, on the Bob side his detections. A driver declares which it is with `yields_raw_frames`.
+
+`Device` declares everything the link engine and the API call on a device: a driver overrides what it
+supports, and the documented defaults cover the rest (no probing for methods with hasattr).
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import trio
+
+from qkdd.protocols.bb84_finite import DecoySettings
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,12 @@ class Device(abc.ABC):
     async def init(self) -> None:
         """Open the device and check that it answers."""
 
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Background work the device needs while its link runs; the link engine starts it in the link's
+        nursery after init() (`nursery.start`) and cancels it when the link stops. The default has none: it
+        reports started and returns."""
+        task_status.started()
+
     async def request_key(self, bits: int) -> KeyBlock:
         """Finished key of `bits` bits, for devices that post-process themselves."""
         raise DeviceError(f"{type(self).__name__} yields raw frames; keys come from the qkdd pipeline")
@@ -126,9 +137,15 @@ class Device(abc.ABC):
         `task_status.started()` once it serves, and runs until cancelled or returns."""
         task_status.started()
 
-    def decoy_settings(self):
-        """Alice's decoy-state settings (intensities and probabilities), for devices that send them."""
-        raise DeviceError(f"{type(self).__name__} has no decoy-state settings")
+    def decoy_settings(self) -> DecoySettings:
+        """The source's decoy-state intensities and probabilities (Alice's side of decoy-state BB84), which
+        the link engine's estimation uses; DeviceError for a device that has no such source."""
+        raise DeviceError(f"{type(self).__name__} has no decoy-state source")
+
+    def update_estimates(self, *, qber: float | None = None, key_rate_bps: float | None = None) -> None:
+        """The link engine's measurements after each frame (QBER, secure key rate in bits per second; None:
+        not measured this time). A device that reports them in channel_status() keeps them; the default,
+        for devices that measure their channel themselves, ignores them."""
 
     async def close(self) -> None:
         """Release the device."""

@@ -229,6 +229,8 @@ class LinkEngine:
                 await trio.to_thread.run_sync(self.store.discard_frame, self.link_id, action.frame_id)
             elif isinstance(action, Finished):
                 self.status.record(action.outcome)
+                # the device reports what the link measured (ChannelStatus: QBER, secure key rate)
+                self.device.update_estimates(qber=self.status.last_qber, key_rate_bps=self.status.rates()[0])
         self.status.drain_gate()
 
     @property
