@@ -35,6 +35,11 @@ class MemoryStream:
         except trio.EndOfChannel:
             raise SessionClosedError("the master's end closed") from None
 
+    async def serve_inline(self, on_payload) -> None:
+        """As MuxStream.serve_inline: every payload to `on_payload` in order, until the stream ends."""
+        while True:
+            await on_payload(await self.receive())
+
 
 def slave_kme(tmp_path, *, ledger_file: bool = True) -> tuple[KmeService, KeyStore]:
     """The slave's KME; its ledger in a file of its own, or (the daemon's default) in the key store's."""

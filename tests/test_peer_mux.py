@@ -226,3 +226,55 @@ def test_a_session_cannot_be_routed_once_it_reads():
         return outcome
 
     assert "routed after it began reading" in trio.run(main)["error"]
+
+
+def test_serve_inline_takes_what_is_queued_first_then_every_record_from_the_reader_in_order(caplog):
+    """A channel switched to inline handling after records queued for it: those come first, in order,
+    then the reader hands each new record straight to the handler (no queue); a handler that fails on one
+    record loses that record only; the end of the session ends serve_inline with SessionClosedError."""
+
+    async def main():
+        got, outcome = [], {}
+        done = trio.Event()
+
+        async def bob_session(session):
+            mux = ChannelMux(session, [ROUTED])
+            mux.attach()
+            stream = mux.stream(ROUTED)
+
+            async def on_payload(payload):
+                if payload == b"poison":
+                    raise RuntimeError("a handler bug")
+                got.append(payload)
+                assert mux.queued_bytes == 0 or len(got) <= 10     # past the queued ones, nothing queues
+
+            async def watch_end():
+                await session.ended.wait()
+                mux.end()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch_end)
+                while mux.queued_bytes < 10 * len(b"record 0"):      # the first ten wait in the queue
+                    await trio.sleep(0.01)
+                try:
+                    await stream.serve_inline(on_payload)
+                except SessionClosedError:
+                    outcome["ended"] = True
+            done.set()
+
+        async def alice_session(session):
+            for i in range(10):
+                await session.send(ROUTED, b"record %d" % i)
+            await trio.sleep(0.3)
+            await session.send(ROUTED, b"poison")
+            for i in range(10, 40):
+                await session.send(ROUTED, b"record %d" % i)
+            await trio.sleep(0.3)
+            await session.aclose()
+
+        await run_pair(bob_session, alice_session, done.wait)
+        return got, outcome
+
+    got, outcome = trio.run(main)
+    assert got == [b"record %d" % i for i in range(40)]
+    assert outcome == {"ended": True}
+    assert "a record's handler failed" in caplog.text

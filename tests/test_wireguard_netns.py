@@ -432,6 +432,11 @@ class MemoryStream:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise SessionClosedError("memory session closed") from None
 
+    async def serve_inline(self, on_payload) -> None:
+        """As MuxStream.serve_inline: every payload to `on_payload` in order, until the stream ends."""
+        while True:
+            await on_payload(await self.receive())
+
 
 def _holds_an_epoch_acceptance(payload: bytes) -> bool:
     """Whether a reservation payload (messages back to back: version, type, purpose, request id 16 bytes,

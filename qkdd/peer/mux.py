@@ -17,7 +17,7 @@ registered, or whose reader is done, is logged and dropped (a peer with a newer 
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 import trio
 
@@ -58,6 +58,12 @@ class BoundedQueue:
         self.budget.release(len(payload))
         return payload
 
+    def get_nowait(self) -> bytes:
+        """The next record if one is queued; trio.WouldBlock if none, EndOfChannel once ended."""
+        payload = self._receive.receive_nowait()
+        self.budget.release(len(payload))
+        return payload
+
     def __aiter__(self):
         return self
 
@@ -85,10 +91,11 @@ class BoundedQueue:
 class MuxStream:
     """One channel of a session: send and receive payloads of this purpose only."""
 
-    def __init__(self, session: PeerSession, channel: int, queue: BoundedQueue) -> None:
+    def __init__(self, session: PeerSession, channel: int, queue: BoundedQueue, mux: "ChannelMux") -> None:
         self.session = session
         self.channel = channel
         self.queue = queue
+        self._mux = mux
 
     async def send(self, payload: bytes) -> None:
         await self.session.send(self.channel, payload)
@@ -104,6 +111,25 @@ class MuxStream:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise SessionClosedError(f"link {self.session.link_id}: session {self.session.session_id} "
                                      f"is over (channel {self.channel})") from None
+
+    async def serve_inline(self, on_payload: Callable[[bytes], Awaitable[None]]) -> None:
+        """Hand every payload of this channel to `await on_payload(payload)` straight from the session's
+        reader, with no task switch (first what is queued already, in order), until the session ends;
+        then SessionClosedError. The reader waits while `on_payload` runs (backpressure), so it returns
+        promptly; it must not raise (an exception is logged and the payload dropped)."""
+        while True:
+            try:
+                payload = self.queue.get_nowait()
+            except trio.WouldBlock:
+                break                     # nothing queued: from here on the reader calls on_payload itself
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise SessionClosedError(f"link {self.session.link_id}: session {self.session.session_id} "
+                                         f"is over (channel {self.channel})") from None
+            await on_payload(payload)
+        ended = self._mux.route_inline(self.channel, on_payload)
+        await ended.wait()
+        raise SessionClosedError(f"link {self.session.link_id}: session {self.session.session_id} "
+                                 f"is over (channel {self.channel})")
 
     def subqueue(self, max_records: int = QUEUE_RECORDS) -> BoundedQueue:
         """A further queue (a frame's inbox) under the same byte budget as every queue of the session."""
@@ -121,6 +147,8 @@ class ChannelMux:
         # one budget for all channels: what this end holds for the peer
         self.budget = ByteBudget(session.receive_queue_bytes if queue_bytes is None else queue_bytes)
         self._queues = {channel: BoundedQueue(self.budget, queue_records) for channel in channels}
+        self._inline: dict[int, Callable[[bytes], Awaitable[None]]] = {}
+        self._ended = trio.Event()
         self.dropped_records = 0
         self._drops = RateLimitedLog(log)
 
@@ -132,14 +160,29 @@ class ChannelMux:
     def stream(self, channel: int) -> MuxStream:
         if channel not in self._queues:
             raise KeyError(f"channel {channel} is not registered with this mux")
-        return MuxStream(self.session, channel, self._queues[channel])
+        return MuxStream(self.session, channel, self._queues[channel], self)
 
     def attach(self) -> None:
         """Have the session's reader hand every record to `dispatch` (call before the session reads)."""
         self.session.route_all(self.dispatch)
 
+    def route_inline(self, channel: int, on_payload: Callable[[bytes], Awaitable[None]]) -> trio.Event:
+        """From now on `dispatch` hands `channel`'s records to `on_payload` instead of its queue (which
+        must be empty: MuxStream.serve_inline); returns the event set when the session is over."""
+        self._inline[channel] = on_payload
+        return self._ended
+
     async def dispatch(self, channel: int, payload: bytes) -> None:
-        """Queue one record for its channel's reader, waiting while there is no room (backpressure)."""
+        """Queue one record for its channel's reader, waiting while there is no room (backpressure), or
+        hand it to the channel's inline handler."""
+        inline = self._inline.get(channel)
+        if inline is not None:
+            try:
+                await inline(payload)
+            except Exception:
+                log.exception("link %s: channel %d: a record's handler failed; the record is dropped",
+                              self.session.link_id, channel)
+            return
         queue = self._queues.get(channel)
         if queue is not None and await queue.put(payload):
             return
@@ -165,4 +208,5 @@ class ChannelMux:
         """The session is over: readers get what is queued, then SessionClosedError."""
         for queue in self._queues.values():
             queue.end()
+        self._ended.set()
         self._drops.flush()

@@ -127,12 +127,11 @@ class ReservationService:
                     on_session = getattr(handler, "on_session", None)
                     if on_session is not None:
                         nursery.start_soon(on_session, self)
-                while True:
-                    try:
-                        payload = await stream.receive()
-                    except SessionClosedError:
-                        break
-                    await self._on_payload(endpoint, outbox, payload, recording, nursery)
+                try:     # each payload straight from the session's reader: no task switch per record
+                    await stream.serve_inline(
+                        lambda payload: self._on_payload(endpoint, outbox, payload, recording, nursery))
+                except SessionClosedError:
+                    pass
                 nursery.cancel_scope.cancel()
         finally:
             endpoint.end_session()                      # answers never cross sessions
