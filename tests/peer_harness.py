@@ -1,5 +1,6 @@
-"""Test harness for the classical channel: endpoints that record what arrives, and man-in-the-middle
-proxies over real TCP (a TLS-terminating one that rewrites frames, a raw one that flips ciphertext)."""
+"""Test harness for the classical channel: endpoints that record what arrives, man-in-the-middle proxies
+over real TCP (a TLS-terminating one that rewrites frames, a raw one that flips ciphertext), and
+authenticated session pairs over in-memory streams (for tests on trio's MockClock)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from qkdd.peer import PeerConnector, PeerSession, PeerSettings
+from qkdd.peer import PeerConnector, PeerSession, PeerSettings, Role
 from qkdd.peer import tls
 from qkdd.peer.framing import Frame, FrameDecoder
 
@@ -151,3 +152,49 @@ class CiphertextFlipper:
             await _relay(downstream, upstream, flip_once)
 
         await _serve_on_ephemeral_port(handle, task_status)
+
+
+class TappedStream(trio.abc.Stream):
+    """A stream that notes when it writes (`sent_at`, trio time) and, once `silent`, drops what it is
+    given: the other end then hears nothing, as from a peer whose process hangs with the connection open."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.sent_at: list[float] = []
+        self.silent = False
+
+    async def send_all(self, data) -> None:
+        if self.silent:
+            await trio.lowlevel.checkpoint()
+            return
+        self.sent_at.append(trio.current_time())
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def memory_session_pair(initiator_settings: PeerSettings, responder_settings: PeerSettings,
+                              initiator_key, responder_key):
+    """Two authenticated PeerSessions over `trio.testing.memory_stream_pair()` (the real handshake,
+    no sockets), each stream a TappedStream: (initiator's session, responder's, their streams)."""
+    from trio.testing import memory_stream_pair
+    left, right = memory_stream_pair()
+    streams = TappedStream(left), TappedStream(right)
+    sessions: dict[Role, PeerSession] = {}
+
+    async def establish(stream, role, settings, key, peer_key) -> None:
+        sessions[role] = await PeerSession.establish(stream, role, settings, key, peer_key, "memory")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(establish, streams[0], Role.INITIATOR, initiator_settings, initiator_key,
+                           responder_key.public_key())
+        nursery.start_soon(establish, streams[1], Role.RESPONDER, responder_settings, responder_key,
+                           initiator_key.public_key())
+    return sessions[Role.INITIATOR], sessions[Role.RESPONDER], streams

@@ -14,31 +14,9 @@ from qkdd.kme.container import plan_keys
 from qkdd.kme.ledger import Ledger
 from qkdd.reservation.protocol import Etsi014Reservation, ReservationAccepted, ReservationEndpoint, ReservationRefused
 from qkdd.kme.service import KmeService
-from tests.reservation_support import serve_kme
-from qkdd.peer.errors import SessionClosedError
+from tests.reservation_support import MemoryStream, serve_kme
 
 LINK = "a-b"
-
-
-class MemoryStream:
-    """One end of an in-memory session: send / receive, SessionClosedError once the other end closed."""
-
-    def __init__(self, inbound: trio.MemoryReceiveChannel, outbound: trio.MemorySendChannel) -> None:
-        self.inbound, self.outbound = inbound, outbound
-
-    async def send(self, payload: bytes) -> None:
-        await self.outbound.send(payload)
-
-    async def receive(self) -> bytes:
-        try:
-            return await self.inbound.receive()
-        except trio.EndOfChannel:
-            raise SessionClosedError("the master's end closed") from None
-
-    async def serve_inline(self, on_payload) -> None:
-        """As MuxStream.serve_inline: every payload to `on_payload` in order, until the stream ends."""
-        while True:
-            await on_payload(await self.receive())
 
 
 def slave_kme(tmp_path, *, ledger_file: bool = True) -> tuple[KmeService, KeyStore]:

@@ -14,8 +14,7 @@ from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
 from qkdd.kme.ledger import Ledger
 from qkdd.reservation.protocol import ReservationEndpoint
 from qkdd.kme.service import KmeService
-from tests.reservation_support import serve_kme
-from tests.test_kme_slave_store import MemoryStream
+from tests.reservation_support import MemoryStream, serve_kme
 
 LINK = "a-b"
 CONFIG = Etsi014Config(kme_id="kme-a", saes=(SaeConfig("sae-a", "kme-a"), SaeConfig("sae-b", "kme-b")),

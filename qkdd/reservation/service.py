@@ -8,7 +8,8 @@ is abandoned, so a late answer is reported to its purpose as such, never as an a
 each purpose's handler gets the reservations of one payload together (`on_reservations`, so the KME can
 record them in one group commit) and returns one Answer per reservation. Announcements (WireGuard's
 current epoch) go to the purpose's `on_announcement`; each handler's `on_session(service)` runs once per
-session (WireGuard's HELLO) beside the exchange.
+session (WireGuard's HELLO) beside the exchange. A purpose handler that fails is logged and the exchange
+goes on for every purpose (a consumer's bug never stops the others' reservations).
 
 Each end writes whatever queued while its previous write was on the way as one payload (messages back to
 back, `pack_payloads`), so a busy link carries one record per burst instead of one per request. At most
@@ -25,7 +26,7 @@ import trio
 
 from qkdd.link_channel import RESERVATION_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
-from qkdd.peer import MuxStream, SessionClosedError
+from qkdd.peer import MuxStream, PeerError, SessionClosedError
 from qkdd.peer.budget import ByteBudget
 from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, LateAnswer, Purpose,
                                        RefuseReason, Reservation, ReservationAccepted, ReservationEndpoint,
@@ -123,10 +124,10 @@ class ReservationService:
                 nursery.start_soon(self._sweep)
                 nursery.start_soon(self._peer_log.run)
                 self._endpoint, self._outbox = endpoint, outbox
-                for handler in self._purposes.values():
+                for purpose, handler in self._purposes.items():
                     on_session = getattr(handler, "on_session", None)
                     if on_session is not None:
-                        nursery.start_soon(on_session, self)
+                        nursery.start_soon(self._guarded, purpose, "on_session", on_session, self)
                 try:     # each payload straight from the session's reader: no task switch per record
                     await stream.serve_inline(
                         lambda payload: self._on_payload(endpoint, outbox, payload, recording, nursery))
@@ -187,12 +188,25 @@ class ReservationService:
     def _to_purpose(self, purpose: Purpose, method: str, event, nursery: trio.Nursery) -> None:
         handler = getattr(self._purposes.get(purpose), method, None)
         if handler is not None:
-            nursery.start_soon(handler, self.link_id, event)
+            nursery.start_soon(self._guarded, purpose, method, handler, self.link_id, event)
         elif method == "on_late_answer":
             self._peer_log.log(logging.WARNING, "reservation-late-answer",
                                "link %s: late answer to abandoned %s request %s (accepted=%s); its keys at the "
                                "peer stay reserved until they expire", self.link_id, purpose.name,
                                event.request_id, event.accepted)
+
+    async def _guarded(self, purpose: Purpose, method: str, call, *args):
+        """`await call(*args)`, its result; None if it failed. A purpose handler's failure (a consumer's bug)
+        is logged and ends that call only, never the exchange every purpose shares on this session; a
+        PeerError still ends the session."""
+        try:
+            return await call(*args)
+        except PeerError:
+            raise
+        except Exception:
+            self._peer_log.log(logging.ERROR, "reservation-handler-failed", "link %s: %s of the %s reservations "
+                               "failed; the exchange goes on", self.link_id, method, purpose.name, exc_info=True)
+            return None
 
     async def _answer(self, endpoint: ReservationEndpoint, outbox: "_Outbox", purpose: Purpose,
                       reservations: list, recording: ByteBudget) -> None:
@@ -202,7 +216,8 @@ class ReservationService:
                 answers = [Answer(r.request_id, RefuseReason.MALFORMED,
                                   f"this end serves no {purpose.name} reservations") for r in reservations]
             else:
-                answers = await handler.on_reservations(self.link_id, reservations)
+                answers = await self._guarded(purpose, "on_reservations", handler.on_reservations, self.link_id,
+                                              reservations) or []      # failed: the peer's requests time out
             for answer in answers:
                 if endpoint.state("slave", answer.request_id) is None:
                     continue        # the session ended while the handler decided: no answer can reach the peer
