@@ -140,12 +140,28 @@ async def _stop_on_signals(app: App, servers: dict[str, HTTPServer], signals, no
 
 
 async def _report_status_changes(app: App, notifier: Notifier) -> None:
+    """One "state changed" line (and STATUS=) per change of the daemon's or a link's reported state, naming
+    what changed; alarms raised and cleared behind an unchanged state, and new details, are not lines."""
     version = app.health.version
+    seen = app.health.states()
     while True:
         version = await app.health.wait_changed(version)
+        now = app.health.states()
+        if now == seen:
+            continue
+        changes = _changes(seen, now)
+        seen = now
         line = app.health.status_line()
         notifier.status(line)
-        log.info("state changed", extra={"status": line})
+        log.info("state changed", extra={"status": line, "changes": changes})
+
+
+def _changes(before: tuple[str, dict[str, str]], after: tuple[str, dict[str, str]]) -> str:
+    """`daemon: starting -> serving; sim-1: running -> stalled` for two Health.states() snapshots."""
+    parts = [f"daemon: {before[0]} -> {after[0]}"] if before[0] != after[0] else []
+    parts += [f"{link_id}: {before[1].get(link_id, '-')} -> {state}" for link_id, state in after[1].items()
+              if before[1].get(link_id) != state]
+    return "; ".join(parts)
 
 
 def _bind_problem(listener: ListenerConfig, exc: OSError) -> str:
