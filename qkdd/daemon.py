@@ -38,7 +38,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     try:
         # Opening the stores creates files and runs SQLite's recovery: in worker threads, not on the loop.
-        keystore = await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir) if config.links else None
+        keystore = (await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir, config.keystore)
+                    if config.links else None)
         app = await App.open(config, keystore=keystore)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
@@ -77,7 +78,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
                         root.start_soon(run_housekeeping, app.keystore)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
-                    root.start_soon(run_links, links)
+                    root.start_soon(run_links, links, config, app.health)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
                     root.start_soon(run_wireguard, wireguard)
