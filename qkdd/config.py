@@ -15,15 +15,17 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from qkdd.config_schema import (ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
+from qkdd.config_schema import (Check, ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
                                 parse_host_port, positive, register_checks, register_parser, register_validator,
                                 to_plain)
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
+from qkdd.keystore.capacity import MIN_MAX_BYTES, MIN_MAX_KEY_BITS
 from qkdd.kme.config import Etsi014Config
 
-__all__ = ["Config", "ConfigError", "DaemonConfig", "KMSConfig", "LinkConfig", "ListenAddress", "WireGuardConfig",
-           "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH", "ENV_VARIABLES"]
+__all__ = ["Config", "ConfigError", "DaemonConfig", "KeystoreConfig", "KMSConfig", "LinkConfig", "ListenAddress",
+           "WireGuardConfig", "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH",
+           "ENV_VARIABLES"]
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
 LISTENERS = ("api", "health")                            # 8071 and 8072
@@ -37,6 +39,7 @@ CREDENTIAL_KMS_CLIENT_SECRET_IDS = (CREDENTIAL_KMS_CLIENT_SECRET, f"qkdd_{CREDEN
 # 1 - 2 h(Q) (Shor & Preskill, PRL 85, 441 (2000), Eq. 1) reaches zero at Q ≈ 11.0 %.
 QBER_LIMIT = 0.11
 MIN_ROTATION_INTERVAL_S = 30.0
+MIN_STALL_AFTER_S = 10.0             # the key rate is measured over 10 s (qkdd.link.engine RATE_WINDOW_S)
 LINK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Role = Literal["alice", "bob"]
@@ -168,6 +171,25 @@ class DaemonConfig:
     log_level: LogLevel = "info"
 
 
+def _zero_or_at_least(low: int) -> Check:
+    def check(value: int) -> str | None:
+        if value == 0 or low <= value <= 1 << 62:
+            return None
+        return f"must be 0 (no bound) or in [{low}, 2^62], got {value}"
+    return check
+
+
+@dataclass(frozen=True)
+class KeystoreConfig:
+    """`[keystore]`: the key store's capacity (qkdd.keystore.capacity). A link stores no further frame
+    once it holds `max_key_bits` of key (pending, available, reserved), or once the store's file holds
+    `max_bytes` of data (every link, tombstones of delivered keys, the ETSI 014 ledger); generation
+    resumes by itself when keys are handed out or expire. 0 lifts a bound."""
+
+    max_key_bits: int = field(default=1 << 28, metadata=meta(check=_zero_or_at_least(MIN_MAX_KEY_BITS)))
+    max_bytes: int = field(default=1 << 30, metadata=meta(check=_zero_or_at_least(MIN_MAX_BYTES)))
+
+
 # The seed's QKD_DRIVER examples name vendors; their devices sit behind an ETSI GS QKD 014 KME.
 _VENDOR_DRIVER_HINTS = {vendor: f'{name} devices are driven through their ETSI 014 KME: driver = "etsi014"'
                         for vendor, name in (("idq", "IDQ"), ("toshiba", "Toshiba"),
@@ -203,6 +225,10 @@ class LinkConfig:
     key_bits: int = field(default=256, metadata=meta(check=lambda v: None if v % 64 == 0 and 64 <= v <= 8192
                                                      else f"must be a multiple of 64 in [64, 8192], got {v}"))
     key_expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    # Health: a running link whose secret key rate stays below min_key_rate_bps for stall_after_s is
+    # reported "stalled" (unhealthy); 0 turns the check off.
+    min_key_rate_bps: float = field(default=0.0, metadata=meta(check=non_negative))
+    stall_after_s: float = field(default=60.0, metadata=meta(check=in_range(MIN_STALL_AFTER_S, 86400)))
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
 
     def validate(self, key: str) -> None:
@@ -290,6 +316,7 @@ class Config:
     api: ApiListenerConfig = field(default_factory=ApiListenerConfig)
     health: HealthListenerConfig = field(default_factory=HealthListenerConfig)
     kms: KMSConfig = field(default_factory=KMSConfig)
+    keystore: KeystoreConfig = field(default_factory=KeystoreConfig)
     links: tuple[LinkConfig, ...] = ()
     etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
     wireguard: tuple[WireGuardConfig, ...] = ()

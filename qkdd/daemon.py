@@ -38,7 +38,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
     """Run until a stop signal; returns the exit status."""
     try:
         # Opening the stores creates files and runs SQLite's recovery: in worker threads, not on the loop.
-        keystore = await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir) if config.links else None
+        keystore = (await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir, config.keystore)
+                    if config.links else None)
         app = await App.open(config, keystore=keystore)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
@@ -77,7 +78,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
                         root.start_soon(run_housekeeping, app.keystore)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
-                    root.start_soon(run_links, links)
+                    root.start_soon(run_links, links, config, app.health)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
                     root.start_soon(run_wireguard, wireguard)
@@ -140,12 +141,28 @@ async def _stop_on_signals(app: App, servers: dict[str, HTTPServer], signals, no
 
 
 async def _report_status_changes(app: App, notifier: Notifier) -> None:
+    """One "state changed" line (and STATUS=) per change of the daemon's or a link's reported state, naming
+    what changed; alarms raised and cleared behind an unchanged state, and new details, are not lines."""
     version = app.health.version
+    seen = app.health.states()
     while True:
         version = await app.health.wait_changed(version)
+        now = app.health.states()
+        if now == seen:
+            continue
+        changes = _changes(seen, now)
+        seen = now
         line = app.health.status_line()
         notifier.status(line)
-        log.info("state changed", extra={"status": line})
+        log.info("state changed", extra={"status": line, "changes": changes})
+
+
+def _changes(before: tuple[str, dict[str, str]], after: tuple[str, dict[str, str]]) -> str:
+    """`daemon: starting -> serving; sim-1: running -> stalled` for two Health.states() snapshots."""
+    parts = [f"daemon: {before[0]} -> {after[0]}"] if before[0] != after[0] else []
+    parts += [f"{link_id}: {before[1].get(link_id, '-')} -> {state}" for link_id, state in after[1].items()
+              if before[1].get(link_id) != state]
+    return "; ".join(parts)
 
 
 def _bind_problem(listener: ListenerConfig, exc: OSError) -> str:

@@ -1,15 +1,23 @@
 """Health of the daemon and of each link: what /healthz reports and what systemd STATUS= says.
 
 Theory of operation: the daemon moves through DAEMON_STATES; each configured link registers at start
-with state "configured" and the link engine reports every change with `set_link_state(link_id, state,
-detail)`. Each state is healthy or not (tables below). The daemon is *healthy* when it is serving (both
-listeners bound, not stopping) and no link is in an unhealthy state. A link that is configured but not
-running yet ("configured", "starting") is healthy: the daemon does what it was told and says so in the
-link's state; only a link that cannot deliver keys for a reason that needs attention (QBER alarm that
-suspended or halted it, device or peer failure) makes /healthz answer 503.
+with state "configured" and the link engine reports its state with `set_link_state(link_id, state,
+detail)`. Watchers beside the engine raise and clear alarms on a link (`set_link_alarm`,
+`clear_link_alarm`): the key store's guard (store_full, store_failed) and the stall watch (stalled).
+A link's state as reported is its engine's state, unless that is a healthy one and an alarm is raised:
+then the first raised alarm of LINK_ALARMS (in table order) is its state, with its detail; /healthz lists
+every raised alarm beside it. Each state and alarm is healthy or not (tables below). The daemon is
+*healthy* when it is serving (both listeners bound, not stopping) and no link's reported state is
+unhealthy. A link that is configured but not running yet ("configured", "starting") is healthy: the
+daemon does what it was told and says so in the link's state; only a link that cannot deliver keys for
+a reason that needs attention (QBER alarm that suspended or halted it, device or peer failure, a key
+store that cannot write, a key rate stalled below its floor) makes /healthz answer 503.
 
-Calls come from trio tasks (not from worker threads). Watchers wait for the next change with
-`await health.wait_changed(seen_version)`.
+A change is a change of the daemon's state or of a link's reported state or alarms; a new detail alone
+(the engine repeats its state with the last frame's QBER after every frame) is kept for /healthz but is
+not a change: `since` stays, and watchers (`await health.wait_changed(seen_version)`, the daemon's
+"state changed" line and systemd STATUS=) are not woken. Calls come from trio tasks (not from worker
+threads).
 """
 from __future__ import annotations
 
@@ -37,6 +45,16 @@ LINK_STATES: dict[str, tuple[bool, str]] = {
     "stopped": (True, "stopped with the daemon"),
 }
 
+# alarm -> (healthy, meaning); the first raised one, in this order (the unhealthy first), is a healthy
+# link's reported state.
+LINK_ALARMS: dict[str, tuple[bool, str]] = {
+    "store_failed": (False, "the key store cannot write (disk full or failing); key generation paused until "
+                            "it writes again"),
+    "stalled": (False, "running, but the secret key rate stayed below min_key_rate_bps for stall_after_s"),
+    "store_full": (True, "the key store holds its configured capacity; key generation paused until keys are "
+                         "handed out or expire"),
+}
+
 RETRY_AFTER_S = 5
 
 
@@ -53,6 +71,7 @@ class Health:
         self._started_s = clock()
         self._daemon = StateRecord("starting", DAEMON_STATES["starting"][1], self._started_s)
         self._links: dict[str, StateRecord] = {}
+        self._alarms: dict[str, dict[str, StateRecord]] = {}     # link -> alarm -> record
         self._version = 0
         self._changed = trio.Event()
 
@@ -61,7 +80,11 @@ class Health:
     def set_daemon_state(self, state: str, detail: str = "") -> None:
         if state not in DAEMON_STATES:
             raise ValueError(f"unknown daemon state {state!r}")
-        self._daemon = StateRecord(state, detail or DAEMON_STATES[state][1], self._clock())
+        detail = detail or DAEMON_STATES[state][1]
+        if state == self._daemon.state:
+            self._daemon = StateRecord(state, detail, self._daemon.since_s)
+            return
+        self._daemon = StateRecord(state, detail, self._clock())
         self._bump()
 
     def register_link(self, link_id: str, detail: str = "") -> None:
@@ -69,6 +92,7 @@ class Health:
         if link_id in self._links:
             raise ValueError(f"link {link_id!r} is already registered")
         self._links[link_id] = StateRecord("configured", detail or LINK_STATES["configured"][1], self._clock())
+        self._alarms[link_id] = {}
         self._bump()
 
     def set_link_state(self, link_id: str, state: str, detail: str = "") -> None:
@@ -79,10 +103,32 @@ class Health:
             raise ValueError(f"unknown link state {state!r}")
         current = self._links[link_id]
         detail = detail or LINK_STATES[state][1]
-        if (current.state, current.detail) == (state, detail):
+        if current.state == state:
+            self._links[link_id] = StateRecord(state, detail, current.since_s)     # a new detail: no change
             return
         self._links[link_id] = StateRecord(state, detail, self._clock())
         self._bump()
+
+    def set_link_alarm(self, link_id: str, alarm: str, detail: str = "") -> None:
+        """Raise `alarm` (LINK_ALARMS) on a link, or give a raised one a new detail (not a change)."""
+        if link_id not in self._links:
+            raise KeyError(f"link {link_id!r} is not registered")
+        if alarm not in LINK_ALARMS:
+            raise ValueError(f"unknown link alarm {alarm!r}")
+        alarms = self._alarms[link_id]
+        detail = detail or LINK_ALARMS[alarm][1]
+        if alarm in alarms:
+            alarms[alarm] = StateRecord(alarm, detail, alarms[alarm].since_s)
+            return
+        alarms[alarm] = StateRecord(alarm, detail, self._clock())
+        self._bump()
+
+    def clear_link_alarm(self, link_id: str, alarm: str) -> None:
+        """Clear a raised alarm; clearing one that is not raised does nothing."""
+        if link_id not in self._links:
+            raise KeyError(f"link {link_id!r} is not registered")
+        if self._alarms[link_id].pop(alarm, None) is not None:
+            self._bump()
 
     # ---- readers -------------------------------------------------------------------------------------
 
@@ -91,11 +137,16 @@ class Health:
         return self._version
 
     def link_state(self, link_id: str) -> StateRecord:
-        return self._links[link_id]
+        """The link's state as reported: its engine's, or the alarm that stands in for it."""
+        return self._reported(link_id)
+
+    def link_alarms(self, link_id: str) -> list[str]:
+        """The alarms raised on a link, in LINK_ALARMS order."""
+        return [alarm for alarm in LINK_ALARMS if alarm in self._alarms[link_id]]
 
     def healthy(self) -> bool:
         return DAEMON_STATES[self._daemon.state][0] and all(
-            LINK_STATES[record.state][0] for record in self._links.values())
+            _healthy(self._reported(link_id).state) for link_id in self._links)
 
     def report(self) -> dict[str, Any]:
         """The /healthz document."""
@@ -104,16 +155,17 @@ class Health:
             "status": "ok" if self.healthy() else "unhealthy",
             "daemon": {"state": self._daemon.state, "detail": self._daemon.detail,
                        "since": _iso(self._daemon.since_s), "uptime_s": round(now - self._started_s, 3)},
-            "links": [{"link_id": link_id, "state": record.state, "healthy": LINK_STATES[record.state][0],
-                       "detail": record.detail, "since": _iso(record.since_s)}
-                      for link_id, record in self._links.items()],
+            "links": [{"link_id": link_id, "state": record.state, "healthy": _healthy(record.state),
+                       "detail": record.detail, "since": _iso(record.since_s), "alarms": self.link_alarms(link_id)}
+                      for link_id, record in ((link_id, self._reported(link_id)) for link_id in self._links)],
         }
 
     def status_line(self) -> str:
         """One line for systemd STATUS=: daemon state and link counts by state."""
         counts: dict[str, int] = {}
-        for record in self._links.values():
-            counts[record.state] = counts.get(record.state, 0) + 1
+        for link_id in self._links:
+            state = self._reported(link_id).state
+            counts[state] = counts.get(state, 0) + 1
         links = ", ".join(f"{count} {state}" for state, count in sorted(counts.items())) or "none"
         return f"{self._daemon.state}; links: {links}"
 
@@ -123,10 +175,28 @@ class Health:
             await self._changed.wait()
         return self._version
 
+    def states(self) -> tuple[str, dict[str, str]]:
+        """The daemon's state and each link's reported state (what a change is a change of)."""
+        return self._daemon.state, {link_id: self._reported(link_id).state for link_id in self._links}
+
+    def _reported(self, link_id: str) -> StateRecord:
+        record = self._links[link_id]
+        if not LINK_STATES[record.state][0]:
+            return record
+        alarms = self._alarms[link_id]
+        for alarm in LINK_ALARMS:
+            if alarm in alarms:
+                return alarms[alarm]
+        return record
+
     def _bump(self) -> None:
         self._version += 1
         changed, self._changed = self._changed, trio.Event()
         changed.set()
+
+
+def _healthy(state: str) -> bool:
+    return (LINK_STATES.get(state) or LINK_ALARMS[state])[0]
 
 
 def _iso(unix_s: float) -> str:

@@ -83,6 +83,19 @@ class Metrics:
             "qkd_device_temperature_celsius", "Device temperature in degrees Celsius", ["link_id"], registry=r)
         self.device_uptime_seconds = Gauge(
             "qkd_device_uptime_seconds", "Device uptime in seconds", ["link_id"], registry=r)
+        # Key store fill (qkdd's own, same prefix): measured at each frame stored and while paused
+        self.keystore_fill_ratio = Gauge(
+            "qkd_keystore_fill_ratio", "Key store fill against its configured capacity, the fuller of the link's "
+            "key bits and the store's bytes (fraction; generation pauses at 1, 0 with no bound)", ["link_id"],
+            registry=r)
+        self.keystore_key_bytes = Gauge(
+            "qkd_keystore_key_bytes", "Key material the link holds in the key store (pending, available and "
+            "reserved keys), bytes", ["link_id"], registry=r)
+        # no labels: registered at its first measurement, so that like the others it is absent until then
+        self.keystore_bytes = Gauge(
+            "qkd_keystore_bytes", "Data in the key store's file (every link, tombstones of delivered keys, the "
+            "ETSI 014 ledger when it shares the file), bytes", registry=None)
+        self._keystore_bytes_registered = False
         # KMS integration
         self.kms_key_push = Counter(
             "qkd_kms_key_push_total", "Key pushes to the KMS by outcome", ["link_id", "status"], registry=r)
@@ -136,6 +149,13 @@ class Metrics:
             self._kme_links[link_id] = KmeLinkMetrics(link_id)
         return self._kme_links[link_id]
 
+    def keystore_size(self, store_bytes: int) -> None:
+        """The key store's data in bytes (one store per daemon, so no label)."""
+        if not self._keystore_bytes_registered:
+            self.registry.register(self.keystore_bytes)
+            self._keystore_bytes_registered = True
+        self.keystore_bytes.set(store_bytes)
+
     def exposition(self) -> bytes:
         """The text exposition format (version 0.0.4) of everything registered."""
         return generate_latest(self.registry)
@@ -179,6 +199,12 @@ class LinkMetrics:
             self.metrics.device_temperature_celsius.labels(self.link_id).set(temperature_celsius)
         if uptime_s is not None:
             self.metrics.device_uptime_seconds.labels(self.link_id).set(uptime_s)
+
+    def store_fill(self, *, key_bits: int, store_bytes: int, ratio: float) -> None:
+        m = self.metrics
+        m.keystore_fill_ratio.labels(self.link_id).set(ratio)
+        m.keystore_key_bytes.labels(self.link_id).set(key_bits // 8)
+        m.keystore_size(store_bytes)
 
     def kms_push(self, *, ok: bool, latency_s: float) -> None:
         self.metrics.kms_key_push.labels(self.link_id, "success" if ok else "failure").inc()

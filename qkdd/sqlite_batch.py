@@ -56,13 +56,16 @@ class Database:
         with self.lock:
             db = self.connection
             if self.depth:
+                if not db.in_transaction:       # SQLite rolled back the group's transaction on an error
+                    raise sqlite3.OperationalError("the enclosing transaction was rolled back by an earlier error")
                 self.depth += 1
                 db.execute("SAVEPOINT method")
                 try:
                     yield db
                 except BaseException:
-                    db.execute("ROLLBACK TO method")
-                    db.execute("RELEASE method")
+                    if db.in_transaction:        # else SQLite rolled the whole transaction back (disk full)
+                        db.execute("ROLLBACK TO method")
+                        db.execute("RELEASE method")
                     raise
                 finally:
                     self.depth -= 1
@@ -73,11 +76,26 @@ class Database:
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
             finally:
                 self.depth = 0
-            db.execute("COMMIT")
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                _rollback(db)           # a COMMIT that failed (disk full, I/O error) may leave it open
+                raise
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """End the open transaction, if SQLite has not already rolled it back on an error (SQLITE_FULL,
+    SQLITE_IOERR, SQLITE_NOMEM may: sqlite.org/lang_transaction.html): a connection left inside a
+    transaction would refuse every later BEGIN."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 class SavepointTransactions:

@@ -1,9 +1,11 @@
 """Helpers for link tests: simulated frames with decoy settings that leave key at small block sizes,
-and a driver that runs both pipeline ends against each other in memory."""
+a driver that runs both pipeline ends against each other in memory, and one that does so with each
+end's store actions going through its StoreGuard into a real key store."""
 from __future__ import annotations
 
 from qkdd.hal.sim import Attack, SimParams, Simulator
 from qkdd.hal.sim.frames import decoy_settings, raw_frames
+from qkdd.link import envelope
 from qkdd.link.pipeline import ALICE, BOB, Commit, Discard, Finished, FramePipeline, Send, StorePending
 
 # Lim et al. settings optimised (qkdd.protocols.bb84_design.optimize_settings) for n_X = 1e5 at 10-25 km.
@@ -24,10 +26,14 @@ def frame_pair(sim: Simulator, frame_id: int, detections: int = TEST_DETECTIONS)
 class Ends:
     """Both ends of one frame wired back to back; records every action and every record's bytes."""
 
-    def __init__(self, alice_frame, bob_frame, decoy, settings=None, alice_gate=None, bob_gate=None):
+    def __init__(self, alice_frame, bob_frame, decoy, settings=None, alice_gate=None, bob_gate=None,
+                 alice_clock=None, bob_clock=None, bob_settings=None):
         kwargs = {} if settings is None else {"settings": settings}
-        self.alice = FramePipeline(ALICE, alice_frame, gate=alice_gate, decoy=decoy, **kwargs)
-        self.bob = FramePipeline(BOB, bob_frame, gate=bob_gate, **kwargs)
+        bob_kwargs = kwargs if bob_settings is None else {"settings": bob_settings}
+        self.alice = FramePipeline(ALICE, alice_frame, gate=alice_gate, decoy=decoy, **kwargs,
+                                   **({"clock": alice_clock} if alice_clock else {}))
+        self.bob = FramePipeline(BOB, bob_frame, gate=bob_gate, **bob_kwargs,
+                                 **({"clock": bob_clock} if bob_clock else {}))
         self.actions = {ALICE: [], BOB: []}
         self.records = []     # (sender role, bytes)
 
@@ -75,3 +81,38 @@ class LinkEnd:
     @property
     def listen_port(self) -> int:
         return self.channel.connector.listen_port
+
+
+class GuardedEnds:
+    """Both ends of one frame in memory, each end's store actions through its StoreGuard (as the link
+    engine's frame path runs them): `await run()` drives the frame to its end at both."""
+
+    def __init__(self, alice_frame, bob_frame, decoy, guards: dict, tamper=None):
+        self.pipes = {ALICE: FramePipeline(ALICE, alice_frame, decoy=decoy), BOB: FramePipeline(BOB, bob_frame)}
+        self.guards = guards
+        self.tamper = tamper                  # tamper(role, record) -> record, for records in flight
+        self.outcomes = {}
+        self.sent = {ALICE: [], BOB: []}      # the steps of each record each end sent
+        self._in_flight = []
+
+    async def run(self):
+        await self._execute(BOB, self.pipes[BOB].start())
+        while self._in_flight:
+            role, record = self._in_flight.pop(0)
+            await self._execute(role, self.pipes[role].receive(record))
+        return self
+
+    async def _execute(self, role, actions):
+        peer = ALICE if role == BOB else BOB
+        for action in actions:
+            if isinstance(action, Send):
+                record = action.record if self.tamper is None else self.tamper(role, action.record)
+                self.sent[role].append([step for step, _ in envelope.decode(record)[1]])
+                self._in_flight.append((peer, record))
+            elif isinstance(action, (StorePending, Commit, Discard)):
+                instead = await self.guards[role].apply(self.pipes[role], action)
+                if instead is not None:
+                    await self._execute(role, instead)
+                    return
+            elif isinstance(action, Finished):
+                self.outcomes[role] = action.outcome

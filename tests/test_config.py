@@ -76,6 +76,18 @@ BAD_CONFIGS = [
      'max_key_per_request = 9\n', {},
      "config error: etsi014.max_key_per_request: times max_key_size_bits is 9437184 bits; one request may take "
      "at most 8388608 (1 MiB of key)"),
+    ("key store capacity below one key", "[keystore]\nmax_key_bits = 4096\n", {},
+     "config error: keystore.max_key_bits: must be 0 (no bound) or in [8192, 2^62], got 4096"),
+    ("key store byte bound below 1 MiB", "[keystore]\nmax_bytes = 65536\n", {},
+     "config error: keystore.max_bytes: must be 0 (no bound) or in [1048576, 2^62], got 65536"),
+    ("negative key store bound", "[keystore]\nmax_bytes = -1\n", {},
+     "config error: keystore.max_bytes: must be 0 (no bound) or in [1048576, 2^62], got -1"),
+    ("key store bound as text", '[keystore]\nmax_key_bits = "1G"\n', {},
+     "config error: keystore.max_key_bits: must be an integer, got a string ('1G')"),
+    ("negative key rate floor", LINK + "min_key_rate_bps = -5\n", {},
+     "config error: links[0].min_key_rate_bps: must be in [0, inf], got -5.0"),
+    ("stall time shorter than the rate window", LINK + "stall_after_s = 2\n", {},
+     "config error: links[0].stall_after_s: must be in [10.0, 86400], got 2.0"),
     ("unreadable TLS file", '[api.tls]\ncert_file = "/nonexistent/kme.pem"\nkey_file = "/nonexistent/kme.key"\n',
      {}, "config error: api.tls.cert_file: cannot read /nonexistent/kme.pem: No such file or directory"),
 ]
@@ -153,7 +165,8 @@ def test_environment_overrides_win_over_the_file(tmp_path):
         "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
         "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
         "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
-        "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "sim": None}]
+        "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "min_key_rate_bps": 0.0,
+        "stall_after_s": 60.0, "sim": None}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------

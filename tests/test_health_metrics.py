@@ -14,7 +14,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from qkdd.health import LINK_STATES, Health
+from qkdd.health import LINK_ALARMS, LINK_STATES, Health
 from qkdd.logs import LogfmtFormatter
 from qkdd.metrics import Metrics
 from qkdd.notify import Notifier
@@ -122,6 +122,7 @@ def test_every_family_with_samples_passes_promtool():
     link.halted()
     link.device(temperature_celsius=-40.5, uptime_s=86400)
     link.kms_push(ok=True, latency_s=0.02)
+    link.store_fill(key_bits=2048, store_bytes=1 << 20, ratio=0.25)
     tunnel = metrics.tunnel("site-a-b", "wg0", "HTJCFVji7BIGv9iSV/M7VuLj7iiBuVTXa/LbKmfCKFA=")
     tunnel.rotation("success")
     tunnel.psk_age(12.5)
@@ -135,8 +136,9 @@ def test_every_family_with_samples_passes_promtool():
     wireguard_families = {"qkd_wireguard_psk_rotations", "qkd_wireguard_psk_age_seconds",
                           "qkd_wireguard_handshake_age_seconds"}      # qkdd's own, beyond the seed
     kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
+    keystore_families = {"qkd_keystore_fill_ratio", "qkd_keystore_key_bytes", "qkd_keystore_bytes"}
     assert ({name for name in families if name.startswith("qkd_")}
-            == set(SEED_FAMILIES) | wireguard_families | kme_families)
+            == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families)
     if shutil.which("promtool") is None:
         pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
@@ -195,3 +197,98 @@ def test_log_values_cannot_carry_control_characters():
     line = LogfmtFormatter(journal=True).format(record)
     assert line == '<6>level=info logger=qkdd.test msg=request path="/x\\x1b[31mred\\x00\\x85\\u2028end\\\\"'
     assert line.isprintable()
+
+
+def test_an_alarm_stands_in_for_a_healthy_state_and_every_alarm_is_listed():
+    health = serving_health()
+    health.set_link_state("a", "running", "generating keys")
+    health.set_link_alarm("a", "stalled", "12 bit/s below the floor")
+    assert health.link_state("a").state == "stalled" and not health.healthy()
+    health.set_link_alarm("a", "store_full")                 # after stalled in LINK_ALARMS: the unhealthy first
+    report = health.report()["links"][0]
+    assert (report["state"], report["healthy"], report["alarms"]) == ("stalled", False, ["stalled", "store_full"])
+    assert report["detail"] == "12 bit/s below the floor"
+    assert health.status_line() == "serving; links: 1 configured, 1 stalled" and not health.healthy()
+    health.clear_link_alarm("a", "stalled")
+    report = health.report()["links"][0]
+    assert (report["state"], report["healthy"], report["detail"]) == ("store_full", True, LINK_ALARMS["store_full"][1])
+    assert health.healthy()
+    health.set_link_state("a", "failed", "peer session lost")   # an unhealthy engine state says more
+    assert health.link_state("a").state == "failed" and health.report()["links"][0]["alarms"] == ["store_full"]
+    health.clear_link_alarm("a", "store_full")
+    health.clear_link_alarm("a", "store_full")                  # not raised: nothing happens
+    health.set_link_state("a", "running")
+    assert health.link_state("a").state == "running" and health.healthy()
+    with pytest.raises(ValueError):
+        health.set_link_alarm("a", "on_fire")
+    with pytest.raises(KeyError):
+        health.set_link_alarm("nope", "stalled")
+
+
+def test_a_new_detail_is_kept_but_is_not_a_change():
+    """The engine repeats "running" with the last frame's QBER after every frame: /healthz shows the new
+    detail, `since` stays at the change, and watchers are not woken."""
+    now = [1_700_000_000.0]
+    health = Health(clock=lambda: now[0])
+    health.register_link("a")
+    health.set_link_state("a", "running", "generating keys, QBER 0.0210")
+    version = health.version
+    for second in range(1, 50):
+        now[0] += 1
+        health.set_link_state("a", "running", f"generating keys, QBER 0.02{second:02d}")
+        if second == 20:
+            health.set_link_alarm("a", "store_full", f"holds {second} bits")
+    assert health.version == version + 1                          # only the alarm raised at second 20
+    record = health.link_state("a")
+    assert record.detail == "holds 20 bits" and record.since_s == 1_700_000_020.0
+    health.clear_link_alarm("a", "store_full")
+    assert health.link_state("a").detail == "generating keys, QBER 0.0249"
+    assert health.link_state("a").since_s == 1_700_000_000.0
+
+
+def test_state_changed_is_logged_and_sent_to_systemd_only_on_a_change(monkeypatch, caplog):
+    """Ten seconds of an engine repeating its state with a new QBER a hundred times a second write no line;
+    each real change writes one naming it, and one STATUS= datagram."""
+    import types
+
+    import trio.testing
+
+    from qkdd.daemon import _report_status_changes
+
+    caplog.set_level(logging.INFO, "qkdd.daemon")
+    health = serving_health()
+    health.set_link_state("a", "running", "generating keys")
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "n")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(path)
+            receiver.setblocking(False)
+            monkeypatch.setenv("NOTIFY_SOCKET", path)
+            notifier = Notifier()
+
+            async def main():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_report_status_changes, types.SimpleNamespace(health=health), notifier)
+                    for tick in range(1000):
+                        health.set_link_state("a", "running", f"generating keys, QBER {0.02 + tick * 1e-6:.6f}")
+                        await trio.sleep(0.01)
+                    health.set_link_alarm("a", "store_full", "holds 9000 key bits of 8192")
+                    await trio.sleep(1)
+                    health.set_link_alarm("a", "stalled")          # unhealthy: reported before store_full
+                    health.set_link_state("a", "degraded")         # behind the alarm: reported state unchanged
+                    await trio.sleep(1)
+                    health.clear_link_alarm("a", "store_full")     # likewise
+                    await trio.sleep(1)
+                    nursery.cancel_scope.cancel()
+
+            trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+            datagrams = []
+            while True:
+                try:
+                    datagrams.append(receiver.recv(512).decode())
+                except BlockingIOError:
+                    break
+    lines = [r for r in caplog.records if r.name == "qkdd.daemon" and r.getMessage() == "state changed"]
+    assert [r.changes for r in lines] == ["a: running -> store_full", "a: store_full -> stalled"]
+    assert datagrams == ["STATUS=serving; links: 1 configured, 1 store_full",
+                         "STATUS=serving; links: 1 configured, 1 stalled"]

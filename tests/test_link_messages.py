@@ -2,6 +2,7 @@
 truncated or mutated ones are an EnvelopeError or LinkMessageError, never another exception."""
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -55,7 +56,7 @@ REVEAL = linkmsg.encode_reveal(DECOY, 10**9, 1e-10, 1e-15,
 VALID_MESSAGES = {
     "reveal": REVEAL,
     "errors": linkmsg.encode_errors([3, 0, 5]),
-    "keys": linkmsg.encode_keys(bytes(range(32)), 4, 256),
+    "keys": linkmsg.encode_keys(bytes(range(32)), 4, 256, 1_800_000_000.5),
     "abort": linkmsg.encode_abort(linkmsg.AbortReason.QBER, "QBER 0.2 at or above 0.11 \u2013 dropped"),
 }
 
@@ -86,8 +87,18 @@ def test_pipeline_messages_decode_or_are_a_link_message_error(kind_and_data):
         assert [n for _, n in revealed] == REVEAL_BITS
     elif kind == "errors":
         assert all(e <= n for e, n in zip(decoded, [70, 0, 5]))
+    elif kind == "keys":
+        assert math.isfinite(decoded[3]) and decoded[3] > 0
     elif kind == "abort":
         assert len(decoded[1].encode()) <= 3 * linkmsg.MAX_ABORT_TEXT_BYTES
+
+
+@pytest.mark.parametrize("expires_at", [float("nan"), float("inf"), -float("inf"), 0.0, -1.0])
+def test_keys_with_an_expiry_that_is_not_a_positive_finite_time_are_refused(expires_at):
+    with pytest.raises(linkmsg.LinkMessageError, match="expiry time"):
+        linkmsg.decode_keys(memoryview(linkmsg.encode_keys(bytes(32), 4, 256, expires_at)))
+    seed, count, key_bits, expiry = linkmsg.decode_keys(memoryview(linkmsg.encode_keys(bytes(32), 4, 256, 1.5e9)))
+    assert (seed, count, key_bits, expiry) == (bytes(32), 4, 256, 1.5e9)
 
 
 ENVELOPE = envelope.encode(2**40 + 3, [(envelope.Step.CASCADE, b"\x01" * 9), (envelope.Step.VERIFY, b""),

@@ -176,3 +176,44 @@ def test_security_parameters_too_small_to_honour_abort_the_frame(fields):
     assert not ends.of(ALICE, StorePending) and not ends.of(BOB, StorePending)
     bob = ends.outcome(BOB)
     assert bob.abort_code == linkmsg.AbortReason.PROTOCOL and "security parameters" in bob.aborted
+
+
+@pytest.mark.parametrize("alice_skew_s, bob_skew_s", [(3600.0, 0.0), (0.0, 3600.0), (-3600.0, 0.0)])
+def test_two_ends_with_skewed_clocks_store_the_same_expiry(alice_skew_s, bob_skew_s):
+    """Alice's KEYS carries the keys' expiry from her clock: both ends store that one time, an hour of clock
+    difference between them notwithstanding (each end's own clock would give times an hour apart)."""
+    import time
+
+    sim = simulator(25.0, seed=31)
+    ends = Ends(*frame_pair(sim, 3), alice_clock=lambda: time.time() + alice_skew_s,
+                bob_clock=lambda: time.time() + bob_skew_s).run()
+    (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+    assert a_store.expires_at == b_store.expires_at
+    assert abs(a_store.expires_at - (time.time() + alice_skew_s + PipelineSettings().key_expiry_s)) < 60
+    assert a_store.qber == b_store.qber == ends.outcome(ALICE).qber > 0
+
+
+@pytest.mark.parametrize("alice_skew_s, alice_expiry_s, bob_expiry_s, why", [
+    (3 * 3600.0, 86400.0, 86400.0, "clocks three hours apart"),
+    (0.0, 2 * 86400.0, 86400.0, "Alice keeps keys a day longer than Bob accepts"),
+    (-2 * 86400.0, 86400.0, 86400.0, "keys already expired on Bob's clock"),
+])
+def test_an_expiry_bob_cannot_accept_aborts_the_frame_before_anything_is_stored(alice_skew_s, alice_expiry_s,
+                                                                                 bob_expiry_s, why):
+    import time
+
+    sim = simulator(25.0, seed=32)
+    ends = Ends(*frame_pair(sim, 4), settings=PipelineSettings(key_expiry_s=alice_expiry_s),
+                bob_settings=PipelineSettings(key_expiry_s=bob_expiry_s),
+                alice_clock=lambda: time.time() + alice_skew_s).run()
+    bob = ends.outcome(BOB)
+    assert bob.abort_code == linkmsg.AbortReason.PROTOCOL and "KEYS: the keys would expire" in bob.aborted, why
+    assert ends.outcome(ALICE).aborted_by_peer
+    assert not ends.of(ALICE, StorePending) and not ends.of(BOB, StorePending)
+
+
+def test_key_expiry_outside_a_year_is_refused_in_the_settings():
+    with pytest.raises(ValueError, match="key_expiry_s"):
+        PipelineSettings(key_expiry_s=0.5)
+    with pytest.raises(ValueError, match="key_expiry_s"):
+        PipelineSettings(key_expiry_s=float("nan"))

@@ -11,9 +11,10 @@ The simulator's attacks and drifts are switched through the admin routes of qkdd
 The two key routes answer only the callers `api.key_clients` lists by client certificate, or with that
 list empty, clients on this host (qkdd.api.callers): 401 without a certificate, 403 otherwise.
 Errors are JSON {"message","details"}: unknown link or key 404, bad input 400, key already delivered
-410, no key available 503 with Retry-After. Key material appears only in the 200 body.
-A key's `qber` is that of the frame it came from (the X-basis error rate both ends found after Cascade),
-so both ends report the same value; null for a frame this daemon did not process since it started.
+410, no key available or a key store that cannot write (a full disk) 503 with Retry-After. Key material
+appears only in the 200 body. A key's `qber` is that of the frame it came from (the X-basis error rate
+both ends found after Cascade, kept with the key in the store), so both ends report the same value; null
+for keys stored by a version that did not keep it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from qkdd.hal.base import DeviceError
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
 from qkdd.keystore import KeyAlreadyDelivered, KeyNotFound, KeyStoreError, KeyUnavailable
-from qkdd.keystore.model import canonical_key_id
+from qkdd.keystore.model import StoreWriteError, canonical_key_id
 
 RETRY_AFTER_S = 2
 
@@ -45,6 +46,11 @@ def register(router: Router, app: App) -> None:
         return {"key_id": key.key_id, "bits": key.bits, "qber": qber, "key": base64.b64encode(key.material).decode(),
                 "link_id": key.link_id,
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(key.created_at))}
+
+    def store_cannot_write(exc: StoreWriteError) -> HTTPError:
+        # a key is handed out only once its erasure is durable: while the store cannot write, none is
+        return HTTPError(503, "key store cannot write", [{"reason": "disk full" if exc.disk_full else exc.reason}],
+                         headers=[("Retry-After", str(RETRY_AFTER_S))])
 
     async def request_key(request: Request) -> Response:
         require_key_client(request, app.config.api.key_clients)
@@ -66,6 +72,8 @@ def register(router: Router, app: App) -> None:
         except KeyUnavailable as exc:
             raise HTTPError(503, "no key available", [{"reason": str(exc)}],
                             headers=[("Retry-After", str(RETRY_AFTER_S))]) from None
+        except StoreWriteError as exc:
+            raise store_cannot_write(exc) from None
         return Response.json(key_json(key, engine.status.qber_of(key)))
 
     async def get_key(request: Request) -> Response:
@@ -86,6 +94,8 @@ def register(router: Router, app: App) -> None:
                 raise HTTPError(410, "key already delivered", [{"key_id": f"{key_id} was handed out before"}]) from None
             except KeyUnavailable as exc:
                 raise HTTPError(409, "key not handed out at the other end", [{"reason": str(exc)}]) from None
+            except StoreWriteError as exc:
+                raise store_cannot_write(exc) from None
             return Response.json(key_json(key, engine.status.qber_of(key)))
         raise HTTPError(404, "unknown key",
                         [{"key_id": f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")}])

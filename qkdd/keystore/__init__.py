@@ -1,8 +1,9 @@
 """The key store: both ends of a link hold the same keys under the same UUIDs, encrypted at rest.
 
-Public names: KeyStore (store.py), KeyState, StoredKey, the errors (model.py), load_kek / create_kek
-(kek.py) and the resynchronisation plan (resync.py).
+Public names: KeyStore (store.py), KeyState, StoredKey, the errors (model.py), StoreCapacity and Fill
+(capacity.py), load_kek / create_kek (kek.py) and the resynchronisation plan (resync.py).
 """
+from qkdd.keystore.capacity import Fill, StoreCapacity
 from qkdd.keystore.kek import create_kek, kek_from_credentials, load_kek
 from qkdd.keystore.model import (
     KeyAlreadyDelivered,
@@ -11,17 +12,23 @@ from qkdd.keystore.model import (
     KeyStoreError,
     KeyUnavailable,
     StoredKey,
+    StoreFull,
+    StoreWriteError,
 )
 from qkdd.keystore.store import KeyStore
 
 __all__ = [
+    "Fill",
     "KeyAlreadyDelivered",
     "KeyNotFound",
     "KeyState",
     "KeyStore",
     "KeyStoreError",
     "KeyUnavailable",
+    "StoreCapacity",
     "StoredKey",
+    "StoreFull",
+    "StoreWriteError",
     "create_kek",
     "kek_from_credentials",
     "load_kek",

@@ -55,6 +55,28 @@ class KeyUnavailable(KeyStoreError):
     """Not enough keys in the state the request needs."""
 
 
+class StoreWriteError(KeyStoreError):
+    """A write to the key store failed in SQLite (disk full, I/O error, locked, read-only): nothing of the
+    failed call was stored. `disk_full` is set when the file system has no room (SQLITE_FULL, or an I/O
+    error with no free space left); `reason` is SQLite's words without the file's path; `sqlite_code` its
+    extended result code when known."""
+
+    def __init__(self, message: str, *, reason: str = "", disk_full: bool = False, sqlite_code: int | None = None):
+        super().__init__(message)
+        self.reason = reason or message
+        self.disk_full = disk_full
+        self.sqlite_code = sqlite_code
+
+
+class StoreFull(KeyStoreError):
+    """The link (or the whole store) holds its configured capacity: a frame's keys are not taken until
+    keys are handed out or expire (capacity.py). `fill` is what the store held when it refused."""
+
+    def __init__(self, message: str, fill):
+        super().__init__(message)
+        self.fill = fill
+
+
 class IllegalTransition(KeyStoreError):
     def __init__(self, key_id: str, current: KeyState, wanted: KeyState):
         super().__init__(f"key {key_id}: cannot go from {current.value} to {wanted.value}")
@@ -92,8 +114,9 @@ class StoredKey:
     expires_at: float
     material: bytes
     frame_id: int
+    qber: float | None = None          # the error rate of its frame after reconciliation, both ends alike
 
     def __repr__(self) -> str:
         return (f"StoredKey(key_id={self.key_id!r}, link_id={self.link_id!r}, bits={self.bits}, "
                 f"created_at={self.created_at}, expires_at={self.expires_at}, frame_id={self.frame_id}, "
-                f"material=<redacted>)")
+                f"qber={self.qber}, material=<redacted>)")

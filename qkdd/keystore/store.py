@@ -7,9 +7,18 @@ key's id, link and length as associated data, so a row cannot be moved to anothe
 Delivered and expired keys lose their material (secure_delete zeroes the freed pages) and keep a
 tombstone row, so no key id is handed out twice, until purge_tombstones() deletes it once the other
 end cannot need it any more (resync.py says when).
+
+Every SQLite error of a write surfaces as StoreWriteError (with `disk_full` when the file system has no
+room), never as a raw sqlite3 error. With a capacity (capacity.py), put_pending() refuses a frame with
+StoreFull once the link or the file holds its bound. The `fill` table keeps each link's key bits in the
+states that hold material, changed in the same transaction by every method that stores or erases
+material (one statement per call, not per key), so the check costs one row read however many keys
+are stored.
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import sqlite3
 import time
@@ -18,6 +27,7 @@ from collections.abc import Iterable, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from qkdd.keystore.capacity import Fill, StoreCapacity
 from qkdd.keystore.kek import KEK_BYTES
 from qkdd.keystore.model import (
     TRANSITIONS,
@@ -28,6 +38,8 @@ from qkdd.keystore.model import (
     KeyStoreError,
     KeyUnavailable,
     StoredKey,
+    StoreFull,
+    StoreWriteError,
     canonical_key_id,
 )
 from qkdd.keystore.resync import TOMBSTONE_GRACE_S
@@ -51,7 +63,8 @@ CREATE TABLE IF NOT EXISTS keys (
     holder TEXT,                        -- reservation: opaque text naming who may receive it
     delivered_at REAL,
     nonce BLOB,
-    sealed BLOB
+    sealed BLOB,
+    qber REAL                           -- the frame's error rate after reconciliation (NULL: not known)
 );
 CREATE INDEX IF NOT EXISTS keys_by_frame ON keys (link_id, frame_id);
 -- This end's share in age order: without `allocatable` in the index, every reservation would step over
@@ -64,22 +77,29 @@ CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable
 CREATE INDEX IF NOT EXISTS keys_by_expires_at ON keys (expires_at);
 DROP INDEX IF EXISTS keys_by_expiry;
 DROP INDEX IF EXISTS keys_by_link_state;
+CREATE TABLE IF NOT EXISTS fill (link_id TEXT PRIMARY KEY, key_bits INTEGER NOT NULL)
 """
+
+# The states whose keys hold material and count towards a link's fill.
+_HELD = "('pending', 'available', 'reserved')"
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+LOW_SPACE_BYTES = 1 << 20           # an I/O error with less free space than this counts as a full disk
 
 
 class KeyStore(SavepointTransactions):
     """The keys of every link of this daemon, in one SQLite file."""
 
-    def __init__(self, path: str, kek: bytes, *, clock=time.time):
+    def __init__(self, path: str, kek: bytes, *, clock=time.time, capacity: StoreCapacity = StoreCapacity()):
         if len(kek) != KEK_BYTES:
             raise KeyStoreError(f"key-encryption key must be {KEK_BYTES} bytes")
         self.path = path
+        self.capacity = capacity
         self._aead = AESGCM(kek)
         self._clock = clock
         try:
             self._init_transactions(Database(path, secure_delete=True))
-            with self._tx() as db:
-                create_schema(db, _SCHEMA)
+            with self.database.transaction() as db:
+                self._migrate(db)
                 self._check_meta(db)
         except sqlite3.DatabaseError as exc:
             raise KeyStoreError(f"key store {path}: {exc}") from None
@@ -89,9 +109,13 @@ class KeyStore(SavepointTransactions):
 
     def put_pending(self, link_id: str, frame_id: int, keys: Sequence[tuple[str, bytes]], *,
                     expires_at: float, allocatable: Iterable[bool] | None = None,
-                    created_at: float | None = None) -> None:
-        """Store one frame's keys as PENDING (all or none). `keys` are (key_id, material) pairs."""
+                    created_at: float | None = None, qber: float | None = None) -> None:
+        """Store one frame's keys as PENDING (all or none). `keys` are (key_id, material) pairs; `qber` is
+        the frame's error rate, kept with each key. StoreFull, storing nothing, when the link or the file
+        holds its capacity."""
         created = self._clock() if created_at is None else created_at
+        if not math.isfinite(expires_at):
+            raise KeyStoreError(f"link {link_id} frame {frame_id}: expiry time is not a finite number")
         flags = list(allocatable) if allocatable is not None else [True] * len(keys)
         if len(flags) != len(keys):
             raise KeyStoreError("allocatable flags and keys differ in number")
@@ -104,14 +128,19 @@ class KeyStore(SavepointTransactions):
             nonce = os.urandom(_NONCE_BYTES)
             sealed = self._aead.encrypt(nonce, bytes(material), _associated_data(key_id, link_id, bits))
             rows.append((key_id, link_id, frame_id, bits, KeyState.PENDING.value, int(flag), created, expires_at,
-                         nonce, sealed))
+                         nonce, sealed, qber))
         with self._tx() as db:
+            if self.capacity.bounded:
+                fill = self._fill(db, link_id)
+                if fill.full:
+                    raise StoreFull(f"key store at capacity: {fill.describe()}", fill)
             try:
                 db.executemany(
                     "INSERT INTO keys (key_id, link_id, frame_id, bits, state, allocatable, created_at, expires_at,"
-                    " nonce, sealed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    " nonce, sealed, qber) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             except sqlite3.IntegrityError:
                 raise KeyStoreError(f"link {link_id} frame {frame_id}: a key id is already stored") from None
+            _add_held_bits(db, link_id, sum(row[3] for row in rows))
 
     def commit_frame(self, link_id: str, frame_id: int) -> int:
         """PENDING → AVAILABLE for every key of the frame; returns how many changed (0 when done before)."""
@@ -123,9 +152,10 @@ class KeyStore(SavepointTransactions):
     def discard_frame(self, link_id: str, frame_id: int) -> int:
         """Delete a frame's PENDING keys (the other end never stored them); returns how many."""
         with self._tx() as db:
-            cur = db.execute("DELETE FROM keys WHERE link_id = ? AND frame_id = ? AND state = ?",
-                             (link_id, frame_id, KeyState.PENDING.value))
-            return cur.rowcount
+            bits = [row[0] for row in db.execute("DELETE FROM keys WHERE link_id = ? AND frame_id = ? AND state = ? "
+                                                 "RETURNING bits", (link_id, frame_id, KeyState.PENDING.value))]
+            _add_held_bits(db, link_id, -sum(bits))
+            return len(bits)
 
     # -- reserving and delivering ----------------------------------------------------------------
 
@@ -160,7 +190,7 @@ class KeyStore(SavepointTransactions):
             raise KeyStoreError("requested bits must be positive")
         want_bits = max(want_bits or 0, min_total_bits)
         with self._tx() as db:
-            rows = db.execute("SELECT key_id, bits, created_at, expires_at, nonce, sealed, frame_id FROM keys "
+            rows = db.execute("SELECT key_id, bits, created_at, expires_at, nonce, sealed, frame_id, qber FROM keys "
                               "WHERE link_id = ? AND state = ? AND allocatable = 1 AND expires_at > ? "
                               "ORDER BY created_at, rowid", (link_id, KeyState.AVAILABLE.value, self._clock()))
             chosen = []
@@ -174,9 +204,9 @@ class KeyStore(SavepointTransactions):
             if total_bits < min_total_bits:
                 raise KeyUnavailable(f"link {link_id}: {total_bits} bits available, {min_total_bits} requested")
             taken = [StoredKey(key_id, link_id, bits, created_at, expires_at,
-                               self._open(key_id, link_id, bits, nonce, sealed), frame_id)
-                     for key_id, bits, created_at, expires_at, nonce, sealed, frame_id in chosen]
-            self._erase(db, [row[0] for row in chosen], KeyState.DELIVERED)
+                               self._open(key_id, link_id, bits, nonce, sealed), frame_id, qber)
+                     for key_id, bits, created_at, expires_at, nonce, sealed, frame_id, qber in chosen]
+            self._erase(db, link_id, [(row[0], row[1]) for row in chosen], KeyState.DELIVERED)
             return taken
 
     def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str, *,
@@ -223,8 +253,8 @@ class KeyStore(SavepointTransactions):
         """
         key_id = canonical_key_id(key_id)
         with self._tx() as db:
-            row = db.execute("SELECT state, holder, bits, created_at, expires_at, nonce, sealed, frame_id FROM keys "
-                             "WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
+            row = db.execute("SELECT state, holder, bits, created_at, expires_at, nonce, sealed, frame_id, qber "
+                             "FROM keys WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
             if row is None:
                 raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
             state = KeyState(row[0])
@@ -235,28 +265,28 @@ class KeyStore(SavepointTransactions):
             if holder is not None and state is KeyState.RESERVED and row[1] != holder:
                 raise KeyUnavailable(f"key {key_id} is reserved for another holder")
             if row[4] <= self._clock():
-                self._erase(db, [key_id], KeyState.EXPIRED)   # committed; the caller is told below
+                self._erase(db, link_id, [(key_id, row[2])], KeyState.EXPIRED)   # committed; the caller is told below
                 expired = True
             else:
                 expired = False
                 material = self._open(key_id, link_id, row[2], row[5], row[6])
-                self._erase(db, [key_id], KeyState.DELIVERED)
+                self._erase(db, link_id, [(key_id, row[2])], KeyState.DELIVERED)
         if expired:
             raise KeyAlreadyDelivered(f"key {key_id} has expired")
-        return StoredKey(key_id, link_id, row[2], row[3], row[4], material, row[7])
+        return StoredKey(key_id, link_id, row[2], row[3], row[4], material, row[7], row[8])
 
     def peek(self, link_id: str, key_id: str) -> StoredKey:
         """A key's record and material without changing its state (for tests and resync checks)."""
         key_id = canonical_key_id(key_id)
         with self._lock:
-            row = self._db.execute("SELECT state, bits, created_at, expires_at, nonce, sealed, frame_id FROM keys "
-                                   "WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
+            row = self._db.execute("SELECT state, bits, created_at, expires_at, nonce, sealed, frame_id, qber "
+                                   "FROM keys WHERE key_id = ? AND link_id = ?", (key_id, link_id)).fetchone()
         if row is None:
             raise KeyNotFound(f"key {key_id} is not stored for link {link_id}")
         if not KeyState(row[0]).holds_material:
             raise KeyAlreadyDelivered(f"key {key_id} was {row[0]} before")
         return StoredKey(key_id, link_id, row[1], row[2], row[3], self._open(key_id, link_id, row[1], row[4], row[5]),
-                         row[6])
+                         row[6], row[7])
 
     # -- housekeeping and inventory --------------------------------------------------------------
 
@@ -264,11 +294,14 @@ class KeyStore(SavepointTransactions):
         """Erase every key past its expiry time; returns how many."""
         now = self._clock() if now is None else now
         with self._tx() as db:
-            ids = [r[0] for r in db.execute(
-                "SELECT key_id FROM keys WHERE expires_at <= ? AND state IN (?, ?, ?)",
-                (now, KeyState.PENDING.value, KeyState.AVAILABLE.value, KeyState.RESERVED.value))]
-            self._erase(db, ids, KeyState.EXPIRED)
-            return len(ids)
+            by_link: dict[str, list[tuple[str, int]]] = {}
+            for key_id, link_id, bits in db.execute(
+                    "SELECT key_id, link_id, bits FROM keys WHERE expires_at <= ? AND state IN (?, ?, ?)",
+                    (now, KeyState.PENDING.value, KeyState.AVAILABLE.value, KeyState.RESERVED.value)).fetchall():
+                by_link.setdefault(link_id, []).append((key_id, bits))
+            for link_id, keys in by_link.items():
+                self._erase(db, link_id, keys, KeyState.EXPIRED)
+            return sum(len(keys) for keys in by_link.values())
 
     def purge_tombstones(self, now: float | None = None, grace_s: float = TOMBSTONE_GRACE_S) -> int:
         """Delete the rows of delivered and expired keys whose expiry is more than `grace_s` past (the rule
@@ -306,6 +339,24 @@ class KeyStore(SavepointTransactions):
                 (link_id, KeyState.AVAILABLE.value, self._clock())).fetchone()
         return int(row[0])
 
+    def fill(self, link_id: str) -> Fill:
+        """What `link_id` holds and what the store takes, against the capacity (two cheap reads)."""
+        try:
+            with self._lock:
+                return self._fill(self._db, link_id)
+        except sqlite3.Error as exc:
+            raise _write_error(exc, self.path) from None
+
+    def free_bytes(self) -> int:
+        """Bytes free for this process on the store's file system (a large number when unknown)."""
+        return _free_bytes(self.path)
+
+    def probe_write(self) -> None:
+        """One small durable write (a row of the meta table): StoreWriteError while the store cannot write."""
+        with self._tx() as db:
+            db.execute("INSERT INTO meta VALUES ('write_probe', ?) ON CONFLICT (name) DO UPDATE SET value = "
+                       "excluded.value", (repr(self._clock()),))
+
     def reserved_for(self, link_id: str, holder: str) -> list[str]:
         """Ids of the keys RESERVED for `holder` (a consumer finding its own after a restart)."""
         with self._lock:
@@ -326,17 +377,46 @@ class KeyStore(SavepointTransactions):
             for key_id in promote:
                 db.execute("UPDATE keys SET state = ? WHERE key_id = ? AND link_id = ? AND state = ?",
                            (KeyState.AVAILABLE.value, key_id, link_id, KeyState.PENDING.value))
+            discarded_bits = 0
             for key_id in discard:
-                db.execute("DELETE FROM keys WHERE key_id = ? AND link_id = ? AND state IN (?, ?, ?)",
-                           (key_id, link_id, KeyState.PENDING.value, KeyState.AVAILABLE.value,
-                            KeyState.RESERVED.value))
+                row = db.execute("DELETE FROM keys WHERE key_id = ? AND link_id = ? AND state IN (?, ?, ?) "
+                                 "RETURNING bits", (key_id, link_id, KeyState.PENDING.value,
+                                                    KeyState.AVAILABLE.value, KeyState.RESERVED.value)).fetchone()
+                discarded_bits += row[0] if row else 0
+            _add_held_bits(db, link_id, -discarded_bits)
             for key_id in expire:
-                state, _ = self._state_of(db, link_id, key_id)
+                state, _, bits, _ = self._row_of(db, link_id, key_id)
                 if state.holds_material:
-                    self._erase(db, [key_id], KeyState.EXPIRED)
+                    self._erase(db, link_id, [(key_id, bits)], KeyState.EXPIRED)
 
     # -- internals -------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _tx(self):
+        """A transaction (or a savepoint inside batch()); any SQLite error becomes StoreWriteError."""
+        try:
+            with self.database.transaction() as db:
+                yield db
+        except sqlite3.Error as exc:
+            raise _write_error(exc, self.path) from None
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """The schema, with what later versions added to a store an earlier one wrote (the `qber` column),
+        and the fill table counted afresh from the keys (a version that did not keep it may have written)."""
+        had_keys = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone()
+        if had_keys and "qber" not in {row[1] for row in db.execute("PRAGMA table_info(keys)")}:
+            db.execute("ALTER TABLE keys ADD COLUMN qber REAL")
+        create_schema(db, _SCHEMA)
+        counted = dict(db.execute(f"SELECT link_id, SUM(bits) FROM keys WHERE state IN {_HELD} GROUP BY link_id"))
+        if counted != dict(db.execute("SELECT link_id, key_bits FROM fill WHERE key_bits != 0")):
+            db.execute("DELETE FROM fill")       # written only when it differs: a full disk still opens the store
+            db.executemany("INSERT INTO fill (link_id, key_bits) VALUES (?, ?)", counted.items())
+
+    def _fill(self, db: sqlite3.Connection, link_id: str) -> Fill:
+        row = db.execute("SELECT key_bits FROM fill WHERE link_id = ?", (link_id,)).fetchone()
+        page_bytes = db.execute("PRAGMA page_size").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        return Fill(link_id, int(row[0]) if row else 0, pages * page_bytes, self.capacity)
 
     def _check_meta(self, db: sqlite3.Connection) -> None:
         row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
@@ -373,10 +453,12 @@ class KeyStore(SavepointTransactions):
                 raise KeyAlreadyDelivered(f"key {key_id} was {current.value} before")
             raise IllegalTransition(key_id, current, wanted)
 
-    def _erase(self, db: sqlite3.Connection, key_ids: Sequence[str], final: KeyState) -> None:
+    def _erase(self, db: sqlite3.Connection, link_id: str, keys: Sequence[tuple[str, int]], final: KeyState) -> None:
+        """Erase the material of `keys` ((key_id, bits) of keys of `link_id` that hold material)."""
         now = self._clock()
         db.executemany("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? WHERE key_id = ?",
-                       [(final.value, now, key_id) for key_id in key_ids])
+                       [(final.value, now, key_id) for key_id, _ in keys])
+        _add_held_bits(db, link_id, -sum(bits for _, bits in keys))
 
     def _open(self, key_id: str, link_id: str, bits: int, nonce: bytes, sealed: bytes) -> bytes:
         try:
@@ -387,3 +469,28 @@ class KeyStore(SavepointTransactions):
 
 def _associated_data(key_id: str, link_id: str, bits: int) -> bytes:
     return f"qkdd-key-v1|{key_id}|{link_id}|{bits}".encode()
+
+
+def _add_held_bits(db: sqlite3.Connection, link_id: str, bits: int) -> None:
+    """Change a link's count of key bits that hold material (the fill table), inside the caller's transaction."""
+    if bits:
+        db.execute("INSERT INTO fill (link_id, key_bits) VALUES (?, ?) ON CONFLICT (link_id) DO UPDATE SET "
+                   "key_bits = key_bits + excluded.key_bits", (link_id, bits))
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return 1 << 62
+    return stat.f_bavail * stat.f_frsize
+
+
+def _write_error(exc: sqlite3.Error, path: str) -> StoreWriteError:
+    """The StoreWriteError for a SQLite error (its message names no key material: SQLite's own text)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    disk_full = primary == _SQLITE_FULL or (primary == _SQLITE_IOERR and _free_bytes(path) < LOW_SPACE_BYTES)
+    reason = str(exc) + (" (no space left)" if disk_full and primary != _SQLITE_FULL else "")
+    return StoreWriteError(f"key store {path}: write failed: {reason}", reason=reason, disk_full=disk_full,
+                           sqlite_code=code)

@@ -19,7 +19,7 @@ import trio
 
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.keystore.housekeeping import HOUSEKEEPING_INTERVAL_S
-from qkdd.keystore.model import IllegalTransition, KeyAlreadyDelivered, KeyNotFound, KeyState
+from qkdd.keystore.model import IllegalTransition, KeyAlreadyDelivered, KeyNotFound, KeyState, StoreWriteError
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.container import assemble, plan_keys, time_ordered_uuid
 from qkdd.kme.errors import BadRequest, KeysUnavailable, Unauthorized
@@ -158,7 +158,7 @@ class KmeService:
             for reservation, error in zip(valid, errors):
                 if error is None:
                     answer = Answer(reservation.request_id)
-                elif isinstance(error, (LedgerError, sqlite3.Error)):
+                elif isinstance(error, (LedgerError, sqlite3.Error, StoreWriteError)):
                     answer = Answer(reservation.request_id, RefuseReason.STORE_FAILURE, str(error))
                 else:
                     answer = Answer(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, str(error))

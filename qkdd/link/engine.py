@@ -25,6 +25,7 @@ frame, neither of which waits for the peer: the waiting cannot close a cycle bet
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -38,6 +39,7 @@ from qkdd.link.linkmsg import AbortReason
 from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, FramePipeline, PipelineSettings, Send,
                                 StorePending)
 from qkdd.link.status import LinkStatus
+from qkdd.link.store_guard import StoreGuard
 from qkdd.link_channel import INVENTORY_CHANNEL, PIPELINE_CHANNEL, LinkChannel
 from qkdd.peer import MuxStream
 from qkdd.peer.mux import BoundedQueue
@@ -60,12 +62,13 @@ class LinkEngine:
         self.device = device
         self.store = store
         self.channel = channel
-        self.settings = settings
+        self.settings = dataclasses.replace(settings, key_expiry_s=key_expiry_s)
         self.frames_in_flight = frames_in_flight
         self.key_expiry_s = key_expiry_s
         self.protocol = protocol
         self.status = LinkStatus(link_id, key_bits=settings.key_bits, qber_threshold=qber_threshold,
                                  metrics=metrics, health=health)
+        self.store_guard = StoreGuard(store, link_id, health=health, metrics=metrics)   # pauses frames, see there
         # Bob: device frames waiting for a pipeline slot (the intake waits while it is full)
         self._bob_frames_in, self._bob_frames_out = trio.open_memory_channel[RawFrame](BOB_BUFFER_FRAMES)
         # Alice: device frames Bob may still ask for, by id, with the time they arrived
@@ -199,6 +202,7 @@ class LinkEngine:
     async def _run_frame(self, pipeline: FramePipeline, inbox: BoundedQueue, stream: MuxStream,
                          start: bool, on_done=None) -> None:
         try:
+            await self.store_guard.wait_ready()                # while the key store is full or failing
             if start:
                 await self._execute(pipeline, await trio.to_thread.run_sync(pipeline.start), stream)
             async for record in inbox:
@@ -217,16 +221,11 @@ class LinkEngine:
         for action in actions:
             if isinstance(action, Send):
                 await stream.send(action.record)
-            elif isinstance(action, StorePending):
-                self.status.remember_qber(action.frame_id, pipeline.outcome.qber)
-                await trio.to_thread.run_sync(
-                    lambda: self.store.put_pending(self.link_id, action.frame_id, action.keys,
-                                                   expires_at=time.time() + self.key_expiry_s,
-                                                   allocatable=action.allocatable))
-            elif isinstance(action, Commit):
-                await trio.to_thread.run_sync(self.store.commit_frame, self.link_id, action.frame_id)
-            elif isinstance(action, Discard):
-                await trio.to_thread.run_sync(self.store.discard_frame, self.link_id, action.frame_id)
+            elif isinstance(action, (StorePending, Commit, Discard)):
+                instead = await self.store_guard.apply(pipeline, action)
+                if instead is not None:                # the store refused: the frame ends as its pipeline says
+                    await self._execute(pipeline, instead, stream)
+                    return
             elif isinstance(action, Finished):
                 self.status.record(action.outcome)
                 # the device reports what the link measured (ChannelStatus: QBER, secure key rate)

@@ -14,7 +14,7 @@ import uuid
 
 import trio
 
-from qkdd.keystore import KeyStore, KeyStoreError, KeyState, KeyUnavailable, StoredKey
+from qkdd.keystore import KeyStore, KeyStoreError, KeyState, KeyUnavailable, StoredKey, StoreWriteError
 from qkdd.reservation.protocol import KeyReservation, Purpose, RefuseReason
 from qkdd.reservation.protocol import Answer
 from qkdd.reservation.service import ReservationService
@@ -89,6 +89,8 @@ class KeyRequests:
             self.store.reserve_ids(self.link_id, [key_id], holder)
         try:
             await trio.to_thread.run_sync(reserve)
+        except StoreWriteError:                 # the store cannot record it (a full disk): nothing reserved here
+            return Answer(reservation.request_id, RefuseReason.STORE_FAILURE, "key store cannot write")
         except KeyStoreError as exc:
             gone = type(exc).__name__ in ("KeyAlreadyDelivered", "KeyNotFound")
             return Answer(reservation.request_id, RefuseReason.KEYS_GONE if gone else RefuseReason.KEYS_UNAVAILABLE,

@@ -9,7 +9,8 @@ Layouts (little-endian, inside an envelope part; see envelope.py):
               intensity class (signal, decoy, vacuum): u64 bit count | ceil(count/64) words of her sifted
               test-basis (Z) bits
     ERRORS    (ESTIMATE step, Bob) 3 x u64 test-basis errors per intensity class
-    KEYS      32-byte key-id seed | u32 key count | u32 bits per key
+    KEYS      32-byte key-id seed | u32 key count | u32 bits per key | f64 expiry time of the frame's keys
+              (Unix seconds on Alice's clock: both ends store this one value; Bob bounds it by his own clock)
     ABORT     u8 reason code | u16 text length | UTF-8 text (a short sentence, never key material)
     COMMIT    empty
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 import struct
 import uuid
 
@@ -28,7 +30,7 @@ from qkdd.protocols.bb84_finite import DecoySettings
 CLASSES = 3
 KEY_ID_SEED_BYTES = 32
 _SETTINGS = struct.Struct("<6dQdd")
-_KEYS = struct.Struct(f"<{KEY_ID_SEED_BYTES}sII")
+_KEYS = struct.Struct(f"<{KEY_ID_SEED_BYTES}sIId")
 _ABORT = struct.Struct("<BH")
 MAX_ABORT_TEXT_BYTES = 400
 KEY_ID_LABEL = b"qkdd/key-ids\x00"
@@ -49,6 +51,7 @@ class AbortReason(enum.IntEnum):
     NO_KEY = 5            # too short for one key
     UNKNOWN_FRAME = 6     # this end has no such frame (dropped, restarted)
     SHUTDOWN = 7
+    STORE = 8             # this end's key store cannot take the frame's keys (at capacity, or failing)
 
 
 def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]:
@@ -137,15 +140,19 @@ def decode_errors(view, bits_per_class: list[int]) -> list[int]:
     return errors
 
 
-def encode_keys(seed: bytes, count: int, key_bits: int) -> bytes:
-    return _KEYS.pack(seed, count, key_bits)
+def encode_keys(seed: bytes, count: int, key_bits: int, expires_at: float) -> bytes:
+    return _KEYS.pack(seed, count, key_bits, expires_at)
 
 
-def decode_keys(view) -> tuple[bytes, int, int]:
+def decode_keys(view) -> tuple[bytes, int, int, float]:
+    """(key-id seed, key count, bits per key, expiry time); the expiry is a positive finite number here,
+    the receiver checks it against its own clock."""
     if len(view) != _KEYS.size:
         raise LinkMessageError(f"KEYS: {len(view)} bytes, expected {_KEYS.size}")
-    seed, count, key_bits = _KEYS.unpack(view)
-    return seed, count, key_bits
+    seed, count, key_bits, expires_at = _KEYS.unpack(view)
+    if not (math.isfinite(expires_at) and expires_at > 0):
+        raise LinkMessageError(f"KEYS: expiry time {expires_at!r} is not a positive finite number")
+    return seed, count, key_bits, expires_at
 
 
 def encode_abort(reason: AbortReason, text: str) -> bytes:

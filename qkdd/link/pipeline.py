@@ -25,6 +25,13 @@ Steps (Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), Sec. II "protoco
     seed (qkdd.postprocess.amplification) and a fresh key-id seed (KEYS). Both split the output into
     keys and derive the same key ids (linkmsg.derive_key_ids). Even-numbered keys are Alice's to
     hand out on her own, odd-numbered ones Bob's (the key store's `allocatable` partition).
+    KEYS also carries the keys' expiry time, Alice's clock plus her key_expiry_s, so both ends store
+    the same one whatever their clocks say; Bob refuses a time already past on his clock or later than
+    his own key_expiry_s plus MAX_CLOCK_SKEW_S ahead (an absurd value, or clocks far apart).
+
+When the caller cannot store (the key store at capacity or failing), `store_refused()` says what to do
+instead: a frame whose keys are not committed at both ends is aborted there and then (Bob: ABORT in
+place of the ACK; Alice: ABORT in place of COMMIT, so Bob discards his pending keys).
 
 States and transitions (anything else aborts the frame with PROTOCOL; an ABORT part from the peer
 ends it at once):
@@ -48,6 +55,7 @@ ends it at once):
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -94,6 +102,10 @@ _PEER_ERRORS = (PeerMessageError, CascadeError, LinkMessageError, EnvelopeError,
                 amplification.AmplificationStateError)
 
 Gate = Callable[[float], "str | None"]   # frame QBER estimate -> refusal reason, or None to go on
+# How far Alice's announced expiry may lie past Bob's own clock plus his key_expiry_s: clock differences
+# between the hosts (a wall clock stepped by an hour), never years or NaN.
+MAX_CLOCK_SKEW_S = 7200.0
+MAX_KEY_EXPIRY_S = 366 * 86400.0
 
 
 def threshold_gate(threshold: float = 0.11) -> Gate:
@@ -111,8 +123,11 @@ class PipelineSettings:
     min_qber_estimate: float = 0.005        # floor for Cascade's block sizes
     max_key_bits_per_key: int = 8192
     max_cascade_round_trips: int = 3000     # a Cascade that asks more is refused (inconsistent answers)
+    key_expiry_s: float = 86400.0           # Alice: her keys' lifetime; Bob: the longest he accepts
 
     def __post_init__(self) -> None:
+        if not 1.0 <= self.key_expiry_s <= MAX_KEY_EXPIRY_S:
+            raise ValueError(f"key_expiry_s must lie in [1, {MAX_KEY_EXPIRY_S:g}]")
         if self.key_bits % 64 or not 64 <= self.key_bits <= self.max_key_bits_per_key:
             raise ValueError(f"key_bits must be a multiple of 64 in [64, {self.max_key_bits_per_key}]")
         if not (linkmsg.MIN_EPS <= self.eps_sec < 1 and linkmsg.MIN_EPS <= self.eps_cor < 1):
@@ -132,6 +147,8 @@ class StorePending:
     frame_id: int
     keys: list[tuple[str, bytes]] = field(repr=False)
     allocatable: list[bool] = field(repr=False)
+    expires_at: float                   # the same at both ends: Alice's KEYS announced it
+    qber: float | None = None           # the frame's error rate after Cascade, the same at both ends
 
 
 @dataclass(frozen=True)
@@ -178,7 +195,7 @@ class FramePipeline:
     """One end of one frame's post-processing. Alice needs the decoy settings of her source."""
 
     def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
-                 gate: Gate | None = None, decoy: DecoySettings | None = None):
+                 gate: Gate | None = None, decoy: DecoySettings | None = None, clock: Callable[[], float] = time.time):
         if role not in (ALICE, BOB):
             raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
         if role == ALICE and (frame.alice is None or decoy is None):
@@ -192,6 +209,7 @@ class FramePipeline:
         self.state = START if role == BOB else AWAIT_DETECT
         self.outcome = FrameOutcome(frame.frame_id, role)
         self._gate = gate or threshold_gate()
+        self._clock = clock                 # wall clock (Unix seconds): Alice's key expiry, Bob's bound on it
         self._decoy = decoy
         self._sift: sifting.Sifting | None = None
         self._counts: DecoyCounts | None = None
@@ -201,7 +219,7 @@ class FramePipeline:
         self._cascade = None
         self._verify: verification.Verification | None = None
         self._amp: amplification.Amplification | None = None
-        self._keys: tuple[bytes, int, int] | None = None
+        self._keys: tuple[bytes, int, int, float] | None = None
         self._stored = False
 
     @property
@@ -252,6 +270,21 @@ class FramePipeline:
             return []
         return self._abort(reason, text)
 
+    def store_refused(self, action: Action, text: str) -> list[Action] | None:
+        """The caller could not carry out the store action `action` (`text`: why, no key material). Returns
+        the actions to run instead of the rest of this step's, or None to go on with them.
+
+        A failed StorePending stored nothing: the frame is aborted at both ends. Alice's failed Commit
+        leaves her keys pending and Bob's too: aborted, both discard. Bob's failed Commit comes after
+        Alice committed, so nothing is aborted: his keys stay pending until the caller commits them
+        again or a resynchronisation promotes them. A failed Discard leaves pending keys no one will
+        commit (the next resynchronisation drops them)."""
+        if isinstance(action, StorePending) or (isinstance(action, Commit) and self.role == ALICE):
+            self._stored = isinstance(action, Commit)
+            self.outcome.keys = self.outcome.secret_bits = 0
+            return self._abort(AbortReason.STORE, text)
+        return None
+
     # -- Bob ------------------------------------------------------------------------------------
     def _bob_sifting(self, answer) -> list[Action]:
         (report,) = self._sift.receive(bytes(answer))
@@ -299,7 +332,12 @@ class FramePipeline:
         self._verify.receive(bytes(result))
         if not self._verify.result.matched:
             raise LinkMessageError("verification failed but the peer went on")
-        seed, count, key_bits = linkmsg.decode_keys(keys)
+        seed, count, key_bits, expires_at = linkmsg.decode_keys(keys)
+        now = self._clock()
+        if not now < expires_at <= now + self.settings.key_expiry_s + MAX_CLOCK_SKEW_S:
+            raise LinkMessageError(f"KEYS: the keys would expire {expires_at - now:+.0f} s from now on this end's "
+                                   f"clock, outside (0, key_expiry_s {self.settings.key_expiry_s:g} + "
+                                   f"{MAX_CLOCK_SKEW_S:g}] s (clocks or key_expiry_s differ between the ends)")
         self._amp = amplification.Amplification(amplification.RECEIVER, self.frame_id, self._key,
                                                  self._n_key_bits)
         (ack,) = self._amp.receive(bytes(seed_announce))
@@ -309,7 +347,8 @@ class FramePipeline:
         keys_out = self._split(seed, count, key_bits)
         self._stored = True
         self.state = AWAIT_COMMIT
-        return [StorePending(self.frame_id, keys_out, [i % 2 == 1 for i in range(count)]),
+        return [StorePending(self.frame_id, keys_out, [i % 2 == 1 for i in range(count)], expires_at,
+                             self.outcome.qber),
                 self._send((Step.AMPLIFY, ack))]
 
     def _bob_await_commit(self, _commit) -> list[Action]:
@@ -383,18 +422,20 @@ class FramePipeline:
             return self._abort(AbortReason.NO_KEY, text, before=[(Step.VERIFY, result_msg)])
         self._amp = amplification.Amplification(amplification.ANNOUNCER, self.frame_id, self._key, self._n_key_bits)
         (seed_announce,) = self._amp.start(count * key_bits, amplification.SEED_SHAKE256)
-        self._keys = (randomness.fresh_bytes(linkmsg.KEY_ID_SEED_BYTES), count, key_bits)
+        self._keys = (randomness.fresh_bytes(linkmsg.KEY_ID_SEED_BYTES), count, key_bits,
+                      self._clock() + self.settings.key_expiry_s)
         self.state = AWAIT_ACK
         return [self._send((Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce),
                            (Step.KEYS, linkmsg.encode_keys(*self._keys)))]
 
     def _alice_await_ack(self, ack) -> list[Action]:
         self._amp.receive(bytes(ack))
-        seed, count, key_bits = self._keys
+        seed, count, key_bits, expires_at = self._keys
         keys_out = self._split(seed, count, key_bits)
         self._stored = True
         self.state = DONE
-        return [StorePending(self.frame_id, keys_out, [i % 2 == 0 for i in range(count)]),
+        return [StorePending(self.frame_id, keys_out, [i % 2 == 0 for i in range(count)], expires_at,
+                             self.outcome.qber),
                 Commit(self.frame_id), self._send((Step.COMMIT, b"")), Finished(self.outcome)]
 
     # -- shared ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Builds the daemon's links from the configuration: one LinkChannel per link (the one owner of its peer
 session), the reservation service on it, the link engine (device driver, key store) where the daemon
-runs one, and the /v1 key requests. Problems found while building are StartupErrors naming the key."""
+runs one, and the /v1 key requests; runs them with each link's stall watch. Problems found while
+building are StartupErrors naming the key."""
 from __future__ import annotations
 
 import logging
@@ -9,13 +10,15 @@ from dataclasses import dataclass, field
 
 import trio
 
-from qkdd.config import Config, LinkConfig, parse_host_port
+from qkdd.config import Config, KeystoreConfig, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.driver import device_for
 from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
+from qkdd.keystore.capacity import StoreCapacity
 from qkdd.link.engine import LinkEngine
 from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
+from qkdd.link.stall import watch_stall
 from qkdd.link_channel import LinkChannel
 from qkdd.peer import IdentityError, PeerSettings, load_private_key, load_public_key
 from qkdd.preflight import StartupError
@@ -41,14 +44,15 @@ class Links:
         self.reservations[channel.link_id] = ReservationService(channel.link_id, channel)
 
 
-def open_keystore(state_dir: str) -> KeyStore:
+def open_keystore(state_dir: str, keystore: KeystoreConfig | None = None) -> KeyStore:
     """The key store in the state directory under the KEK from the systemd credential "kek", else
-    <state_dir>/kek (created 0600 on first start)."""
+    <state_dir>/kek (created 0600 on first start), with the capacity of `[keystore]` (none if not given)."""
     kek = kek_from_credentials()
     if kek is None:
         path = os.path.join(state_dir, KEK_FILE)
         kek = load_kek(path) if os.path.exists(path) else create_kek(path)
-    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek)
+    capacity = StoreCapacity(keystore.max_key_bits, keystore.max_bytes) if keystore is not None else StoreCapacity()
+    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek, capacity=capacity)
 
 
 def not_started_because(link: LinkConfig) -> str | None:
@@ -112,10 +116,15 @@ def peer_settings(link: LinkConfig) -> PeerSettings:
     return PeerSettings(link.link_id, listen=parse_host_port(link.peer_listen, allow_port_zero=True))
 
 
-async def run_links(links: Links) -> None:
-    """The engines' devices first, then every link's classical channel, until cancelled."""
+async def run_links(links: Links, config: Config | None = None, health=None) -> None:
+    """The engines' devices first, then every link's classical channel, until cancelled; with `config`
+    and `health`, also the stall watch of each engine's link that sets min_key_rate_bps."""
     async with trio.open_nursery() as nursery:
         for engine in links.engines.values():
             await nursery.start(engine.run)
         for channel in links.channels.values():
             await nursery.start(channel.run)
+        for engine in links.engines.values():
+            link = config.link(engine.link_id) if config is not None else None
+            if link is not None and health is not None and link.min_key_rate_bps > 0:
+                nursery.start_soon(watch_stall, engine, health, link.min_key_rate_bps, link.stall_after_s)

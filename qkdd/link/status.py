@@ -22,11 +22,10 @@ log = logging.getLogger("qkdd.link")
 
 RATE_WINDOW_S = 10.0
 HEALTH_POLL_S = 2.0
-QBER_HISTORY_SAMPLES = 100_000  # frames in the QBER time series of /v1/links/{id}/qber
-FRAME_QBER_FRAMES = 200_000     # frames whose agreed QBER is remembered for their keys (about 20 MB)
+QBER_HISTORY_SAMPLES = 20_000   # frames in the QBER time series of /v1/links/{id}/qber (about 4 MB; hours)
 
 
-@dataclass
+@dataclass(slots=True)
 class QberSample:
     time_s: float
     qber: float
@@ -67,7 +66,6 @@ class LinkStatus:
         self.health = health
         self.gate = LockedGate(QberGate(threshold=qber_threshold))
         self.qber_history: deque[QberSample] = deque(maxlen=QBER_HISTORY_SAMPLES)
-        self._frame_qber: dict[int, float] = {}                    # frame id -> QBER both ends agreed on
         self.frames_done = 0
         self.frames_aborted = 0
         self.frames_unpaired = 0                                     # device frames never paired
@@ -115,19 +113,12 @@ class LinkStatus:
         span = max(now - window[0][0], 1.0)
         return sum(s for _, s, _ in window) / span, sum(r for _, _, r in window) / span
 
-    def remember_qber(self, frame_id: int, qber: float | None) -> None:
-        """The frame's X-basis error rate after Cascade: both ends count the same corrected bits over the
-        same length, so both report the same value for the frame's keys (the last frame's QBER differs)."""
-        if qber is None:
-            return
-        self._frame_qber[frame_id] = qber
-        if len(self._frame_qber) > FRAME_QBER_FRAMES:
-            del self._frame_qber[next(iter(self._frame_qber))]     # the oldest frame
-
-    def qber_of(self, key: StoredKey) -> float | None:
-        """The QBER of the frame `key` came from, the same at both ends; None when not known (a frame
-        from before this daemon started, or older than the last FRAME_QBER_FRAMES)."""
-        return self._frame_qber.get(key.frame_id)
+    @staticmethod
+    def qber_of(key: StoredKey) -> float | None:
+        """The QBER of the frame `key` came from: its X-basis error rate after Cascade, which both ends count
+        alike and store with the frame's keys, so both report the same value; None for keys an older
+        version stored."""
+        return key.qber
 
     @property
     def last_qber(self) -> float | None:
