@@ -107,6 +107,10 @@ class LinkChannel:
         except* PeerError as group:
             log.info("link %s: session %s over: %s", self.link_id, session.session_id,
                      "; ".join(str(e) for e in group.exceptions)[:300])
+        except* Exception:
+            # the preparer failed otherwise (its key store cannot read or write): end this session only,
+            # the connector brings up the next one
+            log.exception("link %s: session %s could not be prepared; ending it", self.link_id, session.session_id)
         finally:
             if self.mux is mux:
                 self.session, self.mux = None, None

@@ -1,12 +1,16 @@
 """Helpers for link tests: simulated frames with decoy settings that leave key at small block sizes,
-a driver that runs both pipeline ends against each other in memory, and one that does so with each
-end's store actions going through its StoreGuard into a real key store."""
+a driver that runs both pipeline ends against each other in memory, one that does so with each end's
+store actions going through its StoreGuard into a real key store, and a link's channel serving an
+in-memory session as its connector would serve one from the network."""
 from __future__ import annotations
+
+import trio
 
 from qkdd.hal.sim import Attack, SimParams, Simulator
 from qkdd.hal.sim.frames import decoy_settings, raw_frames
 from qkdd.link import envelope
 from qkdd.link.pipeline import ALICE, BOB, Commit, Discard, Finished, FramePipeline, Send, StorePending
+from qkdd.peer import PeerError
 
 # Lim et al. settings optimised (qkdd.protocols.bb84_design.optimize_settings) for n_X = 1e5 at 10-25 km.
 TEST_SOURCE = dict(mu_signal=0.40, mu_decoy=0.13, mu_vacuum=0.0, p_signal=0.08, p_decoy=0.56, q_x=0.63)
@@ -116,3 +120,27 @@ class GuardedEnds:
                     return
             elif isinstance(action, Finished):
                 self.outcomes[role] = action.outcome
+
+
+async def serve_session(channel, session, ended: list | None = None) -> None:
+    """What a LinkChannel's connector does with each session it brings up, without the dialling: the
+    channel's session handler (which routes the session before its first checkpoint) and the session's
+    reader side by side; the session is closed once the handler returns. `ended` gets (trio time, the
+    PeerError that tore the session down or None)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_session, session, ended)
+        await channel._on_session(session)
+        await session.aclose()
+
+
+async def run_session(session, ended: list | None = None) -> None:
+    """A session's reader and heartbeat; how it ended goes to `ended` (trio time, PeerError or None)
+    instead of into the caller's nursery."""
+    try:
+        await session.run()
+    except PeerError as exc:
+        if ended is not None:
+            ended.append((trio.current_time(), exc))
+    else:
+        if ended is not None:
+            ended.append((trio.current_time(), None))

@@ -12,6 +12,7 @@ import tempfile
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from qkdd.health import LINK_ALARMS, LINK_STATES, Health
@@ -79,9 +80,9 @@ def test_watchers_wake_on_change_only():
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watcher)
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()   # the watcher waits
             health.set_link_state("a", "configured")     # same state and detail: no change
-            await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
             assert woke == []
             health.set_link_state("a", "running")
         assert woke == [seen + 1]

@@ -99,17 +99,24 @@ def test_bad_ids_and_unknown_keys(store):
     assert store.counts(LINK)[KeyState.PENDING] == 1       # the failed frame left nothing behind
 
 
-def test_expiry_erases(store):
+def test_expiry_erases(tmp_path, kek):
+    """On the store's own clock (injected: no waiting): usable until its expiry time, erased from then on."""
+    now = [1_700_000_000.0]
+    store = KeyStore(str(tmp_path / "clocked.db"), kek, clock=lambda: now[0])
     keys = new_keys(3)
-    store.put_pending(LINK, 1, keys, expires_at=time.time() + 0.2)
+    store.put_pending(LINK, 1, keys, expires_at=now[0] + 3600)
     store.commit_frame(LINK, 1)
-    time.sleep(0.3)
+    now[0] += 3599.5
+    assert store.expire() == 0
+    assert store.counts(LINK)[KeyState.AVAILABLE] == 3
+    now[0] += 0.5                                       # the expiry instant itself
     with pytest.raises(KeyAlreadyDelivered, match="expired"):
         store.deliver(LINK, keys[0][0])
     assert store.expire() == 2
     assert store.counts(LINK)[KeyState.EXPIRED] == 3
     with pytest.raises(KeyUnavailable):
         store.reserve_available(LINK, 1, holder="h")
+    store.close()
 
 
 def test_material_is_encrypted_at_rest_and_erased(tmp_path, kek):

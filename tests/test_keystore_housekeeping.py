@@ -14,28 +14,52 @@ from qkdd.keystore.resync import TOMBSTONE_GRACE_S
 LINK = "link-ab"
 
 
-def test_housekeeping_expires_keys_and_purges_old_tombstones_on_its_schedule(tmp_path, caplog):
+def test_housekeeping_expires_keys_and_purges_old_tombstones_on_its_schedule(tmp_path, caplog, monkeypatch):
+    """On trio's MockClock, with the store's clock following it: a pass at start, then one every
+    HOUSEKEEPING_INTERVAL_S (the daemon's own 300 s), each doing exactly what is due by its time."""
+    from trio.testing import MockClock
+
+    from qkdd.keystore import housekeeping
+
     caplog.set_level(logging.INFO, logger="qkdd.keystore")
-    store = KeyStore(str(tmp_path / "keys.db"), bytes(32))
-    now = time.time()
-    ids = [str(uuid.uuid4()) for _ in range(4)]
-    store.put_pending(LINK, 1, [(ids[0], os.urandom(32))], expires_at=now - TOMBSTONE_GRACE_S - 60)
-    store.put_pending(LINK, 2, [(ids[1], os.urandom(32))], expires_at=now + 0.3)   # expires while it runs
-    store.put_pending(LINK, 3, [(ids[2], os.urandom(32)), (ids[3], os.urandom(32))], expires_at=now + 3600)
-    for frame in (1, 2, 3):
+    clock = MockClock(autojump_threshold=0)
+    wall_s = time.time()
+    store = KeyStore(str(tmp_path / "keys.db"), bytes(32), clock=lambda: wall_s + clock.current_time())
+    interval_s = housekeeping.HOUSEKEEPING_INTERVAL_S
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    store.put_pending(LINK, 1, [(ids[0], os.urandom(32))], expires_at=wall_s - TOMBSTONE_GRACE_S - 60)
+    store.put_pending(LINK, 2, [(ids[1], os.urandom(32))], expires_at=wall_s + 1.5 * interval_s)
+    store.put_pending(LINK, 3, [(ids[2], os.urandom(32)), (ids[3], os.urandom(32))], expires_at=wall_s + 4e5)
+    store.put_pending(LINK, 4, [(ids[4], os.urandom(32))], expires_at=wall_s + 4e5)
+    for frame in (1, 2, 3, 4):
         store.commit_frame(LINK, frame)
     store.deliver(LINK, ids[3])
+    store.deliver(LINK, ids[4])
+    # a tombstone whose key expired almost its grace ago, as after a long run (aged on disk)
+    store._db.execute("UPDATE keys SET expires_at = ? WHERE key_id = ?",
+                      (wall_s - TOMBSTONE_GRACE_S + 2.5 * interval_s, ids[4]))
+    sweep = housekeeping.sweep
 
     async def main():
+        done_in, done = trio.open_memory_channel(10)
+
+        def noted_sweep(store_):          # in the worker thread: the pass, then its (mock time, result)
+            expired, purged = sweep(store_)
+            trio.from_thread.run_sync(lambda: done_in.send_nowait((trio.current_time(), expired, purged)))
+            return expired, purged
+
+        monkeypatch.setattr(housekeeping, "sweep", noted_sweep)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: run_housekeeping(store, interval_s=0.1))
-            with trio.fail_after(5):
-                while ids[0] in store.inventory(LINK) or store.state(LINK, ids[1]) is not KeyState.EXPIRED:
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
-    trio.run(main)
-    # the long-expired key went through EXPIRED to gone; the newly expired one is a tombstone (still
-    # needed by resync); the live key and the young delivered tombstone are untouched
+            nursery.start_soon(run_housekeeping, store)
+            passes = [await done.receive() for _ in range(4)]       # no other deadline: time stands still
+            nursery.cancel_scope.cancel()                           # while a pass runs in its thread
+        return passes
+
+    passes = trio.run(main, clock=clock)
+    assert passes == [(0.0, 1, 1),                   # the long-expired key, through EXPIRED to gone
+                      (interval_s, 0, 0),            # nothing due
+                      (2 * interval_s, 1, 0),        # the key that expired meanwhile: a tombstone (resync needs it)
+                      (3 * interval_s, 0, 1)]        # the delivered key's tombstone, past its grace
     assert store.inventory(LINK) == {ids[1]: KeyState.EXPIRED, ids[2]: KeyState.AVAILABLE,
                                      ids[3]: KeyState.DELIVERED}
     assert any(getattr(r, "tombstones_purged", 0) == 1 for r in caplog.records)

@@ -7,6 +7,7 @@ import os
 import uuid
 
 import trio
+import trio.testing
 
 from qkdd.keystore import KeyState, KeyStore, create_kek
 from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
@@ -185,19 +186,21 @@ def test_a_peer_sending_faster_than_the_store_records_is_slowed_not_queued_witho
             nursery.start_soon(serve_kme, service, LINK, MemoryStream(slave_in, slave_out))
             await to_slave.send(b"".join(master.reserve(r) for r in reservations[:3]))   # fills the budget
             await to_slave.send(master.reserve(reservations[3]))     # taken, waits for room
-            last = master.reserve(reservations[4])
-            with trio.move_on_after(0.5):
-                await to_slave.send(last)                             # not read while it waits
-                store_moves.set()
-                nursery.cancel_scope.cancel()
-                return False, events
+            last_sent = trio.Event()
+
+            async def send_last():
+                await to_slave.send(master.reserve(reservations[4]))  # not read while the reader waits
+                last_sent.set()
+            nursery.start_soon(send_last)
+            await trio.testing.wait_all_tasks_blocked()               # every task waits, the store too
+            slowed = not last_sent.is_set()
             store_moves.set()
             with trio.fail_after(10):
-                await to_slave.send(last)
+                await last_sent.wait()
                 while len(events) < 5:
                     events += master.receive(await from_slave.receive())
             nursery.cancel_scope.cancel()
-        return True, events
+        return slowed, events
 
     slowed, events = trio.run(run)
     assert slowed, "the slave's end kept reading while its store was stalled past MAX_RECORDING"
@@ -240,9 +243,9 @@ def test_a_session_ending_as_the_store_records_ends_the_exchange_quietly(tmp_pat
                 async with trio.open_nursery() as session:
                     session.start_soon(serve_kme, service, LINK, MemoryStream(slave_in, slave_out))
                     await to_slave.send(ReservationEndpoint().reserve(reservation_of(stored)))
-                    await trio.sleep(0.1)                      # the store is recording it
+                    await trio.testing.wait_all_tasks_blocked()     # the store is recording it
                     await to_slave.aclose()                    # the session ends
-                    await trio.sleep(0.1)
+                    await trio.testing.wait_all_tasks_blocked()
                     store_moves.set()
             nursery.cancel_scope.cancel()
 

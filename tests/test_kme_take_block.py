@@ -124,36 +124,47 @@ def test_the_ledger_lives_in_the_key_store_file_unless_an_earlier_one_exists(tmp
 
 
 def test_an_unanswered_reservation_ends_in_503_at_its_deadline_and_a_late_answer_changes_nothing(tmp_path, caplog):
-    from dataclasses import replace
-
+    """On trio's MockClock with the KME's own timeout (5 s): the SAE's Get key ends in a 503 at the link's
+    first reservation sweep at or after the deadline, counted from when the RESERVE went out."""
     import pytest
+    from trio.testing import MockClock
 
     from qkdd.kme.errors import KeysUnavailable
     from qkdd.kme.key_request import KeyRequest
+    from qkdd.reservation.service import SWEEP_INTERVAL_S
 
     store, ids = seeded_store(tmp_path, 20)
-    service = KmeService(replace(CONFIG, reservation_timeout_s=0.4), store, Ledger(str(tmp_path / "ledger.db")),
-                         take_block_bits=8 * 256)
+    service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+    timeout_s = CONFIG.reservation_timeout_s
 
     async def main():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.run)
             to_master, from_master = connect_in_memory(service, nursery)
             await trio.testing.wait_all_tasks_blocked()
-            started = trio.current_time()
-            with pytest.raises(KeysUnavailable) as refused:
-                await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))
-            waited = trio.current_time() - started
+            answered = trio.Event()
+            result = {}
+
+            async def get_key():
+                with pytest.raises(KeysUnavailable) as refused:
+                    await service.get_keys("sae-a", "sae-b", KeyRequest(1, 256, ()))
+                result.update(error=refused.value, at=trio.current_time())
+                answered.set()
+
+            nursery.start_soon(get_key)
             slave = ReservationEndpoint()
-            [received] = slave.receive(await from_master.receive())        # it did go out, unanswered
+            [received] = slave.receive(await from_master.receive())        # it goes out, unanswered
+            sent_at = trio.current_time()
+            with trio.fail_after(3600):      # mock seconds: a request that never ends fails fast
+                await answered.wait()
             await to_master.send(slave.accept(received.reservation.request_id))   # too late
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
-        return refused.value, waited, received.reservation
+        return result["error"], result["at"] - sent_at, received.reservation
 
-    error, waited, reservation = trio.run(main)
+    error, waited, reservation = trio.run(main, clock=MockClock(autojump_threshold=0))
     assert "did not confirm" in str(error.details)
-    assert 0.4 <= waited < 1.5
+    assert timeout_s <= waited < timeout_s + SWEEP_INTERVAL_S
     assert reservation.stored_key_ids() == ids[:1]
     assert store.state(LINK, ids[0]) is KeyState.DELIVERED                # erased here, never handed out again
     assert "late answer to abandoned ETSI014 request" in caplog.text

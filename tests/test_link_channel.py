@@ -12,6 +12,7 @@ from trio.testing import MockClock, wait_all_tasks_blocked
 
 from qkdd.link_channel import LinkChannel
 from qkdd.peer import PeerError, PeerSettings, PeerTimeoutError, SessionClosedError, generate_identity
+from tests.link_support import run_session, serve_session
 from tests.peer_harness import memory_session_pair
 
 LINK = "link-ab"
@@ -35,33 +36,6 @@ async def sessions(our_settings: PeerSettings = OUR_SETTINGS, their_settings: Pe
     """(our session, the peer's, our stream, the peer's stream): one authenticated session in memory."""
     ours, theirs, (our_stream, their_stream) = await memory_session_pair(our_settings, their_settings, OURS, THEIRS)
     return ours, theirs, our_stream, their_stream
-
-
-async def serve(channel: LinkChannel, session, ended: list) -> None:
-    """What the channel's connector does with each session it brings up, without the dialling: the
-    channel's session handler (which routes the session before its first checkpoint) and the session's
-    reader side by side; the session is closed once the handler returns. `ended` gets (mock time, the
-    PeerError that tore the session down or None)."""
-    async with trio.open_nursery() as nursery:
-        async def drive() -> None:
-            try:
-                await session.run()
-            except PeerError as exc:
-                ended.append((trio.current_time(), exc))
-            else:
-                ended.append((trio.current_time(), None))
-        nursery.start_soon(drive)
-        await channel._on_session(session)
-        await session.aclose()
-
-
-async def run_peer(session, ended: list | None = None) -> None:
-    """The peer's session reader and heartbeat; how it ended goes to `ended` instead of the nursery."""
-    try:
-        await session.run()
-    except PeerError as exc:
-        if ended is not None:
-            ended.append((trio.current_time(), exc))
 
 
 def reader(name: str, log: list, got: dict, *, gate: trio.Event | None = None):
@@ -106,8 +80,8 @@ def test_the_preparer_runs_first_and_records_for_a_handler_meanwhile_wait_in_its
         ended = []
         async with trio.open_nursery() as nursery:
             ours, theirs, _, _ = await sessions()
-            nursery.start_soon(run_peer, theirs)
-            nursery.start_soon(serve, channel, ours, ended)
+            nursery.start_soon(run_session, theirs)
+            nursery.start_soon(serve_session, channel, ours, ended)
             assert not channel.ready
             for i in range(3):
                 await theirs.send(FIRST, b"early %d" % i)       # before the first handler can run
@@ -143,8 +117,8 @@ def test_a_handler_raising_a_peer_error_ends_the_session(caplog):
         ended = []
         async with trio.open_nursery() as nursery:
             ours, theirs, _, _ = await sessions()
-            nursery.start_soon(run_peer, theirs)
-            nursery.start_soon(serve, channel, ours, ended)
+            nursery.start_soon(run_session, theirs)
+            nursery.start_soon(serve_session, channel, ours, ended)
             await channel.wait_ready()
             await trio.sleep(1.0)
             await theirs.send(FIRST, b"nonsense")
@@ -177,8 +151,8 @@ def test_a_handler_failing_otherwise_stops_only_itself(caplog):
         ended = []
         async with trio.open_nursery() as nursery:
             ours, theirs, _, _ = await sessions()
-            nursery.start_soon(run_peer, theirs)
-            nursery.start_soon(serve, channel, ours, ended)
+            nursery.start_soon(run_session, theirs)
+            nursery.start_soon(serve_session, channel, ours, ended)
             await channel.wait_ready()
             await theirs.send(FIRST, b"trigger")
             for second in range(1, 4):
@@ -213,8 +187,8 @@ def test_when_the_session_ends_every_handler_gets_session_closed_and_no_queued_b
         ended = []
         async with trio.open_nursery() as nursery:
             ours, theirs, _, _ = await sessions()
-            nursery.start_soon(run_peer, theirs)
-            nursery.start_soon(serve, channel, ours, ended)
+            nursery.start_soon(run_session, theirs)
+            nursery.start_soon(serve_session, channel, ours, ended)
             await channel.wait_ready()
             mux = channel.mux
             await theirs.send_many([(FIRST, bytes([i]) * 100) for i in range(4)] + [(SECOND, b"last")])
@@ -260,8 +234,8 @@ def test_wait_ready_follows_sessions_as_they_come_and_go():
                 async with trio.open_nursery() as session_nursery:
                     ours, theirs, _, _ = await sessions()
                     opened.append(ours)
-                    session_nursery.start_soon(run_peer, theirs)
-                    session_nursery.start_soon(serve, channel, ours, ended)
+                    session_nursery.start_soon(run_session, theirs)
+                    session_nursery.start_soon(serve_session, channel, ours, ended)
                     await trio.sleep(5.0)
                     await theirs.aclose()
                 assert not channel.ready
@@ -286,8 +260,8 @@ def test_heartbeats_keep_a_quiet_session_up_and_a_silent_peer_is_dropped_at_the_
         ended, peer_ended = [], []
         async with trio.open_nursery() as nursery:
             ours, theirs, our_stream, their_stream = await sessions()
-            nursery.start_soon(run_peer, theirs, peer_ended)
-            nursery.start_soon(serve, channel, ours, ended)
+            nursery.start_soon(run_session, theirs, peer_ended)
+            nursery.start_soon(serve_session, channel, ours, ended)
             await channel.wait_ready()
             await trio.sleep(3600.0)
             assert channel.ready and ended == []
@@ -312,3 +286,36 @@ def test_heartbeats_keep_a_quiet_session_up_and_a_silent_peer_is_dropped_at_the_
     assert log[-1] == ("first", "session closed", torn_down_at)
     # a torn-down session sends no CLOSE: the peer (still listening) sees the connection end without one
     assert [(at, type(error).__name__) for at, error in peer_ended] == [(torn_down_at, "SessionTruncatedError")]
+
+
+def test_a_preparer_that_fails_otherwise_than_a_peer_error_ends_only_that_session(caplog):
+    """The resync's key store failing (here a sqlite3 error) is logged and ends the session cleanly; the
+    channel's session handler returns instead of raising into the connector (which then serves the next
+    session as usual), and no handler starts."""
+    import sqlite3
+
+    channel = link_channel()
+    log, got = [], {}
+
+    async def failing_preparer(stream):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    channel.prepare_with(FIRST, failing_preparer)
+    channel.register(SECOND, reader("second", log, got))
+
+    async def main():
+        ended = []
+        async with trio.open_nursery() as nursery:
+            ours, theirs, _, _ = await sessions()
+            nursery.start_soon(run_session, theirs)
+            await serve_session(channel, ours, ended)          # returns: nothing escapes into the connector
+            with pytest.raises(SessionClosedError), trio.fail_after(60):
+                while True:
+                    await theirs.receive()
+            nursery.cancel_scope.cancel()
+        return ended
+
+    caplog.set_level(logging.ERROR, logger="qkdd.link")
+    ended = run(main)
+    assert ended == [(0.0, None)] and log == [] and not channel.ready
+    assert "could not be prepared; ending it" in caplog.text and "disk I/O error" in caplog.text

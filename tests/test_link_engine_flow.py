@@ -1,11 +1,15 @@
 """Flow control between a link's one multiplexer and its readers (the engine's frame inboxes, registered
 channel kinds, the reservation service), against an authenticated peer that sends what it likes: a real
-link end (sim source, SQLite store, TLS peer channel with ML-DSA-65 pinned keys) and, at the other end, a
-bare PeerSession that answers the key-store resync and then floods."""
-import math
+link end (sim source, SQLite store, its LinkChannel with ML-DSA-65 pinned keys) and, at the other end, a
+bare PeerSession that answers the key-store resync and then floods. The session runs over in-memory
+streams (the real handshake and records, no sockets); the tests of waiting run on trio's MockClock, with
+the engine's own timings. (Real TLS between two link ends: test_link_engine.py.)"""
 import uuid
 
+import pytest
 import trio
+import trio.testing
+from trio.testing import MockClock
 
 import qkdd.link.engine as engine_module
 from qkdd.hal.sim import SimParams
@@ -14,57 +18,59 @@ from qkdd.keystore import KeyStore
 from qkdd.keystore.resync import InventoryAssembler, encode_inventory
 from qkdd.link import envelope, linkmsg
 from qkdd.link_channel import INVENTORY_CHANNEL, PIPELINE_CHANNEL, RESERVATION_CHANNEL
-from qkdd.peer import PeerConnector, generate_identity
+from qkdd.peer import PeerSettings, generate_identity
 from qkdd.peer.mux import QUEUE_RECORDS
 from qkdd.reservation.protocol import (KeyReservation, RefuseReason, ReservationEndpoint, ReservationRefused,
                                        pack_payloads)
-from tests.link_support import TEST_SOURCE, LinkEnd
-from tests.peer_harness import fast_settings
+from tests.link_support import TEST_SOURCE, LinkEnd, run_session, serve_session
+from tests.peer_harness import memory_session_pair
 
 LINK = "link-ab"
 CONSUMER_CHANNEL = 0x7001
 
 
+def on_mock_clock(main):
+    """`main()` on a mock clock that jumps to the next deadline whenever every task waits."""
+    return trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
 async def engine_and_raw_peer(nursery, tmp_path, *, receive_queue_bytes: int, register=None):
     """Alice's link end (her source has no Bob, so her device never delivers a frame) and a raw session to
-    it that has finished the inventory exchange; `register(end)` runs before her end starts."""
+    it, over memory, that has finished the inventory exchange; `register(end)` runs before her end starts."""
     alice_id, bob_id = generate_identity(), generate_identity()
     source = SimAliceDevice(SimParams(distance_km=25.0, **TEST_SOURCE), listen_port=0, realtime=False, seed=3)
-    alice = LinkEnd(LINK, "alice", source, KeyStore(str(tmp_path / "alice.db"), bytes(32)),
-                    fast_settings(LINK, listen=("127.0.0.1", 0), receive_queue_bytes=receive_queue_bytes),
+    alice_settings = PeerSettings(LINK, listen=("127.0.0.1", 0), receive_queue_bytes=receive_queue_bytes)
+    alice = LinkEnd(LINK, "alice", source, KeyStore(str(tmp_path / "alice.db"), bytes(32)), alice_settings,
                     alice_id, bob_id.public_key())
     if register is not None:
         register(alice)
-    await alice.start(nursery)
-    sessions_in, sessions_out = trio.open_memory_channel(math.inf)
-
-    async def on_session(session):
-        for message in encode_inventory(LINK, {}, session.max_payload_bytes):
-            await session.send(INVENTORY_CHANNEL, message)
-        assembler = InventoryAssembler(LINK)
+    await nursery.start(alice.engine.run)
+    session, alice_session, _ = await memory_session_pair(PeerSettings(LINK, dial=("127.0.0.1", 1)), alice_settings,
+                                                          bob_id, alice_id)
+    nursery.start_soon(serve_session, alice.channel, alice_session)
+    nursery.start_soon(run_session, session)
+    for message in encode_inventory(LINK, {}, session.max_payload_bytes):
+        await session.send(INVENTORY_CHANNEL, message)
+    assembler = InventoryAssembler(LINK)
+    # The store's resync runs in worker threads, while a mock clock may jump past heartbeats: a wide guard.
+    with trio.fail_after(3600 if isinstance(trio.lowlevel.current_clock(), MockClock) else 10):
         while not assembler.complete:
             channel, payload = await session.receive()
             assert channel == INVENTORY_CHANNEL
             assembler.add(payload)
-        sessions_in.send_nowait(session)
-        await trio.sleep_forever()
-
-    raw = PeerConnector(fast_settings(LINK, dial=("127.0.0.1", alice.listen_port)), bob_id,
-                        alice_id.public_key(), on_session)
-    await nursery.start(raw.run)
-    with trio.fail_after(10):
-        session = await sessions_out.receive()
-        while not alice.channel.ready:
-            await trio.sleep(0.01)
+        await alice.channel.wait_ready()
     return alice, session
 
 
-def watch_peak(nursery, end, peak: dict) -> None:
-    async def watch():
-        while True:
-            peak["routed"] = max(peak["routed"], end.channel.queued_bytes)
-            await trio.sleep(0)
-    nursery.start_soon(watch)
+def watch_peak(end, peak: dict) -> None:
+    """Keep in peak["routed"] the most bytes the session's queues ever held (noted at each admission)."""
+    budget = end.channel.mux.budget
+    acquire = budget.acquire
+
+    async def noted(nbytes: int) -> None:
+        await acquire(nbytes)
+        peak["routed"] = max(peak["routed"], budget.held_bytes)
+    budget.acquire = noted
 
 
 def reader_of(got: list, pause_s: float = 0.0):
@@ -79,7 +85,8 @@ def reader_of(got: list, pause_s: float = 0.0):
 
 def test_a_slow_channel_reader_gets_every_record_of_a_flood_in_order(tmp_path):
     """Five times the records a channel queue holds, sent in one write, to a handler that reads one
-    record every 2 ms: the router waits for it instead of dropping, and holds at most the byte budget."""
+    record every 2 ms: the router waits for it instead of dropping, and holds at most the byte budget;
+    the last record is read 2 ms after the one before it, as the first is."""
     budget_bytes, record_bytes, records = 16 * 1024, 1024, 5 * QUEUE_RECORDS
 
     async def main():
@@ -89,25 +96,30 @@ def test_a_slow_channel_reader_gets_every_record_of_a_flood_in_order(tmp_path):
                 nursery, tmp_path, receive_queue_bytes=budget_bytes,
                 register=lambda end: end.channel.register(CONSUMER_CHANNEL, reader_of(got, pause_s=0.002)))
             peak = {"routed": 0}
-            watch_peak(nursery, alice, peak)
+            watch_peak(alice, peak)
             sent = [i.to_bytes(4, "big") * (record_bytes // 4) for i in range(records)]
+            sent_at = trio.current_time()
             await session.send_many([(CONSUMER_CHANNEL, payload) for payload in sent])
             with trio.fail_after(20):
                 while len(got) < records:
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.0005)
+            took_s = trio.current_time() - sent_at
             assert got == sent
+            assert (records - 1) * 0.002 <= took_s <= records * 0.002
             assert 0 < peak["routed"] <= budget_bytes + record_bytes
             assert alice.channel.queued_bytes == 0
             nursery.cancel_scope.cancel()
-    trio.run(main)
+    on_mock_clock(main)
 
 
-def test_a_peer_flooding_one_frame_is_held_to_the_byte_budget(tmp_path, monkeypatch):
+def test_a_peer_flooding_one_frame_is_held_to_the_byte_budget(tmp_path):
     """Bob's records for a frame Alice's device has not delivered wait in the frame's inbox while her task
-    waits for the frame. A peer that floods such a frame fills the inbox only up to the byte budget; when the
-    task gives up (UNKNOWN_FRAME) the unread bytes go back to the budget, and the router goes on."""
-    monkeypatch.setattr(engine_module, "FRAME_ARRIVAL_WAIT_S", 0.2)
+    waits FRAME_ARRIVAL_WAIT_S for the frame. A peer that floods such a frame fills the inbox only up to the
+    byte budget; when the task gives up (UNKNOWN_FRAME, at that wait to the mock instant) the unread bytes
+    go back to the budget, and the router goes on."""
+    wait_s = engine_module.FRAME_ARRIVAL_WAIT_S
     budget_bytes, body_bytes, records = 64 * 1024, 48 * 1024, 12
+    flood = envelope.encode(0, [(envelope.Step.SLOTS, bytes(body_bytes))])
 
     async def main():
         got = []
@@ -116,7 +128,7 @@ def test_a_peer_flooding_one_frame_is_held_to_the_byte_budget(tmp_path, monkeypa
                 nursery, tmp_path, receive_queue_bytes=budget_bytes,
                 register=lambda end: end.channel.register(CONSUMER_CHANNEL, reader_of(got)))
             peak = {"routed": 0}
-            watch_peak(nursery, alice, peak)
+            watch_peak(alice, peak)
             aborts = []
 
             async def read_aborts():
@@ -124,26 +136,32 @@ def test_a_peer_flooding_one_frame_is_held_to_the_byte_budget(tmp_path, monkeypa
                     channel, payload = await session.receive()
                     frame_id, parts = envelope.decode(payload)
                     assert channel == PIPELINE_CHANNEL and parts[-1][0] == envelope.Step.ABORT
-                    aborts.append((frame_id, linkmsg.decode_abort(parts[-1][1])[0]))
+                    aborts.append((trio.current_time(), frame_id, linkmsg.decode_abort(parts[-1][1])[0]))
             nursery.start_soon(read_aborts)
-            flood = envelope.encode(0, [(envelope.Step.SLOTS, bytes(body_bytes))])
+            flooded_at = trio.current_time()
             for _ in range(records):
                 await session.send(PIPELINE_CHANNEL, flood)
             await session.send(CONSUMER_CHANNEL, b"after the flood")
-            with trio.fail_after(20):         # 12 records, one 0.2 s wait per budget's worth
+            with trio.fail_after(records * wait_s + 60):      # one wait per budget's worth
                 while not got:
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.5)
             assert got == [b"after the flood"]
             assert peak["routed"] >= len(flood)
             assert peak["routed"] <= budget_bytes + len(flood), peak
-            # each wait ended with an abort, and each took at most a budget's worth of the flood
-            assert len(aborts) >= records // (budget_bytes // len(flood) + 1)
-            assert set(aborts) == {(0, linkmsg.AbortReason.UNKNOWN_FRAME)}
-            with trio.fail_after(2):          # the last inbox's wait ends too, and its bytes go back
+            with trio.fail_after(2 * wait_s):   # the last inbox's wait ends too, and its bytes go back
                 while alice.channel.queued_bytes:
-                    await trio.sleep(0.01)
+                    await trio.sleep(0.5)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
-    trio.run(main)
+        return flooded_at, aborts
+
+    flooded_at, aborts = on_mock_clock(main)
+    # each wait ended with an abort after exactly FRAME_ARRIVAL_WAIT_S, the next began at once, and each
+    # took at most a budget's worth of the flood
+    assert len(aborts) >= records // (budget_bytes // len(flood) + 1)
+    assert {(frame_id, reason) for _, frame_id, reason in aborts} == {(0, linkmsg.AbortReason.UNKNOWN_FRAME)}
+    assert [at - flooded_at for at, _, _ in aborts] == pytest.approx(
+        [wait_s * k for k in range(1, len(aborts) + 1)], abs=1e-9)
 
 
 def test_a_returned_channel_handler_does_not_stall_the_router(tmp_path):
@@ -177,7 +195,7 @@ def test_a_returned_channel_handler_does_not_stall_the_router(tmp_path):
             assert got == [bytes(3000), b"still routed"]
             assert alice.channel.queued_bytes == 0
             nursery.cancel_scope.cancel()
-    trio.run(main)
+    on_mock_clock(main)
 
 
 def test_a_flood_of_reservations_is_answered_a_bounded_number_at_a_time(tmp_path, monkeypatch):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import trio
 
@@ -112,7 +111,7 @@ class LinkEngine:
                 self._keep_alice_frame(frame)
 
     def _keep_alice_frame(self, frame: RawFrame) -> None:
-        now = time.monotonic()
+        now = trio.current_time()
         self._frames[frame.frame_id] = (frame, now)
         self._newest_frame_id = max(self._newest_frame_id, frame.frame_id)
         for frame_id, (_, ready_s) in list(self._frames.items()):
