@@ -99,6 +99,9 @@ _LIMIT_CHECKS = {
     "max_body_bytes": in_range(0, 1 << 30),
     "max_requests_per_connection": _integer_at_least_one,
     "max_connections": in_range(1, 1 << 20),
+    "max_connections_per_source": in_range(1, 1 << 20),
+    "authenticated_reserve": in_range(0, 1 << 20),
+    "max_buffered_body_bytes": in_range(0, 1 << 34),
     "shutdown_grace_s": non_negative,
 }
 register_checks(HTTPLimits, **{limit.name: _LIMIT_CHECKS.get(limit.name, positive)
