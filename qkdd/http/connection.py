@@ -33,7 +33,7 @@ from qkdd.log_limit import RateLimitedLog
 from . import errors
 from .access_log import AccessLog
 from .budget import BodyBudget
-from .messages import Caller, Handler, HTTPError, HTTPLimits, PeerCertificate, Request, Response
+from .messages import Access, Caller, Handler, HTTPError, HTTPLimits, PeerCertificate, Request, Response
 from .reclaim import Reclaimer
 from .response_head import response_body, response_head
 from .router import Router, decode_path
@@ -235,7 +235,7 @@ class HTTPConnection:
         try:
             # Everything the head decides, before a byte of the body is read.
             route = self._context.router.resolve_route(exchange.method, raw_path)
-            route.access(Caller(self._client, self._peer_cert))
+            self._check_access(route.access, exchange)
             exchange.reserved_bytes = await self._reserve_body(headers)
         except HTTPError:
             if not _announces_body(headers):
@@ -315,6 +315,17 @@ class HTTPConnection:
         if "content-length" in names and "transfer-encoding" in names:
             raise errors.ambiguous_framing()
         return headers
+
+    def _check_access(self, access: Access, exchange: _Exchange) -> None:
+        """The route's access check on this caller: returns, or raises the HTTPError that refuses it."""
+        try:
+            access(Caller(self._client, self._peer_cert))
+        except HTTPError:
+            raise
+        except Exception:
+            self._log.exception("%s access check for %s %s failed (request id %s)", self._context.name,
+                                exchange.method, exchange.raw_path, exchange.request_id)
+            raise errors.internal_error() from None
 
     async def _reserve_body(self, headers: list[tuple[str, str]]) -> int:
         """Check the declared length and take room for it in the listener's body budget; bytes taken.
