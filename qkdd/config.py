@@ -102,6 +102,9 @@ _LIMIT_CHECKS = {
     "max_body_bytes": in_range(0, 1 << 30),
     "max_requests_per_connection": _integer_at_least_one,
     "max_connections": in_range(1, 1 << 20),
+    "max_connections_per_source": in_range(1, 1 << 20),
+    "authenticated_reserve": in_range(0, 1 << 20),
+    "max_buffered_body_bytes": in_range(0, 1 << 34),
     "shutdown_grace_s": non_negative,
 }
 register_checks(HTTPLimits, **{limit.name: _LIMIT_CHECKS.get(limit.name, positive)
@@ -147,20 +150,22 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class ApiListenerConfig(ListenerConfig):
-    """Port 8071: /v1, ETSI 014/004. `admin_clients`: the client certificates allowed on admin routes
-    (sim control); `key_clients`: those allowed on the /v1 key routes (empty: loopback clients only); each
+    """Port 8071: /v1, ETSI 014/004; the local host unless configured otherwise. `admin_clients`: the client
+    certificates allowed on the routes that change state (calibrate, sim control); `key_clients`: those
+    allowed on the /v1 key routes; link reads take either; an empty list stands for loopback clients; each
     "sha256:<hex fingerprint of the DER certificate>" or "cn:<common name>" (qkdd.api.callers)."""
 
-    listen: ListenAddress = ListenAddress("0.0.0.0", 8071)
+    listen: ListenAddress = ListenAddress("127.0.0.1", 8071)
     admin_clients: tuple[str, ...] = field(default=(), metadata=meta(check=lambda v: _client_list_check(v)))
     key_clients: tuple[str, ...] = field(default=(), metadata=meta(check=lambda v: _client_list_check(v)))
 
 
 @dataclass(frozen=True)
 class HealthListenerConfig(ListenerConfig):
-    """Port 8072: /healthz and /metrics, plain HTTP unless tls is set."""
+    """Port 8072: /healthz and /metrics for whoever reaches its address (the local host unless configured
+    otherwise), plain HTTP unless tls is set."""
 
-    listen: ListenAddress = ListenAddress("0.0.0.0", 8072)
+    listen: ListenAddress = ListenAddress("127.0.0.1", 8072)
 
 
 # ---- daemon, links, KMS ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Start-up problems (unreadable TLS file, port in use, ...) are one log line and e
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
@@ -72,6 +73,10 @@ async def serve(config: Config, notifier: Notifier) -> int:
                         listeners.cancel_scope.cancel()
                         break
                 else:
+                    # What start-up made lives as long as the daemon: leave it out of every later garbage
+                    # collection, which then scans only newer objects (qkdd/http/reclaim.py relies on it).
+                    gc.collect()
+                    gc.freeze()
                     _announce_ready(app, bound, notifier)
                     root.start_soon(notifier.run_watchdog)
                     if app.keystore is not None:

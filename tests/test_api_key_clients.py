@@ -61,7 +61,10 @@ def test_a_plain_http_listener_on_every_address_answers_keys_to_loopback_only(tm
     refused_request = httpx.post(f"http://{this_hosts_network_address()}:{port}/v1/keys/request",
                                  json={"bits": 256, "link_id": "sim-1"})
     assert refused_request.status_code == 403
-    assert httpx.get(f"http://{this_hosts_network_address()}:{port}/v1/links/sim-1/metrics").status_code != 403
+    # Link reads and state changes are not for the network either (their own tests: test_api_access.py).
+    network = this_hosts_network_address()
+    assert httpx.get(f"http://{network}:{port}/v1/links/sim-1/metrics").status_code == 403
+    assert httpx.post(f"http://{network}:{port}/v1/links/sim-1/calibrate").status_code == 403
 
 
 def test_listed_key_clients_need_their_certificate_even_on_loopback(tmp_path, dev_pki, http_server):

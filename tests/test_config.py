@@ -27,6 +27,12 @@ BAD_CONFIGS = [
      "config error: links[0].qber_threshold: must be in (0, 0.11], got 0.0"),
     ("threshold above 11 %", LINK + "qber_threshold = 0.12\n", {},
      "config error: links[0].qber_threshold: must be in (0, 0.11], got 0.12"),
+    ("a body limit the body budget cannot hold", '[health.limits]\nmax_body_bytes = 2048\n'
+     'max_buffered_body_bytes = 1024\n', {},
+     "config error: health.limits: max_body_bytes (2048) must not exceed max_buffered_body_bytes (1024): a body "
+     "that large could never be read"),
+    ("no connections per source", '[api.limits]\nmax_connections_per_source = 0\n', {},
+     "config error: api.limits.max_connections_per_source: must be in [1, 1048576], got 0"),
     ("listen without port", '[api]\nlisten = "localhost"\n', {},
      "config error: api.listen: expected host:port (IPv6 as [addr]:port), got 'localhost'"),
     ("port out of range", '[health]\nlisten = "127.0.0.1:65536"\n', {},

@@ -1,12 +1,13 @@
 """ETSI GS QKD 014 key delivery on port 8071 under /api/v1/keys/ (§5, Table 2): Get status, Get key
 (`enc_keys`, POST or GET) and Get key with key IDs (`dec_keys`, POST or GET). The caller is the SAE its
-verified client certificate names; the KME logic lives in qkdd/kme/, and this module alone turns its
+verified client certificate names, checked on the request head (a caller that is not an SAE of this KME
+gets 401 before its body is read); the KME logic lives in qkdd/kme/, and this module alone turns its
 refusals (qkdd/kme/errors.py) into HTTP answers."""
 from __future__ import annotations
 
 from functools import wraps
 
-from qkdd.http.messages import Handler, HTTPError, Request, Response
+from qkdd.http.messages import Caller, Handler, HTTPError, Request, Response
 from qkdd.http.router import Router
 from qkdd.kme.container import key_container
 from qkdd.kme.errors import BadRequest, KeysUnavailable, KmeError, Unauthorized
@@ -47,6 +48,13 @@ def _answering_refusals(handler: Handler) -> Handler:
 def register(router: Router, kme: KmeService) -> None:
     registry = kme.registry
 
+    def served_sae(caller: Caller) -> None:
+        """The routes' access check: the certificate names an SAE this KME serves."""
+        try:
+            registry.caller(caller.peer_cert)
+        except Unauthorized as error:
+            raise http_error(error) from None
+
     def slave_route(caller: str, slave_sae_id: str):
         check_path_sae_id(slave_sae_id, "slave_SAE_ID")
         if slave_sae_id == caller:
@@ -64,6 +72,8 @@ def register(router: Router, kme: KmeService) -> None:
         slave_route(caller, slave)
         if request.query:
             raise bad("query", "Get status takes no parameters")
+        if request.body.strip():        # as for a GET of enc_keys or dec_keys (key_request.py)
+            raise bad("body", "Get status carries no body")
         return Response.json(await kme.status(caller, slave))
 
     async def enc_keys(request: Request) -> Response:
@@ -92,9 +102,11 @@ def register(router: Router, kme: KmeService) -> None:
         return Response.json(key_container(keys), headers=[("Cache-Control", "no-store")])
 
     status, enc_keys, dec_keys = map(_answering_refusals, (status, enc_keys, dec_keys))
-    router.route("GET", PREFIX + "/{slave_SAE_ID}/status", status, empty_params=True)
+    router.route("GET", PREFIX + "/{slave_SAE_ID}/status", status, empty_params=True, access=served_sae)
     # head=False: HEAD would run the GET handler and drop the body, keys handed out to nobody.
     for method in ("GET", "POST"):
-        router.route(method, PREFIX + "/{slave_SAE_ID}/enc_keys", enc_keys, empty_params=True, head=False)
-        router.route(method, PREFIX + "/{master_SAE_ID}/dec_keys", dec_keys, empty_params=True, head=False)
+        router.route(method, PREFIX + "/{slave_SAE_ID}/enc_keys", enc_keys, empty_params=True, head=False,
+                     access=served_sae)
+        router.route(method, PREFIX + "/{master_SAE_ID}/dec_keys", dec_keys, empty_params=True, head=False,
+                     access=served_sae)
 

@@ -8,8 +8,10 @@
 
 The simulator's attacks and drifts are switched through the admin routes of qkdd/api/sim_control.py.
 
-The two key routes answer only the callers `api.key_clients` lists by client certificate, or with that
-list empty, clients on this host (qkdd.api.callers): 401 without a certificate, 403 otherwise.
+Who may call them (qkdd.api.callers, checked on the request head before the body is read): the two key
+routes, the certificates `api.key_clients` lists, or with that list empty, clients on this host; the
+link reads, whoever may take keys or administer; calibrate, which acts on the device, `api.admin_clients`
+or with that list empty, clients on this host. Refused: 401 without a certificate, 403 otherwise.
 Errors are JSON {"message","details"}: unknown link or key 404, bad input 400, key already delivered
 410, no key available or a key store that cannot write (a full disk) 503 with Retry-After. Key material
 appears only in the 200 body. A key's `qber` is that of the frame it came from (the X-basis error rate
@@ -22,7 +24,7 @@ import base64
 import math
 import time
 
-from qkdd.api.callers import require_key_client
+from qkdd.api.callers import admin_access, key_access, reader_access
 from qkdd.app import App
 from qkdd.hal.base import DeviceError
 from qkdd.http.messages import HTTPError, Request, Response
@@ -53,7 +55,6 @@ def register(router: Router, app: App) -> None:
                          headers=[("Retry-After", str(RETRY_AFTER_S))])
 
     async def request_key(request: Request) -> Response:
-        require_key_client(request, app.config.api.key_clients)
         body = request.json()
         if not isinstance(body, dict):
             raise HTTPError(400, "request body must be a JSON object")
@@ -77,7 +78,6 @@ def register(router: Router, app: App) -> None:
         return Response.json(key_json(key, engine.status.qber_of(key)))
 
     async def get_key(request: Request) -> Response:
-        require_key_client(request, app.config.api.key_clients)
         raw_id = request.path_params["key_id"]
         try:
             key_id = canonical_key_id(raw_id)
@@ -145,11 +145,12 @@ def register(router: Router, app: App) -> None:
             raise HTTPError(409, "calibration not possible", [{"device": str(exc)}]) from None
         return Response.json({"link_id": engine.link_id, "calibration": report})
 
-    router.route("POST", "/v1/keys/request", request_key)
-    router.route("GET", "/v1/keys/{key_id}", get_key)
-    router.route("GET", "/v1/links/{link_id}/metrics", link_metrics)
-    router.route("GET", "/v1/links/{link_id}/qber", link_qber)
-    router.route("POST", "/v1/links/{link_id}/calibrate", calibrate)
+    api = app.config.api
+    router.route("POST", "/v1/keys/request", request_key, access=key_access(api))
+    router.route("GET", "/v1/keys/{key_id}", get_key, access=key_access(api))
+    router.route("GET", "/v1/links/{link_id}/metrics", link_metrics, access=reader_access(api))
+    router.route("GET", "/v1/links/{link_id}/qber", link_qber, access=reader_access(api))
+    router.route("POST", "/v1/links/{link_id}/calibrate", calibrate, access=admin_access(api))
 
 
 async def _counts(engine) -> dict[str, int]:

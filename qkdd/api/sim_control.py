@@ -7,10 +7,10 @@
                                             keeps its value)                              Alice's end
     POST /v1/links/{link_id}/sim/monitor   {"enabled": bool, "threshold_w": W (optional)} Bob's end
 
-Admin means: the request came over TLS with a verified client certificate whose SHA-256 fingerprint
-("sha256:<hex>") or common name ("cn:<name>") is listed in `api.admin_clients`. Anything else gets 401
-(no certificate) or 403 (certificate not listed) before the link is even looked up; with an empty list
-or a listener without client certificates, the routes refuse everyone. The device objects come from
+Admin means (qkdd.api.callers): a verified client certificate whose SHA-256 fingerprint ("sha256:<hex>")
+or common name ("cn:<name>") is listed in `api.admin_clients`, or with that list empty, a client on this
+host. Anything else gets 401 (no certificate) or 403 (certificate not listed, or another host) on the
+request head, before its body is read or the link looked up. The device objects come from
 `app.devices` (link_id -> Device).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qkdd.api.callers import require_listed
+from qkdd.api.callers import admin_access
 from qkdd.app import App
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
@@ -49,7 +49,6 @@ def _number(body: dict[str, Any], name: str) -> float | None:
 
 def register(router: Router, app: App) -> None:
     def device_of(request: Request, kind: type | None = None):
-        require_listed(request, app.config.api.admin_clients, "admin route", "api.admin_clients")
         link_id = request.path_params["link_id"]
         link = app.config.link(link_id)
         if link is None:
@@ -108,7 +107,8 @@ def register(router: Router, app: App) -> None:
             raise HTTPError(400, "invalid monitor setting", [{"monitor": str(exc)}]) from None
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
 
-    router.route("GET", "/v1/links/{link_id}/sim", status)
-    router.route("POST", "/v1/links/{link_id}/sim/attack", set_attack)
-    router.route("POST", "/v1/links/{link_id}/sim/drift", set_drift)
-    router.route("POST", "/v1/links/{link_id}/sim/monitor", set_monitor)
+    admin = admin_access(app.config.api)
+    router.route("GET", "/v1/links/{link_id}/sim", status, access=admin)
+    router.route("POST", "/v1/links/{link_id}/sim/attack", set_attack, access=admin)
+    router.route("POST", "/v1/links/{link_id}/sim/drift", set_drift, access=admin)
+    router.route("POST", "/v1/links/{link_id}/sim/monitor", set_monitor, access=admin)

@@ -1,6 +1,8 @@
-"""The qkdd `/v1` API on port 8071 (HIP-0071 "API Endpoints"); this part: the configured links."""
+"""The qkdd `/v1` API on port 8071 (HIP-0071 "API Endpoints"); this part: the configured links, for whoever
+may take keys or administer (qkdd.api.callers)."""
 from __future__ import annotations
 
+from qkdd.api.callers import reader_access
 from qkdd.app import App
 from qkdd.http.messages import Request, Response
 from qkdd.http.router import Router
@@ -17,4 +19,4 @@ def register(router: Router, app: App) -> None:
                           "qber_threshold": link.qber_threshold})
         return Response.json({"links": links})
 
-    router.route("GET", "/v1/links", list_links)
+    router.route("GET", "/v1/links", list_links, access=reader_access(app.config.api))

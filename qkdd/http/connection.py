@@ -2,10 +2,19 @@
 dispatched through the router, answered and logged.
 
 A connection is a loop of exchanges. Each exchange waits for a request head (keep-alive idle timeout for
-the first byte, then `header_timeout_s` for the whole head), reads the body (`body_timeout_s`,
-`max_body_bytes` counted while it streams in), runs the handler (`handler_timeout_s`) and sends the
-response. Any error that leaves the request stream in an unknown state ends the connection after the
-error response; timeouts with nothing received end it silently.
+the first byte, then `header_timeout_s` for the whole head). The head alone then decides whether the
+request is served: the route must exist and allow the method, the route's access check must let the
+caller (peer address, client certificate) through, the declared length must fit `max_body_bytes`, and
+the listener's body budget (budget.py) must have room for it. Only then is the body read
+(`body_timeout_s`), the handler run (`handler_timeout_s`) and the response sent. A request refused on
+its head is answered at once; if it announced a body, the connection closes after the answer, and what
+the client still sends is read and dropped in small pieces for a moment (never kept) so that it sees
+the answer rather than a reset. Any error that leaves the request stream in an unknown state ends the
+connection after the error response; timeouts with nothing received end it silently.
+
+Until it shows a verified client certificate a connection is unauthenticated: it gets
+`unauthenticated_idle_s` rather than the keep-alive timeout to send its next request, and its slot may
+be handed to a newcomer while it idles (slots.py).
 """
 from __future__ import annotations
 
@@ -23,13 +32,17 @@ from qkdd.log_limit import RateLimitedLog
 
 from . import errors
 from .access_log import AccessLog
-from .messages import HTTPError, HTTPLimits, PeerCertificate, Request, Response
+from .budget import BodyBudget
+from .messages import Access, Caller, Handler, HTTPError, HTTPLimits, PeerCertificate, Request, Response
+from .reclaim import Reclaimer
 from .response_head import response_body, response_head
 from .router import Router, decode_path
+from .slots import Slot, SlotTable
 from .tls import handshake_failure_reason, peer_certificate
 
 RECEIVE_BYTES = 16 * 1024
 RETRY_AFTER_S = 5             # advertised after a handler timeout
+RETRY_AFTER_BUSY_S = 1        # advertised when the listener has no room for another request body
 LINGER_S = 1.0                # after an error response, read and drop input this long before closing...
 LINGER_BYTES = 256 * 1024     # ...or this many bytes, so the client sees the response rather than a reset
 MAX_QUERY_FIELDS = 100
@@ -47,6 +60,9 @@ class ListenerContext:
     ssl_context: ssl.SSLContext | None     # None for plain HTTP
     refusals: RateLimitedLog               # failed TLS handshakes: any client can cause them at will
     access_log: AccessLog                  # a line per exchange, written in the loop's idle moments
+    budget: BodyBudget                     # room for request bodies, shared by the listener's connections
+    slots: SlotTable                       # who holds the listener's connection slots
+    reclaimer: Reclaimer                   # gives memory back after a burst of connections
 
 
 class _CloseQuietly(Exception):
@@ -61,14 +77,17 @@ class _Exchange:
     started_s: float
     method: str = "-"
     raw_path: str = "-"
+    reserved_bytes: int = 0       # of the listener's body budget, given back when the exchange ends
 
 
 class HTTPConnection:
     """Serves one accepted stream until the client leaves, a limit ends it, or the server drains."""
 
-    def __init__(self, stream: trio.abc.Stream, client: tuple[str, int] | None, context: ListenerContext):
+    def __init__(self, stream: trio.abc.Stream, client: tuple[str, int] | None, context: ListenerContext,
+                 slot: Slot):
         self._stream = stream
         self._client = client
+        self._slot = slot
         self._context = context
         self._limits = context.limits
         self._log = context.logger
@@ -78,10 +97,20 @@ class HTTPConnection:
         self._draining = False
         self._idle = False
         self._idle_scope: trio.CancelScope | None = None
+        self._scope = trio.CancelScope()
 
     @property
     def client_text(self) -> str:
         return f"{self._client[0]}:{self._client[1]}" if self._client else "-"
+
+    @property
+    def authenticated(self) -> bool:
+        """The client showed a verified certificate."""
+        return self._peer_cert is not None
+
+    def displace(self) -> None:
+        """Close now: a newcomer took this idle unauthenticated connection's slot (slots.py)."""
+        self._scope.cancel()
 
     def begin_shutdown(self) -> None:
         """Finish the request in progress (answered with `Connection: close`); close at once when idle."""
@@ -91,10 +120,11 @@ class HTTPConnection:
 
     async def serve(self) -> None:
         try:
-            if self._context.ssl_context is not None and not await self._handshake():
-                return
-            while await self._serve_exchange():
-                pass
+            with self._scope:
+                if self._context.ssl_context is not None and not await self._handshake():
+                    return
+                while await self._serve_exchange():
+                    pass
         except _CloseQuietly:
             pass
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -103,7 +133,9 @@ class HTTPConnection:
         except Exception:
             self._log.exception("%s connection from %s failed", self._context.name, self.client_text)
         finally:
+            self._context.slots.release(self._slot)
             await self._close()
+            self._context.reclaimer.connection_closed()
 
     async def _close(self) -> None:
         # Shielded so a connection cancelled at the end of the shutdown grace still closes cleanly.
@@ -147,6 +179,8 @@ class HTTPConnection:
                                        "%s client certificate from %s is unreadable: %s", self._context.name,
                                        self.client_text, type(exc).__name__)
             return False
+        if self._peer_cert is not None:
+            self._context.slots.authenticate(self._slot)
         return True
 
     async def _send_pending_alert(self, ssl_stream: trio.SSLStream) -> None:
@@ -172,11 +206,16 @@ class HTTPConnection:
         """Serve one request; True when the connection stays open for the next one."""
         exchange = _Exchange(request_id=secrets.token_hex(8), started_s=time.perf_counter())
         try:
-            request = await self._receive_request(exchange)
-            response = await self._dispatch(request)
-        except HTTPError as error:
-            response = error.to_response()
-        await self._send_response(exchange, response)
+            try:
+                request, handler = await self._receive_request(exchange)
+                response = await self._dispatch(request, handler)
+            except HTTPError as error:
+                response = error.to_response()
+            await self._send_response(exchange, response)
+        finally:
+            self._slot.busy = False
+            self._context.budget.release(exchange.reserved_bytes)
+            exchange.reserved_bytes = 0
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
             return True
@@ -184,27 +223,40 @@ class HTTPConnection:
             await self._linger()
         return False
 
-    async def _receive_request(self, exchange: _Exchange) -> Request:
+    async def _receive_request(self, exchange: _Exchange) -> tuple[Request, Handler]:
         event = await self._receive_head()
+        self._slot.busy = True
         exchange.started_s = time.perf_counter()
         exchange.method = event.method.decode("ascii")
         target = event.target.decode("ascii")
         exchange.raw_path = target.split("?", 1)[0]
         headers = self._check_head(event)
-        body = await self._receive_body(headers)
         raw_path, _, query_text = target.partition("?")
+        try:
+            # Everything the head decides, before a byte of the body is read.
+            route = self._context.router.resolve_route(exchange.method, raw_path)
+            self._check_access(route.access, exchange)
+            exchange.reserved_bytes = await self._reserve_body(headers)
+        except HTTPError:
+            if not _announces_body(headers):
+                self._end_empty_body()           # nothing to read: the connection may stay open
+            raise
+        body = await self._receive_body(headers, exchange)
         try:
             query = parse_qs(query_text, keep_blank_values=True, errors="strict",
                              max_num_fields=MAX_QUERY_FIELDS)
         except (UnicodeDecodeError, ValueError):
             raise errors.bad_query() from None
-        return Request(method=exchange.method, path=decode_path(raw_path), query=query, headers=headers,
-                       body=body, request_id=exchange.request_id, client=self._client,
-                       peer_cert=self._peer_cert, raw_path=raw_path)
+        request = Request(method=exchange.method, path=decode_path(raw_path), query=query, headers=headers,
+                          body=body, request_id=exchange.request_id, client=self._client,
+                          peer_cert=self._peer_cert, raw_path=raw_path, path_params=route.params)
+        return request, route.handler
 
     async def _receive_head(self) -> h11.Request:
         first_request = self._requests_served == 0
         idle_timeout_s = self._limits.header_timeout_s if first_request else self._limits.keepalive_timeout_s
+        if not self.authenticated:
+            idle_timeout_s = min(idle_timeout_s, self._limits.unauthenticated_idle_s)
         waited_s = await self._wait_for_first_byte(idle_timeout_s)
         remaining_s = self._limits.header_timeout_s - (waited_s if first_request else 0.0)
         with trio.move_on_after(max(remaining_s, 0.0)) as scope:
@@ -264,11 +316,45 @@ class HTTPConnection:
             raise errors.ambiguous_framing()
         return headers
 
-    async def _receive_body(self, headers: list[tuple[str, str]]) -> bytes:
+    def _check_access(self, access: Access, exchange: _Exchange) -> None:
+        """The route's access check on this caller: returns, or raises the HTTPError that refuses it."""
+        try:
+            access(Caller(self._client, self._peer_cert))
+        except HTTPError:
+            raise
+        except Exception:
+            self._log.exception("%s access check for %s %s failed (request id %s)", self._context.name,
+                                exchange.method, exchange.raw_path, exchange.request_id)
+            raise errors.internal_error() from None
+
+    async def _reserve_body(self, headers: list[tuple[str, str]]) -> int:
+        """Check the declared length and take room for it in the listener's body budget; bytes taken.
+        A chunked body takes its room chunk by chunk as it arrives (_receive_body)."""
+        length = _content_length(headers)
+        if length is None:
+            return 0
+        if length > self._limits.max_body_bytes:
+            raise errors.body_too_large(self._limits.max_body_bytes)
+        if not await self._context.budget.reserve(length, self._limits.body_wait_s):
+            raise self._budget_exhausted()
+        return length
+
+    def _budget_exhausted(self) -> HTTPError:
+        self._context.refusals.log(logging.WARNING, "body-budget", "%s has no room for another request body: %d "
+                                   "bytes held, max_buffered_body_bytes=%d", self._context.name,
+                                   self._context.budget.in_use_bytes, self._limits.max_buffered_body_bytes)
+        return errors.server_busy(RETRY_AFTER_BUSY_S)
+
+    def _end_empty_body(self) -> None:
+        """Take h11's end of a request that announced no body (no I/O), so the connection can be reused."""
+        try:
+            self._h11.next_event()
+        except h11.RemoteProtocolError:
+            pass
+
+    async def _receive_body(self, headers: list[tuple[str, str]], exchange: _Exchange) -> bytes:
         limit = self._limits.max_body_bytes
-        for name, value in headers:
-            if name == "content-length" and int(value) > limit:
-                raise errors.body_too_large(limit)
+        chunked = _content_length(headers) is None
         if self._h11.they_are_waiting_for_100_continue:
             await self._send_bytes(self._h11.send(h11.InformationalResponse(status_code=100, headers=[])))
         chunks = []
@@ -280,6 +366,10 @@ class HTTPConnection:
                     received_bytes += len(event.data)
                     if received_bytes > limit:
                         raise errors.body_too_large(limit)
+                    if chunked:
+                        if not await self._context.budget.reserve(len(event.data), self._limits.body_wait_s):
+                            raise self._budget_exhausted()
+                        exchange.reserved_bytes += len(event.data)
                     chunks.append(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     break
@@ -289,8 +379,7 @@ class HTTPConnection:
             raise errors.request_timeout("request body")
         return b"".join(chunks)
 
-    async def _dispatch(self, request: Request) -> Response:
-        handler, request.path_params = self._context.router.resolve(request.method, request.raw_path)
+    async def _dispatch(self, request: Request, handler: Handler) -> Response:
         try:
             with trio.move_on_after(self._limits.handler_timeout_s) as scope:
                 response = await handler(request)
@@ -372,6 +461,18 @@ async def discard_input(stream: trio.abc.ReceiveStream, max_bytes: int) -> None:
         if not data:
             return
         dropped_bytes += len(data)
+
+
+def _content_length(headers: list[tuple[str, str]]) -> int | None:
+    """The declared Content-Length (h11 checked it is one well-formed value), or None for a chunked body."""
+    for name, value in headers:
+        if name == "content-length":
+            return int(value)
+    return None if any(name == "transfer-encoding" for name, _ in headers) else 0
+
+
+def _announces_body(headers: list[tuple[str, str]]) -> bool:
+    return _content_length(headers) != 0
 
 
 def _only_http_error(exc: Exception) -> HTTPError | None:

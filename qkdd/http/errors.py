@@ -61,3 +61,8 @@ def handler_timeout(retry_after_s: int) -> HTTPError:
 def too_many_connections(retry_after_s: int) -> HTTPError:
     return HTTPError(503, "service unavailable", [{"reason": "too many connections; try again later"}],
                      headers=[("Retry-After", str(retry_after_s))])
+
+
+def server_busy(retry_after_s: int) -> HTTPError:
+    return HTTPError(503, "service unavailable", [{"reason": "too many request bodies in progress; try again later"}],
+                     headers=[("Retry-After", str(retry_after_s))])

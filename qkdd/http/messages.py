@@ -2,6 +2,8 @@
 
 This is the contract between the HTTP server (server.py) and everything that serves routes (api/).
 Handlers are `async def handler(request: Request) -> Response`; they raise HTTPError for client errors.
+Each route may carry an `Access` check, which the server runs on the `Caller` (peer address and client
+certificate) once the request head is in, before a byte of the body is read.
 """
 from __future__ import annotations
 
@@ -15,10 +17,23 @@ class PeerCertificate:
     """The verified client certificate of a TLS peer."""
 
     subject: str                      # RFC 4514 string, e.g. "CN=sae-a,O=Example"
-    common_name: str | None
+    common_name: str | None           # the subject's CN; None when it has none, or more than one
     san_uris: tuple[str, ...]
     san_dns: tuple[str, ...]
     sha256_fingerprint: str           # lowercase hex of SHA-256 over the DER certificate
+    common_names: tuple[str, ...] = ()    # every CN of the subject (a name is never taken from two)
+
+    def __post_init__(self) -> None:
+        if not self.common_names and self.common_name:
+            object.__setattr__(self, "common_names", (self.common_name,))
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request, as the connection alone tells: known before the request's body is read."""
+
+    client: tuple[str, int] | None              # peer address
+    peer_cert: PeerCertificate | None           # verified TLS client certificate, if any
 
 
 @dataclass
@@ -108,6 +123,10 @@ class HTTPError(Exception):
 
 Handler = Callable[[Request], Awaitable[Response]]
 
+# Decides from the request head alone whether the caller may use a route: returns to let it through,
+# raises HTTPError (401, 403) to refuse. The server then answers without reading the body.
+Access = Callable[[Caller], None]
+
 ClientCertMode = Literal["none", "optional", "required"]
 
 
@@ -129,8 +148,18 @@ class HTTPLimits:
     body_timeout_s: float = 30.0               # time to receive the full body
     keepalive_timeout_s: float = 60.0          # idle time between requests
     max_requests_per_connection: int = 1000
-    max_connections: int = 1024                # excess connections are refused at once
+    max_connections: int = 1024                # excess connections are refused at once (see slots.py)
+    max_connections_per_source: int = 128      # from one IPv4 address or IPv6 /64; loopback is not limited
+    authenticated_reserve: int = 256           # of max_connections, kept for clients with a verified certificate
+    max_buffered_body_bytes: int = 16 * 1024 * 1024    # request bodies held at once, all connections together
+    body_wait_s: float = 1.0                   # a body waits this long for room in that budget, then 503
+    unauthenticated_idle_s: float = 5.0        # idle time allowed a connection without a verified certificate
     handler_timeout_s: float = 30.0            # a handler taking longer yields 503
     shutdown_grace_s: float = 10.0             # in-flight requests get this long on shutdown
-    tls_handshake_timeout_s: float = 10.0      # time to finish the TLS handshake
+    tls_handshake_timeout_s: float = 5.0       # time to finish the TLS handshake
     send_timeout_s: float = 30.0               # time to hand a response to a client that reads slowly
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes > self.max_buffered_body_bytes:
+            raise ValueError(f"max_body_bytes ({self.max_body_bytes}) must not exceed max_buffered_body_bytes "
+                             f"({self.max_buffered_body_bytes}): a body that large could never be read")

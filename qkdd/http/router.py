@@ -6,6 +6,10 @@ a percent-encoded slash (`%2F`), a dot segment (`.`, `..`, also encoded), a NUL 
 character, or bytes that are not UTF-8 give 400. Empty segments (`//`, a trailing `/`) are kept and
 never match a parameter (unless the route opts in with `empty_params`), so `/v1/links/` and
 `/v1//links` are simply 404.
+
+Each handler may come with an `Access` check (messages.py): the connection resolves the route and runs
+the check as soon as the request head is in, so a caller that may not use the route, and a request for
+no route, are answered before their body is read.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
-from .messages import Handler, HTTPError
+from .messages import Access, Caller, Handler, HTTPError
 
 _PARAM_RE = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _LITERAL_RE = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]+$")
@@ -29,11 +33,25 @@ class _Segment:
     is_param: bool
 
 
+def open_access(caller: Caller) -> None:
+    """The check of a route anyone who reaches the listener may use."""
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """What a request resolves to: its handler, the path parameters, and who may call it."""
+
+    handler: Handler
+    params: dict[str, str]
+    access: Access
+
+
 @dataclass
 class _Route:
     pattern: str
     segments: tuple[_Segment, ...]
     handlers: dict[str, Handler]
+    access: dict[str, Access]      # per method, as handlers
     empty_params: bool = False     # a blank parameter matches (the handler answers 400 rather than 404)
     head: bool = True              # HEAD is served by the GET handler; False: refused (405), never advertised
 
@@ -127,11 +145,12 @@ class Router:
         self._by_length: dict[int, list[_Route]] = {}      # routes by their number of segments
 
     def route(self, method: str, pattern: str, handler: Handler, *, empty_params: bool = False,
-              head: bool = True) -> None:
+              head: bool = True, access: Access = open_access) -> None:
         """Serve `method` on `pattern`. With `empty_params`, a blank `{name}` segment matches too (APIs
         whose specification makes a blank identifier a 400, such as ETSI GS QKD 014). With `head=False`,
         HEAD is refused with 405 and left out of Allow (a GET that takes something away, such as an ETSI
-        014 Get key, must not run for a response whose body is dropped)."""
+        014 Get key, must not run for a response whose body is dropped). `access` decides who may call
+        it, before the request's body is read (HEAD follows GET's); the default lets anyone through."""
         method = method.upper()
         if not _METHOD_RE.match(method):
             raise ValueError(f"invalid HTTP method {method!r}")
@@ -145,23 +164,29 @@ class Router:
                 if method in existing.handlers:
                     raise ValueError(f"route {method} {pattern} is already registered")
                 existing.handlers[method] = handler
+                existing.access[method] = access
                 return
-        route = _Route(pattern, segments, {method: handler}, empty_params, head)
+        route = _Route(pattern, segments, {method: handler}, {method: access}, empty_params, head)
         self._routes.append(route)
         self._by_length.setdefault(len(segments), []).append(route)
 
-    def get(self, pattern: str, handler: Handler) -> None:
-        self.route("GET", pattern, handler)
+    def get(self, pattern: str, handler: Handler, *, access: Access = open_access) -> None:
+        self.route("GET", pattern, handler, access=access)
 
-    def post(self, pattern: str, handler: Handler) -> None:
-        self.route("POST", pattern, handler)
+    def post(self, pattern: str, handler: Handler, *, access: Access = open_access) -> None:
+        self.route("POST", pattern, handler, access=access)
 
     def routes(self) -> list[tuple[str, str]]:
         """(method, pattern) of every registered route, in registration order."""
         return [(method, route.pattern) for route in self._routes for method in route.handlers]
 
     def resolve(self, method: str, raw_path: str) -> tuple[Handler, dict[str, str]]:
-        """The handler and path parameters for a request.
+        """The handler and path parameters for a request (see resolve_route)."""
+        match = self.resolve_route(method, raw_path)
+        return match.handler, match.params
+
+    def resolve_route(self, method: str, raw_path: str) -> RouteMatch:
+        """The handler, path parameters and access check for a request.
 
         `raw_path` is the request target's path as sent (percent-encoded, without the query string).
         Raises HTTPError 400 (ambiguous path), 404 (no route) or 405 with an `Allow` header.
@@ -179,7 +204,7 @@ class Router:
         for candidate in wanted:
             for _, route, params in matches:
                 if candidate in route.handlers and (candidate == method or route.head):
-                    return route.handlers[candidate], params
+                    return RouteMatch(route.handlers[candidate], params, route.access[candidate])
         allowed = set()
         for _, route, _ in matches:
             allowed.update(route.handlers)

@@ -1,8 +1,10 @@
-"""One HTTP listener: binds, accepts, enforces the connection limit, and drains on shutdown.
+"""One HTTP listener: binds, accepts, enforces the connection limits, and drains on shutdown.
 
 `HTTPServer.run()` lives in the caller's nursery; each accepted connection is a task in the server's
-own nursery (connection.py serves it). `shutdown()` closes the listening socket at once, closes idle
-connections, lets requests in progress finish within `limits.shutdown_grace_s`, then cancels the rest.
+own nursery (connection.py serves it). Whether a newcomer gets a slot, and whose idle unauthenticated
+slot it may take, is the slot table's decision (slots.py); the bodies all connections hold share one
+budget (budget.py). `shutdown()` closes the listening socket at once, closes idle connections, lets
+requests in progress finish within `limits.shutdown_grace_s`, then cancels the rest.
 """
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ from qkdd.log_limit import RateLimitedLog
 
 from . import errors
 from .access_log import AccessLog
+from .budget import BodyBudget
 from .connection import HTTPConnection, ListenerContext, discard_input
 from .messages import HTTPLimits, TLSSettings
+from .reclaim import Reclaimer
 from .router import Router
+from .slots import SlotTable, source_of
 from .tls import server_context
 
 REFUSE_RETRY_AFTER_S = 1
-REFUSE_LINGER_S = 0.5          # a refused client gets this long to read its 503...
+REFUSE_LINGER_S = 2.0          # a refused client gets this long to send its request and read the 503 (a
+                               # loaded host may take a second between connect and send)...
 REFUSE_LINGER_BYTES = 64 * 1024
 REFUSE_MAX_PENDING = 256       # ...unless this many refusals are pending already: then just close
 # accept() errors that mean "out of resources, try again shortly" rather than "listener broken".
@@ -39,8 +45,11 @@ class HTTPServer:
         self.limits = limits
         self._log = logger or logging.getLogger("qkdd.http")
         # Built here so bad certificate files fail at start-up, not at the first client.
-        self._context = ListenerContext(name, router, limits, self._log, server_context(tls) if tls else None,
-                                        RateLimitedLog(self._log), AccessLog(self._log, name))
+        ssl_context = server_context(tls) if tls else None
+        verifies_clients = tls is not None and tls.client_cert != "none"
+        self._context = ListenerContext(name, router, limits, self._log, ssl_context, RateLimitedLog(self._log),
+                                        AccessLog(self._log, name), BodyBudget(limits.max_buffered_body_bytes),
+                                        SlotTable(limits, verifies_clients), Reclaimer())
         self._listeners: list[trio.SocketListener] = []
         self._connections: set[HTTPConnection] = set()
         self._accept_scope: trio.CancelScope | None = None
@@ -55,6 +64,14 @@ class HTTPServer:
     def connection_count(self) -> int:
         """Connections being served now (refused ones are not counted)."""
         return len(self._connections)
+
+    @property
+    def body_budget(self) -> BodyBudget:
+        return self._context.budget
+
+    @property
+    def slots(self) -> SlotTable:
+        return self._context.slots
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until shutdown() completes or the caller cancels; reports (host, port) when bound."""
@@ -78,6 +95,7 @@ class HTTPServer:
                     async with trio.open_nursery() as acceptors:
                         acceptors.start_soon(self._context.refusals.run)    # summaries of held-back lines
                         acceptors.start_soon(self._context.access_log.run)
+                        acceptors.start_soon(self._context.reclaimer.run)
                         for listener in listeners:
                             acceptors.start_soon(self._accept_loop, listener, connections)
                 # Shutting down: idle connections close now, busy ones get the grace period.
@@ -123,11 +141,19 @@ class HTTPServer:
                 self._log.warning("%s cannot accept: %s", self.name, exc.strerror)
                 await trio.sleep(0.1)
                 continue
-            if len(self._connections) >= self.limits.max_connections:
-                await self._refuse(stream, connections)
-                continue
             client = _peer_address(stream)
-            connection = HTTPConnection(stream, client, self._context)
+            admission = self._context.slots.admit(client, trio.current_time())
+            if admission.slot is None:
+                await self._refuse(stream, connections, client, admission.refusal)
+                continue
+            displaced = admission.displaced
+            if isinstance(displaced, HTTPConnection):
+                self._context.refusals.log(logging.INFO, "connection-displaced",
+                                           "%s closed an idle unauthenticated connection from %s to admit one "
+                                           "from %s", self.name, displaced.client_text, _text(client))
+                displaced.displace()
+            connection = HTTPConnection(stream, client, self._context, admission.slot)
+            admission.slot.owner = connection
             self._connections.add(connection)
             connections.start_soon(self._serve, connection)
 
@@ -137,11 +163,25 @@ class HTTPServer:
         finally:
             self._connections.discard(connection)
 
-    async def _refuse(self, stream: trio.SocketStream, connections: trio.Nursery) -> None:
-        """Turn away a connection over the limit without serving it: 503 on plain HTTP, close on TLS."""
-        self._context.refusals.log(logging.WARNING, "connection-limit",
-                                   "%s refused a connection: %d open, max_connections=%d", self.name,
-                                   len(self._connections), self.limits.max_connections)
+    @property
+    def refusals_pending(self) -> int:
+        """Refused connections still being sent their 503."""
+        return self._refusing
+
+    async def _refuse(self, stream: trio.SocketStream, connections: trio.Nursery, client: tuple[str, int] | None,
+                      refusal: str) -> None:
+        """Turn away a connection over a limit without serving it: 503 on plain HTTP, close on TLS."""
+        slots = self._context.slots
+        if refusal == "source":
+            self._context.refusals.log(logging.WARNING, "connection-limit-source",
+                                       "%s refused a connection from %s: %d open from that source, "
+                                       "max_connections_per_source=%d", self.name, _text(client),
+                                       slots.count_of(source_of(client)), self.limits.max_connections_per_source)
+        else:
+            self._context.refusals.log(logging.WARNING, "connection-limit",
+                                       "%s refused a connection: %d open, max_connections=%d (%d unauthenticated, "
+                                       "at most %d)", self.name, slots.total, self.limits.max_connections,
+                                       slots.unauthenticated, slots.max_unauthenticated)
         if self._context.ssl_context is not None or self._refusing >= REFUSE_MAX_PENDING:
             await trio.aclose_forcefully(stream)
             return
@@ -166,6 +206,10 @@ class HTTPServer:
         finally:
             self._refusing -= 1
             await trio.aclose_forcefully(stream)
+
+
+def _text(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "-"
 
 
 def _peer_address(stream: trio.SocketStream) -> tuple[str, int] | None:

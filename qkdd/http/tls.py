@@ -50,12 +50,11 @@ def peer_certificate(ssl_object: ssl.SSLObject) -> PeerCertificate | None:
 
 
 def parse_certificate(der: bytes) -> PeerCertificate:
-    """Subject, CN, SAN URIs and DNS names, and the SHA-256 fingerprint of a DER certificate."""
+    """Subject, CN (only when the subject has exactly one), SAN URIs and DNS names, and the SHA-256
+    fingerprint of a DER certificate."""
     certificate = x509.load_der_x509_certificate(der)
-    common_names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    common_name = common_names[0].value if common_names else None
-    if isinstance(common_name, bytes):
-        common_name = common_name.decode("utf-8", "replace")
+    common_names = tuple(_text(attribute.value)
+                         for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME))
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         san_uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
@@ -64,11 +63,18 @@ def parse_certificate(der: bytes) -> PeerCertificate:
         san_uris, san_dns = (), ()
     return PeerCertificate(
         subject=certificate.subject.rfc4514_string(),
-        common_name=common_name,
+        # A subject with two CNs names no one: taking the first would let whoever chose the order choose
+        # the identity.
+        common_name=common_names[0] if len(common_names) == 1 else None,
         san_uris=san_uris,
         san_dns=san_dns,
         sha256_fingerprint=certificate.fingerprint(hashes.SHA256()).hex(),
+        common_names=common_names,
     )
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def handshake_failure_reason(exc: BaseException) -> str:

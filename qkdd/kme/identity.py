@@ -16,15 +16,19 @@ class ClientCertificate(Protocol):
     def common_name(self) -> str | None: ...
 
     @property
+    def common_names(self) -> tuple[str, ...]: ...
+
+    @property
     def san_uris(self) -> tuple[str, ...]: ...
 
 
 def sae_id_of(certificate: ClientCertificate | None, config: Etsi014Config) -> str | None:
-    """The SAE ID the certificate names (subject CN, or the SAN URI with the configured prefix), or None."""
+    """The SAE ID the certificate names (the subject's one CN, or the one SAN URI with the configured
+    prefix), or None; never one of two candidates."""
     if certificate is None:
         return None
     if config.sae_id_from == "cn":
-        return certificate.common_name or None
+        return certificate.common_name or None          # None as well when the subject has two CNs
     matching = [uri for uri in certificate.san_uris if uri.startswith(config.san_uri_prefix)]
     return matching[0] if len(matching) == 1 else None
 
@@ -49,6 +53,8 @@ class SaeRegistry:
         if certificate is None:
             raise Unauthorized("a client certificate is required")
         sae_id = sae_id_of(certificate, self._config)
+        if sae_id is None and self._config.sae_id_from == "cn" and len(certificate.common_names) > 1:
+            raise Unauthorized("the client certificate's subject has more than one CN")
         if sae_id is None:
             raise Unauthorized("the client certificate names no SAE ID")
         if self._kme_of.get(sae_id) != self.kme_id:
