@@ -65,22 +65,23 @@ def refusal(caller: CallerLike, entries: tuple[str, ...], what: str, setting: st
     return None
 
 
-def key_access(api: ApiListenerConfig) -> Access:
-    """The /v1 key routes: `api.key_clients`, or with it empty, loopback clients."""
+def _listed_access(entries, what: str, setting: str) -> Access:
+    """Callers whose certificate `entries` lists, or with it empty, loopback clients."""
     def check(caller: CallerLike) -> None:
-        refused = refusal(caller, api.key_clients, "key route", KEY_CLIENTS)
+        refused = refusal(caller, entries, what, setting)
         if refused is not None:
             raise refused
     return check
+
+
+def key_access(api: ApiListenerConfig) -> Access:
+    """The /v1 key routes: `api.key_clients`, or with it empty, loopback clients."""
+    return _listed_access(api.key_clients, "key route", KEY_CLIENTS)
 
 
 def admin_access(api: ApiListenerConfig) -> Access:
     """Routes that change state: `api.admin_clients`, or with it empty, loopback clients."""
-    def check(caller: CallerLike) -> None:
-        refused = refusal(caller, api.admin_clients, "admin route", ADMIN_CLIENTS)
-        if refused is not None:
-            raise refused
-    return check
+    return _listed_access(api.admin_clients, "admin route", ADMIN_CLIENTS)
 
 
 def reader_access(api: ApiListenerConfig) -> Access:
