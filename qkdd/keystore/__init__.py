@@ -1,9 +1,9 @@
 """The key store: both ends of a link hold the same keys under the same UUIDs, encrypted at rest.
 
-Public names: KeyStore (store.py), KeyState, StoredKey, the errors (model.py), load_kek / create_kek
-(kek.py) and the resynchronisation plan (resync.py).
+Public names: KeyStore (store.py), KeyState, StoredKey, the errors (model.py), load_kek / create_kek /
+kek_for_state_dir (kek.py) and the resynchronisation plan (resync.py).
 """
-from qkdd.keystore.kek import create_kek, kek_from_credentials, load_kek
+from qkdd.keystore.kek import create_kek, kek_for_state_dir, kek_from_credentials, load_kek
 from qkdd.keystore.model import (
     KeyAlreadyDelivered,
     KeyNotFound,
@@ -23,6 +23,7 @@ __all__ = [
     "KeyUnavailable",
     "StoredKey",
     "create_kek",
+    "kek_for_state_dir",
     "kek_from_credentials",
     "load_kek",
 ]

@@ -12,7 +12,7 @@ import trio
 from qkdd.config import Config, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.driver import device_for
-from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
+from qkdd.keystore import KeyStore, kek_for_state_dir
 from qkdd.link.engine import LinkEngine
 from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
@@ -24,7 +24,6 @@ from qkdd.reservation.service import ReservationService
 log = logging.getLogger("qkdd.link")
 
 KEYSTORE_FILE = "keys.sqlite3"
-KEK_FILE = "kek"
 
 
 @dataclass
@@ -42,13 +41,9 @@ class Links:
 
 
 def open_keystore(state_dir: str) -> KeyStore:
-    """The key store in the state directory under the KEK from the systemd credential "kek", else
-    <state_dir>/kek (created 0600 on first start)."""
-    kek = kek_from_credentials()
-    if kek is None:
-        path = os.path.join(state_dir, KEK_FILE)
-        kek = load_kek(path) if os.path.exists(path) else create_kek(path)
-    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek)
+    """The key store in the state directory under the KEK from the systemd credential "kek", else (unless
+    QKD_KEK_SOURCE=credential) <state_dir>/kek, created 0600 on first start."""
+    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek_for_state_dir(state_dir))
 
 
 def not_started_because(link: LinkConfig) -> str | None:
