@@ -51,28 +51,17 @@ rm -rf "$venv"
 rm -f "$venv"/bin/activate* "$venv"/bin/Activate.ps1
 site=$(echo "$venv"/lib/python"$version"/site-packages)
 
-# Bundled test suites go, and so do their lines in each RECORD (pip's list of a distribution's files).
+# Bundled test suites go (their RECORD lines are dropped below).
 files_before=$(find "$site" -type f | wc -l)
 test_dir_args=()
 for name in "${TEST_DIRS[@]}"; do test_dir_args+=(-o -name "$name"); done
 find "$site" -mindepth 2 -type d \( "${test_dir_args[@]:1}" \) -prune -exec rm -rf {} +
 find "$site" -depth -name __pycache__ -type d -exec rm -rf {} +
-"$venv/bin/python" - "$site" <<'EOF'
-import csv, io, pathlib, sys
-site = pathlib.Path(sys.argv[1])
-for record in site.glob("*.dist-info/RECORD"):
-    rows = [row for row in csv.reader(io.StringIO(record.read_text())) if row]
-    kept = [row for row in rows if (site / row[0]).exists()]
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(kept)
-    record.write_text(out.getvalue())
-EOF
 files_after=$(find "$site" -type f | wc -l)
 echo "build-venv: removed bundled test suites: $files_before -> $files_after files in site-packages" >&2
 
 # pip's record of where the project came from (the build tree) means nothing on the target.
 find "$venv" -path '*.dist-info/direct_url.json' -delete
-find "$venv" -path '*.dist-info/RECORD' -exec sed -i '/direct_url\.json/d' {} +
 
 # What was installed is exactly the lock, plus qkdd itself.
 "$venv/bin/python" - "$site" "$runtime_lock" <<'EOF'
@@ -95,6 +84,26 @@ for script in "$venv"/bin/*; do
     sed -i "1s|^#!$venv/bin/|#!$prefix/bin/|" "$script"
 done
 sed -i "s|$venv|$prefix|g" "$venv/pyvenv.cfg"
+
+# Each RECORD (pip's list of a distribution's files) as the files now are: without the removed ones, and
+# with the hashes of the rewritten scripts, so the tree does not depend on where it was built.
+"$venv/bin/python" - "$site" <<'EOF'
+import base64, csv, hashlib, io, pathlib, sys
+site = pathlib.Path(sys.argv[1])
+for record in site.glob("*.dist-info/RECORD"):
+    rows = []
+    for row in csv.reader(io.StringIO(record.read_text())):
+        if not row or not (site / row[0]).exists():
+            continue
+        if row[1]:
+            data = (site / row[0]).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            row = [row[0], f"sha256={digest}", str(len(data))]
+        rows.append(row)
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    record.write_text(out.getvalue())
+EOF
 
 if leftovers=$(grep -rlF -- "$venv" "$venv"); then
     echo "build-venv: files still name the staging tree $venv:" >&2

@@ -368,6 +368,35 @@ def test_locks_pin_every_distribution_with_hashes():
         assert name in {pin[0] for pin in build}, requirement
 
 
+def _tree_digest(top: Path) -> dict[str, str]:
+    return {str(path.relative_to(top)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+            else f"-> {os.readlink(path)}" if path.is_symlink() else "dir"
+            for path in sorted(top.rglob("*"))}
+
+
+@pytest.mark.slow
+def test_venv_build_is_reproducible_from_the_lock(tmp_path):
+    """Two builds of the private environment from the same source and locks, in different staging trees,
+    give byte-identical trees: every third-party file comes from the lock, and nothing depends on where
+    or when it was built. (Needs the package index, or pip's cache.)"""
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no /usr/bin/python3 (the distribution's interpreter the packages are built on)")
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.so", "__pycache__",
+                                                             "*.egg-info", ".pytest_cache", ".hypothesis"))
+    trees = []
+    for staging in (tmp_path / "one", tmp_path / "a" / "longer" / "staging" / "root"):
+        shutil.rmtree(src / "build", ignore_errors=True)
+        result = subprocess.run(["bash", str(src / "packaging" / "build-venv.sh"), str(src), str(staging),
+                                 "/usr/lib/qkdd"], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.search(r"removed bundled test suites: (\d+) -> (\d+) files", result.stderr)
+        trees.append(_tree_digest(staging / "usr/lib/qkdd"))
+    assert trees[0] == trees[1], sorted(set(trees[0].items()) ^ set(trees[1].items()))[:10]
+    assert _bundled_distributions("/" + name for name in trees[0]) == _lock_pins(LOCKS[0])
+    assert not [name for name in trees[0] if TEST_SUITE_DIR.search("/" + name)]
+
+
 @pytest.mark.slow
 def test_build_refuses_a_dependency_whose_hash_is_not_in_the_lock(tmp_path):
     """build-venv.sh installs with pip --require-hashes: one distribution whose files all have other
