@@ -5,7 +5,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm
+.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm lock
 
 setup: $(STAMP)
 
@@ -50,6 +50,11 @@ deb:
 	cp -r packaging/debian build/deb/qkdd/debian
 	cd build/deb/qkdd && dpkg-buildpackage --build=binary --no-sign
 	lintian --fail-on error,warning build/deb/qkdd_*.changes
+
+# Refresh the hash-pinned dependency locks the packages are built from (packaging/requirements.lock,
+# packaging/build-requirements.lock); review the diff and commit both.
+lock:
+	packaging/lock-requirements.sh
 
 rpm:
 	rm -rf build/rpm && mkdir -p build/rpm/SOURCES

@@ -18,9 +18,11 @@ from qkdd.keystore import (
     KeyStoreError,
     KeyUnavailable,
     create_kek,
+    kek_for_state_dir,
     kek_from_credentials,
     load_kek,
 )
+from qkdd.link.service import open_keystore
 
 LINK = "link-ab"
 
@@ -188,6 +190,80 @@ def test_kek_files(tmp_path, monkeypatch):
     (unit_credentials / "qkdd_kek").chmod(0o400)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(unit_credentials))
     assert kek_from_credentials("kek") == b"\x02" * 32
+
+
+def _credentials(tmp_path, monkeypatch, **files: bytes):
+    """A $CREDENTIALS_DIRECTORY as systemd lays it out (files 0400), holding `files`."""
+    directory = tmp_path / "credentials"
+    directory.mkdir()
+    for name, content in files.items():
+        (directory / name).write_bytes(content)
+        (directory / name).chmod(0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(directory))
+    return directory
+
+
+def test_kek_source_any_falls_back_to_a_file_beside_the_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    state = tmp_path / "state"
+    state.mkdir()
+    first = kek_for_state_dir(str(state), environ={})
+    assert (state / "kek").stat().st_mode & 0o777 == 0o600
+    assert kek_for_state_dir(str(state), environ={"QKD_KEK_SOURCE": "any"}) == first
+    # A credential wins over the file.
+    _credentials(tmp_path, monkeypatch, qkdd_kek=b"\x03" * 32)
+    assert kek_for_state_dir(str(state), environ={}) == b"\x03" * 32
+
+
+def test_kek_source_credential_refuses_to_create_a_kek_beside_the_store(tmp_path, monkeypatch):
+    """The packaged unit sets QKD_KEK_SOURCE=credential: without the credential the daemon does not start,
+    and nothing is written to the state directory; a KEK left there is named but not used."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    state = tmp_path / "state"
+    state.mkdir()
+    only_credential = {"QKD_KEK_SOURCE": "credential"}
+    with pytest.raises(KeyStoreError, match='no systemd credential "kek"') as info:
+        kek_for_state_dir(str(state), environ=only_credential)
+    assert "QKD_KEK_SOURCE=any" in str(info.value)
+    assert list(state.iterdir()) == []
+    legacy = create_kek(str(state / "kek"))
+    with pytest.raises(KeyStoreError, match="beside the store is not used") as info:
+        kek_for_state_dir(str(state), environ=only_credential)
+    assert legacy.hex() not in str(info.value) and str(state / "kek") in str(info.value)
+    # With the credential (sealed by the package: systemd passes it as "kek"), that one is taken.
+    _credentials(tmp_path, monkeypatch, kek=(b"\x04" * 32).hex().encode() + b"\n")
+    assert kek_for_state_dir(str(state), environ=only_credential) == b"\x04" * 32
+    with pytest.raises(KeyStoreError, match="QKD_KEK_SOURCE='file': expected one of any, credential"):
+        kek_for_state_dir(str(state), environ={"QKD_KEK_SOURCE": "file"})
+
+
+def test_two_different_kek_credentials_are_refused(tmp_path, monkeypatch):
+    """A sealed "kek" and a plain /etc/qkdd/credentials/kek ("qkdd_kek") that differ: neither is guessed."""
+    _credentials(tmp_path, monkeypatch, kek=b"\x05" * 32, qkdd_kek=b"\x06" * 32)
+    with pytest.raises(KeyStoreError, match="credentials kek and qkdd_kek differ") as info:
+        kek_from_credentials("kek")
+    assert (b"\x05" * 32).hex() not in str(info.value)
+    (tmp_path / "credentials" / "qkdd_kek").chmod(0o600)
+    (tmp_path / "credentials" / "qkdd_kek").write_bytes((b"\x05" * 32).hex().encode())
+    (tmp_path / "credentials" / "qkdd_kek").chmod(0o400)
+    assert kek_from_credentials("kek") == b"\x05" * 32   # the same key in both forms is fine
+
+
+def test_open_keystore_under_the_packaged_unit_needs_the_credential(tmp_path, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setenv("QKD_KEK_SOURCE", "credential")
+    state = tmp_path / "state"
+    state.mkdir()
+    with pytest.raises(KeyStoreError, match='no systemd credential "kek"'):
+        open_keystore(str(state))
+    assert list(state.iterdir()) == []
+    kek = os.urandom(32)
+    _credentials(tmp_path, monkeypatch, kek=kek)
+    open_keystore(str(state)).close()
+    assert sorted(p.name for p in state.iterdir() if not p.name.endswith(("-wal", "-shm"))) == ["keys.sqlite3"]
+    KeyStore(str(state / "keys.sqlite3"), kek).close()   # the store is under the credential's KEK...
+    with pytest.raises(KeyStoreError, match="key-encryption key does not match"):   # ...and no other
+        KeyStore(str(state / "keys.sqlite3"), os.urandom(32))
 
 
 _WRITER = textwrap.dedent("""

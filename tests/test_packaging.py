@@ -1,5 +1,8 @@
 """Packaging: the .deb installs, runs and purges cleanly in a fresh Debian 12 root, the .rpm has the
-same layout and scriptlets, and the systemd unit is valid and hardened.
+same layout and scriptlets, and the systemd unit is valid and hardened. Packaged defaults: listeners on
+the local host, the key store's KEK sealed into the systemd credential store (moved there from beside
+the store on upgrade), third-party files exactly those of the hash-pinned lock, no bundled test suites,
+documentation where the README says.
 
 Everything here is real: `make deb` / `make rpm` with Debian's and RPM's own tools, debootstrap from
 the mirror apt uses on this machine, apt resolving the package's dependencies, `qkdd run` as the qkdd
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import io
+import ipaddress
 import json
 import os
 import re
@@ -18,7 +23,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +34,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "qkdd.service"
+LOCKS = [REPO / "packaging" / "requirements.lock", REPO / "packaging" / "build-requirements.lock"]
+# Directories holding a distribution's own test suite; none may be shipped.
+TEST_SUITE_DIR = re.compile(r"/site-packages/.*/(tests|test|_tests)(/|$)")
+SEALED_KEK = "etc/systemd/system/qkdd.service.d/50-kek.conf"   # written by /usr/lib/qkdd/kek-setup
 SUITE = "bookworm"
 CACHE_DIR = Path("/var/cache/qkdd-test")
 CACHE_MAX_AGE_S = 7 * 24 * 3600  # the cached root's apt lists and debs follow the mirror weekly
@@ -79,6 +90,56 @@ def _in_root(root: Path, *cmd: str, timeout_s: float = 300, check: bool = True,
 def _chroot_argv(root: Path, *cmd: str) -> list[str]:
     script = 'mount -t proc proc "$1/proc" && exec chroot "$@"'
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(root), *cmd]
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _lock_pins(lock: Path) -> set[tuple[str, str]]:
+    """(name, version) of every pin in a lock file, after checking that each pin carries its hashes."""
+    pins = set()
+    for block in re.split(r"\n(?=[A-Za-z0-9])", lock.read_text()):
+        pin = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", block)
+        if pin:
+            assert re.search(r"--hash=sha256:[0-9a-f]{64}", block), f"{lock.name}: {pin.group(0)} has no hash"
+            pins.add((_canonical(pin.group(1)), pin.group(2)))
+    return pins
+
+
+def _bundled_distributions(paths) -> set[tuple[str, str]]:
+    """(name, version) of every distribution installed in the package's venv, but qkdd itself."""
+    found = set()
+    for path in paths:
+        info = re.search(r"/site-packages/([^/]+?)-([^/-]+)\.dist-info(/|$)", path)
+        if info and _canonical(info.group(1)) != "qkdd":
+            found.add((_canonical(info.group(1)), info.group(2)))
+    return found
+
+
+def _readme_doc_paths() -> set[str]:
+    """Every /usr/share/doc/qkdd/... file that the README's "Install as a service" section names."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Install as a service", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"/usr/share/doc/qkdd/[\w./-]*\w", section))
+
+
+def _assert_listeners_local(config_text: str) -> None:
+    config = tomllib.loads(config_text)
+    for name in ("api", "health"):
+        host = config[name]["listen"].rpartition(":")[0].strip("[]")
+        assert ipaddress.ip_address(host).is_loopback, (name, config[name]["listen"])
+
+
+def _sealed_kek(root: Path) -> str:
+    """The KEK sealed in the drop-in, decrypted in the root with its systemd host key (as PID 1 does)."""
+    dropin = (root / SEALED_KEK).read_text()
+    blob = re.sub(r"[\s\\]", "", dropin.split("SetCredentialEncrypted=kek:", 1)[1])
+    (root / "tmp" / "kek.sealed").write_text(blob)
+    try:
+        return _in_root(root, "systemd-creds", "decrypt", "--name=kek", "/tmp/kek.sealed", "-").stdout
+    finally:
+        (root / "tmp" / "kek.sealed").unlink()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +331,92 @@ def test_deb_layout(deb_path):
     assert re.search(r"\bpython3\.\d+\b", control) and "adduser" in control
     conffiles = _run(["dpkg-deb", "--info", str(deb_path), "conffiles"], timeout_s=30).stdout
     assert "/etc/qkdd/qkdd.toml" in conffiles.split()
+    _check_packaged_defaults(paths, _deb_file(deb_path, "etc/qkdd/qkdd.toml"))
+    assert "/usr/share/doc/qkdd/requirements.lock" in paths
+
+
+def _deb_file(deb: Path, member: str) -> str:
+    fsys = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, timeout=120, check=True)
+    with tarfile.open(fileobj=io.BytesIO(fsys.stdout)) as archive:
+        return archive.extractfile(f"./{member}").read().decode()
+
+
+def _check_packaged_defaults(paths: set[str], config_text: str) -> None:
+    """What both packages must hold: exactly the locked distributions, no test suites, the KEK setup,
+    the documentation where the README names it, and a configuration that listens on this host only."""
+    assert _bundled_distributions(paths) == _lock_pins(LOCKS[0])
+    test_files = sorted(path for path in paths if TEST_SUITE_DIR.search(path))
+    assert test_files == [], test_files[:10]
+    assert "/usr/lib/qkdd/kek-setup" in paths
+    documented = _readme_doc_paths()
+    assert {"/usr/share/doc/qkdd/examples/serial-device.conf"} <= documented
+    assert documented <= paths, documented - paths
+    assert "/usr/share/doc/qkdd/README.md" in paths
+    _assert_listeners_local(config_text)
+
+
+def test_locks_pin_every_distribution_with_hashes():
+    """Both locks pin every distribution to one version with its files' sha256 (checked in _lock_pins),
+    and the runtime lock covers pyproject's dependencies."""
+    runtime, build = (_lock_pins(lock) for lock in LOCKS)
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for requirement in declared["project"]["dependencies"]:
+        name = _canonical(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
+        assert name in {pin[0] for pin in runtime}, requirement
+    for requirement in declared["build-system"]["requires"]:
+        name = _canonical(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
+        assert name in {pin[0] for pin in build}, requirement
+
+
+def _tree_digest(top: Path) -> dict[str, str]:
+    return {str(path.relative_to(top)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file()
+            else f"-> {os.readlink(path)}" if path.is_symlink() else "dir"
+            for path in sorted(top.rglob("*"))}
+
+
+@pytest.mark.slow
+def test_venv_build_is_reproducible_from_the_lock(tmp_path):
+    """Two builds of the private environment from the same source and locks, in different staging trees,
+    give byte-identical trees: every third-party file comes from the lock, and nothing depends on where
+    or when it was built. (Needs the package index, or pip's cache.)"""
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no /usr/bin/python3 (the distribution's interpreter the packages are built on)")
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.so", "__pycache__",
+                                                             "*.egg-info", ".pytest_cache", ".hypothesis"))
+    trees = []
+    for staging in (tmp_path / "one", tmp_path / "a" / "longer" / "staging" / "root"):
+        shutil.rmtree(src / "build", ignore_errors=True)
+        result = subprocess.run(["bash", str(src / "packaging" / "build-venv.sh"), str(src), str(staging),
+                                 "/usr/lib/qkdd"], capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.search(r"removed bundled test suites: (\d+) -> (\d+) files", result.stderr)
+        trees.append(_tree_digest(staging / "usr/lib/qkdd"))
+    assert trees[0] == trees[1], sorted(set(trees[0].items()) ^ set(trees[1].items()))[:10]
+    assert _bundled_distributions("/" + name for name in trees[0]) == _lock_pins(LOCKS[0])
+    assert not [name for name in trees[0] if TEST_SUITE_DIR.search("/" + name)]
+
+
+@pytest.mark.slow
+def test_build_refuses_a_dependency_whose_hash_is_not_in_the_lock(tmp_path):
+    """build-venv.sh installs with pip --require-hashes: one distribution whose files all have other
+    hashes than the lock says stops the build before any venv exists. (Needs the package index.)"""
+    _require("bash")
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("no /usr/bin/python3 (the distribution's interpreter the packages are built on)")
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "packaging", src / "packaging")
+    lock = src / "packaging" / "requirements.lock"
+    text = lock.read_text()
+    hashes = re.search(r"^sniffio==\S+ \\\n((?:    --hash=sha256:[0-9a-f]{64}.*\n)+)", text, re.M).group(1)
+    lock.write_text(text.replace(hashes, re.sub(r"[0-9a-f]{64}", "0" * 64, hashes)))
+    stage = tmp_path / "stage"
+    result = subprocess.run(["bash", str(src / "packaging" / "build-venv.sh"), str(src), str(stage), "/usr/lib/qkdd"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "DO NOT MATCH THE HASHES" in result.stderr and "sniffio" in result.stderr, result.stderr[-3000:]
+    assert "0" * 64 in result.stderr   # the forged hash was what pip compared against
+    assert not stage.exists()
 
 
 @pytest.mark.slow
@@ -290,6 +437,15 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
     state = (root / "var/lib/qkdd").stat()
     assert (state.st_uid, state.st_gid, state.st_mode & 0o777) == (uid, gid, 0o700)
     assert ((root / "etc/qkdd/credentials").stat().st_mode & 0o777) == 0o700
+    # Packaged defaults: listeners on this host only, as the daemon itself reads the installed file.
+    _assert_listeners_local((root / "etc/qkdd/qkdd.toml").read_text())
+    # The KEK: generated by postinst, sealed with systemd-creds into the credential drop-in; no plain copy
+    # in /etc/qkdd/credentials and none beside the store.
+    sealed = (root / SEALED_KEK).stat()
+    assert (sealed.st_uid, sealed.st_mode & 0o777) == (0, 0o644)   # encrypted: only this host's key opens it
+    kek_hex = _sealed_kek(root)
+    assert re.fullmatch(r"[0-9a-f]{64}\n", kek_hex)
+    assert not (root / "etc/qkdd/credentials/kek").exists() and not (root / "var/lib/qkdd/kek").exists()
     # dh_installsystemd enabled the unit (systemd is not running in the root, so nothing started).
     wants = root / "etc/systemd/system/multi-user.target.wants/qkdd.service"
     assert os.readlink(wants) == "/lib/systemd/system/qkdd.service"
@@ -316,12 +472,23 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
                        "from qkdd import _native; print(_native.lib.qkd_cpu_features() >= 0)")
     assert imports.stdout.strip() == "True"
 
-    _check_config_and_run(root, as_qkdd)
-    _boot_with_systemd_and_check_service(root, uid)
+    _check_config_and_run(root, as_qkdd, kek_hex)
+    _boot_with_systemd_and_check_service(root, uid, kek_hex)
+    assert (root / "var/lib/qkdd/keys.sqlite3").exists() and not (root / "var/lib/qkdd/kek").exists()
+    _check_kek_setup_guards(root, kek_hex)
 
-    # Upgrade path (prerm upgrade, postinst configure <old version>): user, state and config survive.
+    # Upgrade path (prerm upgrade, postinst configure <old version>): user, state and config survive, and
+    # a KEK that an earlier version left beside the store moves into the credential store, unchanged.
     (root / "var/lib/qkdd/marker").write_text("kept")
-    _in_root(root, "dpkg", "-i", "/tmp/package.deb")
+    (root / SEALED_KEK).unlink()
+    legacy = root / "var/lib/qkdd/kek"
+    legacy.write_text(kek_hex)
+    os.chown(legacy, uid, gid)
+    legacy.chmod(0o600)
+    upgrade = _in_root(root, "dpkg", "-i", "/tmp/package.deb")
+    assert "moved the KEK from /var/lib/qkdd/kek" in upgrade.stderr, upgrade.stderr
+    assert not legacy.exists() and _sealed_kek(root) == kek_hex
+    _open_store_in_root(root, kek_hex)   # the store made before the move opens under the moved KEK
     assert (root / "var/lib/qkdd/marker").read_text() == "kept"
     assert int(_in_root(root, "id", "-u", "qkdd").stdout) == uid
 
@@ -336,16 +503,54 @@ def test_deb_installs_runs_and_purges_in_clean_bookworm(deb_path, bookworm_root)
     assert leftovers.split() == []
 
 
+def _open_store_in_root(root: Path, kek_hex: str) -> None:
+    _in_root(root, "/usr/lib/qkdd/bin/python", "-c",
+             "import sys; from qkdd.keystore import KeyStore;"
+             "KeyStore('/var/lib/qkdd/keys.sqlite3', bytes.fromhex(sys.argv[1])).close()", kek_hex.strip())
+
+
+def _check_kek_setup_guards(root: Path, kek_hex: str) -> None:
+    """kek-setup (postinst) never makes a KEK that cannot open an existing store, and without sealing
+    (QKDD_KEK_SEAL=no, or no working systemd-creds) stores it as a root-only 0600 credential file."""
+    aside = root / "root" / "kek-test"
+    aside.mkdir()
+    try:
+        (root / SEALED_KEK).rename(aside / "50-kek.conf")
+        guarded = _in_root(root, "/usr/lib/qkdd/kek-setup")
+        assert "a key store exists in /var/lib/qkdd but no KEK was found" in guarded.stderr, guarded.stderr
+        assert not (root / SEALED_KEK).exists() and not (root / "etc/qkdd/credentials/kek").exists()
+
+        stores = [path for path in (root / "var/lib/qkdd").iterdir() if path.name.startswith("keys.")]
+        for path in stores:
+            path.rename(aside / path.name)
+        _in_root(root, "/usr/lib/qkdd/kek-setup", env={"QKDD_KEK_SEAL": "no"})
+        plain = root / "etc/qkdd/credentials/kek"
+        assert (plain.stat().st_uid, plain.stat().st_mode & 0o777) == (0, 0o600)
+        assert re.fullmatch(r"[0-9a-f]{64}\n", plain.read_text()) and plain.read_text() != kek_hex
+        assert not (root / SEALED_KEK).exists() and not (root / "var/lib/qkdd/kek").exists()
+        plain.unlink()
+        for path in stores:
+            (aside / path.name).rename(path)
+    finally:
+        (aside / "50-kek.conf").rename(root / SEALED_KEK)
+        shutil.rmtree(aside)
+
+
 def _kernel_has_mdwe() -> bool:
     probe = subprocess.run(["python3", "-c", MDWE_EXEC, "/bin/true"], capture_output=True, timeout=30)
     return probe.returncode == 0
 
 
-def _check_config_and_run(root: Path, as_qkdd: list[str]) -> None:
-    """`qkdd check-config`, then `qkdd run` as the qkdd user with the unit's capability and state
-    directory: READY=1 and WATCHDOG=1 on NOTIFY_SOCKET, /healthz answers, SIGTERM exits 0."""
-    check = _in_root(root, *as_qkdd, "/usr/bin/qkdd", "check-config", check=False)
+def _check_config_and_run(root: Path, as_qkdd: list[str], kek_hex: str) -> None:
+    """`qkdd check-config`, then `qkdd run` as the qkdd user with the unit's capability, state directory
+    and KEK rule: without the credential it refuses to start and writes nothing; with it, READY=1 and
+    WATCHDOG=1 on NOTIFY_SOCKET, /healthz answers, SIGTERM exits 0."""
+    check = _in_root(root, *as_qkdd, "/usr/bin/qkdd", "check-config", "--format", "json", check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+    effective = json.loads(check.stdout)
+    for name in ("api", "health"):
+        host = effective[name]["listen"].rpartition(":")[0].strip("[]")
+        assert ipaddress.ip_address(host).is_loopback, effective[name]
 
     api_port, health_port = _free_port(), _free_port()
     notify_path = root / "run" / "qkdd-test-notify.sock"
@@ -354,11 +559,27 @@ def _check_config_and_run(root: Path, as_qkdd: list[str]) -> None:
     os.chmod(notify_path, 0o666)  # the daemon writes to it as the qkdd user
     env = {**APT_ENV, "QKD_API_LISTEN": f"127.0.0.1:{api_port}", "QKD_HEALTH_LISTEN": f"127.0.0.1:{health_port}",
            "QKD_STATE_DIR": "/var/lib/qkdd", "NOTIFY_SOCKET": "/run/qkdd-test-notify.sock",
-           "WATCHDOG_USEC": "2000000"}
-    # `env -i` inside the root, so nothing from this process's environment leaks into the daemon.
-    command = _chroot_argv(root, *as_qkdd, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                           "/usr/bin/qkdd", "run", "--config", "/etc/qkdd/qkdd.toml")
-    daemon = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           "WATCHDOG_USEC": "2000000", "QKD_KEK_SOURCE": "credential"}
+
+    def command(env: dict[str, str]) -> list[str]:
+        # `env -i` inside the root, so nothing from this process's environment leaks into the daemon.
+        return _chroot_argv(root, *as_qkdd, "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()),
+                            "/usr/bin/qkdd", "run", "--config", "/etc/qkdd/qkdd.toml")
+
+    state_before = sorted(path.name for path in (root / "var/lib/qkdd").iterdir())
+    refused = subprocess.run(command(env), capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and 'no systemd credential \\"kek\\"' in refused.stderr, refused.stderr[-2000:]
+    assert sorted(path.name for path in (root / "var/lib/qkdd").iterdir()) == state_before
+    # The credential as systemd hands it to the service: a file of the qkdd user, 0400, in its own directory.
+    credentials = root / "run" / "qkdd-test-credentials"
+    credentials.mkdir(mode=0o500)
+    (credentials / "kek").write_text(kek_hex)
+    qkdd_ids = (root / "var/lib/qkdd").stat()
+    for path in (credentials / "kek", credentials):
+        os.chown(path, qkdd_ids.st_uid, qkdd_ids.st_gid)
+    (credentials / "kek").chmod(0o400)
+    env["CREDENTIALS_DIRECTORY"] = "/run/qkdd-test-credentials"
+    daemon = subprocess.Popen(command(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         status, body = _wait_for_json(f"http://127.0.0.1:{health_port}/healthz", daemon, deadline_s=60)
         # Configured links that no engine runs yet count as healthy (README, "Configure").
@@ -373,22 +594,32 @@ def _check_config_and_run(root: Path, as_qkdd: list[str]) -> None:
             daemon.wait(timeout=10)
         notify.close()
         notify_path.unlink(missing_ok=True)
+        shutil.rmtree(credentials)
 
 
 CAP_NET_ADMIN_MASK = f"{1 << 12:016x}"  # capability number 12, as /proc/PID/status prints sets
 
 
-def _boot_with_systemd_and_check_service(root: Path, uid: int) -> None:
+def _boot_with_systemd_and_check_service(root: Path, uid: int, kek_hex: str) -> None:
     """Boot the root with systemd as PID 1 (systemd-nspawn) and check the packaged unit as systemd runs
     it: enabled by the package, READY=1 reached, watchdog pinged, only CAP_NET_ADMIN, seccomp on, the
-    file system read-only but for the state, credentials loaded (a missing one not fatal), clean stop."""
+    file system read-only but for the state, credentials loaded (the sealed KEK decrypted by systemd, a
+    missing one not fatal), listening on the local host only, clean stop."""
     _require("systemd-nspawn", "nsenter")
     api_port, health_port = _free_port(), _free_port()
-    dropin = root / "etc/systemd/system/qkdd.service.d/test-ports.conf"
-    dropin.parent.mkdir(parents=True)
-    # Test ports, and a short watchdog so that pings are seen within seconds (and missing ones kill it).
-    dropin.write_text(f"[Service]\nEnvironment=QKD_API_LISTEN=127.0.0.1:{api_port} "
-                      f"QKD_HEALTH_LISTEN=127.0.0.1:{health_port}\nWatchdogSec=4s\n")
+    # Test ports in the installed configuration, its listen hosts untouched (the container shares this
+    # host's network, so the packaged ports may be taken).
+    config = root / "etc/qkdd/qkdd.toml"
+    packaged_config = config.read_text()
+    ports = {"api": api_port, "health": health_port}
+    config.write_text(re.sub(r'^(\[(api|health)\][^\[]*?^listen = "[^"]*:)\d+"',
+                             lambda match: f'{match.group(1)}{ports[match.group(2)]}"', packaged_config,
+                             flags=re.M | re.S))
+    assert config.read_text().count(f":{api_port}\"") == 1 and config.read_text().count(f":{health_port}\"") == 1
+    dropin = root / "etc/systemd/system/qkdd.service.d/test-watchdog.conf"
+    # A short watchdog so that pings are seen within seconds (and missing ones kill it).
+    dropin.parent.mkdir(exist_ok=True)
+    dropin.write_text("[Service]\nWatchdogSec=4s\n")
     secret = root / "etc/qkdd/credentials/kms-client-secret"
     secret.write_text("test-kms-secret\n")
     secret.chmod(0o600)
@@ -440,7 +671,14 @@ def _boot_with_systemd_and_check_service(root: Path, uid: int) -> None:
 
         credentials = Path(f"/proc/{main_pid}/root/run/credentials/qkdd.service")
         assert (credentials / "qkdd_kms-client-secret").read_text() == "test-kms-secret\n"
-        assert not (credentials / "qkdd_kek").exists()  # absent file, and the service started anyway
+        kek = (credentials / "kek").stat()   # SetCredentialEncrypted= of the package's drop-in, decrypted
+        assert kek.st_uid == uid and kek.st_mode & 0o077 == 0, oct(kek.st_mode)
+        assert (credentials / "kek").read_text() == kek_hex
+        assert not (credentials / "qkdd_kek").exists()  # no plain KEK file, and nothing missing is fatal
+
+        listening = _listening_addresses(main_pid)
+        assert sorted(port for _, port in listening) == sorted([api_port, health_port]), listening
+        assert all(ipaddress.ip_address(host).is_loopback for host, _ in listening), listening
 
         systemctl("stop", "qkdd.service")
         stopped = show("ActiveState", "Result", "ExecMainStatus")
@@ -457,8 +695,32 @@ def _boot_with_systemd_and_check_service(root: Path, uid: int) -> None:
         if container.poll() is None:
             _kill_container(container)
         log.close()
-        shutil.rmtree(dropin.parent)
+        dropin.unlink()
+        config.write_text(packaged_config)
         secret.unlink(missing_ok=True)
+
+
+def _listening_addresses(pid: int) -> list[tuple[str, int]]:
+    """(host, port) of every listening TCP socket that process `pid` holds, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: TCP_LISTEN
+                continue
+            address_hex, port_hex = fields[1].split(":")
+            raw = bytes.fromhex(address_hex)   # 32-bit words in host (little-endian) order
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((socket.inet_ntop(family, packed), int(port_hex, 16)))
+    return found
 
 
 def _kill_container(container: subprocess.Popen) -> None:
@@ -515,6 +777,9 @@ def test_rpm_layout_scriptlets_and_requires(rpm_path):
         assert expected in files, expected
     assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in files)
     assert "/etc/qkdd/qkdd.toml" in set(query("--configfiles").split())
+    _check_packaged_defaults(files, _rpm_file(rpm_path, "etc/qkdd/qkdd.toml"))
+    docs = set(query("--docfiles").split())
+    assert _readme_doc_paths() | {"/usr/share/doc/qkdd/README.md"} <= docs, docs
     modes = {line.split()[-1]: line.split()[:4] for line in query("--list", "-v").splitlines()}
     assert modes["/var/lib/qkdd"][0] == "drwx------" and modes["/var/lib/qkdd"][2:4] == ["qkdd", "qkdd"]
     assert modes["/etc/qkdd/credentials"][0] == "drwx------" and modes["/etc/qkdd/credentials"][2] == "root"
@@ -523,10 +788,12 @@ def test_rpm_layout_scriptlets_and_requires(rpm_path):
     sections = dict(re.findall(r"^(\w+) scriptlet .*?:\n(.*?)(?=^\w+ scriptlet |\Z)", scripts, re.M | re.S))
     assert "useradd" in sections["preinstall"] and "qkdd" in sections["preinstall"]
     assert "systemctl" in sections["postinstall"] and "preset" in sections["postinstall"]
+    assert "/usr/lib/qkdd/kek-setup" in sections["postinstall"]
     assert "systemctl" in sections["preuninstall"] and "disable" in sections["preuninstall"]
     # %postun: restart on upgrade ($1 >= 1), remove state and user only on erase ($1 == 0).
     postun = sections["postuninstall"]
     assert "try-restart" in postun and "/var/lib/qkdd" in postun and "userdel" in postun
+    assert "/etc/systemd/system/qkdd.service.d/50-kek.conf" in postun   # the sealed KEK goes with the store
 
     requires = query("--requires")
     assert re.search(r"^python\(abi\) = 3\.\d+$", requires, re.M), requires
@@ -534,3 +801,11 @@ def test_rpm_layout_scriptlets_and_requires(rpm_path):
     # The bundled wheels' libraries are private: nothing under /usr/lib/qkdd is offered to other packages.
     provides = query("--provides")
     assert not re.search(r"\.so", provides), provides
+
+
+def _rpm_file(rpm: Path, member: str) -> str:
+    with open(rpm, "rb") as package:
+        archive_bytes = subprocess.run(["rpm2archive", "-"], stdin=package, capture_output=True, timeout=120,
+                                       check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive_bytes)) as archive:
+        return archive.extractfile(f"./{member}").read().decode()

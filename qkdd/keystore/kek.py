@@ -2,17 +2,26 @@
 
 The file holds the key raw (32 bytes) or as 64 hex digits. It must be a regular file that neither group
 nor others can read: a KEK that other users could read protects nothing, so it is refused.
+Where it comes from is `QKD_KEK_SOURCE`: "credential" (set by the packaged unit) takes only the systemd
+credential "kek" and refuses a KEK beside the store; "any" (the default) falls back to <state_dir>/kek.
 """
 from __future__ import annotations
 
+import logging
 import os
 import stat
+from collections.abc import Mapping
 
 from qkdd.keyfile import KeyFileError, read_key_file
 from qkdd.keystore.model import KeyStoreError
 
 KEK_BYTES = 32
 MAX_KEK_FILE_BYTES = 256         # raw or hex KEK with a newline; anything longer is not a KEK file
+KEK_FILE = "kek"                 # in the state directory, beside the key store (source "any" only)
+KEK_SOURCE_VARIABLE = "QKD_KEK_SOURCE"
+KEK_SOURCES = ("any", "credential")
+
+log = logging.getLogger("qkdd.keystore")
 
 
 def load_kek(path: str) -> bytes:
@@ -38,11 +47,38 @@ def kek_from_credentials(name: str = "kek") -> bytes | None:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if not directory:
         return None
-    for candidate in (name, f"qkdd_{name}"):
-        path = os.path.join(directory, candidate)
-        if os.path.exists(path):
-            return load_kek(path)
-    return None
+    found = {candidate: load_kek(path) for candidate in (name, f"qkdd_{name}")
+             if os.path.exists(path := os.path.join(directory, candidate))}
+    if len(set(found.values())) > 1:
+        # SetCredentialEncrypted=kek (sealed by the package) and /etc/qkdd/credentials/kek disagree:
+        # taking either could open the store under the wrong key, so neither is taken.
+        raise KeyStoreError(f"key-encryption key: credentials {' and '.join(found)} differ; remove one "
+                            "(the sealed drop-in or /etc/qkdd/credentials/kek)")
+    return next(iter(found.values()), None)
+
+
+def kek_for_state_dir(state_dir: str, environ: Mapping[str, str] | None = None) -> bytes:
+    """The KEK of the key store in `state_dir`: the systemd credential "kek"; else, unless
+    QKD_KEK_SOURCE=credential, <state_dir>/kek (created 0600 on first start)."""
+    environ = os.environ if environ is None else environ
+    source = environ.get(KEK_SOURCE_VARIABLE, "") or "any"
+    if source not in KEK_SOURCES:
+        raise KeyStoreError(f"{KEK_SOURCE_VARIABLE}={source!r}: expected one of {', '.join(KEK_SOURCES)}")
+    beside_store = os.path.join(state_dir, KEK_FILE)
+    kek = kek_from_credentials()
+    if kek is not None:
+        if source == "credential" and os.path.lexists(beside_store):
+            log.warning("ignoring %s beside the key store: the key-encryption key comes from the credential "
+                        "\"kek\"; remove the file once the store opens", beside_store)
+        return kek
+    if source == "credential":
+        hint = (f"; {beside_store} beside the store is not used: move it into the credential store "
+                "(/usr/lib/qkdd/kek-setup does)") if os.path.lexists(beside_store) else ""
+        raise KeyStoreError(f"key-encryption key: {KEK_SOURCE_VARIABLE}=credential and no systemd credential "
+                            f"\"kek\" was passed (the package seals one at install, see /usr/lib/qkdd/kek-setup)"
+                            f"{hint}; not creating one beside the key store (set {KEK_SOURCE_VARIABLE}=any "
+                            "to allow that)")
+    return load_kek(beside_store) if os.path.exists(beside_store) else create_kek(beside_store)
 
 
 def create_kek(path: str) -> bytes:

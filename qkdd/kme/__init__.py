@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
-from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
+from qkdd.keystore import KeyStore, kek_for_state_dir, load_kek
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.ledger import Ledger
 from qkdd.kme.service import KmeService
@@ -45,13 +45,7 @@ def _open_ledger(config: Etsi014Config, state_dir: str, keystore: KeyStore) -> L
 
 
 def _open_key_store(config: Etsi014Config, state_dir: str) -> KeyStore:
-    if config.kek_file:
-        kek = load_kek(config.kek_file)
-    else:
-        kek = kek_from_credentials("kek")
-        if kek is None:
-            path = os.path.join(state_dir, "kek")
-            kek = load_kek(path) if os.path.exists(path) else create_kek(path)
+    kek = load_kek(config.kek_file) if config.kek_file else kek_for_state_dir(state_dir)
     return KeyStore(config.key_store_file or os.path.join(state_dir, "keys.db"), kek)
 
 

@@ -13,7 +13,7 @@ import trio
 from qkdd.config import Config, KeystoreConfig, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.driver import device_for
-from qkdd.keystore import KeyStore, create_kek, kek_from_credentials, load_kek
+from qkdd.keystore import KeyStore, kek_for_state_dir
 from qkdd.keystore.capacity import StoreCapacity
 from qkdd.link.engine import LinkEngine
 from qkdd.link.key_requests import KeyRequests
@@ -27,7 +27,6 @@ from qkdd.reservation.service import ReservationService
 log = logging.getLogger("qkdd.link")
 
 KEYSTORE_FILE = "keys.sqlite3"
-KEK_FILE = "kek"
 
 
 @dataclass
@@ -45,14 +44,11 @@ class Links:
 
 
 def open_keystore(state_dir: str, keystore: KeystoreConfig | None = None) -> KeyStore:
-    """The key store in the state directory under the KEK from the systemd credential "kek", else
-    <state_dir>/kek (created 0600 on first start), with the capacity of `[keystore]` (none if not given)."""
-    kek = kek_from_credentials()
-    if kek is None:
-        path = os.path.join(state_dir, KEK_FILE)
-        kek = load_kek(path) if os.path.exists(path) else create_kek(path)
+    """The key store in the state directory under the KEK from the systemd credential "kek", else (unless
+    QKD_KEK_SOURCE=credential) <state_dir>/kek, created 0600 on first start; with the capacity of
+    `[keystore]` (none if not given)."""
     capacity = StoreCapacity(keystore.max_key_bits, keystore.max_bytes) if keystore is not None else StoreCapacity()
-    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek, capacity=capacity)
+    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek_for_state_dir(state_dir), capacity=capacity)
 
 
 def not_started_because(link: LinkConfig) -> str | None:

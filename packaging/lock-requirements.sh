@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Refresh the dependency locks the packages are built from (packaging/build-venv.sh installs them with
+# `pip --require-hashes`, so a package holds exactly these versions and files, whatever PyPI serves later):
+#   packaging/requirements.lock        pyproject.toml's runtime dependencies, resolved, every file's sha256
+#   packaging/build-requirements.lock  its [build-system] requires (setuptools, wheel, cffi), the same way
+# Run from anywhere, with network access to the index; review the diff and commit both files together.
+# pip's own configuration (extra indexes, find-links) is ignored, so that only the public index's files
+# are hashed.
+#
+# usage: lock-requirements.sh        env: PYTHON (default /usr/bin/python3): the interpreter the
+#                                         packages are built with (the resolution is for its version)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-/usr/bin/python3}
+tools=$(mktemp -d)
+trap 'rm -rf "$tools"' EXIT
+
+export PIP_CONFIG_FILE=/dev/null
+# The lock files' header names this script as the command that made them.
+export CUSTOM_COMPILE_COMMAND="packaging/lock-requirements.sh"
+unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_CONSTRAINT
+"$python" -m venv "$tools/venv"
+"$tools/venv/bin/python" -m pip install --quiet --disable-pip-version-check 'pip-tools>=7.4'
+
+compile=("$tools/venv/bin/pip-compile" --quiet --generate-hashes --allow-unsafe --strip-extras
+         --no-emit-index-url --no-emit-find-links)
+cd "$repo"
+# setuptools prints deprecation notices about the dependencies' metadata while resolving: kept in a log
+# that is shown only if pip-compile fails.
+log="$tools/pip-compile.log"
+"${compile[@]}" --upgrade --output-file packaging/requirements.lock pyproject.toml 2>"$log" || { cat "$log" >&2; exit 1; }
+"${compile[@]}" --upgrade --all-build-deps --only-build-deps --output-file packaging/build-requirements.lock \
+    pyproject.toml 2>"$log" || { cat "$log" >&2; exit 1; }
+rm -rf qkdd.egg-info
+echo "locked: $(grep -c '^[a-z]' packaging/requirements.lock) runtime and" \
+     "$(grep -c '^[a-z]' packaging/build-requirements.lock) build distributions"
