@@ -124,14 +124,28 @@ def test_a_message_for_the_wrong_role_is_an_error_not_a_crash():
 
 
 def test_an_epoch_number_with_no_successor_is_refused_so_the_leader_can_always_propose_above():
-    """A peer's epoch sets the floor of the leader's next proposal, which must still fit its u64 field."""
+    """A peer's epoch sets the floor of the leader's next proposal, which the follower must still be able to
+    read: a HELLO or late ACK at the last epoch number (2^64 - 2) is refused, not answered with a proposal of
+    2^64 - 1 that the follower refuses (found by fuzzing: tests/fuzz/fuzz_wg_epoch.py)."""
     leader, _ = ends()
     hello = EpochAgreement(TUNNEL, False, Epoch(5, key(), 0.5)).hello()
     with pytest.raises(EpochMessageError, match="epoch number"):
         leader.receive(hello[:8] + struct.pack(">Q", 2**64 - 1) + hello[16:])
-    events, _ = leader.receive(hello[:8] + struct.pack(">Q", 2**64 - 2) + hello[16:])
+    with pytest.raises(EpochMessageError, match="no room for a proposal above it"):
+        leader.receive(hello[:8] + struct.pack(">Q", 2**64 - 2) + hello[16:])
+    late_ack = encode(Message(MessageType.ACK, Epoch(2**64 - 2, key(), 1.0)), TUNNEL)
+    with pytest.raises(EpochMessageError, match="no room for a proposal above it"):
+        leader.receive(late_ack)
+    events, _ = leader.receive(hello[:8] + struct.pack(">Q", 2**64 - 3) + hello[16:])
     proposal = leader.propose(key(), 2.0, above=events[0].peer_epoch.number)
-    assert len(proposal) == MESSAGE_BYTES
+    follower = EpochAgreement(TUNNEL, False, events[0].peer_epoch)
+    (proposed,), _ = follower.receive(proposal)
+    assert proposed.epoch.number == 2**64 - 2
+    events, _ = leader.receive(follower.accept())
+    assert events == [Agreed(proposed.epoch)] and leader.current.number == 2**64 - 2
+    with pytest.raises(EpochStateError, match="epoch numbers are used up"):
+        leader.propose(key(), 3.0)
+    assert leader.state.value == "idle" and leader.pending is None
 
 
 @settings(max_examples=300, deadline=None)
@@ -157,6 +171,7 @@ def test_any_peer_bytes_give_events_or_an_epoch_message_error(leader_receives, h
     assert all(len(reply) == MESSAGE_BYTES for reply in replies)
     for event in events:
         if isinstance(event, ResyncNeeded):
-            assert len(leader.propose(key(), 6.0, above=event.peer_epoch.number)) == MESSAGE_BYTES
+            proposal = leader.propose(key(), 6.0, above=event.peer_epoch.number)
+            assert decode(proposal, TUNNEL).epoch.number > event.peer_epoch.number
         elif isinstance(event, Proposed):
             assert len(follower.accept()) == MESSAGE_BYTES

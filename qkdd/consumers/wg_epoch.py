@@ -32,7 +32,7 @@ Wire layout (version 1, big-endian), every message 48 bytes::
     5      1    type: 1 HELLO, 2 PROPOSE, 3 ACK, 4 NACK
     6      1    NACK reason (0 otherwise)
     7      1    zero
-    8      8    epoch number (0: none yet; 2^64 - 1 is refused, so that an epoch above any peer's fits)
+    8      8    epoch number (0: none yet; at most MAX_EPOCH = 2^64 - 2, so every proposal fits and reads)
     16     16   key id (UUID bytes; zero when epoch is 0)
     32     8    activation time, Unix seconds as IEEE-754 double (PROPOSE; 0 otherwise)
     40     8    tunnel name hash: first 8 bytes of SHA-256 of the tunnel name (both ends share the name)
@@ -50,7 +50,7 @@ MAGIC = b"QKWG"
 VERSION = 1
 _LAYOUT = struct.Struct(">4sBBBxQ16sd8s")
 MESSAGE_BYTES = _LAYOUT.size
-MAX_EPOCH = 2**64 - 2        # a peer's epoch number the leader can still propose one above
+MAX_EPOCH = 2**64 - 2        # the largest epoch number on the wire (and so the largest the leader proposes)
 
 
 class EpochMessageError(ValueError):
@@ -185,7 +185,11 @@ class EpochAgreement:
             raise EpochStateError(f"tunnel {self.tunnel}: only the leader proposes")
         if self.state is not State.IDLE:
             raise EpochStateError(f"tunnel {self.tunnel}: propose in state {self.state.value}")
-        self.pending = Epoch(max(self.current.number, above) + 1, str(uuid.UUID(key_id)), activate_at)
+        number = max(self.current.number, above) + 1
+        if number > MAX_EPOCH:
+            raise EpochStateError(f"tunnel {self.tunnel}: epoch numbers are used up (at {number - 1}); "
+                                  f"both ends need their epoch state reset")
+        self.pending = Epoch(number, str(uuid.UUID(key_id)), activate_at)
         self.state = State.PROPOSED
         return self._out(MessageType.PROPOSE, self.pending)
 
@@ -221,7 +225,7 @@ class EpochAgreement:
         kind, epoch = message.type, message.epoch
         if kind is MessageType.HELLO:
             if epoch != self.current:
-                return [ResyncNeeded(epoch)], []
+                return [self._resync(epoch)], []
             return [], []
         if kind in (MessageType.ACK, MessageType.NACK):
             if self.state is not State.PROPOSED or self.pending is None or epoch.number != self.pending.number \
@@ -229,7 +233,7 @@ class EpochAgreement:
                 # An answer to a proposal given up on: a late ACK means the follower switched to a key
                 # this end dropped, so both must move to a fresh epoch.
                 late_ack = kind is MessageType.ACK and epoch != self.current
-                return ([ResyncNeeded(epoch)] if late_ack else []), []
+                return ([self._resync(epoch)] if late_ack else []), []
             answered, self.pending = self.pending, None
             self.state = State.IDLE
             if kind is MessageType.ACK:
@@ -237,6 +241,13 @@ class EpochAgreement:
                 return [Agreed(answered)], []
             return [Refused(answered, message.reason)], []
         raise EpochMessageError(f"tunnel {self.tunnel}: the leader got a {kind.name} (both ends lead?)")
+
+    def _resync(self, peer_epoch: Epoch) -> ResyncNeeded:
+        """A resync above `peer_epoch`, which the next proposal must exceed and still stay readable."""
+        if peer_epoch.number >= MAX_EPOCH:
+            raise EpochMessageError(f"tunnel {self.tunnel}: the other end's epoch {peer_epoch.number} leaves no room "
+                                    f"for a proposal above it (epoch numbers end at {MAX_EPOCH})")
+        return ResyncNeeded(peer_epoch)
 
     def _follower_receive(self, message: Message) -> tuple[list[Event], list[bytes]]:
         kind, epoch = message.type, message.epoch

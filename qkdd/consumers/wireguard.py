@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import trio
 
 from qkdd.config import WireGuardConfig
-from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Epoch, EpochAgreement, EpochMessageError, NackReason,
-                                     Proposed, Refused, ResyncNeeded, tunnel_tag)
+from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Epoch, EpochAgreement, EpochMessageError, EpochStateError,
+                                     NackReason, Proposed, Refused, ResyncNeeded, tunnel_tag)
 from qkdd.consumers.wg_tool import PSK_BYTES, WgError, WgTool
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
 from qkdd.metrics import TunnelMetrics
@@ -197,7 +197,13 @@ class TunnelRotation:
             return "no_key"
         above, self._resync_above = self._resync_above, 0
         activate_at = self._clock() + self.config.activation_delay_s
-        message = self.agreement.propose(key_id, activate_at, above=above)
+        try:
+            message = self.agreement.propose(key_id, activate_at, above=above)
+        except EpochStateError as exc:          # epoch numbers used up: nothing this end can propose
+            self.metrics.rotation("refused")
+            log.error("tunnel %s: %s; the current PSK stays", self.name, exc)
+            await trio.to_thread.run_sync(self.store.release, link_id, [key_id])
+            return "refused"
         proposal = self.agreement.pending
         self._answer, self._answer_event = trio.Event(), None
         try:
