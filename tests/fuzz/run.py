@@ -67,13 +67,14 @@ def run_target(target: str, runs: int, *, artifacts: Path, timeout_s: int = DEFA
             [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
         before = set(artifacts.iterdir())
         started = time.monotonic()
-        completed = subprocess.run(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-        seconds = time.monotonic() - started
+        with tempfile.TemporaryFile("w+", errors="replace") if log is None else open(log, "w+") as output_file:
+            # libFuzzer's output goes to a file as it comes (a long run can be watched with tail -f).
+            completed = subprocess.run(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL,
+                                       stdout=output_file, stderr=subprocess.STDOUT)
+            seconds = time.monotonic() - started
+            output_file.seek(0)
+            output = output_file.read()
         corpus_inputs = len(os.listdir(scratch))
-    output = completed.stdout
-    if log is not None:
-        log.write_text(output)
     new = sorted(set(_WRITTEN_RE.findall(output)) | {path.name for path in set(artifacts.iterdir()) - before})
     executed = _EXECUTED_RE.findall(output) or _DONE_RE.findall(output) or _PROGRESS_RE.findall(output)
     executions = int(executed[-1][0] if isinstance(executed[-1], tuple) else executed[-1]) if executed else 0
