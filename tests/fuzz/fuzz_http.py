@@ -10,7 +10,9 @@ value back (they may hold credentials).
 from __future__ import annotations
 
 import logging
+import queue
 import re
+import threading
 
 import h11
 import trio
@@ -85,6 +87,9 @@ def _router() -> Router:
 
 
 ROUTER = _router()
+# Under libFuzzer the inputs are served by one trio loop (mock clock) in a thread of its own: starting a
+# loop per input would cost more than most inputs do.
+_LOOP: trio.lowlevel.TrioToken | None = None
 
 
 class _ClientStream(trio.abc.Stream):
@@ -196,7 +201,10 @@ def TestOneInput(data: bytes) -> None:
     stream = _ClientStream(data, piece_bytes)
     exchanges = _Exchanges()
     _FINDINGS.messages.clear()
-    trio.run(_serve, stream, exchanges, clock=trio.testing.MockClock(autojump_threshold=0))
+    if _LOOP is None:
+        trio.run(_serve, stream, exchanges, clock=trio.testing.MockClock(autojump_threshold=0))
+    else:
+        trio.from_thread.run(_serve, stream, exchanges, trio_token=_LOOP)
     if _FINDINGS.messages:
         raise Finding(f"the connection logged an error: {_FINDINGS.messages[0]}")
     try:
@@ -238,5 +246,19 @@ def seeds() -> list[bytes]:
     ]
 
 
+def _start_loop() -> trio.lowlevel.TrioToken:
+    """A trio loop (mock clock) in a daemon thread, serving until the process ends; its token."""
+    started: queue.Queue = queue.Queue()
+
+    async def serve_forever() -> None:
+        started.put(trio.lowlevel.current_trio_token())
+        await trio.sleep_forever()
+
+    threading.Thread(target=trio.run, args=(serve_forever,),
+                     kwargs={"clock": trio.testing.MockClock(autojump_threshold=0)}, daemon=True).start()
+    return started.get()
+
+
 if __name__ == "__main__":
+    _LOOP = _start_loop()
     fuzz(TestOneInput)
