@@ -3,7 +3,6 @@ never another exception, and a ConfigError never quotes the KMS client secret.""
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 
 from tests.fuzz._common import Finding, check_silent, fuzz, instrumented
@@ -11,8 +10,9 @@ from tests.fuzz._common import Finding, check_silent, fuzz, instrumented
 with instrumented("tomllib"):
     from qkdd.config import Config, ConfigError, load_config
 
-_DIRECTORY = tempfile.mkdtemp(prefix="qkdd-fuzz-config-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-_PATH = os.path.join(_DIRECTORY, "qkdd.toml")
+# The config file lives in memory (a memfd), rewritten for each input; nothing is left behind on disk.
+_FILE = os.memfd_create("qkdd-fuzz-config")
+_PATH = f"/proc/self/fd/{_FILE}"
 
 
 def _client_secret(data: bytes) -> str | None:
@@ -25,8 +25,8 @@ def _client_secret(data: bytes) -> str | None:
 
 
 def TestOneInput(data: bytes) -> None:
-    with open(_PATH, "wb") as handle:
-        handle.write(data)
+    os.ftruncate(_FILE, 0)
+    os.pwrite(_FILE, data, 0)
     try:
         config = load_config(_PATH, environ={})
     except ConfigError as error:
