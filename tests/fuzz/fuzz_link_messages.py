@@ -96,6 +96,8 @@ def _decode_part(step: Step, body: memoryview, exchanges: dict) -> None:
                 try:
                     replies = exchange.receive(bytes(body))
                 except wire.PeerMessageError:
+                    if isinstance(exchange, wire.FrameExchange) and exchange.state != "FAILED":
+                        raise Finding(f"{type(exchange).__name__} refused a message but is {exchange.state}")
                     continue
                 if not all(isinstance(reply, bytes) for reply in replies):
                     raise Finding(f"{type(exchange).__name__} replied with {replies!r}")
