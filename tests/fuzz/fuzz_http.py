@@ -185,10 +185,10 @@ def _quotable(data: bytes, server_error: bool) -> list[str]:
     for line in data.split(b"\r\n"):
         text = line.decode("latin-1")
         words = text.split(" ")
-        if len(words) >= 3 and "?" in words[1]:
-            path, query = words[1].split("?", 1)
+        if len(words) >= 3:                   # a request line (or what may be one): its path may be quoted
+            path, _, query = words[1].partition("?")
             paths.append(path)
-            if server_error:
+            if server_error and query:
                 secrets.append(query)
         elif ":" in text and _CREDENTIAL_HEADER_RE.search(text.split(":", 1)[0]):
             secrets.append(text.split(":", 1)[1].strip())
