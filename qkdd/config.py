@@ -453,6 +453,8 @@ def read_toml(path: str, *, required: bool) -> dict[str, Any]:
         raise ConfigError(path, "not valid UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"invalid TOML: {exc}") from None
+    except RecursionError:      # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(path, "invalid TOML: arrays or inline tables nested too deeply") from None
 
 
 def _put(raw: dict[str, Any], target: tuple[str, ...], value: FromEnv) -> None:

@@ -52,6 +52,8 @@ BAD_CONFIGS = [
      "config error: QKD_HEALTH_LISTEN (health.listen): expected host:port (IPv6 as [addr]:port), got '0.0.0.0:http'"),
     ("TOML syntax", "[api\nlisten = 1\n", {},
      "config error: {path}: invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 5)"),
+    ("TOML nested past the parser's recursion limit (found by fuzzing)", "x = " + "[" * 2000, {},
+     "config error: {path}: invalid TOML: arrays or inline tables nested too deeply"),
     ("client certificates without a CA",
      '[api.tls]\ncert_file = "/x.pem"\nkey_file = "/x.key"\nclient_cert = "required"\n', {},
      'config error: api.tls.client_ca_file: required when client_cert = "required" '

@@ -219,6 +219,8 @@ def test_bad_key_requests_are_400_with_an_error_body(kmes, body, message):
     "/api/v1/keys/sae-c/status",                                                # unknown SAE
     "/api/v1/keys/sae-b/enc_keys?number=x", "/api/v1/keys/sae-b/enc_keys?size=12",
     "/api/v1/keys/sae-b/enc_keys?colour=red",
+    # whitespace that str.strip() drops and int() refuses (found by fuzzing: tests/fuzz/fuzz_etsi014.py)
+    "/api/v1/keys/sae-b/enc_keys?number=1%1E", "/api/v1/keys/sae-b/enc_keys?size=256%1C",
 ])
 def test_bad_paths_and_queries_are_400(kmes, path):
     with kmes.client("sae-a") as client:

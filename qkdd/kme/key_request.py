@@ -97,9 +97,12 @@ def _query_integer(request: Request, field: str) -> int | None:
     values = request.query.get(field)
     if values is None:
         return None
-    if len(values) != 1 or not _DECIMAL.fullmatch(values[0].strip()):
+    # Spaces and tabs around the number are tolerated; not whatever else str.strip() drops (such as
+    # "\x1e", which int() then refuses).
+    text = values[0].strip(" \t") if len(values) == 1 else ""
+    if not _DECIMAL.fullmatch(text):
         raise bad(field, "must be one decimal integer")
-    return int(values[0])
+    return int(text)
 
 
 def parse_key_request(request: Request, config: Etsi014Config) -> tuple[KeyRequest, list[dict]]:
