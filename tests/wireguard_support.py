@@ -163,30 +163,45 @@ class WgPair:
 class QkddInNetns:
     """`qkdd run` inside a namespace; stderr (the log) goes to a file the test reads."""
 
-    def __init__(self, netns: str, config_path: Path, log_path: Path):
+    def __init__(self, netns: str, config_path: Path, log_path: Path, *, env: dict[str, str] | None = None):
         self.netns = netns
         self.config_path = config_path
         self.log_path = log_path
+        self.extra_env = env or {}          # added to the daemon's environment (e.g. LD_PRELOAD)
         self.process: subprocess.Popen | None = None
+        self._run_offset = 0                # where this run's lines start in the log (restarts append)
 
-    def start(self) -> "QkddInNetns":
+    def start(self, *, wait_ready: bool = True) -> "QkddInNetns":
         env = {key: value for key, value in os.environ.items() if not key.startswith(("QKD_", "KMS_"))
                and key not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "CREDENTIALS_DIRECTORY",
                                "JOURNAL_STREAM")}
+        env.update(self.extra_env)
+        self._run_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         # `ip netns exec` execs the command, so the pid is the daemon's own (signals reach it).
         self.process = subprocess.Popen(["ip", "netns", "exec", self.netns, sys.executable, "-m", "qkdd", "run",
                                          "--config", str(self.config_path)], stdout=log, stderr=log, env=env)
         log.close()
-        wait_for("the daemon's ready line", lambda: "msg=ready" in self.log() or self._exited())
-        assert self.process.poll() is None, self.log()
+        if wait_ready:
+            self.wait_ready()
         return self
+
+    def wait_ready(self, timeout_s: float = WAIT_S) -> None:
+        """Until this run (not an earlier one in the same log) logged its ready line."""
+        wait_for("the daemon's ready line", lambda: "msg=ready" in self.run_log() or self._exited(), timeout_s)
+        assert self.process.poll() is None, self.run_log()
 
     def _exited(self) -> bool:
         return self.process.poll() is not None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def run_log(self) -> str:
+        """The lines of the current run."""
+        with open(self.log_path, "rb") as handle:
+            handle.seek(self._run_offset)
+            return handle.read().decode(errors="replace")
 
     def rotate_now(self) -> None:
         self.process.send_signal(signal.SIGUSR1)
