@@ -1,0 +1,273 @@
+"""The chaos scenarios and their verdicts, for the benchmark (bench/chaos.py, long faults) and the test
+suite (tests/test_chaos_netns.py, short ones): each applies one fault to a running Lab, ends it, waits
+for the service to come back and reports one result.
+
+A scenario passes when, counting from the lab's start, no key was served twice, no key was lost (stored
+at one end, absent at the other after the resynchronisation) and no key has expiry times more than
+EXPIRY_SKEW_LIMIT_S apart at the two ends; during the scenario no fetch was refused at the other end (but
+for one whose earlier attempt lost its answer with a killed daemon: delivered at most once) and no daemon
+died; and every consumer flow had a key handed out for a request made after the fault ended within
+RESUME_LIMIT_S of its end.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+from tests.chaos_load import mismatched, served_twice
+
+RESUME_LIMIT_S = 5.0
+EXPIRY_SKEW_LIMIT_S = 60.0      # one key's expiry at the two ends (their clocks agree within this)
+BASELINE_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class Durations:
+    loss_s: float = 60.0
+    delay_s: float = 60.0
+    reorder_s: float = 60.0
+    bandwidth_s: float = 60.0
+    partition_s: float = 60.0
+    asymmetric_s: float = 60.0
+    disk_full_s: float = 30.0
+    clock_s: float = 30.0
+    kill_loops: int = 100
+    recover_timeout_s: float = 90.0     # how long to wait for the service after a fault before giving up
+
+
+SHORT = Durations(loss_s=3.0, delay_s=3.0, reorder_s=3.0, bandwidth_s=3.0, partition_s=10.0, asymmetric_s=5.0,
+                  disk_full_s=8.0, clock_s=3.0, kill_loops=5, recover_timeout_s=12.0)
+FRAME_WAIT_S = 40.0         # a clock step lasts until a frame stored keys at both ends (or this long more)
+
+
+@dataclass
+class Window:
+    """One scenario's times (time.monotonic()) and what happened beside the fault."""
+    started_s: float
+    fault_ended_s: float = 0.0
+    started_utc: str = field(default_factory=lambda: _utc_now())
+    notes: list[str] = field(default_factory=list)
+    crashed: list[str] = field(default_factory=list)
+
+
+def _utc_now() -> str:
+    return time.strftime("%H:%M:%S", time.gmtime())
+
+
+def _wait_resumed(lab, since_s: float, timeout_s: float) -> dict[str, float | None]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        resumed = lab.driver.resumed_s(since_s)
+        if all(value is not None for value in resumed.values()) or time.monotonic() > deadline:
+            return resumed
+        time.sleep(0.2)
+
+
+def _revive(lab, window: Window) -> None:
+    """A daemon that died is noted and started again, so that the next scenario finds both running."""
+    for end in ("a", "b"):
+        if not lab.alive(end):
+            code = lab.daemons[end].process.returncode
+            window.crashed.append(f"{end} exited {code}: {_last_error(lab.daemons[end].run_log())}")
+            lab.restart(end)
+
+
+def _restore(lab, window: Window, resumed: dict[str, float | None]) -> None:
+    """The service did not come back by itself: both daemons are restarted by hand (noted), so that the
+    next scenario starts from a working link."""
+    if all(value is not None for value in resumed.values()):
+        return
+    window.notes.append("no service within the recovery timeout: both daemons restarted by hand")
+    for end in ("a", "b"):
+        lab.daemons[end].stop()
+        lab.restart(end)
+    lab.wait_for_session()
+
+
+def _last_error(log: str) -> str:
+    lines = [line for line in log.splitlines() if "level=error" in line or "Error" in line or "Traceback" in line]
+    return (lines[-1] if lines else (log.splitlines() or [""])[-1])[:300]
+
+
+def baseline(lab, timeout_s: float = BASELINE_TIMEOUT_S) -> None:
+    """Until every flow completes an exchange started now (the service is up before the next fault)."""
+    since = time.monotonic()
+    resumed = _wait_resumed(lab, since, timeout_s)
+    missing = [flow for flow, value in resumed.items() if value is None]
+    if missing:
+        raise RuntimeError(f"no service before the fault for {', '.join(missing)} within {timeout_s:g} s")
+
+
+def verdict(lab, name: str, window: Window, resumed: dict[str, float | None], **extra) -> dict:
+    handouts = lab.book.snapshot()
+    audit = lab.audit()
+    twice = served_twice(handouts)
+    wrong = mismatched(handouts)
+    refused = lab.book.fetch_refusals(window.started_s)
+    failed_fetches = {outcome: count for outcome, count in refused.items() if "dropped answer" not in outcome}
+    resume_values = [value for value in resumed.values() if value is not None]
+    resume_s = max(resume_values) if len(resume_values) == len(resumed) else None
+    handed = lab.book.handed_out(window.started_s)
+    ok = (not twice and not audit.lost and not wrong and not failed_fetches and not window.crashed
+          and audit.expiry_skew_s <= EXPIRY_SKEW_LIMIT_S
+          and resume_s is not None and resume_s <= RESUME_LIMIT_S)
+    return {
+        "scenario": name,
+        "handed_out": {"alice": handed["a"], "bob": handed["b"]},
+        "served_twice": len(twice),
+        "lost": len(audit.lost),
+        "mismatched": len(wrong),
+        "fetch_refused": refused,
+        "resume_s": None if resume_s is None else round(resume_s, 2),
+        "resume_by_flow_s": {flow: None if value is None else round(value, 2) for flow, value in resumed.items()},
+        "stores": {"keys_alice": audit.keys_a, "keys_bob": audit.keys_b, "stranded": audit.stranded,
+                   "expiry_split": audit.expiry_split, "expiry_skew_s": round(audit.expiry_skew_s, 1)},
+        "crashed": window.crashed,
+        **extra,
+        "started_utc": window.started_utc,
+        "notes": window.notes,
+        "pass": ok,
+    }
+
+
+def _network_fault(lab, name: str, hold_s: float, durations: Durations, apply) -> dict:
+    baseline(lab)
+    window = Window(time.monotonic())
+    apply()
+    time.sleep(hold_s)
+    during = lab.driver.outcomes(window.started_s)
+    lab.net.clear()
+    lab.set_path()
+    window.fault_ended_s = time.monotonic()
+    resumed = _wait_resumed(lab, window.fault_ended_s, durations.recover_timeout_s)
+    _revive(lab, window)
+    _restore(lab, window, resumed)
+    return verdict(lab, name, window, resumed, fault_s=hold_s, **_served(during))
+
+
+def _served(outcomes) -> dict:
+    """Exchanges started during the fault: how many went through, how many did not."""
+    ok = outcomes.get("ok", 0)
+    return {"served_during_fault": ok, "failed_during_fault": sum(outcomes.values()) - ok}
+
+
+def loss(lab, d: Durations) -> dict:
+    return _network_fault(lab, "loss_5pct", d.loss_s, d, lambda: lab.net.loss(0.05))
+
+
+def delay(lab, d: Durations) -> dict:
+    return _network_fault(lab, "delay_200ms", d.delay_s, d, lambda: lab.set_path(delay_ms=200))
+
+
+def reorder(lab, d: Durations) -> dict:
+    before = lab.net.reordered_segments()
+
+    def apply() -> None:
+        lab.net.reorder(0.05)
+        lab.set_path(hold_probability=0.1, hold_ms=50)
+    result = _network_fault(lab, "reorder", d.reorder_s, d, apply)
+    result["tcp_reorder_events"] = lab.net.reordered_segments() - before
+    return result
+
+
+def bandwidth(lab, d: Durations) -> dict:
+    return _network_fault(lab, "bandwidth_2mbit", d.bandwidth_s, d, lambda: lab.net.bandwidth("2mbit"))
+
+
+def partition(lab, d: Durations) -> dict:
+    return _network_fault(lab, f"partition_{d.partition_s:g}s", d.partition_s, d, lab.net.partition)
+
+
+def asymmetric(lab, d: Durations) -> dict:
+    """Alice's packets to Bob are dropped; Bob's still reach her."""
+    return _network_fault(lab, f"asymmetric_{d.asymmetric_s:g}s", d.asymmetric_s, d,
+                          lambda: lab.net.partition(a_hears_b=True))
+
+
+def disk_full(lab, d: Durations) -> dict:
+    """Bob's key-store filesystem (a tmpfs) is filled, then emptied again."""
+    baseline(lab)
+    window = Window(time.monotonic())
+    filled_bytes = lab.tmpfs["b"].fill()
+    deadline = time.monotonic() + d.disk_full_s
+    died_s = None
+    while time.monotonic() < deadline:
+        if died_s is None and not lab.alive("b"):
+            died_s = time.monotonic() - window.started_s
+        time.sleep(0.1)
+    health = lab.healthz("b")
+    lab.tmpfs["b"].free()
+    window.fault_ended_s = time.monotonic()
+    if died_s is not None or not lab.alive("b"):
+        window.notes.append(f"bob's daemon ended {died_s:.1f} s after the filesystem filled; restarted by hand"
+                            if died_s is not None else "bob's daemon ended; restarted by hand")
+    _revive(lab, window)
+    resumed = _wait_resumed(lab, window.fault_ended_s, d.recover_timeout_s)
+    _restore(lab, window, resumed)
+    if window.crashed:
+        resumed = {flow: None for flow in resumed}        # it did not resume by itself
+    return verdict(lab, "disk_full", window, resumed, fault_s=d.disk_full_s, filler_bytes=filled_bytes,
+                   bob_healthz_while_full=health)
+
+
+def clock_step(lab, d: Durations, end: str, offset: str) -> dict:
+    baseline(lab)
+    window = Window(time.monotonic())
+    generated = {e: lab.link_metrics(e)["keys_generated"] for e in ("a", "b")}
+    lab.step_clock(end, offset)
+    time.sleep(d.clock_s)
+    # keys of a frame stored while the clock was stepped are the ones whose expiry the two ends may see apart
+    deadline = time.monotonic() + FRAME_WAIT_S
+    while time.monotonic() < deadline and not all(
+            lab.link_metrics(e)["keys_generated"] > generated[e] for e in ("a", "b")):
+        time.sleep(0.5)
+    keys_stored_during_step = min(lab.link_metrics(e)["keys_generated"] - generated[e] for e in ("a", "b"))
+    during = lab.driver.outcomes(window.started_s)
+    lab.step_clock(end, "+0")
+    window.fault_ended_s = time.monotonic()
+    resumed = _wait_resumed(lab, window.fault_ended_s, d.recover_timeout_s)
+    _revive(lab, window)
+    _restore(lab, window, resumed)
+    who = "alice" if end == "a" else "bob"
+    return verdict(lab, f"clock_{who}_{offset}", window, resumed,
+                   fault_s=round(window.fault_ended_s - window.started_s, 1),
+                   keys_stored_during_step=keys_stored_during_step, **_served(during))
+
+
+def kill_loops(lab, d: Durations) -> dict:
+    """kill -9 of alternate ends, each started again at once; the service must be back within the limit
+    after every restart."""
+    baseline(lab)
+    window = Window(time.monotonic())
+    resumes: list[float | None] = []
+    for loop in range(d.kill_loops):
+        end = "a" if loop % 2 == 0 else "b"
+        lab.kill(end)
+        restarted_s = time.monotonic()
+        lab.restart(end)
+        resumed = _wait_resumed(lab, restarted_s, d.recover_timeout_s)
+        values = list(resumed.values())
+        resumes.append(max(values) if None not in values else None)
+    window.fault_ended_s = time.monotonic()
+    _revive(lab, window)
+    measured = [value for value in resumes if value is not None]
+    slowest = max(measured) if len(measured) == len(resumes) else None
+    result = verdict(lab, f"kill9_x{d.kill_loops}", window, {"all flows, slowest loop": slowest},
+                     loops=d.kill_loops, resume_median_s=round(statistics.median(measured), 2) if measured else None,
+                     loops_over_limit=sum(1 for value in resumes if value is None or value > RESUME_LIMIT_S))
+    return result
+
+
+SCENARIOS = {
+    "loss": loss,
+    "delay": delay,
+    "reorder": reorder,
+    "bandwidth": bandwidth,
+    "partition": partition,
+    "asymmetric": asymmetric,
+    "disk_full": disk_full,
+    "clock_forward": lambda lab, d: clock_step(lab, d, "a", "+1h"),
+    "clock_back": lambda lab, d: clock_step(lab, d, "b", "-1h"),
+    "kill9": kill_loops,
+}
