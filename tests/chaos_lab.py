@@ -128,7 +128,9 @@ class Lab:
         for end in ENDS:
             self.daemons[end] = QkddInNetns(self.side(end).netns, self._write_config(end),
                                             self.workdir / f"{ENDS[end][0]}.log", env=self._daemon_env(end))
-            self.daemons[end].start()
+            self.daemons[end].start(wait_ready=False)
+        for daemon in self.daemons.values():
+            daemon.wait_ready()
         self.driver = Driver(self._flows(), interval_s=self.interval_s)
 
     def down(self) -> None:

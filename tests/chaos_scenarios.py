@@ -20,6 +20,8 @@ from tests.chaos_load import mismatched, served_twice
 RESUME_LIMIT_S = 5.0
 EXPIRY_SKEW_LIMIT_S = 60.0      # one key's expiry at the two ends (their clocks agree within this)
 BASELINE_TIMEOUT_S = 90.0
+LATE_RESUME_S = 60.0            # after the recovery timeout, how much longer to wait before restarting by hand
+KILL_LOOP_WAIT_S = 60.0         # each kill loop waits this long at most for the service before the next kill
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,11 @@ class Durations:
     clock_s: float = 30.0
     kill_loops: int = 100
     recover_timeout_s: float = 90.0     # how long to wait for the service after a fault before giving up
+    clock_frame_wait_s: float = 60.0    # a clock step lasts until a frame stored keys at both ends, or this long more
 
 
 SHORT = Durations(loss_s=3.0, delay_s=3.0, reorder_s=3.0, bandwidth_s=3.0, partition_s=10.0, asymmetric_s=5.0,
-                  disk_full_s=8.0, clock_s=3.0, kill_loops=5, recover_timeout_s=12.0)
-FRAME_WAIT_S = 40.0         # a clock step lasts until a frame stored keys at both ends (or this long more)
+                  disk_full_s=8.0, clock_s=3.0, kill_loops=5, recover_timeout_s=8.0, clock_frame_wait_s=0.0)
 
 
 @dataclass
@@ -73,13 +75,20 @@ def _revive(lab, window: Window) -> None:
             lab.restart(end)
 
 
-def _restore(lab, window: Window, resumed: dict[str, float | None]) -> None:
-    """The service did not come back by itself: both daemons are restarted by hand (noted), so that the
-    next scenario starts from a working link."""
+def _restore(lab, window: Window, resumed: dict[str, float | None], *, ends: tuple[str, ...] = ("a", "b"),
+             grace_s: float = LATE_RESUME_S) -> None:
+    """The service did not come back within the recovery timeout: wait up to `grace_s` more for it (noted
+    as a late resumption), else restart `ends` by hand (noted), so that the next scenario starts from a
+    working link."""
     if all(value is not None for value in resumed.values()):
         return
-    window.notes.append("no service within the recovery timeout: both daemons restarted by hand")
-    for end in ("a", "b"):
+    late = _wait_resumed(lab, window.fault_ended_s, grace_s) if grace_s > 0 else resumed
+    if all(value is not None for value in late.values()):
+        window.notes.append(f"resumed by itself {max(late.values()):.1f} s after the fault ended")
+        return
+    names = " and ".join("alice" if end == "a" else "bob" for end in ends)
+    window.notes.append(f"no service by itself: {names} restarted by hand")
+    for end in ends:
         lab.daemons[end].stop()
         lab.restart(end)
     lab.wait_for_session()
@@ -204,7 +213,7 @@ def disk_full(lab, d: Durations) -> dict:
                             if died_s is not None else "bob's daemon ended; restarted by hand")
     _revive(lab, window)
     resumed = _wait_resumed(lab, window.fault_ended_s, d.recover_timeout_s)
-    _restore(lab, window, resumed)
+    _restore(lab, window, resumed, ends=("b",), grace_s=0.0)
     if window.crashed:
         resumed = {flow: None for flow in resumed}        # it did not resume by itself
     return verdict(lab, "disk_full", window, resumed, fault_s=d.disk_full_s, filler_bytes=filled_bytes,
@@ -218,7 +227,7 @@ def clock_step(lab, d: Durations, end: str, offset: str) -> dict:
     lab.step_clock(end, offset)
     time.sleep(d.clock_s)
     # keys of a frame stored while the clock was stepped are the ones whose expiry the two ends may see apart
-    deadline = time.monotonic() + FRAME_WAIT_S
+    deadline = time.monotonic() + d.clock_frame_wait_s
     while time.monotonic() < deadline and not all(
             lab.link_metrics(e)["keys_generated"] > generated[e] for e in ("a", "b")):
         time.sleep(0.5)
@@ -246,7 +255,7 @@ def kill_loops(lab, d: Durations) -> dict:
         lab.kill(end)
         restarted_s = time.monotonic()
         lab.restart(end)
-        resumed = _wait_resumed(lab, restarted_s, d.recover_timeout_s)
+        resumed = _wait_resumed(lab, restarted_s, max(d.recover_timeout_s, KILL_LOOP_WAIT_S))
         values = list(resumed.values())
         resumes.append(max(values) if None not in values else None)
     window.fault_ended_s = time.monotonic()

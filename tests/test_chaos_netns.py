@@ -3,10 +3,12 @@ namespaces (tests/chaos_lab.py), consumers taking keys at both ends over /v1 and
 one fault after another: 5 % loss, a 10 s partition, an asymmetric one, kill -9 of either end five
 times, the key store's filesystem full, and the wall clock stepped an hour forward at one end. After each,
 no key was served twice, none was lost (both stores compared), and the service came back by itself
-within 5 s of the fault's end (tests/chaos_scenarios.py says exactly what is measured).
+within 5 s of the fault's end (tests/chaos_scenarios.py says exactly what is measured). Where today's
+daemon misses the 5 s, the test is an expected failure naming the cause; the benchmark's figures and
+the expiry times of keys stored during a clock step are in the README.
 
-The scenarios run in the order written on one lab (module scope) and each takes tens of seconds, so the
-whole file takes about a minute and a half. Needs root, iptables and tc (skips otherwise); the clock step
+The scenarios run in the order written on one lab (module scope; each fixture names the one before), and
+the whole file takes about 85 s. Needs root, iptables and tc (skips otherwise); the clock step
 needs libfaketime.
 """
 from __future__ import annotations
@@ -26,8 +28,9 @@ PARTITION_DEFECT = ("a partition shorter than the peer idle timeout (20 s) leave
                     "abandoned meanwhile. A longer one waits for a redial whose attempt blocks up to the 10 s "
                     "handshake timeout, then the resynchronisation. Measured 5-13 s (README, chaos benchmark)")
 KILL_DEFECT = ("after kill -9 the restarted daemon needs its start-up (1.5-2.5 s on this machine), the handshake and "
-               "the key-store resynchronisation (inventories of every key, 1-2.5 s for 30 000 keys) before it "
-               "serves: 5-12 s measured under load (README, chaos benchmark)")
+               "the key-store resynchronisation (inventories of every key) before it serves: median 6.3 s over "
+               "100 loops with 30 000 keys on this machine (README, chaos benchmark)")
+SEEDED_KEYS = 8000      # enough for this run's consumers and the ETSI 014 pools five kills drop
 FULL_DISK_DEFECT = ("a full key-store filesystem leaves the daemon without service after space returns: the "
                     "link's reservation handler dies on sqlite3.OperationalError 'database or disk is full' "
                     "(the session stays up, every later reservation is dropped); the key store's write errors "
@@ -36,7 +39,7 @@ FULL_DISK_DEFECT = ("a full key-store filesystem leaves the daemon without servi
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with Lab(tmp_path_factory.mktemp("chaos")) as running:
+    with Lab(tmp_path_factory.mktemp("chaos"), seeded_keys=SEEDED_KEYS) as running:
         running.wait_for_session()
         running.driver.start()
         yield running
@@ -122,11 +125,6 @@ def test_a_full_key_store_filesystem_pauses_and_resumes_by_itself(disk_full):
     resumes_by_itself(disk_full)
 
 
-CLOCK_EXPIRY_DEFECT = ("each end computes a key's expiry from its own wall clock, so keys stored while one "
-                       "clock is stepped expire an hour apart at the two ends; expiry from Alice's frame is on "
-                       "the store branch (issue 24)")
-
-
 @pytest.fixture(scope="module")
 def clock_forward(lab, disk_full):
     if not faketime_available():
@@ -137,9 +135,3 @@ def clock_forward(lab, disk_full):
 def test_the_wall_clock_stepped_an_hour_forward_at_one_end(clock_forward):
     keeps_every_key(clock_forward)
     resumes_by_itself(clock_forward)
-
-
-@pytest.mark.xfail(reason=CLOCK_EXPIRY_DEFECT, strict=False)
-def test_keys_stored_while_a_clock_was_stepped_expire_at_the_same_time_at_both_ends(clock_forward):
-    assert clock_forward["keys_stored_during_step"] > 0, clock_forward
-    assert clock_forward["stores"]["expiry_skew_s"] <= 60, clock_forward
