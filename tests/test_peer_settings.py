@@ -25,6 +25,16 @@ def test_backoff_doubles_with_jitter_up_to_the_ceiling_and_resets():
     assert many.next_delay_s() <= 2.0
 
 
+def test_after_any_outage_the_default_dialler_tries_again_within_a_few_seconds():
+    """However long the peer stays away (a partition of an hour: ~260 failed dials), the next attempt
+    starts at most 4 s after the last one failed, so a path that comes back is found within seconds."""
+    settings = PeerSettings("link", dial=("peer", 7443))
+    backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s, random.Random(3))
+    delays = [backoff.next_delay_s() for _ in range(260)]
+    assert max(delays) <= 4.0
+    assert min(delays[10:]) >= 2.0                   # still backing off: half the ceiling at least
+
+
 @pytest.mark.parametrize("kwargs, error", [
     (dict(), "exactly one of peer dial and listen"),
     (dict(dial=("a", 1), listen=("b", 2)), "exactly one of peer dial and listen"),

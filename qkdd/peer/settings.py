@@ -25,7 +25,10 @@ class PeerSettings:
     receive_queue_records: int = 64  # records buffered for the application before backpressure
     receive_queue_bytes: int = DEFAULT_RECEIVE_QUEUE_BYTES  # ...and bytes (one record always fits)
     backoff_initial_s: float = 0.5  # first redial delay; doubles per failure (with jitter)
-    backoff_max_s: float = 30.0  # redial delay ceiling; a completed handshake resets the backoff
+    # Redial delay ceiling; a completed handshake resets the backoff. Short: a link has one peer, and on a cut
+    # path every attempt already blocks for handshake_timeout_s, so a longer ceiling only delays the session
+    # after a partition ends (30 s here kept a link down ~25 s after a 5-minute partition; issue 24 asks 5 s).
+    backoff_max_s: float = 4.0
     max_pending_handshakes: int = 8  # listener: connections still handshaking at once
     tls_cert_file: str | None = None  # optional; otherwise an ephemeral self-signed certificate
     tls_key_file: str | None = None
