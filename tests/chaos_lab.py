@@ -5,7 +5,8 @@ Alice (namespace a) runs the simulated source and listens for the classical chan
 veth address; Bob (namespace b) dials it through the delay proxy (bench/chaos_proxy.py, in his
 namespace, on 127.0.0.1), whose path settings the scenarios change at run time. The quantum channel runs
 over the second veth pair, which no fault touches. Each daemon's state directory is a small tmpfs of its
-own (a full filesystem is one of the faults). Both daemons run under libfaketime when it is installed,
+own (a full filesystem is one of the faults), its key store seeded with the same keys at both ends before
+start (`seed_stores`). Both daemons run under libfaketime when it is installed,
 with an offset read from a file (0 until a scenario steps the clock), and the monotonic clock left real.
 The API listens on each namespace's loopback, over mTLS with the SAEs `sae-a` (at Alice's KME) and
 `sae-b` (at Bob's); certificates are issued two hours back, as a deployment's are, so that a clock stepped

@@ -245,8 +245,8 @@ def clock_step(lab, d: Durations, end: str, offset: str) -> dict:
 
 
 def kill_loops(lab, d: Durations) -> dict:
-    """kill -9 of alternate ends, each started again at once; the service must be back within the limit
-    after every restart."""
+    """kill -9 of alternate ends (Alice first), each started again at once; the service must be back within
+    the limit after every restart."""
     baseline(lab)
     window = Window(time.monotonic())
     resumes: list[float | None] = []
@@ -264,6 +264,7 @@ def kill_loops(lab, d: Durations) -> dict:
     slowest = max(measured) if len(measured) == len(resumes) else None
     result = verdict(lab, f"kill9_x{d.kill_loops}", window, {"all flows, slowest loop": slowest},
                      loops=d.kill_loops, resume_median_s=round(statistics.median(measured), 2) if measured else None,
+                     resume_by_loop_s=[None if value is None else round(value, 1) for value in resumes],
                      loops_over_limit=sum(1 for value in resumes if value is None or value > RESUME_LIMIT_S))
     return result
 
