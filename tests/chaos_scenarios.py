@@ -39,8 +39,8 @@ class Durations:
     clock_frame_wait_s: float = 60.0    # a clock step lasts until a frame stored keys at both ends, or this long more
 
 
-SHORT = Durations(loss_s=3.0, delay_s=3.0, reorder_s=3.0, bandwidth_s=3.0, partition_s=10.0, asymmetric_s=5.0,
-                  disk_full_s=8.0, clock_s=3.0, kill_loops=5, recover_timeout_s=8.0, clock_frame_wait_s=0.0)
+SHORT = Durations(loss_s=3.0, delay_s=3.0, reorder_s=3.0, bandwidth_s=3.0, partition_s=10.0, asymmetric_s=4.0,
+                  disk_full_s=5.0, clock_s=3.0, kill_loops=5, recover_timeout_s=8.0, clock_frame_wait_s=0.0)
 
 
 @dataclass
