@@ -30,7 +30,8 @@ import httpx
 
 from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
 from qkdd.keystore import KeyStore, create_kek
-from qkdd.link.service import KEK_FILE, KEYSTORE_FILE
+from qkdd.keystore.kek import KEK_FILE
+from qkdd.link.service import KEYSTORE_FILE
 from qkdd.peer import generate_identity, save_private_key, save_public_key
 from qkdd.pki import pki_paths
 from tests.chaos_load import Book, Driver, EndApi, Flow, audit_stores
