@@ -282,3 +282,43 @@ def test_a_request_too_fragmented_for_one_reservation_message_is_a_503_not_a_cra
     error, keys = trio.run(main)
     assert "too fragmented" in str(error.details)
     assert len(keys) == 1 and len(keys[0][1]) == 2
+
+
+def test_a_key_store_that_cannot_write_makes_get_key_a_503_and_the_refill_ahead_stops_quietly(tmp_path, caplog):
+    """A full disk under the master's key store: the take's group commit fails with SQLite's own error.
+    The request finds no keys (a 503, the pool as it was); the refill ahead of need, a background task of the
+    KME, logs it and ends instead of ending the daemon; keys are taken again once the store writes."""
+    import logging
+    import sqlite3
+
+    import pytest
+
+    from qkdd.keystore import KeyUnavailable
+
+    store, ids = seeded_store(tmp_path, 20)
+    service = KmeService(CONFIG, store, Ledger(str(tmp_path / "ledger.db")), take_block_bits=8 * 256)
+    real_take, disk_full = service._take_block, [False]
+
+    def take_block(link_id, min_bits):
+        if disk_full[0]:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_take(link_id, min_bits)
+    service._take_block = take_block
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            first = await service._take_keys(LINK, 7 * 256)       # a block of 8, one left: a refill ahead starts
+            disk_full[0] = True
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(KeyUnavailable):
+                await service._take_keys(LINK, 2 * 256)            # the pool holds 1, the store cannot take
+            disk_full[0] = False
+            again = await service._take_keys(LINK, 2 * 256)
+            nursery.cancel_scope.cancel()
+        return first, again
+
+    caplog.set_level(logging.WARNING, logger="qkdd.etsi014")
+    first, again = trio.run(main)
+    assert list(first) == ids[:7] and len(again) == 2 and not set(again) & set(first)
+    assert "could not take keys for ETSI 014" in caplog.text

@@ -288,7 +288,15 @@ class KmeService:
         return self._taken[link_id].bits(self._clock()) < self._take_block_bits
 
     async def _refill(self, link_id: str, min_bits: int) -> None:
-        self._taken[link_id].add(await self._takes.call(self._take_block, link_id, min_bits))
+        """KeyUnavailable too when the key store cannot take keys now (a full disk, an I/O error)."""
+        try:
+            block = await self._takes.call(self._take_block, link_id, min_bits)
+        except KeyUnavailable:
+            raise
+        except (KeyStoreError, sqlite3.Error) as exc:
+            log.warning("link %s: the key store could not take keys for ETSI 014: %s", link_id, exc)
+            raise KeyUnavailable(f"link {link_id}: the key store cannot take keys now") from None
+        self._taken[link_id].add(block)
 
     async def _refill_ahead(self, link_id: str) -> None:
         """A block into the pool before it runs dry; a store without enough keys leaves it as it is (the
@@ -322,6 +330,9 @@ class KmeService:
                                               for key_id in delivered])
         try:
             keys = await self._store.call(self._deliver_to_slave, slave_sae_id, key_ids, entries)
+        except (StoreWriteError, LedgerError, sqlite3.Error) as exc:      # nothing delivered: ask again later
+            log.warning("ETSI 014: keys could not be delivered to %s: %s", slave_sae_id, exc)
+            raise _unavailable("the key store cannot record the delivery now") from None
         except (KeyStoreError, AlreadyDelivered):
             raise BadRequest(KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
         for key_id in key_ids:
