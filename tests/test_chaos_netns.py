@@ -30,11 +30,6 @@ KILL_DEFECT = ("after kill -9 the restarted daemon needs its start-up, the hands
                "resynchronisation (inventories of every key) before it serves: median 1.9 s over 100 loops, but "
                "11 over 5 s, the slowest 25.7 s with a 17 s resynchronisation (README, chaos benchmark)")
 SEEDED_KEYS = 5000      # enough for this run's consumers and the ETSI 014 pools five kills drop
-FULL_DISK_DEFECT = ("a full key-store filesystem ends the daemon: the ETSI 014 master's refill of its pool ahead of "
-                    "need (KmeService._refill_ahead) suppresses only KeyStoreError, and the take's group commit "
-                    "raises sqlite3.OperationalError 'database or disk is full', which escapes the KME's nursery "
-                    "(exit 1, 19 s after the disk filled in the benchmark); whether the short test's fault hits "
-                    "a refill depends on the pool's level")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +115,6 @@ def test_a_full_key_store_filesystem_loses_no_key(disk_full):
     keeps_every_key(disk_full)
 
 
-@pytest.mark.xfail(reason=FULL_DISK_DEFECT, strict=False)
 def test_a_full_key_store_filesystem_pauses_and_resumes_by_itself(disk_full):
     resumes_by_itself(disk_full)
 
