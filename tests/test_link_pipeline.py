@@ -6,7 +6,7 @@ import pytest
 
 from qkdd.hal.sim import Attack
 from qkdd.link import envelope, linkmsg
-from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, PipelineSettings, Send, StorePending,
+from qkdd.link.pipeline import (ALICE, BOB, Commit, Finished, PipelineSettings, Send, StorePending,
                                 threshold_gate)
 from tests.link_support import Ends, frame_pair, simulator
 

@@ -10,7 +10,6 @@ import sqlite3
 import time
 import uuid
 
-import pytest
 import trio
 import trio.testing
 

@@ -132,11 +132,6 @@ class Device(abc.ABC):
         """Run a calibration (e.g. realign polarisation) and report what changed."""
         raise DeviceError(f"{type(self).__name__} does not support calibration")
 
-    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The device's own background work while its link runs (none by default): calls
-        `task_status.started()` once it serves, and runs until cancelled or returns."""
-        task_status.started()
-
     def decoy_settings(self) -> DecoySettings:
         """The source's decoy-state intensities and probabilities (Alice's side of decoy-state BB84), which
         the link engine's estimation uses; DeviceError for a device that has no such source."""
