@@ -25,7 +25,6 @@ frame, neither of which waits for the peer: the waiting cannot close a cycle bet
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import trio
@@ -54,16 +53,15 @@ DEVICE_RETRY_S = 1.0
 class LinkEngine:
     def __init__(self, link_id: str, role: str, device: Device, store: KeyStore, channel: LinkChannel, *,
                  settings: PipelineSettings = PipelineSettings(), frames_in_flight: int = 4,
-                 key_expiry_s: float = 86400.0, qber_threshold: float = 0.08, metrics=None, health=None,
+                 qber_threshold: float = 0.08, metrics=None, health=None,
                  protocol: str = "bb84"):
         self.link_id = link_id
         self.role = role
         self.device = device
         self.store = store
         self.channel = channel
-        self.settings = dataclasses.replace(settings, key_expiry_s=key_expiry_s)
+        self.settings = settings
         self.frames_in_flight = frames_in_flight
-        self.key_expiry_s = key_expiry_s
         self.protocol = protocol
         self.status = LinkStatus(link_id, key_bits=settings.key_bits, qber_threshold=qber_threshold,
                                  metrics=metrics, health=health)
