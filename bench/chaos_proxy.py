@@ -85,25 +85,27 @@ class ChunkSchedule:
 
 
 class SettingsFile:
-    """The current PathSettings, reloaded from `path` when its modification time changes."""
+    """The current PathSettings, reloaded from `path` when the file changes (its modification time, size or
+    inode: two writes within one clock tick share a modification time)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.current = PathSettings()
-        self._stamp: float | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self.errors = 0
 
     def reload(self) -> None:
         if self.path is None:
             return
         try:
-            stamp = self.path.stat().st_mtime_ns
+            status = self.path.stat()
+            stamp = (status.st_mtime_ns, status.st_size, status.st_ino)
             if stamp == self._stamp:
                 return
             self._stamp = stamp
             self.current = PathSettings.from_json(self.path.read_text())
         except FileNotFoundError:
-            self.current = PathSettings()
+            self.current, self._stamp = PathSettings(), None
         except (OSError, SettingsError):
             self.errors += 1          # keep the settings in force
 
@@ -121,6 +123,7 @@ class DelayProxy:
 
     async def serve(self, listen: tuple[str, int], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(listen[1], host=listen[0])
+        await trio.to_thread.run_sync(self.settings.reload)     # the first connection already sees them
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.settings.watch)
             task_status.started(listeners[0].socket.getsockname()[:2])

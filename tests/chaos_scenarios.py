@@ -145,18 +145,18 @@ def _network_fault(lab, name: str, hold_s: float, durations: Durations, apply) -
     window = Window(time.monotonic())
     apply()
     time.sleep(hold_s)
-    during = lab.driver.outcomes(window.started_s)
     lab.net.clear()
     lab.set_path()
     window.fault_ended_s = time.monotonic()
     resumed = _wait_resumed(lab, window.fault_ended_s, durations.recover_timeout_s)
     _revive(lab, window)
     _restore(lab, window, resumed)
+    during = lab.driver.outcomes(window.started_s, window.fault_ended_s)
     return verdict(lab, name, window, resumed, fault_s=hold_s, **_served(during))
 
 
 def _served(outcomes) -> dict:
-    """Exchanges started during the fault: how many went through, how many did not."""
+    """Exchanges started during the fault, whenever they ended: how many went through, how many did not."""
     ok = outcomes.get("ok", 0)
     return {"served_during_fault": ok, "failed_during_fault": sum(outcomes.values()) - ok}
 
