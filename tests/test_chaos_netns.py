@@ -22,10 +22,10 @@ from tests.chaos_scenarios import RESUME_LIMIT_S, SHORT, SCENARIOS
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")]
 
-PARTITION_DEFECT = ("a partition shorter than the peer idle timeout (20 s) leaves the session up, and it carries "
-                    "traffic again only at TCP's next retransmission, which backs off exponentially (2-13 s "
-                    "measured after 10 s); then the peer first works through every reservation the requester "
-                    "abandoned meanwhile. 60 s partitions, which end the session, resume in 1-2 s (README)")
+PARTITION_DEFECT = ("a partition shorter than the peer idle timeout (20 s) leaves the session up; with TCP's "
+                    "retransmission timeout capped at 1 s (qkdd/peer/tcp_tuning.py) its traffic resumes within "
+                    "about 1 s of the end and the abandoned reservations are answered at once, but the first key "
+                    "after 8-15 s partitions still came 3.3-9.3 s after the end on a loaded machine (README)")
 KILL_DEFECT = ("after kill -9 the restarted daemon needs its start-up, the handshake and the key-store "
                "resynchronisation (inventories of every key) before it serves: median 1.9 s over 100 loops, but "
                "11 over 5 s, the slowest 25.7 s with a 17 s resynchronisation (README, chaos benchmark)")

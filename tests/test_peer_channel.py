@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
+import socket
 
 import pytest
 import trio
 
 from qkdd.peer import SessionClosedError, generate_identity
+from qkdd.peer.tcp_tuning import RTO_CEILING_MS, TCP_RTO_MAX_MS, retransmission_cap_supported
 from qkdd.peer.framing import FRAME_VERSION, HEADER, MAGIC, Frame, FrameType, encode_header
 
 from peer_harness import WAIT_S, CiphertextFlipper, Endpoint, fast_settings, frame_rewriting_proxy
@@ -214,13 +217,17 @@ def test_a_restarted_end_resumes_without_manual_steps(peer_log, restarted):
 
 
 def test_a_peer_that_restarts_twice_quickly_is_redialled_at_once_the_second_time(peer_log):
-    """The dialler's backoff grows while the listener is away, and resets once the listener answers
-    again (a completed handshake): the next restart is redialled after backoff_initial_s, not after
-    the delay the first absence built up (before, 1.5-3 s here; ~21 s with the defaults)."""
+    """The dialler's backoff grows while its attempts fail (here: something at the peer's port closes every
+    connection unauthenticated), and resets once the peer answers again (a completed handshake): the next
+    restart is redialled after backoff_initial_s, not after the delay the first absence built up (before,
+    1.5-3 s here; ~21 s with the defaults)."""
     dial_settings = dict(backoff_initial_s=0.05, backoff_max_s=3.0)
 
     def failed_dials() -> int:
         return log_text(peer_log).count("cannot establish a session")
+
+    async def slam(stream: trio.SocketStream) -> None:
+        await stream.aclose()
 
     async def main():
         async with trio.open_nursery() as nursery:
@@ -228,10 +235,18 @@ def test_a_peer_that_restarts_twice_quickly_is_redialled_at_once_the_second_time
             await start_alice(nursery, alice, port, **dial_settings)
             await alice.next_session()
             await bob.next_session()
-            bob.scope.cancel()                          # first restart: away long enough for 6 failed dials
+            bob.scope.cancel()                          # first absence: 6 failed dials, the backoff grows
+            slammer = trio.CancelScope()
+
+            async def serve_slams(task_status=trio.TASK_STATUS_IGNORED):
+                with slammer:
+                    await trio.serve_tcp(slam, port, host="127.0.0.1", task_status=task_status)
+            await nursery.start(serve_slams)
             with trio.fail_after(WAIT_S):
                 while failed_dials() < 6:
                     await trio.sleep(0.01)
+            slammer.cancel()
+            await trio.sleep(0.1)
             bob = Endpoint()
             await bob.start(nursery, fast_settings(listen=("127.0.0.1", port)), BOB, ALICE.public_key())
             assert (await alice.next_session()).epoch == 2
@@ -242,10 +257,37 @@ def test_a_peer_that_restarts_twice_quickly_is_redialled_at_once_the_second_time
             back_s = trio.current_time()
             assert (await alice.next_session()).epoch == 3
             await bob.next_session()
-            # Reset: the first redial waits 0.025-0.05 s (a refused one: another 0.05-0.1 s).
+            # Reset: the first redial waits 0.025-0.05 s (a refused one: another 0.025-0.05 s).
             assert trio.current_time() - back_s < 0.5
             assert await exchange(alice, bob, b"three") == (3, 1)
             nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_refused_connection_is_redialled_without_backing_off(peer_log):
+    """A refusal means the peer's host is up and its daemon (re)starting: the dialler keeps its first delay,
+    so the session is back as soon as the peer listens (after kill -9 and a restart, a grown delay was most
+    of the time to service)."""
+    dial_settings = dict(backoff_initial_s=0.05, backoff_max_s=3.0)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, port = await start_pair(nursery)
+            await start_alice(nursery, alice, port, **dial_settings)
+            await alice.next_session(), await bob.next_session()
+            bob.scope.cancel()
+            await trio.sleep(1.0)                       # refused all along: with backoff, ~5 dials and 1.6 s
+            delays_s = [float(d) for d in re.findall(r"connection refused.*?retrying in ([0-9.]+) s",
+                                                     log_text(peer_log))]
+            assert len(delays_s) >= 10 and max(delays_s) <= 0.05, delays_s
+            bob = Endpoint()
+            await bob.start(nursery, fast_settings(listen=("127.0.0.1", port)), BOB, ALICE.public_key())
+            back_s = trio.current_time()
+            assert (await alice.next_session()).epoch == 2
+            assert trio.current_time() - back_s < 0.5
+            nursery.cancel_scope.cancel()
+
     trio.run(main)
 
 
@@ -596,3 +638,22 @@ def test_a_dialer_process_killed_with_sigkill_is_replaced_by_its_restart(peer_lo
 
     trio.run(main)
     assert "torn down" in log_text(peer_log)
+
+
+@pytest.mark.skipif(not retransmission_cap_supported(), reason="this kernel has no TCP_RTO_MAX_MS (Linux >= 6.15)")
+def test_both_ends_cap_tcps_retransmission_timeout_at_one_second(peer_log):
+    """After a short partition the session's next retransmission comes within 1 s of the path's return
+    (tests/test_chaos_netns.py measures the partitions themselves)."""
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, port = await start_pair(nursery)
+            await start_alice(nursery, alice, port)
+            await alice.next_session(), await bob.next_session()
+            await exchange(alice, bob, b"rto")
+            for end in (alice, bob):
+                tcp = end.connector.session._stream.transport_stream.socket     # the session's own socket
+                assert tcp.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == RTO_CEILING_MS
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

@@ -23,5 +23,10 @@ class Backoff:
         self.failures += 1
         return self._rng.uniform(ceiling_s / 2, ceiling_s)
 
+    def first_delay_s(self) -> float:
+        """The first delay, [initial/2, initial], without counting a failure: for an attempt the peer's
+        host answered with a refusal (its daemon is restarting), where waiting longer only delays the session."""
+        return self._rng.uniform(self.initial_s / 2, self.initial_s)
+
     def reset(self) -> None:
         self.failures = 0

@@ -8,7 +8,8 @@ checkpoint, so the handler may route the session to itself there (PeerSession.ro
 clean close by the peer it first gets every message sent before the close, then SessionClosedError
 from receive(). If the handler returns, the session is closed cleanly. Either way the connector then
 brings up the next session by itself: the dialling end redials with exponential backoff and jitter
-(reset by every completed handshake), the listening end waits for the next connection. A newly
+(reset by every completed handshake; a refused connection, the peer's daemon restarting, is redialled
+after the first delay without backing off further), the listening end waits for the next connection. A newly
 authenticated connection replaces the live one (the peer restarted and its old connection may not
 have died yet), so at most one session per link is live and no restart needs a manual step.
 """
@@ -29,6 +30,7 @@ from .errors import PeerError, PeerTimeoutError, SessionClosedError, SessionTrun
 from .handshake import Role
 from .session import PeerSession
 from .settings import PeerSettings
+from .tcp_tuning import cap_retransmission_timeout
 
 log = logging.getLogger("qkdd.peer")
 
@@ -83,7 +85,8 @@ class PeerConnector:
             try:
                 session = await self._dial_once(context, host, port)
             except (OSError, PeerError) as exc:
-                delay_s = backoff.next_delay_s()
+                # A refusal comes from the peer's host: its daemon is (re)starting and will listen shortly.
+                delay_s = backoff.first_delay_s() if _refused(exc) else backoff.next_delay_s()
                 log.warning("link %s: cannot establish a session with %s:%d: %s; retrying in %.2f s",
                             self.settings.link_id, host, port, _describe(exc), delay_s)
                 await trio.sleep(delay_s)
@@ -99,6 +102,7 @@ class PeerConnector:
 
         async def connect() -> trio.abc.Stream:
             tcp = await trio.open_tcp_stream(host, port)
+            cap_retransmission_timeout(tcp.socket)
             return trio.SSLStream(tcp, context, server_hostname=None)
 
         return await self._open_session(connect, Role.INITIATOR, address)
@@ -149,6 +153,7 @@ class PeerConnector:
             return
         self._pending_handshakes += 1
         try:
+            cap_retransmission_timeout(tcp.socket)
             session = await self._open_session(_ready(trio.SSLStream(tcp, context, server_side=True)),
                                                Role.RESPONDER, address)
         except (OSError, PeerError) as exc:
@@ -222,6 +227,14 @@ def _ready(stream: trio.abc.Stream):
     return connect
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a failed dial was refused by the peer's host (trio groups the attempts' errors as the cause)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    attempts = getattr(exc.__cause__, "exceptions", None)
+    return bool(attempts) and all(isinstance(attempt, ConnectionRefusedError) for attempt in attempts)
+
+
 def _address_of(stream: trio.SocketStream) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
@@ -234,6 +247,8 @@ def _describe(exc: BaseException) -> str:
     """One line naming the failure; exceptions here never carry key material."""
     if isinstance(exc, PeerError):
         return str(exc)
+    if _refused(exc):
+        return "connection refused (nothing listens at the peer's address yet)"
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None:
         text += f" ({type(exc.__cause__).__name__}: {exc.__cause__})"
