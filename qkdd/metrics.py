@@ -54,6 +54,12 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         r = self.registry
+        # Information-theoretic authentication (qkdd/auth): the pool's size and the bits its tags spent
+        self.auth_key_bits_consumed = Counter(
+            "qkd_auth_key_bits_consumed_total", "Authentication pool bits spent on Wegman-Carter hash keys and "
+            "tag pads", ["link_id"], registry=r)
+        self.auth_pool_bits = Gauge("qkd_auth_pool_bits", "Secret bits in the link's authentication pool",
+                                    ["link_id"], registry=r)
         # Key generation
         self.keys_generated = Counter(
             "qkd_keys_generated_total", "Keys distilled and stored", ["link_id", "protocol"], registry=r)
@@ -193,6 +199,12 @@ class LinkMetrics:
 
     def halted(self) -> None:
         self.metrics.key_generation_halted.labels(self.link_id).inc()
+
+    def auth_consumed(self, bits: int) -> None:
+        self.metrics.auth_key_bits_consumed.labels(self.link_id).inc(bits)
+
+    def auth_pool(self, bits: int) -> None:
+        self.metrics.auth_pool_bits.labels(self.link_id).set(bits)
 
     def device(self, *, temperature_celsius: float | None = None, uptime_s: float | None = None) -> None:
         if temperature_celsius is not None:

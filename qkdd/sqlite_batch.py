@@ -112,6 +112,13 @@ class SavepointTransactions:
     def close(self) -> None:
         self.database.close()
 
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file and truncate it to zero bytes, so erased rows'
+        old page images (secure_delete zeroes the database's own pages) leave the WAL file too."""
+        with self._lock:
+            if self.database.depth == 0:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Group commit: the methods called from this thread inside the block share one transaction."""
