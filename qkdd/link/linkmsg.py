@@ -52,6 +52,8 @@ class AbortReason(enum.IntEnum):
     UNKNOWN_FRAME = 6     # this end has no such frame (dropped, restarted)
     SHUTDOWN = 7
     STORE = 8             # this end's key store cannot take the frame's keys (at capacity, or failing)
+    AUTH = 9              # the transcript's Wegman-Carter tag does not match (a message was altered)
+    AUTH_POOL = 10        # the authentication pool is dry: the link halts
 
 
 def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]:

@@ -29,6 +29,13 @@ Steps (Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), Sec. II "protoco
     the same one whatever their clocks say; Bob refuses a time already past on his clock or later than
     his own key_expiry_s plus MAX_CLOCK_SKEW_S ahead (an absurd value, or clocks far apart).
 
+Links with `auth` "its" or "both" (PipelineSettings.auth) also authenticate the frame's transcript with
+Wegman-Carter tags from the link's authentication pool (qkdd.auth.wegman_carter): Alice's KEYS record and
+Bob's ACK carry an AUTH part, each end checks the other's before it stores a key (AUTH abort otherwise),
+and the first `refill` bits of the amplified output go back to the pool (at the positions Alice's
+authenticated AUTH part names) before the rest is split into keys. Alice refuses a frame with AUTH_POOL
+when her pool cannot pay for its tags.
+
 When the caller cannot store (the key store at capacity or failing), `store_refused()` says what to do
 instead: a frame whose keys are not committed at both ends is aborted there and then (Bob: ABORT in
 place of the ACK; Alice: ABORT in place of COMMIT, so Bob discards his pending keys).
@@ -43,14 +50,16 @@ ends it at once):
                                                             (or +ABORT)                    RECONCILING
     bob    RECONCILING    CASCADE(PARITIES)                 send CASCADE(QUESTIONS), or
                                                             CASCADE(DONE)+VERIFY(ANNOUNCE) AWAIT_SEED
-    bob    AWAIT_SEED     VERIFY(RESULT)+AMPLIFY+KEYS       store PENDING; send AMPLIFY(ACK) AWAIT_COMMIT
+    bob    AWAIT_SEED     VERIFY(RESULT)+AMPLIFY+KEYS[+AUTH] store PENDING; send AMPLIFY(ACK)[+AUTH]
+                                                                                           AWAIT_COMMIT
     bob    AWAIT_COMMIT   COMMIT                            commit; finished               DONE
     alice  AWAIT_DETECT   SLOTS+SIFT(DETECTIONS)            send SIFT(ANSWER)             AWAIT_REPORT
     alice  AWAIT_REPORT   SIFT(REPORT)                      send ESTIMATE(REVEAL)         AWAIT_ERRORS
     alice  AWAIT_ERRORS   ESTIMATE(ERRORS)+CASCADE(START)   send CASCADE(PARITIES)        RECONCILING
     alice  RECONCILING    CASCADE(QUESTIONS)                send CASCADE(PARITIES)        RECONCILING
-    alice  RECONCILING    CASCADE(DONE)+VERIFY(ANNOUNCE)    send VERIFY(RESULT)+AMPLIFY+KEYS AWAIT_ACK
-    alice  AWAIT_ACK      AMPLIFY(ACK)                      store PENDING, commit; send COMMIT;
+    alice  RECONCILING    CASCADE(DONE)+VERIFY(ANNOUNCE)    send VERIFY(RESULT)+AMPLIFY+KEYS[+AUTH]
+                                                                                           AWAIT_ACK
+    alice  AWAIT_ACK      AMPLIFY(ACK)[+AUTH]               store PENDING, commit; send COMMIT;
                                                             finished                       DONE
 """
 from __future__ import annotations
@@ -61,6 +70,8 @@ from typing import Callable
 
 import numpy as np
 
+from qkdd.auth.pool import CHUNK_BITS, AuthPoolError, PoolDry, PositionUnavailable
+from qkdd.auth.wegman_carter import AuthFailed, FrameAuthenticator
 from qkdd.bindings import NativeError
 from qkdd.bindings import bits as bitops
 from qkdd.hal.base import RawFrame
@@ -96,6 +107,11 @@ EXPECTED: dict[tuple[str, str], tuple[tuple[Step, ...], ...]] = {
     (ALICE, RECONCILING): ((Step.CASCADE,), (Step.CASCADE, Step.VERIFY)),
     (ALICE, AWAIT_ACK): ((Step.AMPLIFY,),),
 }
+# With transcript authentication (auth "its" or "both"), the two records that lead to a store carry a tag.
+EXPECTED_AUTH = {**EXPECTED,
+                 (BOB, AWAIT_SEED): ((Step.VERIFY, Step.AMPLIFY, Step.KEYS, Step.AUTH),),
+                 (ALICE, AWAIT_ACK): ((Step.AMPLIFY, Step.AUTH),)}
+AUTH_MODES = ("pq", "its", "both")
 
 _PEER_ERRORS = (PeerMessageError, CascadeError, LinkMessageError, EnvelopeError, NativeError,
                 sifting.SiftingStateError, verification.VerificationStateError,
@@ -124,8 +140,19 @@ class PipelineSettings:
     max_key_bits_per_key: int = 8192
     max_cascade_round_trips: int = 3000     # a Cascade that asks more is refused (inconsistent answers)
     key_expiry_s: float = 86400.0           # Alice: her keys' lifetime; Bob: the longest he accepts
+    auth: str = "pq"                        # "its"/"both": Wegman-Carter transcript tags (the pool is given)
+    auth_refill_bits: int = 1024            # Alice: distilled bits back into the pool per frame, at most ...
+    auth_pool_max_bits: int = 1 << 20       # ... up to this many bits in her pool
+
+    @property
+    def transcript_auth(self) -> bool:
+        return self.auth in ("its", "both")
 
     def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}")
+        if self.auth_refill_bits % CHUNK_BITS or self.auth_refill_bits < 0 or self.auth_pool_max_bits < 0:
+            raise ValueError(f"auth_refill_bits must be a non-negative multiple of {CHUNK_BITS}")
         if not 1.0 <= self.key_expiry_s <= MAX_KEY_EXPIRY_S:
             raise ValueError(f"key_expiry_s must lie in [1, {MAX_KEY_EXPIRY_S:g}]")
         if self.key_bits % 64 or not 64 <= self.key_bits <= self.max_key_bits_per_key:
@@ -181,6 +208,9 @@ class FrameOutcome:
     abort_code: int | None = None
     aborted_by_peer: bool = False
     gate_refused: bool = False
+    auth_bits_consumed: int = 0         # authentication pool bits this end spent on the frame's tags
+    auth_bits_refilled: int = 0         # distilled bits put back into the pool (before any key)
+    eps_auth: float = 0.0               # probability the transcript authentication is forged (frame_epsilon)
 
 
 @dataclass(frozen=True)
@@ -195,7 +225,8 @@ class FramePipeline:
     """One end of one frame's post-processing. Alice needs the decoy settings of her source."""
 
     def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
-                 gate: Gate | None = None, decoy: DecoySettings | None = None, clock: Callable[[], float] = time.time):
+                 gate: Gate | None = None, decoy: DecoySettings | None = None, clock: Callable[[], float] = time.time,
+                 auth_pool=None):
         if role not in (ALICE, BOB):
             raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
         if role == ALICE and (frame.alice is None or decoy is None):
@@ -221,6 +252,15 @@ class FramePipeline:
         self._amp: amplification.Amplification | None = None
         self._keys: tuple[bytes, int, int, float] | None = None
         self._stored = False
+        self._auth: FrameAuthenticator | None = None
+        self._expected = EXPECTED
+        if settings.transcript_auth:
+            if auth_pool is None:
+                raise ValueError(f"auth {settings.auth!r} needs the link's authentication pool")
+            self._auth = FrameAuthenticator(role, frame.frame_id, auth_pool)
+            self._expected = EXPECTED_AUTH
+        self._auth_pool = auth_pool
+        self._refill_bits = 0
 
     @property
     def done(self) -> bool:
@@ -256,11 +296,19 @@ class FramePipeline:
             steps = tuple(step for step, _ in parts)
             if steps and steps[-1] == Step.ABORT:
                 return self._peer_abort(parts)
-            if steps not in EXPECTED.get((self.role, self.state), ()):
+            if steps not in self._expected.get((self.role, self.state), ()):
                 raise LinkMessageError(f"{self.role} in state {self.state} cannot take "
                                        f"{'+'.join(s.name for s in steps)}")
+            if self._auth is not None and steps[-1] != Step.AUTH:
+                self._auth.record(ALICE if self.role == BOB else BOB, record)
             handler = getattr(self, f"_{self.role}_{self.state.lower()}")
             return handler(*[body for _, body in parts])
+        except AuthFailed as exc:
+            return self._abort(AbortReason.AUTH, f"transcript authentication failed: {exc}")
+        except PositionUnavailable as exc:
+            return self._abort(AbortReason.AUTH, f"authentication pool refill refused: {exc}")
+        except AuthPoolError as exc:
+            return self._abort(AbortReason.AUTH, f"authentication pool: {exc}")
         except _PEER_ERRORS as exc:
             return self._abort(AbortReason.PROTOCOL, f"peer message refused: {exc}")
 
@@ -328,7 +376,15 @@ class FramePipeline:
         self.state = AWAIT_SEED
         return [self._send((Step.CASCADE, reply), (Step.VERIFY, announce))]
 
-    def _bob_await_seed(self, result, seed_announce, keys) -> list[Action]:
+    def _bob_await_seed(self, result, seed_announce, keys, auth=None) -> list[Action]:
+        if self._auth is not None:              # nothing of this record is used before Alice's tag checks
+            unsealed = envelope.encode(self.frame_id, [(Step.VERIFY, result), (Step.AMPLIFY, seed_announce),
+                                                       (Step.KEYS, keys)])
+            announced = self._auth.check_keys(unsealed, auth)
+            self._auth.record(ALICE, envelope.encode(self.frame_id, [(Step.VERIFY, result),
+                                                                     (Step.AMPLIFY, seed_announce),
+                                                                     (Step.KEYS, keys), (Step.AUTH, auth)]))
+            self._refill_bits = CHUNK_BITS * announced.refill_chunks
         self._verify.receive(bytes(result))
         if not self._verify.result.matched:
             raise LinkMessageError("verification failed but the peer went on")
@@ -342,14 +398,19 @@ class FramePipeline:
                                                  self._n_key_bits)
         (ack,) = self._amp.receive(bytes(seed_announce))
         m_bits = self._amp.output_bits
-        if key_bits % 64 or not 64 <= key_bits <= self.settings.max_key_bits_per_key or count * key_bits != m_bits:
-            raise LinkMessageError(f"KEYS: {count} keys of {key_bits} bits do not split {m_bits} output bits")
+        if key_bits % 64 or not 64 <= key_bits <= self.settings.max_key_bits_per_key \
+                or count * key_bits + self._refill_bits != m_bits:
+            raise LinkMessageError(f"KEYS: {count} keys of {key_bits} bits and a refill of {self._refill_bits} bits "
+                                   f"do not split {m_bits} output bits")
         keys_out = self._split(seed, count, key_bits)
         self._stored = True
         self.state = AWAIT_COMMIT
-        return [StorePending(self.frame_id, keys_out, [i % 2 == 1 for i in range(count)], expires_at,
-                             self.outcome.qber),
-                self._send((Step.AMPLIFY, ack))]
+        store = StorePending(self.frame_id, keys_out, [i % 2 == 1 for i in range(count)], expires_at,
+                             self.outcome.qber)
+        if self._auth is None:
+            return [store, self._send((Step.AMPLIFY, ack))]
+        tag = self._auth.seal_ack(envelope.encode(self.frame_id, [(Step.AMPLIFY, ack)]))
+        return [store, self._send((Step.AMPLIFY, ack), (Step.AUTH, tag))]
 
     def _bob_await_commit(self, _commit) -> list[Action]:
         self.state = DONE
@@ -416,19 +477,32 @@ class FramePipeline:
                                   eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)
         self.outcome.key_length_bits = bound.key_length_bits
         key_bits = self.settings.key_bits
-        count = min(bound.key_length_bits, self._n_key_bits) // key_bits
-        if bound.abort or count == 0:
+        usable_bits = 0 if bound.abort else min(bound.key_length_bits, self._n_key_bits)
+        if self._auth is not None:              # the pool's refill comes first, then whole keys
+            room_bits = max(0, self.settings.auth_pool_max_bits - self._auth_pool.bits)
+            self._refill_bits = min(self.settings.auth_refill_bits, room_bits, usable_bits) // CHUNK_BITS * CHUNK_BITS
+        count = (usable_bits - self._refill_bits) // key_bits
+        if bound.abort or count + self._refill_bits == 0:
             text = bound.abort_reason or f"key length {bound.key_length_bits} bits is less than one key"
             return self._abort(AbortReason.NO_KEY, text, before=[(Step.VERIFY, result_msg)])
         self._amp = amplification.Amplification(amplification.ANNOUNCER, self.frame_id, self._key, self._n_key_bits)
-        (seed_announce,) = self._amp.start(count * key_bits, amplification.SEED_SHAKE256)
+        (seed_announce,) = self._amp.start(count * key_bits + self._refill_bits, amplification.SEED_SHAKE256)
         self._keys = (randomness.fresh_bytes(linkmsg.KEY_ID_SEED_BYTES), count, key_bits,
                       self._clock() + self.settings.key_expiry_s)
+        parts = [(Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce), (Step.KEYS, linkmsg.encode_keys(*self._keys))]
+        if self._auth is not None:
+            try:
+                parts.append((Step.AUTH, self._auth.seal_keys(envelope.encode(self.frame_id, parts),
+                                                              self._refill_bits // CHUNK_BITS)))
+            except PoolDry as exc:
+                return self._abort(AbortReason.AUTH_POOL, str(exc), before=[(Step.VERIFY, result_msg)])
         self.state = AWAIT_ACK
-        return [self._send((Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce),
-                           (Step.KEYS, linkmsg.encode_keys(*self._keys)))]
+        return [self._send(*parts)]
 
-    def _alice_await_ack(self, ack) -> list[Action]:
+    def _alice_await_ack(self, ack, auth=None) -> list[Action]:
+        if self._auth is not None:              # Bob's tag, over the whole transcript, before anything is kept
+            self._auth.check_ack(envelope.encode(self.frame_id, [(Step.AMPLIFY, ack)]), auth)
+            self._auth.record(BOB, envelope.encode(self.frame_id, [(Step.AMPLIFY, ack), (Step.AUTH, auth)]))
         self._amp.receive(bytes(ack))
         seed, count, key_bits, expires_at = self._keys
         keys_out = self._split(seed, count, key_bits)
@@ -472,22 +546,41 @@ class FramePipeline:
         self._key, self._n_key_bits = _concatenate([result.key_bits(c, X) for c in range(CLASSES)])
 
     def _split(self, seed: bytes, count: int, key_bits: int) -> list[tuple[str, bytes]]:
+        """The frame's keys; with transcript authentication, the first `_refill_bits` of the output go to the
+        authentication pool first (at the positions Alice's AUTH part announced)."""
         output = self._amp.output
         words_per_key = key_bits // 64
-        raw = output[:count * words_per_key].astype("<u8").tobytes()
+        refill_words = self._refill_bits // 64
+        if self._auth is not None:
+            if refill_words:
+                self._auth_pool.refill(self._auth.announced.refill_position,
+                                       output[:refill_words].astype("<u8").tobytes())
+            self.outcome.auth_bits_refilled = self._refill_bits
+            self.outcome.auth_bits_consumed = self._auth.consumed_bits
+            self.outcome.eps_auth = self._auth.epsilon
+        raw = output[refill_words:refill_words + count * words_per_key].astype("<u8").tobytes()
         step = key_bits // 8
         ids = linkmsg.derive_key_ids(seed, count)
         self.outcome.keys = count
         self.outcome.secret_bits = count * key_bits
         return [(ids[i], raw[i * step:(i + 1) * step]) for i in range(count)]
 
+    def _account_auth(self) -> None:
+        if self._auth is not None:
+            self.outcome.auth_bits_consumed = self._auth.consumed_bits
+            self.outcome.eps_auth = self._auth.epsilon
+
     def _send(self, *parts: tuple[Step, bytes]) -> Send:
-        return Send(envelope.encode(self.frame_id, list(parts)))
+        record = envelope.encode(self.frame_id, list(parts))
+        if self._auth is not None:
+            self._auth.record(self.role, record)
+        return Send(record)
 
     def _abort(self, reason: AbortReason, text: str, before: list[tuple[Step, bytes]] | None = None) -> list[Action]:
         self.state = DONE
         self.outcome.aborted = text
         self.outcome.abort_code = int(reason)
+        self._account_auth()
         actions: list[Action] = [self._send(*(before or []), (Step.ABORT, linkmsg.encode_abort(reason, text)))]
         if self._stored:
             actions.append(Discard(self.frame_id))
@@ -505,6 +598,7 @@ class FramePipeline:
         if (self.role, self.state) == (BOB, AWAIT_SEED) and parts[0][0] == Step.VERIFY:
             self._verify.receive(bytes(parts[0][1]))
         self.state = DONE
+        self._account_auth()
         self.outcome.aborted = f"peer aborted: {text}"
         self.outcome.abort_code = code
         self.outcome.aborted_by_peer = True
