@@ -46,6 +46,8 @@ Role = Literal["alice", "bob"]
 Driver = Literal["sim", "etsi014", "serial", "sdk"]
 Protocol = Literal["bb84", "e91", "cvqkd"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+AuthMode = Literal["pq", "its", "both"]
+AUTH_CHUNK_BITS = 128                # the authentication pool's unit (qkdd.auth.pool)
 
 
 # ---- addresses ------------------------------------------------------------------------------------
@@ -235,6 +237,16 @@ class LinkConfig:
     min_key_rate_bps: float = field(default=0.0, metadata=meta(check=non_negative))
     stall_after_s: float = field(default=60.0, metadata=meta(check=in_range(MIN_STALL_AFTER_S, 86400)))
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
+    # Authentication of the frame path (docs/auth-audit.md): "pq" the peer session's ML-DSA-65 handshake and
+    # record MACs; "its" and "both" add Wegman-Carter tags on every frame's transcript, keyed from the link's
+    # authentication pool, seeded once from auth_secret_file (`qkdctl auth secret`, installed at both ends)
+    # and refilled with auth_refill_bits of each frame's key (Alice's pool held at most auth_pool_max_bits).
+    auth: AuthMode = "pq"
+    auth_secret_file: str = ""
+    auth_refill_bits: int = field(default=1024, metadata=meta(
+        check=lambda v: None if v % AUTH_CHUNK_BITS == 0 and 0 <= v <= 1 << 20
+        else f"must be a multiple of {AUTH_CHUNK_BITS} in [0, {1 << 20}], got {v}"))
+    auth_pool_max_bits: int = field(default=1 << 20, metadata=meta(check=in_range(3 * AUTH_CHUNK_BITS, 1 << 30)))
 
     def validate(self, key: str) -> None:
         if self.driver != "sim" and not self.device_addr:
@@ -248,6 +260,9 @@ class LinkConfig:
                 raise ConfigError(f"{key}.device_addr", str(exc)) from None
         if self.peer_addr and self.peer_listen:
             raise ConfigError(f"{key}.peer_listen", "set peer_addr (this end dials) or peer_listen, not both")
+        if self.auth != "pq" and not self.auth_secret_file:
+            raise ConfigError(f"{key}.auth_secret_file", f'required for auth "{self.auth}": the pre-shared secret '
+                              "that seeds the authentication pool (write one with `qkdctl auth secret`)")
 
     @property
     def has_peer_channel(self) -> bool:
