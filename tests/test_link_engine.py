@@ -17,8 +17,10 @@ LINK = "link-ab"
 
 
 async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DETECTIONS, before_start=None,
-                     before_run=None, **peer_settings):
-    """Alice's and Bob's link ends, running; `before_run(role, end)` may register on each end's channel."""
+                     before_run=None, engine_options=None, **peer_settings):
+    """Alice's and Bob's link ends, running; `before_run(role, end)` may register on each end's channel;
+    `engine_options(role)` gives more LinkEngine arguments."""
+    options = engine_options or (lambda role: {})
     alice_id, bob_id = generate_identity(), generate_identity()
     source = SimAliceDevice(SimParams(distance_km=distance_km, **TEST_SOURCE), listen_port=0,
                             frame_slots=MAX_FRAME_SLOTS, max_detections=detections, realtime=False, seed=11)
@@ -29,13 +31,14 @@ async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DET
         before_start(stores)
 
     alice = LinkEnd(LINK, "alice", source, stores["alice"],
-                    fast_settings(LINK, listen=("127.0.0.1", 0), **peer_settings), alice_id, bob_id.public_key())
+                    fast_settings(LINK, listen=("127.0.0.1", 0), **peer_settings), alice_id, bob_id.public_key(),
+                    **options("alice"))
     if before_run is not None:
         before_run("alice", alice)
     await alice.start(nursery)              # the engine also starts the source's quantum-channel listener
     bob = LinkEnd(LINK, "bob", SimBobDevice(host="127.0.0.1", port=source.address[1]), stores["bob"],
                   fast_settings(LINK, dial=("127.0.0.1", alice.listen_port), **peer_settings), bob_id,
-                  alice_id.public_key())
+                  alice_id.public_key(), **options("bob"))
     if before_run is not None:
         before_run("bob", bob)
     await bob.start(nursery)

@@ -29,6 +29,7 @@ import logging
 
 import trio
 
+from qkdd.auth.wegman_carter import CHUNKS_PER_FRAME
 from qkdd.hal.base import Device, DeviceError, RawFrame
 from qkdd.keystore import KeyStore
 from qkdd.link import envelope, linkmsg
@@ -48,13 +49,14 @@ UNSTARTED_FRAME_TTL_S = 30.0
 FRAME_ARRIVAL_WAIT_S = 5.0
 BOB_BUFFER_FRAMES = 2
 DEVICE_RETRY_S = 1.0
+AUTH_HALT_RECHECK_S = 60.0
 
 
 class LinkEngine:
     def __init__(self, link_id: str, role: str, device: Device, store: KeyStore, channel: LinkChannel, *,
                  settings: PipelineSettings = PipelineSettings(), frames_in_flight: int = 4,
                  qber_threshold: float = 0.08, metrics=None, health=None,
-                 protocol: str = "bb84"):
+                 protocol: str = "bb84", auth_pool=None):
         self.link_id = link_id
         self.role = role
         self.device = device
@@ -63,6 +65,7 @@ class LinkEngine:
         self.settings = settings
         self.frames_in_flight = frames_in_flight
         self.protocol = protocol
+        self.auth_pool = auth_pool        # auth "its"/"both": the link's authentication pool (qkdd.auth.pool)
         self.status = LinkStatus(link_id, key_bits=settings.key_bits, qber_threshold=qber_threshold,
                                  metrics=metrics, health=health)
         self.store_guard = StoreGuard(store, link_id, health=health, metrics=metrics)   # pauses frames, see there
@@ -146,8 +149,9 @@ class LinkEngine:
         slots = trio.Semaphore(self.frames_in_flight)
         while True:
             await slots.acquire()
+            await self._wait_auth_pool()
             frame = await self._bob_frames_out.receive()
-            pipeline = FramePipeline(BOB, frame, self.settings, gate=self.status.gate)
+            pipeline = FramePipeline(BOB, frame, self.settings, gate=self.status.gate, auth_pool=self.auth_pool)
             nursery.start_soon(self._run_frame, pipeline, self._open_inbox(stream, frame.frame_id), stream, True,
                                slots.release)
 
@@ -193,7 +197,8 @@ class LinkEngine:
             inbox.close()
             await self._refuse_frame(stream, frame_id, "no such frame at Alice")
             return
-        pipeline = FramePipeline(ALICE, ready[0], self.settings, gate=self.status.gate, decoy=self._decoy)
+        pipeline = FramePipeline(ALICE, ready[0], self.settings, gate=self.status.gate, decoy=self._decoy,
+                                 auth_pool=self.auth_pool)
         await self._run_frame(pipeline, inbox, stream, False)
 
     async def _run_frame(self, pipeline: FramePipeline, inbox: BoundedQueue, stream: MuxStream,
@@ -224,10 +229,24 @@ class LinkEngine:
                     await self._execute(pipeline, instead, stream)
                     return
             elif isinstance(action, Finished):
+                if action.outcome.abort_code == AbortReason.AUTH_POOL:
+                    self.status.auth_pool_dry(action.outcome.aborted or "authentication pool dry")
                 self.status.record(action.outcome)
                 # the device reports what the link measured (ChannelStatus: QBER, secure key rate)
                 self.device.update_estimates(qber=self.status.last_qber, key_rate_bps=self.status.rates()[0])
         self.status.drain_gate()
+
+    async def _wait_auth_pool(self) -> None:
+        """Bob starts no frame while the link is halted for a dry authentication pool (his pool holds every
+        chunk Alice's does, so his own running dry means hers is too). Only a new secret (a restart) brings
+        bits back, so this waits for good; the status says why (DEGRADED)."""
+        if self.auth_pool is None:
+            return
+        chunks = await trio.to_thread.run_sync(lambda: self.auth_pool.chunks)
+        if chunks < CHUNKS_PER_FRAME:
+            self.status.auth_pool_dry(f"authentication pool holds {chunks} chunks, a frame needs {CHUNKS_PER_FRAME}")
+        while self.status.auth_halted:
+            await trio.sleep(AUTH_HALT_RECHECK_S)
 
     @property
     def routed_bytes(self) -> int:

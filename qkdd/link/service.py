@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from qkdd.auth import secret as auth_secret
+from qkdd.auth.pool import AuthPool, AuthPoolError
 from qkdd.config import Config, KeystoreConfig, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.driver import device_for
@@ -27,6 +29,7 @@ from qkdd.reservation.service import ReservationService
 log = logging.getLogger("qkdd.link")
 
 KEYSTORE_FILE = "keys.sqlite3"
+AUTH_POOL_FILE = "auth-pool.sqlite3"
 
 
 @dataclass
@@ -73,7 +76,8 @@ def build_links(config: Config, store: KeyStore | None, metrics=None, health=Non
             log.warning("link %s: %s", link.link_id, reason)
             continue
         assert store is not None
-        engine = _engine(link, f"links[{index}]", store, links.channels[link.link_id], metrics, health)
+        engine = _engine(link, f"links[{index}]", store, links.channels[link.link_id], metrics, health,
+                         _auth_pool(link, f"links[{index}]", config.daemon.state_dir, metrics))
         links.engines[link.link_id] = engine
         links.key_requests[link.link_id] = KeyRequests(link.link_id, store, links.reservations[link.link_id],
                                                        key_bits=link.key_bits)
@@ -94,13 +98,36 @@ def _channel(link: LinkConfig, key: str) -> LinkChannel:
     return LinkChannel(link.link_id, peer_settings(link), signing_key, pinned)
 
 
-def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, metrics, health) -> LinkEngine:
+def _auth_pool(link: LinkConfig, key: str, state_dir: str, metrics) -> AuthPool | None:
+    """The link's authentication pool (auth "its"/"both"), seeded from its secret file on first start."""
+    if link.auth == "pq":
+        return None
+    try:
+        secret = auth_secret.load(link.auth_secret_file)
+    except auth_secret.AuthSecretError as exc:
+        raise StartupError(f"{key}.auth_secret_file", str(exc)) from None
+    try:
+        pool = AuthPool(os.path.join(state_dir, AUTH_POOL_FILE), kek_for_state_dir(state_dir), link.link_id,
+                        metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None)
+        if pool.seed(secret):
+            log.info("link %s: authentication pool seeded with %d bits from %s", link.link_id, secret.bits,
+                     link.auth_secret_file)
+    except AuthPoolError as exc:
+        raise StartupError(f"{key}.auth_secret_file", str(exc)) from None
+    return pool
+
+
+def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, metrics, health,
+            auth_pool: AuthPool | None = None) -> LinkEngine:
     try:
         device = device_for(link)
     except (DeviceError, ValueError) as exc:
         raise StartupError(f"{key}.sim", str(exc)) from None
     return LinkEngine(link.link_id, link.role, device, store, channel,
-                      settings=PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s),
+                      settings=PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
+                                                auth=link.auth, auth_refill_bits=link.auth_refill_bits,
+                                                auth_pool_max_bits=link.auth_pool_max_bits),
+                      auth_pool=auth_pool,
                       frames_in_flight=link.frames_in_flight, qber_threshold=link.qber_threshold,
                       metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
                       health=health, protocol=link.protocol)

@@ -73,6 +73,7 @@ class LinkStatus:
         self.last_outcome: FrameOutcome | None = None
         self._rate_window: deque[tuple[float, int, int]] = deque()
         self.connected = False                                       # a prepared peer session is live
+        self.auth_halted = ""                                        # why the auth pool halted the link
         self.state = ""
         self.set_state("starting", "device and peer channel coming up")
 
@@ -150,8 +151,21 @@ class LinkStatus:
         if changed or self.health is not None:
             self.set_state_from_gate()
 
+    def auth_pool_dry(self, detail: str) -> None:
+        """The authentication pool cannot pay for another frame's tags: key generation halts for good (until
+        a restart with a new secret), reported DEGRADED."""
+        if not self.auth_halted:
+            log.error("link %s: key generation halted: %s", self.link_id, detail)
+            if self.metrics is not None:
+                self.metrics.halted()
+        self.auth_halted = detail
+        self.set_state("degraded", f"key generation halted: {detail}")
+
     def set_state_from_gate(self) -> None:
         if not self.connected:
+            return
+        if self.auth_halted:
+            self.set_state("degraded", f"key generation halted: {self.auth_halted}")
             return
         state = self.gate.gate.state
         last = self.last_qber
