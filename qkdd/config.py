@@ -331,6 +331,16 @@ class KMSConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """[audit]: the append-only, hash-chained log of key lifecycle events (qkdd/audit, docs/auth-audit.md)."""
+
+    enabled: bool = False
+    path: str = ""                   # default <state_dir>/audit.log
+    sign_every_records: int = field(default=256, metadata=meta(check=in_range(1, 1 << 20)))
+    key_file: str = ""               # the ML-DSA-65 key that signs the heads; default the first link's peer_key_file
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     api: ApiListenerConfig = field(default_factory=ApiListenerConfig)
@@ -340,6 +350,7 @@ class Config:
     links: tuple[LinkConfig, ...] = ()
     etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
     wireguard: tuple[WireGuardConfig, ...] = ()
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def validate(self, key: str) -> None:
         seen: dict[str, int] = {}

@@ -6,6 +6,8 @@ import argparse
 import sys
 
 from qkdd import pki_cli
+from qkdd.audit import cli as audit_cli
+from qkdd.auth import cli as auth_cli
 from qkdd.hal.sim import cli as sim_cli
 from qkdd.peer import keycli as peer_key_cli
 from qkdd.protocols import cli as protocols_cli
@@ -21,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     protocols_cli.register(sim_commands)
     sim_cli.register(sim_commands)
     peer_key_cli.register(commands)
+    audit_cli.register(commands)
+    auth_cli.register(commands)
     return parser
 
 

@@ -16,7 +16,8 @@ def test_its_defaults_to_pq(tmp_path):
     link = load(tmp_path, "").links[0]
     assert (link.auth, link.auth_secret_file, link.auth_refill_bits, link.auth_pool_max_bits) == ("pq", "", 1024,
                                                                                                  1 << 20)
-    link = load(tmp_path, 'auth = "both"\nauth_secret_file = "/etc/qkdd/auth/l1.secret"\nauth_refill_bits = 0\n').links[0]
+    link = load(tmp_path, 'auth = "both"\nauth_secret_file = "/etc/qkdd/auth/l1.secret"\n'
+                          'auth_refill_bits = 0\n').links[0]
     assert (link.auth, link.auth_refill_bits) == ("both", 0)
 
 

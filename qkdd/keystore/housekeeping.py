@@ -19,8 +19,11 @@ HOUSEKEEPING_INTERVAL_S = 300.0
 
 
 def sweep(store: KeyStore) -> tuple[int, int]:
-    """One pass: (keys expired, tombstones purged)."""
-    return store.expire(), store.purge_tombstones()
+    """One pass: (keys expired, tombstones purged); then the WAL is checkpointed and emptied, so no old page
+    image of erased material stays in it (secure_delete zeroes the database file's own pages)."""
+    counts = store.expire(), store.purge_tombstones()
+    store.checkpoint()
+    return counts
 
 
 async def run_housekeeping(store: KeyStore, *, interval_s: float = HOUSEKEEPING_INTERVAL_S) -> None:

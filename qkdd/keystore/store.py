@@ -8,6 +8,11 @@ Delivered and expired keys lose their material (secure_delete zeroes the freed p
 tombstone row, so no key id is handed out twice, until purge_tombstones() deletes it once the other
 end cannot need it any more (resync.py says when).
 
+With an audit trail attached (`audit`, qkdd.audit.trail.AuditTrail), every change of a key's lifecycle
+(generated, reserved, released, delivered and to whom, expired, erased) is one audit record of ids and
+sizes, written once the change is made. checkpoint() (housekeeping) empties the WAL, so erased material's
+old pages leave the files too.
+
 Every SQLite error of a write surfaces as StoreWriteError (with `disk_full` when the file system has no
 room), never as a raw sqlite3 error. With a capacity (capacity.py), put_pending() refuses a frame with
 StoreFull once the link or the file holds its bound. The `fill` table keeps each link's key bits in the
@@ -94,6 +99,7 @@ class KeyStore(SavepointTransactions):
             raise KeyStoreError(f"key-encryption key must be {KEK_BYTES} bytes")
         self.path = path
         self.capacity = capacity
+        self.audit = None                  # an AuditTrail, or None
         self._aead = AESGCM(kek)
         self._clock = clock
         try:
@@ -145,17 +151,21 @@ class KeyStore(SavepointTransactions):
     def commit_frame(self, link_id: str, frame_id: int) -> int:
         """PENDING → AVAILABLE for every key of the frame; returns how many changed (0 when done before)."""
         with self._tx() as db:
-            cur = db.execute("UPDATE keys SET state = ? WHERE link_id = ? AND frame_id = ? AND state = ?",
-                             (KeyState.AVAILABLE.value, link_id, frame_id, KeyState.PENDING.value))
-            return cur.rowcount
+            keys = db.execute("UPDATE keys SET state = ? WHERE link_id = ? AND frame_id = ? AND state = ? "
+                              "RETURNING key_id, bits", (KeyState.AVAILABLE.value, link_id, frame_id,
+                                                         KeyState.PENDING.value)).fetchall()
+        self._audit("generated", link_id, keys)
+        return len(keys)
 
     def discard_frame(self, link_id: str, frame_id: int) -> int:
         """Delete a frame's PENDING keys (the other end never stored them); returns how many."""
         with self._tx() as db:
-            bits = [row[0] for row in db.execute("DELETE FROM keys WHERE link_id = ? AND frame_id = ? AND state = ? "
-                                                 "RETURNING bits", (link_id, frame_id, KeyState.PENDING.value))]
-            _add_held_bits(db, link_id, -sum(bits))
-            return len(bits)
+            keys = db.execute("DELETE FROM keys WHERE link_id = ? AND frame_id = ? AND state = ? "
+                              "RETURNING key_id, bits",
+                              (link_id, frame_id, KeyState.PENDING.value)).fetchall()
+            _add_held_bits(db, link_id, -sum(bits for _, bits in keys))
+        self._audit("erased", link_id, keys)
+        return len(keys)
 
     # -- reserving and delivering ----------------------------------------------------------------
 
@@ -166,18 +176,19 @@ class KeyStore(SavepointTransactions):
         """
         if count <= 0:
             raise KeyStoreError("count must be positive")
-        query = ("SELECT key_id FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1 AND expires_at > ?"
+        query = ("SELECT key_id, bits FROM keys WHERE link_id = ? AND state = ? AND allocatable = 1 AND expires_at > ?"
                  + (" AND bits = ?" if bits is not None else "") + " ORDER BY created_at, rowid LIMIT ?")
         with self._tx() as db:
             params: list = [link_id, KeyState.AVAILABLE.value, self._clock()]
             if bits is not None:
                 params.append(bits)
-            ids = [row[0] for row in db.execute(query, (*params, count))]
-            if len(ids) < count:
-                raise KeyUnavailable(f"link {link_id}: {len(ids)} keys available, {count} requested")
+            keys = db.execute(query, (*params, count)).fetchall()
+            if len(keys) < count:
+                raise KeyUnavailable(f"link {link_id}: {len(keys)} keys available, {count} requested")
             db.executemany("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
-                           [(KeyState.RESERVED.value, holder, key_id) for key_id in ids])
-            return ids
+                           [(KeyState.RESERVED.value, holder, key_id) for key_id, _ in keys])
+        self._audit("reserved", link_id, keys, holder)
+        return [key_id for key_id, _ in keys]
 
     def take_bits(self, link_id: str, min_total_bits: int, want_bits: int | None = None) -> list[StoredKey]:
         """Deliver (hand out once and erase) the oldest allocatable AVAILABLE keys until they hold
@@ -207,7 +218,8 @@ class KeyStore(SavepointTransactions):
                                self._open(key_id, link_id, bits, nonce, sealed), frame_id, qber)
                      for key_id, bits, created_at, expires_at, nonce, sealed, frame_id, qber in chosen]
             self._erase(db, link_id, [(row[0], row[1]) for row in chosen], KeyState.DELIVERED)
-            return taken
+        self._audit("delivered", link_id, [(row[0], row[1]) for row in chosen], "etsi014-kme")
+        return taken
 
     def reserve_ids(self, link_id: str, key_ids: Sequence[str], holder: str, *,
                     peer_share_only: bool = False) -> dict[str, int]:
@@ -234,16 +246,19 @@ class KeyStore(SavepointTransactions):
                     self._check_transition(key_id, state, KeyState.RESERVED)
                     db.execute("UPDATE keys SET state = ?, holder = ? WHERE key_id = ?",
                                (KeyState.RESERVED.value, holder, key_id))
+        self._audit("reserved", link_id, bits.items(), holder)
         return bits
 
     def release(self, link_id: str, key_ids: Sequence[str]) -> None:
         """Cancel reservations: RESERVED → AVAILABLE."""
+        released = []
         with self._tx() as db:
             for key_id in key_ids:
                 state, _ = self._state_of(db, link_id, canonical_key_id(key_id))
                 self._check_transition(key_id, state, KeyState.AVAILABLE)
-                db.execute("UPDATE keys SET state = ?, holder = NULL WHERE key_id = ?",
-                           (KeyState.AVAILABLE.value, key_id))
+                released += db.execute("UPDATE keys SET state = ?, holder = NULL WHERE key_id = ? "
+                                       "RETURNING key_id, bits", (KeyState.AVAILABLE.value, key_id)).fetchall()
+        self._audit("released", link_id, released)
 
     def deliver(self, link_id: str, key_id: str, *, holder: str | None = None) -> StoredKey:
         """Hand out one key exactly once: return its material, erase it, leave a tombstone.
@@ -271,6 +286,8 @@ class KeyStore(SavepointTransactions):
                 expired = False
                 material = self._open(key_id, link_id, row[2], row[5], row[6])
                 self._erase(db, link_id, [(key_id, row[2])], KeyState.DELIVERED)
+        self._audit("expired" if expired else "delivered", link_id, [(key_id, row[2])],
+                    None if expired else (holder or row[1]))
         if expired:
             raise KeyAlreadyDelivered(f"key {key_id} has expired")
         return StoredKey(key_id, link_id, row[2], row[3], row[4], material, row[7], row[8])
@@ -301,7 +318,9 @@ class KeyStore(SavepointTransactions):
                 by_link.setdefault(link_id, []).append((key_id, bits))
             for link_id, keys in by_link.items():
                 self._erase(db, link_id, keys, KeyState.EXPIRED)
-            return sum(len(keys) for keys in by_link.values())
+        for link_id, keys in by_link.items():
+            self._audit("expired", link_id, keys)
+        return sum(len(keys) for keys in by_link.values())
 
     def purge_tombstones(self, now: float | None = None, grace_s: float = TOMBSTONE_GRACE_S) -> int:
         """Delete the rows of delivered and expired keys whose expiry is more than `grace_s` past (the rule
@@ -373,23 +392,34 @@ class KeyStore(SavepointTransactions):
     def apply_resync(self, link_id: str, promote: Iterable[str], discard: Iterable[str],
                      expire: Iterable[str]) -> None:
         """Carry out a resynchronisation plan (resync.py) in one transaction."""
+        promoted, discarded, expired = [], [], []
         with self._tx() as db:
             for key_id in promote:
-                db.execute("UPDATE keys SET state = ? WHERE key_id = ? AND link_id = ? AND state = ?",
-                           (KeyState.AVAILABLE.value, key_id, link_id, KeyState.PENDING.value))
-            discarded_bits = 0
+                promoted += db.execute("UPDATE keys SET state = ? WHERE key_id = ? AND link_id = ? AND state = ? "
+                                       "RETURNING key_id, bits", (KeyState.AVAILABLE.value, key_id, link_id,
+                                                                  KeyState.PENDING.value)).fetchall()
             for key_id in discard:
-                row = db.execute("DELETE FROM keys WHERE key_id = ? AND link_id = ? AND state IN (?, ?, ?) "
-                                 "RETURNING bits", (key_id, link_id, KeyState.PENDING.value,
-                                                    KeyState.AVAILABLE.value, KeyState.RESERVED.value)).fetchone()
-                discarded_bits += row[0] if row else 0
-            _add_held_bits(db, link_id, -discarded_bits)
+                discarded += db.execute("DELETE FROM keys WHERE key_id = ? AND link_id = ? AND state IN (?, ?, ?) "
+                                        "RETURNING key_id, bits", (key_id, link_id, KeyState.PENDING.value,
+                                                                   KeyState.AVAILABLE.value,
+                                                                   KeyState.RESERVED.value)).fetchall()
+            _add_held_bits(db, link_id, -sum(bits for _, bits in discarded))
             for key_id in expire:
                 state, _, bits, _ = self._row_of(db, link_id, key_id)
                 if state.holds_material:
                     self._erase(db, link_id, [(key_id, bits)], KeyState.EXPIRED)
+                    expired.append((key_id, bits))
+        self._audit("generated", link_id, promoted)
+        self._audit("erased", link_id, discarded)
+        self._audit("expired", link_id, expired)
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _audit(self, event: str, link_id: str, keys, holder: str | None = None) -> None:
+        """One audit record for a change just made (nothing when no trail is attached or no key changed)."""
+        keys = list(keys)
+        if self.audit is not None and keys:
+            self.audit.event(event, link_id, keys, holder=holder)
 
     @contextlib.contextmanager
     def _tx(self):

@@ -489,7 +489,8 @@ class FramePipeline:
         (seed_announce,) = self._amp.start(count * key_bits + self._refill_bits, amplification.SEED_SHAKE256)
         self._keys = (randomness.fresh_bytes(linkmsg.KEY_ID_SEED_BYTES), count, key_bits,
                       self._clock() + self.settings.key_expiry_s)
-        parts = [(Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce), (Step.KEYS, linkmsg.encode_keys(*self._keys))]
+        parts = [(Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce),
+                 (Step.KEYS, linkmsg.encode_keys(*self._keys))]
         if self._auth is not None:
             try:
                 parts.append((Step.AUTH, self._auth.seal_keys(envelope.encode(self.frame_id, parts),
