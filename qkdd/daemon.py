@@ -17,6 +17,7 @@ import ssl
 import trio
 
 from qkdd.api import build_routers
+from qkdd.audit.service import open_trail
 from qkdd.app import App
 from qkdd.config import LISTENERS, Config, ListenerConfig
 from qkdd.consumers.service import build_wireguard, run_wireguard
@@ -28,6 +29,7 @@ from qkdd.link.service import Links, build_links, open_keystore, run_links
 from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
+from qkdd.selftest import SelfTestError, run_self_tests
 
 log = logging.getLogger("qkdd.daemon")
 
@@ -46,11 +48,22 @@ async def serve(config: Config, notifier: Notifier) -> int:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
         return EXIT_STARTUP_FAILED
     try:
+        audit = open_trail(config)
+        if app.keystore is not None:
+            app.keystore.audit = audit
         links = build_links(config, app.keystore, app.metrics, app.health)
         attach_kme(app, links)
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
+    try:
+        return await _serve(config, notifier, app, links)
+    finally:
+        if audit is not None:
+            audit.close()                   # a signed head over everything recorded
+
+
+async def _serve(config: Config, notifier: Notifier, app: App, links: Links) -> int:
     app.links, app.key_requests, app.reservations = links.engines, links.key_requests, links.reservations
     app.devices.update({link_id: engine.device for link_id, engine in app.links.items()})
     wireguard = await build_wireguard(app)  # registers on the links' reservation services before they run
@@ -194,6 +207,12 @@ def run(config: Config) -> int:
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
+    try:
+        passed = run_self_tests()           # before anything is served: READY=1 comes after
+    except SelfTestError as exc:
+        log.error(f"cannot start: {exc}")
+        return EXIT_STARTUP_FAILED
+    log.info("self-tests passed: %s", ", ".join(passed))
     notifier = Notifier()
     try:
         return trio.run(serve, config, notifier)
