@@ -47,8 +47,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG_ERROR
     from qkdd.preflight import StartupError, check_tls_files
+    from qkdd.auth.check import check_auth_files
     try:
         check_tls_files(config)
+        check_auth_files(config)
     except StartupError as exc:
         print(f"config error: {exc.what}: {exc.problem}", file=sys.stderr)
         return EXIT_CONFIG_ERROR

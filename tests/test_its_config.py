@@ -31,3 +31,32 @@ def test_its_config_errors_name_the_key(tmp_path, extra, key, problem):
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, extra)
     assert caught.value.key == key and problem in str(caught.value)
+
+
+def write_config(tmp_path, extra):
+    path = tmp_path / "qkdd.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{tmp_path}/state"\n' + LINK + extra)
+    return str(path)
+
+
+def test_check_config_reads_the_its_secret_and_the_audit_key(tmp_path, capsys):
+    from qkdd import cli
+    from qkdd.auth import secret as auth_secret
+    from qkdd.peer import generate_identity, save_private_key
+    missing = write_config(tmp_path, f'auth = "its"\nauth_secret_file = "{tmp_path}/none.secret"\n')
+    assert cli.main(["check-config", "--config", missing]) != 0
+    assert "links[0].auth_secret_file" in capsys.readouterr().err
+    auth_secret.write(auth_secret.generate("other", 1024), str(tmp_path / "other.secret"))
+    wrong = write_config(tmp_path, f'auth = "its"\nauth_secret_file = "{tmp_path}/other.secret"\n')
+    assert cli.main(["check-config", "--config", wrong]) != 0
+    assert "secret of link 'other'" in capsys.readouterr().err
+    auth_secret.write(auth_secret.generate("l1", 1024), str(tmp_path / "l1.secret"))
+    no_key = write_config(tmp_path, f'auth = "its"\nauth_secret_file = "{tmp_path}/l1.secret"\n'
+                          '[audit]\nenabled = true\n')
+    assert cli.main(["check-config", "--config", no_key]) != 0
+    assert "audit.key_file" in capsys.readouterr().err
+    save_private_key(generate_identity(), tmp_path / "node.key")
+    good = write_config(tmp_path, f'auth = "its"\nauth_secret_file = "{tmp_path}/l1.secret"\n[audit]\nenabled = true\n'
+                        f'key_file = "{tmp_path}/node.key"\n')
+    assert cli.main(["check-config", "--config", good]) == 0
+    assert not (tmp_path / "state" / "audit.log").exists()
