@@ -78,6 +78,7 @@ def test_its_frames_store_identical_keys_and_keep_the_pools_equal(pools, frames)
         assert a.auth_bits_consumed == b.auth_bits_consumed == 128 * CHUNKS_PER_FRAME
         assert a.auth_bits_refilled == b.auth_bits_refilled == 1024
         assert 0 < a.eps_auth < 1e-20
+        assert a.eps_total == pytest.approx(2 * ITS.eps_sec + ITS.eps_cor + a.eps_auth)
         # the refill came off the top of the output: the keys are the rest, whole keys
         assert a.secret_bits + a.auth_bits_refilled <= a.key_length_bits
         steps = [[s for s, _ in envelope.decode(r)[1]] for _, r in ends.records]

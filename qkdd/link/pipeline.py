@@ -211,6 +211,7 @@ class FrameOutcome:
     auth_bits_consumed: int = 0         # authentication pool bits this end spent on the frame's tags
     auth_bits_refilled: int = 0         # distilled bits put back into the pool (before any key)
     eps_auth: float = 0.0               # probability the transcript authentication is forged (frame_epsilon)
+    eps_total: float = 0.0              # with auth its/both: the frame's keys' composable epsilon (see _split)
 
 
 @dataclass(frozen=True)
@@ -559,6 +560,12 @@ class FramePipeline:
             self.outcome.auth_bits_refilled = self._refill_bits
             self.outcome.auth_bits_consumed = self._auth.consumed_bits
             self.outcome.eps_auth = self._auth.epsilon
+            # The budget of the frame's keys: eps_sec (Lim's bound) + eps_cor (verification) + eps_auth (a
+            # forged transcript) + eps_sec once more for the pool bits the tags spent, which an earlier frame
+            # distilled under the same eps_sec (0 for the pre-shared seed; security of composed protocols
+            # adds their epsilons: Mueller-Quade & Renner, New J. Phys. 11, 085006 (2009), Sec. 3; Portmann,
+            # IEEE Trans. Inf. Theory 60 (2014) 4383, Sec. 5 for recycled authentication keys).
+            self.outcome.eps_total = 2 * self.settings.eps_sec + self.settings.eps_cor + self.outcome.eps_auth
         raw = output[refill_words:refill_words + count * words_per_key].astype("<u8").tobytes()
         step = key_bits // 8
         ids = linkmsg.derive_key_ids(seed, count)
