@@ -124,6 +124,8 @@ def test_every_family_with_samples_passes_promtool():
     link.device(temperature_celsius=-40.5, uptime_s=86400)
     link.kms_push(ok=True, latency_s=0.02)
     link.store_fill(key_bits=2048, store_bytes=1 << 20, ratio=0.25)
+    link.auth_consumed(384)
+    link.auth_pool(65536)
     tunnel = metrics.tunnel("site-a-b", "wg0", "HTJCFVji7BIGv9iSV/M7VuLj7iiBuVTXa/LbKmfCKFA=")
     tunnel.rotation("success")
     tunnel.psk_age(12.5)
@@ -138,8 +140,9 @@ def test_every_family_with_samples_passes_promtool():
                           "qkd_wireguard_handshake_age_seconds"}      # qkdd's own, beyond the seed
     kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
     keystore_families = {"qkd_keystore_fill_ratio", "qkd_keystore_key_bytes", "qkd_keystore_bytes"}
+    auth_families = {"qkd_auth_key_bits_consumed", "qkd_auth_pool_bits"}
     assert ({name for name in families if name.startswith("qkd_")}
-            == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families)
+            == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families | auth_families)
     if shutil.which("promtool") is None:
         pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
