@@ -179,3 +179,19 @@ def test_its_needs_a_pool_and_a_known_mode():
         PipelineSettings(auth="hmac")
     with pytest.raises(ValueError, match="multiple of 128"):
         PipelineSettings(auth="its", auth_refill_bits=100)
+
+
+def test_ends_with_different_auth_settings_say_so(pools, frames):
+    alice_frame, bob_frame, decoy = frames[2]
+    pipes = {ALICE: FramePipeline(ALICE, alice_frame, ITS, decoy=decoy, auth_pool=pools[ALICE]),
+             BOB: FramePipeline(BOB, bob_frame)}
+    queue, outcomes = [(BOB, a) for a in pipes[BOB].start()], {}
+    while queue:
+        role, action = queue.pop(0)
+        if isinstance(action, Finished):
+            outcomes[role] = action.outcome
+        if isinstance(action, Send):
+            peer = ALICE if role == BOB else BOB
+            queue.extend((peer, a) for a in pipes[peer].receive(action.record))
+    assert "auth settings differ" in outcomes[BOB].aborted
+    assert outcomes[ALICE].aborted_by_peer

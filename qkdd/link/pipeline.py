@@ -298,6 +298,9 @@ class FramePipeline:
             if steps and steps[-1] == Step.ABORT:
                 return self._peer_abort(parts)
             if steps not in self._expected.get((self.role, self.state), ()):
+                if steps in (EXPECTED_AUTH if self._auth is None else EXPECTED).get((self.role, self.state), ()):
+                    raise LinkMessageError(f'the ends\' auth settings differ: this end has "{self.settings.auth}", '
+                                           "the peer's records say otherwise (set auth alike at both ends)")
                 raise LinkMessageError(f"{self.role} in state {self.state} cannot take "
                                        f"{'+'.join(s.name for s in steps)}")
             if self._auth is not None and steps[-1] != Step.AUTH:
