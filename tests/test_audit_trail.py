@@ -182,3 +182,35 @@ def test_erased_keys_leave_no_trace_in_the_store_files(tmp_path):
     assert not any(blob in data for blob in sealed)
     assert not any(material in data for _, material in frame)
     store.close()
+
+
+def test_an_etsi014_key_handed_to_the_slave_sae_is_recorded_with_the_sae(tmp_path, identity):
+    """The slave KME (real key store and ledger, the master's end in memory) hands reserved keys to its SAE:
+    the audit names the ETSI 014 key ids, their size and the SAE."""
+    import trio
+
+    from tests.test_kme_slave_store import LINK as KME_LINK, exchange, reservation_of, slave_kme
+    service, store = slave_kme(tmp_path)
+    store.audit = AuditTrail(str(tmp_path / "audit.log"), signer=identity.sign)
+    stored = keys(2)
+    store.put_pending(KME_LINK, 7, stored, expires_at=4e9, allocatable=[False, False])
+    store.commit_frame(KME_LINK, 7)
+    reservation = reservation_of(stored)
+    exchange(service, reservation)
+    ids = [key.key_id for key in reservation.keys]
+
+    async def fetch():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)                 # the KME's group commit of store writes
+            with trio.fail_after(10):
+                got = await service.keys_by_id("sae-b", "sae-a", ids)
+            nursery.cancel_scope.cancel()
+        return got
+    handed = trio.run(fetch)
+    assert [key_id for key_id, _ in handed] == ids
+    store.audit.close()
+    log = records(tmp_path / "audit.log")
+    to_sae = [r for r in log if r["event"] == "delivered" and r.get("holder") == "sae:sae-b"]
+    assert len(to_sae) == 1 and sorted(k for k, _ in to_sae[0]["keys"]) == sorted(ids)
+    assert all(bits == 256 for _, bits in to_sae[0]["keys"])
+    assert verify_file(str(tmp_path / "audit.log"), identity.public_key()).intact

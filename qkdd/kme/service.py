@@ -260,6 +260,7 @@ class KmeService:
             raise _unavailable("the slave SAE's KME did not confirm the reservation in time")
         metrics.reservation_confirmed(trio.current_time() - sent)
         metrics.keys_handed("master", len(keys))
+        await self._audit(link_id, [(key.key_id, request.size_bits) for key in keys], master_sae_id)
         return [(key.key_id, assemble(key, materials)) for key in keys]
 
     async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
@@ -337,7 +338,17 @@ class KmeService:
             raise BadRequest(KEYS_NOT_FOUND, [{"reason": "expired or delivered before"}]) from None
         for key_id in key_ids:
             self._metrics.kme_link(entries[key_id].link_id).keys_handed("slave", 1)
+        for link_id in {entries[key_id].link_id for key_id in key_ids}:
+            await self._audit(link_id, [(key_id, entries[key_id].size_bits) for key_id in key_ids
+                                        if entries[key_id].link_id == link_id], slave_sae_id)
         return keys
+
+    async def _audit(self, link_id: str, keys: list[tuple[str, int]], sae_id: str) -> None:
+        """The key store's audit trail, if any, records ETSI 014 keys handed to an SAE (ids and sizes)."""
+        trail = getattr(self.keystore, "audit", None)
+        if trail is not None:
+            await trio.to_thread.run_sync(lambda: trail.event("delivered", link_id, keys, holder=f"sae:{sae_id}",
+                                                              detail="ETSI 014 key ids"))
 
     def _deliver_to_slave(self, slave_sae_id: str, key_ids: list[str], entries) -> list[tuple[str, bytes]]:
         materials: dict[str, bytes] = {}
