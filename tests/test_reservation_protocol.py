@@ -272,7 +272,8 @@ def test_late_answers_to_abandoned_requests_are_reported_as_such_once(purpose):
     master.abandon(refused.request_id)
     accept = slave.accept(accepted.request_id)
     events = master.receive(accept + slave.refuse(refused.request_id, RefuseReason.STALE, "old"))
-    assert events == [LateAnswer(accepted.request_id, purpose, True), LateAnswer(refused.request_id, purpose, False)]
+    assert events == [LateAnswer(accepted.request_id, purpose, True),
+                      LateAnswer(refused.request_id, purpose, False, RefuseReason.STALE)]
     assert master.state("master", accepted.request_id) is None
     with pytest.raises(ReservationProtocolError, match="no request"):
         master.receive(accept)                                           # a second answer answers nothing

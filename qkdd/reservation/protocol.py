@@ -239,11 +239,13 @@ class ReservationRefused:
 
 @dataclass(frozen=True)
 class LateAnswer:
-    """An answer to a request this end abandoned (timed out): the caller cleans up, nothing else."""
+    """An answer to a request this end abandoned (timed out): the caller cleans up, nothing else. A refusal
+    carries its reason (KEYS_GONE: the peer no longer holds the keys, so neither may this end)."""
 
     request_id: str
     purpose: Purpose
     accepted: bool
+    reason: RefuseReason | None = None
 
 
 @dataclass(frozen=True)
@@ -365,7 +367,9 @@ class ReservationEndpoint:
                                            f"in state {request.state.value}")
         if request is not None and request.state is State.ABANDONED:
             changes[key] = None
-            return LateAnswer(request_id, purpose, message_type is MessageType.ACCEPT)
+            if message_type is MessageType.ACCEPT:
+                return LateAnswer(request_id, purpose, True)
+            return LateAnswer(request_id, purpose, False, decoded[0])
         if message_type is MessageType.ACCEPT:
             self._step(MASTER, request_id, "ACCEPT", purpose, changes)
             return ReservationAccepted(request_id, purpose)
