@@ -22,7 +22,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -92,6 +92,7 @@ class KeyStore(SavepointTransactions):
     def __init__(self, path: str, kek: bytes, *, clock=time.time, capacity: StoreCapacity = StoreCapacity()):
         if len(kek) != KEK_BYTES:
             raise KeyStoreError(f"key-encryption key must be {KEK_BYTES} bytes")
+        self._write_failure_observers: list[Callable[[StoreWriteError], None]] = []
         self.path = path
         self.capacity = capacity
         self._aead = AESGCM(kek)
@@ -351,6 +352,12 @@ class KeyStore(SavepointTransactions):
         """Bytes free for this process on the store's file system (a large number when unknown)."""
         return _free_bytes(self.path)
 
+    def observe_write_failures(self, observer: Callable[[StoreWriteError], None]) -> None:
+        """Call `observer(error)` on every write that fails, in the thread that wrote (so it must be quick and
+        thread-safe): how each link's store guard learns that the store cannot write from the writes of
+        the KME, key requests and consumers as well as from its own frames'."""
+        self._write_failure_observers.append(observer)
+
     def probe_write(self) -> None:
         """One small durable write (a row of the meta table): StoreWriteError while the store cannot write."""
         with self._tx() as db:
@@ -398,7 +405,10 @@ class KeyStore(SavepointTransactions):
             with self.database.transaction() as db:
                 yield db
         except sqlite3.Error as exc:
-            raise _write_error(exc, self.path) from None
+            error = _write_error(exc, self.path)
+            for observer in self._write_failure_observers:
+                observer(error)
+            raise error from None
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """The schema, with what later versions added to a store an earlier one wrote (the `qber` column),
