@@ -357,6 +357,24 @@ class KeyStore(SavepointTransactions):
             db.execute("INSERT INTO meta VALUES ('write_probe', ?) ON CONFLICT (name) DO UPDATE SET value = "
                        "excluded.value", (repr(self._clock()),))
 
+    def rehold(self, link_id: str, key_ids: Sequence[str], holder: str, new_holder: str) -> None:
+        """Move keys RESERVED for `holder` to `new_holder` in one transaction (a consumer's tentative
+        reservation confirmed by the other end); KeyUnavailable, changing nothing, if one is not."""
+        with self._tx() as db:
+            for key_id in key_ids:
+                key_id = canonical_key_id(key_id)
+                state, current = self._state_of(db, link_id, key_id)
+                if state is not KeyState.RESERVED or current != holder:
+                    raise KeyUnavailable(f"key {key_id} is not reserved for that holder")
+                db.execute("UPDATE keys SET holder = ? WHERE key_id = ?", (new_holder, key_id))
+
+    def held_by(self, link_id: str, holder: str) -> list[tuple[str, KeyState]]:
+        """Every key ever reserved for `holder`, tombstones included, oldest first: (key id, state)."""
+        with self._lock:
+            return [(row[0], KeyState(row[1])) for row in self._db.execute(
+                "SELECT key_id, state FROM keys WHERE link_id = ? AND holder = ? ORDER BY created_at, rowid",
+                (link_id, holder))]
+
     def reserved_for(self, link_id: str, holder: str) -> list[str]:
         """Ids of the keys RESERVED for `holder` (a consumer finding its own after a restart)."""
         with self._lock:

@@ -25,12 +25,19 @@ ATTEMPTS = 3                      # stored keys tried per request when the peer 
 
 
 class KeyRequests:
+    """/v1 keys (purpose KEY, holders "v1:<bits>"); SKIP's keys are the same exchange under their own purpose
+    and holder prefix (qkdd.skip.keys)."""
+
+    PURPOSE = Purpose.KEY
+    HOLDER_PREFIX = HOLDER_PREFIX
+    RESERVATION = KeyReservation
+
     def __init__(self, link_id: str, store: KeyStore, reservations: ReservationService, *, key_bits: int) -> None:
         self.link_id = link_id
         self.store = store
         self.key_bits = key_bits
         self._reservations = reservations
-        reservations.add_purpose(Purpose.KEY, self)
+        reservations.add_purpose(self.PURPOSE, self)
 
     # -- requesting end -------------------------------------------------------------------------
     async def request_key(self, bits: int) -> StoredKey:
@@ -38,11 +45,11 @@ class KeyRequests:
         KeyUnavailable when no key is stored or the peer is unreachable or refuses."""
         if not self._reservations.connected:
             raise KeyUnavailable("the peer is not connected")
-        holder = f"{HOLDER_PREFIX}{bits}"
+        holder = f"{self.HOLDER_PREFIX}{bits}"
         for _ in range(ATTEMPTS):
             (key_id,) = await trio.to_thread.run_sync(
                 lambda: self.store.reserve_available(self.link_id, 1, holder, bits=self.key_bits))
-            outcome = await self._reservations.request(KeyReservation(str(uuid.uuid4()), key_id, holder),
+            outcome = await self._reservations.request(self.RESERVATION(str(uuid.uuid4()), key_id, holder),
                                                        RESERVE_TIMEOUT_S)
             if outcome.accepted:
                 key = await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
@@ -68,9 +75,10 @@ class KeyRequests:
                     return self.store.deliver(self.link_id, key_id)   # raises KeyAlreadyDelivered
                 raise KeyUnavailable(f"key {key_id} was not handed out at the other end")
             holder = self.store.holder_of(self.link_id, key_id) or ""
-            if not holder.startswith(HOLDER_PREFIX):
+            if not holder.startswith(self.HOLDER_PREFIX):
                 raise KeyUnavailable(f"key {key_id} is reserved for another consumer")
-            return _truncate(self.store.deliver(self.link_id, key_id, holder=holder), _bits_of(holder))
+            key = self.store.deliver(self.link_id, key_id, holder=holder)
+            return _truncate(key, _bits_of(holder, self.HOLDER_PREFIX))
         return await trio.to_thread.run_sync(deliver)
 
     # -- receiving end --------------------------------------------------------------------------
@@ -79,7 +87,7 @@ class KeyRequests:
 
     async def _reserve(self, reservation: KeyReservation) -> Answer:
         key_id, holder = reservation.key_id, reservation.holder
-        if not holder.startswith(HOLDER_PREFIX) or _bits_of(holder) <= 0:
+        if not holder.startswith(self.HOLDER_PREFIX) or _bits_of(holder, self.HOLDER_PREFIX) <= 0:
             return Answer(reservation.request_id, RefuseReason.MALFORMED, "unknown holder")
 
         def reserve() -> None:
@@ -98,9 +106,9 @@ class KeyRequests:
         return Answer(reservation.request_id)
 
 
-def _bits_of(holder: str) -> int:
+def _bits_of(holder: str, prefix: str = HOLDER_PREFIX) -> int:
     try:
-        return int(holder[len(HOLDER_PREFIX):])
+        return int(holder[len(prefix):])
     except ValueError:
         return 0
 
