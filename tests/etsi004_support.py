@@ -53,6 +53,8 @@ class End:
     chunks: StreamChunks
     server: Etsi004Server | None = None
     address: tuple[str, int] | None = None
+    skip_keys: object = None
+    skip_address: tuple[str, int] | None = None
 
 
 @asynccontextmanager
@@ -126,3 +128,50 @@ class Client004:
 def qos(chunk_bytes: int = 32, *, max_bps: int = 0, min_bps: int = 0, timeout_ms: int = 3000, ttl_s: int = 0,
         mimetype: str = "application/json") -> QoS:
     return QoS(chunk_bytes, max_bps, min_bps, 0, 0, timeout_ms, ttl_s, mimetype)
+
+
+# -- SKIP ---------------------------------------------------------------------------------------------------
+
+SYSTEMS = {"a": "KP_Alice", "b": "KP_Bob"}
+ROUTERS = {"a": ("router-a", bytes(range(32))), "b": ("router-b", bytes(range(100, 132)))}
+
+
+async def start_skip(ends, nursery, pki) -> None:
+    """A SKIP server at each end (TLS-PSK, the router of that end its one client)."""
+    from qkdd.http.router import Router
+    from qkdd.http.server import HTTPServer
+    from qkdd.skip import api
+    from qkdd.skip.keys import SkipKeys
+    from qkdd.skip.psk import psk_server_context
+    for name, end in ends.items():
+        other = "b" if name == "a" else "a"
+        end.skip_keys = SkipKeys(LINK_ID, end.store, end.reservations, key_bits=KEY_BITS)
+        router = Router()
+        api.register(router, SYSTEMS[name], {SYSTEMS[other]: end.skip_keys})
+        identity, psk = ROUTERS[name]
+        server = HTTPServer(f"skip-{name}", "127.0.0.1", 0, router, ssl_context=psk_server_context({identity: psk}))
+        end.skip_address = await nursery.start(server.run)
+
+
+async def skip_get(address, identity: str, psk: bytes, target: str, cipher: str = "PSK-AES256-GCM-SHA384"):
+    """(status, JSON body) of GET `target` over TLS-PSK, as a router does it."""
+    import json as _json
+
+    from qkdd.skip.psk import psk_client_context
+    tcp = await trio.open_tcp_stream(*address)
+    stream = trio.SSLStream(tcp, psk_client_context(identity, psk, cipher), server_hostname=None)
+    try:
+        await stream.send_all(f"GET {target} HTTP/1.1\r\nHost: kp\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        await trio.aclose_forcefully(stream)
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), _json.loads(body or b"null")
