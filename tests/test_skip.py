@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from qkdd.keystore import KeyState
-from tests.etsi004_support import ROUTERS, SYSTEMS, skip_get, start_skip, two_ends
+from tests.etsi004_support import ROUTERS, skip_get, start_skip, two_ends
 
 
 def run(test):

@@ -41,16 +41,23 @@ class Etsi004Server:
         self.streams = Streams()
         self._retired: list[Stream] = []        # closed streams whose unfetched chunks still await their TTL
         self._slots = trio.CapacityLimiter(MAX_CONNECTIONS)
+        self._scope = trio.CancelScope()
         chunks.on_recorded = self._recorded
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until shutdown() or cancellation; reports the bound (host, port)."""
         listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sweep_ttl)
-            address = listeners[0].socket.getsockname()
-            log.info("etsi004 listening", extra={"etsi004_address": f"{address[0]}:{address[1]}"})
-            task_status.started(address)
-            await trio.serve_listeners(self._serve, listeners, handler_nursery=nursery)
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sweep_ttl)
+                address = listeners[0].socket.getsockname()[:2]
+                log.info("etsi004 listening on %s:%d (TLS)", address[0], address[1])
+                task_status.started(address)
+                await trio.serve_listeners(self._serve, listeners, handler_nursery=nursery)
+
+    def shutdown(self) -> None:
+        """Stop now: key streams are long-lived connections, so there is nothing to drain."""
+        self._scope.cancel()
 
     def _recorded(self, stream_id: str, index: int) -> None:
         for stream in self.streams.all():

@@ -22,8 +22,6 @@ import tempfile
 from sslpsk3 import SSLPSKContext
 
 CIPHERS = "PSK-AES256-GCM-SHA384:DHE-PSK-AES256-GCM-SHA384"
-MIN_PSK_BYTES = 16
-MAX_PSK_BYTES = 64
 
 # RFC 7919 Appendix A.1, ffdhe2048, as DH PARAMETERS (what `openssl genpkey -genparam -algorithm DH
 # -pkeyopt group:ffdhe2048` writes).
@@ -38,10 +36,6 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 """
 
 
-class PskError(ValueError):
-    """A PSK file that cannot be used; names the file, never its content."""
-
-
 class _PskObject(ssl.SSLObject):
     """sslpsk3 installs its callbacks on every do_handshake() call, and re-arms the server's accept state
     with them; trio calls do_handshake() again after each read of a handshake in progress, which would
@@ -54,22 +48,6 @@ class _PskObject(ssl.SSLObject):
             self.context.setup_psk_callbacks(self)
             self._psk_installed = True
         super().do_handshake()
-
-
-def read_psk(path: str) -> bytes:
-    """A PSK file: hex digits (whitespace ignored), MIN_PSK_BYTES..MAX_PSK_BYTES bytes."""
-    try:
-        with open(path, encoding="ascii") as handle:
-            text = "".join(handle.read().split())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PskError(f"{path}: cannot read ({type(exc).__name__})") from None
-    try:
-        psk = bytes.fromhex(text)
-    except ValueError:
-        raise PskError(f"{path}: not hex digits") from None
-    if not MIN_PSK_BYTES <= len(psk) <= MAX_PSK_BYTES:
-        raise PskError(f"{path}: a PSK of {len(psk)} bytes, allowed {MIN_PSK_BYTES}..{MAX_PSK_BYTES}")
-    return psk
 
 
 def psk_server_context(psks: dict[str, bytes], identity_hint: str = "qkdd") -> ssl.SSLContext:
