@@ -145,3 +145,39 @@ def test_004_rejects_clients_without_a_certificate_and_malformed_frames(tmp_path
                     ended = True
                 assert ended
     run(main)
+
+
+def test_004_both_ends_racing_on_many_streams_never_hand_out_different_chunks(tmp_path):
+    """Both applications of each stream ask for every index at nearly the same moment (each end assigns,
+    the roles decide), on several streams at once: every index's two chunks are equal, and no key serves
+    two chunks."""
+    async def main():
+        pki = make_pki(tmp_path)
+        async with two_ends(tmp_path, pki=pki, keys=1000) as ends:
+            results = []
+
+            async def stream_pair(seed: int):
+                ksid = str(uuid.uuid4())
+                clients = await open_both(ends, pki, ksid, qos(32))
+                got = {"a": {}, "b": {}}
+
+                async def fetch(name, index, delay_s):
+                    await trio.sleep(delay_s)
+                    response = await clients[name].call(GetKey(ksid, index, 1024))
+                    assert response.status is Status.SUCCESSFUL, (name, index, response.status)
+                    got[name][index] = response.key
+                for index in range(20):
+                    async with trio.open_nursery() as nursery:
+                        skew = ((seed * 7 + index * 3) % 5) / 1000       # 0..4 ms, either end first
+                        nursery.start_soon(fetch, "a", index, skew if index % 2 else 0)
+                        nursery.start_soon(fetch, "b", index, 0 if index % 2 else skew)
+                results.append(got)
+                for client in clients.values():
+                    await client.__aexit__()
+            async with trio.open_nursery() as nursery:
+                for seed in range(6):
+                    nursery.start_soon(stream_pair, seed)
+            chunks = [chunk for got in results for chunk in got["a"].values()]
+            assert all(got["a"] == got["b"] for got in results)
+            assert len(set(chunks)) == len(chunks) == 120
+    run(main)

@@ -5,69 +5,21 @@ key by id at the other."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
 import trio
 
 from qkdd.etsi004.wire import GetKey, OpenConnect, Status
-from qkdd.peer import generate_identity, save_private_key, save_public_key
-from qkdd.pki import init_pki
-from tests.daemon_support import Daemon, base_config, clean_env
-from tests.etsi004_support import ROUTERS, SYSTEMS, Client004, qos, skip_get
-from tests.etsi014_support import LINK_ID, free_port, live_link_config
+from tests.apps_pair import AppPair
+from tests.etsi004_support import ROUTERS, Client004, qos, skip_get
 
 pytestmark = pytest.mark.slow
 FIRST_KEY_WAIT_MS = 60_000           # the first chunk waits for the link's first frame
 
 
-class Pair:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.pki = init_pki(root / "pki", ["kme-a", "kme-b"], ["app-a", "app-b"])
-        self.ports = {name: {"etsi004": free_port(), "skip": free_port()} for name in ("kme-a", "kme-b")}
-        self.configs: dict[str, str] = {}
-        self.daemons: dict[str, Daemon] = {}
-        channel_port, device_port = free_port(), free_port()
-        for name in ("kme-a", "kme-b"):
-            (root / name / "state").mkdir(parents=True, mode=0o700)
-            identity = generate_identity()
-            save_private_key(identity, root / name / "identity.key")
-            save_public_key(identity.public_key(), root / name / "identity.pub")
-        for name, peer, end, other in (("kme-a", "kme-b", "a", "b"), ("kme-b", "kme-a", "b", "a")):
-            issued = self.pki.kmes[name]
-            identity, psk = ROUTERS[end]
-            (root / name / "router.psk").write_text(psk.hex() + "\n")
-            apps = (f'[etsi004]\nlink_id = "{LINK_ID}"\nlisten = "127.0.0.1:{self.ports[name]["etsi004"]}"\n'
-                    f'capacity_bps = 100000.0\n'
-                    f'[etsi004.tls]\ncert_file = "{issued.cert_file}"\nkey_file = "{issued.key_file}"\n'
-                    f'client_ca_file = "{self.pki.ca_cert_file}"\nclient_cert = "required"\n'
-                    f'[skip]\nlocal_system_id = "{SYSTEMS[end]}"\nlisten = "127.0.0.1:{self.ports[name]["skip"]}"\n'
-                    f'[[skip.remotes]]\nsystem_id = "{SYSTEMS[other]}"\nlink_id = "{LINK_ID}"\n'
-                    f'[[skip.clients]]\nidentity = "{identity}"\npsk_file = "{root / name / "router.psk"}"\n')
-            links = live_link_config(name, peer, root, channel_port, device_port)
-            self.configs[name] = base_config(root / name / "state", links=links) + "\n" + apps
-
-    def start(self, name: str) -> Daemon:
-        daemon = Daemon(self.configs[name], self.root / name, clean_env()).start()
-        self.daemons[name] = daemon
-        return daemon
-
-    def wait_link(self, name: str) -> None:
-        """Until the daemon's link session is up (an OPEN before it is answered NO_QKD_CONNECTION)."""
-        self.daemons[name].wait_for(r"session \S+ ready", timeout_s=30)
-
-    def client(self, name: str, app: str) -> Client004:
-        return Client004(self.pki, app, name, ("127.0.0.1", self.ports[name]["etsi004"]))
-
-    def stop_all(self) -> None:
-        for daemon in self.daemons.values():
-            daemon.kill()
-
-
 @pytest.fixture
 def pair(tmp_path):
-    pair = Pair(tmp_path)
+    pair = AppPair(tmp_path)
     pair.start("kme-a")
     pair.start("kme-b")
     pair.wait_link("kme-a")
@@ -129,8 +81,7 @@ def test_004_daemons_agree_on_chunks_and_a_killed_end_loses_none_the_other_serve
 
 def test_skip_daemons_a_routers_key_at_one_end_is_the_other_routers_by_id(pair):
     async def main():
-        a = ("127.0.0.1", pair.ports["kme-a"]["skip"])
-        b = ("127.0.0.1", pair.ports["kme-b"]["skip"])
+        a, b = pair.skip_address("kme-a"), pair.skip_address("kme-b")
         with trio.fail_after(90):
             while True:                   # the link's first keys take a few seconds
                 status, key = await skip_get(a, *ROUTERS["a"], "/key?remoteSystemID=KP_Bob&size=256")

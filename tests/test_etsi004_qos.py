@@ -84,7 +84,7 @@ def test_004_ttl_erases_chunks_the_peer_assigned_and_this_end_never_fetched(tmp_
             assert await _status(ends["b"].server, GetKey(ksid, 1, 1024)) is Status.SUCCESSFUL
             clock.jump(60.0)
             await ends["b"].server.sweep_ttl_once()
-            held = ends["b"].store.held_by(LINK_ID, final_holder(ksid, 0))
+            held = ends["b"].store.stream_keys(LINK_ID, final_holder(ksid, 0))
             assert len(held) == 2 and {state for _, state in held} == {KeyState.DELIVERED}   # erased, unread
             assert await _status(ends["b"].server, GetKey(ksid, 0, 1024)) is Status.INSUFFICIENT_KEY
     trio.run(main, clock=clock)

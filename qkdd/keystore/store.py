@@ -77,7 +77,10 @@ CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable
 CREATE INDEX IF NOT EXISTS keys_by_expires_at ON keys (expires_at);
 DROP INDEX IF EXISTS keys_by_expiry;
 DROP INDEX IF EXISTS keys_by_link_state;
-CREATE TABLE IF NOT EXISTS fill (link_id TEXT PRIMARY KEY, key_bits INTEGER NOT NULL)
+CREATE TABLE IF NOT EXISTS fill (link_id TEXT PRIMARY KEY, key_bits INTEGER NOT NULL);
+-- ETSI 004 chunks are found by their holder ("004:<stream>:<index>", tentative "004?:..."): a partial index
+-- of those rows alone, so that no other consumer's reservation writes it (stream_keys() names its condition).
+CREATE INDEX IF NOT EXISTS keys_by_stream_holder ON keys (link_id, holder) WHERE holder LIKE '004%'
 """
 
 # The states whose keys hold material and count towards a link's fill.
@@ -368,11 +371,14 @@ class KeyStore(SavepointTransactions):
                     raise KeyUnavailable(f"key {key_id} is not reserved for that holder")
                 db.execute("UPDATE keys SET holder = ? WHERE key_id = ?", (new_holder, key_id))
 
-    def held_by(self, link_id: str, holder: str) -> list[tuple[str, KeyState]]:
-        """Every key ever reserved for `holder`, tombstones included, oldest first: (key id, state)."""
+    def stream_keys(self, link_id: str, holder: str) -> list[tuple[str, KeyState]]:
+        """Every key ever reserved for ETSI 004 holder `holder` ("004..."), tombstones included: (key id,
+        state). Through the partial index keys_by_stream_holder, whose condition the query repeats."""
+        if not holder.startswith("004"):
+            raise KeyStoreError("not an ETSI 004 holder")
         with self._lock:
             return [(row[0], KeyState(row[1])) for row in self._db.execute(
-                "SELECT key_id, state FROM keys WHERE link_id = ? AND holder = ? ORDER BY created_at, rowid",
+                "SELECT key_id, state FROM keys WHERE link_id = ? AND holder = ? AND holder LIKE '004%'",
                 (link_id, holder))]
 
     def reserved_for(self, link_id: str, holder: str) -> list[str]:
