@@ -94,9 +94,14 @@ class Etsi004Server:
         stream: trio.abc.Stream = transport
         if self.tls is not None:
             tls_stream = trio.SSLStream(transport, self.tls, server_side=True)
-            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S) as handshake:
                 await tls_stream.do_handshake()
-            certificate = peer_certificate(tls_stream._ssl_object) if tls_stream._ssl_object else None
+            if handshake.cancelled_caught:
+                return
+            try:
+                certificate = peer_certificate(tls_stream)
+            except ValueError:          # accepted by OpenSSL, but not X.509 that can be read
+                return
             if certificate is None:
                 return
             owner = "sha256:" + certificate.sha256_fingerprint
