@@ -19,12 +19,13 @@ from qkdd.keystore import KeyStore, kek_for_state_dir
 from qkdd.link.service import KEYSTORE_FILE
 from qkdd.peer import generate_identity, save_private_key, save_public_key
 from qkdd.pki import init_pki
-from tests.daemon_support import Daemon, base_config, clean_env
+from tests.daemon_support import Daemon, _address as address_in, base_config, clean_env
 from tests.etsi004_support import ROUTERS, SYSTEMS, Client004
 from tests.etsi014_support import LINK_ID, FileLoggedDaemon, free_port, live_link_config
 
 NAMES = {"kme-a": "a", "kme-b": "b"}
 STORED_KEY_BITS = 256
+START_TIMEOUT_S = 60.0
 
 
 def seed(state_dirs: dict[str, Path], count: int) -> None:
@@ -50,6 +51,7 @@ def seeded_link_config(name: str, peer: str, root: Path, peer_port: int) -> str:
 class AppPair:
     def __init__(self, root: Path, *, seeded_keys: int = 0, capacity_bps: float = 100000.0) -> None:
         self.root = root
+        self.seeded = bool(seeded_keys)
         self.pki = init_pki(root / "pki", ["kme-a", "kme-b"], ["app-a", "app-b"])
         self.ports = {name: {"etsi004": free_port(), "skip": free_port()} for name in NAMES}
         self.configs: dict[str, str] = {}
@@ -85,13 +87,19 @@ class AppPair:
             config = self.configs[name].replace('log_level = "info"', f'log_level = "{log_level}"')
             daemon = FileLoggedDaemon(config, self.root / name, quiet=log_level != "info").start()
         else:
-            daemon = Daemon(self.configs[name], self.root / name, clean_env()).start()
+            # a start under a loaded machine may take longer than Daemon's own wait
+            daemon = Daemon(self.configs[name], self.root / name, clean_env()).start(wait_ready=False)
+            line = daemon.wait_for(r"msg=ready ", timeout_s=START_TIMEOUT_S)
+            daemon.api_address = address_in(line, "api_address")
         self.daemons[name] = daemon
         return daemon
 
-    def wait_link(self, name: str, timeout_s: float = 30.0) -> None:
-        """Until the daemon's link session is up (an OPEN before it is answered NO_QKD_CONNECTION)."""
-        self.daemons[name].wait_for(r"session \S+ (ready|established)", timeout_s=timeout_s)
+    def wait_link(self, name: str, timeout_s: float = 60.0) -> None:
+        """Until the daemon's link session is up (an OPEN before it is answered NO_QKD_CONNECTION): live, once
+        the key stores are resynchronised ("ready"); seeded, once the session is established (its channels
+        start right after)."""
+        pattern = r"session \S+ established" if self.seeded else r"session \S+ ready"
+        self.daemons[name].wait_for(pattern, timeout_s=timeout_s)
 
     def client(self, name: str, app: str) -> Client004:
         return Client004(self.pki, app, name, ("127.0.0.1", self.ports[name]["etsi004"]))

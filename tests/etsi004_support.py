@@ -125,7 +125,7 @@ class Client004:
                 self.buffer += data
 
 
-def qos(chunk_bytes: int = 32, *, max_bps: int = 0, min_bps: int = 0, timeout_ms: int = 3000, ttl_s: int = 0,
+def qos(chunk_bytes: int = 32, *, max_bps: int = 0, min_bps: int = 0, timeout_ms: int = 30_000, ttl_s: int = 0,
         mimetype: str = "application/json") -> QoS:
     return QoS(chunk_bytes, max_bps, min_bps, 0, 0, timeout_ms, ttl_s, mimetype)
 

@@ -118,15 +118,17 @@ def test_004_get_key_times_out_when_the_peer_application_never_gets_keys(tmp_pat
     async def main():
         pki = make_pki(tmp_path)
         async with two_ends(tmp_path, pki=pki, keys=2) as ends:
-            ksid = str(uuid.uuid4())
+            first, short = str(uuid.uuid4()), str(uuid.uuid4())
             async with Client004(pki, "app-a", "kme-a", ends["a"].address) as client:
-                await client.call(OpenConnect("app://a", "app://b", qos(32, timeout_ms=300), ksid))
-                assert (await client.call(GetKey(ksid, 0, 1024))).status is Status.SUCCESSFUL
-                # end A's share (one key) is spent: the next chunk waits for keys, then TIMEOUT_ERROR
+                await client.call(OpenConnect("app://a", "app://b", qos(32), first))
+                assert (await client.call(GetKey(first, 0, 1024))).status is Status.SUCCESSFUL
+                # end A's share (one key) is spent: a chunk of a stream with a short timeout waits for
+                # keys, then TIMEOUT_ERROR
+                await client.call(OpenConnect("app://a", "app://b", qos(32, timeout_ms=300), short))
                 started = trio.current_time()
-                assert (await client.call(GetKey(ksid, 1, 1024))).status is Status.TIMEOUT
+                assert (await client.call(GetKey(short, 0, 1024))).status is Status.TIMEOUT
                 assert trio.current_time() - started >= 0.3
-                assert (await client.call(GetKey(ksid, 2, 2))).status is Status.METADATA_SIZE_INSUFFICIENT
+                assert (await client.call(GetKey(short, 1, 2))).status is Status.METADATA_SIZE_INSUFFICIENT
     run(main)
 
 

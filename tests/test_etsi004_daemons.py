@@ -73,7 +73,8 @@ def test_004_daemons_agree_on_chunks_and_a_killed_end_loses_none_the_other_serve
     async def after_restart():
         async with pair.client("kme-a", "app-a") as a, pair.client("kme-b", "app-b") as b:
             for client in (a, b):
-                await client.call(OpenConnect("app://x", "app://y", wait_qos, ksid))
+                opened = await client.call(OpenConnect("app://x", "app://y", wait_qos, ksid))
+                assert opened.status is Status.SUCCESSFUL
             assert (await b.call(GetKey(ksid, 0, 1024))).status is Status.INSUFFICIENT_KEY   # served before
             assert await fetch(b, ksid, 6) == await fetch(a, ksid, 6)
     trio.run(after_restart)
