@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("bench, load", [("etsi004", "--streams"), ("skip", "--clients")])
 def test_004_and_skip_benchmarks_print_figures_with_no_mismatch(bench, load):
-    done = subprocess.run([sys.executable, "-m", f"bench.{bench}", load, "2", "--seconds", "3", "--no-etsi014"],
+    done = subprocess.run([sys.executable, "-m", f"bench.{bench}", load, "2", "--seconds", "2", "--no-etsi014"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]

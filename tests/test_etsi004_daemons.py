@@ -17,9 +17,11 @@ pytestmark = pytest.mark.slow
 FIRST_KEY_WAIT_MS = 60_000           # the first chunk waits for the link's first frame
 
 
-@pytest.fixture
-def pair(tmp_path):
-    pair = AppPair(tmp_path)
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """One pair for the module (starting two daemons and their link is most of each test's time); the 004
+    test leaves both running again after its kill -9 and restart."""
+    pair = AppPair(tmp_path_factory.mktemp("pair"))
     pair.start("kme-a")
     pair.start("kme-b")
     pair.wait_link("kme-a")
