@@ -6,9 +6,11 @@ server callback comes from sslpsk3 (PyPI; maintained, 3.7-3.14, the standard lib
 stays a plain ssl.SSLContext that trio's SSLStream drives over memory BIOs.
 
 Suites (draft-cisco-skip-02 section 3, and what Cisco IOS XE routers offer): TLS 1.2 PSK-AES256-GCM-SHA384
-and DHE-PSK-AES256-GCM-SHA384 (forward secret, over the RFC 7919 ffdhe2048 group). TLS 1.3 is not offered:
-with it enabled, OpenSSL 3.0 answers a TLS 1.2 PSK client with an unexpected-message alert when the PSK
-comes from the TLS 1.2-style server callback (tested), which would lock out the routers.
+and DHE-PSK-AES256-GCM-SHA384 (forward secret, over the RFC 7919 ffdhe2048 group). TLS 1.3 too, where the
+stack allows: OpenSSL hands the same callback's PSK to a TLS 1.3 client as an external PSK bound to
+SHA-256 (SSL_CTX_set_psk_server_callback(3)), so a TLS 1.3 router gets TLS_AES_128_GCM_SHA256 or
+TLS_CHACHA20_POLY1305_SHA256 (with (EC)DHE when it offers psk_dhe_ke); one that offers only SHA-384 suites
+is refused (Python 3.11 cannot set TLS 1.3 suites or a find-session callback).
 
 An identity this end does not know gets no PSK, which fails the handshake: a wrong identity or PSK never
 reaches HTTP. The PSKs never appear in logs or errors.
@@ -54,7 +56,7 @@ def psk_server_context(psks: dict[str, bytes], identity_hint: str = "qkdd") -> s
     """A server context that accepts the clients of `psks` (identity -> PSK) and no one else."""
     context = SSLPSKContext(ssl.PROTOCOL_TLS_SERVER)
     context.sslobject_class = _PskObject
-    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     with tempfile.NamedTemporaryFile(suffix=".pem") as params:
@@ -71,7 +73,8 @@ def psk_server_context(psks: dict[str, bytes], identity_hint: str = "qkdd") -> s
 
 
 def psk_client_context(identity: str, psk: bytes, cipher: str = "PSK-AES256-GCM-SHA384") -> ssl.SSLContext:
-    """A router's side (tests, benchmarks): TLS 1.2 with `cipher`, identity and PSK."""
+    """A router's side (tests, benchmarks): TLS 1.2 with `cipher`, identity and PSK. (sslpsk3's client side
+    fails TLS 1.3 on Python 3.11; the tests' TLS 1.3 client is `openssl s_client`.)"""
     context = SSLPSKContext(ssl.PROTOCOL_TLS_CLIENT)
     context.sslobject_class = _PskObject
     context.check_hostname = False
