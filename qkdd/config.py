@@ -15,6 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from qkdd.apps_config import Etsi004Config, SkipConfig, check_app_links
 from qkdd.config_schema import (Check, ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
                                 parse_host_port, positive, register_checks, register_parser, register_validator,
                                 to_plain)
@@ -325,6 +326,8 @@ class Config:
     links: tuple[LinkConfig, ...] = ()
     etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
     wireguard: tuple[WireGuardConfig, ...] = ()
+    etsi004: Etsi004Config | None = None      # GS QKD 004 key streams (qkdd/apps_config.py)
+    skip: SkipConfig | None = None            # the SKIP server for routers (qkdd/apps_config.py)
 
     def validate(self, key: str) -> None:
         seen: dict[str, int] = {}
@@ -364,6 +367,7 @@ class Config:
         if api.port != 0 and api.port == health.port and (
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):
             raise ConfigError("health.listen", f"{health} overlaps api.listen {api}")
+        check_app_links(self)
 
     def listener(self, name: str) -> ListenerConfig:
         """The listener named in LISTENERS ("api" or "health")."""

@@ -18,7 +18,8 @@ import trio
 
 from qkdd.api import build_routers
 from qkdd.app import App
-from qkdd.config import LISTENERS, Config, ListenerConfig
+from qkdd.apps import build_apps
+from qkdd.config import LISTENERS, Config
 from qkdd.consumers.service import build_wireguard, run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
@@ -57,6 +58,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
+        apps = build_apps(config, links, app.keystore, links.engines)     # ETSI 004, SKIP: ports of their own
+        servers.update(apps.servers)
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
@@ -65,11 +68,11 @@ async def serve(config: Config, notifier: Notifier) -> int:
         async with trio.open_nursery() as root:
             async with trio.open_nursery() as listeners:
                 bound = {}
-                for name in ("health", "api"):
+                for name in ("health", "api", *apps.servers):
                     try:
                         bound[name] = await listeners.start(servers[name].run)
                     except OSError as exc:
-                        failure = StartupError(f"{name}.listen", _bind_problem(config.listener(name), exc))
+                        failure = StartupError(f"{name}.listen", _bind_problem(_listen_text(config, name), exc))
                         listeners.cancel_scope.cancel()
                         break
                 else:
@@ -170,10 +173,15 @@ def _changes(before: tuple[str, dict[str, str]], after: tuple[str, dict[str, str
     return "; ".join(parts)
 
 
-def _bind_problem(listener: ListenerConfig, exc: OSError) -> str:
+def _bind_problem(address: str, exc: OSError) -> str:
     reason = {errno.EADDRINUSE: "address already in use", errno.EACCES: "permission denied",
               errno.EADDRNOTAVAIL: "address not available on this host"}.get(exc.errno, exc.strerror or str(exc))
-    return f"cannot listen on {listener.listen}: {reason}"
+    return f"cannot listen on {address}: {reason}"
+
+
+def _listen_text(config: Config, name: str) -> str:
+    """The configured address of listener `name` (api, health, etsi004, skip)."""
+    return str(config.listener(name).listen) if name in LISTENERS else getattr(config, name).listen
 
 
 def _format_address(address: tuple[str, int]) -> str:

@@ -28,6 +28,13 @@ MAX_ABANDONED = 4096              # requests remembered for the peer's late answ
 
 
 class KeyRequests:
+    """/v1 keys (purpose KEY, holders "v1:<bits>"); SKIP's keys are the same exchange under their own purpose
+    and holder prefix (qkdd.skip.keys)."""
+
+    PURPOSE = Purpose.KEY
+    HOLDER_PREFIX = HOLDER_PREFIX
+    RESERVATION = KeyReservation
+
     def __init__(self, link_id: str, store: KeyStore, reservations: ReservationService, *, key_bits: int,
                  reserve_timeout_s: float = RESERVE_TIMEOUT_S) -> None:
         self.link_id = link_id
@@ -37,13 +44,13 @@ class KeyRequests:
         self._reservations = reservations
         self._abandoned: dict[str, tuple[str, str]] = {}    # request id -> (key id, holder), oldest first
         self._settled: dict[str, list[str]] = {}             # holder -> key ids reserved for it at both ends
-        reservations.add_purpose(Purpose.KEY, self)
+        reservations.add_purpose(self.PURPOSE, self)
 
     # -- requesting end -------------------------------------------------------------------------
     async def request_key(self, bits: int) -> StoredKey:
         """A key of `bits` bits both ends hold reserved for a /v1 consumer, delivered here.
         KeyUnavailable when no key is stored or the peer is unreachable or refuses."""
-        holder = f"{HOLDER_PREFIX}{bits}"
+        holder = f"{self.HOLDER_PREFIX}{bits}"
         settled = await self._deliver_settled(holder)
         if settled is not None:
             return _truncate(settled, bits)
@@ -53,7 +60,7 @@ class KeyRequests:
             (key_id,) = await trio.to_thread.run_sync(
                 lambda: self.store.reserve_available(self.link_id, 1, holder, bits=self.key_bits))
             request_id = str(uuid.uuid4())
-            outcome = await self._reservations.request(KeyReservation(request_id, key_id, holder),
+            outcome = await self._reservations.request(self.RESERVATION(request_id, key_id, holder),
                                                        self.reserve_timeout_s)
             if outcome.accepted:
                 key = await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
@@ -117,9 +124,10 @@ class KeyRequests:
                     return self.store.deliver(self.link_id, key_id)   # raises KeyAlreadyDelivered
                 raise KeyUnavailable(f"key {key_id} was not handed out at the other end")
             holder = self.store.holder_of(self.link_id, key_id) or ""
-            if not holder.startswith(HOLDER_PREFIX):
+            if not holder.startswith(self.HOLDER_PREFIX):
                 raise KeyUnavailable(f"key {key_id} is reserved for another consumer")
-            return _truncate(self.store.deliver(self.link_id, key_id, holder=holder), _bits_of(holder))
+            key = self.store.deliver(self.link_id, key_id, holder=holder)
+            return _truncate(key, _bits_of(holder, self.HOLDER_PREFIX))
         return await trio.to_thread.run_sync(deliver)
 
     # -- receiving end --------------------------------------------------------------------------
@@ -128,7 +136,7 @@ class KeyRequests:
 
     async def _reserve(self, reservation: KeyReservation) -> Answer:
         key_id, holder = reservation.key_id, reservation.holder
-        if not holder.startswith(HOLDER_PREFIX) or _bits_of(holder) <= 0:
+        if not holder.startswith(self.HOLDER_PREFIX) or _bits_of(holder, self.HOLDER_PREFIX) <= 0:
             return Answer(reservation.request_id, RefuseReason.MALFORMED, "unknown holder")
 
         def reserve() -> None:
@@ -147,9 +155,9 @@ class KeyRequests:
         return Answer(reservation.request_id)
 
 
-def _bits_of(holder: str) -> int:
+def _bits_of(holder: str, prefix: str = HOLDER_PREFIX) -> int:
     try:
-        return int(holder[len(HOLDER_PREFIX):])
+        return int(holder[len(prefix):])
     except ValueError:
         return 0
 

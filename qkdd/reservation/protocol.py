@@ -19,6 +19,8 @@ A request's purpose says how to read its RESERVE body and which part of the daem
     ETSI014   Etsi014Reservation  keys cut from stored keys for a master SAE and its slave SAEs
     KEY       KeyReservation      one stored key for a /v1 holder ("v1:256")
     WG_EPOCH  EpochReservation    a WireGuard epoch: the stored key that is a tunnel's PSK from a time on
+    STREAM    ChunkReservation    the stored keys that make chunk `index` of an ETSI 004 key stream
+    SKIP      SkipKeyReservation  one stored key for a SKIP router ("skip:256"), fetched by id at the other end
 
 The endpoint remembers each request's purpose; an answer must carry the purpose of the request it
 answers. ANNOUNCE is the one message outside any request: a WireGuard end's current epoch
@@ -50,6 +52,8 @@ way in one payload, so a busy link carries one record per burst instead of one p
                               per segment: stored key_id 16 bytes | offset_bytes u32 | length_bytes u32
     RESERVE, KEY:      key_id 16 bytes | holder str (1..64 bytes)
     RESERVE, WG_EPOCH: tunnel_tag 8 bytes | number u64 | key_id 16 bytes | activate_at f64
+    RESERVE, STREAM:   key_stream_id 16 bytes | index u32 | key count u16, key_id 16 bytes...  (1..MAX_CHUNK_KEYS)
+    RESERVE, SKIP:     as RESERVE, KEY
     ANNOUNCE, WG_EPOCH (request_id all zero): the RESERVE, WG_EPOCH body; number 0 (no epoch yet) with a
                        zero key_id and activate_at 0
     ACCEPT:            (empty)
@@ -83,6 +87,8 @@ MAX_REFUSE_TEXT_CHARS = 200     # a refusal's text is cut to this before it is s
 MAX_HOLDER_BYTES = 64
 MAX_EPOCH = 2**64 - 2           # a peer's epoch number the WireGuard leader can still propose one above
 TUNNEL_TAG_BYTES = 8
+MAX_CHUNK_KEYS = 4096           # stored keys in one ETSI 004 chunk (1 MiB of 256-bit keys)
+MAX_CHUNK_INDEX = 2**32 - 1
 MAX_PACKED_BYTES = 1 << 20
 MAX_ABANDONED = 1 << 16         # abandoned requests remembered for a late answer (the newest)
 # The largest message. The KME's configuration caps a Get key at 1 MiB of key (qkdd.kme.config
@@ -104,6 +110,8 @@ class Purpose(enum.IntEnum):
     ETSI014 = 1
     KEY = 2
     WG_EPOCH = 3
+    STREAM = 4
+    SKIP = 5
 
 
 class RefuseReason(enum.IntEnum):
@@ -213,7 +221,26 @@ class EpochAnnouncement:
     activate_at: float
 
 
-Reservation = Etsi014Reservation | KeyReservation | EpochReservation
+@dataclass(frozen=True)
+class SkipKeyReservation(KeyReservation):
+    """SKIP: reserve stored key `key_id` for `holder` ("skip:<bits>"); the router at the other end fetches it
+    by id once. The body is a KEY reservation's; only the purpose differs, so that SKIP's handler answers."""
+
+    purpose: ClassVar[Purpose] = Purpose.SKIP
+
+
+@dataclass(frozen=True)
+class ChunkReservation:
+    """ETSI 004: stored keys `key_ids`, concatenated in order, are chunk `index` of key stream `stream_id`."""
+
+    purpose: ClassVar[Purpose] = Purpose.STREAM
+    request_id: str
+    stream_id: str
+    index: int
+    key_ids: tuple[str, ...]
+
+
+Reservation = Etsi014Reservation | KeyReservation | EpochReservation | ChunkReservation
 
 
 # -- events returned by receive() ----------------------------------------------------------------
@@ -409,6 +436,16 @@ def check_reservation(reservation: Reservation) -> None:
         holder_bytes = len(reservation.holder.encode("utf-8", "surrogatepass"))
         if not 1 <= holder_bytes <= MAX_HOLDER_BYTES:
             raise ReservationProtocolError(f"a holder of {holder_bytes} bytes, allowed 1..{MAX_HOLDER_BYTES}")
+    elif isinstance(reservation, ChunkReservation):
+        _check_uuid(reservation.stream_id)
+        if not 0 <= reservation.index <= MAX_CHUNK_INDEX:
+            raise ReservationProtocolError(f"chunk index {reservation.index} outside 0..{MAX_CHUNK_INDEX}")
+        if not 1 <= len(reservation.key_ids) <= MAX_CHUNK_KEYS:
+            raise ReservationProtocolError(f"a chunk of {len(reservation.key_ids)} keys, allowed 1..{MAX_CHUNK_KEYS}")
+        for key_id in reservation.key_ids:
+            _check_uuid(key_id)
+        if len(set(reservation.key_ids)) != len(reservation.key_ids):
+            raise ReservationProtocolError("a key id appears twice in a chunk")
     elif isinstance(reservation, EpochReservation):
         if not 1 <= reservation.number <= MAX_EPOCH:
             raise ReservationProtocolError(f"epoch number {reservation.number} outside 1..{MAX_EPOCH}")
@@ -522,6 +559,9 @@ def encode_reserve(reservation: Reservation) -> bytes:
             raise ValueError(str(exc)) from None
         if isinstance(reservation, KeyReservation):
             body = _uuid_bytes(reservation.key_id) + _text(reservation.holder, MAX_HOLDER_BYTES)
+        elif isinstance(reservation, ChunkReservation):
+            body = (_uuid_bytes(reservation.stream_id) + struct.pack(">IH", reservation.index, len(reservation.key_ids))
+                    + b"".join(_uuid_bytes(key_id) for key_id in reservation.key_ids))
         else:
             body = _epoch_body(reservation.tunnel_tag, reservation.number, reservation.key_id,
                                reservation.activate_at)
@@ -727,6 +767,20 @@ def _decode_key(request_id: str, reader: _Reader) -> KeyReservation:
     return reservation
 
 
+def _decode_skip(request_id: str, reader: _Reader) -> SkipKeyReservation:
+    reservation = SkipKeyReservation(request_id, reader.uuid(), reader.text(MAX_HOLDER_BYTES))
+    check_reservation(reservation)
+    return reservation
+
+
+def _decode_chunk(request_id: str, reader: _Reader) -> ChunkReservation:
+    stream_id, index = reader.uuid(), reader.u32()
+    key_ids = tuple(reader.uuid() for _ in range(reader.u16()))
+    reservation = ChunkReservation(request_id, stream_id, index, key_ids)
+    check_reservation(reservation)
+    return reservation
+
+
 def _decode_epoch(request_id: str, reader: _Reader) -> EpochReservation:
     tag, number, key_id, activate_at = reader.record(_EPOCH)
     reservation = EpochReservation(request_id, tag, number, _canonical(key_id), activate_at)
@@ -747,4 +801,6 @@ _RESERVE_DECODERS = {
     Purpose.ETSI014: _decode_etsi014,
     Purpose.KEY: _decode_key,
     Purpose.WG_EPOCH: _decode_epoch,
+    Purpose.STREAM: _decode_chunk,
+    Purpose.SKIP: _decode_skip,
 }
