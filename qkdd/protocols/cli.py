@@ -9,7 +9,7 @@ from qkdd.protocols import bb84, cvqkd, e91
 from qkdd.protocols.bb84_design import expected_finite_rate, optimize_settings
 from qkdd.protocols.bb84_finite import DecoySettings
 from qkdd.protocols.channel import ChannelParams, gain, qber
-from qkdd.protocols.cli_output import one_line_usage_errors, print_report
+from qkdd.protocols.cli_output import one_line_usage_errors, print_report, show_defaults
 from qkdd.protocols.entropy import secure_fraction_asymptotic
 
 PROG = "qkdctl sim rate"
@@ -18,7 +18,7 @@ PROG = "qkdctl sim rate"
 def register(sim_commands: argparse._SubParsersAction) -> None:
     """Add `rate` to the `qkdctl sim` command group."""
     rate = sim_commands.add_parser(
-        "rate", help="analytic key rate (decoy BB84 or E91)",
+        "rate", help="analytic key rate (decoy BB84, E91 or CV-QKD)",
         description="Analytic key rate per pulse from the channel model. BB84: asymptotic GLLP with "
                     "infinite, vacuum+weak or no decoys; --finite uses the three-intensity finite-key bound of "
                     "Lim et al. (PRA 89, 022307, 2014). E91: Shor-Preskill or the device-independent bound.")
@@ -60,6 +60,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     rate.add_argument("--json", action="store_true", help="print one JSON object")
     rate.set_defaults(func=run)
 
+    show_defaults(rate)
     one_line_usage_errors(rate, PROG)
 
 

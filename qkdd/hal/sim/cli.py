@@ -11,7 +11,7 @@ from typing import Any
 
 from qkdd.hal.sim import montecarlo
 from qkdd.hal.sim.params import Attack, Drift, SimParams
-from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report
+from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report, show_defaults
 
 PROG = "qkdctl sim run"
 EXIT_ABORTED = 1            # the run ran, but the protocol aborted it (the reason goes to stderr)
@@ -84,6 +84,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=main)
 
+    show_defaults(run)
     one_line_usage_errors(run, PROG)
 
 
