@@ -133,6 +133,20 @@ def test_nothing_listening_is_exit_status_3():
             assert result.returncode == 3 and "Connection refused" in result.stderr, (command, result.stderr)
 
 
+def test_metrics_of_a_running_link_pass_promtool(pair):
+    """`promtool check metrics` on a running daemon's /metrics (gauges measured, link state, KME families): no
+    finding at all (exit 0)."""
+    import shutil
+    wait_for_keys(pair)
+    text = httpx.get(f"http://{pair.ends['alice'].health}/metrics", timeout=10).text
+    assert "qkd_key_generated_bytes_total{" in text and 'qkd_link_state{link_id="sim-1",state="running"} 1.0' in text
+    assert "qkd_qber{" in text and "qkd_keystore_key_bytes{" in text
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), check.stdout + check.stderr
+
+
 def test_health_exit_status_follows_healthz_through_an_attack(pair):
     """Last in this module: the intercept-resend attack leaves the shared pair's link halted."""
     healthy = qkdctl("health", *target(pair))
