@@ -5,7 +5,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm lock
+.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm lock man
 
 setup: $(STAMP)
 
@@ -33,8 +33,9 @@ demo-single: setup
 test-native:
 	$(MAKE) -C native test test-asan
 
+# One line per test file with its progress, then the 15 slowest tests.
 test-python: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest --durations=15
 
 test: setup test-native test-python
 
@@ -50,6 +51,12 @@ deb:
 	cp -r packaging/debian build/deb/qkdd/debian
 	cd build/deb/qkdd && dpkg-buildpackage --build=binary --no-sign
 	lintian --fail-on error,warning build/deb/qkdd_*.changes
+
+# Regenerate qkdd.toml(5) from the example configuration and the bash completions from the command lines
+# (tests/test_man_pages.py says when they are stale).
+man: setup
+	$(PY) packaging/man/qkdd-toml-5.py > packaging/man/qkdd.toml.5
+	$(PY) packaging/completion/make-completion.py
 
 # Refresh the hash-pinned dependency locks the packages are built from (packaging/requirements.lock,
 # packaging/build-requirements.lock); review the diff and commit both.

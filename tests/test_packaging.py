@@ -352,6 +352,10 @@ def _check_packaged_defaults(paths: set[str], config_text: str) -> None:
     assert {"/usr/share/doc/qkdd/examples/serial-device.conf"} <= documented
     assert documented <= paths, documented - paths
     assert "/usr/share/doc/qkdd/README.md" in paths
+    for page in ("/usr/share/man/man8/qkdd.8", "/usr/share/man/man1/qkdctl.1", "/usr/share/man/man5/qkdd.toml.5"):
+        assert any(path.startswith(page) for path in paths), page             # (gzipped or not)
+    assert {"/usr/share/bash-completion/completions/qkdctl", "/usr/share/bash-completion/completions/qkdd",
+            "/usr/share/doc/qkdd/examples/qkdd-rules.yml", "/usr/share/doc/qkdd/examples/qkdd.json"} <= paths
     _assert_listeners_local(config_text)
 
 
