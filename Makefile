@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py native/build_native.py $(wildcard native/src/*
 	@scripts/bootstrap-system.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,plot]'
 	@touch $@
 
 # Rebuild only the C extension in place after editing native/ (faster than reinstalling).

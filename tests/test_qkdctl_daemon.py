@@ -133,6 +133,22 @@ def test_nothing_listening_is_exit_status_3():
             assert result.returncode == 3 and "Connection refused" in result.stderr, (command, result.stderr)
 
 
+def test_links_plot_of_a_running_link(pair, tmp_path):
+    from PIL import Image                          # comes with matplotlib (the plot extra)
+    wait_for_keys(pair, at_least=200)
+    png = tmp_path / "links.png"
+    result = qkdctl("links", "--plot", str(png), *target(pair))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["links"][0]["link_id"] == LINK_ID
+    frames = int(result.stderr.split("(")[1].split()[0])
+    assert frames >= 2 and "of 1 link(s)" in result.stderr
+    assert png.stat().st_size > 20_000
+    with Image.open(png) as image:
+        image.load()
+        assert image.format == "PNG" and image.size == (900, 600)
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 20
+
+
 def test_metrics_of_a_running_link_pass_promtool(pair):
     """`promtool check metrics` on a running daemon's /metrics (gauges measured, link state, KME families): no
     finding at all (exit 0)."""

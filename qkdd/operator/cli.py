@@ -54,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         command = subparsers.add_parser(name, help=help_text, description=help_text + ". " + __doc__.split("\n\n")[1])
         _connection_args(command)
         command.set_defaults(func=_view, view=name)
+        if name == "links":
+            command.add_argument("--plot", metavar="PNG", help="also write each link's QBER and secret key rate "
+                                 "history (/v1/links/{id}/qber) to this PNG (needs the plot extra: matplotlib)")
     watch = subparsers.add_parser(
         "watch", help="`status`, redrawn live", description="Redraw `qkdctl status` every --interval seconds "
         "on a terminal; otherwise (or with --json) print one JSON document per line at each refresh.")
@@ -92,8 +95,35 @@ def _view(args: argparse.Namespace) -> int:
         print(f"qkdctl {args.view}: {snapshot['api_error']}", file=sys.stderr)
         return EXIT_UNREACHABLE
     print(json.dumps(document(snapshot), indent=2) if _as_json(args) else render(snapshot))
+    if getattr(args, "plot", None):
+        return _plot_links(args, snapshot)
     if args.view == "health" and snapshot["http_status"] != 200:
         return EXIT_UNHEALTHY
+    return 0
+
+
+def _plot_links(args: argparse.Namespace, snapshot: dict) -> int:
+    from qkdd import plots
+    from qkdd.operator import history
+    client = _open(args)
+    if client is None:
+        return EXIT_UNREACHABLE
+    with client:
+        try:
+            series = {link["link_id"]: history.series(client.link_qber(link["link_id"])) for link in snapshot["links"]}
+        except DaemonError as exc:
+            print(f"qkdctl links: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+    try:
+        written = plots.link_history(args.plot, series)
+    except plots.PlotUnavailable as exc:
+        print(f"qkdctl links: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"qkdctl links: cannot write {args.plot}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    frames = sum(len(s["time_s"]) for s in series.values())
+    print(f"plot: {written} ({frames} frames of {len(series)} link(s))", file=sys.stderr)
     return 0
 
 
