@@ -23,8 +23,23 @@ $(STAMP): pyproject.toml setup.py native/build_native.py $(wildcard native/src/*
 native: setup
 	$(PY) setup.py -q build_ext --inplace
 
-demo: setup
-	$(PY) -m qkdd.link.demo
+# The demo installs only what it needs (build tools, the runtime dependencies; not the test and packaging
+# tools) and says what it is doing. `make demo KEEP=1` leaves both daemons, configs and PKI in place.
+DEMO_STAMP = $(VENV)/.installed-demo
+
+$(DEMO_STAMP): pyproject.toml setup.py native/build_native.py $(wildcard native/src/*.c native/include/*.h)
+	@echo "[1/3] system packages: build tools and Python headers"
+	@scripts/bootstrap-system.sh --runtime
+	@echo "[2/3] virtual environment in $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "[3/3] qkdd and its dependencies into $(VENV), compiling the native library (a minute or two)"
+	@$(PY) -m pip install --progress-bar on -e . | grep -E '^(Collecting|Building|Successfully)' || true
+	@$(PY) -c 'import qkdd._native' || { echo "qkdd did not install: run $(PY) -m pip install -e . to see why"; exit 1; }
+	@touch $@
+
+demo: $(DEMO_STAMP)
+	$(PY) -m qkdd.link.demo $(if $(KEEP),--keep)
 
 # One daemon with the example configuration: health, links and metrics endpoints.
 demo-single: setup

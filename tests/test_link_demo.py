@@ -2,9 +2,13 @@
 same key at both ends over /v1 and over ETSI GS QKD 014 (mutual TLS), each delivered only once."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 
 def test_the_demo_shows_the_same_key_at_both_ends_over_v1_and_etsi014():
@@ -18,3 +22,43 @@ def test_the_demo_shows_the_same_key_at_both_ends_over_v1_and_etsi014():
     assert "fetching it a second time: 410 key already delivered" in out
     assert "fetching it a second time: 400 one or more keys specified are not found on KME" in out
     assert out.count("/enc_keys") == 1 and out.count("/dec_keys?key_ID=") == 1
+    # the link comes up as "starting", never shown as an alarm state while it does
+    assert "halted" not in out and "fallback" not in out
+    workdir = out.split(" simulated link in ")[1].split()[0]
+    assert not os.path.exists(workdir), "without --keep the demo removes its directory"
+
+
+def test_keep_leaves_both_daemons_running_and_says_how_to_reach_and_stop_them():
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("QKD_", "KMS_"))}
+    done = subprocess.run([sys.executable, "-m", "qkdd.link.demo", "--seconds", "1", "--keep"], capture_output=True,
+                          text=True, timeout=240, env=env)
+    out = done.stdout
+    stop = next(line for line in out.splitlines() if line.strip().startswith("stop them:"))
+    pids = [int(word) for word in stop.split("kill ")[1].split("&&")[0].split()]
+    workdir = stop.rsplit("rm -rf ", 1)[1].strip()
+    try:
+        assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
+        assert len(pids) == 2
+        for pid in pids:
+            os.kill(pid, 0)                                   # still running
+        status_line = next(line for line in out.splitlines() if line.strip().startswith("qkdctl status "))
+        status = subprocess.run([sys.executable, "-m", "qkdd.ctl", *status_line.split()[1:], "--json"],
+                                capture_output=True, text=True, timeout=60, env=env)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["links"][0]["link_id"] == "sim-1"
+        assert os.path.exists(os.path.join(workdir, "alice.toml")) and os.path.exists(os.path.join(workdir, "pki"))
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in pids:                                     # not our children: wait for them to go
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.2)
+        shutil.rmtree(workdir, ignore_errors=True)
