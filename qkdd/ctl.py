@@ -9,6 +9,7 @@ from qkdd import __version__, pki_cli
 from qkdd.hal.sim import cli as sim_cli
 from qkdd.operator import cli as operator_cli
 from qkdd.peer import keycli as peer_key_cli
+from qkdd.peer import pair_cli
 from qkdd.protocols import cli as protocols_cli
 
 
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim_cli.register(sim_commands)
     peer_key_cli.register(commands)
     operator_cli.register(commands)
+    pair_cli.register(commands)
     return parser
 
 
