@@ -17,7 +17,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise PlotUnavailable("plots need matplotlib: pip install 'qkdd[plot]'") from None
+        raise PlotUnavailable("plots need matplotlib, the plot extra, which the packages leave out: run qkdctl "
+                              "from a virtual environment with pip install 'qkdd[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt

@@ -78,3 +78,21 @@ def test_link_history_plot_decodes(tmp_path):
     assert png.stat().st_size > 20_000
     size, colours = decoded(png)
     assert size == (900, 600) and colours > 20
+
+
+def test_plot_lock_keeps_the_runtime_pins_and_adds_matplotlib_with_hashes():
+    """packaging/plot-requirements.lock: every runtime pin unchanged, plus matplotlib and what it needs, every
+    distribution with sha256 hashes (the packages are built from requirements.lock alone)."""
+    import re
+    root = Path(__file__).resolve().parent.parent
+
+    def pins(name: str) -> dict[str, str]:
+        text = (root / "packaging" / name).read_text()
+        blocks = re.findall(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}.*\n)+)",
+                            text, re.M)
+        assert len(blocks) == len(re.findall(r"^[A-Za-z0-9][A-Za-z0-9._-]*==", text, re.M)), name
+        return {package.lower(): version for package, version, _ in blocks}
+
+    runtime, plot = pins("requirements.lock"), pins("plot-requirements.lock")
+    assert {name: plot.get(name) for name in runtime} == runtime
+    assert "matplotlib" in plot and "matplotlib" not in runtime and "pillow" in plot

@@ -19,7 +19,7 @@ import httpx
 
 from qkdd.link.pair import LINK_ID, SAE_OF_ROLE, LinkPair
 
-KEY_WAIT_S = 30.0           # for the first keys, once the status line has run
+KEY_WAIT_S = 90.0           # for the first keys, once the status line has run (a loaded machine is slow)
 
 
 def status_line(pair: LinkPair) -> str:
@@ -52,10 +52,14 @@ def show_status(pair: LinkPair, seconds: float) -> None:
 def until_not_503(send) -> httpx.Response:
     """`send()` again while the daemon has no key yet (503), for up to KEY_WAIT_S."""
     deadline = time.monotonic() + KEY_WAIT_S
+    waiting = False
     while True:
         response = send()
         if response.status_code != 503 or time.monotonic() > deadline:
             return response
+        if not waiting:
+            print("  (no key stored yet: waiting for the first frames to be distilled ...)", flush=True)
+            waiting = True
         time.sleep(1.0)
 
 
