@@ -1,10 +1,11 @@
 """Every Prometheus metric qkdd exports, in one place, on one dedicated registry.
 
 The families and labels are exactly those of the seed (HIP-0071 "Prometheus Metrics"); process and
-platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`). One
-seed name breaks a Prometheus naming convention: promtool's linter asks for `bytes` instead of `bits` in
-`qkd_key_bits_generated_total`; the name stays as specified, because dashboards and alerts are written
-against it. Label values are link ids from the validated config and fixed words (protocol, severity,
+platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`) and each
+link's reported state (`qkd_link_state`, read from qkdd.health at each scrape). One seed name broke a
+Prometheus naming convention (`qkd_key_bits_generated_total`: promtool asks for the base unit, bytes): it is
+`qkd_key_generated_bytes_total` here, so that `promtool check metrics` is clean; the dashboard
+(etc/grafana/qkdd.json) and alert rules (etc/prometheus/qkdd-rules.yml) use that name. Label values are link ids from the validated config and fixed words (protocol, severity,
 status) -- never anything derived from key material. Code that measures something
 calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it never touches the families directly.
 """
@@ -18,7 +19,7 @@ from typing import Literal
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics,
                                generate_latest)
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["Metrics", "LinkMetrics", "TunnelMetrics", "KmeLinkMetrics", "CONTENT_TYPE", "SEVERITIES",
@@ -57,8 +58,9 @@ class Metrics:
         # Key generation
         self.keys_generated = Counter(
             "qkd_keys_generated_total", "Keys distilled and stored", ["link_id", "protocol"], registry=r)
-        self.key_bits_generated = Counter(
-            "qkd_key_bits_generated_total", "Secret key bits distilled and stored", ["link_id"], registry=r)
+        self.key_bytes_generated = Counter(
+            "qkd_key_generated_bytes_total", "Secret key distilled and stored, bytes (the seed's "
+            "qkd_key_bits_generated_total / 8)", ["link_id"], registry=r)
         self.secure_key_rate_bps = Gauge(
             "qkd_secure_key_rate_bps", "Secret key rate after error correction and privacy amplification, "
             "bits per second", ["link_id"], registry=r)
@@ -125,7 +127,7 @@ class Metrics:
             if protocol not in PROTOCOLS:
                 raise ValueError(f"unknown protocol {protocol!r}")
             self.keys_generated.labels(link_id, protocol)
-            self.key_bits_generated.labels(link_id)
+            self.key_bytes_generated.labels(link_id)
             for severity in SEVERITIES:
                 self.qber_threshold_exceeded.labels(link_id, severity)
             self.key_generation_halted.labels(link_id)
@@ -156,6 +158,10 @@ class Metrics:
             self._keystore_bytes_registered = True
         self.keystore_bytes.set(store_bytes)
 
+    def watch_health(self, health) -> None:
+        """Export each link's reported state from `health` (qkdd.health.Health) as `qkd_link_state`."""
+        self.registry.register(_LinkStateCollector(health))
+
     def exposition(self) -> bytes:
         """The text exposition format (version 0.0.4) of everything registered."""
         return generate_latest(self.registry)
@@ -172,7 +178,7 @@ class LinkMetrics:
     def key_stored(self, key_bits: int) -> None:
         m = self.metrics
         m.keys_generated.labels(self.link_id, self.protocol).inc()
-        m.key_bits_generated.labels(self.link_id).inc(key_bits)
+        m.key_bytes_generated.labels(self.link_id).inc(key_bits / 8)
 
     def rates(self, *, raw_bps: float, secure_bps: float) -> None:
         self.metrics.raw_key_rate_bps.labels(self.link_id).set(raw_bps)
@@ -290,3 +296,20 @@ class _KmeCollector:
             reservation.add_metric([link.link_id], list(zip(_RESERVATION_BUCKET_LABELS, cumulative)),
                                    link.reservation_sum_s)
         yield from (keys, unavailable, reservation)
+
+
+class _LinkStateCollector:
+    """`qkd_link_state{link_id, state}`: 1 for each link's reported state (qkdd.health), 0 for every other
+    state and alarm it could be in, so that an alert can ask `qkd_link_state{state="fallback"} == 1`."""
+
+    def __init__(self, health) -> None:
+        self._health = health
+
+    def collect(self):
+        from qkdd.health import LINK_ALARMS, LINK_STATES
+        family = GaugeMetricFamily("qkd_link_state", "The link's reported state (1) among all it could be in (0): "
+                                   "its engine's state, or the alarm that stands in for it", labels=["link_id", "state"])
+        for link_id, state in self._health.states()[1].items():
+            for candidate in (*LINK_STATES, *LINK_ALARMS):
+                family.add_metric([link_id, candidate], 1.0 if candidate == state else 0.0)
+        yield family

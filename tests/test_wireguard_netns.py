@@ -396,7 +396,7 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
         assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
                             result=f"expired_{policy}") == epochs
         assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is None
-        assert alice.link_metrics()["state"] == "halted"
+        assert alice.link_metrics()["state"] in ("halted", "fallback")   # gate DEGRADED after 60 s
         assert pair.a.psk() == psk_a and pair.b.psk() == psk_b        # the fallback stays while no key comes
         if policy == "random":
             # Keys flow again: the leader's next attempt (every few seconds) takes one, the tunnel comes back.
