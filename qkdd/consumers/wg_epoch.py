@@ -113,12 +113,19 @@ def tunnel_tag(tunnel: str) -> bytes:
     return hashlib.sha256(b"qkdd/wireguard-tunnel\x00" + tunnel.encode()).digest()[:8]
 
 
+def consumer_tag(kind: str, name: str) -> bytes:
+    """8 bytes naming another consumer ("kms", "ipsec") on the wire; WireGuard tunnels keep tunnel_tag."""
+    if kind == "wireguard":
+        return tunnel_tag(name)
+    return hashlib.sha256(b"qkdd/" + kind.encode() + b"-consumer\x00" + name.encode()).digest()[:8]
+
+
 class EpochAgreement:
     """One end of one tunnel. `current` is the epoch this end has agreed to (installed or about to be)."""
 
-    def __init__(self, tunnel: str, leader: bool, current: Epoch = NO_EPOCH) -> None:
+    def __init__(self, tunnel: str, leader: bool, current: Epoch = NO_EPOCH, *, tag: bytes | None = None) -> None:
         self.tunnel = tunnel
-        self.tag = tunnel_tag(tunnel)
+        self.tag = tag if tag is not None else tunnel_tag(tunnel)
         self.leader = leader
         self.current = current
         self.state = State.IDLE
