@@ -46,6 +46,21 @@ MONITOR_INTERVAL_S = 1.0         # expiry check and PSK-age gauge
 HANDSHAKE_POLL_INTERVAL_S = 5.0  # the sink's liveness probe (`wg show latest-handshakes`)
 
 
+class Backoff:
+    """Capped exponential backoff: first_s, 2 first_s, 4 first_s ... up to max_s; a wait the far side asks
+    for (`floor_s`, e.g. HTTP 429 Retry-After) is honoured even above max_s, and the doubling goes on
+    from it."""
+
+    def __init__(self, first_s: float, max_s: float) -> None:
+        self.max_s = max(first_s, max_s)
+        self._next_s = first_s
+
+    def next_delay_s(self, floor_s: float | None = None) -> float:
+        delay_s = max(self._next_s, floor_s or 0.0)
+        self._next_s = min(delay_s * 2, self.max_s)
+        return delay_s
+
+
 class RotationPolicy(Protocol):
     """What a consumer's configuration gives the rotation: the same fields for every consumer."""
 
@@ -256,7 +271,7 @@ class KeyRotation:
                 lambda: self.store.reserve_available(link_id, 1, self.holder, bits=PSK_BITS))
         except KeyUnavailable:
             self.metrics.rotation("no_key")
-            log.warning("%s: no %d-bit QKD key available on link %s; the current PSK stays",
+            log.warning("%s: no %d-bit QKD key available on link %s; the current key stays",
                         self.who, PSK_BITS, link_id)
             return "no_key"
         above, self._resync_above = self._resync_above, 0
@@ -324,24 +339,8 @@ class KeyRotation:
                 self._target = None
             await self._apply_fallback(target)
             return
-        delay_s = self.config.retry_interval_s
-        while True:
-            try:
-                await self.sink.install(key, target)
-                self.last_error = None
-                break
-            except SinkError as exc:
-                self.metrics.rotation("install_failed")
-                self.last_error = str(exc)
-                delay_s = max(delay_s, exc.retry_after_s or 0.0)
-                log.warning("%s: installing epoch %d failed, retrying in %g s: %s", self.who,
-                            target.number, delay_s, exc)
-            changed = self._target_changed
-            with trio.move_on_after(delay_s):
-                await changed.wait()
-            if self._target != target:
-                return                                 # superseded while retrying: the installer takes the newest
-            delay_s = min(delay_s * 2, self.retry_max_s)
+        if not await self.install_key(key, target):
+            return                                     # superseded while retrying: the installer takes the newest
         del key
         previous = self.state
         reapplied = previous.epoch == target and previous.installed_at > 0 and not previous.fallback
@@ -356,6 +355,29 @@ class KeyRotation:
         self.installed.set()
         self.installed = trio.Event()
 
+    async def install_key(self, key, target: Epoch) -> bool:
+        """Hand `key` (of epoch `target`) to the sink, retrying failures after 1, 2, 4 ... times
+        retry_interval_s (at least what the far side asked, e.g. HTTP 429 Retry-After), at most
+        retry_max_s apart, until it works (True) or a newer epoch supersedes it (False). No worker threads."""
+        backoff = Backoff(self.config.retry_interval_s, self.retry_max_s)
+        while True:
+            changed = self._target_changed
+            try:
+                await self.sink.install(key, target)
+                self.last_error = None
+                return True
+            except SinkError as exc:
+                self.metrics.rotation("install_failed")
+                self.last_error = str(exc)
+                delay_s = backoff.next_delay_s(exc.retry_after_s)
+                log.warning("%s: installing epoch %d failed, retrying in %g s: %s", self.who,
+                            target.number, delay_s, exc)
+            if self._target == target:
+                with trio.move_on_after(delay_s):
+                    await changed.wait()
+            if self._target != target:
+                return False
+
     async def _wait_installed(self) -> None:
         target = self._target
         while target is not None and self.state.epoch != target and self._target == target:
@@ -369,7 +391,7 @@ class KeyRotation:
                 age_s = self._clock() - state.installed_at
                 self.metrics.psk_age(age_s)
                 if age_s > self.config.expiry_s and self._target in (None, state.epoch):
-                    log.warning("%s: PSK of epoch %d is %.0f s old, past its expiry of %g s", self.who,
+                    log.warning("%s: the key of epoch %d is %.0f s old, past its expiry of %g s", self.who,
                                 state.epoch.number, age_s, self.config.expiry_s)
                     await self._apply_fallback(state.epoch)
             else:
@@ -378,7 +400,7 @@ class KeyRotation:
 
     async def _apply_fallback(self, epoch: Epoch, *, again: bool = False) -> None:
         policy = self.config.on_exhausted
-        delay_s = self.config.retry_interval_s
+        backoff = Backoff(self.config.retry_interval_s, self.retry_max_s)
         while True:
             try:
                 await self.sink.fall_back(policy)
@@ -387,8 +409,7 @@ class KeyRotation:
             except SinkError as exc:
                 self.last_error = str(exc)
                 log.warning("%s: applying the %s fallback failed, retrying: %s", self.who, policy, exc)
-                await trio.sleep(max(delay_s, exc.retry_after_s or 0.0))
-                delay_s = min(delay_s * 2, self.retry_max_s)
+                await trio.sleep(backoff.next_delay_s(exc.retry_after_s))
         if epoch.number:
             await self._erase(epoch.key_id)
         self._target = None if self._target == epoch else self._target
