@@ -242,3 +242,37 @@ def _error(status: int, message: str) -> dict:
 
 def _missing(name: str) -> tuple[int, dict, dict]:
     return 404, {}, _error(404, f"Secret with name '{name}' not found")
+
+
+class KmsInThread:
+    """A FakeKms served over real sockets (127.0.0.1, an ephemeral port) by a trio loop in a thread of its
+    own, for tests whose qkdd runs as a separate process. Use as a context manager; `url` once entered."""
+
+    def __init__(self, kms: FakeKms) -> None:
+        import threading
+        self.kms = kms
+        self.url = ""
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
+        self._token = None
+        self._scope = None
+
+    async def _main(self) -> None:
+        import functools
+        with trio.CancelScope() as scope:
+            self._scope, self._token = scope, trio.lowlevel.current_trio_token()
+            async with trio.open_nursery() as nursery:
+                listeners = await nursery.start(functools.partial(trio.serve_tcp, self.kms._connection, 0,
+                                                                  host="127.0.0.1"))
+                self.url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+                self._ready.set()
+
+    def __enter__(self) -> "KmsInThread":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the test KMS did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        self._thread.join(10)
