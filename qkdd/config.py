@@ -256,6 +256,7 @@ class LinkConfig:
 
 
 PskPolicy = Literal["clear", "random"]
+Hybrid = Literal["none", "mlkem768"]     # "mlkem768": the PSK/PPK is a KDF over the QKD key and an ML-KEM-768 secret
 
 
 def _public_key_check(value: str) -> str | None:
@@ -289,6 +290,7 @@ class WireGuardConfig:
     on_exhausted: PskPolicy = "clear"
     activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
     retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    hybrid: Hybrid = "none"               # "mlkem768": the PSK mixes in an ML-KEM-768 secret (both ends alike)
 
 
 def _folder_check(value: str) -> str | None:
@@ -345,6 +347,7 @@ class IpsecConfig:
     activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
     retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
     retry_max_s: float = field(default=60.0, metadata=meta(check=in_range(0.1, 3600)))
+    hybrid: Hybrid = "none"
 
 
 @dataclass(frozen=True)

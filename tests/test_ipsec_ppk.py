@@ -86,9 +86,15 @@ class _Policy:
     activation_delay_s = 0.3
     retry_interval_s = 0.3
 
+    def __init__(self, hybrid: str = "none") -> None:
+        self.hybrid = hybrid
+
 
 @pytest.mark.root
-def test_rotations_bring_up_ike_sas_with_each_new_ppk_and_traffic_flows(charons, tmp_path):
+@pytest.mark.parametrize("hybrid", ["none", "mlkem768"])
+def test_rotations_bring_up_ike_sas_with_each_new_ppk_and_traffic_flows(charons, tmp_path, hybrid):
+    """With hybrid = "mlkem768" each PPK is HKDF(QKD key || ML-KEM-768 secret): an IKE SA that comes up
+    with ppk_required shows both ends derived the same one."""
     keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(3)]
     stores = {}
     for role in ("alice", "bob"):
@@ -97,7 +103,7 @@ def test_rotations_bring_up_ike_sas_with_each_new_ppk_and_traffic_flows(charons,
         store.put_pending(LINK_ID, 1, keys, expires_at=time.time() + 3600, allocatable=[role == "alice"] * 3)
         store.commit_frame(LINK_ID, 1)
         stores[role] = store
-    rotations = {role: KeyRotation(_Policy(), kind="ipsec", tag=consumer_tag("ipsec", NAME), leader=role == "alice",
+    rotations = {role: KeyRotation(_Policy(hybrid), kind="ipsec", tag=consumer_tag("ipsec", NAME), leader=role == "alice",
                                    sink=sink_for(end, initiator=role == "alice"), store=stores[role],
                                    metrics=Metrics().consumer("ipsec", NAME), state_dir=str(tmp_path / role),
                                    rotation_interval_s=4.0, retry_max_s=2.0, what="ipsec")

@@ -48,7 +48,12 @@ def epoch_request(number: int = 1) -> EpochReservation:
     return EpochReservation(new_id(), TAG, number, new_id(), 1000.5)
 
 
-REQUESTS = {Purpose.ETSI014: etsi014, Purpose.KEY: key_request, Purpose.WG_EPOCH: epoch_request}
+def hybrid_epoch_request(number: int = 1) -> wire.HybridEpochReservation:
+    return wire.HybridEpochReservation(new_id(), TAG, number, new_id(), 1000.5, bytes(range(256)) * 4 + bytes(72))
+
+
+REQUESTS = {Purpose.ETSI014: etsi014, Purpose.KEY: key_request, Purpose.WG_EPOCH: epoch_request,
+            Purpose.HYBRID_EPOCH: hybrid_epoch_request}
 PURPOSES = list(Purpose)
 
 
@@ -323,7 +328,7 @@ def test_one_bad_message_rejects_its_payload_and_changes_nothing():
     (lambda data: b"\x01" + data[1:], "wire version 1"),
     (lambda data: data[:1] + b"\x09" + data[2:], "unknown message type 9"),
     (lambda data: data[:2] + b"\x00" + data[3:], "unknown purpose 0"),
-    (lambda data: data[:2] + b"\x04" + data[3:], "unknown purpose 4"),
+    (lambda data: data[:2] + b"\x05" + data[3:], "unknown purpose 5"),
 ])
 def test_malformed_messages_are_protocol_errors(purpose, mutate, problem):
     with pytest.raises(ReservationProtocolError, match=problem):

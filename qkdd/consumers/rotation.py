@@ -18,6 +18,7 @@ times, fallback): never key material. It is read and written (with fsync) in wor
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -27,13 +28,14 @@ from typing import Protocol
 
 import trio
 
+from qkdd.consumers import hybrid as hybrid_kem
 from qkdd.consumers.sink import KeySink, SinkError
 from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Epoch, EpochAgreement, EpochMessageError,
                                      EpochStateError, Proposed, Refused, ResyncNeeded)
 from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
-from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, EpochReservation, LateAnswer,
-                                       Purpose, RefuseReason, ReservationAccepted, ReservationReceived,
-                                       ReservationRefused)
+from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, EpochReservation,
+                                       HybridEpochReservation, KemAnnouncement, LateAnswer, Purpose, RefuseReason,
+                                       ReservationAccepted, ReservationReceived, ReservationRefused)
 from qkdd.reservation.service import ReservationService
 
 log = logging.getLogger("qkdd.consumers")
@@ -131,9 +133,16 @@ class KeyRotation:
         self.state = state if state is not None else _load_state(self._state_path, self.who)
         self.last_error: str | None = None      # the sink's last failure, for /healthz (no key material)
         self._saving = trio.Lock()              # one state-file write at a time
-        self.agreement = EpochAgreement(config.name, leader, self.state.epoch, tag=tag)
+        self.hybrid = getattr(config, "hybrid", "none") == "mlkem768"
+        self._kem = hybrid_kem.KemReceiver() if self.hybrid and not leader else None
+        self._peer_encapsulation_key: bytes | None = None       # leader: the follower's newest, used once
+        self._waiting_for_kem = False
+        self._kem_secrets: dict[int, bytes] = {}                 # epoch number -> ML-KEM shared secret (memory only)
+        # A hybrid consumer cannot rebuild its PSK after a restart (the KEM secret was never stored): it
+        # announces no epoch, so the leader proposes a fresh one at once; the sink keeps what it holds.
+        self.agreement = EpochAgreement(config.name, leader, NO_EPOCH if self.hybrid else self.state.epoch, tag=tag)
         self._target: Epoch | None = (self.state.epoch if self.state.epoch.number and not self.state.fallback
-                                      else None)
+                                      and not self.hybrid else None)
         self._applied_since_start = False       # a (re)started daemon installs its current key once
         self._target_changed = trio.Event()
         self._service: ReservationService | None = None      # the live session's reservation service
@@ -141,6 +150,8 @@ class KeyRotation:
         self._rotate_now = trio.Event()
         self._resync_above = 0
         self.installed = trio.Event()           # set (and replaced) after every successful install
+        if self.hybrid and leader and self.state.epoch.number:
+            self._rotate_now.set()              # (see above: a fresh epoch at once after a restart)
         self._discard_soon: list[str] = []
 
     KIND = ""                                   # subclasses: their fixed kind
@@ -187,6 +198,8 @@ class KeyRotation:
         self._session_changed.set()
         self._session_changed = trio.Event()
         service.announce(self.agreement.hello())
+        if self._kem is not None:
+            service.announce(KemAnnouncement(self.tag, self._kem.fresh()))
 
     def detach(self, service: ReservationService) -> None:
         if self._service is service:
@@ -194,6 +207,12 @@ class KeyRotation:
 
     def receive(self, event) -> None:
         """An announcement or a late answer from the other end of this tunnel (endpoint events)."""
+        if isinstance(event, AnnouncementReceived) and isinstance(event.announcement, KemAnnouncement):
+            if self.leader and self.hybrid:
+                self._peer_encapsulation_key = event.announcement.encapsulation_key
+                if self._waiting_for_kem:
+                    self._rotate_now.set()
+            return
         try:
             events, _ = self.agreement.receive(event)
         except EpochMessageError as exc:
@@ -222,6 +241,22 @@ class KeyRotation:
 
     async def _consider(self, proposed: Proposed) -> Answer | None:
         epoch = proposed.epoch
+        proposal = self.agreement.proposal
+        if self.hybrid != isinstance(proposal, HybridEpochReservation):
+            self.metrics.rotation("refused")
+            text = "this end is hybrid (mlkem768)" if self.hybrid else "this end is not hybrid"
+            log.warning("%s: refusing epoch %d: %s, the other end is not", self.who, epoch.number, text)
+            return self.agreement.refuse(proposed.request_id, RefuseReason.MALFORMED, text)
+        if self.hybrid:
+            try:
+                self._kem_secrets[epoch.number] = self._kem.decapsulate(proposal.ciphertext)
+            except hybrid_kem.HybridError as exc:
+                log.warning("%s: refusing epoch %d: %s", self.who, epoch.number, exc)
+                self.metrics.rotation("refused")
+                return self.agreement.refuse(proposed.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
+            finally:
+                if self._service is not None:                # a fresh key for the next epoch
+                    self._service.announce(KemAnnouncement(self.tag, self._kem.fresh()))
         try:
             key = await trio.to_thread.run_sync(self.store.peek, self.config.link_id, epoch.key_id)
             if key.bits != PSK_BITS:
@@ -266,6 +301,11 @@ class KeyRotation:
 
     async def _rotate_once(self, service: ReservationService) -> str:
         link_id = self.config.link_id
+        if self.hybrid and self._peer_encapsulation_key is None:
+            self._waiting_for_kem = True
+            log.info("%s: waiting for the other end's ML-KEM-768 key before the next epoch", self.who)
+            return "no_key"
+        self._waiting_for_kem = False
         try:
             (key_id,) = await trio.to_thread.run_sync(
                 lambda: self.store.reserve_available(link_id, 1, self.holder, bits=PSK_BITS))
@@ -277,12 +317,25 @@ class KeyRotation:
         above, self._resync_above = self._resync_above, 0
         activate_at = self._clock() + self.config.activation_delay_s
         proposal = self.agreement.propose(key_id, activate_at, above=above)
+        if self.hybrid:
+            encapsulation_key, self._peer_encapsulation_key = self._peer_encapsulation_key, None
+            try:
+                secret, ciphertext = hybrid_kem.encapsulate(encapsulation_key)
+            except hybrid_kem.HybridError as exc:
+                self.agreement.abandon()
+                log.warning("%s: the other end's ML-KEM key is unusable (%s)", self.who, exc)
+                await trio.to_thread.run_sync(self.store.release, link_id, [key_id])
+                return "refused"
+            self._kem_secrets[proposal.number] = secret
+            proposal = HybridEpochReservation(proposal.request_id, proposal.tunnel_tag, proposal.number,
+                                              proposal.key_id, proposal.activate_at, ciphertext)
+            self.agreement.proposal = proposal
         outcome = await service.request(proposal, ANSWER_TIMEOUT_S)
         events: list = []
         if outcome.status == "accepted":
-            events, _ = self.agreement.receive(ReservationAccepted(proposal.request_id, Purpose.WG_EPOCH))
+            events, _ = self.agreement.receive(ReservationAccepted(proposal.request_id, proposal.purpose))
         elif outcome.status == "refused":
-            events, _ = self.agreement.receive(ReservationRefused(proposal.request_id, Purpose.WG_EPOCH,
+            events, _ = self.agreement.receive(ReservationRefused(proposal.request_id, proposal.purpose,
                                                                   outcome.reason, outcome.text))
         answer = events[0] if events else None
         if isinstance(answer, Agreed):
@@ -339,6 +392,16 @@ class KeyRotation:
                 self._target = None
             await self._apply_fallback(target)
             return
+        if self.hybrid:
+            secret = self._kem_secrets.get(target.number)
+            if secret is None:                         # (cannot happen: a hybrid epoch is agreed with its secret)
+                log.warning("%s: no ML-KEM secret for epoch %d; waiting for a fresh epoch", self.who, target.number)
+                self._rotate_now.set()
+                return
+            key = dataclasses.replace(key, material=hybrid_kem.derive_psk(
+                key.material, secret, tag=self.tag, number=target.number, key_id=target.key_id))
+            for number in [number for number in self._kem_secrets if number < target.number]:
+                del self._kem_secrets[number]
         if not await self.install_key(key, target):
             return                                     # superseded while retrying: the installer takes the newest
         del key
@@ -495,6 +558,7 @@ class EpochChannel:
 
     def attach_to(self, service: ReservationService) -> None:
         service.add_purpose(Purpose.WG_EPOCH, self)
+        service.add_purpose(Purpose.HYBRID_EPOCH, self)
 
     async def on_session(self, service: ReservationService) -> None:
         """Per session: every tunnel announces its epoch; detached when the session ends."""

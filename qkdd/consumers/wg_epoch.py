@@ -205,7 +205,7 @@ class EpochAgreement:
             if not isinstance(event.reservation, EpochReservation):
                 raise EpochStateError(f"tunnel {self.tunnel}: a {type(event.reservation).__name__} is no epoch")
             return self._proposed(event.reservation)
-        if getattr(event, "purpose", None) is not Purpose.WG_EPOCH:
+        if getattr(event, "purpose", None) not in (Purpose.WG_EPOCH, Purpose.HYBRID_EPOCH):
             raise EpochStateError(f"tunnel {self.tunnel}: {event!r} is no epoch event")
         if isinstance(event, LateAnswer):
             epoch = self._abandoned.pop(event.request_id, None)
