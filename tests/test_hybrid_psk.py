@@ -15,12 +15,12 @@ import trio
 
 from qkdd.consumers import hybrid
 from qkdd.consumers.rotation import EpochChannel, KeyRotation
-from qkdd.consumers.sink import KeySink
 from qkdd.consumers.wg_epoch import consumer_tag
 from qkdd.keystore import KeyStore
 from qkdd.metrics import Metrics
 from qkdd.reservation.protocol import (NO_REQUEST, HybridEpochReservation, KemAnnouncement, MessageType, Purpose,
                                        ReservationEndpoint, ReservationProtocolError, encode_reserve)
+from tests.consumer_support import RecordingSink, RotationPolicy as _Policy
 from tests.reservation_support import memory_session, reservation_service
 
 LINK_ID = "hybrid-link"
@@ -81,32 +81,6 @@ def test_the_hybrid_wire_messages():
         encode_reserve(HybridEpochReservation(str(uuid.uuid4()), tag, 7, str(uuid.uuid4()), 12.5, b""))
     with pytest.raises(ReservationProtocolError, match="KEM encapsulation key of 0 bytes"):
         ReservationEndpoint().receive(announce[:19] + (10).to_bytes(4, "big") + tag + b"\x00\x00")
-
-
-class RecordingSink(KeySink):
-    """Records what the rotation hands over (this test's only stand-in: what a real sink would install)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.installed: list[tuple[int, str, bytes]] = []
-
-    async def install(self, key, epoch) -> None:
-        self.installed.append((epoch.number, epoch.key_id, key.material))
-
-    async def fall_back(self, policy: str) -> None:
-        self.installed.append((0, policy, b""))
-
-
-class _Policy:
-    name = NAME
-    link_id = LINK_ID
-    expiry_s = 3600.0
-    on_exhausted = "clear"
-    activation_delay_s = 0.1
-    retry_interval_s = 0.1
-
-    def __init__(self, hybrid_mode: str) -> None:
-        self.hybrid = hybrid_mode
 
 
 def _run_pair(tmp_path, modes: dict[str, str], *, epochs: int, timeout_s: float = 20.0):

@@ -13,7 +13,12 @@ Fallback policy, one for every consumer (HIP-0071 "Fallback Policy"): while no n
 key stays in use; once it is older than `expiry_s` (default 24 h, the seed's) the sink applies
 `on_exhausted` ("clear": no QKD key, the consumer goes on with its classical/PQ protection alone;
 "random": a random key only this end knows, so the consumer fails closed); when keys flow again rotation
-resumes at once. A small JSON file per consumer in the state directory records the epoch (number, key id,
+resumes at once. The policy runs only while the other end is reachable (a live session): an end whose
+peer's daemon is dead keeps the last key past its expiry, since the dead end's WireGuard interface or
+charon still holds it and a one-sided fallback would break the tunnel; the two fall back (or rotate)
+together once they meet again. Trade-off: a key may serve past expiry_s while the peer is unreachable;
+it is still a QKD key both ends agreed on, and expiry is a freshness policy, not a secrecy bound.
+A small JSON file per consumer in the state directory records the epoch (number, key id,
 times, fallback): never key material. It is read and written (with fsync) in worker threads.
 """
 from __future__ import annotations
@@ -132,6 +137,7 @@ class KeyRotation:
         self._state_path = _state_path(state_dir, kind, config.name)
         self.state = state if state is not None else _load_state(self._state_path, self.who)
         self.last_error: str | None = None      # the sink's last failure, for /healthz (no key material)
+        self.kept_past_expiry = False           # expired, kept while the other end is unreachable
         self._saving = trio.Lock()              # one state-file write at a time
         self.hybrid = getattr(config, "hybrid", "none") == "mlkem768"
         self._kem = hybrid_kem.KemReceiver() if self.hybrid and not leader else None
@@ -170,7 +176,8 @@ class KeyRotation:
                 "epoch": state.epoch.number, "key_id": state.epoch.key_id or None,
                 "installed_age_s": (round(max(0.0, self._clock() - state.installed_at), 3)
                                     if state.installed_at and not state.fallback else None),
-                "fallback": state.fallback, "last_error": self.last_error}
+                "fallback": state.fallback, "kept_past_expiry": self.kept_past_expiry,
+                "last_error": self.last_error}
 
     # -- public ------------------------------------------------------------------------------------
     def rotate_now(self) -> None:
@@ -453,9 +460,21 @@ class KeyRotation:
             if state.installed_at and not state.fallback:
                 age_s = self._clock() - state.installed_at
                 self.metrics.psk_age(age_s)
-                if age_s > self.config.expiry_s and self._target in (None, state.epoch):
+                expired = age_s > self.config.expiry_s and self._target in (None, state.epoch)
+                if expired and self._service is None:
+                    # The other end is unreachable (its daemon may be dead while its interface or charon
+                    # still holds this key): applying the fallback alone would leave the two ends with
+                    # different keys, so the survivor keeps the last key until the ends meet again; then
+                    # both see it expired and fall back (or rotate) together.
+                    if not self.kept_past_expiry:
+                        log.warning("%s: the key of epoch %d is past its expiry of %g s, but the other end is "
+                                    "unreachable: keeping it until the ends meet again", self.who,
+                                    state.epoch.number, self.config.expiry_s)
+                    self.kept_past_expiry = True
+                elif expired:
                     log.warning("%s: the key of epoch %d is %.0f s old, past its expiry of %g s", self.who,
                                 state.epoch.number, age_s, self.config.expiry_s)
+                    self.kept_past_expiry = False
                     await self._apply_fallback(state.epoch)
             else:
                 self.metrics.psk_age(None)
