@@ -1,7 +1,7 @@
 """KMS push from two real qkdd daemons on a simulated link (qkdd.link.pair): each end pushes the key both
 agreed over the link's channel to its own Infisical-compatible KMS (tests/kms_server.py, real sockets),
 the client secret coming from the systemd credential; SIGUSR1 rotates (CURRENT moves to PREVIOUS at both
-KMSs alike); a KMS outage is retried until the push goes through; /healthz and /metrics show the consumer."""
+KMSs alike); a KMS outage is retried until the push goes through; /healthz, /v1/links and /metrics show the consumer."""
 from __future__ import annotations
 
 import base64
@@ -76,7 +76,9 @@ def test_both_daemons_push_the_agreed_keys_to_their_kms_and_rotate(tmp_path, mon
                 return tuple(kmss[role].value(PREFIX + name, FOLDER) for role in ("alice", "bob"))
 
             # the first key, once the link has made one: the same at both KMSs
-            wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120, "first push")
+            # (GENERATED_AT is the last secret of a push: once it is there at both ends, both pushes are whole)
+            wait_until(lambda: None not in pushed("GENERATED_AT") and len(set(pushed("KEY_ID"))) == 1, 120,
+                       "first push")
             first_key, first_id = pushed("AES256_CURRENT")[0], pushed("KEY_ID")[0]
             assert pushed("AES256_CURRENT") == (first_key, first_key) and len(base64.b64decode(first_key)) == 32
             assert pushed("AES256_PREVIOUS") == (None, None)
@@ -90,10 +92,19 @@ def test_both_daemons_push_the_agreed_keys_to_their_kms_and_rotate(tmp_path, mon
             assert pushed("AES256_PREVIOUS") == (first_key, first_key)
             assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] != first_key
             assert not kmss["alice"].faults
-            health = pair.http.get(f"http://{pair.ends['bob'].health}/healthz").json()
-            consumer = health["consumers"][0]
+            # (each end records the epoch just after its push's last secret: wait for that record)
+            def bob_consumer() -> dict:
+                return pair.http.get(f"http://{pair.ends['bob'].health}/healthz").json()["consumers"][0]
+            wait_until(lambda: bob_consumer()["key_id"] == pushed("KEY_ID")[1], 10, "bob's epoch record")
+            consumer = bob_consumer()
             assert (consumer["kind"], consumer["name"], consumer["fallback"]) == ("kms", "hanzo-lux", None)
-            assert consumer["key_id"] == pushed("KEY_ID")[1]
+
+            def alice_consumers() -> list:
+                return pair.http.get(pair.ends["alice"].url("/v1/links")).json()["links"][0]["consumers"]
+            wait_until(lambda: alice_consumers()[0]["epoch"] == 2, 10, "alice's epoch record")
+            [listed] = alice_consumers()
+            assert (listed["kind"], listed["epoch"], listed["key_id"]) == ("kms", 2, pushed("KEY_ID")[0])
+            assert listed["installed_age_s"] >= 0 and listed["last_error"] is None
             metrics = pair.http.get(f"http://{pair.ends['alice'].health}/metrics").text
             samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in metrics.splitlines()
                        if line.startswith("qkd_kms_key_push")}
