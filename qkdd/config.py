@@ -24,8 +24,8 @@ from qkdd.keystore.capacity import MIN_MAX_BYTES, MIN_MAX_KEY_BITS
 from qkdd.kme.config import Etsi014Config
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KeystoreConfig", "KMSConfig", "LinkConfig", "ListenAddress",
-           "WireGuardConfig", "KmsPushConfig", "IpsecConfig", "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH",
-           "ENV_VARIABLES"]
+           "WireGuardConfig", "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH",
+           "ENV_VARIABLES", "KmsPushConfig", "IpsecConfig"]
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
 LISTENERS = ("api", "health")                            # 8071 and 8072
@@ -431,8 +431,8 @@ class Config:
                 interval_s = self.rotation_interval_s(consumer)
                 if consumer.expiry_s < interval_s:
                     raise ConfigError(f"{kind}[{index}].expiry_s",
-                                      f"{consumer.expiry_s:g} s is shorter than the rotation interval of {interval_s:g} s: "
-                                      "every key would expire before the next one comes")
+                                      f"{consumer.expiry_s:g} s is shorter than the rotation interval of "
+                                      f"{interval_s:g} s: every key would expire before the next one comes")
         for index, peer in enumerate(self.etsi014.peers if self.etsi014 else ()):
             link = self.links[seen[peer.link_id]] if peer.link_id in seen else None
             if peer.channel is None and (link is None or not link.has_peer_channel):

@@ -104,9 +104,9 @@ class FakeKms:
             if not isinstance(request.body.get("secretValue"), str):
                 return 400, {}, _error(400, "secretValue: Required")
             now = _iso(self.now())
-            self.secrets[key] = record = {"id": str(uuid.uuid4()), "version": 1, "secretValue": request.body["secretValue"],
-                                          "secretComment": request.body.get("secretComment") or "",
-                                          "createdAt": now, "updatedAt": now}
+            record = {"id": str(uuid.uuid4()), "version": 1, "secretValue": request.body["secretValue"],
+                      "secretComment": request.body.get("secretComment") or "", "createdAt": now, "updatedAt": now}
+            self.secrets[key] = record
             return 200, {}, {"secret": self._shape(key, record)}
         if request.method == "PATCH":
             if record is None:

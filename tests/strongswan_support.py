@@ -47,7 +47,8 @@ def run(*args: str, check: bool = True, timeout: float = 20.0) -> subprocess.Com
 
 STRONGSWAN_CONF = """\
 charon-systemd {{
-  load = random nonce openssl aes sha1 sha2 hmac kdf gcm curve25519 pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink socket-default vici
+  load = random nonce openssl aes sha1 sha2 hmac kdf gcm pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink \
+         socket-default vici
   port = 500
   port_nat_t = 4500
   retransmit_tries = 2

@@ -103,7 +103,8 @@ def test_rotations_bring_up_ike_sas_with_each_new_ppk_and_traffic_flows(charons,
         store.put_pending(LINK_ID, 1, keys, expires_at=time.time() + 3600, allocatable=[role == "alice"] * 3)
         store.commit_frame(LINK_ID, 1)
         stores[role] = store
-    rotations = {role: KeyRotation(_Policy(hybrid), kind="ipsec", tag=consumer_tag("ipsec", NAME), leader=role == "alice",
+    rotations = {role: KeyRotation(_Policy(hybrid), kind="ipsec", tag=consumer_tag("ipsec", NAME),
+                                   leader=role == "alice",
                                    sink=sink_for(end, initiator=role == "alice"), store=stores[role],
                                    metrics=Metrics().consumer("ipsec", NAME), state_dir=str(tmp_path / role),
                                    rotation_interval_s=4.0, retry_max_s=2.0, what="ipsec")

@@ -54,18 +54,26 @@ retry_max_s = 1.0
 """
 
 
-def test_both_daemons_push_the_agreed_keys_to_their_kms_and_rotate(tmp_path, monkeypatch):
+def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, monkeypatch):
+    """Both ends push the key they agreed (the same at both KMSs); SIGUSR1 rotates while alice's KMS fails
+    for a while (retried until it goes through; CURRENT moves to PREVIOUS at both); /healthz, /v1/links and
+    /metrics show the consumer. Then the shared fallback policy: intercept-resend (the simulator's attack knob, through
+    alice's admin API) halts the link; stored keys expire after 2 s, the pushed key after expiry_s; then
+    both ends apply "clear" (the KMS secrets are deleted: services go PQ-only); with the attack off keys
+    flow again and the push resumes at both KMSs."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
-    (credentials / "kms-client-secret").write_text(FakeKms().client_secret + "\n")
+    (credentials / "kms-client-secret").write_text(FakeKms().client_secret)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     kmss = {"alice": FakeKms(clock=time.monotonic), "bob": FakeKms(clock=time.monotonic)}
     with KmsInThread(kmss["alice"]) as kms_a, KmsInThread(kmss["bob"]) as kms_b:
-        pair = LinkPair(tmp_path / "pair", frame_detections=FRAME_DETECTIONS)
+        pair = LinkPair(tmp_path / "pair", frame_detections=FRAME_DETECTIONS, admin_tls=True,
+                        extra_link={"key_expiry_s": 2.0})
         pair.write()
         for role, server in (("alice", kms_a), ("bob", kms_b)):
             with open(pair.ends[role].config_path, "a") as config:
-                config.write(kms_config(server.url))
+                config.write(kms_config(server.url).replace("rotation_interval_s = 3600\nexpiry_s = 86400",
+                                                            "rotation_interval_s = 30\nexpiry_s = 30"))
         try:
             for role in ("alice", "bob"):
                 pair.start(role)
@@ -75,8 +83,6 @@ def test_both_daemons_push_the_agreed_keys_to_their_kms_and_rotate(tmp_path, mon
             def pushed(name: str) -> tuple:
                 return tuple(kmss[role].value(PREFIX + name, FOLDER) for role in ("alice", "bob"))
 
-            # the first key, once the link has made one: the same at both KMSs
-            # (GENERATED_AT is the last secret of a push: once it is there at both ends, both pushes are whole)
             wait_until(lambda: None not in pushed("GENERATED_AT") and len(set(pushed("KEY_ID"))) == 1, 120,
                        "first push")
             first_key, first_id = pushed("AES256_CURRENT")[0], pushed("KEY_ID")[0]
@@ -114,5 +120,22 @@ def test_both_daemons_push_the_agreed_keys_to_their_kms_and_rotate(tmp_path, mon
             logs = "".join(pair.ends[role].log_path.read_text() for role in ("alice", "bob"))
             for secret in (first_key, FakeKms().client_secret, *kmss["alice"].tokens, *kmss["bob"].tokens):
                 assert secret not in logs
+            attack = pair.ends["alice"].url("/v1/links/sim-1/sim/attack")
+            assert pair.http.post(attack, json={"attack": "intercept-resend:1"}).json()["attack"].startswith(
+                "intercept-resend")
+            wait_until(lambda: pair.metrics("alice")["state"] == "halted", 30, "the attacked link to halt")
+            # no fresh key (frames finished before the halt may still give one, pushed like any other): once
+            # the last pushed key is 30 s old, both ends clear their secrets
+            wait_until(lambda: pushed("AES256_CURRENT") == (None, None) and pushed("KEY_ID") == (None, None),
+                       120, "the clear fallback at both KMSs")
+            def fallback_of(role: str) -> str | None:
+                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]["fallback"]
+            # (each end records its fallback just after the secrets are gone)
+            wait_until(lambda: fallback_of("alice") == fallback_of("bob") == "clear", 10, "the fallback records")
+            assert pair.metrics("alice")["state"] == "halted"
+            pair.http.post(attack, json={"attack": "none"})
+            wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120,
+                       "the push to resume after the attack")
+            assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] is not None
         finally:
             pair.stop()

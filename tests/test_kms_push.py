@@ -350,7 +350,7 @@ def test_both_ends_push_the_same_keys_fall_back_after_expiry_and_recover(tmp_pat
                         await trio.sleep(0.05)
 
             def both(name):
-                return kms_servers["alice"].value(PREFIX + name, FOLDER), kms_servers["bob"].value(PREFIX + name, FOLDER)
+                return tuple(kms_servers[role].value(PREFIX + name, FOLDER) for role in ("alice", "bob"))
 
             # three epochs: the last key is CURRENT and the one before PREVIOUS, at both ends
             await until(lambda: both("KEY_ID") == (first[2][0], first[2][0]))
