@@ -176,6 +176,13 @@ class FakeKms:
                 nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
+        """One client connection; a client that resets it or sends garbage ends only this connection."""
+        try:
+            await self._exchange(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass
+
+    async def _exchange(self, stream: trio.SocketStream) -> None:
         connection = h11.Connection(h11.SERVER)
         async with stream:
             while True:
@@ -274,5 +281,8 @@ class KmsInThread:
         return self
 
     def __exit__(self, *exc) -> None:
-        trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        try:
+            trio.from_thread.run_sync(self._scope.cancel, trio_token=self._token)
+        except trio.RunFinishedError:
+            pass
         self._thread.join(10)
