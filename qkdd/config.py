@@ -26,7 +26,7 @@ from qkdd.kme.config import Etsi014Config
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KeystoreConfig", "KMSConfig", "LinkConfig", "ListenAddress",
            "WireGuardConfig", "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH",
-           "ENV_VARIABLES"]
+           "ENV_VARIABLES", "KmsPushConfig", "IpsecConfig"]
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
 LISTENERS = ("api", "health")                            # 8071 and 8072
@@ -257,6 +257,7 @@ class LinkConfig:
 
 
 PskPolicy = Literal["clear", "random"]
+Hybrid = Literal["none", "mlkem768"]     # "mlkem768": the PSK/PPK is a KDF over the QKD key and an ML-KEM-768 secret
 
 
 def _public_key_check(value: str) -> str | None:
@@ -290,6 +291,64 @@ class WireGuardConfig:
     on_exhausted: PskPolicy = "clear"
     activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
     retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    hybrid: Hybrid = "none"               # "mlkem768": the PSK mixes in an ML-KEM-768 secret (both ends alike)
+
+
+def _folder_check(value: str) -> str | None:
+    return None if re.fullmatch(r"/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?/?", value) else \
+        f"must be a folder path such as / or /inter-cluster, got {value!r}"
+
+
+def _consumer_name_check(value: str) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}", value) else \
+        f"must be 1-48 characters of A-Z a-z 0-9 _ - (it names the KMS secrets), got {value!r}"
+
+
+@dataclass(frozen=True)
+class KmsPushConfig:
+    """One KMS push consumer (`[[kms_push]]`): each agreed key of `link_id` becomes the secrets
+    QKD_<NAME>_AES256_CURRENT/_PREVIOUS/_KEY_ID/_QBER/_GENERATED_AT in `folder` of [kms]'s project and
+    environment. Both ends name it alike and agree on every key; `push = false` makes this end agree but
+    not write (one end pushes only). The fallback policy is the WireGuard tunnels': after `expiry_s`
+    without a fresh key, "clear" deletes the secrets, "random" writes random ones (fail closed)."""
+
+    name: str = field(metadata=meta(check=_consumer_name_check))
+    link_id: str
+    folder: str = field(default="/", metadata=meta(check=_folder_check))
+    push: bool = True
+    rotation_interval_s: float | None = field(default=None, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    on_exhausted: PskPolicy = "clear"
+    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
+    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    retry_max_s: float = field(default=300.0, metadata=meta(check=in_range(0.1, 3600)))
+
+
+@dataclass(frozen=True)
+class IpsecConfig:
+    """One IKEv2 connection whose post-quantum pre-shared key (RFC 8784 PPK) follows QKD keys of
+    `link_id` (`[[ipsec]]`): installed into strongSwan's charon over VICI as a PPK named by the key id.
+    The initiator loads `connection` from `swanctl_conf` with that ppk_id at each rotation (the
+    responder finds the PPK by the id the initiator sends). Same fallback policy as the others: "clear"
+    unloads the PPK (with ppk_required the SA fails closed, else IKE goes on without it), "random"
+    installs a random PPK (fails closed)."""
+
+    name: str = field(metadata=meta(check=_consumer_name_check))
+    link_id: str
+    connection: str = field(metadata=meta(check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else
+                                          f"must be a swanctl connection name, got {v!r}"))
+    initiator: bool = False
+    vici_socket: str = "/var/run/charon.vici"
+    swanctl_conf: str = "/etc/swanctl/swanctl.conf"
+    rotation_interval_s: float | None = field(default=None, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    on_exhausted: PskPolicy = "clear"
+    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
+    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    retry_max_s: float = field(default=60.0, metadata=meta(check=in_range(0.1, 3600)))
+    hybrid: Hybrid = "none"
 
 
 @dataclass(frozen=True)
@@ -328,6 +387,8 @@ class Config:
     wireguard: tuple[WireGuardConfig, ...] = ()
     etsi004: Etsi004Config | None = None      # GS QKD 004 key streams (qkdd/apps_config.py)
     skip: SkipConfig | None = None            # the SKIP server for routers (qkdd/apps_config.py)
+    kms_push: tuple[KmsPushConfig, ...] = ()
+    ipsec: tuple[IpsecConfig, ...] = ()
 
     def validate(self, key: str) -> None:
         seen: dict[str, int] = {}
@@ -353,6 +414,28 @@ class Config:
                                   f"this peer of {tunnel.interface} is already driven by wireguard"
                                   f"[{peers[(tunnel.interface, tunnel.peer_public_key)]}]")
             peers[(tunnel.interface, tunnel.peer_public_key)] = index
+        for kind, consumers in (("kms_push", self.kms_push), ("ipsec", self.ipsec)):
+            kind_names: dict[str, int] = {}
+            for index, consumer in enumerate(consumers):
+                if consumer.link_id not in seen:
+                    raise ConfigError(f"{kind}[{index}].link_id", f"no link {consumer.link_id!r} in [[links]]")
+                if not self.links[seen[consumer.link_id]].has_peer_channel:
+                    raise ConfigError(f"{kind}[{index}].link_id",
+                                      f"link {consumer.link_id!r} has no classical channel (peer_addr or peer_listen, "
+                                      "peer_key_file and peer_public_key): both ends must agree on every key")
+                if consumer.name in kind_names:
+                    raise ConfigError(f"{kind}[{index}].name", f"duplicate {kind} name {consumer.name!r}")
+                kind_names[consumer.name] = index
+                if kind == "kms_push" and consumer.push and not self.kms.enabled:
+                    raise ConfigError(f"{kind}[{index}].push", "needs [kms] enabled = true (or push = false: this "
+                                                               "end agrees on keys, the other end pushes)")
+        for kind, consumers in (("wireguard", self.wireguard), ("kms_push", self.kms_push), ("ipsec", self.ipsec)):
+            for index, consumer in enumerate(consumers):
+                interval_s = self.rotation_interval_s(consumer)
+                if consumer.expiry_s < interval_s:
+                    raise ConfigError(f"{kind}[{index}].expiry_s",
+                                      f"{consumer.expiry_s:g} s is shorter than the rotation interval of "
+                                      f"{interval_s:g} s: every key would expire before the next one comes")
         for index, peer in enumerate(self.etsi014.peers if self.etsi014 else ()):
             link = self.links[seen[peer.link_id]] if peer.link_id in seen else None
             if peer.channel is None and (link is None or not link.has_peer_channel):
@@ -375,7 +458,7 @@ class Config:
             raise KeyError(name)
         return getattr(self, name)
 
-    def rotation_interval_s(self, tunnel: WireGuardConfig) -> float:
+    def rotation_interval_s(self, tunnel: "WireGuardConfig | KmsPushConfig | IpsecConfig") -> float:
         """The tunnel's own interval, else its link's key_rotation_interval_s."""
         if tunnel.rotation_interval_s is not None:
             return tunnel.rotation_interval_s
@@ -519,7 +602,7 @@ def to_toml(config: Config) -> str:
     for name, value in plain.items():
         if value is None:
             lines.append(f"\n# [{name}] (unset)")
-        elif name in ("links", "wireguard"):
+        elif name in ("links", "wireguard", "kms_push", "ipsec"):
             for link in value:
                 table(name, link, f"[[{name}]]")
         else:

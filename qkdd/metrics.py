@@ -114,8 +114,16 @@ class Metrics:
         self.wireguard_handshake_age_seconds = Gauge(
             "qkd_wireguard_handshake_age_seconds", "Seconds since the last WireGuard handshake with the peer "
             "(from wg show latest-handshakes)", ["tunnel", "interface", "peer"], registry=r)
+        # Other key consumers (KMS push, IKEv2 PPK): the same rotation results (qkdd's own, same prefix)
+        self.consumer_rotations = Counter(
+            "qkd_consumer_key_rotations_total", "Key rotations of a KMS push or IKEv2 PPK consumer by result",
+            ["kind", "consumer", "result"], registry=r)
+        self.consumer_key_age_seconds = Gauge(
+            "qkd_consumer_key_age_seconds", "Seconds since the consumer's current QKD key was installed",
+            ["kind", "consumer"], registry=r)
         self._links: dict[str, LinkMetrics] = {}
         self._tunnels: dict[str, TunnelMetrics] = {}
+        self._consumers: dict[tuple[str, str], ConsumerMetrics] = {}
         # ETSI GS QKD 014 KME: plain counts per peer link, read at each scrape (_KmeCollector)
         self._kme_links: dict[str, KmeLinkMetrics] = {}
         r.register(_KmeCollector(self._kme_links))
@@ -144,6 +152,14 @@ class Metrics:
                 self.wireguard_rotations.labels(tunnel, result)
             self._tunnels[tunnel] = TunnelMetrics(self, tunnel, interface, peer_public_key)
         return self._tunnels[tunnel]
+
+    def consumer(self, kind: str, name: str) -> "ConsumerMetrics":
+        """The metrics of one KMS push ("kms") or IKEv2 PPK ("ipsec") consumer; every result starts at zero."""
+        if (kind, name) not in self._consumers:
+            for result in ROTATION_RESULTS:
+                self.consumer_rotations.labels(kind, name, result)
+            self._consumers[(kind, name)] = ConsumerMetrics(self, kind, name)
+        return self._consumers[(kind, name)]
 
     def kme_link(self, link_id: str) -> "KmeLinkMetrics":
         """The ETSI 014 KME's metrics for the peer KME reached over `link_id`; every series starts at zero."""
@@ -244,6 +260,33 @@ class TunnelMetrics:
     def handshake_age(self, age_s: float) -> None:
         self.metrics.wireguard_handshake_age_seconds.labels(self.tunnel, self.interface,
                                                            self.peer_public_key).set(age_s)
+
+
+@dataclass(frozen=True)
+class ConsumerMetrics:
+    """What a KMS push or IKEv2 PPK consumer reports (labels: its kind and name, never key material)."""
+
+    metrics: Metrics
+    kind: str
+    name: str
+
+    def rotation(self, result: str) -> None:
+        if result not in ROTATION_RESULTS:
+            raise ValueError(f"unknown rotation result {result!r}")
+        self.metrics.consumer_rotations.labels(self.kind, self.name, result).inc()
+
+    def psk_age(self, age_s: float | None) -> None:
+        gauge = self.metrics.consumer_key_age_seconds
+        if age_s is None:
+            try:
+                gauge.remove(self.kind, self.name)
+            except KeyError:
+                pass
+        else:
+            gauge.labels(self.kind, self.name).set(age_s)
+
+    def handshake_age(self, age_s: float) -> None:
+        pass                              # no handshake to watch (WireGuard only)
 
 
 class KmeLinkMetrics:

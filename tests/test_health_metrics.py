@@ -128,6 +128,9 @@ def test_every_family_with_samples_passes_promtool():
     tunnel.rotation("success")
     tunnel.psk_age(12.5)
     tunnel.handshake_age(3.0)
+    consumer = metrics.consumer("kms", "hanzo-lux")
+    consumer.rotation("success")
+    consumer.psk_age(4.0)
     kme = metrics.kme_link("sim-1")
     kme.keys_handed("master", 2)
     kme.unavailable("no_key")
@@ -136,6 +139,7 @@ def test_every_family_with_samples_passes_promtool():
     families = {family.name for family in text_string_to_metric_families(text)}
     wireguard_families = {"qkd_wireguard_psk_rotations", "qkd_wireguard_psk_age_seconds",
                           "qkd_wireguard_handshake_age_seconds"}      # qkdd's own, beyond the seed
+    wireguard_families |= {"qkd_consumer_key_rotations", "qkd_consumer_key_age_seconds"}   # KMS push, IKEv2 PPK
     kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
     keystore_families = {"qkd_keystore_fill_ratio", "qkd_keystore_key_bytes", "qkd_keystore_bytes"}
     assert ({name for name in families if name.startswith("qkd_")}

@@ -57,8 +57,12 @@ def skip_request() -> SkipKeyReservation:
     return SkipKeyReservation(new_id(), new_id(), "skip:256")
 
 
+def hybrid_epoch_request(number: int = 1) -> wire.HybridEpochReservation:
+    return wire.HybridEpochReservation(new_id(), TAG, number, new_id(), 1000.5, bytes(range(256)) * 4 + bytes(72))
+
+
 REQUESTS = {Purpose.ETSI014: etsi014, Purpose.KEY: key_request, Purpose.WG_EPOCH: epoch_request,
-            Purpose.STREAM: chunk_request, Purpose.SKIP: skip_request}
+            Purpose.STREAM: chunk_request, Purpose.SKIP: skip_request, Purpose.HYBRID_EPOCH: hybrid_epoch_request}
 PURPOSES = list(Purpose)
 
 
@@ -344,7 +348,7 @@ def test_one_bad_message_rejects_its_payload_and_changes_nothing():
     (lambda data: b"\x01" + data[1:], "wire version 1"),
     (lambda data: data[:1] + b"\x09" + data[2:], "unknown message type 9"),
     (lambda data: data[:2] + b"\x00" + data[3:], "unknown purpose 0"),
-    (lambda data: data[:2] + b"\x06" + data[3:], "unknown purpose 6"),
+    (lambda data: data[:2] + b"\x07" + data[3:], "unknown purpose 7"),
 ])
 def test_malformed_messages_are_protocol_errors(purpose, mutate, problem):
     with pytest.raises(ReservationProtocolError, match=problem):

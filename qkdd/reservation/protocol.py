@@ -19,12 +19,16 @@ A request's purpose says how to read its RESERVE body and which part of the daem
     ETSI014   Etsi014Reservation  keys cut from stored keys for a master SAE and its slave SAEs
     KEY       KeyReservation      one stored key for a /v1 holder ("v1:256")
     WG_EPOCH  EpochReservation    a WireGuard epoch: the stored key that is a tunnel's PSK from a time on
+              (and the epoch of any other consumer: KMS push, IKEv2 PPK; the tag names the consumer)
+    HYBRID_EPOCH  HybridEpochReservation  an epoch whose key is mixed with an ML-KEM-768 shared secret: the
+              epoch and the leader's KEM ciphertext for the follower's announced encapsulation key
     STREAM    ChunkReservation    the stored keys that make chunk `index` of an ETSI 004 key stream
     SKIP      SkipKeyReservation  one stored key for a SKIP router ("skip:256"), fetched by id at the other end
 
 The endpoint remembers each request's purpose; an answer must carry the purpose of the request it
 answers. ANNOUNCE is the one message outside any request: a WireGuard end's current epoch
-(`EpochAnnouncement`), sent at session start so the leading end can bring a lagging one back in step.
+(`EpochAnnouncement`), sent at session start so the leading end can bring a lagging one back in step, or
+(purpose HYBRID_EPOCH) a hybrid consumer's fresh ML-KEM-768 encapsulation key (`KemAnnouncement`).
 
 Per request id, the states and every legal transition, the same for every purpose (anything else is a
 ReservationProtocolError naming the state and event):
@@ -56,6 +60,8 @@ way in one payload, so a busy link carries one record per burst instead of one p
     RESERVE, SKIP:     as RESERVE, KEY
     ANNOUNCE, WG_EPOCH (request_id all zero): the RESERVE, WG_EPOCH body; number 0 (no epoch yet) with a
                        zero key_id and activate_at 0
+    RESERVE, HYBRID_EPOCH: the RESERVE, WG_EPOCH body | ciphertext length u16 | ciphertext (1..MAX_KEM_BYTES)
+    ANNOUNCE, HYBRID_EPOCH (request_id all zero): tunnel_tag 8 bytes | key length u16 | encapsulation key
     ACCEPT:            (empty)
     REFUSE:            reason u8 | text str
 
@@ -89,6 +95,7 @@ MAX_EPOCH = 2**64 - 2           # a peer's epoch number the WireGuard leader can
 TUNNEL_TAG_BYTES = 8
 MAX_CHUNK_KEYS = 4096           # stored keys in one ETSI 004 chunk (1 MiB of 256-bit keys)
 MAX_CHUNK_INDEX = 2**32 - 1
+MAX_KEM_BYTES = 2048            # an ML-KEM-768 ciphertext is 1088 bytes, its encapsulation key 1184 (FIPS 203)
 MAX_PACKED_BYTES = 1 << 20
 MAX_ABANDONED = 1 << 16         # abandoned requests remembered for a late answer (the newest)
 # The largest message. The KME's configuration caps a Get key at 1 MiB of key (qkdd.kme.config
@@ -112,6 +119,7 @@ class Purpose(enum.IntEnum):
     WG_EPOCH = 3
     STREAM = 4
     SKIP = 5
+    HYBRID_EPOCH = 6
 
 
 class RefuseReason(enum.IntEnum):
@@ -240,7 +248,25 @@ class ChunkReservation:
     key_ids: tuple[str, ...]
 
 
-Reservation = Etsi014Reservation | KeyReservation | EpochReservation | ChunkReservation
+@dataclass(frozen=True)
+class HybridEpochReservation(EpochReservation):
+    """An epoch of a hybrid consumer: the leader's ML-KEM ciphertext for the follower's announced
+    encapsulation key rides with it (the key material is neither; both ends derive the PSK)."""
+
+    purpose: ClassVar[Purpose] = Purpose.HYBRID_EPOCH
+    ciphertext: bytes = b""
+
+
+@dataclass(frozen=True)
+class KemAnnouncement:
+    """A hybrid consumer's fresh ML-KEM encapsulation key, for the leader's next epoch."""
+
+    purpose: ClassVar[Purpose] = Purpose.HYBRID_EPOCH
+    tunnel_tag: bytes
+    encapsulation_key: bytes
+
+
+Reservation = Etsi014Reservation | KeyReservation | EpochReservation | HybridEpochReservation | ChunkReservation
 
 
 # -- events returned by receive() ----------------------------------------------------------------
@@ -277,7 +303,7 @@ class LateAnswer:
 
 @dataclass(frozen=True)
 class AnnouncementReceived:
-    announcement: EpochAnnouncement
+    announcement: "EpochAnnouncement | KemAnnouncement"
 
 
 Event = ReservationReceived | ReservationAccepted | ReservationRefused | LateAnswer | AnnouncementReceived
@@ -354,12 +380,15 @@ class ReservationEndpoint:
         return _message(MessageType.REFUSE, self._step(SLAVE, request_id, "refuse"), request_id, body)
 
     # -- outside any request -------------------------------------------------------------------------
-    def announce(self, announcement: EpochAnnouncement) -> bytes:
+    def announce(self, announcement: "EpochAnnouncement | KemAnnouncement") -> bytes:
         """The ANNOUNCE message; ValueError if the announcement is not a valid one."""
         try:
             check_announcement(announcement)
         except ReservationProtocolError as exc:
             raise ValueError(str(exc)) from None
+        if isinstance(announcement, KemAnnouncement):
+            return _message(MessageType.ANNOUNCE, Purpose.HYBRID_EPOCH, NO_REQUEST,
+                            announcement.tunnel_tag + _blob(announcement.encapsulation_key))
         return _message(MessageType.ANNOUNCE, Purpose.WG_EPOCH, NO_REQUEST, _epoch_body(
             announcement.tunnel_tag, announcement.number, announcement.key_id, announcement.activate_at))
 
@@ -450,12 +479,23 @@ def check_reservation(reservation: Reservation) -> None:
         if not 1 <= reservation.number <= MAX_EPOCH:
             raise ReservationProtocolError(f"epoch number {reservation.number} outside 1..{MAX_EPOCH}")
         _check_epoch(reservation.tunnel_tag, reservation.key_id, reservation.activate_at)
+        if isinstance(reservation, HybridEpochReservation):
+            _check_kem_bytes(reservation.ciphertext, "ciphertext")
     else:
         raise ReservationProtocolError(f"not a reservation: {type(reservation).__name__}")
 
 
-def check_announcement(announcement: EpochAnnouncement) -> None:
+def _check_kem_bytes(data: bytes, what: str) -> None:
+    if not isinstance(data, bytes) or not 1 <= len(data) <= MAX_KEM_BYTES:
+        raise ReservationProtocolError(f"a KEM {what} is 1..{MAX_KEM_BYTES} bytes")
+
+
+def check_announcement(announcement: "EpochAnnouncement | KemAnnouncement") -> None:
     """The invariants of a well-formed announcement; ReservationProtocolError names the broken one."""
+    if isinstance(announcement, KemAnnouncement):
+        _check_tag(announcement.tunnel_tag)
+        _check_kem_bytes(announcement.encapsulation_key, "encapsulation key")
+        return
     if not 0 <= announcement.number <= MAX_EPOCH:
         raise ReservationProtocolError(f"epoch number {announcement.number} outside 0..{MAX_EPOCH}")
     if announcement.number == 0:
@@ -565,10 +605,16 @@ def encode_reserve(reservation: Reservation) -> bytes:
         else:
             body = _epoch_body(reservation.tunnel_tag, reservation.number, reservation.key_id,
                                reservation.activate_at)
+            if isinstance(reservation, HybridEpochReservation):
+                body += _blob(reservation.ciphertext)
     message = _message(MessageType.RESERVE, reservation.purpose, reservation.request_id, body)
     if len(message) > MAX_MESSAGE_BYTES:
         raise ValueError(f"a RESERVE of {len(message)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return message
+
+
+def _blob(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
 
 
 def _etsi014_body(reservation: Etsi014Reservation) -> bytes:
@@ -705,10 +751,11 @@ def _decode_payload(payload: bytes) -> list[_Message]:
         request_id = reader.uuid()
         body = reader.body(reader.u32())
         if message_type is MessageType.ANNOUNCE:
-            if request_id != NO_REQUEST or purpose is not Purpose.WG_EPOCH:
+            if request_id != NO_REQUEST or purpose not in (Purpose.WG_EPOCH, Purpose.HYBRID_EPOCH):
                 raise ReservationProtocolError(f"ANNOUNCE of purpose {purpose.name} for request {request_id}: "
-                                               f"only WireGuard epochs are announced, outside any request")
-            decoded: object = _decode_announcement(body)
+                                               f"only epochs and KEM keys are announced, outside any request")
+            decoded: object = (_decode_announcement(body) if purpose is Purpose.WG_EPOCH
+                               else _decode_kem_announcement(body))
         elif message_type is MessageType.RESERVE:
             decoded = _RESERVE_DECODERS[purpose](request_id, body)
         elif message_type is MessageType.ACCEPT:
@@ -797,10 +844,33 @@ def _decode_announcement(reader: _Reader) -> EpochAnnouncement:
     return announcement
 
 
+def _decode_blob(reader: _Reader, what: str) -> bytes:
+    length = reader.u16()
+    if not 1 <= length <= MAX_KEM_BYTES:
+        raise ReservationProtocolError(f"a KEM {what} of {length} bytes, allowed 1..{MAX_KEM_BYTES}")
+    return reader.take(length)
+
+
+def _decode_hybrid_epoch(request_id: str, reader: _Reader) -> HybridEpochReservation:
+    tag, number, key_id, activate_at = reader.record(_EPOCH)
+    reservation = HybridEpochReservation(request_id, tag, number, _canonical(key_id), activate_at,
+                                         _decode_blob(reader, "ciphertext"))
+    check_reservation(reservation)
+    return reservation
+
+
+def _decode_kem_announcement(reader: _Reader) -> KemAnnouncement:
+    tag = reader.take(TUNNEL_TAG_BYTES)
+    announcement = KemAnnouncement(tag, _decode_blob(reader, "encapsulation key"))
+    check_announcement(announcement)
+    return announcement
+
+
 _RESERVE_DECODERS = {
     Purpose.ETSI014: _decode_etsi014,
     Purpose.KEY: _decode_key,
     Purpose.WG_EPOCH: _decode_epoch,
     Purpose.STREAM: _decode_chunk,
     Purpose.SKIP: _decode_skip,
+    Purpose.HYBRID_EPOCH: _decode_hybrid_epoch,
 }
