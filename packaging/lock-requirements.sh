@@ -38,7 +38,8 @@ log="$tools/pip-compile.log"
     --output-file packaging/plot-requirements.lock pyproject.toml 2>"$log" || { cat "$log" >&2; exit 1; }
 # The test extra (pytest, the Infisical SDK the KMS tests run, ...) with the runtime dependencies: what
 # `pip install --require-hashes -r packaging/test-requirements.lock` gives a CI machine.
-"${compile[@]}" --upgrade --extra test --output-file packaging/test-requirements.lock pyproject.toml 2>"$log" \
+"${compile[@]}" --upgrade --extra test --constraint packaging/requirements.lock \
+    --output-file packaging/test-requirements.lock pyproject.toml 2>"$log" \
     || { cat "$log" >&2; exit 1; }
 "${compile[@]}" --upgrade --all-build-deps --only-build-deps --output-file packaging/build-requirements.lock \
     pyproject.toml 2>"$log" || { cat "$log" >&2; exit 1; }
