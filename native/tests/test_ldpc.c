@@ -87,7 +87,7 @@ static void test_decode_paths_agree(void)
                 iterations[p] = iterations[1];
                 continue;
             }
-            iterations[p] = qkd_ldpc_decode(d, llr, n, syndrome, m, out[p], n, 30, 8, 3, paths[p]);
+            iterations[p] = qkd_ldpc_decode(d, llr, n, syndrome, m, out[p], n, 30, 7, 1, paths[p]);
         }
         CHECK(iterations[0] >= 0);
         CHECK_EQ(iterations[0], iterations[1]);

@@ -72,6 +72,7 @@ from qkdd.link.envelope import EnvelopeError, Step
 from qkdd.link.linkmsg import AbortReason, LinkMessageError
 from qkdd.postprocess import amplification, randomness, sifting, verification
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
+from qkdd.postprocess.ldpc import MEASURED_EFFICIENCY as LDPC_MEASURED_EFFICIENCY
 from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
 from qkdd.postprocess.wire import PeerMessageError
 from qkdd.protocols.bb84_finite import DecoyCounts, DecoySettings, Tally, finite_key_length
@@ -481,7 +482,10 @@ class FramePipeline:
             self.outcome.gate_refused = True
             self._refusal = (AbortReason.QBER, refusal)
             return
-        leak_bits = self.settings.f_ec_estimate * n_x * binary_entropy(min(qber, 0.5))
+        f_ec = self.settings.f_ec_estimate
+        if self.settings.reconciliation == "ldpc":      # LDPC discloses more than Cascade: its measured f
+            f_ec = max(f_ec, LDPC_MEASURED_EFFICIENCY)
+        leak_bits = f_ec * n_x * binary_entropy(min(qber, 0.5))
         try:
             estimate = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
                                          eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)
