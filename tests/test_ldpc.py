@@ -1,7 +1,9 @@
 """LDPC reconciliation: the native decoder's paths agree and release the GIL, and both protocol ends run
 against each other in memory (small frames and the short codes, so this stays fast)."""
 import math
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -80,28 +82,36 @@ def test_decoder_refuses_bad_buffers():
 
 
 def test_decode_releases_the_gil():
-    """While one thread is inside qkd_ldpc_decode, another runs Python: the counter it bumps moves during
-    the call. (Holding the GIL for the whole C call would leave it exactly where it was.)"""
+    """While one thread is inside qkd_ldpc_decode, another runs Python: a counter it bumps moves during the
+    calls. With a 1 s switch interval nothing else can take the GIL from the decoding thread between a call's
+    return and its next statement, so a decoder holding the GIL would leave the counter exactly unchanged."""
     rng = np.random.default_rng(4)
-    _, syndrome, llr = noisy_codeword(rng, SHORT.index, 0.3)    # undecodable: runs all its iterations
-    decoder = native.Decoder(SHORT.index)
+    long_code = max(native.codes(), key=lambda c: (c.n_bits, c.m_bits))
+    _, syndrome, llr = noisy_codeword(rng, long_code.index, 0.3)     # undecodable: iterates until it stalls
+    decoder = native.Decoder(long_code.index)
     counter = [0]
-    seen = {}
+    moved = []
     stop = threading.Event()
 
     def decode():
-        before = counter[0]
-        for _ in range(10):
+        for _ in range(20):
+            before = counter[0]
             decoder.decode(llr, syndrome, native.MAX_ITERATIONS)
-        seen["during"] = counter[0] - before
+            moved.append(counter[0] - before)
         stop.set()
 
-    worker = threading.Thread(target=decode)
-    worker.start()
-    while not stop.is_set():
-        counter[0] += 1
-    worker.join()
-    assert seen["during"] > 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1.0)
+    try:
+        worker = threading.Thread(target=decode)
+        worker.start()
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0)           # let the worker back in as soon as a call returns
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert sum(moved) > 0
 
 
 @pytest.mark.parametrize("n, qber", [(20_000, 0.02), (9_000, 0.05), (4_000, 0.01)])

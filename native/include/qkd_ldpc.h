@@ -30,6 +30,7 @@
 #define QKD_LDPC_PATH_AVX2 3
 #define QKD_LDPC_LLR_MAX 127
 #define QKD_LDPC_MAX_ITERATIONS 1000
+#define QKD_LDPC_STALL_ITERATIONS 12   /* give up after this many iterations without progress */
 
 typedef struct qkd_ldpc_code_info {
     uint32_t z;        /* circulant size */
@@ -55,6 +56,7 @@ int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, c
 /* cffi:end */
 
 /* qkd_ldpc_decode returns the iterations used (>= 1) when the hard decisions match the syndrome, 0 when
- * max_iterations ran out (bits_out then holds the last hard decisions), or a negative QKD_E* code. */
+ * max_iterations ran out or decoding stalled (bits_out then holds the last hard decisions), or a negative
+ * QKD_E* code. */
 
 #endif

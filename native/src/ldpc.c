@@ -8,7 +8,8 @@
  * (|Q_e| == min1 picks min2 for the edge holding the minimum; on a tie min2 == min1, so it is exact.)
  * After the update the parity of the new hard decisions of the layer's bits is compared with the
  * syndrome; an iteration in which every layer held is confirmed with a full syndrome check, and only
- * then does decoding stop.
+ * then does decoding stop. The count of checks failing at their layer is the progress measure: when it
+ * has not reached a new minimum for QKD_LDPC_STALL_ITERATIONS iterations, decoding gives up.
  */
 #include "qkd_ldpc.h"
 #include "qkd_bits.h"
@@ -137,9 +138,9 @@ int qkd_ldpc_decoder_new(qkd_ldpc_decoder **out, uint32_t code)
 
 /* ---- lane path: the Z checks of a layer at once, on contiguous rotated copies ---- */
 
-/* One layer; returns nonzero if some check of the layer is unsatisfied by the updated hard decisions.
+/* One layer; returns how many checks of the layer the updated hard decisions leave unsatisfied.
  * Inlined into a default-target and an AVX2-target wrapper, so GCC/Clang vectorise it for each. */
-static inline __attribute__((always_inline)) int layer_lanes(qkd_ldpc_decoder *d, uint32_t r,
+static inline __attribute__((always_inline)) uint32_t layer_lanes(qkd_ldpc_decoder *d, uint32_t r,
                                                              const uint8_t *syndrome, int scale, int offset)
 {
     const qkd_ldpc_table *t = d->t;
@@ -172,7 +173,7 @@ static inline __attribute__((always_inline)) int layer_lanes(qkd_ldpc_decoder *d
             parity[i] ^= (uint8_t)(v < 0);
         }
     }
-    uint8_t unsat = 0;
+    uint32_t unsat = 0;
     for (uint32_t e = 0; e < degree; e++) {
         int8_t *restrict q = d->q + (size_t)e * z;
         int8_t *restrict msg = d->messages + (size_t)(first + e) * z;
@@ -206,26 +207,26 @@ static inline __attribute__((always_inline)) int layer_lanes(qkd_ldpc_decoder *d
         memcpy(l, q + (z - shift), shift);
     }
     for (uint32_t i = 0; i < z; i++)
-        unsat |= min1[i];
-    return unsat != 0;
+        unsat += min1[i];
+    return unsat;
 }
 
-static int iteration_lanes(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+static uint32_t iteration_lanes(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
 {
-    int unsat = 0;
+    uint32_t unsat = 0;
     for (uint32_t r = 0; r < d->t->mb; r++)
-        unsat |= layer_lanes(d, r, syndrome, scale, offset);
+        unsat += layer_lanes(d, r, syndrome, scale, offset);
     return unsat;
 }
 
 #if defined(__x86_64__) || defined(__i386__)
 #define QKD_LDPC_HAVE_AVX2 1
-__attribute__((target("avx2"))) static int iteration_avx2(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale,
-                                                          int offset)
+__attribute__((target("avx2"))) static uint32_t iteration_avx2(qkd_ldpc_decoder *d, const uint8_t *syndrome,
+                                                               int scale, int offset)
 {
-    int unsat = 0;
+    uint32_t unsat = 0;
     for (uint32_t r = 0; r < d->t->mb; r++)
-        unsat |= layer_lanes(d, r, syndrome, scale, offset);
+        unsat += layer_lanes(d, r, syndrome, scale, offset);
     return unsat;
 }
 #else
@@ -234,11 +235,11 @@ __attribute__((target("avx2"))) static int iteration_avx2(qkd_ldpc_decoder *d, c
 
 /* ---- portable path: one check at a time, the same arithmetic ---- */
 
-static int iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+static uint32_t iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
 {
     const qkd_ldpc_table *t = d->t;
     const uint32_t z = t->z;
-    int unsat = 0;
+    uint32_t unsat = 0;
     for (uint32_t r = 0; r < t->mb; r++) {
         const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
         for (uint32_t i = 0; i < z; i++) {
@@ -270,7 +271,7 @@ static int iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome, int 
                 d->posterior[bit] = clamp8(v + rn);
                 check ^= d->posterior[bit] < 0;
             }
-            unsat |= check;
+            unsat += (uint32_t)check;
         }
     }
     return unsat;
@@ -323,7 +324,7 @@ int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, c
         return QKD_EINVAL;
     if (path == QKD_LDPC_PATH_AUTO)
         path = qkd_ldpc_path_available(QKD_LDPC_PATH_AVX2) ? QKD_LDPC_PATH_AVX2 : QKD_LDPC_PATH_LANES;
-    int (*iterate)(qkd_ldpc_decoder *, const uint8_t *, int, int) = iteration_lanes;
+    uint32_t (*iterate)(qkd_ldpc_decoder *, const uint8_t *, int, int) = iteration_lanes;
     if (path == QKD_LDPC_PATH_PORTABLE)
         iterate = iteration_portable;
 #if QKD_LDPC_HAVE_AVX2
@@ -334,9 +335,18 @@ int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, c
         d->posterior[j] = clamp8(llr[j]);
     memset(d->messages, 0, (size_t)t->edges * t->z);
     int64_t result = 0;
+    uint32_t fewest = UINT32_MAX, stalled = 0;
     for (uint32_t it = 1; it <= max_iterations; it++) {
-        if (!iterate(d, syndrome, (int)scale_eighths, (int)offset) && syndrome_holds(d, syndrome)) {
+        uint32_t unsat = iterate(d, syndrome, (int)scale_eighths, (int)offset);
+        if (!unsat && syndrome_holds(d, syndrome)) {
             result = it;
+            break;
+        }
+        /* A decoder stuck near the threshold stops improving: give up early rather than run the cap. */
+        if (unsat < fewest) {
+            fewest = unsat;
+            stalled = 0;
+        } else if (++stalled >= QKD_LDPC_STALL_ITERATIONS) {
             break;
         }
     }

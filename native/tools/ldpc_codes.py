@@ -38,7 +38,8 @@ OFFSET = 2                       # offset min-sum, in LLR units, for the search 
 SIX_CYCLE_MAX_Z = 64             # larger lifts: 4-cycles avoided, 6-cycles left to chance (rare at large Z)
 OUT = pathlib.Path(__file__).resolve().parents[1] / "src" / "ldpc_codes.c"
 
-# mb -> (n2, nh, dh): node counts of degree-2 and degree-dh columns (the rest degree 3), from `--search`.
+# mb -> (n2, nh, dh): node counts of degree-2 and degree-dh columns (the rest degree 3). mb 5-20: the best of
+# the `--search` grid (offset 2); mb 26-50: extrapolated from those, not searched (the search is slow).
 CHOSEN = {
     5: (0, 8, 3), 8: (8, 26, 8), 12: (0, 20, 12), 15: (6, 18, 12), 20: (0, 14, 14),
     26: (4, 14, 14), 32: (8, 14, 14), 38: (10, 14, 14), 44: (12, 14, 14), 50: (14, 14, 14),
