@@ -140,6 +140,12 @@ class Plan:
         base, extra = divmod(self.n_bits, self.codewords)
         return base + (index < extra)
 
+    def groups(self) -> list[tuple[int, int, int, int]]:
+        """(first codeword, codewords, key bits each, first frame bit) of the runs of equal codewords."""
+        base, extra = divmod(self.n_bits, self.codewords)
+        runs = [(0, extra, base + 1, 0), (extra, self.codewords - extra, base, extra * (base + 1))]
+        return [run for run in runs if run[1] and run[2]]
+
     def check(self) -> None:
         info = native.code(self.code)
         if not 1 <= self.n_bits <= MAX_BITS:
@@ -332,20 +338,15 @@ class LdpcBob(_End):
         return wire.encode(MessageType.START, self.frame_id, 0, payload)
 
     def _prepare(self) -> None:
-        """Bob's LLRs and codeword layout for every codeword (once, on SYNDROMES)."""
+        """Bob's LLRs for every codeword (once, on SYNDROMES), a group of equal codewords at a time."""
         info = native.code(self.plan.code)
         bits = _unpack_frame(self.key, self.n_bits)
         self._llr = np.zeros((self.plan.codewords, info.n_bits), dtype=np.int8)
-        self._key_slices = []
-        start = 0
-        for i in range(self.plan.codewords):
-            k = self.plan.key_bits(i)
-            positions = self._layout.key_positions(k)
-            row = self._llr[i]
-            row[self._layout.shortened(k)] = native.LLR_MAX
-            row[positions] = np.where(bits[start:start + k] == 0, self.llr_units, -self.llr_units)
-            self._key_slices.append((start, k))
-            start += k
+        channel = np.array([self.llr_units, -self.llr_units], dtype=np.int8)
+        for first, count, k, start in self.plan.groups():
+            rows = self._llr[first:first + count]
+            rows[:, self._layout.shortened(k)] = native.LLR_MAX
+            rows[:, self._layout.key_positions(k)] = channel[bits[start:start + count * k].reshape(count, k)]
         self._bits = bits
         self._decoded = np.zeros((self.plan.codewords, info.n_bits), dtype=np.uint8)
 
@@ -379,8 +380,9 @@ class LdpcBob(_End):
 
     def _finish(self) -> None:
         corrected = self._bits.copy()
-        for i, (start, k) in enumerate(self._key_slices):
-            corrected[start:start + k] = self._decoded[i][self._layout.key_positions(k)]
+        for first, count, k, start in self.plan.groups():
+            chosen = self._decoded[first:first + count][:, self._layout.key_positions(k)]
+            corrected[start:start + count * k] = chosen.ravel()
         self.corrected_bits = int(np.count_nonzero(corrected != self._bits))
         words = np.zeros(self.key.size * 8, dtype=np.uint8)
         packed = np.packbits(corrected, bitorder="little")
@@ -483,15 +485,13 @@ class LdpcAlice(_End):
         self._words = np.zeros((codewords, info.n_bits), dtype=np.uint8)
         padding = np.unpackbits(np.frombuffer(os.urandom((codewords * punctured + 7) // 8), dtype=np.uint8),
                                 bitorder="little")
+        self._words[:, self._layout.punctured] = padding[:codewords * punctured].reshape(codewords, punctured)
+        for first, count, k, start in candidate.groups():
+            key_part = bits[start:start + count * k].reshape(count, k)
+            self._words[first:first + count][:, self._layout.key_positions(k)] = key_part
         syndromes = np.empty((codewords, info.m_bits), dtype=np.uint8)
-        start = 0
         for i in range(codewords):
-            k = candidate.key_bits(i)
-            word = self._words[i]
-            word[self._layout.key_positions(k)] = bits[start:start + k]
-            word[self._layout.punctured] = padding[i * punctured:(i + 1) * punctured]
-            syndromes[i] = native.syndrome(code, word)
-            start += k
+            syndromes[i] = native.syndrome(code, self._words[i])
         self._revealed = np.zeros(codewords, dtype=np.int64)
         self.state = State.ANSWERING
         self._next_seq += 1
