@@ -26,8 +26,20 @@ def noisy_pair(rng, n, errors):
     return alice, alice ^ np.packbits(flips, bitorder="little").view(np.uint64)
 
 
+SEED = bytes(range(32))     # Bob's layout seed: fixed, so each case decodes the same way on every run
+
+
+@pytest.fixture(autouse=True)
+def reproducible_padding(monkeypatch):
+    """Alice's punctured padding comes from the OS CSPRNG; the decoder breaks exact LLR ties (0) the same way
+    whatever the padding, so the padding can decide a borderline codeword. Seeded here so that every run of
+    these tests decodes identically (the protocol itself is unchanged)."""
+    rng = np.random.default_rng(12345)
+    monkeypatch.setattr(ldpc.randomness, "fresh_bytes", lambda n: rng.bytes(n))
+
+
 def run(alice_key, bob_key, n, qber, frame_id=5, **bob_options):
-    bob = LdpcBob(bob_key, n, frame_id, qber, **bob_options)
+    bob = LdpcBob(bob_key, n, frame_id, qber, seed=SEED, **bob_options)
     alice = LdpcAlice(alice_key, n, frame_id)
     to_alice = [bob.start()]
     trips = 0
@@ -50,7 +62,8 @@ def noisy_codeword(rng, code, flip_rate):
 
 def test_decoder_paths_agree_bit_for_bit_and_correct_errors():
     rng = np.random.default_rng(3)
-    paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2) if native.path_available(p)]
+    paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2, native.PATH_AVX512)
+             if native.path_available(p)]
     assert native.PATH_PORTABLE in paths and native.PATH_LANES in paths
     decoder = native.Decoder(SHORT.index)
     for flip_rate in (0.004, 0.25):
@@ -146,7 +159,7 @@ def test_a_hopeless_frame_fails_cleanly():
     rng = np.random.default_rng(9)
     n = 6_000
     alice_key, bob_key = noisy_pair(rng, n, 900)         # 15 % errors, announced as 1 %
-    bob = LdpcBob(bob_key, n, 1, 0.01, max_reveal_rounds=1)
+    bob = LdpcBob(bob_key, n, 1, 0.01, seed=SEED, max_reveal_rounds=1)
     alice = LdpcAlice(alice_key, n, 1)
     (syndromes,) = alice.receive(bob.start())
     (reveal,) = bob.receive(syndromes)
@@ -162,7 +175,7 @@ def test_alice_refuses_malformed_and_out_of_sequence_messages():
     rng = np.random.default_rng(10)
     n = 8_000
     alice_key, bob_key = noisy_pair(rng, n, 400)
-    bob = LdpcBob(bob_key, n, 2, 0.01, max_reveal_rounds=2)
+    bob = LdpcBob(bob_key, n, 2, 0.01, seed=SEED, max_reveal_rounds=2)
     alice = LdpcAlice(alice_key, n, 2)
     start = bob.start()
     with pytest.raises(LdpcMessageError):
@@ -171,7 +184,7 @@ def test_alice_refuses_malformed_and_out_of_sequence_messages():
         LdpcAlice(alice_key, n, 3).receive(start)                       # another frame
     with pytest.raises(LdpcMessageError):
         LdpcAlice(alice_key, n, 2, max_disclosed_bits=10).receive(start)
-    header, payload = wire.decode(start, max_payload_bytes=1 << 16)
+    _, payload = wire.decode(start, max_payload_bytes=1 << 16)
     bad_code = bytearray(payload)
     bad_code[8:10] = (999).to_bytes(2, "little")
     with pytest.raises(LdpcMessageError):
@@ -183,7 +196,7 @@ def test_alice_refuses_malformed_and_out_of_sequence_messages():
     forged = wire.encode(MessageType.REVEAL, 2, 1, (2).to_bytes(4, "little") + bytes(8))
     with pytest.raises(LdpcMessageError):
         alice.receive(forged)                                           # codeword list not increasing
-    (revealed,) = alice.receive(reveal)
+    assert len(alice.receive(reveal)) == 1
     with pytest.raises(LdpcSequenceError):
         alice.receive(reveal)
 

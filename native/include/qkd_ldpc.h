@@ -12,7 +12,7 @@
  * SiPS 2004) with normalised offset min-sum check updates (Chen & Fossorier, "Density evolution for two improved
  * BP-based decoding algorithms of LDPC codes", IEEE Commun. Lett. 6(5), 2002) and stops as soon as
  * the hard decisions have the target syndrome. The Z checks of a layer touch disjoint bits, so the
- * lane path (all Z checks of a layer at once, auto-vectorised; an AVX2 build selected at run time)
+ * lane path (all Z checks of a layer at once, auto-vectorised; AVX2 and AVX-512BW builds selected at run time)
  * and the portable path (one check at a time) compute identical results, iteration for iteration.
  *
  * A qkd_ldpc_decoder owns its scratch: one per thread; decoding holds no global state.
@@ -28,6 +28,7 @@
 #define QKD_LDPC_PATH_PORTABLE 1
 #define QKD_LDPC_PATH_LANES 2
 #define QKD_LDPC_PATH_AVX2 3
+#define QKD_LDPC_PATH_AVX512 4
 #define QKD_LDPC_LLR_MAX 127
 #define QKD_LDPC_MAX_ITERATIONS 1000
 #define QKD_LDPC_STALL_ITERATIONS 12   /* give up after this many iterations without progress */

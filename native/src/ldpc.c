@@ -229,6 +229,14 @@ __attribute__((target("avx2"))) static uint32_t iteration_avx2(qkd_ldpc_decoder 
         unsat += layer_lanes(d, r, syndrome, scale, offset);
     return unsat;
 }
+__attribute__((target("avx512bw,avx512vl,prefer-vector-width=512"))) static uint32_t
+iteration_avx512(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+{
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < d->t->mb; r++)
+        unsat += layer_lanes(d, r, syndrome, scale, offset);
+    return unsat;
+}
 #else
 #define QKD_LDPC_HAVE_AVX2 0
 #endif
@@ -302,6 +310,13 @@ int qkd_ldpc_path_available(uint32_t path)
         return 1;
     case QKD_LDPC_PATH_AVX2:
         return QKD_LDPC_HAVE_AVX2 && (qkd_cpu_features() & QKD_CPU_AVX2) != 0;
+    case QKD_LDPC_PATH_AVX512:
+#if QKD_LDPC_HAVE_AVX2
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#else
+        return 0;
+#endif
     default:
         return 0;
     }
@@ -323,13 +338,16 @@ int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, c
     if (!qkd_ldpc_path_available(path))
         return QKD_EINVAL;
     if (path == QKD_LDPC_PATH_AUTO)
-        path = qkd_ldpc_path_available(QKD_LDPC_PATH_AVX2) ? QKD_LDPC_PATH_AVX2 : QKD_LDPC_PATH_LANES;
+        path = qkd_ldpc_path_available(QKD_LDPC_PATH_AVX512) ? QKD_LDPC_PATH_AVX512
+               : qkd_ldpc_path_available(QKD_LDPC_PATH_AVX2) ? QKD_LDPC_PATH_AVX2 : QKD_LDPC_PATH_LANES;
     uint32_t (*iterate)(qkd_ldpc_decoder *, const uint8_t *, int, int) = iteration_lanes;
     if (path == QKD_LDPC_PATH_PORTABLE)
         iterate = iteration_portable;
 #if QKD_LDPC_HAVE_AVX2
     if (path == QKD_LDPC_PATH_AVX2)
         iterate = iteration_avx2;
+    if (path == QKD_LDPC_PATH_AVX512)
+        iterate = iteration_avx512;
 #endif
     for (size_t j = 0; j < n; j++)
         d->posterior[j] = clamp8(llr[j]);

@@ -1,4 +1,4 @@
-/* test_ldpc.c - QC-LDPC tables, syndromes and the decoder: the lane, AVX2 and portable paths agree bit for
+/* test_ldpc.c - QC-LDPC tables, syndromes and the decoder: the lane, AVX2, AVX-512 and portable paths agree bit for
  * bit (outputs and iteration counts), decoding corrects a light error pattern, bad arguments are refused;
  * run under ASan/UBSan by `make test-asan`. */
 #include "check.h"
@@ -59,14 +59,15 @@ static void test_decode_paths_agree(void)
     qkd_ldpc_code_info info;
     qkd_ldpc_code_get_info(code, &info);
     const size_t n = info.n_bits, m = info.m_bits;
-    uint8_t *word = malloc(n), *syndrome = malloc(m), *out[3], *check_syn = malloc(m);
+    uint8_t *word = malloc(n), *syndrome = malloc(m), *out[4], *check_syn = malloc(m);
     int8_t *llr = malloc(n);
     qkd_prng g;
     qkd_prng_init(&g, SEED, sizeof SEED, 1);
     for (size_t j = 0; j < n; j++)
         word[j] = (uint8_t)(qkd_prng_next(&g) & 1);
     CHECK_EQ(qkd_ldpc_syndrome(code, word, n, syndrome, m), QKD_OK);
-    const uint32_t paths[3] = {QKD_LDPC_PATH_PORTABLE, QKD_LDPC_PATH_LANES, QKD_LDPC_PATH_AVX2};
+    const uint32_t paths[4] = {QKD_LDPC_PATH_PORTABLE, QKD_LDPC_PATH_LANES, QKD_LDPC_PATH_AVX2,
+                               QKD_LDPC_PATH_AVX512};
     qkd_ldpc_decoder *d = NULL;
     CHECK_EQ(qkd_ldpc_decoder_new(&d, code), QKD_OK);
     /* light noise (decodes), heavy noise (does not, within the cap) and punctured bits */
@@ -79,8 +80,8 @@ static void test_decode_paths_agree(void)
             if (round == 2 && qkd_prng_below(&g, 100) < 3)
                 llr[j] = 0;
         }
-        int64_t iterations[3];
-        for (int p = 0; p < 3; p++) {
+        int64_t iterations[4];
+        for (int p = 0; p < 4; p++) {
             out[p] = malloc(n);
             if (!qkd_ldpc_path_available(paths[p])) {
                 memcpy(out[p], out[1], n);
@@ -92,8 +93,10 @@ static void test_decode_paths_agree(void)
         CHECK(iterations[0] >= 0);
         CHECK_EQ(iterations[0], iterations[1]);
         CHECK_EQ(iterations[0], iterations[2]);
+        CHECK_EQ(iterations[0], iterations[3]);
         CHECK(memcmp(out[0], out[1], n) == 0);
         CHECK(memcmp(out[0], out[2], n) == 0);
+        CHECK(memcmp(out[0], out[3], n) == 0);
         if (round != 1) {
             CHECK(iterations[0] >= 1);
             CHECK(memcmp(out[0], word, n) == 0);
@@ -107,7 +110,7 @@ static void test_decode_paths_agree(void)
         int64_t b = qkd_ldpc_decode(d, llr, n, syndrome, m, out[1], n, 30, 6, 1, QKD_LDPC_PATH_LANES);
         CHECK_EQ(a, b);
         CHECK(memcmp(out[0], out[1], n) == 0);
-        for (int p = 0; p < 3; p++)
+        for (int p = 0; p < 4; p++)
             free(out[p]);
     }
     /* refused arguments */

@@ -18,6 +18,7 @@ PATH_AUTO = lib.QKD_LDPC_PATH_AUTO
 PATH_PORTABLE = lib.QKD_LDPC_PATH_PORTABLE
 PATH_LANES = lib.QKD_LDPC_PATH_LANES
 PATH_AVX2 = lib.QKD_LDPC_PATH_AVX2
+PATH_AVX512 = lib.QKD_LDPC_PATH_AVX512
 LLR_MAX = lib.QKD_LDPC_LLR_MAX
 LLR_UNITS_PER_NAT = 4
 MAX_ITERATIONS = lib.QKD_LDPC_MAX_ITERATIONS
@@ -108,7 +109,8 @@ class Decoder:
         self._d = ffi.gc(handle[0], lib.qkd_ldpc_decoder_free)
 
     def decode(self, llr: np.ndarray, target_syndrome: np.ndarray, max_iterations: int = 60,
-               scale_eighths: int = DEFAULT_SCALE_EIGHTHS, offset: int = DEFAULT_OFFSET, path: int = PATH_AUTO) -> tuple[int, np.ndarray]:
+               scale_eighths: int = DEFAULT_SCALE_EIGHTHS, offset: int = DEFAULT_OFFSET,
+               path: int = PATH_AUTO) -> tuple[int, np.ndarray]:
         """Decode one codeword: (iterations used, or 0 if the syndrome was not reached; hard decisions)."""
         info = self.info
         if not isinstance(llr, np.ndarray) or llr.dtype != np.int8 or llr.shape != (info.n_bits,):

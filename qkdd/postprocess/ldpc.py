@@ -56,14 +56,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-import os
 import struct
 
 import numpy as np
 
-from qkdd.bindings import NativeError
 from qkdd.bindings import ldpc as native
-from qkdd.postprocess import wire
+from qkdd.postprocess import randomness, wire
 from qkdd.postprocess.wire import PeerMessageError
 
 SEED_BYTES = native.SEED_BYTES
@@ -313,7 +311,7 @@ class LdpcBob(_End):
         super().__init__(frame_id, n_bits)
         q = min(max(qber_estimate, 1e-4), 0.45)
         self.plan = plan(n_bits, q, f_start, reveal_step_f, max_reveal_rounds)
-        self.seed = os.urandom(SEED_BYTES) if seed is None else bytes(seed)
+        self.seed = randomness.fresh_bytes(SEED_BYTES) if seed is None else bytes(seed)
         if len(self.seed) != SEED_BYTES:
             raise ValueError(f"seed must be {SEED_BYTES} bytes")
         self.key = key
@@ -483,7 +481,7 @@ class LdpcAlice(_End):
         info = native.code(code)
         bits = _unpack_frame(self.key, self.n_bits)
         self._words = np.zeros((codewords, info.n_bits), dtype=np.uint8)
-        padding = np.unpackbits(np.frombuffer(os.urandom((codewords * punctured + 7) // 8), dtype=np.uint8),
+        padding = np.unpackbits(np.frombuffer(randomness.fresh_bytes((codewords * punctured + 7) // 8), dtype=np.uint8),
                                 bitorder="little")
         self._words[:, self._layout.punctured] = padding[:codewords * punctured].reshape(codewords, punctured)
         for first, count, k, start in candidate.groups():
@@ -536,6 +534,3 @@ class LdpcAlice(_End):
         self._next_seq += 1
         return []
 
-
-__all__ = ["LdpcAlice", "LdpcBob", "LdpcError", "LdpcFrameError", "LdpcMessageError", "LdpcSequenceError",
-           "LdpcStateError", "MessageType", "Plan", "State", "binary_entropy", "plan", "NativeError"]
