@@ -4,14 +4,14 @@
 
 Method, per base-matrix size (nb columns, mb rows, rate 1 - mb/nb):
  1. Degree distribution: column degrees {2, 3, dh} with node counts chosen by density evolution of the
-    quantised offset min-sum decoder the library runs (qkd_ldpc.h: int8, 4 units per nat) on the binary
+    quantised normalised offset min-sum decoder the library runs (qkd_ldpc.h: int8, 4 units per nat) on the binary
     symmetric channel (Richardson & Urbanke, "The capacity of LDPC codes under message-passing decoding",
     IEEE Trans. IT 47(2), 2001, sec. III; the min-sum check rule's density as in Chen & Fossorier 2002),
     maximising the BSC threshold p*, as Elkouss, Leverrier, Alleaume & Boutros, "Efficient reconciliation
     protocol for discrete-variable QKD", ISIT 2009 (arXiv:0901.2140) do for belief propagation. Row degrees
     are concentrated (two consecutive values). `--search` reruns the grid search (slow: tens of minutes);
     the chosen counts are kept in CHOSEN below. Min-sum at these check degrees (20-60) stays well short
-    of BP: the thresholds reach f* = (1-R)/h(p*) of about 1.23-1.4 (printed by this script).
+    of BP: the thresholds reach f* = (1-R)/h(p*) of about 1.17-1.4 (printed by this script).
  2. Base graph: progressive edge growth (Hu, Eleftheriou & Arnold, "Regular and irregular progressive
     edge-growth Tanner graphs", IEEE Trans. IT 51(1), 2005), columns in order of increasing degree, each
     edge to a check at maximal distance, ties to the lowest current degree.
@@ -34,22 +34,24 @@ NB = 96                          # base columns of every code
 LIFTS = (512, 64)
 LLR_UNITS_PER_NAT = 4            # the bindings' scale (qkd_ldpc.h: int8 LLRs)
 LLR_MAX = 127
-OFFSET = 2                       # offset min-sum, in LLR units, for the search (the decoder runs 3: bindings/ldpc.py)
+SCALE_EIGHTHS, OFFSET = 7, 1     # normalised offset min-sum as the bindings run it (bindings/ldpc.py defaults)
 SIX_CYCLE_MAX_Z = 64             # larger lifts: 4-cycles avoided, 6-cycles left to chance (rare at large Z)
 OUT = pathlib.Path(__file__).resolve().parents[1] / "src" / "ldpc_codes.c"
 
-# mb -> (n2, nh, dh): node counts of degree-2 and degree-dh columns (the rest degree 3). mb 5-20: the best of
-# the `--search` grid (offset 2); mb 26-50: extrapolated from those, not searched (the search is slow).
+# mb -> (n2, nh, dh): node counts of degree-2 and degree-dh columns (the rest degree 3). mb 12-20: the best of
+# grids like `--search`'s for the normalised rule (7/8, offset 1); mb 5-8: the best for pure offset min-sum
+# (offset 2); mb 26-50: extrapolated from those, not searched (the search is slow).
 CHOSEN = {
-    5: (0, 8, 3), 8: (8, 26, 8), 12: (0, 20, 12), 15: (6, 18, 12), 20: (0, 14, 14),
+    5: (0, 8, 3), 8: (8, 26, 8), 12: (11, 24, 10), 15: (10, 22, 10), 20: (12, 20, 10),
     26: (4, 14, 14), 32: (8, 14, 14), 38: (10, 14, 14), 44: (12, 14, 14), 50: (14, 14, 14),
 }
 
 
 # ---------- 1. density evolution of the quantised offset min-sum decoder on the BSC ----------
 
-def _check_pmf_min_sum(v: np.ndarray, degree: int, offset: int) -> np.ndarray:
-    """pmf (index k <-> value k - LLR_MAX) of an offset min-sum check's output from degree-1 iid inputs."""
+def _check_pmf_min_sum(v: np.ndarray, degree: int, offset: int, scale_eighths: int = 8) -> np.ndarray:
+    """pmf (index k <-> value k - LLR_MAX) of a normalised offset min-sum check's output from degree-1 iid
+    inputs: magnitude max(0, floor(min * scale / 8) - offset), as ldpc.c computes it."""
     m = LLR_MAX
     pos = v[m:]                                  # P(v = t), t = 0..M (0 counted as positive)
     neg = np.concatenate(([0.0], v[:m][::-1]))   # P(v = -t), t = 0..M
@@ -61,7 +63,7 @@ def _check_pmf_min_sum(v: np.ndarray, degree: int, offset: int) -> np.ndarray:
     p_plus = plus - np.append(plus[1:], 0.0)
     p_minus = minus - np.append(minus[1:], 0.0)
     out = np.zeros(2 * m + 1)
-    t = np.maximum(np.arange(m + 1) - offset, 0)
+    t = np.maximum((np.arange(m + 1) * scale_eighths >> 3) - offset, 0)
     np.add.at(out, m + t, p_plus)
     np.add.at(out, m - t, p_minus)
     return out
@@ -76,7 +78,7 @@ def _clip(full: np.ndarray, centre: int) -> np.ndarray:
 
 
 def de_converges(p: float, var_edges: dict[int, float], chk_edges: dict[int, float], iterations: int = 200,
-                 offset: int = OFFSET) -> bool:
+                 offset: int = OFFSET, scale_eighths: int = SCALE_EIGHTHS) -> bool:
     """Density evolution (edge-perspective lambda, rho) of the int8 offset min-sum decoder on BSC(p), flooding
     schedule (the layered decoder converges at least as well)."""
     m = LLR_MAX
@@ -89,7 +91,7 @@ def de_converges(p: float, var_edges: dict[int, float], chk_edges: dict[int, flo
     size = 1 << math.ceil(math.log2((2 * m) * (dv_max + 1) + 1))
     ch_f = np.fft.rfft(channel, size)
     for _ in range(iterations):
-        c = sum(w * _check_pmf_min_sum(v, d, offset) for d, w in chk_edges.items())
+        c = sum(w * _check_pmf_min_sum(v, d, offset, scale_eighths) for d, w in chk_edges.items())
         c_f = np.fft.rfft(c, size)
         acc = np.zeros(2 * m + 1)
         for d, w in var_edges.items():
@@ -128,7 +130,7 @@ def threshold(nb: int, mb: int, n2: int, nh: int, dh: int) -> float:
 def search(nb: int, mb: int) -> tuple[int, int, int]:
     """The grid the shipped choices came from: few degree-2 columns, a block of high-degree ones."""
     best = None
-    for n2, nh, dh in itertools.product((0, 4, 8, mb // 2), (8, 14, 20, 26), sorted({min(mb, 12), min(mb, 14)})):
+    for n2, nh, dh in itertools.product((0, 6, mb * 3 // 4), (14, 20, 24), sorted({min(mb, 10), min(mb, 14)})):
         if nb - n2 - nh < 0:
             continue
         p = threshold(nb, mb, n2, nh, dh)
