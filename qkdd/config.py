@@ -46,6 +46,7 @@ LINK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Role = Literal["alice", "bob"]
 Driver = Literal["sim", "etsi014", "serial", "sdk"]
 Protocol = Literal["bb84", "e91", "cvqkd"]
+Reconciliation = Literal["cascade", "ldpc"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
@@ -236,8 +237,12 @@ class LinkConfig:
     min_key_rate_bps: float = field(default=0.0, metadata=meta(check=non_negative))
     stall_after_s: float = field(default=60.0, metadata=meta(check=in_range(MIN_STALL_AFTER_S, 86400)))
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
+    # Error correction of BB84 frames: Cascade (interactive) or LDPC (syndromes, few round trips); alike at both ends.
+    reconciliation: Reconciliation = "cascade"
 
     def validate(self, key: str) -> None:
+        if self.reconciliation == "ldpc" and self.protocol != "bb84":
+            raise ConfigError(f"{key}.reconciliation", f'"ldpc" is for BB84 links, this link runs "{self.protocol}"')
         if self.driver != "sim" and not self.device_addr:
             raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
         if self.sim is not None and self.driver != "sim":

@@ -174,7 +174,7 @@ def test_environment_overrides_win_over_the_file(tmp_path):
         "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
         "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
         "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "min_key_rate_bps": 0.0,
-        "stall_after_s": 60.0, "sim": None}]
+        "stall_after_s": 60.0, "sim": None, "reconciliation": "cascade"}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------

@@ -36,6 +36,7 @@ class Step(enum.IntEnum):
     KEYS = 7         # Alice -> Bob: key-id seed and key count (linkmsg.py)
     COMMIT = 8       # Alice -> Bob: her keys are stored AVAILABLE, commit yours
     ABORT = 9        # either way: drop the frame (linkmsg.py: reason)
+    LDPC = 10        # qkdd.postprocess.ldpc (instead of CASCADE on links with reconciliation = "ldpc")
 
 
 _STEPS = {int(s): s for s in Step}

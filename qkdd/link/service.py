@@ -100,7 +100,8 @@ def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, m
     except (DeviceError, ValueError) as exc:
         raise StartupError(f"{key}.sim", str(exc)) from None
     return LinkEngine(link.link_id, link.role, device, store, channel,
-                      settings=PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s),
+                      settings=PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
+                                                reconciliation=link.reconciliation),
                       frames_in_flight=link.frames_in_flight, qber_threshold=link.qber_threshold,
                       metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
                       health=health, protocol=link.protocol)
