@@ -19,6 +19,7 @@ from qkdd.config_schema import (Check, ConfigError, FromEnv, Secret, build, in_r
                                 parse_host_port, positive, register_checks, register_parser, register_validator,
                                 to_plain)
 from qkdd.hal.etsi014.settings import ETSI014_DRIVERS, Etsi014DeviceConfig
+from qkdd.hal.sdk.settings import SdkConfig
 from qkdd.hal.serial.settings import SerialConfig
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
@@ -240,9 +241,16 @@ class LinkConfig:
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
     etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
     serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty
+    sdk: SdkConfig | None = None                 # [links.sdk]: a vendor C library implementing qkd_device.h
 
     def validate(self, key: str) -> None:
-        if self.driver != "sim" and not self.device_addr:
+        if self.driver == "sdk":
+            if self.sdk is None:
+                raise ConfigError(f"{key}.sdk", 'required for driver "sdk": sdk_library (the vendor library '
+                                  "implementing qkd_device.h)")
+        elif self.sdk is not None:
+            raise ConfigError(f"{key}.sdk", f'only for driver "sdk", this link uses "{self.driver}"')
+        if self.driver not in ("sim", "sdk") and not self.device_addr:
             raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
         self._validate_drivers(key)
         if self.sim is not None and self.driver != "sim":

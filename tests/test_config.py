@@ -42,6 +42,16 @@ BAD_CONFIGS = [
     ("unknown driver", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "cerberis"\n', {},
      "config error: links[0].driver: must be one of sim, etsi014, serial, sdk, idq, toshiba, qlabs; got "
      "'cerberis'; IDQ devices are driven through their ETSI 014 KME: driver = \"idq\""),
+    ("sdk driver without its library", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "sdk"\n', {},
+     'config error: links[0].sdk: required for driver "sdk": sdk_library (the vendor library implementing '
+     'qkd_device.h)'),
+    ("sdk library by a relative path", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "sdk"\n'
+     '[links.sdk]\nsdk_library = "libvendor.so"\n', {},
+     "config error: links[0].sdk.sdk_library: must be an absolute path to a shared library, got 'libvendor.so'"),
+    ("serial device that is no path", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "serial"\n'
+     'device_addr = "COM3"\n', {},
+     "config error: links[0].device_addr: driver \"serial\": the device path (/dev/ttyUSB0, /dev/serial/by-id/...), "
+     "got 'COM3'"),
     ("vendor preset without its section", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "qlabs"\n'
      'device_addr = "kme.example"\n', {},
      'config error: links[0].etsi014: required for driver "qlabs": sae_id, peer_sae_id, cert_file, key_file, ca_file'),
@@ -184,7 +194,7 @@ def test_environment_overrides_win_over_the_file(tmp_path):
         "device_addr": "/dev/ttyUSB0", "peer_addr": "", "qber_threshold": 0.07,
         "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
         "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "min_key_rate_bps": 0.0,
-        "stall_after_s": 60.0, "sim": None, "etsi014": None, "serial": None}]
+        "stall_after_s": 60.0, "sim": None, "etsi014": None, "serial": None, "sdk": None}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------
@@ -321,7 +331,7 @@ def test_check_config_warns_of_links_the_daemon_will_not_run(tmp_path):
     assert result.returncode == 0 and 'link_id = "dev-1"' in result.stdout
     assert result.stderr.splitlines() == [
         'warning: links[0] (dev-1): driver serial / protocol e91 has no link engine yet (the daemon runs protocol '
-        '"bb84" with drivers sim, serial, and drivers etsi014, idq, toshiba, qlabs)',
+        '"bb84" with drivers sim, serial, sdk, and drivers etsi014, idq, toshiba, qlabs)',
         "warning: links[1] (sim-2): not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
     ]
 

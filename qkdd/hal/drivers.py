@@ -10,7 +10,7 @@ from qkdd.hal.etsi014.settings import ETSI014_DRIVERS
 if TYPE_CHECKING:
     from qkdd.config import LinkConfig
 
-RAW_FRAME_DRIVERS = ("sim", "serial")          # drivers whose records the frame path post-processes (BB84)
+RAW_FRAME_DRIVERS = ("sim", "serial", "sdk")          # drivers whose records the frame path post-processes (BB84)
 
 
 def device_for(link: "LinkConfig") -> Device:
@@ -31,4 +31,9 @@ def device_for(link: "LinkConfig") -> Device:
         from qkdd.hal.serial.device import SerialDevice
         from qkdd.hal.serial.settings import SerialConfig
         return SerialDevice(link.device_addr, link.role, link.serial or SerialConfig(), link_id=link.link_id)
+    if link.driver == "sdk":
+        from qkdd.hal.sdk.device import SdkDevice
+        if link.sdk is None:
+            raise DeviceError(f"link {link.link_id}: driver \"sdk\" needs [links.sdk] sdk_library")
+        return SdkDevice(link.sdk, link.role, link_id=link.link_id)
     raise DeviceError(f"link {link.link_id}: driver {link.driver!r} has no device yet")
