@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from qkdd import pki_cli
+from qkdd.hal.serial import cli as device_cli
 from qkdd.hal.sim import cli as sim_cli
 from qkdd.peer import keycli as peer_key_cli
 from qkdd.protocols import cli as protocols_cli
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     protocols_cli.register(sim_commands)
     sim_cli.register(sim_commands)
     peer_key_cli.register(commands)
+    device_cli.register(commands)
     return parser
 
 

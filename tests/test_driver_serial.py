@@ -15,6 +15,7 @@ from qkdd.hal.serial.emulator import Emulator, Pty, chunks
 from qkdd.hal.serial.records import FrameAssembler
 from qkdd.hal.serial.settings import SerialConfig
 from qkdd.hal.sim import SimParams
+from qkdd.health import Health
 from qkdd.keystore import KeyState, KeyStore
 from qkdd.peer import generate_identity
 from tests.link_support import TEST_SOURCE, LinkEnd, frame_pair, simulator
@@ -106,11 +107,16 @@ def test_serial_link_engines_over_two_real_ptys_make_the_same_keys(tmp_path):
         emulator = Emulator(SimParams(distance_km=25.0, **TEST_SOURCE), max_detections=250_000, seed=5)
         alice_id, bob_id = generate_identity(), generate_identity()
         stores = {role: KeyStore(str(tmp_path / f"{role}.db"), bytes(32)) for role in ("alice", "bob")}
+        health = Health()
+        health.register_link(LINK)
+        alice_tty = tmp_path / "ttyALICE"                  # a stable name, as udev gives (/dev/serial/by-id)
+        os.symlink(emulator.alice.path, alice_tty)
         async with trio.open_nursery() as nursery:
             await nursery.start(emulator.serve)
-            alice_device = SerialDevice(emulator.alice.path, "alice", link_id=LINK)
+            alice_device = SerialDevice(str(alice_tty), "alice", SerialConfig(reconnect_s=0.1), link_id=LINK)
             alice = LinkEnd(LINK, "alice", alice_device, stores["alice"],
-                            fast_settings(LINK, listen=("127.0.0.1", 0)), alice_id, bob_id.public_key())
+                            fast_settings(LINK, listen=("127.0.0.1", 0)), alice_id, bob_id.public_key(),
+                            health=health)
             await alice.start(nursery)
             bob = LinkEnd(LINK, "bob", SerialDevice(emulator.bob.path, "bob", link_id=LINK), stores["bob"],
                           fast_settings(LINK, dial=("127.0.0.1", alice.listen_port)), bob_id, alice_id.public_key())
@@ -124,9 +130,22 @@ def test_serial_link_engines_over_two_real_ptys_make_the_same_keys(tmp_path):
                     assert stores["alice"].peek(LINK, key_id).material == stores["bob"].peek(LINK, key_id).material
             key = await alice.keys.request_key(256)
             assert (await bob.keys.fetch_key(key.key_id)).material == key.material
-            health = await alice_device.health()
-            assert health.ok and "qkdd emulator (alice)" in health.detail
-            assert health.diagnostics["crc_errors"] == 0
+            device_health = await alice_device.health()
+            assert device_health.ok and "qkdd emulator (alice)" in device_health.detail
+            assert device_health.diagnostics["crc_errors"] == 0
+
+            # Alice's device unplugged: the link halts with a /healthz detail naming the device, the keys
+            # both ends hold stay equal, and once it is plugged back in the link resumes by itself
+            await emulator.unplug("alice")
+            await wait_for(lambda: str(alice_tty) in health.link_state(LINK).detail, 20)
+            assert health.link_state(LINK).state == "halted", health.link_state(LINK)
+            alice_tty.unlink()
+            os.symlink(emulator.plug("alice").path, alice_tty)
+            before = bob.status.totals["keys"]
+            await wait_for(lambda: bob.status.totals["keys"] >= before + 20 and health.link_state(LINK).state
+                           in ("running", "degraded"), 90)
+            key = await bob.keys.request_key(256)
+            assert (await alice.keys.fetch_key(key.key_id)).material == key.material
             nursery.cancel_scope.cancel()
         await emulator.aclose()
     trio.run(main)
@@ -184,3 +203,38 @@ def test_serial_device_survives_garbage_a_bad_crc_an_unplug_and_resumes(tmp_path
             nursery.cancel_scope.cancel()
         await pty.aclose()
     trio.run(main)
+
+
+def test_serial_qkdctl_device_serve_pty_plays_matching_frames_to_two_readers():
+    import subprocess
+    import sys
+    process = subprocess.Popen([sys.executable, "-m", "qkdd.ctl", "device", "serve", "--pty", "--detections", "20000",
+                                "--seed", "4"], stdout=subprocess.PIPE, text=True)
+    try:
+        paths = dict(process.stdout.readline().split() for _ in range(2))
+        assert set(paths) == {"alice", "bob"} and all(p.startswith("/dev/pts/") for p in paths.values())
+
+        async def main():
+            devices = {role: SerialDevice(path, role, SerialConfig(reconnect_s=0.1)) for role, path in paths.items()}
+            got = {"alice": {}, "bob": {}}
+            async with trio.open_nursery() as nursery:
+                for role, device in devices.items():
+                    await nursery.start(device.run)
+
+                    async def collect(role=role, device=device):
+                        while True:
+                            raw = await device.next_frame()
+                            got[role][raw.frame_id] = raw
+                    nursery.start_soon(collect)
+                await wait_for(lambda: set(got["alice"]) & set(got["bob"]), 60)
+                frame_id = min(set(got["alice"]) & set(got["bob"]))
+                alice, bob = got["alice"][frame_id], got["bob"][frame_id]
+                assert np.array_equal(alice.alice.slots, bob.bob.slots) and alice.alice.slots.size > 1000
+                assert devices["alice"].decoy_settings().mu_signal == pytest.approx(0.43)
+                same = alice.alice.bases == bob.bob.bases
+                assert float(np.mean(alice.alice.bits[same] != bob.bob.outcomes[same])) < 0.05
+                nursery.cancel_scope.cancel()
+        trio.run(main)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

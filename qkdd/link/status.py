@@ -73,6 +73,7 @@ class LinkStatus:
         self.last_outcome: FrameOutcome | None = None
         self._rate_window: deque[tuple[float, int, int]] = deque()
         self.connected = False                                       # a prepared peer session is live
+        self.device_problem: str | None = None                       # the last failed health check's cause
         self.state = ""
         self.set_state("starting", "device and peer channel coming up")
 
@@ -163,6 +164,8 @@ class LinkStatus:
             self.set_state("suspended", f"QBER {last:.4f} at or above the threshold; key generation suspended")
         elif state is LinkState.HALTED:
             self.set_state("halted", f"QBER {last:.4f} at or above 11 %: key generation halted")
+        elif self.device_problem is not None:
+            self.set_state("halted", f"link degraded: device unhealthy: {self.device_problem}"[:300])
         else:
             self.set_state("halted", "link degraded: QBER above the threshold for too long or device unhealthy")
 
@@ -179,9 +182,13 @@ class LinkStatus:
                 health = await device.health()
                 channel = await device.channel_status()
             except DeviceError as exc:
+                self.device_problem = str(exc)
                 self.gate.observe_health(False)
                 log.warning("link %s: device health check failed: %s", self.link_id, exc)
             else:
+                if not health.ok and health.detail != self.device_problem:
+                    log.warning("link %s: device unhealthy: %s", self.link_id, health.detail)
+                self.device_problem = None if health.ok else health.detail
                 self.gate.observe_health(health.ok)
                 if self.metrics is not None:
                     self.metrics.device(temperature_celsius=health.temperature_c, uptime_s=health.uptime_s)

@@ -68,7 +68,8 @@ class Emulator:
         self.max_detections = max_detections
         self.simulator = Simulator(params, seed=seed)
         self.frames = frames
-        self.alice, self.bob = Pty(), Pty()
+        self.alice: Pty | None = Pty()
+        self.bob: Pty | None = Pty()
         self.frames_sent = 0
         self._started_s = time.monotonic()
 
@@ -99,12 +100,30 @@ class Emulator:
             frame_id += 1
             self.frames_sent = frame_id
 
-    async def _send_frame(self, pty: Pty, role: str, raw) -> None:
-        await self.hello(pty, role)             # repeated before every frame: a late reader learns them
-        for chunk in chunks(raw, role):
-            await pty.send(wire.FrameType.DETECTIONS, wire.detections_payload(chunk))
-        await self.status(pty)
+    async def _send_frame(self, pty: Pty | None, role: str, raw) -> None:
+        if pty is None:                         # unplugged: the frame is lost at this end
+            return
+        try:
+            await self.hello(pty, role)         # repeated before every frame: a late reader learns them
+            for chunk in chunks(raw, role):
+                await pty.send(wire.FrameType.DETECTIONS, wire.detections_payload(chunk))
+            await self.status(pty)
+        except (trio.ClosedResourceError, trio.BrokenResourceError, OSError):
+            pass                                # unplugged mid-frame
+
+    async def unplug(self, role: str) -> None:
+        """Close one end's pty, as if its cable were pulled (its reader gets EIO)."""
+        pty = getattr(self, role)
+        setattr(self, role, None)
+        if pty is not None:
+            await pty.aclose()
+
+    def plug(self, role: str) -> Pty:
+        """A new pty for that end (a device plugged back in); its path is new."""
+        pty = Pty()
+        setattr(self, role, pty)
+        return pty
 
     async def aclose(self) -> None:
-        await self.alice.aclose()
-        await self.bob.aclose()
+        for role in ("alice", "bob"):
+            await self.unplug(role)
