@@ -3,8 +3,10 @@
     python -m bench.devices serial --seconds 5   a real pty: pre-encoded DETECTIONS frames written by one
                                                  task, read by SerialDevice (pyserial in a worker thread,
                                                  framing, CRC-32C, assembly into RawFrames)
-    python -m bench.devices sdk --seconds 5      the reference vendor library (compiled here with cc)
-                                                 through cffi's ABI mode into numpy buffers
+    python -m bench.devices sdk --seconds 5      the reference vendor library (compiled here with cc, the
+                                                 photon-level simulator inside) through cffi's ABI mode
+                                                 into numpy buffers; --replay: one simulated frame handed
+                                                 out again and again (the ABI path alone)
     -> {"driver", "records", "seconds", "records_per_s", ...}
 """
 from __future__ import annotations
@@ -65,15 +67,18 @@ def serial_rate(seconds: float, records_per_frame: int = 250_000) -> dict:
     return result
 
 
-def sdk_rate(seconds: float, records_per_frame: int = 1 << 20) -> dict:
+def sdk_rate(seconds: float, records_per_frame: int = 1 << 20, replay: bool = False) -> dict:
     from qkdd.hal.sdk import abi
     compiler = shutil.which("cc") or shutil.which("gcc")
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-sdk-") as workdir:
         library_path = pathlib.Path(workdir) / "libqkd_ref.so"
-        subprocess.run([compiler, "-std=c11", "-O2", "-shared", "-fPIC", f"-I{ROOT / 'native' / 'include'}", "-o",
-                        str(library_path), str(ROOT / "native" / "sdk_reference" / "qkd_device_ref.c")], check=True)
+        native = ROOT / "native"
+        sources = [str(native / "src" / f"{part}.c") for part in ("sim_chacha", "sim_channel", "sim_sampler", "bits")]
+        subprocess.run([compiler, "-std=c11", "-O2", "-D_GNU_SOURCE", "-shared", "-fPIC", "-Wl,-Bsymbolic",
+                        f"-I{native / 'include'}", f"-I{native / 'src'}", "-o", str(library_path),
+                        str(native / "sdk_reference" / "qkd_device_ref.c"), *sources, "-lm"], check=True)
         library = abi.Library(str(library_path))
-        handle = library.open(f"records={records_per_frame}", "alice")
+        handle = library.open(f"detections={records_per_frame},replay={int(replay)}", "alice")
         buffers = (np.empty(records_per_frame, np.uint64), *(np.empty(records_per_frame, np.uint8) for _ in range(3)))
         handle.read_frame(*buffers)
         records, start = 0, time.perf_counter()
@@ -82,15 +87,19 @@ def sdk_rate(seconds: float, records_per_frame: int = 1 << 20) -> dict:
         elapsed = time.perf_counter() - start
         handle.close()
         library.close()
-    return {"driver": "sdk", "records": records, "seconds": round(elapsed, 2), "records_per_s": round(records / elapsed)}
+    return {"driver": "sdk", "replay": replay, "records": records, "seconds": round(elapsed, 2),
+            "records_per_s": round(records / elapsed)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("driver", choices=["serial", "sdk"])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--replay", action="store_true", help="sdk: the library replays one simulated frame "
+                        "(the ABI path alone, without the simulator's cost)")
     args = parser.parse_args()
-    print(json.dumps(serial_rate(args.seconds) if args.driver == "serial" else sdk_rate(args.seconds)))
+    print(json.dumps(serial_rate(args.seconds) if args.driver == "serial" else
+                     sdk_rate(args.seconds, replay=args.replay)))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def scripted(pki, name, shared):
     ("malformed", "malformed", "the answer is not JSON"),
     ("short_key", "malformed", "keys[0] has 128 bits, asked for 256"),
     ("down", "unreachable", "RemoteProtocolError"),
-    ("slow", "timeout", "no answer within 0.5 s"),
+    ("slow", "timeout", "no answer within 3 s"),
 ])
 def test_driver_etsi014_client_names_each_vendor_fault(pki, fault, kind, words):
     async def main():
@@ -67,7 +67,7 @@ def test_driver_etsi014_client_names_each_vendor_fault(pki, fault, kind, words):
             await nursery.start(kme.serve)
             config = device_config(pki, "sae-a", "sae-b")
             client = Etsi014Client(kme.url, tls_context(config.cert_file, config.key_file, config.ca_file),
-                                   timeout_s=0.5)
+                                   timeout_s=3)
             keys = await client.enc_keys("sae-b", 2, 256)            # healthy first
             assert [len(k.material) for k in keys] == [32, 32]
             kme.fault = fault
@@ -163,10 +163,20 @@ async def wait_for(predicate, timeout_s=30.0):
 
 
 def assert_no_key_at_one_end_only(alice, bob):
-    a, b = alice.available(), bob.available()
-    assert a == b, "a key usable at one end only, or different bytes"
-    pending = [k for k, s in alice.store.inventory(LINK).items() if s is KeyState.PENDING]
+    """Every key available at one end is held, with the same bytes, at the other; the only difference
+    allowed is the one batch in flight (stored at the slave, still pending at the master)."""
+    # the engines write from worker threads meanwhile: read in the order each claim needs (the slave stores
+    # a batch before the master commits it, and after the master stored it pending)
+    committed_before = alice.available()
+    b = bob.available()
+    pending = {k for k, s in alice.store.inventory(LINK).items() if s is KeyState.PENDING}
+    a = alice.available()
     assert len(pending) <= 8                  # at most the one batch in flight
+    assert set(committed_before) <= set(b), "a key available at the master only"
+    assert set(b) <= set(a) | pending, "a key available at the slave only"
+    for key_id, material in b.items():
+        held = a.get(key_id) or alice.store.peek(LINK, key_id).material
+        assert held == material, "different bytes at the two ends"
 
 
 def test_driver_etsi014_relay_survives_vendor_faults_and_resumes(tmp_path, pki):

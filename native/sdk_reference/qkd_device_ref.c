@@ -1,13 +1,20 @@
-/* qkd_device_ref.c - reference implementation of qkd_device.h: a seeded model of a decoy-BB84 device
- * pair, so that two libraries opened with the same configuration (one per role) produce matching frames.
+/* qkd_device_ref.c - reference implementation of qkd_device.h, backed by qkdd's photon-level simulator
+ * (native/src/sim_*.c): each library handle runs the simulator of one link with the configured seed, so
+ * the Alice handle and the Bob handle opened with the same configuration see the same frames; Alice's
+ * handle reports the source's prepared states, Bob's his detections.
  *
- * Configuration string: "seed=N,records=M,qber=Q,fail_after=K" (each optional): M records per frame,
- * Bob's outcome differs from Alice's bit with probability Q in matching bases, and read_frame fails with
- * QKD_DEVICE_E_IO from the K-th frame on (tests of the error path). Build:
- *     cc -std=c11 -O2 -shared -fPIC -Inative/include -o libqkd_device_ref.so native/sdk_reference/qkd_device_ref.c
+ * Configuration string, comma-separated, each optional: "seed=N" (default 1), "distance_km=D" (25),
+ * "detections=M" (records per frame, 250000), "fail_after=K" (read_frame fails with QKD_DEVICE_E_IO
+ * from the K-th frame on: tests of the error path), "replay=1" (simulate the first frame only and hand
+ * it out again under new frame ids: measures the ABI path without the simulator's cost; benchmarks only). The physics is the GYS system of qkdd's SimParams
+ * defaults with decoy settings for small frames (tests/link_support.py TEST_SOURCE). Build:
+ *     cc -std=c11 -O2 -D_GNU_SOURCE -shared -fPIC -Wl,-Bsymbolic -Inative/include -Inative/src \
+ *        -o libqkd_device_ref.so native/sdk_reference/qkd_device_ref.c native/src/sim_chacha.c \
+ *        native/src/sim_channel.c native/src/sim_sampler.c native/src/bits.c -lm
  * -DQKD_REF_ABI_VERSION=N builds a library that claims another ABI version (tests of the version check).
  */
 #include "qkd_device.h"
+#include "qkd_sim.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,81 +24,121 @@
 #define QKD_REF_ABI_VERSION QKD_DEVICE_ABI_VERSION
 #endif
 
+#define FRAME_SLOTS 10000000000000ull      /* a frame ends at `detections` records, long before this */
+
 struct qkd_device {
-    int role;
-    uint64_t seed, records_per_frame, fail_after, next_frame;
-    double qber;
+    int role, replay, simulated;
+    uint64_t fail_after, next_frame, first_slot, slots_done, pulses[QKD_SIM_CLASSES];
+    size_t n;
+    size_t detections;
+    qkd_sim *sim;
+    qkd_sim_records columns;              /* the simulator's six columns, `detections` rows each */
+    qkd_device_decoy_t decoy;
 };
 
-static uint64_t splitmix64(uint64_t *state) {
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static double uniform(uint64_t *state) { return (double)(splitmix64(state) >> 11) * 0x1.0p-53; }
+static const qkd_device_decoy_t SOURCE = {.mu_signal = 0.40, .mu_decoy = 0.13, .mu_vacuum = 0.0,
+                                          .p_signal = 0.08, .p_decoy = 0.56, .q_x = 0.63};
 
 uint32_t qkd_device_abi_version(void) { return QKD_REF_ABI_VERSION; }
 
+static void free_device(qkd_device *device) {
+    if (device == NULL) return;
+    free(device->sim);
+    free(device->columns.slot);
+    free(device->columns.alice_bit);
+    free(device->columns.alice_basis);
+    free(device->columns.intensity);
+    free(device->columns.bob_basis);
+    free(device->columns.bob_outcome);
+    free(device);
+}
+
 int qkd_device_open(const char *config, int role, qkd_device **out) {
     if (out == NULL || (role != QKD_DEVICE_ROLE_ALICE && role != QKD_DEVICE_ROLE_BOB)) return QKD_DEVICE_E_INVALID;
-    qkd_device device = {.role = role, .seed = 1, .records_per_frame = 100000, .fail_after = UINT64_MAX, .qber = 0.02};
+    unsigned long long seed = 1, detections = 250000, fail_after = UINT64_MAX;
+    int replay = 0;
+    double distance_km = 25.0;
     const char *p = config ? config : "";
     while (*p) {
         unsigned long long n;
-        double q;
-        if (sscanf(p, "seed=%llu", &n) == 1) device.seed = n;
-        else if (sscanf(p, "records=%llu", &n) == 1) device.records_per_frame = n;
-        else if (sscanf(p, "fail_after=%llu", &n) == 1) device.fail_after = n;
-        else if (sscanf(p, "qber=%lf", &q) == 1 && q >= 0 && q <= 0.5) device.qber = q;
+        double d;
+        if (sscanf(p, "seed=%llu", &n) == 1) seed = n;
+        else if (sscanf(p, "detections=%llu", &n) == 1) detections = n;
+        else if (sscanf(p, "fail_after=%llu", &n) == 1) fail_after = n;
+        else if (sscanf(p, "replay=%llu", &n) == 1) replay = n != 0;
+        else if (sscanf(p, "distance_km=%lf", &d) == 1 && d >= 0 && d <= 500) distance_km = d;
         else return QKD_DEVICE_E_INVALID;
         p = strchr(p, ',');
         if (p == NULL) break;
         p++;
     }
-    if (device.records_per_frame == 0) return QKD_DEVICE_E_INVALID;
-    *out = malloc(sizeof **out);
-    if (*out == NULL) return QKD_DEVICE_E_IO;
-    **out = device;
+    if (detections == 0 || detections > (1ull << 26)) return QKD_DEVICE_E_INVALID;
+    qkd_device *device = calloc(1, sizeof *device);
+    if (device == NULL) return QKD_DEVICE_E_IO;
+    device->role = role;
+    device->replay = replay;
+    device->fail_after = fail_after;
+    device->detections = (size_t)detections;
+    device->decoy = SOURCE;
+    device->sim = malloc(qkd_sim_size());
+    device->columns = (qkd_sim_records){malloc(detections * 8), malloc(detections), malloc(detections),
+                                        malloc(detections), malloc(detections), malloc(detections)};
+    if (device->sim == NULL || !device->columns.slot || !device->columns.alice_bit || !device->columns.alice_basis ||
+        !device->columns.intensity || !device->columns.bob_basis || !device->columns.bob_outcome) {
+        free_device(device);
+        return QKD_DEVICE_E_IO;
+    }
+    qkd_sim_params params = {
+        .protocol = QKD_SIM_BB84,
+        .intensity = {SOURCE.mu_signal, SOURCE.mu_decoy, SOURCE.mu_vacuum},
+        .class_prob = {SOURCE.p_signal, SOURCE.p_decoy, 1.0 - SOURCE.p_signal - SOURCE.p_decoy},
+        .alice_z_prob = 1.0 - SOURCE.q_x, .bob_z_prob = 1.0 - SOURCE.q_x,
+        .pair_mean = 0.01, .source_position_km = distance_km / 2, .e91_alice_prob = {0.5, 0.5},
+        .e91_bob_prob = {0.25, 0.25, 0.25, 0.25},
+        .fiber_loss_db_per_km = 0.21, .distance_km = distance_km, .detector_efficiency = 0.045,
+        .dark_count_prob = 8.5e-7, .misalignment = 0.033, .afterpulse_prob = 0.0, .clock_hz = 1e9,
+        .attack = QKD_SIM_ATTACK_NONE, .attack_fraction = 1.0, .blinding_power_w = 1e-3,
+    };
+    uint8_t key[32] = {0};
+    for (int i = 0; i < 8; i++) key[i] = (uint8_t)(seed >> (8 * i));
+    if (qkd_sim_init(device->sim, &params, key) != 0) {
+        free_device(device);
+        return QKD_DEVICE_E_INVALID;
+    }
+    *out = device;
     return QKD_DEVICE_OK;
 }
 
-void qkd_device_close(qkd_device *device) { free(device); }
+void qkd_device_close(qkd_device *device) { free_device(device); }
 
 int qkd_device_read_frame(qkd_device *device, qkd_device_frame_t *frame, uint64_t *slots, uint8_t *bases,
                           uint8_t *bits, uint8_t *intensities, size_t capacity) {
     if (device == NULL || frame == NULL || slots == NULL || bases == NULL || bits == NULL || intensities == NULL)
         return QKD_DEVICE_E_INVALID;
     if (device->next_frame >= device->fail_after) return QKD_DEVICE_E_IO;
-    uint64_t n = device->records_per_frame;
+    if (!(device->replay && device->simulated)) {
+        device->first_slot = qkd_sim_position(device->sim);
+        device->n = 0;
+        if (qkd_sim_run(device->sim, FRAME_SLOTS, &device->columns, device->detections, &device->n,
+                        &device->slots_done, device->pulses) != 0)
+            return QKD_DEVICE_E_IO;
+        device->simulated = 1;
+    }
+    size_t n = device->n;
+    uint64_t first_slot = device->first_slot, slots_done = device->slots_done, *pulses = device->pulses;
     uint64_t frame_id = device->next_frame++;
-    if (n > capacity) return QKD_DEVICE_E_BUFFER;
-    /* the shared randomness of both ends' frame: one stream per frame; Bob's own choices from another */
-    uint64_t shared = device->seed * 0x100000001B3ull ^ frame_id;
-    uint64_t own = shared ^ 0xD1B54A32D192ED03ull;
-    uint64_t slot = 0, pulses[3] = {0, 0, 0};
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t r = splitmix64(&shared);
-        slot += 1 + (r & 0xFF);                            /* gaps between detected slots */
-        uint8_t alice_basis = (r >> 8) & 1, alice_bit = (r >> 9) & 1, intensity = (uint8_t)(((r >> 10) & 0xFF) % 3);
-        pulses[intensity] += 1 + (r & 0xFF);
-        slots[i] = slot;
-        if (device->role == QKD_DEVICE_ROLE_ALICE) {
-            bases[i] = alice_basis;
-            bits[i] = alice_bit;
-            intensities[i] = intensity;
-        } else {
-            uint8_t basis = (uint8_t)(splitmix64(&own) & 1);
-            double u = uniform(&own);
-            bases[i] = basis;
-            bits[i] = basis == alice_basis ? (uint8_t)(alice_bit ^ (u < device->qber)) : (uint8_t)(u < 0.5);
-            intensities[i] = 0;
-        }
+    if (n > capacity) return QKD_DEVICE_E_BUFFER;     /* the frame is lost; both ends lose the same one */
+    const qkd_sim_records *c = &device->columns;
+    int alice = device->role == QKD_DEVICE_ROLE_ALICE;
+    for (size_t i = 0; i < n; i++) {
+        slots[i] = c->slot[i] - first_slot;
+        bases[i] = alice ? c->alice_basis[i] : c->bob_basis[i];
+        bits[i] = alice ? c->alice_bit[i] : c->bob_outcome[i];
+        intensities[i] = alice ? c->intensity[i] : 0;
     }
     frame->frame_id = frame_id;
-    frame->slot_count = slot + 1;
-    for (int k = 0; k < 3; k++) frame->pulses_per_intensity[k] = device->role == QKD_DEVICE_ROLE_ALICE ? pulses[k] : 0;
+    frame->slot_count = slots_done;
+    for (int k = 0; k < 3; k++) frame->pulses_per_intensity[k] = alice ? pulses[k] : 0;
     frame->records = n;
     return QKD_DEVICE_OK;
 }
@@ -109,8 +156,7 @@ int qkd_device_status(qkd_device *device, qkd_device_status_t *status) {
 int qkd_device_decoy(qkd_device *device, qkd_device_decoy_t *decoy) {
     if (device == NULL || decoy == NULL) return QKD_DEVICE_E_INVALID;
     if (device->role != QKD_DEVICE_ROLE_ALICE) return QKD_DEVICE_E_INVALID;
-    *decoy = (qkd_device_decoy_t){.mu_signal = 0.43, .mu_decoy = 0.20, .mu_vacuum = 0.0, .p_signal = 0.20,
-                                .p_decoy = 0.55, .q_x = 0.78};
+    *decoy = device->decoy;
     return QKD_DEVICE_OK;
 }
 

@@ -113,7 +113,7 @@ class Etsi014Client:
                         raise Etsi014Error("malformed", f"{where}: answer larger than {MAX_BODY_BYTES} bytes")
                 status = response.status_code
         except httpx.TimeoutException:
-            raise Etsi014Error("timeout", f"{where}: no answer within {self._http.timeout.read} s") from None
+            raise Etsi014Error("timeout", f"{where}: no answer within {self._http.timeout.read:g} s") from None
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise Etsi014Error("unreachable", f"{where}: {type(exc).__name__}: {str(exc)[:200]}") from None
         except httpx.HTTPError as exc:
