@@ -113,7 +113,12 @@ def test_driver_etsi014_relay_messages_round_trip_and_refuse_garbage():
     with pytest.raises(relay.RelayProtocolError, match="ACCEPT of batch 8 while awaiting for batch 9"):
         master.answer(relay.encode(relay.Message(relay.Kind.ACCEPT, 8)))
     assert master.answer(relay.encode(relay.Message(relay.Kind.ACCEPT, 9))).kind is relay.Kind.ACCEPT
+    long = relay.decode(relay.encode(relay.Message(relay.Kind.REFUSE, 1, reason="é" * 400 + "\n")))
+    assert long.reason == "é" * 256                     # cut at whole characters, within 512 bytes
+    assert relay.decode(relay.encode(relay.Message(relay.Kind.REFUSE, 1, reason="a\nb"))).reason == "a?b"
+    bad_utf8 = relay.encode(relay.Message(relay.Kind.REFUSE, 7, reason="KME down")).replace(b"o", b"\xbc")
     for garbage in (b"", b"QKVR", offer[:-1], offer + b"x", b"XXXX" + offer[4:], offer[:4] + b"\x02" + offer[5:],
+                    bad_utf8,
                     relay.encode(relay.Message(relay.Kind.OFFER, 1, ("a", "a")))):
         with pytest.raises(relay.RelayProtocolError):
             relay.decode(garbage)

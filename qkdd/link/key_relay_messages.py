@@ -21,7 +21,7 @@ resynchronisation of the next session then promotes it if the slave stored it, a
 Wire layout (big-endian): magic "QKVR", version u8, kind u8, batch id u64, then
     OFFER   count u16, count x (length u8, vendor key id: printable ASCII)
     ACCEPT  nothing
-    REFUSE  length u16, reason (UTF-8, at most MAX_REASON_BYTES)
+    REFUSE  length u16, reason (printable UTF-8 text, at most MAX_REASON_BYTES)
 """
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def encode(message: Message) -> bytes:
                 raise RelayProtocolError(f"vendor key id of {len(raw)} bytes (1-{MAX_VENDOR_ID_BYTES})")
             out += bytes([len(raw)]) + raw
     elif message.kind is Kind.REFUSE:
-        raw = message.reason.encode("utf-8")[:MAX_REASON_BYTES]
+        reason = "".join(c if c.isprintable() else "?" for c in message.reason)
+        raw = reason.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")   # whole chars
         out += _COUNT.pack(len(raw)) + raw
     return bytes(out)
 
@@ -115,7 +116,13 @@ def decode(data: bytes) -> Message:
     if kind is Kind.REFUSE:
         if count != len(rest) or count > MAX_REASON_BYTES:
             raise RelayProtocolError("REFUSE reason length does not match the message")
-        return Message(kind, batch_id, reason=bytes(rest).decode("utf-8", errors="replace"))
+        try:
+            reason = bytes(rest).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RelayProtocolError("REFUSE reason is not UTF-8") from None
+        if not reason.isprintable():
+            raise RelayProtocolError("REFUSE reason is not printable text")
+        return Message(kind, batch_id, reason=reason)
     if not 0 < count <= MAX_KEYS_PER_OFFER:
         raise RelayProtocolError(f"OFFER of {count} keys (1-{MAX_KEYS_PER_OFFER})")
     ids, offset = [], 0
