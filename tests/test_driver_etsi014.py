@@ -286,3 +286,21 @@ def test_driver_etsi014_end_to_end_over_two_qkdd_kme_daemons(tmp_path):
         for daemon in ends.values():
             daemon.kill()
         kmes.stop_all()
+
+
+def test_driver_etsi014_unreadable_certificate_leaves_the_link_failed_not_the_daemon_down(tmp_path, pki):
+    async def main():
+        health = Health()
+        health.register_link(LINK)
+        identity = generate_identity()
+        channel = LinkChannel(LINK, fast_settings(LINK, listen=("127.0.0.1", 0)), identity, identity.public_key())
+        device = Etsi014Device(f"https://127.0.0.1:{free_port()}",
+                               device_config(pki, "sae-a", "sae-b", cert_file=str(tmp_path / "missing.pem")))
+        engine = KeyRelayEngine(LINK, "alice", device, KeyStore(str(tmp_path / "a.db"), bytes(32)), channel,
+                                health=health)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await wait_for(lambda: health.link_state(LINK).state == "failed", 10)
+            assert f"SAE certificate {tmp_path / 'missing.pem'}" in health.link_state(LINK).detail
+            nursery.cancel_scope.cancel()
+    trio.run(main)
