@@ -19,6 +19,9 @@ from qkdd.apps_config import Etsi004Config, SkipConfig, check_app_links
 from qkdd.config_schema import (Check, ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
                                 parse_host_port, positive, register_checks, register_parser, register_validator,
                                 to_plain)
+from qkdd.hal.etsi014.settings import ETSI014_DRIVERS, Etsi014DeviceConfig
+from qkdd.hal.sdk.settings import SdkConfig
+from qkdd.hal.serial.settings import SerialConfig
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
 from qkdd.keystore.capacity import MIN_MAX_BYTES, MIN_MAX_KEY_BITS
@@ -44,7 +47,7 @@ MIN_STALL_AFTER_S = 10.0             # the key rate is measured over 10 s (qkdd.
 LINK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Role = Literal["alice", "bob"]
-Driver = Literal["sim", "etsi014", "serial", "sdk"]
+Driver = Literal["sim", "etsi014", "serial", "sdk", "idq", "toshiba", "qlabs"]
 Protocol = Literal["bb84", "e91", "cvqkd"]
 Reconciliation = Literal["cascade", "ldpc"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -197,10 +200,11 @@ class KeystoreConfig:
     max_bytes: int = field(default=1 << 30, metadata=meta(check=_zero_or_at_least(MIN_MAX_BYTES)))
 
 
-# The seed's QKD_DRIVER examples name vendors; their devices sit behind an ETSI GS QKD 014 KME.
-_VENDOR_DRIVER_HINTS = {vendor: f'{name} devices are driven through their ETSI 014 KME: driver = "etsi014"'
-                        for vendor, name in (("idq", "IDQ"), ("toshiba", "Toshiba"),
-                                             ("qlabs", "QuintessenceLabs"))}
+# Product names operators try; their devices sit behind an ETSI GS QKD 014 KME (the vendor presets).
+_VENDOR_DRIVER_HINTS = {product: f'{name} devices are driven through their ETSI 014 KME: driver = "{preset}"'
+                        for product, name, preset in (("cerberis", "IDQ", "idq"), ("idquantique", "IDQ", "idq"),
+                                                      ("quintessencelabs", "QuintessenceLabs", "qlabs"),
+                                                      ("qoptica", "QuintessenceLabs", "qlabs"))}
 
 
 @dataclass(frozen=True)
@@ -239,12 +243,22 @@ class LinkConfig:
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
     # Error correction of BB84 frames: Cascade (interactive) or LDPC (syndromes, few round trips); alike at both ends.
     reconciliation: Reconciliation = "cascade"
+    etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
+    serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty
+    sdk: SdkConfig | None = None                 # [links.sdk]: a vendor C library implementing qkd_device.h
 
     def validate(self, key: str) -> None:
         if self.reconciliation == "ldpc" and self.protocol != "bb84":
             raise ConfigError(f"{key}.reconciliation", f'"ldpc" is for BB84 links, this link runs "{self.protocol}"')
-        if self.driver != "sim" and not self.device_addr:
+        if self.driver == "sdk":
+            if self.sdk is None:
+                raise ConfigError(f"{key}.sdk", 'required for driver "sdk": sdk_library (the vendor library '
+                                  "implementing qkd_device.h)")
+        elif self.sdk is not None:
+            raise ConfigError(f"{key}.sdk", f'only for driver "sdk", this link uses "{self.driver}"')
+        if self.driver not in ("sim", "sdk") and not self.device_addr:
             raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
+        self._validate_drivers(key)
         if self.sim is not None and self.driver != "sim":
             raise ConfigError(f"{key}.sim", f'only for driver "sim", this link uses "{self.driver}"')
         if self.driver == "sim" and self.device_addr:
@@ -254,6 +268,26 @@ class LinkConfig:
                 raise ConfigError(f"{key}.device_addr", str(exc)) from None
         if self.peer_addr and self.peer_listen:
             raise ConfigError(f"{key}.peer_listen", "set peer_addr (this end dials) or peer_listen, not both")
+
+    def _validate_drivers(self, key: str) -> None:
+        """Each driver's own section: required for its driver, refused for another."""
+        if self.driver in ETSI014_DRIVERS and self.etsi014 is None:
+            raise ConfigError(f"{key}.etsi014", f'required for driver "{self.driver}": sae_id, peer_sae_id, '
+                              "cert_file, key_file, ca_file")
+        if self.etsi014 is not None and self.driver not in ETSI014_DRIVERS:
+            raise ConfigError(f"{key}.etsi014", f'only for driver "etsi014" and its presets, this link uses '
+                              f'"{self.driver}"')
+        if self.serial is not None and self.driver != "serial":
+            raise ConfigError(f"{key}.serial", f'only for driver "serial", this link uses "{self.driver}"')
+        if self.driver == "serial" and not self.device_addr.startswith("/"):
+            raise ConfigError(f"{key}.device_addr", f"driver \"serial\": the device path (/dev/ttyUSB0, "
+                              f"/dev/serial/by-id/...), got {self.device_addr!r}")
+        if self.driver in ETSI014_DRIVERS and self.device_addr:
+            from qkdd.hal.etsi014.settings import kme_base_url
+            try:
+                kme_base_url(self.device_addr, self.driver)
+            except ValueError as exc:
+                raise ConfigError(f"{key}.device_addr", str(exc)) from None
 
     @property
     def has_peer_channel(self) -> bool:

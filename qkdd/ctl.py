@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from qkdd import __version__, pki_cli
+from qkdd.hal.serial import cli as device_cli
 from qkdd.hal.sim import cli as sim_cli
 from qkdd.operator import cli as operator_cli
 from qkdd.peer import keycli as peer_key_cli
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     peer_key_cli.register(commands)
     operator_cli.register(commands)
     pair_cli.register(commands)
+    device_cli.register(commands)
     return parser
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger("qkdd.link")
 PIPELINE_CHANNEL = 1          # the link engine's frame records (qkdd.link.envelope)
 INVENTORY_CHANNEL = 2         # key-store inventories at each session start (qkdd.keystore.resync)
 RESERVATION_CHANNEL = 0x5253  # "RS": the reservation protocol (qkdd.reservation), every key consumer's
+KEY_RELAY_CHANNEL = 0x4B52    # "KR": vendor KME key IDs (qkdd.link.key_relay), links with driver "etsi014"
 
 StreamHandler = Callable[[MuxStream], Awaitable[None]]
 

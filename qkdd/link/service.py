@@ -12,10 +12,12 @@ import trio
 
 from qkdd.config import Config, KeystoreConfig, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
-from qkdd.hal.sim.driver import device_for
+from qkdd.hal.drivers import RAW_FRAME_DRIVERS, device_for
+from qkdd.hal.etsi014.settings import ETSI014_DRIVERS
 from qkdd.keystore import KeyStore, kek_for_state_dir
 from qkdd.keystore.capacity import StoreCapacity
 from qkdd.link.engine import LinkEngine
+from qkdd.link.key_relay import KeyRelayEngine
 from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
 from qkdd.link.stall import watch_stall
@@ -53,9 +55,11 @@ def open_keystore(state_dir: str, keystore: KeystoreConfig | None = None) -> Key
 
 def not_started_because(link: LinkConfig) -> str | None:
     """Why the daemon will not run `link`'s engine (it stays "configured"), or None if it will."""
-    if link.driver != "sim" or link.protocol != "bb84":
+    runs = link.driver in ETSI014_DRIVERS or (link.driver in RAW_FRAME_DRIVERS and link.protocol == "bb84")
+    if not runs:
         return (f"driver {link.driver} / protocol {link.protocol} has no link engine yet (the daemon runs "
-                'driver "sim" with protocol "bb84")')
+                f'protocol "bb84" with drivers {", ".join(RAW_FRAME_DRIVERS)}, and drivers '
+                f'{", ".join(ETSI014_DRIVERS)})')
     if not link.peer_key_file or not link.peer_public_key:
         return "not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)"
     return None
@@ -94,15 +98,21 @@ def _channel(link: LinkConfig, key: str) -> LinkChannel:
     return LinkChannel(link.link_id, peer_settings(link), signing_key, pinned)
 
 
-def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, metrics, health) -> LinkEngine:
+def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, metrics,
+            health) -> LinkEngine | KeyRelayEngine:
     try:
         device = device_for(link)
     except (DeviceError, ValueError) as exc:
-        raise StartupError(f"{key}.sim", str(exc)) from None
+        raise StartupError(f"{key}.{link.driver if link.driver in ('sim', 'serial', 'sdk') else 'etsi014'}",
+                           str(exc)) from None
+    settings = PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
+                                reconciliation=link.reconciliation)
+    if not device.yields_raw_frames:          # a vendor KME: finished keys relayed by ID (qkdd.link.key_relay)
+        return KeyRelayEngine(link.link_id, link.role, device, store, channel, settings=settings,
+                              metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
+                              health=health)
     return LinkEngine(link.link_id, link.role, device, store, channel,
-                      settings=PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
-                                                reconciliation=link.reconciliation),
-                      frames_in_flight=link.frames_in_flight, qber_threshold=link.qber_threshold,
+                      settings=settings, frames_in_flight=link.frames_in_flight, qber_threshold=link.qber_threshold,
                       metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
                       health=health, protocol=link.protocol)
 

@@ -83,6 +83,7 @@ class LinkStatus:
         self.connected = False                                       # a prepared peer session is live
         self.device_up = False                                       # the device has answered healthy once
         self._started_s = clock()
+        self.device_problem: str | None = None                       # the last failed health check's cause
         self.state = ""
         self.set_state("starting", "device and peer channel coming up")
 
@@ -177,6 +178,8 @@ class LinkStatus:
             self.set_state("suspended", f"QBER {last:.4f} at or above the threshold; key generation suspended")
         elif state is LinkState.HALTED:
             self.set_state("halted", f"QBER {last:.4f} at or above 11 %: key generation halted")
+        elif self.device_problem is not None:
+            self.set_state("halted", f"link degraded: device unhealthy: {self.device_problem}"[:300])
         else:
             self.set_state("fallback", "gate DEGRADED: QBER above the threshold for too long, or the device "
                                        "unhealthy; key generation stopped until good frames return")
@@ -196,8 +199,12 @@ class LinkStatus:
                 channel = await device.channel_status()
             except DeviceError as exc:
                 ok, failure = False, str(exc)
+                self.device_problem = failure
             else:
                 ok, failure = health.ok, health.detail
+                if not health.ok and health.detail != self.device_problem:
+                    log.warning("link %s: device unhealthy: %s", self.link_id, health.detail)
+                self.device_problem = None if health.ok else health.detail
                 if self.metrics is not None:
                     self.metrics.device(temperature_celsius=health.temperature_c, uptime_s=health.uptime_s)
                     self.metrics.channel(loss_db=channel.link_loss_db, photon_rate_hz=channel.photon_rate_hz)
