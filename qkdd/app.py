@@ -27,6 +27,7 @@ class App:
     key_requests: dict[str, Any] = field(default_factory=dict)   # link id -> qkdd.link.key_requests.KeyRequests
     reservations: dict[str, Any] = field(default_factory=dict)   # link id -> qkdd.reservation ReservationService
     keystore: Any = None             # the daemon's one KeyStore (link engines, KME, WireGuard), once opened
+    relay: Any = None                # qkdd.relay.service.RelayService with [node], else None
 
     @classmethod
     def create(cls, config: Config, keystore: Any = None) -> "App":

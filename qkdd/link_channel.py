@@ -29,6 +29,8 @@ log = logging.getLogger("qkdd.link")
 PIPELINE_CHANNEL = 1          # the link engine's frame records (qkdd.link.envelope)
 INVENTORY_CHANNEL = 2         # key-store inventories at each session start (qkdd.keystore.resync)
 RESERVATION_CHANNEL = 0x5253  # "RS": the reservation protocol (qkdd.reservation), every key consumer's
+LINKSTATE_CHANNEL = 0x4C53    # "LS": the relay network's link-state announcements (qkdd.relay.linkstate)
+RELAY_CHANNEL = 0x524C        # "RL": hop-by-hop relay of keys (qkdd.relay.protocol)
 
 StreamHandler = Callable[[MuxStream], Awaitable[None]]
 

@@ -182,3 +182,13 @@ def test_relay_announcement_round_trips(qber):
     decoded, signed, signature = decode(announcement.sign(node.key))
     assert decoded.links[0].neighbor == "N2" and decoded.trust_level == 7 and decoded.links[0].up is False
     assert signed == announcement.signed_part()
+
+
+def test_relay_alternative_routes_list_distinct_paths_cheapest_first():
+    from qkdd.relay.routing import alternative_routes
+    net = ring_and_chain()
+    net.flood()
+    topology = build_topology(net.nodes["A"].db.announcements())
+    paths = [r.path for r in alternative_routes(topology, "A", "D", 3)]
+    assert sorted(paths) == [("A", "B", "C", "D"), ("A", "B", "X", "D")]
+    assert alternative_routes(topology, "A", "D", 3, min_trust=200) == []

@@ -157,3 +157,18 @@ def _route(topology: Topology, path: tuple[str, ...], links: tuple[str, ...], co
                                                                        (path[0], path[-1])))
     return Route(path, links, cost, min((e.key_rate_bps for e in edges), default=math.inf),
                  min(e.stock_bits for e in edges), trust)
+
+
+def alternative_routes(topology: Topology, src: str, dst: str, count: int, **limits) -> list[Route]:
+    """The cheapest route, then the cheapest avoiding each one of its relays in turn (distinct paths,
+    cheapest first): the choices an operator sees in the route list, up to `count`."""
+    exclude = frozenset(limits.pop("exclude", frozenset()))
+    best = shortest_route(topology, src, dst, exclude=exclude, **limits)
+    if best is None:
+        return []
+    found = {best.path: best}
+    for relay in best.path[1:-1]:
+        other = shortest_route(topology, src, dst, exclude=exclude | {relay}, **limits)
+        if other is not None:
+            found.setdefault(other.path, other)
+    return sorted(found.values(), key=lambda r: (r.cost, r.hops, r.path))[:count]
