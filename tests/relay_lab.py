@@ -24,7 +24,7 @@ from qkdd.keystore import KeyStore, create_kek
 from qkdd.keystore.kek import KEK_FILE
 from qkdd.link.service import KEYSTORE_FILE
 from qkdd.peer import generate_identity, save_private_key, save_public_key
-from tests.chaos_net import hop
+from tests.chaos_net import Tmpfs, hop
 from tests.wireguard_support import QkddInNetns, run, wait_for
 
 PEER_PORT, QUANTUM_PORT = 7443, 7081
@@ -38,7 +38,7 @@ class RelayLab:
 
     def __init__(self, workdir: Path, nodes: list[str], links: list[tuple[str, str]], *, seeded_keys: int = 300,
                  trust: dict[str, int] | None = None, announce_interval_s: float = 2.0, engines: bool = True,
-                 key_bits: int = 256) -> None:
+                 key_bits: int = 256, store_fs_bytes: int = 0) -> None:
         self.workdir = workdir
         self.nodes = list(nodes)
         self.links = list(links)
@@ -47,6 +47,9 @@ class RelayLab:
         self.announce_interval_s = announce_interval_s
         self.engines = engines
         self.key_bits = key_bits
+        # each node's state directory on a tmpfs of its own when given a size (no disk flushes: the bench
+        # then measures the relay, not this machine's shared disk)
+        self.tmpfs = {node: Tmpfs(workdir / f"fs-{node}", store_fs_bytes) for node in nodes} if store_fs_bytes else {}
         tag = os.getpid() % 100000
         self.netns = {node: f"qkr{tag}{node}" for node in nodes}
         self.link_ids = [f"{a}-{b}" for a, b in links]
@@ -79,7 +82,12 @@ class RelayLab:
             identity = generate_identity()
             save_private_key(identity, self.workdir / f"{node}.key")
             save_public_key(identity.public_key(), self.workdir / f"{node}.pub")
-            (self.workdir / f"state-{node}").mkdir(mode=0o700)
+            if node in self.tmpfs:
+                self.tmpfs[node].mount()
+                (self.workdir / f"state-{node}").symlink_to(self.tmpfs[node].path / "state")
+                (self.tmpfs[node].path / "state").mkdir(mode=0o700)
+            else:
+                (self.workdir / f"state-{node}").mkdir(mode=0o700)
         for (a, b), link_id in zip(self.links, self.link_ids):
             if_a, if_b = self._ifs[link_id]
             run("ip", "link", "add", if_a, "type", "veth", "peer", "name", if_b)
@@ -108,6 +116,8 @@ class RelayLab:
         self._pool.shutdown()
         for name in self._made:
             run("ip", "netns", "del", name, check=False)
+        for tmpfs in self.tmpfs.values():
+            tmpfs.unmount()
         if errors:
             raise errors[0]
 

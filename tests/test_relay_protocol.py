@@ -149,3 +149,14 @@ def test_relay_forward_encoding_round_trips_and_rejects_inconsistent_fields():
                    rp.Forward(f.relay_id, "X", "C", 64, 1, f.path, f.links, f.key_ids, b"p" * 8)):  # ends
         with pytest.raises(rp.RelayWireError):
             rp.decode(rp.encode_forward(broken))
+
+
+def test_relay_records_pack_and_unpack_and_refuse_bad_lengths():
+    messages = [rp.encode_done(str(uuid.uuid4())) for _ in range(5)] + [b"x" * 1000]
+    records = rp.pack(messages)
+    assert len(records) == 1 and rp.unpack(records[0]) == messages
+    big = [b"y" * (100 << 10)] * 5
+    assert [m for r in rp.pack(big) for m in rp.unpack(r)] == big and len(rp.pack(big)) > 1
+    for bad in (b"", b"\x00\x00\x00", b"\x00\x00\x00\x09abc", (1 << 30).to_bytes(4, "big") + b"z"):
+        with pytest.raises(rp.RelayWireError):
+            rp.unpack(bad)

@@ -37,7 +37,9 @@ States per relay id at one node, and every legal transition (anything else is re
     (any)        (not DONE)   ABORT / link down /    ABORTED      ABORT to the other side(s)
                               bad tag / deadline
 
-Wire layout (big-endian; text is UTF-8 with a u16 length):
+Wire layout (big-endian; text is UTF-8 with a u16 length). A record on the relay channel holds one or
+more messages, each behind its u32 length (`pack`): whatever queued while the previous record was on its
+way, so a busy link carries one record per burst.
 
     message: version u8 (=1) | type u8 | relay_id 16 bytes
     FORWARD: source text | destination text | bits u32 | hop u8 | node count u8, node texts |
@@ -64,6 +66,8 @@ MAX_KEY_IDS = 4096
 MAX_REASON_BYTES = 200
 TAG_BYTES = 32
 REMEMBERED_IDS = 1 << 16         # relay ids seen recently: a replayed FORWARD is refused
+MAX_MESSAGE_BYTES = 128 << 10    # a FORWARD of MAX_BITS with 4096 key ids and 33 nodes fits
+MAX_RECORD_BYTES = 256 << 10     # messages packed into one record of the relay channel
 
 
 class MessageType(enum.IntEnum):
@@ -245,6 +249,39 @@ def decode(payload: bytes) -> tuple[MessageType, str, object]:
         body = r.blob("reason", MAX_REASON_BYTES).decode("utf-8", "replace")
     r.end()
     return kind, relay_id, body
+
+
+def pack(messages: list[bytes]) -> list[bytes]:
+    """Records of the relay channel: messages back to back, each with a u32 length, at most
+    MAX_RECORD_BYTES a record (a message alone may fill one)."""
+    records, current, size = [], [], 0
+    for message in messages:
+        if current and size + 4 + len(message) > MAX_RECORD_BYTES:
+            records.append(b"".join(current))
+            current, size = [], 0
+        current.append(len(message).to_bytes(4, "big") + message)
+        size += 4 + len(message)
+    if current:
+        records.append(b"".join(current))
+    return records
+
+
+def unpack(record: bytes) -> list[bytes]:
+    """The messages of one record; RelayWireError when its lengths do not add up."""
+    if len(record) > MAX_RECORD_BYTES + MAX_MESSAGE_BYTES:
+        raise RelayWireError(f"record of {len(record)} bytes")
+    messages, at = [], 0
+    while at < len(record):
+        if at + 4 > len(record):
+            raise RelayWireError("truncated length")
+        length = int.from_bytes(record[at:at + 4], "big")
+        if length > MAX_MESSAGE_BYTES or at + 4 + length > len(record):
+            raise RelayWireError("message length past the record")
+        messages.append(record[at + 4:at + 4 + length])
+        at += 4 + length
+    if not messages:
+        raise RelayWireError("empty record")
+    return messages
 
 
 def confirmation_tag(key: bytes, side: str, relay_id: str, source: str, destination: str, bits: int) -> bytes:

@@ -10,6 +10,7 @@ fetches it once with GET /v1/keys/{key_id}.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -55,6 +56,50 @@ class RelaySettings:
     key_expiry_s: float = 3600.0
 
 
+class _StoreBatches:
+    """Key-store work of the relay requests under way, run together: whatever queued while the previous
+    batch ran goes to one worker thread in one transaction (one fsync; each job a savepoint of it), so a
+    busy relay pays one thread hand-off and one flush per burst, not per request."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self._send, self._receive = trio.open_memory_channel(math.inf)
+
+    async def call(self, job, *args):
+        """job(*args) in the next batch; its result, or its exception raised here."""
+        done, box = trio.Event(), {}
+        self._send.send_nowait((job, args, box, done))
+        await done.wait()
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    async def run(self) -> None:
+        while True:
+            jobs = [await self._receive.receive()]
+            while True:
+                try:
+                    jobs.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await trio.to_thread.run_sync(self._run, jobs)
+            except KeyStoreError as exc:             # the batch's commit failed: none of it happened
+                for _, _, box, _ in jobs:
+                    box.pop("result", None)
+                    box["error"] = exc
+            for _, _, _, done in jobs:
+                done.set()
+
+    def _run(self, jobs) -> None:
+        with self.store.batch():
+            for job, args, box, _ in jobs:
+                try:
+                    box["result"] = job(*args)
+                except Exception as exc:           # noqa: BLE001 - handed to the job's caller
+                    box["error"] = exc
+
+
 class _Waiter:
     def __init__(self) -> None:
         self.done = trio.Event()
@@ -82,6 +127,7 @@ class RelayService:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._peer_log = RateLimitedLog(log)
+        self._store = _StoreBatches(store)
         for link_id, channel in channels.items():
             self.db.pin(link_id, key_fingerprint(channel._pinned))
             channel.register(LINKSTATE_CHANNEL, lambda stream, link_id=link_id: self._serve_linkstate(link_id, stream))
@@ -92,6 +138,7 @@ class RelayService:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._peer_log.run)
+            nursery.start_soon(self._store.run)
             await self._originate()
             task_status.started()
             while True:
@@ -233,7 +280,7 @@ class RelayService:
         if first not in self._relay_out:
             raise RelayError(f"link {first} is not connected")
         try:
-            keys = await trio.to_thread.run_sync(self.store.take_bits, first, bits)
+            keys = await self._store.call(self.store.take_bits, first, bits)
         except KeyUnavailable as exc:
             raise RelayError(f"no key on link {first}: {exc}") from None
         self._consumed(first, keys)
@@ -263,11 +310,17 @@ class RelayService:
         self._topology_changed()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_write_all, receive, stream)
+                nursery.start_soon(functools.partial(_write_all, receive, stream, packed=True))
                 try:
                     while True:
-                        payload = await stream.receive()
-                        self._handle(link_id, self.endpoint.receive(link_id, payload, trio.current_time()))
+                        record = await stream.receive()
+                        try:
+                            messages = rp.unpack(record)
+                        except rp.RelayWireError as exc:
+                            self._handle(link_id, [rp.Refused(f"malformed record: {exc}")])
+                            continue
+                        for payload in messages:
+                            self._handle(link_id, self.endpoint.receive(link_id, payload, trio.current_time()))
                 except SessionClosedError:
                     pass
                 nursery.cancel_scope.cancel()
@@ -323,16 +376,16 @@ class RelayService:
         f, via = event.forward, event.via_link
         upstream = down = None
         try:
-            upstream = await trio.to_thread.run_sync(_take_by_id, self.store, via, f.key_ids, f.relay_id)
+            down_link = f.links[f.hop + 1] if event.role == rp.RELAY else None
+            if down_link is not None and down_link not in self._relay_out:
+                raise RelayError(f"link {down_link} towards {f.path[f.hop + 2]} is not connected")
+            upstream, down = await self._store.call(_take_hop_keys, self.store, via, f.key_ids, f.relay_id,
+                                                    down_link, f.bits)
             self._consumed(via, upstream)
             up_bytes = b"".join(k.material for k in upstream)
-            if event.role == rp.DESTINATION:
+            if down is None:
                 sends = self.endpoint.arrive(f, via, up_bytes, trio.current_time())
             else:
-                down_link = f.links[f.hop + 1]
-                if down_link not in self._relay_out:
-                    raise RelayError(f"link {down_link} towards {f.path[f.hop + 2]} is not connected")
-                down = await trio.to_thread.run_sync(self.store.take_bits, down_link, f.bits)
                 self._consumed(down_link, down)
                 sends = self.endpoint.forward(f, via, up_bytes, tuple(k.key_id for k in down),
                                               b"".join(k.material for k in down), trio.current_time())
@@ -344,7 +397,7 @@ class RelayService:
 
     async def _store_ready(self, event: rp.KeyReady, sends: list) -> None:
         try:
-            await trio.to_thread.run_sync(self._keep, event.relay_id, event.key, event.source)
+            await self._store.call(self._keep, event.relay_id, event.key, event.source)
         except KeyStoreError as exc:
             request_link = sends[0].link_id if sends else ""
             self._send(rp.Send(request_link, rp.encode_abort(event.relay_id, f"destination cannot store: {exc}")))
@@ -355,10 +408,11 @@ class RelayService:
             self._send(send)
 
     def _keep(self, relay_id: str, key: bytes, source: str) -> None:
-        self.store.put_pending(RELAY_LINK_ID, 0, [(relay_id, key)], expires_at=time.time()
-                               + self.settings.key_expiry_s, allocatable=[False])
-        self.store.commit_frame(RELAY_LINK_ID, 0)
-        self.store.reserve_ids(RELAY_LINK_ID, [relay_id], f"{HOLDER_PREFIX}{source}")
+        """Blocking: the confirmed key, available by id only (never allocated here), until fetched once."""
+        with self.store.batch():
+            self.store.put_pending(RELAY_LINK_ID, 0, [(relay_id, key)], expires_at=time.time()
+                                   + self.settings.key_expiry_s, allocatable=[False])
+            self.store.commit_frame(RELAY_LINK_ID, 0)
 
     def _consumed(self, link_id: str, keys: list[StoredKey]) -> None:
         if self.metrics is not None:
@@ -367,26 +421,53 @@ class RelayService:
     # -- the destination's consumer --------------------------------------------------------------------
     async def fetch_key(self, key_id: str) -> StoredKey:
         """Deliver a relayed key once (KeyNotFound when this node holds no such key)."""
-        return await trio.to_thread.run_sync(lambda: self.store.deliver(RELAY_LINK_ID, key_id))
+        return await self._store.call(self.store.deliver, RELAY_LINK_ID, key_id)
+
+
+def _take_hop_keys(store, up_link: str, key_ids: tuple[str, ...], relay_id: str, down_link: str | None,
+                   bits: int) -> tuple[list[StoredKey], list[StoredKey] | None]:
+    """Blocking. The upstream keys by id (all or none), then at a relay `bits` of this end's share of
+    `down_link`: (upstream keys, downstream keys or None)."""
+    upstream = _take_by_id(store, up_link, key_ids, relay_id)
+    return upstream, (store.take_bits(down_link, bits) if down_link is not None else None)
 
 
 def _take_by_id(store, link_id: str, key_ids: tuple[str, ...], relay_id: str) -> list[StoredKey]:
-    """Take (deliver and erase) the named keys of the other end's share of `link_id`, in order."""
+    """Take (deliver and erase) the named keys of the other end's share of `link_id`, in order, all or none."""
     holder = f"{HOLDER_PREFIX}{relay_id}"
-    for key_id in key_ids:
-        if store.state(link_id, key_id) is KeyState.PENDING:
-            store.apply_resync(link_id, [key_id], [], [])   # the sender holds it available: its frame committed
-    store.reserve_ids(link_id, list(key_ids), holder, peer_share_only=True)
-    return [store.deliver(link_id, key_id, holder=holder) for key_id in key_ids]
+    with store.batch():
+        try:
+            store.reserve_ids(link_id, list(key_ids), holder, peer_share_only=True)
+        except KeyStoreError:
+            # a key still pending here: the sender holds it available, so its frame committed there
+            pending = [k for k in key_ids if store.state(link_id, k) is KeyState.PENDING]
+            if not pending:
+                raise
+            store.apply_resync(link_id, pending, [], [])
+            store.reserve_ids(link_id, list(key_ids), holder, peer_share_only=True)
+        return [store.deliver(link_id, key_id, holder=holder) for key_id in key_ids]
 
 
 def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:rp.MAX_REASON_BYTES]
 
 
-async def _write_all(receive: trio.MemoryReceiveChannel, stream: MuxStream) -> None:
+async def _write_all(receive: trio.MemoryReceiveChannel, stream: MuxStream, *, packed: bool = False) -> None:
+    """Send what is queued for the peer, in order. `packed`: whatever queued while the previous write was
+    on its way goes out as one record (rp.pack), so a busy link carries one record per burst."""
     async for payload in receive:
-        await stream.send(payload)
+        if not packed:
+            await stream.send(payload)
+            continue
+        await trio.sleep(0)                 # messages made runnable now join this record
+        batch = [payload]
+        while True:
+            try:
+                batch.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        for record in rp.pack(batch):
+            await stream.send(record)
 
 
 def build_relay(config, links, app) -> RelayService | None:

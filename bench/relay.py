@@ -1,0 +1,144 @@
+"""Relayed key throughput and latency: a chain of qkdd daemons in network namespaces (tests/relay_lab.py,
+simulated links with seeded key stores), keys requested at the first node for the last (--hops links
+away) and for its neighbour (one hop), each for --seconds, by --workers concurrent consumers; every key
+is fetched at the destination and compared. Needs root.
+
+    python -m bench.relay --hops 5 --seconds 20
+    -> one JSON line: relayed bits/s, requests, p50/p99 request latency at --hops and at one hop, and
+       their throughput ratio (target: >= 0.5 at 5 hops)
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hops", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time of each of the two runs")
+    parser.add_argument("--bits", type=int, default=256, help="bits per requested key (a multiple of 8)")
+    parser.add_argument("--workers", type=int, default=16, help="concurrent consumers")
+    parser.add_argument("--store-fs-mib", type=int, default=0,
+                        help="each node's key store on a tmpfs of this size (0: on the working directory's disk)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, stores)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.hops <= 16 or args.seconds <= 0 or args.bits <= 0 or args.bits % 8 or args.workers < 1:
+        parser.error("--hops in [1, 16], --seconds > 0, --bits a positive multiple of 8, --workers >= 1")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.chaos_net import missing_requirements
+    from tests.relay_lab import RelayLab
+    problem = missing_requirements()
+    if problem is not None:
+        print(f"bench.relay: {problem}", file=sys.stderr)
+        return 2
+    nodes = [f"N{i}" for i in range(args.hops + 1)]
+    links = list(zip(nodes, nodes[1:]))
+    # enough seeded key for both runs at a generous rate (each request takes one stored key per hop)
+    keys_per_link = max(2000, int(args.seconds * 400 * 2 * max(1, args.bits // 256)))
+    workdir = Path(tempfile.mkdtemp(prefix="qkdd-bench-relay-"))
+    with RelayLab(workdir, nodes, links, seeded_keys=keys_per_link, announce_interval_s=5.0,
+                  store_fs_bytes=args.store_fs_mib << 20 if args.store_fs_mib else 0) as lab:
+        lab.wait_route(nodes[0], nodes[-1], lambda r: r["hops"] == args.hops, timeout_s=120)
+        run(lab, nodes[0], nodes[1], args.bits, args.workers, 2.0)           # warm-up (connections, caches)
+        before = cpu_s(lab)
+        one = run(lab, nodes[0], nodes[1], args.bits, args.workers, args.seconds)
+        middle = cpu_s(lab)
+        many = run(lab, nodes[0], nodes[-1], args.bits, args.workers, args.seconds)
+        after = cpu_s(lab)
+    one["cpu_s"] = {node: round(middle[node] - before[node], 2) for node in nodes}
+    many["cpu_s"] = {node: round(after[node] - middle[node], 2) for node in nodes}
+    if not args.keep:
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {"hops": args.hops, "bits_per_key": args.bits, "workers": args.workers, "seconds": args.seconds,
+              f"relayed_{args.hops}hop_bits_per_s": many["bits_per_s"], f"{args.hops}hop_requests": many["ok"],
+              f"{args.hops}hop_failed": many["failed"], f"{args.hops}hop_p50_ms": many["p50_ms"],
+              f"{args.hops}hop_p99_ms": many["p99_ms"],
+              "relayed_1hop_bits_per_s": one["bits_per_s"], "1hop_requests": one["ok"], "1hop_failed": one["failed"],
+              "1hop_p50_ms": one["p50_ms"], "1hop_p99_ms": one["p99_ms"],
+              f"{args.hops}hop_daemon_cpu_s": many["cpu_s"], "1hop_daemon_cpu_s": one["cpu_s"],
+              "mismatched_keys": one["mismatched"] + many["mismatched"],
+              f"throughput_ratio_{args.hops}hop_to_1hop": round(many["bits_per_s"] / one["bits_per_s"], 3)
+              if one["bits_per_s"] else None}
+    print(json.dumps(result), flush=True)
+    return 0 if result["mismatched_keys"] == 0 else 1
+
+
+def cpu_s(lab) -> dict[str, float]:
+    """CPU seconds (user + system) each node's daemon has used so far."""
+    import os
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for node, daemon in lab.daemons.items():
+        fields = Path(f"/proc/{daemon.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[node] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def run(lab, src: str, dst: str, bits: int, workers: int, seconds: float) -> dict:
+    """`workers` consumers request keys at `src` for `dst` and fetch each at `dst` for `seconds`."""
+    from tests.chaos_net import hop
+    latencies: list[float] = []
+    counts = {"ok": 0, "failed": 0, "mismatched": 0}
+    lock = threading.Lock()
+    deadline = [0.0]
+    ready = threading.Barrier(workers + 1, action=lambda: deadline.__setitem__(0, time.monotonic() + seconds))
+
+    def worker() -> None:
+        hop(lab.netns[src])
+        requester = httpx.Client(timeout=30.0, verify=False)      # plain HTTP on the namespace's loopback
+        hop(lab.netns[dst])
+        fetcher = httpx.Client(timeout=30.0, verify=False)
+        ready.wait()                        # the clock starts once every consumer is ready
+        try:
+            while time.monotonic() < deadline[0]:
+                hop(lab.netns[src])
+                started = time.monotonic()
+                response = requester.post("http://127.0.0.1:8071/v1/relay/keys/request", json={"dst": dst, "bits": bits})
+                elapsed = time.monotonic() - started
+                if response.status_code != 200:
+                    with lock:
+                        counts["failed"] += 1
+                    continue
+                body = response.json()
+                hop(lab.netns[dst])
+                fetched = fetcher.get(f"http://127.0.0.1:8071/v1/keys/{body['key_id']}")
+                same = fetched.status_code == 200 and fetched.json()["key"] == body["key"]
+                with lock:
+                    latencies.append(elapsed)
+                    counts["ok" if same else "mismatched"] += 1
+                    if same:
+                        assert len(base64.b64decode(body["key"])) * 8 == bits
+        finally:
+            hop(lab.netns[src])
+            requester.close()
+            hop(lab.netns[dst])
+            fetcher.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = deadline[0] - seconds
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    latencies.sort()
+
+    def quantile(q: float) -> float | None:
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2) if latencies else None
+    return {**counts, "bits_per_s": round(counts["ok"] * bits / elapsed, 1), "p50_ms": quantile(0.5),
+            "p99_ms": quantile(0.99)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
