@@ -49,11 +49,13 @@ def main(argv: list[str] | None = None) -> int:
                   store_fs_bytes=args.store_fs_mib << 20 if args.store_fs_mib else 0) as lab:
         lab.wait_route(nodes[0], nodes[-1], lambda r: r["hops"] == args.hops, timeout_s=120)
         run(lab, nodes[0], nodes[1], args.bits, args.workers, 2.0)           # warm-up (connections, caches)
-        before = cpu_s(lab)
+        before, latency_0 = cpu_s(lab), source_latency(lab, nodes[0])
         one = run(lab, nodes[0], nodes[1], args.bits, args.workers, args.seconds)
-        middle = cpu_s(lab)
+        middle, latency_1 = cpu_s(lab), source_latency(lab, nodes[0])
         many = run(lab, nodes[0], nodes[-1], args.bits, args.workers, args.seconds)
-        after = cpu_s(lab)
+        after, latency_2 = cpu_s(lab), source_latency(lab, nodes[0])
+    one["source_mean_ms"] = _mean_ms(latency_0, latency_1)
+    many["source_mean_ms"] = _mean_ms(latency_1, latency_2)
     one["cpu_s"] = {node: round(middle[node] - before[node], 2) for node in nodes}
     many["cpu_s"] = {node: round(after[node] - middle[node], 2) for node in nodes}
     if not args.keep:
@@ -65,12 +67,30 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.hops}hop_p99_ms": many["p99_ms"],
               "relayed_1hop_bits_per_s": one["bits_per_s"], "1hop_requests": one["ok"], "1hop_failed": one["failed"],
               "1hop_p50_ms": one["p50_ms"], "1hop_p99_ms": one["p99_ms"],
+              f"{args.hops}hop_source_mean_ms": many["source_mean_ms"], "1hop_source_mean_ms": one["source_mean_ms"],
+              f"{args.hops}hop_client_cpu_s": many["client_cpu_s"], "1hop_client_cpu_s": one["client_cpu_s"],
               f"{args.hops}hop_daemon_cpu_s": many["cpu_s"], "1hop_daemon_cpu_s": one["cpu_s"],
               "mismatched_keys": one["mismatched"] + many["mismatched"],
               f"throughput_ratio_{args.hops}hop_to_1hop": round(many["bits_per_s"] / one["bits_per_s"], 3)
               if one["bits_per_s"] else None}
     print(json.dumps(result), flush=True)
     return 0 if result["mismatched_keys"] == 0 else 1
+
+
+def source_latency(lab, node: str) -> tuple[float, float]:
+    """(sum of seconds, count) of qkd_relay_latency_seconds at `node`: the relay's own time per request."""
+    total = count = 0.0
+    for line in lab.metrics(node).splitlines():
+        if line.startswith("qkd_relay_latency_seconds_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("qkd_relay_latency_seconds_count"):
+            count = float(line.split()[-1])
+    return total, count
+
+
+def _mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    count = after[1] - before[1]
+    return round((after[0] - before[0]) / count * 1000, 2) if count else None
 
 
 def cpu_s(lab) -> dict[str, float]:
@@ -124,6 +144,8 @@ def run(lab, src: str, dst: str, bits: int, workers: int, seconds: float) -> dic
             hop(lab.netns[dst])
             fetcher.close()
 
+    import resource
+    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
     threads = [threading.Thread(target=worker) for _ in range(workers)]
     for thread in threads:
         thread.start()
@@ -132,6 +154,8 @@ def run(lab, src: str, dst: str, bits: int, workers: int, seconds: float) -> dic
     for thread in threads:
         thread.join()
     elapsed = time.monotonic() - started
+    now = resource.getrusage(resource.RUSAGE_SELF)
+    counts["client_cpu_s"] = round(now.ru_utime + now.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime, 2)
     latencies.sort()
 
     def quantile(q: float) -> float | None:

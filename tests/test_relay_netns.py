@@ -78,6 +78,17 @@ def test_relay_given_route_and_bad_requests(lab):
     assert lab.call("D", "GET", "/v1/keys/00000000-0000-4000-8000-000000000000").status_code == 404
 
 
+def test_relay_multipath_key_is_the_xor_of_shares_over_node_disjoint_routes(lab):
+    lab.wait_route("B", "D", lambda r: "X" in r["path"])
+    body, key = relayed(lab, "B", "D", 256, paths=2)
+    routes = sorted(tuple(r) for r in body["routes"])
+    assert routes == [("B", "C", "D"), ("B", "X", "D")]                    # no relay on both
+    SEEN_KEYS.append(key)
+    response = lab.call("A", "POST", "/v1/relay/keys/request", {"dst": "D", "bits": 64, "paths": 2})
+    assert response.status_code == 503 and "node-disjoint" in response.text   # A's only link is to B
+    assert lab.call("B", "POST", "/v1/relay/keys/request", {"dst": "D", "bits": 64, "paths": 9}).status_code == 400
+
+
 def test_relay_reroutes_after_kill_of_a_middle_node(lab):
     route = lab.wait_route("A", "F", lambda r: r["hops"] == 5)
     middle = route["path"][2]                                # C or X

@@ -142,11 +142,16 @@ def test_relay_refuses_replayed_misrouted_malformed_and_forged_messages():
 
 
 def test_relay_forward_encoding_round_trips_and_rejects_inconsistent_fields():
-    f = rp.Forward(str(uuid.uuid4()), "A", "C", 64, 1, ("A", "B", "C"), ("ab", "bc"), (str(uuid.uuid4()),), b"p" * 8)
+    rid = str(uuid.uuid4())
+    f = rp.Forward(rid, "A", "C", 64, 1, ("A", "B", "C"), ("ab", "bc"), (str(uuid.uuid4()),), b"p" * 8, rid, 1)
     assert rp.decode(rp.encode_forward(f)) == (rp.MessageType.FORWARD, f.relay_id, f)
+    shared = rp.Forward(rid, "A", "C", 64, 1, f.path, f.links, f.key_ids, b"p" * 8, str(uuid.uuid4()), 2)
+    assert rp.decode(rp.encode_forward(shared))[2] == shared
     for broken in (rp.Forward(f.relay_id, "A", "C", 64, 1, f.path, f.links, f.key_ids, b""),     # pad missing
                    rp.Forward(f.relay_id, "A", "C", 64, 2, f.path, f.links, f.key_ids, b"p" * 8),  # hop past end
-                   rp.Forward(f.relay_id, "X", "C", 64, 1, f.path, f.links, f.key_ids, b"p" * 8)):  # ends
+                   rp.Forward(f.relay_id, "X", "C", 64, 1, f.path, f.links, f.key_ids, b"p" * 8),   # ends
+                   rp.Forward(rid, "A", "C", 64, 1, f.path, f.links, f.key_ids, b"p" * 8, str(uuid.uuid4()), 1),
+                   rp.Forward(rid, "A", "C", 64, 1, f.path, f.links, f.key_ids, b"p" * 8, rid, 9)):  # shares
         with pytest.raises(rp.RelayWireError):
             rp.decode(rp.encode_forward(broken))
 
@@ -160,3 +165,19 @@ def test_relay_records_pack_and_unpack_and_refuse_bad_lengths():
     for bad in (b"", b"\x00\x00\x00", b"\x00\x00\x00\x09abc", (1 << 30).to_bytes(4, "big") + b"z"):
         with pytest.raises(rp.RelayWireError):
             rp.unpack(bad)
+
+
+def test_relay_multipath_shares_each_confirm_and_xor_to_the_key():
+    chains = [Chain(2), Chain(3)]
+    group = str(uuid.uuid4())
+    keys = []
+    for chain in chains:
+        relay_id = str(uuid.uuid4())
+        ids, first = chain.take("N0", "L0")
+        key, sends = chain.ends["N0"].start(relay_id, tuple(chain.names), tuple(chain.links), 256, ids, first, 0.0,
+                                            group=group, shares=2)
+        chain.pump("N0", sends)
+        ready = chain.of(chain.names[-1], rp.KeyReady)[0]
+        assert (ready.group, ready.shares, ready.key) == (group, 2, bytes(key))
+        keys.append(bytes(key))
+    assert keys[0] != keys[1] and len(rp.xor(*keys)) == 32

@@ -2,8 +2,10 @@
 
     GET  /v1/relay/routes[?dst=NODE][&min_trust=N]  -> {"node", "routes": [{"dst", "path", "links", "hops", "cost",
                                                         "key_rate_bps" (the bottleneck), "stock_bits", "trust"}]}
-    POST /v1/relay/keys/request {"dst", "bits"[, "route": [...]][, "min_trust": N]}
-                                                    -> {"key_id", "bits", "key", "dst", "route", "hops"}
+    POST /v1/relay/keys/request {"dst", "bits"[, "route": [...]][, "min_trust": N][, "paths": k]}
+                                                    -> {"key_id", "bits", "key", "dst", "route", "hops"[, "routes"]}
+
+With "paths": k (2..8) the key is the XOR of shares relayed over k node-disjoint routes ("routes").
 
 The destination serves the same key once under the same key_id with GET /v1/keys/{key_id}. Who may call:
 the key request as the /v1 key routes (api.key_clients, or local clients), routes as the link reads.
@@ -19,7 +21,7 @@ from qkdd.app import App
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
 from qkdd.relay.linkstate import valid_node_id
-from qkdd.relay.protocol import MAX_BITS, MAX_NODES_ON_ROUTE
+from qkdd.relay.protocol import MAX_BITS, MAX_NODES_ON_ROUTE, MAX_SHARES
 
 RETRY_AFTER_S = 2
 
@@ -70,15 +72,21 @@ def register(router: Router, app: App) -> None:
         if path is not None and (not isinstance(path, list) or not 2 <= len(path) <= MAX_NODES_ON_ROUTE
                                  or not all(isinstance(n, str) and valid_node_id(n) for n in path)):
             raise HTTPError(400, "invalid route", [{"route": "must be a list of 2 to 33 node ids, this node first"}])
+        paths = body.get("paths", 1)
+        if isinstance(paths, bool) or not isinstance(paths, int) or not 1 <= paths <= MAX_SHARES:
+            raise HTTPError(400, "invalid paths", [{"paths": f"must be an integer in [1, {MAX_SHARES}]"}])
         from qkdd.relay.service import RelayError
         try:
-            key_id, key, route = await service.request_key(dst, bits, path, trust_of(body.get("min_trust")))
+            key_id, key, routes = await service.request_key(dst, bits, path, trust_of(body.get("min_trust")), paths)
         except RelayError as exc:
             headers = [("Retry-After", str(RETRY_AFTER_S))] if exc.status == 503 else None
             raise HTTPError(exc.status, "relay failed" if exc.status == 503 else "relay refused",
                             [{"reason": str(exc)}], headers=headers) from None
-        return Response.json({"key_id": key_id, "bits": bits, "key": base64.b64encode(key).decode(), "dst": dst,
-                              "route": list(route.path), "hops": route.hops})
+        answer = {"key_id": key_id, "bits": bits, "key": base64.b64encode(key).decode(), "dst": dst,
+                  "route": list(routes[0].path), "hops": routes[0].hops}
+        if paths > 1:
+            answer["routes"] = [list(r.path) for r in routes]
+        return Response.json(answer)
 
     api = app.config.api
     router.route("GET", "/v1/relay/routes", routes, access=reader_access(api))

@@ -12,6 +12,11 @@ each side and learns K (the trust it is given), every pad is a one-time pad unde
 so an eavesdropper on the classical channels learns nothing of K. The key ids travel with the pad and each
 sender erases its keys before sending, so no key on a link is ever used twice.
 
+Multi-path: the source splits one key over `shares` node-disjoint routes. Each route carries its own
+request (its own relay id, the same `group` id and share count); the destination XORs the confirmed
+shares into the key it serves under the group id once all arrived, so a relay that learns one share
+learns nothing of the key (each share is an independent uniform string, the XOR a one-time pad).
+
 End-to-end confirmation: D answers CONFIRM with t_D = HMAC-SHA256(K, "dst" | relay id | S | D | bits) back
 along the route; S checks it, answers COMMIT with t_S = HMAC(K, "src" | ...) forwards; D checks t_S, makes
 the key servable, and sends DONE back; S serves the key on DONE. So neither end serves a key the other lacks
@@ -43,7 +48,8 @@ way, so a busy link carries one record per burst.
 
     message: version u8 (=1) | type u8 | relay_id 16 bytes
     FORWARD: source text | destination text | bits u32 | hop u8 | node count u8, node texts |
-             link texts (node count - 1) | key count u16, stored key_id 16 bytes each | pad blob
+             link texts (node count - 1) | key count u16, stored key_id 16 bytes each | pad blob |
+             group 16 bytes (the relay id itself when shares = 1) | shares u8 (1..MAX_SHARES)
     CONFIRM, COMMIT: tag 32 bytes
     DONE:    (empty)
     ABORT:   reason text (at most 200 bytes)
@@ -66,6 +72,7 @@ MAX_KEY_IDS = 4096
 MAX_REASON_BYTES = 200
 TAG_BYTES = 32
 REMEMBERED_IDS = 1 << 16         # relay ids seen recently: a replayed FORWARD is refused
+MAX_SHARES = 8                   # multi-path: node-disjoint routes one key is split over
 MAX_MESSAGE_BYTES = 128 << 10    # a FORWARD of MAX_BITS with 4096 key ids and 33 nodes fits
 MAX_RECORD_BYTES = 256 << 10     # messages packed into one record of the relay channel
 
@@ -117,6 +124,8 @@ class Forward:
     links: tuple[str, ...]
     key_ids: tuple[str, ...]         # stored keys of the sender's share on links[hop]
     pad: bytes                       # K xor K_hop; empty on the first link
+    group: str = ""                  # multi-path: the key id of the XOR of all shares ("" = relay_id)
+    shares: int = 1                  # multi-path: routes whose shares make the key
 
 
 @dataclass(frozen=True)
@@ -139,11 +148,14 @@ class ForwardReceived:
 
 @dataclass(frozen=True)
 class KeyReady:
-    """Destination: the key is confirmed at both ends and may be served under `relay_id`."""
+    """Destination: the key (or one share of it, when `shares` > 1) is confirmed at both ends and may be
+    served under `group` once all its shares are."""
 
     relay_id: str
     source: str
     key: bytes
+    group: str = ""
+    shares: int = 1
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,8 @@ class _Request:
     deadline_s: float
     key: bytearray | None = None     # the ends' copy of K until served or aborted
     hops: int = 0
+    group: str = ""
+    shares: int = 1
 
 
 # -- encoding ---------------------------------------------------------------------------------------------
@@ -197,7 +211,7 @@ def encode_forward(f: Forward) -> bytes:
     w.u16(len(f.key_ids))
     for key_id in f.key_ids:
         w.raw(uuid.UUID(key_id).bytes)
-    return w.blob(f.pad).bytes()
+    return w.blob(f.pad).raw(uuid.UUID(f.group or f.relay_id).bytes).u8(f.shares).bytes()
 
 
 def encode_tag(kind: MessageType, relay_id: str, tag: bytes) -> bytes:
@@ -236,13 +250,17 @@ def decode(payload: bytes) -> tuple[MessageType, str, object]:
             raise RelayWireError(f"{key_count} stored keys named")
         key_ids = tuple(str(uuid.UUID(bytes=r.raw(16, "key id"))) for _ in range(key_count))
         pad = r.blob("pad", MAX_BITS // 8)
+        group = str(uuid.UUID(bytes=r.raw(16, "group")))
+        shares = r.u8("shares")
+        if not 1 <= shares <= MAX_SHARES or (shares == 1) != (group == relay_id):
+            raise RelayWireError("shares and group do not agree")
         if not all(valid_node_id(n) for n in path + links) or len(set(path)) != len(path):
             raise RelayWireError("bad node or link id on the route")
         if path[0] != source or path[-1] != destination or hop >= len(links):
             raise RelayWireError("route, ends and hop do not agree")
         if bits <= 0 or bits % 8 or bits > MAX_BITS or len(pad) not in (0, bits // 8) or (hop > 0) != bool(pad):
             raise RelayWireError("bits and pad do not agree")
-        body = Forward(relay_id, source, destination, bits, hop, path, links, key_ids, pad)
+        body = Forward(relay_id, source, destination, bits, hop, path, links, key_ids, pad, group, shares)
     elif kind in (MessageType.CONFIRM, MessageType.COMMIT):
         body = r.raw(TAG_BYTES, "tag")
     elif kind is MessageType.ABORT:
@@ -285,7 +303,8 @@ def unpack(record: bytes) -> list[bytes]:
 
 
 def confirmation_tag(key: bytes, side: str, relay_id: str, source: str, destination: str, bits: int) -> bytes:
-    """HMAC-SHA256 (RFC 2104) under the relayed key, bound to the request; `side` is "src" or "dst"."""
+    """HMAC-SHA256 (RFC 2104) under the relayed key (or share), bound to the request; `side` is "src" or
+    "dst"."""
     message = Writer().text(side).raw(uuid.UUID(relay_id).bytes).text(source).text(destination).u32(bits).bytes()
     return hmac.new(bytes(key), message, hashlib.sha256).digest()
 
@@ -328,7 +347,8 @@ class RelayEndpoint:
 
     # -- source -----------------------------------------------------------------------------------------
     def start(self, relay_id: str, path: tuple[str, ...], links: tuple[str, ...], bits: int,
-              key_ids: tuple[str, ...], first_keys: bytes, now_s: float) -> tuple[bytearray, list[Send]]:
+              key_ids: tuple[str, ...], first_keys: bytes, now_s: float, *, group: str = "",
+              shares: int = 1) -> tuple[bytearray, list[Send]]:
         """Begin a relay: `first_keys` (at least bits/8 bytes) from stored keys `key_ids` of this node's share
         of links[0]. Returns K and the FORWARD to send."""
         if path[0] != self.node_id or relay_id in self.seen:
@@ -338,7 +358,8 @@ class RelayEndpoint:
         self.requests[relay_id] = _Request(SOURCE, State.FORWARDED, path[0], path[-1], bits, None, links[0],
                                            now_s + self.deadline_s, key=bytearray(key), hops=len(links))
         self._remember(relay_id)
-        message = encode_forward(Forward(relay_id, path[0], path[-1], bits, 0, path, links, key_ids, b""))
+        message = encode_forward(Forward(relay_id, path[0], path[-1], bits, 0, path, links, key_ids, b"",
+                                         group or relay_id, shares))
         return key, [Send(links[0], message)]
 
     # -- receiving ---------------------------------------------------------------------------------------
@@ -381,7 +402,7 @@ class RelayEndpoint:
             wanted = confirmation_tag(request.key, "src", relay_id, request.source, request.destination, request.bits)
             if not hmac.compare_digest(wanted, body):
                 return self._abort(relay_id, "the source's confirmation does not match: keys differ")
-            ready = KeyReady(relay_id, request.source, bytes(request.key))
+            ready = KeyReady(relay_id, request.source, bytes(request.key), request.group or relay_id, request.shares)
             self._finish(relay_id)
             return [ready, Send(request.up_link, encode_done(relay_id))]
         # DONE
@@ -420,7 +441,7 @@ class RelayEndpoint:
         self.requests[f.relay_id] = _Request(RELAY, State.FORWARDED, f.source, f.destination, f.bits, via_link,
                                              down_link, now_s + self.deadline_s, hops=len(f.links))
         message = encode_forward(Forward(f.relay_id, f.source, f.destination, f.bits, f.hop + 1, f.path, f.links,
-                                         down_key_ids, bytes(pad)))
+                                         down_key_ids, bytes(pad), f.group, f.shares))
         erase(pad)
         return [Send(down_link, message)]
 
@@ -434,7 +455,8 @@ class RelayEndpoint:
         key = xor(f.pad, up) if f.pad else bytearray(up)
         erase(up)
         self.requests[f.relay_id] = _Request(DESTINATION, State.CONFIRMING, f.source, f.destination, f.bits,
-                                             via_link, None, now_s + self.deadline_s, key=key, hops=len(f.links))
+                                             via_link, None, now_s + self.deadline_s, key=key, hops=len(f.links),
+                                             group=f.group or f.relay_id, shares=f.shares)
         tag = confirmation_tag(key, "dst", f.relay_id, f.source, f.destination, f.bits)
         return [Send(via_link, encode_tag(MessageType.CONFIRM, f.relay_id, tag))]
 

@@ -26,7 +26,8 @@ from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
 from qkdd.relay import protocol as rp
 from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase
-from qkdd.relay.routing import Route, Topology, alternative_routes, build_topology, route_along, shortest_route
+from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topology, disjoint_routes, route_along,
+                                shortest_route)
 
 log = logging.getLogger("qkdd.relay")
 
@@ -128,6 +129,7 @@ class RelayService:
         self._nursery: trio.Nursery | None = None
         self._peer_log = RateLimitedLog(log)
         self._store = _StoreBatches(store)
+        self._shares: dict[str, tuple[float, dict[str, bytearray]]] = {}   # multi-path group -> shares so far
         for link_id, channel in channels.items():
             self.db.pin(link_id, key_fingerprint(channel._pinned))
             channel.register(LINKSTATE_CHANNEL, lambda stream, link_id=link_id: self._serve_linkstate(link_id, stream))
@@ -250,10 +252,15 @@ class RelayService:
 
     # -- requests at the source ------------------------------------------------------------------------
     async def request_key(self, dst: str, bits: int, path: list[str] | None = None,
-                          min_trust: int | None = None) -> tuple[str, bytes, Route]:
-        """A key of `bits` bits shared with node `dst`: (key id, key, route). RelayError otherwise."""
+                          min_trust: int | None = None, paths: int = 1) -> tuple[str, bytes, list[Route]]:
+        """A key of `bits` bits shared with node `dst`: (key id, key, routes). With `paths` > 1, the XOR of
+        shares relayed over that many node-disjoint routes. RelayError otherwise."""
         if dst == self.node_id:
             raise RelayError("the destination is this node", 400)
+        if paths > 1:
+            if path is not None:
+                raise RelayError("give either a route or a number of paths", 400)
+            return await self._request_multipath(dst, bits, paths, min_trust)
         if path is not None and (len(path) < 2 or path[0] != self.node_id or path[-1] != dst):
             raise RelayError("route must start at this node and end at dst", 400)
         started = trio.current_time()
@@ -272,10 +279,48 @@ class RelayService:
                 continue
             if self.metrics is not None:
                 self.metrics.request("delivered", route.hops, trio.current_time() - started)
-            return relay_id, key, route
+            return relay_id, key, [route]
         raise RelayError("the relay did not complete: " + "; ".join(reasons))
 
-    async def _relay(self, route: Route, bits: int) -> tuple[str, bytes]:
+    async def _request_multipath(self, dst: str, bits: int, paths: int,
+                                 min_trust: int | None) -> tuple[str, bytes, list[Route]]:
+        topology = self.topology()
+        if dst not in topology.trust:
+            raise RelayError(f"node {dst!r} is not known in the relay network", 404)
+        routes = disjoint_routes(topology, self.node_id, dst, paths, hop_limit=self.settings.hop_limit,
+                                 min_trust=self.settings.min_trust if min_trust is None else min_trust,
+                                 need_bits=bits)
+        if len(routes) < paths:
+            raise RelayError(f"{len(routes)} node-disjoint routes to {dst} with enough key, {paths} asked")
+        group = str(uuid.uuid4())
+        started = trio.current_time()
+        shares: list[bytes | None] = [None] * paths
+        failures: list[str] = []
+
+        async def one(index: int, route: Route) -> None:
+            try:
+                shares[index] = (await self._relay(route, bits, group=group, shares=paths))[1]
+            except RelayError as exc:
+                failures.append(f"via {'-'.join(route.path)}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for index, route in enumerate(routes):
+                nursery.start_soon(one, index, route)
+        if failures or any(share is None for share in shares):
+            if self.metrics is not None:
+                self.metrics.request("aborted", max(r.hops for r in routes), trio.current_time() - started)
+            raise RelayError("a share did not arrive: " + "; ".join(failures))
+        key = bytearray(bits // 8)
+        for share in shares:
+            key = rp.xor(key, share)
+        if self.metrics is not None:
+            self.metrics.request("delivered", max(r.hops for r in routes), trio.current_time() - started)
+        try:
+            return group, bytes(key), routes
+        finally:
+            rp.erase(key)
+
+    async def _relay(self, route: Route, bits: int, *, group: str = "", shares: int = 1) -> tuple[str, bytes]:
         first = route.links[0]
         if first not in self._relay_out:
             raise RelayError(f"link {first} is not connected")
@@ -287,7 +332,7 @@ class RelayService:
         relay_id = str(uuid.uuid4())
         material = bytearray(b"".join(k.material for k in keys))
         key, sends = self.endpoint.start(relay_id, route.path, route.links, bits, tuple(k.key_id for k in keys),
-                                         bytes(material), trio.current_time())
+                                         bytes(material), trio.current_time(), group=group, shares=shares)
         rp.erase(material)
         waiter = self._waiters[relay_id] = _Waiter()
         try:
@@ -396,8 +441,16 @@ class RelayService:
             self._send_all(self.endpoint.refuse_forward(f, via, _reason(exc)))
 
     async def _store_ready(self, event: rp.KeyReady, sends: list) -> None:
+        key_id, key = event.relay_id, event.key
+        if event.shares > 1:
+            key = self._add_share(event)
+            if key is None:              # more shares to come: this one is held (in memory) until then
+                for send in sends:
+                    self._send(send)
+                return
+            key_id = event.group
         try:
-            await self._store.call(self._keep, event.relay_id, event.key, event.source)
+            await self._store.call(self._keep, key_id, key, event.source)
         except KeyStoreError as exc:
             request_link = sends[0].link_id if sends else ""
             self._send(rp.Send(request_link, rp.encode_abort(event.relay_id, f"destination cannot store: {exc}")))
@@ -406,6 +459,25 @@ class RelayService:
             self.metrics.passed(rp.DESTINATION, "delivered")
         for send in sends:
             self._send(send)
+
+    def _add_share(self, event: rp.KeyReady) -> bytes | None:
+        """Hold one confirmed share of a multi-path key; the key (XOR of all shares) once the last came."""
+        now = trio.current_time()
+        for group, (deadline, parts) in list(self._shares.items()):
+            if deadline <= now:                     # a share that never came: the others are erased
+                for part in parts.values():
+                    rp.erase(part)
+                del self._shares[group]
+        deadline, parts = self._shares.setdefault(event.group, (now + self.settings.request_timeout_s, {}))
+        parts[event.relay_id] = bytearray(event.key)
+        if len(parts) < event.shares:
+            return None
+        del self._shares[event.group]
+        key = bytearray(len(event.key))
+        for part in parts.values():
+            key = rp.xor(key, part)
+            rp.erase(part)
+        return bytes(key)
 
     def _keep(self, relay_id: str, key: bytes, source: str) -> None:
         """Blocking: the confirmed key, available by id only (never allocated here), until fetched once."""
