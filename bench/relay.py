@@ -1,7 +1,8 @@
 """Relayed key throughput and latency: a chain of qkdd daemons in network namespaces (tests/relay_lab.py,
 simulated links with seeded key stores), keys requested at the first node for the last (--hops links
 away) and for its neighbour (one hop), each for --seconds, by --workers concurrent consumers; every key
-is fetched at the destination and compared. Needs root.
+is fetched at the destination and compared. Each node's key store is on a tmpfs of its own by default
+(--store-fs-mib 0: the working directory's disk). Needs root.
 
     python -m bench.relay --hops 5 --seconds 20
     -> one JSON line: relayed bits/s, requests, p50/p99 request latency at --hops and at one hop, and
@@ -26,9 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hops", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time of each of the two runs")
     parser.add_argument("--bits", type=int, default=256, help="bits per requested key (a multiple of 8)")
-    parser.add_argument("--workers", type=int, default=16, help="concurrent consumers")
-    parser.add_argument("--store-fs-mib", type=int, default=0,
-                        help="each node's key store on a tmpfs of this size (0: on the working directory's disk)")
+    parser.add_argument("--workers", type=int, default=64,
+                        help="concurrent consumers (enough to keep a 5-hop route's pipeline full)")
+    parser.add_argument("--store-fs-mib", type=int, default=256,
+                        help="each node's key store on a tmpfs of this size, as the chaos lab's (0: on the "
+                             "working directory's disk, whose flushes this shared machine's other users share)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory (logs, stores)")
     args = parser.parse_args(argv)
     if not 1 <= args.hops <= 16 or args.seconds <= 0 or args.bits <= 0 or args.bits % 8 or args.workers < 1:
@@ -123,7 +126,8 @@ def run(lab, src: str, dst: str, bits: int, workers: int, seconds: float) -> dic
             while time.monotonic() < deadline[0]:
                 hop(lab.netns[src])
                 started = time.monotonic()
-                response = requester.post("http://127.0.0.1:8071/v1/relay/keys/request", json={"dst": dst, "bits": bits})
+                response = requester.post("http://127.0.0.1:8071/v1/relay/keys/request",
+                                          json={"dst": dst, "bits": bits})
                 elapsed = time.monotonic() - started
                 if response.status_code != 200:
                     with lock:

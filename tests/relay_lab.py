@@ -63,7 +63,7 @@ class RelayLab:
         self._clients: dict[str, httpx.Client] = {}
 
     # -- set-up and tear-down ------------------------------------------------------------------------------
-    def __enter__(self) -> "RelayLab":
+    def __enter__(self) -> RelayLab:
         try:
             self.up()
         except BaseException:

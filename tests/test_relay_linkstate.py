@@ -8,7 +8,7 @@ import math
 import pytest
 
 from qkdd.peer import generate_identity
-from qkdd.relay.linkstate import (Announcement, LinkReport, LinkStateDatabase, decode, fingerprint)
+from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase, decode, fingerprint
 from qkdd.relay.routing import build_topology, disjoint_routes, route_along, shortest_route
 
 WALL_S = 1_800_000_000.0
@@ -21,7 +21,7 @@ class Node:
         self.key = generate_identity()
         self.public = self.key.public_key().public_bytes_raw()
         self.db = LinkStateDatabase(node_id, self.public, max_age_s=60.0)
-        self.links: dict[str, "Node"] = {}        # link id -> neighbour
+        self.links: dict[str, Node] = {}        # link id -> neighbour
         self.stock: dict[str, int] = {}
         self.rate: dict[str, float] = {}
 
@@ -179,7 +179,7 @@ def test_relay_unvouched_announcement_is_accepted_once_vouched():
 def test_relay_announcement_round_trips(qber):
     node = Node("N1")
     announcement = Announcement("N1", 5, 7, node.public, (LinkReport("N2", "l1", b"\x01" * 32, 9, 1.5, qber, False),))
-    decoded, signed, signature = decode(announcement.sign(node.key))
+    decoded, signed, _ = decode(announcement.sign(node.key))
     assert decoded.links[0].neighbor == "N2" and decoded.trust_level == 7 and decoded.links[0].up is False
     assert signed == announcement.signed_part()
 

@@ -15,12 +15,13 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import trio
+import trio.lowlevel
 
-from qkdd.keystore import KeyStoreError, KeyState, KeyUnavailable, StoredKey
+from qkdd.keystore import KeyState, KeyStoreError, KeyUnavailable, StoredKey
 from qkdd.link_channel import LINKSTATE_CHANNEL, RELAY_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
@@ -531,7 +532,7 @@ async def _write_all(receive: trio.MemoryReceiveChannel, stream: MuxStream, *, p
         if not packed:
             await stream.send(payload)
             continue
-        await trio.sleep(0)                 # messages made runnable now join this record
+        await trio.lowlevel.checkpoint()    # messages made runnable now join this record
         batch = [payload]
         while True:
             try:

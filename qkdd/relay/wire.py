@@ -13,37 +13,37 @@ class Writer:
     def __init__(self) -> None:
         self._parts: list[bytes] = []
 
-    def u8(self, value: int) -> "Writer":
+    def u8(self, value: int) -> Writer:
         self._parts.append(struct.pack(">B", value))
         return self
 
-    def u16(self, value: int) -> "Writer":
+    def u16(self, value: int) -> Writer:
         self._parts.append(struct.pack(">H", value))
         return self
 
-    def u32(self, value: int) -> "Writer":
+    def u32(self, value: int) -> Writer:
         self._parts.append(struct.pack(">I", value))
         return self
 
-    def u64(self, value: int) -> "Writer":
+    def u64(self, value: int) -> Writer:
         self._parts.append(struct.pack(">Q", value))
         return self
 
-    def f64(self, value: float) -> "Writer":
+    def f64(self, value: float) -> Writer:
         self._parts.append(struct.pack(">d", value))
         return self
 
-    def raw(self, data: bytes) -> "Writer":
+    def raw(self, data: bytes) -> Writer:
         self._parts.append(bytes(data))
         return self
 
-    def blob(self, data: bytes) -> "Writer":
+    def blob(self, data: bytes) -> Writer:
         """u16 length then the bytes."""
         if len(data) > 0xFFFF:
             raise ValueError("field longer than 65535 bytes")
         return self.u16(len(data)).raw(data)
 
-    def text(self, value: str) -> "Writer":
+    def text(self, value: str) -> Writer:
         return self.blob(value.encode("utf-8"))
 
     def bytes(self) -> bytes:
