@@ -36,6 +36,7 @@ RELAY_LINK_ID = "relay"          # the key store's link id of relayed keys held 
 HOLDER_PREFIX = "relay:"
 ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left)
 RETRY_WAIT_S = 1.0
+MAX_SHARE_GROUPS = 4096          # multi-path keys whose shares the destination holds while the others travel
 
 
 class RelayError(Exception):
@@ -444,7 +445,11 @@ class RelayService:
     async def _store_ready(self, event: rp.KeyReady, sends: list) -> None:
         key_id, key = event.relay_id, event.key
         if event.shares > 1:
-            key = self._add_share(event)
+            try:
+                key = self._add_share(event)
+            except KeyStoreError as exc:
+                self._send(rp.Send(sends[0].link_id, rp.encode_abort(event.relay_id, str(exc))))
+                return
             if key is None:              # more shares to come: this one is held (in memory) until then
                 for send in sends:
                     self._send(send)
@@ -469,6 +474,8 @@ class RelayService:
                 for part in parts.values():
                     rp.erase(part)
                 del self._shares[group]
+        if event.group not in self._shares and len(self._shares) >= MAX_SHARE_GROUPS:
+            raise KeyStoreError("too many multi-path keys waiting for their other shares")
         deadline, parts = self._shares.setdefault(event.group, (now + self.settings.request_timeout_s, {}))
         parts[event.relay_id] = bytearray(event.key)
         if len(parts) < event.shares:
