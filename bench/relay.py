@@ -19,7 +19,6 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hops", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time of each of the two runs")
     parser.add_argument("--bits", type=int, default=256, help="bits per requested key (a multiple of 8)")
-    parser.add_argument("--workers", type=int, default=64,
+    parser.add_argument("--workers", type=int, default=256,
                         help="concurrent consumers (enough to keep a 5-hop route's pipeline full)")
     parser.add_argument("--store-fs-mib", type=int, default=256,
                         help="each node's key store on a tmpfs of this size, as the chaos lab's (0: on the "
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     nodes = [f"N{i}" for i in range(args.hops + 1)]
     links = list(zip(nodes, nodes[1:]))
     # enough seeded key for both runs at a generous rate (each request takes one stored key per hop)
-    keys_per_link = max(2000, int(args.seconds * 400 * 2 * max(1, args.bits // 256)))
+    keys_per_link = max(8000, int((args.seconds + 2) * 1000 * 2 * max(1, args.bits // 256)))
     workdir = Path(tempfile.mkdtemp(prefix="qkdd-bench-relay-"))
     with RelayLab(workdir, nodes, links, seeded_keys=keys_per_link, announce_interval_s=5.0,
                   store_fs_bytes=args.store_fs_mib << 20 if args.store_fs_mib else 0) as lab:
@@ -107,64 +106,133 @@ def cpu_s(lab) -> dict[str, float]:
     return used
 
 
+IDLE_S = 1.0           # a connection idle longer is replaced before use (servers close idle ones)
+
+
+class _Http:
+    """One keep-alive HTTP/1.1 connection (h11 over a trio socket) to a daemon's API on the loopback of
+    namespace `netns`: the socket is made while this thread is in that namespace (tests.chaos_net.hop),
+    with no checkpoint in between, so that every consumer task shares one thread and one event loop."""
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns
+        self.stream = None
+        self.conn = None
+        self.used = 0.0
+
+    async def _connect(self) -> None:
+        import h11
+        import trio
+        from tests.chaos_net import hop
+        hop(self.netns)
+        sock = trio.socket.socket()
+        await sock.connect(("127.0.0.1", 8071))
+        self.stream = trio.SocketStream(sock)
+        self.conn = h11.Connection(h11.CLIENT)
+        self.used = time.monotonic()
+
+    async def call(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+        import h11
+        if self.conn is None or self.conn.our_state is not h11.IDLE or time.monotonic() - self.used > IDLE_S:
+            await self.close()              # the server may have closed an idle connection meanwhile
+            await self._connect()
+        headers = [("Host", "127.0.0.1")]
+        if body:
+            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        data = self.conn.send(h11.Request(method=method, target=target, headers=headers))
+        if body:
+            data += self.conn.send(h11.Data(data=body))
+        data += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+        status, chunks = 0, []
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        self.used = time.monotonic()
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        return status, b"".join(chunks)
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+            self.stream = None
+
+
 def run(lab, src: str, dst: str, bits: int, workers: int, seconds: float) -> dict:
-    """`workers` consumers request keys at `src` for `dst` and fetch each at `dst` for `seconds`."""
-    from tests.chaos_net import hop
+    """`workers` consumers request keys at `src` for `dst` and fetch each at `dst` for `seconds`; the
+    consumers are trio tasks of one thread (a cheap client, so that it measures the daemons)."""
+    import resource
+
+    import h11
+    import trio
     latencies: list[float] = []
     counts = {"ok": 0, "failed": 0, "mismatched": 0}
-    lock = threading.Lock()
-    deadline = [0.0]
-    ready = threading.Barrier(workers + 1, action=lambda: deadline.__setitem__(0, time.monotonic() + seconds))
+    request = json.dumps({"dst": dst, "bits": bits}).encode()
+    timing = {}
 
-    def worker() -> None:
-        hop(lab.netns[src])
-        requester = httpx.Client(timeout=30.0, verify=False)      # plain HTTP on the namespace's loopback
-        hop(lab.netns[dst])
-        fetcher = httpx.Client(timeout=30.0, verify=False)
-        ready.wait()                        # the clock starts once every consumer is ready
-        try:
-            while time.monotonic() < deadline[0]:
-                hop(lab.netns[src])
-                started = time.monotonic()
-                response = requester.post("http://127.0.0.1:8071/v1/relay/keys/request",
-                                          json={"dst": dst, "bits": bits})
-                elapsed = time.monotonic() - started
-                if response.status_code != 200:
-                    with lock:
-                        counts["failed"] += 1
-                    continue
-                body = response.json()
-                hop(lab.netns[dst])
-                fetched = fetcher.get(f"http://127.0.0.1:8071/v1/keys/{body['key_id']}")
-                same = fetched.status_code == 200 and fetched.json()["key"] == body["key"]
-                with lock:
-                    latencies.append(elapsed)
-                    counts["ok" if same else "mismatched"] += 1
-                    if same:
-                        assert len(base64.b64decode(body["key"])) * 8 == bits
-        finally:
-            hop(lab.netns[src])
-            requester.close()
-            hop(lab.netns[dst])
-            fetcher.close()
+    async def consumer(requester: _Http, fetcher: _Http, deadline: float) -> None:
+        while trio.current_time() < deadline:
+            try:
+                await one_key(requester, fetcher)
+            except (OSError, trio.BrokenResourceError, ValueError, KeyError, h11.ProtocolError) as exc:
+                counts["failed"] += 1
+                counts.setdefault("errors", {}).setdefault(type(exc).__name__, 0)
+                counts["errors"][type(exc).__name__] += 1
+                await requester.close()
+                await fetcher.close()
 
-    import resource
-    client_cpu = resource.getrusage(resource.RUSAGE_SELF)
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    ready.wait()
-    started = deadline[0] - seconds
-    for thread in threads:
-        thread.join()
-    elapsed = time.monotonic() - started
-    now = resource.getrusage(resource.RUSAGE_SELF)
-    counts["client_cpu_s"] = round(now.ru_utime + now.ru_stime - client_cpu.ru_utime - client_cpu.ru_stime, 2)
+    async def one_key(requester: _Http, fetcher: _Http) -> None:
+        started = trio.current_time()
+        status, text = await requester.call("POST", "/v1/relay/keys/request", request)
+        elapsed = trio.current_time() - started
+        if status != 200:
+            counts["failed"] += 1
+            counts.setdefault("refused", {}).setdefault(status, 0)
+            counts["refused"][status] += 1
+            return
+        body = json.loads(text)
+        status, text = await fetcher.call("GET", f"/v1/keys/{body['key_id']}")
+        same = status == 200 and json.loads(text)["key"] == body["key"]
+        same = same and len(base64.b64decode(body["key"])) * 8 == bits
+        latencies.append(elapsed)
+        counts["ok" if same else "mismatched"] += 1
+
+    async def main() -> None:
+        pairs = [(_Http(lab.netns[src]), _Http(lab.netns[dst])) for _ in range(workers)]
+        for requester, fetcher in pairs:         # every connection before the clock starts
+            await requester._connect()
+            await fetcher._connect()
+        timing["cpu"] = resource.getrusage(resource.RUSAGE_SELF)
+        timing["started"] = time.monotonic()
+        deadline = trio.current_time() + seconds
+        async with trio.open_nursery() as nursery:
+            for requester, fetcher in pairs:
+                nursery.start_soon(consumer, requester, fetcher, deadline)
+        timing["elapsed"] = time.monotonic() - timing["started"]
+        for requester, fetcher in pairs:
+            await requester.close()
+            await fetcher.close()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)     # two sockets per consumer
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * workers + 256)), hard))
+    thread = threading.Thread(target=trio.run, args=(main,))   # its own thread: it enters the namespaces
+    thread.start()
+    thread.join()
+    now, before = resource.getrusage(resource.RUSAGE_SELF), timing["cpu"]
+    counts["client_cpu_s"] = round(now.ru_utime + now.ru_stime - before.ru_utime - before.ru_stime, 2)
     latencies.sort()
 
     def quantile(q: float) -> float | None:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2) if latencies else None
-    return {**counts, "bits_per_s": round(counts["ok"] * bits / elapsed, 1), "p50_ms": quantile(0.5),
+    return {**counts, "bits_per_s": round(counts["ok"] * bits / timing["elapsed"], 1), "p50_ms": quantile(0.5),
             "p99_ms": quantile(0.99)}
 
 
