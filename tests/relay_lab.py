@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -185,13 +186,17 @@ request_timeout_s = 8
     # -- calls -------------------------------------------------------------------------------------------------
     def call(self, node: str, method: str, path: str, body: dict | None = None, port: int = API_PORT):
         """One HTTP request to `node`'s API (its namespace's loopback), from a thread inside that namespace."""
+        return self.call_soon(node, method, path, body, port).result()
+
+    def call_soon(self, node: str, method: str, path: str, body: dict | None = None, port: int = API_PORT):
+        """`call` started in the background: a Future of the response."""
         def go():
             hop(self.netns[node])
-            key = f"{node}:{port}"
+            key = f"{node}:{port}:{threading.get_ident()}"       # a client per thread and namespace
             if key not in self._clients:
-                self._clients[key] = httpx.Client(timeout=httpx.Timeout(20.0))
+                self._clients[key] = httpx.Client(timeout=httpx.Timeout(30.0), verify=False)
             return self._clients[key].request(method, f"http://127.0.0.1:{port}{path}", json=body)
-        return self._pool.submit(go).result()
+        return self._pool.submit(go)
 
     def routes(self, node: str, dst: str) -> list[dict]:
         response = self.call(node, "GET", f"/v1/relay/routes?dst={dst}")

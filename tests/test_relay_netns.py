@@ -93,7 +93,17 @@ def test_relay_reroutes_after_kill_of_a_middle_node(lab):
     route = lab.wait_route("A", "F", lambda r: r["hops"] == 5)
     middle = route["path"][2]                                # C or X
     other = "X" if middle == "C" else "C"
+    # requests in flight while the relay dies: each ends delivered at both ends or failed at both
+    in_flight = [lab.call_soon("A", "POST", "/v1/relay/keys/request", {"dst": "F", "bits": 256}) for _ in range(6)]
     lab.kill(middle)
+    for future in in_flight:
+        response = future.result()
+        assert response.status_code in (200, 503), response.text
+        if response.status_code == 200:                      # the source served it: so does the destination
+            body = response.json()
+            fetched = lab.call("F", "GET", f"/v1/keys/{body['key_id']}")
+            assert fetched.status_code == 200 and fetched.json()["key"] == body["key"], fetched.text
+            SEEN_KEYS.append(base64.b64decode(body["key"]))
     wait_for(f"every route A -> F to avoid {middle}", lambda: (routes := lab.routes("A", "F")) and all(
         middle not in r["path"] for r in routes), timeout_s=30, interval_s=0.25)
     body, key = relayed(lab, "A", "F", 256)
