@@ -386,6 +386,10 @@ class Config:
                                   f"[{peers[(tunnel.interface, tunnel.peer_public_key)]}]")
             peers[(tunnel.interface, tunnel.peer_public_key)] = index
         for index, peer in enumerate(self.etsi014.peers if self.etsi014 else ()):
+            if peer.node:
+                if self.node is None:
+                    raise ConfigError(f"etsi014.peers[{index}].node", "needs this daemon to be a relay node ([node])")
+                continue
             link = self.links[seen[peer.link_id]] if peer.link_id in seen else None
             if peer.channel is None and (link is None or not link.has_peer_channel):
                 raise ConfigError(f"etsi014.peers[{index}].link_id",

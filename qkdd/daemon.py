@@ -50,6 +50,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
         links = build_links(config, app.keystore, app.metrics, app.health)
         attach_kme(app, links)
         app.relay = build_relay(config, links, app)     # registers its channel kinds before the links run
+        if app.relay is not None and app.kme is not None:   # ETSI 014 keys for KMEs on non-adjacent nodes
+            app.kme.relay, app.relay.note_handler = app.relay, app.kme.record_relayed
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED

@@ -79,6 +79,16 @@ class LinkChannel:
         return self.session
 
     @property
+    def signing_key(self):
+        """This end's ML-DSA-65 identity on the link (the relay network signs with it)."""
+        return self._signing_key
+
+    @property
+    def pinned_peer_key(self):
+        """The other end's pinned ML-DSA-65 public key."""
+        return self._pinned
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes from the peer waiting in this session's queues (channels and frame inboxes)."""
         return self.mux.queued_bytes if self.mux is not None else 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import threading
 import time
 import uuid
@@ -39,7 +40,7 @@ class RelayLab:
 
     def __init__(self, workdir: Path, nodes: list[str], links: list[tuple[str, str]], *, seeded_keys: int = 300,
                  trust: dict[str, int] | None = None, announce_interval_s: float = 2.0, engines: bool = True,
-                 key_bits: int = 256, store_fs_bytes: int = 0) -> None:
+                 key_bits: int = 256, store_fs_bytes: int = 0, etsi014: list[str] | None = None) -> None:
         self.workdir = workdir
         self.nodes = list(nodes)
         self.links = list(links)
@@ -48,6 +49,8 @@ class RelayLab:
         self.announce_interval_s = announce_interval_s
         self.engines = engines
         self.key_bits = key_bits
+        self.etsi014 = list(etsi014 or [])       # nodes with an ETSI 014 KME "kme-N" serving SAE "sae-N" (mTLS API)
+        self.pki = None
         # each node's state directory on a tmpfs of its own when given a size (no disk flushes: the bench
         # then measures the relay, not this machine's shared disk)
         self.tmpfs = {node: Tmpfs(workdir / f"fs-{node}", store_fs_bytes) for node in nodes} if store_fs_bytes else {}
@@ -98,6 +101,10 @@ class RelayLab:
                 run("ip", "-n", self.netns[node], "addr", "add", f"{address}/24", "dev", interface)
                 run("ip", "-n", self.netns[node], "link", "set", interface, "up")
         self._seed()
+        if self.etsi014:
+            from qkdd.pki import init_pki
+            self.pki = init_pki(self.workdir / "pki", [f"kme-{n}" for n in self.etsi014],
+                                [f"sae-{n}" for n in self.etsi014])
         for node in self.nodes:
             self.daemons[node] = QkddInNetns(self.netns[node], self._write_config(node),
                                              self.workdir / f"{node}.log")
@@ -159,12 +166,21 @@ device_addr = "{alice_ip}:{QUANTUM_PORT}"
 frames_in_flight = 1
 key_bits = {self.key_bits}
 {sim if self.engines else ''}''')
+        tls = etsi = ""
+        if node in self.etsi014:
+            kme = self.pki.kmes[f"kme-{node}"]
+            tls = (f'[api.tls]\ncert_file = "{kme.cert_file}"\nkey_file = "{kme.key_file}"\n'
+                   f'client_ca_file = "{self.pki.ca_cert_file}"\nclient_cert = "optional"\n')
+            etsi = f'[etsi014]\nkme_id = "kme-{node}"\n' + "".join(
+                f'[[etsi014.saes]]\nsae_id = "sae-{n}"\nkme_id = "kme-{n}"\n' for n in self.etsi014) + "".join(
+                f'[[etsi014.peers]]\nkme_id = "kme-{n}"\nnode = "{n}"\n' for n in self.etsi014 if n != node)
         text = f'''[daemon]
 state_dir = "{self.workdir / f'state-{node}'}"
 log_level = "info"
 
 [api]
 listen = "127.0.0.1:{API_PORT}"
+{tls}
 
 [health]
 listen = "127.0.0.1:{HEALTH_PORT}"
@@ -178,6 +194,7 @@ announce_interval_s = {self.announce_interval_s}
 max_age_s = {max(4 * self.announce_interval_s, 10)}
 request_timeout_s = 8
 
+{etsi}
 ''' + "\n".join(links)
         path = self.workdir / f"{node}.toml"
         path.write_text(text)
@@ -190,13 +207,29 @@ request_timeout_s = 8
 
     def call_soon(self, node: str, method: str, path: str, body: dict | None = None, port: int = API_PORT):
         """`call` started in the background: a Future of the response."""
+        scheme = "https" if node in self.etsi014 and port == API_PORT else "http"
+
         def go():
             hop(self.netns[node])
             key = f"{node}:{port}:{threading.get_ident()}"       # a client per thread and namespace
             if key not in self._clients:
-                self._clients[key] = httpx.Client(timeout=httpx.Timeout(30.0), verify=False)
-            return self._clients[key].request(method, f"http://127.0.0.1:{port}{path}", json=body)
+                verify = ssl.create_default_context(cafile=str(self.pki.ca_cert_file)) if scheme == "https" else False
+                self._clients[key] = httpx.Client(timeout=httpx.Timeout(30.0), verify=verify)
+            return self._clients[key].request(method, f"{scheme}://127.0.0.1:{port}{path}", json=body)
         return self._pool.submit(go)
+
+    def etsi(self, node: str, path: str, params: dict | None = None):
+        """An ETSI 014 call to `node`'s KME as its SAE "sae-NODE" (mTLS)."""
+        def go():
+            hop(self.netns[node])
+            key = f"etsi:{node}:{threading.get_ident()}"
+            if key not in self._clients:
+                context = ssl.create_default_context(cafile=str(self.pki.ca_cert_file))
+                issued = self.pki.saes[f"sae-{node}"]
+                context.load_cert_chain(str(issued.cert_file), str(issued.key_file))
+                self._clients[key] = httpx.Client(verify=context, timeout=httpx.Timeout(30.0))
+            return self._clients[key].get(f"https://127.0.0.1:{API_PORT}{path}", params=params)
+        return self._pool.submit(go).result()
 
     def routes(self, node: str, dst: str) -> list[dict]:
         response = self.call(node, "GET", f"/v1/relay/routes?dst={dst}")

@@ -365,3 +365,24 @@ def test_relay_node_config_errors_name_the_key(tmp_path):
                     + link.format(id="l2", port=2, key="/k2") + "relay = false\n")
     config = load_config(str(path), {})
     assert [link.link_id for link in config.relay_links()] == ["l1"] and config.node.trust_level == 100
+
+
+def test_etsi014_peer_on_a_relay_node_config(tmp_path):
+    """[[etsi014.peers]] names a link or a relay node, exactly one; a node needs this daemon's [node]."""
+    base = ('[api.tls]\ncert_file = "/x.pem"\nkey_file = "/x.key"\nclient_ca_file = "/ca.pem"\n'
+            'client_cert = "optional"\n[etsi014]\nkme_id = "kme-a"\n')
+    link = ('[[links]]\nlink_id = "l1"\nrole = "alice"\ndriver = "sim"\npeer_listen = "127.0.0.1:1"\n'
+            'peer_key_file = "/k1"\npeer_public_key = "/p"\n')
+    cases = [
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\n', "etsi014.peers[0].link_id"),
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\nlink_id = "l1"\nnode = "E"\n', "etsi014.peers[0].link_id"),
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\nnode = "E"\n' + link, "etsi014.peers[0].node"),
+    ]
+    for text, key in cases:
+        path = tmp_path / "qkdd.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path), {})
+        assert info.value.key == key, (text, info.value)
+    path.write_text('[node]\nid = "A"\n' + base + '[[etsi014.peers]]\nkme_id = "kme-e"\nnode = "E"\n' + link)
+    assert load_config(str(path), {}).etsi014.peers[0].node == "E"

@@ -49,7 +49,8 @@ way, so a busy link carries one record per burst.
     message: version u8 (=1) | type u8 | relay_id 16 bytes
     FORWARD: source text | destination text | bits u32 | hop u8 | node count u8, node texts |
              link texts (node count - 1) | key count u16, stored key_id 16 bytes each | pad blob |
-             group 16 bytes (the relay id itself when shares = 1) | shares u8 (1..MAX_SHARES)
+             group 16 bytes (the relay id itself when shares = 1) | shares u8 (1..MAX_SHARES) |
+             note blob (what the source tells the destination's consumer: an ETSI 014 reservation)
     CONFIRM, COMMIT: tag 32 bytes
     DONE:    (empty)
     ABORT:   reason text (at most 200 bytes)
@@ -72,6 +73,7 @@ MAX_KEY_IDS = 4096
 MAX_REASON_BYTES = 200
 TAG_BYTES = 32
 REMEMBERED_IDS = 1 << 16         # relay ids seen recently: a replayed FORWARD is refused
+MAX_NOTE_BYTES = 16 << 10         # what the source tells the destination's consumer (ETSI 014 key ids, SAEs)
 MAX_SHARES = 8                   # multi-path: node-disjoint routes one key is split over
 MAX_MESSAGE_BYTES = 128 << 10    # a FORWARD of MAX_BITS with 4096 key ids and 33 nodes fits
 MAX_RECORD_BYTES = 256 << 10     # messages packed into one record of the relay channel
@@ -126,6 +128,7 @@ class Forward:
     pad: bytes                       # K xor K_hop; empty on the first link
     group: str = ""                  # multi-path: the key id of the XOR of all shares ("" = relay_id)
     shares: int = 1                  # multi-path: routes whose shares make the key
+    note: bytes = b""                # for the destination's consumer (an ETSI 014 reservation), not secret
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class KeyReady:
     key: bytes
     group: str = ""
     shares: int = 1
+    note: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,7 @@ class _Request:
     hops: int = 0
     group: str = ""
     shares: int = 1
+    note: bytes = b""
 
 
 # -- encoding ---------------------------------------------------------------------------------------------
@@ -211,7 +216,7 @@ def encode_forward(f: Forward) -> bytes:
     w.u16(len(f.key_ids))
     for key_id in f.key_ids:
         w.raw(uuid.UUID(key_id).bytes)
-    return w.blob(f.pad).raw(uuid.UUID(f.group or f.relay_id).bytes).u8(f.shares).bytes()
+    return w.blob(f.pad).raw(uuid.UUID(f.group or f.relay_id).bytes).u8(f.shares).blob(f.note).bytes()
 
 
 def encode_tag(kind: MessageType, relay_id: str, tag: bytes) -> bytes:
@@ -254,13 +259,14 @@ def decode(payload: bytes) -> tuple[MessageType, str, object]:
         shares = r.u8("shares")
         if not 1 <= shares <= MAX_SHARES or (shares == 1) != (group == relay_id):
             raise RelayWireError("shares and group do not agree")
+        note = r.blob("note", MAX_NOTE_BYTES)
         if not all(valid_node_id(n) for n in path + links) or len(set(path)) != len(path):
             raise RelayWireError("bad node or link id on the route")
         if path[0] != source or path[-1] != destination or hop >= len(links):
             raise RelayWireError("route, ends and hop do not agree")
         if bits <= 0 or bits % 8 or bits > MAX_BITS or len(pad) not in (0, bits // 8) or (hop > 0) != bool(pad):
             raise RelayWireError("bits and pad do not agree")
-        body = Forward(relay_id, source, destination, bits, hop, path, links, key_ids, pad, group, shares)
+        body = Forward(relay_id, source, destination, bits, hop, path, links, key_ids, pad, group, shares, note)
     elif kind in (MessageType.CONFIRM, MessageType.COMMIT):
         body = r.raw(TAG_BYTES, "tag")
     elif kind is MessageType.ABORT:
@@ -348,7 +354,7 @@ class RelayEndpoint:
     # -- source -----------------------------------------------------------------------------------------
     def start(self, relay_id: str, path: tuple[str, ...], links: tuple[str, ...], bits: int,
               key_ids: tuple[str, ...], first_keys: bytes, now_s: float, *, group: str = "",
-              shares: int = 1) -> tuple[bytearray, list[Send]]:
+              shares: int = 1, note: bytes = b"") -> tuple[bytearray, list[Send]]:
         """Begin a relay: `first_keys` (at least bits/8 bytes) from stored keys `key_ids` of this node's share
         of links[0]. Returns K and the FORWARD to send."""
         if path[0] != self.node_id or relay_id in self.seen:
@@ -359,7 +365,7 @@ class RelayEndpoint:
                                            now_s + self.deadline_s, key=bytearray(key), hops=len(links))
         self._remember(relay_id)
         message = encode_forward(Forward(relay_id, path[0], path[-1], bits, 0, path, links, key_ids, b"",
-                                         group or relay_id, shares))
+                                         group or relay_id, shares, note))
         return key, [Send(links[0], message)]
 
     # -- receiving ---------------------------------------------------------------------------------------
@@ -402,7 +408,8 @@ class RelayEndpoint:
             wanted = confirmation_tag(request.key, "src", relay_id, request.source, request.destination, request.bits)
             if not hmac.compare_digest(wanted, body):
                 return self._abort(relay_id, "the source's confirmation does not match: keys differ")
-            ready = KeyReady(relay_id, request.source, bytes(request.key), request.group or relay_id, request.shares)
+            ready = KeyReady(relay_id, request.source, bytes(request.key), request.group or relay_id, request.shares,
+                             request.note)
             self._finish(relay_id)
             return [ready, Send(request.up_link, encode_done(relay_id))]
         # DONE
@@ -441,7 +448,7 @@ class RelayEndpoint:
         self.requests[f.relay_id] = _Request(RELAY, State.FORWARDED, f.source, f.destination, f.bits, via_link,
                                              down_link, now_s + self.deadline_s, hops=len(f.links))
         message = encode_forward(Forward(f.relay_id, f.source, f.destination, f.bits, f.hop + 1, f.path, f.links,
-                                         down_key_ids, bytes(pad), f.group, f.shares))
+                                         down_key_ids, bytes(pad), f.group, f.shares, f.note))
         erase(pad)
         return [Send(down_link, message)]
 
@@ -456,7 +463,7 @@ class RelayEndpoint:
         erase(up)
         self.requests[f.relay_id] = _Request(DESTINATION, State.CONFIRMING, f.source, f.destination, f.bits,
                                              via_link, None, now_s + self.deadline_s, key=key, hops=len(f.links),
-                                             group=f.group or f.relay_id, shares=f.shares)
+                                             group=f.group or f.relay_id, shares=f.shares, note=f.note)
         tag = confirmation_tag(key, "dst", f.relay_id, f.source, f.destination, f.bits)
         return [Send(via_link, encode_tag(MessageType.CONFIRM, f.relay_id, tag))]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import trio
 import trio.lowlevel
 
-from qkdd.keystore import KeyState, KeyStoreError, KeyUnavailable, StoredKey
+from qkdd.keystore import KeyNotFound, KeyState, KeyStoreError, KeyUnavailable, StoredKey
 from qkdd.link_channel import LINKSTATE_CHANNEL, RELAY_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
@@ -132,8 +132,10 @@ class RelayService:
         self._peer_log = RateLimitedLog(log)
         self._store = _StoreBatches(store)
         self._shares: dict[str, tuple[float, dict[str, bytearray]]] = {}   # multi-path group -> shares so far
+        # (source node, key-store link id, stored key id, note) -> None; raises to refuse (the ETSI 014 KME)
+        self.note_handler: Callable[[str, str, str, bytes], None] | None = None
         for link_id, channel in channels.items():
-            self.db.pin(link_id, key_fingerprint(channel._pinned))
+            self.db.pin(link_id, key_fingerprint(channel.pinned_peer_key))
             channel.register(LINKSTATE_CHANNEL, lambda stream, link_id=link_id: self._serve_linkstate(link_id, stream))
             channel.register(RELAY_CHANNEL, lambda stream, link_id=link_id: self._serve_relay(link_id, stream))
 
@@ -254,13 +256,14 @@ class RelayService:
 
     # -- requests at the source ------------------------------------------------------------------------
     async def request_key(self, dst: str, bits: int, path: list[str] | None = None,
-                          min_trust: int | None = None, paths: int = 1) -> tuple[str, bytes, list[Route]]:
+                          min_trust: int | None = None, paths: int = 1,
+                          note: bytes = b"") -> tuple[str, bytes, list[Route]]:
         """A key of `bits` bits shared with node `dst`: (key id, key, routes). With `paths` > 1, the XOR of
         shares relayed over that many node-disjoint routes. RelayError otherwise."""
         if dst == self.node_id:
             raise RelayError("the destination is this node", 400)
         if paths > 1:
-            if path is not None:
+            if path is not None or note:
                 raise RelayError("give either a route or a number of paths", 400)
             return await self._request_multipath(dst, bits, paths, min_trust)
         if path is not None and (len(path) < 2 or path[0] != self.node_id or path[-1] != dst):
@@ -273,7 +276,7 @@ class RelayService:
                     await self._changed.wait()
             route = self.choose_route(dst, bits, path, frozenset(), min_trust)
             try:
-                relay_id, key = await self._relay(route, bits)
+                relay_id, key = await self._relay(route, bits, note=note)
             except RelayError as exc:
                 reasons.append(f"via {'-'.join(route.path)}: {exc}")
                 if self.metrics is not None:
@@ -322,7 +325,8 @@ class RelayService:
         finally:
             rp.erase(key)
 
-    async def _relay(self, route: Route, bits: int, *, group: str = "", shares: int = 1) -> tuple[str, bytes]:
+    async def _relay(self, route: Route, bits: int, *, group: str = "", shares: int = 1,
+                     note: bytes = b"") -> tuple[str, bytes]:
         first = route.links[0]
         if first not in self._relay_out:
             raise RelayError(f"link {first} is not connected")
@@ -334,7 +338,8 @@ class RelayService:
         relay_id = str(uuid.uuid4())
         material = bytearray(b"".join(k.material for k in keys))
         key, sends = self.endpoint.start(relay_id, route.path, route.links, bits, tuple(k.key_id for k in keys),
-                                         bytes(material), trio.current_time(), group=group, shares=shares)
+                                         bytes(material), trio.current_time(), group=group, shares=shares,
+                                         note=note)
         rp.erase(material)
         waiter = self._waiters[relay_id] = _Waiter()
         try:
@@ -456,8 +461,8 @@ class RelayService:
                 return
             key_id = event.group
         try:
-            await self._store.call(self._keep, key_id, key, event.source)
-        except KeyStoreError as exc:
+            await self._store.call(self._keep, key_id, key, event.source, event.note)
+        except Exception as exc:                    # noqa: BLE001 - the store or the note's consumer refused
             request_link = sends[0].link_id if sends else ""
             self._send(rp.Send(request_link, rp.encode_abort(event.relay_id, f"destination cannot store: {exc}")))
             return
@@ -487,12 +492,18 @@ class RelayService:
             rp.erase(part)
         return bytes(key)
 
-    def _keep(self, relay_id: str, key: bytes, source: str) -> None:
-        """Blocking: the confirmed key, available by id only (never allocated here), until fetched once."""
+    def _keep(self, relay_id: str, key: bytes, source: str, note: bytes = b"") -> None:
+        """Blocking: the confirmed key, available by id only (never allocated here), until fetched once;
+        with a note, the note's consumer (the ETSI 014 KME) records it in the same transaction, or
+        nothing is kept."""
         with self.store.batch():
             self.store.put_pending(RELAY_LINK_ID, 0, [(relay_id, key)], expires_at=time.time()
                                    + self.settings.key_expiry_s, allocatable=[False])
             self.store.commit_frame(RELAY_LINK_ID, 0)
+            if note:
+                if self.note_handler is None:
+                    raise RelayError("this node has no consumer for the request's note (no [etsi014])")
+                self.note_handler(source, RELAY_LINK_ID, relay_id, note)
 
     def _consumed(self, link_id: str, keys: list[StoredKey]) -> None:
         if self.metrics is not None:
@@ -501,7 +512,12 @@ class RelayService:
     # -- the destination's consumer --------------------------------------------------------------------
     async def fetch_key(self, key_id: str) -> StoredKey:
         """Deliver a relayed key once (KeyNotFound when this node holds no such key)."""
-        return await self._store.call(self.store.deliver, RELAY_LINK_ID, key_id)
+        return await self._store.call(self._fetch, key_id)
+
+    def _fetch(self, key_id: str) -> StoredKey:
+        if self.store.state(RELAY_LINK_ID, key_id) is KeyState.RESERVED:     # an ETSI 014 KME's, not /v1's
+            raise KeyNotFound(f"key {key_id} is not a /v1 key")
+        return self.store.deliver(RELAY_LINK_ID, key_id)
 
 
 def _take_hop_keys(store, up_link: str, key_ids: tuple[str, ...], relay_id: str, down_link: str | None,
@@ -557,7 +573,7 @@ def build_relay(config, links, app) -> RelayService | None:
         return None
     relay_links = [link for link in config.relay_links() if link.link_id in links.channels]
     channels = {link.link_id: links.channels[link.link_id] for link in relay_links}
-    signing_key = channels[relay_links[0].link_id]._signing_key
+    signing_key = channels[relay_links[0].link_id].signing_key
     relay = config.relay
     settings = RelaySettings(config.node.id, config.node.trust_level, relay.hop_limit, relay.min_trust,
                              relay.announce_interval_s, relay.max_age_s, relay.request_timeout_s, relay.key_expiry_s)
