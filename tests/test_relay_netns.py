@@ -1,7 +1,9 @@
 """Seven real qkdd daemons, each in a network namespace, on simulated links: a chain of five hops
-A-B-C-D-E-F and a ring B-C-D-X. Keys requested at A through /v1/relay come out equal at the destination
-over 1, 3 and 5 hops (once: a second fetch is refused); after kill -9 of the relay the 5-hop route used,
-new requests reroute round the ring; bad requests get clear errors; no key appears in any node's log."""
+A-B-C-D-E-F and a ring B-C-D-X. Keys requested at A through /v1/relay, and through ETSI 014 (KMEs on A,
+B, D, F), come out equal at the destination over 1, 3 and 5 hops (once: a second fetch is refused); a
+multi-path key travels over two node-disjoint routes; kill -9 of the relay the 5-hop route uses, with
+requests in flight, leaves each delivered at both ends or at neither, and new requests reroute round the
+ring; bad requests get clear errors; no key appears in any node's log."""
 from __future__ import annotations
 
 import base64
@@ -15,12 +17,13 @@ from tests.wireguard_support import key_forms, wait_for
 pytestmark = [pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")]
 
 NODES = ["A", "B", "C", "D", "E", "F", "X"]
+ETSI_NODES = ["A", "B", "D", "F"]     # an ETSI 014 KME "kme-N" for SAE "sae-N" (mTLS API) on these
 LINKS = [("A", "B"), ("B", "C"), ("C", "D"), ("D", "E"), ("E", "F"), ("B", "X"), ("X", "D")]
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with RelayLab(tmp_path_factory.mktemp("relay"), NODES, LINKS, trust={"X": 50}) as running:
+    with RelayLab(tmp_path_factory.mktemp("relay"), NODES, LINKS, trust={"X": 50}, etsi014=ETSI_NODES) as running:
         running.wait_route("A", "F", timeout_s=90)
         yield running
 
@@ -49,6 +52,26 @@ def test_relay_equal_keys_end_to_end_over_hops(lab, dst, hops):
     SEEN_KEYS.append(key)
     body, key = relayed(lab, "A", dst, 512)                   # more than one stored key per hop
     SEEN_KEYS.append(key)
+
+
+@pytest.mark.parametrize("slave,hops", [("B", 1), ("D", 3), ("F", 5)])
+def test_relay_etsi014_keys_between_saes_over_hops(lab, slave, hops):
+    """Get key at A's KME for sae-N on node N (no link to A but B's), Get key with key IDs there: equal
+    keys, each once; Get status names the slave's KME."""
+    lab.wait_route("A", slave, lambda r: r["hops"] == hops)
+    status = lab.etsi("A", f"/api/v1/keys/sae-{slave}/status")
+    assert status.status_code == 200 and status.json()["target_KME_ID"] == f"kme-{slave}", status.text
+    got = lab.etsi("A", f"/api/v1/keys/sae-{slave}/enc_keys", {"number": 2, "size": 256})
+    assert got.status_code == 200, got.text
+    keys = {k["key_ID"]: base64.b64decode(k["key"]) for k in got.json()["keys"]}
+    assert len(keys) == 2 and all(len(material) == 32 for material in keys.values())
+    for key_id, material in keys.items():
+        fetched = lab.etsi(slave, "/api/v1/keys/sae-A/dec_keys", {"key_ID": key_id})
+        assert fetched.status_code == 200, fetched.text
+        assert base64.b64decode(fetched.json()["keys"][0]["key"]) == material
+    again = lab.etsi(slave, "/api/v1/keys/sae-A/dec_keys", {"key_ID": list(keys)[0]})
+    assert again.status_code == 400, again.text          # delivered once
+    SEEN_KEYS.extend(keys.values())
 
 
 def test_relay_routes_list_path_bottleneck_stock_and_trust(lab):
