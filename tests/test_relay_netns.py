@@ -14,7 +14,8 @@ from tests.chaos_net import missing_requirements
 from tests.relay_lab import RelayLab
 from tests.wireguard_support import key_forms, wait_for
 
-pytestmark = [pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")]
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")]
 
 NODES = ["A", "B", "C", "D", "E", "F", "X"]
 ETSI_NODES = ["A", "B", "D", "F"]     # an ETSI 014 KME "kme-N" for SAE "sae-N" (mTLS API) on these
