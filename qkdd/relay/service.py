@@ -26,6 +26,7 @@ from qkdd.link_channel import LINKSTATE_CHANNEL, RELAY_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
 from qkdd.relay import protocol as rp
+from qkdd.relay.hop_keys import StoreBatches, take_hop_keys
 from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase
 from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topology, disjoint_routes, route_along,
                                 shortest_route)
@@ -33,7 +34,6 @@ from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topol
 log = logging.getLogger("qkdd.relay")
 
 RELAY_LINK_ID = "relay"          # the key store's link id of relayed keys held for their consumer
-HOLDER_PREFIX = "relay:"
 ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left)
 RETRY_WAIT_S = 1.0
 MAX_SHARE_GROUPS = 4096          # multi-path keys whose shares the destination holds while the others travel
@@ -59,50 +59,6 @@ class RelaySettings:
     key_expiry_s: float = 3600.0
 
 
-class _StoreBatches:
-    """Key-store work of the relay requests under way, run together: whatever queued while the previous
-    batch ran goes to one worker thread in one transaction (one fsync; each job a savepoint of it), so a
-    busy relay pays one thread hand-off and one flush per burst, not per request."""
-
-    def __init__(self, store) -> None:
-        self.store = store
-        self._send, self._receive = trio.open_memory_channel(math.inf)
-
-    async def call(self, job, *args):
-        """job(*args) in the next batch; its result, or its exception raised here."""
-        done, box = trio.Event(), {}
-        self._send.send_nowait((job, args, box, done))
-        await done.wait()
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
-
-    async def run(self) -> None:
-        while True:
-            jobs = [await self._receive.receive()]
-            while True:
-                try:
-                    jobs.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            try:
-                await trio.to_thread.run_sync(self._run, jobs)
-            except KeyStoreError as exc:             # the batch's commit failed: none of it happened
-                for _, _, box, _ in jobs:
-                    box.pop("result", None)
-                    box["error"] = exc
-            for _, _, _, done in jobs:
-                done.set()
-
-    def _run(self, jobs) -> None:
-        with self.store.batch():
-            for job, args, box, _ in jobs:
-                try:
-                    box["result"] = job(*args)
-                except Exception as exc:           # noqa: BLE001 - handed to the job's caller
-                    box["error"] = exc
-
-
 class _Waiter:
     def __init__(self) -> None:
         self.done = trio.Event()
@@ -125,12 +81,11 @@ class RelayService:
         self._links = sorted(channels)
         self._ls_out: dict[str, trio.MemorySendChannel] = {}
         self._relay_out: dict[str, trio.MemorySendChannel] = {}
-        self._stock: dict[str, int] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._peer_log = RateLimitedLog(log)
-        self._store = _StoreBatches(store)
+        self._store = StoreBatches(store)
         self._shares: dict[str, tuple[float, dict[str, bytearray]]] = {}   # multi-path group -> shares so far
         # (source node, key-store link id, stored key id, note) -> None; raises to refuse (the ETSI 014 KME)
         self.note_handler: Callable[[str, str, str, bytes], None] | None = None
@@ -166,7 +121,6 @@ class RelayService:
                 stock[link_id] = await trio.to_thread.run_sync(self.store.available_bits, link_id)
             except KeyStoreError:
                 stock[link_id] = 0
-        self._stock = stock
         reports = []
         for link_id in self._links:
             neighbor = self.db.neighbor_on(link_id)
@@ -431,7 +385,7 @@ class RelayService:
             down_link = f.links[f.hop + 1] if event.role == rp.RELAY else None
             if down_link is not None and down_link not in self._relay_out:
                 raise RelayError(f"link {down_link} towards {f.path[f.hop + 2]} is not connected")
-            upstream, down = await self._store.call(_take_hop_keys, self.store, via, f.key_ids, f.relay_id,
+            upstream, down = await self._store.call(take_hop_keys, self.store, via, f.key_ids, f.relay_id,
                                                     down_link, f.bits)
             self._consumed(via, upstream)
             up_bytes = b"".join(k.material for k in upstream)
@@ -518,30 +472,6 @@ class RelayService:
         if self.store.state(RELAY_LINK_ID, key_id) is KeyState.RESERVED:     # an ETSI 014 KME's, not /v1's
             raise KeyNotFound(f"key {key_id} is not a /v1 key")
         return self.store.deliver(RELAY_LINK_ID, key_id)
-
-
-def _take_hop_keys(store, up_link: str, key_ids: tuple[str, ...], relay_id: str, down_link: str | None,
-                   bits: int) -> tuple[list[StoredKey], list[StoredKey] | None]:
-    """Blocking. The upstream keys by id (all or none), then at a relay `bits` of this end's share of
-    `down_link`: (upstream keys, downstream keys or None)."""
-    upstream = _take_by_id(store, up_link, key_ids, relay_id)
-    return upstream, (store.take_bits(down_link, bits) if down_link is not None else None)
-
-
-def _take_by_id(store, link_id: str, key_ids: tuple[str, ...], relay_id: str) -> list[StoredKey]:
-    """Take (deliver and erase) the named keys of the other end's share of `link_id`, in order, all or none."""
-    holder = f"{HOLDER_PREFIX}{relay_id}"
-    with store.batch():
-        try:
-            store.reserve_ids(link_id, list(key_ids), holder, peer_share_only=True)
-        except KeyStoreError:
-            # a key still pending here: the sender holds it available, so its frame committed there
-            pending = [k for k in key_ids if store.state(link_id, k) is KeyState.PENDING]
-            if not pending:
-                raise
-            store.apply_resync(link_id, pending, [], [])
-            store.reserve_ids(link_id, list(key_ids), holder, peer_share_only=True)
-        return [store.deliver(link_id, key_id, holder=holder) for key_id in key_ids]
 
 
 def _reason(exc: Exception) -> str:
