@@ -28,6 +28,7 @@ class App:
     reservations: dict[str, Any] = field(default_factory=dict)   # link id -> qkdd.reservation ReservationService
     keystore: Any = None             # the daemon's one KeyStore (link engines, KME, WireGuard), once opened
     consumers: list = field(default_factory=list)   # qkdd.consumers KeyRotation: WireGuard, KMS push, IKEv2 PPK
+    relay: Any = None                # qkdd.relay.service.RelayService with [node], else None
 
     @classmethod
     def create(cls, config: Config, keystore: Any = None) -> "App":

@@ -28,6 +28,7 @@ from qkdd.keystore.capacity import MIN_MAX_BYTES, MIN_MAX_KEY_BITS
 from qkdd.kme.config import Etsi014Config
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KeystoreConfig", "KMSConfig", "LinkConfig", "ListenAddress",
+           "NodeConfig", "RelayConfig",
            "WireGuardConfig", "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH",
            "ENV_VARIABLES", "KmsPushConfig", "IpsecConfig"]
 
@@ -246,6 +247,8 @@ class LinkConfig:
     etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
     serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty
     sdk: SdkConfig | None = None                 # [links.sdk]: a vendor C library implementing qkd_device.h
+    # Relay network (with [node]): this link carries link-state announcements and relayed keys.
+    relay: bool = True
 
     def validate(self, key: str) -> None:
         if self.reconciliation == "ldpc" and self.protocol != "bb84":
@@ -415,6 +418,35 @@ class KMSConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    """`[node]`: this daemon as a node of the trusted-relay network (docs/relay.md). Its identity is the
+    ML-DSA-65 key of its links (peer_key_file, the same for every relay link); `trust_level` (0-255) is
+    announced with its links, and routes that require more never pass through it."""
+
+    id: str = field(metadata=meta(check=lambda v: None if LINK_ID_PATTERN.fullmatch(v) else
+                                  f"must be 1-64 characters of A-Z a-z 0-9 . _ - (starting with a letter or "
+                                  f"digit), got {v!r}"))
+    trust_level: int = field(default=100, metadata=meta(check=in_range(0, 255)))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """`[relay]`: routes and requests of the relay network (used only with `[node]`)."""
+
+    hop_limit: int = field(default=8, metadata=meta(check=in_range(1, 32)))
+    min_trust: int = field(default=0, metadata=meta(check=in_range(0, 255)))
+    announce_interval_s: float = field(default=10.0, metadata=meta(check=in_range(0.5, 3600)))
+    max_age_s: float = field(default=60.0, metadata=meta(check=in_range(2, 86400)))
+    request_timeout_s: float = field(default=10.0, metadata=meta(check=in_range(0.5, 300)))
+    key_expiry_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
+
+    def validate(self, key: str) -> None:
+        if self.max_age_s < 2 * self.announce_interval_s:
+            raise ConfigError(f"{key}.max_age_s", f"must be at least twice announce_interval_s "
+                              f"({self.announce_interval_s}), or announcements age out between refreshes")
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     api: ApiListenerConfig = field(default_factory=ApiListenerConfig)
@@ -428,8 +460,11 @@ class Config:
     skip: SkipConfig | None = None            # the SKIP server for routers (qkdd/apps_config.py)
     kms_push: tuple[KmsPushConfig, ...] = ()
     ipsec: tuple[IpsecConfig, ...] = ()
+    node: NodeConfig | None = None            # the relay network (qkdd/relay, docs/relay.md)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
     def validate(self, key: str) -> None:
+        self._validate_relay()
         seen: dict[str, int] = {}
         for index, link in enumerate(self.links):
             if link.link_id in seen:
@@ -476,6 +511,10 @@ class Config:
                                       f"{consumer.expiry_s:g} s is shorter than the rotation interval of "
                                       f"{interval_s:g} s: every key would expire before the next one comes")
         for index, peer in enumerate(self.etsi014.peers if self.etsi014 else ()):
+            if peer.node:
+                if self.node is None:
+                    raise ConfigError(f"etsi014.peers[{index}].node", "needs this daemon to be a relay node ([node])")
+                continue
             link = self.links[seen[peer.link_id]] if peer.link_id in seen else None
             if peer.channel is None and (link is None or not link.has_peer_channel):
                 raise ConfigError(f"etsi014.peers[{index}].link_id",
@@ -490,6 +529,25 @@ class Config:
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):
             raise ConfigError("health.listen", f"{health} overlaps api.listen {api}")
         check_app_links(self)
+
+    def relay_links(self) -> list[LinkConfig]:
+        """The links that carry the relay network (with [node]): relay = true and a classical channel."""
+        return [link for link in self.links if link.relay and link.has_peer_channel] if self.node else []
+
+    def _validate_relay(self) -> None:
+        if self.node is None:
+            return
+        links = self.relay_links()
+        if not links:
+            raise ConfigError("node", "a relay node needs at least one [[links]] entry with relay = true and a "
+                              "classical channel (peer_addr or peer_listen, peer_key_file, peer_public_key)")
+        first = links[0]
+        for link in links[1:]:
+            if link.peer_key_file != first.peer_key_file:
+                index = self.links.index(link)
+                raise ConfigError(f"links[{index}].peer_key_file", f"a relay node has one identity: every relay "
+                                  f"link uses the same peer_key_file ({first.peer_key_file!r} on link "
+                                  f"{first.link_id!r}), or set relay = false on this link")
 
     def listener(self, name: str) -> ListenerConfig:
         """The listener named in LISTENERS ("api" or "health")."""

@@ -28,6 +28,7 @@ from qkdd.kme.ledger import LedgerError
 from qkdd.link.service import Links, build_links, open_keystore, run_links
 from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
+from qkdd.relay.service import build_relay
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
 
 log = logging.getLogger("qkdd.daemon")
@@ -49,6 +50,9 @@ async def serve(config: Config, notifier: Notifier) -> int:
     try:
         links = build_links(config, app.keystore, app.metrics, app.health)
         attach_kme(app, links)
+        app.relay = build_relay(config, links, app)     # registers its channel kinds before the links run
+        if app.relay is not None and app.kme is not None:   # ETSI 014 keys for KMEs on non-adjacent nodes
+            app.kme.relay, app.relay.note_handler = app.relay, app.kme.record_relayed
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
@@ -86,6 +90,8 @@ async def serve(config: Config, notifier: Notifier) -> int:
                         root.start_soon(run_housekeeping, app.keystore)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
+                    if app.relay is not None:
+                        await root.start(app.relay.run)
                     root.start_soon(run_links, links, config, app.health)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)

@@ -167,6 +167,12 @@ class Metrics:
             self._kme_links[link_id] = KmeLinkMetrics(link_id)
         return self._kme_links[link_id]
 
+    def relay(self) -> "RelayMetrics":
+        """The relay network's `qkd_relay_*` families, registered at the first call (relay nodes only)."""
+        if getattr(self, "_relay", None) is None:
+            self._relay = RelayMetrics(self.registry)
+        return self._relay
+
     def keystore_size(self, store_bytes: int) -> None:
         """The key store's data in bytes (one store per daemon, so no label)."""
         if not self._keystore_bytes_registered:
@@ -356,3 +362,49 @@ class _LinkStateCollector:
             for candidate in (*LINK_STATES, *LINK_ALARMS):
                 family.add_metric([link_id, candidate], 1.0 if candidate == state else 0.0)
         yield family
+
+
+# Relayed keys: one hop on a LAN takes milliseconds, a long chain or a loaded relay seconds.
+RELAY_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RELAY_HOP_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 32)
+RELAY_RESULTS = ("delivered", "aborted")
+
+
+class RelayMetrics:
+    """`qkd_relay_*`: requests at the source by result, their hops and latency, messages passed on by
+    relays and destinations, link-state announcements by result, and link key bits each hop consumed."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.requests = Counter("qkd_relay_requests_total", "Relay key requests at this source node by result",
+                                ["result"], registry=r)
+        for result in RELAY_RESULTS:
+            self.requests.labels(result)
+        self.hops = Histogram("qkd_relay_hops", "Hops of the routes relay requests took", buckets=RELAY_HOP_BUCKETS,
+                              registry=r)
+        self.latency = Histogram("qkd_relay_latency_seconds", "Time from a relay request to its confirmed key "
+                                 "(or its abort) at the source", buckets=RELAY_LATENCY_BUCKETS_S, registry=r)
+        self.passed_on = Counter("qkd_relay_passed_total", "Relay requests this node took part in as relay or "
+                                 "destination, by role and result", ["role", "result"], registry=r)
+        self.refused_messages = Counter("qkd_relay_refused_messages_total", "Relay messages refused (malformed, "
+                                        "replayed, wrong link or state)", registry=r)
+        self.announcements = Counter("qkd_relay_announcements_total", "Link-state announcements received, by "
+                                     "result (accepted or the refusal)", ["result"], registry=r)
+        self.consumed_bits = Counter("qkd_relay_key_bits_consumed_total", "Link key bits taken and erased by "
+                                     "relayed requests, by link", ["link_id"], registry=r)
+
+    def request(self, result: str, hops: int, latency_s: float) -> None:
+        self.requests.labels(result).inc()
+        self.hops.observe(hops)
+        self.latency.observe(latency_s)
+
+    def passed(self, role: str, result: str) -> None:
+        self.passed_on.labels(role, result).inc()
+
+    def refused(self) -> None:
+        self.refused_messages.inc()
+
+    def announcement(self, result: str) -> None:
+        self.announcements.labels(result).inc()
+
+    def consumed(self, link_id: str, bits: int) -> None:
+        self.consumed_bits.labels(link_id).inc(bits)

@@ -194,7 +194,7 @@ def test_environment_overrides_win_over_the_file(tmp_path):
         "device_addr": "/dev/ttyUSB0", "peer_addr": "", "qber_threshold": 0.07,
         "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
         "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "min_key_rate_bps": 0.0,
-        "stall_after_s": 60.0, "sim": None, "reconciliation": "cascade", "etsi014": None, "serial": None,
+        "stall_after_s": 60.0, "sim": None, "reconciliation": "cascade", "etsi014": None, "serial": None, "relay": True,
         "sdk": None}]
 
 
@@ -359,3 +359,51 @@ def test_the_kme_config_loads_without_the_daemon_config_and_both_parse_addresses
                          ("no-port", "expected host:port")]:
         with pytest.raises(ValueError, match=re.escape(problem)):
             config_schema.parse_host_port(bad)
+
+
+def test_relay_node_config_errors_name_the_key(tmp_path):
+    """[node] with [[links]] of two identities, a bad node id, and announcements that would age out
+    between refreshes: each is one error naming its key."""
+    link = ('[[links]]\nlink_id = "{id}"\nrole = "alice"\ndriver = "sim"\npeer_listen = "127.0.0.1:{port}"\n'
+            'peer_key_file = "{key}"\npeer_public_key = "/etc/qkdd/peer/b.pub"\n')
+    two = link.format(id="l1", port=1, key="/k1") + link.format(id="l2", port=2, key="/k2")
+    cases = [
+        ('[node]\nid = "A"\n' + two, "links[1].peer_key_file"),
+        ('[node]\nid = "not a node"\n' + link.format(id="l1", port=1, key="/k1"), "node.id"),
+        ('[node]\nid = "A"\n', "node"),
+        ('[node]\nid = "A"\n[relay]\nannounce_interval_s = 40\nmax_age_s = 60\n' + link.format(id="l1", port=1,
+                                                                                                 key="/k1"),
+         "relay.max_age_s"),
+        ('[node]\nid = "A"\ntrust_level = 300\n' + link.format(id="l1", port=1, key="/k1"), "node.trust_level"),
+    ]
+    for text, key in cases:
+        path = tmp_path / "qkdd.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path), {})
+        assert info.value.key == key, (text, info.value)
+    path.write_text('[node]\nid = "A"\n' + link.format(id="l1", port=1, key="/k1")
+                    + link.format(id="l2", port=2, key="/k2") + "relay = false\n")
+    config = load_config(str(path), {})
+    assert [link.link_id for link in config.relay_links()] == ["l1"] and config.node.trust_level == 100
+
+
+def test_etsi014_peer_on_a_relay_node_config(tmp_path):
+    """[[etsi014.peers]] names a link or a relay node, exactly one; a node needs this daemon's [node]."""
+    base = ('[api.tls]\ncert_file = "/x.pem"\nkey_file = "/x.key"\nclient_ca_file = "/ca.pem"\n'
+            'client_cert = "optional"\n[etsi014]\nkme_id = "kme-a"\n')
+    link = ('[[links]]\nlink_id = "l1"\nrole = "alice"\ndriver = "sim"\npeer_listen = "127.0.0.1:1"\n'
+            'peer_key_file = "/k1"\npeer_public_key = "/p"\n')
+    cases = [
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\n', "etsi014.peers[0].link_id"),
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\nlink_id = "l1"\nnode = "E"\n', "etsi014.peers[0].link_id"),
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\nnode = "E"\n' + link, "etsi014.peers[0].node"),
+    ]
+    for text, key in cases:
+        path = tmp_path / "qkdd.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path), {})
+        assert info.value.key == key, (text, info.value)
+    path.write_text('[node]\nid = "A"\n' + base + '[[etsi014.peers]]\nkme_id = "kme-e"\nnode = "E"\n' + link)
+    assert load_config(str(path), {}).etsi014.peers[0].node == "E"
