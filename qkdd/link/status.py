@@ -179,7 +179,7 @@ class LinkStatus:
         elif state is LinkState.HALTED:
             self.set_state("halted", f"QBER {last:.4f} at or above 11 %: key generation halted")
         elif self.device_problem is not None:
-            self.set_state("halted", f"link degraded: device unhealthy: {self.device_problem}"[:300])
+            self.set_state("fallback", f"gate DEGRADED: device unhealthy: {self.device_problem}"[:300])
         else:
             self.set_state("fallback", "gate DEGRADED: QBER above the threshold for too long, or the device "
                                        "unhealthy; key generation stopped until good frames return")
