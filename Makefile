@@ -5,7 +5,7 @@ VENV ?= .venv
 PY = $(VENV)/bin/python
 STAMP = $(VENV)/.installed
 
-.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm lock
+.PHONY: setup system native demo demo-single test test-native test-python bench clean deb rpm lock man
 
 setup: $(STAMP)
 
@@ -16,15 +16,30 @@ $(STAMP): pyproject.toml setup.py native/build_native.py $(wildcard native/src/*
 	@scripts/bootstrap-system.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,plot]'
 	@touch $@
 
 # Rebuild only the C extension in place after editing native/ (faster than reinstalling).
 native: setup
 	$(PY) setup.py -q build_ext --inplace
 
-demo: setup
-	$(PY) -m qkdd.link.demo
+# The demo installs only what it needs (build tools, the runtime dependencies; not the test and packaging
+# tools) and says what it is doing. `make demo KEEP=1` leaves both daemons, configs and PKI in place.
+DEMO_STAMP = $(VENV)/.installed-demo
+
+$(DEMO_STAMP): pyproject.toml setup.py native/build_native.py $(wildcard native/src/*.c native/include/*.h)
+	@echo "[1/3] system packages: build tools and Python headers"
+	@scripts/bootstrap-system.sh --runtime
+	@echo "[2/3] virtual environment in $(VENV)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@echo "[3/3] qkdd and its dependencies into $(VENV), compiling the native library (a minute or two)"
+	@$(PY) -m pip install --progress-bar on -e . | grep -E '^(Collecting|Building|Successfully)' || true
+	@$(PY) -c 'import qkdd._native' || { echo "qkdd did not install: run $(PY) -m pip install -e . to see why"; exit 1; }
+	@touch $@
+
+demo: $(DEMO_STAMP)
+	$(PY) -m qkdd.link.demo $(if $(KEEP),--keep)
 
 # One daemon with the example configuration: health, links and metrics endpoints.
 demo-single: setup
@@ -33,8 +48,9 @@ demo-single: setup
 test-native:
 	$(MAKE) -C native test test-asan
 
+# One line per test file with its progress, then the 15 slowest tests.
 test-python: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest --durations=15
 
 test: setup test-native test-python
 
@@ -50,6 +66,12 @@ deb:
 	cp -r packaging/debian build/deb/qkdd/debian
 	cd build/deb/qkdd && dpkg-buildpackage --build=binary --no-sign
 	lintian --fail-on error,warning build/deb/qkdd_*.changes
+
+# Regenerate qkdd.toml(5) from the example configuration and the bash completions from the command lines
+# (tests/test_man_pages.py says when they are stale).
+man: setup
+	$(PY) packaging/man/qkdd-toml-5.py > packaging/man/qkdd.toml.5
+	$(PY) packaging/completion/make-completion.py
 
 # Refresh the hash-pinned dependency locks the packages are built from (packaging/requirements.lock,
 # packaging/build-requirements.lock); review the diff and commit both.

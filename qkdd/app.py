@@ -27,6 +27,8 @@ class App:
     key_requests: dict[str, Any] = field(default_factory=dict)   # link id -> qkdd.link.key_requests.KeyRequests
     reservations: dict[str, Any] = field(default_factory=dict)   # link id -> qkdd.reservation ReservationService
     keystore: Any = None             # the daemon's one KeyStore (link engines, KME, WireGuard), once opened
+    consumers: list = field(default_factory=list)   # qkdd.consumers KeyRotation: WireGuard, KMS push, IKEv2 PPK
+    relay: Any = None                # qkdd.relay.service.RelayService with [node], else None
 
     @classmethod
     def create(cls, config: Config, keystore: Any = None) -> "App":
@@ -34,6 +36,7 @@ class App:
         `keystore` (the daemon's one key store, shared by the link engines, the KME and WireGuard). Blocking
         (the KME opens its files): on the event loop, use `await App.open(...)`."""
         app = cls(config, Health(), Metrics(), keystore=keystore)
+        app.metrics.watch_health(app.health)
         if config.etsi014 is not None:
             app.kme = app._open_kme()
         app._register_links()
@@ -43,6 +46,7 @@ class App:
     async def open(cls, config: Config, keystore: Any = None) -> "App":
         """create(), with the KME's key store and ledger opened in a worker thread."""
         app = cls(config, Health(), Metrics(), keystore=keystore)
+        app.metrics.watch_health(app.health)
         if config.etsi014 is not None:
             app.kme = await trio.to_thread.run_sync(app._open_kme)
         app._register_links()
@@ -54,7 +58,9 @@ class App:
                         metrics=self.metrics)
 
     def _register_links(self) -> None:
+        from qkdd.link.service import not_started_because
         for link in self.config.links:
+            reason = not_started_because(link)      # the real reason a link will not run, or None: it starts
             self.health.register_link(
-                link.link_id, f'driver "{link.driver}", role {link.role}: no link engine runs it yet')
+                link.link_id, f'driver "{link.driver}", role {link.role}: ' + (reason or "link engine starting"))
             self.metrics.link(link.link_id, link.protocol, kms=self.config.kms.enabled)

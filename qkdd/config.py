@@ -15,17 +15,22 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
+from qkdd.apps_config import Etsi004Config, SkipConfig, check_app_links
 from qkdd.config_schema import (Check, ConfigError, FromEnv, Secret, build, in_range, meta, non_negative,
                                 parse_host_port, positive, register_checks, register_parser, register_validator,
                                 to_plain)
+from qkdd.hal.etsi014.settings import ETSI014_DRIVERS, Etsi014DeviceConfig
+from qkdd.hal.sdk.settings import SdkConfig
+from qkdd.hal.serial.settings import SerialConfig
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
 from qkdd.keystore.capacity import MIN_MAX_BYTES, MIN_MAX_KEY_BITS
 from qkdd.kme.config import Etsi014Config
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KeystoreConfig", "KMSConfig", "LinkConfig", "ListenAddress",
+           "NodeConfig", "RelayConfig",
            "WireGuardConfig", "ListenerConfig", "LISTENERS", "Secret", "load_config", "DEFAULT_CONFIG_PATH",
-           "ENV_VARIABLES"]
+           "ENV_VARIABLES", "KmsPushConfig", "IpsecConfig"]
 
 DEFAULT_CONFIG_PATH = "/etc/qkdd/qkdd.toml"
 LISTENERS = ("api", "health")                            # 8071 and 8072
@@ -43,8 +48,9 @@ MIN_STALL_AFTER_S = 10.0             # the key rate is measured over 10 s (qkdd.
 LINK_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 Role = Literal["alice", "bob"]
-Driver = Literal["sim", "etsi014", "serial", "sdk"]
+Driver = Literal["sim", "etsi014", "serial", "sdk", "idq", "toshiba", "qlabs"]
 Protocol = Literal["bb84", "e91", "cvqkd"]
+Reconciliation = Literal["cascade", "ldpc"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 AuthMode = Literal["pq", "its", "both"]
 AUTH_CHUNK_BITS = 128                # the authentication pool's unit (qkdd.auth.pool)
@@ -197,10 +203,11 @@ class KeystoreConfig:
     max_bytes: int = field(default=1 << 30, metadata=meta(check=_zero_or_at_least(MIN_MAX_BYTES)))
 
 
-# The seed's QKD_DRIVER examples name vendors; their devices sit behind an ETSI GS QKD 014 KME.
-_VENDOR_DRIVER_HINTS = {vendor: f'{name} devices are driven through their ETSI 014 KME: driver = "etsi014"'
-                        for vendor, name in (("idq", "IDQ"), ("toshiba", "Toshiba"),
-                                             ("qlabs", "QuintessenceLabs"))}
+# Product names operators try; their devices sit behind an ETSI GS QKD 014 KME (the vendor presets).
+_VENDOR_DRIVER_HINTS = {product: f'{name} devices are driven through their ETSI 014 KME: driver = "{preset}"'
+                        for product, name, preset in (("cerberis", "IDQ", "idq"), ("idquantique", "IDQ", "idq"),
+                                                      ("quintessencelabs", "QuintessenceLabs", "qlabs"),
+                                                      ("qoptica", "QuintessenceLabs", "qlabs"))}
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,13 @@ class LinkConfig:
     min_key_rate_bps: float = field(default=0.0, metadata=meta(check=non_negative))
     stall_after_s: float = field(default=60.0, metadata=meta(check=in_range(MIN_STALL_AFTER_S, 86400)))
     sim: SimConfig | None = None     # [links.sim]: the simulator's physics, frames, attack and drifts
+    # Error correction of BB84 frames: Cascade (interactive) or LDPC (syndromes, few round trips); alike at both ends.
+    reconciliation: Reconciliation = "cascade"
+    etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
+    serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty
+    sdk: SdkConfig | None = None                 # [links.sdk]: a vendor C library implementing qkd_device.h
+    # Relay network (with [node]): this link carries link-state announcements and relayed keys.
+    relay: bool = True
     # Authentication of the frame path (docs/auth-audit.md): "pq" the peer session's ML-DSA-65 handshake and
     # record MACs; "its" and "both" add Wegman-Carter tags on every frame's transcript, keyed from the link's
     # authentication pool, seeded once from auth_secret_file (`qkdctl auth secret`, installed at both ends)
@@ -249,8 +263,17 @@ class LinkConfig:
     auth_pool_max_bits: int = field(default=1 << 20, metadata=meta(check=in_range(3 * AUTH_CHUNK_BITS, 1 << 30)))
 
     def validate(self, key: str) -> None:
-        if self.driver != "sim" and not self.device_addr:
+        if self.reconciliation == "ldpc" and self.protocol != "bb84":
+            raise ConfigError(f"{key}.reconciliation", f'"ldpc" is for BB84 links, this link runs "{self.protocol}"')
+        if self.driver == "sdk":
+            if self.sdk is None:
+                raise ConfigError(f"{key}.sdk", 'required for driver "sdk": sdk_library (the vendor library '
+                                  "implementing qkd_device.h)")
+        elif self.sdk is not None:
+            raise ConfigError(f"{key}.sdk", f'only for driver "sdk", this link uses "{self.driver}"')
+        if self.driver not in ("sim", "sdk") and not self.device_addr:
             raise ConfigError(f"{key}.device_addr", f'required for driver "{self.driver}"')
+        self._validate_drivers(key)
         if self.sim is not None and self.driver != "sim":
             raise ConfigError(f"{key}.sim", f'only for driver "sim", this link uses "{self.driver}"')
         if self.driver == "sim" and self.device_addr:
@@ -264,6 +287,26 @@ class LinkConfig:
             raise ConfigError(f"{key}.auth_secret_file", f'required for auth "{self.auth}": the pre-shared secret '
                               "that seeds the authentication pool (write one with `qkdctl auth secret`)")
 
+    def _validate_drivers(self, key: str) -> None:
+        """Each driver's own section: required for its driver, refused for another."""
+        if self.driver in ETSI014_DRIVERS and self.etsi014 is None:
+            raise ConfigError(f"{key}.etsi014", f'required for driver "{self.driver}": sae_id, peer_sae_id, '
+                              "cert_file, key_file, ca_file")
+        if self.etsi014 is not None and self.driver not in ETSI014_DRIVERS:
+            raise ConfigError(f"{key}.etsi014", f'only for driver "etsi014" and its presets, this link uses '
+                              f'"{self.driver}"')
+        if self.serial is not None and self.driver != "serial":
+            raise ConfigError(f"{key}.serial", f'only for driver "serial", this link uses "{self.driver}"')
+        if self.driver == "serial" and not self.device_addr.startswith("/"):
+            raise ConfigError(f"{key}.device_addr", f"driver \"serial\": the device path (/dev/ttyUSB0, "
+                              f"/dev/serial/by-id/...), got {self.device_addr!r}")
+        if self.driver in ETSI014_DRIVERS and self.device_addr:
+            from qkdd.hal.etsi014.settings import kme_base_url
+            try:
+                kme_base_url(self.device_addr, self.driver)
+            except ValueError as exc:
+                raise ConfigError(f"{key}.device_addr", str(exc)) from None
+
     @property
     def has_peer_channel(self) -> bool:
         """Enough is configured for the daemon to run the classical channel itself."""
@@ -271,6 +314,7 @@ class LinkConfig:
 
 
 PskPolicy = Literal["clear", "random"]
+Hybrid = Literal["none", "mlkem768"]     # "mlkem768": the PSK/PPK is a KDF over the QKD key and an ML-KEM-768 secret
 
 
 def _public_key_check(value: str) -> str | None:
@@ -304,6 +348,64 @@ class WireGuardConfig:
     on_exhausted: PskPolicy = "clear"
     activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
     retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    hybrid: Hybrid = "none"               # "mlkem768": the PSK mixes in an ML-KEM-768 secret (both ends alike)
+
+
+def _folder_check(value: str) -> str | None:
+    return None if re.fullmatch(r"/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?/?", value) else \
+        f"must be a folder path such as / or /inter-cluster, got {value!r}"
+
+
+def _consumer_name_check(value: str) -> str | None:
+    return None if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,47}", value) else \
+        f"must be 1-48 characters of A-Z a-z 0-9 _ - (it names the KMS secrets), got {value!r}"
+
+
+@dataclass(frozen=True)
+class KmsPushConfig:
+    """One KMS push consumer (`[[kms_push]]`): each agreed key of `link_id` becomes the secrets
+    QKD_<NAME>_AES256_CURRENT/_PREVIOUS/_KEY_ID/_QBER/_GENERATED_AT in `folder` of [kms]'s project and
+    environment. Both ends name it alike and agree on every key; `push = false` makes this end agree but
+    not write (one end pushes only). The fallback policy is the WireGuard tunnels': after `expiry_s`
+    without a fresh key, "clear" deletes the secrets, "random" writes random ones (fail closed)."""
+
+    name: str = field(metadata=meta(check=_consumer_name_check))
+    link_id: str
+    folder: str = field(default="/", metadata=meta(check=_folder_check))
+    push: bool = True
+    rotation_interval_s: float | None = field(default=None, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    on_exhausted: PskPolicy = "clear"
+    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
+    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    retry_max_s: float = field(default=300.0, metadata=meta(check=in_range(0.1, 3600)))
+
+
+@dataclass(frozen=True)
+class IpsecConfig:
+    """One IKEv2 connection whose post-quantum pre-shared key (RFC 8784 PPK) follows QKD keys of
+    `link_id` (`[[ipsec]]`): installed into strongSwan's charon over VICI as a PPK named by the key id.
+    The initiator loads `connection` from `swanctl_conf` with that ppk_id at each rotation (the
+    responder finds the PPK by the id the initiator sends). Same fallback policy as the others: "clear"
+    unloads the PPK (with ppk_required the SA fails closed, else IKE goes on without it), "random"
+    installs a random PPK (fails closed)."""
+
+    name: str = field(metadata=meta(check=_consumer_name_check))
+    link_id: str
+    connection: str = field(metadata=meta(check=lambda v: None if re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", v) else
+                                          f"must be a swanctl connection name, got {v!r}"))
+    initiator: bool = False
+    vici_socket: str = "/var/run/charon.vici"
+    swanctl_conf: str = "/etc/swanctl/swanctl.conf"
+    rotation_interval_s: float | None = field(default=None, metadata=meta(
+        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    on_exhausted: PskPolicy = "clear"
+    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
+    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    retry_max_s: float = field(default=60.0, metadata=meta(check=in_range(0.1, 3600)))
+    hybrid: Hybrid = "none"
 
 
 @dataclass(frozen=True)
@@ -331,6 +433,35 @@ class KMSConfig:
 
 
 @dataclass(frozen=True)
+class NodeConfig:
+    """`[node]`: this daemon as a node of the trusted-relay network (docs/relay.md). Its identity is the
+    ML-DSA-65 key of its links (peer_key_file, the same for every relay link); `trust_level` (0-255) is
+    announced with its links, and routes that require more never pass through it."""
+
+    id: str = field(metadata=meta(check=lambda v: None if LINK_ID_PATTERN.fullmatch(v) else
+                                  f"must be 1-64 characters of A-Z a-z 0-9 . _ - (starting with a letter or "
+                                  f"digit), got {v!r}"))
+    trust_level: int = field(default=100, metadata=meta(check=in_range(0, 255)))
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """`[relay]`: routes and requests of the relay network (used only with `[node]`)."""
+
+    hop_limit: int = field(default=8, metadata=meta(check=in_range(1, 32)))
+    min_trust: int = field(default=0, metadata=meta(check=in_range(0, 255)))
+    announce_interval_s: float = field(default=10.0, metadata=meta(check=in_range(0.5, 3600)))
+    max_age_s: float = field(default=60.0, metadata=meta(check=in_range(2, 86400)))
+    request_timeout_s: float = field(default=10.0, metadata=meta(check=in_range(0.5, 300)))
+    key_expiry_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
+
+    def validate(self, key: str) -> None:
+        if self.max_age_s < 2 * self.announce_interval_s:
+            raise ConfigError(f"{key}.max_age_s", f"must be at least twice announce_interval_s "
+                              f"({self.announce_interval_s}), or announcements age out between refreshes")
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """[audit]: the append-only, hash-chained log of key lifecycle events (qkdd/audit, docs/auth-audit.md)."""
 
@@ -350,9 +481,16 @@ class Config:
     links: tuple[LinkConfig, ...] = ()
     etsi014: Etsi014Config | None = None      # the ETSI GS QKD 014 KME (qkdd/kme/config.py)
     wireguard: tuple[WireGuardConfig, ...] = ()
+    etsi004: Etsi004Config | None = None      # GS QKD 004 key streams (qkdd/apps_config.py)
+    skip: SkipConfig | None = None            # the SKIP server for routers (qkdd/apps_config.py)
+    kms_push: tuple[KmsPushConfig, ...] = ()
+    ipsec: tuple[IpsecConfig, ...] = ()
+    node: NodeConfig | None = None            # the relay network (qkdd/relay, docs/relay.md)
+    relay: RelayConfig = field(default_factory=RelayConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
 
     def validate(self, key: str) -> None:
+        self._validate_relay()
         seen: dict[str, int] = {}
         for index, link in enumerate(self.links):
             if link.link_id in seen:
@@ -376,7 +514,33 @@ class Config:
                                   f"this peer of {tunnel.interface} is already driven by wireguard"
                                   f"[{peers[(tunnel.interface, tunnel.peer_public_key)]}]")
             peers[(tunnel.interface, tunnel.peer_public_key)] = index
+        for kind, consumers in (("kms_push", self.kms_push), ("ipsec", self.ipsec)):
+            kind_names: dict[str, int] = {}
+            for index, consumer in enumerate(consumers):
+                if consumer.link_id not in seen:
+                    raise ConfigError(f"{kind}[{index}].link_id", f"no link {consumer.link_id!r} in [[links]]")
+                if not self.links[seen[consumer.link_id]].has_peer_channel:
+                    raise ConfigError(f"{kind}[{index}].link_id",
+                                      f"link {consumer.link_id!r} has no classical channel (peer_addr or peer_listen, "
+                                      "peer_key_file and peer_public_key): both ends must agree on every key")
+                if consumer.name in kind_names:
+                    raise ConfigError(f"{kind}[{index}].name", f"duplicate {kind} name {consumer.name!r}")
+                kind_names[consumer.name] = index
+                if kind == "kms_push" and consumer.push and not self.kms.enabled:
+                    raise ConfigError(f"{kind}[{index}].push", "needs [kms] enabled = true (or push = false: this "
+                                                               "end agrees on keys, the other end pushes)")
+        for kind, consumers in (("wireguard", self.wireguard), ("kms_push", self.kms_push), ("ipsec", self.ipsec)):
+            for index, consumer in enumerate(consumers):
+                interval_s = self.rotation_interval_s(consumer)
+                if consumer.expiry_s < interval_s:
+                    raise ConfigError(f"{kind}[{index}].expiry_s",
+                                      f"{consumer.expiry_s:g} s is shorter than the rotation interval of "
+                                      f"{interval_s:g} s: every key would expire before the next one comes")
         for index, peer in enumerate(self.etsi014.peers if self.etsi014 else ()):
+            if peer.node:
+                if self.node is None:
+                    raise ConfigError(f"etsi014.peers[{index}].node", "needs this daemon to be a relay node ([node])")
+                continue
             link = self.links[seen[peer.link_id]] if peer.link_id in seen else None
             if peer.channel is None and (link is None or not link.has_peer_channel):
                 raise ConfigError(f"etsi014.peers[{index}].link_id",
@@ -390,6 +554,26 @@ class Config:
         if api.port != 0 and api.port == health.port and (
                 api.host == health.host or "0.0.0.0" in (api.host, health.host) or "::" in (api.host, health.host)):
             raise ConfigError("health.listen", f"{health} overlaps api.listen {api}")
+        check_app_links(self)
+
+    def relay_links(self) -> list[LinkConfig]:
+        """The links that carry the relay network (with [node]): relay = true and a classical channel."""
+        return [link for link in self.links if link.relay and link.has_peer_channel] if self.node else []
+
+    def _validate_relay(self) -> None:
+        if self.node is None:
+            return
+        links = self.relay_links()
+        if not links:
+            raise ConfigError("node", "a relay node needs at least one [[links]] entry with relay = true and a "
+                              "classical channel (peer_addr or peer_listen, peer_key_file, peer_public_key)")
+        first = links[0]
+        for link in links[1:]:
+            if link.peer_key_file != first.peer_key_file:
+                index = self.links.index(link)
+                raise ConfigError(f"links[{index}].peer_key_file", f"a relay node has one identity: every relay "
+                                  f"link uses the same peer_key_file ({first.peer_key_file!r} on link "
+                                  f"{first.link_id!r}), or set relay = false on this link")
 
     def listener(self, name: str) -> ListenerConfig:
         """The listener named in LISTENERS ("api" or "health")."""
@@ -397,7 +581,7 @@ class Config:
             raise KeyError(name)
         return getattr(self, name)
 
-    def rotation_interval_s(self, tunnel: WireGuardConfig) -> float:
+    def rotation_interval_s(self, tunnel: "WireGuardConfig | KmsPushConfig | IpsecConfig") -> float:
         """The tunnel's own interval, else its link's key_rotation_interval_s."""
         if tunnel.rotation_interval_s is not None:
             return tunnel.rotation_interval_s
@@ -541,7 +725,7 @@ def to_toml(config: Config) -> str:
     for name, value in plain.items():
         if value is None:
             lines.append(f"\n# [{name}] (unset)")
-        elif name in ("links", "wireguard"):
+        elif name in ("links", "wireguard", "kms_push", "ipsec"):
             for link in value:
                 table(name, link, f"[[{name}]]")
         else:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qkdd import pki_cli
+from qkdd import __version__, pki_cli
 from qkdd.audit import cli as audit_cli
 from qkdd.auth import cli as auth_cli
+from qkdd.hal.serial import cli as device_cli
 from qkdd.hal.sim import cli as sim_cli
+from qkdd.operator import cli as operator_cli
 from qkdd.peer import keycli as peer_key_cli
+from qkdd.peer import pair_cli
 from qkdd.protocols import cli as protocols_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qkdctl", description="qkdd operator tools")
+    parser.add_argument("--version", action="version", version=f"qkdctl (qkdd) {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sim = commands.add_parser("sim", help="QKD simulator: analytic key rates and Monte Carlo runs")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
@@ -23,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     protocols_cli.register(sim_commands)
     sim_cli.register(sim_commands)
     peer_key_cli.register(commands)
+    operator_cli.register(commands)
+    pair_cli.register(commands)
+    device_cli.register(commands)
     audit_cli.register(commands)
     auth_cli.register(commands)
     return parser

@@ -19,7 +19,8 @@ import trio
 from qkdd.api import build_routers
 from qkdd.audit.service import open_trail
 from qkdd.app import App
-from qkdd.config import LISTENERS, Config, ListenerConfig
+from qkdd.apps import build_apps
+from qkdd.config import LISTENERS, Config
 from qkdd.consumers.service import build_wireguard, run_wireguard
 from qkdd.http.server import HTTPServer
 from qkdd.keystore import KeyStoreError
@@ -28,6 +29,7 @@ from qkdd.kme.ledger import LedgerError
 from qkdd.link.service import Links, build_links, open_keystore, run_links
 from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
+from qkdd.relay.service import build_relay
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
 from qkdd.selftest import SelfTestError, run_self_tests
 
@@ -53,6 +55,9 @@ async def serve(config: Config, notifier: Notifier) -> int:
             app.keystore.audit = audit
         links = build_links(config, app.keystore, app.metrics, app.health)
         attach_kme(app, links)
+        app.relay = build_relay(config, links, app)     # registers its channel kinds before the links run
+        if app.relay is not None and app.kme is not None:   # ETSI 014 keys for KMEs on non-adjacent nodes
+            app.kme.relay, app.relay.note_handler = app.relay, app.kme.record_relayed
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
@@ -70,6 +75,8 @@ async def _serve(config: Config, notifier: Notifier, app: App, links: Links) -> 
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
+        apps = build_apps(config, links, app.keystore, links.engines)     # ETSI 004, SKIP: ports of their own
+        servers.update(apps.servers)
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED
@@ -78,11 +85,11 @@ async def _serve(config: Config, notifier: Notifier, app: App, links: Links) -> 
         async with trio.open_nursery() as root:
             async with trio.open_nursery() as listeners:
                 bound = {}
-                for name in ("health", "api"):
+                for name in ("health", "api", *apps.servers):
                     try:
                         bound[name] = await listeners.start(servers[name].run)
                     except OSError as exc:
-                        failure = StartupError(f"{name}.listen", _bind_problem(config.listener(name), exc))
+                        failure = StartupError(f"{name}.listen", _bind_problem(_listen_text(config, name), exc))
                         listeners.cancel_scope.cancel()
                         break
                 else:
@@ -96,6 +103,8 @@ async def _serve(config: Config, notifier: Notifier, app: App, links: Links) -> 
                         root.start_soon(run_housekeeping, app.keystore)
                     if app.kme is not None:
                         root.start_soon(app.kme.run)
+                    if app.relay is not None:
+                        await root.start(app.relay.run)
                     root.start_soon(run_links, links, config, app.health)
                     root.start_soon(_report_status_changes, app, notifier)
                     root.start_soon(_stop_on_signals, app, servers, signals, notifier, listeners.cancel_scope)
@@ -183,10 +192,15 @@ def _changes(before: tuple[str, dict[str, str]], after: tuple[str, dict[str, str
     return "; ".join(parts)
 
 
-def _bind_problem(listener: ListenerConfig, exc: OSError) -> str:
+def _bind_problem(address: str, exc: OSError) -> str:
     reason = {errno.EADDRINUSE: "address already in use", errno.EACCES: "permission denied",
               errno.EADDRNOTAVAIL: "address not available on this host"}.get(exc.errno, exc.strerror or str(exc))
-    return f"cannot listen on {listener.listen}: {reason}"
+    return f"cannot listen on {address}: {reason}"
+
+
+def _listen_text(config: Config, name: str) -> str:
+    """The configured address of listener `name` (api, health, etsi004, skip)."""
+    return str(config.listener(name).listen) if name in LISTENERS else getattr(config, name).listen
 
 
 def _format_address(address: tuple[str, int]) -> str:

@@ -11,7 +11,9 @@ every raised alarm beside it. Each state and alarm is healthy or not (tables bel
 unhealthy. A link that is configured but not running yet ("configured", "starting") is healthy: the
 daemon does what it was told and says so in the link's state; only a link that cannot deliver keys for
 a reason that needs attention (QBER alarm that suspended or halted it, device or peer failure, a key
-store that cannot write, a key rate stalled below its floor) makes /healthz answer 503.
+store that cannot write, a key rate stalled below its floor) makes /healthz answer 503. A healthy daemon
+with no *working* link (none generating keys: WORKING_STATES) still answers 200, since systemd and a load
+balancer should keep it, but its body says "degraded" instead of "ok" so that nobody reads it as delivering.
 
 A change is a change of the daemon's state or of a link's reported state or alarms; a new detail alone
 (the engine repeats its state with the last frame's QBER after every frame) is kept for /healthz but is
@@ -41,6 +43,8 @@ LINK_STATES: dict[str, tuple[bool, str]] = {
     "degraded": (True, "generating keys, QBER in the degraded or warning band (3 % .. 8 %)"),
     "suspended": (False, "key generation suspended: QBER in the critical band (8 % .. 11 %)"),
     "halted": (False, "key generation halted: QBER >= 11 % (compromised) or an operator stop"),
+    "fallback": (False, "the QBER gate's DEGRADED state (fallback policy): QBER above the threshold for "
+                        "degrade_after_s, or the device unhealthy; no key until good frames return"),
     "failed": (False, "device or peer channel failed; retrying"),
     "stopped": (True, "stopped with the daemon"),
 }
@@ -54,6 +58,9 @@ LINK_ALARMS: dict[str, tuple[bool, str]] = {
     "store_full": (True, "the key store holds its configured capacity; key generation paused until keys are "
                          "handed out or expire"),
 }
+
+# A link whose reported state is one of these generates keys (stored or served); any other is not working.
+WORKING_STATES = frozenset({"running", "degraded"})
 
 RETRY_AFTER_S = 5
 
@@ -151,8 +158,10 @@ class Health:
     def report(self) -> dict[str, Any]:
         """The /healthz document."""
         now = self._clock()
+        working = sum(self._reported(link_id).state in WORKING_STATES for link_id in self._links)
+        status = "unhealthy" if not self.healthy() else ("ok" if working else "degraded")
         return {
-            "status": "ok" if self.healthy() else "unhealthy",
+            "status": status, "working_links": working,
             "daemon": {"state": self._daemon.state, "detail": self._daemon.detail,
                        "since": _iso(self._daemon.since_s), "uptime_s": round(now - self._started_s, 3)},
             "links": [{"link_id": link_id, "state": record.state, "healthy": _healthy(record.state),

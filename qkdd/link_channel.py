@@ -29,6 +29,9 @@ log = logging.getLogger("qkdd.link")
 PIPELINE_CHANNEL = 1          # the link engine's frame records (qkdd.link.envelope)
 INVENTORY_CHANNEL = 2         # key-store inventories at each session start (qkdd.keystore.resync)
 RESERVATION_CHANNEL = 0x5253  # "RS": the reservation protocol (qkdd.reservation), every key consumer's
+KEY_RELAY_CHANNEL = 0x4B52    # "KR": vendor KME key IDs (qkdd.link.key_relay), links with driver "etsi014"
+LINKSTATE_CHANNEL = 0x4C53    # "LS": the relay network's link-state announcements (qkdd.relay.linkstate)
+RELAY_CHANNEL = 0x524C        # "RL": hop-by-hop relay of keys (qkdd.relay.protocol)
 
 StreamHandler = Callable[[MuxStream], Awaitable[None]]
 
@@ -75,6 +78,16 @@ class LinkChannel:
         while self.session is None:
             await self._ready.wait()
         return self.session
+
+    @property
+    def signing_key(self):
+        """This end's ML-DSA-65 identity on the link (the relay network signs with it)."""
+        return self._signing_key
+
+    @property
+    def pinned_peer_key(self):
+        """The other end's pinned ML-DSA-65 public key."""
+        return self._pinned
 
     @property
     def queued_bytes(self) -> int:

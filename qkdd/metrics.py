@@ -1,10 +1,11 @@
 """Every Prometheus metric qkdd exports, in one place, on one dedicated registry.
 
 The families and labels are exactly those of the seed (HIP-0071 "Prometheus Metrics"); process and
-platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`). One
-seed name breaks a Prometheus naming convention: promtool's linter asks for `bytes` instead of `bits` in
-`qkd_key_bits_generated_total`; the name stays as specified, because dashboards and alerts are written
-against it. Label values are link ids from the validated config and fixed words (protocol, severity,
+platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`) and each
+link's reported state (`qkd_link_state`, read from qkdd.health at each scrape). One seed name broke a
+Prometheus naming convention (`qkd_key_bits_generated_total`: promtool asks for the base unit, bytes): it is
+`qkd_key_generated_bytes_total` here, so that `promtool check metrics` is clean; the dashboard
+(etc/grafana/qkdd.json) and alert rules (etc/prometheus/qkdd-rules.yml) use that name. Label values are link ids from the validated config and fixed words (protocol, severity,
 status) -- never anything derived from key material. Code that measures something
 calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it never touches the families directly.
 """
@@ -18,7 +19,7 @@ from typing import Literal
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
                                GCCollector, PlatformCollector, ProcessCollector, disable_created_metrics,
                                generate_latest)
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["Metrics", "LinkMetrics", "TunnelMetrics", "KmeLinkMetrics", "CONTENT_TYPE", "SEVERITIES",
@@ -63,8 +64,9 @@ class Metrics:
         # Key generation
         self.keys_generated = Counter(
             "qkd_keys_generated_total", "Keys distilled and stored", ["link_id", "protocol"], registry=r)
-        self.key_bits_generated = Counter(
-            "qkd_key_bits_generated_total", "Secret key bits distilled and stored", ["link_id"], registry=r)
+        self.key_bytes_generated = Counter(
+            "qkd_key_generated_bytes_total", "Secret key distilled and stored, bytes (the seed's "
+            "qkd_key_bits_generated_total / 8)", ["link_id"], registry=r)
         self.secure_key_rate_bps = Gauge(
             "qkd_secure_key_rate_bps", "Secret key rate after error correction and privacy amplification, "
             "bits per second", ["link_id"], registry=r)
@@ -118,8 +120,16 @@ class Metrics:
         self.wireguard_handshake_age_seconds = Gauge(
             "qkd_wireguard_handshake_age_seconds", "Seconds since the last WireGuard handshake with the peer "
             "(from wg show latest-handshakes)", ["tunnel", "interface", "peer"], registry=r)
+        # Other key consumers (KMS push, IKEv2 PPK): the same rotation results (qkdd's own, same prefix)
+        self.consumer_rotations = Counter(
+            "qkd_consumer_key_rotations_total", "Key rotations of a KMS push or IKEv2 PPK consumer by result",
+            ["kind", "consumer", "result"], registry=r)
+        self.consumer_key_age_seconds = Gauge(
+            "qkd_consumer_key_age_seconds", "Seconds since the consumer's current QKD key was installed",
+            ["kind", "consumer"], registry=r)
         self._links: dict[str, LinkMetrics] = {}
         self._tunnels: dict[str, TunnelMetrics] = {}
+        self._consumers: dict[tuple[str, str], ConsumerMetrics] = {}
         # ETSI GS QKD 014 KME: plain counts per peer link, read at each scrape (_KmeCollector)
         self._kme_links: dict[str, KmeLinkMetrics] = {}
         r.register(_KmeCollector(self._kme_links))
@@ -131,7 +141,7 @@ class Metrics:
             if protocol not in PROTOCOLS:
                 raise ValueError(f"unknown protocol {protocol!r}")
             self.keys_generated.labels(link_id, protocol)
-            self.key_bits_generated.labels(link_id)
+            self.key_bytes_generated.labels(link_id)
             for severity in SEVERITIES:
                 self.qber_threshold_exceeded.labels(link_id, severity)
             self.key_generation_halted.labels(link_id)
@@ -149,11 +159,25 @@ class Metrics:
             self._tunnels[tunnel] = TunnelMetrics(self, tunnel, interface, peer_public_key)
         return self._tunnels[tunnel]
 
+    def consumer(self, kind: str, name: str) -> "ConsumerMetrics":
+        """The metrics of one KMS push ("kms") or IKEv2 PPK ("ipsec") consumer; every result starts at zero."""
+        if (kind, name) not in self._consumers:
+            for result in ROTATION_RESULTS:
+                self.consumer_rotations.labels(kind, name, result)
+            self._consumers[(kind, name)] = ConsumerMetrics(self, kind, name)
+        return self._consumers[(kind, name)]
+
     def kme_link(self, link_id: str) -> "KmeLinkMetrics":
         """The ETSI 014 KME's metrics for the peer KME reached over `link_id`; every series starts at zero."""
         if link_id not in self._kme_links:
             self._kme_links[link_id] = KmeLinkMetrics(link_id)
         return self._kme_links[link_id]
+
+    def relay(self) -> "RelayMetrics":
+        """The relay network's `qkd_relay_*` families, registered at the first call (relay nodes only)."""
+        if getattr(self, "_relay", None) is None:
+            self._relay = RelayMetrics(self.registry)
+        return self._relay
 
     def keystore_size(self, store_bytes: int) -> None:
         """The key store's data in bytes (one store per daemon, so no label)."""
@@ -161,6 +185,10 @@ class Metrics:
             self.registry.register(self.keystore_bytes)
             self._keystore_bytes_registered = True
         self.keystore_bytes.set(store_bytes)
+
+    def watch_health(self, health) -> None:
+        """Export each link's reported state from `health` (qkdd.health.Health) as `qkd_link_state`."""
+        self.registry.register(_LinkStateCollector(health))
 
     def exposition(self) -> bytes:
         """The text exposition format (version 0.0.4) of everything registered."""
@@ -178,7 +206,7 @@ class LinkMetrics:
     def key_stored(self, key_bits: int) -> None:
         m = self.metrics
         m.keys_generated.labels(self.link_id, self.protocol).inc()
-        m.key_bits_generated.labels(self.link_id).inc(key_bits)
+        m.key_bytes_generated.labels(self.link_id).inc(key_bits / 8)
 
     def rates(self, *, raw_bps: float, secure_bps: float) -> None:
         self.metrics.raw_key_rate_bps.labels(self.link_id).set(raw_bps)
@@ -252,6 +280,33 @@ class TunnelMetrics:
                                                            self.peer_public_key).set(age_s)
 
 
+@dataclass(frozen=True)
+class ConsumerMetrics:
+    """What a KMS push or IKEv2 PPK consumer reports (labels: its kind and name, never key material)."""
+
+    metrics: Metrics
+    kind: str
+    name: str
+
+    def rotation(self, result: str) -> None:
+        if result not in ROTATION_RESULTS:
+            raise ValueError(f"unknown rotation result {result!r}")
+        self.metrics.consumer_rotations.labels(self.kind, self.name, result).inc()
+
+    def psk_age(self, age_s: float | None) -> None:
+        gauge = self.metrics.consumer_key_age_seconds
+        if age_s is None:
+            try:
+                gauge.remove(self.kind, self.name)
+            except KeyError:
+                pass
+        else:
+            gauge.labels(self.kind, self.name).set(age_s)
+
+    def handshake_age(self, age_s: float) -> None:
+        pass                              # no handshake to watch (WireGuard only)
+
+
 class KmeLinkMetrics:
     """What the ETSI 014 KME reports for one peer KME. Plain counts, added to by the KME and read by the
     registry at each scrape, both in the daemon's trio thread: a Get key costs a few additions, not a
@@ -302,3 +357,66 @@ class _KmeCollector:
             reservation.add_metric([link.link_id], list(zip(_RESERVATION_BUCKET_LABELS, cumulative)),
                                    link.reservation_sum_s)
         yield from (keys, unavailable, reservation)
+
+
+class _LinkStateCollector:
+    """`qkd_link_state{link_id, state}`: 1 for each link's reported state (qkdd.health), 0 for every other
+    state and alarm it could be in, so that an alert can ask `qkd_link_state{state="fallback"} == 1`."""
+
+    def __init__(self, health) -> None:
+        self._health = health
+
+    def collect(self):
+        from qkdd.health import LINK_ALARMS, LINK_STATES
+        family = GaugeMetricFamily("qkd_link_state", "The link's reported state (1) among all it could be in (0): "
+                                   "its engine's state, or the alarm that stands in for it", labels=["link_id", "state"])
+        for link_id, state in self._health.states()[1].items():
+            for candidate in (*LINK_STATES, *LINK_ALARMS):
+                family.add_metric([link_id, candidate], 1.0 if candidate == state else 0.0)
+        yield family
+
+
+# Relayed keys: one hop on a LAN takes milliseconds, a long chain or a loaded relay seconds.
+RELAY_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RELAY_HOP_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16, 32)
+RELAY_RESULTS = ("delivered", "aborted")
+
+
+class RelayMetrics:
+    """`qkd_relay_*`: requests at the source by result, their hops and latency, messages passed on by
+    relays and destinations, link-state announcements by result, and link key bits each hop consumed."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.requests = Counter("qkd_relay_requests_total", "Relay key requests at this source node by result",
+                                ["result"], registry=r)
+        for result in RELAY_RESULTS:
+            self.requests.labels(result)
+        self.hops = Histogram("qkd_relay_hops", "Hops of the routes relay requests took", buckets=RELAY_HOP_BUCKETS,
+                              registry=r)
+        self.latency = Histogram("qkd_relay_latency_seconds", "Time from a relay request to its confirmed key "
+                                 "(or its abort) at the source", buckets=RELAY_LATENCY_BUCKETS_S, registry=r)
+        self.passed_on = Counter("qkd_relay_passed_total", "Relay requests this node took part in as relay or "
+                                 "destination, by role and result", ["role", "result"], registry=r)
+        self.refused_messages = Counter("qkd_relay_refused_messages_total", "Relay messages refused (malformed, "
+                                        "replayed, wrong link or state)", registry=r)
+        self.announcements = Counter("qkd_relay_announcements_total", "Link-state announcements received, by "
+                                     "result (accepted or the refusal)", ["result"], registry=r)
+        self.consumed_bits = Counter("qkd_relay_key_bits_consumed_total", "Link key bits taken and erased by "
+                                     "relayed requests, by link", ["link_id"], registry=r)
+
+    def request(self, result: str, hops: int, latency_s: float) -> None:
+        self.requests.labels(result).inc()
+        self.hops.observe(hops)
+        self.latency.observe(latency_s)
+
+    def passed(self, role: str, result: str) -> None:
+        self.passed_on.labels(role, result).inc()
+
+    def refused(self) -> None:
+        self.refused_messages.inc()
+
+    def announcement(self, result: str) -> None:
+        self.announcements.labels(result).inc()
+
+    def consumed(self, link_id: str, bits: int) -> None:
+        self.consumed_bits.labels(link_id).inc(bits)

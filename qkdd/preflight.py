@@ -25,35 +25,47 @@ class StartupError(Exception):
 
 
 def check_tls_files(config: Config) -> None:
-    """Load every listener's certificate, key and client CA once, so a bad file is named up front."""
+    """Load every listener's certificate, key and client CA once, so a bad file is named up front (and
+    SKIP's PSK files)."""
     for name in LISTENERS:
         tls = config.listener(name).tls
-        if tls is None:
+        if tls is not None:
+            _check_tls(tls, f"{name}.tls")
+    if config.etsi004 is not None:
+        _check_tls(config.etsi004.tls, "etsi004.tls")
+    if config.skip is not None:
+        from qkdd.skip.psk_file import PskError, read_psk
+        for index, client in enumerate(config.skip.clients):
+            try:
+                read_psk(client.psk_file)
+            except PskError as exc:
+                raise StartupError(f"skip.clients[{index}].psk_file", str(exc)) from None
+
+
+def _check_tls(tls, key: str) -> None:
+    for field_name in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, field_name)
+        if path is None:
             continue
-        key = f"{name}.tls"
-        for field_name in ("cert_file", "key_file", "client_ca_file"):
-            path = getattr(tls, field_name)
-            if path is None:
-                continue
-            try:
-                with open(path, "rb") as handle:
-                    handle.read(1)
-            except OSError as exc:
-                raise StartupError(f"{key}.{field_name}", f"cannot read {path}: {exc.strerror}") from None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            # The callback keeps OpenSSL from prompting on the terminal for an encrypted key.
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_encrypted_key)
-        except _EncryptedKey:
-            raise StartupError(f"{key}.key_file", "the private key is encrypted; qkdd needs an unencrypted key "
-                                                  "file (mode 0600)") from None
+            with open(path, "rb") as handle:
+                handle.read(1)
+        except OSError as exc:
+            raise StartupError(f"{key}.{field_name}", f"cannot read {path}: {exc.strerror}") from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        # The callback keeps OpenSSL from prompting on the terminal for an encrypted key.
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=_refuse_encrypted_key)
+    except _EncryptedKey:
+        raise StartupError(f"{key}.key_file", "the private key is encrypted; qkdd needs an unencrypted key "
+                                              "file (mode 0600)") from None
+    except ssl.SSLError as exc:
+        raise StartupError(f"{key}.key_file", f"certificate and key do not load ({exc.reason or exc})") from None
+    if tls.client_ca_file:
+        try:
+            context.load_verify_locations(cafile=tls.client_ca_file)
         except ssl.SSLError as exc:
-            raise StartupError(f"{key}.key_file", f"certificate and key do not load ({exc.reason or exc})") from None
-        if tls.client_ca_file:
-            try:
-                context.load_verify_locations(cafile=tls.client_ca_file)
-            except ssl.SSLError as exc:
-                raise StartupError(f"{key}.client_ca_file", f"not a PEM CA certificate ({exc.reason or exc})") from None
+            raise StartupError(f"{key}.client_ca_file", f"not a PEM CA certificate ({exc.reason or exc})") from None
 
 
 class _EncryptedKey(Exception):

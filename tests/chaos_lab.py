@@ -81,13 +81,15 @@ def faketime_available() -> bool:
 
 class Lab:
     def __init__(self, workdir: Path, *, frame_detections: int = 250_000, clock_hz: float = 2e7,
-                 seeded_keys: int = 30_000, interval_s: float = 0.5, fetch_deadline_s: float = 30.0) -> None:
+                 seeded_keys: int = 30_000, interval_s: float = 0.5, fetch_deadline_s: float = 30.0,
+                 extra_config: str = "") -> None:
         self.workdir = workdir
         self.frame_detections = frame_detections      # a frame ends at this many detections at Bob
         self.clock_hz = clock_hz                      # the source's pace: frames keep coming, at a modest rate
         self.seeded_keys = seeded_keys
         self.interval_s = interval_s
         self.fetch_deadline_s = fetch_deadline_s
+        self.extra_config = extra_config              # TOML appended to both daemons' configurations
         self.net = NetnsPair()
         self.tmpfs = {end: Tmpfs(workdir / f"store-{end}", STORE_FS_BYTES) for end in ENDS}
         self.daemons: dict[str, QkddInNetns] = {}
@@ -241,7 +243,7 @@ kme_id = "{kme}"
 {saes}[[etsi014.peers]]
 kme_id = "{ENDS[other][1]}"
 link_id = "{LINK_ID}"
-'''
+{self.extra_config}'''
         path = self.workdir / f"{role}.toml"
         path.write_text(text)
         return path

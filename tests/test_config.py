@@ -39,9 +39,29 @@ BAD_CONFIGS = [
      "config error: health.listen: port must be in [0, 65535], got 65536"),
     ("negative limit", "[api.limits]\nheader_timeout_s = -1.5\n", {},
      "config error: api.limits.header_timeout_s: must be in (0, inf], got -1.5"),
-    ("unknown driver", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "idq"\n', {},
-     "config error: links[0].driver: must be one of sim, etsi014, serial, sdk; got 'idq'; IDQ devices are "
-     'driven through their ETSI 014 KME: driver = "etsi014"'),
+    ("unknown driver", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "cerberis"\n', {},
+     "config error: links[0].driver: must be one of sim, etsi014, serial, sdk, idq, toshiba, qlabs; got "
+     "'cerberis'; IDQ devices are driven through their ETSI 014 KME: driver = \"idq\""),
+    ("sdk driver without its library", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "sdk"\n', {},
+     'config error: links[0].sdk: required for driver "sdk": sdk_library (the vendor library implementing '
+     'qkd_device.h)'),
+    ("sdk library by a relative path", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "sdk"\n'
+     '[links.sdk]\nsdk_library = "libvendor.so"\n', {},
+     "config error: links[0].sdk.sdk_library: must be an absolute path to a shared library, got 'libvendor.so'"),
+    ("serial device that is no path", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "serial"\n'
+     'device_addr = "COM3"\n', {},
+     "config error: links[0].device_addr: driver \"serial\": the device path (/dev/ttyUSB0, /dev/serial/by-id/...), "
+     "got 'COM3'"),
+    ("vendor preset without its section", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "qlabs"\n'
+     'device_addr = "kme.example"\n', {},
+     'config error: links[0].etsi014: required for driver "qlabs": sae_id, peer_sae_id, cert_file, key_file, ca_file'),
+    ("vendor KME over plain http", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "etsi014"\n'
+     'device_addr = "http://kme.example"\n[links.etsi014]\nsae_id = "a"\npeer_sae_id = "b"\ncert_file = "c"\n'
+     'key_file = "k"\nca_file = "ca"\n', {},
+     "config error: links[0].device_addr: the KME must be reached over https (ETSI GS QKD 014 clause 4: mutual TLS)"),
+    ("vendor KME section without its certificate", '[[links]]\nlink_id = "l1"\nrole = "bob"\ndriver = "idq"\n'
+     'device_addr = "kme.example"\n[links.etsi014]\nsae_id = "a"\npeer_sae_id = "b"\nkey_file = "k"\n'
+     'ca_file = "ca"\n', {}, "config error: links[0].etsi014.cert_file: required key is missing"),
     ("unknown protocol", LINK + 'protocol = "bb48"\n', {},
      "config error: links[0].protocol: must be one of bb84, e91, cvqkd; got 'bb48' (did you mean \"bb84\"?)"),
     ("duplicate link id", LINK + LINK.replace("alice", "bob"), {},
@@ -163,18 +183,19 @@ def test_environment_overrides_win_over_the_file(tmp_path):
                     'key_rotation_interval_s = 60\n')
     env = clean_env(QKD_STATE_DIR="/srv/env", QKD_API_LISTEN="[::1]:9071", QKD_LINK_ID="from-env",
                     QKD_QBER_THRESHOLD="0.07", QKD_KEY_ROTATION_INTERVAL="900", QKD_PROTOCOL="e91",
-                    QKD_DRIVER="etsi014", QKD_DEVICE_ADDR="192.168.100.10:8443", QKD_LOG_LEVEL="")
+                    QKD_DRIVER="serial", QKD_DEVICE_ADDR="/dev/ttyUSB0", QKD_LOG_LEVEL="")
     result = run_qkdd("check-config", "--config", str(path), "--format", "json", env=env)
     assert result.returncode == 0, result.stderr
     effective = json.loads(result.stdout)
     assert effective["daemon"] == {"state_dir": "/srv/env", "log_level": "info"}   # empty = unset
     assert effective["api"]["listen"] == "[::1]:9071"
     assert effective["links"] == [{
-        "link_id": "from-env", "role": "alice", "driver": "etsi014", "protocol": "e91",
-        "device_addr": "192.168.100.10:8443", "peer_addr": "", "qber_threshold": 0.07,
+        "link_id": "from-env", "role": "alice", "driver": "serial", "protocol": "e91",
+        "device_addr": "/dev/ttyUSB0", "peer_addr": "", "qber_threshold": 0.07,
         "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
         "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "min_key_rate_bps": 0.0,
-        "stall_after_s": 60.0, "sim": None,
+        "stall_after_s": 60.0, "sim": None, "reconciliation": "cascade", "etsi014": None, "serial": None, "relay": True,
+        "sdk": None,
         "auth": "pq", "auth_secret_file": "", "auth_refill_bits": 1024, "auth_pool_max_bits": 1 << 20}]
 
 
@@ -306,13 +327,13 @@ def test_check_config_warns_of_links_the_daemon_will_not_run(tmp_path):
     still exits 0 and prints the configuration, and says so on stderr, one line per link."""
     path = tmp_path / "qkdd.toml"
     path.write_text('[[links]]\nlink_id = "dev-1"\nrole = "alice"\ndriver = "serial"\ndevice_addr = "/dev/ttyUSB0"\n'
-                    'peer_addr = "192.0.2.9:7071"\n'
+                    'protocol = "e91"\npeer_addr = "192.0.2.9:7071"\n'
                     '[[links]]\nlink_id = "sim-2"\nrole = "bob"\ndriver = "sim"\npeer_addr = "192.0.2.9:7072"\n')
     result = run_qkdd("check-config", "--config", str(path))
     assert result.returncode == 0 and 'link_id = "dev-1"' in result.stdout
     assert result.stderr.splitlines() == [
-        'warning: links[0] (dev-1): driver serial / protocol bb84 has no link engine yet (the daemon runs driver '
-        '"sim" with protocol "bb84")',
+        'warning: links[0] (dev-1): driver serial / protocol e91 has no link engine yet (the daemon runs protocol '
+        '"bb84" with drivers sim, serial, sdk, and drivers etsi014, idq, toshiba, qlabs)',
         "warning: links[1] (sim-2): not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
     ]
 
@@ -339,3 +360,51 @@ def test_the_kme_config_loads_without_the_daemon_config_and_both_parse_addresses
                          ("no-port", "expected host:port")]:
         with pytest.raises(ValueError, match=re.escape(problem)):
             config_schema.parse_host_port(bad)
+
+
+def test_relay_node_config_errors_name_the_key(tmp_path):
+    """[node] with [[links]] of two identities, a bad node id, and announcements that would age out
+    between refreshes: each is one error naming its key."""
+    link = ('[[links]]\nlink_id = "{id}"\nrole = "alice"\ndriver = "sim"\npeer_listen = "127.0.0.1:{port}"\n'
+            'peer_key_file = "{key}"\npeer_public_key = "/etc/qkdd/peer/b.pub"\n')
+    two = link.format(id="l1", port=1, key="/k1") + link.format(id="l2", port=2, key="/k2")
+    cases = [
+        ('[node]\nid = "A"\n' + two, "links[1].peer_key_file"),
+        ('[node]\nid = "not a node"\n' + link.format(id="l1", port=1, key="/k1"), "node.id"),
+        ('[node]\nid = "A"\n', "node"),
+        ('[node]\nid = "A"\n[relay]\nannounce_interval_s = 40\nmax_age_s = 60\n' + link.format(id="l1", port=1,
+                                                                                                 key="/k1"),
+         "relay.max_age_s"),
+        ('[node]\nid = "A"\ntrust_level = 300\n' + link.format(id="l1", port=1, key="/k1"), "node.trust_level"),
+    ]
+    for text, key in cases:
+        path = tmp_path / "qkdd.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path), {})
+        assert info.value.key == key, (text, info.value)
+    path.write_text('[node]\nid = "A"\n' + link.format(id="l1", port=1, key="/k1")
+                    + link.format(id="l2", port=2, key="/k2") + "relay = false\n")
+    config = load_config(str(path), {})
+    assert [link.link_id for link in config.relay_links()] == ["l1"] and config.node.trust_level == 100
+
+
+def test_etsi014_peer_on_a_relay_node_config(tmp_path):
+    """[[etsi014.peers]] names a link or a relay node, exactly one; a node needs this daemon's [node]."""
+    base = ('[api.tls]\ncert_file = "/x.pem"\nkey_file = "/x.key"\nclient_ca_file = "/ca.pem"\n'
+            'client_cert = "optional"\n[etsi014]\nkme_id = "kme-a"\n')
+    link = ('[[links]]\nlink_id = "l1"\nrole = "alice"\ndriver = "sim"\npeer_listen = "127.0.0.1:1"\n'
+            'peer_key_file = "/k1"\npeer_public_key = "/p"\n')
+    cases = [
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\n', "etsi014.peers[0].link_id"),
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\nlink_id = "l1"\nnode = "E"\n', "etsi014.peers[0].link_id"),
+        (base + '[[etsi014.peers]]\nkme_id = "kme-e"\nnode = "E"\n' + link, "etsi014.peers[0].node"),
+    ]
+    for text, key in cases:
+        path = tmp_path / "qkdd.toml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_config(str(path), {})
+        assert info.value.key == key, (text, info.value)
+    path.write_text('[node]\nid = "A"\n' + base + '[[etsi014.peers]]\nkme_id = "kme-e"\nnode = "E"\n' + link)
+    assert load_config(str(path), {}).etsi014.peers[0].node == "E"

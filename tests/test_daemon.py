@@ -63,11 +63,13 @@ def test_healthz_is_200_while_links_are_only_configured(daemon):
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     report = response.json()
-    assert report["status"] == "ok"
+    assert report["status"] == "degraded" and report["working_links"] == 0     # 200, but no link works
     assert report["daemon"]["state"] == "serving"
     assert [(link["link_id"], link["state"], link["healthy"]) for link in report["links"]] == [
         ("sim-1", "configured", True), ("relay-b", "configured", True)]
-    assert "no link engine" in report["links"][0]["detail"]
+    # each link says why it does not run: no link engine for e91 (set by QKD_PROTOCOL) or cvqkd yet
+    assert "protocol e91 has no link engine yet" in report["links"][0]["detail"]
+    assert "protocol cvqkd has no link engine yet" in report["links"][1]["detail"]
 
 
 def test_v1_links_lists_configured_links_over_mutual_tls(daemon, pki):
@@ -131,9 +133,11 @@ def test_metrics_has_every_seed_family_and_passes_promtool(daemon):
         for sample in families[name].samples:
             assert set(sample.labels) - {"le"} == labels, (name, sample)
     exposed = {sample.name: sample.value for family in families.values() for sample in family.samples
-               if sample.name.startswith("qkd_")}
+               if sample.name.startswith("qkd_") and sample.name != "qkd_link_state"}
+    states = {(s.labels["link_id"], s.labels["state"]) for s in families["qkd_link_state"].samples if s.value == 1}
+    assert states == {("sim-1", "configured"), ("relay-b", "configured")}
     # Counters start at zero for each configured link; gauges stay absent until measured.
-    assert exposed == {"qkd_keys_generated_total": 0.0, "qkd_key_bits_generated_total": 0.0,
+    assert exposed == {"qkd_keys_generated_total": 0.0, "qkd_key_generated_bytes_total": 0.0,
                        "qkd_qber_threshold_exceeded_total": 0.0, "qkd_key_generation_halted_total": 0.0}
     assert {(s.labels["link_id"], s.labels["protocol"]) for s in families["qkd_keys_generated"].samples} == {
         ("sim-1", "e91"), ("relay-b", "cvqkd")}
@@ -385,7 +389,7 @@ def test_demo_runs_the_example_config_and_stops_cleanly():
                             env=clean_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "READY=1, STATUS=serving; links: 1 configured" in result.stdout
-    assert '"status": "ok"' in result.stdout and '"link_id": "sim-1"' in result.stdout
+    assert '"status": "degraded"' in result.stdout and '"link_id": "sim-1"' in result.stdout
     assert 'qkd_keys_generated_total{link_id="sim-1",protocol="bb84"} 0.0' in result.stdout
     assert result.stdout.rstrip().endswith("qkdd stopped with exit status 0")
 

@@ -35,14 +35,14 @@ def test_configured_and_starting_links_are_healthy():
     health.set_link_state("b", "starting", "device coming up")
     assert health.healthy()
     report = health.report()
-    assert report["status"] == "ok"
+    assert report["status"] == "degraded" and report["working_links"] == 0     # healthy, but no link works
     assert [(link["link_id"], link["state"], link["detail"]) for link in report["links"]] == [
         ("a", "configured", LINK_STATES["configured"][1]), ("b", "starting", "device coming up")]
     assert report["links"][0]["since"] == "2023-11-14T22:13:20Z"
     assert health.status_line() == "serving; links: 1 configured, 1 starting"
 
 
-@pytest.mark.parametrize("state", ["suspended", "halted", "failed"])
+@pytest.mark.parametrize("state", ["suspended", "halted", "fallback", "failed"])
 def test_an_alarmed_link_makes_the_daemon_unhealthy(state):
     health = serving_health()
     health.set_link_state("a", state)
@@ -102,7 +102,7 @@ def test_link_metrics_report_under_the_seed_names():
                for family in text_string_to_metric_families(metrics.exposition().decode())
                for s in family.samples if s.name.startswith("qkd_")}
     assert samples[("qkd_keys_generated_total", (("link_id", "hk-lk-1"), ("protocol", "bb84")))] == 2
-    assert samples[("qkd_key_bits_generated_total", (("link_id", "hk-lk-1"),))] == 512
+    assert samples[("qkd_key_generated_bytes_total", (("link_id", "hk-lk-1"),))] == 64
     assert samples[("qkd_qber", (("link_id", "hk-lk-1"),))] == 0.023
     assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "critical")))] == 1
     assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "warning")))] == 0
@@ -130,6 +130,9 @@ def test_every_family_with_samples_passes_promtool():
     tunnel.rotation("success")
     tunnel.psk_age(12.5)
     tunnel.handshake_age(3.0)
+    consumer = metrics.consumer("kms", "hanzo-lux")
+    consumer.rotation("success")
+    consumer.psk_age(4.0)
     kme = metrics.kme_link("sim-1")
     kme.keys_handed("master", 2)
     kme.unavailable("no_key")
@@ -138,6 +141,7 @@ def test_every_family_with_samples_passes_promtool():
     families = {family.name for family in text_string_to_metric_families(text)}
     wireguard_families = {"qkd_wireguard_psk_rotations", "qkd_wireguard_psk_age_seconds",
                           "qkd_wireguard_handshake_age_seconds"}      # qkdd's own, beyond the seed
+    wireguard_families |= {"qkd_consumer_key_rotations", "qkd_consumer_key_age_seconds"}   # KMS push, IKEv2 PPK
     kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
     keystore_families = {"qkd_keystore_fill_ratio", "qkd_keystore_key_bytes", "qkd_keystore_bytes"}
     auth_families = {"qkd_auth_key_bits_consumed", "qkd_auth_pool_bits"}
@@ -296,3 +300,33 @@ def test_state_changed_is_logged_and_sent_to_systemd_only_on_a_change(monkeypatc
     assert [r.changes for r in lines] == ["a: running -> store_full", "a: store_full -> stalled"]
     assert datagrams == ["STATUS=serving; links: 1 configured, 1 store_full",
                          "STATUS=serving; links: 1 configured, 1 stalled"]
+
+
+def test_status_is_degraded_with_no_working_link_and_ok_with_one():
+    health = serving_health()
+    assert health.report()["status"] == "degraded"                   # both only configured
+    health.set_link_state("a", "degraded", "QBER 4 %")                # the QBER band: still generating
+    assert (health.report()["status"], health.report()["working_links"]) == ("ok", 1)
+    health.set_link_alarm("a", "store_full")                         # healthy, but not generating
+    assert health.healthy() and health.report()["status"] == "degraded"
+    health.clear_link_alarm("a", "store_full")
+    health.set_link_state("b", "running")
+    assert health.report()["working_links"] == 2
+    health.set_link_state("b", "fallback")                           # the gate's DEGRADED: unhealthy
+    assert not health.healthy() and health.report()["status"] == "unhealthy"
+    no_links = Health()
+    no_links.set_daemon_state("serving")
+    assert no_links.healthy() and no_links.report()["status"] == "degraded"
+
+
+def test_a_link_without_peer_identities_says_so_in_healthz(tmp_path):
+    from qkdd.app import App
+    from qkdd.config import load_config
+    config_file = tmp_path / "qkdd.toml"
+    config_file.write_text(f'[daemon]\nstate_dir = "{tmp_path}"\n\n[[links]]\nlink_id = "l1"\nrole = "alice"\n'
+                           'driver = "sim"\npeer_listen = "127.0.0.1:0"\n')
+    app = App.create(load_config(str(config_file)))
+    (link,) = app.health.report()["links"]
+    assert link["state"] == "configured"
+    assert "not started: set peer_key_file and peer_public_key" in link["detail"]
+    assert "no link engine runs it yet" not in link["detail"]

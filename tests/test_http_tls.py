@@ -2,6 +2,7 @@
 and handshakes that fail (no certificate, untrusted CA, garbage, plain HTTP, silence) without tracebacks."""
 import hashlib
 import logging
+import re
 import ssl
 import time
 
@@ -178,7 +179,9 @@ def test_a_flood_of_failed_tls_handshakes_is_rate_limited_in_the_log(http_server
             sock.sendall(b"\x00" * 64)
             read_until_closed(sock, 5.0)
         assert wait_for(lambda: len(_handshake_log_records(caplog)) == logged + 1)
-    assert f"{flood - logged} similar messages suppressed (tls-handshake-failed)" in caplog.text
+    # every refusal held back is counted, in one summary or, on a slow machine, several
+    held_back = re.findall(r"(\d+) similar messages suppressed \(tls-handshake-failed\)", caplog.text)
+    assert held_back and sum(map(int, held_back)) == flood - logged, held_back
 
 
 def test_the_suppressed_count_of_a_flood_is_logged_though_no_further_handshake_fails(http_server, dev_pki, caplog,

@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from qkdd.health import Health
-from qkdd.keystore import KeyState, KeyStore, StoreCapacity
+from qkdd.keystore import KeyState, KeyStore, StoreCapacity, StoreWriteError
 from qkdd.link import envelope, linkmsg
 from qkdd.link.envelope import Step
 from qkdd.link.pipeline import ALICE, BOB
@@ -161,6 +161,41 @@ def test_a_store_that_cannot_write_pauses_with_one_error_line_and_resumes_by_its
     blocker.close()
     errors = guard_lines(caplog, logging.ERROR)
     assert len(errors) == 1 and "key generation paused" in errors[0] and "locked" in errors[0], errors
+
+
+def test_a_write_that_fails_outside_the_links_frames_pauses_the_link_too(tmp_path, caplog):
+    """The KME's take, a key request or a consumer meets a store that cannot write while no frame of the
+    link is storing: the guard hears of it (KeyStore.observe_write_failures, from the writer's thread),
+    so the link pauses and health names the alarm at once; a probe resumes it once the store writes."""
+    caplog.set_level(logging.INFO, "qkdd.link")
+    store = KeyStore(str(tmp_path / "a.db"), bytes(32))
+    committed_keys(store, 4)
+    store._db.execute("PRAGMA busy_timeout = 50")                 # a locked write fails fast, not after 30 s
+    health = healthy_health()
+    guard = StoreGuard(store, LINK, health=health)
+    blocker = sqlite3.connect(store.path, isolation_level=None)
+
+    async def main():
+        guard.observe_store()
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            await trio.to_thread.run_sync(lambda: store.reserve_available(LINK, 1, "kme:sae-b"))
+        except StoreWriteError as exc:
+            assert "locked" in str(exc)
+        else:
+            raise AssertionError("the write went through a locked store")
+        await trio.testing.wait_all_tasks_blocked()
+        assert guard.state == STORE_FAILED and guard.frames_refused == 0
+        assert health.link_state(LINK).state == "store_failed" and not health.healthy()
+        assert await still_waiting_after(guard, 30)
+        blocker.execute("ROLLBACK")
+        assert await resumes_within(guard, PROBE_S)
+        assert health.healthy() and health.link_state(LINK).state == "running"
+
+    run_on_mock_clock(main)
+    blocker.close()
+    errors = guard_lines(caplog, logging.ERROR)
+    assert len(errors) == 1 and "locked" in errors[0], errors
 
 
 def test_bobs_commit_that_failed_is_carried_out_once_his_store_writes_again(tmp_path):

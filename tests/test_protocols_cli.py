@@ -98,3 +98,15 @@ def test_report_bad_parameter_is_one_line_and_status_2(capsys):
 
     assert print_report("qkdctl sim rate", build, True, str) == 2
     assert capsys.readouterr().err == "qkdctl sim rate: error: mu: must be > nu\n"
+
+
+def test_help_shows_the_defaults():
+    from qkdd.protocols.channel import ChannelParams
+    text = " ".join(qkdctl("--help").stdout.split())         # argparse wraps lines: compare on one line
+    assert "--protocol {bb84,e91,cvqkd} (default bb84)" in text
+    assert f"fibre loss, dB/km (default {ChannelParams().alpha_db_per_km})" in text
+    assert "--p-signal P_SIGNAL (default 0.8)" in text and "(default homodyne)" in text
+    assert "(default None)" not in text and "(default False)" not in text
+    run_help = " ".join(subprocess.run([sys.executable, "-m", "qkdd.ctl", "sim", "run", "--help"],
+                                       capture_output=True, text=True, timeout=30).stdout.split())
+    assert "--protocol {bb84,e91} (default bb84)" in run_help and "(default None)" not in run_help

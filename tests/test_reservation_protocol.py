@@ -1,6 +1,6 @@
 """The link's reservation protocol (qkdd.reservation.protocol) without sockets: both ends in memory, byte for
-byte, for each purpose (ETSI 014 keys, /v1 keys, WireGuard epochs); the wire layout pinned in hex; every
-transition of the state table and the illegal ones; hostile peer bytes."""
+byte, for each purpose (ETSI 014 keys, /v1 keys, WireGuard epochs, ETSI 004 chunks, SKIP keys); the wire layout
+pinned in hex; every transition of the state table and the illegal ones; hostile peer bytes."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +14,7 @@ from hypothesis import given, settings, strategies as st
 
 import qkdd.reservation.protocol as wire
 from qkdd.kme.container import plan_keys
+from qkdd.reservation import ChunkReservation, SkipKeyReservation
 from qkdd.reservation import (MAX_EPOCH, MAX_MESSAGE_BYTES, MAX_PACKED_BYTES, TRANSITIONS, AnnouncementReceived,
                               EpochAnnouncement, EpochReservation, Etsi014Reservation, KeyReservation, LateAnswer,
                               MessageType, Purpose, RefuseReason, ReservationAccepted, ReservationEndpoint,
@@ -48,7 +49,20 @@ def epoch_request(number: int = 1) -> EpochReservation:
     return EpochReservation(new_id(), TAG, number, new_id(), 1000.5)
 
 
-REQUESTS = {Purpose.ETSI014: etsi014, Purpose.KEY: key_request, Purpose.WG_EPOCH: epoch_request}
+def chunk_request(keys: int = 3) -> ChunkReservation:
+    return ChunkReservation(new_id(), new_id(), 7, tuple(sorted(new_id() for _ in range(keys))))
+
+
+def skip_request() -> SkipKeyReservation:
+    return SkipKeyReservation(new_id(), new_id(), "skip:256")
+
+
+def hybrid_epoch_request(number: int = 1) -> wire.HybridEpochReservation:
+    return wire.HybridEpochReservation(new_id(), TAG, number, new_id(), 1000.5, bytes(range(256)) * 4 + bytes(72))
+
+
+REQUESTS = {Purpose.ETSI014: etsi014, Purpose.KEY: key_request, Purpose.WG_EPOCH: epoch_request,
+            Purpose.STREAM: chunk_request, Purpose.SKIP: skip_request, Purpose.HYBRID_EPOCH: hybrid_epoch_request}
 PURPOSES = list(Purpose)
 
 
@@ -111,6 +125,9 @@ ETSI_BODY = ("00000010" "0001 6d" "01" "0001 73" "0001"                 # 16 bit
              "00000000 0000 4000 8000 0000000000aa" "00000000" "00000002")   # stored key | offset 0 | 2 bytes
 KEY_BODY = "0f0e0d0c 0b0a 4908 8706 050403020100" "0006 76313a323536"    # key id | "v1:256"
 EPOCH_BODY = "0102030405060708" "0000000000000007" "0f0e0d0c 0b0a 4908 8706 050403020100" "3ff8000000000000"
+CHUNK_BODY = ("0f0e0d0c 0b0a 4908 8706 050403020100" "00000009" "0002"      # stream | index 9 | 2 keys
+              "00000000 0000 4000 8000 0000000000aa" "00000000 0000 4000 8000 0000000000bb")
+SKIP_BODY = "0f0e0d0c 0b0a 4908 8706 050403020100" "0008 736b69703a323536"   # key id | "skip:256"
 REFUSE_BODY = "05" "0004 676f6e65"                                     # KEYS_GONE | "gone"
 
 
@@ -118,13 +135,20 @@ def golden_requests():
     etsi = Etsi014Reservation(REQUEST_ID, "m", ("s",), 16, planned(
         [("00000000-0000-4000-8000-0000000000aa", 16)], 1, 16, lambda: "00000000-0000-4000-8000-0000000000bb"))
     return {Purpose.ETSI014: etsi, Purpose.KEY: KeyReservation(REQUEST_ID, KEY_ID, "v1:256"),
-            Purpose.WG_EPOCH: EpochReservation(REQUEST_ID, TAG, 7, KEY_ID, 1.5)}
+            Purpose.WG_EPOCH: EpochReservation(REQUEST_ID, TAG, 7, KEY_ID, 1.5),
+            Purpose.STREAM: ChunkReservation(REQUEST_ID, KEY_ID, 9, ("00000000-0000-4000-8000-0000000000aa",
+                                                                     "00000000-0000-4000-8000-0000000000bb")),
+            Purpose.SKIP: SkipKeyReservation(REQUEST_ID, KEY_ID, "skip:256")}
 
 
 @pytest.mark.parametrize("purpose, kind, expected_hex", [
     (Purpose.ETSI014, "reserve", "03 01 01" + RID + "00000037" + ETSI_BODY),
     (Purpose.KEY, "reserve", "03 01 02" + RID + "00000018" + KEY_BODY),
     (Purpose.WG_EPOCH, "reserve", "03 01 03" + RID + "00000028" + EPOCH_BODY),
+    (Purpose.STREAM, "reserve", "03 01 04" + RID + "00000036" + CHUNK_BODY),
+    (Purpose.SKIP, "reserve", "03 01 05" + RID + "0000001a" + SKIP_BODY),
+    (Purpose.STREAM, "accept", "03 02 04" + RID + "00000000"),
+    (Purpose.SKIP, "refuse", "03 03 05" + RID + "00000007" + REFUSE_BODY),
     (Purpose.ETSI014, "accept", "03 02 01" + RID + "00000000"),
     (Purpose.KEY, "accept", "03 02 02" + RID + "00000000"),
     (Purpose.WG_EPOCH, "accept", "03 02 03" + RID + "00000000"),
@@ -272,7 +296,8 @@ def test_late_answers_to_abandoned_requests_are_reported_as_such_once(purpose):
     master.abandon(refused.request_id)
     accept = slave.accept(accepted.request_id)
     events = master.receive(accept + slave.refuse(refused.request_id, RefuseReason.STALE, "old"))
-    assert events == [LateAnswer(accepted.request_id, purpose, True), LateAnswer(refused.request_id, purpose, False)]
+    assert events == [LateAnswer(accepted.request_id, purpose, True),
+                      LateAnswer(refused.request_id, purpose, False, RefuseReason.STALE)]
     assert master.state("master", accepted.request_id) is None
     with pytest.raises(ReservationProtocolError, match="no request"):
         master.receive(accept)                                           # a second answer answers nothing
@@ -323,7 +348,7 @@ def test_one_bad_message_rejects_its_payload_and_changes_nothing():
     (lambda data: b"\x01" + data[1:], "wire version 1"),
     (lambda data: data[:1] + b"\x09" + data[2:], "unknown message type 9"),
     (lambda data: data[:2] + b"\x00" + data[3:], "unknown purpose 0"),
-    (lambda data: data[:2] + b"\x04" + data[3:], "unknown purpose 4"),
+    (lambda data: data[:2] + b"\x07" + data[3:], "unknown purpose 7"),
 ])
 def test_malformed_messages_are_protocol_errors(purpose, mutate, problem):
     with pytest.raises(ReservationProtocolError, match=problem):
@@ -636,3 +661,20 @@ def test_any_edit_of_an_answer_payload_is_an_event_or_an_error_changing_nothing(
                 assert endpoint.state("master", event.request_id) is None
 
     check()
+
+
+@pytest.mark.parametrize("chunk, problem", [
+    (lambda: ChunkReservation(new_id(), new_id(), 1, ()), "a chunk of 0 keys"),
+    (lambda: ChunkReservation(new_id(), new_id(), 1, (KEY_ID, KEY_ID)), "appears twice"),
+    (lambda: ChunkReservation(new_id(), new_id(), 2**32, (KEY_ID,)), "chunk index"),
+    (lambda: ChunkReservation(new_id(), "stream", 1, (KEY_ID,)), "not a canonical UUID"),
+    (lambda: ChunkReservation(new_id(), new_id(), 1, tuple(new_id() for _ in range(wire.MAX_CHUNK_KEYS + 1))),
+     "a chunk of 4097 keys"),
+])
+def test_a_malformed_chunk_reservation_is_refused_at_either_end(chunk, problem):
+    with pytest.raises(ValueError, match=problem):
+        ReservationEndpoint().reserve(chunk())
+    valid = encode_reserve(ChunkReservation(REQUEST_ID, KEY_ID, 1, (KEY_ID, "00000000-0000-4000-8000-0000000000aa")))
+    doubled = valid[:-16] + valid[-32:-16]             # the second key id is the first again
+    with pytest.raises(ReservationProtocolError, match="appears twice"):
+        ReservationEndpoint().receive(doubled)

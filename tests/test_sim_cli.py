@@ -22,8 +22,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_json_report_and_same_seed_same_output():
     args = ("--pulses", "2e8", "--distance-km", "25", "--seed", "42", "--q-x", "0.5", "--json")
     first, second = _run(*args), _run(*args)
-    assert first.returncode == 0, first.stderr
     a, b = json.loads(first.stdout), json.loads(second.stdout)
+    # 2e8 pulses at 25 km are too few for a key under the finite-key bound: the report still comes, exit 1
+    assert a["abort"] and first.returncode == 1 and "aborted: phase error bound" in first.stderr
     for report in (a, b):
         report.pop("wall_seconds")
     assert a == b
@@ -43,9 +44,13 @@ def test_e91_and_attack_options():
     assert e91.returncode == 0, e91.stderr
     report = json.loads(e91.stdout)
     assert 2.0 < report["chsh_s"] < 2.9
-    blinded = json.loads(_run("--pulses", "1e8", "--distance-km", "25", "--attack", "blinding", "--monitor",
-                              "--seed", "1", "--json").stdout)
+    aborted = _run("--pulses", "1e8", "--distance-km", "25", "--attack", "blinding", "--monitor", "--seed", "1",
+                   "--json")
+    blinded = json.loads(aborted.stdout)
     assert blinded["abort"] and "monitor" in blinded["abort_reason"]
+    # an aborted run is a failure for scripts: exit status 1, the reason on stderr
+    assert aborted.returncode == 1
+    assert aborted.stderr.strip() == f"qkdctl sim run: aborted: {blinded['abort_reason']}"
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -4,7 +4,7 @@ by adding one line below (e.g. `etsi014.register(api, app)`).
 """
 from __future__ import annotations
 
-from qkdd.api import etsi014, health, keys, sim_control, v1
+from qkdd.api import etsi014, health, keys, relay, sim_control, v1
 from qkdd.app import App
 from qkdd.config import LISTENERS
 from qkdd.http.router import Router
@@ -17,6 +17,7 @@ def build_routers(app: App) -> dict[str, Router]:
     v1.register(api, app)
     keys.register(api, app)
     sim_control.register(api, app)
+    relay.register(api, app)
     if app.kme is not None:
         etsi014.register(api, app.kme)
     health.register(health_router, app)

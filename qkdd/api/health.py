@@ -11,6 +11,8 @@ from qkdd.metrics import CONTENT_TYPE
 def register(router: Router, app: App) -> None:
     async def healthz(request: Request) -> Response:
         report = app.health.report()
+        if app.consumers:
+            report["consumers"] = [consumer.status() for consumer in app.consumers]
         if app.health.healthy():
             return Response.json(report)
         return Response.json(report, 503, headers=[("retry-after", str(RETRY_AFTER_S))])

@@ -97,6 +97,17 @@ def register(router: Router, app: App) -> None:
             except StoreWriteError as exc:
                 raise store_cannot_write(exc) from None
             return Response.json(key_json(key, engine.status.qber_of(key)))
+        if app.relay is not None and wanted is None:      # a key relayed to this node (qkdd.relay)
+            try:
+                key = await app.relay.fetch_key(key_id)
+            except KeyAlreadyDelivered:
+                raise HTTPError(410, "key already delivered", [{"key_id": f"{key_id} was handed out before"}]) from None
+            except KeyNotFound:
+                pass
+            except StoreWriteError as exc:
+                raise store_cannot_write(exc) from None
+            else:
+                return Response.json(key_json(key, None))
         raise HTTPError(404, "unknown key",
                         [{"key_id": f"no key {key_id}" + (f" on link {wanted!r}" if wanted else "")}])
 

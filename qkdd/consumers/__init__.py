@@ -1,1 +1,2 @@
-"""Consumers of QKD keys: WireGuard pre-shared-key rotation (wireguard.py) and, later, the KMS push."""
+"""Consumers of QKD keys: one rotation with one fallback policy (rotation.py) feeding WireGuard PSKs
+(wireguard.py), a KMS (kms.py, HIP-0027) and strongSwan IKEv2 PPKs (ipsec.py), optionally hybrid (hybrid.py)."""

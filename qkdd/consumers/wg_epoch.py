@@ -113,12 +113,19 @@ def tunnel_tag(tunnel: str) -> bytes:
     return hashlib.sha256(b"qkdd/wireguard-tunnel\x00" + tunnel.encode()).digest()[:8]
 
 
+def consumer_tag(kind: str, name: str) -> bytes:
+    """8 bytes naming another consumer ("kms", "ipsec") on the wire; WireGuard tunnels keep tunnel_tag."""
+    if kind == "wireguard":
+        return tunnel_tag(name)
+    return hashlib.sha256(b"qkdd/" + kind.encode() + b"-consumer\x00" + name.encode()).digest()[:8]
+
+
 class EpochAgreement:
     """One end of one tunnel. `current` is the epoch this end has agreed to (installed or about to be)."""
 
-    def __init__(self, tunnel: str, leader: bool, current: Epoch = NO_EPOCH) -> None:
+    def __init__(self, tunnel: str, leader: bool, current: Epoch = NO_EPOCH, *, tag: bytes | None = None) -> None:
         self.tunnel = tunnel
-        self.tag = tunnel_tag(tunnel)
+        self.tag = tag if tag is not None else tunnel_tag(tunnel)
         self.leader = leader
         self.current = current
         self.state = State.IDLE
@@ -198,7 +205,7 @@ class EpochAgreement:
             if not isinstance(event.reservation, EpochReservation):
                 raise EpochStateError(f"tunnel {self.tunnel}: a {type(event.reservation).__name__} is no epoch")
             return self._proposed(event.reservation)
-        if getattr(event, "purpose", None) is not Purpose.WG_EPOCH:
+        if getattr(event, "purpose", None) not in (Purpose.WG_EPOCH, Purpose.HYBRID_EPOCH):
             raise EpochStateError(f"tunnel {self.tunnel}: {event!r} is no epoch event")
         if isinstance(event, LateAnswer):
             epoch = self._abandoned.pop(event.request_id, None)

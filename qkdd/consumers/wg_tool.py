@@ -11,13 +11,15 @@ import re
 
 import trio
 
+from qkdd.consumers.sink import SinkError
+
 PSK_BYTES = 32
 WG_TIMEOUT_S = 10.0
 _PUBLIC_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 _INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,14}")
 
 
-class WgError(Exception):
+class WgError(SinkError):
     """`wg` failed; the message holds wg's stderr and never key material."""
 
 

@@ -1,459 +1,60 @@
-"""WireGuard PSK rotation from QKD keys: one TunnelRotation per `[[wireguard]]` tunnel.
+"""WireGuard PSK rotation from QKD keys: one TunnelRotation per `[[wireguard]]` tunnel, the shared
+KeyRotation (rotation.py) installing into `wg set ... preshared-key` (wg_tool.py).
 
-The leading end (the link's alice) reserves a 256-bit key every rotation interval and agrees on it with
-the other end (wg_epoch.py, over the link's classical channel); both ends install it at the agreed
-activation time with `wg set ... preshared-key /dev/stdin` (wg_tool.py), retrying until it works. The key
-in use stays RESERVED in the key store (so a restarted daemon re-applies it from there) and is erased
-when the next one is installed or when it expires. Fallback (HIP-0071 "Fallback Policy"): while no new
-key comes the current PSK stays; once it is older than `expiry_s` the policy applies ("clear": no PSK,
-Curve25519 alone; "random": a random PSK, the tunnel fails closed); when keys flow again rotation resumes.
-A small JSON file per tunnel in the state directory records the epoch (number, key id, times, fallback):
-never key material. It is read and written (with fsync) in worker threads, never on the event loop.
+Fallback (HIP-0071 "Fallback Policy"), WireGuard's meaning of the shared policy: "clear" removes the PSK
+(Curve25519 alone), "random" installs a random PSK (the tunnel fails closed).
 """
 from __future__ import annotations
 
-import json
-import logging
 import os
 import time
-from dataclasses import dataclass
-
-import trio
 
 from qkdd.config import WireGuardConfig
-from qkdd.consumers.wg_epoch import (NO_EPOCH, Agreed, Epoch, EpochAgreement, EpochMessageError,
-                                     EpochStateError, Proposed, Refused, ResyncNeeded, tunnel_tag)
-from qkdd.consumers.wg_tool import PSK_BYTES, WgError, WgTool
-from qkdd.keystore import KeyStore, KeyStoreError, KeyUnavailable
-from qkdd.metrics import TunnelMetrics
-from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, EpochReservation, LateAnswer,
-                                       Purpose, RefuseReason, ReservationAccepted, ReservationReceived,
-                                       ReservationRefused)
-from qkdd.reservation.service import ReservationService
+from qkdd.consumers.rotation import (ANSWER_TIMEOUT_S, KEY_BYTES, PSK_BITS, EpochChannel, KeyRotation,
+                                     RotationMetrics, RotationState)
+from qkdd.consumers.sink import KeySink
+from qkdd.consumers.wg_epoch import Epoch, tunnel_tag
+from qkdd.consumers.wg_tool import WgTool
+from qkdd.keystore import KeyStore, StoredKey
 
-log = logging.getLogger("qkdd.wireguard")
+__all__ = ["ANSWER_TIMEOUT_S", "PSK_BITS", "TunnelRotation", "TunnelState", "WireGuardChannel", "WireGuardSink"]
 
-PSK_BITS = PSK_BYTES * 8
-ANSWER_TIMEOUT_S = 10.0          # leader: how long a proposal waits for the follower's answer
-NO_KEY_RETRY_S = 5.0             # leader: how soon to try again when the store had no key
-MONITOR_INTERVAL_S = 1.0         # expiry check and PSK-age gauge
-HANDSHAKE_POLL_INTERVAL_S = 5.0  # `wg show latest-handshakes`
+TunnelState = RotationState
+WireGuardChannel = EpochChannel
 
 
-@dataclass(frozen=True)
-class TunnelState:
-    """What survives a restart (the JSON file): the agreed epoch, when it was installed, the fallback."""
+class WireGuardSink(KeySink):
+    """The PSK of one peer of one WireGuard interface."""
 
-    epoch: Epoch = NO_EPOCH
-    installed_at: float = 0.0            # 0: not installed yet
-    fallback: str | None = None          # "clear" / "random" once the policy ran for this epoch
+    def __init__(self, wg: WgTool) -> None:
+        self.wg = wg
+        self.label = wg.interface
 
-    def to_json(self) -> str:
-        return json.dumps({"version": 1, "epoch": self.epoch.number, "key_id": self.epoch.key_id,
-                           "activate_at": self.epoch.activate_at, "installed_at": self.installed_at,
-                           "fallback": self.fallback})
+    async def install(self, key: StoredKey, epoch: Epoch) -> None:
+        await self.wg.set_psk(key.material)
 
-    @classmethod
-    def from_json(cls, text: str) -> "TunnelState":
-        data = json.loads(text)
-        if data.get("version") != 1:
-            raise ValueError(f"unknown state version {data.get('version')!r}")
-        number = int(data["epoch"])
-        epoch = Epoch(number, str(data["key_id"]), float(data["activate_at"])) if number else NO_EPOCH
-        fallback = data.get("fallback")
-        if fallback not in (None, "clear", "random"):
-            raise ValueError(f"unknown fallback {fallback!r}")
-        return cls(epoch, float(data["installed_at"]), fallback)
+    async def fall_back(self, policy: str) -> None:
+        if policy == "clear":
+            await self.wg.clear_psk()
+        else:
+            await self.wg.set_psk(os.urandom(KEY_BYTES))
+
+    def fallback_meaning(self, policy: str) -> str:
+        return "Curve25519 only" if policy == "clear" else "random PSK, the tunnel fails closed"
+
+    async def latest_handshake_s(self) -> float | None:
+        return await self.wg.latest_handshake_s()
 
 
-class TunnelRotation:
-    """One tunnel's rotation. In the daemon, `await TunnelRotation.open(...)` reads the state file in a
-    worker thread; the constructor given no `state` reads it itself (blocking: outside the event loop)."""
+class TunnelRotation(KeyRotation):
+    """One tunnel's rotation (log lines "tunnel NAME: ...", state file wireguard-NAME.json)."""
+
+    KIND = "wireguard"
 
     def __init__(self, config: WireGuardConfig, *, leader: bool, store: KeyStore, wg: WgTool,
-                 metrics: TunnelMetrics, state_dir: str, rotation_interval_s: float, clock=time.time,
-                 state: TunnelState | None = None) -> None:
-        self.config = config
-        self.name = config.name
-        self.leader = leader
-        self.store = store
+                 metrics: RotationMetrics, state_dir: str, rotation_interval_s: float, clock=time.time,
+                 state: RotationState | None = None) -> None:
+        super().__init__(config, kind=self.KIND, tag=tunnel_tag(config.name), sink=WireGuardSink(wg), leader=leader,
+                         store=store, metrics=metrics, state_dir=state_dir, rotation_interval_s=rotation_interval_s,
+                         what="tunnel", clock=clock, state=state)
         self.wg = wg
-        self.metrics = metrics
-        self.rotation_interval_s = rotation_interval_s
-        self.holder = f"wireguard:{config.name}"
-        self.tag = tunnel_tag(config.name)
-        self._clock = clock
-        self._state_path = _state_path(state_dir, config.name)
-        self.state = state if state is not None else _load_state(self._state_path, config.name)
-        self._saving = trio.Lock()              # one state-file write at a time
-        self.agreement = EpochAgreement(config.name, leader, self.state.epoch)
-        self._target: Epoch | None = (self.state.epoch if self.state.epoch.number and not self.state.fallback
-                                      else None)
-        self._applied_since_start = False       # a (re)started daemon installs its current key once
-        self._target_changed = trio.Event()
-        self._service: ReservationService | None = None      # the live session's reservation service
-        self._session_changed = trio.Event()
-        self._rotate_now = trio.Event()
-        self._resync_above = 0
-        self.installed = trio.Event()           # set (and replaced) after every successful install
-        self._discard_soon: list[str] = []
-
-    @classmethod
-    async def open(cls, config: WireGuardConfig, *, state_dir: str, **kwargs) -> "TunnelRotation":
-        """A tunnel's rotation with its state file read in a worker thread (keyword arguments: __init__'s)."""
-        path = _state_path(state_dir, config.name)
-        state = await trio.to_thread.run_sync(_load_state, path, config.name)
-        return cls(config, state_dir=state_dir, state=state, **kwargs)
-
-    # -- public ------------------------------------------------------------------------------------
-    def rotate_now(self) -> None:
-        """Leader: rotate at once instead of waiting for the interval (SIGUSR1, tests)."""
-        self._rotate_now.set()
-
-    async def run(self) -> None:
-        await self._erase_stale_reservations()
-        if self.state.fallback:
-            log.info("tunnel %s: re-applying the %s fallback after a restart", self.name, self.state.fallback)
-            await self._apply_fallback(self.state.epoch, again=True)
-        elif self._target is not None:
-            log.info("tunnel %s: re-applying epoch %d (key %s) after a restart", self.name,
-                     self._target.number, self._target.key_id)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._installer)
-            nursery.start_soon(self._monitor)
-            nursery.start_soon(self._poll_handshakes)
-            if self.leader:
-                nursery.start_soon(self._leader_loop)
-
-    def attach(self, service: ReservationService) -> None:
-        """A session started: announce the current epoch (HELLO)."""
-        self._service = service
-        self._session_changed.set()
-        self._session_changed = trio.Event()
-        service.announce(self.agreement.hello())
-
-    def detach(self, service: ReservationService) -> None:
-        if self._service is service:
-            self._service = None
-
-    def receive(self, event) -> None:
-        """An announcement or a late answer from the other end of this tunnel (endpoint events)."""
-        try:
-            events, _ = self.agreement.receive(event)
-        except EpochMessageError as exc:
-            log.warning("tunnel %s: refused an epoch message: %s", self.name, exc)
-            return
-        for resync in events:
-            if isinstance(resync, ResyncNeeded):
-                log.info("tunnel %s: the other end is at epoch %d, this end at %d: proposing a fresh epoch",
-                         self.name, resync.peer_epoch.number, self.agreement.current.number)
-                self._resync_above = max(self._resync_above, resync.peer_epoch.number)
-                self._rotate_now.set()
-
-    # -- follower ----------------------------------------------------------------------------------
-    async def answer(self, proposal: EpochReservation) -> list[Answer]:
-        """The answers to a proposal from the leader (and to one it supersedes, if any)."""
-        try:
-            events, answers = self.agreement.receive(ReservationReceived(proposal))
-        except EpochMessageError as exc:
-            return [Answer(proposal.request_id, RefuseReason.MALFORMED, str(exc))]
-        for event in events:
-            if isinstance(event, Proposed):
-                answer = await self._consider(event)
-                if answer is not None:
-                    answers.append(answer)
-        return answers
-
-    async def _consider(self, proposed: Proposed) -> Answer | None:
-        epoch = proposed.epoch
-        try:
-            key = await trio.to_thread.run_sync(self.store.peek, self.config.link_id, epoch.key_id)
-            if key.bits != PSK_BITS:
-                raise KeyUnavailable(f"key {epoch.key_id} has {key.bits} bits, a PSK needs {PSK_BITS}")
-            await trio.to_thread.run_sync(self.store.reserve_ids, self.config.link_id, [epoch.key_id], self.holder)
-        except KeyStoreError as exc:
-            log.warning("tunnel %s: refusing epoch %d: %s", self.name, epoch.number, exc)
-            self.metrics.rotation("refused")
-            try:
-                return self.agreement.refuse(proposed.request_id, RefuseReason.KEYS_UNAVAILABLE, str(exc))
-            except EpochStateError:
-                return None                        # superseded meanwhile: answered STALE already
-        try:
-            answer = self.agreement.accept(proposed.request_id)
-        except EpochStateError:                    # superseded while the key was reserved: give it back
-            await trio.to_thread.run_sync(self.store.release, self.config.link_id, [epoch.key_id])
-            return None
-        self._set_target(epoch)              # agreed here from now on, even if the ACK is lost with the session
-        log.info("tunnel %s: agreed epoch %d (key %s), activation in %.1f s", self.name, epoch.number,
-                 epoch.key_id, epoch.activate_at - self._clock())
-        return answer
-
-    # -- leader ------------------------------------------------------------------------------------
-    async def _leader_loop(self) -> None:
-        while True:
-            if self.state.installed_at and not self.state.fallback:
-                due = self.state.installed_at + self.rotation_interval_s
-            else:
-                due = self._clock()             # nothing in use (first start, fallback): rotate now
-            with trio.move_on_after(max(0.0, due - self._clock())):
-                await self._rotate_now.wait()
-            self._rotate_now = trio.Event()
-            while self._service is None:
-                await self._session_changed.wait()
-            outcome = await self._rotate_once(self._service)
-            if outcome in ("no_key", "refused"):
-                with trio.move_on_after(NO_KEY_RETRY_S):
-                    await self._rotate_now.wait()
-            elif outcome == "agreed":
-                # wait until the new key is in use before the interval starts counting again
-                await self._wait_installed()
-
-    async def _rotate_once(self, service: ReservationService) -> str:
-        link_id = self.config.link_id
-        try:
-            (key_id,) = await trio.to_thread.run_sync(
-                lambda: self.store.reserve_available(link_id, 1, self.holder, bits=PSK_BITS))
-        except KeyUnavailable:
-            self.metrics.rotation("no_key")
-            log.warning("tunnel %s: no %d-bit QKD key available on link %s; the current PSK stays",
-                        self.name, PSK_BITS, link_id)
-            return "no_key"
-        above, self._resync_above = self._resync_above, 0
-        activate_at = self._clock() + self.config.activation_delay_s
-        proposal = self.agreement.propose(key_id, activate_at, above=above)
-        outcome = await service.request(proposal, ANSWER_TIMEOUT_S)
-        events: list = []
-        if outcome.status == "accepted":
-            events, _ = self.agreement.receive(ReservationAccepted(proposal.request_id, Purpose.WG_EPOCH))
-        elif outcome.status == "refused":
-            events, _ = self.agreement.receive(ReservationRefused(proposal.request_id, Purpose.WG_EPOCH,
-                                                                  outcome.reason, outcome.text))
-        answer = events[0] if events else None
-        if isinstance(answer, Agreed):
-            log.info("tunnel %s: agreed epoch %d (key %s), activation in %.1f s", self.name, proposal.number,
-                     key_id, activate_at - self._clock())
-            self._set_target(answer.epoch)
-            return "agreed"
-        self.metrics.rotation("refused")
-        if isinstance(answer, Refused):
-            log.warning("tunnel %s: the other end refused epoch %d (%s)", self.name, proposal.number,
-                        answer.reason.name.lower())
-            await trio.to_thread.run_sync(self.store.release, link_id, [key_id])
-        else:
-            # No answer: the other end may hold the key reserved, so it must never serve anyone else.
-            self.agreement.abandon()
-            log.warning("tunnel %s: no answer to epoch %d within %g s (%s); key %s discarded", self.name,
-                        proposal.number, ANSWER_TIMEOUT_S, outcome.status, key_id)
-            await self._erase(key_id)
-        return "refused"
-
-    # -- both ends: installing ---------------------------------------------------------------------
-    def _set_target(self, epoch: Epoch) -> None:
-        old = self._target
-        self._target = epoch
-        self._target_changed.set()
-        self._target_changed = trio.Event()
-        if old is not None and old != epoch and old != self.state.epoch:
-            self._discard_soon.append(old.key_id)    # agreed but superseded before it was installed
-
-    async def _installer(self) -> None:
-        while True:
-            target = self._target
-            for key_id in self._discard_soon:
-                await self._erase(key_id)
-            self._discard_soon.clear()
-            if target is None or (target == self.state.epoch and self.state.installed_at
-                                  and self._applied_since_start):
-                await self._target_changed.wait()
-                continue
-            changed = self._target_changed
-            with trio.move_on_after(max(0.0, target.activate_at - self._clock())):
-                await changed.wait()
-                continue                               # a newer target came before this one activated
-            await self._install(target)
-
-    async def _install(self, target: Epoch) -> None:
-        link_id = self.config.link_id
-        try:
-            key = await trio.to_thread.run_sync(self.store.peek, link_id, target.key_id)
-        except KeyStoreError as exc:
-            log.warning("tunnel %s: epoch %d key is gone from the store (%s)", self.name, target.number, exc)
-            self._applied_since_start = True
-            if self._target == target:
-                self._target = None
-            await self._apply_fallback(target)
-            return
-        while True:
-            try:
-                await self.wg.set_psk(key.material)
-                break
-            except WgError as exc:
-                self.metrics.rotation("install_failed")
-                log.warning("tunnel %s: installing epoch %d failed, retrying in %g s: %s", self.name,
-                            target.number, self.config.retry_interval_s, exc)
-            with trio.move_on_after(self.config.retry_interval_s):
-                await self._target_changed.wait()
-                if self._target != target:
-                    return                             # superseded while retrying
-        del key
-        previous = self.state
-        reapplied = previous.epoch == target and previous.installed_at > 0 and not previous.fallback
-        self._applied_since_start = True
-        await self._save(TunnelState(target, previous.installed_at if reapplied else self._clock(), None))
-        if previous.epoch.number and previous.epoch.key_id != target.key_id:
-            await self._erase(previous.epoch.key_id)
-        if not reapplied:
-            self.metrics.rotation("success")
-        log.info("tunnel %s: epoch %d installed on %s (key %s)%s", self.name, target.number, self.wg.interface,
-                 target.key_id, " again after a restart" if reapplied else "")
-        self.installed.set()
-        self.installed = trio.Event()
-
-    async def _wait_installed(self) -> None:
-        target = self._target
-        while target is not None and self.state.epoch != target and self._target == target:
-            await self.installed.wait()
-
-    # -- fallback ----------------------------------------------------------------------------------
-    async def _monitor(self) -> None:
-        while True:
-            state = self.state
-            if state.installed_at and not state.fallback:
-                age_s = self._clock() - state.installed_at
-                self.metrics.psk_age(age_s)
-                if age_s > self.config.expiry_s and self._target in (None, state.epoch):
-                    log.warning("tunnel %s: PSK of epoch %d is %.0f s old, past its expiry of %g s", self.name,
-                                state.epoch.number, age_s, self.config.expiry_s)
-                    await self._apply_fallback(state.epoch)
-            else:
-                self.metrics.psk_age(None)
-            await trio.sleep(MONITOR_INTERVAL_S)
-
-    async def _apply_fallback(self, epoch: Epoch, *, again: bool = False) -> None:
-        policy = self.config.on_exhausted
-        while True:
-            try:
-                if policy == "clear":
-                    await self.wg.clear_psk()
-                else:
-                    await self.wg.set_psk(os.urandom(PSK_BYTES))
-                break
-            except WgError as exc:
-                log.warning("tunnel %s: applying the %s fallback failed, retrying: %s", self.name, policy, exc)
-                await trio.sleep(self.config.retry_interval_s)
-        if epoch.number:
-            await self._erase(epoch.key_id)
-        self._target = None if self._target == epoch else self._target
-        await self._save(TunnelState(epoch, self.state.installed_at, policy))
-        self.metrics.psk_age(None)
-        self._rotate_now.set()                   # leader: look for a fresh key from now on, not at the interval
-        if again:
-            return
-        self.metrics.rotation(f"expired_{policy}")
-        log.warning("tunnel %s: no fresh QKD key; fallback %s applied (%s)", self.name, policy,
-                    "Curve25519 only" if policy == "clear" else "random PSK, the tunnel fails closed")
-
-    async def _erase_stale_reservations(self) -> None:
-        """Keys this tunnel reserved before a restart but never installed (a proposal cut short) are
-        erased: the other end may hold them too, so they must never serve anyone else."""
-        keep = self.state.epoch.key_id if self.state.epoch.number and not self.state.fallback else None
-        reserved = await trio.to_thread.run_sync(self.store.reserved_for, self.config.link_id, self.holder)
-        for key_id in reserved:
-            if key_id != keep:
-                log.info("tunnel %s: erasing key %s, reserved before the restart and never used", self.name, key_id)
-                await self._erase(key_id)
-
-    async def _poll_handshakes(self) -> None:
-        while True:
-            try:
-                latest = await self.wg.latest_handshake_s()
-            except WgError as exc:
-                log.debug("tunnel %s: cannot read handshakes: %s", self.name, exc)
-            else:
-                if latest is not None:
-                    self.metrics.handshake_age(max(0.0, self._clock() - latest))
-            await trio.sleep(HANDSHAKE_POLL_INTERVAL_S)
-
-    # -- helpers -----------------------------------------------------------------------------------
-    async def _erase(self, key_id: str) -> None:
-        """Deliver a key that is done with to nobody: its material is erased, its id never reused."""
-        try:
-            await trio.to_thread.run_sync(
-                lambda: self.store.deliver(self.config.link_id, key_id, holder=self.holder))
-        except KeyStoreError:
-            pass                                   # already gone (expired or erased before)
-
-    async def _save(self, state: TunnelState) -> None:
-        """`state` is this tunnel's state from now on; the file follows in a worker thread. Saves queue up,
-        and each writes the state current when its turn comes, so the file ends with the latest."""
-        self.state = state
-        async with self._saving:
-            await trio.to_thread.run_sync(_write_state, self._state_path, self.state)
-
-
-def _state_path(state_dir: str, name: str) -> str:
-    return os.path.join(state_dir, f"wireguard-{name}.json")
-
-
-def _load_state(path: str, name: str) -> TunnelState:
-    """Blocking: the state in the file at `path`; a fresh state when there is none or it is unreadable."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return TunnelState.from_json(handle.read())
-    except FileNotFoundError:
-        return TunnelState()
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("tunnel %s: ignoring unreadable state file %s: %s", name, path, exc)
-        return TunnelState()
-
-
-def _write_state(path: str, state: TunnelState) -> None:
-    """Blocking: replace the file at `path` with `state`, durably (fsync before the rename)."""
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(state.to_json())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-class WireGuardChannel:
-    """The WireGuard purpose of one link's reservation service: routes epoch messages to their tunnel."""
-
-    def __init__(self, tunnels: list[TunnelRotation]) -> None:
-        self.tunnels = {tunnel.tag: tunnel for tunnel in tunnels}
-
-    def attach_to(self, service: ReservationService) -> None:
-        service.add_purpose(Purpose.WG_EPOCH, self)
-
-    async def on_session(self, service: ReservationService) -> None:
-        """Per session: every tunnel announces its epoch; detached when the session ends."""
-        try:
-            for tunnel in self.tunnels.values():
-                tunnel.attach(service)
-            await trio.sleep_forever()
-        finally:
-            for tunnel in self.tunnels.values():
-                tunnel.detach(service)
-
-    async def on_reservations(self, link_id: str, proposals: list[EpochReservation]) -> list[Answer]:
-        answers = []
-        for proposal in proposals:
-            tunnel = self.tunnels.get(proposal.tunnel_tag)
-            if tunnel is None:
-                answers.append(Answer(proposal.request_id, RefuseReason.MALFORMED, "no such tunnel here"))
-            else:
-                answers += await tunnel.answer(proposal)
-        return answers
-
-    async def on_announcement(self, link_id: str, announcement: EpochAnnouncement) -> None:
-        tunnel = self.tunnels.get(announcement.tunnel_tag)
-        if tunnel is None:
-            log.warning("link %s: dropped a WireGuard epoch announcement for an unknown tunnel", link_id)
-            return
-        tunnel.receive(AnnouncementReceived(announcement))
-
-    async def on_late_answer(self, link_id: str, event: LateAnswer) -> None:
-        for tunnel in self.tunnels.values():
-            if tunnel.agreement.owns(event.request_id):
-                tunnel.receive(event)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 
 import trio
 
@@ -38,14 +39,16 @@ class HTTPServer:
     """An HTTP/1.1 listener on (host, port) serving `router`, over TLS when `tls` is given."""
 
     def __init__(self, name: str, host: str, port: int, router: Router, *, tls: TLSSettings | None = None,
-                 limits: HTTPLimits = HTTPLimits(), logger: logging.Logger | None = None):
+                 limits: HTTPLimits = HTTPLimits(), logger: logging.Logger | None = None,
+                 ssl_context: ssl.SSLContext | None = None):
         self.name = name
         self.host = host
         self.port = port
         self.limits = limits
         self._log = logger or logging.getLogger("qkdd.http")
         # Built here so bad certificate files fail at start-up, not at the first client.
-        ssl_context = server_context(tls) if tls else None
+        # (`ssl_context`: a context prepared elsewhere instead of `tls`, such as SKIP's TLS-PSK one)
+        ssl_context = server_context(tls) if tls else ssl_context
         verifies_clients = tls is not None and tls.client_cert != "none"
         self._context = ListenerContext(name, router, limits, self._log, ssl_context, RateLimitedLog(self._log),
                                         AccessLog(self._log, name), BodyBudget(limits.max_buffered_body_bytes),

@@ -27,7 +27,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -82,7 +82,10 @@ CREATE INDEX IF NOT EXISTS keys_allocatable ON keys (link_id, state, allocatable
 CREATE INDEX IF NOT EXISTS keys_by_expires_at ON keys (expires_at);
 DROP INDEX IF EXISTS keys_by_expiry;
 DROP INDEX IF EXISTS keys_by_link_state;
-CREATE TABLE IF NOT EXISTS fill (link_id TEXT PRIMARY KEY, key_bits INTEGER NOT NULL)
+CREATE TABLE IF NOT EXISTS fill (link_id TEXT PRIMARY KEY, key_bits INTEGER NOT NULL);
+-- ETSI 004 chunks are found by their holder ("004:<stream>:<index>", tentative "004?:..."): a partial index
+-- of those rows alone, so that no other consumer's reservation writes it (stream_keys() names its condition).
+CREATE INDEX IF NOT EXISTS keys_by_stream_holder ON keys (link_id, holder) WHERE holder LIKE '004%'
 """
 
 # The states whose keys hold material and count towards a link's fill.
@@ -97,6 +100,7 @@ class KeyStore(SavepointTransactions):
     def __init__(self, path: str, kek: bytes, *, clock=time.time, capacity: StoreCapacity = StoreCapacity()):
         if len(kek) != KEK_BYTES:
             raise KeyStoreError(f"key-encryption key must be {KEK_BYTES} bytes")
+        self._write_failure_observers: list[Callable[[StoreWriteError], None]] = []
         self.path = path
         self.capacity = capacity
         self.audit = None                  # an AuditTrail, or None
@@ -370,11 +374,38 @@ class KeyStore(SavepointTransactions):
         """Bytes free for this process on the store's file system (a large number when unknown)."""
         return _free_bytes(self.path)
 
+    def observe_write_failures(self, observer: Callable[[StoreWriteError], None]) -> None:
+        """Call `observer(error)` on every write that fails, in the thread that wrote (so it must be quick and
+        thread-safe): how each link's store guard learns that the store cannot write from the writes of
+        the KME, key requests and consumers as well as from its own frames'."""
+        self._write_failure_observers.append(observer)
+
     def probe_write(self) -> None:
         """One small durable write (a row of the meta table): StoreWriteError while the store cannot write."""
         with self._tx() as db:
             db.execute("INSERT INTO meta VALUES ('write_probe', ?) ON CONFLICT (name) DO UPDATE SET value = "
                        "excluded.value", (repr(self._clock()),))
+
+    def rehold(self, link_id: str, key_ids: Sequence[str], holder: str, new_holder: str) -> None:
+        """Move keys RESERVED for `holder` to `new_holder` in one transaction (a consumer's tentative
+        reservation confirmed by the other end); KeyUnavailable, changing nothing, if one is not."""
+        with self._tx() as db:
+            for key_id in key_ids:
+                key_id = canonical_key_id(key_id)
+                state, current = self._state_of(db, link_id, key_id)
+                if state is not KeyState.RESERVED or current != holder:
+                    raise KeyUnavailable(f"key {key_id} is not reserved for that holder")
+                db.execute("UPDATE keys SET holder = ? WHERE key_id = ?", (new_holder, key_id))
+
+    def stream_keys(self, link_id: str, holder: str) -> list[tuple[str, KeyState]]:
+        """Every key ever reserved for ETSI 004 holder `holder` ("004..."), tombstones included: (key id,
+        state). Through the partial index keys_by_stream_holder, whose condition the query repeats."""
+        if not holder.startswith("004"):
+            raise KeyStoreError("not an ETSI 004 holder")
+        with self._lock:
+            return [(row[0], KeyState(row[1])) for row in self._db.execute(
+                "SELECT key_id, state FROM keys WHERE link_id = ? AND holder = ? AND holder LIKE '004%'",
+                (link_id, holder))]
 
     def reserved_for(self, link_id: str, holder: str) -> list[str]:
         """Ids of the keys RESERVED for `holder` (a consumer finding its own after a restart)."""
@@ -428,7 +459,10 @@ class KeyStore(SavepointTransactions):
             with self.database.transaction() as db:
                 yield db
         except sqlite3.Error as exc:
-            raise _write_error(exc, self.path) from None
+            error = _write_error(exc, self.path)
+            for observer in self._write_failure_observers:
+                observer(error)
+            raise error from None
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """The schema, with what later versions added to a store an earlier one wrote (the `qber` column),

@@ -32,6 +32,8 @@ def attach_kme(kme: KmeService, peers, links: Links) -> list[str]:
     a table whose key files are unusable, or for a link that has a channel of its own already."""
     unreached = []
     for index, peer in enumerate(peers):
+        if peer.node:                           # reached through the relay network, not a link
+            continue
         if peer.channel is not None:
             key = f"etsi014.peers[{index}].channel"
             if peer.link_id in links.channels:

@@ -63,11 +63,20 @@ class ChannelConfig:
 
 @dataclass(frozen=True)
 class PeerKmeConfig:
-    """Another KME, and the link of this daemon whose classical channel and key store reach it."""
+    """Another KME, and the link of this daemon whose classical channel and key store reach it; or, for a
+    KME on a node of the relay network with no link to this one, that `node` (keys relayed: docs/relay.md)."""
 
     kme_id: str = field(metadata=meta(check=_id_check))
-    link_id: str
+    link_id: str = ""
     channel: ChannelConfig | None = None
+    node: str = ""
+
+    def validate(self, key: str) -> None:
+        if bool(self.link_id) == bool(self.node):
+            raise ConfigError(f"{key}.link_id", "set exactly one of link_id (a KME on a link of this daemon) and "
+                              "node (a KME on a node of the relay network)")
+        if self.node and self.channel is not None:
+            raise ConfigError(f"{key}.channel", "only for a peer KME on a link (link_id)")
 
 
 # Key handed out by one Get key at most (number × size): 1 MiB. It bounds the RESERVE message that records

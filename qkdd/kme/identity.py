@@ -39,13 +39,15 @@ class Route:
 
     peer_kme_id: str
     link_id: str
+    node: str = ""                # a KME on a node of the relay network: keys are relayed (link_id "")
 
 
 class SaeRegistry:
     def __init__(self, config: Etsi014Config) -> None:
         self.kme_id = config.kme_id
         self._kme_of = {sae.sae_id: sae.kme_id for sae in config.saes}
-        self._link_to = {peer.kme_id: peer.link_id for peer in config.peers}
+        self._link_to = {peer.kme_id: peer.link_id for peer in config.peers if peer.link_id}
+        self._node_of = {peer.kme_id: peer.node for peer in config.peers if peer.node}
         self._config = config
 
     def caller(self, certificate: ClientCertificate | None) -> str:
@@ -67,6 +69,8 @@ class SaeRegistry:
     def route_to(self, sae_id: str) -> Route | None:
         """The route to a remote SAE's KME, or None when the SAE is unknown or local."""
         kme_id = self._kme_of.get(sae_id)
+        if kme_id in self._node_of:
+            return Route(kme_id, "", self._node_of[kme_id])
         link_id = self._link_to.get(kme_id) if kme_id is not None else None
         return Route(kme_id, link_id) if link_id is not None else None
 

@@ -11,6 +11,7 @@ has fetched the keys once, then erases them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -29,13 +30,15 @@ from qkdd.kme.key_request import KEYS_NOT_FOUND, KeyRequest
 from qkdd.kme.ledger import DELIVERED_GRACE_S, AlreadyDelivered, Ledger, LedgerError
 from qkdd.kme.taken_keys import TakenKeys
 from qkdd.metrics import Metrics
-from qkdd.reservation.protocol import Etsi014Reservation, Purpose, RefuseReason
+from qkdd.reservation.protocol import (Etsi014Reservation, Purpose, RefuseReason, ReservedKey, Segment,
+                                       encode_reserve)
 from qkdd.reservation.protocol import Answer
 from qkdd.reservation.service import ReservationService
 
 log = logging.getLogger("qkdd.etsi014")
 
 HOLDER_PREFIX = "etsi014:"
+RELAY_METRICS_LINK = "relay"     # the link label of keys for KMEs reached through the relay network
 # Stored key bits the master's end takes out of the key store at once (64 stored keys of 256 bits). Its
 # pool holds one to two blocks (the next is fetched once it holds less than one, so that a burst of
 # requests finds keys in memory); at most two blocks are lost, never reused, when the daemon stops or
@@ -67,15 +70,16 @@ class KmeService:
         self._links: dict[str, ReservationService] = {}   # link -> its reservation service (attach)
         self._store = GroupCommitter(self._open_batch)            # slave's end: key store and ledger
         self._takes = GroupCommitter(self.keystore.batch)         # master's end: the key store only
-        self._taken = {peer.link_id: TakenKeys() for peer in config.peers}
-        self._refills = {peer.link_id: trio.Lock() for peer in config.peers}
+        self._taken = {peer.link_id: TakenKeys() for peer in config.peers if peer.link_id}
+        self._refills = {peer.link_id: trio.Lock() for peer in config.peers if peer.link_id}
+        self.relay = None        # qkdd.relay.service.RelayService: keys for KMEs on non-adjacent nodes
         self._take_block_bits = take_block_bits
         self._nursery: trio.Nursery | None = None        # run()'s, for refills ahead of need
         self._refilling_ahead: set[str] = set()           # links with such a refill under way
         self._clock = clock
         self._metrics = metrics if metrics is not None else Metrics()    # (tests: a registry of their own)
         for peer in config.peers:
-            self._metrics.kme_link(peer.link_id)           # every series at zero from the first scrape
+            self._metrics.kme_link(peer.link_id or RELAY_METRICS_LINK)   # every series at zero from the first scrape
 
     def _open_batch(self) -> contextlib.ExitStack:
         stack = contextlib.ExitStack()
@@ -196,8 +200,12 @@ class KmeService:
     # -- Get status ----------------------------------------------------------------------------------------
     async def status(self, master_sae_id: str, slave_sae_id: str) -> dict:
         route = self.registry.route_to(slave_sae_id)
-        available_bits = await trio.to_thread.run_sync(self.keystore.available_bits, route.link_id)
-        available_bits += self._taken[route.link_id].bits(self._clock())
+        if route.node:                  # the stock of the route the relay network would take now
+            routes = self.relay.routes(route.node, count=1) if self.relay is not None else []
+            available_bits = routes[0].stock_bits if routes else 0
+        else:
+            available_bits = await trio.to_thread.run_sync(self.keystore.available_bits, route.link_id)
+            available_bits += self._taken[route.link_id].bits(self._clock())
         config = self.config
         return {
             "source_KME_ID": config.kme_id,
@@ -216,6 +224,8 @@ class KmeService:
     # -- Get key (master's end) -------------------------------------------------------------------------
     async def get_keys(self, master_sae_id: str, slave_sae_id: str, request: KeyRequest) -> list[tuple[str, bytes]]:
         route = self.registry.route_to(slave_sae_id)
+        if route.node:
+            return await self._get_keys_relayed(master_sae_id, slave_sae_id, request, route.node)
         link_id = route.link_id
         request_id = time_ordered_uuid()
         metrics = self._metrics.kme_link(link_id)
@@ -262,6 +272,59 @@ class KmeService:
         metrics.keys_handed("master", len(keys))
         await self._audit(link_id, [(key.key_id, request.size_bits) for key in keys], master_sae_id)
         return [(key.key_id, assemble(key, materials)) for key in keys]
+
+    async def _get_keys_relayed(self, master_sae_id: str, slave_sae_id: str, request: KeyRequest,
+                                node: str) -> list[tuple[str, bytes]]:
+        """Get key for a slave SAE whose KME is on a non-adjacent node: one key of number x size bits is
+        relayed there (qkdd.relay), carrying the reservation (key ids, SAEs) that the slave's KME records
+        in the same transaction as the key, before the end-to-end confirmation lets this end answer."""
+        from qkdd.relay.protocol import MAX_BITS
+        from qkdd.relay.service import RelayError
+        metrics = self._metrics.kme_link(RELAY_METRICS_LINK)
+        bits = request.number * request.size_bits
+        if self.relay is None:
+            metrics.unavailable("peer_unreachable")
+            raise _unavailable("this KME's daemon is not a relay node")
+        if bits > MAX_BITS:
+            metrics.unavailable("no_key")
+            raise _unavailable(f"at most {MAX_BITS} bits of key per request to a KME across the relay network")
+        placeholder = time_ordered_uuid()        # the stored key's id at the slave's end is the relay's
+        keys = plan_keys([(placeholder, bits)], request.number, request.size_bits)
+        reservation = Etsi014Reservation(time_ordered_uuid(), master_sae_id,
+                                         (slave_sae_id, *request.additional_slave_sae_ids), request.size_bits, keys)
+        sent = trio.current_time()
+        try:
+            _, material, _ = await self.relay.request_key(node, bits, note=encode_reserve(reservation))
+        except RelayError as exc:
+            log.warning("ETSI 014: keys for %s could not be relayed to node %s: %s", slave_sae_id, node, exc)
+            metrics.unavailable("peer_unreachable")
+            raise _unavailable("the slave SAE's KME could not be reached through the relay network") from None
+        metrics.reservation_confirmed(trio.current_time() - sent)
+        metrics.keys_handed("master", len(keys))
+        return [(key.key_id, assemble(key, {placeholder: material})) for key in keys]
+
+    def record_relayed(self, source_node: str, link_id: str, stored_key_id: str, note: bytes) -> None:
+        """Blocking (in the relay's key-store transaction): record the ETSI 014 reservation a relayed key
+        carries, its keys cut from stored key `stored_key_id`; raises (KeyStoreError, LedgerError,
+        ValueError) to refuse it, and then the relay aborts."""
+        from qkdd.reservation.protocol import ReservationEndpoint, ReservationProtocolError, ReservationReceived
+        try:
+            events = ReservationEndpoint().receive(note)
+        except ReservationProtocolError as exc:
+            raise ValueError(f"the relayed reservation cannot be read: {exc}") from None
+        if len(events) != 1 or not isinstance(events[0], ReservationReceived) \
+                or not isinstance(events[0].reservation, Etsi014Reservation):
+            raise ValueError("the relayed note is not one ETSI 014 reservation")
+        reservation = events[0].reservation
+        peer = next((p for p in self.config.peers if p.node == source_node), None)
+        if peer is None or self.registry.kme_of(reservation.master_sae_id) != peer.kme_id:
+            raise ValueError("the master SAE is not served by the KME of the relay's source node")
+        if not all(self.registry.serves(sae_id) for sae_id in reservation.slave_sae_ids):
+            raise ValueError("a slave SAE is not served here")
+        keys = tuple(ReservedKey(key.key_id, tuple(Segment(stored_key_id, s.offset_bytes, s.length_bytes)
+                                                   for s in key.segments)) for key in reservation.keys)
+        with self.keystore.batch():
+            self._store_reservation(link_id, dataclasses.replace(reservation, keys=keys))
 
     async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
         """Stored keys holding at least `bits` from this end's share, out of the link's pool of taken

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -18,7 +19,7 @@ import httpx
 
 from qkdd.link.pair import LINK_ID, SAE_OF_ROLE, LinkPair
 
-KEY_WAIT_S = 30.0           # for the first keys, once the status line has run
+KEY_WAIT_S = 90.0           # for the first keys, once the status line has run (a loaded machine is slow)
 
 
 def status_line(pair: LinkPair) -> str:
@@ -51,10 +52,14 @@ def show_status(pair: LinkPair, seconds: float) -> None:
 def until_not_503(send) -> httpx.Response:
     """`send()` again while the daemon has no key yet (503), for up to KEY_WAIT_S."""
     deadline = time.monotonic() + KEY_WAIT_S
+    waiting = False
     while True:
         response = send()
         if response.status_code != 503 or time.monotonic() > deadline:
             return response
+        if not waiting:
+            print("  (no key stored yet: waiting for the first frames to be distilled ...)", flush=True)
+            waiting = True
         time.sleep(1.0)
 
 
@@ -114,22 +119,51 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m qkdd.link.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--distance-km", type=float, default=25.0)
     parser.add_argument("--seconds", type=float, default=12.0, help="how long to show the status line")
+    parser.add_argument("--keep", action="store_true", help="leave both daemons running and their configs, "
+                        "identities and PKI in place, so that the printed commands can be repeated")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="qkdd-link-demo-") as workdir:
-        pair = LinkPair(Path(workdir), distance_km=args.distance_km, etsi014=True)
-        print(f"starting Alice and Bob (qkdd run x 2) with a {args.distance_km:g} km simulated link in {workdir}")
-        try:
-            pair.start_both()
-            print(f"alice: api {pair.ends['alice'].url('')}   bob: api {pair.ends['bob'].url('')}"
-                  f"   (TLS; development PKI in {pair.pki.directory})\n")
-            show_status(pair, args.seconds)
-            print("\n-- the project's own API: /v1 --")
-            v1_same = v1_exchange(pair)
-            print("\n-- ETSI GS QKD 014: Get key at Alice's KME, Get key with key IDs at Bob's KME --")
-            etsi_same = etsi014_exchange(pair)
-            return 0 if v1_same and etsi_same else 1
-        finally:
+    workdir = Path(tempfile.mkdtemp(prefix="qkdd-link-demo-"))
+    pair = LinkPair(workdir, distance_km=args.distance_km, etsi014=True)
+    print(f"starting Alice and Bob (qkdd run x 2) with a {args.distance_km:g} km simulated link in {workdir}")
+    print("  writing ML-DSA-65 peer identities, a development PKI and both configurations ...", flush=True)
+    kept = False
+    try:
+        pair.write()
+        for role in ("alice", "bob"):
+            pair.start(role)
+        print("  waiting for both daemons to listen ...", flush=True)
+        for role in ("alice", "bob"):
+            pair.wait_ready(role)
+        print(f"alice: api {pair.ends['alice'].url('')}   bob: api {pair.ends['bob'].url('')}"
+              f"   (TLS; development PKI in {pair.pki.directory})\n")
+        print("the link comes up (starting), then generates keys (running) once the first frames are distilled")
+        show_status(pair, args.seconds)
+        print("\n-- the project's own API: /v1 --")
+        v1_same = v1_exchange(pair)
+        print("\n-- ETSI GS QKD 014: Get key at Alice's KME, Get key with key IDs at Bob's KME --")
+        etsi_same = etsi014_exchange(pair)
+        if args.keep:
+            kept = True
+            print_kept(pair)
+        return 0 if v1_same and etsi_same else 1
+    finally:
+        if not kept:
             pair.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_kept(pair: LinkPair) -> None:
+    """How to look at the two daemons that --keep leaves running, and how to stop them."""
+    alice, bob = pair.ends["alice"], pair.ends["bob"]
+    ca = pair.pki.ca_cert_file
+    pids = " ".join(str(end.process.pid) for end in (alice, bob) if end.process is not None)
+    print(f"""
+-- kept (--keep): both daemons run on; configurations, identities and PKI in {pair.workdir} --
+  configs:  {alice.config_path}  {bob.config_path}      logs: {alice.log_path}  {bob.log_path}
+  the curl commands above work again (a new key each time: each key is handed out once)
+  qkdctl status --api {alice.url('')} --health http://{alice.health} --ca {ca}
+  qkdctl watch  --api {bob.url('')} --health http://{bob.health} --ca {ca}
+  stop them:  kill {pids} && rm -rf {pair.workdir}""")
 
 
 if __name__ == "__main__":

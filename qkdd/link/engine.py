@@ -85,7 +85,10 @@ class LinkEngine:
         """The device and its intake, until cancelled (the link's channel runs beside, in the daemon)."""
         await self.device.init()
         if self.role == ALICE:
-            self._decoy = self.device.decoy_settings()
+            try:
+                self._decoy = self.device.decoy_settings()
+            except DeviceError:       # a device that announces its settings in its stream (serial): at the first frame
+                self._decoy = None
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.device.run)
@@ -197,6 +200,8 @@ class LinkEngine:
             inbox.close()
             await self._refuse_frame(stream, frame_id, "no such frame at Alice")
             return
+        if self._decoy is None:
+            self._decoy = self.device.decoy_settings()
         pipeline = FramePipeline(ALICE, ready[0], self.settings, gate=self.status.gate, decoy=self._decoy,
                                  auth_pool=self.auth_pool)
         await self._run_frame(pipeline, inbox, stream, False)

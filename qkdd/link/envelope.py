@@ -36,7 +36,8 @@ class Step(enum.IntEnum):
     KEYS = 7         # Alice -> Bob: key-id seed and key count (linkmsg.py)
     COMMIT = 8       # Alice -> Bob: her keys are stored AVAILABLE, commit yours
     ABORT = 9        # either way: drop the frame (linkmsg.py: reason)
-    AUTH = 10        # links with auth "its"/"both": a Wegman-Carter transcript tag (qkdd.auth.wegman_carter)
+    LDPC = 10        # qkdd.postprocess.ldpc (instead of CASCADE on links with reconciliation = "ldpc")
+    AUTH = 11        # links with auth "its"/"both": a Wegman-Carter transcript tag (qkdd.auth.wegman_carter)
 
 
 _STEPS = {int(s): s for s in Step}

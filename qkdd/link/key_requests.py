@@ -3,9 +3,12 @@ a stored key of its own allocatable share, has the peer reserve the same key id 
 and hands the key out only after the peer said yes; the peer's consumer then fetches it once by id.
 
 A refusal saying the key is gone at the peer (delivered or unknown there) erases this end's copy too,
-so it can never be handed out twice; a request the peer did not answer in time, or whose session ended,
-keeps this end's copy reserved (the peer may hold it reserved: neither end hands it out again, and it
-expires with its frame).
+so it can never be handed out twice; a request whose session ended keeps this end's copy reserved (the
+peer may hold it reserved: neither end hands it out again, and it expires with its frame). A request
+the peer did not answer in time is remembered (the newest MAX_ABANDONED): the peer's late answer settles
+its key as an answer in time would have, and a late acceptance, which leaves the key reserved for the
+same holder at both ends and handed out at neither, makes it the next key this end hands out for that
+holder, with no new exchange (a partition no longer strands a key per abandoned request).
 """
 from __future__ import annotations
 
@@ -15,35 +18,50 @@ import uuid
 import trio
 
 from qkdd.keystore import KeyStore, KeyStoreError, KeyState, KeyUnavailable, StoredKey, StoreWriteError
-from qkdd.reservation.protocol import KeyReservation, Purpose, RefuseReason
-from qkdd.reservation.protocol import Answer
+from qkdd.reservation.protocol import Answer, KeyReservation, LateAnswer, Purpose, RefuseReason
 from qkdd.reservation.service import ReservationService
 
 RESERVE_TIMEOUT_S = 5.0
 HOLDER_PREFIX = "v1:"
 ATTEMPTS = 3                      # stored keys tried per request when the peer no longer holds one
+MAX_ABANDONED = 4096              # requests remembered for the peer's late answer (the newest)
 
 
 class KeyRequests:
-    def __init__(self, link_id: str, store: KeyStore, reservations: ReservationService, *, key_bits: int) -> None:
+    """/v1 keys (purpose KEY, holders "v1:<bits>"); SKIP's keys are the same exchange under their own purpose
+    and holder prefix (qkdd.skip.keys)."""
+
+    PURPOSE = Purpose.KEY
+    HOLDER_PREFIX = HOLDER_PREFIX
+    RESERVATION = KeyReservation
+
+    def __init__(self, link_id: str, store: KeyStore, reservations: ReservationService, *, key_bits: int,
+                 reserve_timeout_s: float = RESERVE_TIMEOUT_S) -> None:
         self.link_id = link_id
         self.store = store
         self.key_bits = key_bits
+        self.reserve_timeout_s = reserve_timeout_s
         self._reservations = reservations
-        reservations.add_purpose(Purpose.KEY, self)
+        self._abandoned: dict[str, tuple[str, str]] = {}    # request id -> (key id, holder), oldest first
+        self._settled: dict[str, list[str]] = {}             # holder -> key ids reserved for it at both ends
+        reservations.add_purpose(self.PURPOSE, self)
 
     # -- requesting end -------------------------------------------------------------------------
     async def request_key(self, bits: int) -> StoredKey:
         """A key of `bits` bits both ends hold reserved for a /v1 consumer, delivered here.
         KeyUnavailable when no key is stored or the peer is unreachable or refuses."""
+        holder = f"{self.HOLDER_PREFIX}{bits}"
+        settled = await self._deliver_settled(holder)
+        if settled is not None:
+            return _truncate(settled, bits)
         if not self._reservations.connected:
             raise KeyUnavailable("the peer is not connected")
-        holder = f"{HOLDER_PREFIX}{bits}"
         for _ in range(ATTEMPTS):
             (key_id,) = await trio.to_thread.run_sync(
                 lambda: self.store.reserve_available(self.link_id, 1, holder, bits=self.key_bits))
-            outcome = await self._reservations.request(KeyReservation(str(uuid.uuid4()), key_id, holder),
-                                                       RESERVE_TIMEOUT_S)
+            request_id = str(uuid.uuid4())
+            outcome = await self._reservations.request(self.RESERVATION(request_id, key_id, holder),
+                                                       self.reserve_timeout_s)
             if outcome.accepted:
                 key = await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
                 return _truncate(key, bits)
@@ -52,12 +70,50 @@ class KeyRequests:
                 await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
                 continue
             if outcome.status == "timeout":
+                self._remember_abandoned(request_id, key_id, holder)
                 raise KeyUnavailable("the peer did not confirm the reservation in time")
             if outcome.status == "lost":
                 raise KeyUnavailable("the session with the peer ended before it confirmed the reservation")
             await trio.to_thread.run_sync(self.store.release, self.link_id, [key_id])
             raise KeyUnavailable(f"the peer refused the reservation: {outcome.reason.name.lower()}")
         raise KeyUnavailable("no key both ends hold")
+
+    def _remember_abandoned(self, request_id: str, key_id: str, holder: str) -> None:
+        self._abandoned[request_id] = (key_id, holder)
+        if len(self._abandoned) > MAX_ABANDONED:
+            del self._abandoned[next(iter(self._abandoned))]     # its key stays reserved until it expires
+
+    async def on_late_answer(self, link_id: str, event: LateAnswer) -> None:
+        """The peer answered a request this end gave up on: settle its key as the answer says."""
+        abandoned = self._abandoned.pop(event.request_id, None)
+        if abandoned is None:
+            return
+        key_id, holder = abandoned
+        if event.accepted:
+            settled = self._settled.setdefault(holder, [])
+            settled.append(key_id)
+            if len(settled) > MAX_ABANDONED:
+                settled.pop(0)                                  # stays reserved until it expires
+            return
+        try:
+            if event.reason is RefuseReason.KEYS_GONE:          # never to be handed out here either
+                await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
+            else:                                               # the peer reserved nothing: the key is free
+                await trio.to_thread.run_sync(self.store.release, self.link_id, [key_id])
+        except KeyStoreError:       # expired meanwhile, or the store cannot write: it stays reserved until expiry
+            pass
+
+    async def _deliver_settled(self, holder: str) -> StoredKey | None:
+        """A key a late acceptance left reserved for `holder` at both ends, delivered here; None if none."""
+        settled = self._settled.get(holder)
+        while settled:
+            key_id = settled.pop(0)
+            try:
+                return await trio.to_thread.run_sync(
+                    lambda: self.store.deliver(self.link_id, key_id, holder=holder))
+            except KeyStoreError:              # expired meanwhile (or erased by a resync): the next one
+                continue
+        return None
 
     async def fetch_key(self, key_id: str) -> StoredKey:
         """Deliver a key the peer reserved for a /v1 consumer (once). KeyStoreError subclasses otherwise."""
@@ -68,9 +124,10 @@ class KeyRequests:
                     return self.store.deliver(self.link_id, key_id)   # raises KeyAlreadyDelivered
                 raise KeyUnavailable(f"key {key_id} was not handed out at the other end")
             holder = self.store.holder_of(self.link_id, key_id) or ""
-            if not holder.startswith(HOLDER_PREFIX):
+            if not holder.startswith(self.HOLDER_PREFIX):
                 raise KeyUnavailable(f"key {key_id} is reserved for another consumer")
-            return _truncate(self.store.deliver(self.link_id, key_id, holder=holder), _bits_of(holder))
+            key = self.store.deliver(self.link_id, key_id, holder=holder)
+            return _truncate(key, _bits_of(holder, self.HOLDER_PREFIX))
         return await trio.to_thread.run_sync(deliver)
 
     # -- receiving end --------------------------------------------------------------------------
@@ -79,7 +136,7 @@ class KeyRequests:
 
     async def _reserve(self, reservation: KeyReservation) -> Answer:
         key_id, holder = reservation.key_id, reservation.holder
-        if not holder.startswith(HOLDER_PREFIX) or _bits_of(holder) <= 0:
+        if not holder.startswith(self.HOLDER_PREFIX) or _bits_of(holder, self.HOLDER_PREFIX) <= 0:
             return Answer(reservation.request_id, RefuseReason.MALFORMED, "unknown holder")
 
         def reserve() -> None:
@@ -98,9 +155,9 @@ class KeyRequests:
         return Answer(reservation.request_id)
 
 
-def _bits_of(holder: str) -> int:
+def _bits_of(holder: str, prefix: str = HOLDER_PREFIX) -> int:
     try:
-        return int(holder[len(HOLDER_PREFIX):])
+        return int(holder[len(prefix):])
     except ValueError:
         return 0
 

@@ -18,7 +18,9 @@ Steps (Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), Sec. II "protoco
     Both ends run the finite-key bound (qkdd.protocols.bb84_finite) with the error-correction leakage
     estimated from the Z error rate, and the QBER gate on the Z error rate; either end may abort.
  3. Cascade (qkdd.postprocess.cascade) on the X-basis sifted bits; Bob corrects his copy. The exact
-    X error rate is the number of corrected bits over the X length.
+    X error rate is the number of corrected bits over the X length. With settings.reconciliation =
+    "ldpc", LDPC reconciliation (qkdd.postprocess.ldpc) takes Cascade's place, in LDPC parts instead of
+    CASCADE ones, with the same messages in the same states; both ends must be configured alike.
  4. Verification (qkdd.postprocess.verification): Bob announces a polynomial hash, Alice checks.
  5. Alice computes the key length with Lim's bound, the leakage being the parities Cascade actually
     disclosed plus the verification tag, rounds it down to whole keys, and announces a fresh Toeplitz
@@ -50,6 +52,7 @@ ends it at once):
                                                             (or +ABORT)                    RECONCILING
     bob    RECONCILING    CASCADE(PARITIES)                 send CASCADE(QUESTIONS), or
                                                             CASCADE(DONE)+VERIFY(ANNOUNCE) AWAIT_SEED
+                          (LDPC: SYNDROMES / REVEALED in, REVEAL / DONE out, in LDPC parts)
     bob    AWAIT_SEED     VERIFY(RESULT)+AMPLIFY+KEYS[+AUTH] store PENDING; send AMPLIFY(ACK)[+AUTH]
                                                                                            AWAIT_COMMIT
     bob    AWAIT_COMMIT   COMMIT                            commit; finished               DONE
@@ -80,6 +83,8 @@ from qkdd.link.envelope import EnvelopeError, Step
 from qkdd.link.linkmsg import AbortReason, LinkMessageError
 from qkdd.postprocess import amplification, randomness, sifting, verification
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
+from qkdd.postprocess.ldpc import MEASURED_EFFICIENCY as LDPC_MEASURED_EFFICIENCY
+from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
 from qkdd.postprocess.wire import PeerMessageError
 from qkdd.protocols.bb84_finite import DecoyCounts, DecoySettings, Tally, finite_key_length
 from qkdd.protocols.entropy import binary_entropy
@@ -98,13 +103,13 @@ AWAIT_DETECT, AWAIT_REPORT, AWAIT_ERRORS, AWAIT_ACK, DONE = (
 EXPECTED: dict[tuple[str, str], tuple[tuple[Step, ...], ...]] = {
     (BOB, SIFTING): ((Step.SIFT,),),
     (BOB, AWAIT_REVEAL): ((Step.ESTIMATE,),),
-    (BOB, RECONCILING): ((Step.CASCADE,),),
+    (BOB, RECONCILING): ((Step.CASCADE,), (Step.LDPC,)),
     (BOB, AWAIT_SEED): ((Step.VERIFY, Step.AMPLIFY, Step.KEYS),),
     (BOB, AWAIT_COMMIT): ((Step.COMMIT,),),
     (ALICE, AWAIT_DETECT): ((Step.SLOTS, Step.SIFT),),
     (ALICE, AWAIT_REPORT): ((Step.SIFT,),),
-    (ALICE, AWAIT_ERRORS): ((Step.ESTIMATE, Step.CASCADE),),
-    (ALICE, RECONCILING): ((Step.CASCADE,), (Step.CASCADE, Step.VERIFY)),
+    (ALICE, AWAIT_ERRORS): ((Step.ESTIMATE, Step.CASCADE), (Step.ESTIMATE, Step.LDPC)),
+    (ALICE, RECONCILING): ((Step.CASCADE,), (Step.CASCADE, Step.VERIFY), (Step.LDPC,), (Step.LDPC, Step.VERIFY)),
     (ALICE, AWAIT_ACK): ((Step.AMPLIFY,),),
 }
 # With transcript authentication (auth "its" or "both"), the two records that lead to a store carry a tag.
@@ -116,6 +121,8 @@ AUTH_MODES = ("pq", "its", "both")
 _PEER_ERRORS = (PeerMessageError, CascadeError, LinkMessageError, EnvelopeError, NativeError,
                 sifting.SiftingStateError, verification.VerificationStateError,
                 amplification.AmplificationStateError)
+
+RECONCILIATION_STEPS = {"cascade": Step.CASCADE, "ldpc": Step.LDPC}
 
 Gate = Callable[[float], "str | None"]   # frame QBER estimate -> refusal reason, or None to go on
 # How far Alice's announced expiry may lie past Bob's own clock plus his key_expiry_s: clock differences
@@ -140,6 +147,7 @@ class PipelineSettings:
     max_key_bits_per_key: int = 8192
     max_cascade_round_trips: int = 3000     # a Cascade that asks more is refused (inconsistent answers)
     key_expiry_s: float = 86400.0           # Alice: her keys' lifetime; Bob: the longest he accepts
+    reconciliation: str = "cascade"         # or "ldpc" (qkdd.postprocess.ldpc); both ends alike
     auth: str = "pq"                        # "its"/"both": Wegman-Carter transcript tags (the pool is given)
     auth_refill_bits: int = 1024            # Alice: distilled bits back into the pool per frame, at most ...
     auth_pool_max_bits: int = 1 << 20       # ... up to this many bits in her pool
@@ -149,6 +157,9 @@ class PipelineSettings:
         return self.auth in ("its", "both")
 
     def __post_init__(self) -> None:
+        if self.reconciliation not in RECONCILIATION_STEPS:
+            raise ValueError(f"reconciliation must be one of {sorted(RECONCILIATION_STEPS)}, "
+                             f"got {self.reconciliation!r}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}")
         if self.auth_refill_bits % CHUNK_BITS or self.auth_refill_bits < 0 or self.auth_pool_max_bits < 0:
@@ -248,7 +259,8 @@ class FramePipeline:
         self._refusal: tuple[AbortReason, str] | None = None
         self._key: np.ndarray | None = None
         self._n_key_bits = 0
-        self._cascade = None
+        self._cascade = None                # Cascade or LDPC, both ends' objects share the interface
+        self._recon_step = RECONCILIATION_STEPS[settings.reconciliation]
         self._verify: verification.Verification | None = None
         self._amp: amplification.Amplification | None = None
         self._keys: tuple[bytes, int, int, float] | None = None
@@ -303,6 +315,10 @@ class FramePipeline:
                                            "the peer's records say otherwise (set auth alike at both ends)")
                 raise LinkMessageError(f"{self.role} in state {self.state} cannot take "
                                        f"{'+'.join(s.name for s in steps)}")
+            own = RECONCILIATION_STEPS[self.settings.reconciliation]
+            if any(s in RECONCILIATION_STEPS.values() and s != own for s in steps):
+                raise LinkMessageError(f"the peer reconciles with {'+'.join(s.name for s in steps)}, this end is "
+                                       f"configured for reconciliation = {self.settings.reconciliation!r}")
             if self._auth is not None and steps[-1] != Step.AUTH:
                 self._auth.record(ALICE if self.role == BOB else BOB, record)
             handler = getattr(self, f"_{self.role}_{self.state.lower()}")
@@ -357,10 +373,13 @@ class FramePipeline:
         if self._refusal is not None:
             reason, text = self._refusal
             return self._abort(reason, text, before=parts)
-        self._cascade = CascadeBob(self._key, self._n_key_bits, self.frame_id,
-                                   max(self.outcome.qber_estimate, self.settings.min_qber_estimate),
-                                   schedule=self.settings.cascade_schedule)
-        parts.append((Step.CASCADE, self._cascade.start()))
+        qber = max(self.outcome.qber_estimate, self.settings.min_qber_estimate)
+        if self.settings.reconciliation == "ldpc":
+            self._cascade = LdpcBob(self._key, self._n_key_bits, self.frame_id, qber)
+        else:
+            self._cascade = CascadeBob(self._key, self._n_key_bits, self.frame_id, qber,
+                                       schedule=self.settings.cascade_schedule)
+        parts.append((self._recon_step, self._cascade.start()))
         self.state = RECONCILING
         return [self._send(*parts)]
 
@@ -370,7 +389,7 @@ class FramePipeline:
             raise LinkMessageError(f"Cascade still asking after {self._cascade.round_trips} round trips "
                                    "(inconsistent parities)")
         if not self._cascade.done:
-            return [self._send((Step.CASCADE, reply))]
+            return [self._send((self._recon_step, reply))]
         self.outcome.disclosed_bits = self._cascade.disclosed_bits
         self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
         nkeys = verification.keys_for(self.settings.eps_cor, self._n_key_bits)
@@ -378,7 +397,7 @@ class FramePipeline:
                                                  self._n_key_bits, nkeys)
         (announce,) = self._verify.start()
         self.state = AWAIT_SEED
-        return [self._send((Step.CASCADE, reply), (Step.VERIFY, announce))]
+        return [self._send((self._recon_step, reply), (Step.VERIFY, announce))]
 
     def _bob_await_seed(self, result, seed_announce, keys, auth=None) -> list[Action]:
         if self._auth is not None:              # nothing of this record is used before Alice's tag checks
@@ -455,17 +474,20 @@ class FramePipeline:
         self._estimate(linkmsg.decode_errors(errors_part, n_z))
         if self._refusal is not None:
             return self._abort(*self._refusal)
-        self._cascade = CascadeAlice(self._key, self._n_key_bits, self.frame_id)
+        if self.settings.reconciliation == "ldpc":
+            self._cascade = LdpcAlice(self._key, self._n_key_bits, self.frame_id)
+        else:
+            self._cascade = CascadeAlice(self._key, self._n_key_bits, self.frame_id)
         (parities,) = self._cascade.receive(bytes(cascade_start))
         self.state = RECONCILING
-        return [self._send((Step.CASCADE, parities))]
+        return [self._send((self._recon_step, parities))]
 
     def _alice_reconciling(self, cascade_part, announce=None) -> list[Action]:
         replies = self._cascade.receive(bytes(cascade_part))
         if announce is None:
             if self._cascade.done:
                 raise LinkMessageError("Cascade finished without a verification announcement")
-            return [self._send((Step.CASCADE, replies[0]))]
+            return [self._send((self._recon_step, replies[0]))]
         if not self._cascade.done:
             raise LinkMessageError("verification announced before Cascade finished")
         self.outcome.disclosed_bits = self._cascade.disclosed_bits
@@ -539,7 +561,10 @@ class FramePipeline:
             self.outcome.gate_refused = True
             self._refusal = (AbortReason.QBER, refusal)
             return
-        leak_bits = self.settings.f_ec_estimate * n_x * binary_entropy(min(qber, 0.5))
+        f_ec = self.settings.f_ec_estimate
+        if self.settings.reconciliation == "ldpc":      # LDPC discloses more than Cascade: its measured f
+            f_ec = max(f_ec, LDPC_MEASURED_EFFICIENCY)
+        leak_bits = f_ec * n_x * binary_entropy(min(qber, 0.5))
         try:
             estimate = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
                                          eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)

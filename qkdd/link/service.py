@@ -14,10 +14,12 @@ from qkdd.auth import secret as auth_secret
 from qkdd.auth.pool import AuthPool, AuthPoolError
 from qkdd.config import Config, KeystoreConfig, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
-from qkdd.hal.sim.driver import device_for
+from qkdd.hal.drivers import RAW_FRAME_DRIVERS, device_for
+from qkdd.hal.etsi014.settings import ETSI014_DRIVERS
 from qkdd.keystore import KeyStore, kek_for_state_dir
 from qkdd.keystore.capacity import StoreCapacity
 from qkdd.link.engine import LinkEngine
+from qkdd.link.key_relay import KeyRelayEngine
 from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
 from qkdd.link.stall import watch_stall
@@ -56,9 +58,11 @@ def open_keystore(state_dir: str, keystore: KeystoreConfig | None = None) -> Key
 
 def not_started_because(link: LinkConfig) -> str | None:
     """Why the daemon will not run `link`'s engine (it stays "configured"), or None if it will."""
-    if link.driver != "sim" or link.protocol != "bb84":
+    runs = link.driver in ETSI014_DRIVERS or (link.driver in RAW_FRAME_DRIVERS and link.protocol == "bb84")
+    if not runs:
         return (f"driver {link.driver} / protocol {link.protocol} has no link engine yet (the daemon runs "
-                'driver "sim" with protocol "bb84")')
+                f'protocol "bb84" with drivers {", ".join(RAW_FRAME_DRIVERS)}, and drivers '
+                f'{", ".join(ETSI014_DRIVERS)})')
     if not link.peer_key_file or not link.peer_public_key:
         return "not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)"
     return None
@@ -118,16 +122,24 @@ def _auth_pool(link: LinkConfig, key: str, state_dir: str, metrics) -> AuthPool 
 
 
 def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, metrics, health,
-            auth_pool: AuthPool | None = None) -> LinkEngine:
+            auth_pool: AuthPool | None = None) -> LinkEngine | KeyRelayEngine:
     try:
         device = device_for(link)
     except (DeviceError, ValueError) as exc:
-        raise StartupError(f"{key}.sim", str(exc)) from None
+        raise StartupError(f"{key}.{link.driver if link.driver in ('sim', 'serial', 'sdk') else 'etsi014'}",
+                           str(exc)) from None
+    settings = PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
+                                reconciliation=link.reconciliation, auth=link.auth,
+                                auth_refill_bits=link.auth_refill_bits, auth_pool_max_bits=link.auth_pool_max_bits)
+    if not device.yields_raw_frames:          # a vendor KME: finished keys relayed by ID (qkdd.link.key_relay)
+        if auth_pool is not None:
+            raise StartupError(f"{key}.auth", f'auth "{link.auth}" authenticates post-processing, and driver '
+                                              f'{link.driver} delivers finished keys: use auth = "pq"')
+        return KeyRelayEngine(link.link_id, link.role, device, store, channel, settings=settings,
+                              metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
+                              health=health)
     return LinkEngine(link.link_id, link.role, device, store, channel,
-                      settings=PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
-                                                auth=link.auth, auth_refill_bits=link.auth_refill_bits,
-                                                auth_pool_max_bits=link.auth_pool_max_bits),
-                      auth_pool=auth_pool,
+                      settings=settings, auth_pool=auth_pool,
                       frames_in_flight=link.frames_in_flight, qber_threshold=link.qber_threshold,
                       metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
                       health=health, protocol=link.protocol)

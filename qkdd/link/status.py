@@ -20,8 +20,14 @@ from qkdd.link.qber_gate import Band, LinkState, QberGate, band_of
 
 log = logging.getLogger("qkdd.link")
 
+# Key rates: the bits of the frames recorded in the last RATE_WINDOW_S, over that window, or over the time since
+# the peer session came up while that is shorter (at least 1 s). Both ends record the same frames within a
+# moment of each other and their sessions start together, so both report the same rate; measuring from the
+# first frame in the window instead (as before) counted a whole frame's bits over the fraction of a second
+# between the first frames of a burst, and the two ends, recording that burst a moment apart, differed by 2x.
 RATE_WINDOW_S = 10.0
 HEALTH_POLL_S = 2.0
+DEVICE_START_GRACE_S = 30.0     # a device not healthy this long after the link started is failing, not starting
 QBER_HISTORY_SAMPLES = 20_000   # frames in the QBER time series of /v1/links/{id}/qber (about 4 MB; hours)
 
 
@@ -59,8 +65,9 @@ class LockedGate:
 
 class LinkStatus:
     def __init__(self, link_id: str, *, key_bits: int, qber_threshold: float = 0.08, metrics=None,
-                 health=None) -> None:
+                 health=None, clock=time.monotonic) -> None:
         self.link_id = link_id
+        self._clock = clock                                          # monotonic seconds (tests pass their own)
         self.key_bits = key_bits
         self.metrics = metrics
         self.health = health
@@ -72,14 +79,18 @@ class LinkStatus:
         self.totals = {"secret_bits": 0, "sifted_bits": 0, "keys": 0}
         self.last_outcome: FrameOutcome | None = None
         self._rate_window: deque[tuple[float, int, int]] = deque()
+        self._rates_since = clock()                                  # the session's start (rates' denominator)
         self.connected = False                                       # a prepared peer session is live
+        self.device_up = False                                       # the device has answered healthy once
+        self._started_s = clock()
+        self.device_problem: str | None = None                       # the last failed health check's cause
         self.auth_halted = ""                                        # why the auth pool halted the link
         self.state = ""
         self.set_state("starting", "device and peer channel coming up")
 
     # -- frames ---------------------------------------------------------------------------------
     def record(self, outcome: FrameOutcome) -> None:
-        now = time.monotonic()
+        now = self._clock()
         self.last_outcome = outcome
         self.frames_done += 1
         if outcome.aborted:
@@ -93,26 +104,24 @@ class LinkStatus:
             self.qber_history.append(QberSample(time.time(), qber, outcome.qber_estimate, outcome.secret_bits,
                                                 outcome.frame_id))
         self._rate_window.append((now, outcome.secret_bits, outcome.sifted_bits))
-        while self._rate_window and now - self._rate_window[0][0] > RATE_WINDOW_S:
-            self._rate_window.popleft()
         if self.metrics is None:
             return
         for _ in range(outcome.keys):
             self.metrics.key_stored(self.key_bits)
-        span = max(now - self._rate_window[0][0], 1.0) if len(self._rate_window) > 1 else RATE_WINDOW_S
-        self.metrics.rates(raw_bps=sum(r for _, _, r in self._rate_window) / span,
-                           secure_bps=sum(s for _, s, _ in self._rate_window) / span)
+        secure_bps, raw_bps = self._rates_at(now)
+        self.metrics.rates(raw_bps=raw_bps, secure_bps=secure_bps)
         if qber is not None:
             self.metrics.channel(qber=qber, visibility=max(0.0, 1.0 - 2.0 * qber))
 
     def rates(self) -> tuple[float, float]:
-        """(secret, sifted) bits per second over the last RATE_WINDOW_S."""
-        now = time.monotonic()
-        window = [r for r in self._rate_window if now - r[0] <= RATE_WINDOW_S]
-        if not window:
-            return 0.0, 0.0
-        span = max(now - window[0][0], 1.0)
-        return sum(s for _, s, _ in window) / span, sum(r for _, _, r in window) / span
+        """(secret, sifted) bits per second over the last RATE_WINDOW_S (see RATE_WINDOW_S)."""
+        return self._rates_at(self._clock())
+
+    def _rates_at(self, now: float) -> tuple[float, float]:
+        while self._rate_window and now - self._rate_window[0][0] > RATE_WINDOW_S:
+            self._rate_window.popleft()
+        span = min(RATE_WINDOW_S, max(now - self._rates_since, 1.0))
+        return (sum(s for _, s, _ in self._rate_window) / span, sum(r for _, _, r in self._rate_window) / span)
 
     @staticmethod
     def qber_of(key: StoredKey) -> float | None:
@@ -127,6 +136,9 @@ class LinkStatus:
 
     # -- state ----------------------------------------------------------------------------------
     def session_up(self) -> None:
+        if not self.connected:                      # a new session: its rates start now
+            self._rates_since = self._clock()
+            self._rate_window.clear()
         self.connected = True
         self.set_state_from_gate()
 
@@ -167,6 +179,9 @@ class LinkStatus:
         if self.auth_halted:
             self.set_state("degraded", f"key generation halted: {self.auth_halted}")
             return
+        if not self.device_up:
+            self.set_state("starting", "peer session up; waiting for the device")
+            return
         state = self.gate.gate.state
         last = self.last_qber
         if state is LinkState.ACTIVE:
@@ -177,8 +192,11 @@ class LinkStatus:
             self.set_state("suspended", f"QBER {last:.4f} at or above the threshold; key generation suspended")
         elif state is LinkState.HALTED:
             self.set_state("halted", f"QBER {last:.4f} at or above 11 %: key generation halted")
+        elif self.device_problem is not None:
+            self.set_state("fallback", f"gate DEGRADED: device unhealthy: {self.device_problem}"[:300])
         else:
-            self.set_state("halted", "link degraded: QBER above the threshold for too long or device unhealthy")
+            self.set_state("fallback", "gate DEGRADED: QBER above the threshold for too long, or the device "
+                                       "unhealthy; key generation stopped until good frames return")
 
     def set_state(self, state: str, detail: str) -> None:
         self.state = state
@@ -189,16 +207,29 @@ class LinkStatus:
     async def watch_device(self, device: Device) -> None:
         """Poll the device's health every HEALTH_POLL_S into the gate and the metrics, until cancelled."""
         while True:
+            health = None
             try:
                 health = await device.health()
                 channel = await device.channel_status()
             except DeviceError as exc:
-                self.gate.observe_health(False)
-                log.warning("link %s: device health check failed: %s", self.link_id, exc)
+                ok, failure = False, str(exc)
+                self.device_problem = failure
             else:
-                self.gate.observe_health(health.ok)
+                ok, failure = health.ok, health.detail
+                if not health.ok and health.detail != self.device_problem:
+                    log.warning("link %s: device unhealthy: %s", self.link_id, health.detail)
+                self.device_problem = None if health.ok else health.detail
                 if self.metrics is not None:
                     self.metrics.device(temperature_celsius=health.temperature_c, uptime_s=health.uptime_s)
                     self.metrics.channel(loss_db=channel.link_loss_db, photon_rate_hz=channel.photon_rate_hz)
+            # A device that has not come up yet (its other half not connected) is starting, not failing: only
+            # a device that was healthy once, or is still not after DEVICE_START_GRACE_S, degrades the link.
+            if not self.device_up and (ok or self._clock() - self._started_s > DEVICE_START_GRACE_S):
+                self.device_up = True
+                self.set_state_from_gate()
+            if self.device_up:
+                self.gate.observe_health(ok)
+                if health is None:          # the check itself failed (a device reporting not-ok says so itself)
+                    log.warning("link %s: device health check failed: %s", self.link_id, failure)
             self.drain_gate()
             await trio.sleep(HEALTH_POLL_S)

@@ -12,6 +12,10 @@ other end already) and new frames wait, so the device pair stops with full buffe
 when its key buffer is full. Nothing else stops: the API goes on serving what is stored, and delivering
 keys is what brings a full store back under its capacity.
 
+The guard also hears of every write of the store that fails elsewhere (the KME's takes and deliveries,
+key requests, consumers: KeyStore.observe_write_failures), so a store that cannot write pauses the link
+and shows in health even while no frame of its own is storing.
+
 The first frame waiting probes the store every PROBE_INTERVAL_S, in a worker thread: the link's fill
 (two cheap reads), and after a write failure also the free space (at least RESUME_FREE_BYTES after a
 full disk) and one small durable write. Commits and discards that failed are carried out again once
@@ -131,6 +135,7 @@ class StoreGuard:
         self._unfinished: deque[Commit | Discard] = deque(maxlen=UNFINISHED_ACTIONS)
         self._probing = False
         self._changed = trio.Event()
+        self._observing = False
 
     @property
     def state(self) -> str:
@@ -140,8 +145,27 @@ class StoreGuard:
     def paused(self) -> bool:
         return self.machine.state != READY
 
+    def observe_store(self) -> None:
+        """Hear of the store's failing writes from any thread (once; from the trio thread that runs the link)."""
+        if self._observing:
+            return
+        self._observing = True
+        token = trio.lowlevel.current_trio_token()
+
+        def observer(error: StoreWriteError) -> None:
+            try:
+                token.run_sync_soon(self._failed_elsewhere, error)
+            except trio.RunFinishedError:
+                pass
+        self.store.observe_write_failures(observer)
+
+    def _failed_elsewhere(self, error: StoreWriteError) -> None:
+        self.disk_full = error.disk_full
+        self._change(self.machine.refused(error))
+
     async def wait_ready(self) -> None:
         """Return once the store takes keys; while it does not, the first waiter probes it."""
+        self.observe_store()
         while self.paused:
             if self._probing:
                 await self._changed.wait()

@@ -3,13 +3,14 @@ E91 (Shor-Preskill or device-independent) and GG02 CV-QKD, as JSON (--json) or t
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from qkdd.protocols import bb84, cvqkd, e91
+from qkdd.protocols import bb84, cvqkd, e91, sweep
 from qkdd.protocols.bb84_design import expected_finite_rate, optimize_settings
 from qkdd.protocols.bb84_finite import DecoySettings
 from qkdd.protocols.channel import ChannelParams, gain, qber
-from qkdd.protocols.cli_output import one_line_usage_errors, print_report
+from qkdd.protocols.cli_output import one_line_usage_errors, print_report, show_defaults
 from qkdd.protocols.entropy import secure_fraction_asymptotic
 
 PROG = "qkdctl sim rate"
@@ -18,7 +19,7 @@ PROG = "qkdctl sim rate"
 def register(sim_commands: argparse._SubParsersAction) -> None:
     """Add `rate` to the `qkdctl sim` command group."""
     rate = sim_commands.add_parser(
-        "rate", help="analytic key rate (decoy BB84 or E91)",
+        "rate", help="analytic key rate (decoy BB84, E91 or CV-QKD)",
         description="Analytic key rate per pulse from the channel model. BB84: asymptotic GLLP with "
                     "infinite, vacuum+weak or no decoys; --finite uses the three-intensity finite-key bound of "
                     "Lim et al. (PRA 89, 022307, 2014). E91: Shor-Preskill or the device-independent bound.")
@@ -57,15 +58,62 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     rate.add_argument("--electronic-noise", type=float, default=cv.electronic_noise, help="CV-QKD: v_el (SNU)")
     rate.add_argument("--beta", type=float, default=cv.beta, help="CV-QKD: reconciliation efficiency")
     rate.add_argument("--detection", choices=cvqkd.DETECTIONS, default=cv.detection)
+    rate.add_argument("--sweep-distance", metavar="START:STOP:STEP", default=None,
+                      help="key rate against distance (km, STOP included) for BB84 without, with vacuum+weak and "
+                           "with infinite decoys, and CV-QKD; the other options set the rest")
+    rate.add_argument("--plot", metavar="PNG", default=None, help="with --sweep-distance: write the curves to this "
+                      "PNG, log scale (needs the plot extra: matplotlib)")
     rate.add_argument("--json", action="store_true", help="print one JSON object")
     rate.set_defaults(func=run)
 
+    show_defaults(rate)
     one_line_usage_errors(rate, PROG)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.plot is not None and args.sweep_distance is None:
+        print(f"{PROG}: error: --plot draws a sweep: give --sweep-distance START:STOP:STEP", file=sys.stderr)
+        return 2
+    if args.sweep_distance is not None:
+        return _run_sweep(args)
     build = {"bb84": bb84_report, "e91": e91_report, "cvqkd": cvqkd_report}[args.protocol]
     return print_report(PROG, lambda: build(args), args.json, render_text)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    result: dict[str, Any] = {}
+
+    def build() -> dict[str, Any]:
+        distances = sweep.parse_range(args.sweep_distance)
+        args.distance_km = distances[0]
+        cv = cvqkd.CvParams(modulation_variance=args.modulation_variance, distance_km=distances[0],
+                            alpha_db_per_km=args.alpha, excess_noise=args.excess_noise, eta_det=args.eta_det,
+                            electronic_noise=args.electronic_noise, beta=args.beta, detection=args.detection)
+        result["sweep"] = sweep.sweep(distances, _channel(args), cv)
+        return result["sweep"].as_dict()
+
+    status = print_report(PROG, build, args.json, _render_sweep)
+    if status != 0 or args.plot is None:
+        return status
+    from qkdd import plots
+    try:
+        written = plots.rate_vs_distance(args.plot, result["sweep"].distances_km, result["sweep"].rates)
+    except plots.PlotUnavailable as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{PROG}: error: cannot write {args.plot}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(f"plot: {written}", file=sys.stderr)
+    return 0
+
+
+def _render_sweep(report: dict[str, Any]) -> str:
+    names = list(report["key_rate_per_pulse"])
+    lines = ["distance_km  " + "  ".join(f"{name:>24}" for name in names)]
+    for i, distance in enumerate(report["distance_km"]):
+        lines.append(f"{distance:11g}  " + "  ".join(f"{report['key_rate_per_pulse'][name][i]:24.6g}" for name in names))
+    return "\n".join(lines)
 
 
 def _channel(args: argparse.Namespace) -> ChannelParams:

@@ -11,6 +11,17 @@ from typing import Any, Callable, NoReturn
 EXIT_BAD_PARAMETERS = 2
 
 
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Make `--help` show each option's default, unless its help text already names one or it has none
+    (None, a flag that is off)."""
+    for action in parser._actions:
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default is argparse.SUPPRESS
+                or "default" in (action.help or "")):
+            continue
+        action.help = (action.help + " " if action.help else "") + "(default %(default)s)"
+
+
 def one_line_usage_errors(parser: argparse.ArgumentParser, prog: str) -> None:
     """Make `parser` report a usage error as one line `PROG: error: ...` (no usage block), exit status 2."""
 

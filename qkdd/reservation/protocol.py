@@ -19,10 +19,16 @@ A request's purpose says how to read its RESERVE body and which part of the daem
     ETSI014   Etsi014Reservation  keys cut from stored keys for a master SAE and its slave SAEs
     KEY       KeyReservation      one stored key for a /v1 holder ("v1:256")
     WG_EPOCH  EpochReservation    a WireGuard epoch: the stored key that is a tunnel's PSK from a time on
+              (and the epoch of any other consumer: KMS push, IKEv2 PPK; the tag names the consumer)
+    HYBRID_EPOCH  HybridEpochReservation  an epoch whose key is mixed with an ML-KEM-768 shared secret: the
+              epoch and the leader's KEM ciphertext for the follower's announced encapsulation key
+    STREAM    ChunkReservation    the stored keys that make chunk `index` of an ETSI 004 key stream
+    SKIP      SkipKeyReservation  one stored key for a SKIP router ("skip:256"), fetched by id at the other end
 
 The endpoint remembers each request's purpose; an answer must carry the purpose of the request it
 answers. ANNOUNCE is the one message outside any request: a WireGuard end's current epoch
-(`EpochAnnouncement`), sent at session start so the leading end can bring a lagging one back in step.
+(`EpochAnnouncement`), sent at session start so the leading end can bring a lagging one back in step, or
+(purpose HYBRID_EPOCH) a hybrid consumer's fresh ML-KEM-768 encapsulation key (`KemAnnouncement`).
 
 Per request id, the states and every legal transition, the same for every purpose (anything else is a
 ReservationProtocolError naming the state and event):
@@ -50,8 +56,12 @@ way in one payload, so a busy link carries one record per burst instead of one p
                               per segment: stored key_id 16 bytes | offset_bytes u32 | length_bytes u32
     RESERVE, KEY:      key_id 16 bytes | holder str (1..64 bytes)
     RESERVE, WG_EPOCH: tunnel_tag 8 bytes | number u64 | key_id 16 bytes | activate_at f64
+    RESERVE, STREAM:   key_stream_id 16 bytes | index u32 | key count u16, key_id 16 bytes...  (1..MAX_CHUNK_KEYS)
+    RESERVE, SKIP:     as RESERVE, KEY
     ANNOUNCE, WG_EPOCH (request_id all zero): the RESERVE, WG_EPOCH body; number 0 (no epoch yet) with a
                        zero key_id and activate_at 0
+    RESERVE, HYBRID_EPOCH: the RESERVE, WG_EPOCH body | ciphertext length u16 | ciphertext (1..MAX_KEM_BYTES)
+    ANNOUNCE, HYBRID_EPOCH (request_id all zero): tunnel_tag 8 bytes | key length u16 | encapsulation key
     ACCEPT:            (empty)
     REFUSE:            reason u8 | text str
 
@@ -83,6 +93,9 @@ MAX_REFUSE_TEXT_CHARS = 200     # a refusal's text is cut to this before it is s
 MAX_HOLDER_BYTES = 64
 MAX_EPOCH = 2**64 - 2           # a peer's epoch number the WireGuard leader can still propose one above
 TUNNEL_TAG_BYTES = 8
+MAX_CHUNK_KEYS = 4096           # stored keys in one ETSI 004 chunk (1 MiB of 256-bit keys)
+MAX_CHUNK_INDEX = 2**32 - 1
+MAX_KEM_BYTES = 2048            # an ML-KEM-768 ciphertext is 1088 bytes, its encapsulation key 1184 (FIPS 203)
 MAX_PACKED_BYTES = 1 << 20
 MAX_ABANDONED = 1 << 16         # abandoned requests remembered for a late answer (the newest)
 # The largest message. The KME's configuration caps a Get key at 1 MiB of key (qkdd.kme.config
@@ -104,6 +117,9 @@ class Purpose(enum.IntEnum):
     ETSI014 = 1
     KEY = 2
     WG_EPOCH = 3
+    STREAM = 4
+    SKIP = 5
+    HYBRID_EPOCH = 6
 
 
 class RefuseReason(enum.IntEnum):
@@ -213,7 +229,44 @@ class EpochAnnouncement:
     activate_at: float
 
 
-Reservation = Etsi014Reservation | KeyReservation | EpochReservation
+@dataclass(frozen=True)
+class SkipKeyReservation(KeyReservation):
+    """SKIP: reserve stored key `key_id` for `holder` ("skip:<bits>"); the router at the other end fetches it
+    by id once. The body is a KEY reservation's; only the purpose differs, so that SKIP's handler answers."""
+
+    purpose: ClassVar[Purpose] = Purpose.SKIP
+
+
+@dataclass(frozen=True)
+class ChunkReservation:
+    """ETSI 004: stored keys `key_ids`, concatenated in order, are chunk `index` of key stream `stream_id`."""
+
+    purpose: ClassVar[Purpose] = Purpose.STREAM
+    request_id: str
+    stream_id: str
+    index: int
+    key_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HybridEpochReservation(EpochReservation):
+    """An epoch of a hybrid consumer: the leader's ML-KEM ciphertext for the follower's announced
+    encapsulation key rides with it (the key material is neither; both ends derive the PSK)."""
+
+    purpose: ClassVar[Purpose] = Purpose.HYBRID_EPOCH
+    ciphertext: bytes = b""
+
+
+@dataclass(frozen=True)
+class KemAnnouncement:
+    """A hybrid consumer's fresh ML-KEM encapsulation key, for the leader's next epoch."""
+
+    purpose: ClassVar[Purpose] = Purpose.HYBRID_EPOCH
+    tunnel_tag: bytes
+    encapsulation_key: bytes
+
+
+Reservation = Etsi014Reservation | KeyReservation | EpochReservation | HybridEpochReservation | ChunkReservation
 
 
 # -- events returned by receive() ----------------------------------------------------------------
@@ -239,16 +292,18 @@ class ReservationRefused:
 
 @dataclass(frozen=True)
 class LateAnswer:
-    """An answer to a request this end abandoned (timed out): the caller cleans up, nothing else."""
+    """An answer to a request this end abandoned (timed out): the caller cleans up, nothing else. A refusal
+    carries its reason (KEYS_GONE: the peer no longer holds the keys, so neither may this end)."""
 
     request_id: str
     purpose: Purpose
     accepted: bool
+    reason: RefuseReason | None = None
 
 
 @dataclass(frozen=True)
 class AnnouncementReceived:
-    announcement: EpochAnnouncement
+    announcement: "EpochAnnouncement | KemAnnouncement"
 
 
 Event = ReservationReceived | ReservationAccepted | ReservationRefused | LateAnswer | AnnouncementReceived
@@ -325,12 +380,15 @@ class ReservationEndpoint:
         return _message(MessageType.REFUSE, self._step(SLAVE, request_id, "refuse"), request_id, body)
 
     # -- outside any request -------------------------------------------------------------------------
-    def announce(self, announcement: EpochAnnouncement) -> bytes:
+    def announce(self, announcement: "EpochAnnouncement | KemAnnouncement") -> bytes:
         """The ANNOUNCE message; ValueError if the announcement is not a valid one."""
         try:
             check_announcement(announcement)
         except ReservationProtocolError as exc:
             raise ValueError(str(exc)) from None
+        if isinstance(announcement, KemAnnouncement):
+            return _message(MessageType.ANNOUNCE, Purpose.HYBRID_EPOCH, NO_REQUEST,
+                            announcement.tunnel_tag + _blob(announcement.encapsulation_key))
         return _message(MessageType.ANNOUNCE, Purpose.WG_EPOCH, NO_REQUEST, _epoch_body(
             announcement.tunnel_tag, announcement.number, announcement.key_id, announcement.activate_at))
 
@@ -365,7 +423,9 @@ class ReservationEndpoint:
                                            f"in state {request.state.value}")
         if request is not None and request.state is State.ABANDONED:
             changes[key] = None
-            return LateAnswer(request_id, purpose, message_type is MessageType.ACCEPT)
+            if message_type is MessageType.ACCEPT:
+                return LateAnswer(request_id, purpose, True)
+            return LateAnswer(request_id, purpose, False, decoded[0])
         if message_type is MessageType.ACCEPT:
             self._step(MASTER, request_id, "ACCEPT", purpose, changes)
             return ReservationAccepted(request_id, purpose)
@@ -405,16 +465,37 @@ def check_reservation(reservation: Reservation) -> None:
         holder_bytes = len(reservation.holder.encode("utf-8", "surrogatepass"))
         if not 1 <= holder_bytes <= MAX_HOLDER_BYTES:
             raise ReservationProtocolError(f"a holder of {holder_bytes} bytes, allowed 1..{MAX_HOLDER_BYTES}")
+    elif isinstance(reservation, ChunkReservation):
+        _check_uuid(reservation.stream_id)
+        if not 0 <= reservation.index <= MAX_CHUNK_INDEX:
+            raise ReservationProtocolError(f"chunk index {reservation.index} outside 0..{MAX_CHUNK_INDEX}")
+        if not 1 <= len(reservation.key_ids) <= MAX_CHUNK_KEYS:
+            raise ReservationProtocolError(f"a chunk of {len(reservation.key_ids)} keys, allowed 1..{MAX_CHUNK_KEYS}")
+        for key_id in reservation.key_ids:
+            _check_uuid(key_id)
+        if len(set(reservation.key_ids)) != len(reservation.key_ids):
+            raise ReservationProtocolError("a key id appears twice in a chunk")
     elif isinstance(reservation, EpochReservation):
         if not 1 <= reservation.number <= MAX_EPOCH:
             raise ReservationProtocolError(f"epoch number {reservation.number} outside 1..{MAX_EPOCH}")
         _check_epoch(reservation.tunnel_tag, reservation.key_id, reservation.activate_at)
+        if isinstance(reservation, HybridEpochReservation):
+            _check_kem_bytes(reservation.ciphertext, "ciphertext")
     else:
         raise ReservationProtocolError(f"not a reservation: {type(reservation).__name__}")
 
 
-def check_announcement(announcement: EpochAnnouncement) -> None:
+def _check_kem_bytes(data: bytes, what: str) -> None:
+    if not isinstance(data, bytes) or not 1 <= len(data) <= MAX_KEM_BYTES:
+        raise ReservationProtocolError(f"a KEM {what} is 1..{MAX_KEM_BYTES} bytes")
+
+
+def check_announcement(announcement: "EpochAnnouncement | KemAnnouncement") -> None:
     """The invariants of a well-formed announcement; ReservationProtocolError names the broken one."""
+    if isinstance(announcement, KemAnnouncement):
+        _check_tag(announcement.tunnel_tag)
+        _check_kem_bytes(announcement.encapsulation_key, "encapsulation key")
+        return
     if not 0 <= announcement.number <= MAX_EPOCH:
         raise ReservationProtocolError(f"epoch number {announcement.number} outside 0..{MAX_EPOCH}")
     if announcement.number == 0:
@@ -518,13 +599,22 @@ def encode_reserve(reservation: Reservation) -> bytes:
             raise ValueError(str(exc)) from None
         if isinstance(reservation, KeyReservation):
             body = _uuid_bytes(reservation.key_id) + _text(reservation.holder, MAX_HOLDER_BYTES)
+        elif isinstance(reservation, ChunkReservation):
+            body = (_uuid_bytes(reservation.stream_id) + struct.pack(">IH", reservation.index, len(reservation.key_ids))
+                    + b"".join(_uuid_bytes(key_id) for key_id in reservation.key_ids))
         else:
             body = _epoch_body(reservation.tunnel_tag, reservation.number, reservation.key_id,
                                reservation.activate_at)
+            if isinstance(reservation, HybridEpochReservation):
+                body += _blob(reservation.ciphertext)
     message = _message(MessageType.RESERVE, reservation.purpose, reservation.request_id, body)
     if len(message) > MAX_MESSAGE_BYTES:
         raise ValueError(f"a RESERVE of {len(message)} bytes exceeds {MAX_MESSAGE_BYTES}")
     return message
+
+
+def _blob(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
 
 
 def _etsi014_body(reservation: Etsi014Reservation) -> bytes:
@@ -661,10 +751,11 @@ def _decode_payload(payload: bytes) -> list[_Message]:
         request_id = reader.uuid()
         body = reader.body(reader.u32())
         if message_type is MessageType.ANNOUNCE:
-            if request_id != NO_REQUEST or purpose is not Purpose.WG_EPOCH:
+            if request_id != NO_REQUEST or purpose not in (Purpose.WG_EPOCH, Purpose.HYBRID_EPOCH):
                 raise ReservationProtocolError(f"ANNOUNCE of purpose {purpose.name} for request {request_id}: "
-                                               f"only WireGuard epochs are announced, outside any request")
-            decoded: object = _decode_announcement(body)
+                                               f"only epochs and KEM keys are announced, outside any request")
+            decoded: object = (_decode_announcement(body) if purpose is Purpose.WG_EPOCH
+                               else _decode_kem_announcement(body))
         elif message_type is MessageType.RESERVE:
             decoded = _RESERVE_DECODERS[purpose](request_id, body)
         elif message_type is MessageType.ACCEPT:
@@ -723,6 +814,20 @@ def _decode_key(request_id: str, reader: _Reader) -> KeyReservation:
     return reservation
 
 
+def _decode_skip(request_id: str, reader: _Reader) -> SkipKeyReservation:
+    reservation = SkipKeyReservation(request_id, reader.uuid(), reader.text(MAX_HOLDER_BYTES))
+    check_reservation(reservation)
+    return reservation
+
+
+def _decode_chunk(request_id: str, reader: _Reader) -> ChunkReservation:
+    stream_id, index = reader.uuid(), reader.u32()
+    key_ids = tuple(reader.uuid() for _ in range(reader.u16()))
+    reservation = ChunkReservation(request_id, stream_id, index, key_ids)
+    check_reservation(reservation)
+    return reservation
+
+
 def _decode_epoch(request_id: str, reader: _Reader) -> EpochReservation:
     tag, number, key_id, activate_at = reader.record(_EPOCH)
     reservation = EpochReservation(request_id, tag, number, _canonical(key_id), activate_at)
@@ -739,8 +844,33 @@ def _decode_announcement(reader: _Reader) -> EpochAnnouncement:
     return announcement
 
 
+def _decode_blob(reader: _Reader, what: str) -> bytes:
+    length = reader.u16()
+    if not 1 <= length <= MAX_KEM_BYTES:
+        raise ReservationProtocolError(f"a KEM {what} of {length} bytes, allowed 1..{MAX_KEM_BYTES}")
+    return reader.take(length)
+
+
+def _decode_hybrid_epoch(request_id: str, reader: _Reader) -> HybridEpochReservation:
+    tag, number, key_id, activate_at = reader.record(_EPOCH)
+    reservation = HybridEpochReservation(request_id, tag, number, _canonical(key_id), activate_at,
+                                         _decode_blob(reader, "ciphertext"))
+    check_reservation(reservation)
+    return reservation
+
+
+def _decode_kem_announcement(reader: _Reader) -> KemAnnouncement:
+    tag = reader.take(TUNNEL_TAG_BYTES)
+    announcement = KemAnnouncement(tag, _decode_blob(reader, "encapsulation key"))
+    check_announcement(announcement)
+    return announcement
+
+
 _RESERVE_DECODERS = {
     Purpose.ETSI014: _decode_etsi014,
     Purpose.KEY: _decode_key,
     Purpose.WG_EPOCH: _decode_epoch,
+    Purpose.STREAM: _decode_chunk,
+    Purpose.SKIP: _decode_skip,
+    Purpose.HYBRID_EPOCH: _decode_hybrid_epoch,
 }

@@ -28,8 +28,8 @@ from qkdd.link_channel import RESERVATION_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, PeerError, SessionClosedError
 from qkdd.peer.budget import ByteBudget
-from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, LateAnswer, Purpose,
-                                       RefuseReason, Reservation, ReservationAccepted, ReservationEndpoint,
+from qkdd.reservation.protocol import (AnnouncementReceived, Answer, EpochAnnouncement, KemAnnouncement, LateAnswer,
+                                       Purpose, RefuseReason, Reservation, ReservationAccepted, ReservationEndpoint,
                                        ReservationProtocolError, ReservationReceived, ReservationRefused,
                                        pack_payloads)
 
@@ -107,7 +107,7 @@ class ReservationService:
                 endpoint.abandon(request_id)        # a late answer is then reported as such
         return pending.outcome
 
-    def announce(self, announcement: EpochAnnouncement) -> bool:
+    def announce(self, announcement: "EpochAnnouncement | KemAnnouncement") -> bool:
         """Queue an announcement for the peer; False when no session is live."""
         if self._endpoint is None or self._outbox is None:
             return False

@@ -22,6 +22,7 @@ with instrumented():
     from qkdd.link.pipeline import ALICE, BOB, Commit, Discard, Finished, FramePipeline, Send, StorePending
     from qkdd.postprocess import amplification, sifting, verification, wire
     from qkdd.postprocess.cascade import CascadeAlice, CascadeBob
+    from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
     from tests.link_support import simulator
 
 FRAME_ID = 9
@@ -58,6 +59,12 @@ def _receivers(step: Step) -> list:
         bob = CascadeBob(bob_key, KEY_BITS, FRAME_ID, 0.02, seed=bytes(32))
         bob.start()
         return [CascadeAlice(KEY, KEY_BITS, FRAME_ID), bob]
+    if step is Step.LDPC:
+        bob_key = KEY.copy()
+        bob_key[3] ^= np.uint64(1 << 17)
+        bob = LdpcBob(bob_key, KEY_BITS, FRAME_ID, 0.02, seed=bytes(32))
+        bob.start()
+        return [LdpcAlice(KEY, KEY_BITS, FRAME_ID), bob]
     if step is Step.VERIFY:
         announcer = verification.Verification(verification.ANNOUNCER, FRAME_ID, KEY, KEY_BITS, 2)
         announcer.start()
@@ -148,6 +155,7 @@ def seeds() -> list[bytes]:
     for step, message in [
             (Step.SIFT, sifting.Sifting(sifting.BOB, FRAME_ID, BOB_DETECTIONS, CLASSES).start()[0]),
             (Step.CASCADE, CascadeBob(KEY.copy(), KEY_BITS, FRAME_ID, 0.02, seed=bytes(32)).start()),
+            (Step.LDPC, LdpcBob(KEY.copy(), KEY_BITS, FRAME_ID, 0.02, seed=bytes(32)).start()),
             (Step.VERIFY, verification.Verification(verification.ANNOUNCER, FRAME_ID, KEY, KEY_BITS, 2).start()[0]),
             (Step.AMPLIFY, amplification.Amplification(amplification.ANNOUNCER, FRAME_ID, KEY, KEY_BITS).start(
                 KEY_BITS // 2, amplification.SEED_SHAKE256)[0])]:

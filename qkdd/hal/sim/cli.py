@@ -1,17 +1,20 @@
 """`qkdctl sim run`: Monte Carlo of a decoy-BB84 or E91 link with optional attack, printed as JSON (--json)
-or text. Bad parameters give one error line and exit status 2."""
+or text. Exit status 0 with a key, 1 when the protocol aborts the run (the reason on stderr), 2 for bad
+parameters (one error line)."""
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 from qkdd.hal.sim import montecarlo
 from qkdd.hal.sim.params import Attack, Drift, SimParams
-from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report
+from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report, show_defaults
 
 PROG = "qkdctl sim run"
+EXIT_ABORTED = 1            # the run ran, but the protocol aborted it (the reason goes to stderr)
 MAX_PULSES = 10 ** 15
 
 
@@ -81,6 +84,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=main)
 
+    show_defaults(run)
     one_line_usage_errors(run, PROG)
 
 
@@ -112,7 +116,19 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    return print_report(PROG, lambda: report(args), args.json, render_text)
+    """Exit status 0 when the run leaves a key, EXIT_ABORTED (with the reason on stderr) when the protocol
+    aborts it (attack detected, QBER too high, no key under the bound), 2 for bad parameters."""
+    result: dict[str, Any] = {}
+
+    def build() -> dict[str, Any]:
+        result.update(report(args))
+        return result
+
+    status = print_report(PROG, build, args.json, render_text)
+    if status == 0 and result.get("abort"):
+        print(f"{PROG}: aborted: {result.get('abort_reason') or 'no key'}", file=sys.stderr)
+        return EXIT_ABORTED
+    return status
 
 
 def render_text(result: dict[str, Any]) -> str:

@@ -1,0 +1,374 @@
+/* ldpc.c - syndromes and the layered offset min-sum decoder of the shipped QC-LDPC codes (qkd_ldpc.h).
+ *
+ * Message arithmetic (both paths, identical): a posterior L (int8, |L| <= 127) per code bit and a
+ * check-to-bit message R (int8) per edge. Per layer and check: Q_e = clamp(L_e - R_e); with min1, min2
+ * the two smallest |Q_e| and P = syndrome bit xor (parity of the signs of all Q_e),
+ *   R_e' = (-1)^(P xor [Q_e < 0]) * max(0, floor((|Q_e| == min1 ? min2 : min1) * scale / 8) - offset)
+ *   L_e' = clamp(Q_e + R_e').
+ * (|Q_e| == min1 picks min2 for the edge holding the minimum; on a tie min2 == min1, so it is exact.)
+ * After the update the parity of the new hard decisions of the layer's bits is compared with the
+ * syndrome; an iteration in which every layer held is confirmed with a full syndrome check, and only
+ * then does decoding stop. The count of checks failing at their layer is the progress measure: when it
+ * has not reached a new minimum for QKD_LDPC_STALL_ITERATIONS iterations, decoding gives up.
+ */
+#include "qkd_ldpc.h"
+#include "qkd_bits.h"
+#include "ldpc_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct qkd_ldpc_decoder {
+    const qkd_ldpc_table *t;
+    uint32_t max_row_degree;
+    int8_t *posterior;    /* n_bits */
+    int8_t *messages;     /* edges * z */
+    int8_t *q;            /* max_row_degree * z */
+    uint8_t *min1, *min2, *parity; /* z each */
+};
+
+static int8_t clamp8(int v)
+{
+    return (int8_t)(v > QKD_LDPC_LLR_MAX ? QKD_LDPC_LLR_MAX : (v < -QKD_LDPC_LLR_MAX ? -QKD_LDPC_LLR_MAX : v));
+}
+
+int qkd_ldpc_code_count(void)
+{
+    return (int)qkd_ldpc_table_count;
+}
+
+static const qkd_ldpc_table *table(uint32_t code)
+{
+    return code < qkd_ldpc_table_count ? &qkd_ldpc_tables[code] : NULL;
+}
+
+int qkd_ldpc_code_get_info(uint32_t code, qkd_ldpc_code_info *out)
+{
+    const qkd_ldpc_table *t = table(code);
+    if (!t || !out)
+        return QKD_EINVAL;
+    out->z = t->z;
+    out->mb = t->mb;
+    out->nb = t->nb;
+    out->edges = t->edges;
+    out->n_bits = t->nb * t->z;
+    out->m_bits = t->mb * t->z;
+    return QKD_OK;
+}
+
+int qkd_ldpc_code_get_entries(uint32_t code, uint32_t *rows, uint32_t *cols, uint32_t *shifts, size_t len)
+{
+    const qkd_ldpc_table *t = table(code);
+    if (!t || !rows || !cols || !shifts || len != t->edges)
+        return QKD_EINVAL;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        for (uint32_t e = t->row_start[r]; e < t->row_start[r + 1]; e++) {
+            rows[e] = r;
+            cols[e] = t->cols[e];
+            shifts[e] = t->shifts[e];
+        }
+    }
+    return QKD_OK;
+}
+
+int qkd_ldpc_syndrome(uint32_t code, const uint8_t *bits, size_t n_bits, uint8_t *syndrome, size_t m_bits)
+{
+    const qkd_ldpc_table *t = table(code);
+    if (!t || !bits || !syndrome || n_bits != (size_t)t->nb * t->z || m_bits != (size_t)t->mb * t->z)
+        return QKD_EINVAL;
+    const uint32_t z = t->z;
+    memset(syndrome, 0, m_bits);
+    for (uint32_t r = 0; r < t->mb; r++) {
+        uint8_t *s = syndrome + (size_t)r * z;
+        for (uint32_t e = t->row_start[r]; e < t->row_start[r + 1]; e++) {
+            const uint8_t *b = bits + (size_t)t->cols[e] * z;
+            uint32_t shift = t->shifts[e];
+            for (uint32_t i = 0; i < z - shift; i++)
+                s[i] ^= b[i + shift] & 1u;
+            for (uint32_t i = z - shift; i < z; i++)
+                s[i] ^= b[i + shift - z] & 1u;
+        }
+    }
+    return QKD_OK;
+}
+
+void qkd_ldpc_decoder_free(qkd_ldpc_decoder *d)
+{
+    if (!d)
+        return;
+    free(d->posterior);
+    free(d->messages);
+    free(d->q);
+    free(d->min1);
+    free(d->min2);
+    free(d->parity);
+
+    free(d);
+}
+
+int qkd_ldpc_decoder_new(qkd_ldpc_decoder **out, uint32_t code)
+{
+    const qkd_ldpc_table *t = table(code);
+    if (!out || !t)
+        return QKD_EINVAL;
+    qkd_ldpc_decoder *d = calloc(1, sizeof *d);
+    if (!d)
+        return QKD_ENOMEM;
+    d->t = t;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        uint32_t degree = (uint32_t)(t->row_start[r + 1] - t->row_start[r]);
+        if (degree > d->max_row_degree)
+            d->max_row_degree = degree;
+    }
+    const size_t z = t->z;
+    d->posterior = malloc((size_t)t->nb * z);
+    d->messages = malloc((size_t)t->edges * z);
+    d->q = malloc((size_t)d->max_row_degree * z);
+    d->min1 = malloc(z);
+    d->min2 = malloc(z);
+    d->parity = malloc(z);
+
+    if (!d->posterior || !d->messages || !d->q || !d->min1 || !d->min2 || !d->parity) {
+        qkd_ldpc_decoder_free(d);
+        return QKD_ENOMEM;
+    }
+    *out = d;
+    return QKD_OK;
+}
+
+/* ---- lane path: the Z checks of a layer at once, on contiguous rotated copies ---- */
+
+/* One layer; returns how many checks of the layer the updated hard decisions leave unsatisfied.
+ * Inlined into a default-target and an AVX2-target wrapper, so GCC/Clang vectorise it for each. */
+static inline __attribute__((always_inline)) uint32_t layer_lanes(qkd_ldpc_decoder *d, uint32_t r,
+                                                             const uint8_t *syndrome, int scale, int offset)
+{
+    const qkd_ldpc_table *t = d->t;
+    const uint32_t z = t->z;
+    const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
+    uint8_t *restrict min1 = d->min1, *restrict min2 = d->min2, *restrict parity = d->parity;
+    const uint8_t *restrict s = syndrome + (size_t)r * z;
+    for (uint32_t i = 0; i < z; i++) {
+        min1[i] = QKD_LDPC_LLR_MAX;
+        min2[i] = QKD_LDPC_LLR_MAX;
+        parity[i] = s[i] & 1u;
+    }
+    for (uint32_t e = 0; e < degree; e++) {
+        int8_t *restrict q = d->q + (size_t)e * z;
+        const int8_t *restrict msg = d->messages + (size_t)(first + e) * z;
+        const int8_t *l = d->posterior + (size_t)t->cols[first + e] * z;
+        const uint32_t shift = t->shifts[first + e];
+        memcpy(q, l + shift, z - shift);
+        memcpy(q + (z - shift), l, shift);
+        for (uint32_t i = 0; i < z; i++) {
+            int v = q[i] - msg[i];
+            v = v > QKD_LDPC_LLR_MAX ? QKD_LDPC_LLR_MAX : v;
+            v = v < -QKD_LDPC_LLR_MAX ? -QKD_LDPC_LLR_MAX : v;
+            q[i] = (int8_t)v;
+            uint8_t a = (uint8_t)(v < 0 ? -v : v);
+            uint8_t lo = min1[i] < a ? min1[i] : a;
+            uint8_t hi = min1[i] < a ? a : min1[i];
+            min2[i] = min2[i] < hi ? min2[i] : hi;
+            min1[i] = lo;
+            parity[i] ^= (uint8_t)(v < 0);
+        }
+    }
+    uint32_t unsat = 0;
+    for (uint32_t e = 0; e < degree; e++) {
+        int8_t *restrict q = d->q + (size_t)e * z;
+        int8_t *restrict msg = d->messages + (size_t)(first + e) * z;
+        for (uint32_t i = 0; i < z; i++) { /* branch-free, so that it vectorises */
+            int16_t v = q[i];
+            int16_t vneg = (int16_t)-(v < 0);
+            int16_t a = (int16_t)((v ^ vneg) - vneg);
+            int16_t pick = (int16_t)-(a == min1[i]);
+            int16_t m = (int16_t)((min2[i] & pick) | (min1[i] & ~pick));
+            m = (int16_t)(((m * scale) >> 3) - offset);
+            m = (int16_t)(m & ~(m >> 15));
+            int16_t neg = (int16_t)-(int16_t)(parity[i] ^ (uint8_t)(v < 0));
+            int16_t rn = (int16_t)((m ^ neg) - neg);
+            msg[i] = (int8_t)rn;
+            int16_t w = (int16_t)(v + rn);
+            w = w > QKD_LDPC_LLR_MAX ? QKD_LDPC_LLR_MAX : w;
+            w = w < -QKD_LDPC_LLR_MAX ? -QKD_LDPC_LLR_MAX : w;
+            q[i] = (int8_t)w;
+        }
+    }
+    /* Hard-decision parity of the updated layer against the syndrome (min1 reused as accumulator). */
+    for (uint32_t i = 0; i < z; i++)
+        min1[i] = s[i] & 1u;
+    for (uint32_t e = 0; e < degree; e++) {
+        int8_t *q = d->q + (size_t)e * z;
+        int8_t *l = d->posterior + (size_t)t->cols[first + e] * z;
+        const uint32_t shift = t->shifts[first + e];
+        for (uint32_t i = 0; i < z; i++)
+            min1[i] ^= (uint8_t)(q[i] < 0);
+        memcpy(l + shift, q, z - shift);
+        memcpy(l, q + (z - shift), shift);
+    }
+    for (uint32_t i = 0; i < z; i++)
+        unsat += min1[i];
+    return unsat;
+}
+
+static uint32_t iteration_lanes(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+{
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < d->t->mb; r++)
+        unsat += layer_lanes(d, r, syndrome, scale, offset);
+    return unsat;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define QKD_LDPC_HAVE_AVX2 1
+__attribute__((target("avx2"))) static uint32_t iteration_avx2(qkd_ldpc_decoder *d, const uint8_t *syndrome,
+                                                               int scale, int offset)
+{
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < d->t->mb; r++)
+        unsat += layer_lanes(d, r, syndrome, scale, offset);
+    return unsat;
+}
+__attribute__((target("avx512bw,avx512vl,prefer-vector-width=512"))) static uint32_t
+iteration_avx512(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+{
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < d->t->mb; r++)
+        unsat += layer_lanes(d, r, syndrome, scale, offset);
+    return unsat;
+}
+#else
+#define QKD_LDPC_HAVE_AVX2 0
+#endif
+
+/* ---- portable path: one check at a time, the same arithmetic ---- */
+
+static uint32_t iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+{
+    const qkd_ldpc_table *t = d->t;
+    const uint32_t z = t->z;
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
+        for (uint32_t i = 0; i < z; i++) {
+            int min1 = QKD_LDPC_LLR_MAX, min2 = QKD_LDPC_LLR_MAX, parity = syndrome[(size_t)r * z + i] & 1;
+            for (uint32_t e = 0; e < degree; e++) {
+                size_t bit = (size_t)t->cols[first + e] * z + (i + t->shifts[first + e]) % z;
+                int8_t *msg = &d->messages[(size_t)(first + e) * z + i];
+                int v = clamp8(d->posterior[bit] - *msg);
+                d->q[e] = (int8_t)v;
+                int a = v < 0 ? -v : v;
+                if (a < min1) {
+                    min2 = min1;
+                    min1 = a;
+                } else if (a < min2) {
+                    min2 = a;
+                }
+                parity ^= v < 0;
+            }
+            int check = syndrome[(size_t)r * z + i] & 1;
+            for (uint32_t e = 0; e < degree; e++) {
+                size_t bit = (size_t)t->cols[first + e] * z + (i + t->shifts[first + e]) % z;
+                int8_t *msg = &d->messages[(size_t)(first + e) * z + i];
+                int v = d->q[e];
+                int a = v < 0 ? -v : v;
+                int m = (((a == min1 ? min2 : min1) * scale) >> 3) - offset;
+                m = m < 0 ? 0 : m;
+                int rn = (parity ^ (v < 0)) ? -m : m;
+                *msg = (int8_t)rn;
+                d->posterior[bit] = clamp8(v + rn);
+                check ^= d->posterior[bit] < 0;
+            }
+            unsat += (uint32_t)check;
+        }
+    }
+    return unsat;
+}
+
+static int syndrome_holds(const qkd_ldpc_decoder *d, const uint8_t *syndrome)
+{
+    const qkd_ldpc_table *t = d->t;
+    const uint32_t z = t->z;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        for (uint32_t i = 0; i < z; i++) {
+            int parity = syndrome[(size_t)r * z + i] & 1;
+            for (uint32_t e = t->row_start[r]; e < t->row_start[r + 1]; e++)
+                parity ^= d->posterior[(size_t)t->cols[e] * z + (i + t->shifts[e]) % z] < 0;
+            if (parity)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+int qkd_ldpc_path_available(uint32_t path)
+{
+    switch (path) {
+    case QKD_LDPC_PATH_AUTO:
+    case QKD_LDPC_PATH_PORTABLE:
+    case QKD_LDPC_PATH_LANES:
+        return 1;
+    case QKD_LDPC_PATH_AVX2:
+        return QKD_LDPC_HAVE_AVX2 && (qkd_cpu_features() & QKD_CPU_AVX2) != 0;
+    case QKD_LDPC_PATH_AVX512:
+#if QKD_LDPC_HAVE_AVX2
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#else
+        return 0;
+#endif
+    default:
+        return 0;
+    }
+}
+
+int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, const uint8_t *syndrome,
+                        size_t m_bits, uint8_t *bits_out, size_t out_len, uint32_t max_iterations,
+                        uint32_t scale_eighths, uint32_t offset, uint32_t path)
+{
+    if (!d || !llr || !syndrome || !bits_out)
+        return QKD_EINVAL;
+    const qkd_ldpc_table *t = d->t;
+    const size_t n = (size_t)t->nb * t->z;
+    if (n_bits != n || out_len != n || m_bits != (size_t)t->mb * t->z)
+        return QKD_EINVAL;
+    if (max_iterations < 1 || max_iterations > QKD_LDPC_MAX_ITERATIONS || offset > QKD_LDPC_LLR_MAX ||
+        scale_eighths < 1 || scale_eighths > 8)
+        return QKD_EINVAL;
+    if (!qkd_ldpc_path_available(path))
+        return QKD_EINVAL;
+    if (path == QKD_LDPC_PATH_AUTO)
+        path = qkd_ldpc_path_available(QKD_LDPC_PATH_AVX512) ? QKD_LDPC_PATH_AVX512
+               : qkd_ldpc_path_available(QKD_LDPC_PATH_AVX2) ? QKD_LDPC_PATH_AVX2 : QKD_LDPC_PATH_LANES;
+    uint32_t (*iterate)(qkd_ldpc_decoder *, const uint8_t *, int, int) = iteration_lanes;
+    if (path == QKD_LDPC_PATH_PORTABLE)
+        iterate = iteration_portable;
+#if QKD_LDPC_HAVE_AVX2
+    if (path == QKD_LDPC_PATH_AVX2)
+        iterate = iteration_avx2;
+    if (path == QKD_LDPC_PATH_AVX512)
+        iterate = iteration_avx512;
+#endif
+    for (size_t j = 0; j < n; j++)
+        d->posterior[j] = clamp8(llr[j]);
+    memset(d->messages, 0, (size_t)t->edges * t->z);
+    int64_t result = 0;
+    uint32_t fewest = UINT32_MAX, stalled = 0;
+    for (uint32_t it = 1; it <= max_iterations; it++) {
+        uint32_t unsat = iterate(d, syndrome, (int)scale_eighths, (int)offset);
+        if (!unsat && syndrome_holds(d, syndrome)) {
+            result = it;
+            break;
+        }
+        /* A decoder stuck near the threshold stops improving: give up early rather than run the cap. */
+        if (unsat < fewest) {
+            fewest = unsat;
+            stalled = 0;
+        } else if (++stalled >= QKD_LDPC_STALL_ITERATIONS) {
+            break;
+        }
+    }
+    for (size_t j = 0; j < n; j++)
+        bits_out[j] = (uint8_t)(d->posterior[j] < 0);
+    return result;
+}

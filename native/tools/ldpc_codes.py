@@ -1,0 +1,288 @@
+"""Generator of the shipped QC-LDPC codes: writes native/src/ldpc_codes.c (base matrices and circulant shifts).
+
+    python native/tools/ldpc_codes.py [--search]      # from the project root; deterministic (fixed seeds)
+
+Method, per base-matrix size (nb columns, mb rows, rate 1 - mb/nb):
+ 1. Degree distribution: column degrees {2, 3, dh} with node counts chosen by density evolution of the
+    quantised normalised offset min-sum decoder the library runs (qkd_ldpc.h: int8, 4 units per nat) on the binary
+    symmetric channel (Richardson & Urbanke, "The capacity of LDPC codes under message-passing decoding",
+    IEEE Trans. IT 47(2), 2001, sec. III; the min-sum check rule's density as in Chen & Fossorier 2002),
+    maximising the BSC threshold p*, as Elkouss, Leverrier, Alleaume & Boutros, "Efficient reconciliation
+    protocol for discrete-variable QKD", ISIT 2009 (arXiv:0901.2140) do for belief propagation. Row degrees
+    are concentrated (two consecutive values). `--search` reruns the grid search (slow: tens of minutes);
+    the chosen counts are kept in CHOSEN below. Min-sum at these check degrees (20-60) stays well short
+    of BP: the thresholds reach f* = (1-R)/h(p*) of about 1.17-1.4 (printed by this script).
+ 2. Base graph: progressive edge growth (Hu, Eleftheriou & Arnold, "Regular and irregular progressive
+    edge-growth Tanner graphs", IEEE Trans. IT 51(1), 2005), columns in order of increasing degree, each
+    edge to a check at maximal distance, ties to the lowest current degree.
+ 3. Lifting: a circulant shift per base entry, chosen greedily (QC-PEG style, as in Li & Kumar /
+    Tasdighi et al.) so that no 4-cycle exists in the lifted graph and as few 6-cycles as possible
+    (Fossorier, "Quasi-cyclic LDPC codes from circulant permutation matrices", IEEE Trans. IT 50(8), 2004,
+    Thm 2: a base cycle lifts to a cycle of the same length iff its alternating shift sum is 0 mod Z).
+Each base matrix is lifted twice, Z = 512 (n = 49 152, for long frames) and Z = 64 (n = 6 144).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import pathlib
+
+import numpy as np
+
+NB = 96                          # base columns of every code
+LIFTS = (512, 64)
+LLR_UNITS_PER_NAT = 4            # the bindings' scale (qkd_ldpc.h: int8 LLRs)
+LLR_MAX = 127
+SCALE_EIGHTHS, OFFSET = 7, 1     # normalised offset min-sum as the bindings run it (bindings/ldpc.py defaults)
+SIX_CYCLE_MAX_Z = 64             # larger lifts: 4-cycles avoided, 6-cycles left to chance (rare at large Z)
+OUT = pathlib.Path(__file__).resolve().parents[1] / "src" / "ldpc_codes.c"
+
+# mb -> (n2, nh, dh): node counts of degree-2 and degree-dh columns (the rest degree 3). mb 12-20: the best of
+# grids like `--search`'s for the normalised rule (7/8, offset 1); mb 5-8: the best for pure offset min-sum
+# (offset 2); mb 26-50: extrapolated from those, not searched (the search is slow).
+CHOSEN = {
+    5: (0, 8, 3), 8: (8, 26, 8), 12: (11, 24, 10), 15: (10, 22, 10), 20: (12, 20, 10),
+    26: (4, 14, 14), 32: (8, 14, 14), 38: (10, 14, 14), 44: (12, 14, 14), 50: (14, 14, 14),
+}
+
+
+# ---------- 1. density evolution of the quantised offset min-sum decoder on the BSC ----------
+
+def _check_pmf_min_sum(v: np.ndarray, degree: int, offset: int, scale_eighths: int = 8) -> np.ndarray:
+    """pmf (index k <-> value k - LLR_MAX) of a normalised offset min-sum check's output from degree-1 iid
+    inputs: magnitude max(0, floor(min * scale / 8) - offset), as ldpc.c computes it."""
+    m = LLR_MAX
+    pos = v[m:]                                  # P(v = t), t = 0..M (0 counted as positive)
+    neg = np.concatenate(([0.0], v[:m][::-1]))   # P(v = -t), t = 0..M
+    a = np.cumsum(pos[::-1])[::-1]               # P(v >= t)
+    b = np.cumsum(neg[::-1])[::-1]               # P(v <= -t)
+    k = degree - 1
+    plus = ((a + b) ** k + (a - b) ** k) / 2     # P(min |.| >= t and sign product +)
+    minus = ((a + b) ** k - (a - b) ** k) / 2
+    p_plus = plus - np.append(plus[1:], 0.0)
+    p_minus = minus - np.append(minus[1:], 0.0)
+    out = np.zeros(2 * m + 1)
+    t = np.maximum((np.arange(m + 1) * scale_eighths >> 3) - offset, 0)
+    np.add.at(out, m + t, p_plus)
+    np.add.at(out, m - t, p_minus)
+    return out
+
+
+def _clip(full: np.ndarray, centre: int) -> np.ndarray:
+    m = LLR_MAX
+    out = full[centre - m:centre + m + 1].copy()
+    out[0] += full[:centre - m].sum()
+    out[-1] += full[centre + m + 1:].sum()
+    return np.maximum(out, 0.0)
+
+
+def de_converges(p: float, var_edges: dict[int, float], chk_edges: dict[int, float], iterations: int = 200,
+                 offset: int = OFFSET, scale_eighths: int = SCALE_EIGHTHS) -> bool:
+    """Density evolution (edge-perspective lambda, rho) of the int8 offset min-sum decoder on BSC(p), flooding
+    schedule (the layered decoder converges at least as well)."""
+    m = LLR_MAX
+    l0 = min(m, round(LLR_UNITS_PER_NAT * math.log((1 - p) / p)))
+    channel = np.zeros(2 * m + 1)
+    channel[m + l0] += 1 - p
+    channel[m - l0] += p
+    v = channel.copy()
+    dv_max = max(var_edges)
+    size = 1 << math.ceil(math.log2((2 * m) * (dv_max + 1) + 1))
+    ch_f = np.fft.rfft(channel, size)
+    for _ in range(iterations):
+        c = sum(w * _check_pmf_min_sum(v, d, offset, scale_eighths) for d, w in chk_edges.items())
+        c_f = np.fft.rfft(c, size)
+        acc = np.zeros(2 * m + 1)
+        for d, w in var_edges.items():
+            full = np.fft.irfft(ch_f * c_f ** (d - 1), size)
+            acc += w * _clip(full, m * d)   # centre: channel offset m + (d-1) offsets of m
+        v = acc / acc.sum()
+        err = v[:m].sum() + v[m] / 2
+        if err < 1e-6:
+            return True
+    return False
+
+
+def edge_distributions(nb: int, mb: int, n2: int, nh: int, dh: int) -> tuple[dict, dict]:
+    n3 = nb - n2 - nh
+    edges = 2 * n2 + 3 * n3 + dh * nh
+    lam = {d: d * c / edges for d, c in ((2, n2), (3, n3), (dh, nh)) if c}
+    lo = edges // mb
+    hi_rows = edges - lo * mb
+    rho = {d: d * c / edges for d, c in ((lo, mb - hi_rows), (lo + 1, hi_rows)) if c}
+    return lam, rho
+
+
+def threshold(nb: int, mb: int, n2: int, nh: int, dh: int) -> float:
+    """BSC threshold p* of the ensemble, by bisection (geometric) on density evolution."""
+    lam, rho = edge_distributions(nb, mb, n2, nh, dh)
+    lo, hi = 1e-4, 0.2
+    for _ in range(12):
+        mid = math.sqrt(lo * hi)
+        if de_converges(mid, lam, rho):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def search(nb: int, mb: int) -> tuple[int, int, int]:
+    """The grid the shipped choices came from: few degree-2 columns, a block of high-degree ones."""
+    best = None
+    for n2, nh, dh in itertools.product((0, 6, mb * 3 // 4), (14, 20, 24), sorted({min(mb, 10), min(mb, 14)})):
+        if nb - n2 - nh < 0:
+            continue
+        p = threshold(nb, mb, n2, nh, dh)
+        if best is None or p > best[0]:
+            best = (p, (n2, nh, dh))
+    return best[1]
+
+
+# ---------- 2. base graph by progressive edge growth ----------
+
+def peg_base(nb: int, mb: int, col_degrees: list[int], rng: np.random.Generator) -> list[list[int]]:
+    """Base matrix as per-column lists of rows, by PEG (single edges, no parallel edges)."""
+    col_rows: list[list[int]] = [[] for _ in range(nb)]
+    row_cols: list[list[int]] = [[] for _ in range(mb)]
+    for col in sorted(range(nb), key=lambda c: (col_degrees[c], c)):
+        for k in range(col_degrees[col]):
+            candidates = _farthest_rows(col, col_rows, row_cols, mb) if k else list(range(mb))
+            candidates = [r for r in candidates if r not in col_rows[col]]
+            least = min(len(row_cols[r]) for r in candidates)
+            pick = [r for r in candidates if len(row_cols[r]) == least]
+            row = int(pick[rng.integers(len(pick))])
+            col_rows[col].append(row)
+            row_cols[row].append(col)
+    return col_rows
+
+
+def _farthest_rows(col: int, col_rows, row_cols, mb: int) -> list[int]:
+    """Rows not reachable from `col` in the current graph, else those reached last (breadth-first)."""
+    reached = set(col_rows[col])
+    frontier = set(reached)
+    seen_cols = {col}
+    while True:
+        cols = {c for r in frontier for c in row_cols[r]} - seen_cols
+        seen_cols |= cols
+        new = {r for c in cols for r in col_rows[c]} - reached
+        if not new:
+            return [r for r in range(mb) if r not in reached]
+        if len(reached | new) == mb:
+            return sorted(new)
+        reached |= new
+        frontier = new
+
+
+# ---------- 3. lifting: shifts without 4-cycles, few 6-cycles ----------
+
+def lift(col_rows: list[list[int]], mb: int, z: int, rng: np.random.Generator) -> dict[tuple[int, int], int]:
+    shifts: dict[tuple[int, int], int] = {}
+    row_cols: dict[int, list[int]] = {r: [] for r in range(mb)}
+    order = sorted(range(len(col_rows)), key=lambda c: (len(col_rows[c]), c))
+    for col in order:
+        for row in col_rows[col]:
+            best = None
+            for _ in range(12):
+                s = int(rng.integers(z))
+                bad4, bad6 = _cycles(shifts, row_cols, col_rows, row, col, s, z, six=z <= SIX_CYCLE_MAX_Z)
+                score = (bad4, bad6)
+                if best is None or score < best[0]:
+                    best = (score, s)
+                if score == (0, 0):
+                    break
+            shifts[(row, col)] = best[1]
+            row_cols[row].append(col)
+    return shifts
+
+
+def _cycles(shifts, row_cols, col_rows, row, col, s, z, six=True) -> tuple[int, int]:
+    """4- and 6-cycles through the new entry (row, col) with shift s among the entries placed so far."""
+    bad4 = bad6 = 0
+    for c2 in row_cols[row]:                         # entry (row, c2) placed
+        a = s - shifts[(row, c2)]
+        for r2 in col_rows[c2]:
+            if r2 == row or (r2, c2) not in shifts:
+                continue
+            b = a + shifts[(r2, c2)]
+            if (r2, col) in shifts and (b - shifts[(r2, col)]) % z == 0:
+                bad4 += 1
+            for c3 in row_cols[r2] if six else ():                  # 6-cycle row-c2-r2-c3-r3-col-row
+                if c3 in (c2, col):
+                    continue
+                d = b - shifts[(r2, c3)]
+                for r3 in col_rows[c3]:
+                    if r3 in (row, r2) or (r3, c3) not in shifts or (r3, col) not in shifts:
+                        continue
+                    if (d + shifts[(r3, c3)] - shifts[(r3, col)]) % z == 0:
+                        bad6 += 1
+    return bad4, bad6
+
+
+# ---------- output ----------
+
+def build(mb: int, counts: tuple[int, int, int], z: int, seed: int) -> tuple[list[tuple[int, int, int]], dict]:
+    n2, nh, dh = counts
+    degrees = [2] * n2 + [3] * (NB - n2 - nh) + [dh] * nh
+    rng = np.random.default_rng(seed)
+    col_rows = peg_base(NB, mb, degrees, rng)
+    shifts = lift(col_rows, mb, z, np.random.default_rng(seed * 1000 + z))
+    entries = sorted((r, c, s) for (r, c), s in shifts.items())
+    return entries, {"n2": n2, "nh": nh, "dh": dh}
+
+
+def write_c(codes: list[tuple[int, int, list[tuple[int, int, int]], dict]]) -> str:
+    lines = ["/* ldpc_codes.c - GENERATED by native/tools/ldpc_codes.py; do not edit. QC-LDPC base matrices",
+             " * (PEG base graphs, degree distributions by density evolution) and circulant shifts. */",
+             '#include "ldpc_internal.h"', ""]
+    tables = []
+    for i, (z, mb, entries, info) in enumerate(codes):
+        row_start = [0] * (mb + 1)
+        for r, _, _ in entries:
+            row_start[r + 1] += 1
+        for r in range(mb):
+            row_start[r + 1] += row_start[r]
+        lines.append(f"/* code {i}: z={z} mb={mb} nb={NB} rate={1 - mb / NB:.4f} columns: {info['n2']} of degree 2, "
+                     f"{NB - info['n2'] - info['nh']} of 3, {info['nh']} of {info['dh']} */")
+        for name, values in (("row_start", row_start), ("cols", [c for _, c, _ in entries]),
+                             ("shifts", [s for _, _, s in entries])):
+            lines.append(f"static const uint16_t c{i}_{name}[] = {{")
+            for k in range(0, len(values), 16):
+                lines.append("    " + ", ".join(str(v) for v in values[k:k + 16]) + ",")
+            lines.append("};")
+        tables.append(f"    {{{z}, {mb}, {NB}, {len(entries)}, c{i}_row_start, c{i}_cols, c{i}_shifts}},")
+    lines += ["", "const qkd_ldpc_table qkd_ldpc_tables[] = {", *tables, "};",
+              "const size_t qkd_ldpc_table_count = sizeof qkd_ldpc_tables / sizeof qkd_ldpc_tables[0];", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--search", action="store_true", help="rerun the density-evolution search")
+    parser.add_argument("--only", type=int, action="append", help="mb values to search/report (default: all)")
+    parser.add_argument("--no-de", action="store_true", help="skip the threshold report")
+    args = parser.parse_args()
+    chosen = dict(CHOSEN)
+    for mb in args.only or sorted(chosen):
+        if args.search:
+            chosen[mb] = search(NB, mb)
+        if chosen[mb][2] > mb:
+            raise SystemExit(f"mb={mb}: column degree {chosen[mb][2]} exceeds the {mb} base rows")
+        if args.no_de:
+            print(f"mb={mb} rate={1 - mb / NB:.4f} counts={chosen[mb]}", flush=True)
+            continue
+        p = threshold(NB, mb, *chosen[mb])
+        h = -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+        print(f"mb={mb} rate={1 - mb / NB:.4f} counts={chosen[mb]} DE threshold p*={p:.5f} f*={mb / NB / h:.4f}",
+              flush=True)
+    codes = []
+    for z in LIFTS:
+        for mb in sorted(chosen):
+            entries, info = build(mb, chosen[mb], z, seed=mb)
+            codes.append((z, mb, entries, info))
+    OUT.write_text(write_c(codes))
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Thin binding over the QC-LDPC kernels (qkd_ldpc.h): code tables, syndromes and the layered decoder.
+
+Bits are numpy uint8 arrays of 0/1, LLRs int8 (LLR_UNITS_PER_NAT per nat, positive = bit 0). The
+decode call runs in C without the GIL (cffi releases it around every call into the library), so
+decoders in different threads run in parallel; a Decoder itself belongs to one thread at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from qkdd._native import ffi, lib
+from qkdd.bindings import check
+
+PATH_AUTO = lib.QKD_LDPC_PATH_AUTO
+PATH_PORTABLE = lib.QKD_LDPC_PATH_PORTABLE
+PATH_LANES = lib.QKD_LDPC_PATH_LANES
+PATH_AVX2 = lib.QKD_LDPC_PATH_AVX2
+PATH_AVX512 = lib.QKD_LDPC_PATH_AVX512
+LLR_MAX = lib.QKD_LDPC_LLR_MAX
+LLR_UNITS_PER_NAT = 4
+MAX_ITERATIONS = lib.QKD_LDPC_MAX_ITERATIONS
+SEED_BYTES = lib.QKD_PRNG_SEED_BYTES
+DEFAULT_SCALE_EIGHTHS = 7           # normalised (7/8) offset (1/4 nat) min-sum: the best of the variants simulated
+DEFAULT_OFFSET = 1                  # on the shipped codes (README), clearly ahead of pure offset min-sum at low rates
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeInfo:
+    index: int
+    z: int
+    mb: int
+    nb: int
+    edges: int
+    n_bits: int        # codeword length
+    m_bits: int        # syndrome length
+
+    @property
+    def rate(self) -> float:
+        return 1.0 - self.m_bits / self.n_bits
+
+
+@functools.cache
+def codes() -> tuple[CodeInfo, ...]:
+    """Every shipped code, by index."""
+    out = []
+    for index in range(lib.qkd_ldpc_code_count()):
+        info = ffi.new("qkd_ldpc_code_info *")
+        check(lib.qkd_ldpc_code_get_info(index, info), "code_get_info")
+        out.append(CodeInfo(index, info.z, info.mb, info.nb, info.edges, info.n_bits, info.m_bits))
+    return tuple(out)
+
+
+def code(index: int) -> CodeInfo:
+    if not isinstance(index, int) or not 0 <= index < len(codes()):
+        raise ValueError(f"no LDPC code {index!r} (the library ships {len(codes())})")
+    return codes()[index]
+
+
+def entries(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The base matrix of code `index`: (rows, cols, shifts) of its non-empty entries, row-major."""
+    info = code(index)
+    rows, cols, shifts = (np.zeros(info.edges, dtype=np.uint32) for _ in range(3))
+    check(lib.qkd_ldpc_code_get_entries(index, ffi.from_buffer("uint32_t[]", rows), ffi.from_buffer("uint32_t[]", cols),
+                                        ffi.from_buffer("uint32_t[]", shifts), info.edges), "code_get_entries")
+    return rows, cols, shifts
+
+
+def _bits(array: np.ndarray, length: int, name: str) -> np.ndarray:
+    if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.shape != (length,):
+        raise ValueError(f"{name} must be a uint8 array of {length} bits")
+    return np.ascontiguousarray(array)
+
+
+def syndrome(index: int, bits: np.ndarray) -> np.ndarray:
+    """H x for codeword candidate `bits` (n_bits uint8) of code `index`: m_bits uint8."""
+    info = code(index)
+    bits = _bits(bits, info.n_bits, "bits")
+    out = np.empty(info.m_bits, dtype=np.uint8)
+    check(lib.qkd_ldpc_syndrome(index, ffi.from_buffer("uint8_t[]", bits), info.n_bits,
+                                ffi.from_buffer("uint8_t[]", out, require_writable=True), info.m_bits), "syndrome")
+    return out
+
+
+def path_available(path: int) -> bool:
+    return bool(lib.qkd_ldpc_path_available(path))
+
+
+def permutation(seed: bytes, stream: int, n: int) -> np.ndarray:
+    """The keyed permutation of range(n) both ends derive from a public seed (qkd_prng.h)."""
+    if not isinstance(seed, (bytes, bytearray)) or len(seed) != SEED_BYTES:
+        raise ValueError(f"seed must be {SEED_BYTES} bytes")
+    prng = ffi.new("qkd_prng *")
+    check(lib.qkd_prng_init(prng, bytes(seed), len(seed), stream), "prng_init")
+    out = np.empty(n, dtype=np.uint32)
+    check(lib.qkd_prng_permutation(prng, ffi.from_buffer("uint32_t[]", out, require_writable=True), n), "permutation")
+    return out
+
+
+class Decoder:
+    """Scratch state for decoding codewords of one code; use from one thread at a time."""
+
+    def __init__(self, index: int):
+        self.info = code(index)
+        handle = ffi.new("qkd_ldpc_decoder **")
+        check(lib.qkd_ldpc_decoder_new(handle, index), "decoder_new")
+        self._d = ffi.gc(handle[0], lib.qkd_ldpc_decoder_free)
+
+    def decode(self, llr: np.ndarray, target_syndrome: np.ndarray, max_iterations: int = 60,
+               scale_eighths: int = DEFAULT_SCALE_EIGHTHS, offset: int = DEFAULT_OFFSET,
+               path: int = PATH_AUTO) -> tuple[int, np.ndarray]:
+        """Decode one codeword: (iterations used, or 0 if the syndrome was not reached; hard decisions)."""
+        info = self.info
+        if not isinstance(llr, np.ndarray) or llr.dtype != np.int8 or llr.shape != (info.n_bits,):
+            raise ValueError(f"llr must be an int8 array of {info.n_bits} values")
+        target_syndrome = _bits(target_syndrome, info.m_bits, "syndrome")
+        if not 1 <= max_iterations <= MAX_ITERATIONS:
+            raise ValueError(f"max_iterations must be 1 to {MAX_ITERATIONS}")
+        if not 1 <= scale_eighths <= 8 or not 0 <= offset <= LLR_MAX:
+            raise ValueError("scale_eighths must be 1 to 8 and offset 0 to LLR_MAX")
+        if not path_available(path):
+            raise ValueError(f"decoder path {path} is not available on this machine")
+        out = np.empty(info.n_bits, dtype=np.uint8)
+        iterations = check(lib.qkd_ldpc_decode(
+            self._d, ffi.from_buffer("int8_t[]", np.ascontiguousarray(llr)), info.n_bits,
+            ffi.from_buffer("uint8_t[]", target_syndrome), info.m_bits,
+            ffi.from_buffer("uint8_t[]", out, require_writable=True), info.n_bits,
+            max_iterations, scale_eighths, offset, path), "decode")
+        return iterations, out

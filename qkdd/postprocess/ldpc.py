@@ -1,0 +1,536 @@
+"""LDPC reconciliation as sans-IO protocol objects: Alice sends syndromes, Bob decodes, asks for reveals.
+
+Theory of operation
+-------------------
+One-way syndrome reconciliation with rate adaptation (Elkouss, Martinez-Mateo, Lancho & Martin, "Rate
+compatible protocol for information reconciliation: an application to QKD", ITW 2010, arXiv:1006.2660)
+and the blind, interactive extension (Martinez-Mateo, Elkouss & Martin, "Blind reconciliation", QIC 12,
+2012, arXiv:1205.5729). Bob splits the n-bit frame evenly over k codewords of a shipped QC-LDPC code
+(qkd_ldpc.h) of length N and syndrome length m; in each codeword p positions are punctured (Alice fills
+them with fresh secret random bits, Bob knows nothing of them) and s are shortened (zero at both ends),
+the rest carry key bits. A 256-bit seed Bob draws from the OS CSPRNG fixes, through the keyed
+permutation of qkd_prng.h, which positions are punctured, shortened and key, and the order of reveals:
+the punctured positions. Bob picks the code and p from his QBER estimate so that the first attempt
+discloses f_start * h(Q) per key bit and enough bits are punctured for the reveal rounds, and
+announces all of it in START.
+
+Alice answers with the k syndromes. Bob decodes every codeword (layered offset min-sum in C); each one
+that does not reach its syndrome is listed in a REVEAL, and Alice discloses the next `reveal_step`
+punctured positions of its reveal order in REVEALED (a revealed punctured bit turns into a shortened
+one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again. After `max_reveal_rounds`
+reveals a codeword still failing fails the frame (Bob raises, state FAILED). When all decode, Bob writes
+the corrected bits into his key and sends DONE with his counts, which Alice checks against hers.
+
+Disclosed bits, counted alike at both ends (Elkouss et al. 2010, sec. III): per codeword m - p + t, the
+syndrome less the punctured bits it spends on Alice's random padding, plus t revealed values. The
+finite-key analysis takes this sum exactly as it takes Cascade's parities. Verification and privacy
+amplification run afterwards as for Cascade.
+
+Messages use the post-processing header of wire.py (magic b"QKPP", version 1, kind, frame id, sequence
+number, payload length). Kinds 0x51 START, 0x52 SYNDROMES, 0x53 REVEAL, 0x54 REVEALED, 0x55 DONE.
+Bob numbers his messages 0, 1, 2, ...; Alice's reply carries the number of the message it answers.
+Payloads (little-endian)::
+
+    START      u64 n_bits, u16 code, u32 codewords, u32 punctured, u32 reveal_step, u8 max_reveal_rounds,
+               32-byte seed
+    SYNDROMES  codewords x m bits, bit j of syndrome i at bit i*m + j (byte /8, bit %8)
+    REVEAL     u32 count, count x u32 codeword index (strictly increasing)
+    REVEALED   count x reveal_step bits, in REVEAL's order (bit-packed as SYNDROMES, zero padding)
+    DONE       u64 disclosed bits, u64 corrected bits, u32 round trips (Bob's counts)
+
+States and transitions (anything else raises LdpcStateError; a rejected message changes nothing)::
+
+    role   state            event                    action                                next state
+    Bob    IDLE             start()                  send START (seq 0)                    AWAIT_SYNDROMES
+    Bob    AWAIT_SYNDROMES  SYNDROMES seq 0          decode all; send REVEAL (seq 1)       AWAIT_REVEALED
+                                                     or, all decoded, DONE                 DONE
+    Bob    AWAIT_REVEALED   REVEALED seq == sent     decode again; send REVEAL (seq+1)     AWAIT_REVEALED
+                                                     or DONE                               DONE
+                                                     or, rounds exhausted: raise           FAILED
+    Alice  AWAIT_START      START seq 0              send SYNDROMES                        ANSWERING
+    Alice  ANSWERING        REVEAL seq == next       send REVEALED                         ANSWERING
+    Alice  ANSWERING        DONE seq == next         check counts                          DONE
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import struct
+
+import numpy as np
+
+from qkdd.bindings import ldpc as native
+from qkdd.postprocess import randomness, wire
+from qkdd.postprocess.wire import PeerMessageError
+
+SEED_BYTES = native.SEED_BYTES
+MAX_BITS = 1 << 30
+MAX_REVEAL_ROUNDS = 16
+_START = struct.Struct(f"<QHIIIB{SEED_BYTES}s")
+_DONE = struct.Struct("<QQI")
+_COUNT = struct.Struct("<I")
+LONG_FRAME_BITS = 4 * 49152       # frames from this length on use the long codes (Z = 512)
+MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decoding fast
+F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
+REVEAL_STEP_F = 0.04              # each reveal round adds about this much
+# What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
+MEASURED_EFFICIENCY = 1.26
+MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
+
+
+class MessageType(enum.IntEnum):
+    START = 0x51
+    SYNDROMES = 0x52
+    REVEAL = 0x53
+    REVEALED = 0x54
+    DONE = 0x55
+
+
+class State(enum.Enum):
+    IDLE = "IDLE"
+    AWAIT_SYNDROMES = "AWAIT_SYNDROMES"
+    AWAIT_REVEALED = "AWAIT_REVEALED"
+    AWAIT_START = "AWAIT_START"
+    ANSWERING = "ANSWERING"
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+
+class LdpcError(PeerMessageError):
+    """An LDPC reconciliation message or call was refused."""
+
+
+class LdpcMessageError(LdpcError):
+    """Malformed message: bad header, truncated, oversized, inconsistent fields."""
+
+
+class LdpcSequenceError(LdpcError):
+    """Replayed, duplicated or out-of-order message."""
+
+
+class LdpcStateError(LdpcError):
+    """The message type or call is not legal in the current state."""
+
+
+class LdpcFrameError(LdpcError):
+    """The frame cannot be reconciled (a codeword still fails after every reveal round)."""
+
+
+def binary_entropy(q: float) -> float:
+    if q <= 0.0 or q >= 1.0:
+        return 0.0
+    return -q * math.log2(q) - (1 - q) * math.log2(1 - q)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a frame maps onto codewords; START carries all of it."""
+    n_bits: int
+    code: int
+    codewords: int
+    punctured: int
+    reveal_step: int
+    max_reveal_rounds: int
+
+    def key_bits(self, index: int) -> int:
+        """Key bits carried by codeword `index` (the frame split as evenly as possible)."""
+        base, extra = divmod(self.n_bits, self.codewords)
+        return base + (index < extra)
+
+    def groups(self) -> list[tuple[int, int, int, int]]:
+        """(first codeword, codewords, key bits each, first frame bit) of the runs of equal codewords."""
+        base, extra = divmod(self.n_bits, self.codewords)
+        runs = [(0, extra, base + 1, 0), (extra, self.codewords - extra, base, extra * (base + 1))]
+        return [run for run in runs if run[1] and run[2]]
+
+    def check(self) -> None:
+        info = native.code(self.code)
+        if not 1 <= self.n_bits <= MAX_BITS:
+            raise ValueError(f"LDPC frame of {self.n_bits} bits: must be 1 to {MAX_BITS}")
+        if not 1 <= self.codewords <= self.n_bits:
+            raise ValueError(f"{self.codewords} codewords for {self.n_bits} bits")
+        if not 0 <= self.punctured < info.m_bits:
+            raise ValueError(f"{self.punctured} punctured bits: must be below the syndrome length {info.m_bits}")
+        if self.key_bits(0) + self.punctured > info.n_bits:
+            raise ValueError(f"{self.key_bits(0)} key and {self.punctured} punctured bits exceed "
+                             f"the {info.n_bits}-bit codeword")
+        if not 1 <= self.reveal_step <= info.n_bits or not 0 <= self.max_reveal_rounds <= MAX_REVEAL_ROUNDS:
+            raise ValueError("reveal step or rounds out of range")
+        if self.max_reveal_rounds * self.reveal_step > self.punctured:
+            raise ValueError("the reveal rounds would disclose more than the punctured bits")
+
+    def disclosed_bits(self, revealed_per_codeword: np.ndarray) -> int:
+        """m - p + revealed, summed over codewords."""
+        m = native.code(self.code).m_bits
+        return int(self.codewords * (m - self.punctured) + int(revealed_per_codeword.sum()))
+
+
+def plan(n_bits: int, qber_estimate: float, f_start: float = F_START, reveal_step_f: float = REVEAL_STEP_F,
+         max_reveal_rounds: int = 8) -> Plan:
+    """Bob's choice: the code family by frame length, then the code and puncturing that disclose
+    f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q)."""
+    if not 1 <= n_bits <= MAX_BITS:
+        raise ValueError(f"LDPC frame of {n_bits} bits: must be 1 to {MAX_BITS}")
+    if not 0.0 < qber_estimate < 0.5:
+        raise ValueError(f"QBER estimate {qber_estimate!r} must lie in (0, 0.5)")
+    fh = f_start * binary_entropy(qber_estimate)
+    reveal_h = max_reveal_rounds * reveal_step_f * binary_entropy(qber_estimate)   # what the rounds may add
+    z = 512 if n_bits >= LONG_FRAME_BITS else 64
+    best = None
+    for info in (c for c in native.codes() if c.z == z):
+        n, m = info.n_bits, info.m_bits
+        # Most key bits a codeword can carry: m - p = fh K with p >= (what the reveal rounds take) and K + p <= n.
+        key_max = min(int(m / (fh + reveal_h)), int((n - m) / (1 - fh)) if fh < 1 else n, n)
+        if key_max < 1:
+            continue
+        codewords = math.ceil(n_bits / key_max)
+        while True:
+            key_bits = math.ceil(n_bits / codewords)
+            punctured = max(0, m - math.ceil(fh * key_bits))
+            if key_bits + punctured <= n:
+                break
+            codewords += 1
+        if punctured > MAX_PUNCTURED_FRACTION * n:
+            continue    # the code's rate is too far above the target
+        step = max(1, math.ceil(reveal_step_f * binary_entropy(qber_estimate) * key_bits))
+        rounds = min(max_reveal_rounds, punctured // step)
+        # enough punctured bits for the reveal rounds first, then the fewest codewords
+        score = (rounds >= min(MIN_REVEAL_ROUNDS, max_reveal_rounds), key_bits / n, rounds)
+        if best is None or score > best[0]:
+            best = (score, info, punctured, codewords, step, rounds)
+    if best is None:
+        raise ValueError(f"no shipped code reaches {f_start} h(Q) at QBER {qber_estimate}")
+    _, info, punctured, codewords, step, rounds = best
+    result = Plan(n_bits, info.index, codewords, punctured, step, rounds)
+    result.check()
+    return result
+
+
+class _Layout:
+    """Positions inside one codeword, from the seed: punctured, shortened, key, and the reveal order."""
+
+    def __init__(self, plan_: Plan, seed: bytes):
+        info = native.code(plan_.code)
+        self.info = info
+        perm = native.permutation(seed, 0, info.n_bits).astype(np.int64)
+        self.punctured = perm[:plan_.punctured]
+        self._perm = perm
+        self._p = plan_.punctured
+
+    def key_positions(self, key_bits: int) -> np.ndarray:
+        return self._perm[self.info.n_bits - key_bits:]
+
+    def shortened(self, key_bits: int) -> np.ndarray:
+        return self._perm[self._p:self.info.n_bits - key_bits]
+
+    def reveal_order(self, key_bits: int) -> np.ndarray:
+        """Only punctured bits are revealed: each carries a whole bit Bob lacks (a key bit only h(Q))."""
+        return self.punctured
+
+
+def _unpack_frame(key: np.ndarray, n_bits: int) -> np.ndarray:
+    return np.unpackbits(key.view(np.uint8), bitorder="little")[:n_bits]
+
+
+def _pack_bits(bits: np.ndarray) -> bytes:
+    return np.packbits(bits.astype(np.uint8), bitorder="little").tobytes()
+
+
+def _check_key(key: np.ndarray, n_bits: int) -> None:
+    if not isinstance(key, np.ndarray) or key.dtype != np.uint64 or key.ndim != 1:
+        raise TypeError("key must be a 1-D numpy array of uint64 (bit-packed words)")
+    if not 1 <= n_bits <= MAX_BITS:
+        raise ValueError(f"LDPC frame of {n_bits} bits: must be 1 to {MAX_BITS}")
+    if key.size != (n_bits + 63) // 64:
+        raise ValueError(f"key holds {key.size} words, a {n_bits}-bit frame needs {(n_bits + 63) // 64}")
+
+
+_TYPES = {int(t): t for t in MessageType}
+
+
+class _End:
+    role = ""
+
+    def __init__(self, frame_id: int, n_bits: int):
+        if not 0 <= frame_id < 2 ** 64:
+            raise ValueError("frame_id must fit in 64 bits")
+        self.frame_id = frame_id
+        self.n_bits = n_bits
+        self.state: State
+        self.plan: Plan | None = None
+        self.round_trips = 0
+        self._revealed: np.ndarray | None = None   # reveal rounds done, per codeword
+
+    def _illegal(self, what: str) -> LdpcStateError:
+        return LdpcStateError(f"LDPC {self.role} in state {self.state.value}: {what} not allowed")
+
+    def _decode(self, message: bytes, expected: dict[MessageType, int]) -> tuple[MessageType, int, memoryview]:
+        if not isinstance(message, (bytes, bytearray, memoryview)):
+            raise LdpcMessageError(f"LDPC message must be bytes, not {type(message).__name__}")
+        try:
+            header, payload = wire.decode(message, max_payload_bytes=max(expected.values()))
+        except PeerMessageError as exc:
+            raise LdpcMessageError(f"LDPC message refused: {exc}") from None
+        msg_type = _TYPES.get(header.kind)
+        if msg_type is None:
+            raise LdpcMessageError(f"unknown LDPC message kind {header.kind:#x}")
+        if header.frame_id != self.frame_id:
+            raise LdpcMessageError(f"LDPC message for frame {header.frame_id}, this is frame {self.frame_id}")
+        if msg_type not in expected:
+            raise self._illegal(f"a {msg_type.name} message")
+        if header.payload_bytes > expected[msg_type]:
+            raise LdpcMessageError(f"oversized LDPC {msg_type.name}: {header.payload_bytes} bytes")
+        return msg_type, header.seq, payload
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    @property
+    def disclosed_bits(self) -> int:
+        if self.plan is None or self._revealed is None:
+            return 0
+        return self.plan.disclosed_bits(self._revealed * self.plan.reveal_step)
+
+    def _syndromes_bytes(self) -> int:
+        return (self.plan.codewords * native.code(self.plan.code).m_bits + 7) // 8
+
+
+class LdpcBob(_End):
+    """Bob's end: owns the noisy key (corrected in place at the end) and drives the protocol."""
+
+    role = "Bob"
+
+    def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, qber_estimate: float,
+                 seed: bytes | None = None, f_start: float = F_START, reveal_step_f: float = REVEAL_STEP_F,
+                 max_reveal_rounds: int = 8, max_iterations: int = 40):
+        _check_key(key, n_bits)
+        if not key.flags.writeable or not key.flags.c_contiguous:
+            raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
+        super().__init__(frame_id, n_bits)
+        q = min(max(qber_estimate, 1e-4), 0.45)
+        self.plan = plan(n_bits, q, f_start, reveal_step_f, max_reveal_rounds)
+        self.seed = randomness.fresh_bytes(SEED_BYTES) if seed is None else bytes(seed)
+        if len(self.seed) != SEED_BYTES:
+            raise ValueError(f"seed must be {SEED_BYTES} bytes")
+        self.key = key
+        self.max_iterations = max_iterations
+        self.llr_units = max(1, min(native.LLR_MAX, round(native.LLR_UNITS_PER_NAT * math.log((1 - q) / q))))
+        self.state = State.IDLE
+        self._seq = 0
+        self._layout = _Layout(self.plan, self.seed)
+        self._decoder = native.Decoder(self.plan.code)
+        self._revealed = np.zeros(self.plan.codewords, dtype=np.int64)
+        self._pending: list[int] = []
+        self.corrected_bits = 0
+        self.decoder_iterations = 0
+
+    def start(self) -> bytes:
+        if self.state is not State.IDLE:
+            raise self._illegal("start()")
+        p = self.plan
+        payload = _START.pack(p.n_bits, p.code, p.codewords, p.punctured, p.reveal_step, p.max_reveal_rounds,
+                              self.seed)
+        self.state = State.AWAIT_SYNDROMES
+        return wire.encode(MessageType.START, self.frame_id, 0, payload)
+
+    def _prepare(self) -> None:
+        """Bob's LLRs for every codeword (once, on SYNDROMES), a group of equal codewords at a time."""
+        info = native.code(self.plan.code)
+        bits = _unpack_frame(self.key, self.n_bits)
+        self._llr = np.zeros((self.plan.codewords, info.n_bits), dtype=np.int8)
+        channel = np.array([self.llr_units, -self.llr_units], dtype=np.int8)
+        for first, count, k, start in self.plan.groups():
+            rows = self._llr[first:first + count]
+            rows[:, self._layout.shortened(k)] = native.LLR_MAX
+            rows[:, self._layout.key_positions(k)] = channel[bits[start:start + count * k].reshape(count, k)]
+        self._bits = bits
+        self._decoded = np.zeros((self.plan.codewords, info.n_bits), dtype=np.uint8)
+
+    def _decode_all(self, which: list[int]) -> list[int]:
+        """Decode codewords `which` (afresh, with the bits revealed so far pinned); return those failing."""
+        failing = []
+        for i in which:
+            iterations, out = self._decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations)
+            self.decoder_iterations += iterations or self.max_iterations
+            if iterations:
+                self._decoded[i] = out
+            else:
+                failing.append(i)
+        return failing
+
+    def _next(self, failing: list[int]) -> list[bytes]:
+        self._seq += 1
+        if not failing:
+            self._finish()
+            done = _DONE.pack(self.disclosed_bits, self.corrected_bits, self.round_trips)
+            self.state = State.DONE
+            return [wire.encode(MessageType.DONE, self.frame_id, self._seq, done)]
+        if any(self._revealed[i] >= self.plan.max_reveal_rounds for i in failing):
+            self.state = State.FAILED
+            raise LdpcFrameError(f"{len(failing)} of {self.plan.codewords} codewords still fail after "
+                                 f"{self.plan.max_reveal_rounds} reveal rounds: frame lost")
+        self._pending = failing
+        self.state = State.AWAIT_REVEALED
+        payload = _COUNT.pack(len(failing)) + np.asarray(failing, dtype="<u4").tobytes()
+        return [wire.encode(MessageType.REVEAL, self.frame_id, self._seq, payload)]
+
+    def _finish(self) -> None:
+        corrected = self._bits.copy()
+        for first, count, k, start in self.plan.groups():
+            chosen = self._decoded[first:first + count][:, self._layout.key_positions(k)]
+            corrected[start:start + count * k] = chosen.ravel()
+        self.corrected_bits = int(np.count_nonzero(corrected != self._bits))
+        words = np.zeros(self.key.size * 8, dtype=np.uint8)
+        packed = np.packbits(corrected, bitorder="little")
+        words[:packed.size] = packed
+        self.key[:] = words.view(np.uint64)
+
+    def receive(self, message: bytes) -> list[bytes]:
+        """Take SYNDROMES or REVEALED; return REVEAL, or DONE when every codeword decodes."""
+        if self.state is State.AWAIT_SYNDROMES:
+            msg_type, seq, payload = self._decode(message, {MessageType.SYNDROMES: self._syndromes_bytes()})
+            self._check_seq(seq, msg_type)
+            if len(payload) != self._syndromes_bytes():
+                raise LdpcMessageError(f"SYNDROMES of {len(payload)} bytes, expected {self._syndromes_bytes()}")
+            info = native.code(self.plan.code)
+            bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")
+            self._syndromes = bits[:self.plan.codewords * info.m_bits].reshape(self.plan.codewords, info.m_bits)
+            self._prepare()
+            self.round_trips += 1
+            return self._next(self._decode_all(list(range(self.plan.codewords))))
+        if self.state is State.AWAIT_REVEALED:
+            step = self.plan.reveal_step
+            size = (len(self._pending) * step + 7) // 8
+            msg_type, seq, payload = self._decode(message, {MessageType.REVEALED: size})
+            self._check_seq(seq, msg_type)
+            if len(payload) != size:
+                raise LdpcMessageError(f"REVEALED of {len(payload)} bytes, expected {size}")
+            values = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), bitorder="little")
+            for j, i in enumerate(self._pending):
+                k = self.plan.key_bits(i)
+                order = self._layout.reveal_order(k)
+                done = int(self._revealed[i]) * step
+                positions = order[done:done + step]
+                self._llr[i][positions] = np.where(values[j * step:(j + 1) * step] == 0, native.LLR_MAX,
+                                                   -native.LLR_MAX)
+                self._revealed[i] += 1
+            self.round_trips += 1
+            return self._next(self._decode_all(self._pending))
+        raise self._illegal("receiving a message")
+
+    def _check_seq(self, seq: int, msg_type: MessageType) -> None:
+        if seq != self._seq:
+            kind = "replayed" if seq < self._seq else "out-of-order"
+            raise LdpcSequenceError(f"{kind} {msg_type.name}: sequence {seq}, expected {self._seq}")
+
+
+class LdpcAlice(_End):
+    """Alice's end: sends syndromes of her key (padded with secret random bits), answers reveals."""
+
+    role = "Alice"
+
+    def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, max_disclosed_bits: int | None = None):
+        """`max_disclosed_bits` caps what Alice discloses in this frame (default 3/4 of the frame, as for
+        Cascade); a START or REVEAL that would exceed it is refused."""
+        _check_key(key, n_bits)
+        super().__init__(frame_id, n_bits)
+        self.max_disclosed_bits = 3 * n_bits // 4 if max_disclosed_bits is None else max_disclosed_bits
+        self.key = key
+        self.state = State.AWAIT_START
+        self._next_seq = 0
+        self.corrected_bits = 0   # as Bob reports in DONE
+
+    def _check_seq(self, seq: int, msg_type: MessageType) -> None:
+        if seq != self._next_seq:
+            kind = "replayed" if seq < self._next_seq else "out-of-order"
+            raise LdpcSequenceError(f"{kind} {msg_type.name}: sequence {seq}, expected {self._next_seq}")
+
+    def receive(self, message: bytes) -> list[bytes]:
+        if self.state is State.AWAIT_START:
+            msg_type, seq, payload = self._decode(message, {MessageType.START: _START.size})
+            self._check_seq(seq, msg_type)
+            return self._on_start(payload)
+        if self.state is not State.ANSWERING:
+            raise self._illegal("receiving a message")
+        limit = _COUNT.size + 4 * self.plan.codewords
+        msg_type, seq, payload = self._decode(message, {MessageType.REVEAL: limit, MessageType.DONE: _DONE.size})
+        self._check_seq(seq, msg_type)
+        if msg_type is MessageType.DONE:
+            return self._on_done(payload)
+        return self._on_reveal(payload)
+
+    def _on_start(self, payload) -> list[bytes]:
+        if len(payload) != _START.size:
+            raise LdpcMessageError(f"START of {len(payload)} bytes, expected {_START.size}")
+        n_bits, code, codewords, punctured, step, rounds, seed = _START.unpack(payload)
+        if n_bits != self.n_bits:
+            raise LdpcMessageError(f"START for {n_bits} bits, this frame has {self.n_bits}")
+        if code >= len(native.codes()):
+            raise LdpcMessageError(f"START names unknown code {code}")
+        candidate = Plan(n_bits, code, codewords, punctured, step, rounds)
+        try:
+            candidate.check()
+        except ValueError as exc:
+            raise LdpcMessageError(f"START refused: {exc}") from None
+        if candidate.disclosed_bits(np.zeros(1, dtype=np.int64)) > self.max_disclosed_bits:
+            raise LdpcMessageError(f"START would disclose more than {self.max_disclosed_bits} bits")
+        self.plan = candidate
+        self._layout = _Layout(candidate, seed)
+        info = native.code(code)
+        bits = _unpack_frame(self.key, self.n_bits)
+        self._words = np.zeros((codewords, info.n_bits), dtype=np.uint8)
+        padding = np.unpackbits(np.frombuffer(randomness.fresh_bytes((codewords * punctured + 7) // 8), dtype=np.uint8),
+                                bitorder="little")
+        self._words[:, self._layout.punctured] = padding[:codewords * punctured].reshape(codewords, punctured)
+        for first, count, k, start in candidate.groups():
+            key_part = bits[start:start + count * k].reshape(count, k)
+            self._words[first:first + count][:, self._layout.key_positions(k)] = key_part
+        syndromes = np.empty((codewords, info.m_bits), dtype=np.uint8)
+        for i in range(codewords):
+            syndromes[i] = native.syndrome(code, self._words[i])
+        self._revealed = np.zeros(codewords, dtype=np.int64)
+        self.state = State.ANSWERING
+        self._next_seq += 1
+        return [wire.encode(MessageType.SYNDROMES, self.frame_id, self._next_seq - 1, _pack_bits(syndromes.ravel()))]
+
+    def _on_reveal(self, payload) -> list[bytes]:
+        if len(payload) < _COUNT.size:
+            raise LdpcMessageError("REVEAL too short")
+        (count,) = _COUNT.unpack_from(payload)
+        if len(payload) != _COUNT.size + 4 * count or count == 0:
+            raise LdpcMessageError(f"REVEAL of {len(payload)} bytes for {count} codewords")
+        which = np.frombuffer(payload, dtype="<u4", offset=_COUNT.size).astype(np.int64)
+        if np.any(np.diff(which) <= 0) or which[-1] >= self.plan.codewords:
+            raise LdpcMessageError("REVEAL codeword list not strictly increasing within the frame")
+        if np.any(self._revealed[which] >= self.plan.max_reveal_rounds):
+            raise LdpcMessageError("REVEAL beyond the announced rounds")
+        step = self.plan.reveal_step
+        if self.disclosed_bits + count * step > self.max_disclosed_bits:
+            raise LdpcMessageError(f"REVEAL would disclose more than {self.max_disclosed_bits} bits")
+        values = []
+        for i in which:
+            order = self._layout.reveal_order(self.plan.key_bits(int(i)))
+            done = int(self._revealed[i]) * step
+            values.append(self._words[i][order[done:done + step]])
+        self._revealed[which] += 1
+        self.round_trips += 1
+        self._next_seq += 1
+        return [wire.encode(MessageType.REVEALED, self.frame_id, self._next_seq - 1,
+                            _pack_bits(np.concatenate(values)))]
+
+    def _on_done(self, payload) -> list[bytes]:
+        if len(payload) != _DONE.size:
+            raise LdpcMessageError(f"DONE of {len(payload)} bytes, expected {_DONE.size}")
+        disclosed, corrected, round_trips = _DONE.unpack(payload)
+        if disclosed != self.disclosed_bits:
+            raise LdpcMessageError(f"DONE reports {disclosed} disclosed bits, Alice counted {self.disclosed_bits}")
+        if corrected > self.n_bits:
+            raise LdpcMessageError(f"DONE reports {corrected} corrected bits in a {self.n_bits}-bit frame")
+        self.corrected_bits = corrected
+        self.round_trips = round_trips
+        self.state = State.DONE
+        self._next_seq += 1
+        return []
+

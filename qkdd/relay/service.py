@@ -1,0 +1,518 @@
+"""The relay network's I/O side: one RelayService per daemon, registered as two channel kinds on every
+relay link's LinkChannel (link-state announcements and relay messages); it floods announcements, keeps
+the topology, takes and erases the link keys each hop uses, and answers /v1/relay requests.
+
+Link keys: a sender takes keys of its own (allocatable) share of the link and erases them before its FORWARD
+leaves; the receiver takes the same keys by id, only from the sender's share, and erases them. The FORWARD
+is thereby the reservation both ends record (a key named twice is gone the second time). The destination
+keeps a confirmed key in the key store (link id RELAY_LINK_ID, sealed like every key) until its consumer
+fetches it once with GET /v1/keys/{key_id}.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+import trio.lowlevel
+
+from qkdd.keystore import KeyNotFound, KeyState, KeyStoreError, KeyUnavailable, StoredKey
+from qkdd.link_channel import LINKSTATE_CHANNEL, RELAY_CHANNEL, LinkChannel
+from qkdd.log_limit import RateLimitedLog
+from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
+from qkdd.relay import protocol as rp
+from qkdd.relay.hop_keys import StoreBatches, take_hop_keys
+from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase
+from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topology, disjoint_routes, route_along,
+                                shortest_route)
+
+log = logging.getLogger("qkdd.relay")
+
+RELAY_LINK_ID = "relay"          # the key store's link id of relayed keys held for their consumer
+ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left)
+RETRY_WAIT_S = 1.0
+MAX_SHARE_GROUPS = 4096          # multi-path keys whose shares the destination holds while the others travel
+
+
+class RelayError(Exception):
+    """A relay request that cannot be served; `status` is the HTTP status the API answers with."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    node_id: str
+    trust_level: int = 0
+    hop_limit: int = 8
+    min_trust: int = 0
+    announce_interval_s: float = 10.0
+    max_age_s: float = 60.0
+    request_timeout_s: float = 10.0
+    key_expiry_s: float = 3600.0
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.reason = ""
+        self.delivered = False
+
+
+class RelayService:
+    def __init__(self, settings: RelaySettings, signing_key, channels: dict[str, LinkChannel], store,
+                 *, rates: Callable[[str], tuple[float, float]] | None = None, metrics=None) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self._signing_key = signing_key
+        self.public_key = signing_key.public_key().public_bytes_raw()
+        self.store = store
+        self.metrics = metrics
+        self._rates = rates or (lambda link_id: (0.0, math.nan))
+        self.db = LinkStateDatabase(self.node_id, self.public_key, max_age_s=settings.max_age_s)
+        self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s)
+        self._links = sorted(channels)
+        self._ls_out: dict[str, trio.MemorySendChannel] = {}
+        self._relay_out: dict[str, trio.MemorySendChannel] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._peer_log = RateLimitedLog(log)
+        self._store = StoreBatches(store)
+        self._shares: dict[str, tuple[float, dict[str, bytearray]]] = {}   # multi-path group -> shares so far
+        # (source node, key-store link id, stored key id, note) -> None; raises to refuse (the ETSI 014 KME)
+        self.note_handler: Callable[[str, str, str, bytes], None] | None = None
+        for link_id, channel in channels.items():
+            self.db.pin(link_id, key_fingerprint(channel.pinned_peer_key))
+            channel.register(LINKSTATE_CHANNEL, lambda stream, link_id=link_id: self._serve_linkstate(link_id, stream))
+            channel.register(RELAY_CHANNEL, lambda stream, link_id=link_id: self._serve_relay(link_id, stream))
+
+    # -- lifetime --------------------------------------------------------------------------------------
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._peer_log.run)
+            nursery.start_soon(self._store.run)
+            await self._originate()
+            task_status.started()
+            while True:
+                with trio.move_on_after(self.settings.announce_interval_s):
+                    await self._changed.wait()
+                self._changed = trio.Event()
+                await trio.sleep(0.05)            # changes close together make one announcement
+                self.db.expire(trio.current_time())
+                self._send_all(self.endpoint.expire(trio.current_time()))
+                await self._originate()
+
+    def _topology_changed(self) -> None:
+        self._changed.set()
+
+    async def _originate(self) -> None:
+        stock = {}
+        for link_id in self._links:
+            try:
+                stock[link_id] = await trio.to_thread.run_sync(self.store.available_bits, link_id)
+            except KeyStoreError:
+                stock[link_id] = 0
+        reports = []
+        for link_id in self._links:
+            neighbor = self.db.neighbor_on(link_id)
+            if neighbor is None or link_id not in self._ls_out:
+                continue
+            rate, qber = self._rates(link_id)
+            reports.append(LinkReport(neighbor, link_id, self.db.pinned[link_id], stock[link_id], float(rate),
+                                      qber if qber is not None else math.nan))
+        announcement = Announcement(self.node_id, self.db.next_sequence(time.time()), self.settings.trust_level,
+                                    self.public_key, tuple(reports))
+        payload = announcement.sign(self._signing_key)
+        self.db.originate(announcement, payload, trio.current_time())
+        for out in list(self._ls_out.values()):
+            out.send_nowait(payload)
+
+    # -- link-state channel ----------------------------------------------------------------------------
+    async def _serve_linkstate(self, link_id: str, stream: MuxStream) -> None:
+        send, receive = trio.open_memory_channel[bytes](math.inf)
+        for payload in self.db.payloads():          # ours first (held under our id), then what we know
+            send.send_nowait(payload)
+        self._ls_out[link_id] = send
+        self._topology_changed()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_write_all, receive, stream)
+                try:
+                    while True:
+                        payload = await stream.receive()
+                        self._on_announcement(link_id, payload)
+                except SessionClosedError:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._ls_out.get(link_id) is send:
+                del self._ls_out[link_id]
+            self._topology_changed()
+
+    def _on_announcement(self, link_id: str, payload: bytes) -> None:
+        known_neighbor = self.db.neighbor_on(link_id)
+        result = self.db.receive(payload, link_id, trio.current_time(), time.time())
+        if result.accepted:
+            for other, out in list(self._ls_out.items()):
+                if other != link_id:
+                    for flooded in result.flood:
+                        out.send_nowait(flooded)
+            if known_neighbor is None and self.db.neighbor_on(link_id) is not None:
+                self._topology_changed()         # our own announcement can now name this neighbour
+        elif result.refusal not in ("duplicate", "stale", "unvouched"):
+            self._peer_log.log(logging.WARNING, f"linkstate-{result.refusal}", "link %s: refused a link-state "
+                               "announcement of %s (%s): %s", link_id, result.origin, result.refusal, result.detail)
+        if self.metrics is not None:
+            self.metrics.announcement(result.refusal or "accepted")
+
+    # -- topology and routes ---------------------------------------------------------------------------
+    def topology(self) -> Topology:
+        topology = build_topology(self.db.announcements())
+        # our own view of our links is live: drop those whose relay channel is not up
+        topology.edges[self.node_id] = [e for e in topology.edges.get(self.node_id, []) if e.link_id in self._relay_out]
+        return topology
+
+    def routes(self, dst: str | None = None, *, count: int = 3, min_trust: int | None = None) -> list[Route]:
+        topology = self.topology()
+        targets = [dst] if dst is not None else sorted(n for n in topology.trust if n != self.node_id)
+        routes = []
+        for target in targets:
+            routes += alternative_routes(topology, self.node_id, target, count, hop_limit=self.settings.hop_limit,
+                                      min_trust=self.settings.min_trust if min_trust is None else min_trust)
+        return routes
+
+    def choose_route(self, dst: str, bits: int, path: list[str] | None = None,
+                     exclude: frozenset[str] = frozenset(), min_trust: int | None = None) -> Route:
+        topology = self.topology()
+        if dst not in topology.trust:
+            raise RelayError(f"node {dst!r} is not known in the relay network", 404)
+        if path is not None:
+            route = route_along(topology, path, need_bits=bits)
+            if route is None:
+                raise RelayError("the given route is not a chain of live links with enough key", 409)
+            return route
+        route = shortest_route(topology, self.node_id, dst, hop_limit=self.settings.hop_limit,
+                               min_trust=self.settings.min_trust if min_trust is None else min_trust,
+                               need_bits=bits, exclude=exclude)
+        if route is None:
+            raise RelayError(f"no route to {dst} within {self.settings.hop_limit} hops through trusted nodes "
+                             "with enough key")
+        return route
+
+    # -- requests at the source ------------------------------------------------------------------------
+    async def request_key(self, dst: str, bits: int, path: list[str] | None = None,
+                          min_trust: int | None = None, paths: int = 1,
+                          note: bytes = b"") -> tuple[str, bytes, list[Route]]:
+        """A key of `bits` bits shared with node `dst`: (key id, key, routes). With `paths` > 1, the XOR of
+        shares relayed over that many node-disjoint routes. RelayError otherwise."""
+        if dst == self.node_id:
+            raise RelayError("the destination is this node", 400)
+        if paths > 1:
+            if path is not None or note:
+                raise RelayError("give either a route or a number of paths", 400)
+            return await self._request_multipath(dst, bits, paths, min_trust)
+        if path is not None and (len(path) < 2 or path[0] != self.node_id or path[-1] != dst):
+            raise RelayError("route must start at this node and end at dst", 400)
+        started = trio.current_time()
+        reasons = []
+        for attempt in range(ATTEMPTS if path is None else 1):
+            if attempt:                 # the failure may have changed the topology: give it a moment
+                with trio.move_on_after(RETRY_WAIT_S):
+                    await self._changed.wait()
+            route = self.choose_route(dst, bits, path, frozenset(), min_trust)
+            try:
+                relay_id, key = await self._relay(route, bits, note=note)
+            except RelayError as exc:
+                reasons.append(f"via {'-'.join(route.path)}: {exc}")
+                if self.metrics is not None:
+                    self.metrics.request("aborted", route.hops, trio.current_time() - started)
+                continue
+            if self.metrics is not None:
+                self.metrics.request("delivered", route.hops, trio.current_time() - started)
+            return relay_id, key, [route]
+        raise RelayError("the relay did not complete: " + "; ".join(reasons))
+
+    async def _request_multipath(self, dst: str, bits: int, paths: int,
+                                 min_trust: int | None) -> tuple[str, bytes, list[Route]]:
+        topology = self.topology()
+        if dst not in topology.trust:
+            raise RelayError(f"node {dst!r} is not known in the relay network", 404)
+        routes = disjoint_routes(topology, self.node_id, dst, paths, hop_limit=self.settings.hop_limit,
+                                 min_trust=self.settings.min_trust if min_trust is None else min_trust,
+                                 need_bits=bits)
+        if len(routes) < paths:
+            raise RelayError(f"{len(routes)} node-disjoint routes to {dst} with enough key, {paths} asked")
+        group = str(uuid.uuid4())
+        started = trio.current_time()
+        shares: list[bytes | None] = [None] * paths
+        failures: list[str] = []
+
+        async def one(index: int, route: Route) -> None:
+            try:
+                shares[index] = (await self._relay(route, bits, group=group, shares=paths))[1]
+            except RelayError as exc:
+                failures.append(f"via {'-'.join(route.path)}: {exc}")
+
+        async with trio.open_nursery() as nursery:
+            for index, route in enumerate(routes):
+                nursery.start_soon(one, index, route)
+        if failures or any(share is None for share in shares):
+            if self.metrics is not None:
+                self.metrics.request("aborted", max(r.hops for r in routes), trio.current_time() - started)
+            raise RelayError("a share did not arrive: " + "; ".join(failures))
+        key = bytearray(bits // 8)
+        for share in shares:
+            key = rp.xor(key, share)
+        if self.metrics is not None:
+            self.metrics.request("delivered", max(r.hops for r in routes), trio.current_time() - started)
+        try:
+            return group, bytes(key), routes
+        finally:
+            rp.erase(key)
+
+    async def _relay(self, route: Route, bits: int, *, group: str = "", shares: int = 1,
+                     note: bytes = b"") -> tuple[str, bytes]:
+        first = route.links[0]
+        if first not in self._relay_out:
+            raise RelayError(f"link {first} is not connected")
+        try:
+            keys = await self._store.call(self.store.take_bits, first, bits)
+        except KeyUnavailable as exc:
+            raise RelayError(f"no key on link {first}: {exc}") from None
+        self._consumed(first, keys)
+        relay_id = str(uuid.uuid4())
+        material = bytearray(b"".join(k.material for k in keys))
+        key, sends = self.endpoint.start(relay_id, route.path, route.links, bits, tuple(k.key_id for k in keys),
+                                         bytes(material), trio.current_time(), group=group, shares=shares,
+                                         note=note)
+        rp.erase(material)
+        waiter = self._waiters[relay_id] = _Waiter()
+        try:
+            self._send_all(sends)
+            with trio.move_on_after(self.settings.request_timeout_s):
+                await waiter.done.wait()
+            if not waiter.delivered:
+                self._send_all(self.endpoint.abort(relay_id, "the source gave up waiting"))
+                rp.erase(key)
+                raise RelayError(waiter.reason or "no confirmation in time")
+            return relay_id, bytes(key)
+        finally:
+            del self._waiters[relay_id]
+            rp.erase(key)
+
+    # -- relay channel ---------------------------------------------------------------------------------
+    async def _serve_relay(self, link_id: str, stream: MuxStream) -> None:
+        send, receive = trio.open_memory_channel[bytes](math.inf)
+        self._relay_out[link_id] = send
+        self._topology_changed()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(_write_all, receive, stream, packed=True))
+                try:
+                    while True:
+                        record = await stream.receive()
+                        try:
+                            messages = rp.unpack(record)
+                        except rp.RelayWireError as exc:
+                            self._handle(link_id, [rp.Refused(f"malformed record: {exc}")])
+                            continue
+                        for payload in messages:
+                            self._handle(link_id, self.endpoint.receive(link_id, payload, trio.current_time()))
+                except SessionClosedError:
+                    pass
+                nursery.cancel_scope.cancel()
+        finally:
+            if self._relay_out.get(link_id) is send:
+                del self._relay_out[link_id]
+            self._handle(link_id, self.endpoint.link_down(link_id))
+            self._topology_changed()
+
+    def _handle(self, link_id: str, events: list) -> None:
+        for event in events:
+            if isinstance(event, rp.Send):
+                self._send(event)
+            elif isinstance(event, rp.ForwardReceived):
+                self._spawn(self._take_and_forward, event)
+            elif isinstance(event, rp.KeyReady):
+                # DONE (the next event) goes out only once the key is stored: handled there
+                self._spawn(self._store_ready, event, [e for e in events if isinstance(e, rp.Send)])
+                return
+            elif isinstance(event, rp.Delivered):
+                self._finish_waiter(event.relay_id, True, "")
+            elif isinstance(event, rp.Aborted):
+                self._finish_waiter(event.relay_id, False, event.reason)
+                if self.metrics is not None and event.role != rp.SOURCE:
+                    self.metrics.passed(event.role, "aborted")
+                self._peer_log.log(logging.INFO, "relay-aborted", "relay %s aborted at this %s: %s", event.relay_id,
+                                   event.role, event.reason)
+            elif isinstance(event, rp.Refused):
+                if self.metrics is not None:
+                    self.metrics.refused()
+                self._peer_log.log(logging.WARNING, "relay-refused", "link %s: refused a relay message: %s",
+                                   link_id, event.reason)
+
+    def _spawn(self, call, *args) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(call, *args)
+
+    def _send(self, send: rp.Send) -> None:
+        out = self._relay_out.get(send.link_id)
+        if out is not None:
+            out.send_nowait(send.payload)
+
+    def _send_all(self, events: list) -> None:
+        self._handle("", events)
+
+    def _finish_waiter(self, relay_id: str, delivered: bool, reason: str) -> None:
+        waiter = self._waiters.get(relay_id)
+        if waiter is not None and not waiter.done.is_set():
+            waiter.delivered, waiter.reason = delivered, reason
+            waiter.done.set()
+
+    async def _take_and_forward(self, event: rp.ForwardReceived) -> None:
+        f, via = event.forward, event.via_link
+        upstream = down = None
+        try:
+            down_link = f.links[f.hop + 1] if event.role == rp.RELAY else None
+            if down_link is not None and down_link not in self._relay_out:
+                raise RelayError(f"link {down_link} towards {f.path[f.hop + 2]} is not connected")
+            upstream, down = await self._store.call(take_hop_keys, self.store, via, f.key_ids, f.relay_id,
+                                                    down_link, f.bits)
+            self._consumed(via, upstream)
+            up_bytes = b"".join(k.material for k in upstream)
+            if down is None:
+                sends = self.endpoint.arrive(f, via, up_bytes, trio.current_time())
+            else:
+                self._consumed(down_link, down)
+                sends = self.endpoint.forward(f, via, up_bytes, tuple(k.key_id for k in down),
+                                              b"".join(k.material for k in down), trio.current_time())
+            if self.metrics is not None:
+                self.metrics.passed(event.role, "forwarded")
+            self._send_all(sends)
+        except (KeyStoreError, RelayError, rp.RelayProtocolError) as exc:
+            self._send_all(self.endpoint.refuse_forward(f, via, _reason(exc)))
+
+    async def _store_ready(self, event: rp.KeyReady, sends: list) -> None:
+        key_id, key = event.relay_id, event.key
+        if event.shares > 1:
+            try:
+                key = self._add_share(event)
+            except KeyStoreError as exc:
+                self._send(rp.Send(sends[0].link_id, rp.encode_abort(event.relay_id, str(exc))))
+                return
+            if key is None:              # more shares to come: this one is held (in memory) until then
+                for send in sends:
+                    self._send(send)
+                return
+            key_id = event.group
+        try:
+            await self._store.call(self._keep, key_id, key, event.source, event.note)
+        except Exception as exc:                    # noqa: BLE001 - the store or the note's consumer refused
+            request_link = sends[0].link_id if sends else ""
+            self._send(rp.Send(request_link, rp.encode_abort(event.relay_id, f"destination cannot store: {exc}")))
+            return
+        if self.metrics is not None:
+            self.metrics.passed(rp.DESTINATION, "delivered")
+        for send in sends:
+            self._send(send)
+
+    def _add_share(self, event: rp.KeyReady) -> bytes | None:
+        """Hold one confirmed share of a multi-path key; the key (XOR of all shares) once the last came."""
+        now = trio.current_time()
+        for group, (deadline, parts) in list(self._shares.items()):
+            if deadline <= now:                     # a share that never came: the others are erased
+                for part in parts.values():
+                    rp.erase(part)
+                del self._shares[group]
+        if event.group not in self._shares and len(self._shares) >= MAX_SHARE_GROUPS:
+            raise KeyStoreError("too many multi-path keys waiting for their other shares")
+        deadline, parts = self._shares.setdefault(event.group, (now + self.settings.request_timeout_s, {}))
+        parts[event.relay_id] = bytearray(event.key)
+        if len(parts) < event.shares:
+            return None
+        del self._shares[event.group]
+        key = bytearray(len(event.key))
+        for part in parts.values():
+            key = rp.xor(key, part)
+            rp.erase(part)
+        return bytes(key)
+
+    def _keep(self, relay_id: str, key: bytes, source: str, note: bytes = b"") -> None:
+        """Blocking: the confirmed key, available by id only (never allocated here), until fetched once;
+        with a note, the note's consumer (the ETSI 014 KME) records it in the same transaction, or
+        nothing is kept."""
+        with self.store.batch():
+            self.store.put_pending(RELAY_LINK_ID, 0, [(relay_id, key)], expires_at=time.time()
+                                   + self.settings.key_expiry_s, allocatable=[False])
+            self.store.commit_frame(RELAY_LINK_ID, 0)
+            if note:
+                if self.note_handler is None:
+                    raise RelayError("this node has no consumer for the request's note (no [etsi014])")
+                self.note_handler(source, RELAY_LINK_ID, relay_id, note)
+
+    def _consumed(self, link_id: str, keys: list[StoredKey]) -> None:
+        if self.metrics is not None:
+            self.metrics.consumed(link_id, sum(k.bits for k in keys))
+
+    # -- the destination's consumer --------------------------------------------------------------------
+    async def fetch_key(self, key_id: str) -> StoredKey:
+        """Deliver a relayed key once (KeyNotFound when this node holds no such key)."""
+        return await self._store.call(self._fetch, key_id)
+
+    def _fetch(self, key_id: str) -> StoredKey:
+        if self.store.state(RELAY_LINK_ID, key_id) is KeyState.RESERVED:     # an ETSI 014 KME's, not /v1's
+            raise KeyNotFound(f"key {key_id} is not a /v1 key")
+        return self.store.deliver(RELAY_LINK_ID, key_id)
+
+
+def _reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:rp.MAX_REASON_BYTES]
+
+
+async def _write_all(receive: trio.MemoryReceiveChannel, stream: MuxStream, *, packed: bool = False) -> None:
+    """Send what is queued for the peer, in order. `packed`: whatever queued while the previous write was
+    on its way goes out as one record (rp.pack), so a busy link carries one record per burst."""
+    async for payload in receive:
+        if not packed:
+            await stream.send(payload)
+            continue
+        await trio.lowlevel.checkpoint()    # messages made runnable now join this record
+        batch = [payload]
+        while True:
+            try:
+                batch.append(receive.receive_nowait())
+            except trio.WouldBlock:
+                break
+        for record in rp.pack(batch):
+            await stream.send(record)
+
+
+def build_relay(config, links, app) -> RelayService | None:
+    """The daemon's relay service over its relay links (None without [node]); registers its channel kinds
+    on each link's LinkChannel, so call it before the links run."""
+    if config.node is None:
+        return None
+    relay_links = [link for link in config.relay_links() if link.link_id in links.channels]
+    channels = {link.link_id: links.channels[link.link_id] for link in relay_links}
+    signing_key = channels[relay_links[0].link_id].signing_key
+    relay = config.relay
+    settings = RelaySettings(config.node.id, config.node.trust_level, relay.hop_limit, relay.min_trust,
+                             relay.announce_interval_s, relay.max_age_s, relay.request_timeout_s, relay.key_expiry_s)
+
+    def rates(link_id: str) -> tuple[float, float]:
+        engine = links.engines.get(link_id)
+        if engine is None:
+            return 0.0, math.nan
+        qber = engine.status.last_qber
+        return engine.status.rates()[0], qber if qber is not None else math.nan
+
+    return RelayService(settings, signing_key, channels, app.keystore, rates=rates, metrics=app.metrics.relay())

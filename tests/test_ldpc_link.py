@@ -1,0 +1,85 @@
+"""reconciliation = "ldpc" on BB84 links: the frame pipeline's two ends in memory, and two link engines over
+real parts (TLS peer channel, the sim devices over TCP, SQLite key stores) storing identical keys."""
+import pytest
+import trio
+
+from qkdd.config import ConfigError, LinkConfig
+from qkdd.hal.sim import SimParams
+from qkdd.hal.sim.driver import SimAliceDevice, SimBobDevice
+from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
+from qkdd.keystore import KeyState, KeyStore
+from qkdd.link import envelope
+from qkdd.link.envelope import Step
+from qkdd.link.pipeline import ALICE, BOB, PipelineSettings, StorePending
+from qkdd.peer import generate_identity
+from tests.link_support import TEST_DETECTIONS, TEST_SOURCE, Ends, LinkEnd, frame_pair, simulator
+from tests.peer_harness import fast_settings
+
+LDPC = PipelineSettings(reconciliation="ldpc")
+LINK = "link-ldpc"
+
+
+def test_pipeline_ends_reconcile_with_ldpc_and_store_identical_keys():
+    alice, bob, decoy = frame_pair(simulator(25.0, seed=7), 1000)
+    ends = Ends(alice, bob, decoy, settings=LDPC).run()
+    (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+    assert a_store.keys == b_store.keys and len(a_store.keys) > 5
+    a, b = ends.outcome(ALICE), ends.outcome(BOB)
+    assert a.aborted is None and b.aborted is None
+    assert a.qber == b.qber and 0.01 < a.qber < 0.06
+    assert a.disclosed_bits == b.disclosed_bits > 0
+    steps = {step for _, record in ends.records for step, _ in envelope.decode(record)[1]}
+    assert Step.LDPC in steps and Step.CASCADE not in steps
+    # at most a few LDPC exchanges, where Cascade takes hundreds
+    ldpc_records = [r for _, r in ends.records if any(s == Step.LDPC for s, _ in envelope.decode(r)[1])]
+    assert len(ldpc_records) <= 2 * 8 + 2
+
+
+def test_ends_configured_differently_abort_the_frame():
+    alice, bob, decoy = frame_pair(simulator(25.0, seed=8), 5)
+    ends = Ends(alice, bob, decoy, settings=PipelineSettings(), bob_settings=LDPC).run()
+    a, b = ends.outcome(ALICE), ends.outcome(BOB)
+    assert a.aborted and "reconciliation" in a.aborted and b.aborted
+    assert not ends.of(ALICE, StorePending) and not ends.of(BOB, StorePending)
+
+
+def test_config_accepts_ldpc_for_bb84_only():
+    LinkConfig(link_id="a", role="alice", driver="sim", reconciliation="ldpc").validate("links[0]")
+    with pytest.raises(ConfigError):
+        LinkConfig(link_id="a", role="alice", driver="sim", protocol="e91",
+                   reconciliation="ldpc").validate("links[0]")
+    with pytest.raises(ValueError):
+        PipelineSettings(reconciliation="turbo")
+
+
+def test_two_engines_with_ldpc_store_the_same_keys(tmp_path):
+    async def main():
+        alice_id, bob_id = generate_identity(), generate_identity()
+        source = SimAliceDevice(SimParams(distance_km=25.0, **TEST_SOURCE), listen_port=0,
+                                frame_slots=MAX_FRAME_SLOTS, max_detections=TEST_DETECTIONS, realtime=False, seed=11)
+        stores = {role: KeyStore(str(tmp_path / f"{role}.db"), bytes(32)) for role in ("alice", "bob")}
+        async with trio.open_nursery() as nursery:
+            alice = LinkEnd(LINK, "alice", source, stores["alice"], fast_settings(LINK, listen=("127.0.0.1", 0)),
+                            alice_id, bob_id.public_key(), settings=LDPC)
+            await alice.start(nursery)
+            bob = LinkEnd(LINK, "bob", SimBobDevice(host="127.0.0.1", port=source.address[1]), stores["bob"],
+                          fast_settings(LINK, dial=("127.0.0.1", alice.listen_port)), bob_id,
+                          alice_id.public_key(), settings=LDPC)
+            await bob.start(nursery)
+            with trio.fail_after(90):
+                while not (alice.status.frames_done >= 2 and alice.status.totals["keys"] >= 20
+                           and bob.status.totals["keys"] >= 20):
+                    await trio.sleep(0.05)
+            a_inv, b_inv = stores["alice"].inventory(LINK), stores["bob"].inventory(LINK)
+            committed = [k for k, s in a_inv.items() if s is KeyState.AVAILABLE]
+            assert len(committed) >= 20
+            compared = 0
+            for key_id in committed:
+                if b_inv.get(key_id) in (KeyState.AVAILABLE, KeyState.PENDING):
+                    assert stores["alice"].peek(LINK, key_id).material == stores["bob"].peek(LINK, key_id).material
+                    compared += 1
+            assert compared >= 20
+            key = await alice.keys.request_key(256)
+            assert (await bob.keys.fetch_key(key.key_id)).material == key.material
+            nursery.cancel_scope.cancel()
+    trio.run(main)

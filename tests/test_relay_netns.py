@@ -1,0 +1,147 @@
+"""Seven real qkdd daemons, each in a network namespace, on simulated links: a chain of five hops
+A-B-C-D-E-F and a ring B-C-D-X. Keys requested at A through /v1/relay, and through ETSI 014 (KMEs on A,
+B, D, F), come out equal at the destination over 1, 3 and 5 hops (once: a second fetch is refused); a
+multi-path key travels over two node-disjoint routes; kill -9 of the relay the 5-hop route uses, with
+requests in flight, leaves each delivered at both ends or at neither, and new requests reroute round the
+ring; bad requests get clear errors; no key appears in any node's log."""
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from tests.chaos_net import missing_requirements
+from tests.relay_lab import RelayLab
+from tests.wireguard_support import key_forms, wait_for
+
+pytestmark = [pytest.mark.root,
+              pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")]
+
+NODES = ["A", "B", "C", "D", "E", "F", "X"]
+ETSI_NODES = ["A", "B", "D", "F"]     # an ETSI 014 KME "kme-N" for SAE "sae-N" (mTLS API) on these
+LINKS = [("A", "B"), ("B", "C"), ("C", "D"), ("D", "E"), ("E", "F"), ("B", "X"), ("X", "D")]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    with RelayLab(tmp_path_factory.mktemp("relay"), NODES, LINKS, trust={"X": 50}, etsi014=ETSI_NODES) as running:
+        running.wait_route("A", "F", timeout_s=90)
+        yield running
+
+
+def relayed(lab, src: str, dst: str, bits: int = 256, **extra) -> tuple[dict, bytes]:
+    response = lab.call(src, "POST", "/v1/relay/keys/request", {"dst": dst, "bits": bits, **extra})
+    assert response.status_code == 200, (response.text, lab.routes(src, dst), lab.routes("B", dst))
+    body = response.json()
+    fetched = lab.call(dst, "GET", f"/v1/keys/{body['key_id']}")
+    assert fetched.status_code == 200, fetched.text
+    key = base64.b64decode(body["key"])
+    assert base64.b64decode(fetched.json()["key"]) == key and len(key) == bits // 8
+    again = lab.call(dst, "GET", f"/v1/keys/{body['key_id']}")
+    assert again.status_code == 410, again.text              # served once
+    return body, key
+
+
+SEEN_KEYS: list[bytes] = []
+
+
+@pytest.mark.parametrize("dst,hops", [("B", 1), ("D", 3), ("F", 5)])
+def test_relay_equal_keys_end_to_end_over_hops(lab, dst, hops):
+    lab.wait_route("A", dst, lambda r: r["hops"] == hops)
+    body, key = relayed(lab, "A", dst, 256)
+    assert body["hops"] == hops and body["route"][0] == "A" and body["route"][-1] == dst
+    SEEN_KEYS.append(key)
+    body, key = relayed(lab, "A", dst, 512)                   # more than one stored key per hop
+    SEEN_KEYS.append(key)
+
+
+@pytest.mark.parametrize("slave,hops", [("B", 1), ("D", 3), ("F", 5)])
+def test_relay_etsi014_keys_between_saes_over_hops(lab, slave, hops):
+    """Get key at A's KME for sae-N on node N (no link to A but B's), Get key with key IDs there: equal
+    keys, each once; Get status names the slave's KME."""
+    lab.wait_route("A", slave, lambda r: r["hops"] == hops)
+    status = lab.etsi("A", f"/api/v1/keys/sae-{slave}/status")
+    assert status.status_code == 200 and status.json()["target_KME_ID"] == f"kme-{slave}", status.text
+    got = lab.etsi("A", f"/api/v1/keys/sae-{slave}/enc_keys", {"number": 2, "size": 256})
+    assert got.status_code == 200, got.text
+    keys = {k["key_ID"]: base64.b64decode(k["key"]) for k in got.json()["keys"]}
+    assert len(keys) == 2 and all(len(material) == 32 for material in keys.values())
+    for key_id, material in keys.items():
+        fetched = lab.etsi(slave, "/api/v1/keys/sae-A/dec_keys", {"key_ID": key_id})
+        assert fetched.status_code == 200, fetched.text
+        assert base64.b64decode(fetched.json()["keys"][0]["key"]) == material
+    again = lab.etsi(slave, "/api/v1/keys/sae-A/dec_keys", {"key_ID": list(keys)[0]})
+    assert again.status_code == 400, again.text          # delivered once
+    SEEN_KEYS.extend(keys.values())
+
+
+def test_relay_routes_list_path_bottleneck_stock_and_trust(lab):
+    routes = lab.routes("A", "D")
+    assert routes and all(r["path"][0] == "A" and r["path"][-1] == "D" for r in routes)
+    first = routes[0]
+    assert first["hops"] == len(first["links"]) == 3 and first["stock_bits"] > 0
+    assert set(first["trust"]) == {"relays", "min_relay_trust", "relays_learn_key"}
+    paths = {tuple(r["path"]) for r in routes}
+    assert ("A", "B", "C", "D") in paths and ("A", "B", "X", "D") in paths     # disjoint alternatives
+    trusted = lab.call("A", "GET", "/v1/relay/routes?dst=D&min_trust=60").json()["routes"]
+    assert [r["path"] for r in trusted] == [["A", "B", "C", "D"]]              # X announces trust 50
+    everything = lab.call("A", "GET", "/v1/relay/routes").json()["routes"]
+    assert {r["dst"] for r in everything} == set(NODES) - {"A"}
+
+
+def test_relay_given_route_and_bad_requests(lab):
+    body, _ = relayed(lab, "A", "D", 128, route=["A", "B", "X", "D"])
+    assert body["route"] == ["A", "B", "X", "D"]
+    cases = [({"dst": "D"}, 400), ({"dst": "D", "bits": 7}, 400), ({"dst": "no such node!", "bits": 8}, 400),
+             ({"dst": "Q", "bits": 8}, 404), ({"dst": "D", "bits": 8, "route": ["A", "C", "D"]}, 409),
+             ({"dst": "A", "bits": 8}, 400), ({"dst": "D", "bits": 8, "route": ["B", "C", "D"]}, 400)]
+    for request, status in cases:
+        response = lab.call("A", "POST", "/v1/relay/keys/request", request)
+        assert response.status_code == status, (request, response.text)
+        assert "message" in response.json()
+    assert lab.call("D", "GET", "/v1/keys/00000000-0000-4000-8000-000000000000").status_code == 404
+
+
+def test_relay_multipath_key_is_the_xor_of_shares_over_node_disjoint_routes(lab):
+    lab.wait_route("B", "D", lambda r: "X" in r["path"])
+    body, key = relayed(lab, "B", "D", 256, paths=2)
+    routes = sorted(tuple(r) for r in body["routes"])
+    assert routes == [("B", "C", "D"), ("B", "X", "D")]                    # no relay on both
+    SEEN_KEYS.append(key)
+    response = lab.call("A", "POST", "/v1/relay/keys/request", {"dst": "D", "bits": 64, "paths": 2})
+    assert response.status_code == 503 and "node-disjoint" in response.text   # A's only link is to B
+    assert lab.call("B", "POST", "/v1/relay/keys/request", {"dst": "D", "bits": 64, "paths": 9}).status_code == 400
+
+
+def test_relay_reroutes_after_kill_of_a_middle_node(lab):
+    route = lab.wait_route("A", "F", lambda r: r["hops"] == 5)
+    middle = route["path"][2]                                # C or X
+    other = "X" if middle == "C" else "C"
+    # requests in flight while the relay dies: each ends delivered at both ends or failed at both
+    in_flight = [lab.call_soon("A", "POST", "/v1/relay/keys/request", {"dst": "F", "bits": 256}) for _ in range(6)]
+    lab.kill(middle)
+    for future in in_flight:
+        response = future.result()
+        assert response.status_code in (200, 503), response.text
+        if response.status_code == 200:                      # the source served it: so does the destination
+            body = response.json()
+            fetched = lab.call("F", "GET", f"/v1/keys/{body['key_id']}")
+            assert fetched.status_code == 200 and fetched.json()["key"] == body["key"], fetched.text
+            SEEN_KEYS.append(base64.b64decode(body["key"]))
+    wait_for(f"every route A -> F to avoid {middle}", lambda: (routes := lab.routes("A", "F")) and all(
+        middle not in r["path"] for r in routes), timeout_s=30, interval_s=0.25)
+    body, key = relayed(lab, "A", "F", 256)
+    assert middle not in body["route"] and other in body["route"] and body["hops"] == 5
+    SEEN_KEYS.append(key)
+    metrics = lab.metrics("A")
+    assert 'qkd_relay_requests_total{result="delivered"}' in metrics
+    assert "qkd_relay_key_bits_consumed_total" in lab.metrics("B")
+
+
+def test_relay_no_key_in_any_log(lab):
+    assert len(SEEN_KEYS) >= 3
+    for node, text in lab.logs().items():
+        data = text.encode()
+        for key in SEEN_KEYS:
+            assert not any(form in data for form in key_forms(key)), node
+    wait_for("the logs to be readable", lambda: all(lab.logs().values()))
