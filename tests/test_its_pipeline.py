@@ -195,3 +195,12 @@ def test_ends_with_different_auth_settings_say_so(pools, frames):
             queue.extend((peer, a) for a in pipes[peer].receive(action.record))
     assert "auth settings differ" in outcomes[BOB].aborted
     assert outcomes[ALICE].aborted_by_peer
+
+
+def test_its_with_ldpc_reconciliation(pools, frames):
+    settings = PipelineSettings(auth="its", reconciliation="ldpc")
+    ends = ItsEnds(frames[1], pools, settings).run()
+    (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+    assert a_store.keys == b_store.keys and a_store.keys
+    assert ends.outcome(ALICE).auth_bits_consumed == ends.outcome(BOB).auth_bits_consumed == 128 * CHUNKS_PER_FRAME
+    assert pools[ALICE].positions() == pools[BOB].positions()
