@@ -1,10 +1,12 @@
 """`qkdctl sim rate`: analytic key rates of decoy-state BB84 (asymptotic or Lim et al. finite-key),
-E91 (Shor-Preskill or device-independent) and GG02 CV-QKD, as JSON (--json) or text."""
+E91 (Shor-Preskill or device-independent) and GG02 CV-QKD, and of the published systems' presets
+(--system), as JSON (--json) or text."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from qkdd.hal.sim.systems import SYSTEMS, preset
 from qkdd.protocols import bb84, cvqkd, e91
 from qkdd.protocols.bb84_design import expected_finite_rate, optimize_settings
 from qkdd.protocols.bb84_finite import DecoySettings
@@ -38,7 +40,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     rate.add_argument("--optimize-mu", action="store_true",
                       help="optimise mu (asymptotic) or all decoy settings (--finite)")
     rate.add_argument("--finite", action="store_true", help="finite-key bound of Lim et al. (BB84)")
-    rate.add_argument("--n-x", type=float, default=1e8, help="block size: sifted X-basis detections")
+    rate.add_argument("--n-x", type=float, default=None, help="block size: sifted X-basis detections (default 1e8)")
     rate.add_argument("--mu-vacuum", type=float, default=0.0, help="third intensity mu3 (--finite)")
     rate.add_argument("--p-signal", type=float, default=DecoySettings.p_signal)
     rate.add_argument("--p-decoy", type=float, default=DecoySettings.p_decoy)
@@ -57,6 +59,10 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     rate.add_argument("--electronic-noise", type=float, default=cv.electronic_noise, help="CV-QKD: v_el (SNU)")
     rate.add_argument("--beta", type=float, default=cv.beta, help="CV-QKD: reconciliation efficiency")
     rate.add_argument("--detection", choices=cvqkd.DETECTIONS, default=cv.detection)
+    rate.add_argument("--system", choices=sorted(SYSTEMS), default=None,
+                      help="a published system's preset (qkdd.hal.sim.systems): its finite-key rate per pulse and "
+                           "per second at its clock, next to the paper's figure; --distance-km (default: the "
+                           "paper's) and --n-x (default: the preset's block) apply, the channel options do not")
     rate.add_argument("--json", action="store_true", help="print one JSON object")
     rate.set_defaults(func=run)
 
@@ -64,8 +70,18 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.system is not None:
+        return print_report(PROG, lambda: system_report(args), args.json, render_text)
+    if args.n_x is None:
+        args.n_x = 1e8
     build = {"bb84": bb84_report, "e91": e91_report, "cvqkd": cvqkd_report}[args.protocol]
     return print_report(PROG, lambda: build(args), args.json, render_text)
+
+
+def system_report(args: argparse.Namespace) -> dict[str, Any]:
+    if args.protocol != "bb84":
+        raise ValueError("--system: the presets are decoy-state BB84 systems")
+    return preset(args.system).analytic_rate(args.distance_km, args.n_x)
 
 
 def _channel(args: argparse.Namespace) -> ChannelParams:
