@@ -117,5 +117,5 @@ def test_count_queries_read_no_key_rows(tmp_path):
         plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement))
         # state_counts by its key, or the keys past their expiry through the partial expiry index: never a scan
         assert "SCAN" not in plan, (statement, plan)
-        assert "state_counts" in statement or "keys_held_by_expiry" in plan, (statement, plan)
+        assert "state_counts" in statement or "keys_material_by_expiry" in plan, (statement, plan)
     store.close()

@@ -112,7 +112,7 @@ def test_expire_and_purge_search_the_expiry_index_also_in_a_file_made_without_it
     store.close()
     with sqlite3.connect(path) as old:
         old.execute("DROP INDEX IF EXISTS keys_by_expires_at")
-        old.execute("DROP INDEX IF EXISTS keys_held_by_expiry")
+        old.execute("DROP INDEX IF EXISTS keys_material_by_expiry")
     store = KeyStore(path, bytes(32))
     statements: list[str] = []
     store._db.set_trace_callback(statements.append)
@@ -125,7 +125,7 @@ def test_expire_and_purge_search_the_expiry_index_also_in_a_file_made_without_it
     for statement in housekeeping:
         plan = " | ".join(row[3] for row in store._db.execute("EXPLAIN QUERY PLAN " + statement))
         # expire() looks among the keys that hold material, purge_tombstones() among all
-        index = "keys_held_by_expiry" if statement.startswith("SELECT") else "keys_by_expires_at"
+        index = "keys_material_by_expiry" if statement.startswith("SELECT") else "keys_by_expires_at"
         assert f"USING INDEX {index} (expires_at<?)" in plan, (statement, plan)
     # the new index does not draw the allocation queries away from theirs (they would need a sort)
     for allocate in (lambda: store.reserve_available(LINK, 1, "holder"), lambda: store.take_bits(LINK, 256)):

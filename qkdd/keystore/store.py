@@ -86,9 +86,10 @@ CREATE TABLE IF NOT EXISTS state_counts (
     PRIMARY KEY (link_id, state, allocatable)
 ) WITHOUT ROWID;
 -- Keys holding material by expiry time: expire() and available_bits() find what is past its expiry without
--- stepping over tombstones. An entry changes only when a key leaves these states (or its expiry changes).
-CREATE INDEX IF NOT EXISTS keys_held_by_expiry ON keys (expires_at)
-    WHERE state IN ('pending', 'available', 'reserved')
+-- stepping over tombstones. Its condition is on `sealed` (NULL exactly once the material is erased), not on
+-- `state`: an entry is written when a key is stored and removed when its material goes, never rewritten by
+-- commit or reserve, which therefore need no new page (they still succeed on a full disk).
+CREATE INDEX IF NOT EXISTS keys_material_by_expiry ON keys (expires_at) WHERE sealed IS NOT NULL
 """
 # One statement each (create_schema splits at semicolons, which a trigger body contains).
 _COUNT_TRIGGERS = (
@@ -110,9 +111,10 @@ _COUNT_TRIGGERS = (
     END""",
 )
 
-# The states whose keys hold material and count towards a link's fill (also keys_held_by_expiry's condition:
-# a query names it in these words for SQLite to use that partial index).
+# The states whose keys hold material and count towards a link's fill.
 _HELD = "('pending', 'available', 'reserved')"
+# keys_material_by_expiry's condition: a query names it in these words for SQLite to use that partial index.
+_HAS_MATERIAL = "sealed IS NOT NULL"
 CACHE_KIB = 65536                   # SQLite page cache of the store's connection (the default is 2 MiB)
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
 LOW_SPACE_BYTES = 1 << 20           # an I/O error with less free space than this counts as a full disk
@@ -329,7 +331,7 @@ class KeyStore(SavepointTransactions):
         with self._tx() as db:
             by_link: dict[str, list[tuple[str, int]]] = {}
             for key_id, link_id, bits in db.execute(
-                    f"SELECT key_id, link_id, bits FROM keys WHERE expires_at <= ? AND state IN {_HELD}",
+                    f"SELECT key_id, link_id, bits FROM keys WHERE expires_at <= ? AND {_HAS_MATERIAL}",
                     (now,)).fetchall():
                 by_link.setdefault(link_id, []).append((key_id, bits))
             for link_id, keys in by_link.items():
@@ -367,15 +369,15 @@ class KeyStore(SavepointTransactions):
     def available_bits(self, link_id: str, *, allocatable_only: bool = True) -> int:
         """Bits of the link's AVAILABLE keys not yet past their expiry (this end's share only by default):
         the count kept in state_counts less the few keys past their expiry that housekeeping has not erased
-        yet (found through keys_held_by_expiry), so the cost does not grow with the store."""
+        yet (found through keys_material_by_expiry), so the cost does not grow with the store."""
         share = " AND allocatable = 1" if allocatable_only else ""
         with self._lock:
             stored = self._db.execute("SELECT COALESCE(SUM(bits), 0) FROM state_counts WHERE link_id = ? AND state = ?"
                                       + share, (link_id, KeyState.AVAILABLE.value)).fetchone()[0]
             # INDEXED BY: left to itself the planner walks all of the link's available keys (keys_allocatable)
-            lapsed = self._db.execute(f"SELECT COALESCE(SUM(bits), 0) FROM keys INDEXED BY keys_held_by_expiry "
-                                      f"WHERE expires_at <= ? AND state IN "
-                                      f"{_HELD} AND link_id = ? AND state = ?" + share,
+            lapsed = self._db.execute(f"SELECT COALESCE(SUM(bits), 0) FROM keys INDEXED BY keys_material_by_expiry "
+                                      f"WHERE expires_at <= ? AND {_HAS_MATERIAL} AND link_id = ? AND state = ?"
+                                      + share,
                                       (self._clock(), link_id, KeyState.AVAILABLE.value)).fetchone()[0]
         return int(stored) - int(lapsed)
 
