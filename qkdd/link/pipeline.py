@@ -501,7 +501,7 @@ class FramePipeline:
         words_per_key = key_bits // 64
         raw = output[:count * words_per_key].astype("<u8").tobytes()
         step = key_bits // 8
-        ids = linkmsg.derive_key_ids(seed, count)
+        ids = linkmsg.derive_key_ids(seed, count, self.frame_id)
         self.outcome.keys = count
         self.outcome.secret_bits = count * key_bits
         return [(ids[i], raw[i * step:(i + 1) * step]) for i in range(count)]
