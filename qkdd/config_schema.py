@@ -156,6 +156,8 @@ def build(cls: type, table: Any, key: str) -> Any:
         raise ConfigError(_name(key, table), "must be a table")
     if not isinstance(table, dict):
         raise ConfigError(key or "(top level)", f"must be a table, got {_kind(table)}")
+    if hasattr(cls, "expand_table"):    # a class whose tables name a preset fills in the preset's keys first
+        table = cls.expand_table(table, key)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     hints = typing.get_type_hints(cls)
     for name in table:

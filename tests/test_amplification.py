@@ -6,7 +6,7 @@ from galois import GF2
 from randextract import ToeplitzHashing
 
 from qkdd.bindings import bits
-from qkdd.bindings.toeplitz import CPU_FEATURES, PCLMUL, seed_bits_for, toeplitz_hash
+from qkdd.bindings.toeplitz import CPU_FEATURES, FFT_MIN_OUTPUT_BITS, PCLMUL, fft_available, seed_bits_for, toeplitz_hash
 from qkdd.postprocess import amplification as pa
 from qkdd.postprocess import wire
 from qkdd.postprocess.wire import PeerMessageError
@@ -27,6 +27,10 @@ def test_bit_exact_with_randextract(n, m):
         assert np.array_equal(ours, expected), (n, m, features)
     ours = bits.unpack(toeplitz_hash(bits.pack(seed), bits.pack(x), n, m, ntt=True), m)
     assert np.array_equal(ours, expected), (n, m, "ntt")
+    if fft_available(n, m):
+        for features in (PCLMUL, CPU_FEATURES):  # 128-bit PCLMULQDQ instance and AVX-512 one if present
+            ours = bits.unpack(toeplitz_hash(bits.pack(seed), bits.pack(x), n, m, cpu_features=features, fft=True), m)
+            assert np.array_equal(ours, expected), (n, m, features, "fft")
 
 
 @pytest.mark.parametrize("n,m", [(1 << 20, 1 << 19), (1 << 20, 3), (1_000_003, 999_983)])
@@ -35,6 +39,28 @@ def test_ntt_path_matches_carry_less_path_on_large_blocks(n, m):
     rng = np.random.default_rng(n + m)
     x, seed = bits.pack(rng.integers(0, 2, n)), bits.pack(rng.integers(0, 2, n + m - 1))
     assert np.array_equal(toeplitz_hash(seed, x, n, m, ntt=True), toeplitz_hash(seed, x, n, m))
+
+
+needs_fft = pytest.mark.skipif(not CPU_FEATURES & PCLMUL, reason="the FFT kernel needs PCLMULQDQ (x86-64 CPUs)")
+
+
+@needs_fft
+@pytest.mark.parametrize("n,m", [(FFT_MIN_OUTPUT_BITS + 4099, FFT_MIN_OUTPUT_BITS), (3_000_017, 5)])
+def test_fft_path_matches_carry_less_path_on_large_blocks(n, m):
+    # randextract takes minutes here; the carry-less path (checked against it above) is the oracle. The
+    # first size is where toeplitz_hash switches to the FFT kernel by itself (the transform has 2^18
+    # points, so the split into a row transform and 2^16-point transforms is exercised).
+    rng = np.random.default_rng(n - m)
+    x, seed = bits.pack(rng.integers(0, 2, n)), bits.pack(rng.integers(0, 2, n + m - 1))
+    carry_less = toeplitz_hash(seed, x, n, m, fft=False)
+    assert np.array_equal(toeplitz_hash(seed, x, n, m, fft=True), carry_less)
+    assert np.array_equal(toeplitz_hash(seed, x, n, m), carry_less)
+
+
+def test_fft_path_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="FFT path"):
+        toeplitz_hash(np.zeros(4, np.uint64), np.zeros(2, np.uint64), 128, 64, cpu_features=0, fft=True)
+    assert not fft_available(1 << 31, 1 << 30)  # past the largest transform: the carry-less path takes it
 
 
 def test_matches_randextract_matrix_definition():

@@ -142,6 +142,19 @@ def test_key_ids_derive_identically_and_never_collide():
     assert set(ids).isdisjoint(linkmsg.derive_key_ids(b"\x01" * 32, 1000))
 
 
+def test_key_ids_of_a_frame_share_its_prefix_and_sort_by_frame():
+    # the link passes the frame id: a frame's ids sit together in the key store's id index
+    frame_id = 1_796_561_635_469_285
+    ids = linkmsg.derive_key_ids(bytes(32), 1000, frame_id)
+    assert ids == linkmsg.derive_key_ids(bytes(32), 1000, frame_id)
+    assert len(set(ids)) == 1000
+    prefix = f"{frame_id % (1 << 48):012x}"
+    assert all(i.replace("-", "")[:12] == prefix and i[14] == "8" and i[19] in "89ab" for i in ids)
+    later = linkmsg.derive_key_ids(b"\x01" * 32, 1000, frame_id + 1)
+    assert max(ids) < min(later)                       # frames in id order
+    assert set(ids).isdisjoint(linkmsg.derive_key_ids(b"\x01" * 32, 1000, frame_id))
+
+
 def _reveal_rewriter(fields: dict[int, float]):
     """A tamper function that sets f64 fields (by index: 0-5 decoy settings, 7 eps_sec, 8 eps_cor) of
     Alice's REVEAL."""

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from qkdd.peer import generate_identity
 from qkdd.peer.errors import FrameError, HandshakeError, PeerAuthenticationError, PeerRefusedError
 from qkdd.peer.framing import Frame, FrameDecoder, FrameType
-from qkdd.peer.handshake import Alert, Handshake, Role, State, TRANSITIONS, alert_frame
+from qkdd.peer.handshake import PROTOCOL_VERSION, Alert, Handshake, Role, State, TRANSITIONS, alert_frame
 from qkdd.peer.identity import key_fingerprint
 from tests.mutations import edited, fields
 
@@ -175,8 +175,8 @@ def test_wrong_link_and_version_are_refused_with_their_alerts():
     responder.start()
     hello = initiator.start()[0]
     body = bytearray(hello.body)
-    body[2] = 2  # the version field (after its 2-byte length)
-    with pytest.raises(HandshakeError, match="protocol version 2") as wrong_version:
+    body[2] = PROTOCOL_VERSION + 1  # the version field (after its 2-byte length)
+    with pytest.raises(HandshakeError, match=f"protocol version {PROTOCOL_VERSION + 1}") as wrong_version:
         responder.receive(Frame(hello.type, bytes(body)))
     assert wrong_version.value.alert == Alert.UNSUPPORTED_VERSION
 

@@ -65,7 +65,7 @@ class ResyncPlan:
 def plan_resync(local: Mapping[str, KeyState], remote: Mapping[str, KeyState]) -> ResyncPlan:
     """What this end must change so that both ends hold the same usable keys (table above)."""
     plan = ResyncPlan()
-    for key_id, mine in sorted(local.items()):
+    for key_id, mine in local.items():       # one pass, no sort of the whole inventory: O(N)
         if not mine.holds_material:
             continue
         theirs = remote.get(key_id)
@@ -75,6 +75,8 @@ def plan_resync(local: Mapping[str, KeyState], remote: Mapping[str, KeyState]) -
             plan.expire.append(key_id)
         elif mine is KeyState.PENDING:
             plan.promote.append(key_id)
+    for changes in (plan.promote, plan.discard, plan.expire):
+        changes.sort()                          # only what changes, in a stable order
     return plan
 
 

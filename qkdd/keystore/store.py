@@ -85,11 +85,45 @@ DROP INDEX IF EXISTS keys_by_link_state;
 CREATE TABLE IF NOT EXISTS fill (link_id TEXT PRIMARY KEY, key_bits INTEGER NOT NULL);
 -- ETSI 004 chunks are found by their holder ("004:<stream>:<index>", tentative "004?:..."): a partial index
 -- of those rows alone, so that no other consumer's reservation writes it (stream_keys() names its condition).
-CREATE INDEX IF NOT EXISTS keys_by_stream_holder ON keys (link_id, holder) WHERE holder LIKE '004%'
+CREATE INDEX IF NOT EXISTS keys_by_stream_holder ON keys (link_id, holder) WHERE holder LIKE '004%';
+-- Keys and bits per (link, state, share), kept by the triggers below in the transaction that changes a key,
+-- so counts() and available_bits() read a few rows instead of scanning the link's keys.
+CREATE TABLE IF NOT EXISTS state_counts (
+    link_id TEXT NOT NULL, state TEXT NOT NULL, allocatable INTEGER NOT NULL,
+    keys INTEGER NOT NULL, bits INTEGER NOT NULL,
+    PRIMARY KEY (link_id, state, allocatable)
+) WITHOUT ROWID;
+-- Keys holding material by expiry time: expire() and available_bits() find what is past its expiry without
+-- stepping over tombstones. Its condition is on `sealed` (NULL exactly once the material is erased), not on
+-- `state`: an entry is written when a key is stored and removed when its material goes, never rewritten by
+-- commit or reserve, which therefore need no new page (they still succeed on a full disk).
+CREATE INDEX IF NOT EXISTS keys_material_by_expiry ON keys (expires_at) WHERE sealed IS NOT NULL
 """
+# One statement each (create_schema splits at semicolons, which a trigger body contains).
+_COUNT_TRIGGERS = (
+    """CREATE TRIGGER IF NOT EXISTS keys_count_insert AFTER INSERT ON keys BEGIN
+        INSERT INTO state_counts VALUES (NEW.link_id, NEW.state, NEW.allocatable, 1, NEW.bits)
+        ON CONFLICT (link_id, state, allocatable) DO UPDATE SET keys = keys + 1, bits = bits + excluded.bits;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS keys_count_delete AFTER DELETE ON keys BEGIN
+        UPDATE state_counts SET keys = keys - 1, bits = bits - OLD.bits
+        WHERE link_id = OLD.link_id AND state = OLD.state AND allocatable = OLD.allocatable;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS keys_count_update AFTER UPDATE OF link_id, state, allocatable, bits ON keys
+    WHEN OLD.link_id IS NOT NEW.link_id OR OLD.state IS NOT NEW.state OR OLD.allocatable IS NOT NEW.allocatable
+         OR OLD.bits IS NOT NEW.bits BEGIN
+        UPDATE state_counts SET keys = keys - 1, bits = bits - OLD.bits
+        WHERE link_id = OLD.link_id AND state = OLD.state AND allocatable = OLD.allocatable;
+        INSERT INTO state_counts VALUES (NEW.link_id, NEW.state, NEW.allocatable, 1, NEW.bits)
+        ON CONFLICT (link_id, state, allocatable) DO UPDATE SET keys = keys + 1, bits = bits + excluded.bits;
+    END""",
+)
 
 # The states whose keys hold material and count towards a link's fill.
 _HELD = "('pending', 'available', 'reserved')"
+# keys_material_by_expiry's condition: a query names it in these words for SQLite to use that partial index.
+_HAS_MATERIAL = "sealed IS NOT NULL"
+CACHE_KIB = 65536                   # SQLite page cache of the store's connection (the default is 2 MiB)
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
 LOW_SPACE_BYTES = 1 << 20           # an I/O error with less free space than this counts as a full disk
 
@@ -108,6 +142,7 @@ class KeyStore(SavepointTransactions):
         self._clock = clock
         try:
             self._init_transactions(Database(path, secure_delete=True))
+            self.database.connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             with self.database.transaction() as db:
                 self._migrate(db)
                 self._check_meta(db)
@@ -317,8 +352,8 @@ class KeyStore(SavepointTransactions):
         with self._tx() as db:
             by_link: dict[str, list[tuple[str, int]]] = {}
             for key_id, link_id, bits in db.execute(
-                    "SELECT key_id, link_id, bits FROM keys WHERE expires_at <= ? AND state IN (?, ?, ?)",
-                    (now, KeyState.PENDING.value, KeyState.AVAILABLE.value, KeyState.RESERVED.value)).fetchall():
+                    f"SELECT key_id, link_id, bits FROM keys WHERE expires_at <= ? AND {_HAS_MATERIAL}",
+                    (now,)).fetchall():
                 by_link.setdefault(link_id, []).append((key_id, bits))
             for link_id, keys in by_link.items():
                 self._erase(db, link_id, keys, KeyState.EXPIRED)
@@ -346,21 +381,28 @@ class KeyStore(SavepointTransactions):
         return holder
 
     def counts(self, link_id: str) -> dict[KeyState, int]:
-        """Number of keys per state for one link."""
+        """Number of keys per state for one link (from state_counts: the same cost at any store size)."""
         counts = dict.fromkeys(KeyState, 0)
         with self._lock:
-            for state, n in self._db.execute("SELECT state, COUNT(*) FROM keys WHERE link_id = ? GROUP BY state",
-                                             (link_id,)):
+            for state, n in self._db.execute("SELECT state, SUM(keys) FROM state_counts WHERE link_id = ? "
+                                             "GROUP BY state", (link_id,)):
                 counts[KeyState(state)] = n
         return counts
 
     def available_bits(self, link_id: str, *, allocatable_only: bool = True) -> int:
+        """Bits of the link's AVAILABLE keys not yet past their expiry (this end's share only by default):
+        the count kept in state_counts less the few keys past their expiry that housekeeping has not erased
+        yet (found through keys_material_by_expiry), so the cost does not grow with the store."""
+        share = " AND allocatable = 1" if allocatable_only else ""
         with self._lock:
-            row = self._db.execute(
-                "SELECT COALESCE(SUM(bits), 0) FROM keys WHERE link_id = ? AND state = ? AND expires_at > ?"
-                + (" AND allocatable = 1" if allocatable_only else ""),
-                (link_id, KeyState.AVAILABLE.value, self._clock())).fetchone()
-        return int(row[0])
+            stored = self._db.execute("SELECT COALESCE(SUM(bits), 0) FROM state_counts WHERE link_id = ? AND state = ?"
+                                      + share, (link_id, KeyState.AVAILABLE.value)).fetchone()[0]
+            # INDEXED BY: left to itself the planner walks all of the link's available keys (keys_allocatable)
+            lapsed = self._db.execute(f"SELECT COALESCE(SUM(bits), 0) FROM keys INDEXED BY keys_material_by_expiry "
+                                      f"WHERE expires_at <= ? AND {_HAS_MATERIAL} AND link_id = ? AND state = ?"
+                                      + share,
+                                      (self._clock(), link_id, KeyState.AVAILABLE.value)).fetchone()[0]
+        return int(stored) - int(lapsed)
 
     def fill(self, link_id: str) -> Fill:
         """What `link_id` holds and what the store takes, against the capacity (two cheap reads)."""
@@ -466,11 +508,19 @@ class KeyStore(SavepointTransactions):
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         """The schema, with what later versions added to a store an earlier one wrote (the `qber` column),
-        and the fill table counted afresh from the keys (a version that did not keep it may have written)."""
+        and the fill and state_counts tables counted afresh from the keys when they differ (a version that did
+        not keep them may have written)."""
         had_keys = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keys'").fetchone()
         if had_keys and "qber" not in {row[1] for row in db.execute("PRAGMA table_info(keys)")}:
             db.execute("ALTER TABLE keys ADD COLUMN qber REAL")
         create_schema(db, _SCHEMA)
+        for trigger in _COUNT_TRIGGERS:
+            db.execute(trigger)
+        by_state = db.execute("SELECT link_id, state, allocatable, COUNT(*), SUM(bits) FROM keys "
+                              "GROUP BY link_id, state, allocatable").fetchall()
+        if sorted(by_state) != sorted(db.execute("SELECT * FROM state_counts WHERE keys != 0").fetchall()):
+            db.execute("DELETE FROM state_counts")    # first open by this version, or written by an older one
+            db.executemany("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?)", by_state)
         counted = dict(db.execute(f"SELECT link_id, SUM(bits) FROM keys WHERE state IN {_HELD} GROUP BY link_id"))
         if counted != dict(db.execute("SELECT link_id, key_bits FROM fill WHERE key_bits != 0")):
             db.execute("DELETE FROM fill")       # written only when it differs: a full disk still opens the store

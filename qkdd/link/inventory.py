@@ -35,7 +35,8 @@ async def resynchronise(link_id: str, store: KeyStore, stream: MuxStream) -> Non
         await guarded(lambda: _receive_inventory(stream, assembler))
     if failures:
         raise failures[0]
-    plan = plan_resync(local, assembler.inventory)
+    # O(N) in the keys stored: off the event loop, as reading and encoding the inventory are
+    plan = await trio.to_thread.run_sync(plan_resync, local, assembler.inventory)
     await trio.to_thread.run_sync(store.apply_resync, link_id, plan.promote, plan.discard, plan.expire)
     log.info("link %s: key store resynchronised", link_id,
              extra={"promoted": len(plan.promote), "discarded": len(plan.discard), "expired": len(plan.expire)})
@@ -45,6 +46,6 @@ async def _receive_inventory(stream: MuxStream, assembler: InventoryAssembler) -
     while not assembler.complete:
         payload = await stream.receive()
         try:
-            assembler.add(payload)
+            await trio.to_thread.run_sync(assembler.add, payload)    # up to millions of entries a message
         except KeyStoreError as exc:
             raise PeerError(f"peer inventory refused: {exc}") from None

@@ -171,11 +171,26 @@ def decode_abort(view) -> tuple[int, str]:
     return code, bytes(view[_ABORT.size:]).decode("utf-8", "replace")
 
 
-def derive_key_ids(seed: bytes, count: int) -> list[str]:
-    """`count` UUIDs (version 4 layout) from an announced seed: SHAKE256(label || seed), 16 bytes each.
+FRAME_PREFIX_BITS = 48
 
-    Both ends derive the same ids; the seed comes fresh from the OS CSPRNG, so ids never repeat."""
+
+def derive_key_ids(seed: bytes, count: int, frame_id: int | None = None) -> list[str]:
+    """`count` UUIDs from an announced seed: SHAKE256(label || seed), 16 bytes each.
+
+    Both ends derive the same ids; the seed comes fresh from the OS CSPRNG, so ids never repeat. With the
+    frame id (what the link does since peer protocol version 2) the ids are UUID version 8 whose first 48 bits
+    are the frame id (mod 2^48) and whose other 74 bits come from the seed: a frame's keys then sit next to
+    each other in the key store's id index, so storing a frame writes a few index pages however many keys the
+    store holds (random version-4 ids put each key on its own page). Without it: version 4, all from the seed."""
     if len(seed) != KEY_ID_SEED_BYTES:
         raise ValueError(f"key-id seed must be {KEY_ID_SEED_BYTES} bytes")
     stream = hashlib.shake_256(KEY_ID_LABEL + seed).digest(16 * count)
-    return [str(uuid.UUID(bytes=stream[16 * i:16 * i + 16], version=4)) for i in range(count)]
+    if frame_id is None:
+        return [str(uuid.UUID(bytes=stream[16 * i:16 * i + 16], version=4)) for i in range(count)]
+    prefix = (frame_id % (1 << FRAME_PREFIX_BITS)) << 80
+    ids = []
+    for i in range(count):
+        value = prefix | int.from_bytes(stream[16 * i + 6:16 * i + 16], "big")
+        value = (value & ~(0xF << 76) & ~(0x3 << 62)) | (0x8 << 76) | (0x2 << 62)   # version 8, RFC 9562 variant
+        ids.append(str(uuid.UUID(int=value)))
+    return ids

@@ -596,7 +596,7 @@ class FramePipeline:
             self.outcome.eps_total = 2 * self.settings.eps_sec + self.settings.eps_cor + self.outcome.eps_auth
         raw = output[refill_words:refill_words + count * words_per_key].astype("<u8").tobytes()
         step = key_bits // 8
-        ids = linkmsg.derive_key_ids(seed, count)
+        ids = linkmsg.derive_key_ids(seed, count, self.frame_id)
         self.outcome.keys = count
         self.outcome.secret_bits = count * key_bits
         return [(ids[i], raw[i * step:(i + 1) * step]) for i in range(count)]

@@ -1,11 +1,13 @@
 """`qkdctl sim rate`: analytic key rates of decoy-state BB84 (asymptotic or Lim et al. finite-key),
-E91 (Shor-Preskill or device-independent) and GG02 CV-QKD, as JSON (--json) or text."""
+E91 (Shor-Preskill or device-independent) and GG02 CV-QKD, and of the published systems' presets
+(--system), as JSON (--json) or text."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Any
 
+from qkdd.hal.sim.systems import SYSTEMS, preset
 from qkdd.protocols import bb84, cvqkd, e91, sweep
 from qkdd.protocols.bb84_design import expected_finite_rate, optimize_settings
 from qkdd.protocols.bb84_finite import DecoySettings
@@ -39,7 +41,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     rate.add_argument("--optimize-mu", action="store_true",
                       help="optimise mu (asymptotic) or all decoy settings (--finite)")
     rate.add_argument("--finite", action="store_true", help="finite-key bound of Lim et al. (BB84)")
-    rate.add_argument("--n-x", type=float, default=1e8, help="block size: sifted X-basis detections")
+    rate.add_argument("--n-x", type=float, default=None, help="block size: sifted X-basis detections (default 1e8)")
     rate.add_argument("--mu-vacuum", type=float, default=0.0, help="third intensity mu3 (--finite)")
     rate.add_argument("--p-signal", type=float, default=DecoySettings.p_signal)
     rate.add_argument("--p-decoy", type=float, default=DecoySettings.p_decoy)
@@ -63,6 +65,10 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
                            "with infinite decoys, and CV-QKD; the other options set the rest")
     rate.add_argument("--plot", metavar="PNG", default=None, help="with --sweep-distance: write the curves to this "
                       "PNG, log scale (needs the plot extra: matplotlib)")
+    rate.add_argument("--system", choices=sorted(SYSTEMS), default=None,
+                      help="a published system's preset (qkdd.hal.sim.systems): its finite-key rate per pulse and "
+                           "per second at its clock, next to the paper's figure; --distance-km (default: the "
+                           "paper's) and --n-x (default: the preset's block) apply, the channel options do not")
     rate.add_argument("--json", action="store_true", help="print one JSON object")
     rate.set_defaults(func=run)
 
@@ -74,8 +80,15 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None and args.sweep_distance is None:
         print(f"{PROG}: error: --plot draws a sweep: give --sweep-distance START:STOP:STEP", file=sys.stderr)
         return 2
+    if args.system is not None and args.sweep_distance is not None:
+        print(f"{PROG}: error: --system and --sweep-distance are separate reports: give one", file=sys.stderr)
+        return 2
     if args.sweep_distance is not None:
         return _run_sweep(args)
+    if args.system is not None:
+        return print_report(PROG, lambda: system_report(args), args.json, render_text)
+    if args.n_x is None:
+        args.n_x = 1e8
     build = {"bb84": bb84_report, "e91": e91_report, "cvqkd": cvqkd_report}[args.protocol]
     return print_report(PROG, lambda: build(args), args.json, render_text)
 
@@ -114,6 +127,10 @@ def _render_sweep(report: dict[str, Any]) -> str:
     for i, distance in enumerate(report["distance_km"]):
         lines.append(f"{distance:11g}  " + "  ".join(f"{report['key_rate_per_pulse'][name][i]:24.6g}" for name in names))
     return "\n".join(lines)
+def system_report(args: argparse.Namespace) -> dict[str, Any]:
+    if args.protocol != "bb84":
+        raise ValueError("--system: the presets are decoy-state BB84 systems")
+    return preset(args.system).analytic_rate(args.distance_km, args.n_x)
 
 
 def _channel(args: argparse.Namespace) -> ChannelParams:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from qkdd.config_schema import ConfigError, in_range, meta, positive
 from qkdd.hal.sim.params import Attack, Drift, SimParams
+from qkdd.hal.sim.systems import SYSTEMS, preset
 
 MODERN_SYSTEM = dict(fiber_loss_db_per_km=0.2, detector_efficiency=0.1, dark_count_prob=6e-7,
                      misalignment=0.005, afterpulse_prob=0.04)
@@ -74,6 +75,18 @@ class SimConfig:
     monitor: bool = False                   # Bob's photocurrent monitor
     monitor_threshold_w: float = field(default=DEFAULT_MONITOR_THRESHOLD_W, metadata=meta(check=positive))
     temperature_c: float = field(default=22.0, metadata=meta(check=in_range(-60, 80)))
+    # A published system (qkdd.hal.sim.systems: "yuan2018", "li2023"): its physics and source settings
+    # replace the defaults above; keys set in the same table still override them.
+    system: str | None = field(default=None, metadata=meta(check=lambda name: None if name in SYSTEMS else
+                                                           f"unknown system {name!r}, known: {', '.join(SYSTEMS)}"))
+
+    @classmethod
+    def expand_table(cls, table: dict, key: str) -> dict:
+        """The table with its `system` preset's values under the keys it does not set itself."""
+        name = table.get("system")
+        if not isinstance(name, str) or name not in SYSTEMS:
+            return table                    # no preset, or a bad name that the field's check reports
+        return {**preset(name).sim_fields(), **table}
 
     def validate(self, key: str) -> None:
         try:
