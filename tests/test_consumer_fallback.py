@@ -46,7 +46,7 @@ def test_a_survivor_keeps_the_last_key_past_expiry_until_the_dead_end_returns(tm
                            sink=sinks[role], store=stores[role], metrics=Metrics().consumer("kms", NAME),
                            state_dir=str(tmp_path / role), rotation_interval_s=3600)
 
-    async def until(predicate, timeout_s=15.0):
+    async def until(predicate, timeout_s=60.0):          # an upper bound for a loaded machine
         with trio.fail_after(timeout_s):
             while not predicate():
                 await trio.sleep(0.05)
