@@ -138,3 +138,18 @@ def _address(line: str, key: str) -> tuple[str, int]:
     match = re.search(rf"{key}=(\S+):(\d+)", line)
     assert match, f"no {key} in {line!r}"
     return match.group(1), int(match.group(2))
+
+
+def wait_until(predicate, timeout_s: float = 60.0, what: str = "condition") -> None:
+    """Poll `predicate` every 0.2 s until it holds (an HTTP error from a daemon still starting counts as
+    not yet); AssertionError naming `what` after `timeout_s`."""
+    import httpx
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

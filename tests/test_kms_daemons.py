@@ -8,10 +8,10 @@ import base64
 import signal
 import time
 
-import httpx
 import pytest
 
 from qkdd.link.pair import LinkPair
+from tests.daemon_support import wait_until
 from tests.kms_server import FakeKms, KmsInThread
 
 pytest.importorskip("infisical_sdk", reason="the official Infisical SDK (pip install infisicalsdk)")
@@ -19,18 +19,6 @@ pytest.importorskip("infisical_sdk", reason="the official Infisical SDK (pip ins
 FRAME_DETECTIONS = 250_000
 PREFIX = "QKD_HANZO_LUX_"
 FOLDER = "/inter-cluster"
-
-
-def wait_until(predicate, timeout_s=60.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def kms_config(url: str) -> str:

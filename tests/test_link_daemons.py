@@ -17,20 +17,9 @@ import pytest
 
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.link.pair import LINK_ID, LinkPair, free_port
+from tests.daemon_support import wait_until
 
 FRAME_DETECTIONS = 250_000
-
-
-def wait_until(predicate, timeout_s=60.0, what="condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def available(pair, role):
