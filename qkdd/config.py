@@ -499,13 +499,16 @@ class Config:
             seen[link.link_id] = index
         names: dict[str, int] = {}
         peers: dict[tuple[str, str], int] = {}
+        def require_channel(key: str, link_id: str, why: str = "") -> None:
+            """A consumer's link exists and has a classical channel (its ends agree on keys over it)."""
+            if link_id not in seen:
+                raise ConfigError(key, f"no link {link_id!r} in [[links]]")
+            if not self.links[seen[link_id]].has_peer_channel:
+                raise ConfigError(key, f"link {link_id!r} has no classical channel (peer_addr or peer_listen, "
+                                       f"peer_key_file and peer_public_key){why}")
+
         for index, tunnel in enumerate(self.wireguard):
-            if tunnel.link_id not in seen:
-                raise ConfigError(f"wireguard[{index}].link_id", f"no link {tunnel.link_id!r} in [[links]]")
-            if not self.links[seen[tunnel.link_id]].has_peer_channel:
-                raise ConfigError(f"wireguard[{index}].link_id",
-                                  f"link {tunnel.link_id!r} has no classical channel (peer_addr or peer_listen, "
-                                  "peer_key_file and peer_public_key)")
+            require_channel(f"wireguard[{index}].link_id", tunnel.link_id)
             if tunnel.name in names:
                 raise ConfigError(f"wireguard[{index}].name", f"duplicate tunnel name {tunnel.name!r}")
             names[tunnel.name] = index
@@ -517,12 +520,7 @@ class Config:
         for kind, consumers in (("kms_push", self.kms_push), ("ipsec", self.ipsec)):
             kind_names: dict[str, int] = {}
             for index, consumer in enumerate(consumers):
-                if consumer.link_id not in seen:
-                    raise ConfigError(f"{kind}[{index}].link_id", f"no link {consumer.link_id!r} in [[links]]")
-                if not self.links[seen[consumer.link_id]].has_peer_channel:
-                    raise ConfigError(f"{kind}[{index}].link_id",
-                                      f"link {consumer.link_id!r} has no classical channel (peer_addr or peer_listen, "
-                                      "peer_key_file and peer_public_key): both ends must agree on every key")
+                require_channel(f"{kind}[{index}].link_id", consumer.link_id, ": both ends must agree on every key")
                 if consumer.name in kind_names:
                     raise ConfigError(f"{kind}[{index}].name", f"duplicate {kind} name {consumer.name!r}")
                 kind_names[consumer.name] = index
