@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections import deque
 
 import trio
 
@@ -43,7 +44,7 @@ class KeyRequests:
         self.reserve_timeout_s = reserve_timeout_s
         self._reservations = reservations
         self._abandoned: dict[str, tuple[str, str]] = {}    # request id -> (key id, holder), oldest first
-        self._settled: dict[str, list[str]] = {}             # holder -> key ids reserved for it at both ends
+        self._settled: dict[str, deque[str]] = {}            # holder -> key ids reserved for it at both ends
         reservations.add_purpose(self.PURPOSE, self)
 
     # -- requesting end -------------------------------------------------------------------------
@@ -65,17 +66,14 @@ class KeyRequests:
             if outcome.accepted:
                 key = await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
                 return _truncate(key, bits)
-            if outcome.status == "refused" and outcome.reason is RefuseReason.KEYS_GONE:
-                # the peer delivered or lost it: this copy must never be handed out either
-                await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
-                continue
             if outcome.status == "timeout":
                 self._remember_abandoned(request_id, key_id, holder)
                 raise KeyUnavailable("the peer did not confirm the reservation in time")
             if outcome.status == "lost":
                 raise KeyUnavailable("the session with the peer ended before it confirmed the reservation")
-            await trio.to_thread.run_sync(self.store.release, self.link_id, [key_id])
-            raise KeyUnavailable(f"the peer refused the reservation: {outcome.reason.name.lower()}")
+            await self._drop_refused(key_id, holder, outcome.reason)
+            if outcome.reason is not RefuseReason.KEYS_GONE:
+                raise KeyUnavailable(f"the peer refused the reservation: {outcome.reason.name.lower()}")
         raise KeyUnavailable("no key both ends hold")
 
     def _remember_abandoned(self, request_id: str, key_id: str, holder: str) -> None:
@@ -89,25 +87,27 @@ class KeyRequests:
         if abandoned is None:
             return
         key_id, holder = abandoned
-        if event.accepted:
-            settled = self._settled.setdefault(holder, [])
-            settled.append(key_id)
-            if len(settled) > MAX_ABANDONED:
-                settled.pop(0)                                  # stays reserved until it expires
+        if event.accepted:      # past MAX_ABANDONED the oldest drops out and stays reserved until it expires
+            self._settled.setdefault(holder, deque(maxlen=MAX_ABANDONED)).append(key_id)
             return
         try:
-            if event.reason is RefuseReason.KEYS_GONE:          # never to be handed out here either
-                await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
-            else:                                               # the peer reserved nothing: the key is free
-                await trio.to_thread.run_sync(self.store.release, self.link_id, [key_id])
+            await self._drop_refused(key_id, holder, event.reason)
         except KeyStoreError:       # expired meanwhile, or the store cannot write: it stays reserved until expiry
             pass
+
+    async def _drop_refused(self, key_id: str, holder: str, reason: RefuseReason | None) -> None:
+        """The peer refused to reserve `key_id`: erase this end's copy when the peer no longer holds it (it
+        delivered or lost it, so this copy must never be handed out either), else free it."""
+        if reason is RefuseReason.KEYS_GONE:
+            await trio.to_thread.run_sync(lambda: self.store.deliver(self.link_id, key_id, holder=holder))
+        else:
+            await trio.to_thread.run_sync(self.store.release, self.link_id, [key_id])
 
     async def _deliver_settled(self, holder: str) -> StoredKey | None:
         """A key a late acceptance left reserved for `holder` at both ends, delivered here; None if none."""
         settled = self._settled.get(holder)
         while settled:
-            key_id = settled.pop(0)
+            key_id = settled.popleft()
             try:
                 return await trio.to_thread.run_sync(
                     lambda: self.store.deliver(self.link_id, key_id, holder=holder))
