@@ -41,8 +41,4 @@ def cap_retransmission_timeout(sock: socket.socket, ceiling_ms: int = RTO_CEILIN
 def retransmission_cap_supported() -> bool:
     """Whether this kernel takes TCP_RTO_MAX_MS (probed on a socket of its own)."""
     with socket.socket() as probe:
-        try:
-            probe.setsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS, RTO_CEILING_MS)
-            return True
-        except OSError:
-            return False
+        return cap_retransmission_timeout(probe)
