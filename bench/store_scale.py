@@ -20,8 +20,9 @@ wall time of one call (of --reps), the figure that must not grow with N:
     purge_1000_ms       purge_tombstones() deleting 1000 tombstones
 
 and, not per request but per stored key (an inventory is O(N) by nature): inventory_us_per_key (the
-store's inventory read) and plan_us_per_key (plan_resync of two equal inventories), with fill_s the
-time to build the store. Key material is random; nothing of it is printed.
+store's inventory read) and plan_us_per_key (plan_resync of two equal inventories), next to
+summary_us_per_key (the frame summaries a resynchronisation reads instead, then lists key by key only the
+frames they leave open: none between two equal stores), with fill_s the time to build the store. Key material is random; nothing of it is printed.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ import tempfile
 import time
 
 from qkdd.keystore import KeyStore
-from qkdd.keystore.resync import TOMBSTONE_GRACE_S, plan_resync
+from qkdd.keystore.resync import TOMBSTONE_GRACE_S, frames_to_list, plan_resync
 from qkdd.link.linkmsg import KEY_ID_SEED_BYTES, derive_key_ids
 
 LINK = "a-b"
@@ -129,6 +130,10 @@ def measure(directory: str, keys: int, reps: int) -> dict:
     plan = plan_resync(inventory, dict(inventory))
     result["plan_us_per_key"] = round((time.perf_counter() - started) * 1e6 / len(inventory), 3)
     assert not (plan.promote or plan.discard or plan.expire)
+    started = time.perf_counter()
+    summaries = store.frame_summaries(LINK)
+    result["summary_us_per_key"] = round((time.perf_counter() - started) * 1e6 / len(inventory), 3)
+    assert frames_to_list(summaries, dict(summaries)) == [f for f, s in summaries.items() if s.pending]
 
     # Housekeeping: the 1 % pass their expiry one frame (1000 keys) per sweep, as a daemon sweeping every
     # few seconds finds only what expired since the last sweep.

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from qkdd.keystore import KeyAlreadyDelivered, KeyState, KeyStore, create_kek
-from qkdd.keystore.resync import (InventoryAssembler, ResyncMessageError, decode_inventory, encode_inventory,
-                                  plan_resync)
+from qkdd.keystore.resync import (FrameSummary, InventoryAssembler, ResyncMessageError, SummaryAssembler,
+                                  decode_inventory, decode_summaries, encode_inventory, encode_summaries,
+                                  frames_to_list, plan_resync)
 
 LINK = "link-ab"
 
@@ -28,12 +29,19 @@ def ends(tmp_path):
 
 
 def resync(alice, bob):
-    """Both ends exchange inventories through the wire format and apply their own plans."""
-    msg_a = encode_inventory(LINK, alice.inventory(LINK), 1024)    # several messages each
-    msg_b = encode_inventory(LINK, bob.inventory(LINK), 1024)
-    for store, remote in ((alice, decode_inventory(msg_b, LINK)), (bob, decode_inventory(msg_a, LINK))):
-        plan = plan_resync(store.inventory(LINK), remote)
+    """Both ends exchange frame summaries, then the inventories of the frames those leave open, through the
+    wire formats (as qkdd.link.inventory does), and apply their own plans. The number of keys listed."""
+    summaries = {store: store.frame_summaries(LINK) for store in (alice, bob)}
+    wire = {store: encode_summaries(LINK, summaries[store], 1024) for store in (alice, bob)}
+    frames = {store: frames_to_list(summaries[store], decode_summaries(wire[other], LINK))
+              for store, other in ((alice, bob), (bob, alice))}
+    assert frames[alice] == frames[bob]                             # both ends choose the same frames
+    local = {store: store.inventory(LINK, frames[store]) for store in (alice, bob)}
+    msg = {store: encode_inventory(LINK, local[store], 1024) for store in (alice, bob)}   # several messages each
+    for store, other in ((alice, bob), (bob, alice)):
+        plan = plan_resync(local[store], decode_inventory(msg[other], LINK))
         store.apply_resync(LINK, plan.promote, plan.discard, plan.expire)
+    return len(local[alice]) + len(local[bob])
 
 
 def usable(store):
@@ -204,3 +212,124 @@ def test_a_mangled_inventory_is_refused_or_lists_only_well_formed_keys(messages)
     assert len(assembler.inventory) <= len(_INVENTORY) + 4 * len(messages)
     assert all(str(uuid.UUID(key_id)) == key_id and isinstance(state, KeyState)
                for key_id, state in assembler.inventory.items())
+
+
+# ---- the frame summaries: only the frames that may change are listed key by key --------------------------
+def reference_summaries(inventory: dict[str, KeyState], frame_of: dict[str, int]) -> dict[int, FrameSummary]:
+    """FrameSummary per frame computed in Python from an inventory, to check the store's aggregate query."""
+    frames: dict[int, list[tuple[str, KeyState]]] = {}
+    for key_id, state in inventory.items():
+        frames.setdefault(frame_of[key_id], []).append((key_id, state))
+    return {frame_id: FrameSummary(len(rows), sum(s is KeyState.PENDING for _, s in rows),
+                                   sum(s.holds_material for _, s in rows), sum(s is KeyState.EXPIRED for _, s in rows),
+                                   min(k for k, _ in rows), max(k for k, _ in rows))
+            for frame_id, rows in frames.items()}
+
+
+def test_the_store_summarises_each_frame_as_its_inventory_says(ends):
+    alice, _ = ends
+    frame_of, now = {}, time.time()
+    for frame_id in range(1, 7):
+        batch = keys(5)
+        frame_of.update((k, frame_id) for k, _ in batch)
+        alice.put_pending(LINK, frame_id, batch, expires_at=now + (60 if frame_id == 5 else 3600))
+        if frame_id != 6:
+            alice.commit_frame(LINK, frame_id)
+        if frame_id == 2:
+            alice.deliver(LINK, batch[0][0])
+            alice.reserve_ids(LINK, [batch[1][0]], "x")
+    alice.expire(now=now + 61)                               # frame 5 expires
+    assert alice.frame_summaries(LINK) == reference_summaries(alice.inventory(LINK), frame_of)
+    assert alice.inventory(LINK, [2, 6]) == {k: s for k, s in alice.inventory(LINK).items() if frame_of[k] in (2, 6)}
+    assert alice.inventory(LINK, []) == {}
+    many = list(range(1, 1200))                              # more frame ids than one query binds
+    assert alice.inventory(LINK, many) == alice.inventory(LINK)
+
+
+def test_after_a_crash_only_the_unsettled_frames_are_listed(ends):
+    alice, bob = ends
+    expiry = time.time() + 3600
+    for frame_id in range(1, 201):                           # 200 frames done at both ends
+        batch = keys(4)
+        for store in ends:
+            store.put_pending(LINK, frame_id, batch, expires_at=expiry)
+            store.commit_frame(LINK, frame_id)
+        if frame_id % 3 == 0:
+            alice.deliver(LINK, batch[0][0])                 # consumed at one end only: nothing to settle
+    crashed = keys(4)
+    alice.put_pending(LINK, 201, crashed, expires_at=expiry)   # Alice committed, Bob crashed before commit
+    alice.commit_frame(LINK, 201)
+    bob.put_pending(LINK, 201, crashed, expires_at=expiry)
+    assert resync(alice, bob) == 8                           # frame 201's 4 keys at each end, nothing else
+    assert {k for k, _ in crashed} <= usable(alice) & usable(bob)
+    assert resync(alice, bob) == 0                           # settled
+
+
+@st.composite
+def two_ends(draw):
+    """Inventories of two ends over shared frames: each frame absent, pending or committed at each end
+    (its keys the same at both), a committed key available, reserved, delivered or expired."""
+    local, remote, frame_of = {}, {}, {}
+    for frame_id in range(draw(st.integers(0, 8))):
+        ids = [str(uuid.UUID(int=draw(st.integers(1, 2**120)), version=4)) for _ in range(draw(st.integers(1, 4)))]
+        if len(set(ids)) < len(ids) or set(ids) & set(frame_of):
+            continue
+        frame_of.update((k, frame_id) for k in ids)
+        for inventory in (local, remote):
+            presence = draw(st.sampled_from(["absent", "pending", "committed"]))
+            for key_id in ids:
+                if presence == "pending":
+                    inventory[key_id] = KeyState.PENDING
+                elif presence == "committed":
+                    inventory[key_id] = draw(st.sampled_from([KeyState.AVAILABLE, KeyState.RESERVED,
+                                                              KeyState.DELIVERED, KeyState.EXPIRED]))
+    return local, remote, frame_of
+
+
+@settings(max_examples=400, deadline=None)
+@given(two_ends())
+def test_listing_only_the_chosen_frames_plans_exactly_what_listing_every_key_plans(ends_state):
+    local, remote, frame_of = ends_state
+    summaries = reference_summaries(local, frame_of), reference_summaries(remote, frame_of)
+    frames = set(frames_to_list(*summaries))
+    assert frames == set(frames_to_list(summaries[1], summaries[0]))
+    listed = [{k: s for k, s in inventory.items() if frame_of[k] in frames} for inventory in (local, remote)]
+    assert plan_resync(listed[0], listed[1]) == plan_resync(local, remote)
+    assert plan_resync(listed[1], listed[0]) == plan_resync(remote, local)
+
+
+_SUMMARIES = {n: FrameSummary(4, 0, 3, 1, str(uuid.UUID(int=n, version=4)), str(uuid.UUID(int=n + 9, version=4)))
+              for n in range(1, 10)}
+_SUMMARY_MESSAGES = encode_summaries(LINK, _SUMMARIES, 7 + len(LINK) + 5 + 56 * 4)    # 4 frames per message
+
+
+def test_summary_messages_round_trip_and_refuse_bad_input():
+    assert len(_SUMMARY_MESSAGES) == 3 and decode_summaries(_SUMMARY_MESSAGES, LINK) == _SUMMARIES
+    assert decode_summaries(encode_summaries(LINK, {}), LINK) == {}
+    bad = {1: FrameSummary(2, 2, 1, 0, str(uuid.UUID(int=1, version=4)), str(uuid.UUID(int=2, version=4)))}
+    for messages, words in ((_SUMMARY_MESSAGES[:2], "without its last message"),
+                            (_SUMMARY_MESSAGES[:1] * 2 + _SUMMARY_MESSAGES[2:], "twice"),
+                            (encode_summaries(LINK, bad), "inconsistent"),
+                            (encode_inventory(LINK, {}), "not a summary message"),
+                            (encode_summaries("other", _SUMMARIES), "is for link")):
+        with pytest.raises(ResyncMessageError, match=words):
+            decode_summaries(messages, LINK)
+    with pytest.raises(ResyncMessageError, match="not an inventory message"):
+        decode_inventory(_SUMMARY_MESSAGES, LINK)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 200), st.binary(max_size=8)), min_size=1, max_size=4))
+def test_a_mangled_summary_is_refused_or_holds_only_consistent_frames(edits):
+    messages = [bytearray(m) for m in _SUMMARY_MESSAGES]
+    for which, at, data in edits:
+        messages[which][at:at + len(data)] = data
+    assembler = SummaryAssembler(LINK)
+    try:
+        for message in messages:
+            assembler.add(bytes(message))
+    except ResyncMessageError:
+        return
+    for summary in assembler.summaries.values():
+        assert 0 < summary.keys and summary.pending <= summary.holding <= summary.keys
+        assert summary.holding + summary.expired <= summary.keys and summary.lowest_id <= summary.highest_id

@@ -47,7 +47,7 @@ from qkdd.keystore.model import (
     StoreWriteError,
     canonical_key_id,
 )
-from qkdd.keystore.resync import TOMBSTONE_GRACE_S
+from qkdd.keystore.resync import TOMBSTONE_GRACE_S, FrameSummary
 from qkdd.sqlite_batch import Database, SavepointTransactions, create_schema
 
 SCHEMA_VERSION = 1
@@ -126,6 +126,7 @@ _HAS_MATERIAL = "sealed IS NOT NULL"
 CACHE_KIB = 65536                   # SQLite page cache of the store's connection (the default is 2 MiB)
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
 LOW_SPACE_BYTES = 1 << 20           # an I/O error with less free space than this counts as a full disk
+_FRAMES_PER_QUERY = 500             # frame ids bound into one inventory query (SQLite allows 32766 parameters)
 
 
 class KeyStore(SavepointTransactions):
@@ -456,11 +457,31 @@ class KeyStore(SavepointTransactions):
                 "SELECT key_id FROM keys WHERE link_id = ? AND state = ? AND holder = ? ORDER BY created_at, rowid",
                 (link_id, KeyState.RESERVED.value, holder))]
 
-    def inventory(self, link_id: str) -> dict[str, KeyState]:
-        """Every key id of the link with its state (tombstones included), for resynchronisation."""
+    def inventory(self, link_id: str, frames: Iterable[int] | None = None) -> dict[str, KeyState]:
+        """Every key id of the link with its state (tombstones included), for resynchronisation; only the
+        keys of `frames` when given."""
+        states = {state.value: state for state in KeyState}
         with self._lock:
-            return {key_id: KeyState(state) for key_id, state in
-                    self._db.execute("SELECT key_id, state FROM keys WHERE link_id = ?", (link_id,))}
+            if frames is None:
+                return {key_id: states[state] for key_id, state in
+                        self._db.execute("SELECT key_id, state FROM keys WHERE link_id = ?", (link_id,))}
+            frames, inventory = list(frames), {}
+            for first in range(0, len(frames), _FRAMES_PER_QUERY):
+                chunk = frames[first:first + _FRAMES_PER_QUERY]
+                inventory.update((key_id, states[state]) for key_id, state in self._db.execute(
+                    f"SELECT key_id, state FROM keys WHERE link_id = ? AND frame_id IN ({','.join('?' * len(chunk))})",
+                    (link_id, *chunk)))
+            return inventory
+
+    def frame_summaries(self, link_id: str) -> dict[int, FrameSummary]:
+        """Per frame of the link: how many keys, how many pending, holding material, expired, and the
+        lowest and highest key id (resync.py: the first step of a resynchronisation). One aggregate query
+        over the frame index, in SQLite, instead of one Python object per key."""
+        with self._lock:
+            return {frame_id: FrameSummary(*row) for frame_id, *row in self._db.execute(
+                f"SELECT frame_id, COUNT(*), SUM(state = ?), SUM(state IN {_HELD}), SUM(state = ?), "
+                "MIN(key_id), MAX(key_id) FROM keys WHERE link_id = ? GROUP BY frame_id",
+                (KeyState.PENDING.value, KeyState.EXPIRED.value, link_id))}
 
     def apply_resync(self, link_id: str, promote: Iterable[str], discard: Iterable[str],
                      expire: Iterable[str]) -> None:

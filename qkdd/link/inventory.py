@@ -1,6 +1,7 @@
 """The key-store resynchronisation at each session start, over the link's inventory channel: both ends
-send their inventory while reading the other's, then apply the same plan (qkdd.keystore.resync), so no
-frame of an earlier session stays half stored at one end only."""
+exchange one summary per frame, then list key by key only the frames the summaries cannot settle, and
+apply the same plan (qkdd.keystore.resync), so no frame of an earlier session stays half stored at one end
+only."""
 from __future__ import annotations
 
 import logging
@@ -8,20 +9,39 @@ import logging
 import trio
 
 from qkdd.keystore import KeyStore, KeyStoreError
-from qkdd.keystore.resync import InventoryAssembler, encode_inventory, plan_resync
+from qkdd.keystore.resync import (InventoryAssembler, SummaryAssembler, encode_inventory, encode_summaries,
+                                  frames_to_list, plan_resync)
 from qkdd.peer import MuxStream, PeerError
 
 log = logging.getLogger("qkdd.link")
 
 
 async def resynchronise(link_id: str, store: KeyStore, stream: MuxStream) -> None:
-    """Exchange inventories with the peer and apply the plan; PeerError when the exchange fails."""
-    local = await trio.to_thread.run_sync(store.inventory, link_id)
+    """Exchange frame summaries, then the inventories of the frames they leave open, and apply the plan;
+    PeerError when the exchange fails."""
+    max_bytes = stream.session.max_payload_bytes
+    summaries = await trio.to_thread.run_sync(store.frame_summaries, link_id)
+    remote_summaries = (await _exchange(stream, lambda: encode_summaries(link_id, summaries, max_bytes),
+                                        SummaryAssembler(link_id), "frame summary")).summaries
+    frames = frames_to_list(summaries, remote_summaries)        # the same frames at both ends
+    local = await trio.to_thread.run_sync(store.inventory, link_id, frames)
+    remote = (await _exchange(stream, lambda: encode_inventory(link_id, local, max_bytes),
+                              InventoryAssembler(link_id), "key inventory")).inventory
+    # O(N) in the keys listed: off the event loop, as reading and encoding them are
+    plan = await trio.to_thread.run_sync(plan_resync, local, remote)
+    await trio.to_thread.run_sync(store.apply_resync, link_id, plan.promote, plan.discard, plan.expire)
+    log.info("link %s: key store resynchronised", link_id,
+             extra={"frames": len(summaries), "frames_listed": len(frames), "keys_listed": len(local),
+                    "promoted": len(plan.promote), "discarded": len(plan.discard), "expired": len(plan.expire)})
+
+
+async def _exchange(stream: MuxStream, encode, assembler, what: str):
+    """Send this end's messages while reading the peer's into `assembler` (two large exchanges must not
+    wait on each other); the assembler once complete."""
     try:
-        messages = await trio.to_thread.run_sync(encode_inventory, link_id, local, stream.session.max_payload_bytes)
+        messages = await trio.to_thread.run_sync(encode)
     except KeyStoreError as exc:
-        raise PeerError(f"cannot send this end's key inventory: {exc}") from None
-    assembler = InventoryAssembler(link_id)
+        raise PeerError(f"cannot send this end's {what}: {exc}") from None
     failures: list[PeerError] = []
     async with trio.open_nursery() as nursery:
         async def guarded(step) -> None:          # the first failure ends both, re-raised below as is
@@ -30,22 +50,17 @@ async def resynchronise(link_id: str, store: KeyStore, stream: MuxStream) -> Non
             except PeerError as exc:
                 failures.append(exc)
                 nursery.cancel_scope.cancel()
-        # sent while the peer's messages are read: two large inventories must not wait on each other
         nursery.start_soon(guarded, lambda: stream.send_many(messages))
-        await guarded(lambda: _receive_inventory(stream, assembler))
+        await guarded(lambda: _receive(stream, assembler, what))
     if failures:
         raise failures[0]
-    # O(N) in the keys stored: off the event loop, as reading and encoding the inventory are
-    plan = await trio.to_thread.run_sync(plan_resync, local, assembler.inventory)
-    await trio.to_thread.run_sync(store.apply_resync, link_id, plan.promote, plan.discard, plan.expire)
-    log.info("link %s: key store resynchronised", link_id,
-             extra={"promoted": len(plan.promote), "discarded": len(plan.discard), "expired": len(plan.expire)})
+    return assembler
 
 
-async def _receive_inventory(stream: MuxStream, assembler: InventoryAssembler) -> None:
+async def _receive(stream: MuxStream, assembler, what: str) -> None:
     while not assembler.complete:
         payload = await stream.receive()
         try:
             await trio.to_thread.run_sync(assembler.add, payload)    # up to millions of entries a message
         except KeyStoreError as exc:
-            raise PeerError(f"peer inventory refused: {exc}") from None
+            raise PeerError(f"peer {what} refused: {exc}") from None

@@ -1,9 +1,11 @@
-"""Fuzz target: a peer's key-store inventory during resync. The input is one or more inventory messages, each
-behind a 4-byte big-endian length, added in order to an InventoryAssembler; a complete inventory is then
-planned against a local inventory (plan_resync).
+"""Fuzz target: a peer's key-store resync messages. The input is one or more messages, each behind a 4-byte
+big-endian length, added in order to a SummaryAssembler (frame summaries, the first step) and to an
+InventoryAssembler (the keys of the frames listed); a complete summary is compared with the local one
+(frames_to_list), a complete inventory planned against a local inventory (plan_resync).
 
-Expected: messages taken or a ResyncMessageError; a complete inventory holds canonical key ids with known
-states, at most MAX_KEYS of them, and its plan names only local keys, each once.
+Expected: messages taken or a ResyncMessageError; complete summaries hold consistent counts and choose the
+same frames whichever end compares; a complete inventory holds canonical key ids with known states, at most
+MAX_KEYS of them, and its plan names only local keys, each once.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from tests.fuzz._common import Finding, fuzz, instrumented
 
 with instrumented():
     from qkdd.keystore.model import KeyState
-    from qkdd.keystore.resync import (MAX_KEYS, InventoryAssembler, ResyncMessageError, encode_inventory,
+    from qkdd.keystore.resync import (MAX_KEYS, FrameSummary, InventoryAssembler, ResyncMessageError,
+                                      SummaryAssembler, encode_inventory, encode_summaries, frames_to_list,
                                       plan_resync)
 
 LINK_ID = "link-ab"
@@ -22,6 +25,9 @@ _LENGTH = struct.Struct(">I")
 LOCAL = {str(uuid.UUID(int=n, version=4)): state
          for n, state in enumerate([KeyState.PENDING, KeyState.AVAILABLE, KeyState.RESERVED, KeyState.DELIVERED,
                                     KeyState.EXPIRED, KeyState.PENDING], start=1)}
+
+LOCAL_SUMMARIES = {1: FrameSummary(4, 0, 2, 1, min(LOCAL), max(LOCAL)),
+                   2: FrameSummary(2, 2, 2, 0, min(LOCAL), max(LOCAL))}
 
 
 def _messages(data: bytes) -> list[bytes]:
@@ -35,9 +41,11 @@ def _messages(data: bytes) -> list[bytes]:
 
 
 def TestOneInput(data: bytes) -> None:
+    messages = _messages(data)
+    _check_summaries(messages)
     assembler = InventoryAssembler(LINK_ID)
     try:
-        for message in _messages(data):
+        for message in messages:
             assembler.add(message)
     except ResyncMessageError:
         return
@@ -53,6 +61,23 @@ def TestOneInput(data: bytes) -> None:
         raise Finding(f"resync plan names a key twice or a key this end lacks: {plan!r}")
 
 
+def _check_summaries(messages: list[bytes]) -> None:
+    assembler = SummaryAssembler(LINK_ID)
+    try:
+        for message in messages:
+            assembler.add(message)
+    except ResyncMessageError:
+        return
+    if not assembler.complete:
+        return
+    for summary in assembler.summaries.values():
+        if not (0 < summary.keys and summary.pending <= summary.holding
+                and summary.holding + summary.expired <= summary.keys and summary.lowest_id <= summary.highest_id):
+            raise Finding(f"an accepted summary is inconsistent: {summary!r}")
+    if frames_to_list(LOCAL_SUMMARIES, assembler.summaries) != frames_to_list(assembler.summaries, LOCAL_SUMMARIES):
+        raise Finding("the two ends would list different frames")
+
+
 def seeds() -> list[bytes]:
     def container(messages: list[bytes]) -> bytes:
         return b"".join(_LENGTH.pack(len(message)) + message for message in messages)
@@ -62,7 +87,9 @@ def seeds() -> list[bytes]:
     return [container(encode_inventory(LINK_ID, remote)),
             container(encode_inventory(LINK_ID, remote, max_message_bytes=50)),
             container(encode_inventory(LINK_ID, {})),
-            encode_inventory(LINK_ID, LOCAL)[0]]
+            encode_inventory(LINK_ID, LOCAL)[0],
+            container(encode_summaries(LINK_ID, LOCAL_SUMMARIES)),
+            container(encode_summaries(LINK_ID, LOCAL_SUMMARIES, max_message_bytes=80))]
 
 
 if __name__ == "__main__":
