@@ -36,7 +36,7 @@ from qkdd.peer import generate_identity, save_private_key, save_public_key
 from qkdd.pki import pki_paths
 from tests.chaos_load import Book, Driver, EndApi, Flow, audit_stores
 from tests.chaos_net import NetnsPair, Tmpfs, hop
-from tests.wireguard_support import QkddInNetns, run, wait_for
+from tests.wireguard_support import QkddInNetns, wait_for
 
 LINK_ID = "chaos"
 PEER_PORT = 7443            # Alice's classical channel, on her classical veth address
@@ -173,10 +173,16 @@ class Lab:
         directory = self.workdir / "pki"
         code = ("import sys; from qkdd.pki import init_pki; "
                 "init_pki(sys.argv[1], ['kme-a', 'kme-b'], ['sae-a', 'sae-b', 'admin'])")
-        command = [sys.executable, "-c", code, str(directory)]
+        env = dict(os.environ)
         if faketime_available():
-            command = ["faketime", "-f", PKI_ISSUED_BEFORE, *command]
-        run(*command, timeout=60)
+            # the library itself, not the faketime wrapper, whose semaphores a killed run leaves behind
+            # (a later process with the same pid then fails with "sem_open: File exists")
+            env.update(LD_PRELOAD=str(FAKETIME_LIB), FAKETIME=PKI_ISSUED_BEFORE)
+        result = subprocess.run([sys.executable, "-c", code, str(directory)], env=env, capture_output=True,
+                                timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"issuing the lab's PKI failed ({result.returncode}): "
+                               f"{result.stderr.decode(errors='replace')[-2000:]}")
         self.pki = pki_paths(directory, ["kme-a", "kme-b"], ["sae-a", "sae-b", "admin"])
 
     def _start_proxy(self) -> None:
