@@ -30,6 +30,8 @@ from pathlib import Path
 
 import trio
 
+from qkdd.peer.tcp_tuning import cap_retransmission_timeout
+
 SETTINGS_POLL_S = 0.2
 CONNECT_TIMEOUT_S = 15.0         # the upstream connect (a cut path would otherwise hang in SYN retries)
 QUEUE_CHUNKS = 256               # chunks in flight per direction before the reader waits (a path's buffer)
@@ -140,6 +142,10 @@ class DelayProxy:
                     pass
             if upstream is None:
                 return
+            # The proxy stands in for the path, where no TCP endpoint sits between the two daemons: its own
+            # socket on the faulted side backs off as the daemons' do (capped, qkdd/peer/tcp_tuning.py), or
+            # after a partition its retransmission, not the daemon, would decide when traffic resumes.
+            cap_retransmission_timeout(upstream.socket)
             async with upstream, trio.open_nursery() as nursery:
                 for source, sink in ((downstream, upstream), (upstream, downstream)):
                     nursery.start_soon(self._direction, source, sink, nursery.cancel_scope)
