@@ -1,5 +1,6 @@
 """Resynchronisation of two key stores after a crash: plans, messages, and convergence."""
 import os
+import shutil
 import struct
 import time
 import uuid
@@ -8,9 +9,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from qkdd.keystore import KeyAlreadyDelivered, KeyState, KeyStore, create_kek
-from qkdd.keystore.resync import (FrameSummary, InventoryAssembler, ResyncMessageError, SummaryAssembler,
-                                  decode_inventory, decode_summaries, encode_inventory, encode_summaries,
-                                  frames_to_list, plan_resync)
+from qkdd.keystore.kek import load_kek
+from qkdd.keystore.resync import (FrameSummary, InventoryAssembler, ResyncMessageError, ResyncPoint,
+                                  SummaryAssembler, decode_hello, decode_inventory, decode_summaries, encode_hello,
+                                  encode_inventory, encode_summaries, frames_to_list, plan_resync, resync_scope)
 
 LINK = "link-ab"
 
@@ -28,10 +30,17 @@ def ends(tmp_path):
     bob.close()
 
 
-def resync(alice, bob):
-    """Both ends exchange frame summaries, then the inventories of the frames those leave open, through the
-    wire formats (as qkdd.link.inventory does), and apply their own plans. The number of keys listed."""
-    summaries = {store: store.frame_summaries(LINK) for store in (alice, bob)}
+def resync(alice, bob, *, apply_at=None, full=False):
+    """Both ends exchange resynchronisation points, frame summaries, then the inventories of the frames
+    those leave open, through the wire formats (as qkdd.link.inventory does), and apply their own plans
+    (only `apply_at`'s when given: the other crashed first). The number of keys listed."""
+    points = {store: store.resync_point(LINK) for store in (alice, bob)}
+    peer = {store: decode_hello(encode_hello(LINK, points[other], 120), LINK)        # several messages each
+            for store, other in ((alice, bob), (bob, alice))}
+    scope = None if full else resync_scope(points[alice], peer[alice])
+    assert full or scope == resync_scope(points[bob], peer[bob])    # both ends choose the same scope
+    resync.last_scope = scope
+    summaries = {store: store.frame_summaries(LINK, scope) for store in (alice, bob)}
     wire = {store: encode_summaries(LINK, summaries[store], 1024) for store in (alice, bob)}
     frames = {store: frames_to_list(summaries[store], decode_summaries(wire[other], LINK))
               for store, other in ((alice, bob), (bob, alice))}
@@ -40,7 +49,9 @@ def resync(alice, bob):
     msg = {store: encode_inventory(LINK, local[store], 1024) for store in (alice, bob)}   # several messages each
     for store, other in ((alice, bob), (bob, alice)):
         plan = plan_resync(local[store], decode_inventory(msg[other], LINK))
-        store.apply_resync(LINK, plan.promote, plan.discard, plan.expire)
+        if apply_at in (None, store):         # (`full`: as before resynchronisation points existed)
+            store.apply_resync(LINK, plan.promote, plan.discard, plan.expire, peer=None if full else peer[store],
+                               scope=scope)
     return len(local[alice]) + len(local[bob])
 
 
@@ -333,3 +344,126 @@ def test_a_mangled_summary_is_refused_or_holds_only_consistent_frames(edits):
     for summary in assembler.summaries.values():
         assert 0 < summary.keys and summary.pending <= summary.holding <= summary.keys
         assert summary.holding + summary.expired <= summary.keys and summary.lowest_id <= summary.highest_id
+
+
+# ---- resynchronisation points: an unchanged store summarises nothing ---------------------------------------
+def both_store(ends, frame_id, batch, expiry):
+    for store in ends:
+        store.put_pending(LINK, frame_id, batch, expires_at=expiry)
+        store.commit_frame(LINK, frame_id)
+
+
+def test_after_an_agreed_resync_only_frames_changed_since_are_summarised(ends):
+    alice, bob = ends
+    expiry = time.time() + 3600
+    for frame_id in range(1, 51):
+        both_store(ends, frame_id, keys(4), expiry)
+    resync(alice, bob)
+    assert resync.last_scope is None                         # the first session: every frame
+    assert resync(alice, bob) == 0 and resync.last_scope == []
+    both_store(ends, 51, keys(4), expiry)                    # committed at both during a session: settled
+    alice.deliver(LINK, next(iter(usable(alice))))           # consumed at one end: nothing to settle
+    assert resync(alice, bob) == 0 and resync.last_scope == []
+    crashed = keys(4)                                        # Alice committed, Bob crashed before commit
+    alice.put_pending(LINK, 52, crashed, expires_at=expiry)
+    alice.commit_frame(LINK, 52)
+    bob.put_pending(LINK, 52, crashed, expires_at=expiry)
+    aborted = keys(4)                                        # stored pending at Bob, then dropped there
+    bob.put_pending(LINK, 53, aborted, expires_at=expiry)
+    bob.discard_frame(LINK, 53)
+    lost = keys(4)                                           # Bob lost the keys of a frame Alice holds
+    both_store(ends, 54, lost, expiry)
+    bob.apply_resync(LINK, [], [k for k, _ in lost], [])
+    assert resync(alice, bob) == 4 + 4 + 4 and resync.last_scope == [52, 53, 54]   # 52 at both, 54 at Alice
+    assert {k for k, _ in crashed} <= usable(alice) & usable(bob)
+    assert not {k for k, _ in lost} & usable(alice)
+    assert resync(alice, bob) == 0 and resync.last_scope == []
+
+
+def test_a_point_not_agreed_at_both_ends_summarises_every_frame(ends, tmp_path):
+    alice, bob = ends
+    expiry = time.time() + 3600
+    both_store(ends, 1, keys(4), expiry)
+    resync(alice, bob)
+    resync(alice, bob, apply_at=alice)                       # Bob crashed before applying his plan
+    resync(alice, bob)
+    assert resync.last_scope is None
+    backup = tmp_path / "bob-copy.db"                        # a copy of Bob's store as it is now ...
+    shutil.copyfile(bob.path, backup)
+    resync(alice, bob)
+    assert resync.last_scope == []
+    restored = KeyStore(str(backup), load_kek(str(tmp_path / "b.kek")))      # ... restored after a resync
+    try:
+        resync(alice, restored)
+        assert resync.last_scope is None
+    finally:
+        restored.close()
+    fresh = KeyStore(str(tmp_path / "fresh.db"), create_kek(str(tmp_path / "fresh.kek")))   # a new store
+    try:
+        resync(alice, fresh)
+        assert resync.last_scope is None and not usable(alice)     # nothing is held at both ends
+    finally:
+        fresh.close()
+
+
+@st.composite
+def histories(draw):
+    """Sequences of what happens to a link's two stores between and during resynchronisations."""
+    steps = st.sampled_from(["both", "alice_committed_bob_pending", "both_pending", "alice_pending_only",
+                             "bob_pending_only", "deliver_alice", "deliver_bob", "discard_pending_alice",
+                             "discard_pending_bob", "lose_at_bob", "resync", "resync_alice_only"])
+    return draw(st.lists(steps, min_size=1, max_size=14))
+
+
+@settings(max_examples=30, deadline=None)
+@given(histories())
+def test_resync_from_agreed_points_ends_as_resync_of_every_key_would(tmp_path_factory, history):
+    root = tmp_path_factory.mktemp("twins")
+    pairs = {mode: tuple(KeyStore(str(root / f"{mode}-{end}.db"), bytes(32)) for end in "ab")
+             for mode in ("points", "full")}
+    expiry = time.time() + 3600
+    try:
+        for index, step in enumerate(history, start=1):
+            batch = [(str(uuid.UUID(int=index * 16 + n, version=4)), bytes(32)) for n in range(3)]
+            for mode, (a, b) in pairs.items():
+                _step(step, index, batch, expiry, a, b, full=mode == "full")
+        for mode, (a, b) in pairs.items():
+            resync(a, b, full=mode == "full")
+        inventories = {mode: (a.inventory(LINK), b.inventory(LINK)) for mode, (a, b) in pairs.items()}
+        assert inventories["points"] == inventories["full"]
+    finally:
+        for stores in pairs.values():
+            for store in stores:
+                store.close()
+
+
+def _step(step, frame_id, batch, expiry, alice, bob, *, full):
+    def first(store, state):
+        return next((k for k, s in sorted(store.inventory(LINK).items()) if s is state), None)
+
+    if step in ("both", "alice_committed_bob_pending", "both_pending", "alice_pending_only", "bob_pending_only"):
+        if step != "bob_pending_only":
+            alice.put_pending(LINK, frame_id, batch, expires_at=expiry)
+        if step != "alice_pending_only":
+            bob.put_pending(LINK, frame_id, batch, expires_at=expiry)
+        if step in ("both", "alice_committed_bob_pending"):
+            alice.commit_frame(LINK, frame_id)
+        if step == "both":
+            bob.commit_frame(LINK, frame_id)
+    elif step.startswith("deliver_"):
+        store = alice if step.endswith("alice") else bob
+        if (key_id := first(store, KeyState.AVAILABLE)) is not None:
+            store.deliver(LINK, key_id)
+    elif step.startswith("discard_pending_"):
+        store = alice if step.endswith("alice") else bob
+        pending = {k for k, s in store.inventory(LINK).items() if s is KeyState.PENDING}
+        frames = {f for f in range(frame_id) if store.inventory(LINK, [f]).keys() & pending}
+        if frames:
+            store.discard_frame(LINK, min(frames))
+    elif step == "lose_at_bob":
+        if (key_id := first(bob, KeyState.AVAILABLE)) is not None:
+            bob.apply_resync(LINK, [], [key_id], [])
+    elif step == "resync":
+        resync(alice, bob, full=full)
+    elif step == "resync_alice_only":
+        resync(alice, bob, apply_at=alice, full=full)

@@ -15,7 +15,8 @@ import qkdd.link.engine as engine_module
 from qkdd.hal.sim import SimParams
 from qkdd.hal.sim.driver import SimAliceDevice
 from qkdd.keystore import KeyStore
-from qkdd.keystore.resync import InventoryAssembler, SummaryAssembler, encode_inventory, encode_summaries
+from qkdd.keystore.resync import (HelloAssembler, InventoryAssembler, ResyncPoint, SummaryAssembler, encode_hello,
+                                  encode_inventory, encode_summaries)
 from qkdd.link import envelope, linkmsg
 from qkdd.link_channel import INVENTORY_CHANNEL, PIPELINE_CHANNEL, RESERVATION_CHANNEL
 from qkdd.peer import PeerSettings, generate_identity
@@ -49,10 +50,12 @@ async def engine_and_raw_peer(nursery, tmp_path, *, receive_queue_bytes: int, re
                                                           bob_id, alice_id)
     nursery.start_soon(serve_session, alice.channel, alice_session)
     nursery.start_soon(run_session, session)
-    # an empty store's side of the resync: its frame summaries, then its inventory of the frames listed
+    # an empty store's side of the resync: its point, its frame summaries, then its inventory of the frames listed
     # The store's resync runs in worker threads, while a mock clock may jump past heartbeats: a wide guard.
     with trio.fail_after(3600 if isinstance(trio.lowlevel.current_clock(), MockClock) else 10):
-        for messages, assembler in ((encode_summaries(LINK, {}, session.max_payload_bytes), SummaryAssembler(LINK)),
+        fresh = ResyncPoint(bytes(range(1, 17)), 0, bytes(16), 0)
+        for messages, assembler in ((encode_hello(LINK, fresh, session.max_payload_bytes), HelloAssembler(LINK)),
+                                    (encode_summaries(LINK, {}, session.max_payload_bytes), SummaryAssembler(LINK)),
                                     (encode_inventory(LINK, {}, session.max_payload_bytes), InventoryAssembler(LINK))):
             for message in messages:
                 await session.send(INVENTORY_CHANNEL, message)

@@ -26,6 +26,18 @@ a store only ever removes keys of a frame, so equal counts and equal lowest and 
 sets. After a crash or a partition that is a few frames, so a restart costs one aggregate query and a few
 hundred bytes per thousand keys instead of 17 bytes and a Python object for every key.
 
+Most restarts list not even every frame. Each end keeps, per link, a resynchronisation point: its store's
+random id and a generation counted up by every resynchronisation it applies, the peer's id and generation
+as of that resynchronisation, and the frames that changed since (ResyncPoint). A frame changes between
+resynchronisations only by being stored pending (the pipeline then commits it at both ends, and one still
+pending is found by its state) or by losing keys that held material (a trigger in the store notes the frame
+in `resync_dirty`); deliveries and expiries need nothing, as both ends erase a key at the same agreed expiry.
+The two ends first exchange their points (the hello): when each remembers the other exactly as it is now,
+only the frames changed at either end are summarised (`resync_scope`); when not (a first session, a store
+created afresh or restored from a copy, a resynchronisation applied at one end only), every frame is. The
+point moves on in the transaction that applies the plan, so a crash leaves the old one and the next
+session summarises every frame. An unchanged store thus costs a hello of a few dozen bytes at any size.
+
 Tombstones matter only while the other end may still hold the key's material: a delivered key here
 must not be discarded there as "absent" while it is still waiting for its consumer there. Once the
 key is past its expiry here plus TOMBSTONE_GRACE_S (clock skew, a resync under way), the tombstone may
@@ -46,6 +58,8 @@ from qkdd.keystore.model import KeyState, KeyStoreError
 MAGIC = b"QKRS"
 VERSION = 3                   # 2: an inventory spans messages that each fit one peer record; 3: frame summaries
 SUMMARY_MAGIC = b"QKRF"
+HELLO_MAGIC = b"QKRH"
+STORE_ID_BYTES = 16
 MAX_KEYS = 4_000_000          # an inventory above this (in all its messages) is refused before it is parsed
 # The peer channel's default record cap less the record overhead (qkdd.peer.records): 4 M keys are 68 MB,
 # more than one 64 MiB record, so an inventory goes out in as many messages as it needs.
@@ -55,6 +69,8 @@ _LAST = struct.Struct(">B")       # 1 on the inventory's last message
 _COUNT = struct.Struct(">I")
 _ENTRY = struct.Struct(">16sB")
 _SUMMARY_ENTRY = struct.Struct(">qIIII16s16s")     # frame id, keys, pending, holding, expired, lowest, highest id
+_HELLO_POINT = struct.Struct(">16sQ16sQ")           # store id, generation, the peer's store id and generation then
+_FRAME_ID = struct.Struct(">q")
 _STATE_CODES = {KeyState.PENDING: 1, KeyState.AVAILABLE: 2, KeyState.RESERVED: 3, KeyState.DELIVERED: 4,
                 KeyState.EXPIRED: 5}
 _CODE_STATES = {code: state for state, code in _STATE_CODES.items()}
@@ -65,6 +81,26 @@ TOMBSTONE_GRACE_S = 3600.0    # tombstones are kept this long past their key's e
 
 class ResyncMessageError(KeyStoreError):
     """A peer's inventory message is malformed."""
+
+
+@dataclass(frozen=True)
+class ResyncPoint:
+    """One end of a link as of its last resynchronisation (theory of operation): this store's id and
+    generation, the peer's as remembered (zeros before the first), and the frames changed since."""
+    store_id: bytes
+    generation: int
+    peer_store_id: bytes
+    peer_generation: int
+    changed_frames: frozenset[int] = frozenset()
+
+
+def resync_scope(mine: ResyncPoint, theirs: ResyncPoint) -> list[int] | None:
+    """The frames to summarise: those changed at either end when each end remembers the other as it is
+    now, else None (every frame). Symmetric in its arguments, so both ends choose the same scope."""
+    if ((theirs.peer_store_id, theirs.peer_generation) != (mine.store_id, mine.generation)
+            or (mine.peer_store_id, mine.peer_generation) != (theirs.store_id, theirs.generation)):
+        return None
+    return sorted(mine.changed_frames | theirs.changed_frames)
 
 
 @dataclass(frozen=True)
@@ -142,12 +178,26 @@ def encode_summaries(link_id: str, summaries: Mapping[int, FrameSummary],
     return _messages(SUMMARY_MAGIC, link_id, entries, _SUMMARY_ENTRY.size, max_message_bytes, "summary", "frame")
 
 
+def encode_hello(link_id: str, point: ResyncPoint,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[bytes]:
+    """The resynchronisation point as messages framed as an inventory is, each opening with the point
+    (store ids and generations), then one frame id per entry for the frames changed."""
+    if len(point.store_id) != STORE_ID_BYTES or len(point.peer_store_id) != STORE_ID_BYTES:
+        raise ResyncMessageError(f"store ids are {STORE_ID_BYTES} bytes")
+    if len(point.changed_frames) > MAX_KEYS:
+        raise ResyncMessageError(f"{len(point.changed_frames)} changed frames exceed {MAX_KEYS}")
+    preamble = _HELLO_POINT.pack(point.store_id, point.generation, point.peer_store_id, point.peer_generation)
+    entries = [_FRAME_ID.pack(frame_id) for frame_id in sorted(point.changed_frames)]
+    return _messages(HELLO_MAGIC, link_id, entries, _FRAME_ID.size, max_message_bytes, "hello", "frame",
+                     preamble=preamble)
+
+
 def _messages(magic: bytes, link_id: str, entries: list[bytes], entry_bytes: int, max_message_bytes: int,
-              what: str, unit: str) -> list[bytes]:
+              what: str, unit: str, *, preamble: bytes = b"") -> list[bytes]:
     link = link_id.encode()
     if len(link) > 0xFFFF:
         raise ResyncMessageError("link id too long")
-    fixed_bytes = _HEADER.size + len(link) + _LAST.size + _COUNT.size
+    fixed_bytes = _HEADER.size + len(link) + len(preamble) + _LAST.size + _COUNT.size
     per_message = (max_message_bytes - fixed_bytes) // entry_bytes
     if per_message < 1:
         raise ResyncMessageError(f"{what} messages of {max_message_bytes} bytes cannot hold one {unit}")
@@ -155,7 +205,7 @@ def _messages(magic: bytes, link_id: str, entries: list[bytes], entry_bytes: int
     for first in range(0, max(len(entries), 1), per_message):
         chunk = entries[first:first + per_message]
         last = first + per_message >= len(entries)
-        messages.append(b"".join([_HEADER.pack(magic, VERSION, len(link)), link, _LAST.pack(last),
+        messages.append(b"".join([_HEADER.pack(magic, VERSION, len(link)), link, preamble, _LAST.pack(last),
                                   _COUNT.pack(len(chunk)), *chunk]))
     return messages
 
@@ -168,6 +218,11 @@ def decode_inventory(messages: Iterable[bytes], expected_link_id: str) -> dict[s
 def decode_summaries(messages: Iterable[bytes], expected_link_id: str) -> dict[int, FrameSummary]:
     """Whole frame summaries from their messages (tests and tools; the engine feeds a SummaryAssembler)."""
     return _assemble(SummaryAssembler(expected_link_id), messages).summaries
+
+
+def decode_hello(messages: Iterable[bytes], expected_link_id: str) -> ResyncPoint:
+    """A whole resynchronisation point from its messages (tests and tools; the engine feeds a HelloAssembler)."""
+    return _assemble(HelloAssembler(expected_link_id), messages).point
 
 
 def _assemble(assembler, messages: Iterable[bytes]):
@@ -229,10 +284,42 @@ class SummaryAssembler:
         return last
 
 
+class HelloAssembler:
+    """Collects a peer's resynchronisation point message by message; `add` returns True at the last."""
+    WHAT = "hello"
+
+    def __init__(self, expected_link_id: str) -> None:
+        self.expected_link_id = expected_link_id
+        self._preamble: bytes | None = None
+        self._frames: set[int] = set()
+        self.complete = False
+
+    @property
+    def point(self) -> ResyncPoint:
+        store_id, generation, peer_store_id, peer_generation = _HELLO_POINT.unpack(self._preamble)
+        return ResyncPoint(store_id, generation, peer_store_id, peer_generation, frozenset(self._frames))
+
+    def add(self, message: bytes) -> bool:
+        if self.complete:
+            raise ResyncMessageError("hello message after the last one")
+        body, last = _unframe(message, HELLO_MAGIC, self.expected_link_id, _FRAME_ID.size,
+                              MAX_KEYS - len(self._frames), self.WHAT, "frame", preamble_bytes=_HELLO_POINT.size)
+        preamble, body = body[:_HELLO_POINT.size], body[_HELLO_POINT.size:]
+        if self._preamble is not None and preamble != self._preamble:
+            raise ResyncMessageError("hello messages disagree on the resynchronisation point")
+        self._preamble = preamble
+        for (frame_id,) in _FRAME_ID.iter_unpack(body):
+            if frame_id in self._frames:
+                raise ResyncMessageError(f"hello lists frame {frame_id} twice")
+            self._frames.add(frame_id)
+        self.complete = last
+        return last
+
+
 def _unframe(message: bytes, magic: bytes, expected_link_id: str, entry_bytes: int, room: int,
-             what: str, unit: str) -> tuple[bytes, bool]:
-    """Check one message's framing for `expected_link_id`, holding at most `room` entries: its entries'
-    bytes and whether it is the last message."""
+             what: str, unit: str, *, preamble_bytes: int = 0) -> tuple[bytes, bool]:
+    """Check one message's framing for `expected_link_id`, holding at most `room` entries: its preamble's
+    and entries' bytes and whether it is the last message."""
     if len(message) < _HEADER.size:
         raise ResyncMessageError(f"{what} message truncated in its header")
     got_magic, version, link_len = _HEADER.unpack_from(message)
@@ -243,7 +330,7 @@ def _unframe(message: bytes, magic: bytes, expected_link_id: str, entry_bytes: i
     offset = _HEADER.size
     link = message[offset:offset + link_len]
     offset += link_len
-    if len(link) != link_len or len(message) < offset + _LAST.size + _COUNT.size:
+    if len(link) != link_len or len(message) < offset + preamble_bytes + _LAST.size + _COUNT.size:
         raise ResyncMessageError(f"{what} message truncated")
     try:
         link_id = link.decode()
@@ -251,6 +338,8 @@ def _unframe(message: bytes, magic: bytes, expected_link_id: str, entry_bytes: i
         raise ResyncMessageError(f"{what} link id is not UTF-8") from None
     if link_id != expected_link_id:
         raise ResyncMessageError(f"{what} is for link {link_id!r:.60}, expected {expected_link_id!r}")
+    preamble = message[offset:offset + preamble_bytes]
+    offset += preamble_bytes
     (last,) = _LAST.unpack_from(message, offset)
     offset += _LAST.size
     if last not in (0, 1):
@@ -263,4 +352,4 @@ def _unframe(message: bytes, magic: bytes, expected_link_id: str, entry_bytes: i
         raise ResyncMessageError(f"{what} claims {count} more {unit}s, more than {MAX_KEYS} in all")
     if len(message) != offset + count * entry_bytes:
         raise ResyncMessageError(f"{what} message length {len(message)} does not match {count} entries")
-    return message[offset:], bool(last)
+    return preamble + message[offset:], bool(last)

@@ -47,7 +47,7 @@ from qkdd.keystore.model import (
     StoreWriteError,
     canonical_key_id,
 )
-from qkdd.keystore.resync import TOMBSTONE_GRACE_S, FrameSummary
+from qkdd.keystore.resync import STORE_ID_BYTES, TOMBSTONE_GRACE_S, FrameSummary, ResyncPoint
 from qkdd.sqlite_batch import Database, SavepointTransactions, create_schema
 
 SCHEMA_VERSION = 1
@@ -97,7 +97,17 @@ CREATE TABLE IF NOT EXISTS state_counts (
 -- stepping over tombstones. Its condition is on `sealed` (NULL exactly once the material is erased), not on
 -- `state`: an entry is written when a key is stored and removed when its material goes, never rewritten by
 -- commit or reserve, which therefore need no new page (they still succeed on a full disk).
-CREATE INDEX IF NOT EXISTS keys_material_by_expiry ON keys (expires_at) WHERE sealed IS NOT NULL
+CREATE INDEX IF NOT EXISTS keys_material_by_expiry ON keys (expires_at) WHERE sealed IS NOT NULL;
+-- The resynchronisation point of each link (resync.py): this end's generation, the peer's store id and
+-- generation as of the last resynchronisation applied here, and the frames that lost keys holding material
+-- since (written by the trigger below), so the next one summarises only what changed.
+CREATE TABLE IF NOT EXISTS resync_points (
+    link_id TEXT PRIMARY KEY, generation INTEGER NOT NULL, peer_store_id BLOB NOT NULL,
+    peer_generation INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS resync_dirty (
+    link_id TEXT NOT NULL, frame_id INTEGER NOT NULL, PRIMARY KEY (link_id, frame_id)
+) WITHOUT ROWID
 """
 # One statement each (create_schema splits at semicolons, which a trigger body contains).
 _COUNT_TRIGGERS = (
@@ -116,6 +126,10 @@ _COUNT_TRIGGERS = (
         WHERE link_id = OLD.link_id AND state = OLD.state AND allocatable = OLD.allocatable;
         INSERT INTO state_counts VALUES (NEW.link_id, NEW.state, NEW.allocatable, 1, NEW.bits)
         ON CONFLICT (link_id, state, allocatable) DO UPDATE SET keys = keys + 1, bits = bits + excluded.bits;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS keys_note_changed_frame AFTER DELETE ON keys
+    WHEN OLD.state IN ('pending', 'available', 'reserved') BEGIN
+        INSERT OR IGNORE INTO resync_dirty VALUES (OLD.link_id, OLD.frame_id);
     END""",
 )
 
@@ -473,39 +487,87 @@ class KeyStore(SavepointTransactions):
                     (link_id, *chunk)))
             return inventory
 
-    def frame_summaries(self, link_id: str) -> dict[int, FrameSummary]:
-        """Per frame of the link: how many keys, how many pending, holding material, expired, and the
-        lowest and highest key id (resync.py: the first step of a resynchronisation). One aggregate query
-        over the frame index, in SQLite, instead of one Python object per key."""
+    def frame_summaries(self, link_id: str, frames: Iterable[int] | None = None) -> dict[int, FrameSummary]:
+        """Per frame of the link (of `frames` when given): how many keys, how many pending, holding
+        material, expired, and the lowest and highest key id (resync.py). Aggregate queries over the frame
+        index, in SQLite, instead of one Python object per key."""
+        query = (f"SELECT frame_id, COUNT(*), SUM(state = ?), SUM(state IN {_HELD}), SUM(state = ?), "
+                 "MIN(key_id), MAX(key_id) FROM keys WHERE link_id = ?")
+        states = (KeyState.PENDING.value, KeyState.EXPIRED.value, link_id)
         with self._lock:
-            return {frame_id: FrameSummary(*row) for frame_id, *row in self._db.execute(
-                f"SELECT frame_id, COUNT(*), SUM(state = ?), SUM(state IN {_HELD}), SUM(state = ?), "
-                "MIN(key_id), MAX(key_id) FROM keys WHERE link_id = ? GROUP BY frame_id",
-                (KeyState.PENDING.value, KeyState.EXPIRED.value, link_id))}
+            if frames is None:
+                return {frame_id: FrameSummary(*row) for frame_id, *row in
+                        self._db.execute(query + " GROUP BY frame_id", states)}
+            frames, summaries = list(frames), {}
+            for first in range(0, len(frames), _FRAMES_PER_QUERY):
+                chunk = frames[first:first + _FRAMES_PER_QUERY]
+                summaries.update((frame_id, FrameSummary(*row)) for frame_id, *row in self._db.execute(
+                    query + f" AND frame_id IN ({','.join('?' * len(chunk))}) GROUP BY frame_id", (*states, *chunk)))
+            return summaries
+
+    @property
+    def store_id(self) -> bytes:
+        """This store's random id, made when the file was created (resync.py: the resynchronisation point)."""
+        with self._lock:
+            return self._db.execute("SELECT value FROM meta WHERE name = 'store_id'").fetchone()[0]
+
+    def resync_point(self, link_id: str) -> ResyncPoint:
+        """The link's resynchronisation point: ids and generations as of the last resynchronisation applied
+        here (zeros before the first), and the frames changed since: pending, or noted by the trigger."""
+        with self._lock:
+            row = self._db.execute("SELECT generation, peer_store_id, peer_generation FROM resync_points "
+                                   "WHERE link_id = ?", (link_id,)).fetchone()
+            changed = {frame_id for (frame_id,) in self._db.execute(
+                "SELECT DISTINCT frame_id FROM keys WHERE link_id = ? AND state = ? "
+                "UNION SELECT frame_id FROM resync_dirty WHERE link_id = ?",
+                (link_id, KeyState.PENDING.value, link_id))}
+        generation, peer_store_id, peer_generation = row or (0, bytes(STORE_ID_BYTES), 0)
+        return ResyncPoint(self.store_id, generation, peer_store_id, peer_generation, frozenset(changed))
 
     def apply_resync(self, link_id: str, promote: Iterable[str], discard: Iterable[str],
-                     expire: Iterable[str]) -> None:
-        """Carry out a resynchronisation plan (resync.py) in one transaction."""
+                     expire: Iterable[str], *, peer: ResyncPoint | None = None,
+                     scope: Sequence[int] | None = None) -> None:
+        """Carry out a resynchronisation plan (resync.py) in one transaction. With `peer` (its point as it
+        sent it), the point moves on in the same transaction: this end's generation and the peer's as it
+        will be once it applies its own plan, and the changed frames of `scope` (None: every frame) done."""
         promoted, discarded, expired = [], [], []
         with self._tx() as db:
-            for key_id in promote:
-                promoted += db.execute("UPDATE keys SET state = ? WHERE key_id = ? AND link_id = ? AND state = ? "
-                                       "RETURNING key_id, bits", (KeyState.AVAILABLE.value, key_id, link_id,
-                                                                  KeyState.PENDING.value)).fetchall()
-            for key_id in discard:
-                discarded += db.execute("DELETE FROM keys WHERE key_id = ? AND link_id = ? AND state IN (?, ?, ?) "
-                                        "RETURNING key_id, bits", (key_id, link_id, KeyState.PENDING.value,
-                                                                   KeyState.AVAILABLE.value,
-                                                                   KeyState.RESERVED.value)).fetchall()
-            _add_held_bits(db, link_id, -sum(bits for _, bits in discarded))
-            for key_id in expire:
-                state, _, bits, _ = self._row_of(db, link_id, key_id)
-                if state.holds_material:
-                    self._erase(db, link_id, [(key_id, bits)], KeyState.EXPIRED)
-                    expired.append((key_id, bits))
+            self._apply_plan(db, link_id, promote, discard, expire, promoted, discarded, expired)
+            if peer is not None:
+                self._advance_point(db, link_id, peer, scope)
         self._audit("generated", link_id, promoted)
         self._audit("erased", link_id, discarded)
         self._audit("expired", link_id, expired)
+
+    def _advance_point(self, db: sqlite3.Connection, link_id: str, peer: ResyncPoint,
+                       scope: Sequence[int] | None) -> None:
+        if scope is None:
+            db.execute("DELETE FROM resync_dirty WHERE link_id = ?", (link_id,))
+        else:
+            db.executemany("DELETE FROM resync_dirty WHERE link_id = ? AND frame_id = ?",
+                           [(link_id, frame_id) for frame_id in scope])
+        db.execute("INSERT INTO resync_points VALUES (?, 1, ?, ?) ON CONFLICT (link_id) DO UPDATE SET "
+                   "generation = generation + 1, peer_store_id = excluded.peer_store_id, "
+                   "peer_generation = excluded.peer_generation", (link_id, peer.store_id, peer.generation + 1))
+
+    def _apply_plan(self, db: sqlite3.Connection, link_id: str, promote: Iterable[str], discard: Iterable[str],
+                    expire: Iterable[str], promoted: list, discarded: list, expired: list) -> None:
+        """The plan's changes, each key's (key_id, bits) added to the three lists."""
+        for key_id in promote:
+            promoted += db.execute("UPDATE keys SET state = ? WHERE key_id = ? AND link_id = ? AND state = ? "
+                                   "RETURNING key_id, bits", (KeyState.AVAILABLE.value, key_id, link_id,
+                                                              KeyState.PENDING.value)).fetchall()
+        for key_id in discard:
+            discarded += db.execute("DELETE FROM keys WHERE key_id = ? AND link_id = ? AND state IN (?, ?, ?) "
+                                    "RETURNING key_id, bits", (key_id, link_id, KeyState.PENDING.value,
+                                                               KeyState.AVAILABLE.value,
+                                                               KeyState.RESERVED.value)).fetchall()
+        _add_held_bits(db, link_id, -sum(bits for _, bits in discarded))
+        for key_id in expire:
+            state, _, bits, _ = self._row_of(db, link_id, key_id)
+            if state.holds_material:
+                self._erase(db, link_id, [(key_id, bits)], KeyState.EXPIRED)
+                expired.append((key_id, bits))
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -560,6 +622,7 @@ class KeyStore(SavepointTransactions):
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("INSERT INTO meta VALUES ('kek_verifier', ?)",
                        (nonce + self._aead.encrypt(nonce, _VERIFIER_PLAINTEXT, b"verifier"),))
+            db.execute("INSERT INTO meta VALUES ('store_id', ?)", (_new_store_id(),))
             return
         if int(row[0]) != SCHEMA_VERSION:
             raise KeyStoreError(f"key store {self.path}: schema version {row[0]}, this qkdd reads {SCHEMA_VERSION}")
@@ -568,6 +631,7 @@ class KeyStore(SavepointTransactions):
             self._aead.decrypt(verifier[:_NONCE_BYTES], verifier[_NONCE_BYTES:], b"verifier")
         except InvalidTag:
             raise KeyStoreError(f"key store {self.path}: the key-encryption key does not match this store") from None
+        db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (_new_store_id(),))   # a store written before
 
     def _state_of(self, db: sqlite3.Connection, link_id: str, key_id: str) -> tuple[KeyState, str | None]:
         return self._row_of(db, link_id, key_id)[:2]
@@ -629,3 +693,7 @@ def _write_error(exc: sqlite3.Error, path: str) -> StoreWriteError:
     reason = str(exc) + (" (no space left)" if disk_full and primary != _SQLITE_FULL else "")
     return StoreWriteError(f"key store {path}: write failed: {reason}", reason=reason, disk_full=disk_full,
                            sqlite_code=code)
+
+
+def _new_store_id() -> bytes:
+    return os.urandom(STORE_ID_BYTES)

@@ -1,7 +1,7 @@
 """The key-store resynchronisation at each session start, over the link's inventory channel: both ends
-exchange one summary per frame, then list key by key only the frames the summaries cannot settle, and
-apply the same plan (qkdd.keystore.resync), so no frame of an earlier session stays half stored at one end
-only."""
+exchange their resynchronisation points, then summaries of the frames changed since (of every frame when
+the points disagree), then list key by key only the frames the summaries cannot settle, and apply the same
+plan (qkdd.keystore.resync), so no frame of an earlier session stays half stored at one end only."""
 from __future__ import annotations
 
 import logging
@@ -9,18 +9,22 @@ import logging
 import trio
 
 from qkdd.keystore import KeyStore, KeyStoreError
-from qkdd.keystore.resync import (InventoryAssembler, SummaryAssembler, encode_inventory, encode_summaries,
-                                  frames_to_list, plan_resync)
+from qkdd.keystore.resync import (HelloAssembler, InventoryAssembler, SummaryAssembler, encode_hello,
+                                  encode_inventory, encode_summaries, frames_to_list, plan_resync, resync_scope)
 from qkdd.peer import MuxStream, PeerError
 
 log = logging.getLogger("qkdd.link")
 
 
 async def resynchronise(link_id: str, store: KeyStore, stream: MuxStream) -> None:
-    """Exchange frame summaries, then the inventories of the frames they leave open, and apply the plan;
-    PeerError when the exchange fails."""
+    """Exchange resynchronisation points, frame summaries, then the inventories of the frames they leave
+    open, and apply the plan; PeerError when the exchange fails."""
     max_bytes = stream.session.max_payload_bytes
-    summaries = await trio.to_thread.run_sync(store.frame_summaries, link_id)
+    point = await trio.to_thread.run_sync(store.resync_point, link_id)
+    peer = (await _exchange(stream, lambda: encode_hello(link_id, point, max_bytes), HelloAssembler(link_id),
+                            "resynchronisation point")).point
+    scope = resync_scope(point, peer)                         # None: every frame
+    summaries = await trio.to_thread.run_sync(store.frame_summaries, link_id, scope)
     remote_summaries = (await _exchange(stream, lambda: encode_summaries(link_id, summaries, max_bytes),
                                         SummaryAssembler(link_id), "frame summary")).summaries
     frames = frames_to_list(summaries, remote_summaries)        # the same frames at both ends
@@ -29,9 +33,11 @@ async def resynchronise(link_id: str, store: KeyStore, stream: MuxStream) -> Non
                               InventoryAssembler(link_id), "key inventory")).inventory
     # O(N) in the keys listed: off the event loop, as reading and encoding them are
     plan = await trio.to_thread.run_sync(plan_resync, local, remote)
-    await trio.to_thread.run_sync(store.apply_resync, link_id, plan.promote, plan.discard, plan.expire)
+    await trio.to_thread.run_sync(lambda: store.apply_resync(link_id, plan.promote, plan.discard, plan.expire,
+                                                             peer=peer, scope=scope))
     log.info("link %s: key store resynchronised", link_id,
-             extra={"frames": len(summaries), "frames_listed": len(frames), "keys_listed": len(local),
+             extra={"scope": "every frame" if scope is None else "frames changed",
+                    "frames": len(summaries), "frames_listed": len(frames), "keys_listed": len(local),
                     "promoted": len(plan.promote), "discarded": len(plan.discard), "expired": len(plan.expire)})
 
 

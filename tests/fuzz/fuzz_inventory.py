@@ -1,9 +1,11 @@
 """Fuzz target: a peer's key-store resync messages. The input is one or more messages, each behind a 4-byte
-big-endian length, added in order to a SummaryAssembler (frame summaries, the first step) and to an
-InventoryAssembler (the keys of the frames listed); a complete summary is compared with the local one
+big-endian length, added in order to a HelloAssembler (the resynchronisation point, the first step), a
+SummaryAssembler (frame summaries) and an InventoryAssembler (the keys of the frames listed); a complete
+point is compared with the local one (resync_scope), a complete summary with the local one
 (frames_to_list), a complete inventory planned against a local inventory (plan_resync).
 
-Expected: messages taken or a ResyncMessageError; complete summaries hold consistent counts and choose the
+Expected: messages taken or a ResyncMessageError; a complete point gives the same scope whichever end
+compares, within the frames either end named; complete summaries hold consistent counts and choose the
 same frames whichever end compares; a complete inventory holds canonical key ids with known states, at most
 MAX_KEYS of them, and its plan names only local keys, each once.
 """
@@ -16,9 +18,10 @@ from tests.fuzz._common import Finding, fuzz, instrumented
 
 with instrumented():
     from qkdd.keystore.model import KeyState
-    from qkdd.keystore.resync import (MAX_KEYS, FrameSummary, InventoryAssembler, ResyncMessageError,
-                                      SummaryAssembler, encode_inventory, encode_summaries, frames_to_list,
-                                      plan_resync)
+    from qkdd.keystore.resync import (MAX_KEYS, FrameSummary, HelloAssembler, InventoryAssembler,
+                                      ResyncMessageError, ResyncPoint, SummaryAssembler, encode_hello,
+                                      encode_inventory, encode_summaries, frames_to_list, plan_resync,
+                                      resync_scope)
 
 LINK_ID = "link-ab"
 _LENGTH = struct.Struct(">I")
@@ -28,6 +31,8 @@ LOCAL = {str(uuid.UUID(int=n, version=4)): state
 
 LOCAL_SUMMARIES = {1: FrameSummary(4, 0, 2, 1, min(LOCAL), max(LOCAL)),
                    2: FrameSummary(2, 2, 2, 0, min(LOCAL), max(LOCAL))}
+
+LOCAL_POINT = ResyncPoint(b"A" * 16, 7, b"B" * 16, 3, frozenset({1, 5}))
 
 
 def _messages(data: bytes) -> list[bytes]:
@@ -42,6 +47,7 @@ def _messages(data: bytes) -> list[bytes]:
 
 def TestOneInput(data: bytes) -> None:
     messages = _messages(data)
+    _check_hello(messages)
     _check_summaries(messages)
     assembler = InventoryAssembler(LINK_ID)
     try:
@@ -59,6 +65,23 @@ def TestOneInput(data: bytes) -> None:
     named = plan.promote + plan.discard + plan.expire
     if len(set(named)) != len(named) or not set(named) <= set(LOCAL):
         raise Finding(f"resync plan names a key twice or a key this end lacks: {plan!r}")
+
+
+def _check_hello(messages: list[bytes]) -> None:
+    assembler = HelloAssembler(LINK_ID)
+    try:
+        for message in messages:
+            assembler.add(message)
+    except ResyncMessageError:
+        return
+    if not assembler.complete:
+        return
+    peer = assembler.point
+    scope = resync_scope(LOCAL_POINT, peer)
+    if scope != resync_scope(peer, LOCAL_POINT):
+        raise Finding("the two ends would choose different scopes")
+    if scope is not None and not set(scope) <= LOCAL_POINT.changed_frames | peer.changed_frames:
+        raise Finding("a scope names a frame neither end changed")
 
 
 def _check_summaries(messages: list[bytes]) -> None:
@@ -89,7 +112,10 @@ def seeds() -> list[bytes]:
             container(encode_inventory(LINK_ID, {})),
             encode_inventory(LINK_ID, LOCAL)[0],
             container(encode_summaries(LINK_ID, LOCAL_SUMMARIES)),
-            container(encode_summaries(LINK_ID, LOCAL_SUMMARIES, max_message_bytes=80))]
+            container(encode_summaries(LINK_ID, LOCAL_SUMMARIES, max_message_bytes=80)),
+            container(encode_hello(LINK_ID, ResyncPoint(b"B" * 16, 3, b"A" * 16, 7, frozenset({2, 5})))),
+            container(encode_hello(LINK_ID, ResyncPoint(b"B" * 16, 3, b"A" * 16, 7, frozenset({2, 5, 9})),
+                                   max_message_bytes=90))]
 
 
 if __name__ == "__main__":
