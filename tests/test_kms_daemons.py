@@ -1,7 +1,8 @@
 """KMS push from two real qkdd daemons on a simulated link (qkdd.link.pair): each end pushes the key both
 agreed over the link's channel to its own Infisical-compatible KMS (tests/kms_server.py, real sockets),
 the client secret coming from the systemd credential; SIGUSR1 rotates (CURRENT moves to PREVIOUS at both
-KMSs alike); a KMS outage is retried until the push goes through; /healthz, /v1/links and /metrics show the consumer."""
+KMSs alike); a KMS outage is retried until the push goes through; /healthz, /v1/links and /metrics show the consumer;
+a daemon killed with -9 and restarted past the key's expiry falls back at once and the ends agree the next key."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +13,7 @@ import pytest
 
 from qkdd.link.pair import LinkPair
 from tests.daemon_support import wait_until
-from tests.kms_server import FakeKms, KmsInThread
+from tests.kms_server import SECRETS, FakeKms, KmsInThread
 
 pytest.importorskip("infisical_sdk", reason="the official Infisical SDK (pip install infisicalsdk)")
 
@@ -125,5 +126,63 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
             wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120,
                        "the push to resume after the attack")
             assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] is not None
+        finally:
+            pair.stop()
+
+
+def test_a_daemon_killed_past_expiry_falls_back_at_restart_and_both_agree_the_next_key(tmp_path, monkeypatch):
+    """kill -9 of bob with a key in use; alice, the survivor, keeps it past expiry_s (its peer is gone); bob
+    restarts only after the expiry: he never pushes the expired key again but applies the "clear" fallback at
+    once (his KMS secrets are deleted before anything else is written), then the two agree the next key and
+    both KMSs hold it."""
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "kms-client-secret").write_text(FakeKms().client_secret)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    kmss = {"alice": FakeKms(clock=time.monotonic), "bob": FakeKms(clock=time.monotonic)}
+    with KmsInThread(kmss["alice"]) as kms_a, KmsInThread(kmss["bob"]) as kms_b:
+        pair = LinkPair(tmp_path / "pair", frame_detections=FRAME_DETECTIONS)
+        pair.write()
+        for role, server in (("alice", kms_a), ("bob", kms_b)):
+            with open(pair.ends[role].config_path, "a") as config:   # the shortest times check-config allows
+                config.write(kms_config(server.url).replace("rotation_interval_s = 3600\nexpiry_s = 86400",
+                                                            "rotation_interval_s = 30\nexpiry_s = 30"))
+        try:
+            for role in ("alice", "bob"):
+                pair.start(role)
+            for role in ("alice", "bob"):
+                pair.wait_ready(role)
+
+            def pushed(name: str) -> tuple:
+                return tuple(kmss[role].value(PREFIX + name, FOLDER) for role in ("alice", "bob"))
+
+            def consumer(role: str) -> dict:
+                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]
+
+            wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120, "first push")
+            first_key, first_id = pushed("AES256_CURRENT")[0], pushed("KEY_ID")[0]
+            wait_until(lambda: consumer("bob")["key_id"] == first_id, 10, "bob's epoch record")
+            pair.kill("bob")                                                  # SIGKILL: no clean-up at all
+            wait_until(lambda: consumer("alice")["kept_past_expiry"], 60, "the key to expire at alice")
+            assert pushed("KEY_ID") == (first_id, first_id) and pushed("AES256_CURRENT")[0] == first_key
+            assert consumer("alice")["fallback"] is None                     # no one-sided fallback
+            mark = len(kmss["bob"].log)
+            pair.start("bob")
+            wait_until(lambda: pushed("KEY_ID")[1] not in (None, first_id) and len(set(pushed("KEY_ID"))) == 1,
+                       90, "the next key at both KMSs")
+            assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] != first_key
+            after = kmss["bob"].log[mark:]
+            writes = [request for request in after if request.method in ("POST", "PATCH", "DELETE")
+                      and request.path.startswith(SECRETS)]
+            values = {request.body.get("secretValue") for request in writes}
+            assert first_key not in values and first_id not in values        # the expired key never came back
+            deleted = [request.path.rsplit("/", 1)[-1] for request in writes[:5]]
+            assert all(request.method == "DELETE" for request in writes[:5]), [r.method for r in writes]
+            assert sorted(deleted) == sorted(PREFIX + suffix for suffix in
+                                             ("AES256_CURRENT", "AES256_PREVIOUS", "KEY_ID", "QBER", "GENERATED_AT"))
+            assert "expired while the daemon was down" in pair.ends["bob"].log_path.read_text()
+            wait_until(lambda: consumer("bob")["key_id"] == consumer("alice")["key_id"] == pushed("KEY_ID")[0], 10,
+                       "both epoch records")
+            assert consumer("bob")["fallback"] is None and consumer("bob")["epoch"] == consumer("alice")["epoch"]
         finally:
             pair.stop()
