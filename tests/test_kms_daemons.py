@@ -47,9 +47,10 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
     """Both ends push the key they agreed (the same at both KMSs); SIGUSR1 rotates while alice's KMS fails
     for a while (retried until it goes through; CURRENT moves to PREVIOUS at both); /healthz, /v1/links and
     /metrics show the consumer. Then the shared fallback policy: intercept-resend (the simulator's attack knob, through
-    alice's admin API) halts the link; stored keys expire after 2 s, the pushed key after expiry_s; then
-    both ends apply "clear" (the KMS secrets are deleted: services go PQ-only); with the attack off keys
-    flow again and the push resumes at both KMSs."""
+    alice's admin API) halts the link; stored keys expire after 2 s, the pushed key after expiry_s. Bob is
+    killed (-9) meanwhile: alice keeps the key past expiry; bob, restarted past it, applies "clear" at once,
+    then alice does too (the KMS secrets are deleted: services go PQ-only); with the attack off keys flow
+    again and the push resumes at both KMSs with the same key."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "kms-client-secret").write_text(FakeKms().client_secret)
@@ -113,14 +114,28 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
             assert pair.http.post(attack, json={"attack": "intercept-resend:1"}).json()["attack"].startswith(
                 "intercept-resend")
             wait_until(lambda: pair.metrics("alice")["state"] == "halted", 30, "the attacked link to halt")
-            # no fresh key (frames finished before the halt may still give one, pushed like any other): once
-            # the last pushed key is 30 s old, both ends clear their secrets
+            # no fresh key (frames finished before the halt may still give one, pushed like any other); bob dies
+            # (kill -9): once the last key is 30 s old alice, the survivor, keeps it (no one-sided fallback)
+            pair.kill("bob")
+            def record(role: str) -> dict:
+                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]
+            wait_until(lambda: record("alice")["kept_past_expiry"], 120, "the key to expire at alice")
+            assert record("alice")["fallback"] is None and pushed("KEY_ID")[0] is not None
+            expired = {kmss["bob"].value(PREFIX + name, FOLDER) for name in ("AES256_CURRENT", "KEY_ID")}
+            # bob restarts past the expiry: he applies "clear" at once (deletes his secrets before writing any)
+            # and never pushes the expired key again; the ends meet and alice clears too
+            mark = len(kmss["bob"].log)
+            pair.start("bob")
             wait_until(lambda: pushed("AES256_CURRENT") == (None, None) and pushed("KEY_ID") == (None, None),
                        120, "the clear fallback at both KMSs")
-            def fallback_of(role: str) -> str | None:
-                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]["fallback"]
             # (each end records its fallback just after the secrets are gone)
-            wait_until(lambda: fallback_of("alice") == fallback_of("bob") == "clear", 10, "the fallback records")
+            wait_until(lambda: record("alice")["fallback"] == record("bob")["fallback"] == "clear", 10,
+                       "the fallback records")
+            writes = [request for request in kmss["bob"].log[mark:]
+                      if request.method in ("POST", "PATCH", "DELETE") and request.path.startswith(SECRETS)]
+            assert [request.method for request in writes[:5]] == ["DELETE"] * 5, [r.method for r in writes]
+            assert not expired & {request.body.get("secretValue") for request in writes}
+            assert "expired while the daemon was down" in pair.ends["bob"].log_path.read_text()
             assert pair.metrics("alice")["state"] == "halted"
             pair.http.post(attack, json={"attack": "none"})
             wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120,
@@ -129,60 +144,3 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
         finally:
             pair.stop()
 
-
-def test_a_daemon_killed_past_expiry_falls_back_at_restart_and_both_agree_the_next_key(tmp_path, monkeypatch):
-    """kill -9 of bob with a key in use; alice, the survivor, keeps it past expiry_s (its peer is gone); bob
-    restarts only after the expiry: he never pushes the expired key again but applies the "clear" fallback at
-    once (his KMS secrets are deleted before anything else is written), then the two agree the next key and
-    both KMSs hold it."""
-    credentials = tmp_path / "credentials"
-    credentials.mkdir()
-    (credentials / "kms-client-secret").write_text(FakeKms().client_secret)
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
-    kmss = {"alice": FakeKms(clock=time.monotonic), "bob": FakeKms(clock=time.monotonic)}
-    with KmsInThread(kmss["alice"]) as kms_a, KmsInThread(kmss["bob"]) as kms_b:
-        pair = LinkPair(tmp_path / "pair", frame_detections=FRAME_DETECTIONS)
-        pair.write()
-        for role, server in (("alice", kms_a), ("bob", kms_b)):
-            with open(pair.ends[role].config_path, "a") as config:   # the shortest times check-config allows
-                config.write(kms_config(server.url).replace("rotation_interval_s = 3600\nexpiry_s = 86400",
-                                                            "rotation_interval_s = 30\nexpiry_s = 30"))
-        try:
-            for role in ("alice", "bob"):
-                pair.start(role)
-            for role in ("alice", "bob"):
-                pair.wait_ready(role)
-
-            def pushed(name: str) -> tuple:
-                return tuple(kmss[role].value(PREFIX + name, FOLDER) for role in ("alice", "bob"))
-
-            def consumer(role: str) -> dict:
-                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]
-
-            wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120, "first push")
-            first_key, first_id = pushed("AES256_CURRENT")[0], pushed("KEY_ID")[0]
-            wait_until(lambda: consumer("bob")["key_id"] == first_id, 10, "bob's epoch record")
-            pair.kill("bob")                                                  # SIGKILL: no clean-up at all
-            wait_until(lambda: consumer("alice")["kept_past_expiry"], 60, "the key to expire at alice")
-            assert pushed("KEY_ID") == (first_id, first_id) and pushed("AES256_CURRENT")[0] == first_key
-            assert consumer("alice")["fallback"] is None                     # no one-sided fallback
-            mark = len(kmss["bob"].log)
-            pair.start("bob")
-            wait_until(lambda: pushed("KEY_ID")[1] not in (None, first_id) and len(set(pushed("KEY_ID"))) == 1,
-                       90, "the next key at both KMSs")
-            assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] != first_key
-            after = kmss["bob"].log[mark:]
-            writes = [request for request in after if request.method in ("POST", "PATCH", "DELETE")
-                      and request.path.startswith(SECRETS)]
-            values = {request.body.get("secretValue") for request in writes}
-            assert first_key not in values and first_id not in values        # the expired key never came back
-            deleted = [request.path.rsplit("/", 1)[-1] for request in writes[:5]]
-            assert all(request.method == "DELETE" for request in writes[:5]), [r.method for r in writes]
-            assert sorted(deleted) == sorted(PREFIX + suffix for suffix in
-                                             ("AES256_CURRENT", "AES256_PREVIOUS", "KEY_ID", "QBER", "GENERATED_AT"))
-            assert "expired while the daemon was down" in pair.ends["bob"].log_path.read_text()
-            wait_until(lambda: consumer("bob")["key_id"] == consumer("alice")["key_id"] == pushed("KEY_ID")[0], 10,
-                       "both epoch records")
-            assert consumer("bob")["fallback"] is None and consumer("bob")["epoch"] == consumer("alice")["epoch"]
-        finally:
-            pair.stop()
