@@ -323,7 +323,8 @@ def test_deb_layout(deb_path):
     paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
     for expected in ("/usr/lib/qkdd/bin/python3", "/usr/lib/qkdd/pyvenv.cfg", "/lib/systemd/system/qkdd.service",
                      "/usr/bin/qkdd", "/usr/bin/qkdctl", "/etc/qkdd/credentials/",
-                     "/usr/share/doc/qkdd/examples/serial-device.conf"):
+                     "/usr/share/doc/qkdd/examples/serial-device.conf",
+                     "/lib/systemd/system/qkdd-wireguard-go@.socket", "/lib/systemd/system/qkdd-wireguard-go@.service"):
         assert expected in paths, expected
     assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in paths)
     assert not any("__pycache__" in path for path in paths), "bytecode is compiled in postinst, not shipped"
@@ -778,7 +779,9 @@ def test_rpm_layout_scriptlets_and_requires(rpm_path):
 
     files = set(query("--list").split())
     for expected in ("/usr/lib/qkdd/bin/python3", "/usr/lib/qkdd/pyvenv.cfg", "/usr/bin/qkdd", "/usr/bin/qkdctl",
-                     "/usr/lib/systemd/system/qkdd.service", "/etc/qkdd/credentials"):
+                     "/usr/lib/systemd/system/qkdd.service", "/etc/qkdd/credentials",
+                     "/usr/lib/systemd/system/qkdd-wireguard-go@.socket",
+                     "/usr/lib/systemd/system/qkdd-wireguard-go@.service"):
         assert expected in files, expected
     assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in files)
     assert "/etc/qkdd/qkdd.toml" in set(query("--configfiles").split())
