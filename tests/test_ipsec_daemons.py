@@ -2,7 +2,11 @@
 strongSwan charon (two network namespaces, ESP in user space with kernel-libipsec) over VICI, with keys from a
 live simulated link (qkdd.link.pair) agreed over the link's classical channel. The IKE SA comes up with
 `ppk_required` and the agreed key as PPK, traffic flows through the tunnel, and a rotation (SIGUSR1 at alice)
-brings up a fresh IKE SA with the next PPK that replaces the first. Needs root, /dev/net/tun and Debian's
+brings up a fresh IKE SA with the next PPK that replaces the first. Then the shared fallback policy with the
+simulator's fiber-cut knob (60 dB of extra loss through alice's admin API): no fresh key, so once the PPK in
+use is older than expiry_s both ends apply "random" and the IKE SA is closed (no SA can come up: each
+end holds a random PPK of its own); with the fiber mended keys
+flow again and a fresh IKE SA comes up with the next PPK. Needs root, /dev/net/tun and Debian's
 charon-systemd, strongswan-swanctl, libcharon-extra-plugins (scripts/system-packages.txt)."""
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import pytest
 
 from qkdd.link.pair import LinkPair
 from tests.daemon_support import wait_until
-from tests.strongswan_support import CharonPair, missing_requirements
+from tests.strongswan_support import CharonPair, missing_requirements, run
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(missing_requirements() is not None, reason=missing_requirements() or "")]
@@ -31,8 +35,9 @@ connection = "qkd"
 initiator = {str(initiator).lower()}
 vici_socket = "{end.vici}"
 swanctl_conf = "{end.swanctl_conf}"
-rotation_interval_s = 3600
-expiry_s = 86400
+rotation_interval_s = 30
+expiry_s = 30
+on_exhausted = "random"
 activation_delay_s = 0.5
 retry_interval_s = 0.3
 retry_max_s = 2.0
@@ -47,9 +52,11 @@ def used_ppk_ids(end) -> list[str]:
     return re.findall(r"using PPK for PPK_ID '([^']+)'", end.log())
 
 
-def test_two_daemons_bring_up_an_ike_sa_with_the_agreed_ppk_and_rotate_it(tmp_path):
+def test_two_daemons_bring_up_an_ike_sa_with_the_agreed_ppk_rotate_it_and_fail_closed_past_expiry(tmp_path):
     charons = CharonPair(tmp_path / "charon").up()
-    pair = LinkPair(tmp_path / "pair", frame_detections=FRAME_DETECTIONS)
+    # stored keys expire after 2 s, so that none is left in the store once the fiber is cut
+    pair = LinkPair(tmp_path / "pair", frame_detections=FRAME_DETECTIONS, admin_tls=True,
+                    extra_link={"key_expiry_s": 2.0})
     try:
         pair.write()
         for role, end in (("alice", charons.a), ("bob", charons.b)):
@@ -86,6 +93,23 @@ def test_two_daemons_bring_up_an_ike_sa_with_the_agreed_ppk_and_rotate_it(tmp_pa
         assert charons.a.ping_peer(), "no traffic through the tunnel of epoch 2"
         packets = sum(child["packets_in"] for s in established(charons.b) for child in s["children"].values())
         assert packets >= 2                            # the pings went through ESP (user space, libipsec)
+
+        # the fiber is cut: no fresh key; 30 s after epoch 2 both ends apply "random", the SA is gone
+        drift = pair.ends["alice"].url("/v1/links/sim-1/sim/drift")
+        assert pair.http.post(drift, json={"extra_loss_db": 60}).status_code == 200
+        wait_until(lambda: consumer("alice")["fallback"] == consumer("bob")["fallback"] == "random", 90,
+                   "the random fallback at both ends")
+        wait_until(lambda: established(charons.a) == established(charons.b) == [], 10, "the IKE SA to close")
+        tried = run("swanctl", "--initiate", "--ike", "qkd", "--timeout", "10", "--uri", f"unix://{charons.a.vici}",
+                    check=False, timeout=30)
+        assert tried.returncode != 0 and established(charons.b) == [], tried.stdout[-500:]   # fails closed
+        # mended: keys flow again, alice proposes at once, a fresh SA comes up with the next PPK
+        assert pair.http.post(drift, json={"extra_loss_db": 0}).status_code == 200
+        wait_until(lambda: both_at(3) and consumer("bob")["fallback"] is None, 90, "epoch 3 after the repair")
+        third = consumer("alice")["key_id"]
+        wait_until(lambda: len(established(charons.b)) == 1, 30, "the IKE SA of epoch 3")
+        assert established(charons.b)[0]["ppk"] == "yes" and used_ppk_ids(charons.b)[-1] == third
+        assert charons.a.ping_peer(), "no traffic through the tunnel after the repair"
         logs = "".join(pair.ends[role].log_path.read_text() for role in ("alice", "bob"))
         assert "installed on charon" in logs and "Traceback" not in logs
     finally:
