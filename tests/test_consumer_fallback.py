@@ -1,7 +1,8 @@
 """The fallback policy every consumer shares (qkdd.consumers.rotation): when one end dies (its tasks
 cancelled with no clean-up and its session cut, as kill -9 does), the survivor keeps the last key past its
 expiry instead of falling back alone; the dead end, restarted from its state file past the expiry, applies
-the fallback at once (never re-installs the expired key) and the survivor follows once they meet. Real SQLite key stores, the real reservation service over an in-memory session."""
+the fallback at once (never re-installs the expired key) and the survivor follows once they meet. Real
+SQLite key stores, the real reservation service over an in-memory session."""
 from __future__ import annotations
 
 import os
