@@ -148,15 +148,21 @@ def _container_init(container: subprocess.Popen) -> int:
     raise AssertionError("no init process in the container")
 
 
-def run_probe(inside, name: str, interface: str, psk_b64: str) -> dict[str, str]:
+def run_probe(inside, name: str, interface: str, psk_b64: str, *, expect: str) -> dict[str, str]:
+    """Start the probe (a oneshot: returns when `wg` is done); its Result and its journal, once the journal
+    holds `expect` (journald may take a moment to store the output of a process that has exited)."""
     path = f"/run/systemd/system/{name}.service"
     inside("sh", "-c", f"printf '%s' \"$0\" > {path}", probe_unit(interface, psk_b64))
     inside("systemctl", "daemon-reload")
     inside("systemctl", "start", f"{name}.service", check=False)
     lines = inside("systemctl", "show", f"{name}.service", "--property=Result", "--property=ExecMainStatus").stdout
     shown = dict(line.split("=", 1) for line in lines.splitlines() if "=" in line)
-    shown["journal"] = inside("journalctl", "--no-pager", "-o", "cat", "-u", f"{name}.service").stdout
-    return shown
+    deadline = time.monotonic() + 20
+    while True:
+        shown["journal"] = inside("journalctl", "--no-pager", "-o", "cat", "-u", f"{name}.service").stdout
+        if expect in shown["journal"] or time.monotonic() > deadline:
+            return shown
+        time.sleep(0.2)
 
 
 def preshared_key(inside, interface: str) -> str | None:
@@ -178,7 +184,7 @@ def test_the_sandboxed_unit_sets_psks_on_wireguard_go_through_the_packaged_socke
     assert socket_mode == ["srw-rw----", "root", "qkdd"], socket_mode
 
     psk = base64.b64encode(os.urandom(32)).decode()
-    shown = run_probe(inside, "qkdd-probe-go", "wgq0", psk)
+    shown = run_probe(inside, "qkdd-probe-go", "wgq0", psk, expect=PEER_PUBLIC_KEY)
     assert (shown["Result"], shown["ExecMainStatus"]) == ("success", "0"), shown
     assert preshared_key(inside, "wgq0") == psk
     assert PEER_PUBLIC_KEY in shown["journal"] and psk not in shown["journal"]   # handshakes read, key not echoed
@@ -191,7 +197,7 @@ def test_the_sandboxed_unit_sets_psks_on_wireguard_go_through_the_packaged_socke
         assert time.monotonic() < deadline, "wireguard-go made no interface wgq0 after its restart"
         time.sleep(0.1)
     again = base64.b64encode(os.urandom(32)).decode()
-    shown = run_probe(inside, "qkdd-probe-go-again", "wgq0", again)
+    shown = run_probe(inside, "qkdd-probe-go-again", "wgq0", again, expect=PEER_PUBLIC_KEY)
     assert (shown["Result"], preshared_key(inside, "wgq0")) == ("success", again), shown
 
     # the control: wireguard-go started plainly makes its own root-only socket, which the unit cannot open
@@ -200,7 +206,8 @@ def test_the_sandboxed_unit_sets_psks_on_wireguard_go_through_the_packaged_socke
     while inside("test", "-S", "/run/wireguard/wgp0.sock", check=False).returncode != 0:
         assert time.monotonic() < deadline, "plain wireguard-go made no socket"
         time.sleep(0.1)
-    shown = run_probe(inside, "qkdd-probe-plain", "wgp0", base64.b64encode(os.urandom(32)).decode())
+    shown = run_probe(inside, "qkdd-probe-plain", "wgp0", base64.b64encode(os.urandom(32)).decode(),
+                      expect="Permission denied")
     assert shown["Result"] == "exit-code" and "Permission denied" in shown["journal"], shown
 
 
@@ -212,6 +219,6 @@ def test_the_sandboxed_unit_sets_psks_on_kernel_wireguard(booted):
         pytest.skip("this kernel has no WireGuard (CONFIG_WIREGUARD unset): only wireguard-go can be tested here")
     assert added.returncode == 0, added.stderr
     kernel_psk = base64.b64encode(os.urandom(32)).decode()
-    shown = run_probe(inside, "qkdd-probe-kernel", "wgk0", kernel_psk)
+    shown = run_probe(inside, "qkdd-probe-kernel", "wgk0", kernel_psk, expect=PEER_PUBLIC_KEY)
     assert (shown["Result"], shown["ExecMainStatus"]) == ("success", "0"), shown
     assert preshared_key(inside, "wgk0") == kernel_psk
