@@ -3,9 +3,10 @@ strongSwan charon (two network namespaces, ESP in user space with kernel-libipse
 live simulated link (qkdd.link.pair) agreed over the link's classical channel. The IKE SA comes up with
 `ppk_required` and the agreed key as PPK, traffic flows through the tunnel, and a rotation (SIGUSR1 at alice)
 brings up a fresh IKE SA with the next PPK that replaces the first. Then the shared fallback policy with the
-simulator's fiber-cut knob (60 dB of extra loss through alice's admin API): no fresh key, so once the PPK in
-use is older than expiry_s both ends apply "random" and the IKE SA is closed (no SA can come up: each
-end holds a random PPK of its own); with the fiber mended keys
+simulator's fiber-cut knob (60 dB of extra loss through alice's admin API) and a dead daemon: no fresh key,
+alice killed (-9); bob keeps the PPK past expiry_s; alice, restarted after it, applies "random" at once,
+then bob does too, and the IKE SA is closed (no SA can come up: each end holds a random PPK of its own);
+with the fiber mended keys
 flow again and a fresh IKE SA comes up with the next PPK. Needs root, /dev/net/tun and Debian's
 charon-systemd, strongswan-swanctl, libcharon-extra-plugins (scripts/system-packages.txt)."""
 from __future__ import annotations
@@ -94,11 +95,24 @@ def test_two_daemons_bring_up_an_ike_sa_with_the_agreed_ppk_rotate_it_and_fail_c
         packets = sum(child["packets_in"] for s in established(charons.b) for child in s["children"].values())
         assert packets >= 2                            # the pings went through ESP (user space, libipsec)
 
-        # the fiber is cut: no fresh key; 30 s after epoch 2 both ends apply "random", the SA is gone
+        # the fiber is cut (no fresh key) and alice's daemon dies (kill -9): bob, the survivor, keeps the PPK
+        # past its expiry (no one-sided fallback) and the tunnel stays up
         drift = pair.ends["alice"].url("/v1/links/sim-1/sim/drift")
         assert pair.http.post(drift, json={"extra_loss_db": 60}).status_code == 200
-        wait_until(lambda: consumer("alice")["fallback"] == consumer("bob")["fallback"] == "random", 90,
+        pair.kill("alice")
+        wait_until(lambda: consumer("bob")["kept_past_expiry"], 90, "the PPK to expire at bob")
+        assert consumer("bob")["fallback"] is None and [s["ppk"] for s in established(charons.b)] == ["yes"]
+        # alice restarts past the expiry, the fiber still cut: she applies "random" at once, never loading the
+        # expired PPK again; once the ends meet bob does too, and the SA is gone
+        config = pair.ends["alice"].config_path
+        config.write_text(config.read_text().replace("[links.sim]\n", "[links.sim]\nextra_loss_db = 60\n", 1))
+        loaded_before = len(charons.a.log())
+        pair.start("alice")
+        pair.wait_ready("alice")
+        wait_until(lambda: consumer("alice")["fallback"] == consumer("bob")["fallback"] == "random", 60,
                    "the random fallback at both ends")
+        assert "expired while the daemon was down" in pair.ends["alice"].log_path.read_text()
+        assert f"PPK shared key with id 'qkdd-{NAME}-{second}'" not in charons.a.log()[loaded_before:]
         wait_until(lambda: established(charons.a) == established(charons.b) == [], 10, "the IKE SA to close")
         tried = run("swanctl", "--initiate", "--ike", "qkd", "--timeout", "10", "--uri", f"unix://{charons.a.vici}",
                     check=False, timeout=30)
