@@ -1,7 +1,8 @@
 """The fallback policy every consumer shares (qkdd.consumers.rotation): when one end dies (its tasks
 cancelled with no clean-up and its session cut, as kill -9 does), the survivor keeps the last key past its
-expiry instead of falling back alone; once the dead end restarts from its state file the two fall back
-together. Real SQLite key stores, the real reservation service over an in-memory session."""
+expiry instead of falling back alone; the dead end, restarted from its state file past the expiry, applies
+the fallback at once (never re-installs the expired key) and the survivor follows once they meet. Real
+SQLite key stores, the real reservation service over an in-memory session."""
 from __future__ import annotations
 
 import os
@@ -97,6 +98,9 @@ def test_a_survivor_keeps_the_last_key_past_expiry_until_the_dead_end_returns(tm
                 await until(lambda: all(sinks[role].installed[-1][:2] == (0, "clear") for role in sinks))
                 nursery.cancel_scope.cancel()
             outer.cancel_scope.cancel()
+            # the restarted end never re-installed the expired key: it fell back at once, from its state file
+            assert sinks[dead].installed == [(1, key_id, material), (0, "clear", b"")]
+            assert sinks[survivor].installed == [(1, key_id, material), (0, "clear", b"")]
 
     trio.run(main)
     for role in ("alice", "bob"):

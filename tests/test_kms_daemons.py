@@ -1,7 +1,8 @@
 """KMS push from two real qkdd daemons on a simulated link (qkdd.link.pair): each end pushes the key both
 agreed over the link's channel to its own Infisical-compatible KMS (tests/kms_server.py, real sockets),
 the client secret coming from the systemd credential; SIGUSR1 rotates (CURRENT moves to PREVIOUS at both
-KMSs alike); a KMS outage is retried until the push goes through; /healthz, /v1/links and /metrics show the consumer."""
+KMSs alike); a KMS outage is retried until the push goes through; /healthz, /v1/links and /metrics show the consumer;
+a daemon killed with -9 and restarted past the key's expiry falls back at once and the ends agree the next key."""
 from __future__ import annotations
 
 import base64
@@ -12,7 +13,7 @@ import pytest
 
 from qkdd.link.pair import LinkPair
 from tests.daemon_support import wait_until
-from tests.kms_server import FakeKms, KmsInThread
+from tests.kms_server import SECRETS, FakeKms, KmsInThread
 
 pytest.importorskip("infisical_sdk", reason="the official Infisical SDK (pip install infisicalsdk)")
 
@@ -46,9 +47,10 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
     """Both ends push the key they agreed (the same at both KMSs); SIGUSR1 rotates while alice's KMS fails
     for a while (retried until it goes through; CURRENT moves to PREVIOUS at both); /healthz, /v1/links and
     /metrics show the consumer. Then the shared fallback policy: intercept-resend (the simulator's attack knob, through
-    alice's admin API) halts the link; stored keys expire after 2 s, the pushed key after expiry_s; then
-    both ends apply "clear" (the KMS secrets are deleted: services go PQ-only); with the attack off keys
-    flow again and the push resumes at both KMSs."""
+    alice's admin API) halts the link; stored keys expire after 2 s, the pushed key after expiry_s. Bob is
+    killed (-9) meanwhile: alice keeps the key past expiry; bob, restarted past it, applies "clear" at once,
+    then alice does too (the KMS secrets are deleted: services go PQ-only); with the attack off keys flow
+    again and the push resumes at both KMSs with the same key."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "kms-client-secret").write_text(FakeKms().client_secret)
@@ -112,14 +114,28 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
             assert pair.http.post(attack, json={"attack": "intercept-resend:1"}).json()["attack"].startswith(
                 "intercept-resend")
             wait_until(lambda: pair.metrics("alice")["state"] == "halted", 30, "the attacked link to halt")
-            # no fresh key (frames finished before the halt may still give one, pushed like any other): once
-            # the last pushed key is 30 s old, both ends clear their secrets
+            # no fresh key (frames finished before the halt may still give one, pushed like any other); bob dies
+            # (kill -9): once the last key is 30 s old alice, the survivor, keeps it (no one-sided fallback)
+            pair.kill("bob")
+            def record(role: str) -> dict:
+                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]
+            wait_until(lambda: record("alice")["kept_past_expiry"], 120, "the key to expire at alice")
+            assert record("alice")["fallback"] is None and pushed("KEY_ID")[0] is not None
+            expired = {kmss["bob"].value(PREFIX + name, FOLDER) for name in ("AES256_CURRENT", "KEY_ID")}
+            # bob restarts past the expiry: he applies "clear" at once (deletes his secrets before writing any)
+            # and never pushes the expired key again; the ends meet and alice clears too
+            mark = len(kmss["bob"].log)
+            pair.start("bob")
             wait_until(lambda: pushed("AES256_CURRENT") == (None, None) and pushed("KEY_ID") == (None, None),
                        120, "the clear fallback at both KMSs")
-            def fallback_of(role: str) -> str | None:
-                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]["fallback"]
             # (each end records its fallback just after the secrets are gone)
-            wait_until(lambda: fallback_of("alice") == fallback_of("bob") == "clear", 10, "the fallback records")
+            wait_until(lambda: record("alice")["fallback"] == record("bob")["fallback"] == "clear", 10,
+                       "the fallback records")
+            writes = [request for request in kmss["bob"].log[mark:]
+                      if request.method in ("POST", "PATCH", "DELETE") and request.path.startswith(SECRETS)]
+            assert [request.method for request in writes[:5]] == ["DELETE"] * 5, [r.method for r in writes]
+            assert not expired & {request.body.get("secretValue") for request in writes}
+            assert "expired while the daemon was down" in pair.ends["bob"].log_path.read_text()
             assert pair.metrics("alice")["state"] == "halted"
             pair.http.post(attack, json={"attack": "none"})
             wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120,
@@ -127,3 +143,4 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
             assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] is not None
         finally:
             pair.stop()
+

@@ -302,11 +302,13 @@ def _stored(store: KeyStore, frame_id: int, keys, leader: bool) -> None:
     store.commit_frame(LINK_ID, frame_id)
 
 
-def test_both_ends_push_the_same_keys_fall_back_after_expiry_and_recover(tmp_path):
+@pytest.mark.parametrize("pushers", [("alice", "bob"), ("alice",)], ids=["both-push", "alice-only"])
+def test_both_ends_push_the_same_keys_fall_back_after_expiry_and_recover(tmp_path, pushers):
     """Real key stores (SQLite), the real reservation service over an in-memory session, a KMS per end
     over real sockets (h11). Three keys rotate through CURRENT/PREVIOUS at both ends alike; with no key
     left, the last one stays until expiry_s, then the "clear" fallback deletes the secrets at both ends;
-    fresh keys bring the push back (the fiber-cut-and-repair story without the device)."""
+    fresh keys bring the push back (the fiber-cut-and-repair story without the device). With `push =
+    false` at bob ("alice-only") bob agrees on every key (so alice's push goes on) but writes nothing."""
     from tests.reservation_support import memory_session, reservation_service
     from qkdd.consumers.rotation import EpochChannel
 
@@ -334,7 +336,7 @@ def test_both_ends_push_the_same_keys_fall_back_after_expiry_and_recover(tmp_pat
                 clients.append(client)
                 rotations[role] = KeyRotation(
                     _FastPolicy(), kind="kms", tag=consumer_tag("kms", NAME), leader=role == "alice",
-                    sink=KmsSink(client, name=NAME, folder=FOLDER), store=ends[role],
+                    sink=KmsSink(client, name=NAME, folder=FOLDER, push=role in pushers), store=ends[role],
                     metrics=Metrics().consumer("kms", NAME), state_dir=str(tmp_path / role), rotation_interval_s=0.6,
                     retry_max_s=0.4, what="kms push")
                 nursery.start_soon(rotations[role].run)
@@ -352,11 +354,14 @@ def test_both_ends_push_the_same_keys_fall_back_after_expiry_and_recover(tmp_pat
             def both(name):
                 return tuple(kms_servers[role].value(PREFIX + name, FOLDER) for role in ("alice", "bob"))
 
+            def pushed(value):          # what both() shows when the pushing ends hold `value`
+                return tuple(value if role in pushers else None for role in ("alice", "bob"))
+
             # three epochs: the last key is CURRENT and the one before PREVIOUS, at both ends
-            await until(lambda: both("KEY_ID") == (first[2][0], first[2][0]))
-            assert both("AES256_CURRENT") == (b64(first[2][1]),) * 2
-            assert both("AES256_PREVIOUS") == (b64(first[1][1]),) * 2
-            assert both("QBER") == ("0.0310",) * 2
+            await until(lambda: both("KEY_ID") == pushed(first[2][0]))
+            assert both("AES256_CURRENT") == pushed(b64(first[2][1]))
+            assert both("AES256_PREVIOUS") == pushed(b64(first[1][1]))
+            assert both("QBER") == pushed("0.0310")
             # no key left: the last one stays in use (no fallback yet) ...
             assert rotations["alice"].state.fallback is None
             # ... until it is expiry_s old, then both ends clear their secrets
@@ -367,8 +372,8 @@ def test_both_ends_push_the_same_keys_fall_back_after_expiry_and_recover(tmp_pat
             for role in ("alice", "bob"):
                 await trio.to_thread.run_sync(_stored, ends[role], 2, later, role == "alice")
             rotations["alice"].rotate_now()
-            await until(lambda: both("KEY_ID") == (later[0][0], later[0][0]))
-            assert both("AES256_CURRENT") == (b64(later[0][1]),) * 2
+            await until(lambda: both("KEY_ID") == pushed(later[0][0]))
+            assert both("AES256_CURRENT") == pushed(b64(later[0][1]))
             await until(lambda: rotations["bob"].state.epoch.key_id == later[0][0])
             assert rotations["bob"].state.fallback is None and rotations["bob"].status()["installed_age_s"] is not None
             nursery.cancel_scope.cancel()
@@ -377,6 +382,8 @@ def test_both_ends_push_the_same_keys_fall_back_after_expiry_and_recover(tmp_pat
                 await client.aclose()
 
     trio.run(main)
+    if "bob" not in pushers:                         # bob agreed on every key and never wrote to his KMS
+        assert kms_servers["bob"].log == []          # (not even a login)
     # the keys pushed are erased from both stores once superseded (never handed out again)
     for role in ("alice", "bob"):
         states = {key_id: ends[role].state(LINK_ID, key_id).value for key_id, _ in first}

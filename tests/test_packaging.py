@@ -311,6 +311,21 @@ def test_unit_keeps_only_cap_net_admin_and_notify_contract():
     assert settings["StateDirectoryMode"] == ["0700"] and "WatchdogSec" in settings
 
 
+def test_wireguard_go_units_verify_and_open_the_socket_to_the_unit_s_group(tmp_path):
+    """qkdd-wireguard-go@.socket/.service (tests/test_wireguard_unit.py runs them under systemd): every line
+    understood, and the socket's group is the group qkdd.service runs as (its only access to the socket)."""
+    _require("systemd-analyze")
+    for unit in ("qkdd-wireguard-go@.socket", "qkdd-wireguard-go@.service"):
+        shutil.copy(REPO / "systemd" / unit, tmp_path / unit)
+    instances = [str(tmp_path / f"qkdd-wireguard-go@wg0.{kind}") for kind in ("socket", "service")]
+    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", *instances], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert verify.returncode == 0 and "qkdd-wireguard-go" not in verify.stdout + verify.stderr, verify.stderr
+    socket_unit = (REPO / "systemd" / "qkdd-wireguard-go@.socket").read_text()
+    assert re.search(r"^SocketGroup=qkdd$", socket_unit, re.M) and re.search(r"^SocketMode=0660$", socket_unit, re.M)
+    assert re.search(r"^Group=qkdd$", UNIT.read_text(), re.M)
+
+
 # --------------------------------------------------------------------------------------------------
 # The Debian package in a clean Debian 12 root
 
@@ -323,7 +338,8 @@ def test_deb_layout(deb_path):
     paths = {line.split()[5].lstrip(".") for line in listing.splitlines()}
     for expected in ("/usr/lib/qkdd/bin/python3", "/usr/lib/qkdd/pyvenv.cfg", "/lib/systemd/system/qkdd.service",
                      "/usr/bin/qkdd", "/usr/bin/qkdctl", "/etc/qkdd/credentials/",
-                     "/usr/share/doc/qkdd/examples/serial-device.conf"):
+                     "/usr/share/doc/qkdd/examples/serial-device.conf",
+                     "/lib/systemd/system/qkdd-wireguard-go@.socket", "/lib/systemd/system/qkdd-wireguard-go@.service"):
         assert expected in paths, expected
     assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in paths)
     assert not any("__pycache__" in path for path in paths), "bytecode is compiled in postinst, not shipped"
@@ -778,7 +794,9 @@ def test_rpm_layout_scriptlets_and_requires(rpm_path):
 
     files = set(query("--list").split())
     for expected in ("/usr/lib/qkdd/bin/python3", "/usr/lib/qkdd/pyvenv.cfg", "/usr/bin/qkdd", "/usr/bin/qkdctl",
-                     "/usr/lib/systemd/system/qkdd.service", "/etc/qkdd/credentials"):
+                     "/usr/lib/systemd/system/qkdd.service", "/etc/qkdd/credentials",
+                     "/usr/lib/systemd/system/qkdd-wireguard-go@.socket",
+                     "/usr/lib/systemd/system/qkdd-wireguard-go@.service"):
         assert expected in files, expected
     assert any(re.search(r"/site-packages/qkdd/_native\..*so$", path) for path in files)
     assert "/etc/qkdd/qkdd.toml" in set(query("--configfiles").split())

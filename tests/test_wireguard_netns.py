@@ -361,7 +361,8 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
     """Key production stops for real (intercept-resend on the link: the QBER passes the threshold and the
     link halts); the keys stored before expire after `key_expiry_s`, the PSK in use after `psk_expiry_s`.
     Frames started before the attack may still finish after the halt and store a key: the leader then
-    rightly takes it when the PSK expires, so the test waits for the fallback that finds no key left."""
+    rightly takes it when the PSK expires, so the test waits for the fallback that finds no key left.
+    With "clear", bob's daemon is killed (-9) after the halt and restarted only past the PSK's expiry."""
     key_expiry_s, psk_expiry_s = 2, 30          # check-config: expiry_s at least the rotation interval (>= 30 s)
     pair = fresh_pair
     alice = bob = None
@@ -383,6 +384,23 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
         assert attack["attack"].startswith("intercept-resend")
         wait_for("the attacked link to halt", lambda: alice.link_metrics()["state"] == "halted",
                  timeout_s=20, interval_s=0.3)
+        if policy == "clear":
+            # bob's daemon dies (kill -9) meanwhile: past the PSK's expiry alice keeps it (a one-sided clear
+            # would break the tunnel) and the two interfaces still agree; bob, restarted after the expiry,
+            # clears at once (never re-installs the expired PSK) and alice clears too once they meet
+            bob.daemon.stop(signal.SIGKILL)
+            kept = pair.a.psk()
+
+            def alice_tunnel() -> dict:
+                return alice.api("GET", "/v1/links")["links"][0]["consumers"][0]
+            wait_for("the PSK to expire at alice", lambda: alice_tunnel()["kept_past_expiry"],
+                     timeout_s=4 * psk_expiry_s, interval_s=0.3)
+            assert alice_tunnel()["fallback"] is None and pair.a.psk() == kept == pair.b.psk() != "(none)"
+            assert handshake_works(pair), "the survivor keeps the PSK the dead end's interface holds"
+            bob.daemon.start()
+            wait_for("bob's fallback at start", lambda: "expired while the daemon was down" in bob.daemon.run_log(),
+                     timeout_s=30, interval_s=0.3)
+            assert "re-applying epoch" not in bob.daemon.run_log()
         wait_for("the fallback with no key left", lambda: fell_back(alice) and fell_back(bob)
                  and no_key_count() > no_key_before, timeout_s=4 * psk_expiry_s, interval_s=0.3)
         epochs = len(install_times(alice.daemon.log()))

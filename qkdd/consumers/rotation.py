@@ -18,6 +18,10 @@ peer's daemon is dead keeps the last key past its expiry, since the dead end's W
 charon still holds it and a one-sided fallback would break the tunnel; the two fall back (or rotate)
 together once they meet again. Trade-off: a key may serve past expiry_s while the peer is unreachable;
 it is still a QKD key both ends agreed on, and expiry is a freshness policy, not a secrecy bound.
+A daemon that starts with a key already past expiry_s (it was down, e.g. killed, across the expiry) never
+re-installs it: it applies the fallback at once, and the ends agree the next key as soon as they meet
+(the survivor, seeing its own copy expired, falls back too or takes the leader's fresh epoch). Until the
+session is up the two ends may differ for a moment; an expired key never comes back into use.
 A small JSON file per consumer in the state directory records the epoch (number, key id,
 times, fallback): never key material. It is read and written (with fsync) in worker threads.
 """
@@ -189,6 +193,12 @@ class KeyRotation:
         if self.state.fallback:
             log.info("%s: re-applying the %s fallback after a restart", self.who, self.state.fallback)
             await self._apply_fallback(self.state.epoch, again=True)
+        elif self._expired_at_start():
+            log.warning("%s: the key of epoch %d expired while the daemon was down (%.0f s old, expiry %g s): "
+                        "applying the fallback instead of re-installing it", self.who, self.state.epoch.number,
+                        self._clock() - self.state.installed_at, self.config.expiry_s)
+            self._target = None
+            await self._apply_fallback(self.state.epoch)
         elif self._target is not None:
             log.info("%s: re-applying epoch %d (key %s) after a restart", self.who,
                      self._target.number, self._target.key_id)
@@ -198,6 +208,12 @@ class KeyRotation:
             nursery.start_soon(self._poll_handshakes)
             if self.leader:
                 nursery.start_soon(self._leader_loop)
+
+    def _expired_at_start(self) -> bool:
+        """The epoch in the state file was installed more than expiry_s ago (the daemon was down past it)."""
+        state = self.state
+        return bool(state.epoch.number and state.installed_at and not state.fallback
+                    and self._clock() - state.installed_at > self.config.expiry_s)
 
     def attach(self, service: ReservationService) -> None:
         """A session started: announce the current epoch (HELLO)."""
