@@ -12,9 +12,8 @@ import base64
 import json
 import os
 import ssl
-import uuid
-
 import threading
+import uuid
 
 import h11
 import trio
@@ -134,7 +133,7 @@ class KmeThread:
         self._scope: trio.CancelScope | None = None
         self._thread = threading.Thread(target=trio.run, args=(self._main,), daemon=True)
 
-    def start(self) -> "KmeThread":
+    def start(self) -> KmeThread:
         self._thread.start()
         if not self._ready.wait(30):
             raise AssertionError("the scripted KMEs did not start")
