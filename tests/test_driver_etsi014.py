@@ -205,7 +205,7 @@ def test_driver_etsi014_relay_survives_vendor_faults_and_resumes(tmp_path, pki):
             first_refusal = health["alice"].link_state(LINK).detail
             refused = alice.engine.status.totals["keys"]
             assert "not found on KME" in first_refusal
-            assert health["alice"].link_state(LINK).state == "failed"
+            assert health["alice"].link_state(LINK).state == "fallback"
             await wait_for(lambda: health["alice"].link_state(LINK).detail not in ("", first_refusal)
                            and "could not fetch key batch" in health["alice"].link_state(LINK).detail)
             assert alice.engine.status.totals["keys"] == refused
@@ -306,7 +306,7 @@ def test_driver_etsi014_unreadable_certificate_leaves_the_link_failed_not_the_da
                                 health=health)
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
-            await wait_for(lambda: health.link_state(LINK).state == "failed", 10)
+            await wait_for(lambda: health.link_state(LINK).state == "fallback", 10)
             assert f"SAE certificate {tmp_path / 'missing.pem'}" in health.link_state(LINK).detail
             nursery.cancel_scope.cancel()
     trio.run(main)

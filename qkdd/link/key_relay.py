@@ -5,7 +5,8 @@ finished from the KMEs and are relayed by ID over the link's classical channel i
 The master end (role alice) takes batches with enc_keys and offers their IDs; the slave end (bob)
 fetches them with dec_keys; the messages and the rules that keep both stores equal are in
 qkdd.link.key_relay_messages. The key-store resynchronisation runs first on every session, as for the
-frame path. A vendor KME that fails sets the link "failed" with a /healthz detail naming the KME and
+frame path. A vendor KME that fails (or a batch the other end's KME cannot deliver) sets the link
+"fallback", the state a failing device gives any link, with a /healthz detail naming the KME and
 the cause; the engine keeps trying and the link resumes by itself when the KME answers again. Faults are
 logged once per episode (qkdd.fault_episodes): the key calls (enc_keys, dec_keys), the Get status polls
 and the other end's refusals each have their own, ended by the next success of the same kind of call.
@@ -56,7 +57,7 @@ class KeyRelayEngine:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The device and its health watch until cancelled; a device that cannot start (its certificate
-        files unreadable) leaves the link "failed", retried, and the daemon up."""
+        files unreadable) leaves the link "fallback", retried, and the daemon up."""
         task_status.started()
         try:
             while True:
@@ -83,7 +84,7 @@ class KeyRelayEngine:
         detail = f"vendor KME: {exc}"
         (faults or self.key_fault_log).fault(exc.kind, str(exc))
         self.device_error = detail
-        self.status.set_state("failed", detail[:300])
+        self.status.set_state("fallback", detail[:300])
 
     def _device_ok(self, detail: str = "", faults: FaultEpisodes | None = None) -> None:
         (faults or self.key_fault_log).recovered("answers again")
@@ -114,7 +115,7 @@ class KeyRelayEngine:
     async def _serve(self, stream: MuxStream) -> None:
         self.status.session_up()
         if self.device_error is not None:
-            self.status.set_state("failed", self.device_error[:300])
+            self.status.set_state("fallback", self.device_error[:300])
         log.info("link %s: session %s ready (vendor KME key relay, %s end)", self.link_id,
                  stream.session.session_id, "master" if self.role == ALICE else "slave")
         try:
@@ -179,7 +180,7 @@ class KeyRelayEngine:
             await trio.to_thread.run_sync(self.store.discard_frame, self.link_id, batch_id)
             detail = f"the other end could not fetch key batch {batch_id}: {answer.reason}"
             self.refusal_log.fault("refused", detail)
-            self.status.set_state("failed", detail[:300])
+            self.status.set_state("fallback", detail[:300])
 
     def _record(self, batch_id: int, count: int) -> None:
         bits = count * self.settings.key_bits
