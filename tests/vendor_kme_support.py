@@ -31,6 +31,8 @@ class ScriptedKme:
         self.shared = shared
         self.fault: str | None = None
         self.requests: list[str] = []
+        self.numbers: list[int] = []               # the `number` of each Get key
+        self.status_fields: dict[str, int] = {}    # overrides of the Get status answer
         self.port = 0
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca_file))
         self._context.load_cert_chain(str(cert_file), str(key_file))
@@ -102,9 +104,13 @@ class ScriptedKme:
         if target.endswith("/status"):
             return 200, {"source_KME_ID": self.kme_id, "target_KME_ID": "other", "master_SAE_ID": "m",
                          "slave_SAE_ID": "s", "key_size": 256, "stored_key_count": 1000, "max_key_count": 100000,
-                         "max_key_per_request": 128, "max_key_size": 8192, "min_key_size": 64, "max_SAE_ID_count": 0}
+                         "max_key_per_request": 128, "max_key_size": 8192, "min_key_size": 64, "max_SAE_ID_count": 0,
+                         **self.status_fields}
         request = json.loads(body or b"{}")
         if target.endswith("/enc_keys"):
+            self.numbers.append(request.get("number", 1))
+            if request.get("number", 1) > self.status_fields.get("max_key_per_request", 128):
+                return 400, {"message": "number exceeds max_key_per_request"}
             size = request.get("size", 256) if self.fault != "short_key" else 128
             keys = []
             for _ in range(request.get("number", 1)):

@@ -134,7 +134,7 @@ class KeyRelayEngine:
                 await trio.sleep(self.config.request_interval_s)       # take no key the store cannot hold
                 continue
             try:
-                keys = await self.device.enc_keys(self.config.keys_per_request)
+                keys = await self.device.enc_keys(self.device.keys_per_request())
             except Etsi014Error as exc:
                 self._device_failed(exc)
                 await trio.sleep(backoff_s)
