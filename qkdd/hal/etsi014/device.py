@@ -11,7 +11,13 @@ import time
 import trio
 
 from qkdd.hal.base import ChannelMetrics, Device, DeviceHealth, KeyBlock
-from qkdd.hal.etsi014.client import Etsi014Client, Etsi014Error, KmeStatus, VendorKey, tls_context
+from qkdd.hal.etsi014.client import (
+    Etsi014Client,
+    Etsi014Error,
+    KmeStatus,
+    VendorKey,
+    tls_context,
+)
 from qkdd.hal.etsi014.settings import PRESETS, Etsi014DeviceConfig
 
 log = logging.getLogger("qkdd.hal")
