@@ -137,7 +137,8 @@ def test_driver_serial_faults_over_many_reopens_are_one_line_each(tmp_path, capl
 
     async def main():
         _, bob, _ = frame_pair(simulator(seed=9), 0, detections=5_000)
-        device = SerialDevice(str(link_path), "bob", SerialConfig(reconnect_s=0.05), link_id="s-1")
+        device = SerialDevice(str(link_path), "bob", SerialConfig(reconnect_s=0.05, max_frame_bytes=1 << 16),
+                              link_id="s-1")
         async with trio.open_nursery() as nursery:
             await nursery.start(device.run)
             await wait_for(lambda: device.fault_log.faults >= 20)            # 20 reopens of a missing path
@@ -161,6 +162,10 @@ def test_driver_serial_faults_over_many_reopens_are_one_line_each(tmp_path, capl
                 await pty.send(wire.FrameType.DETECTIONS, wire.detections_payload(chunk))
             with trio.fail_after(60):
                 await device.next_frame()
+            for _ in range(5):                                                # frames beyond max_frame_bytes
+                await pty.send(wire.FrameType.DETECTIONS, bytes(100_000))
+            await pty.send(wire.FrameType.STATUS, wire.status_payload(wire.Status(True, 20.0, 5.0, "fine")))
+            await wait_for(lambda: device.status is not None and device.oversize_frames == 5)
             assert faults >= 25 and device.crc_errors >= 40 and not device.fault_log.failing
             nursery.cancel_scope.cancel()
         await pty.aclose()
@@ -170,10 +175,10 @@ def test_driver_serial_faults_over_many_reopens_are_one_line_each(tmp_path, capl
     assert [m for m in device_lines if "could not open port" in m] == device_lines[:1], device_lines
     assert sum("protocol version 9" in m for m in device_lines) == 1, device_lines
     assert sum("failed its CRC" in m for m in device_lines) == 1, device_lines
+    assert sum("exceeds max_frame_bytes 65536" in m for m in device_lines) == 1, device_lines
     assert sum("garbage skipped" in m for m in device_lines) <= 1, device_lines
-    assert "test detector delivers frames again after" in device_lines[-1] if "garbage" not in device_lines[-1] \
-        else any("delivers frames again" in m for m in device_lines)
-    assert len(device_lines) <= 5, device_lines
+    assert sum("test detector delivers frames again after" in m for m in device_lines) == 1, device_lines
+    assert len(device_lines) <= 6, device_lines
 
 
 # ---- sdk: a library missing for many reopens, then one whose reads all fail ------------------------------
