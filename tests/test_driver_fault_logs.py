@@ -164,8 +164,12 @@ def test_driver_serial_faults_over_many_reopens_are_one_line_each(tmp_path, capl
                 await device.next_frame()
             for _ in range(5):                                                # frames beyond max_frame_bytes
                 await pty.send(wire.FrameType.DETECTIONS, bytes(100_000))
+            for _ in range(10):                                               # the device's own STATUS: not ok
+                await pty.send(wire.FrameType.STATUS, wire.status_payload(wire.Status(False, 31.0, 6.0, "laser off")))
+            await wait_for(lambda: device.status is not None and device.status.detail == "laser off")
+            assert not (await device.health()).ok
             await pty.send(wire.FrameType.STATUS, wire.status_payload(wire.Status(True, 20.0, 5.0, "fine")))
-            await wait_for(lambda: device.status is not None and device.oversize_frames == 5)
+            await wait_for(lambda: device.status.ok and device.oversize_frames == 5)
             assert faults >= 25 and device.crc_errors >= 40 and not device.fault_log.failing
             nursery.cancel_scope.cancel()
         await pty.aclose()
@@ -178,7 +182,9 @@ def test_driver_serial_faults_over_many_reopens_are_one_line_each(tmp_path, capl
     assert sum("exceeds max_frame_bytes 65536" in m for m in device_lines) == 1, device_lines
     assert sum("garbage skipped" in m for m in device_lines) <= 1, device_lines
     assert sum("test detector delivers frames again after" in m for m in device_lines) == 1, device_lines
-    assert len(device_lines) <= 6, device_lines
+    assert sum(m.endswith("reports: laser off") for m in device_lines) == 1, device_lines
+    assert sum("reports ok again after" in m for m in device_lines) == 1, device_lines
+    assert len(device_lines) <= 8, device_lines
 
 
 # ---- sdk: a library missing for many reopens, then one whose reads all fail ------------------------------

@@ -46,6 +46,7 @@ class SdkDevice(Device):
         self._frames_in, self._frames_out = trio.open_memory_channel[RawFrame](2)
         self._closing = trio.Lock()          # status() never runs on a handle being closed
         self.fault_log = FaultEpisodes(log, f"link {link_id}: SDK device" if link_id else "SDK device")
+        self.status_fault_log = FaultEpisodes(log, self.fault_log.prefix)     # its own status saying not ok
 
     async def init(self) -> None:
         """Nothing before run(): the library is loaded (and reloaded) there."""
@@ -132,6 +133,11 @@ class SdkDevice(Device):
                 async with self._closing:
                     if self._handle is handle:
                         self._status = await trio.to_thread.run_sync(handle.status)
+                        if self._status.ok:
+                            self.status_fault_log.recovered("reports ok again")
+                        else:
+                            self.status_fault_log.fault("status", f"reports: {self._status.detail}")
+                        self.status_fault_log.flush()
             except SdkError as exc:
                 self._set_problem(exc)
         problem = self.problem or (None if self._status is None or self._status.ok else

@@ -48,6 +48,7 @@ class SerialDevice(Device):
         where = f"link {link_id}: serial device {path}" if link_id else f"serial device {path}"
         self.fault_log = FaultEpisodes(log, where)
         self.stream_fault_log = FaultEpisodes(log, where, ends_when_quiet=True)
+        self.status_fault_log = FaultEpisodes(log, where)          # the device's own STATUS saying not ok
 
     async def init(self) -> None:
         """Nothing to do before run(): the tty is opened (and reopened) there."""
@@ -69,8 +70,8 @@ class SerialDevice(Device):
         self.problem = problem
 
     def _flush_fault_logs(self) -> None:
-        self.fault_log.flush()
-        self.stream_fault_log.flush()
+        for faults in (self.fault_log, self.stream_fault_log, self.status_fault_log):
+            faults.flush()
 
     async def _session(self) -> None:
         port = await trio.to_thread.run_sync(lambda: serial.Serial(self.path, self.config.baud, timeout=0.2))
@@ -130,6 +131,10 @@ class SerialDevice(Device):
                 self._settings = wire.parse_settings(frame.payload)
             elif frame.type is wire.FrameType.STATUS:
                 self.status = wire.parse_status(frame.payload)
+                if self.status.ok:
+                    self.status_fault_log.recovered("reports ok again")
+                else:
+                    self.status_fault_log.fault("status", f"reports: {self.status.detail}")
                 self.problem = None
             elif frame.type is wire.FrameType.DETECTIONS:
                 raw = assembler.add(wire.parse_detections(frame.payload))
