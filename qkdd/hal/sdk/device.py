@@ -52,8 +52,10 @@ class SdkDevice(Device):
         """Nothing before run(): the library is loaded (and reloaded) there."""
 
     def _set_problem(self, exc: SdkError) -> None:
-        # the kind: the library's error code, or its loading (code 0: missing, wrong ABI version)
-        self.fault_log.fault(f"code {exc.code}" if exc.code else "load", str(exc))
+        # the kind: the loading (code 0: missing, wrong ABI version), a QKD_DEVICE_E_* code, or any other code
+        # (a bounded set, whatever the library returns)
+        kind = "load" if exc.code == 0 else f"code {exc.code}" if -5 <= exc.code < 0 else "other code"
+        self.fault_log.fault(kind, str(exc))
         self.problem = str(exc)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
