@@ -109,6 +109,11 @@ def test_driver_etsi014_daemons_stay_responsive_while_their_vendor_kmes_are_slow
     # each fault episode is one line in the daemon's log however often the engine retried meanwhile
     assert sum("Get key: no answer within" in line for line in master.lines) == 1, "".join(master.lines)
     assert sum("vendor KME: answers again" in line for line in master.lines) == 1, "".join(master.lines)
+    # nor does the link's state flap with each retry (every flip is a "state changed" line): one fallback per
+    # phase at most, and the slave's only in the first
+    flips = {name: sum(f"{LINK}: running -> fallback" in line for line in daemon.lines)
+             for name, daemon in ends.items()}
+    assert flips["end-a"] <= 2 and flips["end-b"] <= 1, flips
 
     # no key at one end only: every key available at either end is held, with the same bytes, at the other
     # (but for the one batch in flight at shutdown: stored by the slave, still pending at the master)

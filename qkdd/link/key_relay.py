@@ -87,9 +87,15 @@ class KeyRelayEngine:
         self.status.set_state("fallback", detail[:300])
 
     def _device_ok(self, detail: str = "", faults: FaultEpisodes | None = None) -> None:
+        """A call of one kind succeeded. The link is running again only once no kind of call is failing
+        (key calls, Get status, the other end's fetches): a success of one kind while another still fails
+        leaves it in fallback with that failure's cause, so its state does not flap (and log "state
+        changed") at every retry."""
         (faults or self.key_fault_log).recovered("answers again")
-        self.device_error = None
         self._kme_detail = detail or self._kme_detail
+        if any(faults_of.failing for faults_of in (self.key_fault_log, self.status_fault_log, self.refusal_log)):
+            return
+        self.device_error = None
         if self.status.connected:
             self.status.set_state("running", f"relaying keys; {self._kme_detail}"[:300])
 
@@ -176,10 +182,12 @@ class KeyRelayEngine:
             await trio.to_thread.run_sync(self.store.commit_frame, self.link_id, batch_id)
             self._record(batch_id, len(rows))
             self.refusal_log.recovered("the other end accepts key batches again")
+            self._device_ok(faults=self.refusal_log)
         else:
             await trio.to_thread.run_sync(self.store.discard_frame, self.link_id, batch_id)
             detail = f"the other end could not fetch key batch {batch_id}: {answer.reason}"
             self.refusal_log.fault("refused", detail)
+            self.device_error = detail
             self.status.set_state("fallback", detail[:300])
 
     def _record(self, batch_id: int, count: int) -> None:
