@@ -205,7 +205,7 @@ def test_driver_etsi014_relay_survives_vendor_faults_and_resumes(tmp_path, pki):
             first_refusal = health["alice"].link_state(LINK).detail
             refused = alice.engine.status.totals["keys"]
             assert "not found on KME" in first_refusal
-            assert health["alice"].link_state(LINK).state == "failed"
+            assert health["alice"].link_state(LINK).state == "fallback"
             await wait_for(lambda: health["alice"].link_state(LINK).detail not in ("", first_refusal)
                            and "could not fetch key batch" in health["alice"].link_state(LINK).detail)
             assert alice.engine.status.totals["keys"] == refused
@@ -306,7 +306,31 @@ def test_driver_etsi014_unreadable_certificate_leaves_the_link_failed_not_the_da
                                 health=health)
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
-            await wait_for(lambda: health.link_state(LINK).state == "failed", 10)
+            await wait_for(lambda: health.link_state(LINK).state == "fallback", 10)
             assert f"SAE certificate {tmp_path / 'missing.pem'}" in health.link_state(LINK).detail
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+def test_driver_etsi014_requests_keep_to_the_limits_the_kme_publishes_in_get_status(tmp_path, pki):
+    """ETSI GS QKD 014 clause 6.1 (Table 9): a KME publishes max_key_per_request and its key sizes in Get status.
+    A KME serving fewer keys per request than keys_per_request gets requests of its size; one that cannot serve
+    the link's key size makes the link fall back with that cause (both ends must keep the configured size)."""
+    async def main():
+        shared = SharedKeys()
+        kme_a, kme_b = scripted(pki, "kme-a", shared), scripted(pki, "kme-b", shared)
+        kme_a.status_fields = {"max_key_per_request": 3}                 # keys_per_request is 8
+        async with trio.open_nursery() as nursery:
+            await nursery.start(kme_a.serve)
+            await nursery.start(kme_b.serve)
+            alice, bob, health = await relay_pair(nursery, tmp_path, pki, kme_a.url, kme_b.url)
+            await wait_for(lambda: len(bob.available()) >= 12)
+            assert alice.engine.device.keys_per_request() == 3 and kme_a.numbers[-1] == 3
+            assert sum(number > 3 for number in kme_a.numbers) <= 1        # one sent before the first Get status
+            assert_no_key_at_one_end_only(alice, bob)
+            kme_b.status_fields = {"max_key_size": 128}
+            await wait_for(lambda: "serves keys of 64-128 bits (Get status); this link's key_bits is 256"
+                           in health["bob"].link_state(LINK).detail, 30)
+            assert health["bob"].link_state(LINK).state == "fallback"
             nursery.cancel_scope.cancel()
     trio.run(main)

@@ -101,6 +101,9 @@ class Device(abc.ABC):
     """One QKD device end (seed: QKDDevice). Methods are async: drivers do I/O."""
 
     yields_raw_frames: bool = True
+    # the driver logs its faults itself, once per episode (qkdd.fault_episodes); the link's health watch
+    # then only records them in the link's state. Otherwise the health watch logs them, also once per episode.
+    reports_own_faults: bool = False
 
     @abc.abstractmethod
     async def init(self) -> None:

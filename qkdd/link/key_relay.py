@@ -5,8 +5,11 @@ finished from the KMEs and are relayed by ID over the link's classical channel i
 The master end (role alice) takes batches with enc_keys and offers their IDs; the slave end (bob)
 fetches them with dec_keys; the messages and the rules that keep both stores equal are in
 qkdd.link.key_relay_messages. The key-store resynchronisation runs first on every session, as for the
-frame path. A vendor KME that fails sets the link "failed" with a /healthz detail naming the KME and
-the cause; the engine keeps trying and the link resumes by itself when the KME answers again.
+frame path. A vendor KME that fails (or a batch the other end's KME cannot deliver) sets the link
+"fallback", the state a failing device gives any link, with a /healthz detail naming the KME and
+the cause; the engine keeps trying and the link resumes by itself when the KME answers again. Faults are
+logged once per episode (qkdd.fault_episodes): the key calls (enc_keys, dec_keys), the Get status polls
+and the other end's refusals each have their own, ended by the next success of the same kind of call.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import time
 
 import trio
 
+from qkdd.fault_episodes import FaultEpisodes
 from qkdd.hal.etsi014.client import Etsi014Error, VendorKey
 from qkdd.hal.etsi014.device import Etsi014Device
 from qkdd.keystore import KeyStore, KeyStoreError
@@ -45,12 +49,15 @@ class KeyRelayEngine:
         self.device_error: str | None = None          # the vendor KME's last failure, None once it answers
         self._kme_detail = "vendor KME answering"       # its last Get status, for /healthz
         self._batch_counter = 0
+        self.key_fault_log = FaultEpisodes(log, f"link {link_id}: vendor KME")             # enc_keys, dec_keys
+        self.status_fault_log = FaultEpisodes(log, f"link {link_id}: vendor KME status")   # Get status polls
+        self.refusal_log = FaultEpisodes(log, f"link {link_id}: key relay")                 # the slave's REFUSEs
         channel.prepare_with(INVENTORY_CHANNEL, lambda stream: resynchronise(link_id, store, stream))
         channel.register(KEY_RELAY_CHANNEL, self._serve)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The device and its health watch until cancelled; a device that cannot start (its certificate
-        files unreadable) leaves the link "failed", retried, and the daemon up."""
+        files unreadable) leaves the link "fallback", retried, and the daemon up."""
         task_status.started()
         try:
             while True:
@@ -60,6 +67,7 @@ class KeyRelayEngine:
                 except Etsi014Error as exc:
                     self._device_failed(exc)
                     await trio.sleep(RETRY_MAX_S)
+                    self._flush_fault_logs()
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.device.run)
                 nursery.start_soon(self._watch_kme)
@@ -72,18 +80,22 @@ class KeyRelayEngine:
         return self.channel.queued_bytes
 
     # -- state ----------------------------------------------------------------------------------
-    def _device_failed(self, exc: Etsi014Error) -> None:
+    def _device_failed(self, exc: Etsi014Error, faults: FaultEpisodes | None = None) -> None:
         detail = f"vendor KME: {exc}"
-        if self.device_error != detail:
-            log.warning("link %s: %s", self.link_id, detail)
+        (faults or self.key_fault_log).fault(exc.kind, str(exc))
         self.device_error = detail
-        self.status.set_state("failed", detail[:300])
+        self.status.set_state("fallback", detail[:300])
 
-    def _device_ok(self, detail: str = "") -> None:
-        if self.device_error is not None:
-            log.info("link %s: vendor KME answers again", self.link_id)
-        self.device_error = None
+    def _device_ok(self, detail: str = "", faults: FaultEpisodes | None = None) -> None:
+        """A call of one kind succeeded. The link is running again only once no kind of call is failing
+        (key calls, Get status, the other end's fetches): a success of one kind while another still fails
+        leaves it in fallback with that failure's cause, so its state does not flap (and log "state
+        changed") at every retry."""
+        (faults or self.key_fault_log).recovered("answers again")
         self._kme_detail = detail or self._kme_detail
+        if any(faults_of.failing for faults_of in (self.key_fault_log, self.status_fault_log, self.refusal_log)):
+            return
+        self.device_error = None
         if self.status.connected:
             self.status.set_state("running", f"relaying keys; {self._kme_detail}"[:300])
 
@@ -94,16 +106,22 @@ class KeyRelayEngine:
                 health = await self.device.health()
             except (Etsi014Error, trio.TooSlowError) as exc:
                 self._device_failed(exc if isinstance(exc, Etsi014Error) else
-                                    Etsi014Error("timeout", f"KME {self.device.base_url}: Get status timed out"))
+                                    Etsi014Error("timeout", f"KME {self.device.base_url}: Get status timed out"),
+                                    self.status_fault_log)
             else:
-                self._device_ok(health.detail)
+                self._device_ok(health.detail, self.status_fault_log)
+            self._flush_fault_logs()
             await trio.sleep(HEALTH_POLL_S)
+
+    def _flush_fault_logs(self) -> None:
+        for faults in (self.key_fault_log, self.status_fault_log, self.refusal_log):
+            faults.flush()
 
     # -- one session ----------------------------------------------------------------------------
     async def _serve(self, stream: MuxStream) -> None:
         self.status.session_up()
         if self.device_error is not None:
-            self.status.set_state("failed", self.device_error[:300])
+            self.status.set_state("fallback", self.device_error[:300])
         log.info("link %s: session %s ready (vendor KME key relay, %s end)", self.link_id,
                  stream.session.session_id, "master" if self.role == ALICE else "slave")
         try:
@@ -122,7 +140,7 @@ class KeyRelayEngine:
                 await trio.sleep(self.config.request_interval_s)       # take no key the store cannot hold
                 continue
             try:
-                keys = await self.device.enc_keys(self.config.keys_per_request)
+                keys = await self.device.enc_keys(self.device.keys_per_request())
             except Etsi014Error as exc:
                 self._device_failed(exc)
                 await trio.sleep(backoff_s)
@@ -163,11 +181,14 @@ class KeyRelayEngine:
         if answer.kind is relay.Kind.ACCEPT:
             await trio.to_thread.run_sync(self.store.commit_frame, self.link_id, batch_id)
             self._record(batch_id, len(rows))
+            self.refusal_log.recovered("the other end accepts key batches again")
+            self._device_ok(faults=self.refusal_log)
         else:
             await trio.to_thread.run_sync(self.store.discard_frame, self.link_id, batch_id)
             detail = f"the other end could not fetch key batch {batch_id}: {answer.reason}"
-            log.warning("link %s: %s", self.link_id, detail)
-            self.status.set_state("failed", detail[:300])
+            self.refusal_log.fault("refused", detail)
+            self.device_error = detail
+            self.status.set_state("fallback", detail[:300])
 
     def _record(self, batch_id: int, count: int) -> None:
         bits = count * self.settings.key_bits

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
+from qkdd.fault_episodes import FaultEpisodes
 from qkdd.hal.base import Device, DeviceError
 from qkdd.keystore import StoredKey
 from qkdd.link.pipeline import FrameOutcome
@@ -205,7 +206,9 @@ class LinkStatus:
 
     # -- device ---------------------------------------------------------------------------------
     async def watch_device(self, device: Device) -> None:
-        """Poll the device's health every HEALTH_POLL_S into the gate and the metrics, until cancelled."""
+        """Poll the device's health every HEALTH_POLL_S into the gate and the metrics, until cancelled. A device
+        that does not log its own faults has them logged here, once per episode."""
+        faults = None if device.reports_own_faults else FaultEpisodes(log, f"link {self.link_id}: device")
         while True:
             health = None
             try:
@@ -216,8 +219,6 @@ class LinkStatus:
                 self.device_problem = failure
             else:
                 ok, failure = health.ok, health.detail
-                if not health.ok and health.detail != self.device_problem:
-                    log.warning("link %s: device unhealthy: %s", self.link_id, health.detail)
                 self.device_problem = None if health.ok else health.detail
                 if self.metrics is not None:
                     self.metrics.device(temperature_celsius=health.temperature_c, uptime_s=health.uptime_s)
@@ -229,7 +230,12 @@ class LinkStatus:
                 self.set_state_from_gate()
             if self.device_up:
                 self.gate.observe_health(ok)
-                if health is None:          # the check itself failed (a device reporting not-ok says so itself)
-                    log.warning("link %s: device health check failed: %s", self.link_id, failure)
+                if faults is not None and not ok:
+                    faults.fault("unhealthy" if health is not None else "health check failed",
+                                 f"unhealthy: {failure}" if health is not None else f"health check failed: {failure}")
+                elif faults is not None:
+                    faults.recovered("healthy again")
+            if faults is not None:
+                faults.flush()
             self.drain_gate()
             await trio.sleep(HEALTH_POLL_S)

@@ -1,15 +1,26 @@
 """Etsi014Device: one end's vendor KME as a qkdd device. The master end takes new keys with enc_keys
 (Get key) for the other end's SAE, the slave end fetches the same keys by ID with dec_keys; health and
-the key count come from Get status. It yields finished keys, not raw frames."""
+the key count come from Get status, whose limits (ETSI GS QKD 014 V1.1.1 clause 6.1, Table 9:
+max_key_per_request, min_key_size, max_key_size) the requests keep to. It yields finished keys, not raw
+frames."""
 from __future__ import annotations
 
+import logging
 import time
 
 import trio
 
 from qkdd.hal.base import ChannelMetrics, Device, DeviceHealth, KeyBlock
-from qkdd.hal.etsi014.client import Etsi014Client, Etsi014Error, KmeStatus, VendorKey, tls_context
+from qkdd.hal.etsi014.client import (
+    Etsi014Client,
+    Etsi014Error,
+    KmeStatus,
+    VendorKey,
+    tls_context,
+)
 from qkdd.hal.etsi014.settings import PRESETS, Etsi014DeviceConfig
+
+log = logging.getLogger("qkdd.hal")
 
 
 class Etsi014Device(Device):
@@ -42,8 +53,27 @@ class Etsi014Device(Device):
 
     async def status(self) -> KmeStatus:
         """Get status for the other end's SAE (as master of it)."""
-        self.last_status = await self.client.status(self.config.peer_sae_id)
-        return self.last_status
+        status = await self.client.status(self.config.peer_sae_id)
+        previous, self.last_status = self.keys_per_request(), status
+        if self.keys_per_request() != previous:
+            log.info("%s at %s serves at most %d keys per request (Get status): taking %d at a time, not "
+                     "keys_per_request %d", self.vendor, self.base_url, status.max_key_per_request,
+                     self.keys_per_request(), self.config.keys_per_request)
+        return status
+
+    def keys_per_request(self) -> int:
+        """keys_per_request, but at most the KME's max_key_per_request once Get status has told it (a KME
+        refuses a larger Get key with 400)."""
+        limit = self.last_status.max_key_per_request if self.last_status is not None else 0
+        return min(self.config.keys_per_request, limit) if limit > 0 else self.config.keys_per_request
+
+    def key_size_problem(self, status: KmeStatus) -> str | None:
+        """Why the KME cannot serve this link's key_bits, from its Get status; None when it can. The size
+        is not adapted: both ends must store keys of the same, configured size."""
+        if status.max_key_size_bits and not status.min_key_size_bits <= self.key_bits <= status.max_key_size_bits:
+            return (f"KME {self.base_url} serves keys of {status.min_key_size_bits}-{status.max_key_size_bits} bits "
+                    f"(Get status); this link's key_bits is {self.key_bits}")
+        return None
 
     async def enc_keys(self, number: int) -> list[VendorKey]:
         """`number` new keys of key_bits for the other end's SAE (this end is the master SAE)."""
@@ -70,6 +100,9 @@ class Etsi014Device(Device):
         Etsi014Error when it does not answer."""
         with trio.fail_after(self.config.timeout_s + 1):
             status = await self.status()
+        problem = self.key_size_problem(status)
+        if problem is not None:
+            raise Etsi014Error("rejected", problem)
         return DeviceHealth(True, f"{self.vendor} {status.source_kme_id} at {self.base_url} reachable, "
                                   f"{status.stored_key_count} keys stored for {self.config.peer_sae_id}",
                             0.0, time.monotonic() - self._started_s,

@@ -14,7 +14,9 @@ DEFAULT_PATH_PREFIX = "/api/v1/keys"         # ETSI GS QKD 014 V1.1.1 clause 5.1
 # What each preset changes from the plain etsi014 driver. ETSI 014 fixes the API paths and the JSON
 # model, so the presets differ only in the port the vendor KME serves on when `device_addr` names no port
 # and in the product name shown in status and logs. Toshiba's own key-delivery protocol is not spoken:
-# its systems are reached through their ETSI 014 interface like the others.
+# its systems are reached through their ETSI 014 interface like the others. No vendor publishes other
+# ETSI 014 defaults (key sizes and request limits come from each KME's Get status at run time, see
+# Etsi014Device); README "Drivers" lists the sources searched. A value added here cites its source.
 PRESETS: dict[str, dict[str, object]] = {
     "etsi014": {"vendor": "ETSI GS QKD 014 KME", "default_port": 443},
     "idq": {"vendor": "IDQ Cerberis XGR (ETSI 014 KME)", "default_port": 443},

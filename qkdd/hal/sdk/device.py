@@ -1,7 +1,8 @@
 """SdkDevice: a QKD device end driven through its vendor's C library (qkd_device.h via abi.py). Frames
 are read in a trio worker thread into numpy buffers; a library that is missing, of another ABI version,
 or that returns an error leaves the device unhealthy with a detail naming the cause, retried every
-reopen_s, so the link resumes by itself when the device (or a fixed library) is back."""
+reopen_s, so the link resumes by itself when the device (or a fixed library) is back. Faults are logged
+once per episode (qkdd.fault_episodes), which ends when the device delivers a frame again."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +11,16 @@ import time
 import numpy as np
 import trio
 
-from qkdd.hal.base import AliceRecords, BobDetections, ChannelMetrics, Device, DeviceError, DeviceHealth, RawFrame
+from qkdd.fault_episodes import FaultEpisodes
+from qkdd.hal.base import (
+    AliceRecords,
+    BobDetections,
+    ChannelMetrics,
+    Device,
+    DeviceError,
+    DeviceHealth,
+    RawFrame,
+)
 from qkdd.hal.sdk.abi import E_AGAIN, Handle, Library, SdkError
 from qkdd.hal.sdk.settings import SdkConfig
 from qkdd.protocols.bb84_finite import DecoySettings
@@ -19,6 +29,8 @@ log = logging.getLogger("qkdd.hal")
 
 
 class SdkDevice(Device):
+    reports_own_faults = True
+
     def __init__(self, config: SdkConfig, role: str, *, link_id: str = "") -> None:
         self.config = config
         self.role = role
@@ -33,14 +45,18 @@ class SdkDevice(Device):
         self._key_rate_bps = 0.0
         self._frames_in, self._frames_out = trio.open_memory_channel[RawFrame](2)
         self._closing = trio.Lock()          # status() never runs on a handle being closed
+        self.fault_log = FaultEpisodes(log, f"link {link_id}: SDK device" if link_id else "SDK device")
+        self.status_fault_log = FaultEpisodes(log, self.fault_log.prefix)     # its own status saying not ok
 
     async def init(self) -> None:
         """Nothing before run(): the library is loaded (and reloaded) there."""
 
-    def _set_problem(self, problem: str) -> None:
-        if problem != self.problem:
-            log.warning("link %s: %s", self.link_id, problem)
-        self.problem = problem
+    def _set_problem(self, exc: SdkError) -> None:
+        # the kind: the loading (code 0: missing, wrong ABI version), a QKD_DEVICE_E_* code, or any other code
+        # (a bounded set, whatever the library returns)
+        kind = "load" if exc.code == 0 else f"code {exc.code}" if -5 <= exc.code < 0 else "other code"
+        self.fault_log.fault(kind, str(exc))
+        self.problem = str(exc)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -48,8 +64,9 @@ class SdkDevice(Device):
             try:
                 await self._session()
             except SdkError as exc:
-                self._set_problem(str(exc))
+                self._set_problem(exc)
             await trio.sleep(self.config.reopen_s)
+            self.fault_log.flush()
 
     async def _session(self) -> None:
         library = await trio.to_thread.run_sync(Library, self.config.sdk_library)
@@ -63,7 +80,8 @@ class SdkDevice(Device):
             if self.role == "alice":
                 self._decoy = handle.decoy()
             self.problem = None
-            log.info("link %s: SDK device open (%s)", self.link_id, self.config.sdk_library)
+            if not self.fault_log.failing:
+                log.info("link %s: SDK device open (%s)", self.link_id, self.config.sdk_library)
             capacity = self.config.max_records_per_frame
             while True:
                 buffers = (np.empty(capacity, np.uint64), np.empty(capacity, np.uint8), np.empty(capacity, np.uint8),
@@ -77,6 +95,7 @@ class SdkDevice(Device):
                     raise
                 self.frames_read += 1
                 self.problem = None
+                self.fault_log.recovered("delivers frames again")
                 await self._frames_in.send(self._raw(info, *buffers))
         finally:
             self._handle = None
@@ -116,8 +135,13 @@ class SdkDevice(Device):
                 async with self._closing:
                     if self._handle is handle:
                         self._status = await trio.to_thread.run_sync(handle.status)
+                        if self._status.ok:
+                            self.status_fault_log.recovered("reports ok again")
+                        else:
+                            self.status_fault_log.fault("status", f"reports: {self._status.detail}")
+                        self.status_fault_log.flush()
             except SdkError as exc:
-                self._set_problem(str(exc))
+                self._set_problem(exc)
         problem = self.problem or (None if self._status is None or self._status.ok else
                                    f"SDK device reports: {self._status.detail}")
         return DeviceHealth(problem is None, problem or f"SDK device: {self._status.detail if self._status else 'open'}",

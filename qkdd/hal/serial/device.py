@@ -1,7 +1,9 @@
 """SerialDevice: a QKD device end on a tty. A worker thread reads with pyserial; the trio side parses
 the frames (qkdd.hal.serial.frames), assembles DETECTIONS into RawFrames and keeps HELLO, SETTINGS and
 STATUS. Unplugged (EIO), missing or silent: the device is unhealthy with a detail naming the cause, and
-reopens the path every reconnect_s until it answers again."""
+reopens the path every reconnect_s until it answers again. Faults are logged once per episode
+(qkdd.fault_episodes): the device's (unplugged, silent, refused HELLO) until it delivers a frame again, and
+the stream's (CRC errors, garbage, oversize or refused frames) until none came for a summary interval."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +12,7 @@ import time
 import serial
 import trio
 
+from qkdd.fault_episodes import FaultEpisodes
 from qkdd.hal.base import ChannelMetrics, Device, DeviceError, DeviceHealth, RawFrame
 from qkdd.hal.serial import frames as wire
 from qkdd.hal.serial.records import FrameAssembler
@@ -23,6 +26,8 @@ FRAME_QUEUE = 2
 
 
 class SerialDevice(Device):
+    reports_own_faults = True
+
     def __init__(self, path: str, role: str, config: SerialConfig = SerialConfig(), *, link_id: str = "") -> None:
         self.path = path
         self.role = role
@@ -40,6 +45,10 @@ class SerialDevice(Device):
         self._qber: float | None = None
         self._key_rate_bps = 0.0
         self._frames_in, self._frames_out = trio.open_memory_channel[RawFrame](FRAME_QUEUE)
+        where = f"link {link_id}: serial device {path}" if link_id else f"serial device {path}"
+        self.fault_log = FaultEpisodes(log, where)
+        self.stream_fault_log = FaultEpisodes(log, where, ends_when_quiet=True)
+        self.status_fault_log = FaultEpisodes(log, where)          # the device's own STATUS saying not ok
 
     async def init(self) -> None:
         """Nothing to do before run(): the tty is opened (and reopened) there."""
@@ -50,15 +59,19 @@ class SerialDevice(Device):
             try:
                 await self._session()
             except (OSError, serial.SerialException) as exc:
-                self._set_problem(f"serial device {self.path}: {exc}")
+                self._set_problem("io", f"serial device {self.path}: {exc}")
             except wire.VersionError as exc:
-                self._set_problem(f"serial device {self.path}: {exc}")
+                self._set_problem("refused", f"serial device {self.path}: {exc}")
             await trio.sleep(self.config.reconnect_s)
+            self._flush_fault_logs()
 
-    def _set_problem(self, problem: str) -> None:
-        if problem != self.problem:
-            log.warning("link %s: %s", self.link_id, problem)
+    def _set_problem(self, kind: str, problem: str) -> None:
+        self.fault_log.fault(kind, problem.removeprefix(f"serial device {self.path}: "))
         self.problem = problem
+
+    def _flush_fault_logs(self) -> None:
+        for faults in (self.fault_log, self.stream_fault_log, self.status_fault_log):
+            faults.flush()
 
     async def _session(self) -> None:
         port = await trio.to_thread.run_sync(lambda: serial.Serial(self.path, self.config.baud, timeout=0.2))
@@ -70,9 +83,11 @@ class SerialDevice(Device):
             self.problem = "opened; waiting for the device's HELLO"
             while True:
                 data = await trio.to_thread.run_sync(port.read, READ_BYTES, abandon_on_cancel=True)
+                self._flush_fault_logs()
                 if not data:
                     if time.monotonic() - self._last_seen_s > self.config.silence_s:
-                        self._set_problem(f"serial device {self.path}: silent for {self.config.silence_s:g} s")
+                        self._set_problem("silent", f"serial device {self.path}: silent for "
+                                                    f"{self.config.silence_s:g} s")
                     continue
                 for event in parser.feed(data):
                     if isinstance(event, wire.Frame):
@@ -90,15 +105,15 @@ class SerialDevice(Device):
         if isinstance(event, wire.CrcError):
             self.crc_errors += 1
             assembler.lost("CRC error")
-            log.warning("link %s: serial device %s: frame %d failed its CRC", self.link_id, self.path, event.seq)
+            self.stream_fault_log.fault("crc", f"frame {event.seq} failed its CRC")
         elif isinstance(event, wire.Oversize):
             self.oversize_frames += 1
             assembler.lost("oversize frame")
-            log.warning("link %s: serial device %s: frame of %d bytes exceeds max_frame_bytes %d", self.link_id,
-                        self.path, event.length, self.config.max_frame_bytes)
+            self.stream_fault_log.fault("oversize", f"frame of {event.length} bytes exceeds max_frame_bytes "
+                                                  f"{self.config.max_frame_bytes}")
         elif isinstance(event, wire.Skipped):
             self.skipped_bytes += event.count
-            log.info("link %s: serial device %s: %d bytes of garbage skipped", self.link_id, self.path, event.count)
+            self.stream_fault_log.fault("garbage", f"{event.count} bytes of garbage skipped", logging.INFO)
 
     async def _handle(self, frame: wire.Frame, assembler: FrameAssembler) -> None:
         self._last_seen_s = time.monotonic()
@@ -108,25 +123,30 @@ class SerialDevice(Device):
                 if self.hello.role != self.role:
                     raise wire.VersionError(f"device is a {self.hello.role} device; this end is {self.role}")
                 self.problem = None
-                log.info("link %s: serial device %s: %s", self.link_id, self.path, self.hello.name)
+                if not self.fault_log.failing:
+                    log.info("link %s: serial device %s: %s", self.link_id, self.path, self.hello.name)
             elif self.hello is None:
                 return                                  # nothing counts before the HELLO
             elif frame.type is wire.FrameType.SETTINGS:
                 self._settings = wire.parse_settings(frame.payload)
             elif frame.type is wire.FrameType.STATUS:
                 self.status = wire.parse_status(frame.payload)
+                if self.status.ok:
+                    self.status_fault_log.recovered("reports ok again")
+                else:
+                    self.status_fault_log.fault("status", f"reports: {self.status.detail}")
                 self.problem = None
             elif frame.type is wire.FrameType.DETECTIONS:
                 raw = assembler.add(wire.parse_detections(frame.payload))
                 if raw is not None:
                     self.problem = None
+                    self.fault_log.recovered(f"{self.hello.name} delivers frames again")
                     await self._frames_in.send(raw)
         except wire.VersionError:
             raise
         except wire.SerialProtocolError as exc:
             assembler.lost(str(exc))
-            log.warning("link %s: serial device %s: %s frame refused: %s", self.link_id, self.path,
-                        frame.type.name, exc)
+            self.stream_fault_log.fault("refused", f"{frame.type.name} frame refused: {exc}")
 
     async def next_frame(self) -> RawFrame:
         return await self._frames_out.receive()
