@@ -48,7 +48,8 @@ def test_004_ttl_survives_a_restart_expired_chunks_erased_at_start_up_running_ti
     stores = reopen_stores(tmp_path)
     try:
         armed = {end: ChunkDeadlines(store.database).pending(LINK_ID) for end, store in stores.items()}
-        assert armed["b"] == {(uuid.UUID(short).hex, 0): START_WALL_S + 50, (uuid.UUID(long).hex, 0): START_WALL_S + 1000}
+        assert armed["b"] == {(uuid.UUID(short).hex, 0): START_WALL_S + 50,
+                              (uuid.UUID(long).hex, 0): START_WALL_S + 1000}
         assert armed["a"] == {(uuid.UUID(short).hex, 1): START_WALL_S + 50}
         # a chunk whose keys were reserved here just before the stop, without its deadline yet
         crashed = str(uuid.uuid4())
