@@ -118,14 +118,15 @@ def machine_load(before: float | None = None) -> dict:
 
 
 def etsi014_line(clients: int, seconds: float) -> dict:
-    """bench.etsi014's JSON line for the same machine, now."""
+    """bench.etsi014's JSON line for the same machine, now (with the machine's load, as this bench's)."""
+    load_before = os.getloadavg()[0]
     done = subprocess.run([sys.executable, "-m", "bench.etsi014", "--clients", str(clients), "--seconds",
                            str(seconds), "--paced-seconds", "-1"], capture_output=True, text=True,
                           timeout=seconds * 4 + 300)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return {"bench": "etsi014", "error": done.stderr.strip().splitlines()[-1:] or ["no output"]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "machine": machine_load(round(load_before, 2))}
 
 
 def main(argv=None) -> None:
