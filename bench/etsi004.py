@@ -13,7 +13,8 @@ so that the ETSI 014 figure is measured in the same run.
 Prints JSON lines: {"bench": "etsi004", ...} and then bench.etsi014's own line. `chunks_per_s` counts
 index pairs (a chunk handed out at both ends), `key_bits_per_s` the key in them (counted once);
 `p50_ms`/`p99_ms` are per GET_KEY; `mismatches` counts indexes whose two chunks differ (must be 0) and
-`failures` GET_KEYs that did not return status 0.
+`failures` GET_KEYs that did not return status 0. `machine` notes what else ran: the number of CPUs and the
+one-minute load average before and after the run (`load_1m`), so that figures from a loaded machine say so.
 """
 from __future__ import annotations
 
@@ -110,15 +111,22 @@ async def wait_open(pair, timeout_s: float = 30.0) -> None:
             await trio.sleep(0.2)
 
 
+def machine_load(before: float | None = None) -> dict:
+    """The machine the figures come from: CPUs and the 1-minute load average (before the run, and now)."""
+    now = round(os.getloadavg()[0], 2)
+    return {"cpus": os.cpu_count(), "load_1m": [before, now] if before is not None else [now]}
+
+
 def etsi014_line(clients: int, seconds: float) -> dict:
-    """bench.etsi014's JSON line for the same machine, now."""
+    """bench.etsi014's JSON line for the same machine, now (with the machine's load, as this bench's)."""
+    load_before = os.getloadavg()[0]
     done = subprocess.run([sys.executable, "-m", "bench.etsi014", "--clients", str(clients), "--seconds",
                            str(seconds), "--paced-seconds", "-1"], capture_output=True, text=True,
                           timeout=seconds * 4 + 300)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return {"bench": "etsi014", "error": done.stderr.strip().splitlines()[-1:] or ["no output"]}
-    return json.loads(lines[-1])
+    return {**json.loads(lines[-1]), "machine": machine_load(round(load_before, 2))}
 
 
 def main(argv=None) -> None:
@@ -132,6 +140,7 @@ def main(argv=None) -> None:
     if args.streams < 1 or args.seconds <= 0 or not 1 <= args.chunk_bytes <= 65536:
         parser.error("--streams at least 1, --seconds positive, --chunk-bytes in 1..65536")
     sys.path.insert(0, os.getcwd())
+    load_before = os.getloadavg()[0]
     from tests.apps_pair import STORED_KEY_BITS, AppPair
     keys_per_chunk = -(-args.chunk_bytes * 8 // STORED_KEY_BITS)
     stored = int(2 * SEEDED_FOR_CHUNKS_PER_S * args.seconds * keys_per_chunk) + 1000
@@ -145,7 +154,8 @@ def main(argv=None) -> None:
         finally:
             pair.stop_all()
     print(json.dumps({"bench": "etsi004", "streams": args.streams, "seconds": args.seconds,
-                      "chunk_bytes": args.chunk_bytes, "log_level": args.log_level, **result}), flush=True)
+                      "chunk_bytes": args.chunk_bytes, "log_level": args.log_level, **result,
+                      "machine": machine_load(round(load_before, 2))}), flush=True)
     if not args.no_etsi014:
         print(json.dumps(etsi014_line(args.streams, args.seconds)), flush=True)
 

@@ -13,7 +13,8 @@ that the ETSI 014 figure is measured in the same run.
 Prints JSON lines: {"bench": "skip", ...} and then bench.etsi014's own line. `keys_per_s` counts keys
 handed out at both ends; `p50_ms`/`p99_ms` are of the new-key request at A (which records the reservation
 at B over the classical channel), `by_id_p50_ms`/`by_id_p99_ms` of the fetch by id at B; `mismatches`
-(must be 0) and `failures` (answers other than 200) count keys.
+(must be 0) and `failures` (answers other than 200) count keys; `machine`: CPUs and the 1-minute load average
+before and after the run (bench.etsi004.machine_load).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import trio
 
-from bench.etsi004 import etsi014_line
+from bench.etsi004 import etsi014_line, machine_load
 from bench.http_server import percentile_ms
 
 SEEDED_FOR_KEYS_PER_S = 1500
@@ -151,6 +152,7 @@ def main(argv=None) -> None:
     if args.clients < 1 or args.seconds <= 0:
         parser.error("--clients at least 1 and --seconds positive")
     sys.path.insert(0, os.getcwd())
+    load_before = os.getloadavg()[0]
     from tests.apps_pair import AppPair
     stored = int(2 * SEEDED_FOR_KEYS_PER_S * args.seconds) + 1000
     with tempfile.TemporaryDirectory() as directory:
@@ -163,7 +165,8 @@ def main(argv=None) -> None:
         finally:
             pair.stop_all()
     print(json.dumps({"bench": "skip", "clients": args.clients, "seconds": args.seconds, "cipher": args.cipher,
-                      "log_level": args.log_level, **result}), flush=True)
+                      "log_level": args.log_level, **result, "machine": machine_load(round(load_before, 2))}),
+          flush=True)
     if not args.no_etsi014:
         print(json.dumps(etsi014_line(args.clients, args.seconds)), flush=True)
 

@@ -6,8 +6,11 @@
 #    packaging/build-requirements.lock (setuptools, wheel, cffi to build qkdd itself), installed with
 #    `pip --require-hashes --no-deps`: pip refuses any file whose sha256 the lock does not list, and
 #    resolves nothing, so the same lock always yields the same distributions. Nothing is fetched
-#    unpinned: qkdd and the one sdist-only dependency are built without build isolation in a throwaway
-#    venv that holds only the build lock. Refresh the locks with packaging/lock-requirements.sh.
+#    unpinned: qkdd and the sdist-only dependencies are built without build isolation in a throwaway
+#    venv that holds only the build locks (packaging/sdist-build-requirements.lock adds the sdists'
+#    build back-ends, poetry-core for sslpsk3). C extensions built from sdists are compiled without
+#    debug information (-g0): pip unpacks an sdist in a randomly named directory, and DWARF would record
+#    it, so two builds would differ. Refresh the locks with packaging/lock-requirements.sh.
 # 2. The test suites that wheels bundle (numpy/*/tests, trio/_tests, ...) are removed, with their RECORD
 #    entries; the installed distributions are checked against the lock, name for name and version for
 #    version.
@@ -28,6 +31,7 @@ interpreter=/usr/bin/python$version
 venv="$staging_root$prefix"
 runtime_lock="$src/packaging/requirements.lock"
 build_lock="$src/packaging/build-requirements.lock"
+sdist_build_lock="$src/packaging/sdist-build-requirements.lock"
 # Names of the directories that hold a distribution's own test suite.
 TEST_DIRS=(tests test _tests)
 
@@ -38,10 +42,10 @@ locked=(--require-hashes --no-deps --no-build-isolation)
 
 # The build environment: the interpreter's bundled pip, then only what the build lock names.
 "$interpreter" -m venv "$work/build"
-"${pip[@]}" install --quiet --no-compile "${locked[@]}" -r "$build_lock"
+"${pip[@]}" install --quiet --no-compile "${locked[@]}" -r "$build_lock" -r "$sdist_build_lock"
 # Wheels of every locked runtime dependency (downloaded, or built here from an sdist after its hash was
 # checked) and of qkdd (compiling native/). A local directory has no hash to check: it is the source.
-"${pip[@]}" wheel --quiet "${locked[@]}" --wheel-dir "$work/wheels" -r "$runtime_lock"
+CFLAGS="${CFLAGS:-} -g0" "${pip[@]}" wheel --quiet "${locked[@]}" --wheel-dir "$work/wheels" -r "$runtime_lock"
 "${pip[@]}" wheel --quiet --no-deps --no-build-isolation --wheel-dir "$work/wheels" "$src"
 
 # The service venv: no pip or setuptools in it (it is never changed in place; upgrades replace it).

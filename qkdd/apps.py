@@ -20,13 +20,14 @@ class Apps:
     servers: dict[str, Any] = field(default_factory=dict)     # "etsi004" / "skip" -> object with run()
 
 
-def build_apps(config: Config, links, keystore, engines: dict[str, Any]) -> Apps:
-    """`links`: qkdd.link.service.Links (their reservation services); `engines`: link id -> LinkEngine."""
+def build_apps(config: Config, links, keystore, engines: dict[str, Any], metrics=None) -> Apps:
+    """`links`: qkdd.link.service.Links (their reservation services); `engines`: link id -> LinkEngine;
+    `metrics`: the daemon's qkdd.metrics.Metrics (None: counted but not exported)."""
     apps = Apps()
     if config.etsi004 is not None:
-        apps.servers["etsi004"] = _etsi004(config, links, keystore, engines)
+        apps.servers["etsi004"] = _etsi004(config, links, keystore, engines, metrics)
     if config.skip is not None:
-        apps.servers["skip"] = _skip(config, links, keystore)
+        apps.servers["skip"] = _skip(config, links, keystore, metrics)
     return apps
 
 
@@ -37,15 +38,20 @@ def _reservations(links, link_id: str, key: str):
     return service
 
 
-def _etsi004(config: Config, links, keystore, engines):
+def _etsi004(config: Config, links, keystore, engines, metrics):
     from qkdd.etsi004.chunks import StreamChunks
+    from qkdd.etsi004.deadlines import ChunkDeadlines, DeadlineError
     from qkdd.etsi004.server import Etsi004Server
     from qkdd.etsi004.streams import Defaults
     from qkdd.http.tls import server_context
     section = config.etsi004
     link = config.link(section.link_id)
+    try:
+        deadlines = ChunkDeadlines(keystore.database)        # TTL deadlines, in the key store's file
+    except DeadlineError as exc:
+        raise StartupError("etsi004", str(exc)) from None
     chunks = StreamChunks(link.link_id, link.role, keystore, _reservations(links, link.link_id, "etsi004.link_id"),
-                          key_bits=link.key_bits)
+                          key_bits=link.key_bits, deadlines=deadlines)
     try:
         tls = server_context(section.tls)
     except (OSError, ValueError, ssl.SSLError) as exc:
@@ -59,10 +65,11 @@ def _etsi004(config: Config, links, keystore, engines):
 
     host, port = listen_address(section.listen)
     return Etsi004Server(host, port, chunks, tls, capacity_bps=capacity_bps,
-                         defaults=Defaults(section.timeout_ms, section.ttl_s))
+                         defaults=Defaults(section.timeout_ms, section.ttl_s),
+                         metrics=metrics.app_link(link.link_id) if metrics is not None else None)
 
 
-def _skip(config: Config, links, keystore):
+def _skip(config: Config, links, keystore, metrics):
     try:
         from qkdd.skip.psk import psk_server_context
     except ImportError:
@@ -86,7 +93,12 @@ def _skip(config: Config, links, keystore):
         except PskError as exc:
             raise StartupError(f"skip.clients[{index}].psk_file", str(exc)) from None
     router = Router()
-    api.register(router, section.local_system_id, remotes)
+    if metrics is not None:
+        metrics.skip_server()
+        for keys in remotes.values():
+            keys.metrics = metrics.app_link(keys.link_id)
+    api.register(router, section.local_system_id, remotes,
+                 refused=metrics.skip_refused if metrics is not None else None)
     host, port = listen_address(section.listen)
     return HTTPServer("skip", host, port, router, ssl_context=psk_server_context(psks),
                       logger=logging.getLogger("qkdd.http.skip"))

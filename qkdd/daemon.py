@@ -76,7 +76,7 @@ async def _serve(config: Config, notifier: Notifier, app: App, links: Links) -> 
     routers = build_routers(app)
     try:
         servers = {name: _make_server(config, name, routers[name]) for name in LISTENERS}
-        apps = build_apps(config, links, app.keystore, links.engines)     # ETSI 004, SKIP: ports of their own
+        apps = build_apps(config, links, app.keystore, links.engines, app.metrics)     # ETSI 004, SKIP
         servers.update(apps.servers)
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})

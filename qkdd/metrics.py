@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["Metrics", "LinkMetrics", "TunnelMetrics", "KmeLinkMetrics", "CONTENT_TYPE", "SEVERITIES",
-           "PUSH_STATUSES", "ROTATION_RESULTS", "KME_UNAVAILABLE_REASONS"]
+           "PUSH_STATUSES", "ROTATION_RESULTS", "KME_UNAVAILABLE_REASONS", "AppLinkMetrics"]
 
 # The text format generate_latest writes (names here need no escaping), as Prometheus 2.x expects it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -133,6 +133,10 @@ class Metrics:
         # ETSI GS QKD 014 KME: plain counts per peer link, read at each scrape (_KmeCollector)
         self._kme_links: dict[str, KmeLinkMetrics] = {}
         r.register(_KmeCollector(self._kme_links))
+        # ETSI 004 key streams and SKIP keys: plain counts per link, read at each scrape (_AppsCollector)
+        self._app_links: dict[str, "AppLinkMetrics"] = {}
+        self._skip_refusals: dict[str, int] = {}
+        r.register(_AppsCollector(self._app_links, self._skip_refusals))
 
     def link(self, link_id: str, protocol: str = "bb84", *, kms: bool = False) -> "LinkMetrics":
         """The metrics of one link. Counters start at zero for a configured link (so rates work from
@@ -172,6 +176,25 @@ class Metrics:
         if link_id not in self._kme_links:
             self._kme_links[link_id] = KmeLinkMetrics(link_id)
         return self._kme_links[link_id]
+
+    def app_link(self, link_id: str) -> "AppLinkMetrics":
+        """The ETSI 004 and SKIP metrics of one link (`qkd_etsi004_*`, `qkd_skip_*`); every series starts at 0."""
+        if link_id not in self._app_links:
+            self._app_links[link_id] = AppLinkMetrics(link_id)
+        return self._app_links[link_id]
+
+    def skip_server(self) -> None:
+        """A SKIP server runs: its refusals by HTTP status start at zero."""
+        for code in SKIP_REFUSAL_CODES:
+            self._skip_refusals.setdefault(code, 0)
+
+    def skip_refused(self, code: int) -> None:
+        """A SKIP request answered with an error (HTTP status `code`); not per link (an unknown remote system
+        names none)."""
+        name = str(code)
+        if name not in SKIP_REFUSAL_CODES:
+            raise ValueError(f"unexpected SKIP status {code}")
+        self._skip_refusals[name] = self._skip_refusals.get(name, 0) + 1
 
     def relay(self) -> "RelayMetrics":
         """The relay network's `qkd_relay_*` families, registered at the first call (relay nodes only)."""
@@ -420,3 +443,122 @@ class RelayMetrics:
 
     def consumed(self, link_id: str, bits: int) -> None:
         self.consumed_bits.labels(link_id).inc(bits)
+
+
+# ETSI 004 GET_KEY: pacing (max_bps), then the wait for keys and the peer, up to the stream's timeout; SKIP's
+# GET /key: one reservation round trip. 1 ms .. 60 s.
+APP_WAIT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_APP_WAIT_BUCKET_LABELS = [floatToGoString(bound) for bound in APP_WAIT_BUCKETS_S] + ["+Inf"]
+# Every GS QKD 004 status but 0, by its name in clause 6.1 table 2 (qkdd.etsi004.wire.Status), lower case.
+ETSI004_REFUSALS = ("peer_not_connected", "insufficient_key", "peer_application_not_connected",
+                    "no_qkd_connection", "ksid_in_use", "timeout", "qos_not_met", "metadata_size_insufficient")
+SKIP_REQUESTS = ("new", "by_id")          # GET /key, GET /key/{keyId}
+SKIP_REFUSAL_CODES = ("400", "404", "503")
+
+
+class _Wait:
+    """One histogram's plain counts (bucket counts, +Inf last, and the sum)."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(APP_WAIT_BUCKETS_S) + 1)
+        self.sum_s = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect.bisect_left(APP_WAIT_BUCKETS_S, seconds)] += 1
+        self.sum_s += seconds
+
+    def samples(self) -> list[tuple[str, int]]:
+        return list(zip(_APP_WAIT_BUCKET_LABELS, itertools.accumulate(self.buckets)))
+
+
+class AppLinkMetrics:
+    """What the ETSI 004 server and the SKIP server report for one link: plain counts added to in the
+    daemon's trio thread and read at each scrape (as KmeLinkMetrics). Nothing here names a key, a key id or
+    a key stream id."""
+
+    def __init__(self, link_id: str) -> None:
+        self.link_id = link_id
+        self.streams_open = 0
+        self.chunks = 0
+        self.chunk_bytes = 0
+        self.expired_chunks = 0
+        self.refusals = dict.fromkeys(ETSI004_REFUSALS, 0)
+        self.get_key_wait = _Wait()
+        self.skip_keys = dict.fromkeys(SKIP_REQUESTS, 0)
+        self.skip_key_bytes = 0
+        self.skip_wait = _Wait()
+
+    # -- ETSI 004 ----------------------------------------------------------------------------------------
+    def streams(self, count: int) -> None:
+        self.streams_open = count
+
+    def chunk_delivered(self, chunk_bytes: int, wait_s: float) -> None:
+        self.chunks += 1
+        self.chunk_bytes += chunk_bytes
+        self.get_key_wait.observe(wait_s)
+
+    def refused(self, status_name: str) -> None:
+        if status_name not in self.refusals:
+            raise ValueError(f"unknown ETSI 004 refusal {status_name!r}")
+        self.refusals[status_name] += 1
+
+    def expired(self, chunks: int) -> None:
+        self.expired_chunks += chunks
+
+    # -- SKIP ----------------------------------------------------------------------------------------------
+    def skip_key(self, request: str, key_bytes: int, wait_s: float | None = None) -> None:
+        if request not in self.skip_keys:
+            raise ValueError(f"unknown SKIP request {request!r}")
+        self.skip_keys[request] += 1
+        self.skip_key_bytes += key_bytes
+        if wait_s is not None:
+            self.skip_wait.observe(wait_s)
+
+
+class _AppsCollector:
+    """The `qkd_etsi004_*` and `qkd_skip_*` families from every AppLinkMetrics, built at each scrape."""
+
+    def __init__(self, links: dict[str, AppLinkMetrics], skip_refusals: dict[str, int]) -> None:
+        self._links = links
+        self._skip_refusals = skip_refusals
+
+    def collect(self):
+        streams = GaugeMetricFamily("qkd_etsi004_streams", "ETSI GS QKD 004 key streams open at this end",
+                                    labels=["link_id"])
+        chunks = CounterMetricFamily("qkd_etsi004_chunks", "ETSI 004 key chunks handed to applications (GET_KEY "
+                                     "answered with status 0)", labels=["link_id"])
+        chunk_bytes = CounterMetricFamily("qkd_etsi004_key_bytes", "Key handed to applications in ETSI 004 chunks, "
+                                          "bytes (bits / 8)", labels=["link_id"])
+        refusals = CounterMetricFamily("qkd_etsi004_refusals", "ETSI 004 requests answered with a status other "
+                                       "than 0, by status (GS QKD 004 clause 6.1)", labels=["link_id", "status"])
+        expired = CounterMetricFamily("qkd_etsi004_expired_chunks", "ETSI 004 chunks erased unfetched when their "
+                                      "stream's TTL ran out (at start-up too, for a TTL that ran out while the "
+                                      "daemon was down)", labels=["link_id"])
+        wait = HistogramMetricFamily("qkd_etsi004_get_key_wait_seconds", "Time from a GET_KEY to its chunk: "
+                                     "pacing to max_bps, then the wait for keys and the other end",
+                                     labels=["link_id"])
+        skip_keys = CounterMetricFamily("qkd_skip_keys", "Keys handed to routers over SKIP: new keys (GET /key) "
+                                        "and keys fetched by id (GET /key/{keyId})", labels=["link_id", "request"])
+        skip_bytes = CounterMetricFamily("qkd_skip_key_bytes", "Key handed to routers over SKIP, bytes (bits / 8)",
+                                         labels=["link_id"])
+        skip_wait = HistogramMetricFamily("qkd_skip_key_wait_seconds", "Time to answer a router's GET /key (the "
+                                          "reservation round trip to the other end)", labels=["link_id"])
+        skip_refusals = CounterMetricFamily("qkd_skip_refusals", "SKIP requests answered with an error, by HTTP "
+                                            "status (400 bad request, 404 unknown key or system, 503 no key)",
+                                            labels=["code"])
+        for link in self._links.values():
+            streams.add_metric([link.link_id], link.streams_open)
+            chunks.add_metric([link.link_id], link.chunks)
+            chunk_bytes.add_metric([link.link_id], link.chunk_bytes)
+            for status, count in link.refusals.items():
+                refusals.add_metric([link.link_id, status], count)
+            expired.add_metric([link.link_id], link.expired_chunks)
+            wait.add_metric([link.link_id], link.get_key_wait.samples(), link.get_key_wait.sum_s)
+            for request, count in link.skip_keys.items():
+                skip_keys.add_metric([link.link_id, request], count)
+            skip_bytes.add_metric([link.link_id], link.skip_key_bytes)
+            skip_wait.add_metric([link.link_id], link.skip_wait.samples(), link.skip_wait.sum_s)
+        for code, count in sorted(self._skip_refusals.items()):
+            skip_refusals.add_metric([code], count)
+        yield from (streams, chunks, chunk_bytes, refusals, expired, wait, skip_keys, skip_bytes, skip_wait,
+                    skip_refusals)

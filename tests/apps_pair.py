@@ -91,6 +91,7 @@ class AppPair:
             daemon = Daemon(self.configs[name], self.root / name, clean_env()).start(wait_ready=False)
             line = daemon.wait_for(r"msg=ready ", timeout_s=START_TIMEOUT_S)
             daemon.api_address = address_in(line, "api_address")
+            daemon.health_address = address_in(line, "health_address")
         self.daemons[name] = daemon
         return daemon
 

@@ -1,6 +1,7 @@
 """Two ends of a link for the ETSI 004 and SKIP tests and benchmarks, in one trio run: at each end a real key
 store (SQLite file, seeded with identical keys under identical ids, end A allocating the even-numbered
-ones and end B the odd ones), the real reservation service over an in-memory session (the peer transport
+ones and end B the odd ones; or, `reopen=True`, the files of an earlier run, as after a restart) with its
+TTL deadlines table, the real reservation service over an in-memory session (the peer transport
 has its own tests), and real TLS listeners on loopback reached by real TLS clients."""
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from pathlib import Path
 import trio
 
 from qkdd.etsi004.chunks import StreamChunks
+from qkdd.etsi004.deadlines import ChunkDeadlines
 from qkdd.etsi004.server import Etsi004Server
 from qkdd.etsi004.streams import Defaults
 from qkdd.etsi004.wire import QoS, Request, decode_response, encode_request, Response, WireError
 from qkdd.http.messages import TLSSettings
 from qkdd.http.tls import server_context
-from qkdd.keystore import KeyStore, create_kek
+from qkdd.keystore import KeyStore, create_kek, load_kek
 from qkdd.pki import DevPKI, init_pki
 from tests.reservation_support import memory_session, reservation_service
 
@@ -41,6 +43,20 @@ def seed(root: Path, count: int) -> dict[str, KeyStore]:
     return stores
 
 
+def reopen_stores(root: Path) -> dict[str, KeyStore]:
+    """Both ends' key stores of an earlier run, from their files."""
+    return {end: KeyStore(str(root / f"keys-{end}.db"), load_kek(str(root / f"kek-{end}"))) for end in ("a", "b")}
+
+
+def add_keys(stores: dict[str, KeyStore], count: int, *, allocatable_at: str = "a") -> None:
+    """`count` more identical keys at both ends (a new frame), allocatable at end `allocatable_at` only."""
+    keys = [(str(uuid.uuid4()), os.urandom(KEY_BITS // 8)) for _ in range(count)]
+    frame_id = int.from_bytes(os.urandom(4), "big")
+    for end, store in stores.items():
+        store.put_pending(LINK_ID, frame_id, keys, expires_at=4e9, allocatable=[end == allocatable_at] * count)
+        store.commit_frame(LINK_ID, frame_id)
+
+
 def make_pki(root: Path) -> DevPKI:
     return init_pki(root / "pki", ["kme-a", "kme-b"], ["app-a", "app-b", "app-c"])
 
@@ -59,17 +75,21 @@ class End:
 
 @asynccontextmanager
 async def two_ends(root: Path, *, keys: int = 400, capacity_bps: float = 1e6, defaults: Defaults = Defaults(),
-                   pki: DevPKI | None = None, etsi004: bool = True, extra=None):
+                   pki: DevPKI | None = None, etsi004: bool = True, extra=None, reopen: bool = False,
+                   wall_clock=None):
     """Both ends linked and serving; yields {"a": End, "b": End}. `extra(ends, nursery)` may start more
-    services (SKIP) before the yield."""
-    stores = seed(root, keys)
-    pki = pki or make_pki(root)
+    services (SKIP) before the yield. `wall_clock`: the chunks' clock for TTL deadlines (default time.time)."""
+    stores = reopen_stores(root) if reopen else seed(root, keys)
+    pki = pki or make_pki(root)              # (reopen: pass the first run's)
     ends = {}
     session_a, session_b = memory_session(64)
     async with trio.open_nursery() as nursery:
         for name, session in (("a", session_a), ("b", session_b)):
             service, serve = reservation_service(LINK_ID)
-            chunks = StreamChunks(LINK_ID, ROLES[name], stores[name], service, key_bits=KEY_BITS)
+            chunks = StreamChunks(LINK_ID, ROLES[name], stores[name], service, key_bits=KEY_BITS,
+                                  deadlines=ChunkDeadlines(stores[name].database))
+            if wall_clock is not None:
+                chunks.wall_clock = wall_clock
             end = ends[name] = End(name, stores[name], service, chunks)
             nursery.start_soon(serve, session)
             if etsi004:

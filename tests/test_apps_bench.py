@@ -25,3 +25,4 @@ def test_004_and_skip_benchmarks_print_figures_with_no_mismatch(bench, load):
     assert figures["bench"] == bench and figures["mismatches"] == 0 and figures["failures"] == 0
     rate = figures["chunks_per_s" if bench == "etsi004" else "keys_per_s"]
     assert rate > 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
+    assert figures["machine"]["cpus"] >= 1 and len(figures["machine"]["load_1m"]) == 2

@@ -4,14 +4,19 @@ of one end mid-stream loses no chunk the other end served, and a router's SKIP k
 key by id at the other."""
 from __future__ import annotations
 
+import shutil
+import subprocess
 import uuid
 
+import httpx
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from qkdd.etsi004.wire import GetKey, OpenConnect, Status
+from qkdd.etsi004.wire import Close, GetKey, OpenConnect, Status
 from tests.apps_pair import AppPair
 from tests.etsi004_support import ROUTERS, Client004, qos, skip_get
+from tests.seed_metrics import ACCEPTED_LINT
 
 pytestmark = pytest.mark.slow
 FIRST_KEY_WAIT_MS = 60_000           # the first chunk waits for the link's first frame
@@ -99,3 +104,48 @@ def test_skip_daemons_a_routers_key_at_one_end_is_the_other_routers_by_id(pair):
         with pytest.raises(trio.BrokenResourceError):
             await skip_get(b, *ROUTERS["a"], "/capabilities")     # router A's PSK is not known at B
     trio.run(main)
+
+
+def _scrape(pair, name: str) -> tuple[str, dict]:
+    text = httpx.get(f"{pair.daemons[name].health_url}/metrics", timeout=10).text
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(text) for sample in family.samples}
+    return text, samples
+
+
+def test_004_and_skip_daemons_export_their_metrics_and_promtool_accepts_them(pair):
+    """After the tests above (module order): one more stream at A, opened, one chunk, an unknown KSID and
+    CLOSE, counted exactly; SKIP's counts at B (one key by id, one 404); promtool accepts the scrape."""
+    link = (("link_id", "a-b"),)
+    before = _scrape(pair, "kme-a")[1]
+    ksid = str(uuid.uuid4())
+
+    async def one_stream():
+        async with pair.client("kme-a", "app-a") as a:
+            assert (await a.call(OpenConnect("app://x", "app://y", qos(32, timeout_ms=FIRST_KEY_WAIT_MS), ksid))
+                    ).status is Status.SUCCESSFUL
+            await fetch(a, ksid, 0)
+            assert (await a.call(GetKey(str(uuid.uuid4()), 0, 1024))).status is Status.NO_QKD_CONNECTION
+            assert (await a.call(Close(ksid))).status is Status.SUCCESSFUL
+    trio.run(one_stream)
+    text, after = _scrape(pair, "kme-a")
+
+    def delta(name: str, labels=link) -> float:
+        return after[(name, labels)] - before[(name, labels)]
+    assert delta("qkd_etsi004_chunks_total") == 1 and delta("qkd_etsi004_key_bytes_total") == 32
+    assert delta("qkd_etsi004_get_key_wait_seconds_count") == 1
+    assert delta("qkd_etsi004_refusals_total", link + (("status", "no_qkd_connection"),)) == 1
+    assert after[("qkd_etsi004_streams", link)] == before[("qkd_etsi004_streams", link)]
+    assert ksid not in text and ksid.replace("-", "") not in text
+    _, at_b = _scrape(pair, "kme-b")
+    assert at_b[("qkd_skip_keys_total", link + (("request", "by_id"),))] == 1
+    assert at_b[("qkd_skip_key_bytes_total", link)] == 32
+    assert at_b[("qkd_skip_refusals_total", (("code", "404"),))] == 1
+    assert after[("qkd_skip_keys_total", link + (("request", "new"),))] >= 1
+    new_keys = after[("qkd_skip_keys_total", link + (("request", "new"),))]
+    assert after[("qkd_skip_key_wait_seconds_count", link)] == new_keys
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    findings = {line.strip() for line in (check.stdout + check.stderr).splitlines() if line.strip()}
+    assert check.returncode in (0, 3) and findings <= ACCEPTED_LINT, findings

@@ -137,6 +137,15 @@ def test_every_family_with_samples_passes_promtool():
     kme.keys_handed("master", 2)
     kme.unavailable("no_key")
     kme.reservation_confirmed(0.004)
+    apps = metrics.app_link("sim-1")          # ETSI 004 streams and SKIP keys
+    apps.streams(2)
+    apps.chunk_delivered(32, 0.012)
+    apps.refused("timeout")
+    apps.expired(1)
+    apps.skip_key("new", 32, 0.02)
+    apps.skip_key("by_id", 32)
+    metrics.skip_server()
+    metrics.skip_refused(503)
     text = metrics.exposition().decode()
     families = {family.name for family in text_string_to_metric_families(text)}
     wireguard_families = {"qkd_wireguard_psk_rotations", "qkd_wireguard_psk_age_seconds",
@@ -145,8 +154,12 @@ def test_every_family_with_samples_passes_promtool():
     kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
     keystore_families = {"qkd_keystore_fill_ratio", "qkd_keystore_key_bytes", "qkd_keystore_bytes"}
     auth_families = {"qkd_auth_key_bits_consumed", "qkd_auth_pool_bits"}
+    app_families = {"qkd_etsi004_streams", "qkd_etsi004_chunks", "qkd_etsi004_key_bytes", "qkd_etsi004_refusals",
+                    "qkd_etsi004_expired_chunks", "qkd_etsi004_get_key_wait_seconds", "qkd_skip_keys",
+                    "qkd_skip_key_bytes", "qkd_skip_key_wait_seconds", "qkd_skip_refusals"}
     assert ({name for name in families if name.startswith("qkd_")}
-            == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families | auth_families)
+            == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families | auth_families
+            | app_families)
     if shutil.which("promtool") is None:
         pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,

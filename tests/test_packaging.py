@@ -35,6 +35,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "qkdd.service"
 LOCKS = [REPO / "packaging" / "requirements.lock", REPO / "packaging" / "build-requirements.lock"]
+SDIST_BUILD_LOCK = REPO / "packaging" / "sdist-build-requirements.lock"
 # Directories holding a distribution's own test suite; none may be shipped.
 TEST_SUITE_DIR = re.compile(r"/site-packages/.*/(tests|test|_tests)(/|$)")
 SEALED_KEK = "etc/systemd/system/qkdd.service.d/50-kek.conf"   # written by /usr/lib/qkdd/kek-setup
@@ -386,6 +387,15 @@ def test_locks_pin_every_distribution_with_hashes():
     for requirement in declared["build-system"]["requires"]:
         name = _canonical(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
         assert name in {pin[0] for pin in build}, requirement
+    # The packages serve SKIP: its extra is in the runtime lock, and sslpsk3 (an sdist only, built with
+    # poetry-core) has its build back-end in the sdist build lock, which the build venv installs beside the
+    # build lock (so no name may be pinned in both).
+    for requirement in declared["project"]["optional-dependencies"]["skip"]:
+        name = _canonical(re.match(r"[A-Za-z0-9._-]+", requirement).group(0))
+        assert name in {pin[0] for pin in runtime}, requirement
+    sdist_build = _lock_pins(SDIST_BUILD_LOCK)
+    assert "poetry-core" in {pin[0] for pin in sdist_build}
+    assert not {pin[0] for pin in sdist_build} & {pin[0] for pin in build}
 
 
 def _tree_digest(top: Path) -> dict[str, str]:

@@ -27,12 +27,24 @@ attempt runs and after it (final, or tentative keys); so bob's own RESERVE for t
 refused requester releases its tentative keys and looks again once the winner's assignment, which reached
 it before the refusal, is recorded. A request that timed out or whose session ended keeps its tentative
 keys, and the next attempt sends the same keys again (idempotent at the peer).
+
+Competing for key: an attempt that finds no stored key of its share, or finds one ranked before it waiting
+for key, waits (RETRY_INTERVAL_S) and is listed as waiting with its rank (the stream's priority, then its
+deadline: qkdd.etsi004.streams.Stream.rank); an attempt reserves keys only while no waiting attempt ranks
+before it, so when the stock cannot serve every stream the higher-priority streams are served first.
+
+TTL: a chunk recorded for the peer gets its deadline (`ttl_for(stream_id)` seconds from now, wall clock) in
+`deadlines` (qkdd.etsi004.deadlines) in the transaction that records it; handing a chunk out or erasing it
+removes its deadline in the same transaction.
 """
 from __future__ import annotations
 
 import logging
 import math
+import sqlite3
+import time
 import uuid
+from typing import Callable
 
 import trio
 
@@ -64,6 +76,15 @@ def tentative_holder(stream_id: str, index: int) -> str:
     return f"004?:{uuid.UUID(stream_id).hex}:{index}"
 
 
+def parse_holder(holder: str) -> tuple[str, int] | None:
+    """(stream id hex, index) of a final or tentative chunk holder; None for anything else."""
+    prefix, _, rest = holder.partition(":")
+    stream_hex, _, index = rest.partition(":")
+    if prefix not in ("004", "004?") or len(stream_hex) != 32 or not index.isdigit():
+        return None
+    return stream_hex, int(index)
+
+
 class _Index:
     """What runs on one index at this end, and who waits for it to end."""
 
@@ -78,14 +99,18 @@ class StreamChunks:
     the answering end."""
 
     def __init__(self, link_id: str, role: str, store: KeyStore, reservations: ReservationService, *,
-                 key_bits: int) -> None:
+                 key_bits: int, deadlines=None, wall_clock: Callable[[], float] = time.time) -> None:
         self.link_id = link_id
         self.role = role
         self.store = store
         self.key_bits = key_bits
+        self.deadlines = deadlines    # a qkdd.etsi004.deadlines.ChunkDeadlines in the store's file, or None
+        self.wall_clock = wall_clock
         self._reservations = reservations
         self._busy: dict[tuple[str, int], _Index] = {}
+        self._waiting: dict[tuple[str, int], tuple] = {}     # attempts waiting for key -> their rank
         self.on_recorded = None       # called (stream_id, index) when the peer assigned a chunk here (TTL)
+        self.ttl_for: Callable[[str], float] | None = None   # a stream's TTL in seconds (deadlines of recorded chunks)
         reservations.add_purpose(Purpose.STREAM, self)
 
     @property
@@ -96,33 +121,41 @@ class StreamChunks:
         return math.ceil(chunk_bytes * 8 / self.key_bits)
 
     # -- requesting end -------------------------------------------------------------------------
-    async def chunk(self, stream_id: str, index: int, chunk_bytes: int) -> bytes:
+    async def chunk(self, stream_id: str, index: int, chunk_bytes: int, rank: tuple = (0, 0.0)) -> bytes:
         """Chunk `index` of the stream, handed out here once. Waits (the caller bounds it with the stream's
-        timeout) while keys are missing or the peer is away; ChunkError(INSUFFICIENT_KEY) if the chunk was
-        handed out or erased before."""
+        timeout) while keys are missing, an attempt of better `rank` waits for key, or the peer is away;
+        ChunkError(INSUFFICIENT_KEY) if the chunk was handed out or erased before."""
         key = (stream_id, index)
-        while True:
-            running = self._busy.get(key)
-            if running is not None:
-                await running.done.wait()
-                continue
-            attempt = self._busy[key] = _Index(ATTEMPT)
-            try:
-                chunk = await self._attempt(attempt, stream_id, index, chunk_bytes)
-            finally:
-                del self._busy[key]
-                attempt.done.set()
-            if chunk is not None:
-                return chunk
+        try:
+            while True:
+                running = self._busy.get(key)
+                if running is not None:
+                    await running.done.wait()
+                    continue
+                attempt = self._busy[key] = _Index(ATTEMPT)
+                try:
+                    chunk = await self._attempt(attempt, stream_id, index, chunk_bytes, rank)
+                finally:
+                    del self._busy[key]
+                    attempt.done.set()
+                if chunk is not None:
+                    return chunk
+        finally:
+            self._waiting.pop(key, None)
 
-    async def _attempt(self, attempt: _Index, stream_id: str, index: int, chunk_bytes: int) -> bytes | None:
+    def _outranked(self, key: tuple[str, int], rank: tuple) -> bool:
+        return any(other < rank for waiting, other in self._waiting.items() if waiting != key)
+
+    async def _attempt(self, attempt: _Index, stream_id: str, index: int, chunk_bytes: int,
+                       rank: tuple) -> bytes | None:
         """One attempt: the chunk, or None to try again."""
         from qkdd.etsi004.wire import Status
         final, tentative = final_holder(stream_id, index), tentative_holder(stream_id, index)
         held = await trio.to_thread.run_sync(self._held, final, tentative)
         if held[final]:
             with trio.CancelScope(shield=True):     # once erased here, the chunk must reach the caller
-                return await trio.to_thread.run_sync(self._deliver, held[final], final, chunk_bytes)
+                return await trio.to_thread.run_sync(self._deliver_all, held[final], stream_id, index, final,
+                                                     chunk_bytes)
         if held["gone"]:
             raise ChunkError(Status.INSUFFICIENT_KEY, f"chunk {index} was handed out or erased")
         if not self.connected:
@@ -130,17 +163,24 @@ class StreamChunks:
             return None
         key_ids = held[tentative]
         if not key_ids:
+            key = (stream_id, index)
+            if self._outranked(key, rank):
+                self._waiting[key] = rank
+                await trio.sleep(RETRY_INTERVAL_S)      # a chunk ranked before this one waits for key
+                return None
             try:
                 key_ids = await trio.to_thread.run_sync(self._reserve_own, tentative,
                                                         self.keys_per_chunk(chunk_bytes))
             except KeyUnavailable:
+                self._waiting[key] = rank
                 await trio.sleep(RETRY_INTERVAL_S)      # no key yet: wait for the link
                 return None
+            self._waiting.pop(key, None)
         outcome = await self._reservations.request(
             ChunkReservation(str(uuid.uuid4()), stream_id, index, tuple(sorted(key_ids))), RESERVE_TIMEOUT_S)
         if outcome.accepted:
             with trio.CancelScope(shield=True):     # the peer recorded it: so must this end, and hand it out
-                return await trio.to_thread.run_sync(self._confirm, key_ids, tentative, final, chunk_bytes)
+                return await trio.to_thread.run_sync(self._confirm, key_ids, stream_id, index, chunk_bytes)
         if outcome.status == "refused":
             # The other end assigns this index: its RESERVE came before its refusal and is recorded here
             # (or is being recorded, or was earlier).
@@ -174,25 +214,36 @@ class StreamChunks:
         self.store.release(self.link_id, key_ids)
         return bool(self.store.stream_keys(self.link_id, final))
 
-    def _confirm(self, key_ids: list[str], tentative: str, final: str, chunk_bytes: int) -> bytes:
+    def _confirm(self, key_ids: list[str], stream_id: str, index: int, chunk_bytes: int) -> bytes:
         """Tentative keys to the final holder and handed out, in one transaction (one fsync)."""
+        final = final_holder(stream_id, index)
         with self.store.batch():
-            self.store.rehold(self.link_id, key_ids, tentative, final)
-            return self._deliver(key_ids, final, chunk_bytes)
+            self.store.rehold(self.link_id, key_ids, tentative_holder(stream_id, index), final)
+            return self._deliver(key_ids, stream_id, index, final, chunk_bytes)
 
-    def _deliver(self, key_ids: list[str], holder: str, chunk_bytes: int) -> bytes:
+    def _deliver_all(self, key_ids: list[str], stream_id: str, index: int, holder: str, chunk_bytes: int) -> bytes:
+        with self.store.batch():
+            return self._deliver(key_ids, stream_id, index, holder, chunk_bytes)
+
+    def _deliver(self, key_ids: list[str], stream_id: str, index: int, holder: str, chunk_bytes: int) -> bytes:
         material = b"".join(self.store.deliver(self.link_id, key_id, holder=holder).material
                             for key_id in sorted(key_ids))
+        if self.deadlines is not None:
+            self.deadlines.disarm(self.link_id, stream_id, index)
         return material[:chunk_bytes]
 
     def erase(self, stream_id: str, index: int) -> int:
-        """Erase chunk `index` unfetched (TTL): its keys become tombstones. Blocking; the number erased."""
+        """Erase chunk `index` unfetched (TTL): its keys become tombstones, its deadline goes, in one
+        transaction. Blocking; the number of keys erased."""
         erased = 0
-        for holder in (final_holder(stream_id, index), tentative_holder(stream_id, index)):
-            for key_id, state in self.store.stream_keys(self.link_id, holder):
-                if state is KeyState.RESERVED:
-                    self.store.deliver(self.link_id, key_id, holder=holder)
-                    erased += 1
+        with self.store.batch():
+            for holder in (final_holder(stream_id, index), tentative_holder(stream_id, index)):
+                for key_id, state in self.store.stream_keys(self.link_id, holder):
+                    if state is KeyState.RESERVED:
+                        self.store.deliver(self.link_id, key_id, holder=holder)
+                        erased += 1
+            if self.deadlines is not None:
+                self.deadlines.disarm(self.link_id, stream_id, index)
         return erased
 
     # -- answering end --------------------------------------------------------------------------
@@ -246,9 +297,13 @@ class StreamChunks:
             if not yields and self.role == "alice" and self.store.stream_keys(
                     self.link_id, tentative_holder(reservation.stream_id, reservation.index)):
                 return Answer(reservation.request_id, RefuseReason.KEYS_UNAVAILABLE, "this end assigns that chunk")
-            self.store.reserve_ids(self.link_id, reservation.key_ids, final, peer_share_only=True)
+            with self.store.batch():          # a savepoint: the keys and their deadline, or neither
+                self.store.reserve_ids(self.link_id, reservation.key_ids, final, peer_share_only=True)
+                if self.deadlines is not None and self.ttl_for is not None:
+                    self.deadlines.arm(self.link_id, reservation.stream_id, reservation.index,
+                                       self.wall_clock() + self.ttl_for(reservation.stream_id))
             return Answer(reservation.request_id)
-        except StoreWriteError:
+        except (StoreWriteError, sqlite3.Error):
             return Answer(reservation.request_id, RefuseReason.STORE_FAILURE, "key store cannot write")
         except KeyStoreError as exc:
             gone = type(exc).__name__ in ("KeyAlreadyDelivered", "KeyNotFound")

@@ -464,6 +464,14 @@ class KeyStore(SavepointTransactions):
                 "SELECT key_id, state FROM keys WHERE link_id = ? AND holder = ? AND holder LIKE '004%'",
                 (link_id, holder))]
 
+    def stream_holders(self, link_id: str) -> list[str]:
+        """The ETSI 004 holders ("004...") that still hold RESERVED keys of the link: chunks assigned and not
+        handed out (their TTL restored at start-up). Through the partial index keys_by_stream_holder."""
+        with self._lock:
+            return [row[0] for row in self._db.execute(
+                "SELECT DISTINCT holder FROM keys WHERE link_id = ? AND holder LIKE '004%' AND state = ?",
+                (link_id, KeyState.RESERVED.value))]
+
     def reserved_for(self, link_id: str, holder: str) -> list[str]:
         """Ids of the keys RESERVED for `holder` (a consumer finding its own after a restart)."""
         with self._lock:

@@ -9,12 +9,18 @@ GET /key/{keyId}?remoteSystemID=, GET /entropy?minentropy=. Keys and key ids in 
 
 /entropy comes from the operating system's CSPRNG (os.urandom), not from QKD keys: entropy needs no
 agreement with the other end, and QKD key is the scarce resource.
+
+Metrics: keys handed over (new / by id) and their bytes per link, GET /key's time, and every error answer
+by its status (`refused`); never a key id.
 """
 from __future__ import annotations
 
 import os
 import re
 import uuid
+from typing import Awaitable, Callable
+
+import trio
 
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
@@ -27,7 +33,8 @@ _KEY_ID = re.compile(r"[0-9a-fA-F]{32}")
 _NO_STORE = [("Cache-Control", "no-store")]
 
 
-def register(router: Router, local_system_id: str, remotes: dict[str, SkipKeys]) -> None:
+def register(router: Router, local_system_id: str, remotes: dict[str, SkipKeys], *,
+             refused: Callable[[int], None] | None = None) -> None:
     async def capabilities(request: Request) -> Response:
         _only(request, ())
         return Response.json({"entropy": True, "key": True, "algorithm": "QKD", "localSystemID": local_system_id,
@@ -37,10 +44,13 @@ def register(router: Router, local_system_id: str, remotes: dict[str, SkipKeys])
         _only(request, ("remoteSystemID", "size"))
         keys = _remote(request, remotes)
         size = _bits(request, "size", min(DEFAULT_SIZE_BITS, keys.key_bits), keys.key_bits)
+        started = trio.current_time()
         try:
             key = await keys.request_key(size)
         except KeyStoreError as exc:
             raise HTTPError(503, "no key available for that remote system", [{"key": str(exc)[:200]}]) from None
+        if keys.metrics is not None:
+            keys.metrics.skip_key("new", len(key.material), trio.current_time() - started)
         return Response.json({"keyId": uuid.UUID(key.key_id).hex, "key": key.material.hex()}, headers=_NO_STORE)
 
     async def key_by_id(request: Request) -> Response:
@@ -53,6 +63,8 @@ def register(router: Router, local_system_id: str, remotes: dict[str, SkipKeys])
             key = await keys.fetch_key(str(uuid.UUID(key_id)))
         except (KeyNotFound, KeyAlreadyDelivered, KeyUnavailable):
             raise HTTPError(404, "no such key", [{"keyId": "unknown here, or handed over already"}]) from None
+        if keys.metrics is not None:
+            keys.metrics.skip_key("by_id", len(key.material))
         return Response.json({"keyId": key_id.lower(), "key": key.material.hex()}, headers=_NO_STORE)
 
     async def entropy(request: Request) -> Response:
@@ -60,11 +72,23 @@ def register(router: Router, local_system_id: str, remotes: dict[str, SkipKeys])
         bits = _bits(request, "minentropy", DEFAULT_SIZE_BITS, MAX_ENTROPY_BITS)
         return Response.json({"randomStr": os.urandom(bits // 8).hex(), "minentropy": bits}, headers=_NO_STORE)
 
-    router.get("/capabilities", capabilities)
+    def counted(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        if refused is None:
+            return handler
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except HTTPError as exc:
+                refused(exc.status)
+                raise
+        return answer
+
+    router.get("/capabilities", counted(capabilities))
     # head=False: HEAD would run the GET handler and drop the body, a key handed out to nobody.
-    router.route("GET", "/key", new_key, head=False)
-    router.route("GET", "/key/{keyId}", key_by_id, head=False)
-    router.route("GET", "/entropy", entropy, head=False)
+    router.route("GET", "/key", counted(new_key), head=False)
+    router.route("GET", "/key/{keyId}", counted(key_by_id), head=False)
+    router.route("GET", "/entropy", counted(entropy), head=False)
 
 
 def _only(request: Request, allowed: tuple[str, ...]) -> None:

@@ -12,3 +12,4 @@ class SkipKeys(KeyRequests):
     PURPOSE = Purpose.SKIP
     HOLDER_PREFIX = "skip:"
     RESERVATION = SkipKeyReservation
+    metrics = None           # a qkdd.metrics.AppLinkMetrics of the link (set by qkdd.apps), or None
