@@ -126,6 +126,7 @@ def test_every_family_with_samples_passes_promtool():
     link.store_fill(key_bits=2048, store_bytes=1 << 20, ratio=0.25)
     link.auth_consumed(384)
     link.auth_pool(65536)
+    link.chsh(2.74)
     tunnel = metrics.tunnel("site-a-b", "wg0", "HTJCFVji7BIGv9iSV/M7VuLj7iiBuVTXa/LbKmfCKFA=")
     tunnel.rotation("success")
     tunnel.psk_age(12.5)
@@ -145,8 +146,10 @@ def test_every_family_with_samples_passes_promtool():
     kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
     keystore_families = {"qkd_keystore_fill_ratio", "qkd_keystore_key_bytes", "qkd_keystore_bytes"}
     auth_families = {"qkd_auth_key_bits_consumed", "qkd_auth_pool_bits"}
+    protocol_families = {"qkd_chsh_value"}                             # E91 links
     assert ({name for name in families if name.startswith("qkd_")}
-            == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families | auth_families)
+            == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families | auth_families
+            | protocol_families)
     if shutil.which("promtool") is None:
         pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
