@@ -34,7 +34,7 @@ from qkdd.link.pipeline import (
     StorePending,
     threshold_gate,
 )
-from tests.daemon_support import wait_until
+from tests.daemon_support import run_qkdd, wait_until
 
 BIASED = dict(e91_alice_key_prob=0.8, e91_bob_key_prob=0.7)
 COINCIDENCES = 400_000
@@ -205,3 +205,19 @@ def test_intercept_resend_on_the_source_stops_e91_keys(e91_pair):
         assert "is not above 2 at confidence" in log
     finally:
         pair.http.post(sim, json={"attack": "none"})
+
+
+def test_check_config_runs_e91_on_the_simulator_without_a_warning(tmp_path):
+    """E91 links on driver "sim" have a link engine now: check-config is silent about them, and checks their
+    `[links.sim]` E91 keys."""
+    link = ('[[links]]\nlink_id = "e91-1"\nrole = "bob"\ndriver = "sim"\nprotocol = "e91"\nchsh_eps = 1e-9\n'
+            'peer_addr = "192.0.2.9:7071"\npeer_key_file = "/k"\npeer_public_key = "/p"\n'
+            '[links.sim]\nsource_host = "bob"\ndead_time_ns = 25.0\ne91_alice_key_prob = 0.8\n')
+    path = tmp_path / "qkdd.toml"
+    path.write_text(link)
+    result = run_qkdd("check-config", "--config", str(path))
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert 'source_host = "bob"' in result.stdout
+    path.write_text(link.replace('source_host = "bob"', 'source_host = "eve"'))
+    result = run_qkdd("check-config", "--config", str(path))
+    assert result.returncode == 2 and "links[0].sim.source_host" in result.stderr
