@@ -147,6 +147,15 @@ class PairSourceDevice(SimAliceDevice):
             message = dataclasses.replace(message, bases=frame.alice.basis, outcomes=frame.alice.bit)
         return message
 
+    def control_status(self) -> dict:
+        return {**super().control_status(), "role": self.local_side, "pair_source": True,
+                "dead_time_slots": self._blind_slots}
+
+    async def health(self):
+        report = await super().health()
+        return dataclasses.replace(report, diagnostics={**report.diagnostics, "role": self.local_side,
+                                                        "pair_source": True})
+
     def _account(self, frame: Frame, frame_id: int, message: wire.FrameMessage) -> RawFrame:
         super()._account(frame, frame_id, message)           # statistics
         own = frame.alice if self.local_side == "alice" else frame.bob
