@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from qkdd.hal.sim.pair_model import (
+    analytic_frame_key_bits,
     attacked_visibility,
     dead_slots,
     live_probability,
@@ -88,8 +89,12 @@ def test_both_ends_store_identical_keys_and_the_same_chsh_value():
     assert a.aborted is None and b.aborted is None
     assert a.chsh_s == b.chsh_s and 2.6 < a.chsh_s < 2.9
     assert a.qber == b.qber and 0.002 < a.qber < 0.03
-    # Acin et al.'s bound, not the sifted length, limits the key
+    # Acin et al.'s bound, not the sifted length, limits the key, and the simulated frame reaches what the
+    # closed-form model of the same source and frame length predicts (bench.link --protocol e91: ~100 %)
     assert a.secret_bits <= a.key_length_bits < a.sifted_key_bits
+    config = SimConfig(distance_km=10, **BIASED)
+    analytic = analytic_frame_key_bits(config.params("e91"), alice_frame.slot_count)
+    assert 0.8 * analytic.key_length_bits <= a.key_length_bits <= 1.25 * analytic.key_length_bits
 
 
 @pytest.mark.parametrize("misalignment", [0.0, 0.05, 0.1])
