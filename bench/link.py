@@ -3,6 +3,8 @@ source, unpaced: the rate is what the post-processing sustains on this machine).
 
     python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023]
     -> {"distance_km","seconds","secret_bits_per_s","sifted_bits_per_s","qber","frames", ...}
+    python -m bench.link --protocol e91 --distance-km 10 --seconds 20     (bench.link_e91: E91 over the
+    simulated pair source, with the analytic finite-size rate of the same configuration)
 
 With --system the simulated link is that published system's preset (qkdd.hal.sim.systems), and the line
 also holds the preset's analytic finite-key rate at this distance (analytic_secret_bits_per_s: a 10^8-bit
@@ -57,8 +59,24 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
             "frame_detections": frame_detections, "frames_in_flight": frames_in_flight}
 
 
+def measure_e91(args: argparse.Namespace, distance_km: float) -> dict:
+    from bench import link_e91
+    return link_e91.measure(distance_km, args.seconds, args.frames_in_flight)
+
+
+def measure_bb84(args: argparse.Namespace, distance_km: float) -> dict:
+    if args.frame_detections is None:
+        args.frame_detections = 1 << 25 if args.system else 1 << 21
+    return measure(distance_km, args.seconds, args.frame_detections, args.frames_in_flight, args.system)
+
+
+# --protocol -> its measurement (one line of JSON per distance)
+PROTOCOLS = {"bb84": measure_bb84, "e91": measure_e91}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="bb84")
     parser.add_argument("--distance-km", type=float, action="append")
     parser.add_argument("--seconds", type=float, default=30.0)
     # 2 M: measured 1.15e6 vs 7.9e5 bit/s at 1 M (10 km). With --system 32 M: the presets' biased basis choice
@@ -67,11 +85,8 @@ def main() -> None:
     parser.add_argument("--frames-in-flight", type=int, default=4)
     parser.add_argument("--system", choices=sorted(SYSTEMS), default=None, help="a published system's preset")
     args = parser.parse_args()
-    if args.frame_detections is None:
-        args.frame_detections = 1 << 25 if args.system else 1 << 21
     for distance in args.distance_km or [10.0]:
-        print(json.dumps(measure(distance, args.seconds, args.frame_detections, args.frames_in_flight, args.system)),
-              flush=True)
+        print(json.dumps(PROTOCOLS[args.protocol](args, distance)), flush=True)
 
 
 if __name__ == "__main__":

@@ -261,6 +261,8 @@ class LinkConfig:
         check=lambda v: None if v % AUTH_CHUNK_BITS == 0 and 0 <= v <= 1 << 20
         else f"must be a multiple of {AUTH_CHUNK_BITS} in [0, {1 << 20}], got {v}"))
     auth_pool_max_bits: int = field(default=1 << 20, metadata=meta(check=in_range(3 * AUTH_CHUNK_BITS, 1 << 30)))
+    # E91 links: failure probability of the CHSH lower bound (Hoeffding) every frame must pass (S - delta > 2).
+    chsh_eps: float = field(default=1e-10, metadata=meta(check=in_range(1e-40, 1, high_open=True)))
 
     def validate(self, key: str) -> None:
         if self.reconciliation == "ldpc" and self.protocol != "bb84":

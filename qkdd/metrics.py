@@ -79,6 +79,8 @@ class Metrics:
                                      registry=r)
         self.photon_rate_hz = Gauge("qkd_photon_rate_hz", "Detected photon rate in Hz", ["link_id"], registry=r)
         self.visibility = Gauge("qkd_visibility", "Interference visibility (fraction)", ["link_id"], registry=r)
+        self.chsh_value = Gauge("qkd_chsh_value", "CHSH Bell value S of the last E91 frame (2: local bound, "
+                                "2 sqrt 2: Tsirelson bound)", ["link_id"], registry=r)
         # Alarms
         self.qber_threshold_exceeded = Counter(
             "qkd_qber_threshold_exceeded_total", "Frames whose QBER reached the warning or critical band",
@@ -242,6 +244,9 @@ class LinkMetrics:
                              (m.photon_rate_hz, photon_rate_hz), (m.visibility, visibility)):
             if value is not None:
                 gauge.labels(self.link_id).set(value)
+
+    def chsh(self, s: float) -> None:
+        self.metrics.chsh_value.labels(self.link_id).set(s)
 
     def qber_alarm(self, severity: Literal["warning", "critical"]) -> None:
         if severity not in SEVERITIES:

@@ -6,7 +6,7 @@ Two set-ups:
   within seconds of the session coming up.
 - seeded (`seeded_keys=N`): the link's key stores are seeded with N identical keys under identical ids
   (A allocates the even-numbered ones, B the odd ones) and no link engine runs: the link is declared with
-  protocol "e91" on the simulator, which has no link engine in the daemon, so the daemon runs only its
+  protocol "e91" on the serial driver, which has no link engine in the daemon, so the daemon runs only its
   classical channel and the reservation exchange on it. A fixed store suits the benchmarks.
 """
 from __future__ import annotations
@@ -43,8 +43,8 @@ def seed(state_dirs: dict[str, Path], count: int) -> None:
 def seeded_link_config(name: str, peer: str, root: Path, peer_port: int) -> str:
     alice = name == "kme-a"
     session = f'peer_listen = "127.0.0.1:{peer_port}"' if alice else f'peer_addr = "127.0.0.1:{peer_port}"'
-    return (f'[[links]]\nlink_id = "{LINK_ID}"\nrole = "{"alice" if alice else "bob"}"\ndriver = "sim"\n'
-            f'protocol = "e91"\n{session}\npeer_key_file = "{root / name / "identity.key"}"\n'
+    return (f'[[links]]\nlink_id = "{LINK_ID}"\nrole = "{"alice" if alice else "bob"}"\ndriver = "serial"\n'
+            f'device_addr = "/dev/null"\nprotocol = "e91"\n{session}\npeer_key_file = "{root / name / "identity.key"}"\n'
             f'peer_public_key = "{root / peer / "identity.pub"}"\n')
 
 

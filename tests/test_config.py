@@ -196,7 +196,8 @@ def test_environment_overrides_win_over_the_file(tmp_path):
         "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "min_key_rate_bps": 0.0,
         "stall_after_s": 60.0, "sim": None, "reconciliation": "cascade", "etsi014": None, "serial": None, "relay": True,
         "sdk": None,
-        "auth": "pq", "auth_secret_file": "", "auth_refill_bits": 1024, "auth_pool_max_bits": 1 << 20}]
+        "auth": "pq", "auth_secret_file": "", "auth_refill_bits": 1024, "auth_pool_max_bits": 1 << 20,
+        "chsh_eps": 1e-10}]
 
 
 # ---- in process: precedence details --------------------------------------------------------------
@@ -333,7 +334,8 @@ def test_check_config_warns_of_links_the_daemon_will_not_run(tmp_path):
     assert result.returncode == 0 and 'link_id = "dev-1"' in result.stdout
     assert result.stderr.splitlines() == [
         'warning: links[0] (dev-1): driver serial / protocol e91 has no link engine yet (the daemon runs protocol '
-        '"bb84" with drivers sim, serial, sdk, and drivers etsi014, idq, toshiba, qlabs)',
+        '"bb84" with drivers sim, serial, sdk; protocol "e91" with drivers sim; and drivers etsi014, idq, toshiba, '
+        'qlabs)',
         "warning: links[1] (sim-2): not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
     ]
 

@@ -126,6 +126,7 @@ def test_every_family_with_samples_passes_promtool():
     link.store_fill(key_bits=2048, store_bytes=1 << 20, ratio=0.25)
     link.auth_consumed(384)
     link.auth_pool(65536)
+    link.chsh(2.74)
     tunnel = metrics.tunnel("site-a-b", "wg0", "HTJCFVji7BIGv9iSV/M7VuLj7iiBuVTXa/LbKmfCKFA=")
     tunnel.rotation("success")
     tunnel.psk_age(12.5)
@@ -157,9 +158,10 @@ def test_every_family_with_samples_passes_promtool():
     app_families = {"qkd_etsi004_streams", "qkd_etsi004_chunks", "qkd_etsi004_key_bytes", "qkd_etsi004_refusals",
                     "qkd_etsi004_expired_chunks", "qkd_etsi004_get_key_wait_seconds", "qkd_skip_keys",
                     "qkd_skip_key_bytes", "qkd_skip_key_wait_seconds", "qkd_skip_refusals"}
+    protocol_families = {"qkd_chsh_value"}                             # E91 links
     assert ({name for name in families if name.startswith("qkd_")}
             == set(SEED_FAMILIES) | wireguard_families | kme_families | keystore_families | auth_families
-            | app_families)
+            | app_families | protocol_families)
     if shutil.which("promtool") is None:
         pytest.fail("promtool missing: scripts/bootstrap-system.sh installs the Debian package prometheus")
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,

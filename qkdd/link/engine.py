@@ -37,6 +37,7 @@ from qkdd.link.inventory import resynchronise
 from qkdd.link.linkmsg import AbortReason
 from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, FramePipeline, PipelineSettings, Send,
                                 StorePending)
+from qkdd.link.protocols import frame_protocol
 from qkdd.link.status import LinkStatus
 from qkdd.link.store_guard import StoreGuard
 from qkdd.link_channel import INVENTORY_CHANNEL, PIPELINE_CHANNEL, LinkChannel
@@ -65,6 +66,7 @@ class LinkEngine:
         self.settings = settings
         self.frames_in_flight = frames_in_flight
         self.protocol = protocol
+        self._frame_protocol = frame_protocol(protocol)       # its pipeline class (qkdd.link.protocols)
         self.auth_pool = auth_pool        # auth "its"/"both": the link's authentication pool (qkdd.auth.pool)
         self.status = LinkStatus(link_id, key_bits=settings.key_bits, qber_threshold=qber_threshold,
                                  metrics=metrics, health=health)
@@ -84,7 +86,7 @@ class LinkEngine:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The device and its intake, until cancelled (the link's channel runs beside, in the daemon)."""
         await self.device.init()
-        if self.role == ALICE:
+        if self.role == ALICE and self._frame_protocol.needs_decoy:
             try:
                 self._decoy = self.device.decoy_settings()
             except DeviceError:       # a device that announces its settings in its stream (serial): at the first frame
@@ -154,7 +156,8 @@ class LinkEngine:
             await slots.acquire()
             await self._wait_auth_pool()
             frame = await self._bob_frames_out.receive()
-            pipeline = FramePipeline(BOB, frame, self.settings, gate=self.status.gate, auth_pool=self.auth_pool)
+            pipeline = self._frame_protocol.pipeline(BOB, frame, self.settings, gate=self.status.gate,
+                                                     auth_pool=self.auth_pool)
             nursery.start_soon(self._run_frame, pipeline, self._open_inbox(stream, frame.frame_id), stream, True,
                                slots.release)
 
@@ -200,10 +203,10 @@ class LinkEngine:
             inbox.close()
             await self._refuse_frame(stream, frame_id, "no such frame at Alice")
             return
-        if self._decoy is None:
+        if self._decoy is None and self._frame_protocol.needs_decoy:
             self._decoy = self.device.decoy_settings()
-        pipeline = FramePipeline(ALICE, ready[0], self.settings, gate=self.status.gate, decoy=self._decoy,
-                                 auth_pool=self.auth_pool)
+        pipeline = self._frame_protocol.pipeline(ALICE, ready[0], self.settings, gate=self.status.gate,
+                                                 decoy=self._decoy, auth_pool=self.auth_pool)
         await self._run_frame(pipeline, inbox, stream, False)
 
     async def _run_frame(self, pipeline: FramePipeline, inbox: BoundedQueue, stream: MuxStream,

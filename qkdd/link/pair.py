@@ -60,6 +60,7 @@ class LinkPair:
     workdir: Path
     distance_km: float = 25.0
     frame_detections: int = 1 << 21     # a frame ends at this many detections at Bob
+    frame_slots: int = MAX_FRAME_SLOTS  # ... or at this many pulse slots, whichever comes first
     frames_in_flight: int = 4
     realtime: bool = False              # pace the simulated source at its clock (false: flat out)
     admin_tls: bool = False             # API over mTLS with an "admin" client certificate (sim control)
@@ -112,7 +113,7 @@ frames_in_flight = {self.frames_in_flight}
 {link_extra}
 [links.sim]
 distance_km = {self.distance_km}
-frame_slots = {MAX_FRAME_SLOTS}
+frame_slots = {self.frame_slots}
 max_detections_per_frame = {self.frame_detections}
 realtime = {_toml(self.realtime)}
 {sim_extra}"""

@@ -151,6 +151,7 @@ class PipelineSettings:
     auth: str = "pq"                        # "its"/"both": Wegman-Carter transcript tags (the pool is given)
     auth_refill_bits: int = 1024            # Alice: distilled bits back into the pool per frame, at most ...
     auth_pool_max_bits: int = 1 << 20       # ... up to this many bits in her pool
+    chsh_eps: float = 1e-10                 # E91: failure probability of the CHSH lower bound (Alice's counts)
 
     @property
     def transcript_auth(self) -> bool:
@@ -171,6 +172,8 @@ class PipelineSettings:
         if not (linkmsg.MIN_EPS <= self.eps_sec < 1 and linkmsg.MIN_EPS <= self.eps_cor < 1):
             # the peer refuses a REVEAL announcing less (linkmsg.MIN_EPS): every frame would abort
             raise ValueError(f"eps_sec and eps_cor must lie in [{linkmsg.MIN_EPS:g}, 1)")
+        if not linkmsg.MIN_EPS <= self.chsh_eps < 1:
+            raise ValueError(f"chsh_eps must lie in [{linkmsg.MIN_EPS:g}, 1)")
 
 
 # -- actions for the caller -----------------------------------------------------------------------
@@ -223,6 +226,7 @@ class FrameOutcome:
     auth_bits_refilled: int = 0         # distilled bits put back into the pool (before any key)
     eps_auth: float = 0.0               # probability the transcript authentication is forged (frame_epsilon)
     eps_total: float = 0.0              # with auth its/both: the frame's keys' composable epsilon (see _split)
+    chsh_s: float | None = None         # E91: the frame's CHSH value S from its test rounds (e91_pipeline)
 
 
 @dataclass(frozen=True)
@@ -236,12 +240,14 @@ Action = Send | StorePending | Commit | Discard | Finished
 class FramePipeline:
     """One end of one frame's post-processing. Alice needs the decoy settings of her source."""
 
+    NEEDS_DECOY = True          # protocols without a decoy-state source (qkdd.link.e91_pipeline) set False
+
     def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
                  gate: Gate | None = None, decoy: DecoySettings | None = None, clock: Callable[[], float] = time.time,
                  auth_pool=None):
         if role not in (ALICE, BOB):
             raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
-        if role == ALICE and (frame.alice is None or decoy is None):
+        if role == ALICE and (frame.alice is None or (decoy is None and self.NEEDS_DECOY)):
             raise ValueError("alice needs a frame with Alice's records and the decoy settings")
         if role == BOB and frame.bob is None:
             raise ValueError("bob needs a frame with Bob's detections")
@@ -373,15 +379,19 @@ class FramePipeline:
         if self._refusal is not None:
             reason, text = self._refusal
             return self._abort(reason, text, before=parts)
+        parts.append((self._recon_step, self._start_reconciliation_bob()))
+        self.state = RECONCILING
+        return [self._send(*parts)]
+
+    def _start_reconciliation_bob(self) -> bytes:
+        """Bob's first reconciliation message on the frame's key bits (Cascade or LDPC)."""
         qber = max(self.outcome.qber_estimate, self.settings.min_qber_estimate)
         if self.settings.reconciliation == "ldpc":
             self._cascade = LdpcBob(self._key, self._n_key_bits, self.frame_id, qber)
         else:
             self._cascade = CascadeBob(self._key, self._n_key_bits, self.frame_id, qber,
                                        schedule=self.settings.cascade_schedule)
-        parts.append((self._recon_step, self._cascade.start()))
-        self.state = RECONCILING
-        return [self._send(*parts)]
+        return self._cascade.start()
 
     def _bob_reconciling(self, parities) -> list[Action]:
         (reply,) = self._cascade.receive(bytes(parities))
@@ -474,6 +484,10 @@ class FramePipeline:
         self._estimate(linkmsg.decode_errors(errors_part, n_z))
         if self._refusal is not None:
             return self._abort(*self._refusal)
+        return self._start_reconciliation_alice(cascade_start)
+
+    def _start_reconciliation_alice(self, cascade_start) -> list[Action]:
+        """Alice's answer to Bob's first reconciliation message on the frame's key bits."""
         if self.settings.reconciliation == "ldpc":
             self._cascade = LdpcAlice(self._key, self._n_key_bits, self.frame_id)
         else:
@@ -499,8 +513,7 @@ class FramePipeline:
             return self._abort(AbortReason.VERIFICATION, "verification hashes differ: frame discarded",
                                before=[(Step.VERIFY, result_msg)])
         leak_bits = self.outcome.disclosed_bits + checked.leaked_bits
-        bound = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
-                                  eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)
+        bound = self._key_length_bound(leak_bits)
         self.outcome.key_length_bits = bound.key_length_bits
         key_bits = self.settings.key_bits
         usable_bits = 0 if bound.abort else min(bound.key_length_bits, self._n_key_bits)
@@ -540,6 +553,17 @@ class FramePipeline:
                 Commit(self.frame_id), self._send((Step.COMMIT, b"")), Finished(self.outcome)]
 
     # -- shared ---------------------------------------------------------------------------------
+    def _key_length_bound(self, leak_bits: float):
+        """The secret key length of the frame (Lim's bound) given the reconciliation's actual leakage;
+        the result has key_length_bits, abort and abort_reason."""
+        return finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
+                                 eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)
+
+    def _observe_peer_estimate(self, body) -> None:
+        """Alice: Bob's estimation message that came with his ABORT still counts (the frame's QBER)."""
+        result = self._sift.result
+        self._estimate(linkmsg.decode_errors(body, [int(result.counts.matched[c, Z]) for c in range(CLASSES)]))
+
     def _estimate(self, z_errors: list[int]) -> None:
         """Decoy counts from the sifting tables and the Z errors; the early abort and gate decisions."""
         result = self._sift.result
@@ -628,9 +652,7 @@ class FramePipeline:
         # The peer may send its last step's message before the ABORT; what it says still counts
         # towards this end's view of the frame (the QBER of an aborted frame is still observed).
         if (self.role, self.state) == (ALICE, AWAIT_ERRORS) and parts[0][0] == Step.ESTIMATE:
-            result = self._sift.result
-            self._estimate(linkmsg.decode_errors(parts[0][1], [int(result.counts.matched[c, Z])
-                                                               for c in range(CLASSES)]))
+            self._observe_peer_estimate(parts[0][1])
         if (self.role, self.state) == (BOB, AWAIT_SEED) and parts[0][0] == Step.VERIFY:
             self._verify.receive(bytes(parts[0][1]))
         self.state = DONE

@@ -14,7 +14,7 @@ from qkdd.auth import secret as auth_secret
 from qkdd.auth.pool import AuthPool, AuthPoolError
 from qkdd.config import Config, KeystoreConfig, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
-from qkdd.hal.drivers import RAW_FRAME_DRIVERS, device_for
+from qkdd.hal.drivers import device_for
 from qkdd.hal.etsi014.settings import ETSI014_DRIVERS
 from qkdd.keystore import KeyStore, kek_for_state_dir
 from qkdd.keystore.capacity import StoreCapacity
@@ -22,6 +22,7 @@ from qkdd.link.engine import LinkEngine
 from qkdd.link.key_relay import KeyRelayEngine
 from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
+from qkdd.link.protocols import FRAME_PROTOCOLS
 from qkdd.link.stall import watch_stall
 from qkdd.link_channel import LinkChannel
 from qkdd.peer import IdentityError, PeerSettings, load_private_key, load_public_key
@@ -58,11 +59,13 @@ def open_keystore(state_dir: str, keystore: KeystoreConfig | None = None) -> Key
 
 def not_started_because(link: LinkConfig) -> str | None:
     """Why the daemon will not run `link`'s engine (it stays "configured"), or None if it will."""
-    runs = link.driver in ETSI014_DRIVERS or (link.driver in RAW_FRAME_DRIVERS and link.protocol == "bb84")
+    spec = FRAME_PROTOCOLS.get(link.protocol)
+    runs = link.driver in ETSI014_DRIVERS or (spec is not None and link.driver in spec.drivers)
     if not runs:
+        engines = "; ".join(f'protocol "{name}" with drivers {", ".join(p.drivers)}'
+                            for name, p in FRAME_PROTOCOLS.items())
         return (f"driver {link.driver} / protocol {link.protocol} has no link engine yet (the daemon runs "
-                f'protocol "bb84" with drivers {", ".join(RAW_FRAME_DRIVERS)}, and drivers '
-                f'{", ".join(ETSI014_DRIVERS)})')
+                f'{engines}; and drivers {", ".join(ETSI014_DRIVERS)})')
     if not link.peer_key_file or not link.peer_public_key:
         return "not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)"
     return None
@@ -130,7 +133,8 @@ def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, m
                            str(exc)) from None
     settings = PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
                                 reconciliation=link.reconciliation, auth=link.auth,
-                                auth_refill_bits=link.auth_refill_bits, auth_pool_max_bits=link.auth_pool_max_bits)
+                                auth_refill_bits=link.auth_refill_bits, auth_pool_max_bits=link.auth_pool_max_bits,
+                                chsh_eps=link.chsh_eps)
     if not device.yields_raw_frames:          # a vendor KME: finished keys relayed by ID (qkdd.link.key_relay)
         if auth_pool is not None:
             raise StartupError(f"{key}.auth", f'auth "{link.auth}" authenticates post-processing, and driver '

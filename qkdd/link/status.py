@@ -113,6 +113,8 @@ class LinkStatus:
         self.metrics.rates(raw_bps=raw_bps, secure_bps=secure_bps)
         if qber is not None:
             self.metrics.channel(qber=qber, visibility=max(0.0, 1.0 - 2.0 * qber))
+        if outcome.chsh_s is not None:
+            self.metrics.chsh(outcome.chsh_s)
 
     def rates(self) -> tuple[float, float]:
         """(secret, sifted) bits per second over the last RATE_WINDOW_S (see RATE_WINDOW_S)."""

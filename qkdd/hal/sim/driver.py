@@ -3,6 +3,8 @@ device address) or Bob's (receiver, connects to that address) from a link's conf
 
     SimAliceDevice   qkdd.hal.sim.alice   runs the Simulator; set_attack, set_drift, calibrate (realign)
     SimBobDevice     qkdd.hal.sim.bob     receives its detections; set_monitor, calibrate (asks Alice)
+    E91: PairSourceDevice on the end `[links.sim] source_host` names, PairDetectorDevice on the other
+    (qkdd.hal.sim.pair_source)
 
 The TCP link between them is the simulated quantum channel (qkdd.hal.sim.wire), not the authenticated
 classical channel; see wire.py for what it carries.
@@ -15,6 +17,7 @@ from qkdd.config_schema import parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
+from qkdd.hal.sim.pair_source import PairDetectorDevice, PairSourceDevice, check_attack
 from qkdd.hal.sim.settings import DEFAULT_DEVICE_ADDR, SimConfig
 
 if TYPE_CHECKING:
@@ -31,6 +34,8 @@ def device_for(link: "LinkConfig") -> SimAliceDevice | SimBobDevice:
         raise DeviceError(f"link {link.link_id}: the simulator runs bb84 or e91, not {link.protocol!r}")
     sim = link.sim or SimConfig()
     host, port = parse_host_port(link.device_addr or DEFAULT_DEVICE_ADDR, allow_port_zero=True)
+    if link.protocol == "e91":
+        return _pair_device(link, sim, host, port)
     if link.role == "alice":
         return SimAliceDevice(sim.params(link.protocol), listen_host=host, listen_port=port,
                               frame_slots=sim.frame_slots, max_detections=sim.max_detections_per_frame,
@@ -40,3 +45,18 @@ def device_for(link: "LinkConfig") -> SimAliceDevice | SimBobDevice:
     return SimBobDevice(host=host, port=port, protocol=link.protocol, max_detections=sim.max_detections_per_frame,
                         monitor=sim.monitor, monitor_threshold_w=sim.monitor_threshold_w,
                         temperature_c=sim.temperature_c)
+
+
+def _pair_device(link: "LinkConfig", sim: SimConfig, host: str, port: int) -> PairSourceDevice | PairDetectorDevice:
+    """E91: the pair source on the host of `source_host`'s end, the far end's detectors elsewhere."""
+    if link.role != sim.source_host:
+        return PairDetectorDevice(side=link.role, host=host, port=port, max_detections=sim.max_detections_per_frame,
+                                  temperature_c=sim.temperature_c)
+    try:
+        attack = check_attack(sim.initial_attack())
+    except ValueError as exc:
+        raise DeviceError(f"link {link.link_id}: {exc}") from None
+    return PairSourceDevice(sim.params(link.protocol), local_side=link.role, dead_time_ns=sim.dead_time_ns,
+                            attack=attack, listen_host=host, listen_port=port, frame_slots=sim.frame_slots,
+                            max_detections=sim.max_detections_per_frame, realtime=sim.realtime, seed=sim.seed,
+                            drift=sim.initial_drift(), temperature_c=sim.temperature_c)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from qkdd.config_schema import ConfigError, in_range, meta, positive
 from qkdd.hal.sim.params import Attack, Drift, SimParams
@@ -63,6 +64,12 @@ class SimConfig:
     pair_mean: float = 0.01
     pair_statistics: str = "thermal"
     source_position_km: float | None = None
+    # E91 only (qkdd.hal.sim.pair_source): the end whose host runs the pair source, the detectors' dead time,
+    # and the probabilities of the key settings (Alice 0 deg; Bob 0 deg, his three others share the rest)
+    source_host: Literal["alice", "bob"] = "alice"
+    dead_time_ns: float = field(default=0.0, metadata=meta(check=in_range(0, 1e6)))
+    e91_alice_key_prob: float = field(default=0.5, metadata=meta(check=in_range(0, 1, low_open=True, high_open=True)))
+    e91_bob_key_prob: float = field(default=0.25, metadata=meta(check=in_range(0, 1, low_open=True, high_open=True)))
     frame_slots: int = field(default=DEFAULT_FRAME_SLOTS, metadata=meta(check=in_range(1, MAX_FRAME_SLOTS)))
     max_detections_per_frame: int = field(default=DEFAULT_MAX_DETECTIONS, metadata=meta(check=in_range(1, 1 << 26)))
     realtime: bool = True                   # pace frames at clock_hz; false: as fast as possible
@@ -105,6 +112,10 @@ class SimConfig:
         """The simulator parameters of this section for `protocol` (bb84 or e91)."""
         names = set(SimParams.field_names())
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names}
+        if protocol == "e91":
+            other = (1.0 - self.e91_bob_key_prob) / 3.0       # Bob's codes: 22.5, -22.5, 0 (key), 45 deg
+            values.update(e91_alice_prob=(self.e91_alice_key_prob, 1.0 - self.e91_alice_key_prob),
+                          e91_bob_prob=(other, other, self.e91_bob_key_prob, other))
         return SimParams(protocol=protocol, **values)
 
     def initial_attack(self) -> Attack:
