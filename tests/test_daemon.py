@@ -67,9 +67,9 @@ def test_healthz_is_200_while_links_are_only_configured(daemon):
     assert report["daemon"]["state"] == "serving"
     assert [(link["link_id"], link["state"], link["healthy"]) for link in report["links"]] == [
         ("sim-1", "configured", True), ("relay-b", "configured", True)]
-    # each link says why it does not run: no link engine for e91 (set by QKD_PROTOCOL) or cvqkd yet
+    # each link says why it does not run: no link engine for e91 (set by QKD_PROTOCOL); cvqkd has no peer identity
     assert "protocol e91 has no link engine yet" in report["links"][0]["detail"]
-    assert "protocol cvqkd has no link engine yet" in report["links"][1]["detail"]
+    assert "set peer_key_file and peer_public_key" in report["links"][1]["detail"]
 
 
 def test_v1_links_lists_configured_links_over_mutual_tls(daemon, pki):

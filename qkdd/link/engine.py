@@ -33,6 +33,7 @@ from qkdd.auth.wegman_carter import CHUNKS_PER_FRAME
 from qkdd.hal.base import Device, DeviceError, RawFrame
 from qkdd.keystore import KeyStore
 from qkdd.link import envelope, linkmsg
+from qkdd.link.cv_pipeline import CvFramePipeline
 from qkdd.link.inventory import resynchronise
 from qkdd.link.linkmsg import AbortReason
 from qkdd.link.pipeline import (ALICE, BOB, Commit, Discard, Finished, FramePipeline, PipelineSettings, Send,
@@ -84,7 +85,7 @@ class LinkEngine:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The device and its intake, until cancelled (the link's channel runs beside, in the daemon)."""
         await self.device.init()
-        if self.role == ALICE:
+        if self.role == ALICE and self.protocol != "cvqkd":
             try:
                 self._decoy = self.device.decoy_settings()
             except DeviceError:       # a device that announces its settings in its stream (serial): at the first frame
@@ -154,7 +155,10 @@ class LinkEngine:
             await slots.acquire()
             await self._wait_auth_pool()
             frame = await self._bob_frames_out.receive()
-            pipeline = FramePipeline(BOB, frame, self.settings, gate=self.status.gate, auth_pool=self.auth_pool)
+            if self.protocol == "cvqkd":
+                pipeline = CvFramePipeline(BOB, frame, self.settings)
+            else:
+                pipeline = FramePipeline(BOB, frame, self.settings, gate=self.status.gate, auth_pool=self.auth_pool)
             nursery.start_soon(self._run_frame, pipeline, self._open_inbox(stream, frame.frame_id), stream, True,
                                slots.release)
 
@@ -199,6 +203,9 @@ class LinkEngine:
             self._inboxes.pop(frame_id, None)
             inbox.close()
             await self._refuse_frame(stream, frame_id, "no such frame at Alice")
+            return
+        if self.protocol == "cvqkd":
+            await self._run_frame(CvFramePipeline(ALICE, ready[0], self.settings), inbox, stream, False)
             return
         if self._decoy is None:
             self._decoy = self.device.decoy_settings()

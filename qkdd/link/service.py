@@ -58,7 +58,8 @@ def open_keystore(state_dir: str, keystore: KeystoreConfig | None = None) -> Key
 
 def not_started_because(link: LinkConfig) -> str | None:
     """Why the daemon will not run `link`'s engine (it stays "configured"), or None if it will."""
-    runs = link.driver in ETSI014_DRIVERS or (link.driver in RAW_FRAME_DRIVERS and link.protocol == "bb84")
+    runs = link.driver in ETSI014_DRIVERS or (link.driver in RAW_FRAME_DRIVERS and link.protocol == "bb84") \
+        or (link.driver == "sim" and link.protocol == "cvqkd")         # GG02: qkdd.link.cv_pipeline
     if not runs:
         return (f"driver {link.driver} / protocol {link.protocol} has no link engine yet (the daemon runs "
                 f'protocol "bb84" with drivers {", ".join(RAW_FRAME_DRIVERS)}, and drivers '

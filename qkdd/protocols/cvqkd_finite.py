@@ -95,6 +95,14 @@ def estimate(params: CvParams, x: np.ndarray, y: np.ndarray, eps_pe: float = 1e-
         raise ValueError("estimate: Alice's sample has no modulation")
     t_hat = float(x @ y) / sxx
     sigma2_hat = float(np.mean((y - t_hat * x) ** 2))
+    return estimate_from(params, t_hat, sigma2_hat, m, eps_pe)
+
+
+def estimate_from(params: CvParams, t_hat: float, sigma2_hat: float, m: int, eps_pe: float = 1e-10) -> Estimate:
+    """The confidence bounds of `estimate` from announced estimators (the peer that holds both samples
+    computes t_hat and sigma2_hat; the other end derives the same bounds from them)."""
+    if not (math.isfinite(t_hat) and math.isfinite(sigma2_hat) and t_hat > 0 and sigma2_hat > 0 and m >= 2):
+        raise ValueError("estimate: t_hat and sigma2_hat must be finite and > 0, m >= 2")
     z = z_score(eps_pe)
     t_min = max(t_hat - z * math.sqrt(sigma2_hat / (m * params.modulation_variance)), 0.0)
     sigma2_max = sigma2_hat + z * sigma2_hat * math.sqrt(2.0) / math.sqrt(m)
