@@ -1,7 +1,7 @@
 """End-to-end secret key rate: two qkdd daemons on loopback over a simulated link (GYS parameters, 1 GHz
 source, unpaced: the rate is what the post-processing sustains on this machine).
 
-    python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023]
+    python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023] [--protocol cvqkd]
     -> {"distance_km","seconds","secret_bits_per_s","sifted_bits_per_s","qber","frames", ...}
 
 With --system the simulated link is that published system's preset (qkdd.hal.sim.systems), and the line
@@ -16,6 +16,7 @@ are the key bits both ends committed (Alice's count), sifted bits the X-basis bi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -57,6 +58,54 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
             "frame_detections": frame_detections, "frames_in_flight": frames_in_flight}
 
 
+def cv_analytic(distance_km: float, symbols_per_s: float) -> dict:
+    """The analytic finite-size GG02 rate of the link's configuration (qkdd.protocols.cvqkd_finite, Leverrier
+    et al. 2010 Eq. (2); beta of the LDPC code at the expected SNR, frames of the default size), per symbol
+    and at the symbol rate the two daemons sustained."""
+    from qkdd.hal.sim.settings import SimConfig
+    from qkdd.postprocess import cv_reconciliation
+    from qkdd.protocols.cvqkd import gg02_key_rate
+    from qkdd.protocols.cvqkd_finite import expected_estimate, finite_size_rate
+    sim = SimConfig(distance_km=distance_km)
+    params = sim.cv_settings().params
+    d = 1 if params.detection == "homodyne" else 2
+    code = cv_reconciliation.choose_code(expected_estimate(params, 10 ** 9).snr)
+    beta = 0.0 if code is None else min(cv_reconciliation.ldpc.code(code).rate * d
+                                        / gg02_key_rate(params).mutual_information, 1.0)
+    symbols = sim.cv_symbols_per_frame
+    rate = finite_size_rate(dataclasses.replace(params, beta=beta), symbols, symbols // 2) if beta > 0 else 0.0
+    return {"beta": round(beta, 4), "symbols_per_frame": symbols, "analytic_secret_bits_per_symbol": rate,
+            "analytic_secret_bits_per_s": round(rate * symbols_per_s)}
+
+
+def measure_cv(distance_km: float, seconds: float) -> dict:
+    """Two daemons running protocol "cvqkd" (GG02, unpaced): secret bits/s next to the analytic finite-size rate
+    at the same symbol throughput."""
+    from qkdd.hal.sim.settings import SimConfig
+    with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
+        with LinkPair(Path(workdir), distance_km=distance_km, extra_link={"protocol": "cvqkd"}) as pair:
+            deadline = time.monotonic() + 180
+            while pair.metrics("alice")["keys_generated"] == 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no key within 180 s")
+                time.sleep(0.2)
+            start, t0 = pair.metrics("alice"), time.monotonic()
+            time.sleep(seconds)
+            end, t1 = pair.metrics("alice"), time.monotonic()
+    span = t1 - t0
+    frames = end["frames"] - start["frames"]
+    symbols_per_s = frames * SimConfig().cv_symbols_per_frame / span
+    analytic = cv_analytic(distance_km, symbols_per_s)
+    secret_bits_per_s = (end["key_bits_generated"] - start["key_bits_generated"]) / span
+    return {"protocol": "cvqkd", "distance_km": distance_km, "seconds": round(span, 2),
+            "secret_bits_per_s": round(secret_bits_per_s), **analytic,
+            "fraction_of_analytic": round(secret_bits_per_s / analytic["analytic_secret_bits_per_s"], 3)
+            if analytic["analytic_secret_bits_per_s"] else None,
+            "symbols_per_s": round(symbols_per_s), "frames": frames,
+            "frames_aborted": end["frames_aborted"] - start["frames_aborted"],
+            "frames_unpaired": end["frames_unpaired"] - start["frames_unpaired"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--distance-km", type=float, action="append")
@@ -66,7 +115,13 @@ def main() -> None:
     parser.add_argument("--frame-detections", type=int, default=None)
     parser.add_argument("--frames-in-flight", type=int, default=4)
     parser.add_argument("--system", choices=sorted(SYSTEMS), default=None, help="a published system's preset")
+    parser.add_argument("--protocol", choices=("bb84", "cvqkd"), default="bb84",
+                        help="cvqkd: GG02 over the [links.sim] cv_* defaults (--system and frame options unused)")
     args = parser.parse_args()
+    if args.protocol == "cvqkd":
+        for distance in args.distance_km or [10.0]:
+            print(json.dumps(measure_cv(distance, args.seconds)), flush=True)
+        return
     if args.frame_detections is None:
         args.frame_detections = 1 << 25 if args.system else 1 << 21
     for distance in args.distance_km or [10.0]:
