@@ -44,6 +44,12 @@ def test_cvqkd_keys_match_at_both_ends_through_v1_and_etsi014(pair):
                          json={"key_IDs": [{"key_ID": k["key_ID"]} for k in keys]})
     assert dec.status_code == 200, dec.text
     assert {k["key_ID"]: k["key"] for k in dec.json()["keys"]} == {k["key_ID"]: k["key"] for k in keys}
+    # the admin control switches Eve's cloner on Alice's device at run time (its effect: the test below)
+    attack = pair.ends["alice"].url(f"/v1/links/{LINK_ID}/sim/attack")
+    assert pair.http.post(attack, json={"attack": "pns"}).status_code == 400
+    switched = pair.http.post(attack, json={"attack": "entangling-cloner:0.1"})
+    assert switched.status_code == 200 and switched.json()["cloner_excess_noise"] == 0.1
+    assert pair.http.get(pair.ends["bob"].url(f"/v1/links/{LINK_ID}/sim")).json()["protocol"] == "cvqkd"
 
 
 def test_entangling_cloner_aborts_every_frame(tmp_path):

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from qkdd.hal.sim import cv_run, montecarlo
-from qkdd.hal.sim.cv_channel import CvChannelSettings
+from qkdd.hal.sim.cv_channel import CvChannelSettings, parse_cloner
 from qkdd.hal.sim.params import Attack, Drift, SimParams
 from qkdd.protocols.cvqkd import DETECTIONS, CvParams
 from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report, show_defaults
@@ -19,7 +19,6 @@ from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, pri
 PROG = "qkdctl sim run"
 EXIT_ABORTED = 1            # the run ran, but the protocol aborted it (the reason goes to stderr)
 MAX_PULSES = 10 ** 15
-CLONER_EXCESS_NOISE = 0.05  # cvqkd: the entangling cloner's default extra excess noise (SNU), 5x the nominal xi
 
 
 def pulses_count(text: str) -> int:
@@ -107,13 +106,7 @@ def _check_eps(name: str, value: float) -> None:
 
 
 def _cvqkd_report(args: argparse.Namespace) -> dict[str, Any]:
-    kind, _, level = args.attack.partition(":")
-    if kind not in ("none", "entangling-cloner") or (kind == "none" and level):
-        raise ValueError(f"attack: cvqkd simulates none or entangling-cloner[:XI], got {args.attack!r}")
-    try:
-        cloner = float(level) if level else (CLONER_EXCESS_NOISE if kind != "none" else 0.0)
-    except ValueError:
-        raise ValueError(f"attack: entangling-cloner:XI needs a number, got {level!r}") from None
+    cloner = parse_cloner(args.attack)
     params = CvParams(distance_km=args.distance_km, alpha_db_per_km=args.alpha, excess_noise=args.excess_noise,
                       eta_det=args.eta_det, electronic_noise=args.electronic_noise, detection=args.detection)
     if args.modulation_variance == "auto":

@@ -25,6 +25,25 @@ import numpy as np
 from qkdd.protocols.cvqkd import CvParams
 
 
+CLONER_EXCESS_NOISE = 0.05   # the entangling cloner's default extra excess noise (SNU), 5x the nominal xi
+
+
+def parse_cloner(text: str) -> float:
+    """"none" -> 0, "entangling-cloner[:XI]" -> XI (default CLONER_EXCESS_NOISE); ValueError otherwise."""
+    kind, _, level = text.partition(":")
+    if kind not in ("none", "entangling-cloner") or (kind == "none" and level):
+        raise ValueError(f"attack: cvqkd simulates none or entangling-cloner[:XI], got {text!r}")
+    if kind == "none":
+        return 0.0
+    try:
+        value = float(level) if level else CLONER_EXCESS_NOISE
+    except ValueError:
+        raise ValueError(f"attack: entangling-cloner:XI needs a number, got {level!r}") from None
+    if not 0.0 <= value <= 10.0:
+        raise ValueError(f"attack: the cloner's excess noise must lie in [0, 10] SNU, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class CvChannelSettings:
     params: CvParams = CvParams()

@@ -7,6 +7,7 @@ link engine pairs the two ends' frames by id; a frame whose hand-over fails is d
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -65,8 +66,7 @@ class CvAliceDevice(Device):
         return self._listener.socket.getsockname()[:2]
 
     def set_cloner(self, excess_noise: float) -> None:
-        """Eve's entangling cloner from the next frame on: extra excess noise (SNU at the channel input)."""
-        import dataclasses
+        """Eve's entangling cloner from the next frame generated on: extra excess noise (SNU, channel input)."""
         self.settings = dataclasses.replace(self.settings, cloner_excess_noise=excess_noise)
         self._channel.settings = self.settings
 
@@ -258,6 +258,9 @@ class CvBobDevice(Device):
         return ChannelMetrics(qber=0.0, key_rate_bps=self._fed_key_rate_bps,
                               photon_rate_hz=self._hello.symbol_rate_hz if self._hello else 0.0, visibility=0.0,
                               link_loss_db=0.0, temperature_c=22.0, uptime_s=time.monotonic() - self._started_s)
+
+    def control_status(self) -> dict[str, Any]:
+        return {"role": "bob", "protocol": "cvqkd", "eta_det": self.eta_det, **self.stats}
 
     async def health(self) -> DeviceHealth:
         connected = self._stream is not None
