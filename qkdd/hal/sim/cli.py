@@ -1,5 +1,5 @@
-"""`qkdctl sim run`: Monte Carlo of a decoy-BB84, E91 or GG02 (cvqkd) link with optional attack, printed as JSON (--json)
-or text. Exit status 0 with a key, 1 when the protocol aborts the run (the reason on stderr), 2 for bad
+"""`qkdctl sim run`: Monte Carlo of a decoy-BB84, E91 or GG02 (cvqkd) link with optional attack, printed as JSON
+(--json) or text. Exit status 0 with a key, 1 when the protocol aborts the run (the reason on stderr), 2 for bad
 parameters (one error line)."""
 from __future__ import annotations
 

@@ -137,7 +137,8 @@ def run(settings: CvChannelSettings, symbols: int = DEFAULT_SYMBOLS, *, seed: in
     report.update(abort=False, abort_reason=None, keys_match=keys_match,
                   secret_bits_per_symbol=bound.key_length_bits / symbols,
                   analytic_finite_rate_per_symbol=cvqkd_finite.finite_size_rate(
-                      dataclasses.replace(params, beta=min(report["beta"], 1.0)), symbols, int(disclosed.sum()), eps_pe, eps_smooth, eps_pa),
+                      dataclasses.replace(params, beta=min(report["beta"], 1.0)), symbols, int(disclosed.sum()),
+                      eps_pe, eps_smooth, eps_pa),
                   wall_seconds=time.perf_counter() - started)
     return report
 

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qkdd.config_schema import ConfigError, in_range, meta, positive
 from qkdd.hal.sim.params import Attack, Drift, SimParams
 from qkdd.hal.sim.systems import SYSTEMS, preset
+
+if TYPE_CHECKING:
+    from qkdd.hal.sim.cv_channel import CvChannelSettings
 
 MODERN_SYSTEM = dict(fiber_loss_db_per_km=0.2, detector_efficiency=0.1, dark_count_prob=6e-7,
                      misalignment=0.005, afterpulse_prob=0.04)
