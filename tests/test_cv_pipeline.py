@@ -106,3 +106,28 @@ def test_cv_wire_round_trip_and_strict_checks():
     alice.receive_data(cv_wire.encode_ack(3))                    # an ACK before the hello
     with pytest.raises(cv_wire.WireError, match="cannot take ACK"):
         alice.next_message()
+
+
+def test_a_cvqkd_link_with_transcript_tags_is_refused_at_startup(tmp_path):
+    from qkdd.auth import secret as auth_secret
+    from qkdd.config import load_config
+    from qkdd.link.service import build_links, open_keystore
+    from qkdd.peer import generate_identity, save_private_key, save_public_key
+    from qkdd.preflight import StartupError
+    save_private_key(generate_identity(), tmp_path / "a.key")
+    save_public_key(generate_identity().public_key(), tmp_path / "b.pub")
+    auth_secret.write(auth_secret.generate("l1", 1024), str(tmp_path / "l1.secret"))
+    (tmp_path / "state").mkdir()
+    path = tmp_path / "qkdd.toml"
+    path.write_text(f'[daemon]\nstate_dir = "{tmp_path}/state"\n[[links]]\nlink_id = "l1"\nrole = "alice"\n'
+                    f'driver = "sim"\nprotocol = "cvqkd"\npeer_listen = "127.0.0.1:0"\n'
+                    f'peer_key_file = "{tmp_path}/a.key"\npeer_public_key = "{tmp_path}/b.pub"\n'
+                    f'auth = "its"\nauth_secret_file = "{tmp_path}/l1.secret"\n')
+    config = load_config(str(path), {})
+    store = open_keystore(str(tmp_path / "state"))
+    try:
+        with pytest.raises(StartupError) as caught:
+            build_links(config, store)
+        assert caught.value.what == "links[0].auth" and '"pq"' in str(caught.value)
+    finally:
+        store.close()
