@@ -24,7 +24,7 @@ def pair(tmp_path_factory):
 
 
 def test_cvqkd_keys_match_at_both_ends_through_v1_and_etsi014(pair):
-    wait_until(lambda: available(pair, "alice") >= 8 and available(pair, "bob") >= 8, timeout_s=120,
+    wait_until(lambda: available(pair, "alice") >= 8 and available(pair, "bob") >= 8, timeout_s=240,
                what="cvqkd keys at both ends")
     metrics = pair.metrics("alice")
     assert metrics["frames"] >= 1 and metrics["key_bits_generated"] > 0 and metrics["qber"] is None
@@ -55,7 +55,7 @@ def test_cvqkd_keys_match_at_both_ends_through_v1_and_etsi014(pair):
 def test_entangling_cloner_aborts_every_frame(tmp_path):
     with LinkPair(tmp_path, distance_km=10.0, extra_link=CV_LINK,
                   extra_sim={"cv_cloner_excess_noise": 0.1, "cv_symbols_per_frame": 2_000_000}) as attacked:
-        wait_until(lambda: attacked.metrics("alice")["frames"] >= 1, timeout_s=120, what="an attacked frame")
+        wait_until(lambda: attacked.metrics("alice")["frames"] >= 1, timeout_s=240, what="an attacked frame")
         for role in ("alice", "bob"):
             metrics = attacked.metrics(role)
             assert metrics["frames_aborted"] == metrics["frames"] >= 1
