@@ -50,7 +50,7 @@ def _run(alice, bob, tamper=None):
 
 
 def test_both_ends_store_the_same_keys_from_a_homodyne_frame():
-    alice, bob = _ends(10.0, 4_000_000)
+    alice, bob = _ends(2.0, 1_000_000)
     stores, outcomes = _run(alice, bob)
     assert alice.done and bob.done and stores["alice"] and stores["alice"] == stores["bob"]
     assert outcomes["alice"].secret_bits == outcomes["bob"].secret_bits == 256 * len(stores["alice"])

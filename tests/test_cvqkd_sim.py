@@ -86,7 +86,7 @@ def test_reverse_reconciliation_decodes_at_the_operating_snr_and_not_far_below()
     code = min(cr.LONG_CODES, key=lambda i: ldpc.code(i).rate)
     info = ldpc.code(code)
     rng = np.random.default_rng(8)
-    words, v_a = 3, 4.0
+    words, v_a = 2, 4.0
 
     def attempt(snr):
         t = math.sqrt(snr / v_a)
