@@ -1,7 +1,7 @@
 """End-to-end secret key rate: two qkdd daemons on loopback over a simulated link (GYS parameters, 1 GHz
 source, unpaced: the rate is what the post-processing sustains on this machine).
 
-    python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023]
+    python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023] [--protocol cvqkd]
     -> {"distance_km","seconds","secret_bits_per_s","sifted_bits_per_s","qber","frames", ...}
     python -m bench.link --protocol e91 --distance-km 10 --seconds 20     (bench.link_e91: E91 over the
     simulated pair source, with the analytic finite-size rate of the same configuration)
@@ -18,6 +18,7 @@ are the key bits both ends committed (Alice's count), sifted bits the X-basis bi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -59,6 +60,54 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
             "frame_detections": frame_detections, "frames_in_flight": frames_in_flight}
 
 
+def cv_analytic(distance_km: float, symbols_per_s: float) -> dict:
+    """The analytic finite-size GG02 rate of the link's configuration (qkdd.protocols.cvqkd_finite, Leverrier
+    et al. 2010 Eq. (2); beta of the LDPC code at the expected SNR, frames of the default size), per symbol
+    and at the symbol rate the two daemons sustained."""
+    from qkdd.hal.sim.settings import SimConfig
+    from qkdd.postprocess import cv_reconciliation
+    from qkdd.protocols.cvqkd import gg02_key_rate
+    from qkdd.protocols.cvqkd_finite import expected_estimate, finite_size_rate
+    sim = SimConfig(distance_km=distance_km)
+    params = sim.cv_settings().params
+    d = 1 if params.detection == "homodyne" else 2
+    code = cv_reconciliation.choose_code(expected_estimate(params, 10 ** 9).snr)
+    beta = 0.0 if code is None else min(cv_reconciliation.ldpc.code(code).rate * d
+                                        / gg02_key_rate(params).mutual_information, 1.0)
+    symbols = sim.cv_symbols_per_frame
+    rate = finite_size_rate(dataclasses.replace(params, beta=beta), symbols, symbols // 2) if beta > 0 else 0.0
+    return {"beta": round(beta, 4), "symbols_per_frame": symbols, "analytic_secret_bits_per_symbol": rate,
+            "analytic_secret_bits_per_s": round(rate * symbols_per_s)}
+
+
+def measure_cv(distance_km: float, seconds: float) -> dict:
+    """Two daemons running protocol "cvqkd" (GG02, unpaced): secret bits/s next to the analytic finite-size rate
+    at the same symbol throughput."""
+    from qkdd.hal.sim.settings import SimConfig
+    with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
+        with LinkPair(Path(workdir), distance_km=distance_km, extra_link={"protocol": "cvqkd"}) as pair:
+            deadline = time.monotonic() + 180
+            while pair.metrics("alice")["keys_generated"] == 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no key within 180 s")
+                time.sleep(0.2)
+            start, t0 = pair.metrics("alice"), time.monotonic()
+            time.sleep(seconds)
+            end, t1 = pair.metrics("alice"), time.monotonic()
+    span = t1 - t0
+    frames = end["frames"] - start["frames"]
+    symbols_per_s = frames * SimConfig().cv_symbols_per_frame / span
+    analytic = cv_analytic(distance_km, symbols_per_s)
+    secret_bits_per_s = (end["key_bits_generated"] - start["key_bits_generated"]) / span
+    return {"protocol": "cvqkd", "distance_km": distance_km, "seconds": round(span, 2),
+            "secret_bits_per_s": round(secret_bits_per_s), **analytic,
+            "fraction_of_analytic": round(secret_bits_per_s / analytic["analytic_secret_bits_per_s"], 3)
+            if analytic["analytic_secret_bits_per_s"] else None,
+            "symbols_per_s": round(symbols_per_s), "frames": frames,
+            "frames_aborted": end["frames_aborted"] - start["frames_aborted"],
+            "frames_unpaired": end["frames_unpaired"] - start["frames_unpaired"]}
+
+
 def measure_e91(args: argparse.Namespace, distance_km: float) -> dict:
     from bench import link_e91
     return link_e91.measure(distance_km, args.seconds, args.frames_in_flight)
@@ -71,7 +120,8 @@ def measure_bb84(args: argparse.Namespace, distance_km: float) -> dict:
 
 
 # --protocol -> its measurement (one line of JSON per distance)
-PROTOCOLS = {"bb84": measure_bb84, "e91": measure_e91}
+PROTOCOLS = {"bb84": measure_bb84, "e91": measure_e91,
+             "cvqkd": lambda args, distance_km: measure_cv(distance_km, args.seconds)}
 
 
 def main() -> None:
@@ -84,6 +134,8 @@ def main() -> None:
     parser.add_argument("--frame-detections", type=int, default=None)
     parser.add_argument("--frames-in-flight", type=int, default=4)
     parser.add_argument("--system", choices=sorted(SYSTEMS), default=None, help="a published system's preset")
+    parser.add_argument("--protocol", choices=("bb84", "cvqkd"), default="bb84",
+                        help="cvqkd: GG02 over the [links.sim] cv_* defaults (--system and frame options unused)")
     args = parser.parse_args()
     for distance in args.distance_km or [10.0]:
         print(json.dumps(PROTOCOLS[args.protocol](args, distance)), flush=True)

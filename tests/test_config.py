@@ -334,8 +334,8 @@ def test_check_config_warns_of_links_the_daemon_will_not_run(tmp_path):
     assert result.returncode == 0 and 'link_id = "dev-1"' in result.stdout
     assert result.stderr.splitlines() == [
         'warning: links[0] (dev-1): driver serial / protocol e91 has no link engine yet (the daemon runs protocol '
-        '"bb84" with drivers sim, serial, sdk; protocol "e91" with drivers sim; and drivers etsi014, idq, toshiba, '
-        'qlabs)',
+        '"bb84" with drivers sim, serial, sdk; protocol "e91" with drivers sim; protocol "cvqkd" with drivers sim; '
+        'and drivers etsi014, idq, toshiba, qlabs)',
         "warning: links[1] (sim-2): not started: set peer_key_file and peer_public_key (qkdctl peer-key generate)",
     ]
 

@@ -67,10 +67,9 @@ def test_healthz_is_200_while_links_are_only_configured(daemon):
     assert report["daemon"]["state"] == "serving"
     assert [(link["link_id"], link["state"], link["healthy"]) for link in report["links"]] == [
         ("sim-1", "configured", True), ("relay-b", "configured", True)]
-    # each link says why it does not run: no peer identity for the e91 link (set by QKD_PROTOCOL), no link
-    # engine for cvqkd yet
+    # neither link runs: no peer identity (the e91 link's protocol is set by QKD_PROTOCOL)
     assert "not started: set peer_key_file and peer_public_key" in report["links"][0]["detail"]
-    assert "protocol cvqkd has no link engine yet" in report["links"][1]["detail"]
+    assert "set peer_key_file and peer_public_key" in report["links"][1]["detail"]
 
 
 def test_v1_links_lists_configured_links_over_mutual_tls(daemon, pki):

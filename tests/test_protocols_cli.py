@@ -109,4 +109,4 @@ def test_help_shows_the_defaults():
     assert "(default None)" not in text and "(default False)" not in text
     run_help = " ".join(subprocess.run([sys.executable, "-m", "qkdd.ctl", "sim", "run", "--help"],
                                        capture_output=True, text=True, timeout=30).stdout.split())
-    assert "--protocol {bb84,e91} (default bb84)" in run_help and "(default None)" not in run_help
+    assert "--protocol {bb84,e91,cvqkd} (default bb84)" in run_help and "(default None)" not in run_help

@@ -3,6 +3,8 @@
     GET  /v1/links/{link_id}/sim           attack, drift, frames (Alice) or monitor (Bob)
     POST /v1/links/{link_id}/sim/attack    {"attack": "none" | "intercept-resend[:P]" | "pns" | "blinding",
                                             "blinding_power_w": W (optional)}            Alice's end
+                                           cvqkd: {"attack": "none" | "entangling-cloner[:XI]"} (Eve's
+                                            extra excess noise, SNU, from the next frame generated)
     POST /v1/links/{link_id}/sim/drift     {"extra_loss_db": dB, "misalignment": e} (either; the other
                                             keeps its value)                              Alice's end
     POST /v1/links/{link_id}/sim/monitor   {"enabled": bool, "threshold_w": W (optional)} Bob's end
@@ -22,6 +24,8 @@ from qkdd.api.callers import admin_access
 from qkdd.app import App
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
+from qkdd.hal.sim.cv_channel import parse_cloner
+from qkdd.hal.sim.cv_device import CvAliceDevice, CvBobDevice
 from qkdd.hal.sim.params import Attack, Drift
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
@@ -54,7 +58,7 @@ def register(router: Router, app: App) -> None:
         if link is None:
             raise HTTPError(404, f"unknown link {link_id!r}")
         device = app.devices.get(link_id)
-        if not isinstance(device, (SimAliceDevice, SimBobDevice)):
+        if not isinstance(device, (SimAliceDevice, SimBobDevice, CvAliceDevice, CvBobDevice)):
             raise HTTPError(409, f"link {link_id!r} has no simulated device running",
                             [{"link_id": f'driver "{link.driver}", role {link.role}'}])
         if kind is not None and not isinstance(device, kind):
@@ -67,6 +71,8 @@ def register(router: Router, app: App) -> None:
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
 
     async def set_attack(request: Request) -> Response:
+        if isinstance(app.devices.get(request.path_params["link_id"]), CvAliceDevice):     # cvqkd: the cloner
+            return _set_cloner(request)
         device = device_of(request, SimAliceDevice)
         body = _body(request, {"attack", "blinding_power_w"})
         text = body.get("attack")
@@ -79,6 +85,17 @@ def register(router: Router, app: App) -> None:
             if power_w is not None:
                 attack = Attack(attack.kind, attack.fraction, power_w)
             device.set_attack(attack)
+        except ValueError as exc:
+            raise HTTPError(400, "invalid attack", [{"attack": str(exc)}]) from None
+        return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
+
+    def _set_cloner(request: Request) -> Response:
+        device = device_of(request, CvAliceDevice)
+        text = _body(request, {"attack"}).get("attack")
+        if not isinstance(text, str):
+            raise HTTPError(400, "attack must be a string", [{"attack": "none | entangling-cloner[:XI]"}])
+        try:
+            device.set_cloner(parse_cloner(text))
         except ValueError as exc:
             raise HTTPError(400, "invalid attack", [{"attack": str(exc)}]) from None
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})

@@ -82,8 +82,29 @@ class BobDetections:
 
 
 @dataclass(frozen=True)
+class CvAliceSymbols:
+    """GG02 (cvqkd): Alice's Gaussian-modulated quadratures of one frame, (symbols, 2) in shot-noise units."""
+
+    values: np.ndarray         # float64 (x_q, x_p) per symbol
+    modulation_variance: float
+
+
+@dataclass(frozen=True)
+class CvBobSamples:
+    """GG02 (cvqkd): Bob's detector readings of one frame and the frame's shot-noise calibration."""
+
+    quadrature: np.ndarray     # uint8 per symbol: homodyne choice 0 q / 1 p (heterodyne: 0)
+    volts: np.ndarray          # float64 (symbols, quadratures)
+    lo_variance_v2: float      # signal blocked, LO on: shot + electronic noise
+    electronic_variance_v2: float
+    detection: str             # "homodyne" or "heterodyne"
+    eta_det: float             # the detector's calibrated efficiency
+
+
+@dataclass(frozen=True)
 class RawFrame:
-    """One frame of raw data: exactly one of `alice` / `bob` is set, by the device's side."""
+    """One frame of raw data: exactly one of `alice` / `bob` is set, by the device's side (cvqkd: one of
+    `cv_alice` / `cv_bob`)."""
 
     frame_id: int
     slot_count: int                                 # pulse slots the frame spans
@@ -91,6 +112,8 @@ class RawFrame:
     bob: BobDetections | None = None
     pulses_per_intensity: tuple[int, ...] = ()      # Alice side: pulses sent per intensity class
     monitor_alarm: bool = False                     # Bob side: photocurrent monitor saw bright light
+    cv_alice: CvAliceSymbols | None = None          # cvqkd, Alice side
+    cv_bob: CvBobSamples | None = None              # cvqkd, Bob side
 
 
 class DeviceError(Exception):

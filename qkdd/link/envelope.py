@@ -38,6 +38,7 @@ class Step(enum.IntEnum):
     ABORT = 9        # either way: drop the frame (linkmsg.py: reason)
     LDPC = 10        # qkdd.postprocess.ldpc (instead of CASCADE on links with reconciliation = "ldpc")
     AUTH = 11        # links with auth "its"/"both": a Wegman-Carter transcript tag (qkdd.auth.wegman_carter)
+    CV = 20          # protocol "cvqkd": GG02 estimation and 8-D reconciliation (qkdd.link.cv_pipeline)
 
 
 _STEPS = {int(s): s for s in Step}

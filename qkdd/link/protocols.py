@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qkdd.hal.drivers import RAW_FRAME_DRIVERS
+from qkdd.link.cv_pipeline import CvFramePipeline
 from qkdd.link.e91_pipeline import E91FramePipeline
 from qkdd.link.pipeline import FramePipeline
 
@@ -19,6 +20,7 @@ class FrameProtocol:
 FRAME_PROTOCOLS: dict[str, FrameProtocol] = {
     "bb84": FrameProtocol(FramePipeline, drivers=RAW_FRAME_DRIVERS, needs_decoy=True),
     "e91": FrameProtocol(E91FramePipeline, drivers=("sim",), needs_decoy=False),
+    "cvqkd": FrameProtocol(CvFramePipeline, drivers=("sim",), needs_decoy=False),     # GG02
 }
 
 

@@ -135,6 +135,9 @@ def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, m
                                 reconciliation=link.reconciliation, auth=link.auth,
                                 auth_refill_bits=link.auth_refill_bits, auth_pool_max_bits=link.auth_pool_max_bits,
                                 chsh_eps=link.chsh_eps)
+    if link.protocol == "cvqkd" and auth_pool is not None:
+        raise StartupError(f"{key}.auth", f'auth "{link.auth}" tags BB84 transcripts; protocol "cvqkd" links use '
+                                          'auth = "pq"')
     if not device.yields_raw_frames:          # a vendor KME: finished keys relayed by ID (qkdd.link.key_relay)
         if auth_pool is not None:
             raise StartupError(f"{key}.auth", f'auth "{link.auth}" authenticates post-processing, and driver '

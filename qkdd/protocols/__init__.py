@@ -49,6 +49,11 @@ qkdd.protocols.e91              E91/BBM92 with a CHSH test (settings in the modu
 qkdd.protocols.cvqkd            GG02, reverse reconciliation, collective attacks (asymptotic)
     CvParams(modulation_variance, distance_km, alpha_db_per_km, excess_noise, eta_det, electronic_noise,
              beta, detection) ; gg02_key_rate(params) -> CvRate(mutual_information, holevo_bound, ...)
+    gg02_terms(params, transmittance, excess_noise): the same at a given (T, xi)
+
+qkdd.protocols.cvqkd_finite     GG02 finite size (Leverrier, Grosshans & Grangier, PRA 81, 062343 (2010))
+    estimate(params, x, y, eps_pe) -> Estimate(t_hat, sigma2_hat, transmittance_min, excess_noise_max, snr, ...)
+    key_length(params, estimate, key_symbols, reconciled_bits, leak_bits) -> FiniteKey ; finite_size_rate(...)
 
 qkdd.protocols.cli              `qkdctl sim rate` (registered in qkdd/ctl.py)
 

@@ -86,10 +86,18 @@ class CvRate:
 
 def gg02_key_rate(params: CvParams) -> CvRate:
     """K = beta I_AB - chi_BE per symbol with trusted detector noise (Lodewyck 2007 Sec. IV; Fossier 2009)."""
-    t = params.transmittance
+    return gg02_terms(params, params.transmittance, params.excess_noise)
+
+
+def gg02_terms(params: CvParams, transmittance: float, excess_noise: float) -> CvRate:
+    """`gg02_key_rate` at a given channel (T, xi) instead of the one `params` implies: the finite-size
+    analysis (qkdd.protocols.cvqkd_finite) evaluates chi_BE at the worst-case estimates T_min, xi_max."""
+    if not 0.0 < transmittance <= 1.0 or not math.isfinite(excess_noise) or excess_noise < 0.0:
+        raise ValueError(f"channel: need 0 < T <= 1 and xi >= 0, got T={transmittance!r}, xi={excess_noise!r}")
+    t = transmittance
     v = params.modulation_variance + 1.0
     eta, v_el = params.eta_det, params.electronic_noise
-    chi_line = 1.0 / t - 1.0 + params.excess_noise
+    chi_line = 1.0 / t - 1.0 + excess_noise
     homodyne = params.detection == "homodyne"
     chi_det = ((1.0 - eta) + v_el) / eta if homodyne else (2.0 - eta + 2.0 * v_el) / eta
     chi_tot = chi_line + chi_det / t

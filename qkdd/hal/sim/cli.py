@@ -1,16 +1,19 @@
-"""`qkdctl sim run`: Monte Carlo of a decoy-BB84 or E91 link with optional attack, printed as JSON (--json)
-or text. Exit status 0 with a key, 1 when the protocol aborts the run (the reason on stderr), 2 for bad
+"""`qkdctl sim run`: Monte Carlo of a decoy-BB84, E91 or GG02 (cvqkd) link with optional attack, printed as JSON
+(--json) or text. Exit status 0 with a key, 1 when the protocol aborts the run (the reason on stderr), 2 for bad
 parameters (one error line)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
 from typing import Any
 
-from qkdd.hal.sim import montecarlo
+from qkdd.hal.sim import cv_run, montecarlo
+from qkdd.hal.sim.cv_channel import CvChannelSettings, parse_cloner
 from qkdd.hal.sim.params import Attack, Drift, SimParams
+from qkdd.protocols.cvqkd import DETECTIONS, CvParams
 from qkdd.protocols.cli_output import finite_or_null, one_line_usage_errors, print_report, show_defaults
 
 PROG = "qkdctl sim run"
@@ -47,11 +50,13 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
         description="Simulate N pulse slots of a decoy-state BB84 or E91 link (statistically exact per slot, "
                     "cost proportional to detections) and estimate gains, error rates, single-photon bounds or "
                     "CHSH S, and the finite-key length with the protocol engines.")
-    run.add_argument("--protocol", choices=("bb84", "e91"), default="bb84")
-    run.add_argument("--pulses", type=pulses_count, required=True, help="pulse slots to simulate (1e10 accepted)")
+    run.add_argument("--protocol", choices=("bb84", "e91", "cvqkd"), default="bb84")
+    run.add_argument("--pulses", type=pulses_count, default=None,
+                     help="pulse slots to simulate (1e10 accepted); cvqkd: symbols of the frame "
+                          f"(default {cv_run.DEFAULT_SYMBOLS:.0e}); required for bb84 and e91")
     run.add_argument("--distance-km", type=float, required=True, help="fiber length, km")
     run.add_argument("--attack", type=str, default="none",
-                     help="none | intercept-resend[:P] | pns | blinding")
+                     help="none | intercept-resend[:P] | pns | blinding; cvqkd: none | entangling-cloner[:XI]")
     run.add_argument("--monitor", action="store_true", help="enable Bob's photocurrent monitor (aborts on blinding)")
     run.add_argument("--monitor-threshold-w", type=float, default=montecarlo.MONITOR_THRESHOLD_W)
     run.add_argument("--blinding-power-w", type=float, default=Attack().blinding_power_w)
@@ -81,6 +86,13 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--f-ec", type=float, default=1.16)
     run.add_argument("--eps-sec", type=float, default=1e-10)
     run.add_argument("--eps-cor", type=float, default=1e-15)
+    cv = CvParams()
+    run.add_argument("--modulation-variance", type=str, default="auto",
+                     help="cvqkd: V_A in SNU, or auto (the SNR at the lowest-rate LDPC code's operating point)")
+    run.add_argument("--excess-noise", type=float, default=cv.excess_noise, help="cvqkd: xi, SNU at the input")
+    run.add_argument("--electronic-noise", type=float, default=cv.electronic_noise, help="cvqkd: v_el, SNU")
+    run.add_argument("--eta-det", type=float, default=cv.eta_det, help="cvqkd: detector efficiency")
+    run.add_argument("--detection", choices=DETECTIONS, default=cv.detection, help="cvqkd: Bob's detection")
     run.add_argument("--json", action="store_true", help="print one JSON object")
     run.set_defaults(func=main)
 
@@ -93,7 +105,30 @@ def _check_eps(name: str, value: float) -> None:
         raise ValueError(f"{name}: must lie in (0, 1), got {value!r}")
 
 
+def _cvqkd_report(args: argparse.Namespace) -> dict[str, Any]:
+    cloner = parse_cloner(args.attack)
+    params = CvParams(distance_km=args.distance_km, alpha_db_per_km=args.alpha, excess_noise=args.excess_noise,
+                      eta_det=args.eta_det, electronic_noise=args.electronic_noise, detection=args.detection)
+    if args.modulation_variance == "auto":
+        variance = cv_run.operating_modulation_variance(params)
+    else:
+        try:
+            variance = float(args.modulation_variance)
+        except ValueError:
+            raise ValueError(f"modulation_variance: a number or auto, got {args.modulation_variance!r}") from None
+    params = dataclasses.replace(params, modulation_variance=variance)
+    _check_eps("eps_sec", args.eps_sec)
+    _check_eps("eps_cor", args.eps_cor)
+    settings = CvChannelSettings(params=params, cloner_excess_noise=cloner)
+    return cv_run.run(settings, args.pulses or cv_run.DEFAULT_SYMBOLS, seed=args.seed, eps_pe=args.eps_sec,
+                      eps_smooth=args.eps_sec, eps_pa=args.eps_sec, eps_cor=args.eps_cor)
+
+
 def report(args: argparse.Namespace) -> dict[str, Any]:
+    if args.protocol == "cvqkd":
+        return _cvqkd_report(args)
+    if args.pulses is None:
+        raise ValueError("--pulses: required for bb84 and e91")
     params = SimParams(
         protocol=args.protocol, distance_km=args.distance_km, fiber_loss_db_per_km=args.alpha,
         detector_efficiency=args.eta_bob, dark_count_prob=args.dark_count, misalignment=args.e_det,

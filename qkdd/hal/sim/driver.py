@@ -18,6 +18,7 @@ from qkdd.hal.base import DeviceError
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
 from qkdd.hal.sim.pair_source import PairDetectorDevice, PairSourceDevice, check_attack
+from qkdd.hal.sim.cv_device import CvAliceDevice, CvBobDevice
 from qkdd.hal.sim.settings import DEFAULT_DEVICE_ADDR, SimConfig
 
 if TYPE_CHECKING:
@@ -26,16 +27,30 @@ if TYPE_CHECKING:
 __all__ = ["SimAliceDevice", "SimBobDevice", "device_for"]
 
 
-def device_for(link: "LinkConfig") -> SimAliceDevice | SimBobDevice:
+def _cv_device_for(link: "LinkConfig", sim: SimConfig, host: str, port: int) -> CvAliceDevice | CvBobDevice:
+    """The GG02 devices (qkdd.hal.sim.cv_device) of protocol "cvqkd"."""
+    try:
+        settings = sim.cv_settings()
+    except ValueError as exc:
+        raise DeviceError(f"link {link.link_id}: [links.sim] cv_*: {exc}") from None
+    if link.role == "alice":
+        return CvAliceDevice(settings, symbols_per_frame=sim.cv_symbols_per_frame, listen_host=host, listen_port=port,
+                             symbol_rate_hz=sim.cv_symbol_rate_hz, realtime=sim.realtime, seed=sim.seed)
+    return CvBobDevice(host=host, port=port, eta_det=settings.params.eta_det)
+
+
+def device_for(link: "LinkConfig") -> SimAliceDevice | SimBobDevice | CvAliceDevice | CvBobDevice:
     """The sim device of this end of `link` (driver "sim"); DeviceError for what the sim cannot run."""
     if link.driver != "sim":
         raise DeviceError(f"link {link.link_id}: driver {link.driver!r} is not the simulator")
-    if link.protocol not in ("bb84", "e91"):
-        raise DeviceError(f"link {link.link_id}: the simulator runs bb84 or e91, not {link.protocol!r}")
+    if link.protocol not in ("bb84", "e91", "cvqkd"):
+        raise DeviceError(f"link {link.link_id}: the simulator runs bb84, e91 or cvqkd, not {link.protocol!r}")
     sim = link.sim or SimConfig()
     host, port = parse_host_port(link.device_addr or DEFAULT_DEVICE_ADDR, allow_port_zero=True)
     if link.protocol == "e91":
         return _pair_device(link, sim, host, port)
+    if link.protocol == "cvqkd":
+        return _cv_device_for(link, sim, host, port)
     if link.role == "alice":
         return SimAliceDevice(sim.params(link.protocol), listen_host=host, listen_port=port,
                               frame_slots=sim.frame_slots, max_detections=sim.max_detections_per_frame,

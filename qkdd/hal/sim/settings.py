@@ -22,10 +22,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
+from typing import TYPE_CHECKING
 
 from qkdd.config_schema import ConfigError, in_range, meta, positive
 from qkdd.hal.sim.params import Attack, Drift, SimParams
 from qkdd.hal.sim.systems import SYSTEMS, preset
+
+if TYPE_CHECKING:
+    from qkdd.hal.sim.cv_channel import CvChannelSettings
 
 MODERN_SYSTEM = dict(fiber_loss_db_per_km=0.2, detector_efficiency=0.1, dark_count_prob=6e-7,
                      misalignment=0.005, afterpulse_prob=0.04)
@@ -86,6 +90,17 @@ class SimConfig:
     # replace the defaults above; keys set in the same table still override them.
     system: str | None = field(default=None, metadata=meta(check=lambda name: None if name in SYSTEMS else
                                                            f"unknown system {name!r}, known: {', '.join(SYSTEMS)}"))
+    # protocol "cvqkd" (GG02, qkdd.hal.sim.cv_device): Gaussian modulation, homodyne or heterodyne detection.
+    # cv_modulation_variance 0 = auto: V_A puts the SNR at the lowest-rate LDPC code's operating point.
+    cv_modulation_variance: float = field(default=0.0, metadata=meta(check=in_range(0, 1000)))
+    cv_excess_noise: float = field(default=0.01, metadata=meta(check=in_range(0, 10)))
+    cv_electronic_noise: float = field(default=0.01, metadata=meta(check=in_range(0, 10)))
+    cv_detector_efficiency: float = field(default=0.6, metadata=meta(check=in_range(0.01, 1)))
+    cv_detection: str = field(default="homodyne", metadata=meta(check=lambda d: None if d in ("homodyne", "heterodyne")
+                                                                 else "must be homodyne or heterodyne"))
+    cv_symbols_per_frame: int = field(default=4_000_000, metadata=meta(check=in_range(1000, 1 << 24)))
+    cv_symbol_rate_hz: float = field(default=1e8, metadata=meta(check=in_range(1, 1e11)))
+    cv_cloner_excess_noise: float = field(default=0.0, metadata=meta(check=in_range(0, 10)))   # Eve's cloner
 
     @classmethod
     def expand_table(cls, table: dict, key: str) -> dict:
@@ -117,6 +132,18 @@ class SimConfig:
             values.update(e91_alice_prob=(self.e91_alice_key_prob, 1.0 - self.e91_alice_key_prob),
                           e91_bob_prob=(other, other, self.e91_bob_key_prob, other))
         return SimParams(protocol=protocol, **values)
+
+    def cv_settings(self) -> "CvChannelSettings":
+        """The GG02 simulator settings of this section (protocol "cvqkd")."""
+        from qkdd.hal.sim.cv_channel import CvChannelSettings
+        from qkdd.hal.sim.cv_run import operating_modulation_variance
+        from qkdd.protocols.cvqkd import CvParams
+        params = CvParams(distance_km=self.distance_km, alpha_db_per_km=self.fiber_loss_db_per_km,
+                          excess_noise=self.cv_excess_noise, eta_det=self.cv_detector_efficiency,
+                          electronic_noise=self.cv_electronic_noise, detection=self.cv_detection)
+        variance = self.cv_modulation_variance or operating_modulation_variance(params)
+        return CvChannelSettings(dataclasses.replace(params, modulation_variance=variance),
+                                 cloner_excess_noise=self.cv_cloner_excess_noise)
 
     def initial_attack(self) -> Attack:
         attack = Attack.parse(self.attack)

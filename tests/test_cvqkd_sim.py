@@ -1,0 +1,141 @@
+"""GG02 simulator, finite-size analysis and 8-D reverse reconciliation: the estimator's confidence intervals
+against the simulated channel, the finite-size rate against Leverrier et al. 2010, octonion maps, decoding
+on the virtual BIAWGN channel, whole frames (keys equal at both ends, an entangling cloner aborts), and the
+`qkdctl sim run --protocol cvqkd` command."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qkdd.bindings import ldpc
+from qkdd.hal.sim import cv_run
+from qkdd.hal.sim.cv_channel import CvChannel, CvChannelSettings, alice_values, bob_values_snu
+from qkdd.postprocess import cv_reconciliation as cr
+from qkdd.protocols import cvqkd_finite
+from qkdd.protocols.cvqkd import CvParams, gg02_key_rate
+
+# Lodewyck et al., PRA 76, 042305 (2007), Sec. V: the 25 km system's homodyne detector (eta 0.606, v_el 0.041)
+# and excess noise 0.005 SNU; Leverrier, Grosshans & Grangier, PRA 81, 062343 (2010) evaluate their finite-size
+# bound with such a "realistic" setup and beta = 0.95 (Sec. V).
+LODEWYCK = dict(eta_det=0.606, electronic_noise=0.041, excess_noise=0.005, beta=0.95)
+
+
+def test_z_score_is_the_quantile_leverrier_quotes():
+    # Leverrier 2010 Sec. IV: "z_{eps_PE/2} ... for eps_PE = 10^-10, z ~ 6.5"
+    assert cvqkd_finite.z_score(1e-10) == pytest.approx(6.47, abs=0.01)
+    assert math.erfc(cvqkd_finite.z_score(1e-3) / math.sqrt(2)) == pytest.approx(1e-3, rel=1e-6)
+
+
+@pytest.mark.parametrize("detection", ["homodyne", "heterodyne"])
+def test_estimates_and_confidence_bounds_hold_the_simulated_channel(detection):
+    params = CvParams(modulation_variance=4.0, distance_km=20.0, excess_noise=0.02, detection=detection)
+    channel = CvChannel(CvChannelSettings(params), seed=11)
+    calibration = channel.calibrate(200_000)
+    assert calibration.electronic_noise_snu == pytest.approx(params.electronic_noise, abs=0.003)
+    frame = channel.frame(200_000)
+    est = cvqkd_finite.estimate(params, alice_values(frame, detection), bob_values_snu(frame, calibration), 1e-6)
+    assert est.transmittance == pytest.approx(params.transmittance, rel=0.02)
+    assert est.transmittance_min < params.transmittance
+    assert est.excess_noise_max > params.excess_noise
+    assert abs(est.excess_noise - params.excess_noise) < est.excess_noise_max - est.excess_noise
+
+
+def test_finite_size_rate_tends_to_the_asymptotic_rate_and_grows_with_the_block():
+    params = CvParams(modulation_variance=4.5, distance_km=50.0, **LODEWYCK)
+    asymptotic = gg02_key_rate(params).key_rate_per_symbol
+    rates = [cvqkd_finite.finite_size_rate(params, n, n // 2) for n in (10 ** 7, 10 ** 9, 10 ** 11, 10 ** 15)]
+    assert rates[0] < rates[1] < rates[2] < rates[3] < asymptotic / 2
+    assert rates[3] == pytest.approx(asymptotic / 2, rel=0.01)      # n/N = 1/2, Delta and the intervals vanish
+
+
+def test_finite_size_key_beyond_50_km_as_leverrier_2010_concludes():
+    # Leverrier 2010, abstract and Sec. V: with a realistic setup the finite-size bound still gives a key
+    # "over distances larger than 50 km" (large blocks, V_A optimised), and none for small blocks there.
+    def best(distance_km, symbols):
+        return max(cvqkd_finite.finite_size_rate(CvParams(modulation_variance=v, distance_km=distance_km, **LODEWYCK),
+                                                 symbols, symbols // 2) for v in np.arange(2.0, 20.0, 0.5))
+    assert best(50.0, 10 ** 10) > 0.0 and best(75.0, 10 ** 10) > 0.0
+    assert best(75.0, 10 ** 8) == 0.0
+
+
+def test_octonion_map_sends_bobs_direction_to_his_point():
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=8 * 50)
+    bits = rng.integers(0, 2, 8 * 50, dtype=np.uint8)
+    m, norms = cr.bob_map(y, bits)
+    assert np.allclose(np.linalg.norm(m, axis=1), 1.0)
+    mapped = cr.octonion_mul(m, y.reshape(-1, 8) / norms[:, None])
+    assert np.allclose(mapped, cr.bits_to_points(bits))
+    # with Alice's value equal to Bob's, every LLR has the sign of Bob's bit
+    llr = cr.alice_llr(y, m, norms, a=1.0, noise_var=0.1)
+    assert np.array_equal((llr < 0).astype(np.uint8), bits)
+
+
+def test_biawgn_capacity_known_values():
+    # BIAWGN capacity at Es/N0 = 0 dB (SNR 1): 0.486 bit (Richardson & Urbanke, Modern Coding Theory, Fig. 4.6)
+    assert cr.biawgn_capacity(1.0) == pytest.approx(0.486, abs=0.002)
+    assert cr.biawgn_capacity(100.0) == pytest.approx(1.0, abs=1e-6)
+    assert cr.biawgn_capacity(0.01) < 0.5 * math.log2(1.01) + 1e-9     # below the Gaussian capacity
+
+
+def test_reverse_reconciliation_decodes_at_the_operating_snr_and_not_far_below():
+    code = min(cr.LONG_CODES, key=lambda i: ldpc.code(i).rate)
+    info = ldpc.code(code)
+    rng = np.random.default_rng(8)
+    words, v_a = 2, 4.0
+
+    def attempt(snr):
+        t = math.sqrt(snr / v_a)
+        x = rng.normal(0.0, math.sqrt(v_a), info.n_bits * words)
+        y = t * x + rng.normal(0.0, 1.0, x.size)
+        bits = rng.integers(0, 2, x.size, dtype=np.uint8)
+        m, norms = cr.bob_map(y, bits)
+        a, noise = cr.conditional_model(t, 1.0, v_a)
+        decoded = cr.decode(code, cr.alice_llr(x, m, norms, a, noise), cr.syndromes(code, bits))
+        return decoded, bits
+
+    decoded, bits = attempt(1.05 * cr.operating_snr(code))
+    assert decoded.ok.all() and np.array_equal(decoded.bits, bits)
+    decoded, _ = attempt(0.8 * cr.operating_snr(code))
+    assert not decoded.ok.any()
+
+
+def _settings(distance_km, detection="homodyne", cloner=0.0):
+    params = CvParams(distance_km=distance_km, detection=detection)
+    params = dataclasses.replace(params, modulation_variance=cv_run.operating_modulation_variance(params))
+    return CvChannelSettings(params, cloner_excess_noise=cloner)
+
+
+def test_homodyne_frame_at_10_km_leaves_equal_keys_near_the_analytic_finite_rate():
+    report = cv_run.run(_settings(10.0), seed=5)
+    assert not report["abort"] and report["keys_match"]
+    assert report["key_length_bits"] > 0
+    assert 0.7 < report["beta"] < 0.76                          # R 0.479 at SNR ~1.5: beta = R / I_AB
+    assert report["secret_bits_per_symbol"] >= 0.8 * report["analytic_finite_rate_per_symbol"]
+
+
+def test_heterodyne_frame_leaves_a_key_at_short_distance():
+    report = cv_run.run(_settings(2.0, "heterodyne"), 2_000_000, seed=6)
+    assert not report["abort"] and report["keys_match"] and report["key_length_bits"] > 0
+
+
+def test_entangling_cloner_raises_the_excess_noise_and_the_frame_aborts():
+    report = cv_run.run(_settings(10.0, cloner=0.05), seed=5)
+    assert report["abort"] and report["key_length_bits"] == 0
+    assert report["estimate"]["excess_noise"] > 0.04
+    assert "Holevo bound leaves no key" in report["abort_reason"]
+
+
+def test_qkdctl_sim_run_cvqkd():
+    done = subprocess.run([sys.executable, "-m", "qkdd.ctl", "sim", "run", "--protocol", "cvqkd", "--distance-km",
+                           "10", "--seed", "7", "--json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["protocol"] == "cvqkd" and report["key_length_bits"] > 0 and report["keys_match"]
+    bad = subprocess.run([sys.executable, "-m", "qkdd.ctl", "sim", "run", "--protocol", "cvqkd", "--distance-km",
+                          "10", "--attack", "pns"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "entangling-cloner" in bad.stderr
