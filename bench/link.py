@@ -134,8 +134,6 @@ def main() -> None:
     parser.add_argument("--frame-detections", type=int, default=None)
     parser.add_argument("--frames-in-flight", type=int, default=4)
     parser.add_argument("--system", choices=sorted(SYSTEMS), default=None, help="a published system's preset")
-    parser.add_argument("--protocol", choices=("bb84", "cvqkd"), default="bb84",
-                        help="cvqkd: GG02 over the [links.sim] cv_* defaults (--system and frame options unused)")
     args = parser.parse_args()
     for distance in args.distance_km or [10.0]:
         print(json.dumps(PROTOCOLS[args.protocol](args, distance)), flush=True)
