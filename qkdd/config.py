@@ -260,7 +260,7 @@ class LinkConfig:
     auth_refill_bits: int = field(default=1024, metadata=meta(
         check=lambda v: None if v % AUTH_CHUNK_BITS == 0 and 0 <= v <= 1 << 20
         else f"must be a multiple of {AUTH_CHUNK_BITS} in [0, {1 << 20}], got {v}"))
-    auth_pool_max_bits: int = field(default=1 << 20, metadata=meta(check=in_range(3 * AUTH_CHUNK_BITS, 1 << 30)))
+    auth_pool_max_bits: int = field(default=1 << 20, metadata=meta(check=in_range(4 * AUTH_CHUNK_BITS, 1 << 30)))
 
     def validate(self, key: str) -> None:
         if self.reconciliation == "ldpc" and self.protocol != "bb84":
