@@ -252,7 +252,8 @@ class LinkConfig:
     # Relay network (with [node]): this link carries link-state announcements and relayed keys.
     relay: bool = True
     # Authentication of the frame path (docs/auth-audit.md): "pq" the peer session's ML-DSA-65 handshake and
-    # record MACs; "its" and "both" add Wegman-Carter tags on every frame's transcript, keyed from the link's
+    # record MACs; "its" and "both" add Wegman-Carter tags on every frame's transcript ("its" then drops the
+    # record MAC on the frame records: qkdd.link.service.peer_settings), keyed from the link's
     # authentication pool, seeded once from auth_secret_file (`qkdctl auth secret`, installed at both ends)
     # and refilled with auth_refill_bits of each frame's key (Alice's pool held at most auth_pool_max_bits).
     auth: AuthMode = "pq"
