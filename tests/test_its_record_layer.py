@@ -123,6 +123,8 @@ def test_a_tampered_frame_record_is_rejected_by_the_its_tag_in_its_and_by_the_pq
         assert bob_view and bob_view[0].abort_code == AbortReason.AUTH and not bob_view[0].aborted_by_peer
         assert "transcript tag does not match" in bob_view[0].aborted
         assert epochs == (1, 1)
+        # the refused frame's chunks are spent at both ends, never named again; the pools do not diverge
+        assert set(pools["alice"].positions()) <= set(pools["bob"].positions())
     else:
         assert flipper.pipeline_types == {FrameType.DATA}
         # the session MAC refused the record before any pipeline saw it: a new session, no AUTH abort
