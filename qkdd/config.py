@@ -252,7 +252,8 @@ class LinkConfig:
     # Relay network (with [node]): this link carries link-state announcements and relayed keys.
     relay: bool = True
     # Authentication of the frame path (docs/auth-audit.md): "pq" the peer session's ML-DSA-65 handshake and
-    # record MACs; "its" and "both" add Wegman-Carter tags on every frame's transcript, keyed from the link's
+    # record MACs; "its" and "both" add Wegman-Carter tags on every frame's transcript ("its" then drops the
+    # record MAC on the frame records: qkdd.link.service.peer_settings), keyed from the link's
     # authentication pool, seeded once from auth_secret_file (`qkdctl auth secret`, installed at both ends)
     # and refilled with auth_refill_bits of each frame's key (Alice's pool held at most auth_pool_max_bits).
     auth: AuthMode = "pq"
@@ -260,7 +261,7 @@ class LinkConfig:
     auth_refill_bits: int = field(default=1024, metadata=meta(
         check=lambda v: None if v % AUTH_CHUNK_BITS == 0 and 0 <= v <= 1 << 20
         else f"must be a multiple of {AUTH_CHUNK_BITS} in [0, {1 << 20}], got {v}"))
-    auth_pool_max_bits: int = field(default=1 << 20, metadata=meta(check=in_range(3 * AUTH_CHUNK_BITS, 1 << 30)))
+    auth_pool_max_bits: int = field(default=1 << 20, metadata=meta(check=in_range(4 * AUTH_CHUNK_BITS, 1 << 30)))
     # E91 links: failure probability of the CHSH lower bound (Hoeffding) every frame must pass (S - delta > 2).
     chsh_eps: float = field(default=1e-10, metadata=meta(check=in_range(1e-40, 1, high_open=True)))
 

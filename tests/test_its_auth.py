@@ -116,6 +116,7 @@ def run_frame(pools, frame_id, tamper_index=None):
         a.check_ack(ack, tag_b)
     except AuthFailed as exc:
         return None, exc
+    b.check_commit(b"COMMIT record", a.seal_commit(b"COMMIT record"))
     return None, None
 
 
@@ -145,6 +146,24 @@ def test_a_flipped_bit_in_the_tags_or_announcement_fails(pools):
         a2.check_ack(b"ack", bytes(tag_b))
 
 
+def test_tag_c_covers_commit_and_the_transcript_before_it(pools):
+    a, b = FrameAuthenticator(ALICE, 7, pools[ALICE]), FrameAuthenticator(BOB, 7, pools[BOB])
+    b.check_keys(b"keys", a.seal_keys(b"keys", refill_chunks=0))
+    a.check_ack(b"ack", b.seal_ack(b"ack"))
+    tag_c = a.seal_commit(b"commit")
+    assert len(tag_c) == 24 and tag_c[0] == 2
+    with pytest.raises(AuthFailed, match="COMMIT"):
+        b.check_commit(b"commiT", tag_c)           # another COMMIT under Alice's tag
+    b2_a, b2 = FrameAuthenticator(ALICE, 8, pools[ALICE]), FrameAuthenticator(BOB, 8, pools[BOB])
+    b2.check_keys(b"keys", b2_a.seal_keys(b"keys", refill_chunks=0))
+    b2_a.check_ack(b"ack", b2.seal_ack(b"ack"))
+    good = b2_a.seal_commit(b"commit")
+    b2.check_commit(b"commit", good)
+    assert b2.state == "DONE"
+    with pytest.raises(AuthStateError):
+        b2.check_commit(b"commit", good)           # one COMMIT per frame
+
+
 def test_replayed_positions_are_refused_never_reused(pools):
     a = FrameAuthenticator(ALICE, 5, pools[ALICE])
     part = a.seal_keys(b"keys", refill_chunks=0)
@@ -162,7 +181,7 @@ def test_calls_out_of_order_are_refused(pools):
 
 
 def test_a_dry_pool_takes_nothing(pools):
-    for frame_id in range(4):                      # 12 chunks, 3 a frame
+    for frame_id in range(3):                      # 12 chunks, 4 a frame
         assert run_frame(pools, 100 + frame_id) == (None, None)
     with pytest.raises(PoolDry):
         FrameAuthenticator(ALICE, 200, pools[ALICE]).seal_keys(b"keys", refill_chunks=0)

@@ -25,7 +25,7 @@ def test_its_defaults_to_pq(tmp_path):
     ('auth = "its"\n', "links[0].auth_secret_file", 'required for auth "its"'),
     ('auth = "hmac"\n', "links[0].auth", "hmac"),
     ('auth = "its"\nauth_secret_file = "s"\nauth_refill_bits = 100\n', "links[0].auth_refill_bits", "multiple of 128"),
-    ('auth = "its"\nauth_secret_file = "s"\nauth_pool_max_bits = 10\n', "links[0].auth_pool_max_bits", "384"),
+    ('auth = "its"\nauth_secret_file = "s"\nauth_pool_max_bits = 10\n', "links[0].auth_pool_max_bits", "512"),
 ])
 def test_its_config_errors_name_the_key(tmp_path, extra, key, problem):
     with pytest.raises(ConfigError) as caught:

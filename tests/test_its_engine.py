@@ -8,6 +8,7 @@ from qkdd.auth.pool import AuthPool
 from qkdd.auth.wegman_carter import CHUNKS_PER_FRAME
 from qkdd.keystore import KeyState
 from qkdd.link.pipeline import PipelineSettings
+from qkdd.link_channel import PIPELINE_CHANNEL
 from qkdd.metrics import Metrics
 from tests.test_link_engine import LINK, start_pair, wait_for
 
@@ -32,7 +33,8 @@ def test_its_engines_store_the_same_keys_and_keep_their_pools_equal(tmp_path):
     async def main():
         async with trio.open_nursery() as nursery:
             alice, bob, _, stores = await start_pair(
-                nursery, tmp_path, engine_options=lambda role: dict(settings=settings, auth_pool=pools[role]))
+                nursery, tmp_path, engine_options=lambda role: dict(settings=settings, auth_pool=pools[role]),
+                transcript_channels=frozenset({PIPELINE_CHANNEL}))     # as the daemon runs auth "its"
             await wait_for(lambda: alice.status.frames_done >= 2 and bob.status.frames_done >= 2)
             nursery.cancel_scope.cancel()
         return stores
@@ -59,7 +61,8 @@ def test_a_dry_pool_halts_the_link_degraded(tmp_path):
     async def main():
         async with trio.open_nursery() as nursery:
             alice, bob, _, stores = await start_pair(
-                nursery, tmp_path, engine_options=lambda role: dict(settings=settings, auth_pool=pools[role]))
+                nursery, tmp_path, engine_options=lambda role: dict(settings=settings, auth_pool=pools[role]),
+                transcript_channels=frozenset({PIPELINE_CHANNEL}))     # as the daemon runs auth "its"
             await wait_for(lambda: bob.status.auth_halted and alice.status.auth_halted)
             await wait_for(lambda: not bob.engine._inboxes)   # the frames already in flight have ended
             keys = len(stores["alice"].inventory(LINK))

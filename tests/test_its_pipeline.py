@@ -93,7 +93,7 @@ def flip(seen_index, rng, seen):
     def tamper(index, role, record):
         if index != seen_index:
             return record
-        seen.append(envelope.decode(record)[1][-1][0])
+        seen.append(envelope.decode(record)[1][0][0])
         altered = bytearray(record)
         bit = rng.randrange(8 * len(altered))
         altered[bit // 8] ^= 1 << (bit % 8)
@@ -122,7 +122,7 @@ def test_a_flipped_bit_in_any_record_aborts_the_frame_before_either_end_commits(
         codes.add(b.abort_code)
         assert b.aborted, f"record {index} ({seen[0].name}) altered, frame not aborted at Bob"
         assert not ends.of(BOB, Commit), f"record {index} ({seen[0].name}) altered, Bob committed"
-        if seen[0] != envelope.Step.COMMIT:         # COMMIT comes after Alice committed; Bob refuses it
+        if seen[0] != envelope.Step.COMMIT:         # COMMIT comes after Alice committed; TAG_C fails at Bob
             assert ends.outcome(ALICE).aborted, f"record {index} ({seen[0].name}) altered, Alice went on"
             assert not ends.of(ALICE, Commit), f"record {index} ({seen[0].name}) altered, Alice committed"
         if ends.of(BOB, StorePending):
@@ -204,3 +204,41 @@ def test_its_with_ldpc_reconciliation(pools, frames):
     assert a_store.keys == b_store.keys and a_store.keys
     assert ends.outcome(ALICE).auth_bits_consumed == ends.outcome(BOB).auth_bits_consumed == 128 * CHUNKS_PER_FRAME
     assert pools[ALICE].positions() == pools[BOB].positions()
+
+
+def test_a_tampered_or_forged_commit_is_refused_by_its_tag_and_bob_discards(pools, frames):
+    """COMMIT decides whether Bob's PENDING keys become keys: Alice's TAG_C covers it, and Bob checks it before
+    he commits (a changed tag bit, a COMMIT with a made-up tag, a COMMIT without its tag)."""
+    def commit_record(record):
+        return envelope.decode(record)[1][0][0] == envelope.Step.COMMIT
+
+    def flip_tag_bit(index, role, record):
+        if not commit_record(record):
+            return record
+        altered = bytearray(record)
+        altered[-3] ^= 0x10                             # a bit of TAG_C
+        return bytes(altered)
+
+    def made_up_tag(index, role, record):
+        if not commit_record(record):
+            return record
+        frame_id, parts = envelope.decode(record)
+        return envelope.encode(frame_id, [parts[0], (envelope.Step.AUTH, bytes(parts[1][1])[:8] + bytes(16))])
+
+    def untagged(index, role, record):
+        if not commit_record(record):
+            return record
+        frame_id, parts = envelope.decode(record)
+        return envelope.encode(frame_id, [parts[0]])
+
+    for tamper, code in ((flip_tag_bit, linkmsg.AbortReason.AUTH), (made_up_tag, linkmsg.AbortReason.AUTH),
+                         (untagged, linkmsg.AbortReason.PROTOCOL)):
+        ends = ItsEnds(frames[0], pools).run(tamper=tamper)
+        b = ends.outcome(BOB)
+        assert ends.of(ALICE, Commit) and ends.outcome(ALICE).aborted is None   # she had committed before
+        assert b.abort_code == code, (tamper.__name__, b.aborted)
+        assert ends.of(BOB, StorePending) and ends.of(BOB, Discard) and not ends.of(BOB, Commit), tamper.__name__
+    assert "COMMIT tag does not match" in ItsEnds(frames[0], pools).run(tamper=flip_tag_bit).outcome(BOB).aborted
+    # untouched, the same frame commits at both ends
+    ends = ItsEnds(frames[0], pools).run()
+    assert ends.of(BOB, Commit) and ends.of(ALICE, Commit)

@@ -17,9 +17,10 @@ LINK = "link-ab"
 
 
 async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DETECTIONS, before_start=None,
-                     before_run=None, engine_options=None, **peer_settings):
+                     before_run=None, engine_options=None, via=None, **peer_settings):
     """Alice's and Bob's link ends, running; `before_run(role, end)` may register on each end's channel;
-    `engine_options(role)` gives more LinkEngine arguments."""
+    `engine_options(role)` gives more LinkEngine arguments; `await via(alice_port)` may give the port Bob
+    dials instead of Alice's (a proxy in between)."""
     options = engine_options or (lambda role: {})
     alice_id, bob_id = generate_identity(), generate_identity()
     source = SimAliceDevice(SimParams(distance_km=distance_km, **TEST_SOURCE), listen_port=0,
@@ -36,8 +37,9 @@ async def start_pair(nursery, tmp_path, *, distance_km=25.0, detections=TEST_DET
     if before_run is not None:
         before_run("alice", alice)
     await alice.start(nursery)              # the engine also starts the source's quantum-channel listener
+    bob_port = alice.listen_port if via is None else await via(alice.listen_port)
     bob = LinkEnd(LINK, "bob", SimBobDevice(host="127.0.0.1", port=source.address[1]), stores["bob"],
-                  fast_settings(LINK, dial=("127.0.0.1", alice.listen_port), **peer_settings), bob_id,
+                  fast_settings(LINK, dial=("127.0.0.1", bob_port), **peer_settings), bob_id,
                   alice_id.public_key(), **options("bob"))
     if before_run is not None:
         before_run("bob", bob)

@@ -7,9 +7,12 @@ Both ends keep the frame's transcript: every link record either end sent or rece
 order, each with its sender's role. Before Bob stores anything, Alice's KEYS record carries an AUTH part
 (TAG_A) whose tag covers the whole transcript up to and including that record; Bob checks it before he
 stores his keys PENDING and answers with the amplification ACK and his own AUTH part (TAG_B) over the
-transcript including the ACK, which Alice checks before she stores and commits. So neither end stores a
-key unless both saw the same transcript: a changed, inserted, dropped or reordered message in sifting,
-estimation, Cascade, verification, amplification or KEYS fails the tag and the frame is aborted.
+transcript including the ACK, which Alice checks before she stores and commits. Alice's COMMIT then
+carries TAG_C over the transcript including COMMIT, which Bob checks before he commits his PENDING keys
+(a failed TAG_C discards them, as an ABORT does). So neither end stores a key unless both saw the same
+transcript, and Bob commits only on Alice's word: a changed, inserted, dropped or reordered message in
+sifting, estimation, Cascade, verification, amplification, KEYS or COMMIT fails a tag and the frame is
+aborted. Only ABORT is untagged: it can make an end discard, never store or commit.
 
 Hash family. h_k(m) = m_1 k^(d+1) + ... + m_d k^2 + |m| k over GF(2^64) (qkd_hash.h; blocks of the
 message, then its length in bits, no constant term). For m != m' and any difference delta, h_k(m) -
@@ -32,16 +35,19 @@ States and transitions (one object per frame and end):
 
     role   state       event                         next        effect
     alice  OPEN        seal_keys(record parts)       AWAIT_TAG   takes hash key + 2 pads; AUTH(TAG_A)
-    alice  AWAIT_TAG   check_ack(record parts)       DONE        AuthFailed unless TAG_B matches
+    alice  AWAIT_TAG   check_ack(record parts)       ACKED       AuthFailed unless TAG_B matches
+    alice  ACKED       seal_commit(record parts)     DONE        AUTH(TAG_C)
     bob    OPEN        check_keys(record parts)      CHECKED     takes the announced chunks; AuthFailed
                                                                  unless TAG_A matches
-    bob    CHECKED     seal_ack(record parts)        DONE        AUTH(TAG_B)
+    bob    CHECKED     seal_ack(record parts)        SEALED      AUTH(TAG_B)
+    bob    SEALED      check_commit(record parts)    DONE        AuthFailed unless TAG_C matches
 Anything else raises AuthStateError (local call) or AuthFailed (a peer's AUTH part).
 
 AUTH part layout (little-endian, the last part of its record; envelope.Step.AUTH):
-    TAG_A  u8 version (1) | u8 chunk count n | u16 refill chunks | 4 zero bytes | u64 refill position |
+    TAG_A  u8 version (2) | u8 chunk count n | u16 refill chunks | 4 zero bytes | u64 refill position |
            n x u64 pool positions (hash key, then one pad per tag) | 16-byte tag
-    TAG_B  u8 version (1) | 7 zero bytes | 16-byte tag
+    TAG_B, TAG_C  u8 version (2) | 7 zero bytes | 16-byte tag
+(Version 1 had no TAG_C and three chunks; a version-1 peer is refused by the version check.)
 The tag covers: TAG_LABEL | u64 frame id | the transcript before this record (per record: u8 sender
 (0 Bob, 1 Alice) | u64 length | bytes) | u8 sender | this record's envelope without the AUTH part | the
 AUTH part without its tag.
@@ -61,22 +67,24 @@ from qkdd.bindings.hash import poly64_tags
 
 CHUNK_BYTES = 16                      # the pool's unit: 128 bits (a hash key pair, or one pad)
 TAG_BYTES = 16
-TAGS_PER_FRAME = 2                    # Alice's TAG_A, Bob's TAG_B
+TAGS_PER_FRAME = 3                    # Alice's TAG_A, Bob's TAG_B, Alice's TAG_C on COMMIT
 CHUNKS_PER_FRAME = 1 + TAGS_PER_FRAME  # hash key (k1, k2), then a pad per tag
-VERSION = 1
+VERSION = 2
 TAG_LABEL = b"qkdd/its-transcript\x00"
 _TAG_A_HEAD = struct.Struct("<BBH4xQ")
 _TAG_B_HEAD = struct.Struct("<B7x")
 _SENDER = {"bob": 0, "alice": 1}
 MAX_REFILL_CHUNKS = 0xFFFF
 
-OPEN, AWAIT_TAG, CHECKED, DONE = "OPEN", "AWAIT_TAG", "CHECKED", "DONE"
+OPEN, AWAIT_TAG, ACKED, CHECKED, SEALED, DONE = "OPEN", "AWAIT_TAG", "ACKED", "CHECKED", "SEALED", "DONE"
 ALICE, BOB = "alice", "bob"
 TRANSITIONS = {
     (ALICE, OPEN, "seal_keys"): AWAIT_TAG,
-    (ALICE, AWAIT_TAG, "check_ack"): DONE,
+    (ALICE, AWAIT_TAG, "check_ack"): ACKED,
+    (ALICE, ACKED, "seal_commit"): DONE,
     (BOB, OPEN, "check_keys"): CHECKED,
-    (BOB, CHECKED, "seal_ack"): DONE,
+    (BOB, CHECKED, "seal_ack"): SEALED,
+    (BOB, SEALED, "check_commit"): DONE,
 }
 
 
@@ -108,8 +116,8 @@ def hash_epsilon(message_bytes: int) -> float:
 
 
 def frame_epsilon(transcript_bytes: int) -> float:
-    """Probability that a frame's transcript authentication is forged (both tags, key reused with fresh
-    pads): TAGS_PER_FRAME * hash_epsilon."""
+    """Probability that a frame's transcript authentication is forged (its three tags, the hash key reused
+    with fresh pads): TAGS_PER_FRAME * hash_epsilon."""
     return TAGS_PER_FRAME * hash_epsilon(transcript_bytes)
 
 
@@ -202,6 +210,13 @@ class FrameAuthenticator:
         if not check_tag(self._message(BOB, unsealed_record, head), self._hash_key, self._pads[1], tag):
             raise AuthFailed("Bob's transcript tag does not match: a post-processing message was altered")
 
+    def seal_commit(self, unsealed_record: bytes) -> bytes:
+        """TAG_C for Alice's COMMIT record, over the transcript including Bob's ACK and the COMMIT."""
+        self._expect(ALICE, "seal_commit")
+        head = _TAG_B_HEAD.pack(VERSION)
+        self._advance("seal_commit")
+        return head + make_tag(self._message(ALICE, unsealed_record, head), self._hash_key, self._pads[2])
+
     # -- Bob ----------------------------------------------------------------------------------------
     def check_keys(self, unsealed_record: bytes, part) -> KeysAuth:
         """Check Alice's TAG_A; takes the chunks it names from this end's pool first (so they are spent
@@ -238,6 +253,14 @@ class FrameAuthenticator:
         head = _TAG_B_HEAD.pack(VERSION)
         self._advance("seal_ack")
         return head + make_tag(self._message(BOB, unsealed_record, head), self._hash_key, self._pads[1])
+
+    def check_commit(self, unsealed_record: bytes, part) -> None:
+        """Check Alice's TAG_C on COMMIT before Bob commits his PENDING keys."""
+        self._expect(BOB, "check_commit")
+        head, tag = _split_tag_b(part)
+        self._advance("check_commit")
+        if not check_tag(self._message(ALICE, unsealed_record, head), self._hash_key, self._pads[2], tag):
+            raise AuthFailed("Alice's COMMIT tag does not match: COMMIT was altered or forged")
 
     # -- shared -------------------------------------------------------------------------------------
     def _message(self, sender: str, unsealed_record: bytes, head: bytes) -> bytes:

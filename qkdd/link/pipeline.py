@@ -32,8 +32,9 @@ Steps (Lim, Curty, Walenta, Xu, Zbinden, PRA 89, 022307 (2014), Sec. II "protoco
     his own key_expiry_s plus MAX_CLOCK_SKEW_S ahead (an absurd value, or clocks far apart).
 
 Links with `auth` "its" or "both" (PipelineSettings.auth) also authenticate the frame's transcript with
-Wegman-Carter tags from the link's authentication pool (qkdd.auth.wegman_carter): Alice's KEYS record and
-Bob's ACK carry an AUTH part, each end checks the other's before it stores a key (AUTH abort otherwise),
+Wegman-Carter tags from the link's authentication pool (qkdd.auth.wegman_carter): Alice's KEYS record,
+Bob's ACK and Alice's COMMIT carry an AUTH part, each end checks the other's before it stores a key and
+Bob checks COMMIT's before he commits (AUTH abort otherwise, Bob's pending keys discarded),
 and the first `refill` bits of the amplified output go back to the pool (at the positions Alice's
 authenticated AUTH part names) before the rest is split into keys. Alice refuses a frame with AUTH_POOL
 when her pool cannot pay for its tags.
@@ -55,14 +56,14 @@ ends it at once):
                           (LDPC: SYNDROMES / REVEALED in, REVEAL / DONE out, in LDPC parts)
     bob    AWAIT_SEED     VERIFY(RESULT)+AMPLIFY+KEYS[+AUTH] store PENDING; send AMPLIFY(ACK)[+AUTH]
                                                                                            AWAIT_COMMIT
-    bob    AWAIT_COMMIT   COMMIT                            commit; finished               DONE
+    bob    AWAIT_COMMIT   COMMIT[+AUTH]                     commit; finished               DONE
     alice  AWAIT_DETECT   SLOTS+SIFT(DETECTIONS)            send SIFT(ANSWER)             AWAIT_REPORT
     alice  AWAIT_REPORT   SIFT(REPORT)                      send ESTIMATE(REVEAL)         AWAIT_ERRORS
     alice  AWAIT_ERRORS   ESTIMATE(ERRORS)+CASCADE(START)   send CASCADE(PARITIES)        RECONCILING
     alice  RECONCILING    CASCADE(QUESTIONS)                send CASCADE(PARITIES)        RECONCILING
     alice  RECONCILING    CASCADE(DONE)+VERIFY(ANNOUNCE)    send VERIFY(RESULT)+AMPLIFY+KEYS[+AUTH]
                                                                                            AWAIT_ACK
-    alice  AWAIT_ACK      AMPLIFY(ACK)[+AUTH]               store PENDING, commit; send COMMIT;
+    alice  AWAIT_ACK      AMPLIFY(ACK)[+AUTH]               store PENDING, commit; send COMMIT[+AUTH];
                                                             finished                       DONE
 """
 from __future__ import annotations
@@ -112,9 +113,11 @@ EXPECTED: dict[tuple[str, str], tuple[tuple[Step, ...], ...]] = {
     (ALICE, RECONCILING): ((Step.CASCADE,), (Step.CASCADE, Step.VERIFY), (Step.LDPC,), (Step.LDPC, Step.VERIFY)),
     (ALICE, AWAIT_ACK): ((Step.AMPLIFY,),),
 }
-# With transcript authentication (auth "its" or "both"), the two records that lead to a store carry a tag.
+# With transcript authentication (auth "its" or "both"), the three records that lead to a store or a commit
+# carry a tag.
 EXPECTED_AUTH = {**EXPECTED,
                  (BOB, AWAIT_SEED): ((Step.VERIFY, Step.AMPLIFY, Step.KEYS, Step.AUTH),),
+                 (BOB, AWAIT_COMMIT): ((Step.COMMIT, Step.AUTH),),
                  (ALICE, AWAIT_ACK): ((Step.AMPLIFY, Step.AUTH),)}
 AUTH_MODES = ("pq", "its", "both")
 
@@ -445,7 +448,9 @@ class FramePipeline:
         tag = self._auth.seal_ack(envelope.encode(self.frame_id, [(Step.AMPLIFY, ack)]))
         return [store, self._send((Step.AMPLIFY, ack), (Step.AUTH, tag))]
 
-    def _bob_await_commit(self, _commit) -> list[Action]:
+    def _bob_await_commit(self, commit, auth=None) -> list[Action]:
+        if self._auth is not None:              # Alice's TAG_C: only her authentic COMMIT commits
+            self._auth.check_commit(envelope.encode(self.frame_id, [(Step.COMMIT, commit)]), auth)
         self.state = DONE
         return [Commit(self.frame_id), Finished(self.outcome)]
 
@@ -548,9 +553,12 @@ class FramePipeline:
         keys_out = self._split(seed, count, key_bits)
         self._stored = True
         self.state = DONE
+        commit: list[tuple[Step, bytes]] = [(Step.COMMIT, b"")]
+        if self._auth is not None:
+            commit.append((Step.AUTH, self._auth.seal_commit(envelope.encode(self.frame_id, commit))))
         return [StorePending(self.frame_id, keys_out, [i % 2 == 0 for i in range(count)], expires_at,
                              self.outcome.qber),
-                Commit(self.frame_id), self._send((Step.COMMIT, b"")), Finished(self.outcome)]
+                Commit(self.frame_id), self._send(*commit), Finished(self.outcome)]
 
     # -- shared ---------------------------------------------------------------------------------
     def _key_length_bound(self, leak_bits: float):

@@ -24,7 +24,7 @@ from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
 from qkdd.link.protocols import FRAME_PROTOCOLS
 from qkdd.link.stall import watch_stall
-from qkdd.link_channel import LinkChannel
+from qkdd.link_channel import PIPELINE_CHANNEL, LinkChannel
 from qkdd.peer import IdentityError, PeerSettings, load_private_key, load_public_key
 from qkdd.preflight import StartupError
 from qkdd.reservation.service import ReservationService
@@ -153,9 +153,12 @@ def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, m
 
 
 def peer_settings(link: LinkConfig) -> PeerSettings:
+    # auth "its": the frame records carry no session MAC, only the Wegman-Carter transcript tags (docs/auth-audit.md)
+    transcript = frozenset({PIPELINE_CHANNEL}) if link.auth == "its" else frozenset()
     if link.peer_addr:
-        return PeerSettings(link.link_id, dial=parse_host_port(link.peer_addr))
-    return PeerSettings(link.link_id, listen=parse_host_port(link.peer_listen, allow_port_zero=True))
+        return PeerSettings(link.link_id, dial=parse_host_port(link.peer_addr), transcript_channels=transcript)
+    return PeerSettings(link.link_id, listen=parse_host_port(link.peer_listen, allow_port_zero=True),
+                        transcript_channels=transcript)
 
 
 async def run_links(links: Links, config: Config | None = None, health=None) -> None:

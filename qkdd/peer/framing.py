@@ -37,13 +37,14 @@ class FrameType(enum.IntEnum):
     DATA = 0x10
     PING = 0x11
     CLOSE = 0x12
+    TRANSCRIPT_DATA = 0x13   # a DATA record without the session MAC (auth "its": see qkdd.peer.records)
 
 
 HANDSHAKE_TYPES = frozenset(
     {FrameType.INITIATOR_HELLO, FrameType.RESPONDER_HELLO, FrameType.INITIATOR_FINISH,
      FrameType.RESPONDER_FINISH, FrameType.ALERT}
 )
-RECORD_TYPES = frozenset({FrameType.DATA, FrameType.PING, FrameType.CLOSE})
+RECORD_TYPES = frozenset({FrameType.DATA, FrameType.PING, FrameType.CLOSE, FrameType.TRANSCRIPT_DATA})
 
 
 @dataclass(frozen=True)

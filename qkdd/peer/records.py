@@ -15,6 +15,15 @@ the receiver can say which check failed). The MAC covers the frame header, so a 
 fails too. Each direction has its own key (handshake.py), so a record cannot be reflected back.
 Truncation: the sender ends with a CLOSE record, which is MACed like any other; an end of stream
 without it is an error (SessionTruncatedError, raised by the session).
+
+Transcript channels (links with auth "its"): records of a channel named in `transcript_channels` travel as
+TRANSCRIPT_DATA, `seq | channel | payload` with no MAC, because their consumer authenticates them itself
+with information-theoretic Wegman-Carter tags over its whole transcript (the frame path:
+qkdd.auth.wegman_carter) and the post-quantum MAC would add a computational check the mode promises not
+to rest on. The sequence number is still checked (a gap is refused at once rather than at the tag). Both
+ends must name the same channels: a TRANSCRIPT_DATA record on any other channel, or a MACed DATA record
+on a transcript channel, is refused with a RecordError saying the ends' auth settings differ, so a
+record without a MAC is never delivered to a consumer that relies on the MAC.
 """
 from __future__ import annotations
 
@@ -46,12 +55,14 @@ def _mac(key: bytes, header: bytes, content: bytes | memoryview) -> bytes:
 
 
 class RecordSealer:
-    """Outgoing direction: numbers and MACs records under this direction's key."""
+    """Outgoing direction: numbers and MACs records under this direction's key (records of the
+    `transcript_channels` are numbered only: TRANSCRIPT_DATA)."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, transcript_channels: frozenset[int] = frozenset()) -> None:
         if len(key) != 32:
             raise ValueError("record key must be 32 bytes")
         self._key = key
+        self._transcript_channels = frozenset(transcript_channels)
         self.next_seq = 0
 
     def __repr__(self) -> str:  # never show the key
@@ -60,6 +71,10 @@ class RecordSealer:
     def data(self, channel: int, payload: bytes) -> Frame:
         if not 0 <= channel <= MAX_CHANNEL:
             raise ValueError(f"channel {channel} outside 0..{MAX_CHANNEL}")
+        if channel in self._transcript_channels:
+            content = SEQ.pack(self.next_seq) + CHANNEL.pack(channel) + bytes(payload)
+            self.next_seq += 1
+            return Frame(FrameType.TRANSCRIPT_DATA, content)
         return self._seal(FrameType.DATA, CHANNEL.pack(channel) + bytes(payload))
 
     def ping(self) -> Frame:
@@ -82,10 +97,11 @@ class RecordOpener:
     after a rejected record the stream position is no longer trustworthy.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, transcript_channels: frozenset[int] = frozenset()) -> None:
         if len(key) != 32:
             raise ValueError("record key must be 32 bytes")
         self._key = key
+        self._transcript_channels = frozenset(transcript_channels)
         self.expected_seq = 0
         self._failed = False
 
@@ -102,6 +118,8 @@ class RecordOpener:
             raise
 
     def _open(self, frame: Frame) -> Record:
+        if frame.type == FrameType.TRANSCRIPT_DATA:
+            return self._open_transcript(frame)
         if frame.type == FrameType.DATA:
             minimum = SEQ.size + CHANNEL.size + MAC_BYTES
         elif frame.type in (FrameType.PING, FrameType.CLOSE):
@@ -128,5 +146,22 @@ class RecordOpener:
         self.expected_seq += 1
         if frame.type == FrameType.DATA:
             (channel,) = CHANNEL.unpack_from(content, SEQ.size)
+            if channel in self._transcript_channels:
+                raise RecordError(f"DATA record with the session MAC on channel {channel}, which this end takes "
+                                  "without it (auth its): the ends' auth settings differ")
             return Record(frame.type, seq, channel, bytes(content[SEQ.size + CHANNEL.size:]))
         return Record(frame.type, seq)
+
+    def _open_transcript(self, frame: Frame) -> Record:
+        body = memoryview(frame.body)
+        if len(body) < SEQ.size + CHANNEL.size:
+            raise FrameError(f"TRANSCRIPT_DATA record of {len(body)} bytes is shorter than {SEQ.size + CHANNEL.size}")
+        (seq,) = SEQ.unpack_from(body)
+        (channel,) = CHANNEL.unpack_from(body, SEQ.size)
+        if channel not in self._transcript_channels:
+            raise RecordError(f"TRANSCRIPT_DATA record (no session MAC) on channel {channel}, which this end "
+                              "authenticates with the session MAC: the ends' auth settings differ")
+        if seq != self.expected_seq:
+            raise RecordError(f"TRANSCRIPT_DATA record rejected: sequence number {seq}, expected {self.expected_seq}")
+        self.expected_seq += 1
+        return Record(FrameType.TRANSCRIPT_DATA, seq, channel, bytes(body[SEQ.size + CHANNEL.size:]))

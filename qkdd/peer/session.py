@@ -57,8 +57,8 @@ class PeerSession:
         self._settings = settings
         self._stream = stream
         self._decoder = decoder
-        self._sealer = RecordSealer(keys.send_key)
-        self._opener = RecordOpener(keys.receive_key)
+        self._sealer = RecordSealer(keys.send_key, settings.transcript_channels)
+        self._opener = RecordOpener(keys.receive_key, settings.transcript_channels)
         self._send_lock = trio.Lock()
         self._to_app, self._from_peer = trio.open_memory_channel[tuple[int, bytes]](settings.receive_queue_records)
         self.receive_queue_bytes = settings.receive_queue_bytes
@@ -202,7 +202,7 @@ class PeerSession:
                 raise PeerRefusedError(f"peer aborted the session: {alert_name(frame.body)}",
                                        Alert.INTERNAL_ERROR)
             record = self._opener.open(frame)
-            if record.type == FrameType.DATA:
+            if record.type in (FrameType.DATA, FrameType.TRANSCRIPT_DATA):
                 if self._dispatch is not None:
                     await self._dispatch(record.channel, record.payload)
                 else:

@@ -32,6 +32,9 @@ class PeerSettings:
     max_pending_handshakes: int = 8  # listener: connections still handshaking at once
     tls_cert_file: str | None = None  # optional; otherwise an ephemeral self-signed certificate
     tls_key_file: str | None = None
+    # Channels whose records carry no session MAC (TRANSCRIPT_DATA, qkdd.peer.records): their consumer
+    # authenticates them itself (auth "its": the frame path's Wegman-Carter transcript tags).
+    transcript_channels: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         if (self.dial is None) == (self.listen is None):
@@ -54,6 +57,8 @@ class PeerSettings:
             raise ValueError(f"link {self.link_id!r}: peer max_record_bytes must be >= {MAX_HANDSHAKE_BODY_BYTES}")
         if self.receive_queue_records < 1 or self.receive_queue_bytes < 1 or self.max_pending_handshakes < 1:
             raise ValueError(f"link {self.link_id!r}: peer queue and pending-handshake limits must be >= 1")
+        if not all(isinstance(c, int) and 0 <= c <= 0xFFFF for c in self.transcript_channels):
+            raise ValueError(f"link {self.link_id!r}: transcript channels must be channel numbers 0..65535")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError(f"link {self.link_id!r}: set both or neither of peer tls_cert_file and tls_key_file")
 
