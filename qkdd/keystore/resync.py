@@ -233,20 +233,43 @@ def _assemble(assembler, messages: Iterable[bytes]):
     return assembler
 
 
-class InventoryAssembler:
-    """Collects a peer's inventory message by message, checking each; `add` returns True at the last."""
-    WHAT = "inventory"
+class _Assembler:
+    """Collects a peer's messages of one kind one by one, checking each; `add` returns True at the last.
+    A subclass names its MAGIC, its entries' struct and unit, how many it holds, and takes each body."""
+    WHAT, MAGIC, ENTRY, UNIT, PREAMBLE_BYTES = "", b"", _ENTRY, "", 0
 
     def __init__(self, expected_link_id: str) -> None:
         self.expected_link_id = expected_link_id
-        self.inventory: dict[str, KeyState] = {}
         self.complete = False
 
     def add(self, message: bytes) -> bool:
         if self.complete:
-            raise ResyncMessageError("inventory message after the last one")
-        body, last = _unframe(message, MAGIC, self.expected_link_id, _ENTRY.size, MAX_KEYS - len(self.inventory),
-                              self.WHAT, "key")
+            raise ResyncMessageError(f"{self.WHAT} message after the last one")
+        body, last = _unframe(message, self.MAGIC, self.expected_link_id, self.ENTRY.size, MAX_KEYS - self._held(),
+                              self.WHAT, self.UNIT, preamble_bytes=self.PREAMBLE_BYTES)
+        self._take(body)
+        self.complete = last
+        return last
+
+    def _held(self) -> int:
+        raise NotImplementedError
+
+    def _take(self, body: bytes) -> None:
+        raise NotImplementedError
+
+
+class InventoryAssembler(_Assembler):
+    """A peer's inventory: key id -> state."""
+    WHAT, MAGIC, ENTRY, UNIT = "inventory", MAGIC, _ENTRY, "key"
+
+    def __init__(self, expected_link_id: str) -> None:
+        super().__init__(expected_link_id)
+        self.inventory: dict[str, KeyState] = {}
+
+    def _held(self) -> int:
+        return len(self.inventory)
+
+    def _take(self, body: bytes) -> None:
         for raw_id, code in _ENTRY.iter_unpack(body):
             state = _CODE_STATES.get(code)
             if state is None:
@@ -255,24 +278,20 @@ class InventoryAssembler:
             if key_id in self.inventory:
                 raise ResyncMessageError(f"inventory lists key {key_id} twice")
             self.inventory[key_id] = state
-        self.complete = last
-        return last
 
 
-class SummaryAssembler:
-    """Collects a peer's frame summaries message by message, checking each; `add` returns True at the last."""
-    WHAT = "summary"
+class SummaryAssembler(_Assembler):
+    """A peer's frame summaries: frame id -> FrameSummary."""
+    WHAT, MAGIC, ENTRY, UNIT = "summary", SUMMARY_MAGIC, _SUMMARY_ENTRY, "frame"
 
     def __init__(self, expected_link_id: str) -> None:
-        self.expected_link_id = expected_link_id
+        super().__init__(expected_link_id)
         self.summaries: dict[int, FrameSummary] = {}
-        self.complete = False
 
-    def add(self, message: bytes) -> bool:
-        if self.complete:
-            raise ResyncMessageError("summary message after the last one")
-        body, last = _unframe(message, SUMMARY_MAGIC, self.expected_link_id, _SUMMARY_ENTRY.size,
-                              MAX_KEYS - len(self.summaries), self.WHAT, "frame")
+    def _held(self) -> int:
+        return len(self.summaries)
+
+    def _take(self, body: bytes) -> None:
         for frame_id, keys, pending, holding, expired, lowest, highest in _SUMMARY_ENTRY.iter_unpack(body):
             if frame_id in self.summaries:
                 raise ResyncMessageError(f"summary lists frame {frame_id} twice")
@@ -280,30 +299,26 @@ class SummaryAssembler:
                 raise ResyncMessageError(f"summary of frame {frame_id} is inconsistent")
             self.summaries[frame_id] = FrameSummary(keys, pending, holding, expired, str(uuid.UUID(bytes=lowest)),
                                                     str(uuid.UUID(bytes=highest)))
-        self.complete = last
-        return last
 
 
-class HelloAssembler:
-    """Collects a peer's resynchronisation point message by message; `add` returns True at the last."""
-    WHAT = "hello"
+class HelloAssembler(_Assembler):
+    """A peer's resynchronisation point (every message opens with the same ids and generations)."""
+    WHAT, MAGIC, ENTRY, UNIT, PREAMBLE_BYTES = "hello", HELLO_MAGIC, _FRAME_ID, "frame", _HELLO_POINT.size
 
     def __init__(self, expected_link_id: str) -> None:
-        self.expected_link_id = expected_link_id
+        super().__init__(expected_link_id)
         self._preamble: bytes | None = None
         self._frames: set[int] = set()
-        self.complete = False
 
     @property
     def point(self) -> ResyncPoint:
         store_id, generation, peer_store_id, peer_generation = _HELLO_POINT.unpack(self._preamble)
         return ResyncPoint(store_id, generation, peer_store_id, peer_generation, frozenset(self._frames))
 
-    def add(self, message: bytes) -> bool:
-        if self.complete:
-            raise ResyncMessageError("hello message after the last one")
-        body, last = _unframe(message, HELLO_MAGIC, self.expected_link_id, _FRAME_ID.size,
-                              MAX_KEYS - len(self._frames), self.WHAT, "frame", preamble_bytes=_HELLO_POINT.size)
+    def _held(self) -> int:
+        return len(self._frames)
+
+    def _take(self, body: bytes) -> None:
         preamble, body = body[:_HELLO_POINT.size], body[_HELLO_POINT.size:]
         if self._preamble is not None and preamble != self._preamble:
             raise ResyncMessageError("hello messages disagree on the resynchronisation point")
@@ -312,8 +327,6 @@ class HelloAssembler:
             if frame_id in self._frames:
                 raise ResyncMessageError(f"hello lists frame {frame_id} twice")
             self._frames.add(frame_id)
-        self.complete = last
-        return last
 
 
 def _unframe(message: bytes, magic: bytes, expected_link_id: str, entry_bytes: int, room: int,

@@ -49,13 +49,7 @@ def TestOneInput(data: bytes) -> None:
     messages = _messages(data)
     _check_hello(messages)
     _check_summaries(messages)
-    assembler = InventoryAssembler(LINK_ID)
-    try:
-        for message in messages:
-            assembler.add(message)
-    except ResyncMessageError:
-        return
-    if not assembler.complete:
+    if (assembler := _complete(InventoryAssembler(LINK_ID), messages)) is None:
         return
     remote = assembler.inventory
     if len(remote) > MAX_KEYS or not all(str(uuid.UUID(key_id)) == key_id and isinstance(state, KeyState)
@@ -67,14 +61,18 @@ def TestOneInput(data: bytes) -> None:
         raise Finding(f"resync plan names a key twice or a key this end lacks: {plan!r}")
 
 
-def _check_hello(messages: list[bytes]) -> None:
-    assembler = HelloAssembler(LINK_ID)
+def _complete(assembler, messages: list[bytes]):
+    """`assembler` after taking every message, or None where one was refused or the last is missing."""
     try:
         for message in messages:
             assembler.add(message)
     except ResyncMessageError:
-        return
-    if not assembler.complete:
+        return None
+    return assembler if assembler.complete else None
+
+
+def _check_hello(messages: list[bytes]) -> None:
+    if (assembler := _complete(HelloAssembler(LINK_ID), messages)) is None:
         return
     peer = assembler.point
     scope = resync_scope(LOCAL_POINT, peer)
@@ -85,13 +83,7 @@ def _check_hello(messages: list[bytes]) -> None:
 
 
 def _check_summaries(messages: list[bytes]) -> None:
-    assembler = SummaryAssembler(LINK_ID)
-    try:
-        for message in messages:
-            assembler.add(message)
-    except ResyncMessageError:
-        return
-    if not assembler.complete:
+    if (assembler := _complete(SummaryAssembler(LINK_ID), messages)) is None:
         return
     for summary in assembler.summaries.values():
         if not (0 < summary.keys and summary.pending <= summary.holding
