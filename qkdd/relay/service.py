@@ -26,6 +26,7 @@ from qkdd.link_channel import LINKSTATE_CHANNEL, RELAY_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
 from qkdd.relay import protocol as rp
+from qkdd.relay.flood_limit import ORIGIN_BURST, FloodLimiter, TokenBucket
 from qkdd.relay.hop_keys import StoreBatches, take_hop_keys
 from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase
 from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topology, disjoint_routes, route_along,
@@ -57,6 +58,7 @@ class RelaySettings:
     max_age_s: float = 60.0
     request_timeout_s: float = 10.0
     key_expiry_s: float = 3600.0
+    max_announcements_per_s: float = 1.0     # of one origin, accepted by every node (flood_limit.py)
 
 
 class _Waiter:
@@ -76,7 +78,11 @@ class RelayService:
         self.store = store
         self.metrics = metrics
         self._rates = rates or (lambda link_id: (0.0, math.nan))
-        self.db = LinkStateDatabase(self.node_id, self.public_key, max_age_s=settings.max_age_s)
+        self.db = LinkStateDatabase(self.node_id, self.public_key, max_age_s=settings.max_age_s,
+                                    limiter=FloodLimiter(settings.max_announcements_per_s))
+        # our own originations: half the rate and burst our neighbours accept, so that a delay on the way
+        # never bunches two of them into a drop there
+        self._own_rate = TokenBucket(ORIGIN_BURST / 2, settings.max_announcements_per_s / 2, ORIGIN_BURST / 2, 0.0)
         self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s)
         self._links = sorted(channels)
         self._ls_out: dict[str, trio.MemorySendChannel] = {}
@@ -100,6 +106,7 @@ class RelayService:
             self._nursery = nursery
             nursery.start_soon(self._peer_log.run)
             nursery.start_soon(self._store.run)
+            self._own_rate.updated_s = trio.current_time()
             await self._originate()
             task_status.started()
             while True:
@@ -107,6 +114,7 @@ class RelayService:
                     await self._changed.wait()
                 self._changed = trio.Event()
                 await trio.sleep(0.05)            # changes close together make one announcement
+                await trio.sleep(self._own_rate.wait_s(trio.current_time()))
                 self.db.expire(trio.current_time())
                 self._send_all(self.endpoint.expire(trio.current_time()))
                 await self._originate()
@@ -115,6 +123,7 @@ class RelayService:
         self._changed.set()
 
     async def _originate(self) -> None:
+        self._own_rate.take(trio.current_time())
         stock = {}
         for link_id in self._links:
             try:
@@ -506,7 +515,8 @@ def build_relay(config, links, app) -> RelayService | None:
     signing_key = channels[relay_links[0].link_id].signing_key
     relay = config.relay
     settings = RelaySettings(config.node.id, config.node.trust_level, relay.hop_limit, relay.min_trust,
-                             relay.announce_interval_s, relay.max_age_s, relay.request_timeout_s, relay.key_expiry_s)
+                             relay.announce_interval_s, relay.max_age_s, relay.request_timeout_s, relay.key_expiry_s,
+                             max_announcements_per_s=relay.max_announcements_per_s)
 
     def rates(link_id: str) -> tuple[float, float]:
         engine = links.engines.get(link_id)
