@@ -95,7 +95,8 @@ class SocketNet:
     def service(self, name: str) -> RelayService:
         return self.nodes[name].service
 
-    async def start(self, name: str, nursery: trio.Nursery) -> SocketNode:
+    async def start(self, name: str, nursery: trio.Nursery, *, before_run=None) -> SocketNode:
+        """Build the node as the daemon does and run it; `before_run(node)` may wrap its parts first."""
         node = self.nodes[name]
         node.stopped = trio.Event()
         node.store = node.open_store()
@@ -114,6 +115,8 @@ class SocketNet:
         node.registry = CollectorRegistry()
         node.service = RelayService(RelaySettings(name, **self.settings), node.identity, node.channels, node.store,
                                     metrics=RelayMetrics(node.registry))
+        if before_run is not None:
+            before_run(node)
         await nursery.start(self._run_node, node)
         return node
 
@@ -163,6 +166,16 @@ class SocketNet:
             if diff:
                 out[link_id] = diff
         return out
+
+
+def capture_streams(channel: LinkChannel, streams: dict) -> None:
+    """Fill `streams` with the MuxStream of each channel kind of `channel`'s sessions, by channel number,
+    as each session runs (so a test can write raw records on the real session beside the handler)."""
+    for number, handler in list(channel._handlers.items()):
+        async def wrapped(stream, handler=handler, number=number):
+            streams[number] = stream
+            await handler(stream)
+        channel._handlers[number] = wrapped
 
 
 def state_of(store: KeyStore, link_id: str, key_id: str) -> KeyState | None:
