@@ -2,8 +2,9 @@
 A-B-C-D-E-F and a ring B-C-D-X. Keys requested at A through /v1/relay, and through ETSI 014 (KMEs on A,
 B, D, F), come out equal at the destination over 1, 3 and 5 hops (once: a second fetch is refused); a
 multi-path key travels over two node-disjoint routes; kill -9 of the relay the 5-hop route uses, with
-requests in flight, leaves each delivered at both ends or at neither, and new requests reroute round the
-ring; bad requests get clear errors; no key appears in any node's log."""
+requests in flight, leaves each delivered at both ends or at neither (the source's journal rolls the failed
+ones back at the destination), and new requests reroute round the ring; bad requests get clear errors; no
+key appears in any node's log."""
 from __future__ import annotations
 
 import base64
@@ -128,6 +129,10 @@ def test_relay_reroutes_after_kill_of_a_middle_node(lab):
             fetched = lab.call("F", "GET", f"/v1/keys/{body['key_id']}")
             assert fetched.status_code == 200 and fetched.json()["key"] == body["key"], fetched.text
             SEEN_KEYS.append(base64.b64decode(body["key"]))
+    # the failed ones settle from A's journal: rolled back at F (over the other route), none left at one end
+    wait_for("A's relay journal to settle", lambda: lab.query("A", "SELECT COUNT(*) FROM relay_requests") == [(0,)],
+             timeout_s=60, interval_s=0.25)
+    assert lab.query("F", "SELECT COUNT(*) FROM keys WHERE link_id = 'relay' AND sealed IS NOT NULL") == [(0,)]
     wait_for(f"every route A -> F to avoid {middle}", lambda: (routes := lab.routes("A", "F")) and all(
         middle not in r["path"] for r in routes), timeout_s=30, interval_s=0.25)
     body, key = relayed(lab, "A", "F", 256)
