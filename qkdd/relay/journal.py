@@ -55,6 +55,7 @@ class SentKeys:
     relay_id: str
     link_id: str
     key_ids: tuple[str, ...]
+    created_at: float
 
 
 class RelayJournal(SavepointTransactions):
@@ -109,6 +110,7 @@ class RelayJournal(SavepointTransactions):
 
     def sent_keys(self) -> list[SentKeys]:
         with self._lock:
-            rows = self._db.execute("SELECT relay_id, link_id, key_ids FROM relay_sent_keys "
+            rows = self._db.execute("SELECT relay_id, link_id, key_ids, created_at FROM relay_sent_keys "
                                     "ORDER BY created_at").fetchall()
-        return [SentKeys(relay_id, link_id, tuple(ids.split())) for relay_id, link_id, ids in rows]
+        return [SentKeys(relay_id, link_id, tuple(ids.split()), created_at) for relay_id, link_id, ids, created_at
+                in rows]

@@ -239,9 +239,10 @@ class RolledBack:
 
 @dataclass(frozen=True)
 class Confirmed:
-    """The next node downstream took this node's keys of the request (its CONFIRM came back)."""
+    """The next node downstream (on `link_id`) took this node's keys of the request (its CONFIRM came back)."""
 
     relay_id: str
+    link_id: str
 
 
 @dataclass(frozen=True)
@@ -527,14 +528,15 @@ class RelayEndpoint:
         if kind is MessageType.CONFIRM:
             if request.role == RELAY:
                 request.state = nxt
-                return [Confirmed(relay_id), Send(request.up_link, payload)]
+                return [Confirmed(relay_id, request.down_link), Send(request.up_link, payload)]
             wanted = confirmation_tag(request.key, "dst", relay_id, request.source, request.destination, request.bits)
             if not hmac.compare_digest(wanted, body):
-                return [Confirmed(relay_id)] + self._abort(relay_id, "the destination's confirmation does not "
-                                                           "match: keys differ")
+                return [Confirmed(relay_id, request.down_link)] + self._abort(
+                    relay_id, "the destination's confirmation does not match: keys differ")
             request.state = nxt
             tag = confirmation_tag(request.key, "src", relay_id, request.source, request.destination, request.bits)
-            return [Confirmed(relay_id), Send(request.down_link, encode_tag(MessageType.COMMIT, relay_id, tag))]
+            return [Confirmed(relay_id, request.down_link),
+                    Send(request.down_link, encode_tag(MessageType.COMMIT, relay_id, tag))]
         if kind is MessageType.COMMIT:
             if request.role == RELAY:
                 request.state = nxt

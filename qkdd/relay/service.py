@@ -46,6 +46,8 @@ ATTEMPTS = 2                     # routes tried per request (the second on the t
 RETRY_WAIT_S = 1.0
 MAX_SHARE_GROUPS = 4096          # multi-path keys whose shares the destination holds while the others travel
 SETTLE_INTERVAL_S = 1.0          # unsettled requests of the journal: a ROLLBACK each this often until answered
+FORGET_INTERVAL_S = 10.0         # confirmed hops leave the journal this often (or at FORGET_BATCH of them)
+FORGET_BATCH = 1024
 REMEMBERED_ROLLBACKS = 4096      # key ids the destination was told to roll back (a late store of one is refused)
 
 
@@ -107,6 +109,9 @@ class RelayService:
         self._rolled_back: dict[str, None] = {}      # key ids rolled back here (bounded, oldest out)
         self._confirmed: set[tuple[str, str]] = set()   # (relay id, link id) of hops the next node took
         self._taking: set[str] = set()                  # relay ids whose hop keys are being taken here
+        # the journal may hold something to settle (at start, and after any request ended without DONE)
+        self._unsettled = True
+        self._forgotten_at = 0.0
         # (source node, key-store link id, stored key id, note) -> None; raises to refuse (the ETSI 014 KME)
         self.note_handler: Callable[[str, str, str, bytes], None] | None = None
         for link_id, channel in channels.items():
@@ -339,6 +344,7 @@ class RelayService:
                 raise RelayError(f"the confirmed key cannot be recorded as served ({exc}): it is rolled back")
             return relay_id, bytes(key)
         except BaseException:
+            self._unsettled = True
             self._settle_now.set()
             raise
         finally:
@@ -370,15 +376,25 @@ class RelayService:
             with trio.move_on_after(SETTLE_INTERVAL_S):
                 await self._settle_now.wait()
             self._settle_now = trio.Event()
-            await self._erase_unconfirmed_hops()
+            now = trio.current_time()
+            if self._confirmed and (len(self._confirmed) >= FORGET_BATCH or now - self._forgotten_at >= FORGET_INTERVAL_S
+                                    or self._unsettled):
+                await self._forget_confirmed_hops()
+                self._forgotten_at = now
+            if not self._unsettled:
+                continue                          # nothing ended without DONE: no store work in the quiet path
+            self._unsettled = False
+            pending = await self._erase_unconfirmed_hops()
             try:
                 open_requests = await self._store.call(self.journal.open_requests)
             except KeyStoreError as exc:
+                self._unsettled = True
                 self._peer_log.log(logging.WARNING, "relay-journal", "relay journal unreadable: %s", exc)
                 continue
             for request in open_requests:
                 if request.relay_id in self._waiters:
                     continue
+                pending = True
                 if time.time() - request.created_at > self.settings.key_expiry_s + SETTLE_INTERVAL_S:
                     # its key has expired at the destination anyway
                     await self._store.call(self.journal.close_request, request.relay_id)
@@ -390,24 +406,41 @@ class RelayService:
                 except RelayError:
                     continue                      # no route yet (after a restart): the next round
                 self._send_all(self.endpoint.rollback(request.relay_id, request.group, route.path, route.links))
+            self._unsettled = self._unsettled or pending
 
-    async def _erase_unconfirmed_hops(self) -> None:
-        """Forget the hops the next node took; ask it to erase the keys of those whose request ended here
-        without its CONFIRM (journal.py)."""
+    async def _forget_confirmed_hops(self) -> None:
+        """The hops the next node took leave the journal (a row left after a crash costs only an ERASE_KEYS
+        that changes nothing)."""
         done, self._confirmed = self._confirmed, set()
         try:
-            if done:
-                await self._store.call(self.journal.forget_sent, done)
-            sent = await self._store.call(self.journal.sent_keys)
+            await self._store.call(self.journal.forget_sent, done)
         except KeyStoreError as exc:
             self._confirmed |= done
             self._peer_log.log(logging.WARNING, "relay-journal", "relay journal: %s", exc)
-            return
+
+    async def _erase_unconfirmed_hops(self) -> bool:
+        """Ask the next node to erase the keys of the hops whose request ended here without its CONFIRM
+        (journal.py). Whether any is left to settle."""
+        await self._forget_confirmed_hops()
+        try:
+            sent = await self._store.call(self.journal.sent_keys)
+        except KeyStoreError as exc:
+            self._peer_log.log(logging.WARNING, "relay-journal", "relay journal: %s", exc)
+            return True
+        pending = False
         for hop in sent:
             if (hop.relay_id in self._waiters or hop.relay_id in self.endpoint.requests or hop.relay_id in self._taking
                     or (hop.relay_id, hop.link_id) in self._confirmed):
-                continue                          # still running here, or just confirmed
+                continue                          # still running here (it ends in CONFIRM or an abort), or confirmed
+            if time.time() - hop.created_at > self.settings.key_expiry_s:
+                # no answer all this time (a node that does not know ERASE_KEYS): stop asking
+                await self._store.call(self.journal.forget_sent, [(hop.relay_id, hop.link_id)])
+                log.warning("link %s: no answer to erasing the keys of relay %s; stopped asking", hop.link_id,
+                            hop.relay_id)
+                continue
+            pending = True
             self._send(rp.Send(hop.link_id, rp.encode_erase_keys(hop.relay_id, hop.key_ids)))
+        return pending
 
     async def _erase_keys_here(self, event: rp.EraseKeys) -> None:
         try:
@@ -464,7 +497,8 @@ class RelayService:
         send, receive = trio.open_memory_channel[bytes](math.inf)
         self._relay_out[link_id] = send
         self._topology_changed()
-        self._settle_now.set()           # hops on this link left unconfirmed (before a restart) are settled now
+        self._unsettled = True           # hops on this link left unconfirmed (before a restart) are settled now
+        self._settle_now.set()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(functools.partial(_write_all, receive, stream, packed=True))
@@ -500,9 +534,7 @@ class RelayService:
             elif isinstance(event, rp.Delivered):
                 self._finish_waiter(event.relay_id, True, "")
             elif isinstance(event, rp.Confirmed):
-                request = self.endpoint.requests.get(event.relay_id)
-                if request is not None and request.down_link is not None:
-                    self._confirmed.add((event.relay_id, request.down_link))
+                self._confirmed.add((event.relay_id, event.link_id))
             elif isinstance(event, rp.EraseKeys):
                 self._spawn(self._erase_keys_here, event)
             elif isinstance(event, rp.KeysErased):
@@ -512,6 +544,7 @@ class RelayService:
             elif isinstance(event, rp.RolledBack):
                 self._spawn(self._settled, event)
             elif isinstance(event, rp.Aborted):
+                self._unsettled = True            # its journal rows (if any) settle in the next round
                 self._finish_waiter(event.relay_id, False, event.reason)
                 if self.metrics is not None and event.role != rp.SOURCE:
                     self.metrics.passed(event.role, "aborted")
