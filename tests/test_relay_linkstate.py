@@ -1,13 +1,17 @@
 """Link-state announcements and routes of the relay network, in memory: flooding over a small network
-converges to the same topology at every node, and forged, malformed, replayed or impersonating
-announcements are refused without changing anything."""
+converges to the same topology at every node, forged, malformed, replayed or impersonating announcements
+are refused without changing anything, and the flood rate limit (on trio's MockClock) drops an origin or a
+link that goes too fast while floods still converge."""
 from __future__ import annotations
 
 import math
 
 import pytest
+import trio
+from trio.testing import MockClock
 
 from qkdd.peer import generate_identity
+from qkdd.relay.flood_limit import LINK_BURST, ORIGIN_BURST, FloodLimiter
 from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase, decode, fingerprint
 from qkdd.relay.routing import build_topology, disjoint_routes, route_along, shortest_route
 
@@ -197,16 +201,10 @@ def test_relay_alternative_routes_list_distinct_paths_cheapest_first():
 # -- flood rate limit (qkdd.relay.flood_limit), on trio's MockClock: time passes only by trio.sleep ------------
 
 def run_mock(main):
-    import trio
-    from trio.testing import MockClock
     return trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
 def test_relay_an_origin_announcing_too_fast_is_dropped_then_accepted_at_the_configured_rate():
-    import trio
-
-    from qkdd.relay.flood_limit import ORIGIN_BURST
-
     net = Net(["A", "B"], [("A", "B")])
     net.flood()
     a, b = net.nodes["A"], net.nodes["B"]
@@ -232,10 +230,6 @@ def test_relay_an_origin_announcing_too_fast_is_dropped_then_accepted_at_the_con
 
 
 def test_relay_a_link_flooding_garbage_is_dropped_before_decoding_and_other_links_are_untouched():
-    import trio
-
-    from qkdd.relay.flood_limit import LINK_BURST, FloodLimiter
-
     net = Net(["A", "B", "C"], [("A", "B"), ("B", "C")])
     net.flood()
     b, c = net.nodes["B"], net.nodes["C"]
@@ -261,8 +255,6 @@ def test_relay_a_link_flooding_garbage_is_dropped_before_decoding_and_other_link
 def test_relay_floods_converge_after_a_storm_of_originations():
     """Every node re-originates 20 times in two seconds (links flapping): many are dropped on the way, and
     the periodic refresh after the storm still gives every node every origin's latest announcement."""
-    import trio
-
     net = ring_and_chain()
     net.flood()
     dropped = []
