@@ -2,7 +2,7 @@
 objects, real TCP/TLS, a real SQLite key store per node). On the chain S - A - H, H is a genuine node that
 also writes raw records on its real session to A: malformed, forged-signature, replayed, oversize,
 impersonating and flooding link-state announcements, and malformed, oversize, replayed, misrouted,
-out-of-order and forged relay messages. A refuses each with a log line and a metric, keeps running, hands
+out-of-order, forged and off-route relay and rollback messages. A refuses each with a log line and a metric, keeps running, hands
 out and erases no key it should not, and still relays genuine keys both ways through it."""
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
     a_share = net.seeded["A-H"][0::2][-4:]
     streams: dict = {}
     sent_by_h: list[bytes] = []
+    unknown = str(uuid.uuid4())                # a relay id no node has seen
 
     def hostile(node) -> None:
         capture_streams(node.channels["A-H"], streams)
@@ -80,7 +81,6 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
 
             # -- relay messages -------------------------------------------------------------------------
             replayed = next(p for p in sent_by_h if rp.decode(p)[0] is rp.MessageType.FORWARD)
-            unknown = str(uuid.uuid4())
             own_share_forward = rp.encode_forward(rp.Forward(unknown, "H", "A", 256, 0, ("H", "A"), ("A-H",),
                                                              tuple(a_share[:1]), b""))
             spoofed = rp.encode_forward(rp.Forward(str(uuid.uuid4()), "S", "H", 256, 1, ("S", "A", "H"),
@@ -94,11 +94,15 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
                                 rp.encode_tag(rp.MessageType.COMMIT, unknown, bytes(32)),
                                 rp.encode_done(unknown), rp.encode_abort(unknown, "no such request")])[0],
                        rp.pack([own_share_forward])[0],                              # names A's own keys
-                       rp.pack([rp.encode_erase_keys(str(uuid.uuid4()), tuple(a_share[2:4]))])[0]]
+                       rp.pack([rp.encode_erase_keys(str(uuid.uuid4()), tuple(a_share[2:4]))])[0],
+                       rp.pack([rp.encode_settle(rp.MessageType.ROLLBACK, rp.Settle(       # off its route
+                           unknown, unknown, 0, ("S", "A"), ("S-A",)))])[0],
+                       rp.pack([rp.encode_settle(rp.MessageType.ROLLBACK, rp.Settle(       # of no key here
+                           unknown, unknown, 0, ("H", "A"), ("A-H",)))])[0]]
             for record in records:
                 await rl.send(record)
             await net.wait_for("A to refuse the relay messages",
-                               lambda: net["A"].metric("qkd_relay_refused_messages_total") - refused_before >= 9)
+                               lambda: net["A"].metric("qkd_relay_refused_messages_total") - refused_before >= 10)
 
             # a FORWARD with H's own keys, then a COMMIT under the wrong key: A aborts and serves nothing
             forged_id = str(uuid.uuid4())
@@ -135,5 +139,7 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
                      "(key-mismatch)", "(rate-limited)", "malformed record: message length past the record",
                      "malformed: relay message version 7", "malformed record: record of", "FORWARD replayed",
                      "FORWARD on a link or to a node its route does not name", "CONFIRM for no request here",
-                     "the source's confirmation does not match", "aborted at this relay: KeyUnavailable"):
+                     "the source's confirmation does not match", "aborted at this relay: KeyUnavailable",
+                     "ROLLBACK on a link or to a node its route does not name",
+                     f"rolled back at this destination for source H (key {unknown} absent)"):
         assert expected in log, expected
