@@ -144,6 +144,7 @@ class RelayLab:
         finally:
             for store in stores.values():
                 store.close()
+        self.seeded_before = time.time()           # keys created before this are the seeded ones
 
     def _write_config(self, node: str) -> Path:
         links = []
