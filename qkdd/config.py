@@ -463,8 +463,8 @@ class RelayConfig:
                               f"({self.announce_interval_s}), or announcements age out between refreshes")
         if self.max_announcements_per_s * self.announce_interval_s < 2:
             raise ConfigError(f"{key}.max_announcements_per_s", f"must be at least 2 / announce_interval_s "
-                              f"({2 / self.announce_interval_s:g}): a node originates at half the rate its "
-                              "neighbours accept, and its periodic refresh must fit in that")
+                              f"({2 / self.announce_interval_s:g}): a node originates below the rate its "
+                              "neighbours accept, and its periodic refresh must fit well in that")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ LINKS = [("A", "B"), ("B", "C"), ("C", "D"), ("D", "E"), ("E", "F"), ("B", "X"),
 def lab(tmp_path_factory):
     with RelayLab(tmp_path_factory.mktemp("relay"), NODES, LINKS, trust={"X": 50}, etsi014=ETSI_NODES) as running:
         running.wait_route("A", "F", timeout_s=90)
+        running.wait_route("A", "D", lambda r: "X" in r["path"], timeout_s=60)    # the ring, both ways round
         yield running
 
 

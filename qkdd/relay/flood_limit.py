@@ -14,13 +14,14 @@ a few changes close together (links coming up at start) all pass:
     bucket        what takes a token                          holds                      refills
     origin O      an announcement of O newer than the held    ORIGIN_BURST               per_origin_per_s
                   one (duplicates and stale copies take none)
-    link L        every announcement message arriving on L,   LINK_BURST + 2 x nodes     per_origin_per_s x
-                  before it is decoded                        known                      (nodes known + 1)
+    link L        every announcement message arriving on L,   LINK_BURST + ORIGIN_BURST  per_origin_per_s x
+                  before it is decoded                        x (nodes known + 1)        (nodes known + 1)
 
 An empty bucket drops the announcement ("rate-limited"); nothing else changes, so a later announcement of
 the same origin (its periodic refresh, or a neighbour's re-flood of it) is accepted once tokens are back:
-floods still converge, at most one refill interval late. A node throttles its own originations with its own
-origin bucket (service.py), so its neighbours never drop a legitimate announcement of it.
+floods still converge, at most one refill interval late. A node throttles its own originations (service.py) to OWN_BURST and
+OWN_RATE_FRACTION of the rate, so that its neighbours never drop a legitimate announcement of it, even
+when the network delays some of them more than others (the margin of the burst absorbs the bunching).
 
 The origin buckets are bounded (MAX_ORIGIN_BUCKETS, least recently used out); link buckets exist only for
 this node's configured links.
@@ -30,8 +31,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-ORIGIN_BURST = 10                 # originations of one origin that pass at once (a start-up's link changes)
-LINK_BURST = 32                   # on top of two copies of the database, per link
+ORIGIN_BURST = 20                 # originations of one origin that pass at once (a start-up's link changes)
+OWN_BURST = 15                    # what a node allows itself: less, so delays on the way never cause a drop
+OWN_RATE_FRACTION = 0.8
+LINK_BURST = 32                   # on top of every known origin's burst, per link
 MAX_ORIGIN_BUCKETS = 2048         # twice linkstate.MAX_NODES: held origins and those waiting for a voucher
 DEFAULT_PER_ORIGIN_PER_S = 1.0
 
@@ -86,9 +89,13 @@ class FloodLimiter:
         """A new announcement of `origin` (newer than the one held) may be accepted."""
         return self.origin_bucket(origin, now_s).take(now_s)
 
+    def own_bucket(self, now_s: float) -> TokenBucket:
+        """The bucket a node throttles its own originations with."""
+        return TokenBucket(OWN_BURST, self.per_origin_per_s * OWN_RATE_FRACTION, OWN_BURST, now_s)
+
     def admit_link(self, link_id: str, now_s: float, nodes_known: int) -> bool:
         """One more announcement message on `link_id` may be looked at."""
-        capacity = LINK_BURST + 2 * nodes_known
+        capacity = LINK_BURST + ORIGIN_BURST * (nodes_known + 1)
         per_s = self.per_origin_per_s * (nodes_known + 1)
         bucket = self._links.get(link_id)
         if bucket is None:

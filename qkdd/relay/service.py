@@ -32,7 +32,7 @@ from qkdd.link_channel import LINKSTATE_CHANNEL, RELAY_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
 from qkdd.relay import protocol as rp
-from qkdd.relay.flood_limit import ORIGIN_BURST, FloodLimiter, TokenBucket
+from qkdd.relay.flood_limit import FloodLimiter
 from qkdd.relay.hop_keys import StoreBatches, erase_sent_keys, take_hop_keys
 from qkdd.relay.journal import RelayJournal
 from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase
@@ -91,9 +91,8 @@ class RelayService:
         self._rates = rates or (lambda link_id: (0.0, math.nan))
         self.db = LinkStateDatabase(self.node_id, self.public_key, max_age_s=settings.max_age_s,
                                     limiter=FloodLimiter(settings.max_announcements_per_s))
-        # our own originations: half the rate and burst our neighbours accept, so that a delay on the way
-        # never bunches two of them into a drop there
-        self._own_rate = TokenBucket(ORIGIN_BURST / 2, settings.max_announcements_per_s / 2, ORIGIN_BURST / 2, 0.0)
+        # our own originations: less than our neighbours accept (flood_limit.py)
+        self._own_rate = self.db.limiter.own_bucket(0.0)
         self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s)
         self._links = sorted(channels)
         self._ls_out: dict[str, trio.MemorySendChannel] = {}
