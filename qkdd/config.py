@@ -457,11 +457,17 @@ class RelayConfig:
     max_age_s: float = field(default=60.0, metadata=meta(check=in_range(2, 86400)))
     request_timeout_s: float = field(default=10.0, metadata=meta(check=in_range(0.5, 300)))
     key_expiry_s: float = field(default=3600.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    # link-state announcements of one origin accepted per second (after a burst; qkdd/relay/flood_limit.py)
+    max_announcements_per_s: float = field(default=1.0, metadata=meta(check=in_range(0.01, 1000)))
 
     def validate(self, key: str) -> None:
         if self.max_age_s < 2 * self.announce_interval_s:
             raise ConfigError(f"{key}.max_age_s", f"must be at least twice announce_interval_s "
                               f"({self.announce_interval_s}), or announcements age out between refreshes")
+        if self.max_announcements_per_s * self.announce_interval_s < 2:
+            raise ConfigError(f"{key}.max_announcements_per_s", f"must be at least 2 / announce_interval_s "
+                              f"({2 / self.announce_interval_s:g}): a node originates below the rate its "
+                              "neighbours accept, and its periodic refresh must fit well in that")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ tests create (10.237.N.0/24); nothing leaves them.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -143,6 +144,7 @@ class RelayLab:
         finally:
             for store in stores.values():
                 store.close()
+        self.seeded_before = time.time()           # keys created before this are the seeded ones
 
     def _write_config(self, node: str) -> Path:
         links = []
@@ -243,6 +245,13 @@ request_timeout_s = 8
             return bool(found)
         wait_for(f"a route {src} -> {dst}", ready, timeout_s=timeout_s, interval_s=0.25)
         return found[0]
+
+    def query(self, node: str, sql: str, *args) -> list[tuple]:
+        """Rows of a read-only query on `node`'s key store file (the daemon keeps writing it meanwhile)."""
+        import sqlite3
+        path = self.workdir / f"state-{node}" / KEYSTORE_FILE
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+            return db.execute(sql, args).fetchall()
 
     def kill(self, node: str) -> None:
         self.daemons[node].stop(signal.SIGKILL)

@@ -378,6 +378,8 @@ def test_relay_node_config_errors_name_the_key(tmp_path):
                                                                                                  key="/k1"),
          "relay.max_age_s"),
         ('[node]\nid = "A"\ntrust_level = 300\n' + link.format(id="l1", port=1, key="/k1"), "node.trust_level"),
+        ('[node]\nid = "A"\n[relay]\nmax_announcements_per_s = 0.1\n' + link.format(id="l1", port=1, key="/k1"),
+         "relay.max_announcements_per_s"),
     ]
     for text, key in cases:
         path = tmp_path / "qkdd.toml"

@@ -1,13 +1,17 @@
 """Link-state announcements and routes of the relay network, in memory: flooding over a small network
-converges to the same topology at every node, and forged, malformed, replayed or impersonating
-announcements are refused without changing anything."""
+converges to the same topology at every node, forged, malformed, replayed or impersonating announcements
+are refused without changing anything, and the flood rate limit (on trio's MockClock) drops an origin or a
+link that goes too fast while floods still converge."""
 from __future__ import annotations
 
 import math
 
 import pytest
+import trio
+from trio.testing import MockClock
 
 from qkdd.peer import generate_identity
+from qkdd.relay.flood_limit import LINK_BURST, ORIGIN_BURST, FloodLimiter
 from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase, decode, fingerprint
 from qkdd.relay.routing import build_topology, disjoint_routes, route_along, shortest_route
 
@@ -192,3 +196,91 @@ def test_relay_alternative_routes_list_distinct_paths_cheapest_first():
     paths = [r.path for r in alternative_routes(topology, "A", "D", 3)]
     assert sorted(paths) == [("A", "B", "C", "D"), ("A", "B", "X", "D")]
     assert alternative_routes(topology, "A", "D", 3, min_trust=200) == []
+
+
+# -- flood rate limit (qkdd.relay.flood_limit), on trio's MockClock: time passes only by trio.sleep ------------
+
+def run_mock(main):
+    return trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
+def test_relay_an_origin_announcing_too_fast_is_dropped_then_accepted_at_the_configured_rate():
+    net = Net(["A", "B"], [("A", "B")])
+    net.flood()
+    a, b = net.nodes["A"], net.nodes["B"]
+
+    async def main():
+        results = []
+        for _ in range(60):                       # 100 a second for 0.6 s, each newer than the last
+            results.append(b.db.receive(a.announce(trio.current_time()), "A-B", trio.current_time(), WALL_S))
+            await trio.sleep(0.01)
+        accepted = [r for r in results if r.accepted]
+        limited = [r for r in results if r.refusal == "rate-limited"]
+        # the burst (less the tokens net.flood spent) plus at most one refill a second
+        assert ORIGIN_BURST - 3 <= len(accepted) <= ORIGIN_BURST + 1
+        assert len(accepted) + len(limited) == 60 and "faster than 1/s" in limited[0].detail
+        last_held = b.db.highest["A"]
+        await trio.sleep(1.0)                     # one token back: A's next (its refresh) is accepted
+        refresh = a.announce(trio.current_time())
+        assert b.db.receive(refresh, "A-B", trio.current_time(), WALL_S).accepted
+        assert b.db.highest["A"] > last_held and b.db.announcements()["A"] == decode(refresh)[0]
+        # nothing but A's own bucket was spent: an echo of the held one is a duplicate, not a drop
+        assert b.db.receive(refresh, "A-B", trio.current_time(), WALL_S).refusal == "duplicate"
+    run_mock(main)
+
+
+def test_relay_a_link_flooding_garbage_is_dropped_before_decoding_and_other_links_are_untouched():
+    net = Net(["A", "B", "C"], [("A", "B"), ("B", "C")])
+    net.flood()
+    b, c = net.nodes["B"], net.nodes["C"]
+    b.db.limiter = FloodLimiter()                 # full buckets (net.flood spent some of the first ones)
+
+    async def main():
+        refusals = []
+        for _ in range(300):
+            refusals.append(b.db.receive(b"\x00" * 64, "A-B", trio.current_time(), WALL_S).refusal)
+            await trio.sleep(0.001)
+        capacity = LINK_BURST + ORIGIN_BURST * (len(b.db.highest) + 1)
+        looked_at = refusals.count("malformed")
+        assert capacity <= looked_at <= capacity + 1                          # + 0.2 s of refill
+        assert refusals.count("rate-limited") == 300 - looked_at
+        # the other link's genuine announcement is accepted; on A-B, one is after a refill
+        assert b.db.receive(c.announce(trio.current_time()), "B-C", trio.current_time(), WALL_S).accepted
+        await trio.sleep(1.0)
+        assert b.db.receive(net.nodes["A"].announce(trio.current_time()), "A-B", trio.current_time(),
+                            WALL_S).accepted
+    run_mock(main)
+
+
+def test_relay_floods_converge_after_a_storm_of_originations():
+    """Every node re-originates 40 times in four seconds (links flapping): many are dropped on the way, and
+    the periodic refresh after the storm still gives every node every origin's latest announcement."""
+    net = ring_and_chain()
+    net.flood()
+    dropped = []
+
+    async def deliver(origin: Node, payload: bytes) -> None:
+        queue = [(origin.links[link_id], link_id, payload) for link_id in origin.links]
+        while queue:
+            node, link_id, item = queue.pop(0)
+            result = node.db.receive(item, link_id, trio.current_time(), WALL_S + trio.current_time())
+            dropped.append(result.refusal == "rate-limited")
+            if result.accepted:
+                queue += [(n, other, p) for other, n in node.links.items() if other != link_id for p in result.flood]
+
+    async def main():
+        for _ in range(40):
+            for node in net.nodes.values():
+                await deliver(node, node.announce(trio.current_time(), WALL_S + trio.current_time()))
+            await trio.sleep(0.1)
+        assert any(dropped)
+        for _ in range(3):                          # the refresh every 5 s (announce_interval_s)
+            await trio.sleep(5.0)
+            for node in net.nodes.values():
+                await deliver(node, node.announce(trio.current_time(), WALL_S + trio.current_time()))
+        for node in net.nodes.values():
+            assert node.db.highest == {n: other.db.last_sequence for n, other in net.nodes.items()}
+        views = [build_topology(node.db.announcements()).edges for node in net.nodes.values()]
+        assert all(view == views[0] for view in views) and shortest_route(
+            build_topology(net.nodes["A"].db.announcements()), "A", "F").hops == 5
+    run_mock(main)

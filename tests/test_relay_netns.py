@@ -2,8 +2,10 @@
 A-B-C-D-E-F and a ring B-C-D-X. Keys requested at A through /v1/relay, and through ETSI 014 (KMEs on A,
 B, D, F), come out equal at the destination over 1, 3 and 5 hops (once: a second fetch is refused); a
 multi-path key travels over two node-disjoint routes; kill -9 of the relay the 5-hop route uses, with
-requests in flight, leaves each delivered at both ends or at neither, and new requests reroute round the
-ring; bad requests get clear errors; no key appears in any node's log."""
+requests in flight, leaves each delivered at both ends or at neither (the source's journal rolls the failed
+ones back at the destination), and new requests reroute round the ring; kill -9 of the destination with
+requests in flight settles the same way once it is restarted; bad requests get clear errors; no key
+appears in any node's log."""
 from __future__ import annotations
 
 import base64
@@ -26,6 +28,7 @@ LINKS = [("A", "B"), ("B", "C"), ("C", "D"), ("D", "E"), ("E", "F"), ("B", "X"),
 def lab(tmp_path_factory):
     with RelayLab(tmp_path_factory.mktemp("relay"), NODES, LINKS, trust={"X": 50}, etsi014=ETSI_NODES) as running:
         running.wait_route("A", "F", timeout_s=90)
+        running.wait_route("A", "D", lambda r: "X" in r["path"], timeout_s=60)    # the ring, both ways round
         yield running
 
 
@@ -128,6 +131,10 @@ def test_relay_reroutes_after_kill_of_a_middle_node(lab):
             fetched = lab.call("F", "GET", f"/v1/keys/{body['key_id']}")
             assert fetched.status_code == 200 and fetched.json()["key"] == body["key"], fetched.text
             SEEN_KEYS.append(base64.b64decode(body["key"]))
+    # the failed ones settle from A's journal: rolled back at F (over the other route), none left at one end
+    wait_for("A's relay journal to settle", lambda: lab.query("A", "SELECT COUNT(*) FROM relay_requests") == [(0,)],
+             timeout_s=60, interval_s=0.25)
+    assert lab.query("F", "SELECT COUNT(*) FROM keys WHERE link_id = 'relay' AND sealed IS NOT NULL") == [(0,)]
     wait_for(f"every route A -> F to avoid {middle}", lambda: (routes := lab.routes("A", "F")) and all(
         middle not in r["path"] for r in routes), timeout_s=30, interval_s=0.25)
     body, key = relayed(lab, "A", "F", 256)
@@ -136,6 +143,41 @@ def test_relay_reroutes_after_kill_of_a_middle_node(lab):
     metrics = lab.metrics("A")
     assert 'qkd_relay_requests_total{result="delivered"}' in metrics
     assert "qkd_relay_key_bits_consumed_total" in lab.metrics("B")
+
+
+def test_relay_destination_killed_with_requests_in_flight_settles_after_restart(lab):
+    """kill -9 of the destination with requests in flight, then a restart: every key the source served is
+    served at the destination too, the others are rolled back there from the source's journal, and the
+    last link's keys are held at both ends or at neither."""
+    lab.wait_route("A", "F", lambda r: r["hops"] == 5)
+    # a steady stream (the lab's 8 client threads each request again as soon as answered), so that the kill
+    # finds requests at every stage, the destination's store and DONE on its way back among them
+    in_flight = [lab.call_soon("A", "POST", "/v1/relay/keys/request", {"dst": "F", "bits": 256}) for _ in range(48)]
+    stored = "SELECT COUNT(*) FROM keys WHERE link_id = 'relay' AND sealed IS NOT NULL"
+
+    def served() -> int:
+        return sum(future.done() and future.result().status_code == 200 for future in in_flight)
+    # the kill as soon as F holds a key A has not served yet (its DONE on the way back), if the stream offers one
+    wait_for("the stream to flow", lambda: served() >= 16 or lab.query("F", stored)[0][0] > served(),
+             timeout_s=60, interval_s=0.002)
+    lab.kill("F")
+    responses = [future.result() for future in in_flight]
+    assert all(r.status_code in (200, 503) for r in responses), [r.text for r in responses]
+    lab.daemons["F"].start()
+    lab.wait_route("A", "F", timeout_s=60)
+    for response in responses:
+        if response.status_code == 200:              # served at the source before the kill: durable at F
+            body = response.json()
+            fetched = lab.call("F", "GET", f"/v1/keys/{body['key_id']}")
+            assert fetched.status_code == 200 and fetched.json()["key"] == body["key"], fetched.text
+            SEEN_KEYS.append(base64.b64decode(body["key"]))
+    wait_for("A's relay journal to settle", lambda: lab.query("A", "SELECT COUNT(*) FROM relay_requests") == [(0,)],
+             timeout_s=60, interval_s=0.25)
+    assert lab.query("F", "SELECT COUNT(*) FROM keys WHERE link_id = 'relay' AND sealed IS NOT NULL") == [(0,)]
+    held = "SELECT key_id FROM keys WHERE link_id = 'E-F' AND sealed IS NOT NULL AND created_at < ?"
+    wait_for("the seeded keys of E-F to be held at both ends or at neither", lambda: set(
+        lab.query("E", held, lab.seeded_before)) == set(lab.query("F", held, lab.seeded_before)),
+        timeout_s=30, interval_s=0.25)
 
 
 def test_relay_no_key_in_any_log(lab):

@@ -181,3 +181,36 @@ def test_relay_multipath_shares_each_confirm_and_xor_to_the_key():
         assert (ready.group, ready.shares, ready.key) == (group, 2, bytes(key))
         keys.append(bytes(key))
     assert keys[0] != keys[1] and len(rp.xor(*keys)) == 32
+
+
+def test_relay_rollback_travels_source_routed_both_ways_and_is_refused_off_its_route():
+    chain = Chain(3)
+    relay_id, group = str(uuid.uuid4()), str(uuid.uuid4())
+    sends = chain.ends["N0"].rollback(relay_id, group, tuple(chain.names), tuple(chain.links))
+    chain.pump("N0", sends)
+    (rollback,) = chain.of("N3", rp.RollbackReceived)
+    assert (rollback.settle.relay_id, rollback.settle.group, rollback.settle.path[0]) == (relay_id, group, "N0")
+    assert not chain.of("N1", rp.RollbackReceived) and not chain.of("N2", rp.RollbackReceived)   # passed on only
+    chain.pump("N3", chain.ends["N3"].rolled_back(rollback, rp.ERASED))
+    assert chain.of("N0", rp.RolledBack) == [rp.RolledBack(relay_id, rp.ERASED)]
+    # off its route: on a link the route does not name, or to a node that is not next on it
+    payload = sends[0].payload
+    assert isinstance(chain.ends["N1"].receive("L1", payload, 0.0)[0], rp.Refused)
+    assert isinstance(chain.ends["N2"].receive("L0", payload, 0.0)[0], rp.Refused)
+    settle = rp.decode(payload)[2]
+    assert rp.decode(rp.encode_settle(rp.MessageType.ROLLBACK, settle))[2] == settle
+    for bad in (payload[:30], payload[:-1] + b"\x05", payload + b"\x00"):      # truncated, outcome, trailing
+        assert isinstance(chain.ends["N1"].receive("L0", bad, 0.0)[0], rp.Refused)
+
+
+def test_relay_rollback_aborts_a_destination_still_confirming():
+    chain = Chain(2)
+    chain.down.add(("L1", "N2"))                   # the destination's CONFIRM never gets back
+    relay_id, _ = chain.start()
+    assert relay_id in chain.ends["N2"].requests
+    chain.down.clear()
+    chain.ends["N0"].requests.clear()              # the source forgot it (it was restarted)
+    chain.pump("N0", chain.ends["N0"].rollback(relay_id, relay_id, tuple(chain.names), tuple(chain.links)))
+    assert relay_id not in chain.ends["N2"].requests
+    assert chain.of("N2", rp.Aborted)[0].reason == "rolled back by the source"
+    assert chain.of("N2", rp.RollbackReceived)

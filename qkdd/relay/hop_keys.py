@@ -78,3 +78,17 @@ def _take_by_id(store, link_id: str, key_ids: tuple[str, ...], relay_id: str) ->
             store.apply_resync(link_id, pending, [], [])
             store.reserve_ids(link_id, list(key_ids), holder, peer_share_only=True)
         return [store.deliver(link_id, key_id, holder=holder) for key_id in key_ids]
+
+
+def erase_sent_keys(store, link_id: str, key_ids: tuple[str, ...], relay_id: str) -> int:
+    """Blocking. The keys the other end took and erased for a hop whose FORWARD never got here (it was
+    lost when a node died): each one of its share still held here is taken and erased as the FORWARD would
+    have; the others (taken already, or not its share) stay as they are. Returns how many went."""
+    erased = 0
+    for key_id in key_ids:
+        try:
+            _take_by_id(store, link_id, (key_id,), relay_id)
+            erased += 1
+        except KeyStoreError:
+            pass
+    return erased

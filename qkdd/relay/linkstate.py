@@ -25,6 +25,9 @@ Acceptance, in order (anything else is refused with a reason, and nothing change
     freshness         sequence <= the highest seen from the origin     -> "stale" (a replay), or
                       "duplicate" for the same sequence (a normal flooding echo, not flooded again)
                       sequence older than max_age_s, or further ahead than MAX_CLOCK_AHEAD_S -> "stale"
+    rate              the link carries more announcements than its share (checked first, before decoding),
+                      or the origin originates faster than the configured rate -> "rate-limited"
+                      (flood_limit.py; nothing changes, so the origin's next announcement still counts)
 
     state of one origin:  (none) --accept--> HELD --newer accept--> HELD --max_age_s without a newer--> AGED
                           AGED keeps the highest sequence, so a replay of an aged-out announcement is stale.
@@ -49,6 +52,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa
 
+from qkdd.relay.flood_limit import FloodLimiter
 from qkdd.relay.wire import Reader, RelayWireError, Writer
 
 MAGIC = b"QLSA"
@@ -66,7 +70,7 @@ MAX_CLOCK_AHEAD_S = 60.0         # an origin's clock this far ahead of ours is a
 MAX_TRUST = 255
 
 REFUSALS = ("malformed", "bad-signature", "impersonation", "key-mismatch", "stale", "duplicate", "unvouched",
-            "full")
+            "full", "rate-limited")
 
 
 def fingerprint(public_key_raw: bytes) -> bytes:
@@ -181,6 +185,7 @@ class LinkStateDatabase:
     pinned: dict[str, bytes] = field(default_factory=dict)         # link_id -> neighbour's fingerprint
     unvouched: dict[tuple[str, bytes], tuple[bytes, str]] = field(default_factory=dict)
     last_sequence: int = 0
+    limiter: FloodLimiter = field(default_factory=FloodLimiter)
 
     # -- own announcements ---------------------------------------------------------------------------
     def next_sequence(self, wall_s: float) -> int:
@@ -205,6 +210,12 @@ class LinkStateDatabase:
 
     # -- receiving -------------------------------------------------------------------------------------
     def receive(self, payload: bytes, via_link: str | None, now_s: float, wall_s: float) -> Received:
+        if via_link is not None and not self.limiter.admit_link(via_link, now_s, len(self.highest)):
+            return Received(None, False, "rate-limited", f"link {via_link} carries announcements faster than "
+                            f"{self.limiter.per_origin_per_s:g}/s for each of the {len(self.highest)} nodes known")
+        return self._receive(payload, via_link, now_s, wall_s)
+
+    def _receive(self, payload: bytes, via_link: str | None, now_s: float, wall_s: float) -> Received:
         try:
             announcement, signed, signature = decode(payload)
         except RelayWireError as exc:
@@ -229,6 +240,9 @@ class LinkStateDatabase:
         seen = self.highest.get(origin)
         if seen is not None and announcement.sequence <= seen:
             return Received(origin, False, "duplicate" if announcement.sequence == seen else "stale")
+        if not self.limiter.admit_origin(origin, now_s):
+            return Received(origin, False, "rate-limited", f"{origin} originates announcements faster than "
+                            f"{self.limiter.per_origin_per_s:g}/s")
         if vouched is None:
             if len(self.unvouched) >= MAX_UNVOUCHED and (origin, fp) not in self.unvouched:
                 return Received(origin, False, "full", "too many announcements wait for a voucher")
@@ -254,7 +268,7 @@ class LinkStateDatabase:
                 if key not in self.unvouched or self._vouched_for(key[0], key[1], via or None) != key[1]:
                     continue
                 del self.unvouched[key]
-                result = self.receive(payload, via or None, now_s, wall_s)
+                result = self._receive(payload, via or None, now_s, wall_s)
                 if result.accepted:
                     accepted.extend(result.flood)
                     progress = True

@@ -42,6 +42,29 @@ States per relay id at one node, and every legal transition (anything else is re
     (any)        (not DONE)   ABORT / link down /    ABORTED      ABORT to the other side(s)
                               bad tag / deadline
 
+Settlement after a failure (the source's journal, journal.py): a source whose request did not end in DONE
+(it failed, or the source was killed and restarted) never served the key, so the destination must not keep
+it. The source sends ROLLBACK over any current route to the destination, source-routed (the message names
+the route and its hop; each node checks that it came on the link the route names, from the node before it,
+and passes it on without state), until the destination answers ROLLED_BACK the same way back. The
+destination aborts the request if it still runs, drops a multi-path key's shares, and erases the key it
+stored if nobody fetched it: it answers "erased", "absent" (never stored, or already erased) or
+"delivered" (fetched before the rollback: only a consumer that guessed the key id can have done that).
+ROLLBACK is authenticated hop by hop by the link sessions, like every relay message; a node of the network
+that forges one can erase a relayed key not yet fetched, a denial of service that any relay on the route
+can cause anyway (relays are trusted with the key itself).
+
+    role         event                                   sends
+    source       row left in the journal, no request     ROLLBACK along a current route (every second)
+    (any node)   ROLLBACK / ROLLED_BACK not for it       the same, on the route's next link
+    destination  ROLLBACK                                erase; ROLLED_BACK back along the reversed route
+    source       ROLLED_BACK                             -           (the journal row is deleted)
+
+Link keys of a hop whose FORWARD was lost (its sender or receiver died, journal.py): the sender asks the
+next node with ERASE_KEYS (on that link, naming the stored key ids) to take and erase those of the
+sender's share it still holds, as the FORWARD would have; KEYS_ERASED answers. Every node emits
+`Confirmed` when a request's CONFIRM reaches it from downstream (the next node took its keys).
+
 Wire layout (big-endian; text is UTF-8 with a u16 length). A record on the relay channel holds one or
 more messages, each behind its u32 length (`pack`): whatever queued while the previous record was on its
 way, so a busy link carries one record per burst.
@@ -54,6 +77,10 @@ way, so a busy link carries one record per burst.
     CONFIRM, COMMIT: tag 32 bytes
     DONE:    (empty)
     ABORT:   reason text (at most 200 bytes)
+    ROLLBACK, ROLLED_BACK: group 16 bytes | hop u8 | node count u8, node texts | link texts (node count - 1) |
+             outcome u8 (ROLLED_BACK: 1 erased, 2 absent, 3 delivered; ROLLBACK: 0)
+    ERASE_KEYS: key count u16, stored key_id 16 bytes each
+    KEYS_ERASED: (empty)
 """
 from __future__ import annotations
 
@@ -85,7 +112,14 @@ class MessageType(enum.IntEnum):
     COMMIT = 3
     DONE = 4
     ABORT = 5
+    ROLLBACK = 6
+    ROLLED_BACK = 7
+    ERASE_KEYS = 8
+    KEYS_ERASED = 9
 
+
+ERASED, ABSENT, DELIVERED = 1, 2, 3
+OUTCOMES = {ERASED: "erased", ABSENT: "absent", DELIVERED: "delivered"}
 
 class State(enum.Enum):
     FORWARDED = "forwarded"
@@ -132,6 +166,18 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class Settle:
+    """ROLLBACK (source to destination) or ROLLED_BACK (back), source-routed along `path`."""
+
+    relay_id: str
+    group: str
+    hop: int                         # index of the link this message travels on
+    path: tuple[str, ...]            # path[0] sent it, path[-1] is its addressee
+    links: tuple[str, ...]
+    outcome: int = 0
+
+
+@dataclass(frozen=True)
 class Send:
     link_id: str
     payload: bytes
@@ -174,6 +220,44 @@ class Aborted:
     relay_id: str
     role: str
     reason: str
+
+
+@dataclass(frozen=True)
+class RollbackReceived:
+    """Destination: erase the key stored under `group` unless fetched, then answer with `rolled_back`."""
+
+    settle: Settle
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """Source: the destination settled the request (`outcome`); its journal row can go."""
+
+    relay_id: str
+    outcome: int
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The next node downstream (on `link_id`) took this node's keys of the request (its CONFIRM came back)."""
+
+    relay_id: str
+    link_id: str
+
+
+@dataclass(frozen=True)
+class EraseKeys:
+    """The other end of `link_id` asks to erase its share's `key_ids` of a hop that never arrived."""
+
+    relay_id: str
+    link_id: str
+    key_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class KeysErased:
+    relay_id: str
+    link_id: str
 
 
 @dataclass(frozen=True)
@@ -227,8 +311,39 @@ def encode_done(relay_id: str) -> bytes:
     return _head(MessageType.DONE, relay_id).bytes()
 
 
+def encode_erase_keys(relay_id: str, key_ids: tuple[str, ...]) -> bytes:
+    w = _head(MessageType.ERASE_KEYS, relay_id).u16(len(key_ids))
+    for key_id in key_ids:
+        w.raw(uuid.UUID(key_id).bytes)
+    return w.bytes()
+
+
+def encode_keys_erased(relay_id: str) -> bytes:
+    return _head(MessageType.KEYS_ERASED, relay_id).bytes()
+
+
 def encode_abort(relay_id: str, reason: str) -> bytes:
     return _head(MessageType.ABORT, relay_id).blob(reason.encode()[:MAX_REASON_BYTES]).bytes()
+
+
+def encode_settle(kind: MessageType, s: Settle) -> bytes:
+    w = _head(kind, s.relay_id).raw(uuid.UUID(s.group).bytes).u8(s.hop).u8(len(s.path))
+    for node in s.path:
+        w.text(node)
+    for link in s.links:
+        w.text(link)
+    return w.u8(s.outcome).bytes()
+
+
+def _read_route(r: Reader) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    count = r.u8("node count")
+    if not 2 <= count <= MAX_NODES_ON_ROUTE:
+        raise RelayWireError(f"a route of {count} nodes")
+    path = tuple(r.text("node") for _ in range(count))
+    links = tuple(r.text("link") for _ in range(count - 1))
+    if not all(valid_node_id(n) for n in path + links) or len(set(path)) != len(path):
+        raise RelayWireError("bad node or link id on the route")
+    return path, links
 
 
 def decode(payload: bytes) -> tuple[MessageType, str, object]:
@@ -271,6 +386,19 @@ def decode(payload: bytes) -> tuple[MessageType, str, object]:
         body = r.raw(TAG_BYTES, "tag")
     elif kind is MessageType.ABORT:
         body = r.blob("reason", MAX_REASON_BYTES).decode("utf-8", "replace")
+    elif kind in (MessageType.ROLLBACK, MessageType.ROLLED_BACK):
+        group = str(uuid.UUID(bytes=r.raw(16, "group")))
+        hop = r.u8("hop")
+        path, links = _read_route(r)
+        outcome = r.u8("outcome")
+        if hop >= len(links) or (outcome != 0 if kind is MessageType.ROLLBACK else outcome not in OUTCOMES):
+            raise RelayWireError("hop or outcome out of range")
+        body = Settle(relay_id, group, hop, path, links, outcome)
+    elif kind is MessageType.ERASE_KEYS:
+        key_count = r.u16("key count")
+        if not 1 <= key_count <= MAX_KEY_IDS:
+            raise RelayWireError(f"{key_count} stored keys named")
+        body = tuple(str(uuid.UUID(bytes=r.raw(16, "key id"))) for _ in range(key_count))
     r.end()
     return kind, relay_id, body
 
@@ -378,6 +506,12 @@ class RelayEndpoint:
         request = self.requests.get(relay_id)
         if kind is MessageType.FORWARD:
             return self._on_forward(via_link, body, now_s)
+        if kind in (MessageType.ROLLBACK, MessageType.ROLLED_BACK):
+            return self._on_settle(via_link, kind, body)
+        if kind is MessageType.ERASE_KEYS:
+            return [EraseKeys(relay_id, via_link, body)]
+        if kind is MessageType.KEYS_ERASED:
+            return [KeysErased(relay_id, via_link)]
         if request is None:
             return [Refused(f"{kind.name} for no request here")]
         if kind is MessageType.ABORT:
@@ -394,13 +528,15 @@ class RelayEndpoint:
         if kind is MessageType.CONFIRM:
             if request.role == RELAY:
                 request.state = nxt
-                return [Send(request.up_link, payload)]
+                return [Confirmed(relay_id, request.down_link), Send(request.up_link, payload)]
             wanted = confirmation_tag(request.key, "dst", relay_id, request.source, request.destination, request.bits)
             if not hmac.compare_digest(wanted, body):
-                return self._abort(relay_id, "the destination's confirmation does not match: keys differ")
+                return [Confirmed(relay_id, request.down_link)] + self._abort(
+                    relay_id, "the destination's confirmation does not match: keys differ")
             request.state = nxt
             tag = confirmation_tag(request.key, "src", relay_id, request.source, request.destination, request.bits)
-            return [Send(request.down_link, encode_tag(MessageType.COMMIT, relay_id, tag))]
+            return [Confirmed(relay_id, request.down_link),
+                    Send(request.down_link, encode_tag(MessageType.COMMIT, relay_id, tag))]
         if kind is MessageType.COMMIT:
             if request.role == RELAY:
                 request.state = nxt
@@ -430,6 +566,36 @@ class RelayEndpoint:
         self._remember(f.relay_id)
         role = DESTINATION if f.hop + 1 == len(f.links) else RELAY
         return [ForwardReceived(f, via_link, role)]
+
+    def _on_settle(self, via_link: str, kind: MessageType, s: Settle) -> list:
+        if s.links[s.hop] != via_link or s.path[s.hop + 1] != self.node_id:
+            return [Refused(f"{kind.name} on a link or to a node its route does not name")]
+        neighbor = self.neighbor_of(via_link)
+        if neighbor is not None and neighbor != s.path[s.hop]:
+            return [Refused(f"{kind.name} from a node that is not the route's previous hop")]
+        if s.hop + 1 < len(s.links):                     # not for us: on along the route, no state kept
+            onward = Settle(s.relay_id, s.group, s.hop + 1, s.path, s.links, s.outcome)
+            return [Send(s.links[s.hop + 1], encode_settle(kind, onward))]
+        if kind is MessageType.ROLLED_BACK:
+            return [RolledBack(s.relay_id, s.outcome)]
+        out: list = []
+        request = self.requests.get(s.relay_id)
+        if request is not None and request.role == DESTINATION and request.source == s.path[0]:
+            out += self._abort(s.relay_id, "rolled back by the source")
+        return out + [RollbackReceived(s)]
+
+    def rollback(self, relay_id: str, group: str, path: tuple[str, ...], links: tuple[str, ...]) -> list[Send]:
+        """Source: ROLLBACK of a request it did not serve, along a route from here to its destination."""
+        if path[0] != self.node_id or len(links) != len(path) - 1 or not links:
+            raise RelayProtocolError("a rollback's route must start here")
+        return [Send(links[0], encode_settle(MessageType.ROLLBACK, Settle(relay_id, group or relay_id, 0,
+                                                                           tuple(path), tuple(links))))]
+
+    def rolled_back(self, event: RollbackReceived, outcome: int) -> list[Send]:
+        """Destination: ROLLED_BACK with `outcome`, back along the route the ROLLBACK came."""
+        s = event.settle
+        back = Settle(s.relay_id, s.group, 0, tuple(reversed(s.path)), tuple(reversed(s.links)), outcome)
+        return [Send(back.links[0], encode_settle(MessageType.ROLLED_BACK, back))]
 
     def forward(self, f: Forward, via_link: str, upstream_keys: bytes, down_key_ids: tuple[str, ...],
                 down_keys: bytes, now_s: float) -> list[Send]:

@@ -7,6 +7,12 @@ leaves; the receiver takes the same keys by id, only from the sender's share, an
 is thereby the reservation both ends record (a key named twice is gone the second time). The destination
 keeps a confirmed key in the key store (link id RELAY_LINK_ID, sealed like every key) until its consumer
 fetches it once with GET /v1/keys/{key_id}.
+
+In-flight state across a restart: the source records each request (journal.py) in the transaction that
+takes its first keys and deletes the record just before it serves the key; a record left when no request
+runs (it failed, or the node was killed) is rolled back at the destination (protocol.py, "Settlement"),
+every SETTLE_INTERVAL_S over a current route until the destination answers. A relay keeps nothing: the
+keys it takes are erased in the transaction that takes them.
 """
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ from qkdd.link_channel import LINKSTATE_CHANNEL, RELAY_CHANNEL, LinkChannel
 from qkdd.log_limit import RateLimitedLog
 from qkdd.peer import MuxStream, SessionClosedError, key_fingerprint
 from qkdd.relay import protocol as rp
-from qkdd.relay.hop_keys import StoreBatches, take_hop_keys
+from qkdd.relay.flood_limit import FloodLimiter
+from qkdd.relay.hop_keys import StoreBatches, erase_sent_keys, take_hop_keys
+from qkdd.relay.journal import RelayJournal
 from qkdd.relay.linkstate import Announcement, LinkReport, LinkStateDatabase
 from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topology, disjoint_routes, route_along,
                                 shortest_route)
@@ -37,6 +45,10 @@ RELAY_LINK_ID = "relay"          # the key store's link id of relayed keys held 
 ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left)
 RETRY_WAIT_S = 1.0
 MAX_SHARE_GROUPS = 4096          # multi-path keys whose shares the destination holds while the others travel
+SETTLE_INTERVAL_S = 1.0          # unsettled requests of the journal: a ROLLBACK each this often until answered
+FORGET_INTERVAL_S = 10.0         # confirmed hops leave the journal this often (or at FORGET_BATCH of them)
+FORGET_BATCH = 1024
+REMEMBERED_ROLLBACKS = 4096      # key ids the destination was told to roll back (a late store of one is refused)
 
 
 class RelayError(Exception):
@@ -57,6 +69,7 @@ class RelaySettings:
     max_age_s: float = 60.0
     request_timeout_s: float = 10.0
     key_expiry_s: float = 3600.0
+    max_announcements_per_s: float = 1.0     # of one origin, accepted by every node (flood_limit.py)
 
 
 class _Waiter:
@@ -76,7 +89,10 @@ class RelayService:
         self.store = store
         self.metrics = metrics
         self._rates = rates or (lambda link_id: (0.0, math.nan))
-        self.db = LinkStateDatabase(self.node_id, self.public_key, max_age_s=settings.max_age_s)
+        self.db = LinkStateDatabase(self.node_id, self.public_key, max_age_s=settings.max_age_s,
+                                    limiter=FloodLimiter(settings.max_announcements_per_s))
+        # our own originations: less than our neighbours accept (flood_limit.py)
+        self._own_rate = self.db.limiter.own_bucket(0.0)
         self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s)
         self._links = sorted(channels)
         self._ls_out: dict[str, trio.MemorySendChannel] = {}
@@ -87,6 +103,14 @@ class RelayService:
         self._peer_log = RateLimitedLog(log)
         self._store = StoreBatches(store)
         self._shares: dict[str, tuple[float, dict[str, bytearray]]] = {}   # multi-path group -> shares so far
+        self.journal = RelayJournal(store.database)
+        self._settle_now = trio.Event()
+        self._rolled_back: dict[str, None] = {}      # key ids rolled back here (bounded, oldest out)
+        self._confirmed: set[tuple[str, str]] = set()   # (relay id, link id) of hops the next node took
+        self._taking: set[str] = set()                  # relay ids whose hop keys are being taken here
+        # the journal may hold something to settle (at start, and after any request ended without DONE)
+        self._unsettled = True
+        self._forgotten_at = 0.0
         # (source node, key-store link id, stored key id, note) -> None; raises to refuse (the ETSI 014 KME)
         self.note_handler: Callable[[str, str, str, bytes], None] | None = None
         for link_id, channel in channels.items():
@@ -100,6 +124,8 @@ class RelayService:
             self._nursery = nursery
             nursery.start_soon(self._peer_log.run)
             nursery.start_soon(self._store.run)
+            nursery.start_soon(self._settle)
+            self._own_rate.updated_s = trio.current_time()
             await self._originate()
             task_status.started()
             while True:
@@ -107,6 +133,7 @@ class RelayService:
                     await self._changed.wait()
                 self._changed = trio.Event()
                 await trio.sleep(0.05)            # changes close together make one announcement
+                await trio.sleep(self._own_rate.wait_s(trio.current_time()))
                 self.db.expire(trio.current_time())
                 self._send_all(self.endpoint.expire(trio.current_time()))
                 await self._originate()
@@ -115,6 +142,7 @@ class RelayService:
         self._changed.set()
 
     async def _originate(self) -> None:
+        self._own_rate.take(trio.current_time())
         stock = {}
         for link_id in self._links:
             try:
@@ -168,8 +196,10 @@ class RelayService:
                         out.send_nowait(flooded)
             if known_neighbor is None and self.db.neighbor_on(link_id) is not None:
                 self._topology_changed()         # our own announcement can now name this neighbour
-        elif result.refusal not in ("duplicate", "stale", "unvouched"):
-            self._peer_log.log(logging.WARNING, f"linkstate-{result.refusal}", "link %s: refused a link-state "
+        elif result.refusal not in ("duplicate", "unvouched"):      # flooding echoes and a normal wait
+            # an older copy also arrives when floods cross (or a peer replays one): worth a note, not a warning
+            level = logging.INFO if result.refusal == "stale" else logging.WARNING
+            self._peer_log.log(level, f"linkstate-{result.refusal}", "link %s: refused a link-state "
                                "announcement of %s (%s): %s", link_id, result.origin, result.refusal, result.detail)
         if self.metrics is not None:
             self.metrics.announcement(result.refusal or "accepted")
@@ -284,36 +314,190 @@ class RelayService:
         first = route.links[0]
         if first not in self._relay_out:
             raise RelayError(f"link {first} is not connected")
-        try:
-            keys = await self._store.call(self.store.take_bits, first, bits)
-        except KeyUnavailable as exc:
-            raise RelayError(f"no key on link {first}: {exc}") from None
-        self._consumed(first, keys)
         relay_id = str(uuid.uuid4())
-        material = bytearray(b"".join(k.material for k in keys))
-        key, sends = self.endpoint.start(relay_id, route.path, route.links, bits, tuple(k.key_id for k in keys),
-                                         bytes(material), trio.current_time(), group=group, shares=shares,
-                                         note=note)
-        rp.erase(material)
+        # registered before its journal row exists: the settlement never takes a running request for a failed one
         waiter = self._waiters[relay_id] = _Waiter()
+        key = None
         try:
+            try:
+                keys = await self._store.call(self._take_first, first, bits, relay_id, route.path[-1], group)
+            except KeyUnavailable as exc:
+                raise RelayError(f"no key on link {first}: {exc}") from None
+            except KeyStoreError as exc:
+                raise RelayError(f"the request cannot be recorded: {exc}") from None
+            self._consumed(first, keys)
+            material = bytearray(b"".join(k.material for k in keys))
+            key, sends = self.endpoint.start(relay_id, route.path, route.links, bits, tuple(k.key_id for k in keys),
+                                             bytes(material), trio.current_time(), group=group, shares=shares,
+                                             note=note)
+            rp.erase(material)
             self._send_all(sends)
             with trio.move_on_after(self.settings.request_timeout_s):
                 await waiter.done.wait()
             if not waiter.delivered:
                 self._send_all(self.endpoint.abort(relay_id, "the source gave up waiting"))
-                rp.erase(key)
                 raise RelayError(waiter.reason or "no confirmation in time")
+            try:
+                await self._store.call(self.journal.close_request, relay_id)     # served from here on
+            except KeyStoreError as exc:
+                raise RelayError(f"the confirmed key cannot be recorded as served ({exc}): it is rolled back")
             return relay_id, bytes(key)
+        except BaseException:
+            self._unsettled = True
+            self._settle_now.set()
+            raise
         finally:
             del self._waiters[relay_id]
             rp.erase(key)
+
+    def _take_first(self, link_id: str, bits: int, relay_id: str, destination: str, group: str):
+        """Blocking: the first link's keys and the journal row of the request, in one transaction."""
+        with self.store.batch():
+            keys = self.store.take_bits(link_id, bits)
+            self.journal.open_request(relay_id, destination, group)
+            self.journal.record_sent(relay_id, link_id, [k.key_id for k in keys])
+        return keys
+
+    def _take_hop(self, up_link: str, key_ids: tuple[str, ...], relay_id: str, down_link: str | None, bits: int):
+        """Blocking: a hop's keys (hop_keys.take_hop_keys) and, at a relay, the journal row of the keys it
+        sends on, in one transaction."""
+        with self.store.batch():
+            upstream, down = take_hop_keys(self.store, up_link, key_ids, relay_id, down_link, bits)
+            if down is not None:
+                self.journal.record_sent(relay_id, down_link, [k.key_id for k in down])
+        return upstream, down
+
+    # -- settlement of requests that did not complete ---------------------------------------------------
+    async def _settle(self) -> None:
+        """Roll back at their destination the journal's requests that no longer run (failed, or started
+        before a restart), every SETTLE_INTERVAL_S until each destination answers."""
+        while True:
+            with trio.move_on_after(SETTLE_INTERVAL_S):
+                await self._settle_now.wait()
+            self._settle_now = trio.Event()
+            now = trio.current_time()
+            if self._confirmed and (len(self._confirmed) >= FORGET_BATCH or now - self._forgotten_at >= FORGET_INTERVAL_S
+                                    or self._unsettled):
+                await self._forget_confirmed_hops()
+                self._forgotten_at = now
+            if not self._unsettled:
+                continue                          # nothing ended without DONE: no store work in the quiet path
+            self._unsettled = False
+            pending = await self._erase_unconfirmed_hops()
+            try:
+                open_requests = await self._store.call(self.journal.open_requests)
+            except KeyStoreError as exc:
+                self._unsettled = True
+                self._peer_log.log(logging.WARNING, "relay-journal", "relay journal unreadable: %s", exc)
+                continue
+            for request in open_requests:
+                if request.relay_id in self._waiters:
+                    continue
+                pending = True
+                if time.time() - request.created_at > self.settings.key_expiry_s + SETTLE_INTERVAL_S:
+                    # its key has expired at the destination anyway
+                    await self._store.call(self.journal.close_request, request.relay_id)
+                    log.warning("relay %s: no answer from %s to its rollback before the key expired there",
+                                request.relay_id, request.destination)
+                    continue
+                try:
+                    route = self.choose_route(request.destination, 0)
+                except RelayError:
+                    continue                      # no route yet (after a restart): the next round
+                self._send_all(self.endpoint.rollback(request.relay_id, request.group, route.path, route.links))
+            self._unsettled = self._unsettled or pending
+
+    async def _forget_confirmed_hops(self) -> None:
+        """The hops the next node took leave the journal (a row left after a crash costs only an ERASE_KEYS
+        that changes nothing)."""
+        done, self._confirmed = self._confirmed, set()
+        try:
+            await self._store.call(self.journal.forget_sent, done)
+        except KeyStoreError as exc:
+            self._confirmed |= done
+            self._peer_log.log(logging.WARNING, "relay-journal", "relay journal: %s", exc)
+
+    async def _erase_unconfirmed_hops(self) -> bool:
+        """Ask the next node to erase the keys of the hops whose request ended here without its CONFIRM
+        (journal.py). Whether any is left to settle."""
+        await self._forget_confirmed_hops()
+        try:
+            sent = await self._store.call(self.journal.sent_keys)
+        except KeyStoreError as exc:
+            self._peer_log.log(logging.WARNING, "relay-journal", "relay journal: %s", exc)
+            return True
+        pending = False
+        for hop in sent:
+            if (hop.relay_id in self._waiters or hop.relay_id in self.endpoint.requests or hop.relay_id in self._taking
+                    or (hop.relay_id, hop.link_id) in self._confirmed):
+                continue                          # still running here (it ends in CONFIRM or an abort), or confirmed
+            if time.time() - hop.created_at > self.settings.key_expiry_s:
+                # no answer all this time (a node that does not know ERASE_KEYS): stop asking
+                await self._store.call(self.journal.forget_sent, [(hop.relay_id, hop.link_id)])
+                log.warning("link %s: no answer to erasing the keys of relay %s; stopped asking", hop.link_id,
+                            hop.relay_id)
+                continue
+            pending = True
+            self._send(rp.Send(hop.link_id, rp.encode_erase_keys(hop.relay_id, hop.key_ids)))
+        return pending
+
+    async def _erase_keys_here(self, event: rp.EraseKeys) -> None:
+        try:
+            erased = await self._store.call(erase_sent_keys, self.store, event.link_id, event.key_ids, event.relay_id)
+        except KeyStoreError as exc:
+            self._peer_log.log(logging.WARNING, "relay-erase", "link %s: cannot erase the keys of relay %s: %s",
+                               event.link_id, event.relay_id, exc)
+            return                                # the other end asks again
+        if erased:
+            self._peer_log.log(logging.INFO, "relay-erase", "link %s: erased %d key(s) of relay %s whose FORWARD "
+                               "never arrived (the other end had taken them)", event.link_id, erased, event.relay_id)
+        self._send(rp.Send(event.link_id, rp.encode_keys_erased(event.relay_id)))
+
+    async def _roll_back_here(self, event: rp.RollbackReceived) -> None:
+        s = event.settle
+        self._rolled_back[s.group] = None
+        while len(self._rolled_back) > REMEMBERED_ROLLBACKS:
+            self._rolled_back.pop(next(iter(self._rolled_back)))
+        _, parts = self._shares.pop(s.group, (0.0, {}))
+        for part in parts.values():
+            rp.erase(part)
+        try:
+            outcome = await self._store.call(self._erase_relayed, s.group)
+        except KeyStoreError as exc:
+            self._peer_log.log(logging.WARNING, "relay-rollback", "relay %s: cannot roll back key %s: %s",
+                               s.relay_id, s.group, exc)
+            return                                # the source asks again
+        level = logging.WARNING if outcome == rp.DELIVERED else logging.INFO
+        self._peer_log.log(level, "relay-rolled-back", "relay %s: rolled back at this destination for source %s "
+                           "(key %s %s)", s.relay_id, s.path[0], s.group, rp.OUTCOMES[outcome])
+        self._send_all(self.endpoint.rolled_back(event, outcome))
+
+    def _erase_relayed(self, key_id: str) -> int:
+        """Blocking: erase a relayed key not yet fetched; the outcome for ROLLED_BACK."""
+        try:
+            state = self.store.state(RELAY_LINK_ID, key_id)
+        except KeyNotFound:
+            return rp.ABSENT
+        if state.holds_material:
+            self.store.apply_resync(RELAY_LINK_ID, [], [], [key_id])
+            return rp.ERASED
+        return rp.DELIVERED if state is KeyState.DELIVERED else rp.ABSENT
+
+    async def _settled(self, event: rp.RolledBack) -> None:
+        try:
+            if await self._store.call(self.journal.close_request, event.relay_id):
+                log.info("relay %s: settled, the destination rolled it back (key %s)", event.relay_id,
+                         rp.OUTCOMES[event.outcome])
+        except KeyStoreError as exc:
+            self._peer_log.log(logging.WARNING, "relay-journal", "relay journal: %s", exc)
 
     # -- relay channel ---------------------------------------------------------------------------------
     async def _serve_relay(self, link_id: str, stream: MuxStream) -> None:
         send, receive = trio.open_memory_channel[bytes](math.inf)
         self._relay_out[link_id] = send
         self._topology_changed()
+        self._unsettled = True           # hops on this link left unconfirmed (before a restart) are settled now
+        self._settle_now.set()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(functools.partial(_write_all, receive, stream, packed=True))
@@ -348,7 +532,18 @@ class RelayService:
                 return
             elif isinstance(event, rp.Delivered):
                 self._finish_waiter(event.relay_id, True, "")
+            elif isinstance(event, rp.Confirmed):
+                self._confirmed.add((event.relay_id, event.link_id))
+            elif isinstance(event, rp.EraseKeys):
+                self._spawn(self._erase_keys_here, event)
+            elif isinstance(event, rp.KeysErased):
+                self._confirmed.add((event.relay_id, event.link_id))
+            elif isinstance(event, rp.RollbackReceived):
+                self._spawn(self._roll_back_here, event)
+            elif isinstance(event, rp.RolledBack):
+                self._spawn(self._settled, event)
             elif isinstance(event, rp.Aborted):
+                self._unsettled = True            # its journal rows (if any) settle in the next round
                 self._finish_waiter(event.relay_id, False, event.reason)
                 if self.metrics is not None and event.role != rp.SOURCE:
                     self.metrics.passed(event.role, "aborted")
@@ -385,8 +580,8 @@ class RelayService:
             down_link = f.links[f.hop + 1] if event.role == rp.RELAY else None
             if down_link is not None and down_link not in self._relay_out:
                 raise RelayError(f"link {down_link} towards {f.path[f.hop + 2]} is not connected")
-            upstream, down = await self._store.call(take_hop_keys, self.store, via, f.key_ids, f.relay_id,
-                                                    down_link, f.bits)
+            self._taking.add(f.relay_id)
+            upstream, down = await self._store.call(self._take_hop, via, f.key_ids, f.relay_id, down_link, f.bits)
             self._consumed(via, upstream)
             up_bytes = b"".join(k.material for k in upstream)
             if down is None:
@@ -400,6 +595,8 @@ class RelayService:
             self._send_all(sends)
         except (KeyStoreError, RelayError, rp.RelayProtocolError) as exc:
             self._send_all(self.endpoint.refuse_forward(f, via, _reason(exc)))
+        finally:
+            self._taking.discard(f.relay_id)
 
     async def _store_ready(self, event: rp.KeyReady, sends: list) -> None:
         key_id, key = event.relay_id, event.key
@@ -449,7 +646,9 @@ class RelayService:
     def _keep(self, relay_id: str, key: bytes, source: str, note: bytes = b"") -> None:
         """Blocking: the confirmed key, available by id only (never allocated here), until fetched once;
         with a note, the note's consumer (the ETSI 014 KME) records it in the same transaction, or
-        nothing is kept."""
+        nothing is kept. A key the source rolled back meanwhile is not kept."""
+        if relay_id in self._rolled_back:
+            raise RelayError("the source rolled the request back")
         with self.store.batch():
             self.store.put_pending(RELAY_LINK_ID, 0, [(relay_id, key)], expires_at=time.time()
                                    + self.settings.key_expiry_s, allocatable=[False])
@@ -506,7 +705,8 @@ def build_relay(config, links, app) -> RelayService | None:
     signing_key = channels[relay_links[0].link_id].signing_key
     relay = config.relay
     settings = RelaySettings(config.node.id, config.node.trust_level, relay.hop_limit, relay.min_trust,
-                             relay.announce_interval_s, relay.max_age_s, relay.request_timeout_s, relay.key_expiry_s)
+                             relay.announce_interval_s, relay.max_age_s, relay.request_timeout_s, relay.key_expiry_s,
+                             max_announcements_per_s=relay.max_announcements_per_s)
 
     def rates(link_id: str) -> tuple[float, float]:
         engine = links.engines.get(link_id)
