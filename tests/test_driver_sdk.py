@@ -156,3 +156,41 @@ def test_sdk_link_engines_over_the_reference_library_make_the_same_keys(librarie
             assert 0.02 < alice.status.last_qber < 0.05
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_a_daemon_names_a_missing_sdk_library_in_healthz_and_runs_once_it_is_there(libraries, tmp_path):
+    """A real daemon with an sdk link whose library is not installed yet: it stays up, /healthz names the
+    library and why it cannot load (once the device start-up grace is over, qkdd.link.status), and once the
+    library is in place the device answers again by itself."""
+    import httpx
+
+    from qkdd.link.status import DEVICE_START_GRACE_S
+    from qkdd.peer import generate_identity, save_private_key, save_public_key
+    from tests.daemon_support import Daemon, base_config, wait_until
+
+    own, peer = generate_identity(), generate_identity()
+    save_private_key(own, tmp_path / "own.key")
+    save_public_key(peer.public_key(), tmp_path / "peer.pub")
+    library = tmp_path / "vendor" / "libqkd.so"
+    link = (f'[[links]]\nlink_id = "sdk-1"\nrole = "alice"\ndriver = "sdk"\npeer_listen = "127.0.0.1:0"\n'
+            f'peer_key_file = "{tmp_path / "own.key"}"\npeer_public_key = "{tmp_path / "peer.pub"}"\n'
+            f'[links.sdk]\nsdk_library = "{library}"\ndevice_config = "seed=3,detections=20000"\nreopen_s = 0.2\n')
+    (tmp_path / "state").mkdir()
+    daemon = Daemon(base_config(tmp_path / "state", links=link), tmp_path).start()
+    try:
+        def sdk_link() -> dict:
+            report = httpx.get(f"{daemon.health_url}/healthz", timeout=5).json()
+            return next(entry for entry in report["links"] if entry["link_id"] == "sdk-1")
+
+        wait_until(lambda: "cannot load" in sdk_link()["detail"], DEVICE_START_GRACE_S + 30,
+                   "/healthz naming the missing library")
+        state = sdk_link()
+        assert str(library) in state["detail"] and state["state"] == "fallback", state
+        assert daemon.process.poll() is None
+        library.parent.mkdir()
+        shutil.copy(libraries["good"], library)
+        wait_until(lambda: "cannot load" not in sdk_link()["detail"] and sdk_link()["state"] != "fallback", 30,
+                   "the link leaving fallback once the library is there")
+        assert daemon.log.count("cannot load") <= 2             # one line for the episode (and its summary)
+    finally:
+        daemon.stop()

@@ -201,6 +201,14 @@ class LinkStatus:
             self.set_state("fallback", "gate DEGRADED: QBER above the threshold for too long, or the device "
                                        "unhealthy; key generation stopped until good frames return")
 
+    def _report_device_without_session(self, ok: bool) -> None:
+        """With no peer session (yet) the link's state still names a failing device, and leaves that state
+        once the device answers again."""
+        if not ok:
+            self.set_state("fallback", f"device unhealthy: {self.device_problem}; no peer session"[:300])
+        elif self.state == "fallback":
+            self.set_state("starting", "device up; waiting for the peer session")
+
     def set_state(self, state: str, detail: str) -> None:
         self.state = state
         if self.health is not None:
@@ -230,6 +238,8 @@ class LinkStatus:
             if not self.device_up and (ok or self._clock() - self._started_s > DEVICE_START_GRACE_S):
                 self.device_up = True
                 self.set_state_from_gate()
+            if self.device_up and not self.connected:
+                self._report_device_without_session(ok)
             if self.device_up:
                 self.gate.observe_health(ok)
                 if faults is not None and not ok:
