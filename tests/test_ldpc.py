@@ -78,6 +78,38 @@ def test_decoder_paths_agree_bit_for_bit_and_correct_errors():
             assert iterations == 0 and not np.array_equal(native.syndrome(SHORT.index, bits), syndrome)
 
 
+def test_simd_paths_agree_with_the_portable_path_on_a_long_code_and_when_resuming():
+    """The AVX2/AVX-512 paths (chunked, padded columns) against the portable one on a Z = 512 code, for several
+    check rules, from a fresh start and when resuming with bits revealed."""
+    rng = np.random.default_rng(21)
+    long_code = next(c for c in native.codes() if c.z == 512 and 0.8 < c.rate < 0.9)
+    paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2, native.PATH_AVX512)
+             if native.path_available(p)]
+    word = rng.integers(0, 2, long_code.n_bits, dtype=np.uint8)
+    received = word ^ (rng.random(long_code.n_bits) < 0.011).astype(np.uint8)
+    llr = np.where(received == 0, 16, -16).astype(np.int8)
+    syndrome = native.syndrome(long_code.index, word)
+    revealed = llr.copy()
+    pinned = rng.choice(long_code.n_bits, 3000, replace=False)
+    revealed[pinned] = np.where(word[pinned] == 0, native.LLR_MAX, -native.LLR_MAX)
+    by_rule = {}
+    for scale, offset in ((7, 1), (6, 0), (8, 3)):
+        results = by_rule[scale, offset] = []
+        for path in paths:
+            decoder = native.Decoder(long_code.index)
+            first = decoder.decode(llr, syndrome, 2, scale, offset, path)
+            resumed = decoder.resume(revealed, syndrome, 40, scale, offset, path)
+            results.append((first[0], first[1].copy(), resumed[0], resumed[1]))
+        for other in results[1:]:
+            assert other[0] == results[0][0] and other[2] == results[0][2]
+            assert np.array_equal(other[1], results[0][1]) and np.array_equal(other[3], results[0][3])
+    default = by_rule[native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET][0]
+    assert default[0] == 0                                      # 2 iterations were not enough ...
+    assert default[2] >= 1 and np.array_equal(default[3], word)  # ... the reveal and resume were
+    with pytest.raises(Exception):
+        native.Decoder(long_code.index).resume(llr, syndrome)  # nothing to resume
+
+
 def test_decoder_refuses_bad_buffers():
     decoder = native.Decoder(SHORT.index)
     llr = np.zeros(SHORT.n_bits, dtype=np.int8)
@@ -107,7 +139,8 @@ def test_decode_releases_the_gil():
     stop = threading.Event()
 
     def decode():
-        for _ in range(20):
+        for _ in range(200):        # a stalled decode takes well under a millisecond: many calls, so that the
+                                    # main thread gets scheduled inside some of them even on a loaded machine
             before = counter[0]
             decoder.decode(llr, syndrome, native.MAX_ITERATIONS)
             moved.append(counter[0] - before)
