@@ -177,6 +177,18 @@ def test_both_ends_agree_and_count_the_disclosure(n, qber):
     assert bob.disclosed_bits < 2 * n * binary_entropy(qber)
 
 
+def test_long_frames_take_at_most_three_round_trips():
+    """A frame of the long codes (Z = 512): syndromes plus at most two reveal rounds, the keys agree."""
+    rng = np.random.default_rng(31)
+    n = ldpc.LONG_FRAME_BITS + 50_000
+    alice_key, bob_key = noisy_pair(rng, n, round(0.02 * n))
+    reference = alice_key.copy()
+    bob, alice, trips = run(alice_key, bob_key, n, 0.02)
+    assert native.code(bob.plan.code).z == 512 and bob.plan.max_reveal_rounds <= 2
+    assert trips <= 3 and np.array_equal(bob_key, reference)
+    assert bob.disclosed_bits == alice.disclosed_bits < 1.5 * n * binary_entropy(0.02)
+
+
 def test_blind_rounds_reveal_until_decoding_succeeds():
     """Bob starts far too optimistic for the actual error rate: the reveal rounds make up the difference."""
     rng = np.random.default_rng(8)

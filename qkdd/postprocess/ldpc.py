@@ -74,13 +74,21 @@ LONG_FRAME_BITS = 4 * 49152       # frames from this length on use the long code
 MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decoding fast
 F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
 REVEAL_STEP_F = 0.04              # each reveal round adds about this much (short codes)
-REVEAL_STEP_F_LONG = 0.05         # long codes: two rounds of this cover their codewords' thresholds (bench)
+# Long codes (Z = 512): first attempt's f by QBER (up to, f_start) and the reveal step: the lowest f with no
+# failed frame in 20 and at most 3 round trips at n = 10^6 (bench.reconcile; README). Below 1.5 % QBER a
+# codeword carries fewer bits of entropy and the codewords' thresholds spread wider.
+F_START_LONG = ((0.015, 1.26), (0.5, 1.23))
+REVEAL_STEP_F_LONG = 0.05
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
 MEASURED_EFFICIENCY = 1.26
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
+# Check rules (scale in eighths, offset) a codeword failing after the last reveal is decoded with in turn: at
+# 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default (7/8, 1)
+# and decodes under (6/8, 1) or (6/8, 0) (bench).
+LAST_CHANCE_RULES = ((6, 1), (6, 0))
 MAX_REVEAL_ROUNDS_LONG = 2        # long codes: syndromes plus two reveal rounds, at most 3 round trips per frame
 MAX_REVEAL_ROUNDS_SHORT = 8       # short codes (Z = 64): their thresholds spread wider, so more and smaller rounds
-SHORTENED_MIN_FRACTION = 0.08     # plan: codes shortened at least this much decode best (see plan())
+SHORTENED_WEIGHT = 0.15           # plan, long codes: a shortened bit costs the decoder ~0.15 punctured bits (bench)
 
 
 class MessageType(enum.IntEnum):
@@ -170,18 +178,22 @@ class Plan:
         return int(self.codewords * (m - self.punctured) + int(revealed_per_codeword.sum()))
 
 
-def plan(n_bits: int, qber_estimate: float, f_start: float = F_START, reveal_step_f: float | None = None,
+def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal_step_f: float | None = None,
          max_reveal_rounds: int | None = None) -> Plan:
     """Bob's choice: the code family by frame length, then the code and puncturing that disclose
     f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q).
-    reveal_step_f and max_reveal_rounds default by family (long: REVEAL_STEP_F_LONG, MAX_REVEAL_ROUNDS_LONG).
+    f_start, reveal_step_f and max_reveal_rounds default by family (long: F_START_LONG, REVEAL_STEP_F_LONG,
+    MAX_REVEAL_ROUNDS_LONG; short: F_START, REVEAL_STEP_F, MAX_REVEAL_ROUNDS_SHORT).
 
-    Long codes: random puncturing costs the min-sum decoder more than shortening does (bench: a 5 % punctured
-    rate-0.79 code decodes at f 1.26 at 2 % where a 12 % shortened rate-0.84 code decodes at 1.21), so among the
-    codes that can carry the frame the plan takes the one that punctures no more than the reveal rounds need and
-    shortens at least SHORTENED_MIN_FRACTION of each codeword, the least shortened of those. Short codes: the
-    fewest codewords with enough punctured bits for the rounds."""
+    Long codes: random puncturing costs the min-sum decoder much more than shortening does, and heavy
+    shortening of a high-rate code costs too (bench, 2 %: a 5 % punctured rate-0.79 code decodes at f 1.26 where
+    a 12 % shortened, 1.5 % punctured rate-0.84 code decodes at 1.21; 1 %: a 24 % shortened rate-0.92 code
+    does worse than a 3 % punctured rate-0.875 one), so the plan takes the code with the least punctured
+    fraction plus SHORTENED_WEIGHT times the shortened fraction. Short codes: the fewest codewords with enough
+    punctured bits for the rounds."""
     long = n_bits >= LONG_FRAME_BITS
+    if f_start is None:
+        f_start = next(f for q, f in F_START_LONG if qber_estimate <= q) if long else F_START
     if reveal_step_f is None:
         reveal_step_f = REVEAL_STEP_F_LONG if long else REVEAL_STEP_F
     if max_reveal_rounds is None:
@@ -211,11 +223,10 @@ def plan(n_bits: int, qber_estimate: float, f_start: float = F_START, reveal_ste
             continue    # the code's rate is too far above the target
         step = max(1, math.ceil(reveal_step_f * binary_entropy(qber_estimate) * key_bits))
         rounds = min(max_reveal_rounds, punctured // step)
-        shortened = (n - key_bits - punctured) / n
-        enough = shortened >= SHORTENED_MIN_FRACTION
-        # enough punctured bits for the reveal rounds first, then (long) enough shortening and the least of it,
-        # or (short) the most key bits per codeword
-        fit = (enough, -shortened if enough else shortened) if long else (key_bits / n, rounds)
+        cost = (punctured + SHORTENED_WEIGHT * (n - key_bits - punctured)) / n
+        # enough punctured bits for the reveal rounds first, then (long) the least cost or (short) the most key
+        # bits per codeword
+        fit = (-cost,) if long else (key_bits / n, rounds)
         score = (rounds >= min(MIN_REVEAL_ROUNDS, max_reveal_rounds), *fit)
         if best is None or score > best[0]:
             best = (score, info, punctured, codewords, step, rounds)
@@ -323,7 +334,7 @@ class LdpcBob(_End):
     role = "Bob"
 
     def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, qber_estimate: float,
-                 seed: bytes | None = None, f_start: float = F_START, reveal_step_f: float | None = None,
+                 seed: bytes | None = None, f_start: float | None = None, reveal_step_f: float | None = None,
                  max_reveal_rounds: int | None = None, max_iterations: int = 40):
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
@@ -340,7 +351,7 @@ class LdpcBob(_End):
         self.state = State.IDLE
         self._seq = 0
         self._layout = _Layout(self.plan, self.seed)
-        self._decoder = native.Decoder(self.plan.code)
+        self._spare: native.Decoder | None = native.Decoder(self.plan.code)    # scratch for the next fresh start
         self._stuck: dict[int, native.Decoder] = {}    # failing codeword -> its decoder, for resuming
         self._revealed = np.zeros(self.plan.codewords, dtype=np.int64)
         self._pending: list[int] = []
@@ -371,29 +382,43 @@ class LdpcBob(_End):
 
     def _decode_all(self, which: list[int]) -> list[int]:
         """Decode codewords `which` (with the bits revealed so far pinned); return those failing. A codeword's
-        first attempt starts afresh; after a reveal its decoder resumes where it stalled (the messages kept),
-        which takes fewer iterations than starting over. A failing codeword keeps its decoder (its state),
-        the next codeword gets a fresh one."""
+        first attempt starts afresh; after a reveal its decoder first resumes where it stalled (the messages
+        kept: most codewords then need a few iterations), and only if that fails starts afresh (a decoder
+        stuck far from the codeword may not leave its trap, where a fresh start with the reveals succeeds). After
+        the last reveal round a codeword that still fails is tried with the LAST_CHANCE_RULES: min-sum with
+        another scale or offset often leaves the trapping set where the default rule stalls.
+        A failing codeword keeps its decoder (its state); the next codeword gets a fresh one."""
         failing = []
         for i in which:
             stuck = self._stuck.pop(i, None)
-            if stuck is None:
-                decoder = self._decoder
-                iterations, _ = decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations,
+            iterations = 0
+            if stuck is not None:
+                iterations, _ = stuck.resume(self._llr[i], self._syndromes[i], self.max_iterations,
+                                             out=self._decoded[i])
+                self.decoder_iterations += iterations or self.max_iterations
+                if iterations:
+                    self._spare = stuck         # its scratch serves the next fresh codeword
+                    continue
+                self._spare = stuck
+            decoder = self._fresh_decoder()
+            last = self._revealed[i] >= self.plan.max_reveal_rounds
+            rules = ((native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET),) + (LAST_CHANCE_RULES if last else ())
+            for scale, offset in rules:
+                iterations, _ = decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations, scale, offset,
                                                out=self._decoded[i])
+                self.decoder_iterations += iterations or self.max_iterations
+                if iterations:
+                    break
+            if iterations:
+                self._spare = decoder
             else:
-                decoder = stuck
-                iterations, _ = decoder.resume(self._llr[i], self._syndromes[i], self.max_iterations,
-                                               out=self._decoded[i])
-            self.decoder_iterations += iterations or self.max_iterations
-            if not iterations:
                 failing.append(i)
                 self._stuck[i] = decoder
-                if decoder is self._decoder:
-                    self._decoder = native.Decoder(self.plan.code)
-            elif stuck is not None:
-                self._decoder = stuck       # reuse its scratch for the next fresh codeword
         return failing
+
+    def _fresh_decoder(self) -> native.Decoder:
+        decoder, self._spare = self._spare, None
+        return decoder if decoder is not None else native.Decoder(self.plan.code)
 
     def _next(self, failing: list[int]) -> list[bytes]:
         self._seq += 1
