@@ -248,6 +248,14 @@ class _Layout:
         self.punctured = perm[:plan_.punctured]
         self._perm = perm
         self._p = plan_.punctured
+        self._inverse = np.empty_like(perm)
+        self._inverse[perm] = np.arange(info.n_bits)
+
+    def place(self, ordered: np.ndarray, out: np.ndarray) -> None:
+        """Codeword rows from rows in layout order (punctured, shortened, key): out[:, perm[j]] = ordered[:, j].
+        A gather per row (numpy's take), several times faster than a 2-D scatter."""
+        for row, target in zip(ordered, out):
+            np.take(row, self._inverse, out=target)
 
     def key_positions(self, key_bits: int) -> np.ndarray:
         return self._perm[self.info.n_bits - key_bits:]
@@ -371,12 +379,15 @@ class LdpcBob(_End):
         """Bob's LLRs for every codeword (once, on SYNDROMES), a group of equal codewords at a time."""
         info = native.code(self.plan.code)
         bits = _unpack_frame(self.key, self.n_bits)
-        self._llr = np.zeros((self.plan.codewords, info.n_bits), dtype=np.int8)
+        n, p = info.n_bits, self.plan.punctured
+        self._llr = np.empty((self.plan.codewords, n), dtype=np.int8)
         channel = np.array([self.llr_units, -self.llr_units], dtype=np.int8)
         for first, count, k, start in self.plan.groups():
-            rows = self._llr[first:first + count]
-            rows[:, self._layout.shortened(k)] = native.LLR_MAX
-            rows[:, self._layout.key_positions(k)] = channel[bits[start:start + count * k].reshape(count, k)]
+            ordered = np.empty((count, n), dtype=np.int8)
+            ordered[:, :p] = 0
+            ordered[:, p:n - k] = native.LLR_MAX
+            np.take(channel, bits[start:start + count * k].reshape(count, k), out=ordered[:, n - k:])
+            self._layout.place(ordered, self._llr[first:first + count])
         self._bits = bits
         self._decoded = np.zeros((self.plan.codewords, info.n_bits), dtype=np.uint8)
 
@@ -437,10 +448,11 @@ class LdpcBob(_End):
         return [wire.encode(MessageType.REVEAL, self.frame_id, self._seq, payload)]
 
     def _finish(self) -> None:
-        corrected = self._bits.copy()
+        corrected = np.empty_like(self._bits)
         for first, count, k, start in self.plan.groups():
-            chosen = self._decoded[first:first + count][:, self._layout.key_positions(k)]
-            corrected[start:start + count * k] = chosen.ravel()
+            positions = self._layout.key_positions(k)
+            for r in range(count):
+                np.take(self._decoded[first + r], positions, out=corrected[start + r * k:start + (r + 1) * k])
         self.corrected_bits = int(np.count_nonzero(corrected != self._bits))
         words = np.zeros(self.key.size * 8, dtype=np.uint8)
         packed = np.packbits(corrected, bitorder="little")
@@ -540,13 +552,16 @@ class LdpcAlice(_End):
         self._layout = _Layout(candidate, seed)
         info = native.code(code)
         bits = _unpack_frame(self.key, self.n_bits)
-        self._words = np.zeros((codewords, info.n_bits), dtype=np.uint8)
+        n = info.n_bits
+        self._words = np.empty((codewords, n), dtype=np.uint8)
         padding = np.unpackbits(np.frombuffer(randomness.fresh_bytes((codewords * punctured + 7) // 8), dtype=np.uint8),
-                                bitorder="little")
-        self._words[:, self._layout.punctured] = padding[:codewords * punctured].reshape(codewords, punctured)
+                                bitorder="little")[:codewords * punctured].reshape(codewords, punctured)
         for first, count, k, start in candidate.groups():
-            key_part = bits[start:start + count * k].reshape(count, k)
-            self._words[first:first + count][:, self._layout.key_positions(k)] = key_part
+            ordered = np.empty((count, n), dtype=np.uint8)
+            ordered[:, :punctured] = padding[first:first + count]
+            ordered[:, punctured:n - k] = 0
+            ordered[:, n - k:] = bits[start:start + count * k].reshape(count, k)
+            self._layout.place(ordered, self._words[first:first + count])
         syndromes = np.empty((codewords, info.m_bits), dtype=np.uint8)
         for i in range(codewords):
             syndromes[i] = native.syndrome(code, self._words[i])
