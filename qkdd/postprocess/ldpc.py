@@ -17,8 +17,10 @@ announces all of it in START.
 Alice answers with the k syndromes. Bob decodes every codeword (layered offset min-sum in C); each one
 that does not reach its syndrome is listed in a REVEAL, and Alice discloses the next `reveal_step`
 punctured positions of its reveal order in REVEALED (a revealed punctured bit turns into a shortened
-one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again. After `max_reveal_rounds`
-reveals a codeword still failing fails the frame (Bob raises, state FAILED). When all decode, Bob writes
+one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again, resuming each decoder
+where it stalled (then, if that fails, afresh; after the last round also with other check rules). After
+`max_reveal_rounds` reveals (two for long frames: at most 3 round trips) a codeword still failing fails the
+frame (Bob raises, state FAILED). When all decode, Bob writes
 the corrected bits into his key and sends DONE with his counts, which Alice checks against hers.
 
 Disclosed bits, counted alike at both ends (Elkouss et al. 2010, sec. III): per codeword m - p + t, the
@@ -74,13 +76,12 @@ LONG_FRAME_BITS = 4 * 49152       # frames from this length on use the long code
 MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decoding fast
 F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
 REVEAL_STEP_F = 0.04              # each reveal round adds about this much (short codes)
-# Long codes (Z = 512): first attempt's f by QBER (up to, f_start) and the reveal step: the lowest f with no
-# failed frame in 20 and at most 3 round trips at n = 10^6 (bench.reconcile; README). Below 1.5 % QBER a
-# codeword carries fewer bits of entropy and the codewords' thresholds spread wider.
-F_START_LONG = ((0.015, 1.26), (0.5, 1.23))
-REVEAL_STEP_F_LONG = 0.05
+# Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step that gave the lowest f with
+# at most 3 round trips and no failed frame in 50 at n = 10^6 (bench.reconcile; README). Below 1.5 % QBER a
+# codeword carries fewer bits of entropy and the codewords' thresholds spread wider: larger reveals.
+START_LONG = ((0.015, 1.26, 0.08), (0.5, 1.23, 0.05))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
-MEASURED_EFFICIENCY = 1.26
+MEASURED_EFFICIENCY = 1.31
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
 # Check rules (scale in eighths, offset) a codeword failing after the last reveal is decoded with in turn: at
 # 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default (7/8, 1)
@@ -182,8 +183,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
          max_reveal_rounds: int | None = None) -> Plan:
     """Bob's choice: the code family by frame length, then the code and puncturing that disclose
     f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q).
-    f_start, reveal_step_f and max_reveal_rounds default by family (long: F_START_LONG, REVEAL_STEP_F_LONG,
-    MAX_REVEAL_ROUNDS_LONG; short: F_START, REVEAL_STEP_F, MAX_REVEAL_ROUNDS_SHORT).
+    f_start, reveal_step_f and max_reveal_rounds default by family (long: START_LONG, MAX_REVEAL_ROUNDS_LONG;
+    short: F_START, REVEAL_STEP_F, MAX_REVEAL_ROUNDS_SHORT).
 
     Long codes: random puncturing costs the min-sum decoder much more than shortening does, and heavy
     shortening of a high-rate code costs too (bench, 2 %: a 5 % punctured rate-0.79 code decodes at f 1.26 where
@@ -192,10 +193,11 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     fraction plus SHORTENED_WEIGHT times the shortened fraction. Short codes: the fewest codewords with enough
     punctured bits for the rounds."""
     long = n_bits >= LONG_FRAME_BITS
+    start_long = next(((f, step) for q, f, step in START_LONG if qber_estimate <= q), START_LONG[-1][1:])
     if f_start is None:
-        f_start = next(f for q, f in F_START_LONG if qber_estimate <= q) if long else F_START
+        f_start = start_long[0] if long else F_START
     if reveal_step_f is None:
-        reveal_step_f = REVEAL_STEP_F_LONG if long else REVEAL_STEP_F
+        reveal_step_f = start_long[1] if long else REVEAL_STEP_F
     if max_reveal_rounds is None:
         max_reveal_rounds = MAX_REVEAL_ROUNDS_LONG if long else MAX_REVEAL_ROUNDS_SHORT
     if not 1 <= n_bits <= MAX_BITS:
