@@ -80,7 +80,7 @@ def test_decoder_paths_agree_bit_for_bit_and_correct_errors():
 
 def test_simd_paths_agree_with_the_portable_path_on_a_long_code_and_when_resuming():
     """The AVX2/AVX-512 paths (chunked, padded columns) against the portable one on a Z = 512 code, for several
-    check rules, from a fresh start and when resuming with bits revealed."""
+    check rules (plain and self-corrected min-sum), from a fresh start and when resuming with bits revealed."""
     rng = np.random.default_rng(21)
     long_code = next(c for c in native.codes() if c.z == 512 and 0.8 < c.rate < 0.9)
     paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2, native.PATH_AVX512)
@@ -93,19 +93,20 @@ def test_simd_paths_agree_with_the_portable_path_on_a_long_code_and_when_resumin
     pinned = rng.choice(long_code.n_bits, 3000, replace=False)
     revealed[pinned] = np.where(word[pinned] == 0, native.LLR_MAX, -native.LLR_MAX)
     by_rule = {}
-    for scale, offset in ((7, 1), (6, 0), (8, 3)):
-        results = by_rule[scale, offset] = []
+    for scale, offset, self_correcting in ((7, 1, False), (6, 0, False), (8, 3, False), (7, 1, True), (6, 0, True)):
+        results = by_rule[scale, offset, self_correcting] = []
         for path in paths:
-            decoder = native.Decoder(long_code.index)
+            decoder = native.Decoder(long_code.index, self_correcting)
             first = decoder.decode(llr, syndrome, 2, scale, offset, path)
             resumed = decoder.resume(revealed, syndrome, 40, scale, offset, path)
             results.append((first[0], first[1].copy(), resumed[0], resumed[1]))
         for other in results[1:]:
             assert other[0] == results[0][0] and other[2] == results[0][2]
             assert np.array_equal(other[1], results[0][1]) and np.array_equal(other[3], results[0][3])
-    default = by_rule[native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET][0]
-    assert default[0] == 0                                      # 2 iterations were not enough ...
-    assert default[2] >= 1 and np.array_equal(default[3], word)  # ... the reveal and resume were
+    for self_correcting in (False, True):
+        default = by_rule[native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET, self_correcting][0]
+        assert default[0] == 0                                      # 2 iterations were not enough ...
+        assert default[2] >= 1 and np.array_equal(default[3], word)  # ... the reveal and resume were
     with pytest.raises(Exception):
         native.Decoder(long_code.index).resume(llr, syndrome)  # nothing to resume
 

@@ -15,6 +15,10 @@
  * vectorises) and AVX2 / AVX-512BW (int8 intrinsics, 32 / 64 checks per chunk, min1/min2/parity in registers;
  * about 3x the auto-vectorised lanes). All compute the same numbers. qkd_ldpc_decode_resume keeps the messages
  * of the previous call and adds the change of the channel LLRs to the posteriors (blind reveals).
+ *
+ * Self-corrected variant (decoder flag QKD_LDPC_SELF_CORRECTING; Savin, ISIT 2008): the check sees
+ * Q'_e = 0 instead of Q_e when Q_e's sign differs from that of the Q'_e it was sent last (if that was not 0);
+ * min1, min2, P and the sign of R_e' use Q', the posterior is still clamp(Q_e + R_e').
  */
 #include "qkd_ldpc.h"
 #include "qkd_bits.h"
@@ -33,6 +37,8 @@ struct qkd_ldpc_decoder {
     int8_t *channel;      /* n_bits: the LLRs of the last decode/resume call (resume adds the difference) */
     int primed;           /* a decode call has set posterior, channel and messages */
     int8_t *messages;     /* edges * z */
+    int8_t *sent;         /* edges * z: bit-to-check messages as last sent (self-correcting rule), else unused */
+    uint32_t flags;       /* QKD_LDPC_SELF_CORRECTING */
     int8_t *q;            /* max_row_degree * z */
     uint8_t *min1, *min2, *parity; /* z each */
 };
@@ -109,6 +115,7 @@ void qkd_ldpc_decoder_free(qkd_ldpc_decoder *d)
     free(d->posterior);
     free(d->channel);
     free(d->messages);
+    free(d->sent);
     free(d->q);
     free(d->min1);
     free(d->min2);
@@ -136,12 +143,13 @@ int qkd_ldpc_decoder_new(qkd_ldpc_decoder **out, uint32_t code)
     d->posterior = aligned_alloc(64, ((size_t)t->nb * d->stride + 63) / 64 * 64);
     d->channel = malloc((size_t)t->nb * z);
     d->messages = aligned_alloc(64, (size_t)t->edges * z);
+    d->sent = aligned_alloc(64, (size_t)t->edges * z);
     d->q = aligned_alloc(64, (size_t)d->max_row_degree * z);
     d->min1 = malloc(z);
     d->min2 = malloc(z);
     d->parity = malloc(z);
 
-    if (!d->posterior || !d->channel || !d->messages || !d->q || !d->min1 || !d->min2 || !d->parity) {
+    if (!d->posterior || !d->channel || !d->messages || !d->sent || !d->q || !d->min1 || !d->min2 || !d->parity) {
         qkd_ldpc_decoder_free(d);
         return QKD_ENOMEM;
     }
@@ -166,8 +174,10 @@ static inline __attribute__((always_inline)) uint32_t layer_lanes(qkd_ldpc_decod
         min2[i] = QKD_LDPC_LLR_MAX;
         parity[i] = s[i] & 1u;
     }
+    const int sc = (d->flags & QKD_LDPC_SELF_CORRECTING) != 0;
     for (uint32_t e = 0; e < degree; e++) {
         int8_t *restrict q = d->q + (size_t)e * z;
+        int8_t *restrict sent = d->sent + (size_t)(first + e) * z;
         const int8_t *restrict msg = d->messages + (size_t)(first + e) * z;
         const int8_t *l = d->posterior + (size_t)t->cols[first + e] * d->stride;
         const uint32_t shift = t->shifts[first + e];
@@ -178,6 +188,11 @@ static inline __attribute__((always_inline)) uint32_t layer_lanes(qkd_ldpc_decod
             v = v > QKD_LDPC_LLR_MAX ? QKD_LDPC_LLR_MAX : v;
             v = v < -QKD_LDPC_LLR_MAX ? -QKD_LDPC_LLR_MAX : v;
             q[i] = (int8_t)v;
+            if (sc) { /* erase a message whose sign flipped since it was last sent (unless that one was erased) */
+                int prev = sent[i];
+                v = (prev != 0 && ((prev ^ v) < 0)) ? 0 : v;
+                sent[i] = (int8_t)v;
+            }
             uint8_t a = (uint8_t)(v < 0 ? -v : v);
             uint8_t lo = min1[i] < a ? min1[i] : a;
             uint8_t hi = min1[i] < a ? a : min1[i];
@@ -190,8 +205,9 @@ static inline __attribute__((always_inline)) uint32_t layer_lanes(qkd_ldpc_decod
     for (uint32_t e = 0; e < degree; e++) {
         int8_t *restrict q = d->q + (size_t)e * z;
         int8_t *restrict msg = d->messages + (size_t)(first + e) * z;
+        const int8_t *restrict sent = d->sent + (size_t)(first + e) * z;
         for (uint32_t i = 0; i < z; i++) { /* branch-free, so that it vectorises */
-            int16_t v = q[i];
+            int16_t v = sc ? sent[i] : q[i];  /* the message as the check used it */
             int16_t vneg = (int16_t)-(v < 0);
             int16_t a = (int16_t)((v ^ vneg) - vneg);
             int16_t pick = (int16_t)-(a == min1[i]);
@@ -201,7 +217,7 @@ static inline __attribute__((always_inline)) uint32_t layer_lanes(qkd_ldpc_decod
             int16_t neg = (int16_t)-(int16_t)(parity[i] ^ (uint8_t)(v < 0));
             int16_t rn = (int16_t)((m ^ neg) - neg);
             msg[i] = (int8_t)rn;
-            int16_t w = (int16_t)(v + rn);
+            int16_t w = (int16_t)(q[i] + rn);
             w = w > QKD_LDPC_LLR_MAX ? QKD_LDPC_LLR_MAX : w;
             w = w < -QKD_LDPC_LLR_MAX ? -QKD_LDPC_LLR_MAX : w;
             q[i] = (int8_t)w;
@@ -274,6 +290,7 @@ __attribute__((target("avx2,popcnt"))) static uint32_t iteration_avx2(qkd_ldpc_d
     const __m256i lmin = _mm256_set1_epi8(-QKD_LDPC_LLR_MAX), lmax = _mm256_set1_epi8(QKD_LDPC_LLR_MAX);
     const __m256i one = _mm256_set1_epi8(1), zero = _mm256_setzero_si256();
     const __m256i scale16 = _mm256_set1_epi16((short)scale), offset8 = _mm256_set1_epi8((char)offset);
+    const int sc = (d->flags & QKD_LDPC_SELF_CORRECTING) != 0;
     uint32_t unsat = 0;
     for (uint32_t r = 0; r < t->mb; r++) {
         const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
@@ -288,6 +305,14 @@ __attribute__((target("avx2,popcnt"))) static uint32_t iteration_avx2(qkd_ldpc_d
                 __m256i msg = _mm256_load_si256((const __m256i *)(d->messages + (size_t)(first + e) * z + i0));
                 __m256i q = _mm256_max_epi8(_mm256_subs_epi8(_mm256_loadu_si256((const __m256i *)l), msg), lmin);
                 _mm256_store_si256((__m256i *)(d->q + (size_t)e * z + i0), q);
+                if (sc) {
+                    __m256i *sp = (__m256i *)(d->sent + (size_t)(first + e) * z + i0);
+                    __m256i prev = _mm256_load_si256(sp);
+                    __m256i flip = _mm256_andnot_si256(_mm256_cmpeq_epi8(prev, zero),
+                                                       _mm256_cmpgt_epi8(zero, _mm256_xor_si256(prev, q)));
+                    q = _mm256_andnot_si256(flip, q);
+                    _mm256_store_si256(sp, q);
+                }
                 __m256i a = _mm256_abs_epi8(q);
                 min2 = _mm256_min_epu8(min2, _mm256_max_epu8(min1, a));
                 min1 = _mm256_min_epu8(min1, a);
@@ -299,8 +324,9 @@ __attribute__((target("avx2,popcnt"))) static uint32_t iteration_avx2(qkd_ldpc_d
                 __m256i *qp = (__m256i *)(d->q + (size_t)e * z + i0);
                 __m256i *mp = (__m256i *)(d->messages + (size_t)(first + e) * z + i0);
                 __m256i q = _mm256_load_si256(qp);
-                __m256i mag = _mm256_blendv_epi8(s1, s2, _mm256_cmpeq_epi8(_mm256_abs_epi8(q), min1));
-                __m256i rn = _mm256_blendv_epi8(mag, _mm256_sub_epi8(zero, mag), _mm256_xor_si256(parity, q));
+                __m256i u = sc ? _mm256_load_si256((const __m256i *)(d->sent + (size_t)(first + e) * z + i0)) : q;
+                __m256i mag = _mm256_blendv_epi8(s1, s2, _mm256_cmpeq_epi8(_mm256_abs_epi8(u), min1));
+                __m256i rn = _mm256_blendv_epi8(mag, _mm256_sub_epi8(zero, mag), _mm256_xor_si256(parity, u));
                 _mm256_store_si256(mp, rn);
                 __m256i w = _mm256_max_epi8(_mm256_adds_epi8(q, rn), lmin);
                 _mm256_store_si256(qp, w);
@@ -330,6 +356,7 @@ iteration_avx512(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int of
     const __m512i lmin = _mm512_set1_epi8(-QKD_LDPC_LLR_MAX), lmax = _mm512_set1_epi8(QKD_LDPC_LLR_MAX);
     const __m512i one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
     const __m512i scale16 = _mm512_set1_epi16((short)scale), offset8 = _mm512_set1_epi8((char)offset);
+    const int sc = (d->flags & QKD_LDPC_SELF_CORRECTING) != 0;
     uint32_t unsat = 0;
     for (uint32_t r = 0; r < t->mb; r++) {
         const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
@@ -344,6 +371,13 @@ iteration_avx512(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int of
                 __m512i msg = _mm512_load_si512((const void *)(d->messages + (size_t)(first + e) * z + i0));
                 __m512i q = _mm512_max_epi8(_mm512_subs_epi8(_mm512_loadu_si512((const void *)l), msg), lmin);
                 _mm512_store_si512((void *)(d->q + (size_t)e * z + i0), q);
+                if (sc) {
+                    void *sp = (void *)(d->sent + (size_t)(first + e) * z + i0);
+                    __m512i prev = _mm512_load_si512(sp);
+                    __mmask64 flip = _mm512_test_epi8_mask(prev, prev) & _mm512_movepi8_mask(_mm512_xor_si512(prev, q));
+                    q = _mm512_maskz_mov_epi8(~flip, q);
+                    _mm512_store_si512(sp, q);
+                }
                 __m512i a = _mm512_abs_epi8(q);
                 min2 = _mm512_min_epu8(min2, _mm512_max_epu8(min1, a));
                 min1 = _mm512_min_epu8(min1, a);
@@ -355,8 +389,9 @@ iteration_avx512(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int of
                 void *qp = (void *)(d->q + (size_t)e * z + i0);
                 void *mp = (void *)(d->messages + (size_t)(first + e) * z + i0);
                 __m512i q = _mm512_load_si512(qp);
-                __m512i mag = _mm512_mask_blend_epi8(_mm512_cmpeq_epi8_mask(_mm512_abs_epi8(q), min1), s1, s2);
-                __m512i rn = _mm512_mask_sub_epi8(mag, parity ^ _mm512_movepi8_mask(q), zero, mag);
+                __m512i u = sc ? _mm512_load_si512((const void *)(d->sent + (size_t)(first + e) * z + i0)) : q;
+                __m512i mag = _mm512_mask_blend_epi8(_mm512_cmpeq_epi8_mask(_mm512_abs_epi8(u), min1), s1, s2);
+                __m512i rn = _mm512_mask_sub_epi8(mag, parity ^ _mm512_movepi8_mask(u), zero, mag);
                 _mm512_store_si512(mp, rn);
                 __m512i w = _mm512_max_epi8(_mm512_adds_epi8(q, rn), lmin);
                 _mm512_store_si512(qp, w);
@@ -378,6 +413,7 @@ static uint32_t iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome,
 {
     const qkd_ldpc_table *t = d->t;
     const uint32_t z = t->z;
+    const int sc = (d->flags & QKD_LDPC_SELF_CORRECTING) != 0;
     uint32_t unsat = 0;
     for (uint32_t r = 0; r < t->mb; r++) {
         const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
@@ -388,6 +424,11 @@ static uint32_t iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome,
                 int8_t *msg = &d->messages[(size_t)(first + e) * z + i];
                 int v = clamp8(d->posterior[bit] - *msg);
                 d->q[e] = (int8_t)v;
+                if (sc) {
+                    int8_t *sent = &d->sent[(size_t)(first + e) * z + i];
+                    v = (*sent != 0 && ((*sent ^ v) < 0)) ? 0 : v;
+                    *sent = (int8_t)v;
+                }
                 int a = v < 0 ? -v : v;
                 if (a < min1) {
                     min2 = min1;
@@ -401,13 +442,13 @@ static uint32_t iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome,
             for (uint32_t e = 0; e < degree; e++) {
                 size_t bit = (size_t)t->cols[first + e] * d->stride + (i + t->shifts[first + e]) % z;
                 int8_t *msg = &d->messages[(size_t)(first + e) * z + i];
-                int v = d->q[e];
+                int v = sc ? d->sent[(size_t)(first + e) * z + i] : d->q[e];
                 int a = v < 0 ? -v : v;
                 int m = (((a == min1 ? min2 : min1) * scale) >> 3) - offset;
                 m = m < 0 ? 0 : m;
                 int rn = (parity ^ (v < 0)) ? -m : m;
                 *msg = (int8_t)rn;
-                d->posterior[bit] = clamp8(v + rn);
+                d->posterior[bit] = clamp8(d->q[e] + rn);
                 check ^= d->posterior[bit] < 0;
             }
             unsat += (uint32_t)check;
@@ -442,6 +483,14 @@ static int syndrome_holds(qkd_ldpc_decoder *d, const uint8_t *syndrome)
             return 0;
     }
     return 1;
+}
+
+int qkd_ldpc_decoder_set_flags(qkd_ldpc_decoder *d, uint32_t flags)
+{
+    if (!d || (flags & ~(uint32_t)QKD_LDPC_SELF_CORRECTING))
+        return QKD_EINVAL;
+    d->flags = flags;
+    return QKD_OK;
 }
 
 int qkd_ldpc_path_available(uint32_t path)
@@ -555,6 +604,7 @@ int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, c
     }
     memcpy(d->channel, llr, n_bits);
     memset(d->messages, 0, (size_t)t->edges * t->z);
+    memset(d->sent, 0, (size_t)t->edges * t->z);
     d->primed = 1;
     return run(d, syndrome, bits_out, max_iterations, scale_eighths, offset, iterate);
 }

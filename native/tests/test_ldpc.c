@@ -157,32 +157,36 @@ static void test_resume_paths_agree(void)
     }
     const uint32_t paths[4] = {QKD_LDPC_PATH_PORTABLE, QKD_LDPC_PATH_LANES, QKD_LDPC_PATH_AVX2,
                                QKD_LDPC_PATH_AVX512};
-    int64_t first[4], resumed[4];
-    for (int p = 0; p < 4; p++) {
-        out[p] = malloc(n);
-        if (!qkd_ldpc_path_available(paths[p])) {
-            memcpy(out[p], out[1], n);
-            first[p] = first[1];
-            resumed[p] = resumed[1];
-            continue;
+    for (uint32_t flags = 0; flags <= QKD_LDPC_SELF_CORRECTING; flags++) {
+        int64_t first[4], resumed[4];
+        for (int p = 0; p < 4; p++) {
+            out[p] = malloc(n);
+            if (!qkd_ldpc_path_available(paths[p])) {
+                memcpy(out[p], out[1], n);
+                first[p] = first[1];
+                resumed[p] = resumed[1];
+                continue;
+            }
+            qkd_ldpc_decoder *d = NULL;
+            CHECK_EQ(qkd_ldpc_decoder_new(&d, code), QKD_OK);
+            CHECK_EQ(qkd_ldpc_decoder_set_flags(d, 2), QKD_EINVAL);
+            CHECK_EQ(qkd_ldpc_decoder_set_flags(d, flags), QKD_OK);
+            CHECK_EQ(qkd_ldpc_decode_resume(d, llr, n, syndrome, m, out[p], n, 40, 7, 1, paths[p]), QKD_EINVAL);
+            first[p] = qkd_ldpc_decode(d, llr, n, syndrome, m, out[p], n, 2, 7, 1, paths[p]);
+            resumed[p] = qkd_ldpc_decode_resume(d, pinned, n, syndrome, m, out[p], n, 40, 7, 1, paths[p]);
+            qkd_ldpc_decoder_free(d);
         }
-        qkd_ldpc_decoder *d = NULL;
-        CHECK_EQ(qkd_ldpc_decoder_new(&d, code), QKD_OK);
-        CHECK_EQ(qkd_ldpc_decode_resume(d, llr, n, syndrome, m, out[p], n, 40, 7, 1, paths[p]), QKD_EINVAL);
-        first[p] = qkd_ldpc_decode(d, llr, n, syndrome, m, out[p], n, 2, 7, 1, paths[p]);
-        resumed[p] = qkd_ldpc_decode_resume(d, pinned, n, syndrome, m, out[p], n, 40, 7, 1, paths[p]);
-        qkd_ldpc_decoder_free(d);
+        CHECK_EQ(first[0], 0);
+        CHECK(resumed[0] >= 1);
+        CHECK(memcmp(out[0], word, n) == 0);
+        for (int p = 1; p < 4; p++) {
+            CHECK_EQ(first[p], first[0]);
+            CHECK_EQ(resumed[p], resumed[0]);
+            CHECK(memcmp(out[p], out[0], n) == 0);
+        }
+        for (int p = 0; p < 4; p++)
+            free(out[p]);
     }
-    CHECK_EQ(first[0], 0);
-    CHECK(resumed[0] >= 1);
-    CHECK(memcmp(out[0], word, n) == 0);
-    for (int p = 1; p < 4; p++) {
-        CHECK_EQ(first[p], first[0]);
-        CHECK_EQ(resumed[p], resumed[0]);
-        CHECK(memcmp(out[p], out[0], n) == 0);
-    }
-    for (int p = 0; p < 4; p++)
-        free(out[p]);
     free(word);
     free(syndrome);
     free(llr);

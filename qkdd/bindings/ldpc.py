@@ -102,11 +102,15 @@ def permutation(seed: bytes, stream: int, n: int) -> np.ndarray:
 class Decoder:
     """Scratch state for decoding codewords of one code; use from one thread at a time."""
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, self_correcting: bool = False):
+        """`self_correcting`: self-corrected min-sum (qkd_ldpc.h, QKD_LDPC_SELF_CORRECTING) instead of plain."""
         self.info = code(index)
+        self.self_correcting = bool(self_correcting)
         handle = ffi.new("qkd_ldpc_decoder **")
         check(lib.qkd_ldpc_decoder_new(handle, index), "decoder_new")
         self._d = ffi.gc(handle[0], lib.qkd_ldpc_decoder_free)
+        if self.self_correcting:
+            check(lib.qkd_ldpc_decoder_set_flags(self._d, lib.QKD_LDPC_SELF_CORRECTING), "decoder_set_flags")
 
     def decode(self, llr: np.ndarray, target_syndrome: np.ndarray, max_iterations: int = 60,
                scale_eighths: int = DEFAULT_SCALE_EIGHTHS, offset: int = DEFAULT_OFFSET,
