@@ -79,9 +79,9 @@ REVEAL_STEP_F = 0.04              # each reveal round adds about this much (shor
 # Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step that gave the lowest f with
 # at most 3 round trips and no failed frame in 50 at n = 10^6 (bench.reconcile; README). Below 1.5 % QBER a
 # codeword carries fewer bits of entropy and the codewords' thresholds spread wider: larger reveals.
-START_LONG = ((0.015, 1.24, 0.08), (0.5, 1.21, 0.065))
+START_LONG = ((0.015, 1.26, 0.08), (0.5, 1.21, 0.065))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
-MEASURED_EFFICIENCY = 1.31
+MEASURED_EFFICIENCY = 1.29
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
 # Check rules (scale in eighths, offset) a codeword failing after the last reveal is decoded with in turn: at
 # 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default (7/8, 1)
