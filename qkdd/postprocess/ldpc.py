@@ -77,7 +77,7 @@ MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decod
 F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
 REVEAL_STEP_F = 0.04              # each reveal round adds about this much (short codes)
 # Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step that gave the lowest f with
-# at most 3 round trips and no failed frame in 50 at n = 10^6 (bench.reconcile; README). Below 1.5 % QBER a
+# at most 3 round trips and at most 1 failed frame in 50 at n = 10^6 (bench.reconcile; README). Below 1.5 % QBER a
 # codeword carries fewer bits of entropy and the codewords' thresholds spread wider: larger reveals.
 START_LONG = ((0.015, 1.26, 0.08), (0.5, 1.21, 0.065))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
