@@ -83,10 +83,10 @@ START_LONG = ((0.015, 1.26, 0.08), (0.5, 1.21, 0.065))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
 MEASURED_EFFICIENCY = 1.29
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
-# Check rules (scale in eighths, offset) a codeword failing after the last reveal is decoded with in turn: at
-# 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default (7/8, 1)
-# and decodes under (6/8, 1) or (6/8, 0) (bench).
-LAST_CHANCE_RULES = ((6, 1), (6, 0))
+# Check rules (scale in eighths, offset, self-corrected) a codeword failing after the last reveal is decoded with
+# in turn: at 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default
+# rule and decodes under another (bench).
+LAST_CHANCE_RULES = ((6, 1, True), (6, 0, True), (7, 1, False), (6, 0, False))   # (..., self-corrected)
 # Bob decodes with self-corrected min-sum (qkd_ldpc.h): per-codeword thresholds ~1.5 % lower than plain min-sum
 # on the shipped codes, and fewer iterations (bench: f 1.242 against 1.254 at 2 %, n = 10^6, same plan).
 SELF_CORRECTING = True
@@ -418,15 +418,18 @@ class LdpcBob(_End):
                 self._spare = stuck
             decoder = self._fresh_decoder()
             last = self._revealed[i] >= self.plan.max_reveal_rounds
-            rules = ((native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET),) + (LAST_CHANCE_RULES if last else ())
-            for scale, offset in rules:
+            rules = ((native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET, SELF_CORRECTING),)
+            for scale, offset, self_correcting in rules + (LAST_CHANCE_RULES if last else ()):
+                if self_correcting != decoder.self_correcting:
+                    decoder = native.Decoder(self.plan.code, self_correcting)
                 iterations, _ = decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations, scale, offset,
                                                out=self._decoded[i])
                 self.decoder_iterations += iterations or self.max_iterations
                 if iterations:
                     break
             if iterations:
-                self._spare = decoder
+                if decoder.self_correcting == SELF_CORRECTING:
+                    self._spare = decoder
             else:
                 failing.append(i)
                 self._stuck[i] = decoder
