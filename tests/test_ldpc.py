@@ -78,6 +78,39 @@ def test_decoder_paths_agree_bit_for_bit_and_correct_errors():
             assert iterations == 0 and not np.array_equal(native.syndrome(SHORT.index, bits), syndrome)
 
 
+def test_simd_paths_agree_with_the_portable_path_on_a_long_code_and_when_resuming():
+    """The AVX2/AVX-512 paths (chunked, padded columns) against the portable one on a Z = 512 code, for several
+    check rules (plain and self-corrected min-sum), from a fresh start and when resuming with bits revealed."""
+    rng = np.random.default_rng(21)
+    long_code = next(c for c in native.codes() if c.z == 512 and 0.8 < c.rate < 0.9)
+    paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2, native.PATH_AVX512)
+             if native.path_available(p)]
+    word = rng.integers(0, 2, long_code.n_bits, dtype=np.uint8)
+    received = word ^ (rng.random(long_code.n_bits) < 0.011).astype(np.uint8)
+    llr = np.where(received == 0, 16, -16).astype(np.int8)
+    syndrome = native.syndrome(long_code.index, word)
+    revealed = llr.copy()
+    pinned = rng.choice(long_code.n_bits, 3000, replace=False)
+    revealed[pinned] = np.where(word[pinned] == 0, native.LLR_MAX, -native.LLR_MAX)
+    by_rule = {}
+    for scale, offset, self_correcting in ((7, 1, False), (6, 0, False), (8, 3, False), (7, 1, True), (6, 0, True)):
+        results = by_rule[scale, offset, self_correcting] = []
+        for path in paths:
+            decoder = native.Decoder(long_code.index, self_correcting)
+            first = decoder.decode(llr, syndrome, 2, scale, offset, path)
+            resumed = decoder.resume(revealed, syndrome, 40, scale, offset, path)
+            results.append((first[0], first[1].copy(), resumed[0], resumed[1]))
+        for other in results[1:]:
+            assert other[0] == results[0][0] and other[2] == results[0][2]
+            assert np.array_equal(other[1], results[0][1]) and np.array_equal(other[3], results[0][3])
+    for self_correcting in (False, True):
+        default = by_rule[native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET, self_correcting][0]
+        assert default[0] == 0                                      # 2 iterations were not enough ...
+        assert default[2] >= 1 and np.array_equal(default[3], word)  # ... the reveal and resume were
+    with pytest.raises(Exception):
+        native.Decoder(long_code.index).resume(llr, syndrome)  # nothing to resume
+
+
 def test_decoder_refuses_bad_buffers():
     decoder = native.Decoder(SHORT.index)
     llr = np.zeros(SHORT.n_bits, dtype=np.int8)
@@ -107,7 +140,8 @@ def test_decode_releases_the_gil():
     stop = threading.Event()
 
     def decode():
-        for _ in range(20):
+        for _ in range(200):        # a stalled decode takes well under a millisecond: many calls, so that the
+                                    # main thread gets scheduled inside some of them even on a loaded machine
             before = counter[0]
             decoder.decode(llr, syndrome, native.MAX_ITERATIONS)
             moved.append(counter[0] - before)
@@ -142,6 +176,18 @@ def test_both_ends_agree_and_count_the_disclosure(n, qber):
     assert bob.disclosed_bits == alice.disclosed_bits == plan.codewords * (m - plan.punctured) + revealed
     assert bob.round_trips == trips == 1 + int(bob._revealed.max())
     assert bob.disclosed_bits < 2 * n * binary_entropy(qber)
+
+
+def test_long_frames_take_at_most_three_round_trips():
+    """A frame of the long codes (Z = 512): syndromes plus at most two reveal rounds, the keys agree."""
+    rng = np.random.default_rng(31)
+    n = ldpc.LONG_FRAME_BITS + 50_000
+    alice_key, bob_key = noisy_pair(rng, n, round(0.02 * n))
+    reference = alice_key.copy()
+    bob, alice, trips = run(alice_key, bob_key, n, 0.02)
+    assert native.code(bob.plan.code).z == 512 and bob.plan.max_reveal_rounds <= 2
+    assert trips <= 3 and np.array_equal(bob_key, reference)
+    assert bob.disclosed_bits == alice.disclosed_bits < 1.5 * n * binary_entropy(0.02)
 
 
 def test_blind_rounds_reveal_until_decoding_succeeds():

@@ -12,7 +12,7 @@
  * SiPS 2004) with normalised offset min-sum check updates (Chen & Fossorier, "Density evolution for two improved
  * BP-based decoding algorithms of LDPC codes", IEEE Commun. Lett. 6(5), 2002) and stops as soon as
  * the hard decisions have the target syndrome. The Z checks of a layer touch disjoint bits, so the
- * lane path (all Z checks of a layer at once, auto-vectorised; AVX2 and AVX-512BW builds selected at run time)
+ * lane path (all Z checks of a layer at once, auto-vectorised; AVX2 and AVX-512BW intrinsics chosen at run time)
  * and the portable path (one check at a time) compute identical results, iteration for iteration.
  *
  * A qkd_ldpc_decoder owns its scratch: one per thread; decoding holds no global state.
@@ -32,6 +32,7 @@
 #define QKD_LDPC_LLR_MAX 127
 #define QKD_LDPC_MAX_ITERATIONS 1000
 #define QKD_LDPC_STALL_ITERATIONS 12   /* give up after this many iterations without progress */
+#define QKD_LDPC_SELF_CORRECTING 1     /* decoder flag: self-corrected min-sum (see below) */
 
 typedef struct qkd_ldpc_code_info {
     uint32_t z;        /* circulant size */
@@ -54,10 +55,24 @@ int qkd_ldpc_path_available(uint32_t path);
 int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, const uint8_t *syndrome,
                         size_t m_bits, uint8_t *bits_out, size_t out_len, uint32_t max_iterations,
                         uint32_t scale_eighths, uint32_t offset, uint32_t path);
+int qkd_ldpc_decoder_set_flags(qkd_ldpc_decoder *d, uint32_t flags);
+int64_t qkd_ldpc_decode_resume(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, const uint8_t *syndrome,
+                               size_t m_bits, uint8_t *bits_out, size_t out_len, uint32_t max_iterations,
+                               uint32_t scale_eighths, uint32_t offset, uint32_t path);
 /* cffi:end */
 
 /* qkd_ldpc_decode returns the iterations used (>= 1) when the hard decisions match the syndrome, 0 when
  * max_iterations ran out or decoding stalled (bits_out then holds the last hard decisions), or a negative
- * QKD_E* code. */
+ * QKD_E* code.
+ *
+ * qkd_ldpc_decode_resume continues the last decode (or resume) call on the same decoder instead of starting
+ * afresh: it keeps the check-to-bit messages and moves each posterior by the change of its channel LLR (bits
+ * revealed since, now +-LLR_MAX), then iterates as qkd_ldpc_decode does and returns the same way. It refuses
+ * (QKD_EINVAL) a decoder that has not decoded yet. Every path resumes identically.
+ *
+ * qkd_ldpc_decoder_set_flags(d, QKD_LDPC_SELF_CORRECTING) makes later decode/resume calls on d use self-corrected
+ * min-sum (Savin, "Self-corrected min-sum decoding of LDPC codes", ISIT 2008): a bit-to-check message whose sign
+ * differs from the one last sent on that edge (unless that was erased) is erased (sent as 0) for this update;
+ * the posterior still moves by the check's new message. 0 (the default) is plain normalised offset min-sum. */
 
 #endif

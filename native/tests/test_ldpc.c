@@ -127,9 +127,76 @@ static void test_decode_paths_agree(void)
     free(llr);
 }
 
+/* On a Z = 512 code (the SIMD paths' chunks and padded columns): a capped first decode, bits pinned as if revealed,
+ * then qkd_ldpc_decode_resume; every path gives the same iterations and bits, and the resumed decode succeeds. */
+static void test_resume_paths_agree(void)
+{
+    uint32_t code = UINT32_MAX;
+    qkd_ldpc_code_info info;
+    for (int c = 0; c < qkd_ldpc_code_count(); c++) {
+        qkd_ldpc_code_get_info((uint32_t)c, &info);
+        if (info.z == 512 && info.mb == 12)
+            code = (uint32_t)c;
+    }
+    CHECK(code != UINT32_MAX);
+    if (code == UINT32_MAX)
+        return;
+    qkd_ldpc_code_get_info(code, &info);
+    const size_t n = info.n_bits, m = info.m_bits;
+    uint8_t *word = malloc(n), *syndrome = malloc(m), *out[4];
+    int8_t *llr = malloc(n), *pinned = malloc(n);
+    qkd_prng g;
+    qkd_prng_init(&g, SEED, sizeof SEED, 2);
+    for (size_t j = 0; j < n; j++)
+        word[j] = (uint8_t)(qkd_prng_next(&g) & 1);
+    CHECK_EQ(qkd_ldpc_syndrome(code, word, n, syndrome, m), QKD_OK);
+    for (size_t j = 0; j < n; j++) {
+        int bit = word[j] ^ (qkd_prng_below(&g, 1000) < 11);
+        llr[j] = (int8_t)(bit ? -16 : 16);
+        pinned[j] = qkd_prng_below(&g, 100) < 6 ? (int8_t)(word[j] ? -QKD_LDPC_LLR_MAX : QKD_LDPC_LLR_MAX) : llr[j];
+    }
+    const uint32_t paths[4] = {QKD_LDPC_PATH_PORTABLE, QKD_LDPC_PATH_LANES, QKD_LDPC_PATH_AVX2,
+                               QKD_LDPC_PATH_AVX512};
+    for (uint32_t flags = 0; flags <= QKD_LDPC_SELF_CORRECTING; flags++) {
+        int64_t first[4], resumed[4];
+        for (int p = 0; p < 4; p++) {
+            out[p] = malloc(n);
+            if (!qkd_ldpc_path_available(paths[p])) {
+                memcpy(out[p], out[1], n);
+                first[p] = first[1];
+                resumed[p] = resumed[1];
+                continue;
+            }
+            qkd_ldpc_decoder *d = NULL;
+            CHECK_EQ(qkd_ldpc_decoder_new(&d, code), QKD_OK);
+            CHECK_EQ(qkd_ldpc_decoder_set_flags(d, 2), QKD_EINVAL);
+            CHECK_EQ(qkd_ldpc_decoder_set_flags(d, flags), QKD_OK);
+            CHECK_EQ(qkd_ldpc_decode_resume(d, llr, n, syndrome, m, out[p], n, 40, 7, 1, paths[p]), QKD_EINVAL);
+            first[p] = qkd_ldpc_decode(d, llr, n, syndrome, m, out[p], n, 2, 7, 1, paths[p]);
+            resumed[p] = qkd_ldpc_decode_resume(d, pinned, n, syndrome, m, out[p], n, 40, 7, 1, paths[p]);
+            qkd_ldpc_decoder_free(d);
+        }
+        CHECK_EQ(first[0], 0);
+        CHECK(resumed[0] >= 1);
+        CHECK(memcmp(out[0], word, n) == 0);
+        for (int p = 1; p < 4; p++) {
+            CHECK_EQ(first[p], first[0]);
+            CHECK_EQ(resumed[p], resumed[0]);
+            CHECK(memcmp(out[p], out[0], n) == 0);
+        }
+        for (int p = 0; p < 4; p++)
+            free(out[p]);
+    }
+    free(word);
+    free(syndrome);
+    free(llr);
+    free(pinned);
+}
+
 int main(void)
 {
     test_tables();
     test_decode_paths_agree();
+    test_resume_paths_agree();
     return check_report("test_ldpc");
 }

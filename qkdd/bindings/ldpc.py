@@ -102,16 +102,31 @@ def permutation(seed: bytes, stream: int, n: int) -> np.ndarray:
 class Decoder:
     """Scratch state for decoding codewords of one code; use from one thread at a time."""
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, self_correcting: bool = False):
+        """`self_correcting`: self-corrected min-sum (qkd_ldpc.h, QKD_LDPC_SELF_CORRECTING) instead of plain."""
         self.info = code(index)
+        self.self_correcting = bool(self_correcting)
         handle = ffi.new("qkd_ldpc_decoder **")
         check(lib.qkd_ldpc_decoder_new(handle, index), "decoder_new")
         self._d = ffi.gc(handle[0], lib.qkd_ldpc_decoder_free)
+        if self.self_correcting:
+            check(lib.qkd_ldpc_decoder_set_flags(self._d, lib.QKD_LDPC_SELF_CORRECTING), "decoder_set_flags")
 
     def decode(self, llr: np.ndarray, target_syndrome: np.ndarray, max_iterations: int = 60,
                scale_eighths: int = DEFAULT_SCALE_EIGHTHS, offset: int = DEFAULT_OFFSET,
-               path: int = PATH_AUTO) -> tuple[int, np.ndarray]:
-        """Decode one codeword: (iterations used, or 0 if the syndrome was not reached; hard decisions)."""
+               path: int = PATH_AUTO, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+        """Decode one codeword: (iterations used, or 0 if the syndrome was not reached; hard decisions).
+        `out`, if given, is a writable uint8 array of n_bits that receives the hard decisions."""
+        return self._call(lib.qkd_ldpc_decode, llr, target_syndrome, max_iterations, scale_eighths, offset, path, out)
+
+    def resume(self, llr: np.ndarray, target_syndrome: np.ndarray, max_iterations: int = 60,
+               scale_eighths: int = DEFAULT_SCALE_EIGHTHS, offset: int = DEFAULT_OFFSET,
+               path: int = PATH_AUTO, out: np.ndarray | None = None) -> tuple[int, np.ndarray]:
+        """Continue this decoder's last decode with new channel LLRs (bits revealed since): as decode()."""
+        return self._call(lib.qkd_ldpc_decode_resume, llr, target_syndrome, max_iterations, scale_eighths, offset,
+                          path, out)
+
+    def _call(self, function, llr, target_syndrome, max_iterations, scale_eighths, offset, path, out):
         info = self.info
         if not isinstance(llr, np.ndarray) or llr.dtype != np.int8 or llr.shape != (info.n_bits,):
             raise ValueError(f"llr must be an int8 array of {info.n_bits} values")
@@ -122,8 +137,12 @@ class Decoder:
             raise ValueError("scale_eighths must be 1 to 8 and offset 0 to LLR_MAX")
         if not path_available(path):
             raise ValueError(f"decoder path {path} is not available on this machine")
-        out = np.empty(info.n_bits, dtype=np.uint8)
-        iterations = check(lib.qkd_ldpc_decode(
+        if out is None:
+            out = np.empty(info.n_bits, dtype=np.uint8)
+        elif (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (info.n_bits,)
+              or not out.flags.c_contiguous):
+            raise ValueError(f"out must be a contiguous uint8 array of {info.n_bits} bits")
+        iterations = check(function(
             self._d, ffi.from_buffer("int8_t[]", np.ascontiguousarray(llr)), info.n_bits,
             ffi.from_buffer("uint8_t[]", target_syndrome), info.m_bits,
             ffi.from_buffer("uint8_t[]", out, require_writable=True), info.n_bits,

@@ -17,8 +17,10 @@ announces all of it in START.
 Alice answers with the k syndromes. Bob decodes every codeword (layered offset min-sum in C); each one
 that does not reach its syndrome is listed in a REVEAL, and Alice discloses the next `reveal_step`
 punctured positions of its reveal order in REVEALED (a revealed punctured bit turns into a shortened
-one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again. After `max_reveal_rounds`
-reveals a codeword still failing fails the frame (Bob raises, state FAILED). When all decode, Bob writes
+one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again, resuming each decoder
+where it stalled (then, if that fails, afresh; after the last round also with other check rules). After
+`max_reveal_rounds` reveals (two for long frames: at most 3 round trips) a codeword still failing fails the
+frame (Bob raises, state FAILED). When all decode, Bob writes
 the corrected bits into his key and sends DONE with his counts, which Alice checks against hers.
 
 Disclosed bits, counted alike at both ends (Elkouss et al. 2010, sec. III): per codeword m - p + t, the
@@ -73,10 +75,25 @@ _COUNT = struct.Struct("<I")
 LONG_FRAME_BITS = 4 * 49152       # frames from this length on use the long codes (Z = 512)
 MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decoding fast
 F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
-REVEAL_STEP_F = 0.04              # each reveal round adds about this much
+REVEAL_STEP_F = 0.04              # each reveal round adds about this much (short codes)
+# Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step, for the lowest f with at most
+# 3 round trips and no failed frame in 50 at n = 10^6 (bench.reconcile; README). A lost frame costs all its key,
+# f 0.01 more only ~0.2 % of it at 2 %: steps of 0.065 h(Q) saved 0.009 in f at 2 % but lost 3 frames in 150.
+# Below 1.5 % QBER a codeword carries fewer bits of entropy and the thresholds spread wider: a higher start.
+START_LONG = ((0.015, 1.26, 0.08), (0.5, 1.21, 0.08))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
-MEASURED_EFFICIENCY = 1.26
+MEASURED_EFFICIENCY = 1.29
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
+# Check rules (scale in eighths, offset, self-corrected) a codeword failing after the last reveal is decoded with
+# in turn: at 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default
+# rule and decodes under another (bench).
+LAST_CHANCE_RULES = ((6, 1, True), (6, 0, True), (7, 1, False), (6, 0, False))   # (..., self-corrected)
+# Bob decodes with self-corrected min-sum (qkd_ldpc.h): per-codeword thresholds ~1.5 % lower than plain min-sum
+# on the shipped codes, and fewer iterations (bench: f 1.242 against 1.254 at 2 %, n = 10^6, same plan).
+SELF_CORRECTING = True
+MAX_REVEAL_ROUNDS_LONG = 2        # long codes: syndromes plus two reveal rounds, at most 3 round trips per frame
+MAX_REVEAL_ROUNDS_SHORT = 8       # short codes (Z = 64): their thresholds spread wider, so more and smaller rounds
+SHORTENED_WEIGHT = 0.15           # plan, long codes: a shortened bit costs the decoder ~0.15 punctured bits (bench)
 
 
 class MessageType(enum.IntEnum):
@@ -166,17 +183,34 @@ class Plan:
         return int(self.codewords * (m - self.punctured) + int(revealed_per_codeword.sum()))
 
 
-def plan(n_bits: int, qber_estimate: float, f_start: float = F_START, reveal_step_f: float = REVEAL_STEP_F,
-         max_reveal_rounds: int = 8) -> Plan:
+def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal_step_f: float | None = None,
+         max_reveal_rounds: int | None = None) -> Plan:
     """Bob's choice: the code family by frame length, then the code and puncturing that disclose
-    f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q)."""
+    f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q).
+    f_start, reveal_step_f and max_reveal_rounds default by family (long: START_LONG, MAX_REVEAL_ROUNDS_LONG;
+    short: F_START, REVEAL_STEP_F, MAX_REVEAL_ROUNDS_SHORT).
+
+    Long codes: random puncturing costs the min-sum decoder much more than shortening does, and heavy
+    shortening of a high-rate code costs too (bench, 2 %: a 5 % punctured rate-0.79 code decodes at f 1.26 where
+    a 12 % shortened, 1.5 % punctured rate-0.84 code decodes at 1.21; 1 %: a 24 % shortened rate-0.92 code
+    does worse than a 3 % punctured rate-0.875 one), so the plan takes the code with the least punctured
+    fraction plus SHORTENED_WEIGHT times the shortened fraction. Short codes: the fewest codewords with enough
+    punctured bits for the rounds."""
+    long = n_bits >= LONG_FRAME_BITS
+    start_long = next(((f, step) for q, f, step in START_LONG if qber_estimate <= q), START_LONG[-1][1:])
+    if f_start is None:
+        f_start = start_long[0] if long else F_START
+    if reveal_step_f is None:
+        reveal_step_f = start_long[1] if long else REVEAL_STEP_F
+    if max_reveal_rounds is None:
+        max_reveal_rounds = MAX_REVEAL_ROUNDS_LONG if long else MAX_REVEAL_ROUNDS_SHORT
     if not 1 <= n_bits <= MAX_BITS:
         raise ValueError(f"LDPC frame of {n_bits} bits: must be 1 to {MAX_BITS}")
     if not 0.0 < qber_estimate < 0.5:
         raise ValueError(f"QBER estimate {qber_estimate!r} must lie in (0, 0.5)")
     fh = f_start * binary_entropy(qber_estimate)
     reveal_h = max_reveal_rounds * reveal_step_f * binary_entropy(qber_estimate)   # what the rounds may add
-    z = 512 if n_bits >= LONG_FRAME_BITS else 64
+    z = 512 if long else 64
     best = None
     for info in (c for c in native.codes() if c.z == z):
         n, m = info.n_bits, info.m_bits
@@ -195,8 +229,11 @@ def plan(n_bits: int, qber_estimate: float, f_start: float = F_START, reveal_ste
             continue    # the code's rate is too far above the target
         step = max(1, math.ceil(reveal_step_f * binary_entropy(qber_estimate) * key_bits))
         rounds = min(max_reveal_rounds, punctured // step)
-        # enough punctured bits for the reveal rounds first, then the fewest codewords
-        score = (rounds >= min(MIN_REVEAL_ROUNDS, max_reveal_rounds), key_bits / n, rounds)
+        cost = (punctured + SHORTENED_WEIGHT * (n - key_bits - punctured)) / n
+        # enough punctured bits for the reveal rounds first, then (long) the least cost or (short) the most key
+        # bits per codeword
+        fit = (-cost,) if long else (key_bits / n, rounds)
+        score = (rounds >= min(MIN_REVEAL_ROUNDS, max_reveal_rounds), *fit)
         if best is None or score > best[0]:
             best = (score, info, punctured, codewords, step, rounds)
     if best is None:
@@ -217,6 +254,14 @@ class _Layout:
         self.punctured = perm[:plan_.punctured]
         self._perm = perm
         self._p = plan_.punctured
+        self._inverse = np.empty_like(perm)
+        self._inverse[perm] = np.arange(info.n_bits)
+
+    def place(self, ordered: np.ndarray, out: np.ndarray) -> None:
+        """Codeword rows from rows in layout order (punctured, shortened, key): out[:, perm[j]] = ordered[:, j].
+        A gather per row (numpy's take), several times faster than a 2-D scatter."""
+        for row, target in zip(ordered, out):
+            np.take(row, self._inverse, out=target)
 
     def key_positions(self, key_bits: int) -> np.ndarray:
         return self._perm[self.info.n_bits - key_bits:]
@@ -303,8 +348,8 @@ class LdpcBob(_End):
     role = "Bob"
 
     def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, qber_estimate: float,
-                 seed: bytes | None = None, f_start: float = F_START, reveal_step_f: float = REVEAL_STEP_F,
-                 max_reveal_rounds: int = 8, max_iterations: int = 40):
+                 seed: bytes | None = None, f_start: float | None = None, reveal_step_f: float | None = None,
+                 max_reveal_rounds: int | None = None, max_iterations: int = 40):
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
             raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
@@ -320,7 +365,8 @@ class LdpcBob(_End):
         self.state = State.IDLE
         self._seq = 0
         self._layout = _Layout(self.plan, self.seed)
-        self._decoder = native.Decoder(self.plan.code)
+        self._spare: native.Decoder | None = native.Decoder(self.plan.code, SELF_CORRECTING)   # next fresh start
+        self._stuck: dict[int, native.Decoder] = {}    # failing codeword -> its decoder, for resuming
         self._revealed = np.zeros(self.plan.codewords, dtype=np.int64)
         self._pending: list[int] = []
         self.corrected_bits = 0
@@ -339,26 +385,60 @@ class LdpcBob(_End):
         """Bob's LLRs for every codeword (once, on SYNDROMES), a group of equal codewords at a time."""
         info = native.code(self.plan.code)
         bits = _unpack_frame(self.key, self.n_bits)
-        self._llr = np.zeros((self.plan.codewords, info.n_bits), dtype=np.int8)
+        n, p = info.n_bits, self.plan.punctured
+        self._llr = np.empty((self.plan.codewords, n), dtype=np.int8)
         channel = np.array([self.llr_units, -self.llr_units], dtype=np.int8)
         for first, count, k, start in self.plan.groups():
-            rows = self._llr[first:first + count]
-            rows[:, self._layout.shortened(k)] = native.LLR_MAX
-            rows[:, self._layout.key_positions(k)] = channel[bits[start:start + count * k].reshape(count, k)]
+            ordered = np.empty((count, n), dtype=np.int8)
+            ordered[:, :p] = 0
+            ordered[:, p:n - k] = native.LLR_MAX
+            np.take(channel, bits[start:start + count * k].reshape(count, k), out=ordered[:, n - k:])
+            self._layout.place(ordered, self._llr[first:first + count])
         self._bits = bits
         self._decoded = np.zeros((self.plan.codewords, info.n_bits), dtype=np.uint8)
 
     def _decode_all(self, which: list[int]) -> list[int]:
-        """Decode codewords `which` (afresh, with the bits revealed so far pinned); return those failing."""
+        """Decode codewords `which` (with the bits revealed so far pinned); return those failing. A codeword's
+        first attempt starts afresh; after a reveal its decoder first resumes where it stalled (the messages
+        kept: most codewords then need a few iterations), and only if that fails starts afresh (a decoder
+        stuck far from the codeword may not leave its trap, where a fresh start with the reveals succeeds). After
+        the last reveal round a codeword that still fails is tried with the LAST_CHANCE_RULES: min-sum with
+        another scale or offset often leaves the trapping set where the default rule stalls.
+        A failing codeword keeps its decoder (its state); the next codeword gets a fresh one."""
         failing = []
         for i in which:
-            iterations, out = self._decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations)
-            self.decoder_iterations += iterations or self.max_iterations
+            stuck = self._stuck.pop(i, None)
+            iterations = 0
+            if stuck is not None:
+                iterations, _ = stuck.resume(self._llr[i], self._syndromes[i], self.max_iterations,
+                                             out=self._decoded[i])
+                self.decoder_iterations += iterations or self.max_iterations
+                if iterations:
+                    self._spare = stuck         # its scratch serves the next fresh codeword
+                    continue
+                self._spare = stuck
+            decoder = self._fresh_decoder()
+            last = self._revealed[i] >= self.plan.max_reveal_rounds
+            rules = ((native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET, SELF_CORRECTING),)
+            for scale, offset, self_correcting in rules + (LAST_CHANCE_RULES if last else ()):
+                if self_correcting != decoder.self_correcting:
+                    decoder = native.Decoder(self.plan.code, self_correcting)
+                iterations, _ = decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations, scale, offset,
+                                               out=self._decoded[i])
+                self.decoder_iterations += iterations or self.max_iterations
+                if iterations:
+                    break
             if iterations:
-                self._decoded[i] = out
+                if decoder.self_correcting == SELF_CORRECTING:
+                    self._spare = decoder
             else:
                 failing.append(i)
+                self._stuck[i] = decoder
         return failing
+
+    def _fresh_decoder(self) -> native.Decoder:
+        decoder, self._spare = self._spare, None
+        return decoder if decoder is not None else native.Decoder(self.plan.code, SELF_CORRECTING)
 
     def _next(self, failing: list[int]) -> list[bytes]:
         self._seq += 1
@@ -377,10 +457,11 @@ class LdpcBob(_End):
         return [wire.encode(MessageType.REVEAL, self.frame_id, self._seq, payload)]
 
     def _finish(self) -> None:
-        corrected = self._bits.copy()
+        corrected = np.empty_like(self._bits)
         for first, count, k, start in self.plan.groups():
-            chosen = self._decoded[first:first + count][:, self._layout.key_positions(k)]
-            corrected[start:start + count * k] = chosen.ravel()
+            positions = self._layout.key_positions(k)
+            for r in range(count):
+                np.take(self._decoded[first + r], positions, out=corrected[start + r * k:start + (r + 1) * k])
         self.corrected_bits = int(np.count_nonzero(corrected != self._bits))
         words = np.zeros(self.key.size * 8, dtype=np.uint8)
         packed = np.packbits(corrected, bitorder="little")
@@ -480,13 +561,16 @@ class LdpcAlice(_End):
         self._layout = _Layout(candidate, seed)
         info = native.code(code)
         bits = _unpack_frame(self.key, self.n_bits)
-        self._words = np.zeros((codewords, info.n_bits), dtype=np.uint8)
+        n = info.n_bits
+        self._words = np.empty((codewords, n), dtype=np.uint8)
         padding = np.unpackbits(np.frombuffer(randomness.fresh_bytes((codewords * punctured + 7) // 8), dtype=np.uint8),
-                                bitorder="little")
-        self._words[:, self._layout.punctured] = padding[:codewords * punctured].reshape(codewords, punctured)
+                                bitorder="little")[:codewords * punctured].reshape(codewords, punctured)
         for first, count, k, start in candidate.groups():
-            key_part = bits[start:start + count * k].reshape(count, k)
-            self._words[first:first + count][:, self._layout.key_positions(k)] = key_part
+            ordered = np.empty((count, n), dtype=np.uint8)
+            ordered[:, :punctured] = padding[first:first + count]
+            ordered[:, punctured:n - k] = 0
+            ordered[:, n - k:] = bits[start:start + count * k].reshape(count, k)
+            self._layout.place(ordered, self._words[first:first + count])
         syndromes = np.empty((codewords, info.m_bits), dtype=np.uint8)
         for i in range(codewords):
             syndromes[i] = native.syndrome(code, self._words[i])
