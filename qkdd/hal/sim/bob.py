@@ -20,7 +20,6 @@ from qkdd.hal.base import BobDetections, ChannelMetrics, Device, DeviceError, De
 from qkdd.hal.sim import ambient, wire
 from qkdd.hal.sim.channel_ends import DialingEnd
 from qkdd.hal.sim.settings import DEFAULT_MONITOR_THRESHOLD_W
-from qkdd.hal.sim.stream import ConnectionLost, read_message
 from qkdd.peer.backoff import Backoff
 
 log = logging.getLogger("qkdd.hal.sim")
@@ -80,28 +79,13 @@ class SimBobDevice(DialingEnd, Device):
 
     async def next_frame(self) -> RawFrame:
         async with self._lock:
-            while True:
-                stream = await self._connection()
-                try:
-                    message = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
-                                                 message_timeout_s=self.message_timeout_s)
-                    assert isinstance(message, wire.FrameMessage)
-                    async with self._send_lock:
-                        await stream.send_all(wire.encode_ack(message.frame_id))
-                except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    log.warning("sim: quantum channel to Alice's device lost", extra={"reason": str(exc)})
-                    await self._drop_connection()
-                    continue
-                except wire.WireError as exc:
-                    self._last_error = str(exc)
-                    log.error("sim: bad data on the quantum channel", extra={"reason": str(exc)})
-                    await self._drop_connection()
-                    raise
-                except BaseException:
-                    await self._drop_connection()
-                    raise
-                self._last_error = None
-                return await self._account(message)
+            message = await self._next_frame_message()
+            self._last_error = None
+            return await self._account(message)
+
+    async def _send_ack(self, stream: trio.SocketStream, frame_id: int) -> None:
+        async with self._send_lock:
+            await stream.send_all(wire.encode_ack(frame_id))
 
     async def _account(self, message: wire.FrameMessage) -> RawFrame:
         alarm = self.monitor_enabled and message.monitor_power_w > self.monitor_threshold_w
@@ -133,9 +117,10 @@ class SimBobDevice(DialingEnd, Device):
         else:
             log.info("sim: handshake with Alice's device failed", extra={"reason": str(exc)})
 
-    def _refused(self, exc: wire.WireError) -> None:
+    def _refused(self, stage: str, exc: wire.WireError) -> None:
         self._last_error = str(exc)
-        log.error("sim: bad hello on the quantum channel", extra={"reason": str(exc)})
+        what = "bad hello" if stage == "hello" else "bad data"
+        log.error(f"sim: {what} on the quantum channel", extra={"reason": str(exc)})
 
     def _connected(self) -> None:
         log.info("sim: connected to Alice's device", extra={"address": f"{self.host}:{self.port}"})

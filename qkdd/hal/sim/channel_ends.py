@@ -90,8 +90,9 @@ class ListeningEnd(HeldConnection):
 
 class DialingEnd(HeldConnection):
     """Bob's side. The device sets host, port, connect_timeout_s, idle_timeout_s, message_timeout_s, _backoff,
-    _receiver, _hello (None), _closed and stats["connections"], and gives `_hello_message()`, its BOB_HELLO.
-    Bad data in Alice's hello is raised (the stream closed); anything else retries with backoff."""
+    _receiver, _hello (None), _closed and stats["connections"], and gives `_hello_message()`, its BOB_HELLO,
+    and `_send_ack()`. Bad data from Alice's device is raised (the stream dropped); a lost connection is
+    reconnected, with backoff."""
 
     async def init(self) -> None:
         """Nothing to open yet: the first next_frame() connects (Alice's device may start later)."""
@@ -107,8 +108,12 @@ class DialingEnd(HeldConnection):
     def _retrying(self, stage: str, exc: BaseException, delay_s: float) -> None:
         """Called before each backoff sleep; stage is "connect" or "hello" (a hook for logs and health)."""
 
-    def _refused(self, exc: WireError) -> None:
-        """Called when Alice's hello is bad data, before it is raised (a hook for logs and health)."""
+    def _refused(self, stage: str, exc: WireError) -> None:
+        """Called when Alice's hello (stage "hello") or a frame ("frame") is bad data, before it is raised
+        (a hook for logs and health)."""
+
+    async def _send_ack(self, stream: trio.SocketStream, frame_id: int) -> None:
+        raise NotImplementedError
 
     def _connected(self) -> None:
         """Called once the handshake is done (a hook for the device's log line)."""
@@ -141,7 +146,7 @@ class DialingEnd(HeldConnection):
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
                 if isinstance(exc, WireError):
-                    self._refused(exc)
+                    self._refused("hello", exc)
                 raise
             self._hello = hello
             self._stream = stream
@@ -149,3 +154,22 @@ class DialingEnd(HeldConnection):
             self.stats["connections"] += 1
             self._connected()
         return self._stream
+
+    async def _next_frame_message(self):
+        """The next frame from Alice's device, acknowledged (reconnects when the connection is lost)."""
+        while True:
+            stream = await self._connection()
+            try:
+                message = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
+                                             message_timeout_s=self.message_timeout_s)   # FRAME, by the table
+                await self._send_ack(stream, message.frame_id)
+            except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.warning("sim: quantum channel to Alice's device lost", extra={"reason": str(exc)})
+                await self._drop_connection()
+                continue
+            except BaseException as exc:
+                await self._drop_connection()
+                if isinstance(exc, WireError):
+                    self._refused("frame", exc)
+                raise
+            return message

@@ -138,26 +138,15 @@ class CvBobDevice(DialingEnd, Device):
 
     async def next_frame(self) -> RawFrame:
         async with self._lock:
-            while True:
-                stream = await self._connection()
-                try:
-                    message = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
-                                                 message_timeout_s=self.message_timeout_s)
-                    assert isinstance(message, cv_wire.CvFrameMessage)
-                    await stream.send_all(cv_wire.encode_ack(message.frame_id))
-                except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    log.warning("sim: quantum channel to Alice's device lost", extra={"reason": str(exc)})
-                    await self._drop_connection()
-                    continue
-                except BaseException:
-                    await self._drop_connection()
-                    raise
-                self.stats["frames"] += 1
-                self.stats["symbols"] += int(message.quadrature.size)
-                return RawFrame(frame_id=message.frame_id, slot_count=int(message.quadrature.size),
-                                cv_bob=CvBobSamples(message.quadrature, message.volts, message.lo_variance_v2,
-                                                    message.electronic_variance_v2, self._hello.detection,
-                                                    self.eta_det))
+            message = await self._next_frame_message()
+            self.stats["frames"] += 1
+            self.stats["symbols"] += int(message.quadrature.size)
+            return RawFrame(frame_id=message.frame_id, slot_count=int(message.quadrature.size),
+                            cv_bob=CvBobSamples(message.quadrature, message.volts, message.lo_variance_v2,
+                                                message.electronic_variance_v2, self._hello.detection, self.eta_det))
+
+    async def _send_ack(self, stream: trio.SocketStream, frame_id: int) -> None:
+        await stream.send_all(cv_wire.encode_ack(frame_id))
 
     def _hello_message(self) -> bytes:
         return cv_wire.encode_bob_hello()
