@@ -54,7 +54,7 @@ from qkdd.bindings import NativeError
 from qkdd.bindings import bits as bitops
 from qkdd.bindings import ldpc
 from qkdd.hal.base import RawFrame
-from qkdd.link import envelope, linkmsg
+from qkdd.link import linkmsg
 from qkdd.link.envelope import EnvelopeError, Step
 from qkdd.link.linkmsg import AbortReason, LinkMessageError
 from qkdd.link.actions import Action, Commit, Finished, FrameOutcome, StorePending
@@ -155,17 +155,13 @@ class CvFramePipeline(FrameSteps):
         if self.state == DONE:
             return []
         try:
-            frame_id, parts = envelope.decode(record)
-            if frame_id != self.frame_id:
-                raise LinkMessageError(f"record for frame {frame_id} given to frame {self.frame_id}")
-            steps = tuple(step for step, _ in parts)
+            steps, parts = self._unwrap(record)
             if steps and steps[-1] == Step.ABORT:
                 return self._peer_abort(parts)
             if steps != EXPECTED.get((self.role, self.state)):
                 raise LinkMessageError(f"{self.role} in state {self.state} cannot take "
                                        f"{'+'.join(s.name for s in steps)} (are both ends cvqkd?)")
-            handler = getattr(self, f"_{self.role}_{self.state.lower()}")
-            return handler(*[body for _, body in parts])
+            return self._handle(parts)
         except _PEER_ERRORS as exc:
             return self._abort(AbortReason.PROTOCOL, f"peer message refused: {exc}")
 

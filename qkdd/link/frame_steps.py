@@ -57,6 +57,18 @@ class FrameSteps:
         """Called with the peer's ABORT record's parts: its last step's message may still count."""
 
     # -- records and aborts ---------------------------------------------------------------------
+    def _unwrap(self, record: bytes) -> tuple[tuple[Step, ...], list[tuple[Step, memoryview]]]:
+        """A peer record's steps and parts (LinkMessageError for another frame's record)."""
+        frame_id, parts = envelope.decode(record)
+        if frame_id != self.frame_id:
+            raise LinkMessageError(f"record for frame {frame_id} given to frame {self.frame_id}")
+        return tuple(step for step, _ in parts), parts
+
+    def _handle(self, parts) -> list[Action]:
+        """Hand a checked record's parts to this role's and state's handler (`_<role>_<state>`)."""
+        handler = getattr(self, f"_{self.role}_{self.state.lower()}")
+        return handler(*[body for _, body in parts])
+
     def _send(self, *parts: tuple[Step, bytes]) -> Send:
         record = envelope.encode(self.frame_id, list(parts))
         self._sent(record)

@@ -246,10 +246,7 @@ class FramePipeline(FrameSteps):
         if self.state == DONE:
             return []
         try:
-            frame_id, parts = envelope.decode(record)
-            if frame_id != self.frame_id:
-                raise LinkMessageError(f"record for frame {frame_id} given to frame {self.frame_id}")
-            steps = tuple(step for step, _ in parts)
+            steps, parts = self._unwrap(record)
             if steps and steps[-1] == Step.ABORT:
                 return self._peer_abort(parts)
             if steps not in self._expected.get((self.role, self.state), ()):
@@ -264,8 +261,7 @@ class FramePipeline(FrameSteps):
                                        f"configured for reconciliation = {self.settings.reconciliation!r}")
             if self._auth is not None and steps[-1] != Step.AUTH:
                 self._auth.record(ALICE if self.role == BOB else BOB, record)
-            handler = getattr(self, f"_{self.role}_{self.state.lower()}")
-            return handler(*[body for _, body in parts])
+            return self._handle(parts)
         except AuthFailed as exc:
             return self._abort(AbortReason.AUTH, f"transcript authentication failed: {exc}")
         except PositionUnavailable as exc:
