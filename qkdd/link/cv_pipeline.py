@@ -50,15 +50,14 @@ from typing import Callable
 
 import numpy as np
 
-from qkdd.bindings import NativeError
+from qkdd.bindings import NativeError, ldpc
 from qkdd.bindings import bits as bitops
-from qkdd.bindings import ldpc
 from qkdd.hal.base import RawFrame
 from qkdd.link import linkmsg
+from qkdd.link.actions import Action, Commit, Finished, StorePending
 from qkdd.link.envelope import EnvelopeError, Step
-from qkdd.link.linkmsg import AbortReason, LinkMessageError
-from qkdd.link.actions import Action, Commit, Finished, FrameOutcome, StorePending
 from qkdd.link.frame_steps import ALICE, BOB, FrameSteps
+from qkdd.link.linkmsg import AbortReason, LinkMessageError
 from qkdd.link.pipeline import PipelineSettings
 from qkdd.postprocess import amplification, cv_reconciliation, randomness, verification, wire
 from qkdd.postprocess.wire import PeerMessageError
@@ -103,19 +102,11 @@ class CvFramePipeline(FrameSteps):
 
     def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
                  gate=None, decoy=None, clock: Callable[[], float] = time.time, auth_pool=None):
-        if role not in (ALICE, BOB):
-            raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
+        super().__init__(role, frame, settings, START if role == BOB else AWAIT_START, clock)
         if (role == ALICE and frame.cv_alice is None) or (role == BOB and frame.cv_bob is None):
             raise ValueError(f"{role} needs a cvqkd frame of its side")
         if settings.transcript_auth:
             raise ValueError('cvqkd links authenticate with auth = "pq" (transcript tags are BB84-only)')
-        self.role = role
-        self.frame = frame
-        self.frame_id = frame.frame_id
-        self.settings = settings
-        self.state = START if role == BOB else AWAIT_START
-        self.outcome = FrameOutcome(frame.frame_id, role)
-        self._clock = clock
         self._seq = 0
         self._params: CvParams | None = None
         self._key_mask: np.ndarray | None = None
@@ -123,10 +114,6 @@ class CvFramePipeline(FrameSteps):
         self._code = 0
         self._estimate: cvqkd_finite.Estimate | None = None
         self._y_key: np.ndarray | None = None
-        self._verify: verification.Verification | None = None
-        self._amp: amplification.Amplification | None = None
-        self._keys: tuple[bytes, int, int, float] | None = None
-        self._stored = False
 
     # -- entry points ---------------------------------------------------------------------------
     def start(self) -> list[Action]:

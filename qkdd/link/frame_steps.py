@@ -3,11 +3,13 @@ qkdd.link.cv_pipeline for GG02): records out, aborts either way, a refused store
 turn the verified key into stored keys (amplification seed, KEYS window, key split)."""
 from __future__ import annotations
 
+from typing import Callable
+
 from qkdd.link import envelope, linkmsg
-from qkdd.link.actions import Action, Commit, Discard, Finished, Send, StorePending
+from qkdd.link.actions import Action, Commit, Discard, Finished, FrameOutcome, Send, StorePending
 from qkdd.link.envelope import Step
 from qkdd.link.linkmsg import AbortReason, LinkMessageError
-from qkdd.postprocess import amplification, randomness
+from qkdd.postprocess import amplification, randomness, verification
 
 ALICE, BOB = "alice", "bob"
 DONE = "DONE"
@@ -17,9 +19,23 @@ MAX_CLOCK_SKEW_S = 7200.0
 
 
 class FrameSteps:
-    """Base of a frame pipeline. The subclass sets role, frame_id, settings, state, outcome, _stored (False),
-    _amp and _keys (None) and _clock, and may override the hooks `_sent`, `_account_auth` and
+    """Base of a frame pipeline; the subclass may override the hooks `_sent`, `_account_auth` and
     `_peer_parts_before_abort`."""
+
+    def __init__(self, role: str, frame, settings, state: str, clock: Callable[[], float]):
+        if role not in (ALICE, BOB):
+            raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
+        self.role = role
+        self.frame = frame
+        self.frame_id = frame.frame_id
+        self.settings = settings
+        self.state = state
+        self.outcome = FrameOutcome(frame.frame_id, role)
+        self._clock = clock                 # wall clock (Unix seconds): Alice's key expiry, Bob's bound on it
+        self._verify: verification.Verification | None = None
+        self._amp: amplification.Amplification | None = None
+        self._keys: tuple[bytes, int, int, float] | None = None      # Alice's KEYS: id seed, count, bits, expiry
+        self._stored = False
 
     @property
     def done(self) -> bool:

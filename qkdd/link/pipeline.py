@@ -80,7 +80,6 @@ from qkdd.bindings import NativeError
 from qkdd.bindings import bits as bitops
 from qkdd.hal.base import RawFrame
 from qkdd.link import envelope, linkmsg
-# the actions and the roles are re-exported: callers import them from here
 from qkdd.link.actions import Action, Commit, Discard, Finished, FrameOutcome, Send, StorePending  # noqa: F401
 from qkdd.link.envelope import EnvelopeError, Step
 from qkdd.link.frame_steps import ALICE, BOB, MAX_CLOCK_SKEW_S, FrameSteps  # noqa: F401
@@ -92,6 +91,9 @@ from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
 from qkdd.postprocess.wire import PeerMessageError
 from qkdd.protocols.bb84_finite import DecoyCounts, DecoySettings, Tally, finite_key_length
 from qkdd.protocols.entropy import binary_entropy
+
+# The actions (qkdd.link.actions), ALICE, BOB and MAX_CLOCK_SKEW_S (qkdd.link.frame_steps) are re-exported:
+# callers import them from here.
 
 CLASSES = linkmsg.CLASSES
 Z, X = sifting.BASIS_Z, sifting.BASIS_X
@@ -186,20 +188,12 @@ class FramePipeline(FrameSteps):
     def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
                  gate: Gate | None = None, decoy: DecoySettings | None = None, clock: Callable[[], float] = time.time,
                  auth_pool=None):
-        if role not in (ALICE, BOB):
-            raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
+        super().__init__(role, frame, settings, START if role == BOB else AWAIT_DETECT, clock)
         if role == ALICE and (frame.alice is None or (decoy is None and self.NEEDS_DECOY)):
             raise ValueError("alice needs a frame with Alice's records and the decoy settings")
         if role == BOB and frame.bob is None:
             raise ValueError("bob needs a frame with Bob's detections")
-        self.role = role
-        self.frame = frame
-        self.frame_id = frame.frame_id
-        self.settings = settings
-        self.state = START if role == BOB else AWAIT_DETECT
-        self.outcome = FrameOutcome(frame.frame_id, role)
         self._gate = gate or threshold_gate()
-        self._clock = clock                 # wall clock (Unix seconds): Alice's key expiry, Bob's bound on it
         self._decoy = decoy
         self._sift: sifting.Sifting | None = None
         self._counts: DecoyCounts | None = None
@@ -208,10 +202,6 @@ class FramePipeline(FrameSteps):
         self._n_key_bits = 0
         self._cascade = None                # Cascade or LDPC, both ends' objects share the interface
         self._recon_step = RECONCILIATION_STEPS[settings.reconciliation]
-        self._verify: verification.Verification | None = None
-        self._amp: amplification.Amplification | None = None
-        self._keys: tuple[bytes, int, int, float] | None = None
-        self._stored = False
         self._auth: FrameAuthenticator | None = None
         self._expected = EXPECTED
         if settings.transcript_auth:
