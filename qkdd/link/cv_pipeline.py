@@ -50,15 +50,15 @@ from typing import Callable
 
 import numpy as np
 
-from qkdd.bindings import NativeError
+from qkdd.bindings import NativeError, ldpc
 from qkdd.bindings import bits as bitops
-from qkdd.bindings import ldpc
 from qkdd.hal.base import RawFrame
-from qkdd.link import envelope, linkmsg
+from qkdd.link import linkmsg
+from qkdd.link.actions import Action, Commit, Finished, StorePending
 from qkdd.link.envelope import EnvelopeError, Step
+from qkdd.link.frame_steps import ALICE, BOB, FrameSteps
 from qkdd.link.linkmsg import AbortReason, LinkMessageError
-from qkdd.link.pipeline import (ALICE, BOB, MAX_CLOCK_SKEW_S, Action, Commit, Discard, Finished, FrameOutcome,
-                                PipelineSettings, Send, StorePending)
+from qkdd.link.pipeline import PipelineSettings
 from qkdd.postprocess import amplification, cv_reconciliation, randomness, verification, wire
 from qkdd.postprocess.wire import PeerMessageError
 from qkdd.protocols import cvqkd_finite
@@ -97,24 +97,16 @@ def _fresh_bits(count: int) -> np.ndarray:
     return np.unpackbits(raw, bitorder="little")[:count].copy()
 
 
-class CvFramePipeline:
+class CvFramePipeline(FrameSteps):
     """One end of one GG02 frame's post-processing (the interface of qkdd.link.pipeline.FramePipeline)."""
 
     def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
                  gate=None, decoy=None, clock: Callable[[], float] = time.time, auth_pool=None):
-        if role not in (ALICE, BOB):
-            raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
+        super().__init__(role, frame, settings, START if role == BOB else AWAIT_START, clock)
         if (role == ALICE and frame.cv_alice is None) or (role == BOB and frame.cv_bob is None):
             raise ValueError(f"{role} needs a cvqkd frame of its side")
         if settings.transcript_auth:
             raise ValueError('cvqkd links authenticate with auth = "pq" (transcript tags are BB84-only)')
-        self.role = role
-        self.frame = frame
-        self.frame_id = frame.frame_id
-        self.settings = settings
-        self.state = START if role == BOB else AWAIT_START
-        self.outcome = FrameOutcome(frame.frame_id, role)
-        self._clock = clock
         self._seq = 0
         self._params: CvParams | None = None
         self._key_mask: np.ndarray | None = None
@@ -122,14 +114,6 @@ class CvFramePipeline:
         self._code = 0
         self._estimate: cvqkd_finite.Estimate | None = None
         self._y_key: np.ndarray | None = None
-        self._verify: verification.Verification | None = None
-        self._amp: amplification.Amplification | None = None
-        self._keys: tuple[bytes, int, int, float] | None = None
-        self._stored = False
-
-    @property
-    def done(self) -> bool:
-        return self.state == DONE
 
     # -- entry points ---------------------------------------------------------------------------
     def start(self) -> list[Action]:
@@ -158,27 +142,15 @@ class CvFramePipeline:
         if self.state == DONE:
             return []
         try:
-            frame_id, parts = envelope.decode(record)
-            if frame_id != self.frame_id:
-                raise LinkMessageError(f"record for frame {frame_id} given to frame {self.frame_id}")
-            steps = tuple(step for step, _ in parts)
+            steps, parts = self._unwrap(record)
             if steps and steps[-1] == Step.ABORT:
                 return self._peer_abort(parts)
             if steps != EXPECTED.get((self.role, self.state)):
                 raise LinkMessageError(f"{self.role} in state {self.state} cannot take "
                                        f"{'+'.join(s.name for s in steps)} (are both ends cvqkd?)")
-            handler = getattr(self, f"_{self.role}_{self.state.lower()}")
-            return handler(*[body for _, body in parts])
+            return self._handle(parts)
         except _PEER_ERRORS as exc:
             return self._abort(AbortReason.PROTOCOL, f"peer message refused: {exc}")
-
-    def store_refused(self, action: Action, text: str) -> list[Action] | None:
-        """As FramePipeline.store_refused: a failed store aborts the frame at both ends."""
-        if isinstance(action, StorePending) or (isinstance(action, Commit) and self.role == ALICE):
-            self._stored = isinstance(action, Commit)
-            self.outcome.keys = self.outcome.secret_bits = 0
-            return self._abort(AbortReason.STORE, text)
-        return None
 
     # -- shared set-up --------------------------------------------------------------------------
     def _setup(self, symbols: int, detection: str, eta: float, v_el: float, pe_symbols: int, seed: bytes) -> None:
@@ -274,16 +246,9 @@ class CvFramePipeline:
         if not self._verify.result.matched:
             raise LinkMessageError("verification failed but the peer went on")
         seed, count, key_bits, expires_at = linkmsg.decode_keys(keys)
-        now = self._clock()
-        if not now < expires_at <= now + self.settings.key_expiry_s + MAX_CLOCK_SKEW_S:
-            raise LinkMessageError("KEYS: expiry outside this end's accepted window (clocks or key_expiry_s differ)")
-        n = int(self._bits.size)
-        self._amp = amplification.Amplification(amplification.RECEIVER, self.frame_id, bitops.pack(self._bits), n)
-        (ack,) = self._amp.receive(bytes(seed_announce))
-        if key_bits % 64 or not 64 <= key_bits <= self.settings.max_key_bits_per_key \
-                or count * key_bits != self._amp.output_bits:
-            raise LinkMessageError(f"KEYS: {count} keys of {key_bits} bits do not split {self._amp.output_bits} bits")
-        keys_out = self._split(seed, count, key_bits)
+        self._check_expiry(expires_at)
+        ack = self._receive_seed(bitops.pack(self._bits), int(self._bits.size), seed_announce, count, key_bits)
+        keys_out = self._key_material(seed, count, key_bits)
         self._stored = True
         self.state = AWAIT_COMMIT
         return [StorePending(self.frame_id, keys_out, [i % 2 == 1 for i in range(count)], expires_at, None),
@@ -376,10 +341,7 @@ class CvFramePipeline:
         if count == 0:
             text = bound.abort_reason or f"key length {bound.key_length_bits} bits is less than one key"
             return self._abort(AbortReason.NO_KEY, text, before=[(Step.VERIFY, result_msg)])
-        self._amp = amplification.Amplification(amplification.ANNOUNCER, self.frame_id, words, n)
-        (seed_announce,) = self._amp.start(count * key_bits, amplification.SEED_SHAKE256)
-        self._keys = (randomness.fresh_bytes(linkmsg.KEY_ID_SEED_BYTES), count, key_bits,
-                      self._clock() + self.settings.key_expiry_s)
+        seed_announce = self._announce_keys(words, n, count, key_bits)
         self.state = AWAIT_ACK
         return [self._send((Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce),
                            (Step.KEYS, linkmsg.encode_keys(*self._keys)))]
@@ -387,7 +349,7 @@ class CvFramePipeline:
     def _alice_await_ack(self, ack) -> list[Action]:
         self._amp.receive(bytes(ack))
         seed, count, key_bits, expires_at = self._keys
-        keys_out = self._split(seed, count, key_bits)
+        keys_out = self._key_material(seed, count, key_bits)
         self._stored = True
         self.state = DONE
         return [StorePending(self.frame_id, keys_out, [i % 2 == 0 for i in range(count)], expires_at, None),
@@ -405,34 +367,3 @@ class CvFramePipeline:
         info = ldpc.code(self._code)
         self.outcome.sifted_key_bits = kept_words * info.n_bits
         self.outcome.disclosed_bits = kept_words * info.m_bits
-
-    def _split(self, seed: bytes, count: int, key_bits: int) -> list[tuple[str, bytes]]:
-        raw = self._amp.output[:count * key_bits // 64].astype("<u8").tobytes()
-        step = key_bits // 8
-        ids = linkmsg.derive_key_ids(seed, count, self.frame_id)
-        self.outcome.keys = count
-        self.outcome.secret_bits = count * key_bits
-        return [(ids[i], raw[i * step:(i + 1) * step]) for i in range(count)]
-
-    def _send(self, *parts: tuple[Step, bytes]) -> Send:
-        return Send(envelope.encode(self.frame_id, list(parts)))
-
-    def _abort(self, reason: AbortReason, text: str, before: list[tuple[Step, bytes]] | None = None) -> list[Action]:
-        self.state = DONE
-        self.outcome.aborted = text
-        self.outcome.abort_code = int(reason)
-        actions: list[Action] = [self._send(*(before or []), (Step.ABORT, linkmsg.encode_abort(reason, text)))]
-        if self._stored:
-            actions.append(Discard(self.frame_id))
-        actions.append(Finished(self.outcome))
-        return actions
-
-    def _peer_abort(self, parts) -> list[Action]:
-        code, text = linkmsg.decode_abort(parts[-1][1])
-        self.state = DONE
-        self.outcome.aborted = f"peer aborted: {text}"
-        self.outcome.abort_code = code
-        self.outcome.aborted_by_peer = True
-        actions: list[Action] = [Discard(self.frame_id)] if self._stored else []
-        actions.append(Finished(self.outcome))
-        return actions

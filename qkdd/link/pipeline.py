@@ -69,7 +69,7 @@ ends it at once):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -80,9 +80,11 @@ from qkdd.bindings import NativeError
 from qkdd.bindings import bits as bitops
 from qkdd.hal.base import RawFrame
 from qkdd.link import envelope, linkmsg
+from qkdd.link.actions import Action, Commit, Discard, Finished, FrameOutcome, Send, StorePending  # noqa: F401
 from qkdd.link.envelope import EnvelopeError, Step
+from qkdd.link.frame_steps import ALICE, BOB, MAX_CLOCK_SKEW_S, FrameSteps  # noqa: F401
 from qkdd.link.linkmsg import AbortReason, LinkMessageError
-from qkdd.postprocess import amplification, randomness, sifting, verification
+from qkdd.postprocess import amplification, sifting, verification
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
 from qkdd.postprocess.ldpc import MEASURED_EFFICIENCY as LDPC_MEASURED_EFFICIENCY
 from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
@@ -90,7 +92,9 @@ from qkdd.postprocess.wire import PeerMessageError
 from qkdd.protocols.bb84_finite import DecoyCounts, DecoySettings, Tally, finite_key_length
 from qkdd.protocols.entropy import binary_entropy
 
-ALICE, BOB = "alice", "bob"
+# The actions (qkdd.link.actions), ALICE, BOB and MAX_CLOCK_SKEW_S (qkdd.link.frame_steps) are re-exported:
+# callers import them from here.
+
 CLASSES = linkmsg.CLASSES
 Z, X = sifting.BASIS_Z, sifting.BASIS_X
 
@@ -128,9 +132,6 @@ _PEER_ERRORS = (PeerMessageError, CascadeError, LinkMessageError, EnvelopeError,
 RECONCILIATION_STEPS = {"cascade": Step.CASCADE, "ldpc": Step.LDPC}
 
 Gate = Callable[[float], "str | None"]   # frame QBER estimate -> refusal reason, or None to go on
-# How far Alice's announced expiry may lie past Bob's own clock plus his key_expiry_s: clock differences
-# between the hosts (a wall clock stepped by an hour), never years or NaN.
-MAX_CLOCK_SKEW_S = 7200.0
 MAX_KEY_EXPIRY_S = 366 * 86400.0
 
 
@@ -179,68 +180,7 @@ class PipelineSettings:
             raise ValueError(f"chsh_eps must lie in [{linkmsg.MIN_EPS:g}, 1)")
 
 
-# -- actions for the caller -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Send:
-    record: bytes
-
-
-@dataclass(frozen=True)
-class StorePending:
-    frame_id: int
-    keys: list[tuple[str, bytes]] = field(repr=False)
-    allocatable: list[bool] = field(repr=False)
-    expires_at: float                   # the same at both ends: Alice's KEYS announced it
-    qber: float | None = None           # the frame's error rate after Cascade, the same at both ends
-
-
-@dataclass(frozen=True)
-class Commit:
-    frame_id: int
-
-
-@dataclass(frozen=True)
-class Discard:
-    frame_id: int
-
-
-@dataclass
-class FrameOutcome:
-    """What one frame gave at this end (numbers only, never key material)."""
-
-    frame_id: int
-    role: str
-    detections: int = 0
-    sifted_bits: int = 0                # both bases
-    sifted_key_bits: int = 0            # X basis, the reconciled length
-    pulses_sent: int = 0
-    qber_estimate: float | None = None  # Z basis, all intensities
-    qber: float | None = None           # exact X error rate after Cascade
-    disclosed_bits: int = 0
-    key_length_bits: int = 0            # Lim's bound with the actual leakage
-    secret_bits: int = 0                # stored (whole keys)
-    keys: int = 0
-    aborted: str | None = None
-    abort_code: int | None = None
-    aborted_by_peer: bool = False
-    gate_refused: bool = False
-    auth_bits_consumed: int = 0         # authentication pool bits this end spent on the frame's tags
-    auth_bits_refilled: int = 0         # distilled bits put back into the pool (before any key)
-    eps_auth: float = 0.0               # probability the transcript authentication is forged (frame_epsilon)
-    eps_total: float = 0.0              # with auth its/both: the frame's keys' composable epsilon (see _split)
-    chsh_s: float | None = None         # E91: the frame's CHSH value S from its test rounds (e91_pipeline)
-
-
-@dataclass(frozen=True)
-class Finished:
-    outcome: FrameOutcome
-
-
-Action = Send | StorePending | Commit | Discard | Finished
-
-
-class FramePipeline:
+class FramePipeline(FrameSteps):
     """One end of one frame's post-processing. Alice needs the decoy settings of her source."""
 
     NEEDS_DECOY = True          # protocols without a decoy-state source (qkdd.link.e91_pipeline) set False
@@ -248,20 +188,12 @@ class FramePipeline:
     def __init__(self, role: str, frame: RawFrame, settings: PipelineSettings = PipelineSettings(), *,
                  gate: Gate | None = None, decoy: DecoySettings | None = None, clock: Callable[[], float] = time.time,
                  auth_pool=None):
-        if role not in (ALICE, BOB):
-            raise ValueError(f"role must be {ALICE!r} or {BOB!r}")
+        super().__init__(role, frame, settings, START if role == BOB else AWAIT_DETECT, clock)
         if role == ALICE and (frame.alice is None or (decoy is None and self.NEEDS_DECOY)):
             raise ValueError("alice needs a frame with Alice's records and the decoy settings")
         if role == BOB and frame.bob is None:
             raise ValueError("bob needs a frame with Bob's detections")
-        self.role = role
-        self.frame = frame
-        self.frame_id = frame.frame_id
-        self.settings = settings
-        self.state = START if role == BOB else AWAIT_DETECT
-        self.outcome = FrameOutcome(frame.frame_id, role)
         self._gate = gate or threshold_gate()
-        self._clock = clock                 # wall clock (Unix seconds): Alice's key expiry, Bob's bound on it
         self._decoy = decoy
         self._sift: sifting.Sifting | None = None
         self._counts: DecoyCounts | None = None
@@ -270,10 +202,6 @@ class FramePipeline:
         self._n_key_bits = 0
         self._cascade = None                # Cascade or LDPC, both ends' objects share the interface
         self._recon_step = RECONCILIATION_STEPS[settings.reconciliation]
-        self._verify: verification.Verification | None = None
-        self._amp: amplification.Amplification | None = None
-        self._keys: tuple[bytes, int, int, float] | None = None
-        self._stored = False
         self._auth: FrameAuthenticator | None = None
         self._expected = EXPECTED
         if settings.transcript_auth:
@@ -283,10 +211,6 @@ class FramePipeline:
             self._expected = EXPECTED_AUTH
         self._auth_pool = auth_pool
         self._refill_bits = 0
-
-    @property
-    def done(self) -> bool:
-        return self.state == DONE
 
     # -- entry points ---------------------------------------------------------------------------
     def start(self) -> list[Action]:
@@ -312,10 +236,7 @@ class FramePipeline:
         if self.state == DONE:
             return []
         try:
-            frame_id, parts = envelope.decode(record)
-            if frame_id != self.frame_id:
-                raise LinkMessageError(f"record for frame {frame_id} given to frame {self.frame_id}")
-            steps = tuple(step for step, _ in parts)
+            steps, parts = self._unwrap(record)
             if steps and steps[-1] == Step.ABORT:
                 return self._peer_abort(parts)
             if steps not in self._expected.get((self.role, self.state), ()):
@@ -330,8 +251,7 @@ class FramePipeline:
                                        f"configured for reconciliation = {self.settings.reconciliation!r}")
             if self._auth is not None and steps[-1] != Step.AUTH:
                 self._auth.record(ALICE if self.role == BOB else BOB, record)
-            handler = getattr(self, f"_{self.role}_{self.state.lower()}")
-            return handler(*[body for _, body in parts])
+            return self._handle(parts)
         except AuthFailed as exc:
             return self._abort(AbortReason.AUTH, f"transcript authentication failed: {exc}")
         except PositionUnavailable as exc:
@@ -340,27 +260,6 @@ class FramePipeline:
             return self._abort(AbortReason.AUTH, f"authentication pool: {exc}")
         except _PEER_ERRORS as exc:
             return self._abort(AbortReason.PROTOCOL, f"peer message refused: {exc}")
-
-    def abort(self, reason: AbortReason, text: str) -> list[Action]:
-        """Local decision to drop the frame (shutdown, timeout): tells the peer, discards pending keys."""
-        if self.state == DONE:
-            return []
-        return self._abort(reason, text)
-
-    def store_refused(self, action: Action, text: str) -> list[Action] | None:
-        """The caller could not carry out the store action `action` (`text`: why, no key material). Returns
-        the actions to run instead of the rest of this step's, or None to go on with them.
-
-        A failed StorePending stored nothing: the frame is aborted at both ends. Alice's failed Commit
-        leaves her keys pending and Bob's too: aborted, both discard. Bob's failed Commit comes after
-        Alice committed, so nothing is aborted: his keys stay pending until the caller commits them
-        again or a resynchronisation promotes them. A failed Discard leaves pending keys no one will
-        commit (the next resynchronisation drops them)."""
-        if isinstance(action, StorePending) or (isinstance(action, Commit) and self.role == ALICE):
-            self._stored = isinstance(action, Commit)
-            self.outcome.keys = self.outcome.secret_bits = 0
-            return self._abort(AbortReason.STORE, text)
-        return None
 
     # -- Bob ------------------------------------------------------------------------------------
     def _bob_sifting(self, answer) -> list[Action]:
@@ -425,19 +324,8 @@ class FramePipeline:
         if not self._verify.result.matched:
             raise LinkMessageError("verification failed but the peer went on")
         seed, count, key_bits, expires_at = linkmsg.decode_keys(keys)
-        now = self._clock()
-        if not now < expires_at <= now + self.settings.key_expiry_s + MAX_CLOCK_SKEW_S:
-            raise LinkMessageError(f"KEYS: the keys would expire {expires_at - now:+.0f} s from now on this end's "
-                                   f"clock, outside (0, key_expiry_s {self.settings.key_expiry_s:g} + "
-                                   f"{MAX_CLOCK_SKEW_S:g}] s (clocks or key_expiry_s differ between the ends)")
-        self._amp = amplification.Amplification(amplification.RECEIVER, self.frame_id, self._key,
-                                                 self._n_key_bits)
-        (ack,) = self._amp.receive(bytes(seed_announce))
-        m_bits = self._amp.output_bits
-        if key_bits % 64 or not 64 <= key_bits <= self.settings.max_key_bits_per_key \
-                or count * key_bits + self._refill_bits != m_bits:
-            raise LinkMessageError(f"KEYS: {count} keys of {key_bits} bits and a refill of {self._refill_bits} bits "
-                                   f"do not split {m_bits} output bits")
+        self._check_expiry(expires_at)
+        ack = self._receive_seed(self._key, self._n_key_bits, seed_announce, count, key_bits, self._refill_bits)
         keys_out = self._split(seed, count, key_bits)
         self._stored = True
         self.state = AWAIT_COMMIT
@@ -529,10 +417,7 @@ class FramePipeline:
         if bound.abort or count + self._refill_bits == 0:
             text = bound.abort_reason or f"key length {bound.key_length_bits} bits is less than one key"
             return self._abort(AbortReason.NO_KEY, text, before=[(Step.VERIFY, result_msg)])
-        self._amp = amplification.Amplification(amplification.ANNOUNCER, self.frame_id, self._key, self._n_key_bits)
-        (seed_announce,) = self._amp.start(count * key_bits + self._refill_bits, amplification.SEED_SHAKE256)
-        self._keys = (randomness.fresh_bytes(linkmsg.KEY_ID_SEED_BYTES), count, key_bits,
-                      self._clock() + self.settings.key_expiry_s)
+        seed_announce = self._announce_keys(self._key, self._n_key_bits, count, key_bits, self._refill_bits)
         parts = [(Step.VERIFY, result_msg), (Step.AMPLIFY, seed_announce),
                  (Step.KEYS, linkmsg.encode_keys(*self._keys))]
         if self._auth is not None:
@@ -610,13 +495,11 @@ class FramePipeline:
     def _split(self, seed: bytes, count: int, key_bits: int) -> list[tuple[str, bytes]]:
         """The frame's keys; with transcript authentication, the first `_refill_bits` of the output go to the
         authentication pool first (at the positions Alice's AUTH part announced)."""
-        output = self._amp.output
-        words_per_key = key_bits // 64
         refill_words = self._refill_bits // 64
         if self._auth is not None:
             if refill_words:
                 self._auth_pool.refill(self._auth.announced.refill_position,
-                                       output[:refill_words].astype("<u8").tobytes())
+                                       self._amp.output[:refill_words].astype("<u8").tobytes())
             self.outcome.auth_bits_refilled = self._refill_bits
             self.outcome.auth_bits_consumed = self._auth.consumed_bits
             self.outcome.eps_auth = self._auth.epsilon
@@ -626,51 +509,24 @@ class FramePipeline:
             # adds their epsilons: Mueller-Quade & Renner, New J. Phys. 11, 085006 (2009), Sec. 3; Portmann,
             # IEEE Trans. Inf. Theory 60 (2014) 4383, Sec. 5 for recycled authentication keys).
             self.outcome.eps_total = 2 * self.settings.eps_sec + self.settings.eps_cor + self.outcome.eps_auth
-        raw = output[refill_words:refill_words + count * words_per_key].astype("<u8").tobytes()
-        step = key_bits // 8
-        ids = linkmsg.derive_key_ids(seed, count, self.frame_id)
-        self.outcome.keys = count
-        self.outcome.secret_bits = count * key_bits
-        return [(ids[i], raw[i * step:(i + 1) * step]) for i in range(count)]
+        return self._key_material(seed, count, key_bits, refill_words)
 
     def _account_auth(self) -> None:
         if self._auth is not None:
             self.outcome.auth_bits_consumed = self._auth.consumed_bits
             self.outcome.eps_auth = self._auth.epsilon
 
-    def _send(self, *parts: tuple[Step, bytes]) -> Send:
-        record = envelope.encode(self.frame_id, list(parts))
+    def _sent(self, record: bytes) -> None:
         if self._auth is not None:
             self._auth.record(self.role, record)
-        return Send(record)
 
-    def _abort(self, reason: AbortReason, text: str, before: list[tuple[Step, bytes]] | None = None) -> list[Action]:
-        self.state = DONE
-        self.outcome.aborted = text
-        self.outcome.abort_code = int(reason)
-        self._account_auth()
-        actions: list[Action] = [self._send(*(before or []), (Step.ABORT, linkmsg.encode_abort(reason, text)))]
-        if self._stored:
-            actions.append(Discard(self.frame_id))
-        actions.append(Finished(self.outcome))
-        return actions
-
-    def _peer_abort(self, parts) -> list[Action]:
-        code, text = linkmsg.decode_abort(parts[-1][1])
+    def _peer_parts_before_abort(self, parts) -> None:
         # The peer may send its last step's message before the ABORT; what it says still counts
         # towards this end's view of the frame (the QBER of an aborted frame is still observed).
         if (self.role, self.state) == (ALICE, AWAIT_ERRORS) and parts[0][0] == Step.ESTIMATE:
             self._observe_peer_estimate(parts[0][1])
         if (self.role, self.state) == (BOB, AWAIT_SEED) and parts[0][0] == Step.VERIFY:
             self._verify.receive(bytes(parts[0][1]))
-        self.state = DONE
-        self._account_auth()
-        self.outcome.aborted = f"peer aborted: {text}"
-        self.outcome.abort_code = code
-        self.outcome.aborted_by_peer = True
-        actions: list[Action] = [Discard(self.frame_id)] if self._stored else []
-        actions.append(Finished(self.outcome))
-        return actions
 
 
 def _concatenate(groups: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:

@@ -23,6 +23,7 @@ import trio
 
 from qkdd.hal.base import AliceRecords, ChannelMetrics, Device, DeviceError, DeviceHealth, RawFrame
 from qkdd.hal.sim import ambient, wire
+from qkdd.hal.sim.channel_ends import ListeningEnd
 from qkdd.hal.sim.pacing import Pacer
 from qkdd.hal.sim.params import Attack, Drift, SimParams
 from qkdd.hal.sim.records import Frame
@@ -33,7 +34,7 @@ from qkdd.protocols.bb84_finite import DecoySettings
 log = logging.getLogger("qkdd.hal.sim")
 
 
-class SimAliceDevice(Device):
+class SimAliceDevice(ListeningEnd, Device):
     def __init__(self, params: SimParams, *, listen_host: str = "127.0.0.1", listen_port: int = 0,
                  frame_slots: int = 1 << 28, max_detections: int = 1 << 22, realtime: bool = True,
                  seed: int | bytes | None = None, attack: Attack | None = None, drift: Drift | None = None,
@@ -71,32 +72,6 @@ class SimAliceDevice(Device):
         self._last = {"qber": math.nan, "visibility": math.nan, "photon_rate_hz": 0.0, "frame_id": None}
 
     # ---- setup -------------------------------------------------------------------------------
-
-    async def init(self) -> None:
-        """Listen for Bob's device on the device address."""
-        if self._listener is not None:
-            return
-        try:
-            listeners = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
-        except OSError as exc:
-            raise DeviceError(f"sim: cannot listen on {self.listen_host}:{self.listen_port}: {exc.strerror}") from None
-        self._listener = listeners[0]
-        for extra in listeners[1:]:
-            await extra.aclose()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """(host, port) Bob's device connects to (the bound port when 0 was asked for)."""
-        if self._listener is None:
-            raise DeviceError("sim: device not initialised")
-        host, port = self._listener.socket.getsockname()[:2]
-        return host, port
-
-    async def close(self) -> None:
-        await self._drop_connection()
-        if self._listener is not None:
-            await self._listener.aclose()
-            self._listener = None
 
     # ---- run-time control ---------------------------------------------------------------------
 
@@ -263,38 +238,13 @@ class SimAliceDevice(Device):
         """Source time covered by the frames handed over: slots / clock rate."""
         return self.stats["slots"] / self.params.clock_hz
 
-    # ---- the connection to Bob's device ----------------------------------------------------------
+    # ---- the connection to Bob's device (qkdd.hal.sim.channel_ends) -----------------------------------
 
-    async def _connection(self) -> trio.SocketStream:
-        if self._listener is None:
-            raise DeviceError("sim: device not initialised (call init())")
-        while self._stream is None:
-            try:
-                stream = await self._listener.accept()
-            except trio.ClosedResourceError:
-                raise DeviceError("sim: device closed") from None
-            self._receiver.reset()
-            try:
-                hello = await read_message(stream, self._receiver, idle_timeout_s=self.hello_timeout_s,
-                                           message_timeout_s=self.hello_timeout_s)
-                assert isinstance(hello, wire.BobHello)
-                await stream.send_all(wire.encode_alice_hello(wire.AliceHello(
-                    self.params.protocol, self.params.clock_hz, wire.MAX_SLOTS)))
-            except (ConnectionLost, wire.WireError, trio.BrokenResourceError, OSError) as exc:
-                log.warning("sim: refused a receiver connection", extra={"reason": str(exc)})
-                await stream.aclose()
-                continue
-            self._stream = stream
-            self.stats["connections"] += 1
-            self._pacer.restart(trio.current_time())
-            log.info("sim: receiver connected", extra={"next_frame_id": self._next_frame_id})
-        return self._stream
+    def _hello_message(self) -> bytes:
+        return wire.encode_alice_hello(wire.AliceHello(self.params.protocol, self.params.clock_hz, wire.MAX_SLOTS))
 
-    async def _drop_connection(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+    def _connected(self) -> None:
+        log.info("sim: receiver connected", extra={"next_frame_id": self._next_frame_id})
 
     # ---- status -------------------------------------------------------------------------------
 

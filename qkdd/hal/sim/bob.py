@@ -18,14 +18,14 @@ import trio
 
 from qkdd.hal.base import BobDetections, ChannelMetrics, Device, DeviceError, DeviceHealth, RawFrame
 from qkdd.hal.sim import ambient, wire
+from qkdd.hal.sim.channel_ends import DialingEnd
 from qkdd.hal.sim.settings import DEFAULT_MONITOR_THRESHOLD_W
-from qkdd.hal.sim.stream import ConnectionLost, read_message
 from qkdd.peer.backoff import Backoff
 
 log = logging.getLogger("qkdd.hal.sim")
 
 
-class SimBobDevice(Device):
+class SimBobDevice(DialingEnd, Device):
     def __init__(self, *, host: str, port: int, protocol: str = "bb84", max_detections: int = 1 << 22,
                  monitor: bool = False, monitor_threshold_w: float = DEFAULT_MONITOR_THRESHOLD_W,
                  temperature_c: float = 22.0, idle_timeout_s: float = 120.0, message_timeout_s: float = 30.0,
@@ -60,14 +60,6 @@ class SimBobDevice(Device):
                                       "link_loss_db": 0.0, "monitor_power_w": 0.0, "monitor_alarm": False,
                                       "frame_id": None, "calibration_seq": 0}
 
-    async def init(self) -> None:
-        """Nothing to open yet: the first next_frame() connects (Alice's device may start later)."""
-        self._closed = False
-
-    async def close(self) -> None:
-        self._closed = True
-        await self._drop_connection()
-
     def set_monitor(self, enabled: bool, threshold_w: float | None = None) -> None:
         """Switch the photocurrent monitor on or off (and set its alarm threshold)."""
         if threshold_w is not None:
@@ -87,28 +79,13 @@ class SimBobDevice(Device):
 
     async def next_frame(self) -> RawFrame:
         async with self._lock:
-            while True:
-                stream = await self._connection()
-                try:
-                    message = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
-                                                 message_timeout_s=self.message_timeout_s)
-                    assert isinstance(message, wire.FrameMessage)
-                    async with self._send_lock:
-                        await stream.send_all(wire.encode_ack(message.frame_id))
-                except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    log.warning("sim: quantum channel to Alice's device lost", extra={"reason": str(exc)})
-                    await self._drop_connection()
-                    continue
-                except wire.WireError as exc:
-                    self._last_error = str(exc)
-                    log.error("sim: bad data on the quantum channel", extra={"reason": str(exc)})
-                    await self._drop_connection()
-                    raise
-                except BaseException:
-                    await self._drop_connection()
-                    raise
-                self._last_error = None
-                return await self._account(message)
+            message = await self._next_frame_message()
+            self._last_error = None
+            return await self._account(message)
+
+    async def _send_ack(self, stream: trio.SocketStream, frame_id: int) -> None:
+        async with self._send_lock:
+            await stream.send_all(wire.encode_ack(frame_id))
 
     async def _account(self, message: wire.FrameMessage) -> RawFrame:
         alarm = self.monitor_enabled and message.monitor_power_w > self.monitor_threshold_w
@@ -128,54 +105,25 @@ class SimBobDevice(Device):
                         bob=BobDetections(slots=message.slots, bases=message.bases, outcomes=message.outcomes),
                         monitor_alarm=alarm)
 
-    # ---- connection -----------------------------------------------------------------------------
+    # ---- connection (qkdd.hal.sim.channel_ends) -----------------------------------------------------
 
-    async def _connection(self) -> trio.SocketStream:
-        while self._stream is None:
-            if self._closed:
-                raise DeviceError("sim: device closed")
-            try:
-                with trio.fail_after(self.connect_timeout_s):
-                    stream = await trio.open_tcp_stream(self.host, self.port)
-            except (OSError, trio.TooSlowError) as exc:
-                delay_s = self._backoff.next_delay_s()
-                self._last_error = f"cannot reach Alice's device at {self.host}:{self.port}: {exc}"
-                log.info("sim: Alice's device unreachable; retrying", extra={"retry_in_s": round(delay_s, 3)})
-                await trio.sleep(delay_s)
-                continue
-            self._receiver.reset()
-            try:
-                await stream.send_all(wire.encode_bob_hello())
-                hello = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
-                                           message_timeout_s=self.message_timeout_s)
-            except (ConnectionLost, trio.BrokenResourceError, OSError) as exc:
-                await stream.aclose()
-                await trio.sleep(self._backoff.next_delay_s())
-                log.info("sim: handshake with Alice's device failed", extra={"reason": str(exc)})
-                continue
-            except wire.WireError as exc:
-                self._last_error = str(exc)
-                log.error("sim: bad hello on the quantum channel", extra={"reason": str(exc)})
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                raise
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                raise
-            assert isinstance(hello, wire.AliceHello)
-            self._hello = hello
-            self._stream = stream
-            self._backoff.reset()
-            self.stats["connections"] += 1
-            log.info("sim: connected to Alice's device", extra={"address": f"{self.host}:{self.port}"})
-        return self._stream
+    def _hello_message(self) -> bytes:
+        return wire.encode_bob_hello()
 
-    async def _drop_connection(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+    def _retrying(self, stage: str, exc: BaseException, delay_s: float) -> None:
+        if stage == "connect":
+            self._last_error = f"cannot reach Alice's device at {self.host}:{self.port}: {exc}"
+            log.info("sim: Alice's device unreachable; retrying", extra={"retry_in_s": round(delay_s, 3)})
+        else:
+            log.info("sim: handshake with Alice's device failed", extra={"reason": str(exc)})
+
+    def _refused(self, stage: str, exc: wire.WireError) -> None:
+        self._last_error = str(exc)
+        what = "bad hello" if stage == "hello" else "bad data"
+        log.error(f"sim: {what} on the quantum channel", extra={"reason": str(exc)})
+
+    def _connected(self) -> None:
+        log.info("sim: connected to Alice's device", extra={"address": f"{self.host}:{self.port}"})
 
     # ---- calibration and status -------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ import trio
 
 from qkdd.hal.base import ChannelMetrics, CvAliceSymbols, CvBobSamples, Device, DeviceError, DeviceHealth, RawFrame
 from qkdd.hal.sim import cv_wire
+from qkdd.hal.sim.channel_ends import DialingEnd, ListeningEnd
 from qkdd.hal.sim.cv_channel import CvChannel, CvChannelSettings
 from qkdd.hal.sim.pacing import Pacer
 from qkdd.hal.sim.stream import ConnectionLost, read_message
@@ -26,7 +27,7 @@ log = logging.getLogger("qkdd.hal.sim")
 CALIBRATION_SAMPLES = 1_000_000         # per frame: LO-only and LO-off records of the shot-noise calibration
 
 
-class CvAliceDevice(Device):
+class CvAliceDevice(ListeningEnd, Device):
     def __init__(self, settings: CvChannelSettings, *, symbols_per_frame: int, listen_host: str = "127.0.0.1",
                  listen_port: int = 0, symbol_rate_hz: float = 1e8, realtime: bool = True, seed: int | None = None,
                  hello_timeout_s: float = 5.0, ack_timeout_s: float = 60.0):
@@ -47,23 +48,6 @@ class CvAliceDevice(Device):
         self._started_s = time.monotonic()
         self._fed_key_rate_bps = 0.0
         self.stats = {"frames": 0, "frames_dropped": 0, "symbols": 0, "connections": 0}
-
-    async def init(self) -> None:
-        if self._listener is not None:
-            return
-        try:
-            listeners = await trio.open_tcp_listeners(self.listen_port, host=self.listen_host)
-        except OSError as exc:
-            raise DeviceError(f"sim: cannot listen on {self.listen_host}:{self.listen_port}: {exc.strerror}") from None
-        self._listener = listeners[0]
-        for extra in listeners[1:]:
-            await extra.aclose()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        if self._listener is None:
-            raise DeviceError("sim: device not initialised")
-        return self._listener.socket.getsockname()[:2]
 
     def set_cloner(self, excess_noise: float) -> None:
         """Eve's entangling cloner from the next frame generated on: extra excess noise (SNU, channel input)."""
@@ -108,40 +92,8 @@ class CvAliceDevice(Device):
         if not isinstance(reply, cv_wire.Ack) or reply.frame_id != message.frame_id:
             raise cv_wire.WireError(f"CV quantum channel: expected the ACK of frame {message.frame_id}")
 
-    async def _connection(self) -> trio.SocketStream:
-        if self._listener is None:
-            raise DeviceError("sim: device not initialised (call init())")
-        while self._stream is None:
-            try:
-                stream = await self._listener.accept()
-            except trio.ClosedResourceError:
-                raise DeviceError("sim: device closed") from None
-            self._receiver.reset()
-            try:
-                await read_message(stream, self._receiver, idle_timeout_s=self.hello_timeout_s,
-                                   message_timeout_s=self.hello_timeout_s)
-                await stream.send_all(cv_wire.encode_alice_hello(cv_wire.AliceHello(
-                    self.settings.params.detection, self.symbol_rate_hz)))
-            except (ConnectionLost, cv_wire.WireError, trio.BrokenResourceError, OSError) as exc:
-                log.warning("sim: refused a receiver connection", extra={"reason": str(exc)})
-                await stream.aclose()
-                continue
-            self._stream = stream
-            self.stats["connections"] += 1
-            self._pacer.restart(trio.current_time())
-        return self._stream
-
-    async def _drop_connection(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-
-    async def close(self) -> None:
-        await self._drop_connection()
-        if self._listener is not None:
-            await self._listener.aclose()
-            self._listener = None
+    def _hello_message(self) -> bytes:
+        return cv_wire.encode_alice_hello(cv_wire.AliceHello(self.settings.params.detection, self.symbol_rate_hz))
 
     def update_estimates(self, *, qber: float | None = None, key_rate_bps: float | None = None) -> None:
         if key_rate_bps is not None:
@@ -167,7 +119,7 @@ class CvAliceDevice(Device):
                 **self.stats}
 
 
-class CvBobDevice(Device):
+class CvBobDevice(DialingEnd, Device):
     def __init__(self, *, host: str, port: int, eta_det: float, idle_timeout_s: float = 120.0,
                  message_timeout_s: float = 30.0, connect_timeout_s: float = 5.0):
         self.host, self.port = host, port
@@ -184,71 +136,20 @@ class CvBobDevice(Device):
         self._fed_key_rate_bps = 0.0
         self.stats = {"frames": 0, "symbols": 0, "connections": 0}
 
-    async def init(self) -> None:
-        self._closed = False
-
-    async def close(self) -> None:
-        self._closed = True
-        await self._drop_connection()
-
     async def next_frame(self) -> RawFrame:
         async with self._lock:
-            while True:
-                stream = await self._connection()
-                try:
-                    message = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
-                                                 message_timeout_s=self.message_timeout_s)
-                    assert isinstance(message, cv_wire.CvFrameMessage)
-                    await stream.send_all(cv_wire.encode_ack(message.frame_id))
-                except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    log.warning("sim: quantum channel to Alice's device lost", extra={"reason": str(exc)})
-                    await self._drop_connection()
-                    continue
-                except BaseException:
-                    await self._drop_connection()
-                    raise
-                self.stats["frames"] += 1
-                self.stats["symbols"] += int(message.quadrature.size)
-                return RawFrame(frame_id=message.frame_id, slot_count=int(message.quadrature.size),
-                                cv_bob=CvBobSamples(message.quadrature, message.volts, message.lo_variance_v2,
-                                                    message.electronic_variance_v2, self._hello.detection,
-                                                    self.eta_det))
+            message = await self._next_frame_message()
+            self.stats["frames"] += 1
+            self.stats["symbols"] += int(message.quadrature.size)
+            return RawFrame(frame_id=message.frame_id, slot_count=int(message.quadrature.size),
+                            cv_bob=CvBobSamples(message.quadrature, message.volts, message.lo_variance_v2,
+                                                message.electronic_variance_v2, self._hello.detection, self.eta_det))
 
-    async def _connection(self) -> trio.SocketStream:
-        while self._stream is None:
-            if self._closed:
-                raise DeviceError("sim: device closed")
-            try:
-                with trio.fail_after(self.connect_timeout_s):
-                    stream = await trio.open_tcp_stream(self.host, self.port)
-            except (OSError, trio.TooSlowError):
-                await trio.sleep(self._backoff.next_delay_s())
-                continue
-            self._receiver.reset()
-            try:
-                await stream.send_all(cv_wire.encode_bob_hello())
-                hello = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
-                                           message_timeout_s=self.message_timeout_s)
-            except (ConnectionLost, trio.BrokenResourceError, OSError):
-                await stream.aclose()
-                await trio.sleep(self._backoff.next_delay_s())
-                continue
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                raise
-            assert isinstance(hello, cv_wire.AliceHello)
-            self._hello = hello
-            self._stream = stream
-            self._backoff.reset()
-            self.stats["connections"] += 1
-        return self._stream
+    async def _send_ack(self, stream: trio.SocketStream, frame_id: int) -> None:
+        await stream.send_all(cv_wire.encode_ack(frame_id))
 
-    async def _drop_connection(self) -> None:
-        if self._stream is not None:
-            stream, self._stream = self._stream, None
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+    def _hello_message(self) -> bytes:
+        return cv_wire.encode_bob_hello()
 
     def update_estimates(self, *, qber: float | None = None, key_rate_bps: float | None = None) -> None:
         if key_rate_bps is not None:

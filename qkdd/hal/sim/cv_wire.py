@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qkdd.hal.sim.framing import FramedReceiver
 from qkdd.hal.sim.wire import WireError
 
 MAGIC = b"QSCV"
@@ -110,55 +111,22 @@ def encode_frame(message: CvFrameMessage) -> bytes:
                     + volts.tobytes())
 
 
-class Receiver:
-    """One end's parser of the other end's messages (same interface as qkdd.hal.sim.wire.Receiver, so
+class Receiver(FramedReceiver):
+    """The GG02 wire's parser (the buffering is qkdd.hal.sim.framing's, as for qkdd.hal.sim.wire, so
     qkdd.hal.sim.stream.read_message reads it). Bob's keeps the last frame id across connections."""
 
+    HEADER = HEADER
+    TRANSITIONS = TRANSITIONS
+
     def __init__(self, role: str, *, max_symbols: int = MAX_SYMBOLS):
-        if role not in ("alice", "bob"):
-            raise ValueError(f"role: alice or bob, got {role!r}")
-        self.role = role
+        super().__init__(role)
         self.max_symbols = max_symbols
         self.quadratures = 1
-        self.last_frame_id: int | None = None
-        self.reset()
-
-    def reset(self) -> None:
-        self.state = HELLO
-        self._buffer = bytearray()
-        self._header: tuple[int, int] | None = None
 
     def max_body_bytes(self, kind: int) -> int:
         if kind == FRAME:
             return _FRAME_HEAD.size + self.max_symbols * (1 + 2 * 4)
         return {ALICE_HELLO: _ALICE_HELLO.size, BOB_HELLO: 0, ACK: _ACK.size}[kind]
-
-    def bytes_wanted(self) -> int:
-        if self._header is None:
-            return max(1, HEADER.size - len(self._buffer))
-        return max(1, self._header[1] - len(self._buffer))
-
-    def bytes_buffered(self) -> int:
-        return len(self._buffer) + (HEADER.size if self._header is not None else 0)
-
-    def receive_data(self, data: bytes) -> None:
-        self._buffer += data
-
-    def next_message(self) -> Message | None:
-        if self._header is None:
-            if len(self._buffer) < HEADER.size:
-                return None
-            self._header = self._check_header(bytes(self._buffer[:HEADER.size]))
-            del self._buffer[:HEADER.size]
-        kind, body_bytes = self._header
-        if len(self._buffer) < body_bytes:
-            return None
-        body = bytes(self._buffer[:body_bytes])
-        del self._buffer[:body_bytes]
-        self._header = None
-        message = self._parse(kind, body)
-        self.state = TRANSITIONS[(self.role, self.state)][kind]
-        return message
 
     def _check_header(self, raw: bytes) -> tuple[int, int]:
         magic, version, kind, reserved, length = HEADER.unpack(raw)
@@ -172,7 +140,7 @@ class Receiver:
             raise WireError(f"CV quantum channel: {TYPE_NAMES[kind]} of {length} bytes exceeds the limit")
         return kind, length
 
-    def _parse(self, kind: int, body: bytes) -> Message:
+    def _parse(self, kind: int, body: bytearray) -> Message:
         if kind == BOB_HELLO:
             return BobHello()
         if kind == ACK:
@@ -190,7 +158,7 @@ class Receiver:
             return AliceHello(names[code], rate)
         return self._parse_frame(body)
 
-    def _parse_frame(self, body: bytes) -> CvFrameMessage:
+    def _parse_frame(self, body: bytearray) -> CvFrameMessage:
         if len(body) < _FRAME_HEAD.size:
             raise WireError("CV quantum channel: FRAME shorter than its head")
         frame_id, symbols, quadratures, lo_var, el_var = _FRAME_HEAD.unpack_from(body)

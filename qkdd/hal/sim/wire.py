@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qkdd.hal.base import DeviceError
+from qkdd.hal.sim.framing import FramedReceiver
 
 MAGIC = b"QSIM"
 VERSION = 1
@@ -145,67 +146,23 @@ def encode_frame(frame: FrameMessage) -> list[bytes | memoryview]:
             _column_bytes(frame.bases, "u1"), _column_bytes(frame.outcomes, "u1")]
 
 
-class Receiver:
-    """One end's parser of the other end's messages: feed bytes, take checked messages.
+class Receiver(FramedReceiver):
+    """The BB84/E91 wire's parser (the buffering is qkdd.hal.sim.framing's)."""
 
-    `role` is the receiving end ("bob" receives Alice's messages). Bob's receiver keeps the last frame id
-    across connections (`reset()` starts a new connection, keeping it), so ids never go backwards.
-    """
+    HEADER = HEADER
+    TRANSITIONS = TRANSITIONS
 
     def __init__(self, role: str, *, protocol: str = "bb84", max_detections: int = 1 << 22,
                  max_slots: int = MAX_SLOTS):
-        if role not in ("alice", "bob"):
-            raise ValueError(f"role: alice or bob, got {role!r}")
-        self.role = role
+        super().__init__(role)
         self.protocol = protocol
         self.max_detections = max_detections
         self.max_slots = max_slots
-        self.last_frame_id: int | None = None
-        self.reset()
-
-    def reset(self) -> None:
-        """A new connection: empty buffer, hello expected again (the last frame id is kept)."""
-        self.state = HELLO
-        self._buffer = bytearray()
-        self._header: tuple[int, int] | None = None
 
     def max_body_bytes(self, kind: int) -> int:
         if kind == FRAME:
             return _FRAME_HEAD.size + self.max_detections * BYTES_PER_DETECTION
         return {ALICE_HELLO: _ALICE_HELLO.size, BOB_HELLO: 0, ACK: _ACK.size, REALIGN: _REALIGN.size}[kind]
-
-    def bytes_wanted(self) -> int:
-        """How many more bytes complete the message being read (at least 1)."""
-        if self._header is None:
-            return max(1, HEADER.size - len(self._buffer))
-        return max(1, self._header[1] - len(self._buffer))
-
-    def bytes_buffered(self) -> int:
-        """Bytes of a message received but not yet consumed (header included)."""
-        return len(self._buffer) + (HEADER.size if self._header is not None else 0)
-
-    def receive_data(self, data: bytes) -> None:
-        self._buffer += data
-
-    def next_message(self) -> Message | None:
-        """The next complete, checked message, or None when more bytes are needed."""
-        if self._header is None:
-            if len(self._buffer) < HEADER.size:
-                return None
-            self._header = self._check_header(bytes(self._buffer[:HEADER.size]))
-            del self._buffer[:HEADER.size]
-        kind, body_bytes = self._header
-        if len(self._buffer) < body_bytes:
-            return None
-        if len(self._buffer) == body_bytes:          # the usual case for a large frame: no copy
-            body, self._buffer = self._buffer, bytearray()
-        else:
-            body = self._buffer[:body_bytes]
-            del self._buffer[:body_bytes]
-        self._header = None
-        message = self._parse(kind, body)
-        self.state = TRANSITIONS[(self.role, self.state)][kind]
-        return message
 
     def _check_header(self, raw: bytes) -> tuple[int, int]:
         magic, version, kind, reserved, body_bytes = HEADER.unpack(raw)
