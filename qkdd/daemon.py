@@ -31,7 +31,7 @@ from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.relay.service import build_relay
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
-from qkdd.malloc_arenas import limit_malloc_arenas
+from qkdd.malloc_tuning import tune_malloc
 from qkdd.selftest import SelfTestError, run_self_tests
 
 log = logging.getLogger("qkdd.daemon")
@@ -215,7 +215,7 @@ def _is_loopback(host: str) -> bool:
 
 def run(config: Config) -> int:
     """Entry for `qkdd run` after the config is loaded and logging configured."""
-    limit_malloc_arenas()                   # before any worker thread allocates
+    tune_malloc()                           # before any worker thread allocates
     try:
         prepare_state_dir(config.daemon.state_dir)
         check_tls_files(config)
