@@ -483,17 +483,8 @@ class KeyStore(SavepointTransactions):
         """Every key id of the link with its state (tombstones included), for resynchronisation; only the
         keys of `frames` when given."""
         states = {state.value: state for state in KeyState}
-        with self._lock:
-            if frames is None:
-                return {key_id: states[state] for key_id, state in
-                        self._db.execute("SELECT key_id, state FROM keys WHERE link_id = ?", (link_id,))}
-            frames, inventory = list(frames), {}
-            for first in range(0, len(frames), _FRAMES_PER_QUERY):
-                chunk = frames[first:first + _FRAMES_PER_QUERY]
-                inventory.update((key_id, states[state]) for key_id, state in self._db.execute(
-                    f"SELECT key_id, state FROM keys WHERE link_id = ? AND frame_id IN ({','.join('?' * len(chunk))})",
-                    (link_id, *chunk)))
-            return inventory
+        return {key_id: states[state] for key_id, state in
+                self._rows_of_frames("SELECT key_id, state FROM keys WHERE link_id = ?", (link_id,), "", frames)}
 
     def frame_summaries(self, link_id: str, frames: Iterable[int] | None = None) -> dict[int, FrameSummary]:
         """Per frame of the link (of `frames` when given): how many keys, how many pending, holding
@@ -501,17 +492,21 @@ class KeyStore(SavepointTransactions):
         index, in SQLite, instead of one Python object per key."""
         query = (f"SELECT frame_id, COUNT(*), SUM(state = ?), SUM(state IN {_HELD}), SUM(state = ?), "
                  "MIN(key_id), MAX(key_id) FROM keys WHERE link_id = ?")
-        states = (KeyState.PENDING.value, KeyState.EXPIRED.value, link_id)
+        return {frame_id: FrameSummary(*row) for frame_id, *row in self._rows_of_frames(
+            query, (KeyState.PENDING.value, KeyState.EXPIRED.value, link_id), " GROUP BY frame_id", frames)}
+
+    def _rows_of_frames(self, query: str, params: tuple, tail: str, frames: Iterable[int] | None) -> list[tuple]:
+        """The rows of `query` + `tail` over the whole link, or over `frames` only (a frame_id IN (...) clause
+        added, at most _FRAMES_PER_QUERY ids a statement)."""
         with self._lock:
             if frames is None:
-                return {frame_id: FrameSummary(*row) for frame_id, *row in
-                        self._db.execute(query + " GROUP BY frame_id", states)}
-            frames, summaries = list(frames), {}
+                return self._db.execute(query + tail, params).fetchall()
+            frames, rows = list(frames), []
             for first in range(0, len(frames), _FRAMES_PER_QUERY):
                 chunk = frames[first:first + _FRAMES_PER_QUERY]
-                summaries.update((frame_id, FrameSummary(*row)) for frame_id, *row in self._db.execute(
-                    query + f" AND frame_id IN ({','.join('?' * len(chunk))}) GROUP BY frame_id", (*states, *chunk)))
-            return summaries
+                rows += self._db.execute(f"{query} AND frame_id IN ({','.join('?' * len(chunk))}){tail}",
+                                         (*params, *chunk)).fetchall()
+            return rows
 
     @property
     def store_id(self) -> bytes:
