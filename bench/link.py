@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import tempfile
-import time
 from pathlib import Path
 
 from qkdd.hal.sim.systems import SYSTEMS, preset
@@ -33,15 +32,7 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
         with LinkPair(Path(workdir), distance_km=distance_km, frame_detections=frame_detections,
                       frames_in_flight=frames_in_flight, extra_sim={"system": system} if system else {}) as pair:
-            deadline = time.monotonic() + 120
-            while pair.metrics("alice")["keys_generated"] == 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no key within 120 s")
-                time.sleep(0.2)
-            start, t0 = pair.metrics("alice"), time.monotonic()
-            time.sleep(seconds)
-            end, t1 = pair.metrics("alice"), time.monotonic()
-    span = t1 - t0
+            start, end, span = pair.measure_window(seconds, first_key_timeout_s=120)
     analytic = {}
     if system:
         rate = preset(system)
@@ -86,15 +77,7 @@ def measure_cv(distance_km: float, seconds: float) -> dict:
     from qkdd.hal.sim.settings import SimConfig
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
         with LinkPair(Path(workdir), distance_km=distance_km, extra_link={"protocol": "cvqkd"}) as pair:
-            deadline = time.monotonic() + 180
-            while pair.metrics("alice")["keys_generated"] == 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no key within 180 s")
-                time.sleep(0.2)
-            start, t0 = pair.metrics("alice"), time.monotonic()
-            time.sleep(seconds)
-            end, t1 = pair.metrics("alice"), time.monotonic()
-    span = t1 - t0
+            start, end, span = pair.measure_window(seconds, first_key_timeout_s=180)
     frames = end["frames"] - start["frames"]
     symbols_per_s = frames * SimConfig().cv_symbols_per_frame / span
     analytic = cv_analytic(distance_km, symbols_per_s)

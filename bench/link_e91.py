@@ -14,7 +14,6 @@ stored per frame over the frame's source time. `ratio` = source / analytic (targ
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 from qkdd.hal.sim.pair_model import analytic_frame_key_bits
@@ -31,17 +30,9 @@ def measure(distance_km: float, seconds: float, frames_in_flight: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-e91-") as workdir:
         with LinkPair(Path(workdir), distance_km=distance_km, frame_detections=1 << 24, frame_slots=FRAME_SLOTS,
                       frames_in_flight=frames_in_flight, extra_link={"protocol": "e91"}, extra_sim=E91_SIM) as pair:
-            deadline = time.monotonic() + 120
-            while pair.metrics("alice")["keys_generated"] == 0:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("no key within 120 s")
-                time.sleep(0.2)
-            start, t0 = pair.metrics("alice"), time.monotonic()
-            time.sleep(seconds)
-            end, t1 = pair.metrics("alice"), time.monotonic()
+            start, end, span = pair.measure_window(seconds, first_key_timeout_s=120)
             chsh = [line for line in pair.http.get(f"http://{pair.ends['alice'].health}/metrics").text.splitlines()
                     if line.startswith("qkd_chsh_value{")]
-    span = t1 - t0
     frames = end["frames"] - start["frames"]
     key_bits = end["key_bits_generated"] - start["key_bits_generated"]
     frame_s = FRAME_SLOTS / params.clock_hz

@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 
 from qkdd.keystore import KeyAlreadyDelivered, KeyState, KeyStore, create_kek
 from qkdd.keystore.kek import load_kek
-from qkdd.keystore.resync import (FrameSummary, InventoryAssembler, ResyncMessageError, ResyncPoint,
-                                  SummaryAssembler, decode_hello, decode_inventory, decode_summaries, encode_hello,
+from qkdd.keystore.resync import (FrameSummary, InventoryAssembler, ResyncMessageError, SummaryAssembler,
+                                  decode_hello, decode_inventory, decode_summaries, encode_hello,
                                   encode_inventory, encode_summaries, frames_to_list, plan_resync, resync_scope)
 
 LINK = "link-ab"

@@ -189,6 +189,19 @@ realtime = {_toml(self.realtime)}
     def metrics(self, role: str) -> dict:
         return self.http.get(self.ends[role].url(f"/v1/links/{LINK_ID}/metrics"), timeout=5.0).json()
 
+    def measure_window(self, seconds: float, first_key_timeout_s: float) -> tuple[dict, dict, float]:
+        """Alice's link metrics at the start and end of a `seconds` window that opens once the first keys
+        are stored (start-up and the first frames left out), and the window's length in seconds."""
+        deadline = time.monotonic() + first_key_timeout_s
+        while self.metrics("alice")["keys_generated"] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no key within {first_key_timeout_s:g} s")
+            time.sleep(0.2)
+        start, t0 = self.metrics("alice"), time.monotonic()
+        time.sleep(seconds)
+        end, t1 = self.metrics("alice"), time.monotonic()
+        return start, end, t1 - t0
+
     def __enter__(self) -> "LinkPair":
         self.start_both()
         return self
