@@ -102,9 +102,11 @@ def setup(request, tmp_path_factory):
     """One daemon pair per protocol with every consumer; yields (protocol, pair, ports, KMSs, WgPair or None)."""
     protocol = request.param
     root = tmp_path_factory.mktemp(f"interfaces-{protocol}")
-    wg = WgPair(root).up() if missing_requirements() is None else None
+    wg = WgPair(root) if missing_requirements() is None else None
     kmss = {"alice": FakeKms(clock=time.monotonic), "bob": FakeKms(clock=time.monotonic)}
     try:
+        if wg is not None:
+            wg.up()
         with KmsInThread(kmss["alice"]) as kms_a, KmsInThread(kmss["bob"]) as kms_b:
             pair = LinkPair(root / "pair", distance_km=10.0, admin_tls=True, **PROTOCOLS[protocol])
             pair.write()
@@ -199,10 +201,13 @@ def test_wireguard_ends_agree_an_epoch_and_the_tunnel_handshakes_with_its_psk(se
             break
     else:
         pytest.fail("no handshake with the agreed PSK")
-    records = [pair.http.get(pair.ends[role].url("/v1/links")).json()["links"][0]["consumers"]
-               for role in ("alice", "bob")]
-    tunnels = [next(c for c in listed if c["kind"] == "wireguard") for listed in records]
-    assert tunnels[0]["key_id"] == tunnels[1]["key_id"] == in_use[0][0]
+
+    def recorded_key_ids() -> set:
+        """The key id each end's /v1/links shows for the tunnel (recorded just after its install)."""
+        records = [pair.http.get(pair.ends[role].url("/v1/links")).json()["links"][0]["consumers"]
+                   for role in ("alice", "bob")]
+        return {next(c for c in listed if c["kind"] == "wireguard")["key_id"] for listed in records}
+    wait_until(lambda: recorded_key_ids() == {in_use[0][0]}, 10, "both ends' epoch records")
 
 
 def test_kms_push_puts_the_same_key_into_both_kmss(setup):
@@ -222,4 +227,4 @@ def test_kms_push_puts_the_same_key_into_both_kmss(setup):
     if protocol == "cvqkd":
         assert qber[0] == ""                       # GG02 has no bit error rate before reconciliation
     else:
-        assert 0 < float(qber[0]) < 0.11
+        assert 0 <= float(qber[0]) < 0.11
