@@ -31,6 +31,21 @@ def test_werner_state_gives_s_2_sqrt2_v_and_qber_half_one_minus_v(visibility):
     assert counts.key_x.error_rate == pytest.approx((1 - visibility) / 2, abs=0.006)
 
 
+def test_werner_relation_joins_naiks_measured_chsh_value_and_bit_error_rate():
+    """Naik, Peterson, White, Berglund & Kwiat, PRL 84, 4733 (2000), measured on one E91 run S = -2.665 +- 0.019,
+    S' = -2.644 +- 0.019 and a key bit error rate of 3.06 +- 0.11 % (one standard error each). The Werner
+    state with the visibility their error rate gives, V = 1 - 2 Q, has |S| = 2 sqrt 2 V = 2.655 +- 0.006:
+    within one combined standard error of each measured value; and back, the mean |S| gives their Q."""
+    qber, qber_sigma = 0.0306, 0.0011
+    s, q = e91.werner_statistics(1 - 2 * qber)
+    assert q == pytest.approx(qber)
+    s_sigma = 2 * math.sqrt(2) * 2 * qber_sigma                 # dS/dQ = -4 sqrt 2
+    for measured in (2.665, 2.644):
+        assert abs(s - measured) < math.hypot(0.019, s_sigma), (s, measured)
+    visibility = (2.665 + 2.644) / 2 / (2 * math.sqrt(2))
+    assert e91.werner_statistics(visibility)[1] == pytest.approx(qber, abs=qber_sigma)
+
+
 def test_no_key_when_s_is_at_most_2():
     # V = 1/sqrt(2) gives S = 2 exactly; V = 0.69 a local S < 2. Even with huge blocks: abort.
     for visibility in (1 / math.sqrt(2), 0.69):
