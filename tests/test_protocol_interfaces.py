@@ -3,13 +3,17 @@ simulated link (qkdd.link.pair: real TLS peer channel, real SQLite key stores) w
 at once: ETSI GS QKD 004 streams (OPEN_CONNECT and GET_KEY at both ends give the same chunks), SKIP over
 TLS-PSK (a router's key at one end is the other router's key by id), a WireGuard tunnel (both ends agree an
 epoch and install the same PSK into real wireguard-go interfaces in network namespaces, and the handshake
-goes through with it), and KMS push (both ends push the same key to their own KMS, tests/kms_server.py).
+goes through with it), IKEv2 PPKs (both ends load the same PPK into real strongSwan charons in network
+namespaces and the IKE SA comes up with ppk_required), and KMS push (both ends push the same key to their own
+KMS, tests/kms_server.py). The WireGuard and IKEv2 parts need root and their tools; they skip otherwise.
 The /v1 and ETSI 014 routes of these protocols are tested in test_e91_link.py and test_cvqkd_daemons.py."""
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
+from dataclasses import dataclass
 
 import pytest
 import trio
@@ -21,6 +25,8 @@ from qkdd.link.service import KEYSTORE_FILE
 from tests.daemon_support import wait_until
 from tests.etsi004_support import ROUTERS, SYSTEMS, Client004, qos, skip_get
 from tests.kms_server import FakeKms, KmsInThread
+from tests.strongswan_support import CharonPair
+from tests.strongswan_support import missing_requirements as ipsec_missing
 from tests.wireguard_support import WgPair, missing_requirements
 
 # the protocols' own settings, as their daemon tests run them (E91: the pair source on Bob's host)
@@ -32,13 +38,15 @@ PROTOCOLS = {
 END = {"alice": "a", "bob": "b"}
 KME = {"alice": "kme-a", "bob": "kme-b"}
 TUNNEL = "site-a-b"
+IKE = "site-a-b-ike"
 KMS_PREFIX = "QKD_PROTO_PUSH_"
 KEY_WAIT_S = 180.0              # the first keys of a CV-QKD link on a loaded 2-core machine
 FIRST_CHUNK_WAIT_MS = 60_000
 
 
-def consumers_config(pair: LinkPair, role: str, ports: dict, kms_url: str, wg) -> str:
-    """`[etsi004]`, `[skip]`, `[kms]` with one `[[kms_push]]`, and (with `wg`, a WgPair) one `[[wireguard]]`."""
+def consumers_config(pair: LinkPair, role: str, ports: dict, kms_url: str, wg, charons) -> str:
+    """`[etsi004]`, `[skip]`, `[kms]` with one `[[kms_push]]`, (with `wg`, a WgPair) one `[[wireguard]]` and
+    (with `charons`, a CharonPair) one `[[ipsec]]`, alice the initiator."""
     end, other = END[role], END["bob" if role == "alice" else "alice"]
     issued = pair.pki.kmes[KME[role]]
     identity, psk = ROUTERS[end]
@@ -94,26 +102,54 @@ rotation_interval_s = 3600
 activation_delay_s = 0.5
 retry_interval_s = 0.3
 """
+    if charons is not None:
+        charon = charons.a if role == "alice" else charons.b
+        text += f"""
+[[ipsec]]
+name = "{IKE}"
+link_id = "{LINK_ID}"
+connection = "qkd"
+initiator = {str(role == "alice").lower()}
+vici_socket = "{charon.vici}"
+swanctl_conf = "{charon.swanctl_conf}"
+rotation_interval_s = 3600
+activation_delay_s = 0.5
+retry_interval_s = 0.3
+retry_max_s = 2.0
+"""
     return text
+
+
+@dataclass
+class Setup:
+    protocol: str
+    pair: LinkPair
+    ports: dict                       # role -> {"etsi004": port, "skip": port}
+    kmss: dict                        # role -> FakeKms
+    wg: WgPair | None                 # None: no real WireGuard here
+    charons: CharonPair | None        # None: no real strongSwan here
 
 
 @pytest.fixture(scope="module", params=sorted(PROTOCOLS))
 def setup(request, tmp_path_factory):
-    """One daemon pair per protocol with every consumer; yields (protocol, pair, ports, KMSs, WgPair or None)."""
+    """One daemon pair per protocol with every consumer configured."""
     protocol = request.param
     root = tmp_path_factory.mktemp(f"interfaces-{protocol}")
     wg = WgPair(root) if missing_requirements() is None else None
+    charons = CharonPair(root / "charon") if ipsec_missing() is None else None
     kmss = {"alice": FakeKms(clock=time.monotonic), "bob": FakeKms(clock=time.monotonic)}
     try:
         if wg is not None:
             wg.up()
+        if charons is not None:
+            charons.up()                          # (tears down what it set up when it fails)
         with KmsInThread(kmss["alice"]) as kms_a, KmsInThread(kmss["bob"]) as kms_b:
             pair = LinkPair(root / "pair", distance_km=10.0, admin_tls=True, **PROTOCOLS[protocol])
             pair.write()
             ports = {role: {"etsi004": free_port(), "skip": free_port()} for role in ("alice", "bob")}
             for role, kms in (("alice", kms_a), ("bob", kms_b)):
                 with open(pair.ends[role].config_path, "a") as config:
-                    config.write(consumers_config(pair, role, ports[role], kms.url, wg))
+                    config.write(consumers_config(pair, role, ports[role], kms.url, wg, charons))
             try:
                 for role in ("alice", "bob"):
                     pair.start(role)
@@ -121,12 +157,14 @@ def setup(request, tmp_path_factory):
                     pair.wait_ready(role)
                 wait_until(lambda: all(pair.metrics(role)["keys_generated"] > 0 for role in ("alice", "bob")),
                            KEY_WAIT_S, f"{protocol} keys at both ends")
-                yield protocol, pair, ports, kmss, wg
+                yield Setup(protocol, pair, ports, kmss, wg, charons)
             finally:
                 pair.stop()
     finally:
         if wg is not None:
             wg.down()
+        if charons is not None:
+            charons.down()
 
 
 def client004(pair: LinkPair, role: str, ports: dict) -> Client004:
@@ -135,7 +173,7 @@ def client004(pair: LinkPair, role: str, ports: dict) -> Client004:
 
 
 def test_etsi004_streams_at_both_ends_give_equal_chunks(setup):
-    protocol, pair, ports, _, _ = setup
+    protocol, pair, ports = setup.protocol, setup.pair, setup.ports
     ksid = str(uuid.uuid4())
 
     async def main():
@@ -158,7 +196,7 @@ def test_etsi004_streams_at_both_ends_give_equal_chunks(setup):
 
 
 def test_skip_a_routers_key_at_one_end_is_the_others_by_id(setup):
-    ports = setup[2]
+    ports = setup.ports
 
     async def main():
         a, b = ("127.0.0.1", ports["alice"]["skip"]), ("127.0.0.1", ports["bob"]["skip"])
@@ -182,8 +220,9 @@ def reserved_key(pair: LinkPair, role: str, holder: str) -> tuple[str, bytes] | 
         store.close()
 
 
+@pytest.mark.root
 def test_wireguard_ends_agree_an_epoch_and_the_tunnel_handshakes_with_its_psk(setup):
-    protocol, pair, _, _, wg = setup
+    protocol, pair, wg = setup.protocol, setup.pair, setup.wg
     if wg is None:
         pytest.skip(f"real WireGuard {missing_requirements()}")
 
@@ -211,7 +250,7 @@ def test_wireguard_ends_agree_an_epoch_and_the_tunnel_handshakes_with_its_psk(se
 
 
 def test_kms_push_puts_the_same_key_into_both_kmss(setup):
-    protocol, pair, _, kmss, _ = setup
+    protocol, pair, kmss = setup.protocol, setup.pair, setup.kmss
 
     def pushed(name: str) -> tuple:
         return tuple(kmss[role].value(KMS_PREFIX + name) for role in ("alice", "bob"))
@@ -228,3 +267,25 @@ def test_kms_push_puts_the_same_key_into_both_kmss(setup):
         assert qber[0] == ""                       # GG02 has no bit error rate before reconciliation
     else:
         assert 0 <= float(qber[0]) < 0.11
+
+
+@pytest.mark.root
+def test_ikev2_ends_load_the_same_ppk_and_the_ike_sa_comes_up_with_it(setup):
+    protocol, pair, charons = setup.protocol, setup.pair, setup.charons
+    if charons is None:
+        pytest.skip(f"real strongSwan {ipsec_missing()}")
+
+    def records() -> list[dict]:
+        return [next(c for c in pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"]
+                     if c["kind"] == "ipsec") for role in ("alice", "bob")]
+
+    def agreed() -> bool:
+        a, b = records()
+        return a["epoch"] == b["epoch"] == 1 and a["key_id"] == b["key_id"] is not None
+    wait_until(agreed, 90, "the IKEv2 consumers at epoch 1 at both ends")
+    key_id = records()[0]["key_id"]
+    wait_until(lambda: [sa["ppk"] for sa in charons.b.ike_sas() if sa["state"] == "ESTABLISHED"] == ["yes"], 30,
+               "the IKE SA with ppk_required")
+    for charon in (charons.a, charons.b):             # both charons derived the SA's keys with this link's key
+        assert re.findall(r"using PPK for PPK_ID '([^']+)'", charon.log())[-1:] == [key_id], protocol
+    assert charons.a.ping_peer(), "no traffic through the tunnel"
