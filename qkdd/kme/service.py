@@ -326,6 +326,18 @@ class KmeService:
         with self.keystore.batch():
             self._store_reservation(link_id, dataclasses.replace(reservation, keys=keys))
 
+    def forget_relayed(self, link_id: str, stored_key_id: str) -> None:
+        """Blocking (in the relay's key-store transaction that erases a relayed key its source rolled back):
+        the reservation recorded with it goes too, so Get key with key IDs answers for its keys as for keys
+        never recorded, and no record is left waiting for a key that is gone."""
+        try:
+            forgotten = self.ledger.forget_stored(link_id, stored_key_id)
+        except LedgerError as exc:          # the relay's contract: it keeps the key and is asked again
+            raise StoreWriteError(str(exc)) from None
+        if forgotten:
+            log.info("ETSI 014: %d key(s) relayed to this KME were rolled back by their source; their "
+                     "reservation is withdrawn", len(forgotten))
+
     async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
         """Stored keys holding at least `bits` from this end's share, out of the link's pool of taken
         keys, refilled from the key store a block at a time (one transaction): ahead of need, once the

@@ -113,6 +113,10 @@ class RelayService:
         self._forgotten_at = 0.0
         # (source node, key-store link id, stored key id, note) -> None; raises to refuse (the ETSI 014 KME)
         self.note_handler: Callable[[str, str, str, bytes], None] | None = None
+        # (key-store link id, stored key id) -> None: a key stored with a note is rolled back, and whatever
+        # the note's consumer recorded for it goes in the same transaction (the ETSI 014 KME's reservation);
+        # raises KeyStoreError when it cannot (nothing is erased, the source asks again)
+        self.rollback_handler: Callable[[str, str], None] | None = None
         for link_id, channel in channels.items():
             self.db.pin(link_id, key_fingerprint(channel.pinned_peer_key))
             channel.register(LINKSTATE_CHANNEL, lambda stream, link_id=link_id: self._serve_linkstate(link_id, stream))
@@ -473,15 +477,19 @@ class RelayService:
         self._send_all(self.endpoint.rolled_back(event, outcome))
 
     def _erase_relayed(self, key_id: str) -> int:
-        """Blocking: erase a relayed key not yet fetched; the outcome for ROLLED_BACK."""
-        try:
-            state = self.store.state(RELAY_LINK_ID, key_id)
-        except KeyNotFound:
-            return rp.ABSENT
-        if state.holds_material:
-            self.store.apply_resync(RELAY_LINK_ID, [], [], [key_id])
-            return rp.ERASED
-        return rp.DELIVERED if state is KeyState.DELIVERED else rp.ABSENT
+        """Blocking: erase a relayed key not yet fetched, and what its note's consumer recorded for it (in
+        the same transaction); the outcome for ROLLED_BACK."""
+        with self.store.batch():
+            if self.rollback_handler is not None:
+                self.rollback_handler(RELAY_LINK_ID, key_id)
+            try:
+                state = self.store.state(RELAY_LINK_ID, key_id)
+            except KeyNotFound:
+                return rp.ABSENT
+            if state.holds_material:
+                self.store.apply_resync(RELAY_LINK_ID, [], [], [key_id])
+                return rp.ERASED
+            return rp.DELIVERED if state is KeyState.DELIVERED else rp.ABSENT
 
     async def _settled(self, event: rp.RolledBack) -> None:
         try:
