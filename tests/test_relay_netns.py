@@ -4,8 +4,10 @@ B, D, F), come out equal at the destination over 1, 3 and 5 hops (once: a second
 multi-path key travels over two node-disjoint routes; kill -9 of the relay the 5-hop route uses, with
 requests in flight, leaves each delivered at both ends or at neither (the source's journal rolls the failed
 ones back at the destination), and new requests reroute round the ring; kill -9 of the destination with
-requests in flight settles the same way once it is restarted; bad requests get clear errors; no key
-appears in any node's log."""
+requests in flight settles the same way once it is restarted; a link cut (its classical channel's packets
+dropped) while both its ends run is withdrawn, new requests reroute, and it returns once mended; ETSI 014
+refusals for slave SAEs 3 and 5 hops away are those for A's neighbour's SAE; bad requests get clear
+errors; no key appears in any node's log."""
 from __future__ import annotations
 
 import base64
@@ -130,7 +132,8 @@ def test_relay_reroutes_round_a_cut_link_and_takes_it_back_when_it_returns(lab):
         body, key = relayed(lab, "A", "D", 256)
         assert body["route"] == ["A", "B", "X", "D"]
         SEEN_KEYS.append(key)
-        refused = lab.call("A", "POST", "/v1/relay/keys/request", {"dst": "D", "bits": 64, "route": ["A", "B", "C", "D"]})
+        refused = lab.call("A", "POST", "/v1/relay/keys/request",
+                           {"dst": "D", "bits": 64, "route": ["A", "B", "C", "D"]})
         assert refused.status_code == 409, refused.text          # not a chain of live links any more
         for node, dst in (("C", "B"), ("D", "E")):                # both ends alive, their other links in use
             body, key = relayed(lab, node, dst, 128)

@@ -93,7 +93,9 @@ class RelayService:
                                     limiter=FloodLimiter(settings.max_announcements_per_s))
         # our own originations: less than our neighbours accept (flood_limit.py)
         self._own_rate = self.db.limiter.own_bucket(0.0)
-        self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s)
+        self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s,
+                                         sign=lambda body: signing_key.sign(body, rp.SETTLE_SIGNATURE_CONTEXT),
+                                         identity_of=self._identity_of)
         self._links = sorted(channels)
         self._ls_out: dict[str, trio.MemorySendChannel] = {}
         self._relay_out: dict[str, trio.MemorySendChannel] = {}
@@ -121,6 +123,11 @@ class RelayService:
             self.db.pin(link_id, key_fingerprint(channel.pinned_peer_key))
             channel.register(LINKSTATE_CHANNEL, lambda stream, link_id=link_id: self._serve_linkstate(link_id, stream))
             channel.register(RELAY_CHANNEL, lambda stream, link_id=link_id: self._serve_relay(link_id, stream))
+
+    def _identity_of(self, node_id: str) -> bytes | None:
+        """A node's raw ML-DSA-65 public key, as its accepted link-state announcement carries it."""
+        held = self.db.held.get(node_id)
+        return held.announcement.public_key if held is not None else None
 
     # -- lifetime --------------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
