@@ -42,7 +42,9 @@ from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topol
 log = logging.getLogger("qkdd.relay")
 
 RELAY_LINK_ID = "relay"          # the key store's link id of relayed keys held for their consumer
-ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left)
+ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left,
+                                 # another route than the first when there is one)
+ALTERNATIVES = 4                 # routes looked at for one that avoids the paths a request failed on
 RETRY_WAIT_S = 1.0
 MAX_SHARE_GROUPS = 4096          # multi-path keys whose shares the destination holds while the others travel
 SETTLE_INTERVAL_S = 1.0          # unsettled requests of the journal: a ROLLBACK each this often until answered
@@ -232,7 +234,11 @@ class RelayService:
         return routes
 
     def choose_route(self, dst: str, bits: int, path: list[str] | None = None,
-                     exclude: frozenset[str] = frozenset(), min_trust: int | None = None) -> Route:
+                     exclude: frozenset[str] = frozenset(), min_trust: int | None = None,
+                     failed: frozenset[tuple[str, ...]] = frozenset()) -> Route:
+        """The route for a request: the given `path`, else the cheapest within the limits; when that is one of
+        the `failed` paths (a retry before the topology shows why it failed: a link whose channel went
+        silent stays announced until its session times out), the cheapest alternative that is not."""
         topology = self.topology()
         if dst not in topology.trust:
             raise RelayError(f"node {dst!r} is not known in the relay network", 404)
@@ -241,9 +247,12 @@ class RelayService:
             if route is None:
                 raise RelayError("the given route is not a chain of live links with enough key", 409)
             return route
-        route = shortest_route(topology, self.node_id, dst, hop_limit=self.settings.hop_limit,
-                               min_trust=self.settings.min_trust if min_trust is None else min_trust,
-                               need_bits=bits, exclude=exclude)
+        limits = {"hop_limit": self.settings.hop_limit, "need_bits": bits, "exclude": exclude,
+                  "min_trust": self.settings.min_trust if min_trust is None else min_trust}
+        route = shortest_route(topology, self.node_id, dst, **limits)
+        if route is not None and route.path in failed:
+            route = next((r for r in alternative_routes(topology, self.node_id, dst, ALTERNATIVES, **limits)
+                          if r.path not in failed), route)
         if route is None:
             raise RelayError(f"no route to {dst} within {self.settings.hop_limit} hops through trusted nodes "
                              "with enough key")
@@ -265,14 +274,16 @@ class RelayService:
             raise RelayError("route must start at this node and end at dst", 400)
         started = trio.current_time()
         reasons = []
+        failed: set[tuple[str, ...]] = set()
         for attempt in range(ATTEMPTS if path is None else 1):
             if attempt:                 # the failure may have changed the topology: give it a moment
                 with trio.move_on_after(RETRY_WAIT_S):
                     await self._changed.wait()
-            route = self.choose_route(dst, bits, path, frozenset(), min_trust)
+            route = self.choose_route(dst, bits, path, frozenset(), min_trust, frozenset(failed))
             try:
                 relay_id, key = await self._relay(route, bits, note=note)
             except RelayError as exc:
+                failed.add(route.path)
                 reasons.append(f"via {'-'.join(route.path)}: {exc}")
                 if self.metrics is not None:
                     self.metrics.request("aborted", route.hops, trio.current_time() - started)
