@@ -2,7 +2,9 @@
 source died after DONE, before serving it): the rollback withdraws the slave KME's reservation with the key,
 in the same transaction, so Get key with key IDs answers for its keys exactly as for keys never recorded,
 and no ledger record is left behind. Real relay service objects over real TCP/TLS sessions, a real SQLite
-key store file per node and the real KME and ledger at the destination (tests/relay_sockets.py)."""
+key store file per node and the real KME and ledger at the destination (tests/relay_sockets.py). A Get key
+asking more than one relay request carries goes in parts, served only when all are confirmed; a part that
+fails rolls back the ones before it."""
 from __future__ import annotations
 
 import uuid
@@ -13,7 +15,8 @@ import trio
 from qkdd.keystore import KeyState
 from qkdd.kme.config import Etsi014Config, PeerKmeConfig, SaeConfig
 from qkdd.kme.container import plan_keys
-from qkdd.kme.errors import BadRequest
+from qkdd.kme.errors import BadRequest, KeysUnavailable
+from qkdd.kme.key_request import KeyRequest
 from qkdd.kme.ledger import Ledger
 from qkdd.kme.service import KmeService
 from qkdd.relay.service import RELAY_LINK_ID
@@ -91,3 +94,67 @@ def test_relay_rollback_of_an_etsi014_key_withdraws_the_slave_reservation(tmp_pa
             assert net.unmatched_link_keys() == {}
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def master_kme(node, part_bits: int) -> KmeService:
+    """The master's KME at the source, reaching kme-d on node D through the relay, parts of `part_bits`."""
+    config = Etsi014Config(kme_id="kme-s", saes=(SaeConfig("sae-s", "kme-s"), SaeConfig("sae-d", "kme-d")),
+                           peers=(PeerKmeConfig("kme-d", node="D"),))
+    kme = KmeService(config, node.store, Ledger(database=node.store.database), relay_part_bits=part_bits)
+    kme.relay = node.service
+    return kme
+
+
+def run_pair(tmp_path, main, *, part_bits: int = 512):
+    """S - R - D with the master's KME at S and the slave's at D; `main(net, master, slave)`."""
+    async def wrapper():
+        net = SocketNet(tmp_path, *CHAIN)
+        kmes = {}
+        async with trio.open_nursery() as nursery:
+            await net.start("S", nursery, before_run=lambda node: kmes.setdefault("S", master_kme(node, part_bits)))
+            await net.start("R", nursery)
+            await net.start("D", nursery, before_run=lambda node: kmes.setdefault("D", slave_kme(node)))
+            for kme in kmes.values():
+                nursery.start_soon(kme.run)
+            await net.wait_route("S", "D", hops=2)
+            await main(net, kmes["S"], kmes["D"])
+            nursery.cancel_scope.cancel()
+    trio.run(wrapper)
+
+
+def test_relay_etsi014_get_key_above_one_relay_request_goes_in_parts(tmp_path):
+    """5 keys of 256 bits with parts of 512 bits: three relay requests; the slave SAE gets every key, once."""
+    async def main(net, master, slave):
+        keys = await master.get_keys("sae-s", "sae-d", KeyRequest(5, 256, ()))
+        assert len(keys) == 5 and len({key_id for key_id, _ in keys}) == 5
+        assert net["S"].metric("qkd_relay_requests_total", result="delivered") == 3
+        fetched = await slave.keys_by_id("sae-d", "sae-s", [key_id for key_id, _ in keys])
+        assert dict(fetched) == dict(keys)
+        assert not net.service("S").journal.open_requests()        # served: nothing left to settle
+    run_pair(tmp_path, main)
+
+
+def test_relay_etsi014_get_key_whose_later_part_fails_rolls_back_the_parts_before(tmp_path):
+    """The slave's KME refuses the third part: Get key answers 503, and the two parts it had recorded are
+    rolled back at the slave's node, reservations with them, so none of their keys can be fetched there."""
+    async def main(net, master, slave):
+        recorded: list[str] = []
+        record = slave.record_relayed
+
+        def refusing_the_third(source, link_id, stored_key_id, note):
+            if len(recorded) >= 2:
+                raise ValueError("this KME refuses the third part")
+            record(source, link_id, stored_key_id, note)
+            recorded.append(stored_key_id)
+        net.service("D").note_handler = refusing_the_third
+        with pytest.raises(KeysUnavailable):
+            await master.get_keys("sae-s", "sae-d", KeyRequest(5, 256, ()))
+        assert len(recorded) == 2
+        await net.wait_for("the two parts to be rolled back", lambda: not net.service("S").journal.open_requests())
+        for relay_id in recorded:
+            assert state_of(net["D"].store, RELAY_LINK_ID, relay_id) in (None, KeyState.EXPIRED)
+        with net["D"].store.database.lock:
+            rows = net["D"].store.database.connection.execute("SELECT COUNT(*) FROM etsi014_keys").fetchone()
+        assert rows == (0,)
+        assert net.unmatched_link_keys() == {}
+    run_pair(tmp_path, main)

@@ -102,6 +102,7 @@ class RelayService:
         self._ls_out: dict[str, trio.MemorySendChannel] = {}
         self._relay_out: dict[str, trio.MemorySendChannel] = {}
         self._waiters: dict[str, _Waiter] = {}
+        self._held: set[str] = set()        # confirmed keys relayed with `hold`, not served yet (serve_held)
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._peer_log = RateLimitedLog(log)
@@ -261,9 +262,11 @@ class RelayService:
     # -- requests at the source ------------------------------------------------------------------------
     async def request_key(self, dst: str, bits: int, path: list[str] | None = None,
                           min_trust: int | None = None, paths: int = 1,
-                          note: bytes = b"") -> tuple[str, bytes, list[Route]]:
+                          note: bytes = b"", hold: bool = False) -> tuple[str, bytes, list[Route]]:
         """A key of `bits` bits shared with node `dst`: (key id, key, routes). With `paths` > 1, the XOR of
-        shares relayed over that many node-disjoint routes. RelayError otherwise."""
+        shares relayed over that many node-disjoint routes. RelayError otherwise. With `hold`, the key is not
+        served yet: its journal row stays until `serve_held` (then it may be served) or `abandon_held` (then it
+        is rolled back at the destination, as is every held key after a crash)."""
         if dst == self.node_id:
             raise RelayError("the destination is this node", 400)
         if paths > 1:
@@ -281,7 +284,7 @@ class RelayService:
                     await self._changed.wait()
             route = self.choose_route(dst, bits, path, frozenset(), min_trust, frozenset(failed))
             try:
-                relay_id, key = await self._relay(route, bits, note=note)
+                relay_id, key = await self._relay(route, bits, note=note, hold=hold)
             except RelayError as exc:
                 failed.add(route.path)
                 reasons.append(f"via {'-'.join(route.path)}: {exc}")
@@ -332,7 +335,7 @@ class RelayService:
             rp.erase(key)
 
     async def _relay(self, route: Route, bits: int, *, group: str = "", shares: int = 1,
-                     note: bytes = b"") -> tuple[str, bytes]:
+                     note: bytes = b"", hold: bool = False) -> tuple[str, bytes]:
         first = route.links[0]
         if first not in self._relay_out:
             raise RelayError(f"link {first} is not connected")
@@ -359,6 +362,9 @@ class RelayService:
             if not waiter.delivered:
                 self._send_all(self.endpoint.abort(relay_id, "the source gave up waiting"))
                 raise RelayError(waiter.reason or "no confirmation in time")
+            if hold:
+                self._held.add(relay_id)          # before its waiter goes: the settlement skips it
+                return relay_id, bytes(key)
             try:
                 await self._store.call(self.journal.close_request, relay_id)     # served from here on
             except KeyStoreError as exc:
@@ -371,6 +377,29 @@ class RelayService:
         finally:
             del self._waiters[relay_id]
             rp.erase(key)
+
+    async def serve_held(self, relay_ids: list[str]) -> None:
+        """Keys relayed with `hold` may now be served: their journal rows go, in one transaction. RelayError
+        when that cannot be recorded; then they are rolled back and must not be served."""
+        try:
+            with trio.CancelScope(shield=True):        # recorded, or rolled back: never left in between
+                await self._store.call(self._close_requests, list(relay_ids))
+        except KeyStoreError as exc:
+            self.abandon_held(relay_ids)
+            raise RelayError(f"the confirmed keys cannot be recorded as served ({exc}): they are rolled back") \
+                from None
+        self._held.difference_update(relay_ids)
+
+    def abandon_held(self, relay_ids: list[str]) -> None:
+        """Keys relayed with `hold` that will not be served: rolled back at their destination (settlement)."""
+        self._held.difference_update(relay_ids)
+        self._unsettled = True
+        self._settle_now.set()
+
+    def _close_requests(self, relay_ids: list[str]) -> None:
+        with self.store.batch():
+            for relay_id in relay_ids:
+                self.journal.close_request(relay_id)
 
     def _take_first(self, link_id: str, bits: int, relay_id: str, destination: str, group: str):
         """Blocking: the first link's keys and the journal row of the request, in one transaction."""
@@ -413,7 +442,7 @@ class RelayService:
                 self._peer_log.log(logging.WARNING, "relay-journal", "relay journal unreadable: %s", exc)
                 continue
             for request in open_requests:
-                if request.relay_id in self._waiters:
+                if request.relay_id in self._waiters or request.relay_id in self._held:
                     continue
                 pending = True
                 if time.time() - request.created_at > self.settings.key_expiry_s + SETTLE_INTERVAL_S:
