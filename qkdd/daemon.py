@@ -59,6 +59,7 @@ async def serve(config: Config, notifier: Notifier) -> int:
         app.relay = build_relay(config, links, app)     # registers its channel kinds before the links run
         if app.relay is not None and app.kme is not None:   # ETSI 014 keys for KMEs on non-adjacent nodes
             app.kme.relay, app.relay.note_handler = app.relay, app.kme.record_relayed
+            app.relay.rollback_handler = app.kme.forget_relayed
     except StartupError as exc:
         log.error(f"cannot start: {exc}", extra={"key": exc.what})
         return EXIT_STARTUP_FAILED

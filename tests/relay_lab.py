@@ -41,7 +41,8 @@ class RelayLab:
 
     def __init__(self, workdir: Path, nodes: list[str], links: list[tuple[str, str]], *, seeded_keys: int = 300,
                  trust: dict[str, int] | None = None, announce_interval_s: float = 2.0, engines: bool = True,
-                 key_bits: int = 256, store_fs_bytes: int = 0, etsi014: list[str] | None = None) -> None:
+                 key_bits: int = 256, store_fs_bytes: int = 0, etsi014: list[str] | None = None,
+                 etsi014_elsewhere: list[str] | None = None) -> None:
         self.workdir = workdir
         self.nodes = list(nodes)
         self.links = list(links)
@@ -51,6 +52,9 @@ class RelayLab:
         self.engines = engines
         self.key_bits = key_bits
         self.etsi014 = list(etsi014 or [])       # nodes with an ETSI 014 KME "kme-N" serving SAE "sae-N" (mTLS API)
+        # node ids outside the lab whose KME "kme-N" (SAE "sae-N") the ETSI 014 nodes list as peers: a slave
+        # SAE the network cannot reach
+        self.etsi014_elsewhere = list(etsi014_elsewhere or [])
         self.pki = None
         # each node's state directory on a tmpfs of its own when given a size (no disk flushes: the bench
         # then measures the relay, not this machine's shared disk)
@@ -173,9 +177,10 @@ key_bits = {self.key_bits}
             kme = self.pki.kmes[f"kme-{node}"]
             tls = (f'[api.tls]\ncert_file = "{kme.cert_file}"\nkey_file = "{kme.key_file}"\n'
                    f'client_ca_file = "{self.pki.ca_cert_file}"\nclient_cert = "optional"\n')
+            known = self.etsi014 + self.etsi014_elsewhere
             etsi = f'[etsi014]\nkme_id = "kme-{node}"\n' + "".join(
-                f'[[etsi014.saes]]\nsae_id = "sae-{n}"\nkme_id = "kme-{n}"\n' for n in self.etsi014) + "".join(
-                f'[[etsi014.peers]]\nkme_id = "kme-{n}"\nnode = "{n}"\n' for n in self.etsi014 if n != node)
+                f'[[etsi014.saes]]\nsae_id = "sae-{n}"\nkme_id = "kme-{n}"\n' for n in known) + "".join(
+                f'[[etsi014.peers]]\nkme_id = "kme-{n}"\nnode = "{n}"\n' for n in known if n != node)
         text = f'''[daemon]
 state_dir = "{self.workdir / f'state-{node}'}"
 log_level = "info"
@@ -220,14 +225,16 @@ request_timeout_s = 8
             return self._clients[key].request(method, f"{scheme}://127.0.0.1:{port}{path}", json=body)
         return self._pool.submit(go)
 
-    def etsi(self, node: str, path: str, params: dict | None = None):
-        """An ETSI 014 call to `node`'s KME as its SAE "sae-NODE" (mTLS)."""
+    def etsi(self, node: str, path: str, params: dict | None = None, *, sae: str | None = None):
+        """An ETSI 014 call to `node`'s KME as its SAE "sae-NODE" (mTLS), or as SAE `sae` (another node's)."""
+        sae = sae or f"sae-{node}"
+
         def go():
             hop(self.netns[node])
-            key = f"etsi:{node}:{threading.get_ident()}"
+            key = f"etsi:{node}:{sae}:{threading.get_ident()}"
             if key not in self._clients:
                 context = ssl.create_default_context(cafile=str(self.pki.ca_cert_file))
-                issued = self.pki.saes[f"sae-{node}"]
+                issued = self.pki.saes[sae]
                 context.load_cert_chain(str(issued.cert_file), str(issued.key_file))
                 self._clients[key] = httpx.Client(verify=context, timeout=httpx.Timeout(30.0))
             return self._clients[key].get(f"https://127.0.0.1:{API_PORT}{path}", params=params)
@@ -252,6 +259,24 @@ request_timeout_s = 8
         path = self.workdir / f"state-{node}" / KEYSTORE_FILE
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
             return db.execute(sql, args).fetchall()
+
+    def _classical_filters(self, link_id: str) -> list[tuple[str, list[str]]]:
+        """(namespace, iptables rule) at both ends of `link_id` that drop its classical channel's packets
+        (TCP to and from the peer port) as they come in; the quantum channel's port is left alone."""
+        a, b = self.links[self.link_ids.index(link_id)]
+        if_a, if_b = self._ifs[link_id]
+        return [(self.netns[a], ["INPUT", "-i", if_a, "-p", "tcp", "--dport", str(PEER_PORT), "-j", "DROP"]),
+                (self.netns[b], ["INPUT", "-i", if_b, "-p", "tcp", "--sport", str(PEER_PORT), "-j", "DROP"])]
+
+    def cut(self, link_id: str) -> None:
+        """Cut `link_id`'s classical channel (silently: packets dropped, both daemons keep running)."""
+        for netns, rule in self._classical_filters(link_id):
+            run("ip", "netns", "exec", netns, "iptables", "-A", *rule)
+
+    def mend(self, link_id: str) -> None:
+        """Undo `cut`."""
+        for netns, rule in self._classical_filters(link_id):
+            run("ip", "netns", "exec", netns, "iptables", "-D", *rule, check=False)
 
     def kill(self, node: str) -> None:
         self.daemons[node].stop(signal.SIGKILL)

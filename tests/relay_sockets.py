@@ -71,14 +71,16 @@ class SocketNode:
 
 class SocketNet:
     def __init__(self, workdir: Path, nodes: list[str], links: list[tuple[str, str]], *, keys_per_link: int = 64,
-                 **settings) -> None:
+                 keys_on: dict[str, int] | None = None, **settings) -> None:
+        """`keys_on`: link id -> keys seeded on it, for links that hold other than `keys_per_link`."""
         self.nodes = {name: SocketNode(name, workdir) for name in nodes}
         self.links = {f"{a}-{b}": (a, b) for a, b in links}
         self.ports = {link_id: free_port() for link_id in self.links}
         self.settings = {**TEST_SETTINGS, **settings}
         self.seeded: dict[str, list[str]] = {}
         for link_id, (a, b) in self.links.items():
-            keys = [(str(uuid.uuid4()), os.urandom(KEY_BITS // 8)) for _ in range(keys_per_link)]
+            count = (keys_on or {}).get(link_id, keys_per_link)
+            keys = [(str(uuid.uuid4()), os.urandom(KEY_BITS // 8)) for _ in range(count)]
             self.seeded[link_id] = [key_id for key_id, _ in keys]
             for index, name in enumerate((a, b)):
                 store = self.nodes[name].open_store()

@@ -2,10 +2,12 @@
 objects, real TCP/TLS, a real SQLite key store per node). On the chain S - A - H, H is a genuine node that
 also writes raw records on its real session to A: malformed, forged-signature, replayed, oversize,
 impersonating and flooding link-state announcements, and malformed, oversize, replayed, misrouted,
-out-of-order, forged and off-route relay and rollback messages. A refuses each with a log line and a metric, keeps running, hands
+out-of-order, forged and off-route relay messages, and rollbacks forged in another node's name, unsigned or
+replayed. A refuses each with a log line and a metric, keeps running, hands
 out and erases no key it should not, and still relays genuine keys both ways through it."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -42,6 +44,7 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
     streams: dict = {}
     sent_by_h: list[bytes] = []
     unknown = str(uuid.uuid4())                # a relay id no node has seen
+    served: list[str] = []                     # the key S relays to A, whose rollback H forges
 
     def hostile(node) -> None:
         capture_streams(node.channels["A-H"], streams)
@@ -80,6 +83,15 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
                 and announcement_refusals(net, "key-mismatch") >= 1))
 
             # -- relay messages -------------------------------------------------------------------------
+            # a key S relayed to A that A holds for its consumer: H (off its route) forges S's rollback of it
+            served_id, served_key, _ = await net.service("S").request_key("A", 256)
+            served.append(served_id)
+            in_s_name = rp.Settle(served_id, served_id, 1, ("S", "H", "A"), ("S-H", "A-H"), 0, int(time.time() * 1000))
+            signed_by_h = rp.Settle(*dataclasses.astuple(in_s_name)[:-1], signature=h.identity.sign(
+                rp.settlement_signed_part(rp.MessageType.ROLLBACK, in_s_name), rp.SETTLE_SIGNATURE_CONTEXT))
+            of_nothing = rp.Settle(unknown, unknown, 0, ("H", "A"), ("A-H",), 0, int(time.time() * 1000))
+            of_nothing = rp.Settle(*dataclasses.astuple(of_nothing)[:-1], signature=h.identity.sign(
+                rp.settlement_signed_part(rp.MessageType.ROLLBACK, of_nothing), rp.SETTLE_SIGNATURE_CONTEXT))
             replayed = next(p for p in sent_by_h if rp.decode(p)[0] is rp.MessageType.FORWARD)
             own_share_forward = rp.encode_forward(rp.Forward(unknown, "H", "A", 256, 0, ("H", "A"), ("A-H",),
                                                              tuple(a_share[:1]), b""))
@@ -97,12 +109,17 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
                        rp.pack([rp.encode_erase_keys(str(uuid.uuid4()), tuple(a_share[2:4]))])[0],
                        rp.pack([rp.encode_settle(rp.MessageType.ROLLBACK, rp.Settle(       # off its route
                            unknown, unknown, 0, ("S", "A"), ("S-A",)))])[0],
-                       rp.pack([rp.encode_settle(rp.MessageType.ROLLBACK, rp.Settle(       # of no key here
-                           unknown, unknown, 0, ("H", "A"), ("A-H",)))])[0]]
+                       rp.pack([rp.encode_settle(rp.MessageType.ROLLBACK, of_nothing)])[0]]     # H's own, no key
             for record in records:
                 await rl.send(record)
             await net.wait_for("A to refuse the relay messages",
                                lambda: net["A"].metric("qkd_relay_refused_messages_total") - refused_before >= 10)
+            # settlement not signed by its sender: unsigned, signed by H in S's name, and a replay of H's own
+            refused_before = net["A"].metric("qkd_relay_refused_messages_total")
+            for settle in (in_s_name, signed_by_h, of_nothing):
+                await rl.send(rp.pack([rp.encode_settle(rp.MessageType.ROLLBACK, settle)])[0])
+            await net.wait_for("A to refuse the settlement messages",
+                               lambda: net["A"].metric("qkd_relay_refused_messages_total") - refused_before >= 3)
 
             # a FORWARD with H's own keys, then a COMMIT under the wrong key: A aborts and serves nothing
             forged_id = str(uuid.uuid4())
@@ -127,7 +144,8 @@ def test_relay_hostile_neighbour_over_a_real_session_is_refused_and_genuine_rela
             await relay_both_ways(net)
             a_store = net["A"].store
             assert all(state_of(a_store, "A-H", k) is KeyState.AVAILABLE for k in a_share)   # named, untouched
-            assert net.held("A", RELAY_LINK_ID) == set()                     # A was never a destination
+            assert net.held("A", RELAY_LINK_ID) == {served_id}               # only the key S served it
+            assert (await net.service("A").fetch_key(served_id)).material == served_key     # not rolled back
             assert all(state_of(a_store, "A-H", k.key_id) is KeyState.DELIVERED for k in taken)  # accounted
             assert net.unmatched_link_keys() == {}
             assert not net["A"].stopped.is_set()

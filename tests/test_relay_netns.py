@@ -4,8 +4,10 @@ B, D, F), come out equal at the destination over 1, 3 and 5 hops (once: a second
 multi-path key travels over two node-disjoint routes; kill -9 of the relay the 5-hop route uses, with
 requests in flight, leaves each delivered at both ends or at neither (the source's journal rolls the failed
 ones back at the destination), and new requests reroute round the ring; kill -9 of the destination with
-requests in flight settles the same way once it is restarted; bad requests get clear errors; no key
-appears in any node's log."""
+requests in flight settles the same way once it is restarted; a link cut (its classical channel's packets
+dropped) while both its ends run is withdrawn, new requests reroute, and it returns once mended; ETSI 014
+refusals for slave SAEs 3 and 5 hops away are those for A's neighbour's SAE; bad requests get clear
+errors; no key appears in any node's log."""
 from __future__ import annotations
 
 import base64
@@ -26,7 +28,8 @@ LINKS = [("A", "B"), ("B", "C"), ("C", "D"), ("D", "E"), ("E", "F"), ("B", "X"),
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    with RelayLab(tmp_path_factory.mktemp("relay"), NODES, LINKS, trust={"X": 50}, etsi014=ETSI_NODES) as running:
+    with RelayLab(tmp_path_factory.mktemp("relay"), NODES, LINKS, trust={"X": 50}, etsi014=ETSI_NODES,
+                  etsi014_elsewhere=["Z"]) as running:
         running.wait_route("A", "F", timeout_s=90)
         running.wait_route("A", "D", lambda r: "X" in r["path"], timeout_s=60)    # the ring, both ways round
         yield running
@@ -114,6 +117,94 @@ def test_relay_multipath_key_is_the_xor_of_shares_over_node_disjoint_routes(lab)
     response = lab.call("A", "POST", "/v1/relay/keys/request", {"dst": "D", "bits": 64, "paths": 2})
     assert response.status_code == 503 and "node-disjoint" in response.text   # A's only link is to B
     assert lab.call("B", "POST", "/v1/relay/keys/request", {"dst": "D", "bits": 64, "paths": 9}).status_code == 400
+
+
+def test_relay_reroutes_round_a_cut_link_and_takes_it_back_when_it_returns(lab):
+    """Link C-D's classical channel cut silently (its packets dropped at both ends) while C and D run on: once
+    the link's session times out, its ends withdraw it from their announcements, every route A -> D avoids
+    it and a new request goes round the ring through X, while C and D still relay on their other links; once
+    the channel is back, the session returns and so does the link, in the route list and in use."""
+    lab.wait_route("A", "D", lambda r: r["links"] == ["A-B", "B-C", "C-D"])
+    lab.cut("C-D")
+    try:
+        # at once, while the link is still announced, a request is served round it (if the cheapest route
+        # takes the cut link, that attempt fails at its deadline and the retry avoids the failed route)
+        body, key = relayed(lab, "A", "D", 256)
+        assert body["route"] == ["A", "B", "X", "D"]
+        SEEN_KEYS.append(key)
+        wait_for("every route A -> D to avoid link C-D", lambda: (routes := lab.routes("A", "D")) and all(
+            "C-D" not in r["links"] for r in routes), timeout_s=90, interval_s=0.25)
+        body, key = relayed(lab, "A", "D", 256)
+        assert body["route"] == ["A", "B", "X", "D"]
+        SEEN_KEYS.append(key)
+        refused = lab.call("A", "POST", "/v1/relay/keys/request",
+                           {"dst": "D", "bits": 64, "route": ["A", "B", "C", "D"]})
+        assert refused.status_code == 409, refused.text          # not a chain of live links any more
+        for node, dst in (("C", "B"), ("D", "E")):                # both ends alive, their other links in use
+            body, key = relayed(lab, node, dst, 128)
+            assert body["hops"] == 1
+            SEEN_KEYS.append(key)
+        assert all(r["links"] != ["C-D"] for r in lab.routes("C", "D"))
+    finally:
+        lab.mend("C-D")
+    lab.wait_route("A", "D", lambda r: r["links"] == ["A-B", "B-C", "C-D"], timeout_s=90)
+    body, key = relayed(lab, "A", "D", 256, route=["A", "B", "C", "D"])
+    SEEN_KEYS.append(key)
+
+
+def etsi_answer(response) -> tuple[int, dict, str | None]:
+    """What an SAE reads of a refusal: status, the Error data format (ETSI GS QKD 014 §6.5: "message", and
+    "details" as a list of objects), and Retry-After; key ids normalised so two answers compare."""
+    body = response.json()
+    assert set(body) <= {"message", "details"} and isinstance(body["message"], str), body
+    assert isinstance(body.get("details", []), list) and all(isinstance(d, dict) for d in body.get("details", []))
+    details = [{k: ("<key_ID>" if k == "key_ID" else v) for k, v in d.items()} for d in body.get("details", [])]
+    return response.status_code, {"message": body["message"], "details": details}, response.headers.get("Retry-After")
+
+
+def test_relay_etsi014_errors_for_a_slave_on_a_non_adjacent_node_are_those_of_an_adjacent_one(lab):
+    """Each refusal of Get key and Get key with key IDs for slave SAE sae-F (5 hops from A) or sae-D (3) is
+    the one the same request gets for sae-B (A's neighbour): same status, same message and details."""
+    for slave in ("B", "D", "F"):
+        lab.wait_route("A", slave)
+    answers: dict[str, list] = {}
+    issued: dict[str, str] = {}
+    for slave in ("B", "D", "F"):
+        got = lab.etsi("A", f"/api/v1/keys/sae-{slave}/enc_keys", {"number": 1, "size": 256})
+        assert got.status_code == 200, got.text
+        issued[slave] = got.json()["keys"][0]["key_ID"]
+        unknown = "00000000-0000-4000-8000-000000000017"
+        answers[slave] = [etsi_answer(lab.etsi("A", f"/api/v1/keys/sae-{slave}/enc_keys", params)) for params in (
+            {"number": 1, "size": 100},                       # size not a multiple of 8
+            {"number": 1, "size": 8192 + 8},                  # above max_key_size
+            {"number": 129, "size": 256},                     # above max_key_per_request
+            {"number": 0, "size": 256},
+        )] + [
+            # the key id not known there, the right SAE asking
+            etsi_answer(lab.etsi(slave, "/api/v1/keys/sae-A/dec_keys", {"key_ID": unknown})),
+            # a real key id, but the master named is not the SAE that got it
+            etsi_answer(lab.etsi(slave, "/api/v1/keys/sae-D/dec_keys" if slave != "D" else
+                                 "/api/v1/keys/sae-B/dec_keys", {"key_ID": issued[slave]})),
+            # a real key id at the right KME, asked by an SAE that KME does not serve (its certificate)
+            etsi_answer(lab.etsi(slave, "/api/v1/keys/sae-A/dec_keys", {"key_ID": issued[slave]}, sae="sae-A")),
+        ]
+        # a wrong SAE at another KME asks for the key (that KME holds no such key)
+        other = "B" if slave != "B" else "D"
+        answers[slave].append(etsi_answer(lab.etsi(other, "/api/v1/keys/sae-A/dec_keys", {"key_ID": issued[slave]})))
+    assert [a[0] for a in answers["B"]] == [400, 400, 400, 400, 400, 400, 401, 400], answers["B"]
+    assert answers["D"] == answers["B"] and answers["F"] == answers["B"]
+    for slave in ("B", "D", "F"):                             # the refusals did not spend the keys
+        fetched = lab.etsi(slave, "/api/v1/keys/sae-A/dec_keys", {"key_ID": issued[slave]})
+        assert fetched.status_code == 200, fetched.text
+        SEEN_KEYS.append(base64.b64decode(fetched.json()["keys"][0]["key"]))
+    # a slave SAE not of this network, and one whose KME's node the network cannot reach
+    nobody = etsi_answer(lab.etsi("A", "/api/v1/keys/sae-nobody/enc_keys", {"number": 1, "size": 256}))
+    assert nobody[0] == 400 and nobody[1]["details"] == [{"slave_SAE_ID": "is not an SAE of this QKD network"}]
+    unreachable = etsi_answer(lab.etsi("A", "/api/v1/keys/sae-Z/enc_keys", {"number": 1, "size": 256}))
+    assert unreachable[0] == 503 and unreachable[1]["message"] == "keys are not available", unreachable
+    assert [set(d) for d in unreachable[1]["details"]] == [{"reason"}] and int(unreachable[2]) >= 1
+    status = lab.etsi("A", "/api/v1/keys/sae-Z/status")
+    assert status.status_code == 200 and status.json()["stored_key_count"] == 0, status.text
 
 
 def test_relay_reroutes_after_kill_of_a_middle_node(lab):

@@ -3,14 +3,22 @@ over 1 to 5 hops, each relay consumes one key on each side, the confirmation gat
 that dies, a bad tag, a replayed or misrouted message aborts or is refused."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
+import time
 import uuid
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import mldsa
 
 from qkdd.relay import protocol as rp
 
 KEY_BYTES = 32
+
+
+def sign_settlement(identity, body: bytes) -> bytes:
+    return identity.sign(body, rp.SETTLE_SIGNATURE_CONTEXT)
 
 
 class Chain:
@@ -23,7 +31,12 @@ class Chain:
         for i, link in enumerate(self.links):
             self.neighbors[(self.names[i], link)] = self.names[i + 1]
             self.neighbors[(self.names[i + 1], link)] = self.names[i]
-        self.ends = {name: rp.RelayEndpoint(name, lambda link, name=name: self.neighbors.get((name, link)))
+        # each node's identity (ML-DSA-65), as the link-state database knows them: settlement messages are signed
+        self.identities = {name: mldsa.MLDSA65PrivateKey.generate() for name in self.names}
+        self.public_keys = {name: key.public_key().public_bytes_raw() for name, key in self.identities.items()}
+        self.ends = {name: rp.RelayEndpoint(name, lambda link, name=name: self.neighbors.get((name, link)),
+                                            sign=functools.partial(sign_settlement, self.identities[name]),
+                                            identity_of=self.public_keys.get)
                      for name in self.names}
         # link -> {key_id: material}, one copy per end
         shared = {link: {str(uuid.uuid4()): os.urandom(KEY_BYTES) for _ in range(keys_per_link)}
@@ -199,8 +212,11 @@ def test_relay_rollback_travels_source_routed_both_ways_and_is_refused_off_its_r
     assert isinstance(chain.ends["N2"].receive("L0", payload, 0.0)[0], rp.Refused)
     settle = rp.decode(payload)[2]
     assert rp.decode(rp.encode_settle(rp.MessageType.ROLLBACK, settle))[2] == settle
-    for bad in (payload[:30], payload[:-1] + b"\x05", payload + b"\x00"):      # truncated, outcome, trailing
+    for bad in (payload[:30], payload + b"\x00"):      # truncated, trailing
         assert isinstance(chain.ends["N1"].receive("L0", bad, 0.0)[0], rp.Refused)
+    outcome_at = len(payload) - 2 - len(settle.signature) - 8 - 1
+    bad_outcome = payload[:outcome_at] + b"\x05" + payload[outcome_at + 1:]
+    assert isinstance(chain.ends["N1"].receive("L0", bad_outcome, 0.0)[0], rp.Refused)
 
 
 def test_relay_rollback_aborts_a_destination_still_confirming():
@@ -214,3 +230,59 @@ def test_relay_rollback_aborts_a_destination_still_confirming():
     assert relay_id not in chain.ends["N2"].requests
     assert chain.of("N2", rp.Aborted)[0].reason == "rolled back by the source"
     assert chain.of("N2", rp.RollbackReceived)
+
+
+def settle_for(path: tuple[str, ...], links: tuple[str, ...], relay_id: str, hop: int) -> rp.Settle:
+    """An unsigned ROLLBACK along `path`, as it arrives at `hop`."""
+    return rp.Settle(relay_id, relay_id, hop, path, links, 0, int(time.time() * 1000))
+
+
+def test_relay_settlement_is_signed_end_to_end_so_a_relay_cannot_forge_or_replay_it():
+    """A relay on the route (N2) cannot roll a request back in the source's name, nor answer a rollback
+    in the destination's: the addressee verifies its sender's ML-DSA-65 signature (the key the link-state
+    database holds for it) and refuses a forged, altered, unsigned, replayed, old or unknown sender's one."""
+    chain = Chain(3)
+    names, links = tuple(chain.names), tuple(chain.links)
+    relay_id, victim = str(uuid.uuid4()), str(uuid.uuid4())
+    genuine = rp.decode(chain.ends["N0"].rollback(relay_id, relay_id, names, links)[0].payload)[2]
+    last_hop = dataclasses.replace(genuine, hop=2)              # as N2 passes it to the destination N3
+
+    def signed(kind, settle, signer: str, **changes):
+        settle = dataclasses.replace(settle, **changes)
+        body = rp.settlement_signed_part(kind, settle)
+        return dataclasses.replace(settle, signature=sign_settlement(chain.identities[signer], body))
+
+    def at(node: str, via: str, kind, settle) -> list:
+        return chain.ends[node].receive(via, rp.encode_settle(kind, settle), 0.0)
+
+    def refused(events, why: str) -> bool:
+        return len(events) == 1 and isinstance(events[0], rp.Refused) and why in events[0].reason
+
+    rollback, rolled_back = rp.MessageType.ROLLBACK, rp.MessageType.ROLLED_BACK
+    forged = signed(rollback, last_hop, "N2", relay_id=victim, group=victim)        # N2's key, N0's name
+    assert refused(at("N3", "L2", rollback, forged), "does not verify")
+    altered = dataclasses.replace(last_hop, relay_id=victim, group=victim)           # N0's signature, other key
+    assert refused(at("N3", "L2", rollback, altered), "does not verify")
+    assert refused(at("N3", "L2", rollback, dataclasses.replace(last_hop, signature=b"")), "does not verify")
+    later = dataclasses.replace(last_hop, signed_at_ms=last_hop.signed_at_ms + 1)    # its time moved on
+    assert refused(at("N3", "L2", rollback, later), "does not verify")
+    old = signed(rollback, last_hop, "N0", signed_at_ms=last_hop.signed_at_ms - int(rp.MAX_SETTLE_AGE_S * 1000) - 1000)
+    assert refused(at("N3", "L2", rollback, old), "outside the accepted age")
+    stranger = signed(rollback, settle_for(("N9", "N2", "N3"), ("L9", "L2"), victim, hop=1), "N2")
+    assert refused(at("N3", "L2", rollback, stranger), "identity is not known")
+    assert not any(chain.of(name, rp.RollbackReceived) for name in names)            # nothing rolled back
+
+    accepted = at("N3", "L2", rollback, last_hop)
+    assert [type(e) for e in accepted] == [rp.RollbackReceived] and accepted[0].settle.relay_id == relay_id
+    assert refused(at("N3", "L2", rollback, last_hop), "replayed")                   # the same bytes again
+    resent = rp.decode(chain.ends["N0"].rollback(relay_id, relay_id, names, links)[0].payload)[2]
+    if resent.signed_at_ms == last_hop.signed_at_ms:                                # within the same millisecond
+        resent = signed(rollback, resent, "N0", signed_at_ms=resent.signed_at_ms + 1)
+    assert isinstance(at("N3", "L2", rollback, dataclasses.replace(resent, hop=2))[0], rp.RollbackReceived)
+
+    # the answer: N1 cannot tell the source the destination erased the key
+    answer = rp.decode(chain.ends["N3"].rolled_back(accepted[0], rp.ERASED)[0].payload)[2]
+    forged_answer = signed(rolled_back, dataclasses.replace(answer, hop=2), "N1")
+    assert refused(at("N0", "L0", rolled_back, forged_answer), "does not verify")
+    assert at("N0", "L0", rolled_back, dataclasses.replace(answer, hop=2)) == [rp.RolledBack(relay_id, rp.ERASED)]
+    assert refused(at("N0", "L0", rolled_back, dataclasses.replace(answer, hop=2)), "replayed")

@@ -220,6 +220,19 @@ class Ledger(SavepointTransactions):
         with self._tx() as db:
             db.executemany("DELETE FROM etsi014_keys WHERE key_id = ?", [(key_id,) for key_id in key_ids])
 
+    @_failing_as("forgetting the keys of a stored key")
+    def forget_stored(self, link_id: str, stored_key_id: str) -> list[str]:
+        """Drop the keys cut from stored key `stored_key_id` of `link_id` that some recipient has not fetched
+        (the stored key was withdrawn: a relayed key its source rolled back); a dec_keys for them then answers
+        as for a key never recorded. Fully delivered keys stay ("delivered before"). The key ids dropped."""
+        pattern = "%" + json.dumps(stored_key_id) + "%"      # in the segments' JSON [[stored_key_id, ...], ...]
+        with self._tx() as db:
+            rows = db.execute("SELECT key_id, segments FROM etsi014_keys WHERE link_id = ? AND undelivered > 0 "
+                              "AND segments LIKE ?", (link_id, pattern)).fetchall()
+            gone = [key_id for key_id, segments in rows if stored_key_id in _stored_key_ids(segments)]
+            db.executemany("DELETE FROM etsi014_keys WHERE key_id = ?", [(key_id,) for key_id in gone])
+        return gone
+
     @_failing_as("purging delivered keys")
     def purge_delivered(self, now: float | None = None, grace_s: float = DELIVERED_GRACE_S) -> int:
         """Forget keys every recipient fetched, recorded more than `grace_s` before `now`; how many."""

@@ -62,7 +62,8 @@ def _unavailable(detail: str) -> KeysUnavailable:
 
 class KmeService:
     def __init__(self, config: Etsi014Config, keystore: KeyStore, ledger: Ledger, *,
-                 take_block_bits: int = TAKE_BLOCK_BITS, clock=time.time, metrics: Metrics | None = None) -> None:
+                 take_block_bits: int = TAKE_BLOCK_BITS, clock=time.time, metrics: Metrics | None = None,
+                 relay_part_bits: int | None = None) -> None:
         self.config = config
         self.registry = SaeRegistry(config)
         self.keystore = keystore
@@ -74,6 +75,9 @@ class KmeService:
         self._refills = {peer.link_id: trio.Lock() for peer in config.peers if peer.link_id}
         self.relay = None        # qkdd.relay.service.RelayService: keys for KMEs on non-adjacent nodes
         self._take_block_bits = take_block_bits
+        # key of one relay request (the relay's MAX_BITS): a Get key across the network asking more is relayed
+        # in parts, served only once every part is confirmed (the others rolled back otherwise)
+        self._relay_part_bits = relay_part_bits
         self._nursery: trio.Nursery | None = None        # run()'s, for refills ahead of need
         self._refilling_ahead: set[str] = set()           # links with such a refill under way
         self._clock = clock
@@ -275,33 +279,53 @@ class KmeService:
 
     async def _get_keys_relayed(self, master_sae_id: str, slave_sae_id: str, request: KeyRequest,
                                 node: str) -> list[tuple[str, bytes]]:
-        """Get key for a slave SAE whose KME is on a non-adjacent node: one key of number x size bits is
-        relayed there (qkdd.relay), carrying the reservation (key ids, SAEs) that the slave's KME records
-        in the same transaction as the key, before the end-to-end confirmation lets this end answer."""
+        """Get key for a slave SAE whose KME is on a non-adjacent node: keys of number x size bits are relayed
+        there (qkdd.relay), each relayed key carrying the reservation (key ids, SAEs) of the keys cut from it,
+        which the slave's KME records in the same transaction as the relayed key, before the end-to-end
+        confirmation lets this end answer. A request above one relay request's bits goes in parts, held
+        (not served) until every part is confirmed; if one fails, the parts confirmed before are rolled back
+        at the slave's node, reservation and all, as a failed relay request is."""
         from qkdd.relay.protocol import MAX_BITS
         from qkdd.relay.service import RelayError
         metrics = self._metrics.kme_link(RELAY_METRICS_LINK)
-        bits = request.number * request.size_bits
         if self.relay is None:
             metrics.unavailable("peer_unreachable")
             raise _unavailable("this KME's daemon is not a relay node")
-        if bits > MAX_BITS:
+        size = request.size_bits
+        per_part = (self._relay_part_bits or MAX_BITS) // size
+        if per_part < 1:
             metrics.unavailable("no_key")
-            raise _unavailable(f"at most {MAX_BITS} bits of key per request to a KME across the relay network")
-        placeholder = time_ordered_uuid()        # the stored key's id at the slave's end is the relay's
-        keys = plan_keys([(placeholder, bits)], request.number, request.size_bits)
-        reservation = Etsi014Reservation(time_ordered_uuid(), master_sae_id,
-                                         (slave_sae_id, *request.additional_slave_sae_ids), request.size_bits, keys)
+            raise _unavailable(f"keys of more than {self._relay_part_bits or MAX_BITS} bits cannot be relayed "
+                               "across the network")
+        parts = [min(per_part, request.number - start) for start in range(0, request.number, per_part)]
+        hold = len(parts) > 1
+        held: list[str] = []
+        keys_out: list[tuple[str, bytes]] = []
         sent = trio.current_time()
         try:
-            _, material, _ = await self.relay.request_key(node, bits, note=encode_reserve(reservation))
+            for number in parts:
+                placeholder = time_ordered_uuid()     # the stored key's id at the slave's end is the relay's
+                keys = plan_keys([(placeholder, number * size)], number, size)
+                reservation = Etsi014Reservation(time_ordered_uuid(), master_sae_id,
+                                                 (slave_sae_id, *request.additional_slave_sae_ids), size, keys)
+                relay_id, material, _ = await self.relay.request_key(node, number * size,
+                                                                     note=encode_reserve(reservation), hold=hold)
+                if hold:
+                    held.append(relay_id)
+                keys_out += [(key.key_id, assemble(key, {placeholder: material})) for key in keys]
+            if hold:
+                await self.relay.serve_held(held)
+                held = []
         except RelayError as exc:
             log.warning("ETSI 014: keys for %s could not be relayed to node %s: %s", slave_sae_id, node, exc)
             metrics.unavailable("peer_unreachable")
             raise _unavailable("the slave SAE's KME could not be reached through the relay network") from None
+        finally:
+            if held:                    # not served: the parts confirmed so far are rolled back
+                self.relay.abandon_held(held)
         metrics.reservation_confirmed(trio.current_time() - sent)
-        metrics.keys_handed("master", len(keys))
-        return [(key.key_id, assemble(key, {placeholder: material})) for key in keys]
+        metrics.keys_handed("master", len(keys_out))
+        return keys_out
 
     def record_relayed(self, source_node: str, link_id: str, stored_key_id: str, note: bytes) -> None:
         """Blocking (in the relay's key-store transaction): record the ETSI 014 reservation a relayed key
@@ -325,6 +349,18 @@ class KmeService:
                                                    for s in key.segments)) for key in reservation.keys)
         with self.keystore.batch():
             self._store_reservation(link_id, dataclasses.replace(reservation, keys=keys))
+
+    def forget_relayed(self, link_id: str, stored_key_id: str) -> None:
+        """Blocking (in the relay's key-store transaction that erases a relayed key its source rolled back):
+        the reservation recorded with it goes too, so Get key with key IDs answers for its keys as for keys
+        never recorded, and no record is left waiting for a key that is gone."""
+        try:
+            forgotten = self.ledger.forget_stored(link_id, stored_key_id)
+        except LedgerError as exc:          # the relay's contract: it keeps the key and is asked again
+            raise StoreWriteError(str(exc)) from None
+        if forgotten:
+            log.info("ETSI 014: %d key(s) relayed to this KME were rolled back by their source; their "
+                     "reservation is withdrawn", len(forgotten))
 
     async def _take_keys(self, link_id: str, bits: int) -> dict[str, bytes]:
         """Stored keys holding at least `bits` from this end's share, out of the link's pool of taken

@@ -50,9 +50,17 @@ and passes it on without state), until the destination answers ROLLED_BACK the s
 destination aborts the request if it still runs, drops a multi-path key's shares, and erases the key it
 stored if nobody fetched it: it answers "erased", "absent" (never stored, or already erased) or
 "delivered" (fetched before the rollback: only a consumer that guessed the key id can have done that).
-ROLLBACK is authenticated hop by hop by the link sessions, like every relay message; a node of the network
-that forges one can erase a relayed key not yet fetched, a denial of service that any relay on the route
-can cause anyway (relays are trusted with the key itself).
+
+Settlement messages are authenticated end to end, not only hop by hop: their sender (path[0]: the source
+for ROLLBACK, the destination for ROLLED_BACK) signs them with its node identity (ML-DSA-65, FIPS 204,
+context "qkdd relay settlement v1", the key its link-state announcements carry), over the kind, relay id,
+group, route, outcome and the signing time (wall clock, milliseconds). The relays pass them on unchanged;
+the addressee verifies the signature under the sender's key from its link-state database and refuses one
+that does not verify (a relay forging a rollback in another node's name, or altering one), whose sender
+it does not know, signed more than MAX_SETTLE_AGE_S ago or MAX_SETTLE_AHEAD_S ahead, or not signed later
+than the last one it accepted for that relay id (a replay: the sender signs every resend anew). So a
+compromised relay cannot erase a key the source served by forging its rollback, nor make a source forget
+an unsettled request by forging the destination's answer; it can still drop them (the source resends).
 
     role         event                                   sends
     source       row left in the journal, no request     ROLLBACK along a current route (every second)
@@ -78,7 +86,8 @@ way, so a busy link carries one record per burst.
     DONE:    (empty)
     ABORT:   reason text (at most 200 bytes)
     ROLLBACK, ROLLED_BACK: group 16 bytes | hop u8 | node count u8, node texts | link texts (node count - 1) |
-             outcome u8 (ROLLED_BACK: 1 erased, 2 absent, 3 delivered; ROLLBACK: 0)
+             outcome u8 (ROLLED_BACK: 1 erased, 2 absent, 3 delivered; ROLLBACK: 0) | signed_at u64 (Unix ms) |
+             signature blob (path[0]'s ML-DSA-65 signature of settlement_signed_part: every field but hop)
     ERASE_KEYS: key count u16, stored key_id 16 bytes each
     KEYS_ERASED: (empty)
 """
@@ -87,10 +96,15 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qkdd.relay.linkstate import valid_node_id
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import mldsa
+
+from qkdd.relay.linkstate import MAX_SIGNATURE_BYTES, valid_node_id
 from qkdd.relay.wire import Reader, RelayWireError, Writer
 
 WIRE_VERSION = 1
@@ -104,6 +118,9 @@ MAX_NOTE_BYTES = 16 << 10         # what the source tells the destination's cons
 MAX_SHARES = 8                   # multi-path: node-disjoint routes one key is split over
 MAX_MESSAGE_BYTES = 128 << 10    # a FORWARD of MAX_BITS with 4096 key ids and 33 nodes fits
 MAX_RECORD_BYTES = 256 << 10     # messages packed into one record of the relay channel
+SETTLE_SIGNATURE_CONTEXT = b"qkdd relay settlement v1"
+MAX_SETTLE_AGE_S = 600.0         # a settlement signed longer ago is refused (the sender re-signs every resend)
+MAX_SETTLE_AHEAD_S = 60.0        # the sender's clock this far ahead of ours is accepted
 
 
 class MessageType(enum.IntEnum):
@@ -175,6 +192,8 @@ class Settle:
     path: tuple[str, ...]            # path[0] sent it, path[-1] is its addressee
     links: tuple[str, ...]
     outcome: int = 0
+    signed_at_ms: int = 0            # when path[0] signed it (Unix milliseconds)
+    signature: bytes = b""           # path[0]'s ML-DSA-65 signature of settlement_signed_part
 
 
 @dataclass(frozen=True)
@@ -332,7 +351,18 @@ def encode_settle(kind: MessageType, s: Settle) -> bytes:
         w.text(node)
     for link in s.links:
         w.text(link)
-    return w.u8(s.outcome).bytes()
+    return w.u8(s.outcome).u64(s.signed_at_ms).blob(s.signature).bytes()
+
+
+def settlement_signed_part(kind: MessageType, s: Settle) -> bytes:
+    """What path[0] signs of a settlement message: every field but the hop (which each relay advances)."""
+    w = Writer().raw(b"QRSB").u8(WIRE_VERSION).u8(kind).raw(uuid.UUID(s.relay_id).bytes).raw(uuid.UUID(s.group).bytes)
+    w.u8(len(s.path))
+    for node in s.path:
+        w.text(node)
+    for link in s.links:
+        w.text(link)
+    return w.u8(s.outcome).u64(s.signed_at_ms).bytes()
 
 
 def _read_route(r: Reader) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -393,7 +423,9 @@ def decode(payload: bytes) -> tuple[MessageType, str, object]:
         outcome = r.u8("outcome")
         if hop >= len(links) or (outcome != 0 if kind is MessageType.ROLLBACK else outcome not in OUTCOMES):
             raise RelayWireError("hop or outcome out of range")
-        body = Settle(relay_id, group, hop, path, links, outcome)
+        signed_at_ms = r.u64("signing time")
+        signature = r.blob("signature", MAX_SIGNATURE_BYTES)
+        body = Settle(relay_id, group, hop, path, links, outcome, signed_at_ms, signature)
     elif kind is MessageType.ERASE_KEYS:
         key_count = r.u16("key count")
         if not 1 <= key_count <= MAX_KEY_IDS:
@@ -466,6 +498,12 @@ class RelayEndpoint:
     deadline_s: float = 15.0
     requests: dict[str, _Request] = field(default_factory=dict)
     seen: dict[str, None] = field(default_factory=dict)     # relay ids taken part in (bounded, oldest out)
+    # settlement messages, signed end to end: this node's signature of a body, and another node's raw
+    # ML-DSA-65 public key from the link-state database (None: not known); wall clock in seconds
+    sign: Callable[[bytes], bytes] | None = None
+    identity_of: Callable[[str], bytes | None] = lambda node: None
+    wall_clock: Callable[[], float] = time.time
+    settled_at: dict[tuple[int, str], int] = field(default_factory=dict)   # (kind, relay id) -> last signed_at
 
     def _remember(self, relay_id: str) -> None:
         self.seen[relay_id] = None
@@ -574,8 +612,12 @@ class RelayEndpoint:
         if neighbor is not None and neighbor != s.path[s.hop]:
             return [Refused(f"{kind.name} from a node that is not the route's previous hop")]
         if s.hop + 1 < len(s.links):                     # not for us: on along the route, no state kept
-            onward = Settle(s.relay_id, s.group, s.hop + 1, s.path, s.links, s.outcome)
+            onward = Settle(s.relay_id, s.group, s.hop + 1, s.path, s.links, s.outcome, s.signed_at_ms,
+                            s.signature)
             return [Send(s.links[s.hop + 1], encode_settle(kind, onward))]
+        problem = self._unauthentic(kind, s)
+        if problem:
+            return [Refused(f"{kind.name} of relay {s.relay_id} from {s.path[0]}: {problem}")]
         if kind is MessageType.ROLLED_BACK:
             return [RolledBack(s.relay_id, s.outcome)]
         out: list = []
@@ -584,18 +626,49 @@ class RelayEndpoint:
             out += self._abort(s.relay_id, "rolled back by the source")
         return out + [RollbackReceived(s)]
 
+    def _unauthentic(self, kind: MessageType, s: Settle) -> str:
+        """Why a settlement message addressed here is not accepted as its sender's ("" when it is): the
+        signature of path[0], its age, and that it is newer than the last one accepted for the relay id."""
+        public_key = self.identity_of(s.path[0])
+        if public_key is None:
+            return "its sender's identity is not known here (no link-state announcement of it)"
+        try:
+            mldsa.MLDSA65PublicKey.from_public_bytes(public_key).verify(
+                s.signature, settlement_signed_part(kind, s), SETTLE_SIGNATURE_CONTEXT)
+        except (InvalidSignature, ValueError):
+            return "the signature does not verify under its sender's identity (forged or altered)"
+        now_ms = int(self.wall_clock() * 1000)
+        if not now_ms - MAX_SETTLE_AGE_S * 1000 <= s.signed_at_ms <= now_ms + MAX_SETTLE_AHEAD_S * 1000:
+            return "signed outside the accepted age (replayed)"
+        last = self.settled_at.get((kind, s.relay_id))
+        if last is not None and s.signed_at_ms <= last:
+            return "not signed after the last one accepted (replayed)"
+        self.settled_at[(kind, s.relay_id)] = s.signed_at_ms
+        while len(self.settled_at) > REMEMBERED_IDS:
+            self.settled_at.pop(next(iter(self.settled_at)))
+        return ""
+
+    def _signed(self, kind: MessageType, s: Settle) -> bytes:
+        if self.sign is None:
+            raise RelayProtocolError("this node cannot sign settlement messages (no identity given)")
+        s = Settle(s.relay_id, s.group, s.hop, s.path, s.links, s.outcome, int(self.wall_clock() * 1000))
+        signature = self.sign(settlement_signed_part(kind, s))
+        return encode_settle(kind, Settle(s.relay_id, s.group, s.hop, s.path, s.links, s.outcome, s.signed_at_ms,
+                                          signature))
+
     def rollback(self, relay_id: str, group: str, path: tuple[str, ...], links: tuple[str, ...]) -> list[Send]:
-        """Source: ROLLBACK of a request it did not serve, along a route from here to its destination."""
+        """Source: ROLLBACK of a request it did not serve, along a route from here to its destination, signed
+        anew at each call."""
         if path[0] != self.node_id or len(links) != len(path) - 1 or not links:
             raise RelayProtocolError("a rollback's route must start here")
-        return [Send(links[0], encode_settle(MessageType.ROLLBACK, Settle(relay_id, group or relay_id, 0,
-                                                                           tuple(path), tuple(links))))]
+        return [Send(links[0], self._signed(MessageType.ROLLBACK, Settle(relay_id, group or relay_id, 0,
+                                                                         tuple(path), tuple(links))))]
 
     def rolled_back(self, event: RollbackReceived, outcome: int) -> list[Send]:
-        """Destination: ROLLED_BACK with `outcome`, back along the route the ROLLBACK came."""
+        """Destination: ROLLED_BACK with `outcome`, back along the route the ROLLBACK came, signed."""
         s = event.settle
         back = Settle(s.relay_id, s.group, 0, tuple(reversed(s.path)), tuple(reversed(s.links)), outcome)
-        return [Send(back.links[0], encode_settle(MessageType.ROLLED_BACK, back))]
+        return [Send(back.links[0], self._signed(MessageType.ROLLED_BACK, back))]
 
     def forward(self, f: Forward, via_link: str, upstream_keys: bytes, down_key_ids: tuple[str, ...],
                 down_keys: bytes, now_s: float) -> list[Send]:

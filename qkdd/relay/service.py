@@ -42,7 +42,9 @@ from qkdd.relay.routing import (Route, Topology, alternative_routes, build_topol
 log = logging.getLogger("qkdd.relay")
 
 RELAY_LINK_ID = "relay"          # the key store's link id of relayed keys held for their consumer
-ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left)
+ATTEMPTS = 2                     # routes tried per request (the second on the topology the failure left,
+                                 # another route than the first when there is one)
+ALTERNATIVES = 4                 # routes looked at for one that avoids the paths a request failed on
 RETRY_WAIT_S = 1.0
 MAX_SHARE_GROUPS = 4096          # multi-path keys whose shares the destination holds while the others travel
 SETTLE_INTERVAL_S = 1.0          # unsettled requests of the journal: a ROLLBACK each this often until answered
@@ -93,11 +95,14 @@ class RelayService:
                                     limiter=FloodLimiter(settings.max_announcements_per_s))
         # our own originations: less than our neighbours accept (flood_limit.py)
         self._own_rate = self.db.limiter.own_bucket(0.0)
-        self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s)
+        self.endpoint = rp.RelayEndpoint(self.node_id, self.db.neighbor_on, deadline_s=settings.request_timeout_s,
+                                         sign=lambda body: signing_key.sign(body, rp.SETTLE_SIGNATURE_CONTEXT),
+                                         identity_of=self._identity_of)
         self._links = sorted(channels)
         self._ls_out: dict[str, trio.MemorySendChannel] = {}
         self._relay_out: dict[str, trio.MemorySendChannel] = {}
         self._waiters: dict[str, _Waiter] = {}
+        self._held: set[str] = set()        # confirmed keys relayed with `hold`, not served yet (serve_held)
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._peer_log = RateLimitedLog(log)
@@ -113,10 +118,19 @@ class RelayService:
         self._forgotten_at = 0.0
         # (source node, key-store link id, stored key id, note) -> None; raises to refuse (the ETSI 014 KME)
         self.note_handler: Callable[[str, str, str, bytes], None] | None = None
+        # (key-store link id, stored key id) -> None: a key stored with a note is rolled back, and whatever
+        # the note's consumer recorded for it goes in the same transaction (the ETSI 014 KME's reservation);
+        # raises KeyStoreError when it cannot (nothing is erased, the source asks again)
+        self.rollback_handler: Callable[[str, str], None] | None = None
         for link_id, channel in channels.items():
             self.db.pin(link_id, key_fingerprint(channel.pinned_peer_key))
             channel.register(LINKSTATE_CHANNEL, lambda stream, link_id=link_id: self._serve_linkstate(link_id, stream))
             channel.register(RELAY_CHANNEL, lambda stream, link_id=link_id: self._serve_relay(link_id, stream))
+
+    def _identity_of(self, node_id: str) -> bytes | None:
+        """A node's raw ML-DSA-65 public key, as its accepted link-state announcement carries it."""
+        held = self.db.held.get(node_id)
+        return held.announcement.public_key if held is not None else None
 
     # -- lifetime --------------------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -221,7 +235,11 @@ class RelayService:
         return routes
 
     def choose_route(self, dst: str, bits: int, path: list[str] | None = None,
-                     exclude: frozenset[str] = frozenset(), min_trust: int | None = None) -> Route:
+                     exclude: frozenset[str] = frozenset(), min_trust: int | None = None,
+                     failed: frozenset[tuple[str, ...]] = frozenset()) -> Route:
+        """The route for a request: the given `path`, else the cheapest within the limits; when that is one of
+        the `failed` paths (a retry before the topology shows why it failed: a link whose channel went
+        silent stays announced until its session times out), the cheapest alternative that is not."""
         topology = self.topology()
         if dst not in topology.trust:
             raise RelayError(f"node {dst!r} is not known in the relay network", 404)
@@ -230,9 +248,12 @@ class RelayService:
             if route is None:
                 raise RelayError("the given route is not a chain of live links with enough key", 409)
             return route
-        route = shortest_route(topology, self.node_id, dst, hop_limit=self.settings.hop_limit,
-                               min_trust=self.settings.min_trust if min_trust is None else min_trust,
-                               need_bits=bits, exclude=exclude)
+        limits = {"hop_limit": self.settings.hop_limit, "need_bits": bits, "exclude": exclude,
+                  "min_trust": self.settings.min_trust if min_trust is None else min_trust}
+        route = shortest_route(topology, self.node_id, dst, **limits)
+        if route is not None and route.path in failed:
+            route = next((r for r in alternative_routes(topology, self.node_id, dst, ALTERNATIVES, **limits)
+                          if r.path not in failed), route)
         if route is None:
             raise RelayError(f"no route to {dst} within {self.settings.hop_limit} hops through trusted nodes "
                              "with enough key")
@@ -241,9 +262,11 @@ class RelayService:
     # -- requests at the source ------------------------------------------------------------------------
     async def request_key(self, dst: str, bits: int, path: list[str] | None = None,
                           min_trust: int | None = None, paths: int = 1,
-                          note: bytes = b"") -> tuple[str, bytes, list[Route]]:
+                          note: bytes = b"", hold: bool = False) -> tuple[str, bytes, list[Route]]:
         """A key of `bits` bits shared with node `dst`: (key id, key, routes). With `paths` > 1, the XOR of
-        shares relayed over that many node-disjoint routes. RelayError otherwise."""
+        shares relayed over that many node-disjoint routes. RelayError otherwise. With `hold`, the key is not
+        served yet: its journal row stays until `serve_held` (then it may be served) or `abandon_held` (then it
+        is rolled back at the destination, as is every held key after a crash)."""
         if dst == self.node_id:
             raise RelayError("the destination is this node", 400)
         if paths > 1:
@@ -254,14 +277,16 @@ class RelayService:
             raise RelayError("route must start at this node and end at dst", 400)
         started = trio.current_time()
         reasons = []
+        failed: set[tuple[str, ...]] = set()
         for attempt in range(ATTEMPTS if path is None else 1):
             if attempt:                 # the failure may have changed the topology: give it a moment
                 with trio.move_on_after(RETRY_WAIT_S):
                     await self._changed.wait()
-            route = self.choose_route(dst, bits, path, frozenset(), min_trust)
+            route = self.choose_route(dst, bits, path, frozenset(), min_trust, frozenset(failed))
             try:
-                relay_id, key = await self._relay(route, bits, note=note)
+                relay_id, key = await self._relay(route, bits, note=note, hold=hold)
             except RelayError as exc:
+                failed.add(route.path)
                 reasons.append(f"via {'-'.join(route.path)}: {exc}")
                 if self.metrics is not None:
                     self.metrics.request("aborted", route.hops, trio.current_time() - started)
@@ -310,7 +335,7 @@ class RelayService:
             rp.erase(key)
 
     async def _relay(self, route: Route, bits: int, *, group: str = "", shares: int = 1,
-                     note: bytes = b"") -> tuple[str, bytes]:
+                     note: bytes = b"", hold: bool = False) -> tuple[str, bytes]:
         first = route.links[0]
         if first not in self._relay_out:
             raise RelayError(f"link {first} is not connected")
@@ -337,6 +362,9 @@ class RelayService:
             if not waiter.delivered:
                 self._send_all(self.endpoint.abort(relay_id, "the source gave up waiting"))
                 raise RelayError(waiter.reason or "no confirmation in time")
+            if hold:
+                self._held.add(relay_id)          # before its waiter goes: the settlement skips it
+                return relay_id, bytes(key)
             try:
                 await self._store.call(self.journal.close_request, relay_id)     # served from here on
             except KeyStoreError as exc:
@@ -349,6 +377,29 @@ class RelayService:
         finally:
             del self._waiters[relay_id]
             rp.erase(key)
+
+    async def serve_held(self, relay_ids: list[str]) -> None:
+        """Keys relayed with `hold` may now be served: their journal rows go, in one transaction. RelayError
+        when that cannot be recorded; then they are rolled back and must not be served."""
+        try:
+            with trio.CancelScope(shield=True):        # recorded, or rolled back: never left in between
+                await self._store.call(self._close_requests, list(relay_ids))
+        except KeyStoreError as exc:
+            self.abandon_held(relay_ids)
+            raise RelayError(f"the confirmed keys cannot be recorded as served ({exc}): they are rolled back") \
+                from None
+        self._held.difference_update(relay_ids)
+
+    def abandon_held(self, relay_ids: list[str]) -> None:
+        """Keys relayed with `hold` that will not be served: rolled back at their destination (settlement)."""
+        self._held.difference_update(relay_ids)
+        self._unsettled = True
+        self._settle_now.set()
+
+    def _close_requests(self, relay_ids: list[str]) -> None:
+        with self.store.batch():
+            for relay_id in relay_ids:
+                self.journal.close_request(relay_id)
 
     def _take_first(self, link_id: str, bits: int, relay_id: str, destination: str, group: str):
         """Blocking: the first link's keys and the journal row of the request, in one transaction."""
@@ -391,7 +442,7 @@ class RelayService:
                 self._peer_log.log(logging.WARNING, "relay-journal", "relay journal unreadable: %s", exc)
                 continue
             for request in open_requests:
-                if request.relay_id in self._waiters:
+                if request.relay_id in self._waiters or request.relay_id in self._held:
                     continue
                 pending = True
                 if time.time() - request.created_at > self.settings.key_expiry_s + SETTLE_INTERVAL_S:
@@ -473,15 +524,19 @@ class RelayService:
         self._send_all(self.endpoint.rolled_back(event, outcome))
 
     def _erase_relayed(self, key_id: str) -> int:
-        """Blocking: erase a relayed key not yet fetched; the outcome for ROLLED_BACK."""
-        try:
-            state = self.store.state(RELAY_LINK_ID, key_id)
-        except KeyNotFound:
-            return rp.ABSENT
-        if state.holds_material:
-            self.store.apply_resync(RELAY_LINK_ID, [], [], [key_id])
-            return rp.ERASED
-        return rp.DELIVERED if state is KeyState.DELIVERED else rp.ABSENT
+        """Blocking: erase a relayed key not yet fetched, and what its note's consumer recorded for it (in
+        the same transaction); the outcome for ROLLED_BACK."""
+        with self.store.batch():
+            if self.rollback_handler is not None:
+                self.rollback_handler(RELAY_LINK_ID, key_id)
+            try:
+                state = self.store.state(RELAY_LINK_ID, key_id)
+            except KeyNotFound:
+                return rp.ABSENT
+            if state.holds_material:
+                self.store.apply_resync(RELAY_LINK_ID, [], [], [key_id])
+                return rp.ERASED
+            return rp.DELIVERED if state is KeyState.DELIVERED else rp.ABSENT
 
     async def _settled(self, event: rp.RolledBack) -> None:
         try:
