@@ -107,7 +107,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa
 from qkdd.relay.linkstate import MAX_SIGNATURE_BYTES, valid_node_id
 from qkdd.relay.wire import Reader, RelayWireError, Writer
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2          # 2: ROLLBACK and ROLLED_BACK carry their sender's signing time and ML-DSA-65 signature
 MAX_BITS = 1 << 16
 MAX_NODES_ON_ROUTE = 33          # 32 hops, the Beijing-Shanghai backbone's relays
 MAX_KEY_IDS = 4096
