@@ -13,7 +13,7 @@ from tests.fuzz.run import CORPUS_DIR, TARGETS, run_target
 RUNS = {"http": 1500, "peer_handshake": 2000}
 DEFAULT_RUNS = 4000
 EXPECTED_TARGETS = {"config", "etsi004", "etsi014", "http", "inventory", "key_relay", "link_messages", "peer_handshake",
-                    "peer_records", "reservation", "serial_frames", "sim_wire", "wg_epoch"}
+                    "peer_records", "relay_network", "reservation", "serial_frames", "sim_wire", "wg_epoch"}
 
 
 def test_every_parser_of_outside_bytes_has_a_target_and_a_small_seed_corpus():
