@@ -330,6 +330,24 @@ def _interface_check(value: str) -> str | None:
     return check_interface(value)
 
 
+# The rotation and fallback settings every key consumer ([[wireguard]], [[kms_push]], [[ipsec]]) shares,
+# with the same bounds (qkdd.consumers.rotation reads them).
+def _rotation_interval_field():
+    return field(default=None, metadata=meta(check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
+
+
+def _expiry_field():
+    return field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+
+
+def _activation_delay_field():
+    return field(default=2.0, metadata=meta(check=in_range(0, 60)))
+
+
+def _retry_interval_field():
+    return field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+
+
 @dataclass(frozen=True)
 class WireGuardConfig:
     """One WireGuard tunnel whose pre-shared key follows QKD keys of `link_id` (`[[wireguard]]`).
@@ -345,12 +363,11 @@ class WireGuardConfig:
     link_id: str
     interface: str = field(metadata=meta(check=_interface_check))
     peer_public_key: str = field(metadata=meta(check=_public_key_check))
-    rotation_interval_s: float | None = field(default=None, metadata=meta(
-        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
-    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    rotation_interval_s: float | None = _rotation_interval_field()
+    expiry_s: float = _expiry_field()
     on_exhausted: PskPolicy = "clear"
-    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
-    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    activation_delay_s: float = _activation_delay_field()
+    retry_interval_s: float = _retry_interval_field()
     hybrid: Hybrid = "none"               # "mlkem768": the PSK mixes in an ML-KEM-768 secret (both ends alike)
 
 
@@ -376,12 +393,11 @@ class KmsPushConfig:
     link_id: str
     folder: str = field(default="/", metadata=meta(check=_folder_check))
     push: bool = True
-    rotation_interval_s: float | None = field(default=None, metadata=meta(
-        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
-    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    rotation_interval_s: float | None = _rotation_interval_field()
+    expiry_s: float = _expiry_field()
     on_exhausted: PskPolicy = "clear"
-    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
-    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    activation_delay_s: float = _activation_delay_field()
+    retry_interval_s: float = _retry_interval_field()
     retry_max_s: float = field(default=300.0, metadata=meta(check=in_range(0.1, 3600)))
 
 
@@ -401,12 +417,11 @@ class IpsecConfig:
     initiator: bool = False
     vici_socket: str = "/var/run/charon.vici"
     swanctl_conf: str = "/etc/swanctl/swanctl.conf"
-    rotation_interval_s: float | None = field(default=None, metadata=meta(
-        check=in_range(MIN_ROTATION_INTERVAL_S, 366 * 86400)))
-    expiry_s: float = field(default=86400.0, metadata=meta(check=in_range(1, 366 * 86400)))
+    rotation_interval_s: float | None = _rotation_interval_field()
+    expiry_s: float = _expiry_field()
     on_exhausted: PskPolicy = "clear"
-    activation_delay_s: float = field(default=2.0, metadata=meta(check=in_range(0, 60)))
-    retry_interval_s: float = field(default=1.0, metadata=meta(check=in_range(0.1, 600)))
+    activation_delay_s: float = _activation_delay_field()
+    retry_interval_s: float = _retry_interval_field()
     retry_max_s: float = field(default=60.0, metadata=meta(check=in_range(0.1, 3600)))
     hybrid: Hybrid = "none"
 
