@@ -105,10 +105,14 @@ def run_kill_past_expiry(tmp_path, dead: str, *, fresh_key: bool) -> None:
                 state_dir=str(tmp_path / dead), rotation_interval_s=3600)
             assert rotations[dead].state.epoch.key_id == key_id
             outer.start_soon(rotations[dead].run)
+            # set at the end of each end's next install (state saved, the previous key erased)
+            installed = [rotations[role].installed for role in ("alice", "bob")]
             async with trio.open_nursery() as nursery:
                 await session(nursery, rotations)
-                if fresh_key:      # (the state records the epoch just after the sink took it)
-                    await until(lambda: all(rotations[role].state.epoch.key_id == keys[1][0] for role in sinks))
+                if fresh_key:
+                    with trio.fail_after(60):
+                        for event in installed:
+                            await event.wait()
                 else:
                     await until(lambda: all(sinks[role].installed[-1][:2] == (0, "clear") for role in sinks))
                 nursery.cancel_scope.cancel()
