@@ -113,6 +113,8 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_fiber_cut_and_recov
             # the shared fallback policy, once per knob, a different end killed each time (one daemon pair)
             fall_back_and_recover(pair, kmss, ATTACK, dead="bob")
             fall_back_and_recover(pair, kmss, FIBER_CUT, dead="alice")
+            logs = "".join(pair.ends[role].log_path.read_text() for role in ("alice", "bob"))
+            assert "traceback=" not in logs                 # no task failed along the way (e.g. the frame channel)
         finally:
             pair.stop()
 
