@@ -437,6 +437,8 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy, knob, dead):
         assert fresh not in (qkd_psk, psk_b)
         assert_from_the_link(fresh, alice, bob)
         assert handshake_works(pair)
+        for site in (alice, bob):
+            assert "traceback=" not in site.daemon.log()     # no task failed along the way (e.g. the frame channel)
     finally:
         stop_sites(alice, bob)
 
