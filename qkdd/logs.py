@@ -3,7 +3,7 @@
 Extra fields come from `logger.info("msg", extra={...})`. Under journald (JOURNAL_STREAM names our
 stderr) each line starts with the sd-daemon(3) priority prefix `<N>` and carries no timestamp (the
 journal adds one); elsewhere it starts with an ISO-8601 UTC timestamp. Exceptions are folded into the
-line (`exc=`, `traceback=`), so one event is always one line.
+line (`exc=`, `traceback=`; an exception group's traceback shows its members), so one event is always one line.
 """
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ class LogfmtFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, exc, tb = record.exc_info
             parts.append(f"exc={_quote(f'{exc_type.__name__}: {exc}')}")
-            parts.append(f"traceback={_quote(''.join(traceback.format_tb(tb)))}")
+            if isinstance(exc, BaseExceptionGroup):   # the cause is in the members (trio nurseries): show them
+                parts.append(f"traceback={_quote(''.join(traceback.format_exception(exc_type, exc, tb)))}")
+            else:
+                parts.append(f"traceback={_quote(''.join(traceback.format_tb(tb)))}")
         return prefix + " ".join(parts)
 
 

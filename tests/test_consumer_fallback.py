@@ -32,13 +32,25 @@ def test_a_survivor_keeps_the_last_key_past_expiry_until_the_dead_end_returns(tm
     """One key only: epoch 1 is installed at both ends, then one end dies. Past expiry the survivor keeps
     the key (a one-sided fallback would leave the ends with different keys); the dead end restarts from its
     state file, the ends meet, and both apply the "clear" fallback together."""
-    key_id, material = str(uuid.uuid4()), os.urandom(32)
+    run_kill_past_expiry(tmp_path, dead, fresh_key=False)
+
+
+def test_a_survivor_kept_past_expiry_takes_the_fresh_key_of_the_returning_leader(tmp_path):
+    """A second key waits in the stores: alice, the leader, dies past expiry; restarted, she falls back at once
+    and proposes the fresh key as soon as the ends meet. Bob, who kept the expired key, installs it (whether
+    or not his own fallback came first) and no longer reports a key kept past its expiry."""
+    run_kill_past_expiry(tmp_path, "alice", fresh_key=True)
+
+
+def run_kill_past_expiry(tmp_path, dead: str, *, fresh_key: bool) -> None:
+    keys = [(str(uuid.uuid4()), os.urandom(32)) for _ in range(2 if fresh_key else 1)]
+    key_id, material = keys[0]
     stores, sinks = {}, {}
     for role in ("alice", "bob"):
         (tmp_path / role).mkdir()
         stores[role] = KeyStore(str(tmp_path / role / "keys.sqlite3"), os.urandom(32))
-        stores[role].put_pending(LINK_ID, 1, [(key_id, material)], expires_at=time.time() + 3600,
-                                 allocatable=[role == "alice"])
+        stores[role].put_pending(LINK_ID, 1, keys, expires_at=time.time() + 3600,
+                                 allocatable=[role == "alice"] * len(keys))
         stores[role].commit_frame(LINK_ID, 1)
         sinks[role] = RecordingSink(role)
 
@@ -93,14 +105,29 @@ def test_a_survivor_keeps_the_last_key_past_expiry_until_the_dead_end_returns(tm
                 state_dir=str(tmp_path / dead), rotation_interval_s=3600)
             assert rotations[dead].state.epoch.key_id == key_id
             outer.start_soon(rotations[dead].run)
+            # set at the end of each end's next install (state saved, the previous key erased)
+            installed = [rotations[role].installed for role in ("alice", "bob")]
             async with trio.open_nursery() as nursery:
                 await session(nursery, rotations)
-                await until(lambda: all(sinks[role].installed[-1][:2] == (0, "clear") for role in sinks))
+                if fresh_key:
+                    with trio.fail_after(60):
+                        for event in installed:
+                            await event.wait()
+                else:
+                    await until(lambda: all(sinks[role].installed[-1][:2] == (0, "clear") for role in sinks))
                 nursery.cancel_scope.cancel()
             outer.cancel_scope.cancel()
             # the restarted end never re-installed the expired key: it fell back at once, from its state file
-            assert sinks[dead].installed == [(1, key_id, material), (0, "clear", b"")]
-            assert sinks[survivor].installed == [(1, key_id, material), (0, "clear", b"")]
+            assert sinks[dead].installed[:2] == [(1, key_id, material), (0, "clear", b"")]
+            if fresh_key:
+                fresh = (2, *keys[1])
+                assert sinks[dead].installed == [(1, key_id, material), (0, "clear", b""), fresh]
+                assert sinks[survivor].installed in ([(1, key_id, material), fresh],
+                                                     [(1, key_id, material), (0, "clear", b""), fresh])
+                assert rotations[survivor].status()["kept_past_expiry"] is False
+            else:
+                assert sinks[dead].installed == [(1, key_id, material), (0, "clear", b"")]
+                assert sinks[survivor].installed == [(1, key_id, material), (0, "clear", b"")]
 
     trio.run(main)
     for role in ("alice", "bob"):

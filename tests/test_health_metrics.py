@@ -214,6 +214,27 @@ def test_log_lines_are_single_line_logfmt():
     assert LogfmtFormatter(journal=True).format(record).startswith("<4>level=warning ")
 
 
+def test_an_exception_group_logs_the_exceptions_it_holds():
+    """A handler's failure inside a trio nursery arrives as an ExceptionGroup: the line names the member's type
+    and message and where it was raised, still on one line."""
+    record = logging.LogRecord("qkdd.test", logging.ERROR, __file__, 1, "handler failed", None, None)
+
+    def inner():
+        raise TypeError("unsupported format string passed to NoneType.__format__")
+    try:
+        try:
+            inner()
+        except TypeError as exc:
+            raise ExceptionGroup("Exceptions from Trio nursery", [exc]) from None
+    except ExceptionGroup:
+        record.exc_info = sys.exc_info()
+    line = LogfmtFormatter(journal=False).format(record)
+    assert "\n" not in line
+    assert 'exc="ExceptionGroup: Exceptions from Trio nursery (1 sub-exception)"' in line
+    assert "TypeError: unsupported format string passed to NoneType.__format__" in line
+    assert "in inner" in line
+
+
 def test_log_values_cannot_carry_control_characters():
     record = logging.LogRecord("qkdd.test", logging.INFO, __file__, 1, "request", None, None)
     record.path = "/x\x1b[31mred\x00\x85\u2028end\\"

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from qkdd.consumers import swanctl_conf
-from qkdd.consumers.ipsec import PpkSink, ViciError
+from qkdd.consumers.ipsec import PpkSink, ViciError, _vici_call
 from qkdd.consumers.rotation import EpochChannel, KeyRotation
 from qkdd.consumers.wg_epoch import Epoch, consumer_tag
 from qkdd.keystore import KeyStore, StoredKey
@@ -183,3 +183,38 @@ def test_a_ppk_missing_at_the_responder_fails_closed_and_the_random_fallback_kee
     assert re.search(r"PPK required but no PPK found|no PPK for PPK_ID", charons.b.log())
     # only the newest PPKs of the consumer stay loaded in charon
     assert len(responder.loaded) <= 2 and responder.loaded[-1] == fresh_id
+
+
+def shared_ids(end) -> set[str]:
+    [answer] = _vici_call(str(end.vici), "get_shared")
+    return {shared_id.decode() if isinstance(shared_id, bytes) else shared_id for shared_id in answer["keys"]}
+
+
+@pytest.mark.root
+def test_a_restarted_sink_unloads_the_ppks_an_earlier_run_left_in_charon(charons):
+    """charon outlives a daemon killed with -9, and with it the PPKs that run loaded: the fallback of the
+    restarted daemon (a fresh sink) unloads them, an expired key never stays loaded; another consumer's PPKs
+    (a name this one's is a prefix of) are left alone."""
+    first, second, others = key(), key(), key()
+    dead = sink_for(charons.b, initiator=False)
+    other = PpkSink(name=NAME + "-2", connection="qkd", initiator=False, vici_socket=charons.b.vici)
+
+    async def main():
+        await dead.install(first, Epoch(1, first.key_id, 0.0))
+        await dead.install(second, Epoch(2, second.key_id, 0.0))
+        await other.install(others, Epoch(1, others.key_id, 0.0))
+        left = {f"qkdd-{NAME}-{first.key_id}", f"qkdd-{NAME}-{second.key_id}"}
+        assert left <= shared_ids(charons.b)
+        # restarted past the expiry with "random": only the fallback PPK of this consumer stays
+        await sink_for(charons.b, initiator=False).fall_back("random")
+        ids = shared_ids(charons.b)
+        assert not left & ids and f"qkdd-{NAME}-qkdd-fallback-{NAME}" in ids
+        # restarted again, "clear": nothing of this consumer stays, the other consumer's PPK does
+        await sink_for(charons.b, initiator=False).fall_back("clear")
+        ids = shared_ids(charons.b)
+        assert not {shared for shared in ids if shared.startswith(f"qkdd-{NAME}-") and NAME + "-2" not in shared}
+        assert f"qkdd-{NAME}-2-{others.key_id}" in ids
+        await other.fall_back("clear")
+        assert f"qkdd-{NAME}-2-{others.key_id}" not in shared_ids(charons.b)
+
+    trio.run(main)

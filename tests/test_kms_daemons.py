@@ -2,7 +2,9 @@
 agreed over the link's channel to its own Infisical-compatible KMS (tests/kms_server.py, real sockets),
 the client secret coming from the systemd credential; SIGUSR1 rotates (CURRENT moves to PREVIOUS at both
 KMSs alike); a KMS outage is retried until the push goes through; /healthz, /v1/links and /metrics show the consumer;
-a daemon killed with -9 and restarted past the key's expiry falls back at once and the ends agree the next key."""
+then the shared fallback policy under each of the simulator's knobs that stop keys (the attack, bob killed -9;
+the fiber cut, alice killed -9): the survivor keeps the key past expiry, the end restarted past it falls back at
+once, both clear, and with the knob off the ends agree the next key."""
 from __future__ import annotations
 
 import base64
@@ -13,6 +15,7 @@ import pytest
 
 from qkdd.link.pair import LinkPair
 from tests.daemon_support import wait_until
+from tests.fallback_support import ATTACK, FIBER_CUT, Knob
 from tests.kms_server import SECRETS, FakeKms, KmsInThread
 
 pytest.importorskip("infisical_sdk", reason="the official Infisical SDK (pip install infisicalsdk)")
@@ -43,14 +46,11 @@ retry_max_s = 1.0
 """
 
 
-def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, monkeypatch):
+def test_both_daemons_push_rotate_fall_back_under_attack_and_fiber_cut_and_recover(tmp_path, monkeypatch):
     """Both ends push the key they agreed (the same at both KMSs); SIGUSR1 rotates while alice's KMS fails
     for a while (retried until it goes through; CURRENT moves to PREVIOUS at both); /healthz, /v1/links and
-    /metrics show the consumer. Then the shared fallback policy: intercept-resend (the simulator's attack knob, through
-    alice's admin API) halts the link; stored keys expire after 2 s, the pushed key after expiry_s. Bob is
-    killed (-9) meanwhile: alice keeps the key past expiry; bob, restarted past it, applies "clear" at once,
-    then alice does too (the KMS secrets are deleted: services go PQ-only); with the attack off keys flow
-    again and the push resumes at both KMSs with the same key."""
+    /metrics show the consumer. Then the shared fallback policy (fall_back_and_recover), twice on the same
+    pair: intercept-resend with bob killed, then a fiber cut with alice killed."""
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "kms-client-secret").write_text(FakeKms().client_secret)
@@ -110,37 +110,63 @@ def test_both_daemons_push_rotate_fall_back_under_attack_and_recover(tmp_path, m
             logs = "".join(pair.ends[role].log_path.read_text() for role in ("alice", "bob"))
             for secret in (first_key, FakeKms().client_secret, *kmss["alice"].tokens, *kmss["bob"].tokens):
                 assert secret not in logs
-            attack = pair.ends["alice"].url("/v1/links/sim-1/sim/attack")
-            assert pair.http.post(attack, json={"attack": "intercept-resend:1"}).json()["attack"].startswith(
-                "intercept-resend")
-            wait_until(lambda: pair.metrics("alice")["state"] == "halted", 30, "the attacked link to halt")
-            # no fresh key (frames finished before the halt may still give one, pushed like any other); bob dies
-            # (kill -9): once the last key is 30 s old alice, the survivor, keeps it (no one-sided fallback)
-            pair.kill("bob")
-            def record(role: str) -> dict:
-                return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]
-            wait_until(lambda: record("alice")["kept_past_expiry"], 120, "the key to expire at alice")
-            assert record("alice")["fallback"] is None and pushed("KEY_ID")[0] is not None
-            expired = {kmss["bob"].value(PREFIX + name, FOLDER) for name in ("AES256_CURRENT", "KEY_ID")}
-            # bob restarts past the expiry: he applies "clear" at once (deletes his secrets before writing any)
-            # and never pushes the expired key again; the ends meet and alice clears too
-            mark = len(kmss["bob"].log)
-            pair.start("bob")
-            wait_until(lambda: pushed("AES256_CURRENT") == (None, None) and pushed("KEY_ID") == (None, None),
-                       120, "the clear fallback at both KMSs")
-            # (each end records its fallback just after the secrets are gone)
-            wait_until(lambda: record("alice")["fallback"] == record("bob")["fallback"] == "clear", 10,
-                       "the fallback records")
-            writes = [request for request in kmss["bob"].log[mark:]
-                      if request.method in ("POST", "PATCH", "DELETE") and request.path.startswith(SECRETS)]
-            assert [request.method for request in writes[:5]] == ["DELETE"] * 5, [r.method for r in writes]
-            assert not expired & {request.body.get("secretValue") for request in writes}
-            assert "expired while the daemon was down" in pair.ends["bob"].log_path.read_text()
-            assert pair.metrics("alice")["state"] == "halted"
-            pair.http.post(attack, json={"attack": "none"})
-            wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120,
-                       "the push to resume after the attack")
-            assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] is not None
+            # the shared fallback policy, once per knob, a different end killed each time (one daemon pair)
+            fall_back_and_recover(pair, kmss, ATTACK, dead="bob")
+            fall_back_and_recover(pair, kmss, FIBER_CUT, dead="alice")
+            logs = "".join(pair.ends[role].log_path.read_text() for role in ("alice", "bob"))
+            assert "traceback=" not in logs                 # no task failed along the way (e.g. the frame channel)
         finally:
             pair.stop()
 
+
+def fall_back_and_recover(pair: LinkPair, kmss: dict, knob: Knob, dead: str) -> None:
+    """`knob` (through alice's admin API) halts the link: no fresh key, and the stored ones expire after 2 s.
+    `dead` is killed (-9): once the pushed key is 30 s old the survivor keeps it (no one-sided fallback);
+    `dead`, restarted past the expiry with the knob still on, applies "clear" at once (deletes its secrets
+    before writing any, never pushes the expired key again); the ends meet and the survivor clears too (the
+    KMS secrets are gone: services go PQ-only). With the knob off keys flow again and the push resumes at
+    both KMSs with the same key."""
+    survivor = "alice" if dead == "bob" else "bob"
+
+    def pushed(name: str) -> tuple:
+        return tuple(kmss[role].value(PREFIX + name, FOLDER) for role in ("alice", "bob"))
+
+    def record(role: str) -> dict:
+        return pair.http.get(f"http://{pair.ends[role].health}/healthz").json()["consumers"][0]
+
+    control = pair.ends["alice"].url(knob.path("sim-1"))
+    assert pair.http.post(control, json=knob.on).status_code == 200
+    wait_until(lambda: pair.metrics("alice")["state"] == "halted", 30, f"the link to halt ({knob.name})")
+    # (frames finished before the halt may still give one key, pushed like any other)
+    pair.kill(dead)
+    wait_until(lambda: record(survivor)["kept_past_expiry"], 120, f"the key to expire at {survivor}")
+    assert record(survivor)["fallback"] is None and None not in pushed("KEY_ID")
+    expired = {kmss[dead].value(PREFIX + name, FOLDER) for name in ("AES256_CURRENT", "KEY_ID")}
+    mark, log_mark = len(kmss[dead].log), len(pair.ends[dead].log_path.read_text())
+    config = pair.ends[dead].config_path
+    text = config.read_text()
+    if dead == "alice":                        # the simulated fiber runs in alice's daemon: the knob stays on
+        config.write_text(knob.on_in_config(text))
+    try:
+        pair.start(dead)
+        pair.wait_ready(dead)
+    finally:
+        config.write_text(text)
+    wait_until(lambda: pushed("AES256_CURRENT") == (None, None) and pushed("KEY_ID") == (None, None),
+               120, "the clear fallback at both KMSs")
+    # (each end records its fallback just after the secrets are gone)
+    wait_until(lambda: record("alice")["fallback"] == record("bob")["fallback"] == "clear", 10,
+               "the fallback records")
+    assert not record(survivor)["kept_past_expiry"]
+    writes = [request for request in kmss[dead].log[mark:]
+              if request.method in ("POST", "PATCH", "DELETE") and request.path.startswith(SECRETS)]
+    assert [request.method for request in writes[:5]] == ["DELETE"] * 5, [r.method for r in writes]
+    assert not expired & {request.body.get("secretValue") for request in writes}
+    assert "expired while the daemon was down" in pair.ends[dead].log_path.read_text()[log_mark:]
+    wait_until(lambda: pair.metrics("alice")["state"] == "halted", 30, "the link to stay halted")
+    assert pushed("KEY_ID") == (None, None)
+    assert pair.http.post(control, json=knob.off).status_code == 200
+    wait_until(lambda: None not in pushed("KEY_ID") and len(set(pushed("KEY_ID"))) == 1, 120,
+               f"the push to resume after the {knob.name}")
+    assert pushed("AES256_CURRENT")[0] == pushed("AES256_CURRENT")[1] is not None
+    wait_until(lambda: record("alice")["fallback"] is record("bob")["fallback"] is None, 10, "the epoch records")

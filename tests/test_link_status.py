@@ -108,3 +108,32 @@ def test_a_device_that_comes_up_runs_and_a_compromised_frame_halts_not_fallback(
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_halt_drained_before_any_frame_qber_is_recorded_is_reported_and_survives_a_new_session():
+    """A restarted end whose first frames meet an attack: the gate's decision (queued from a frame's worker
+    thread) is drained before any frame's QBER is in the history. The link reports halted with the gate's
+    QBER, and so does the next session, instead of the frame channel failing on the missing QBER (which left
+    the link unable to run frames, and so to recover, until the daemon restarted)."""
+    async def main():
+        health = Health(clock=trio.current_time)
+        health.register_link("l")
+        health.set_daemon_state("serving")
+        status = LinkStatus("l", key_bits=256, health=health, clock=trio.current_time)
+        device = SimAliceDevice(SimParams(distance_km=10.0), listen_port=0)
+        async with trio.open_nursery() as nursery:
+            await device.init()
+            nursery.start_soon(status.watch_device, device)
+            status.session_up()
+            await trio.sleep(1)
+            assert status.gate(0.26) is not None and status.last_qber is None      # refused, nothing recorded
+            status.drain_gate()
+            assert health.link_state("l").state == "halted"
+            assert health.link_state("l").detail == "QBER 0.2600 at or above 11 %: key generation halted"
+            status.session_down()
+            status.session_up()                      # the next session's frame channel starts
+            assert health.link_state("l").state == "halted"
+            await device.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

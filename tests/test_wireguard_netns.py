@@ -36,6 +36,7 @@ from qkdd.metrics import Metrics
 from qkdd.peer import SessionClosedError, generate_identity, save_private_key, save_public_key
 from qkdd.pki import init_pki
 from qkdd.reservation.protocol import MessageType, Purpose
+from tests.fallback_support import ATTACK, FIBER_CUT
 from tests.reservation_support import reservation_service
 
 from wireguard_support import (CmdlineWatcher, QkddInNetns, WgPair, files_containing, http_in_netns,
@@ -356,16 +357,22 @@ def test_a_restarted_end_reapplies_the_current_key(fresh_pair, tmp_path):
         stop_sites(alice, bob)
 
 
-@pytest.mark.parametrize("policy", ["clear", "random"])
-def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
-    """Key production stops for real (intercept-resend on the link: the QBER passes the threshold and the
-    link halts); the keys stored before expire after `key_expiry_s`, the PSK in use after `psk_expiry_s`.
-    Frames started before the attack may still finish after the halt and store a key: the leader then
-    rightly takes it when the PSK expires, so the test waits for the fallback that finds no key left.
-    With "clear", bob's daemon is killed (-9) after the halt and restarted only past the PSK's expiry."""
+@pytest.mark.parametrize(("policy", "knob", "dead"), [("clear", ATTACK, "bob"), ("random", FIBER_CUT, "alice")],
+                         ids=["clear-attack-bob-killed", "random-fiber-cut-alice-killed"])
+def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy, knob, dead):
+    """Key production stops for real: the simulator's knob (intercept-resend, or a fiber cut of 60 dB, through
+    alice's admin API) pushes the QBER past the threshold and the link halts; the keys stored before expire
+    after `key_expiry_s`, the PSK in use after `psk_expiry_s`. Frames started before the halt may still
+    finish and store a key: the leader then rightly takes it when the PSK expires, so the test waits for the
+    fallback that finds no key left. `dead`'s daemon is killed (-9) after the halt: past the PSK's expiry the
+    survivor keeps it (a one-sided fallback would break the tunnel) and the two interfaces still agree; the
+    dead end, restarted after the expiry (alice with the knob still on), applies the policy at once (never
+    re-installs the expired PSK) and the survivor follows once they meet. With the knob off keys flow again:
+    the leader's next attempt takes one and the tunnel comes back with a fresh PSK."""
     key_expiry_s, psk_expiry_s = 2, 30          # check-config: expiry_s at least the rotation interval (>= 30 s)
     pair = fresh_pair
     alice = bob = None
+    survivor_role = "alice" if dead == "bob" else "bob"
 
     def no_key_count() -> float:
         return parse_metric(alice.metrics(), "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
@@ -377,33 +384,39 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
 
     try:
         alice, bob = start_sites(tmp_path, pair, expiry_s=psk_expiry_s, policy=policy, key_expiry_s=key_expiry_s)
+        sites = {"alice": alice, "bob": bob}
         qkd_psk = agreed_psk(pair)
         no_key_before = no_key_count()          # the leader tried before keys flowed at start
         assert handshake_works(pair)
-        attack = alice.api("POST", f"/v1/links/{LINK_ID}/sim/attack", {"attack": "intercept-resend:1"})
-        assert attack["attack"].startswith("intercept-resend")
-        wait_for("the attacked link to halt", lambda: alice.link_metrics()["state"] == "halted",
-                 timeout_s=20, interval_s=0.3)
-        if policy == "clear":
-            # bob's daemon dies (kill -9) meanwhile: past the PSK's expiry alice keeps it (a one-sided clear
-            # would break the tunnel) and the two interfaces still agree; bob, restarted after the expiry,
-            # clears at once (never re-installs the expired PSK) and alice clears too once they meet
-            bob.daemon.stop(signal.SIGKILL)
-            kept = pair.a.psk()
+        control = f"/v1/links/{LINK_ID}/sim/{knob.route}"
+        alice.api("POST", control, knob.on)
+        wait_for("the link to halt", lambda: alice.link_metrics()["state"] == "halted", timeout_s=20, interval_s=0.3)
+        sites[dead].daemon.stop(signal.SIGKILL)
+        kept = pair.a.psk()
 
-            def alice_tunnel() -> dict:
-                return alice.api("GET", "/v1/links")["links"][0]["consumers"][0]
-            wait_for("the PSK to expire at alice", lambda: alice_tunnel()["kept_past_expiry"],
-                     timeout_s=4 * psk_expiry_s, interval_s=0.3)
-            assert alice_tunnel()["fallback"] is None and pair.a.psk() == kept == pair.b.psk() != "(none)"
-            assert handshake_works(pair), "the survivor keeps the PSK the dead end's interface holds"
-            bob.daemon.start()
-            wait_for("bob's fallback at start", lambda: "expired while the daemon was down" in bob.daemon.run_log(),
-                     timeout_s=30, interval_s=0.3)
-            assert "re-applying epoch" not in bob.daemon.run_log()
+        def survivor_tunnel() -> dict:
+            return sites[survivor_role].api("GET", "/v1/links")["links"][0]["consumers"][0]
+        wait_for("the PSK to expire at the survivor", lambda: survivor_tunnel()["kept_past_expiry"],
+                 timeout_s=4 * psk_expiry_s, interval_s=0.3)
+        assert survivor_tunnel()["fallback"] is None and pair.a.psk() == kept == pair.b.psk() != "(none)"
+        assert handshake_works(pair), "the survivor keeps the PSK the dead end's interface holds"
+        config = sites[dead].daemon.config_path
+        text = config.read_text()
+        if dead == "alice":                    # the simulated fiber runs in alice's daemon: the knob stays on
+            config.write_text(knob.on_in_config(text))
+            no_key_before = 0                  # (a fresh process counts from zero)
+        try:
+            sites[dead].daemon.start()
+        finally:
+            config.write_text(text)
+        wait_for("the dead end's fallback at start",
+                 lambda: "expired while the daemon was down" in sites[dead].daemon.run_log(), timeout_s=30,
+                 interval_s=0.3)
+        assert "re-applying epoch" not in sites[dead].daemon.run_log()
         wait_for("the fallback with no key left", lambda: fell_back(alice) and fell_back(bob)
                  and no_key_count() > no_key_before, timeout_s=4 * psk_expiry_s, interval_s=0.3)
-        epochs = len(install_times(alice.daemon.log()))
+        assert not survivor_tunnel()["kept_past_expiry"]
+        epochs = len(install_times(alice.daemon.run_log()))
         psk_a, psk_b = pair.a.psk(), pair.b.psk()
         if policy == "clear":
             assert psk_a == psk_b == "(none)"
@@ -413,17 +426,19 @@ def test_expiry_applies_the_policy(fresh_pair, tmp_path, policy):
             assert not handshake_works(pair), "a random PSK must make the tunnel fail closed"
         metrics = alice.metrics()
         assert parse_metric(metrics, "qkd_wireguard_psk_rotations_total", tunnel=TUNNEL,
-                            result=f"expired_{policy}") == epochs
+                            result=f"expired_{policy}") == max(epochs, 1)    # (a restarted alice: the one at start)
         assert parse_metric(metrics, "qkd_wireguard_psk_age_seconds", tunnel=TUNNEL) is None
-        assert alice.link_metrics()["state"] in ("halted", "fallback")   # gate DEGRADED after 60 s
+        wait_for("the link to stay halted", lambda: alice.link_metrics()["state"] in ("halted", "fallback"),
+                 timeout_s=20, interval_s=0.3)                # (gate DEGRADED after 60 s: "fallback")
         assert pair.a.psk() == psk_a and pair.b.psk() == psk_b        # the fallback stays while no key comes
-        if policy == "random":
-            # Keys flow again: the leader's next attempt (every few seconds) takes one, the tunnel comes back.
-            alice.api("POST", f"/v1/links/{LINK_ID}/sim/attack", {"attack": "none"})
-            fresh = agreed_psk(pair, previous=psk_a, timeout_s=KEY_WAIT_S)
-            assert fresh != qkd_psk
-            assert_from_the_link(fresh, alice, bob)
-            assert handshake_works(pair)
+        # Keys flow again: the leader's next attempt (every few seconds) takes one, the tunnel comes back.
+        alice.api("POST", control, knob.off)
+        fresh = agreed_psk(pair, previous=psk_a, timeout_s=KEY_WAIT_S)
+        assert fresh not in (qkd_psk, psk_b)
+        assert_from_the_link(fresh, alice, bob)
+        assert handshake_works(pair)
+        for site in (alice, bob):
+            assert "traceback=" not in site.daemon.log()     # no task failed along the way (e.g. the frame channel)
     finally:
         stop_sites(alice, bob)
 

@@ -8,7 +8,9 @@ the responder finds it by the id the initiator sends, so it needs no per-key con
 reloads its connection (read from swanctl.conf) with `ppk_id` = the new key id and brings up a fresh IKE
 SA with it (make-before-break: the older IKE SAs of the connection are closed once the new one is up) -
 that is how a rotation reaches the tunnel, as IKE rekeys reuse SK_d and never the new PPK. The newest
-two PPKs stay loaded (an initiator a moment behind still finds its key); older ones are unloaded.
+two PPKs stay loaded (an initiator a moment behind still finds its key); older ones are unloaded. charon
+outlives a daemon killed with -9: the first trim after a (re)start also unloads what an earlier run left
+in charon (VICI get-shared, this consumer's ids only), so an expired PPK never stays loaded.
 
 Fallback, the shared policy: "clear" unloads every PPK of the consumer and reloads the connection as
 configured (no ppk_id: with `ppk_required = yes` in swanctl.conf new SAs then fail closed, without it
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 
 import trio
@@ -77,6 +80,10 @@ class PpkSink(KeySink):
         self.label = f"charon {vici_socket} ({connection}, {'initiator' if initiator else 'responder'})"
         self.loaded: list[str] = []          # PPK key ids loaded, oldest first
         self.active_ike_id: str | None = None
+        self._adopted = False                # what an earlier run left in charon was added to `loaded`
+        # this consumer's shared-key ids: the prefix, then a key id (a UUID) or the fallback id
+        self._own_id = re.compile(rf"qkdd-{re.escape(name)}-(?P<ppk>[0-9a-f]{{8}}(?:-[0-9a-f]{{4}}){{3}}-[0-9a-f]{{12}}"
+                                  rf"|{re.escape(self._fallback_id())})")
 
     @classmethod
     def from_config(cls, config) -> "PpkSink":
@@ -85,6 +92,9 @@ class PpkSink(KeySink):
 
     def _shared_id(self, ppk_id: str) -> str:
         return f"qkdd-{self.name}-{ppk_id}"
+
+    def _fallback_id(self) -> str:
+        return f"qkdd-fallback-{self.name}"
 
     async def _call(self, command: str, message: dict | None = None) -> list:
         return await trio.to_thread.run_sync(_vici_call, self.vici_socket, command, message)
@@ -104,7 +114,28 @@ class PpkSink(KeySink):
             self.loaded.remove(ppk_id)
         self.loaded.append(ppk_id)
 
+    async def _adopt_leftovers(self) -> None:
+        """Once per run: the PPKs of this consumer that charon holds from an earlier run (a daemon killed
+        before it could unload them) join `loaded` as the oldest, so the trim below unloads them."""
+        if self._adopted:
+            return
+        try:
+            [answer] = await self._call("get_shared")
+        except ViciError as exc:
+            log.warning("ipsec %s: cannot list charon's shared keys (%s): PPKs from before a restart may stay "
+                        "loaded", self.name, exc)
+            return
+        self._adopted = True
+        found = []
+        for shared_id in answer.get("keys", []):
+            text = shared_id.decode(errors="replace") if isinstance(shared_id, bytes) else str(shared_id)
+            match = self._own_id.fullmatch(text)
+            if match and match["ppk"] not in self.loaded:
+                found.append(match["ppk"])
+        self.loaded = found + self.loaded
+
     async def _unload_older(self, *, keep: int) -> None:
+        await self._adopt_leftovers()
         while len(self.loaded) > keep:
             ppk_id = self.loaded[0]
             try:
@@ -162,7 +193,7 @@ class PpkSink(KeySink):
             if self.initiator:
                 await self._load_connection(None)
             return
-        fallback_id = f"qkdd-fallback-{self.name}"
+        fallback_id = self._fallback_id()
         await self._load_ppk(fallback_id, os.urandom(32))
         if self.initiator:
             await self._load_connection(fallback_id)

@@ -431,6 +431,8 @@ class KeyRotation:
         previous = self.state
         reapplied = previous.epoch == target and previous.installed_at > 0 and not previous.fallback
         self._applied_since_start = True
+        if not reapplied:
+            self.kept_past_expiry = False              # a fresh key: nothing is kept past its expiry any more
         await self._save(RotationState(target, previous.installed_at if reapplied else self._clock(), None))
         if previous.epoch.number and previous.epoch.key_id != target.key_id:
             await self._erase(previous.epoch.key_id)
@@ -487,12 +489,14 @@ class KeyRotation:
                                     "unreachable: keeping it until the ends meet again", self.who,
                                     state.epoch.number, self.config.expiry_s)
                     self.kept_past_expiry = True
-                elif expired:
-                    log.warning("%s: the key of epoch %d is %.0f s old, past its expiry of %g s", self.who,
-                                state.epoch.number, age_s, self.config.expiry_s)
-                    self.kept_past_expiry = False
-                    await self._apply_fallback(state.epoch)
+                else:
+                    self.kept_past_expiry = False      # (also when the ends met and agreed a fresh epoch)
+                    if expired:
+                        log.warning("%s: the key of epoch %d is %.0f s old, past its expiry of %g s", self.who,
+                                    state.epoch.number, age_s, self.config.expiry_s)
+                        await self._apply_fallback(state.epoch)
             else:
+                self.kept_past_expiry = False
                 self.metrics.psk_age(None)
             await trio.sleep(MONITOR_INTERVAL_S)
 

@@ -86,6 +86,7 @@ class LinkStatus:
         self._started_s = clock()
         self.device_problem: str | None = None                       # the last failed health check's cause
         self.auth_halted = ""                                        # why the auth pool halted the link
+        self.gate_qber: float | None = None                          # the QBER of the gate's last frame decision
         self.state = ""
         self.set_state("starting", "device and peer channel coming up")
 
@@ -155,6 +156,8 @@ class LinkStatus:
         while self.gate.decisions:
             qber, decision = self.gate.decisions.popleft()
             changed = changed or decision.state_changed
+            if qber is not None:
+                self.gate_qber = qber
             if self.metrics is not None:
                 if decision.threshold_exceeded:
                     self.metrics.qber_alarm(decision.threshold_exceeded)
@@ -187,14 +190,18 @@ class LinkStatus:
             return
         state = self.gate.gate.state
         last = self.last_qber
+        # A gate decision can be drained before any frame's QBER is in the history (the first frames of a
+        # restarted end, aborted by the gate, or still finishing in worker threads): the gate's own QBER.
+        qber = last if last is not None else self.gate_qber
+        qber_text = f"QBER {qber:.4f}" if qber is not None else "QBER"
         if state is LinkState.ACTIVE:
             nominal = last is None or band_of(min(last, 1.0)) is Band.NOMINAL
             self.set_state("running" if nominal else "degraded",
                            "generating keys" + (f", QBER {last:.4f}" if last is not None else ""))
         elif state is LinkState.SUSPENDED:
-            self.set_state("suspended", f"QBER {last:.4f} at or above the threshold; key generation suspended")
+            self.set_state("suspended", f"{qber_text} at or above the threshold; key generation suspended")
         elif state is LinkState.HALTED:
-            self.set_state("halted", f"QBER {last:.4f} at or above 11 %: key generation halted")
+            self.set_state("halted", f"{qber_text} at or above 11 %: key generation halted")
         elif self.device_problem is not None:
             self.set_state("fallback", f"gate DEGRADED: device unhealthy: {self.device_problem}"[:300])
         else:
