@@ -143,3 +143,11 @@ def test_a_frame_with_a_noisier_tail_still_reconciles():
     bob = _reconcile(alice_key, bob_key, n, errors / n, 9)
     assert bob.done and np.array_equal(bob_key, reference)
     assert bob.corrected_bits == errors
+
+
+@pytest.mark.parametrize("n, codewords", [(10, 3), (12, 3), (100_003, 25), (7, 7), (5, 1)])
+def test_interleave_deals_the_frame_round_robin_and_back(n, codewords):
+    bits = np.arange(n)
+    ordered = ldpc.interleave(bits, codewords)
+    assert np.array_equal(ordered, np.concatenate([np.arange(j, n, codewords) for j in range(codewords)]))
+    assert np.array_equal(ldpc.deinterleave(ordered, codewords), bits)
