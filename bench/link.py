@@ -55,11 +55,11 @@ class DelayedLinkPair(LinkPair):
         settings = self.workdir / "proxy.json"
         settings.write_text(json.dumps({"delay_ms": self.rtt_ms / 2}))
         bob.write_text(text.replace(match.group(0), f'peer_addr = "127.0.0.1:{listen}"'))
-        log = open(self.workdir / "proxy.log", "ab")
-        self.proxy = subprocess.Popen([sys.executable, "-m", "bench.chaos_proxy", "--listen", f"127.0.0.1:{listen}",
-                                       "--connect", f"127.0.0.1:{match.group(1)}", "--settings", str(settings)],
-                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        log.close()
+        with open(self.workdir / "proxy.log", "ab") as log:
+            self.proxy = subprocess.Popen([sys.executable, "-m", "bench.chaos_proxy", "--listen",
+                                           f"127.0.0.1:{listen}", "--connect", f"127.0.0.1:{match.group(1)}",
+                                           "--settings", str(settings)],
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
     def stop(self) -> None:
         super().stop()
@@ -71,9 +71,9 @@ class DelayedLinkPair(LinkPair):
 def measure(distance_km: float, seconds: float, frame_detections: int, frames_in_flight: int,
             system: str | None = None, reconciliation: str = "cascade", rtt_ms: float | None = None) -> dict:
     """`rtt_ms` None: the peers talk directly (loopback); a number: through a proxy with that round trip."""
-    options = dict(distance_km=distance_km, frame_detections=frame_detections, frames_in_flight=frames_in_flight,
-                   extra_sim={"system": system} if system else {},
-                   extra_link={"reconciliation": reconciliation} if reconciliation != "cascade" else {})
+    options = {"distance_km": distance_km, "frame_detections": frame_detections, "frames_in_flight": frames_in_flight,
+               "extra_sim": {"system": system} if system else {},
+               "extra_link": {"reconciliation": reconciliation} if reconciliation != "cascade" else {}}
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
         pair_type = LinkPair if rtt_ms is None else functools.partial(DelayedLinkPair, rtt_ms=rtt_ms)
         with pair_type(Path(workdir), **options) as pair:

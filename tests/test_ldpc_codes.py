@@ -2,6 +2,7 @@
 by brute force on the lifted graph), and the reconciliation's efficiency and frame errors on a few long frames,
 including a frame whose error rate is not uniform along it (as the link's concatenated intensity classes)."""
 import importlib.util
+import itertools
 import math
 import pathlib
 
@@ -97,7 +98,7 @@ def _frame(rng, n, qber_by_part):
         alice[-1] &= np.uint64((1 << (n % 64)) - 1)
     flips = np.zeros(words * 64, dtype=np.uint8)
     bounds = np.linspace(0, n, len(qber_by_part) + 1).astype(int)
-    for (lo, hi), q in zip(zip(bounds[:-1], bounds[1:]), qber_by_part):
+    for (lo, hi), q in zip(itertools.pairwise(bounds), qber_by_part):
         flips[lo + rng.choice(hi - lo, size=round(q * (hi - lo)), replace=False)] = 1
     return alice, alice ^ np.packbits(flips, bitorder="little").view(np.uint64), int(flips.sum())
 

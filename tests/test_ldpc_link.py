@@ -14,7 +14,14 @@ from qkdd.link.envelope import Step
 from qkdd.link.pipeline import ALICE, BOB, PipelineSettings, StorePending
 from qkdd.peer import generate_identity
 from qkdd.postprocess import ldpc
-from tests.link_support import TEST_DETECTIONS, TEST_SOURCE, Ends, LinkEnd, frame_pair, simulator
+from tests.link_support import (
+    TEST_DETECTIONS,
+    TEST_SOURCE,
+    Ends,
+    LinkEnd,
+    frame_pair,
+    simulator,
+)
 from tests.peer_harness import fast_settings
 
 LDPC = PipelineSettings(reconciliation="ldpc")

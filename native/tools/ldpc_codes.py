@@ -284,8 +284,9 @@ def write_c(codes: list[tuple[int, int, list[tuple[int, int, int]], dict]]) -> s
         for r in range(mb):
             row_start[r + 1] += row_start[r]
         lines.append(f"/* code {i}: z={z} mb={mb} nb={NB} rate={1 - mb / NB:.4f} columns: {info['n2']} of degree 2, "
-                     f"{NB - info['n2'] - info['nh']} of 3, {info['nh']} of {info['dh']}; lifted 4-cycles {info['cycles4']}, "
-                     f"6-cycles {info['cycles6']} (base cycles whose shift sum vanishes mod z) */")
+                     f"{NB - info['n2'] - info['nh']} of 3, {info['nh']} of {info['dh']}; "
+                     f"lifted 4-cycles {info['cycles4']}, 6-cycles {info['cycles6']} "
+                     "(base cycles whose shift sum vanishes mod z) */")
         for name, values in (("row_start", row_start), ("cols", [c for _, c, _ in entries]),
                              ("shifts", [s for _, _, s in entries])):
             lines.append(f"static const uint16_t c{i}_{name}[] = {{")
