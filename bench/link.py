@@ -2,6 +2,8 @@
 source, unpaced: the rate is what the post-processing sustains on this machine).
 
     python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023] [--protocol cvqkd]
+    python -m bench.link --distance-km 50 --reconciliation ldpc --fiber-rtt    (BB84: LDPC instead of Cascade,
+        the peer connection through a delaying proxy with the fiber's round trip, 2 L n_g / c)
     -> {"distance_km","seconds","secret_bits_per_s","sifted_bits_per_s","qber","frames", ...}
     python -m bench.link --protocol e91 --distance-km 10 --seconds 20     (bench.link_e91: E91 over the
     simulated pair source, with the analytic finite-size rate of the same configuration)
@@ -19,19 +21,62 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from qkdd.hal.sim.systems import SYSTEMS, preset
-from qkdd.link.pair import LinkPair
+from qkdd.link.pair import LinkPair, free_port
+
+# Round trip of light in standard single-mode fiber (group index ~1.468, ITU-T G.652): 2 * 1.468 / c per km.
+FIBER_RTT_MS_PER_KM = 2 * 1.468 / 299_792.458 * 1000
+
+
+@dataclasses.dataclass
+class DelayedLinkPair(LinkPair):
+    """A LinkPair whose peer connection (Bob dials Alice) runs through bench.chaos_proxy with a fixed delay of
+    half the round trip each way: the classical channel's latency, which interactive reconciliation pays per
+    round trip."""
+    rtt_ms: float = 0.0
+    proxy: subprocess.Popen | None = None
+
+    def write(self) -> None:
+        super().write()
+        bob = self.ends["bob"].config_path
+        text = bob.read_text()
+        match = re.search(r'peer_addr = "127\.0\.0\.1:(\d+)"', text)
+        if match is None:
+            raise RuntimeError("bob's configuration names no peer_addr")
+        listen = free_port()
+        settings = self.workdir / "proxy.json"
+        settings.write_text(json.dumps({"delay_ms": self.rtt_ms / 2}))
+        bob.write_text(text.replace(match.group(0), f'peer_addr = "127.0.0.1:{listen}"'))
+        with open(self.workdir / "proxy.log", "ab") as log:
+            self.proxy = subprocess.Popen([sys.executable, "-m", "bench.chaos_proxy", "--listen",
+                                           f"127.0.0.1:{listen}", "--connect", f"127.0.0.1:{match.group(1)}",
+                                           "--settings", str(settings)],
+                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        super().stop()
+        if self.proxy is not None and self.proxy.poll() is None:
+            self.proxy.terminate()
+            self.proxy.wait(10)
 
 
 def measure(distance_km: float, seconds: float, frame_detections: int, frames_in_flight: int,
-            system: str | None = None) -> dict:
+            system: str | None = None, reconciliation: str = "cascade", rtt_ms: float | None = None) -> dict:
+    """`rtt_ms` None: the peers talk directly (loopback); a number: through a proxy with that round trip."""
+    options = {"distance_km": distance_km, "frame_detections": frame_detections, "frames_in_flight": frames_in_flight,
+               "extra_sim": {"system": system} if system else {},
+               "extra_link": {"reconciliation": reconciliation} if reconciliation != "cascade" else {}}
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
-        with LinkPair(Path(workdir), distance_km=distance_km, frame_detections=frame_detections,
-                      frames_in_flight=frames_in_flight, extra_sim={"system": system} if system else {}) as pair:
+        pair_type = LinkPair if rtt_ms is None else functools.partial(DelayedLinkPair, rtt_ms=rtt_ms)
+        with pair_type(Path(workdir), **options) as pair:
             start, end, span = pair.measure_window(seconds, first_key_timeout_s=120)
     analytic = {}
     if system:
@@ -48,7 +93,8 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
             "qber": end["qber"], "frames": end["frames"] - start["frames"],
             "frames_aborted": end["frames_aborted"] - start["frames_aborted"],
             "frames_unpaired": end["frames_unpaired"] - start["frames_unpaired"],
-            "frame_detections": frame_detections, "frames_in_flight": frames_in_flight}
+            "frame_detections": frame_detections, "frames_in_flight": frames_in_flight,
+            "reconciliation": reconciliation, "rtt_ms": rtt_ms}
 
 
 def cv_analytic(distance_km: float, symbols_per_s: float) -> dict:
@@ -99,7 +145,9 @@ def measure_e91(args: argparse.Namespace, distance_km: float) -> dict:
 def measure_bb84(args: argparse.Namespace, distance_km: float) -> dict:
     if args.frame_detections is None:
         args.frame_detections = 1 << 25 if args.system else 1 << 21
-    return measure(distance_km, args.seconds, args.frame_detections, args.frames_in_flight, args.system)
+    rtt_ms = distance_km * FIBER_RTT_MS_PER_KM if args.fiber_rtt else args.rtt_ms
+    return measure(distance_km, args.seconds, args.frame_detections, args.frames_in_flight, args.system,
+                   args.reconciliation, rtt_ms)
 
 
 # --protocol -> its measurement (one line of JSON per distance)
@@ -117,6 +165,11 @@ def main() -> None:
     parser.add_argument("--frame-detections", type=int, default=None)
     parser.add_argument("--frames-in-flight", type=int, default=4)
     parser.add_argument("--system", choices=sorted(SYSTEMS), default=None, help="a published system's preset")
+    parser.add_argument("--reconciliation", choices=["cascade", "ldpc"], default="cascade", help="BB84 only")
+    parser.add_argument("--rtt-ms", type=float, default=None,
+                        help="BB84: run the peer connection through a proxy with this round trip (ms)")
+    parser.add_argument("--fiber-rtt", action="store_true",
+                        help="BB84: the proxy's round trip is the fiber's at --distance-km (4.9 us/km each way)")
     args = parser.parse_args()
     for distance in args.distance_km or [10.0]:
         print(json.dumps(PROTOCOLS[args.protocol](args, distance)), flush=True)

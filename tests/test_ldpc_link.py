@@ -6,13 +6,22 @@ import trio
 from qkdd.config import ConfigError, LinkConfig
 from qkdd.hal.sim import SimParams
 from qkdd.hal.sim.driver import SimAliceDevice, SimBobDevice
-from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
+from qkdd.hal.sim.settings import MAX_FRAME_SLOTS, SimConfig
+from qkdd.hal.sim.simulator import Simulator
 from qkdd.keystore import KeyState, KeyStore
 from qkdd.link import envelope
 from qkdd.link.envelope import Step
 from qkdd.link.pipeline import ALICE, BOB, PipelineSettings, StorePending
 from qkdd.peer import generate_identity
-from tests.link_support import TEST_DETECTIONS, TEST_SOURCE, Ends, LinkEnd, frame_pair, simulator
+from qkdd.postprocess import ldpc
+from tests.link_support import (
+    TEST_DETECTIONS,
+    TEST_SOURCE,
+    Ends,
+    LinkEnd,
+    frame_pair,
+    simulator,
+)
 from tests.peer_harness import fast_settings
 
 LDPC = PipelineSettings(reconciliation="ldpc")
@@ -83,3 +92,18 @@ def test_two_engines_with_ldpc_store_the_same_keys(tmp_path):
             assert (await bob.keys.fetch_key(key.key_id)).material == key.material
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_a_long_frame_of_mixed_intensity_classes_reconciles():
+    """A frame of the daemon's default sim source at 10 km, long enough for the long codes (Z = 512, at most two
+    reveal rounds): its key bits are the concatenated intensity classes, the decoy class at a higher error rate
+    than the signal. Each codeword takes bits from all of them (ldpc.interleave); taken in frame order, one
+    codeword of this frame sat on the noisier run and failed after both reveal rounds."""
+    sim = Simulator(SimConfig(distance_km=10.0).params("bb84"), seed=21)
+    alice, bob, decoy = frame_pair(sim, 1001, detections=700_000)
+    ends = Ends(alice, bob, decoy, settings=LDPC).run()
+    a, b = ends.outcome(ALICE), ends.outcome(BOB)
+    assert a.aborted is None and b.aborted is None
+    assert a.sifted_key_bits >= ldpc.LONG_FRAME_BITS
+    (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+    assert a_store.keys == b_store.keys and a_store.keys

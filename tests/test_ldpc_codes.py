@@ -1,0 +1,154 @@
+"""The shipped QC-LDPC codes: tables as the generator writes them, degree profiles, cycles of the lifts (checked
+by brute force on the lifted graph), and the reconciliation's efficiency and frame errors on a few long frames,
+including a frame whose error rate is not uniform along it (as the link's concatenated intensity classes)."""
+import importlib.util
+import itertools
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import scipy.sparse
+
+from qkdd.bindings import ldpc as native
+from qkdd.postprocess import ldpc
+from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob, binary_entropy
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("ldpc_codes_generator", ROOT / "native" / "tools" / "ldpc_codes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GEN = _generator()
+
+
+def _entries(code: int) -> list[tuple[int, int, int]]:
+    rows, cols, shifts = native.entries(code)
+    return list(zip(rows.tolist(), cols.tolist(), shifts.tolist()))
+
+
+def _lifted(code: int) -> scipy.sparse.csr_matrix:
+    """H of the code as a sparse m x n 0/1 matrix: check r*Z + i has its one at bit c*Z + (i + s) mod Z."""
+    info = native.code(code)
+    z = info.z
+    rows, cols, shifts = (a.astype(np.int64) for a in native.entries(code))
+    i = np.arange(z)
+    r = (rows[:, None] * z + i).ravel()
+    c = (cols[:, None] * z + (i + shifts[:, None]) % z).ravel()
+    return scipy.sparse.csr_matrix((np.ones(r.size, dtype=np.int64), (r, c)), shape=(info.m_bits, info.n_bits))
+
+
+def test_shipped_tables_have_the_generated_degree_profiles():
+    """Every code's base matrix has the column degrees the generator chose by density evolution (CHOSEN), row
+    degrees concentrated on two consecutive values, and the shifts inside the circulant."""
+    assert len(native.codes()) == len(GEN.LIFTS) * len(GEN.CHOSEN)
+    for info in native.codes():
+        rows, cols, shifts = native.entries(info.index)
+        assert info.nb == GEN.NB and shifts.max() < info.z
+        n2, nh, dh = GEN.CHOSEN[info.mb]
+        col_degree = np.bincount(cols, minlength=info.nb)
+        expected = {2: n2, 3: info.nb - n2 - nh}
+        expected[dh] = expected.get(dh, 0) + nh
+        assert {d: int(np.count_nonzero(col_degree == d)) for d in set(col_degree.tolist())} == \
+            {d: c for d, c in expected.items() if c}
+        row_degree = np.bincount(rows, minlength=info.mb)
+        assert row_degree.max() - row_degree.min() <= 1
+        assert len(set(zip(rows.tolist(), cols.tolist()))) == info.edges      # no parallel base edges
+
+
+def test_cycle_count_matches_brute_force_on_the_lifted_graph():
+    """The generator's 4-/6-cycle count (Fossorier's shift-sum condition per base cycle) against a count on the
+    lifted Tanner graph itself, for a short code: with no 4-cycle, rows sharing a bit are joined once in
+    A = H H^T - diag, and every triangle of A is a 6-cycle unless one column joins all three rows."""
+    code = next(c.index for c in native.codes() if c.z == 64 and c.mb == max(GEN.CHOSEN))
+    z = native.code(code).z
+    four, six = GEN.count_cycles(_entries(code), z)
+    h = _lifted(code)
+    a = (h @ h.T).tolil()
+    a.setdiag(0)
+    a = a.tocsr()
+    assert four == 0 and a.max() == 1
+    triangles = int((a @ a).multiply(a).sum()) // 6
+    column_degree = np.asarray(h.sum(axis=0)).ravel()
+    in_one_column = int(sum(math.comb(int(d), 3) for d in column_degree))
+    assert triangles - in_one_column == six * z
+
+
+def test_long_lifts_have_no_four_cycles_and_the_low_rates_no_six_cycles():
+    for info in native.codes():
+        four, six = GEN.count_cycles(_entries(info.index), info.z)
+        if info.z == 512:
+            assert four == 0, info
+            if info.rate < 0.7:
+                assert six == 0, info          # girth at least 8
+        elif info.rate < 0.9:
+            assert four == 0, info             # Z = 64 at rate 0.92 (check degree 60) keeps a few
+
+
+def _frame(rng, n, qber_by_part):
+    """Alice's key and Bob's, with the given error rate in each of len(qber_by_part) equal runs of the frame."""
+    words = (n + 63) // 64
+    alice = rng.integers(0, 2 ** 64, words, dtype=np.uint64, endpoint=False)
+    if n % 64:
+        alice[-1] &= np.uint64((1 << (n % 64)) - 1)
+    flips = np.zeros(words * 64, dtype=np.uint8)
+    bounds = np.linspace(0, n, len(qber_by_part) + 1).astype(int)
+    for (lo, hi), q in zip(itertools.pairwise(bounds), qber_by_part):
+        flips[lo + rng.choice(hi - lo, size=round(q * (hi - lo)), replace=False)] = 1
+    return alice, alice ^ np.packbits(flips, bitorder="little").view(np.uint64), int(flips.sum())
+
+
+def _reconcile(alice_key, bob_key, n, qber, frame_id):
+    bob = LdpcBob(bob_key, n, frame_id, qber, seed=bytes([frame_id]) * 32)
+    alice = LdpcAlice(alice_key, n, frame_id)
+    to_alice = [bob.start()]
+    try:
+        while to_alice:
+            (reply,) = alice.receive(to_alice.pop())
+            to_alice = bob.receive(reply)
+            if bob.done:
+                assert alice.receive(to_alice.pop()) == []
+    except ldpc.LdpcFrameError:
+        pass
+    return bob
+
+
+@pytest.mark.parametrize("qber", [0.02, 0.05])
+def test_long_frames_reconcile_within_the_measured_efficiency(qber):
+    """Three frames of 400 000 bits (long codes): no frame error, at most 3 round trips, and f within the
+    pipeline's early-abort figure (MEASURED_EFFICIENCY; bench.reconcile measures 1.22-1.25 at 2-5 %)."""
+    rng = np.random.default_rng(int(qber * 1000))
+    n, disclosed = 400_000, 0
+    for frame in range(3):
+        alice_key, bob_key, _ = _frame(rng, n, [qber])
+        reference = alice_key.copy()
+        bob = _reconcile(alice_key, bob_key, n, qber, frame + 1)
+        assert np.array_equal(bob_key, reference) and bob.round_trips <= 3
+        disclosed += bob.disclosed_bits
+    assert disclosed / (3 * n * binary_entropy(qber)) <= ldpc.MEASURED_EFFICIENCY
+
+
+def test_a_frame_with_a_noisier_tail_still_reconciles():
+    """The link concatenates the key bits of its intensity classes, and the decoy class's error rate is several
+    times the signal's: nine tenths of this frame at 2 %, the last tenth at 7 %, planned for the average. The
+    codewords take the frame's bits in a keyed pseudorandom order, so none of them sees the 7 % run alone."""
+    rng = np.random.default_rng(77)
+    n = 400_000
+    alice_key, bob_key, errors = _frame(rng, n, [0.02] * 9 + [0.07])
+    reference = alice_key.copy()
+    bob = _reconcile(alice_key, bob_key, n, errors / n, 9)
+    assert bob.done and np.array_equal(bob_key, reference)
+    assert bob.corrected_bits == errors
+
+
+@pytest.mark.parametrize("n, codewords", [(10, 3), (12, 3), (100_003, 25), (7, 7), (5, 1)])
+def test_interleave_deals_the_frame_round_robin_and_back(n, codewords):
+    bits = np.arange(n)
+    ordered = ldpc.interleave(bits, codewords)
+    assert np.array_equal(ordered, np.concatenate([np.arange(j, n, codewords) for j in range(codewords)]))
+    assert np.array_equal(ldpc.deinterleave(ordered, codewords), bits)
