@@ -63,7 +63,8 @@ from .errors import HandshakeError, PeerAuthenticationError, PeerRefusedError
 from .framing import Frame, FrameType
 from .identity import format_fingerprint, key_fingerprint
 
-PROTOCOL_VERSION = 2  # 2: a frame's key ids carry its frame id (qkdd.link.linkmsg.derive_key_ids)
+PROTOCOL_VERSION = 3  # 2: a frame's key ids carry its frame id (qkdd.link.linkmsg.derive_key_ids); 3: LDPC codewords
+#                      take interleaved bits of the frame and the QC-LDPC codes were lifted anew (qkdd.postprocess.ldpc)
 NONCE_BYTES = 32
 FINGERPRINT_BYTES = 32
 X25519_BYTES = 32
