@@ -148,7 +148,7 @@ class SimAliceDevice(ListeningEnd, Device):
                 self._next_frame_id += 1
                 self._calibration_seq = controls[2]
                 await trio.sleep_until(self._pacer.frame_done_s(frame.slots, trio.current_time()))
-                message = self._message(frame, frame_id)
+                message = await trio.to_thread.run_sync(self._message, frame, frame_id)    # numpy on the frame
                 try:
                     async with trio.open_nursery() as nursery:
                         if self.prefetch:

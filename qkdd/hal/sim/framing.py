@@ -48,6 +48,13 @@ class FramedReceiver:
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
+    def ready_body_bytes(self) -> int:
+        """The body length of the message being read once all of it is buffered (next_message() will return
+        it), else 0: a caller parses a large one in a worker thread."""
+        if self._header is None or len(self._buffer) < self._header[1]:
+            return 0
+        return self._header[1]
+
     def next_message(self) -> Any | None:
         """The next complete, checked message, or None when more bytes are needed."""
         if self._header is None:
