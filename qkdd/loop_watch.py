@@ -40,23 +40,26 @@ class LoopWatch(trio.abc.Instrument):
         self._clock = clock
         self.worst_stall_s = 0.0
         self.worst_task = ""            # the longest single step of the worst tick: its task's name
+        self.worst_stall_cpu_s = 0.0    # the most CPU time the loop's thread spent in one tick (the rest of a
+        # stall's wall time it waited: for the GIL, held by a worker thread, or for a CPU on a loaded host)
         self.stalls = 0                 # ticks over STALL_THRESHOLD_S
         self.ticks = 0
         self._tick_start_s: float | None = None
+        self._tick_cpu_start_s = 0.0
         self._step_start_s = 0.0
         self._longest_step = (0.0, "")
         self._trace_s = _trace_from_env() if trace_s is None else trace_s
         self._trace: dict[tuple[str, ...], int] = {}      # sampled stack -> samples, this tick
         self._main_ident = threading.get_ident()
-        self._tick_seq = 0
+        self._closed = False
         if self._trace_s > 0:
             threading.Thread(target=self._sample, name="qkdd-loop-trace", daemon=True).start()
 
     # -- trio's hooks (called on the loop's thread) ---------------------------------------------
     def after_io_wait(self, timeout: float) -> None:
         self._tick_start_s = self._clock()
+        self._tick_cpu_start_s = time.thread_time()
         self._longest_step = (0.0, "")
-        self._tick_seq += 1
 
     def before_task_step(self, task) -> None:
         self._step_start_s = self._clock()
@@ -75,6 +78,7 @@ class LoopWatch(trio.abc.Instrument):
         if tick_s <= STALL_THRESHOLD_S:
             return
         self.stalls += 1
+        self.worst_stall_cpu_s = max(self.worst_stall_cpu_s, time.thread_time() - self._tick_cpu_start_s)
         if tick_s > self.worst_stall_s:
             self.worst_stall_s, self.worst_task = tick_s, self._longest_step[1]
         if tick_s > LOG_STALL_S or (self._trace_s > 0 and self._trace):
@@ -85,12 +89,17 @@ class LoopWatch(trio.abc.Instrument):
                         self._longest_step[1] or "-", "".join(lines))
 
     def snapshot(self) -> dict:
-        return {"worst_stall_s": round(self.worst_stall_s, 4), "worst_stall_task": self.worst_task,
+        return {"worst_stall_s": round(self.worst_stall_s, 4), "worst_stall_cpu_s": round(self.worst_stall_cpu_s, 4),
+                "worst_stall_task": self.worst_task,
                 "stalls_over_50ms": self.stalls, "ticks": self.ticks}
+
+    def close(self) -> None:
+        """Stop the sampler thread (if any)."""
+        self._closed = True
 
     # -- the sampler thread (trace_s > 0 only) --------------------------------------------------
     def _sample(self) -> None:
-        while True:
+        while not self._closed:
             time.sleep(self._trace_s / 4)
             start = self._tick_start_s
             if start is None or self._clock() - start < self._trace_s:

@@ -420,6 +420,10 @@ class _LoopCollector:
                                   "polling I/O (no listener answered meanwhile), seconds since start")
         worst.add_metric([], self._watch.worst_stall_s)
         yield worst
+        cpu = GaugeMetricFamily("qkd_event_loop_stall_max_cpu_seconds", "Most CPU time the event loop's thread "
+                                "spent in one such stretch (the rest it waited for the GIL or a CPU), seconds")
+        cpu.add_metric([], self._watch.worst_stall_cpu_s)
+        yield cpu
         stalls = CounterMetricFamily("qkd_event_loop_stalls", "Times the event loop ran longer than 50 ms without "
                                      "polling I/O")
         stalls.add_metric([], float(self._watch.stalls))

@@ -26,6 +26,7 @@ frame, neither of which waits for the peer: the waiting cannot close a cycle bet
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -46,6 +47,13 @@ from qkdd.peer.mux import BoundedQueue
 
 log = logging.getLogger("qkdd.link")
 
+# (role, pipeline state before a step) -> the stage its CPU time counts towards (status.cpu_s, /v1 metrics);
+# BB84 and E91 state names (qkdd.link.pipeline); other protocols' steps count as "other".
+STAGES = {(BOB, "START"): "sifting", (BOB, "SIFTING"): "sifting", (ALICE, "AWAIT_DETECT"): "sifting",
+          (ALICE, "AWAIT_REPORT"): "estimation", (BOB, "AWAIT_REVEAL"): "estimation",
+          (ALICE, "AWAIT_ERRORS"): "estimation", (BOB, "RECONCILING"): "reconciliation",
+          (ALICE, "RECONCILING"): "reconciliation", (BOB, "AWAIT_SEED"): "amplification",
+          (ALICE, "AWAIT_ACK"): "amplification", (BOB, "AWAIT_COMMIT"): "amplification"}
 UNSTARTED_FRAME_TTL_S = 30.0
 FRAME_ARRIVAL_WAIT_S = 5.0
 BOB_BUFFER_FRAMES = 2
@@ -71,6 +79,7 @@ class LinkEngine:
         self.status = LinkStatus(link_id, key_bits=settings.key_bits, qber_threshold=qber_threshold,
                                  metrics=metrics, health=health)
         self.store_guard = StoreGuard(store, link_id, health=health, metrics=metrics)   # pauses frames, see there
+        self.store_guard.on_cpu = self.status.add_cpu
         # Bob: device frames waiting for a pipeline slot (the intake waits while it is full)
         self._bob_frames_in, self._bob_frames_out = trio.open_memory_channel[RawFrame](BOB_BUFFER_FRAMES)
         # Alice: device frames Bob may still ask for, by id, with the time they arrived
@@ -214,9 +223,9 @@ class LinkEngine:
         try:
             await self.store_guard.wait_ready()                # while the key store is full or failing
             if start:
-                await self._execute(pipeline, await trio.to_thread.run_sync(pipeline.start), stream)
+                await self._execute(pipeline, await self._compute(pipeline, pipeline.start), stream)
             async for record in inbox:
-                actions = await trio.to_thread.run_sync(pipeline.receive, record)
+                actions = await self._compute(pipeline, pipeline.receive, record)
                 await self._execute(pipeline, actions, stream)
                 if pipeline.done:
                     break
@@ -226,6 +235,18 @@ class LinkEngine:
             inbox.close()
             if on_done is not None:
                 on_done()
+
+    async def _compute(self, pipeline: FramePipeline, step, *args) -> list:
+        """One step of a frame in a worker thread; its thread CPU time counts towards the step's stage."""
+        stage = STAGES.get((self.role, pipeline.state), "other")
+
+        def timed():
+            started_s = time.thread_time()
+            try:
+                return step(*args)
+            finally:
+                self.status.add_cpu(stage, time.thread_time() - started_s)    # a float add: atomic under the GIL
+        return await trio.to_thread.run_sync(timed)
 
     async def _execute(self, pipeline: FramePipeline, actions, stream: MuxStream) -> None:
         for action in actions:
