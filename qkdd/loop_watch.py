@@ -78,15 +78,16 @@ class LoopWatch(trio.abc.Instrument):
         if tick_s <= STALL_THRESHOLD_S:
             return
         self.stalls += 1
-        self.worst_stall_cpu_s = max(self.worst_stall_cpu_s, time.thread_time() - self._tick_cpu_start_s)
+        tick_cpu_s = time.thread_time() - self._tick_cpu_start_s
+        self.worst_stall_cpu_s = max(self.worst_stall_cpu_s, tick_cpu_s)
         if tick_s > self.worst_stall_s:
             self.worst_stall_s, self.worst_task = tick_s, self._longest_step[1]
         if tick_s > LOG_STALL_S or (self._trace_s > 0 and self._trace):
             trace, self._trace = self._trace, {}
             lines = [f"\n  {samples} samples:" + "".join(f"\n    {line}" for line in stack)
                      for stack, samples in sorted(trace.items(), key=lambda item: -item[1])]
-            log.warning("event loop stalled %.3f s (longest step %.3f s in %s)%s", tick_s, self._longest_step[0],
-                        self._longest_step[1] or "-", "".join(lines))
+            log.warning("event loop stalled %.3f s, %.3f s of it on a CPU (longest step %.3f s in %s)%s", tick_s,
+                        tick_cpu_s, self._longest_step[0], self._longest_step[1] or "-", "".join(lines))
 
     def snapshot(self) -> dict:
         return {"worst_stall_s": round(self.worst_stall_s, 4), "worst_stall_cpu_s": round(self.worst_stall_cpu_s, 4),
