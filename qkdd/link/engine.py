@@ -173,6 +173,7 @@ class LinkEngine:
                                                      auth_pool=self.auth_pool)
             nursery.start_soon(self._run_frame, pipeline, self._open_inbox(stream, frame.frame_id), stream, True,
                                slots.release)
+            del frame, pipeline             # the frame's task holds them alone, and frees them in a worker thread
 
     def _open_inbox(self, stream: MuxStream, frame_id: int) -> BoundedQueue:
         inbox = self._inboxes[frame_id] = stream.subqueue()
@@ -220,6 +221,7 @@ class LinkEngine:
             self._decoy = self.device.decoy_settings()
         pipeline = self._frame_protocol.pipeline(ALICE, ready[0], self.settings, gate=self.status.gate,
                                                  decoy=self._decoy, auth_pool=self.auth_pool)
+        del ready                           # the pipeline holds the frame alone, and frees it in a worker thread
         await self._run_frame(pipeline, inbox, stream, False)
 
     async def _run_frame(self, pipeline: FramePipeline, inbox: BoundedQueue, stream: MuxStream,
@@ -233,6 +235,7 @@ class LinkEngine:
                 await self._execute(pipeline, actions, stream)
                 if pipeline.done:
                     break
+            await trio.to_thread.run_sync(pipeline.release)      # the frame's arrays are freed off the loop
         finally:
             if self._inboxes.get(pipeline.frame_id) is inbox:
                 del self._inboxes[pipeline.frame_id]
