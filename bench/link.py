@@ -16,6 +16,11 @@ post-processing of the two daemons sustains on this machine.
 
 The window starts once the first keys are stored (start-up and the first frames excluded); secret bits
 are the key bits both ends committed (Alice's count), sifted bits the X-basis bits reconciled.
+BB84 lines also hold the CPU seconds per secret Mbit of each frame stage (both daemons' worker threads;
+"other": the rest of both processes: event loop, TLS and MACs, the simulated devices), the event loops'
+worst stall since start and stalls over 50 ms (qkdd.loop_watch, from each daemon's /metrics), the slowest
+/healthz answer of a probe polling both daemons every 0.1 s during the window, and the 1-minute load
+average at the end (the machine may be shared: compare ratios).
 """
 from __future__ import annotations
 
@@ -23,11 +28,16 @@ import argparse
 import dataclasses
 import functools
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+
+import httpx
 
 from qkdd.hal.sim.systems import SYSTEMS, preset
 from qkdd.link.pair import LinkPair, free_port
@@ -68,6 +78,63 @@ class DelayedLinkPair(LinkPair):
             self.proxy.wait(10)
 
 
+KEEP_WORKDIR_ENV = "QKDD_BENCH_WORKDIR"       # keep the daemons' configs and logs there (profiling)
+PROBE_INTERVAL_S = 0.1
+PROBE_TIMEOUT_S = 30.0
+
+
+class HealthProbe:
+    """GET /healthz of both daemons every PROBE_INTERVAL_S from a thread: the slowest answer (a stalled
+    event loop answers late)."""
+
+    def __init__(self, pair: LinkPair):
+        self._pair = pair
+        self._stop = threading.Event()
+        self.worst_s = 0.0
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "HealthProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
+            while not self._stop.wait(PROBE_INTERVAL_S):
+                for end in self._pair.ends.values():
+                    started = time.monotonic()
+                    try:
+                        client.get(f"http://{end.health}/healthz")
+                    except httpx.HTTPError:
+                        self.failures += 1
+                    self.worst_s = max(self.worst_s, time.monotonic() - started)
+
+
+def _snapshot(pair: LinkPair) -> dict:
+    """Both ends' link metrics and process figures (CPU, event-loop stalls)."""
+    return {role: {**pair.metrics(role), **pair.process_figures(role)} for role in ("alice", "bob")}
+
+
+def _cpu_per_secret_mbit(start: dict, end: dict, secret_mbit: float) -> dict:
+    """CPU seconds per secret Mbit: each frame stage (both ends' worker threads summed), everything else in the
+    two daemons (event loop, TLS and MACs, the simulated devices), and the total."""
+    if secret_mbit <= 0:
+        return {}
+    stages: dict[str, float] = {}
+    for role in ("alice", "bob"):
+        for stage, seconds in end[role].get("cpu_s", {}).items():
+            stages[stage] = stages.get(stage, 0.0) + seconds - start[role].get("cpu_s", {}).get(stage, 0.0)
+    total = sum(end[role]["cpu_s_process"] - start[role]["cpu_s_process"] for role in ("alice", "bob"))
+    per = {stage: round(seconds / secret_mbit, 3) for stage, seconds in sorted(stages.items())}
+    per["other"] = round((total - sum(stages.values())) / secret_mbit, 3)
+    per["total"] = round(total / secret_mbit, 3)
+    return per
+
+
 def measure(distance_km: float, seconds: float, frame_detections: int, frames_in_flight: int,
             system: str | None = None, reconciliation: str = "cascade", rtt_ms: float | None = None) -> dict:
     """`rtt_ms` None: the peers talk directly (loopback); a number: through a proxy with that round trip."""
@@ -75,9 +142,20 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
                "extra_sim": {"system": system} if system else {},
                "extra_link": {"reconciliation": reconciliation} if reconciliation != "cascade" else {}}
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
+        workdir = os.environ.get(KEEP_WORKDIR_ENV) or workdir
         pair_type = LinkPair if rtt_ms is None else functools.partial(DelayedLinkPair, rtt_ms=rtt_ms)
         with pair_type(Path(workdir), **options) as pair:
-            start, end, span = pair.measure_window(seconds, first_key_timeout_s=120)
+            with HealthProbe(pair) as probe:
+                both_start, both_end, span = pair.measure_window(seconds, first_key_timeout_s=240,
+                                                                 snapshot=lambda: _snapshot(pair))
+    start, end = both_start["alice"], both_end["alice"]
+    secret_mbit = (end["key_bits_generated"] - start["key_bits_generated"]) / 1e6
+    loop = {"event_loop_worst_stall_s": max(both_end[role]["worst_stall_s"] for role in ("alice", "bob")),
+            "event_loop_worst_stall_cpu_s": max(both_end[role]["worst_stall_cpu_s"] for role in ("alice", "bob")),
+            "event_loop_stalls_over_50ms": int(sum(both_end[role]["stalls_over_50ms"] for role in ("alice", "bob"))),
+            "healthz_slowest_s": round(probe.worst_s, 3), "healthz_failures": probe.failures,
+            "cpu_s_per_secret_mbit": _cpu_per_secret_mbit(both_start, both_end, secret_mbit),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
     analytic = {}
     if system:
         rate = preset(system)
@@ -94,7 +172,7 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
             "frames_aborted": end["frames_aborted"] - start["frames_aborted"],
             "frames_unpaired": end["frames_unpaired"] - start["frames_unpaired"],
             "frame_detections": frame_detections, "frames_in_flight": frames_in_flight,
-            "reconciliation": reconciliation, "rtt_ms": rtt_ms}
+            "reconciliation": reconciliation, "rtt_ms": rtt_ms, **loop}
 
 
 def cv_analytic(distance_km: float, symbols_per_s: float) -> dict:

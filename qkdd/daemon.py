@@ -31,6 +31,7 @@ from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
 from qkdd.relay.service import build_relay
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
+from qkdd.loop_watch import LoopWatch
 from qkdd.malloc_tuning import tune_malloc
 from qkdd.selftest import SelfTestError, run_self_tests
 
@@ -40,13 +41,16 @@ EXIT_OK = 0
 EXIT_STARTUP_FAILED = 1
 
 
-async def serve(config: Config, notifier: Notifier) -> int:
-    """Run until a stop signal; returns the exit status."""
+async def serve(config: Config, notifier: Notifier, loop_watch: LoopWatch | None = None) -> int:
+    """Run until a stop signal; returns the exit status. `loop_watch`: the instrument trio.run was given, whose
+    stalls /metrics exports."""
     try:
         # Opening the stores creates files and runs SQLite's recovery: in worker threads, not on the loop.
         keystore = (await trio.to_thread.run_sync(open_keystore, config.daemon.state_dir, config.keystore)
                     if config.links else None)
         app = await App.open(config, keystore=keystore)
+        if loop_watch is not None:
+            app.metrics.watch_loop(loop_watch)
     except (KeyStoreError, LedgerError, IdentityError, OSError) as exc:
         log.error(f"cannot start: {exc}", extra={"key": "etsi014" if config.etsi014 else "daemon.state_dir"})
         return EXIT_STARTUP_FAILED
@@ -231,8 +235,9 @@ def run(config: Config) -> int:
         return EXIT_STARTUP_FAILED
     log.info("self-tests passed: %s", ", ".join(passed))
     notifier = Notifier()
+    loop_watch = LoopWatch()
     try:
-        return trio.run(serve, config, notifier)
+        return trio.run(serve, config, notifier, loop_watch, instruments=[loop_watch])
     except KeyboardInterrupt:              # SIGINT before the signal receiver was installed
         log.info("interrupted during start-up")
         return 130

@@ -215,6 +215,10 @@ class Metrics:
         """Export each link's reported state from `health` (qkdd.health.Health) as `qkd_link_state`."""
         self.registry.register(_LinkStateCollector(health))
 
+    def watch_loop(self, watch) -> None:
+        """Export the event loop's stalls from `watch` (qkdd.loop_watch.LoopWatch)."""
+        self.registry.register(_LoopCollector(watch))
+
     def exposition(self) -> bytes:
         """The text exposition format (version 0.0.4) of everything registered."""
         return generate_latest(self.registry)
@@ -402,6 +406,28 @@ class _LinkStateCollector:
             for candidate in (*LINK_STATES, *LINK_ALARMS):
                 family.add_metric([link_id, candidate], 1.0 if candidate == state else 0.0)
         yield family
+
+
+class _LoopCollector:
+    """`qkd_event_loop_stall_max_seconds` and `qkd_event_loop_stalls_total`: the longest time the event loop ran
+    without polling I/O since start, and how often it ran longer than 50 ms (qkdd.loop_watch)."""
+
+    def __init__(self, watch) -> None:
+        self._watch = watch
+
+    def collect(self):
+        worst = GaugeMetricFamily("qkd_event_loop_stall_max_seconds", "Longest time the event loop ran without "
+                                  "polling I/O (no listener answered meanwhile), seconds since start")
+        worst.add_metric([], self._watch.worst_stall_s)
+        yield worst
+        cpu = GaugeMetricFamily("qkd_event_loop_stall_max_cpu_seconds", "Most CPU time the event loop's thread "
+                                "spent in one such stretch (the rest it waited for the GIL or a CPU), seconds")
+        cpu.add_metric([], self._watch.worst_stall_cpu_s)
+        yield cpu
+        stalls = CounterMetricFamily("qkd_event_loop_stalls", "Times the event loop ran longer than 50 ms without "
+                                     "polling I/O")
+        stalls.add_metric([], float(self._watch.stalls))
+        yield stalls
 
 
 # Relayed keys: one hop on a LAN takes milliseconds, a long chain or a loaded relay seconds.

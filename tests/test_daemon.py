@@ -133,7 +133,12 @@ def test_metrics_has_every_seed_family_and_passes_promtool(daemon):
         for sample in families[name].samples:
             assert set(sample.labels) - {"le"} == labels, (name, sample)
     exposed = {sample.name: sample.value for family in families.values() for sample in family.samples
-               if sample.name.startswith("qkd_") and sample.name != "qkd_link_state"}
+               if sample.name.startswith("qkd_") and sample.name != "qkd_link_state"
+               and not sample.name.startswith("qkd_event_loop_")}
+    loop = {sample.name: sample.value for family in families.values() for sample in family.samples
+            if sample.name.startswith("qkd_event_loop_")}         # the daemon's loop watch (qkdd.loop_watch)
+    assert set(loop) == {"qkd_event_loop_stall_max_seconds", "qkd_event_loop_stall_max_cpu_seconds",
+                         "qkd_event_loop_stalls_total"} and loop["qkd_event_loop_stall_max_seconds"] >= 0
     states = {(s.labels["link_id"], s.labels["state"]) for s in families["qkd_link_state"].samples if s.value == 1}
     assert states == {("sim-1", "configured"), ("relay-b", "configured")}
     # Counters start at zero for each configured link; gauges stay absent until measured.

@@ -30,6 +30,19 @@ def test_slot_numbers_that_wrap_past_2_64_are_refused_wherever_they_wrap():
     assert top.tolist() == [2**64 - 2, 2**64 - 1]
 
 
+def test_slots_go_as_a_varint_stream_and_the_fixed_widths_of_earlier_versions_still_decode():
+    slots = np.cumsum(np.random.default_rng(5).integers(1, 100, 10_000, dtype=np.uint64), dtype=np.uint64)
+    stream = linkmsg.encode_slots(slots)
+    assert stream[8] == linkmsg.SLOT_STREAM and len(stream) < 16 + 2 * slots.size       # 4 bytes each before
+    assert np.array_equal(linkmsg.decode_slots(memoryview(stream), slots.size), slots)
+    fixed = linkmsg.encode_slots_fixed(slots)
+    assert fixed[8] == 4 and np.array_equal(linkmsg.decode_slots(fixed, slots.size), slots)
+    with pytest.raises(linkmsg.LinkMessageError, match="SLOTS"):
+        linkmsg.decode_slots(stream[:-1], slots.size)
+    with pytest.raises(linkmsg.LinkMessageError, match="SLOTS"):
+        linkmsg.decode_slots(stream, slots.size - 1)
+
+
 def mutated(valid: bytes):
     return edited(valid, overwrites=fields(U64_EDGES, 8, "little"))
 

@@ -189,3 +189,23 @@ def test_any_edit_cut_or_split_of_a_record_stream_gives_records_or_a_channel_err
             pass
 
     check()
+
+
+def test_large_records_go_out_in_pieces_byte_for_byte_as_whole_records_and_open_from_a_view():
+    payload = os.urandom((1 << 20) + 3)               # over ZERO_COPY_BYTES and INCREMENTAL_MAC_BYTES
+    for transcript in (frozenset(), frozenset({7})):
+        whole, pieces = RecordSealer(KEY, transcript), RecordSealer(KEY, transcript)
+        wire = b"".join(bytes(p) for p in pieces.data_pieces(7, payload))
+        assert wire == whole.data(7, payload).to_bytes() and pieces.next_seq == whole.next_seq == 1
+        wire += RecordSealer(KEY, transcript).data(7, b"").to_bytes()[:5]     # the start of the next frame
+        decoder = FrameDecoder(max_record_bytes=2 << 20)
+        for start in range(0, len(wire), 256 * 1024):
+            decoder.receive_data(wire[start:start + 256 * 1024])
+        assert decoder.complete_frame_bytes() == len(payload) + RECORD_OVERHEAD_BYTES - (32 if transcript else 0)
+        frame = decoder.next_frame()
+        assert isinstance(frame.body, memoryview) and frame.body.readonly
+        assert decoder.buffered_bytes == 5 and decoder.next_frame() is None
+        assert RecordOpener(KEY, transcript).open(frame).payload == payload
+    with pytest.raises(RecordError):
+        RecordOpener(os.urandom(32)).open(decode_all(b"".join(bytes(p) for p in RecordSealer(KEY).data_pieces(
+            1, payload)), FrameDecoder(max_record_bytes=2 << 20))[0])

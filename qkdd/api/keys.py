@@ -129,7 +129,8 @@ def register(router: Router, app: App) -> None:
                               "frames_aborted": status.frames_aborted, "frames_unpaired": status.frames_unpaired,
                               "keys_generated": status.totals["keys"],
                               "key_bits_generated": status.totals["secret_bits"],
-                              "sifted_bits_total": status.totals["sifted_bits"], "keys_stored": counts})
+                              "sifted_bits_total": status.totals["sifted_bits"], "keys_stored": counts,
+                              "cpu_s": {stage: round(seconds, 3) for stage, seconds in status.cpu_s.items()}})
 
     async def link_qber(request: Request) -> Response:
         engine = engine_of(request.path_params["link_id"])

@@ -26,6 +26,7 @@ frame, neither of which waits for the peer: the waiting cannot close a cycle bet
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -46,7 +47,18 @@ from qkdd.peer.mux import BoundedQueue
 
 log = logging.getLogger("qkdd.link")
 
-UNSTARTED_FRAME_TTL_S = 30.0
+# (role, pipeline state before a step) -> the stage its CPU time counts towards (status.cpu_s, /v1 metrics);
+# BB84 and E91 state names (qkdd.link.pipeline); other protocols' steps count as "other".
+STAGES = {(BOB, "START"): "sifting", (BOB, "SIFTING"): "sifting", (ALICE, "AWAIT_DETECT"): "sifting",
+          (ALICE, "AWAIT_REPORT"): "estimation", (BOB, "AWAIT_REVEAL"): "estimation",
+          (ALICE, "AWAIT_ERRORS"): "estimation", (BOB, "RECONCILING"): "reconciliation",
+          (ALICE, "RECONCILING"): "reconciliation", (BOB, "AWAIT_SEED"): "amplification",
+          (ALICE, "AWAIT_ACK"): "amplification", (BOB, "AWAIT_COMMIT"): "amplification"}
+# A frame Bob's device acknowledged waits in his buffer until one of his frames in flight ends: up to about
+# (BOB_BUFFER_FRAMES + frames_in_flight) / frames_in_flight frame times. A 32 M-detection frame takes a minute
+# and more on a loaded 2-core host, so 30 s (as before) dropped most frames at Alice before Bob asked for them
+# (bench.link, yuan2018: 6 of 10 frames "no such frame at Alice"). Alice's buffer stays bounded by its capacity.
+UNSTARTED_FRAME_TTL_S = 300.0
 FRAME_ARRIVAL_WAIT_S = 5.0
 BOB_BUFFER_FRAMES = 2
 DEVICE_RETRY_S = 1.0
@@ -71,6 +83,7 @@ class LinkEngine:
         self.status = LinkStatus(link_id, key_bits=settings.key_bits, qber_threshold=qber_threshold,
                                  metrics=metrics, health=health)
         self.store_guard = StoreGuard(store, link_id, health=health, metrics=metrics)   # pauses frames, see there
+        self.store_guard.on_cpu = self.status.add_cpu
         # Bob: device frames waiting for a pipeline slot (the intake waits while it is full)
         self._bob_frames_in, self._bob_frames_out = trio.open_memory_channel[RawFrame](BOB_BUFFER_FRAMES)
         # Alice: device frames Bob may still ask for, by id, with the time they arrived
@@ -160,6 +173,7 @@ class LinkEngine:
                                                      auth_pool=self.auth_pool)
             nursery.start_soon(self._run_frame, pipeline, self._open_inbox(stream, frame.frame_id), stream, True,
                                slots.release)
+            del frame, pipeline             # the frame's task holds them alone, and frees them in a worker thread
 
     def _open_inbox(self, stream: MuxStream, frame_id: int) -> BoundedQueue:
         inbox = self._inboxes[frame_id] = stream.subqueue()
@@ -207,6 +221,7 @@ class LinkEngine:
             self._decoy = self.device.decoy_settings()
         pipeline = self._frame_protocol.pipeline(ALICE, ready[0], self.settings, gate=self.status.gate,
                                                  decoy=self._decoy, auth_pool=self.auth_pool)
+        del ready                           # the pipeline holds the frame alone, and frees it in a worker thread
         await self._run_frame(pipeline, inbox, stream, False)
 
     async def _run_frame(self, pipeline: FramePipeline, inbox: BoundedQueue, stream: MuxStream,
@@ -214,18 +229,31 @@ class LinkEngine:
         try:
             await self.store_guard.wait_ready()                # while the key store is full or failing
             if start:
-                await self._execute(pipeline, await trio.to_thread.run_sync(pipeline.start), stream)
+                await self._execute(pipeline, await self._compute(pipeline, pipeline.start), stream)
             async for record in inbox:
-                actions = await trio.to_thread.run_sync(pipeline.receive, record)
+                actions = await self._compute(pipeline, pipeline.receive, record)
                 await self._execute(pipeline, actions, stream)
                 if pipeline.done:
                     break
+            await trio.to_thread.run_sync(pipeline.release)      # the frame's arrays are freed off the loop
         finally:
             if self._inboxes.get(pipeline.frame_id) is inbox:
                 del self._inboxes[pipeline.frame_id]
             inbox.close()
             if on_done is not None:
                 on_done()
+
+    async def _compute(self, pipeline: FramePipeline, step, *args) -> list:
+        """One step of a frame in a worker thread; its thread CPU time counts towards the step's stage."""
+        stage = STAGES.get((self.role, pipeline.state), "other")
+
+        def timed():
+            started_s = time.thread_time()
+            try:
+                return step(*args)
+            finally:
+                self.status.add_cpu(stage, time.thread_time() - started_s)    # a float add: atomic under the GIL
+        return await trio.to_thread.run_sync(timed)
 
     async def _execute(self, pipeline: FramePipeline, actions, stream: MuxStream) -> None:
         for action in actions:

@@ -18,6 +18,9 @@ DONE = "DONE"
 MAX_CLOCK_SKEW_S = 7200.0
 
 
+_KEPT_AFTER_RELEASE = frozenset({"role", "frame_id", "settings", "state", "outcome"})
+
+
 class FrameSteps:
     """Base of a frame pipeline; the subclass may override the hooks `_sent`, `_account_auth` and
     `_peer_parts_before_abort`."""
@@ -40,6 +43,13 @@ class FrameSteps:
     @property
     def done(self) -> bool:
         return self.state == DONE
+
+    def release(self) -> None:
+        """Drop what the ended frame holds (its device frame, sifting tables, key, reconciliation state) but
+        its id, state and outcome. The engine calls it in a worker thread: freeing a large frame's hundreds of
+        MB (munmap) would otherwise hold the event loop when the frame's task ends."""
+        for name in [name for name in vars(self) if name not in _KEPT_AFTER_RELEASE]:
+            setattr(self, name, None)
 
     def abort(self, reason: AbortReason, text: str) -> list[Action]:
         """Local decision to drop the frame (shutdown, timeout): tells the peer, discards pending keys."""

@@ -3,7 +3,10 @@
 Layouts (little-endian, inside an envelope part; see envelope.py):
 
     SLOTS     u64 count | u8 width (4 or 8) | 7 zero bytes | count gaps of `width` bytes: the first slot,
-              then the differences (slot numbers strictly increasing)
+              then the differences (slot numbers strictly increasing); or width 1 (SLOT_STREAM, what this
+              version sends): the varint stream of qkd_sift.h (first slot, then gaps minus one; about one
+              byte a detection instead of four, coded and checked in C off the GIL; decoders since this
+              version read all three widths)
     REVEAL    (ESTIMATE step, Alice) 6 x f64 decoy settings (mu signal, decoy, vacuum; p signal, decoy;
               q_x) | u64 pulses sent | f64 eps_sec | f64 eps_cor (both in [MIN_EPS, 1)) | then per
               intensity class (signal, decoy, vacuum): u64 bit count | ceil(count/64) words of her sifted
@@ -24,6 +27,8 @@ import uuid
 
 import numpy as np
 
+from qkdd.bindings import NativeError
+from qkdd.bindings import sift as sift_kernel
 from qkdd.bindings.bits import words_for_bits
 from qkdd.protocols.bb84_finite import DecoySettings
 
@@ -63,8 +68,19 @@ def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]
     return np.frombuffer(view[offset:end], dtype="<u8").astype(np.uint64), end
 
 
+SLOT_STREAM = 1                 # SLOTS width code of the varint stream
+_NO_SLOT_BOUND = 2 ** 64 - 1    # the stream's slot bound: any u64 below it (strict increase is what is checked)
+
+
 def encode_slots(slots: np.ndarray) -> bytes:
-    """Slot numbers as gaps (first slot, then differences), 4 bytes each when every gap fits, else 8."""
+    """Slot numbers (strictly increasing) as the varint stream (SLOT_STREAM)."""
+    code = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
+    return struct.pack("<QB7x", slots.size, SLOT_STREAM) + memoryview(code)
+
+
+def encode_slots_fixed(slots: np.ndarray) -> bytes:
+    """The fixed-width form earlier versions send: gaps (first slot, then differences), 4 bytes each when
+    every gap fits, else 8 (tests: decoders still read it)."""
     gaps = np.diff(slots.astype(np.uint64), prepend=np.uint64(0))
     width = 4 if slots.size == 0 or int(gaps.max()) < 2 ** 32 else 8
     return struct.pack("<QB7x", slots.size, width) + gaps.astype("<u4" if width == 4 else "<u8").tobytes()
@@ -76,8 +92,13 @@ def decode_slots(view, max_count: int) -> np.ndarray:
     count, width = struct.unpack_from("<QB", view)
     if count > max_count:
         raise LinkMessageError(f"SLOTS: {count} detections, this end holds at most {max_count}")
-    if width not in (4, 8) or bytes(view[9:16]) != bytes(7):
+    if width not in (SLOT_STREAM, 4, 8) or bytes(view[9:16]) != bytes(7):
         raise LinkMessageError("SLOTS: malformed header")
+    if width == SLOT_STREAM:
+        try:
+            return sift_kernel.decode_slots(np.frombuffer(view, dtype=np.uint8, offset=16), count, _NO_SLOT_BOUND)
+        except NativeError as exc:
+            raise LinkMessageError(f"SLOTS: {exc}") from None
     if len(view) != 16 + width * count:
         raise LinkMessageError(f"SLOTS: {len(view)} bytes do not hold {count} slots")
     gaps = np.frombuffer(view[16:], dtype="<u4" if width == 4 else "<u8").astype(np.uint64)

@@ -187,20 +187,35 @@ realtime = {_toml(self.realtime)}
                 end.process.wait()
 
     def metrics(self, role: str) -> dict:
-        return self.http.get(self.ends[role].url(f"/v1/links/{LINK_ID}/metrics"), timeout=5.0).json()
+        return self.http.get(self.ends[role].url(f"/v1/links/{LINK_ID}/metrics"), timeout=30.0).json()
 
-    def measure_window(self, seconds: float, first_key_timeout_s: float) -> tuple[dict, dict, float]:
-        """Alice's link metrics at the start and end of a `seconds` window that opens once the first keys
-        are stored (start-up and the first frames left out), and the window's length in seconds."""
+    def measure_window(self, seconds: float, first_key_timeout_s: float, snapshot=None) -> tuple[dict, dict, float]:
+        """Alice's link metrics (or what `snapshot()` returns) at the start and end of a `seconds` window that
+        opens once the first keys are stored (start-up and the first frames left out), and the window's
+        length in seconds."""
+        snapshot = snapshot or (lambda: self.metrics("alice"))
         deadline = time.monotonic() + first_key_timeout_s
         while self.metrics("alice")["keys_generated"] == 0:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no key within {first_key_timeout_s:g} s")
             time.sleep(0.2)
-        start, t0 = self.metrics("alice"), time.monotonic()
+        start, t0 = snapshot(), time.monotonic()
         time.sleep(seconds)
-        end, t1 = self.metrics("alice"), time.monotonic()
+        end, t1 = snapshot(), time.monotonic()
         return start, end, t1 - t0
+
+    def process_figures(self, role: str) -> dict[str, float]:
+        """From the daemon's /metrics: its process CPU seconds and its event loop's stalls (qkdd.loop_watch)."""
+        wanted = {"process_cpu_seconds_total": "cpu_s_process", "qkd_event_loop_stall_max_seconds": "worst_stall_s",
+                  "qkd_event_loop_stall_max_cpu_seconds": "worst_stall_cpu_s",
+                  "qkd_event_loop_stalls_total": "stalls_over_50ms"}
+        text = self.http.get(f"http://{self.ends[role].health}/metrics", timeout=30.0).text
+        figures = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                figures[wanted[name]] = float(value)
+        return figures
 
     def __enter__(self) -> "LinkPair":
         self.start_both()

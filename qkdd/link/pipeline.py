@@ -346,17 +346,16 @@ class FramePipeline(FrameSteps):
     def _alice_await_detect(self, slots_part, detections) -> list[Action]:
         records = self.frame.alice
         slots = linkmsg.decode_slots(slots_part, records.slots.size)
-        if np.array_equal(records.slots, slots):          # the usual case: a record per detected slot
-            positions = np.arange(slots.size)
-        else:
+        columns = (records.bits, records.bases, records.intensities)
+        if not np.array_equal(records.slots, slots):      # else the usual case: a record per detected slot, as is
             positions = np.searchsorted(records.slots, slots)
             inside = positions < records.slots.size
             if not bool(np.all(inside)) or not np.array_equal(records.slots[positions[inside]], slots[inside]) \
                     or not bool(np.all(inside)):
                 raise LinkMessageError("SLOTS names a slot this end has no prepared state for")
+            columns = tuple(column[positions] for column in columns)
         self.outcome.detections = int(slots.size)
-        compact = sifting.AliceRecords.from_columns(records.bits[positions], records.bases[positions],
-                                                    records.intensities[positions], CLASSES)
+        compact = sifting.AliceRecords.from_columns(*columns, CLASSES)
         self._sift = sifting.Sifting(sifting.ALICE, self.frame_id, compact, CLASSES)
         (answer,) = self._sift.receive(bytes(detections))
         self.state = AWAIT_REPORT

@@ -152,13 +152,19 @@ def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, m
                       health=health, protocol=link.protocol)
 
 
+# A link's record cap: Bob's first record of a frame carries SLOTS and the sifting detections, about 2.1 bytes
+# a detection (the varint slot streams of both, and the bases); at the largest frame a sim may configure (2^26
+# detections, [links.sim] max_detections_per_frame) that is about 143 MB. Both ends must allow it.
+LINK_MAX_RECORD_BYTES = 256 * 1024 * 1024
+
+
 def peer_settings(link: LinkConfig) -> PeerSettings:
     # auth "its": the frame records carry no session MAC, only the Wegman-Carter transcript tags (docs/auth-audit.md)
     transcript = frozenset({PIPELINE_CHANNEL}) if link.auth == "its" else frozenset()
+    common = dict(transcript_channels=transcript, max_record_bytes=LINK_MAX_RECORD_BYTES)
     if link.peer_addr:
-        return PeerSettings(link.link_id, dial=parse_host_port(link.peer_addr), transcript_channels=transcript)
-    return PeerSettings(link.link_id, listen=parse_host_port(link.peer_listen, allow_port_zero=True),
-                        transcript_channels=transcript)
+        return PeerSettings(link.link_id, dial=parse_host_port(link.peer_addr), **common)
+    return PeerSettings(link.link_id, listen=parse_host_port(link.peer_listen, allow_port_zero=True), **common)
 
 
 async def run_links(links: Links, config: Config | None = None, health=None) -> None:

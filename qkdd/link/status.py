@@ -78,6 +78,7 @@ class LinkStatus:
         self.frames_aborted = 0
         self.frames_unpaired = 0                                     # device frames never paired
         self.totals = {"secret_bits": 0, "sifted_bits": 0, "keys": 0}
+        self.cpu_s: dict[str, float] = {}                            # frame steps' thread CPU time by stage
         self.last_outcome: FrameOutcome | None = None
         self._rate_window: deque[tuple[float, int, int]] = deque()
         self._rates_since = clock()                                  # the session's start (rates' denominator)
@@ -91,6 +92,10 @@ class LinkStatus:
         self.set_state("starting", "device and peer channel coming up")
 
     # -- frames ---------------------------------------------------------------------------------
+    def add_cpu(self, stage: str, seconds: float) -> None:
+        """CPU time a frame step spent in its worker thread (sifting, estimation, ..., store)."""
+        self.cpu_s[stage] = self.cpu_s.get(stage, 0.0) + seconds
+
     def record(self, outcome: FrameOutcome) -> None:
         now = self._clock()
         self.last_outcome = outcome

@@ -37,6 +37,7 @@ probe that finds what the guard already knows changes nothing and logs nothing.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -127,6 +128,7 @@ class StoreGuard:
         self.link_id = link_id
         self.health = health
         self.metrics = metrics
+        self.on_cpu = None                      # (stage, seconds) of each write's thread CPU time (the engine's status)
         self.probe_interval_s = probe_interval_s
         self.resume_free_bytes = resume_free_bytes
         self.machine = GuardMachine()
@@ -185,7 +187,7 @@ class StoreGuard:
         """Carry out a frame's store action. None when done; else the actions to run in place of the rest
         of the frame's step (the store refused: see FramePipeline.store_refused)."""
         try:
-            fill = await trio.to_thread.run_sync(self._write, action)
+            fill = await trio.to_thread.run_sync(self._timed_write, action)
         except (StoreFull, StoreWriteError) as fault:
             if isinstance(fault, StoreWriteError):
                 self.disk_full = fault.disk_full
@@ -205,6 +207,14 @@ class StoreGuard:
         return None
 
     # -- worker-thread side -------------------------------------------------------------------------
+    def _timed_write(self, action: Action) -> Fill | None:
+        started_s = time.thread_time()
+        try:
+            return self._write(action)
+        finally:
+            if self.on_cpu is not None:
+                self.on_cpu("store", time.thread_time() - started_s)
+
     def _write(self, action: Action) -> Fill | None:
         if isinstance(action, StorePending):
             self.store.put_pending(self.link_id, action.frame_id, action.keys, expires_at=action.expires_at,

@@ -26,6 +26,7 @@ HEADER_BYTES = HEADER.size
 # Handshake messages are a few kilobytes (ML-KEM-768 key 1184 B, ML-DSA-65 signature 3309 B).
 MAX_HANDSHAKE_BODY_BYTES = 16 * 1024
 DEFAULT_MAX_RECORD_BYTES = 64 * 1024 * 1024
+ZERO_COPY_BYTES = 1 << 20     # a frame body this large is handed out as a view of the receive buffer, not copied
 
 
 class FrameType(enum.IntEnum):
@@ -50,7 +51,7 @@ RECORD_TYPES = frozenset({FrameType.DATA, FrameType.PING, FrameType.CLOSE, Frame
 @dataclass(frozen=True)
 class Frame:
     type: FrameType
-    body: bytes
+    body: bytes               # a read-only memoryview for bodies of ZERO_COPY_BYTES or more (FrameDecoder)
 
     def header(self) -> bytes:
         return encode_header(self.type, len(self.body))
@@ -101,6 +102,13 @@ class FrameDecoder:
         self._buffer += data
         self._parse_header()
 
+    def complete_frame_bytes(self) -> int:
+        """The body length of the next frame once all of it is buffered (next_frame() returns it), else 0."""
+        self._parse_header()
+        if self._pending is None or self.buffered_bytes < HEADER_BYTES + self._pending[1]:
+            return 0
+        return self._pending[1]
+
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None if more bytes are needed. At end of stream with a partial
         frame in the buffer, raises FrameError (truncated frame)."""
@@ -109,6 +117,13 @@ class FrameDecoder:
             frame_type, length = self._pending
             if self.buffered_bytes >= HEADER_BYTES + length:
                 body_start = self._start + HEADER_BYTES
+                if length >= ZERO_COPY_BYTES:
+                    # The body stays where it was received: the frame keeps the old buffer (never resized
+                    # again) and only what follows it moves to a new one (at most one receive's worth).
+                    old, self._buffer = self._buffer, self._buffer[body_start + length:]
+                    self._start = 0
+                    self._pending = None
+                    return Frame(frame_type, memoryview(old).toreadonly()[body_start:body_start + length])
                 with memoryview(self._buffer) as view:  # one copy out of the buffer, not two
                     body = bytes(view[body_start:body_start + length])
                 self._start = body_start + length

@@ -50,8 +50,15 @@ class Record:
     payload: bytes = b""
 
 
+INCREMENTAL_MAC_BYTES = 1 << 16     # larger contents are MACed in place, not copied behind the header first
+
+
 def _mac(key: bytes, header: bytes, content: bytes | memoryview) -> bytes:
-    return hmac.digest(key, header + content, "sha256")     # one-shot: the same HMAC, without an HMAC object
+    if len(content) < INCREMENTAL_MAC_BYTES:
+        return hmac.digest(key, header + content, "sha256")     # one-shot: the same HMAC, without an HMAC object
+    mac = hmac.new(key, header, "sha256")
+    mac.update(content)                 # OpenSSL's HMAC, the GIL released over large inputs
+    return mac.digest()
 
 
 class RecordSealer:
@@ -76,6 +83,22 @@ class RecordSealer:
             self.next_seq += 1
             return Frame(FrameType.TRANSCRIPT_DATA, content)
         return self._seal(FrameType.DATA, CHANNEL.pack(channel) + bytes(payload))
+
+    def data_pieces(self, channel: int, payload: bytes | memoryview) -> list[bytes | memoryview]:
+        """data()'s frame as it goes on the wire (header included), in pieces that leave `payload` where it
+        is: for large records, whose copies would hold the GIL."""
+        if not 0 <= channel <= MAX_CHANNEL:
+            raise ValueError(f"channel {channel} outside 0..{MAX_CHANNEL}")
+        view = memoryview(payload)
+        prefix = SEQ.pack(self.next_seq) + CHANNEL.pack(channel)
+        if channel in self._transcript_channels:
+            self.next_seq += 1
+            return [encode_header(FrameType.TRANSCRIPT_DATA, len(prefix) + view.nbytes) + prefix, view]
+        header = encode_header(FrameType.DATA, len(prefix) + view.nbytes + MAC_BYTES)
+        mac = hmac.new(self._key, header + prefix, "sha256")
+        mac.update(view)
+        self.next_seq += 1
+        return [header + prefix, view, mac.digest()]
 
     def ping(self) -> Frame:
         return self._seal(FrameType.PING, b"")

@@ -24,12 +24,16 @@ from .errors import (FrameError, HandshakeError, PeerError, PeerRefusedError, Pe
 from .framing import Frame, FrameDecoder, FrameType
 from .handshake import Alert, Handshake, Role, alert_frame, alert_name
 from .identity import format_fingerprint, key_fingerprint
-from .records import RECORD_OVERHEAD_BYTES, RecordOpener, RecordSealer
+from .records import MAX_CHANNEL, RECORD_OVERHEAD_BYTES, RecordOpener, RecordSealer
 from .settings import PeerSettings
 
 log = logging.getLogger("qkdd.peer")
 
 RECEIVE_CHUNK_BYTES = 256 * 1024
+# A record this large is sealed (its MAC) and opened in a worker thread and written in SEND_CHUNK_BYTES
+# pieces, so that the event loop never waits for it (HMAC and TLS release the GIL; the payload is not copied).
+OFFLOAD_BYTES = 1 << 20
+SEND_CHUNK_BYTES = 1 << 20
 ALERT_SEND_TIMEOUT_S = 1.0
 CLOSE_SEND_TIMEOUT_S = 2.0
 
@@ -122,7 +126,12 @@ class PeerSession:
             if len(payload) > self.max_payload_bytes:
                 raise ValueError(
                     f"payload of {len(payload)} bytes exceeds the record cap of {self.max_payload_bytes}")
-        if messages:
+        if len(messages) == 1 and len(messages[0][1]) >= OFFLOAD_BYTES:
+            channel, payload = messages[0]
+            if not 0 <= channel <= MAX_CHANNEL:             # refused here: a refusal in the thread ends the session
+                raise ValueError(f"channel {channel} outside 0..{MAX_CHANNEL}")
+            await self._send_record(lambda: self._sealer.data_pieces(channel, payload), in_thread=True)
+        elif messages:
             await self._send_record(lambda: [self._sealer.data(channel, payload) for channel, payload in messages])
 
     def route_all(self, dispatch: Callable[[int, bytes], Awaitable[None]]) -> None:
@@ -201,7 +210,10 @@ class PeerSession:
             if frame.type == FrameType.ALERT:  # e.g. the initiator failed our key confirmation
                 raise PeerRefusedError(f"peer aborted the session: {alert_name(frame.body)}",
                                        Alert.INTERNAL_ERROR)
-            record = self._opener.open(frame)
+            if len(frame.body) >= OFFLOAD_BYTES:
+                record = await trio.to_thread.run_sync(self._opener.open, frame)
+            else:
+                record = self._opener.open(frame)
             if record.type in (FrameType.DATA, FrameType.TRANSCRIPT_DATA):
                 if self._dispatch is not None:
                     await self._dispatch(record.channel, record.payload)
@@ -224,15 +236,23 @@ class PeerSession:
             except SessionClosedError:
                 return
 
-    async def _send_record(self, seal) -> None:
+    async def _send_record(self, seal, *, in_thread: bool = False) -> None:
+        """Seal and send under the send lock (sequence numbers go out in order). `seal` returns a Frame or a
+        list of them, or with `in_thread` (run in a worker thread) the wire bytes in pieces."""
         async with self._send_lock:
             if self._closed:
                 raise SessionClosedError(self._end_message())
-            sealed = seal()  # sealed under the lock: sequence numbers go out in order
-            frames: list[Frame] = sealed if isinstance(sealed, list) else [sealed]
+            if not in_thread:
+                sealed = seal()
+                frames: list[Frame] = sealed if isinstance(sealed, list) else [sealed]
             sent = False
             try:
-                await self._stream.send_all(b"".join(frame.to_bytes() for frame in frames))
+                if in_thread:
+                    for piece in await trio.to_thread.run_sync(seal):
+                        for offset in range(0, len(piece), SEND_CHUNK_BYTES):
+                            await self._stream.send_all(piece[offset:offset + SEND_CHUNK_BYTES])
+                else:
+                    await self._stream.send_all(b"".join(frame.to_bytes() for frame in frames))
                 sent = True
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self._teardown(SessionTruncatedError(f"connection broken while sending: {type(exc).__name__}"))

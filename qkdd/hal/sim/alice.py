@@ -148,7 +148,7 @@ class SimAliceDevice(ListeningEnd, Device):
                 self._next_frame_id += 1
                 self._calibration_seq = controls[2]
                 await trio.sleep_until(self._pacer.frame_done_s(frame.slots, trio.current_time()))
-                message = self._message(frame, frame_id)
+                message = await trio.to_thread.run_sync(self._message, frame, frame_id)    # numpy on the frame
                 try:
                     async with trio.open_nursery() as nursery:
                         if self.prefetch:
@@ -163,7 +163,11 @@ class SimAliceDevice(ListeningEnd, Device):
                                 extra={"frame_id": frame_id, "reason": str(error)})
                     await self._drop_connection()
                     continue
-                return self._account(frame, frame_id, message)
+                raw = self._account(frame, frame_id, message)
+                simulated = [frame]         # the simulator's own columns (Bob's side), freed off the loop
+                del frame, message
+                await trio.to_thread.run_sync(simulated.clear)
+                return raw
 
     def _controls(self) -> tuple[Attack, Drift, int]:
         return (self._attack, self._drift, self._pending_calibration_seq)

@@ -123,6 +123,7 @@ class SimBobDevice(DialingEnd, Device):
         log.error(f"sim: {what} on the quantum channel", extra={"reason": str(exc)})
 
     def _connected(self) -> None:
+        self._last_error = None             # reached: the first frame may take a while (large frames, loaded host)
         log.info("sim: connected to Alice's device", extra={"address": f"{self.host}:{self.port}"})
 
     # ---- calibration and status -------------------------------------------------------------------

@@ -48,13 +48,28 @@ class FramedReceiver:
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
-    def next_message(self) -> Any | None:
-        """The next complete, checked message, or None when more bytes are needed."""
+    def ready_body_bytes(self) -> int:
+        """The body length of the message being read once all of it is buffered (next_message() will return
+        it), else 0: a caller parses a large one in a worker thread."""
+        if not self._take_header() or len(self._buffer) < self._header[1]:
+            return 0
+        return self._header[1]
+
+    def _take_header(self) -> bool:
+        """Check and take the next message's header once its bytes are in; whether one is taken."""
         if self._header is None:
             if len(self._buffer) < self.HEADER.size:
-                return None
+                return False
             self._header = self._check_header(bytes(self._buffer[:self.HEADER.size]))
-            del self._buffer[:self.HEADER.size]
+            # a new buffer (a copy of at most what one receive added), not `del`, which would only move its
+            # start: a body then starts on a fresh allocation, aligned for the parsers' zero-copy views
+            self._buffer = self._buffer[self.HEADER.size:]
+        return True
+
+    def next_message(self) -> Any | None:
+        """The next complete, checked message, or None when more bytes are needed."""
+        if not self._take_header():
+            return None
         kind, body_bytes = self._header
         if len(self._buffer) < body_bytes:
             return None

@@ -7,6 +7,7 @@ import trio
 from qkdd.hal.sim import wire
 
 RECEIVE_BYTES = 1 << 16
+THREAD_PARSE_BYTES = 1 << 20     # a message body this large is checked and copied out in a worker thread
 
 
 class ConnectionLost(Exception):
@@ -18,10 +19,11 @@ async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle
     """The next message: its first byte within idle_timeout_s, the rest within message_timeout_s.
 
     A connection that ends or idles between messages is ConnectionLost (reconnect quietly); one that ends
-    or stalls in the middle of a message is a WireError (truncated data is reported)."""
+    or stalls in the middle of a message is a WireError (truncated data is reported). A large message
+    (a frame of detections) is checked in a worker thread, so the event loop never waits for it."""
     started = receiver.bytes_buffered() > 0
     with trio.move_on_after(message_timeout_s if started else idle_timeout_s) as scope:
-        while (message := receiver.next_message()) is None:
+        while (message := await _next_message(receiver)) is None:
             data = await stream.receive_some(max(RECEIVE_BYTES, min(receiver.bytes_wanted(), 1 << 20)))
             if not data:
                 if started:
@@ -37,3 +39,9 @@ async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle
         raise wire.WireError(f"quantum channel: message stalled for {message_timeout_s:g} s "
                              f"after {receiver.bytes_buffered()} bytes")
     raise ConnectionLost(f"no message for {idle_timeout_s:g} s")
+
+
+async def _next_message(receiver: wire.Receiver) -> wire.Message | None:
+    if receiver.ready_body_bytes() >= THREAD_PARSE_BYTES:
+        return await trio.to_thread.run_sync(receiver.next_message)
+    return receiver.next_message()

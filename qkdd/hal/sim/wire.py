@@ -226,10 +226,13 @@ class Receiver(FramedReceiver):
         if not (math.isnan(visibility) or -1.0 <= visibility <= 1.0):
             raise WireError(f"{where}: visibility must be in [-1, 1] or NaN, got {visibility!r}")
         offset = _FRAME_HEAD.size
-        slots = np.frombuffer(body, dtype="<u8", count=n, offset=offset).astype(np.uint64)   # copies: the
-        # columns must not pin the receive buffer
-        bases = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 8 * n).copy()
-        outcomes = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 9 * n).copy()
+        # Views of the body, not copies: the receiver hands each message its own body (qkdd.hal.sim.framing
+        # never reuses it), so the columns pin only this frame's bytes.
+        slots = np.frombuffer(body, dtype="<u8", count=n, offset=offset)
+        if not slots.flags.aligned:          # (a body that did not come from the receiver's own buffer)
+            slots = slots.copy()
+        bases = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 8 * n)
+        outcomes = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 9 * n)
         if n:
             if n > 1 and not bool(np.all(slots[1:] > slots[:-1])):
                 bad = int(np.argmax(slots[1:] <= slots[:-1])) + 1
