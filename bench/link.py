@@ -1,7 +1,8 @@
 """End-to-end secret key rate: two qkdd daemons on loopback over a simulated link (GYS parameters, 1 GHz
 source, unpaced: the rate is what the post-processing sustains on this machine).
 
-    python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023] [--protocol cvqkd [--cv-detection heterodyne]]
+    python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023] [--protocol cvqkd]
+    (cvqkd: [--cv-detection heterodyne] [--cv-symbols N], Bob's detection and the symbols per frame)
     -> {"distance_km","seconds","secret_bits_per_s","sifted_bits_per_s","qber","frames", ...}
     python -m bench.link --protocol e91 --distance-km 10 --seconds 20     (bench.link_e91: E91 over the
     simulated pair source, with the analytic finite-size rate of the same configuration)
@@ -79,9 +80,9 @@ def measure_cv(distance_km: float, seconds: float, detection: str = "homodyne",
     at the same symbol throughput."""
     from qkdd.hal.sim.settings import SimConfig
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
+        symbols = symbols_per_frame or SimConfig().cv_symbols_per_frame
         with LinkPair(Path(workdir), distance_km=distance_km, extra_link={"protocol": "cvqkd"},
-                      extra_sim={"cv_detection": detection,
-                                 "cv_symbols_per_frame": symbols_per_frame or SimConfig().cv_symbols_per_frame}) as pair:
+                      extra_sim={"cv_detection": detection, "cv_symbols_per_frame": symbols}) as pair:
             start, end, span = pair.measure_window(seconds, first_key_timeout_s=180)
     frames = end["frames"] - start["frames"]
     symbols_per_s = frames * (symbols_per_frame or SimConfig().cv_symbols_per_frame) / span

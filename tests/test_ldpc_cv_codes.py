@@ -57,7 +57,7 @@ def test_shipped_tables_are_what_the_generator_writes():
 @pytest.mark.parametrize("index", range(len(ldpc_bp.codes())))
 def test_codes_have_the_ensembles_degree_structure(index):
     generator = _generator()
-    name = list(generator.ENSEMBLES)[0]
+    name = next(iter(generator.ENSEMBLES))
     core, d1, rows1, rows3, _ = generator.ENSEMBLES[name]
     info = ldpc_bp.code(index)
     rows, cols, shifts = ldpc_bp.entries(index)

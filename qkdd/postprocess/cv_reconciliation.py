@@ -191,13 +191,17 @@ def decode(code_index: int, llr: np.ndarray, syndromes: np.ndarray, max_iteratio
     if is_met(code_index):
         bp = ldpc_bp.BpDecoder(code_index - MET_BASE)
         soft = np.asarray(llr, dtype=np.float32).reshape(words, info.n_bits)
-        step = lambda i: bp.decode(np.ascontiguousarray(soft[i]), np.ascontiguousarray(syndromes[i]),  # noqa: E731
-                                   max_iterations=MET_MAX_ITERATIONS, stall_iterations=MET_STALL_ITERATIONS)
+
+        def step(i: int) -> tuple[int, np.ndarray]:
+            return bp.decode(np.ascontiguousarray(soft[i]), np.ascontiguousarray(syndromes[i]),
+                             max_iterations=MET_MAX_ITERATIONS, stall_iterations=MET_STALL_ITERATIONS)
     else:
         decoder = ldpc.Decoder(code_index)
         q = quantise(llr).reshape(words, info.n_bits)
-        step = lambda i: decoder.decode(np.ascontiguousarray(q[i]), np.ascontiguousarray(syndromes[i]),  # noqa: E731
-                                        max_iterations=max_iterations, path=path)
+
+        def step(i: int) -> tuple[int, np.ndarray]:
+            return decoder.decode(np.ascontiguousarray(q[i]), np.ascontiguousarray(syndromes[i]),
+                                  max_iterations=max_iterations, path=path)
     ok = np.zeros(words, dtype=bool)
     out = np.zeros((words, info.n_bits), dtype=np.uint8)
     total = 0
