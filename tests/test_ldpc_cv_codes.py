@@ -161,6 +161,8 @@ def test_reconciliation_picks_the_code_for_the_snr_and_the_frame():
     assert cr.choose_code(1.01 * cr.operating_snr(long_low)) in cr.LONG_CODES
     # a frame of 400 000 values: six short codewords keep more than one long one
     assert cr.code_info(cr.choose_code(1.01 * met, values=400_000)).n_bits == cr.code_info(SHORT).n_bits
+    assert cr.code_info(cr.choose_code(1.01 * met, values=520_000)).n_bits > cr.code_info(SHORT).n_bits
+    assert cr.code_info(cr.choose_code(1.01 * met, values=1000)).n_bits == cr.code_info(SHORT).n_bits
     # at a far link the V_A the link picks puts the SNR at a multi-edge-type code's point
     from qkdd.hal.sim import cv_run
     from qkdd.protocols.cvqkd import CvParams

@@ -156,15 +156,18 @@ def operating_snr(code_index: int, gap: float = CAPACITY_GAP) -> float:
 def choose_code(snr: float, gap: float = CAPACITY_GAP, values: int | None = None) -> int | None:
     """The code that reconciles the most bits at this SNR: among those whose operating SNR is <= snr, the most
     rate x (values used by whole codewords) for `values` key values (if given, else the highest rate), longer
-    codes first on a tie; None if the SNR is below every code's operating point."""
+    codes first on a tie (the shortest if no codeword fits); None if the SNR is below every code's operating
+    point."""
     fitting = [c for c in CODES if operating_snr(c, gap) <= snr]
     if not fitting:
         return None
 
     def reconciled(c: int) -> tuple[float, int]:
         info = code_info(c)
-        used = info.n_bits if values is None else (values // info.n_bits) * info.n_bits
-        return info.rate * used if values is not None else info.rate, info.n_bits
+        if values is None:
+            return info.rate, info.n_bits
+        used = (values // info.n_bits) * info.n_bits
+        return info.rate * used, info.n_bits if used else -info.n_bits    # none fits: the shortest
 
     return max(fitting, key=reconciled)
 
