@@ -7,7 +7,7 @@
 Each codeword: Alice's x ~ N(0, V_A), Bob's y = t x + z at the SNR t^2 V_A (the GG02 channel in SNU), Bob's fresh
 bits mapped by the 8-D reconciliation (qkdd.postprocess.cv_reconciliation), Alice decodes from her LLRs and his
 syndrome. A word counts as decoded only if it equals Bob's bits. beta = R / (1/2 log2(1 + SNR)) (Jouguet,
-Kunz-Jacques & Leverrier, PRA 84, 062317 (2011), Eq. (8)); beta_x_goodput = beta (1 - FER), the share of I_AB
+Kunz-Jacques & Leverrier, PRA 84, 062317 (2011)); beta_x_goodput = beta (1 - FER), the share of I_AB
 the key keeps when failed codewords are dropped.
 """
 from __future__ import annotations

@@ -46,8 +46,8 @@ LONG_CODES = tuple(c.index for c in ldpc.codes() if c.n_bits == 49152)
 # The multi-edge-type codes (native/tools/ldpc_cv_codes.py) are named MET_BASE + their index on the wire, apart
 # from the BB84 codes' indices. Their operating SNR is measured, not a capacity gap: the SNR of the virtual BIAWGN
 # channel where the layered sum-product decoder loses at most about one codeword in ten (bench.cv_reconcile;
-# README "CV-QKD reconciliation"). beta = R / (1/2 log2(1 + SNR)) there (Jouguet et al., PRA 84, 062317 (2011),
-# Eq. (8)): rate 1/10 at SNR 0.18 is beta 0.84.
+# README "CV-QKD (GG02) links"). beta = R / (1/2 log2(1 + SNR)) there, the efficiency as Jouguet et al., PRA 84,
+# 062317 (2011) define it for this reconciliation: rate 1/10 at SNR 0.18 is beta 0.84.
 MET_BASE = 0x100
 MET_OPERATING_SNR = {64000: 0.18, 256000: 0.18}
 MET_MAX_ITERATIONS = 300
