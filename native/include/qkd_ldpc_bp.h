@@ -8,8 +8,9 @@
  *
  * The decoder (Hocevar's layered schedule, SiPS 2004: one base row per layer) runs the exact tanh-rule check
  * update in single precision, R_e = 2 atanh((-1)^s prod_{e' != e} tanh(Q_e'/2)) with Q_e = L_e - R_e, because
- * at the SNRs of CV-QKD (0.01-0.2) min-sum loses about 1 dB (Jouguet, Kunz-Jacques & Leverrier, PRA 84,
- * 062317 (2011), Sec. IV). LLRs are float nats, positive meaning "bit 0". exp/log are branch-free polynomial
+ * at the SNRs of CV-QKD (0.01-0.2) the messages are small and min-sum's approximation of this rule is coarse
+ * (Jouguet, Kunz-Jacques & Leverrier, PRA 84, 062317 (2011) decode their codes with belief propagation).
+ * LLRs are float nats, positive meaning "bit 0". exp/log are branch-free polynomial
  * approximations (relative error < 1e-6), so results are deterministic for a given build and input.
  *
  * A qkd_ldpc_bp owns its scratch: one per thread; decoding holds no global state.

@@ -4,7 +4,7 @@
 
 Ensemble: multi-edge-type (MET) LDPC codes with degree-1 variable nodes, the family Jouguet, Kunz-Jacques &
 Leverrier, "Long-distance continuous-variable quantum key distribution with a Gaussian modulation", PRA 84,
-062317 (2011), Sec. IV use for GG02 at SNR 0.03-0.2 (their rate-1/10 code: beta 0.93 at SNR 0.161), after
+062317 (2011) use for GG02 at SNR 0.03-0.2 (their rate-1/10 code: beta 0.93 at SNR 0.161), after
 Richardson & Urbanke, "Multi-edge type LDPC codes" (2004). Three edge types:
   type 1: the "core" variables (a fraction c of n, column degree 3 here) among a few checks (c - R of n): a
           high-rate precode;
