@@ -19,12 +19,13 @@ rate-1/10 code's exact distribution was not available to copy. In MET notation, 
     nu(r, x) = 0.105 r1 x1^3 x2^D + 0.895 r1 x3,   D = 36-37,
     mu(x)    = 0.005 x1^63 + 0.895 x3 (0.020 x2 + 0.450 x2^2 + 0.200 x2^3 + 0.101 x2^4 + 0.099 x2^6
                + 0.079 x2^10 + 0.050 x2^20).
-A degree-3 precode matters: with degree-2 core columns the short cycles of the precode made low-weight codewords
-(a decoder then converged to a wrong word with the right syndrome).
+The rate-1/20 ensemble has the same shape with c = 0.053 (53 core columns, 3 type-1 rows, D = 77) and the same j
+distribution over its 947 type-3 rows. A degree-3 precode matters: with degree-2 core columns the short cycles of
+the precode made low-weight codewords (a decoder then converged to a wrong word with the right syndrome).
 
-Construction: a base graph of nb = 1000 columns (105 core, 895 degree-1) and 900 rows, each core column's edges on
-the least-used rows of their type (progressive-edge-growth style), each degree-1 column on its own row; then a
-quasi-cyclic lifting (as Milicevic et al., "Quasi-cyclic multi-edge LDPC codes for long-distance quantum
+Construction: a base graph of nb = 1000 columns (rate 1/10: 105 core, 895 degree-1, 900 rows), each core column's
+edges on the least-used rows of their type (progressive-edge-growth style), each degree-1 column on its own row;
+then a quasi-cyclic lifting (as Milicevic et al., "Quasi-cyclic multi-edge LDPC codes for long-distance quantum
 cryptography", npj Quantum Information 4, 21 (2018) lift MET codes) whose shifts each close the fewest lifted
 4-cycles with the entries placed before (Fossorier, IEEE Trans. IT 50(8), 2004, Thm 2).
 """
@@ -41,6 +42,7 @@ OUT = pathlib.Path(__file__).resolve().parents[1] / "src" / "ldpc_cv_codes.c"
 # Every type-3 row also holds one degree-1 column of its own; nb = core + type-3 rows, mb = type-1 + type-3 rows.
 ENSEMBLES = {
     "met-r0.10": (105, 3, 5, {1: 18, 2: 403, 3: 179, 4: 90, 6: 89, 10: 71, 20: 45}, (64, 256)),
+    "met-r0.05": (53, 3, 3, {1: 19, 2: 426, 3: 189, 4: 95, 6: 95, 10: 76, 20: 47}, (64,)),
 }
 
 

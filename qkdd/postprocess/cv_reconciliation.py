@@ -47,9 +47,9 @@ LONG_CODES = tuple(c.index for c in ldpc.codes() if c.n_bits == 49152)
 # from the BB84 codes' indices. Their operating SNR is measured, not a capacity gap: the SNR of the virtual BIAWGN
 # channel where the layered sum-product decoder loses at most about one codeword in ten (bench.cv_reconcile;
 # README "CV-QKD (GG02) links"). beta = R / (1/2 log2(1 + SNR)) there, the efficiency as Jouguet et al., PRA 84,
-# 062317 (2011) define it for this reconciliation: rate 1/10 at SNR 0.18 is beta 0.84.
+# 062317 (2011) define it for this reconciliation: rate 1/10 at SNR 0.18 is beta 0.84, 1/20 at 0.086 too.
 MET_BASE = 0x100
-MET_OPERATING_SNR = {64000: 0.18, 256000: 0.18}
+MET_OPERATING_SNR = {(0.1, 64000): 0.18, (0.1, 256000): 0.18, (0.05, 64000): 0.086}    # (rate, n): SNR
 MET_MAX_ITERATIONS = 300
 MET_STALL_ITERATIONS = 40      # a decode whose unsatisfied checks have not hit a new low for this long is stuck
 MET_CODES = tuple(MET_BASE + c.index for c in ldpc_bp.codes())
@@ -144,7 +144,7 @@ def operating_snr(code_index: int, gap: float = CAPACITY_GAP) -> float:
     multi-edge-type codes the measured point (MET_OPERATING_SNR)."""
     info = code_info(code_index)
     if is_met(code_index):
-        return MET_OPERATING_SNR[info.n_bits]
+        return MET_OPERATING_SNR[(round(info.rate, 4), info.n_bits)]
     target = min(info.rate * gap, 0.999)
     low, high = 1e-6, 1e3
     for _ in range(100):
