@@ -4,6 +4,7 @@ source, unpaced: the rate is what the post-processing sustains on this machine).
     python -m bench.link --distance-km 10 --seconds 30 [--system yuan2018|li2023] [--protocol cvqkd]
     python -m bench.link --distance-km 50 --reconciliation ldpc --fiber-rtt    (BB84: LDPC instead of Cascade,
         the peer connection through a delaying proxy with the fiber's round trip, 2 L n_g / c)
+    (cvqkd: [--cv-detection heterodyne] [--cv-symbols N], Bob's detection and the symbols per frame)
     -> {"distance_km","seconds","secret_bits_per_s","sifted_bits_per_s","qber","frames", ...}
     python -m bench.link --protocol e91 --distance-km 10 --seconds 20     (bench.link_e91: E91 over the
     simulated pair source, with the analytic finite-size rate of the same configuration)
@@ -175,7 +176,8 @@ def measure(distance_km: float, seconds: float, frame_detections: int, frames_in
             "reconciliation": reconciliation, "rtt_ms": rtt_ms, **loop}
 
 
-def cv_analytic(distance_km: float, symbols_per_s: float) -> dict:
+def cv_analytic(distance_km: float, symbols_per_s: float, detection: str = "homodyne",
+                symbols_per_frame: int | None = None) -> dict:
     """The analytic finite-size GG02 rate of the link's configuration (qkdd.protocols.cvqkd_finite, Leverrier
     et al. 2010 Eq. (2); beta of the LDPC code at the expected SNR, frames of the default size), per symbol
     and at the symbol rate the two daemons sustained."""
@@ -183,11 +185,12 @@ def cv_analytic(distance_km: float, symbols_per_s: float) -> dict:
     from qkdd.postprocess import cv_reconciliation
     from qkdd.protocols.cvqkd import gg02_key_rate
     from qkdd.protocols.cvqkd_finite import expected_estimate, finite_size_rate
-    sim = SimConfig(distance_km=distance_km)
+    sim = SimConfig(distance_km=distance_km, cv_detection=detection,
+                    cv_symbols_per_frame=symbols_per_frame or SimConfig().cv_symbols_per_frame)
     params = sim.cv_settings().params
     d = 1 if params.detection == "homodyne" else 2
     code = cv_reconciliation.choose_code(expected_estimate(params, 10 ** 9).snr)
-    beta = 0.0 if code is None else min(cv_reconciliation.ldpc.code(code).rate * d
+    beta = 0.0 if code is None else min(cv_reconciliation.code_info(code).rate * d
                                         / gg02_key_rate(params).mutual_information, 1.0)
     symbols = sim.cv_symbols_per_frame
     rate = finite_size_rate(dataclasses.replace(params, beta=beta), symbols, symbols // 2) if beta > 0 else 0.0
@@ -195,18 +198,21 @@ def cv_analytic(distance_km: float, symbols_per_s: float) -> dict:
             "analytic_secret_bits_per_s": round(rate * symbols_per_s)}
 
 
-def measure_cv(distance_km: float, seconds: float) -> dict:
+def measure_cv(distance_km: float, seconds: float, detection: str = "homodyne",
+               symbols_per_frame: int | None = None) -> dict:
     """Two daemons running protocol "cvqkd" (GG02, unpaced): secret bits/s next to the analytic finite-size rate
     at the same symbol throughput."""
     from qkdd.hal.sim.settings import SimConfig
     with tempfile.TemporaryDirectory(prefix="qkdd-bench-link-") as workdir:
-        with LinkPair(Path(workdir), distance_km=distance_km, extra_link={"protocol": "cvqkd"}) as pair:
+        symbols = symbols_per_frame or SimConfig().cv_symbols_per_frame
+        with LinkPair(Path(workdir), distance_km=distance_km, extra_link={"protocol": "cvqkd"},
+                      extra_sim={"cv_detection": detection, "cv_symbols_per_frame": symbols}) as pair:
             start, end, span = pair.measure_window(seconds, first_key_timeout_s=180)
     frames = end["frames"] - start["frames"]
-    symbols_per_s = frames * SimConfig().cv_symbols_per_frame / span
-    analytic = cv_analytic(distance_km, symbols_per_s)
+    symbols_per_s = frames * (symbols_per_frame or SimConfig().cv_symbols_per_frame) / span
+    analytic = cv_analytic(distance_km, symbols_per_s, detection, symbols_per_frame)
     secret_bits_per_s = (end["key_bits_generated"] - start["key_bits_generated"]) / span
-    return {"protocol": "cvqkd", "distance_km": distance_km, "seconds": round(span, 2),
+    return {"protocol": "cvqkd", "detection": detection, "distance_km": distance_km, "seconds": round(span, 2),
             "secret_bits_per_s": round(secret_bits_per_s), **analytic,
             "fraction_of_analytic": round(secret_bits_per_s / analytic["analytic_secret_bits_per_s"], 3)
             if analytic["analytic_secret_bits_per_s"] else None,
@@ -230,7 +236,8 @@ def measure_bb84(args: argparse.Namespace, distance_km: float) -> dict:
 
 # --protocol -> its measurement (one line of JSON per distance)
 PROTOCOLS = {"bb84": measure_bb84, "e91": measure_e91,
-             "cvqkd": lambda args, distance_km: measure_cv(distance_km, args.seconds)}
+             "cvqkd": lambda args, distance_km: measure_cv(distance_km, args.seconds, args.cv_detection,
+                                                                    args.cv_symbols)}
 
 
 def main() -> None:
@@ -248,6 +255,9 @@ def main() -> None:
                         help="BB84: run the peer connection through a proxy with this round trip (ms)")
     parser.add_argument("--fiber-rtt", action="store_true",
                         help="BB84: the proxy's round trip is the fiber's at --distance-km (4.9 us/km each way)")
+    parser.add_argument("--cv-detection", choices=("homodyne", "heterodyne"), default="homodyne",
+                        help="cvqkd: Bob's detection")
+    parser.add_argument("--cv-symbols", type=int, default=None, help="cvqkd: symbols per frame (default: the sim's)")
     args = parser.parse_args()
     for distance in args.distance_km or [10.0]:
         print(json.dumps(PROTOCOLS[args.protocol](args, distance)), flush=True)

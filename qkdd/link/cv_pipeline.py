@@ -202,10 +202,10 @@ class CvFramePipeline(FrameSteps):
         est = cvqkd_finite.estimate(self._params, x_pe, y_pe, self.settings.eps_sec)
         self._estimate = est
         y_key = self._values(self._bob_values, self._key_mask)
-        code = cv_reconciliation.choose_code(est.snr)
+        code = cv_reconciliation.choose_code(est.snr, values=int(y_key.size))
         if code is None:
             return self._abort(AbortReason.ESTIMATION, f"SNR {est.snr:.3f} below every LDPC code's threshold")
-        info = ldpc.code(code)
+        info = cv_reconciliation.code_info(code)
         words = y_key.size // info.n_bits
         if words == 0:
             return self._abort(AbortReason.ESTIMATION, "fewer key values than one codeword")
@@ -229,7 +229,7 @@ class CvFramePipeline(FrameSteps):
     def _bob_await_decoded(self, part) -> list[Action]:
         payload = self._open(CV_DECODED, part, 4 + (self._words + 7) // 8)
         ok = self._decode_bitmap(payload)
-        info = ldpc.code(self._code)
+        info = cv_reconciliation.code_info(self._code)
         self._bits = self._bits.reshape(self._words, info.n_bits)[ok].reshape(-1)
         self._account(int(ok.sum()))
         if self._bits.size == 0:
@@ -293,9 +293,9 @@ class CvFramePipeline(FrameSteps):
     def _alice_await_reconcile(self, part) -> list[Action]:
         payload = self._open(CV_RECONCILE, part, _RECONCILE.size + 40 * MAX_SYMBOLS)
         t_hat, sigma2_hat, samples, code, words = _RECONCILE.unpack_from(payload)
-        if code not in cv_reconciliation.LONG_CODES:
+        if code not in cv_reconciliation.CODES:
             raise LinkMessageError(f"RECONCILE: code {code} is not a reconciliation code")
-        info = ldpc.code(code)
+        info = cv_reconciliation.code_info(code)
         x_key = self._values(self._alice_values, self._key_mask)
         if not 1 <= words <= x_key.size // info.n_bits or samples != self._pe_positions.size * self._d:
             raise LinkMessageError("RECONCILE: codeword or sample count does not match the frame")
@@ -364,6 +364,6 @@ class CvFramePipeline(FrameSteps):
         return np.unpackbits(raw, bitorder="little")[:words].astype(bool)
 
     def _account(self, kept_words: int) -> None:
-        info = ldpc.code(self._code)
+        info = cv_reconciliation.code_info(self._code)
         self.outcome.sifted_key_bits = kept_words * info.n_bits
         self.outcome.disclosed_bits = kept_words * info.m_bits

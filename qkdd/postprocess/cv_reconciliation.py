@@ -1,5 +1,7 @@
 """Reverse reconciliation for GG02: multidimensional (8-D) reconciliation onto a virtual binary-input AWGN
-channel, decoded with the shipped QC-LDPC codes (qkdd.bindings.ldpc, soft LLR input).
+channel, decoded with the shipped QC-LDPC codes: the low-rate multi-edge-type codes with the floating-point
+sum-product decoder (qkdd.bindings.ldpc_bp) at low SNR, the BB84 codes with int8 min-sum (qkdd.bindings.ldpc)
+above.
 
 Theory of operation
 -------------------
@@ -15,7 +17,7 @@ Alice applies the same map to her block x: M x = a |y| u + M w, where x = a y + 
 orthogonal and independent of w. So she sees each bit of b through a BIAWGN channel with amplitude
 a |y| / sqrt(8) and noise variance s_w^2, of SNR t^2 V_A / sigma^2, and computes the LLR
     L_i = 2 (a |y| / sqrt 8) (M x)_i / s_w^2       (positive: b_i = 0),
-then decodes b from its syndrome (layered min-sum in C). The reconciled key is Bob's b (reverse
+then decodes b from its syndrome (layered sum-product or min-sum in C). The reconciled key is Bob's b (reverse
 reconciliation); per kept codeword of n bits the syndrome discloses m bits, and the rate R = 1 - m/n
 per value is the beta I_AB of the key rate: beta = R d / I_AB with d values per symbol. A codeword that
 does not decode is dropped at both ends (its b is independent of every other bit, so dropping costs only
@@ -23,12 +25,13 @@ its symbols): the rate is multiplied by 1 - FER.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from qkdd.bindings import ldpc
+from qkdd.bindings import ldpc, ldpc_bp
 
 DIMENSION = 8
 MAX_ITERATIONS = 200
@@ -40,6 +43,30 @@ CAPACITY_GAP = 1.28
 # LLRs by 0.75-0.9 decodes clearly more codewords than 1.0 (at SNR 1.8, R 0.479: 16/16 against 11/16).
 LLR_SCALE = 0.8
 LONG_CODES = tuple(c.index for c in ldpc.codes() if c.n_bits == 49152)
+# The multi-edge-type codes (native/tools/ldpc_cv_codes.py) are named MET_BASE + their index on the wire, apart
+# from the BB84 codes' indices. Their operating SNR is measured, not a capacity gap: the SNR of the virtual BIAWGN
+# channel where the layered sum-product decoder loses at most about one codeword in ten (bench.cv_reconcile;
+# README "CV-QKD (GG02) links"). beta = R / (1/2 log2(1 + SNR)) there, the efficiency as Jouguet et al., PRA 84,
+# 062317 (2011) define it for this reconciliation: rate 1/10 at SNR 0.18 is beta 0.84, 1/20 at 0.086 too.
+MET_BASE = 0x100
+MET_OPERATING_SNR = {(0.1, 64000): 0.18, (0.1, 256000): 0.18, (0.05, 64000): 0.086}    # (rate, n): SNR
+MET_MAX_ITERATIONS = 300
+MET_STALL_ITERATIONS = 40      # a decode whose unsatisfied checks have not hit a new low for this long is stuck
+MET_CODES = tuple(MET_BASE + c.index for c in ldpc_bp.codes())
+CODES = LONG_CODES + MET_CODES
+
+
+def is_met(code: int) -> bool:
+    return code in MET_CODES
+
+
+def code_info(code: int) -> ldpc.CodeInfo:
+    """Lengths and rate of a reconciliation code (an index of LONG_CODES or MET_CODES)."""
+    if code in MET_CODES:
+        return ldpc_bp.code(code - MET_BASE)
+    if code in LONG_CODES:
+        return ldpc.code(code)
+    raise ValueError(f"{code!r} is not a reconciliation code")
 
 
 def _quaternion_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -101,14 +128,24 @@ def biawgn_capacity(snr: float) -> float:
     e^-L), L ~ N(2 snr, 4 snr) (Richardson & Urbanke, Modern Coding Theory, Sec. 4.2), by Gauss-Hermite."""
     if snr <= 0:
         return 0.0
-    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    nodes, weights = _hermite_nodes()
     llr = 2.0 * snr + 2.0 * math.sqrt(snr) * nodes
     return float(1.0 - np.sum(weights * np.logaddexp(0.0, -llr)) / math.sqrt(2.0 * math.pi) / math.log(2.0))
 
 
+@functools.cache
+def _hermite_nodes() -> tuple[np.ndarray, np.ndarray]:
+    return np.polynomial.hermite_e.hermegauss(80)
+
+
+@functools.cache
 def operating_snr(code_index: int, gap: float = CAPACITY_GAP) -> float:
-    """The SNR at which C_BIAWGN = gap R for the code: where it decodes with the best efficiency beta."""
-    target = min(ldpc.code(code_index).rate * gap, 0.999)
+    """The SNR from which the code decodes with a low FER: for the BB84 codes where C_BIAWGN = gap R, for the
+    multi-edge-type codes the measured point (MET_OPERATING_SNR)."""
+    info = code_info(code_index)
+    if is_met(code_index):
+        return MET_OPERATING_SNR[(round(info.rate, 4), info.n_bits)]
+    target = min(info.rate * gap, 0.999)
     low, high = 1e-6, 1e3
     for _ in range(100):
         mid = math.sqrt(low * high)
@@ -116,11 +153,23 @@ def operating_snr(code_index: int, gap: float = CAPACITY_GAP) -> float:
     return high
 
 
-def choose_code(snr: float, gap: float = CAPACITY_GAP) -> int | None:
-    """The highest-rate long code with rate <= C_BIAWGN(snr)/gap, or None if even the lowest rate is above."""
-    capacity = biawgn_capacity(snr)
-    fitting = [i for i in LONG_CODES if ldpc.code(i).rate * gap <= capacity]
-    return max(fitting, key=lambda i: ldpc.code(i).rate) if fitting else None
+def choose_code(snr: float, gap: float = CAPACITY_GAP, values: int | None = None) -> int | None:
+    """The code that reconciles the most bits at this SNR: among those whose operating SNR is <= snr, the most
+    rate x (values used by whole codewords) for `values` key values (if given, else the highest rate), longer
+    codes first on a tie (the shortest if no codeword fits); None if the SNR is below every code's operating
+    point."""
+    fitting = [c for c in CODES if operating_snr(c, gap) <= snr]
+    if not fitting:
+        return None
+
+    def reconciled(c: int) -> tuple[float, int]:
+        info = code_info(c)
+        if values is None:
+            return info.rate, info.n_bits
+        used = (values // info.n_bits) * info.n_bits
+        return info.rate * used, info.n_bits if used else -info.n_bits    # none fits: the shortest
+
+    return max(fitting, key=reconciled)
 
 
 def quantise(llr: np.ndarray) -> np.ndarray:
@@ -138,18 +187,29 @@ class Decoded:
 def decode(code_index: int, llr: np.ndarray, syndromes: np.ndarray, max_iterations: int = MAX_ITERATIONS,
            path: int = ldpc.PATH_AUTO) -> Decoded:
     """Alice decodes every codeword of Bob's bits from her LLRs (nats) and his syndromes (codewords, m)."""
-    info = ldpc.code(code_index)
+    info = code_info(code_index)
     words = syndromes.shape[0]
     if llr.shape != (words * info.n_bits,) or syndromes.shape != (words, info.m_bits):
         raise ValueError("decode: LLRs and syndromes do not match the code's lengths")
-    decoder = ldpc.Decoder(code_index)
-    q = quantise(llr).reshape(words, info.n_bits)
+    if is_met(code_index):
+        bp = ldpc_bp.BpDecoder(code_index - MET_BASE)
+        soft = np.asarray(llr, dtype=np.float32).reshape(words, info.n_bits)
+
+        def step(i: int) -> tuple[int, np.ndarray]:
+            return bp.decode(np.ascontiguousarray(soft[i]), np.ascontiguousarray(syndromes[i]),
+                             max_iterations=MET_MAX_ITERATIONS, stall_iterations=MET_STALL_ITERATIONS)
+    else:
+        decoder = ldpc.Decoder(code_index)
+        q = quantise(llr).reshape(words, info.n_bits)
+
+        def step(i: int) -> tuple[int, np.ndarray]:
+            return decoder.decode(np.ascontiguousarray(q[i]), np.ascontiguousarray(syndromes[i]),
+                                  max_iterations=max_iterations, path=path)
     ok = np.zeros(words, dtype=bool)
     out = np.zeros((words, info.n_bits), dtype=np.uint8)
     total = 0
     for i in range(words):
-        iterations, bits = decoder.decode(np.ascontiguousarray(q[i]), np.ascontiguousarray(syndromes[i]),
-                                          max_iterations=max_iterations, path=path)
+        iterations, bits = step(i)
         ok[i] = iterations > 0
         out[i] = bits
         total += iterations
@@ -158,6 +218,8 @@ def decode(code_index: int, llr: np.ndarray, syndromes: np.ndarray, max_iteratio
 
 def syndromes(code_index: int, bits: np.ndarray) -> np.ndarray:
     """Bob: the syndrome of each codeword of his bits (codewords * n,) -> (codewords, m) uint8."""
-    info = ldpc.code(code_index)
+    info = code_info(code_index)
     words = bits.reshape(-1, info.n_bits)
+    if is_met(code_index):
+        return np.stack([ldpc_bp.syndrome(code_index - MET_BASE, np.ascontiguousarray(w)) for w in words])
     return np.stack([ldpc.syndrome(code_index, np.ascontiguousarray(w)) for w in words])

@@ -88,7 +88,7 @@ def register(sim_commands: argparse._SubParsersAction) -> None:
     run.add_argument("--eps-cor", type=float, default=1e-15)
     cv = CvParams()
     run.add_argument("--modulation-variance", type=str, default="auto",
-                     help="cvqkd: V_A in SNU, or auto (the SNR at the lowest-rate LDPC code's operating point)")
+                     help="cvqkd: V_A in SNU, or auto (the SNR at the point of the code giving the most key)")
     run.add_argument("--excess-noise", type=float, default=cv.excess_noise, help="cvqkd: xi, SNU at the input")
     run.add_argument("--electronic-noise", type=float, default=cv.electronic_noise, help="cvqkd: v_el, SNU")
     run.add_argument("--eta-det", type=float, default=cv.eta_det, help="cvqkd: detector efficiency")
@@ -110,7 +110,7 @@ def _cvqkd_report(args: argparse.Namespace) -> dict[str, Any]:
     params = CvParams(distance_km=args.distance_km, alpha_db_per_km=args.alpha, excess_noise=args.excess_noise,
                       eta_det=args.eta_det, electronic_noise=args.electronic_noise, detection=args.detection)
     if args.modulation_variance == "auto":
-        variance = cv_run.operating_modulation_variance(params)
+        variance = cv_run.operating_modulation_variance(params, symbols=args.pulses or cv_run.DEFAULT_SYMBOLS)
     else:
         try:
             variance = float(args.modulation_variance)

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from qkdd.bindings import bits as bitops
-from qkdd.bindings import ldpc
 from qkdd.hal.sim.cv_channel import CvChannel, CvChannelSettings, alice_values, bob_values_snu
 from qkdd.postprocess import amplification, cv_reconciliation, randomness, verification
 from qkdd.protocols import cvqkd_finite
@@ -37,12 +36,29 @@ def _fresh_bits(count: int) -> np.ndarray:
     return np.unpackbits(raw, bitorder="little")[:count].copy()
 
 
-def operating_modulation_variance(params: CvParams, margin: float = 1.05) -> float:
-    """V_A that puts the expected SNR (nominal T, xi, detector) at the lowest-rate code's operating point,
-    with a small margin: the shipped codes' best reconciliation efficiency (the SNR fixed to the code, as
-    Jouguet, Kunz-Jacques & Leverrier, PRA 84, 062317 (2011), Sec. V do)."""
-    snr = margin * cv_reconciliation.operating_snr(min(cv_reconciliation.LONG_CODES,
-                                                       key=lambda i: ldpc.code(i).rate))
+def operating_modulation_variance(params: CvParams, margin: float = 1.05, symbols: int = DEFAULT_SYMBOLS,
+                                  pe_fraction: float = PE_FRACTION) -> float:
+    """V_A that puts the expected SNR (nominal T, xi, detector) at a code's operating point, with a small margin:
+    the shipped codes' best reconciliation efficiency (the SNR fixed to the code, as Jouguet, Kunz-Jacques &
+    Leverrier, PRA 84, 062317 (2011), Sec. V do). The code is the one whose point gives the most analytic
+    finite-size key per frame of `symbols` (whole codewords only); if none gives key, the lowest-SNR code's."""
+    pe_symbols = int(symbols * pe_fraction)
+    key_values = (symbols - pe_symbols) * (1 if params.detection == "homodyne" else 2)
+    best: tuple[float, float] | None = None
+    for code in sorted(cv_reconciliation.CODES, key=cv_reconciliation.operating_snr, reverse=True):
+        snr = margin * cv_reconciliation.operating_snr(code)
+        variance = _variance_for_snr(params, snr)
+        info = cv_reconciliation.code_info(code)
+        used = (key_values // info.n_bits) * info.n_bits / key_values
+        beta = min(info.rate / (0.5 * math.log2(1.0 + snr)), 1.0)
+        rate = used * cvqkd_finite.finite_size_rate(
+            dataclasses.replace(params, modulation_variance=variance, beta=beta), symbols, pe_symbols)
+        if best is None or rate > best[0] or (best[0] == 0.0 and rate == 0.0):
+            best = (rate, variance)
+    return best[1]
+
+
+def _variance_for_snr(params: CvParams, snr: float) -> float:
     eta_t = params.eta_det * params.transmittance
     if params.detection == "homodyne":
         return snr * (1.0 + params.electronic_noise + eta_t * params.excess_noise) / eta_t
@@ -85,11 +101,12 @@ def run(settings: CvChannelSettings, symbols: int = DEFAULT_SYMBOLS, *, seed: in
         "mutual_information_expected": expected.mutual_information,
     }
     key_x, key_y = x[~disclosed_values], y[~disclosed_values]
-    code = cv_reconciliation.choose_code(est.snr)
+    code = cv_reconciliation.choose_code(est.snr, values=int(key_y.size))
     if code is None:
-        return _abort(report, started, f"SNR {est.snr:.3f} too low for the shipped LDPC codes (lowest rate "
-                                       f"{min(ldpc.code(i).rate for i in cv_reconciliation.LONG_CODES):.3f})")
-    info = ldpc.code(code)
+        lowest = min(cv_reconciliation.CODES, key=cv_reconciliation.operating_snr)
+        return _abort(report, started, f"SNR {est.snr:.3f} too low for the shipped LDPC codes (lowest operating "
+                                       f"SNR {cv_reconciliation.operating_snr(lowest):.3f})")
+    info = cv_reconciliation.code_info(code)
     words = key_y.size // info.n_bits
     if words == 0:
         return _abort(report, started, f"{key_y.size} values are fewer than one codeword ({info.n_bits})")

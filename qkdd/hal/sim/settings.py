@@ -91,7 +91,8 @@ class SimConfig:
     system: str | None = field(default=None, metadata=meta(check=lambda name: None if name in SYSTEMS else
                                                            f"unknown system {name!r}, known: {', '.join(SYSTEMS)}"))
     # protocol "cvqkd" (GG02, qkdd.hal.sim.cv_device): Gaussian modulation, homodyne or heterodyne detection.
-    # cv_modulation_variance 0 = auto: V_A puts the SNR at the lowest-rate LDPC code's operating point.
+    # cv_modulation_variance 0 = auto: V_A puts the SNR at the operating point of the LDPC code that gives the most
+    # finite-size key for frames of cv_symbols_per_frame (qkdd.hal.sim.cv_run.operating_modulation_variance).
     cv_modulation_variance: float = field(default=0.0, metadata=meta(check=in_range(0, 1000)))
     cv_excess_noise: float = field(default=0.01, metadata=meta(check=in_range(0, 10)))
     cv_electronic_noise: float = field(default=0.01, metadata=meta(check=in_range(0, 10)))
@@ -141,7 +142,8 @@ class SimConfig:
         params = CvParams(distance_km=self.distance_km, alpha_db_per_km=self.fiber_loss_db_per_km,
                           excess_noise=self.cv_excess_noise, eta_det=self.cv_detector_efficiency,
                           electronic_noise=self.cv_electronic_noise, detection=self.cv_detection)
-        variance = self.cv_modulation_variance or operating_modulation_variance(params)
+        variance = self.cv_modulation_variance or operating_modulation_variance(params,
+                                                                                symbols=self.cv_symbols_per_frame)
         return CvChannelSettings(dataclasses.replace(params, modulation_variance=variance),
                                  cloner_excess_noise=self.cv_cloner_excess_noise)
 
