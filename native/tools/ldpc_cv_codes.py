@@ -45,6 +45,18 @@ ENSEMBLES = {
     "met-r0.05": (53, 3, 3, {1: 19, 2: 426, 3: 189, 4: 95, 6: 95, 10: 76, 20: 47}, (64,)),
 }
 
+# Published ensembles, node perspective per n variables (edge types 1-3 as above; r1 = the channel):
+# name -> ({(type-1, type-2 degree) of a core column: columns}, {type-1 row degree: rows}, {j: type-3 rows}, lifts),
+# scaled to nb = 2000 base columns. Codes are appended after ENSEMBLES' so the shipped indices stay.
+# "met-r0.02": the rate-0.02 ensemble of Mani, Gehring, Grabenweger, Oemer, Pacher & Andersen, "Multiedge-type
+# low-density parity-check codes for continuous-variable quantum key distribution", PRA 103, 062419 (2021):
+#     nu(r, x) = 0.0225 r1 x1^2 x2^52 + 0.0175 r1 x1^3 x2^57 + 0.96 r1 x3,
+#     mu(x)    = 0.0165 x1^4 + 0.0035 x1^9 + 0.7125 x2^2 x3 + 0.2475 x2^3 x3
+# (both sides hold 0.0975 type-1 and 2.1675 type-2 edges per variable; rate 1 - 0.98 = 0.02).
+PUBLISHED = {
+    "met-r0.02": ({(2, 52): 45, (3, 57): 35}, {4: 33, 9: 7}, {2: 1425, 3: 495}, (128, 512)),
+}
+
 
 def base_graph(core: int, d1: int, rows1: int, rows3: dict[int, int], rng: np.random.Generator):
     """(row, col) entries: rows 0..rows1-1 are type-1 checks on core columns 0..core-1, then the type-3 rows, each
@@ -88,9 +100,54 @@ def lift(entries: list[tuple[int, int]], z: int, rng: np.random.Generator) -> di
     return shifts
 
 
+def published_base_graph(core_cols: dict[tuple[int, int], int], rows1: dict[int, int], rows3: dict[int, int],
+                         rng: np.random.Generator):
+    """(row, col) entries of a PUBLISHED ensemble: core columns 0..core-1 with their (type-1, type-2) degrees as
+    the ensemble lists them (most edges first), type-1 rows 0..R1-1 with their degrees, then the type-3 rows, each
+    on j core columns and its own degree-1 column. Every edge goes to the distinct row (column) with the most free
+    sockets of its type, random among equals, so the per-node degrees are exactly the ensemble's."""
+    cols = [d for d in sorted(core_cols, key=lambda d: (-d[0], -d[1])) for _ in range(core_cols[d])]
+    core = len(cols)
+    free1 = np.array([deg for deg in sorted(rows1, reverse=True) for _ in range(rows1[deg])], dtype=np.int64)
+    free2 = np.array([d2 for _, d2 in cols], dtype=np.int64)
+    entries = []
+    for col, (d1, _) in enumerate(cols):
+        order = np.lexsort((rng.random(free1.size), -free1))[:d1]
+        if np.any(free1[order] <= 0):
+            raise ValueError("type-1 sockets do not match")
+        free1[order] -= 1
+        entries.extend((int(r), col) for r in order)
+    degrees = [j for j in sorted(rows3, reverse=True) for _ in range(rows3[j])]
+    for k, j in enumerate(degrees):
+        row = free1.size + k
+        order = np.lexsort((rng.random(core), -free2))[:j]
+        if np.any(free2[order] <= 0):
+            raise ValueError("type-2 sockets do not match")
+        free2[order] -= 1
+        entries.extend((row, int(c)) for c in order)
+        entries.append((row, core + k))
+    if free1.any() or free2.any():
+        raise ValueError("sockets left over: the ensemble's edge counts differ between its two sides")
+    return entries, core + len(degrees), free1.size + len(degrees)
+
+
+def lifts_of(name: str) -> tuple[int, ...]:
+    return (ENSEMBLES.get(name) or PUBLISHED[name])[-1]
+
+
+def names() -> list[str]:
+    """Every ensemble in table order: the code index on the wire is the position in this list's lifts."""
+    return [*ENSEMBLES, *PUBLISHED]
+
+
 def build(name: str, z: int) -> tuple[int, int, list[tuple[int, int, int]]]:
-    core, d1, rows1, rows3, _ = ENSEMBLES[name]
     seed = sum(map(ord, name))
+    if name in PUBLISHED:
+        core_cols, rows1, rows3, _ = PUBLISHED[name]
+        entries, nb, mb = published_base_graph(core_cols, rows1, rows3, np.random.default_rng(seed))
+        shifts = lift(entries, z, np.random.default_rng(seed * 1000 + z))
+        return mb, nb, sorted((r, c, s) for (r, c), s in shifts.items())
+    core, d1, rows1, rows3, _ = ENSEMBLES[name]
     entries, nb, mb = base_graph(core, d1, rows1, rows3, np.random.default_rng(seed))
     shifts = lift(entries, z, np.random.default_rng(seed * 1000 + z))
     return mb, nb, sorted((r, c, s) for (r, c), s in shifts.items())
@@ -123,8 +180,8 @@ def write_c(codes) -> str:
 
 def main() -> None:
     codes = []
-    for name, (*_, lifts) in ENSEMBLES.items():
-        for z in lifts:
+    for name in names():
+        for z in lifts_of(name):
             mb, nb, entries = build(name, z)
             codes.append((name, z, mb, nb, entries))
             print(f"{name} z={z}: n={nb * z} m={mb * z} rate={1 - mb / nb:.4f} edges={len(entries)}", flush=True)

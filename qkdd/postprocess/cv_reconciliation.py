@@ -47,9 +47,12 @@ LONG_CODES = tuple(c.index for c in ldpc.codes() if c.n_bits == 49152)
 # from the BB84 codes' indices. Their operating SNR is measured, not a capacity gap: the SNR of the virtual BIAWGN
 # channel where the layered sum-product decoder loses at most about one codeword in ten (bench.cv_reconcile;
 # README "CV-QKD (GG02) links"). beta = R / (1/2 log2(1 + SNR)) there, the efficiency as Jouguet et al., PRA 84,
-# 062317 (2011) define it for this reconciliation: rate 1/10 at SNR 0.18 is beta 0.84, 1/20 at 0.086 too.
+# 062317 (2011) define it for this reconciliation: rate 1/10 at SNR 0.18 is beta 0.84, 1/20 at 0.086 too. The
+# rate-1/50 codes of the published ensemble (Mani et al., PRA 103, 062419 (2021)) decode down to SNR 0.032 (n 256 000,
+# beta 0.88) and 0.031 (n 1 024 000, beta 0.91): below 0.086 they are the only codes, above it the higher rates win.
 MET_BASE = 0x100
-MET_OPERATING_SNR = {(0.1, 64000): 0.18, (0.1, 256000): 0.18, (0.05, 64000): 0.086}    # (rate, n): SNR
+MET_OPERATING_SNR = {(0.1, 64000): 0.18, (0.1, 256000): 0.18, (0.05, 64000): 0.086,    # (rate, n): SNR
+                     (0.02, 256000): 0.032, (0.02, 1024000): 0.031}
 MET_MAX_ITERATIONS = 300
 MET_STALL_ITERATIONS = 40      # a decode whose unsatisfied checks have not hit a new low for this long is stuck
 MET_CODES = tuple(MET_BASE + c.index for c in ldpc_bp.codes())
