@@ -23,6 +23,9 @@ The rate-1/20 ensemble has the same shape with c = 0.053 (53 core columns, 3 typ
 distribution over its 947 type-3 rows. A degree-3 precode matters: with degree-2 core columns the short cycles of
 the precode made low-weight codewords (a decoder then converged to a wrong word with the right syndrome).
 
+PUBLISHED holds ensembles taken from the literature instead (the rate-0.02 one of Mani et al., PRA 103, 062419
+(2021)), each node with exactly its term's degrees; built the same way on nb = 2000 columns.
+
 Construction: a base graph of nb = 1000 columns (rate 1/10: 105 core, 895 degree-1, 900 rows), each core column's
 edges on the least-used rows of their type (progressive-edge-growth style), each degree-1 column on its own row;
 then a quasi-cyclic lifting (as Milicevic et al., "Quasi-cyclic multi-edge LDPC codes for long-distance quantum
