@@ -12,6 +12,7 @@ Two set-ups:
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -99,8 +100,12 @@ class AppPair:
         """Until the daemon's link session is up (an OPEN before it is answered NO_QKD_CONNECTION): live, once
         the key stores are resynchronised ("ready"); seeded, once the session is established (its channels
         start right after)."""
-        pattern = r"session \S+ established" if self.seeded else r"session \S+ ready"
-        self.daemons[name].wait_for(pattern, timeout_s=timeout_s)
+        state = "established" if self.seeded else "ready"
+        line = self.daemons[name].wait_for(rf"session \S+ {state}", timeout_s=timeout_s)
+        session_id = re.search(rf"session (\S+) {state}", line).group(1)
+        for other, daemon in self.daemons.items():       # the same session (both ends derive its id) at the other
+            if other != name:                            # end too: its end may be ready a moment later
+                daemon.wait_for(rf"session {session_id} {state}", timeout_s=timeout_s)
 
     def client(self, name: str, app: str) -> Client004:
         return Client004(self.pki, app, name, ("127.0.0.1", self.ports[name]["etsi004"]))

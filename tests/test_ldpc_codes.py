@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse
 
+from bench.reconcile import reconcile_ldpc
 from qkdd.bindings import ldpc as native
 from qkdd.postprocess import ldpc
-from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob, binary_entropy
+from qkdd.postprocess.ldpc import binary_entropy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -104,17 +105,7 @@ def _frame(rng, n, qber_by_part):
 
 
 def _reconcile(alice_key, bob_key, n, qber, frame_id):
-    bob = LdpcBob(bob_key, n, frame_id, qber, seed=bytes([frame_id]) * 32)
-    alice = LdpcAlice(alice_key, n, frame_id)
-    to_alice = [bob.start()]
-    try:
-        while to_alice:
-            (reply,) = alice.receive(to_alice.pop())
-            to_alice = bob.receive(reply)
-            if bob.done:
-                assert alice.receive(to_alice.pop()) == []
-    except ldpc.LdpcFrameError:
-        pass
+    bob, _ = reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=bytes([frame_id]) * 32)
     return bob
 
 

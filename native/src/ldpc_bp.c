@@ -54,52 +54,17 @@ int qkd_ldpc_cv_code_count(void)
 
 int qkd_ldpc_cv_code_get_info(uint32_t code, qkd_ldpc_code_info *out)
 {
-    const qkd_ldpc_table *t = cv_table(code);
-    if (!t || !out)
-        return QKD_EINVAL;
-    out->z = t->z;
-    out->mb = t->mb;
-    out->nb = t->nb;
-    out->edges = t->edges;
-    out->n_bits = t->nb * t->z;
-    out->m_bits = t->mb * t->z;
-    return QKD_OK;
+    return qkd_ldpc_table_info(cv_table(code), out);
 }
 
 int qkd_ldpc_cv_code_get_entries(uint32_t code, uint32_t *rows, uint32_t *cols, uint32_t *shifts, size_t len)
 {
-    const qkd_ldpc_table *t = cv_table(code);
-    if (!t || !rows || !cols || !shifts || len != t->edges)
-        return QKD_EINVAL;
-    for (uint32_t r = 0; r < t->mb; r++) {
-        for (uint32_t e = t->row_start[r]; e < t->row_start[r + 1]; e++) {
-            rows[e] = r;
-            cols[e] = t->cols[e];
-            shifts[e] = t->shifts[e];
-        }
-    }
-    return QKD_OK;
+    return qkd_ldpc_table_entries(cv_table(code), rows, cols, shifts, len);
 }
 
 int qkd_ldpc_cv_syndrome(uint32_t code, const uint8_t *bits, size_t n_bits, uint8_t *syndrome, size_t m_bits)
 {
-    const qkd_ldpc_table *t = cv_table(code);
-    if (!t || !bits || !syndrome || n_bits != (size_t)t->nb * t->z || m_bits != (size_t)t->mb * t->z)
-        return QKD_EINVAL;
-    const uint32_t z = t->z;
-    memset(syndrome, 0, m_bits);
-    for (uint32_t r = 0; r < t->mb; r++) {
-        uint8_t *s = syndrome + (size_t)r * z;
-        for (uint32_t e = t->row_start[r]; e < t->row_start[r + 1]; e++) {
-            const uint8_t *b = bits + (size_t)t->cols[e] * z;
-            uint32_t shift = t->shifts[e];
-            for (uint32_t i = 0; i < z - shift; i++)
-                s[i] ^= b[i + shift] & 1u;
-            for (uint32_t i = z - shift; i < z; i++)
-                s[i] ^= b[i + shift - z] & 1u;
-        }
-    }
-    return QKD_OK;
+    return qkd_ldpc_table_syndrome(cv_table(code), bits, n_bits, syndrome, m_bits);
 }
 
 void qkd_ldpc_bp_free(qkd_ldpc_bp *d)

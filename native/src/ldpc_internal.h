@@ -2,6 +2,8 @@
 #ifndef QKD_LDPC_INTERNAL_H
 #define QKD_LDPC_INTERNAL_H
 
+#include "qkd_ldpc.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -14,5 +16,11 @@ typedef struct qkd_ldpc_table {
 
 extern const qkd_ldpc_table qkd_ldpc_tables[];
 extern const size_t qkd_ldpc_table_count;
+
+/* ldpc_table.c: a table's sizes, entries and syndromes (QKD_EINVAL for a missing table or wrong lengths) */
+int qkd_ldpc_table_info(const qkd_ldpc_table *t, qkd_ldpc_code_info *out);
+int qkd_ldpc_table_entries(const qkd_ldpc_table *t, uint32_t *rows, uint32_t *cols, uint32_t *shifts, size_t len);
+int qkd_ldpc_table_syndrome(const qkd_ldpc_table *t, const uint8_t *bits, size_t n_bits, uint8_t *syndrome,
+                            size_t m_bits);
 
 #endif
