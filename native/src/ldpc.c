@@ -98,11 +98,7 @@ int qkd_ldpc_decoder_new(qkd_ldpc_decoder **out, uint32_t code)
     if (!d)
         return QKD_ENOMEM;
     d->t = t;
-    for (uint32_t r = 0; r < t->mb; r++) {
-        uint32_t degree = (uint32_t)(t->row_start[r + 1] - t->row_start[r]);
-        if (degree > d->max_row_degree)
-            d->max_row_degree = degree;
-    }
+    d->max_row_degree = qkd_ldpc_table_max_row_degree(t);
     const size_t z = t->z;
     d->stride = (uint32_t)z + QKD_LDPC_PAD;
     d->posterior = aligned_alloc(64, ((size_t)t->nb * d->stride + 63) / 64 * 64);

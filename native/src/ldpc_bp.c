@@ -91,11 +91,7 @@ int qkd_ldpc_bp_new(qkd_ldpc_bp **out, uint32_t code)
     if (!d)
         return QKD_ENOMEM;
     d->t = t;
-    for (uint32_t r = 0; r < t->mb; r++) {
-        uint32_t degree = (uint32_t)(t->row_start[r + 1] - t->row_start[r]);
-        if (degree > d->max_row_degree)
-            d->max_row_degree = degree;
-    }
+    d->max_row_degree = qkd_ldpc_table_max_row_degree(t);
     const size_t z = t->z;
     d->posterior = malloc((size_t)t->nb * z * sizeof(float));
     d->messages = malloc((size_t)t->edges * z * sizeof(float));

@@ -20,6 +20,7 @@ extern const size_t qkd_ldpc_table_count;
 /* ldpc_table.c: a table's sizes, entries and syndromes (QKD_EINVAL for a missing table or wrong lengths) */
 int qkd_ldpc_table_info(const qkd_ldpc_table *t, qkd_ldpc_code_info *out);
 int qkd_ldpc_table_entries(const qkd_ldpc_table *t, uint32_t *rows, uint32_t *cols, uint32_t *shifts, size_t len);
+uint32_t qkd_ldpc_table_max_row_degree(const qkd_ldpc_table *t);   /* the decoders size their layer buffers by it */
 int qkd_ldpc_table_syndrome(const qkd_ldpc_table *t, const uint8_t *bits, size_t n_bits, uint8_t *syndrome,
                             size_t m_bits);
 

@@ -1,6 +1,6 @@
 /* ldpc_table.c - what both LDPC decoders ask of a quasi-cyclic code table (ldpc_internal.h): its sizes, its
- * entries as (base row, base column, circulant shift), and the syndrome H x of a word. ldpc.c serves the BB84
- * codes through it, ldpc_bp.c the CV-QKD codes. */
+ * entries as (base row, base column, circulant shift), its largest row degree, and the syndrome H x of a word.
+ * ldpc.c serves the BB84 codes through it, ldpc_bp.c the CV-QKD codes. */
 #include "ldpc_internal.h"
 #include "qkd_bits.h"
 
@@ -31,6 +31,17 @@ int qkd_ldpc_table_entries(const qkd_ldpc_table *t, uint32_t *rows, uint32_t *co
         }
     }
     return QKD_OK;
+}
+
+uint32_t qkd_ldpc_table_max_row_degree(const qkd_ldpc_table *t)
+{
+    uint32_t most = 0;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        uint32_t degree = (uint32_t)(t->row_start[r + 1] - t->row_start[r]);
+        if (degree > most)
+            most = degree;
+    }
+    return most;
 }
 
 int qkd_ldpc_table_syndrome(const qkd_ldpc_table *t, const uint8_t *bits, size_t n_bits, uint8_t *syndrome,

@@ -7,7 +7,6 @@ decoders in different threads run in parallel; a Decoder itself belongs to one t
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -42,46 +41,59 @@ class CodeInfo:
         return 1.0 - self.m_bits / self.n_bits
 
 
-@functools.cache
-def codes() -> tuple[CodeInfo, ...]:
-    """Every shipped code, by index."""
-    out = []
-    for index in range(lib.qkd_ldpc_code_count()):
-        info = ffi.new("qkd_ldpc_code_info *")
-        check(lib.qkd_ldpc_code_get_info(index, info), "code_get_info")
-        out.append(CodeInfo(index, info.z, info.mb, info.nb, info.edges, info.n_bits, info.m_bits))
-    return tuple(out)
+class CodeFamily:
+    """One set of shipped code tables and the library's accessors of it, by index: the BB84 codes here, the
+    CV-QKD codes in qkdd.bindings.ldpc_bp (each set has its own index space)."""
+
+    def __init__(self, name: str, label: str, count, get_info, get_entries, syndrome):
+        self._name, self._label = name, label
+        self._count, self._get_info, self._get_entries, self._syndrome = count, get_info, get_entries, syndrome
+        self._codes: tuple[CodeInfo, ...] | None = None
+
+    def codes(self) -> tuple[CodeInfo, ...]:
+        """Every shipped code of the set, by index."""
+        if self._codes is None:
+            out = []
+            for index in range(self._count()):
+                info = ffi.new("qkd_ldpc_code_info *")
+                check(self._get_info(index, info), f"{self._label}code_get_info")
+                out.append(CodeInfo(index, info.z, info.mb, info.nb, info.edges, info.n_bits, info.m_bits))
+            self._codes = tuple(out)
+        return self._codes
+
+    def code(self, index: int) -> CodeInfo:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(self.codes()):
+            raise ValueError(f"no {self._name} code {index!r} (the library ships {len(self.codes())})")
+        return self.codes()[index]
+
+    def entries(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The base matrix of code `index`: (rows, cols, shifts) of its non-empty entries, row-major."""
+        info = self.code(index)
+        rows, cols, shifts = (np.zeros(info.edges, dtype=np.uint32) for _ in range(3))
+        check(self._get_entries(index, ffi.from_buffer("uint32_t[]", rows), ffi.from_buffer("uint32_t[]", cols),
+                                ffi.from_buffer("uint32_t[]", shifts), info.edges), f"{self._label}code_get_entries")
+        return rows, cols, shifts
+
+    def syndrome(self, index: int, bits: np.ndarray) -> np.ndarray:
+        """H x for codeword candidate `bits` (n_bits uint8) of code `index`: m_bits uint8."""
+        info = self.code(index)
+        bits = _bits(bits, info.n_bits, "bits")
+        out = np.empty(info.m_bits, dtype=np.uint8)
+        check(self._syndrome(index, ffi.from_buffer("uint8_t[]", bits), info.n_bits,
+                             ffi.from_buffer("uint8_t[]", out, require_writable=True), info.m_bits),
+              f"{self._label}syndrome")
+        return out
 
 
-def code(index: int) -> CodeInfo:
-    if not isinstance(index, int) or not 0 <= index < len(codes()):
-        raise ValueError(f"no LDPC code {index!r} (the library ships {len(codes())})")
-    return codes()[index]
-
-
-def entries(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The base matrix of code `index`: (rows, cols, shifts) of its non-empty entries, row-major."""
-    info = code(index)
-    rows, cols, shifts = (np.zeros(info.edges, dtype=np.uint32) for _ in range(3))
-    check(lib.qkd_ldpc_code_get_entries(index, ffi.from_buffer("uint32_t[]", rows), ffi.from_buffer("uint32_t[]", cols),
-                                        ffi.from_buffer("uint32_t[]", shifts), info.edges), "code_get_entries")
-    return rows, cols, shifts
+BB84_CODES = CodeFamily("LDPC", "", lib.qkd_ldpc_code_count, lib.qkd_ldpc_code_get_info,
+                        lib.qkd_ldpc_code_get_entries, lib.qkd_ldpc_syndrome)
+codes, code, entries, syndrome = BB84_CODES.codes, BB84_CODES.code, BB84_CODES.entries, BB84_CODES.syndrome
 
 
 def _bits(array: np.ndarray, length: int, name: str) -> np.ndarray:
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.shape != (length,):
         raise ValueError(f"{name} must be a uint8 array of {length} bits")
     return np.ascontiguousarray(array)
-
-
-def syndrome(index: int, bits: np.ndarray) -> np.ndarray:
-    """H x for codeword candidate `bits` (n_bits uint8) of code `index`: m_bits uint8."""
-    info = code(index)
-    bits = _bits(bits, info.n_bits, "bits")
-    out = np.empty(info.m_bits, dtype=np.uint8)
-    check(lib.qkd_ldpc_syndrome(index, ffi.from_buffer("uint8_t[]", bits), info.n_bits,
-                                ffi.from_buffer("uint8_t[]", out, require_writable=True), info.m_bits), "syndrome")
-    return out
 
 
 def path_available(path: int) -> bool:

@@ -6,55 +6,19 @@ so decoders in different threads run in parallel; a BpDecoder belongs to one thr
 """
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 
 from qkdd._native import ffi, lib
 from qkdd.bindings import check
-from qkdd.bindings.ldpc import CodeInfo
+from qkdd.bindings.ldpc import CodeFamily
 
 MAX_ITERATIONS = lib.QKD_LDPC_BP_MAX_ITERATIONS
 
 
-@functools.cache
-def codes() -> tuple[CodeInfo, ...]:
-    """Every shipped CV-QKD code, by index."""
-    out = []
-    for index in range(lib.qkd_ldpc_cv_code_count()):
-        info = ffi.new("qkd_ldpc_code_info *")
-        check(lib.qkd_ldpc_cv_code_get_info(index, info), "cv_code_get_info")
-        out.append(CodeInfo(index, info.z, info.mb, info.nb, info.edges, info.n_bits, info.m_bits))
-    return tuple(out)
-
-
-def code(index: int) -> CodeInfo:
-    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(codes()):
-        raise ValueError(f"no CV LDPC code {index!r} (the library ships {len(codes())})")
-    return codes()[index]
-
-
-def entries(index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The base matrix of code `index`: (rows, cols, shifts) of its non-empty entries, row-major."""
-    info = code(index)
-    rows, cols, shifts = (np.zeros(info.edges, dtype=np.uint32) for _ in range(3))
-    check(lib.qkd_ldpc_cv_code_get_entries(index, ffi.from_buffer("uint32_t[]", rows),
-                                           ffi.from_buffer("uint32_t[]", cols), ffi.from_buffer("uint32_t[]", shifts),
-                                           info.edges), "cv_code_get_entries")
-    return rows, cols, shifts
-
-
-def syndrome(index: int, bits: np.ndarray) -> np.ndarray:
-    """H x for `bits` (n_bits uint8) of code `index`: m_bits uint8."""
-    info = code(index)
-    if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.shape != (info.n_bits,):
-        raise ValueError(f"bits must be a uint8 array of {info.n_bits} bits")
-    bits = np.ascontiguousarray(bits)
-    out = np.empty(info.m_bits, dtype=np.uint8)
-    check(lib.qkd_ldpc_cv_syndrome(index, ffi.from_buffer("uint8_t[]", bits), info.n_bits,
-                                   ffi.from_buffer("uint8_t[]", out, require_writable=True), info.m_bits),
-          "cv_syndrome")
-    return out
+CV_CODES = CodeFamily("CV LDPC", "cv_", lib.qkd_ldpc_cv_code_count, lib.qkd_ldpc_cv_code_get_info,
+                      lib.qkd_ldpc_cv_code_get_entries, lib.qkd_ldpc_cv_syndrome)
+codes, code, entries, syndrome = CV_CODES.codes, CV_CODES.code, CV_CODES.entries, CV_CODES.syndrome
 
 
 class BpDecoder:
