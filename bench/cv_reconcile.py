@@ -22,20 +22,27 @@ import numpy as np
 from qkdd.postprocess import cv_reconciliation as cr
 
 
+def virtual_channel(rng: np.random.Generator, values: int, snr: float,
+                    v_a: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Bob's fresh bits and Alice's LLRs of them for `values` symbols at this SNR: x ~ N(0, V_A), y = t x + z
+    (GG02 in SNU), through the 8-D reconciliation's mapping."""
+    t = math.sqrt(snr / v_a)
+    x = rng.normal(0.0, math.sqrt(v_a), values)
+    y = t * x + rng.normal(0.0, 1.0, x.size)
+    bits = rng.integers(0, 2, x.size, dtype=np.uint8)
+    m, norms = cr.bob_map(y, bits)
+    a, noise = cr.conditional_model(t, 1.0, v_a)
+    return bits, cr.alice_llr(x, m, norms, a, noise)
+
+
 def measure(code: int, snr: float, words: int, seed: int) -> dict:
     info = cr.code_info(code)
     rng = np.random.default_rng(seed)
-    v_a = 4.0
-    t = math.sqrt(snr / v_a)
     good = iterations = 0
     started = time.perf_counter()
     for _ in range(words):
-        x = rng.normal(0.0, math.sqrt(v_a), info.n_bits)
-        y = t * x + rng.normal(0.0, 1.0, x.size)
-        bits = rng.integers(0, 2, x.size, dtype=np.uint8)
-        m, norms = cr.bob_map(y, bits)
-        a, noise = cr.conditional_model(t, 1.0, v_a)
-        decoded = cr.decode(code, cr.alice_llr(x, m, norms, a, noise), cr.syndromes(code, bits))
+        bits, llr = virtual_channel(rng, info.n_bits, snr)
+        decoded = cr.decode(code, llr, cr.syndromes(code, bits))
         good += int(decoded.ok[0] and np.array_equal(decoded.bits, bits))
         iterations += decoded.iterations
     elapsed = time.perf_counter() - started

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from bench.cv_reconcile import virtual_channel
 from qkdd.bindings import ldpc
 from qkdd.hal.sim import cv_run
 from qkdd.hal.sim.cv_channel import CvChannel, CvChannelSettings, alice_values, bob_values_snu
@@ -106,17 +107,11 @@ def test_reverse_reconciliation_decodes_at_the_operating_snr_and_not_far_below()
     code = min(cr.LONG_CODES, key=lambda i: ldpc.code(i).rate)
     info = ldpc.code(code)
     rng = np.random.default_rng(8)
-    words, v_a = 2, 4.0
+    words = 2
 
     def attempt(snr):
-        t = math.sqrt(snr / v_a)
-        x = rng.normal(0.0, math.sqrt(v_a), info.n_bits * words)
-        y = t * x + rng.normal(0.0, 1.0, x.size)
-        bits = rng.integers(0, 2, x.size, dtype=np.uint8)
-        m, norms = cr.bob_map(y, bits)
-        a, noise = cr.conditional_model(t, 1.0, v_a)
-        decoded = cr.decode(code, cr.alice_llr(x, m, norms, a, noise), cr.syndromes(code, bits))
-        return decoded, bits
+        bits, llr = virtual_channel(rng, info.n_bits * words, snr)
+        return cr.decode(code, llr, cr.syndromes(code, bits)), bits
 
     decoded, bits = attempt(1.05 * cr.operating_snr(code))
     assert decoded.ok.all() and np.array_equal(decoded.bits, bits)

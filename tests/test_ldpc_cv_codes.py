@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+from bench.cv_reconcile import virtual_channel
 from qkdd.bindings import ldpc_bp
 from qkdd.postprocess import cv_reconciliation as cr
 
@@ -38,15 +39,9 @@ def _parity_check(index):
     return checks, bits
 
 
-def _channel(rng, info, snr, words=1, v_a=4.0):
+def _channel(rng, info, snr, words=1):
     """Bob's bits and Alice's LLRs through 8-D reconciliation at this SNR (GG02 in SNU: y = t x + z)."""
-    t = math.sqrt(snr / v_a)
-    x = rng.normal(0.0, math.sqrt(v_a), info.n_bits * words)
-    y = t * x + rng.normal(0.0, 1.0, x.size)
-    bits = rng.integers(0, 2, x.size, dtype=np.uint8)
-    m, norms = cr.bob_map(y, bits)
-    a, noise = cr.conditional_model(t, 1.0, v_a)
-    return bits, cr.alice_llr(x, m, norms, a, noise)
+    return virtual_channel(rng, info.n_bits * words, snr)
 
 
 def test_shipped_tables_are_what_the_generator_writes():
