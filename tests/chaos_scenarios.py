@@ -94,6 +94,16 @@ def _restore(lab, window: Window, resumed: dict[str, float | None], *, ends: tup
     lab.wait_for_session()
 
 
+def _warnings(lab, limit: int = 12) -> dict[str, list[str]]:
+    """The last warning and error lines of each daemon's current run: what a failed verdict shows."""
+    found = {}
+    for end, daemon in lab.daemons.items():
+        lines = [line[:400] for line in daemon.run_log().splitlines()
+                 if "level=warning" in line or "level=error" in line]
+        found["alice" if end == "a" else "bob"] = lines[-limit:]
+    return found
+
+
 def _last_error(log: str) -> str:
     lines = [line for line in log.splitlines() if "level=error" in line or "Error" in line or "Traceback" in line]
     return (lines[-1] if lines else (log.splitlines() or [""])[-1])[:300]
@@ -136,6 +146,7 @@ def verdict(lab, name: str, window: Window, resumed: dict[str, float | None], **
         **extra,
         "started_utc": window.started_utc,
         "notes": window.notes,
+        "log_warnings": {} if ok else _warnings(lab),
         "pass": ok,
     }
 

@@ -13,6 +13,8 @@ needs libfaketime.
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.chaos_lab import Lab, faketime_available
@@ -41,23 +43,28 @@ def lab(tmp_path_factory):
         yield running
 
 
+def shown(result: dict) -> str:
+    """The whole verdict, for a failed assertion (pytest would abridge the dict)."""
+    return json.dumps(result, indent=1, default=str)
+
+
 def keeps_every_key(result: dict) -> None:
-    assert result["served_twice"] == 0, result
-    assert result["lost"] == 0, result
-    assert result["mismatched"] == 0, result
-    assert not [outcome for outcome in result["fetch_refused"] if "dropped answer" not in outcome], result
-    assert result["handed_out"]["alice"] > 0 and result["handed_out"]["bob"] > 0, result
+    assert result["served_twice"] == 0, shown(result)
+    assert result["lost"] == 0, shown(result)
+    assert result["mismatched"] == 0, shown(result)
+    assert not [outcome for outcome in result["fetch_refused"] if "dropped answer" not in outcome], shown(result)
+    assert result["handed_out"]["alice"] > 0 and result["handed_out"]["bob"] > 0, shown(result)
 
 
 def resumes_by_itself(result: dict) -> None:
-    assert not result["crashed"], result
-    assert result["resume_s"] is not None and result["resume_s"] <= RESUME_LIMIT_S, result
+    assert not result["crashed"], shown(result)
+    assert result["resume_s"] is not None and result["resume_s"] <= RESUME_LIMIT_S, shown(result)
 
 
 def test_loss_of_5_percent(lab):
     result = SCENARIOS["loss"](lab, SHORT)
     keeps_every_key(result)
-    assert result["served_during_fault"] > 0, result            # TCP carries the link through the loss
+    assert result["served_during_fault"] > 0, shown(result)          # TCP carries the link through the loss
     resumes_by_itself(result)
 
 
@@ -68,7 +75,7 @@ def partition(lab):
 
 def test_a_10_s_partition_loses_no_key(partition):
     keeps_every_key(partition)
-    assert not partition["crashed"], partition
+    assert not partition["crashed"], shown(partition)
 
 
 @pytest.mark.xfail(reason=PARTITION_DEFECT, strict=False)
@@ -83,7 +90,7 @@ def asymmetric(lab, partition):          # (after the partition: the fixtures ke
 
 def test_an_asymmetric_partition_loses_no_key(asymmetric):
     keeps_every_key(asymmetric)
-    assert not asymmetric["crashed"], asymmetric
+    assert not asymmetric["crashed"], shown(asymmetric)
 
 
 @pytest.mark.xfail(reason=PARTITION_DEFECT, strict=False)
@@ -99,7 +106,7 @@ def kill9(lab, asymmetric):
 def test_kill_9_of_either_end_five_times_loses_no_key(lab, kill9):
     keeps_every_key(kill9)
     assert lab.restarts["a"] >= 3 and lab.restarts["b"] >= 2
-    assert not kill9["crashed"], kill9
+    assert not kill9["crashed"], shown(kill9)
 
 
 @pytest.mark.xfail(reason=KILL_DEFECT, strict=False)
