@@ -81,13 +81,15 @@ def test_zhang_2020_table_i_rate_versus_distance(row):
     assert printed_snr * (1 - 5e-3) <= snr <= printed_snr * 10 ** 0.03
 
 
-# Zhang et al.'s finite-size analysis is Leverrier et al. 2010's (PRA 81, 062343; qkdd.protocols.cvqkd_finite): the
-# worst-case xi' of the estimator's confidence interval at eps_PE = 1e-10 (z ~ 6.5) and
-# Delta(n) = 7 sqrt(log2(2/eps)/n) + (2/n) log2(1/eps) at eps = 1e-10, with parameter estimation on all N symbols
-# (the bound for m = n = N). Table I (as transcribed) does not give N. Both their xi' column and their key column
-# come out of those formulas for one block size, N = 1e11 from 27.27 to 140.52 km and 1e12 at 202.81 km, and for
-# no other power of ten (the tests below check that). These N were worked out from the table, not read from the
-# paper.
+# Zhang et al.'s finite-size columns come out of Leverrier et al. 2010's analysis (PRA 81, 062343;
+# qkdd.protocols.cvqkd_finite): the worst-case xi' of the estimator's confidence interval at eps_PE = 1e-10
+# (z ~ 6.5) and Delta(n) = 7 sqrt(log2(2/eps)/n) + (2/n) log2(1/eps) at eps = 1e-10, with parameter estimation on
+# all N symbols, m = n = N (estimation after reconciliation, on the whole block, as in "High efficiency
+# postprocessing for continuous-variable quantum key distribution: using all raw keys for parameter estimation
+# and key extraction", arXiv:1806.00173). Table I (as transcribed) does not give N. Both its xi' column and its
+# key column come out for one block size, N = 1e11 from 27.27 to 140.52 km and 1e12 at 202.81 km; ten times fewer
+# or more symbols miss both at 140.52 and 202.81 km (the tests below check that). These N were worked out from
+# the table, not read from the paper.
 ZHANG_BLOCK_SYMBOLS = (10 ** 11,) * 5 + (10 ** 12,)
 ZHANG_KEY_UNIT_BPS = (1e3, 1e3, 1e2, 1e2, 0.01, 0.001)      # one unit of the last printed digit of each key rate
 ZHANG_IDS = [f"{row[0]}km" for row in ZHANG_TABLE_I]
