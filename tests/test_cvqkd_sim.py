@@ -18,7 +18,7 @@ from qkdd.hal.sim import cv_run
 from qkdd.hal.sim.cv_channel import CvChannel, CvChannelSettings, alice_values, bob_values_snu
 from qkdd.postprocess import cv_reconciliation as cr
 from qkdd.protocols import cvqkd_finite
-from qkdd.protocols.cvqkd import CvParams, gg02_key_rate
+from qkdd.protocols.cvqkd import CvParams, gg02_key_rate, gg02_terms
 
 # Lodewyck et al., PRA 76, 042305 (2007), Sec. V: the 25 km system's homodyne detector (eta 0.606, v_el 0.041)
 # and excess noise 0.005 SNU; Leverrier, Grosshans & Grangier, PRA 81, 062343 (2010) evaluate their finite-size
@@ -81,6 +81,32 @@ def test_finite_size_key_beyond_50_km_as_leverrier_2010_concludes():
                                                  symbols, symbols // 2) for v in np.arange(2.0, 20.0, 0.5))
     assert best(50.0, 10 ** 10) > 0.0 and best(75.0, 10 ** 10) > 0.0
     assert best(75.0, 10 ** 8) == 0.0
+
+
+def _holevo_at_gain(params, t, sigma2):
+    transmittance, excess_noise = cvqkd_finite._channel(params, t, sigma2)
+    return gg02_terms(params, min(transmittance, 1.0), max(excess_noise, 0.0)).holevo_bound
+
+
+@pytest.mark.parametrize("detection", ["homodyne", "heterodyne"])
+@pytest.mark.parametrize("distance_km, modulation_variance", [(2.0, 4.0), (10.0, 0.2), (20.0, 0.2), (20.0, 4.0),
+                                                               (60.0, 2.0)])
+def test_worst_case_holevo_is_the_maximum_over_the_confidence_interval(detection, distance_km, modulation_variance):
+    """S_eps_PE (Leverrier 2010 Eq. (2)) is the largest chi_BE the confidence region allows. chi_BE grows with
+    sigma^2 (so sigma2_max), but in t it is not monotone: with trusted detector noise it falls with T at long range,
+    so at 20 km and beyond the t_max end, not t_min, is the worst case. `worst_case_holevo` is at least chi_BE at
+    41 points across [t_min, t_max] and not above their maximum by more than the step can hide (4-frame estimate,
+    the daemon's defaults otherwise)."""
+    params = CvParams(modulation_variance=modulation_variance, distance_km=distance_km, detection=detection)
+    est = cvqkd_finite.expected_estimate(params, 2_000_000 * (1 if detection == "homodyne" else 2))
+    worst = cvqkd_finite.worst_case_holevo(params, est)
+    grid = np.linspace(est.t_min, est.t_max, 41)
+    values = [_holevo_at_gain(params, t, est.sigma2_max) for t in grid]
+    assert worst >= max(values) - 1e-12
+    assert worst <= max(values) + 1e-3 * (max(values) - min(values)) + 1e-12
+    assert all(_holevo_at_gain(params, t, est.sigma2_hat) < v for t, v in zip(grid[::10], values[::10]))
+    if distance_km >= 20.0:
+        assert values[-1] > values[0]          # the t_min corner alone would under-count Eve's information
 
 
 def test_octonion_map_sends_bobs_direction_to_his_point():

@@ -56,6 +56,10 @@ ENSEMBLES = {
 #     nu(r, x) = 0.0225 r1 x1^2 x2^52 + 0.0175 r1 x1^3 x2^57 + 0.96 r1 x3,
 #     mu(x)    = 0.0165 x1^4 + 0.0035 x1^9 + 0.7125 x2^2 x3 + 0.2475 x2^3 x3
 # (both sides hold 0.0975 type-1 and 2.1675 type-2 edges per variable; rate 1 - 0.98 = 0.02).
+# Source: the coefficients were read from a public repository's transcription, not from the paper. The citation
+# (title, authors, PRA 103, 062419 (2021), codes for rates 0.1, 0.05, 0.02, 0.01) is confirmed by DTU's publication
+# record; the preprint appears to be arXiv:1812.05867. The edge balances and the rate above hold exactly, which a
+# mistyped coefficient would likely break, but the paper's table (and its number) could not be read to compare.
 PUBLISHED = {
     "met-r0.02": ({(2, 52): 45, (3, 57): 35}, {4: 33, 9: 7}, {2: 1425, 3: 495}, (128, 512)),
 }

@@ -10,9 +10,9 @@ her quadratures. Leverrier, Grosshans & Grangier, PRA 81, 062343 (2010), Sec. II
     estimation.
  2. REVEAL (Alice): her modulation variance and her values at those symbols.
  3. RECONCILE (Bob): t_hat and sigma2_hat (qkdd.protocols.cvqkd_finite.estimate), and, unless the bound
-    at the worst case T_min, xi_max leaves no key (ESTIMATION abort) or the SNR is below every code, the
-    code and the 8-D reconciliation of the other symbols (qkdd.postprocess.cv_reconciliation): per block of
-    8 values the unit octonion m and |y|, per codeword the syndrome of his fresh bits.
+    at the worst case (T over [T_min, T_max], xi_max) leaves no key (ESTIMATION abort) or the SNR is below
+    every code, the code and the 8-D reconciliation of the other symbols (qkdd.postprocess.cv_reconciliation):
+    per block of 8 values the unit octonion m and |y|, per codeword the syndrome of his fresh bits.
  4. DECODED (Alice): which codewords she decoded; the others are dropped at both ends.
  5. Verification as BB84: Bob announces the polynomial hash of his bits (the key), Alice checks and, with
     the finite-size length l = kept bits - leak - n chi_BE(T_min, xi_max) - n Delta(n), announces the

@@ -8,8 +8,12 @@ PRA 81, 062343 (2010):
  * Sec. IV (parameter estimation): Alice reveals m of the N symbols; with the normal model y = t x + z,
    t_hat = sum(x y)/sum(x^2), sigma2_hat = (1/m) sum (y - t_hat x)^2, and at confidence eps_PE
    t_min = t_hat - z sqrt(sigma2_hat / (m V_A)),  sigma2_max = sigma2_hat + z sigma2_hat sqrt(2)/sqrt(m),
-   z = z_{eps_PE/2} with erfc(z / sqrt 2) = eps_PE (z ~ 6.5 for eps_PE = 1e-10). Eve's information is
-   S_eps_PE = chi_BE evaluated at T_min and xi_max.
+   z = z_{eps_PE/2} with erfc(z / sqrt 2) = eps_PE (z ~ 6.5 for eps_PE = 1e-10). Eve's information S_eps_PE is
+   "the maximal value of the Holevo information compatible with the statistics except with probability eps_PE":
+   chi_BE maximised over the confidence region t in [t_min, t_max], sigma^2 <= sigma2_max. Leverrier et al.
+   evaluate it at (t_min, sigma2_max); chi_BE grows with sigma^2, but with trusted detector noise it falls with T
+   at long range (Bob's data carries less of the channel), so from ~10 km on the maximum over t lies at t_max or
+   inside the interval, not at t_min (`worst_case_holevo`).
 Conventions in shot-noise units (Laudenbach et al., Adv. Quantum Technol. 1, 1800011 (2018), Sec. 4, 6):
 homodyne t = sqrt(eta T), sigma^2 = 1 + v_el + eta T xi; heterodyne (each quadrature) t = sqrt(eta T / 2),
 sigma^2 = 1 + v_el + eta T xi / 2.
@@ -73,6 +77,12 @@ class Estimate:
     modulation_variance: float
 
     @property
+    def t_max(self) -> float:
+        """Upper end of the confidence interval on t, symmetric about t_hat (t_min is only clipped when it
+        reaches 0, and then there is no channel to bound)."""
+        return 2.0 * self.t_hat - self.t_min
+
+    @property
     def snr(self) -> float:
         """t^2 V_A / sigma^2 per measured value (the virtual BIAWGN channel's SNR in reconciliation)."""
         return 0.0 if self.sigma2_hat <= 0 else self.t_hat ** 2 * self.modulation_variance / self.sigma2_hat
@@ -134,12 +144,40 @@ def finite_size_delta_bits(n: int, eps_smooth: float = 1e-10, eps_pa: float = 1e
     return DIM_HX_FACTOR * math.sqrt(n * math.log2(2.0 / eps_smooth)) + 2.0 * math.log2(1.0 / eps_pa)
 
 
+WORST_CASE_GRID = 17            # points over [t_min, t_max] before the golden-section refinement
+WORST_CASE_REFINE = 40          # golden-section steps on the best grid cell (the cell shrinks by 0.618 each)
+
+
+def _holevo_at(params: CvParams, t: float, sigma2: float) -> float:
+    transmittance, excess_noise = _channel(params, t, sigma2)
+    return gg02_terms(params, min(transmittance, 1.0), max(excess_noise, 0.0)).holevo_bound
+
+
 def worst_case_holevo(params: CvParams, est: Estimate) -> float | None:
-    """chi_BE per symbol at (T_min, xi_max); None when the estimate leaves no physical channel (T_min = 0)."""
+    """S_eps_PE: chi_BE per symbol maximised over t in [t_min, t_max] at sigma2_max (Leverrier 2010 Eq. (2); see
+    the module docstring for why not at t_min alone); None when the estimate leaves no physical channel
+    (T_min = 0). A grid over the interval, then golden-section search on the cell around its best point (chi_BE
+    is smooth in t; its maximum is at an end of the interval or at one stationary point inside)."""
     if not est.transmittance_min > 0.0:
         return None
-    transmittance = min(est.transmittance_min, 1.0)
-    return gg02_terms(params, transmittance, max(est.excess_noise_max, 0.0)).holevo_bound
+    t_low, t_high = est.t_min, est.t_max
+    grid = [t_low + (t_high - t_low) * k / (WORST_CASE_GRID - 1) for k in range(WORST_CASE_GRID)]
+    values = [_holevo_at(params, t, est.sigma2_max) for t in grid]
+    best = max(range(WORST_CASE_GRID), key=values.__getitem__)
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, WORST_CASE_GRID - 1)]
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = _holevo_at(params, c, est.sigma2_max), _holevo_at(params, d, est.sigma2_max)
+    for _ in range(WORST_CASE_REFINE):
+        if fc >= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = _holevo_at(params, c, est.sigma2_max)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = _holevo_at(params, d, est.sigma2_max)
+    return max(values[best], fc, fd)
 
 
 @dataclass(frozen=True)
@@ -153,7 +191,7 @@ class FiniteKey:
 
 def key_length(params: CvParams, est: Estimate, key_symbols: int, reconciled_bits: int, leak_bits: int,
                eps_smooth: float = 1e-10, eps_pa: float = 1e-10) -> FiniteKey:
-    """l = H(K) - leak - n chi_BE(T_min, xi_max) - n Delta(n): Leverrier 2010 Eq. (2) with the beta I_AB term
+    """l = H(K) - leak - n S_eps_PE - n Delta(n): Leverrier 2010 Eq. (2) with the beta I_AB term
     measured as the reconciled bits less the bits the reconciliation and verification disclosed."""
     holevo = worst_case_holevo(params, est)
     if holevo is None or key_symbols < 1:
@@ -162,14 +200,14 @@ def key_length(params: CvParams, est: Estimate, key_symbols: int, reconciled_bit
     length = math.floor(reconciled_bits - leak_bits - key_symbols * holevo - delta)
     if length <= 0:
         return FiniteKey(0, holevo, delta, True,
-                         f"Holevo bound leaves no key: chi_BE {holevo:.4f} bit/symbol at T_min "
-                         f"{est.transmittance_min:.4f}, xi_max {est.excess_noise_max:.4f} SNU")
+                         f"Holevo bound leaves no key: chi_BE {holevo:.4f} bit/symbol, worst case over T from T_min "
+                         f"{est.transmittance_min:.4f} at xi_max {est.excess_noise_max:.4f} SNU")
     return FiniteKey(length, holevo, delta, False, None)
 
 
 def finite_size_rate(params: CvParams, symbols: int, pe_samples: int, eps_pe: float = 1e-10,
                      eps_smooth: float = 1e-10, eps_pa: float = 1e-10) -> float:
-    """Analytic finite-size key rate per symbol sent, K = (n/N)[beta I_AB - chi_BE(T_min, xi_max) - Delta(n)],
+    """Analytic finite-size key rate per symbol sent, K = (n/N)[beta I_AB - S_eps_PE - Delta(n)],
     n = N - m (Leverrier 2010 Eq. (2)); the worst case from `expected_estimate`; 0 when negative."""
     if not 0 < pe_samples < symbols:
         raise ValueError("finite_size_rate: need 0 < pe_samples < symbols")
