@@ -12,6 +12,13 @@ brings up the next session by itself: the dialling end redials with exponential 
 after the first delay without backing off further), the listening end waits for the next connection. A newly
 authenticated connection replaces the live one (the peer restarted and its old connection may not
 have died yet), so at most one session per link is live and no restart needs a manual step.
+
+The dialling end also watches its live session's connection (once a second, `_redial_when_stalled`):
+where the kernel cannot cap TCP's retransmission timeout (tcp_tuning.py), a partition shorter than the
+idle timeout leaves the session up but waiting for a retransmission that may come tens of seconds after
+the path returned. Once the peer is silent past its heartbeat and TCP backs off beyond the ceiling, the
+dialling end tries a new connection every PROBE_INTERVAL_S; the first that completes its handshake
+replaces the stalled session at both ends (the application resynchronises as after any new session).
 """
 from __future__ import annotations
 
@@ -30,11 +37,12 @@ from .errors import PeerError, PeerTimeoutError, SessionClosedError, SessionTrun
 from .handshake import Role
 from .session import PeerSession
 from .settings import PeerSettings
-from .tcp_tuning import cap_retransmission_timeout
+from .tcp_tuning import cap_retransmission_timeout, path_stalled, retransmission_state
 
 log = logging.getLogger("qkdd.peer")
 
 DRAIN_AFTER_CLOSE_S = 5.0  # after a clean close, how long the handler may take to read what is queued
+PROBE_INTERVAL_S = 1.0     # a stalled session's connection is checked, and a new one tried, this often
 
 SessionHandler = Callable[[PeerSession], Awaitable[None]]
 
@@ -94,8 +102,58 @@ class PeerConnector:
             # The peer answered: whatever failed before is over. A peer that restarts twice in a row
             # is redialled after backoff_initial_s, not after the delay its first absence built up.
             backoff.reset()
-            await self._serve(session)
+            while session is not None:
+                session = await self._serve_watching_path(session, context, host, port)
             await trio.sleep(backoff.next_delay_s())
+
+    async def _serve_watching_path(self, session: PeerSession, context: ssl.SSLContext, host: str,
+                                   port: int) -> PeerSession | None:
+        """Serve `session` until it ends; the session that replaced it because its connection stalled, if
+        one did."""
+        replacement: PeerSession | None = None
+
+        async def watch() -> None:
+            nonlocal replacement
+            replacement = await self._redial_when_stalled(session, context, host, port)
+            session.abandon("its connection stalled in TCP's backoff; a new session replaces it")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await self._serve(session)
+            nursery.cancel_scope.cancel()
+        return replacement
+
+    async def _redial_when_stalled(self, session: PeerSession, context: ssl.SSLContext, host: str,
+                                   port: int) -> PeerSession:
+        """A new session, dialled once `session`'s connection stalled (see the module docstring); never
+        returns while it does not. A new connection that fails is tried again a probe interval later."""
+        heartbeat_s = self.settings.heartbeat_interval_s
+        probing = False
+        while True:
+            await trio.sleep(PROBE_INTERVAL_S)
+            sock = session.transport_socket
+            state = retransmission_state(sock) if sock is not None else None
+            silent_s = trio.current_time() - session.last_received_s
+            if state is None or not path_stalled(silent_s, heartbeat_s, *state):
+                probing = False
+                continue
+            if not probing:
+                probing = True
+                log.warning("link %s: nothing from the peer for %.0f s and TCP backs off (retransmission "
+                            "timeout %.1f s): trying a new session beside session %s", self.settings.link_id,
+                            silent_s, state[1], session.session_id)
+            try:
+                with trio.fail_after(PROBE_INTERVAL_S):
+                    tcp = await trio.open_tcp_stream(host, port)
+            except (OSError, trio.TooSlowError):
+                continue                       # the path is still cut: the next probe sends a new SYN
+            cap_retransmission_timeout(tcp.socket)
+            try:
+                return await self._open_session(_ready(trio.SSLStream(tcp, context, server_hostname=None)),
+                                                Role.INITIATOR, f"{host}:{port}")
+            except (OSError, PeerError) as exc:
+                log.warning("link %s: the new session beside stalled session %s failed: %s",
+                            self.settings.link_id, session.session_id, _describe(exc))
 
     async def _dial_once(self, context: ssl.SSLContext, host: str, port: int) -> PeerSession:
         address = f"{host}:{port}"
@@ -173,6 +231,9 @@ class PeerConnector:
             if self._live is not None:
                 log.info("link %s: session %s replaces session %s", self.settings.link_id, session.session_id,
                          self._live.session_id)
+                if trio.current_time() - self._live.last_received_s > self.settings.heartbeat_interval_s:
+                    # silent past its heartbeat: its connection is stalled and a CLOSE record would only wait
+                    self._live.abandon("the peer is silent on it and a new session replaces it")
                 await self._live.aclose()
                 await self._live_done.wait()
             self.epoch += 1

@@ -63,9 +63,10 @@ from .errors import HandshakeError, PeerAuthenticationError, PeerRefusedError
 from .framing import Frame, FrameType
 from .identity import format_fingerprint, key_fingerprint
 
-PROTOCOL_VERSION = 3  # 2: a frame's key ids carry its frame id (qkdd.link.linkmsg.derive_key_ids); 3: LDPC codewords
-#                      take interleaved bits of the frame and the QC-LDPC codes were lifted anew (qkdd.postprocess.ldpc),
-#                      SLOTS go as the varint slot stream and link records may reach 256 MiB (qkdd.link.linkmsg)
+# 2: a frame's key ids carry its frame id (qkdd.link.linkmsg.derive_key_ids); 3: LDPC codewords take interleaved
+# bits of the frame and the QC-LDPC codes were lifted anew (qkdd.postprocess.ldpc), SLOTS go as the varint slot
+# stream and link records may reach 256 MiB (qkdd.link.linkmsg)
+PROTOCOL_VERSION = 3
 NONCE_BYTES = 32
 FINGERPRINT_BYTES = 32
 X25519_BYTES = 32

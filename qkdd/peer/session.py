@@ -73,6 +73,7 @@ class PeerSession:
         self._error: PeerError | None = None
         self._closed = False
         self.ended = trio.Event()
+        self.last_received_s = trio.current_time()   # trio clock: when bytes last came from the peer
 
     def __repr__(self) -> str:
         return f"PeerSession(link={self.link_id!r}, id={self.session_id}, {self.role.value}, epoch={self.epoch})"
@@ -163,6 +164,19 @@ class PeerSession:
         self._teardown(None)
         await trio.aclose_forcefully(self._stream)
 
+    def abandon(self, reason: str) -> None:
+        """Tear the session down at once without a CLOSE record (its connection is stalled): run() raises
+        PeerTimeoutError(reason), later sends and receives SessionClosedError."""
+        self._teardown(PeerTimeoutError(reason))
+
+    @property
+    def transport_socket(self):
+        """The TCP socket under the session's stream (TLS or plain), or None (e.g. an in-memory stream)."""
+        stream = self._stream
+        while stream is not None and not hasattr(stream, "socket"):
+            stream = getattr(stream, "transport_stream", None)
+        return None if stream is None else stream.socket
+
     @property
     def queued_bytes(self) -> int:
         """Payload bytes received and not yet taken by the application."""
@@ -225,7 +239,9 @@ class PeerSession:
 
     async def _receive_with_idle_timeout(self) -> bytes:
         with trio.move_on_after(self._settings.idle_timeout_s):
-            return await _receive_some(self._stream, "")
+            data = await _receive_some(self._stream, "")
+            self.last_received_s = trio.current_time()
+            return data
         raise PeerTimeoutError(f"no record from the peer for {self._settings.idle_timeout_s:g} s")
 
     async def _heartbeat(self) -> None:
