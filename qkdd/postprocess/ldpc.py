@@ -80,15 +80,16 @@ MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decod
 F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
 REVEAL_STEP_F = 0.04              # each reveal round adds about this much (short codes)
 # Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step, for the lowest f with at most
-# 3 round trips and no failed frame in 50 at n = 10^6 (bench.reconcile; README). A lost frame costs all its key,
-# f 0.01 more only ~0.2 % of it. Below 1.5 % QBER a codeword carries fewer bits of entropy and the thresholds spread
-# wider: a higher start. With MAX_ITERATIONS 80 and the sum-product decoder as the last resort the starts moved
-# from 1.26 / 1.21 (steps 0.08) to these (bench, 50 frames each: f 1.271 -> 1.253 at 1 %, 1.246 -> 1.222 at 2 %,
-# 1.217 -> 1.179 at 5 %, 1.223 -> 1.204 at 8 %; 1.15 gained nothing more at 2-5 %, 1.17 lost nothing at 6.5-8 %
-# but cost a fifth of the throughput, 1.20 lost 2 frames in 20 at 1 %).
-START_LONG = ((0.015, 1.23, 0.07), (0.065, 1.17, 0.07), (0.5, 1.19, 0.07))
+# 3 round trips, no failed frame in 50 at n = 10^6 (bench.reconcile; README) and no more than ~15 % of the
+# throughput given up. A lost frame costs all its key, f 0.01 more only ~0.2 % of it. Below 1.5 % QBER a codeword
+# carries fewer bits of entropy and the thresholds spread wider: a higher start. With MAX_ITERATIONS 80 and the
+# sum-product decoder as the last resort, these replaced starts of 1.26 / 1.21 with steps of 0.08 (bench, the same
+# frames through each setting in turn, 24-30 frames: f 1.280 -> 1.258 at 1 %, 1.250 -> 1.229 at 2 %, 1.234 ->
+# 1.221 at 3 %, 1.220 -> 1.195 at 5 %, 1.221 -> 1.212 at 8 %). Lower starts save at most 0.01-0.02 more and cost
+# 15-35 % of the throughput (more codewords fail their first attempt): 1.17 at 2-8 %, 1.23 at 1 %.
+START_LONG = ((0.015, 1.24, 0.07), (0.035, 1.21, 0.07), (0.065, 1.19, 0.06), (0.5, 1.20, 0.06))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
-MEASURED_EFFICIENCY = 1.26
+MEASURED_EFFICIENCY = 1.27
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
 # Check rules (scale in eighths, offset, self-corrected) a codeword failing after the last reveal is decoded with
 # in turn: at 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default
@@ -104,9 +105,10 @@ SHORTENED_WEIGHT = 0.15           # plan, long codes: a shortened bit costs the 
 # by the floating-point layered sum-product decoder (qkd_ldpc_bp.h) on the same syndrome and LLRs in nats. Its
 # thresholds on the shipped codes lie ~0.02-0.03 h(Q) below min-sum's (2 % QBER, rate 0.84: it decodes 7 of 9
 # codewords min-sum fails at f 1.21, 11 of 25 at 1.16), but an iteration costs as much as ~100 min-sum iterations
-# (3 ms for a 49 152-bit codeword), so it serves as the last resort, not before every reveal (bench: run before
-# each reveal it cost 30-60 % of the throughput for 0.005-0.01 in f). It rescues the rare frame a first attempt and
-# reveal steps closer to the threshold would lose (START_LONG).
+# (2-3 ms for a 49 152-bit codeword), so it serves as the last resort, not before every reveal (bench, n = 10^6:
+# run on the failing codewords of a round when at most 5 % of them failed, it cost 25-45 % of the throughput and
+# saved 0.001-0.004 in f at 2-5 %). It rescues the rare frame the first attempts and reveal steps closer to the
+# threshold (START_LONG) would lose.
 BP_MAX_ITERATIONS = 100
 # Min-sum iterations per attempt: 80 rather than 40 lets the codewords that converge slowly near the threshold
 # finish without a reveal (bench, n = 10^6, same plan: f 1.246 -> 1.233 at 2 %, 1.278 -> 1.270 at 1 %, alike at
