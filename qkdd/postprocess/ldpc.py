@@ -82,19 +82,25 @@ REVEAL_STEP_F = 0.04              # each reveal round adds about this much (shor
 # Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step, for the lowest f with at most
 # 3 round trips, no failed frame in 50 at n = 10^6 (bench.reconcile; README) and no more than ~15 % of the
 # throughput given up. A lost frame costs all its key, f 0.01 more only ~0.2 % of it. Below 1.5 % QBER a codeword
-# carries fewer bits of entropy and the thresholds spread wider: a higher start. With MAX_ITERATIONS 80 and the
-# sum-product decoder as the last resort, these replaced starts of 1.26 / 1.21 with steps of 0.08 (bench, the same
-# frames through each setting in turn, 24-30 frames: f 1.280 -> 1.258 at 1 %, 1.250 -> 1.229 at 2 %, 1.234 ->
-# 1.221 at 3 %, 1.220 -> 1.195 at 5 %, 1.221 -> 1.212 at 8 %). Lower starts save at most 0.01-0.02 more and cost
-# 15-35 % of the throughput (more codewords fail their first attempt): 1.17 at 2-8 %, 1.23 at 1 %.
-START_LONG = ((0.015, 1.24, 0.07), (0.035, 1.21, 0.07), (0.065, 1.19, 0.06), (0.5, 1.20, 0.06))
+# carries fewer bits of entropy and the thresholds spread wider: a higher start. With MAX_ITERATIONS 80, the check
+# rules by code rate (CHECK_RULES) and the sum-product decoder as the last resort, these replaced starts of 1.26 /
+# 1.21 with steps of 0.08 (bench, the same frames through each setting in turn, 20-30 frames: f 1.280 -> 1.258 at
+# 1 %, 1.250 -> 1.229 at 2 %, 1.234 -> 1.205 at 3 %, 1.220 -> 1.174 at 5 %, 1.221 -> 1.192 at 8 %). Starts 0.01-0.03
+# lower save up to 0.01 more and cost 15-35 % of the throughput (more codewords fail their first attempt).
+START_LONG = ((0.015, 1.24, 0.07), (0.025, 1.21, 0.07), (0.045, 1.19, 0.06), (0.055, 1.17, 0.06), (0.07, 1.18, 0.06),
+              (0.5, 1.19, 0.06))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
 MEASURED_EFFICIENCY = 1.27
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
 # Check rules (scale in eighths, offset, self-corrected) a codeword failing after the last reveal is decoded with
 # in turn: at 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default
 # rule and decodes under another (bench).
-LAST_CHANCE_RULES = ((6, 1, True), (6, 0, True), (7, 1, False), (6, 0, False))   # (..., self-corrected)
+LAST_CHANCE_RULES = ((7, 1, True), (6, 1, True), (6, 0, True), (7, 1, False), (6, 0, False))   # (..., self-corrected)
+# The check rule (scale in eighths, offset) of every attempt, by code rate (up to): scale 6/8 without offset for the
+# codes of rate 0.8 and below, 7/8 with offset 1 above (bench, n = 10^6, the same frames and plans through each rule:
+# at 5 % QBER, rate 0.67, f 1.176 against 1.196 and at 8 %, rate 0.54, f 1.184 against 1.202 (1 round trip instead of
+# 2.6 at an equal start); at 2 %, rate 0.84, alike; 5/8, 8/8, offset 2 and 7/8 without offset worse everywhere).
+CHECK_RULES = ((0.8, (6, 0)), (1.0, (7, 1)))
 # Bob decodes with self-corrected min-sum (qkd_ldpc.h): per-codeword thresholds ~1.5 % lower than plain min-sum
 # on the shipped codes, and fewer iterations (bench: f 1.242 against 1.254 at 2 %, n = 10^6, same plan).
 SELF_CORRECTING = True
@@ -421,6 +427,8 @@ class LdpcBob(_End):
         self.corrected_bits = 0
         self.decoder_iterations = 0
         self._bp: ldpc_bp.BpDecoder | None = None
+        rate = native.code(self.plan.code).rate
+        self._rule = next(rule for up_to, rule in CHECK_RULES if rate <= up_to)    # (scale eighths, offset)
         self._channel_nats = np.float32(math.log((1 - q) / q))
         self.bp_codewords = 0           # codewords handed to the sum-product decoder, and its iterations
         self.bp_iterations = 0
@@ -464,7 +472,7 @@ class LdpcBob(_End):
             stuck = self._stuck.pop(i, None)
             iterations = 0
             if stuck is not None:
-                iterations, _ = stuck.resume(self._llr[i], self._syndromes[i], self.max_iterations,
+                iterations, _ = stuck.resume(self._llr[i], self._syndromes[i], self.max_iterations, *self._rule,
                                              out=self._decoded[i])
                 self.decoder_iterations += iterations or self.max_iterations
                 if iterations:
@@ -473,8 +481,9 @@ class LdpcBob(_End):
                 self._spare = stuck
             decoder = self._fresh_decoder()
             last = self._revealed[i] >= self.plan.max_reveal_rounds
-            rules = ((native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET, SELF_CORRECTING),)
-            for scale, offset, self_correcting in rules + (LAST_CHANCE_RULES if last else ()):
+            rules = ((*self._rule, SELF_CORRECTING),)
+            rules += tuple(rule for rule in LAST_CHANCE_RULES if rule != rules[0]) if last else ()
+            for scale, offset, self_correcting in rules:
                 if self_correcting != decoder.self_correcting:
                     decoder = native.Decoder(self.plan.code, self_correcting)
                 iterations, _ = decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations, scale, offset,
