@@ -13,6 +13,9 @@
  * LLRs are float nats, positive meaning "bit 0". exp/log are branch-free polynomial
  * approximations (relative error < 1e-6), so results are deterministic for a given build and input.
  *
+ * qkd_ldpc_bp_new_bb84 builds the same decoder over BB84 code `code` of qkd_ldpc.h (its index space): BB84
+ * reconciliation decodes a codeword min-sum fails with it before revealing bits (qkdd/postprocess/ldpc.py).
+ *
  * A qkd_ldpc_bp owns its scratch: one per thread; decoding holds no global state.
  */
 #ifndef QKD_LDPC_BP_H
@@ -33,6 +36,7 @@ int qkd_ldpc_cv_code_get_info(uint32_t code, qkd_ldpc_code_info *out);
 int qkd_ldpc_cv_code_get_entries(uint32_t code, uint32_t *rows, uint32_t *cols, uint32_t *shifts, size_t len);
 int qkd_ldpc_cv_syndrome(uint32_t code, const uint8_t *bits, size_t n_bits, uint8_t *syndrome, size_t m_bits);
 int qkd_ldpc_bp_new(qkd_ldpc_bp **out, uint32_t code);
+int qkd_ldpc_bp_new_bb84(qkd_ldpc_bp **out, uint32_t code);
 void qkd_ldpc_bp_free(qkd_ldpc_bp *d);
 int64_t qkd_ldpc_bp_decode(qkd_ldpc_bp *d, const float *llr, size_t n_bits, const uint8_t *syndrome, size_t m_bits,
                            uint8_t *bits_out, size_t out_len, uint32_t max_iterations,

@@ -1,13 +1,18 @@
 /* test_ldpc_bp.c - the CV-QKD code tables and the sum-product decoder: table accessors, syndromes of zero and
  * of a decoded word, decoding a noisy word back to the transmitted bits (twice, identically), bad arguments
- * refused; run under ASan/UBSan by `make test-asan`. */
+ * refused; the same decoder over a BB84 code (qkd_ldpc_bp_new_bb84) on a binary symmetric channel, leaving the
+ * caller's floating-point control word as it found it; run under ASan/UBSan by `make test-asan`. */
 #include "check.h"
 #include "qkd_bits.h"
+#include "qkd_ldpc.h"
 #include "qkd_ldpc_bp.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 static uint64_t state = 0x9e3779b97f4a7c15u;
 
@@ -92,9 +97,56 @@ static void test_decode(void)
     free(llr);
 }
 
+/* BB84 code 17 (Z = 64, rate 0.60) on a BSC with 4 % flips: well inside its threshold, so BP must return the
+ * transmitted word, twice identically; a syndrome with flips far beyond it must come back 0 (not decoded). */
+static void test_decode_bb84(void)
+{
+    const uint32_t code = 17;
+    qkd_ldpc_code_info info;
+    CHECK_EQ(qkd_ldpc_code_get_info(code, &info), QKD_OK);
+    const size_t n = info.n_bits, m = info.m_bits;
+    uint8_t *bits = malloc(n), *out = malloc(n), *again = malloc(n), *syndrome = malloc(m);
+    float *llr = malloc(n * sizeof *llr);
+    const float l = logf(0.96f / 0.04f);
+    size_t flips = 0;
+    for (size_t i = 0; i < n; i++) {
+        bits[i] = (uint8_t)(next() & 1u);
+        uint8_t seen = bits[i] ^ (uint8_t)(next() % 25u == 0);
+        flips += seen != bits[i];
+        llr[i] = seen ? -l : l;
+    }
+    CHECK(flips > n / 50);
+    CHECK_EQ(qkd_ldpc_syndrome(code, bits, n, syndrome, m), QKD_OK);
+    qkd_ldpc_bp *d = NULL;
+    CHECK_EQ(qkd_ldpc_bp_new_bb84(&d, (uint32_t)qkd_ldpc_code_count()), QKD_EINVAL);
+    CHECK_EQ(qkd_ldpc_bp_new_bb84(NULL, code), QKD_EINVAL);
+    CHECK_EQ(qkd_ldpc_bp_new_bb84(&d, code), QKD_OK);
+#if defined(__x86_64__) || defined(__i386__)
+    const unsigned int csr = _mm_getcsr();
+#endif
+    int64_t it = qkd_ldpc_bp_decode(d, llr, n, syndrome, m, out, n, 100, 20);
+#if defined(__x86_64__) || defined(__i386__)
+    CHECK_EQ(_mm_getcsr(), csr);
+#endif
+    CHECK(it > 0);
+    CHECK(memcmp(out, bits, n) == 0);
+    CHECK_EQ(qkd_ldpc_bp_decode(d, llr, n, syndrome, m, again, n, 100, 20), it);
+    CHECK(memcmp(out, again, n) == 0);
+    for (size_t i = 0; i < n; i += 4)
+        llr[i] = -llr[i];
+    CHECK_EQ(qkd_ldpc_bp_decode(d, llr, n, syndrome, m, out, n, 30, 10), 0);
+    qkd_ldpc_bp_free(d);
+    free(bits);
+    free(out);
+    free(again);
+    free(syndrome);
+    free(llr);
+}
+
 int main(void)
 {
     test_tables();
     test_decode();
+    test_decode_bb84();
     return check_report("test_ldpc_bp");
 }

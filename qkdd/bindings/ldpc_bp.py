@@ -1,4 +1,5 @@
-"""Thin binding over the CV-QKD codes and their floating-point sum-product decoder (qkd_ldpc_bp.h).
+"""Thin binding over the CV-QKD codes and their floating-point sum-product decoder (qkd_ldpc_bp.h), which also
+decodes the BB84 codes of qkdd.bindings.ldpc (BpDecoder(index, bb84=True)).
 
 Bits are numpy uint8 arrays of 0/1, LLRs float32 nats (positive = bit 0). The codes have their own index space,
 separate from the BB84 codes of qkdd.bindings.ldpc. cffi releases the GIL around every call into the library,
@@ -11,7 +12,7 @@ import numpy as np
 
 from qkdd._native import ffi, lib
 from qkdd.bindings import check
-from qkdd.bindings.ldpc import CodeFamily
+from qkdd.bindings.ldpc import BB84_CODES, CodeFamily
 
 MAX_ITERATIONS = lib.QKD_LDPC_BP_MAX_ITERATIONS
 
@@ -22,12 +23,13 @@ codes, code, entries, syndrome = CV_CODES.codes, CV_CODES.code, CV_CODES.entries
 
 
 class BpDecoder:
-    """Scratch state for decoding codewords of one CV code; use from one thread at a time."""
+    """Scratch state for decoding codewords of one code; use from one thread at a time."""
 
-    def __init__(self, index: int):
-        self.info = code(index)
+    def __init__(self, index: int, bb84: bool = False):
+        """Code `index` of the CV codes here, or with `bb84` of the BB84 codes (qkdd.bindings.ldpc)."""
+        self.info = BB84_CODES.code(index) if bb84 else code(index)
         handle = ffi.new("qkd_ldpc_bp **")
-        check(lib.qkd_ldpc_bp_new(handle, index), "bp_new")
+        check((lib.qkd_ldpc_bp_new_bb84 if bb84 else lib.qkd_ldpc_bp_new)(handle, index), "bp_new")
         self._d = ffi.gc(handle[0], lib.qkd_ldpc_bp_free)
 
     def decode(self, llr: np.ndarray, target_syndrome: np.ndarray, max_iterations: int = 500,

@@ -19,7 +19,8 @@ Alice answers with the k syndromes. Bob decodes every codeword (layered offset m
 that does not reach its syndrome is listed in a REVEAL, and Alice discloses the next `reveal_step`
 punctured positions of its reveal order in REVEALED (a revealed punctured bit turns into a shortened
 one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again, resuming each decoder
-where it stalled (then, if that fails, afresh; after the last round also with other check rules). After
+where it stalled (then, if that fails, afresh; after the last round also with other check rules, and then
+with the floating-point sum-product decoder of qkd_ldpc_bp.h on the same syndrome). After
 `max_reveal_rounds` reveals (two for long frames: at most 3 round trips) a codeword still failing fails the
 frame (Bob raises, state FAILED). When all decode, Bob writes
 the corrected bits into his key and sends DONE with his counts, which Alice checks against hers.
@@ -64,6 +65,7 @@ import struct
 import numpy as np
 
 from qkdd.bindings import ldpc as native
+from qkdd.bindings import ldpc_bp
 from qkdd.postprocess import randomness, wire
 from qkdd.postprocess.wire import PeerMessageError
 
@@ -78,23 +80,49 @@ MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decod
 F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
 REVEAL_STEP_F = 0.04              # each reveal round adds about this much (short codes)
 # Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step, for the lowest f with at most
-# 3 round trips and no failed frame in 50 at n = 10^6 (bench.reconcile; README). A lost frame costs all its key,
-# f 0.01 more only ~0.2 % of it at 2 %: steps of 0.065 h(Q) saved 0.009 in f at 2 % but lost 3 frames in 150.
-# Below 1.5 % QBER a codeword carries fewer bits of entropy and the thresholds spread wider: a higher start.
-START_LONG = ((0.015, 1.26, 0.08), (0.5, 1.21, 0.08))
+# 3 round trips, no failed frame in 50 at n = 10^6 (bench.reconcile; README) and no more than ~15 % of the
+# throughput given up. A lost frame costs all its key, f 0.01 more only ~0.2 % of it. Below 1.5 % QBER a codeword
+# carries fewer bits of entropy and the thresholds spread wider: a higher start. With MAX_ITERATIONS 80, the check
+# rules by code rate (CHECK_RULES) and the sum-product decoder as the last resort, these replaced starts of 1.26 /
+# 1.21 with steps of 0.08 (bench, the same frames through each setting in turn, 20-30 frames: f 1.278 -> 1.265 at
+# 1 %, 1.250 -> 1.229 at 2 %, 1.234 -> 1.205 at 3 %, 1.220 -> 1.174 at 5 %, 1.221 -> 1.192 at 8 %). Starts 0.01-0.03
+# lower save up to 0.01 more and cost 15-35 % of the throughput (more codewords fail their first attempt; 1.24 at
+# 1 %: f 1.258 at 17 % less).
+START_LONG = ((0.015, 1.25, 0.07), (0.025, 1.21, 0.07), (0.045, 1.19, 0.06), (0.055, 1.17, 0.06), (0.07, 1.18, 0.06),
+              (0.5, 1.19, 0.06))
 # What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
-MEASURED_EFFICIENCY = 1.29
+MEASURED_EFFICIENCY = 1.27
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
 # Check rules (scale in eighths, offset, self-corrected) a codeword failing after the last reveal is decoded with
 # in turn: at 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default
 # rule and decodes under another (bench).
-LAST_CHANCE_RULES = ((6, 1, True), (6, 0, True), (7, 1, False), (6, 0, False))   # (..., self-corrected)
+LAST_CHANCE_RULES = ((7, 1, True), (6, 1, True), (6, 0, True), (7, 1, False), (6, 0, False))   # (..., self-corrected)
+# The check rule (scale in eighths, offset) of every attempt, by code rate (up to): scale 6/8 without offset for the
+# codes of rate 0.8 and below, 7/8 with offset 1 above (bench, n = 10^6, the same frames and plans through each rule:
+# at 5 % QBER, rate 0.67, f 1.176 against 1.196 and at 8 %, rate 0.54, f 1.184 against 1.202 (1 round trip instead of
+# 2.6 at an equal start); at 2 %, rate 0.84, alike; 5/8, 8/8, offset 2 and 7/8 without offset worse everywhere).
+CHECK_RULES = ((0.8, (6, 0)), (1.0, (7, 1)))
 # Bob decodes with self-corrected min-sum (qkd_ldpc.h): per-codeword thresholds ~1.5 % lower than plain min-sum
 # on the shipped codes, and fewer iterations (bench: f 1.242 against 1.254 at 2 %, n = 10^6, same plan).
 SELF_CORRECTING = True
 MAX_REVEAL_ROUNDS_LONG = 2        # long codes: syndromes plus two reveal rounds, at most 3 round trips per frame
 MAX_REVEAL_ROUNDS_SHORT = 8       # short codes (Z = 64): their thresholds spread wider, so more and smaller rounds
 SHORTENED_WEIGHT = 0.15           # plan, long codes: a shortened bit costs the decoder ~0.15 punctured bits (bench)
+# A codeword that every min-sum rule fails after the last reveal round is decoded, before the frame is given up,
+# by the floating-point layered sum-product decoder (qkd_ldpc_bp.h) on the same syndrome and LLRs in nats. Its
+# thresholds on the shipped codes lie ~0.02-0.03 h(Q) below min-sum's (2 % QBER, rate 0.84: it decodes 7 of 9
+# codewords min-sum fails at f 1.21, 11 of 25 at 1.16), but an iteration costs as much as ~100 min-sum iterations
+# (2-3 ms for a 49 152-bit codeword), so it serves as the last resort, not before every reveal (bench, n = 10^6:
+# run on the failing codewords of a round when at most 5 % of them failed, it cost 25-45 % of the throughput and
+# saved 0.001-0.004 in f at 2-5 %). It rescues the rare frame the first attempts and reveal steps closer to the
+# threshold (START_LONG) would lose.
+BP_MAX_ITERATIONS = 100
+# Min-sum iterations per attempt: 80 rather than 40 lets the codewords that converge slowly near the threshold
+# finish without a reveal (bench, n = 10^6, same plan: f 1.246 -> 1.233 at 2 %, 1.278 -> 1.270 at 1 %, alike at
+# 5-8 %; failing codewords cost twice the iterations, but fewer codewords fail).
+MAX_ITERATIONS = 80
+BP_STALL_ITERATIONS = 20
+BP_KNOWN_NATS = 30.0              # BP's LLR of a bit both ends know (shortened or revealed)
 
 
 class MessageType(enum.IntEnum):
@@ -373,7 +401,10 @@ class LdpcBob(_End):
 
     def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, qber_estimate: float,
                  seed: bytes | None = None, f_start: float | None = None, reveal_step_f: float | None = None,
-                 max_reveal_rounds: int | None = None, max_iterations: int = 40):
+                 max_reveal_rounds: int | None = None, max_iterations: int = MAX_ITERATIONS,
+                 sum_product: bool = True):
+        """`sum_product`: decode a codeword every min-sum rule fails after the last reveal round with the
+        sum-product decoder before giving the frame up (BP_* above)."""
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
             raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
@@ -385,6 +416,7 @@ class LdpcBob(_End):
             raise ValueError(f"seed must be {SEED_BYTES} bytes")
         self.key = key
         self.max_iterations = max_iterations
+        self.sum_product = bool(sum_product)
         self.llr_units = max(1, min(native.LLR_MAX, round(native.LLR_UNITS_PER_NAT * math.log((1 - q) / q))))
         self.state = State.IDLE
         self._seq = 0
@@ -395,6 +427,12 @@ class LdpcBob(_End):
         self._pending: list[int] = []
         self.corrected_bits = 0
         self.decoder_iterations = 0
+        self._bp: ldpc_bp.BpDecoder | None = None
+        rate = native.code(self.plan.code).rate
+        self._rule = next(rule for up_to, rule in CHECK_RULES if rate <= up_to)    # (scale eighths, offset)
+        self._channel_nats = np.float32(math.log((1 - q) / q))
+        self.bp_codewords = 0           # codewords handed to the sum-product decoder, and its iterations
+        self.bp_iterations = 0
 
     def start(self) -> bytes:
         if self.state is not State.IDLE:
@@ -427,14 +465,15 @@ class LdpcBob(_End):
         kept: most codewords then need a few iterations), and only if that fails starts afresh (a decoder
         stuck far from the codeword may not leave its trap, where a fresh start with the reveals succeeds). After
         the last reveal round a codeword that still fails is tried with the LAST_CHANCE_RULES: min-sum with
-        another scale or offset often leaves the trapping set where the default rule stalls.
-        A failing codeword keeps its decoder (its state); the next codeword gets a fresh one."""
+        another scale or offset often leaves the trapping set where the default rule stalls, and then with the
+        sum-product decoder (_decode_bp). A failing codeword keeps its decoder (its state); the next codeword gets a
+        fresh one."""
         failing = []
         for i in which:
             stuck = self._stuck.pop(i, None)
             iterations = 0
             if stuck is not None:
-                iterations, _ = stuck.resume(self._llr[i], self._syndromes[i], self.max_iterations,
+                iterations, _ = stuck.resume(self._llr[i], self._syndromes[i], self.max_iterations, *self._rule,
                                              out=self._decoded[i])
                 self.decoder_iterations += iterations or self.max_iterations
                 if iterations:
@@ -443,8 +482,9 @@ class LdpcBob(_End):
                 self._spare = stuck
             decoder = self._fresh_decoder()
             last = self._revealed[i] >= self.plan.max_reveal_rounds
-            rules = ((native.DEFAULT_SCALE_EIGHTHS, native.DEFAULT_OFFSET, SELF_CORRECTING),)
-            for scale, offset, self_correcting in rules + (LAST_CHANCE_RULES if last else ()):
+            rules = ((*self._rule, SELF_CORRECTING),)
+            rules += tuple(rule for rule in LAST_CHANCE_RULES if rule != rules[0]) if last else ()
+            for scale, offset, self_correcting in rules:
                 if self_correcting != decoder.self_correcting:
                     decoder = native.Decoder(self.plan.code, self_correcting)
                 iterations, _ = decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations, scale, offset,
@@ -455,10 +495,25 @@ class LdpcBob(_End):
             if iterations:
                 if decoder.self_correcting == SELF_CORRECTING:
                     self._spare = decoder
-            else:
+            elif not (last and self.sum_product and self._decode_bp(i)):
                 failing.append(i)
                 self._stuck[i] = decoder
         return failing
+
+    def _decode_bp(self, i: int) -> bool:
+        """Sum-product on codeword i's syndrome (same bits pinned, channel LLRs in nats); True (the hard
+        decisions in self._decoded[i]) if it reaches the syndrome."""
+        if self._bp is None:
+            self._bp = ldpc_bp.BpDecoder(self.plan.code, bb84=True)
+        row = self._llr[i]
+        llr = np.sign(row).astype(np.float32) * np.float32(BP_KNOWN_NATS)
+        key = self._layout.key_positions(self.plan.key_bits(i))
+        llr[key] = np.where(row[key] > 0, self._channel_nats, -self._channel_nats)
+        iterations, _ = self._bp.decode(llr, self._syndromes[i], BP_MAX_ITERATIONS, BP_STALL_ITERATIONS,
+                                        out=self._decoded[i])
+        self.bp_codewords += 1
+        self.bp_iterations += iterations or BP_MAX_ITERATIONS
+        return bool(iterations)
 
     def _fresh_decoder(self) -> native.Decoder:
         decoder, self._spare = self._spare, None
