@@ -55,7 +55,7 @@ class App:
     def _open_kme(self) -> KmeService:
         """Blocking. Raises KeyStoreError / LedgerError / OSError."""
         return open_kme(self.config.etsi014, self.config.daemon.state_dir, keystore=self.keystore,
-                        metrics=self.metrics)
+                        metrics=self.metrics, cache_mib=self.config.keystore.cache_mib)
 
     def _register_links(self) -> None:
         from qkdd.link.service import not_started_because

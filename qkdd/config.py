@@ -24,7 +24,7 @@ from qkdd.hal.sdk.settings import SdkConfig
 from qkdd.hal.serial.settings import SerialConfig
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.http.messages import HTTPLimits, TLSSettings
-from qkdd.keystore.capacity import MIN_MAX_BYTES, MIN_MAX_KEY_BITS
+from qkdd.keystore.capacity import DEFAULT_CACHE_MIB, MAX_CACHE_MIB, MIN_MAX_BYTES, MIN_MAX_KEY_BITS
 from qkdd.kme.config import Etsi014Config
 
 __all__ = ["Config", "ConfigError", "DaemonConfig", "KeystoreConfig", "KMSConfig", "LinkConfig", "ListenAddress",
@@ -201,6 +201,8 @@ class KeystoreConfig:
 
     max_key_bits: int = field(default=1 << 28, metadata=meta(check=_zero_or_at_least(MIN_MAX_KEY_BITS)))
     max_bytes: int = field(default=1 << 30, metadata=meta(check=_zero_or_at_least(MIN_MAX_BYTES)))
+    # SQLite's page cache of the store's connection, in MiB: memory grows with the file up to about this.
+    cache_mib: int = field(default=DEFAULT_CACHE_MIB, metadata=meta(check=in_range(1, MAX_CACHE_MIB)))
 
 
 # Product names operators try; their devices sit behind an ETSI GS QKD 014 KME (the vendor presets).

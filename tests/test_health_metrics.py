@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qkdd.health import LINK_ALARMS, LINK_STATES, Health
 from qkdd.logs import LogfmtFormatter
+from qkdd import sqlite_memory
 from qkdd.metrics import Metrics
 from qkdd.notify import Notifier
 from seed_metrics import ACCEPTED_LINT, SEED_FAMILIES
@@ -154,6 +155,8 @@ def test_every_family_with_samples_passes_promtool():
     wireguard_families |= {"qkd_consumer_key_rotations", "qkd_consumer_key_age_seconds"}   # KMS push, IKEv2 PPK
     kme_families = {"qkd_etsi014_keys", "qkd_etsi014_unavailable", "qkd_etsi014_reservation_seconds"}
     keystore_families = {"qkd_keystore_fill_ratio", "qkd_keystore_key_bytes", "qkd_keystore_bytes"}
+    if sqlite_memory.available():                                      # read from SQLite at each scrape
+        keystore_families.add("qkd_sqlite_memory_bytes")
     auth_families = {"qkd_auth_key_bits_consumed", "qkd_auth_pool_bits"}
     app_families = {"qkd_etsi004_streams", "qkd_etsi004_chunks", "qkd_etsi004_key_bytes", "qkd_etsi004_refusals",
                     "qkd_etsi004_expired_chunks", "qkd_etsi004_get_key_wait_seconds", "qkd_skip_keys",

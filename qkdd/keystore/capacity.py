@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 MIN_MAX_KEY_BITS = 8192             # one key of the longest length a link stores
 MIN_MAX_BYTES = 1 << 20             # the schema and a few frames
+DEFAULT_CACHE_MIB = 64              # the store connection's SQLite page cache ([keystore] cache_mib; SQLite's: 2 MiB)
+MAX_CACHE_MIB = 1 << 20             # 1 TiB: past any host's memory
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from qkdd.keystore.capacity import Fill, StoreCapacity
+from qkdd.keystore.capacity import DEFAULT_CACHE_MIB, MAX_CACHE_MIB, Fill, StoreCapacity
 from qkdd.keystore.kek import KEK_BYTES
 from qkdd.keystore.model import (
     TRANSITIONS,
@@ -137,7 +137,6 @@ _COUNT_TRIGGERS = (
 _HELD = "('pending', 'available', 'reserved')"
 # keys_material_by_expiry's condition: a query names it in these words for SQLite to use that partial index.
 _HAS_MATERIAL = "sealed IS NOT NULL"
-CACHE_KIB = 65536                   # SQLite page cache of the store's connection (the default is 2 MiB)
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
 LOW_SPACE_BYTES = 1 << 20           # an I/O error with less free space than this counts as a full disk
 _FRAMES_PER_QUERY = 500             # frame ids bound into one inventory query (SQLite allows 32766 parameters)
@@ -146,9 +145,12 @@ _FRAMES_PER_QUERY = 500             # frame ids bound into one inventory query (
 class KeyStore(SavepointTransactions):
     """The keys of every link of this daemon, in one SQLite file."""
 
-    def __init__(self, path: str, kek: bytes, *, clock=time.time, capacity: StoreCapacity = StoreCapacity()):
+    def __init__(self, path: str, kek: bytes, *, clock=time.time, capacity: StoreCapacity = StoreCapacity(),
+                 cache_mib: int = DEFAULT_CACHE_MIB):
         if len(kek) != KEK_BYTES:
             raise KeyStoreError(f"key-encryption key must be {KEK_BYTES} bytes")
+        if isinstance(cache_mib, bool) or not isinstance(cache_mib, int) or not 1 <= cache_mib <= MAX_CACHE_MIB:
+            raise KeyStoreError(f"page cache must be a whole number of MiB in [1, {MAX_CACHE_MIB}], got {cache_mib!r}")
         self._write_failure_observers: list[Callable[[StoreWriteError], None]] = []
         self.path = path
         self.capacity = capacity
@@ -157,7 +159,9 @@ class KeyStore(SavepointTransactions):
         self._clock = clock
         try:
             self._init_transactions(Database(path, secure_delete=True))
-            self.database.connection.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            # A negative cache_size is a bound in KiB (sqlite.org/pragma.html#pragma_cache_size): the page
+            # cache grows with the file up to it, and is most of SQLite's heap (qkd_sqlite_memory_bytes).
+            self.database.connection.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
             with self.database.transaction() as db:
                 self._migrate(db)
                 self._check_meta(db)

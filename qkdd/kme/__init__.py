@@ -8,6 +8,7 @@ import logging
 import os
 
 from qkdd.keystore import KeyStore, kek_for_state_dir, load_kek
+from qkdd.keystore.capacity import DEFAULT_CACHE_MIB
 from qkdd.kme.config import Etsi014Config
 from qkdd.kme.ledger import Ledger
 from qkdd.kme.service import KmeService
@@ -17,12 +18,12 @@ log = logging.getLogger("qkdd.etsi014")
 
 
 def open_kme(config: Etsi014Config, state_dir: str, keystore: KeyStore | None = None,
-             metrics: Metrics | None = None) -> KmeService:
+             metrics: Metrics | None = None, *, cache_mib: int = DEFAULT_CACHE_MIB) -> KmeService:
     """The KME over the daemon's key store (`keystore`; opened here while no link engine opens it) and
     its ledger, reporting to `metrics`; erases what a crash left undeleted. Raises KeyStoreError /
-    LedgerError / OSError."""
+    LedgerError / OSError. `cache_mib`: the page cache of a store opened here ([keystore] cache_mib)."""
     if keystore is None:
-        keystore = _open_key_store(config, state_dir)
+        keystore = _open_key_store(config, state_dir, cache_mib)
     ledger = _open_ledger(config, state_dir, keystore)
     service = KmeService(config, keystore, ledger, metrics=metrics)
     erased = service.erase_spent()
@@ -44,9 +45,9 @@ def _open_ledger(config: Etsi014Config, state_dir: str, keystore: KeyStore) -> L
     return Ledger(database=keystore.database)
 
 
-def _open_key_store(config: Etsi014Config, state_dir: str) -> KeyStore:
+def _open_key_store(config: Etsi014Config, state_dir: str, cache_mib: int) -> KeyStore:
     kek = load_kek(config.kek_file) if config.kek_file else kek_for_state_dir(state_dir)
-    return KeyStore(config.key_store_file or os.path.join(state_dir, "keys.db"), kek)
+    return KeyStore(config.key_store_file or os.path.join(state_dir, "keys.db"), kek, cache_mib=cache_mib)
 
 
 __all__ = ["Etsi014Config", "KmeService", "open_kme"]

@@ -52,9 +52,10 @@ class Links:
 def open_keystore(state_dir: str, keystore: KeystoreConfig | None = None) -> KeyStore:
     """The key store in the state directory under the KEK from the systemd credential "kek", else (unless
     QKD_KEK_SOURCE=credential) <state_dir>/kek, created 0600 on first start; with the capacity of
-    `[keystore]` (none if not given)."""
+    `[keystore]` (none if not given) and its page cache bound."""
     capacity = StoreCapacity(keystore.max_key_bits, keystore.max_bytes) if keystore is not None else StoreCapacity()
-    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek_for_state_dir(state_dir), capacity=capacity)
+    cache = {"cache_mib": keystore.cache_mib} if keystore is not None else {}
+    return KeyStore(os.path.join(state_dir, KEYSTORE_FILE), kek_for_state_dir(state_dir), capacity=capacity, **cache)
 
 
 def not_started_because(link: LinkConfig) -> str | None:
