@@ -29,7 +29,6 @@ from qkdd.kme.ledger import LedgerError
 from qkdd.link.service import Links, build_links, open_keystore, run_links
 from qkdd.peer import IdentityError
 from qkdd.notify import Notifier
-from qkdd.relay.service import build_relay
 from qkdd.preflight import StartupError, check_tls_files, prepare_state_dir, raise_fd_limit
 from qkdd.loop_watch import LoopWatch
 from qkdd.malloc_tuning import tune_malloc
@@ -60,7 +59,9 @@ async def serve(config: Config, notifier: Notifier, loop_watch: LoopWatch | None
             app.keystore.audit = audit
         links = build_links(config, app.keystore, app.metrics, app.health)
         attach_kme(app, links)
-        app.relay = build_relay(config, links, app)     # registers its channel kinds before the links run
+        if config.node is not None:     # a relay node (the relay's modules are imported only there)
+            from qkdd.relay.service import build_relay
+            app.relay = build_relay(config, links, app)     # registers its channel kinds before the links run
         if app.relay is not None and app.kme is not None:   # ETSI 014 keys for KMEs on non-adjacent nodes
             app.kme.relay, app.relay.note_handler = app.relay, app.kme.record_relayed
             app.relay.rollback_handler = app.kme.forget_relayed

@@ -118,3 +118,11 @@ def test_flush_writes_what_is_left_and_nothing_is_noted_below_the_logger_level()
     quiet.note("id9", "GET", "/z", 200, 1.0, "client")
     quiet.flush()
     assert quiet_lines.records == []
+
+
+def test_the_idle_wait_is_trios_own_without_importing_trio_testing():
+    """The writer's idle wait is trio.testing.wait_all_tasks_blocked itself, imported from where trio keeps it:
+    `import trio.testing` imports pytest too wherever it is installed (a daemon's restart paid for it)."""
+    import trio.testing
+
+    assert access_log.wait_all_tasks_blocked is trio.testing.wait_all_tasks_blocked

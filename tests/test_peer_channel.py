@@ -5,6 +5,7 @@ the idle timeout, are checked to the instant on a mock clock in test_link_channe
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import socket
@@ -217,16 +218,24 @@ def test_a_restarted_end_resumes_without_manual_steps(peer_log, restarted):
 
 
 def test_a_peer_that_restarts_twice_quickly_is_redialled_at_once_the_second_time(peer_log):
-    """The dialler's backoff grows while its attempts fail (here: something at the peer's port closes every
-    connection unauthenticated), and resets once the peer answers again (a completed handshake): the next
-    restart is redialled after backoff_initial_s, not after the delay the first absence built up (before,
-    1.5-3 s here; ~21 s with the defaults)."""
+    """The dialler's backoff grows while its attempts fail (here: something at the peer's port answers every
+    connection with bytes that are no TLS), and resets once the peer answers again (a completed handshake):
+    the next restart is redialled after backoff_initial_s, not after the delay the first absence built up
+    (before, 1.5-3 s here; ~21 s with the defaults)."""
     dial_settings = dict(backoff_initial_s=0.05, backoff_max_s=3.0)
 
     def failed_dials() -> int:
         return log_text(peer_log).count("cannot establish a session")
 
     async def slam(stream: trio.SocketStream) -> None:
+        # Not a reset (that would be redialled without backing off, as a refusal): a TLS failure
+        with trio.move_on_after(WAIT_S):
+            try:
+                await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                while await stream.receive_some():      # until the dialler gives up on it
+                    pass
+            except trio.BrokenResourceError:
+                pass
         await stream.aclose()
 
     async def main():
@@ -289,6 +298,81 @@ def test_a_refused_connection_is_redialled_without_backing_off(peer_log):
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_connection_reset_before_the_handshake_is_redialled_without_backing_off(peer_log):
+    """A host (or a proxy in front of it) that takes the connection and resets it unanswered has no daemon
+    listening behind it yet: as a refusal, the dialler keeps its first delay (the chaos lab's Bob dials
+    Alice through such a proxy, and after kill -9 of Alice a grown delay was most of the time to service)."""
+    dial_settings = dict(backoff_initial_s=0.05, backoff_max_s=3.0)
+
+    async def reset(stream: trio.SocketStream) -> None:
+        await stream.aclose()           # the dialler's ClientHello unread: the kernel answers with a reset
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, port = await start_pair(nursery)
+            await start_alice(nursery, alice, port, **dial_settings)
+            await alice.next_session(), await bob.next_session()
+            bob.scope.cancel()
+            resetter = trio.CancelScope()
+
+            async def serve_resets(task_status=trio.TASK_STATUS_IGNORED):
+                with resetter:
+                    await trio.serve_tcp(reset, port, host="127.0.0.1", task_status=task_status)
+            await nursery.start(serve_resets)
+            await trio.sleep(1.0)                       # reset all along: with backoff, ~5 dials and 1.6 s
+            delays_s = [float(d) for d in re.findall(r"TLS with .*? failed: .*?retrying in ([0-9.]+) s",
+                                                     log_text(peer_log))]
+            assert len(delays_s) >= 10 and max(delays_s) <= 0.05, delays_s
+            resetter.cancel()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_the_surviving_end_redials_at_once_after_a_session_that_lived(peer_log):
+    """The peer died (its connection cut here, by a relay between the ends that stays up): the dialler's
+    first redial comes at once, not after a backoff delay (1-2 s with these settings, before); the relay
+    then takes it to the peer, which never went away, and the next session is up."""
+    dial_settings = dict(backoff_initial_s=2.0, backoff_max_s=2.0)
+    accepted_s: list[float] = []
+    live: list[trio.SocketStream] = []
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            alice, bob, bob_port = await start_pair(nursery)
+
+            async def relay(client: trio.SocketStream) -> None:
+                accepted_s.append(trio.current_time())
+                upstream = await trio.open_tcp_stream("127.0.0.1", bob_port)
+                live[:] = [client, upstream]
+
+                async def pump(source, sink):
+                    try:
+                        while data := await source.receive_some():
+                            await sink.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        pass
+                    await trio.aclose_forcefully(sink)
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(pump, client, upstream)
+                    pumps.start_soon(pump, upstream, client)
+
+            listeners = await nursery.start(functools.partial(trio.serve_tcp, relay, 0, host="127.0.0.1"))
+            relay_port = listeners[0].socket.getsockname()[1]
+            await start_alice(nursery, alice, relay_port, **dial_settings)
+            await alice.next_session(), await bob.next_session()
+            await trio.sleep(dial_settings["backoff_max_s"] + 0.1)     # a session that lived
+            cut_s = trio.current_time()
+            for stream in live:
+                await trio.aclose_forcefully(stream)
+            assert (await alice.next_session()).epoch == 2
+            assert len(accepted_s) == 2 and accepted_s[1] - cut_s < 0.9, (accepted_s, cut_s)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert "retrying in" not in log_text(peer_log)
 
 
 def test_a_new_authenticated_session_replaces_a_stale_one(peer_log):

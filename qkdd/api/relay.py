@@ -20,8 +20,6 @@ from qkdd.api.callers import key_access, reader_access
 from qkdd.app import App
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
-from qkdd.relay.linkstate import valid_node_id
-from qkdd.relay.protocol import MAX_BITS, MAX_NODES_ON_ROUTE, MAX_SHARES
 
 RETRY_AFTER_S = 2
 
@@ -39,8 +37,11 @@ def register(router: Router, app: App) -> None:
             raise HTTPError(400, "invalid min_trust", [{"min_trust": "must be an integer in [0, 255]"}])
         return value
 
+    # The relay's modules are imported by the handlers: a daemon that is no relay node never loads them
+    # (its start-up, and so its restart after a crash, is shorter by their import).
     async def routes(request: Request) -> Response:
         service = relay()
+        from qkdd.relay.linkstate import valid_node_id
         dst = request.query.get("dst", [None])[0]
         if dst is not None and not valid_node_id(dst):
             raise HTTPError(400, "invalid dst", [{"dst": "is not a node id"}])
@@ -58,6 +59,8 @@ def register(router: Router, app: App) -> None:
 
     async def request_key(request: Request) -> Response:
         service = relay()
+        from qkdd.relay.linkstate import valid_node_id
+        from qkdd.relay.protocol import MAX_BITS, MAX_NODES_ON_ROUTE, MAX_SHARES
         body = request.json()
         if not isinstance(body, dict):
             raise HTTPError(400, "request body must be a JSON object")

@@ -24,8 +24,6 @@ from qkdd.api.callers import admin_access
 from qkdd.app import App
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
-from qkdd.hal.sim.cv_channel import parse_cloner
-from qkdd.hal.sim.cv_device import CvAliceDevice, CvBobDevice
 from qkdd.hal.sim.params import Attack, Drift
 from qkdd.http.messages import HTTPError, Request, Response
 from qkdd.http.router import Router
@@ -52,7 +50,10 @@ def _number(body: dict[str, Any], name: str) -> float | None:
 
 
 def register(router: Router, app: App) -> None:
+    # The CV-QKD device modules are imported by the handlers: a daemon without a cvqkd link never loads them
+    # (its start-up, and so its restart after a crash, is shorter by their import).
     def device_of(request: Request, kind: type | None = None):
+        from qkdd.hal.sim.cv_device import CvAliceDevice, CvBobDevice
         link_id = request.path_params["link_id"]
         link = app.config.link(link_id)
         if link is None:
@@ -71,6 +72,7 @@ def register(router: Router, app: App) -> None:
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
 
     async def set_attack(request: Request) -> Response:
+        from qkdd.hal.sim.cv_device import CvAliceDevice
         if isinstance(app.devices.get(request.path_params["link_id"]), CvAliceDevice):     # cvqkd: the cloner
             return _set_cloner(request)
         device = device_of(request, SimAliceDevice)
@@ -90,6 +92,8 @@ def register(router: Router, app: App) -> None:
         return Response.json({"link_id": request.path_params["link_id"], **device.control_status()})
 
     def _set_cloner(request: Request) -> Response:
+        from qkdd.hal.sim.cv_channel import parse_cloner
+        from qkdd.hal.sim.cv_device import CvAliceDevice
         device = device_of(request, CvAliceDevice)
         text = _body(request, {"attack"}).get("attack")
         if not isinstance(text, str):

@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import signal
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
 from qkdd.app import App
-from qkdd.consumers.rotation import EpochChannel, KeyRotation
-from qkdd.consumers.wg_epoch import consumer_tag
-from qkdd.consumers.wg_tool import WgTool
-from qkdd.consumers.wireguard import TunnelRotation
+
+if TYPE_CHECKING:
+    from qkdd.consumers.rotation import KeyRotation
 
 log = logging.getLogger("qkdd.consumers")
 
@@ -44,6 +44,13 @@ async def build_wireguard(app: App) -> Tunnels:
     registered on it (their state files read in worker threads)."""
     config = app.config
     tunnels = Tunnels()
+    if not (config.wireguard or config.kms_push or config.ipsec):
+        app.consumers = tunnels.all
+        return tunnels              # (the consumer modules are imported only where consumers are configured)
+    from qkdd.consumers.rotation import EpochChannel, KeyRotation
+    from qkdd.consumers.wg_epoch import consumer_tag
+    from qkdd.consumers.wg_tool import WgTool
+    from qkdd.consumers.wireguard import TunnelRotation
 
     def reachable(kind: str, name: str, link_id: str) -> bool:
         if link_id in app.reservations:

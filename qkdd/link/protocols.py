@@ -1,26 +1,36 @@
 """The protocols the daemon's link engine runs, by the name `[[links]] protocol` gives: each one's frame
-pipeline and the drivers whose devices yield its raw frames. A new protocol is one more entry here."""
+pipeline and the drivers whose devices yield its raw frames. A new protocol is one more entry here.
+A pipeline's module is imported when a link first asks for it: a daemon loads only the protocols it runs
+(its start-up, and so its restart after a crash, is shorter by the others' imports)."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from qkdd.hal.drivers import RAW_FRAME_DRIVERS
-from qkdd.link.cv_pipeline import CvFramePipeline
-from qkdd.link.e91_pipeline import E91FramePipeline
-from qkdd.link.pipeline import FramePipeline
+
+if TYPE_CHECKING:
+    from qkdd.link.pipeline import FramePipeline
 
 
 @dataclass(frozen=True)
 class FrameProtocol:
-    pipeline: type[FramePipeline]       # one frame at one end (qkdd.link.pipeline's interface)
+    pipeline_class: str                 # "module:class" of its frame pipeline (qkdd.link.pipeline's interface)
     drivers: tuple[str, ...]            # drivers whose devices yield this protocol's raw frames
     needs_decoy: bool                   # Alice's pipeline takes her device's decoy settings
 
+    @property
+    def pipeline(self) -> type[FramePipeline]:
+        """The frame pipeline class: one frame at one end."""
+        module, name = self.pipeline_class.split(":")
+        return getattr(importlib.import_module(module), name)
+
 
 FRAME_PROTOCOLS: dict[str, FrameProtocol] = {
-    "bb84": FrameProtocol(FramePipeline, drivers=RAW_FRAME_DRIVERS, needs_decoy=True),
-    "e91": FrameProtocol(E91FramePipeline, drivers=("sim",), needs_decoy=False),
-    "cvqkd": FrameProtocol(CvFramePipeline, drivers=("sim",), needs_decoy=False),     # GG02
+    "bb84": FrameProtocol("qkdd.link.pipeline:FramePipeline", drivers=RAW_FRAME_DRIVERS, needs_decoy=True),
+    "e91": FrameProtocol("qkdd.link.e91_pipeline:E91FramePipeline", drivers=("sim",), needs_decoy=False),
+    "cvqkd": FrameProtocol("qkdd.link.cv_pipeline:CvFramePipeline", drivers=("sim",), needs_decoy=False),  # GG02
 }
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
-from qkdd.auth import secret as auth_secret
-from qkdd.auth.pool import AuthPool, AuthPoolError
 from qkdd.config import Config, KeystoreConfig, LinkConfig, parse_host_port
 from qkdd.hal.base import DeviceError
 from qkdd.hal.drivers import device_for
@@ -19,7 +18,6 @@ from qkdd.hal.etsi014.settings import ETSI014_DRIVERS
 from qkdd.keystore import KeyStore, kek_for_state_dir
 from qkdd.keystore.capacity import StoreCapacity
 from qkdd.link.engine import LinkEngine
-from qkdd.link.key_relay import KeyRelayEngine
 from qkdd.link.key_requests import KeyRequests
 from qkdd.link.pipeline import PipelineSettings
 from qkdd.link.protocols import FRAME_PROTOCOLS
@@ -28,6 +26,10 @@ from qkdd.link_channel import PIPELINE_CHANNEL, LinkChannel
 from qkdd.peer import IdentityError, PeerSettings, load_private_key, load_public_key
 from qkdd.preflight import StartupError
 from qkdd.reservation.service import ReservationService
+
+if TYPE_CHECKING:
+    from qkdd.auth.pool import AuthPool
+    from qkdd.link.key_relay import KeyRelayEngine
 
 log = logging.getLogger("qkdd.link")
 
@@ -110,6 +112,8 @@ def _auth_pool(link: LinkConfig, key: str, state_dir: str, metrics) -> AuthPool 
     """The link's authentication pool (auth "its"/"both"), seeded from its secret file on first start."""
     if link.auth == "pq":
         return None
+    from qkdd.auth import secret as auth_secret         # (imported only where a link uses them: start-up time)
+    from qkdd.auth.pool import AuthPool, AuthPoolError
     try:
         secret = auth_secret.load(link.auth_secret_file)
     except auth_secret.AuthSecretError as exc:
@@ -143,6 +147,7 @@ def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, m
         if auth_pool is not None:
             raise StartupError(f"{key}.auth", f'auth "{link.auth}" authenticates post-processing, and driver '
                                               f'{link.driver} delivers finished keys: use auth = "pq"')
+        from qkdd.link.key_relay import KeyRelayEngine     # (and its HTTP client: only for these drivers)
         return KeyRelayEngine(link.link_id, link.role, device, store, channel, settings=settings,
                               metrics=metrics.link(link.link_id, link.protocol) if metrics is not None else None,
                               health=health)

@@ -7,9 +7,11 @@ is torn down. The session reads its first record only after the handler ran up t
 checkpoint, so the handler may route the session to itself there (PeerSession.route_all). After a
 clean close by the peer it first gets every message sent before the close, then SessionClosedError
 from receive(). If the handler returns, the session is closed cleanly. Either way the connector then
-brings up the next session by itself: the dialling end redials with exponential backoff and jitter
-(reset by every completed handshake; a refused connection, the peer's daemon restarting, is redialled
-after the first delay without backing off further), the listening end waits for the next connection. A newly
+brings up the next session by itself: the dialling end redials at once after a session that lived a
+while (the peer may be back already, and the surviving end's first attempt is the one that should find
+it), then with exponential backoff and jitter (reset by every completed handshake; a refused or reset
+connection, the peer's daemon restarting behind its host or a proxy, is redialled after the first delay
+without backing off further), the listening end waits for the next connection. A newly
 authenticated connection replaces the live one (the peer restarted and its old connection may not
 have died yet), so at most one session per link is live and no restart needs a manual step.
 
@@ -33,7 +35,7 @@ from qkdd.log_limit import RateLimitedLog
 
 from . import tls
 from .backoff import Backoff
-from .errors import PeerError, PeerTimeoutError, SessionClosedError, SessionTruncatedError
+from .errors import PeerError, PeerResetError, PeerTimeoutError, SessionClosedError, SessionTruncatedError
 from .handshake import Role
 from .session import PeerSession
 from .settings import PeerSettings
@@ -93,7 +95,7 @@ class PeerConnector:
             try:
                 session = await self._dial_once(context, host, port)
             except (OSError, PeerError) as exc:
-                # A refusal comes from the peer's host: its daemon is (re)starting and will listen shortly.
+                # A refusal or reset comes from the peer's host: its daemon is (re)starting and will listen shortly.
                 delay_s = backoff.first_delay_s() if _refused(exc) else backoff.next_delay_s()
                 log.warning("link %s: cannot establish a session with %s:%d: %s; retrying in %.2f s",
                             self.settings.link_id, host, port, _describe(exc), delay_s)
@@ -102,9 +104,14 @@ class PeerConnector:
             # The peer answered: whatever failed before is over. A peer that restarts twice in a row
             # is redialled after backoff_initial_s, not after the delay its first absence built up.
             backoff.reset()
+            started_s = trio.current_time()
             while session is not None:
                 session = await self._serve_watching_path(session, context, host, port)
-            await trio.sleep(backoff.next_delay_s())
+            # A session that lived a while: redial at once (a killed peer's restart is found by the first attempt
+            # after it listens, not one backoff delay later). One that ended at once (a peer that drops every
+            # new session) is redialled after the backoff delay, so that it is not redialled in a tight loop.
+            if trio.current_time() - started_s < self.settings.backoff_max_s:
+                await trio.sleep(backoff.next_delay_s())
 
     async def _serve_watching_path(self, session: PeerSession, context: ssl.SSLContext, host: str,
                                    port: int) -> PeerSession | None:
@@ -180,7 +187,8 @@ class PeerConnector:
                 raise PeerTimeoutError(f"handshake with {address} not finished within "
                                        f"{self.settings.handshake_timeout_s:g} s") from None
             except trio.BrokenResourceError as exc:
-                raise SessionTruncatedError(f"TLS with {address} failed: {_describe(exc)}") from None
+                error = PeerResetError if isinstance(exc.__cause__, _RESETS) else SessionTruncatedError
+                raise error(f"TLS with {address} failed: {_describe(exc)}") from None
         except BaseException:
             if stream is not None:
                 await trio.aclose_forcefully(stream)
@@ -288,9 +296,14 @@ def _ready(stream: trio.abc.Stream):
     return connect
 
 
+# How a host that took the TCP connection ends it when nothing behind it handshakes (PeerResetError)
+_RESETS = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
 def _refused(exc: BaseException) -> bool:
-    """Whether a failed dial was refused by the peer's host (trio groups the attempts' errors as the cause)."""
-    if isinstance(exc, ConnectionRefusedError):
+    """Whether a failed dial was refused or reset by the peer's host (trio groups the attempts' errors as the
+    cause of a refused connect)."""
+    if isinstance(exc, (ConnectionRefusedError, PeerResetError)):
         return True
     attempts = getattr(exc.__cause__, "exceptions", None)
     return bool(attempts) and all(isinstance(attempt, ConnectionRefusedError) for attempt in attempts)

@@ -34,6 +34,12 @@ class SessionTruncatedError(PeerError):
     """The connection ended without the peer's authenticated close record."""
 
 
+class PeerResetError(SessionTruncatedError):
+    """The peer's host took the connection and reset or closed it before a session was established: nothing
+    listens behind it yet (a proxy or port forward in front of a daemon that is restarting), or a listener
+    with every handshake slot taken."""
+
+
 class PeerTimeoutError(PeerError):
     """The peer stayed silent past a deadline (handshake timeout or idle timeout)."""
 
