@@ -221,9 +221,8 @@ class FramePipeline(FrameSteps):
         count = int(det.slots.size)
         self.outcome.detections = count
         try:
-            local = sifting.BobDetections(n_slots=count, slots=np.arange(count, dtype=np.uint64),
-                                          basis=np.ascontiguousarray(det.bases, dtype=np.uint8),
-                                          outcome=np.ascontiguousarray(det.outcomes, dtype=np.uint8))
+            local = sifting.BobDetections.every_slot(np.ascontiguousarray(det.bases, dtype=np.uint8),
+                                                     np.ascontiguousarray(det.outcomes, dtype=np.uint8))
             self._sift = sifting.Sifting(sifting.BOB, self.frame_id, local, CLASSES)
             (detections,) = self._sift.start()
         except (ValueError, NativeError) as exc:
