@@ -86,6 +86,25 @@ def encode_slots_fixed(slots: np.ndarray) -> bytes:
     return struct.pack("<QB7x", slots.size, width) + gaps.astype("<u4" if width == 4 else "<u8").tobytes()
 
 
+def is_slot_stream_of(view, slots: np.ndarray) -> bool:
+    """Whether SLOTS `view` is the varint stream of exactly `slots` (the usual case at Alice: Bob detected what
+    her records hold). The stream's encoding is canonical (the decoder refuses overlong varints), so equal bytes
+    mean equal slots: this encodes her slots (a pass writing about a byte a slot) and compares, where decoding
+    the stream would build and compare a uint64 array of them (256 MB for 2^25 detections). False whenever the
+    slots differ or the stream is of another form; the caller then decodes it, with its checks."""
+    if len(view) < 16:
+        return False
+    count, width = struct.unpack_from("<QB", view)
+    if count != slots.size or width != SLOT_STREAM or bytes(view[9:16]) != bytes(7):
+        return False
+    stream = np.frombuffer(view, dtype=np.uint8, offset=16)
+    try:
+        own = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
+    except NativeError:
+        return False
+    return own.size == stream.size and bool(np.array_equal(own, stream))
+
+
 def decode_slots(view, max_count: int) -> np.ndarray:
     if len(view) < 16:
         raise LinkMessageError("SLOTS: truncated")
