@@ -43,6 +43,20 @@ def test_slots_go_as_a_varint_stream_and_the_fixed_widths_of_earlier_versions_st
         linkmsg.decode_slots(stream, slots.size - 1)
 
 
+
+def test_a_slot_stream_is_recognised_as_the_slots_it_encodes_and_nothing_else():
+    slots = np.cumsum(np.random.default_rng(6).integers(1, 300, 5_000, dtype=np.uint64), dtype=np.uint64)
+    stream = linkmsg.encode_slots(slots)
+    assert linkmsg.is_slot_stream_of(memoryview(stream), slots)
+    other = slots.copy()
+    other[-1] += 1
+    assert not linkmsg.is_slot_stream_of(stream, other)                 # one slot differs
+    assert not linkmsg.is_slot_stream_of(stream, slots[:-1])            # one fewer
+    assert not linkmsg.is_slot_stream_of(linkmsg.encode_slots_fixed(slots), slots)   # another form: decode it
+    assert not linkmsg.is_slot_stream_of(stream[:-1], slots)
+    assert not linkmsg.is_slot_stream_of(stream[:10], slots)
+    assert not linkmsg.is_slot_stream_of(stream, slots[::-1].copy())    # not increasing: cannot be encoded
+
 def mutated(valid: bytes):
     return edited(valid, overwrites=fields(U64_EDGES, 8, "little"))
 

@@ -155,6 +155,21 @@ def test_key_ids_of_a_frame_share_its_prefix_and_sort_by_frame():
     assert set(ids).isdisjoint(linkmsg.derive_key_ids(b"\x01" * 32, 1000, frame_id))
 
 
+
+def test_frame_key_ids_are_the_uuids_of_the_frame_prefix_and_the_seed_stream():
+    # the ids are written as text all at once: check them against uuid.UUID on the same 128-bit values
+    import hashlib
+    import uuid
+    for frame_id, count in ((0, 1), (2**48 + 7, 300), (2**63 - 1, 17), (5, 0)):
+        seed = bytes(range(32))
+        stream = hashlib.shake_256(linkmsg.KEY_ID_LABEL + seed).digest(16 * count)
+        expected = []
+        for i in range(count):
+            value = ((frame_id % 2**48) << 80) | int.from_bytes(stream[16 * i + 6:16 * i + 16], "big")
+            value = (value & ~(0xF << 76) & ~(0x3 << 62)) | (0x8 << 76) | (0x2 << 62)   # version 8, variant 10
+            expected.append(str(uuid.UUID(int=value)))
+        assert linkmsg.derive_key_ids(seed, count, frame_id) == expected
+
 def _reveal_rewriter(fields: dict[int, float]):
     """A tamper function that sets f64 fields (by index: 0-5 decoy settings, 7 eps_sec, 8 eps_cor) of
     Alice's REVEAL."""

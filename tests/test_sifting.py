@@ -251,3 +251,30 @@ def test_local_misuse_raises_state_errors():
         sf.Sifting(sf.ALICE, 1, det, N_CLASSES)
     with pytest.raises(ValueError):
         sf.Sifting(sf.ALICE, 1, records, N_CLASSES, revealed_classes=(3,))
+
+
+def test_every_slot_frame_sends_the_same_messages_as_its_slot_array():
+    """A frame sifted by detection number (the link's case): no slot array is built, and DETECTIONS, the
+    ANSWER's handling and the result are those of the explicit slots 0 .. n - 1."""
+    rng = np.random.default_rng(11)
+    n = 5000
+    basis = rng.integers(0, 2, n, dtype=np.uint8)
+    outcome = rng.integers(0, 2, n, dtype=np.uint8)
+    states = rng.integers(0, 4 * 3, n, dtype=np.uint8)
+    explicit = sf.BobDetections(n, np.arange(n, dtype=np.uint64), basis, outcome)
+    dense = sf.BobDetections.every_slot(basis, outcome)
+    assert dense.slots is None and dense.count == n
+    assert np.array_equal(dense.slot_code(), explicit.slot_code())
+    ends = []
+    for det in (explicit, dense):
+        alice = sf.Sifting(sf.ALICE, 3, sf.AliceRecords(states, 3), 3, revealed_classes=(1, 2))
+        bob = sf.Sifting(sf.BOB, 3, det, 3)
+        (detections,) = bob.start()
+        (answer,) = alice.receive(detections)
+        (report,) = bob.receive(answer)
+        alice.receive(report)
+        ends.append((detections, answer, report, bob.result.sifted_slots(0, 1), bob.result.key_bits(0, 1)[0]))
+    for a, b in zip(*ends):
+        assert np.array_equal(np.asarray(a), np.asarray(b)) if isinstance(a, np.ndarray) else a == b
+    with pytest.raises(ValueError):
+        sf.BobDetections(n, None, basis, outcome[:-1])

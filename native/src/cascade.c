@@ -17,6 +17,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 struct pass {
     uint32_t kind;
@@ -307,6 +308,24 @@ static void layout(qkd_cascade *c, struct arena *a)
     }
 }
 
+/* Ask for transparent huge pages under [start, start + bytes): the shuffled pass's position maps are read
+ * and written at random, and with 4 KiB pages nearly every access of a large frame's map also misses the
+ * TLB (and its first touch faults a page in). Only the whole 2 MiB pages inside the range are advised;
+ * where the kernel does not offer them (THP "never", another OS) this does nothing. */
+static void advise_huge(void *start, size_t bytes)
+{
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t lo = ((uintptr_t)start + huge - 1) & ~(huge - 1);
+    uintptr_t hi = ((uintptr_t)start + bytes) & ~(huge - 1);
+    if (hi > lo)
+        (void)madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)start;
+    (void)bytes;
+#endif
+}
+
 /* p->copy = the key in the order of SHUFFLED pass p (ones scattered to their positions). */
 static void permute_key(qkd_cascade *c, struct pass *p)
 {
@@ -333,10 +352,18 @@ static int build_pass(qkd_cascade *c, size_t i, const uint8_t *seed)
     if (qkd_prng_init(&g, seed, QKD_PRNG_SEED_BYTES, (uint64_t)i) != QKD_OK)
         return QKD_EINVAL;
     if (p->kind == QKD_CASCADE_PASS_SHUFFLED) {
+        advise_huge(p->pos, (size_t)c->n * sizeof(uint32_t));
         qkd_prng_permutation(&g, p->pos, c->n);
-        if (p->perm)
-            for (size_t x = 0; x < c->n; x++)
+        if (p->perm) {
+            /* the inverse map, a scatter: prefetch the line written PERM_AHEAD positions later */
+            enum { PERM_AHEAD = 32 };
+            advise_huge(p->perm, (size_t)c->n * sizeof(uint32_t));
+            for (size_t x = 0; x < c->n; x++) {
+                if (x + PERM_AHEAD < c->n)
+                    __builtin_prefetch(&p->perm[p->pos[x + PERM_AHEAD]], 1);
                 p->perm[p->pos[x]] = (uint32_t)x;
+            }
+        }
         if (c->role == QKD_CASCADE_ALICE)
             permute_key(c, p);
         return QKD_OK;

@@ -38,7 +38,8 @@ static inline uint64_t rotl(uint64_t x, int k)
     return (x << k) | (x >> (64 - k));
 }
 
-uint64_t qkd_prng_next(qkd_prng *g)
+/* The step itself, inlined into the loops of this file (the exported symbol goes through the PLT). */
+static inline uint64_t next(qkd_prng *g)
 {
     uint64_t *s = g->s;
     uint64_t result = rotl(s[1] * 5, 7) * 9;
@@ -52,20 +53,30 @@ uint64_t qkd_prng_next(qkd_prng *g)
     return result;
 }
 
+uint64_t qkd_prng_next(qkd_prng *g)
+{
+    return next(g);
+}
+
 /* Uniform in [0, bound): Lemire's multiply-and-reject ("Fast random integer generation in an
  * interval", ACM TOMACS 29(1), 2019), exact, so both ends draw the same sequence. bound >= 1. */
-uint32_t qkd_prng_below(qkd_prng *g, uint32_t bound)
+static inline uint32_t below(qkd_prng *g, uint32_t bound)
 {
-    uint64_t m = (qkd_prng_next(g) >> 32) * (uint64_t)bound;
+    uint64_t m = (next(g) >> 32) * (uint64_t)bound;
     uint32_t low = (uint32_t)m;
     if (low < bound) {
         uint32_t threshold = (uint32_t)(-bound) % bound;
         while (low < threshold) {
-            m = (qkd_prng_next(g) >> 32) * (uint64_t)bound;
+            m = (next(g) >> 32) * (uint64_t)bound;
             low = (uint32_t)m;
         }
     }
     return (uint32_t)(m >> 32);
+}
+
+uint32_t qkd_prng_below(qkd_prng *g, uint32_t bound)
+{
+    return below(g, bound);
 }
 
 int qkd_prng_permutation(qkd_prng *g, uint32_t *out, size_t n)
@@ -74,23 +85,28 @@ int qkd_prng_permutation(qkd_prng *g, uint32_t *out, size_t n)
         return QKD_EINVAL;
     for (size_t i = 0; i < n; i++)
         out[i] = (uint32_t)i;
-    /* Fisher-Yates (Durstenfeld): every permutation equally likely. The swap partners of a batch of
-     * steps depend only on the generator, so they are drawn first and their cache lines prefetched;
-     * the result is the same as drawing them one at a time. */
-    enum { BATCH = 32 };
-    uint32_t partner[BATCH];
-    size_t i = n;
-    while (i > 1) {
-        size_t steps = i - 1 < BATCH ? i - 1 : BATCH;
-        for (size_t k = 0; k < steps; k++) {
-            partner[k] = qkd_prng_below(g, (uint32_t)(i - k));
-            __builtin_prefetch(&out[partner[k]], 1);
+    /* Fisher-Yates (Durstenfeld): every permutation equally likely. Step m (m = n .. 2) swaps out[m - 1]
+     * with out[partner], partner = below(m). The partners depend only on the generator, so they are drawn
+     * AHEAD steps early into a ring and their cache lines prefetched then: on a large array every swap
+     * is a cache (and TLB) miss, and this keeps AHEAD of them in flight instead of stalling on each. The
+     * draws are the same, in the same order, as drawing each partner at its step. */
+    enum { AHEAD = 64 }; /* a power of two */
+    uint32_t ring[AHEAD];
+    size_t draw = n; /* the next step whose partner is drawn */
+    for (; draw > 1 && n - draw < AHEAD; draw--) {
+        ring[draw % AHEAD] = below(g, (uint32_t)draw);
+        __builtin_prefetch(&out[ring[draw % AHEAD]], 1);
+    }
+    for (size_t m = n; m > 1; m--) {
+        uint32_t partner = ring[m % AHEAD];
+        if (draw > 1) { /* draw == m - AHEAD: the slot just read */
+            ring[draw % AHEAD] = below(g, (uint32_t)draw);
+            __builtin_prefetch(&out[ring[draw % AHEAD]], 1);
+            draw--;
         }
-        for (size_t k = 0; k < steps; k++, i--) {
-            uint32_t t = out[i - 1];
-            out[i - 1] = out[partner[k]];
-            out[partner[k]] = t;
-        }
+        uint32_t t = out[m - 1];
+        out[m - 1] = out[partner];
+        out[partner] = t;
     }
     return QKD_OK;
 }

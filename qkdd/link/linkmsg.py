@@ -86,6 +86,25 @@ def encode_slots_fixed(slots: np.ndarray) -> bytes:
     return struct.pack("<QB7x", slots.size, width) + gaps.astype("<u4" if width == 4 else "<u8").tobytes()
 
 
+def is_slot_stream_of(view, slots: np.ndarray) -> bool:
+    """Whether SLOTS `view` is the varint stream of exactly `slots` (the usual case at Alice: Bob detected what
+    her records hold). The stream's encoding is canonical (the decoder refuses overlong varints), so equal bytes
+    mean equal slots: this encodes her slots (a pass writing about a byte a slot) and compares, where decoding
+    the stream would build and compare a uint64 array of them (256 MB for 2^25 detections). False whenever the
+    slots differ or the stream is of another form; the caller then decodes it, with its checks."""
+    if len(view) < 16:
+        return False
+    count, width = struct.unpack_from("<QB", view)
+    if count != slots.size or width != SLOT_STREAM or bytes(view[9:16]) != bytes(7):
+        return False
+    stream = np.frombuffer(view, dtype=np.uint8, offset=16)
+    try:
+        own = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
+    except NativeError:
+        return False
+    return own.size == stream.size and bool(np.array_equal(own, stream))
+
+
 def decode_slots(view, max_count: int) -> np.ndarray:
     if len(view) < 16:
         raise LinkMessageError("SLOTS: truncated")
@@ -208,10 +227,19 @@ def derive_key_ids(seed: bytes, count: int, frame_id: int | None = None) -> list
     stream = hashlib.shake_256(KEY_ID_LABEL + seed).digest(16 * count)
     if frame_id is None:
         return [str(uuid.UUID(bytes=stream[16 * i:16 * i + 16], version=4)) for i in range(count)]
-    prefix = (frame_id % (1 << FRAME_PREFIX_BITS)) << 80
-    ids = []
-    for i in range(count):
-        value = prefix | int.from_bytes(stream[16 * i + 6:16 * i + 16], "big")
-        value = (value & ~(0xF << 76) & ~(0x3 << 62)) | (0x8 << 76) | (0x2 << 62)   # version 8, RFC 9562 variant
-        ids.append(str(uuid.UUID(int=value)))
-    return ids
+    # The 16 bytes of id i: the frame id's low 48 bits (big-endian), then bytes 6-15 of its 16 from the stream,
+    # with the version nibble (byte 6, high) 8 and the RFC 9562 variant (byte 8, top two bits) 10; written as
+    # text for all ids at once (a frame has tens of thousands of keys: a UUID object each cost 5 us)
+    raw = np.frombuffer(stream, dtype=np.uint8).reshape(count, 16).copy()
+    raw[:, :6] = np.frombuffer((frame_id % (1 << FRAME_PREFIX_BITS)).to_bytes(6, "big"), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x80
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80
+    digits = _HEX_DIGITS[np.stack([raw >> 4, raw & 0x0F], axis=2).reshape(count, 32)]
+    text = np.full((count, 37), ord("-"), dtype=np.uint8)
+    text[:, _UUID_DIGIT_COLUMNS] = digits
+    text[:, 36] = ord("\n")
+    return text.tobytes().decode("ascii").split("\n")[:count]
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+_UUID_DIGIT_COLUMNS = np.array([c for c in range(36) if c not in (8, 13, 18, 23)])     # 8-4-4-4-12

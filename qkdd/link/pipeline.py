@@ -221,9 +221,8 @@ class FramePipeline(FrameSteps):
         count = int(det.slots.size)
         self.outcome.detections = count
         try:
-            local = sifting.BobDetections(n_slots=count, slots=np.arange(count, dtype=np.uint64),
-                                          basis=np.ascontiguousarray(det.bases, dtype=np.uint8),
-                                          outcome=np.ascontiguousarray(det.outcomes, dtype=np.uint8))
+            local = sifting.BobDetections.every_slot(np.ascontiguousarray(det.bases, dtype=np.uint8),
+                                                     np.ascontiguousarray(det.outcomes, dtype=np.uint8))
             self._sift = sifting.Sifting(sifting.BOB, self.frame_id, local, CLASSES)
             (detections,) = self._sift.start()
         except (ValueError, NativeError) as exc:
@@ -263,7 +262,7 @@ class FramePipeline(FrameSteps):
 
     # -- Bob ------------------------------------------------------------------------------------
     def _bob_sifting(self, answer) -> list[Action]:
-        (report,) = self._sift.receive(bytes(answer))
+        (report,) = self._sift.receive(answer)
         self.state = AWAIT_REVEAL
         return [self._send((Step.SIFT, report))]
 
@@ -345,9 +344,12 @@ class FramePipeline(FrameSteps):
     # -- Alice ----------------------------------------------------------------------------------
     def _alice_await_detect(self, slots_part, detections) -> list[Action]:
         records = self.frame.alice
-        slots = linkmsg.decode_slots(slots_part, records.slots.size)
         columns = (records.bits, records.bases, records.intensities)
-        if not np.array_equal(records.slots, slots):      # else the usual case: a record per detected slot, as is
+        if linkmsg.is_slot_stream_of(slots_part, records.slots):   # the usual case: a record per detected slot
+            slots = records.slots
+        else:
+            slots = linkmsg.decode_slots(slots_part, records.slots.size)
+        if slots is not records.slots and not np.array_equal(records.slots, slots):
             positions = np.searchsorted(records.slots, slots)
             inside = positions < records.slots.size
             if not bool(np.all(inside)) or not np.array_equal(records.slots[positions[inside]], slots[inside]) \
@@ -357,7 +359,7 @@ class FramePipeline(FrameSteps):
         self.outcome.detections = int(slots.size)
         compact = sifting.AliceRecords.from_columns(*columns, CLASSES)
         self._sift = sifting.Sifting(sifting.ALICE, self.frame_id, compact, CLASSES)
-        (answer,) = self._sift.receive(bytes(detections))
+        (answer,) = self._sift.receive(detections)
         self.state = AWAIT_REPORT
         return [self._send((Step.SIFT, answer))]
 

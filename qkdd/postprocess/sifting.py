@@ -114,17 +114,39 @@ class BobDetections:
     """Bob's detections in one frame of n_slots slots: sorted slots, basis and outcome columns."""
 
     n_slots: int
-    slots: np.ndarray    # uint64, strictly increasing, < n_slots
+    slots: np.ndarray | None    # uint64, strictly increasing, < n_slots; None: every slot, 0 .. n_slots - 1
     basis: np.ndarray    # uint8, 0 = Z, 1 = X
     outcome: np.ndarray  # uint8, 0/1
 
     def __post_init__(self):
-        as_words(self.slots, "slots")
+        if self.slots is not None:
+            as_words(self.slots, "slots")
+        shape = (self.n_slots,) if self.slots is None else self.slots.shape
         for name in ("basis", "outcome"):
             array = getattr(self, name)
-            if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.shape != self.slots.shape:
+            if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.shape != shape:
                 raise ValueError(f"{name} must be a uint8 array with one entry per slot")
-        kernel.check_slots(self.slots, self.n_slots)
+        if self.slots is not None:
+            kernel.check_slots(self.slots, self.n_slots)
+
+    @classmethod
+    def every_slot(cls, basis: np.ndarray, outcome: np.ndarray) -> "BobDetections":
+        """A detection in each slot (a frame numbered by its detections, as the link sifts it): no slot array
+        is built; the slot stream is then one zero byte a detection (slot 0, then gaps of one)."""
+        return cls(int(basis.size), None, basis, outcome)
+
+    @property
+    def count(self) -> int:
+        return self.n_slots if self.slots is None else int(self.slots.size)
+
+    def slot_array(self) -> np.ndarray:
+        return np.arange(self.n_slots, dtype=np.uint64) if self.slots is None else self.slots
+
+    def slot_code(self) -> np.ndarray:
+        """The varint slot stream of qkd_sift.h."""
+        if self.slots is None:
+            return np.zeros(self.n_slots, dtype=np.uint8)     # first slot 0, then gaps of one (varint 0 each)
+        return kernel.encode_slots(self.slots, self.n_slots)
 
 
 @dataclass(frozen=True)
@@ -219,17 +241,17 @@ class Sifting(wire.FrameExchange):
         """Bob: announce detected slots and bases."""
         self._advance("start")
         det = self._records
-        count = det.slots.size
+        count = det.count
         bases = np.zeros(words_for_bits(count), dtype=np.uint64)
         packed = np.packbits(det.basis, bitorder="little")
         bases.view(np.uint8)[:packed.size] = packed
-        code = kernel.encode_slots(det.slots, det.n_slots)
+        code = det.slot_code()
         header = np.array([det.n_slots, count, code.size], dtype="<u8")
         return [self._send(DETECTIONS, [header, code, bytes(-code.size % 8), bases])]
 
     def _on_answer(self, payload) -> list[bytes]:
         det = self._records
-        count = det.slots.size
+        count = det.count
         reader = wire.Reader(payload, "ANSWER")
         if reader.u64() != count:
             raise PeerMessageError(f"ANSWER is for a different number of detections than the {count} announced")
@@ -274,7 +296,8 @@ class Sifting(wire.FrameExchange):
                             matched=sifted.counts[:, :, kernel.MATCHED].copy(), errors=errors,
                             revealed_classes=revealed)
         bases = self._records.basis
-        self._result = SiftResult(BOB, sifted, det.slots, bases, counts, n_classes)
+        self._result = SiftResult(BOB, sifted, det.slots if det.slots is not None else det.slot_array, bases, counts,
+                                  n_classes)
         report = bytes([n_classes]) + bytes(7) + errors.astype("<u8").tobytes()
         return [self._send(REPORT, [report])]
 
@@ -350,7 +373,7 @@ class Sifting(wire.FrameExchange):
         if self.role == ALICE:
             n = self._records.n_slots
             return 24 + 8 * words_for_bits(kernel.MAX_VARINT_BYTES * n) + 8 * words_for_bits(n)
-        count = self._records.slots.size
+        count = self._records.count
         k = self._n_classes
         return 24 + 16 * k + 8 * words_for_bits(count) + count + 8 + 2 * k * 8 + 8 * (words_for_bits(count) + 2 * k)
 
