@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon_support import Daemon, base_config, clean_env
 from seed_metrics import ACCEPTED_LINT, SEED_FAMILIES
+from qkdd import sqlite_memory
 from qkdd.pki import init_pki
 
 
@@ -133,8 +134,10 @@ def test_metrics_has_every_seed_family_and_passes_promtool(daemon):
         for sample in families[name].samples:
             assert set(sample.labels) - {"le"} == labels, (name, sample)
     exposed = {sample.name: sample.value for family in families.values() for sample in family.samples
-               if sample.name.startswith("qkd_") and sample.name != "qkd_link_state"
+               if sample.name.startswith("qkd_") and sample.name not in ("qkd_link_state", "qkd_sqlite_memory_bytes")
                and not sample.name.startswith("qkd_event_loop_")}
+    if sqlite_memory.available():                 # SQLite's heap, read at each scrape: the store is open
+        assert families["qkd_sqlite_memory_bytes"].samples[0].value > 0
     loop = {sample.name: sample.value for family in families.values() for sample in family.samples
             if sample.name.startswith("qkd_event_loop_")}         # the daemon's loop watch (qkdd.loop_watch)
     assert set(loop) == {"qkd_event_loop_stall_max_seconds", "qkd_event_loop_stall_max_cpu_seconds",
