@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from qkdd.peer.tcp_tuning import path_stalled, retransmission_state
+from tests.wireguard_support import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -60,15 +61,9 @@ class Events:
             with self._lock:
                 self.lines.append(json.loads(line))
 
-    def wait(self, what: str, predicate, timeout_s: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                found = next((event for event in self.lines if predicate(event)), None)
-            if found is not None:
-                return found
-            time.sleep(0.05)
-        raise AssertionError(f"no {what} within {timeout_s:g} s; events: {self.lines[-10:]}")
+    def first(self, predicate) -> dict | None:
+        with self._lock:
+            return next((event for event in self.lines if predicate(event)), None)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("iptables") is None, reason="needs root and iptables")
@@ -84,9 +79,11 @@ def test_a_stalled_session_is_replaced_within_seconds_of_a_partitions_end(tmp_pa
                                  stdout=subprocess.PIPE, stderr=stderr, text=True,
                                  env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
         events = Events(child.stdout)
-        port = events.wait("listening port", lambda e: e["event"] == "listening")["port"]
+        port = wait_for("the listening port", lambda: events.first(lambda e: e["event"] == "listening"),
+                        timeout_s=20)["port"]
         for end in ("alice", "bob"):
-            events.wait(f"records at {end}", lambda e: e["event"] == "record" and e["end"] == end)
+            wait_for(f"records at {end}", lambda: events.first(lambda e: e["event"] == "record" and e["end"] == end),
+                     timeout_s=20)
         rules = [["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP"],
                  ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(port), "-j", "DROP"]]
         for rule in rules:
@@ -96,8 +93,8 @@ def test_a_stalled_session_is_replaced_within_seconds_of_a_partitions_end(tmp_pa
             subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *rule], check=True)
         ended_s = time.monotonic()
         for end in ("alice", "bob"):
-            first = events.wait(f"a record at {end} after the partition",
-                                lambda e: e["event"] == "record" and e["end"] == end and e["t"] > ended_s)
+            first = wait_for(f"a record at {end} after the partition", lambda: events.first(
+                lambda e: e["event"] == "record" and e["end"] == end and e["t"] > ended_s), timeout_s=20)
             assert first["t"] - ended_s <= RESUME_LIMIT_S, (end, first["t"] - ended_s)
             assert first["epoch"] == 2, first          # on the new session, not the stalled one
         log = (tmp_path / "child.log").read_text()

@@ -154,19 +154,19 @@ class PeerConnector:
                     tcp = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError):
                 continue                       # the path is still cut: the next probe sends a new SYN
-            cap_retransmission_timeout(tcp.socket)
             try:
-                return await self._open_session(_ready(trio.SSLStream(tcp, context, server_hostname=None)),
-                                                Role.INITIATOR, f"{host}:{port}")
+                return await self._dial_once(context, host, port, tcp)
             except (OSError, PeerError) as exc:
                 log.warning("link %s: the new session beside stalled session %s failed: %s",
                             self.settings.link_id, session.session_id, _describe(exc))
 
-    async def _dial_once(self, context: ssl.SSLContext, host: str, port: int) -> PeerSession:
+    async def _dial_once(self, context: ssl.SSLContext, host: str, port: int,
+                         connected: trio.SocketStream | None = None) -> PeerSession:
+        """A session dialled to host:port, over `connected` if a TCP connection to it is already made."""
         address = f"{host}:{port}"
 
         async def connect() -> trio.abc.Stream:
-            tcp = await trio.open_tcp_stream(host, port)
+            tcp = connected if connected is not None else await trio.open_tcp_stream(host, port)
             cap_retransmission_timeout(tcp.socket)
             return trio.SSLStream(tcp, context, server_hostname=None)
 

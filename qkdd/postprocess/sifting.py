@@ -296,8 +296,7 @@ class Sifting(wire.FrameExchange):
                             matched=sifted.counts[:, :, kernel.MATCHED].copy(), errors=errors,
                             revealed_classes=revealed)
         bases = self._records.basis
-        self._result = SiftResult(BOB, sifted, det.slots if det.slots is not None else det.slot_array, bases, counts,
-                                  n_classes)
+        self._result = SiftResult(BOB, sifted, det.slot_array, bases, counts, n_classes)
         report = bytes([n_classes]) + bytes(7) + errors.astype("<u8").tobytes()
         return [self._send(REPORT, [report])]
 
