@@ -46,6 +46,27 @@ async def start_alice(nursery, alice, port, pins=None, **kwargs):
     await alice.start(nursery, fast_settings(dial=("127.0.0.1", port), **kwargs), ALICE, pins or BOB.public_key())
 
 
+async def pair_with_the_listener_gone(nursery, **dial_settings) -> tuple[Endpoint, int]:
+    """A first session between Bob (listening) and Alice (dialling with `dial_settings`), then Bob stopped:
+    Alice, now redialling, and the port Bob listened on."""
+    alice, bob, port = await start_pair(nursery)
+    await start_alice(nursery, alice, port, **dial_settings)
+    await alice.next_session(), await bob.next_session()
+    bob.scope.cancel()
+    return alice, port
+
+
+async def stand_in_listener(nursery, handler, port: int) -> trio.CancelScope:
+    """Serve `handler` on the gone listener's port in its place, until the returned scope is cancelled."""
+    scope = trio.CancelScope()
+
+    async def serve(task_status=trio.TASK_STATUS_IGNORED):
+        with scope:
+            await trio.serve_tcp(handler, port, host="127.0.0.1", task_status=task_status)
+    await nursery.start(serve)
+    return scope
+
+
 async def exchange(alice: Endpoint, bob: Endpoint, tag: bytes):
     """One message each way on the live sessions; returns the epochs they arrived in."""
     a_session, b_session = alice.connector.session, bob.connector.session
@@ -240,17 +261,9 @@ def test_a_peer_that_restarts_twice_quickly_is_redialled_at_once_the_second_time
 
     async def main():
         async with trio.open_nursery() as nursery:
-            alice, bob, port = await start_pair(nursery)
-            await start_alice(nursery, alice, port, **dial_settings)
-            await alice.next_session()
-            await bob.next_session()
-            bob.scope.cancel()                          # first absence: 6 failed dials, the backoff grows
-            slammer = trio.CancelScope()
-
-            async def serve_slams(task_status=trio.TASK_STATUS_IGNORED):
-                with slammer:
-                    await trio.serve_tcp(slam, port, host="127.0.0.1", task_status=task_status)
-            await nursery.start(serve_slams)
+            # first absence: 6 failed dials, the backoff grows
+            alice, port = await pair_with_the_listener_gone(nursery, **dial_settings)
+            slammer = await stand_in_listener(nursery, slam, port)
             with trio.fail_after(WAIT_S):
                 while failed_dials() < 6:
                     await trio.sleep(0.01)
@@ -282,10 +295,7 @@ def test_a_refused_connection_is_redialled_without_backing_off(peer_log):
 
     async def main():
         async with trio.open_nursery() as nursery:
-            alice, bob, port = await start_pair(nursery)
-            await start_alice(nursery, alice, port, **dial_settings)
-            await alice.next_session(), await bob.next_session()
-            bob.scope.cancel()
+            alice, port = await pair_with_the_listener_gone(nursery, **dial_settings)
             await trio.sleep(1.0)                       # refused all along: with backoff, ~5 dials and 1.6 s
             delays_s = [float(d) for d in re.findall(r"connection refused.*?retrying in ([0-9.]+) s",
                                                      log_text(peer_log))]
@@ -311,16 +321,8 @@ def test_a_connection_reset_before_the_handshake_is_redialled_without_backing_of
 
     async def main():
         async with trio.open_nursery() as nursery:
-            alice, bob, port = await start_pair(nursery)
-            await start_alice(nursery, alice, port, **dial_settings)
-            await alice.next_session(), await bob.next_session()
-            bob.scope.cancel()
-            resetter = trio.CancelScope()
-
-            async def serve_resets(task_status=trio.TASK_STATUS_IGNORED):
-                with resetter:
-                    await trio.serve_tcp(reset, port, host="127.0.0.1", task_status=task_status)
-            await nursery.start(serve_resets)
+            alice, port = await pair_with_the_listener_gone(nursery, **dial_settings)
+            resetter = await stand_in_listener(nursery, reset, port)
             await trio.sleep(1.0)                       # reset all along: with backoff, ~5 dials and 1.6 s
             delays_s = [float(d) for d in re.findall(r"TLS with .*? failed: .*?retrying in ([0-9.]+) s",
                                                      log_text(peer_log))]
