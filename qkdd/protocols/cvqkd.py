@@ -64,13 +64,18 @@ def _g(nu: float) -> float:
     x = max((nu - 1.0) / 2.0, 0.0)
     if x == 0.0:
         return 0.0
-    return (x + 1.0) * math.log2(x + 1.0) - x * math.log2(x)
+    # (x+1) log2(x+1) - x log2 x written without the difference of two large terms (x ~ V_A / 2).
+    return math.log2(x + 1.0) + x * math.log1p(1.0 / x) / math.log(2.0)
 
 
 def _pair(a: float, b: float) -> tuple[float, float]:
-    """sqrt((a +- sqrt(a^2 - 4b)) / 2), the symplectic eigenvalues from the invariants a and b."""
+    """sqrt((a +- sqrt(a^2 - 4b)) / 2), the symplectic eigenvalues from the invariants a and b. The smaller one
+    is taken as b / (larger one)^2 (their squares multiply to b): (a - root) / 2 cancels when a^2 >> b, which
+    at V_A ~ 1e7 SNU cost 6e-3 bit in chi_BE."""
     root = math.sqrt(max(a * a - 4.0 * b, 0.0))
-    return math.sqrt(max((a + root) / 2.0, 0.0)), math.sqrt(max((a - root) / 2.0, 0.0))
+    large_sq = max((a + root) / 2.0, 0.0)
+    small_sq = b / large_sq if large_sq > 0.0 else 0.0
+    return math.sqrt(large_sq), math.sqrt(max(small_sq, 0.0))
 
 
 @dataclass(frozen=True)
