@@ -32,6 +32,7 @@ from qkdd.hal.sim.settings import MAX_FRAME_SLOTS
 from qkdd.keystore import KeyStore, create_kek
 from qkdd.keystore.kek import KEK_FILE
 from qkdd.link.service import KEYSTORE_FILE
+from qkdd.loop_watch import TRACE_ENV
 from qkdd.peer import generate_identity, save_private_key, save_public_key
 from qkdd.pki import pki_paths
 from tests.chaos_load import Book, Driver, EndApi, Flow, audit_stores
@@ -47,6 +48,7 @@ STORE_FS_BYTES = 64 << 20   # each end's state directory (tmpfs)
 FAKETIME_LIBS = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))     # Debian's libfaketime
 FAKETIME_LIB = FAKETIME_LIBS[0] if FAKETIME_LIBS else None
 PKI_ISSUED_BEFORE = "-2h"
+STALL_TRACE_S = 0.25      # a tick still running after this long has its stack sampled
 KEY_BYTES = 32
 SEEDED_EXPIRY_S = 86400.0   # as the link's default key_expiry_s
 ENDS = {"a": ("alice", "kme-a", "sae-a"), "b": ("bob", "kme-b", "sae-b")}
@@ -197,11 +199,14 @@ class Lab:
         assert self.proxy.poll() is None, (self.workdir / "proxy.log").read_text()
 
     def _daemon_env(self, end: str) -> dict[str, str]:
+        # A stalled event loop's warning line carries where it spent the time (qkdd/loop_watch.py), for a
+        # failed verdict's log_warnings.
+        traced = {TRACE_ENV: str(STALL_TRACE_S)}
         if not faketime_available():
-            return {}
+            return traced
         # The monotonic clock stays real (trio's timers); only the wall clock is stepped. The offset file
         # is read at most once a second.
-        return {"LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(self.clock_files[end]),
+        return {**traced, "LD_PRELOAD": str(FAKETIME_LIB), "FAKETIME_TIMESTAMP_FILE": str(self.clock_files[end]),
                 "FAKETIME_DONT_FAKE_MONOTONIC": "1", "FAKETIME_CACHE_DURATION": "1"}
 
     def _write_config(self, end: str) -> Path:
@@ -310,6 +315,19 @@ link_id = "{LINK_ID}"
     def alive(self, end: str) -> bool:
         process = self.daemons[end].process
         return process is not None and process.poll() is None
+
+    def cpu_wait_s(self, end: str) -> tuple[int, float] | None:
+        """(pid, seconds) `end`'s daemon's event-loop thread, the one that answers every request and runs the
+        peer session, has spent runnable but waiting for a CPU since it started (the kernel's schedstat
+        run_delay): time the host kept it off the CPUs. None when it is not running."""
+        process = self.daemons[end].process
+        if process is None or process.poll() is not None:
+            return None
+        try:
+            waited_ns = int(Path(f"/proc/{process.pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):       # it ended meanwhile
+            return None
+        return process.pid, waited_ns / 1e9
 
     def store_path(self, end: str) -> Path:
         return self.tmpfs[end].path / "state" / "keys.sqlite3"
