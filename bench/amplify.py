@@ -65,7 +65,8 @@ def main(argv=None) -> None:
             reps = 1 if name == "karatsuba" and args.n > 1 << 24 else args.reps
             wall_ms, path_cpu_ms = _median_ms(
                 lambda: got.__setitem__(name, toeplitz_hash(seed, x, args.n, args.m, fft=use_fft)), reps)
-            result.update({f"{name}_ms_per_block": round(wall_ms, 3), f"{name}_cpu_ms_per_block": round(path_cpu_ms, 3)})
+            result.update({f"{name}_ms_per_block": round(wall_ms, 3),
+                           f"{name}_cpu_ms_per_block": round(path_cpu_ms, 3)})
         if "fft" in got:
             result["fft_bit_exact"] = bool(np.array_equal(got["fft"], got["karatsuba"]))
     if CPU_FEATURES & PCLMUL and args.n <= 1 << 24:

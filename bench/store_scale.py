@@ -22,7 +22,8 @@ wall time of one call (of --reps), the figure that must not grow with N:
 and, not per request but per stored key (an inventory is O(N) by nature): inventory_us_per_key (the
 store's inventory read) and plan_us_per_key (plan_resync of two equal inventories), next to
 summary_us_per_key (the frame summaries a resynchronisation reads instead, then lists key by key only the
-frames they leave open: none between two equal stores), with fill_s the time to build the store. Key material is random; nothing of it is printed.
+frames they leave open: none between two equal stores), with fill_s the time to build the store. Key material
+is random; nothing of it is printed.
 """
 from __future__ import annotations
 

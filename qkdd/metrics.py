@@ -5,9 +5,10 @@ platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`
 link's reported state (`qkd_link_state`, read from qkdd.health at each scrape). One seed name broke a
 Prometheus naming convention (`qkd_key_bits_generated_total`: promtool asks for the base unit, bytes): it is
 `qkd_key_generated_bytes_total` here, so that `promtool check metrics` is clean; the dashboard
-(etc/grafana/qkdd.json) and alert rules (etc/prometheus/qkdd-rules.yml) use that name. Label values are link ids from the validated config and fixed words (protocol, severity,
-status) -- never anything derived from key material. Code that measures something
-calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it never touches the families directly.
+(etc/grafana/qkdd.json) and alert rules (etc/prometheus/qkdd-rules.yml) use that name. Label values are link
+ids from the validated config and fixed words (protocol, severity, status) -- never anything derived from key
+material. Code that measures something calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it
+never touches the families directly.
 """
 from __future__ import annotations
 
@@ -404,7 +405,8 @@ class _LinkStateCollector:
     def collect(self):
         from qkdd.health import LINK_ALARMS, LINK_STATES
         family = GaugeMetricFamily("qkd_link_state", "The link's reported state (1) among all it could be in (0): "
-                                   "its engine's state, or the alarm that stands in for it", labels=["link_id", "state"])
+                                   "its engine's state, or the alarm that stands in for it",
+                                   labels=["link_id", "state"])
         for link_id, state in self._health.states()[1].items():
             for candidate in (*LINK_STATES, *LINK_ALARMS):
                 family.add_metric([link_id, candidate], 1.0 if candidate == state else 0.0)

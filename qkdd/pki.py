@@ -21,7 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_VALID_DAYS = 3650
 DEFAULT_VALID_DAYS = 825
 CLOCK_SKEW = datetime.timedelta(minutes=5)     # certificates are valid from a little before "now"
-_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NAME_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
 _PRIVATE_MODE = 0o600
 _PUBLIC_MODE = 0o644
 

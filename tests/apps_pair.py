@@ -45,7 +45,8 @@ def seeded_link_config(name: str, peer: str, root: Path, peer_port: int) -> str:
     alice = name == "kme-a"
     session = f'peer_listen = "127.0.0.1:{peer_port}"' if alice else f'peer_addr = "127.0.0.1:{peer_port}"'
     return (f'[[links]]\nlink_id = "{LINK_ID}"\nrole = "{"alice" if alice else "bob"}"\ndriver = "serial"\n'
-            f'device_addr = "/dev/null"\nprotocol = "e91"\n{session}\npeer_key_file = "{root / name / "identity.key"}"\n'
+            f'device_addr = "/dev/null"\nprotocol = "e91"\n{session}\n'
+            f'peer_key_file = "{root / name / "identity.key"}"\n'
             f'peer_public_key = "{root / peer / "identity.pub"}"\n')
 
 

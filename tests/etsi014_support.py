@@ -181,7 +181,8 @@ class FileLoggedDaemon:
         self.quiet = quiet          # no info lines: readiness is learnt by connecting to a fixed port
         self.api_port = free_port() if quiet else 0
         self.config_path = workdir / "qkdd.toml"
-        self.config_path.write_text(config_text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{self.api_port}"', 1))
+        self.config_path.write_text(
+            config_text.replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{self.api_port}"', 1))
         self.log_path = workdir / "qkdd.log"
         self.process: subprocess.Popen | None = None
         self.api_address: tuple[str, int] | None = None

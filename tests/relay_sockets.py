@@ -29,7 +29,8 @@ from qkdd.relay.service import RelayService, RelaySettings
 
 KEY_BITS = 256
 SEEDED_EXPIRY_S = 86400.0
-TEST_SETTINGS = {"announce_interval_s": 1.0, "max_age_s": 10.0, "request_timeout_s": 3.0, "max_announcements_per_s": 4.0}
+TEST_SETTINGS = {"announce_interval_s": 1.0, "max_age_s": 10.0, "request_timeout_s": 3.0,
+                 "max_announcements_per_s": 4.0}
 
 
 def free_port() -> int:
@@ -111,8 +112,8 @@ class SocketNet:
             settings = (PeerSettings(link_id, listen=address, backoff_initial_s=0.05, backoff_max_s=0.2) if name == a
                         else PeerSettings(link_id, dial=address, backoff_initial_s=0.05, backoff_max_s=0.2))
             channel = LinkChannel(link_id, settings, node.identity, other.identity.public_key())
-            channel.prepare_with(INVENTORY_CHANNEL,
-                                 lambda stream, link_id=link_id, store=node.store: resynchronise(link_id, store, stream))
+            channel.prepare_with(INVENTORY_CHANNEL, lambda stream, link_id=link_id, store=node.store:
+                                 resynchronise(link_id, store, stream))
             node.channels[link_id] = channel
         node.registry = CollectorRegistry()
         node.service = RelayService(RelaySettings(name, **self.settings), node.identity, node.channels, node.store,

@@ -6,7 +6,8 @@ from galois import GF2
 from randextract import ToeplitzHashing
 
 from qkdd.bindings import bits
-from qkdd.bindings.toeplitz import CPU_FEATURES, FFT_MIN_OUTPUT_BITS, PCLMUL, fft_available, seed_bits_for, toeplitz_hash
+from qkdd.bindings.toeplitz import (CPU_FEATURES, FFT_MIN_OUTPUT_BITS, PCLMUL, fft_available, seed_bits_for,
+                                    toeplitz_hash)
 from qkdd.postprocess import amplification as pa
 from qkdd.postprocess import wire
 from qkdd.postprocess.wire import PeerMessageError

@@ -358,8 +358,8 @@ def test_the_kme_config_loads_without_the_daemon_config_and_both_parse_addresses
     assert result.stdout.strip() == "('::1', 8071)"
     assert config.parse_host_port is config_schema.parse_host_port            # old callers keep working
     assert config_schema.parse_host_port("kme-b.example:0", allow_port_zero=True) == ("kme-b.example", 0)
-    for bad, problem in [("kme-b.example:0", "port must be in [1, 65535]"), ("kme_b:8071", "not an IP address or host name"),
-                         ("no-port", "expected host:port")]:
+    for bad, problem in [("kme-b.example:0", "port must be in [1, 65535]"),
+                         ("kme_b:8071", "not an IP address or host name"), ("no-port", "expected host:port")]:
         with pytest.raises(ValueError, match=re.escape(problem)):
             config_schema.parse_host_port(bad)
 

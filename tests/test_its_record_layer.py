@@ -15,7 +15,7 @@ from qkdd.peer.framing import HEADER_BYTES, Frame, FrameType
 from qkdd.peer.records import CHANNEL, MAC_BYTES, SEQ, RecordOpener, RecordSealer
 from tests.peer_harness import frame_rewriting_proxy
 from tests.test_its_engine import pools_for
-from tests.test_link_engine import LINK, start_pair, wait_for
+from tests.test_link_engine import start_pair, wait_for
 
 KEY = bytes(range(32))
 ITS_CHANNELS = frozenset({PIPELINE_CHANNEL})

@@ -123,7 +123,8 @@ def test_intercept_resend_halts_within_a_frame_and_resumes(pair):
     wait_until(lambda: no_new_keys_for(1.5), timeout_s=30, what="generation stopped while attacked")
 
     def frames_since_switch() -> list[dict]:
-        return pair.http.get(pair.ends["alice"].url(f"/v1/links/{LINK_ID}/qber"), params={"since": switched}).json()["points"]
+        url = pair.ends["alice"].url(f"/v1/links/{LINK_ID}/qber")
+        return pair.http.get(url, params={"since": switched}).json()["points"]
     points = frames_since_switch()
     first_attacked = min(p["frame_id"] for p in points if p["qber"] > 0.15)
     last_attacked = max(p["frame_id"] for p in points if p["qber"] > 0.15)

@@ -58,7 +58,8 @@ def test_bash_completions_are_current_and_complete():
     if shutil.which("bash") is None:
         pytest.fail("bash missing")
     probe = ("source packaging/completion/qkdctl; COMP_WORDS=(qkdctl sim ru); COMP_CWORD=2; _qkdctl; "
-             "echo \"${COMPREPLY[@]}\"; COMP_WORDS=(qkdctl watch --cou); COMP_CWORD=2; _qkdctl; echo \"${COMPREPLY[@]}\"")
+             "echo \"${COMPREPLY[@]}\"; COMP_WORDS=(qkdctl watch --cou); COMP_CWORD=2; _qkdctl; "
+             "echo \"${COMPREPLY[@]}\"")
     result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert result.stdout.splitlines() == ["run", "--count"], result.stdout + result.stderr
 

@@ -54,7 +54,8 @@ MDWE_EXEC = ("import ctypes, os, sys; libc = ctypes.CDLL(None, use_errno=True);"
              "os.execv(sys.argv[1], sys.argv[1:])")
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="package builds and the Debian root need root (chroot, mounts)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="package builds and the Debian root need root (chroot, mounts)")
 
 
 def _require(*tools: str) -> None:

@@ -32,7 +32,8 @@ def test_pair_writes_both_ends_and_the_daemons_run_the_link(tmp_path):
     assert (out / "alice/peer/other-end.pub").read_bytes() == (out / "bob/peer/identity.pub").read_bytes()
     assert (out / "bob/peer/other-end.pub").read_bytes() == (out / "alice/peer/identity.pub").read_bytes()
     for role in ("alice", "bob"):
-        check = subprocess.run([sys.executable, "-m", "qkdd", "check-config", "--config", str(out / role / "qkdd.toml")],
+        config = str(out / role / "qkdd.toml")
+        check = subprocess.run([sys.executable, "-m", "qkdd", "check-config", "--config", config],
                                capture_output=True, text=True, timeout=60, env=clean_env())
         assert check.returncode == 0 and check.stderr == "", check.stderr         # no "will not run" warning
 

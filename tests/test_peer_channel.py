@@ -440,7 +440,8 @@ def test_the_count_of_refused_connections_is_logged_though_no_further_one_comes(
     def accounted(text: str) -> int:
         lines = text.splitlines()
         return (sum("refused connection from" in line for line in lines)
-                + sum(int(line.split()[0]) for line in lines if line.endswith("similar messages suppressed (peer-refused)")))
+                + sum(int(line.split()[0]) for line in lines
+                      if line.endswith("similar messages suppressed (peer-refused)")))
 
     async def main():
         async with trio.open_nursery() as nursery:

@@ -118,7 +118,8 @@ def test_pns_statistics_abort_on_the_decoy_analysis():
 
 
 def test_measured_error_correction_leakage_is_used_when_given():
-    counts = expected_counts(LIM.replace(distance_km=30.0), SETTINGS, pulses_for_block(LIM.replace(distance_km=30.0), SETTINGS, 1e7))
+    at_30_km = LIM.replace(distance_km=30.0)
+    counts = expected_counts(at_30_km, SETTINGS, pulses_for_block(at_30_km, SETTINGS, 1e7))
     estimated = finite_key_length(counts, SETTINGS)
     leak = estimated.ec_leak_bits + 10_000
     measured = finite_key_length(counts, SETTINGS, ec_leak_bits=leak)

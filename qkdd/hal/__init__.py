@@ -1,1 +1,2 @@
-"""Hardware abstraction layer: the device interface (base.py) and its drivers (sim: physics; etsi014, serial, sdk), yielding raw detection records or finished keys."""
+"""Hardware abstraction layer: the device interface (base.py) and its drivers (sim: physics; etsi014, serial,
+sdk), yielding raw detection records or finished keys."""

@@ -125,7 +125,8 @@ def _render_sweep(report: dict[str, Any]) -> str:
     names = list(report["key_rate_per_pulse"])
     lines = ["distance_km  " + "  ".join(f"{name:>24}" for name in names)]
     for i, distance in enumerate(report["distance_km"]):
-        lines.append(f"{distance:11g}  " + "  ".join(f"{report['key_rate_per_pulse'][name][i]:24.6g}" for name in names))
+        rates = report["key_rate_per_pulse"]
+        lines.append(f"{distance:11g}  " + "  ".join(f"{rates[name][i]:24.6g}" for name in names))
     return "\n".join(lines)
 def system_report(args: argparse.Namespace) -> dict[str, Any]:
     if args.protocol != "bb84":

@@ -19,8 +19,8 @@ a few changes close together (links coming up at start) all pass:
 
 An empty bucket drops the announcement ("rate-limited"); nothing else changes, so a later announcement of
 the same origin (its periodic refresh, or a neighbour's re-flood of it) is accepted once tokens are back:
-floods still converge, at most one refill interval late. A node throttles its own originations (service.py) to OWN_BURST and
-OWN_RATE_FRACTION of the rate, so that its neighbours never drop a legitimate announcement of it, even
+floods still converge, at most one refill interval late. A node throttles its own originations (service.py)
+to OWN_BURST and OWN_RATE_FRACTION of the rate, so that its neighbours never drop a legitimate announcement of it, even
 when the network delays some of them more than others (the margin of the burst absorbs the bunching).
 
 The origin buckets are bounded (MAX_ORIGIN_BUCKETS, least recently used out); link buckets exist only for

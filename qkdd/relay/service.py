@@ -427,8 +427,9 @@ class RelayService:
                 await self._settle_now.wait()
             self._settle_now = trio.Event()
             now = trio.current_time()
-            if self._confirmed and (len(self._confirmed) >= FORGET_BATCH or now - self._forgotten_at >= FORGET_INTERVAL_S
-                                    or self._unsettled):
+            due = (len(self._confirmed) >= FORGET_BATCH or now - self._forgotten_at >= FORGET_INTERVAL_S
+                   or self._unsettled)
+            if self._confirmed and due:
                 await self._forget_confirmed_hops()
                 self._forgotten_at = now
             if not self._unsettled:

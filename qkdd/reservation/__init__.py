@@ -1,6 +1,6 @@
 """Key reservations between the two ends of a link: one sans-IO, versioned protocol (protocol.py) that
-ETSI 014 keys, /v1 keys, WireGuard epochs, ETSI 004 chunks and SKIP keys share, so that a key leaves a store only through a
-reservation both ends recorded."""
+ETSI 014 keys, /v1 keys, WireGuard epochs, ETSI 004 chunks and SKIP keys share, so that a key leaves a store
+only through a reservation both ends recorded."""
 from qkdd.reservation.protocol import (MAX_ABANDONED, MAX_EPOCH, MAX_HOLDER_BYTES, MAX_MESSAGE_BYTES, MAX_PACKED_BYTES,
                                        NO_REQUEST, TRANSITIONS, WIRE_VERSION, AnnouncementReceived, Answer,
                                        ChunkReservation, EpochAnnouncement, EpochReservation, Etsi014Reservation,

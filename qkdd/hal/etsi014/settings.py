@@ -26,7 +26,9 @@ PRESETS: dict[str, dict[str, object]] = {
 
 
 def _sae_check(value: str) -> str | None:
-    return None if SAE_ID_PATTERN.fullmatch(value) else f"must be 1-128 characters of A-Z a-z 0-9 . _ : @ -, got {value!r}"
+    if SAE_ID_PATTERN.fullmatch(value):
+        return None
+    return f"must be 1-128 characters of A-Z a-z 0-9 . _ : @ -, got {value!r}"
 
 
 @dataclass(frozen=True)

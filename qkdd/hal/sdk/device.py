@@ -144,7 +144,8 @@ class SdkDevice(Device):
                 self._set_problem(exc)
         problem = self.problem or (None if self._status is None or self._status.ok else
                                    f"SDK device reports: {self._status.detail}")
-        return DeviceHealth(problem is None, problem or f"SDK device: {self._status.detail if self._status else 'open'}",
+        detail = self._status.detail if self._status else "open"
+        return DeviceHealth(problem is None, problem or f"SDK device: {detail}",
                             self._status.temperature_c if self._status else 0.0, time.monotonic() - self._started_s,
                             {"frames_read": self.frames_read})
 

@@ -109,7 +109,8 @@ def _bb84_report(params: SimParams, tally: Bb84Tally, expected: dict, f_ec: floa
                                   q1=bounds.q1_lower, e1=bounds.e1_upper)
         length = max(math.floor(rate * tally.slots), 0)
         reason = None if length > 0 else "GLLP without decoys: multi-photon pulses leave no secret key"
-        report.update(y1_lower=bounds.y1_lower, e1_upper=bounds.e1_upper, key_length_bits=length if reason is None else 0,
+        report.update(y1_lower=bounds.y1_lower, e1_upper=bounds.e1_upper,
+                      key_length_bits=length if reason is None else 0,
                       key_rate_per_pulse=max(rate, 0.0), abort=reason is not None, abort_reason=reason,
                       bound="GLLP asymptotic, no decoys")
     return report

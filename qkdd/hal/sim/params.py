@@ -99,7 +99,8 @@ class SimParams:
             raise ValueError(f"clock_hz: must be > 0, got {self.clock_hz!r}")
         for name in ("mu_signal", "mu_decoy", "mu_vacuum"):
             if check_non_negative(name, getattr(self, name)) > 10:
-                raise ValueError(f"{name}: mean photon number above 10 is not a weak pulse, got {getattr(self, name)!r}")
+                raise ValueError(f"{name}: mean photon number above 10 is not a weak pulse, "
+                                 f"got {getattr(self, name)!r}")
         if self.mu_signal <= 0:
             raise ValueError(f"mu_signal: must be > 0, got {self.mu_signal!r}")
         if self.protocol == "bb84" and self.decoy == "vacuum-weak":
