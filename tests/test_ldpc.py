@@ -345,7 +345,7 @@ def test_plan_takes_the_sum_product_codes_where_they_fit_and_min_sum_elsewhere()
     spa = ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT)
     assert native.code(spa.code).ensemble == native.ENSEMBLE_SUM_PRODUCT
     assert native.code(ldpc.plan(long_n, 0.02).code).ensemble == native.ENSEMBLE_MIN_SUM       # the default
-    for n, qber in ((long_n, 0.11), (9_000, 0.02)):     # no sum-product code of that rate; a short frame
+    for n, qber in ((long_n, 0.11), (long_n, 0.01), (9_000, 0.02)):   # no sum-product code there; a short frame
         assert native.code(ldpc.plan(n, qber, decoder=ldpc.SUM_PRODUCT).code).ensemble == native.ENSEMBLE_MIN_SUM
     with pytest.raises(ValueError, match="decoder"):
         ldpc.plan(long_n, 0.02, decoder="gallager-b")
