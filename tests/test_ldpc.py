@@ -322,8 +322,8 @@ def test_fixed_point_sum_product_paths_agree_and_decode():
     units = ldpc.SPA_UNITS_PER_NAT
     llr = np.where(received == 0, 1, -1).astype(np.int8) * np.int8(round(units * math.log(0.988 / 0.012)))
     target = native.syndrome(code, word)
-    paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2, native.PATH_AVX512)
-             if native.path_available(p)]
+    paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2, native.PATH_AVX512,
+                         native.PATH_AVX512VBMI) if native.path_available(p)]
     for cap in (60, 1):
         results = [native.Decoder(code, sum_product_units=units).decode(llr, target, cap, path=p) for p in paths]
         assert len({iterations for iterations, _ in results}) == 1

@@ -29,6 +29,7 @@
 #define QKD_LDPC_PATH_LANES 2
 #define QKD_LDPC_PATH_AVX2 3
 #define QKD_LDPC_PATH_AVX512 4
+#define QKD_LDPC_PATH_AVX512VBMI 5     /* AVX-512BW and VBMI: sum-product's table by vpermb; min-sum as AVX512 */
 #define QKD_LDPC_LLR_MAX 127
 #define QKD_LDPC_MAX_ITERATIONS 1000
 #define QKD_LDPC_STALL_ITERATIONS 12   /* give up after this many iterations without progress */
@@ -84,7 +85,7 @@ int64_t qkd_ldpc_decode_resume(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_
  * layered sum-product (belief propagation) in int8 fixed point instead of min-sum, for LLRs of u units per nat: each
  * check's messages by forward/backward pairwise box-plus, min plus a correction read from a 32-entry table of
  * round(u ln(1 + e^(-x/u))) (ldpc.c). scale_eighths and offset are checked but not used; self-correction does not
- * apply. Paths: portable (also for LANES), AVX2 and AVX-512BW (AUTO: the widest available), bit-exact alike.
+ * apply. Paths: portable (also for LANES), AVX2, AVX-512BW and AVX-512 VBMI (AUTO: the widest available), bit-exact.
  * u = 0 returns to min-sum. QKD_EINVAL for u above the maximum (or a check of degree below 2). */
 
 #endif

@@ -210,14 +210,15 @@ static void test_sum_product_paths_agree(void)
         return;
     qkd_ldpc_code_get_info(code, &info);
     const size_t n = info.n_bits, m = info.m_bits;
-    uint8_t *word = malloc(n), *syndrome = malloc(m), *out[3], *check_syn = malloc(m);
+    uint8_t *word = malloc(n), *syndrome = malloc(m), *out[4], *check_syn = malloc(m);
     int8_t *llr = malloc(n), *pinned = malloc(n);
     qkd_prng g;
     qkd_prng_init(&g, SEED, sizeof SEED, 3);
     for (size_t j = 0; j < n; j++)
         word[j] = (uint8_t)(qkd_prng_next(&g) & 1);
     CHECK_EQ(qkd_ldpc_syndrome(code, word, n, syndrome, m), QKD_OK);
-    const uint32_t paths[3] = {QKD_LDPC_PATH_PORTABLE, QKD_LDPC_PATH_AVX2, QKD_LDPC_PATH_AVX512};
+    const uint32_t paths[4] = {QKD_LDPC_PATH_PORTABLE, QKD_LDPC_PATH_AVX2, QKD_LDPC_PATH_AVX512,
+                               QKD_LDPC_PATH_AVX512VBMI};
     const uint32_t per_mille[3] = {8, 8, 200}, caps[3] = {60, 2, 20};
     const int units = 8, channel = 31; /* 8 units per nat; ln(0.98 / 0.02) = 3.9 nats */
     int64_t spa_iterations = 0;
@@ -228,8 +229,8 @@ static void test_sum_product_paths_agree(void)
             llr[j] = (int8_t)(bit ? -channel : channel);
             pinned[j] = qkd_prng_below(&g, 100) < 5 ? (int8_t)(word[j] ? -QKD_LDPC_LLR_MAX : QKD_LDPC_LLR_MAX) : llr[j];
         }
-        int64_t it[3], resumed[3];
-        for (int p = 0; p < 3; p++) {
+        int64_t it[4], resumed[4];
+        for (int p = 0; p < 4; p++) {
             out[p] = malloc(n);
             if (!qkd_ldpc_path_available(paths[p])) {
                 memcpy(out[p], out[0], n);
@@ -246,7 +247,7 @@ static void test_sum_product_paths_agree(void)
                                     : 0;
             qkd_ldpc_decoder_free(d);
         }
-        for (int p = 1; p < 3; p++) {
+        for (int p = 1; p < 4; p++) {
             CHECK_EQ(it[p], it[0]);
             CHECK_EQ(resumed[p], resumed[0]);
             CHECK(memcmp(out[p], out[0], n) == 0);
@@ -266,7 +267,7 @@ static void test_sum_product_paths_agree(void)
             qkd_ldpc_syndrome(code, out[0], n, check_syn, m);
             CHECK(memcmp(check_syn, syndrome, m) == 0);
         }
-        for (int p = 0; p < 3; p++)
+        for (int p = 0; p < 4; p++)
             free(out[p]);
     }
     /* min-sum at the same error pattern (round 0's) and cap: no better than sum-product */
