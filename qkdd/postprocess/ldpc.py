@@ -132,7 +132,7 @@ BP_KNOWN_NATS = 30.0              # BP's LLR of a bit both ends know (shortened 
 MIN_SUM, SUM_PRODUCT = "min-sum", "sum-product"
 DECODERS = (MIN_SUM, SUM_PRODUCT)
 DEFAULT_DECODER = MIN_SUM
-SPA_UNITS_PER_NAT = 4             # 4 units per nat as min-sum's LLRs (8 lost ~0.05 in f: int8 posteriors saturate)
+SPA_UNITS_PER_NAT = 4             # as min-sum's LLRs (finer units decode worse: the int8 posteriors saturate; README)
 # SUM_PRODUCT's first attempt and reveal step by QBER (up to), as START_LONG: no failed frame in 4-20 at n = 10^6 and
 # the lowest f short of the float sum-product rescue running often (bench, 4 frames each: 8 %, start 1.08 -> f 1.090 at
 # 10 Mbit/CPU-s, 1.10 -> 1.104 at 16; 5 %, 1.10 with steps 0.03 -> 1.108 at 10, 0.04 -> 1.113 at 14, 1.13 -> 1.133 at
