@@ -1,5 +1,5 @@
 /* qkd_ldpc.h - quasi-cyclic LDPC codes for syndrome-based reconciliation: syndromes and a layered
- * offset min-sum decoder.
+ * offset min-sum decoder (or, per decoder, a fixed-point sum-product one: qkd_ldpc_decoder_set_sum_product).
  *
  * Codes come from the tables in src/ldpc_codes.c (written by native/tools/ldpc_codes.py): a base
  * matrix of mb x nb entries, each empty or a Z x Z circulant permutation with shift s, whose row i

@@ -1,4 +1,5 @@
-/* ldpc.c - syndromes and the layered offset min-sum decoder of the shipped QC-LDPC codes (qkd_ldpc.h).
+/* ldpc.c - syndromes and the layered offset min-sum decoder of the shipped QC-LDPC codes (qkd_ldpc.h), and its
+ * int8 sum-product variant (the "sum-product" sections below).
  *
  * Message arithmetic (both paths, identical): a posterior L (int8, |L| <= 127) per code bit and a
  * check-to-bit message R (int8) per edge. Per layer and check: Q_e = clamp(L_e - R_e); with min1, min2

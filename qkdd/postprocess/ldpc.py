@@ -15,7 +15,8 @@ sees the frame's average error rate. Bob picks the code and p from his QBER esti
 discloses f_start * h(Q) per key bit and enough bits are punctured for the reveal rounds, and
 announces all of it in START.
 
-Alice answers with the k syndromes. Bob decodes every codeword (layered offset min-sum in C); each one
+Alice answers with the k syndromes. Bob decodes every codeword (layered offset min-sum in C, or with
+decoder=SUM_PRODUCT the int8 sum-product decoder on the codes chosen for it); each one
 that does not reach its syndrome is listed in a REVEAL, and Alice discloses the next `reveal_step`
 punctured positions of its reveal order in REVEALED (a revealed punctured bit turns into a shortened
 one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again, resuming each decoder
