@@ -11,6 +11,8 @@ reconciled per wall second (both ends, messages serialized), key and noise gener
 mbit_per_cpu_s is the same per CPU second of this thread: the figure to compare on a shared machine.
 --algo ldpc runs LDPC reconciliation (qkdd.postprocess.ldpc) instead; its round_trips count the
 syndrome exchange and each reveal round; its disclosed bits are syndromes less punctured bits plus reveals.
+--ldpc-decoder (repeatable) picks Bob's decoder (qkdd.postprocess.ldpc.DECODERS; default min-sum); the
+sum-product runs are named "ldpc+sum-product".
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob
 from qkdd.postprocess.cascade_schedules import SCHEDULES
-from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob, LdpcFrameError
+from qkdd.postprocess.ldpc import DECODERS, DEFAULT_DECODER, LdpcAlice, LdpcBob, LdpcFrameError
 
 LDPC = "ldpc"
 
@@ -52,9 +54,9 @@ def noisy_pair(rng: np.random.Generator, n: int, qber: float, noise: str) -> tup
     return alice, bob
 
 
-def reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=None):
+def reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=None, decoder=DEFAULT_DECODER):
     """One frame through both LDPC ends; return (bob, alice) after DONE, or after Bob gave the frame up."""
-    bob = LdpcBob(bob_key, n, frame_id, qber, seed=seed)
+    bob = LdpcBob(bob_key, n, frame_id, qber, seed=seed, decoder=decoder)
     alice = LdpcAlice(alice_key, n, frame_id)
     to_alice = [bob.start()]
     try:
@@ -68,10 +70,11 @@ def reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=None):
     return bob, alice
 
 
-def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=None, biconf_rounds=0):
+def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=None, biconf_rounds=0,
+              decoder=DEFAULT_DECODER):
     """Run one frame through both ends; return (bob, alice) after DONE."""
     if algo == LDPC:
-        return reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed)
+        return reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed, decoder)
     bob = CascadeBob(bob_key, n, frame_id, qber, schedule=algo, seed=seed, lookahead=lookahead,
                      biconf_rounds=biconf_rounds)
     alice = CascadeAlice(alice_key, n, frame_id)
@@ -85,7 +88,7 @@ def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=
 
 
 def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, lookahead=None,
-        biconf_rounds: int = 0) -> dict:
+        biconf_rounds: int = 0, decoder: str = DEFAULT_DECODER) -> dict:
     rng = np.random.default_rng(seed)
     frame_errors = 0
     disclosed = 0
@@ -96,7 +99,8 @@ def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, look
         alice_key, bob_key = noisy_pair(rng, n, qber, noise)
         shuffle_seed = os.urandom(32)
         t0, c0 = time.perf_counter(), time.thread_time()
-        bob, alice = reconcile(alice_key, bob_key, n, qber, algo, frame, shuffle_seed, lookahead, biconf_rounds)
+        bob, alice = reconcile(alice_key, bob_key, n, qber, algo, frame, shuffle_seed, lookahead, biconf_rounds,
+                               decoder)
         elapsed_s += time.perf_counter() - t0
         cpu_s += time.thread_time() - c0
         frame_errors += int(not np.array_equal(alice_key, bob_key))
@@ -104,6 +108,7 @@ def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, look
         round_trips += bob.round_trips
     name = algo if lookahead is None else f"{algo}+lookahead{lookahead[0]}:{lookahead[1]}"
     name += f"+biconf{biconf_rounds}" if biconf_rounds else ""
+    name += f"+{decoder}" if algo == LDPC and decoder != DEFAULT_DECODER else ""
     return {"algo": name, "n": n, "qber": qber, "frames": frames, "frame_errors": frame_errors,
             "efficiency": round(disclosed / (frames * n * binary_entropy(qber)), 4),
             "round_trips": round(round_trips / frames, 1),
@@ -124,14 +129,17 @@ def main(argv=None) -> None:
                         help="ask LEVELS tree levels per round once at most FEW searches are open")
     parser.add_argument("--biconf", type=int, action="append", metavar="ROUNDS",
                         help="BICONF rounds after the schedule's passes (repeatable; default: 0)")
+    parser.add_argument("--ldpc-decoder", action="append", choices=DECODERS,
+                        help=f"Bob's LDPC decoder (repeatable; default: {DEFAULT_DECODER})")
     args = parser.parse_args(argv)
     lookahead = tuple(int(v) for v in args.lookahead.split(":")) if args.lookahead else None
     for algo in args.algo or sorted(SCHEDULES):
         for n in args.n or [1_000_000]:
             for qber in args.qber or [0.02]:
                 for rounds in args.biconf or [0]:
-                    print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed, lookahead, rounds)),
-                          flush=True)
+                    for decoder in (args.ldpc_decoder or [DEFAULT_DECODER]) if algo == LDPC else [DEFAULT_DECODER]:
+                        print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed, lookahead, rounds,
+                                             decoder)), flush=True)
 
 
 if __name__ == "__main__":

@@ -306,3 +306,48 @@ def test_sum_product_decoder_takes_the_bb84_codes():
     assert iterations >= 1 and np.array_equal(bits, word)
     with pytest.raises(ValueError):
         ldpc_bp.BpDecoder(len(native.codes()), bb84=True)
+
+
+SUM_PRODUCT_CODE = next(c for c in native.codes() if c.ensemble == native.ENSEMBLE_SUM_PRODUCT)
+
+
+def test_fixed_point_sum_product_paths_agree_and_decode():
+    """The int8 sum-product decoder (qkd_ldpc_decoder_set_sum_product) on its own code: every path gives the same
+    iterations and bits, and they are the codeword; a capped decode that fails agrees too."""
+    rng = np.random.default_rng(8)
+    code = SUM_PRODUCT_CODE.index
+    info = native.code(code)
+    word = rng.integers(0, 2, info.n_bits, dtype=np.uint8)
+    received = word ^ (rng.random(info.n_bits) < 0.012).astype(np.uint8)
+    units = ldpc.SPA_UNITS_PER_NAT
+    llr = np.where(received == 0, 1, -1).astype(np.int8) * np.int8(round(units * math.log(0.988 / 0.012)))
+    target = native.syndrome(code, word)
+    paths = [p for p in (native.PATH_PORTABLE, native.PATH_LANES, native.PATH_AVX2, native.PATH_AVX512,
+                         native.PATH_AVX512VBMI) if native.path_available(p)]
+    for cap in (60, 1):
+        results = [native.Decoder(code, sum_product_units=units).decode(llr, target, cap, path=p) for p in paths]
+        assert len({iterations for iterations, _ in results}) == 1
+        assert all(np.array_equal(bits, results[0][1]) for _, bits in results)
+        if cap == 60:
+            assert results[0][0] >= 1 and np.array_equal(results[0][1], word)
+        else:
+            assert results[0][0] == 0
+
+
+@pytest.mark.parametrize("units", [-1, 9, True, 2.0])
+def test_sum_product_units_out_of_range_are_refused(units):
+    with pytest.raises(ValueError):
+        native.Decoder(SUM_PRODUCT_CODE.index, sum_product_units=units)
+
+
+def test_plan_takes_the_sum_product_codes_where_they_fit_and_min_sum_elsewhere():
+    long_n = 1_000_000
+    spa = ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT)
+    assert native.code(spa.code).ensemble == native.ENSEMBLE_SUM_PRODUCT
+    assert native.code(ldpc.plan(long_n, 0.02).code).ensemble == native.ENSEMBLE_MIN_SUM       # the default
+    for n, qber in ((long_n, 0.11), (long_n, 0.01), (9_000, 0.02)):   # no sum-product code there; a short frame
+        assert native.code(ldpc.plan(n, qber, decoder=ldpc.SUM_PRODUCT).code).ensemble == native.ENSEMBLE_MIN_SUM
+    with pytest.raises(ValueError, match="decoder"):
+        ldpc.plan(long_n, 0.02, decoder="gallager-b")
+    with pytest.raises(ValueError, match="QBER"):
+        ldpc.plan(long_n, 0.6, decoder=ldpc.SUM_PRODUCT)

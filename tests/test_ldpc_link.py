@@ -61,6 +61,35 @@ def test_config_accepts_ldpc_for_bb84_only():
         PipelineSettings(reconciliation="turbo")
 
 
+def test_config_takes_bobs_ldpc_decoder_with_ldpc_only():
+    LinkConfig(link_id="a", role="bob", driver="sim", reconciliation="ldpc",
+               ldpc_decoder="sum-product").validate("links[0]")
+    with pytest.raises(ConfigError, match="ldpc_decoder"):
+        LinkConfig(link_id="a", role="bob", driver="sim", ldpc_decoder="sum-product").validate("links[0]")
+    with pytest.raises(ValueError, match="ldpc_decoder"):
+        PipelineSettings(reconciliation="ldpc", ldpc_decoder="gallager-b")
+
+
+def test_bobs_sum_product_setting_reaches_his_decoder_and_alice_needs_none(monkeypatch):
+    """Bob set to the sum-product decoder, Alice left at the default: the frame reconciles (START names the code)
+    and Bob's LdpcBob was built with the setting (seen through a recording subclass of the real class)."""
+    from qkdd.link import pipeline
+    seen = []
+
+    class RecordingBob(pipeline.LdpcBob):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("decoder"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "LdpcBob", RecordingBob)
+    alice, bob, decoy = frame_pair(simulator(25.0, seed=9), 1000)
+    ends = Ends(alice, bob, decoy, settings=LDPC,
+                bob_settings=PipelineSettings(reconciliation="ldpc", ldpc_decoder="sum-product")).run()
+    (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+    assert a_store.keys == b_store.keys and a_store.keys
+    assert seen == ["sum-product"]
+
+
 def test_two_engines_with_ldpc_store_the_same_keys(tmp_path):
     async def main():
         alice_id, bob_id = generate_identity(), generate_identity()

@@ -1,5 +1,5 @@
 /* qkd_ldpc.h - quasi-cyclic LDPC codes for syndrome-based reconciliation: syndromes and a layered
- * offset min-sum decoder.
+ * offset min-sum decoder (or, per decoder, a fixed-point sum-product one: qkd_ldpc_decoder_set_sum_product).
  *
  * Codes come from the tables in src/ldpc_codes.c (written by native/tools/ldpc_codes.py): a base
  * matrix of mb x nb entries, each empty or a Z x Z circulant permutation with shift s, whose row i
@@ -29,10 +29,14 @@
 #define QKD_LDPC_PATH_LANES 2
 #define QKD_LDPC_PATH_AVX2 3
 #define QKD_LDPC_PATH_AVX512 4
+#define QKD_LDPC_PATH_AVX512VBMI 5     /* AVX-512BW and VBMI: sum-product's table by vpermb; min-sum as AVX512 */
 #define QKD_LDPC_LLR_MAX 127
 #define QKD_LDPC_MAX_ITERATIONS 1000
 #define QKD_LDPC_STALL_ITERATIONS 12   /* give up after this many iterations without progress */
 #define QKD_LDPC_SELF_CORRECTING 1     /* decoder flag: self-corrected min-sum (see below) */
+#define QKD_LDPC_ENSEMBLE_MIN_SUM 0     /* degree profile by density evolution of the int8 min-sum decoder */
+#define QKD_LDPC_ENSEMBLE_SUM_PRODUCT 1 /* ... of belief propagation (the sum-product decoder) */
+#define QKD_LDPC_SPA_MAX_UNITS 8       /* sum-product: LLR units per nat at most (see below) */
 
 typedef struct qkd_ldpc_code_info {
     uint32_t z;        /* circulant size */
@@ -41,6 +45,7 @@ typedef struct qkd_ldpc_code_info {
     uint32_t edges;    /* non-empty base entries */
     uint32_t n_bits;   /* codeword length nb*z */
     uint32_t m_bits;   /* syndrome length mb*z */
+    uint32_t ensemble; /* QKD_LDPC_ENSEMBLE_*: the decoder its degree profile was chosen for */
 } qkd_ldpc_code_info;
 
 typedef struct qkd_ldpc_decoder qkd_ldpc_decoder;
@@ -56,6 +61,7 @@ int64_t qkd_ldpc_decode(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, c
                         size_t m_bits, uint8_t *bits_out, size_t out_len, uint32_t max_iterations,
                         uint32_t scale_eighths, uint32_t offset, uint32_t path);
 int qkd_ldpc_decoder_set_flags(qkd_ldpc_decoder *d, uint32_t flags);
+int qkd_ldpc_decoder_set_sum_product(qkd_ldpc_decoder *d, uint32_t units_per_nat);
 int64_t qkd_ldpc_decode_resume(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, const uint8_t *syndrome,
                                size_t m_bits, uint8_t *bits_out, size_t out_len, uint32_t max_iterations,
                                uint32_t scale_eighths, uint32_t offset, uint32_t path);
@@ -73,6 +79,13 @@ int64_t qkd_ldpc_decode_resume(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_
  * qkd_ldpc_decoder_set_flags(d, QKD_LDPC_SELF_CORRECTING) makes later decode/resume calls on d use self-corrected
  * min-sum (Savin, "Self-corrected min-sum decoding of LDPC codes", ISIT 2008): a bit-to-check message whose sign
  * differs from the one last sent on that edge (unless that was erased) is erased (sent as 0) for this update;
- * the posterior still moves by the check's new message. 0 (the default) is plain normalised offset min-sum. */
+ * the posterior still moves by the check's new message. 0 (the default) is plain normalised offset min-sum.
+ *
+ * qkd_ldpc_decoder_set_sum_product(d, u), u = 1..QKD_LDPC_SPA_MAX_UNITS, makes later decode/resume calls on d run
+ * layered sum-product (belief propagation) in int8 fixed point instead of min-sum, for LLRs of u units per nat: each
+ * check's messages by forward/backward pairwise box-plus, min plus a correction read from a 32-entry table of
+ * round(u ln(1 + e^(-x/u))) (ldpc.c). scale_eighths and offset are checked but not used; self-correction does not
+ * apply. Paths: portable (also for LANES), AVX2, AVX-512BW and AVX-512 VBMI (AUTO: the widest available), bit-exact.
+ * u = 0 returns to min-sum. QKD_EINVAL for u above the maximum (or a check of degree below 2). */
 
 #endif

@@ -1,4 +1,5 @@
-/* ldpc.c - syndromes and the layered offset min-sum decoder of the shipped QC-LDPC codes (qkd_ldpc.h).
+/* ldpc.c - syndromes and the layered offset min-sum decoder of the shipped QC-LDPC codes (qkd_ldpc.h), and its
+ * int8 sum-product variant (the "sum-product" sections below).
  *
  * Message arithmetic (both paths, identical): a posterior L (int8, |L| <= 127) per code bit and a
  * check-to-bit message R (int8) per edge. Per layer and check: Q_e = clamp(L_e - R_e); with min1, min2
@@ -24,9 +25,14 @@
 #include "qkd_bits.h"
 #include "ldpc_internal.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#ifndef QKD_LDPC_SPA_MESSAGE_MAX
+#define QKD_LDPC_SPA_MESSAGE_MAX 47
+#endif
+  /* sum-product: check-to-bit magnitudes at most (see below) */
 #define QKD_LDPC_PAD 64   /* bytes after each posterior column repeating its start (one SIMD load wide) */
 
 struct qkd_ldpc_decoder {
@@ -40,6 +46,11 @@ struct qkd_ldpc_decoder {
     int8_t *sent;         /* edges * z: bit-to-check messages as last sent (self-correcting rule), else unused */
     uint32_t flags;       /* QKD_LDPC_SELF_CORRECTING */
     int8_t *q;            /* max_row_degree * z */
+    uint32_t spa_units;   /* 0: min-sum; else sum-product with LLRs of this many units per nat */
+    uint8_t corr[64];     /* sum-product: round(units * ln(1 + exp(-x / units))), x = 0..31; 32..63 zero */
+    uint8_t *fwd;         /* sum-product: forward box-plus partial results, max_row_degree * max(z, 64) */
+    uint8_t *bwd;         /* sum-product, SIMD paths: backward partial results, 3 * max(z, 64) */
+    unsigned long long *masks; /* sum-product, AVX-512 paths: parity and hard-decision masks, 2 per 64 checks */
     uint8_t *min1, *min2, *parity; /* z each */
 };
 
@@ -82,6 +93,9 @@ void qkd_ldpc_decoder_free(qkd_ldpc_decoder *d)
     free(d->messages);
     free(d->sent);
     free(d->q);
+    free(d->fwd);
+    free(d->bwd);
+    free(d->masks);
     free(d->min1);
     free(d->min2);
     free(d->parity);
@@ -106,11 +120,18 @@ int qkd_ldpc_decoder_new(qkd_ldpc_decoder **out, uint32_t code)
     d->messages = aligned_alloc(64, (size_t)t->edges * z);
     d->sent = aligned_alloc(64, (size_t)t->edges * z);
     d->q = aligned_alloc(64, (size_t)d->max_row_degree * z);
+    const size_t lanes = z > 64 ? (z + 63) / 64 * 64 : 64;
+    d->fwd = aligned_alloc(64, (size_t)d->max_row_degree * lanes);
+    d->bwd = aligned_alloc(64, 3 * lanes);   /* AVX2: backward results, parities, hard decisions */
+    if (d->bwd)
+        memset(d->bwd, 0, 3 * lanes);   /* read (not used) before the first write of a layer */
+    d->masks = malloc(2 * (lanes / 64) * sizeof *d->masks);
     d->min1 = malloc(z);
     d->min2 = malloc(z);
     d->parity = malloc(z);
 
-    if (!d->posterior || !d->channel || !d->messages || !d->sent || !d->q || !d->min1 || !d->min2 || !d->parity) {
+    if (!d->posterior || !d->channel || !d->messages || !d->sent || !d->q || !d->fwd || !d->bwd || !d->masks ||
+        !d->min1 || !d->min2 || !d->parity) {
         qkd_ldpc_decoder_free(d);
         return QKD_ENOMEM;
     }
@@ -364,6 +385,235 @@ iteration_avx512(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int of
     }
     return unsat;
 }
+
+/* ---- sum-product, AVX2: the portable sum-product's arithmetic, 32 checks per chunk ----
+ * The correction table (32 bytes) is two 16-byte pshufb tables: an index x <= 31 reads the low table at x + 0x70
+ * (saturating; bit 7 set, so 0, for x >= 16) and the high table at x - 16 (negative, so 0, for x < 16). */
+
+__attribute__((target("avx2"))) static inline __m256i spa_corr_avx2(__m256i x, __m256i tlo, __m256i thi)
+{
+    return _mm256_or_si256(_mm256_shuffle_epi8(tlo, _mm256_adds_epu8(x, _mm256_set1_epi8(0x70))),
+                           _mm256_shuffle_epi8(thi, _mm256_sub_epi8(x, _mm256_set1_epi8(16))));
+}
+
+__attribute__((target("avx2"))) static inline __m256i spa_boxplus_avx2(__m256i a, __m256i b, __m256i tlo,
+                                                                       __m256i thi)
+{
+    const __m256i top = _mm256_set1_epi8(31);
+    __m256i sum = _mm256_min_epu8(_mm256_adds_epu8(a, b), top);
+    __m256i diff = _mm256_min_epu8(_mm256_or_si256(_mm256_subs_epu8(a, b), _mm256_subs_epu8(b, a)), top);
+    return _mm256_subs_epu8(_mm256_adds_epu8(_mm256_min_epu8(a, b), spa_corr_avx2(sum, tlo, thi)),
+                            spa_corr_avx2(diff, tlo, thi));
+}
+
+__attribute__((target("avx2,popcnt"))) static uint32_t iteration_spa_avx2(qkd_ldpc_decoder *d,
+                                                                          const uint8_t *syndrome, int scale,
+                                                                          int offset)
+{
+    const qkd_ldpc_table *t = d->t;
+    const uint32_t z = t->z, chunks = z / 32;
+    const __m256i lmin = _mm256_set1_epi8(-QKD_LDPC_LLR_MAX), one = _mm256_set1_epi8(1);
+    const __m256i zero = _mm256_setzero_si256(), cap = _mm256_set1_epi8(QKD_LDPC_SPA_MESSAGE_MAX);
+    const __m256i tlo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)d->corr));
+    const __m256i thi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(d->corr + 16)));
+    /* the layer edge by edge over all its chunks, as the AVX-512 paths (below): sign-bit parities and hard
+     * decisions per chunk after the backward results in d->bwd */
+    __m256i *fwd = (__m256i *)d->fwd, *bwd = (__m256i *)d->bwd, *parity = bwd + chunks, *hard = parity + chunks;
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
+        const uint8_t *s = syndrome + (size_t)r * z;
+        for (uint32_t c = 0; c < chunks; c++)
+            parity[c] = hard[c] =
+                _mm256_cmpeq_epi8(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)(s + c * 32)), one), one);
+        for (uint32_t e = 0; e < degree; e++) {
+            const int8_t *col = d->posterior + (size_t)t->cols[first + e] * d->stride;
+            const uint32_t shift = t->shifts[first + e];
+            const __m256i *before = fwd + (size_t)(e ? e - 1 : 0) * chunks;
+            __m256i *here = fwd + (size_t)e * chunks;
+            for (uint32_t c = 0; c < chunks; c++) {
+                const int8_t *l = col + (c * 32 + shift) % z;
+                __m256i msg = _mm256_load_si256((const __m256i *)(d->messages + (size_t)(first + e) * z + c * 32));
+                __m256i q = _mm256_max_epi8(_mm256_subs_epi8(_mm256_loadu_si256((const __m256i *)l), msg), lmin);
+                _mm256_store_si256((__m256i *)(d->q + (size_t)e * z + c * 32), q);
+                __m256i a = _mm256_abs_epi8(q);
+                here[c] = e ? spa_boxplus_avx2(before[c], a, tlo, thi) : a;
+                parity[c] = _mm256_xor_si256(parity[c], q);
+            }
+        }
+        for (uint32_t e = degree; e-- > 0;) {
+            const __m256i *before = fwd + (size_t)(e ? e - 1 : 0) * chunks;
+            for (uint32_t c = 0; c < chunks; c++) {
+                __m256i *qp = (__m256i *)(d->q + (size_t)e * z + c * 32);
+                __m256i q = _mm256_load_si256(qp);
+                __m256i a = _mm256_abs_epi8(q);
+                __m256i f = before[c], b = bwd[c];
+                __m256i out = e == degree - 1 ? f : e == 0 ? b : spa_boxplus_avx2(f, b, tlo, thi);
+                bwd[c] = e == degree - 1 ? a : spa_boxplus_avx2(b, a, tlo, thi);
+                out = _mm256_min_epu8(out, cap);
+                __m256i rn = _mm256_blendv_epi8(out, _mm256_sub_epi8(zero, out), _mm256_xor_si256(parity[c], q));
+                _mm256_store_si256((__m256i *)(d->messages + (size_t)(first + e) * z + c * 32), rn);
+                __m256i w = _mm256_max_epi8(_mm256_adds_epi8(q, rn), lmin);
+                _mm256_store_si256(qp, w);
+                hard[c] = _mm256_xor_si256(hard[c], w);
+            }
+        }
+        for (uint32_t c = 0; c < chunks; c++)
+            unsat += (uint32_t)__builtin_popcount((unsigned)_mm256_movemask_epi8(hard[c]));
+        write_back_layer(d, first, degree);
+    }
+    return unsat;
+}
+
+/* ---- sum-product, AVX-512BW: the same, 64 checks per chunk (the pshufb tables repeated in each 128-bit lane) ----
+ * Unlike the AVX2 path, a layer goes edge by edge over all its chunks (not chunk by chunk over all edges): the forward
+ * and backward box-plus chains of different chunks are independent and overlap, where one chunk's chain alone is
+ * latency-bound (an iteration of the rate-0.84 code 84 -> 66 us); the partial results of every chunk live in d->fwd
+ * (degree x z bytes) and d->bwd (z), the parities and hard decisions in d->masks. */
+
+__attribute__((target("avx512bw,avx512vl"))) static inline __m512i spa_corr_avx512(__m512i x, __m512i tlo,
+                                                                                  __m512i thi)
+{
+    return _mm512_or_si512(_mm512_shuffle_epi8(tlo, _mm512_adds_epu8(x, _mm512_set1_epi8(0x70))),
+                           _mm512_shuffle_epi8(thi, _mm512_sub_epi8(x, _mm512_set1_epi8(16))));
+}
+
+__attribute__((target("avx512bw,avx512vl"))) static inline __m512i spa_boxplus_avx512(__m512i a, __m512i b,
+                                                                                     __m512i tlo, __m512i thi)
+{
+    const __m512i top = _mm512_set1_epi8(31);
+    __m512i sum = _mm512_min_epu8(_mm512_adds_epu8(a, b), top);
+    __m512i diff = _mm512_min_epu8(_mm512_or_si512(_mm512_subs_epu8(a, b), _mm512_subs_epu8(b, a)), top);
+    return _mm512_subs_epu8(_mm512_adds_epu8(_mm512_min_epu8(a, b), spa_corr_avx512(sum, tlo, thi)),
+                            spa_corr_avx512(diff, tlo, thi));
+}
+
+__attribute__((target("avx512bw,avx512vl,popcnt"))) static uint32_t
+iteration_spa_avx512(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+{
+    const qkd_ldpc_table *t = d->t;
+    const uint32_t z = t->z, chunks = z / 64;
+    const __m512i lmin = _mm512_set1_epi8(-QKD_LDPC_LLR_MAX), one = _mm512_set1_epi8(1);
+    const __m512i zero = _mm512_setzero_si512(), cap = _mm512_set1_epi8(QKD_LDPC_SPA_MESSAGE_MAX);
+    const __m512i tlo = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)d->corr));
+    const __m512i thi = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(d->corr + 16)));
+    __m512i *fwd = (__m512i *)d->fwd, *bwd = (__m512i *)d->bwd;
+    __mmask64 *parity = d->masks, *hard = d->masks + chunks;
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
+        const uint8_t *s = syndrome + (size_t)r * z;
+        for (uint32_t c = 0; c < chunks; c++)
+            parity[c] = hard[c] = _mm512_test_epi8_mask(_mm512_loadu_si512((const void *)(s + c * 64)), one);
+        for (uint32_t e = 0; e < degree; e++) {
+            const int8_t *col = d->posterior + (size_t)t->cols[first + e] * d->stride;
+            const uint32_t shift = t->shifts[first + e];
+            const __m512i *before = fwd + (size_t)(e ? e - 1 : 0) * chunks;
+            __m512i *here = fwd + (size_t)e * chunks;
+            for (uint32_t c = 0; c < chunks; c++) {
+                const int8_t *l = col + (c * 64 + shift) % z;
+                __m512i msg = _mm512_load_si512((const void *)(d->messages + (size_t)(first + e) * z + c * 64));
+                __m512i q = _mm512_max_epi8(_mm512_subs_epi8(_mm512_loadu_si512((const void *)l), msg), lmin);
+                _mm512_store_si512((void *)(d->q + (size_t)e * z + c * 64), q);
+                __m512i a = _mm512_abs_epi8(q);
+                __m512i f = e ? spa_boxplus_avx512(_mm512_load_si512((const void *)(before + c)), a, tlo, thi) : a;
+                _mm512_store_si512((void *)(here + c), f);
+                parity[c] ^= _mm512_movepi8_mask(q);
+            }
+        }
+        for (uint32_t e = degree; e-- > 0;) {
+            const __m512i *before = fwd + (size_t)(e ? e - 1 : 0) * chunks;
+            for (uint32_t c = 0; c < chunks; c++) {
+                void *qp = (void *)(d->q + (size_t)e * z + c * 64);
+                __m512i q = _mm512_load_si512(qp);
+                __m512i a = _mm512_abs_epi8(q);
+                __m512i b = _mm512_load_si512((const void *)(bwd + c));
+                __m512i f = _mm512_load_si512((const void *)(before + c));
+                __m512i out = e == degree - 1 ? f : e == 0 ? b : spa_boxplus_avx512(f, b, tlo, thi);
+                _mm512_store_si512((void *)(bwd + c), e == degree - 1 ? a : spa_boxplus_avx512(b, a, tlo, thi));
+                out = _mm512_min_epu8(out, cap);
+                __m512i rn = _mm512_mask_sub_epi8(out, parity[c] ^ _mm512_movepi8_mask(q), zero, out);
+                _mm512_store_si512((void *)(d->messages + (size_t)(first + e) * z + c * 64), rn);
+                __m512i w = _mm512_max_epi8(_mm512_adds_epi8(q, rn), lmin);
+                _mm512_store_si512(qp, w);
+                hard[c] ^= _mm512_movepi8_mask(w);
+            }
+        }
+        for (uint32_t c = 0; c < chunks; c++)
+            unsat += (uint32_t)__builtin_popcountll(hard[c]);
+        write_back_layer(d, first, degree);
+    }
+    return unsat;
+}
+
+/* ---- sum-product, AVX-512 VBMI: the same, the correction table read by one vpermb (64 entries, 32-63 zero) ---- */
+
+__attribute__((target("avx512bw,avx512vl,avx512vbmi"))) static inline __m512i spa_boxplus_vbmi(__m512i a, __m512i b,
+                                                                                            __m512i table)
+{
+    const __m512i top = _mm512_set1_epi8(31);
+    __m512i sum = _mm512_min_epu8(_mm512_adds_epu8(a, b), top);
+    __m512i diff = _mm512_min_epu8(_mm512_or_si512(_mm512_subs_epu8(a, b), _mm512_subs_epu8(b, a)), top);
+    return _mm512_subs_epu8(_mm512_adds_epu8(_mm512_min_epu8(a, b), _mm512_permutexvar_epi8(sum, table)),
+                            _mm512_permutexvar_epi8(diff, table));
+}
+
+__attribute__((target("avx512bw,avx512vl,avx512vbmi,popcnt"))) static uint32_t
+iteration_spa_avx512vbmi(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+{
+    const qkd_ldpc_table *t = d->t;
+    const uint32_t z = t->z, chunks = z / 64;
+    const __m512i lmin = _mm512_set1_epi8(-QKD_LDPC_LLR_MAX), one = _mm512_set1_epi8(1);
+    const __m512i zero = _mm512_setzero_si512(), cap = _mm512_set1_epi8(QKD_LDPC_SPA_MESSAGE_MAX);
+    const __m512i table = _mm512_loadu_si512((const void *)d->corr);
+    __m512i *fwd = (__m512i *)d->fwd, *bwd = (__m512i *)d->bwd;
+    __mmask64 *parity = d->masks, *hard = d->masks + chunks;
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
+        const uint8_t *s = syndrome + (size_t)r * z;
+        for (uint32_t c = 0; c < chunks; c++)
+            parity[c] = hard[c] = _mm512_test_epi8_mask(_mm512_loadu_si512((const void *)(s + c * 64)), one);
+        for (uint32_t e = 0; e < degree; e++) {
+            const int8_t *col = d->posterior + (size_t)t->cols[first + e] * d->stride;
+            const uint32_t shift = t->shifts[first + e];
+            const __m512i *before = fwd + (size_t)(e ? e - 1 : 0) * chunks;
+            __m512i *here = fwd + (size_t)e * chunks;
+            for (uint32_t c = 0; c < chunks; c++) {
+                const int8_t *l = col + (c * 64 + shift) % z;
+                __m512i msg = _mm512_load_si512((const void *)(d->messages + (size_t)(first + e) * z + c * 64));
+                __m512i q = _mm512_max_epi8(_mm512_subs_epi8(_mm512_loadu_si512((const void *)l), msg), lmin);
+                _mm512_store_si512((void *)(d->q + (size_t)e * z + c * 64), q);
+                __m512i a = _mm512_abs_epi8(q);
+                __m512i f = e ? spa_boxplus_vbmi(_mm512_load_si512((const void *)(before + c)), a, table) : a;
+                _mm512_store_si512((void *)(here + c), f);
+                parity[c] ^= _mm512_movepi8_mask(q);
+            }
+        }
+        for (uint32_t e = degree; e-- > 0;) {
+            const __m512i *before = fwd + (size_t)(e ? e - 1 : 0) * chunks;
+            for (uint32_t c = 0; c < chunks; c++) {
+                void *qp = (void *)(d->q + (size_t)e * z + c * 64);
+                __m512i q = _mm512_load_si512(qp);
+                __m512i a = _mm512_abs_epi8(q);
+                __m512i b = _mm512_load_si512((const void *)(bwd + c));
+                __m512i f = _mm512_load_si512((const void *)(before + c));
+                __m512i out = e == degree - 1 ? f : e == 0 ? b : spa_boxplus_vbmi(f, b, table);
+                _mm512_store_si512((void *)(bwd + c), e == degree - 1 ? a : spa_boxplus_vbmi(b, a, table));
+                out = _mm512_min_epu8(out, cap);
+                __m512i rn = _mm512_mask_sub_epi8(out, parity[c] ^ _mm512_movepi8_mask(q), zero, out);
+                _mm512_store_si512((void *)(d->messages + (size_t)(first + e) * z + c * 64), rn);
+                __m512i w = _mm512_max_epi8(_mm512_adds_epi8(q, rn), lmin);
+                _mm512_store_si512(qp, w);
+                hard[c] ^= _mm512_movepi8_mask(w);
+            }
+        }
+        for (uint32_t c = 0; c < chunks; c++)
+            unsat += (uint32_t)__builtin_popcountll(hard[c]);
+        write_back_layer(d, first, degree);
+    }
+    return unsat;
+}
 #else
 #define QKD_LDPC_HAVE_AVX2 0
 #endif
@@ -418,6 +668,61 @@ static uint32_t iteration_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome,
     return unsat;
 }
 
+/* ---- sum-product (decoder set by qkd_ldpc_decoder_set_sum_product), portable: one check at a time ----
+ * The check sends each edge the box-plus of the other edges' Q (Hagenauer, Offer & Papke, IEEE Trans. IT 42(2),
+ * 1996): magnitude by the pairwise rule
+ *   |a| [+] |b| = max(0, min(|a|, |b|) + corr[min(|a| + |b|, 31)] - corr[min(||a| - |b||, 31)])
+ * (corr the rounded log(1 + e^-x) table, Hu, Eleftheriou, Arnold & Dholakia, GLOBECOM 2001), over the edges forward
+ * (f_k = f_{k-1} [+] |Q_k|) and backward (b_k), the edge e taking f_{e-1} [+] b_{e+1}; sign P xor sign(Q_e) as in
+ * min-sum, magnitude capped at QKD_LDPC_SPA_MESSAGE_MAX: a posterior saturated at 127 then keeps its sign through
+ * Q = L - R and L' = Q + R' (uncapped, the exact box-plus messages of a converged word reach 127 and a saturated
+ * posterior flips when one check turns: decoding diverged at 7-8 units per nat). The posterior, early termination
+ * and stall rule are min-sum's. */
+
+static inline int spa_boxplus(const uint8_t *corr, int a, int b)
+{
+    int sum = a + b, diff = a > b ? a - b : b - a;
+    int v = (a < b ? a : b) + corr[sum > 31 ? 31 : sum] - corr[diff > 31 ? 31 : diff];
+    return v < 0 ? 0 : v;
+}
+
+static uint32_t iteration_spa_portable(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
+{
+    const qkd_ldpc_table *t = d->t;
+    const uint32_t z = t->z;
+    uint8_t *fwd = d->fwd;
+    uint32_t unsat = 0;
+    for (uint32_t r = 0; r < t->mb; r++) {
+        const uint32_t first = t->row_start[r], degree = (uint32_t)(t->row_start[r + 1] - first);
+        for (uint32_t i = 0; i < z; i++) {
+            int parity = syndrome[(size_t)r * z + i] & 1, f = 0;
+            for (uint32_t e = 0; e < degree; e++) {
+                size_t bit = (size_t)t->cols[first + e] * d->stride + (i + t->shifts[first + e]) % z;
+                int v = clamp8(d->posterior[bit] - d->messages[(size_t)(first + e) * z + i]);
+                d->q[e] = (int8_t)v;
+                int a = v < 0 ? -v : v;
+                f = e ? spa_boxplus(d->corr, f, a) : a;
+                fwd[e] = (uint8_t)f;
+                parity ^= v < 0;
+            }
+            int check = syndrome[(size_t)r * z + i] & 1, b = 0;
+            for (uint32_t e = degree; e-- > 0;) {
+                size_t bit = (size_t)t->cols[first + e] * d->stride + (i + t->shifts[first + e]) % z;
+                int v = d->q[e], a = v < 0 ? -v : v;
+                int out = e == degree - 1 ? fwd[e - 1] : e == 0 ? b : spa_boxplus(d->corr, fwd[e - 1], b);
+                out = out > QKD_LDPC_SPA_MESSAGE_MAX ? QKD_LDPC_SPA_MESSAGE_MAX : out;
+                b = e == degree - 1 ? a : spa_boxplus(d->corr, b, a);
+                int rn = (parity ^ (v < 0)) ? -out : out;
+                d->messages[(size_t)(first + e) * z + i] = (int8_t)rn;
+                d->posterior[bit] = clamp8(v + rn);
+                check ^= d->posterior[bit] < 0;
+            }
+            unsat += (uint32_t)check;
+        }
+    }
+    return unsat;
+}
+
 /* Do the hard decisions (posterior signs) have the target syndrome? Per base row, the sign bits of the rotated
  * columns are xor-ed into a row of Z bytes (d->q as scratch; plain loops the compiler vectorises). */
 static int syndrome_holds(qkd_ldpc_decoder *d, const uint8_t *syndrome)
@@ -454,6 +759,20 @@ int qkd_ldpc_decoder_set_flags(qkd_ldpc_decoder *d, uint32_t flags)
     return QKD_OK;
 }
 
+int qkd_ldpc_decoder_set_sum_product(qkd_ldpc_decoder *d, uint32_t units_per_nat)
+{
+    if (!d || units_per_nat > QKD_LDPC_SPA_MAX_UNITS)
+        return QKD_EINVAL;
+    for (uint32_t r = 0; r < d->t->mb; r++)
+        if (units_per_nat && d->t->row_start[r + 1] - d->t->row_start[r] < 2)
+            return QKD_EINVAL;
+    d->spa_units = units_per_nat;
+    memset(d->corr, 0, sizeof d->corr);
+    for (int x = 0; x < 32; x++)
+        d->corr[x] = units_per_nat ? (uint8_t)lround(units_per_nat * log1p(exp(-(double)x / units_per_nat))) : 0;
+    return QKD_OK;
+}
+
 int qkd_ldpc_path_available(uint32_t path)
 {
     switch (path) {
@@ -467,6 +786,14 @@ int qkd_ldpc_path_available(uint32_t path)
 #if QKD_LDPC_HAVE_AVX2
         __builtin_cpu_init();
         return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+#else
+        return 0;
+#endif
+    case QKD_LDPC_PATH_AVX512VBMI:
+#if QKD_LDPC_HAVE_AVX2
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512vbmi");
 #else
         return 0;
 #endif
@@ -493,8 +820,22 @@ static int check_call(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, con
     if (!qkd_ldpc_path_available(path))
         return QKD_EINVAL;
     if (path == QKD_LDPC_PATH_AUTO)
-        path = qkd_ldpc_path_available(QKD_LDPC_PATH_AVX512) ? QKD_LDPC_PATH_AVX512
+        path = qkd_ldpc_path_available(QKD_LDPC_PATH_AVX512VBMI) ? QKD_LDPC_PATH_AVX512VBMI
+               : qkd_ldpc_path_available(QKD_LDPC_PATH_AVX512) ? QKD_LDPC_PATH_AVX512
                : qkd_ldpc_path_available(QKD_LDPC_PATH_AVX2) ? QKD_LDPC_PATH_AVX2 : QKD_LDPC_PATH_LANES;
+    if (d->spa_units) {
+        /* sum-product: the portable path (asked for it or for lanes), AVX2, AVX-512BW or VBMI on whole chunks */
+        *iterate = iteration_spa_portable;
+#if QKD_LDPC_HAVE_AVX2
+        if (path == QKD_LDPC_PATH_AVX2 && t->z % 32 == 0)
+            *iterate = iteration_spa_avx2;
+        if (path == QKD_LDPC_PATH_AVX512 && t->z % 64 == 0)
+            *iterate = iteration_spa_avx512;
+        if (path == QKD_LDPC_PATH_AVX512VBMI && t->z % 64 == 0)
+            *iterate = iteration_spa_avx512vbmi;
+#endif
+        return QKD_OK;
+    }
     *iterate = iteration_lanes;
     if (path == QKD_LDPC_PATH_PORTABLE)
         *iterate = iteration_portable;
@@ -503,8 +844,8 @@ static int check_call(qkd_ldpc_decoder *d, const int8_t *llr, size_t n_bits, con
      * which computes the same. */
     if (path == QKD_LDPC_PATH_AVX2 && t->z % 32 == 0)
         *iterate = iteration_avx2;
-    if (path == QKD_LDPC_PATH_AVX512 && t->z % 64 == 0)
-        *iterate = iteration_avx512;
+    if ((path == QKD_LDPC_PATH_AVX512 || path == QKD_LDPC_PATH_AVX512VBMI) && t->z % 64 == 0)
+        *iterate = iteration_avx512;    /* min-sum needs no table: VBMI adds nothing */
 #endif
     return QKD_OK;
 }

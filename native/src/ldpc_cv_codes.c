@@ -3997,10 +3997,10 @@ static const uint16_t cv4_shifts[] = {
 };
 
 const qkd_ldpc_table qkd_ldpc_cv_tables[] = {
-    {64, 900, 1000, 5075, cv0_row_start, cv0_cols, cv0_shifts},
-    {256, 900, 1000, 5075, cv1_row_start, cv1_cols, cv1_shifts},
-    {64, 950, 1000, 5194, cv2_row_start, cv2_cols, cv2_shifts},
-    {128, 1960, 2000, 6450, cv3_row_start, cv3_cols, cv3_shifts},
-    {512, 1960, 2000, 6450, cv4_row_start, cv4_cols, cv4_shifts},
+    {64, 900, 1000, 5075, cv0_row_start, cv0_cols, cv0_shifts, 0},
+    {256, 900, 1000, 5075, cv1_row_start, cv1_cols, cv1_shifts, 0},
+    {64, 950, 1000, 5194, cv2_row_start, cv2_cols, cv2_shifts, 0},
+    {128, 1960, 2000, 6450, cv3_row_start, cv3_cols, cv3_shifts, 0},
+    {512, 1960, 2000, 6450, cv4_row_start, cv4_cols, cv4_shifts, 0},
 };
 const size_t qkd_ldpc_cv_table_count = sizeof qkd_ldpc_cv_tables / sizeof qkd_ldpc_cv_tables[0];

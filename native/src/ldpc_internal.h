@@ -12,6 +12,7 @@ typedef struct qkd_ldpc_table {
     const uint16_t *row_start; /* mb + 1 offsets into cols/shifts, row-major */
     const uint16_t *cols;      /* base column of each entry, ascending within a row */
     const uint16_t *shifts;    /* circulant shift of each entry, < z */
+    uint32_t ensemble;         /* QKD_LDPC_ENSEMBLE_*: the decoder the degree profile was chosen for (0 if unset) */
 } qkd_ldpc_table;
 
 extern const qkd_ldpc_table qkd_ldpc_tables[];

@@ -16,6 +16,7 @@ int qkd_ldpc_table_info(const qkd_ldpc_table *t, qkd_ldpc_code_info *out)
     out->edges = t->edges;
     out->n_bits = t->nb * t->z;
     out->m_bits = t->mb * t->z;
+    out->ensemble = t->ensemble;
     return QKD_OK;
 }
 

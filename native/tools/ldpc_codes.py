@@ -23,6 +23,12 @@ Method, per base-matrix size (nb columns, mb rows, rate 1 - mb/nb):
     forbidden shifts enumerated, not sampled); LIFT_TRIES seeds, the best lift kept. The Z = 512 lifts have no
     4-cycle and, from rate 0.6 down, no 6-cycle; the counts are in the generated file's comments.
 Each base matrix is lifted twice, Z = 512 (n = 49 152, for long frames) and Z = 64 (n = 6 144).
+
+A second set, for the fixed-point sum-product decoder (qkd_ldpc_decoder_set_sum_product), follows the first in the
+table (ensemble QKD_LDPC_ENSEMBLE_SUM_PRODUCT, Z = 512 only): column degrees {2, 3, dh} chosen by density evolution of
+belief propagation on the BSC (sampled, "population dynamics": Richardson & Urbanke, Modern Coding Theory, 2008,
+sec. 4.4 / Monte-Carlo DE; the BP thresholds of the min-sum set lie at f* 1.15 and above), BP_CHOSEN below, then the
+same PEG base graph and girth-maximising lift. `--search-bp MB` runs its grid (a few minutes per point pair).
 Lifts of Z = 2048 (n = 196 608) were tried: no lower f at n = 10^6 (fewer codewords leave coarser rate
 adaptation) and a third slower decoding (the messages outgrow the L2 cache), so they are not shipped.
 """
@@ -51,6 +57,18 @@ CHOSEN = {
     5: (0, 8, 3), 8: (8, 26, 8), 12: (11, 24, 10), 15: (10, 22, 10), 20: (12, 20, 10),
     26: (4, 14, 14), 32: (8, 14, 14), 38: (10, 14, 14), 44: (12, 14, 14), 50: (14, 14, 14),
 }
+
+# mb -> (n2, nh, dh) for the sum-product set. --search-bp's sampled density evolution ranked the profiles at mb 15 (it
+# put (10, 24, 12) at f* 1.09, the min-sum set's (10, 22, 10) at 1.15, profiles with fewer degree-dh columns at
+# 1.2-1.4); the choice among its neighbours was then made on the lifted codes themselves, 24-32 random codewords per
+# profile and f through the int8 sum-product decoder (the per-codeword median f it decodes at: mb 15 about 1.12,
+# mb 22 1.10, mb 30 1.07, mb 43 1.065; the README has the comparison with min-sum and floating-point BP).
+BP_CHOSEN = {
+    15: (12, 24, 14), 18: (15, 23, 14), 22: (18, 22, 14), 26: (22, 20, 14), 30: (26, 18, 14), 36: (30, 16, 16),
+    43: (34, 14, 18),
+}
+BP_LIFTS = (512,)
+ENSEMBLE_MIN_SUM, ENSEMBLE_SUM_PRODUCT = 0, 1   # qkd_ldpc.h
 
 
 # ---------- 1. density evolution of the quantised offset min-sum decoder on the BSC ----------
@@ -143,6 +161,56 @@ def search(nb: int, mb: int) -> tuple[int, int, int]:
         if best is None or p > best[0]:
             best = (p, (n2, nh, dh))
     return best[1]
+
+
+def bp_converges(p: float, var_edges: dict[int, float], chk_edges: dict[int, float], samples: int = 20000,
+                 iterations: int = 200, seed: int = 1) -> bool:
+    """Sampled density evolution of (floating-point) belief propagation on BSC(p), all-zero codeword: a population of
+    `samples` bit-to-check LLRs, each check output the tanh rule over degree-1 draws from it, each bit the channel LLR
+    plus degree-1 check outputs (edge-perspective lambda, rho). Converged when under 1e-5 of the messages are wrong
+    and their mean exceeds 40 nats."""
+    rng = np.random.default_rng(seed)
+    l0 = math.log((1 - p) / p)
+    v = np.where(rng.random(samples) < p, -l0, l0)
+    vd, vw = np.array(list(var_edges)), np.array(list(var_edges.values()))
+    cd, cw = np.array(list(chk_edges)), np.array(list(chk_edges.values()))
+    for _ in range(iterations):
+        dc = rng.choice(cd, samples, p=cw)
+        t = np.tanh(np.clip(v, -30, 30) / 2)
+        prod = np.ones(samples)
+        for k in range(int(cd.max()) - 1):
+            prod = np.where(k < dc - 1, prod * t[rng.integers(0, samples, samples)], prod)
+        c = 2 * np.arctanh(np.clip(prod, -1 + 1e-15, 1 - 1e-15))
+        dv = rng.choice(vd, samples, p=vw)
+        s = np.where(rng.random(samples) < p, -l0, l0)
+        for k in range(int(vd.max()) - 1):
+            s = s + np.where(k < dv - 1, c[rng.integers(0, samples, samples)], 0.0)
+        v = s
+        if np.mean(v < 0) + 0.5 * np.mean(v == 0) < 1e-5 and np.mean(v) > 40:
+            return True
+    return False
+
+
+def bp_threshold(nb: int, mb: int, n2: int, nh: int, dh: int) -> float:
+    """BP threshold of the ensemble as efficiency f* = (1 - R) / h(p*), by bisection on f in [1, 1.4]."""
+    lam, rho = edge_distributions(nb, mb, n2, nh, dh)
+    lo, hi = 1.0, 1.4
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        if bp_converges(_p_of_f(mb / nb, mid), lam, rho):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _p_of_f(syndrome_fraction: float, f: float) -> float:
+    """The crossover probability p with h(p) = syndrome_fraction / f."""
+    target, lo, hi = syndrome_fraction / f, 1e-6, 0.5
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if -mid * math.log2(mid) - (1 - mid) * math.log2(1 - mid) < target else (lo, mid)
+    return lo
 
 
 # ---------- 2. base graph by progressive edge growth ----------
@@ -256,7 +324,8 @@ def count_cycles(entries: list[tuple[int, int, int]], z: int) -> tuple[int, int]
 
 # ---------- output ----------
 
-def build(mb: int, counts: tuple[int, int, int], z: int, seed: int) -> tuple[list[tuple[int, int, int]], dict]:
+def build(mb: int, counts: tuple[int, int, int], z: int, seed: int,
+          ensemble: int = ENSEMBLE_MIN_SUM) -> tuple[list[tuple[int, int, int]], dict]:
     n2, nh, dh = counts
     degrees = [2] * n2 + [3] * (NB - n2 - nh) + [dh] * nh
     rng = np.random.default_rng(seed)
@@ -269,7 +338,7 @@ def build(mb: int, counts: tuple[int, int, int], z: int, seed: int) -> tuple[lis
         if best is None or cycles < best[0]:
             best = (cycles, entries)
     cycles, entries = best
-    return entries, {"n2": n2, "nh": nh, "dh": dh, "cycles4": cycles[0], "cycles6": cycles[1]}
+    return entries, {"n2": n2, "nh": nh, "dh": dh, "cycles4": cycles[0], "cycles6": cycles[1], "ensemble": ensemble}
 
 
 def write_c(codes: list[tuple[int, int, list[tuple[int, int, int]], dict]]) -> str:
@@ -286,14 +355,16 @@ def write_c(codes: list[tuple[int, int, list[tuple[int, int, int]], dict]]) -> s
         lines.append(f"/* code {i}: z={z} mb={mb} nb={NB} rate={1 - mb / NB:.4f} columns: {info['n2']} of degree 2, "
                      f"{NB - info['n2'] - info['nh']} of 3, {info['nh']} of {info['dh']}; "
                      f"lifted 4-cycles {info['cycles4']}, 6-cycles {info['cycles6']} "
-                     "(base cycles whose shift sum vanishes mod z) */")
+                     "(base cycles whose shift sum vanishes mod z)"
+                     + ("; degrees for belief propagation" if info["ensemble"] == ENSEMBLE_SUM_PRODUCT else "") + " */")
         for name, values in (("row_start", row_start), ("cols", [c for _, c, _ in entries]),
                              ("shifts", [s for _, _, s in entries])):
             lines.append(f"static const uint16_t c{i}_{name}[] = {{")
             for k in range(0, len(values), 16):
                 lines.append("    " + ", ".join(str(v) for v in values[k:k + 16]) + ",")
             lines.append("};")
-        tables.append(f"    {{{z}, {mb}, {NB}, {len(entries)}, c{i}_row_start, c{i}_cols, c{i}_shifts}},")
+        tables.append(f"    {{{z}, {mb}, {NB}, {len(entries)}, c{i}_row_start, c{i}_cols, c{i}_shifts, "
+                      f"{info['ensemble']}}},")
     lines += ["", "const qkd_ldpc_table qkd_ldpc_tables[] = {", *tables, "};",
               "const size_t qkd_ldpc_table_count = sizeof qkd_ldpc_tables / sizeof qkd_ldpc_tables[0];", ""]
     return "\n".join(lines)
@@ -304,7 +375,14 @@ def main() -> None:
     parser.add_argument("--search", action="store_true", help="rerun the density-evolution search")
     parser.add_argument("--only", type=int, action="append", help="mb values to search/report (default: all)")
     parser.add_argument("--no-de", action="store_true", help="skip the threshold report")
+    parser.add_argument("--search-bp", type=int, metavar="MB", help="print BP thresholds of a grid at MB rows, exit")
     args = parser.parse_args()
+    if args.search_bp:
+        for n2, nh, dh in itertools.product((6, 10, 14), (20, 24, 28), (10, 12, 14)):
+            if dh <= args.search_bp:
+                f_star = bp_threshold(NB, args.search_bp, n2, nh, dh)
+                print(f"mb={args.search_bp} counts={(n2, nh, dh)} BP f*={f_star:.4f}", flush=True)
+        return
     chosen = dict(CHOSEN)
     for mb in args.only or sorted(chosen):
         if args.search:
@@ -322,6 +400,13 @@ def main() -> None:
     for z in LIFTS:
         for mb in sorted(chosen):
             entries, info = build(mb, chosen[mb], z, seed=mb)
+            codes.append((z, mb, entries, info))
+    for z in BP_LIFTS:
+        for mb in sorted(BP_CHOSEN):
+            if not args.no_de:
+                print(f"sum-product set: mb={mb} rate={1 - mb / NB:.4f} counts={BP_CHOSEN[mb]} "
+                      f"BP f*={bp_threshold(NB, mb, *BP_CHOSEN[mb]):.4f}", flush=True)
+            entries, info = build(mb, BP_CHOSEN[mb], z, seed=1000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT)
             codes.append((z, mb, entries, info))
     OUT.write_text(write_c(codes))
     print(f"wrote {OUT}")

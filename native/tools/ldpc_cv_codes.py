@@ -178,7 +178,7 @@ def write_c(codes) -> str:
             for k in range(0, len(values), 16):
                 lines.append("    " + ", ".join(str(v) for v in values[k:k + 16]) + ",")
             lines.append("};")
-        tables.append(f"    {{{z}, {mb}, {nb}, {len(entries)}, cv{i}_row_start, cv{i}_cols, cv{i}_shifts}},")
+        tables.append(f"    {{{z}, {mb}, {nb}, {len(entries)}, cv{i}_row_start, cv{i}_cols, cv{i}_shifts, 0}},")
     lines += ["", "const qkd_ldpc_table qkd_ldpc_cv_tables[] = {", *tables, "};",
               "const size_t qkd_ldpc_cv_table_count = sizeof qkd_ldpc_cv_tables / sizeof qkd_ldpc_cv_tables[0];",
               ""]

@@ -18,9 +18,13 @@ PATH_PORTABLE = lib.QKD_LDPC_PATH_PORTABLE
 PATH_LANES = lib.QKD_LDPC_PATH_LANES
 PATH_AVX2 = lib.QKD_LDPC_PATH_AVX2
 PATH_AVX512 = lib.QKD_LDPC_PATH_AVX512
+PATH_AVX512VBMI = lib.QKD_LDPC_PATH_AVX512VBMI
 LLR_MAX = lib.QKD_LDPC_LLR_MAX
 LLR_UNITS_PER_NAT = 4
 MAX_ITERATIONS = lib.QKD_LDPC_MAX_ITERATIONS
+SPA_MAX_UNITS = lib.QKD_LDPC_SPA_MAX_UNITS
+ENSEMBLE_MIN_SUM = lib.QKD_LDPC_ENSEMBLE_MIN_SUM
+ENSEMBLE_SUM_PRODUCT = lib.QKD_LDPC_ENSEMBLE_SUM_PRODUCT
 SEED_BYTES = lib.QKD_PRNG_SEED_BYTES
 DEFAULT_SCALE_EIGHTHS = 7           # normalised (7/8) offset (1/4 nat) min-sum: the best of the variants simulated
 DEFAULT_OFFSET = 1                  # on the shipped codes (README), clearly ahead of pure offset min-sum at low rates
@@ -35,6 +39,7 @@ class CodeInfo:
     edges: int
     n_bits: int        # codeword length
     m_bits: int        # syndrome length
+    ensemble: int = 0  # ENSEMBLE_MIN_SUM or ENSEMBLE_SUM_PRODUCT: the decoder its degree profile was chosen for
 
     @property
     def rate(self) -> float:
@@ -57,7 +62,8 @@ class CodeFamily:
             for index in range(self._count()):
                 info = ffi.new("qkd_ldpc_code_info *")
                 check(self._get_info(index, info), f"{self._label}code_get_info")
-                out.append(CodeInfo(index, info.z, info.mb, info.nb, info.edges, info.n_bits, info.m_bits))
+                out.append(CodeInfo(index, info.z, info.mb, info.nb, info.edges, info.n_bits, info.m_bits,
+                                    info.ensemble))
             self._codes = tuple(out)
         return self._codes
 
@@ -114,15 +120,23 @@ def permutation(seed: bytes, stream: int, n: int) -> np.ndarray:
 class Decoder:
     """Scratch state for decoding codewords of one code; use from one thread at a time."""
 
-    def __init__(self, index: int, self_correcting: bool = False):
-        """`self_correcting`: self-corrected min-sum (qkd_ldpc.h, QKD_LDPC_SELF_CORRECTING) instead of plain."""
+    def __init__(self, index: int, self_correcting: bool = False, sum_product_units: int = 0):
+        """`self_correcting`: self-corrected min-sum (qkd_ldpc.h, QKD_LDPC_SELF_CORRECTING) instead of plain.
+        `sum_product_units` > 0: the fixed-point sum-product decoder instead of min-sum, for LLRs of that many units
+        per nat (1 to SPA_MAX_UNITS; qkd_ldpc_decoder_set_sum_product); scale and offset are then not used."""
+        if (isinstance(sum_product_units, bool) or not isinstance(sum_product_units, int)
+                or not 0 <= sum_product_units <= SPA_MAX_UNITS):
+            raise ValueError(f"sum_product_units must be 0 to {SPA_MAX_UNITS}")
         self.info = code(index)
         self.self_correcting = bool(self_correcting)
+        self.sum_product_units = sum_product_units
         handle = ffi.new("qkd_ldpc_decoder **")
         check(lib.qkd_ldpc_decoder_new(handle, index), "decoder_new")
         self._d = ffi.gc(handle[0], lib.qkd_ldpc_decoder_free)
         if self.self_correcting:
             check(lib.qkd_ldpc_decoder_set_flags(self._d, lib.QKD_LDPC_SELF_CORRECTING), "decoder_set_flags")
+        if sum_product_units:
+            check(lib.qkd_ldpc_decoder_set_sum_product(self._d, sum_product_units), "decoder_set_sum_product")
 
     def decode(self, llr: np.ndarray, target_syndrome: np.ndarray, max_iterations: int = 60,
                scale_eighths: int = DEFAULT_SCALE_EIGHTHS, offset: int = DEFAULT_OFFSET,

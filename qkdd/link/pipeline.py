@@ -87,6 +87,7 @@ from qkdd.link.linkmsg import AbortReason, LinkMessageError
 from qkdd.postprocess import amplification, sifting, verification
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
 from qkdd.postprocess.ldpc import MEASURED_EFFICIENCY as LDPC_MEASURED_EFFICIENCY
+from qkdd.postprocess.ldpc import DECODERS as LDPC_DECODERS
 from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
 from qkdd.postprocess.wire import PeerMessageError
 from qkdd.protocols.bb84_finite import DecoyCounts, DecoySettings, Tally, finite_key_length
@@ -152,6 +153,7 @@ class PipelineSettings:
     max_cascade_round_trips: int = 3000     # a Cascade that asks more is refused (inconsistent answers)
     key_expiry_s: float = 86400.0           # Alice: her keys' lifetime; Bob: the longest he accepts
     reconciliation: str = "cascade"         # or "ldpc" (qkdd.postprocess.ldpc); both ends alike
+    ldpc_decoder: str = "min-sum"           # Bob's LDPC decoder (qkdd.postprocess.ldpc.DECODERS)
     auth: str = "pq"                        # "its"/"both": Wegman-Carter transcript tags (the pool is given)
     auth_refill_bits: int = 1024            # Alice: distilled bits back into the pool per frame, at most ...
     auth_pool_max_bits: int = 1 << 20       # ... up to this many bits in her pool
@@ -165,6 +167,8 @@ class PipelineSettings:
         if self.reconciliation not in RECONCILIATION_STEPS:
             raise ValueError(f"reconciliation must be one of {sorted(RECONCILIATION_STEPS)}, "
                              f"got {self.reconciliation!r}")
+        if self.ldpc_decoder not in LDPC_DECODERS:
+            raise ValueError(f"ldpc_decoder must be one of {', '.join(LDPC_DECODERS)}, got {self.ldpc_decoder!r}")
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}")
         if self.auth_refill_bits % CHUNK_BITS or self.auth_refill_bits < 0 or self.auth_pool_max_bits < 0:
@@ -288,7 +292,8 @@ class FramePipeline(FrameSteps):
         """Bob's first reconciliation message on the frame's key bits (Cascade or LDPC)."""
         qber = max(self.outcome.qber_estimate, self.settings.min_qber_estimate)
         if self.settings.reconciliation == "ldpc":
-            self._cascade = LdpcBob(self._key, self._n_key_bits, self.frame_id, qber)
+            self._cascade = LdpcBob(self._key, self._n_key_bits, self.frame_id, qber,
+                                    decoder=self.settings.ldpc_decoder)
         else:
             self._cascade = CascadeBob(self._key, self._n_key_bits, self.frame_id, qber,
                                        schedule=self.settings.cascade_schedule)

@@ -137,7 +137,7 @@ def _engine(link: LinkConfig, key: str, store: KeyStore, channel: LinkChannel, m
         raise StartupError(f"{key}.{link.driver if link.driver in ('sim', 'serial', 'sdk') else 'etsi014'}",
                            str(exc)) from None
     settings = PipelineSettings(key_bits=link.key_bits, key_expiry_s=link.key_expiry_s,
-                                reconciliation=link.reconciliation, auth=link.auth,
+                                reconciliation=link.reconciliation, ldpc_decoder=link.ldpc_decoder, auth=link.auth,
                                 auth_refill_bits=link.auth_refill_bits, auth_pool_max_bits=link.auth_pool_max_bits,
                                 chsh_eps=link.chsh_eps)
     if link.protocol == "cvqkd" and auth_pool is not None:

@@ -15,7 +15,8 @@ sees the frame's average error rate. Bob picks the code and p from his QBER esti
 discloses f_start * h(Q) per key bit and enough bits are punctured for the reveal rounds, and
 announces all of it in START.
 
-Alice answers with the k syndromes. Bob decodes every codeword (layered offset min-sum in C); each one
+Alice answers with the k syndromes. Bob decodes every codeword (layered offset min-sum in C, or with
+decoder=SUM_PRODUCT the int8 sum-product decoder on the codes chosen for it); each one
 that does not reach its syndrome is listed in a REVEAL, and Alice discloses the next `reveal_step`
 punctured positions of its reveal order in REVEALED (a revealed punctured bit turns into a shortened
 one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords again, resuming each decoder
@@ -123,6 +124,26 @@ BP_MAX_ITERATIONS = 100
 MAX_ITERATIONS = 80
 BP_STALL_ITERATIONS = 20
 BP_KNOWN_NATS = 30.0              # BP's LLR of a bit both ends know (shortened or revealed)
+# Bob's decoder (LdpcBob(decoder=...)): MIN_SUM, the layered int8 self-corrected min-sum on the codes whose degrees
+# were chosen for it (the default: the faster); SUM_PRODUCT, the layered int8 sum-product decoder of qkd_ldpc.h
+# (qkd_ldpc_decoder_set_sum_product, SPA_UNITS_PER_NAT) on the codes whose degrees were chosen by density evolution of
+# belief propagation (ensemble ENSEMBLE_SUM_PRODUCT; long frames only, rates listed in native/tools/ldpc_codes.py
+# BP_CHOSEN), falling back to MIN_SUM where no such code fits the frame and QBER. Alice needs no setting: START
+# names the code. Figures side by side in the README.
+MIN_SUM, SUM_PRODUCT = "min-sum", "sum-product"
+DECODERS = (MIN_SUM, SUM_PRODUCT)
+DEFAULT_DECODER = MIN_SUM
+SPA_UNITS_PER_NAT = 4             # as min-sum's LLRs (finer units decode worse: the int8 posteriors saturate; README)
+# SUM_PRODUCT's first attempt and reveal step by QBER (up to), as START_LONG: no failed frame in 4-20 at n = 10^6 and
+# the lowest f short of the float sum-product rescue running often (bench, 4 frames each: 8 %, start 1.08 -> f 1.090 at
+# 10 Mbit/CPU-s, 1.10 -> 1.104 at 16; 5 %, 1.10 with steps 0.03 -> 1.108 at 10, 0.04 -> 1.113 at 14, 1.13 -> 1.133 at
+# 18; 3 %, 1.12 -> 1.134; 2 %, 1.12 with 0.04 -> 1.155, 1.13 with 0.03 -> 1.147, 1.15 -> 1.161 and 2 frames lost).
+START_LONG_SPA = ((0.025, 1.15, 0.04), (0.045, 1.12, 0.04), (0.065, 1.10, 0.04), (0.5, 1.09, 0.03))
+# A sum-product code punctured or shortened more than this is too far from its rate: min-sum's codes then (at 1 %
+# QBER the rate-0.84 code punctured 7 % lost every frame).
+SPA_MAX_PUNCTURED_FRACTION = 0.045
+SPA_MIN_QBER = 0.0175             # below, min-sum (1.5 %: the rate-0.84 code punctured 4 % lost 4 frames in 100)
+SPA_MAX_SHORTENED_FRACTION = 0.15
 
 
 class MessageType(enum.IntEnum):
@@ -213,7 +234,7 @@ class Plan:
 
 
 def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal_step_f: float | None = None,
-         max_reveal_rounds: int | None = None) -> Plan:
+         max_reveal_rounds: int | None = None, decoder: str = DEFAULT_DECODER) -> Plan:
     """Bob's choice: the code family by frame length, then the code and puncturing that disclose
     f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q).
     f_start, reveal_step_f and max_reveal_rounds default by family (long: START_LONG, MAX_REVEAL_ROUNDS_LONG;
@@ -224,9 +245,26 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     a 12 % shortened, 1.5 % punctured rate-0.84 code decodes at 1.21; 1 %: a 24 % shortened rate-0.92 code
     does worse than a 3 % punctured rate-0.875 one), so the plan takes the code with the least punctured
     fraction plus SHORTENED_WEIGHT times the shortened fraction. Short codes: the fewest codewords with enough
-    punctured bits for the rounds."""
+    punctured bits for the rounds.
+
+    decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first; where none fits, as MIN_SUM."""
+    if decoder not in DECODERS:
+        raise ValueError(f"LDPC decoder {decoder!r}: must be one of {DECODERS}")
+    if decoder == SUM_PRODUCT and n_bits >= LONG_FRAME_BITS and qber_estimate >= SPA_MIN_QBER:
+        try:
+            return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, START_LONG_SPA,
+                         native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION)
+        except ValueError:
+            if not 0.0 < qber_estimate < 0.5:
+                raise
+    return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, START_LONG, native.ENSEMBLE_MIN_SUM)
+
+
+def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_f: float | None,
+          max_reveal_rounds: int | None, starts: tuple, ensemble: int, max_punctured: float = MAX_PUNCTURED_FRACTION,
+          max_shortened: float = 1.0) -> Plan:
     long = n_bits >= LONG_FRAME_BITS
-    start_long = next(((f, step) for q, f, step in START_LONG if qber_estimate <= q), START_LONG[-1][1:])
+    start_long = next(((f, step) for q, f, step in starts if qber_estimate <= q), starts[-1][1:])
     if f_start is None:
         f_start = start_long[0] if long else F_START
     if reveal_step_f is None:
@@ -239,9 +277,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
         raise ValueError(f"QBER estimate {qber_estimate!r} must lie in (0, 0.5)")
     fh = f_start * binary_entropy(qber_estimate)
     reveal_h = max_reveal_rounds * reveal_step_f * binary_entropy(qber_estimate)   # what the rounds may add
-    z = 512 if long else 64
-    best = None
-    for info in (c for c in native.codes() if c.z == z):
+    best = None    # long frames: the lifts of Z = 512 and above (the sum-product set's 2048); short ones: Z = 64
+    for info in (c for c in native.codes() if (c.z >= 512 if long else c.z == 64) and c.ensemble == ensemble):
         n, m = info.n_bits, info.m_bits
         # Most key bits a codeword can carry: m - p = fh K with p >= (what the reveal rounds take) and K + p <= n.
         key_max = min(int(m / (fh + reveal_h)), int((n - m) / (1 - fh)) if fh < 1 else n, n)
@@ -254,8 +291,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
             if key_bits + punctured <= n:
                 break
             codewords += 1
-        if punctured > MAX_PUNCTURED_FRACTION * n:
-            continue    # the code's rate is too far above the target
+        if punctured > max_punctured * n or n - key_bits - punctured > max_shortened * n:
+            continue    # the code's rate is too far above (or below) the target
         step = max(1, math.ceil(reveal_step_f * binary_entropy(qber_estimate) * key_bits))
         rounds = min(max_reveal_rounds, punctured // step)
         cost = (punctured + SHORTENED_WEIGHT * (n - key_bits - punctured)) / n
@@ -402,15 +439,18 @@ class LdpcBob(_End):
     def __init__(self, key: np.ndarray, n_bits: int, frame_id: int, qber_estimate: float,
                  seed: bytes | None = None, f_start: float | None = None, reveal_step_f: float | None = None,
                  max_reveal_rounds: int | None = None, max_iterations: int = MAX_ITERATIONS,
-                 sum_product: bool = True):
+                 sum_product: bool = True, decoder: str = DEFAULT_DECODER):
         """`sum_product`: decode a codeword every min-sum rule fails after the last reveal round with the
-        sum-product decoder before giving the frame up (BP_* above)."""
+        sum-product decoder before giving the frame up (BP_* above). `decoder`: MIN_SUM or SUM_PRODUCT (above)."""
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
             raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
         super().__init__(frame_id, n_bits)
         q = min(max(qber_estimate, 1e-4), 0.45)
-        self.plan = plan(n_bits, q, f_start, reveal_step_f, max_reveal_rounds)
+        self.plan = plan(n_bits, q, f_start, reveal_step_f, max_reveal_rounds, decoder)
+        # the fixed-point sum-product decoder on the codes chosen for it (plan may have fallen back to min-sum's)
+        self._spa_units = SPA_UNITS_PER_NAT if native.code(self.plan.code).ensemble == native.ENSEMBLE_SUM_PRODUCT \
+            else 0
         self.seed = randomness.fresh_bytes(SEED_BYTES) if seed is None else bytes(seed)
         if len(self.seed) != SEED_BYTES:
             raise ValueError(f"seed must be {SEED_BYTES} bytes")
@@ -421,7 +461,7 @@ class LdpcBob(_End):
         self.state = State.IDLE
         self._seq = 0
         self._layout = _Layout(self.plan, self.seed)
-        self._spare: native.Decoder | None = native.Decoder(self.plan.code, SELF_CORRECTING)   # next fresh start
+        self._spare: native.Decoder | None = self._new_decoder()   # next fresh start
         self._stuck: dict[int, native.Decoder] = {}    # failing codeword -> its decoder, for resuming
         self._revealed = np.zeros(self.plan.codewords, dtype=np.int64)
         self._pending: list[int] = []
@@ -483,9 +523,13 @@ class LdpcBob(_End):
             decoder = self._fresh_decoder()
             last = self._revealed[i] >= self.plan.max_reveal_rounds
             rules = ((*self._rule, SELF_CORRECTING),)
-            rules += tuple(rule for rule in LAST_CHANCE_RULES if rule != rules[0]) if last else ()
-            for scale, offset, self_correcting in rules:
-                if self_correcting != decoder.self_correcting:
+            # after the last round min-sum's other rules, after sum-product all of them: min-sum leaves the trapping
+            # sets where the sum-product decoder stalls too (bench, 2 %, 10 frames: 2 float rescues instead of 15)
+            rules += tuple(rule for rule in LAST_CHANCE_RULES if rule != rules[0] or self._spa_units) if last \
+                else ()
+            for attempt, (scale, offset, self_correcting) in enumerate(rules):
+                # the sum-product decoder's first attempt; min-sum's rules after it
+                if attempt and (self_correcting != decoder.self_correcting or decoder.sum_product_units):
                     decoder = native.Decoder(self.plan.code, self_correcting)
                 iterations, _ = decoder.decode(self._llr[i], self._syndromes[i], self.max_iterations, scale, offset,
                                                out=self._decoded[i])
@@ -493,7 +537,7 @@ class LdpcBob(_End):
                 if iterations:
                     break
             if iterations:
-                if decoder.self_correcting == SELF_CORRECTING:
+                if decoder.self_correcting == SELF_CORRECTING and decoder.sum_product_units == self._spa_units:
                     self._spare = decoder
             elif not (last and self.sum_product and self._decode_bp(i)):
                 failing.append(i)
@@ -517,7 +561,10 @@ class LdpcBob(_End):
 
     def _fresh_decoder(self) -> native.Decoder:
         decoder, self._spare = self._spare, None
-        return decoder if decoder is not None else native.Decoder(self.plan.code, SELF_CORRECTING)
+        return decoder if decoder is not None else self._new_decoder()
+
+    def _new_decoder(self) -> native.Decoder:
+        return native.Decoder(self.plan.code, SELF_CORRECTING, sum_product_units=self._spa_units)
 
     def _next(self, failing: list[int]) -> list[bytes]:
         self._seq += 1
