@@ -127,21 +127,29 @@ static void test_decode_paths_agree(void)
     free(llr);
 }
 
+/* The last Z = 512 code with 12 base rows (UINT32_MAX: none), its description in *info. */
+static uint32_t last_z512_code(qkd_ldpc_code_info *info)
+{
+    uint32_t code = UINT32_MAX;
+    for (int c = 0; c < qkd_ldpc_code_count(); c++) {
+        qkd_ldpc_code_get_info((uint32_t)c, info);
+        if (info->z == 512 && info->mb == 12)
+            code = (uint32_t)c;
+    }
+    if (code != UINT32_MAX)
+        qkd_ldpc_code_get_info(code, info);
+    return code;
+}
+
 /* On a Z = 512 code (the SIMD paths' chunks and padded columns): a capped first decode, bits pinned as if revealed,
  * then qkd_ldpc_decode_resume; every path gives the same iterations and bits, and the resumed decode succeeds. */
 static void test_resume_paths_agree(void)
 {
-    uint32_t code = UINT32_MAX;
     qkd_ldpc_code_info info;
-    for (int c = 0; c < qkd_ldpc_code_count(); c++) {
-        qkd_ldpc_code_get_info((uint32_t)c, &info);
-        if (info.z == 512 && info.mb == 12)
-            code = (uint32_t)c;
-    }
+    const uint32_t code = last_z512_code(&info);
     CHECK(code != UINT32_MAX);
     if (code == UINT32_MAX)
         return;
-    qkd_ldpc_code_get_info(code, &info);
     const size_t n = info.n_bits, m = info.m_bits;
     uint8_t *word = malloc(n), *syndrome = malloc(m), *out[4];
     int8_t *llr = malloc(n), *pinned = malloc(n);
@@ -198,17 +206,11 @@ static void test_resume_paths_agree(void)
  * it corrects an error rate min-sum (7/8, offset 1) does not within the same cap; bad units are refused. */
 static void test_sum_product_paths_agree(void)
 {
-    uint32_t code = UINT32_MAX;
     qkd_ldpc_code_info info;
-    for (int c = 0; c < qkd_ldpc_code_count(); c++) {
-        qkd_ldpc_code_get_info((uint32_t)c, &info);
-        if (info.z == 512 && info.mb == 12)
-            code = (uint32_t)c;
-    }
+    const uint32_t code = last_z512_code(&info);
     CHECK(code != UINT32_MAX);
     if (code == UINT32_MAX)
         return;
-    qkd_ldpc_code_get_info(code, &info);
     const size_t n = info.n_bits, m = info.m_bits;
     uint8_t *word = malloc(n), *syndrome = malloc(m), *out[4], *check_syn = malloc(m);
     int8_t *llr = malloc(n), *pinned = malloc(n);
