@@ -362,7 +362,7 @@ def test_min_sum_borrows_the_sum_product_codes_only_in_its_listed_qber_ranges():
         borrowed = ldpc.plan(long_n, qber)
         info = native.code(borrowed.code)
         assert info.ensemble == native.ENSEMBLE_SUM_PRODUCT
-        low, high, f_start, step_f, rule = next(e for e in ldpc.START_LONG_BORROWED if e[0] <= qber <= e[1])
+        _, _, f_start, step_f, rule = next(e for e in ldpc.START_LONG_BORROWED if e[0] <= qber <= e[1])
         assert borrowed == ldpc.plan(long_n, qber, f_start, step_f, decoder=ldpc.SUM_PRODUCT)  # same codes, its start
         assert borrowed.punctured <= ldpc.SPA_MAX_PUNCTURED_FRACTION * info.n_bits
         own = ldpc.plan(long_n, qber, borrow_codes=False)

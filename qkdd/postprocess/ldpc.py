@@ -147,7 +147,7 @@ SPA_MAX_SHORTENED_FRACTION = 0.15
 # MIN_SUM borrows the sum-product set's codes (decoded by min-sum, its fallbacks as on its own codes) where min-sum
 # discloses less on them than on its own codes: by QBER (from, up to), the first attempt, the reveal step and the
 # check rule (scale in eighths, offset). Bench, n = 10^6, the same 40 frames through each setting, none lost: 2 %
-# (rate 0.81) f 1.228 -> 1.203 (start 1.18: 1.201 at 15 % less throughput); 3 % (rate 0.77) 1.205 -> 1.189 (7/8 with
+# (rate 0.81) f 1.229 -> 1.203 (start 1.18: 1.201 at 15 % less throughput); 3 % (rate 0.77) 1.205 -> 1.188 (7/8 with
 # offset 1: 1.185 at 19 Mbit/CPU-s, below the goal); 5 % (rate 0.69) 1.175 -> 1.154 (6/8 without offset: 1.160, more
 # round trips); at 8 % the rate-0.55 code gave 1.192 against 1.191, and at 1 % none fits (README). Elsewhere, or where
 # no borrowed code fits (SPA_MAX_*), its own codes, START_LONG and CHECK_RULES.
