@@ -12,7 +12,9 @@ mbit_per_cpu_s is the same per CPU second of this thread: the figure to compare 
 --algo ldpc runs LDPC reconciliation (qkdd.postprocess.ldpc) instead; its round_trips count the
 syndrome exchange and each reveal round; its disclosed bits are syndromes less punctured bits plus reveals.
 --ldpc-decoder (repeatable) picks Bob's decoder (qkdd.postprocess.ldpc.DECODERS; default min-sum); the
-sum-product runs are named "ldpc+sum-product".
+sum-product runs are named "ldpc+sum-product". --ldpc-codes own (repeatable, beside "best", the default) keeps the
+min-sum decoder on its own codes (the plan before it borrowed the sum-product set's, ldpc.START_LONG_BORROWED);
+those runs are named "ldpc+own-codes".
 """
 from __future__ import annotations
 
@@ -54,9 +56,12 @@ def noisy_pair(rng: np.random.Generator, n: int, qber: float, noise: str) -> tup
     return alice, bob
 
 
-def reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=None, decoder=DEFAULT_DECODER):
+OWN_CODES, BEST_CODES = "own", "best"
+
+
+def reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=None, decoder=DEFAULT_DECODER, codes=BEST_CODES):
     """One frame through both LDPC ends; return (bob, alice) after DONE, or after Bob gave the frame up."""
-    bob = LdpcBob(bob_key, n, frame_id, qber, seed=seed, decoder=decoder)
+    bob = LdpcBob(bob_key, n, frame_id, qber, seed=seed, decoder=decoder, borrow_codes=codes == BEST_CODES)
     alice = LdpcAlice(alice_key, n, frame_id)
     to_alice = [bob.start()]
     try:
@@ -71,10 +76,10 @@ def reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=None, decoder=DEF
 
 
 def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=None, biconf_rounds=0,
-              decoder=DEFAULT_DECODER):
+              decoder=DEFAULT_DECODER, codes=BEST_CODES):
     """Run one frame through both ends; return (bob, alice) after DONE."""
     if algo == LDPC:
-        return reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed, decoder)
+        return reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed, decoder, codes)
     bob = CascadeBob(bob_key, n, frame_id, qber, schedule=algo, seed=seed, lookahead=lookahead,
                      biconf_rounds=biconf_rounds)
     alice = CascadeAlice(alice_key, n, frame_id)
@@ -88,7 +93,7 @@ def reconcile(alice_key, bob_key, n, qber, algo, frame_id, seed=None, lookahead=
 
 
 def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, lookahead=None,
-        biconf_rounds: int = 0, decoder: str = DEFAULT_DECODER) -> dict:
+        biconf_rounds: int = 0, decoder: str = DEFAULT_DECODER, codes: str = BEST_CODES) -> dict:
     rng = np.random.default_rng(seed)
     frame_errors = 0
     disclosed = 0
@@ -100,7 +105,7 @@ def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, look
         shuffle_seed = os.urandom(32)
         t0, c0 = time.perf_counter(), time.thread_time()
         bob, alice = reconcile(alice_key, bob_key, n, qber, algo, frame, shuffle_seed, lookahead, biconf_rounds,
-                               decoder)
+                               decoder, codes)
         elapsed_s += time.perf_counter() - t0
         cpu_s += time.thread_time() - c0
         frame_errors += int(not np.array_equal(alice_key, bob_key))
@@ -109,6 +114,7 @@ def run(algo: str, n: int, qber: float, frames: int, noise: str, seed: int, look
     name = algo if lookahead is None else f"{algo}+lookahead{lookahead[0]}:{lookahead[1]}"
     name += f"+biconf{biconf_rounds}" if biconf_rounds else ""
     name += f"+{decoder}" if algo == LDPC and decoder != DEFAULT_DECODER else ""
+    name += f"+{codes}-codes" if algo == LDPC and codes != BEST_CODES else ""
     return {"algo": name, "n": n, "qber": qber, "frames": frames, "frame_errors": frame_errors,
             "efficiency": round(disclosed / (frames * n * binary_entropy(qber)), 4),
             "round_trips": round(round_trips / frames, 1),
@@ -131,6 +137,9 @@ def main(argv=None) -> None:
                         help="BICONF rounds after the schedule's passes (repeatable; default: 0)")
     parser.add_argument("--ldpc-decoder", action="append", choices=DECODERS,
                         help=f"Bob's LDPC decoder (repeatable; default: {DEFAULT_DECODER})")
+    parser.add_argument("--ldpc-codes", action="append", choices=[BEST_CODES, OWN_CODES],
+                        help="min-sum's code set: best (may borrow the sum-product set's; default) or own "
+                             "(repeatable)")
     args = parser.parse_args(argv)
     lookahead = tuple(int(v) for v in args.lookahead.split(":")) if args.lookahead else None
     for algo in args.algo or sorted(SCHEDULES):
@@ -138,8 +147,9 @@ def main(argv=None) -> None:
             for qber in args.qber or [0.02]:
                 for rounds in args.biconf or [0]:
                     for decoder in (args.ldpc_decoder or [DEFAULT_DECODER]) if algo == LDPC else [DEFAULT_DECODER]:
-                        print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed, lookahead, rounds,
-                                             decoder)), flush=True)
+                        for codes in (args.ldpc_codes or [BEST_CODES]) if algo == LDPC else [BEST_CODES]:
+                            print(json.dumps(run(algo, n, qber, args.frames, args.noise, args.seed, lookahead, rounds,
+                                                 decoder, codes)), flush=True)
 
 
 if __name__ == "__main__":

@@ -344,10 +344,34 @@ def test_plan_takes_the_sum_product_codes_where_they_fit_and_min_sum_elsewhere()
     long_n = 1_000_000
     spa = ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT)
     assert native.code(spa.code).ensemble == native.ENSEMBLE_SUM_PRODUCT
-    assert native.code(ldpc.plan(long_n, 0.02).code).ensemble == native.ENSEMBLE_MIN_SUM       # the default
+    assert native.code(ldpc.plan(long_n, 0.02, borrow_codes=False).code).ensemble == native.ENSEMBLE_MIN_SUM
     for n, qber in ((long_n, 0.11), (long_n, 0.01), (9_000, 0.02)):   # no sum-product code there; a short frame
         assert native.code(ldpc.plan(n, qber, decoder=ldpc.SUM_PRODUCT).code).ensemble == native.ENSEMBLE_MIN_SUM
     with pytest.raises(ValueError, match="decoder"):
         ldpc.plan(long_n, 0.02, decoder="gallager-b")
     with pytest.raises(ValueError, match="QBER"):
         ldpc.plan(long_n, 0.6, decoder=ldpc.SUM_PRODUCT)
+
+
+def test_min_sum_borrows_the_sum_product_codes_only_in_its_listed_qber_ranges():
+    """The default decoder plans from the sum-product set where START_LONG_BORROWED lists the QBER (2-5 %), with that
+    entry's first attempt and check rule, and decodes with min-sum; at 1 % and 8 %, for short frames and without
+    borrow_codes it keeps its own codes (the plan before)."""
+    long_n = 1_000_000
+    for qber in (0.02, 0.03, 0.05):
+        borrowed = ldpc.plan(long_n, qber)
+        info = native.code(borrowed.code)
+        assert info.ensemble == native.ENSEMBLE_SUM_PRODUCT
+        _, _, f_start, step_f, rule = next(e for e in ldpc.START_LONG_BORROWED if e[0] <= qber <= e[1])
+        assert borrowed == ldpc.plan(long_n, qber, f_start, step_f, decoder=ldpc.SUM_PRODUCT)  # same codes, its start
+        assert borrowed.punctured <= ldpc.SPA_MAX_PUNCTURED_FRACTION * info.n_bits
+        own = ldpc.plan(long_n, qber, borrow_codes=False)
+        assert native.code(own.code).ensemble == native.ENSEMBLE_MIN_SUM
+        rng = np.random.default_rng(5)
+        bob = LdpcBob(rng.integers(0, 2 ** 63, long_n // 64, dtype=np.uint64), long_n, 1, qber)
+        assert bob.plan == borrowed and bob._spa_units == 0 and bob._rule == rule      # min-sum, the entry's rule
+    for n, qber in ((long_n, 0.01), (long_n, 0.08), (9_000, 0.02), (long_n, 0.06)):
+        assert ldpc.plan(n, qber) == ldpc.plan(n, qber, borrow_codes=False)
+        assert native.code(ldpc.plan(n, qber).code).ensemble == native.ENSEMBLE_MIN_SUM
+    assert ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT) == ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT,
+                                                                        borrow_codes=False)   # its own choice
