@@ -253,7 +253,11 @@ def test_relay_destination_killed_with_requests_in_flight_settles_after_restart(
              timeout_s=60, interval_s=0.002)
     lab.kill("F")
     responses = [future.result() for future in in_flight]
-    assert all(r.status_code in (200, 503) for r in responses), [r.text for r in responses]
+    # 200 served, 503 failed at the dead F, or 404 "not known": a request the stream's 8 threads send only after
+    # those before it timed out (request_timeout_s 8 s) can reach A when F's announcement has aged out
+    # (max_age_s 10 s in this lab), and then F is no longer in the relay network
+    assert all(r.status_code in (200, 503) or (r.status_code == 404 and "is not known in the relay network" in r.text)
+               for r in responses), [r.text for r in responses]
     lab.daemons["F"].start()
     lab.wait_route("A", "F", timeout_s=60)
     for response in responses:
