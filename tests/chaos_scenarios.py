@@ -83,12 +83,12 @@ class CpuWait:
                 waits.append(now[1] - before[1] if before is not None and before[0] == now[0] else now[1])
         self._samples.append((time.monotonic(), max(waits, default=0.0)))
 
-    def net(self, resumed: dict[str, float | None], since_s: float) -> dict[str, float | None]:
+    def net(self, resumed: dict[str, float | None]) -> dict[str, float | None]:
         """Each flow's resumption (seconds after `since_s`) less the wait sampled last before it: never
         more than the daemons had waited by then."""
         def before(at_s: float) -> float:
             return max((wait for sampled_s, wait in self._samples if sampled_s <= at_s), default=0.0)
-        return {flow: None if value is None else max(0.0, value - before(since_s + value))
+        return {flow: None if value is None else max(0.0, value - before(self.since_s + value))
                 for flow, value in resumed.items()}
 
 
@@ -208,7 +208,7 @@ def _network_fault(lab, name: str, hold_s: float, durations: Durations, apply) -
     _revive(lab, window)
     _restore(lab, window, resumed)
     during = lab.driver.outcomes(window.started_s, window.fault_ended_s)
-    return verdict(lab, name, window, resumed, cpu.net(resumed, window.fault_ended_s), fault_s=hold_s,
+    return verdict(lab, name, window, resumed, cpu.net(resumed), fault_s=hold_s,
                    **_served(during))
 
 
@@ -274,7 +274,7 @@ def disk_full(lab, d: Durations) -> dict:
     _restore(lab, window, resumed, ends=("b",), grace_s=0.0)
     if window.crashed:
         resumed = {flow: None for flow in resumed}        # it did not resume by itself
-    return verdict(lab, "disk_full", window, resumed, cpu.net(resumed, window.fault_ended_s),
+    return verdict(lab, "disk_full", window, resumed, cpu.net(resumed),
                    fault_s=d.disk_full_s, filler_bytes=filled_bytes, bob_healthz_while_full=health)
 
 
@@ -298,7 +298,7 @@ def clock_step(lab, d: Durations, end: str, offset: str) -> dict:
     _revive(lab, window)
     _restore(lab, window, resumed)
     who = "alice" if end == "a" else "bob"
-    return verdict(lab, f"clock_{who}_{offset}", window, resumed, cpu.net(resumed, window.fault_ended_s),
+    return verdict(lab, f"clock_{who}_{offset}", window, resumed, cpu.net(resumed),
                    fault_s=round(window.fault_ended_s - window.started_s, 1),
                    keys_stored_during_step=keys_stored_during_step, **_served(during))
 
@@ -317,7 +317,7 @@ def kill_loops(lab, d: Durations) -> dict:
         lab.restart(end)
         resumed = _wait_resumed(lab, cpu.since_s, max(d.recover_timeout_s, KILL_LOOP_WAIT_S), cpu)
         resumes.append(_slowest(resumed))
-        nets.append(_slowest(cpu.net(resumed, cpu.since_s)))
+        nets.append(_slowest(cpu.net(resumed)))
     window.fault_ended_s = time.monotonic()
     _revive(lab, window)
     measured = [value for value in resumes if value is not None]

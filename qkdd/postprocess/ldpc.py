@@ -264,9 +264,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     starts = None
     if decoder == SUM_PRODUCT and qber_estimate >= SPA_MIN_QBER:
         starts = START_LONG_SPA
-    elif decoder == MIN_SUM and borrow_codes:
-        starts = next((((0.5, f, step),) for low, high, f, step, _ in START_LONG_BORROWED
-                       if low <= qber_estimate <= high), None)
+    elif decoder == MIN_SUM and borrow_codes and (borrowed := _borrowed(qber_estimate)) is not None:
+        starts = ((0.5, borrowed[2], borrowed[3]),)
     if starts is not None and n_bits >= LONG_FRAME_BITS:
         try:
             return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, starts,
@@ -277,10 +276,9 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, START_LONG, native.ENSEMBLE_MIN_SUM)
 
 
-def borrowed_rule(qber_estimate: float) -> tuple[int, int]:
-    """Min-sum's check rule on a borrowed code (START_LONG_BORROWED) at this QBER."""
-    return next((rule for low, high, _, _, rule in START_LONG_BORROWED if low <= qber_estimate <= high),
-                START_LONG_BORROWED[-1][4])
+def _borrowed(qber_estimate: float) -> tuple | None:
+    """The row of START_LONG_BORROWED whose QBER range holds this estimate, if any."""
+    return next((row for row in START_LONG_BORROWED if row[0] <= qber_estimate <= row[1]), None)
 
 
 def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_f: float | None,
@@ -496,7 +494,7 @@ class LdpcBob(_End):
         rate = native.code(self.plan.code).rate
         self._rule = next(rule for up_to, rule in CHECK_RULES if rate <= up_to)    # (scale eighths, offset)
         if native.code(self.plan.code).ensemble == native.ENSEMBLE_SUM_PRODUCT and not self._spa_units:
-            self._rule = borrowed_rule(q)
+            self._rule = _borrowed(q)[4]        # min-sum on a borrowed code: plan found q in a listed range
         self._channel_nats = np.float32(math.log((1 - q) / q))
         self.bp_codewords = 0           # codewords handed to the sum-product decoder, and its iterations
         self.bp_iterations = 0
