@@ -1,6 +1,7 @@
-"""The key store's per-state counts (state_counts, kept by triggers) against a scan of the keys, through every
-method that changes a key, across a reopen, and rebuilt in a file written before they existed; and the
-queries behind counts() and available_bits() read no key rows (their cost does not grow with the store)."""
+"""The key store's per-state counts (state_counts, kept by put_pending and triggers) against a scan of the keys,
+through every method that changes a key, across a reopen, rebuilt in a file written before they existed and in
+one whose writer counted inserts by trigger; and the queries behind counts() and available_bits() read no key rows
+(their cost does not grow with the store)."""
 import os
 import sqlite3
 import uuid
@@ -69,6 +70,11 @@ def test_counts_follow_every_change(tmp_path):
     _check(store)
     store.apply_resync(LINK, [], frames[2][:5], frames[3][:2])
     _check(store)
+    keys = _keys(6)
+    store.put_pending(LINK, 6, keys, expires_at=clock.now + 700, allocatable=[True, False] * 3)
+    _check(store)
+    store.apply_resync(LINK, [key_id for key_id, _ in keys[:4]], [], [])     # promoted: PENDING -> AVAILABLE
+    _check(store)
     clock.now += 150                                   # frame 0 (expiry +100) lapses: not available any more
     _check(store)
     assert store.expire() > 0
@@ -95,13 +101,36 @@ def test_counts_are_rebuilt_in_a_file_written_without_them(tmp_path):
     store.put_pending(LINK, 1, _keys(7), expires_at=clock.now + 100)
     store.close()
     with sqlite3.connect(path) as old:                 # as an earlier version left the file
-        for trigger in ("keys_count_insert", "keys_count_delete", "keys_count_update"):
+        for trigger in ("keys_count_delete", "keys_count_update"):
             old.execute(f"DROP TRIGGER {trigger}")
         old.execute("DROP TABLE state_counts")
         old.execute("DELETE FROM keys WHERE rowid IN (SELECT rowid FROM keys LIMIT 3)")
     store = KeyStore(path, bytes(32), clock=clock)
     _check(store)
     assert store.counts(LINK)[KeyState.AVAILABLE] + store.counts(LINK)[KeyState.PENDING] == 34
+    store.close()
+
+
+def test_an_earlier_versions_insert_trigger_is_dropped_and_every_insert_counted_once(tmp_path):
+    """A version that counted inserts by trigger may have written the file (or open it again after a downgrade):
+    opening drops that trigger, else every stored key would be counted twice."""
+    clock = Clock()
+    path = str(tmp_path / "keys.db")
+    store = KeyStore(path, bytes(32), clock=clock)
+    store.put_pending(LINK, 0, _keys(5), expires_at=clock.now + 100)
+    store.close()
+    with sqlite3.connect(path) as old:                 # the earlier version's trigger, and a frame it stored
+        old.execute("""CREATE TRIGGER keys_count_insert AFTER INSERT ON keys BEGIN
+            INSERT INTO state_counts VALUES (NEW.link_id, NEW.state, NEW.allocatable, 1, NEW.bits)
+            ON CONFLICT (link_id, state, allocatable) DO UPDATE SET keys = keys + 1, bits = bits + excluded.bits;
+        END""")
+    store = KeyStore(path, bytes(32), clock=clock)
+    store.put_pending(LINK, 1, _keys(7), expires_at=clock.now + 100, allocatable=[False] * 7)
+    store.commit_frame(LINK, 1)
+    _check(store)
+    assert store.counts(LINK)[KeyState.AVAILABLE] == 7 and store.counts(LINK)[KeyState.PENDING] == 5
+    assert store._db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = 'keys_count_insert'"
+                             ).fetchone() is None
     store.close()
 
 
