@@ -187,8 +187,8 @@ def test_jain_2022_heterodyne_asymptotic_rate_is_above_their_composable_rate():
 
 # Xu, Wang, Huang & Zeng, "Integrated Distributed Sensing and Quantum Communication Networks", Research 7, 0416
 # (2024), doi:10.34133/research.0416 (CC BY 4.0). Gaussian-modulated coherent states, heterodyne detection
-# (both quadratures at once, their Table 1), reverse reconciliation, asymptotic rate against collective attacks with trusted
-# detector noise. Their Appendix, Eqs. (33)-(37), is this module's heterodyne closed form term by term:
+# (both quadratures at once, their Table 1), reverse reconciliation, asymptotic rate against collective attacks with
+# trusted detector noise. Their Appendix, Eqs. (33)-(37), is this module's heterodyne closed form term by term:
 # I_AB = log2((V + chi_tot)/(1 + chi_tot)), chi_tot = chi_line + chi_het/T, chi_line = 1/T - 1 + eps (eps referred to
 # the channel INPUT, as in CvParams), chi_het = [1 + (1 - eta) + 2 v_el]/eta, and the same A, B, C. (D prints as
 # (V sqrt(B) chi_het / (T(V + chi_tot)))^2 in the text this was read from; taken literally it gives C^2 < 4D, no
