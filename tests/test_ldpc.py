@@ -375,3 +375,37 @@ def test_min_sum_borrows_the_sum_product_codes_only_in_its_listed_qber_ranges():
         assert native.code(ldpc.plan(n, qber).code).ensemble == native.ENSEMBLE_MIN_SUM
     assert ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT) == ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT,
                                                                         borrow_codes=False)   # its own choice
+
+
+@pytest.mark.parametrize("n, qber, frames", [(196_608, 0.004, 2), (30_000, 0.005, 3), (100_000, 0.01, 3),
+                                             (25_000, 0.01, 3), (10_000, 0.01, 4), (10_000, 0.005, 4)])
+def test_low_qber_frames_of_every_length_reconcile(n, qber, frames):
+    """Below 1.5 % QBER a codeword holds a few hundred errors or fewer and the disclosure it needs spreads widely:
+    the plan starts higher, with larger reveal steps for the short codes, four rounds for frames of few long
+    codewords, the long codes from half a codeword of key bits on, and never the rate-0.948 codes (bench,
+    2026-12-07: before, 0.5 % lost 30 frames of 196 608 bits in 30 on the rate-0.948 code and 1 % lost 18 frames of
+    10^5 bits in 60 on the short codes; now none in 60 at any length from 10^4 to 10^6 bits)."""
+    rng = np.random.default_rng(int(n * qber))
+    for frame in range(frames):
+        alice_key, bob_key = noisy_pair(rng, n, round(qber * n))
+        reference = alice_key.copy()
+        bob, alice, trips = run(alice_key, bob_key, n, qber, frame_id=frame + 1)
+        assert np.array_equal(bob_key, reference)
+        info = native.code(bob.plan.code)
+        assert info.rate < 0.93 and (info.z == 512) == (n >= ldpc.LONG_FRAME_BITS)
+        assert trips <= 1 + bob.plan.max_reveal_rounds
+        assert bob.disclosed_bits == alice.disclosed_bits < 2 * n * binary_entropy(qber)
+
+
+def test_the_plan_by_frame_length_and_qber():
+    """Which codes and how many reveal rounds: never a rate-0.948 code; the long codes from LONG_FRAME_BITS; four
+    rounds only for frames of few long codewords below LOW_QBER (long frames keep at most 3 round trips)."""
+    for n in (10_000, 30_000, 150_000, 1_000_000):
+        for qber in (0.002, 0.004, 0.006, 0.01, 0.02, 0.05):
+            assert native.code(ldpc.plan(n, qber).code).rate < 0.93
+    assert any(c.rate > 0.93 for c in native.codes())                  # still in the table (START may name them)
+    few = ldpc.plan(100_000, 0.01)
+    assert native.code(few.code).z == 512 and few.max_reveal_rounds == ldpc.LOW_QBER_REVEAL_ROUNDS
+    assert ldpc.plan(1_000_000, 0.01).max_reveal_rounds == ldpc.MAX_REVEAL_ROUNDS_LONG == 2
+    assert ldpc.plan(100_000, 0.02).max_reveal_rounds == 2
+    assert native.code(ldpc.plan(ldpc.LONG_FRAME_BITS - 1, 0.02).code).z == 64

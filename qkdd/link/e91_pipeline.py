@@ -44,7 +44,6 @@ from qkdd.link.pipeline import (
     FramePipeline,
     PipelineSettings,
 )
-from qkdd.postprocess.ldpc import MEASURED_EFFICIENCY as LDPC_MEASURED_EFFICIENCY
 from qkdd.protocols import e91
 from qkdd.protocols.entropy import binary_entropy
 
@@ -179,9 +178,7 @@ class E91FramePipeline(FramePipeline):
             self.outcome.gate_refused = True
             self._refusal = (AbortReason.QBER, refusal)
             return
-        f_ec = self.settings.f_ec_estimate
-        if self.settings.reconciliation == "ldpc":
-            f_ec = max(f_ec, LDPC_MEASURED_EFFICIENCY)
+        f_ec = self.settings.early_abort_efficiency(n_z, qber)
         estimate = e91.e91_key_length(counts, eps_sec=self.settings.eps_sec, eps_cor=self.settings.eps_cor,
                                       eps_pe=self.settings.chsh_eps,
                                       ec_leak_bits=f_ec * n_z * binary_entropy(min(qber, 0.5)),

@@ -86,7 +86,8 @@ from qkdd.link.frame_steps import ALICE, BOB, MAX_CLOCK_SKEW_S, FrameSteps  # no
 from qkdd.link.linkmsg import AbortReason, LinkMessageError
 from qkdd.postprocess import amplification, sifting, verification
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
-from qkdd.postprocess.ldpc import MEASURED_EFFICIENCY as LDPC_MEASURED_EFFICIENCY
+from qkdd.postprocess.cascade_schedules import SCHEDULES as CASCADE_SCHEDULES
+from qkdd.postprocess.efficiency import measured_efficiency
 from qkdd.postprocess.ldpc import DECODERS as LDPC_DECODERS
 from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
 from qkdd.postprocess.wire import PeerMessageError
@@ -146,7 +147,8 @@ class PipelineSettings:
     key_bits: int = 256                     # length of each stored key
     eps_sec: float = 1e-10                  # Lim's secrecy parameter
     eps_cor: float = 1e-15                  # correctness: verification tag and Lim's log2(2/eps_cor)
-    f_ec_estimate: float = 1.16             # leakage estimate for the early abort check only
+    f_ec_estimate: float | None = None      # leakage estimate for the early abort check only (None: what the
+                                            # configured method measures at this frame length and QBER)
     cascade_schedule: str = "yan"            # ~190 round trips per frame at f ~ 1.06 ("efficient": ~1000 at 1.04)
     min_qber_estimate: float = 0.005        # floor for Cascade's block sizes
     max_key_bits_per_key: int = 8192
@@ -182,6 +184,20 @@ class PipelineSettings:
             raise ValueError(f"eps_sec and eps_cor must lie in [{linkmsg.MIN_EPS:g}, 1)")
         if not linkmsg.MIN_EPS <= self.chsh_eps < 1:
             raise ValueError(f"chsh_eps must lie in [{linkmsg.MIN_EPS:g}, 1)")
+        if self.cascade_schedule not in CASCADE_SCHEDULES:
+            raise ValueError(f"cascade_schedule must be one of {', '.join(CASCADE_SCHEDULES)}, "
+                             f"got {self.cascade_schedule!r}")
+        if self.f_ec_estimate is not None and not 1.0 <= self.f_ec_estimate <= 10.0:
+            raise ValueError(f"f_ec_estimate must lie in [1, 10], got {self.f_ec_estimate!r}")
+
+    def early_abort_efficiency(self, key_bits: int, qber: float) -> float:
+        """f for the check before reconciliation: f_ec_estimate if set, else what the configured method (the
+        Cascade schedule, or LDPC with its default decoder: Alice does not know Bob's) measures on a frame of
+        `key_bits` at this QBER (qkdd.postprocess.efficiency)."""
+        if self.f_ec_estimate is not None:
+            return self.f_ec_estimate
+        method = "ldpc" if self.reconciliation == "ldpc" else self.cascade_schedule
+        return measured_efficiency(method, max(key_bits, 1), min(max(qber, 0.0), 0.49))
 
 
 class FramePipeline(FrameSteps):
@@ -484,10 +500,7 @@ class FramePipeline(FrameSteps):
             self.outcome.gate_refused = True
             self._refusal = (AbortReason.QBER, refusal)
             return
-        f_ec = self.settings.f_ec_estimate
-        if self.settings.reconciliation == "ldpc":      # LDPC discloses more than Cascade: its measured f
-            f_ec = max(f_ec, LDPC_MEASURED_EFFICIENCY)
-        leak_bits = f_ec * n_x * binary_entropy(min(qber, 0.5))
+        leak_bits = self.settings.early_abort_efficiency(n_x, qber) * n_x * binary_entropy(min(qber, 0.5))
         try:
             estimate = finite_key_length(self._counts, self._decoy, eps_sec=self.settings.eps_sec,
                                          eps_cor=self.settings.eps_cor, ec_leak_bits=leak_bits)

@@ -76,10 +76,16 @@ MAX_REVEAL_ROUNDS = 16
 _START = struct.Struct(f"<QHIIIB{SEED_BYTES}s")
 _DONE = struct.Struct("<QQI")
 _COUNT = struct.Struct("<I")
-LONG_FRAME_BITS = 4 * 49152       # frames from this length on use the long codes (Z = 512)
+# Frames from this length on use the long codes (Z = 512): half a long codeword of key bits and more. Shorter frames
+# take the short codes (Z = 64), whose thresholds spread far wider: at 1 % QBER they lost 18 of 60 frames of 10^5 bits
+# after 8 reveal rounds where the long codes, shortened, lost none (bench, 2026-12-07); a long codeword shortened to
+# 10^4 key bits lost every frame.
+LONG_FRAME_BITS = 49152 // 2
 MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decoding fast
-F_START = 1.20                    # first attempt's disclosure, in units of h(Q) (the shipped codes' threshold)
-REVEAL_STEP_F = 0.04              # each reveal round adds about this much (short codes)
+# Short codes, by QBER (up to): the first attempt's disclosure and each reveal round's, in units of h(Q). Below
+# 1.5 % a short codeword holds a few dozen errors and the disclosure it needs ranges over 1.2-1.8 h(Q) (bench, 10^5
+# bits at 1 %: 14 frames in 30 lost with steps of 0.04, none with 0.08); above, 0.04 steps suffice.
+START_SHORT = ((0.005, 1.40, 0.12), (0.015, 1.25, 0.08), (0.5, 1.20, 0.04))
 # Long codes (Z = 512), by QBER (up to): the first attempt's f and the reveal step, for the lowest f with at most
 # 3 round trips, no failed frame in 50 at n = 10^6 (bench.reconcile; README) and no more than ~15 % of the
 # throughput given up. A lost frame costs all its key, f 0.01 more only ~0.2 % of it. Below 1.5 % QBER a codeword
@@ -89,10 +95,12 @@ REVEAL_STEP_F = 0.04              # each reveal round adds about this much (shor
 # 1 %, 1.250 -> 1.229 at 2 %, 1.234 -> 1.205 at 3 %, 1.220 -> 1.174 at 5 %, 1.221 -> 1.192 at 8 %). Starts 0.01-0.03
 # lower save up to 0.01 more and cost 15-35 % of the throughput (more codewords fail their first attempt; 1.24 at
 # 1 %: f 1.258 at 17 % less).
-START_LONG = ((0.015, 1.25, 0.07), (0.025, 1.21, 0.07), (0.045, 1.19, 0.06), (0.055, 1.17, 0.06), (0.07, 1.18, 0.06),
+# Below 1 % the rows come from frames of 2.5*10^4 to 10^6 bits at 0.2-1.5 % QBER (bench, 2026-12-07: at 1.25 with
+# steps of 0.07, 0.5-0.75 % lost 18-30 frames in 30 and 1 % up to 5 in 100; a codeword there holds a few hundred
+# errors or fewer, and the disclosure it needs spreads wider as they get fewer), with LOW_QBER_REVEAL_ROUNDS.
+START_LONG = ((0.0025, 1.80, 0.20), (0.0035, 1.60, 0.12), (0.005, 1.45, 0.09), (0.0075, 1.35, 0.08),
+              (0.015, 1.25, 0.07), (0.025, 1.21, 0.07), (0.045, 1.19, 0.06), (0.055, 1.17, 0.06), (0.07, 1.18, 0.06),
               (0.5, 1.19, 0.06))
-# What bench.reconcile --algo ldpc measures at 1-8 % QBER (README): the pipeline's early-abort estimate uses it.
-MEASURED_EFFICIENCY = 1.27
 MIN_REVEAL_ROUNDS = 3             # codes leaving fewer punctured bits than this many rounds are the last choice
 # Check rules (scale in eighths, offset, self-corrected) a codeword failing after the last reveal is decoded with
 # in turn: at 2 % QBER, n = 10^6, about one codeword in 400 stalls in a trapping set at f 1.35 under the default
@@ -107,6 +115,15 @@ CHECK_RULES = ((0.8, (6, 0)), (1.0, (7, 1)))
 # on the shipped codes, and fewer iterations (bench: f 1.242 against 1.254 at 2 %, n = 10^6, same plan).
 SELF_CORRECTING = True
 MAX_REVEAL_ROUNDS_LONG = 2        # long codes: syndromes plus two reveal rounds, at most 3 round trips per frame
+# ... except below VERY_LOW_QBER, and below LOW_QBER for frames of fewer than FEW_CODEWORDS_BITS: up to four rounds,
+# 5 round trips, where the disclosure each codeword needs spreads wider (bench, 2026-12-07: at 1 %, frames of 2.5*10^4
+# to 2*10^5 bits, a few shortened codewords, lost 1-5 in 100 with two rounds and none in 60 with four, 1.7-2.3 round
+# trips on average, while 10^6-bit frames lost none in 50 with two; at 0.75 % 10^6-bit frames lost 1 in 10 with two).
+LOW_QBER, VERY_LOW_QBER, LOW_QBER_REVEAL_ROUNDS, FEW_CODEWORDS_BITS = 0.015, 0.01, 4, 8 * 49152
+# The rate-0.948 codes (indices 0 and 10) are not planned: min-sum decodes them at no QBER they fit (0.4-0.75 %:
+# 55-60 frames lost in 60 at f 1.5, the rate-0.917 code losing none at 1.35-1.45; bench, 2026-12-07). They stay in
+# the table, so code indices and what a peer's START may name are unchanged.
+MAX_PLANNED_RATE = 0.93
 MAX_REVEAL_ROUNDS_SHORT = 8       # short codes (Z = 64): their thresholds spread wider, so more and smaller rounds
 SHORTENED_WEIGHT = 0.15           # plan, long codes: a shortened bit costs the decoder ~0.15 punctured bits (bench)
 # A codeword that every min-sum rule fails after the last reveal round is decoded, before the frame is given up,
@@ -246,8 +263,9 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
          max_reveal_rounds: int | None = None, decoder: str = DEFAULT_DECODER, borrow_codes: bool = True) -> Plan:
     """Bob's choice: the code family by frame length, then the code and puncturing that disclose
     f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q).
-    f_start, reveal_step_f and max_reveal_rounds default by family (long: START_LONG, MAX_REVEAL_ROUNDS_LONG;
-    short: F_START, REVEAL_STEP_F, MAX_REVEAL_ROUNDS_SHORT).
+    f_start, reveal_step_f and max_reveal_rounds default by family (long: START_LONG, MAX_REVEAL_ROUNDS_LONG or,
+    below VERY_LOW_QBER and for frames of few codewords below LOW_QBER, LOW_QBER_REVEAL_ROUNDS; short: START_SHORT,
+    MAX_REVEAL_ROUNDS_SHORT).
 
     Long codes: random puncturing costs the min-sum decoder much more than shortening does, and heavy
     shortening of a high-rate code costs too (bench, 2 %: a 5 % punctured rate-0.79 code decodes at f 1.26 where
@@ -285,13 +303,16 @@ def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_
           max_reveal_rounds: int | None, starts: tuple, ensemble: int, max_punctured: float = MAX_PUNCTURED_FRACTION,
           max_shortened: float = 1.0) -> Plan:
     long = n_bits >= LONG_FRAME_BITS
-    start_long = next(((f, step) for q, f, step in starts if qber_estimate <= q), starts[-1][1:])
+    start = next(((f, step) for q, f, step in (starts if long else START_SHORT) if qber_estimate <= q),
+                 (starts if long else START_SHORT)[-1][1:])
     if f_start is None:
-        f_start = start_long[0] if long else F_START
+        f_start = start[0]
     if reveal_step_f is None:
-        reveal_step_f = start_long[1] if long else REVEAL_STEP_F
+        reveal_step_f = start[1]
     if max_reveal_rounds is None:
-        max_reveal_rounds = MAX_REVEAL_ROUNDS_LONG if long else MAX_REVEAL_ROUNDS_SHORT
+        wide = qber_estimate < VERY_LOW_QBER or (qber_estimate < LOW_QBER and n_bits < FEW_CODEWORDS_BITS)
+        max_reveal_rounds = MAX_REVEAL_ROUNDS_SHORT if not long else \
+            LOW_QBER_REVEAL_ROUNDS if wide else MAX_REVEAL_ROUNDS_LONG
     if not 1 <= n_bits <= MAX_BITS:
         raise ValueError(f"LDPC frame of {n_bits} bits: must be 1 to {MAX_BITS}")
     if not 0.0 < qber_estimate < 0.5:
@@ -299,7 +320,8 @@ def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_
     fh = f_start * binary_entropy(qber_estimate)
     reveal_h = max_reveal_rounds * reveal_step_f * binary_entropy(qber_estimate)   # what the rounds may add
     best = None    # long frames: the lifts of Z = 512 and above (the sum-product set's 2048); short ones: Z = 64
-    for info in (c for c in native.codes() if (c.z >= 512 if long else c.z == 64) and c.ensemble == ensemble):
+    for info in (c for c in native.codes() if (c.z >= 512 if long else c.z == 64) and c.ensemble == ensemble
+                 and c.rate <= MAX_PLANNED_RATE):
         n, m = info.n_bits, info.m_bits
         # Most key bits a codeword can carry: m - p = fh K with p >= (what the reveal rounds take) and K + p <= n.
         key_max = min(int(m / (fh + reveal_h)), int((n - m) / (1 - fh)) if fh < 1 else n, n)
