@@ -1,6 +1,6 @@
-"""The early-abort estimate before reconciliation uses what the configured method measures (qkdd.postprocess.efficiency):
-the table's points and interpolation, its agreement with Cascade and LDPC run here, the pipeline settings that pick
-it, and a frame the former fixed f = 1.16 refused that Cascade reconciles into key."""
+"""The early-abort estimate before reconciliation uses what the configured method measures
+(qkdd.postprocess.efficiency): the table's points and interpolation, its agreement with Cascade and LDPC run here, the
+pipeline settings that pick it, and a frame the former fixed f = 1.16 refused that Cascade reconciles into key."""
 import math
 
 import numpy as np

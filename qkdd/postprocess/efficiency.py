@@ -37,7 +37,8 @@ METHODS = tuple(MEASURED)
 
 def measured_efficiency(method: str, n_bits: int, qber: float) -> float:
     """f of `method` on a frame of `n_bits` key bits at this QBER: bilinear in log10(n) and Q between the measured
-    points, held at the grid's edges (shorter frames than 10^4 bits disclose more; they are given the 10^4 figure, and QBERs below 0.5 % the 0.5 % one)."""
+    points, held at the grid's edges (frames shorter than 10^4 bits, which disclose more, are given the 10^4 figure;
+    QBERs below 0.5 % the 0.5 % one)."""
     if method not in MEASURED:
         raise ValueError(f"no measured efficiency for reconciliation method {method!r}: one of {', '.join(METHODS)}")
     if isinstance(n_bits, bool) or not isinstance(n_bits, int) or n_bits < 1:
