@@ -13,6 +13,7 @@ applied between frames, never while the C kernel runs in its worker thread.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -178,7 +179,8 @@ class SimAliceDevice(ListeningEnd, Device):
             self._simulator.attack = controls[0]
         if self._simulator.drift != controls[1]:
             self._simulator.drift = controls[1]
-        frame = await trio.to_thread.run_sync(self._simulator.run, self.frame_slots, self.max_detections)
+        frame = await trio.to_thread.run_sync(functools.partial(self._simulator.run, self.frame_slots,
+                                                                self.max_detections, copy_slots=False))
         return frame, controls
 
     async def _prefetch(self) -> None:
@@ -200,10 +202,11 @@ class SimAliceDevice(ListeningEnd, Device):
 
     def _message(self, frame: Frame, frame_id: int) -> wire.FrameMessage:
         qber = ambient.frame_qber(frame)
-        # Bob's slot column is the simulator's own copy (Simulator.run) and this frame is sent once: number it
-        # from the frame's start in place rather than in a fresh array (8 bytes a detection, 256 MB at 2^25)
+        # Alice's and Bob's slots are one column (Simulator.run(copy_slots=False)), this device owns the frame and
+        # sends it once: number them from the frame's start in place rather than in a fresh array (8 bytes a
+        # detection, 256 MB at 2^25); the frame's own slot numbers are not read after this.
         slots = frame.bob.slot
-        if slots.dtype != np.uint64 or not slots.flags.writeable or np.may_share_memory(slots, frame.alice.slot):
+        if slots.dtype != np.uint64 or not slots.flags.writeable:
             slots = slots.astype(np.uint64)
         np.subtract(slots, np.uint64(frame.first_slot), out=slots)
         return wire.FrameMessage(

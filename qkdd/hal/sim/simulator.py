@@ -69,14 +69,18 @@ class Simulator:
         """Per-slot predictions of the channel model for the current attack and drift."""
         return self._kernel.model()
 
-    def run(self, n_slots: int, max_records: int = 1 << 20) -> Frame:
-        """The next `n_slots` slots, or fewer if `max_records` detections fill the frame first."""
+    def run(self, n_slots: int, max_records: int = 1 << 20, *, copy_slots: bool = True) -> Frame:
+        """The next `n_slots` slots, or fewer if `max_records` detections fill the frame first.
+
+        Alice's and Bob's slot columns are separate arrays; with `copy_slots=False` they are one array (no
+        8-byte-a-detection copy), for a caller that owns the frame and treats them as one column."""
         first = self._kernel.position
         cols, done, pulses = self._kernel.run(int(n_slots), int(max_records))
         slot = cols["slot"]
         alice = AliceRecords(slot=slot, bit=cols["alice_bit"], basis=cols["alice_basis"],
                              intensity=cols["intensity"])
-        bob = BobDetections(slot=slot.copy(), basis=cols["bob_basis"], outcome=cols["bob_outcome"])
+        bob = BobDetections(slot=slot.copy() if copy_slots else slot, basis=cols["bob_basis"],
+                            outcome=cols["bob_outcome"])
         return Frame(protocol=self._params.protocol, first_slot=first, slots=done, alice=alice, bob=bob,
                      pulses_per_class=tuple(int(p) for p in pulses),  # type: ignore[arg-type]
                      monitor_power_w=float(self._kernel.model()["monitor_power_w"]))
