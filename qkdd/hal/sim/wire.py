@@ -146,6 +146,21 @@ def encode_frame(frame: FrameMessage) -> list[bytes | memoryview]:
             _column_bytes(frame.bases, "u1"), _column_bytes(frame.outcomes, "u1")]
 
 
+CHECK_CHUNK = 1 << 18        # slots compared per pass: the mask stays in cache (no frame-sized temporary)
+
+
+def _first_not_increasing(slots: np.ndarray) -> int | None:
+    """The first index i >= 1 with slots[i] <= slots[i - 1], or None if the slots strictly increase."""
+    mask = np.empty(min(max(slots.size - 1, 0), CHECK_CHUNK), bool)
+    for start in range(0, slots.size - 1, CHECK_CHUNK):
+        stop = min(start + CHECK_CHUNK, slots.size - 1)
+        m = mask[:stop - start]
+        np.less_equal(slots[start + 1:stop + 1], slots[start:stop], out=m)
+        if m.any():
+            return start + int(np.argmax(m)) + 1
+    return None
+
+
 class Receiver(FramedReceiver):
     """The BB84/E91 wire's parser (the buffering is qkdd.hal.sim.framing's)."""
 
@@ -234,8 +249,7 @@ class Receiver(FramedReceiver):
         bases = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 8 * n)
         outcomes = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + 9 * n)
         if n:
-            if n > 1 and not bool(np.all(slots[1:] > slots[:-1])):
-                bad = int(np.argmax(slots[1:] <= slots[:-1])) + 1
+            if (bad := _first_not_increasing(slots)) is not None:
                 raise WireError(f"{where}: slots not strictly increasing at detection {bad} "
                                 f"({int(slots[bad - 1])} then {int(slots[bad])})")
             if int(slots[-1]) >= slot_count:
