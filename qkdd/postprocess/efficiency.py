@@ -33,6 +33,7 @@ MEASURED = {
              (1.4542, 1.2633, 1.2055, 1.1893, 1.1542, 1.1918, 1.2010)),
 }
 METHODS = tuple(MEASURED)
+_LOG_FRAME_BITS = tuple(math.log10(n) for n in FRAME_BITS)
 
 
 def measured_efficiency(method: str, n_bits: int, qber: float) -> float:
@@ -46,14 +47,13 @@ def measured_efficiency(method: str, n_bits: int, qber: float) -> float:
     if not 0.0 <= qber < 0.5:
         raise ValueError(f"QBER must lie in [0, 0.5), got {qber!r}")
     rows = MEASURED[method]
-    x = [math.log10(n) for n in FRAME_BITS]
-    i, u = _bracket(x, math.log10(n_bits))
+    i, u = _bracket(_LOG_FRAME_BITS, math.log10(n_bits))
     j, v = _bracket(QBERS, qber)
     return ((1 - u) * ((1 - v) * rows[i][j] + v * rows[i][j + 1])
             + u * ((1 - v) * rows[i + 1][j] + v * rows[i + 1][j + 1]))
 
 
-def _bracket(points: tuple | list, value: float) -> tuple[int, float]:
+def _bracket(points: tuple, value: float) -> tuple[int, float]:
     """The index of the interval of `points` (ascending) holding `value`, and the fraction into it (clamped)."""
     k = min(max(bisect.bisect_right(points, value) - 1, 0), len(points) - 2)
     fraction = (value - points[k]) / (points[k + 1] - points[k])

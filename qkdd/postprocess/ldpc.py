@@ -303,16 +303,17 @@ def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_
           max_reveal_rounds: int | None, starts: tuple, ensemble: int, max_punctured: float = MAX_PUNCTURED_FRACTION,
           max_shortened: float = 1.0) -> Plan:
     long = n_bits >= LONG_FRAME_BITS
-    start = next(((f, step) for q, f, step in (starts if long else START_SHORT) if qber_estimate <= q),
-                 (starts if long else START_SHORT)[-1][1:])
+    table = starts if long else START_SHORT
+    start = next(((f, step) for q, f, step in table if qber_estimate <= q), table[-1][1:])
     if f_start is None:
         f_start = start[0]
     if reveal_step_f is None:
         reveal_step_f = start[1]
-    if max_reveal_rounds is None:
+    if max_reveal_rounds is None and not long:
+        max_reveal_rounds = MAX_REVEAL_ROUNDS_SHORT
+    elif max_reveal_rounds is None:
         wide = qber_estimate < VERY_LOW_QBER or (qber_estimate < LOW_QBER and n_bits < FEW_CODEWORDS_BITS)
-        max_reveal_rounds = MAX_REVEAL_ROUNDS_SHORT if not long else \
-            LOW_QBER_REVEAL_ROUNDS if wide else MAX_REVEAL_ROUNDS_LONG
+        max_reveal_rounds = LOW_QBER_REVEAL_ROUNDS if wide else MAX_REVEAL_ROUNDS_LONG
     if not 1 <= n_bits <= MAX_BITS:
         raise ValueError(f"LDPC frame of {n_bits} bits: must be 1 to {MAX_BITS}")
     if not 0.0 < qber_estimate < 0.5:
