@@ -96,6 +96,15 @@ def test_status_links_and_keys_as_json_when_piped(pair):
     assert links["links"][0]["driver"] == "sim"
 
 
+def test_link_metrics_count_the_simulated_devices_cpu_apart_from_the_frame_stages(pair):
+    wait_for_keys(pair)
+    for role in ("alice", "bob"):
+        cpu = pair.metrics(role)["cpu_s"]
+        process_s = pair.process_figures(role)["cpu_s_process"]
+        assert cpu["device"] > 0 and cpu["sifting"] > 0 and cpu["amplification"] > 0, (role, cpu)
+        assert sum(cpu.values()) <= process_s, (role, cpu, process_s)      # nothing counted twice
+
+
 def test_tables_on_a_terminal(pair):
     wait_for_keys(pair)
     status, drawn = qkdctl_on_tty("status", *target(pair))

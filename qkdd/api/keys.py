@@ -130,7 +130,7 @@ def register(router: Router, app: App) -> None:
                               "keys_generated": status.totals["keys"],
                               "key_bits_generated": status.totals["secret_bits"],
                               "sifted_bits_total": status.totals["sifted_bits"], "keys_stored": counts,
-                              "cpu_s": {stage: round(seconds, 3) for stage, seconds in status.cpu_s.items()}})
+                              "cpu_s": _cpu_by_stage(status.cpu_s, engine.device.cpu_s)})
 
     async def link_qber(request: Request) -> Response:
         engine = engine_of(request.path_params["link_id"])
@@ -163,6 +163,14 @@ def register(router: Router, app: App) -> None:
     router.route("GET", "/v1/links/{link_id}/metrics", link_metrics, access=reader_access(api))
     router.route("GET", "/v1/links/{link_id}/qber", link_qber, access=reader_access(api))
     router.route("POST", "/v1/links/{link_id}/calibrate", calibrate, access=admin_access(api))
+
+
+def _cpu_by_stage(stages: dict[str, float], device_s: float) -> dict[str, float]:
+    """The link's thread CPU seconds by frame stage, and its device driver's own ("device") where it has any."""
+    cpu = {stage: round(seconds, 3) for stage, seconds in stages.items()}
+    if device_s > 0:
+        cpu["device"] = round(device_s, 3)
+    return cpu
 
 
 async def _counts(engine) -> dict[str, int]:

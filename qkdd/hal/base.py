@@ -124,9 +124,15 @@ class Device(abc.ABC):
     """One QKD device end (seed: QKDDevice). Methods are async: drivers do I/O."""
 
     yields_raw_frames: bool = True
+    # Thread CPU seconds the driver's own work took in worker threads since start: a simulated device's
+    # physics and checks (the link reports it as cpu_s["device"], apart from post-processing).
+    cpu_s: float = 0.0
     # the driver logs its faults itself, once per episode (qkdd.fault_episodes); the link's health watch
     # then only records them in the link's state. Otherwise the health watch logs them, also once per episode.
     reports_own_faults: bool = False
+
+    def count_cpu(self, seconds: float) -> None:
+        self.cpu_s += seconds
 
     @abc.abstractmethod
     async def init(self) -> None:

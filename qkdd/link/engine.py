@@ -26,7 +26,6 @@ frame, neither of which waits for the peer: the waiting cannot close a cycle bet
 from __future__ import annotations
 
 import logging
-import time
 
 import trio
 
@@ -43,6 +42,7 @@ from qkdd.link.status import LinkStatus
 from qkdd.link.store_guard import StoreGuard
 from qkdd.link_channel import INVENTORY_CHANNEL, PIPELINE_CHANNEL, LinkChannel
 from qkdd.peer import MuxStream
+from qkdd.thread_cpu import run_sync_counted
 from qkdd.peer.mux import BoundedQueue
 
 log = logging.getLogger("qkdd.link")
@@ -246,14 +246,7 @@ class LinkEngine:
     async def _compute(self, pipeline: FramePipeline, step, *args) -> list:
         """One step of a frame in a worker thread; its thread CPU time counts towards the step's stage."""
         stage = STAGES.get((self.role, pipeline.state), "other")
-
-        def timed():
-            started_s = time.thread_time()
-            try:
-                return step(*args)
-            finally:
-                self.status.add_cpu(stage, time.thread_time() - started_s)    # a float add: atomic under the GIL
-        return await trio.to_thread.run_sync(timed)
+        return await run_sync_counted(lambda seconds: self.status.add_cpu(stage, seconds), step, *args)
 
     async def _execute(self, pipeline: FramePipeline, actions, stream: MuxStream) -> None:
         for action in actions:

@@ -31,6 +31,7 @@ from qkdd.hal.sim.records import Frame
 from qkdd.hal.sim.simulator import Simulator
 from qkdd.hal.sim.stream import ConnectionLost, read_message
 from qkdd.protocols.bb84_finite import DecoySettings
+from qkdd.thread_cpu import run_sync_counted
 
 log = logging.getLogger("qkdd.hal.sim")
 
@@ -149,7 +150,7 @@ class SimAliceDevice(ListeningEnd, Device):
                 self._next_frame_id += 1
                 self._calibration_seq = controls[2]
                 await trio.sleep_until(self._pacer.frame_done_s(frame.slots, trio.current_time()))
-                message = await trio.to_thread.run_sync(self._message, frame, frame_id)    # numpy on the frame
+                message = await run_sync_counted(self.count_cpu, self._message, frame, frame_id)    # numpy on the frame
                 try:
                     async with trio.open_nursery() as nursery:
                         if self.prefetch:
@@ -167,7 +168,7 @@ class SimAliceDevice(ListeningEnd, Device):
                 raw = self._account(frame, frame_id, message)
                 simulated = [frame]         # the simulator's own columns (Bob's side), freed off the loop
                 del frame, message
-                await trio.to_thread.run_sync(simulated.clear)
+                await run_sync_counted(self.count_cpu, simulated.clear)
                 return raw
 
     def _controls(self) -> tuple[Attack, Drift, int]:
@@ -179,7 +180,7 @@ class SimAliceDevice(ListeningEnd, Device):
             self._simulator.attack = controls[0]
         if self._simulator.drift != controls[1]:
             self._simulator.drift = controls[1]
-        frame = await trio.to_thread.run_sync(functools.partial(self._simulator.run, self.frame_slots,
+        frame = await run_sync_counted(self.count_cpu, functools.partial(self._simulator.run, self.frame_slots,
                                                                 self.max_detections, copy_slots=False))
         return frame, controls
 

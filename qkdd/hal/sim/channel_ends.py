@@ -161,7 +161,8 @@ class DialingEnd(HeldConnection):
             stream = await self._connection()
             try:
                 message = await read_message(stream, self._receiver, idle_timeout_s=self.idle_timeout_s,
-                                             message_timeout_s=self.message_timeout_s)   # FRAME, by the table
+                                             message_timeout_s=self.message_timeout_s,   # FRAME, by the table
+                                             on_cpu=self.count_cpu)
                 await self._send_ack(stream, message.frame_id)
             except (ConnectionLost, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.warning("sim: quantum channel to Alice's device lost", extra={"reason": str(exc)})

@@ -21,6 +21,7 @@ from qkdd.hal.sim.cv_channel import CvChannel, CvChannelSettings
 from qkdd.hal.sim.pacing import Pacer
 from qkdd.hal.sim.stream import ConnectionLost, read_message
 from qkdd.peer.backoff import Backoff
+from qkdd.thread_cpu import run_sync_counted
 
 log = logging.getLogger("qkdd.hal.sim")
 
@@ -58,7 +59,7 @@ class CvAliceDevice(ListeningEnd, Device):
         async with self._lock:
             while True:
                 stream = await self._connection()
-                frame, calibration = await trio.to_thread.run_sync(self._generate)
+                frame, calibration = await run_sync_counted(self.count_cpu, self._generate)
                 frame_id = self._next_frame_id
                 self._next_frame_id += 1
                 await trio.sleep_until(self._pacer.frame_done_s(self.symbols_per_frame, trio.current_time()))

@@ -28,7 +28,6 @@ import dataclasses
 import math
 
 import numpy as np
-import trio
 
 from qkdd.hal.base import AliceRecords, BobDetections, DeviceError, RawFrame
 from qkdd.hal.sim import records, wire
@@ -38,6 +37,7 @@ from qkdd.hal.sim.pair_model import dead_slots, pair_rates, singles_live_probabi
 from qkdd.hal.sim.params import Attack, SimParams
 from qkdd.hal.sim.records import E91_ANGLES_DEG, Frame
 from qkdd.protocols.bb84_finite import DecoySettings
+from qkdd.thread_cpu import run_sync_counted
 
 E91_ATTACKS = ("none", "intercept-resend")
 SIDES = ("alice", "bob")
@@ -130,7 +130,7 @@ class PairSourceDevice(SimAliceDevice):
         controls = self._controls()
         if self._simulator.drift != controls[1]:
             self._simulator.drift = controls[1]
-        frame = await trio.to_thread.run_sync(self._run_frame, controls[0])
+        frame = await run_sync_counted(self.count_cpu, self._run_frame, controls[0])
         return frame, controls
 
     def _run_frame(self, attack: Attack) -> Frame:

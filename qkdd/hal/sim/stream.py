@@ -2,9 +2,12 @@
 devices use: how long the line may stay idle between messages, and how long one message may take."""
 from __future__ import annotations
 
+from typing import Callable
+
 import trio
 
 from qkdd.hal.sim import wire
+from qkdd.thread_cpu import run_sync_counted
 
 RECEIVE_BYTES = 1 << 16
 THREAD_PARSE_BYTES = 1 << 20     # a message body this large is checked and copied out in a worker thread
@@ -15,7 +18,8 @@ class ConnectionLost(Exception):
 
 
 async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle_timeout_s: float,
-                       message_timeout_s: float) -> wire.Message:
+                       message_timeout_s: float, on_cpu: Callable[[float], None] = lambda seconds: None
+                       ) -> wire.Message:
     """The next message: its first byte within idle_timeout_s, the rest within message_timeout_s.
 
     A connection that ends or idles between messages is ConnectionLost (reconnect quietly); one that ends
@@ -23,7 +27,7 @@ async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle
     (a frame of detections) is checked in a worker thread, so the event loop never waits for it."""
     started = receiver.bytes_buffered() > 0
     with trio.move_on_after(message_timeout_s if started else idle_timeout_s) as scope:
-        while (message := await _next_message(receiver)) is None:
+        while (message := await _next_message(receiver, on_cpu)) is None:
             data = await stream.receive_some(max(RECEIVE_BYTES, min(receiver.bytes_wanted(), 1 << 20)))
             if not data:
                 if started:
@@ -41,7 +45,7 @@ async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle
     raise ConnectionLost(f"no message for {idle_timeout_s:g} s")
 
 
-async def _next_message(receiver: wire.Receiver) -> wire.Message | None:
+async def _next_message(receiver: wire.Receiver, on_cpu: Callable[[float], None]) -> wire.Message | None:
     if receiver.ready_body_bytes() >= THREAD_PARSE_BYTES:
-        return await trio.to_thread.run_sync(receiver.next_message)
+        return await run_sync_counted(on_cpu, receiver.next_message)
     return receiver.next_message()
