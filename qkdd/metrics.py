@@ -236,10 +236,11 @@ class LinkMetrics:
     link_id: str
     protocol: str
 
-    def key_stored(self, key_bits: int) -> None:
+    def keys_stored(self, count: int, key_bits: int) -> None:
+        """`count` keys of `key_bits` bits each stored (one frame's: one call, not one per key)."""
         m = self.metrics
-        m.keys_generated.labels(self.link_id, self.protocol).inc()
-        m.key_bytes_generated.labels(self.link_id).inc(key_bits / 8)
+        m.keys_generated.labels(self.link_id, self.protocol).inc(count)
+        m.key_bytes_generated.labels(self.link_id).inc(count * key_bits / 8)
 
     def rates(self, *, raw_bps: float, secure_bps: float) -> None:
         self.metrics.raw_key_rate_bps.labels(self.link_id).set(raw_bps)

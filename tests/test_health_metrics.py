@@ -94,16 +94,16 @@ def test_watchers_wake_on_change_only():
 def test_link_metrics_report_under_the_seed_names():
     metrics = Metrics()
     link = metrics.link("hk-lk-1", "bb84", kms=True)
-    link.key_stored(256)
-    link.key_stored(256)
+    link.keys_stored(1, 256)
+    link.keys_stored(30_000, 256)              # a frame's keys in one call
     link.channel(qber=0.023, loss_db=10.5)
     link.qber_alarm("critical")
     link.kms_push(ok=False, latency_s=0.2)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(metrics.exposition().decode())
                for s in family.samples if s.name.startswith("qkd_")}
-    assert samples[("qkd_keys_generated_total", (("link_id", "hk-lk-1"), ("protocol", "bb84")))] == 2
-    assert samples[("qkd_key_generated_bytes_total", (("link_id", "hk-lk-1"),))] == 64
+    assert samples[("qkd_keys_generated_total", (("link_id", "hk-lk-1"), ("protocol", "bb84")))] == 30_001
+    assert samples[("qkd_key_generated_bytes_total", (("link_id", "hk-lk-1"),))] == 30_001 * 32
     assert samples[("qkd_qber", (("link_id", "hk-lk-1"),))] == 0.023
     assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "critical")))] == 1
     assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "warning")))] == 0
@@ -117,7 +117,7 @@ def test_link_metrics_report_under_the_seed_names():
 def test_every_family_with_samples_passes_promtool():
     metrics = Metrics()
     link = metrics.link("sim-1", "cvqkd", kms=True)
-    link.key_stored(4096)
+    link.keys_stored(3, 4096)
     link.rates(raw_bps=1.2e6, secure_bps=2.5e5)
     link.channel(qber=0.031, loss_db=10.0, photon_rate_hz=4.0e5, visibility=0.97)
     link.qber_alarm("warning")

@@ -113,8 +113,8 @@ class LinkStatus:
         self._rate_window.append((now, outcome.secret_bits, outcome.sifted_bits))
         if self.metrics is None:
             return
-        for _ in range(outcome.keys):
-            self.metrics.key_stored(self.key_bits)
+        if outcome.keys:
+            self.metrics.keys_stored(outcome.keys, self.key_bits)
         secure_bps, raw_bps = self._rates_at(now)
         self.metrics.rates(raw_bps=raw_bps, secure_bps=secure_bps)
         if qber is not None:
