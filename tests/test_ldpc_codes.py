@@ -163,9 +163,18 @@ def test_a_frame_with_a_noisier_tail_still_reconciles():
     assert bob.corrected_bits == errors
 
 
-@pytest.mark.parametrize("n, codewords", [(10, 3), (12, 3), (100_003, 25), (7, 7), (5, 1)])
+@pytest.mark.parametrize("n, codewords", [(10, 3), (12, 3), (100_003, 25), (7, 7), (5, 1), (0, 4), (3, 8),
+                                         (64 * 64 * 3 + 5, 64), (200_000, 700), (130, 129)])
 def test_interleave_deals_the_frame_round_robin_and_back(n, codewords):
-    bits = np.arange(n)
+    bits = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)      # bytes: any value, not only 0/1
     ordered = ldpc.interleave(bits, codewords)
-    assert np.array_equal(ordered, np.concatenate([np.arange(j, n, codewords) for j in range(codewords)]))
+    assert np.array_equal(ordered, np.concatenate([bits[j::codewords] for j in range(codewords)]))
     assert np.array_equal(ldpc.deinterleave(ordered, codewords), bits)
+
+
+def test_deal_refuses_what_it_cannot_deal():
+    from qkdd.bindings import bits as native_bits
+    with pytest.raises(ValueError, match="rows must be >= 1"):
+        native_bits.deal(np.zeros(4, np.uint8), 0)
+    with pytest.raises(ValueError, match="1-D uint8"):
+        native_bits.undeal(np.zeros(4, np.int64), 2)

@@ -34,6 +34,11 @@ int64_t qkd_bits_popcount_range(const uint64_t *words, size_t nwords, size_t sta
 int qkd_bits_parity_range(const uint64_t *words, size_t nwords, size_t start, size_t stop);
 int qkd_bits_gather(const uint64_t *words, size_t nwords, size_t nbits,
                     const uint64_t *index, size_t nindex, uint64_t *out, size_t out_words);
+/* Deal n bytes round robin to k rows, written one row after the other: row j holds in[j], in[j + k],
+ * in[j + 2k], ... (rows j < n % k one byte longer). qkd_undeal is the inverse. In and out must not
+ * overlap; k >= 1 (else QKD_EINVAL). Blocked, so that neither side is walked with a stride of k. */
+int qkd_bytes_deal(const uint8_t *in, size_t n, size_t k, uint8_t *out);
+int qkd_bytes_undeal(const uint8_t *in, size_t n, size_t k, uint8_t *out);
 /* cffi:end */
 
 /* Inline helpers for other kernels (not exported to Python). */

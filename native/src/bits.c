@@ -162,3 +162,43 @@ int qkd_bits_gather(const uint64_t *words, size_t nwords, size_t nbits,
         out[i >> 6] |= (uint64_t)qkd_bit_get(words, (size_t)index[i]) << (i & 63);
     return QKD_OK;
 }
+
+/* Rows of the deal: row j starts at j * base + min(j, extra) and holds base + (j < extra) bytes. Tiles of
+ * DEAL_TILE rows by DEAL_TILE positions keep both the strided side and the row side within a few cache
+ * lines per step. */
+#define DEAL_TILE 64
+
+static int deal_blocked(const uint8_t *in, size_t n, size_t k, uint8_t *out, int undeal)
+{
+    if (k == 0)
+        return QKD_EINVAL;
+    size_t base = n / k, extra = n % k, positions = base + (extra > 0);
+    for (size_t t0 = 0; t0 < positions; t0 += DEAL_TILE) {
+        size_t t1 = t0 + DEAL_TILE < positions ? t0 + DEAL_TILE : positions;
+        for (size_t j0 = 0; j0 < k; j0 += DEAL_TILE) {
+            size_t j1 = j0 + DEAL_TILE < k ? j0 + DEAL_TILE : k;
+            for (size_t j = j0; j < j1; j++) {
+                size_t row = j * base + (j < extra ? j : extra);
+                size_t len = base + (j < extra);
+                size_t stop = t1 < len ? t1 : len;
+                if (undeal)
+                    for (size_t t = t0; t < stop; t++)
+                        out[t * k + j] = in[row + t];
+                else
+                    for (size_t t = t0; t < stop; t++)
+                        out[row + t] = in[t * k + j];
+            }
+        }
+    }
+    return QKD_OK;
+}
+
+int qkd_bytes_deal(const uint8_t *in, size_t n, size_t k, uint8_t *out)
+{
+    return deal_blocked(in, n, k, out, 0);
+}
+
+int qkd_bytes_undeal(const uint8_t *in, size_t n, size_t k, uint8_t *out)
+{
+    return deal_blocked(in, n, k, out, 1);
+}

@@ -73,10 +73,39 @@ static void test_xor_and_gather(void)
     CHECK_EQ(qkd_bits_gather(src, 2, 128, index, 4, out, 1), QKD_ERANGE);
 }
 
+/* The deal against its definition (row j is in[j], in[j + k], ...), across tile edges, and back. */
+static void test_deal_and_undeal(void)
+{
+    static const size_t cases[][2] = {{0, 3}, {5, 1}, {7, 7}, {3, 8}, {130, 129}, {64 * 64 * 3 + 5, 64}, {100003, 25},
+                                      {200000, 700}};
+    uint64_t state = 7;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        size_t n = cases[c][0], k = cases[c][1];
+        uint8_t *in = malloc(n + 1), *dealt = malloc(n + 1), *back = malloc(n + 1);
+        for (size_t i = 0; i < n; i++)
+            in[i] = (uint8_t)lcg(&state);
+        CHECK_EQ(qkd_bytes_deal(in, n, k, dealt), QKD_OK);
+        size_t at = 0;
+        int same = 1;
+        for (size_t j = 0; j < k; j++)
+            for (size_t i = j; i < n; i += k)
+                same &= dealt[at++] == in[i];
+        CHECK(same && at == n);
+        CHECK_EQ(qkd_bytes_undeal(dealt, n, k, back), QKD_OK);
+        CHECK(n == 0 || memcmp(back, in, n) == 0);
+        free(in);
+        free(dealt);
+        free(back);
+    }
+    uint8_t one = 0;
+    CHECK_EQ(qkd_bytes_deal(&one, 1, 0, &one), QKD_EINVAL);
+}
+
 int main(void)
 {
     test_pack_unpack_roundtrip();
     test_ranges_against_reference();
     test_xor_and_gather();
+    test_deal_and_undeal();
     return check_report("test_bits");
 }

@@ -85,3 +85,24 @@ def cpu_features() -> set[str]:
     names = {"popcnt": lib.QKD_CPU_POPCNT, "avx2": lib.QKD_CPU_AVX2, "avx512f": lib.QKD_CPU_AVX512F,
              "pclmul": lib.QKD_CPU_PCLMUL, "vpclmul": lib.QKD_CPU_VPCLMUL, "bmi2": lib.QKD_CPU_BMI2}
     return {name for name, bit in names.items() if flags & bit}
+
+
+def deal(values: np.ndarray, rows: int) -> np.ndarray:
+    """A uint8 vector dealt round robin to `rows` rows, laid out row after row: row j is values[j::rows]."""
+    return _deal(lib.qkd_bytes_deal, values, rows)
+
+
+def undeal(dealt: np.ndarray, rows: int) -> np.ndarray:
+    """The inverse of deal: the vector back in its order."""
+    return _deal(lib.qkd_bytes_undeal, dealt, rows)
+
+
+def _deal(kernel, values: np.ndarray, rows: int) -> np.ndarray:
+    if values.ndim != 1 or values.dtype != np.uint8:
+        raise ValueError("deal: a 1-D uint8 array is needed")
+    if rows < 1:
+        raise ValueError(f"deal: rows must be >= 1, got {rows}")
+    values = np.ascontiguousarray(values)
+    out = np.empty(values.size, dtype=np.uint8)
+    check(kernel(ptr("uint8_t *", values), values.size, rows, wptr("uint8_t *", out)), "deal")
+    return out
