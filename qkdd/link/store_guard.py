@@ -37,7 +37,6 @@ probe that finds what the guard already knows changes nothing and logs nothing.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -47,6 +46,7 @@ from qkdd.keystore import KeyStore, KeyStoreError
 from qkdd.keystore.capacity import Fill
 from qkdd.keystore.model import StoreFull, StoreWriteError
 from qkdd.link.pipeline import Action, Commit, Discard, FramePipeline, StorePending
+from qkdd.thread_cpu import run_sync_counted
 
 log = logging.getLogger("qkdd.link")
 
@@ -187,7 +187,7 @@ class StoreGuard:
         """Carry out a frame's store action. None when done; else the actions to run in place of the rest
         of the frame's step (the store refused: see FramePipeline.store_refused)."""
         try:
-            fill = await trio.to_thread.run_sync(self._timed_write, action)
+            fill = await run_sync_counted(self._count_cpu, self._write, action)
         except (StoreFull, StoreWriteError) as fault:
             if isinstance(fault, StoreWriteError):
                 self.disk_full = fault.disk_full
@@ -207,13 +207,9 @@ class StoreGuard:
         return None
 
     # -- worker-thread side -------------------------------------------------------------------------
-    def _timed_write(self, action: Action) -> Fill | None:
-        started_s = time.thread_time()
-        try:
-            return self._write(action)
-        finally:
-            if self.on_cpu is not None:
-                self.on_cpu("store", time.thread_time() - started_s)
+    def _count_cpu(self, seconds: float) -> None:
+        if self.on_cpu is not None:
+            self.on_cpu("store", seconds)
 
     def _write(self, action: Action) -> Fill | None:
         if isinstance(action, StorePending):
