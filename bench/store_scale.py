@@ -22,7 +22,9 @@ wall time of one call (of --reps), the figure that must not grow with N:
 and, not per request but per stored key (an inventory is O(N) by nature): inventory_us_per_key (the
 store's inventory read) and plan_us_per_key (plan_resync of two equal inventories), next to
 summary_us_per_key (the frame summaries a resynchronisation reads instead, then lists key by key only the
-frames they leave open: none between two equal stores), with fill_s the time to build the store. Key material
+frames they leave open: none between two equal stores), with fill_s the time to build the store. And
+resync_unchanged_ms: this end's whole store work in the resynchronisation of a restart, when both ends
+remember each other as they are (only the frames changed since are summarised: resync_unchanged_frames). Key material
 is random; nothing of it is printed.
 """
 from __future__ import annotations
@@ -35,7 +37,8 @@ import tempfile
 import time
 
 from qkdd.keystore import KeyStore
-from qkdd.keystore.resync import TOMBSTONE_GRACE_S, frames_to_list, plan_resync
+from qkdd.keystore.resync import (STORE_ID_BYTES, TOMBSTONE_GRACE_S, ResyncPoint, frames_to_list, plan_resync,
+                                  resync_scope)
 from qkdd.link.linkmsg import KEY_ID_SEED_BYTES, derive_key_ids
 
 LINK = "a-b"
@@ -135,6 +138,25 @@ def measure(directory: str, keys: int, reps: int) -> dict:
     summaries = store.frame_summaries(LINK)
     result["summary_us_per_key"] = round((time.perf_counter() - started) * 1e6 / len(inventory), 3)
     assert frames_to_list(summaries, dict(summaries)) == [f for f, s in summaries.items() if s.pending]
+
+    # A resynchronisation between stores that each remember the other as it is (a restart): this end's part,
+    # as qkdd.link.inventory does it, with the peer's point made to match. A first one, over every frame,
+    # sets the points.
+    peer_id = os.urandom(STORE_ID_BYTES)
+    store.apply_resync(LINK, [], [], [], peer=ResyncPoint(peer_id, 0, bytes(STORE_ID_BYTES), 0), scope=None)
+    scopes = []
+
+    def unchanged_resync():
+        point = store.resync_point(LINK)
+        peer = ResyncPoint(peer_id, point.peer_generation, point.store_id, point.generation)
+        scope = resync_scope(point, peer)
+        scopes.append(len(scope))
+        summaries = store.frame_summaries(LINK, scope)
+        local = store.inventory(LINK, frames_to_list(summaries, dict(summaries)))
+        plan = plan_resync(local, dict(local))
+        store.apply_resync(LINK, plan.promote, plan.discard, plan.expire, peer=peer, scope=scope)
+    result["resync_unchanged_ms"] = _median_ms(unchanged_resync, reps)
+    result["resync_unchanged_frames"] = max(scopes)
 
     # Housekeeping: the 1 % pass their expiry one frame (1000 keys) per sweep, as a daemon sweeping every
     # few seconds finds only what expired since the last sweep.
