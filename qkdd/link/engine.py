@@ -42,8 +42,8 @@ from qkdd.link.status import LinkStatus
 from qkdd.link.store_guard import StoreGuard
 from qkdd.link_channel import INVENTORY_CHANNEL, PIPELINE_CHANNEL, LinkChannel
 from qkdd.peer import MuxStream
-from qkdd.thread_cpu import run_sync_counted
 from qkdd.peer.mux import BoundedQueue
+from qkdd.thread_cpu import run_sync_counted
 
 log = logging.getLogger("qkdd.link")
 

@@ -180,8 +180,8 @@ class SimAliceDevice(ListeningEnd, Device):
             self._simulator.attack = controls[0]
         if self._simulator.drift != controls[1]:
             self._simulator.drift = controls[1]
-        frame = await run_sync_counted(self.count_cpu, functools.partial(self._simulator.run, self.frame_slots,
-                                                                self.max_detections, copy_slots=False))
+        run = functools.partial(self._simulator.run, self.frame_slots, self.max_detections, copy_slots=False)
+        frame = await run_sync_counted(self.count_cpu, run)
         return frame, controls
 
     async def _prefetch(self) -> None:
