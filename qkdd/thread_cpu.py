@@ -11,11 +11,18 @@ T = TypeVar("T")
 
 
 async def run_sync_counted(on_cpu: Callable[[float], None], fn: Callable[..., T], *args) -> T:
-    """`fn(*args)` in a worker thread; `on_cpu(seconds)` in that thread once it returns or raises."""
+    """`fn(*args)` in a worker thread, then `on_cpu(seconds)` with the thread CPU it took, whether it returned
+    or raised. The callback runs on the event loop's thread, so callers' sums need no lock."""
+    spent_s = 0.0
+
     def counted() -> T:
+        nonlocal spent_s
         started_s = time.thread_time()
         try:
             return fn(*args)
         finally:
-            on_cpu(time.thread_time() - started_s)      # callers add a float: atomic under the GIL
-    return await trio.to_thread.run_sync(counted)
+            spent_s = time.thread_time() - started_s
+    try:
+        return await trio.to_thread.run_sync(counted)
+    finally:
+        on_cpu(spent_s)

@@ -1,4 +1,6 @@
-"""Work in a trio worker thread reports the thread CPU it took (qkdd/thread_cpu.py), also when it raises."""
+"""Work in a trio worker thread reports the thread CPU it took (qkdd/thread_cpu.py), also when it raises,
+to a callback on the event loop's thread."""
+import threading
 import time
 
 import pytest
@@ -15,12 +17,14 @@ def _burn(seconds: float) -> str:
 
 
 def test_the_worker_threads_cpu_reaches_the_callback_and_the_result_the_caller():
-    counted: list[float] = []
+    counted: list[tuple[float, threading.Thread]] = []
 
     async def main():
-        return await run_sync_counted(counted.append, _burn, 0.05)
+        return await run_sync_counted(lambda s: counted.append((s, threading.current_thread())), _burn, 0.05)
     assert trio.run(main) == "done"
-    assert len(counted) == 1 and 0.05 <= counted[0] < 1.0
+    (seconds, thread), = counted
+    assert 0.05 <= seconds < 1.0
+    assert thread is threading.main_thread()          # the loop's thread: sums there need no lock
 
 
 def test_a_step_that_raises_is_counted_too():

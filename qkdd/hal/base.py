@@ -132,7 +132,7 @@ class Device(abc.ABC):
     reports_own_faults: bool = False
 
     def count_cpu(self, seconds: float) -> None:
-        """Add one worker-thread call's CPU seconds to cpu_s (called in that thread: a float add)."""
+        """Add one worker-thread call's CPU seconds to cpu_s (qkdd.thread_cpu calls it on the event loop)."""
         self.cpu_s += seconds
 
     @abc.abstractmethod
