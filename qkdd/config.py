@@ -51,7 +51,7 @@ Role = Literal["alice", "bob"]
 Driver = Literal["sim", "etsi014", "serial", "sdk", "idq", "toshiba", "qlabs"]
 Protocol = Literal["bb84", "e91", "cvqkd"]
 Reconciliation = Literal["cascade", "ldpc"]
-LdpcDecoder = Literal["min-sum", "sum-product"]     # qkdd.postprocess.ldpc.DECODERS
+LdpcDecoder = Literal["auto", "min-sum", "sum-product"]     # qkdd.postprocess.ldpc.DECODERS
 LogLevel = Literal["debug", "info", "warning", "error"]
 AuthMode = Literal["pq", "its", "both"]
 AUTH_CHUNK_BITS = 128                # the authentication pool's unit (qkdd.auth.pool)
@@ -250,8 +250,9 @@ class LinkConfig:
     # Error correction of BB84 frames: Cascade (interactive) or LDPC (syndromes, few round trips); alike at both ends.
     reconciliation: Reconciliation = "cascade"
     # With "ldpc": Bob's decoder, "min-sum" (faster) or "sum-product" (discloses 0.06-0.09 h(Q) less at 2-8 % QBER
-    # at 65-80 % of the throughput; README); Alice follows whatever code Bob's START names.
-    ldpc_decoder: LdpcDecoder = "min-sum"
+    # at 65-80 % of the throughput; README), or "auto": sum-product for frames above 5.5 % QBER, where it adds most
+    # key, min-sum below (qkdd.postprocess.ldpc.decoder_for); Alice follows whatever code Bob's START names.
+    ldpc_decoder: LdpcDecoder = "auto"
     etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
     serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty
     sdk: SdkConfig | None = None                 # [links.sdk]: a vendor C library implementing qkd_device.h
@@ -274,7 +275,7 @@ class LinkConfig:
     def validate(self, key: str) -> None:
         if self.reconciliation == "ldpc" and self.protocol != "bb84":
             raise ConfigError(f"{key}.reconciliation", f'"ldpc" is for BB84 links, this link runs "{self.protocol}"')
-        if self.ldpc_decoder != "min-sum" and self.reconciliation != "ldpc":
+        if self.ldpc_decoder == "sum-product" and self.reconciliation != "ldpc":
             raise ConfigError(f"{key}.ldpc_decoder", f'only with reconciliation = "ldpc", this link uses '
                                                      f'"{self.reconciliation}"')
         if self.driver == "sdk":

@@ -195,7 +195,7 @@ def test_environment_overrides_win_over_the_file(tmp_path):
         "key_rotation_interval_s": 900.0, "peer_listen": "", "peer_key_file": "", "peer_public_key": "",
         "frames_in_flight": 4, "key_bits": 256, "key_expiry_s": 86400.0, "min_key_rate_bps": 0.0,
         "stall_after_s": 60.0, "sim": None, "reconciliation": "cascade", "etsi014": None, "serial": None, "relay": True,
-        "sdk": None, "ldpc_decoder": "min-sum",
+        "sdk": None, "ldpc_decoder": "auto",
         "auth": "pq", "auth_secret_file": "", "auth_refill_bits": 1024, "auth_pool_max_bits": 1 << 20,
         "chsh_eps": 1e-10}]
 

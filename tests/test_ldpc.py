@@ -345,8 +345,11 @@ def test_plan_takes_the_sum_product_codes_where_they_fit_and_min_sum_elsewhere()
     spa = ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT)
     assert native.code(spa.code).ensemble == native.ENSEMBLE_SUM_PRODUCT
     assert native.code(ldpc.plan(long_n, 0.02, borrow_codes=False).code).ensemble == native.ENSEMBLE_MIN_SUM
-    for n, qber in ((long_n, 0.11), (long_n, 0.01), (9_000, 0.02)):   # no sum-product code there; a short frame
+    for n, qber in ((long_n, 0.2), (long_n, 0.01), (9_000, 0.02)):   # no sum-product code there; a short frame
         assert native.code(ldpc.plan(n, qber, decoder=ldpc.SUM_PRODUCT).code).ensemble == native.ENSEMBLE_MIN_SUM
+    for qber in (0.09, 0.1, 0.11):       # the rate-0.52 and 0.48 codes cover the top of the BB84 range
+        assert native.code(ldpc.plan(long_n, qber, decoder=ldpc.SUM_PRODUCT).code).ensemble == \
+            native.ENSEMBLE_SUM_PRODUCT
     with pytest.raises(ValueError, match="decoder"):
         ldpc.plan(long_n, 0.02, decoder="gallager-b")
     with pytest.raises(ValueError, match="QBER"):
@@ -354,12 +357,13 @@ def test_plan_takes_the_sum_product_codes_where_they_fit_and_min_sum_elsewhere()
 
 
 def test_min_sum_borrows_the_sum_product_codes_only_in_its_listed_qber_ranges():
-    """The default decoder plans from the sum-product set where START_LONG_BORROWED lists the QBER (2-5 %), with that
+    """The min-sum decoder plans from the sum-product set where START_LONG_BORROWED lists the QBER (2-5 %), with that
     entry's first attempt and check rule, and decodes with min-sum; at 1 % and 8 %, for short frames and without
-    borrow_codes it keeps its own codes (the plan before)."""
+    borrow_codes it keeps its own codes (the plan before). Below 5.5 % the default decoder is min-sum."""
     long_n = 1_000_000
     for qber in (0.02, 0.03, 0.05):
         borrowed = ldpc.plan(long_n, qber)
+        assert borrowed == ldpc.plan(long_n, qber, decoder=ldpc.MIN_SUM)
         info = native.code(borrowed.code)
         assert info.ensemble == native.ENSEMBLE_SUM_PRODUCT
         _, _, f_start, step_f, rule = next(e for e in ldpc.START_LONG_BORROWED if e[0] <= qber <= e[1])
@@ -371,10 +375,45 @@ def test_min_sum_borrows_the_sum_product_codes_only_in_its_listed_qber_ranges():
         bob = LdpcBob(rng.integers(0, 2 ** 63, long_n // 64, dtype=np.uint64), long_n, 1, qber)
         assert bob.plan == borrowed and bob._spa_units == 0 and bob._rule == rule      # min-sum, the entry's rule
     for n, qber in ((long_n, 0.01), (long_n, 0.08), (9_000, 0.02), (long_n, 0.06)):
-        assert ldpc.plan(n, qber) == ldpc.plan(n, qber, borrow_codes=False)
-        assert native.code(ldpc.plan(n, qber).code).ensemble == native.ENSEMBLE_MIN_SUM
+        min_sum = ldpc.plan(n, qber, decoder=ldpc.MIN_SUM)
+        assert min_sum == ldpc.plan(n, qber, decoder=ldpc.MIN_SUM, borrow_codes=False)
+        assert native.code(min_sum.code).ensemble == native.ENSEMBLE_MIN_SUM
     assert ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT) == ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT,
                                                                         borrow_codes=False)   # its own choice
+
+
+def test_the_default_decoder_is_sum_product_above_its_qber_and_min_sum_below():
+    """AUTO, the default, names SUM_PRODUCT for frames above AUTO_SUM_PRODUCT_ABOVE (5.5 %, where min-sum borrows
+    no code) and MIN_SUM at and below it; Bob's plan and decoder follow, and the explicit names are kept."""
+    assert ldpc.DEFAULT_DECODER == ldpc.AUTO and ldpc.AUTO_SUM_PRODUCT_ABOVE == 0.055
+    long_n = 1_000_000
+    key = np.zeros(long_n // 64, dtype=np.uint64)
+    for qber, expected in ((0.03, ldpc.MIN_SUM), (0.055, ldpc.MIN_SUM), (0.056, ldpc.SUM_PRODUCT),
+                           (0.08, ldpc.SUM_PRODUCT), (0.11, ldpc.SUM_PRODUCT)):
+        assert ldpc.decoder_for(ldpc.AUTO, qber) == expected
+        assert ldpc.plan(long_n, qber) == ldpc.plan(long_n, qber, decoder=expected)
+        bob = LdpcBob(key.copy(), long_n, 1, qber, seed=SEED)
+        assert bool(bob._spa_units) == (expected == ldpc.SUM_PRODUCT)
+        for explicit in (ldpc.MIN_SUM, ldpc.SUM_PRODUCT):
+            assert ldpc.decoder_for(explicit, qber) == explicit
+    with pytest.raises(ValueError, match="decoder"):
+        ldpc.decoder_for("gallager-b", 0.05)
+
+
+@pytest.mark.parametrize("qber", [0.08, 0.1])
+def test_high_qber_frames_disclose_near_the_goal_with_the_default_decoder(qber):
+    """Above 5.5 % QBER the default decoder is the sum-product pair, and the rate-0.52 and 0.48 codes (BP_CHOSEN
+    mb 46 and 50) cover 9-11 %: two 400 000-bit frames reconcile within 3 round trips, f below 1.15 (bench.reconcile
+    at n = 10^6: 1.10 at 8 and 10 %, where min-sum discloses 1.19-1.20)."""
+    rng = np.random.default_rng(int(qber * 1000))
+    n = 400_000
+    for frame in range(2):
+        alice_key, bob_key = noisy_pair(rng, n, round(qber * n))
+        reference = alice_key.copy()
+        bob, alice, trips = run(alice_key, bob_key, n, qber, frame_id=frame + 1)
+        assert np.array_equal(bob_key, reference) and trips <= 3
+        assert native.code(bob.plan.code).ensemble == native.ENSEMBLE_SUM_PRODUCT and bob._spa_units
+        assert bob.disclosed_bits == alice.disclosed_bits < 1.15 * n * binary_entropy(qber)
 
 
 @pytest.mark.parametrize("n, qber, frames", [(196_608, 0.004, 2), (30_000, 0.005, 3), (100_000, 0.01, 3),

@@ -48,6 +48,7 @@ LLR_UNITS_PER_NAT = 4            # the bindings' scale (qkd_ldpc.h: int8 LLRs)
 LLR_MAX = 127
 SCALE_EIGHTHS, OFFSET = 7, 1     # normalised offset min-sum as the bindings run it (bindings/ldpc.py defaults)
 LIFT_TRIES = 4                   # lifts per code (seeds); the one with the fewest 4-, then 6-cycles is kept
+PEG_TRIES, PEG_SEED_STEP = 16, 100_003   # base graphs per code until the row degrees are concentrated (build)
 OUT = pathlib.Path(__file__).resolve().parents[1] / "src" / "ldpc_codes.c"
 
 # mb -> (n2, nh, dh): node counts of degree-2 and degree-dh columns (the rest degree 3). mb 12-20: the best of
@@ -65,7 +66,7 @@ CHOSEN = {
 # mb 22 1.10, mb 30 1.07, mb 43 1.065; the README has the comparison with min-sum and floating-point BP).
 BP_CHOSEN = {
     15: (12, 24, 14), 18: (15, 23, 14), 22: (18, 22, 14), 26: (22, 20, 14), 30: (26, 18, 14), 36: (30, 16, 16),
-    43: (34, 14, 18),
+    43: (34, 14, 18), 46: (34, 14, 16), 50: (34, 14, 16),
 }
 BP_LIFTS = (512,)
 ENSEMBLE_MIN_SUM, ENSEMBLE_SUM_PRODUCT = 0, 1   # qkd_ldpc.h
@@ -328,8 +329,16 @@ def build(mb: int, counts: tuple[int, int, int], z: int, seed: int,
           ensemble: int = ENSEMBLE_MIN_SUM) -> tuple[list[tuple[int, int, int]], dict]:
     n2, nh, dh = counts
     degrees = [2] * n2 + [3] * (NB - n2 - nh) + [dh] * nh
-    rng = np.random.default_rng(seed)
-    col_rows = peg_base(NB, mb, degrees, rng)
+    # PEG's farthest-row rule can leave the row degrees spread over three values; density evolution assumed two
+    # consecutive ones, so a base graph that misses them is drawn again from the next seed (the first seed kept
+    # every code up to BP_CHOSEN's mb 46)
+    for attempt in range(PEG_TRIES):
+        col_rows = peg_base(NB, mb, degrees, np.random.default_rng(seed + PEG_SEED_STEP * attempt))
+        row_degrees = np.bincount([r for rows in col_rows for r in rows], minlength=mb)
+        if row_degrees.max() - row_degrees.min() <= 1:
+            break
+    else:
+        raise SystemExit(f"mb={mb}: no base graph with concentrated row degrees in {PEG_TRIES} seeds")
     best = None
     for attempt in range(LIFT_TRIES):
         shifts = lift(col_rows, mb, z, np.random.default_rng((seed * 1000 + z) * 16 + attempt))

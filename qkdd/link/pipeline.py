@@ -155,7 +155,7 @@ class PipelineSettings:
     max_cascade_round_trips: int = 3000     # a Cascade that asks more is refused (inconsistent answers)
     key_expiry_s: float = 86400.0           # Alice: her keys' lifetime; Bob: the longest he accepts
     reconciliation: str = "cascade"         # or "ldpc" (qkdd.postprocess.ldpc); both ends alike
-    ldpc_decoder: str = "min-sum"           # Bob's LDPC decoder (qkdd.postprocess.ldpc.DECODERS)
+    ldpc_decoder: str = "auto"              # Bob's LDPC decoder (qkdd.postprocess.ldpc.DECODERS)
     auth: str = "pq"                        # "its"/"both": Wegman-Carter transcript tags (the pool is given)
     auth_refill_bits: int = 1024            # Alice: distilled bits back into the pool per frame, at most ...
     auth_pool_max_bits: int = 1 << 20       # ... up to this many bits in her pool

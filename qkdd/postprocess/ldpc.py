@@ -143,25 +143,33 @@ MAX_ITERATIONS = 80
 BP_STALL_ITERATIONS = 20
 BP_KNOWN_NATS = 30.0              # BP's LLR of a bit both ends know (shortened or revealed)
 # Bob's decoder (LdpcBob(decoder=...)): MIN_SUM, the layered int8 self-corrected min-sum on the codes whose degrees
-# were chosen for it (the default: the faster); SUM_PRODUCT, the layered int8 sum-product decoder of qkd_ldpc.h
+# were chosen for it (the faster); SUM_PRODUCT, the layered int8 sum-product decoder of qkd_ldpc.h
 # (qkd_ldpc_decoder_set_sum_product, SPA_UNITS_PER_NAT) on the codes whose degrees were chosen by density evolution of
 # belief propagation (ensemble ENSEMBLE_SUM_PRODUCT; long frames only, rates listed in native/tools/ldpc_codes.py
-# BP_CHOSEN), falling back to MIN_SUM where no such code fits the frame and QBER. Alice needs no setting: START
-# names the code. Figures side by side in the README.
-MIN_SUM, SUM_PRODUCT = "min-sum", "sum-product"
-DECODERS = (MIN_SUM, SUM_PRODUCT)
-DEFAULT_DECODER = MIN_SUM
+# BP_CHOSEN), falling back to MIN_SUM where no such code fits the frame and QBER; AUTO (the default), one of the two
+# by the frame's QBER estimate (decoder_for). Alice needs no setting: START names the code. Figures side by side in
+# the README.
+MIN_SUM, SUM_PRODUCT, AUTO = "min-sum", "sum-product", "auto"
+DECODERS = (AUTO, MIN_SUM, SUM_PRODUCT)
+DEFAULT_DECODER = AUTO
 SPA_UNITS_PER_NAT = 4             # as min-sum's LLRs (finer units decode worse: the int8 posteriors saturate; README)
 # SUM_PRODUCT's first attempt and reveal step by QBER (up to), as START_LONG: no failed frame in 4-20 at n = 10^6 and
 # the lowest f short of the float sum-product rescue running often (bench, 4 frames each: 8 %, start 1.08 -> f 1.090 at
 # 10 Mbit/CPU-s, 1.10 -> 1.104 at 16; 5 %, 1.10 with steps 0.03 -> 1.108 at 10, 0.04 -> 1.113 at 14, 1.13 -> 1.133 at
 # 18; 3 %, 1.12 -> 1.134; 2 %, 1.12 with 0.04 -> 1.155, 1.13 with 0.03 -> 1.147, 1.15 -> 1.161 and 2 frames lost).
-START_LONG_SPA = ((0.025, 1.15, 0.04), (0.045, 1.12, 0.04), (0.065, 1.10, 0.04), (0.5, 1.09, 0.03))
+# Above 10.5 % (the rate-0.48 code punctured 4 %; 20 frames at 11 %): 1.09 -> f 1.127 with every frame taking both
+# reveal rounds (3.0 round trips, 13 Mbit/CPU-s), 1.11 -> 1.128 (2.1, 17.5), 1.12 with steps 0.04 -> 1.138.
+START_LONG_SPA = ((0.025, 1.15, 0.04), (0.045, 1.12, 0.04), (0.065, 1.10, 0.04), (0.105, 1.09, 0.03), (0.5, 1.11, 0.03))
 # A sum-product code punctured or shortened more than this is too far from its rate: min-sum's codes then (at 1 %
 # QBER the rate-0.84 code punctured 7 % lost every frame).
 SPA_MAX_PUNCTURED_FRACTION = 0.045
 SPA_MIN_QBER = 0.0175             # below, min-sum (1.5 %: the rate-0.84 code punctured 4 % lost 4 frames in 100)
 SPA_MAX_SHORTENED_FRACTION = 0.15
+# ... but for the sum-product decoder a code that would be punctured more is still taken, punctured at the limit, when
+# that discloses at most SPA_MAX_EXTRA_F h(Q) more than the first attempt asked: frames of a few codewords adapt the
+# rate coarsely (a 400 000-bit frame at 8 % QBER needs 9 codewords of the rate-0.55 code, each punctured 5.2 %, and
+# fell back to min-sum's codes at f 1.19; punctured at 4.5 % it starts at 1.11 h(Q) instead of 1.09).
+SPA_MAX_EXTRA_F = 0.05
 # MIN_SUM borrows the sum-product set's codes (decoded by min-sum, its fallbacks as on its own codes) where min-sum
 # discloses less on them than on its own codes: by QBER (from, up to), the first attempt, the reveal step and the
 # check rule (scale in eighths, offset). Bench, n = 10^6, the same 40 frames through each setting, none lost: 2 %
@@ -171,6 +179,22 @@ SPA_MAX_SHORTENED_FRACTION = 0.15
 # no borrowed code fits (SPA_MAX_*), its own codes, START_LONG and CHECK_RULES.
 START_LONG_BORROWED = ((0.0175, 0.025, 1.19, 0.06, (7, 1)), (0.025, 0.04, 1.15, 0.06, (6, 0)),
                        (0.04, 0.055, 1.15, 0.06, (7, 1)))
+# AUTO (the default decoder) takes SUM_PRODUCT for frames whose QBER estimate lies above AUTO_SUM_PRODUCT_ABOVE, where
+# MIN_SUM borrows no code, and MIN_SUM below. Above it key is what the disclosure costs most: at 8 % QBER the
+# sum-product pair discloses f 1.10 against min-sum's 1.19, 0.037 of every sifted bit, about a fifth of the secret
+# fraction there (1 - 2 h(Q) = 0.20 asymptotically; Shor & Preskill, PRL 85, 441 (2000)), at 20-24 Mbit/CPU-s against
+# 30; below it the gain is a few per cent of the key for a third more decoding CPU (5 %: f 1.114 against 1.154, 18
+# against 24 Mbit/CPU-s; README "LDPC reconciliation").
+AUTO_SUM_PRODUCT_ABOVE = START_LONG_BORROWED[-1][1]
+
+
+def decoder_for(decoder: str, qber_estimate: float) -> str:
+    """The decoder (MIN_SUM or SUM_PRODUCT) that `decoder` names for a frame at this QBER estimate."""
+    if decoder not in DECODERS:
+        raise ValueError(f"LDPC decoder {decoder!r}: must be one of {DECODERS}")
+    if decoder != AUTO:
+        return decoder
+    return SUM_PRODUCT if qber_estimate > AUTO_SUM_PRODUCT_ABOVE else MIN_SUM
 
 
 class MessageType(enum.IntEnum):
@@ -275,11 +299,11 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     fraction plus SHORTENED_WEIGHT times the shortened fraction. Short codes: the fewest codewords with enough
     punctured bits for the rounds.
 
+    decoder AUTO: SUM_PRODUCT or MIN_SUM by the QBER estimate (decoder_for).
     decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first; where none fits, as MIN_SUM.
     decoder MIN_SUM with borrow_codes: that ensemble's codes (and START_LONG_BORROWED) in the QBER ranges listed
     there, where one fits; otherwise (and without borrow_codes, the plan before they were borrowed) its own."""
-    if decoder not in DECODERS:
-        raise ValueError(f"LDPC decoder {decoder!r}: must be one of {DECODERS}")
+    decoder = decoder_for(decoder, qber_estimate)
     starts = None
     if decoder == SUM_PRODUCT and qber_estimate >= SPA_MIN_QBER:
         starts = START_LONG_SPA
@@ -288,7 +312,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     if starts is not None and n_bits >= LONG_FRAME_BITS:
         try:
             return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, starts,
-                         native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION)
+                         native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION,
+                         SPA_MAX_EXTRA_F if decoder == SUM_PRODUCT else 0.0)
         except ValueError:
             if not 0.0 < qber_estimate < 0.5:
                 raise
@@ -302,7 +327,10 @@ def _borrowed(qber_estimate: float) -> tuple | None:
 
 def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_f: float | None,
           max_reveal_rounds: int | None, starts: tuple, ensemble: int, max_punctured: float = MAX_PUNCTURED_FRACTION,
-          max_shortened: float = 1.0) -> Plan:
+          max_shortened: float = 1.0, max_extra_f: float = 0.0) -> Plan:
+    """plan() within one code set. A code whose puncturing would exceed max_punctured is passed over, or with
+    max_extra_f > 0 punctured at the limit where that adds at most max_extra_f h(Q) to the first attempt (codes
+    needing no such addition first, then the least added)."""
     long = n_bits >= LONG_FRAME_BITS
     table = starts if long else START_SHORT
     start = next(((f, step) for q, f, step in table if qber_estimate <= q), table[-1][1:])
@@ -336,15 +364,21 @@ def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_
             if key_bits + punctured <= n:
                 break
             codewords += 1
-        if punctured > max_punctured * n or n - key_bits - punctured > max_shortened * n:
-            continue    # the code's rate is too far above (or below) the target
+        extra = 0
+        if punctured > max_punctured * n:
+            extra = punctured - math.floor(max_punctured * n)   # syndrome bits disclosed beyond f_start h(Q)
+            if extra > max_extra_f * binary_entropy(qber_estimate) * key_bits:
+                continue    # the code's rate is too far above the target
+            punctured -= extra
+        if n - key_bits - punctured > max_shortened * n:
+            continue    # ... or below it
         step = max(1, math.ceil(reveal_step_f * binary_entropy(qber_estimate) * key_bits))
         rounds = min(max_reveal_rounds, punctured // step)
         cost = (punctured + SHORTENED_WEIGHT * (n - key_bits - punctured)) / n
-        # enough punctured bits for the reveal rounds first, then (long) the least cost or (short) the most key
-        # bits per codeword
+        # enough punctured bits for the reveal rounds first, then the least added disclosure, then (long) the least
+        # cost or (short) the most key bits per codeword
         fit = (-cost,) if long else (key_bits / n, rounds)
-        score = (rounds >= min(MIN_REVEAL_ROUNDS, max_reveal_rounds), *fit)
+        score = (rounds >= min(MIN_REVEAL_ROUNDS, max_reveal_rounds), -extra / key_bits, *fit)
         if best is None or score > best[0]:
             best = (score, info, punctured, codewords, step, rounds)
     if best is None:
@@ -478,13 +512,14 @@ class LdpcBob(_End):
                  max_reveal_rounds: int | None = None, max_iterations: int = MAX_ITERATIONS,
                  sum_product: bool = True, decoder: str = DEFAULT_DECODER, borrow_codes: bool = True):
         """`sum_product`: decode a codeword every min-sum rule fails after the last reveal round with the
-        sum-product decoder before giving the frame up (BP_* above). `decoder`: MIN_SUM or SUM_PRODUCT (above).
+        sum-product decoder before giving the frame up (BP_* above). `decoder`: AUTO, MIN_SUM or SUM_PRODUCT (above).
         `borrow_codes`: whether MIN_SUM may plan from the sum-product set's codes (plan)."""
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
             raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
         super().__init__(frame_id, n_bits)
         q = min(max(qber_estimate, 1e-4), 0.45)
+        decoder = decoder_for(decoder, q)
         self.plan = plan(n_bits, q, f_start, reveal_step_f, max_reveal_rounds, decoder, borrow_codes)
         # the fixed-point sum-product decoder on the codes chosen for it (plan may have fallen back to min-sum's; the
         # min-sum decoder may have borrowed them)
