@@ -199,13 +199,17 @@ class KeyStore(SavepointTransactions):
         if not all(materials):
             raise KeyStoreError(f"key {key_ids[materials.index(b'')]}: empty key material")
         bits = [len(material) * 8 for material in materials]
-        nonce_bytes = os.urandom(_NONCE_BYTES * len(keys))       # each key's own random nonce, drawn in one call
+        # Nonce and sealed material as bytearray: sqlite3 binds an exact bytearray (like int, float, str) at once, and
+        # a bytes object only after looking for an adapter, 0.3 us a parameter (0.6 of put_pending's 7 us a key)
+        nonce_bytes = bytearray(os.urandom(_NONCE_BYTES * len(keys)))    # each key's own random nonce, in one call
         nonces = [nonce_bytes[start:start + _NONCE_BYTES] for start in range(0, len(nonce_bytes), _NONCE_BYTES)]
         encrypt = self._aead.encrypt
-        sealed = [encrypt(nonce, material, _associated_data(key_id, link_id, key_bits))
+        sealed = [bytearray(encrypt(nonce, material, _associated_data(key_id, link_id, key_bits)))
                   for nonce, material, key_id, key_bits in zip(nonces, materials, key_ids, bits)]
-        rows = list(zip(key_ids, repeat(link_id), repeat(frame_id), bits, repeat(KeyState.PENDING.value), flags,
-                        repeat(created), repeat(expires_at), nonces, sealed, repeat(qber)))
+        # The rows, made one at a time as SQLite takes them (no list of tens of thousands of tuples for the garbage
+        # collector to walk)
+        rows = zip(key_ids, repeat(link_id), repeat(frame_id), bits, repeat(KeyState.PENDING.value), flags,
+                   repeat(created), repeat(expires_at), nonces, sealed, repeat(qber))
         with self._tx() as db:
             if self.capacity.bounded:
                 fill = self._fill(db, link_id)
@@ -220,7 +224,7 @@ class KeyStore(SavepointTransactions):
             own_keys, own_bits, all_bits = sum(flags), sum(compress(bits, flags)), sum(bits)
             _add_held_bits(db, link_id, all_bits)
             _count_keys(db, link_id, KeyState.PENDING, [(1, own_keys, own_bits),
-                                                        (0, len(rows) - own_keys, all_bits - own_bits)])
+                                                        (0, len(key_ids) - own_keys, all_bits - own_bits)])
 
     def commit_frame(self, link_id: str, frame_id: int) -> int:
         """PENDING → AVAILABLE for every key of the frame; returns how many changed (0 when done before)."""
