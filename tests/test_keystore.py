@@ -23,6 +23,7 @@ from qkdd.keystore import (
     kek_from_credentials,
     load_kek,
 )
+from qkdd.keystore import store as store_module
 from qkdd.link.service import open_keystore
 
 LINK = "link-ab"
@@ -369,10 +370,13 @@ def test_keys_come_out_with_the_frame_they_were_stored_from(store):
     assert f"frame_id={2 ** 40 + 3}" in repr(store.deliver(LINK, fourth))
 
 
-def test_a_frame_is_stored_as_key_by_key_sealing_would_store_it(tmp_path, kek):
-    """put_pending's rows: each key under its own nonce, sealed with its id, link and length as associated data,
-    ids as canonical_key_id makes them (upper-case ids in a frame lowered), the frame's columns on every row,
-    and a frame with a bad id or empty material refused whole."""
+@pytest.mark.parametrize("rows_per_insert", [7, 2000])
+def test_a_frame_is_stored_as_key_by_key_sealing_would_store_it(tmp_path, kek, monkeypatch, rows_per_insert):
+    """put_pending's rows, in statements of several rows and one by one: in the keys' order, each key under its own
+    nonce, sealed with its id, link and length as associated data, ids as canonical_key_id makes them (upper-case
+    ids in a frame lowered), the frame's columns on every row; a frame with a bad id, empty material or a key id
+    stored before (in a statement of several rows or in the rest) refused whole."""
+    monkeypatch.setattr(store_module, "_ROWS_PER_INSERT", rows_per_insert)
     path = str(tmp_path / "keys.db")
     store = KeyStore(path, kek, clock=lambda: 1000.0)
     keys = new_keys(40) + [(str(uuid.uuid4()).upper(), os.urandom(16))]
@@ -387,8 +391,10 @@ def test_a_frame_is_stored_as_key_by_key_sealing_would_store_it(tmp_path, kek):
         assert row[10] == 0.03
         ad = f"qkdd-key-v1|{key_id.lower()}|{LINK}|{len(material) * 8}".encode()
         assert aead.decrypt(row[8], row[9], ad) == material
-    for bad in ([("not-a-uuid", b"k")], [(keys[0][0][:35], b"k")], [(str(uuid.uuid4()), b"")]):
+    for bad in ([("not-a-uuid", b"k")], [(keys[0][0][:35], b"k")], [(str(uuid.uuid4()), b"")], [keys[5]]):
         with pytest.raises(KeyStoreError):
-            store.put_pending(LINK, 8, new_keys(3) + bad + new_keys(2), expires_at=5000)
+            store.put_pending(LINK, 8, new_keys(3) + bad + new_keys(20), expires_at=5000)
+        with pytest.raises(KeyStoreError):
+            store.put_pending(LINK, 8, new_keys(20) + bad + new_keys(3), expires_at=5000)
     assert store.counts(LINK)[KeyState.PENDING] == 41
     store.close()
