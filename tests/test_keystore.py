@@ -370,7 +370,7 @@ def test_keys_come_out_with_the_frame_they_were_stored_from(store):
     assert f"frame_id={2 ** 40 + 3}" in repr(store.deliver(LINK, fourth))
 
 
-@pytest.mark.parametrize("rows_per_insert", [7, 2000])
+@pytest.mark.parametrize("rows_per_insert", [(7, 4), (2000, 200, 20)])
 def test_a_frame_is_stored_as_key_by_key_sealing_would_store_it(tmp_path, kek, monkeypatch, rows_per_insert):
     """put_pending's rows, in statements of several rows and one by one: in the keys' order, each key under its own
     nonce, sealed with its id, link and length as associated data, ids as canonical_key_id makes them (upper-case
@@ -396,5 +396,7 @@ def test_a_frame_is_stored_as_key_by_key_sealing_would_store_it(tmp_path, kek, m
             store.put_pending(LINK, 8, new_keys(3) + bad + new_keys(20), expires_at=5000)
         with pytest.raises(KeyStoreError):
             store.put_pending(LINK, 8, new_keys(20) + bad + new_keys(3), expires_at=5000)
+        with pytest.raises(KeyStoreError):
+            store.put_pending(LINK, 8, new_keys(23) + bad, expires_at=5000)
     assert store.counts(LINK)[KeyState.PENDING] == 41
     store.close()

@@ -730,20 +730,24 @@ _KEY_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _KEY_COLUMNS = _KEY_ROW.count("?")
 # Rows in one INSERT statement: a statement per row opens its cursors on the table and its six indexes each time,
 # a third of the SQL cost of storing a key (bench.store_frame's frames: the INSERT 4.6 us a row one by one, 2.9 in
-# statements of 2000; put_pending 5.2 us a key in statements of 500, 4.7 of 2000, 4.8 of 4000). The prepared
-# statement takes 2.6 MB of SQLite's heap while sqlite3 caches it.
-_ROWS_PER_INSERT = 2000
+# statements of 2000; put_pending 5.2 us a key in statements of 500, 4.7 of 2000, 4.8 of 4000). A frame goes in
+# statements of the largest size first, the rest in smaller ones, the last few rows one by one. The prepared
+# statement of 2000 rows takes 2.6 MB of SQLite's heap while sqlite3 caches it, that of 200 rows a tenth.
+_ROWS_PER_INSERT = (2000, 200, 20)
 
 
 def _insert_keys(db: sqlite3.Connection, rows: Iterator[tuple], count: int) -> None:
     """Insert `count` key rows (tuples of _KEY_COLUMNS values, taken from `rows` in order: the rowids keep it),
-    inside the caller's transaction: in statements of _ROWS_PER_INSERT rows (fewer when SQLite binds fewer
-    parameters to a statement), the rest one by one."""
-    per_statement = max(1, min(_ROWS_PER_INSERT, db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _KEY_COLUMNS))
-    if count >= per_statement:
-        many = _INSERT_KEYS + ", ".join([_KEY_ROW] * per_statement)
-        for _ in range(count // per_statement):
-            db.execute(many, tuple(chain.from_iterable(islice(rows, per_statement))))
+    inside the caller's transaction, in statements of _ROWS_PER_INSERT rows (fewer when SQLite binds fewer
+    parameters to a statement)."""
+    most = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _KEY_COLUMNS
+    for per_statement in _ROWS_PER_INSERT:
+        per_statement = min(per_statement, most)
+        if per_statement > 1 and count >= per_statement:
+            many = _INSERT_KEYS + ", ".join([_KEY_ROW] * per_statement)
+            for _ in range(count // per_statement):
+                db.execute(many, tuple(chain.from_iterable(islice(rows, per_statement))))
+            count %= per_statement
     db.executemany(_INSERT_KEYS + _KEY_ROW, rows)
 
 
