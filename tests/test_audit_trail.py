@@ -214,3 +214,22 @@ def test_an_etsi014_key_handed_to_the_slave_sae_is_recorded_with_the_sae(tmp_pat
     assert len(to_sae) == 1 and sorted(k for k, _ in to_sae[0]["keys"]) == sorted(ids)
     assert all(bits == 256 for _, bits in to_sae[0]["keys"])
     assert verify_file(str(tmp_path / "audit.log"), identity.public_key()).intact
+
+
+def test_records_are_canonical_json_whatever_form_the_keys_come_in(tmp_path):
+    """A record's line is the canonical JSON of its fields (hash included) and its hash record_hash(): key lists as
+    tuples from the store, as a generator, or with ids and lengths to convert, encode alike."""
+    trail = AuditTrail(str(tmp_path / "audit.log"), clock=lambda: 12.5)
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    trail.event("generated", "a-b", [(key_id, 256) for key_id in ids])
+    trail.event("generated", "a-b", ((key_id, 256) for key_id in ids))
+    trail.event("reserved", "a-b", [[uuid.UUID(key_id), 256.0] for key_id in ids], holder="sae \u00e9")
+    trail.event("delivered", "a-b", [(ids[0], True)], holder="x")
+    trail.close()
+    lines = open(tmp_path / "audit.log", "rb").read().splitlines()
+    records = [json.loads(line) for line in lines]
+    for line, record in zip(lines, records):
+        assert line == json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        assert record["hash"] == record_hash(record)
+    assert records[1]["keys"] == records[2]["keys"] == records[3]["keys"] == [[key_id, 256] for key_id in ids]
+    assert records[4]["keys"] == [[ids[0], 1]]

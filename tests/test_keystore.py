@@ -9,6 +9,7 @@ import time
 import uuid
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qkdd.keystore import (
     KeyAlreadyDelivered,
@@ -22,6 +23,7 @@ from qkdd.keystore import (
     kek_from_credentials,
     load_kek,
 )
+from qkdd.keystore import store as store_module
 from qkdd.link.service import open_keystore
 
 LINK = "link-ab"
@@ -366,3 +368,35 @@ def test_keys_come_out_with_the_frame_they_were_stored_from(store):
     assert [(key.key_id, key.frame_id) for key in store.take_bits(LINK, 256, want_bits=2 * 256)] == [
         (first, 7), (third, 2 ** 40 + 3)]
     assert f"frame_id={2 ** 40 + 3}" in repr(store.deliver(LINK, fourth))
+
+
+@pytest.mark.parametrize("rows_per_insert", [(7, 4), (2000, 200, 20)])
+def test_a_frame_is_stored_as_key_by_key_sealing_would_store_it(tmp_path, kek, monkeypatch, rows_per_insert):
+    """put_pending's rows, in statements of several rows and one by one: in the keys' order, each key under its own
+    nonce, sealed with its id, link and length as associated data, ids as canonical_key_id makes them (upper-case
+    ids in a frame lowered), the frame's columns on every row; a frame with a bad id, empty material or a key id
+    stored before (in a statement of several rows or in the rest) refused whole."""
+    monkeypatch.setattr(store_module, "_ROWS_PER_INSERT", rows_per_insert)
+    path = str(tmp_path / "keys.db")
+    store = KeyStore(path, kek, clock=lambda: 1000.0)
+    keys = new_keys(40) + [(str(uuid.uuid4()).upper(), os.urandom(16))]
+    store.put_pending(LINK, 7, keys, expires_at=5000, allocatable=[i % 3 == 0 for i in range(41)], qber=0.03)
+    rows = store._db.execute("SELECT key_id, link_id, frame_id, bits, state, allocatable, created_at, expires_at, "
+                             "nonce, sealed, qber FROM keys ORDER BY rowid").fetchall()
+    aead = AESGCM(kek)
+    assert [row[0] for row in rows] == [key_id.lower() for key_id, _ in keys]
+    assert len({row[8] for row in rows}) == 41 and all(len(row[8]) == 12 for row in rows)
+    for i, ((key_id, material), row) in enumerate(zip(keys, rows)):
+        assert row[1:8] == (LINK, 7, len(material) * 8, "pending", int(i % 3 == 0), 1000.0, 5000.0)
+        assert row[10] == 0.03
+        ad = f"qkdd-key-v1|{key_id.lower()}|{LINK}|{len(material) * 8}".encode()
+        assert aead.decrypt(row[8], row[9], ad) == material
+    for bad in ([("not-a-uuid", b"k")], [(keys[0][0][:35], b"k")], [(str(uuid.uuid4()), b"")], [keys[5]]):
+        with pytest.raises(KeyStoreError):
+            store.put_pending(LINK, 8, new_keys(3) + bad + new_keys(20), expires_at=5000)
+        with pytest.raises(KeyStoreError):
+            store.put_pending(LINK, 8, new_keys(20) + bad + new_keys(3), expires_at=5000)
+        with pytest.raises(KeyStoreError):
+            store.put_pending(LINK, 8, new_keys(23) + bad, expires_at=5000)
+    assert store.counts(LINK)[KeyState.PENDING] == 41
+    store.close()

@@ -41,7 +41,18 @@ DEFAULT_SIGN_EVERY = 256
 
 
 def canonical(record: dict) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _json(record).encode()
+
+
+def _json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _canonical_with(record: dict, encoded: dict[str, str]) -> bytes:
+    """canonical(record), byte for byte, with the values of the fields named in `encoded` given already encoded
+    (a record's `keys` may list tens of thousands of keys: encoded once for its hash and its line)."""
+    return ("{" + ",".join(f"{_json(name)}:{encoded[name] if name in encoded else _json(record[name])}"
+                           for name in sorted(record)) + "}").encode()
 
 
 def record_hash(record: dict) -> str:
@@ -95,7 +106,10 @@ class AuditTrail:
         """Append one record: `keys` are (key_id, bits) pairs, never material."""
         if event not in EVENTS:
             raise ValueError(f"unknown audit event {event!r}")
-        body = {"event": event, "link_id": link_id, "keys": [[str(k), int(b)] for k, b in keys]}
+        keys = keys if isinstance(keys, (list, tuple)) else list(keys)
+        if not all(type(key_id) is str and type(bits) is int for key_id, bits in keys):
+            keys = [[str(key_id), int(bits)] for key_id, bits in keys]     # as JSON encodes them: ["id",bits]
+        body = {"event": event, "link_id": link_id, "keys": keys}
         if holder is not None:
             body["holder"] = holder
         if detail:
@@ -134,6 +148,8 @@ class AuditTrail:
 
     def _append(self, body: dict) -> None:
         record = {"seq": self._seq, "time": round(self._clock(), 6), "prev": self._prev, **body}
-        record["hash"] = record_hash(record)
-        self._file.write(canonical(record) + b"\n")
+        encoded = {"keys": _json(record["keys"])}
+        # record_hash(record), with the keys encoded once
+        record["hash"] = hashlib.sha256(bytes.fromhex(record["prev"]) + _canonical_with(record, encoded)).hexdigest()
+        self._file.write(_canonical_with(record, encoded) + b"\n")
         self._seq, self._prev = self._seq + 1, record["hash"]

@@ -14,7 +14,10 @@ from __future__ import annotations
 import enum
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 
 class KeyState(enum.Enum):
@@ -86,6 +89,12 @@ class IllegalTransition(KeyStoreError):
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# canonical_key_ids(): each byte's class (0 none of these, 1 lowercase hex digit, 2 '-', 3 '\n'), and the class each
+# of the 37 columns of "<canonical UUID>\n" must have.
+_BYTE_CLASS = np.zeros(256, dtype=np.uint8)
+_BYTE_CLASS[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = 1
+_BYTE_CLASS[ord("-")], _BYTE_CLASS[ord("\n")] = 2, 3
+_ID_LINE_CLASSES = _BYTE_CLASS[np.frombuffer(b"00000000-0000-0000-0000-000000000000\n", dtype=np.uint8)]
 
 
 def canonical_key_id(key_id: str) -> str:
@@ -100,6 +109,21 @@ def canonical_key_id(key_id: str) -> str:
     if str(parsed) != key_id.lower():
         raise KeyStoreError(f"key id {key_id!r:.60} is not in canonical UUID form")
     return str(parsed)
+
+
+def canonical_key_ids(key_ids: Sequence[str]) -> list[str]:
+    """canonical_key_id() of each of `key_ids`, checked for the usual case (all already canonical: a frame's
+    ids as the link derives them) in a few array operations over the ids joined by newlines instead of a
+    match per id: every 37-byte line a lowercase UUID and its newline pins each id to exactly its 36 bytes."""
+    try:
+        text = ("\n".join(key_ids) + "\n").encode("ascii")
+    except (TypeError, UnicodeEncodeError):
+        text = b""
+    if len(text) == 37 * len(key_ids) and key_ids:
+        lines = np.frombuffer(text, dtype=np.uint8).reshape(len(key_ids), 37)
+        if np.array_equal(_BYTE_CLASS[lines], np.broadcast_to(_ID_LINE_CLASSES, lines.shape)):
+            return list(key_ids)
+    return [canonical_key_id(key_id) for key_id in key_ids]
 
 
 @dataclass(frozen=True)

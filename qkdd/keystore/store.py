@@ -27,7 +27,8 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain, compress, islice, repeat
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,6 +47,7 @@ from qkdd.keystore.model import (
     StoreFull,
     StoreWriteError,
     canonical_key_id,
+    canonical_key_ids,
 )
 from qkdd.keystore.resync import STORE_ID_BYTES, TOMBSTONE_GRACE_S, FrameSummary, ResyncPoint
 from qkdd.sqlite_batch import Database, SavepointTransactions, create_schema
@@ -114,15 +116,22 @@ CREATE TABLE IF NOT EXISTS resync_dirty (
 # Inserts are not among them: put_pending, the one statement that inserts keys, counts a frame's keys itself in one
 # statement per share (a trigger's upsert per row cost 20 us a key, two thirds of storing a frame; bench.store_scale).
 # An earlier version's insert trigger is dropped when the store opens (_migrate), which then recounts.
+# Nor does the update trigger count a frame's commit: while the meta row _COUNTED_HERE exists (inside
+# commit_frame's transaction only, which deletes it again) the trigger leaves state_counts alone, and
+# commit_frame counts the frame's keys itself, one query and an upsert per share and state (the trigger's two
+# statements per key were 1 us of a commit's 4; bench.store_frame). A version that never writes that row (an earlier
+# one, after a downgrade) has every change counted by the trigger as before. _migrate replaces a trigger whose text
+# differs from these.
 _DROPPED_TRIGGERS = ("keys_count_insert",)
+_COUNTED_HERE = "counted_by_statement"
 _COUNT_TRIGGERS = (
     """CREATE TRIGGER IF NOT EXISTS keys_count_delete AFTER DELETE ON keys BEGIN
         UPDATE state_counts SET keys = keys - 1, bits = bits - OLD.bits
         WHERE link_id = OLD.link_id AND state = OLD.state AND allocatable = OLD.allocatable;
     END""",
-    """CREATE TRIGGER IF NOT EXISTS keys_count_update AFTER UPDATE OF link_id, state, allocatable, bits ON keys
-    WHEN OLD.link_id IS NOT NEW.link_id OR OLD.state IS NOT NEW.state OR OLD.allocatable IS NOT NEW.allocatable
-         OR OLD.bits IS NOT NEW.bits BEGIN
+    f"""CREATE TRIGGER IF NOT EXISTS keys_count_update AFTER UPDATE OF link_id, state, allocatable, bits ON keys
+    WHEN (OLD.link_id IS NOT NEW.link_id OR OLD.state IS NOT NEW.state OR OLD.allocatable IS NOT NEW.allocatable
+          OR OLD.bits IS NOT NEW.bits) AND NOT EXISTS (SELECT 1 FROM meta WHERE name = '{_COUNTED_HERE}') BEGIN
         UPDATE state_counts SET keys = keys - 1, bits = bits - OLD.bits
         WHERE link_id = OLD.link_id AND state = OLD.state AND allocatable = OLD.allocatable;
         INSERT INTO state_counts VALUES (NEW.link_id, NEW.state, NEW.allocatable, 1, NEW.bits)
@@ -181,42 +190,62 @@ class KeyStore(SavepointTransactions):
         created = self._clock() if created_at is None else created_at
         if not math.isfinite(expires_at):
             raise KeyStoreError(f"link {link_id} frame {frame_id}: expiry time is not a finite number")
-        flags = list(allocatable) if allocatable is not None else [True] * len(keys)
+        flags = [1 if flag else 0 for flag in allocatable] if allocatable is not None else [1] * len(keys)
         if len(flags) != len(keys):
             raise KeyStoreError("allocatable flags and keys differ in number")
-        rows = []
-        nonces = os.urandom(_NONCE_BYTES * len(keys))      # each key's own random nonce, drawn in one call
-        pending = KeyState.PENDING.value
-        for index, ((key_id, material), flag) in enumerate(zip(keys, flags)):
-            key_id = canonical_key_id(key_id)
-            if not material:
-                raise KeyStoreError(f"key {key_id}: empty key material")
-            bits = len(material) * 8
-            nonce = nonces[index * _NONCE_BYTES:(index + 1) * _NONCE_BYTES]
-            sealed = self._aead.encrypt(nonce, bytes(material), _associated_data(key_id, link_id, bits))
-            rows.append((key_id, link_id, frame_id, bits, pending, int(flag), created, expires_at, nonce, sealed, qber))
+        # Column by column, each per-key step one comprehension (a frame holds tens of thousands of keys)
+        key_ids = canonical_key_ids([key_id for key_id, _ in keys])
+        materials = [bytes(material) for _, material in keys]
+        if not all(materials):
+            raise KeyStoreError(f"key {key_ids[materials.index(b'')]}: empty key material")
+        bits = [len(material) * 8 for material in materials]
+        # Nonce and sealed material as bytearray: sqlite3 binds an exact bytearray (like int, float, str) at once, and
+        # a bytes object only after looking for an adapter, 0.3 us a parameter (0.6 of put_pending's 7 us a key)
+        nonce_bytes = bytearray(os.urandom(_NONCE_BYTES * len(keys)))    # each key's own random nonce, in one call
+        nonces = [nonce_bytes[start:start + _NONCE_BYTES] for start in range(0, len(nonce_bytes), _NONCE_BYTES)]
+        encrypt = self._aead.encrypt
+        sealed = [bytearray(encrypt(nonce, material, _associated_data(key_id, link_id, key_bits)))
+                  for nonce, material, key_id, key_bits in zip(nonces, materials, key_ids, bits)]
+        # The rows, made one at a time as SQLite takes them (no list of tens of thousands of tuples for the garbage
+        # collector to walk)
+        rows = zip(key_ids, repeat(link_id), repeat(frame_id), bits, repeat(KeyState.PENDING.value), flags,
+                   repeat(created), repeat(expires_at), nonces, sealed, repeat(qber))
         with self._tx() as db:
             if self.capacity.bounded:
                 fill = self._fill(db, link_id)
                 if fill.full:
                     raise StoreFull(f"key store at capacity: {fill.describe()}", fill)
             try:
-                db.executemany(
-                    "INSERT INTO keys (key_id, link_id, frame_id, bits, state, allocatable, created_at, expires_at,"
-                    " nonce, sealed, qber) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                _insert_keys(db, rows, len(key_ids))
             except sqlite3.IntegrityError:
                 raise KeyStoreError(f"link {link_id} frame {frame_id}: a key id is already stored") from None
-            _add_held_bits(db, link_id, sum(row[3] for row in rows))
-            _count_pending(db, link_id, rows)
+            own_keys, own_bits, all_bits = sum(flags), sum(compress(bits, flags)), sum(bits)
+            _add_held_bits(db, link_id, all_bits)
+            _count_keys(db, link_id, KeyState.PENDING, [(1, own_keys, own_bits),
+                                                        (0, len(key_ids) - own_keys, all_bits - own_bits)])
 
     def commit_frame(self, link_id: str, frame_id: int) -> int:
         """PENDING → AVAILABLE for every key of the frame; returns how many changed (0 when done before)."""
+        audited = self.audit is not None
+        where, params = "WHERE link_id = ? AND frame_id = ? AND state = ?", (link_id, frame_id, KeyState.PENDING.value)
         with self._tx() as db:
-            keys = db.execute("UPDATE keys SET state = ? WHERE link_id = ? AND frame_id = ? AND state = ? "
-                              "RETURNING key_id, bits", (KeyState.AVAILABLE.value, link_id, frame_id,
-                                                         KeyState.PENDING.value)).fetchall()
+            # keys_by_frame: the planner would walk every pending key of the link (keys_allocatable's prefix),
+            # and update an index it walks
+            shares = db.execute("SELECT allocatable, COUNT(*), SUM(bits) FROM keys INDEXED BY keys_by_frame "
+                                f"{where} GROUP BY allocatable", params).fetchall()
+            if not shares:
+                return 0
+            # The statement's changes are counted below, per share, not by the trigger per key (_COUNTED_HERE)
+            db.execute("INSERT INTO meta VALUES (?, 1)", (_COUNTED_HERE,))
+            cursor = db.execute(f"UPDATE keys INDEXED BY keys_by_frame SET state = ? {where}"
+                                + (" RETURNING key_id, bits" if audited else ""), (KeyState.AVAILABLE.value, *params))
+            keys = cursor.fetchall() if audited else []
+            changed = len(keys) if audited else cursor.rowcount
+            db.execute("DELETE FROM meta WHERE name = ?", (_COUNTED_HERE,))
+            _count_keys(db, link_id, KeyState.PENDING, [(share, -n, -bits) for share, n, bits in shares])
+            _count_keys(db, link_id, KeyState.AVAILABLE, shares)
         self._audit("generated", link_id, keys)
-        return len(keys)
+        return changed
 
     def discard_frame(self, link_id: str, frame_id: int) -> int:
         """Delete a frame's PENDING keys (the other end never stored them); returns how many."""
@@ -607,9 +636,15 @@ class KeyStore(SavepointTransactions):
         if had_keys and "qber" not in {row[1] for row in db.execute("PRAGMA table_info(keys)")}:
             db.execute("ALTER TABLE keys ADD COLUMN qber REAL")
         create_schema(db, _SCHEMA)
+        if db.execute("SELECT 1 FROM meta WHERE name = ?", (_COUNTED_HERE,)).fetchone():
+            db.execute("DELETE FROM meta WHERE name = ?", (_COUNTED_HERE,))     # never committed; counts checked below
         for trigger in _DROPPED_TRIGGERS:
             db.execute(f"DROP TRIGGER IF EXISTS {trigger}")
         for trigger in _COUNT_TRIGGERS:
+            name = trigger.split()[5]          # CREATE TRIGGER IF NOT EXISTS <name>
+            stored = db.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", (name,)).fetchone()
+            if stored is not None and stored[0] != trigger.replace(" IF NOT EXISTS", "", 1):
+                db.execute(f"DROP TRIGGER {name}")          # an earlier version's: the counts are checked below
             db.execute(trigger)
         by_state = db.execute("SELECT link_id, state, allocatable, COUNT(*), SUM(bits) FROM keys "
                               "GROUP BY link_id, state, allocatable").fetchall()
@@ -689,15 +724,41 @@ def _add_held_bits(db: sqlite3.Connection, link_id: str, bits: int) -> None:
                    "key_bits = key_bits + excluded.key_bits", (link_id, bits))
 
 
-def _count_pending(db: sqlite3.Connection, link_id: str, rows: list[tuple]) -> None:
-    """Add a frame's new PENDING keys to state_counts, one statement per share, inside the caller's transaction
-    (rows as put_pending inserts them: bits at 3, allocatable at 5)."""
-    for allocatable in (0, 1):
-        share = [row[3] for row in rows if row[5] == allocatable]
-        if share:
+_INSERT_KEYS = ("INSERT INTO keys (key_id, link_id, frame_id, bits, state, allocatable, created_at, expires_at, nonce,"
+                " sealed, qber) VALUES ")
+_KEY_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_KEY_COLUMNS = _KEY_ROW.count("?")
+# Rows in one INSERT statement: a statement per row opens its cursors on the table and its six indexes each time,
+# a third of the SQL cost of storing a key (bench.store_frame's frames: the INSERT 4.6 us a row one by one, 2.9 in
+# statements of 2000; put_pending 5.2 us a key in statements of 500, 4.7 of 2000, 4.8 of 4000). A frame goes in
+# statements of the largest size first, the rest in smaller ones, the last few rows one by one. The prepared
+# statement of 2000 rows takes 2.6 MB of SQLite's heap while sqlite3 caches it, that of 200 rows a tenth.
+_ROWS_PER_INSERT = (2000, 200, 20)
+
+
+def _insert_keys(db: sqlite3.Connection, rows: Iterator[tuple], count: int) -> None:
+    """Insert `count` key rows (tuples of _KEY_COLUMNS values, taken from `rows` in order: the rowids keep it),
+    inside the caller's transaction, in statements of _ROWS_PER_INSERT rows (fewer when SQLite binds fewer
+    parameters to a statement)."""
+    most = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // _KEY_COLUMNS
+    for per_statement in _ROWS_PER_INSERT:
+        per_statement = min(per_statement, most)
+        if per_statement > 1 and count >= per_statement:
+            many = _INSERT_KEYS + ", ".join([_KEY_ROW] * per_statement)
+            for _ in range(count // per_statement):
+                db.execute(many, tuple(chain.from_iterable(islice(rows, per_statement))))
+            count %= per_statement
+    db.executemany(_INSERT_KEYS + _KEY_ROW, rows)
+
+
+def _count_keys(db: sqlite3.Connection, link_id: str, state: KeyState, shares: Iterable[tuple[int, int, int]]) -> None:
+    """Add to the link's state_counts of `state` the (allocatable, keys, bits) of each share (negative: taken away),
+    one statement per share, inside the caller's transaction."""
+    for allocatable, keys, bits in shares:
+        if keys:
             db.execute("INSERT INTO state_counts VALUES (?, ?, ?, ?, ?) ON CONFLICT (link_id, state, allocatable) "
                        "DO UPDATE SET keys = keys + excluded.keys, bits = bits + excluded.bits",
-                       (link_id, KeyState.PENDING.value, allocatable, len(share), sum(share)))
+                       (link_id, state.value, allocatable, keys, bits))
 
 
 def _free_bytes(path: str) -> int:
