@@ -170,6 +170,14 @@ SPA_MAX_SHORTENED_FRACTION = 0.15
 # rate coarsely (a 400 000-bit frame at 8 % QBER needs 9 codewords of the rate-0.55 code, each punctured 5.2 %, and
 # fell back to min-sum's codes at f 1.19; punctured at 4.5 % it starts at 1.11 h(Q) instead of 1.09).
 SPA_MAX_EXTRA_F = 0.05
+# Where no Z = 512 code of the set fits even so, the sum-product decoder's plan takes the set's Z = SPA_SMALL_LIFT
+# lifts (n = 12 288) from SPA_SMALL_LIFT_MIN_QBER up, first attempt and reveal step from START_SMALL_LIFT_SPA: a frame
+# of 10^5 bits then splits into eight or nine codewords rather than two to four. Their thresholds spread wider (per
+# codeword at 6-9 %: median f 1.09, all of 32 within 1.18), so they start higher with wider steps (bench, 60-100
+# frames of 10^5-4*10^5 bits: the Z = 512 starts lost 1-12 frames at 8-10 %) and serve only above 5.5 % QBER, where a
+# codeword holds 600 errors or more (at 2 % 63 frames of 10^5 bits in 100 were lost).
+SPA_SMALL_LIFT, SPA_SMALL_LIFT_MIN_QBER = 128, 0.055
+START_SMALL_LIFT_SPA = ((0.5, 1.13, 0.05),)
 # MIN_SUM borrows the sum-product set's codes (decoded by min-sum, its fallbacks as on its own codes) where min-sum
 # discloses less on them than on its own codes: by QBER (from, up to), the first attempt, the reveal step and the
 # check rule (scale in eighths, offset). Bench, n = 10^6, the same 40 frames through each setting, none lost: 2 %
@@ -317,6 +325,13 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
         except ValueError:
             if not 0.0 < qber_estimate < 0.5:
                 raise
+        if decoder == SUM_PRODUCT and qber_estimate >= SPA_SMALL_LIFT_MIN_QBER:
+            try:
+                return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, START_SMALL_LIFT_SPA,
+                             native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION,
+                             SPA_MAX_EXTRA_F, lift=SPA_SMALL_LIFT)
+            except ValueError:
+                pass
     return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, START_LONG, native.ENSEMBLE_MIN_SUM)
 
 
@@ -327,10 +342,11 @@ def _borrowed(qber_estimate: float) -> tuple | None:
 
 def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_f: float | None,
           max_reveal_rounds: int | None, starts: tuple, ensemble: int, max_punctured: float = MAX_PUNCTURED_FRACTION,
-          max_shortened: float = 1.0, max_extra_f: float = 0.0) -> Plan:
+          max_shortened: float = 1.0, max_extra_f: float = 0.0, lift: int | None = None) -> Plan:
     """plan() within one code set. A code whose puncturing would exceed max_punctured is passed over, or with
     max_extra_f > 0 punctured at the limit where that adds at most max_extra_f h(Q) to the first attempt (codes
-    needing no such addition first, then the least added)."""
+    needing no such addition first, then the least added). `lift`: only that Z (default: Z >= 512 for long frames,
+    64 for short ones)."""
     long = n_bits >= LONG_FRAME_BITS
     table = starts if long else START_SHORT
     start = next(((f, step) for q, f, step in table if qber_estimate <= q), table[-1][1:])
@@ -349,9 +365,9 @@ def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_
         raise ValueError(f"QBER estimate {qber_estimate!r} must lie in (0, 0.5)")
     fh = f_start * binary_entropy(qber_estimate)
     reveal_h = max_reveal_rounds * reveal_step_f * binary_entropy(qber_estimate)   # what the rounds may add
-    best = None    # long frames: the lifts of Z = 512 and above (the sum-product set's 2048); short ones: Z = 64
-    for info in (c for c in native.codes() if (c.z >= 512 if long else c.z == 64) and c.ensemble == ensemble
-                 and c.rate <= MAX_PLANNED_RATE):
+    best = None
+    lifts = (lambda z: z == lift) if lift else (lambda z: z >= 512) if long else (lambda z: z == 64)
+    for info in (c for c in native.codes() if lifts(c.z) and c.ensemble == ensemble and c.rate <= MAX_PLANNED_RATE):
         n, m = info.n_bits, info.m_bits
         # Most key bits a codeword can carry: m - p = fh K with p >= (what the reveal rounds take) and K + p <= n.
         key_max = min(int(m / (fh + reveal_h)), int((n - m) / (1 - fh)) if fh < 1 else n, n)
