@@ -165,13 +165,19 @@ int qkd_bits_gather(const uint64_t *words, size_t nwords, size_t nbits,
 
 /* Rows of the deal: row j starts at j * base + min(j, extra) and holds base + (j < extra) bytes. Tiles of
  * DEAL_TILE rows by DEAL_TILE positions keep both the strided side and the row side within a few cache
- * lines per step. */
+ * lines per step. The frame side is bytes, or bits of packed words (qkd_bits_deal, qkd_bits_undeal). */
 #define DEAL_TILE 64
 
-static int deal_blocked(const uint8_t *in, size_t n, size_t k, uint8_t *out, int undeal)
+enum deal_mode { DEAL_BYTES, UNDEAL_BYTES, DEAL_BITS, UNDEAL_BITS };
+
+static int deal_blocked(const void *in, size_t n, size_t k, void *out, enum deal_mode mode)
 {
     if (k == 0)
         return QKD_EINVAL;
+    const uint8_t *in_bytes = in;
+    const uint64_t *in_words = in;
+    uint8_t *out_bytes = out;
+    uint64_t *out_words = out;
     size_t base = n / k, extra = n % k, positions = base + (extra > 0);
     for (size_t t0 = 0; t0 < positions; t0 += DEAL_TILE) {
         size_t t1 = t0 + DEAL_TILE < positions ? t0 + DEAL_TILE : positions;
@@ -181,12 +187,26 @@ static int deal_blocked(const uint8_t *in, size_t n, size_t k, uint8_t *out, int
                 size_t row = j * base + (j < extra ? j : extra);
                 size_t len = base + (j < extra);
                 size_t stop = t1 < len ? t1 : len;
-                if (undeal)
+                switch (mode) {
+                case DEAL_BYTES:
                     for (size_t t = t0; t < stop; t++)
-                        out[t * k + j] = in[row + t];
-                else
+                        out_bytes[row + t] = in_bytes[t * k + j];
+                    break;
+                case UNDEAL_BYTES:
                     for (size_t t = t0; t < stop; t++)
-                        out[row + t] = in[t * k + j];
+                        out_bytes[t * k + j] = in_bytes[row + t];
+                    break;
+                case DEAL_BITS:
+                    for (size_t t = t0; t < stop; t++)
+                        out_bytes[row + t] = (uint8_t)qkd_bit_get(in_words, t * k + j);
+                    break;
+                case UNDEAL_BITS:
+                    for (size_t t = t0; t < stop; t++) {
+                        size_t i = t * k + j;
+                        out_words[i >> 6] |= (uint64_t)(in_bytes[row + t] & 1u) << (i & 63);
+                    }
+                    break;
+                }
             }
         }
     }
@@ -195,10 +215,29 @@ static int deal_blocked(const uint8_t *in, size_t n, size_t k, uint8_t *out, int
 
 int qkd_bytes_deal(const uint8_t *in, size_t n, size_t k, uint8_t *out)
 {
-    return deal_blocked(in, n, k, out, 0);
+    return deal_blocked(in, n, k, out, DEAL_BYTES);
 }
 
 int qkd_bytes_undeal(const uint8_t *in, size_t n, size_t k, uint8_t *out)
 {
-    return deal_blocked(in, n, k, out, 1);
+    return deal_blocked(in, n, k, out, UNDEAL_BYTES);
+}
+
+int qkd_bits_deal(const uint64_t *words, size_t nwords, size_t n, size_t k, uint8_t *out, size_t out_len)
+{
+    if (qkd_words_for_bits(n) > nwords)
+        return QKD_ERANGE;
+    if (out_len < n)
+        return QKD_ENOMEM;
+    return deal_blocked(words, n, k, out, DEAL_BITS);
+}
+
+int qkd_bits_undeal(const uint8_t *in, size_t n, size_t k, uint64_t *out, size_t out_words)
+{
+    if (k == 0)
+        return QKD_EINVAL;
+    if (qkd_words_for_bits(n) > out_words)
+        return QKD_ENOMEM;
+    memset(out, 0, out_words * sizeof(uint64_t));
+    return deal_blocked(in, n, k, out, UNDEAL_BITS);
 }
