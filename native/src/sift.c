@@ -193,6 +193,37 @@ static int find_bad_state(const uint8_t *states, size_t n_slots, unsigned n_clas
     return QKD_EINVAL;
 }
 
+/* Blocks of PACK_BLOCK slots: the loop without a branch per slot (the compiler vectorises it), the
+ * block's largest value, basis and class checked after it. */
+#define PACK_BLOCK 4096
+
+int qkd_sift_pack_states(const uint8_t *value, const uint8_t *basis, const uint8_t *intensity_class, size_t n,
+                         unsigned n_classes, uint8_t *out, size_t out_len, size_t *bad_index)
+{
+    if (n_classes == 0 || n_classes > QKD_SIFT_MAX_CLASSES)
+        return QKD_EINVAL;
+    if (out_len < n)
+        return QKD_ENOMEM;
+    for (size_t b0 = 0; b0 < n; b0 += PACK_BLOCK) {
+        size_t b1 = n - b0 < PACK_BLOCK ? n : b0 + PACK_BLOCK;
+        uint8_t bits = 0, top = 0;
+        for (size_t i = b0; i < b1; i++) {
+            uint8_t v = value[i], b = basis[i], c = intensity_class[i];
+            bits |= (uint8_t)(v | b);
+            top = c > top ? c : top;
+            out[i] = (uint8_t)(v | (uint8_t)(b << 1) | (uint8_t)(c << QKD_SIFT_STATE_CLASS_SHIFT));
+        }
+        if (bits > 1 || top >= n_classes) {
+            for (size_t i = b0; i < b1; i++)
+                if (value[i] > 1 || basis[i] > 1 || intensity_class[i] >= n_classes) {
+                    set_bad(bad_index, i);
+                    return QKD_EINVAL;
+                }
+        }
+    }
+    return QKD_OK;
+}
+
 int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
                          size_t counts_len, size_t *bad_index, uint32_t features)
 {

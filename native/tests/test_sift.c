@@ -159,8 +159,41 @@ static int run(uint32_t features)
     return 0;
 }
 
+/* State bytes packed in one pass equal value | basis << 1 | class << 2; the first bad slot is named. */
+static void test_pack_states(void)
+{
+    enum { N = 10007 };
+    static uint8_t value[N], basis[N], cls[N], out[N];
+    for (size_t i = 0; i < N; i++) {
+        uint64_t r = next_u64();
+        value[i] = (uint8_t)(r & 1);
+        basis[i] = (uint8_t)(r >> 1 & 1);
+        cls[i] = (uint8_t)((r >> 8) % N_CLASSES);
+    }
+    size_t bad = 0;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_OK);
+    int same = 1;
+    for (size_t i = 0; i < N; i++)
+        same &= out[i] == (uint8_t)(value[i] | basis[i] << 1 | cls[i] << QKD_SIFT_STATE_CLASS_SHIFT);
+    CHECK(same);
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N - 1, &bad), QKD_ENOMEM);
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, 0, out, N, &bad), QKD_EINVAL);
+    value[9000] = 2;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_EINVAL);
+    CHECK_EQ(bad, 9000);
+    value[9000] = 1;
+    basis[5000] = 7;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_EINVAL);
+    CHECK_EQ(bad, 5000);
+    basis[5000] = 0;
+    cls[N - 1] = N_CLASSES;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_EINVAL);
+    CHECK_EQ(bad, N - 1);
+}
+
 int main(void)
 {
+    test_pack_states();
     run(0);
     rng_state = 777;
     run(qkd_cpu_features());

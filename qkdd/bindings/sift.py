@@ -48,6 +48,27 @@ def check_slots(slots: np.ndarray, n_slots: int) -> None:
     check(code, "check slots")
 
 
+def pack_states(value: np.ndarray, basis: np.ndarray, intensity_class: np.ndarray, n_classes: int) -> np.ndarray:
+    """Alice's state bytes (value | basis << 1 | class << 2) from three uint8 columns of one length, in one pass.
+    NativeBufferError names the first slot whose value or basis is above 1 or whose class is >= n_classes (the
+    rule broken, never the value)."""
+    for array, name in ((value, "value"), (basis, "basis"), (intensity_class, "intensity_class")):
+        _u8(array, name)
+    if not value.size == basis.size == intensity_class.size:
+        raise ValueError("value, basis and intensity class must have one length")
+    _classes_ok(n_classes)
+    out = np.empty(value.size, dtype=np.uint8)
+    bad = ffi.new("size_t *")
+    code = lib.qkd_sift_pack_states(ptr("uint8_t *", value), ptr("uint8_t *", basis), ptr("uint8_t *", intensity_class),
+                                    value.size, n_classes, wptr("uint8_t *", out), out.size, bad)
+    if code == lib.QKD_EINVAL:
+        i = bad[0]
+        what = "class" if intensity_class[i] >= n_classes else "value or basis"
+        raise NativeBufferError(f"slot {i}: {what} out of range")
+    check(code, "pack states")
+    return out
+
+
 def sent_counts(states: np.ndarray, n_classes: int, *, portable: bool = False) -> np.ndarray:
     """Pulses sent per [class, basis] (Alice's basis), shape (n_classes, 2), uint64."""
     _u8(states, "states")
