@@ -142,3 +142,28 @@ def test_ldpc_rows_built_one_at_a_time_equal_the_plain_layout_and_the_key_comes_
     assert np.array_equal(bob.key, alice_key)
     assert bob.corrected_bits == alice.corrected_bits == int(np.count_nonzero(alice_bits != bob_bits))
     assert math.isclose(bob.corrected_bits / n_bits, qber, rel_tol=0.3)
+
+
+def test_a_slots_part_is_the_slot_stream_and_records_join_views_as_bytes(monkeypatch):
+    from qkdd.link import envelope, linkmsg
+    slots = np.cumsum(np.random.default_rng(4).integers(1, 300, 20_000, dtype=np.uint64), dtype=np.uint64)
+    part = linkmsg.slots_part(slots)
+    assert bytes(part) == linkmsg.encode_slots(slots) == struct_header(slots.size) + bytes(
+        linkmsg.sift_kernel.encode_slots(slots, 2**64 - 1))
+    words = np.arange(5, dtype="<u8")
+    viewed = envelope.encode(3, [(envelope.Step.SLOTS, part), (envelope.Step.SIFT, memoryview(words)),
+                                 (envelope.Step.ESTIMATE, words)])
+    assert viewed == envelope.encode(3, [(envelope.Step.SLOTS, bytes(part)), (envelope.Step.SIFT, words.tobytes()),
+                                         (envelope.Step.ESTIMATE, words.tobytes())])
+    monkeypatch.setattr(linkmsg, "_COMPARE_BYTES", 7)        # the comparison's passes end inside the stream
+    assert linkmsg.is_slot_stream_of(part, slots)
+    for at in (0, 6, 7, slots.size - 1):
+        other = slots.copy()
+        other[at] += 1 if at == slots.size - 1 else 0
+        if at < slots.size - 1:
+            other[at:] += 1                                 # one gap longer, the rest alike
+        assert not linkmsg.is_slot_stream_of(part, other)
+
+
+def struct_header(count: int) -> bytes:
+    return count.to_bytes(8, "little") + bytes([1]) + bytes(7)

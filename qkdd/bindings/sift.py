@@ -105,20 +105,22 @@ def _outputs(count: int, n_classes: int):
     return counts, key, group_bits, scratch
 
 
-def encode_slots(slots: np.ndarray, n_slots: int) -> np.ndarray:
-    """Bob's slots as the varint stream of qkd_sift.h (first slot, then gaps minus one), uint8."""
+def encode_slots(slots: np.ndarray, n_slots: int, *, prefix_bytes: int = 0) -> np.ndarray:
+    """Bob's slots as the varint stream of qkd_sift.h (first slot, then gaps minus one), uint8; with
+    `prefix_bytes`, after that many bytes left for the caller to fill (a message header)."""
     as_words(slots, "slots")
     bound = lib.qkd_sift_slot_code_bound(slots.size)
     if bound == 0 and slots.size:
         raise NativeBufferError(f"{slots.size} slots overflow the stream length")
-    out = np.empty(bound, dtype=np.uint8)
+    out = np.empty(prefix_bytes + bound, dtype=np.uint8)
+    stream = out[prefix_bytes:]
     used, bad = ffi.new("size_t *"), ffi.new("size_t *")
-    code = lib.qkd_sift_encode_slots(ptr("uint64_t *", slots), slots.size, n_slots, wptr("uint8_t *", out), out.size,
-                                     used, bad)
+    code = lib.qkd_sift_encode_slots(ptr("uint64_t *", slots), slots.size, n_slots, wptr("uint8_t *", stream),
+                                     stream.size, used, bad)
     if code in (lib.QKD_ERANGE, lib.QKD_EPROTO):
         check_slots(slots, n_slots)  # raises the precise error
     check(code, "encode slots")
-    return out[:used[0]]
+    return out[:prefix_bytes + used[0]]
 
 
 def _stream_error(code: int, bad: int, count: int, n_slots: int) -> None:

@@ -55,8 +55,9 @@ def encode(frame_id: int, parts: list[tuple[Step, bytes]]) -> bytes:
         raise ValueError("frame id must fit in 64 bits")
     chunks = [_HEADER.pack(MAGIC, VERSION, len(parts), 0, frame_id)]
     for step, body in parts:
-        chunks.append(_PART.pack(int(step), len(body)))
-        chunks.append(bytes(body))
+        view = body if isinstance(body, bytes) else memoryview(body).cast("B")   # joined below: copied once
+        chunks.append(_PART.pack(int(step), len(view)))
+        chunks.append(view)
     return b"".join(chunks)
 
 

@@ -69,13 +69,21 @@ def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]
 
 
 SLOT_STREAM = 1                 # SLOTS width code of the varint stream
+_COMPARE_BYTES = 1 << 17        # is_slot_stream_of: bytes compared a pass
 _NO_SLOT_BOUND = 2 ** 64 - 1    # the stream's slot bound: any u64 below it (strict increase is what is checked)
 
 
 def encode_slots(slots: np.ndarray) -> bytes:
     """Slot numbers (strictly increasing) as the varint stream (SLOT_STREAM)."""
-    code = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
-    return struct.pack("<QB7x", slots.size, SLOT_STREAM) + memoryview(code)
+    return bytes(slots_part(slots))
+
+
+def slots_part(slots: np.ndarray) -> memoryview:
+    """encode_slots() as a view of the buffer the stream was encoded into after its header, for a record
+    (envelope.encode copies it once): no copy of its own, a byte a detection."""
+    code = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND, prefix_bytes=16)
+    code[:16] = np.frombuffer(struct.pack("<QB7x", slots.size, SLOT_STREAM), dtype=np.uint8)
+    return memoryview(code)
 
 
 def encode_slots_fixed(slots: np.ndarray) -> bytes:
@@ -102,7 +110,12 @@ def is_slot_stream_of(view, slots: np.ndarray) -> bool:
         own = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
     except NativeError:
         return False
-    return own.size == stream.size and bool(np.array_equal(own, stream))
+    if own.size != stream.size:
+        return False
+    # compared in passes whose masks stay below the C heap's mmap threshold (qkdd.malloc_tuning): reused, where
+    # one mask of the stream's size (32 MB a 2^25-detection frame) is mapped and zeroed afresh
+    return all(np.array_equal(own[at:at + _COMPARE_BYTES], stream[at:at + _COMPARE_BYTES])
+               for at in range(0, own.size, _COMPARE_BYTES))
 
 
 def decode_slots(view, max_count: int) -> np.ndarray:

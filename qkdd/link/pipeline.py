@@ -248,7 +248,7 @@ class FramePipeline(FrameSteps):
         except (ValueError, NativeError) as exc:
             return self._abort(AbortReason.PROTOCOL, f"device frame refused: {exc}")
         self.state = SIFTING
-        return [self._send((Step.SLOTS, linkmsg.encode_slots(det.slots)), (Step.SIFT, detections))]
+        return [self._send((Step.SLOTS, linkmsg.slots_part(det.slots)), (Step.SIFT, detections))]
 
     def receive(self, record: bytes) -> list[Action]:
         """Take one record from the peer; returns the actions (sends, stores, outcome) in order."""
