@@ -167,3 +167,25 @@ def test_a_slots_part_is_the_slot_stream_and_records_join_views_as_bytes(monkeyp
 
 def struct_header(count: int) -> bytes:
     return count.to_bytes(8, "little") + bytes([1]) + bytes(7)
+
+
+def test_sifting_messages_as_parts_make_the_same_records_as_joined_messages():
+    from qkdd.link import envelope
+    from qkdd.postprocess import sifting
+    rng = np.random.default_rng(8)
+    n_slots, count = 5_001, 3_003
+    states = plain_states(rng.integers(0, 2, n_slots), rng.integers(0, 2, n_slots), rng.integers(0, 3, n_slots))
+    slots = np.sort(rng.choice(n_slots, count, replace=False)).astype(np.uint64)
+    basis, outcome = rng.integers(0, 2, (2, count), dtype=np.uint8)
+    records = []
+    for as_parts in (False, True):
+        bob = sifting.Sifting(sifting.BOB, 4, sifting.BobDetections(n_slots, slots, basis, outcome), 3,
+                              message_parts=as_parts)
+        alice = sifting.Sifting(sifting.ALICE, 4, sifting.AliceRecords(states, 3), 3, revealed_classes=(1,),
+                                message_parts=as_parts)
+        (detections,) = bob.start()
+        (answer,) = alice.receive(envelope.decode(envelope.encode(4, [(envelope.Step.SIFT, detections)]))[1][0][1])
+        assert isinstance(detections, tuple) == isinstance(answer, tuple) == as_parts
+        records.append([envelope.encode(4, [(envelope.Step.SLOTS, b"x"), (envelope.Step.SIFT, m)])
+                        for m in (detections, answer)])
+    assert records[0] == records[1]

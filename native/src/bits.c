@@ -165,17 +165,17 @@ int qkd_bits_gather(const uint64_t *words, size_t nwords, size_t nbits,
 
 /* Rows of the deal: row j starts at j * base + min(j, extra) and holds base + (j < extra) bytes. Tiles of
  * DEAL_TILE rows by DEAL_TILE positions keep both the strided side and the row side within a few cache
- * lines per step. The frame side is bytes, or bits of packed words (qkd_bits_deal, qkd_bits_undeal). */
+ * lines per step. The frame side is bytes, or for the undeal bits of packed words (qkd_bits_undeal; the packed
+ * deal is deal_bits_blocked). */
 #define DEAL_TILE 64
 
-enum deal_mode { DEAL_BYTES, UNDEAL_BYTES, DEAL_BITS, UNDEAL_BITS };
+enum deal_mode { DEAL_BYTES, UNDEAL_BYTES, UNDEAL_BITS };
 
 static int deal_blocked(const void *in, size_t n, size_t k, void *out, enum deal_mode mode)
 {
     if (k == 0)
         return QKD_EINVAL;
     const uint8_t *in_bytes = in;
-    const uint64_t *in_words = in;
     uint8_t *out_bytes = out;
     uint64_t *out_words = out;
     size_t base = n / k, extra = n % k, positions = base + (extra > 0);
@@ -195,10 +195,6 @@ static int deal_blocked(const void *in, size_t n, size_t k, void *out, enum deal
                 case UNDEAL_BYTES:
                     for (size_t t = t0; t < stop; t++)
                         out_bytes[t * k + j] = in_bytes[row + t];
-                    break;
-                case DEAL_BITS:
-                    for (size_t t = t0; t < stop; t++)
-                        out_bytes[row + t] = (uint8_t)qkd_bit_get(in_words, t * k + j);
                     break;
                 case UNDEAL_BITS:
                     for (size_t t = t0; t < stop; t++) {
@@ -223,13 +219,47 @@ int qkd_bytes_undeal(const uint8_t *in, size_t n, size_t k, uint8_t *out)
     return deal_blocked(in, n, k, out, UNDEAL_BYTES);
 }
 
+/* The bit-packed deal by tiles as deal_blocked: a tile's DEAL_TILE rows of position t are the DEAL_TILE bits from
+ * t * k + j0 on, read once as one 64-bit window (two words), then spread over the rows. */
+static void deal_bits_blocked(const uint64_t *words, size_t nwords, size_t n, size_t k, uint8_t *out)
+{
+    size_t base = n / k, extra = n % k, positions = base + (extra > 0);
+    uint64_t window[DEAL_TILE];
+    for (size_t t0 = 0; t0 < positions; t0 += DEAL_TILE) {
+        size_t t1 = t0 + DEAL_TILE < positions ? t0 + DEAL_TILE : positions;
+        for (size_t j0 = 0; j0 < k; j0 += DEAL_TILE) {
+            size_t j1 = j0 + DEAL_TILE < k ? j0 + DEAL_TILE : k;
+            for (size_t t = t0; t < t1; t++) {
+                size_t i = t * k + j0, w = i >> 6, shift = i & 63;
+                uint64_t bits = 0;
+                if (i < n) {    /* bits past n in the window are never dealt (below, t < len) */
+                    bits = words[w] >> shift;
+                    if (shift && w + 1 < nwords)
+                        bits |= words[w + 1] << (64 - shift);
+                }
+                window[t - t0] = bits;
+            }
+            for (size_t j = j0; j < j1; j++) {
+                size_t row = j * base + (j < extra ? j : extra);
+                size_t len = base + (j < extra);
+                size_t stop = t1 < len ? t1 : len;
+                for (size_t t = t0; t < stop; t++)
+                    out[row + t] = (uint8_t)((window[t - t0] >> (j - j0)) & 1u);
+            }
+        }
+    }
+}
+
 int qkd_bits_deal(const uint64_t *words, size_t nwords, size_t n, size_t k, uint8_t *out, size_t out_len)
 {
+    if (k == 0)
+        return QKD_EINVAL;
     if (qkd_words_for_bits(n) > nwords)
         return QKD_ERANGE;
     if (out_len < n)
         return QKD_ENOMEM;
-    return deal_blocked(words, n, k, out, DEAL_BITS);
+    deal_bits_blocked(words, nwords, n, k, out);
+    return QKD_OK;
 }
 
 int qkd_bits_undeal(const uint8_t *in, size_t n, size_t k, uint64_t *out, size_t out_words)

@@ -243,7 +243,7 @@ class FramePipeline(FrameSteps):
         try:
             local = sifting.BobDetections.every_slot(np.ascontiguousarray(det.bases, dtype=np.uint8),
                                                      np.ascontiguousarray(det.outcomes, dtype=np.uint8))
-            self._sift = sifting.Sifting(sifting.BOB, self.frame_id, local, CLASSES)
+            self._sift = sifting.Sifting(sifting.BOB, self.frame_id, local, CLASSES, message_parts=True)
             (detections,) = self._sift.start()
         except (ValueError, NativeError) as exc:
             return self._abort(AbortReason.PROTOCOL, f"device frame refused: {exc}")
@@ -379,7 +379,7 @@ class FramePipeline(FrameSteps):
             columns = tuple(column[positions] for column in columns)
         self.outcome.detections = int(slots.size)
         compact = sifting.AliceRecords.from_columns(*columns, CLASSES)
-        self._sift = sifting.Sifting(sifting.ALICE, self.frame_id, compact, CLASSES)
+        self._sift = sifting.Sifting(sifting.ALICE, self.frame_id, compact, CLASSES, message_parts=True)
         (answer,) = self._sift.receive(detections)
         self.state = AWAIT_REPORT
         return [self._send((Step.SIFT, answer))]

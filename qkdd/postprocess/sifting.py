@@ -213,7 +213,10 @@ class Sifting(wire.FrameExchange):
     """One end of sifting of one frame. Alice is built with AliceRecords, Bob with BobDetections."""
 
     def __init__(self, role: str, frame_id: int, records: AliceRecords | BobDetections, n_classes: int,
-                 revealed_classes: tuple[int, ...] = ()):
+                 revealed_classes: tuple[int, ...] = (), *, message_parts: bool = False):
+        """`message_parts`: DETECTIONS and ANSWER returned as the tuple of their buffers (wire.message_parts) for a
+        caller that puts them into a record of its own (the link pipeline), not joined into bytes first: each of
+        a frame's size, copied once instead of twice."""
         if role == ALICE and not isinstance(records, AliceRecords):
             raise TypeError("alice needs AliceRecords")
         if role == BOB and not isinstance(records, BobDetections):
@@ -236,6 +239,7 @@ class Sifting(wire.FrameExchange):
         self._sent_seq = 0
         self._result: SiftResult | None = None
         self._pending = None
+        self._message_parts = message_parts
 
     @property
     def frame_id(self) -> int:
@@ -258,7 +262,7 @@ class Sifting(wire.FrameExchange):
         bases.view(np.uint8)[:packed.size] = packed
         code = det.slot_code()
         header = np.array([det.n_slots, count, code.size], dtype="<u8")
-        return [self._send(DETECTIONS, [header, code, bytes(-code.size % 8), bases])]
+        return [self._send(DETECTIONS, [header, code, bytes(-code.size % 8), bases], self._message_parts)]
 
     def _on_answer(self, payload) -> list[bytes]:
         det = self._records
@@ -346,7 +350,7 @@ class Sifting(wire.FrameExchange):
                 parts.append(sifted.key[offsets[g]:offsets[g + 1]])
         self._pending = (sifted, lambda: kernel.decode_slots(code, count, n_slots),
                          lambda: np.unpackbits(bases.view(np.uint8), bitorder="little", count=count), sent)
-        return [self._send(ANSWER, parts)]
+        return [self._send(ANSWER, parts, self._message_parts)]
 
     def _on_report(self, payload) -> list[bytes]:
         reader = wire.Reader(payload, "REPORT")
@@ -391,7 +395,8 @@ class Sifting(wire.FrameExchange):
             raise SiftingStateError(f"{event}() not allowed for {self.role} in state {self.state}")
         self.state = next_state
 
-    def _send(self, kind: int, parts: list) -> bytes:
-        message = wire.encode_parts(kind, self.frame_id, self._sent_seq, parts)
+    def _send(self, kind: int, parts: list, as_parts: bool = False):
+        encode = wire.message_parts if as_parts else wire.encode_parts
+        message = encode(kind, self.frame_id, self._sent_seq, parts)
         self._sent_seq += 1
         return message
