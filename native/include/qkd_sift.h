@@ -58,6 +58,10 @@ int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots,
                           size_t *used, size_t *bad_index);
 int qkd_sift_decode_slots(const uint8_t *code, size_t code_len, size_t count, uint64_t n_slots, uint64_t *slots,
                           size_t slots_len, size_t *bad_index);
+/* 1 if code is exactly the stream qkd_sift_encode_slots writes for these slots, 0 if it differs or they cannot
+ * be encoded (a slot >= n_slots, not strictly increasing): the comparison without writing the stream. */
+int qkd_sift_stream_equals(const uint64_t *slots, size_t count, uint64_t n_slots, const uint8_t *code,
+                           size_t code_len);
 
 /* Alice: from her states and Bob's (slot stream, packed bases) fill the match bits, the class of every
  * detection, the DETECTED and MATCHED counts, and her sifted bits. scratch: count bytes. */

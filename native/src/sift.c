@@ -78,6 +78,30 @@ int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots,
     return QKD_OK;
 }
 
+int qkd_sift_stream_equals(const uint64_t *slots, size_t count, uint64_t n_slots, const uint8_t *code,
+                           size_t code_len)
+{
+    size_t pos = 0;
+    uint64_t next = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t s = slots[i];
+        if (s >= n_slots || (i > 0 && s < next))
+            return 0;
+        uint64_t v = s - next;
+        next = s + 1;
+        while (v >= 0x80) {
+            if (pos >= code_len || code[pos] != (uint8_t)(v | 0x80))
+                return 0;
+            pos++;
+            v >>= 7;
+        }
+        if (pos >= code_len || code[pos] != (uint8_t)v)
+            return 0;
+        pos++;
+    }
+    return pos == code_len;
+}
+
 /* Next varint of the slot stream into *v. QKD_EPROTO if truncated or longer than 64 bits. */
 static inline int read_varint(const uint8_t *code, size_t len, size_t *pos, uint64_t *v)
 {

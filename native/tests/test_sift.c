@@ -191,9 +191,40 @@ static void test_pack_states(void)
     CHECK_EQ(bad, N - 1);
 }
 
+/* The stream comparison agrees with encoding and comparing bytes: equal, one byte changed, one short or long,
+ * slots that cannot be encoded. */
+static void test_stream_equals(void)
+{
+    enum { N = 3000 };
+    static uint64_t slots[N];
+    static uint8_t code[N * QKD_SIFT_MAX_VARINT_BYTES + 1];
+    uint64_t s = 0;
+    for (size_t i = 0; i < N; i++) {
+        s += 1 + next_u64() % (i % 7 == 0 ? 1u << 20 : 100);   /* one-byte and longer gaps */
+        slots[i] = s;
+    }
+    size_t used = 0, bad = 0;
+    CHECK_EQ(qkd_sift_encode_slots(slots, N, UINT64_MAX, code, sizeof code, &used, &bad), QKD_OK);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used), 1);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used - 1), 0);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N - 1, UINT64_MAX, code, used), 0);
+    code[used] = 0;
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used + 1), 0);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, slots[N - 1], code, used), 0);      /* last slot out of range */
+    CHECK_EQ(qkd_sift_stream_equals(slots, 0, UINT64_MAX, code, 0), 1);
+    for (size_t at = 0; at < used; at += used / 13 + 1) {
+        code[at] ^= 0x01;
+        CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used), 0);
+        code[at] ^= 0x01;
+    }
+    slots[7] = slots[6];
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used), 0);
+}
+
 int main(void)
 {
     test_pack_states();
+    test_stream_equals();
     run(0);
     rng_state = 777;
     run(qkd_cpu_features());

@@ -123,6 +123,15 @@ def encode_slots(slots: np.ndarray, n_slots: int, *, prefix_bytes: int = 0) -> n
     return out[:prefix_bytes + used[0]]
 
 
+def stream_equals(slots: np.ndarray, n_slots: int, code: np.ndarray) -> bool:
+    """Whether `code` is exactly encode_slots(slots, n_slots), compared as it is encoded (no stream written);
+    False also for slots that cannot be encoded."""
+    as_words(slots, "slots")
+    _u8(code, "code")
+    return bool(lib.qkd_sift_stream_equals(ptr("uint64_t *", slots), slots.size, n_slots, ptr("uint8_t *", code),
+                                           code.size))
+
+
 def _stream_error(code: int, bad: int, count: int, n_slots: int) -> None:
     if code == lib.QKD_ERANGE:
         raise NativeRangeError(f"slot of detection {bad} is outside the frame of {n_slots} slots")

@@ -69,7 +69,6 @@ def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]
 
 
 SLOT_STREAM = 1                 # SLOTS width code of the varint stream
-_COMPARE_BYTES = 1 << 17        # is_slot_stream_of: bytes compared a pass
 _NO_SLOT_BOUND = 2 ** 64 - 1    # the stream's slot bound: any u64 below it (strict increase is what is checked)
 
 
@@ -97,25 +96,17 @@ def encode_slots_fixed(slots: np.ndarray) -> bytes:
 def is_slot_stream_of(view, slots: np.ndarray) -> bool:
     """Whether SLOTS `view` is the varint stream of exactly `slots` (the usual case at Alice: Bob detected what
     her records hold). The stream's encoding is canonical (the decoder refuses overlong varints), so equal bytes
-    mean equal slots: this encodes her slots (a pass writing about a byte a slot) and compares, where decoding
-    the stream would build and compare a uint64 array of them (256 MB for 2^25 detections). False whenever the
-    slots differ or the stream is of another form; the caller then decodes it, with its checks."""
+    mean equal slots: this compares the stream with her slots' encoding as it encodes them (qkd_sift_stream_equals:
+    no stream written), where decoding the stream would build and compare a uint64 array of them (256 MB for 2^25
+    detections). False whenever the slots differ or the stream is of another form; the caller then decodes it, with
+    its checks."""
     if len(view) < 16:
         return False
     count, width = struct.unpack_from("<QB", view)
     if count != slots.size or width != SLOT_STREAM or bytes(view[9:16]) != bytes(7):
         return False
     stream = np.frombuffer(view, dtype=np.uint8, offset=16)
-    try:
-        own = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
-    except NativeError:
-        return False
-    if own.size != stream.size:
-        return False
-    # compared in passes whose masks stay below the C heap's mmap threshold (qkdd.malloc_tuning): reused, where
-    # one mask of the stream's size (32 MB a 2^25-detection frame) is mapped and zeroed afresh
-    return all(np.array_equal(own[at:at + _COMPARE_BYTES], stream[at:at + _COMPARE_BYTES])
-               for at in range(0, own.size, _COMPARE_BYTES))
+    return sift_kernel.stream_equals(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND, stream)
 
 
 def decode_slots(view, max_count: int) -> np.ndarray:
