@@ -219,6 +219,29 @@ static void test_stream_equals(void)
     }
     slots[7] = slots[6];
     CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used), 0);
+    /* eight at once must still refuse a slot at the top of the range followed by small ones (next wraps) and
+     * one out of order, in every position of the eight */
+    for (unsigned at = 0; at < 8; at++) {
+        uint64_t top[16], back[16];
+        uint8_t stream[16 * QKD_SIFT_MAX_VARINT_BYTES];
+        for (unsigned j = 0; j < 16; j++)
+            top[j] = j < at ? UINT64_MAX - 200 + j : j;
+        top[at] = UINT64_MAX;
+        CHECK_EQ(qkd_sift_encode_slots(top, 16, UINT64_MAX, stream, sizeof stream, &used, &bad), QKD_ERANGE);
+        CHECK_EQ(bad, at);
+        for (unsigned j = 0; j < 16; j++)
+            back[j] = 10 * j;
+        back[at + 1] = back[at];
+        CHECK_EQ(qkd_sift_encode_slots(back, 16, UINT64_MAX, stream, sizeof stream, &used, &bad), QKD_EPROTO);
+        CHECK_EQ(bad, at + 1);
+        back[at + 1] = 10 * (at + 1);
+        CHECK_EQ(qkd_sift_encode_slots(back, 16, UINT64_MAX, stream, sizeof stream, &used, &bad), QKD_OK);
+        CHECK_EQ(used, 16);
+        CHECK_EQ(qkd_sift_stream_equals(back, 16, UINT64_MAX, stream, used), 1);
+        CHECK_EQ(qkd_sift_stream_equals(back, 16, back[15], stream, used), 0);
+        stream[at] ^= 0x40;
+        CHECK_EQ(qkd_sift_stream_equals(back, 16, UINT64_MAX, stream, used), 0);
+    }
 }
 
 int main(void)
