@@ -388,8 +388,9 @@ class _Layout:
             self.place_row(row, target)
 
     def place_row(self, ordered: np.ndarray, out: np.ndarray) -> None:
-        """One codeword from its row in layout order (place)."""
-        np.take(ordered, self._inverse, out=out)
+        """One codeword from its row in layout order (place). mode="clip" on indices that are a permutation: the same
+        gather without numpy's buffered copy of `out` (mode="raise" buffers it: 30 % slower)."""
+        np.take(ordered, self._inverse, out=out, mode="clip")
 
     def key_positions(self, key_bits: int) -> np.ndarray:
         return self._perm[self.info.n_bits - key_bits:]
@@ -563,7 +564,7 @@ class LdpcBob(_End):
         """Codeword i decoded (self._decoded): its key bits replace Bob's in the dealt frame, the changes counted."""
         start, k = self.plan.span(i)
         own = self._bits[start:start + k]
-        decided = np.take(self._decoded, self._layout.key_positions(k))
+        decided = np.take(self._decoded, self._layout.key_positions(k), mode="clip")     # positions < n: no clipping
         self._corrected += int(np.count_nonzero(decided != own))
         own[:] = decided
 
