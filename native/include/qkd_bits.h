@@ -39,6 +39,11 @@ int qkd_bits_gather(const uint64_t *words, size_t nwords, size_t nbits,
  * overlap; k >= 1 (else QKD_EINVAL). Blocked, so that neither side is walked with a stride of k. */
 int qkd_bytes_deal(const uint8_t *in, size_t n, size_t k, uint8_t *out);
 int qkd_bytes_undeal(const uint8_t *in, size_t n, size_t k, uint8_t *out);
+/* The same deal with the frame side bit-packed: qkd_bits_deal deals the first n bits of words (0/1 bytes out,
+ * out_len >= n), qkd_bits_undeal packs the low bits of n dealt bytes back in frame order into out (all
+ * out_words written: bits past n zero). No frame-sized unpacked copy on either side. */
+int qkd_bits_deal(const uint64_t *words, size_t nwords, size_t n, size_t k, uint8_t *out, size_t out_len);
+int qkd_bits_undeal(const uint8_t *in, size_t n, size_t k, uint64_t *out, size_t out_words);
 /* cffi:end */
 
 /* Inline helpers for other kernels (not exported to Python). */

@@ -36,6 +36,12 @@ size_t qkd_sift_key_words(size_t count, unsigned n_classes);
 /* QKD_ERANGE: a slot >= n_slots; QKD_EPROTO: slots not strictly increasing (unsorted or duplicate). */
 int qkd_sift_check_slots(const uint64_t *slots, size_t count, uint64_t n_slots, size_t *bad_index);
 
+/* Alice's state bytes from her per-slot columns, in one pass: out[i] = value[i] | basis[i] << 1 |
+ * class[i] << CLASS_SHIFT. QKD_EINVAL (*bad_index: the first such slot): a value or basis above 1 or a
+ * class >= n_classes; out is then partly written. */
+int qkd_sift_pack_states(const uint8_t *value, const uint8_t *basis, const uint8_t *intensity_class, size_t n,
+                         unsigned n_classes, uint8_t *out, size_t out_len, size_t *bad_index);
+
 /* counts[g * NCOUNTS + SENT] += pulses of class/basis g. QKD_EINVAL: a state byte is malformed. */
 int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,
                          size_t counts_len, size_t *bad_index, uint32_t features);
@@ -52,6 +58,10 @@ int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots,
                           size_t *used, size_t *bad_index);
 int qkd_sift_decode_slots(const uint8_t *code, size_t code_len, size_t count, uint64_t n_slots, uint64_t *slots,
                           size_t slots_len, size_t *bad_index);
+/* 1 if code is exactly the stream qkd_sift_encode_slots writes for these slots, 0 if it differs or they cannot
+ * be encoded (a slot >= n_slots, not strictly increasing): the comparison without writing the stream. */
+int qkd_sift_stream_equals(const uint64_t *slots, size_t count, uint64_t n_slots, const uint8_t *code,
+                           size_t code_len);
 
 /* Alice: from her states and Bob's (slot stream, packed bases) fill the match bits, the class of every
  * detection, the DETECTED and MATCHED counts, and her sifted bits. scratch: count bytes. */

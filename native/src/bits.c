@@ -165,13 +165,19 @@ int qkd_bits_gather(const uint64_t *words, size_t nwords, size_t nbits,
 
 /* Rows of the deal: row j starts at j * base + min(j, extra) and holds base + (j < extra) bytes. Tiles of
  * DEAL_TILE rows by DEAL_TILE positions keep both the strided side and the row side within a few cache
- * lines per step. */
+ * lines per step. The frame side is bytes, or for the undeal bits of packed words (qkd_bits_undeal; the packed
+ * deal is deal_bits_blocked). */
 #define DEAL_TILE 64
 
-static int deal_blocked(const uint8_t *in, size_t n, size_t k, uint8_t *out, int undeal)
+enum deal_mode { DEAL_BYTES, UNDEAL_BYTES, UNDEAL_BITS };
+
+static int deal_blocked(const void *in, size_t n, size_t k, void *out, enum deal_mode mode)
 {
     if (k == 0)
         return QKD_EINVAL;
+    const uint8_t *in_bytes = in;
+    uint8_t *out_bytes = out;
+    uint64_t *out_words = out;
     size_t base = n / k, extra = n % k, positions = base + (extra > 0);
     for (size_t t0 = 0; t0 < positions; t0 += DEAL_TILE) {
         size_t t1 = t0 + DEAL_TILE < positions ? t0 + DEAL_TILE : positions;
@@ -181,12 +187,22 @@ static int deal_blocked(const uint8_t *in, size_t n, size_t k, uint8_t *out, int
                 size_t row = j * base + (j < extra ? j : extra);
                 size_t len = base + (j < extra);
                 size_t stop = t1 < len ? t1 : len;
-                if (undeal)
+                switch (mode) {
+                case DEAL_BYTES:
                     for (size_t t = t0; t < stop; t++)
-                        out[t * k + j] = in[row + t];
-                else
+                        out_bytes[row + t] = in_bytes[t * k + j];
+                    break;
+                case UNDEAL_BYTES:
                     for (size_t t = t0; t < stop; t++)
-                        out[row + t] = in[t * k + j];
+                        out_bytes[t * k + j] = in_bytes[row + t];
+                    break;
+                case UNDEAL_BITS:
+                    for (size_t t = t0; t < stop; t++) {
+                        size_t i = t * k + j;
+                        out_words[i >> 6] |= (uint64_t)(in_bytes[row + t] & 1u) << (i & 63);
+                    }
+                    break;
+                }
             }
         }
     }
@@ -195,10 +211,63 @@ static int deal_blocked(const uint8_t *in, size_t n, size_t k, uint8_t *out, int
 
 int qkd_bytes_deal(const uint8_t *in, size_t n, size_t k, uint8_t *out)
 {
-    return deal_blocked(in, n, k, out, 0);
+    return deal_blocked(in, n, k, out, DEAL_BYTES);
 }
 
 int qkd_bytes_undeal(const uint8_t *in, size_t n, size_t k, uint8_t *out)
 {
-    return deal_blocked(in, n, k, out, 1);
+    return deal_blocked(in, n, k, out, UNDEAL_BYTES);
+}
+
+/* The bit-packed deal by tiles as deal_blocked: a tile's DEAL_TILE rows of position t are the DEAL_TILE bits from
+ * t * k + j0 on, read once as one 64-bit window (two words), then spread over the rows. */
+static void deal_bits_blocked(const uint64_t *words, size_t nwords, size_t n, size_t k, uint8_t *out)
+{
+    size_t base = n / k, extra = n % k, positions = base + (extra > 0);
+    uint64_t window[DEAL_TILE];
+    for (size_t t0 = 0; t0 < positions; t0 += DEAL_TILE) {
+        size_t t1 = t0 + DEAL_TILE < positions ? t0 + DEAL_TILE : positions;
+        for (size_t j0 = 0; j0 < k; j0 += DEAL_TILE) {
+            size_t j1 = j0 + DEAL_TILE < k ? j0 + DEAL_TILE : k;
+            for (size_t t = t0; t < t1; t++) {
+                size_t i = t * k + j0, w = i >> 6, shift = i & 63;
+                uint64_t bits = 0;
+                if (i < n) {    /* bits past n in the window are never dealt (below, t < len) */
+                    bits = words[w] >> shift;
+                    if (shift && w + 1 < nwords)
+                        bits |= words[w + 1] << (64 - shift);
+                }
+                window[t - t0] = bits;
+            }
+            for (size_t j = j0; j < j1; j++) {
+                size_t row = j * base + (j < extra ? j : extra);
+                size_t len = base + (j < extra);
+                size_t stop = t1 < len ? t1 : len;
+                for (size_t t = t0; t < stop; t++)
+                    out[row + t] = (uint8_t)((window[t - t0] >> (j - j0)) & 1u);
+            }
+        }
+    }
+}
+
+int qkd_bits_deal(const uint64_t *words, size_t nwords, size_t n, size_t k, uint8_t *out, size_t out_len)
+{
+    if (k == 0)
+        return QKD_EINVAL;
+    if (qkd_words_for_bits(n) > nwords)
+        return QKD_ERANGE;
+    if (out_len < n)
+        return QKD_ENOMEM;
+    deal_bits_blocked(words, nwords, n, k, out);
+    return QKD_OK;
+}
+
+int qkd_bits_undeal(const uint8_t *in, size_t n, size_t k, uint64_t *out, size_t out_words)
+{
+    if (k == 0)
+        return QKD_EINVAL;
+    if (qkd_words_for_bits(n) > out_words)
+        return QKD_ENOMEM;
+    memset(out, 0, out_words * sizeof(uint64_t));
+    return deal_blocked(in, n, k, out, UNDEAL_BITS);
 }

@@ -47,12 +47,39 @@ size_t qkd_sift_slot_code_bound(size_t count)
     return count > SIZE_MAX / QKD_SIFT_MAX_VARINT_BYTES ? 0 : count * QKD_SIFT_MAX_VARINT_BYTES;
 }
 
+/* Eight detections at once when each one's varint is one byte (the usual case: gaps below 128 slots): their
+ * eight bytes, least significant first, in *bytes; 0 if any slot is >= n_slots, out of order or a gap is wider
+ * (the caller then takes them one by one, with their checks). No branch per detection. */
+static inline int eight_short_gaps(const uint64_t *slots, uint64_t next, uint64_t n_slots, uint64_t *bytes)
+{
+    uint64_t wide = slots[0] - next, packed = wide & 0xFF, outside = 0;
+    for (unsigned j = 1; j < 8; j++) {
+        /* wraps to a wide value when out of order; slots[j - 1] + 1 does not wrap: checked below n_slots */
+        uint64_t v = slots[j] - slots[j - 1] - 1;
+        wide |= v;
+        packed |= (v & 0xFF) << (8 * j);
+    }
+    for (unsigned j = 0; j < 8; j++)
+        outside |= (uint64_t)(slots[j] >= n_slots);
+    *bytes = packed;
+    return wide < 0x80 && !outside;
+}
+
 int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots, uint8_t *out, size_t out_len,
                           size_t *used, size_t *bad_index)
 {
     size_t pos = 0;
     uint64_t next = 0; /* smallest slot the next detection may have */
     for (size_t i = 0; i < count; i++) {
+        uint64_t eight;
+        if (count - i >= 8 && out_len - pos >= 8 && eight_short_gaps(slots + i, next, n_slots, &eight)) {
+            for (unsigned j = 0; j < 8; j++)
+                out[pos + j] = (uint8_t)(eight >> (8 * j));
+            pos += 8;
+            next = slots[i + 7] + 1;
+            i += 7;
+            continue;
+        }
         uint64_t s = slots[i];
         if (s >= n_slots || (i > 0 && s < next)) {
             set_bad(bad_index, i);
@@ -76,6 +103,41 @@ int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots,
     }
     *used = pos;
     return QKD_OK;
+}
+
+int qkd_sift_stream_equals(const uint64_t *slots, size_t count, uint64_t n_slots, const uint8_t *code,
+                           size_t code_len)
+{
+    size_t pos = 0;
+    uint64_t next = 0;
+    for (size_t i = 0; i < count; i++) {
+        uint64_t eight, got = 0;
+        if (count - i >= 8 && code_len - pos >= 8 && eight_short_gaps(slots + i, next, n_slots, &eight)) {
+            for (unsigned j = 0; j < 8; j++)
+                got |= (uint64_t)code[pos + j] << (8 * j);
+            if (got != eight)
+                return 0;
+            pos += 8;
+            next = slots[i + 7] + 1;
+            i += 7;
+            continue;
+        }
+        uint64_t s = slots[i];
+        if (s >= n_slots || (i > 0 && s < next))
+            return 0;
+        uint64_t v = s - next;
+        next = s + 1;
+        while (v >= 0x80) {
+            if (pos >= code_len || code[pos] != (uint8_t)(v | 0x80))
+                return 0;
+            pos++;
+            v >>= 7;
+        }
+        if (pos >= code_len || code[pos] != (uint8_t)v)
+            return 0;
+        pos++;
+    }
+    return pos == code_len;
 }
 
 /* Next varint of the slot stream into *v. QKD_EPROTO if truncated or longer than 64 bits. */
@@ -191,6 +253,37 @@ static int find_bad_state(const uint8_t *states, size_t n_slots, unsigned n_clas
             break;
         }
     return QKD_EINVAL;
+}
+
+/* Blocks of PACK_BLOCK slots: the loop without a branch per slot (the compiler vectorises it), the
+ * block's largest value, basis and class checked after it. */
+#define PACK_BLOCK 4096
+
+int qkd_sift_pack_states(const uint8_t *value, const uint8_t *basis, const uint8_t *intensity_class, size_t n,
+                         unsigned n_classes, uint8_t *out, size_t out_len, size_t *bad_index)
+{
+    if (n_classes == 0 || n_classes > QKD_SIFT_MAX_CLASSES)
+        return QKD_EINVAL;
+    if (out_len < n)
+        return QKD_ENOMEM;
+    for (size_t b0 = 0; b0 < n; b0 += PACK_BLOCK) {
+        size_t b1 = n - b0 < PACK_BLOCK ? n : b0 + PACK_BLOCK;
+        uint8_t bits = 0, top = 0;
+        for (size_t i = b0; i < b1; i++) {
+            uint8_t v = value[i], b = basis[i], c = intensity_class[i];
+            bits |= (uint8_t)(v | b);
+            top = c > top ? c : top;
+            out[i] = (uint8_t)(v | (uint8_t)(b << 1) | (uint8_t)(c << QKD_SIFT_STATE_CLASS_SHIFT));
+        }
+        if (bits > 1 || top >= n_classes) {
+            for (size_t i = b0; i < b1; i++)
+                if (value[i] > 1 || basis[i] > 1 || intensity_class[i] >= n_classes) {
+                    set_bad(bad_index, i);
+                    return QKD_EINVAL;
+                }
+        }
+    }
+    return QKD_OK;
 }
 
 int qkd_sift_sent_counts(const uint8_t *states, size_t n_slots, unsigned n_classes, uint64_t *counts,

@@ -101,11 +101,51 @@ static void test_deal_and_undeal(void)
     CHECK_EQ(qkd_bytes_deal(&one, 1, 0, &one), QKD_EINVAL);
 }
 
+/* The bit-packed deal against the byte deal of the unpacked frame, and its inverse back to the packed words
+ * (with the tail past n cleared even where out held ones). */
+static void test_bits_deal_and_undeal(void)
+{
+    static const size_t cases[][2] = {{0, 3}, {5, 1}, {7, 7}, {3, 8}, {130, 129}, {64 * 64 * 3 + 5, 64}, {100003, 25},
+                                      {200000, 700}};
+    uint64_t state = 11;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        size_t n = cases[c][0], k = cases[c][1], nw = qkd_words_for_bits(n) + 1;
+        uint64_t *words = malloc(nw * 8), *back = malloc(nw * 8);
+        uint8_t *bits = malloc(n + 1), *dealt = malloc(n + 1), *expected = malloc(n + 1);
+        for (size_t w = 0; w < nw; w++)
+            words[w] = lcg(&state) << 31 ^ lcg(&state);
+        if (n % 64)
+            words[n / 64] &= ((uint64_t)1 << (n % 64)) - 1;
+        words[nw - 1] = 0;
+        CHECK_EQ(qkd_bits_unpack(words, nw, n, bits, n + 1), QKD_OK);
+        CHECK_EQ(qkd_bytes_deal(bits, n, k, expected), QKD_OK);
+        CHECK_EQ(qkd_bits_deal(words, nw, n, k, dealt, n), QKD_OK);
+        CHECK(n == 0 || memcmp(dealt, expected, n) == 0);
+        for (size_t w = 0; w < nw; w++)
+            back[w] = ~0ull;
+        CHECK_EQ(qkd_bits_undeal(dealt, n, k, back, nw), QKD_OK);
+        CHECK(memcmp(back, words, nw * 8) == 0);
+        CHECK_EQ(qkd_bits_deal(words, qkd_words_for_bits(n + 65) - 2, n + 65, k, dealt, n + 65), QKD_ERANGE);
+        CHECK_EQ(qkd_bits_undeal(dealt, n + 65, k, back, qkd_words_for_bits(n + 65) - 1), QKD_ENOMEM);
+        free(words);
+        free(back);
+        free(bits);
+        free(dealt);
+        free(expected);
+    }
+    uint64_t word = 0;
+    uint8_t one = 0;
+    CHECK_EQ(qkd_bits_deal(&word, 1, 1, 0, &one, 1), QKD_EINVAL);
+    CHECK_EQ(qkd_bits_undeal(&one, 1, 0, &word, 1), QKD_EINVAL);
+    CHECK_EQ(qkd_bits_deal(&word, 1, 2, 1, &one, 1), QKD_ENOMEM);
+}
+
 int main(void)
 {
     test_pack_unpack_roundtrip();
     test_ranges_against_reference();
     test_xor_and_gather();
     test_deal_and_undeal();
+    test_bits_deal_and_undeal();
     return check_report("test_bits");
 }

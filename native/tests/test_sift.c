@@ -159,8 +159,95 @@ static int run(uint32_t features)
     return 0;
 }
 
+/* State bytes packed in one pass equal value | basis << 1 | class << 2; the first bad slot is named. */
+static void test_pack_states(void)
+{
+    enum { N = 10007 };
+    static uint8_t value[N], basis[N], cls[N], out[N];
+    for (size_t i = 0; i < N; i++) {
+        uint64_t r = next_u64();
+        value[i] = (uint8_t)(r & 1);
+        basis[i] = (uint8_t)(r >> 1 & 1);
+        cls[i] = (uint8_t)((r >> 8) % N_CLASSES);
+    }
+    size_t bad = 0;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_OK);
+    int same = 1;
+    for (size_t i = 0; i < N; i++)
+        same &= out[i] == (uint8_t)(value[i] | basis[i] << 1 | cls[i] << QKD_SIFT_STATE_CLASS_SHIFT);
+    CHECK(same);
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N - 1, &bad), QKD_ENOMEM);
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, 0, out, N, &bad), QKD_EINVAL);
+    value[9000] = 2;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_EINVAL);
+    CHECK_EQ(bad, 9000);
+    value[9000] = 1;
+    basis[5000] = 7;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_EINVAL);
+    CHECK_EQ(bad, 5000);
+    basis[5000] = 0;
+    cls[N - 1] = N_CLASSES;
+    CHECK_EQ(qkd_sift_pack_states(value, basis, cls, N, N_CLASSES, out, N, &bad), QKD_EINVAL);
+    CHECK_EQ(bad, N - 1);
+}
+
+/* The stream comparison agrees with encoding and comparing bytes: equal, one byte changed, one short or long,
+ * slots that cannot be encoded. */
+static void test_stream_equals(void)
+{
+    enum { N = 3000 };
+    static uint64_t slots[N];
+    static uint8_t code[N * QKD_SIFT_MAX_VARINT_BYTES + 1];
+    uint64_t s = 0;
+    for (size_t i = 0; i < N; i++) {
+        s += 1 + next_u64() % (i % 7 == 0 ? 1u << 20 : 100);   /* one-byte and longer gaps */
+        slots[i] = s;
+    }
+    size_t used = 0, bad = 0;
+    CHECK_EQ(qkd_sift_encode_slots(slots, N, UINT64_MAX, code, sizeof code, &used, &bad), QKD_OK);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used), 1);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used - 1), 0);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N - 1, UINT64_MAX, code, used), 0);
+    code[used] = 0;
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used + 1), 0);
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, slots[N - 1], code, used), 0);      /* last slot out of range */
+    CHECK_EQ(qkd_sift_stream_equals(slots, 0, UINT64_MAX, code, 0), 1);
+    for (size_t at = 0; at < used; at += used / 13 + 1) {
+        code[at] ^= 0x01;
+        CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used), 0);
+        code[at] ^= 0x01;
+    }
+    slots[7] = slots[6];
+    CHECK_EQ(qkd_sift_stream_equals(slots, N, UINT64_MAX, code, used), 0);
+    /* eight at once must still refuse a slot at the top of the range followed by small ones (next wraps) and
+     * one out of order, in every position of the eight */
+    for (unsigned at = 0; at < 8; at++) {
+        uint64_t top[16], back[16];
+        uint8_t stream[16 * QKD_SIFT_MAX_VARINT_BYTES];
+        for (unsigned j = 0; j < 16; j++)
+            top[j] = j < at ? UINT64_MAX - 200 + j : j;
+        top[at] = UINT64_MAX;
+        CHECK_EQ(qkd_sift_encode_slots(top, 16, UINT64_MAX, stream, sizeof stream, &used, &bad), QKD_ERANGE);
+        CHECK_EQ(bad, at);
+        for (unsigned j = 0; j < 16; j++)
+            back[j] = 10 * j;
+        back[at + 1] = back[at];
+        CHECK_EQ(qkd_sift_encode_slots(back, 16, UINT64_MAX, stream, sizeof stream, &used, &bad), QKD_EPROTO);
+        CHECK_EQ(bad, at + 1);
+        back[at + 1] = 10 * (at + 1);
+        CHECK_EQ(qkd_sift_encode_slots(back, 16, UINT64_MAX, stream, sizeof stream, &used, &bad), QKD_OK);
+        CHECK_EQ(used, 16);
+        CHECK_EQ(qkd_sift_stream_equals(back, 16, UINT64_MAX, stream, used), 1);
+        CHECK_EQ(qkd_sift_stream_equals(back, 16, back[15], stream, used), 0);
+        stream[at] ^= 0x40;
+        CHECK_EQ(qkd_sift_stream_equals(back, 16, UINT64_MAX, stream, used), 0);
+    }
+}
+
 int main(void)
 {
+    test_pack_states();
+    test_stream_equals();
     run(0);
     rng_state = 777;
     run(qkd_cpu_features());

@@ -97,6 +97,32 @@ def undeal(dealt: np.ndarray, rows: int) -> np.ndarray:
     return _deal(lib.qkd_bytes_undeal, dealt, rows)
 
 
+def deal_bits(words: np.ndarray, nbits: int, rows: int) -> np.ndarray:
+    """deal() of the first `nbits` bits of packed `words`, as 0/1 bytes: no unpacked copy of the frame."""
+    as_words(words, "words")
+    if rows < 1 or nbits < 0:
+        raise ValueError(f"deal: rows must be >= 1 and nbits >= 0, got {rows} and {nbits}")
+    if nbits > words.size * 64:
+        raise NativeRangeError(f"deal: {nbits} bits asked of {words.size} words")
+    out = np.empty(nbits, dtype=np.uint8)
+    check(lib.qkd_bits_deal(ptr("uint64_t *", words), words.size, nbits, rows, wptr("uint8_t *", out), out.size),
+          "deal")
+    return out
+
+
+def undeal_bits(dealt: np.ndarray, rows: int, out: np.ndarray | None = None) -> np.ndarray:
+    """undeal() of 0/1 bytes packed straight into words (`out`, all of it written: bits past the end zero)."""
+    if dealt.ndim != 1 or dealt.dtype != np.uint8 or not dealt.flags.c_contiguous:
+        raise ValueError("undeal: a contiguous 1-D uint8 array is needed")
+    if rows < 1:
+        raise ValueError(f"undeal: rows must be >= 1, got {rows}")
+    if out is None:
+        out = np.empty(words_for_bits(dealt.size), dtype=np.uint64)
+    as_words(out, "out", writable=True)
+    check(lib.qkd_bits_undeal(ptr("uint8_t *", dealt), dealt.size, rows, wptr("uint64_t *", out), out.size), "undeal")
+    return out
+
+
 def _deal(kernel, values: np.ndarray, rows: int) -> np.ndarray:
     if values.ndim != 1 or values.dtype != np.uint8:
         raise ValueError("deal: a 1-D uint8 array is needed")

@@ -48,6 +48,27 @@ def check_slots(slots: np.ndarray, n_slots: int) -> None:
     check(code, "check slots")
 
 
+def pack_states(value: np.ndarray, basis: np.ndarray, intensity_class: np.ndarray, n_classes: int) -> np.ndarray:
+    """Alice's state bytes (value | basis << 1 | class << 2) from three uint8 columns of one length, in one pass.
+    NativeBufferError names the first slot whose value or basis is above 1 or whose class is >= n_classes (the
+    rule broken, never the value)."""
+    for array, name in ((value, "value"), (basis, "basis"), (intensity_class, "intensity_class")):
+        _u8(array, name)
+    if not value.size == basis.size == intensity_class.size:
+        raise ValueError("value, basis and intensity class must have one length")
+    _classes_ok(n_classes)
+    out = np.empty(value.size, dtype=np.uint8)
+    bad = ffi.new("size_t *")
+    code = lib.qkd_sift_pack_states(ptr("uint8_t *", value), ptr("uint8_t *", basis), ptr("uint8_t *", intensity_class),
+                                    value.size, n_classes, wptr("uint8_t *", out), out.size, bad)
+    if code == lib.QKD_EINVAL:
+        i = bad[0]
+        what = "class" if intensity_class[i] >= n_classes else "value or basis"
+        raise NativeBufferError(f"slot {i}: {what} out of range")
+    check(code, "pack states")
+    return out
+
+
 def sent_counts(states: np.ndarray, n_classes: int, *, portable: bool = False) -> np.ndarray:
     """Pulses sent per [class, basis] (Alice's basis), shape (n_classes, 2), uint64."""
     _u8(states, "states")
@@ -84,20 +105,31 @@ def _outputs(count: int, n_classes: int):
     return counts, key, group_bits, scratch
 
 
-def encode_slots(slots: np.ndarray, n_slots: int) -> np.ndarray:
-    """Bob's slots as the varint stream of qkd_sift.h (first slot, then gaps minus one), uint8."""
+def encode_slots(slots: np.ndarray, n_slots: int, *, prefix_bytes: int = 0) -> np.ndarray:
+    """Bob's slots as the varint stream of qkd_sift.h (first slot, then gaps minus one), uint8; with
+    `prefix_bytes`, after that many bytes left for the caller to fill (a message header)."""
     as_words(slots, "slots")
     bound = lib.qkd_sift_slot_code_bound(slots.size)
     if bound == 0 and slots.size:
         raise NativeBufferError(f"{slots.size} slots overflow the stream length")
-    out = np.empty(bound, dtype=np.uint8)
+    out = np.empty(prefix_bytes + bound, dtype=np.uint8)
+    stream = out[prefix_bytes:]
     used, bad = ffi.new("size_t *"), ffi.new("size_t *")
-    code = lib.qkd_sift_encode_slots(ptr("uint64_t *", slots), slots.size, n_slots, wptr("uint8_t *", out), out.size,
-                                     used, bad)
+    code = lib.qkd_sift_encode_slots(ptr("uint64_t *", slots), slots.size, n_slots, wptr("uint8_t *", stream),
+                                     stream.size, used, bad)
     if code in (lib.QKD_ERANGE, lib.QKD_EPROTO):
         check_slots(slots, n_slots)  # raises the precise error
     check(code, "encode slots")
-    return out[:used[0]]
+    return out[:prefix_bytes + used[0]]
+
+
+def stream_equals(slots: np.ndarray, n_slots: int, code: np.ndarray) -> bool:
+    """Whether `code` is exactly encode_slots(slots, n_slots), compared as it is encoded (no stream written);
+    False also for slots that cannot be encoded."""
+    as_words(slots, "slots")
+    _u8(code, "code")
+    return bool(lib.qkd_sift_stream_equals(ptr("uint64_t *", slots), slots.size, n_slots, ptr("uint8_t *", code),
+                                           code.size))
 
 
 def _stream_error(code: int, bad: int, count: int, n_slots: int) -> None:

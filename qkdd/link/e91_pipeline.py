@@ -74,7 +74,7 @@ class E91FramePipeline(FramePipeline):
             return self._abort(AbortReason.PROTOCOL, "device frame refused: E91 detections out of range")
         self._own_codes, self._own_outcomes = bases, outcomes
         self.state = SIFTING
-        return [self._send((Step.SLOTS, linkmsg.encode_slots(det.slots)), (Step.SIFT, msg.encode_settings(bases)))]
+        return [self._send((Step.SLOTS, linkmsg.slots_part(det.slots)), (Step.SIFT, msg.encode_settings(bases)))]
 
     def _bob_sifting(self, alice_settings) -> list[Action]:
         alice_codes = msg.decode_settings(alice_settings, self._own_codes.size, msg.ALICE_CODES)

@@ -55,8 +55,12 @@ def encode(frame_id: int, parts: list[tuple[Step, bytes]]) -> bytes:
         raise ValueError("frame id must fit in 64 bits")
     chunks = [_HEADER.pack(MAGIC, VERSION, len(parts), 0, frame_id)]
     for step, body in parts:
-        chunks.append(_PART.pack(int(step), len(body)))
-        chunks.append(bytes(body))
+        # a body is a buffer, or a tuple of buffers that make one part (qkdd.postprocess.wire.message_parts);
+        # joined below: copied once
+        views = [b if isinstance(b, bytes) else memoryview(b).cast("B") for b in
+                 (body if isinstance(body, tuple) else (body,))]
+        chunks.append(_PART.pack(int(step), sum(len(v) for v in views)))
+        chunks.extend(views)
     return b"".join(chunks)
 
 

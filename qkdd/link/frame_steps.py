@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from qkdd.link import envelope, linkmsg
 from qkdd.link.actions import Action, Commit, Discard, Finished, FrameOutcome, Send, StorePending
 from qkdd.link.envelope import Step
@@ -157,7 +159,8 @@ class FrameSteps:
         """The frame's keys: count keys of key_bits from the amplified output after offset_words, with their
         ids derived from Alice's key-id seed."""
         words_per_key = key_bits // 64
-        raw = self._amp.output[offset_words:offset_words + count * words_per_key].astype("<u8").tobytes()
+        raw = np.ascontiguousarray(self._amp.output[offset_words:offset_words + count * words_per_key],
+                                   dtype="<u8").tobytes()
         step = key_bits // 8
         ids = linkmsg.derive_key_ids(seed, count, self.frame_id)
         self.outcome.keys = count

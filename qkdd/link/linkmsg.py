@@ -74,8 +74,15 @@ _NO_SLOT_BOUND = 2 ** 64 - 1    # the stream's slot bound: any u64 below it (str
 
 def encode_slots(slots: np.ndarray) -> bytes:
     """Slot numbers (strictly increasing) as the varint stream (SLOT_STREAM)."""
-    code = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
-    return struct.pack("<QB7x", slots.size, SLOT_STREAM) + memoryview(code)
+    return bytes(slots_part(slots))
+
+
+def slots_part(slots: np.ndarray) -> memoryview:
+    """encode_slots() as a view of the buffer the stream was encoded into after its header, for a record
+    (envelope.encode copies it once): no copy of its own, a byte a detection."""
+    code = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND, prefix_bytes=16)
+    code[:16] = np.frombuffer(struct.pack("<QB7x", slots.size, SLOT_STREAM), dtype=np.uint8)
+    return memoryview(code)
 
 
 def encode_slots_fixed(slots: np.ndarray) -> bytes:
@@ -89,20 +96,17 @@ def encode_slots_fixed(slots: np.ndarray) -> bytes:
 def is_slot_stream_of(view, slots: np.ndarray) -> bool:
     """Whether SLOTS `view` is the varint stream of exactly `slots` (the usual case at Alice: Bob detected what
     her records hold). The stream's encoding is canonical (the decoder refuses overlong varints), so equal bytes
-    mean equal slots: this encodes her slots (a pass writing about a byte a slot) and compares, where decoding
-    the stream would build and compare a uint64 array of them (256 MB for 2^25 detections). False whenever the
-    slots differ or the stream is of another form; the caller then decodes it, with its checks."""
+    mean equal slots: this compares the stream with her slots' encoding as it encodes them (qkd_sift_stream_equals:
+    no stream written), where decoding the stream would build and compare a uint64 array of them (256 MB for 2^25
+    detections). False whenever the slots differ or the stream is of another form; the caller then decodes it, with
+    its checks."""
     if len(view) < 16:
         return False
     count, width = struct.unpack_from("<QB", view)
     if count != slots.size or width != SLOT_STREAM or bytes(view[9:16]) != bytes(7):
         return False
     stream = np.frombuffer(view, dtype=np.uint8, offset=16)
-    try:
-        own = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND)
-    except NativeError:
-        return False
-    return own.size == stream.size and bool(np.array_equal(own, stream))
+    return sift_kernel.stream_equals(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND, stream)
 
 
 def decode_slots(view, max_count: int) -> np.ndarray:

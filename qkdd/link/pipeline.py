@@ -243,12 +243,12 @@ class FramePipeline(FrameSteps):
         try:
             local = sifting.BobDetections.every_slot(np.ascontiguousarray(det.bases, dtype=np.uint8),
                                                      np.ascontiguousarray(det.outcomes, dtype=np.uint8))
-            self._sift = sifting.Sifting(sifting.BOB, self.frame_id, local, CLASSES)
+            self._sift = sifting.Sifting(sifting.BOB, self.frame_id, local, CLASSES, message_parts=True)
             (detections,) = self._sift.start()
         except (ValueError, NativeError) as exc:
             return self._abort(AbortReason.PROTOCOL, f"device frame refused: {exc}")
         self.state = SIFTING
-        return [self._send((Step.SLOTS, linkmsg.encode_slots(det.slots)), (Step.SIFT, detections))]
+        return [self._send((Step.SLOTS, linkmsg.slots_part(det.slots)), (Step.SIFT, detections))]
 
     def receive(self, record: bytes) -> list[Action]:
         """Take one record from the peer; returns the actions (sends, stores, outcome) in order."""
@@ -379,7 +379,7 @@ class FramePipeline(FrameSteps):
             columns = tuple(column[positions] for column in columns)
         self.outcome.detections = int(slots.size)
         compact = sifting.AliceRecords.from_columns(*columns, CLASSES)
-        self._sift = sifting.Sifting(sifting.ALICE, self.frame_id, compact, CLASSES)
+        self._sift = sifting.Sifting(sifting.ALICE, self.frame_id, compact, CLASSES, message_parts=True)
         (answer,) = self._sift.receive(detections)
         self.state = AWAIT_REPORT
         return [self._send((Step.SIFT, answer))]
@@ -548,10 +548,47 @@ class FramePipeline(FrameSteps):
             self._verify.receive(bytes(parts[0][1]))
 
 
+# Words shifted at a time by _concatenate: its temporaries stay below the C heap's mmap threshold
+# (qkdd.malloc_tuning), so they are reused, not mapped and zeroed afresh.
+_SHIFT_CHUNK_WORDS = 1 << 14
+
+
 def _concatenate(groups: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
-    """Bit-packed concatenation of several bit-packed strings."""
+    """Bit-packed concatenation of several bit-packed strings, word-wise on the packed words (no unpacked copy):
+    each string's words shifted to its bit offset and or-ed in, in chunks of _SHIFT_CHUNK_WORDS."""
     total = sum(n for _, n in groups)
     if total == 0:
         return np.zeros(0, dtype=np.uint64), 0
-    unpacked = np.concatenate([bitops.unpack(np.ascontiguousarray(w), n) for w, n in groups if n])
-    return bitops.pack(unpacked), total
+    out = np.zeros(bitops.words_for_bits(total), dtype=np.uint64)
+    scratch = np.empty(_SHIFT_CHUNK_WORDS, dtype=np.uint64)
+    at = 0
+    for words, n in groups:
+        if not n:
+            continue
+        n_words = bitops.words_for_bits(n)
+        src = np.ascontiguousarray(words[:n_words], dtype=np.uint64)
+        last = None
+        if n % 64:                          # the last word alone, its bits past the string's end cleared
+            last = np.array([src[-1] & np.uint64((1 << (n % 64)) - 1)], dtype=np.uint64)
+            src = src[:-1]
+        word, shift = divmod(at, 64)
+        for lo in range(0, src.size, _SHIFT_CHUNK_WORDS):
+            _or_shifted(out, word + lo, shift, src[lo:lo + _SHIFT_CHUNK_WORDS], scratch)
+        if last is not None:
+            _or_shifted(out, word + src.size, shift, last, scratch)
+        at += n
+    return out, total
+
+
+def _or_shifted(out: np.ndarray, word: int, shift: int, src: np.ndarray, scratch: np.ndarray) -> None:
+    """out's bits from bit 64 * word + shift on |= src's bits (the last word's spill past out's end dropped:
+    zero for a string within the total)."""
+    if shift == 0:
+        np.bitwise_or(out[word:word + src.size], src, out=out[word:word + src.size])
+        return
+    low = scratch[:src.size]
+    np.left_shift(src, np.uint64(shift), out=low)
+    np.bitwise_or(out[word:word + src.size], low, out=out[word:word + src.size])
+    np.right_shift(src, np.uint64(64 - shift), out=low)
+    end = min(word + 1 + src.size, out.size)
+    np.bitwise_or(out[word + 1:end], low[:end - word - 1], out=out[word + 1:end])

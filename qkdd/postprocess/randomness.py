@@ -35,7 +35,8 @@ def fresh_seed() -> bytes:
 
 
 def expand_words(seed: bytes, n_words: int, label: bytes) -> np.ndarray:
-    """n_words pseudo-random uint64 words from a 256-bit seed: SHAKE256(label || 0x00 || seed).
+    """n_words pseudo-random uint64 words from a 256-bit seed: SHAKE256(label || 0x00 || seed), read-only (a view
+    of the digest, not a copy, on a little-endian machine).
 
     `label` separates uses (e.g. b"qkdd/toeplitz"), so one seed never yields related streams.
     """
@@ -44,4 +45,4 @@ def expand_words(seed: bytes, n_words: int, label: bytes) -> np.ndarray:
     if n_words < 0:
         raise ValueError("n_words must be non-negative")
     stream = hashlib.shake_256(label + b"\x00" + seed).digest(8 * n_words)
-    return np.frombuffer(stream, dtype="<u8").astype(np.uint64)
+    return np.frombuffer(stream, dtype="<u8").astype(np.uint64, copy=False)

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qkdd.bindings import NativeProtocolError, NativeRangeError, as_words
+from qkdd.bindings import NativeBufferError, NativeProtocolError, NativeRangeError, as_words
 from qkdd.bindings import bits
 from qkdd.bindings import sift as kernel
 from qkdd.bindings.bits import words_for_bits
@@ -92,10 +92,18 @@ class AliceRecords:
     @classmethod
     def from_columns(cls, value: np.ndarray, basis: np.ndarray, intensity_class: np.ndarray,
                      n_classes: int) -> "AliceRecords":
-        """Pack per-slot columns (0/1, 0/1, 0..n_classes-1) into state bytes."""
+        """Pack per-slot columns (0/1, 0/1, 0..n_classes-1) into state bytes. uint8 columns (a device's) in one
+        pass of the C kernel, without the frame-sized temporaries of the shifts and ors; others, and columns it
+        refuses (for the precise error), the plain way."""
         value, basis, intensity_class = (np.asarray(a) for a in (value, basis, intensity_class))
         if not value.shape == basis.shape == intensity_class.shape or value.ndim != 1:
             raise ValueError("value, basis and intensity class must be 1-D arrays of one length")
+        if all(a.dtype == np.uint8 for a in (value, basis, intensity_class)) and 1 <= n_classes <= MAX_CLASSES:
+            try:
+                return cls(kernel.pack_states(*(np.ascontiguousarray(a) for a in (value, basis, intensity_class)),
+                                              n_classes), n_classes)
+            except NativeBufferError:
+                pass
         if value.size and (value.max() > 1 or basis.max() > 1 or value.min() < 0 or basis.min() < 0):
             raise ValueError("value and basis must be 0 or 1")
         if intensity_class.size and not (0 <= intensity_class.min() and intensity_class.max() < n_classes):
@@ -166,7 +174,8 @@ class SiftResult:
 
     def __init__(self, role: str, sifted: kernel.Sifted, slots, bob_basis: np.ndarray,
                  counts: SiftCounts, n_classes: int):
-        """`slots`: the detected slots, or a callable that decodes them when first asked for."""
+        """`slots` and `bob_basis`: the detected slots and Bob's bases (0/1 per detection), or callables that
+        build them when first asked for (sifted_slots)."""
         self.role = role
         self.counts = counts
         self.n_classes = n_classes
@@ -188,6 +197,8 @@ class SiftResult:
         if callable(self._slots):
             self._slots = self._slots()
         count = self._slots.size
+        if callable(self._bob_basis):
+            self._bob_basis = self._bob_basis()
         match = np.unpackbits(self._sifted.match.view(np.uint8), bitorder="little", count=count).astype(bool)
         keep = match & (self._sifted.classes == intensity_class) & (self._bob_basis == basis)
         return self._slots[keep]
@@ -202,7 +213,10 @@ class Sifting(wire.FrameExchange):
     """One end of sifting of one frame. Alice is built with AliceRecords, Bob with BobDetections."""
 
     def __init__(self, role: str, frame_id: int, records: AliceRecords | BobDetections, n_classes: int,
-                 revealed_classes: tuple[int, ...] = ()):
+                 revealed_classes: tuple[int, ...] = (), *, message_parts: bool = False):
+        """`message_parts`: DETECTIONS and ANSWER returned as the tuple of their buffers (wire.message_parts) for a
+        caller that puts them into a record of its own (the link pipeline), not joined into bytes first: each of
+        a frame's size, copied once instead of twice."""
         if role == ALICE and not isinstance(records, AliceRecords):
             raise TypeError("alice needs AliceRecords")
         if role == BOB and not isinstance(records, BobDetections):
@@ -225,6 +239,7 @@ class Sifting(wire.FrameExchange):
         self._sent_seq = 0
         self._result: SiftResult | None = None
         self._pending = None
+        self._message_parts = message_parts
 
     @property
     def frame_id(self) -> int:
@@ -247,7 +262,7 @@ class Sifting(wire.FrameExchange):
         bases.view(np.uint8)[:packed.size] = packed
         code = det.slot_code()
         header = np.array([det.n_slots, count, code.size], dtype="<u8")
-        return [self._send(DETECTIONS, [header, code, bytes(-code.size % 8), bases])]
+        return [self._send(DETECTIONS, [header, code, bytes(-code.size % 8), bases], self._message_parts)]
 
     def _on_answer(self, payload) -> list[bytes]:
         det = self._records
@@ -325,19 +340,17 @@ class Sifting(wire.FrameExchange):
         sent = kernel.sent_counts(records.states, self._n_classes)
         self._advance(DETECTIONS)
         mask = sum(1 << c for c in self._revealed)
-        classes_padded = np.zeros(count + (-count) % 8, dtype=np.uint8)
-        classes_padded[:count] = sifted.classes
         parts = [np.array([count], dtype="<u8"), bytes([self._n_classes]) + bytes(7),
-                 np.array([mask], dtype="<u8"), sent.astype("<u8"), sifted.match, classes_padded]
+                 np.array([mask], dtype="<u8"), sent.astype("<u8"), sifted.match, sifted.classes, bytes(-count % 8)]
         offsets = np.concatenate([[0], np.cumsum([words_for_bits(int(b)) for b in sifted.group_bits])]).astype(int)
         for c in self._revealed:
             for basis in (BASIS_Z, BASIS_X):
                 g = 2 * c + basis
                 parts.append(np.array([sifted.group_bits[g]], dtype="<u8"))
                 parts.append(sifted.key[offsets[g]:offsets[g + 1]])
-        bob_basis = np.unpackbits(bases.view(np.uint8), bitorder="little", count=count)
-        self._pending = (sifted, lambda: kernel.decode_slots(code, count, n_slots), bob_basis, sent)
-        return [self._send(ANSWER, parts)]
+        self._pending = (sifted, lambda: kernel.decode_slots(code, count, n_slots),
+                         lambda: np.unpackbits(bases.view(np.uint8), bitorder="little", count=count), sent)
+        return [self._send(ANSWER, parts, self._message_parts)]
 
     def _on_report(self, payload) -> list[bytes]:
         reader = wire.Reader(payload, "REPORT")
@@ -382,7 +395,8 @@ class Sifting(wire.FrameExchange):
             raise SiftingStateError(f"{event}() not allowed for {self.role} in state {self.state}")
         self.state = next_state
 
-    def _send(self, kind: int, parts: list) -> bytes:
-        message = wire.encode_parts(kind, self.frame_id, self._sent_seq, parts)
+    def _send(self, kind: int, parts: list, as_parts: bool = False):
+        encode = wire.message_parts if as_parts else wire.encode_parts
+        message = encode(kind, self.frame_id, self._sent_seq, parts)
         self._sent_seq += 1
         return message

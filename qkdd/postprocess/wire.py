@@ -123,11 +123,17 @@ class Sequencer:
 
 def encode_parts(kind: int, frame_id: int, seq: int, parts: list) -> bytes:
     """Like encode(), with the payload given as a list of buffers (bytes, numpy arrays), copied once."""
+    return b"".join(message_parts(kind, frame_id, seq, parts))
+
+
+def message_parts(kind: int, frame_id: int, seq: int, parts: list) -> tuple[memoryview, ...]:
+    """The message encode_parts() joins, as its buffers: the header, then views of `parts` (no copy). A link
+    record takes such a tuple as one part (qkdd.link.envelope.encode) and copies it once, into the record."""
     views = [memoryview(p).cast("B") for p in parts]
     length = sum(len(v) for v in views)
     if length > MAX_PAYLOAD_BYTES:
         raise ValueError(f"payload of {length} bytes exceeds {MAX_PAYLOAD_BYTES}")
-    return b"".join([HEADER.pack(MAGIC, VERSION, kind, 0, frame_id, seq, length), *views])
+    return (memoryview(HEADER.pack(MAGIC, VERSION, kind, 0, frame_id, seq, length)), *views)
 
 
 class FrameExchange:
