@@ -355,6 +355,25 @@ def test_take_bits_delivers_the_oldest_allocatable_keys_once_in_one_step(store):
     assert [key.key_id for key in store.take_bits(LINK, 256, want_bits=10 * 256)] == [keys[4][0], keys[5][0]]
 
 
+def test_a_take_larger_than_one_erasing_statement_erases_every_key_inside_a_group_commit(store):
+    """take_bits erases its keys _KEYS_PER_ERASE to a statement (one statement a key grew as the square of the
+    keys inside a group commit): a take of 2.5 statements' worth inside batch() delivers each key once, erases
+    each one's material, and leaves the counts and the held bits exact."""
+    count = 2 * store_module._KEYS_PER_ERASE + store_module._KEYS_PER_ERASE // 2
+    keys = new_keys(count + 3, nbytes=4)
+    store.put_pending(LINK, 0, keys, expires_at=time.time() + 3600)
+    store.commit_frame(LINK, 0)
+    with store.batch():
+        taken = store.take_bits(LINK, count * 32, want_bits=count * 32)
+    assert [(key.key_id, key.material) for key in taken] == keys[:count]
+    assert {store.state(LINK, key_id) for key_id, _ in keys[:count]} == {KeyState.DELIVERED}
+    assert [store.state(LINK, key_id) for key_id, _ in keys[count:]] == [KeyState.AVAILABLE] * 3
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT COUNT(*) FROM keys WHERE sealed IS NOT NULL OR nonce IS NOT NULL").fetchone() == (3,)
+    assert store.counts(LINK)[KeyState.DELIVERED] == count and store.counts(LINK)[KeyState.AVAILABLE] == 3
+    assert store.available_bits(LINK) == 3 * 32
+
+
 def test_keys_come_out_with_the_frame_they_were_stored_from(store):
     """deliver, peek and take_bits read the key's frame in the same statement as the key itself."""
     frames = {7: new_keys(2), 2 ** 40 + 3: new_keys(2)}

@@ -150,6 +150,7 @@ _HAS_MATERIAL = "sealed IS NOT NULL"
 _SQLITE_IOERR, _SQLITE_FULL = 10, 13
 LOW_SPACE_BYTES = 1 << 20           # an I/O error with less free space than this counts as a full disk
 _FRAMES_PER_QUERY = 500             # frame ids bound into one inventory query (SQLite allows 32766 parameters)
+_KEYS_PER_ERASE = 500               # key ids bound into one erasing UPDATE (_erase)
 
 
 class KeyStore(SavepointTransactions):
@@ -700,10 +701,16 @@ class KeyStore(SavepointTransactions):
             raise IllegalTransition(key_id, current, wanted)
 
     def _erase(self, db: sqlite3.Connection, link_id: str, keys: Sequence[tuple[str, int]], final: KeyState) -> None:
-        """Erase the material of `keys` ((key_id, bits) of keys of `link_id` that hold material)."""
+        """Erase the material of `keys` ((key_id, bits) of keys of `link_id` that hold material), up to
+        _KEYS_PER_ERASE keys to a statement: inside a group commit (batch(), a SAVEPOINT) each statement's end
+        costs SQLite time growing with the pages the transaction has changed, so one statement per key grew as the
+        square of the keys (70 000 keys of one take: 65 s; 20 000: 161 us a key against 21 us for 5000)."""
         now = self._clock()
-        db.executemany("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? WHERE key_id = ?",
-                       [(final.value, now, key_id) for key_id, _ in keys])
+        ids = [key_id for key_id, _ in keys]
+        for first in range(0, len(ids), _KEYS_PER_ERASE):
+            chunk = ids[first:first + _KEYS_PER_ERASE]
+            db.execute("UPDATE keys SET state = ?, nonce = NULL, sealed = NULL, delivered_at = ? "
+                       f"WHERE key_id IN ({', '.join('?' * len(chunk))})", (final.value, now, *chunk))
         _add_held_bits(db, link_id, -sum(bits for _, bits in keys))
 
     def _open(self, key_id: str, link_id: str, bits: int, nonce: bytes, sealed: bytes) -> bytes:
