@@ -40,25 +40,23 @@ EVENTS = ("opened", "generated", "reserved", "released", "delivered", "expired",
 DEFAULT_SIGN_EVERY = 256
 
 
-def canonical(record: dict) -> bytes:
-    return _json(record).encode()
+def canonical(record: dict, encoded: dict[str, str] | None = None) -> bytes:
+    """The record as one line of canonical JSON. `encoded`: the values of the fields it names, already encoded by
+    _json (a record's `keys` may list tens of thousands of keys: encoded once for its hash and its line)."""
+    if not encoded:
+        return _json(record).encode()
+    return ("{" + ",".join(f"{_json(name)}:{encoded[name] if name in encoded else _json(record[name])}"
+                           for name in sorted(record)) + "}").encode()
 
 
 def _json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def _canonical_with(record: dict, encoded: dict[str, str]) -> bytes:
-    """canonical(record), byte for byte, with the values of the fields named in `encoded` given already encoded
-    (a record's `keys` may list tens of thousands of keys: encoded once for its hash and its line)."""
-    return ("{" + ",".join(f"{_json(name)}:{encoded[name] if name in encoded else _json(record[name])}"
-                           for name in sorted(record)) + "}").encode()
-
-
-def record_hash(record: dict) -> str:
-    """The hash a record must carry: SHA-256(prev || canonical record without `hash`)."""
+def record_hash(record: dict, encoded: dict[str, str] | None = None) -> str:
+    """The hash a record must carry: SHA-256(prev || canonical record without `hash`); `encoded` as canonical()."""
     body = {k: v for k, v in record.items() if k != "hash"}
-    return hashlib.sha256(bytes.fromhex(record["prev"]) + canonical(body)).hexdigest()
+    return hashlib.sha256(bytes.fromhex(record["prev"]) + canonical(body, encoded)).hexdigest()
 
 
 def head_message(head_hash: str, seq: int) -> bytes:
@@ -149,7 +147,6 @@ class AuditTrail:
     def _append(self, body: dict) -> None:
         record = {"seq": self._seq, "time": round(self._clock(), 6), "prev": self._prev, **body}
         encoded = {"keys": _json(record["keys"])}
-        # record_hash(record), with the keys encoded once
-        record["hash"] = hashlib.sha256(bytes.fromhex(record["prev"]) + _canonical_with(record, encoded)).hexdigest()
-        self._file.write(_canonical_with(record, encoded) + b"\n")
+        record["hash"] = record_hash(record, encoded)
+        self._file.write(canonical(record, encoded) + b"\n")
         self._seq, self._prev = self._seq + 1, record["hash"]
