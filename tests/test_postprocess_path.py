@@ -74,34 +74,33 @@ def test_deal_from_packed_words_equals_unpack_then_deal(n, rows):
     assert np.array_equal(back, bitops.pack(unpacked))
 
 
+def plain_rows(end, dtype, punctured: np.ndarray, shortened: int, key_values) -> np.ndarray:
+    """An end's codeword rows the plain way: its unpacked frame interleaved, each group's rows in layout order
+    (`punctured`, one row per codeword; `shortened`; `key_values` of the group's key bits), then placed."""
+    info = native.code(end.plan.code)
+    n, p = info.n_bits, end.plan.punctured
+    bits = ldpc.interleave(bitops.unpack(end.key, end.n_bits), end.plan.codewords)
+    rows = np.empty((end.plan.codewords, n), dtype=dtype)
+    for first, count, k, start in end.plan.groups():
+        ordered = np.empty((count, n), dtype=dtype)
+        ordered[:, :p] = punctured[first:first + count]
+        ordered[:, p:n - k] = shortened
+        ordered[:, n - k:] = key_values(bits[start:start + count * k].reshape(count, k))
+        for row, target in zip(ordered, rows[first:first + count]):
+            np.take(row, end._layout._inverse, out=target)
+    return rows
+
+
 def plain_llr(bob: ldpc.LdpcBob) -> np.ndarray:
-    """Bob's LLRs the plain way: unpacked frame, interleaved, each group's rows in layout order, placed."""
-    info = native.code(bob.plan.code)
-    n, p = info.n_bits, bob.plan.punctured
-    bits = ldpc.interleave(bitops.unpack(bob.key, bob.n_bits), bob.plan.codewords)
-    llr = np.empty((bob.plan.codewords, n), dtype=np.int8)
-    for first, count, k, start in bob.plan.groups():
-        ordered = np.empty((count, n), dtype=np.int8)
-        ordered[:, :p] = 0
-        ordered[:, p:n - k] = native.LLR_MAX
-        ordered[:, n - k:] = np.where(bits[start:start + count * k].reshape(count, k) == 1, -bob.llr_units,
-                                      bob.llr_units)
-        bob._layout.place(ordered, llr[first:first + count])
-    return llr
+    """Bob's LLRs: punctured 0, shortened LLR_MAX, key bits -units for a 1 and +units for a 0."""
+    zeros = np.zeros((bob.plan.codewords, bob.plan.punctured), dtype=np.int8)
+    return plain_rows(bob, np.int8, zeros, native.LLR_MAX,
+                      lambda bits: np.where(bits == 1, -bob.llr_units, bob.llr_units))
 
 
 def plain_codewords(alice: ldpc.LdpcAlice, padding: np.ndarray) -> np.ndarray:
-    info = native.code(alice.plan.code)
-    n, p = info.n_bits, alice.plan.punctured
-    bits = ldpc.interleave(bitops.unpack(alice.key, alice.n_bits), alice.plan.codewords)
-    words = np.empty((alice.plan.codewords, n), dtype=np.uint8)
-    for first, count, k, start in alice.plan.groups():
-        ordered = np.empty((count, n), dtype=np.uint8)
-        ordered[:, :p] = padding[first:first + count]
-        ordered[:, p:n - k] = 0
-        ordered[:, n - k:] = bits[start:start + count * k].reshape(count, k)
-        alice._layout.place(ordered, words[first:first + count])
-    return words
+    """Alice's codewords: punctured the padding, shortened 0, the key bits."""
+    return plain_rows(alice, np.uint8, padding, 0, lambda bits: bits)
 
 
 @pytest.mark.parametrize("n_bits, qber, seed", [(30_001, 0.03, 1), (200_003, 0.02, 2), (150_000, 0.05, 3)])

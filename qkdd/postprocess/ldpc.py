@@ -431,15 +431,10 @@ class _Layout:
         self._inverse = np.empty_like(perm)
         self._inverse[perm] = np.arange(info.n_bits)
 
-    def place(self, ordered: np.ndarray, out: np.ndarray) -> None:
-        """Codeword rows from rows in layout order (punctured, shortened, key): out[:, perm[j]] = ordered[:, j].
-        A gather per row (numpy's take), several times faster than a 2-D scatter."""
-        for row, target in zip(ordered, out):
-            self.place_row(row, target)
-
     def place_row(self, ordered: np.ndarray, out: np.ndarray) -> None:
-        """One codeword from its row in layout order (place). mode="clip" on indices that are a permutation: the same
-        gather without numpy's buffered copy of `out` (mode="raise" buffers it: 30 % slower)."""
+        """A codeword from its row in layout order (punctured, shortened, key): out[perm[j]] = ordered[j]. A gather
+        (numpy's take), several times faster than a scatter; mode="clip" on indices that are a permutation: the
+        same gather without numpy's buffered copy of `out` (mode="raise" buffers it: 30 % slower)."""
         np.take(ordered, self._inverse, out=out, mode="clip")
 
     def key_positions(self, key_bits: int) -> np.ndarray:
