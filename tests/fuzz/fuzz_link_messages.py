@@ -88,7 +88,7 @@ def _decode_part(step: Step, body: memoryview, exchanges: dict) -> None:
                 except linkmsg.LinkMessageError:
                     pass
         elif step is Step.KEYS:
-            seed, count, key_bits = linkmsg.decode_keys(body)
+            seed, count, key_bits, _expires_at = linkmsg.decode_keys(body)
             if len(seed) != linkmsg.KEY_ID_SEED_BYTES:
                 raise Finding("KEYS seed of the wrong length")
         elif step is Step.ABORT:
@@ -162,7 +162,7 @@ def seeds() -> list[bytes]:
         exchanges.append(envelope.encode(FRAME_ID, [(step, message)]))
     own = [envelope.encode(FRAME_ID, [(Step.SLOTS, linkmsg.encode_slots(_slots)),
                                       (Step.ESTIMATE, linkmsg.encode_errors([3, 0, 5]))]),
-           envelope.encode(FRAME_ID, [(Step.KEYS, linkmsg.encode_keys(bytes(range(32)), 4, 256)),
+           envelope.encode(FRAME_ID, [(Step.KEYS, linkmsg.encode_keys(bytes(range(32)), 4, 256, 1.8e9)),
                                       (Step.COMMIT, b"")]),
            envelope.encode(FRAME_ID, [(Step.ABORT, linkmsg.encode_abort(linkmsg.AbortReason.QBER, "QBER 0.2"))])]
     return [container(from_bob), container(from_alice), container(exchanges), container(own)] + \
