@@ -4,9 +4,9 @@
 
 Alice's device simulates each frame (C kernel in a worker thread), sends Bob's detections over TCP and
 waits for Bob's ACK; Bob's device checks and yields them. One JSON object per distance:
-{"detections_per_s", "wire_mbytes_per_s", "real_time_factor"} where real_time_factor is simulated source
-time over wall time (>= 1: the pair keeps up with the configured clock). Defaults: the driver's system
-(qkdd.hal.sim.settings), 2^28-slot frames.
+{"detections_per_s", "wire_mbytes_per_s", "wire_bytes_per_detection", "real_time_factor"} where
+real_time_factor is simulated source time over wall time (>= 1: the pair keeps up with the configured
+clock). Defaults: the driver's system (qkdd.hal.sim.settings), 2^28-slot frames.
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import time
 
 import trio
 
-from qkdd.hal.sim import wire
 from qkdd.hal.sim.alice import SimAliceDevice
 from qkdd.hal.sim.bob import SimBobDevice
 from qkdd.hal.sim.settings import DEFAULT_FRAME_SLOTS, SimConfig
@@ -36,17 +35,18 @@ async def measure(distance_km: float, frames: int, frame_slots: int, prefetch: b
             await alice.next_frame()
 
     async def bob_side():
-        nonlocal detections, started, first_frame_slots
+        nonlocal detections, started, first_frame_slots, first_frame_bytes
         for index in range(frames + 1):
             frame = await bob.next_frame()
             if index == 0:                     # the first frame includes connection set-up
                 started = time.perf_counter()
                 first_frame_slots = frame.slot_count
+                first_frame_bytes = bob.wire_bytes_received
                 continue
             detections += frame.bob.slots.size
 
     started = 0.0
-    first_frame_slots = 0
+    first_frame_slots = first_frame_bytes = 0
     async with trio.open_nursery() as nursery:
         nursery.start_soon(alice_side)
         nursery.start_soon(bob_side)
@@ -57,7 +57,8 @@ async def measure(distance_km: float, frames: int, frame_slots: int, prefetch: b
     return {"benchmark": "sim_driver", "distance_km": distance_km, "prefetch": prefetch, "frames": frames,
             "frame_slots": frame_slots,
             "seconds": round(seconds, 4), "detections_per_s": detections / seconds,
-            "wire_mbytes_per_s": detections * wire.BYTES_PER_DETECTION / seconds / 1e6,
+            "wire_mbytes_per_s": (bob.wire_bytes_received - first_frame_bytes) / seconds / 1e6,
+            "wire_bytes_per_detection": round((bob.wire_bytes_received - first_frame_bytes) / detections, 3),
             "real_time_factor": slots / config.clock_hz / seconds}
 
 

@@ -1,6 +1,5 @@
 """The simulated devices' frame path without frame-sized temporaries: the frame QBER counted in cache-sized
-passes, Alice's and Bob's slots as one column, and the slots' strict increase checked in passes -- each checked
-against the plain way of doing the same."""
+passes and Alice's and Bob's slots as one column, each checked against the plain way of doing the same."""
 from __future__ import annotations
 
 import math
@@ -8,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from qkdd.hal.sim import ambient, wire
+from qkdd.hal.sim import ambient
 from qkdd.hal.sim.settings import SimConfig
 from qkdd.hal.sim.simulator import Simulator
 
@@ -44,17 +43,3 @@ def test_one_slot_column_is_the_same_frame_as_two():
         assert np.array_equal(getattr(one.alice, name), getattr(two.alice, name))
     for name in ("slot", "basis", "outcome"):
         assert np.array_equal(getattr(one.bob, name), getattr(two.bob, name))
-
-
-@pytest.mark.parametrize("size", [0, 1, 2, 7, 8, 9, 30])
-def test_the_strict_increase_check_in_passes_finds_the_first_bad_slot(monkeypatch, size):
-    monkeypatch.setattr(wire, "CHECK_CHUNK", 4)
-    rng = np.random.default_rng(size)
-    good = np.cumsum(rng.integers(1, 5, size), dtype=np.uint64)
-    assert wire._first_not_increasing(good) is None
-    for bad in range(1, size):
-        for value in (good[bad - 1], good[bad - 1] - 1 if good[bad - 1] else 0):
-            slots = good.copy()
-            slots[bad] = value
-            plain = int(np.argmax(slots[1:] <= slots[:-1])) + 1
-            assert wire._first_not_increasing(slots) == plain

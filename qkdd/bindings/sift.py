@@ -105,6 +105,11 @@ def _outputs(count: int, n_classes: int):
     return counts, key, group_bits, scratch
 
 
+def slot_code_bound(count: int) -> int:
+    """The most bytes the varint stream of `count` slots can take (encode_slots)."""
+    return count * MAX_VARINT_BYTES
+
+
 def encode_slots(slots: np.ndarray, n_slots: int, *, prefix_bytes: int = 0) -> np.ndarray:
     """Bob's slots as the varint stream of qkd_sift.h (first slot, then gaps minus one), uint8; with
     `prefix_bytes`, after that many bytes left for the caller to fill (a message header)."""

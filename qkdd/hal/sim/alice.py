@@ -150,12 +150,12 @@ class SimAliceDevice(ListeningEnd, Device):
                 self._next_frame_id += 1
                 self._calibration_seq = controls[2]
                 await trio.sleep_until(self._pacer.frame_done_s(frame.slots, trio.current_time()))
-                message = await run_sync_counted(self.count_cpu, self._message, frame, frame_id)    # numpy on the frame
+                message, buffers = await run_sync_counted(self.count_cpu, self._encoded_message, frame, frame_id)
                 try:
                     async with trio.open_nursery() as nursery:
                         if self.prefetch:
                             nursery.start_soon(self._prefetch)
-                        error = await self._try_hand_over(stream, message)
+                        error = await self._try_hand_over(stream, message, buffers)
                 except BaseException:
                     await self._drop_connection()     # cancelled mid-frame: the stream is out of step
                     raise
@@ -166,8 +166,8 @@ class SimAliceDevice(ListeningEnd, Device):
                     await self._drop_connection()
                     continue
                 raw = self._account(frame, frame_id, message)
-                simulated = [frame]         # the simulator's own columns (Bob's side), freed off the loop
-                del frame, message
+                simulated = [frame, buffers]    # the simulator's own columns (Bob's side), freed off the loop
+                del frame, message, buffers
                 await run_sync_counted(self.count_cpu, simulated.clear)
                 return raw
 
@@ -193,13 +193,19 @@ class SimAliceDevice(ListeningEnd, Device):
             return prefetched
         return await self._generate()
 
-    async def _try_hand_over(self, stream: trio.SocketStream, message: wire.FrameMessage) -> Exception | None:
+    async def _try_hand_over(self, stream: trio.SocketStream, message: wire.FrameMessage,
+                             buffers: list) -> Exception | None:
         try:
-            await self._hand_over(stream, message)
+            await self._hand_over(stream, message, buffers)
         except (ConnectionLost, wire.WireError, trio.BrokenResourceError, trio.ClosedResourceError,
                 OSError) as exc:
             return exc
         return None
+
+    def _encoded_message(self, frame: Frame, frame_id: int) -> tuple[wire.FrameMessage, list]:
+        """The frame's FRAME message and its bytes (wire.encode_frame: a pass over the slots, so in a worker)."""
+        message = self._message(frame, frame_id)
+        return message, wire.encode_frame(message)
 
     def _message(self, frame: Frame, frame_id: int) -> wire.FrameMessage:
         qber = ambient.frame_qber(frame)
@@ -216,8 +222,8 @@ class SimAliceDevice(ListeningEnd, Device):
             monitor_power_w=frame.monitor_power_w, qber=qber, visibility=ambient.frame_visibility(frame, qber),
             slots=slots, bases=frame.bob.basis, outcomes=frame.bob.outcome)
 
-    async def _hand_over(self, stream: trio.SocketStream, message: wire.FrameMessage) -> None:
-        for buffer in wire.encode_frame(message):
+    async def _hand_over(self, stream: trio.SocketStream, message: wire.FrameMessage, buffers: list) -> None:
+        for buffer in buffers:
             await stream.send_all(buffer)
         # One deadline for the ACK: REALIGNs from Bob on the way do not extend it (a Bob that sent
         # nothing else would otherwise keep this frame waiting for ever).

@@ -98,6 +98,11 @@ class DialingEnd(HeldConnection):
         """Nothing to open yet: the first next_frame() connects (Alice's device may start later)."""
         self._closed = False
 
+    @property
+    def wire_bytes_received(self) -> int:
+        """Bytes read from Alice's device so far, over every connection."""
+        return self._receiver.bytes_received
+
     async def close(self) -> None:
         self._closed = True
         await self._drop_connection()

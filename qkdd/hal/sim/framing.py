@@ -27,6 +27,7 @@ class FramedReceiver:
             raise ValueError(f"role: alice or bob, got {role!r}")
         self.role = role
         self.last_frame_id: int | None = None
+        self.bytes_received = 0     # over every connection, for the benchmarks' wire figures
         self.reset()
 
     def reset(self) -> None:
@@ -47,6 +48,7 @@ class FramedReceiver:
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
+        self.bytes_received += len(data)
 
     def ready_body_bytes(self) -> int:
         """The body length of the message being read once all of it is buffered (next_message() will return
