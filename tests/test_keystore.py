@@ -1,5 +1,6 @@
 """Key store on a real SQLite file: states, at-rest encryption, expiry, and crash safety under kill -9."""
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ from qkdd.keystore import (
     load_kek,
 )
 from qkdd.keystore import store as store_module
+from qkdd.keystore.model import IllegalTransition
 from qkdd.link.service import open_keystore
 
 LINK = "link-ab"
@@ -356,10 +358,10 @@ def test_take_bits_delivers_the_oldest_allocatable_keys_once_in_one_step(store):
 
 
 def test_a_take_larger_than_one_erasing_statement_erases_every_key_inside_a_group_commit(store):
-    """take_bits erases its keys _KEYS_PER_ERASE to a statement (one statement a key grew as the square of the
+    """take_bits erases its keys _KEYS_PER_STATEMENT to a statement (one statement a key grew as the square of the
     keys inside a group commit): a take of 2.5 statements' worth inside batch() delivers each key once, erases
     each one's material, and leaves the counts and the held bits exact."""
-    count = 2 * store_module._KEYS_PER_ERASE + store_module._KEYS_PER_ERASE // 2
+    count = 2 * store_module._KEYS_PER_STATEMENT + store_module._KEYS_PER_STATEMENT // 2
     keys = new_keys(count + 3, nbytes=4)
     store.put_pending(LINK, 0, keys, expires_at=time.time() + 3600)
     store.commit_frame(LINK, 0)
@@ -372,6 +374,155 @@ def test_a_take_larger_than_one_erasing_statement_erases_every_key_inside_a_grou
         assert db.execute("SELECT COUNT(*) FROM keys WHERE sealed IS NOT NULL OR nonce IS NOT NULL").fetchone() == (3,)
     assert store.counts(LINK)[KeyState.DELIVERED] == count and store.counts(LINK)[KeyState.AVAILABLE] == 3
     assert store.available_bits(LINK) == 3 * 32
+
+
+class _Records:
+    """An audit trail's stand-in: the records the store writes, as (event, keys, holder)."""
+
+    def __init__(self):
+        self.records = []
+
+    def event(self, event, link_id, keys, *, holder=None, detail=""):
+        self.records.append((event, list(keys), holder))
+
+
+def _peer_keys_over_statements(store):
+    """2.5 statements' worth (_KEYS_PER_STATEMENT) of AVAILABLE keys of the other end's share, of 4 to 7 bytes so
+    that their bits differ: {key_id: bits} in the stored order."""
+    count = 2 * store_module._KEYS_PER_STATEMENT + store_module._KEYS_PER_STATEMENT // 2
+    keys = [(str(uuid.uuid4()), os.urandom(4 + i % 4)) for i in range(count)]
+    store.put_pending(LINK, 0, keys, expires_at=time.time() + 3600, allocatable=[False] * count)
+    store.commit_frame(LINK, 0)
+    return {key_id: len(material) * 8 for key_id, material in keys}
+
+
+def _rows(store):
+    """Every key's state and holder, and the state counts, as the file holds them."""
+    with sqlite3.connect(store.path) as db:
+        return (db.execute("SELECT key_id, state, holder FROM keys ORDER BY key_id").fetchall(),
+                db.execute("SELECT * FROM state_counts ORDER BY link_id, state, allocatable").fetchall())
+
+
+@pytest.mark.parametrize("peer_share_only", [False, True])
+def test_a_reservation_and_release_of_several_statements_inside_a_group_commit(store, peer_share_only):
+    """reserve_ids and release change their keys _KEYS_PER_STATEMENT to a statement (one statement a key grew as the
+    square of the keys inside a group commit): 2.5 statements' worth in a shuffled order inside batch() reserves
+    and releases each key once, returns each one's bits by id, and audits them in the order given."""
+    bits = _peer_keys_over_statements(store)
+    order = list(bits)
+    random.Random(7).shuffle(order)
+    store.audit = audit = _Records()
+    with store.batch():
+        got = store.reserve_ids(LINK, order, "h", peer_share_only=peer_share_only)
+    assert list(got.items()) == [(key_id, bits[key_id]) for key_id in order]
+    assert {store.holder_of(LINK, key_id) for key_id in order} == {"h"}
+    assert store.counts(LINK)[KeyState.RESERVED] == len(order) and store.counts(LINK)[KeyState.AVAILABLE] == 0
+    with store.batch():
+        store.release(LINK, order)
+    assert {(store.state(LINK, key_id), store.holder_of(LINK, key_id)) for key_id in order} == {
+        (KeyState.AVAILABLE, None)}
+    assert store.counts(LINK)[KeyState.AVAILABLE] == len(order) and store.counts(LINK)[KeyState.RESERVED] == 0
+    assert store.available_bits(LINK, allocatable_only=False) == sum(bits.values())
+    assert audit.records == [("reserved", list(got.items()), "h"), ("released", list(got.items()), None)]
+
+
+@pytest.mark.parametrize("bad", ["delivered", "reserved for another", "pending", "unknown", "not a UUID",
+                                 "this end's share"])
+def test_a_reservation_of_several_statements_that_fails_in_the_middle_changes_nothing(store, bad):
+    """One key in the second statement's worth that cannot be reserved refuses the whole call inside batch() with
+    the error one key at a time gives, keys of the statements before and after it unchanged and nothing audited."""
+    order = list(_peer_keys_over_statements(store))
+    position = store_module._KEYS_PER_STATEMENT + store_module._KEYS_PER_STATEMENT // 2
+    middle = order[position]
+    if bad == "delivered":
+        store.deliver(LINK, middle)
+        error, message = KeyAlreadyDelivered, f"key {middle} was delivered before"
+    elif bad == "reserved for another":
+        store.reserve_ids(LINK, [middle], "other")
+        error, message = IllegalTransition, f"key {middle}: cannot go from reserved to reserved"
+    elif bad == "pending":
+        order[position] = middle = new_keys(1)[0][0]
+        store.put_pending(LINK, 1, [(middle, b"k")], expires_at=time.time() + 3600, allocatable=[False])
+        error, message = IllegalTransition, f"key {middle}: cannot go from pending to reserved"
+    elif bad == "unknown":
+        order[position] = middle = str(uuid.uuid4())
+        error, message = KeyNotFound, f"key {middle} is not stored for link {LINK}"
+    elif bad == "not a UUID":
+        order[position] = "not-a-uuid"
+        error, message = KeyStoreError, "not a UUID"
+    else:
+        order[position] = middle = new_keys(1)[0][0]
+        store.put_pending(LINK, 2, [(middle, b"k")], expires_at=time.time() + 3600, allocatable=[True])
+        store.commit_frame(LINK, 2)
+        error, message = KeyUnavailable, f"key {middle} is this end's to hand out"
+    before = _rows(store)
+    store.audit = audit = _Records()
+    with store.batch():
+        with pytest.raises(error, match=message):
+            store.reserve_ids(LINK, order, "h", peer_share_only=True)
+    assert _rows(store) == before and audit.records == []
+
+
+def test_the_first_key_named_that_fails_is_the_one_a_reservation_reports(store):
+    """Keys are checked in the order given, statement after statement, so the error is the first bad key's, as one
+    key at a time: an unknown key before a delivered one, a delivered one before an id that is not a UUID."""
+    order = list(_peer_keys_over_statements(store))
+    store.deliver(LINK, order[1100])
+    unknown = str(uuid.uuid4())
+    with pytest.raises(KeyNotFound, match=unknown):
+        store.reserve_ids(LINK, order[:700] + [unknown] + order[700:], "h")
+    with pytest.raises(KeyAlreadyDelivered, match=order[1100]):
+        store.reserve_ids(LINK, order[:1150] + ["not-a-uuid"] + order[1150:], "h")
+    with pytest.raises(KeyStoreError, match="not a UUID"):
+        store.reserve_ids(LINK, order[:1050] + ["not-a-uuid"] + order[1050:], "h")
+    assert store.counts(LINK)[KeyState.RESERVED] == 0
+
+
+def test_a_reservation_of_several_statements_with_repeated_ids_and_keys_already_held(store):
+    """Keys already reserved for the same holder (every third) and ids named twice, within one statement's worth
+    and across them, are reserved, returned and audited once each, in the order first named."""
+    bits = _peer_keys_over_statements(store)
+    order = list(bits)
+    store.reserve_ids(LINK, order[::3], "h")
+    store.audit = audit = _Records()
+    with store.batch():
+        got = store.reserve_ids(LINK, order[:10] + order + order[600:620] + order[1000:1005], "h")
+    assert list(got.items()) == [(key_id, bits[key_id]) for key_id in order]
+    assert audit.records == [("reserved", list(got.items()), "h")]
+    assert {store.holder_of(LINK, key_id) for key_id in order} == {"h"}
+    assert store.counts(LINK)[KeyState.RESERVED] == len(order)
+
+
+@pytest.mark.parametrize("bad", ["named twice in one statement", "named twice across statements", "available",
+                                 "delivered", "unknown"])
+def test_a_release_of_several_statements_that_fails_in_the_middle_changes_nothing(store, bad):
+    """A release naming a key twice (the second time it is available already), or naming an available, delivered or
+    unknown key among 2.5 statements' worth of reserved ones, is refused whole inside batch() with the error one key
+    at a time gives: every key still reserved, nothing audited."""
+    order = list(_peer_keys_over_statements(store))
+    store.reserve_ids(LINK, order, "h")
+    named = list(order)
+    if bad == "named twice in one statement":
+        named.insert(700, order[600])
+        error, message = IllegalTransition, f"key {order[600]}: cannot go from available to available"
+    elif bad == "named twice across statements":
+        named.append(order[600])
+        error, message = IllegalTransition, f"key {order[600]}: cannot go from available to available"
+    elif bad == "available":
+        store.release(LINK, [order[700]])
+        error, message = IllegalTransition, f"key {order[700]}: cannot go from available to available"
+    elif bad == "delivered":
+        store.deliver(LINK, order[700])
+        error, message = KeyAlreadyDelivered, f"key {order[700]} was delivered before"
+    else:
+        named[700] = unknown = str(uuid.uuid4())
+        error, message = KeyNotFound, f"key {unknown} is not stored"
+    before = _rows(store)
+    store.audit = audit = _Records()
+    with store.batch():
+        with pytest.raises(error, match=message):
+            store.release(LINK, named)
+    assert _rows(store) == before and audit.records == []
 
 
 def test_keys_come_out_with_the_frame_they_were_stored_from(store):
