@@ -89,6 +89,22 @@ def test_reserve_by_id_and_allocatable_partition(store):
         store.reserve_ids(LINK, [keys[1][0]], holder="peer-request-1")
 
 
+
+def test_ids_in_another_form_reserve_and_release_their_keys(store):
+    """A key id in upper or mixed case names the same key (canonical_key_id) for reserve_ids and release alike:
+    release once looked the key up by its canonical id but changed the row of the id as given, so it passed its
+    checks, changed nothing and the key stayed reserved."""
+    keys = new_keys(2)
+    store.put_pending(LINK, 7, keys, expires_at=time.time() + 3600, allocatable=[False, False])
+    store.commit_frame(LINK, 7)
+    upper, mixed = keys[0][0].upper(), keys[1][0][:9].upper() + keys[1][0][9:]
+    assert store.reserve_ids(LINK, [upper, mixed], holder="h") == {keys[0][0]: 256, keys[1][0]: 256}
+    store.release(LINK, [upper, mixed])
+    assert [store.state(LINK, key_id) for key_id, _ in keys] == [KeyState.AVAILABLE] * 2
+    assert [store.holder_of(LINK, key_id) for key_id, _ in keys] == [None, None]
+    with pytest.raises(IllegalTransition):
+        store.release(LINK, [upper])                                # available now: nothing to cancel
+
 def test_bad_ids_and_unknown_keys(store):
     with pytest.raises(KeyStoreError, match="not a UUID"):
         store.put_pending(LINK, 1, [("not-a-uuid", b"k")], expires_at=time.time() + 10)

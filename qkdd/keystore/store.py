@@ -325,7 +325,7 @@ class KeyStore(SavepointTransactions):
         follow one by one, in the order given, so errors, audit order and repeated ids are as one at a time."""
         bits: dict[str, int] = {}
         with self._tx() as db:
-            for _, chunk in _id_chunks(key_ids):
+            for chunk in _id_chunks(key_ids):
                 self._reserve_chunk(db, link_id, chunk, holder, peer_share_only, bits)
         self._audit("reserved", link_id, bits.items(), holder)
         return bits
@@ -357,31 +357,27 @@ class KeyStore(SavepointTransactions):
         of 500, 6 us either way)."""
         released: list[tuple[str, int]] = []
         with self._tx() as db:
-            for given, chunk in _id_chunks(key_ids):
-                self._release_chunk(db, link_id, given, chunk, released)
+            for chunk in _id_chunks(key_ids):
+                self._release_chunk(db, link_id, chunk, released)
         self._audit("released", link_id, released)
 
-    def _release_chunk(self, db: sqlite3.Connection, link_id: str, given: list[str], key_ids: list[str],
+    def _release_chunk(self, db: sqlite3.Connection, link_id: str, key_ids: list[str],
                        released: list[tuple[str, int]]) -> None:
-        """release for ids `given` (at most _KEYS_PER_STATEMENT) and their canonical forms `key_ids`, each
-        released key's (key_id, bits) added to `released`; each key the statement changed counts once (named
-        again, it is available: an illegal transition, as one at a time). One key at a time looks a key up by its
-        canonical id but updates the id as given, so an id given in another form (upper case) passes the checks
-        and changes nothing; a run holding such an id goes one key at a time, to stay as it was."""
-        changed: dict[str, int] = {}
-        if given == key_ids:                # every id in canonical form: the usual case
-            changed = dict(db.execute(
-                f"UPDATE keys SET state = ?, holder = NULL WHERE key_id IN ({_marks(key_ids)}) AND +link_id = ? "
-                "AND +state = ? RETURNING key_id, bits",
-                (KeyState.AVAILABLE.value, *key_ids, link_id, KeyState.RESERVED.value)).fetchall())
-        for key_id, canonical in zip(given, key_ids):
+        """release for canonical `key_ids` (at most _KEYS_PER_STATEMENT), each released key's (key_id, bits) added
+        to `released`; each key the statement changed counts once (named again, it is available: an illegal
+        transition, as one at a time)."""
+        changed = dict(db.execute(
+            f"UPDATE keys SET state = ?, holder = NULL WHERE key_id IN ({_marks(key_ids)}) AND +link_id = ? "
+            "AND +state = ? RETURNING key_id, bits",
+            (KeyState.AVAILABLE.value, *key_ids, link_id, KeyState.RESERVED.value)).fetchall())
+        for key_id in key_ids:
             if key_id in changed:
                 released.append((key_id, changed.pop(key_id)))
                 continue
-            state, _ = self._state_of(db, link_id, canonical)
+            state, _ = self._state_of(db, link_id, key_id)
             self._check_transition(key_id, state, KeyState.AVAILABLE)
-            released += db.execute("UPDATE keys SET state = ?, holder = NULL WHERE key_id = ? "
-                                   "RETURNING key_id, bits", (KeyState.AVAILABLE.value, key_id)).fetchall()
+            released += db.execute("UPDATE keys SET state = ?, holder = NULL WHERE key_id = ? AND link_id = ? "
+                                   "RETURNING key_id, bits", (KeyState.AVAILABLE.value, key_id, link_id)).fetchall()
 
     def deliver(self, link_id: str, key_id: str, *, holder: str | None = None) -> StoredKey:
         """Hand out one key exactly once: return its material, erase it, leave a tombstone.
@@ -761,25 +757,23 @@ def _marks(values: Sequence) -> str:
     return ", ".join("?" * len(values))
 
 
-def _id_chunks(key_ids: Iterable[str]) -> Iterator[tuple[list[str], list[str]]]:
-    """`key_ids` in runs of up to _KEYS_PER_STATEMENT, each as (the ids as given, their canonical forms). An id
-    that is not a UUID ends the run before it, and its KeyStoreError is raised once the caller has taken that
-    run: the keys before it are handled first, as when each key was handled in turn."""
-    given: list[str] = []
+def _id_chunks(key_ids: Iterable[str]) -> Iterator[list[str]]:
+    """The canonical forms of `key_ids` in runs of up to _KEYS_PER_STATEMENT. An id that is not a UUID ends the
+    run before it, and its KeyStoreError is raised once the caller has taken that run: the keys before it are
+    handled first, as when each key was handled in turn."""
     canonical: list[str] = []
     for key_id in key_ids:
         try:
             canonical.append(canonical_key_id(key_id))
         except KeyStoreError:
-            if given:
-                yield given, canonical
+            if canonical:
+                yield canonical
             raise
-        given.append(key_id)
-        if len(given) == _KEYS_PER_STATEMENT:
-            yield given, canonical
-            given, canonical = [], []
-    if given:
-        yield given, canonical
+        if len(canonical) == _KEYS_PER_STATEMENT:
+            yield canonical
+            canonical = []
+    if canonical:
+        yield canonical
 
 
 def _add_held_bits(db: sqlite3.Connection, link_id: str, bits: int) -> None:
