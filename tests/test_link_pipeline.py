@@ -4,6 +4,7 @@ import struct
 import numpy as np
 import pytest
 
+from qkdd.hal.base import BobDetections
 from qkdd.hal.sim import Attack
 from qkdd.link import envelope, linkmsg
 from qkdd.link.pipeline import (ALICE, BOB, Commit, Finished, PipelineSettings, Send, StorePending,
@@ -57,6 +58,29 @@ def test_records_are_deterministic_bytes_on_the_wire():
     (answer,) = fresh.receive(first_bob)
     assert answer.record == ends.records[1][1]
 
+
+
+def test_detections_kept_as_the_devices_slot_stream_send_the_same_slots_without_decoding_them():
+    """Bob's detections built from the simulator wire's checked slot stream (BobDetections.from_slot_stream) send
+    that stream as SLOTS: the same record byte for byte as from the decoded slots, the same keys at both ends, and
+    the slots themselves never decoded at Bob."""
+    from dataclasses import replace
+    from qkdd.bindings import sift
+    from qkdd.link.pipeline import FramePipeline
+    sim = simulator(25.0, seed=9)
+    alice_frame, bob_frame, decoy = frame_pair(sim, 77)
+    bob = bob_frame.bob
+    stream = sift.encode_slots(np.ascontiguousarray(bob.slots, dtype=np.uint64), bob_frame.slot_count)
+    streamed = BobDetections.from_slot_stream(stream, bob.count, bob_frame.slot_count, bob.bases, bob.outcomes)
+    (from_slots,) = FramePipeline(BOB, bob_frame).start()
+    (from_stream,) = FramePipeline(BOB, replace(bob_frame, bob=streamed)).start()
+    assert from_stream.record == from_slots.record
+    assert streamed._slots is None                                  # never decoded
+    ends = Ends(alice_frame, replace(bob_frame, bob=streamed), decoy).run()
+    assert ends.outcome(ALICE).aborted is None and ends.outcome(ALICE).secret_bits > 0
+    (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+    assert a_store.keys == b_store.keys and len(a_store.keys) > 10
+    assert np.array_equal(streamed.slots, bob.slots)              # decoded on first use
 
 def test_intercept_resend_frame_is_refused_by_the_gate_and_stores_nothing():
     sim = simulator(25.0, seed=3, attack=Attack("intercept-resend", 1.0))
@@ -127,7 +151,8 @@ def test_slots_alice_has_no_record_of_are_refused():
     alice_frame, bob_frame, decoy = frame_pair(sim, 14)
     from dataclasses import replace
     from qkdd.link.pipeline import FramePipeline
-    shifted = replace(bob_frame, bob=replace(bob_frame.bob, slots=bob_frame.bob.slots + np.uint64(1)))
+    bob = bob_frame.bob
+    shifted = replace(bob_frame, bob=BobDetections(bob.slots + np.uint64(1), bob.bases, bob.outcomes))
     bob = FramePipeline(BOB, shifted)
     alice = FramePipeline(ALICE, alice_frame, decoy=decoy)
     (first,) = bob.start()

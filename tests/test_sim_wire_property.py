@@ -50,7 +50,7 @@ def test_mangled_streams_give_checked_messages_or_a_wire_error(role_and_data, ch
     role, data = role_and_data
     for message in feed(role, data, chunk_bytes):
         if isinstance(message, wire.FrameMessage):
-            slots = message.slots
+            slots = message.slots_array()
             assert slots.size == message.bases.size == message.outcomes.size <= 64
             assert np.all(slots[1:] > slots[:-1]) and (slots.size == 0 or int(slots[-1]) < message.slot_count)
             assert np.all(message.outcomes <= 1) and np.all(message.bases <= 1)
@@ -78,8 +78,8 @@ def test_a_large_frame_is_announced_complete_before_parsing_and_its_byte_columns
     # the caller's cue for a thread: the body (fixed part, 100 000 one-byte gaps, two byte columns) is in
     assert receiver.ready_body_bytes() == 56 + 100_000 * (1 + wire.COLUMN_BYTES_PER_DETECTION)
     big = receiver.next_message()
-    assert big.frame_id == 11 and np.array_equal(big.slots, np.arange(1, 300_001, 3, dtype=np.uint64))
-    assert big.slots.flags.aligned                                       # decoded from the slot stream
-    for column in (big.bases, big.outcomes):
+    assert big.frame_id == 11 and big.slots is None                      # checked, not decoded
+    assert np.array_equal(big.slots_array(), np.arange(1, 300_001, 3, dtype=np.uint64))
+    for column in (big.slot_stream, big.bases, big.outcomes):
         assert not column.flags.owndata                                  # views of the body, no copies
     assert receiver.next_message().frame_id == 12 and receiver.next_message() is None

@@ -58,6 +58,11 @@ int qkd_sift_encode_slots(const uint64_t *slots, size_t count, uint64_t n_slots,
                           size_t *used, size_t *bad_index);
 int qkd_sift_decode_slots(const uint8_t *code, size_t code_len, size_t count, uint64_t n_slots, uint64_t *slots,
                           size_t slots_len, size_t *bad_index);
+/* qkd_sift_decode_slots' checks without writing the slots: QKD_OK when code holds exactly count slots below
+ * n_slots, the decoder's error and *bad_index otherwise. Eight one-byte gaps are checked at a time (the usual
+ * stream), the rest one by one. For a receiver that passes the stream on without needing the slots. */
+int qkd_sift_check_slot_stream(const uint8_t *code, size_t code_len, size_t count, uint64_t n_slots,
+                               size_t *bad_index);
 /* 1 if code is exactly the stream qkd_sift_encode_slots writes for these slots, 0 if it differs or they cannot
  * be encoded (a slot >= n_slots, not strictly increasing): the comparison without writing the stream. */
 int qkd_sift_stream_equals(const uint64_t *slots, size_t count, uint64_t n_slots, const uint8_t *code,

@@ -202,6 +202,46 @@ int qkd_sift_decode_slots(const uint8_t *code, size_t code_len, size_t count, ui
     return QKD_OK;
 }
 
+/* The sum of eight one-byte gaps (bytes below 0x80) packed in a word: byte pairs, then 16-bit lanes. */
+static inline uint64_t eight_gap_sum(uint64_t bytes)
+{
+    uint64_t pairs = (bytes & 0x00FF00FF00FF00FFull) + ((bytes >> 8) & 0x00FF00FF00FF00FFull);
+    return (pairs * 0x0001000100010001ull) >> 48;
+}
+
+int qkd_sift_check_slot_stream(const uint8_t *code, size_t code_len, size_t count, uint64_t n_slots,
+                               size_t *bad_index)
+{
+    size_t pos = 0, i = 0;
+    uint64_t next = 0, slot;
+    while (i < count) {
+        if (count - i >= 8 && code_len - pos >= 8) {
+            uint64_t bytes;
+            memcpy(&bytes, code + pos, 8);
+            /* eight one-byte gaps: the eight slots run from next + gap0 to next + sum + 7; only the last can
+             * pass the frame's end (next <= n_slots always) */
+            uint64_t sum = eight_gap_sum(bytes);
+            if (!(bytes & 0x8080808080808080ull) && sum + 7 < n_slots - next) {
+                next += sum + 8;
+                pos += 8;
+                i += 8;
+                continue;
+            }
+        }
+        int rc = next_slot(code, code_len, &pos, &next, n_slots, &slot);
+        if (rc != QKD_OK) {
+            set_bad(bad_index, i);
+            return rc;
+        }
+        i++;
+    }
+    if (pos != code_len) {
+        set_bad(bad_index, count);
+        return QKD_EPROTO;
+    }
+    return QKD_OK;
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define AVX2_GROUPS 8

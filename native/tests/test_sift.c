@@ -51,6 +51,26 @@ static int run(uint32_t features)
     CHECK(code_len >= count && code_len < 2 * count);
     CHECK_EQ(qkd_sift_decode_slots(code, code_len, count, N_SLOTS, decoded, N_SLOTS, &bad), QKD_OK);
     CHECK(memcmp(decoded, slots, count * 8) == 0);
+    CHECK_EQ(qkd_sift_check_slot_stream(code, code_len, count, N_SLOTS, &bad), QKD_OK);
+    /* the check agrees with the decoder on every cut, shortened frame and wrong count of this stream */
+    for (size_t cut = 0; cut <= 40 && cut <= code_len; cut += 3) {
+        size_t bad_check = 7, bad_decode = 9;
+        CHECK_EQ(qkd_sift_check_slot_stream(code, code_len - cut, count, N_SLOTS, &bad_check),
+                 qkd_sift_decode_slots(code, code_len - cut, count, N_SLOTS, decoded, N_SLOTS, &bad_decode));
+        CHECK_EQ(bad_check == 7 ? 9 : bad_check, bad_decode);
+    }
+    for (uint64_t n = slots[count - 1] - 20; n <= slots[count - 1] + 1; n++) {
+        size_t bad_check = 7, bad_decode = 9;
+        CHECK_EQ(qkd_sift_check_slot_stream(code, code_len, count, n, &bad_check),
+                 qkd_sift_decode_slots(code, code_len, count, n, decoded, N_SLOTS, &bad_decode));
+        CHECK_EQ(bad_check == 7 ? 9 : bad_check, bad_decode);
+    }
+    for (size_t c = count - 9; c <= count + 1; c++) {
+        size_t bad_check = 7, bad_decode = 9;
+        CHECK_EQ(qkd_sift_check_slot_stream(code, code_len, c, N_SLOTS, &bad_check),
+                 qkd_sift_decode_slots(code, code_len, c, N_SLOTS, decoded, N_SLOTS, &bad_decode));
+        CHECK_EQ(bad_check == 7 ? 9 : bad_check, bad_decode);
+    }
     CHECK(kw <= sizeof key_a / 8);
     CHECK_EQ(qkd_sift_sent_counts(states, N_SLOTS, N_CLASSES, counts_a, N_GROUPS * QKD_SIFT_NCOUNTS, &bad, features), QKD_OK);
     CHECK_EQ(qkd_sift_alice(states, N_SLOTS, code, code_len, bob_basis, sizeof bob_basis / 8, count, N_CLASSES, match,
@@ -116,6 +136,17 @@ static int run(uint32_t features)
     CHECK_EQ(qkd_sift_decode_slots(overlong, 10, 1, UINT64_MAX, back, 3, &bad), QKD_EPROTO);
     uint8_t eleven[11] = {0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0};
     CHECK_EQ(qkd_sift_decode_slots(eleven, 11, 1, UINT64_MAX, back, 3, &bad), QKD_EPROTO);
+    CHECK_EQ(qkd_sift_check_slot_stream(wcode, wlen, 3, UINT64_MAX, &bad), QKD_OK);
+    CHECK_EQ(qkd_sift_check_slot_stream(wcode, 7, 3, UINT64_MAX, &bad), QKD_EPROTO);
+    CHECK_EQ(bad, 2);
+    CHECK_EQ(qkd_sift_check_slot_stream(overlong, 10, 1, UINT64_MAX, &bad), QKD_EPROTO);
+    /* eight one-byte gaps whose last slot is the frame's last, then one past it */
+    uint8_t eight[8] = {3, 0, 0, 0, 0, 0, 0, 2}; /* slots 3..9, 12 */
+    CHECK_EQ(qkd_sift_check_slot_stream(eight, 8, 8, 13, &bad), QKD_OK);
+    CHECK_EQ(qkd_sift_check_slot_stream(eight, 8, 8, 12, &bad), QKD_ERANGE);
+    CHECK_EQ(bad, 7);
+    CHECK_EQ(qkd_sift_check_slot_stream(eight, 8, 8, 0, &bad), QKD_ERANGE);
+    CHECK_EQ(bad, 0);
     uint8_t two_zero[2] = {5, 0}; /* slot 5, then slot 6 */
     CHECK_EQ(qkd_sift_decode_slots(two_zero, 2, 2, 7, back, 3, &bad), QKD_OK);
     CHECK(back[0] == 5 && back[1] == 6);

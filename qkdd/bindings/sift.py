@@ -158,6 +158,16 @@ def decode_slots(code: np.ndarray, count: int, n_slots: int) -> np.ndarray:
     return slots
 
 
+def check_slot_stream(code: np.ndarray, count: int, n_slots: int) -> None:
+    """decode_slots' checks without the slots: raises as it does unless `code` holds exactly `count` slots below
+    n_slots (qkd_sift_check_slot_stream)."""
+    _u8(code, "code")
+    bad = ffi.new("size_t *")
+    rc = lib.qkd_sift_check_slot_stream(ptr("uint8_t *", code), code.size, count, n_slots, bad)
+    _stream_error(rc, bad[0], count, n_slots)
+    check(rc, "check slot stream")
+
+
 def alice(states: np.ndarray, slot_code: np.ndarray, count: int, bob_basis: np.ndarray, n_classes: int, *,
           portable: bool = False) -> Sifted:
     """Alice's side: match Bob's detections (varint slot stream, bit-packed bases) against her states.

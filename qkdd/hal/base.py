@@ -72,13 +72,40 @@ class AliceRecords:
     intensities: np.ndarray    # uint8 intensity class: 0 signal, 1 decoy, 2 vacuum
 
 
-@dataclass(frozen=True)
 class BobDetections:
-    """Bob's detections of one frame (columnar, slot-sorted)."""
+    """Bob's detections of one frame (columnar, slot-sorted): `slots` (uint64, strictly increasing), `bases`
+    (uint8 measurement basis), `outcomes` (uint8 0/1), `count` of them.
 
-    slots: np.ndarray          # uint64, strictly increasing
-    bases: np.ndarray          # uint8 measurement basis
-    outcomes: np.ndarray       # uint8 0/1
+    A device that receives the slots as qkd_sift.h's varint stream, already checked (the simulator's wire), builds
+    them with `from_slot_stream`: `slot_stream` keeps the stream, which the link sends on as it came, and `slots`
+    is decoded only if something reads it (a 2^25-detection frame's 256 MB of uint64 slots at Bob otherwise)."""
+
+    __slots__ = ("bases", "outcomes", "count", "slot_stream", "_slots", "_slot_count")
+
+    def __init__(self, slots: np.ndarray, bases: np.ndarray, outcomes: np.ndarray):
+        self._slots, self.bases, self.outcomes = slots, bases, outcomes
+        self.count = int(np.size(slots))
+        self.slot_stream: np.ndarray | None = None
+        self._slot_count = 0
+
+    @classmethod
+    def from_slot_stream(cls, slot_stream: np.ndarray, count: int, slot_count: int, bases: np.ndarray,
+                         outcomes: np.ndarray) -> "BobDetections":
+        """Detections whose slots are `slot_stream` (uint8, checked to hold `count` slots below `slot_count`)."""
+        detections = cls(np.empty(0, dtype=np.uint64), bases, outcomes)
+        detections._slots, detections.count = None, count
+        detections.slot_stream, detections._slot_count = slot_stream, slot_count
+        return detections
+
+    @property
+    def slots(self) -> np.ndarray:
+        if self._slots is None:
+            from qkdd.bindings import sift
+            self._slots = sift.decode_slots(self.slot_stream, self.count, self._slot_count)
+        return self._slots
+
+    def __repr__(self) -> str:
+        return f"BobDetections(count={self.count}, from_stream={self.slot_stream is not None})"
 
 
 @dataclass(frozen=True)

@@ -65,16 +65,17 @@ class E91FramePipeline(FramePipeline):
         if self.role != "bob" or self.state != "START":
             raise RuntimeError(f"start() not allowed for {self.role} in state {self.state}")
         det = self.frame.bob
-        self.outcome.detections = int(det.slots.size)
+        self.outcome.detections = det.count
         self.outcome.pulses_sent = int(self.frame.slot_count)
         bases = np.ascontiguousarray(det.bases, dtype=np.uint8)
         outcomes = np.ascontiguousarray(det.outcomes, dtype=np.uint8)
-        if bases.size != det.slots.size or outcomes.size != det.slots.size or \
+        if bases.size != det.count or outcomes.size != det.count or \
                 (bases.size and (int(bases.max()) >= msg.BOB_CODES or int(outcomes.max()) > 1)):
             return self._abort(AbortReason.PROTOCOL, "device frame refused: E91 detections out of range")
         self._own_codes, self._own_outcomes = bases, outcomes
         self.state = SIFTING
-        return [self._send((Step.SLOTS, linkmsg.slots_part(det.slots)), (Step.SIFT, msg.encode_settings(bases)))]
+        return [self._send((Step.SLOTS, linkmsg.detections_slots_part(det)),
+                           (Step.SIFT, msg.encode_settings(bases)))]
 
     def _bob_sifting(self, alice_settings) -> list[Action]:
         alice_codes = msg.decode_settings(alice_settings, self._own_codes.size, msg.ALICE_CODES)

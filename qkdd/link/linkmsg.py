@@ -85,6 +85,14 @@ def slots_part(slots: np.ndarray) -> memoryview:
     return memoryview(code)
 
 
+def detections_slots_part(detections) -> memoryview | tuple:
+    """SLOTS for Bob's detections (qkdd.hal.base.BobDetections): the device's varint stream as it came, behind
+    its header (no pass over the slots, none decoded), or else slots_part() of the slots."""
+    if detections.slot_stream is None:
+        return slots_part(detections.slots)
+    return struct.pack("<QB7x", detections.count, SLOT_STREAM), memoryview(detections.slot_stream)
+
+
 def encode_slots_fixed(slots: np.ndarray) -> bytes:
     """The fixed-width form earlier versions send: gaps (first slot, then differences), 4 bytes each when
     every gap fits, else 8 (tests: decoders still read it)."""

@@ -238,7 +238,7 @@ class FramePipeline(FrameSteps):
         if self.role != BOB or self.state != START:
             raise RuntimeError(f"start() not allowed for {self.role} in state {self.state}")
         det = self.frame.bob
-        count = int(det.slots.size)
+        count = det.count
         self.outcome.detections = count
         try:
             local = sifting.BobDetections.every_slot(np.ascontiguousarray(det.bases, dtype=np.uint8),
@@ -248,7 +248,7 @@ class FramePipeline(FrameSteps):
         except (ValueError, NativeError) as exc:
             return self._abort(AbortReason.PROTOCOL, f"device frame refused: {exc}")
         self.state = SIFTING
-        return [self._send((Step.SLOTS, linkmsg.slots_part(det.slots)), (Step.SIFT, detections))]
+        return [self._send((Step.SLOTS, linkmsg.detections_slots_part(det)), (Step.SIFT, detections))]
 
     def receive(self, record: bytes) -> list[Action]:
         """Take one record from the peer; returns the actions (sends, stores, outcome) in order."""

@@ -18,7 +18,7 @@ MAX_DETECTIONS = 256
 
 
 def _check_frame(frame: "wire.FrameMessage", last_frame_id: int | None) -> None:
-    slots = frame.slots
+    slots = frame.slots_array()
     if slots.size > MAX_DETECTIONS or not slots.size == frame.bases.size == frame.outcomes.size:
         raise Finding("FRAME columns of different lengths or past the cap")
     if slots.size and (int(slots[-1]) >= frame.slot_count or (slots.size > 1 and not bool(np.all(np.diff(slots) > 0)))):

@@ -89,7 +89,7 @@ class SimBobDevice(DialingEnd, Device):
 
     async def _account(self, message: wire.FrameMessage) -> RawFrame:
         alarm = self.monitor_enabled and message.monitor_power_w > self.monitor_threshold_w
-        n = int(message.slots.size)
+        n = message.detections
         self.stats["frames"] += 1
         self.stats["slots"] += message.slot_count
         self.stats["detections"] += n
@@ -102,7 +102,8 @@ class SimBobDevice(DialingEnd, Device):
         async with self._calibration_seen:
             self._calibration_seen.notify_all()
         return RawFrame(frame_id=message.frame_id, slot_count=message.slot_count,
-                        bob=BobDetections(slots=message.slots, bases=message.bases, outcomes=message.outcomes),
+                        bob=BobDetections.from_slot_stream(message.slot_stream, n, message.slot_count,
+                                                           message.bases, message.outcomes),
                         monitor_alarm=alarm)
 
     # ---- connection (qkdd.hal.sim.channel_ends) -----------------------------------------------------

@@ -176,5 +176,5 @@ class PairDetectorDevice(SimBobDevice):
         frame = await super()._account(message)
         if self.side == "bob":
             return frame
-        return side_records("alice", message.slots, message.bases, message.outcomes, message.frame_id,
+        return side_records("alice", message.slots_array(), message.bases, message.outcomes, message.frame_id,
                             message.slot_count)

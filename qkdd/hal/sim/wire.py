@@ -39,8 +39,9 @@ loopback TCP cost both ends 1.06 CPU s for the 336 MB (version 2 is refused by v
 
 A header is checked (magic, version, type, length cap; a FRAME at least its fixed part) before its body is
 buffered, so a peer cannot make the receiver hold more than one capped message. Frame checks: the slot stream
-decodes to exactly n slots below slot_count (strictly increasing by its construction), bases in range for the
-protocol, outcomes 0/1, finite loss and power, qber in [0, 1] or NaN.
+holds exactly n slots below slot_count (strictly increasing by its construction; checked eight one-byte gaps at a
+time, not decoded: a received FrameMessage keeps `slot_stream`, and Bob's link sends it on as its SLOTS), bases in
+range for the protocol, outcomes 0/1, finite loss and power, qber in [0, 1] or NaN.
 """
 from __future__ import annotations
 
@@ -100,9 +101,20 @@ class FrameMessage:
     monitor_power_w: float
     qber: float                 # the simulator's sifted error rate of this frame (NaN: none sifted)
     visibility: float           # 1 - 2 e (BB84) or S / (2 sqrt 2) (E91); NaN: unknown
-    slots: np.ndarray           # uint64, strictly increasing, < slot_count
+    slots: np.ndarray | None    # uint64, strictly increasing, < slot_count (None in a received frame: slot_stream)
     bases: np.ndarray           # uint8
     outcomes: np.ndarray        # uint8 0/1
+    slot_stream: np.ndarray | None = None   # a received frame's slots as sent, checked (uint8 view of its body)
+
+    @property
+    def detections(self) -> int:
+        return int(self.bases.size)
+
+    def slots_array(self) -> np.ndarray:
+        """The slots as uint64: `slots`, or a received frame's decoded from its stream."""
+        if self.slots is not None:
+            return self.slots
+        return native_sift.decode_slots(self.slot_stream, self.detections, self.slot_count)
 
 
 @dataclass(frozen=True)
@@ -248,9 +260,10 @@ class Receiver(FramedReceiver):
         # (qkdd.hal.sim.framing never reuses it), so they pin only this frame's bytes.
         bases = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset)
         outcomes = np.frombuffer(body, dtype=np.uint8, count=n, offset=offset + n)
+        # Checked, not decoded: Bob's link sends the stream on as it is (qkdd.hal.base.BobDetections)
+        stream = np.frombuffer(body, dtype=np.uint8, count=code_bytes, offset=_FRAME_HEAD.size)
         try:
-            slots = native_sift.decode_slots(np.frombuffer(body, dtype=np.uint8, count=code_bytes,
-                                                           offset=_FRAME_HEAD.size), n, slot_count)
+            native_sift.check_slot_stream(stream, n, slot_count)
         except NativeError as exc:
             raise WireError(f"{where}: slots: {exc}") from None
         if n:
@@ -262,4 +275,4 @@ class Receiver(FramedReceiver):
                 raise WireError(f"{where}: outcome {int(outcomes.max())} is not a bit")
         self.last_frame_id = frame_id
         return FrameMessage(frame_id, slot_count, calibration_seq, loss_db, power_w, qber, visibility,
-                            slots, bases, outcomes)
+                            None, bases, outcomes, stream)
