@@ -71,6 +71,9 @@ def test_paired_frames_have_equal_ids_and_bob_gets_alices_detected_slots():
             await bob.close()
             await alice.close()
         assert [a.frame_id for a, _ in pairs] == [1000, 1001, 1002]
+        # Bob's checks of these small frames ran on the event loop (under THREAD_PARSE_BYTES) and still count as
+        # his device's CPU
+        assert 0 < bob.cpu_s < 0.5
         for a, b in pairs:
             assert a.frame_id == b.frame_id and a.slot_count == b.slot_count == FRAME_SLOTS
             assert a.bob is None and b.alice is None

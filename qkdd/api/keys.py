@@ -166,10 +166,11 @@ def register(router: Router, app: App) -> None:
 
 
 def _cpu_by_stage(stages: dict[str, float], device_s: float) -> dict[str, float]:
-    """The link's thread CPU seconds by frame stage, and its device driver's own ("device") where it has any."""
-    cpu = {stage: round(seconds, 3) for stage, seconds in stages.items()}
+    """The link's thread CPU seconds by frame stage, and its device driver's own ("device") where it has any, to
+    the microsecond (a small frame's stage or device check takes well under a millisecond)."""
+    cpu = {stage: round(seconds, 6) for stage, seconds in stages.items()}
     if device_s > 0:
-        cpu["device"] = round(device_s, 3)
+        cpu["device"] = round(device_s, 6)
     return cpu
 
 

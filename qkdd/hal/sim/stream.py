@@ -2,6 +2,7 @@
 devices use: how long the line may stay idle between messages, and how long one message may take."""
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import trio
@@ -46,6 +47,14 @@ async def read_message(stream: trio.abc.Stream, receiver: wire.Receiver, *, idle
 
 
 async def _next_message(receiver: wire.Receiver, on_cpu: Callable[[float], None]) -> wire.Message | None:
-    if receiver.ready_body_bytes() >= THREAD_PARSE_BYTES:
+    """The next message if complete; a large one parsed in a worker thread, a smaller one here. Either way the
+    parse's CPU is the device's (on_cpu)."""
+    body_bytes = receiver.ready_body_bytes()
+    if body_bytes >= THREAD_PARSE_BYTES:
         return await run_sync_counted(on_cpu, receiver.next_message)
-    return receiver.next_message()
+    if not body_bytes:
+        return receiver.next_message()      # a header, a message without body, or more bytes needed
+    started_s = time.thread_time()
+    message = receiver.next_message()
+    on_cpu(time.thread_time() - started_s)
+    return message
