@@ -46,20 +46,28 @@ def _lifted(code: int) -> scipy.sparse.csr_matrix:
 
 
 def test_shipped_tables_have_the_generated_degree_profiles():
-    """Every code's base matrix has the column degrees the generator chose by density evolution (CHOSEN), row
-    degrees concentrated on two consecutive values, and the shifts inside the circulant."""
+    """Every code's base matrix has the column degrees the generator chose by density evolution (CHOSEN, BP_CHOSEN,
+    then LP_CHOSEN in table order), row degrees concentrated on two consecutive values, and the shifts inside the
+    circulant."""
     min_sum = [c for c in native.codes() if c.ensemble == native.ENSEMBLE_MIN_SUM]
     sum_product = [c for c in native.codes() if c.ensemble == native.ENSEMBLE_SUM_PRODUCT]
+    bp_count = len(GEN.BP_LIFTS) * len(GEN.BP_CHOSEN)
     assert len(min_sum) == len(GEN.LIFTS) * len(GEN.CHOSEN)
-    assert len(sum_product) == len(GEN.BP_LIFTS) * len(GEN.BP_CHOSEN)
+    assert len(sum_product) == bp_count + len(GEN.LP_CHOSEN)
     assert [c.index for c in min_sum + sum_product] == list(range(len(native.codes())))   # the min-sum set first
+    lp_codes = {c.index: GEN.LP_CHOSEN[k] for k, c in enumerate(sum_product[bp_count:])}
     for info in native.codes():
         rows, cols, shifts = native.entries(info.index)
-        assert info.nb == GEN.NB and shifts.max() < info.z
-        n2, nh, dh = (GEN.BP_CHOSEN if info.ensemble == native.ENSEMBLE_SUM_PRODUCT else GEN.CHOSEN)[info.mb]
+        assert shifts.max() < info.z
+        if info.index in lp_codes:
+            nb, mb, z, expected = lp_codes[info.index]
+            assert (info.nb, info.mb, info.z) == (nb, mb, z)
+        else:
+            assert info.nb == GEN.NB
+            n2, nh, dh = (GEN.BP_CHOSEN if info.ensemble == native.ENSEMBLE_SUM_PRODUCT else GEN.CHOSEN)[info.mb]
+            expected = {2: n2, 3: info.nb - n2 - nh}
+            expected[dh] = expected.get(dh, 0) + nh
         col_degree = np.bincount(cols, minlength=info.nb)
-        expected = {2: n2, 3: info.nb - n2 - nh}
-        expected[dh] = expected.get(dh, 0) + nh
         assert {d: int(np.count_nonzero(col_degree == d)) for d in set(col_degree.tolist())} == \
             {d: c for d, c in expected.items() if c}
         row_degree = np.bincount(rows, minlength=info.mb)
