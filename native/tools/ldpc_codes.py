@@ -41,8 +41,7 @@ one iteration is linear in the edge fractions lambda_d, so the rate sum(lambda_d
 error staying below the current density-evolution trajectory's at each iteration, repeated, and p bisected to the
 target rate (density evolution of the int8 decoder itself: 4 units per nat, its correction table, check messages
 capped at 47). nb = 192 lets a column reach degree mb = 30-44 (96 columns cap it at 15-22, where the programme gains
-0.01 or less): thresholds f* 1.059 (rate 0.844) and 1.043 (0.771) against 1.106 and 1.080 for BP_CHOSEN's, 1.125
-(0.917, mb 16; the min-sum set's mb 8 profile 1.25, and no check degree reached 1.10 with columns up to 16 or 32). The
+0.01 or less): thresholds f* 1.059 (rate 0.844) and 1.043 (0.771) against 1.106 and 1.080 for BP_CHOSEN's. The
 measured gain is half the threshold gain, about 0.02 in per-codeword median f: density evolution run to 95
 iterations predicts the measured median within 0.01 for both sets. At rate 0.8125 (mb 36) the gain measured 0.017
 (1.090 vs 1.107) with a heavier tail (p90 1.163 vs 1.148), so that rate is not in the set.
@@ -92,12 +91,9 @@ BP_LIFTS = (512, 128)
 # code of the same rate (576 random codewords, per-codeword f through Decoder(sum_product_units=4), 80 iterations):
 # rate 0.844 median f 1.100 vs 1.121 (p10 1.080 vs 1.102, p90 1.165 vs 1.177), rate 0.771 1.079 vs 1.101 (p10 1.066
 # vs 1.087, p90 1.115 vs 1.126); decoding takes 1.2-1.4x as long (more edges: 306 and 322 thousand vs 276 and 262).
-# Rate 0.917 has no BP_CHOSEN code: against the min-sum set's (code 1) 1.165 vs 1.281 through the same decoder
-# (p10 1.132 vs 1.239, p90 1.235 vs 1.359) and 1.295 through min-sum, 1.3x its decode time.
 LP_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
     (192, 30, 256, {2: 29, 3: 104, 9: 43, 10: 2, 30: 14}),
     (192, 44, 256, {2: 43, 3: 94, 9: 33, 10: 11, 44: 11}),
-    (192, 16, 256, {2: 15, 3: 113, 7: 1, 8: 41, 16: 22}),
 ]
 ENSEMBLE_MIN_SUM, ENSEMBLE_SUM_PRODUCT = 0, 1   # qkd_ldpc.h
 
