@@ -85,7 +85,8 @@ BP_CHOSEN = {
 BP_LIFTS = (512, 128)
 
 # (nb, mb, z, {column degree: columns}) for the sum-product decoder, appended after the BP_CHOSEN lifts (ensemble
-# SUM_PRODUCT, Z = 256, so long-frame plans, which take Z >= 512, do not pick them yet). The profiles: iterative linear
+# SUM_PRODUCT, Z = 256: the sum-product decoder's plans take them instead of codes 20 and 22, qkdd.postprocess.ldpc
+# SPA_SUPERSEDED). The profiles: iterative linear
 # programming on density evolution of the int8 decoder (module docstring), then among the integer counts next to the
 # programme's the one whose evolution converges at the lowest f within 95 iterations. Measured against the BP_CHOSEN
 # code of the same rate (576 random codewords, per-codeword f through Decoder(sum_product_units=4), 80 iterations):

@@ -82,6 +82,7 @@ _COUNT = struct.Struct("<I")
 # after 8 reveal rounds where the long codes, shortened, lost none (bench, 2026-12-07); a long codeword shortened to
 # 10^4 key bits lost every frame.
 LONG_FRAME_BITS = 49152 // 2
+LONG_CODEWORD_BITS = 49152        # the long codes' length (Z = 512 of 96 base columns, or Z = 256 of 192)
 MAX_PUNCTURED_FRACTION = 0.10     # random puncturing beyond this degrades decoding fast
 # Short codes, by QBER (up to): the first attempt's disclosure and each reveal round's, in units of h(Q). Below
 # 1.5 % a short codeword holds a few dozen errors and the disclosure it needs ranges over 1.2-1.8 h(Q) (bench, 10^5
@@ -164,6 +165,14 @@ START_LONG_SPA = ((0.025, 1.15, 0.04), (0.045, 1.12, 0.04), (0.065, 1.10, 0.04),
 # QBER the rate-0.84 code punctured 7 % lost every frame).
 SPA_MAX_PUNCTURED_FRACTION = 0.045
 SPA_MIN_QBER = 0.0175             # below, min-sum (1.5 %: the rate-0.84 code punctured 4 % lost 4 frames in 100)
+# The sum-product set's codes of 192 base columns (native/tools/ldpc_codes.py LP_CHOSEN: column degrees by linear
+# programming on the int8 decoder's density evolution, Z = 256, n = 49 152) replace its codes of the same rates in the
+# sum-product decoder's plans: per-codeword median f 1.100 against 1.121 at rate 0.844 and 1.079 against 1.101 at 0.771
+# (576 codewords each); per frame (bench.reconcile, n = 10^6, the same 100 frames each way, none lost) f 1.166 ->
+# 1.160 at 2 % QBER, 1.137 -> 1.127 at 3 %, 1.147 -> 1.129 at 3.5 %, alike at 4 %. They stay out of min-sum's
+# borrowed codes, which were measured on the older ones. An older Alice refuses a START naming them.
+SPA_SUPERSEDED = {20: 38, 22: 39}
+LP_CODES = frozenset(SPA_SUPERSEDED.values())
 SPA_MAX_SHORTENED_FRACTION = 0.15
 # ... but for the sum-product decoder a code that would be punctured more is still taken, punctured at the limit, when
 # that discloses at most SPA_MAX_EXTRA_F h(Q) more than the first attempt asked: frames of a few codewords adapt the
@@ -334,7 +343,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
         try:
             return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, starts,
                          native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION,
-                         SPA_MAX_EXTRA_F if decoder == SUM_PRODUCT else 0.0)
+                         SPA_MAX_EXTRA_F if decoder == SUM_PRODUCT else 0.0,
+                         excluded=frozenset(SPA_SUPERSEDED) if decoder == SUM_PRODUCT else LP_CODES)
         except ValueError:
             if not 0.0 < qber_estimate < 0.5:
                 raise
@@ -355,11 +365,12 @@ def _borrowed(qber_estimate: float) -> tuple | None:
 
 def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_f: float | None,
           max_reveal_rounds: int | None, starts: tuple, ensemble: int, max_punctured: float = MAX_PUNCTURED_FRACTION,
-          max_shortened: float = 1.0, max_extra_f: float = 0.0, lift: int | None = None) -> Plan:
-    """plan() within one code set. A code whose puncturing would exceed max_punctured is passed over, or with
-    max_extra_f > 0 punctured at the limit where that adds at most max_extra_f h(Q) to the first attempt (codes
-    needing no such addition first, then the least added). `lift`: only that Z (default: Z >= 512 for long frames,
-    64 for short ones)."""
+          max_shortened: float = 1.0, max_extra_f: float = 0.0, lift: int | None = None,
+          excluded: frozenset = frozenset()) -> Plan:
+    """plan() within one code set, less the `excluded` code indices. A code whose puncturing would exceed
+    max_punctured is passed over, or with max_extra_f > 0 punctured at the limit where that adds at most max_extra_f
+    h(Q) to the first attempt (codes needing no such addition first, then the least added). `lift`: only that Z
+    (default: the long codes, LONG_CODEWORD_BITS, for long frames; Z = 64 for short ones)."""
     long = n_bits >= LONG_FRAME_BITS
     table = starts if long else START_SHORT
     start = next(((f, step) for q, f, step in table if qber_estimate <= q), table[-1][1:])
@@ -379,8 +390,10 @@ def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_
     fh = f_start * binary_entropy(qber_estimate)
     reveal_h = max_reveal_rounds * reveal_step_f * binary_entropy(qber_estimate)   # what the rounds may add
     best = None
-    lifts = (lambda z: z == lift) if lift else (lambda z: z >= 512) if long else (lambda z: z == 64)
-    for info in (c for c in native.codes() if lifts(c.z) and c.ensemble == ensemble and c.rate <= MAX_PLANNED_RATE):
+    family = (lambda c: c.z == lift) if lift else (lambda c: c.n_bits == LONG_CODEWORD_BITS) if long else \
+        (lambda c: c.z == 64)
+    for info in (c for c in native.codes() if family(c) and c.ensemble == ensemble and c.rate <= MAX_PLANNED_RATE
+                 and c.index not in excluded):
         n, m = info.n_bits, info.m_bits
         # Most key bits a codeword can carry: m - p = fh K with p >= (what the reveal rounds take) and K + p <= n.
         key_max = min(int(m / (fh + reveal_h)), int((n - m) / (1 - fh)) if fh < 1 else n, n)
