@@ -286,7 +286,9 @@ def test_a_really_full_disk_pauses_the_link_and_space_freed_resumes_it(tmp_path,
                 ends = await GuardedEnds(*frame_pair(sim, frame_id, detections=100_000), guards).run()
                 if guards[BOB].paused:
                     break
-                assert ends.outcomes[BOB].aborted is None
+                # a frame verification discards (an error reconciliation left: rare, seen once in a full run) stores
+                # nothing at either end and says nothing of the disk
+                assert ends.outcomes[BOB].aborted is None or "verification hashes differ" in ends.outcomes[BOB].aborted
             assert guards[BOB].state == STORE_FAILED and guards[BOB].disk_full
             if ends.outcomes[BOB].aborted is not None:        # the disk filled as Bob stored the frame's keys
                 assert ends.outcomes[ALICE].aborted is not None
