@@ -106,15 +106,15 @@ def _outputs(count: int, n_classes: int):
 
 
 def slot_code_bound(count: int) -> int:
-    """The most bytes the varint stream of `count` slots can take (encode_slots)."""
-    return count * MAX_VARINT_BYTES
+    """The most bytes the varint stream of `count` slots can take (encode_slots; 0 if that overflows)."""
+    return lib.qkd_sift_slot_code_bound(count)
 
 
 def encode_slots(slots: np.ndarray, n_slots: int, *, prefix_bytes: int = 0) -> np.ndarray:
     """Bob's slots as the varint stream of qkd_sift.h (first slot, then gaps minus one), uint8; with
     `prefix_bytes`, after that many bytes left for the caller to fill (a message header)."""
     as_words(slots, "slots")
-    bound = lib.qkd_sift_slot_code_bound(slots.size)
+    bound = slot_code_bound(slots.size)
     if bound == 0 and slots.size:
         raise NativeBufferError(f"{slots.size} slots overflow the stream length")
     out = np.empty(prefix_bytes + bound, dtype=np.uint8)

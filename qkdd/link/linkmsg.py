@@ -69,6 +69,7 @@ def _words(view, n_words: int, offset: int, what: str) -> tuple[np.ndarray, int]
 
 
 SLOT_STREAM = 1                 # SLOTS width code of the varint stream
+_SLOTS_HEAD = struct.Struct("<QB7x")    # SLOTS: detections u64, width u8, 7 zero bytes
 _NO_SLOT_BOUND = 2 ** 64 - 1    # the stream's slot bound: any u64 below it (strict increase is what is checked)
 
 
@@ -80,8 +81,9 @@ def encode_slots(slots: np.ndarray) -> bytes:
 def slots_part(slots: np.ndarray) -> memoryview:
     """encode_slots() as a view of the buffer the stream was encoded into after its header, for a record
     (envelope.encode copies it once): no copy of its own, a byte a detection."""
-    code = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND, prefix_bytes=16)
-    code[:16] = np.frombuffer(struct.pack("<QB7x", slots.size, SLOT_STREAM), dtype=np.uint8)
+    code = sift_kernel.encode_slots(np.ascontiguousarray(slots, dtype=np.uint64), _NO_SLOT_BOUND,
+                                    prefix_bytes=_SLOTS_HEAD.size)
+    code[:_SLOTS_HEAD.size] = np.frombuffer(_SLOTS_HEAD.pack(slots.size, SLOT_STREAM), dtype=np.uint8)
     return memoryview(code)
 
 
@@ -90,7 +92,7 @@ def detections_slots_part(detections) -> memoryview | tuple:
     its header (no pass over the slots, none decoded), or else slots_part() of the slots."""
     if detections.slot_stream is None:
         return slots_part(detections.slots)
-    return struct.pack("<QB7x", detections.count, SLOT_STREAM), memoryview(detections.slot_stream)
+    return _SLOTS_HEAD.pack(detections.count, SLOT_STREAM), memoryview(detections.slot_stream)
 
 
 def encode_slots_fixed(slots: np.ndarray) -> bytes:
@@ -98,7 +100,7 @@ def encode_slots_fixed(slots: np.ndarray) -> bytes:
     every gap fits, else 8 (tests: decoders still read it)."""
     gaps = np.diff(slots.astype(np.uint64), prepend=np.uint64(0))
     width = 4 if slots.size == 0 or int(gaps.max()) < 2 ** 32 else 8
-    return struct.pack("<QB7x", slots.size, width) + gaps.astype("<u4" if width == 4 else "<u8").tobytes()
+    return _SLOTS_HEAD.pack(slots.size, width) + gaps.astype("<u4" if width == 4 else "<u8").tobytes()
 
 
 def is_slot_stream_of(view, slots: np.ndarray) -> bool:
