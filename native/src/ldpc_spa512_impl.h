@@ -13,7 +13,7 @@ SPA512_NAME(qkd_ldpc_decoder *d, const uint8_t *syndrome, int scale, int offset)
     const qkd_ldpc_table *t = d->t;
     const uint32_t z = t->z, chunks = z / 64;
     const __m512i lmin = _mm512_set1_epi8(-QKD_LDPC_LLR_MAX), one = _mm512_set1_epi8(1);
-    const __m512i zero = _mm512_setzero_si512(), cap = _mm512_set1_epi8(QKD_LDPC_SPA_MESSAGE_MAX);
+    const __m512i zero = _mm512_setzero_si512(), cap = _mm512_set1_epi8((char)d->spa_cap);
     SPA512_TABLE
     __m512i *fwd = (__m512i *)d->fwd, *bwd = (__m512i *)d->bwd;
     __mmask64 *parity = d->masks, *hard = d->masks + chunks;
