@@ -41,10 +41,10 @@ one iteration is linear in the edge fractions lambda_d, so the rate sum(lambda_d
 error staying below the current density-evolution trajectory's at each iteration, repeated, and p bisected to the
 target rate (density evolution of the int8 decoder itself: 4 units per nat, its correction table, check messages
 capped at 47, the decoder's cap then; it is 31 since). nb = 192 lets a column reach degree mb = 30-44 (96 columns cap it
-at 15-22, where the programme gains 0.01 or less): thresholds f* 1.059 (rate 0.844) and 1.043 (0.771) against 1.106 and 1.080 for BP_CHOSEN's. The
-measured gain is half the threshold gain, about 0.02 in per-codeword median f: density evolution run to 95
-iterations predicts the measured median within 0.01 for both sets. At rate 0.8125 (mb 36) the gain measured 0.017
-(1.090 vs 1.107) with a heavier tail (p90 1.163 vs 1.148), so that rate is not in the set.
+at 15-22, where the programme gains 0.01 or less): thresholds f* 1.059 (rate 0.844) and 1.043 (0.771) against 1.106
+and 1.080 for BP_CHOSEN's. The measured gain is half the threshold gain, about 0.02 in per-codeword median f: density
+evolution run to 95 iterations predicts the measured median within 0.01 for both sets. At rate 0.8125 (mb 36) the
+gain measured 0.017 (1.090 vs 1.107) with a heavier tail (p90 1.163 vs 1.148), so that rate is not in the set.
 """
 from __future__ import annotations
 
