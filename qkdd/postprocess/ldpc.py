@@ -160,7 +160,9 @@ SPA_UNITS_PER_NAT = 4             # as min-sum's LLRs (finer units decode worse:
 # 18; 3 %, 1.12 -> 1.134; 2 %, 1.12 with 0.04 -> 1.155, 1.13 with 0.03 -> 1.147, 1.15 -> 1.161 and 2 frames lost).
 # Above 10.5 % (the rate-0.48 code punctured 4 %; 20 frames at 11 %): 1.09 -> f 1.127 with every frame taking both
 # reveal rounds (3.0 round trips, 13 Mbit/CPU-s), 1.11 -> 1.128 (2.1, 17.5), 1.12 with steps 0.04 -> 1.138.
-START_LONG_SPA = ((0.025, 1.15, 0.04), (0.045, 1.12, 0.04), (0.065, 1.10, 0.04), (0.105, 1.09, 0.03), (0.5, 1.11, 0.03))
+# With check messages capped at 31 (ldpc.c), steps of 0.03 from 4.5 to 6.5 % (bench, the same 40 frames each way: 5 %,
+# f 1.113 -> 1.107 at 18 -> 21 Mbit/CPU-s; 6 %, 1.102 -> 1.101).
+START_LONG_SPA = ((0.025, 1.15, 0.04), (0.045, 1.12, 0.04), (0.065, 1.10, 0.03), (0.105, 1.09, 0.03), (0.5, 1.11, 0.03))
 # A sum-product code punctured or shortened more than this is too far from its rate: min-sum's codes then (at 1 %
 # QBER the rate-0.84 code punctured 7 % lost every frame).
 SPA_MAX_PUNCTURED_FRACTION = 0.045
@@ -200,8 +202,12 @@ START_LONG_BORROWED = ((0.0175, 0.025, 1.19, 0.06, (7, 1)), (0.025, 0.04, 1.15, 
 # MIN_SUM borrows no code, and MIN_SUM below. Above it key is what the disclosure costs most: at 8 % QBER the
 # sum-product pair discloses f 1.10 against min-sum's 1.19, 0.037 of every sifted bit, about a fifth of the secret
 # fraction there (1 - 2 h(Q) = 0.20 asymptotically; Shor & Preskill, PRL 85, 441 (2000)), at 20-24 Mbit/CPU-s against
-# 30; below it the gain is a few per cent of the key for a third more decoding CPU (5 %: f 1.114 against 1.154, 18
-# against 24 Mbit/CPU-s; README "LDPC reconciliation").
+# 30. Below it the pair discloses 0.05-0.07 h(Q) less (1.2-2.5 % more key) at 75-100 % of min-sum's throughput in
+# bench.reconcile (n = 10^6, the same 40 frames each way, check messages capped at 31: 2 % f 1.156 against 1.204 at
+# 19.3 / 25.7 Mbit/CPU-s, 3 % 1.124 / 1.189 at 20.1 / 23.7, 4 % 1.126 / 1.180 at 22.7 / 22.6, 5 % 1.107 / 1.154 at
+# 21.1 / 24.9; n = 10^7 at 2.9 %: 1.124 / 1.186 at 21.7 / 25.3), but on a CPU-bound link it costs more than it gains:
+# bench.link --system yuan2018 (QBER 2.9 %), two runs each alternated, gave 1.92-2.01 Mbit/s of secret key with it
+# against 2.41-2.76 with min-sum, reconciliation 0.31 against 0.20-0.21 CPU s per secret Mbit (README).
 AUTO_SUM_PRODUCT_ABOVE = START_LONG_BORROWED[-1][1]
 
 
