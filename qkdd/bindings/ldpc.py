@@ -54,6 +54,7 @@ class CodeFamily:
         self._name, self._label = name, label
         self._count, self._get_info, self._get_entries, self._syndrome = count, get_info, get_entries, syndrome
         self._codes: tuple[CodeInfo, ...] | None = None
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def codes(self) -> tuple[CodeInfo, ...]:
         """Every shipped code of the set, by index."""
@@ -80,6 +81,23 @@ class CodeFamily:
                                 ffi.from_buffer("uint32_t[]", shifts), info.edges), f"{self._label}code_get_entries")
         return rows, cols, shifts
 
+    def check_bits(self, index: int, checks: np.ndarray) -> np.ndarray:
+        """The code bits that checks `checks` (indices into the syndrome) of code `index` involve, ascending, each
+        once. Check r z + i of base row r takes bit c z + (i + shift) mod z of each entry (r, c, shift)."""
+        info = self.code(index)
+        if index not in self._rows:
+            rows, cols, shifts = self.entries(index)
+            self._rows[index] = (np.searchsorted(rows, np.arange(info.mb + 1)), cols.astype(np.int64),
+                                 shifts.astype(np.int64))
+        row_start, cols, shifts = self._rows[index]
+        checks = np.asarray(checks, dtype=np.int64)
+        if checks.ndim != 1 or (checks.size and (checks.min() < 0 or checks.max() >= info.m_bits)):
+            raise ValueError(f"checks must be indices below {info.m_bits}")
+        z = info.z
+        parts = [cols[row_start[r]:row_start[r + 1]] * z + (i + shifts[row_start[r]:row_start[r + 1]]) % z
+                 for r, i in zip(*np.divmod(checks, z))]
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+
     def syndrome(self, index: int, bits: np.ndarray) -> np.ndarray:
         """H x for codeword candidate `bits` (n_bits uint8) of code `index`: m_bits uint8."""
         info = self.code(index)
@@ -94,6 +112,7 @@ class CodeFamily:
 BB84_CODES = CodeFamily("LDPC", "", lib.qkd_ldpc_code_count, lib.qkd_ldpc_code_get_info,
                         lib.qkd_ldpc_code_get_entries, lib.qkd_ldpc_syndrome)
 codes, code, entries, syndrome = BB84_CODES.codes, BB84_CODES.code, BB84_CODES.entries, BB84_CODES.syndrome
+check_bits = BB84_CODES.check_bits
 
 
 def _bits(array: np.ndarray, length: int, name: str) -> np.ndarray:
