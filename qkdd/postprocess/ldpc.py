@@ -227,9 +227,10 @@ START_LONG_BORROWED = ((0.0175, 0.025, 1.19, 0.06, (7, 1)), (0.025, 0.04, 1.15, 
 # 30. Below it the pair discloses 0.05-0.07 h(Q) less (1.2-2.5 % more key) at 75-100 % of min-sum's throughput in
 # bench.reconcile (n = 10^6, the same 40 frames each way, check messages capped at 31: 2 % f 1.156 against 1.204 at
 # 19.3 / 25.7 Mbit/CPU-s, 3 % 1.124 / 1.189 at 20.1 / 23.7, 4 % 1.126 / 1.180 at 22.7 / 22.6, 5 % 1.107 / 1.154 at
-# 21.1 / 24.9; n = 10^7 at 2.9 %: 1.124 / 1.186 at 21.7 / 25.3), but on a CPU-bound link it costs more than it gains:
-# bench.link --system yuan2018 (QBER 2.9 %), two runs each alternated, gave 1.92-2.01 Mbit/s of secret key with it
-# against 2.41-2.76 with min-sum, reconciliation 0.31 against 0.20-0.21 CPU s per secret Mbit (README).
+# 21.1 / 24.9; n = 10^7 at 2.9 %: 1.124 / 1.186 at 21.7 / 25.3), but on a CPU-bound link it gains nothing:
+# bench.link --system yuan2018 (QBER 2.9 %), two runs each alternated, 4 % more secret key a frame (7.16 against
+# 6.88 Mbit) at 2.38-2.52 Mbit/s against 2.52-2.83 with min-sum, reconciliation 0.23-0.25 against 0.19-0.21 CPU s
+# per secret Mbit (before codewords could be given up it also lost a frame in four: 1.92-2.01 Mbit/s; README).
 AUTO_SUM_PRODUCT_ABOVE = START_LONG_BORROWED[-1][1]
 
 
