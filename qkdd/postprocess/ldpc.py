@@ -23,10 +23,10 @@ one, lowering the rate as in Martinez-Mateo et al.); Bob decodes those codewords
 where it stalled (then, if that fails, afresh; after the last round also with other check rules, and then
 with the floating-point sum-product decoder of qkd_ldpc_bp.h on the same syndrome). After
 `max_reveal_rounds` reveals (two for long frames: at most 3 round trips) a codeword still failing is given up:
-up to max_dropped() of them (a frame of hundreds of codewords meets the rare one beyond every rescue), their key
-bits set to 0 at both ends and counted as disclosed whole, so the frame keeps the rest of its key; more fail the
-frame (Bob raises, state FAILED). Then Bob writes the corrected bits into his key and sends DONE with his counts
-and the codewords given up, which Alice checks against hers.
+up to max_dropped() of them (a frame of hundreds of codewords meets the rare one beyond every rescue; none in a
+frame of few), their key bits set to 0 at both ends and counted as disclosed whole, so the frame keeps the rest of
+its key; more fail the frame (Bob raises, state FAILED). Then Bob writes the corrected bits into his key and sends
+DONE with his counts and the codewords given up, which Alice checks against hers.
 
 Disclosed bits, counted alike at both ends (Elkouss et al. 2010, sec. III): per codeword m - p + t, the
 syndrome less the punctured bits it spends on Alice's random padding, plus t revealed values; a codeword given up
@@ -81,11 +81,14 @@ SEED_BYTES = native.SEED_BYTES
 MAX_BITS = 1 << 30
 MAX_REVEAL_ROUNDS = 16
 # Codewords still failing after the last reveal round that Bob gives up (key bits zeroed at both ends, disclosed
-# whole) rather than the frame: at most this fraction of the frame's codewords, and at least one. A frame of 562
-# codewords of code 39 (bench.link yuan2018, 2.9 % QBER, the sum-product decoder) lost one frame in four or five to
-# one or two codewords (bench, offline: 3 of 26 frames), each a 48 000-bit codeword that costs 0.2 % of the frame's
-# key given up; many failing codewords mean a wrong estimate, and the frame goes.
-MAX_DROPPED_FRACTION = 0.02
+# whole) rather than the frame: at most this fraction of the frame's codewords, and at least one, in frames of at
+# least MIN_CODEWORDS_TO_GIVE_UP codewords (a smaller frame loses an eighth of its key or more with one, and little
+# with all of it). A frame of 562 codewords of code 39 (bench.link yuan2018, 2.9 % QBER, the sum-product decoder) lost
+# one frame in four or five to one or two codewords (bench, offline: 3 of 26 frames), each a 48 000-bit codeword that
+# costs 0.2 % of the frame's key given up; many failing codewords mean a wrong estimate, and the frame goes. A
+# codeword given up costs the disclosure its whole length: not a way to lower the starts (bench, 1 %, 40 frames of
+# 10^6 bits: start 1.22 instead of 1.25 gave up 2 codewords and f 1.274 against 1.263).
+MAX_DROPPED_FRACTION, MIN_CODEWORDS_TO_GIVE_UP = 0.02, 8
 _START = struct.Struct(f"<QHIIIB{SEED_BYTES}s")
 _DONE = struct.Struct("<QQI")
 _COUNT = struct.Struct("<I")
@@ -568,7 +571,10 @@ class _End:
             sum(self.plan.key_bits(i) for i in self.dropped)
 
     def max_dropped(self) -> int:
-        """The most codewords this frame may give up (MAX_DROPPED_FRACTION, at least one)."""
+        """The most codewords this frame may give up (MAX_DROPPED_FRACTION, at least one; none in a frame of fewer
+        than MIN_CODEWORDS_TO_GIVE_UP)."""
+        if self.plan.codewords < MIN_CODEWORDS_TO_GIVE_UP:
+            return 0
         return max(1, int(MAX_DROPPED_FRACTION * self.plan.codewords))
 
     def _syndromes_bytes(self) -> int:
