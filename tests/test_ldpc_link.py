@@ -37,6 +37,7 @@ def test_pipeline_ends_reconcile_with_ldpc_and_store_identical_keys():
     assert a.aborted is None and b.aborted is None
     assert a.qber == b.qber and 0.01 < a.qber < 0.06
     assert a.disclosed_bits == b.disclosed_bits > 0
+    assert a.codewords_given_up == b.codewords_given_up == 0
     steps = {step for _, record in ends.records for step, _ in envelope.decode(record)[1]}
     assert Step.LDPC in steps and Step.CASCADE not in steps
     # at most a few LDPC exchanges, where Cascade takes hundreds

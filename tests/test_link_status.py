@@ -137,3 +137,19 @@ def test_a_halt_drained_before_any_frame_qber_is_recorded_is_reported_and_surviv
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_frame_with_codewords_given_up_is_logged_and_counted_as_kept(caplog):
+    """A frame whose LDPC reconciliation gave up codewords still counts its key; the log says how many, with no
+    key material, and a frame that gave none up logs nothing."""
+    status = LinkStatus("l", key_bits=256, clock=Clock())
+    status.session_up()
+    with caplog.at_level("INFO", logger="qkdd.link"):
+        status.record(outcome(1, 100_000))
+        given_up = outcome(2, 90_000)
+        given_up.codewords_given_up = 2
+        status.record(given_up)
+    lines = [r.getMessage() for r in caplog.records if "given up" in r.getMessage()]
+    assert lines == ["link l: frame 2: 2 LDPC codewords given up (their key bits zeroed at both ends and counted as "
+                     "disclosed), the rest reconciled"]
+    assert status.totals["secret_bits"] == 190_000 and status.frames_aborted == 0

@@ -42,6 +42,7 @@ class FrameOutcome:
     qber_estimate: float | None = None  # Z basis, all intensities
     qber: float | None = None           # exact X error rate after Cascade
     disclosed_bits: int = 0
+    codewords_given_up: int = 0         # LDPC codewords beyond every rescue: key bits zeroed, counted as disclosed
     key_length_bits: int = 0            # Lim's bound with the actual leakage
     secret_bits: int = 0                # stored (whole keys)
     keys: int = 0

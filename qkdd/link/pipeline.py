@@ -323,6 +323,7 @@ class FramePipeline(FrameSteps):
         if not self._cascade.done:
             return [self._send((self._recon_step, reply))]
         self.outcome.disclosed_bits = self._cascade.disclosed_bits
+        self.outcome.codewords_given_up = len(getattr(self._cascade, "dropped", ()))
         self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
         nkeys = verification.keys_for(self.settings.eps_cor, self._n_key_bits)
         self._verify = verification.Verification(verification.ANNOUNCER, self.frame_id, self._key,
@@ -420,6 +421,7 @@ class FramePipeline(FrameSteps):
         if not self._cascade.done:
             raise LinkMessageError("verification announced before Cascade finished")
         self.outcome.disclosed_bits = self._cascade.disclosed_bits
+        self.outcome.codewords_given_up = len(getattr(self._cascade, "dropped", ()))
         self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
         self._verify = verification.Verification(verification.CHECKER, self.frame_id, self._key, self._n_key_bits)
         (result_msg,) = self._verify.receive(bytes(announce))

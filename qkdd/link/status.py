@@ -103,6 +103,9 @@ class LinkStatus:
         if outcome.aborted:
             self.frames_aborted += 1
             log.info("link %s: frame %d dropped: %s", self.link_id, outcome.frame_id, outcome.aborted)
+        elif outcome.codewords_given_up:
+            log.info("link %s: frame %d: %d LDPC codewords given up (their key bits zeroed at both ends and counted "
+                     "as disclosed), the rest reconciled", self.link_id, outcome.frame_id, outcome.codewords_given_up)
         self.totals["secret_bits"] += outcome.secret_bits
         self.totals["sifted_bits"] += outcome.sifted_key_bits
         self.totals["keys"] += outcome.keys
