@@ -250,8 +250,8 @@ class LinkConfig:
     # Error correction of BB84 frames: Cascade (interactive) or LDPC (syndromes, few round trips); alike at both ends.
     reconciliation: Reconciliation = "cascade"
     # With "ldpc": Bob's decoder, "min-sum" (faster) or "sum-product" (discloses 0.06-0.09 h(Q) less at 2-8 % QBER
-    # at 65-80 % of the throughput; README), or "auto": sum-product for frames above 5.5 % QBER, where it adds most
-    # key, min-sum below (qkdd.postprocess.ldpc.decoder_for); Alice follows whatever code Bob's START names.
+    # at 65-100 % of the throughput; README), or "auto": sum-product for frames above 4 % QBER, where it costs no
+    # throughput, min-sum below (qkdd.postprocess.ldpc.decoder_for); Alice follows whatever code Bob's START names.
     ldpc_decoder: LdpcDecoder = "auto"
     etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
     serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty

@@ -223,18 +223,19 @@ START_SMALL_LIFT_SPA = ((0.5, 1.13, 0.05),)
 # no borrowed code fits (SPA_MAX_*), its own codes, START_LONG and CHECK_RULES.
 START_LONG_BORROWED = ((0.0175, 0.025, 1.19, 0.06, (7, 1)), (0.025, 0.04, 1.15, 0.06, (6, 0)),
                        (0.04, 0.055, 1.15, 0.06, (7, 1)))
-# AUTO (the default decoder) takes SUM_PRODUCT for frames whose QBER estimate lies above AUTO_SUM_PRODUCT_ABOVE, where
-# MIN_SUM borrows no code, and MIN_SUM below. Above it key is what the disclosure costs most: at 8 % QBER the
-# sum-product pair discloses f 1.10 against min-sum's 1.19, 0.037 of every sifted bit, about a fifth of the secret
-# fraction there (1 - 2 h(Q) = 0.20 asymptotically; Shor & Preskill, PRL 85, 441 (2000)), at 20-24 Mbit/CPU-s against
-# 30. Below it the pair discloses 0.05-0.07 h(Q) less (1.2-2.5 % more key) at 75-100 % of min-sum's throughput in
-# bench.reconcile (n = 10^6, the same 40 frames each way, check messages capped at 31: 2 % f 1.156 against 1.204 at
-# 19.3 / 25.7 Mbit/CPU-s, 3 % 1.124 / 1.189 at 20.1 / 23.7, 4 % 1.126 / 1.180 at 22.7 / 22.6, 5 % 1.107 / 1.154 at
-# 21.1 / 24.9; n = 10^7 at 2.9 %: 1.124 / 1.186 at 21.7 / 25.3), but on a CPU-bound link it gains nothing:
+# AUTO (the default decoder) takes SUM_PRODUCT for frames whose QBER estimate lies above AUTO_SUM_PRODUCT_ABOVE and
+# MIN_SUM below. Key is what the disclosure costs most at high QBER: at 8 % the sum-product pair discloses f 1.10
+# against min-sum's 1.19, 0.037 of every sifted bit, about a fifth of the secret fraction there (1 - 2 h(Q) = 0.20
+# asymptotically; Shor & Preskill, PRL 85, 441 (2000)). Since check messages are capped at 31 (ldpc.c) the pair
+# decodes as fast as min-sum from 4 % up and discloses 0.03-0.05 h(Q) less (bench.reconcile, n = 10^6, the same 40
+# frames each way, f and Mbit/CPU-s: 4 % 1.126 / 1.180 at 22.7 / 22.6, 4.5 % 1.121 / 1.152 at 30.9 / 30.8, 5 % 1.106
+# / 1.154 at 22.9 / 28.8; it was the default from 5.5 % before). Below 4 % it still discloses 0.05-0.07 h(Q) less
+# (2 % f 1.156 against 1.204 at 19.3 / 25.7 Mbit/CPU-s, 2.5 % 1.158 / 1.205 at 21.9 / 23.7, 3 % 1.124 / 1.189 at
+# 20.1 / 23.7; n = 10^7 at 2.9 %: 1.124 / 1.186 at 21.7 / 25.3), but on a CPU-bound link it gains nothing:
 # bench.link --system yuan2018 (QBER 2.9 %), two runs each alternated, 4 % more secret key a frame (7.16 against
 # 6.88 Mbit) at 2.38-2.52 Mbit/s against 2.52-2.83 with min-sum, reconciliation 0.23-0.25 against 0.19-0.21 CPU s
 # per secret Mbit (before codewords could be given up it also lost a frame in four: 1.92-2.01 Mbit/s; README).
-AUTO_SUM_PRODUCT_ABOVE = START_LONG_BORROWED[-1][1]
+AUTO_SUM_PRODUCT_ABOVE = 0.04
 
 
 def decoder_for(decoder: str, qber_estimate: float) -> str:
