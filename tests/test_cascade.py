@@ -1,5 +1,6 @@
 """Cascade Alice and Bob against each other through serialized messages: correctness, frame error
 rate, determinism, and refusal of bad messages and buffers."""
+import json
 import struct
 
 import numpy as np
@@ -321,3 +322,12 @@ def test_mutated_messages_are_refused_or_harmless():
             if not replies:
                 break
             message, to_alice = replies[0], not to_alice
+
+
+def test_bench_reconcile_takes_cascade_as_its_most_efficient_schedule(capsys):
+    """`bench.reconcile --algo cascade` runs the "efficient" schedule and names the run after it."""
+    from bench.reconcile import main
+    main(["--algo", "cascade", "--n", "20000", "--qber", "0.02", "--frames", "2"])
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    result = json.loads(line)
+    assert result["algo"] == "efficient" and result["frame_errors"] == 0 and result["efficiency"] < 1.3
