@@ -2,10 +2,11 @@
 
 The families and labels are exactly those of the seed (HIP-0071 "Prometheus Metrics"); process and
 platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`qkd_etsi014_*`) and each
-link's reported state (`qkd_link_state`, read from qkdd.health at each scrape). One seed name broke a
+link's reported state (`qkd_link_state`, read from qkdd.health at each scrape). One seed name breaks a
 Prometheus naming convention (`qkd_key_bits_generated_total`: promtool asks for the base unit, bytes): it is
-`qkd_key_generated_bytes_total` here, so that `promtool check metrics` is clean; the dashboard
-(etc/grafana/qkdd.json) and alert rules (etc/prometheus/qkdd-rules.yml) use that name. Label values are link
+exported as the seed names it (DESIGN.md: the seed's metric names, exactly; promtool's finding on it is the
+accepted one) and beside it as `qkd_key_generated_bytes_total`, which the dashboard (etc/grafana/qkdd.json) and
+alert rules (etc/prometheus/qkdd-rules.yml) use. Label values are link
 ids from the validated config and fixed words (protocol, severity, status) -- never anything derived from key
 material. Code that measures something calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it
 never touches the families directly.
@@ -65,6 +66,8 @@ class Metrics:
         # Key generation
         self.keys_generated = Counter(
             "qkd_keys_generated_total", "Keys distilled and stored", ["link_id", "protocol"], registry=r)
+        self.key_bits_generated = Counter(
+            "qkd_key_bits_generated_total", "Secret key distilled and stored, bits", ["link_id"], registry=r)
         self.key_bytes_generated = Counter(
             "qkd_key_generated_bytes_total", "Secret key distilled and stored, bytes (the seed's "
             "qkd_key_bits_generated_total / 8)", ["link_id"], registry=r)
@@ -151,6 +154,7 @@ class Metrics:
             if protocol not in PROTOCOLS:
                 raise ValueError(f"unknown protocol {protocol!r}")
             self.keys_generated.labels(link_id, protocol)
+            self.key_bits_generated.labels(link_id)
             self.key_bytes_generated.labels(link_id)
             for severity in SEVERITIES:
                 self.qber_threshold_exceeded.labels(link_id, severity)
@@ -240,6 +244,7 @@ class LinkMetrics:
         """`count` keys of `key_bits` bits each stored (one frame's: one call, not one per key)."""
         m = self.metrics
         m.keys_generated.labels(self.link_id, self.protocol).inc(count)
+        m.key_bits_generated.labels(self.link_id).inc(count * key_bits)
         m.key_bytes_generated.labels(self.link_id).inc(count * key_bits / 8)
 
     def rates(self, *, raw_bps: float, secure_bps: float) -> None:

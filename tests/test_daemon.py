@@ -145,7 +145,8 @@ def test_metrics_has_every_seed_family_and_passes_promtool(daemon):
     states = {(s.labels["link_id"], s.labels["state"]) for s in families["qkd_link_state"].samples if s.value == 1}
     assert states == {("sim-1", "configured"), ("relay-b", "configured")}
     # Counters start at zero for each configured link; gauges stay absent until measured.
-    assert exposed == {"qkd_keys_generated_total": 0.0, "qkd_key_generated_bytes_total": 0.0,
+    assert exposed == {"qkd_keys_generated_total": 0.0, "qkd_key_bits_generated_total": 0.0,
+                       "qkd_key_generated_bytes_total": 0.0,
                        "qkd_qber_threshold_exceeded_total": 0.0, "qkd_key_generation_halted_total": 0.0}
     assert {(s.labels["link_id"], s.labels["protocol"]) for s in families["qkd_keys_generated"].samples} == {
         ("sim-1", "e91"), ("relay-b", "cvqkd")}

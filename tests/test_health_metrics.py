@@ -104,6 +104,7 @@ def test_link_metrics_report_under_the_seed_names():
                for s in family.samples if s.name.startswith("qkd_")}
     assert samples[("qkd_keys_generated_total", (("link_id", "hk-lk-1"), ("protocol", "bb84")))] == 30_001
     assert samples[("qkd_key_generated_bytes_total", (("link_id", "hk-lk-1"),))] == 30_001 * 32
+    assert samples[("qkd_key_bits_generated_total", (("link_id", "hk-lk-1"),))] == 30_001 * 256
     assert samples[("qkd_qber", (("link_id", "hk-lk-1"),))] == 0.023
     assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "critical")))] == 1
     assert samples[("qkd_qber_threshold_exceeded_total", (("link_id", "hk-lk-1"), ("severity", "warning")))] == 0
