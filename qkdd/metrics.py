@@ -5,11 +5,10 @@ platform collectors come on top, and so do the ETSI GS QKD 014 KME's families (`
 link's reported state (`qkd_link_state`, read from qkdd.health at each scrape). One seed name breaks a
 Prometheus naming convention (`qkd_key_bits_generated_total`: promtool asks for the base unit, bytes): it is
 exported as the seed names it (DESIGN.md: the seed's metric names, exactly; promtool's finding on it is the
-accepted one) and beside it as `qkd_key_generated_bytes_total`, which the dashboard (etc/grafana/qkdd.json) and
-alert rules (etc/prometheus/qkdd-rules.yml) use. Label values are link
-ids from the validated config and fixed words (protocol, severity, status) -- never anything derived from key
-material. Code that measures something calls `Metrics.link(link_id)` and uses the returned LinkMetrics; it
-never touches the families directly.
+accepted one) and beside it as `qkd_key_generated_bytes_total`; the dashboard (etc/grafana/qkdd.json) plots both.
+Label values are link ids from the validated config and fixed words (protocol, severity, status) -- never anything
+derived from key material. Code that measures something calls `Metrics.link(link_id)` and uses the returned
+LinkMetrics; it never touches the families directly.
 """
 from __future__ import annotations
 
