@@ -322,9 +322,7 @@ class FramePipeline(FrameSteps):
                                    "(inconsistent parities)")
         if not self._cascade.done:
             return [self._send((self._recon_step, reply))]
-        self.outcome.disclosed_bits = self._cascade.disclosed_bits
-        self.outcome.codewords_given_up = len(getattr(self._cascade, "dropped", ()))
-        self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
+        self._record_reconciliation()
         nkeys = verification.keys_for(self.settings.eps_cor, self._n_key_bits)
         self._verify = verification.Verification(verification.ANNOUNCER, self.frame_id, self._key,
                                                  self._n_key_bits, nkeys)
@@ -420,9 +418,7 @@ class FramePipeline(FrameSteps):
             return [self._send((self._recon_step, replies[0]))]
         if not self._cascade.done:
             raise LinkMessageError("verification announced before Cascade finished")
-        self.outcome.disclosed_bits = self._cascade.disclosed_bits
-        self.outcome.codewords_given_up = len(getattr(self._cascade, "dropped", ()))
-        self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
+        self._record_reconciliation()
         self._verify = verification.Verification(verification.CHECKER, self.frame_id, self._key, self._n_key_bits)
         (result_msg,) = self._verify.receive(bytes(announce))
         checked = self._verify.result
@@ -470,6 +466,12 @@ class FramePipeline(FrameSteps):
                 Commit(self.frame_id), self._send(*commit), Finished(self.outcome)]
 
     # -- shared ---------------------------------------------------------------------------------
+    def _record_reconciliation(self) -> None:
+        """The finished reconciliation's counts into the outcome, alike at both ends (LDPC's codewords given up)."""
+        self.outcome.disclosed_bits = self._cascade.disclosed_bits
+        self.outcome.codewords_given_up = len(getattr(self._cascade, "dropped", ()))
+        self.outcome.qber = self._cascade.corrected_bits / self._n_key_bits
+
     def _key_length_bound(self, leak_bits: float):
         """The secret key length of the frame (Lim's bound) given the reconciliation's actual leakage;
         the result has key_length_bits, abort and abort_reason."""

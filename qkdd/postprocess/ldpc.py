@@ -341,6 +341,10 @@ class Plan:
         if self.max_reveal_rounds * self.reveal_step > self.punctured:
             raise ValueError("the reveal rounds would disclose more than the punctured bits")
 
+    def key_bits_of(self, codewords) -> int:
+        """Key bits carried by these codewords together."""
+        return sum(self.key_bits(i) for i in codewords)
+
     def disclosed_bits(self, revealed_per_codeword: np.ndarray) -> int:
         """m - p + revealed, summed over codewords."""
         m = native.code(self.code).m_bits
@@ -509,6 +513,11 @@ def deinterleave(ordered: np.ndarray, codewords: int) -> np.ndarray:
     return native_bits.undeal(np.asarray(ordered, dtype=np.uint8), codewords)
 
 
+def _codeword_list(codewords: list[int]) -> bytes:
+    """REVEAL's payload, and DONE's tail: u32 count, then the codeword indices as u32."""
+    return _COUNT.pack(len(codewords)) + np.asarray(codewords, dtype="<u4").tobytes()
+
+
 def _pack_bits(bits: np.ndarray) -> bytes:
     return np.packbits(np.asarray(bits, dtype=np.uint8), bitorder="little").tobytes()
 
@@ -568,8 +577,7 @@ class _End:
     def disclosed_bits(self) -> int:
         if self.plan is None or self._revealed is None:
             return 0
-        return self.plan.disclosed_bits(self._revealed * self.plan.reveal_step) + \
-            sum(self.plan.key_bits(i) for i in self.dropped)
+        return self.plan.disclosed_bits(self._revealed * self.plan.reveal_step) + self.plan.key_bits_of(self.dropped)
 
     def max_dropped(self) -> int:
         """The most codewords this frame may give up (MAX_DROPPED_FRACTION, at least one; none in a frame of fewer
@@ -577,6 +585,21 @@ class _End:
         if self.plan.codewords < MIN_CODEWORDS_TO_GIVE_UP:
             return 0
         return max(1, int(MAX_DROPPED_FRACTION * self.plan.codewords))
+
+    def _give_up(self, dealt: np.ndarray, codewords: list[int]) -> None:
+        """Zero these codewords' key bits in the frame dealt to the codewords (interleave): given up, disclosed
+        whole."""
+        for i in codewords:
+            start, k = self.plan.span(i)
+            dealt[start:start + k] = 0
+        self.dropped = sorted(codewords)
+
+    def _codewords_in(self, payload, offset: int, what: str) -> np.ndarray:
+        """The u32 codeword list from `offset` to the payload's end, checked strictly increasing within the frame."""
+        which = np.frombuffer(payload, dtype="<u4", offset=offset).astype(np.int64)
+        if np.any(np.diff(which) <= 0) or which[-1] >= self.plan.codewords:
+            raise LdpcMessageError(f"{what} codeword list not strictly increasing within the frame")
+        return which
 
     def _syndromes_bytes(self) -> int:
         return (self.plan.codewords * native.code(self.plan.code).m_bits + 7) // 8
@@ -772,21 +795,18 @@ class LdpcBob(_End):
                 self.state = State.FAILED
                 raise LdpcFrameError(f"{len(failing)} of {self.plan.codewords} codewords still fail after "
                                      f"{self.plan.max_reveal_rounds} reveal rounds: frame lost")
-            for i in failing:               # given up: zeros at both ends, disclosed whole
-                start, k = self.plan.span(i)
-                self._bits[start:start + k] = 0
-            self.dropped, failing = sorted(failing), []
+            self._give_up(self._bits, failing)
+            failing = []
         if not failing:
             self._finish()
             done = _DONE.pack(self.disclosed_bits, self.corrected_bits, self.round_trips)
             if self.dropped:
-                done += _COUNT.pack(len(self.dropped)) + np.asarray(self.dropped, dtype="<u4").tobytes()
+                done += _codeword_list(self.dropped)
             self.state = State.DONE
             return [wire.encode(MessageType.DONE, self.frame_id, self._seq, done)]
         self._pending = failing
         self.state = State.AWAIT_REVEALED
-        payload = _COUNT.pack(len(failing)) + np.asarray(failing, dtype="<u4").tobytes()
-        return [wire.encode(MessageType.REVEAL, self.frame_id, self._seq, payload)]
+        return [wire.encode(MessageType.REVEAL, self.frame_id, self._seq, _codeword_list(failing))]
 
     def _finish(self) -> None:
         """Every codeword decoded (_keep wrote its bits): the dealt frame back into Bob's key, packed in place."""
@@ -912,9 +932,7 @@ class LdpcAlice(_End):
         (count,) = _COUNT.unpack_from(payload)
         if len(payload) != _COUNT.size + 4 * count or count == 0:
             raise LdpcMessageError(f"REVEAL of {len(payload)} bytes for {count} codewords")
-        which = np.frombuffer(payload, dtype="<u4", offset=_COUNT.size).astype(np.int64)
-        if np.any(np.diff(which) <= 0) or which[-1] >= self.plan.codewords:
-            raise LdpcMessageError("REVEAL codeword list not strictly increasing within the frame")
+        which = self._codewords_in(payload, _COUNT.size, "REVEAL")
         if np.any(self._revealed[which] >= self.plan.max_reveal_rounds):
             raise LdpcMessageError("REVEAL beyond the announced rounds")
         step = self.plan.reveal_step
@@ -934,18 +952,15 @@ class LdpcAlice(_End):
     def _on_done(self, payload) -> list[bytes]:
         dropped = self._dropped_in_done(payload)
         disclosed, corrected, round_trips = _DONE.unpack_from(payload)
-        counted = self.disclosed_bits + sum(self.plan.key_bits(i) for i in dropped)
+        counted = self.disclosed_bits + self.plan.key_bits_of(dropped)
         if disclosed != counted:
             raise LdpcMessageError(f"DONE reports {disclosed} disclosed bits, Alice counted {counted}")
         if corrected > self.n_bits:
             raise LdpcMessageError(f"DONE reports {corrected} corrected bits in a {self.n_bits}-bit frame")
         if dropped:                         # given up: zeros at both ends (Bob's are), disclosed whole
             bits = native_bits.deal_bits(self.key, self.n_bits, self.plan.codewords)
-            for i in dropped:
-                start, k = self.plan.span(i)
-                bits[start:start + k] = 0
+            self._give_up(bits, dropped)
             native_bits.undeal_bits(bits, self.plan.codewords, out=self.key)
-            self.dropped = dropped
         self.corrected_bits = corrected
         self.round_trips = round_trips
         self.state = State.DONE
@@ -966,13 +981,11 @@ class LdpcAlice(_End):
         if count > self.max_dropped():
             raise LdpcMessageError(f"DONE gives up {count} codewords, at most {self.max_dropped()} of "
                                    f"{self.plan.codewords}")
-        which = np.frombuffer(payload, dtype="<u4", offset=_DONE.size + _COUNT.size).astype(np.int64)
-        if np.any(np.diff(which) <= 0) or which[-1] >= self.plan.codewords:
-            raise LdpcMessageError("DONE codeword list not strictly increasing within the frame")
+        which = self._codewords_in(payload, _DONE.size + _COUNT.size, "DONE")
         if np.any(self._revealed[which] < self.plan.max_reveal_rounds):
             raise LdpcMessageError("DONE gives up a codeword before its last reveal round")
         dropped = which.tolist()
-        if self.disclosed_bits + sum(self.plan.key_bits(i) for i in dropped) > self.max_disclosed_bits:
+        if self.disclosed_bits + self.plan.key_bits_of(dropped) > self.max_disclosed_bits:
             raise LdpcMessageError(f"DONE would disclose more than {self.max_disclosed_bits} bits")
         return dropped
 
