@@ -12,9 +12,9 @@ mbit_per_cpu_s is the same per CPU second of this thread: the figure to compare 
 --algo cascade names Cascade's most efficient schedule ("efficient"; the run is named after the schedule).
 --algo ldpc runs LDPC reconciliation (qkdd.postprocess.ldpc) instead; its round_trips count the
 syndrome exchange and each reveal round; its disclosed bits are syndromes less punctured bits plus reveals.
---ldpc-decoder (repeatable) picks Bob's decoder (qkdd.postprocess.ldpc.DECODERS; default min-sum); the
+--ldpc-decoder (repeatable) picks Bob's decoder (qkdd.postprocess.ldpc_plan.DECODERS; default min-sum); the
 sum-product runs are named "ldpc+sum-product". --ldpc-codes own (repeatable, beside "best", the default) keeps the
-min-sum decoder on its own codes (the plan before it borrowed the sum-product set's, ldpc.START_LONG_BORROWED);
+min-sum decoder on its own codes (the plan before it borrowed the sum-product set's, ldpc_plan.START_LONG_BORROWED);
 those runs are named "ldpc+own-codes".
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ import numpy as np
 
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob
 from qkdd.postprocess.cascade_schedules import SCHEDULES
-from qkdd.postprocess.ldpc import DECODERS, DEFAULT_DECODER, LdpcAlice, LdpcBob, LdpcFrameError
+from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob, LdpcFrameError
+from qkdd.postprocess.ldpc_plan import DECODERS, DEFAULT_DECODER
 
 LDPC = "ldpc"
 CASCADE, CASCADE_BEST = "cascade", "efficient"     # --algo cascade: the schedule disclosing least (README)

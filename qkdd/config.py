@@ -51,7 +51,7 @@ Role = Literal["alice", "bob"]
 Driver = Literal["sim", "etsi014", "serial", "sdk", "idq", "toshiba", "qlabs"]
 Protocol = Literal["bb84", "e91", "cvqkd"]
 Reconciliation = Literal["cascade", "ldpc"]
-LdpcDecoder = Literal["auto", "min-sum", "sum-product"]     # qkdd.postprocess.ldpc.DECODERS
+LdpcDecoder = Literal["auto", "min-sum", "sum-product"]     # qkdd.postprocess.ldpc_plan.DECODERS
 LogLevel = Literal["debug", "info", "warning", "error"]
 AuthMode = Literal["pq", "its", "both"]
 AUTH_CHUNK_BITS = 128                # the authentication pool's unit (qkdd.auth.pool)
@@ -251,7 +251,7 @@ class LinkConfig:
     reconciliation: Reconciliation = "cascade"
     # With "ldpc": Bob's decoder, "min-sum" (faster) or "sum-product" (discloses 0.06-0.09 h(Q) less at 2-8 % QBER
     # at 65-100 % of the throughput; README), or "auto": sum-product for frames above 4 % QBER, where it costs no
-    # throughput, min-sum below (qkdd.postprocess.ldpc.decoder_for); Alice follows whatever code Bob's START names.
+    # throughput, min-sum below (qkdd.postprocess.ldpc_plan.decoder_for); Alice follows whatever code Bob's START names.
     ldpc_decoder: LdpcDecoder = "auto"
     etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
     serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from qkdd.bindings import ldpc as native
-from qkdd.postprocess import ldpc, wire
+from qkdd.postprocess import ldpc, ldpc_plan, wire
 from qkdd.postprocess.ldpc import (LdpcAlice, LdpcBob, LdpcError, LdpcFrameError, LdpcMessageError, LdpcSequenceError,
-                                   LdpcStateError, MessageType, binary_entropy)
+                                   LdpcStateError, MessageType)
+from qkdd.postprocess.ldpc_plan import binary_entropy
 
 SHORT = min(native.codes(), key=lambda c: (c.n_bits, -c.m_bits))    # a short, low-rate code
 
@@ -182,7 +183,7 @@ def test_both_ends_agree_and_count_the_disclosure(n, qber):
 def test_long_frames_take_at_most_three_round_trips():
     """A frame of the long codes (Z = 512): syndromes plus at most two reveal rounds, the keys agree."""
     rng = np.random.default_rng(31)
-    n = ldpc.LONG_FRAME_BITS + 50_000
+    n = ldpc_plan.LONG_FRAME_BITS + 50_000
     alice_key, bob_key = noisy_pair(rng, n, round(0.02 * n))
     reference = alice_key.copy()
     bob, alice, trips = run(alice_key, bob_key, n, 0.02)
@@ -230,7 +231,7 @@ def frame_with_one_hopeless_codeword(n=400_000, qber=0.02, victim=3, seed=12):
     """A frame at `qber` whose codeword `victim` (of Bob's plan) also carries 20 % errors: no rescue decodes it."""
     rng = np.random.default_rng(seed)
     alice_key, bob_key = noisy_pair(rng, n, round(qber * n))
-    plan = ldpc.plan(n, qber)
+    plan = ldpc_plan.plan(n, qber)
     positions = frame_positions_of_codeword(n, plan.codewords, plan.span(victim))
     flips = np.zeros(bob_key.size * 64, dtype=np.uint8)
     flips[rng.choice(positions, size=len(positions) // 5, replace=False)] = 1
@@ -343,16 +344,16 @@ def test_alice_refuses_malformed_and_out_of_sequence_messages():
 def test_plan_covers_the_qber_range_and_refuses_nonsense():
     for qber in (0.005, 0.01, 0.02, 0.05, 0.08, 0.11):
         for n in (3_000, 50_000, 400_000):
-            plan = ldpc.plan(n, qber)
+            plan = ldpc_plan.plan(n, qber)
             info = native.code(plan.code)
             disclosed = plan.disclosed_bits(np.zeros(1, dtype=np.int64))
             assert plan.key_bits(0) + plan.punctured <= info.n_bits
             assert sum(plan.key_bits(i) for i in range(plan.codewords)) == n
             assert disclosed >= n * binary_entropy(qber)                    # never below Shannon's limit
     with pytest.raises(ValueError):
-        ldpc.plan(0, 0.02)
+        ldpc_plan.plan(0, 0.02)
     with pytest.raises(ValueError):
-        ldpc.plan(1000, 0.6)
+        ldpc_plan.plan(1000, 0.6)
     assert math.isclose(binary_entropy(0.11), 0.4999, abs_tol=1e-4)
 
 
@@ -457,18 +458,19 @@ def test_sum_product_units_out_of_range_are_refused(units):
 
 def test_plan_takes_the_sum_product_codes_where_they_fit_and_min_sum_elsewhere():
     long_n = 1_000_000
-    spa = ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT)
+    spa = ldpc_plan.plan(long_n, 0.02, decoder=ldpc_plan.SUM_PRODUCT)
     assert native.code(spa.code).ensemble == native.ENSEMBLE_SUM_PRODUCT
-    assert native.code(ldpc.plan(long_n, 0.02, borrow_codes=False).code).ensemble == native.ENSEMBLE_MIN_SUM
+    assert native.code(ldpc_plan.plan(long_n, 0.02, borrow_codes=False).code).ensemble == native.ENSEMBLE_MIN_SUM
     for n, qber in ((long_n, 0.2), (long_n, 0.01), (9_000, 0.02)):   # no sum-product code there; a short frame
-        assert native.code(ldpc.plan(n, qber, decoder=ldpc.SUM_PRODUCT).code).ensemble == native.ENSEMBLE_MIN_SUM
+        spa = ldpc_plan.plan(n, qber, decoder=ldpc_plan.SUM_PRODUCT)
+        assert native.code(spa.code).ensemble == native.ENSEMBLE_MIN_SUM
     for qber in (0.09, 0.1, 0.11):       # the rate-0.52 and 0.48 codes cover the top of the BB84 range
-        assert native.code(ldpc.plan(long_n, qber, decoder=ldpc.SUM_PRODUCT).code).ensemble == \
+        assert native.code(ldpc_plan.plan(long_n, qber, decoder=ldpc_plan.SUM_PRODUCT).code).ensemble == \
             native.ENSEMBLE_SUM_PRODUCT
     with pytest.raises(ValueError, match="decoder"):
-        ldpc.plan(long_n, 0.02, decoder="gallager-b")
+        ldpc_plan.plan(long_n, 0.02, decoder="gallager-b")
     with pytest.raises(ValueError, match="QBER"):
-        ldpc.plan(long_n, 0.6, decoder=ldpc.SUM_PRODUCT)
+        ldpc_plan.plan(long_n, 0.6, decoder=ldpc_plan.SUM_PRODUCT)
 
 
 def test_min_sum_borrows_the_sum_product_codes_only_in_its_listed_qber_ranges():
@@ -477,46 +479,46 @@ def test_min_sum_borrows_the_sum_product_codes_only_in_its_listed_qber_ranges():
     borrow_codes it keeps its own codes (the plan before)."""
     long_n = 1_000_000
     for qber in (0.02, 0.03, 0.05):
-        borrowed = ldpc.plan(long_n, qber, decoder=ldpc.MIN_SUM)
+        borrowed = ldpc_plan.plan(long_n, qber, decoder=ldpc_plan.MIN_SUM)
         info = native.code(borrowed.code)
         assert info.ensemble == native.ENSEMBLE_SUM_PRODUCT
-        _, _, f_start, step_f, rule = next(e for e in ldpc.START_LONG_BORROWED if e[0] <= qber <= e[1])
+        _, _, f_start, step_f, rule = next(e for e in ldpc_plan.START_LONG_BORROWED if e[0] <= qber <= e[1])
         # the sum-product decoder's plan at that start: the same, but on the code superseding a borrowed one
-        spa = ldpc.plan(long_n, qber, f_start, step_f, decoder=ldpc.SUM_PRODUCT)
-        assert spa == dataclasses.replace(borrowed, code=ldpc.SPA_SUPERSEDED.get(borrowed.code, borrowed.code))
-        assert borrowed.code not in ldpc.LP_CODES
-        assert borrowed.punctured <= ldpc.SPA_MAX_PUNCTURED_FRACTION * info.n_bits
-        own = ldpc.plan(long_n, qber, decoder=ldpc.MIN_SUM, borrow_codes=False)
+        spa = ldpc_plan.plan(long_n, qber, f_start, step_f, decoder=ldpc_plan.SUM_PRODUCT)
+        assert spa == dataclasses.replace(borrowed, code=ldpc_plan.SPA_SUPERSEDED.get(borrowed.code, borrowed.code))
+        assert borrowed.code not in ldpc_plan.LP_CODES
+        assert borrowed.punctured <= ldpc_plan.SPA_MAX_PUNCTURED_FRACTION * info.n_bits
+        own = ldpc_plan.plan(long_n, qber, decoder=ldpc_plan.MIN_SUM, borrow_codes=False)
         assert native.code(own.code).ensemble == native.ENSEMBLE_MIN_SUM
         rng = np.random.default_rng(5)
         bob = LdpcBob(rng.integers(0, 2 ** 63, long_n // 64, dtype=np.uint64), long_n, 1, qber,
-                      decoder=ldpc.MIN_SUM)
+                      decoder=ldpc_plan.MIN_SUM)
         assert bob.plan == borrowed and bob._spa_units == 0 and bob._rule == rule      # min-sum, the entry's rule
     for n, qber in ((long_n, 0.01), (long_n, 0.08), (9_000, 0.02), (long_n, 0.06)):
-        min_sum = ldpc.plan(n, qber, decoder=ldpc.MIN_SUM)
-        assert min_sum == ldpc.plan(n, qber, decoder=ldpc.MIN_SUM, borrow_codes=False)
+        min_sum = ldpc_plan.plan(n, qber, decoder=ldpc_plan.MIN_SUM)
+        assert min_sum == ldpc_plan.plan(n, qber, decoder=ldpc_plan.MIN_SUM, borrow_codes=False)
         assert native.code(min_sum.code).ensemble == native.ENSEMBLE_MIN_SUM
-    assert ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT) == ldpc.plan(long_n, 0.02, decoder=ldpc.SUM_PRODUCT,
-                                                                        borrow_codes=False)   # its own choice
+    assert ldpc_plan.plan(long_n, 0.02, decoder=ldpc_plan.SUM_PRODUCT) == \
+        ldpc_plan.plan(long_n, 0.02, decoder=ldpc_plan.SUM_PRODUCT, borrow_codes=False)   # its own choice
 
 
 def test_the_default_decoder_is_sum_product_above_its_qber_and_min_sum_below():
     """AUTO, the default, names SUM_PRODUCT for frames above AUTO_SUM_PRODUCT_ABOVE (4 %, where it decodes as fast
     as min-sum) and MIN_SUM at and below it; Bob's plan and decoder follow, and the explicit names are kept."""
-    assert ldpc.DEFAULT_DECODER == ldpc.AUTO and ldpc.AUTO_SUM_PRODUCT_ABOVE == 0.04
+    assert ldpc_plan.DEFAULT_DECODER == ldpc_plan.AUTO and ldpc_plan.AUTO_SUM_PRODUCT_ABOVE == 0.04
     long_n = 1_000_000
     key = np.zeros(long_n // 64, dtype=np.uint64)
-    for qber, expected in ((0.03, ldpc.MIN_SUM), (0.04, ldpc.MIN_SUM), (0.041, ldpc.SUM_PRODUCT),
-                           (0.05, ldpc.SUM_PRODUCT), (0.056, ldpc.SUM_PRODUCT),
-                           (0.08, ldpc.SUM_PRODUCT), (0.11, ldpc.SUM_PRODUCT)):
-        assert ldpc.decoder_for(ldpc.AUTO, qber) == expected
-        assert ldpc.plan(long_n, qber) == ldpc.plan(long_n, qber, decoder=expected)
+    for qber, expected in ((0.03, ldpc_plan.MIN_SUM), (0.04, ldpc_plan.MIN_SUM), (0.041, ldpc_plan.SUM_PRODUCT),
+                           (0.05, ldpc_plan.SUM_PRODUCT), (0.056, ldpc_plan.SUM_PRODUCT),
+                           (0.08, ldpc_plan.SUM_PRODUCT), (0.11, ldpc_plan.SUM_PRODUCT)):
+        assert ldpc_plan.decoder_for(ldpc_plan.AUTO, qber) == expected
+        assert ldpc_plan.plan(long_n, qber) == ldpc_plan.plan(long_n, qber, decoder=expected)
         bob = LdpcBob(key.copy(), long_n, 1, qber, seed=SEED)
-        assert bool(bob._spa_units) == (expected == ldpc.SUM_PRODUCT)
-        for explicit in (ldpc.MIN_SUM, ldpc.SUM_PRODUCT):
-            assert ldpc.decoder_for(explicit, qber) == explicit
+        assert bool(bob._spa_units) == (expected == ldpc_plan.SUM_PRODUCT)
+        for explicit in (ldpc_plan.MIN_SUM, ldpc_plan.SUM_PRODUCT):
+            assert ldpc_plan.decoder_for(explicit, qber) == explicit
     with pytest.raises(ValueError, match="decoder"):
-        ldpc.decoder_for("gallager-b", 0.05)
+        ldpc_plan.decoder_for("gallager-b", 0.05)
 
 
 @pytest.mark.parametrize("qber", [0.08, 0.1])
@@ -542,14 +544,14 @@ def test_the_sum_product_decoder_plans_on_the_codes_of_192_base_columns_where_th
     the codes of the same rate they supersede (20, 22), and two 10^6-bit frames reconcile on them within 3 round
     trips below f 1.2 (bench.reconcile, 100 frames: 1.160 at 2 %, 1.129 at 3.5 %); min-sum never borrows them."""
     n = 1_000_000
-    plan = ldpc.plan(n, qber, decoder=ldpc.SUM_PRODUCT)
-    assert plan.code == code and native.code(code).n_bits == ldpc.LONG_CODEWORD_BITS and native.code(code).z == 256
-    assert all(ldpc.plan(n, q).code not in ldpc.LP_CODES for q in (0.01, 0.02, 0.03, 0.04, 0.05, 0.08))
+    plan = ldpc_plan.plan(n, qber, decoder=ldpc_plan.SUM_PRODUCT)
+    assert plan.code == code and native.code(code).n_bits == ldpc_plan.LONG_CODEWORD_BITS and native.code(code).z == 256
+    assert all(ldpc_plan.plan(n, q).code not in ldpc_plan.LP_CODES for q in (0.01, 0.02, 0.03, 0.04, 0.05, 0.08))
     rng = np.random.default_rng(code)
     for frame in range(2):
         alice_key, bob_key = noisy_pair(rng, n, round(qber * n))
         reference = alice_key.copy()
-        bob, alice, trips = run(alice_key, bob_key, n, qber, frame_id=frame + 1, decoder=ldpc.SUM_PRODUCT)
+        bob, alice, trips = run(alice_key, bob_key, n, qber, frame_id=frame + 1, decoder=ldpc_plan.SUM_PRODUCT)
         assert bob.plan.code == code and np.array_equal(bob_key, reference) and trips <= 3
         assert bob.disclosed_bits == alice.disclosed_bits < 1.2 * n * binary_entropy(qber)
 
@@ -559,13 +561,13 @@ def test_frames_of_a_few_long_codewords_take_the_short_sum_product_lifts_above_5
     trips below f 1.2 (bench.reconcile: 1.137 over 300 frames, none lost; min-sum 1.195). Below 5.5 % and where a
     Z = 512 code fits, the short lifts are not planned."""
     n, qber = 100_000, 0.08
-    small = ldpc.plan(n, qber)
+    small = ldpc_plan.plan(n, qber)
     info = native.code(small.code)
-    assert info.z == ldpc.SPA_SMALL_LIFT and info.ensemble == native.ENSEMBLE_SUM_PRODUCT
-    assert small == ldpc.plan(n, qber, *ldpc.START_SMALL_LIFT_SPA[0][1:], decoder=ldpc.SUM_PRODUCT)
-    for frame_bits, q, decoder in ((n, 0.04, ldpc.SUM_PRODUCT), (1_000_000, 0.08, ldpc.AUTO),
-                                   (400_000, 0.08, ldpc.AUTO)):
-        assert native.code(ldpc.plan(frame_bits, q, decoder=decoder).code).z != ldpc.SPA_SMALL_LIFT
+    assert info.z == ldpc_plan.SPA_SMALL_LIFT and info.ensemble == native.ENSEMBLE_SUM_PRODUCT
+    assert small == ldpc_plan.plan(n, qber, *ldpc_plan.START_SMALL_LIFT_SPA[0][1:], decoder=ldpc_plan.SUM_PRODUCT)
+    for frame_bits, q, decoder in ((n, 0.04, ldpc_plan.SUM_PRODUCT), (1_000_000, 0.08, ldpc_plan.AUTO),
+                                   (400_000, 0.08, ldpc_plan.AUTO)):
+        assert native.code(ldpc_plan.plan(frame_bits, q, decoder=decoder).code).z != ldpc_plan.SPA_SMALL_LIFT
     rng = np.random.default_rng(8)
     for frame in range(2):
         alice_key, bob_key = noisy_pair(rng, n, round(qber * n))
@@ -590,7 +592,7 @@ def test_low_qber_frames_of_every_length_reconcile(n, qber, frames):
         bob, alice, trips = run(alice_key, bob_key, n, qber, frame_id=frame + 1)
         assert np.array_equal(bob_key, reference)
         info = native.code(bob.plan.code)
-        assert info.rate < 0.93 and (info.z == 512) == (n >= ldpc.LONG_FRAME_BITS)
+        assert info.rate < 0.93 and (info.z == 512) == (n >= ldpc_plan.LONG_FRAME_BITS)
         assert trips <= 1 + bob.plan.max_reveal_rounds
         assert bob.disclosed_bits == alice.disclosed_bits < 2 * n * binary_entropy(qber)
 
@@ -600,10 +602,10 @@ def test_the_plan_by_frame_length_and_qber():
     rounds only for frames of few long codewords below LOW_QBER (long frames keep at most 3 round trips)."""
     for n in (10_000, 30_000, 150_000, 1_000_000):
         for qber in (0.002, 0.004, 0.006, 0.01, 0.02, 0.05):
-            assert native.code(ldpc.plan(n, qber).code).rate < 0.93
+            assert native.code(ldpc_plan.plan(n, qber).code).rate < 0.93
     assert any(c.rate > 0.93 for c in native.codes())                  # still in the table (START may name them)
-    few = ldpc.plan(100_000, 0.01)
-    assert native.code(few.code).z == 512 and few.max_reveal_rounds == ldpc.LOW_QBER_REVEAL_ROUNDS
-    assert ldpc.plan(1_000_000, 0.01).max_reveal_rounds == ldpc.MAX_REVEAL_ROUNDS_LONG == 2
-    assert ldpc.plan(100_000, 0.02).max_reveal_rounds == 2
-    assert native.code(ldpc.plan(ldpc.LONG_FRAME_BITS - 1, 0.02).code).z == 64
+    few = ldpc_plan.plan(100_000, 0.01)
+    assert native.code(few.code).z == 512 and few.max_reveal_rounds == ldpc_plan.LOW_QBER_REVEAL_ROUNDS
+    assert ldpc_plan.plan(1_000_000, 0.01).max_reveal_rounds == ldpc_plan.MAX_REVEAL_ROUNDS_LONG == 2
+    assert ldpc_plan.plan(100_000, 0.02).max_reveal_rounds == 2
+    assert native.code(ldpc_plan.plan(ldpc_plan.LONG_FRAME_BITS - 1, 0.02).code).z == 64

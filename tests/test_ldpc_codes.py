@@ -12,9 +12,9 @@ import scipy.sparse
 
 from bench.reconcile import reconcile_ldpc
 from qkdd.bindings import ldpc as native
-from qkdd.postprocess import ldpc
+from qkdd.postprocess import ldpc, ldpc_plan
 from qkdd.postprocess.efficiency import measured_efficiency
-from qkdd.postprocess.ldpc import binary_entropy
+from qkdd.postprocess.ldpc_plan import binary_entropy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -142,12 +142,12 @@ def test_long_frames_reconcile_within_the_measured_efficiency(qber):
 
 def test_sum_product_decoder_discloses_less_than_min_sum_on_the_same_frames():
     """Two 400 000-bit frames at 2 % QBER through Bob's fixed-point sum-product decoder on the codes chosen for it
-    (ldpc.SUM_PRODUCT) and through the default min-sum: both reconcile within 3 round trips, sum-product on its own
+    (ldpc_plan.SUM_PRODUCT) and through the default min-sum: both reconcile within 3 round trips, sum-product on its own
     code and with fewer disclosed bits (bench.reconcile: f 1.14-1.16 against 1.20 at n = 10^6); the default min-sum
-    decoder on the same code set (ldpc.START_LONG_BORROWED), with its own start and check rule."""
+    decoder on the same code set (ldpc_plan.START_LONG_BORROWED), with its own start and check rule."""
     rng = np.random.default_rng(202)
     n, qber = 400_000, 0.02
-    disclosed = {ldpc.MIN_SUM: 0, ldpc.SUM_PRODUCT: 0}
+    disclosed = {ldpc_plan.MIN_SUM: 0, ldpc_plan.SUM_PRODUCT: 0}
     for frame in range(2):
         alice_key, bob_key, _ = _frame(rng, n, [qber])
         for decoder in disclosed:
@@ -155,9 +155,9 @@ def test_sum_product_decoder_discloses_less_than_min_sum_on_the_same_frames():
             bob, _ = reconcile_ldpc(alice, bob_copy, n, qber, frame + 1, seed=bytes([frame + 1]) * 32, decoder=decoder)
             assert np.array_equal(bob_copy, alice_key) and bob.round_trips <= 3
             assert native.code(bob.plan.code).ensemble == native.ENSEMBLE_SUM_PRODUCT   # min-sum borrows them at 2 %
-            assert bool(bob._spa_units) == (decoder == ldpc.SUM_PRODUCT)
+            assert bool(bob._spa_units) == (decoder == ldpc_plan.SUM_PRODUCT)
             disclosed[decoder] += bob.disclosed_bits
-    assert disclosed[ldpc.SUM_PRODUCT] < disclosed[ldpc.MIN_SUM]
+    assert disclosed[ldpc_plan.SUM_PRODUCT] < disclosed[ldpc_plan.MIN_SUM]
 
 
 def test_a_frame_with_a_noisier_tail_still_reconciles():

@@ -13,7 +13,7 @@ from qkdd.link import envelope
 from qkdd.link.envelope import Step
 from qkdd.link.pipeline import ALICE, BOB, PipelineSettings, StorePending
 from qkdd.peer import generate_identity
-from qkdd.postprocess import ldpc
+from qkdd.postprocess import ldpc_plan
 from tests.link_support import (
     TEST_DETECTIONS,
     TEST_SOURCE,
@@ -134,6 +134,6 @@ def test_a_long_frame_of_mixed_intensity_classes_reconciles():
     ends = Ends(alice, bob, decoy, settings=LDPC).run()
     a, b = ends.outcome(ALICE), ends.outcome(BOB)
     assert a.aborted is None and b.aborted is None
-    assert a.sifted_key_bits >= ldpc.LONG_FRAME_BITS
+    assert a.sifted_key_bits >= ldpc_plan.LONG_FRAME_BITS
     (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
     assert a_store.keys == b_store.keys and a_store.keys

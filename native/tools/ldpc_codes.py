@@ -85,7 +85,7 @@ BP_CHOSEN = {
 BP_LIFTS = (512, 128)
 
 # (nb, mb, z, {column degree: columns}) for the sum-product decoder, appended after the BP_CHOSEN lifts (ensemble
-# SUM_PRODUCT, Z = 256: the sum-product decoder's plans take them instead of codes 20 and 22, qkdd.postprocess.ldpc
+# SUM_PRODUCT, Z = 256: the sum-product decoder's plans take them instead of codes 20 and 22, qkdd.postprocess.ldpc_plan
 # SPA_SUPERSEDED). The profiles: iterative linear
 # programming on density evolution of the int8 decoder (module docstring), then among the integer counts next to the
 # programme's the one whose evolution converges at the lowest f within 95 iterations. Measured against the BP_CHOSEN

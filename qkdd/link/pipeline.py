@@ -88,8 +88,8 @@ from qkdd.postprocess import amplification, sifting, verification
 from qkdd.postprocess.cascade import CascadeAlice, CascadeBob, CascadeError
 from qkdd.postprocess.cascade_schedules import SCHEDULES as CASCADE_SCHEDULES
 from qkdd.postprocess.efficiency import measured_efficiency
-from qkdd.postprocess.ldpc import DECODERS as LDPC_DECODERS
 from qkdd.postprocess.ldpc import LdpcAlice, LdpcBob
+from qkdd.postprocess.ldpc_plan import DECODERS as LDPC_DECODERS
 from qkdd.postprocess.wire import PeerMessageError
 from qkdd.protocols.bb84_finite import DecoyCounts, DecoySettings, Tally, finite_key_length
 from qkdd.protocols.entropy import binary_entropy
@@ -155,7 +155,7 @@ class PipelineSettings:
     max_cascade_round_trips: int = 3000     # a Cascade that asks more is refused (inconsistent answers)
     key_expiry_s: float = 86400.0           # Alice: her keys' lifetime; Bob: the longest he accepts
     reconciliation: str = "cascade"         # or "ldpc" (qkdd.postprocess.ldpc); both ends alike
-    ldpc_decoder: str = "auto"              # Bob's LDPC decoder (qkdd.postprocess.ldpc.DECODERS)
+    ldpc_decoder: str = "auto"              # Bob's LDPC decoder (qkdd.postprocess.ldpc_plan.DECODERS)
     auth: str = "pq"                        # "its"/"both": Wegman-Carter transcript tags (the pool is given)
     auth_refill_bits: int = 1024            # Alice: distilled bits back into the pool per frame, at most ...
     auth_pool_max_bits: int = 1 << 20       # ... up to this many bits in her pool
