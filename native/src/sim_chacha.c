@@ -3,8 +3,8 @@
  * original 64-bit counter / 64-bit nonce split so a stream never wraps in practice).
  *
  * Several blocks are computed at once, lane i holding block counter + i, in GCC/Clang vector types:
- * four lanes map to SSE2 (baseline x86-64) or NEON; eight lanes are compiled for AVX2 and chosen at run
- * time (qkd_cpu_features). Both produce the same keystream. */
+ * four lanes map to SSE2 (baseline x86-64) or NEON; eight lanes are compiled for AVX2 and sixteen for AVX-512F
+ * (whose rotations are one instruction), chosen at run time (qkd_cpu_features). All produce the same keystream. */
 #include "sim_internal.h"
 
 #include <string.h>
@@ -97,6 +97,13 @@ __attribute__((target("avx2"))) static void chacha_blocks8(qkd_chacha *rng)
     CHACHA_BLOCKS_BODY(lanes8, 8, ROTL16_BYTES, ROTL8_BYTES);
 }
 #define HAVE_CHACHA_BLOCKS8 1
+
+typedef uint32_t lanes16 __attribute__((vector_size(64)));
+
+__attribute__((target("avx512f"))) static void chacha_blocks16(qkd_chacha *rng)
+{
+    CHACHA_BLOCKS_BODY(lanes16, 16, ROTL16_SHIFTS, ROTL8_SHIFTS);
+}
 #endif
 
 void qkd_chacha_init(qkd_chacha *rng, const uint8_t seed[32], uint64_t stream)
@@ -108,13 +115,18 @@ void qkd_chacha_init(qkd_chacha *rng, const uint8_t seed[32], uint64_t stream)
     rng->stream = stream;
     rng->used = 0;
     rng->avail = 0;
-    rng->wide = (qkd_cpu_features() & QKD_CPU_AVX2) != 0;
+    uint32_t features = qkd_cpu_features();
+    rng->lanes = features & QKD_CPU_AVX512F ? 16 : features & QKD_CPU_AVX2 ? 8 : 4;
 }
 
 void qkd_chacha_refill(qkd_chacha *rng)
 {
 #ifdef HAVE_CHACHA_BLOCKS8
-    if (rng->wide) {
+    if (rng->lanes == 16) {
+        chacha_blocks16(rng);
+        return;
+    }
+    if (rng->lanes == 8) {
         chacha_blocks8(rng);
         return;
     }

@@ -5,7 +5,7 @@
 #include "qkd_sim.h"
 
 /* ChaCha20 keystream (Bernstein's original layout: 64-bit block counter, 64-bit stream id). */
-#define QKD_CHACHA_WORDS 64     /* up to eight blocks per refill */
+#define QKD_CHACHA_WORDS 128    /* up to sixteen blocks per refill */
 
 typedef struct qkd_chacha {
     uint32_t key[8];
@@ -14,7 +14,7 @@ typedef struct qkd_chacha {
     uint64_t block[QKD_CHACHA_WORDS];
     unsigned used;                 /* words of `block` already handed out */
     unsigned avail;                /* words of `block` filled */
-    int wide;                      /* refill eight blocks at a time (AVX2) */
+    int lanes;                     /* blocks per refill: 4, 8 (AVX2) or 16 (AVX-512F) */
 } qkd_chacha;
 
 void qkd_chacha_init(qkd_chacha *rng, const uint8_t seed[32], uint64_t stream);

@@ -202,7 +202,7 @@ static inline void write_record(const record_columns *out, size_t i, uint64_t sl
     out->bob_outcome[i] = bob_outcome;
 }
 
-int qkd_sim_run(qkd_sim *sim, uint64_t n_slots, const qkd_sim_records *out, size_t capacity,
+__attribute__((target_clones("avx2", "default"))) int qkd_sim_run(qkd_sim *sim, uint64_t n_slots, const qkd_sim_records *out, size_t capacity,
                 size_t *n_records, uint64_t *slots_done, uint64_t pulses[QKD_SIM_CLASSES])
 {
     if (!sim || !n_records || !slots_done || !pulses || (capacity > 0 && !out))
