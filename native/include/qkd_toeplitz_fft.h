@@ -10,7 +10,9 @@
 #include <stdint.h>
 
 /* cffi:begin */
-#define QKD_TOEPLITZ_FFT_MAX_LOG 25 /* transform length 2^25 points of 32 bits: n + n + m up to 2^30 bits */
+/* The transform's length, at most 2^25 points of 32 bits: m + 2b up to 2^30 bits for input blocks of b = n / r bits
+ * (1 <= r <= 16; toeplitz_fft.c, step 4). */
+#define QKD_TOEPLITZ_FFT_MAX_LOG 25
 
 /* Words of scratch qkd_toeplitz_hash_fft needs; 0 if the sizes are invalid or too large for the transform. */
 size_t qkd_toeplitz_fft_scratch_words(size_t n_bits, size_t m_bits);

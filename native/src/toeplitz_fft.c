@@ -28,6 +28,13 @@
  *    Cost: (N/2) log N multiplications per transform and O(N log^2 N) word XORs in the expansions.
  * Values are kept in the order "point index bits reversed", which the pointwise product ignores; the
  * twiddle w at a level is stepped through that order by XOR with prefix sums of the basis.
+ * 4. The input is split into r blocks of b = ceil(n / r) bits: y = T x = sum_q T_q x_q, T_q the m x b
+ *    Toeplitz block of the columns of x_q = x[qb, qb + b), itself the middle (from coefficient b - 1) of the
+ *    product u_q * x_q with u_q = u[n - (q+1) b, n - (q+1) b + m + b - 1) (bits before u's start are 0; they
+ *    meet only input bits past n, which are 0). Each product has m + 2b - 1 bits instead of m + 2n - 1, so
+ *    the transforms are shorter; the r products are summed in the transform domain and transformed back
+ *    once: 2r + 1 transforms of 2^K' points instead of 3 of 2^K. fft_plan takes the r of least
+ *    (2r + 1) K' 2^K' (n = 2^27, m = 2^26: r = 4, 2^22 points instead of 2^24, 31 % less; the same bits).
  */
 #include "qkd_toeplitz_fft.h"
 
@@ -49,28 +56,48 @@
 #define NATURAL_TWIDDLES 512
 #define TWIDDLE_TABLE_WORDS (NATURAL_TWIDDLES_AT + NATURAL_TWIDDLES)
 
+#define MAX_BLOCKS 16 /* input blocks tried by fft_plan (step 4 above) */
+
 struct fft_layout {
-    size_t log, len, u_chunks, x_chunks, u_words;
-    size_t a_off, b_off, tmp_off, tw_off, u_off, total;
+    size_t log, len, blocks, block_bits, u_words;
+    size_t acc_off, a_off, b_off, tmp_off, tw_off, u_off, total;
 };
+
+/* Transform length (log) for the product of a block of b input bits with its m + b - 1 seed bits. */
+static size_t block_log(size_t m_bits, size_t b_bits)
+{
+    size_t u_chunks = (m_bits + b_bits - 1 + CHUNK_BITS - 1) / CHUNK_BITS;
+    size_t x_chunks = (b_bits + CHUNK_BITS - 1) / CHUNK_BITS;
+    size_t prod_chunks = u_chunks + x_chunks - 1, log = MIN_LOG;
+    while (((size_t)1 << log) < prod_chunks)
+        log++;
+    return log;
+}
 
 static int fft_plan(size_t n_bits, size_t m_bits, struct fft_layout *lay)
 {
     if (n_bits == 0 || m_bits == 0 || m_bits > n_bits || n_bits > (size_t)QKD_TOEPLITZ_MAX_BITS)
         return QKD_EINVAL;
-    size_t l_bits = n_bits + m_bits - 1;
-    lay->u_chunks = (l_bits + CHUNK_BITS - 1) / CHUNK_BITS;
-    lay->x_chunks = (n_bits + CHUNK_BITS - 1) / CHUNK_BITS;
-    size_t prod_chunks = lay->u_chunks + lay->x_chunks - 1;
-    size_t log = MIN_LOG;
-    while (((size_t)1 << log) < prod_chunks)
-        log++;
-    if (log > QKD_TOEPLITZ_FFT_MAX_LOG)
+    size_t l_bits = n_bits + m_bits - 1, best_cost = 0;
+    lay->blocks = 0;
+    for (size_t r = 1; r <= MAX_BLOCKS && r <= n_bits; r++) {
+        size_t b = (n_bits + r - 1) / r, log = block_log(m_bits, b);
+        if (log > QKD_TOEPLITZ_FFT_MAX_LOG)
+            continue;
+        size_t cost = (2 * r + 1) * log << log; /* transforms of 2^log points, (log/2) 2^log products each */
+        if (lay->blocks == 0 || cost < best_cost) {
+            best_cost = cost;
+            lay->blocks = r;
+            lay->block_bits = b;
+            lay->log = log;
+        }
+    }
+    if (lay->blocks == 0)
         return QKD_EINVAL;
-    lay->log = log;
-    lay->len = (size_t)1 << log;
-    lay->u_words = qkd_words_for_bits(l_bits) + 1; /* one spare word: chunks are read in pairs */
-    lay->a_off = 0;
+    lay->len = (size_t)1 << lay->log;
+    lay->u_words = qkd_words_for_bits(l_bits) + 1; /* one spare word: rotate_seed_words writes word pairs */
+    lay->acc_off = 0;
+    lay->a_off = lay->acc_off + (lay->blocks > 1 ? lay->len : 0); /* one block: the product stays in a */
     lay->b_off = lay->a_off + lay->len;
     lay->tmp_off = lay->b_off + lay->len;
     lay->tw_off = lay->tmp_off + ((size_t)1 << BASE_LOG) / 2; /* (de)interleaving happens in blocks of <= 2^BASE_LOG */
@@ -222,20 +249,25 @@ static void rotate_seed_words(uint64_t *u, size_t u_words, const uint64_t *seed,
     }
 }
 
-/* chunks[0, len) = 32-bit pieces of bits[0, nbits), zero-padded. */
-static void to_chunks(uint64_t *chunks, size_t len, const uint64_t *bits, size_t nbits)
+/* chunks[0, len) = the 32-bit pieces of bits[start, start + count) of an nbits-long array, zero-padded: bits
+ * before the array's start (start < 0) or past its end read as 0, and so do the chunks from ceil(count / 32) on. */
+static void chunks_of(uint64_t *chunks, size_t len, const uint64_t *bits, size_t nbits, int64_t start, size_t count)
 {
-    size_t words = qkd_words_for_bits(nbits);
-    for (size_t w = 0; w < words; w++) {
-        uint64_t v = bits[w];
-        if (w == words - 1 && nbits % 64)
-            v &= ((uint64_t)1 << (nbits % 64)) - 1;
-        chunks[2 * w] = v & 0xFFFFFFFFu;
-        if (2 * w + 1 < len) /* else the chunk is past nbits, hence zero */
-            chunks[2 * w + 1] = v >> 32;
+    size_t used = (count + CHUNK_BITS - 1) / CHUNK_BITS;
+    for (size_t c = 0; c < used; c++) {
+        int64_t pos = start + (int64_t)(c * CHUNK_BITS);
+        uint64_t v;
+        if (pos >= 0)
+            v = bits_at(bits, nbits, (size_t)pos);
+        else if (pos + CHUNK_BITS > 0)
+            v = bits_at(bits, nbits, 0) << (unsigned)(-pos);
+        else
+            v = 0;
+        size_t left = count - c * CHUNK_BITS;
+        v &= left < CHUNK_BITS ? ((uint64_t)1 << left) - 1 : 0xFFFFFFFFu;
+        chunks[c] = v;
     }
-    if (2 * words < len)
-        memset(chunks + 2 * words, 0, (len - 2 * words) * sizeof(uint64_t));
+    memset(chunks + used, 0, (len - used) * sizeof(uint64_t));
 }
 
 /* Word w of the binary product whose 63-bit chunk coefficients c[k] sit at bit 32k. */
@@ -269,22 +301,32 @@ int qkd_toeplitz_hash_fft(const uint64_t *seed, size_t seed_words, const uint64_
         return QKD_EINVAL; /* unreachable: a Cantor basis exists in GF(2^(2^j)) */
     uint64_t *a = scratch + lay.a_off, *b = scratch + lay.b_off, *tmp = scratch + lay.tmp_off;
     uint64_t *u = scratch + lay.u_off, *tw = scratch + lay.tw_off;
+    uint64_t *acc = lay.blocks > 1 ? scratch + lay.acc_off : a;
     unsigned k = (unsigned)lay.log;
+    int wide = (features & QKD_CPU_VPCLMUL) && (features & QKD_CPU_AVX512F);
     twiddle_table(beta, k < BASE_LOG ? k : BASE_LOG, tw);
     rotate_seed_words(u, lay.u_words, seed, n_bits, m_bits);
-    to_chunks(a, lay.len, u, l_bits);
-    to_chunks(b, lay.len, input, n_bits);
-    if ((features & QKD_CPU_VPCLMUL) && (features & QKD_CPU_AVX512F))
-        multiply_avx512(a, b, k, beta, tw, tmp);
+    size_t bb = lay.block_bits;
+    for (size_t q = 0; q < lay.blocks; q++) { /* step 4: u_q * x_q, summed in the transform domain */
+        int64_t u_start = (int64_t)n_bits - (int64_t)((q + 1) * bb);
+        chunks_of(a, lay.len, u, l_bits, u_start, m_bits + bb - 1);
+        chunks_of(b, lay.len, input, n_bits, (int64_t)(q * bb), bb);
+        if (wide)
+            multiply_accumulate_avx512(acc, a, b, k, beta, tw, tmp, q == 0);
+        else
+            multiply_accumulate_pclmul(acc, a, b, k, beta, tw, tmp, q == 0);
+    }
+    if (wide)
+        interpolate_avx512(acc, k, beta, tw, tmp);
     else
-        multiply_pclmul(a, b, k, beta, tw, tmp);
-    /* y[0, m) = product bits [n - 1, n - 1 + m) */
-    size_t words = qkd_words_for_bits(m_bits), first = (n_bits - 1) >> 6;
-    unsigned sh = (unsigned)((n_bits - 1) & 63);
+        interpolate_pclmul(acc, k, beta, tw, tmp);
+    /* y[0, m) = product bits [b - 1, b - 1 + m) */
+    size_t words = qkd_words_for_bits(m_bits), first = (bb - 1) >> 6;
+    unsigned sh = (unsigned)((bb - 1) & 63);
     for (size_t w = 0; w < words; w++) {
-        uint64_t v = product_word(a, lay.len, first + w) >> sh;
+        uint64_t v = product_word(acc, lay.len, first + w) >> sh;
         if (sh)
-            v |= product_word(a, lay.len, first + w + 1) << (64 - sh);
+            v |= product_word(acc, lay.len, first + w + 1) << (64 - sh);
         out[w] = v;
     }
     if (m_bits % 64)

@@ -333,20 +333,32 @@ FFT_ATTR static void FFT_NAME(fft)(uint64_t *a, unsigned k, uint64_t c, const ui
     }
 }
 
-/* a = a * b in GF(2^64)[y] mod the vanishing polynomial of W_k (the plain product when it has fewer
- * than 2^k coefficients). b is overwritten. */
-FFT_ATTR static void FFT_NAME(multiply)(uint64_t *a, uint64_t *b, unsigned k, const uint64_t *beta,
-                                        const uint64_t *tw, uint64_t *tmp)
+/* acc (+)= a * b pointwise after transforming a and b (both overwritten): one block's product in the transform
+ * domain (first: acc = a * b; acc may be a itself). Summing the blocks' products there and transforming back once
+ * gives the sum of the products, mod the vanishing polynomial of W_k (the plain sum when each product has fewer than
+ * 2^k coefficients). */
+FFT_ATTR static void FFT_NAME(multiply_accumulate)(uint64_t *acc, uint64_t *a, uint64_t *b, unsigned k,
+                                                   const uint64_t *beta, const uint64_t *tw, uint64_t *tmp, int first)
 {
     size_t n = (size_t)1 << k, i = 0;
     FFT_NAME(fft)(a, k, 0, beta, tw, tmp, 0);
     FFT_NAME(fft)(b, k, 0, beta, tw, tmp, 0);
 #ifdef FFT_VECTOR
-    for (; i + 8 <= n; i += 8)
-        _mm512_storeu_si512((void *)(a + i), FFT_NAME(gf64_mul8)(_mm512_loadu_si512((const void *)(a + i)),
-                                                                 _mm512_loadu_si512((const void *)(b + i))));
+    for (; i + 8 <= n; i += 8) {
+        __m512i p = FFT_NAME(gf64_mul8)(_mm512_loadu_si512((const void *)(a + i)),
+                                        _mm512_loadu_si512((const void *)(b + i)));
+        if (!first)
+            p = _mm512_xor_si512(p, _mm512_loadu_si512((const void *)(acc + i)));
+        _mm512_storeu_si512((void *)(acc + i), p);
+    }
 #endif
     for (; i < n; i++)
-        a[i] = FFT_NAME(gf64_mul)(a[i], b[i]);
-    FFT_NAME(fft)(a, k, 0, beta, tw, tmp, 1);
+        acc[i] = FFT_NAME(gf64_mul)(a[i], b[i]) ^ (first ? 0 : acc[i]);
+}
+
+/* The inverse transform of the accumulated products: their coefficients, in place. */
+FFT_ATTR static void FFT_NAME(interpolate)(uint64_t *acc, unsigned k, const uint64_t *beta, const uint64_t *tw,
+                                           uint64_t *tmp)
+{
+    FFT_NAME(fft)(acc, k, 0, beta, tw, tmp, 1);
 }

@@ -62,6 +62,11 @@ int main(void)
     CHECK_EQ(qkd_toeplitz_fft_scratch_words(0, 1), 0);
     CHECK_EQ(qkd_toeplitz_fft_scratch_words(10, 11), 0);
     CHECK_EQ(qkd_toeplitz_fft_scratch_words((size_t)1 << 31, (size_t)1 << 30), 0); /* past 2^25 points */
+    /* the input split into blocks (toeplitz_fft.c, step 4): 2^27 -> 2^26 bits in four blocks of 2^22-point transforms
+     * (three arrays of 2^22 words and the rotated seed), where one block needs arrays of 2^24; and n + n + m past 2^30
+     * bits fits in blocks */
+    CHECK(qkd_toeplitz_fft_scratch_words((size_t)1 << 27, (size_t)1 << 26) < ((size_t)1 << 24));
+    CHECK(qkd_toeplitz_fft_scratch_words((size_t)1 << 30, (size_t)1 << 20) > 0);
     uint64_t w[8] = {0};
     CHECK_EQ(qkd_toeplitz_hash_fft(w, 8, w, 8, 64, 64, w, 8, w, 1, features), QKD_ENOMEM);
     size_t fw = qkd_toeplitz_fft_scratch_words(64, 64);
