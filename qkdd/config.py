@@ -251,7 +251,8 @@ class LinkConfig:
     reconciliation: Reconciliation = "cascade"
     # With "ldpc": Bob's decoder, "min-sum" (faster) or "sum-product" (discloses 0.06-0.09 h(Q) less at 2-8 % QBER
     # at 65-100 % of the throughput; README), or "auto": sum-product for frames above 4 % QBER, where it costs no
-    # throughput, min-sum below (qkdd.postprocess.ldpc_plan.decoder_for); Alice follows whatever code Bob's START names.
+    # throughput, and from 1.75 % while no device frame waits for post-processing (CPU to spare), min-sum otherwise
+    # (qkdd.postprocess.ldpc_plan.decoder_for); Alice follows whatever code Bob's START names.
     ldpc_decoder: LdpcDecoder = "auto"
     etsi014: Etsi014DeviceConfig | None = None   # [links.etsi014]: this end as an SAE of its vendor KME
     serial: SerialConfig | None = None           # [links.serial]: a device streaming records on a tty

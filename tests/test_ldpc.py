@@ -521,6 +521,27 @@ def test_the_default_decoder_is_sum_product_above_its_qber_and_min_sum_below():
         ldpc_plan.decoder_for("gallager-b", 0.05)
 
 
+def test_the_default_decoder_spends_spare_cpu_on_the_sum_product_decoder_from_its_lowest_qber():
+    """With CPU to spare (no frame waiting behind this one at Bob) AUTO names SUM_PRODUCT from SPA_MIN_QBER (1.75 %)
+    up, where it discloses 0.05-0.07 h(Q) less than min-sum; below, min-sum; explicit names are kept. Bob's plan then
+    comes from the sum-product codes, and a frame at 2.5 % reconciles with it and discloses less than without."""
+    assert ldpc_plan.SPA_MIN_QBER == 0.0175
+    for qber, expected in ((0.01, ldpc_plan.MIN_SUM), (0.017, ldpc_plan.MIN_SUM), (0.0175, ldpc_plan.SUM_PRODUCT),
+                           (0.02, ldpc_plan.SUM_PRODUCT), (0.03, ldpc_plan.SUM_PRODUCT), (0.08, ldpc_plan.SUM_PRODUCT)):
+        assert ldpc_plan.decoder_for(ldpc_plan.AUTO, qber, spare_cpu=True) == expected
+        assert ldpc_plan.decoder_for(ldpc_plan.MIN_SUM, qber, spare_cpu=True) == ldpc_plan.MIN_SUM
+    n, qber = 1_000_000, 0.025
+    alice_key, bob_key = noisy_pair(np.random.default_rng(23), n, round(qber * n))
+    disclosed = {}
+    for spare in (False, True):
+        bob, alice, trips = run(alice_key, bob_key.copy(), n, qber, spare_cpu=spare)
+        assert bool(bob._spa_units) == spare and trips <= 3
+        assert native.code(bob.plan.code).ensemble == native.ENSEMBLE_SUM_PRODUCT or not spare
+        assert np.array_equal(bob.key, alice_key) and alice.done
+        disclosed[spare] = bob.disclosed_bits
+    assert disclosed[True] < disclosed[False]
+
+
 @pytest.mark.parametrize("qber", [0.08, 0.1])
 def test_high_qber_frames_disclose_near_the_goal_with_the_default_decoder(qber):
     """Above 4 % QBER the default decoder is the sum-product pair, and the rate-0.52 and 0.48 codes (BP_CHOSEN

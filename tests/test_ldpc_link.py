@@ -91,6 +91,44 @@ def test_bobs_sum_product_setting_reaches_his_decoder_and_alice_needs_none(monke
     assert seen == ["sum-product"]
 
 
+def test_bobs_engine_marks_a_frame_with_none_waiting_behind_it_as_having_cpu_to_spare(tmp_path, monkeypatch):
+    """Bob's engine tells each frame's pipeline whether post-processing limits the link (every frame slot was busy,
+    or device frames wait behind it) or the CPU waits for photons (an "auto" decoder may spend it:
+    ldpc_plan.decoder_for), the rest of his settings unchanged; the pipeline hands the flag to his LdpcBob (a
+    recording subclass of the real class)."""
+    from qkdd.link import pipeline
+    from qkdd.link.engine import LinkEngine
+    from qkdd.link_channel import LinkChannel
+
+    async def main():
+        channel = LinkChannel(LINK, fast_settings(LINK, listen=("127.0.0.1", 0)), generate_identity(),
+                              generate_identity().public_key())
+        store = KeyStore(str(tmp_path / "b.db"), bytes(32))
+        engine = LinkEngine(LINK, BOB, SimBobDevice(host="127.0.0.1", port=9), store, channel, settings=LDPC)
+        spare, busy = (PipelineSettings(reconciliation="ldpc", ldpc_spare_cpu=flag) for flag in (True, False))
+        assert engine._next_frame_settings(saturated=False) == spare
+        assert engine._next_frame_settings(saturated=True) == busy       # every frame slot was busy
+        engine._bob_frames_in.send_nowait(object())             # a frame waits in the device's buffer
+        assert engine._next_frame_settings(saturated=False) == busy
+    trio.run(main)
+
+    seen = []
+
+    class RecordingBob(pipeline.LdpcBob):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("spare_cpu"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "LdpcBob", RecordingBob)
+    for spare in (True, False):
+        alice, bob, decoy = frame_pair(simulator(25.0, seed=9), 1000)
+        ends = Ends(alice, bob, decoy, settings=LDPC,
+                    bob_settings=PipelineSettings(reconciliation="ldpc", ldpc_spare_cpu=spare)).run()
+        (a_store,), (b_store,) = ends.of(ALICE, StorePending), ends.of(BOB, StorePending)
+        assert a_store.keys == b_store.keys and a_store.keys
+    assert seen == [True, False]
+
+
 def test_two_engines_with_ldpc_store_the_same_keys(tmp_path):
     async def main():
         alice_id, bob_id = generate_identity(), generate_identity()

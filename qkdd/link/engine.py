@@ -25,6 +25,7 @@ frame, neither of which waits for the peer: the waiting cannot close a cycle bet
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import trio
@@ -166,14 +167,21 @@ class LinkEngine:
     async def _pump_bob(self, stream: MuxStream, nursery: trio.Nursery) -> None:
         slots = trio.Semaphore(self.frames_in_flight)
         while True:
+            saturated = slots.value == 0          # every frame slot busy: post-processing limits the link
             await slots.acquire()
             await self._wait_auth_pool()
             frame = await self._bob_frames_out.receive()
-            pipeline = self._frame_protocol.pipeline(BOB, frame, self.settings, gate=self.status.gate,
-                                                     auth_pool=self.auth_pool)
+            pipeline = self._frame_protocol.pipeline(BOB, frame, self._next_frame_settings(saturated),
+                                                     gate=self.status.gate, auth_pool=self.auth_pool)
             nursery.start_soon(self._run_frame, pipeline, self._open_inbox(stream, frame.frame_id), stream, True,
                                slots.release)
             del frame, pipeline             # the frame's task holds them alone, and frees them in a worker thread
+
+    def _next_frame_settings(self, saturated: bool) -> PipelineSettings:
+        """Bob's settings for the frame just taken: with a frame slot free and none waiting behind it, CPU to spare,
+        which an "auto" LDPC decoder may spend to disclose less (qkdd.postprocess.ldpc_plan.decoder_for)."""
+        waiting = self._bob_frames_out.statistics().current_buffer_used
+        return dataclasses.replace(self.settings, ldpc_spare_cpu=not saturated and waiting == 0)
 
     def _open_inbox(self, stream: MuxStream, frame_id: int) -> BoundedQueue:
         inbox = self._inboxes[frame_id] = stream.subqueue()

@@ -156,6 +156,7 @@ class PipelineSettings:
     key_expiry_s: float = 86400.0           # Alice: her keys' lifetime; Bob: the longest he accepts
     reconciliation: str = "cascade"         # or "ldpc" (qkdd.postprocess.ldpc); both ends alike
     ldpc_decoder: str = "auto"              # Bob's LDPC decoder (qkdd.postprocess.ldpc_plan.DECODERS)
+    ldpc_spare_cpu: bool = False            # Bob, per frame: no frame waits behind this one ("auto": decoder_for)
     auth: str = "pq"                        # "its"/"both": Wegman-Carter transcript tags (the pool is given)
     auth_refill_bits: int = 1024            # Alice: distilled bits back into the pool per frame, at most ...
     auth_pool_max_bits: int = 1 << 20       # ... up to this many bits in her pool
@@ -309,7 +310,7 @@ class FramePipeline(FrameSteps):
         qber = max(self.outcome.qber_estimate, self.settings.min_qber_estimate)
         if self.settings.reconciliation == "ldpc":
             self._cascade = LdpcBob(self._key, self._n_key_bits, self.frame_id, qber,
-                                    decoder=self.settings.ldpc_decoder)
+                                    decoder=self.settings.ldpc_decoder, spare_cpu=self.settings.ldpc_spare_cpu)
         else:
             self._cascade = CascadeBob(self._key, self._n_key_bits, self.frame_id, qber,
                                        schedule=self.settings.cascade_schedule)

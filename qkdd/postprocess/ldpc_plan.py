@@ -122,16 +122,24 @@ START_LONG_BORROWED = ((0.0175, 0.025, 1.19, 0.06, (7, 1)), (0.025, 0.04, 1.15, 
 # bench.link --system yuan2018 (QBER 2.9 %), two runs each alternated, 4 % more secret key a frame (7.16 against
 # 6.88 Mbit) at 2.38-2.52 Mbit/s against 2.52-2.83 with min-sum, reconciliation 0.23-0.25 against 0.19-0.21 CPU s
 # per secret Mbit (before codewords could be given up it also lost a frame in four: 1.92-2.01 Mbit/s; README).
+# So AUTO takes SUM_PRODUCT below 4 % too, from SPA_MIN_QBER up, where the link has CPU to spare (`spare_cpu`: Bob's
+# engine found no device frame waiting behind the one it starts, qkdd.link.engine): the CPU then waits for photons, and
+# a link limited by its photons, as most are, gains the 0.05-0.07 h(Q) (at 3 % QBER 0.013 of every sifted bit). With
+# frames waiting, post-processing is what limits the link, and AUTO keeps to min-sum there.
 AUTO_SUM_PRODUCT_ABOVE = 0.04
 
 
-def decoder_for(decoder: str, qber_estimate: float) -> str:
-    """The decoder (MIN_SUM or SUM_PRODUCT) that `decoder` names for a frame at this QBER estimate."""
+def decoder_for(decoder: str, qber_estimate: float, spare_cpu: bool = False) -> str:
+    """The decoder (MIN_SUM or SUM_PRODUCT) that `decoder` names for a frame at this QBER estimate; for AUTO, also by
+    whether the link has CPU to spare (above)."""
     if decoder not in DECODERS:
         raise ValueError(f"LDPC decoder {decoder!r}: must be one of {DECODERS}")
     if decoder != AUTO:
         return decoder
-    return SUM_PRODUCT if qber_estimate > AUTO_SUM_PRODUCT_ABOVE else MIN_SUM
+    if qber_estimate > AUTO_SUM_PRODUCT_ABOVE or (spare_cpu and qber_estimate >= SPA_MIN_QBER):
+        return SUM_PRODUCT
+    return MIN_SUM
+
 
 def binary_entropy(q: float) -> float:
     if q <= 0.0 or q >= 1.0:
