@@ -71,18 +71,25 @@ def test_config_takes_bobs_ldpc_decoder_with_ldpc_only():
         PipelineSettings(reconciliation="ldpc", ldpc_decoder="gallager-b")
 
 
-def test_bobs_sum_product_setting_reaches_his_decoder_and_alice_needs_none(monkeypatch):
-    """Bob set to the sum-product decoder, Alice left at the default: the frame reconciles (START names the code)
-    and Bob's LdpcBob was built with the setting (seen through a recording subclass of the real class)."""
+def record_bob_option(monkeypatch, name: str) -> list:
+    """The pipeline's LdpcBob replaced by a subclass of the real class that records the keyword `name` it is built
+    with, in the list returned."""
     from qkdd.link import pipeline
     seen = []
 
     class RecordingBob(pipeline.LdpcBob):
         def __init__(self, *args, **kwargs):
-            seen.append(kwargs.get("decoder"))
+            seen.append(kwargs.get(name))
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "LdpcBob", RecordingBob)
+    return seen
+
+
+def test_bobs_sum_product_setting_reaches_his_decoder_and_alice_needs_none(monkeypatch):
+    """Bob set to the sum-product decoder, Alice left at the default: the frame reconciles (START names the code)
+    and Bob's LdpcBob was built with the setting (seen through a recording subclass of the real class)."""
+    seen = record_bob_option(monkeypatch, "decoder")
     alice, bob, decoy = frame_pair(simulator(25.0, seed=9), 1000)
     ends = Ends(alice, bob, decoy, settings=LDPC,
                 bob_settings=PipelineSettings(reconciliation="ldpc", ldpc_decoder="sum-product")).run()
@@ -96,7 +103,6 @@ def test_bobs_engine_marks_a_frame_with_none_waiting_behind_it_as_having_cpu_to_
     or device frames wait behind it) or the CPU waits for photons (an "auto" decoder may spend it:
     ldpc_plan.decoder_for), the rest of his settings unchanged; the pipeline hands the flag to his LdpcBob (a
     recording subclass of the real class)."""
-    from qkdd.link import pipeline
     from qkdd.link.engine import LinkEngine
     from qkdd.link_channel import LinkChannel
 
@@ -112,14 +118,7 @@ def test_bobs_engine_marks_a_frame_with_none_waiting_behind_it_as_having_cpu_to_
         assert engine._next_frame_settings(saturated=False) == busy
     trio.run(main)
 
-    seen = []
-
-    class RecordingBob(pipeline.LdpcBob):
-        def __init__(self, *args, **kwargs):
-            seen.append(kwargs.get("spare_cpu"))
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "LdpcBob", RecordingBob)
+    seen = record_bob_option(monkeypatch, "spare_cpu")
     for spare in (True, False):
         alice, bob, decoy = frame_pair(simulator(25.0, seed=9), 1000)
         ends = Ends(alice, bob, decoy, settings=LDPC,
