@@ -12,6 +12,7 @@ import trio
 
 from qkdd import fault_episodes
 from qkdd.fault_episodes import FaultEpisodes
+from qkdd.hal.etsi014.client import Etsi014Error
 from qkdd.hal.sdk.device import SdkDevice
 from qkdd.hal.sdk.settings import SdkConfig
 from qkdd.hal.serial import frames as wire
@@ -118,9 +119,13 @@ def test_driver_etsi014_kme_down_is_one_line_per_episode(tmp_path, pki, caplog, 
             kme_a.fault = None
             await wait_for(lambda: not engine.key_fault_log.failing and not engine.status_fault_log.failing)
             nursery.cancel_scope.cancel()
-        return retries, trio.current_time() - started_s
+        return retries, trio.current_time() - started_s, engine
 
-    retries, lasted_s = trio.run(main)
+    retries, lasted_s, engine = trio.run(main)
+    # a key call the shutdown overtakes fails on the closed device ("device not initialised"): no fault of the KME
+    logged = len(lines(caplog, f"link {LINK}: vendor KME: "))
+    engine._device_failed(Etsi014Error("unreachable", "KME https://kme: device not initialised"))
+    assert len(lines(caplog, f"link {LINK}: vendor KME: ")) == logged and engine.device_error is None
     key_lines = lines(caplog, f"link {LINK}: vendor KME: ")
     status_lines = lines(caplog, f"link {LINK}: vendor KME status: ")
     assert retries >= 25

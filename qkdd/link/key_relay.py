@@ -52,6 +52,7 @@ class KeyRelayEngine:
         self.key_fault_log = FaultEpisodes(log, f"link {link_id}: vendor KME")             # enc_keys, dec_keys
         self.status_fault_log = FaultEpisodes(log, f"link {link_id}: vendor KME status")   # Get status polls
         self.refusal_log = FaultEpisodes(log, f"link {link_id}: key relay")                 # the slave's REFUSEs
+        self._closing = False           # the device is being closed: calls still in flight fail, not the KME
         channel.prepare_with(INVENTORY_CHANNEL, lambda stream: resynchronise(link_id, store, stream))
         channel.register(KEY_RELAY_CHANNEL, self._serve)
 
@@ -72,6 +73,7 @@ class KeyRelayEngine:
                 await nursery.start(self.device.run)
                 nursery.start_soon(self._watch_kme)
         finally:
+            self._closing = True
             with trio.CancelScope(shield=True):
                 await self.device.close()
 
@@ -81,6 +83,8 @@ class KeyRelayEngine:
 
     # -- state ----------------------------------------------------------------------------------
     def _device_failed(self, exc: Etsi014Error, faults: FaultEpisodes | None = None) -> None:
+        if self._closing:               # a call the shutdown overtook ("device not initialised"): no fault to report
+            return
         detail = f"vendor KME: {exc}"
         (faults or self.key_fault_log).fault(exc.kind, str(exc))
         self.device_error = detail
