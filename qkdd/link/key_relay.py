@@ -59,6 +59,7 @@ class KeyRelayEngine:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The device and its health watch until cancelled; a device that cannot start (its certificate
         files unreadable) leaves the link "fallback", retried, and the daemon up."""
+        self._closing = False
         task_status.started()
         try:
             while True:
