@@ -47,15 +47,16 @@ def _lifted(code: int) -> scipy.sparse.csr_matrix:
 
 def test_shipped_tables_have_the_generated_degree_profiles():
     """Every code's base matrix has the column degrees the generator chose by density evolution (CHOSEN, BP_CHOSEN,
-    then LP_CHOSEN in table order), row degrees concentrated on two consecutive values, and the shifts inside the
-    circulant."""
+    then LP_CHOSEN and HIGH_RATE_CHOSEN in table order), row degrees concentrated on two consecutive values, and the
+    shifts inside the circulant."""
     min_sum = [c for c in native.codes() if c.ensemble == native.ENSEMBLE_MIN_SUM]
     sum_product = [c for c in native.codes() if c.ensemble == native.ENSEMBLE_SUM_PRODUCT]
     bp_count = len(GEN.BP_LIFTS) * len(GEN.BP_CHOSEN)
     assert len(min_sum) == len(GEN.LIFTS) * len(GEN.CHOSEN)
-    assert len(sum_product) == bp_count + len(GEN.LP_CHOSEN)
+    chosen_by_profile = GEN.LP_CHOSEN + GEN.HIGH_RATE_CHOSEN
+    assert len(sum_product) == bp_count + len(chosen_by_profile)
     assert [c.index for c in min_sum + sum_product] == list(range(len(native.codes())))   # the min-sum set first
-    lp_codes = {c.index: GEN.LP_CHOSEN[k] for k, c in enumerate(sum_product[bp_count:])}
+    lp_codes = {c.index: chosen_by_profile[k] for k, c in enumerate(sum_product[bp_count:])}
     for info in native.codes():
         rows, cols, shifts = native.entries(info.index)
         assert shifts.max() < info.z

@@ -74,11 +74,19 @@ DEFAULT_DECODER = AUTO
 # reveal rounds (3.0 round trips, 13 Mbit/CPU-s), 1.11 -> 1.128 (2.1, 17.5), 1.12 with steps 0.04 -> 1.138.
 # With check messages capped at 31 (ldpc.c), steps of 0.03 from 4.5 to 6.5 % (bench, the same 40 frames each way: 5 %,
 # f 1.113 -> 1.107 at 18 -> 21 Mbit/CPU-s; 6 %, 1.102 -> 1.101).
-START_LONG_SPA = ((0.025, 1.15, 0.04), (0.045, 1.12, 0.04), (0.065, 1.10, 0.03), (0.105, 1.09, 0.03), (0.5, 1.11, 0.03))
+# Below 1.75 % the high-rate codes (HIGH_RATE_CODES; bench, 40 frames each, n = 10^6: 1 %, start 1.16 with steps of
+# 0.04 lost 4 frames, 1.18 -> f 1.276 with 5 codewords given up, 1.20 with 0.05 -> 1.229 and one, 1.22 -> 1.227 at a
+# quarter more throughput; 1.25 %, 1.16 with 0.05 -> 1.178, 1.18 -> 1.195, 1.20 with 0.04 -> 1.218; 1.5 %, 1.16 ->
+# 1.173, 1.18 -> 1.185; 1.75 %, 1.16 -> 1.164).
+START_LONG_SPA = ((0.0115, 1.20, 0.05), (0.0175, 1.16, 0.05), (0.025, 1.15, 0.04), (0.045, 1.12, 0.04),
+                  (0.065, 1.10, 0.03), (0.105, 1.09, 0.03), (0.5, 1.11, 0.03))
 # A sum-product code punctured or shortened more than this is too far from its rate: min-sum's codes then (at 1 %
 # QBER the rate-0.84 code punctured 7 % lost every frame).
 SPA_MAX_PUNCTURED_FRACTION = 0.045
-SPA_MIN_QBER = 0.0175             # below, min-sum (1.5 %: the rate-0.84 code punctured 4 % lost 4 frames in 100)
+# Below SPA_MIN_QBER, min-sum: the rate-0.917 code would serve 0.8-0.9 % (bench, 40 frames: f 1.306 / 1.315 with
+# min-sum at 0.8 %, 1.260 / 1.274 at 0.9 %), too little for the throughput it costs (15-26 against 16-26 Mbit/CPU-s
+# and more round trips) and for a codeword of a few hundred errors, whose needed disclosure spreads wider.
+SPA_MIN_QBER = 0.01
 # The sum-product set's codes of 192 base columns (native/tools/ldpc_codes.py LP_CHOSEN: column degrees by linear
 # programming on the int8 decoder's density evolution, Z = 256, n = 49 152) replace its codes of the same rates in the
 # sum-product decoder's plans: per-codeword median f 1.100 against 1.121 at rate 0.844 and 1.079 against 1.101 at 0.771
@@ -87,6 +95,13 @@ SPA_MIN_QBER = 0.0175             # below, min-sum (1.5 %: the rate-0.84 code pu
 # borrowed codes, which were measured on the older ones. An older Alice refuses a START naming them.
 SPA_SUPERSEDED = {20: 38, 22: 39}
 LP_CODES = frozenset(SPA_SUPERSEDED.values())
+# The sum-product set's codes of rates 0.917 and 0.885 (HIGH_RATE_CHOSEN in native/tools/ldpc_codes.py: 192 base
+# columns, Z = 256, n = 49 152; per-codeword median f 1.160 and 1.118, 192 codewords each) serve its plans from 1 %
+# QBER, where before it fell back to min-sum's codes (f 1.26): per frame (bench.reconcile, n = 10^6, the same 40 frames
+# each way, none lost) sum-product / min-sum f 1.214 / 1.261 at 1 %, 1.180 / 1.258 at 1.25 %, 1.174 / 1.257 at 1.5 %,
+# 1.164 / 1.209 at 1.75 %. Min-sum does not borrow them either (SPA_ONLY_CODES).
+HIGH_RATE_CODES = frozenset({40, 41})
+SPA_ONLY_CODES = LP_CODES | HIGH_RATE_CODES
 SPA_MAX_SHORTENED_FRACTION = 0.15
 # ... but for the sum-product decoder a code that would be punctured more is still taken, punctured at the limit, when
 # that discloses at most SPA_MAX_EXTRA_F h(Q) more than the first attempt asked: frames of a few codewords adapt the
@@ -237,7 +252,7 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
             return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, starts,
                          native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION,
                          SPA_MAX_EXTRA_F if decoder == SUM_PRODUCT else 0.0,
-                         excluded=frozenset(SPA_SUPERSEDED) if decoder == SUM_PRODUCT else LP_CODES)
+                         excluded=frozenset(SPA_SUPERSEDED) if decoder == SUM_PRODUCT else SPA_ONLY_CODES)
         except ValueError:
             if not 0.0 < qber_estimate < 0.5:
                 raise
