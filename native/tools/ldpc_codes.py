@@ -180,10 +180,22 @@ def de_converges(p: float, var_edges: dict[int, float], chk_edges: dict[int, flo
     return False
 
 
-def edge_distributions(nb: int, mb: int, n2: int, nh: int, dh: int) -> tuple[dict, dict]:
-    n3 = nb - n2 - nh
-    edges = 2 * n2 + 3 * n3 + dh * nh
-    lam = {d: d * c / edges for d, c in ((2, n2), (3, n3), (dh, nh)) if c}
+def column_profile(nb: int, counts: tuple[int, int, int] | dict[int, int]) -> dict[int, int]:
+    """{column degree: columns}: of (n2, nh, dh), n2 columns of degree 2, nh of dh and the rest of 3; of a profile,
+    the profile less its empty classes."""
+    if isinstance(counts, dict):
+        return {d: c for d, c in counts.items() if c}
+    n2, nh, dh = counts
+    profile = collections.Counter({2: n2, 3: nb - n2 - nh})
+    profile[dh] += nh
+    return {d: c for d, c in profile.items() if c}
+
+
+def edge_distributions(mb: int, profile: dict[int, int]) -> tuple[dict, dict]:
+    """Edge-perspective degree distributions (lambda, rho) of a column profile over mb rows of concentrated degrees
+    (two consecutive values)."""
+    edges = sum(d * c for d, c in profile.items())
+    lam = {d: d * c / edges for d, c in profile.items() if c}
     lo = edges // mb
     hi_rows = edges - lo * mb
     rho = {d: d * c / edges for d, c in ((lo, mb - hi_rows), (lo + 1, hi_rows)) if c}
@@ -192,7 +204,7 @@ def edge_distributions(nb: int, mb: int, n2: int, nh: int, dh: int) -> tuple[dic
 
 def threshold(nb: int, mb: int, n2: int, nh: int, dh: int) -> float:
     """BSC threshold p* of the ensemble, by bisection (geometric) on density evolution."""
-    lam, rho = edge_distributions(nb, mb, n2, nh, dh)
+    lam, rho = edge_distributions(mb, column_profile(nb, (n2, nh, dh)))
     lo, hi = 1e-4, 0.2
     for _ in range(12):
         mid = math.sqrt(lo * hi)
@@ -245,27 +257,22 @@ def bp_converges(p: float, var_edges: dict[int, float], chk_edges: dict[int, flo
 
 def bp_threshold(nb: int, mb: int, n2: int, nh: int, dh: int) -> float:
     """BP threshold of the ensemble as efficiency f* = (1 - R) / h(p*), by bisection on f in [1, 1.4]."""
-    lam, rho = edge_distributions(nb, mb, n2, nh, dh)
-    lo, hi = 1.0, 1.4
-    for _ in range(7):
-        mid = (lo + hi) / 2
-        if bp_converges(_p_of_f(mb / nb, mid), lam, rho):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _bp_f_threshold(nb, mb, column_profile(nb, (n2, nh, dh)), f_max=1.4, steps=7)
 
 
 def bp_threshold_of_profile(nb: int, mb: int, profile: dict[int, int]) -> float:
     """bp_threshold of a profile {column degree: columns} (rows concentrated), f in [1, 1.32] to 0.005."""
-    edges = sum(d * c for d, c in profile.items())
-    lam = {d: d * c / edges for d, c in profile.items() if c}
-    low = edges // mb
-    rho = {d: d * c / edges for d, c in ((low, mb - (edges - low * mb)), (low + 1, edges - low * mb)) if c}
-    lo, hi = 1.0, 1.32
-    for _ in range(6):
+    return _bp_f_threshold(nb, mb, profile, f_max=1.32, steps=6, iterations=300)
+
+
+def _bp_f_threshold(nb: int, mb: int, profile: dict[int, int], f_max: float, steps: int,
+                    iterations: int = 200) -> float:
+    """The lowest f in [1, f_max] (bisection, `steps` halvings) at which bp_converges."""
+    lam, rho = edge_distributions(mb, profile)
+    lo, hi = 1.0, f_max
+    for _ in range(steps):
         mid = (lo + hi) / 2
-        if bp_converges(_p_of_f(mb / nb, mid), lam, rho, iterations=300):
+        if bp_converges(_p_of_f(mb / nb, mid), lam, rho, iterations=iterations):
             hi = mid
         else:
             lo = mid
@@ -300,8 +307,9 @@ def climb(nb: int, mb: int, start: dict[int, int], budget: int = 90) -> tuple[fl
             trial[b] = trial.get(b, 0) + s
             if trial[a] < 0 or trial.get(2, 0) > mb - 1:
                 continue
-            if score(trial) < best_f - 1e-9:
-                best, best_f, improved = {d: c for d, c in trial.items() if c}, score(trial), True
+            trial_f = score(trial)
+            if trial_f < best_f - 1e-9:
+                best, best_f, improved = {d: c for d, c in trial.items() if c}, trial_f, True
                 break
             if len(scores) >= budget:
                 break
@@ -431,13 +439,7 @@ def count_cycles(entries: list[tuple[int, int, int]], z: int) -> tuple[int, int]
 def build(mb: int, counts: tuple[int, int, int] | dict[int, int], z: int, seed: int,
           ensemble: int = ENSEMBLE_MIN_SUM, nb: int = NB) -> tuple[list[tuple[int, int, int]], dict]:
     """counts: (n2, nh, dh), columns of degree 2, dh and (the rest) 3; or {column degree: columns}."""
-    if isinstance(counts, dict):
-        profile = {d: c for d, c in counts.items() if c}
-    else:
-        n2, nh, dh = counts
-        profile = collections.Counter({2: n2, 3: nb - n2 - nh})
-        profile[dh] += nh
-        profile = {d: c for d, c in profile.items() if c}
+    profile = column_profile(nb, counts)
     if sum(profile.values()) != nb or max(profile) > mb:
         raise SystemExit(f"mb={mb}: column degrees {profile} do not fit {nb} columns of at most {mb} rows")
     degrees = [d for d in sorted(profile) for _ in range(profile[d])]
