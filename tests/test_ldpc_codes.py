@@ -57,6 +57,9 @@ def test_shipped_tables_have_the_generated_degree_profiles():
     assert len(sum_product) == bp_count + len(chosen_by_profile)
     assert [c.index for c in min_sum + sum_product] == list(range(len(native.codes())))   # the min-sum set first
     lp_codes = {c.index: chosen_by_profile[k] for k, c in enumerate(sum_product[bp_count:])}
+    # the plan's index sets name exactly the generator's profile-chosen codes, in table order
+    assert ldpc_plan.LP_CODES == set(list(lp_codes)[:len(GEN.LP_CHOSEN)])
+    assert ldpc_plan.HIGH_RATE_CODES == set(list(lp_codes)[len(GEN.LP_CHOSEN):])
     for info in native.codes():
         rows, cols, shifts = native.entries(info.index)
         assert shifts.max() < info.z
