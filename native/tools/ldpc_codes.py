@@ -30,7 +30,8 @@ evolution of belief propagation on the BSC (sampled, "population dynamics": Rich
 Theory, 2008, sec. 4.4 / Monte-Carlo DE; the BP thresholds of the min-sum set lie at f* 1.15 and above), BP_CHOSEN
 below, then the same PEG base graph and girth-maximising lift. `--search-bp MB` runs its grid (a few minutes per
 point pair). Lifts of Z = 2048 (n = 196 608) were tried: no lower f at n = 10^6 (fewer codewords leave coarser rate
-adaptation) and a third slower decoding (the messages outgrow the L2 cache), so they are not shipped. Lifts of
+adaptation) and a third slower decoding (the messages outgrow the L2 cache), so only the rate-0.8125 one is shipped,
+to fill a gap among the n = 196 608 codes of the nb = 192 sets (XL_BP_ROWS, below). Lifts of
 Z = 128 (n = 12 288) follow the Z = 512 set, for frames of a few 10^5 bits that a few long codewords fit only
 coarsely (per codeword at 6-9 % QBER: median f about 1.09, nine in ten within 1.12-1.15).
 
@@ -50,6 +51,9 @@ A fourth set (HIGH_RATE_CHOSEN, sum-product, nb = 192, Z = 256) holds rates 0.91
 min-sum set's codes of 96 columns (column degree at most mb = 8-12, check degree about 50) need f 1.25-1.30 with either
 decoder. Its profiles come from a hill climb on the threshold of sampled BP density evolution (--search-hr MB; why not
 the linear programme, at HIGH_RATE_CHOSEN).
+
+The third and fourth sets are lifted once more, to Z = 1024 (n = 196 608, XL_LIFT), for long frames: on these 192
+columns the longer lift narrows the per-codeword spread of f where the 96-column codes' Z = 2048 lifts did not.
 """
 from __future__ import annotations
 
@@ -114,12 +118,22 @@ LP_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
 # p90 1.153). At rate 0.917 the climb's best thresholds (f* 1.070-1.075 against 1.090 for the shipped profile)
 # measured no better on lifted codes (median 1.166-1.186, 24 codewords each: their degree-16 columns close more short
 # cycles). The floating-point decoder (ldpc_bp.c) gains 0.016 in median on the rate-0.917 code, at 30 times the time;
-# a Z = 1024 lift (n = 196 608) 0.01-0.02 with a narrower spread (p90 1.158), not shipped (the plans' codewords are
-# 49 152 bits).
+# its Z = 1024 lift (XL_LIFT) 0.02 with a narrower spread.
 HIGH_RATE_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
     (192, 16, 256, {2: 15, 3: 112, 10: 55, 16: 10}),
     (192, 22, 256, {2: 21, 3: 110, 10: 45, 22: 16}),
 ]
+# Lifts of the nb = 192 sets (LP_CHOSEN, then HIGH_RATE_CHOSEN) to Z = 1024, n = 196 608, appended after them (same
+# base graphs): the sum-product decoder's plans for frames of many such codewords (qkdd.postprocess.ldpc_plan XL_*).
+# The longer lift narrows the spread of the per-codeword f, the tail most (192 random codewords for each of the four,
+# 48 for the Z = 256 codes, Decoder(sum_product_units=4), 80 iterations; median / p90, Z = 1024 against Z = 256):
+# rate 0.917 1.144 / 1.159 against 1.160 / 1.195, 0.885 1.107 / 1.120 against 1.118 / 1.153, 0.844 1.079 / 1.087
+# against 1.097 / 1.122, 0.771 1.069 / 1.075 against 1.078 / 1.118; per bit decoding takes about a third longer. The
+# BP_CHOSEN codes of 96 columns gain 0.003 or less at Z = 2048 (rates 0.729 and 0.552), but the rate-0.8125 one
+# (XL_BP_ROWS) is lifted there too, n = 196 608: without it no code of that length fits 2.3-2.7 % QBER (between the
+# rates 0.844 and 0.771, less shortened than 15 % and punctured than 4.5 % + 0.05 h(Q)).
+XL_LIFT = 1024
+XL_BP_ROWS = (18,)
 ENSEMBLE_MIN_SUM, ENSEMBLE_SUM_PRODUCT = 0, 1   # qkd_ldpc.h
 
 
@@ -545,9 +559,13 @@ def main() -> None:
                       f"BP f*={bp_threshold(NB, mb, *BP_CHOSEN[mb]):.4f}", flush=True)
             entries, info = build(mb, BP_CHOSEN[mb], z, seed=1000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT)
             codes.append((z, mb, entries, info))
-    for nb, mb, z, profile in LP_CHOSEN + HIGH_RATE_CHOSEN:
-        entries, info = build(mb, profile, z, seed=2000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT, nb=nb)
-        codes.append((z, mb, entries, info))
+    for z in (None, XL_LIFT):
+        for nb, mb, z_chosen, profile in LP_CHOSEN + HIGH_RATE_CHOSEN:
+            entries, info = build(mb, profile, z or z_chosen, seed=2000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT, nb=nb)
+            codes.append((z or z_chosen, mb, entries, info))
+    for mb in XL_BP_ROWS:
+        entries, info = build(mb, BP_CHOSEN[mb], 2 * XL_LIFT, seed=1000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT)
+        codes.append((2 * XL_LIFT, mb, entries, info))
     OUT.write_text(write_c(codes))
     print(f"wrote {OUT}")
 

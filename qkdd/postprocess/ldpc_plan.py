@@ -101,7 +101,33 @@ LP_CODES = frozenset(SPA_SUPERSEDED.values())
 # each way, none lost) sum-product / min-sum f 1.214 / 1.261 at 1 %, 1.180 / 1.258 at 1.25 %, 1.174 / 1.257 at 1.5 %,
 # 1.164 / 1.209 at 1.75 %. Min-sum does not borrow them either (SPA_ONLY_CODES).
 HIGH_RATE_CODES = frozenset({40, 41})
-SPA_ONLY_CODES = LP_CODES | HIGH_RATE_CODES
+# Frames of at least XL_FRAME_BITS take, for the sum-product decoder from SPA_MIN_QBER up, the Z = 1024 lifts of the
+# four codes of 192 base columns and a Z = 2048 lift of the rate-0.8125 code (XL_CODES, n = XL_CODEWORD_BITS =
+# 196 608; native/tools/ldpc_codes.py XL_LIFT): their per-codeword f spreads far less (p90 0.03-0.04 lower, median
+# 0.01-0.02), so the first attempt starts lower and fewer codewords need a reveal. They fit rates from 0.917 to 0.771,
+# 1-4 % QBER; above, and for shorter frames, the codes of 49 152 bits.
+# XL_FRAME_BITS is MIN_CODEWORDS_TO_GIVE_UP such codewords: a frame of fewer could not give one up (ldpc.py) and
+# adapts its rate coarsely: a frame of 10^6 bits at 2 % QBER splits into six codewords of 166 667 key bits, each
+# punctured 2.2 % at a start of 1.12 h(Q), and reached f 1.132 against 1.121 for frames of 2*10^6 bits (eleven
+# codewords punctured 1 %; bench, start 1.12 with steps of 0.03, 40 and 20 frames; the codes of 49 152 bits: 1.156).
+MIN_CODEWORDS_TO_GIVE_UP = 8
+XL_CODEWORD_BITS = 196608
+XL_CODES = frozenset({42, 43, 44, 45, 46})
+XL_FRAME_BITS = MIN_CODEWORDS_TO_GIVE_UP * XL_CODEWORD_BITS
+# The first attempt and reveal step by QBER (up to), as START_LONG_SPA: bench.reconcile, n = 2*10^6, 20 frames each,
+# none lost; f and Mbit/CPU-s, the start chosen first: 1 %, 1.18 with steps of 0.05 -> 1.207 at 13.8, 1.16 with 0.04
+# -> 1.196 at 9.8 (2.9 round trips); 1.25 %, 1.15 with 0.04 -> 1.158 at 17.9, 1.14 with 0.03 -> 1.154 at 13.1, 1.16
+# -> 1.165; 1.5 %, 1.14 -> 1.151 at 14.0, 1.12 -> 1.148 at 9.4; 1.75 %, 1.12 -> 1.129, 1.10 -> 1.124 at 9.2; 2 %,
+# 1.12 -> 1.121 at 18.5, 1.10 -> 1.111 at 11.7; 2.5 %, 1.12 -> 1.128 at 16.6, 1.10 -> 1.126 at 11.3; 3 %, 1.10 ->
+# 1.106 at 13.6, 1.09 with 0.02 -> 1.100 at 9.1; 3.5 %, 1.09 with 0.02 -> 1.091 at 14.3, 1.10 -> 1.110. Then these
+# starts against the codes of 49 152 bits on the same frames (f, Mbit/CPU-s): 1.6*10^6 bits, 20 frames: 1 % 1.212 /
+# 1.217 at 13.4 / 18.1, 1.5 % 1.160 / 1.175 at 9.3 / 16.9, 2 % 1.123 / 1.157 (one frame lost) at 15.4 / 17.0, 3 %
+# 1.111 / 1.125 at 11.7 / 18.0; 4*10^6 bits, 8 frames: 1.25 % 1.159 / 1.177, 1.75 % 1.122 / 1.164, 2.5 % 1.126 /
+# 1.159, 3.5 % 1.092 / 1.131, at 13.5-17.7 / 16.1-23.2. At 3.75 % and above no XL code fits (the rate-0.771 code
+# would be punctured too far). The sum-product decoder serves below 4 % only where the link has CPU to spare (AUTO).
+START_XL_SPA = ((0.0115, 1.18, 0.05), (0.014, 1.15, 0.04), (0.016, 1.14, 0.03), (0.019, 1.12, 0.03),
+                (0.0275, 1.12, 0.03), (0.0325, 1.10, 0.03), (0.5, 1.09, 0.02))
+SPA_ONLY_CODES = LP_CODES | HIGH_RATE_CODES | XL_CODES
 SPA_MAX_SHORTENED_FRACTION = 0.15
 # ... but for the sum-product decoder a code that would be punctured more is still taken, punctured at the limit, when
 # that discloses at most SPA_MAX_EXTRA_F h(Q) more than the first attempt asked: frames of a few codewords adapt the
@@ -114,7 +140,7 @@ SPA_MAX_EXTRA_F = 0.05
 # codeword at 6-9 %: median f 1.09, all of 32 within 1.18), so they start higher with wider steps (bench, 60-100
 # frames of 10^5-4*10^5 bits: the Z = 512 starts lost 1-12 frames at 8-10 %) and serve only above 5.5 % QBER, where a
 # codeword holds 600 errors or more (at 2 % 63 frames of 10^5 bits in 100 were lost).
-SPA_SMALL_LIFT, SPA_SMALL_LIFT_MIN_QBER = 128, 0.055
+SPA_SMALL_LIFT, SPA_SMALL_CODEWORD_BITS, SPA_SMALL_LIFT_MIN_QBER = 128, 12288, 0.055
 START_SMALL_LIFT_SPA = ((0.5, 1.13, 0.05),)
 # MIN_SUM borrows the sum-product set's codes (decoded by min-sum, its fallbacks as on its own codes) where min-sum
 # discloses less on them than on its own codes: by QBER (from, up to), the first attempt, the reveal step and the
@@ -238,7 +264,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     punctured bits for the rounds.
 
     decoder AUTO: SUM_PRODUCT or MIN_SUM by the QBER estimate (decoder_for).
-    decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first; where none fits, as MIN_SUM.
+    decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first, for frames of at least XL_FRAME_BITS
+    their lifts of 196 608 bits (XL_CODES, START_XL_SPA) before them; where none fits, as MIN_SUM.
     decoder MIN_SUM with borrow_codes: that ensemble's codes (and START_LONG_BORROWED) in the QBER ranges listed
     there, where one fits; otherwise (and without borrow_codes, the plan before they were borrowed) its own."""
     decoder = decoder_for(decoder, qber_estimate)
@@ -247,20 +274,27 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
         starts = START_LONG_SPA
     elif decoder == MIN_SUM and borrow_codes and (row := borrowed(qber_estimate)) is not None:
         starts = ((0.5, row[2], row[3]),)
+
+    def sum_product_codes(table: tuple, max_extra_f: float = SPA_MAX_EXTRA_F, **which) -> Plan:
+        return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, table,
+                     native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION, max_extra_f,
+                     **which)
+
+    if starts is START_LONG_SPA and n_bits >= XL_FRAME_BITS:
+        try:
+            return sum_product_codes(START_XL_SPA, codeword_bits=XL_CODEWORD_BITS)
+        except ValueError:
+            pass    # no XL code fits this QBER (or the estimate is out of range: raised below)
     if starts is not None and n_bits >= LONG_FRAME_BITS:
         try:
-            return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, starts,
-                         native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION,
-                         SPA_MAX_EXTRA_F if decoder == SUM_PRODUCT else 0.0,
-                         excluded=frozenset(SPA_SUPERSEDED) if decoder == SUM_PRODUCT else SPA_ONLY_CODES)
+            return sum_product_codes(starts, SPA_MAX_EXTRA_F if decoder == SUM_PRODUCT else 0.0,
+                                     excluded=frozenset(SPA_SUPERSEDED) if decoder == SUM_PRODUCT else SPA_ONLY_CODES)
         except ValueError:
             if not 0.0 < qber_estimate < 0.5:
                 raise
         if decoder == SUM_PRODUCT and qber_estimate >= SPA_SMALL_LIFT_MIN_QBER:
             try:
-                return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, START_SMALL_LIFT_SPA,
-                             native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION,
-                             SPA_MAX_EXTRA_F, lift=SPA_SMALL_LIFT)
+                return sum_product_codes(START_SMALL_LIFT_SPA, codeword_bits=SPA_SMALL_CODEWORD_BITS)
             except ValueError:
                 pass
     return _plan(n_bits, qber_estimate, f_start, reveal_step_f, max_reveal_rounds, START_LONG, native.ENSEMBLE_MIN_SUM)
@@ -273,12 +307,12 @@ def borrowed(qber_estimate: float) -> tuple | None:
 
 def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_f: float | None,
           max_reveal_rounds: int | None, starts: tuple, ensemble: int, max_punctured: float = MAX_PUNCTURED_FRACTION,
-          max_shortened: float = 1.0, max_extra_f: float = 0.0, lift: int | None = None,
+          max_shortened: float = 1.0, max_extra_f: float = 0.0, codeword_bits: int | None = None,
           excluded: frozenset = frozenset()) -> Plan:
     """plan() within one code set, less the `excluded` code indices. A code whose puncturing would exceed
     max_punctured is passed over, or with max_extra_f > 0 punctured at the limit where that adds at most max_extra_f
-    h(Q) to the first attempt (codes needing no such addition first, then the least added). `lift`: only that Z
-    (default: the long codes, LONG_CODEWORD_BITS, for long frames; Z = 64 for short ones)."""
+    h(Q) to the first attempt (codes needing no such addition first, then the least added). `codeword_bits`: only codes
+    of that length (default: the long codes, LONG_CODEWORD_BITS, for long frames; Z = 64 for short ones)."""
     long = n_bits >= LONG_FRAME_BITS
     table = starts if long else START_SHORT
     start = next(((f, step) for q, f, step in table if qber_estimate <= q), table[-1][1:])
@@ -298,8 +332,7 @@ def _plan(n_bits: int, qber_estimate: float, f_start: float | None, reveal_step_
     fh = f_start * binary_entropy(qber_estimate)
     reveal_h = max_reveal_rounds * reveal_step_f * binary_entropy(qber_estimate)   # what the rounds may add
     best = None
-    family = (lambda c: c.z == lift) if lift else (lambda c: c.n_bits == LONG_CODEWORD_BITS) if long else \
-        (lambda c: c.z == 64)
+    family = (lambda c: c.n_bits == (codeword_bits or LONG_CODEWORD_BITS)) if long else (lambda c: c.z == 64)
     for info in (c for c in native.codes() if family(c) and c.ensemble == ensemble and c.rate <= MAX_PLANNED_RATE
                  and c.index not in excluded):
         n, m = info.n_bits, info.m_bits
