@@ -15,7 +15,8 @@ syndrome exchange and each reveal round; its disclosed bits are syndromes less p
 --ldpc-decoder (repeatable) picks Bob's decoder (qkdd.postprocess.ldpc_plan.DECODERS; default min-sum); the
 sum-product runs are named "ldpc+sum-product". --ldpc-codes own (repeatable, beside "best", the default) keeps the
 min-sum decoder on its own codes (the plan before it borrowed the sum-product set's, ldpc_plan.START_LONG_BORROWED);
-those runs are named "ldpc+own-codes".
+those runs are named "ldpc+own-codes". --ldpc-codes no-xl keeps the sum-product decoder off its codes of 196 608 bits
+(ldpc_plan.XL_CODES, for frames of at least XL_FRAME_BITS): runs named "ldpc+no-xl-codes".
 """
 from __future__ import annotations
 
@@ -59,12 +60,13 @@ def noisy_pair(rng: np.random.Generator, n: int, qber: float, noise: str) -> tup
     return alice, bob
 
 
-OWN_CODES, BEST_CODES = "own", "best"
+OWN_CODES, BEST_CODES, NO_XL_CODES = "own", "best", "no-xl"
 
 
 def reconcile_ldpc(alice_key, bob_key, n, qber, frame_id, seed=None, decoder=DEFAULT_DECODER, codes=BEST_CODES):
     """One frame through both LDPC ends; return (bob, alice) after DONE, or after Bob gave the frame up."""
-    bob = LdpcBob(bob_key, n, frame_id, qber, seed=seed, decoder=decoder, borrow_codes=codes == BEST_CODES)
+    bob = LdpcBob(bob_key, n, frame_id, qber, seed=seed, decoder=decoder, borrow_codes=codes != OWN_CODES,
+                  xl_codes=codes != NO_XL_CODES)
     alice = LdpcAlice(alice_key, n, frame_id)
     to_alice = [bob.start()]
     try:
@@ -141,9 +143,9 @@ def main(argv=None) -> None:
                         help="BICONF rounds after the schedule's passes (repeatable; default: 0)")
     parser.add_argument("--ldpc-decoder", action="append", choices=DECODERS,
                         help=f"Bob's LDPC decoder (repeatable; default: {DEFAULT_DECODER})")
-    parser.add_argument("--ldpc-codes", action="append", choices=[BEST_CODES, OWN_CODES],
-                        help="min-sum's code set: best (may borrow the sum-product set's; default) or own "
-                             "(repeatable)")
+    parser.add_argument("--ldpc-codes", action="append", choices=[BEST_CODES, OWN_CODES, NO_XL_CODES],
+                        help="best (default), own (min-sum on its own codes) or no-xl (sum-product without the "
+                             "codes of 196 608 bits) (repeatable)")
     args = parser.parse_args(argv)
     lookahead = tuple(int(v) for v in args.lookahead.split(":")) if args.lookahead else None
     for algo in (CASCADE_BEST if a == CASCADE else a for a in args.algo or sorted(SCHEDULES)):

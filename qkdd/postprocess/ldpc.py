@@ -314,18 +314,19 @@ class LdpcBob(_End):
                  seed: bytes | None = None, f_start: float | None = None, reveal_step_f: float | None = None,
                  max_reveal_rounds: int | None = None, max_iterations: int = MAX_ITERATIONS,
                  sum_product: bool = True, decoder: str = DEFAULT_DECODER, borrow_codes: bool = True,
-                 spare_cpu: bool = False):
+                 spare_cpu: bool = False, xl_codes: bool = True):
         """`sum_product`: decode a codeword every min-sum rule fails after the last reveal round with the
         sum-product decoder before giving the frame up (BP_* above). `decoder`: AUTO, MIN_SUM or SUM_PRODUCT (above).
-        `borrow_codes`: whether MIN_SUM may plan from the sum-product set's codes (plan). `spare_cpu`: the link has CPU
-        to spare, so AUTO may take SUM_PRODUCT at lower QBER (ldpc_plan.decoder_for)."""
+        `borrow_codes`: whether MIN_SUM may plan from the sum-product set's codes, `xl_codes` whether SUM_PRODUCT may
+        plan long frames on its codes of 196 608 bits (plan). `spare_cpu`: the link has CPU to spare, so AUTO may take
+        SUM_PRODUCT at lower QBER (ldpc_plan.decoder_for)."""
         _check_key(key, n_bits)
         if not key.flags.writeable or not key.flags.c_contiguous:
             raise ValueError("Bob's key must be a writable C-contiguous array (it is corrected in place)")
         super().__init__(frame_id, n_bits)
         q = min(max(qber_estimate, 1e-4), 0.45)
         decoder = decoder_for(decoder, q, spare_cpu)
-        self.plan = plan(n_bits, q, f_start, reveal_step_f, max_reveal_rounds, decoder, borrow_codes)
+        self.plan = plan(n_bits, q, f_start, reveal_step_f, max_reveal_rounds, decoder, borrow_codes, xl_codes)
         # the fixed-point sum-product decoder on the codes chosen for it (plan may have fallen back to min-sum's; the
         # min-sum decoder may have borrowed them)
         self._spa_units = SPA_UNITS_PER_NAT if decoder == SUM_PRODUCT and \

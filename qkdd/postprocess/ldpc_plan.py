@@ -249,7 +249,8 @@ class Plan:
 
 
 def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal_step_f: float | None = None,
-         max_reveal_rounds: int | None = None, decoder: str = DEFAULT_DECODER, borrow_codes: bool = True) -> Plan:
+         max_reveal_rounds: int | None = None, decoder: str = DEFAULT_DECODER, borrow_codes: bool = True,
+         xl_codes: bool = True) -> Plan:
     """Bob's choice: the code family by frame length, then the code and puncturing that disclose
     f_start * h(Q) per key bit in the first attempt; each reveal adds about reveal_step_f * h(Q).
     f_start, reveal_step_f and max_reveal_rounds default by family (long: START_LONG, MAX_REVEAL_ROUNDS_LONG or,
@@ -265,7 +266,8 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
 
     decoder AUTO: SUM_PRODUCT or MIN_SUM by the QBER estimate (decoder_for).
     decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first, for frames of at least XL_FRAME_BITS
-    their lifts of 196 608 bits (XL_CODES, START_XL_SPA) before them; where none fits, as MIN_SUM.
+    their lifts of 196 608 bits (XL_CODES, START_XL_SPA) before them, unless not xl_codes (the plan before them);
+    where none fits, as MIN_SUM.
     decoder MIN_SUM with borrow_codes: that ensemble's codes (and START_LONG_BORROWED) in the QBER ranges listed
     there, where one fits; otherwise (and without borrow_codes, the plan before they were borrowed) its own."""
     decoder = decoder_for(decoder, qber_estimate)
@@ -280,7 +282,7 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
                      native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION, max_extra_f,
                      **which)
 
-    if starts is START_LONG_SPA and n_bits >= XL_FRAME_BITS:
+    if starts is START_LONG_SPA and xl_codes and n_bits >= XL_FRAME_BITS:
         try:
             return sum_product_codes(START_XL_SPA, codeword_bits=XL_CODEWORD_BITS)
         except ValueError:
