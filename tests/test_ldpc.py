@@ -601,7 +601,7 @@ def test_the_sum_product_decoder_takes_the_high_rate_codes_at_1_percent_and_disc
 @pytest.mark.parametrize("qber", [0.02, 0.035])
 def test_frames_of_many_long_codewords_take_the_196608_bit_codes_and_disclose_less(qber):
     """From XL_FRAME_BITS on (eight codewords of 196 608 bits, so one can be given up) the sum-product decoder's plans
-    take the XL codes at 1-4 % QBER; the same 2*10^6-bit frame reconciles on them within 3 round trips and discloses
+    take the XL codes at 1-4 % QBER (XL_MAX_QBER); the same 2*10^6-bit frame reconciles on them within 3 round trips and discloses
     less than on the codes of 49 152 bits (bench.reconcile, 20 frames: f 1.121 against 1.157 at 2 %, 1.091 against
     1.129 at 3.5 %). Shorter frames, min-sum and QBER above 4 % keep the codes of 49 152 bits."""
     n = 2_000_000
@@ -610,7 +610,7 @@ def test_frames_of_many_long_codewords_take_the_196608_bit_codes_and_disclose_le
     assert native.code(plan.code).n_bits == ldpc_plan.XL_CODEWORD_BITS
     assert ldpc_plan.plan(ldpc_plan.XL_FRAME_BITS - 1, qber, decoder=ldpc_plan.SUM_PRODUCT).code not in \
         ldpc_plan.XL_CODES
-    assert ldpc_plan.plan(n, 0.05, decoder=ldpc_plan.SUM_PRODUCT).code not in ldpc_plan.XL_CODES
+    assert ldpc_plan.plan(n, 0.045, decoder=ldpc_plan.SUM_PRODUCT).code not in ldpc_plan.XL_CODES
     assert ldpc_plan.plan(n, qber, decoder=ldpc_plan.MIN_SUM).code not in ldpc_plan.SPA_ONLY_CODES
     alice_key, bob_key = noisy_pair(np.random.default_rng(int(qber * 1000)), n, round(qber * n))
     disclosed = {}

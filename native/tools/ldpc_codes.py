@@ -30,8 +30,8 @@ evolution of belief propagation on the BSC (sampled, "population dynamics": Rich
 Theory, 2008, sec. 4.4 / Monte-Carlo DE; the BP thresholds of the min-sum set lie at f* 1.15 and above), BP_CHOSEN
 below, then the same PEG base graph and girth-maximising lift. `--search-bp MB` runs its grid (a few minutes per
 point pair). Lifts of Z = 2048 (n = 196 608) were tried: no lower f at n = 10^6 (fewer codewords leave coarser rate
-adaptation) and a third slower decoding (the messages outgrow the L2 cache), so only the rate-0.8125 one is shipped,
-to fill a gap among the n = 196 608 codes of the nb = 192 sets (XL_BP_ROWS, below). Lifts of
+adaptation) and a third slower decoding (the messages outgrow the L2 cache), so only the rate-0.8125 and 0.729 ones
+are shipped, to fill gaps among the n = 196 608 codes of the nb = 192 sets (XL_BP_ROWS, below). Lifts of
 Z = 128 (n = 12 288) follow the Z = 512 set, for frames of a few 10^5 bits that a few long codewords fit only
 coarsely (per codeword at 6-9 % QBER: median f about 1.09, nine in ten within 1.12-1.15).
 
@@ -129,11 +129,11 @@ HIGH_RATE_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
 # 48 for the Z = 256 codes, Decoder(sum_product_units=4), 80 iterations; median / p90, Z = 1024 against Z = 256):
 # rate 0.917 1.144 / 1.159 against 1.160 / 1.195, 0.885 1.107 / 1.120 against 1.118 / 1.153, 0.844 1.079 / 1.087
 # against 1.097 / 1.122, 0.771 1.069 / 1.075 against 1.078 / 1.118; per bit decoding takes about a third longer. The
-# BP_CHOSEN codes of 96 columns gain 0.003 or less at Z = 2048 (rates 0.729 and 0.552), but the rate-0.8125 one
-# (XL_BP_ROWS) is lifted there too, n = 196 608: without it no code of that length fits 2.3-2.7 % QBER (between the
-# rates 0.844 and 0.771, less shortened than 15 % and punctured than 4.5 % + 0.05 h(Q)).
+# BP_CHOSEN codes of 96 columns gain 0.003 or less at Z = 2048 (rates 0.729 and 0.552), but the rate-0.8125 and 0.729
+# ones (XL_BP_ROWS) are lifted there too, n = 196 608: without them no code of that length fits 2.3-2.7 % QBER (between
+# the rates 0.844 and 0.771, less shortened than 15 % and punctured than 4.5 % + 0.05 h(Q)) or 3.7-4 %.
 XL_LIFT = 1024
-XL_BP_ROWS = (18,)
+XL_BP_ROWS = (18, 26)
 ENSEMBLE_MIN_SUM, ENSEMBLE_SUM_PRODUCT = 0, 1   # qkd_ldpc.h
 
 

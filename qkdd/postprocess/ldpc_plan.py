@@ -102,18 +102,21 @@ LP_CODES = frozenset(SPA_SUPERSEDED.values())
 # 1.164 / 1.209 at 1.75 %. Min-sum does not borrow them either (SPA_ONLY_CODES).
 HIGH_RATE_CODES = frozenset({40, 41})
 # Frames of at least XL_FRAME_BITS take, for the sum-product decoder from SPA_MIN_QBER up, the Z = 1024 lifts of the
-# four codes of 192 base columns and a Z = 2048 lift of the rate-0.8125 code (XL_CODES, n = XL_CODEWORD_BITS =
-# 196 608; native/tools/ldpc_codes.py XL_LIFT): their per-codeword f spreads far less (p90 0.03-0.04 lower, median
-# 0.01-0.02), so the first attempt starts lower and fewer codewords need a reveal. They fit rates from 0.917 to 0.771,
-# 1-4 % QBER; above, and for shorter frames, the codes of 49 152 bits.
+# four codes of 192 base columns and Z = 2048 lifts of the rate-0.8125 and 0.729 codes (XL_CODES, n = XL_CODEWORD_BITS
+# = 196 608; native/tools/ldpc_codes.py XL_LIFT, XL_BP_ROWS): their per-codeword f spreads far less (p90 0.03-0.04
+# lower, median 0.01-0.02), so the first attempt starts lower and fewer codewords need a reveal. They serve up to
+# XL_MAX_QBER; above, and for shorter frames, the codes of 49 152 bits. Above it AUTO takes the sum-product decoder on
+# every frame, also where the CPU limits the link, and the XL codes decode a third slower per bit: at 4.5 % they gave
+# f 1.116 against 1.121 at 7.4 against 26.6 Mbit/CPU-s (bench, 20 frames of 2*10^6 bits, start 1.09 with steps 0.02).
 # XL_FRAME_BITS is MIN_CODEWORDS_TO_GIVE_UP such codewords: a frame of fewer could not give one up (ldpc.py) and
 # adapts its rate coarsely: a frame of 10^6 bits at 2 % QBER splits into six codewords of 166 667 key bits, each
 # punctured 2.2 % at a start of 1.12 h(Q), and reached f 1.132 against 1.121 for frames of 2*10^6 bits (eleven
 # codewords punctured 1 %; bench, start 1.12 with steps of 0.03, 40 and 20 frames; the codes of 49 152 bits: 1.156).
 MIN_CODEWORDS_TO_GIVE_UP = 8
 XL_CODEWORD_BITS = 196608
-XL_CODES = frozenset({42, 43, 44, 45, 46})
+XL_CODES = frozenset({42, 43, 44, 45, 46, 47})
 XL_FRAME_BITS = MIN_CODEWORDS_TO_GIVE_UP * XL_CODEWORD_BITS
+XL_MAX_QBER = 0.04
 # The first attempt and reveal step by QBER (up to), as START_LONG_SPA: bench.reconcile, n = 2*10^6, 20 frames each,
 # none lost; f and Mbit/CPU-s, the start chosen first: 1 %, 1.18 with steps of 0.05 -> 1.207 at 13.8, 1.16 with 0.04
 # -> 1.196 at 9.8 (2.9 round trips); 1.25 %, 1.15 with 0.04 -> 1.158 at 17.9, 1.14 with 0.03 -> 1.154 at 13.1, 1.16
@@ -123,10 +126,11 @@ XL_FRAME_BITS = MIN_CODEWORDS_TO_GIVE_UP * XL_CODEWORD_BITS
 # starts against the codes of 49 152 bits on the same frames (f, Mbit/CPU-s): 1.6*10^6 bits, 20 frames: 1 % 1.212 /
 # 1.217 at 13.4 / 18.1, 1.5 % 1.160 / 1.175 at 9.3 / 16.9, 2 % 1.123 / 1.157 (one frame lost) at 15.4 / 17.0, 3 %
 # 1.111 / 1.125 at 11.7 / 18.0; 4*10^6 bits, 8 frames: 1.25 % 1.159 / 1.177, 1.75 % 1.122 / 1.164, 2.5 % 1.126 /
-# 1.159, 3.5 % 1.092 / 1.131, at 13.5-17.7 / 16.1-23.2. At 3.75 % and above no XL code fits (the rate-0.771 code
-# would be punctured too far). The sum-product decoder serves below 4 % only where the link has CPU to spare (AUTO).
+# 1.159, 3.5 % 1.092 / 1.131, at 13.5-17.7 / 16.1-23.2. 2*10^6 bits, 20 frames: 3.75 %, 1.09 with steps of 0.02 ->
+# 1.097 / 1.126 at 10.6 / 25.2; 4 % (the rate-0.729 code), 1.10 with 0.03 -> 1.111 / 1.126 at 15.9 / 24.2, 1.09 with
+# 0.02 -> 1.106 at 11.3. The sum-product decoder serves below 4 % only where the link has CPU to spare (AUTO).
 START_XL_SPA = ((0.0115, 1.18, 0.05), (0.014, 1.15, 0.04), (0.016, 1.14, 0.03), (0.019, 1.12, 0.03),
-                (0.0275, 1.12, 0.03), (0.0325, 1.10, 0.03), (0.5, 1.09, 0.02))
+                (0.0275, 1.12, 0.03), (0.0325, 1.10, 0.03), (0.0385, 1.09, 0.02), (0.5, 1.10, 0.03))
 SPA_ONLY_CODES = LP_CODES | HIGH_RATE_CODES | XL_CODES
 SPA_MAX_SHORTENED_FRACTION = 0.15
 # ... but for the sum-product decoder a code that would be punctured more is still taken, punctured at the limit, when
@@ -266,7 +270,7 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
 
     decoder AUTO: SUM_PRODUCT or MIN_SUM by the QBER estimate (decoder_for).
     decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first, for frames of at least XL_FRAME_BITS
-    their lifts of 196 608 bits (XL_CODES, START_XL_SPA) before them, unless not xl_codes (the plan before them);
+    up to XL_MAX_QBER their codes of 196 608 bits (XL_CODES, START_XL_SPA) before them, unless not xl_codes;
     where none fits, as MIN_SUM.
     decoder MIN_SUM with borrow_codes: that ensemble's codes (and START_LONG_BORROWED) in the QBER ranges listed
     there, where one fits; otherwise (and without borrow_codes, the plan before they were borrowed) its own."""
@@ -282,7 +286,7 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
                      native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION, max_extra_f,
                      **which)
 
-    if starts is START_LONG_SPA and xl_codes and n_bits >= XL_FRAME_BITS:
+    if starts is START_LONG_SPA and xl_codes and n_bits >= XL_FRAME_BITS and qber_estimate <= XL_MAX_QBER:
         try:
             return sum_product_codes(START_XL_SPA, codeword_bits=XL_CODEWORD_BITS)
         except ValueError:
