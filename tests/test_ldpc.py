@@ -601,9 +601,9 @@ def test_the_sum_product_decoder_takes_the_high_rate_codes_at_1_percent_and_disc
 @pytest.mark.parametrize("qber", [0.02, 0.035])
 def test_frames_of_many_long_codewords_take_the_196608_bit_codes_and_disclose_less(qber):
     """From XL_FRAME_BITS on (eight codewords of 196 608 bits, so one can be given up) the sum-product decoder's plans
-    take the XL codes at 1-4 % QBER (XL_MAX_QBER); the same 2*10^6-bit frame reconciles on them within 3 round trips and discloses
-    less than on the codes of 49 152 bits (bench.reconcile, 20 frames: f 1.121 against 1.157 at 2 %, 1.091 against
-    1.129 at 3.5 %). Shorter frames, min-sum and QBER above 4 % keep the codes of 49 152 bits."""
+    take the XL codes at 1-4 % QBER (XL_MAX_QBER); the same 2*10^6-bit frame reconciles on them within 3 round trips
+    and discloses less than on the codes of 49 152 bits (bench.reconcile, 20 frames: f 1.121 against 1.156 at 2 %,
+    1.092 against 1.125 at 3.5 %). Shorter frames, min-sum and QBER above 4 % keep the codes of 49 152 bits."""
     n = 2_000_000
     plan = ldpc_plan.plan(n, qber, decoder=ldpc_plan.SUM_PRODUCT)
     assert plan.code in ldpc_plan.XL_CODES and plan.codewords >= ldpc.MIN_CODEWORDS_TO_GIVE_UP
@@ -621,6 +621,19 @@ def test_frames_of_many_long_codewords_take_the_196608_bit_codes_and_disclose_le
         assert bob.disclosed_bits == alice.disclosed_bits
         disclosed[xl] = bob.disclosed_bits
     assert disclosed[True] < disclosed[False] and disclosed[True] < 1.15 * n * binary_entropy(qber)
+
+
+def test_every_long_frame_at_1_to_4_percent_plans_on_the_196608_bit_codes_within_the_limits():
+    """The XL codes leave no gap: from XL_FRAME_BITS to the largest frame and over 1-4 % QBER every sum-product plan
+    takes one, with at least MIN_CODEWORDS_TO_GIVE_UP codewords, shortened at most SPA_MAX_SHORTENED_FRACTION and
+    punctured at most SPA_MAX_PUNCTURED_FRACTION (the plan passes its own check)."""
+    for n in (ldpc_plan.XL_FRAME_BITS, 1_600_000, 2_000_000, 3_333_333, 10**7, 3 * 10**7, ldpc_plan.MAX_BITS):
+        for qber in np.linspace(0.01, ldpc_plan.XL_MAX_QBER, 31):
+            plan = ldpc_plan.plan(n, float(qber), decoder=ldpc_plan.SUM_PRODUCT)
+            info = native.code(plan.code)
+            assert plan.code in ldpc_plan.XL_CODES and plan.codewords >= ldpc.MIN_CODEWORDS_TO_GIVE_UP, (n, qber)
+            assert plan.punctured <= ldpc_plan.SPA_MAX_PUNCTURED_FRACTION * info.n_bits + 1
+            assert info.n_bits - plan.key_bits(0) - plan.punctured <= ldpc_plan.SPA_MAX_SHORTENED_FRACTION * info.n_bits
 
 
 def test_frames_of_a_few_long_codewords_take_the_short_sum_product_lifts_above_5_5_percent():
