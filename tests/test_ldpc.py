@@ -405,11 +405,13 @@ def test_sum_product_decoder_takes_the_bb84_codes():
 SUM_PRODUCT_CODE = next(c for c in native.codes() if c.ensemble == native.ENSEMBLE_SUM_PRODUCT)
 
 
-def test_fixed_point_sum_product_paths_agree_and_decode():
-    """The int8 sum-product decoder (qkd_ldpc_decoder_set_sum_product) on its own code: every path gives the same
-    iterations and bits, and they are the codeword; a capped decode that fails agrees too."""
+@pytest.mark.parametrize("code", [SUM_PRODUCT_CODE.index] + [
+    min(i for i in ldpc_plan.XL_CODES if native.code(i).z == z) for z in (1024, 2048)])
+def test_fixed_point_sum_product_paths_agree_and_decode(code):
+    """The int8 sum-product decoder (qkd_ldpc_decoder_set_sum_product) on its own codes, Z = 512 and the longest
+    lifts (Z = 1024 and 2048): every path gives the same iterations and bits, and they are the codeword; a capped
+    decode that fails agrees too."""
     rng = np.random.default_rng(8)
-    code = SUM_PRODUCT_CODE.index
     info = native.code(code)
     word = rng.integers(0, 2, info.n_bits, dtype=np.uint8)
     received = word ^ (rng.random(info.n_bits) < 0.012).astype(np.uint8)
