@@ -126,13 +126,13 @@ HIGH_RATE_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
 # Lifts of the nb = 192 sets (LP_CHOSEN, then HIGH_RATE_CHOSEN) to Z = 1024, n = 196 608, appended after them (same
 # base graphs): the sum-product decoder's plans for frames of many such codewords (qkdd.postprocess.ldpc_plan XL_*).
 # The longer lift narrows the spread of the per-codeword f, the tail most (192 random codewords for each of the four,
-# Decoder(sum_product_units=4), 100 iterations; at Z = 256 the figures above, 48 codewords at rates 0.844 and 0.771;
-# median / p90, Z = 1024 against Z = 256): rate 0.917 1.144 / 1.160 against 1.160 / 1.195, 0.885 1.105 / 1.121
-# against 1.118 / 1.153, 0.844 1.078 / 1.087 against 1.097 / 1.122, 0.771 1.068 / 1.074 against 1.078 / 1.118; per
-# bit decoding takes about a third longer. The
-# BP_CHOSEN codes of 96 columns gain 0.003 or less at Z = 2048 (rates 0.729 and 0.552), but the rate-0.8125 and 0.729
-# ones (XL_BP_ROWS) are lifted there too, n = 196 608: without them no code of that length fits 2.3-2.7 % QBER (between
-# the rates 0.844 and 0.771, less shortened than 15 % and punctured than 4.5 % + 0.05 h(Q)) or 3.7-4 %.
+# Decoder(sum_product_units=4), 100 iterations; at Z = 256 the rate-0.917 and 0.885 figures above, and 48 codewords
+# at 0.844 and 0.771 measured alongside; median / p90, Z = 1024 against Z = 256): rate 0.917 1.144 / 1.160 against
+# 1.160 / 1.195, 0.885 1.105 / 1.121 against 1.118 / 1.153, 0.844 1.078 / 1.087 against 1.097 / 1.122, 0.771 1.068 /
+# 1.074 against 1.078 / 1.118; per bit decoding takes about a third longer. The BP_CHOSEN codes of 96 columns gain
+# 0.003 or less at Z = 2048 (rates 0.729 and 0.552), but the rate-0.8125 and 0.729 ones (XL_BP_ROWS) are lifted there
+# too, n = 196 608: without them no code of that length fits 2.3-2.7 % QBER (between the rates 0.844 and 0.771, less
+# shortened than 15 % and punctured than 4.5 % + 0.05 h(Q)) or 3.7-4 %.
 XL_LIFT = 1024
 XL_BP_ROWS = (18, 26)
 ENSEMBLE_MIN_SUM, ENSEMBLE_SUM_PRODUCT = 0, 1   # qkd_ldpc.h
