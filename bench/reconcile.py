@@ -16,7 +16,7 @@ syndrome exchange and each reveal round; its disclosed bits are syndromes less p
 sum-product runs are named "ldpc+sum-product". --ldpc-codes own (repeatable, beside "best", the default) keeps the
 min-sum decoder on its own codes (the plan before it borrowed the sum-product set's, ldpc_plan.START_LONG_BORROWED);
 those runs are named "ldpc+own-codes". --ldpc-codes no-xl keeps the sum-product decoder off its codes of 196 608 bits
-(ldpc_plan.XL_CODES, for frames of at least XL_FRAME_BITS): runs named "ldpc+no-xl-codes".
+(ldpc_plan.XL_CODES, for frames of eight such codewords and more): runs named "ldpc+no-xl-codes".
 """
 from __future__ import annotations
 

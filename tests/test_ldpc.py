@@ -602,16 +602,18 @@ def test_the_sum_product_decoder_takes_the_high_rate_codes_at_1_percent_and_disc
 
 @pytest.mark.parametrize("qber", [0.02, 0.035])
 def test_frames_of_many_long_codewords_take_the_196608_bit_codes_and_disclose_less(qber):
-    """From XL_FRAME_BITS on (eight codewords of 196 608 bits, so one can be given up) the sum-product decoder's plans
-    take the XL codes at 1-4 % QBER (XL_MAX_QBER); the same 2*10^6-bit frame reconciles on them within 3 round trips
-    and discloses less than on the codes of 49 152 bits (bench.reconcile, 20 frames: f 1.121 against 1.156 at 2 %,
-    1.092 against 1.125 at 3.5 %). Shorter frames, min-sum and QBER above 4 % keep the codes of 49 152 bits."""
+    """Frames that split into at least eight codewords of 196 608 bits (so one can be given up) take them in the
+    sum-product decoder's plans at 1-4 % QBER (XL_MAX_QBER); the same 2*10^6-bit frame reconciles on them within 3
+    round trips and discloses less than on the codes of 49 152 bits (bench.reconcile, 20 frames: f 1.121 against
+    1.156 at 2 %, 1.092 against 1.125 at 3.5 %). Frames of fewer (10^6 bits: six), min-sum and QBER above 4 % keep
+    the codes of 49 152 bits; 1.4*10^6 bits at 2.5 % split into eight."""
     n = 2_000_000
     plan = ldpc_plan.plan(n, qber, decoder=ldpc_plan.SUM_PRODUCT)
     assert plan.code in ldpc_plan.XL_CODES and plan.codewords >= ldpc.MIN_CODEWORDS_TO_GIVE_UP
     assert native.code(plan.code).n_bits == ldpc_plan.XL_CODEWORD_BITS
-    assert ldpc_plan.plan(ldpc_plan.XL_FRAME_BITS - 1, qber, decoder=ldpc_plan.SUM_PRODUCT).code not in \
-        ldpc_plan.XL_CODES
+    assert ldpc_plan.plan(1_000_000, qber, decoder=ldpc_plan.SUM_PRODUCT).code not in ldpc_plan.XL_CODES
+    eight = ldpc_plan.plan(1_400_000, 0.025, decoder=ldpc_plan.SUM_PRODUCT)
+    assert eight.code in ldpc_plan.XL_CODES and eight.codewords == ldpc.MIN_CODEWORDS_TO_GIVE_UP
     assert ldpc_plan.plan(n, 0.045, decoder=ldpc_plan.SUM_PRODUCT).code not in ldpc_plan.XL_CODES
     assert ldpc_plan.plan(n, qber, decoder=ldpc_plan.MIN_SUM).code not in ldpc_plan.SPA_ONLY_CODES
     alice_key, bob_key = noisy_pair(np.random.default_rng(int(qber * 1000)), n, round(qber * n))
@@ -626,10 +628,16 @@ def test_frames_of_many_long_codewords_take_the_196608_bit_codes_and_disclose_le
 
 
 def test_every_long_frame_at_1_to_4_percent_plans_on_the_196608_bit_codes_within_the_limits():
-    """The XL codes leave no gap: from XL_FRAME_BITS to the largest frame and over 1-4 % QBER every sum-product plan
+    """The XL codes leave no gap: from eight whole codewords to the largest frame and over 1-4 % QBER every plan
     takes one, with at least MIN_CODEWORDS_TO_GIVE_UP codewords, shortened at most SPA_MAX_SHORTENED_FRACTION and
-    punctured at most SPA_MAX_PUNCTURED_FRACTION (the plan passes its own check)."""
-    for n in (ldpc_plan.XL_FRAME_BITS, 1_600_000, 2_000_000, 3_333_333, 10**7, 3 * 10**7, ldpc_plan.MAX_BITS):
+    punctured at most SPA_MAX_PUNCTURED_FRACTION (the plan passes its own check). Shorter frames take them only when
+    they split into eight codewords or more."""
+    whole = ldpc.MIN_CODEWORDS_TO_GIVE_UP * ldpc_plan.XL_CODEWORD_BITS
+    for n in range(ldpc_plan.LONG_FRAME_BITS, whole, 47_000):
+        for qber in np.linspace(0.01, ldpc_plan.XL_MAX_QBER, 13):
+            plan = ldpc_plan.plan(n, float(qber), decoder=ldpc_plan.SUM_PRODUCT)
+            assert plan.code not in ldpc_plan.XL_CODES or plan.codewords >= ldpc.MIN_CODEWORDS_TO_GIVE_UP
+    for n in (whole, 1_600_000, 2_000_000, 3_333_333, 10**7, 3 * 10**7, ldpc_plan.MAX_BITS):
         for qber in np.linspace(0.01, ldpc_plan.XL_MAX_QBER, 31):
             plan = ldpc_plan.plan(n, float(qber), decoder=ldpc_plan.SUM_PRODUCT)
             info = native.code(plan.code)

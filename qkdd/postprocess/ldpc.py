@@ -87,7 +87,7 @@ SEED_BYTES = native.SEED_BYTES
 # costs 0.2 % of the frame's key given up; many failing codewords mean a wrong estimate, and the frame goes. A
 # codeword given up costs the disclosure its whole length: not a way to lower the starts (bench, 1 %, 40 frames of
 # 10^6 bits: start 1.22 instead of 1.25 gave up 2 codewords and f 1.274 against 1.263).
-MAX_DROPPED_FRACTION = 0.02      # MIN_CODEWORDS_TO_GIVE_UP: ldpc_plan (XL_FRAME_BITS follows it)
+MAX_DROPPED_FRACTION = 0.02      # MIN_CODEWORDS_TO_GIVE_UP: ldpc_plan (its XL codes follow it)
 _START = struct.Struct(f"<QHIIIB{SEED_BYTES}s")
 _DONE = struct.Struct("<QQI")
 _COUNT = struct.Struct("<I")

@@ -101,21 +101,23 @@ LP_CODES = frozenset(SPA_SUPERSEDED.values())
 # each way, none lost) sum-product / min-sum f 1.214 / 1.261 at 1 %, 1.180 / 1.258 at 1.25 %, 1.174 / 1.257 at 1.5 %,
 # 1.164 / 1.209 at 1.75 %. Min-sum does not borrow them either (SPA_ONLY_CODES).
 HIGH_RATE_CODES = frozenset({40, 41})
-# Frames of at least XL_FRAME_BITS take, for the sum-product decoder from SPA_MIN_QBER up, the Z = 1024 lifts of the
+# Frames that split into at least MIN_CODEWORDS_TO_GIVE_UP of them take, for the sum-product decoder from SPA_MIN_QBER
+# up, the Z = 1024 lifts of the
 # four codes of 192 base columns and Z = 2048 lifts of the rate-0.8125 and 0.729 codes (XL_CODES, n = XL_CODEWORD_BITS
 # = 196 608; native/tools/ldpc_codes.py XL_LIFT, XL_BP_ROWS): their per-codeword f spreads far less (p90 0.03-0.04
 # lower, median 0.01-0.02), so the first attempt starts lower and fewer codewords need a reveal. They serve up to
 # XL_MAX_QBER; above, and for shorter frames, the codes of 49 152 bits. Above it AUTO takes the sum-product decoder on
 # every frame, also where the CPU limits the link, and the XL codes decode a third slower per bit: at 4.5 % they gave
 # f 1.116 against 1.121 at 7.4 against 26.6 Mbit/CPU-s (bench, 20 frames of 2*10^6 bits, start 1.09 with steps 0.02).
-# XL_FRAME_BITS is MIN_CODEWORDS_TO_GIVE_UP such codewords: a frame of fewer could not give one up (ldpc.py) and
-# adapts its rate coarsely: a frame of 10^6 bits at 2 % QBER splits into six codewords of 166 667 key bits, each
-# punctured 2.2 % at a start of 1.12 h(Q), and reached f 1.132 against 1.121 for frames of 2*10^6 bits (eleven
-# codewords punctured 1 %; bench, start 1.12 with steps of 0.03, 40 and 20 frames; the codes of 49 152 bits: 1.156).
+# A frame of fewer such codewords could not give one up (ldpc.py) and adapts its rate coarsely: a frame of 10^6 bits
+# at 2 % QBER splits into six codewords of 166 667 key bits, each punctured 2.2 % at a start of 1.12 h(Q), and reached
+# f 1.132 against 1.121 for frames of 2*10^6 bits (eleven codewords punctured 1 %; bench, start 1.12 with steps of
+# 0.03, 40 and 20 frames; the codes of 49 152 bits: 1.156). Eight codewords fit frames from about 1.3*10^6 bits (each
+# carries fewer key bits than its length), all from 1 572 864 (eight whole ones): at 1.4*10^6 bits, 40 frames each, f
+# 1.135 against 1.158 at 2.5 % and 1.104 against 1.129 at 3.25 %, eight codewords each.
 MIN_CODEWORDS_TO_GIVE_UP = 8
 XL_CODEWORD_BITS = 196608
 XL_CODES = frozenset({42, 43, 44, 45, 46, 47})
-XL_FRAME_BITS = MIN_CODEWORDS_TO_GIVE_UP * XL_CODEWORD_BITS
 XL_MAX_QBER = 0.04
 # The first attempt and reveal step by QBER (up to), as START_LONG_SPA: bench.reconcile, n = 2*10^6, 20 frames each,
 # none lost; f and Mbit/CPU-s, the start chosen first: 1 %, 1.18 with steps of 0.05 -> 1.207 at 13.8, 1.16 with 0.04
@@ -269,9 +271,9 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
     punctured bits for the rounds.
 
     decoder AUTO: SUM_PRODUCT or MIN_SUM by the QBER estimate (decoder_for).
-    decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first, for frames of at least XL_FRAME_BITS
-    up to XL_MAX_QBER their codes of 196 608 bits (XL_CODES, START_XL_SPA) before them, unless not xl_codes;
-    where none fits, as MIN_SUM.
+    decoder SUM_PRODUCT: the codes of that ensemble (and START_LONG_SPA) first, up to XL_MAX_QBER their codes of
+    196 608 bits (XL_CODES, START_XL_SPA) before them where the frame splits into at least MIN_CODEWORDS_TO_GIVE_UP
+    of those, unless not xl_codes; where none fits, as MIN_SUM.
     decoder MIN_SUM with borrow_codes: that ensemble's codes (and START_LONG_BORROWED) in the QBER ranges listed
     there, where one fits; otherwise (and without borrow_codes, the plan before they were borrowed) its own."""
     decoder = decoder_for(decoder, qber_estimate)
@@ -286,9 +288,11 @@ def plan(n_bits: int, qber_estimate: float, f_start: float | None = None, reveal
                      native.ENSEMBLE_SUM_PRODUCT, SPA_MAX_PUNCTURED_FRACTION, SPA_MAX_SHORTENED_FRACTION, max_extra_f,
                      **which)
 
-    if starts is START_LONG_SPA and xl_codes and n_bits >= XL_FRAME_BITS and qber_estimate <= XL_MAX_QBER:
+    if starts is START_LONG_SPA and xl_codes and n_bits >= LONG_FRAME_BITS and qber_estimate <= XL_MAX_QBER:
         try:
-            return sum_product_codes(START_XL_SPA, codeword_bits=XL_CODEWORD_BITS)
+            xl = sum_product_codes(START_XL_SPA, codeword_bits=XL_CODEWORD_BITS)
+            if xl.codewords >= MIN_CODEWORDS_TO_GIVE_UP:
+                return xl
         except ValueError:
             pass    # no XL code fits this QBER (or the estimate is out of range: raised below)
     if starts is not None and n_bits >= LONG_FRAME_BITS:
