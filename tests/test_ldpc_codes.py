@@ -47,25 +47,26 @@ def _lifted(code: int) -> scipy.sparse.csr_matrix:
 
 def test_shipped_tables_have_the_generated_degree_profiles():
     """Every code's base matrix has the column degrees the generator chose by density evolution (CHOSEN, BP_CHOSEN,
-    then LP_CHOSEN and HIGH_RATE_CHOSEN, their Z = XL_LIFT lifts and the XL_BP_ROWS lifts, in table order), row
+    then LP_CHOSEN and HIGH_RATE_CHOSEN, their lifts to XL_CODEWORD_BITS and the XL_BP_ROWS lifts, in table order), row
     degrees concentrated on two consecutive values, and the shifts inside the circulant."""
     min_sum = [c for c in native.codes() if c.ensemble == native.ENSEMBLE_MIN_SUM]
     sum_product = [c for c in native.codes() if c.ensemble == native.ENSEMBLE_SUM_PRODUCT]
     bp_count = len(GEN.BP_LIFTS) * len(GEN.BP_CHOSEN)
     assert len(min_sum) == len(GEN.LIFTS) * len(GEN.CHOSEN)
     chosen_by_profile = GEN.LP_CHOSEN + GEN.HIGH_RATE_CHOSEN
-    by_profile = chosen_by_profile + [(nb, mb, GEN.XL_LIFT, profile) for nb, mb, _, profile in chosen_by_profile]
+    by_profile = chosen_by_profile + [(nb, mb, GEN.XL_CODEWORD_BITS // nb, profile)
+                                      for nb, mb, _, profile in chosen_by_profile]
     assert len(sum_product) == bp_count + len(by_profile) + len(GEN.XL_BP_ROWS)
     assert [c.index for c in min_sum + sum_product] == list(range(len(native.codes())))   # the min-sum set first
     lp_codes = {c.index: by_profile[k] for k, c in enumerate(sum_product[bp_count:bp_count + len(by_profile)])}
     xl_bp = sum_product[bp_count + len(by_profile):]
-    assert [c.mb for c in xl_bp] == list(GEN.XL_BP_ROWS) and {c.z for c in xl_bp} <= {2 * GEN.XL_LIFT}
+    assert [c.mb for c in xl_bp] == list(GEN.XL_BP_ROWS) and {c.z for c in xl_bp} <= {GEN.XL_CODEWORD_BITS // GEN.NB}
     # the plan's index sets name exactly the generator's profile-chosen codes and their long lifts, in table order
     indices = list(lp_codes)
     assert ldpc_plan.LP_CODES == set(indices[:len(GEN.LP_CHOSEN)])
     assert ldpc_plan.HIGH_RATE_CODES == set(indices[len(GEN.LP_CHOSEN):len(chosen_by_profile)])
     assert ldpc_plan.XL_CODES == set(indices[len(chosen_by_profile):]) | {c.index for c in xl_bp}
-    assert {native.code(i).n_bits for i in ldpc_plan.XL_CODES} == {ldpc_plan.XL_CODEWORD_BITS}
+    assert ldpc_plan.XL_CODEWORD_BITS == GEN.XL_CODEWORD_BITS and len(ldpc_plan.XL_CODES) == 6
     for info in native.codes():
         rows, cols, shifts = native.entries(info.index)
         assert shifts.max() < info.z

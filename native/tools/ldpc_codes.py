@@ -52,7 +52,7 @@ min-sum set's codes of 96 columns (column degree at most mb = 8-12, check degree
 decoder. Its profiles come from a hill climb on the threshold of sampled BP density evolution (--search-hr MB; why not
 the linear programme, at HIGH_RATE_CHOSEN).
 
-The third and fourth sets are lifted once more, to Z = 1024 (n = 196 608, XL_LIFT), for long frames: on these 192
+The third and fourth sets are lifted once more, to Z = 1024 (n = XL_CODEWORD_BITS), for long frames: on these 192
 columns the longer lift narrows the per-codeword spread of f where the 96-column codes' Z = 2048 lifts did not.
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ LP_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
 # p90 1.153). At rate 0.917 the climb's best thresholds (f* 1.070-1.075 against 1.090 for the shipped profile)
 # measured no better on lifted codes (median 1.166-1.186, 24 codewords each: their degree-16 columns close more short
 # cycles). The floating-point decoder (ldpc_bp.c) gains 0.016 in median on the rate-0.917 code, at 30 times the time;
-# its Z = 1024 lift (XL_LIFT) 0.02 with a narrower spread.
+# its Z = 1024 lift (XL_CODEWORD_BITS) 0.02 with a narrower spread.
 HIGH_RATE_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
     (192, 16, 256, {2: 15, 3: 112, 10: 55, 16: 10}),
     (192, 22, 256, {2: 21, 3: 110, 10: 45, 22: 16}),
@@ -133,7 +133,7 @@ HIGH_RATE_CHOSEN: list[tuple[int, int, int, dict[int, int]]] = [
 # 0.003 or less at Z = 2048 (rates 0.729 and 0.552), but the rate-0.8125 and 0.729 ones (XL_BP_ROWS) are lifted there
 # too, n = 196 608: without them no code of that length fits 2.3-2.7 % QBER (between the rates 0.844 and 0.771, less
 # shortened than 15 % and punctured than 4.5 % + 0.05 h(Q)) or 3.7-4 %.
-XL_LIFT = 1024
+XL_CODEWORD_BITS = 196608       # lifted with Z = XL_CODEWORD_BITS / nb: 1024 of 192 columns, 2048 of 96
 XL_BP_ROWS = (18, 26)
 ENSEMBLE_MIN_SUM, ENSEMBLE_SUM_PRODUCT = 0, 1   # qkd_ldpc.h
 
@@ -560,13 +560,15 @@ def main() -> None:
                       f"BP f*={bp_threshold(NB, mb, *BP_CHOSEN[mb]):.4f}", flush=True)
             entries, info = build(mb, BP_CHOSEN[mb], z, seed=1000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT)
             codes.append((z, mb, entries, info))
-    for z in (None, XL_LIFT):
-        for nb, mb, z_chosen, profile in LP_CHOSEN + HIGH_RATE_CHOSEN:
-            entries, info = build(mb, profile, z or z_chosen, seed=2000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT, nb=nb)
-            codes.append((z or z_chosen, mb, entries, info))
+    by_profile = LP_CHOSEN + HIGH_RATE_CHOSEN
+    xl = [(nb, mb, XL_CODEWORD_BITS // nb, profile) for nb, mb, _, profile in by_profile]
+    for nb, mb, z, profile in by_profile + xl:
+        entries, info = build(mb, profile, z, seed=2000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT, nb=nb)
+        codes.append((z, mb, entries, info))
     for mb in XL_BP_ROWS:
-        entries, info = build(mb, BP_CHOSEN[mb], 2 * XL_LIFT, seed=1000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT)
-        codes.append((2 * XL_LIFT, mb, entries, info))
+        z = XL_CODEWORD_BITS // NB
+        entries, info = build(mb, BP_CHOSEN[mb], z, seed=1000 + mb, ensemble=ENSEMBLE_SUM_PRODUCT)
+        codes.append((z, mb, entries, info))
     OUT.write_text(write_c(codes))
     print(f"wrote {OUT}")
 

@@ -102,10 +102,10 @@ LP_CODES = frozenset(SPA_SUPERSEDED.values())
 # 1.164 / 1.209 at 1.75 %. Min-sum does not borrow them either (SPA_ONLY_CODES).
 HIGH_RATE_CODES = frozenset({40, 41})
 # Frames that split into at least MIN_CODEWORDS_TO_GIVE_UP of them take, for the sum-product decoder from SPA_MIN_QBER
-# up, the Z = 1024 lifts of the
-# four codes of 192 base columns and Z = 2048 lifts of the rate-0.8125 and 0.729 codes (XL_CODES, n = XL_CODEWORD_BITS
-# = 196 608; native/tools/ldpc_codes.py XL_LIFT, XL_BP_ROWS): their per-codeword f spreads far less (p90 0.03-0.04
-# lower, median 0.01-0.02), so the first attempt starts lower and fewer codewords need a reveal. They serve up to
+# up, the Z = 1024 lifts of the four codes of 192 base columns and Z = 2048 lifts of the rate-0.8125 and 0.729 codes
+# (XL_CODES, n = XL_CODEWORD_BITS = 196 608; native/tools/ldpc_codes.py XL_CODEWORD_BITS, XL_BP_ROWS): their
+# per-codeword f spreads far less (p90 0.03-0.04 lower, median 0.01-0.02), so the first attempt starts lower and fewer
+# codewords need a reveal. They serve up to
 # XL_MAX_QBER; above, and for shorter frames, the codes of 49 152 bits. Above it AUTO takes the sum-product decoder on
 # every frame, also where the CPU limits the link, and the XL codes decode a third slower per bit: at 4.5 % they gave
 # f 1.116 against 1.121 at 7.4 against 26.6 Mbit/CPU-s (bench, 20 frames of 2*10^6 bits, start 1.09 with steps 0.02).
@@ -117,7 +117,7 @@ HIGH_RATE_CODES = frozenset({40, 41})
 # 1.135 against 1.158 at 2.5 % and 1.104 against 1.129 at 3.25 %, eight codewords each.
 MIN_CODEWORDS_TO_GIVE_UP = 8
 XL_CODEWORD_BITS = 196608
-XL_CODES = frozenset({42, 43, 44, 45, 46, 47})
+XL_CODES = frozenset(c.index for c in native.codes() if c.n_bits == XL_CODEWORD_BITS)   # 42-47
 XL_MAX_QBER = 0.04
 # The first attempt and reveal step by QBER (up to), as START_LONG_SPA: bench.reconcile, n = 2*10^6, 20 frames each,
 # none lost; f and Mbit/CPU-s, the start chosen first: 1 %, 1.18 with steps of 0.05 -> 1.207 at 13.8, 1.16 with 0.04
